@@ -1,0 +1,530 @@
+"""Configuration: one TOML file -> typed, frozen dataclasses.
+
+Owns: the schema (every key, its type, range, default and documentation, next to the field), loading
+and validation with the key path in every message, relative-path resolution (against the config
+file's folder), and the embedded defaults for `serve --dev`.
+Does not own: the users file (auth/users.py), or what each listener does with its values.
+
+Errors are `ConfigError` with one line: `listeners.imap.port: expected an integer 1-65535, got "abc"`,
+or `FILE:LINE:COL: TOML syntax error: ...`. The CLI prints it and exits 2 (STYLE rule 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mailhaven.errors import ConfigError
+
+# --- field helpers -------------------------------------------------------------------------------
+
+
+def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
+        duration: bool = False, path: bool = False, factory: Any = None) -> Any:
+    """A config field with its documentation and validation next to it."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "duration": duration, "path": path}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+TlsMode = Literal["none", "starttls", "implicit"]
+Action = Literal["reject", "junk", "accept"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """`300`, `"30s"`, `"5m"`, `"1h"`, `"5d"` -> seconds. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2)]
+    raise ValueError
+
+
+# --- the schema ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One listening socket. Listener names: mx, submission, submissions, pop3, pop3s, imap, imaps."""
+
+    enabled: bool = opt(True, "Serve this listener at all.")
+    address: str = opt("0.0.0.0", "Address to bind (IPv4 or IPv6 literal; \"::\" for all IPv6).")
+    port: int = opt(0, "TCP port.", lo=1, hi=65535)
+    tls: TlsMode = opt("none", "TLS mode: \"none\", \"starttls\" (offered, upgrade in band) or \"implicit\".")
+    max_connections: int = opt(500, "Most concurrent connections on this listener.", lo=1, hi=1_000_000)
+    per_ip_connections: int = opt(20, "Most concurrent connections from one client IP.", lo=1, hi=1_000_000)
+    idle_timeout: float = opt(300.0, "Close a connection idle this long (IMAP IDLE uses imap.idle_timeout).",
+                              lo=1, duration=True)
+
+
+_LISTENER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mx": {"port": 25, "tls": "starttls"},
+    "submission": {"port": 587, "tls": "starttls"},
+    "submissions": {"port": 465, "tls": "implicit"},
+    "pop3": {"port": 110, "tls": "starttls"},
+    "pop3s": {"port": 995, "tls": "implicit"},
+    "imap": {"port": 143, "tls": "starttls", "idle_timeout": 1800.0},
+    "imaps": {"port": 993, "tls": "implicit", "idle_timeout": 1800.0},
+}
+DEV_PORTS = {"mx": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995,
+             "imap": 2143, "imaps": 2993}
+LISTENER_NAMES = tuple(_LISTENER_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """A domain we receive mail for (and sign outgoing mail of)."""
+
+    catch_all: str = opt("", "Address receiving mail for unknown local parts of this domain (\"\" = none).")
+    dkim_selector: str = opt("mh1", "DKIM selector for the RSA key.")
+    dkim_key: str = opt("", "PEM file of the RSA private key for DKIM signing (\"\" = do not sign).", path=True)
+    dkim_ed25519_selector: str = opt("mh1e", "DKIM selector for the optional ed25519 key.")
+    dkim_ed25519_key: str = opt("", "PEM file of an ed25519 private key: adds a second signature.", path=True)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert: str = opt("", "PEM certificate chain. \"\" = no TLS (starttls listeners then offer none).", path=True)
+    key: str = opt("", "PEM private key of the certificate.", path=True)
+    min_version: Literal["1.2", "1.3"] = opt("1.2", "Lowest TLS version accepted.")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    max_message_size: int = opt(25 * 1024 * 1024, "Largest message in octets (SIZE; 552 5.3.4 beyond).",
+                                lo=1024, hi=2**31)
+    max_recipients: int = opt(100, "Most RCPT per transaction (452 4.5.3 beyond).", lo=1, hi=100_000)
+    max_line_length: int = opt(10_000, "Longest line of message data in octets, CRLF included.",
+                               lo=1000, hi=1_000_000)
+    max_header_count: int = opt(1000, "Most header fields in one message.", lo=10, hi=100_000)
+    max_header_size: int = opt(1024 * 1024, "Largest header section in octets.", lo=1024, hi=2**30)
+    max_bad_commands: int = opt(20, "Bad or unknown commands before 421 and disconnect.", lo=1, hi=10_000)
+    command_timeout: float = opt(300.0, "Time allowed for one command or DATA block.", lo=1, duration=True)
+    authserv_id: str = opt("", "authserv-id in Authentication-Results (\"\" = hostname).")
+    redact_submitter: bool = opt(True, "Hide the submitting client's address in Received (submission).")
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    max_failures_per_ip: int = opt(10, "Failed logins from one IP within failure_window before refusing.",
+                                   lo=1, hi=1_000_000)
+    max_failures_per_account: int = opt(20, "Failed logins for one account within failure_window.",
+                                        lo=1, hi=1_000_000)
+    failure_window: float = opt(900.0, "Window for counting failed logins.", lo=1, duration=True)
+    failure_delay: float = opt(1.0, "Extra delay per recent failure before answering (capped at 5 s).",
+                               lo=0, hi=60, duration=True)
+    allow_plaintext_loopback: bool = opt(False, "Allow AUTH/LOGIN without TLS on loopback listeners "
+                                         "(dev mode sets it).")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    retry_schedule: list[float] = opt(None, "Delays between attempts; the last one repeats.", duration=True,
+                                      factory=lambda: [300.0, 600.0, 1200.0, 2400.0, 3600.0])
+    jitter: float = opt(0.1, "Random spread of each delay, as a fraction.", lo=0, hi=1)
+    lifetime: float = opt(5 * 86400.0, "Give up and bounce after this long.", lo=60, duration=True)
+    delay_warning: float = opt(4 * 3600.0, "Send one delay warning DSN after this long (0 = never).",
+                               lo=0, duration=True)
+    remote_port: int = opt(25, "SMTP port of remote MX hosts (tests set another).", lo=1, hi=65535)
+    max_per_destination: int = opt(4, "Concurrent deliveries to one destination domain.", lo=1, hi=1000)
+    max_active: int = opt(100, "Concurrent deliveries in all.", lo=1, hi=100_000)
+    connect_timeout: float = opt(30.0, "Connect and greeting timeout for remote SMTP.", lo=1, duration=True)
+    command_timeout: float = opt(300.0, "Timeout for each remote SMTP command.", lo=1, duration=True)
+    require_tls_domains: list[str] = opt(None, "Destination domains that must be reached over STARTTLS.",
+                                         factory=list)
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    nameservers: list[str] = opt(None, "Resolvers as \"IP\" or \"IP:PORT\"; empty = /etc/resolv.conf.",
+                                 factory=list)
+    timeout: float = opt(5.0, "Lifetime of one DNS query.", lo=0.1, hi=120, duration=True)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    spf_fail: Action = opt("reject", "SPF fail with no aligned DKIM pass: reject, junk or accept.")
+    dmarc_reject: Action = opt("reject", "DMARC fail where the policy is p=reject.")
+    dmarc_quarantine: Action = opt("junk", "DMARC fail where the policy is p=quarantine.")
+    check_local: bool = opt(True, "Also check mail from loopback and private addresses.")
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    max_line_length: int = opt(65_536, "Longest command line, literals excluded.", lo=1000, hi=10_000_000)
+    max_nesting: int = opt(32, "Deepest parenthesised list.", lo=2, hi=1000)
+    max_in_flight: int = opt(32, "Pipelined commands buffered per connection.", lo=1, hi=10_000)
+    max_bad_commands: int = opt(30, "BAD replies before the connection is closed.", lo=1, hi=10_000)
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    max_bad_commands: int = opt(20, "Bad commands before the connection is closed.", lo=1, hi=10_000)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: Literal["text", "json"] = opt("text", "\"text\" for journald, \"json\" for log shippers.")
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "Least severe level logged.")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    address: str = opt("", "Prometheus endpoint as \"127.0.0.1:9154\" (\"\" = off).")
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = opt("localhost", "This server's name: greeting, Received, HELO, DKIM records.")
+    data_dir: str = opt("/var/lib/mailhaven", "Where mail, the queue and indexes live.", path=True)
+    users_file: str = opt("users.toml", "Users and aliases file, relative to the config file's folder.",
+                          path=True)
+    dev: bool = opt(False, "Developer mode: loopback, allows AUTH without TLS on loopback.")
+    plus_separator: str = opt("+", "Separator for sub-addresses (alice+tag@...); \"\" = off.")
+    run_as_user: str = opt("", "When started as root: user to switch to after binding (\"\" = stay).")
+    run_as_group: str = opt("", "Group for run_as_user (\"\" = that user's group).")
+    shutdown_deadline: float = opt(30.0, "On SIGTERM, time allowed for sessions to finish.",
+                                   lo=0, duration=True)
+    public_ip: str = opt("", "Public IP of this host, for `doctor` (PTR check) and `dns` (SPF).")
+    control_socket: str = opt("control.sock", "Unix socket of the running server, relative to data_dir.")
+    domains: dict[str, DomainConfig] = opt(None, "Domains we accept mail for: [domains.\"example.org\"].",
+                                           factory=dict)
+    listeners: dict[str, ListenerConfig] = opt(None, "Listening sockets by name.", factory=dict)
+    tls: TlsConfig = opt(None, "Certificate for STARTTLS and implicit TLS.", factory=TlsConfig)
+    smtp: SmtpConfig = opt(None, "SMTP limits and headers.", factory=SmtpConfig)
+    auth: AuthConfig = opt(None, "Login throttling.", factory=AuthConfig)
+    queue: QueueConfig = opt(None, "Outbound queue.", factory=QueueConfig)
+    dns: DnsConfig = opt(None, "DNS resolver.", factory=DnsConfig)
+    policy: PolicyConfig = opt(None, "SPF/DKIM/DMARC actions.", factory=PolicyConfig)
+    imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
+    pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
+    log: LogConfig = opt(None, "Logging.", factory=LogConfig)
+    metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
+    # Not from TOML: where the file was, for messages and reloads.
+    source: str = field(default="", metadata={"internal": True})
+
+    # -- derived helpers (no stored derived state) --
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def mail_root(self) -> Path:
+        return Path(self.data_dir) / "mail"
+
+    @property
+    def queue_root(self) -> Path:
+        return Path(self.data_dir) / "queue"
+
+    @property
+    def control_path(self) -> Path:
+        return Path(self.data_dir) / self.control_socket
+
+    @property
+    def authserv_id(self) -> str:
+        return self.smtp.authserv_id or self.hostname
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self.domains
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _range_text(lo: float | None, hi: float | None) -> str:
+    def fmt(x: float) -> str:
+        return str(int(x)) if float(x).is_integer() else str(x)
+
+    if lo is not None and hi is not None:
+        return f" {fmt(lo)}-{fmt(hi)}"
+    if lo is not None:
+        return f" >= {fmt(lo)}"
+    return ""
+
+
+class _Loader:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    def fail(self, path: str, reason: str) -> typing.NoReturn:
+        raise ConfigError(f"{path}: {reason}")
+
+    def scalar(self, path: str, tp: Any, value: object, meta: dict[str, Any]) -> Any:
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if typing.get_origin(tp) is Literal:
+            choices = typing.get_args(tp)
+            if value not in choices:
+                self.fail(path, "expected one of " + ", ".join(f'"{c}"' for c in choices)
+                          + f", got {_describe(value)}")
+            return value
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, f"expected true or false, got {_describe(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int) or (
+                    (lo is not None and value < lo) or (hi is not None and value > hi)):
+                self.fail(path, f"expected an integer{_range_text(lo, hi)}, got {_describe(value)}")
+            return value
+        if tp is float:
+            if meta.get("duration"):
+                try:
+                    seconds = parse_duration(value)
+                except ValueError:
+                    self.fail(path, "expected a duration (seconds, or \"30s\", \"5m\", \"1h\", \"5d\"), "
+                              f"got {_describe(value)}")
+                if (lo is not None and seconds < lo) or (hi is not None and seconds > hi):
+                    self.fail(path, f"expected a duration{_range_text(lo, hi)} seconds, got {_describe(value)}")
+                return seconds
+            if isinstance(value, bool) or not isinstance(value, int | float) or (
+                    (lo is not None and value < lo) or (hi is not None and value > hi)):
+                self.fail(path, f"expected a number{_range_text(lo, hi)}, got {_describe(value)}")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(path, f"expected a string, got {_describe(value)}")
+            if "\x00" in value:
+                self.fail(path, "NUL character not allowed")
+            if meta.get("path") and value:
+                p = Path(value).expanduser()
+                return str(p if p.is_absolute() else (self.base / p))
+            return value
+        raise AssertionError(f"unsupported config type {tp!r}")  # schema bug, not user input
+
+    def value(self, path: str, tp: Any, value: object, meta: dict[str, Any]) -> Any:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                self.fail(path, f"expected a table, got {_describe(value)}")
+            return self.table(path, tp, value)
+        if origin is list:
+            (item,) = typing.get_args(tp)
+            if not isinstance(value, list):
+                self.fail(path, f"expected an array, got {_describe(value)}")
+            return [self.value(f"{path}[{i}]", item, v, meta) for i, v in enumerate(value)]
+        if origin is dict:
+            _, item = typing.get_args(tp)
+            if not isinstance(value, dict):
+                self.fail(path, f"expected a table, got {_describe(value)}")
+            return {k: self.value(f"{path}.{_key(k)}", item, v, meta) for k, v in value.items()}
+        return self.scalar(path, tp, value, meta)
+
+    def table(self, path: str, cls: Any, data: dict[str, Any], defaults: dict[str, Any] | None = None) -> Any:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+        for key in data:
+            if key not in fields:
+                where = f"{path}.{_key(key)}" if path else _key(key)
+                self.fail(where, "unknown key")
+        kwargs: dict[str, Any] = {}
+        for name, f in fields.items():
+            where = f"{path}.{name}" if path else name
+            if name in data:
+                kwargs[name] = self.value(where, hints[name], data[name], dict(f.metadata))
+            elif defaults and name in defaults:
+                kwargs[name] = defaults[name]
+        return cls(**kwargs)
+
+
+def _key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k + '"'
+
+
+def _build(data: dict[str, Any], base: Path, source: str) -> Config:
+    loader = _Loader(base)
+    data = dict(data)
+    listeners_raw = data.pop("listeners", {})
+    domains_raw = data.pop("domains", {})
+    cfg: Config = loader.table("", Config, data)
+    if not isinstance(listeners_raw, dict):
+        loader.fail("listeners", f"expected a table, got {_describe(listeners_raw)}")
+    listeners: dict[str, ListenerConfig] = {}
+    for name, raw in listeners_raw.items():
+        if name not in _LISTENER_DEFAULTS:
+            loader.fail(f"listeners.{_key(name)}", "unknown listener (expected one of "
+                        + ", ".join(LISTENER_NAMES) + ")")
+        if not isinstance(raw, dict):
+            loader.fail(f"listeners.{name}", f"expected a table, got {_describe(raw)}")
+        listeners[name] = loader.table(f"listeners.{name}", ListenerConfig, raw, _LISTENER_DEFAULTS[name])
+    if not isinstance(domains_raw, dict):
+        loader.fail("domains", f"expected a table, got {_describe(domains_raw)}")
+    domains: dict[str, DomainConfig] = {}
+    for name, raw in domains_raw.items():
+        dname = name.lower().rstrip(".")
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", dname):
+            loader.fail(f"domains.{_key(name)}", "not a valid domain name")
+        if not isinstance(raw, dict):
+            loader.fail(f"domains.{_key(name)}", f"expected a table, got {_describe(raw)}")
+        domains[dname] = loader.table(f"domains.{_key(name)}", DomainConfig, raw)
+    cfg = dataclasses.replace(cfg, listeners=listeners, domains=domains, source=source)
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: Config) -> None:
+    """Cross-field rules and files that must exist."""
+    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?", cfg.hostname):
+        raise ConfigError(f"hostname: not a valid host name, got {_describe(cfg.hostname)}")
+    if len(cfg.plus_separator) > 1:
+        raise ConfigError(f"plus_separator: expected one character or \"\", got {_describe(cfg.plus_separator)}")
+    seen: dict[tuple[str, int], str] = {}
+    for name, lst in cfg.listeners.items():
+        if not lst.enabled:
+            continue
+        if (lst.address, lst.port) in seen:
+            raise ConfigError(f"listeners.{name}.port: {lst.address}:{lst.port} is also used by "
+                              f"listeners.{seen[lst.address, lst.port]}")
+        seen[(lst.address, lst.port)] = name
+        if lst.tls != "none" and not cfg.tls.cert:
+            raise ConfigError(f"listeners.{name}.tls: \"{lst.tls}\" needs tls.cert and tls.key")
+        if lst.per_ip_connections > lst.max_connections:
+            raise ConfigError(f"listeners.{name}.per_ip_connections: must not exceed max_connections "
+                              f"({lst.max_connections})")
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        raise ConfigError("tls.key: tls.cert and tls.key go together")
+    for key in ("cert", "key"):
+        p = getattr(cfg.tls, key)
+        if p and not Path(p).is_file():
+            raise ConfigError(f"tls.{key}: file not found: {p}")
+    for dname, dom in cfg.domains.items():
+        for key in ("dkim_key", "dkim_ed25519_key"):
+            p = getattr(dom, key)
+            if p and not Path(p).is_file():
+                raise ConfigError(f"domains.{_key(dname)}.{key}: file not found: {p}")
+        if dom.catch_all and "@" not in dom.catch_all:
+            raise ConfigError(f"domains.{_key(dname)}.catch_all: expected an address, got {_describe(dom.catch_all)}")
+    if not cfg.queue.retry_schedule:
+        raise ConfigError("queue.retry_schedule: expected at least one delay")
+    for i, ns in enumerate(cfg.dns.nameservers):
+        if not _valid_nameserver(ns):
+            raise ConfigError(f"dns.nameservers[{i}]: expected \"IP\" or \"IP:PORT\", got {_describe(ns)}")
+    if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
+        raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
+
+
+def split_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """"1.2.3.4", "1.2.3.4:53", "[::1]:53", "::1" -> (host, port). Raises ValueError."""
+    import ipaddress
+
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = int(rest[1:]) if rest.startswith(":") else default_port
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    else:
+        host, port = text, default_port
+    ipaddress.ip_address(host)
+    if not 1 <= port <= 65535:
+        raise ValueError
+    return host, port
+
+
+def _valid_nameserver(text: str) -> bool:
+    try:
+        split_hostport(text, 53)
+    except ValueError:
+        return False
+    return True
+
+
+def _valid_hostport(text: str) -> bool:
+    try:
+        split_hostport(text, 0)
+    except ValueError:
+        return False
+    return True
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a config file. Raises ConfigError with one line."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        # tomllib's message ends with "(at line L, column C)"; put the position first.
+        m = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", str(e))
+        if m:
+            raise ConfigError(f"{p}:{m.group(2)}:{m.group(3)}: TOML syntax error: {m.group(1)}") from None
+        raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+    return _build(data, p.resolve().parent, str(p))
+
+
+def from_dict(data: dict[str, Any], base: Path) -> Config:
+    """Build a Config from an already parsed table (tests, dev defaults)."""
+    return _build(data, base, "<dict>")
+
+
+def dev_config(workdir: Path, *, cert: Path, key: Path, users_file: Path) -> Config:
+    """The embedded config of `serve --dev`: loopback, high ports, data under workdir."""
+    data: dict[str, Any] = {
+        "hostname": "localhost",
+        "data_dir": str(workdir / "data"),
+        "users_file": str(users_file),
+        "dev": True,
+        "domains": {"example.test": {}},
+        "tls": {"cert": str(cert), "key": str(key)},
+        "auth": {"allow_plaintext_loopback": True},
+        "listeners": {name: {"address": "127.0.0.1", "port": port} for name, port in DEV_PORTS.items()},
+    }
+    return from_dict(data, workdir)
+
+
+def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """Every documented key path of the schema (for the sample-config test and docs)."""
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        tp = typing.get_type_hints(cls)[f.name]
+        path = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield from iter_keys(tp, path + ".")
+        elif typing.get_origin(tp) is dict and f.name == "listeners":
+            yield from iter_keys(ListenerConfig, "listeners.*.")
+        elif typing.get_origin(tp) is dict and f.name == "domains":
+            yield from iter_keys(DomainConfig, "domains.*.")
+        else:
+            yield path, f
+
+
+__all__ = [
+    "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
+    "DnsConfig", "PolicyConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
+    "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
+    "LISTENER_NAMES", "DEV_PORTS",
+]

@@ -1,0 +1,86 @@
+"""The error vocabulary shared by every protocol.
+
+An error carries its protocol meaning (SMTP code, enhanced status code, public text, temporary or
+not). Exactly one function per protocol turns it into a reply (`smtp/replies.py`, the IMAP and POP3
+sessions). Anything that is not a `MailError` is an internal failure: it is logged, and the client
+sees a generic temporary error whose text reveals nothing (STYLE rule 4 and 5).
+"""
+
+from __future__ import annotations
+
+
+class MailError(Exception):
+    """An error with protocol meaning. `text` is safe to show to the client."""
+
+    code: int = 451
+    enhanced: str = "4.3.0"
+    temporary: bool = True
+
+    def __init__(self, text: str = "", *, code: int | None = None, enhanced: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text or self.__class__.__doc__ or "error"
+        if code is not None:
+            self.code = code
+            self.temporary = 400 <= code < 500
+        if enhanced is not None:
+            self.enhanced = enhanced
+
+
+class TempFailure(MailError):
+    """Temporary local failure, try again later."""
+
+    code, enhanced, temporary = 451, "4.3.0", True
+
+
+class PermFailure(MailError):
+    """Permanent failure."""
+
+    code, enhanced, temporary = 554, "5.0.0", False
+
+
+class StoreError(TempFailure):
+    """The message could not be stored; nothing was kept."""
+
+    code, enhanced = 451, "4.3.0"
+
+
+class DnsTempError(TempFailure):
+    """DNS lookup failed temporarily."""
+
+    code, enhanced = 451, "4.4.3"
+
+
+class PolicyReject(PermFailure):
+    """Rejected by policy."""
+
+    code, enhanced = 550, "5.7.1"
+
+
+class UnknownUser(PermFailure):
+    """No such user here."""
+
+    code, enhanced = 550, "5.1.1"
+
+
+class AuthFailed(PermFailure):
+    """Authentication credentials invalid."""
+
+    code, enhanced = 535, "5.7.8"
+
+
+class BadMailboxName(PermFailure):
+    """Invalid mailbox name."""
+
+    code, enhanced = 553, "5.1.3"
+
+
+class MailboxNotFound(PermFailure):
+    """No such mailbox."""
+
+
+class MailboxExists(PermFailure):
+    """Mailbox already exists."""
+
+
+class ConfigError(Exception):
+    """A configuration problem; `str()` is one line naming the key path or position and the reason."""
