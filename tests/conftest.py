@@ -1,0 +1,7 @@
+"""Shared fixtures. Each area keeps its fixtures in its own module, listed here."""
+
+pytest_plugins = [
+    "tests.fixtures_base",
+    "tests.fixtures_dns",
+    "tests.fixtures_server",
+]
