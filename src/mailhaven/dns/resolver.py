@@ -1,0 +1,165 @@
+"""DNS lookups for the whole server, over dnspython's asyncio resolver.
+
+Owns: asking the configured nameservers (config `dns.nameservers`, `dns.timeout`) for MX, TXT, A,
+AAAA and PTR, and the one mapping of DNS outcomes to our vocabulary:
+- NXDOMAIN and NOERROR/NODATA -> an empty list (`mx()` alone raises `DomainNotFound` on NXDOMAIN,
+  because delivery must tell "no such domain" from "no MX, use the implicit MX", RFC 5321 §5.1);
+- SERVFAIL, REFUSED, timeout, network errors -> `errors.DnsTempError` (451 4.4.3).
+There is no cache: answers always come from the nameservers, so tests can change zones between
+calls and a recursive resolver (unbound, systemd-resolved) does the caching in production.
+
+Also owns `sync_resolver()`: a blocking dnspython resolver with the same nameservers and timeout, for
+pyspf and dkimpy, which are synchronous libraries and run in a worker thread (policy/spf.py,
+policy/dkim.py). They cannot await our asyncio resolver from inside that thread without blocking on
+the event loop, so they get a sync twin built from the same config; the answers are the same.
+Does not own: policy decisions (policy/), next-hop ordering (dns/nexthop.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+
+from mailhaven.config import DnsConfig, split_hostport
+from mailhaven.errors import DnsTempError, PermFailure
+
+
+class DomainNotFound(PermFailure):
+    """Domain does not exist (NXDOMAIN)."""
+
+    code, enhanced = 550, "5.1.2"  # RFC 3463 §3.2: bad destination system address
+
+
+def _nameservers(specs: Sequence[str]) -> list[dns.nameserver.Nameserver]:
+    out: list[dns.nameserver.Nameserver] = []
+    for spec in specs:
+        host, port = split_hostport(spec, 53)
+        out.append(dns.nameserver.Do53Nameserver(host, port))
+    return out
+
+
+def _configure(r: dns.resolver.BaseResolver, nameservers: Sequence[str], timeout: float) -> None:
+    if nameservers:
+        r.nameservers = _nameservers(nameservers)
+    r.timeout = timeout  # per attempt
+    r.lifetime = timeout  # whole query, all servers and retries
+    r.cache = None
+    r.use_search_by_default = False
+
+
+def _txt_joined(rdata: Any) -> str:
+    # RFC 7208 §3.3 / RFC 6376 §3.6.2.2: the character-strings of one record are concatenated.
+    return b"".join(rdata.strings).decode("utf-8", "replace")
+
+
+class Resolver:
+    """Async DNS resolver. `Resolver(["127.0.0.1:5353"], timeout=2.0)`; empty list = resolv.conf."""
+
+    def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0) -> None:
+        self.nameservers = list(nameservers)
+        self.timeout = timeout
+        self._r = dns.asyncresolver.Resolver(configure=not self.nameservers)
+        _configure(self._r, self.nameservers, timeout)
+
+    @classmethod
+    def from_config(cls, cfg: DnsConfig) -> Resolver:
+        return cls(cfg.nameservers, cfg.timeout)
+
+    def sync_resolver(self) -> dns.resolver.Resolver:
+        """A blocking dnspython resolver with the same nameservers and timeout (for worker threads)."""
+        r = dns.resolver.Resolver(configure=not self.nameservers)
+        _configure(r, self.nameservers, self.timeout)
+        return r
+
+    async def _query(self, name: str | dns.name.Name, rdtype: str) -> dns.resolver.Answer | None:
+        """The answer, None for NODATA/NXDOMAIN; raises DomainNotFound on NXDOMAIN if asked."""
+        try:
+            return await self._r.resolve(name, rdtype, search=False, raise_on_no_answer=True)
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.resolver.NXDOMAIN:
+            raise _NxDomain() from None
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as e:
+            raise DnsTempError(f"DNS lookup of {_short(name)} {rdtype} failed temporarily") from e
+        except dns.resolver.NoResolverConfiguration as e:
+            raise DnsTempError("no DNS resolver configured") from e
+        except dns.name.EmptyLabel as e:
+            raise _NxDomain() from e
+        except (dns.exception.DNSException, OSError) as e:
+            if isinstance(e, dns.exception.SyntaxError | dns.name.LabelTooLong | dns.name.NameTooLong):
+                raise _NxDomain() from e  # a name that cannot exist
+            raise DnsTempError(f"DNS lookup of {_short(name)} {rdtype} failed temporarily") from e
+
+    async def _records(self, name: str | dns.name.Name, rdtype: str) -> list[Any]:
+        try:
+            ans = await self._query(name, rdtype)
+        except _NxDomain:
+            return []
+        return list(ans) if ans is not None else []
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]:
+        """[(preference, host)] with hosts lower-case without the final dot ("." stays "." for a
+        null MX, RFC 7505). [] when the domain has no MX. Raises DomainNotFound, DnsTempError."""
+        try:
+            ans = await self._query(domain, "MX")
+        except _NxDomain:
+            raise DomainNotFound(f"domain {_short(domain)} does not exist") from None
+        if ans is None:
+            return []
+        out = []
+        for r in ans:
+            host = r.exchange.to_text(omit_final_dot=True).lower() or "."
+            out.append((int(r.preference), host))
+        return out
+
+    async def txt(self, name: str) -> list[str]:
+        """One string per TXT record, its character-strings joined. [] if none."""
+        return [_txt_joined(r) for r in await self._records(name, "TXT")]
+
+    async def a(self, name: str) -> list[str]:
+        return [r.address for r in await self._records(name, "A")]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return [r.address for r in await self._records(name, "AAAA")]
+
+    async def addresses(self, name: str) -> list[str]:
+        """IPv6 then IPv4 addresses of name. Raises DnsTempError only if both lookups failed
+        temporarily or one failed and the other found nothing (an answer we cannot trust)."""
+        results: list[str] = []
+        errors: list[DnsTempError] = []
+        for fn in (self.aaaa, self.a):
+            try:
+                results.extend(await fn(name))
+            except DnsTempError as e:
+                errors.append(e)
+        if errors and not results:
+            raise errors[0]
+        return results
+
+    async def ptr(self, ip: str) -> list[str]:
+        """Host names of an IP address (reverse DNS), without the final dot. [] if none."""
+        try:
+            rev = dns.reversename.from_address(ip)
+        except (dns.exception.SyntaxError, ValueError):
+            return []
+        return [r.target.to_text(omit_final_dot=True).lower() for r in await self._records(rev, "PTR")]
+
+
+class _NxDomain(Exception):
+    pass
+
+
+def _short(name: str | dns.name.Name) -> str:
+    text = str(name)
+    return text[:100]
+
+
+__all__ = ["Resolver", "DomainNotFound", "DnsTempError"]
