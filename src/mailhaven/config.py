@@ -12,6 +12,8 @@ or `FILE:LINE:COL: TOML syntax error: ...`. The CLI prints it and exits 2 (STYLE
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import re
 import tomllib
 import typing
@@ -45,13 +47,15 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError
     if isinstance(value, int | float):
-        if value < 0:
+        if not math.isfinite(value) or value < 0:
             raise ValueError
         return float(value)
     if isinstance(value, str):
         m = _DURATION.match(value)
         if m:
-            return float(m.group(1)) * _UNITS[m.group(2)]
+            seconds = float(m.group(1)) * _UNITS[m.group(2)]
+            if math.isfinite(seconds):
+                return seconds
     raise ValueError
 
 
@@ -303,7 +307,7 @@ class _Loader:
                 if (lo is not None and seconds < lo) or (hi is not None and seconds > hi):
                     self.fail(path, f"expected a duration{_range_text(lo, hi)} seconds, got {_describe(value)}")
                 return seconds
-            if isinstance(value, bool) or not isinstance(value, int | float) or (
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or (
                     (lo is not None and value < lo) or (hi is not None and value > hi)):
                 self.fail(path, f"expected a number{_range_text(lo, hi)}, got {_describe(value)}")
             return float(value)
@@ -378,6 +382,8 @@ def _build(data: dict[str, Any], base: Path, source: str) -> Config:
     domains: dict[str, DomainConfig] = {}
     for name, raw in domains_raw.items():
         dname = name.lower().rstrip(".")
+        if dname in domains:
+            loader.fail(f"domains.{_key(name)}", f"same domain as domains.{_key(dname)}")
         if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", dname):
             loader.fail(f"domains.{_key(name)}", "not a valid domain name")
         if not isinstance(raw, dict):
@@ -394,14 +400,23 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"hostname: not a valid host name, got {_describe(cfg.hostname)}")
     if len(cfg.plus_separator) > 1:
         raise ConfigError(f"plus_separator: expected one character or \"\", got {_describe(cfg.plus_separator)}")
-    seen: dict[tuple[str, int], str] = {}
+    bound: list[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
     for name, lst in cfg.listeners.items():
+        try:
+            ip = ipaddress.ip_address(lst.address)
+        except ValueError:
+            raise ConfigError(f"listeners.{name}.address: expected an IPv4 or IPv6 address, "
+                              f"got {_describe(lst.address)}") from None
         if not lst.enabled:
             continue
-        if (lst.address, lst.port) in seen:
-            raise ConfigError(f"listeners.{name}.port: {lst.address}:{lst.port} is also used by "
-                              f"listeners.{seen[lst.address, lst.port]}")
-        seen[(lst.address, lst.port)] = name
+        for other, oip, oport in bound:
+            # Same port, same family, and the same address or either one the wildcard: the second
+            # bind would fail. ("::" is bound IPv6-only, so it does not clash with 0.0.0.0.)
+            if oport == lst.port and oip.version == ip.version and (
+                    oip == ip or oip.is_unspecified or ip.is_unspecified):
+                raise ConfigError(f"listeners.{name}.port: {lst.address} port {lst.port} is also used by "
+                                  f"listeners.{other}")
+        bound.append((name, ip, lst.port))
         if lst.tls != "none" and not cfg.tls.cert:
             raise ConfigError(f"listeners.{name}.tls: \"{lst.tls}\" needs tls.cert and tls.key")
         if lst.per_ip_connections > lst.max_connections:
@@ -431,11 +446,11 @@ def _check(cfg: Config) -> None:
 
 def split_hostport(text: str, default_port: int) -> tuple[str, int]:
     """"1.2.3.4", "1.2.3.4:53", "[::1]:53", "::1" -> (host, port). Raises ValueError."""
-    import ipaddress
-
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
-        port = int(rest[1:]) if rest.startswith(":") else default_port
+        if rest and not rest.startswith(":"):
+            raise ValueError
+        port = int(rest[1:]) if rest else default_port
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
         port = int(p)
