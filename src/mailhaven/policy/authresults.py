@@ -1,0 +1,183 @@
+"""Authentication-Results (RFC 8601) and Received-SPF (RFC 7208 §9.1) header fields (pure).
+
+Owns: rendering our SPF/DKIM/DMARC results as one Authentication-Results field, and removing
+fields that claim to come from our authserv-id before we add ours (RFC 8601 §5), touching nothing
+but those header fields. Does not own: computing the results (spf.py, dkim.py, dmarc.py).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class SpfLike(Protocol):
+    @property
+    def result(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def identity(self) -> str: ...
+
+
+class DkimLike(Protocol):
+    @property
+    def result(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def selector(self) -> str: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def header_b(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class DmarcLike(Protocol):
+    @property
+    def result(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def published(self) -> str | None: ...
+    @property
+    def policy(self) -> str: ...
+
+
+# RFC 2045 §5.1 tspecials: a value holding one of these (or space/controls) must be quoted.
+_TSPECIALS = set('()<>@,;:\\"/[]?= \t')
+
+
+def _value(text: str) -> str:
+    """RFC 8601 §2.2 value: token if possible, else quoted-string."""
+    clean = "".join(c for c in text if c >= " " and c != "\x7f")
+    if clean and not any(c in _TSPECIALS for c in clean):
+        return clean
+    return '"' + clean.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str) -> str:
+    clean = "".join(c for c in text if c >= " " and c != "\x7f")
+    clean = clean.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    return f"({clean[:200]})"
+
+
+def format_auth_results(authserv_id: str, spf: SpfLike | None, dkim: Sequence[DkimLike],
+                        dmarc: DmarcLike | None) -> bytes:
+    """`Authentication-Results: id; spf=...; dkim=...; dmarc=...\\r\\n`, folded one result a line.
+
+    One dkim entry per signature; dkim=none when there is none (RFC 8601 §2.7.1)."""
+    parts: list[str] = []
+    if spf is not None:
+        # RFC 8601 §2.7.2: smtp.mailfrom, or smtp.helo when the HELO identity was checked.
+        ptype = "smtp.helo" if spf.identity == "helo" else "smtp.mailfrom"
+        entry = f"spf={spf.result}"
+        if spf.domain:
+            entry += f" {ptype}={_value(spf.domain)}"
+        parts.append(entry)
+    if not dkim:
+        parts.append("dkim=none")
+    for d in dkim:
+        entry = f"dkim={d.result}"
+        if d.reason and d.result != "pass":
+            entry += f" reason={_value(d.reason[:100])}"
+        if d.domain:
+            entry += f" header.d={_value(d.domain)}"
+        if d.selector:
+            entry += f" header.s={_value(d.selector)}"
+        if d.algorithm:
+            entry += f" header.a={_value(d.algorithm)}"  # RFC 8601 §2.7.1 / IANA header.a
+        if d.header_b:
+            entry += f" header.b={_value(d.header_b)}"  # RFC 6008 §4: first 8 characters
+        parts.append(entry)
+    if dmarc is not None:
+        entry = f"dmarc={dmarc.result}"
+        if dmarc.published is not None:
+            entry += " " + _comment(f"p={dmarc.published} dis={dmarc.policy}")  # RFC 7489 §11.2
+        if dmarc.domain:
+            entry += f" header.from={_value(dmarc.domain)}"  # RFC 7489 §11.2
+        parts.append(entry)
+    body = ";\r\n\t".join([_value(authserv_id)] + parts) if parts else f"{_value(authserv_id)}; none"
+    return f"Authentication-Results: {body}\r\n".encode()
+
+
+def format_received_spf(receiver: str, result: str, ip: str, sender: str, helo: str,
+                        identity: str) -> bytes:
+    """RFC 7208 §9.1 Received-SPF: `result (comment) key=value; ...\\r\\n`."""
+    subject = sender or f"postmaster@{helo}"
+    comment = _comment(f"{receiver}: {identity} {subject} {result} for client {ip}")
+    pairs = [f"client-ip={_value(ip)}", f"envelope-from={_value(sender)}", f"helo={_value(helo)}",
+             f"receiver={_value(receiver)}", f"identity={_value(identity)}"]
+    return f"Received-SPF: {result} {comment}\r\n\t{'; '.join(pairs)}\r\n".encode()
+
+
+# --- removal of forged fields (RFC 8601 §5) ------------------------------------------------------
+
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
+
+
+def _split_head(message: bytes) -> tuple[bytes, bytes]:
+    """(header block including its final line end, rest: the blank line and the body)."""
+    pos = 0
+    for m in _LINE.finditer(message):
+        line = m.group(0)
+        if line in (b"\r\n", b"\n"):
+            return message[:pos], message[pos:]
+        pos = m.end()
+    return message, b""
+
+
+def _strip_cfws(text: str) -> str:
+    """Remove leading whitespace and (nested) comments."""
+    i, depth = 0, 0
+    while i < len(text):
+        c = text[i]
+        if depth:
+            if c == "\\":
+                i += 1
+            elif c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+        elif c == "(":
+            depth = 1
+        elif not c.isspace():
+            break
+        i += 1
+    return text[i:]
+
+
+def authserv_id_of(value: bytes) -> str:
+    """The authserv-id of an Authentication-Results field value (lower-case)."""
+    text = _strip_cfws(value.decode("utf-8", "replace"))
+    if text.startswith('"'):
+        m = re.match(r'"((?:[^"\\]|\\.)*)"', text)
+        return re.sub(r"\\(.)", r"\1", m.group(1)).lower() if m else ""
+    m = re.match(r"[^\s;()]*", text)
+    return m.group(0).lower() if m else ""
+
+
+def remove_ours(message: bytes, authserv_id: str) -> bytes:
+    """message without Authentication-Results fields carrying authserv_id; body untouched."""
+    head, rest = _split_head(message)
+    ours = authserv_id.lower()
+    fields: list[list[bytes]] = []
+    for m in _LINE.finditer(head):
+        line = m.group(0)
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)  # RFC 5322 §2.2.3: continuation of a folded field
+        else:
+            fields.append([line])
+    kept: list[bytes] = []
+    for f in fields:
+        name, sep, value = b"".join(f).partition(b":")
+        if sep and name.strip().lower() == b"authentication-results" and authserv_id_of(value) == ours:
+            continue  # RFC 8601 §5: remove fields claiming our authserv-id
+        kept.extend(f)
+    return b"".join(kept) + rest
+
+
+__all__ = ["format_auth_results", "format_received_spf", "remove_ours", "authserv_id_of"]

@@ -1,0 +1,136 @@
+"""Authentication-Results rendering and removal of forged fields (RFC 8601)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailhaven.policy.authresults import (
+    authserv_id_of,
+    format_auth_results,
+    format_received_spf,
+    remove_ours,
+)
+
+
+@dataclass(frozen=True)
+class Spf:
+    result: str
+    domain: str
+    identity: str = "mailfrom"
+
+
+@dataclass(frozen=True)
+class Dkim:
+    result: str
+    domain: str = ""
+    selector: str = ""
+    algorithm: str = ""
+    header_b: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Dmarc:
+    result: str
+    domain: str
+    published: str | None = None
+    policy: str = "none"
+
+
+def _unfold(b: bytes) -> str:
+    return b.decode().replace("\r\n\t", " ").replace("\r\n", "")
+
+
+def test_all_pass_renders_the_documented_form() -> None:
+    h = format_auth_results("mx.example.org", Spf("pass", "example.net"),
+                            [Dkim("pass", "example.net", "sel", "rsa-sha256", "abcdefgh")],
+                            Dmarc("pass", "example.net", "reject", "none"))
+    assert h.endswith(b"\r\n")
+    assert _unfold(h) == ("Authentication-Results: mx.example.org; spf=pass smtp.mailfrom=example.net; "
+                          "dkim=pass header.d=example.net header.s=sel header.a=rsa-sha256 "
+                          "header.b=abcdefgh; dmarc=pass (p=reject dis=none) header.from=example.net")
+
+
+def test_no_signature_is_dkim_none_and_two_signatures_are_two_entries() -> None:
+    none = _unfold(format_auth_results("mx", Spf("none", "a.example"), [], None))
+    assert "; dkim=none" in none
+    two = _unfold(format_auth_results("mx", None, [Dkim("pass", "a.example"), Dkim("fail", "b.example",
+                                                                                   reason="bad")], None))
+    assert "dkim=pass header.d=a.example" in two
+    assert 'dkim=fail reason=bad header.d=b.example' in two
+
+
+def test_helo_identity_uses_smtp_helo() -> None:
+    assert "spf=pass smtp.helo=host.example" in _unfold(
+        format_auth_results("mx", Spf("pass", "host.example", "helo"), [], None))
+
+
+def test_values_with_specials_are_quoted() -> None:
+    h = _unfold(format_auth_results("mx", None, [Dkim("fail", "a.example", header_b="ab/c+d=e",
+                                                      reason='say "no"\r\nX-Evil: 1')], None))
+    assert 'header.b="ab/c+d=e"' in h
+    assert 'reason="say \\"no\\"X-Evil: 1"' in h
+    assert "\n" not in h
+
+
+@given(st.text(max_size=50), st.text(max_size=50))
+def test_rendered_field_never_contains_bare_line_breaks(domain: str, reason: str) -> None:
+    h = format_auth_results("mx", Spf("pass", domain), [Dkim("fail", domain, reason=reason)],
+                            Dmarc("fail", domain, "reject", "reject"))
+    lines = h.split(b"\r\n")
+    assert lines[-1] == b""
+    assert all(line.startswith(b"\t") for line in lines[1:-1])
+    assert b"\n" not in b"".join(lines) and b"\r" not in b"".join(lines)
+
+
+def test_received_spf_has_key_value_pairs() -> None:
+    h = format_received_spf("mx.example.org", "pass", "127.0.0.1", "a@example.net", "host.example",
+                            "mailfrom").decode()
+    assert h.startswith("Received-SPF: pass (mx.example.org: mailfrom a@example.net pass for client 127.0.0.1)")
+    assert 'client-ip=127.0.0.1; envelope-from="a@example.net"; helo=host.example' in h
+
+
+MSG = (b"Received: from x\r\n"
+       b"Authentication-Results: MX.example.org; spf=pass\r\n smtp.mailfrom=forged.example\r\n"
+       b"Authentication-Results: other.example; dkim=pass\r\n"
+       b"Authentication-Results: (comment) mx.example.org;\r\n\tdmarc=pass\r\n"
+       b"Authentication-Results: mx.example.org.evil; none\r\n"
+       b"Subject: s\r\n"
+       b"\r\n"
+       b"Authentication-Results: mx.example.org; in the body stays\r\n")
+
+
+def test_remove_ours_drops_only_fields_with_our_authserv_id() -> None:
+    out = remove_ours(MSG, "mx.example.org")
+    assert out == (b"Received: from x\r\n"
+                   b"Authentication-Results: other.example; dkim=pass\r\n"
+                   b"Authentication-Results: mx.example.org.evil; none\r\n"
+                   b"Subject: s\r\n"
+                   b"\r\n"
+                   b"Authentication-Results: mx.example.org; in the body stays\r\n")
+
+
+def test_remove_ours_handles_lf_only_and_no_body() -> None:
+    assert remove_ours(b"Authentication-Results: mx; x\nA: b\n", "mx") == b"A: b\n"
+    assert remove_ours(b"A: b\n\nbody", "mx") == b"A: b\n\nbody"
+
+
+def test_authserv_id_of_quoted_and_commented_values() -> None:
+    assert authserv_id_of(b' "mx.Example.org" ; spf=pass') == "mx.example.org"
+    assert authserv_id_of(b" (a (nested) comment) mx.example.org; x") == "mx.example.org"
+    assert authserv_id_of(b" mx.example.org 1; none") == "mx.example.org"
+
+
+@given(st.binary(max_size=400))
+def test_remove_ours_keeps_everything_after_the_header_block(data: bytes) -> None:
+    out = remove_ours(data, "mx")
+    i = data.find(b"\n\n")
+    j = data.find(b"\n\r\n")
+    cuts = [k for k in (i, j) if k >= 0]
+    if cuts:
+        body = data[min(cuts) + 1:]
+        assert out.endswith(body)
+    assert len(out) <= len(data)
