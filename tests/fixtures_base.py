@@ -1,1 +1,129 @@
-"""Fixtures: base."""
+"""Fixtures: base (TLS material, cheap password hashing, a ready Config).
+
+- `fast_hashing` (autouse): sets MAILHAVEN_FAST_HASH=1 so argon2 uses t=1, m=1 MiB, p=1 in every test
+  (also inherited by server subprocesses started from tests). Tests of the real cost pass
+  `params=` explicitly.
+- `tls_ca`: a trustme.CA for the session.
+- `tls_files`: (cert_path, key_path) for "localhost", 127.0.0.1 and ::1, signed by `tls_ca`, written
+  under tmp_path.
+- `client_ssl_context`: an ssl.SSLContext (client side) trusting `tls_ca`; check_hostname on, so
+  connect with server_hostname="localhost".
+- `free_port()`: a plain function (import it) returning a currently free TCP port on 127.0.0.1.
+- `make_config`: a function building a validated Config via mailhaven.config.from_dict:
+
+      cfg = make_config()                                   # no listeners
+      cfg = make_config("submission", "imap")               # these listeners on 127.0.0.1, free ports
+      cfg = make_config({"mx": {"tls": "none"}}, auth={"failure_delay": 0.5})
+
+  Positional arguments are listener names or dicts {name: {listener overrides}}; keyword arguments
+  are deep-merged into the config table (e.g. dns={"nameservers": [dns_nameserver]},
+  domains={"other.test": {}}). Defaults: hostname "localhost", data_dir tmp_path/"data" (created),
+  domain "example.test", tls = `tls_files`, users file tmp_path/"users.toml" with alice@example.test
+  and bob@example.test (password "secret", see USERS), auth.failure_delay 0 (throttling tests
+  raise it) and auth.allow_plaintext_loopback true. The port of a listener is in
+  cfg.listeners[name].port.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PASSWORD = "secret"
+USERS = ("alice@example.test", "bob@example.test")
+
+
+@pytest.fixture(autouse=True)
+def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from mailhaven.auth import passwords
+
+    monkeypatch.setenv(passwords.FAST_ENV, "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def tls_ca() -> Any:
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_files(tls_ca: Any, tmp_path: Path) -> tuple[Path, Path]:
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1", "::1")
+    cert_path, key_path = tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem"
+    cert_path.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))  # leaf first, then chain
+    cert.private_key_pem.write_to_path(str(key_path))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@pytest.fixture
+def client_ssl_context(tls_ca: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    tls_ca.configure_trust(ctx)
+    return ctx
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (bind to port 0, read it, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+@pytest.fixture
+def users_file_path(tmp_path: Path) -> Path:
+    """tmp_path/"users.toml" with USERS, password PASSWORD (written with the UsersFile API)."""
+    from mailhaven.auth.passwords import hash_password
+    from mailhaven.auth.users import UsersFile
+
+    path = tmp_path / "users.toml"
+    if not path.exists():
+        with UsersFile.edit(path) as uf:
+            for user in USERS:
+                uf.add_user(user, hash_password(PASSWORD))
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, tls_files: tuple[Path, Path], users_file_path: Path,
+                fast_hashing: None) -> Callable[..., Any]:
+    from mailhaven.config import Config, from_dict
+
+    def build(*listeners: str | dict[str, dict[str, Any]], **overrides: Any) -> Config:
+        data_dir = tmp_path / "data"
+        data_dir.mkdir(exist_ok=True)
+        lst: dict[str, dict[str, Any]] = {}
+        for item in listeners:
+            table = {item: {}} if isinstance(item, str) else item
+            for name, extra in table.items():
+                lst[name] = {"address": "127.0.0.1", "port": free_port(), **extra}
+        data: dict[str, Any] = {
+            "hostname": "localhost",
+            "data_dir": str(data_dir),
+            "users_file": str(users_file_path),
+            "domains": {"example.test": {}},
+            "tls": {"cert": str(tls_files[0]), "key": str(tls_files[1])},
+            "auth": {"failure_delay": 0, "allow_plaintext_loopback": True},
+            "listeners": lst,
+        }
+        cfg: Config = from_dict(_merge(data, overrides), tmp_path)
+        return cfg
+
+    return build

@@ -1,0 +1,527 @@
+"""Users and aliases: the TOML users file, and the Directory that resolves addresses over it.
+
+Owns: the users file format, its atomic editing (used by the CLI), address resolution (users,
+aliases, catch-all, sub-addresses), "may this user send as that address", and login checks.
+Does not own: password hash formats (auth/passwords.py), throttling (limits.py), domains (config).
+
+File format (comments are not preserved when the CLI rewrites the file):
+
+    [users."alice@example.test"]
+    password = "$argon2id$v=19$m=65536,t=3,p=4$..."
+
+    [aliases]
+    "postmaster@example.test" = ["alice@example.test"]
+    "team@example.test" = ["alice@example.test", "bob@example.test"]
+
+Addresses are normalised: the domain is lower-cased (IDNA U-labels become A-labels); the local part
+keeps the case it was written with (that is the canonical name, also used for the Maildir) but is
+compared case-insensitively, as Postfix and Dovecot do by default. Two users or aliases differing
+only in case are an error. Alias targets must be users or aliases in a local domain (forwarding to
+other domains is not supported); dangling targets are skipped and reported in `Directory.warnings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailhaven.auth import passwords
+from mailhaven.config import Config
+from mailhaven.errors import ConfigError
+from mailhaven.message.address import Address, format_local, parse_domain, parse_mailbox
+
+MAX_ALIAS_DEPTH = 10  # alias chains deeper than this are cut (and reported)
+MAX_LOGIN_LENGTH = 512
+
+
+def address_key(address: str | Address) -> str:
+    """Comparison key of an address (case-insensitive local part, normalised domain). ValueError."""
+    addr = address if isinstance(address, Address) else parse_mailbox(address)
+    return addr.normalized()
+
+
+def canonical(address: str) -> str:
+    """The address as we store it: local part as written, domain normalised. Raises ValueError."""
+    return str(parse_mailbox(address))
+
+
+# --- the file ------------------------------------------------------------------------------------
+
+
+@dataclass
+class UserEntry:
+    address: str  # canonical form
+    password: str  # hash (see auth/passwords.py)
+
+
+class UsersFile:
+    """The users file in memory. Edit with the methods, then `save()`; or use `UsersFile.edit(path)`."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._users: dict[str, UserEntry] = {}  # key -> entry
+        self._aliases: dict[str, tuple[str, list[str]]] = {}  # key -> (canonical alias, canonical targets)
+
+    # -- loading --
+
+    @classmethod
+    def load(cls, path: str | Path) -> UsersFile:
+        """Read and validate. Raises ConfigError (one line, naming the file and key)."""
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"{p}: users file not found") from None
+        except OSError as e:
+            raise ConfigError(f"{p}: cannot read users file: {e.strerror}") from None
+        return cls.loads(raw, p)
+
+    @classmethod
+    def loads(cls, raw: bytes, path: str | Path) -> UsersFile:
+        p = Path(path)
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as e:
+            m = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", str(e))
+            if m:
+                raise ConfigError(f"{p}:{m.group(2)}:{m.group(3)}: TOML syntax error: {m.group(1)}") from None
+            raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+        uf = cls(p)
+        uf._fill(data)
+        return uf
+
+    def _fill(self, data: dict[str, Any]) -> None:
+        p = self.path
+
+        def fail(where: str, reason: str) -> ConfigError:
+            return ConfigError(f"{p}: {where}: {reason}")
+
+        for key in data:
+            if key not in ("users", "aliases"):
+                raise fail(_tkey(key), "unknown key (expected [users.\"ADDRESS\"] or [aliases])")
+        users = data.get("users", {})
+        if not isinstance(users, dict):
+            raise fail("users", "expected a table")
+        for addr, entry in users.items():
+            where = f"users.{_tkey(addr)}"
+            try:
+                canon = canonical(addr)
+            except ValueError as e:
+                raise fail(where, f"not a valid address ({e})") from None
+            if not isinstance(entry, dict):
+                raise fail(where, "expected a table with password = \"...\"")
+            for k in entry:
+                if k != "password":
+                    raise fail(f"{where}.{_tkey(k)}", "unknown key")
+            pw = entry.get("password")
+            if not isinstance(pw, str):
+                raise fail(f"{where}.password", "expected a password hash string")
+            if not passwords.is_supported_hash(pw):
+                raise fail(f"{where}.password", "not a supported password hash (expected \"$argon2id$...\" "
+                           "or \"$scrypt$...\"; clear text is refused; use `mailhaven user passwd`)")
+            k = address_key(canon)
+            if k in self._users:
+                raise fail(where, f"same user as {self._users[k].address!r} (local parts ignore case)")
+            self._users[k] = UserEntry(canon, pw)
+        aliases = data.get("aliases", {})
+        if not isinstance(aliases, dict):
+            raise fail("aliases", "expected a table")
+        for alias, targets in aliases.items():
+            where = f"aliases.{_tkey(alias)}"
+            try:
+                canon = canonical(alias)
+            except ValueError as e:
+                raise fail(where, f"not a valid address ({e})") from None
+            if isinstance(targets, str):
+                targets = [targets]
+            if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+                raise fail(where, "expected a non-empty array of addresses")
+            canon_targets: list[str] = []
+            for i, t in enumerate(targets):
+                try:
+                    ct = canonical(t)
+                except ValueError as e:
+                    raise fail(f"{where}[{i}]", f"not a valid address ({e})") from None
+                if ct not in canon_targets:
+                    canon_targets.append(ct)
+            k = address_key(canon)
+            if k in self._users:
+                raise fail(where, f"is also a user ({self._users[k].address!r})")
+            if k in self._aliases:
+                raise fail(where, f"same alias as {self._aliases[k][0]!r} (local parts ignore case)")
+            self._aliases[k] = (canon, canon_targets)
+
+    # -- reading --
+
+    def get_user(self, address: str) -> UserEntry | None:
+        try:
+            return self._users.get(address_key(address))
+        except ValueError:
+            return None
+
+    def get_alias(self, address: str) -> list[str] | None:
+        try:
+            entry = self._aliases.get(address_key(address))
+        except ValueError:
+            return None
+        return list(entry[1]) if entry else None
+
+    def list_users(self) -> list[str]:
+        return sorted(e.address for e in self._users.values())
+
+    def list_aliases(self) -> dict[str, list[str]]:
+        return {canon: list(targets) for canon, targets in sorted(self._aliases.values())}
+
+    def users(self) -> list[UserEntry]:
+        return [UserEntry(e.address, e.password) for e in self._users.values()]
+
+    # -- editing (in memory; then save()) --
+
+    def add_user(self, address: str, password_hash: str) -> str:
+        """Add a user; returns its canonical address. ValueError if it exists or is an alias."""
+        canon = canonical(address)
+        k = address_key(canon)
+        if k in self._users:
+            raise ValueError(f"user {self._users[k].address} already exists")
+        if k in self._aliases:
+            raise ValueError(f"{self._aliases[k][0]} is an alias")
+        _check_hash(password_hash)
+        self._users[k] = UserEntry(canon, password_hash)
+        return canon
+
+    def set_password(self, address: str, password_hash: str) -> None:
+        entry = self._users.get(address_key(address))
+        if entry is None:
+            raise ValueError(f"no such user: {address}")
+        _check_hash(password_hash)
+        entry.password = password_hash
+
+    def delete_user(self, address: str) -> list[str]:
+        """Remove a user and drop it from alias targets (aliases left empty go too).
+        Returns the canonical names of the aliases that changed."""
+        k = address_key(address)
+        if k not in self._users:
+            raise ValueError(f"no such user: {address}")
+        del self._users[k]
+        changed: list[str] = []
+        for ak, (acanon, targets) in list(self._aliases.items()):
+            kept = [t for t in targets if address_key(t) != k]
+            if len(kept) != len(targets):
+                changed.append(acanon)
+                if kept:
+                    self._aliases[ak] = (acanon, kept)
+                else:
+                    del self._aliases[ak]
+        return changed
+
+    def add_alias(self, alias: str, targets: Iterable[str], *, replace: bool = False) -> str:
+        """Create an alias, or add targets to an existing one (replace=True: set them).
+        Returns the canonical alias. ValueError on a bad address or when `alias` is a user."""
+        canon = canonical(alias)
+        k = address_key(canon)
+        if k in self._users:
+            raise ValueError(f"{self._users[k].address} is a user")
+        new = [canonical(t) for t in targets]
+        if not new:
+            raise ValueError("an alias needs at least one target")
+        current = [] if replace or k not in self._aliases else list(self._aliases[k][1])
+        keys = {address_key(t) for t in current}
+        for t in new:
+            if address_key(t) not in keys:
+                current.append(t)
+                keys.add(address_key(t))
+        name = self._aliases[k][0] if k in self._aliases and not replace else canon
+        self._aliases[k] = (name, current)
+        return name
+
+    def delete_alias(self, alias: str, targets: Iterable[str] | None = None) -> None:
+        """Remove an alias, or only some of its targets (the alias goes when none are left)."""
+        k = address_key(alias)
+        if k not in self._aliases:
+            raise ValueError(f"no such alias: {alias}")
+        if targets is None:
+            del self._aliases[k]
+            return
+        drop = {address_key(t) for t in targets}
+        canon, current = self._aliases[k]
+        kept = [t for t in current if address_key(t) not in drop]
+        if kept:
+            self._aliases[k] = (canon, kept)
+        else:
+            del self._aliases[k]
+
+    # -- writing --
+
+    def dumps(self) -> str:
+        lines = ["# Mailhaven users and aliases. Managed by `mailhaven user ...` and `mailhaven alias ...`;",
+                 "# hand edits are fine, but comments are not kept when the tool rewrites this file.", ""]
+        for e in sorted(self._users.values(), key=lambda e: e.address):
+            lines += [f"[users.{_tstr(e.address)}]", f"password = {_tstr(e.password)}", ""]
+        if self._aliases:
+            lines.append("[aliases]")
+            for canon, targets in sorted(self._aliases.values()):
+                lines.append(f"{_tstr(canon)} = [" + ", ".join(_tstr(t) for t in targets) + "]")
+            lines.append("")
+        return "\n".join(lines)
+
+    def save(self) -> None:
+        """Write atomically: temp file in the same folder (0600), fsync, rename, fsync the folder.
+        Keeps the owner of an existing file when we may (so root running the CLI does not lock the
+        server out). Blocking: from async code use asyncio.to_thread."""
+        data = self.dumps().encode("utf-8")
+        folder = self.path.parent
+        try:
+            old = self.path.stat()
+        except FileNotFoundError:
+            old = None
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=folder)
+        try:
+            os.fchmod(fd, 0o600)
+            if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+                with contextlib.suppress(PermissionError):
+                    os.fchown(fd, old.st_uid, old.st_gid)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    @classmethod
+    @contextlib.contextmanager
+    def edit(cls, path: str | Path, *, create: bool = True) -> Iterator[UsersFile]:
+        """Lock (flock on `<path>.lock`), load (or start empty when missing and `create`), yield,
+        and save if the block ends without an exception. For the CLI."""
+        p = Path(path)
+        lock_fd = os.open(p.with_name(p.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            if create and not p.exists():
+                uf = cls(p)
+            else:
+                uf = cls.load(p)
+            yield uf
+            uf.save()
+        finally:
+            os.close(lock_fd)
+
+
+def _check_hash(h: str) -> None:
+    if not passwords.is_supported_hash(h):
+        raise ValueError("not a supported password hash (expected $argon2id$... or $scrypt$...)")
+
+
+def _tstr(s: str) -> str:
+    """A TOML basic string."""
+    out = []
+    for ch in s:
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _tkey(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else _tstr(k)
+
+
+# --- resolution ----------------------------------------------------------------------------------
+
+
+class Directory:
+    """Address resolution and login over the config's domains and a loaded UsersFile.
+
+    Immutable once built, and cheap to build: on reload make a new one and swap the reference."""
+
+    def __init__(self, config: Config, users_file: UsersFile) -> None:
+        self.config = config
+        self._sep = config.plus_separator
+        self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password)
+                                             for k, e in users_file._users.items()}
+        self._aliases: dict[str, list[str]] = {}
+        self.warnings: list[str] = []
+        for e in self._users.values():
+            if not self.is_local_domain(e.address.rpartition("@")[2]):
+                self.warnings.append(f"user {e.address}: domain is not in [domains]; it can log in "
+                                     "but receives no mail")
+        for k, (canon, targets) in users_file._aliases.items():
+            if not self.is_local_domain(canon.rpartition("@")[2]):
+                self.warnings.append(f"alias {canon}: domain is not in [domains]; ignored")
+                continue
+            keys: list[str] = []
+            for t in targets:
+                if not self.is_local_domain(t.rpartition("@")[2]):
+                    self.warnings.append(f"alias {canon}: target {t} is not in a local domain "
+                                         "(forwarding is not supported); ignored")
+                    continue
+                keys.append(address_key(t))
+            self._aliases[k] = keys
+        for k in self._aliases:
+            problems: list[str] = []
+            self._expand(k, 0, set(), [], problems)
+            for pr in problems:
+                w = f"alias {users_file._aliases[k][0]}: {pr}"
+                if w not in self.warnings:
+                    self.warnings.append(w)
+        for dname, dom in config.domains.items():
+            if dom.catch_all:
+                try:
+                    ok = self._lookup_key(address_key(dom.catch_all)) is not None
+                except ValueError:
+                    ok = False
+                if not ok:
+                    self.warnings.append(f"domains.{dname}.catch_all: {dom.catch_all} is not a user or alias")
+
+    @classmethod
+    def load(cls, config: Config) -> Directory:
+        """Load config.users_file and build. Raises ConfigError. Blocking (reads a file)."""
+        return cls(config, UsersFile.load(config.users_file))
+
+    # -- queries --
+
+    def is_local_domain(self, domain: str) -> bool:
+        try:
+            return parse_domain(domain) in self.config.domains
+        except ValueError:
+            return False
+
+    def user(self, address: str) -> str | None:
+        """The canonical user for exactly this address (no aliases, no sub-address), or None."""
+        try:
+            e = self._users.get(address_key(address))
+        except ValueError:
+            return None
+        return e.address if e else None
+
+    @property
+    def user_names(self) -> list[str]:
+        return sorted(e.address for e in self._users.values())
+
+    def _expand(self, key: str, depth: int, stack: set[str], out: list[str], problems: list[str] | None,
+                visited: set[str] | None = None) -> bool:
+        """Append the users `key` leads to; False when `key` is neither user nor alias.
+        `stack` detects loops; `visited` keeps shared sub-aliases from being expanded twice."""
+        e = self._users.get(key)
+        if e is not None:
+            if e.address not in out:
+                out.append(e.address)
+            return True
+        targets = self._aliases.get(key)
+        if targets is None:
+            return False
+        if visited is None:
+            visited = set()
+        if key in stack:
+            if problems is not None:
+                problems.append(f"alias loop through {key}")
+            return True
+        if key in visited:
+            return True
+        if depth >= MAX_ALIAS_DEPTH:
+            if problems is not None:
+                problems.append(f"alias chain deeper than {MAX_ALIAS_DEPTH}")
+            return True
+        visited.add(key)
+        stack.add(key)
+        for t in targets:
+            if not self._expand(t, depth + 1, stack, out, problems, visited) and problems is not None:
+                problems.append(f"target {t} is not a user or alias")
+        stack.discard(key)
+        return True
+
+    def _lookup_key(self, key: str) -> list[str] | None:
+        out: list[str] = []
+        if not self._expand(key, 0, set(), out, None):
+            return None
+        return out or None
+
+    def _candidates(self, addr: Address) -> list[str]:
+        """Exact key first, then the key without the +tag (RFC 5233 sub-address)."""
+        keys = [addr.normalized()]
+        if self._sep and self._sep in addr.local:
+            base = addr.local.split(self._sep, 1)[0]
+            if base:
+                keys.append(f"{format_local(base.lower())}@{addr.domain}")
+        return keys
+
+    def resolve(self, address: str | Address) -> list[str] | None:
+        """Canonical user addresses mail to `address` goes to, or None (unknown, or not local).
+        Order: exact user/alias, then without +tag, then the domain's catch-all."""
+        try:
+            addr = address if isinstance(address, Address) else parse_mailbox(address)
+        except ValueError:
+            return None
+        if addr.is_literal or addr.domain not in self.config.domains:
+            return None
+        for key in self._candidates(addr):
+            found = self._lookup_key(key)
+            if found is not None:
+                return found
+        catch_all = self.config.domains[addr.domain].catch_all
+        if catch_all:
+            try:
+                return self._lookup_key(address_key(catch_all))
+            except ValueError:
+                return None
+        return None
+
+    def owns(self, user: str, address: str | Address) -> bool:
+        """May `user` send as `address`: its own address, its +tag addresses, and aliases whose
+        (transitive) targets include it. A catch-all does not make a user own the domain."""
+        try:
+            ukey = address_key(user)
+            addr = address if isinstance(address, Address) else parse_mailbox(address)
+        except ValueError:
+            return False
+        u = self._users.get(ukey)
+        if u is None:
+            return False
+        for key in self._candidates(addr):
+            found = self._lookup_key(key)
+            if found is not None:
+                return u.address in found
+        return False
+
+    async def authenticate(self, login: str, password: str) -> str | None:
+        """Check a login (full address, any case) and password. Returns the canonical user or None.
+        Spends about the same time for unknown users (verifies against a dummy hash)."""
+        entry: UserEntry | None = None
+        if len(login) <= MAX_LOGIN_LENGTH:
+            try:
+                entry = self._users.get(address_key(login))
+            except ValueError:
+                entry = None
+        if entry is None:
+            dummy = await asyncio.to_thread(passwords.dummy_hash)
+            await passwords.verify(dummy, password)
+            return None
+        if await passwords.verify(entry.password, password):
+            return entry.address
+        return None
+
+
+__all__ = ["UsersFile", "UserEntry", "Directory", "address_key", "canonical", "MAX_ALIAS_DEPTH"]
