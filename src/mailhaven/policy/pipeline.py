@@ -1,0 +1,183 @@
+"""The inbound sender-authentication verdict: SPF at MAIL FROM, DKIM + DMARC + decision at DATA.
+
+Owns: the order of the checks, the decision table below (config `policy.*` actions), the SMTP reply
+of a verdict, and the header fields added to accepted mail (Authentication-Results, Received-SPF),
+after removing forged Authentication-Results fields claiming our authserv-id (RFC 8601 §5).
+Does not own: the SMTP dialogue (smtp/inbound.py calls `check_mail` at MAIL and `check_data` at
+DATA and sends `verdict.reply`), storing (store/).
+
+Why nothing is rejected at MAIL: an SPF fail is rescued by an aligned DKIM pass (RFC 7489 §4.2),
+which only DATA can show; so MAIL only computes and remembers the SpfResult.
+
+Decision at DATA (first match wins; "tempfail" never accepts a message we might have to drop):
+1. no single RFC5322.From domain (RFC 7489 §6.6.1)             -> reject 550 5.7.1
+2. DMARC temperror (record lookup or aligned DKIM key lookup)  -> tempfail 451 4.4.3
+3. SPF temperror and no DMARC pass and no aligned DKIM pass      -> tempfail 451 4.4.3
+4. the strongest of: DMARC fail with p=reject -> `policy.dmarc_reject` (default reject);
+   p=quarantine -> `policy.dmarc_quarantine` (default junk); SPF fail with no aligned DKIM pass
+   -> `policy.spf_fail` (default reject). "reject" is 550 5.7.1, "junk" is 250 into Junk.
+5. otherwise accept.
+Policy applies to every client, loopback included, unless `policy.check_local` is false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mailhaven.config import PolicyConfig
+from mailhaven.dns.resolver import Resolver
+from mailhaven.errors import DnsTempError, MailError, PolicyReject
+from mailhaven.policy import authresults, dkim, dmarc, spf
+from mailhaven.policy.dkim import DkimResult
+from mailhaven.policy.dmarc import AuthorError, DmarcResult
+from mailhaven.policy.spf import SpfResult
+
+VerdictAction = Literal["accept", "junk", "reject", "tempfail"]
+_RANK: dict[str, int] = {"accept": 0, "junk": 1, "reject": 2}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: VerdictAction
+    reason: str
+    code: int = 250
+    enhanced: str = "2.0.0"
+
+    @property
+    def reply(self) -> str:
+        """"NNN X.Y.Z text" for the SMTP DATA reply of a reject or tempfail."""
+        return f"{self.code} {self.enhanced} {self.reason}"
+
+    def error(self) -> MailError | None:
+        """The MailError to raise for reject/tempfail (for smtp/replies.py); None otherwise."""
+        if self.action == "reject":
+            return PolicyReject(self.reason, code=self.code, enhanced=self.enhanced)
+        if self.action == "tempfail":
+            return DnsTempError(self.reason, code=self.code, enhanced=self.enhanced)
+        return None
+
+
+ACCEPT = Verdict("accept", "ok")
+
+
+def _reject(reason: str) -> Verdict:
+    return Verdict("reject", reason, 550, "5.7.1")  # RFC 7372 §3.2 / RFC 3463 5.7.1
+
+
+def _tempfail(reason: str) -> Verdict:
+    return Verdict("tempfail", reason, 451, "4.4.3")  # RFC 3463 §3.5: directory server failure
+
+
+def _act(action: str, reason: str) -> Verdict:
+    if action == "reject":
+        return _reject(reason)
+    if action == "junk":
+        return Verdict("junk", reason)
+    return Verdict("accept", reason)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """Everything DATA needs: the verdict, the results, the header fields to prepend, and the
+    message with forged Authentication-Results removed."""
+
+    verdict: Verdict
+    spf: SpfResult | None
+    dkim: list[DkimResult]
+    dmarc: DmarcResult
+    headers: bytes  # Authentication-Results (+ Received-SPF), CRLF-terminated, to prepend
+    message: bytes  # the message without Authentication-Results fields claiming our authserv-id
+    from_domain: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def applies(policy: PolicyConfig, client_ip: str) -> bool:
+    """Whether policy is enforced for this client (all clients unless policy.check_local is off)."""
+    if policy.check_local:
+        return True
+    try:
+        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return True
+    return not (ip.is_loopback or ip.is_private or ip.is_link_local)
+
+
+async def check_mail(resolver: Resolver, client_ip: str, mail_from: str, helo: str) -> SpfResult:
+    """At MAIL FROM: evaluate and return SPF (remember it for DATA). Never rejects by itself."""
+    return await spf.check_host(resolver, client_ip, mail_from, helo)
+
+
+def decide(policy: PolicyConfig, spf_result: SpfResult | None, dkim_results: Sequence[DkimResult],
+           dmarc_result: DmarcResult, author_error: str = "") -> Verdict:
+    """The decision table of the module docstring (pure)."""
+    if author_error:
+        return _reject(author_error)  # RFC 7489 §6.6.1
+    from_domain = dmarc_result.domain
+    dkim_aligned = bool(from_domain) and any(
+        r.result == "pass" and dmarc.aligned(r.domain, from_domain, "r") for r in dkim_results)
+    if dmarc_result.result == "temperror":
+        return _tempfail("DNS error during policy check, try again later")
+    spf_status = spf_result.result if spf_result else "none"
+    if spf_status == "temperror" and dmarc_result.result != "pass" and not dkim_aligned:
+        return _tempfail("DNS error during policy check, try again later")
+    candidates: list[Verdict] = []
+    if dmarc_result.result == "fail":
+        if dmarc_result.policy == "reject":
+            candidates.append(_act(policy.dmarc_reject,
+                                   f"Message rejected by the DMARC policy of {from_domain}"))
+        elif dmarc_result.policy == "quarantine":
+            candidates.append(_act(policy.dmarc_quarantine,
+                                   f"Message quarantined by the DMARC policy of {from_domain}"))
+    if spf_status == "fail" and not dkim_aligned and spf_result is not None:
+        candidates.append(_act(policy.spf_fail,
+                               f"SPF check failed: {spf_result.domain} does not allow this sender"))
+    if not candidates:
+        return ACCEPT
+    return max(candidates, key=lambda v: _RANK.get(v.action, 0))
+
+
+def _parse(message: bytes, authserv_id: str) -> tuple[str, str, bytes]:
+    try:
+        author, err = dmarc.author_domain(message), ""
+    except AuthorError as e:
+        author, err = "", str(e)
+    return author, err, authresults.remove_ours(message, authserv_id)
+
+
+async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
+                     spf_result: SpfResult | None, message: bytes, *, enforce: bool = True,
+                     rand: Callable[[], float] = random.random) -> Assessment:
+    """At DATA: verify DKIM, evaluate DMARC, decide. `spf_result` is what check_mail returned
+    (None if SPF was not checked). enforce=False (see `applies`) computes and records the
+    results but always accepts."""
+    author, author_err, cleaned = await asyncio.to_thread(_parse, message, authserv_id)
+    dkim_results = await dkim.verify(resolver, message)  # as received: signatures may cover anything
+    notes: list[str] = []
+    if author_err:
+        dmarc_result = DmarcResult("permerror", "none", "", reason=author_err)
+    else:
+        spf_status = spf_result.result if spf_result else "none"
+        spf_domain = spf_result.domain if spf_result else ""
+        dmarc_result = await dmarc.evaluate(
+            resolver, author, spf_status, spf_domain,
+            [r.domain for r in dkim_results if r.result == "pass"],
+            dkim_temperror_domains=[r.domain for r in dkim_results if r.result == "temperror"],
+            rand=rand)
+    verdict = decide(policy, spf_result, dkim_results, dmarc_result, author_err)
+    if not enforce and verdict.action != "accept":
+        notes.append(f"not enforced for this client: {verdict.action}: {verdict.reason}")
+        verdict = ACCEPT
+    headers = authresults.format_auth_results(authserv_id, spf_result, dkim_results, dmarc_result)
+    if spf_result is not None:
+        headers += authresults.format_received_spf(authserv_id, spf_result.result, spf_result.ip,
+                                                   spf_result.sender if spf_result.identity == "mailfrom"
+                                                   else "", spf_result.helo, spf_result.identity)
+    return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, cleaned, author, notes)
+
+
+__all__ = ["Verdict", "Assessment", "ACCEPT", "applies", "check_mail", "check_data", "decide"]
