@@ -1,0 +1,441 @@
+"""The running server: wiring only.
+
+Owns: building the shared objects (`Context`) from a `Config`, binding every enabled listener's
+socket, dropping root, handing each socket to its protocol module's factory, one `asyncio.TaskGroup`
+that owns servers and workers, signals (SIGTERM/SIGINT = graceful stop, SIGHUP = reload) and
+systemd's sd_notify (READY/STOPPING/RELOADING).
+Does not own: any protocol (smtp/, imap/, pop3/), the store, accounts, TLS policy beyond loading the
+configured certificate.
+
+Listener factory contract (one per protocol module, found through `LISTENER_FACTORIES`):
+
+    async def create_server(ctx: Context, name: str, lc: ListenerConfig,
+                            sock: socket.socket) -> asyncio.AbstractServer
+
+`sock` is already bound and listening (non-blocking); the factory serves on it, e.g.
+`await loop.create_server(factory, sock=sock, ssl=ctx.tls if lc.tls == "implicit" else None)`,
+and returns the started server. Each accepted connection is registered with
+`ctx.sessions.add(transport)` and removed with `ctx.sessions.discard(transport)` when it ends (or
+`with ctx.sessions.track(transport): ...`), so a graceful stop can wait for sessions to finish.
+Long-lived waits (IMAP IDLE) should also watch `ctx.stopping` (an asyncio.Event) and say goodbye.
+Always read `ctx.config`, `ctx.directory`, `ctx.tls` when a session starts: SIGHUP replaces them.
+A module or factory that does not exist yet is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailhaven import config as configmod
+from mailhaven.config import Config, ListenerConfig
+from mailhaven.errors import ConfigError
+
+log = logging.getLogger("mailhaven.app")
+
+LISTENER_FACTORIES: dict[str, str] = {
+    "mx": "mailhaven.smtp.server:create_mx_server",
+    "submission": "mailhaven.smtp.server:create_submission_server",
+    "submissions": "mailhaven.smtp.server:create_submission_server",
+    "pop3": "mailhaven.pop3.server:create_server",
+    "pop3s": "mailhaven.pop3.server:create_server",
+    "imap": "mailhaven.imap.server:create_server",
+    "imaps": "mailhaven.imap.server:create_server",
+}
+
+BACKLOG = 511
+
+
+class StartupError(Exception):
+    """The server cannot start (port taken, privileges); `str()` is one line."""
+
+
+class Sessions:
+    """Live connections of every listener, so a graceful stop can wait for them."""
+
+    def __init__(self) -> None:
+        self._live: set[asyncio.BaseTransport] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self, transport: asyncio.BaseTransport) -> None:
+        self._live.add(transport)
+        self._idle.clear()
+
+    def discard(self, transport: asyncio.BaseTransport) -> None:
+        self._live.discard(transport)
+        if not self._live:
+            self._idle.set()
+
+    @contextlib.contextmanager
+    def track(self, transport: asyncio.BaseTransport) -> Iterator[None]:
+        self.add(transport)
+        try:
+            yield
+        finally:
+            self.discard(transport)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """True if every session ended within `seconds`."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def abort_all(self) -> None:
+        for transport in list(self._live):
+            with contextlib.suppress(Exception):
+                transport.abort()  # type: ignore[attr-defined]
+            self.discard(transport)
+
+
+@dataclass(eq=False)
+class Context:
+    """What every listener and worker shares. Mutable: SIGHUP replaces config, directory and tls."""
+
+    config: Config
+    store: Any  # mailhaven.store.Store
+    directory: Any  # mailhaven.auth.users.Directory
+    resolver: Any  # mailhaven.dns.resolver.Resolver
+    limits: Any  # mailhaven.limits.Limits
+    tls: ssl.SSLContext | None
+    queue: Any = None  # the queue issue sets this
+    metrics: Any = None  # the metrics issue sets this
+    sessions: Sessions = field(default_factory=Sessions)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
+    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Listener names actually serving (a listener whose module is missing is not here).
+    serving: dict[str, asyncio.AbstractServer] = field(default_factory=dict)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _reload: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def port(self, name: str) -> int:
+        return self.addresses[name][1]
+
+    def request_stop(self) -> None:
+        """Graceful stop, as on SIGTERM."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Reload the config file, as on SIGHUP."""
+        self._reload.set()
+
+
+# --- sd_notify -----------------------------------------------------------------------------------
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd our state (`READY=1`, ...) if NOTIFY_SOCKET is set; never fails the server."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(state.encode())
+    except OSError as e:
+        log.warning("sd_notify %s failed: %s", state.split("=")[0], e.strerror or e)
+        return False
+    return True
+
+
+# --- building the shared objects -----------------------------------------------------------------
+
+
+def tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """Server SSLContext from `tls.cert`/`tls.key` (tls.py), or None when none is configured."""
+    from mailhaven.tls import server_context
+
+    return server_context(cfg)
+
+
+def _load_cert(ctx: ssl.SSLContext, cfg: Config) -> None:
+    try:
+        ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError(f"tls.cert: cannot load certificate and key: {_reason(e)}") from None
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, ssl.SSLError):
+        return e.reason or str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e)
+
+
+def _optional(module: str) -> Any:
+    """Import a module that another part of the project is still writing; None if absent."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module.startswith(e.name):
+            log.warning("%s not available in this build", module)
+            return None
+        raise
+
+
+def load_directory(cfg: Config) -> Any:
+    """auth.users.Directory over the users file (ConfigError if broken); logs its warnings."""
+    from mailhaven.auth.users import Directory
+
+    directory = Directory.load(cfg)
+    for warning in directory.warnings:
+        log.warning("users: %s", warning)
+    return directory
+
+
+def build_limits(cfg: Config) -> Any:
+    limits = _optional("mailhaven.limits")
+    return None if limits is None else limits.Limits(cfg)
+
+
+def build_context(cfg: Config) -> Context:
+    """Everything but the store's start and the sockets (no I/O beyond reading files)."""
+    from mailhaven.dns.resolver import Resolver
+
+    store_cls = getattr(importlib.import_module("mailhaven.store"), "Store", None)
+    if store_cls is None:
+        log.warning("mailhaven.store.Store not available in this build")
+    store = None if store_cls is None else store_cls(cfg.mail_root, hostname=cfg.hostname)
+    return Context(
+        config=cfg,
+        store=store,
+        directory=load_directory(cfg),
+        resolver=Resolver.from_config(cfg.dns),
+        limits=build_limits(cfg),
+        tls=tls_context(cfg),
+    )
+
+
+# --- sockets and privileges ----------------------------------------------------------------------
+
+
+def bind_listener(name: str, lc: ListenerConfig) -> socket.socket:
+    ip = ipaddress.ip_address(lc.address)
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "::" means IPv6 only, so 0.0.0.0 on the same port can be a separate listener.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((lc.address, lc.port))
+        sock.listen(min(BACKLOG, lc.max_connections))
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"listeners.{name}: cannot listen on {lc.address} port {lc.port}: "
+                           f"{e.strerror or e}") from None
+    return sock
+
+
+def bind_all(cfg: Config) -> dict[str, socket.socket]:
+    """Bind every enabled listener first, so a taken port fails before anything starts."""
+    socks: dict[str, socket.socket] = {}
+    try:
+        for name, lc in cfg.listeners.items():
+            if lc.enabled:
+                socks[name] = bind_listener(name, lc)
+    except BaseException:
+        for s in socks.values():
+            s.close()
+        raise
+    return socks
+
+
+def drop_privileges(cfg: Config) -> None:
+    """After binding: switch from root to `run_as_user` (the systemd issue finishes this)."""
+    if os.geteuid() != 0 or not cfg.run_as_user:
+        return
+    import grp
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(cfg.run_as_user)
+        gid = grp.getgrnam(cfg.run_as_group).gr_gid if cfg.run_as_group else pw.pw_gid
+    except KeyError as e:
+        raise StartupError(f"run_as_user: no such user or group: {e.args[0]}") from None
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(pw.pw_uid)
+    log.info("running as %s (uid %d, gid %d)", cfg.run_as_user, pw.pw_uid, gid)
+
+
+def find_factory(name: str) -> Callable[..., Any] | None:
+    module_name, _, attr = LISTENER_FACTORIES[name].partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            return None
+        raise
+    factory = getattr(module, attr, None)
+    return factory if callable(factory) else None
+
+
+# --- reload --------------------------------------------------------------------------------------
+
+
+def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
+    """Load the config file again and swap it in; on any error keep the old one. True if swapped."""
+    old = ctx.config
+    if not old.source or old.source == "<dict>":
+        log.warning("reload: this server was not started from a config file; nothing to reload")
+        return False
+    try:
+        new = configmod.load(old.source)
+        directory = load_directory(new)
+        new_tls: ssl.SSLContext | None = tls_context(new) if new.tls.cert else None
+    except ConfigError as e:
+        log.error("reload failed, keeping the running config: %s", e)
+        return False
+    except Exception as e:  # a broken users file or certificate must not stop the server
+        log.error("reload failed, keeping the running config: %s", _reason(e))
+        return False
+    if new.listeners != old.listeners or new.data_dir != old.data_dir:
+        log.warning("reload: listener and data_dir changes take effect after a restart")
+    if ctx.tls is not None and new_tls is not None:
+        # Load into the live context: servers hold it, and new handshakes then use the new cert.
+        # (It loaded into new_tls just now, so this cannot fail halfway for a bad file.)
+        _load_cert(ctx.tls, new)
+        ctx.tls.minimum_version = new_tls.minimum_version
+    elif new_tls is not None or ctx.tls is not None:
+        log.warning("reload: turning TLS on or off takes effect after a restart")
+    ctx.config = new
+    ctx.directory = directory
+    reconfigure = getattr(ctx.limits, "reconfigure", None)
+    if callable(reconfigure):
+        reconfigure(new)
+    if configure_logging and new.log != old.log:
+        setup_logging(new)
+    log.info("reloaded %s", new.source)
+    return True
+
+
+def setup_logging(cfg: Config) -> None:
+    """mailhaven.log.setup(config.log); plain stderr logging until log.py exists."""
+    try:
+        mod: Any = importlib.import_module("mailhaven.log")
+    except ModuleNotFoundError as e:
+        if e.name != "mailhaven.log":
+            raise
+        mod = None
+    if mod is not None:
+        mod.setup(cfg.log)
+    else:
+        logging.basicConfig(level=cfg.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
+# --- run -----------------------------------------------------------------------------------------
+
+
+async def run(config: Config, *, ready: Callable[[Context], object] | None = None,
+              handle_signals: bool = True, configure_logging: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT (or `ctx.request_stop()`), then stop gracefully.
+
+    `ready(ctx)` is called once every available listener is serving. Raises StartupError (one
+    line) when a socket cannot be bound, ConfigError when the certificate or users file is broken.
+    """
+    if configure_logging:
+        setup_logging(config)
+    socks = bind_all(config)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    ctx: Context | None = None
+    try:
+        ctx = build_context(config)  # reads the certificate and users file while still root
+        drop_privileges(config)
+        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        if ctx.store is not None:
+            await ctx.store.start()
+        for name in list(socks):
+            factory = find_factory(name)
+            if factory is None:
+                log.warning("listener %s not available in this build", name)
+                socks.pop(name).close()
+                continue
+            sock = socks.pop(name)  # the server owns it from here on
+            host, port = sock.getsockname()[:2]
+            try:
+                ctx.serving[name] = await factory(ctx, name, config.listeners[name], sock)
+            except BaseException:
+                sock.close()
+                raise
+            ctx.addresses[name] = (host, port)
+            log.info("listening: %s on %s port %d", name, host, port)
+        if handle_signals:
+            for sig, cb in ((signal.SIGTERM, ctx.request_stop), (signal.SIGINT, ctx.request_stop),
+                            (signal.SIGHUP, ctx.request_reload)):
+                loop.add_signal_handler(sig, cb)
+                installed.append(sig)
+        async with asyncio.TaskGroup() as tg:
+            workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader")]
+            # The queue manager and the metrics endpoint join `workers` here once they exist.
+            sd_notify("READY=1")
+            log.info("ready: %d listener(s) serving", len(ctx.serving))
+            if ready is not None:
+                ready(ctx)
+            await ctx._stop.wait()
+            sd_notify("STOPPING=1")
+            await _drain(ctx)
+            for task in workers:
+                task.cancel()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sock in socks.values():
+            sock.close()
+        if ctx is not None:
+            for server in ctx.serving.values():
+                server.close()
+            if ctx.store is not None:
+                await ctx.store.close()
+    log.info("stopped")
+
+
+async def _drain(ctx: Context) -> None:
+    """Stop accepting, let sessions finish until the deadline, then close the rest."""
+    deadline = ctx.config.shutdown_deadline
+    log.info("stopping: no new connections; waiting up to %gs for %d session(s)", deadline, len(ctx.sessions))
+    for server in ctx.serving.values():
+        server.close()
+    ctx.stopping.set()
+    if not await ctx.sessions.wait_idle(deadline):
+        log.warning("shutdown deadline passed: closing %d session(s)", len(ctx.sessions))
+        ctx.sessions.abort_all()
+    for server in ctx.serving.values():
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 5)
+
+
+async def _reloader(ctx: Context, configure_logging: bool) -> None:
+    while True:
+        await ctx._reload.wait()
+        ctx._reload.clear()
+        sd_notify("RELOADING=1")
+        try:
+            reload(ctx, configure_logging=configure_logging)
+        finally:
+            sd_notify("READY=1")
+
+
+__all__ = ["Context", "Sessions", "StartupError", "LISTENER_FACTORIES", "run", "reload", "sd_notify",
+           "bind_listener", "bind_all", "build_context", "tls_context"]

@@ -1,0 +1,416 @@
+"""The `mailhaven` command line (argparse).
+
+Owns: parsing arguments, `init` (a working config, users file and data folder), `serve [--dev]`
+(the dev environment under ./mailhaven-dev), `check-config`, `user` and `alias` editing through
+auth.users.UsersFile, and turning every failure into one line on stderr: exit 2 for configuration
+errors, 1 for anything else, never a traceback.
+Does not own: what the server does (app.py), the config schema (config.py), the users file format
+(auth/users.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from mailhaven import __version__
+from mailhaven import config as configmod
+from mailhaven.config import Config
+from mailhaven.errors import ConfigError
+
+DEFAULT_CONFIG = "/etc/mailhaven/mailhaven.toml"
+DEV_DIR = "mailhaven-dev"
+DEV_USER = "dev@example.test"
+
+
+class CliError(Exception):
+    """A user-facing failure that is not a config error: one line, exit 1."""
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _load_config(args: argparse.Namespace) -> Config:
+    return configmod.load(args.config)
+
+
+def _users_module() -> Any:
+    try:
+        from mailhaven.auth import users
+    except ModuleNotFoundError as e:  # pragma: no cover - only while auth/users.py is being written
+        raise CliError("user management is not available in this build") from e
+    return users
+
+
+def _open_users(cfg: Config) -> Any:
+    """The users file named by the config (ConfigError if it is broken)."""
+    return _users_module().UsersFile.load(cfg.users_file)
+
+
+def _hash(password: str) -> str:
+    from mailhaven.auth.passwords import hash_password
+
+    return hash_password(password)
+
+
+def _local_address(cfg: Config, address: str, what: str = "address") -> str:
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise CliError(f"{address!r}: expected an {what} like alice@example.org")
+    domain = domain.lower().rstrip(".")
+    if not cfg.is_local_domain(domain):
+        known = ", ".join(sorted(cfg.domains)) or "none"
+        raise CliError(f"{address}: domain {domain} is not one of this server's domains ({known})")
+    return f"{local}@{domain}"
+
+
+def _read_password(prompt_confirm: bool = True) -> str:
+    """From a terminal: prompt twice with getpass. Otherwise: one line from stdin."""
+    if sys.stdin.isatty():
+        pw = getpass.getpass("Password: ")
+        if prompt_confirm and getpass.getpass("Password (again): ") != pw:
+            raise CliError("passwords do not match")
+    else:
+        pw = sys.stdin.readline().rstrip("\r\n")
+    if not pw.strip():
+        raise CliError("empty password refused")
+    return pw
+
+
+def _write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Write a file atomically (temp file, fsync, rename) with `mode`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _make_cert(cert: Path, key: Path, hostnames: Sequence[str]) -> None:
+    """A self-signed certificate for `hostnames`, unless both files already exist."""
+    if cert.exists() and key.exists():
+        return
+    cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from mailhaven.tls import make_self_signed
+
+    make_self_signed(cert, key, list(hostnames))
+
+
+# --- init ----------------------------------------------------------------------------------------
+
+
+def _toml_str(s: str) -> str:
+    return json.dumps(s, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool) -> str:
+    """The config `init` writes: the essentials set, everything else at its default (see the sample)."""
+    address = "127.0.0.1" if dev else "0.0.0.0"
+    lines = [
+        "# Mailhaven configuration written by `mailhaven init`.",
+        "# Every key, with its documentation and default: config/mailhaven.toml in the source tree.",
+        "# Check it with `mailhaven -c THIS_FILE check-config`; reload a running server with SIGHUP.",
+        "",
+        f"hostname = {_toml_str(hostname)}",
+        f"data_dir = {_toml_str(data_dir)}",
+        "# Users and aliases: edit with `mailhaven user ...` and `mailhaven alias ...`.",
+        'users_file = "users.toml"',
+        f"dev = {'true' if dev else 'false'}",
+        "",
+        "[domains." + _toml_str(domain) + "]",
+        "# DKIM: `dkim_key` is set here once a key exists (see `mailhaven dkim`).",
+        "",
+        "[tls]",
+        "# A self-signed certificate made by init. Replace it with a real one (e.g. from an ACME",
+        "# client) and send SIGHUP; clients verify the certificate of IMAP, POP3 and submission.",
+        'cert = "tls/cert.pem"',
+        'key = "tls/key.pem"',
+        "",
+    ]
+    if dev:
+        lines += ["[auth]", "# Dev only: logins without TLS on loopback.", "allow_plaintext_loopback = true", ""]
+    for name in configmod.LISTENER_NAMES:
+        port = configmod.DEV_PORTS[name] if dev else configmod._LISTENER_DEFAULTS[name]["port"]
+        lines += [f"[listeners.{name}]", f"address = {_toml_str(address)}", f"port = {port}", ""]
+    return "\n".join(lines)
+
+
+def init_dkim_hook(config_dir: Path, domain: str) -> dict[str, str]:
+    """Hook for the submission issue: make the domain's DKIM key under `config_dir` and return the
+    `[domains.D]` keys to set (e.g. {"dkim_key": "dkim/example.org.pem"}). Nothing yet."""
+    return {}
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    if path.exists() and not args.force:
+        raise CliError(f"{path} already exists (use --force to overwrite it)")
+    config_dir = path.resolve().parent
+    config_dir.mkdir(parents=True, exist_ok=True)
+    domain = args.domain.lower().rstrip(".")
+    hostname = args.hostname or f"mail.{domain}"
+    if args.data_dir:
+        data_dir = Path(args.data_dir).expanduser().absolute()
+    else:
+        data_dir = config_dir / "data" if args.dev else Path("/var/lib/mailhaven")
+    text = render_config(domain=domain, hostname=hostname, data_dir=str(data_dir), dev=args.dev)
+    extra = init_dkim_hook(config_dir, domain)
+    if extra:
+        text = text.replace("[domains." + _toml_str(domain) + "]\n",
+                            "[domains." + _toml_str(domain) + "]\n"
+                            + "".join(f"{k} = {_toml_str(v)}\n" for k, v in extra.items()), 1)
+    # Validate the names before anything is written (ConfigError = exit 2, nothing left behind).
+    configmod.from_dict({"hostname": hostname, "domains": {domain: {}}}, config_dir)
+    _make_cert(config_dir / "tls" / "cert.pem", config_dir / "tls" / "key.pem", [hostname, domain])
+    users_file = config_dir / "users.toml"
+    if not users_file.exists():  # never overwrite accounts, even with --force
+        _users_module().UsersFile(users_file).save()  # empty, mode 0600
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    _write_private(path, text, mode=0o640)
+    configmod.load(path)  # what we wrote must load
+    print(f"wrote {path}")
+    print(f"users file {users_file}, data folder {data_dir}")
+    print(f"next: mailhaven -c {path} user add postmaster@{domain}")
+    return 0
+
+
+# --- check-config --------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    directory = _users_module().Directory.load(cfg)
+    from mailhaven.tls import server_context
+
+    server_context(cfg)  # the certificate and key must load together
+    for warning in directory.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print("OK")
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def _dev_environment(cwd: Path) -> tuple[Config, str]:
+    """./mailhaven-dev: certificate, users file with dev@example.test, stable password, data."""
+    work = cwd / DEV_DIR
+    work.mkdir(mode=0o700, exist_ok=True)
+    cert, key = work / "tls" / "cert.pem", work / "tls" / "key.pem"
+    _make_cert(cert, key, ["localhost", "127.0.0.1", "::1"])
+    users_file = work / "users.toml"
+    pw_file = work / "dev-password"
+    fresh = not pw_file.exists()
+    if fresh:
+        _write_private(pw_file, secrets.token_urlsafe(12) + "\n")
+    password = pw_file.read_text(encoding="utf-8").strip()
+    cfg = configmod.dev_config(work, cert=cert, key=key, users_file=users_file)
+    users = _users_module()
+    with users.UsersFile.edit(users_file, create=True) as uf:
+        if uf.get_user(DEV_USER) is None:
+            uf.add_user(DEV_USER, _hash(password))
+        elif fresh:  # the password file was removed: the new password replaces the old one
+            uf.set_password(DEV_USER, _hash(password))
+    return cfg, password
+
+
+def _banner(cfg: Config, password: str) -> Callable[[Any], None]:
+    def show(ctx: Any) -> None:
+        print("Mailhaven dev server")
+        for name in configmod.LISTENER_NAMES:
+            if name in ctx.addresses:
+                host, port = ctx.addresses[name]
+                print(f"  {name:<12} {host} port {port}")
+            elif name in cfg.listeners:
+                print(f"  {name:<12} (not available in this build)")
+        print(f"  account      {DEV_USER}")
+        print(f"  password     {password}")
+        print(f"  data         {cfg.data_dir}")
+        print("Stop with Ctrl-C.", flush=True)
+
+    return show
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mailhaven import app
+
+    if args.dev:
+        cfg, password = _dev_environment(Path.cwd())
+        ready: Callable[[Any], None] | None = _banner(cfg, password)
+    else:
+        cfg = _load_config(args)
+        ready = None
+    asyncio.run(app.run(cfg, ready=ready, handle_signals=True, configure_logging=True))
+    return 0
+
+
+# --- user / alias --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _editing(cfg: Config) -> Iterator[Any]:
+    """The users file, locked, saved atomically when the block succeeds (UsersFile.edit)."""
+    users = _users_module()
+    if not Path(cfg.users_file).exists():
+        raise ConfigError(f"users_file: file not found: {cfg.users_file} (`mailhaven init` creates it)")
+    try:
+        with users.UsersFile.edit(cfg.users_file, create=False) as uf:
+            yield uf
+    except ValueError as e:  # the UsersFile API refuses an edit (exists, no such user, bad address)
+        raise CliError(str(e)) from None
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if args.action == "list":
+        for name in _open_users(cfg).list_users():
+            print(name)
+        return 0
+    if not args.address:
+        raise CliError(f"user {args.action}: an ADDRESS is required")
+    address = _local_address(cfg, args.address)
+    if args.action == "del":
+        with _editing(cfg) as uf:
+            changed = uf.delete_user(address)
+        print(f"deleted {address}" + (f" (removed from aliases: {', '.join(changed)})" if changed else ""))
+        return 0
+    # Check before asking for a password; the edit below checks again under the lock.
+    exists = _open_users(cfg).get_user(address) is not None
+    if args.action == "add" and exists:
+        raise CliError(f"user {address} already exists")
+    if args.action == "passwd" and not exists:
+        raise CliError(f"no such user: {address}")
+    hashed = _hash(_read_password())
+    with _editing(cfg) as uf:
+        if args.action == "add":
+            address = uf.add_user(address, hashed)
+        else:
+            uf.set_password(address, hashed)
+    print(f"{'added' if args.action == 'add' else 'password changed for'} {address}")
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    cfg = _load_config(args)
+    if args.action == "list":
+        for alias, targets in _open_users(cfg).list_aliases().items():
+            print(f"{alias} -> {', '.join(targets)}")
+        return 0
+    if not args.alias:
+        raise CliError(f"alias {args.action}: an ALIAS is required")
+    alias = _local_address(cfg, args.alias, "alias")
+    if args.action == "del":
+        if args.targets:
+            raise CliError("alias del: takes only the ALIAS")
+        with _editing(cfg) as uf:
+            uf.delete_alias(alias)
+        print(f"deleted alias {alias}")
+        return 0
+    if not args.targets:
+        raise CliError("alias add: at least one TARGET address is required")
+    # Forwarding to other domains is not supported (auth/users.py): targets are local.
+    targets = [_local_address(cfg, t, "alias target") for t in args.targets]
+    with _editing(cfg) as uf:
+        alias = uf.add_alias(alias, targets)
+        now = uf.get_alias(alias) or targets
+    print(f"alias {alias} -> {', '.join(now)}")
+    return 0
+
+
+# --- argument parsing ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mailhaven", description="Mailhaven: a mail server in one process.")
+    p.add_argument("-c", "--config", default=os.environ.get("MAILHAVEN_CONFIG", DEFAULT_CONFIG),
+                   metavar="FILE", help="config file (default: $MAILHAVEN_CONFIG or %(default)s)")
+    p.add_argument("--version", action="version", version=f"mailhaven {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("init", help="write a new config, users file and data folder")
+    s.add_argument("--domain", required=True, help="mail domain, e.g. example.org")
+    s.add_argument("--hostname", help="this server's name (default: mail.DOMAIN)")
+    s.add_argument("--config", "-c", dest="config", default=argparse.SUPPRESS, metavar="FILE",
+                   help="config file to write (default: the global -c)")
+    s.add_argument("--data-dir", metavar="DIR",
+                   help="where mail lives (default: /var/lib/mailhaven; with --dev: data/ beside the config)")
+    s.add_argument("--dev", action="store_true", help="loopback and dev ports (2525, 2143, ...)")
+    s.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("serve", help="run the server")
+    s.add_argument("--dev", action="store_true",
+                   help="no config needed: loopback, dev ports, ./mailhaven-dev, a test account")
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check-config", help="validate the config and users file")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("user", help="manage accounts: add, passwd, del, list")
+    s.add_argument("action", choices=["add", "passwd", "del", "list"])
+    s.add_argument("address", nargs="?", metavar="ADDRESS")
+    s.set_defaults(func=cmd_user)
+
+    s = sub.add_parser("alias", help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
+    s.add_argument("action", choices=["add", "del", "list"])
+    s.add_argument("alias", nargs="?", metavar="ALIAS")
+    s.add_argument("targets", nargs="*", metavar="TARGET")
+    s.set_defaults(func=cmd_alias)
+    return p
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        where = f"{e.filename}: " if e.filename else ""
+        return f"{where}{e.strerror}"
+    return str(e).strip().replace("\n", " ") or type(e).__name__
+
+
+def _innermost(e: BaseException) -> BaseException:
+    """The first real error inside (possibly nested) exception groups from TaskGroups."""
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mailhaven.app import StartupError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except BaseException as raised:  # every failure becomes one line; never a traceback
+        e = _innermost(raised)
+        if isinstance(e, SystemExit):
+            raise
+        if isinstance(e, ConfigError):
+            print(f"mailhaven: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if isinstance(e, KeyboardInterrupt):
+            print("mailhaven: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(e, CliError | StartupError | OSError):
+            print(f"mailhaven: {_one_line(e)}", file=sys.stderr)
+            return 1
+        print(f"mailhaven: internal error: {type(e).__name__}: {_one_line(e)}", file=sys.stderr)
+        return 1
