@@ -1,0 +1,458 @@
+"""Typed IMAP client commands (RFC 3501 §6 plus MOVE, IDLE, NAMESPACE, ID, ENABLE, UNSELECT, SASL-IR).
+
+Owns: the frozen dataclasses parser.py produces and ParseError. Pure data, no behaviour beyond
+rendering a FETCH item's response name.
+Does not own: the grammar (parser.py), what the commands do (session.py).
+
+Conventions:
+- Every command has `tag` and a class-level `VERB` (the state table's key; `verb` for Select/Examine).
+- UID variants are the same class with `uid=True`.
+- Mailbox names are Unicode (modified UTF-7 decoded); "INBOX" in any case is "INBOX".
+- Flags are frozensets of str; system flags normalised ("\\Seen"), keywords as sent.
+- Strings the client sent as astring/string are str (UTF-8 decoded); message data is bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import ClassVar, Literal
+
+from mailhaven.imap.seqset import SequenceSet
+
+
+class ParseError(Exception):
+    """A command the server must refuse: the session answers `response()` (`tag BAD text` mostly).
+
+    `kind` is "NO" for a well-formed but unsupported request (e.g. CHARSET [BADCHARSET]).
+    `text` is safe to echo (ASCII, no CR/LF).
+    """
+
+    def __init__(self, tag: str, text: str, *, kind: Literal["BAD", "NO"] = "BAD",
+                 code: str | None = None) -> None:
+        super().__init__(text)
+        self.tag = tag
+        self.text = "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
+        self.kind: Literal["BAD", "NO"] = kind
+        self.code = code
+
+    def response(self) -> bytes:
+        code = f"[{self.code}] " if self.code else ""
+        return f"{self.tag} {self.kind} {code}{self.text}\r\n".encode("ascii")
+
+
+# --- shared value types --------------------------------------------------------------------------
+
+ExtValue = str | tuple["ExtValue", ...]
+"""RFC 4466 tagged-ext-val, loosely: an atom/number/string, or a parenthesised list of them."""
+
+
+@dataclass(frozen=True)
+class Command:
+    tag: str
+    VERB: ClassVar[str] = ""
+
+    @property
+    def verb(self) -> str:
+        return self.VERB
+
+
+# --- any state (RFC 3501 §6.1) -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Capability(Command):
+    VERB: ClassVar[str] = "CAPABILITY"
+
+
+@dataclass(frozen=True)
+class Noop(Command):
+    VERB: ClassVar[str] = "NOOP"
+
+
+@dataclass(frozen=True)
+class Logout(Command):
+    VERB: ClassVar[str] = "LOGOUT"
+
+
+@dataclass(frozen=True)
+class Id(Command):
+    """RFC 2971: `params` None for NIL, else (field, value-or-None) pairs in order."""
+
+    params: tuple[tuple[str, str | None], ...] | None
+    VERB: ClassVar[str] = "ID"
+
+
+# --- not authenticated (RFC 3501 §6.2) -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class StartTls(Command):
+    VERB: ClassVar[str] = "STARTTLS"
+
+
+@dataclass(frozen=True)
+class Authenticate(Command):
+    """`mechanism` upper-cased; `initial_response` (RFC 4959 SASL-IR) base64-decoded, b"" for "="."""
+
+    mechanism: str
+    initial_response: bytes | None = None
+    VERB: ClassVar[str] = "AUTHENTICATE"
+
+
+@dataclass(frozen=True)
+class Login(Command):
+    username: str
+    password: str
+    VERB: ClassVar[str] = "LOGIN"
+
+    def __repr__(self) -> str:  # never log the password
+        return f"Login(tag={self.tag!r}, username={self.username!r}, password='***')"
+
+
+# --- authenticated (RFC 3501 §6.3) ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Enable(Command):
+    """RFC 5161; capability names upper-cased."""
+
+    capabilities: tuple[str, ...]
+    VERB: ClassVar[str] = "ENABLE"
+
+
+@dataclass(frozen=True)
+class SelectParam:
+    """RFC 4466 select-param, e.g. CONDSTORE; `name` upper-cased."""
+
+    name: str
+    value: ExtValue | None = None
+
+
+@dataclass(frozen=True)
+class Select(Command):
+    """SELECT, or EXAMINE when `readonly`."""
+
+    mailbox: str
+    readonly: bool = False
+    params: tuple[SelectParam, ...] = ()
+    VERB: ClassVar[str] = "SELECT"
+
+    @property
+    def verb(self) -> str:
+        return "EXAMINE" if self.readonly else "SELECT"
+
+
+@dataclass(frozen=True)
+class Create(Command):
+    mailbox: str
+    VERB: ClassVar[str] = "CREATE"
+
+
+@dataclass(frozen=True)
+class Delete(Command):
+    mailbox: str
+    VERB: ClassVar[str] = "DELETE"
+
+
+@dataclass(frozen=True)
+class Rename(Command):
+    old: str
+    new: str
+    VERB: ClassVar[str] = "RENAME"
+
+
+@dataclass(frozen=True)
+class Subscribe(Command):
+    mailbox: str
+    VERB: ClassVar[str] = "SUBSCRIBE"
+
+
+@dataclass(frozen=True)
+class Unsubscribe(Command):
+    mailbox: str
+    VERB: ClassVar[str] = "UNSUBSCRIBE"
+
+
+@dataclass(frozen=True)
+class List(Command):
+    """`reference` and `pattern` decoded from modified UTF-7; wildcards "*" and "%" kept."""
+
+    reference: str
+    pattern: str
+    VERB: ClassVar[str] = "LIST"
+
+
+@dataclass(frozen=True)
+class Lsub(Command):
+    reference: str
+    pattern: str
+    VERB: ClassVar[str] = "LSUB"
+
+
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",  # RFC 3501 §6.3.10
+                          "SIZE",  # RFC 8438
+                          "DELETED",  # RFC 9051 §6.3.11
+                          "HIGHESTMODSEQ"})  # RFC 7162
+
+
+@dataclass(frozen=True)
+class Status(Command):
+    """`items` upper-cased, in the order asked, each one of STATUS_ITEMS."""
+
+    mailbox: str
+    items: tuple[str, ...]
+    VERB: ClassVar[str] = "STATUS"
+
+
+@dataclass(frozen=True)
+class Append(Command):
+    """`internal_date` is timezone-aware; `message` is the literal's octets as sent."""
+
+    mailbox: str
+    flags: frozenset[str]
+    internal_date: datetime | None
+    message: bytes
+    VERB: ClassVar[str] = "APPEND"
+
+    def __repr__(self) -> str:
+        return (f"Append(tag={self.tag!r}, mailbox={self.mailbox!r}, flags={sorted(self.flags)!r}, "
+                f"internal_date={self.internal_date!r}, message=<{len(self.message)} octets>)")
+
+
+@dataclass(frozen=True)
+class Namespace(Command):
+    VERB: ClassVar[str] = "NAMESPACE"
+
+
+@dataclass(frozen=True)
+class Idle(Command):
+    """RFC 2177: the shell then reads raw lines (Framer.next_line) until "DONE"."""
+
+    VERB: ClassVar[str] = "IDLE"
+
+
+# --- selected (RFC 3501 §6.4) --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check(Command):
+    VERB: ClassVar[str] = "CHECK"
+
+
+@dataclass(frozen=True)
+class Close(Command):
+    VERB: ClassVar[str] = "CLOSE"
+
+
+@dataclass(frozen=True)
+class Unselect(Command):
+    """RFC 3691."""
+
+    VERB: ClassVar[str] = "UNSELECT"
+
+
+@dataclass(frozen=True)
+class Expunge(Command):
+    """EXPUNGE, or `UID EXPUNGE uids` (RFC 4315 §2.1) when `uids` is set."""
+
+    uids: SequenceSet | None = None
+    VERB: ClassVar[str] = "EXPUNGE"
+
+    @property
+    def uid(self) -> bool:
+        return self.uids is not None
+
+
+# SEARCH criteria (RFC 3501 §6.4.4) as a tree. The evaluator lives in search.py.
+
+@dataclass(frozen=True)
+class SearchAll:
+    pass
+
+
+@dataclass(frozen=True)
+class SearchFlag:
+    """Message has (`present`) or lacks a flag: ANSWERED/UNANSWERED ..., KEYWORD, RECENT/OLD."""
+
+    flag: str
+    present: bool = True
+
+
+@dataclass(frozen=True)
+class SearchHeader:
+    """Header `field` (as sent, e.g. "Subject") contains `value` (case-insensitive substring).
+
+    FROM/TO/CC/BCC/SUBJECT give the field names "From", "To", "Cc", "Bcc", "Subject".
+    An empty value matches every message that has the field (RFC 3501 §6.4.4 HEADER).
+    """
+
+    field: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SearchText:
+    """BODY (`headers` False: body only) or TEXT (`headers` True: header and body)."""
+
+    value: str
+    headers: bool
+
+
+@dataclass(frozen=True)
+class SearchDate:
+    """Compares a date, ignoring time and zone: `op` before/on/since; `sent` = Date header
+    (SENTBEFORE/SENTON/SENTSINCE) instead of the internal date."""
+
+    op: Literal["before", "on", "since"]
+    date: date
+    sent: bool = False
+
+
+@dataclass(frozen=True)
+class SearchSize:
+    """RFC822.SIZE larger (`op` "larger", strictly greater) or smaller (strictly less) than `size`."""
+
+    op: Literal["larger", "smaller"]
+    size: int
+
+
+@dataclass(frozen=True)
+class SearchSet:
+    """Message sequence numbers (`uid` False) or UIDs in `set`."""
+
+    set: SequenceSet
+    uid: bool = False
+
+
+@dataclass(frozen=True)
+class SearchNot:
+    key: SearchKey
+
+
+@dataclass(frozen=True)
+class SearchOr:
+    left: SearchKey
+    right: SearchKey
+
+
+@dataclass(frozen=True)
+class SearchAnd:
+    """All of `keys` (a parenthesised group, the top-level list, or NEW = RECENT UNSEEN)."""
+
+    keys: tuple[SearchKey, ...]
+
+
+SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize | SearchSet
+             | SearchNot | SearchOr | SearchAnd)
+
+
+@dataclass(frozen=True)
+class Search(Command):
+    """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd."""
+
+    criteria: SearchAnd
+    charset: str | None = None
+    uid: bool = False
+    VERB: ClassVar[str] = "SEARCH"
+
+
+# FETCH items (RFC 3501 §6.4.5)
+
+SectionText = Literal["HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"]
+
+
+@dataclass(frozen=True)
+class Section:
+    """BODY[section]: `part` (1.2.3 -> (1, 2, 3)), then `text` or None; `fields` upper-cased for
+    HEADER.FIELDS[.NOT]. Section() is BODY[] (the whole message)."""
+
+    part: tuple[int, ...] = ()
+    text: SectionText | None = None
+    fields: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        items = [str(p) for p in self.part]
+        if self.text:
+            items.append(self.text)
+        out = ".".join(items)
+        if self.fields:
+            out += " (" + " ".join(self.fields) + ")"
+        return out
+
+
+@dataclass(frozen=True)
+class FetchAttr:
+    """A simple item: FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE UID RFC822
+    RFC822.HEADER RFC822.TEXT. (RFC822 and RFC822.TEXT set \\Seen; RFC822.HEADER does not.)"""
+
+    name: str
+
+    @property
+    def response_name(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class FetchBody:
+    """BODY[section]<partial> or BODY.PEEK[...] (`peek`: do not set \\Seen).
+    `partial` is (origin, length)."""
+
+    section: Section
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+
+    @property
+    def response_name(self) -> str:
+        """The item name in the FETCH response: "BODY[1.HEADER]<0>" (RFC 3501 §7.4.2: origin only)."""
+        origin = f"<{self.partial[0]}>" if self.partial else ""
+        return f"BODY[{self.section}]{origin}"
+
+
+FetchItem = FetchAttr | FetchBody
+
+FETCH_ATTRS = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
+                         "UID", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+
+
+@dataclass(frozen=True)
+class Fetch(Command):
+    """Macros ALL/FAST/FULL are expanded. With `uid`, FetchAttr("UID") is added (RFC 3501 §6.4.8)
+    if absent."""
+
+    set: SequenceSet
+    items: tuple[FetchItem, ...]
+    uid: bool = False
+    VERB: ClassVar[str] = "FETCH"
+
+
+@dataclass(frozen=True)
+class Store(Command):
+    """`mode` matches Mailbox.store_flags: "+FLAGS" add, "-FLAGS" remove, "FLAGS" set."""
+
+    set: SequenceSet
+    mode: Literal["add", "remove", "set"]
+    flags: frozenset[str]
+    silent: bool = False
+    uid: bool = False
+    VERB: ClassVar[str] = "STORE"
+
+
+@dataclass(frozen=True)
+class Copy(Command):
+    set: SequenceSet
+    mailbox: str
+    uid: bool = False
+    VERB: ClassVar[str] = "COPY"
+
+
+@dataclass(frozen=True)
+class Move(Command):
+    """RFC 6851."""
+
+    set: SequenceSet
+    mailbox: str
+    uid: bool = False
+    VERB: ClassVar[str] = "MOVE"
+
+
+AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
+              | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
+              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Fetch | Store | Copy
+              | Move)

@@ -1,0 +1,889 @@
+"""IMAP command parser (sans-IO): one framed command (framing.RawCommand) -> a typed Command.
+
+Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
+ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
+LITERAL+ RFC 7888 via the framer). Every failure is a ParseError carrying the tag (or "*") and a
+safe reason; nothing else escapes (property-tested). Depth of parentheses and NOT/OR nesting is
+bounded (config.imap.max_nesting).
+Does not own: framing (framing.py), state checks and semantics (session.py).
+
+Leniencies (like Dovecot): bare LF line ends (framer), 8-bit UTF-8 inside quoted strings,
+month names in any case, a 1-digit day without the leading space in date-time.
+
+Use:
+    cmd = parse_command(raw, max_nesting=cfg.imap.max_nesting)  # raises ParseError
+    parse_bytes(b"a1 FETCH 1:* (FLAGS)\\r\\n")                      # tests/tools: frames, then parses
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal, NoReturn
+
+from mailhaven.imap import utf7
+from mailhaven.imap.commands import (
+    FETCH_ATTRS,
+    STATUS_ITEMS,
+    AnyCommand,
+    Append,
+    Authenticate,
+    Capability,
+    Check,
+    Close,
+    Copy,
+    Create,
+    Delete,
+    Enable,
+    Expunge,
+    ExtValue,
+    Fetch,
+    FetchAttr,
+    FetchBody,
+    FetchItem,
+    Id,
+    Idle,
+    List,
+    Login,
+    Logout,
+    Lsub,
+    Move,
+    Namespace,
+    Noop,
+    ParseError,
+    Rename,
+    Search,
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchNot,
+    SearchOr,
+    SearchSet,
+    SearchSize,
+    SearchText,
+    Section,
+    SectionText,
+    Select,
+    SelectParam,
+    StartTls,
+    Status,
+    Store,
+    Subscribe,
+    Unselect,
+    Unsubscribe,
+)
+from mailhaven.imap.framing import NEED_DATA, Framer, RawCommand, Reject, SendContinuation, tag_of
+from mailhaven.imap.seqset import SequenceSet
+
+DEFAULT_MAX_NESTING = 32
+MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 number: unsigned 32-bit
+MAX_NUMBER64 = 2**63 - 1  # RFC 9051 §9 number64
+
+# RFC 3501 §9: atom-specials = "(" / ")" / "{" / SP / CTL / list-wildcards / quoted-specials / resp-specials
+_ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
+ATOM_CHARS = frozenset(c for c in range(0x21, 0x7F) if c not in _ATOM_SPECIALS)
+ASTRING_CHARS = ATOM_CHARS | {ord("]")}  # RFC 3501 §9 ASTRING-CHAR = ATOM-CHAR / resp-specials
+LIST_CHARS = ASTRING_CHARS | {ord("%"), ord("*")}  # RFC 3501 §9 list-char
+TAG_CHARS = ASTRING_CHARS - {ord("+")}  # RFC 3501 §9 tag
+_SEQ_CHARS = frozenset(b"0123456789:*,")
+_DIGITS = frozenset(b"0123456789")
+_B64_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_FETCH_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.")
+_SECTION_CHARS = _FETCH_NAME_CHARS
+# RFC 5322 §3.6.8 field-name = 1*ftext, printable US-ASCII except ":".
+_FIELD_NAME_CHARS = frozenset(c for c in range(0x21, 0x7F) if c != ord(":"))
+
+SP, LPAREN, RPAREN, DQUOTE, BACKSLASH = 0x20, 0x28, 0x29, 0x22, 0x5C
+
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+CHARSETS = ("US-ASCII", "UTF-8")
+
+
+class _Cursor:
+    """Position in a RawCommand: line `seg`, offset `pos`; literal `seg` sits at the end of line `seg`."""
+
+    def __init__(self, raw: RawCommand, tag: str, max_nesting: int) -> None:
+        self.lines = raw.lines
+        self.literals = raw.literals
+        self.seg = 0
+        self.line = raw.lines[0] if raw.lines else b""
+        self.pos = 0
+        self.tag = tag
+        self.max_nesting = max_nesting
+
+    # -- low level ------------------------------------------------------------------------------
+
+    def fail(self, text: str) -> NoReturn:
+        raise ParseError(self.tag, text)
+
+    def peek(self) -> int | None:
+        """The next octet of the current line, or None at its end (a literal or the command end)."""
+        return self.line[self.pos] if self.pos < len(self.line) else None
+
+    def at_literal(self) -> bool:
+        return self.pos == len(self.line) and self.seg < len(self.literals)
+
+    def at_end(self) -> bool:
+        return self.pos == len(self.line) and self.seg >= len(self.literals)
+
+    def take_literal(self) -> bytes:
+        if not self.at_literal():
+            self.fail("Expected a literal")
+        data = self.literals[self.seg]
+        self.seg += 1
+        self.line = self.lines[self.seg] if self.seg < len(self.lines) else b""
+        self.pos = 0
+        return data
+
+    def sp(self) -> None:
+        if self.peek() != SP:
+            self.fail("Expected a space" if not self.at_end() else "Missing arguments")
+        self.pos += 1
+
+    def take(self, char: int) -> bool:
+        if self.peek() == char:
+            self.pos += 1
+            return True
+        return False
+
+    def expect(self, char: int, what: str) -> None:
+        if not self.take(char):
+            self.fail(f"Expected {what}")
+
+    def run(self, allowed: frozenset[int], limit: int = 1 << 30) -> bytes:
+        """The longest run (maybe empty) of `allowed` octets, at most `limit` long."""
+        start = self.pos
+        line = self.line
+        end = start
+        n = len(line)
+        while end < n and line[end] in allowed and end - start < limit:
+            end += 1
+        self.pos = end
+        return line[start:end]
+
+    def word(self) -> str:
+        """An atom, upper-cased (command names, search keys, fetch items)."""
+        token = self.run(ATOM_CHARS)
+        if not token:
+            self.fail("Expected an atom" if not self.at_end() else "Missing arguments")
+        return token.decode("ascii").upper()
+
+    def at_word(self, word: bytes) -> bool:
+        """Is the next token exactly `word` (case-insensitive), ended by SP, ")" or the line end?"""
+        end = self.pos + len(word)
+        if self.line[self.pos:end].upper() != word:
+            return False
+        return end == len(self.line) or self.line[end] in (SP, RPAREN)
+
+    def finish(self) -> None:
+        if not self.at_end():
+            self.fail("Unexpected extra arguments" if not self.at_literal() else "Unexpected literal")
+
+    # -- strings --------------------------------------------------------------------------------
+
+    def quoted(self) -> bytes:
+        """RFC 3501 §9 quoted: DQUOTE *QUOTED-CHAR DQUOTE; only \\\\ and \\" escapes; 8-bit allowed."""
+        self.expect(DQUOTE, "a quoted string")
+        out = bytearray()
+        line = self.line
+        i = self.pos
+        n = len(line)
+        while True:
+            if i >= n:
+                self.fail("Unterminated quoted string")
+            c = line[i]
+            if c == DQUOTE:
+                break
+            if c == BACKSLASH:
+                i += 1
+                if i >= n or line[i] not in (DQUOTE, BACKSLASH):
+                    self.fail("Invalid escape in quoted string")
+                c = line[i]
+            elif c < 0x20 or c == 0x7F:
+                self.fail("Control character in quoted string")  # RFC 3501 §9 TEXT-CHAR
+            out.append(c)
+            i += 1
+        self.pos = i + 1
+        return bytes(out)
+
+    def string(self) -> bytes:
+        """RFC 3501 §9 string = quoted / literal."""
+        if self.at_literal():
+            return self.take_literal()
+        if self.peek() == DQUOTE:
+            return self.quoted()
+        self.fail("Expected a string")
+
+    def astring(self) -> bytes:
+        """RFC 3501 §9 astring = 1*ASTRING-CHAR / string."""
+        if self.at_literal() or self.peek() == DQUOTE:
+            return self.string()
+        token = self.run(ASTRING_CHARS)
+        if not token:
+            self.fail("Expected a string" if not self.at_end() else "Missing arguments")
+        return token
+
+    def nstring(self) -> bytes | None:
+        if self.at_word(b"NIL"):
+            self.pos += 3
+            return None
+        return self.string()
+
+    def text(self, data: bytes) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail("Invalid UTF-8")
+
+    def astring_text(self) -> str:
+        return self.text(self.astring())
+
+    def mailbox(self, *, wildcards: bool = False, inbox: bool = True) -> str:
+        """RFC 3501 §9 mailbox: "INBOX" (any case) or astring, modified UTF-7 decoded (§5.1.3)."""
+        if wildcards and not (self.at_literal() or self.peek() == DQUOTE):
+            raw = self.run(LIST_CHARS)
+            if not raw:
+                self.fail("Expected a mailbox pattern")
+        else:
+            raw = self.astring()
+        try:
+            name = utf7.decode(raw)
+        except ValueError:
+            self.fail("Mailbox name is not valid modified UTF-7")
+        if inbox and name.upper() == "INBOX":
+            return "INBOX"  # RFC 3501 §5.1: INBOX is case-insensitive
+        return name
+
+    # -- numbers, sets, dates -------------------------------------------------------------------
+
+    def number(self, *, nz: bool = False, maximum: int = MAX_NUMBER) -> int:
+        digits = self.run(_DIGITS, limit=len(str(maximum)) + 1)
+        if not digits:
+            self.fail("Expected a number")
+        if len(digits) > len(str(maximum)) or int(digits) > maximum:
+            self.fail("Number out of range")
+        value = int(digits)
+        if nz and value == 0:
+            self.fail("Number must not be zero")  # RFC 3501 §9 nz-number
+        return value
+
+    def seqset(self) -> SequenceSet:
+        token = self.run(_SEQ_CHARS)
+        if not token:
+            self.fail("Expected a sequence set" if not self.at_end() else "Missing arguments")
+        try:
+            return SequenceSet.parse(token.decode("ascii"))
+        except ValueError as exc:
+            self.fail(f"Invalid sequence set: {exc}")
+
+    def date(self) -> date:
+        """RFC 3501 §9 date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
+        quoted = self.take(DQUOTE)
+        day = self.number(maximum=99)
+        self.expect(ord("-"), "'-' in date")
+        month = self._month()
+        self.expect(ord("-"), "'-' in date")
+        year = self._year()
+        if quoted:
+            self.expect(DQUOTE, "closing quote of date")
+        try:
+            return date(year, month, day)
+        except ValueError:
+            self.fail("Invalid date")
+
+    def _month(self) -> int:
+        name = self.line[self.pos : self.pos + 3].decode("ascii", "replace").lower()
+        if name not in MONTHS:
+            self.fail("Invalid month")
+        self.pos += 3
+        return MONTHS.index(name) + 1
+
+    def _year(self) -> int:
+        digits = self.run(_DIGITS, limit=5)
+        if len(digits) != 4:
+            self.fail("Invalid year")
+        return int(digits)
+
+    def _fixed(self, width: int, what: str) -> int:
+        digits = self.run(_DIGITS, limit=width + 1)
+        if len(digits) != width:
+            self.fail(f"Invalid {what}")
+        return int(digits)
+
+    def date_time(self) -> datetime:
+        """RFC 3501 §9 date-time = DQUOTE date-day-fixed "-" date-month "-" date-year SP time SP zone DQUOTE."""
+        self.expect(DQUOTE, "a quoted date-time")
+        self.take(SP)  # date-day-fixed = (SP DIGIT) / 2DIGIT; a bare 1-digit day is accepted too
+        day = self.number(maximum=99)
+        self.expect(ord("-"), "'-' in date-time")
+        month = self._month()
+        self.expect(ord("-"), "'-' in date-time")
+        year = self._year()
+        self.expect(SP, "a space in date-time")
+        hour = self._fixed(2, "hour")
+        self.expect(ord(":"), "':' in time")
+        minute = self._fixed(2, "minute")
+        self.expect(ord(":"), "':' in time")
+        second = self._fixed(2, "second")
+        self.expect(SP, "a space in date-time")
+        sign = self.peek()
+        if sign not in (ord("+"), ord("-")):
+            self.fail("Invalid time zone")
+        self.pos += 1
+        zone = self._fixed(4, "time zone")
+        self.expect(DQUOTE, "closing quote of date-time")
+        zh, zm = divmod(zone, 100)
+        if zh > 23 or zm > 59:
+            self.fail("Invalid time zone")
+        offset = timedelta(hours=zh, minutes=zm)
+        try:
+            return datetime(year, month, day, hour, minute, second,
+                            tzinfo=timezone(-offset if sign == ord("-") else offset))
+        except ValueError:
+            self.fail("Invalid date-time")
+
+    # -- lists ----------------------------------------------------------------------------------
+
+    def flag(self) -> str:
+        """RFC 3501 §9 flag: system flags (case-insensitive, normalised) or a keyword atom."""
+        if self.take(BACKSLASH):
+            name = self.run(ATOM_CHARS)
+            if not name:
+                self.fail("Invalid flag")
+            flag = SYSTEM_FLAGS.get("\\" + name.decode("ascii").lower())
+            if flag is None:
+                # \Recent cannot be set by clients (RFC 3501 §2.3.2); no flag-extensions are defined.
+                self.fail(f"Invalid system flag \\{name.decode('ascii')[:40]}")
+            return flag
+        keyword = self.run(ATOM_CHARS)
+        if not keyword:
+            self.fail("Invalid flag")
+        return keyword.decode("ascii")
+
+    def flag_list(self) -> frozenset[str]:
+        """RFC 3501 §9 flag-list = "(" [flag *(SP flag)] ")"."""
+        self.expect(LPAREN, "'(' before flags")
+        flags: set[str] = set()
+        if not self.take(RPAREN):
+            while True:
+                flags.add(self.flag())
+                if self.take(RPAREN):
+                    break
+                self.sp()
+        return frozenset(flags)
+
+    def ext_value(self, depth: int) -> ExtValue:
+        """RFC 4466 tagged-ext-val, loosely: a token or a parenthesised list of them."""
+        if depth > self.max_nesting:
+            self.fail("Too deeply nested")
+        if self.take(LPAREN):
+            items: list[ExtValue] = []
+            if not self.take(RPAREN):
+                while True:
+                    items.append(self.ext_value(depth + 1))
+                    if self.take(RPAREN):
+                        break
+                    self.sp()
+            return tuple(items)
+        if self.peek() is not None and self.peek() in _SEQ_CHARS:
+            return self.run(_SEQ_CHARS).decode("ascii")
+        return self.astring_text()
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+Handler = Callable[[_Cursor, str], AnyCommand]
+
+
+def _no_args(cls: Callable[[str], AnyCommand]) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        return cls(tag)
+
+    return handler
+
+
+def _authenticate(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    mechanism = cur.word()
+    initial: bytes | None = None
+    if cur.peek() == SP:
+        cur.sp()
+        initial = decode_sasl(cur.run(_B64_CHARS), tag)
+        if initial is None:
+            cur.fail("Invalid initial response")
+    return Authenticate(tag, mechanism, initial)
+
+
+def decode_sasl(line: bytes, tag: str = "*") -> bytes | None:
+    """A SASL response (RFC 3501 §6.2.2, RFC 4959 §3): "=" -> b"", "*" -> None (cancel), else base64.
+
+    Raises ParseError on bad base64. The shell uses it for AUTHENTICATE continuation lines.
+    """
+    if line == b"*":
+        return None
+    if line == b"=":
+        return b""
+    if not line or len(line) % 4:
+        raise ParseError(tag, "Invalid base64")
+    try:
+        return base64.b64decode(line, validate=True)
+    except (binascii.Error, ValueError):
+        raise ParseError(tag, "Invalid base64") from None
+
+
+def _login(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    user = cur.astring_text()
+    cur.sp()
+    password = cur.astring_text()
+    return Login(tag, user, password)
+
+
+def _select(readonly: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        mailbox = cur.mailbox()
+        params: list[SelectParam] = []
+        if cur.peek() == SP:
+            cur.sp()
+            cur.expect(LPAREN, "'(' before select parameters")  # RFC 4466 §2.1
+            while True:
+                name = cur.word()
+                value: ExtValue | None = None
+                if cur.peek() == SP and cur.pos + 1 < len(cur.line) and (
+                        cur.line[cur.pos + 1] == LPAREN or cur.line[cur.pos + 1] in _SEQ_CHARS):
+                    cur.sp()
+                    value = cur.ext_value(1)
+                params.append(SelectParam(name, value))
+                if cur.take(RPAREN):
+                    break
+                cur.sp()
+        return Select(tag, mailbox, readonly, tuple(params))
+
+    return handler
+
+
+def _one_mailbox(cls: Callable[[str, str], AnyCommand]) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        return cls(tag, cur.mailbox())
+
+    return handler
+
+
+def _rename(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    old = cur.mailbox()
+    cur.sp()
+    return Rename(tag, old, cur.mailbox())
+
+
+def _list(cls: Callable[[str, str, str], AnyCommand]) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        reference = cur.mailbox(inbox=False)
+        cur.sp()
+        pattern = cur.mailbox(wildcards=True, inbox=False)  # RFC 3501 §9 list-mailbox
+        return cls(tag, reference, pattern)
+
+    return handler
+
+
+def _status(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    mailbox = cur.mailbox()
+    cur.sp()
+    cur.expect(LPAREN, "'(' before status items")
+    items: list[str] = []
+    while True:
+        item = cur.word()
+        if item not in STATUS_ITEMS:
+            cur.fail(f"Unknown status item {item[:40]}")
+        if item not in items:
+            items.append(item)
+        if cur.take(RPAREN):
+            break
+        cur.sp()
+    return Status(tag, mailbox, tuple(items))
+
+
+def _append(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    mailbox = cur.mailbox()
+    cur.sp()
+    flags: frozenset[str] = frozenset()
+    when: datetime | None = None
+    if cur.peek() == LPAREN:  # RFC 3501 §6.3.11: [SP flag-list] [SP date-time] SP literal
+        flags = cur.flag_list()
+        cur.sp()
+    if cur.peek() == DQUOTE:
+        when = cur.date_time()
+        cur.sp()
+    if not cur.at_literal():
+        cur.fail("Expected the message as a literal")
+    message = cur.take_literal()
+    return Append(tag, mailbox, flags, when, message)
+
+
+def _enable(cur: _Cursor, tag: str) -> AnyCommand:
+    caps: list[str] = []
+    cur.sp()
+    while True:
+        caps.append(cur.word())
+        if cur.peek() != SP:
+            break
+        cur.sp()
+    return Enable(tag, tuple(caps))
+
+
+def _id(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    if cur.at_word(b"NIL"):
+        cur.pos += 3
+        return Id(tag, None)
+    cur.expect(LPAREN, "'(' or NIL")
+    params: list[tuple[str, str | None]] = []
+    if not cur.take(RPAREN):
+        while True:
+            if len(params) >= 30:
+                cur.fail("Too many ID fields")  # RFC 2971 §3.3: at most 30 pairs
+            key = cur.text(cur.string())
+            cur.sp()
+            value = cur.nstring()
+            params.append((key, None if value is None else cur.text(value)))
+            if cur.take(RPAREN):
+                break
+            cur.sp()
+    return Id(tag, tuple(params))
+
+
+def _expunge(cur: _Cursor, tag: str) -> AnyCommand:
+    return Expunge(tag)
+
+
+# SEARCH (RFC 3501 §6.4.4)
+
+_FLAG_KEYS: dict[str, SearchFlag] = {
+    "ANSWERED": SearchFlag("\\Answered"), "UNANSWERED": SearchFlag("\\Answered", False),
+    "DELETED": SearchFlag("\\Deleted"), "UNDELETED": SearchFlag("\\Deleted", False),
+    "DRAFT": SearchFlag("\\Draft"), "UNDRAFT": SearchFlag("\\Draft", False),
+    "FLAGGED": SearchFlag("\\Flagged"), "UNFLAGGED": SearchFlag("\\Flagged", False),
+    "SEEN": SearchFlag("\\Seen"), "UNSEEN": SearchFlag("\\Seen", False),
+    "RECENT": SearchFlag("\\Recent"), "OLD": SearchFlag("\\Recent", False),
+}
+_HEADER_KEYS = {"FROM": "From", "TO": "To", "CC": "Cc", "BCC": "Bcc", "SUBJECT": "Subject"}
+_DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
+    "BEFORE": ("before", False), "ON": ("on", False), "SINCE": ("since", False),
+    "SENTBEFORE": ("before", True), "SENTON": ("on", True), "SENTSINCE": ("since", True),
+}
+
+_KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "LARGER",
+                             "SMALLER", "HEADER", "UID", "NOT", "OR"})
+
+
+def _search_key(cur: _Cursor, depth: int) -> SearchKey:
+    if depth > cur.max_nesting:
+        cur.fail("Search criteria too deeply nested")
+    c = cur.peek()
+    if c == LPAREN:
+        cur.pos += 1
+        keys = [_search_key(cur, depth + 1)]
+        while not cur.take(RPAREN):
+            cur.sp()
+            keys.append(_search_key(cur, depth + 1))
+        return SearchAnd(tuple(keys))
+    if c is not None and c in _SEQ_CHARS:
+        return SearchSet(cur.seqset())
+    key = cur.word()
+    if key in _FLAG_KEYS:
+        return _FLAG_KEYS[key]
+    if key == "ALL":
+        return SearchAll()
+    if key == "NEW":
+        return SearchAnd((SearchFlag("\\Recent"), SearchFlag("\\Seen", False)))  # RFC 3501 §6.4.4
+    if key not in _KEYS_WITH_ARGS:
+        cur.fail(f"Unknown search key {key[:40]}")
+    cur.sp()
+    if key in _HEADER_KEYS:
+        return SearchHeader(_HEADER_KEYS[key], cur.astring_text())
+    if key in ("BODY", "TEXT"):
+        return SearchText(cur.astring_text(), headers=key == "TEXT")
+    if key in _DATE_KEYS:
+        op, sent = _DATE_KEYS[key]
+        return SearchDate(op, cur.date(), sent)
+    if key in ("KEYWORD", "UNKEYWORD"):
+        flag = cur.flag()
+        return SearchFlag(flag, key == "KEYWORD")
+    if key in ("LARGER", "SMALLER"):
+        size = cur.number(maximum=MAX_NUMBER64)
+        return SearchSize("larger" if key == "LARGER" else "smaller", size)
+    if key == "HEADER":
+        field = cur.astring()
+        if not field or any(ch not in _FIELD_NAME_CHARS for ch in field):
+            cur.fail("Invalid header field name")
+        cur.sp()
+        return SearchHeader(field.decode("ascii"), cur.astring_text())
+    if key == "UID":
+        return SearchSet(cur.seqset(), uid=True)
+    if key == "NOT":
+        return SearchNot(_search_key(cur, depth + 1))
+    if key == "OR":
+        left = _search_key(cur, depth + 1)
+        cur.sp()
+        return SearchOr(left, _search_key(cur, depth + 1))
+    raise AssertionError(key)  # unreachable: every key in _KEYS_WITH_ARGS is handled above
+
+
+def _search(uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        charset: str | None = None
+        if cur.at_word(b"CHARSET"):
+            cur.pos += len(b"CHARSET")
+            cur.sp()
+            charset = cur.astring().decode("ascii", "replace").upper()
+            if charset not in CHARSETS:
+                # RFC 3501 §6.4.4: unsupported charset -> tagged NO [BADCHARSET (...)]
+                raise ParseError(tag, "Unsupported charset", kind="NO",
+                                 code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+            cur.sp()
+        keys = [_search_key(cur, 1)]
+        while cur.peek() == SP:
+            cur.sp()
+            keys.append(_search_key(cur, 1))
+        return Search(tag, SearchAnd(tuple(keys)), charset, uid)
+
+    return handler
+
+
+# FETCH (RFC 3501 §6.4.5)
+
+_MACROS = {
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+_SECTION_TEXTS: dict[str, SectionText] = {
+    "HEADER": "HEADER", "HEADER.FIELDS": "HEADER.FIELDS", "HEADER.FIELDS.NOT": "HEADER.FIELDS.NOT",
+    "TEXT": "TEXT", "MIME": "MIME",
+}
+
+
+def _section(cur: _Cursor) -> Section:
+    """RFC 3501 §9 section-spec, between "[" and "]"."""
+    token = cur.run(_SECTION_CHARS).decode("ascii")
+    part: list[int] = []
+    words = token.split(".") if token else []
+    while words and words[0].isdigit():
+        digits = words.pop(0)
+        if len(digits) > 10 or int(digits) == 0 or int(digits) > MAX_NUMBER:
+            cur.fail("Invalid section part number")  # section-part = nz-number *("." nz-number)
+        part.append(int(digits))
+    rest = ".".join(words).upper()
+    if words and rest not in _SECTION_TEXTS:
+        cur.fail("Invalid section")
+    if rest == "MIME" and not part:
+        cur.fail("MIME needs a part number")  # section-text "MIME" only after section-part
+    fields: list[str] = []
+    if rest in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        cur.sp()
+        cur.expect(LPAREN, "'(' before header field names")
+        while True:
+            name = cur.astring()  # header-fld-name = astring
+            if not name or any(ch not in _FIELD_NAME_CHARS for ch in name):
+                cur.fail("Invalid header field name")
+            fields.append(name.decode("ascii").upper())
+            if cur.take(RPAREN):
+                break
+            cur.sp()
+    return Section(tuple(part), _SECTION_TEXTS.get(rest), tuple(fields))
+
+
+def _fetch_item(cur: _Cursor) -> FetchItem:
+    name = cur.run(_FETCH_NAME_CHARS).decode("ascii").upper()
+    if not name:
+        cur.fail("Expected a fetch item" if not cur.at_end() else "Missing arguments")
+    if name in ("BODY", "BODY.PEEK") and cur.take(ord("[")):
+        section = _section(cur)
+        cur.expect(ord("]"), "']' after section")
+        partial: tuple[int, int] | None = None
+        if cur.take(ord("<")):  # "<" number "." nz-number ">"
+            origin = cur.number()
+            cur.expect(ord("."), "'.' in partial")
+            length = cur.number(nz=True)
+            cur.expect(ord(">"), "'>' after partial")
+            partial = (origin, length)
+        return FetchBody(section, partial, peek=name == "BODY.PEEK")
+    if name not in FETCH_ATTRS:
+        cur.fail(f"Unknown fetch item {name[:40]}")
+    return FetchAttr(name)
+
+
+def _fetch(uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        seqs = cur.seqset()
+        cur.sp()
+        items: list[FetchItem] = []
+        if cur.take(LPAREN):
+            while True:
+                items.append(_fetch_item(cur))
+                if cur.take(RPAREN):
+                    break
+                cur.sp()
+        else:
+            for macro, expansion in _MACROS.items():
+                if cur.at_word(macro.encode("ascii")):
+                    cur.pos += len(macro)
+                    items.extend(FetchAttr(n) for n in expansion)
+                    break
+            else:
+                items.append(_fetch_item(cur))
+        if uid and FetchAttr("UID") not in items:
+            items.insert(0, FetchAttr("UID"))  # RFC 3501 §6.4.8: UID FETCH always returns UID
+        return Fetch(tag, seqs, tuple(items), uid)
+
+    return handler
+
+
+def _store(uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        seqs = cur.seqset()
+        cur.sp()
+        mode: Literal["add", "remove", "set"] = "set"
+        if cur.take(ord("+")):
+            mode = "add"
+        elif cur.take(ord("-")):
+            mode = "remove"
+        what = cur.word()
+        if what not in ("FLAGS", "FLAGS.SILENT"):
+            cur.fail("Expected FLAGS, +FLAGS or -FLAGS")
+        cur.sp()
+        if cur.peek() == LPAREN:
+            flags = cur.flag_list()
+        else:  # RFC 3501 §9 store-att-flags: flag-list / (flag *(SP flag))
+            found = {cur.flag()}
+            while cur.peek() == SP:
+                cur.sp()
+                found.add(cur.flag())
+            flags = frozenset(found)
+        return Store(tag, seqs, mode, flags, what == "FLAGS.SILENT", uid)
+
+    return handler
+
+
+def _copy_move(cls: type[Copy] | type[Move], uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        cur.sp()
+        seqs = cur.seqset()
+        cur.sp()
+        return cls(tag, seqs, cur.mailbox(), uid)
+
+    return handler
+
+
+def _uid_expunge(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    return Expunge(tag, cur.seqset())  # RFC 4315 §2.1
+
+
+_UID_COMMANDS: dict[str, Handler] = {
+    "FETCH": _fetch(True),
+    "STORE": _store(True),
+    "COPY": _copy_move(Copy, True),
+    "MOVE": _copy_move(Move, True),
+    "SEARCH": _search(True),
+    "EXPUNGE": _uid_expunge,
+}
+
+
+def _uid(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    sub = cur.word()
+    handler = _UID_COMMANDS.get(sub)
+    if handler is None:
+        cur.fail(f"Unknown UID command {sub[:40]}")
+    return handler(cur, tag)
+
+
+COMMANDS: dict[str, Handler] = {
+    "CAPABILITY": _no_args(Capability),
+    "NOOP": _no_args(Noop),
+    "LOGOUT": _no_args(Logout),
+    "STARTTLS": _no_args(StartTls),
+    "AUTHENTICATE": _authenticate,
+    "LOGIN": _login,
+    "SELECT": _select(False),
+    "EXAMINE": _select(True),
+    "CREATE": _one_mailbox(Create),
+    "DELETE": _one_mailbox(Delete),
+    "RENAME": _rename,
+    "SUBSCRIBE": _one_mailbox(Subscribe),
+    "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
+    "LIST": _list(List),
+    "LSUB": _list(Lsub),
+    "STATUS": _status,
+    "APPEND": _append,
+    "CHECK": _no_args(Check),
+    "CLOSE": _no_args(Close),
+    "EXPUNGE": _expunge,
+    "SEARCH": _search(False),
+    "FETCH": _fetch(False),
+    "STORE": _store(False),
+    "COPY": _copy_move(Copy, False),
+    "MOVE": _copy_move(Move, False),
+    "UID": _uid,
+    "IDLE": _no_args(Idle),
+    "NAMESPACE": _no_args(Namespace),
+    "ID": _id,
+    "ENABLE": _enable,
+    "UNSELECT": _no_args(Unselect),
+}
+
+
+def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCommand:
+    """Parse one framed command. Raises ParseError (and nothing else) when it is not valid."""
+    first = raw.lines[0] if raw.lines else b""
+    tag = tag_of(first)
+    if tag == "*":
+        if not first.strip() and not raw.literals:
+            raise ParseError("*", "Empty command")
+        raise ParseError("*", "Invalid tag")
+    cur = _Cursor(raw, tag, max_nesting)
+    cur.pos = len(tag)
+    cur.sp()
+    name = cur.word()
+    handler = COMMANDS.get(name)
+    if handler is None:
+        cur.fail("Unknown command")
+    command = handler(cur, tag)
+    cur.finish()
+    return command
+
+
+def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCommand:
+    """Frame and parse exactly one command given as wire bytes (CRLF added if missing). For tests
+    and tools: no size limits beyond the data itself."""
+    if not data.endswith(b"\n"):
+        data += b"\r\n"
+    framer = Framer(max_line=max(len(data), 16), max_literal=len(data))
+    framer.receive_data(data)
+    while True:
+        event = framer.next_command()
+        if isinstance(event, SendContinuation):
+            continue
+        if isinstance(event, Reject):
+            raise ParseError(event.tag, event.text)
+        if event is NEED_DATA:
+            raise ParseError("*", "Incomplete command")
+        assert isinstance(event, RawCommand)
+        if framer.buffered:
+            raise ParseError(event.tag, "More than one command")
+        return parse_command(event, max_nesting=max_nesting)
