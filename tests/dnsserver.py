@@ -257,12 +257,14 @@ class DnsServer:
 
 
 def _txt_text(value: str) -> str:
-    """Plain text -> TXT presentation form, split into <=255-octet quoted character-strings."""
+    """Plain text -> TXT presentation form, split into <=255-octet quoted character-strings.
+
+    Octets outside printable ASCII, '"' and '\\' are written as \\DDD (RFC 1035 §5.1)."""
     raw = value.encode("utf-8")
     chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
     out = []
     for c in chunks:
-        s = c.decode("utf-8", "surrogateescape").replace("\\", "\\\\").replace('"', '\\"')
+        s = "".join(chr(b) if 0x20 <= b < 0x7F and b not in (0x22, 0x5C) else f"\\{b:03d}" for b in c)
         out.append('"' + s + '"')
     return " ".join(out)
 

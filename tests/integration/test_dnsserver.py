@@ -8,6 +8,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailhaven.dns.resolver import DomainNotFound, Resolver
 from mailhaven.errors import DnsTempError
@@ -146,3 +148,12 @@ def test_from_config_reads_nameservers_and_timeout(dns_nameserver: str) -> None:
 
     r = Resolver.from_config(DnsConfig(nameservers=[dns_nameserver], timeout=0.7))
     assert r.nameservers == [dns_nameserver] and r.timeout == 0.7
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(min_size=0, max_size=700))
+async def test_any_txt_value_round_trips_through_the_server(dns_server: DnsServer, resolver: Resolver,
+                                                           value: str) -> None:
+    dns_server.clear()
+    dns_server.add("rt.example", "TXT", value)
+    assert await resolver.txt("rt.example") == [value]
