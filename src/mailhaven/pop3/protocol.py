@@ -42,13 +42,13 @@ UIDLs clients already know, so they do not download everything again.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from mailhaven.auth import sasl
 
 # --- limits --------------------------------------------------------------------------------------
 
@@ -208,23 +208,6 @@ def _parse_nonneg(text: str) -> int | None:
     if not _NUMBER.fullmatch(text):
         return None
     return int(text)
-
-
-def decode_sasl_plain(response: bytes) -> tuple[str, str] | None:
-    """RFC 4616 PLAIN message -> (authcid, password), or None if malformed.
-
-    authzid must be empty or equal to authcid: we do not support acting as another user.
-    """
-    parts = response.split(b"\x00")
-    if len(parts) != 3:
-        return None
-    try:
-        authzid, authcid, passwd = (p.decode("utf-8") for p in parts)
-    except UnicodeDecodeError:
-        return None
-    if not authcid or not passwd or (authzid and authzid != authcid):
-        return None
-    return authcid, passwd
 
 
 # --- the session ---------------------------------------------------------------------------------
@@ -448,20 +431,23 @@ class Session:
         self._sasl_response(args[1].encode("ascii", "replace"))
 
     def _sasl_response(self, raw: bytes) -> None:
-        text = raw.strip()
-        if text == b"*":  # RFC 5034 §4: client cancels
+        try:
+            message = sasl.decode_response(raw)  # "=" is empty (RFC 5034 §4)
+        except sasl.SaslCancelled:  # RFC 5034 §4: "*" cancels
             self._send(R_AUTH_ABORTED)
             return
-        try:
-            decoded = b"" if text == b"=" else base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
+        except ValueError:
             self._send(R_AUTH_BAD_BASE64)
             return
-        creds = decode_sasl_plain(decoded)
-        if creds is None:
+        try:
+            creds = sasl.parse_plain(message)
+        except ValueError:
             self._send(R_AUTH_FAILED)
             return
-        self._start_auth(*creds)
+        if creds.authzid and creds.authzid != creds.login:  # no acting as another user
+            self._send(R_AUTH_FAILED)
+            return
+        self._start_auth(creds.login, creds.password)
 
     def _start_auth(self, login: str, password: str) -> None:
         self._login = login
