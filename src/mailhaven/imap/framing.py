@@ -18,8 +18,8 @@ Use:
 
 Memory stays bounded if the shell reads from the socket only when `next_command()` returned
 NEED_DATA: the buffer then never holds more than the current command (max_line + max_literal)
-plus one read. `max_in_flight` (commands' worth of max_line) adds a hard cap on pipelined bytes
-for shells that read ahead.
+plus one read. `max_in_flight` adds a hard cap for shells that read ahead while a command runs:
+more than max_literal + max_in_flight * max_line buffered octets -> Reject(close=True).
 
 Line endings: CRLF, and a bare LF is accepted too (as Dovecot does); the CR is stripped.
 """
@@ -132,7 +132,8 @@ class Framer:
             raise ValueError("max_line must be >= 16 and max_literal >= 0")
         self.max_line = max_line
         self.max_literal = max_literal
-        self.max_buffer = None if max_in_flight is None else max_in_flight * max_line
+        # One command's literals plus `max_in_flight` lines of pipelined commands.
+        self.max_buffer = None if max_in_flight is None else max_in_flight * max_line + max_literal
         self._buf = bytearray()
         self._scan = 0  # bytes of _buf already searched for LF in LINE state
         self._state = _State.LINE
@@ -161,10 +162,8 @@ class Framer:
             self._state = _State.LINE
             self._scan = 0
         self._buf += data
-        if self.max_buffer is not None:
-            pending = len(self._buf) - (self._need if self._state is _State.LITERAL else 0)
-            if pending > self.max_buffer:
-                self._overflow = True
+        if self.max_buffer is not None and len(self._buf) > self.max_buffer:
+            self._overflow = True
 
     @property
     def buffered(self) -> int:
