@@ -148,16 +148,16 @@ def needs_rehash(hash: str, *, params: argon2.Parameters | None = None) -> bool:
         return True
 
 
-_dummy: dict[argon2.Parameters, str] = {}
+_dummy: dict[str, str] = {}
 
 
 def dummy_hash() -> str:
     """A hash of a random password with the current parameters, for timing-equalised failures
     (verify against it when the user does not exist). Blocking the first time per parameter set."""
     params = current_params()
-    h = _dummy.get(params)
+    h = _dummy.get(repr(params))
     if h is None:
-        h = _dummy[params] = hash_password(secrets.token_urlsafe(24), params=params)
+        h = _dummy[repr(params)] = hash_password(secrets.token_urlsafe(24), params=params)
     return h
 
 
