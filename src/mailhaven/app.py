@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import ipaddress
 import logging
@@ -40,6 +41,7 @@ from typing import Any
 from mailhaven import config as configmod
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError
+from mailhaven.limits import Limits
 
 log = logging.getLogger("mailhaven.app")
 
@@ -111,7 +113,7 @@ class Context:
     store: Any  # mailhaven.store.Store
     directory: Any  # mailhaven.auth.users.Directory
     resolver: Any  # mailhaven.dns.resolver.Resolver
-    limits: Any  # mailhaven.limits.Limits
+    limits: Limits
     tls: ssl.SSLContext | None
     queue: Any = None  # the queue issue sets this
     metrics: Any = None  # the metrics issue sets this
@@ -202,9 +204,8 @@ def load_directory(cfg: Config) -> Any:
     return directory
 
 
-def build_limits(cfg: Config) -> Any:
-    limits = _optional("mailhaven.limits")
-    return None if limits is None else limits.Limits(cfg)
+def build_limits(cfg: Config) -> Limits:
+    return Limits(cfg)
 
 
 def build_context(cfg: Config) -> Context:
@@ -311,7 +312,9 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
         log.error("reload failed, keeping the running config: %s", _reason(e))
         return False
     if new.listeners != old.listeners or new.data_dir != old.data_dir:
+        # What is bound stays bound: ctx.config keeps describing the running sockets and store.
         log.warning("reload: listener and data_dir changes take effect after a restart")
+        new = dataclasses.replace(new, listeners=old.listeners, data_dir=old.data_dir)
     if ctx.tls is not None and new_tls is not None:
         # Load into the live context: servers hold it, and new handshakes then use the new cert.
         # (It loaded into new_tls just now, so this cannot fail halfway for a bad file.)
@@ -321,9 +324,7 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
         log.warning("reload: turning TLS on or off takes effect after a restart")
     ctx.config = new
     ctx.directory = directory
-    reconfigure = getattr(ctx.limits, "reconfigure", None)
-    if callable(reconfigure):
-        reconfigure(new)
+    ctx.limits.update_config(new)  # counts and failure history are kept
     if configure_logging and new.log != old.log:
         setup_logging(new)
     log.info("reloaded %s", new.source)

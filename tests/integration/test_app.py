@@ -1,0 +1,277 @@
+"""app.run: binding, the listener factory contract, graceful stop, reload, sd_notify.
+
+A small line-echo listener defined here stands in for the protocol modules: it follows the factory
+contract (serve on the given socket, register sessions, read ctx.config/ctx.tls at session start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailhaven import app
+from mailhaven.config import Config, ListenerConfig
+from tests.fixtures_server import (
+    add_user,
+    app_config_data,
+    app_config_file,
+    load_test_config,
+    running_app,
+    write_config,
+)
+
+ECHO = "tests.integration.test_app:create_echo_server"
+
+
+async def create_echo_server(ctx: app.Context, name: str, lc: ListenerConfig,
+                             sock: socket.socket) -> asyncio.AbstractServer:
+    """Greets with the hostname of the config current at connect time, then echoes lines."""
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with ctx.sessions.track(writer.transport):
+            try:
+                writer.write(f"hello {ctx.config.hostname} {name}\r\n".encode())
+                await writer.drain()
+                while line := await reader.readline():
+                    writer.write(line)
+                    await writer.drain()
+            except (ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+    tls = ctx.tls if lc.tls == "implicit" else None
+    return await asyncio.start_server(session, sock=sock, ssl=tls)
+
+
+def _config(tmp_path: Path, tls_files: tuple[Path, Path] | None, **top: Any) -> Config:
+    return load_test_config(app_config_file(tmp_path, tls_files, **top))
+
+
+@pytest.fixture
+def echo_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in app.LISTENER_FACTORIES:
+        monkeypatch.setitem(app.LISTENER_FACTORIES, name, ECHO)
+
+
+async def _greeting(port: int, *, tls: ssl.SSLContext | None = None) -> tuple[str, asyncio.StreamReader,
+                                                                              asyncio.StreamWriter]:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, ssl=tls, server_hostname="localhost" if tls else None), 5)
+    line = await asyncio.wait_for(reader.readline(), 5)
+    return line.decode().strip(), reader, writer
+
+
+async def test_every_listener_is_handed_its_bound_socket_and_the_real_port_is_known(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None,
+        client_ssl_context: ssl.SSLContext) -> None:
+    cfg = _config(tmp_path, tls_files)
+    async with running_app(cfg) as ctx:
+        assert set(ctx.serving) == set(cfg.listeners)
+        for name, lc in cfg.listeners.items():
+            tls = client_ssl_context if lc.tls == "implicit" else None
+            greeting, _, writer = await _greeting(ctx.port(name), tls=tls)
+            assert greeting == f"hello mail.example.test {name}"
+            writer.close()
+
+
+async def test_listener_whose_module_is_missing_is_logged_and_skipped(
+        tmp_path: Path, tls_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    for name in app.LISTENER_FACTORIES:
+        monkeypatch.setitem(app.LISTENER_FACTORIES, name, ECHO)
+    monkeypatch.setitem(app.LISTENER_FACTORIES, "imap", "mailhaven.no_such_module:create_server")
+    monkeypatch.setitem(app.LISTENER_FACTORIES, "pop3", "tests.integration.test_app:no_such_factory")
+    caplog.set_level(logging.INFO, logger="mailhaven.app")
+    cfg = _config(tmp_path, tls_files)
+    async with running_app(cfg) as ctx:
+        assert "imap" not in ctx.serving and "pop3" not in ctx.serving
+        assert "mx" in ctx.serving
+        # The skipped listener's socket is closed again, not left listening.
+        assert "imap" not in ctx.addresses
+    messages = [r.getMessage() for r in caplog.records]
+    assert "listener imap not available in this build" in messages
+    assert "listener pop3 not available in this build" in messages
+
+
+async def test_port_in_use_fails_with_one_line_before_anything_serves(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        cfg = load_test_config(app_config_file(tmp_path, tls_files))
+        import dataclasses
+
+        listeners = dict(cfg.listeners)
+        listeners["imap"] = dataclasses.replace(listeners["imap"], port=port)
+        cfg = dataclasses.replace(cfg, listeners=listeners)
+        with pytest.raises(app.StartupError) as exc:
+            await app.run(cfg, handle_signals=False)
+        assert str(exc.value) == (f"listeners.imap: cannot listen on 127.0.0.1 port {port}: "
+                                  "Address already in use")
+    finally:
+        blocker.close()
+
+
+async def test_stop_refuses_new_connections_and_waits_for_open_sessions(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None) -> None:
+    cfg = _config(tmp_path, tls_files, shutdown_deadline=10)
+    started: asyncio.Future[app.Context] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(app.run(cfg, ready=started.set_result, handle_signals=False))
+    ctx = await asyncio.wait_for(started, 10)
+    port = ctx.port("mx")
+    _, reader, writer = await _greeting(port)
+    ctx.request_stop()
+    await asyncio.wait_for(ctx.stopping.wait(), 5)
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    # The open session still works, and the server waits for it.
+    writer.write(b"still here\r\n")
+    assert await asyncio.wait_for(reader.readline(), 5) == b"still here\r\n"
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    writer.close()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_sessions_still_open_at_the_shutdown_deadline_are_closed(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None) -> None:
+    cfg = _config(tmp_path, tls_files, shutdown_deadline="500ms")
+    started: asyncio.Future[app.Context] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(app.run(cfg, ready=started.set_result, handle_signals=False))
+    ctx = await asyncio.wait_for(started, 10)
+    _, reader, writer = await _greeting(ctx.port("imap"))
+    t0 = time.monotonic()
+    ctx.request_stop()
+    await asyncio.wait_for(task, 5)
+    assert 0.4 <= time.monotonic() - t0 < 3
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        data = await asyncio.wait_for(reader.read(100), 5)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", None)
+    writer.close()
+
+
+async def test_reload_with_a_broken_config_keeps_the_running_one_and_logs_one_line(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    path = app_config_file(tmp_path, tls_files)
+    cfg = load_test_config(path)
+    async with running_app(cfg) as ctx:
+        path.write_text(path.read_text() + "\n[log]\nlevel = \"loud\"\n")
+        caplog.clear()
+        assert app.reload(ctx) is False
+        assert ctx.config is cfg
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert [r.getMessage() for r in errors] == [
+            'reload failed, keeping the running config: log.level: expected one of "debug", "info", '
+            '"warning", "error", got "loud"']
+        greeting, _, writer = await _greeting(ctx.port("mx"))
+        assert greeting == "hello mail.example.test mx"
+        writer.close()
+
+
+async def test_reload_gives_new_sessions_the_new_config_and_users(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None) -> None:
+    path = app_config_file(tmp_path, tls_files)
+    cfg = load_test_config(path)
+    async with running_app(cfg) as ctx:
+        old_greeting, reader, writer = await _greeting(ctx.port("mx"))
+        assert ctx.directory.user("carol@example.test") is None
+        add_user(cfg, "carol@example.test", "pw")
+        write_config(path, app_config_data(tmp_path, tls_files, hostname="mx2.example.test"))
+        assert app.reload(ctx) is True
+        assert ctx.config.hostname == "mx2.example.test"
+        assert ctx.directory.user("carol@example.test") == "carol@example.test"
+        # What is bound stays as bound (port 0 here, whatever the file now says).
+        assert ctx.config.listeners == cfg.listeners
+        new_greeting, _, w2 = await _greeting(ctx.port("mx"))
+        assert new_greeting == "hello mx2.example.test mx"
+        # The established session is unaffected.
+        writer.write(b"ping\r\n")
+        assert await reader.readline() == b"ping\r\n"
+        writer.close()
+        w2.close()
+
+
+async def test_reload_swaps_the_certificate_for_new_tls_handshakes(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None, tls_ca: Any,
+        client_ssl_context: ssl.SSLContext) -> None:
+    import trustme
+
+    path = app_config_file(tmp_path, tls_files)
+    cfg = load_test_config(path)
+    ca2 = trustme.CA()
+    cert2 = ca2.issue_cert("localhost", "127.0.0.1")
+    cert2.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "cert2.pem"))
+    cert2.private_key_pem.write_to_path(str(tmp_path / "key2.pem"))
+    trust2 = ssl.create_default_context()
+    ca2.configure_trust(trust2)
+    async with running_app(cfg) as ctx:
+        greeting, _, w = await _greeting(ctx.port("imaps"), tls=client_ssl_context)
+        w.close()
+        write_config(path, app_config_data(tmp_path, (tmp_path / "cert2.pem", tmp_path / "key2.pem")))
+        assert app.reload(ctx) is True
+        greeting, _, w = await _greeting(ctx.port("imaps"), tls=trust2)
+        assert greeting == "hello mail.example.test imaps"
+        w.close()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await _greeting(ctx.port("imaps"), tls=client_ssl_context)
+
+
+async def test_sd_notify_reports_ready_reloading_and_stopping(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    notify_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_path))
+    loop = asyncio.get_running_loop()
+
+    async def next_state() -> str:
+        return (await loop.run_in_executor(None, listener.recv, 4096)).decode()
+
+    try:
+        cfg = _config(tmp_path, tls_files)
+        async with running_app(cfg) as ctx:
+            assert await next_state() == "READY=1"
+            ctx.request_reload()
+            assert await next_state() == "RELOADING=1"
+            assert await next_state() == "READY=1"
+        assert await next_state() == "STOPPING=1"
+    finally:
+        listener.close()
+
+
+def test_sd_notify_without_notify_socket_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert app.sd_notify("READY=1") is False
+
+
+async def test_ipv6_loopback_listener_binds(tmp_path: Path, tls_files: tuple[Path, Path],
+                                            echo_everywhere: None) -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    app_config_file(tmp_path, tls_files)  # and the users file
+    data = app_config_data(tmp_path, tls_files)
+    data["listeners"] = {"imap": {"address": "::1", "port": 40143}}
+    cfg = load_test_config(write_config(tmp_path / "v6.toml", data))
+    async with running_app(cfg) as ctx:
+        host, port = ctx.addresses["imap"]
+        assert host == "::1"
+        reader, writer = await asyncio.open_connection("::1", port)
+        assert (await reader.readline()).startswith(b"hello ")
+        writer.close()
