@@ -59,10 +59,10 @@ def decode_response(line: str | bytes) -> bytes:
         return b""
     if len(text) > MAX_RESPONSE:
         raise ValueError("SASL response too long")
-    if not text.isascii():
+    if not text.isascii() or len(text) % 4:
         raise ValueError("SASL response is not base64")
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)  # RFC 4648 §4, no junk or excess padding
     except (binascii.Error, ValueError):
         raise ValueError("SASL response is not base64") from None
 
