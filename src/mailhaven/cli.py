@@ -295,10 +295,10 @@ def cmd_user(args: argparse.Namespace) -> int:
         print(f"deleted {address}" + (f" (removed from aliases: {', '.join(changed)})" if changed else ""))
         return 0
     # Check before asking for a password; the edit below checks again under the lock.
-    exists = _open_users(cfg).get_user(address) is not None
-    if args.action == "add" and exists:
-        raise CliError(f"user {address} already exists")
-    if args.action == "passwd" and not exists:
+    entry = _open_users(cfg).get_user(address)
+    if args.action == "add" and entry is not None:
+        raise CliError(f"user {entry.address} already exists")
+    if args.action == "passwd" and entry is None:
         raise CliError(f"no such user: {address}")
     hashed = _hash(_read_password())
     with _editing(cfg) as uf:

@@ -1,0 +1,359 @@
+"""The `mailhaven` command line, run as a real subprocess (`python -m mailhaven`)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mailhaven import config
+from mailhaven.auth import passwords
+from mailhaven.auth.users import UsersFile
+from tests.fixtures_server import app_config_data, app_config_file, write_config
+
+ENV = {**os.environ, "MAILHAVEN_FAST_HASH": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop("MAILHAVEN_CONFIG", None)
+ENV.pop("NOTIFY_SOCKET", None)
+
+
+def mh(*args: str, stdin: str | None = "", cwd: Path | None = None,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailhaven", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, cwd=cwd, env=env or ENV)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert r.returncode == code, r.stderr
+    assert r.stderr == f"mailhaven: {message}\n"
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.fixture
+def initialised(tmp_path: Path) -> Path:
+    cfg = tmp_path / "etc" / "mailhaven.toml"
+    r = mh("init", "--domain", "example.test", "--hostname", "mail.example.test", "--config", str(cfg),
+           "--data-dir", str(tmp_path / "data"), "--dev")
+    assert r.returncode == 0, r.stderr
+    return cfg
+
+
+def test_python_m_mailhaven_help_lists_the_commands() -> None:
+    r = mh("--help")
+    assert r.returncode == 0
+    for command in ("init", "serve", "check-config", "user", "alias"):
+        assert command in r.stdout
+
+
+def test_mailhaven_console_command_is_installed() -> None:
+    exe = shutil.which("mailhaven")
+    assert exe is not None
+    r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("mailhaven ")
+
+
+def test_init_writes_a_config_that_check_config_accepts(initialised: Path, tmp_path: Path) -> None:
+    folder = initialised.parent
+    assert stat.S_IMODE((folder / "users.toml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    assert (folder / "tls" / "cert.pem").is_file() and (folder / "tls" / "key.pem").is_file()
+    cfg = config.load(initialised)
+    assert cfg.hostname == "mail.example.test" and list(cfg.domains) == ["example.test"]
+    assert {n: lc.port for n, lc in cfg.listeners.items()} == config.DEV_PORTS
+    assert all(lc.address == "127.0.0.1" for lc in cfg.listeners.values())
+    r = mh("-c", str(initialised), "check-config")
+    assert (r.returncode, r.stdout, r.stderr) == (0, "OK\n", "")
+
+
+def test_init_production_config_uses_standard_ports_and_checks(tmp_path: Path) -> None:
+    path = tmp_path / "mailhaven.toml"
+    r = mh("-c", str(path), "init", "--domain", "Example.ORG", "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == 0, r.stderr
+    cfg = config.load(path)
+    assert cfg.hostname == "mail.example.org" and not cfg.dev
+    assert cfg.listeners["mx"].port == 25 and cfg.listeners["imaps"].port == 993
+    assert mh("-c", str(path), "check-config").stdout == "OK\n"
+
+
+def test_init_refuses_to_overwrite_a_config_unless_forced_and_never_touches_users(
+        initialised: Path) -> None:
+    r = mh("-c", str(initialised), "init", "--domain", "example.test", "--dev")
+    assert_one_line_error(r, 1, f"{initialised} already exists (use --force to overwrite it)")
+    assert mh("-c", str(initialised), "user", "add", "alice@example.test", stdin="pw1\n").returncode == 0
+    r = mh("-c", str(initialised), "init", "--domain", "example.test", "--dev", "--force")
+    assert r.returncode == 0, r.stderr
+    assert UsersFile.load(initialised.parent / "users.toml").list_users() == ["alice@example.test"]
+
+
+def test_init_with_a_bad_domain_is_a_config_error_and_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "mailhaven.toml"
+    r = mh("-c", str(path), "init", "--domain", "bad domain", "--dev")
+    assert_one_line_error(r, 2, 'domains."bad domain": not a valid domain name')
+    assert not path.exists() and not (path.parent / "users.toml").exists()
+
+
+def test_user_add_list_passwd_del_with_password_on_stdin(initialised: Path) -> None:
+    c = str(initialised)
+    r = mh("-c", c, "user", "add", "Alice@Example.TEST", stdin="s3cret\n")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert mh("-c", c, "user", "add", "bob@example.test", stdin="hunter2\n").returncode == 0
+    assert mh("-c", c, "user", "list").stdout == "Alice@example.test\nbob@example.test\n"
+    users = initialised.parent / "users.toml"
+    h = UsersFile.load(users).get_user("alice@example.test")
+    assert h is not None and h.password.startswith("$argon2id$")
+    assert passwords.verify_sync(h.password, "s3cret")
+    assert mh("-c", c, "user", "passwd", "alice@example.test", stdin="n3w\n").returncode == 0
+    h = UsersFile.load(users).get_user("alice@example.test")
+    assert h is not None and passwords.verify_sync(h.password, "n3w") and not passwords.verify_sync(h.password, "s3cret")
+    assert mh("-c", c, "user", "del", "alice@example.test").returncode == 0
+    assert mh("-c", c, "user", "list").stdout == "bob@example.test\n"
+    assert stat.S_IMODE(users.stat().st_mode) == 0o600
+
+
+def test_user_commands_refuse_bad_input_with_one_line(initialised: Path) -> None:
+    c = str(initialised)
+    assert_one_line_error(mh("-c", c, "user", "add", "alice@example.test", stdin="\n"), 1,
+                          "empty password refused")
+    assert_one_line_error(mh("-c", c, "user", "add", "alice@elsewhere.test", stdin="pw\n"), 1,
+                          "alice@elsewhere.test: domain elsewhere.test is not one of this server's domains "
+                          "(example.test)")
+    assert_one_line_error(mh("-c", c, "user", "add", "nodomain", stdin="pw\n"), 1,
+                          "'nodomain': expected an address like alice@example.org")
+    assert mh("-c", c, "user", "add", "alice@example.test", stdin="pw\n").returncode == 0
+    assert_one_line_error(mh("-c", c, "user", "add", "ALICE@example.test", stdin="pw\n"), 1,
+                          "user alice@example.test already exists")
+    assert_one_line_error(mh("-c", c, "user", "passwd", "nobody@example.test", stdin="pw\n"), 1,
+                          "no such user: nobody@example.test")
+    assert_one_line_error(mh("-c", c, "user", "del", "nobody@example.test"), 1,
+                          "no such user: nobody@example.test")
+    assert mh("-c", c, "user", "list").stdout == "alice@example.test\n"
+
+
+def test_alias_add_list_del(initialised: Path) -> None:
+    c = str(initialised)
+    assert mh("-c", c, "user", "add", "alice@example.test", stdin="pw\n").returncode == 0
+    assert mh("-c", c, "user", "add", "bob@example.test", stdin="pw\n").returncode == 0
+    r = mh("-c", c, "alias", "add", "team@example.test", "alice@example.test", "bob@example.test")
+    assert (r.returncode, r.stdout) == (0, "alias team@example.test -> alice@example.test, bob@example.test\n")
+    assert mh("-c", c, "alias", "add", "postmaster@example.test", "alice@example.test").returncode == 0
+    assert mh("-c", c, "alias", "list").stdout == (
+        "postmaster@example.test -> alice@example.test\n"
+        "team@example.test -> alice@example.test, bob@example.test\n")
+    assert_one_line_error(mh("-c", c, "alias", "add", "fwd@example.test", "someone@elsewhere.test"), 1,
+                          "someone@elsewhere.test: domain elsewhere.test is not one of this server's "
+                          "domains (example.test)")
+    assert_one_line_error(mh("-c", c, "alias", "add", "alice@example.test", "bob@example.test"), 1,
+                          "alice@example.test is a user")
+    assert mh("-c", c, "alias", "del", "team@example.test").returncode == 0
+    assert mh("-c", c, "alias", "list").stdout == "postmaster@example.test -> alice@example.test\n"
+    assert_one_line_error(mh("-c", c, "alias", "del", "team@example.test"), 1,
+                          "no such alias: team@example.test")
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["user", "list"], ["alias", "list"], ["serve"],
+                                     ["user", "add", "x@example.test"]])
+def test_config_errors_are_one_line_exit_2_without_traceback(tmp_path: Path, command: list[str]) -> None:
+    path = app_config_file(tmp_path, None)
+    path.write_text(path.read_text().replace("port = 40005", 'port = "abc"'))
+    r = mh("-c", str(path), *command, stdin="pw\n")
+    assert_one_line_error(r, 2, 'listeners.imap.port: expected an integer 1-65535, got "abc"')
+
+
+def test_missing_config_file_is_exit_2(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    assert_one_line_error(mh("-c", str(missing), "check-config"), 2, f"{missing}: file not found")
+
+
+def test_check_config_reports_a_broken_users_file(initialised: Path) -> None:
+    users = initialised.parent / "users.toml"
+    users.write_text('[users."alice@example.test"]\npassword = "plain"\n')
+    r = mh("-c", str(initialised), "check-config")
+    assert r.returncode == 2 and r.stderr.startswith(f"mailhaven: {users}: users.\"alice@example.test\".password: ")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_mailhaven_config_environment_variable_is_the_default_config(initialised: Path) -> None:
+    r = mh("check-config", env={**ENV, "MAILHAVEN_CONFIG": str(initialised)})
+    assert (r.returncode, r.stdout) == (0, "OK\n")
+
+
+def test_default_config_path_is_etc_mailhaven() -> None:
+    from mailhaven.cli import build_parser
+
+    env = os.environ.pop("MAILHAVEN_CONFIG", None)
+    try:
+        assert build_parser().parse_args(["check-config"]).config == "/etc/mailhaven/mailhaven.toml"
+    finally:
+        if env is not None:
+            os.environ["MAILHAVEN_CONFIG"] = env
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+class Proc:
+    """A server subprocess whose stdout and stderr lines are collected by threads."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.p = subprocess.Popen([sys.executable, "-m", "mailhaven", *args], cwd=cwd, env=ENV, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out: queue.Queue[str] = queue.Queue()
+        self.err: queue.Queue[str] = queue.Queue()
+        self.err_lines: list[str] = []
+        for stream, q in ((self.p.stdout, self.out), (self.p.stderr, self.err)):
+            threading.Thread(target=self._pump, args=(stream, q), daemon=True).start()
+
+    @staticmethod
+    def _pump(stream: object, q: queue.Queue[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            q.put(line)
+
+    def wait_line(self, q: queue.Queue[str], pattern: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.p.poll() is not None and q.empty()):
+                raise AssertionError(f"no line matching {pattern!r}; stderr so far: {self.err_lines}")
+            try:
+                line = q.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if q is self.err:
+                self.err_lines.append(line)
+            if re.search(pattern, line):
+                return line
+
+    def drain_err(self) -> list[str]:
+        while True:
+            try:
+                self.err_lines.append(self.err.get_nowait())
+            except queue.Empty:
+                return self.err_lines
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout=30)
+        finally:
+            if self.p.poll() is None:
+                self.p.kill()
+                self.p.wait()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dev_banner(proc: Proc) -> dict[str, str]:
+    lines: dict[str, str] = {}
+    while True:
+        line = proc.wait_line(proc.out, r".")
+        if line.startswith("Stop with"):
+            return lines
+        m = re.match(r"^\s+(\S+)\s+(.*)$", line)
+        if m:
+            lines[m.group(1)] = m.group(2).strip()
+
+
+def test_serve_dev_needs_no_files_prints_the_account_and_stops_on_sigterm(tmp_path: Path) -> None:
+    busy = [p for p in config.DEV_PORTS.values() if not _port_free(p)]
+    if busy:
+        pytest.skip(f"dev ports in use on this machine: {busy}")
+    proc = Proc(["serve", "--dev"], cwd=tmp_path)
+    try:
+        banner = _dev_banner(proc)
+        assert banner["account"] == "dev@example.test"
+        password = banner["password"]
+        assert len(password) >= 12
+        assert banner["data"] == str(tmp_path / "mailhaven-dev" / "data")
+        serving = {name: banner[name] for name in config.DEV_PORTS if not banner[name].startswith("(")}
+        for name, where in serving.items():
+            assert where == f"127.0.0.1 port {config.DEV_PORTS[name]}"
+            with socket.create_connection(("127.0.0.1", config.DEV_PORTS[name]), timeout=5):
+                pass
+        entry = UsersFile.load(tmp_path / "mailhaven-dev" / "users.toml").get_user("dev@example.test")
+        assert entry is not None and passwords.verify_sync(entry.password, password)
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.drain_err()
+    assert not any("Traceback" in line for line in proc.drain_err())
+    # A restart keeps the password (and prints it again).
+    proc = Proc(["serve", "--dev"], cwd=tmp_path)
+    try:
+        assert _dev_banner(proc)["password"] == password
+    finally:
+        assert proc.stop() == 0
+
+
+def test_serve_keeps_running_on_sighup_with_a_broken_config_and_logs_one_line(tmp_path: Path) -> None:
+    data = app_config_data(tmp_path, None)
+    for lc in data["listeners"].values():
+        lc["port"] = _free_port()
+    path = app_config_file(tmp_path, None)
+    write_config(path, data)
+    proc = Proc(["-c", str(path), "serve"], cwd=tmp_path)
+    try:
+        proc.wait_line(proc.err, r"ready: \d+ listener")
+        path.write_text("bogus = 1\n" + path.read_text())
+        proc.p.send_signal(signal.SIGHUP)
+        proc.wait_line(proc.err, r"reload failed")
+        time.sleep(0.3)
+        assert proc.p.poll() is None
+        failures = [line for line in proc.drain_err() if "reload failed" in line]
+        assert len(failures) == 1
+        assert failures[0].rstrip("\n").endswith("reload failed, keeping the running config: bogus: unknown key")
+        # Still serving whatever listeners this build has.
+        for name, lc in data["listeners"].items():
+            if any(f"listening: {name} " in line for line in proc.err_lines):
+                with socket.create_connection(("127.0.0.1", lc["port"]), timeout=5):
+                    pass
+        write_config(path, data)  # fixed again: the next SIGHUP reloads
+        proc.p.send_signal(signal.SIGHUP)
+        proc.wait_line(proc.err, r"reloaded ")
+    finally:
+        code = proc.stop()
+    assert code == 0, proc.drain_err()
+
+
+def test_serve_with_a_taken_port_fails_with_one_line_exit_1(tmp_path: Path) -> None:
+    data = app_config_data(tmp_path, None)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    try:
+        port = blocker.getsockname()[1]
+        for lc in data["listeners"].values():
+            lc["port"] = _free_port()
+        data["listeners"]["mx"]["port"] = port
+        path = app_config_file(tmp_path, None)
+        write_config(path, data)
+        r = mh("-c", str(path), "serve")
+        assert r.returncode == 1
+        assert r.stderr.splitlines()[-1] == (f"mailhaven: listeners.mx: cannot listen on 127.0.0.1 port {port}: "
+                                             "Address already in use")
+        assert "Traceback" not in r.stderr
+    finally:
+        blocker.close()
