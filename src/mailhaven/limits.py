@@ -47,8 +47,9 @@ def _login_key(login: str) -> str:
 
 class Limits:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, max_tracked: int = MAX_TRACKED) -> None:
         self.config = config
+        self.max_tracked = max_tracked
         self._clock = clock
         self._sleep = sleep
         self._conns: dict[str, int] = {}  # listener -> open connections
@@ -131,9 +132,9 @@ class Limits:
     def _record(self, table: dict[str, deque[float]], key: str, keep: int, now: float) -> None:
         q = table.get(key)
         if q is None:
-            if len(self._fail_ip) + len(self._fail_acct) >= MAX_TRACKED:
+            if len(self._fail_ip) + len(self._fail_acct) >= self.max_tracked:
                 self._prune(now)
-            if len(self._fail_ip) + len(self._fail_acct) >= MAX_TRACKED:
+            if len(self._fail_ip) + len(self._fail_acct) >= self.max_tracked:
                 fullest = max(self._fail_ip, self._fail_acct, key=len)
                 del fullest[next(iter(fullest))]  # still full: forget the oldest key
             q = table[key] = deque(maxlen=keep)
