@@ -1,4 +1,4 @@
-"""The mail store: Maildir++ on disk (the truth) plus a per-user SQLite index (rebuildable).
+r"""The mail store: Maildir++ on disk (the truth) plus a per-user SQLite index (rebuildable).
 
 Owns: durable delivery, folders, flags, UIDs, change notification between sessions.
 Does not own: protocols (IMAP/POP3 views, sequence numbers), policy, the queue.
@@ -14,6 +14,7 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
             # targets: (user, folder) e.g. ("alice@example.test", "INBOX") or (..., "Junk").
             # One tmp file, fsynced, hard-linked into every target's new/, directories fsynced;
             # all-or-nothing: raises StoreError and leaves no visible partial message.
+            # Creates a missing target folder. Publishes MessagesAdded(user, folder, uids=()).
         store.changes -> ChangeHub          # subscribe(user) -> Subscription (async iterator / .get())
 
     Account (one user):
@@ -21,19 +22,63 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
         await list_mailboxes() -> list[MailboxInfo]        # INBOX first
         await create_mailbox(name, special_use=None), delete_mailbox(name), rename_mailbox(old, new)
         await subscribe(name), unsubscribe(name)
+        await subscriptions() -> list[str]                 # the subscription list (LSUB)
         await mailbox(name) -> Mailbox                     # MailboxNotFound, BadMailboxName
+        # delete_mailbox refuses INBOX and folders with inferiors (MailboxHasChildren);
+        # rename_mailbox renames inferiors; renaming INBOX moves its messages (RFC 3501 §6.3.5).
 
     Mailbox (one folder of one user):
         .name, .uidvalidity
         await snapshot() -> Snapshot        # picks up changes made on disk by other programs
         await append(data, flags=frozenset(), internaldate=None) -> int  (the new UID; fsynced)
-        await read(uid) -> bytes            # the message with CRLF line endings
+        await read(uid) -> bytes            # the message with CRLF line endings; MessageNotFound
         await store_flags(uids, flags, mode: "add"|"remove"|"set") -> list[MessageInfo]
-        await expunge(uids) -> list[int]    # UIDs actually removed
+            # infos of every existing UID asked for; \Recent and unknown \flags are ignored
+        await expunge(uids) -> list[int]    # UIDs actually removed (the caller checks \Deleted)
         await copy(uids, dest: Mailbox) -> list[tuple[int, int]]   # (source uid, new uid)
         await move(uids, dest: Mailbox) -> list[tuple[int, int]]
+
+Values (frozen dataclasses, model.py):
+    MessageInfo(uid, flags: frozenset[str], internaldate: float, size: int, modseq: int, key: str)
+        flags = system flags ("\Seen" "\Answered" "\Flagged" "\Deleted" "\Draft") + keywords
+    Snapshot(uidvalidity, uidnext, highestmodseq, messages: list[MessageInfo])   # ascending UID
+    MailboxInfo(name, special_use: str | None, has_children: bool, subscribed: bool)
+Errors: mailhaven.errors.StoreError / BadMailboxName / MailboxNotFound / MailboxExists, and
+MessageNotFound, MailboxHasChildren (PermFailure subclasses, exported here).
+
+Change events (changes.py, frozen dataclasses): MessagesAdded(user, mailbox, uids),
+FlagsChanged(user, mailbox, uids), Expunged(user, mailbox, uids), MailboxesChanged(user),
+Overflow(user). Every write publishes; deliver() publishes MessagesAdded with uids=() (call
+snapshot(), which assigns UIDs and publishes MessagesAdded with them). Subscriptions:
+`with store.changes.subscribe(user) as sub: event = await sub.get()` (or `async for`), close()d
+when done.
+
+On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.Sent/` `.Drafts/`
+`.Trash/` `.Junk/` `.Archive/` (created on first access) and `.Folder.Sub/`; each subfolder has a
+`maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
+rebuildable index, WAL); `mailhaven-uidlist` in every folder (UID backup, format in uidlist.py;
+a `dovecot-uidlist` is imported when we have neither). Messages are stored with CRLF line endings.
 
 Mailbox names are Unicode strings with "." as the hierarchy delimiter (Maildir++), stored as
 UTF-8 on disk: "INBOX", "Sent", "Work.Projects" -> <user>/.Work.Projects/. `names.py` rejects
 anything that could escape the user's folder.
 """
+
+from mailhaven.store.changes import (
+    ChangeHub,
+    Event,
+    Expunged,
+    FlagsChanged,
+    MailboxesChanged,
+    MessagesAdded,
+    Overflow,
+    Subscription,
+)
+from mailhaven.store.mailbox import Account, Mailbox, Store
+from mailhaven.store.model import MailboxHasChildren, MailboxInfo, MessageInfo, MessageNotFound, Snapshot
+
+__all__ = [
+    "Account", "ChangeHub", "Event", "Expunged", "FlagsChanged", "MailboxHasChildren", "MailboxInfo",
+    "Mailbox", "MailboxesChanged", "MessageInfo", "MessageNotFound", "MessagesAdded", "Overflow",
+    "Snapshot", "Store", "Subscription",
+]

@@ -1,0 +1,164 @@
+"""Change hub: frozen change events broadcast to live sessions of the same user (IMAP IDLE, NOOP).
+
+Owns: the event types and fan-out to subscribers. Does not own: deciding what changed (mailbox.py
+publishes after every write and after every snapshot that found changes made by other programs).
+
+Events (all frozen dataclasses; `uids` is a tuple, ascending):
+    MessagesAdded(user, mailbox, uids)   new messages. `deliver()` does not assign UIDs (it only
+                                         writes files), so it publishes uids=(): "mailbox changed,
+                                         call snapshot()". The snapshot that then assigns UIDs
+                                         publishes MessagesAdded again with the real UIDs.
+    FlagsChanged(user, mailbox, uids)    flags/keywords changed (by us or found renamed on disk)
+    Expunged(user, mailbox, uids)        messages removed (expunge, move, or deleted on disk)
+    MailboxesChanged(user)               a folder was created, deleted, renamed or (un)subscribed
+    Overflow(user)                       this subscriber fell behind and events were dropped:
+                                         re-snapshot everything it shows
+
+Publishing never blocks: each subscription has a bounded queue (MAX_PENDING); when it is full the
+queue is emptied and a single Overflow is queued. Use a subscription as a context manager, or call
+close(), so the hub forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+MAX_PENDING = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesAdded:
+    user: str
+    mailbox: str
+    uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsChanged:
+    user: str
+    mailbox: str
+    uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Expunged:
+    user: str
+    mailbox: str
+    uids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxesChanged:
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Overflow:
+    user: str
+
+
+Event = MessagesAdded | FlagsChanged | Expunged | MailboxesChanged | Overflow
+
+
+class Subscription:
+    """Events for one user. `await sub.get()`, `sub.get_nowait()`, or `async for event in sub`."""
+
+    def __init__(self, hub: ChangeHub, user: str) -> None:
+        self.user = user
+        self._hub = hub
+        self._events: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def _push(self, event: Event) -> None:
+        if self.closed:
+            return
+        if len(self._events) >= MAX_PENDING:
+            self._events.clear()
+            self._events.append(Overflow(self.user))
+        else:
+            self._events.append(event)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def pending(self) -> int:
+        return len(self._events)
+
+    def get_nowait(self) -> Event | None:
+        """The next event, or None if there is none right now."""
+        return self._events.popleft() if self._events else None
+
+    async def get(self) -> Event:
+        """Wait for the next event. Raises asyncio.CancelledError if cancelled, EOFError if closed."""
+        while not self._events:
+            if self.closed:
+                raise EOFError("subscription closed")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._hub._remove(self)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            try:
+                yield await self.get()
+            except EOFError:
+                return
+
+
+def user_key(user: str) -> str:
+    """Users compare with the domain case-folded ("Alice@Example.TEST" -> "Alice@example.test")."""
+    local, at, domain = user.rpartition("@")
+    return f"{local}{at}{domain.lower()}"
+
+
+class ChangeHub:
+    """Fan-out of store events by user. Call publish() and subscribe() on the event loop thread."""
+
+    def __init__(self) -> None:
+        self._subs: dict[str, set[Subscription]] = {}
+
+    def subscribe(self, user: str) -> Subscription:
+        sub = Subscription(self, user_key(user))
+        self._subs.setdefault(sub.user, set()).add(sub)
+        return sub
+
+    def publish(self, event: Event) -> None:
+        for sub in list(self._subs.get(user_key(event.user), ())):
+            sub._push(event)
+
+    def subscriber_count(self, user: str | None = None) -> int:
+        if user is not None:
+            return len(self._subs.get(user_key(user), ()))
+        return sum(len(s) for s in self._subs.values())
+
+    def _remove(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.user)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.user]

@@ -1,0 +1,549 @@
+"""One folder's state: the Maildir files (truth) reconciled with the index (cache) and the uidlist.
+
+Owns: loading a folder from the index or rebuilding it from disk, noticing changes made by other
+programs, and the blocking parts of append / flags / expunge / copy / move for one folder.
+Does not own: locking, threads and events (mailbox.py runs every method here in a worker thread
+while holding the account lock, so a Folder is only ever touched by one thread at a time).
+
+Change detection: the mtimes (ns) of new/ and cur/ are compared with the ones recorded at the last
+full scan. Equal and "old" (more than MTIME_SETTLE seconds before that scan, so a change within the
+same timestamp tick cannot hide) -> nothing to do, no per-message stat(). Otherwise both
+directories are listed (new/ first, because other programs only move new/ -> cur/) and compared
+with the known keys: unknown keys get the next UIDs (in delivery-time order), renamed files give
+their new flags, missing keys are confirmed by a second listing and then expunged.
+Our own writes do not update the recorded mtimes, so the next snapshot rescans once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailhaven.errors import StoreError
+from mailhaven.store import maildir, uidlist
+from mailhaven.store.index import Index, MessageRow
+from mailhaven.store.model import MessageInfo, Snapshot
+
+MTIME_SETTLE = 2.0
+_ORDER_RE = re.compile(r"^(\d+)\.(?:M(\d+))?")
+_flagsets: dict[tuple[str, frozenset[str]], frozenset[str]] = {}
+
+
+def flagset(info: str, keywords: frozenset[str]) -> frozenset[str]:
+    """Interned frozenset of system flags (from flag letters) plus keywords."""
+    key = (info, keywords)
+    fs = _flagsets.get(key)
+    if fs is None:
+        fs = maildir.info_flags(info) | keywords
+        if len(_flagsets) < 10_000:
+            _flagsets[key] = fs
+    return fs
+
+
+class Msg:
+    __slots__ = ("uid", "key", "sub", "suffix", "keywords", "modseq", "internaldate", "size", "_info")
+
+    def __init__(self, uid: int, key: str, sub: str, suffix: str, keywords: frozenset[str], modseq: int,
+                 internaldate: float, size: int) -> None:
+        self.uid = uid
+        self.key = key
+        self.sub = sub
+        self.suffix = suffix
+        self.keywords = keywords
+        self.modseq = modseq
+        self.internaldate = internaldate
+        self.size = size
+        self._info: MessageInfo | None = None
+
+    @property
+    def fname(self) -> str:
+        return self.key + self.suffix
+
+    @property
+    def letters(self) -> str:
+        return maildir.suffix_info(self.suffix)
+
+    def info(self) -> MessageInfo:
+        mi = self._info
+        if mi is None:
+            mi = self._info = MessageInfo(self.uid, flagset(self.letters, self.keywords), self.internaldate,
+                                          self.size, self.modseq, self.key)
+        return mi
+
+    def changed(self) -> None:
+        self._info = None
+
+    def row(self) -> MessageRow:
+        return (self.uid, self.key, self.sub, self.suffix, " ".join(sorted(self.keywords)), self.modseq,
+                self.internaldate, self.size)
+
+
+@dataclass
+class Changes:
+    added: list[int] = field(default_factory=list)
+    flags: list[int] = field(default_factory=list)
+    expunged: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.flags or self.expunged)
+
+
+def _order(key: str) -> tuple[int, int, str]:
+    m = _ORDER_RE.match(key)
+    if not m:
+        return (1 << 62, 0, key)
+    return (int(m.group(1)), int(m.group(2) or 0), key)
+
+
+def _listing(path: Path) -> dict[str, tuple[str, str]]:
+    """key -> (sub, suffix) for every message file in new/ then cur/ (cur/ wins on duplicates)."""
+    out: dict[str, tuple[str, str]] = {}
+    for sub in ("new", "cur"):
+        for fname in os.listdir(path / sub):
+            if fname.startswith("."):
+                continue
+            key, suffix = maildir.split_name(fname)
+            if key:
+                out[key] = (sub, suffix)
+    return out
+
+
+def _dovecot_keywords(path: Path) -> dict[str, str]:
+    """Letter -> keyword from Dovecot's `dovecot-keywords` ("<index> <name>" lines; index 0 = 'a')."""
+    try:
+        text = (path / "dovecot-keywords").read_text("utf-8", "replace")
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        idx, _, name = line.partition(" ")
+        if idx.isdigit() and int(idx) < 26 and name and not any(c.isspace() for c in name):
+            out[chr(ord("a") + int(idx))] = name
+    return out
+
+
+def clean_keywords(words: frozenset[str] | set[str]) -> frozenset[str]:
+    return frozenset(w for w in words if w and not w.startswith("\\") and not any(
+        c.isspace() or ord(c) < 0x20 or c in "()*%\"]{\\" for c in w))
+
+
+class Folder:
+    def __init__(self, name: str, path: Path, index: Index, *, fsync: bool) -> None:
+        self.name = name
+        self.path = path
+        self.index = index
+        self.fsync = fsync
+        self.deleted = False
+        self.id = 0
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self.highestmodseq = 1
+        self.new_mtime = 0
+        self.cur_mtime = 0
+        self.trusted = False
+        self.by_uid: dict[int, Msg] = {}
+        self.by_key: dict[str, Msg] = {}
+        self._snap: list[MessageInfo] | None = None
+        self._expunged_since_compact = 0
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Load from the index, or rebuild from disk when the index has no row for this folder."""
+        row = self.index.load(self.name)
+        if row is None:
+            self._rebuild()
+            return
+        self.id, self.uidvalidity, self.uidnext = row.id, row.uidvalidity, row.uidnext
+        self.highestmodseq, self.new_mtime, self.cur_mtime = row.highestmodseq, row.new_mtime, row.cur_mtime
+        self.trusted = bool(row.new_mtime and row.cur_mtime)
+        kw_cache: dict[str, frozenset[str]] = {}
+        for uid, key, sub, suffix, kw, modseq, idate, size in self.index.messages(self.id):
+            kws = kw_cache.get(kw)
+            if kws is None:
+                kws = kw_cache[kw] = frozenset(kw.split()) if kw else frozenset()
+            m = Msg(uid, key, sub, suffix, kws, modseq, idate, size)
+            self.by_uid[uid] = m
+            self.by_key[key] = m
+
+    def _rebuild(self) -> None:
+        """Build the folder from its files, keeping UIDs from mailhaven-uidlist or dovecot-uidlist."""
+        known = uidlist.read(self.path)
+        dovecot = known is None
+        if known is None:
+            known = uidlist.read_dovecot(self.path)
+        listing = _listing(self.path)
+        keep: dict[str, int] = {}
+        if known is not None and len(set(known.uids.values())) == len(known.uids):
+            self.uidvalidity = known.uidvalidity
+            uidnext = known.effective_uidnext
+            keep = {k: u for k, u in known.uids.items() if k in listing}
+            self.index.note_uidvalidity(self.uidvalidity)
+        else:  # RFC 3501 §2.3.1.1: cannot keep the UIDs, so UIDVALIDITY must change
+            self.uidvalidity = self.index.next_uidvalidity()
+            uidnext = 1
+        letters = _dovecot_keywords(self.path) if dovecot else {}
+        fresh = sorted((k for k in listing if k not in keep), key=_order)
+        pairs = sorted((u, k) for k, u in keep.items())
+        for k in fresh:
+            pairs.append((uidnext, k))
+            uidnext += 1
+        msgs: list[Msg] = []
+        for uid, key in pairs:
+            sub, suffix = listing[key]
+            got = self._first_sight(sub, key + suffix, key)
+            if got is None:
+                continue
+            idate, size = got
+            kws = frozenset(letters[c] for c in maildir.suffix_info(suffix) if c in letters)
+            msgs.append(Msg(uid, key, sub, suffix, kws, 1, idate, size))
+        self.uidnext = uidnext
+        self.highestmodseq = 1
+        self.id = self.index.create(self.name, self.uidvalidity, self.uidnext, self.highestmodseq,
+                                    [m.row() for m in msgs])
+        for m in msgs:
+            self.by_uid[m.uid] = m
+            self.by_key[m.key] = m
+        uidlist.rewrite(self.path, self.uidvalidity, self.uidnext, [(m.uid, m.key) for m in msgs],
+                        fsync=self.fsync)
+        self.trusted = False  # the first sync records the directory mtimes
+
+    def _first_sight(self, sub: str, fname: str, key: str) -> tuple[float, int] | None:
+        """(internaldate, CRLF size) of a file seen for the first time; None if it vanished."""
+        p = self.path / sub / fname
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            return None
+        s, w = maildir.key_sizes(key)
+        if w is None:
+            if s is not None and s != st.st_size:
+                s = None
+            try:
+                data = p.read_bytes()
+            except FileNotFoundError:
+                return None
+            w = maildir.crlf_size(data)
+        return st.st_mtime, w
+
+    # -- change detection ----------------------------------------------------------------------
+
+    def sync(self, *, force: bool = False) -> Changes:
+        """Reconcile with the directories (see module docstring). Raises FileNotFoundError if the
+        folder itself is gone."""
+        changes = Changes()
+        st_new = os.stat(self.path / "new")
+        st_cur = os.stat(self.path / "cur")
+        if (not force and self.trusted and st_new.st_mtime_ns == self.new_mtime
+                and st_cur.st_mtime_ns == self.cur_mtime):
+            return changes
+        now = time.time()
+        listing = _listing(self.path)
+        missing = [k for k in self.by_key if k not in listing]
+        if missing:  # confirm: a concurrent rename may have hidden the file from one listing
+            again = _listing(self.path)
+            for k in missing:
+                if k in again:
+                    listing[k] = again[k]
+            missing = [k for k in missing if k not in listing]
+        modseq = self.highestmodseq + 1
+        upserts: list[Msg] = []
+        fresh: list[str] = []
+        for key, (sub, suffix) in listing.items():
+            m = self.by_key.get(key)
+            if m is None:
+                fresh.append(key)
+            elif m.sub != sub or m.suffix != suffix:
+                flags_differ = maildir.suffix_info(m.suffix) != maildir.suffix_info(suffix)
+                m.sub, m.suffix = sub, suffix
+                if flags_differ:
+                    m.modseq = modseq
+                    changes.flags.append(m.uid)
+                m.changed()
+                upserts.append(m)
+        fresh.sort(key=_order)
+        new_pairs: list[tuple[int, str]] = []
+        for key in fresh:
+            sub, suffix = listing[key]
+            got = self._first_sight(sub, key + suffix, key)
+            if got is None:
+                continue
+            m = Msg(self.uidnext, key, sub, suffix, frozenset(), modseq, got[0], got[1])
+            self.uidnext += 1
+            self.by_uid[m.uid] = m
+            self.by_key[key] = m
+            upserts.append(m)
+            new_pairs.append((m.uid, key))
+            changes.added.append(m.uid)
+        for key in missing:
+            m = self.by_key.pop(key)
+            del self.by_uid[m.uid]
+            changes.expunged.append(m.uid)
+        if changes:
+            self.highestmodseq = modseq
+            self._snap = None
+        elif upserts:
+            self._snap = None
+        newest = max(st_new.st_mtime, st_cur.st_mtime)
+        self.trusted = now - newest > MTIME_SETTLE
+        self.new_mtime, self.cur_mtime = st_new.st_mtime_ns, st_cur.st_mtime_ns
+        stored = (self.new_mtime, self.cur_mtime) if self.trusted else (0, 0)
+        self._commit(upserts, changes.expunged, mtimes=stored)
+        self._uidlist_add(new_pairs, len(changes.expunged))
+        changes.flags.sort()
+        changes.expunged.sort()
+        return changes
+
+    def _commit(self, upserts: list[Msg], deletes: list[int], *, mtimes: tuple[int, int] | None = None) -> None:
+        if mtimes is None:
+            mtimes = (self.new_mtime, self.cur_mtime) if self.trusted else (0, 0)
+        self.index.commit(self.id, upserts=[m.row() for m in upserts], deletes=deletes, uidnext=self.uidnext,
+                          highestmodseq=self.highestmodseq, new_mtime=mtimes[0], cur_mtime=mtimes[1])
+
+    def _uidlist_add(self, pairs: list[tuple[int, str]], expunged: int) -> None:
+        self._expunged_since_compact += expunged
+        if self._expunged_since_compact > max(1000, len(self.by_uid)):
+            self._rewrite_uidlist()
+            return
+        if not pairs:
+            return
+        try:
+            uidlist.append(self.path, pairs)
+        except FileNotFoundError:
+            self._rewrite_uidlist()
+
+    def _rewrite_uidlist(self) -> None:
+        uidlist.rewrite(self.path, self.uidvalidity, self.uidnext,
+                        [(m.uid, m.key) for m in self.by_uid.values()], fsync=self.fsync)
+        self._expunged_since_compact = 0
+
+    def snapshot(self) -> Snapshot:
+        snap = self._snap
+        if snap is None:
+            snap = self._snap = [m.info() for m in self.by_uid.values()]
+        return Snapshot(self.uidvalidity, self.uidnext, self.highestmodseq, list(snap))
+
+    # -- our own writes ------------------------------------------------------------------------
+
+    def _add(self, key: str, sub: str, suffix: str, keywords: frozenset[str], internaldate: float,
+             size: int) -> Msg:
+        m = Msg(self.uidnext, key, sub, suffix, keywords, self.highestmodseq, internaldate, size)
+        self.uidnext += 1
+        self.by_uid[m.uid] = m
+        self.by_key[key] = m
+        self._snap = None
+        return m
+
+    def append(self, data: bytes, flags: frozenset[str], internaldate: float | None, host: str) -> int:
+        system, keywords = split_flags(flags)
+        when = time.time() if internaldate is None else internaldate
+        name = maildir.store_file(self.path, maildir.unique_base(host), data, maildir.build_info(system),
+                                  fsync=self.fsync, mtime=when)
+        key, suffix = maildir.split_name(name)
+        self.highestmodseq += 1
+        m = self._add(key, "cur", suffix, keywords, when, len(data))
+        try:
+            self._commit([m], [])
+            self._uidlist_add([(m.uid, key)], 0)
+        except Exception as e:  # the file is durable; drop it so no unindexed message reappears
+            self._forget(m)
+            try:
+                os.unlink(self.path / "cur" / name)
+            except OSError:
+                pass
+            raise StoreError("the message could not be indexed") from e
+        return m.uid
+
+    def _forget(self, m: Msg) -> None:
+        self.by_uid.pop(m.uid, None)
+        self.by_key.pop(m.key, None)
+        self._snap = None
+
+    def lookup_path(self, uid: int) -> Path | None:
+        m = self.by_uid.get(uid)
+        return None if m is None else self.path / m.sub / m.fname
+
+    def _existing(self, uids: list[int], changes: Changes) -> list[Msg]:
+        """The known Msgs among `uids`, in the given order, without duplicates."""
+        return [self.by_uid[u] for u in dict.fromkeys(uids) if u in self.by_uid]
+
+    def _merge(self, into: Changes, more: Changes) -> None:
+        into.added += more.added
+        into.flags += more.flags
+        into.expunged += more.expunged
+
+    def store_flags(self, uids: list[int], flags: frozenset[str], mode: str) -> tuple[list[MessageInfo], Changes]:
+        """Add/remove/set flags (RFC 3501 §6.4.6). Returns infos of all existing `uids` and changes."""
+        if mode not in ("add", "remove", "set"):
+            raise ValueError(f"bad mode {mode!r}")
+        system, keywords = split_flags(flags)
+        requested = list(dict.fromkeys(uids))
+        changes = Changes()
+        modseq = self.highestmodseq + 1
+        touched: list[Msg] = []
+        renamed = False
+        for attempt in (0, 1):
+            retry: list[int] = []
+            for m in self._existing(uids, changes):
+                if m in touched:
+                    continue
+                old_sys = maildir.info_flags(m.letters)
+                if mode == "add":
+                    new_sys, new_kw = old_sys | system, m.keywords | keywords
+                elif mode == "remove":
+                    new_sys, new_kw = old_sys - system, m.keywords - keywords
+                else:
+                    new_sys, new_kw = system, keywords
+                if new_sys == old_sys and new_kw == m.keywords:
+                    continue
+                suffix = maildir.INFO_SEP + maildir.build_info(new_sys, m.letters)
+                if suffix != m.suffix or m.sub != "cur":
+                    try:
+                        os.rename(self.path / m.sub / m.fname, self.path / "cur" / (m.key + suffix))
+                    except FileNotFoundError:
+                        retry.append(m.uid)
+                        continue
+                    renamed = True
+                    m.sub, m.suffix = "cur", suffix
+                m.keywords = new_kw
+                m.modseq = modseq
+                m.changed()
+                touched.append(m)
+            if not retry or attempt == 1:
+                break
+            self._merge(changes, self.sync(force=True))  # renamed or removed by another program
+            modseq = max(modseq, self.highestmodseq + 1)
+            uids = retry
+        if touched:
+            for m in touched:
+                m.modseq = modseq
+                m.changed()
+            self.highestmodseq = modseq
+            self._snap = None
+            if renamed and self.fsync:
+                maildir.fsync_dir(self.path / "cur")
+            self._commit(touched, [])
+            changes.flags = sorted(set(changes.flags) | {m.uid for m in touched})
+        return [self.by_uid[u].info() for u in sorted(requested) if u in self.by_uid], changes
+
+    def expunge(self, uids: list[int]) -> Changes:
+        """Remove the messages (whatever their flags; the caller applies the \\Deleted rule)."""
+        changes = Changes()
+        gone: list[Msg] = []
+        retry: list[int] = []
+        for m in self._existing(uids, changes):
+            try:
+                os.unlink(self.path / m.sub / m.fname)
+            except FileNotFoundError:
+                retry.append(m.uid)
+                continue
+            gone.append(m)
+        if retry:
+            self._merge(changes, self.sync(force=True))
+            for m in self._existing(retry, changes):
+                try:
+                    os.unlink(self.path / m.sub / m.fname)
+                except FileNotFoundError:
+                    continue
+                gone.append(m)
+        if gone:
+            for m in gone:
+                self._forget(m)
+            self.highestmodseq += 1
+            if self.fsync:
+                for sub in {m.sub for m in gone}:
+                    maildir.fsync_dir(self.path / sub)
+            self._commit([], [m.uid for m in gone])
+            self._uidlist_add([], len(gone))
+            changes.expunged = sorted(set(changes.expunged) | {m.uid for m in gone})
+        return changes
+
+    def transfer(self, uids: list[int], dest: Folder, *, move: bool, host: str
+                 ) -> tuple[list[tuple[int, int]], Changes, Changes]:
+        """Copy (hard link) or move (rename) messages into `dest`; new UIDs there (RFC 3501 §6.4.7,
+        RFC 6851). Returns ([(source uid, dest uid)], source changes, dest changes)."""
+        src_changes, dst_changes = Changes(), Changes()
+        pairs: list[tuple[int, int]] = []
+        placed: list[tuple[Msg, Msg, Path]] = []
+        if dest is self:
+            raise StoreError("source and destination are the same mailbox")
+        try:
+            for m in self._existing(uids, src_changes):
+                src = self.path / m.sub / m.fname
+                key = m.key
+                if move and key not in dest.by_key:
+                    new_key = key
+                else:
+                    s, w = maildir.key_sizes(key)
+                    new_key = maildir.make_key(maildir.unique_base(host), s if s is not None else m.size,
+                                               w if w is not None else m.size)
+                suffix = m.suffix if m.suffix.startswith(maildir.INFO_SEP) else maildir.INFO_SEP
+                target = dest.path / "cur" / (new_key + suffix)
+                try:
+                    if move:
+                        os.rename(src, target)
+                    else:
+                        maildir.link_or_copy(src, target, fsync=self.fsync)
+                except FileNotFoundError:
+                    continue  # vanished meanwhile: the next snapshot reports it expunged
+                dm = dest._add(new_key, "cur", suffix, m.keywords, m.internaldate, m.size)
+                placed.append((m, dm, target))
+            if placed and self.fsync:
+                maildir.fsync_dir(dest.path / "cur")
+                if move:
+                    for sub in {m.sub for m, _, _ in placed}:
+                        maildir.fsync_dir(self.path / sub)
+        except Exception as e:
+            for m, dm, target in placed:
+                dest._forget(dm)
+                if move:
+                    try:
+                        os.rename(target, self.path / m.sub / m.fname)
+                    except OSError:
+                        pass
+                else:
+                    try:
+                        os.unlink(target)
+                    except OSError:
+                        pass
+            raise StoreError("the messages could not be copied") from e
+        if not placed:
+            return pairs, src_changes, dst_changes
+        dest.highestmodseq += 1
+        for _, dm, _ in placed:
+            dm.modseq = dest.highestmodseq
+            dm.changed()
+        dest._commit([dm for _, dm, _ in placed], [])
+        dest._uidlist_add([(dm.uid, dm.key) for _, dm, _ in placed], 0)
+        dst_changes.added = [dm.uid for _, dm, _ in placed]
+        pairs = [(m.uid, dm.uid) for m, dm, _ in placed]
+        if move:
+            for m, _, _ in placed:
+                self._forget(m)
+            self.highestmodseq += 1
+            self._commit([], [m.uid for m, _, _ in placed])
+            self._uidlist_add([], len(placed))
+            src_changes.expunged = sorted(set(src_changes.expunged) | {m.uid for m, _, _ in placed})
+        return pairs, src_changes, dst_changes
+
+    def drop_all(self) -> None:
+        self.by_uid.clear()
+        self.by_key.clear()
+        self._snap = None
+
+
+def split_flags(flags: frozenset[str] | set[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """IMAP flags -> (stored system flags, keywords). \\Recent and unknown \\flags are ignored."""
+    system = set()
+    words = set()
+    for f in flags:
+        if f.startswith("\\"):
+            c = maildir.canonical_flag(f)
+            if c is not None:
+                system.add(c)
+        else:
+            words.add(f)
+    return frozenset(system), clean_keywords(words)

@@ -1,0 +1,189 @@
+"""Per-user SQLite index (WAL): mailbox UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ and message rows.
+
+Owns: the schema and every SQL statement, behind a narrow interface (so a PostgreSQL backend can
+replace it without touching protocol code, DESIGN.md "Beyond one machine").
+Does not own: deciding what changed on disk (mailbox.py); the index never owns a message, it is a
+cache of the Maildir that can be rebuilt (uidlist.py keeps UIDs across a rebuild).
+
+All methods are blocking and must be called from a worker thread, one at a time (the account
+lock in mailbox.py serialises them). File: `<user root>/mailhaven-index.sqlite`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+FILENAME = "mailhaven-index.sqlite"
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mailbox (
+    id INTEGER PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    uidvalidity INTEGER NOT NULL,
+    uidnext INTEGER NOT NULL,
+    highestmodseq INTEGER NOT NULL,
+    new_mtime INTEGER NOT NULL DEFAULT 0,
+    cur_mtime INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS message (
+    mailbox_id INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    sub TEXT NOT NULL,
+    suffix TEXT NOT NULL,
+    keywords TEXT NOT NULL,
+    modseq INTEGER NOT NULL,
+    internaldate REAL NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS special_use (name TEXT PRIMARY KEY, use TEXT NOT NULL);
+"""
+
+# (uid, key, sub, suffix, keywords, modseq, internaldate, size)
+MessageRow = tuple[int, str, str, str, str, int, float, int]
+
+
+@dataclass
+class MailboxRow:
+    id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    new_mtime: int
+    cur_mtime: int
+
+
+class Index:
+    def __init__(self, user_root: Path, *, durable: bool) -> None:
+        self.path = user_root / FILENAME
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed UID assignment survives power loss, so UIDs are never handed out twice.
+        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- account level ---------------------------------------------------------------------------
+
+    def next_uidvalidity(self) -> int:
+        """A UIDVALIDITY larger than any given before in this index (time based, RFC 3501 §2.3.1.1)."""
+        row = self._db.execute("SELECT v FROM meta WHERE k='last_uidvalidity'").fetchone()
+        last = int(row[0]) if row else 0
+        value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
+        self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)", (str(value),))
+        return value
+
+    def note_uidvalidity(self, value: int) -> None:
+        """Remember a UIDVALIDITY imported from disk so later ones are larger."""
+        row = self._db.execute("SELECT v FROM meta WHERE k='last_uidvalidity'").fetchone()
+        if not row or int(row[0]) < value:
+            self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)",
+                             (str(value),))
+
+    def special_uses(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT name, use FROM special_use").fetchall())
+
+    def set_special_use(self, name: str, use: str | None) -> None:
+        if use is None:
+            self._db.execute("DELETE FROM special_use WHERE name=?", (name,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO special_use (name, use) VALUES (?, ?)", (name, use))
+
+    # -- mailboxes ------------------------------------------------------------------------------
+
+    def load(self, name: str) -> MailboxRow | None:
+        row = self._db.execute(
+            "SELECT id, name, uidvalidity, uidnext, highestmodseq, new_mtime, cur_mtime FROM mailbox"
+            " WHERE name=?", (name,)).fetchone()
+        return MailboxRow(*row) if row else None
+
+    def messages(self, mailbox_id: int) -> list[MessageRow]:
+        return self._db.execute(
+            "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size FROM message"
+            " WHERE mailbox_id=? ORDER BY uid", (mailbox_id,)).fetchall()
+
+    def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
+               rows: Iterable[MessageRow] = ()) -> int:
+        """Create (or replace) a mailbox row with its messages, in one transaction."""
+        with self._tx():
+            self._drop(name)
+            cur = self._db.execute(
+                "INSERT INTO mailbox (name, uidvalidity, uidnext, highestmodseq) VALUES (?, ?, ?, ?)",
+                (name, uidvalidity, uidnext, highestmodseq))
+            mailbox_id = int(cur.lastrowid or 0)
+            self._db.executemany(
+                "INSERT INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq, internaldate,"
+                " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ((mailbox_id, *r) for r in rows))
+        return mailbox_id
+
+    def commit(self, mailbox_id: int, *, upserts: Iterable[MessageRow] = (), deletes: Iterable[int] = (),
+               uidnext: int, highestmodseq: int, new_mtime: int, cur_mtime: int) -> None:
+        """Apply one batch of message changes and the mailbox counters atomically."""
+        with self._tx():
+            self._db.executemany("DELETE FROM message WHERE mailbox_id=? AND uid=?",
+                                 ((mailbox_id, u) for u in deletes))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq,"
+                " internaldate, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ((mailbox_id, *r) for r in upserts))
+            self._db.execute(
+                "UPDATE mailbox SET uidnext=?, highestmodseq=?, new_mtime=?, cur_mtime=? WHERE id=?",
+                (uidnext, highestmodseq, new_mtime, cur_mtime, mailbox_id))
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename a mailbox and all its inferiors (names starting with `old.`)."""
+        with self._tx():
+            for table in ("mailbox", "special_use"):
+                rows = self._db.execute(
+                    f"SELECT name FROM {table} WHERE name=? OR substr(name, 1, ?)=?",
+                    (old, len(old) + 1, old + ".")).fetchall()
+                for (name,) in rows:
+                    target = new + name[len(old):]
+                    if table == "mailbox":
+                        self._drop(target)
+                    else:
+                        self._db.execute("DELETE FROM special_use WHERE name=?", (target,))
+                    self._db.execute(f"UPDATE {table} SET name=? WHERE name=?", (target, name))
+
+    def delete(self, name: str) -> None:
+        with self._tx():
+            self._drop(name)
+            self._db.execute("DELETE FROM special_use WHERE name=?", (name,))
+
+    def _drop(self, name: str) -> None:
+        old = self._db.execute("SELECT id FROM mailbox WHERE name=?", (name,)).fetchone()
+        if old:
+            self._db.execute("DELETE FROM message WHERE mailbox_id=?", (old[0],))
+            self._db.execute("DELETE FROM mailbox WHERE id=?", (old[0],))
+
+    def names(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM mailbox")]
+
+    def _tx(self) -> _Tx:
+        return _Tx(self._db)
+
+
+class _Tx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")

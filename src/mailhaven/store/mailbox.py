@@ -1,0 +1,537 @@
+"""The async store API: Store (delivery, accounts), Account (folders), Mailbox (messages).
+
+Owns: the per-account asyncio.Lock that serialises writers, running every blocking step in a
+worker thread (asyncio.to_thread), folder operations (list/create/delete/rename/subscribe) and
+publishing change events after each write. Does not own: the file format (maildir.py), the index
+(index.py), one folder's reconciliation (folder.py), protocol views (imap/, pop3/).
+
+Decisions (see the package docstring for the full contract):
+- deliver() only writes files (durably) and publishes MessagesAdded(user, folder, uids=()); UIDs
+  are given by the next snapshot() of that folder, which publishes MessagesAdded with the UIDs.
+- A target folder of deliver() that does not exist is created (Dovecot lda_mailbox_autocreate).
+- delete_mailbox() refuses a folder that has inferior folders (MailboxHasChildren) and INBOX.
+- rename_mailbox() renames inferiors too, creates missing parents of the new name, keeps
+  UIDVALIDITY and UIDs, and moves subscriptions; renaming INBOX moves its messages into the new
+  folder (new UIDs there) and leaves INBOX empty, its inferiors untouched (RFC 3501 §6.3.5).
+- A new user's first access creates INBOX and the SPECIAL-USE folders (RFC 6154).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, StoreError
+from mailhaven.store import maildir, names
+from mailhaven.store.changes import (
+    ChangeHub,
+    Expunged,
+    FlagsChanged,
+    MailboxesChanged,
+    MessagesAdded,
+    user_key,
+)
+from mailhaven.store.folder import Changes, Folder
+from mailhaven.store.index import Index
+from mailhaven.store.model import (
+    MailboxHasChildren,
+    MailboxInfo,
+    MessageInfo,
+    MessageNotFound,
+    Snapshot,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+SUBSCRIPTIONS = "subscriptions"
+FlagMode = Literal["add", "remove", "set"]
+
+
+def init_user_root(root: Path) -> bool:
+    """Create INBOX and the default folders on a new user's first access; True if it was new."""
+    if (root / "cur").is_dir():
+        return False
+    os.makedirs(root, 0o700, exist_ok=True)
+    maildir.ensure_folder(root, subfolder=False)
+    for name in names.DEFAULT_FOLDERS:
+        maildir.ensure_folder(root / names.dirname(name), subfolder=True)
+    return True
+
+
+def _ensure_with_parents(root: Path, name: str) -> None:
+    for n in [*names.ancestors(name), name]:
+        maildir.ensure_folder(root / names.dirname(n), subfolder=True)
+
+
+class Store:
+    """All users' mail under `root` (`<root>/<domain>/<localpart>/`, Maildir++)."""
+
+    def __init__(self, root: Path, *, hostname: str, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.hostname = hostname
+        self.fsync = fsync
+        self.changes = ChangeHub()
+        self._accounts: dict[str, Account] = {}
+
+    async def start(self) -> int:
+        """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
+        36 h). Returns how many files were removed."""
+        return await asyncio.to_thread(self._clean_all_tmp)
+
+    def _clean_all_tmp(self) -> int:
+        os.makedirs(self.root, 0o700, exist_ok=True)
+        now = time.time()
+        removed = 0
+        for domain in _subdirs(self.root):
+            for user in _subdirs(domain):
+                removed += maildir.clean_tmp(user / "tmp", self.hostname, now)
+                for entry in _subdirs(user):
+                    if entry.name.startswith("."):
+                        removed += maildir.clean_tmp(entry / "tmp", self.hostname, now)
+        if removed:
+            log.info("removed %d stale tmp files", removed)
+        return removed
+
+    async def close(self) -> None:
+        for account in list(self._accounts.values()):
+            await account.close()
+        self._accounts.clear()
+
+    def account(self, user: str) -> Account:
+        """The account of a canonical user address. Raises BadMailboxName for an unsafe address."""
+        domain, localpart = names.split_user(user)
+        key = f"{localpart}@{domain}"
+        acc = self._accounts.get(key)
+        if acc is None:
+            acc = self._accounts[key] = Account(self, key, self.root / domain / localpart)
+        return acc
+
+    async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes) -> None:
+        """Durably deliver one message to every (user, folder) target, all or nothing.
+
+        Returns only after the file and every new/ directory are fsynced. Raises StoreError (nothing
+        visible anywhere), or BadMailboxName for an invalid user or folder name (nothing written).
+        """
+        resolved: dict[tuple[str, str], tuple[Account, str]] = {}
+        for user, folder in targets:
+            acc = self.account(user)
+            name = names.canonical(folder)
+            resolved.setdefault((acc.user, name), (acc, name))
+        if not resolved:
+            raise StoreError("no delivery target")
+        items = list(resolved.values())
+        await asyncio.to_thread(self._deliver_sync, items, data)
+        for acc, name in items:
+            self.changes.publish(MessagesAdded(acc.user, name, ()))
+
+    def _deliver_sync(self, items: list[tuple[Account, str]], data: bytes) -> None:
+        data = maildir.to_crlf(data)
+        paths: list[Path] = []
+        try:
+            for acc, name in items:
+                init_user_root(acc.path)
+                if name == names.INBOX:
+                    maildir.ensure_folder(acc.path, subfolder=False)
+                else:
+                    _ensure_with_parents(acc.path, name)
+                paths.append(names.folder_path(acc.path, name))
+        except OSError as e:
+            raise StoreError("the message could not be stored") from e
+        maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        return [Path(e.path) for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+@contextlib.asynccontextmanager
+async def _locked(*accounts: Account) -> AsyncIterator[None]:
+    """Hold the locks of several accounts, always in the same order (no deadlock)."""
+    unique = sorted({id(a): a for a in accounts}.values(), key=lambda a: a.user)
+    async with contextlib.AsyncExitStack() as stack:
+        for a in unique:
+            await stack.enter_async_context(a.lock)
+        yield
+
+
+class Account:
+    """One user's folders. Get it from Store.account(user)."""
+
+    def __init__(self, store: Store, user: str, path: Path) -> None:
+        self.store = store
+        self.user = user
+        self.path = path
+        self.lock = asyncio.Lock()
+        self._index: Index | None = None
+        self._folders: dict[str, Folder] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` in a worker thread while holding the account lock."""
+        async with self.lock:
+            return await asyncio.to_thread(self._ready_then, fn, *args)
+
+    def _ready_then(self, fn: Callable[..., T], *args: object) -> T:
+        self._ready()
+        return fn(*args)
+
+    def _ready(self) -> Index:
+        if self._index is None:
+            try:
+                init_user_root(self.path)
+            except OSError as e:
+                raise StoreError("mail folder unavailable") from e
+            self._index = Index(self.path, durable=self.store.fsync)
+        return self._index
+
+    async def close(self) -> None:
+        async with self.lock:
+            if self._index is not None:
+                await asyncio.to_thread(self._index.close)
+                self._index = None
+            self._folders.clear()
+
+    def _publish(self, name: str, changes: Changes) -> None:
+        hub = self.store.changes
+        if changes.expunged:
+            hub.publish(Expunged(self.user, name, tuple(changes.expunged)))
+        if changes.added:
+            hub.publish(MessagesAdded(self.user, name, tuple(changes.added)))
+        if changes.flags:
+            hub.publish(FlagsChanged(self.user, name, tuple(changes.flags)))
+
+    def _folder(self, name: str) -> Folder:
+        """The open Folder for a canonical name (blocking; lock held)."""
+        f = self._folders.get(name)
+        if f is not None and not f.deleted:
+            return f
+        path = names.folder_path(self.path, name)
+        if name != names.INBOX and not path.is_dir():
+            raise MailboxNotFound(f"no mailbox {name}")
+        try:
+            maildir.ensure_folder(path, subfolder=name != names.INBOX)
+        except OSError as e:
+            raise StoreError("mail folder unavailable") from e
+        f = Folder(name, path, self._ready(), fsync=self.store.fsync)
+        f.open()
+        self._folders[name] = f
+        return f
+
+    def _sync(self, f: Folder, *, force: bool = False) -> Changes:
+        try:
+            return f.sync(force=force)
+        except FileNotFoundError:
+            f.deleted = True
+            f.drop_all()
+            self._folders.pop(f.name, None)
+            raise MailboxNotFound(f"no mailbox {f.name}") from None
+
+    def _names_on_disk(self) -> set[str]:
+        found = {names.INBOX}
+        for entry in os.scandir(self.path):
+            if entry.name.startswith(".") and entry.is_dir(follow_symlinks=False):
+                n = names.name_from_dirname(entry.name)
+                if n is not None:
+                    found.add(n)
+        return found
+
+    # -- subscriptions (Dovecot/Courier `subscriptions` file: one name per line) ----------------
+
+    def _read_subscriptions(self) -> list[str]:
+        try:
+            text = (self.path / SUBSCRIPTIONS).read_text("utf-8", "replace")
+        except FileNotFoundError:
+            return []
+        lines = text.split("\n")
+        if lines and lines[0] == "V\t2":  # Dovecot 2.x: hierarchy separated by TAB
+            return [line.replace("\t", ".") for line in lines[1:] if line]
+        return [line for line in lines if line]
+
+    def _write_subscriptions(self, subs: list[str]) -> None:
+        data = "".join(s + "\n" for s in dict.fromkeys(subs)).encode("utf-8")
+        maildir.atomic_write(self.path / SUBSCRIPTIONS, data, fsync=self.store.fsync)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    async def list_mailboxes(self) -> list[MailboxInfo]:
+        """All folders, INBOX first then by name (RFC 3501 §6.3.8 LIST; RFC 6154 SPECIAL-USE)."""
+        return await self._call(self._list_sync)
+
+    def _list_sync(self) -> list[MailboxInfo]:
+        found = self._names_on_disk()
+        uses = self._ready().special_uses()
+        subs = set(self._read_subscriptions())
+        ordered = [names.INBOX] + sorted(n for n in found if n != names.INBOX)
+        prefixes = {a for n in found for a in names.ancestors(n)}
+        return [MailboxInfo(n, uses.get(n, names.default_special_use(n)), n in prefixes, n in subs)
+                for n in ordered]
+
+    async def create_mailbox(self, name: str, special_use: str | None = None) -> None:
+        """Create a folder and any missing parents (RFC 3501 §6.3.3; RFC 6154 §3 CREATE USE)."""
+        canon = names.canonical(name)
+        if special_use is not None and special_use not in names.SPECIAL_USES:
+            raise MailError("unsupported special-use attribute", code=503, enhanced="5.5.4")
+        await self._call(self._create_sync, canon, special_use)
+        self.store.changes.publish(MailboxesChanged(self.user))
+
+    def _create_sync(self, name: str, special_use: str | None) -> None:
+        if name == names.INBOX or name in self._names_on_disk():
+            raise MailboxExists(f"mailbox {name} already exists")
+        try:
+            _ensure_with_parents(self.path, name)
+        except OSError as e:
+            raise StoreError("mailbox could not be created") from e
+        idx = self._ready()
+        idx.delete(name)  # stale index rows of an earlier folder with this name
+        if special_use is not None:
+            idx.set_special_use(name, special_use)
+
+    async def delete_mailbox(self, name: str) -> None:
+        """Delete a folder and its messages (RFC 3501 §6.3.4). INBOX and folders with inferiors are
+        refused; subscriptions are kept (RFC 3501 §6.3.6)."""
+        canon = names.canonical(name)
+        if canon == names.INBOX:
+            raise MailError("INBOX cannot be deleted", code=550, enhanced="5.2.0")
+        await self._call(self._delete_sync, canon)
+        self.store.changes.publish(MailboxesChanged(self.user))
+
+    def _delete_sync(self, name: str) -> None:
+        found = self._names_on_disk()
+        if name not in found:
+            raise MailboxNotFound(f"no mailbox {name}")
+        if any(names.is_inferior(n, name) for n in found):
+            raise MailboxHasChildren(f"mailbox {name} has inferior mailboxes; delete them first")
+        path = names.folder_path(self.path, name)
+        trash = self.path / f"..mailhaven-deleted.{maildir.unique_base(self.store.hostname)}"
+        try:
+            os.rename(path, trash)  # disappears atomically, then is removed at leisure
+        except OSError as e:
+            raise StoreError("mailbox could not be deleted") from e
+        f = self._folders.pop(name, None)
+        if f is not None:
+            f.deleted = True
+            f.drop_all()
+        self._ready().delete(name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    async def rename_mailbox(self, old: str, new: str) -> None:
+        """Rename a folder with its inferiors (RFC 3501 §6.3.5); INBOX: see module docstring."""
+        src, dst = names.canonical(old), names.canonical(new)
+        if dst == names.INBOX:
+            raise MailboxExists("INBOX already exists")
+        if src == dst or names.is_inferior(dst, src):
+            raise BadMailboxName("cannot rename a mailbox into itself")
+        if src == names.INBOX:
+            async with self.lock:
+                inbox = await asyncio.to_thread(self._ready_then, self._create_for_inbox_move, dst)
+                moved = await asyncio.to_thread(self._inbox_move_sync, inbox, dst)
+            self._publish(names.INBOX, moved[0])
+            self._publish(dst, moved[1])
+        else:
+            await self._call(self._rename_sync, src, dst)
+        self.store.changes.publish(MailboxesChanged(self.user))
+
+    def _create_for_inbox_move(self, dst: str) -> Folder:
+        self._create_sync(dst, None)
+        return self._folder(names.INBOX)
+
+    def _inbox_move_sync(self, inbox: Folder, dst: str) -> tuple[Changes, Changes]:
+        self._sync(inbox, force=True)
+        dest = self._folder(dst)
+        _, src_changes, dst_changes = inbox.transfer(list(inbox.by_uid), dest, move=True,
+                                                     host=self.store.hostname)
+        return src_changes, dst_changes
+
+    def _rename_sync(self, src: str, dst: str) -> None:
+        found = self._names_on_disk()
+        if src not in found:
+            raise MailboxNotFound(f"no mailbox {src}")
+        moving = sorted(n for n in found if n == src or names.is_inferior(n, src))
+        targets = [dst + n[len(src):] for n in moving]
+        for t in targets:
+            names.canonical(t)  # the new names must be valid too (length)
+            if t in found:
+                raise MailboxExists(f"mailbox {t} already exists")
+        done: list[tuple[Path, Path]] = []
+        try:
+            for a in names.ancestors(dst):
+                if a not in found:
+                    maildir.ensure_folder(self.path / names.dirname(a), subfolder=True)
+            for n, t in zip(moving, targets, strict=True):
+                pa, pb = self.path / names.dirname(n), self.path / names.dirname(t)
+                os.rename(pa, pb)
+                done.append((pa, pb))
+        except OSError as e:
+            for pa, pb in reversed(done):
+                with contextlib.suppress(OSError):
+                    os.rename(pb, pa)
+            raise StoreError("mailbox could not be renamed") from e
+        self._ready().rename(src, dst)
+        for n, t in zip(moving, targets, strict=True):
+            f = self._folders.pop(n, None)
+            if f is not None:
+                f.name, f.path = t, self.path / names.dirname(t)
+                self._folders[t] = f
+        subs = self._read_subscriptions()
+        if any(s == src or names.is_inferior(s, src) for s in subs):
+            self._write_subscriptions([dst + s[len(src):] if s == src or names.is_inferior(s, src) else s
+                                       for s in subs])
+
+    async def subscribe(self, name: str) -> None:
+        """Add to the subscription list (RFC 3501 §6.3.6); the mailbox need not exist."""
+        canon = names.canonical(name)
+        await self._call(self._set_subscribed, canon, True)
+        self.store.changes.publish(MailboxesChanged(self.user))
+
+    async def unsubscribe(self, name: str) -> None:
+        """Remove from the subscription list (RFC 3501 §6.3.7)."""
+        canon = names.canonical(name)
+        await self._call(self._set_subscribed, canon, False)
+        self.store.changes.publish(MailboxesChanged(self.user))
+
+    def _set_subscribed(self, name: str, on: bool) -> None:
+        subs = self._read_subscriptions()
+        if on and name not in subs:
+            self._write_subscriptions([*subs, name])
+        elif not on and name in subs:
+            self._write_subscriptions([s for s in subs if s != name])
+
+    async def subscriptions(self) -> list[str]:
+        """Names in the subscription list (existing or not), in file order (RFC 3501 §6.3.9 LSUB)."""
+        return await self._call(self._read_subscriptions)
+
+    async def mailbox(self, name: str) -> Mailbox:
+        """Open a folder. Raises MailboxNotFound, BadMailboxName."""
+        canon = names.canonical(name)
+        async with self.lock:
+            folder, changes = await asyncio.to_thread(self._ready_then, self._open_sync, canon)
+        self._publish(canon, changes)
+        return Mailbox(self, folder)
+
+    def _open_sync(self, name: str) -> tuple[Folder, Changes]:
+        f = self._folder(name)
+        return f, self._sync(f)
+
+
+class Mailbox:
+    """One open folder of one account. Cheap handle; many can share the folder state."""
+
+    def __init__(self, account: Account, folder: Folder) -> None:
+        self.account = account
+        self._folder = folder
+
+    @property
+    def name(self) -> str:
+        return self._folder.name
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._folder.uidvalidity
+
+    def _live(self) -> Folder:
+        if self._folder.deleted:
+            raise MailboxNotFound(f"no mailbox {self._folder.name}")
+        return self._folder
+
+    async def _run(self, fn: Callable[..., tuple[T, Changes]], *args: object) -> T:
+        acc = self.account
+        async with acc.lock:
+            f = self._live()
+            result, changes = await asyncio.to_thread(acc._ready_then, fn, *args)
+        acc._publish(f.name, changes)
+        return result
+
+    async def snapshot(self) -> Snapshot:
+        """The folder now, including changes other programs made on disk (new, removed, renamed)."""
+        return await self._run(self._snapshot_sync)
+
+    def _snapshot_sync(self) -> tuple[Snapshot, Changes]:
+        changes = self.account._sync(self._folder)
+        return self._folder.snapshot(), changes
+
+    async def append(self, data: bytes, flags: frozenset[str] = frozenset(),
+                     internaldate: float | None = None) -> int:
+        """Store a message (RFC 3501 §6.3.11); durable before it returns the new UID."""
+        return await self._run(self._append_sync, data, frozenset(flags), internaldate)
+
+    def _append_sync(self, data: bytes, flags: frozenset[str], internaldate: float | None
+                     ) -> tuple[int, Changes]:
+        uid = self._folder.append(maildir.to_crlf(data), flags, internaldate, self.account.store.hostname)
+        return uid, Changes(added=[uid])
+
+    async def read(self, uid: int) -> bytes:
+        """The message with CRLF line endings. Raises MessageNotFound if it is gone."""
+        f = self._live()
+        for attempt in (0, 1):
+            path = f.lookup_path(uid)
+            if path is None:
+                raise MessageNotFound(f"no message with UID {uid}")
+            try:
+                return await asyncio.to_thread(_read_crlf, path)
+            except FileNotFoundError:
+                if attempt == 1:
+                    break
+                await self._run(self._rescan_sync)  # renamed or deleted by another program
+        raise MessageNotFound(f"no message with UID {uid}")
+
+    def _rescan_sync(self) -> tuple[None, Changes]:
+        return None, self.account._sync(self._folder, force=True)
+
+    async def store_flags(self, uids: Sequence[int], flags: frozenset[str] | set[str],
+                          mode: FlagMode) -> list[MessageInfo]:
+        """Change flags (RFC 3501 §6.4.6); returns the infos of every existing UID asked for."""
+        if mode not in ("add", "remove", "set"):
+            raise ValueError(f"bad mode {mode!r}")
+        return await self._run(self._folder.store_flags, list(uids), frozenset(flags), mode)
+
+    async def expunge(self, uids: Sequence[int]) -> list[int]:
+        """Remove these messages, whatever their flags; returns the UIDs removed (RFC 3501 §6.4.3)."""
+        return await self._run(self._expunge_sync, list(uids))
+
+    def _expunge_sync(self, uids: list[int]) -> tuple[list[int], Changes]:
+        changes = self._folder.expunge(uids)
+        wanted = set(uids)
+        return [u for u in changes.expunged if u in wanted], changes
+
+    async def copy(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """Copy (hard links) into `dest` keeping flags and internal date (RFC 3501 §6.4.7)."""
+        return await self._transfer(list(uids), dest, move=False)
+
+    async def move(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
+        """Move into `dest` (rename; RFC 6851): expunged here, new UIDs there."""
+        return await self._transfer(list(uids), dest, move=True)
+
+    async def _transfer(self, uids: list[int], dest: Mailbox, *, move: bool) -> list[tuple[int, int]]:
+        if dest._folder is self._folder:
+            raise MailError("source and destination are the same mailbox", code=550, enhanced="5.2.0")
+        async with _locked(self.account, dest.account):
+            src, dst = self._live(), dest._live()
+            pairs, sc, dc = await asyncio.to_thread(
+                self.account._ready_then, _transfer_call, src, uids, dst, move, self.account.store.hostname)
+        self.account._publish(src.name, sc)
+        dest.account._publish(dst.name, dc)
+        return pairs
+
+
+def _transfer_call(src: Folder, uids: list[int], dst: Folder, move: bool, host: str
+                   ) -> tuple[list[tuple[int, int]], Changes, Changes]:
+    return src.transfer(uids, dst, move=move, host=host)
+
+
+def _read_crlf(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return maildir.to_crlf(fh.read())
+
+
+__all__ = ["Account", "Mailbox", "Store", "user_key"]

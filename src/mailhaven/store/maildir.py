@@ -1,0 +1,322 @@
+"""Durable Maildir primitives: unique names, flags in file names, tmp -> fsync -> rename/link.
+
+Owns: the file-name grammar (`<secs>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<vsize>[:2,<flags>]`,
+cr.yp.to/proto/maildir.html plus the Dovecot S=/W= fields), the flag letters, CRLF normalisation,
+durable writes (write tmp/, fsync the file, rename or hard-link into place, fsync every directory
+touched, undo everything on failure), folder creation and stale tmp/ file detection.
+Does not own: UIDs and the index (index.py, uidlist.py), locking and events (mailbox.py).
+
+Every function here is blocking; callers run them through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from mailhaven.errors import StoreError
+
+INFO_SEP = ":2,"
+# Maildir info letters (cr.yp.to/proto/maildir.html) <-> IMAP system flags (RFC 3501 §2.3.2).
+FLAG_TO_LETTER = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
+LETTER_TO_FLAG = {v: k for k, v in FLAG_TO_LETTER.items()}
+_CANONICAL_FLAG = {k.lower(): k for k in FLAG_TO_LETTER}
+STALE_TMP_SECONDS = 36 * 3600  # Dovecot and the Maildir spec: tmp/ files older than 36 h are junk
+
+_counter = itertools.count(1)
+_NAME_RE = re.compile(r"^(\d+)\.M(\d+)P(\d+)Q(\d+)\.([^,:/]+)")
+
+
+def canonical_flag(flag: str) -> str | None:
+    """"\\seen" -> "\\Seen"; None for something that is not one of the five stored system flags."""
+    return _CANONICAL_FLAG.get(flag.lower())
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Every bare LF becomes CRLF; existing CRLF pairs are kept (RFC 5322 §2.3 line endings)."""
+    if b"\n" not in data:
+        return data
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def crlf_size(data: bytes) -> int:
+    """Size of `data` once bare LFs are CRLF, without building the copy."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def sanitize_host(host: str) -> str:
+    """The host part of a unique name: "/" ":" and "," escaped as octal (Maildir spec, Dovecot)."""
+    host = host or "localhost"
+    return host.replace("/", "\\057").replace(":", "\\072").replace(",", "\\054")
+
+
+def unique_base(host: str) -> str:
+    """`<secs>.M<usec>P<pid>Q<n>.<host>`: unique per host, process and call."""
+    now = time.time()
+    secs = int(now)
+    usec = int((now - secs) * 1_000_000)
+    return f"{secs}.M{usec}P{os.getpid()}Q{next(_counter)}.{sanitize_host(host)}"
+
+
+def make_key(base: str, size: int, vsize: int) -> str:
+    return f"{base},S={size},W={vsize}"
+
+
+def split_name(fname: str) -> tuple[str, str]:
+    """File name -> (key, suffix). The key is the part before ":" (the stable identity).
+
+    "123.M1P2Q3.h,S=5:2,RS" -> ("123.M1P2Q3.h,S=5", ":2,RS"); a name without ":" has suffix "".
+    """
+    i = fname.find(":")
+    if i < 0:
+        return fname, ""
+    return fname[:i], fname[i:]
+
+
+def suffix_info(suffix: str) -> str:
+    """The flag letters of a suffix (":2,RS" -> "RS"); "" when there is no ":2," info."""
+    return suffix[3:] if suffix.startswith(INFO_SEP) else ""
+
+
+def key_sizes(key: str) -> tuple[int | None, int | None]:
+    """(S=, W=) from a key, None where absent."""
+    s = w = None
+    for field in key.split(",")[1:]:
+        if field.startswith("S=") and field[2:].isdigit():
+            s = int(field[2:])
+        elif field.startswith("W=") and field[2:].isdigit():
+            w = int(field[2:])
+    return s, w
+
+
+def info_flags(info: str) -> frozenset[str]:
+    """Flag letters -> IMAP system flags (unknown letters ignored here, kept on disk)."""
+    return frozenset(LETTER_TO_FLAG[c] for c in info if c in LETTER_TO_FLAG)
+
+
+def build_info(system_flags: Iterable[str], old_info: str = "") -> str:
+    """New flag letters: the system flags plus any other letters of `old_info` (e.g. "P", or
+    Dovecot keyword letters a-z), ASCII-sorted as the Maildir spec requires."""
+    letters = {FLAG_TO_LETTER[f] for f in system_flags if f in FLAG_TO_LETTER}
+    letters.update(c for c in old_info if c not in LETTER_TO_FLAG)
+    return "".join(sorted(letters))
+
+
+def parse_base(fname: str) -> tuple[int, int, str] | None:
+    """(secs, pid, host) of one of our unique names, else None."""
+    m = _NAME_RE.match(fname)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(3)), m.group(5)
+
+
+# --- durable file operations ---------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new_file(path: Path, data: bytes, *, fsync: bool, mtime: float | None = None) -> None:
+    """Create `path` exclusively, write all of `data`, fsync it. Removes the file on failure."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if mtime is not None:
+            os.utime(fd, (mtime, mtime))
+        if fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quiet(path)
+        raise
+    os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool) -> None:
+    """Replace `path` atomically: write a sibling temporary file, fsync, rename, fsync the dir."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_counter)}.tmp")
+    write_new_file(tmp, data, fsync=fsync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+
+
+def ensure_folder(folder: Path, *, subfolder: bool) -> bool:
+    """Create cur/ new/ tmp/ (and the `maildirfolder` marker for Maildir++ subfolders).
+
+    Returns True if anything was created. Raises OSError (e.g. when a file sits where a directory
+    must be)."""
+    created = False
+    for sub in ("cur", "new", "tmp"):
+        p = folder / sub
+        try:
+            os.makedirs(p, 0o700)
+            created = True
+        except FileExistsError:
+            if not p.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(p)) from None
+    if subfolder:
+        marker = folder / "maildirfolder"
+        if not marker.exists():
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            created = True
+    return created
+
+
+def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: bool) -> str:
+    """Durably place one message into `new/` of every folder; return its file name.
+
+    One file is written to the first folder's tmp/ and fsynced, then renamed (one folder) or
+    hard-linked (several; a per-folder copy if linking is impossible, e.g. across file systems)
+    into each new/, then each new/ directory is fsynced. On any failure every link made is removed
+    and StoreError is raised, so no partial message is ever visible.
+    """
+    if not folders:
+        raise StoreError("no delivery target")
+    name = make_key(base, len(data), len(data))
+    tmp = folders[0] / "tmp" / name
+    placed: list[Path] = []
+    try:
+        write_new_file(tmp, data, fsync=fsync)
+        if len(folders) == 1:
+            target = folders[0] / "new" / name
+            os.rename(tmp, target)
+            placed.append(target)
+        else:
+            for folder in folders:
+                target = folder / "new" / name
+                try:
+                    os.link(tmp, target)
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+                        raise
+                    _copy_into(folder, name, data, fsync=fsync)
+                placed.append(target)
+            _unlink_quiet(tmp)
+        if fsync:
+            for d in dict.fromkeys(p.parent for p in placed):
+                fsync_dir(d)
+    except Exception as e:
+        for p in placed:
+            _unlink_quiet(p)
+        _unlink_quiet(tmp)
+        raise StoreError("the message could not be stored") from e
+    return name
+
+
+def _copy_into(folder: Path, name: str, data: bytes, *, fsync: bool) -> None:
+    tmp = folder / "tmp" / name
+    write_new_file(tmp, data, fsync=fsync)
+    try:
+        os.rename(tmp, folder / "new" / name)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def store_file(folder: Path, base: str, data: bytes, info: str, *, fsync: bool,
+               mtime: float | None) -> str:
+    """Durably place one message into cur/ with flag letters `info` (IMAP APPEND); return its name."""
+    key = make_key(base, len(data), len(data))
+    name = key + INFO_SEP + info
+    tmp = folder / "tmp" / key
+    target = folder / "cur" / name
+    try:
+        write_new_file(tmp, data, fsync=fsync, mtime=mtime)
+        os.rename(tmp, target)
+        try:
+            if fsync:
+                fsync_dir(target.parent)
+        except BaseException:
+            _unlink_quiet(target)
+            raise
+    except Exception as e:
+        _unlink_quiet(tmp)
+        raise StoreError("the message could not be stored") from e
+    return name
+
+
+def link_or_copy(src: Path, dst: Path, *, fsync: bool) -> None:
+    """Hard-link `src` to `dst` (same content, same mtime); copy durably when linking fails."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
+            raise
+    data = src.read_bytes()
+    st = os.stat(src)
+    tmp = dst.parent.parent / "tmp" / dst.name.split(":", 1)[0]
+    write_new_file(tmp, data, fsync=fsync, mtime=st.st_mtime)
+    try:
+        os.rename(tmp, dst)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_tmp(tmp_dir: Path, host: str, now: float) -> int:
+    """Remove stale files in one tmp/: ours (this host) whose writer process is gone, and anything
+    older than 36 hours. Returns how many were removed."""
+    removed = 0
+    me = sanitize_host(host)
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    for entry in entries:
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            parsed = parse_base(entry.name)
+            stale = False
+            if parsed is not None and parsed[2] == me and parsed[1] != os.getpid():
+                stale = not pid_alive(parsed[1])
+            if not stale:
+                st = entry.stat(follow_symlinks=False)
+                stale = now - max(st.st_mtime, st.st_ctime) > STALE_TMP_SECONDS
+            if stale:
+                os.unlink(entry.path)
+                removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
