@@ -1,14 +1,29 @@
 """Accounts: the users file, password hashes, address resolution, SASL.
 
+Owns: who exists (users, aliases, catch-alls, sub-addresses), who may send as what, and login checks.
+Does not own: throttling (mailhaven.limits), address syntax (mailhaven.message.address), protocols.
+
 Public API:
 
-    passwords.hash_password(pw: str) -> str            # argon2id (argon2-cffi), PHC string
-    await passwords.verify(hash: str, pw: str) -> bool # constant time, off the event loop
-    users.UsersFile.load(path) -> UsersFile            # users + aliases (TOML), edited atomically
+    passwords.hash_password(pw: str) -> str            # argon2id (argon2-cffi), PHC string; blocking
+    await passwords.verify(hash: str, pw: str) -> bool # constant time, off the event loop, never raises
+    passwords.needs_rehash(hash) -> bool; passwords.hash_scrypt(pw) -> str ($scrypt$ migration format)
+    users.UsersFile.load(path) -> UsersFile            # users + aliases (TOML); ConfigError on problems
+        with users.UsersFile.edit(path) as uf: ...     # CLI: flock, load, edit, atomic 0600 save
+        .add_user(addr, hash) / .set_password / .delete_user / .add_alias(alias, targets) /
+        .delete_alias(alias, targets=None) / .list_users() / .list_aliases() / .save()
     users.Directory(config, users_file)                # resolution over config domains + users file
+        users.Directory.load(config)                   # reads config.users_file (blocking)
         .resolve(address) -> list[str] | None          # canonical user addresses, None = unknown
         .is_local_domain(domain) -> bool
+        .user(address) -> str | None                   # exact user lookup (no alias, no +tag)
         .owns(user, address) -> bool                   # may `user` send as `address`
         await .authenticate(login, password) -> str | None   # canonical user or None
-    sasl: pure PLAIN / LOGIN decoding shared by SMTP, IMAP and POP3.
+        .warnings -> list[str]                         # dangling/looping aliases etc. (check-config)
+    sasl: pure PLAIN / LOGIN decoding shared by SMTP, IMAP and POP3:
+        sasl.decode_plain(b64) -> Credentials(login, password, authzid); sasl.Exchange("PLAIN"|"LOGIN")
+        .start(initial) / .step(line) -> challenge str | Credentials; SaslCancelled on "*".
+
+Canonical user address: the local part as written in the users file, the domain lower-case A-label
+("Alice@example.test"); local parts compare case-insensitively. It names the user's Maildir.
 """
