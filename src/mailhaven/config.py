@@ -354,6 +354,9 @@ class _Loader:
                 kwargs[name] = self.value(where, hints[name], data[name], dict(f.metadata))
             elif defaults and name in defaults:
                 kwargs[name] = defaults[name]
+            elif f.metadata.get("path") and isinstance(f.default, str) and f.default:
+                # A relative default (users_file = "users.toml") is relative to the config's folder too.
+                kwargs[name] = self.scalar(where, str, f.default, dict(f.metadata))
         return cls(**kwargs)
 
 
