@@ -247,3 +247,10 @@ def test_every_pair_of_split_points_gives_the_same_events() -> None:
 
 def test_byte_at_a_time() -> None:
     assert feed(STREAM, chunks=list(range(1, len(STREAM)))) == EXPECTED
+
+
+def test_pipelining_cap_applies_to_raw_lines_too() -> None:
+    framer = Framer(max_line=20, max_literal=10, max_in_flight=2)
+    framer.receive_data(b"DONE\r\n" * 20)
+    assert framer.next_line() == Reject("*", "BAD", "Too many pipelined commands", close=True)
+    assert framer.closed and framer.next_line() is NEED_DATA

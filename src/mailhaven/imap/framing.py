@@ -274,6 +274,8 @@ class Framer:
         """
         if self._state is _State.CLOSED:
             return NEED_DATA
+        if self._overflow:
+            return self._close(Reject("*", "BAD", "Too many pipelined commands", close=True))
         if self._state is not _State.LINE or self._lines:
             raise RuntimeError("next_line() called in the middle of a command")
         return self._take_line(self.max_line)
