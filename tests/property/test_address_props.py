@@ -31,7 +31,7 @@ def _try(text: str) -> Address | None | str:
 
 
 @given(addresses)
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_valid_addresses_round_trip_through_the_wire_form(addr: Address) -> None:
     try:
         parsed = parse_path(addr.path())

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from mailhaven.auth.passwords import hash_password, hash_scrypt
+from mailhaven.auth.passwords import FAST_PARAMS, hash_password, hash_scrypt
 from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.config import from_dict
 from mailhaven.errors import ConfigError
 
-H = hash_password("secret")
+H = hash_password("secret", params=FAST_PARAMS)  # module level: before the fast_hashing fixture
 
 USERS_TOML = f"""
 [users."alice@example.test"]
