@@ -39,6 +39,7 @@ from mailhaven.pop3.protocol import (
     Session,
     StartTls,
 )
+from mailhaven.store.model import MessageNotFound
 
 log = logging.getLogger("mailhaven.pop3")
 
@@ -326,7 +327,7 @@ class _Connection(asyncio.Protocol):
         try:
             mailbox = await store.account(ev.user).mailbox("INBOX")
             snap = await mailbox.snapshot()
-            entries = snapshot_entries(mailbox.uidvalidity, snap.messages)
+            entries = snapshot_entries(snap.uidvalidity, snap.messages)
         except Exception:
             _unlock(store, ev.user)
             log.exception("pop3: cannot open INBOX of %s", ev.user)
@@ -339,14 +340,9 @@ class _Connection(asyncio.Protocol):
     async def _retrieve(self, session: Session, ev: Retrieve) -> None:
         try:
             data = await self._mailbox.read(ev.uid)
-        except (KeyError, LookupError, FileNotFoundError):
+        except MessageNotFound:  # expunged by another client since login
             session.message_missing()
             return
-        except Exception as e:
-            if type(e).__name__ in ("MessageNotFound", "NoSuchMessage"):
-                session.message_missing()
-                return
-            raise
         session.message_data(data)
 
     async def _commit(self, session: Session, ev: Commit) -> None:
