@@ -4,8 +4,8 @@
   (also inherited by server subprocesses started from tests). Tests of the real cost pass
   `params=` explicitly.
 - `tls_ca`: a trustme.CA for the session.
-- `tls_files`: (cert_path, key_path) for "localhost", 127.0.0.1 and ::1, signed by `tls_ca`, written
-  under tmp_path.
+- `tls_files` (session): (cert_path, key_path) for "localhost", "mail.example.test", 127.0.0.1 and
+  ::1, signed by `tls_ca` (key mode 0600).
 - `client_ssl_context`: an ssl.SSLContext (client side) trusting `tls_ca`; check_hostname on, so
   connect with server_hostname="localhost".
 - `free_port()`: a plain function (import it) returning a currently free TCP port on 127.0.0.1.
@@ -40,6 +40,7 @@ USERS = ("alice@example.test", "bob@example.test")
 
 @pytest.fixture(autouse=True)
 def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """MAILHAVEN_FAST_HASH=1 in every test: cheap argon2 parameters."""
     from mailhaven.auth import passwords
 
     monkeypatch.setenv(passwords.FAST_ENV, "1")
@@ -48,15 +49,18 @@ def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tls_ca() -> Any:
+    """A trustme CA for the session."""
     import trustme
 
     return trustme.CA()
 
 
-@pytest.fixture
-def tls_files(tls_ca: Any, tmp_path: Path) -> tuple[Path, Path]:
-    cert = tls_ca.issue_cert("localhost", "127.0.0.1", "::1")
-    cert_path, key_path = tmp_path / "tls-cert.pem", tmp_path / "tls-key.pem"
+@pytest.fixture(scope="session")
+def tls_files(tls_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cert_path, key_path) for localhost / mail.example.test / 127.0.0.1 / ::1, issued by tls_ca."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1", "::1", "mail.example.test")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
     cert_path.write_bytes(b"".join(b.bytes() for b in cert.cert_chain_pems))  # leaf first, then chain
     cert.private_key_pem.write_to_path(str(key_path))
     key_path.chmod(0o600)
@@ -65,6 +69,7 @@ def tls_files(tls_ca: Any, tmp_path: Path) -> tuple[Path, Path]:
 
 @pytest.fixture
 def client_ssl_context(tls_ca: Any) -> ssl.SSLContext:
+    """Client context trusting tls_ca (hostname checked: use server_hostname="localhost")."""
     ctx = ssl.create_default_context()
     tls_ca.configure_trust(ctx)
     return ctx
@@ -104,6 +109,7 @@ def users_file_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def make_config(tmp_path: Path, tls_files: tuple[Path, Path], users_file_path: Path,
                 fast_hashing: None) -> Callable[..., Any]:
+    """make_config(*listeners, **overrides) -> Config (see the module docstring)."""
     from mailhaven.config import Config, from_dict
 
     def build(*listeners: str | dict[str, dict[str, Any]], **overrides: Any) -> Config:
