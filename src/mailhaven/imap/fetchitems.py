@@ -1,0 +1,553 @@
+"""Rendering of IMAP FETCH data items as wire bytes (RFC 3501 §6.4.5, §7.4.2).
+
+Owns: ENVELOPE, BODYSTRUCTURE, BODY, BODY[section]<partial> extraction, RFC822.SIZE, INTERNALDATE
+and FLAGS, byte for byte as Dovecot renders them for the same message, so clients see no difference
+when a Maildir moves between the two servers. Every function takes the message bytes (CRLF; bare LF
+is converted) and, where structure is needed, optionally an already parsed `mime.Part` tree so the
+session can parse once per message.
+
+Does not own: the FETCH command parsing, response framing (`* n FETCH (...)`) or \\Seen handling.
+
+Dovecot conventions kept here (checked by tests/integration/test_fetch_vs_dovecot.py):
+- ENVELOPE strings are the raw header text, not decoded. Subjects and display names go through
+  `encode.human_string` (whitespace collapsed); date, message-id and in-reply-to are unfolded only.
+  The last Date/Subject/Message-ID/In-Reply-To field wins; address fields accumulate all fields.
+  Sender and Reply-To default to From (RFC 3501 §7.4.2). Addresses lacking a local part or domain
+  get "MISSING_MAILBOX" / "MISSING_DOMAIN".
+- BODYSTRUCTURE keeps the case of types and parameters as written; a missing Content-Type is
+  "text" "plain" ("charset" "us-ascii"); text parts without a charset get ("charset" "us-ascii")
+  first; a missing encoding is "7bit"; a multipart without parts shows one empty text/plain part.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
+
+from mailhaven.imap.encode import NIL, human_string, nlist, nstring, plist, string
+from mailhaven.message import mime
+from mailhaven.message.mime import Lexer, Part
+
+# --------------------------------------------------------------------------- header access
+
+
+def header_end(msg: bytes) -> int:
+    """Offset just past the message header block (its empty line included when present)."""
+    if msg.startswith(b"\r\n"):
+        return 2
+    if msg.startswith(b"\n"):
+        return 1
+    m = _HDR_END.search(msg)
+    return len(msg) if m is None else m.end()
+
+
+_HDR_END = re.compile(rb"\n\r?\n")
+
+
+# --------------------------------------------------------------------------- addresses
+
+@dataclass(slots=True, frozen=True)
+class Address:
+    """An ENVELOPE address (RFC 3501 §7.4.2): None renders as NIL. Group start: name, adl and host
+    None with the group name in `mailbox`; group end: all four None (RFC 3501 §7.4.2)."""
+
+    name: bytes | None
+    adl: bytes | None
+    mailbox: bytes | None
+    host: bytes | None
+
+
+GROUP_END = Address(None, None, None, None)
+MISSING_MAILBOX = b"MISSING_MAILBOX"
+MISSING_DOMAIN = b"MISSING_DOMAIN"
+
+_PHRASE_ATOM = mime.ATEXT | frozenset(b".")
+_DOT_ATOM = mime.ATEXT | frozenset(b".")
+
+
+def _phrase(lex: Lexer) -> bytes:
+    """RFC 5322 §3.2.5 phrase (obs-phrase: "." allowed): words joined by one space."""
+    words: list[bytes] = []
+    while lex.skip_cfws():
+        c = lex.peek()
+        if c == 0x22:
+            words.append(lex.quoted_string())
+        elif c in _PHRASE_ATOM:
+            words.append(lex.token(_PHRASE_ATOM))
+        else:
+            break
+    return b" ".join(words)
+
+
+def _domain(lex: Lexer) -> bytes:
+    """RFC 5322 §3.4.1 domain: dot-atom or domain-literal, comments and spaces removed."""
+    if not lex.skip_cfws():
+        return b""
+    if lex.peek() == 0x5B:  # "[" domain-literal, kept with its brackets
+        data = lex.data
+        end = data.find(b"]", lex.pos)
+        stop = lex.end if end < 0 else end + 1
+        lit = data[lex.pos:stop]
+        lex.pos = stop
+        return lit.replace(b"\r", b"").replace(b"\n", b"")
+    parts: list[bytes] = []
+    while True:
+        tok = lex.token(mime.ATEXT)
+        if not tok:
+            break
+        parts.append(tok)
+        if not lex.skip_cfws() or lex.peek() != 0x2E:
+            break
+        lex.pos += 1
+        lex.skip_cfws()
+    return b".".join(parts)
+
+
+def _local_part(lex: Lexer) -> tuple[bytes, bool]:
+    """(local-part, was it a lone quoted-string) (RFC 5322 §3.4.1, obs-local-part)."""
+    parts: list[bytes] = []
+    only_quoted = lex.peek() == 0x22
+    while True:
+        c = lex.peek()
+        if c == 0x22:
+            parts.append(lex.quoted_string())
+        elif c in mime.ATEXT:
+            parts.append(lex.token(mime.ATEXT))
+        else:
+            break
+        if not lex.skip_cfws() or lex.peek() != 0x2E:
+            break
+        only_quoted = False
+        lex.pos += 1
+        lex.skip_cfws()
+    return b".".join(parts), only_quoted and len(parts) == 1
+
+
+def _addr_spec(lex: Lexer, out: list[Address]) -> None:
+    lex.last_comment = None
+    lex.skip_cfws()
+    lex.last_comment = None
+    local, lone_quoted = _local_part(lex)
+    host = b""
+    has_at = lex.skip_cfws() and lex.peek() == 0x40
+    if has_at:
+        lex.pos += 1
+        host = _domain(lex)
+    lex.skip_cfws()
+    name = lex.last_comment or None
+    if not has_at and lone_quoted and local:
+        # a lone quoted string is a display name without an address
+        out.append(Address(local, None, MISSING_MAILBOX, MISSING_DOMAIN))
+        return
+    out.append(Address(name, None, local or MISSING_MAILBOX, host or MISSING_DOMAIN))
+
+
+def _angle_addr(lex: Lexer, name: bytes | None, out: list[Address]) -> None:
+    lex.pos += 1  # "<"
+    adl: bytes | None = None
+    lex.skip_cfws()
+    if lex.peek() == 0x40:  # obs-route (RFC 5322 §4.4): "@a,@b:"
+        start = lex.pos
+        colon = lex.data.find(b":", start)
+        close = lex.data.find(b">", start)
+        if colon >= 0 and (close < 0 or colon < close):
+            route = lex.data[start:colon]
+            adl = bytes(c for c in route if c not in b" \t\r\n")
+            lex.pos = colon + 1
+    lex.skip_cfws()
+    local = b""
+    host = b""
+    if lex.peek() != 0x3E:
+        local, _ = _local_part(lex)
+        if lex.skip_cfws() and lex.peek() == 0x40:
+            lex.pos += 1
+            host = _domain(lex)
+    # skip to the closing ">"
+    while lex.skip_cfws() and lex.peek() not in (0x3E, 0x2C, 0x3B):
+        lex.pos += 1
+    if lex.peek() == 0x3E:
+        lex.pos += 1
+    out.append(Address(name or None, adl, local or MISSING_MAILBOX, host or MISSING_DOMAIN))
+
+
+def _mailbox(lex: Lexer, out: list[Address]) -> None:
+    start = lex.pos
+    name = _phrase(lex)
+    lex.skip_cfws()
+    if lex.peek() == 0x3C:  # "<": name-addr (RFC 5322 §3.4)
+        _angle_addr(lex, name, out)
+        return
+    lex.pos = start
+    _addr_spec(lex, out)
+
+
+def parse_address_list(value: bytes) -> list[Address]:
+    """Addresses in an address-list header value (RFC 5322 §3.4) as ENVELOPE wants them."""
+    lex = Lexer(value)
+    out: list[Address] = []
+    while lex.skip_cfws():
+        c = lex.peek()
+        if c in (0x2C, 0x3B):  # stray "," or ";"
+            lex.pos += 1
+            continue
+        before = lex.pos
+        start = lex.pos
+        name = _phrase(lex)
+        lex.skip_cfws()
+        if lex.peek() == 0x3A and name:  # group (RFC 5322 §3.4): display-name ":" [list] ";"
+            lex.pos += 1
+            out.append(Address(None, None, name, None))
+            while lex.skip_cfws():
+                c = lex.peek()
+                if c == 0x3B:
+                    lex.pos += 1
+                    break
+                if c == 0x2C:
+                    lex.pos += 1
+                    continue
+                inner = lex.pos
+                _mailbox(lex, out)
+                _skip_garbage(lex, inner, stop=b",;")
+            out.append(GROUP_END)
+        else:
+            lex.pos = start
+            _mailbox(lex, out)
+        _skip_garbage(lex, before, stop=b",")
+    return out
+
+
+def _skip_garbage(lex: Lexer, before: int, stop: bytes) -> None:
+    """After one address: skip anything up to the next separator; always make progress."""
+    while lex.skip_cfws() and lex.peek() not in stop:
+        lex.pos += 1
+    if lex.pos == before and not lex.at_end():
+        lex.pos += 1
+
+
+def _address_list(addrs: list[Address]) -> bytes:
+    if not addrs:
+        return NIL
+    items = []
+    for a in addrs:
+        name = NIL if a.name is None else human_string(a.name)
+        items.append(plist([name, nstring(a.adl), nstring(a.mailbox), nstring(a.host)]))
+    return b"(" + b"".join(items) + b")"
+
+
+# --------------------------------------------------------------------------- ENVELOPE
+
+_ENV_FIELDS = {b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
+               b"in-reply-to", b"message-id"}
+_ADDR_FIELDS = (b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc")
+
+
+def envelope(msg: bytes, part: Part | None = None) -> bytes:
+    """ENVELOPE of `msg` (RFC 3501 §7.4.2), or of the header block at `part.header_start` (the
+    encapsulated message of a message/rfc822 part). `msg` may be just the header bytes."""
+    msg = mime.to_crlf(msg)
+    if part is None:
+        start, end = 0, header_end(msg)
+    else:
+        start, end = part.header_start, part.header_end
+    return envelope_from_fields(mime.iter_fields(msg, start, end))
+
+
+def envelope_from_fields(fields: Iterable[mime.Field]) -> bytes:
+    single: dict[bytes, bytes] = {}
+    addrs: dict[bytes, list[Address]] = {}
+    for f in fields:
+        name = f.name.lower()
+        if name not in _ENV_FIELDS:
+            continue
+        if name in _ADDR_FIELDS:
+            addrs.setdefault(name, []).extend(parse_address_list(f.value))
+        else:
+            single[name] = f.value  # the last field wins, as in Dovecot
+    frm = addrs.get(b"from", [])
+    sender = addrs.get(b"sender") or frm  # RFC 3501 §7.4.2: default to From
+    reply_to = addrs.get(b"reply-to") or frm
+    subject = single.get(b"subject")
+    return plist([
+        _nstring_nolf(single.get(b"date")),
+        NIL if subject is None else human_string(subject),
+        _address_list(frm),
+        _address_list(sender),
+        _address_list(reply_to),
+        _address_list(addrs.get(b"to", [])),
+        _address_list(addrs.get(b"cc", [])),
+        _address_list(addrs.get(b"bcc", [])),
+        _nstring_nolf(single.get(b"in-reply-to")),
+        _nstring_nolf(single.get(b"message-id")),
+    ])
+
+
+def _nstring_nolf(value: bytes | None) -> bytes:
+    return NIL if value is None else string(mime.unfold(value))
+
+
+# --------------------------------------------------------------------------- BODYSTRUCTURE
+
+_EMPTY_BODY = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0'
+_EMPTY_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+
+
+def bodystructure(msg: bytes, extended: bool = True, tree: Part | None = None) -> bytes:
+    """BODYSTRUCTURE (extended=True) or BODY (extended=False) of `msg` (RFC 3501 §7.4.2)."""
+    if tree is None:
+        msg = mime.to_crlf(msg)
+        tree = mime.parse(msg)
+    out: list[bytes] = []
+    _write_part(msg, tree, extended, out)
+    return b"".join(out)
+
+
+def body(msg: bytes, tree: Part | None = None) -> bytes:
+    """BODY: BODYSTRUCTURE without extension data (RFC 3501 §7.4.2)."""
+    return bodystructure(msg, False, tree)
+
+
+def _params(params: Sequence[tuple[bytes, bytes]]) -> bytes:
+    if not params:
+        return NIL
+    return plist([b"%s %s" % (string(k), string(v)) for k, v in params])
+
+
+def _write_part(msg: bytes, part: Part, ext: bool, out: list[bytes]) -> None:
+    if part.is_multipart:
+        out.append(b"(")
+        if part.children:
+            for child in part.children:
+                _write_part(msg, child, ext, out)
+        else:
+            out.append(_EMPTY_BODY + (b" NIL NIL NIL NIL)" if ext else b")"))
+        out.append(b" " + string(part.csubtype))
+        if ext:
+            out.append(b" " + _params(part.params))
+            out.append(b" " + _disposition(part) + b" " + _language(part) + b" " + nstring(part.location))
+        out.append(b")")
+        return
+    if part.ctype is None:
+        ctype, subtype = b"text", b"plain"
+    else:
+        ctype, subtype = part.ctype, part.csubtype
+    params = list(part.params)
+    if part.is_text and part.param(b"charset") is None:
+        params.insert(0, (b"charset", b"us-ascii"))
+    out.append(b"(" + b" ".join([
+        string(ctype), string(subtype), _params(params), nstring(part.content_id),
+        nstring(part.description), string(part.encoding or b"7bit"), b"%d" % part.body_size,
+    ]))
+    if part.is_text:
+        out.append(b" %d" % part.body_lines)
+    elif part.is_message:
+        if part.children:
+            child = part.children[0]
+            out.append(b" " + envelope_from_fields(mime.iter_fields(msg, child.header_start, child.header_end)))
+            out.append(b" ")
+            _write_part(msg, child, ext, out)
+        else:
+            out.append(b" " + _EMPTY_ENVELOPE + b" " + _EMPTY_BODY + (b" NIL NIL NIL NIL)" if ext else b")"))
+        out.append(b" %d" % part.body_lines)
+    if ext:
+        out.append(b" " + b" ".join([nstring(part.md5), _disposition(part), _language(part),
+                                    nstring(part.location)]))
+    out.append(b")")
+
+
+def _disposition(part: Part) -> bytes:
+    if part.disposition is None:
+        return NIL
+    return plist([string(part.disposition), _params(part.disposition_params)])
+
+
+def _language(part: Part) -> bytes:
+    if not part.language:
+        return NIL
+    return nlist([string(x) for x in part.language])
+
+
+# --------------------------------------------------------------------------- BODY[section]
+
+class InvalidSection(ValueError):
+    """The section specification is not valid (the session answers BAD)."""
+
+
+_SPECS = ("", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME")
+
+
+@dataclass(slots=True, frozen=True)
+class Section:
+    """A BODY[...] section (RFC 3501 §6.4.5): part path, text spec and header field names."""
+
+    path: tuple[int, ...] = ()
+    spec: str = ""  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.spec not in _SPECS:
+            raise InvalidSection(f"unknown section text {self.spec!r}")
+        if self.spec == "MIME" and not self.path:
+            raise InvalidSection("MIME needs a part number")  # RFC 3501 §6.4.5
+        if self.spec.startswith("HEADER.FIELDS") and not self.fields:
+            raise InvalidSection("HEADER.FIELDS needs field names")
+        if any(n < 1 for n in self.path):
+            raise InvalidSection("part numbers start at 1")
+
+    def text(self) -> bytes:
+        """The section as it appears in the response item name: `1.2.HEADER.FIELDS (FROM TO)`."""
+        out = ".".join(str(n) for n in self.path)
+        if self.spec:
+            out = f"{out}.{self.spec}" if out else self.spec
+        b = out.encode("ascii")
+        if self.fields:
+            b += b" (" + b" ".join(f.upper() for f in self.fields) + b")"
+        return b
+
+
+_SECTION_RE = re.compile(
+    r"^(?P<path>\d+(?:\.\d+)*)?(?:(?(path)\.)(?P<spec>HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME))?"
+    r"(?:\s*\((?P<fields>[^()]*)\))?$", re.IGNORECASE)
+
+
+def parse_section(text: str) -> Section:
+    """Parse section text such as `1.2.HEADER.FIELDS (From Subject)` (RFC 3501 §9 section-spec)."""
+    m = _SECTION_RE.match(text.strip())
+    if m is None:
+        raise InvalidSection(f"bad section {text!r}")
+    path = tuple(int(x) for x in m["path"].split(".")) if m["path"] else ()
+    spec = (m["spec"] or "").upper()
+    fields = tuple(f.encode("ascii") for f in (m["fields"] or "").split())
+    if fields and not spec.startswith("HEADER.FIELDS"):
+        raise InvalidSection(f"bad section {text!r}")
+    return Section(path, spec, fields)
+
+
+def section_item(section: Section, partial: tuple[int, int | None] | None = None) -> bytes:
+    """The response item name: `BODY[<section>]` plus `<origin>` for a partial (RFC 3501 §7.4.2)."""
+    name = b"BODY[" + section.text() + b"]"
+    if partial is not None:
+        name += b"<%d>" % partial[0]
+    return name
+
+
+def find_part(tree: Part, path: Sequence[int]) -> Part | None:
+    """The part a section path names (RFC 3501 §6.4.5), resolved as Dovecot does.
+
+    A non-multipart part answers to the number 1 once (so `2.1` is part 2 when part 2 is a leaf),
+    and a message/rfc822 part followed by more numbers stands for its encapsulated message.
+    """
+    part: Part | None = tree
+    stayed = False
+    for i, num in enumerate(path):
+        if part is None:
+            return None
+        if part.is_multipart:
+            part = part.children[num - 1] if 1 <= num <= len(part.children) else None
+            stayed = False
+        elif num != 1 or stayed:
+            return None
+        else:
+            stayed = True
+        if part is not None and part.is_message and i + 1 < len(path):
+            part = part.children[0] if part.children else None
+            stayed = False
+    return part
+
+
+def body_section(msg: bytes, section: Section | str, partial: tuple[int, int | None] | None = None,
+                 tree: Part | None = None) -> bytes:
+    """The raw data of BODY[section]<origin.octets> (RFC 3501 §6.4.5), without the literal framing.
+
+    A section naming no existing part gives b"" (as Dovecot does), never an error; an invalid
+    section raises InvalidSection.
+    """
+    if isinstance(section, str):
+        section = parse_section(section)
+    msg = mime.to_crlf(msg)
+    data = _section_data(msg, section, tree)
+    if partial is not None:
+        origin, count = partial
+        data = data[origin:] if count is None else data[origin:origin + count]
+    return data
+
+
+def _section_data(msg: bytes, section: Section, tree: Part | None) -> bytes:
+    spec = section.spec
+    if not section.path:
+        if spec == "":
+            return msg
+        hend = header_end(msg)
+        if spec == "TEXT":
+            return msg[hend:]
+        return _header_data(msg, 0, hend, section)
+    if tree is None:
+        tree = mime.parse(msg)
+    part = find_part(tree, section.path)
+    if part is None:
+        return b""
+    if spec == "":
+        return msg[part.body_start:part.body_end]
+    if spec == "MIME":
+        return msg[part.header_start:part.header_end]
+    # HEADER / HEADER.FIELDS / TEXT of a part: only a message/rfc822 part has them (RFC 3501 §6.4.5)
+    if not part.is_message or not part.children:
+        return b""
+    child = part.children[0]
+    if spec == "TEXT":
+        return msg[child.body_start:child.body_end]
+    return _header_data(msg, child.header_start, child.header_end, section, nested=True)
+
+
+def _header_data(msg: bytes, start: int, end: int, section: Section, nested: bool = False) -> bytes:
+    if section.spec == "HEADER":
+        return msg[start:end]
+    # Header filtering as Dovecot does it, including its handling of a header block without an
+    # empty line: HEADER.FIELDS then still ends with CRLF for the top-level header or an empty
+    # one; a nested one cut by a boundary keeps the CRLF that precedes the boundary line.
+    eoh = mime.has_empty_line(msg, start, end)
+    scan_end = end
+    if nested and not eoh and msg.startswith(b"\r\n", end):
+        scan_end = end + 2
+    wanted = {f.lower() for f in section.fields}
+    keep = section.spec == "HEADER.FIELDS"
+    out = [msg[f.start:f.end] for f in mime.iter_fields(msg, start, scan_end)
+           if (f.name.lower() in wanted) == keep]
+    if eoh or (keep and (not nested or start == end)):
+        out.append(b"\r\n")
+    return b"".join(out)
+
+
+# --------------------------------------------------------------------------- simple items
+
+def rfc822_size(msg: bytes) -> int:
+    """RFC822.SIZE: octets with CRLF line ends (RFC 3501 §2.3.4)."""
+    return len(msg) + msg.count(b"\n") - msg.count(b"\r\n")
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def internaldate(ts: float, tz: tzinfo | None = None) -> bytes:
+    """INTERNALDATE as a quoted date-time: "17-Jul-1996 02:44:25 -0700" (RFC 3501 §9).
+
+    `tz` None means the server's local time zone.
+    """
+    if tz is None:
+        lt = time.localtime(ts)
+        dt = datetime(*lt[:6], tzinfo=timezone(timedelta(seconds=lt.tm_gmtoff)))
+    else:
+        dt = datetime.fromtimestamp(ts, tz)
+    off = dt.utcoffset() or timedelta(0)
+    mins = int(off.total_seconds()) // 60
+    sign = "-" if mins < 0 else "+"
+    mins = abs(mins)
+    return (f'"{dt.day:02d}-{_MONTHS[dt.month - 1]}-{dt.year:04d} {dt.hour:02d}:{dt.minute:02d}:{dt.second:02d} '
+            f'{sign}{mins // 60:02d}{mins % 60:02d}"').encode("ascii")
+
+
+def flags(names: Iterable[str]) -> bytes:
+    """A flag list `(\\Seen $Label)` (RFC 3501 §7.2.6)."""
+    return plist([n.encode("utf-8") for n in names])

@@ -1,0 +1,579 @@
+"""MIME structure of a stored message, as offsets into its bytes (RFC 2045, 2046, 2183, 2231, 5322).
+
+Owns: splitting a message (CRLF bytes) into a tree of `Part`s without copying any body: byte offsets
+of each part's header and body, the parsed Content-* fields, body size in octets and lines, the
+children of multipart/* parts and the encapsulated message of message/rfc822 parts. Also the small
+RFC 5322 lexer (comments, quoted strings, tokens) that Content-* parsing needs, and header field
+iteration used by IMAP FETCH/SEARCH.
+
+Does not own: decoding bodies or encoded-words (imap/search.py), IMAP rendering (imap/fetchitems.py).
+
+Boundary handling follows Dovecot's message parser, because IMAP clients compare our answers with
+what Dovecot gives for the same Maildir: a boundary line is any line starting with "--" + boundary
+(trailing text allowed); when several active boundaries match, the longest wins, the innermost on a
+tie; the CRLF before a boundary line belongs to the boundary (RFC 2046 §5.1.1); a missing close
+delimiter ends the multipart at the parent's next boundary or at the end of the message; a header
+block ends at its empty line or at a boundary line. `parse()` never raises and is bounded by
+`MAX_DEPTH` nesting levels and `MAX_PARTS` parts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+MAX_DEPTH = 100  # nested multipart / message/rfc822 levels (Dovecot: max_nested_mime_parts)
+MAX_PARTS = 10_000  # parts in one message (Dovecot: max_total_mime_parts)
+
+Params = list[tuple[bytes, bytes]]
+
+
+@dataclass(slots=True, eq=False)
+class Part:
+    """One MIME entity. Offsets index into the (CRLF-normalised) message bytes."""
+
+    header_start: int
+    header_end: int  # end of the header block, including its empty line when there is one
+    body_start: int
+    body_end: int
+    body_lines: int = 0
+    ctype: bytes | None = None  # media type as written (case kept); None: no Content-Type field
+    csubtype: bytes = b""
+    params: Params = field(default_factory=list)
+    content_id: bytes | None = None
+    description: bytes | None = None
+    encoding: bytes | None = None  # Content-Transfer-Encoding token as written
+    md5: bytes | None = None
+    disposition: bytes | None = None
+    disposition_params: Params = field(default_factory=list)
+    language: list[bytes] | None = None
+    location: bytes | None = None
+    is_multipart: bool = False
+    is_message: bool = False  # message/rfc822: children[0] is the encapsulated message
+    is_text: bool = False
+    children: list[Part] = field(default_factory=list)
+
+    @property
+    def body_size(self) -> int:
+        return self.body_end - self.body_start
+
+    def param(self, name: bytes) -> bytes | None:
+        """The first Content-Type parameter `name` (case-insensitive), or None."""
+        lname = name.lower()
+        for k, v in self.params:
+            if k.lower() == lname:
+                return v
+        return None
+
+
+# --------------------------------------------------------------------------- line endings
+
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def to_crlf(msg: bytes) -> bytes:
+    """`msg` with every bare LF turned into CRLF (IMAP sizes count CRLF; RFC 3501 §2.3.4)."""
+    if msg.count(b"\n") == msg.count(b"\r\n"):
+        return msg
+    return _BARE_LF.sub(b"\r\n", msg)
+
+
+# --------------------------------------------------------------------------- header fields
+
+@dataclass(slots=True, frozen=True)
+class Field:
+    """One header field: `name` as written, `value` after the colon (leading WSP removed, folding
+    CRLFs kept, final CRLF removed), `start`/`end` offsets of the whole field including its CRLF."""
+
+    name: bytes
+    value: bytes
+    start: int
+    end: int
+
+
+def iter_fields(msg: bytes, start: int, end: int) -> Iterator[Field]:
+    """The header fields in msg[start:end] (RFC 5322 §2.2, §2.2.3 folding)."""
+    pos = start
+    cur_start = -1
+    while pos < end:
+        nl = msg.find(b"\n", pos, end)
+        line_end = end if nl < 0 else nl + 1
+        first = msg[pos]
+        if first in (0x20, 0x09) and cur_start >= 0:
+            pos = line_end  # continuation line (RFC 5322 §2.2.3)
+            continue
+        if cur_start >= 0:
+            f = _make_field(msg, cur_start, pos)
+            if f is not None:
+                yield f
+        if msg[pos:line_end] in (b"\r\n", b"\n"):
+            cur_start = -1  # the empty line ending the header
+        else:
+            cur_start = pos
+        pos = line_end
+    if cur_start >= 0:
+        f = _make_field(msg, cur_start, end)
+        if f is not None:
+            yield f
+
+
+def _make_field(msg: bytes, start: int, end: int) -> Field | None:
+    raw = msg[start:end]
+    colon = raw.find(b":")
+    if colon < 0:
+        name = raw.rstrip(b"\r\n")
+        return Field(name, b"", start, end)
+    name = raw[:colon].rstrip(b" \t")
+    value = raw[colon + 1:]
+    if value.endswith(b"\r\n"):
+        value = value[:-2]
+    elif value.endswith(b"\n"):
+        value = value[:-1]
+    return Field(name, value.lstrip(b" \t"), start, end)
+
+
+def has_empty_line(msg: bytes, start: int, end: int) -> bool:
+    """Does the header block msg[start:end] end with its empty line (RFC 5322 §2.1)?"""
+    if end - start < 2 or msg[end - 2:end] != b"\r\n":
+        return False
+    return end - start == 2 or msg[end - 4:end - 2] == b"\r\n"
+
+
+def header_values(msg: bytes, start: int, end: int, name: bytes) -> list[bytes]:
+    """Values of every field called `name` (case-insensitive), in order."""
+    lname = name.lower()
+    return [f.value for f in iter_fields(msg, start, end) if f.name.lower() == lname]
+
+
+def unfold(value: bytes) -> bytes:
+    """Remove the CR and LF bytes of folding, keeping the whitespace (RFC 5322 §2.2.3)."""
+    if b"\n" in value or b"\r" in value:
+        return value.replace(b"\r", b"").replace(b"\n", b"")
+    return value
+
+
+# --------------------------------------------------------------------------- RFC 5322 lexer
+
+# RFC 2045 §5.1: token := 1*<any (US-ASCII) CHAR except SPACE, CTLs, or tspecials>
+_TSPECIALS = frozenset(b'()<>@,;:\\"/[]?=')
+TOKEN_CHARS = frozenset(c for c in range(0x21, 0x100) if c not in _TSPECIALS and c != 0x7F)
+# RFC 5322 §3.2.3 atext, plus 8-bit (RFC 6532)
+ATEXT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~") | \
+    frozenset(range(0x80, 0x100))
+
+
+class Lexer:
+    """A cursor over one header value for the RFC 5322 / RFC 2045 grammars."""
+
+    __slots__ = ("data", "pos", "end", "last_comment")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.end = len(data)
+        self.last_comment: bytes | None = None
+
+    def at_end(self) -> bool:
+        return self.pos >= self.end
+
+    def peek(self) -> int:
+        return self.data[self.pos] if self.pos < self.end else -1
+
+    def skip_cfws(self) -> bool:
+        """Skip whitespace and (nested) comments (RFC 5322 §3.2.2). False at end of data."""
+        data, end = self.data, self.end
+        while self.pos < end:
+            c = data[self.pos]
+            if c in (0x20, 0x09, 0x0D, 0x0A):
+                self.pos += 1
+            elif c == 0x28:  # "("
+                self._comment()
+            else:
+                return True
+        return False
+
+    def _comment(self) -> None:
+        data, end = self.data, self.end
+        depth = 0
+        out = bytearray()
+        while self.pos < end:
+            c = data[self.pos]
+            self.pos += 1
+            if c == 0x5C and self.pos < end:  # quoted-pair
+                out.append(data[self.pos])
+                self.pos += 1
+                continue
+            if c == 0x28:
+                depth += 1
+                if depth == 1:
+                    continue
+            elif c == 0x29:
+                depth -= 1
+                if depth == 0:
+                    break
+            if c not in (0x0D, 0x0A):
+                out.append(c)
+        self.last_comment = bytes(out)
+
+    def token(self, chars: frozenset[int] = TOKEN_CHARS) -> bytes:
+        """The longest run of `chars` at the cursor (maybe empty)."""
+        data, end = self.data, self.end
+        start = self.pos
+        p = start
+        while p < end and data[p] in chars:
+            p += 1
+        self.pos = p
+        return data[start:p]
+
+    def quoted_string(self) -> bytes:
+        """A quoted-string at the cursor, unquoted (RFC 5322 §3.2.4); folding CR/LF dropped."""
+        data, end = self.data, self.end
+        self.pos += 1  # opening quote
+        out = bytearray()
+        while self.pos < end:
+            c = data[self.pos]
+            self.pos += 1
+            if c == 0x22:
+                return bytes(out)
+            if c == 0x5C and self.pos < end:
+                out.append(data[self.pos])
+                self.pos += 1
+            elif c not in (0x0D, 0x0A):
+                out.append(c)
+        return bytes(out)
+
+    def value(self) -> bytes:
+        """A parameter value: quoted-string or token (RFC 2045 §5.1)."""
+        if self.peek() == 0x22:
+            return self.quoted_string()
+        return self.token()
+
+
+def parse_params(lex: Lexer) -> Params:
+    """`*(";" parameter)` after a Content-Type/Disposition value, with RFC 2231 continuations merged.
+
+    Parsing stops at the first malformed parameter, keeping what came before.
+    """
+    raw: Params = []
+    while True:
+        if not lex.skip_cfws() or lex.peek() != 0x3B:  # ";"
+            break
+        lex.pos += 1
+        if not lex.skip_cfws():
+            break
+        key = lex.token()
+        if not key or not lex.skip_cfws() or lex.peek() != 0x3D:  # "="
+            break
+        lex.pos += 1
+        if not lex.skip_cfws():
+            break
+        raw.append((key, lex.value()))
+    return merge_rfc2231(raw)
+
+
+def merge_rfc2231(raw: Params) -> Params:
+    """Merge `name*0*=`, `name*1=` ... continuations (RFC 2231 §3, §4) into one `name*` parameter.
+
+    The values are concatenated as written (not decoded); a name gets a trailing "*" when any piece
+    was extended. With a gap in the numbering the pieces are kept as they were. Plain parameters keep
+    their order and come first, merged ones follow sorted by name, as Dovecot reports them.
+    """
+    plain: Params = []
+    pieces: list[tuple[bytes, int, bool, bytes]] = []
+    for key, value in raw:
+        star = key.find(b"*")
+        if star < 0:
+            plain.append((key, value))
+            continue
+        rest = key[star + 1:]
+        idx = 0
+        digits = 0
+        while digits < len(rest) and 0x30 <= rest[digits] <= 0x39:
+            idx = idx * 10 + rest[digits] - 0x30
+            digits += 1
+        rest = rest[digits:]
+        extended = rest == b"*"
+        if rest not in (b"", b"*") or (digits == 0 and not extended):
+            plain.append((key, value))
+            continue
+        pieces.append((key[:star], idx, extended, value))
+    if not pieces:
+        return plain
+    pieces.sort(key=lambda p: (p[0].lower(), p[1]))
+    out = plain
+    i = 0
+    while i < len(pieces):
+        j = i
+        base = pieces[i][0].lower()
+        while j < len(pieces) and pieces[j][0].lower() == base:
+            j += 1
+        group = pieces[i:j]
+        if all(p[1] == n for n, p in enumerate(group)):
+            any_ext = any(p[2] for p in group)
+            name = group[0][0] + (b"*" if any_ext else b"")
+            out.append((name, b"".join(p[3] for p in group)))
+        else:
+            for name, idx, ext, value in group:
+                out.append((b"%s*%d%s" % (name, idx, b"*" if ext else b""), value))
+        i = j
+    return out
+
+
+# --------------------------------------------------------------------------- Content-* fields
+
+def _parse_content_type(part: Part, value: bytes) -> None:
+    lex = Lexer(value)
+    lex.skip_cfws()
+    ctype = lex.token()
+    ok = bool(ctype)
+    subtype = b""
+    if ok and lex.peek() == 0x2F:  # "/"
+        lex.pos += 1
+        if lex.skip_cfws():
+            subtype = lex.token()
+        else:
+            ok = False
+    else:
+        ok = False
+    part.ctype = ctype
+    part.csubtype = subtype
+    if ok:
+        part.params = parse_params(lex)
+
+
+def _parse_disposition(part: Part, value: bytes) -> None:
+    lex = Lexer(value)
+    lex.skip_cfws()
+    dtype = lex.token()
+    if not dtype:
+        return
+    part.disposition = dtype
+    part.disposition_params = parse_params(lex)
+
+
+def _parse_language(value: bytes) -> list[bytes]:
+    lex = Lexer(value)
+    langs: list[bytes] = []
+    while lex.skip_cfws():
+        tok = lex.token(ATEXT)
+        if not tok:
+            break
+        langs.append(tok)
+        if not lex.skip_cfws() or lex.peek() != 0x2C:  # ","
+            break
+        lex.pos += 1
+    return langs
+
+
+def _simple_value(value: bytes) -> bytes:
+    return unfold(value).rstrip(b" \t")
+
+
+def _apply_content_fields(part: Part, msg: bytes, start: int, end: int) -> None:
+    """Fill the Content-* attributes from the header block (first occurrence of each wins)."""
+    seen: set[bytes] = set()
+    for f in iter_fields(msg, start, end):
+        name = f.name.lower()
+        if not name.startswith(b"content-") or name in seen:
+            continue
+        seen.add(name)
+        v = f.value
+        if name == b"content-type":
+            _parse_content_type(part, v)
+        elif name == b"content-transfer-encoding":
+            lex = Lexer(v)
+            lex.skip_cfws()
+            part.encoding = lex.token()
+        elif name == b"content-id":
+            part.content_id = _simple_value(v)
+        elif name == b"content-description":
+            part.description = _simple_value(v)
+        elif name == b"content-md5":
+            part.md5 = _simple_value(v)
+        elif name == b"content-location":
+            part.location = _simple_value(v)
+        elif name == b"content-disposition":
+            _parse_disposition(part, v)
+        elif name == b"content-language":
+            part.language = _parse_language(v) or None
+
+
+# --------------------------------------------------------------------------- the parser
+
+@dataclass(slots=True, frozen=True)
+class _Hit:
+    """A boundary line found while scanning: which active boundary, and whether it closes."""
+
+    index: int
+    close: bool
+    line_start: int
+    next_line: int
+
+
+class _Parser:
+    __slots__ = ("msg", "n", "parts", "hit", "cut")
+
+    def __init__(self, msg: bytes) -> None:
+        self.msg = msg
+        self.n = len(msg)
+        self.parts = 0
+        self.hit: _Hit | None = None
+        self.cut = False  # did the last parsed part's header end at a boundary line?
+
+    # -- boundaries ---------------------------------------------------------
+
+    def _match(self, ls: int, bounds: list[bytes]) -> _Hit | None:
+        """Is the line at `ls` ("--..." known) a boundary line of one of `bounds`?"""
+        msg = self.msg
+        nl = msg.find(b"\n", ls)
+        line_end = self.n if nl < 0 else nl
+        best = -1
+        best_len = -1
+        for i in range(len(bounds) - 1, -1, -1):  # innermost first; longest match wins
+            b = bounds[i]
+            if len(b) > best_len and msg.startswith(b, ls + 2) and ls + 2 + len(b) <= line_end:
+                best, best_len = i, len(b)
+        if best < 0:
+            return None
+        after = ls + 2 + best_len
+        close = msg.startswith(b"--", after) and after + 2 <= line_end
+        return _Hit(best, close, ls, self.n if nl < 0 else nl + 1)
+
+    def _scan(self, pos: int, bounds: list[bytes]) -> _Hit | None:
+        """The first boundary line at or after line start `pos`."""
+        if not bounds:
+            return None
+        msg = self.msg
+        if msg.startswith(b"--", pos):
+            h = self._match(pos, bounds)
+            if h is not None:
+                return h
+        while True:
+            i = msg.find(b"\n--", pos)
+            if i < 0:
+                return None
+            h = self._match(i + 1, bounds)
+            if h is not None:
+                return h
+            pos = i + 1
+
+    def _end_before(self, hit: _Hit | None, floor: int) -> int:
+        """Body end for a body running up to `hit`: the CRLF before the boundary is not ours."""
+        if hit is None:
+            return self.n
+        end = hit.line_start
+        msg = self.msg
+        if end >= 2 and msg[end - 2:end] == b"\r\n":
+            end -= 2
+        elif end >= 1 and msg[end - 1:end] == b"\n":
+            end -= 1
+        return max(end, floor)
+
+    # -- headers ------------------------------------------------------------
+
+    def _header_end(self, start: int, bounds: list[bytes]) -> tuple[int, int, _Hit | None]:
+        """(end of the header block, start of the body, boundary that ended it or None)."""
+        msg = self.msg
+        pos = start
+        while pos < self.n:
+            blank = 2 if msg.startswith(b"\r\n", pos) else 1 if msg.startswith(b"\n", pos) else 0
+            if blank:
+                nxt = pos + blank
+                if bounds and msg.startswith(b"--", nxt):
+                    # an empty line right before a boundary is the boundary's CRLF, not a
+                    # header terminator (RFC 2046 §5.1.1)
+                    h = self._match(nxt, bounds)
+                    if h is not None:
+                        return pos, pos, h
+                return nxt, nxt, None
+            if bounds and msg.startswith(b"--", pos):
+                h = self._match(pos, bounds)
+                if h is not None:
+                    end = self._end_before(h, start)
+                    return end, end, h
+            nl = msg.find(b"\n", pos)
+            if nl < 0:
+                return self.n, self.n, None
+            pos = nl + 1
+        return self.n, self.n, None
+
+    # -- parts --------------------------------------------------------------
+
+    def part(self, start: int, bounds: list[bytes], depth: int, digest: bool) -> Part:
+        """Parse the entity at `start`; afterwards `self.hit` is the boundary line that ended it."""
+        self.parts += 1
+        header_end, body_start, hit = self._header_end(start, bounds)
+        part = Part(start, header_end, body_start, body_start)
+        _apply_content_fields(part, self.msg, start, header_end)
+        if part.ctype is None:
+            # RFC 2045 §5.2 default text/plain; RFC 2046 §5.1.5 message/rfc822 inside a digest
+            ltype, lsub = (b"message", b"rfc822") if digest else (b"text", b"plain")
+        else:
+            ltype, lsub = part.ctype.lower(), part.csubtype.lower()
+        part.is_text = ltype == b"text"
+        part.is_multipart = ltype == b"multipart"
+        part.is_message = ltype == b"message" and lsub == b"rfc822"
+        if part.ctype is None and digest:
+            part.ctype, part.csubtype = b"message", b"rfc822"
+        if hit is not None:  # the header ran into a boundary: no body
+            if part.is_message:  # ... but still an (empty) encapsulated message
+                part.children.append(Part(body_start, body_start, body_start, body_start, is_text=True))
+            self.hit = hit
+            self.cut = True
+            return part
+        nested_ok = depth < MAX_DEPTH and self.parts < MAX_PARTS
+        if part.is_multipart and nested_ok:
+            boundary = part.param(b"boundary")
+            if boundary:
+                hit = self._multipart(part, bounds, boundary, depth, lsub == b"digest")
+            else:
+                hit = self._scan(body_start, bounds)
+            part.body_end = self._end_before(hit, body_start)
+        elif part.is_message and nested_ok:
+            child = self.part(body_start, bounds, depth + 1, False)
+            part.children.append(child)
+            hit = self.hit
+            if hit is not None and self.cut and child.header_end > child.header_start:
+                # the encapsulated header ran into the boundary: its last CRLF stays in this
+                # part's body (Dovecot counts it), though the header itself ends before it
+                part.body_end = max(hit.line_start, body_start)
+            else:
+                part.body_end = max(self._end_before(hit, body_start), child.body_end)
+        else:
+            hit = self._scan(body_start, bounds)
+            part.body_end = self._end_before(hit, body_start)
+        part.body_lines = self.msg.count(b"\n", part.body_start, part.body_end)
+        self.hit = hit
+        self.cut = False
+        return part
+
+    def _multipart(self, part: Part, bounds: list[bytes], boundary: bytes, depth: int,
+                   digest: bool) -> _Hit | None:
+        inner = [*bounds, boundary]
+        mine = len(bounds)
+        hit = self._scan(part.body_start, inner)  # skip the preamble (RFC 2046 §5.1.1)
+        while hit is not None and hit.index == mine and not hit.close:
+            if self.parts >= MAX_PARTS:
+                hit = self._scan(hit.next_line, inner)
+                continue
+            child = self.part(hit.next_line, inner, depth + 1, digest)
+            part.children.append(child)
+            hit = self.hit
+        if hit is not None and hit.index == mine:  # close delimiter: the epilogue follows
+            hit = self._scan(hit.next_line, bounds)
+        return hit
+
+
+def parse(msg: bytes) -> Part:
+    """The MIME tree of `msg` (CRLF-normalised bytes, see `to_crlf`). Never raises on any input."""
+    return _Parser(msg).part(0, [], 0, False)
+
+
+def walk(part: Part) -> Iterator[Part]:
+    """`part` and all parts below it, depth first, in document order."""
+    stack = [part]
+    while stack:
+        p = stack.pop()
+        yield p
+        stack.extend(reversed(p.children))
