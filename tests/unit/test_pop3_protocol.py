@@ -563,3 +563,23 @@ def test_message_number_arguments_never_raise(arg: str) -> None:
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=20))
 def test_top_is_a_prefix_of_the_message(data: bytes, n: int) -> None:
     assert data.startswith(P.top_of(data, n))
+
+
+@given(st.lists(st.one_of(st.integers(min_value=1, max_value=3).map(lambda n: f"DELE {n}"),
+                          st.just("RSET")), max_size=15))
+def test_stat_and_list_agree_with_marks_after_any_dele_rset_sequence(cmds: list[str]) -> None:
+    d = Driver(max_bad=1000)
+    d.login()
+    marked: set[int] = set()
+    for cmd in cmds:
+        d.feed(cmd.encode() + b"\r\n")
+        if cmd == "RSET":
+            marked.clear()
+        else:
+            marked.add(int(cmd.split()[1]))
+    live = [(i + 1, len(m)) for i, m in enumerate(MESSAGES.values()) if i + 1 not in marked]
+    assert d.feed(b"STAT\r\n") == f"+OK {len(live)} {sum(s for _, s in live)}\r\n".encode()
+    listing = d.feed(b"LIST\r\n").split(b"\r\n")[1:-2]
+    assert listing == [f"{n} {s}".encode() for n, s in live]
+    uidls = d.feed(b"UIDL\r\n").split(b"\r\n")[1:-2]
+    assert [int(u.split()[0]) for u in uidls] == [n for n, _ in live]

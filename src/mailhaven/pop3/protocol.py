@@ -239,6 +239,7 @@ class Session:
         self.user: str | None = None
         self._messages: list[MessageEntry] = []
         self._deleted: set[int] = set()  # indexes into _messages
+        self._count = self._octets = 0  # messages not marked deleted, and their size
         self._retrieved: set[int] = set()
         self.retrieved_count = 0  # RETR that sent a message
         self.deleted_count = 0  # messages removed in UPDATE
@@ -473,6 +474,7 @@ class Session:
         """The maildrop is locked for this session; `messages` is INBOX at this moment, in order."""
         self._complete(LoadMaildrop)
         self._messages = list(messages)
+        self._count, self._octets = len(self._messages), sum(m.size for m in self._messages)
         self.state = State.TRANSACTION
         self._send(R_LOGGED_IN)
 
@@ -513,12 +515,8 @@ class Session:
     # TRANSACTION (RFC 1939 §5, §7)
 
     def _visible(self) -> tuple[int, int]:
-        count = size = 0
-        for i, m in enumerate(self._messages):
-            if i not in self._deleted:
-                count += 1
-                size += m.size
-        return count, size
+        """(messages, octets) not marked deleted; kept up to date by DELE and RSET."""
+        return self._count, self._octets
 
     def _message_arg(self, text: str) -> int | None:
         """A message-number argument -> index, or None after sending the -ERR."""
@@ -544,7 +542,7 @@ class Session:
         count, size = self._visible()
         self._send(f"+OK {count} {size}\r\n".encode())
 
-    def _listing(self, arg: str, value: Callable[[MessageEntry], str]) -> None:
+    def _listing(self, arg: str, uidl: bool) -> None:
         args = arg.split()
         if len(args) > 1:
             self._bad_command(R_SYNTAX)
@@ -552,18 +550,25 @@ class Session:
         if args:
             i = self._message_arg(args[0])
             if i is not None:
-                self._send(f"+OK {i + 1} {value(self._messages[i])}\r\n".encode())
+                m = self._messages[i]
+                self._send(f"+OK {i + 1} {m.uidl if uidl else m.size}\r\n".encode())
             return
+        # One comprehension per case: LIST/UIDL of 10,000 messages stays a few milliseconds.
+        msgs, deleted = self._messages, self._deleted
+        if uidl:
+            lines = [f"{n} {m.uidl}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
+                if deleted else [f"{n} {m.uidl}\r\n" for n, m in enumerate(msgs, 1)]
+        else:
+            lines = [f"{n} {m.size}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
+                if deleted else [f"{n} {m.size}\r\n" for n, m in enumerate(msgs, 1)]
         count, size = self._visible()
-        deleted = self._deleted
-        body = "".join(f"{i + 1} {value(m)}\r\n" for i, m in enumerate(self._messages) if i not in deleted)
-        self._send(f"+OK {count} messages ({size} octets)\r\n{body}.\r\n".encode())
+        self._send(f"+OK {count} messages ({size} octets)\r\n{''.join(lines)}.\r\n".encode())
 
     def cmd_list(self, arg: str) -> None:
-        self._listing(arg, lambda m: str(m.size))
+        self._listing(arg, uidl=False)
 
     def cmd_uidl(self, arg: str) -> None:
-        self._listing(arg, lambda m: m.uidl)
+        self._listing(arg, uidl=True)
 
     def cmd_retr(self, arg: str) -> None:
         args = arg.split()
@@ -616,6 +621,8 @@ class Session:
         i = self._message_arg(args[0])
         if i is not None:
             self._deleted.add(i)  # RFC 1939 §5: only marked; removed in UPDATE
+            self._count -= 1
+            self._octets -= self._messages[i].size
             self._send(R_DELE_OK)
 
     def cmd_noop(self, arg: str) -> None:
@@ -629,6 +636,7 @@ class Session:
             self._bad_command(R_SYNTAX)
             return
         self._deleted.clear()  # RFC 1939 §5 RSET: unmark every message
+        self._count, self._octets = len(self._messages), sum(m.size for m in self._messages)
         count, size = self._visible()
         self._send(f"+OK {count} messages ({size} octets)\r\n".encode())
 
