@@ -388,7 +388,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 loop.add_signal_handler(sig, cb)
                 installed.append(sig)
         async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader")]
+            workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader"),
+                       tg.create_task(_users_watcher(ctx), name="users-watcher")]
             # The queue manager and the metrics endpoint join `workers` here once they exist.
             sd_notify("READY=1")
             log.info("ready: %d listener(s) serving", len(ctx.serving))
@@ -425,6 +426,43 @@ async def _drain(ctx: Context) -> None:
     for server in ctx.serving.values():
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 5)
+
+
+USERS_POLL_INTERVAL = 1.0  # seconds between looks at the users file
+
+
+def _file_state(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+async def _users_watcher(ctx: Context) -> None:
+    """`mailhaven user add` (or an edit) takes effect without SIGHUP: when the users file changes,
+    load it into a new Directory; a broken file is logged once and the running directory kept."""
+    path = ctx.config.users_file
+    seen = _file_state(path)
+    while True:
+        await asyncio.sleep(USERS_POLL_INTERVAL)
+        if ctx.config.users_file != path:  # a reload pointed elsewhere (and loaded it)
+            path = ctx.config.users_file
+            seen = _file_state(path)
+            continue
+        now = _file_state(path)
+        if now == seen:
+            continue
+        seen = now
+        cfg = ctx.config
+        try:
+            directory = await asyncio.to_thread(load_directory, cfg)
+        except ConfigError as e:
+            log.error("users file changed but is broken, keeping the previous one: %s", e)
+            continue
+        if ctx.config is cfg:
+            ctx.directory = directory
+            log.info("users file reloaded: %s", path)
 
 
 async def _reloader(ctx: Context, configure_logging: bool) -> None:

@@ -275,3 +275,25 @@ async def test_ipv6_loopback_listener_binds(tmp_path: Path, tls_files: tuple[Pat
         reader, writer = await asyncio.open_connection("::1", port)
         assert (await reader.readline()).startswith(b"hello ")
         writer.close()
+
+
+async def _eventually(check: Any, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_users_file_edits_take_effect_without_reload_and_a_broken_file_is_ignored(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = _config(tmp_path, tls_files)
+    async with running_app(cfg) as ctx:
+        add_user(cfg, "dave@example.test", "pw")
+        await _eventually(lambda: ctx.directory.user("dave@example.test") == "dave@example.test")
+        working = ctx.directory
+        await asyncio.to_thread(Path(cfg.users_file).write_text, "[users\n")
+        await _eventually(lambda: any("users file changed but is broken" in r.getMessage()
+                                      for r in caplog.records))
+        assert ctx.directory is working
