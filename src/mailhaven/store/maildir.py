@@ -38,10 +38,31 @@ def canonical_flag(flag: str) -> str | None:
 
 
 def to_crlf(data: bytes) -> bytes:
-    """Every bare LF becomes CRLF; existing CRLF pairs are kept (RFC 5322 §2.3 line endings)."""
-    if b"\n" not in data:
-        return data
-    if data.count(b"\n") == data.count(b"\r\n"):
+    """Every bare LF becomes CRLF; existing CRLF pairs are kept (RFC 5322 §2.3 line endings).
+
+    Large inputs are converted in slices (never ending in CR, so no CRLF pair is split), so a worker
+    thread doing this gives the GIL back to the event loop between slices (bytes methods hold it
+    for their whole run).
+    """
+    if len(data) <= _CHUNK:
+        return _to_crlf(data)
+    out = []
+    start, size = 0, len(data)
+    while start < size:
+        end = min(start + _CHUNK, size)
+        while end < size and data[end - 1] == 0x0D:
+            end += 1
+        out.append(_to_crlf(data[start:end]))
+        start = end
+    return b"".join(out)
+
+
+_CHUNK = 1 << 20
+
+
+def _to_crlf(data: bytes) -> bytes:
+    n = data.count(b"\n")
+    if n == 0 or n == data.count(b"\r\n"):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
