@@ -212,8 +212,8 @@ def test_user_pass_stat_list_retr_top_uidl_noop_quit(pop3: Pop3Harness) -> None:
     assert c.noop().startswith(b"+OK")
     resp, uidls, _ = c.uidl()
     v = pop3.uidvalidity()
-    assert [ln.split()[1].decode() for ln in uidls] == [f"{m.uid:08X}{v:08X}" for m in msgs]
-    assert c.uidl(2) == b"+OK 2 " + f"{msgs[1].uid:08X}{v:08X}".encode()
+    assert [ln.split()[1].decode() for ln in uidls] == [f"{m.uid:08x}{v:08x}" for m in msgs]
+    assert c.uidl(2) == b"+OK 2 " + f"{msgs[1].uid:08x}{v:08x}".encode()
     assert c.quit().startswith(b"+OK")
 
 

@@ -306,11 +306,11 @@ def test_list_and_uidl_single_message() -> None:
     d = Driver()
     d.login()
     assert d.feed(b"LIST 2\r\n") == f"+OK 2 {len(MSG2)}\r\n".encode()
-    assert d.feed(b"UIDL 3\r\n") == f"+OK 3 {205:08X}{UIDVALIDITY:08X}\r\n".encode()
+    assert d.feed(b"UIDL 3\r\n") == f"+OK 3 {205:08x}{UIDVALIDITY:08x}\r\n".encode()
 
 
 def test_uidl_is_dovecot_format_uid_then_uidvalidity() -> None:
-    assert P.uidl_for(0x5F00AB12, 101) == "000000655F00AB12"
+    assert P.uidl_for(0x5F00AB12, 101) == "000000655f00ab12"
     d = Driver()
     d.login()
     out = d.feed(b"UIDL\r\n")

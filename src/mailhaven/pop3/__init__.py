@@ -6,7 +6,8 @@ UPDATE step that expunges messages deleted with DELE, durably, before the final 
 Does not own: message storage and change events (store/), passwords (auth/), throttling and
 connection counting (limits), TLS contexts (tls).
 
-UIDL values are Dovecot's default format `%08Xu%08Xv` (IMAP UID then UIDVALIDITY, 8 upper-case hex
-digits each), so they match IMAP's identity of a message and survive a migration from Dovecot.
+UIDL values are Dovecot's default format `%08Xu%08Xv` (IMAP UID then UIDVALIDITY, 8 lower-case hex
+digits each, as Dovecot really prints them), so they follow IMAP's identity of a message and survive
+a migration from Dovecot (same UIDLs: clients do not download everything again).
 The maildrop is the INBOX as it was at login; mail arriving later shows in the next session.
 """

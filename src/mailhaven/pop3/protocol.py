@@ -35,7 +35,8 @@ Deletions are only marks until QUIT in TRANSACTION (RFC 1939 §6); a connection 
 never reaches UPDATE, so nothing is deleted.
 
 UIDL format: Dovecot's default `pop3_uidl_format = %08Xu%08Xv`, that is the IMAP UID then the
-UIDVALIDITY, each as 8 upper-case hex digits. The same message keeps the same UIDL across sessions
+UIDVALIDITY, each as 8 hex digits. Dovecot's %X prints lower-case hex (checked against Dovecot
+2.3 by bench/bench_pop3.py), so we do too. The same message keeps the same UIDL across sessions
 and across IMAP, and a Maildir migrated from Dovecot (UIDs kept from dovecot-uidlist) keeps the
 UIDLs clients already know, so they do not download everything again.
 """
@@ -100,8 +101,9 @@ R_INTERNAL = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for 
 
 
 def uidl_for(uidvalidity: int, uid: int) -> str:
-    """The UIDL of a message: Dovecot's `%08Xu%08Xv` (UID, then UIDVALIDITY, upper-case hex)."""
-    return f"{uid:08X}{uidvalidity:08X}"
+    """The UIDL of a message: Dovecot's `%08Xu%08Xv` (UID, then UIDVALIDITY, lower-case hex as
+    Dovecot prints it)."""
+    return f"{uid:08x}{uidvalidity:08x}"
 
 
 @dataclass(frozen=True, slots=True)
