@@ -1,0 +1,292 @@
+"""POP3 benchmark: Mailhaven beside Dovecot on copies of the same 10,000-message Maildir.
+
+    python bench/bench_pop3.py [--messages 10000] [--size 4096] [--retr 1000] [--runs 3] [--no-dovecot]
+
+What it does, all under one temporary directory, loopback only, nothing in /etc touched:
+- writes N messages of about SIZE octets (LF line endings, as Postfix delivers them) into a Maildir,
+  with Dovecot-style names (`,S=<file size>,W=<CRLF size>`), and copies it for each server;
+- starts Mailhaven (`python -m mailhaven -c <config> serve`, a POP3 listener only) and Dovecot
+  (`/usr/sbin/dovecot -c <config>`, POP3 only, passwd-file with the SAME argon2id hash as Mailhaven's
+  users file, so login cost is comparable; pop3_uidl_format %08Xu%08Xv like ours);
+- one warm-up session per server (each builds its index on first access; that time is reported as
+  "first login (cold)"), then RUNS rounds of: connect+USER/PASS, STAT, LIST, UIDL, QUIT; and
+  login + RETR of the first R messages + QUIT. Same client (poplib) for both. Reports medians.
+- Dovecot runs first; Mailhaven then serves a copy of Dovecot's Maildir (with the dovecot-uidlist
+  Dovecot wrote, index files left out), as after a migration;
+- checks that both servers report the same STAT and the same LIST sizes (exactness), and whether
+  the UIDLs match (they should: same UIDs and UIDVALIDITY, same %08Xu%08Xv format).
+
+Run as root (Dovecot needs it to start; mail is owned by `nobody`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import poplib
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+USER = "alice@example.test"
+PASSWORD = "secret"
+DOVECOT = "/usr/sbin/dovecot"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(100).startswith(b"+OK"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not start on port {port}")
+
+
+def make_maildir(root: Path, count: int, size: int) -> int:
+    """A Maildir with `count` messages in new/; returns the total CRLF octets."""
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    filler = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+              "incididunt ut labore et dolore magna aliqua.")
+    total = 0
+    now = int(time.time()) - 3600
+    for i in range(1, count + 1):
+        head = (f"Return-Path: <sender@example.org>\nFrom: Sender <sender@example.org>\n"
+                f"To: Alice <{USER}>\nSubject: bench message {i}\n"
+                f"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <bench{i}@example.org>\n\n")
+        body = []
+        n = len(head)
+        j = 0
+        while n < size:
+            line = f"{j:05d} {filler}"[: max(1, min(100, size - n - 1))]
+            if j % 17 == 3:
+                line = "." + line  # dot-stuffing gets exercised
+            body.append(line)
+            n += len(line) + 1
+            j += 1
+        data = (head + "\n".join(body) + "\n").encode()
+        vsize = len(data) + data.count(b"\n")
+        total += vsize
+        name = f"{now + i}.M{i}P1Q{i}.bench,S={len(data)},W={vsize}"
+        (root / "new" / name).write_bytes(data)
+    return total
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+def start_mailhaven(work: Path, maildir: Path, pw_hash: str) -> tuple[subprocess.Popen[bytes], int]:
+    data = work / "mh-data"
+    user_dir = data / "mail" / "example.test" / "alice"
+    user_dir.parent.mkdir(parents=True)
+    shutil.copytree(maildir, user_dir, ignore=shutil.ignore_patterns("dovecot.index*"))
+    users = work / "mh-users.toml"
+    users.write_text(f'[users."{USER}"]\npassword = "{pw_hash}"\n')
+    port = free_port()
+    cfg = work / "mailhaven.toml"
+    cfg.write_text(
+        f'hostname = "localhost"\ndata_dir = "{data}"\nusers_file = "{users}"\n'
+        f'[domains."example.test"]\n[auth]\nallow_plaintext_loopback = true\nfailure_delay = 0\n'
+        f'[log]\nlevel = "warning"\n'
+        f'[listeners.pop3]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n')
+    env = {k: v for k, v in os.environ.items() if k != "MAILHAVEN_FAST_HASH"}
+    proc = subprocess.Popen([sys.executable, "-m", "mailhaven", "-c", str(cfg), "serve"],
+                            stdout=open(work / "mailhaven.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    wait_port(port, proc, "mailhaven")
+    return proc, port
+
+
+def start_dovecot(work: Path, maildir: Path, pw_hash: str) -> tuple[Path, int]:
+    dv = work / "dovecot"
+    for d in ("conf", "run", "state", "home"):
+        (dv / d).mkdir(parents=True)
+    mail = dv / "mail"
+    shutil.copytree(maildir, mail)
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(mail), str(dv / "home")], check=True)
+    os.chmod(dv, 0o755)
+    os.chmod(work, 0o755)
+    port = free_port()
+    users = dv / "conf" / "users"
+    users.write_text(f"{USER}:{{ARGON2ID}}{pw_hash}:65534:65534::{dv / 'home'}::userdb_mail=maildir:{mail}\n")
+    conf = dv / "conf" / "dovecot.conf"
+    conf.write_text(f"""# generated by bench_pop3.py
+protocols = pop3
+listen = 127.0.0.1
+instance_name = bench-pop3-{os.getpid()}
+base_dir = {dv / 'run'}
+state_dir = {dv / 'state'}
+log_path = {dv / 'dovecot.log'}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 65534
+last_valid_uid = 65534
+pop3_uidl_format = %08Xu%08Xv
+mail_max_userip_connections = 100
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+""")
+    subprocess.run([DOVECOT, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL)
+    wait_port(port, None, "dovecot")
+    return conf, port
+
+
+def stop_dovecot(conf: Path) -> None:
+    subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+
+
+# --- measurements --------------------------------------------------------------------------------
+
+
+def listing_session(port: int) -> dict[str, float | object]:
+    t0 = time.perf_counter()
+    c = poplib.POP3("127.0.0.1", port, timeout=300)
+    c.user(USER)
+    c.pass_(PASSWORD)
+    t1 = time.perf_counter()
+    stat = c.stat()
+    t2 = time.perf_counter()
+    _, listing, _ = c.list()
+    t3 = time.perf_counter()
+    _, uidls, _ = c.uidl()
+    t4 = time.perf_counter()
+    c.quit()
+    return {"login": t1 - t0, "stat": t2 - t1, "list": t3 - t2, "uidl": t4 - t3, "all": t4 - t0,
+            "_stat": stat, "_list": listing, "_uidl": uidls}
+
+
+def retr_session(port: int, n: int) -> tuple[float, int]:
+    c = poplib.POP3("127.0.0.1", port, timeout=300)
+    c.user(USER)
+    c.pass_(PASSWORD)
+    octets = 0
+    t0 = time.perf_counter()
+    for i in range(1, n + 1):
+        octets += c.retr(i)[2]
+    t1 = time.perf_counter()
+    c.quit()
+    return t1 - t0, octets
+
+
+def measure(name: str, port: int, runs: int, retr: int) -> dict[str, object]:
+    t0 = time.perf_counter()
+    first = listing_session(port)
+    cold = time.perf_counter() - t0
+    rounds = [listing_session(port) for _ in range(runs)]
+    retrs = [retr_session(port, retr) for _ in range(runs)]
+    out: dict[str, object] = {"cold": cold, "first": first}
+    for key in ("login", "stat", "list", "uidl", "all"):
+        out[key] = statistics.median(float(r[key]) for r in rounds)  # type: ignore[arg-type]
+    out["retr"] = statistics.median(t for t, _ in retrs)
+    out["retr_octets"] = retrs[0][1]
+    print(f"  {name}: done", file=sys.stderr)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--retr", type=int, default=1000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-dovecot", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+
+    from mailhaven.auth.passwords import hash_password
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pop3-"))
+    mh_proc: subprocess.Popen[bytes] | None = None
+    dv_conf: Path | None = None
+    try:
+        src = work / "Maildir"
+        total = make_maildir(src, args.messages, args.size)
+        pw_hash = hash_password(PASSWORD)
+        print(f"maildir: {args.messages} messages, {total} octets (CRLF), in {work}", file=sys.stderr)
+        results: dict[str, dict[str, object]] = {}
+        use_dovecot = not args.no_dovecot and Path(DOVECOT).exists() and os.geteuid() == 0
+        mh_src = src
+        if use_dovecot:
+            dv_conf, dv_port = start_dovecot(work, src, pw_hash)
+            results["dovecot"] = measure("dovecot", dv_port, args.runs, args.retr)
+            # Mailhaven gets Dovecot's Maildir as a migration would: same files, with the
+            # dovecot-uidlist Dovecot wrote, so UIDs (and thus UIDLs) should carry over.
+            mh_src = work / "dovecot" / "mail"
+        mh_proc, mh_port = start_mailhaven(work, mh_src, pw_hash)
+        results["mailhaven"] = measure("mailhaven", mh_port, args.runs, args.retr)
+        mh = results["mailhaven"]
+        first = mh["first"]
+        assert first["_stat"] == (args.messages, total), (first["_stat"], total)  # type: ignore[index]
+        print(f"\nPOP3, {args.messages} messages of ~{args.size} octets, medians of {args.runs} runs "
+              f"(seconds; ratio = mailhaven / dovecot)")
+        print(f"{'measure':<34}{'mailhaven':>12}{'dovecot':>12}{'ratio':>8}")
+        rows = [("first login (cold index)", "cold"), ("login (USER+PASS, argon2id)", "login"),
+                ("STAT", "stat"), ("LIST", "list"), ("UIDL", "uidl"),
+                ("login+STAT+LIST+UIDL", "all"), (f"RETR x {args.retr}", "retr")]
+        for label, key in rows:
+            a = float(mh[key])  # type: ignore[arg-type]
+            if "dovecot" in results:
+                b = float(results["dovecot"][key])  # type: ignore[arg-type]
+                print(f"{label:<34}{a:>12.4f}{b:>12.4f}{a / b if b else float('nan'):>8.2f}")
+            else:
+                print(f"{label:<34}{a:>12.4f}{'-':>12}{'-':>8}")
+        if "dovecot" in results:
+            dfirst = results["dovecot"]["first"]
+            same_stat = first["_stat"] == dfirst["_stat"]  # type: ignore[index]
+            same_list = first["_list"] == dfirst["_list"]  # type: ignore[index]
+            same_uidl = first["_uidl"] == dfirst["_uidl"]  # type: ignore[index]
+            print(f"\nsame STAT: {same_stat}; same LIST sizes: {same_list}; same UIDLs: {same_uidl}")
+            if not same_uidl:
+                print(f"  first UIDLs: mailhaven {first['_uidl'][:2]}, dovecot {dfirst['_uidl'][:2]}")  # type: ignore[index]
+            print(f"RETR octets (poplib count): mailhaven {mh['retr_octets']}, "
+                  f"dovecot {results['dovecot']['retr_octets']}")
+            if not (same_stat and same_list):
+                return 1
+        return 0
+    finally:
+        if mh_proc is not None:
+            mh_proc.send_signal(signal.SIGTERM)
+            try:
+                mh_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                mh_proc.kill()
+        if dv_conf is not None:
+            stop_dovecot(dv_conf)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
