@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -118,6 +119,50 @@ def test_user_add_list_passwd_del_with_password_on_stdin(initialised: Path) -> N
     assert mh("-c", c, "user", "del", "alice@example.test").returncode == 0
     assert mh("-c", c, "user", "list").stdout == "bob@example.test\n"
     assert stat.S_IMODE(users.stat().st_mode) == 0o600
+
+
+def _on_terminal(args: list[str], answers: list[str]) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its controlling tty; answer each prompt in turn."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+
+    def make_controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, "-m", "mailhaven", *args], stdin=slave, stdout=slave,
+                            stderr=slave, env=ENV, preexec_fn=make_controlling_tty)
+    os.close(slave)
+    seen = b""
+    try:
+        for answer in answers:
+            while b"Password" not in seen.rsplit(b"\n", 1)[-1]:
+                seen += os.read(master, 1024)
+            os.write(master, answer.encode() + b"\n")
+            seen += b"\n"
+        code = proc.wait(timeout=60)
+        with contextlib.suppress(OSError):
+            while chunk := os.read(master, 1024):
+                seen += chunk
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    return code, seen.decode(errors="replace")
+
+
+def test_user_add_on_a_terminal_asks_twice_and_refuses_a_mismatch(initialised: Path) -> None:
+    c = str(initialised)
+    code, out = _on_terminal(["-c", c, "user", "add", "carol@example.test"], ["one", "two"])
+    assert code == 1 and "mailhaven: passwords do not match" in out
+    assert "one" not in out and "two" not in out  # not echoed
+    code, out = _on_terminal(["-c", c, "user", "add", "carol@example.test"], ["t3rm", "t3rm"])
+    assert code == 0, out
+    entry = UsersFile.load(initialised.parent / "users.toml").get_user("carol@example.test")
+    assert entry is not None and passwords.verify_sync(entry.password, "t3rm")
 
 
 def test_user_commands_refuse_bad_input_with_one_line(initialised: Path) -> None:
