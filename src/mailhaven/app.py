@@ -34,6 +34,7 @@ import os
 import signal
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -469,7 +470,8 @@ async def _reloader(ctx: Context, configure_logging: bool) -> None:
     while True:
         await ctx._reload.wait()
         ctx._reload.clear()
-        sd_notify("RELOADING=1")
+        # MONOTONIC_USEC lets Type=notify-reload units match this reload to the SIGHUP (sd_notify(3)).
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             reload(ctx, configure_logging=configure_logging)
         finally:

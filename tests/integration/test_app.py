@@ -246,7 +246,9 @@ async def test_sd_notify_reports_ready_reloading_and_stopping(
         async with running_app(cfg) as ctx:
             assert await next_state() == "READY=1"
             ctx.request_reload()
-            assert await next_state() == "RELOADING=1"
+            reloading = (await next_state()).split("\n")
+            assert reloading[0] == "RELOADING=1"
+            assert reloading[1].startswith("MONOTONIC_USEC=") and int(reloading[1].split("=")[1]) > 0
             assert await next_state() == "READY=1"
         assert await next_state() == "STOPPING=1"
     finally:
