@@ -72,7 +72,7 @@ class ListenerConfig:
     tls: TlsMode = opt("none", "TLS mode: \"none\", \"starttls\" (offered, upgrade in band) or \"implicit\".")
     max_connections: int = opt(500, "Most concurrent connections on this listener.", lo=1, hi=1_000_000)
     per_ip_connections: int = opt(20, "Most concurrent connections from one client IP.", lo=1, hi=1_000_000)
-    idle_timeout: float = opt(300.0, "Close a connection idle this long (IMAP IDLE uses imap.idle_timeout).",
+    idle_timeout: float = opt(300.0, "Close a connection idle this long (imap and imaps default to 30m, RFC 3501 §5.4).",
                               lo=1, duration=True)
 
 
