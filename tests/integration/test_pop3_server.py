@@ -592,3 +592,53 @@ def test_session_end_is_logged_with_counts(pop3: Pop3Harness, caplog: pytest.Log
     line = next(r.message for r in caplog.records if "session end" in r.message)
     assert f"user={ALICE}" in line and "ip=127.0.0.1" in line
     assert "retrieved=2" in line and "deleted=1" in line
+
+
+# --- through app.py -------------------------------------------------------------------------------
+
+
+async def test_app_serves_pop3s_and_a_stop_says_goodbye_without_update(
+        app_config: Any, client_ssl_context: ssl.SSLContext) -> None:
+    from tests.fixtures_server import add_user, running_app
+
+    add_user(app_config, ALICE, PASSWORD)
+    async with running_app(app_config) as ctx:
+        await ctx.store.deliver([(ALICE, "INBOX")], make_message(1))
+        await ctx.store.deliver([(ALICE, "INBOX")], make_message(2))
+        port = ctx.port("pop3s")
+
+        def fetch() -> tuple[int, bytes]:
+            c = poplib.POP3_SSL("127.0.0.1", port, context=client_ssl_context, timeout=10)
+            c.user(ALICE)
+            c.pass_(PASSWORD)
+            n = c.stat()[0]
+            _, lines, _ = c.retr(1)
+            c.quit()
+            return n, b"\r\n".join(lines)
+
+        n, first = await asyncio.to_thread(fetch)
+        assert n == 2 and b"Subject: message 1" in first
+
+        def open_session() -> Any:
+            c = poplib.POP3_SSL("127.0.0.1", port, context=client_ssl_context, timeout=10)
+            c.user(ALICE)
+            c.pass_(PASSWORD)
+            c.dele(1)
+            return c
+
+        c = await asyncio.to_thread(open_session)
+        t0 = time.monotonic()
+        ctx.request_stop()
+        line = await asyncio.to_thread(c.file.readline)
+        assert line == b"-ERR [SYS/TEMP] Server shutting down.\r\n"
+        assert time.monotonic() - t0 < app_config.shutdown_deadline
+        c.close()
+    from mailhaven.store import Store
+
+    store = Store(app_config.mail_root, hostname="x")
+    await store.start()
+    try:
+        mailbox = await store.account(ALICE).mailbox("INBOX")
+        assert len((await mailbox.snapshot()).messages) == 2  # the DELE was never committed
+    finally:
+        await store.close()
