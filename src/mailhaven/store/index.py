@@ -17,7 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailhaven.store import maildir
+
 FILENAME = "mailhaven-index.sqlite"
+UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
 SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -64,6 +67,8 @@ class MailboxRow:
 class Index:
     def __init__(self, user_root: Path, *, durable: bool) -> None:
         self.path = user_root / FILENAME
+        self._uv_path = user_root / UIDVALIDITY_FILENAME
+        self._durable = durable
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a committed UID assignment survives power loss, so UIDs are never handed out twice.
@@ -78,19 +83,33 @@ class Index:
     # -- account level ---------------------------------------------------------------------------
 
     def next_uidvalidity(self) -> int:
-        """A UIDVALIDITY larger than any given before in this index (time based, RFC 3501 §2.3.1.1)."""
+        """A UIDVALIDITY larger than any given before for this user (RFC 3501 §2.3.1.1).
+
+        Time based, and above the last one recorded both here and in the small file
+        `mailhaven-uidvalidity` (like Dovecot's dovecot-uidvalidity), which survives the loss of the
+        index, so a folder rebuilt without its UIDs never gets its old UIDVALIDITY back."""
         row = self._db.execute("SELECT v FROM meta WHERE k='last_uidvalidity'").fetchone()
-        last = int(row[0]) if row else 0
+        last = max(int(row[0]) if row else 0, self._file_uidvalidity())
         value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
-        self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)", (str(value),))
+        self._remember(value)
         return value
+
+    def _file_uidvalidity(self) -> int:
+        try:
+            text = self._uv_path.read_text("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return 0
+        return int(text) if text.isdigit() and len(text) < 11 else 0
+
+    def _remember(self, value: int) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)", (str(value),))
+        maildir.atomic_write(self._uv_path, f"{value}\n".encode(), fsync=self._durable)
 
     def note_uidvalidity(self, value: int) -> None:
         """Remember a UIDVALIDITY imported from disk so later ones are larger."""
         row = self._db.execute("SELECT v FROM meta WHERE k='last_uidvalidity'").fetchone()
-        if not row or int(row[0]) < value:
-            self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)",
-                             (str(value),))
+        if max(int(row[0]) if row else 0, self._file_uidvalidity()) < value:
+            self._remember(value)
 
     def special_uses(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT name, use FROM special_use").fetchall())
