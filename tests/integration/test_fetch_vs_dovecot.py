@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from mailhaven.imap import encode, fetchitems
+from mailhaven.imap import encode, fetchitems, parser, search
 from mailhaven.message import mime
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -123,8 +123,8 @@ service imap-login {{
                 os.kill(pid, 0)
                 time.sleep(0.05)
 
-    def add_message(self, name: str, data: bytes, mtime: float) -> None:
-        path = self.maildir / "cur" / f"{int(mtime)}.{name}.test:2,"
+    def add_message(self, name: str, data: bytes, mtime: float, flags: str = "") -> None:
+        path = self.maildir / "cur" / f"{int(mtime)}.{name}.test:2,{flags}"
         path.write_bytes(data)
         os.utime(path, (mtime, mtime))
         if os.geteuid() == 0:
@@ -138,13 +138,13 @@ service imap-login {{
 
 
 @contextlib.contextmanager
-def running_dovecot(files: list[tuple[str, bytes, float]]) -> Iterator[Dovecot]:
+def running_dovecot(files: list[tuple[str, bytes, float, str]]) -> Iterator[Dovecot]:
     root = Path(tempfile.mkdtemp(prefix="mh-dovecot-"))
     d = Dovecot(root)
     try:
-        for name, data, mtime in files:
+        for name, data, mtime, flags in files:
             (d.maildir / "cur").mkdir(parents=True, exist_ok=True)
-            d.add_message(name, data, mtime)
+            d.add_message(name, data, mtime, flags)
         d.start()
         yield d
     finally:
@@ -236,11 +236,25 @@ def _mtime(i: int) -> float:
     return BASE_TIME + i * 86400 + i * 3571
 
 
+# Maildir info flags per message (cycled), and what they mean in IMAP (RFC 3501 §2.3.2).
+MAILDIR_FLAGS = ["", "S", "FS", "RS", "D", "DS", "", "T", "FRS", "S"]
+_FLAG_NAMES = {"D": "\\Draft", "F": "\\Flagged", "R": "\\Answered", "S": "\\Seen", "T": "\\Deleted"}
+
+
+def _flags(i: int) -> str:
+    return MAILDIR_FLAGS[i % len(MAILDIR_FLAGS)]
+
+
+def _imap_flags(i: int) -> frozenset[str]:
+    # Every message is \Recent: the fixture's session is the first to see them.
+    return frozenset({_FLAG_NAMES[ch] for ch in _flags(i)} | {"\\Recent"})
+
+
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[tuple[Dovecot, imaplib.IMAP4]]:
     if not os.path.exists(DOVECOT):
         pytest.skip("dovecot is not installed")
-    files = [(p.stem, p.read_bytes(), _mtime(i)) for i, p in enumerate(SAMPLES)]
+    files = [(p.stem, p.read_bytes(), _mtime(i), _flags(i)) for i, p in enumerate(SAMPLES)]
     with running_dovecot(files) as d:
         c = d.client()
         typ, data = c.select("INBOX")
@@ -330,3 +344,83 @@ def test_fetch_items_match_dovecot_byte_for_byte(dovecot: tuple[Dovecot, imaplib
         elif theirs[name] != value:
             diffs.append(f"{item}:\n  dovecot: {theirs[name]!r}\n  ours:    {value!r}")
     assert not diffs, f"{sample.name}: {len(diffs)} differences\n" + "\n".join(diffs)
+
+
+# --------------------------------------------------------------------------- SEARCH
+
+SEARCH_KEYS = [
+    "ALL", "SEEN", "UNSEEN", "FLAGGED", "UNFLAGGED", "DELETED", "UNDELETED", "ANSWERED", "DRAFT",
+    "RECENT", "NEW", "OLD", "NOT SEEN", "OR FLAGGED DRAFT", "1:5", "2,4,6:*", "*", "UID 3:7", "UID 25:*",
+    'SUBJECT "lunch"', 'SUBJECT "LUNCH ON"', 'SUBJECT "Grüße"', 'SUBJECT "prüfung"', "SUBJECT \"\"",
+    'SUBJECT "If you can read this you understand"', 'SUBJECT "folded over several"',
+    'SUBJECT "Tab before and double"', 'SUBJECT "second subject"', 'SUBJECT "first subject"',
+    'SUBJECT "Ünïcödé"', 'SUBJECT "she said \\"hi\\""',
+    'HEADER X-Custom-Header "magicvalue"', 'HEADER X-Custom-Header ""', 'HEADER Message-ID "folded"',
+    'HEADER Content-Type "multipart/mixed"', 'HEADER X-Note "smile"', 'HEADER X-Empty ""',
+    'HEADER Received "4F2A1"', 'HEADER In-Reply-To "b@example"',
+    'FROM "alice"', 'FROM "Alice Example"', 'FROM "andré"', 'FROM "Jürgen Groß"', 'FROM "example.com"',
+    'FROM "second@example.com"', 'FROM "Mail Delivery"', 'FROM "Quote \\"Q\\" Person"', "FROM \"zoë\"",
+    'TO "bob@example.net"', 'TO "undisclosed"', 'TO "Keith Moore"', 'TO "françois"', 'TO "ærøskøbing"',
+    'CC "straße"', 'CC "STRASSE"', 'CC "Friends"', 'CC "Bob B."', 'CC "missing"', 'BCC "mallory"',
+    'BCC "Dave"', 'TO "back\\\\slash"',
+    'BODY "lunch"', 'BODY "treasure"', 'BODY "übergrößen"', 'BODY "ÜBERGRÖSSEN"', 'BODY "café"',
+    'BODY "CAFÉ SOCIETY"', 'BODY "needle-in-attachment"', 'BODY "Gleichheitszeichen"', 'BODY "Köln"',
+    'BODY "Smørrebrød"', 'BODY "Content-Type"', 'BODY "inner part two"', 'BODY "Reporting-MTA"',
+    'BODY "hello world"', 'BODY "crème"', 'BODY "epilogue"', 'BODY "preamble"', 'BODY "=C3=9F"',
+    'BODY "Lunch on Friday"', 'BODY "Subject: hello"', 'BODY "From: zed"', 'BODY "not really a part"',
+    'TEXT "Content-Type: text/html"', 'TEXT "alice"', 'TEXT "Prüfung"', 'TEXT "treasure"',
+    'TEXT "lunch on friday"', 'TEXT "Forwarded message"', 'TEXT "x-uuencode"', 'TEXT "plain inner"',
+    'TEXT "MISSING_DOMAIN"', 'TEXT "Return-Path"',
+    "LARGER 1000", "SMALLER 500", "LARGER 557", "SMALLER 557",
+    "BEFORE 10-Jan-2024", "ON 5-Jan-2024", "SINCE 20-Jan-2024", "ON 1-Jan-2024",
+    "SENTBEFORE 10-Jan-2024", "SENTON 29-Jan-2024", "SENTSINCE 25-Jan-2024", "SENTON 12-Jan-2024",
+    "SENTON 20-Jan-2024", "NOT SENTBEFORE 1-Jan-2030",
+    'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
+    'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
+]
+
+
+def _wire_key(key: str) -> bytes:
+    """The key as sent: quoted strings with non-ASCII text become LITERAL+ literals (RFC 7888)."""
+    def lit(m: re.Match[str]) -> str:
+        text = m.group(0)
+        if text.isascii():
+            return text
+        raw = text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        return f"{{{len(raw.encode())}+}}\r\n{raw}"
+    return re.sub(r'"(?:[^"\\]|\\.)*"', lit, key).encode()
+
+
+class _Msg:
+    def __init__(self, i: int, data: bytes) -> None:
+        self.seq = self.uid = i + 1
+        self.flags = _imap_flags(i)
+        self.internaldate = _mtime(i)
+        self.size = fetchitems.rfc822_size(data)
+        self._data = data
+
+    def header(self) -> bytes:
+        return self._data[:fetchitems.header_end(mime.to_crlf(self._data))]
+
+    def message(self) -> bytes:
+        return self._data
+
+
+def test_search_results_match_dovecot(dovecot: tuple[Dovecot, imaplib.IMAP4]) -> None:
+    _, c = dovecot
+    msgs = [_Msg(i, p.read_bytes()) for i, p in enumerate(SAMPLES)]
+    ctx = search.SearchContext(max_seq=len(msgs), max_uid=len(msgs))
+    diffs = []
+    for key in SEARCH_KEYS:
+        wire = b"SEARCH CHARSET UTF-8 " + _wire_key(key)
+        tag = c._new_tag()  # type: ignore[attr-defined]
+        c.send(tag + b" " + wire + b"\r\n")
+        resp = _read_response(c, tag)
+        theirs = sorted(int(n) for r in resp if r.startswith(b"* SEARCH") for n in r[8:].split())
+        cmd = parser.parse_bytes(b"t " + wire)
+        assert isinstance(cmd, parser.Search)
+        ours = [m.seq for m in msgs if search.evaluate(cmd.criteria, m, ctx)]
+        if ours != theirs:
+            names = lambda seqs: [SAMPLES[n - 1].stem[:2] for n in seqs]  # noqa: E731
+            diffs.append(f"{key}: dovecot {names(theirs)} ours {names(ours)}")
+    assert not diffs, "\n".join(diffs)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
+from typing import Protocol
 
 from mailhaven.imap.encode import NIL, human_string, nlist, nstring, plist, string
 from mailhaven.message import mime
@@ -457,15 +458,37 @@ def find_part(tree: Part, path: Sequence[int]) -> Part | None:
     return part
 
 
-def body_section(msg: bytes, section: Section | str, partial: tuple[int, int | None] | None = None,
-                 tree: Part | None = None) -> bytes:
+class SectionLike(Protocol):
+    """commands.Section's shape: `part` numbers, `text` (None for the body), header `fields`."""
+
+    @property
+    def part(self) -> tuple[int, ...]: ...
+
+    @property
+    def text(self) -> str | None: ...
+
+    @property
+    def fields(self) -> tuple[str, ...]: ...
+
+
+def as_section(section: Section | SectionLike | str) -> Section:
+    """A Section from section text, a Section, or a parser `commands.Section`."""
+    if isinstance(section, Section):
+        return section
+    if isinstance(section, str):
+        return parse_section(section)
+    return Section(tuple(section.part), section.text or "",
+                   tuple(f.encode("utf-8", "surrogateescape") for f in section.fields))
+
+
+def body_section(msg: bytes, section: Section | SectionLike | str,
+                 partial: tuple[int, int | None] | None = None, tree: Part | None = None) -> bytes:
     """The raw data of BODY[section]<origin.octets> (RFC 3501 §6.4.5), without the literal framing.
 
     A section naming no existing part gives b"" (as Dovecot does), never an error; an invalid
     section raises InvalidSection.
     """
-    if isinstance(section, str):
-        section = parse_section(section)
+    section = as_section(section)
     msg = mime.to_crlf(msg)
     data = _section_data(msg, section, tree)
     if partial is not None:

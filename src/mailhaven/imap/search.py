@@ -1,0 +1,393 @@
+"""Evaluation of IMAP SEARCH criteria against one message (RFC 3501 §6.4.4), as Dovecot does it.
+
+Owns: the meaning of each search key over a message's metadata and content: flags, sequence and
+UID sets, sizes, internal and sent dates, header fields, BODY and TEXT. The criteria are the
+`Search*` dataclasses of `imap/commands.py` (SearchAll, SearchFlag, SearchHeader, SearchText,
+SearchDate, SearchSize, SearchSet, SearchNot, SearchOr, SearchAnd).
+
+Does not own: parsing SEARCH (parser.py), rendering `* SEARCH` responses or CHARSET checks (session).
+
+Messages are given through the small `SearchMessage` protocol so the session never reads a body
+unless a key needs it: `header()` and `message()` are only called when a key asks for them
+(`needs()` tells ahead of time which are needed for a whole tree).
+
+Semantics (Dovecot 2.3 without full-text search):
+- Strings compare case-insensitively after Unicode canonical decomposition and simple upper-casing
+  of each character (close to RFC 5051 i;unicode-casemap, Dovecot's comparator), as substrings.
+- Header keys look at the top-level header only; values are unfolded and RFC 2047 encoded-words
+  decoded to Unicode (raw 8-bit taken as UTF-8). FROM/TO/CC/BCC match the addresses rewritten as
+  `Name <local@domain>` (display names decoded); SUBJECT has whitespace runs compressed. An empty
+  string matches any message that has the field (RFC 3501 §6.4.4 HEADER).
+- BODY searches the decoded (base64 / quoted-printable, charset converted) bodies of every text/*
+  and message/* leaf part (parts with no Content-Type are text/plain); TEXT searches the same plus
+  every header block of every part (the message's and the MIME parts').
+- BEFORE/ON/SINCE compare the internal date's calendar date in the server's time zone; SENT* compare
+  the first Date: field's own calendar date (its zone ignored, RFC 3501 §6.4.4); a message without
+  a usable Date: field counts as sent on 1 Jan 1970, as in Dovecot.
+- LARGER/SMALLER compare RFC822.SIZE strictly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import quopri
+import re
+import unicodedata
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, tzinfo
+from email.utils import parsedate_tz
+from typing import Protocol
+
+from mailhaven.imap import commands as c
+from mailhaven.imap.fetchitems import GROUP_END, header_end, parse_address_list
+from mailhaven.message import mime
+
+# --------------------------------------------------------------------------- input protocol
+
+
+class SearchMessage(Protocol):
+    """What the evaluator needs of one message. `header()`/`message()` may be slow (disk)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def flags(self) -> Collection[str]: ...  # system flags with backslash, "\\Recent" if recent
+
+    @property
+    def internaldate(self) -> float: ...  # seconds since the epoch
+
+    @property
+    def size(self) -> int: ...  # RFC822.SIZE
+
+    def header(self) -> bytes: ...  # the header block (may also be the whole message)
+
+    def message(self) -> bytes: ...  # the whole message
+
+
+@dataclass
+class Message:
+    """A ready-made SearchMessage over callables that load the bytes on first use."""
+
+    seq: int
+    uid: int
+    flags: Collection[str]
+    internaldate: float
+    size: int
+    load: Callable[[], bytes] | None = None
+    header_bytes: bytes | None = None
+    _data: bytes | None = field(default=None, repr=False)
+
+    def message(self) -> bytes:
+        if self._data is None:
+            self._data = self.load() if self.load is not None else (self.header_bytes or b"")
+        return self._data
+
+    def header(self) -> bytes:
+        if self.header_bytes is None:
+            data = self.message()
+            self.header_bytes = data[:header_end(data)]
+        return self.header_bytes
+
+
+@dataclass(frozen=True)
+class SearchContext:
+    """Mailbox-wide facts: the largest sequence number and UID (what "*" means, RFC 3501 §6.4.8)
+    and the server's time zone for internal dates (None: the local zone)."""
+
+    max_seq: int
+    max_uid: int
+    tz: tzinfo | None = None
+
+
+# --------------------------------------------------------------------------- text normalisation
+
+def fold(text: str) -> str:
+    """Comparator form: canonical decomposition, each character upper-cased when that keeps it one
+    character (RFC 5051 i;unicode-casemap uses simple titlecase mappings; so "ß" stays "ß")."""
+    text = unicodedata.normalize("NFD", text)
+    if text.isascii():
+        return text.upper()
+    out = []
+    for ch in text:
+        up = ch.upper()
+        out.append(up if len(up) == 1 else ch)
+    return "".join(out)
+
+
+_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(rb"\?=[ \t\r\n]+=\?")
+
+
+def _charset_decode(data: bytes, charset: str) -> str:
+    name = charset.split("*", 1)[0].strip().lower()  # RFC 2231 §5 language suffix
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        name = "utf-8"
+    try:
+        return data.decode(name, "replace")
+    except (LookupError, ValueError):
+        return data.decode("utf-8", "replace")
+
+
+def decode_header_value(value: bytes) -> str:
+    """Unfolded header value with RFC 2047 encoded-words decoded; other bytes taken as UTF-8."""
+    value = mime.unfold(value)
+    if b"=?" not in value:
+        return value.decode("utf-8", "replace")
+    out: list[str] = []
+    pos = 0
+    last_end = -1
+    for m in _ENCODED_WORD.finditer(value):
+        gap = value[pos:m.start()]
+        # RFC 2047 §6.2: whitespace between adjacent encoded-words is not displayed
+        if not (last_end == m.start() - len(gap) and last_end >= 0 and gap.strip(b" \t") == b""):
+            out.append(gap.decode("utf-8", "replace"))
+        charset, enc, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
+        if enc in (b"b", b"B"):
+            try:
+                raw = base64.b64decode(text + b"=" * (-len(text) % 4))
+            except (binascii.Error, ValueError):
+                raw = text
+        else:
+            raw = quopri.decodestring(text.replace(b"_", b" "), header=True)
+        out.append(_charset_decode(raw, charset))
+        pos = last_end = m.end()
+    out.append(value[pos:].decode("utf-8", "replace"))
+    return "".join(out)
+
+
+def _addresses_text(value: bytes) -> str:
+    """Address header rewritten as Dovecot matches it: `Name <local@domain>, group: a@b;`, with
+    display names quoted when they hold more than atext and spaces, then encoded-words decoded."""
+    parts: list[bytes] = []
+    for a in parse_address_list(value):
+        if a == GROUP_END:
+            if parts:
+                parts[-1] += b";"
+        elif a.host is None and a.mailbox is not None and a.adl is None and a.name is None:
+            parts.append(a.mailbox + b":")  # group start
+        else:
+            spec = (a.mailbox or b"") + (b"@" + a.host if a.host else b"")
+            if a.name:
+                parts.append(_maybe_quote(a.name) + b" <" + spec + b">")
+            else:
+                parts.append(spec)
+    return decode_header_value(b", ".join(parts))
+
+
+_PLAIN_NAME = mime.ATEXT | frozenset(b" \t")
+
+
+def _maybe_quote(name: bytes) -> bytes:
+    if all(ch in _PLAIN_NAME for ch in name):
+        return name
+    return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+
+# --------------------------------------------------------------------------- body text
+
+def _decode_body(data: bytes, encoding: bytes | None) -> bytes:
+    enc = (encoding or b"").strip().lower()
+    if enc == b"base64":
+        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
+        try:
+            return base64.b64decode(cleaned)
+        except (binascii.Error, ValueError):
+            return data
+    if enc == b"quoted-printable":
+        return quopri.decodestring(data)
+    return data
+
+
+def _is_searchable_body(part: mime.Part) -> bool:
+    if part.is_multipart:
+        return False
+    if part.ctype is None:
+        return True
+    return part.ctype.lower() in (b"text", b"message")
+
+
+class _Cache:
+    """Per-message memo of the decoded forms the keys need."""
+
+    __slots__ = ("msg", "_fields", "_full", "_tree", "_body", "_text")
+
+    def __init__(self, msg: SearchMessage) -> None:
+        self.msg = msg
+        self._fields: list[mime.Field] | None = None
+        self._full: bytes | None = None
+        self._tree: mime.Part | None = None
+        self._body: str | None = None
+        self._text: str | None = None
+
+    def fields(self) -> list[mime.Field]:
+        if self._fields is None:
+            hdr = mime.to_crlf(self.msg.header())
+            end = header_end(hdr)
+            self._fields = list(mime.iter_fields(hdr, 0, end))
+        return self._fields
+
+    def full(self) -> tuple[bytes, mime.Part]:
+        if self._full is None or self._tree is None:
+            self._full = mime.to_crlf(self.msg.message())
+            self._tree = mime.parse(self._full)
+        return self._full, self._tree
+
+    def body_text(self) -> str:
+        """Folded decoded text of every searchable leaf body, parts separated by NUL."""
+        if self._body is None:
+            data, tree = self.full()
+            chunks = []
+            for p in mime.walk(tree):
+                if p.children or not _is_searchable_body(p):
+                    continue
+                raw = _decode_body(data[p.body_start:p.body_end], p.encoding)
+                charset = p.param(b"charset")
+                text = _charset_decode(raw, charset.decode("ascii", "replace")) if charset \
+                    else raw.decode("utf-8", "replace")
+                chunks.append(fold(text))
+            self._body = "\0".join(chunks)
+        return self._body
+
+    def header_text(self) -> str:
+        """Folded decoded `Name: value` lines of every header block of every part."""
+        if self._text is None:
+            data, tree = self.full()
+            chunks = []
+            for p in mime.walk(tree):
+                lines = []
+                for f in mime.iter_fields(data, p.header_start, p.header_end):
+                    lines.append(f.name.decode("utf-8", "replace") + ": " + decode_header_value(f.value))
+                chunks.append(fold("\r\n".join(lines)))
+            self._text = "\0".join(chunks)
+        return self._text
+
+
+# --------------------------------------------------------------------------- evaluation
+
+_ADDRESS_FIELDS = frozenset({"FROM", "TO", "CC", "BCC"})
+
+
+def _header_match(cache: _Cache, name: str, value: str) -> bool:
+    lname = name.lower().encode("utf-8", "replace")
+    uname = name.upper()
+    needle = fold(value)
+    for f in cache.fields():
+        if f.name.lower() != lname:
+            continue
+        if not value:
+            return True  # RFC 3501 §6.4.4 HEADER: empty string matches any message with the field
+        if uname in _ADDRESS_FIELDS:
+            text = _addresses_text(f.value)
+        else:
+            text = decode_header_value(f.value)
+            if uname == "SUBJECT":
+                text = " ".join(text.split())
+        if needle in fold(text):
+            return True
+    return False
+
+
+def _local_date(ts: float, tz: tzinfo | None) -> date:
+    if tz is None:
+        return datetime.fromtimestamp(ts).date()
+    return datetime.fromtimestamp(ts, tz).date()
+
+
+_NO_DATE = date(1970, 1, 1)  # Dovecot's sent date for a missing or unparsable Date: field
+
+
+def _sent_date(cache: _Cache) -> date:
+    """The calendar date of the first Date: field in its own zone (RFC 3501 §6.4.4 SENT*)."""
+    value = next((f.value for f in cache.fields() if f.name.lower() == b"date"), None)
+    if value is None:
+        return _NO_DATE
+    parsed = parsedate_tz(mime.unfold(value).decode("ascii", "replace"))
+    if parsed is None:
+        return _NO_DATE
+    try:
+        return date(parsed[0], parsed[1], parsed[2])
+    except ValueError:
+        return _NO_DATE
+
+
+def _compare(op: str, have: date, want: date) -> bool:
+    if op == "before":
+        return have < want
+    if op == "on":
+        return have == want
+    return have >= want  # since
+
+
+def _eval(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext, cache: _Cache) -> bool:
+    if isinstance(key, c.SearchAnd):
+        return all(_eval(k, msg, ctx, cache) for k in key.keys)
+    if isinstance(key, c.SearchAll):
+        return True
+    if isinstance(key, c.SearchFlag):
+        want = key.flag.lower()
+        has = any(f.lower() == want for f in msg.flags)
+        return has == key.present
+    if isinstance(key, c.SearchSet):
+        if key.uid:
+            return key.set.contains(msg.uid, ctx.max_uid)
+        return key.set.contains(msg.seq, ctx.max_seq)
+    if isinstance(key, c.SearchSize):
+        return msg.size > key.size if key.op == "larger" else msg.size < key.size
+    if isinstance(key, c.SearchNot):
+        return not _eval(key.key, msg, ctx, cache)
+    if isinstance(key, c.SearchOr):
+        return _eval(key.left, msg, ctx, cache) or _eval(key.right, msg, ctx, cache)
+    if isinstance(key, c.SearchDate):
+        if key.sent:
+            return _compare(key.op, _sent_date(cache), key.date)
+        return _compare(key.op, _local_date(msg.internaldate, ctx.tz), key.date)
+    if isinstance(key, c.SearchHeader):
+        return _header_match(cache, key.field, key.value)
+    if isinstance(key, c.SearchText):
+        needle = fold(key.value)
+        if needle in cache.body_text():
+            return True
+        return key.headers and needle in cache.header_text()
+    raise TypeError(f"unknown search key {key!r}")
+
+
+def evaluate(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext) -> bool:
+    """Does `msg` match the search key tree `key`?"""
+    return _eval(key, msg, ctx, _Cache(msg))
+
+
+def search(key: c.SearchKey, msgs: Iterable[SearchMessage], ctx: SearchContext) -> list[SearchMessage]:
+    """The messages of `msgs` that match `key`, in order."""
+    return [m for m in msgs if evaluate(key, m, ctx)]
+
+
+def needs(key: c.SearchKey) -> frozenset[str]:
+    """Which message data `key` may read: a subset of {"header", "body"} (body implies all bytes).
+
+    With an empty set the session can answer from its index alone.
+    """
+    out: set[str] = set()
+    stack: list[c.SearchKey] = [key]
+    while stack:
+        k = stack.pop()
+        if isinstance(k, c.SearchAnd):
+            stack.extend(k.keys)
+        elif isinstance(k, c.SearchNot):
+            stack.append(k.key)
+        elif isinstance(k, c.SearchOr):
+            stack.extend((k.left, k.right))
+        elif isinstance(k, c.SearchHeader) or (isinstance(k, c.SearchDate) and k.sent):
+            out.add("header")
+        elif isinstance(k, c.SearchText):
+            out.add("body")
+    return frozenset(out)
