@@ -589,9 +589,11 @@ def test_session_end_is_logged_with_counts(pop3: Pop3Harness, caplog: pytest.Log
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not any("session end" in r.message for r in caplog.records):
         time.sleep(0.02)
-    line = next(r.message for r in caplog.records if "session end" in r.message)
-    assert f"user={ALICE}" in line and "ip=127.0.0.1" in line
-    assert "retrieved=2" in line and "deleted=1" in line
+    record = next(r for r in caplog.records if "session end" in r.message)
+    fields = record.mh_fields  # type: ignore[attr-defined]
+    assert fields["user"] == ALICE and fields["ip"] == "127.0.0.1"
+    assert fields["retrieved"] == 2 and fields["deleted"] == 1 and fields["reason"] == "logout"
+    assert getattr(record, "mh_proto", "pop3") == "pop3"
 
 
 # --- through app.py -------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from mailhaven import log as mhlog
 from mailhaven.config import ListenerConfig
 from mailhaven.pop3 import protocol as P
 from mailhaven.pop3.protocol import (
@@ -188,6 +189,10 @@ class _Connection(asyncio.Protocol):
     # -- the session ----------------------------------------------------------------------------------
 
     async def _main(self) -> None:
+        with mhlog.context(proto="pop3", remote=self.ip):
+            await self._session()
+
+    async def _session(self) -> None:
         ctx, name = self.ctx, self.listener.name
         cfg = ctx.config  # read per session: a reload may have replaced it
         lc: ListenerConfig = cfg.listeners.get(name, self.listener.lc)
@@ -228,10 +233,10 @@ class _Connection(asyncio.Protocol):
             if sessions is not None:
                 sessions.discard(transport)
             s = self.session
-            log.info("pop3 session end: listener=%s ip=%s user=%s retrieved=%d deleted=%d reason=%s "
-                     "duration=%.3fs", name, self.ip, (s.user if s else None) or "-",
-                     s.retrieved_count if s else 0, s.deleted_count if s else 0, reason,
-                     time.monotonic() - started)
+            mhlog.event(log, "pop3 session end", listener=name, ip=self.ip,
+                        user=(s.user if s else None) or "-", retrieved=s.retrieved_count if s else 0,
+                        deleted=s.deleted_count if s else 0, reason=reason,
+                        duration=round(time.monotonic() - started, 3))
 
     async def _watch_stop(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
@@ -301,7 +306,7 @@ class _Connection(asyncio.Protocol):
         ctx = self.ctx
         limits = getattr(ctx, "limits", None)
         if limits is not None and not await limits.before_auth(self.ip, ev.login):
-            log.info("pop3 login refused (throttled): ip=%s login=%r", self.ip, ev.login[:100])
+            mhlog.event(log, "pop3 login refused (throttled)", login=ev.login)
             session.auth_throttled()
             return
         directory = getattr(ctx, "directory", None)
@@ -309,11 +314,12 @@ class _Connection(asyncio.Protocol):
         if user is None:
             if limits is not None:
                 limits.auth_failed(self.ip, ev.login)
-            log.info("pop3 login failed: ip=%s login=%r", self.ip, ev.login[:100])
+            mhlog.event(log, "pop3 login failed", login=ev.login)
             session.auth_failed()
             return
         if limits is not None:
             limits.auth_succeeded(self.ip, ev.login)
+        mhlog.set_user(user)
         session.auth_succeeded(user)
 
     async def _load_maildrop(self, session: Session, ev: LoadMaildrop) -> None:
