@@ -375,6 +375,11 @@ SEARCH_KEYS = [
     "BEFORE 10-Jan-2024", "ON 5-Jan-2024", "SINCE 20-Jan-2024", "ON 1-Jan-2024",
     "SENTBEFORE 10-Jan-2024", "SENTON 29-Jan-2024", "SENTSINCE 25-Jan-2024", "SENTON 12-Jan-2024",
     "SENTON 20-Jan-2024", "NOT SENTBEFORE 1-Jan-2030",
+    'FROM "john doe"', 'CC "Giant"', 'CC "Giant; \\"Big\\" Box"', 'BCC "Pete"', 'BCC "chap"', 'BCC "192.0.2.7"',
+    'TO "Joe Q. Public"', 'CC "A Group"', 'HEADER Reply-To "middle comment"',
+    'SUBJECT "encoded words"', 'SUBJECT "encoded_words"', 'HEADER Subject ""', 'HEADER Message-ID ""',
+    'BODY "alt text"', 'BODY "First entry body"', 'TEXT "first digest entry"', 'BODY "inner body"',
+    'BODY "partial body"', 'BODY "upper body"', 'TEXT "global inner"', 'BODY "two blank lines"',
     'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
     'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
 ]

@@ -14,9 +14,11 @@ Dovecot conventions kept here (checked by tests/integration/test_fetch_vs_doveco
   The last Date/Subject/Message-ID/In-Reply-To field wins; address fields accumulate all fields.
   Sender and Reply-To default to From (RFC 3501 §7.4.2). Addresses lacking a local part or domain
   get "MISSING_MAILBOX" / "MISSING_DOMAIN".
-- BODYSTRUCTURE keeps the case of types and parameters as written; a missing Content-Type is
-  "text" "plain" ("charset" "us-ascii"); text parts without a charset get ("charset" "us-ascii")
-  first; a missing encoding is "7bit"; a multipart without parts shows one empty text/plain part.
+- BODYSTRUCTURE keeps the case of types and parameters as written (but message/rfc822 is always
+  "message" "rfc822"); a missing Content-Type is "text" "plain" ("charset" "us-ascii"); text parts
+  without a charset get "charset" "us-ascii" after their other parameters; a missing encoding is
+  "7bit"; a multipart without parts shows one empty text/plain part. Content-ID, -Description,
+  -Location and -MD5 are unfolded but keep trailing whitespace.
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ def _mailbox(lex: Lexer, out: list[Address]) -> None:
     _addr_spec(lex, out)
 
 
+_ADDRESS_START = mime.ATEXT | frozenset(b'."<@:')
+
+
 def parse_address_list(value: bytes) -> list[Address]:
     """Addresses in an address-list header value (RFC 5322 §3.4) as ENVELOPE wants them."""
     lex = Lexer(value)
@@ -195,6 +200,10 @@ def parse_address_list(value: bytes) -> list[Address]:
             lex.pos += 1
             continue
         before = lex.pos
+        if c not in _ADDRESS_START:
+            # Dovecot gives up on the rest of the field at an address it cannot parse
+            out.append(Address(None, None, MISSING_MAILBOX, MISSING_DOMAIN))
+            break
         start = lex.pos
         name = _phrase(lex)
         lex.skip_cfws()
@@ -334,9 +343,11 @@ def _write_part(msg: bytes, part: Part, ext: bool, out: list[bytes]) -> None:
         ctype, subtype = b"text", b"plain"
     else:
         ctype, subtype = part.ctype, part.csubtype
+    if part.is_message:
+        ctype, subtype = b"message", b"rfc822"  # Dovecot writes these in lower case
     params = list(part.params)
     if part.is_text and part.param(b"charset") is None:
-        params.insert(0, (b"charset", b"us-ascii"))
+        params.append((b"charset", b"us-ascii"))
     out.append(b"(" + b" ".join([
         string(ctype), string(subtype), _params(params), nstring(part.content_id),
         nstring(part.description), string(part.encoding or b"7bit"), b"%d" % part.body_size,

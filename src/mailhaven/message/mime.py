@@ -244,9 +244,21 @@ class Lexer:
         return bytes(out)
 
     def value(self) -> bytes:
-        """A parameter value: quoted-string or token (RFC 2045 §5.1)."""
-        if self.peek() == 0x22:
+        """A parameter value: quoted-string or token (RFC 2045 §5.1).
+
+        Like Dovecot, an unquoted value starting with "=" (a bare encoded-word, which RFC 2047 §5
+        forbids here but mailers send) runs to the next ";" or whitespace.
+        """
+        c = self.peek()
+        if c == 0x22:
             return self.quoted_string()
+        if c == 0x3D:
+            data, end = self.data, self.end
+            start = p = self.pos
+            while p < end and data[p] not in b"; \t\r\n":
+                p += 1
+            self.pos = p
+            return data[start:p]
         return self.token()
 
 
@@ -349,6 +361,7 @@ def _parse_disposition(part: Part, value: bytes) -> None:
     if not dtype:
         return
     part.disposition = dtype
+    part.disposition_params = []
     part.disposition_params = parse_params(lex)
 
 
@@ -367,15 +380,16 @@ def _parse_language(value: bytes) -> list[bytes]:
 
 
 def _simple_value(value: bytes) -> bytes:
-    return unfold(value).rstrip(b" \t")
+    return unfold(value)  # trailing whitespace is kept, as Dovecot does
 
 
 def _apply_content_fields(part: Part, msg: bytes, start: int, end: int) -> None:
-    """Fill the Content-* attributes from the header block (first occurrence of each wins)."""
+    """Fill the Content-* attributes from the header block: the first field of each name wins,
+    except Content-Disposition where the last one does (both as Dovecot)."""
     seen: set[bytes] = set()
     for f in iter_fields(msg, start, end):
         name = f.name.lower()
-        if not name.startswith(b"content-") or name in seen:
+        if not name.startswith(b"content-") or (name in seen and name != b"content-disposition"):
             continue
         seen.add(name)
         v = f.value
