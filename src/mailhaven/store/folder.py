@@ -213,7 +213,7 @@ class Folder:
 
     def _first_sight(self, sub: str, fname: str, key: str) -> tuple[float, int] | None:
         """(internaldate, CRLF size) of a file seen for the first time; None if it vanished."""
-        p = self.path / sub / fname
+        p = f"{self.path}/{sub}/{fname}"  # str paths: pathlib costs more than the stat() here
         try:
             st = os.stat(p)
         except FileNotFoundError:
@@ -223,7 +223,8 @@ class Folder:
             if s is not None and s != st.st_size:
                 s = None
             try:
-                data = p.read_bytes()
+                with open(p, "rb") as fh:
+                    data = fh.read()
             except FileNotFoundError:
                 return None
             w = maildir.crlf_size(data)
