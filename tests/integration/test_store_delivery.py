@@ -189,13 +189,15 @@ async def test_slow_disk_does_not_block_the_event_loop(store: Store, monkeypatch
 
 
 WRITER = textwrap.dedent("""
-    import asyncio, os, sys, time
+    import asyncio, os, stat, sys, time
     from pathlib import Path
     from mailhaven.store import Store
 
     real_fsync = os.fsync
     def fsync_then_hang(fd):
         real_fsync(fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return  # directories of the new user's folders
         # The tmp file is written and fsynced; the rename into new/ has not happened yet.
         print("written", flush=True)
         time.sleep(3600)

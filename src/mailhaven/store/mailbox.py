@@ -54,20 +54,19 @@ SUBSCRIPTIONS = "subscriptions"
 FlagMode = Literal["add", "remove", "set"]
 
 
-def init_user_root(root: Path) -> bool:
+def init_user_root(root: Path, *, fsync: bool) -> bool:
     """Create INBOX and the default folders on a new user's first access; True if it was new."""
     if (root / "cur").is_dir():
         return False
-    os.makedirs(root, 0o700, exist_ok=True)
-    maildir.ensure_folder(root, subfolder=False)
+    maildir.ensure_folder(root, subfolder=False, fsync=fsync)
     for name in names.DEFAULT_FOLDERS:
-        maildir.ensure_folder(root / names.dirname(name), subfolder=True)
+        maildir.ensure_folder(root / names.dirname(name), subfolder=True, fsync=fsync)
     return True
 
 
-def _ensure_with_parents(root: Path, name: str) -> None:
+def _ensure_with_parents(root: Path, name: str, *, fsync: bool) -> None:
     for n in [*names.ancestors(name), name]:
-        maildir.ensure_folder(root / names.dirname(n), subfolder=True)
+        maildir.ensure_folder(root / names.dirname(n), subfolder=True, fsync=fsync)
 
 
 class Store:
@@ -136,11 +135,11 @@ class Store:
         paths: list[Path] = []
         try:
             for acc, name in items:
-                init_user_root(acc.path)
+                init_user_root(acc.path, fsync=self.fsync)
                 if name == names.INBOX:
-                    maildir.ensure_folder(acc.path, subfolder=False)
+                    maildir.ensure_folder(acc.path, subfolder=False, fsync=self.fsync)
                 else:
-                    _ensure_with_parents(acc.path, name)
+                    _ensure_with_parents(acc.path, name, fsync=self.fsync)
                 paths.append(names.folder_path(acc.path, name))
         except OSError as e:
             raise StoreError("the message could not be stored") from e
@@ -189,7 +188,7 @@ class Account:
     def _ready(self) -> Index:
         if self._index is None:
             try:
-                init_user_root(self.path)
+                init_user_root(self.path, fsync=self.store.fsync)
             except OSError as e:
                 raise StoreError("mail folder unavailable") from e
             self._index = Index(self.path, durable=self.store.fsync)
@@ -220,7 +219,7 @@ class Account:
         if name != names.INBOX and not path.is_dir():
             raise MailboxNotFound(f"no mailbox {name}")
         try:
-            maildir.ensure_folder(path, subfolder=name != names.INBOX)
+            maildir.ensure_folder(path, subfolder=name != names.INBOX, fsync=self.store.fsync)
         except OSError as e:
             raise StoreError("mail folder unavailable") from e
         f = Folder(name, path, self._ready(), fsync=self.store.fsync)
@@ -289,7 +288,7 @@ class Account:
         if name == names.INBOX or name in self._names_on_disk():
             raise MailboxExists(f"mailbox {name} already exists")
         try:
-            _ensure_with_parents(self.path, name)
+            _ensure_with_parents(self.path, name, fsync=self.store.fsync)
         except OSError as e:
             raise StoreError("mailbox could not be created") from e
         idx = self._ready()
@@ -367,7 +366,8 @@ class Account:
         try:
             for a in names.ancestors(dst):
                 if a not in found:
-                    maildir.ensure_folder(self.path / names.dirname(a), subfolder=True)
+                    maildir.ensure_folder(self.path / names.dirname(a), subfolder=True,
+                                          fsync=self.store.fsync)
             for n, t in zip(moving, targets, strict=True):
                 pa, pb = self.path / names.dirname(n), self.path / names.dirname(t)
                 os.rename(pa, pb)

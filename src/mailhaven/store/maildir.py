@@ -15,6 +15,7 @@ import errno
 import itertools
 import os
 import re
+import stat
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -190,20 +191,45 @@ def _unlink_quiet(path: Path) -> None:
         pass
 
 
-def ensure_folder(folder: Path, *, subfolder: bool) -> bool:
+def make_dirs(path: Path, *, fsync: bool) -> bool:
+    """mkdir -p, fsyncing the parent of every directory created so the new entries are durable
+    (a message acknowledged in a brand-new folder must not vanish with its folder on power loss).
+    Returns True if anything was created. Raises NotADirectoryError if a file is in the way."""
+    missing: list[Path] = []
+    p = path
+    while True:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            pass
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(p))
+            break
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            if not d.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(d)) from None
+            continue
+        if fsync:
+            fsync_dir(d.parent)
+    return bool(missing)
+
+
+def ensure_folder(folder: Path, *, subfolder: bool, fsync: bool = False) -> bool:
     """Create cur/ new/ tmp/ (and the `maildirfolder` marker for Maildir++ subfolders).
 
-    Returns True if anything was created. Raises OSError (e.g. when a file sits where a directory
-    must be)."""
+    Returns True if anything was created. Raises OSError (e.g. NotADirectoryError when a file sits
+    where a directory must be)."""
     created = False
     for sub in ("cur", "new", "tmp"):
-        p = folder / sub
-        try:
-            os.makedirs(p, 0o700)
-            created = True
-        except FileExistsError:
-            if not p.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(p)) from None
+        created |= make_dirs(folder / sub, fsync=fsync)
     if subfolder:
         marker = folder / "maildirfolder"
         if not marker.exists():
