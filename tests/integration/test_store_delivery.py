@@ -157,6 +157,7 @@ async def test_thousand_concurrent_deliveries_give_thousand_files_and_uids(store
 
 
 async def test_slow_disk_does_not_block_the_event_loop(store: Store, monkeypatch) -> None:
+    await store.account(ALICE).list_mailboxes()  # folders exist before the disk turns slow
     real_fsync = os.fsync
 
     def slow_fsync(fd: int) -> None:  # a slow disk: every fsync takes 200 ms

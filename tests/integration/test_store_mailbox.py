@@ -453,8 +453,10 @@ async def test_warm_snapshot_of_10000_messages_is_fast(store: Store) -> None:
     await acc.list_mailboxes()
     cur = acc.path / "cur"
     body = b"Subject: x\r\n\r\nbody\r\n"
+    template = acc.path / "template"
+    template.write_bytes(body)
     for i in range(10_000):
-        (cur / f"1700000000.M{i}P1Q{i}.bulk,S={len(body)},W={len(body)}:2,S").write_bytes(body)
+        os.link(template, cur / f"1700000000.M{i}P1Q{i}.bulk,S={len(body)},W={len(body)}:2,S")
     age(acc.path / "new", cur)
     mb = await acc.mailbox("INBOX")
     snap = await mb.snapshot()
