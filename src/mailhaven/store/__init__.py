@@ -7,8 +7,9 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
 (file I/O, fsync and SQLite run in worker threads):
 
     store = Store(root: Path, *, hostname: str, fsync: bool = True)
-        await store.start()                 # clean stale tmp files, ready the index
-        await store.close()
+        await store.start() -> int          # removes stale tmp/ files (ours from a dead writer, or
+                                            # anyone's older than 36 h); returns how many
+        await store.close()                 # closes every account's index
         store.account(user: str) -> Account # user = canonical address "alice@example.test"
         await store.deliver(targets: Sequence[tuple[str, str]], data: bytes) -> None
             # targets: (user, folder) e.g. ("alice@example.test", "INBOX") or (..., "Junk").
@@ -56,8 +57,15 @@ when done.
 On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.Sent/` `.Drafts/`
 `.Trash/` `.Junk/` `.Archive/` (created on first access) and `.Folder.Sub/`; each subfolder has a
 `maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
-rebuildable index, WAL); `mailhaven-uidlist` in every folder (UID backup, format in uidlist.py;
-a `dovecot-uidlist` is imported when we have neither). Messages are stored with CRLF line endings.
+rebuildable index, WAL); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
+every folder (UID backup, format in uidlist.py; a `dovecot-uidlist` is imported when we have
+neither). Messages are stored with CRLF line endings. If the index is lost, UIDVALIDITY, UIDs and
+flags come back from the uidlists and file names; keywords (kept only in the index) are lost,
+except Dovecot keyword letters mapped by a `dovecot-keywords` file on import.
+
+Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
+(UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), mailbox.py (the
+async API and locking), changes.py (events), model.py (value types).
 
 Mailbox names are Unicode strings with "." as the hierarchy delimiter (Maildir++), stored as
 UTF-8 on disk: "INBOX", "Sent", "Work.Projects" -> <user>/.Work.Projects/. `names.py` rejects
