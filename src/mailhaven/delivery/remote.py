@@ -1,0 +1,286 @@
+"""Remote delivery: one SMTP transaction carrying one message to every recipient of one domain.
+
+Owns: finding the next hops (RFC 5321 §5.1 through dns/resolver.py + dns/nexthop.py: MX by
+preference, random among equals, the implicit MX, RFC 7505 null MX), trying each host and each of
+its addresses in turn, the client dialogue over aiosmtplib (EHLO with config.hostname, STARTTLS,
+MAIL, one RCPT per recipient, DATA), and mapping every outcome to per-recipient `DeliveryResult`s.
+Does not own: retries, bounces or the spool (queue/manager.py), local recipients (delivery/local.py).
+
+Rules:
+- Opportunistic STARTTLS (RFC 3207, RFC 7435): used whenever offered, certificate not checked. If
+  the TLS handshake fails the same address is tried once more in clear text, so a broken TLS
+  stack does not stop mail. For domains in `queue.require_tls_domains` TLS is mandatory (like
+  Postfix's "encrypt" level: encrypted, certificate not verified): no STARTTLS, or a failed
+  handshake, is a temporary failure 451 4.7.10 and the message never travels in clear.
+- A host that cannot take the transaction (connection refused or timed out, greeting or EHLO
+  refused, TLS required but missing, MAIL FROM answered 4xx) -> the next address, then the next
+  host (RFC 5321 §5.1). Once RCPT answers come in, the results of this host are final for the
+  attempt: refused recipients keep their own reply, the accepted ones share the DATA reply.
+- 2xx delivered; 5xx permanent; 4xx, network errors, timeouts and anything unexpected temporary
+  (STYLE rule 5). If no host could be used the result is temporary with the last host's reason.
+- Every network step has a timeout: `queue.connect_timeout` for connect + greeting,
+  `queue.command_timeout` for each command and for the DATA reply.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import ssl
+from collections.abc import Sequence
+
+import aiosmtplib
+
+from mailhaven.config import Config
+from mailhaven.delivery.result import DeliveryResult, clean_text
+from mailhaven.dns.nexthop import NullMX, next_hops
+from mailhaven.dns.resolver import DnsTempError, DomainNotFound, Resolver
+
+log = logging.getLogger("mailhaven.delivery")
+
+
+class HostFailure(Exception):
+    """This host (address) could not take the transaction: try the next one."""
+
+    def __init__(self, code: int, enhanced: str, text: str, remote_mta: str) -> None:
+        super().__init__(text)
+        self.code, self.enhanced, self.text, self.remote_mta = code, enhanced, clean_text(text), remote_mta
+
+
+class _TlsHandshakeFailed(Exception):
+    pass
+
+
+def requires_tls(config: Config, domain: str) -> bool:
+    domain = domain.lower().rstrip(".")
+    return any(domain == d.lower().rstrip(".") for d in config.queue.require_tls_domains)
+
+
+def _literal_address(domain: str) -> str | None:
+    """"[192.0.2.1]" / "[IPv6:2001:db8::1]" -> the address (RFC 5321 §4.1.3), else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    if inner.lower().startswith("ipv6:"):
+        inner = inner[5:]
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None
+
+
+def _all(recipients: Sequence[str], code: int, enhanced: str, text: str, temporary: bool,
+         remote_mta: str = "") -> list[DeliveryResult]:
+    return [DeliveryResult(r, code, enhanced, clean_text(text), temporary, remote_mta) for r in recipients]
+
+
+def _ensure_crlf_end(message: bytes) -> bytes:
+    return message if message.endswith(b"\n") else message + b"\r\n"
+
+
+async def deliver(config: Config, resolver: Resolver, sender: str, domain: str, recipients: Sequence[str],
+                  message: bytes, *, tls_context: ssl.SSLContext | None = None) -> list[DeliveryResult]:
+    """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order."""
+    recipients = list(recipients)
+    require_tls = requires_tls(config, domain)
+    if tls_context is None:
+        from mailhaven.tls import client_context
+
+        tls_context = client_context(verify=False)
+    literal = _literal_address(domain)
+    if literal is not None:
+        targets: list[tuple[str, list[str] | None]] = [(literal, [literal])]
+        implicit = True
+    else:
+        try:
+            mx = await resolver.mx(domain)
+        except DomainNotFound:
+            # RFC 5321 §5.1: a name that does not exist cannot receive mail.
+            return _all(recipients, 550, "5.1.2", f"domain {domain} does not exist", False)
+        except DnsTempError as e:
+            return _all(recipients, 451, "4.4.3", f"DNS lookup of MX for {domain} failed: {e.text}", True)
+        hops = next_hops(domain, mx)
+        if isinstance(hops, NullMX):
+            # RFC 7505 §4.2: the domain accepts no mail: fail at once with 556 5.1.10.
+            return _all(recipients, hops.code, hops.enhanced, f"domain {domain} accepts no mail (null MX)",
+                        False)
+        targets = [(h, None) for h in hops.hosts]
+        implicit = hops.implicit
+    failure: HostFailure | None = None
+    for host, known in targets:
+        if known is not None:
+            addresses = known
+        else:
+            try:
+                addresses = await resolver.addresses(host)
+            except DnsTempError as e:
+                failure = HostFailure(451, "4.4.3", f"address lookup of {host} failed: {e.text}", host)
+                continue
+            if not addresses:
+                if implicit:
+                    # RFC 5321 §5.1: no MX and no address records: the domain has no mail server.
+                    return _all(recipients, 550, "5.1.2", f"domain {domain} has no mail server (no MX, "
+                                "no address)", False)
+                failure = HostFailure(451, "4.4.4", f"MX host {host} has no address", host)
+                continue
+        for address in addresses:
+            try:
+                try:
+                    return await _transaction(config, host, address, sender, recipients, message,
+                                              tls_context, require_tls=require_tls, use_tls=True)
+                except _TlsHandshakeFailed as e:
+                    if require_tls:
+                        raise HostFailure(451, "4.7.10", f"TLS handshake with {host}[{address}] failed "
+                                          f"and {domain} requires TLS", host) from e
+                    log.info("TLS handshake with %s[%s] failed (%s); retrying in clear text", host, address, e)
+                    return await _transaction(config, host, address, sender, recipients, message,
+                                              tls_context, require_tls=False, use_tls=False)
+            except HostFailure as e:
+                log.info("delivery to %s via %s[%s] not possible: %s %s %s", domain, host, address,
+                         e.code, e.enhanced, e.text)
+                failure = e
+    if failure is None:
+        return _all(recipients, 451, "4.4.4", f"no mail server found for {domain}", True)
+    # No host took the transaction: temporary whatever the last one said (STYLE rule 5).
+    code = failure.code if 400 <= failure.code < 500 else 451
+    enhanced = failure.enhanced if failure.enhanced.startswith("4.") else "4.4.1"
+    return _all(recipients, code, enhanced, failure.text, True, failure.remote_mta)
+
+
+def _reply_text(e: aiosmtplib.SMTPResponseException) -> str:
+    return f"{e.code} {clean_text(e.message)}"
+
+
+async def _transaction(config: Config, host: str, address: str, sender: str, recipients: list[str],
+                       message: bytes, tls_context: ssl.SSLContext, *, require_tls: bool,
+                       use_tls: bool) -> list[DeliveryResult]:
+    q = config.queue
+    where = f"{host}[{address}]"
+    client = aiosmtplib.SMTP(hostname=address, port=q.remote_port, local_hostname=config.hostname,
+                             timeout=q.command_timeout, use_tls=False, start_tls=False, validate_certs=False)
+    stage = "connect"
+    tls_on = False
+    try:
+        try:
+            await client.connect(timeout=q.connect_timeout)
+        except aiosmtplib.SMTPConnectResponseError as e:  # greeting was not 220
+            raise HostFailure(e.code, "4.4.2", f"{where} greeted with {_reply_text(e)}", host) from e
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            raise HostFailure(451, "4.4.1", f"connect to {where}: {_why(e)}", host) from e
+        stage = "EHLO"
+        await _hello(client, where, host)
+        if use_tls and client.supports_extension("starttls"):
+            stage = "STARTTLS"
+            try:
+                await client.starttls(tls_context=tls_context, server_hostname=host,
+                                      timeout=q.command_timeout)
+            except aiosmtplib.SMTPResponseException as e:
+                if require_tls:
+                    raise HostFailure(451, "4.7.10", f"{where} refused STARTTLS: {_reply_text(e)}", host) from e
+                raise _TlsHandshakeFailed(_reply_text(e)) from e
+            except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+                raise _TlsHandshakeFailed(_why(e)) from e
+            tls_on = True
+            stage = "EHLO after STARTTLS"
+            await _hello(client, where, host)  # RFC 3207 §4.2: forget what was learnt before TLS
+        elif require_tls:
+            raise HostFailure(451, "4.7.10", f"{where} does not offer STARTTLS and TLS is required", host)
+
+        smtputf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        if smtputf8 and not client.supports_extension("smtputf8"):
+            # RFC 6531 §3.2: without SMTPUTF8 the message cannot be sent to this server.
+            return _all(recipients, 553, "5.6.7", f"{where} does not support SMTPUTF8, needed for a "
+                        "non-ASCII address", False, host)
+        encoding = "utf-8" if smtputf8 else "ascii"
+        options: list[bytes] = []
+        if client.supports_extension("size"):
+            options.append(b"SIZE=%d" % len(message))  # RFC 1870 §6
+        if client.supports_extension("8bitmime") and not message.isascii():
+            options.append(b"BODY=8BITMIME")  # RFC 6152 §2
+        if smtputf8:
+            options.append(b"SMTPUTF8")  # RFC 6531 §3.4
+        stage = "MAIL FROM"
+        resp = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *options,
+                                            timeout=q.command_timeout)
+        if resp.code != 250:
+            if resp.code >= 500:
+                refused = DeliveryResult.from_reply("", resp.code, resp.message, host)
+                return _all(recipients, refused.code, refused.enhanced, refused.text, False, host)
+            raise HostFailure(resp.code, "4.0.0", f"{where} said to MAIL FROM: {resp.code} "
+                              f"{clean_text(resp.message)}", host)
+        results: dict[str, DeliveryResult] = {}
+        accepted: list[str] = []
+        stage = "RCPT TO"
+        for rcpt in recipients:
+            resp = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">",
+                                                timeout=q.command_timeout)
+            if resp.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                results[rcpt] = DeliveryResult.from_reply(rcpt, resp.code, resp.message, host)
+        if not accepted:
+            await _quit(client, q.command_timeout)
+            return [results[r] for r in recipients]
+        stage = "DATA"
+        try:
+            resp = await client.data(_ensure_crlf_end(message), timeout=q.command_timeout)
+            outcome = DeliveryResult.from_reply("", resp.code, resp.message, host)
+        except aiosmtplib.SMTPDataError as e:
+            outcome = DeliveryResult.from_reply("", e.code, e.message, host)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            outcome = DeliveryResult.temp("", f"{where} lost during DATA: {_why(e)}", code=451,
+                                          enhanced="4.4.2", remote_mta=host)
+        for rcpt in accepted:
+            results[rcpt] = DeliveryResult(rcpt, outcome.code, outcome.enhanced, outcome.text,
+                                           outcome.temporary, host)
+        if outcome.delivered:
+            log.info("delivered to %s via %s%s: %s", ",".join(accepted), where, " (TLS)" if tls_on else "",
+                     outcome.reply)
+        await _quit(client, q.command_timeout)
+        return [results[r] for r in recipients]
+    except HostFailure:
+        raise
+    except _TlsHandshakeFailed:
+        raise
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, UnicodeError) as e:
+        if stage == "DATA":
+            return _all(recipients, 451, "4.4.2", f"{where}: {_why(e)}", True, host)
+        raise HostFailure(451, "4.4.2", f"{where} failed at {stage}: {_why(e)}", host) from e
+    finally:
+        client.close()
+
+
+async def _hello(client: aiosmtplib.SMTP, where: str, host: str) -> None:
+    try:
+        await client.ehlo()
+        return
+    except aiosmtplib.SMTPHeloError as e:
+        first = e
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+        raise HostFailure(451, "4.4.2", f"{where} failed at EHLO: {_why(e)}", host) from e
+    try:
+        await client.helo()  # RFC 5321 §3.2: fall back to HELO when EHLO is refused
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+        raise HostFailure(451, "4.4.2", f"{where} refused EHLO ({_reply_text(first)}) and HELO: {_why(e)}",
+                          host) from e
+
+
+async def _quit(client: aiosmtplib.SMTP, seconds: float) -> None:
+    try:
+        await client.quit(timeout=min(seconds, 10.0))
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        pass  # the transaction's outcome is already known
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, aiosmtplib.SMTPResponseException):
+        return _reply_text(e)
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = clean_text(str(e))
+    return text[:200] or type(e).__name__
+
+
+__all__ = ["deliver", "requires_tls", "HostFailure"]

@@ -1,0 +1,186 @@
+"""A scriptable SMTP server playing the remote side of outbound delivery in tests.
+
+Built on aiosmtpd (the real protocol engine), served on the test's own event loop. Each reply can be
+scripted per stage, in order: the first MAIL gets the first scripted MAIL reply, and so on; when a
+stage's script runs out the answer is 250. Everything received is recorded.
+
+    peer = SmtpPeer("127.0.0.2", port, tls_context=server_ctx)   # tls_context -> offers STARTTLS
+    await peer.start()
+    peer.script_greeting("421 4.3.2 not now")        # next connections: this greeting, then close
+    peer.script_mail("451 4.3.0 busy")               # next MAIL FROM
+    peer.script_rcpt("bob@b.test", "550 5.1.1 no")   # next RCPT TO:<bob@b.test>
+    peer.script_data("452 4.3.1 full", "250 OK")     # next two DATA ends
+    peer.hold_data()  /  peer.release_data()         # stall after the message arrived, before replying
+    await peer.wait_messages(1)                      # peer.messages: [Received(...)]
+    await peer.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    tls: bool
+    mail_options: list[str] = field(default_factory=list)
+
+
+class _Server(SMTP):
+    def __init__(self, peer: SmtpPeer, **kwargs: Any) -> None:
+        super().__init__(peer, **kwargs)
+        self._peer = peer
+
+    async def _handle_client(self) -> None:
+        self._peer.connections += 1
+        if self._peer.greetings:
+            await self.push(self._peer.greetings.popleft())
+            assert self.transport is not None
+            self.transport.close()
+            return
+        await super()._handle_client()
+
+
+class SmtpPeer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls_context: ssl.SSLContext | None = None,
+                 hostname: str = "peer.test") -> None:
+        self.host = host
+        self.port = port
+        self.tls_context = tls_context
+        self.hostname = hostname
+        self.messages: list[Received] = []
+        self.events: list[tuple[str, str]] = []  # ("MAIL", addr) ("RCPT", addr) ("DATA", "") in order
+        self.connections = 0
+        self.greetings: deque[str] = deque()
+        self._mail: deque[str] = deque()
+        self._rcpt: dict[str, deque[str]] = {}
+        self._data: deque[str] = deque()
+        self._gate: asyncio.Event | None = None
+        self.data_arrived = asyncio.Event()  # set whenever a message body has been read
+        self._server: asyncio.AbstractServer | None = None
+        self._changed = asyncio.Event()
+
+    # -- script --
+    def script_greeting(self, *replies: str) -> None:
+        self.greetings.extend(replies)
+
+    def script_mail(self, *replies: str) -> None:
+        self._mail.extend(replies)
+
+    def script_rcpt(self, address: str, *replies: str) -> None:
+        self._rcpt.setdefault(address.lower(), deque()).extend(replies)
+
+    def script_data(self, *replies: str) -> None:
+        self._data.extend(replies)
+
+    def hold_data(self) -> None:
+        self._gate = asyncio.Event()
+
+    def release_data(self) -> None:
+        if self._gate is not None:
+            self._gate.set()
+            self._gate = None
+
+    # -- lifecycle --
+    async def start(self) -> SmtpPeer:
+        loop = asyncio.get_running_loop()
+
+        def factory() -> SMTP:
+            return _Server(self, hostname=self.hostname, tls_context=self.tls_context, enable_SMTPUTF8=True,
+                           require_starttls=False, data_size_limit=None, timeout=30, loop=loop)
+
+        self._server = await loop.create_server(factory, self.host, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self.release_data()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def wait_messages(self, n: int, seconds: float = 10.0) -> list[Received]:
+        async with asyncio.timeout(seconds):
+            while len(self.messages) < n:
+                self._changed.clear()
+                await self._changed.wait()
+        return self.messages
+
+    def recipients_received(self) -> list[str]:
+        return [r for m in self.messages for r in m.rcpt_tos]
+
+    # -- aiosmtpd hooks --
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        self.events.append(("MAIL", address))
+        if self._mail:
+            reply = self._mail.popleft()
+            if not reply.startswith("2"):
+                return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        self.events.append(("RCPT", address))
+        script = self._rcpt.get(address.lower())
+        if script:
+            reply = script.popleft()
+            if not reply.startswith("2"):
+                return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.events.append(("DATA", ""))
+        self.data_arrived.set()
+        gate = self._gate
+        if gate is not None:
+            await gate.wait()
+        reply = self._data.popleft() if self._data else "250 2.0.0 queued"
+        if reply.startswith("2"):
+            content = envelope.original_content or b""
+            self.messages.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), content,
+                                          session.ssl is not None, list(envelope.mail_options)))
+            self._changed.set()
+        return reply
+
+
+# --- helpers for queue and delivery tests ------------------------------------------------------------
+
+def shared_port(*hosts: str) -> int:
+    """A TCP port free on every one of `hosts` right now (remote MX hosts all share
+    config.queue.remote_port, so peers on 127.0.0.2, 127.0.0.3 ... must use the same port)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((hosts[0], 0))
+            port = int(s.getsockname()[1])
+        ok = True
+        for h in hosts[1:]:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((h, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return port
+    raise RuntimeError("no shared free port")
+
+
+def server_tls_context(cert: Any, key: Any) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
