@@ -190,8 +190,42 @@ def _mailbox(lex: Lexer, out: list[Address]) -> None:
 _ADDRESS_START = mime.ATEXT | frozenset(b'."<@:')
 
 
+_ATEXT_RE = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\xff-]+"
+_DOT_ATOM_RE = _ATEXT_RE + rb"(?:\." + _ATEXT_RE + rb")*"
+_SIMPLE_ADDR = re.compile(
+    rb"[ \t]*(?:(?P<name>(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\xff.-]+[ \t]+)*)<(?P<l1>" + _DOT_ATOM_RE
+    + rb")@(?P<d1>" + _DOT_ATOM_RE + rb")>|(?P<l2>" + _DOT_ATOM_RE + rb")@(?P<d2>" + _DOT_ATOM_RE
+    + rb"))[ \t]*")
+_NOT_SIMPLE = re.compile(rb'["(\\:;\[\r\n]')
+
+
+def _simple_addresses(value: bytes) -> list[Address] | None:
+    """Fast path for the common `a@b` / `Name Words <a@b>` lists; None when anything is unusual."""
+    if _NOT_SIMPLE.search(value):
+        return None
+    out = []
+    for piece in value.split(b","):
+        m = _SIMPLE_ADDR.fullmatch(piece)
+        if m is None:
+            return None
+        if m["l1"] is not None:
+            name = b" ".join(m["name"].split()) if m["name"] else None
+            out.append(Address(name or None, None, m["l1"], m["d1"]))
+        else:
+            out.append(Address(None, None, m["l2"], m["d2"]))
+    return out
+
+
 def parse_address_list(value: bytes) -> list[Address]:
     """Addresses in an address-list header value (RFC 5322 §3.4) as ENVELOPE wants them."""
+    fast = _simple_addresses(value)
+    if fast is not None:
+        return fast
+    return parse_address_list_slow(value)
+
+
+def parse_address_list_slow(value: bytes) -> list[Address]:
+    """The full parser behind `parse_address_list` (comments, groups, quoting, routes, errors)."""
     lex = Lexer(value)
     out: list[Address] = []
     while lex.skip_cfws():
@@ -357,7 +391,8 @@ def _write_part(msg: bytes, part: Part, ext: bool, out: list[bytes]) -> None:
     elif part.is_message:
         if part.children:
             child = part.children[0]
-            out.append(b" " + envelope_from_fields(mime.iter_fields(msg, child.header_start, child.header_end)))
+            fields = mime.iter_fields(msg, child.header_start, child.header_end)
+            out.append(b" " + envelope_from_fields(fields))
             out.append(b" ")
             _write_part(msg, child, ext, out)
         else:

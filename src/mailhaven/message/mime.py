@@ -305,8 +305,10 @@ def merge_rfc2231(raw: Params) -> Params:
             idx = idx * 10 + rest[digits] - 0x30
             digits += 1
         rest = rest[digits:]
+        if digits == 0 and rest == b"":
+            rest = b"*"  # "name*=charset'lang'value": one extended piece (RFC 2231 §4)
         extended = rest == b"*"
-        if rest not in (b"", b"*") or (digits == 0 and not extended):
+        if rest not in (b"", b"*"):
             plain.append((key, value))
             continue
         pieces.append((key[:star], idx, extended, value))
