@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import math
 import re
 import tomllib
@@ -252,7 +253,8 @@ class Config:
 
 def _describe(value: object) -> str:
     if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
+        # JSON string syntax: quotes, backslashes and control characters escaped, so one line.
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, dict):
@@ -361,10 +363,23 @@ class _Loader:
 
 
 def _key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else '"' + k + '"'
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k, ensure_ascii=False)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _build(data: dict[str, Any], base: Path, source: str) -> Config:
+    try:
+        return _build_checked(data, base, source)
+    except ConfigError as e:
+        text = str(e)
+        if _CONTROL.search(text):  # a value echoed in the message (a path, a name): keep it one line
+            raise ConfigError(_CONTROL.sub(lambda m: json.dumps(m.group())[1:-1], text)) from None
+        raise
+
+
+def _build_checked(data: dict[str, Any], base: Path, source: str) -> Config:
     loader = _Loader(base)
     data = dict(data)
     listeners_raw = data.pop("listeners", {})

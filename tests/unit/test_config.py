@@ -165,6 +165,8 @@ BROKEN: list[tuple[str, str, str]] = [
     ("bad metrics address", '[metrics]\naddress = "localhost:9154"\n',
      'metrics.address: expected "IP:PORT", got "localhost:9154"'),
     ("long plus separator", 'plus_separator = "++"\n', 'plus_separator: expected one character or "", got "++"'),
+    ("control character in an echoed value", 'hostname = "a\\nb"\n', 'hostname: not a valid host name, got "a\\nb"'),
+    ("control character in a path", '[tls]\ncert = "a\\tb"\nkey = "k"\n', "tls.cert: file not found: {dir}/a\\tb"),
     ("NUL in a string", 'hostname = "a\\u0000b"\n', "hostname: NUL character not allowed"),
     ("TOML syntax error", 'hostname = "x"\n[log\n',
      "{file}:2:5: TOML syntax error: Expected ']' at the end of a table declaration"),
