@@ -1,0 +1,320 @@
+"""`mailhaven doctor`: every check against a real DNS server (tests/dnsserver.py), real files and
+real certificates; and the command's output and exit status."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailhaven import doctor
+from mailhaven.doctor import Finding
+from mailhaven.policy.dkim import generate_rsa
+from tests.dnsserver import DnsServer
+from tests.fixtures_server import app_config_data, write_config
+
+HOST = "mail.example.test"
+DOMAIN = "example.test"
+IP = "192.0.2.25"
+
+
+@pytest.fixture(scope="module")
+def dkim_key() -> tuple[bytes, str]:
+    return generate_rsa(1024)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str,
+          dkim_key: tuple[bytes, str]) -> Any:
+    """setup(**top) -> config path: hostname mail.example.test, public_ip 192.0.2.25, one domain
+    with an RSA DKIM key, TLS from tls_files (issued for mail.example.test by the test CA)."""
+    from mailhaven.auth.passwords import hash_password
+    from mailhaven.auth.users import UsersFile
+
+    tls_dir = tmp_path / "tls"  # private copies: the shared fixture's key is 0644
+    tls_dir.mkdir()
+    cert, key = shutil.copy(tls_files[0], tls_dir / "cert.pem"), shutil.copy(tls_files[1], tls_dir / "key.pem")
+    Path(key).chmod(0o600)
+    key_path = tmp_path / "dkim.pem"
+    key_path.write_bytes(dkim_key[0])
+    key_path.chmod(0o600)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir(mode=0o700, exist_ok=True)
+    users = tmp_path / "users.toml"
+    with UsersFile.edit(users) as uf:
+        if not uf.list_users():
+            uf.add_user("postmaster@example.test", hash_password("x"))
+
+    def make(**top: Any) -> Path:
+        data = app_config_data(tmp_path, (Path(cert), Path(key)), dns_nameserver, hostname=HOST, public_ip=IP)
+        data["domains"] = {DOMAIN: {"dkim_key": str(key_path)}}
+        data.update(top)
+        return write_config(tmp_path / "mailhaven.toml", data)
+
+    return make
+
+
+def publish_all(dns: DnsServer, dkim_record: str, *, spf: str = "v=spf1 mx ~all") -> None:
+    dns.add(HOST, "A", IP)
+    dns.add_ptr(IP, HOST)
+    dns.add(DOMAIN, "MX", f"10 {HOST}.")
+    dns.add(DOMAIN, "TXT", spf)
+    dns.add(f"mh1._domainkey.{DOMAIN}", "TXT", dkim_record)
+    dns.add(f"_dmarc.{DOMAIN}", "TXT", "v=DMARC1; p=reject")
+
+
+async def run(path: Path, *domains: str, **kw: Any) -> list[Finding]:
+    return await doctor.diagnose(path, domains, **kw)
+
+
+def by_topic(findings: list[Finding], topic: str) -> list[Finding]:
+    return [f for f in findings if f.topic == topic]
+
+
+def fails(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.status == "fail"]
+
+
+async def test_everything_published_is_all_good_and_exit_0(setup: Any, dns_server: DnsServer,
+                                                           dkim_key: tuple[bytes, str]) -> None:
+    publish_all(dns_server, dkim_key[1])
+    findings = await run(setup())
+    assert fails(findings) == []
+    assert doctor.exit_code(findings) == 0
+    text = doctor.render(findings)
+    assert text.endswith("All good (0 warning(s)).\n"), text
+    assert by_topic(findings, f"dns {DOMAIN} MX")[0].message == f"10 {HOST}"
+    assert by_topic(findings, f"dns PTR {IP}")[0].message == f"points to {HOST}"
+    assert by_topic(findings, f"dns _dmarc.{DOMAIN}")[0].message == "p=reject"
+    assert "passes for 192.0.2.25" in by_topic(findings, f"dns {DOMAIN} SPF")[0].message
+
+
+async def test_nothing_published_prints_every_record_to_publish(setup: Any, dns_server: DnsServer,
+                                                                dkim_key: tuple[bytes, str]) -> None:
+    dns_server.add(DOMAIN, "NS", "ns.example.test.")  # the zone exists, with nothing in it
+    findings = await run(setup())
+    assert doctor.exit_code(findings) == 1
+    fixes = {f.topic: f.fix for f in fails(findings)}
+    assert fixes[f"dns {HOST}"] == f"publish: {HOST}. 3600 IN A {IP}"
+    assert fixes[f"dns {DOMAIN} MX"] == f"publish: {DOMAIN}. 3600 IN MX 10 {HOST}."
+    assert fixes[f"dns {DOMAIN} SPF"] == f'publish: {DOMAIN}. 3600 IN TXT "v=spf1 ip4:{IP} mx ~all"'
+    assert fixes[f"dns _dmarc.{DOMAIN}"] == f'publish: _dmarc.{DOMAIN}. 3600 IN TXT "v=DMARC1; p=quarantine"'
+    dkim_fix = fixes[f"dns mh1._domainkey.{DOMAIN}"]
+    assert dkim_fix.startswith(f"publish: mh1._domainkey.{DOMAIN}. 3600 IN TXT \"v=DKIM1; k=rsa; p=")
+    # The record as printed (strings of <= 255 characters) is the key's public record.
+    quoted = dkim_fix.split(" TXT ", 1)[1]
+    assert "".join(part.strip('"') for part in quoted.split('" "')) == dkim_key[1]
+    assert "ask whoever provides 192.0.2.25" in fixes[f"dns PTR {IP}"]
+    text = doctor.render(findings)
+    assert f"-> publish: {DOMAIN}. 3600 IN MX 10 {HOST}." in text
+    assert "problem(s) to fix" in text.splitlines()[-1]
+
+
+async def test_a_different_dkim_key_in_dns_is_a_failure(setup: Any, dns_server: DnsServer) -> None:
+    other = generate_rsa(1024)[1]
+    publish_all(dns_server, other)
+    findings = fails(await run(setup()))
+    assert [(f.topic, f.message.split(" (")[0]) for f in findings] == [
+        (f"dns mh1._domainkey.{DOMAIN}", f"the published key is not the one in {Path(setup().parent / 'dkim.pem')}")]
+    assert findings[0].fix.startswith("replace it: publish: ")
+
+
+async def test_dkim_record_split_into_strings_and_spaced_still_matches(
+        setup: Any, dns_server: DnsServer, dkim_key: tuple[bytes, str]) -> None:
+    record = dkim_key[1].replace("; p=", ";  p= ")
+    publish_all(dns_server, record)
+    assert fails(await run(setup())) == []
+
+
+async def test_spf_that_does_not_cover_this_host_gets_a_corrected_record(
+        setup: Any, dns_server: DnsServer, dkim_key: tuple[bytes, str]) -> None:
+    publish_all(dns_server, dkim_key[1], spf="v=spf1 ip4:198.51.100.1 -all")
+    [f] = fails(await run(setup()))
+    assert f.topic == f"dns {DOMAIN} SPF"
+    assert f.message == "'v=spf1 ip4:198.51.100.1 -all' does not pass for this host (192.0.2.25: fail)"
+    assert f.fix == f'replace it: publish: {DOMAIN}. 3600 IN TXT "v=spf1 ip4:{IP} ip4:198.51.100.1 -all"'
+
+
+async def test_two_spf_records_or_two_dmarc_records_are_failures(
+        setup: Any, dns_server: DnsServer, dkim_key: tuple[bytes, str]) -> None:
+    publish_all(dns_server, dkim_key[1])
+    dns_server.add(DOMAIN, "TXT", "v=spf1 a -all")
+    dns_server.add(f"_dmarc.{DOMAIN}", "TXT", "v=DMARC1; p=none")
+    found = {f.topic: f.message for f in fails(await run(setup()))}
+    assert found == {f"dns {DOMAIN} SPF": "2 SPF records (receivers treat that as an error)",
+                     f"dns _dmarc.{DOMAIN}": "2 DMARC records (receivers then apply none)"}
+
+
+async def test_wrong_mx_and_wrong_ptr_name_what_is_there(setup: Any, dns_server: DnsServer,
+                                                         dkim_key: tuple[bytes, str]) -> None:
+    dns_server.add(HOST, "A", IP)
+    dns_server.add_ptr(IP, "host-192-0-2-25.isp.example")
+    dns_server.add(DOMAIN, "MX", "10 mx.elsewhere.example.")
+    dns_server.add(DOMAIN, "TXT", f"v=spf1 ip4:{IP} -all")
+    dns_server.add(f"mh1._domainkey.{DOMAIN}", "TXT", dkim_key[1])
+    dns_server.add(f"_dmarc.{DOMAIN}", "TXT", "v=DMARC1; p=none")
+    findings = await run(setup())
+    found = {f.topic: f.message for f in fails(findings)}
+    assert found == {f"dns {DOMAIN} MX": f"points to mx.elsewhere.example, not {HOST}",
+                     f"dns PTR {IP}": f"points to host-192-0-2-25.isp.example, not {HOST}"}
+    [warn] = [f for f in findings if f.status == "warn"]
+    assert warn.topic == f"dns _dmarc.{DOMAIN}" and warn.message.startswith("p=none")
+
+
+async def test_dmarc_of_the_organizational_domain_covers_a_subdomain(
+        setup: Any, tmp_path: Path, dns_server: DnsServer) -> None:
+    dns_server.add("example.test", "TXT", "v=DMARC1; p=reject; sp=quarantine")
+    cfg = doctor.check_config(setup())[0]
+    assert cfg is not None
+    from mailhaven.dns.resolver import Resolver
+
+    [f] = await doctor.check_dmarc(cfg, Resolver.from_config(cfg.dns), "sub.example.test")
+    assert f.status == "fail"  # the record must be at _dmarc., not at the apex
+    dns_server.add("_dmarc.example.test", "TXT", "v=DMARC1; p=reject; sp=quarantine")
+    [f] = await doctor.check_dmarc(cfg, Resolver.from_config(cfg.dns), "sub.example.test")
+    assert (f.status, f.message) == ("ok", "p=quarantine (from _dmarc.example.test)")
+
+
+async def test_dns_failure_is_reported_not_raised(setup: Any, dns_server: DnsServer) -> None:
+    dns_server.set_servfail(DOMAIN)
+    findings = await run(setup())
+    mx = by_topic(findings, f"dns {DOMAIN} MX")[0]
+    assert mx.status == "fail" and mx.message.startswith("lookup failed: ")
+
+
+async def test_a_domain_not_configured_is_a_failure(setup: Any, dns_server: DnsServer,
+                                                    dkim_key: tuple[bytes, str]) -> None:
+    publish_all(dns_server, dkim_key[1])
+    findings = await run(setup(), "other.test")
+    assert by_topic(findings, "domain other.test")[0].message == "not one of this server's [domains]"
+
+
+# --- certificate ---------------------------------------------------------------------------------
+
+
+def _cert_findings(path: Path, now: datetime.datetime | None = None) -> list[Finding]:
+    cfg = doctor.check_config(path)[0]
+    assert cfg is not None
+    return doctor.check_certificate(cfg, now)
+
+
+def test_certificate_expiry_fails_near_the_end_and_warns_before(setup: Any, tls_files: tuple[Path, Path]) -> None:
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificates(tls_files[0].read_bytes())[0]
+    end = leaf.not_valid_after_utc
+    status = lambda days: _cert_findings(setup(), end - datetime.timedelta(days=days))[0]  # noqa: E731
+    assert status(60).status == "ok"
+    assert status(10).status == "warn" and status(10).message.startswith("expires on ")
+    assert status(3).status == "fail"
+    expired = status(-1)
+    assert (expired.status, expired.message) == ("fail", f"expired on {end:%Y-%m-%d}")
+    assert "renew the certificate for mail.example.test" in expired.fix
+
+
+def test_certificate_must_cover_the_hostname(setup: Any) -> None:
+    findings = _cert_findings(setup(hostname="mx9.example.test"))
+    [f] = [f for f in findings if f.status == "fail"]
+    assert f.message.startswith("does not cover mx9.example.test (names: localhost, ")
+    assert _cert_findings(setup())[1].message == "covers mail.example.test"
+
+
+def test_wildcard_names_match_one_label() -> None:
+    assert doctor._name_matches("*.example.test", "mail.example.test")
+    assert not doctor._name_matches("*.example.test", "a.b.example.test")
+    assert not doctor._name_matches("*.example.test", "example.test")
+    assert doctor._name_matches("MAIL.example.test.", "mail.EXAMPLE.test")
+
+
+def test_self_signed_certificate_is_a_warning(setup: Any, tmp_path: Path) -> None:
+    from mailhaven.tls import make_self_signed
+
+    make_self_signed(tmp_path / "ss.pem", tmp_path / "ss.key", [HOST])
+    findings = _cert_findings(setup(tls={"cert": str(tmp_path / "ss.pem"), "key": str(tmp_path / "ss.key")}))
+    assert [f.status for f in findings] == ["ok", "ok", "warn"]
+    assert findings[2].message.startswith("self-signed")
+
+
+# --- config and files ----------------------------------------------------------------------------
+
+
+async def test_a_broken_config_is_one_failure_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("hostname = 3\n")
+    findings = await run(path)
+    assert findings == [Finding("fail", "config", "hostname: expected a string, got 3",
+                                f"fix the config file, then run: mailhaven -c {path} check-config")]
+
+
+def test_world_readable_secrets_fail_and_data_dir_mode_is_checked(setup: Any, tmp_path: Path) -> None:
+    path = setup()
+    (tmp_path / "users.toml").chmod(0o644)
+    (tmp_path / "data").chmod(0o755)
+    cfg = doctor.check_config(path)[0]
+    assert cfg is not None
+    findings = doctor.check_files(cfg)
+    bad = {f.message: f.fix for f in findings if f.status != "ok"}
+    assert bad == {f"users file {tmp_path / 'users.toml'} is world-readable (mode 0644)":
+                   f"chmod o-rwx {tmp_path / 'users.toml'}",
+                   f"data_dir {tmp_path / 'data'} is open to others (mode 0755)": f"chmod 700 {tmp_path / 'data'}"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files for another user")
+def test_run_as_user_must_own_data_dir_and_read_what_reload_rereads(setup: Any, tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    cfg = doctor.check_config(setup(run_as_user="nobody"))[0]
+    assert cfg is not None
+    findings = {f.message: f.fix for f in doctor.check_files(cfg) if f.status == "fail"}
+    data = tmp_path / "data"
+    assert findings[f"data_dir {data} belongs to root, not nobody"] == f"chown -R nobody: {data}"
+    key = tmp_path / "dkim.pem"
+    assert findings[f"domains.example.test.dkim_key {key} is not readable by nobody (a reload would fail)"] == (
+        f"chgrp nobody {key} && chmod 640 {key}")
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    for p in (key, tmp_path / "users.toml", Path(cfg.tls.key)):
+        os.chown(p, nobody.pw_uid, nobody.pw_gid)
+    try:
+        assert [f for f in doctor.check_files(cfg) if f.status == "fail"] == []
+    finally:
+        os.chown(Path(cfg.tls.key), 0, 0)
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def _doctor_cli_available() -> bool:
+    from mailhaven.cli import build_parser
+
+    try:
+        build_parser().parse_args(["doctor"])
+    except SystemExit:
+        return False
+    return True
+
+
+def test_doctor_command_prints_findings_and_exits_1_then_0_when_fixed(
+        setup: Any, dns_server: DnsServer, dkim_key: tuple[bytes, str]) -> None:
+    if not _doctor_cli_available():
+        pytest.skip("cli.py has no doctor command yet")
+    path = setup()
+    env = {**os.environ, "MAILHAVEN_FAST_HASH": "1"}
+    r = subprocess.run([sys.executable, "-m", "mailhaven", "-c", str(path), "doctor", DOMAIN],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 1, r.stderr
+    assert f"-> publish: {DOMAIN}. 3600 IN MX 10 {HOST}." in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    publish_all(dns_server, dkim_key[1])
+    r = subprocess.run([sys.executable, "-m", "mailhaven", "-c", str(path), "doctor"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "All good (0 warning(s))."
+    assert shutil.which("mailhaven")
