@@ -49,7 +49,11 @@ class UidList:
 
 
 def _parse_int(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) < 11 else None
+    """A decimal 32-bit unsigned number (UIDs and UIDVALIDITY are nz-number, RFC 3501 §9), else None."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    value = int(text)
+    return value if value <= 0xFFFFFFFF else None
 
 
 def read(folder: Path) -> UidList | None:
