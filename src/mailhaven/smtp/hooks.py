@@ -1,0 +1,242 @@
+"""The aiosmtpd handler shared by every SMTP role (MX now, submission next).
+
+Owns: the envelope rules every role has in common: HELO/EHLO (the EHLO keyword list), MAIL FROM and
+RCPT TO syntax (our own path parser, `message.address.parse_path`, not aiosmtpd's lenient one),
+SMTPUTF8 checks, the recipient count limit, the header-section bounds check after DATA, and the
+one log line per transaction. A role subclasses `BaseHandler` and fills in `check_sender`,
+`check_recipient` and `deliver` (inbound.py is the MX role).
+Does not own: the socket, timeouts, DATA framing and limits (server.py), reply texts (replies.py).
+
+aiosmtpd calls `handle_<VERB>(server, session, envelope, ...)`; a hook returns the reply line.
+`session` is our `ClientSession`, `envelope` our `Transaction` (server.py creates both).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mailhaven import log as mlog
+from mailhaven.config import Config
+from mailhaven.errors import MailError
+from mailhaven.message import headers
+from mailhaven.message.address import Address, parse_path
+from mailhaven.smtp import replies as R
+
+logger = logging.getLogger("mailhaven.smtp")
+
+# RFC 5321 §4.5.1: "postmaster" without a domain must be accepted as a recipient.
+POSTMASTER = object()
+
+
+class ClientSession(Session):
+    """aiosmtpd's Session plus what we know about the client connection."""
+
+    def __init__(self, loop: Any) -> None:
+        super().__init__(loop)
+        self.ip: str = ""
+        self.tls: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" when TLS is active
+        self.last_arg: str | None = None  # raw argument of the current MAIL/RCPT command
+        self.user: str | None = None  # authenticated user (submission)
+
+
+class Transaction(Envelope):
+    """aiosmtpd's Envelope plus our typed view of one mail transaction (RFC 5321 §3.3)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue_id = new_queue_id()
+        self.sender: Address | None = None  # None = null reverse-path (or no MAIL yet)
+        self.smtputf8 = False
+        self.recipients: list[Address] = []
+        self.users: list[str] = []  # canonical local users, de-duplicated, in order
+        self.refused = 0  # recipients refused (logged)
+        self.policy: Any = None  # role data from check_sender (MX: the SPF result)
+        self.started = time.monotonic()
+        self.logged = False
+
+
+def new_queue_id() -> str:
+    """A short unique transaction id shown in the 250 reply, the Received field and the log."""
+    return secrets.token_hex(6).upper()
+
+
+def split_path(text: str) -> tuple[str, str]:
+    """Split "<path> PARAMS" (after "FROM:"/"TO:") into the path and the parameter text.
+
+    The path ends at the first ">" outside a quoted string (RFC 5321 §4.1.2 Quoted-string may hold
+    ">" and spaces); a path without brackets ends at the first space. Raises ValueError when a
+    bracketed path has no end (aiosmtpd would accept `<a@b`)."""
+    text = text.lstrip(" ")
+    if not text.startswith("<"):
+        path, _, rest = text.partition(" ")
+        return path, rest.strip(" ")
+    quoted = escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif ch == "\\" and quoted:
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == ">" and not quoted:
+            rest = text[i + 1:]
+            if rest and not rest.startswith(" "):
+                raise ValueError("text after path")
+            return text[:i + 1], rest.strip(" ")
+    raise ValueError("path must end with >")
+
+
+def _strip_keyword(arg: str | None, keyword: str) -> str | None:
+    if arg is None or arg[:len(keyword)].upper() != keyword:
+        return None
+    return arg[len(keyword):]
+
+
+class BaseHandler:
+    """Envelope rules common to all roles. One instance per connection (config read at connect)."""
+
+    offers_auth = False  # submission sets True: EHLO then lists AUTH
+    role = "smtp"
+
+    def __init__(self, ctx: Any, config: Config, listener: str) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.listener = listener
+
+    # -- what a role decides -----------------------------------------------------------------------
+
+    async def check_sender(self, session: ClientSession, txn: Transaction, sender: Address | None) -> str | None:
+        """None to accept MAIL FROM, else the refusal reply."""
+        return None
+
+    async def check_recipient(self, session: ClientSession, txn: Transaction,
+                              rcpt: Address | object) -> tuple[str, list[str] | None]:
+        """(reply, users): users None = refused with `reply`. `rcpt` may be POSTMASTER."""
+        return R.RELAY_DENIED, None
+
+    async def deliver(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
+        """Store or queue the message durably, then return the 250 reply. Raise MailError to refuse."""
+        raise NotImplementedError
+
+    # -- aiosmtpd hooks --------------------------------------------------------------------------------
+
+    async def handle_HELO(self, server: Any, session: ClientSession, envelope: Transaction,
+                          hostname: str) -> str:
+        session.host_name = hostname
+        return f"250 {self.config.hostname}"
+
+    async def handle_EHLO(self, server: Any, session: ClientSession, envelope: Transaction,
+                          hostname: str, responses: list[str]) -> list[str]:
+        """aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS (and AUTH); we add PIPELINING (RFC 2920)
+        and ENHANCEDSTATUSCODES (RFC 2034), drop AUTH where the role has none, and drop HELP."""
+        session.host_name = hostname
+        lines = [r[4:] for r in responses]
+        greeting, keywords = lines[0], [k for k in lines[1:] if k != "HELP"]
+        if not self.offers_auth:
+            keywords = [k for k in keywords if not k.startswith("AUTH")]
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        out = [f"250-{greeting}"] + [f"250-{k}" for k in keywords]
+        out[-1] = "250 " + out[-1][4:]
+        return out
+
+    async def handle_MAIL(self, server: Any, session: ClientSession, envelope: Transaction,
+                          address: str, mail_options: list[str]) -> str:
+        # aiosmtpd has checked HELO, nesting, BODY=, SIZE= against our limit, and the parameter
+        # syntax; the address it parsed is too lenient, so parse the raw path ourselves.
+        arg = _strip_keyword(session.last_arg, "FROM:")
+        try:
+            if arg is None:
+                raise ValueError("no FROM:")
+            path, _ = split_path(arg)
+            sender = parse_path(path, allow_bare=True)
+        except ValueError:
+            return R.BAD_SENDER_SYNTAX
+        smtputf8 = "SMTPUTF8" in mail_options
+        if sender is not None and not sender.is_ascii and not smtputf8:
+            return R.NEED_SMTPUTF8  # RFC 6531 §3.4
+        envelope.smtputf8 = smtputf8
+        refusal = await self.check_sender(session, envelope, sender)
+        if refusal is not None:
+            return refusal
+        envelope.sender = sender
+        envelope.mail_from = str(sender) if sender is not None else "<>"
+        envelope.mail_options.extend(mail_options)
+        return R.SENDER_OK
+
+    async def handle_RCPT(self, server: Any, session: ClientSession, envelope: Transaction,
+                          address: str, rcpt_options: list[str]) -> str:
+        if len(envelope.recipients) >= self.config.smtp.max_recipients:
+            return R.TOO_MANY_RCPTS  # RFC 5321 §4.5.3.1.10
+        arg = _strip_keyword(session.last_arg, "TO:")
+        rcpt: Address | object
+        try:
+            if arg is None:
+                raise ValueError("no TO:")
+            path, _ = split_path(arg)
+            if path.lower() == "<postmaster>":
+                rcpt = POSTMASTER  # RFC 5321 §4.5.1
+            else:
+                parsed = parse_path(path, allow_bare=True)
+                if parsed is None:
+                    raise ValueError("null path")
+                if not parsed.is_ascii and not envelope.smtputf8:
+                    envelope.refused += 1
+                    return R.NEED_SMTPUTF8
+                rcpt = parsed
+        except ValueError:
+            envelope.refused += 1
+            return R.BAD_RCPT_SYNTAX
+        reply, users = await self.check_recipient(session, envelope, rcpt)
+        if users is None:
+            envelope.refused += 1
+            return reply
+        envelope.recipients.append(rcpt if isinstance(rcpt, Address) else Address("postmaster", users[0].rpartition("@")[2]))
+        envelope.rcpt_tos.append(str(envelope.recipients[-1]))
+        envelope.rcpt_options.extend(rcpt_options)
+        for u in users:
+            if u not in envelope.users:
+                envelope.users.append(u)
+        return reply
+
+    # -- after DATA (called by server.py with the complete, size-checked message) --------------------
+
+    async def handle_message(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
+        """Bounds-check the header section, hand the message to the role, log the transaction."""
+        smtp = self.config.smtp
+        problem = headers.check_header_section(data, smtp.max_header_count, smtp.max_header_size)
+        if problem == "count":
+            reply = R.TOO_MANY_HEADERS
+        elif problem == "size":
+            reply = R.HEADER_TOO_BIG
+        else:
+            try:
+                reply = await self.deliver(session, txn, data)
+            except MailError as e:
+                reply = R.reply_for(e)
+            except Exception:
+                logger.exception("smtp delivery failed (transaction %s)", txn.queue_id)
+                reply = R.INTERNAL
+        self.log_transaction(session, txn, reply, len(data), headers.field_value(data, "Message-ID"))
+        return reply
+
+    def log_transaction(self, session: ClientSession, txn: Transaction, result: str, size: int | None,
+                        message_id: str | None) -> None:
+        """One line per transaction: client, TLS, envelope, size, result, Message-ID (never the body)."""
+        if txn.logged:
+            return
+        txn.logged = True
+        level = logging.INFO if result.startswith("2") else logging.WARNING if result[:1] == "4" else logging.INFO
+        mlog.event(logger, "smtp transaction", level=level, role=self.role, id=txn.queue_id, client=session.ip,
+                   helo=session.host_name or "", tls=session.tls or "no", user=session.user or "",
+                   sender=txn.mail_from or "", rcpts=",".join(str(r) for r in txn.recipients),
+                   refused=txn.refused, size=size if size is not None else "",
+                   result=result, message_id=message_id or "",
+                   ms=int((time.monotonic() - txn.started) * 1000))
+
+
+__all__ = ["BaseHandler", "ClientSession", "Transaction", "POSTMASTER", "split_path", "new_queue_id"]

@@ -1,0 +1,121 @@
+"""The MX role: mail from the Internet to our own users (listener "mx", port 25).
+
+Owns: what the MX accepts (RFC 5321 §3.6.2 / §4.1.1.3): recipients in our domains that resolve to
+users (users, aliases, catch-all, sub-addresses through auth.users.Directory); everything else is
+refused as relaying (550 5.7.1) whatever the HELO, MAIL FROM or client address; unknown local
+users get 550 5.1.1. Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
+the verdict at DATA), the trace fields we add (Return-Path, Received, Authentication-Results,
+Received-SPF) and durable delivery into every recipient's Maildir (INBOX, or Junk on a
+"junk" verdict) before the 250.
+Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
+(policy/pipeline.py), the store.
+
+The MX never relays and never queues: a message is either in every recipient's Maildir (fsynced)
+when we answer 250, or refused (5xx) / deferred (4xx) with nothing kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from typing import Any
+
+from mailhaven.errors import DnsTempError
+from mailhaven.message import headers
+from mailhaven.message.address import Address
+from mailhaven.policy import pipeline
+from mailhaven.policy.spf import SpfResult
+from mailhaven.smtp import replies as R
+from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
+
+logger = logging.getLogger("mailhaven.smtp.inbound")
+
+JUNK = "Junk"
+INBOX = "INBOX"
+
+
+class InboundHandler(BaseHandler):
+    role = "mx"
+    offers_auth = False
+
+    def _policy_deadline(self) -> float:
+        """The most time sender checks may take for one command (DNS answers are bounded by
+        dns.timeout each; this bounds a whole chain of them)."""
+        return max(1.0, min(self.config.smtp.command_timeout, 60.0))
+
+    async def check_sender(self, session: ClientSession, txn: Transaction, sender: Address | None) -> str | None:
+        # RFC 7208 §2.4: SPF on MAIL FROM, or on the HELO identity for the null sender. Nothing is
+        # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py).
+        mail_from = str(sender) if sender is not None else ""
+        helo = session.host_name or ""
+        try:
+            txn.policy = await asyncio.wait_for(
+                pipeline.check_mail(self.ctx.resolver, session.ip, mail_from, helo), self._policy_deadline())
+        except TimeoutError:
+            domain = (mail_from or f"postmaster@{helo}").rpartition("@")[2].lower()
+            txn.policy = SpfResult("temperror", "SPF check timed out", domain,
+                                   "mailfrom" if mail_from else "helo", mail_from, session.ip, helo)
+        return None
+
+    async def check_recipient(self, session: ClientSession, txn: Transaction,
+                              rcpt: Address | object) -> tuple[str, list[str] | None]:
+        directory = self.ctx.directory
+        if rcpt is POSTMASTER:
+            # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
+            for domain in self.config.domains:
+                users = directory.resolve(f"postmaster@{domain}")
+                if users:
+                    return R.RCPT_OK, list(users)
+            return R.UNKNOWN_USER, None
+        assert isinstance(rcpt, Address)
+        # No relaying, ever (RFC 5321 §3.6.2): only our domains; address literals are never ours
+        # here, so <user@[127.0.0.1]> is refused like any other foreign destination.
+        if rcpt.is_literal or not directory.is_local_domain(rcpt.domain):
+            return R.RELAY_DENIED, None
+        users = directory.resolve(rcpt)
+        if not users:
+            return R.UNKNOWN_USER, None
+        return R.RCPT_OK, list(users)
+
+    async def deliver(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
+        cfg = self.config
+        spf_result: SpfResult | None = txn.policy
+        enforce = pipeline.applies(cfg.policy, session.ip)
+        try:
+            assessment = await asyncio.wait_for(
+                pipeline.check_data(self.ctx.resolver, cfg.policy, cfg.authserv_id, spf_result, data,
+                                    enforce=enforce),
+                self._policy_deadline())
+        except TimeoutError:
+            raise DnsTempError("Sender checks timed out, try again later") from None
+        verdict = assessment.verdict
+        error = verdict.error()
+        if error is not None:
+            # reject -> 550 5.7.1, tempfail -> 451 4.4.3 (replies.reply_for renders it)
+            raise error
+        folder = JUNK if verdict.action == "junk" else INBOX
+        single = str(txn.recipients[0]) if len(txn.recipients) == 1 else None
+        trace = [
+            headers.return_path(str(txn.sender) if txn.sender is not None else ""),  # RFC 5321 §4.4
+            headers.received(
+                helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
+                protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
+                                               auth=session.user is not None, smtputf8=txn.smtputf8),
+                queue_id=txn.queue_id, recipient=single,
+                when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls),
+            assessment.headers,  # Authentication-Results (RFC 8601) + Received-SPF (RFC 7208 §9.1)
+        ]
+        message = headers.prepend(trace, assessment.message)  # forged A-R with our id removed
+        # Durable in every Maildir before the 250 (store.deliver fsyncs; all or nothing, StoreError).
+        await self.ctx.store.deliver([(user, folder) for user in txn.users], message)
+        if verdict.action == "junk" or assessment.notes:
+            logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
+        return R.accepted(txn.queue_id)
+
+
+def handler_factory(ctx: Any, config: Any, listener: str) -> InboundHandler:
+    return InboundHandler(ctx, config, listener)
+
+
+__all__ = ["InboundHandler", "handler_factory"]

@@ -1,0 +1,382 @@
+"""SMTP listeners: aiosmtpd's `SMTP` protocol on our own event loop (no threaded Controller).
+
+Owns: one `Connection` (an aiosmtpd `SMTP` subclass) per TCP connection: connection limits
+(ctx.limits; `421 4.7.0` when over), session tracking for graceful stop (ctx.sessions), idle and
+command timeouts (`421 4.4.2`), the bad-command limit (`421 4.7.0`, disconnect), enhanced status
+codes on aiosmtpd's own replies (replies.enhance), exceptions -> replies (replies.reply_for), and
+the DATA block: dot-unstuffing, message size, line length and bare CR/LF checks, all bounded
+while reading (`DataBlock`). The listener factories `create_mx_server` (and, later,
+`create_submission_server`) pick the role's handler (hooks.py, inbound.py).
+Does not own: envelope rules (hooks.py), the MX role (inbound.py), reply texts (replies.py).
+
+Why a subclass: aiosmtpd 1.4.6 replies without enhanced codes, accepts `MAIL FROM:<a@b`, reads DATA
+without a bare-LF check and with its own reply texts, has a fixed budget of 5 unknown commands and
+shares `command_size_limits` between instances. We override the few methods concerned
+(`push`, `smtp_DATA`, `connection_made`/`lost`, `handle_exception`, `_timeout_cb`) and keep the
+rest (command loop, STARTTLS, HELO/EHLO/MAIL/RCPT syntax) as aiosmtpd has it.
+Pinned to aiosmtpd >=1.4.6,<2: `_reader`, `_reset_timeout`, `_smtp_methods`, `_timeout_handle`
+and `_handler_coroutine` are aiosmtpd internals used here (tests cover each one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, TLSSetupException
+
+from mailhaven import log as mlog
+from mailhaven.config import Config, ListenerConfig
+from mailhaven.errors import ConfigError, MailError
+from mailhaven.smtp import replies as R
+from mailhaven.smtp.hooks import BaseHandler, ClientSession, Transaction
+from mailhaven.tls import tls_summary
+
+logger = logging.getLogger("mailhaven.smtp")
+
+COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4 (aiosmtpd adds room for SIZE= and SMTPUTF8 after EHLO)
+IDENT = "ESMTP Mailhaven"  # RFC 5321 §4.3.1 greeting: "220 <hostname> ESMTP ..."; no version shown
+
+HandlerFactory = Callable[[Any, Config, str], BaseHandler]
+
+
+class DataBlock:
+    """Sans-IO reader of one DATA block (RFC 5321 §4.1.1.4), fed line by line.
+
+    `feed(chunk)` takes a chunk ending in CRLF (a line) or not (a piece of a line longer than the
+    reader's limit) and returns True at the end-of-data line. Only CRLF "." CRLF ends the block
+    (RFC 5321 §4.1.1.4), so `\\n.\\n`, `\\r.\\r` and the like never end it. Once a problem is seen the
+    rest is read and discarded, so the reply comes after the final dot and the dialogue stays in step
+    (RFC 5321 §4.2.5); memory stays bounded by max_size.
+    """
+
+    def __init__(self, max_size: int, max_line: int) -> None:
+        self.max_size = max_size
+        self.max_line = max_line
+        self.size = 0
+        self.problem: str | None = None
+        self._parts: list[bytes] = []
+        self._partial = False  # inside a line longer than the reader limit
+
+    def _fail(self, reply: str) -> None:
+        if self.problem is None:
+            self.problem = reply
+        self._parts.clear()
+
+    def feed(self, chunk: bytes) -> bool:
+        if not chunk.endswith(b"\r\n"):
+            self._partial = True
+            self.size += len(chunk)
+            self._fail(R.LINE_TOO_LONG)
+            return False
+        if self._partial:  # the end of an over-long line, never the end of data
+            self._partial = False
+            self.size += len(chunk)
+            return False
+        if chunk == b".\r\n":
+            return True  # RFC 5321 §4.1.1.4 end of mail data
+        if chunk[:1] == b".":
+            chunk = chunk[1:]  # RFC 5321 §4.5.2 transparency
+        self.size += len(chunk)
+        if len(chunk) > self.max_line:
+            self._fail(R.LINE_TOO_LONG)  # RFC 5321 §4.5.3.1.6 (our limit is config smtp.max_line_length)
+        elif b"\r" in chunk[:-2] or b"\n" in chunk[:-2]:
+            self._fail(R.BARE_NEWLINE)  # RFC 5321 §2.3.8: CR and LF only as CRLF
+        elif self.size > self.max_size:
+            self._fail(R.MESSAGE_TOO_BIG)  # RFC 1870 §6.3
+        elif self.problem is None:
+            self._parts.append(chunk)
+        return False
+
+    def message(self) -> bytes:
+        return b"".join(self._parts)
+
+
+class _Commands(dict[str, Any]):
+    """aiosmtpd's verb table; unknown verbs get our handler (counted as bad commands) instead of
+    aiosmtpd's fixed budget of five."""
+
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str], Any]) -> None:
+        super().__init__(methods)
+        self._unknown = unknown
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        return self._unknown(key)
+
+
+class Connection(SMTP):
+    """One SMTP connection. Config, listener settings and TLS context are read when it starts."""
+
+    def __init__(self, ctx: Any, name: str, lc: ListenerConfig, handler_factory: HandlerFactory) -> None:
+        cfg: Config = ctx.config
+        self.ctx = ctx
+        self.cfg = cfg
+        self.listener_name = name
+        self.lc = cfg.listeners.get(name, lc)
+        # aiosmtpd reads these two in __init__: the StreamReader limit and a per-instance size table
+        # (aiosmtpd's class-level table is shared by every connection).
+        self.line_length_limit = cfg.smtp.max_line_length
+        self.command_size_limits = collections.defaultdict(lambda: COMMAND_LINE_LIMIT)
+        handler = handler_factory(ctx, cfg, name)
+        tls_ctx: ssl.SSLContext | None = ctx.tls if self.lc.tls == "starttls" else None
+        super().__init__(
+            handler,
+            data_size_limit=cfg.smtp.max_message_size,  # SIZE in EHLO and the MAIL SIZE= check (RFC 1870)
+            enable_SMTPUTF8=True,  # RFC 6531
+            decode_data=False,  # keep bytes; advertises 8BITMIME (RFC 6152)
+            hostname=cfg.hostname,
+            ident=IDENT,
+            tls_context=tls_ctx,
+            require_starttls=False,  # RFC 3207 §4: a public MX must not require TLS
+            timeout=self.lc.idle_timeout,
+            auth_required=False,
+            auth_require_tls=True,
+            loop=asyncio.get_running_loop(),
+        )
+        self.handler: BaseHandler = handler
+        if not handler.offers_auth:
+            self._smtp_methods.pop("AUTH", None)
+        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
+        self.ip = ""
+        self._started = False
+        self._refused = False
+        self._counted = False
+        self._tracked: asyncio.BaseTransport | None = None
+        self._greeted = False
+        self._raw_250 = False  # HELO/EHLO replies carry no enhanced code (RFC 2034 §3)
+        self._errors = 0
+        self._closing = False
+
+    # -- connection lifetime ---------------------------------------------------------------------
+
+    def _create_session(self) -> ClientSession:
+        return ClientSession(self.loop)
+
+    def _create_envelope(self) -> Transaction:
+        return Transaction()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._started:  # after STARTTLS aiosmtpd calls us again with the TLS transport
+            super().connection_made(transport)
+            self._fill_session(transport)
+            return
+        self._started = True
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        # Log context for this connection's task (created below by aiosmtpd, inheriting it).
+        mlog.cid_var.set(mlog.new_cid())
+        mlog.proto_var.set(self.listener_name)
+        mlog.remote_var.set(self.ip)
+        limits = getattr(self.ctx, "limits", None)
+        if limits is not None:
+            if not limits.connection_opened(self.listener_name, self.ip, self.lc):
+                self._refused = True
+                logger.info("connection refused: too many connections (client %s)", self.ip)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write((R.too_many_connections(self.cfg.hostname) + "\r\n").encode())
+                transport.close()
+                return
+            self._counted = True
+        sessions = getattr(self.ctx, "sessions", None)
+        if sessions is not None:
+            sessions.add(transport)
+            self._tracked = transport
+        super().connection_made(transport)
+        self._fill_session(transport)
+
+    def _fill_session(self, transport: asyncio.BaseTransport) -> None:
+        session = self.session
+        assert isinstance(session, ClientSession)
+        session.ip = self.ip
+        session.tls = tls_summary(transport.get_extra_info("ssl_object"))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        if self._counted:
+            self._counted = False
+            self.ctx.limits.connection_closed(self.listener_name, self.ip)
+        if self._tracked is not None:
+            self.ctx.sessions.discard(self._tracked)
+            self._tracked = None
+        self._log_unfinished()
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self._refused:
+            return False
+        return super().eof_received()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd just closes; RFC 5321 §4.5.3.2 timeouts deserve a 421 first.
+        transport: Any = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write((R.timeout(self.cfg.hostname) + "\r\n").encode())
+        logger.info("timeout (client %s)", self.ip)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def _set_post_data_state(self) -> None:
+        self._log_unfinished()
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+
+    def _log_unfinished(self) -> None:
+        """A transaction that ended without DATA (RSET, new EHLO, disconnect) still gets its line."""
+        txn, session = self.envelope, self.session
+        if isinstance(txn, Transaction) and isinstance(session, ClientSession) and txn.mail_from \
+                and not txn.logged:
+            self.handler.log_transaction(session, txn, "no data", None, None)
+
+    def _close_now(self) -> None:
+        """Close after the reply just pushed (aiosmtpd's QUIT does the same)."""
+        self._closing = True
+        if self._handler_coroutine is not None:
+            self._handler_coroutine.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- replies --------------------------------------------------------------------------------------
+
+    async def push(self, status: str | bytes) -> None:
+        line = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+        code = R.code_of(line)
+        if not self._greeted:
+            self._greeted = True  # the 220 greeting is exempt (RFC 2034 §3)
+        elif not (self._raw_250 and code == 250):
+            line = R.enhance(line)
+        close = False
+        if code >= 500 and not self._closing:
+            self._errors += 1
+            if self._errors > self.cfg.smtp.max_bad_commands:
+                logger.info("too many errors (client %s)", self.ip)
+                line, close = R.too_many_errors(self.cfg.hostname), True
+        await super().push(line)
+        if close:
+            self._close_now()
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, MailError):
+            return R.reply_for(error)
+        if isinstance(error, TLSSetupException):
+            logger.info("TLS handshake failed (client %s): %s", self.ip, error.__cause__ or error)
+            return R.reply_for(error)
+        logger.exception("smtp command failed (client %s)", self.ip)
+        return R.reply_for(error)
+
+    # -- commands -------------------------------------------------------------------------------------
+
+    def _unknown_command(self, verb: str) -> Callable[[str | None], Any]:
+        async def unknown(arg: str | None) -> None:
+            await self.push(R.UNKNOWN_COMMAND)
+
+        return unknown
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self._raw_250 = True
+        try:
+            await super().smtp_HELO(hostname)
+        finally:
+            self._raw_250 = False
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.command_size_limits.clear()  # aiosmtpd grows the MAIL limit on every EHLO
+        self._raw_250 = True
+        try:
+            await super().smtp_EHLO(hostname)
+        finally:
+            self._raw_250 = False
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        assert isinstance(self.session, ClientSession)
+        self.session.last_arg = arg  # hooks.py parses the raw path itself
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        assert isinstance(self.session, ClientSession)
+        self.session.last_arg = arg
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        if await self.check_helo_needed():
+            return
+        txn = self.envelope
+        session = self.session
+        assert isinstance(txn, Transaction) and isinstance(session, ClientSession)
+        if not txn.recipients:
+            await self.push(R.NEED_RCPT if txn.mail_from else R.NEED_MAIL)
+            return
+        if arg:
+            await self.push(R.DATA_SYNTAX)
+            return
+        await self.push(R.START_DATA)
+        smtp = self.cfg.smtp
+        block = DataBlock(smtp.max_message_size, smtp.max_line_length)
+        command_timeout = smtp.command_timeout
+        self._reset_timeout(command_timeout)
+        while True:
+            try:
+                chunk = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as e:
+                chunk = await self._reader.read(max(1, e.consumed))  # a piece of an over-long line
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError from None
+            self._reset_timeout(command_timeout)  # progress: the client may take command_timeout per line
+            if block.feed(chunk):
+                break
+        try:
+            if block.problem is not None:
+                reply = block.problem
+                self.handler.log_transaction(session, txn, reply, block.size, None)
+            else:
+                reply = await self.handler.handle_message(session, txn, block.message())
+        finally:
+            self._set_post_data_state()
+            self._reset_timeout()
+        # The reply to the message is not a bad command: it does not count towards the error limit.
+        self._closing, closing = True, self._closing
+        try:
+            await self.push(reply)
+        finally:
+            self._closing = closing
+
+
+def _quiet_aiosmtpd() -> None:
+    """aiosmtpd logs every command line at INFO on "mail.log"; our own log has one line per
+    transaction, so keep its records for warnings (and DEBUG when our level is debug)."""
+    lib = logging.getLogger("mail.log")
+    if lib.level == logging.NOTSET:
+        lib.setLevel(logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.WARNING)
+
+
+async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket,
+                        handler_factory: HandlerFactory) -> asyncio.AbstractServer:
+    """Serve SMTP with the given role on an already bound, listening socket."""
+    ssl_ctx: ssl.SSLContext | None = None
+    if lc.tls == "implicit":
+        if ctx.tls is None:
+            raise ConfigError(f"listeners.{name}.tls: \"implicit\" needs tls.cert and tls.key")
+        ssl_ctx = ctx.tls
+    _quiet_aiosmtpd()
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: Connection(ctx, name, lc, handler_factory), sock=sock, ssl=ssl_ctx)
+
+
+async def create_mx_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
+    """The inbound MX (listener "mx"): app.py's listener factory."""
+    from mailhaven.smtp.inbound import handler_factory
+
+    return await create_server(ctx, name, lc, sock, handler_factory)
+
+
+__all__ = ["Connection", "DataBlock", "create_server", "create_mx_server", "COMMAND_LINE_LIMIT", "IDENT"]

@@ -1,0 +1,419 @@
+"""The inbound MX over real sockets: greeting, EHLO, envelope rules, data limits, delivery, limits.
+
+Clients: a raw socket client (test_mx_harness.RawClient), smtplib and aiosmtplib. DNS answers come
+from the real test DNS server (no records = SPF none, DMARC none).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import ssl
+from typing import Any
+
+import aiosmtplib
+import pytest
+
+from mailhaven.errors import StoreError
+from mailhaven.message.headers import field_value
+from tests.integration import test_mx_harness as harness
+from tests.integration.test_mx_harness import ALICE, BOB, CAROL, MxFactory, all_files, dot_stuff, message
+
+mx = harness.mx  # the fixture
+
+SENDER = "sender@sender.test"
+
+
+def _keywords(lines: list[str]) -> list[str]:
+    return [ln[4:].split(" ")[0] for ln in lines[1:]]
+
+
+# --- greeting and EHLO ---------------------------------------------------------------------------
+
+
+async def test_greeting_names_the_host_and_esmtp(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw(greet=False) as c:
+        [banner] = await c.reply()
+    assert banner.startswith("220 localhost ESMTP")
+
+
+async def test_ehlo_advertises_size_8bitmime_smtputf8_pipelining_enhancedstatuscodes_starttls(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_message_size": 123456})
+    async with server.raw() as c:
+        lines = await c.cmd("EHLO client.example")
+    assert lines[0] == "250-localhost"
+    assert lines[-1].startswith("250 ")
+    assert all(ln.startswith("250-") for ln in lines[:-1])
+    kws = _keywords(lines)
+    assert "SIZE 123456" in [ln[4:] for ln in lines]
+    for kw in ("8BITMIME", "SMTPUTF8", "PIPELINING", "ENHANCEDSTATUSCODES", "STARTTLS"):
+        assert kw in kws
+    assert not any(k.startswith("AUTH") for k in kws)  # no AUTH on the MX
+    assert "HELP" not in kws
+
+
+async def test_ehlo_has_no_starttls_without_a_certificate(mx: MxFactory) -> None:
+    server = await mx(no_tls=True)
+    async with server.raw() as c:
+        kws = _keywords(await c.cmd("EHLO client.example"))
+    assert "STARTTLS" not in kws and "PIPELINING" in kws
+
+
+async def test_ehlo_has_no_starttls_when_the_listener_has_tls_none(mx: MxFactory) -> None:
+    server = await mx(mx_listener={"tls": "none"})
+    async with server.raw() as c:
+        kws = _keywords(await c.cmd("EHLO client.example"))
+    assert "STARTTLS" not in kws
+
+
+async def test_helo_still_works_and_delivers(mx: MxFactory) -> None:
+    server = await mx()
+    replies = await server.send(SENDER, [ALICE], message(), ehlo=False)
+    assert [r[0][:3] for r in replies] == ["250", "250", "354", "250"]
+    [msg] = server.messages(ALICE)
+    assert b" with SMTP id " in msg
+
+
+async def test_auth_is_not_a_command_on_the_mx(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        [reply] = await c.cmd("AUTH PLAIN AGFsaWNlAHNlY3JldA==")
+    assert reply.startswith("500 5.5.2")
+
+
+async def test_every_reply_after_ehlo_has_an_enhanced_status_code(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        for command, code in [("NOOP", "250 2.0.0"), ("RCPT TO:<a@example.test>", "503 5.5.1"),
+                              ("MAIL FROM:<a@b.test> FOO=BAR", "555 5.5.4"), ("RSET", "250 2.0.0"),
+                              ("DATA", "503 5.5.1"), ("XYZZY", "500 5.5.2"), ("VRFY", "501 5.5.4"),
+                              ("QUIT", "221 2.0.0")]:
+            [reply] = await c.cmd(command)
+            assert reply.startswith(code), (command, reply)
+
+
+# --- senders -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["<a@b.test", "<a@b.test>x", "<a b@c.test>", "<@>", "<a@-b.test>",
+                                  "<\x00@b.test>"])
+async def test_malformed_sender_is_refused_501_5_1_7(mx: MxFactory, path: str) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        [reply] = await c.cmd(f"MAIL FROM:{path}")
+    # Our parser answers 501 5.1.7; aiosmtpd's own checks come first for some (553 5.1.3 for an
+    # unparsable path, 555 5.5.4 when trailing text looks like a parameter).
+    assert reply.startswith(("501 5.1.7", "553 5.1.3", "555 5.5.4")), reply
+
+
+async def test_sender_without_closing_bracket_is_refused(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        [reply] = await c.cmd("MAIL FROM:<a@b.test")  # aiosmtpd alone would accept it
+    assert reply.startswith("501 5.1.7"), reply
+
+
+async def test_null_sender_is_accepted_and_recorded_as_empty_return_path(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO mta.sender.test")
+        assert (await c.cmd("MAIL FROM:<>"))[0].startswith("250 2.1.0")
+        assert (await c.cmd(f"RCPT TO:<{ALICE}>"))[0].startswith("250 2.1.5")
+        assert (await c.cmd("DATA"))[0].startswith("354")
+        assert (await c.cmd(dot_stuff(message()) + b"."))[0].startswith("250 2.0.0")
+    [msg] = server.messages(ALICE)
+    assert msg.startswith(b"Return-Path: <>\r\n")
+
+
+async def test_nested_mail_is_refused(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        await c.cmd(f"MAIL FROM:<{SENDER}>")
+        [reply] = await c.cmd(f"MAIL FROM:<{SENDER}>")
+    assert reply.startswith("503 5.5.1")
+
+
+async def test_size_parameter_over_the_limit_is_refused_552_5_3_4(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_message_size": 2048})
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        [reply] = await c.cmd(f"MAIL FROM:<{SENDER}> SIZE=2049")
+        assert reply.startswith("552 5.3.4"), reply
+        [reply] = await c.cmd(f"MAIL FROM:<{SENDER}> SIZE=2048")
+        assert reply.startswith("250 2.1.0"), reply
+
+
+async def test_non_ascii_sender_needs_smtputf8(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        [reply] = await c.cmd("MAIL FROM:<jörg@sender.test>")
+        assert reply.startswith("553 5.6.7"), reply
+        [reply] = await c.cmd("MAIL FROM:<jörg@sender.test> SMTPUTF8")
+        assert reply.startswith("250 2.1.0"), reply
+
+
+# --- recipients ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rcpt", "users"), [
+    (ALICE, [ALICE]),
+    ("Alice@Example.TEST", [ALICE]),
+    ("alice+news@example.test", [ALICE]),  # sub-address
+    ("team@example.test", [ALICE, BOB]),  # alias
+    ("anything@catchall.test", [ALICE]),  # catch-all
+])
+async def test_local_recipients_are_accepted_and_delivered(mx: MxFactory, rcpt: str, users: list[str]) -> None:
+    server = await mx()
+    replies = await server.send(SENDER, [rcpt], message())
+    assert replies[1][0].startswith("250 2.1.5"), replies
+    assert replies[-1][0].startswith("250 2.0.0"), replies
+    for u in users:
+        assert len(server.messages(u)) == 1
+    assert server.messages(CAROL) == []
+
+
+async def test_postmaster_without_domain_is_accepted(mx: MxFactory) -> None:
+    server = await mx()
+    replies = await server.send(SENDER, ["postmaster"], message())
+    assert replies[1][0].startswith("250 2.1.5"), replies
+    assert len(server.messages(ALICE)) == 1
+
+
+async def test_unknown_local_user_is_550_5_1_1(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        await c.cmd(f"MAIL FROM:<{SENDER}>")
+        [reply] = await c.cmd("RCPT TO:<nobody@example.test>")
+    assert reply.startswith("550 5.1.1"), reply
+
+
+async def test_foreign_recipient_is_relay_denied_550_5_7_1(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO localhost")
+        await c.cmd(f"MAIL FROM:<{ALICE}>")  # even "from" one of ours, from loopback
+        [reply] = await c.cmd("RCPT TO:<someone@other.test>")
+    assert reply.startswith("550 5.7.1"), reply
+
+
+async def test_too_many_recipients_is_452_4_5_3(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_recipients": 2})
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        await c.cmd(f"MAIL FROM:<{SENDER}>")
+        assert (await c.cmd(f"RCPT TO:<{ALICE}>"))[0].startswith("250")
+        assert (await c.cmd(f"RCPT TO:<{BOB}>"))[0].startswith("250")
+        [reply] = await c.cmd(f"RCPT TO:<{CAROL}>")
+        assert reply.startswith("452 4.5.3"), reply
+        assert (await c.cmd("DATA"))[0].startswith("354")
+        assert (await c.cmd(dot_stuff(message()) + b"."))[0].startswith("250")
+    assert len(server.messages(ALICE)) == 1 and len(server.messages(BOB)) == 1
+    assert server.messages(CAROL) == []
+
+
+async def test_two_recipients_for_one_user_get_one_copy(mx: MxFactory) -> None:
+    server = await mx()
+    replies = await server.send(SENDER, [ALICE, "alice+x@example.test", "team@example.test"], message())
+    assert replies[-1][0].startswith("250 2.0.0")
+    assert len(server.messages(ALICE)) == 1 and len(server.messages(BOB)) == 1
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+async def test_message_over_the_size_limit_is_552_5_3_4_and_not_stored(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_message_size": 2048})
+    body = ("x" * 70 + "\r\n") * 40
+    replies = await server.send(SENDER, [ALICE], message(body=body))
+    assert replies[-1][0].startswith("552 5.3.4"), replies
+    assert server.messages(ALICE) == []
+
+
+async def test_message_at_the_size_limit_is_accepted(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_message_size": 4096})
+    base = message(body="")
+    body = "y" * (4096 - len(base) - 2 - 1200) + "\r\n"
+    # The limit is on the message as received, headers we add do not count.
+    replies = await server.send(SENDER, [ALICE], message(body=body))
+    assert replies[-1][0].startswith("250"), replies
+
+
+async def test_line_over_the_line_limit_is_refused_500_5_5_2(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_line_length": 1000})
+    ok = await server.send(SENDER, [ALICE], message(body="a" * 998 + "\r\n"))
+    assert ok[-1][0].startswith("250"), ok
+    bad = await server.send(SENDER, [ALICE], message(body="b" * 999 + "\r\n"))
+    assert bad[-1][0].startswith("500 5.5.2"), bad
+    huge = await server.send(SENDER, [ALICE], message(body="c" * 200_000 + "\r\n"))
+    assert huge[-1][0].startswith("500 5.5.2"), huge
+    assert len(server.messages(ALICE)) == 1
+
+
+async def test_dot_stuffed_lines_are_unstuffed(mx: MxFactory) -> None:
+    server = await mx()
+    replies = await server.send(SENDER, [ALICE], message(body=".leading dot\r\n..two\r\n"))
+    assert replies[-1][0].startswith("250")
+    [msg] = server.messages(ALICE)
+    assert msg.endswith(b"\r\n.leading dot\r\n..two\r\n")
+
+
+async def test_too_many_header_fields_is_refused_552(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_header_count": 10})
+    extra = "".join(f"X-H{i}: {i}\r\n" for i in range(6))
+    ok = await server.send(SENDER, [ALICE], message(extra=extra))  # 4 + 6 = 10 fields
+    assert ok[-1][0].startswith("250"), ok
+    extra = "".join(f"X-H{i}: {i}\r\n" for i in range(7))
+    bad = await server.send(SENDER, [ALICE], message(extra=extra))
+    assert bad[-1][0].startswith("552 5.3.4"), bad
+    assert len(server.messages(ALICE)) == 1
+
+
+async def test_header_section_over_the_size_limit_is_refused_552(mx: MxFactory) -> None:
+    server = await mx(smtp={"max_header_size": 2048})
+    extra = "".join(f"X-Long: {'z' * 200}\r\n" for _ in range(12))
+    bad = await server.send(SENDER, [ALICE], message(extra=extra))
+    assert bad[-1][0].startswith("552 5.3.4"), bad
+    assert server.messages(ALICE) == []
+
+
+async def test_data_without_recipients_is_503(mx: MxFactory) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        await c.cmd(f"MAIL FROM:<{SENDER}>")
+        await c.cmd("RCPT TO:<nobody@example.test>")
+        [reply] = await c.cmd("DATA")
+    assert reply.startswith("503 5.5.1")
+
+
+# --- delivery and trace fields -------------------------------------------------------------------
+
+
+async def test_delivered_message_has_return_path_received_and_authentication_results(mx: MxFactory) -> None:
+    server = await mx()
+    replies = await server.send(SENDER, [ALICE], message(subject="trace"), helo="mta.sender.test")
+    queue_id = replies[-1][0].rsplit(" ", 1)[1]
+    [msg] = server.messages(ALICE)
+    lines = msg.split(b"\r\n")
+    assert lines[0] == f"Return-Path: <{SENDER}>".encode()
+    assert lines[1] == b"Received: from mta.sender.test ([127.0.0.1])"
+    received = field_value(msg, "Received") or ""
+    assert f"by localhost (Mailhaven) with ESMTP id {queue_id}" in received
+    assert f"for <{ALICE}>;" in received
+    ar = field_value(msg, "Authentication-Results") or ""
+    assert ar.startswith("localhost;") and "spf=none" in ar and "dkim=none" in ar and "dmarc=none" in ar
+    assert field_value(msg, "Subject") == "trace"
+    assert msg.endswith(b"\r\n\r\nHello.\r\n")
+
+
+async def test_received_has_no_for_clause_with_several_recipients(mx: MxFactory) -> None:
+    server = await mx()
+    await server.send(SENDER, [ALICE, BOB], message())
+    [msg] = server.messages(ALICE)
+    assert " for <" not in (field_value(msg, "Received") or "")
+
+
+async def test_forged_authentication_results_with_our_id_are_removed(mx: MxFactory) -> None:
+    server = await mx()
+    extra = ("Authentication-Results: localhost; dkim=pass header.d=bank.test\r\n"
+             "Authentication-Results: other.example; spf=pass\r\n")
+    await server.send(SENDER, [ALICE], message(extra=extra))
+    [msg] = server.messages(ALICE)
+    assert b"header.d=bank.test" not in msg
+    assert b"Authentication-Results: other.example; spf=pass" in msg
+    assert msg.count(b"Authentication-Results: localhost;") == 1
+
+
+async def test_store_failure_answers_451_4_3_0_and_keeps_nothing(mx: MxFactory) -> None:
+    server = await mx()
+    # Make the store fail for real: the user's Maildir root exists but cannot be written to.
+    user_root = server.mail_root / "example.test" / "alice"
+    user_root.mkdir(parents=True)
+    user_root.chmod(0o500)
+    import os
+    if os.geteuid() == 0:
+        # root ignores permissions: put a file where the Maildir's tmp/ directory must go.
+        user_root.chmod(0o700)
+        (user_root / "tmp").write_bytes(b"not a directory")
+    try:
+        replies = await server.send(SENDER, [ALICE], message())
+    finally:
+        user_root.chmod(0o700)
+    assert replies[-1][0].startswith("451 4.3.0"), replies
+    assert [p for p in all_files(server.mail_root) if p.parent.name in ("new", "cur")] == []
+
+
+async def test_store_error_from_a_later_target_leaves_no_partial_message(mx: MxFactory) -> None:
+    server = await mx()
+    # bob's Maildir is broken, alice's is fine: nothing may be delivered to alice either.
+    bob_root = server.mail_root / "example.test" / "bob"
+    bob_root.mkdir(parents=True)
+    (bob_root / "new").write_bytes(b"not a directory")
+    replies = await server.send(SENDER, [ALICE, BOB], message())
+    assert replies[-1][0].startswith("451 4.3.0"), replies
+    assert server.messages(ALICE) == []
+
+
+async def test_internal_errors_do_not_leak(mx: MxFactory) -> None:
+    class Exploding:
+        async def start(self) -> None: ...
+        async def close(self) -> None: ...
+        async def deliver(self, targets: Any, data: bytes) -> None:
+            raise RuntimeError("secret internal path /var/lib/x")
+
+    server = await mx(store=Exploding())
+    replies = await server.send(SENDER, [ALICE], message())
+    assert replies[-1] == ["451 4.3.0 Temporary local problem, try again later"]
+
+
+async def test_store_error_is_a_temporary_reply(mx: MxFactory) -> None:
+    class Failing:
+        async def start(self) -> None: ...
+        async def close(self) -> None: ...
+        async def deliver(self, targets: Any, data: bytes) -> None:
+            raise StoreError("the message could not be stored")
+
+    server = await mx(store=Failing())
+    replies = await server.send(SENDER, [ALICE], message())
+    assert replies[-1][0].startswith("451 4.3.0")
+
+
+# --- clients -------------------------------------------------------------------------------------
+
+
+async def test_smtplib_delivers_over_starttls(mx: MxFactory, client_ssl_context: ssl.SSLContext) -> None:
+    server = await mx()
+
+    def run() -> None:
+        with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.example", timeout=10) as s:
+            s.starttls(context=client_ssl_context)
+            s.sendmail(SENDER, [ALICE], message(subject="tls"))
+
+    await asyncio.to_thread(run)
+    [msg] = server.messages(ALICE)
+    received = field_value(msg, "Received") or ""
+    assert " with ESMTPS id " in received and "(using TLSv1." in received
+
+
+async def test_aiosmtplib_pipelined_transaction(mx: MxFactory) -> None:
+    server = await mx()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, start_tls=False) as client:
+        errors, _ = await client.sendmail(SENDER, [ALICE, BOB, "nobody@example.test"], message())
+    assert set(errors) == {"nobody@example.test"}
+    assert len(server.messages(ALICE)) == 1 and len(server.messages(BOB)) == 1
+
+
+async def test_several_messages_in_one_session(mx: MxFactory) -> None:
+    server = await mx()
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=server.port, start_tls=False) as client:
+        for i in range(5):
+            await client.sendmail(SENDER, [ALICE], message(subject=f"m{i}"))
+    assert len(server.messages(ALICE)) == 5

@@ -1,0 +1,195 @@
+"""Harness for the MX tests: a real MX on 127.0.0.1 with a real store, directory, limits and TLS,
+its resolver pointed at the test DNS server, plus a raw line-oriented SMTP client.
+
+Used by tests/integration/test_mx*.py and tests/regress/test_smtp_*.py: they bind the fixture
+with `mx = harness.mx` (a plain import would trip ruff's F811). It builds its own context, so it does not depend on app.py.
+
+    async def test_x(mx):                       # default: domain example.test, users alice and bob
+        server = await mx()                     # or mx(smtp={"max_recipients": 2}, mx_listener={...})
+        async with server.raw() as c:           # raw SMTP client
+            await c.cmd("EHLO client.example")  # -> list of reply lines
+        server.messages("alice@example.test")   # delivered messages (bytes), INBOX or folder="Junk"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from mailhaven.auth.passwords import hash_password
+from mailhaven.auth.users import Directory, UsersFile
+from mailhaven.dns.resolver import Resolver
+from mailhaven.limits import Limits
+from mailhaven.smtp.server import create_mx_server
+from mailhaven.store import Store
+from mailhaven.tls import server_context
+
+DOMAIN = "example.test"
+CATCHALL_DOMAIN = "catchall.test"
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+CAROL = "carol@example.test"
+
+
+def maildir_messages(mail_root: Path, user: str, folder: str = "INBOX") -> list[bytes]:
+    """Messages delivered to a user's folder, read straight from the Maildir (new/ and cur/)."""
+    local, _, domain = user.partition("@")
+    base = mail_root / domain / local
+    if folder != "INBOX":
+        base = base / ("." + folder)
+    out: list[bytes] = []
+    for sub in ("new", "cur"):
+        d = base / sub
+        if d.is_dir():
+            out.extend(p.read_bytes() for p in sorted(d.iterdir()))
+    return out
+
+
+def all_files(mail_root: Path) -> list[Path]:
+    """Every file under the mail root that is a message or a temporary message (tmp/, new/, cur/)."""
+    return [p for p in mail_root.rglob("*") if p.is_file() and p.parent.name in ("tmp", "new", "cur")]
+
+
+class RawClient:
+    """A line-oriented SMTP client over a real socket: send raw bytes, read whole replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, data: bytes | str) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+        await self.writer.drain()
+
+    async def reply(self, wait: float = 10.0) -> list[str]:
+        """One (possibly multi-line) reply; [] when the server closed the connection."""
+        lines: list[str] = []
+        while True:
+            raw = await asyncio.wait_for(self.reader.readline(), wait)
+            if not raw:
+                return lines
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                return lines
+
+    async def cmd(self, line: str | bytes, wait: float = 10.0) -> list[str]:
+        await self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
+        return await self.reply(wait)
+
+    async def closed(self, wait: float = 10.0) -> bool:
+        """True when the server closes the connection (after any pending output)."""
+        try:
+            while await asyncio.wait_for(self.reader.read(65536), wait):
+                pass
+        except (ConnectionError, OSError):
+            pass
+        return True
+
+
+class MxServer:
+    def __init__(self, ctx: Any, server: asyncio.AbstractServer, port: int) -> None:
+        self.ctx, self.server, self.port = ctx, server, port
+
+    @property
+    def mail_root(self) -> Path:
+        return Path(self.ctx.config.mail_root)
+
+    def messages(self, user: str, folder: str = "INBOX") -> list[bytes]:
+        return maildir_messages(self.mail_root, user, folder)
+
+    @contextlib.asynccontextmanager
+    async def raw(self, greet: bool = True) -> AsyncIterator[RawClient]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=2**20)
+        client = RawClient(reader, writer)
+        try:
+            if greet:
+                banner = await client.reply()
+                assert banner and banner[0].startswith("220 "), banner
+            yield client
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def send(self, sender: str, rcpts: list[str], data: bytes, *, helo: str = "client.example",
+                   ehlo: bool = True) -> list[list[str]]:
+        """A whole transaction over the raw client; returns each reply (MAIL, RCPT..., DATA, end)."""
+        out: list[list[str]] = []
+        async with self.raw() as c:
+            await c.cmd(f"{'EHLO' if ehlo else 'HELO'} {helo}")
+            out.append(await c.cmd(f"MAIL FROM:<{sender}>"))
+            for r in rcpts:
+                out.append(await c.cmd(f"RCPT TO:<{r}>"))
+            out.append(await c.cmd("DATA"))
+            if out[-1][0].startswith("354"):
+                out.append(await c.cmd(dot_stuff(data) + b"."))
+            await c.cmd("QUIT")
+        return out
+
+
+def dot_stuff(data: bytes) -> bytes:
+    """RFC 5321 §4.5.2 transparency, and a final CRLF."""
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    lines = data.split(b"\r\n")
+    return b"\r\n".join(b"." + ln if ln.startswith(b".") else ln for ln in lines)
+
+
+def message(subject: str = "hello", sender: str = "sender@sender.test", to: str = ALICE,
+            body: str = "Hello.\r\n", extra: str = "") -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '.')}@sender.test>\r\n{extra}\r\n{body}").encode()
+
+
+MxFactory = Callable[..., Awaitable[MxServer]]
+
+
+@pytest.fixture
+async def mx(make_config: Callable[..., Any], dns_nameserver: str, tmp_path: Path) -> AsyncIterator[MxFactory]:
+    """Factory: `await mx(**config_overrides, mx_listener={...}, store=..., limits=..., no_tls=True)`
+    (no_tls: the context has no certificate loaded, ctx.tls is None)."""
+    started: list[tuple[MxServer, Any]] = []
+
+    async def start(*, mx_listener: dict[str, Any] | None = None, store: Any = None,
+                    limits: Any = None, no_tls: bool = False, **overrides: Any) -> MxServer:
+        listener = {"tls": "starttls", **(mx_listener or {})}
+        overrides.setdefault("dns", {"nameservers": [dns_nameserver], "timeout": 1.0})
+        domains = {DOMAIN: {}, CATCHALL_DOMAIN: {"catch_all": ALICE}}
+        domains.update(overrides.pop("domains", {}))
+        cfg = make_config({"mx": listener}, domains=domains, **overrides)
+        with UsersFile.edit(cfg.users_file) as uf:
+            if CAROL not in uf.list_users():
+                uf.add_user(CAROL, hash_password("secret"))
+                uf.add_alias("team@example.test", [ALICE, BOB])
+                uf.add_alias("postmaster@example.test", [ALICE])
+        the_store = store or Store(cfg.mail_root, hostname=cfg.hostname)
+        await the_store.start()
+        ctx = SimpleNamespace(
+            config=cfg, store=the_store, directory=Directory.load(cfg),
+            resolver=Resolver(cfg.dns.nameservers, cfg.dns.timeout),
+            limits=limits or Limits(cfg), tls=None if no_tls else server_context(cfg),
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(128)
+        sock.setblocking(False)
+        server = await create_mx_server(ctx, "mx", cfg.listeners["mx"], sock)
+        mxs = MxServer(ctx, server, sock.getsockname()[1])
+        started.append((mxs, the_store))
+        return mxs
+
+    yield start
+    for mxs, the_store in started:
+        mxs.server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(mxs.server.wait_closed(), 5)
+        with contextlib.suppress(Exception):
+            await the_store.close()
