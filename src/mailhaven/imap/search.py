@@ -167,20 +167,25 @@ def decode_header_value(value: bytes) -> str:
 def _addresses_text(value: bytes) -> str:
     """Address header rewritten as Dovecot matches it: `Name <local@domain>, group: a@b;`, with
     display names quoted when they hold more than atext and spaces, then encoded-words decoded."""
-    parts: list[bytes] = []
+    out = bytearray()
+    after_group_start = False
     for a in parse_address_list(value):
         if a == GROUP_END:
-            if parts:
-                parts[-1] += b";"
-        elif a.host is None and a.mailbox is not None and a.adl is None and a.name is None:
-            parts.append(a.mailbox + b":")  # group start
-        else:
-            spec = (a.mailbox or b"") + (b"@" + a.host if a.host else b"")
-            if a.name:
-                parts.append(_maybe_quote(a.name) + b" <" + spec + b">")
-            else:
-                parts.append(spec)
-    return decode_header_value(b", ".join(parts))
+            out += b";"
+            after_group_start = False
+            continue
+        if out and not after_group_start:
+            out += b", "
+        elif after_group_start:
+            out += b" "
+        if a.host is None and a.mailbox is not None and a.adl is None and a.name is None:
+            out += a.mailbox + b":"  # group start
+            after_group_start = True
+            continue
+        after_group_start = False
+        spec = (a.mailbox or b"") + (b"@" + a.host if a.host else b"")
+        out += _maybe_quote(a.name) + b" <" + spec + b">" if a.name else spec
+    return decode_header_value(bytes(out))
 
 
 _PLAIN_NAME = mime.ATEXT | frozenset(b" \t")
