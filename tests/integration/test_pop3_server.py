@@ -217,6 +217,17 @@ def test_user_pass_stat_list_retr_top_uidl_noop_quit(pop3: Pop3Harness) -> None:
     assert c.quit().startswith(b"+OK")
 
 
+def test_retr_in_any_order_with_read_ahead_returns_the_right_messages(pop3: Pop3Harness) -> None:
+    uids = pop3.uids()
+    c = login(pop3)
+    for n in (1, 2, 1, 3, 3, 2):  # read-ahead guesses n+1; every other order must still be right
+        assert b"\r\n".join(c.retr(n)[1]) + b"\r\n" == pop3.read(uids[n - 1])
+    c.dele(2)
+    assert b"\r\n".join(c.retr(1)[1]) + b"\r\n" == pop3.read(uids[0])  # read-ahead skips 2
+    assert b"\r\n".join(c.retr(3)[1]) + b"\r\n" == pop3.read(uids[2])
+    c.quit()
+
+
 def test_retr_unstuffs_a_leading_dot_line_exactly(pop3: Pop3Harness) -> None:
     c = login(pop3)
     _, lines, _ = c.retr(2)

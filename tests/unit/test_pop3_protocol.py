@@ -583,3 +583,12 @@ def test_stat_and_list_agree_with_marks_after_any_dele_rset_sequence(cmds: list[
     assert listing == [f"{n} {s}".encode() for n, s in live]
     uidls = d.feed(b"UIDL\r\n").split(b"\r\n")[1:-2]
     assert [int(u.split()[0]) for u in uidls] == [n for n, _ in live]
+
+
+def test_next_uid_after_skips_marked_messages_for_read_ahead() -> None:
+    d = Driver()
+    d.login()
+    assert d.s.next_uid_after(1) == 102
+    d.feed(b"DELE 2\r\n")
+    assert d.s.next_uid_after(1) == 205
+    assert d.s.next_uid_after(3) is None

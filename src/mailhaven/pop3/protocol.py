@@ -610,6 +610,13 @@ class Session:
         else:
             self._send(b"+OK\r\n" + dot_stuff(top_of(data, pending.lines)))
 
+    def next_uid_after(self, number: int) -> int | None:
+        """UID of the first message after `number` not marked deleted (for read-ahead), or None."""
+        for i in range(number, len(self._messages)):
+            if i not in self._deleted:
+                return self._messages[i].uid
+        return None
+
     def message_missing(self) -> None:
         """The message was expunged by another client since login."""
         self._complete(Retrieve)

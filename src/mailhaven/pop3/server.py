@@ -115,6 +115,9 @@ class _Connection(asyncio.Protocol):
         self.session: Session | None = None
         self._locked: str | None = None
         self._mailbox: Any = None
+        # Read-ahead: after RETR n, message n+1 is read while the client takes in n (one message
+        # at most; hides the worker-thread round trip of the store's read from sequential clients).
+        self._prefetch: tuple[int, asyncio.Task[bytes]] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -224,6 +227,7 @@ class _Connection(asyncio.Protocol):
         finally:
             if self._stop_watch is not None:
                 self._stop_watch.cancel()
+            self._drop_prefetch()
             if self._locked is not None:
                 _unlock(ctx.store, self._locked)
             if self.transport is not None:
@@ -343,13 +347,31 @@ class _Connection(asyncio.Protocol):
         self._mailbox = mailbox
         session.maildrop_loaded(entries)
 
+    def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            task = self._prefetch[1]
+            task.cancel()
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody awaits it
+            self._prefetch = None
+
     async def _retrieve(self, session: Session, ev: Retrieve) -> None:
+        pending, self._prefetch = self._prefetch, None
         try:
-            data = await self._mailbox.read(ev.uid)
+            if pending is not None and pending[0] == ev.uid:
+                data = await pending[1]
+            else:
+                if pending is not None:
+                    self._prefetch = pending
+                    self._drop_prefetch()
+                data = await self._mailbox.read(ev.uid)
         except MessageNotFound:  # expunged by another client since login
             session.message_missing()
             return
         session.message_data(data)
+        if ev.lines is None:
+            nxt = session.next_uid_after(ev.number)
+            if nxt is not None:
+                self._prefetch = (nxt, asyncio.get_running_loop().create_task(self._mailbox.read(nxt)))
 
     async def _commit(self, session: Session, ev: Commit) -> None:
         mailbox = self._mailbox
