@@ -1,0 +1,196 @@
+"""Delivery Status Notifications: bounce and delay messages (pure, no clock, no randomness).
+
+Owns: building the RFC 3464 report: a multipart/report; report-type=delivery-status (RFC 6522)
+with a human-readable text/plain part, the message/delivery-status part (per-message fields, then
+one block per recipient) and the original's header section as text/rfc822-headers (RFC 3462 §3 /
+RFC 6522 §3: returning only the headers is allowed and keeps bounces small). Remote reply text is
+hostile: control characters are removed and every line is bounded, so it cannot add fields.
+Non-ASCII addresses use the RFC 6533 "utf-8" address type inside message/global-delivery-status.
+Does not own: when a DSN is due (queue/manager.py) or sending it (cleanup.enqueue, null sender).
+
+    build_dsn(hostname=..., to="alice@example.org", reports=[RecipientReport(...)],
+              original=b"...", arrival=t0, now=t1, message_id="<...>", boundary="...") -> bytes
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+DsnAction = Literal["failed", "delayed"]
+
+MAX_RETURNED_HEADERS = 64 * 1024  # header section of the original returned at most (octets)
+_MAX_FIELD = 900  # longest unfolded field value we write (RFC 5322 §2.1.1: lines <= 998)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3464 §2.3.4 status-code
+
+
+@dataclass(frozen=True)
+class RecipientReport:
+    """One recipient's block in the report (RFC 3464 §2.3)."""
+
+    recipient: str
+    action: DsnAction
+    status: str  # "5.1.1", "4.4.1" (RFC 3463)
+    diagnostic: str = ""  # the reply, "550 5.1.1 no such user" (Diagnostic-Code: smtp; ...)
+    remote_mta: str = ""  # host that gave the reply
+    last_attempt: float | None = None
+
+
+def format_date(ts: float) -> str:
+    """RFC 5322 §3.3 date-time in UTC: "Mon, 01 Jan 2024 00:00:00 +0000"."""
+    dt = datetime.datetime.fromtimestamp(ts, datetime.UTC)
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    months = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+    return (f"{days[dt.weekday()]}, {dt.day:02d} {months[dt.month - 1]} {dt.year:04d} "
+            f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d} +0000")
+
+
+def _one_line(text: str, limit: int = _MAX_FIELD) -> str:
+    return _CONTROL.sub(" ", text).strip()[:limit]
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def _fold(name: str, value: str) -> str:
+    """`Name: value` folded at spaces near 78 columns (RFC 5322 §2.2.3), CRLF-terminated."""
+    line = f"{name}: "
+    out: list[str] = []
+    for word in value.split(" "):
+        if len(line) + len(word) > 76 and line.strip() and not line.endswith(": "):
+            out.append(line.rstrip(" "))
+            line = " "
+        line += word + " "
+    out.append(line.rstrip(" "))
+    return "\r\n".join(out) + "\r\n"
+
+
+def _addr_field(address: str) -> tuple[str, bool]:
+    """RFC 3464 §2.3.2 "rfc822; addr", or RFC 6533 §3 "utf-8; addr" when non-ASCII."""
+    addr = _one_line(address, 512)
+    if addr.isascii():
+        return f"rfc822; {addr}", False
+    return f"utf-8; {addr}", True
+
+
+def header_section(message: bytes, limit: int = MAX_RETURNED_HEADERS) -> bytes:
+    """The original's header fields (without the empty line), CRLF line ends, cut at a line
+    boundary so at most `limit` octets are returned."""
+    data = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    end = data.find(b"\n\n")
+    if data.startswith(b"\n"):
+        head = b""
+    else:
+        head = data if end < 0 else data[:end + 1]
+    out: list[bytes] = []
+    size = 0
+    for line in head.split(b"\n"):
+        if not line:
+            continue
+        size += len(line) + 2
+        if size > limit:
+            break
+        out.append(line + b"\r\n")
+    return b"".join(out)
+
+
+def _human_text(hostname: str, reports: Sequence[RecipientReport], action: DsnAction,
+                will_retry_until: float | None) -> str:
+    lines = [f"This is the mail system at host {hostname}.", ""]
+    if action == "failed":
+        lines += ["Your message could not be delivered to one or more recipients.",
+                  "It is attached below (headers only).", "",
+                  "The mail system said:", ""]
+    else:
+        lines += ["Your message could not be delivered yet to one or more recipients.",
+                  "It is still queued and delivery will be attempted again"
+                  + (f" until {format_date(will_retry_until)}." if will_retry_until else "."),
+                  "You do not need to send it again.", "", "The mail system said:", ""]
+    for r in reports:
+        what = _one_line(r.diagnostic, 600) or f"status {r.status}"
+        host = f" (host {_one_line(r.remote_mta, 255)})" if r.remote_mta else ""
+        lines.append(_ascii(f"<{_one_line(r.recipient, 512)}>{host}: {what}")[:990])  # RFC 5322 §2.1.1
+    return "\r\n".join(lines) + "\r\n"
+
+
+def delivery_status(hostname: str, reports: Sequence[RecipientReport], arrival: float,
+                    will_retry_until: float | None = None) -> tuple[str, bool]:
+    """The message/delivery-status body (RFC 3464 §2.1) and whether it needs the "global"
+    (RFC 6533) form because an address is non-ASCII."""
+    out = [_fold("Reporting-MTA", f"dns; {_ascii(_one_line(hostname, 255))}"),  # §2.2.2
+           _fold("Arrival-Date", format_date(arrival))]  # §2.2.5
+    utf8 = False
+    for r in reports:
+        status = r.status if _STATUS.match(r.status) else ("5.0.0" if r.action == "failed" else "4.0.0")
+        addr, wide = _addr_field(r.recipient)
+        utf8 = utf8 or wide
+        out.append("\r\n")  # blank line between per-message and per-recipient groups (§2.1)
+        out.append(_fold("Final-Recipient", addr))  # §2.3.2
+        out.append(_fold("Action", r.action))  # §2.3.3
+        out.append(_fold("Status", status))  # §2.3.4
+        if r.remote_mta:
+            out.append(_fold("Remote-MTA", f"dns; {_ascii(_one_line(r.remote_mta, 255))}"))  # §2.3.5
+        if r.diagnostic:
+            out.append(_fold("Diagnostic-Code", f"smtp; {_ascii(_one_line(r.diagnostic))}"))  # §2.3.6
+        if r.last_attempt is not None:
+            out.append(_fold("Last-Attempt-Date", format_date(r.last_attempt)))  # §2.3.7
+        if r.action == "delayed" and will_retry_until is not None:
+            out.append(_fold("Will-Retry-Until", format_date(will_retry_until)))  # §2.3.9
+    return "".join(out), utf8
+
+
+def build_dsn(*, hostname: str, to: str, reports: Sequence[RecipientReport], original: bytes,
+              arrival: float, now: float, message_id: str, boundary: str,
+              will_retry_until: float | None = None) -> bytes:
+    """The whole DSN message (CRLF line ends), to be sent from the null sender to `to`.
+
+    The action of the report is "failed" if any recipient failed, else "delayed"."""
+    if not reports:
+        raise ValueError("a DSN needs at least one recipient report")
+    action: DsnAction = "failed" if any(r.action == "failed" for r in reports) else "delayed"
+    headers = header_section(original)
+    status, utf8 = delivery_status(hostname, reports, arrival, will_retry_until)
+    human = _human_text(hostname, reports, action, will_retry_until)
+    bound = re.sub(r"[^0-9A-Za-z'()+_,./:=?-]", "", boundary)[:60] or "dsn"  # RFC 2046 §5.1.1 bchars
+    body_bytes = human.encode() + status.encode("utf-8") + headers
+    while ("--" + bound).encode() in body_bytes:
+        bound += "=_"
+    subject = ("Undelivered Mail Returned to Sender" if action == "failed"
+               else "Delayed Mail (still being retried)")
+    host = _ascii(_one_line(hostname, 255))
+    top = "".join([
+        _fold("From", f"Mail Delivery System <MAILER-DAEMON@{host}>"),
+        _fold("To", f"<{_one_line(to, 512)}>"),
+        _fold("Subject", subject),
+        _fold("Date", format_date(now)),
+        _fold("Message-ID", _ascii(_one_line(message_id, 255))),
+        _fold("Auto-Submitted", "auto-replied"),  # RFC 3834 §5: never auto-reply to this
+        _fold("MIME-Version", "1.0"),
+        _fold("Content-Type", f'multipart/report; report-type=delivery-status; boundary="{bound}"'),
+        "\r\n",
+        "This is a MIME-encapsulated message.\r\n\r\n",
+        f"--{bound}\r\n",
+        "Content-Type: text/plain; charset=us-ascii\r\n",
+        "Content-Description: Notification\r\n\r\n",
+        human,
+        f"\r\n--{bound}\r\n",
+        # RFC 6533 §6.1 message/global-delivery-status for UTF-8 addresses
+        "Content-Type: " + ("message/global-delivery-status" if utf8 else "message/delivery-status")
+        + "\r\n",
+        "Content-Description: Delivery report\r\n\r\n",
+    ]).encode("utf-8")
+    head_type = "Content-Type: text/rfc822-headers\r\n"
+    if not headers.isascii():
+        head_type += "Content-Transfer-Encoding: 8bit\r\n"
+    rest = (f"\r\n--{bound}\r\n{head_type}Content-Description: Undelivered Message Headers\r\n\r\n"
+            ).encode()
+    return top + status.encode("utf-8") + rest + headers + f"\r\n--{bound}--\r\n".encode()
+
+
+__all__ = ["RecipientReport", "DsnAction", "build_dsn", "delivery_status", "header_section",
+           "format_date", "MAX_RETURNED_HEADERS"]
