@@ -101,13 +101,12 @@ def _order(key: str) -> tuple[int, int, str]:
 def _listing(path: Path) -> dict[str, tuple[str, str]]:
     """key -> (sub, suffix) for every message file in new/ then cur/ (cur/ wins on duplicates)."""
     out: dict[str, tuple[str, str]] = {}
+    base = str(path)
     for sub in ("new", "cur"):
-        for fname in os.listdir(path / sub):
-            if fname.startswith("."):
-                continue
-            key, suffix = maildir.split_name(fname)
-            if key:
-                out[key] = (sub, suffix)
+        for fname in os.listdir(f"{base}/{sub}"):
+            key, sep, rest = fname.partition(":")  # maildir.split_name, inlined: this loop is hot
+            if key and key[0] != ".":
+                out[key] = (sub, sep + rest) if sep else (sub, "")
     return out
 
 
@@ -243,7 +242,7 @@ class Folder:
             return changes
         now = time.time()
         listing = _listing(self.path)
-        missing = [k for k in self.by_key if k not in listing]
+        missing = list(self.by_key.keys() - listing.keys())
         if missing:  # confirm: a concurrent rename may have hidden the file from one listing
             again = _listing(self.path)
             for k in missing:
@@ -253,11 +252,12 @@ class Folder:
         modseq = self.highestmodseq + 1
         upserts: list[Msg] = []
         fresh: list[str] = []
+        by_key = self.by_key
         for key, (sub, suffix) in listing.items():
-            m = self.by_key.get(key)
+            m = by_key.get(key)
             if m is None:
                 fresh.append(key)
-            elif m.sub != sub or m.suffix != suffix:
+            elif m.suffix != suffix or m.sub != sub:
                 flags_differ = maildir.suffix_info(m.suffix) != maildir.suffix_info(suffix)
                 m.sub, m.suffix = sub, suffix
                 if flags_differ:
