@@ -16,9 +16,9 @@ returns None (= need more data). Each event is either `Send(data)` (write these 
                                       maildrop_loaded(entries) | maildrop_in_use() | maildrop_failed()
     Retrieve(number, uid, lines)   -> shell reads the message, then calls
                                       message_data(data) | message_missing()
-    StartTls()                     -> shell has already written the +OK; it discards nothing itself
-                                      (the session dropped any bytes pipelined after STLS), runs the
-                                      TLS handshake, then calls tls_started()
+    StartTls()                     -> shell has already written the +OK; it drops any input it has
+                                      buffered and not fed (the session dropped what it had), runs
+                                      the TLS handshake, then calls tls_started()
     Commit(expunge, seen)          -> shell expunges (durably) and sets \\Seen, then calls
                                       commit_done() | commit_failed()
     Close()                        -> shell closes the connection (any Send before it is written first)

@@ -100,7 +100,6 @@ class _Connection(asyncio.Protocol):
         self.listener = listener
         self.ctx = listener.ctx
         self.transport: asyncio.Transport | None = None
-        self._raw_transport: asyncio.Transport | None = None
         self._rbuf: list[bytes] = []
         self._rlen = 0
         self._reading_paused = False
@@ -123,7 +122,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self.transport = self._raw_transport = transport
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]) if peer else "?"
         task = asyncio.get_running_loop().create_task(self._main(), name=f"pop3 {self.ip}")
