@@ -151,7 +151,13 @@ async def test_copy_hard_links_and_move_renames_with_new_uids(store: Store) -> N
     with pytest.raises(MessageNotFound):
         await inbox.read(u[2])
     with pytest.raises(MailError):
-        await inbox.copy([u[0]], await acc.mailbox("inbox"))
+        await inbox.move([u[0]], await acc.mailbox("inbox"))
+    # RFC 3501 allows COPY into the selected mailbox itself: new UIDs, same flags and date.
+    [(s, d)] = await inbox.copy([u[0]], await acc.mailbox("inbox"))
+    copies = {m.uid: m for m in (await inbox.snapshot()).messages}
+    assert s == u[0] and d > u[2] and copies[d].flags == copies[s].flags
+    assert copies[d].internaldate == copies[s].internaldate
+    assert await inbox.read(d) == await inbox.read(s)
 
 
 async def test_expunge_removes_files_and_uids_are_never_reused(store: Store) -> None:

@@ -465,11 +465,11 @@ class Folder:
     def transfer(self, uids: list[int], dest: Folder, *, move: bool, host: str
                  ) -> tuple[list[tuple[int, int]], Changes, Changes]:
         """Copy (hard link) or move (rename) messages into `dest`; new UIDs there (RFC 3501 §6.4.7,
-        RFC 6851). Returns ([(source uid, dest uid)], source changes, dest changes)."""
+        RFC 6851). Copying into the folder itself is allowed (new UIDs, same flags). Returns ([(source uid, dest uid)], source changes, dest changes)."""
         src_changes, dst_changes = Changes(), Changes()
         pairs: list[tuple[int, int]] = []
         placed: list[tuple[Msg, Msg, Path]] = []
-        if dest is self:
+        if dest is self and move:
             raise StoreError("source and destination are the same mailbox")
         try:
             for m in self._existing(uids, src_changes):

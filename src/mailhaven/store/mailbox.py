@@ -505,7 +505,8 @@ class Mailbox:
         return [u for u in changes.expunged if u in wanted], changes
 
     async def copy(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
-        """Copy (hard links) into `dest` keeping flags and internal date (RFC 3501 §6.4.7)."""
+        """Copy (hard links) into `dest` keeping flags and internal date (RFC 3501 §6.4.7).
+        `dest` may be this same folder (the copies get new UIDs)."""
         return await self._transfer(list(uids), dest, move=False)
 
     async def move(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
@@ -513,7 +514,7 @@ class Mailbox:
         return await self._transfer(list(uids), dest, move=True)
 
     async def _transfer(self, uids: list[int], dest: Mailbox, *, move: bool) -> list[tuple[int, int]]:
-        if dest._folder is self._folder:
+        if move and dest._folder is self._folder:
             raise MailError("source and destination are the same mailbox", code=550, enhanced="5.2.0")
         async with _locked(self.account, dest.account):
             src, dst = self._live(), dest._live()
