@@ -3,7 +3,15 @@
 A private Dovecot (Debian's dovecot-imapd) is started under a temporary directory on
 127.0.0.1 with an ephemeral port; nothing in /etc is used. Every sample message in
 tests/data/mime/ is put into its Maildir, and for each message and item the bytes Dovecot sends
-are compared with the bytes our pure functions render.
+are compared with the bytes our pure functions render, and SEARCH results for a table of keys are
+compared with what search.py selects. Run: `pytest tests/integration/test_fetch_vs_dovecot.py`.
+
+Known differences, deliberately not imitated (so not exercised by the samples):
+- Dovecot accepts the part number 0 (`BODY[0]` gives part 1); RFC 3501 §9 section-part is nz-number,
+  so our parser answers BAD.
+- For a message/rfc822 part whose encapsulated header has no empty line and runs into the next
+  boundary, Dovecot's BODY[n.HEADER.FIELDS.NOT (...)] reads on past that boundary into the
+  following part; we stop at the boundary (RFC 2046 §5.1.1).
 """
 
 from __future__ import annotations

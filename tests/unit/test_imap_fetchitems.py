@@ -240,3 +240,24 @@ def test_rendering_never_raises_on_damaged_messages(sample: Path, junk: bytes, w
 def test_address_parser_never_raises_and_always_terminates(value: bytes) -> None:
     for a in fetchitems.parse_address_list(value):
         assert isinstance(a, Address)
+
+
+# --------------------------------------------------------------------------- ENVELOPE cost
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_envelope_needs_only_the_header_bytes(sample: Path) -> None:
+    msg = mime.to_crlf(sample.read_bytes())
+    header = msg[:fetchitems.header_end(msg)]
+    assert fetchitems.envelope(header) == fetchitems.envelope(msg)
+
+
+def test_ten_thousand_envelopes_render_quickly() -> None:
+    import time
+
+    headers = [mime.to_crlf(p.read_bytes()) for p in SAMPLES]
+    headers = [h[:fetchitems.header_end(h)] for h in headers]
+    start = time.process_time()
+    for i in range(10_000):
+        fetchitems.envelope(headers[i % len(headers)])
+    # about 1 s on a 2-vCPU machine; the bound only catches pathological slowdowns
+    assert time.process_time() - start < 15
