@@ -184,3 +184,21 @@ def server_tls_context(cert: Any, key: Any) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+async def until(predicate: Any, seconds: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `predicate()` (sync or async) until it is truthy; returns its value. TimeoutError after
+    `seconds` (for state on disk or in other processes, which has no event to wait on)."""
+    import inspect
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached in time")
+        await asyncio.sleep(interval)

@@ -1,0 +1,427 @@
+"""The queue worker: schedules, delivers, records, retries, bounces.
+
+Owns: the in-memory view of the spool (loaded at start: a restart resumes every entry), the timer
+heap of next attempts, the active window (`queue.max_active` transactions in all, at most
+`queue.max_per_destination` per destination domain, served round-robin so one slow domain cannot
+starve the others), one transaction per destination domain carrying all of an entry's recipients
+there, recording every recipient's result durably (spool.save) before moving on, backoff
+(queue/schedule.py), bounces and the one delay warning (message/dsn.py through cleanup.enqueue,
+from the null sender), and removing finished entries.
+Does not own: the disk format (queue/spool.py), SMTP (delivery/remote.py), headers and signing
+(cleanup.py).
+
+Rules (maddy's queue and Postfix's qmgr are the models):
+- Per recipient: 2xx -> delivered; 5xx -> failed, bounced; anything else -> retried with backoff
+  (STYLE rule 5). Only pending recipients are tried again.
+- An entry older than `queue.lifetime` after a failed attempt: the pending recipients fail and
+  bounce (the wake-up time is capped at the expiry, so the bounce leaves on time).
+- One delay warning (RFC 3464 Action: delayed) once an entry is `queue.delay_warning` old.
+- Never bounce or warn a message with a null sender (RFC 5321 §4.5.5, §6.1: no bounce loops).
+- A failed recipient is marked `notified` only once its bounce is durably queued; a crash in
+  between bounces it again after restart (twice rather than never).
+- A crash during a transaction: the result was not recorded, so the recipients are tried again
+  after restart (at-least-once, as with every MTA); recorded deliveries are never repeated.
+
+    manager = QueueManager(ctx)          # ctx: .config .directory .store .resolver (app.Context)
+    ctx.queue = manager                  # cleanup.enqueue submits through it
+    tg.create_task(manager.run())        # owned by the app's TaskGroup; stop() or cancel ends it
+    await manager.submit(sender, rcpts, data, source=...) -> id   # only cleanup.enqueue calls this
+    manager.wake(); manager.stop()
+    manager.list_entries() / show(id) / retry(id) / delete(id) / flush()  # control socket commands
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import random
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailhaven.delivery import local, remote
+from mailhaven.delivery.result import DeliveryResult
+from mailhaven.errors import MailError
+from mailhaven.message import dsn
+from mailhaven.queue import schedule
+from mailhaven.queue.spool import Entry, Recipient, Spool, valid_id
+
+log = logging.getLogger("mailhaven.queue")
+
+# How long to wait before retrying an entry whose bounce could not be queued (disk trouble).
+NOTIFY_RETRY = 60.0
+
+
+@dataclass(eq=False)
+class _Round:
+    """One delivery round of one entry: a job per destination domain, then `_finish`."""
+
+    entry: Entry
+    remaining: int
+    _message: bytes | None = None
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def message(self, spool: Spool) -> bytes:
+        async with self._lock:
+            if self._message is None:
+                self._message = await spool.read(self.entry.id)
+            return self._message
+
+    def drop_message(self) -> None:
+        self._message = None
+
+
+@dataclass(eq=False)
+class _Job:
+    round: _Round
+    domain: str
+    recipients: list[Recipient]
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+class QueueManager:
+    def __init__(self, ctx: Any, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random) -> None:
+        self.ctx = ctx
+        self.spool = spool if spool is not None else Spool(ctx.config.queue_root)
+        self.clock = clock
+        self.rand = rand
+        self.entries: dict[str, Entry] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._load_lock = asyncio.Lock()
+        self.loaded = asyncio.Event()
+        self.load_seconds: float | None = None
+        self._jobs: dict[str, deque[_Job]] = {}  # domain -> jobs waiting for a slot
+        self._active = 0
+        self._domain_active: dict[str, int] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._tls: Any = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the spool once (run() and the first submit() both wait for it)."""
+        async with self._load_lock:
+            if self.loaded.is_set():
+                return
+            started = time.monotonic()
+            for entry in await self.spool.load():
+                if entry.id not in self.entries:
+                    self.entries[entry.id] = entry
+                    self._schedule(entry)
+            self.load_seconds = time.monotonic() - started
+            self.loaded.set()
+            log.info("queue: %d entr%s loaded in %.3fs", len(self.entries),
+                     "y" if len(self.entries) == 1 else "ies", self.load_seconds)
+
+    async def run(self) -> None:
+        """Work until stop() (in-flight transactions finish) or cancellation (they are abandoned
+        unrecorded and retried after the next start)."""
+        await self.load()
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            try:
+                while not self._stopping:
+                    self._wake.clear()
+                    self._dispatch(tg)
+                    delay = self._until_next()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), delay)
+                    except TimeoutError:
+                        pass
+            finally:
+                self._tg = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    # -- entry points -----------------------------------------------------------------------------
+
+    async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "") -> str:
+        """Store a new entry durably and schedule it now. Raises TempFailure on disk trouble."""
+        await self.load()
+        entry = await self.spool.add(sender, recipients, message, source=source, next_attempt=self.clock())
+        self.entries[entry.id] = entry
+        self._schedule(entry)
+        self.wake()
+        return entry.id
+
+    def list_entries(self) -> list[dict[str, Any]]:
+        return [self._summary(e) for e in sorted(self.entries.values(), key=lambda e: e.created)]
+
+    def show(self, entry_id: str) -> dict[str, Any] | None:
+        entry = self.entries.get(entry_id) if valid_id(entry_id) else None
+        if entry is None:
+            return None
+        out = entry.to_json()
+        out["busy"] = entry.busy
+        return out
+
+    async def retry(self, entry_id: str) -> bool:
+        entry = self.entries.get(entry_id) if valid_id(entry_id) else None
+        if entry is None:
+            return False
+        if not entry.busy:
+            entry.next_attempt = self.clock()
+            await self.spool.save(entry)
+            self._schedule(entry)
+            self.wake()
+        return True
+
+    async def flush(self) -> int:
+        n = 0
+        for entry_id in list(self.entries):
+            if await self.retry(entry_id):
+                n += 1
+        return n
+
+    async def delete(self, entry_id: str) -> bool:
+        """Remove an entry without delivering or bouncing it (an in-flight transaction finishes,
+        its result is dropped)."""
+        entry = self.entries.pop(entry_id, None) if valid_id(entry_id) else None
+        if entry is None:
+            return False
+        entry.deleted = True
+        await self.spool.remove(entry_id)
+        log.info("queue: %s deleted by the operator", entry_id)
+        return True
+
+    # -- scheduling -------------------------------------------------------------------------------
+
+    def _schedule(self, entry: Entry) -> None:
+        heapq.heappush(self._heap, (entry.next_attempt, next(self._seq), entry.id))
+
+    def _until_next(self) -> float | None:
+        while self._heap:
+            when, _, eid = self._heap[0]
+            entry = self.entries.get(eid)
+            if entry is None or entry.busy or entry.next_attempt != when:
+                heapq.heappop(self._heap)  # stale
+                continue
+            return max(0.0, when - self.clock())
+        return None
+
+    def _dispatch(self, tg: asyncio.TaskGroup) -> None:
+        now = self.clock()
+        while self._heap and self._heap[0][0] <= now:
+            when, _, eid = heapq.heappop(self._heap)
+            entry = self.entries.get(eid)
+            if entry is None or entry.busy or entry.next_attempt != when:
+                continue
+            self._start_round(tg, entry)
+        self._start_jobs(tg)
+
+    def _start_round(self, tg: asyncio.TaskGroup, entry: Entry) -> None:
+        entry.busy = True
+        by_domain: dict[str, list[Recipient]] = {}
+        for r in entry.pending():
+            by_domain.setdefault(_domain(r.address), []).append(r)
+        rnd = _Round(entry, len(by_domain))
+        if not by_domain:
+            # Nothing to deliver (a restart after the last result): only bounces and removal remain.
+            tg.create_task(self._finish_safely(rnd))
+            return
+        for domain, rcpts in by_domain.items():
+            self._jobs.setdefault(domain, deque()).append(_Job(rnd, domain, rcpts))
+
+    def _start_jobs(self, tg: asyncio.TaskGroup) -> None:
+        q = self.ctx.config.queue
+        progress = True
+        while progress and self._jobs and self._active < q.max_active:
+            progress = False
+            for domain in list(self._jobs):  # round-robin over destinations
+                if self._active >= q.max_active:
+                    break
+                if self._domain_active.get(domain, 0) >= q.max_per_destination:
+                    continue
+                jobs = self._jobs[domain]
+                job = jobs.popleft()
+                if not jobs:
+                    del self._jobs[domain]
+                self._active += 1
+                self._domain_active[domain] = self._domain_active.get(domain, 0) + 1
+                tg.create_task(self._run_job(job), name=f"deliver {job.round.entry.id} {domain}")
+                progress = True
+
+    # -- one transaction ------------------------------------------------------------------------------
+
+    async def _run_job(self, job: _Job) -> None:
+        entry = job.round.entry
+        try:
+            addrs = [r.address for r in job.recipients]
+            try:
+                message = await job.round.message(self.spool)
+                results = await self._deliver(entry, job.domain, addrs, message)
+            except Exception as e:  # noqa: BLE001 - STYLE rule 5: unknown failures are temporary
+                log.exception("queue: delivery of %s to %s failed unexpectedly", entry.id, job.domain)
+                results = [DeliveryResult.from_error(a, e) for a in addrs]
+            await self._record(entry, job.recipients, results)
+        except Exception:  # noqa: BLE001 - the worker must survive anything one entry does
+            log.exception("queue: recording results of %s failed", entry.id)
+        finally:
+            self._active -= 1
+            left = self._domain_active.get(job.domain, 1) - 1
+            if left > 0:
+                self._domain_active[job.domain] = left
+            else:
+                self._domain_active.pop(job.domain, None)
+            job.round.remaining -= 1
+            if job.round.remaining == 0:
+                await self._finish_safely(job.round)
+            self.wake()
+
+    async def _deliver(self, entry: Entry, domain: str, addrs: list[str], message: bytes) -> list[DeliveryResult]:
+        ctx = self.ctx
+        if ctx.config.is_local_domain(domain):
+            return await local.deliver(ctx.store, ctx.directory, addrs, message)
+        if self._tls is None:
+            from mailhaven.tls import client_context
+
+            self._tls = client_context(verify=False)
+        return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
+                                    tls_context=self._tls)
+
+    async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult]) -> None:
+        """Apply one transaction's results and save them before anything else happens."""
+        now = self.clock()
+        for r, res in zip(rcpts, results, strict=True):
+            r.attempts += 1
+            r.last_attempt = now
+            r.last = res
+            if res.delivered:
+                r.state = "delivered"
+                what = "delivered"
+            elif res.permanent:
+                r.state = "failed"
+                r.notified = not entry.sender  # RFC 5321 §6.1: never bounce a bounce
+                what = "bounced"
+            else:
+                what = "deferred"
+            log.info("queue: %s to=<%s> %s via %s: %s", entry.id, r.address, what, res.remote_mta or "-",
+                     res.reply)
+        if not entry.deleted:
+            await self.spool.save(entry)
+
+    # -- after a round ------------------------------------------------------------------------------
+
+    async def _finish_safely(self, rnd: _Round) -> None:
+        entry = rnd.entry
+        try:
+            await self._finish(rnd)
+        except Exception:  # noqa: BLE001
+            log.exception("queue: finishing %s failed; retrying later", entry.id)
+            if not entry.deleted and entry.id in self.entries:
+                entry.next_attempt = self.clock() + NOTIFY_RETRY
+                self._schedule(entry)
+        finally:
+            entry.busy = False
+            self.wake()
+
+    async def _finish(self, rnd: _Round) -> None:
+        entry = rnd.entry
+        if entry.deleted:
+            return
+        now = self.clock()
+        cfg = self.ctx.config.queue
+        if entry.pending():
+            entry.attempts += 1
+            if schedule.expired(entry.created, now, cfg.lifetime):
+                for r in entry.pending():
+                    last = r.last.reply if r.last is not None else "no attempt made"
+                    r.state = "failed"
+                    r.notified = not entry.sender
+                    r.last = DeliveryResult(r.address, 550, "5.4.7",  # RFC 3463: delivery time expired
+                                            f"gave up after {(now - entry.created) / 3600:.0f} h; last "
+                                            f"reply: {last}", False,
+                                            r.last.remote_mta if r.last is not None else "")
+                log.info("queue: %s expired after %.0f s", entry.id, now - entry.created)
+                await self.spool.save(entry)
+        notified = await self._notify_failures(entry, rnd)
+        if entry.done() and notified:
+            await self.spool.remove(entry.id)
+            self.entries.pop(entry.id, None)
+            log.info("queue: %s done", entry.id)
+            return
+        if entry.pending() and schedule.delay_warning_due(entry.created, now, cfg.delay_warning, cfg.lifetime,
+                                                          entry.delay_warning_sent):
+            if entry.sender:
+                await self._send_dsn(entry, rnd, [r for r in entry.pending()], "delayed")
+            entry.delay_warning_sent = True
+        if entry.pending():
+            planned = schedule.next_attempt(entry.attempts, now, cfg.retry_schedule, cfg.jitter, self.rand())
+            entry.next_attempt = schedule.next_wakeup(entry.created, planned, cfg.lifetime)
+        else:
+            entry.next_attempt = now + NOTIFY_RETRY  # only a bounce is left to queue
+        await self.spool.save(entry)
+        self._schedule(entry)
+        rnd.drop_message()
+
+    async def _notify_failures(self, entry: Entry, rnd: _Round) -> bool:
+        """Queue the bounce for failed, not yet notified recipients. False if it could not be."""
+        failed = [r for r in entry.recipients if r.state == "failed" and not r.notified]
+        if not failed:
+            return True
+        try:
+            await self._send_dsn(entry, rnd, failed, "failed")
+        except MailError as e:
+            if e.temporary:
+                log.warning("queue: bounce for %s could not be queued (%s); will retry", entry.id, e.text)
+                return False
+            log.warning("queue: bounce for %s to <%s> dropped: %s", entry.id, entry.sender, e.text)
+        for r in failed:
+            r.notified = True
+        await self.spool.save(entry)
+        return True
+
+    async def _send_dsn(self, entry: Entry, rnd: _Round, rcpts: list[Recipient], action: dsn.DsnAction) -> None:
+        from mailhaven import cleanup  # cleanup imports the queue package; import late
+
+        cfg = self.ctx.config
+        now = self.clock()
+        reports = []
+        for r in rcpts:
+            last = r.last
+            status = last.enhanced if last is not None else ("5.0.0" if action == "failed" else "4.0.0")
+            reports.append(dsn.RecipientReport(
+                r.address, action, status, diagnostic=last.reply if last is not None else "",
+                remote_mta=last.remote_mta if last is not None else "", last_attempt=r.last_attempt))
+        original = await rnd.message(self.spool)
+        data = dsn.build_dsn(hostname=cfg.hostname, to=entry.sender, reports=reports, original=original,
+                             arrival=entry.created, now=now,
+                             message_id=f"<{entry.id}.{secrets.token_hex(4)}.dsn@{cfg.hostname}>",
+                             boundary=f"{entry.id}.{secrets.token_hex(6)}/{cfg.hostname}",
+                             will_retry_until=entry.created + cfg.queue.lifetime if action == "delayed" else None)
+        # The null reverse-path (RFC 5321 §4.5.5): a DSN is never answered by another DSN.
+        dsn_id = await cleanup.enqueue(self.ctx, "", [entry.sender], data, source="dsn")
+        log.info("queue: %s %s notice to <%s> queued as %s", entry.id,
+                 "bounce" if action == "failed" else "delay", entry.sender, dsn_id)
+
+    # -- views ------------------------------------------------------------------------------------
+
+    def _summary(self, e: Entry) -> dict[str, Any]:
+        return {"id": e.id, "sender": e.sender, "created": e.created, "next_attempt": e.next_attempt,
+                "attempts": e.attempts, "size": e.size, "busy": e.busy,
+                "recipients": [{"address": r.address, "state": r.state,
+                                "last": r.last.reply if r.last is not None else ""} for r in e.recipients]}
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+
+__all__ = ["QueueManager"]
