@@ -1,0 +1,1142 @@
+"""One IMAP connection's logic: a `cmd_<verb>` method per command, over the store (RFC 3501 §6).
+
+Owns: what every command does and the exact responses (untagged data, tagged OK/NO/BAD with RFC 5530
+response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
+and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
+EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
+\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and a
+process-wide cache of ENVELOPE/BODYSTRUCTURE/header blocks keyed by the message file.
+Does not own: bytes on the wire (server.py: sockets, TLS, framing, timeouts), command syntax
+(parser.py), FETCH item rendering (fetchitems.py), SEARCH semantics (search.py, run by
+searchadapt.py), storage (store/).
+
+The shell gives the session a `Shell` (write, read_line, start_tls, tls_active); the session never
+touches a socket, so tests can drive it with an in-memory shell.
+
+How changes reach a selected session: it subscribes to the store's change hub at login. Before a
+command runs (and while idling) any event about the selected mailbox, or POLL_INTERVAL without one
+(to notice other programs' disk changes), makes it take a new snapshot and `view.sync()` it; after
+the command, before the tagged reply, `view.flush()` sends what is pending, EXPUNGE only where
+allowed (not during FETCH/STORE/SEARCH by sequence number).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import re
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mailhaven import log as mhlog
+from mailhaven.auth import sasl
+from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, TempFailure
+from mailhaven.imap import commands as C
+from mailhaven.imap import encode, fetchitems, utf7
+from mailhaven.imap.seqset import SequenceSet
+from mailhaven.imap.seqset import render as render_set
+from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
+from mailhaven.imap.view import BadSequence, View, render_flags
+from mailhaven.store import (
+    Expunged,
+    FlagsChanged,
+    MailboxesChanged,
+    MailboxHasChildren,
+    MessageInfo,
+    MessageNotFound,
+    MessagesAdded,
+    Overflow,
+    Snapshot,
+)
+
+log = logging.getLogger("mailhaven.imap")
+
+SERVER_NAME = "Mailhaven"
+DELIMITER = "."  # Maildir++ hierarchy delimiter (store/names.py)
+SEEN, DELETED = "\\Seen", "\\Deleted"
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+POLL_INTERVAL = 10.0  # seconds between snapshots while nothing was announced (disk changes by others)
+IDLE_KEEPALIVE = 120.0  # "* OK Still here" while idling (NAT and firewall timers)
+OUTPUT_BATCH = 256 * 1024  # write to the socket once this much output is buffered
+FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message data
+CACHE_MAX_BYTES = 64 * 1024 * 1024  # process-wide ENVELOPE/BODYSTRUCTURE/header cache
+OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
+
+# RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
+BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+
+
+class Shell(Protocol):
+    """What the session needs from the connection (server.py implements it)."""
+
+    tls_active: bool
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def read_line(self) -> bytes | None:
+        """One raw line (AUTHENTICATE response, IDLE's DONE) without CRLF; None at end of input."""
+        ...
+
+    async def start_tls(self) -> None:
+        """Upgrade after the OK to STARTTLS was written; drop any input that came before."""
+        ...
+
+    def authenticated(self) -> None:
+        """The session logged in (the shell may raise its literal limit)."""
+        ...
+
+
+class No(Exception):
+    """A tagged NO: `code` is an RFC 5530 response code without brackets, or None."""
+
+    def __init__(self, text: str, code: str | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+
+
+class Bad(No):
+    """A tagged BAD (counted towards max_bad_commands)."""
+
+
+class SessionEnd(Exception):
+    """Close the connection after the output so far (BYE already queued)."""
+
+
+class ServerStopping(Exception):
+    """Raised by the shell's read_line when the server stops (the session says BYE)."""
+
+
+# --------------------------------------------------------------------------- \Recent registry
+
+# RFC 3501 §2.3.2: a message is \Recent only in the first session told about it. Per Store object:
+# (user, mailbox, uidvalidity) -> highest UID already claimed. In memory: after a restart the first
+# session to select a mailbox sees its messages as recent again (as after Dovecot loses its index).
+_claims: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], int]] = weakref.WeakKeyDictionary()
+
+
+def _claimed(store: Any, key: tuple[str, str, int]) -> int:
+    try:
+        return _claims.setdefault(store, {}).get(key, 0)
+    except TypeError:  # a store that cannot be weakly referenced: no \Recent at all
+        return 1 << 62
+
+
+def _claim(store: Any, key: tuple[str, str, int], uids: Sequence[int]) -> list[int]:
+    """Claim the UIDs above the mark for this session; returns the ones it got."""
+    hi = _claimed(store, key)
+    mine = [u for u in uids if u > hi]
+    if mine:
+        _claims[store][key] = max(mine)
+    return mine
+
+
+# --------------------------------------------------------------------------- message cache
+
+
+class _Entry:
+    __slots__ = ("header", "envelope", "bodystructure", "body", "size")
+
+    def __init__(self) -> None:
+        self.header: bytes | None = None
+        self.envelope: bytes | None = None
+        self.bodystructure: bytes | None = None
+        self.body: bytes | None = None
+        self.size = 0
+
+    def measure(self) -> int:
+        self.size = 64 + sum(len(x) for x in (self.header, self.envelope, self.bodystructure, self.body)
+                             if x is not None)
+        return self.size
+
+
+class MessageCache:
+    """LRU of data derived from message files, bounded in bytes. Keys (user, file key) are stable for
+    a message's life (a moved message keeps its file and content)."""
+
+    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._d: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+
+    def get(self, key: tuple[str, str]) -> _Entry | None:
+        e = self._d.get(key)
+        if e is not None:
+            self._d.move_to_end(key)
+        return e
+
+    def put(self, key: tuple[str, str], entry: _Entry) -> None:
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        self.bytes += entry.measure()
+        self._d[key] = entry
+        while self.bytes > self.max_bytes and self._d:
+            _, e = self._d.popitem(last=False)
+            self.bytes -= e.size
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+CACHE = MessageCache()
+
+
+# --------------------------------------------------------------------------- FETCH rendering
+
+_STRUCT = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
+_DATA_ATTRS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+
+
+def _fi_section(sec: C.Section) -> fetchitems.Section:
+    return fetchitems.Section(sec.part, sec.text or "", tuple(f.encode("ascii") for f in sec.fields))
+
+
+def _sets_seen(item: C.FetchItem) -> bool:
+    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
+    if isinstance(item, C.FetchBody):
+        return not item.peek
+    return item.name in ("RFC822", "RFC822.TEXT")
+
+
+def _needs_data(item: C.FetchItem) -> bool:
+    return isinstance(item, C.FetchBody) or item.name in _DATA_ATTRS
+
+
+def derive(data: bytes, want: Iterable[str], entry: _Entry) -> None:
+    """Fill `entry` with the structure items in `want` computed from the message bytes (CPU work)."""
+    want = set(want)
+    tree = None
+    if entry.header is None:
+        entry.header = data[:fetchitems.header_end(data)]
+    if "ENVELOPE" in want and entry.envelope is None:
+        entry.envelope = fetchitems.envelope(entry.header)
+    if ("BODYSTRUCTURE" in want and entry.bodystructure is None) or ("BODY" in want and entry.body is None):
+        from mailhaven.message import mime
+
+        tree = mime.parse(data)
+        if entry.bodystructure is None:
+            entry.bodystructure = fetchitems.bodystructure(data, True, tree)
+        if entry.body is None:
+            entry.body = fetchitems.body(data, tree)
+
+
+def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data: bytes | None,
+                 entry: _Entry | None, recent: bool) -> bytes:
+    """`* seq FETCH (...)` for one message. `data` is the message when an item needs it; `entry`
+    holds the derived structure items."""
+    parts: list[bytes] = []
+    for item in items:
+        if isinstance(item, C.FetchAttr):
+            name = item.name
+            if name == "UID":
+                parts.append(b"UID %d" % info.uid)
+            elif name == "FLAGS":
+                parts.append(b"FLAGS " + render_flags(info.flags, recent))
+            elif name == "RFC822.SIZE":
+                parts.append(b"RFC822.SIZE %d" % info.size)
+            elif name == "INTERNALDATE":
+                parts.append(b"INTERNALDATE " + fetchitems.internaldate(info.internaldate))
+            elif name == "ENVELOPE":
+                assert entry is not None and entry.envelope is not None
+                parts.append(b"ENVELOPE " + entry.envelope)
+            elif name == "BODYSTRUCTURE":
+                assert entry is not None and entry.bodystructure is not None
+                parts.append(b"BODYSTRUCTURE " + entry.bodystructure)
+            elif name == "BODY":
+                assert entry is not None and entry.body is not None
+                parts.append(b"BODY " + entry.body)
+            else:
+                assert data is not None
+                if name == "RFC822":
+                    chunk = data
+                elif name == "RFC822.HEADER":
+                    chunk = data[:fetchitems.header_end(data)]
+                else:  # RFC822.TEXT
+                    chunk = data[fetchitems.header_end(data):]
+                parts.append(name.encode("ascii") + b" " + encode.literal(chunk))
+        else:
+            assert data is not None
+            chunk = fetchitems.body_section(data, _fi_section(item.section), item.partial)
+            parts.append(item.response_name.encode("ascii") + b" " + encode.literal(chunk))
+    return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+
+
+def _render_batch(rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]],
+                  items: Sequence[C.FetchItem], want: frozenset[str],
+                  extra_flags: frozenset[int]) -> list[bytes]:
+    """Render many messages (in a worker thread when parses are needed). `extra_flags`: UIDs whose
+    \\Seen this FETCH set, which get FLAGS added as Dovecot does."""
+    out: list[bytes] = []
+    flags_item = C.FetchAttr("FLAGS")
+    for seq, info, data, entry, recent in rows:
+        if entry is not None and want and data is not None:
+            derive(data, want, entry)
+        its = items
+        if info.uid in extra_flags and flags_item not in items:
+            its = (*items, flags_item)
+        out.append(render_items(seq, info, its, data, entry, recent))
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+_SAFE = re.compile(r"[^\x20-\x7e]")
+
+
+def _safe(text: str) -> str:
+    return _SAFE.sub("?", text)[:200]
+
+
+def _wire_name(name: str) -> bytes:
+    """A mailbox name as sent in LIST/LSUB/STATUS: modified UTF-7 (RFC 3501 §5.1.3), astring."""
+    return encode.astring(utf7.encode(name).encode("ascii"))
+
+
+def list_matcher(pattern: str) -> re.Pattern[str]:
+    """RFC 3501 §6.3.8: "*" matches anything, "%" anything but the hierarchy delimiter."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^" + re.escape(DELIMITER) + "]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _inbox_canonical(pattern: str) -> str:
+    """"inbox" / "Inbox.sub" -> "INBOX..." (RFC 3501 §5.1: INBOX is case-insensitive)."""
+    head, sep, rest = pattern.partition(DELIMITER)
+    if head.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return pattern
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(DELIMITER)
+    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[MessageInfo | None]:
+    """The infos of ascending `uids` in the ascending snapshot `messages` (a merge walk)."""
+    out: list[MessageInfo | None] = []
+    j, n = 0, len(messages)
+    for u in uids:
+        while j < n and messages[j].uid < u:
+            j += 1
+        out.append(messages[j] if j < n and messages[j].uid == u else None)
+    return out
+
+
+_WHERE = {
+    State.NOT_AUTHENTICATED: "before login",
+    State.AUTHENTICATED: "in the authenticated state",
+    State.SELECTED: "with a mailbox selected",
+    State.LOGOUT: "after logout",
+}
+
+
+@dataclass
+class _Selected:
+    mailbox: Any  # mailhaven.store.Mailbox
+    name: str
+    readonly: bool
+    view: View
+    snap: Snapshot
+    keywords: frozenset[str]
+    synced_at: float
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class Session:
+    """One connection's IMAP state. `await greet()`, then `await execute(command)` per command."""
+
+    def __init__(self, ctx: Any, shell: Shell, *, listener: str, ip: str, loopback: bool,
+                 starttls_offered: bool, config: Any) -> None:
+        self.ctx = ctx
+        self.shell = shell
+        self.listener = listener
+        self.ip = ip
+        self.loopback = loopback
+        self.starttls_offered = starttls_offered
+        self.config = config
+        self.state = State.NOT_AUTHENTICATED
+        self.user: str | None = None
+        self.account: Any = None
+        self.sub: Any = None  # store change subscription
+        self.sel: _Selected | None = None
+        self.commands = 0
+        self.bad = 0
+        self._out: list[bytes] = []
+        self._outlen = 0
+        self._handlers: dict[str, Callable[[Any], Awaitable[str]]] = {
+            "CAPABILITY": self.cmd_capability, "NOOP": self.cmd_noop, "LOGOUT": self.cmd_logout,
+            "ID": self.cmd_id, "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate,
+            "LOGIN": self.cmd_login, "ENABLE": self.cmd_enable, "SELECT": self.cmd_select,
+            "EXAMINE": self.cmd_select, "CREATE": self.cmd_create, "DELETE": self.cmd_delete,
+            "RENAME": self.cmd_rename, "SUBSCRIBE": self.cmd_subscribe, "UNSUBSCRIBE": self.cmd_unsubscribe,
+            "LIST": self.cmd_list, "LSUB": self.cmd_lsub, "STATUS": self.cmd_status, "APPEND": self.cmd_append,
+            "NAMESPACE": self.cmd_namespace, "IDLE": self.cmd_idle, "CHECK": self.cmd_check,
+            "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
+            "SEARCH": self.cmd_search, "FETCH": self.cmd_fetch, "STORE": self.cmd_store, "COPY": self.cmd_copy,
+            "MOVE": self.cmd_move,
+        }
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def emit(self, data: bytes) -> None:
+        self._out.append(data)
+        self._outlen += len(data)
+
+    async def emit_batched(self, data: bytes) -> None:
+        self.emit(data)
+        if self._outlen >= OUTPUT_BATCH:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._out:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._outlen = 0
+            await self.shell.write(data)
+
+    # -- capabilities ---------------------------------------------------------------------------
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """RFC 3501 §6.2.3, RFC 8314 §3: passwords only over TLS, or on loopback when allowed."""
+        return self.shell.tls_active or (self.loopback and self.config.auth.allow_plaintext_loopback)
+
+    def capabilities(self) -> str:
+        caps = list(BASE_CAPABILITIES)
+        if self.state is State.NOT_AUTHENTICATED:
+            if self.starttls_offered and not self.shell.tls_active:
+                caps.append("STARTTLS")
+            if self.plaintext_ok:
+                caps.extend("AUTH=" + m for m in AUTH_MECHANISMS)
+            else:
+                caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3
+        return " ".join(caps)
+
+    async def greet(self) -> None:
+        self.emit(f"* OK [CAPABILITY {self.capabilities()}] {SERVER_NAME} ready.\r\n".encode("ascii"))
+        await self.flush()
+
+    async def bye(self, text: str) -> None:
+        self.emit(f"* BYE {text}\r\n".encode("ascii"))
+        await self.flush()
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    async def reject(self, response: bytes) -> None:
+        """A framer Reject or ParseError: send its response and count it when it is a BAD."""
+        if b" BAD " in response[:80]:
+            self.bad += 1
+        self.emit(response)
+        await self.flush()
+
+    async def execute(self, cmd: C.AnyCommand) -> None:
+        """Run one parsed command and write its responses (the tagged one last)."""
+        self.commands += 1
+        verb = cmd.verb
+        tag = cmd.tag
+        if not allowed(self.state, verb):
+            self.bad += 1
+            self.emit(f"{tag} BAD {verb} is not allowed {_WHERE[self.state]}.\r\n".encode("ascii"))
+            await self.flush()
+            return
+        end: SessionEnd | None = None
+        try:
+            result = await self._handlers[verb](cmd)
+        except SessionEnd as e:
+            result, end = "", e
+        except (ConnectionError, TimeoutError, ServerStopping):
+            raise
+        except Exception as exc:  # every other failure becomes one tagged reply
+            kind, text = self._reply_for(exc, verb)
+            if kind == "BAD":
+                self.bad += 1
+            result = f"{kind} {text}"
+        if end is None and self.state is State.SELECTED:
+            try:
+                await self.send_updates(not (verb in NO_EXPUNGE_DURING and not getattr(cmd, "uid", False)))
+            except SessionEnd as e:
+                end = e
+        if result:
+            self.emit(f"{tag} {result}\r\n".encode())
+        await self.flush()
+        if end is not None:
+            raise end
+
+    def _reply_for(self, exc: BaseException, verb: str) -> tuple[str, str]:
+        """THE mapping of failures to tagged replies (STYLE rule 4). Returns (kind, text)."""
+        if isinstance(exc, Bad):
+            return "BAD", (f"[{exc.code}] " if exc.code else "") + _safe(exc.text)
+        if isinstance(exc, No):
+            return "NO", (f"[{exc.code}] " if exc.code else "") + _safe(exc.text)
+        if isinstance(exc, BadSequence):
+            return "BAD", "Error in IMAP command " + verb + ": Invalid messageset"
+        if isinstance(exc, MailboxNotFound):
+            return "NO", "[NONEXISTENT] Mailbox doesn't exist."  # RFC 5530 §3
+        if isinstance(exc, MailboxExists):
+            return "NO", "[ALREADYEXISTS] Mailbox already exists."
+        if isinstance(exc, BadMailboxName):
+            return "NO", "[CANNOT] Invalid mailbox name: " + _safe(exc.text)
+        if isinstance(exc, MailboxHasChildren):
+            return "NO", "[HASCHILDREN] Mailbox has children, delete them first."  # RFC 9051 §7.1
+        if isinstance(exc, MessageNotFound):
+            return "NO", "[EXPUNGEISSUED] Some of the requested messages no longer exist."
+        if isinstance(exc, TempFailure):
+            log.warning("imap %s failed: %s", verb, exc, exc_info=exc)
+            return "NO", "[UNAVAILABLE] Temporary failure, try again later."
+        if isinstance(exc, MailError):
+            return "NO", "[CANNOT] " + _safe(exc.text)
+        log.error("imap %s: internal error", verb, exc_info=exc)
+        return "NO", "[SERVERBUG] Internal error occurred. Refer to server log for more information."
+
+    # -- updates for the selected mailbox --------------------------------------------------------
+
+    def _drain_events(self) -> bool:
+        """Consume pending change events; True if one may concern the selected mailbox."""
+        sub = self.sub
+        if sub is None:
+            return False
+        hit = False
+        name = self.sel.mailbox.name if self.sel is not None else None
+        while (ev := sub.get_nowait()) is not None:
+            if isinstance(ev, (MessagesAdded, FlagsChanged, Expunged)):
+                hit = hit or ev.mailbox == name
+            elif isinstance(ev, (Overflow, MailboxesChanged)):
+                hit = hit or name is not None
+        return hit
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Bring the view up to date with the store if anything changed (nothing is sent)."""
+        hit = self._drain_events()
+        sel = self.sel
+        if sel is None:
+            return
+        if not (force or hit or time.monotonic() - sel.synced_at >= POLL_INTERVAL):
+            return
+        try:
+            snap = await sel.mailbox.snapshot()
+        except MailboxNotFound:
+            self.sel = None
+            self.state = State.AUTHENTICATED
+            self.emit(b"* BYE Selected mailbox was deleted, have to disconnect.\r\n")
+            raise SessionEnd("mailbox deleted") from None
+        if snap.uidvalidity != sel.snap.uidvalidity:  # RFC 3501 §2.3.1.1: cannot renumber in place
+            self.emit(b"* BYE UIDVALIDITY changed, reconnect.\r\n")
+            raise SessionEnd("uidvalidity changed")
+        sel.snap = snap
+        sel.synced_at = time.monotonic()
+        new = sel.view.sync(snap)
+        if new and not sel.readonly:
+            sel.view.mark_recent(_claim(self.ctx.store, self._recent_key(sel), new))
+
+    async def send_updates(self, allow_expunge: bool) -> None:
+        await self.refresh()
+        sel = self.sel
+        if sel is None:
+            return
+        keywords = self._keywords(sel.snap)
+        if not keywords <= sel.keywords:  # RFC 3501 §7.2.6: new keywords -> new FLAGS
+            sel.keywords = sel.keywords | keywords
+            self._emit_flags(sel)
+        for line in sel.view.flush(allow_expunge):
+            self.emit(line)
+
+    def _recent_key(self, sel: _Selected) -> tuple[str, str, int]:
+        return (self.user or "", sel.mailbox.name, sel.snap.uidvalidity)
+
+    @staticmethod
+    def _keywords(snap: Snapshot) -> frozenset[str]:
+        seen: set[frozenset[str]] = set()
+        out: set[str] = set()
+        for m in snap.messages:
+            if m.flags not in seen:
+                seen.add(m.flags)
+                out.update(f for f in m.flags if not f.startswith("\\"))
+        return frozenset(out)
+
+    def _emit_flags(self, sel: _Selected) -> None:
+        kws = " ".join(sorted(sel.keywords))
+        flags = " ".join(SYSTEM_FLAGS) + (" " + kws if kws else "")
+        self.emit(f"* FLAGS ({flags})\r\n".encode())
+        if sel.readonly:
+            self.emit(b"* OK [PERMANENTFLAGS ()] Read-only mailbox.\r\n")
+        else:
+            self.emit(f"* OK [PERMANENTFLAGS ({flags} \\*)] Flags permitted.\r\n".encode())
+
+    # -- any state (RFC 3501 §6.1) ---------------------------------------------------------------
+
+    async def cmd_capability(self, cmd: C.Capability) -> str:
+        self.emit(f"* CAPABILITY {self.capabilities()}\r\n".encode("ascii"))
+        return "OK Capability completed."
+
+    async def cmd_noop(self, cmd: C.Noop | C.Check) -> str:
+        if self.sel is not None:
+            await self.refresh(force=time.monotonic() - self.sel.synced_at > 1.0)
+        return "OK NOOP completed."
+
+    async def cmd_logout(self, cmd: C.Logout) -> str:
+        self.emit(b"* BYE Logging out\r\n")
+        self.emit(f"{cmd.tag} OK Logout completed.\r\n".encode("ascii"))
+        self._leave()
+        self.state = State.LOGOUT
+        raise SessionEnd("logout")
+
+    async def cmd_id(self, cmd: C.Id) -> str:
+        if cmd.params:  # RFC 2971 §3.1: the client's identity, for the log
+            mhlog.event(log, "imap client id", id=" ".join(f"{k}={v}" for k, v in cmd.params)[:300])
+        self.emit(b'* ID ("name" "' + SERVER_NAME.encode("ascii") + b'")\r\n')
+        return "OK ID completed."
+
+    # -- not authenticated (RFC 3501 §6.2) -------------------------------------------------------
+
+    async def cmd_starttls(self, cmd: C.StartTls) -> str:
+        if self.shell.tls_active:
+            raise Bad("TLS is already active.")
+        if not self.starttls_offered:
+            raise Bad("STARTTLS is not available.")
+        self.emit(f"{cmd.tag} OK Begin TLS negotiation now.\r\n".encode("ascii"))
+        await self.flush()
+        await self.shell.start_tls()  # RFC 3501 §6.2.1: input sent before the handshake is dropped
+        return ""
+
+    async def cmd_login(self, cmd: C.Login) -> str:
+        if not self.plaintext_ok:  # RFC 3501 §6.2.3, §7.2.1 LOGINDISABLED
+            raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+                     "PRIVACYREQUIRED")
+        return await self._login(cmd.username, cmd.password)
+
+    async def cmd_authenticate(self, cmd: C.Authenticate) -> str:
+        if cmd.mechanism not in AUTH_MECHANISMS:
+            raise No("Unsupported authentication mechanism.")
+        if not self.plaintext_ok:
+            raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
+                     "PRIVACYREQUIRED")
+        exchange = sasl.Exchange(cmd.mechanism)
+        try:
+            if cmd.initial_response is not None:  # RFC 4959 SASL-IR
+                initial = "=" if cmd.initial_response == b"" else \
+                    base64.b64encode(cmd.initial_response).decode("ascii")
+                out = exchange.start(initial)
+            else:
+                out = exchange.start(None)
+            while isinstance(out, str):
+                self.emit(b"+ " + out.encode("ascii") + b"\r\n")  # RFC 3501 §7.5
+                await self.flush()
+                line = await self.shell.read_line()
+                if line is None:
+                    raise ConnectionResetError("client went away during AUTHENTICATE")
+                out = exchange.step(line)
+        except sasl.SaslCancelled:
+            raise Bad("Authentication aborted by client.") from None  # RFC 3501 §6.2.2
+        except ValueError:
+            raise Bad("Invalid base64 data in continued response.") from None
+        creds = out
+        if creds.authzid and creds.authzid != creds.login:
+            raise No("Authorization identity not permitted.", "AUTHORIZATIONFAILED")
+        return await self._login(creds.login, creds.password)
+
+    async def _login(self, login: str, password: str) -> str:
+        ctx = self.ctx
+        limits = getattr(ctx, "limits", None)
+        if limits is not None and not await limits.before_auth(self.ip, login):
+            mhlog.event(log, "imap login refused (throttled)", login=login)
+            raise No("Too many failed logins, try again later.", "UNAVAILABLE")
+        directory = getattr(ctx, "directory", None)
+        user = await directory.authenticate(login, password) if directory is not None else None
+        if user is None:
+            if limits is not None:
+                limits.auth_failed(self.ip, login)
+            mhlog.event(log, "imap login failed", login=login)
+            raise No("Authentication failed.", "AUTHENTICATIONFAILED")
+        if limits is not None:
+            limits.auth_succeeded(self.ip, login)
+        self.user = user
+        self.account = ctx.store.account(user)
+        self.sub = ctx.store.changes.subscribe(user)
+        self.state = State.AUTHENTICATED
+        mhlog.set_user(user)
+        self.shell.authenticated()
+        return f"OK [CAPABILITY {self.capabilities()}] Logged in"
+
+    # -- authenticated (RFC 3501 §6.3) -----------------------------------------------------------
+
+    async def cmd_enable(self, cmd: C.Enable) -> str:
+        self.emit(b"* ENABLED\r\n")  # RFC 5161 §3.2: nothing we offer needs enabling
+        return "OK Enabled."
+
+    async def cmd_namespace(self, cmd: C.Namespace) -> str:
+        self.emit(b'* NAMESPACE (("" ".")) NIL NIL\r\n')  # RFC 2342 §5: one personal namespace
+        return "OK Namespace completed."
+
+    def _leave(self) -> None:
+        self.sel = None
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    async def cmd_select(self, cmd: C.Select) -> str:
+        if cmd.params:
+            raise Bad("SELECT parameters are not supported.")
+        if self.sel is not None:  # RFC 3501 §6.3.1: the old mailbox is closed first, no expunge
+            self._leave()
+        self._drain_events()
+        mailbox = await self.account.mailbox(cmd.mailbox)
+        snap = await mailbox.snapshot()
+        sel = _Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, self._keywords(snap),
+                        time.monotonic())
+        key = self._recent_key(sel)
+        uids = [m.uid for m in snap.messages]
+        if cmd.readonly:  # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone
+            hi = _claimed(self.ctx.store, key)
+            sel.view.mark_recent(u for u in uids if u > hi)
+        else:
+            sel.view.mark_recent(_claim(self.ctx.store, key, uids))
+        self._emit_flags(sel)
+        self.emit(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(sel.view.recent)))
+        for i, m in enumerate(snap.messages):
+            if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
+                self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
+                break
+        self.emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n* OK [UIDNEXT %d] Predicted next UID\r\n"
+                  % (snap.uidvalidity, snap.uidnext))
+        self.sel = sel
+        self.state = State.SELECTED
+        mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
+        return f"OK [{mode}] {cmd.verb.capitalize()} completed."
+
+    async def cmd_create(self, cmd: C.Create) -> str:
+        name = cmd.mailbox
+        if name.endswith(DELIMITER):  # RFC 3501 §6.3.3: "foo." creates foo
+            name = name.rstrip(DELIMITER)
+        if name.upper() == "INBOX":
+            raise No("Mailbox already exists.", "ALREADYEXISTS")
+        await self.account.create_mailbox(name)
+        return "OK Create completed."
+
+    async def cmd_delete(self, cmd: C.Delete) -> str:
+        if cmd.mailbox.upper() == "INBOX":  # RFC 3501 §6.3.4
+            raise No("INBOX can't be deleted.", "CANNOT")
+        if self.sel is not None and self.sel.mailbox.name == cmd.mailbox:
+            self._leave()
+        await self.account.delete_mailbox(cmd.mailbox)
+        return "OK Delete completed."
+
+    async def cmd_rename(self, cmd: C.Rename) -> str:
+        await self.account.rename_mailbox(cmd.old, cmd.new)
+        return "OK Rename completed."
+
+    async def cmd_subscribe(self, cmd: C.Subscribe) -> str:
+        await self.account.subscribe(cmd.mailbox)
+        return "OK Subscribe completed."
+
+    async def cmd_unsubscribe(self, cmd: C.Unsubscribe) -> str:
+        await self.account.unsubscribe(cmd.mailbox)
+        return "OK Unsubscribe completed."
+
+    async def cmd_list(self, cmd: C.List) -> str:
+        if cmd.pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
+            self.emit(b'* LIST (\\Noselect) "." ""\r\n')
+            return "OK List completed."
+        matcher = list_matcher(_inbox_canonical(cmd.reference + cmd.pattern))
+        infos = await self.account.list_mailboxes()
+        names = {i.name for i in infos}
+        rows: list[tuple[str, list[str]]] = []
+        for info in infos:
+            if matcher.fullmatch(info.name):
+                attrs = ["\\HasChildren" if info.has_children else "\\HasNoChildren"]  # RFC 3348
+                if info.special_use:
+                    attrs.append(info.special_use)  # RFC 6154 §2
+                rows.append((info.name, attrs))
+        # Parents that are not mailboxes themselves (folders made by other tools): \Noselect.
+        for implied in sorted({a for n in names for a in _ancestors(n)} - names):
+            if matcher.fullmatch(implied):
+                rows.append((implied, ["\\Noselect", "\\HasChildren"]))
+        for name, attrs in rows:
+            self.emit(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + _wire_name(name) + b"\r\n")
+        return "OK List completed."
+
+    async def cmd_lsub(self, cmd: C.Lsub) -> str:
+        if cmd.pattern == "":
+            self.emit(b'* LSUB (\\Noselect) "." ""\r\n')
+            return "OK Lsub completed."
+        matcher = list_matcher(_inbox_canonical(cmd.reference + cmd.pattern))
+        subs = await self.account.subscriptions()
+        subscribed = set(subs)
+        shown: set[str] = set()
+        for name in subs:
+            if matcher.fullmatch(name) and name not in shown:
+                shown.add(name)
+                self.emit(b"* LSUB () \".\" " + _wire_name(name) + b"\r\n")
+        # RFC 3501 §6.3.9: with "%", an unsubscribed parent of a subscribed name shows as \Noselect.
+        for name in subs:
+            for a in _ancestors(name):
+                if a not in subscribed and a not in shown and matcher.fullmatch(a):
+                    shown.add(a)
+                    self.emit(b"* LSUB (\\Noselect) \".\" " + _wire_name(a) + b"\r\n")
+        return "OK Lsub completed."
+
+    async def cmd_status(self, cmd: C.Status) -> str:
+        mailbox = await self.account.mailbox(cmd.mailbox)
+        snap = await mailbox.snapshot()
+        values: list[bytes] = []
+        for item in cmd.items:
+            if item == "MESSAGES":
+                n = len(snap.messages)
+            elif item == "RECENT":
+                hi = _claimed(self.ctx.store, (self.user or "", mailbox.name, snap.uidvalidity))
+                n = sum(1 for m in snap.messages if m.uid > hi)
+            elif item == "UIDNEXT":
+                n = snap.uidnext
+            elif item == "UIDVALIDITY":
+                n = snap.uidvalidity
+            elif item == "UNSEEN":
+                n = sum(1 for m in snap.messages if SEEN not in m.flags)
+            elif item == "DELETED":
+                n = sum(1 for m in snap.messages if DELETED in m.flags)
+            elif item == "SIZE":
+                n = sum(m.size for m in snap.messages)
+            else:  # HIGHESTMODSEQ
+                n = snap.highestmodseq
+            values.append(b"%s %d" % (item.encode("ascii"), n))
+        self.emit(b"* STATUS " + _wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
+        return "OK Status completed."
+
+    async def cmd_append(self, cmd: C.Append) -> str:
+        limit = self.config.smtp.max_message_size
+        if len(cmd.message) > limit:
+            raise No("Message too big.", "TOOBIG")  # RFC 7889 §4
+        if not cmd.message:
+            raise No("Can't save a zero byte message.")
+        try:
+            mailbox = await self.account.mailbox(cmd.mailbox)
+        except MailboxNotFound:
+            raise No("Mailbox doesn't exist.", "TRYCREATE") from None  # RFC 3501 §6.3.11
+        when = cmd.internal_date.timestamp() if cmd.internal_date is not None else None
+        uid = await mailbox.append(cmd.message, cmd.flags, when)  # durable before it returns
+        return f"OK [APPENDUID {mailbox.uidvalidity} {uid}] Append completed."  # RFC 4315 §3
+
+    async def cmd_idle(self, cmd: C.Idle) -> str:
+        """RFC 2177: updates as they happen until the client sends DONE."""
+        self.emit(b"+ idling\r\n")
+        if self.sel is not None:
+            await self.send_updates(True)
+        await self.flush()
+        # Server shutdown reaches us through read_line (ServerStopping), like every other read.
+        line_task: asyncio.Future[bytes | None] = asyncio.ensure_future(self.shell.read_line())
+        event_task: asyncio.Future[Any] | None = None
+        last_output = time.monotonic()
+        try:
+            while True:
+                if event_task is None and self.sub is not None:
+                    event_task = asyncio.ensure_future(self.sub.get())
+                waiting = {t for t in (line_task, event_task) if t is not None}
+                timeout = min(POLL_INTERVAL, IDLE_KEEPALIVE)
+                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if line_task in done:
+                    line = line_task.result()
+                    if line is None:
+                        raise ConnectionResetError("client went away during IDLE")
+                    if line.strip().upper() == b"DONE":
+                        break
+                    raise Bad("Expected DONE.")
+                force = False
+                if event_task is not None and event_task in done:
+                    ev = event_task.result()
+                    event_task = None
+                    if self.sel is not None and (
+                            isinstance(ev, (Overflow, MailboxesChanged))
+                            or getattr(ev, "mailbox", None) == self.sel.mailbox.name):
+                        force = True
+                if self.sel is not None:
+                    await self.refresh(force=force)
+                    await self.send_updates(True)
+                if self._out:
+                    last_output = time.monotonic()
+                elif time.monotonic() - last_output >= IDLE_KEEPALIVE:
+                    self.emit(b"* OK Still here\r\n")
+                    last_output = time.monotonic()
+                await self.flush()
+        finally:
+            for t in (line_task, event_task):
+                if t is not None and not t.done():
+                    t.cancel()
+        return "OK Idle completed."
+
+    # -- selected (RFC 3501 §6.4) -----------------------------------------------------------------
+
+    def _selected(self) -> _Selected:
+        assert self.sel is not None
+        return self.sel
+
+    async def cmd_check(self, cmd: C.Check) -> str:
+        await self.cmd_noop(cmd)  # RFC 3501 §6.4.1: every change is already durable
+        return "OK Check completed."
+
+    async def cmd_close(self, cmd: C.Close) -> str:
+        sel = self._selected()
+        self._leave()
+        if not sel.readonly:  # RFC 3501 §6.4.2: expunge silently, then leave
+            await self.refresh_snapshot_of(sel)
+            deleted = [m.uid for m in sel.snap.messages if DELETED in m.flags]
+            if deleted:
+                await sel.mailbox.expunge(deleted)
+        return "OK Close completed."
+
+    async def refresh_snapshot_of(self, sel: _Selected) -> None:
+        sel.snap = await sel.mailbox.snapshot()
+
+    async def cmd_unselect(self, cmd: C.Unselect) -> str:
+        self._leave()  # RFC 3691: no expunge
+        return "OK Unselect completed."
+
+    def _resolve(self, seqs: SequenceSet, uid: bool) -> list[tuple[int, int]]:
+        """(seq, uid) pairs the set names, ascending. Sequence numbers beyond EXISTS are BAD."""
+        view = self._selected().view
+        if uid:
+            last = view.uids[-1] if view.exists else 0
+            return view.by_uids(seqs.resolve(last))  # RFC 3501 §6.4.8: "*" = highest UID
+        if seqs.max_number(view.exists) > view.exists or (view.exists == 0 and seqs.ranges):
+            raise BadSequence("Invalid messageset")
+        return view.by_seqs(seqs.resolve(view.exists))
+
+    async def cmd_expunge(self, cmd: C.Expunge) -> str:
+        sel = self._selected()
+        if sel.readonly:
+            raise No("Mailbox is read-only.", "READ-ONLY")
+        await self.refresh()
+        view = sel.view
+        wanted: set[int] | None = None
+        if cmd.uids is not None:  # RFC 4315 §2.1 UID EXPUNGE
+            wanted = {u for _, u in self._resolve(cmd.uids, True)}
+        uids = [m.uid for m in sel.snap.messages
+                if DELETED in m.flags and view.seq(m.uid) is not None and (wanted is None or m.uid in wanted)]
+        if uids:
+            removed = await sel.mailbox.expunge(uids)
+            view.expunged(removed)
+        return "OK Expunge completed."
+
+    async def cmd_search(self, cmd: C.Search) -> str:
+        from mailhaven.imap import searchadapt
+
+        sel = self._selected()
+        await self.refresh()
+        found = await searchadapt.run(self, sel, cmd)
+        line = b"* SEARCH"
+        if found:
+            line += b" " + b" ".join(b"%d" % n for n in found)
+        self.emit(line + b"\r\n")
+        return ("OK UID " if cmd.uid else "OK ") + "Search completed."
+
+    async def cmd_store(self, cmd: C.Store) -> str:
+        sel = self._selected()
+        if sel.readonly:
+            raise No("Mailbox is read-only.", "READ-ONLY")
+        await self.refresh()
+        pairs = self._resolve(cmd.set, cmd.uid)
+        view = sel.view
+        uids = [u for _, u in pairs if not view.is_gone(u)]
+        if not uids:
+            return "OK Store completed."
+        infos = await sel.mailbox.store_flags(uids, cmd.flags, cmd.mode)
+        seqs = {u: s for s, u in pairs}
+        for info in infos:
+            view.reported(info.uid, info.modseq)
+            if cmd.silent:
+                continue
+            flags = render_flags(info.flags, view.is_recent(info.uid))
+            if cmd.uid:  # RFC 3501 §6.4.8: UID STORE responses carry the UID
+                line = b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seqs[info.uid], info.uid, flags)
+            else:
+                line = b"* %d FETCH (FLAGS %s)\r\n" % (seqs[info.uid], flags)
+            await self.emit_batched(line)
+        gone = len(uids) - len(infos)
+        if gone:
+            return "NO [EXPUNGEISSUED] Some of the messages no longer exist."
+        return "OK Store completed."
+
+    async def _target(self, name: str) -> Any:
+        try:
+            return await self.account.mailbox(name)
+        except MailboxNotFound:
+            raise No("Mailbox doesn't exist.", "TRYCREATE") from None  # RFC 3501 §6.4.7
+
+    async def cmd_copy(self, cmd: C.Copy) -> str:
+        sel = self._selected()
+        await self.refresh()
+        pairs = self._resolve(cmd.set, cmd.uid)
+        uids = [u for _, u in pairs if not sel.view.is_gone(u)]
+        dest = await self._target(cmd.mailbox)
+        if not uids:
+            return "OK No messages copied."
+        if dest.name == sel.mailbox.name:
+            mapping = await self._copy_into_self(sel, uids)
+        else:
+            mapping = await sel.mailbox.copy(uids, dest)
+        if not mapping:
+            return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
+        src_set = render_set(s for s, _ in mapping)
+        dst_set = render_set(d for _, d in mapping)
+        # RFC 4315 §3: COPYUID uidvalidity source-uids destination-uids (same order)
+        return f"OK [COPYUID {dest.uidvalidity} {src_set} {dst_set}] Copy completed."
+
+    async def _copy_into_self(self, sel: _Selected, uids: list[int]) -> list[tuple[int, int]]:
+        """COPY into the selected mailbox itself (allowed by RFC 3501): append copies."""
+        infos = _match_infos(uids, sel.snap.messages)
+        out: list[tuple[int, int]] = []
+        for uid, info in zip(uids, infos, strict=True):
+            if info is None:
+                continue
+            try:
+                data = await sel.mailbox.read(uid)
+            except MessageNotFound:
+                continue
+            new = await sel.mailbox.append(data, info.flags, info.internaldate)
+            out.append((uid, new))
+        return out
+
+    async def cmd_move(self, cmd: C.Move) -> str:
+        sel = self._selected()
+        if sel.readonly:
+            raise No("Mailbox is read-only.", "READ-ONLY")
+        await self.refresh()
+        pairs = self._resolve(cmd.set, cmd.uid)
+        uids = [u for _, u in pairs if not sel.view.is_gone(u)]
+        dest = await self._target(cmd.mailbox)
+        if dest.name == sel.mailbox.name:
+            raise No("Source and destination mailboxes are the same.", "CANNOT")
+        if not uids:
+            return "OK No messages moved."
+        mapping = await sel.mailbox.move(uids, dest)
+        if mapping:
+            src_set = render_set(s for s, _ in mapping)
+            dst_set = render_set(d for _, d in mapping)
+            # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs
+            self.emit(f"* OK [COPYUID {dest.uidvalidity} {src_set} {dst_set}] Moved UIDs.\r\n".encode())
+            sel.view.expunged([s for s, _ in mapping])
+        if len(mapping) < len(uids):
+            return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
+        return "OK Move completed."
+
+    # -- FETCH ----------------------------------------------------------------------------------
+
+    async def cmd_fetch(self, cmd: C.Fetch) -> str:
+        sel = self._selected()
+        await self.refresh()
+        pairs = self._resolve(cmd.set, cmd.uid)
+        items = cmd.items
+        view = sel.view
+        infos = _match_infos([u for _, u in pairs], sel.snap.messages)
+        missing = 0
+        # \Seen first (RFC 3501 §6.4.5), so the data and the FLAGS shown agree.
+        seen_set: frozenset[int] = frozenset()
+        if not sel.readonly and any(_sets_seen(i) for i in items):
+            unseen = [info.uid for info in infos if info is not None and SEEN not in info.flags]
+            if unseen:
+                changed = {i.uid: i for i in await sel.mailbox.store_flags(unseen, {SEEN}, "add")}
+                infos = [changed.get(i.uid, i) if i is not None else None for i in infos]
+                seen_set = frozenset(changed)
+        want = frozenset(i.name for i in items if isinstance(i, C.FetchAttr) and i.name in _STRUCT)
+        needs_data = any(_needs_data(i) for i in items)
+        has_flags = any(isinstance(i, C.FetchAttr) and i.name == "FLAGS" for i in items) or bool(seen_set)
+        user = self.user or ""
+        if not want and not needs_data:  # metadata only: render inline, no disk access
+            for (seq, uid), info in zip(pairs, infos, strict=True):
+                if info is None:
+                    missing += 1
+                    continue
+                its = items if uid not in seen_set or not has_flags else (*items, C.FetchAttr("FLAGS"))
+                await self.emit_batched(render_items(seq, info, its, None, None, view.is_recent(uid)))
+                if has_flags:
+                    view.reported(uid, info.modseq)
+        else:
+            for start in range(0, len(pairs), FETCH_BATCH):
+                rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]] = []
+                to_read: list[int] = []
+                chunk = list(zip(pairs[start:start + FETCH_BATCH], infos[start:start + FETCH_BATCH], strict=True))
+                entries: dict[int, _Entry] = {}
+                incomplete: set[int] = set()
+                for (_seq, uid), info in chunk:
+                    if info is None:
+                        continue
+                    entry = None
+                    if want:
+                        entry = CACHE.get((user, info.key))
+                        if entry is None:
+                            entry = _Entry()
+                        entries[uid] = entry
+                        if not _complete(entry, want):
+                            incomplete.add(uid)
+                    if needs_data or uid in incomplete:
+                        to_read.append(uid)
+                datas = await _read_many(sel.mailbox, to_read)
+                parses = 0
+                for (seq, uid), info in chunk:
+                    if info is None:
+                        missing += 1
+                        continue
+                    data = datas.get(uid)
+                    if uid in to_read and data is None:
+                        missing += 1
+                        continue
+                    entry = entries.get(uid)
+                    parses += uid in incomplete
+                    rows.append((seq, info, data, entry, view.is_recent(uid)))
+                if parses >= OFFLOAD_MIN or (needs_data and sum(len(d) for d in datas.values()) > 1 << 20):
+                    lines = await asyncio.to_thread(_render_batch, rows, items, want, seen_set)
+                else:
+                    lines = _render_batch(rows, items, want, seen_set)
+                for (_seq, info, _d, entry, _r) in rows:
+                    if entry is not None and info.uid in incomplete:
+                        CACHE.put((user, info.key), entry)
+                    if has_flags:
+                        view.reported(info.uid, info.modseq)
+                for line in lines:
+                    await self.emit_batched(line)
+        if missing:
+            return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
+        return ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+def _complete(entry: _Entry, want: frozenset[str]) -> bool:
+    return (("ENVELOPE" not in want or entry.envelope is not None)
+            and ("BODYSTRUCTURE" not in want or entry.bodystructure is not None)
+            and ("BODY" not in want or entry.body is not None))
+
+
+async def _read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
+    """Message bytes by UID; expunged ones are left out. Uses the store's batch read when it has one."""
+    if not uids:
+        return {}
+    batch = getattr(mailbox, "read_many", None)
+    if batch is not None:
+        got = await batch(uids)
+        return {u: d for u, d in zip(uids, got, strict=True) if d is not None}
+    out: dict[int, bytes] = {}
+    for i in range(0, len(uids), 32):
+        part = uids[i:i + 32]
+        results = await asyncio.gather(*(mailbox.read(u) for u in part), return_exceptions=True)
+        for u, r in zip(part, results, strict=True):
+            if isinstance(r, bytes):
+                out[u] = r
+            elif not isinstance(r, MessageNotFound):
+                raise r
+    return out
+
+
+__all__ = ["Session", "Shell", "No", "Bad", "SessionEnd", "ServerStopping", "MessageCache", "CACHE", "list_matcher",
+           "render_items", "POLL_INTERVAL"]

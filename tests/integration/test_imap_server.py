@@ -1,0 +1,763 @@
+"""The IMAP server on 127.0.0.1 over a real Store, driven by imaplib (and raw sockets where imaplib
+cannot say it): login, capabilities, SELECT/EXAMINE, FETCH, STORE, SEARCH, APPEND, EXPUNGE, CLOSE,
+COPY/MOVE, UID forms, mailbox management, and the shell's limits.
+
+`ImapHarness` (also used by the other test_imap_* modules) runs the Store and the imap/imaps listeners
+in their own thread and event loop, so blocking clients work as real users' do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import imaplib
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from tests.fixtures_base import PASSWORD
+
+ALICE = "alice@example.test"
+BOB = "bob@example.test"
+
+
+def make_message(n: int, *, subject: str | None = None, sender: str = "sender@example.org",
+                 body: bytes | None = None, date: int = 1700000000) -> bytes:
+    subject = f"message {n}" if subject is None else subject
+    text = body if body is not None else b"".join(b"line %d of message %d\r\n" % (i, n) for i in range(3))
+    return (f"From: Sender <{sender}>\r\nTo: Alice <alice@example.test>\r\nSubject: {subject}\r\n"
+            f"Date: {email.utils.formatdate(date + n * 60)}\r\nMessage-ID: <m{n}@example.org>\r\n\r\n"
+            ).encode() + text
+
+
+class ImapHarness:
+    """Store + IMAP listeners in a thread with their own event loop. ctx is built here, not by app.py."""
+
+    def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps")) -> None:
+        self.cfg = cfg
+        self.names = names
+        self.ports: dict[str, int] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="imap-harness", daemon=True)
+        self.servers: list[asyncio.AbstractServer] = []
+
+    def start(self) -> ImapHarness:
+        self.thread.start()
+        self.call(self._setup())
+        return self
+
+    def call(self, coro: Any, timeout: float = 60) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _setup(self) -> None:
+        from mailhaven.auth.users import Directory, UsersFile
+        from mailhaven.imap.server import create_server
+        from mailhaven.limits import Limits
+        from mailhaven.store import Store
+        from mailhaven.tls import server_context
+
+        cfg = self.cfg
+        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=False)
+        await self.store.start()
+        self.ctx = SimpleNamespace(
+            config=cfg, store=self.store, directory=Directory(cfg, UsersFile.load(cfg.users_file)),
+            limits=Limits(cfg), tls=server_context(cfg), stopping=asyncio.Event())
+        for name in self.names:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(128)
+            sock.setblocking(False)
+            self.ports[name] = sock.getsockname()[1]
+            self.servers.append(await create_server(self.ctx, name, cfg.listeners[name], sock))
+
+    async def _teardown(self) -> None:
+        self.ctx.stopping.set()
+        for s in self.servers:
+            s.close()
+        for _ in range(100):
+            if not self.store.changes.subscriber_count():
+                break
+            await asyncio.sleep(0.02)
+        await self.store.close()
+
+    def stop(self) -> None:
+        try:
+            self.call(self._teardown())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+    # -- store helpers (run on the server's loop) --
+
+    def deliver(self, data: bytes, user: str = ALICE, folder: str = "INBOX") -> None:
+        self.call(self.store.deliver([(user, folder)], data))
+
+    def fill(self, n: int, user: str = ALICE, folder: str = "INBOX", **kw: Any) -> list[int]:
+        async def go() -> list[int]:
+            mb = await self.store.account(user).mailbox(folder)
+            return [await mb.append(make_message(i + 1, **kw)) for i in range(n)]
+        return self.call(go())  # type: ignore[no-any-return]
+
+    def messages(self, user: str = ALICE, folder: str = "INBOX") -> list[Any]:
+        async def go() -> list[Any]:
+            mb = await self.store.account(user).mailbox(folder)
+            return list((await mb.snapshot()).messages)
+        return self.call(go())  # type: ignore[no-any-return]
+
+    def store_flags(self, uids: list[int], flags: set[str], mode: str = "add", user: str = ALICE,
+                    folder: str = "INBOX") -> None:
+        async def go() -> None:
+            mb = await self.store.account(user).mailbox(folder)
+            await mb.store_flags(uids, flags, mode)  # type: ignore[arg-type]
+        self.call(go())
+
+    def expunge(self, uids: list[int], user: str = ALICE, folder: str = "INBOX") -> None:
+        async def go() -> None:
+            mb = await self.store.account(user).mailbox(folder)
+            await mb.expunge(uids)
+        self.call(go())
+
+    # -- clients --
+
+    def client(self, name: str = "imap", login: str | None = ALICE) -> imaplib.IMAP4:
+        if name == "imaps":
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            c: imaplib.IMAP4 = imaplib.IMAP4_SSL("127.0.0.1", self.ports[name], ssl_context=ctx, timeout=30)
+        else:
+            c = imaplib.IMAP4("127.0.0.1", self.ports[name], timeout=30)
+        if login:
+            c.login(login, PASSWORD)
+        return c
+
+    def raw(self, name: str = "imap") -> RawClient:
+        return RawClient(self.ports[name])
+
+
+class RawClient:
+    """A line-level client for what imaplib cannot send (bad syntax, pipelining, IDLE)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.greeting = self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self, timeout: float = 10) -> bytes:
+        self.sock.settimeout(timeout)
+        while b"\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(self.buf)
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line + b"\r\n"
+
+    def until_tagged(self, tag: bytes, timeout: float = 10) -> list[bytes]:
+        out = []
+        while True:
+            line = self.line(timeout)
+            out.append(line)
+            if line.startswith(tag + b" "):
+                return out
+
+    def cmd(self, text: bytes, tag: bytes = b"t") -> list[bytes]:
+        self.send(tag + b" " + text + b"\r\n")
+        return self.until_tagged(tag)
+
+    def login(self, user: str = ALICE) -> None:
+        assert self.cmd(f'LOGIN {user} "{PASSWORD}"'.encode(), b"L")[-1].startswith(b"L OK")
+
+    def closed(self, timeout: float = 5) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def imap_cfg(make_config: Callable[..., Any]) -> Any:
+    return make_config("imap", {"imaps": {"tls": "implicit"}})
+
+
+@pytest.fixture
+def imap(imap_cfg: Any) -> Iterator[ImapHarness]:
+    h = ImapHarness(imap_cfg).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def ok(resp: tuple[str, Any]) -> Any:
+    typ, data = resp
+    assert typ == "OK", resp
+    return data
+
+
+# --------------------------------------------------------------------------- greeting, login
+
+
+def test_greeting_carries_capabilities_and_logindisabled_is_absent_on_loopback(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    assert raw.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+    caps = raw.greeting.split(b"]")[0].split()[2:]
+    for cap in (b"IDLE", b"UIDPLUS", b"MOVE", b"LITERAL+", b"SPECIAL-USE", b"NAMESPACE", b"ID", b"ENABLE",
+                b"UNSELECT", b"CHILDREN", b"SASL-IR", b"STARTTLS", b"AUTH=PLAIN"):
+        assert cap in caps
+    assert b"LOGINDISABLED" not in caps  # loopback with allow_plaintext_loopback
+    raw.close()
+
+
+def test_login_disabled_before_tls_without_loopback_exception(make_config: Callable[..., Any]) -> None:
+    cfg = make_config("imap", {"imaps": {"tls": "implicit"}}, auth={"allow_plaintext_loopback": False})
+    h = ImapHarness(cfg).start()
+    try:
+        raw = h.raw()
+        assert b"LOGINDISABLED" in raw.greeting and b"AUTH=PLAIN" not in raw.greeting
+        resp = raw.cmd(f"LOGIN {ALICE} {PASSWORD}".encode())
+        assert resp[-1].startswith(b"t NO [PRIVACYREQUIRED]")
+        resp = raw.cmd(b"AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUudGVzdABzZWNyZXQ=")
+        assert resp[-1].startswith(b"t NO [PRIVACYREQUIRED]")
+        raw.close()
+        c = h.client("imap", login=None)
+        c.starttls(ssl_context=_insecure_ctx())
+        assert "LOGINDISABLED" not in c.capabilities and "AUTH=PLAIN" in c.capabilities
+        ok(c.login(ALICE, PASSWORD))
+        c.logout()
+        c = h.client("imaps")  # implicit TLS: login allowed at once
+        ok(c.noop())
+        c.logout()
+    finally:
+        h.stop()
+
+
+def _insecure_ctx() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_login_wrong_password_is_no_authenticationfailed(imap: ImapHarness) -> None:
+    c = imap.client(login=None)
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.login(ALICE, "wrong")
+    with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+        c.login("nobody@example.test", PASSWORD)
+    ok(c.login(ALICE, PASSWORD))
+    c.logout()
+
+
+def test_capability_after_login_lists_no_auth_or_starttls(imap: ImapHarness) -> None:
+    c = imap.client()
+    caps = ok(c.capability())[0].split()
+    assert b"STARTTLS" not in caps and not any(x.startswith(b"AUTH=") for x in caps)
+    assert b"IDLE" in caps and b"MOVE" in caps
+    c.logout()
+
+
+def test_login_response_carries_capability(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    resp = raw.cmd(f"LOGIN {ALICE} {PASSWORD}".encode())
+    assert resp[-1].startswith(b"t OK [CAPABILITY IMAP4rev1 ")
+    raw.close()
+
+
+def test_authenticate_plain_with_and_without_initial_response(imap: ImapHarness) -> None:
+    import base64
+
+    token = base64.b64encode(b"\0alice@example.test\0" + PASSWORD.encode())
+    raw = imap.raw()
+    assert raw.cmd(b"AUTHENTICATE PLAIN " + token)[-1].startswith(b"t OK")  # SASL-IR (RFC 4959)
+    raw.close()
+    raw = imap.raw()
+    raw.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert raw.line() == b"+ \r\n"
+    raw.send(token + b"\r\n")
+    assert raw.until_tagged(b"a")[-1].startswith(b"a OK")
+    raw.close()
+    raw = imap.raw()
+    raw.send(b"a AUTHENTICATE PLAIN\r\n")
+    raw.line()
+    raw.send(b"*\r\n")  # RFC 3501 §6.2.2: cancel -> BAD
+    assert raw.until_tagged(b"a")[-1].startswith(b"a BAD")
+    raw.close()
+    c = imap.client(login=None)
+    ok(c.authenticate("PLAIN", lambda _: b"\0alice@example.test\0" + PASSWORD.encode()))
+    c.logout()
+
+
+def test_authenticate_login_mechanism(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    raw.send(b"a AUTHENTICATE LOGIN\r\n")
+    assert raw.line() == b"+ VXNlcm5hbWU6\r\n"
+    raw.send(b"YWxpY2VAZXhhbXBsZS50ZXN0\r\n")
+    assert raw.line() == b"+ UGFzc3dvcmQ6\r\n"
+    raw.send(b"c2VjcmV0\r\n")
+    assert raw.until_tagged(b"a")[-1].startswith(b"a OK")
+    raw.close()
+
+
+def test_commands_outside_their_state_are_bad(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    assert raw.cmd(b"SELECT INBOX")[-1].startswith(b"t BAD")
+    raw.login()
+    assert raw.cmd(b"FETCH 1 FLAGS")[-1].startswith(b"t BAD")
+    assert raw.cmd(b"LOGIN a b")[-1].startswith(b"t BAD")
+    assert raw.cmd(b"SELECT INBOX")[-1].startswith(b"t OK")
+    assert raw.cmd(b"ENABLE CONDSTORE")[-1].startswith(b"t BAD")
+    raw.close()
+
+
+def test_logout_says_bye_and_closes(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    lines = raw.cmd(b"LOGOUT")
+    assert lines[0].startswith(b"* BYE") and lines[-1].startswith(b"t OK")
+    assert raw.closed()
+
+
+# --------------------------------------------------------------------------- SELECT / EXAMINE
+
+
+def test_select_reports_flags_exists_recent_unseen_uidvalidity_uidnext(imap: ImapHarness) -> None:
+    uids = imap.fill(4)
+    imap.store_flags(uids[:2], {"\\Seen"})
+    imap.store_flags([uids[3]], {"Important"})
+    raw = imap.raw()
+    raw.login()
+    lines = raw.cmd(b"SELECT INBOX")
+    text = b"".join(lines)
+    assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Important)" in text
+    assert b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Important \\*)]" in text
+    assert b"* 4 EXISTS" in text and b"* 4 RECENT" in text
+    assert b"* OK [UNSEEN 3]" in text
+    assert re.search(rb"\* OK \[UIDVALIDITY \d+\]", text)
+    assert b"* OK [UIDNEXT 5]" in text
+    assert lines[-1].startswith(b"t OK [READ-WRITE]")
+    raw2 = imap.raw()
+    raw2.login()
+    text2 = b"".join(raw2.cmd(b"EXAMINE INBOX"))
+    assert b"* 0 RECENT" in text2  # the first session took \Recent (RFC 3501 §2.3.2)
+    assert b"[READ-ONLY]" in text2 and b"[PERMANENTFLAGS ()]" in text2
+    raw.close()
+    raw2.close()
+
+
+def test_select_missing_mailbox_is_no_and_leaves_selected_state(imap: ImapHarness) -> None:
+    c = imap.client()
+    ok(c.select("INBOX"))
+    typ, data = c.select("Nope")
+    assert typ == "NO" and b"NONEXISTENT" in data[0]
+    raw = imap.raw()
+    raw.login()
+    raw.cmd(b"SELECT INBOX")
+    raw.cmd(b"SELECT Nope")
+    assert raw.cmd(b"FETCH 1 FLAGS")[-1].startswith(b"t BAD")  # RFC 3501 §6.3.1: no longer selected
+    raw.close()
+    c.logout()
+
+
+def test_examine_refuses_store_expunge_and_does_not_set_seen(imap: ImapHarness) -> None:
+    imap.fill(1)
+    c = imap.client()
+    ok(c.select("INBOX", readonly=True))
+    typ, _ = c.store("1", "+FLAGS", "\\Deleted")
+    assert typ == "NO"
+    ok(c.fetch("1", "(BODY[])"))
+    assert "\\Seen" not in imap.messages()[0].flags
+    c.logout()
+
+
+# --------------------------------------------------------------------------- FETCH
+
+
+def test_fetch_flags_internaldate_size_uid(imap: ImapHarness) -> None:
+    uids = imap.fill(3)
+    imap.store_flags([uids[1]], {"\\Flagged"})
+    c = imap.client()
+    ok(c.select("INBOX"))
+    data = ok(c.fetch("1:*", "(UID FLAGS RFC822.SIZE INTERNALDATE)"))
+    assert len(data) == 3
+    assert re.match(rb'2 \(UID 2 FLAGS \(\\Flagged \\Recent\) RFC822.SIZE \d+ INTERNALDATE "[^"]+"\)', data[1])
+    size = imap.messages()[0].size
+    assert b"RFC822.SIZE %d" % size in data[0]
+    c.logout()
+
+
+def test_uid_fetch_always_includes_uid(imap: ImapHarness) -> None:
+    imap.fill(2)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    data = ok(c.uid("FETCH", "1:*", "(FLAGS)"))
+    assert all(b"UID " in d for d in data)
+    data = ok(c.uid("FETCH", "2", "(FLAGS)"))
+    assert data[0].startswith(b"2 (UID 2 ")
+    c.logout()
+
+
+def test_fetch_body_sections_and_seen(imap: ImapHarness) -> None:
+    imap.fill(1)
+    msg = make_message(1)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    data = ok(c.fetch("1", "(BODY.PEEK[])"))
+    assert data[0][1] == msg
+    assert "\\Seen" not in imap.messages()[0].flags
+    data = ok(c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (Subject)])"))
+    assert data[0][1] == b"Subject: message 1\r\n\r\n"
+    data = ok(c.fetch("1", "(BODY.PEEK[TEXT]<5.10>)"))
+    assert b"BODY[TEXT]<5>" in data[0][0] and data[0][1] == msg.split(b"\r\n\r\n", 1)[1][5:15]
+    data = ok(c.fetch("1", "(RFC822.HEADER)"))
+    assert data[0][1] == msg.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    data = ok(c.fetch("1", "(BODY[TEXT])"))  # not PEEK: sets \Seen, and FLAGS come along (Dovecot)
+    assert b"FLAGS (\\Seen" in b"".join(x if isinstance(x, bytes) else x[0] for x in data)
+    assert "\\Seen" in imap.messages()[0].flags
+    data = ok(c.fetch("1", "(RFC822)"))
+    assert data[0][1] == msg
+    c.logout()
+
+
+def test_fetch_envelope_bodystructure_body(imap: ImapHarness) -> None:
+    imap.fill(1)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    data = ok(c.fetch("1", "(ENVELOPE)"))
+    assert b'"message 1"' in data[0] and b'"sender" "example.org"' in data[0]
+    data = ok(c.fetch("1", "(BODYSTRUCTURE)"))
+    assert b'BODYSTRUCTURE ("text" "plain" ("charset" "us-ascii") NIL NIL "7bit"' in data[0]
+    data = ok(c.fetch("1", "(BODY)"))
+    assert b'BODY ("text" "plain"' in data[0]
+    data = ok(c.fetch("1", "ALL"))
+    assert b"ENVELOPE" in data[0] and b"FLAGS" in data[0]
+    c.logout()
+
+
+def test_fetch_sequence_number_beyond_exists_is_bad(imap: ImapHarness) -> None:
+    imap.fill(2)
+    raw = imap.raw()
+    raw.login()
+    raw.cmd(b"SELECT INBOX")
+    assert raw.cmd(b"FETCH 3 FLAGS")[-1].startswith(b"t BAD")
+    assert raw.cmd(b"UID FETCH 3:9 FLAGS")[-1].startswith(b"t OK")  # UIDs that do not exist: nothing
+    raw.close()
+
+
+# --------------------------------------------------------------------------- STORE
+
+
+def test_store_add_remove_set_silent(imap: ImapHarness) -> None:
+    imap.fill(3)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    data = ok(c.store("1:2", "+FLAGS", "(\\Flagged $Work)"))
+    assert data[0] == b"1 (FLAGS (\\Flagged \\Recent $Work))"
+    data = ok(c.store("1", "-FLAGS", "(\\Flagged)"))
+    assert data[0] == b"1 (FLAGS (\\Recent $Work))"
+    data = ok(c.store("3", "FLAGS.SILENT", "(\\Answered)"))
+    assert data == [None]
+    data = ok(c.uid("STORE", "2", "FLAGS", "(\\Seen)"))
+    assert data[0] == b"2 (UID 2 FLAGS (\\Seen \\Recent))"
+    flags = {m.uid: m.flags for m in imap.messages()}
+    assert flags == {1: {"$Work"}, 2: {"\\Seen"}, 3: {"\\Answered"}}
+    c.logout()
+
+
+# --------------------------------------------------------------------------- SEARCH
+
+
+def test_search_keys(imap: ImapHarness) -> None:
+    imap.fill(5)
+    imap.deliver(make_message(6, subject="Quarterly report", sender="boss@corp.example"))
+    imap.store_flags([1, 2], {"\\Seen"})
+    imap.store_flags([3], {"\\Deleted"})
+    c = imap.client()
+    ok(c.select("INBOX"))
+    assert ok(c.search(None, "ALL"))[0] == b"1 2 3 4 5 6"
+    assert ok(c.search(None, "SEEN"))[0] == b"1 2"
+    assert ok(c.search(None, "UNSEEN", "UNDELETED"))[0] == b"4 5 6"
+    assert ok(c.search(None, "SUBJECT", "quarterly"))[0] == b"6"
+    assert ok(c.search(None, "FROM", "boss"))[0] == b"6"
+    assert ok(c.search(None, "OR", "DELETED", "SEEN"))[0] == b"1 2 3"
+    assert ok(c.search(None, "NOT", "SEEN", "2:4"))[0] == b"3 4"
+    assert ok(c.search(None, "BODY", '"line 2 of message 4"'))[0] == b"4"
+    assert ok(c.search(None, "LARGER", "10"))[0] == b"1 2 3 4 5 6"
+    assert ok(c.search("UTF-8", "SUBJECT", "report"))[0] == b"6"
+    assert ok(c.uid("SEARCH", "SUBJECT", "report"))[0] == b"6"
+    assert ok(c.search(None, "HEADER", "Message-ID", "<m5@"))[0] == b"5"
+    typ, data = c.search("KOI8-R", "ALL")
+    assert typ == "NO" and b"BADCHARSET" in data[0]
+    c.logout()
+
+
+# --------------------------------------------------------------------------- APPEND
+
+
+def test_append_with_flags_and_date_returns_appenduid(imap: ImapHarness) -> None:
+    c = imap.client()
+    msg = make_message(1)
+    typ, data = c.append("INBOX", "(\\Seen $Label)", imaplib.Time2Internaldate(1600000000), msg)
+    assert typ == "OK"
+    m = re.search(rb"\[APPENDUID (\d+) (\d+)\]", data[0])
+    assert m and int(m.group(2)) == 1
+    info = imap.messages()[0]
+    assert info.flags == {"\\Seen", "$Label"} and int(info.internaldate) == 1600000000
+    typ, data = c.append("NoSuchBox", None, None, msg)
+    assert typ == "NO" and b"TRYCREATE" in data[0]
+    c.logout()
+
+
+def test_append_to_selected_mailbox_announces_exists(imap: ImapHarness) -> None:
+    c = imap.client()
+    ok(c.select("INBOX"))
+    ok(c.append("INBOX", None, None, make_message(1)))
+    assert c.untagged_responses.get("EXISTS", [])[-1:] == [b"1"]
+    c.logout()
+
+
+def test_append_too_big_literal_is_refused_without_reading(make_config: Callable[..., Any]) -> None:
+    cfg = make_config("imap", {"imaps": {"tls": "implicit"}}, smtp={"max_message_size": 2048})
+    h = ImapHarness(cfg).start()
+    try:
+        raw = h.raw()
+        raw.login()
+        raw.send(b"a APPEND INBOX {5000}\r\n")
+        assert raw.line().startswith(b"a NO [TOOBIG]")  # RFC 7889: no "+", literal never read
+        assert raw.cmd(b"NOOP")[-1].startswith(b"t OK")
+        raw.send(b"b APPEND INBOX {5000+}\r\n" + b"x" * 5000 + b"\r\n")  # LITERAL+: too late to refuse
+        assert raw.line().startswith(b"b BAD")
+        assert raw.closed()
+    finally:
+        h.stop()
+
+
+def test_literal_plus_append(imap: ImapHarness) -> None:
+    msg = make_message(1)
+    raw = imap.raw()
+    raw.login()
+    raw.send(b"a APPEND INBOX {%d+}\r\n" % len(msg) + msg + b"\r\n")
+    assert raw.until_tagged(b"a")[-1].startswith(b"a OK [APPENDUID")
+    raw.close()
+
+
+# --------------------------------------------------------------------------- EXPUNGE / CLOSE
+
+
+def test_expunge_removes_deleted_and_reports_numbers(imap: ImapHarness) -> None:
+    imap.fill(5)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    ok(c.store("2,4", "+FLAGS", "\\Deleted"))
+    data = ok(c.expunge())
+    assert data == [b"2", b"3"]  # 4 became 3 after 2 went (RFC 3501 §7.4.1)
+    assert [m.uid for m in imap.messages()] == [1, 3, 5]
+    c.logout()
+
+
+def test_uid_expunge_only_removes_named_uids(imap: ImapHarness) -> None:
+    imap.fill(3)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    ok(c.store("1:3", "+FLAGS", "\\Deleted"))
+    ok(c.uid("EXPUNGE", "2"))
+    assert [m.uid for m in imap.messages()] == [1, 3]
+    c.logout()
+
+
+def test_close_expunges_silently_and_unselect_does_not(imap: ImapHarness) -> None:
+    imap.fill(3)
+    raw = imap.raw()
+    raw.login()
+    raw.cmd(b"SELECT INBOX")
+    raw.cmd(b"STORE 1 +FLAGS (\\Deleted)")
+    lines = raw.cmd(b"UNSELECT")
+    assert lines[-1].startswith(b"t OK") and len(imap.messages()) == 3
+    raw.cmd(b"SELECT INBOX")
+    lines = raw.cmd(b"CLOSE")
+    assert lines == [b"t OK Close completed.\r\n"]  # no EXPUNGE responses
+    assert [m.uid for m in imap.messages()] == [2, 3]
+    raw.cmd(b"EXAMINE INBOX")
+    raw.cmd(b"CLOSE")  # read-only: nothing expunged
+    raw.close()
+
+
+# --------------------------------------------------------------------------- COPY / MOVE
+
+
+def test_copy_returns_copyuid_and_keeps_flags(imap: ImapHarness) -> None:
+    imap.fill(3)
+    imap.store_flags([2], {"\\Flagged"})
+    c = imap.client()
+    ok(c.select("INBOX"))
+    typ, data = c.copy("2:3", "Archive")
+    assert typ == "OK"
+    m = re.search(rb"\[COPYUID (\d+) 2:3 1:2\]", data[0])
+    assert m
+    assert [(x.uid, x.flags) for x in imap.messages(folder="Archive")] == [(1, {"\\Flagged"}), (2, set())]
+    typ, data = c.copy("1", "Missing")
+    assert typ == "NO" and b"TRYCREATE" in data[0]
+    typ, data = c.copy("1", "INBOX")  # into itself: allowed, a second message
+    assert typ == "OK" and b"COPYUID" in data[0]
+    c.logout()
+
+
+def test_move_sends_copyuid_then_expunges(imap: ImapHarness) -> None:
+    imap.fill(3)
+    raw = imap.raw()
+    raw.login()
+    raw.cmd(b"SELECT INBOX")
+    lines = raw.cmd(b"MOVE 1:2 Trash")
+    assert lines[0].startswith(b"* OK [COPYUID ")
+    assert lines[1:3] == [b"* 1 EXPUNGE\r\n", b"* 1 EXPUNGE\r\n"]
+    assert lines[-1].startswith(b"t OK")
+    lines = raw.cmd(b"UID MOVE 3 Trash")
+    assert lines[0].startswith(b"* OK [COPYUID ") and lines[1] == b"* 1 EXPUNGE\r\n"
+    assert imap.messages() == [] and len(imap.messages(folder="Trash")) == 3
+    raw.close()
+
+
+# --------------------------------------------------------------------------- mailboxes
+
+
+def test_list_patterns_special_use_and_children(imap: ImapHarness) -> None:
+    c = imap.client()
+    ok(c.create("Work"))
+    ok(c.create("Work.Projects"))
+    ok(c.create("Entwürfe".encode("utf-7").decode().replace("+", "&")))  # any mUTF-7-ish name
+    lines = ok(c.list('""', "*"))
+    text = b"\n".join(lines)
+    assert b'(\\HasNoChildren) "." INBOX' in text
+    assert b'(\\HasNoChildren \\Sent) "." Sent' in text
+    for su in (b"\\Drafts", b"\\Trash", b"\\Junk", b"\\Archive"):
+        assert su in text
+    assert b'(\\HasChildren) "." Work' in text
+    assert b'(\\HasNoChildren) "." Work.Projects' in text
+    top = ok(c.list('""', "%"))
+    assert not any(b"Work.Projects" in x for x in top)
+    assert len(ok(c.list("Work.", "%"))) == 1
+    assert ok(c.list('""', "inbox"))[0].endswith(b"INBOX")
+    data = ok(c.list('""', '""'))
+    assert data == [b'(\\Noselect) "." ""']
+    c.logout()
+
+
+def test_create_delete_rename_subscribe_lsub_status(imap: ImapHarness) -> None:
+    c = imap.client()
+    ok(c.create("Box"))
+    typ, data = c.create("Box")
+    assert typ == "NO" and b"ALREADYEXISTS" in data[0]
+    ok(c.rename("Box", "Box2"))
+    ok(c.subscribe("Box2"))
+    assert ok(c.lsub('""', "*")) == [b'() "." Box2']
+    imap.fill(2, folder="Box2")
+    imap.store_flags([1], {"\\Seen"}, folder="Box2")
+    data = ok(c.status("Box2", "(MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN)"))
+    assert re.match(rb"Box2 \(MESSAGES 2 RECENT 2 UIDNEXT 3 UIDVALIDITY \d+ UNSEEN 1\)", data[0])
+    ok(c.unsubscribe("Box2"))
+    assert ok(c.lsub('""', "*")) == [None]
+    ok(c.delete("Box2"))
+    typ, data = c.delete("INBOX")
+    assert typ == "NO"
+    typ, data = c.select("Box2")
+    assert typ == "NO"
+    c.logout()
+
+
+def test_rename_inbox_moves_messages(imap: ImapHarness) -> None:
+    imap.fill(2)
+    c = imap.client()
+    ok(c.rename("INBOX", "Old"))
+    assert imap.messages() == [] and len(imap.messages(folder="Old")) == 2
+    c.logout()
+
+
+def test_namespace_id_enable(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    raw.login()
+    assert raw.cmd(b"NAMESPACE")[0] == b'* NAMESPACE (("" ".")) NIL NIL\r\n'
+    lines = raw.cmd(b'ID ("name" "pytest")')
+    assert lines[0].startswith(b'* ID ("name" "Mailhaven"')
+    assert raw.cmd(b"ENABLE CONDSTORE")[0] == b"* ENABLED\r\n"
+    raw.close()
+
+
+# --------------------------------------------------------------------------- shell limits
+
+
+def test_parse_errors_are_bad_and_too_many_close_the_connection(make_config: Callable[..., Any]) -> None:
+    cfg = make_config("imap", {"imaps": {"tls": "implicit"}}, imap={"max_bad_commands": 3})
+    h = ImapHarness(cfg).start()
+    try:
+        raw = h.raw()
+        assert raw.cmd(b"FOO")[-1].startswith(b"t BAD")
+        assert raw.cmd(b"FETCH (")[-1].startswith(b"t BAD")
+        raw.send(b"t SEARCH (((\r\n")
+        assert raw.line().startswith(b"t BAD")
+        assert raw.line().startswith(b"* BYE")
+        assert raw.closed()
+    finally:
+        h.stop()
+
+
+def test_synchronising_literal_gets_continuation(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    raw.send(b"a LOGIN {18}\r\n")
+    assert raw.line() == b"+ Ready for literal data\r\n"
+    raw.send(ALICE.encode() + b" " + PASSWORD.encode() + b"\r\n")
+    assert raw.until_tagged(b"a")[-1].startswith(b"a OK")
+    raw.close()
+
+
+def test_preauth_literal_is_small(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    raw.send(b"a LOGIN {100000}\r\n")
+    assert raw.line().startswith(b"a BAD")  # no "+": a big literal before login is never read
+    raw.close()
+
+
+def test_garbage_and_binary_never_kill_the_server(imap: ImapHarness) -> None:
+    raw = imap.raw()
+    raw.send(b"\x00\xff\xfe garbage\r\n\r\n* FETCH\r\n")
+    for _ in range(3):
+        assert b"BAD" in raw.line()
+    raw.close()
+    c = imap.client()
+    ok(c.noop())
+    c.logout()
+
+
+def test_session_end_is_logged(imap: ImapHarness, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="mailhaven.imap")
+    c = imap.client()
+    c.noop()
+    c.logout()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any("imap session end" in r.getMessage() for r in caplog.records):
+        time.sleep(0.05)
+    rec = [r for r in caplog.records if "imap session end" in r.getMessage()][-1]
+    fields = rec.mh_fields  # type: ignore[attr-defined]
+    assert fields["user"] == ALICE and fields["ip"] == "127.0.0.1" and fields["commands"] >= 3
+    assert "duration" in fields
