@@ -147,6 +147,10 @@ class SmtpPeer:
         gate = self._gate
         if gate is not None:
             await gate.wait()
+        if server.transport is None or server.transport.is_closing():
+            # The client went away while we held the reply: it never saw an acceptance.
+            self.events.append(("LOST", ""))
+            return "421 4.4.2 connection lost"
         reply = self._data.popleft() if self._data else "250 2.0.0 queued"
         if reply.startswith("2"):
             content = envelope.original_content or b""
