@@ -134,6 +134,15 @@ class MxServer:
         return out
 
 
+async def wait_until(cond: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Poll `cond` until true; AssertionError after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.02)
+
+
 def dot_stuff(data: bytes) -> bytes:
     """RFC 5321 §4.5.2 transparency, and a final CRLF."""
     if not data.endswith(b"\r\n"):

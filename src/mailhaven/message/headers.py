@@ -99,11 +99,11 @@ def prepend(fields: Iterable[bytes], message: bytes) -> bytes:
 _LDH_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
                          r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
 _LITERAL = re.compile(r"^\[(?:[0-9.]{7,15}|IPv6:[0-9A-Fa-f:.]{2,45})\]$")
-_SAFE = re.compile(r"[^\x21-\x7e]|[()\\]")
+_SAFE = re.compile(r"[^\x20-\x7e]|[()\\]")
 
 
 def _comment_text(text: str, limit: int = 100) -> str:
-    """Text safe inside an RFC 5322 comment: printable ASCII, no parentheses or backslash."""
+    """Text safe inside an RFC 5322 comment: printable ASCII and space, no parentheses or backslash."""
     return _SAFE.sub("?", text[:limit])
 
 

@@ -91,6 +91,12 @@ def split_path(text: str) -> tuple[str, str]:
     raise ValueError("path must end with >")
 
 
+def _printable(text: str) -> bool:
+    """No control characters (a HELO name is a domain or address literal, RFC 5321 §4.1.1.1; we
+    accept sloppy names, but not ones that could corrupt logs or headers)."""
+    return all(" " <= ch != "\x7f" for ch in text)
+
+
 def _strip_keyword(arg: str | None, keyword: str) -> str | None:
     if arg is None or arg[:len(keyword)].upper() != keyword:
         return None
@@ -127,6 +133,8 @@ class BaseHandler:
 
     async def handle_HELO(self, server: Any, session: ClientSession, envelope: Transaction,
                           hostname: str) -> str:
+        if not _printable(hostname):
+            return R.BAD_HELO
         session.host_name = hostname
         return f"250 {self.config.hostname}"
 
@@ -134,6 +142,8 @@ class BaseHandler:
                           hostname: str, responses: list[str]) -> list[str]:
         """aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS (and AUTH); we add PIPELINING (RFC 2920)
         and ENHANCEDSTATUSCODES (RFC 2034), drop AUTH where the role has none, and drop HELP."""
+        if not _printable(hostname):
+            return [R.BAD_HELO]
         session.host_name = hostname
         lines = [r[4:] for r in responses]
         greeting, keywords = lines[0], [k for k in lines[1:] if k != "HELP"]

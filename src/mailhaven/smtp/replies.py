@@ -21,6 +21,7 @@ MAX_TEXT = 400  # octets of free text in one reply line (RFC 5321 §4.5.3.1.5: r
 
 # RFC 3463 codes: X.1.x addressing, X.3.x system, X.4.x network/routing, X.5.x protocol, X.6.x
 # content, X.7.x security/policy.
+BAD_HELO = "501 5.5.4 Invalid HELO/EHLO name"  # RFC 5321 §4.1.1.1
 SENDER_OK = "250 2.1.0 Sender OK"
 RCPT_OK = "250 2.1.5 Recipient OK"
 BAD_SENDER_SYNTAX = "501 5.1.7 Bad sender address syntax"  # RFC 3463 §3.2 X.1.7
