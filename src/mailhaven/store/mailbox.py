@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -51,6 +52,7 @@ from mailhaven.store.model import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SUBSCRIPTIONS = "subscriptions"
+DELIVERY_THREADS = 32
 FlagMode = Literal["add", "remove", "set"]
 
 
@@ -78,6 +80,9 @@ class Store:
         self.fsync = fsync
         self.changes = ChangeHub()
         self._accounts: dict[str, Account] = {}
+        # Deliveries wait on fsync, not CPU: their own pool lets many fsyncs be in flight (the file
+        # system commits them together) without starving the default pool used by everything else.
+        self._delivery_pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="store-deliver")
 
     async def start(self) -> int:
         """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
@@ -102,6 +107,8 @@ class Store:
         for account in list(self._accounts.values()):
             await account.close()
         self._accounts.clear()
+        await asyncio.to_thread(self._delivery_pool.shutdown, wait=True)
+        self._delivery_pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="store-deliver")
 
     def account(self, user: str) -> Account:
         """The account of a canonical user address. Raises BadMailboxName for an unsafe address."""
@@ -126,7 +133,8 @@ class Store:
         if not resolved:
             raise StoreError("no delivery target")
         items = list(resolved.values())
-        await asyncio.to_thread(self._deliver_sync, items, data)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, items, data)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
