@@ -10,7 +10,8 @@ What it does, all under one temporary directory, loopback only, nothing in /etc 
   users file, so login cost is comparable; pop3_uidl_format %08Xu%08Xv like ours);
 - one warm-up session per server (each builds its index on first access; that time is reported as
   "first login (cold)"), then RUNS rounds of: connect+USER/PASS, STAT, LIST, UIDL, QUIT; and
-  login + RETR of the first R messages + QUIT. Same client (poplib) for both. Reports medians.
+  login + RETR of the first R messages + QUIT, alternating between the servers round by round
+  (so load from elsewhere hits both alike). Same client (poplib) for both. Reports medians.
 - Dovecot runs first; Mailhaven then serves a copy of Dovecot's Maildir (with the dovecot-uidlist
   Dovecot wrote, index files left out), as after a migration;
 - checks that both servers report the same STAT and the same LIST sizes (exactness), and whether
@@ -200,19 +201,28 @@ def retr_session(port: int, n: int) -> tuple[float, int]:
     return t1 - t0, octets
 
 
-def measure(name: str, port: int, runs: int, retr: int) -> dict[str, object]:
+def cold(port: int) -> dict[str, object]:
+    """The first session: the server indexes the Maildir."""
     t0 = time.perf_counter()
     first = listing_session(port)
-    cold = time.perf_counter() - t0
-    rounds = [listing_session(port) for _ in range(runs)]
-    retrs = [retr_session(port, retr) for _ in range(runs)]
-    out: dict[str, object] = {"cold": cold, "first": first}
-    for key in ("login", "stat", "list", "uidl", "all"):
-        out[key] = statistics.median(float(r[key]) for r in rounds)  # type: ignore[arg-type]
-    out["retr"] = statistics.median(t for t, _ in retrs)
-    out["retr_octets"] = retrs[0][1]
-    print(f"  {name}: done", file=sys.stderr)
-    return out
+    return {"cold": time.perf_counter() - t0, "first": first}
+
+
+def measure(ports: dict[str, int], runs: int, retr: int, results: dict[str, dict[str, object]]) -> None:
+    """Rounds alternate between the servers, so load from elsewhere hits both alike."""
+    rounds: dict[str, list[dict[str, float | object]]] = {n: [] for n in ports}
+    retrs: dict[str, list[tuple[float, int]]] = {n: [] for n in ports}
+    for _ in range(runs):
+        for name, port in ports.items():
+            rounds[name].append(listing_session(port))
+        for name, port in ports.items():
+            retrs[name].append(retr_session(port, retr))
+    for name in ports:
+        out = results[name]
+        for key in ("login", "stat", "list", "uidl", "all"):
+            out[key] = statistics.median(float(r[key]) for r in rounds[name])  # type: ignore[arg-type]
+        out["retr"] = statistics.median(t for t, _ in retrs[name])
+        out["retr_octets"] = retrs[name][0][1]
 
 
 def main() -> int:
@@ -236,16 +246,20 @@ def main() -> int:
         pw_hash = hash_password(PASSWORD)
         print(f"maildir: {args.messages} messages, {total} octets (CRLF), in {work}", file=sys.stderr)
         results: dict[str, dict[str, object]] = {}
+        ports: dict[str, int] = {}
         use_dovecot = not args.no_dovecot and Path(DOVECOT).exists() and os.geteuid() == 0
         mh_src = src
         if use_dovecot:
             dv_conf, dv_port = start_dovecot(work, src, pw_hash)
-            results["dovecot"] = measure("dovecot", dv_port, args.runs, args.retr)
+            results["dovecot"] = cold(dv_port)
+            ports["dovecot"] = dv_port
             # Mailhaven gets Dovecot's Maildir as a migration would: same files, with the
             # dovecot-uidlist Dovecot wrote, so UIDs (and thus UIDLs) should carry over.
             mh_src = work / "dovecot" / "mail"
         mh_proc, mh_port = start_mailhaven(work, mh_src, pw_hash)
-        results["mailhaven"] = measure("mailhaven", mh_port, args.runs, args.retr)
+        results["mailhaven"] = cold(mh_port)
+        ports["mailhaven"] = mh_port
+        measure(ports, args.runs, args.retr, results)
         mh = results["mailhaven"]
         first = mh["first"]
         assert first["_stat"] == (args.messages, total), (first["_stat"], total)  # type: ignore[index]
