@@ -1,0 +1,233 @@
+"""Sender authentication on the MX (SPF at MAIL, DKIM + DMARC at DATA) against the real test DNS
+server (tests/dnsserver.py). Clients are on 127.0.0.1: policy applies to loopback too."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dkim as dkimpy
+import pytest
+
+from mailhaven.message.headers import field_value
+from mailhaven.policy.dkim import generate_rsa
+from tests.dnsserver import DnsServer
+from tests.integration import test_mx_harness as harness
+from tests.integration.test_mx_harness import ALICE, BOB, MxFactory, MxServer, message
+
+mx = harness.mx  # the fixture
+
+SENDER_DOMAIN = "sender.test"
+SENDER = f"news@{SENDER_DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> tuple[bytes, str]:
+    return generate_rsa(2048)
+
+
+def _dkim_sign(msg: bytes, domain: str, key_pem: bytes, selector: str = "sel") -> bytes:
+    """Sign with dkimpy directly (not through our wrapper): relaxed/relaxed, rsa-sha256."""
+    sig = dkimpy.sign(msg, selector.encode(), domain.encode(), key_pem,
+                      canonicalize=(b"relaxed", b"relaxed"),
+                      include_headers=[b"from", b"to", b"subject", b"message-id"])
+    return sig + msg
+
+
+def _auth_results(msg: bytes) -> str:
+    return field_value(msg, "Authentication-Results") or ""
+
+
+async def _deliver(server: MxServer, msg: bytes, sender: str = SENDER, rcpt: str = ALICE,
+                   helo: str = "mta.sender.test") -> list[str]:
+    replies = await server.send(sender, [rcpt], msg, helo=helo)
+    return replies[-1]
+
+
+# --- DKIM ----------------------------------------------------------------------------------------
+
+
+async def test_message_signed_by_dkimpy_passes_and_says_so(mx: MxFactory, dns_server: DnsServer,
+                                                           rsa_key: tuple[bytes, str]) -> None:
+    pem, record = rsa_key
+    dns_server.add(f"sel._domainkey.{SENDER_DOMAIN}", "TXT", record)
+    server = await mx()
+    signed = _dkim_sign(message(sender=SENDER, subject="signed"), SENDER_DOMAIN, pem)
+    [reply] = await _deliver(server, signed)
+    assert reply.startswith("250 2.0.0"), reply
+    [msg] = server.messages(ALICE)
+    ar = _auth_results(msg)
+    assert f"dkim=pass header.d={SENDER_DOMAIN} header.s=sel header.a=rsa-sha256" in ar, ar
+
+
+async def test_altered_body_fails_dkim(mx: MxFactory, dns_server: DnsServer, rsa_key: tuple[bytes, str]) -> None:
+    pem, record = rsa_key
+    dns_server.add(f"sel._domainkey.{SENDER_DOMAIN}", "TXT", record)
+    server = await mx()
+    signed = _dkim_sign(message(sender=SENDER, body="Pay 10 EUR.\r\n"), SENDER_DOMAIN, pem)
+    [reply] = await _deliver(server, signed.replace(b"Pay 10 EUR.", b"Pay 9999 EUR."))
+    assert reply.startswith("250"), reply  # no DMARC record: a failed signature alone is not a reject
+    [msg] = server.messages(ALICE)
+    assert "dkim=fail" in _auth_results(msg)
+
+
+async def test_two_signatures_give_two_dkim_entries(mx: MxFactory, dns_server: DnsServer,
+                                                    rsa_key: tuple[bytes, str]) -> None:
+    pem, record = rsa_key
+    dns_server.add(f"sel._domainkey.{SENDER_DOMAIN}", "TXT", record)
+    dns_server.add("sel._domainkey.esp.test", "TXT", record)
+    server = await mx()
+    once = _dkim_sign(message(sender=SENDER), SENDER_DOMAIN, pem)
+    twice = _dkim_sign(once, "esp.test", pem)
+    await _deliver(server, twice)
+    [msg] = server.messages(ALICE)
+    ar = _auth_results(msg)
+    assert ar.count("dkim=pass") == 2 and "header.d=esp.test" in ar and f"header.d={SENDER_DOMAIN}" in ar
+
+
+# --- SPF -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("record", "result"), [
+    ("v=spf1 ip4:127.0.0.1 -all", "pass"),
+    ("v=spf1 ip4:192.0.2.1 ~all", "softfail"),
+    ("v=spf1 ?all", "neutral"),
+    (None, "none"),
+])
+async def test_spf_results_are_recorded_and_the_message_accepted(mx: MxFactory, dns_server: DnsServer,
+                                                                 record: str | None, result: str) -> None:
+    if record:
+        dns_server.add(SENDER_DOMAIN, "TXT", record)
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER))
+    assert reply.startswith("250 2.0.0"), reply
+    [msg] = server.messages(ALICE)
+    assert f"spf={result} smtp.mailfrom={SENDER_DOMAIN}" in _auth_results(msg)
+    assert (field_value(msg, "Received-SPF") or "").startswith(result)
+
+
+async def test_spf_fail_without_aligned_dkim_is_rejected_550_5_7_1(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER))
+    assert reply.startswith("550 5.7.1"), reply
+    assert server.messages(ALICE) == []
+
+
+async def test_spf_fail_with_aligned_dkim_pass_is_accepted(mx: MxFactory, dns_server: DnsServer,
+                                                           rsa_key: tuple[bytes, str]) -> None:
+    pem, record = rsa_key
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    dns_server.add(f"sel._domainkey.{SENDER_DOMAIN}", "TXT", record)
+    server = await mx()
+    [reply] = await _deliver(server, _dkim_sign(message(sender=SENDER), SENDER_DOMAIN, pem))
+    assert reply.startswith("250 2.0.0"), reply
+    [msg] = server.messages(ALICE)
+    assert "spf=fail" in _auth_results(msg) and "dkim=pass" in _auth_results(msg)
+
+
+async def test_spf_temperror_defers_with_451_4_4_3(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.set_servfail(SENDER_DOMAIN)
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER))
+    assert reply.startswith("451 4.4.3"), reply
+    assert server.messages(ALICE) == []
+
+
+async def test_dns_timeout_defers_with_451_4_4_3_and_keeps_nothing(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.set_timeout(SENDER_DOMAIN)
+    server = await mx(dns={"nameservers": [dns_server.nameserver], "timeout": 0.5})
+    [reply] = await _deliver(server, message(sender=SENDER))
+    assert reply.startswith("451 4.4.3"), reply
+    assert server.messages(ALICE) == []
+
+
+async def test_null_sender_is_checked_against_the_helo_name(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add("mta.sender.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    server = await mx()
+    [reply] = await _deliver(server, message(sender="mailer-daemon@mta.sender.test"), sender="",
+                             helo="mta.sender.test")
+    assert reply.startswith("550 5.7.1"), reply
+    dns_server.remove("mta.sender.test")
+    dns_server.add("mta.sender.test", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    [reply] = await _deliver(server, message(sender="mailer-daemon@mta.sender.test"), sender="",
+                             helo="mta.sender.test")
+    assert reply.startswith("250"), reply
+    [msg] = server.messages(ALICE)
+    assert "spf=pass smtp.helo=mta.sender.test" in _auth_results(msg)
+
+
+# --- DMARC ---------------------------------------------------------------------------------------
+
+
+async def test_dmarc_reject_with_unaligned_identities_is_550_5_7_1(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    dns_server.add("bulk.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")  # SPF passes, but for another domain
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER), sender="bounce@bulk.example")
+    assert reply.startswith("550 5.7.1"), reply
+    assert "DMARC" in reply
+    assert server.messages(ALICE) == []
+
+
+async def test_dmarc_reject_with_aligned_spf_pass_is_delivered(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    dns_server.add(f"bounces.{SENDER_DOMAIN}", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER), sender=f"b@bounces.{SENDER_DOMAIN}")
+    assert reply.startswith("250 2.0.0"), reply  # relaxed alignment: bounces.sender.test ~ sender.test
+    [msg] = server.messages(ALICE)
+    assert f"dmarc=pass (p=reject dis=none) header.from={SENDER_DOMAIN}" in _auth_results(msg)
+
+
+async def test_dmarc_reject_with_aligned_dkim_pass_is_delivered(mx: MxFactory, dns_server: DnsServer,
+                                                                rsa_key: tuple[bytes, str]) -> None:
+    pem, record = rsa_key
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    dns_server.add(f"sel._domainkey.{SENDER_DOMAIN}", "TXT", record)
+    server = await mx()
+    signed = _dkim_sign(message(sender=SENDER), SENDER_DOMAIN, pem)
+    [reply] = await _deliver(server, signed, sender="bounce@bulk.example")
+    assert reply.startswith("250 2.0.0"), reply
+    assert "dmarc=pass" in _auth_results(server.messages(ALICE)[0])
+
+
+async def test_dmarc_quarantine_goes_to_junk(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=quarantine")
+    server = await mx()
+    replies = await server.send("bounce@bulk.example", [ALICE, BOB], message(sender=SENDER))
+    assert replies[-1][0].startswith("250 2.0.0"), replies
+    assert server.messages(ALICE) == [] and server.messages(BOB) == []
+    [junk] = server.messages(ALICE, "Junk")
+    assert len(server.messages(BOB, "Junk")) == 1
+    assert "dmarc=fail (p=quarantine dis=quarantine)" in _auth_results(junk)
+
+
+async def test_dmarc_none_policy_delivers_to_inbox_with_dmarc_fail(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=none")
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER), sender="bounce@bulk.example")
+    assert reply.startswith("250 2.0.0"), reply
+    [msg] = server.messages(ALICE)
+    assert "dmarc=fail (p=none dis=none)" in _auth_results(msg)
+
+
+async def test_dmarc_record_lookup_servfail_defers(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.set_servfail(f"_dmarc.{SENDER_DOMAIN}")
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER), sender="bounce@bulk.example")
+    assert reply.startswith("451 4.4.3"), reply
+    assert server.messages(ALICE) == []
+
+
+async def test_policy_checks_do_not_block_other_sessions(mx: MxFactory, dns_server: DnsServer) -> None:
+    # One client waits on a DNS timeout; another is served meanwhile.
+    dns_server.set_timeout("slow.test")
+    server = await mx(dns={"nameservers": [dns_server.nameserver], "timeout": 2.0})
+    slow = asyncio.create_task(server.send("a@slow.test", [ALICE], message(sender="a@slow.test")))
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    [reply] = await _deliver(server, message(sender=SENDER))
+    assert reply.startswith("250"), reply
+    assert loop.time() - start < 1.5
+    assert (await slow)[-1][0].startswith("451 4.4.3")
