@@ -206,3 +206,56 @@ async def until(predicate: Any, seconds: float = 10.0, interval: float = 0.02) -
         if time.monotonic() > deadline:
             raise TimeoutError("condition not reached in time")
         await asyncio.sleep(interval)
+
+
+SMTP_SINK = "/usr/sbin/smtp-sink"
+
+
+class SmtpSink:
+    """Postfix's smtp-sink on host:port (a fast SMTP server that accepts everything). With
+    `dump_dir`, each message is written to a file there (the folder must be writable by `nobody`
+    when running as root: smtp-sink drops privileges)."""
+
+    def __init__(self, host: str, port: int, *, dump_dir: Any = None, hostname: str = "smtp-sink",
+                 backlog: int = 256) -> None:
+        import os
+        import shutil
+
+        self.host, self.port = host, port
+        exe = shutil.which("smtp-sink") or SMTP_SINK
+        self.args = [exe, "-h", hostname]
+        if dump_dir is not None:
+            self.args += ["-d", f"{dump_dir}/%H%M%S."]
+        if os.geteuid() == 0:
+            self.args += ["-u", "nobody"]
+        self.args += [f"{host}:{port}", str(backlog)]
+        self.proc: Any = None
+
+    @staticmethod
+    def available() -> bool:
+        import os
+        import shutil
+
+        return bool(shutil.which("smtp-sink")) or os.path.exists(SMTP_SINK)
+
+    def start(self) -> SmtpSink:
+        import socket
+        import subprocess
+        import time
+
+        self.proc = subprocess.Popen(self.args)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("smtp-sink did not start") from None
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
