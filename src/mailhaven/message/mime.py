@@ -244,14 +244,16 @@ class Lexer:
         return bytes(out)
 
     def value(self) -> bytes:
-        """A parameter value: quoted-string or token (RFC 2045 §5.1).
+        """A parameter value: quoted-string or token (RFC 2045 §5.1), and the CFWS after it.
 
         Like Dovecot, an unquoted value starting with "=" (a bare encoded-word, which RFC 2047 §5
         forbids here but mailers send) runs to the next ";" or whitespace.
         """
         c = self.peek()
         if c == 0x22:
-            return self.quoted_string()
+            value = self.quoted_string()
+            self.skip_cfws()
+            return value
         if c == 0x3D:
             data, end = self.data, self.end
             start = p = self.pos
@@ -259,28 +261,37 @@ class Lexer:
                 p += 1
             self.pos = p
             return data[start:p]
-        return self.token()
+        value = self.token()
+        self.skip_cfws()
+        return value
 
 
 def parse_params(lex: Lexer) -> Params:
-    """`*(";" parameter)` after a Content-Type/Disposition value, with RFC 2231 continuations merged.
+    """`*(";" parameter)` after a Content-Type/Disposition value (RFC 2045 §5.1), with RFC 2231
+    continuations merged.
 
-    Parsing stops at the first malformed parameter, keeping what came before.
+    Recovery follows Dovecot: where a parameter cannot be read, skip one byte and look for the next
+    ";" (so `name=a b; charset=x` still yields charset); a missing value is ""; an empty name is
+    kept; a name without "=" is dropped together with the byte after it.
     """
     raw: Params = []
-    while True:
-        if not lex.skip_cfws() or lex.peek() != 0x3B:  # ";"
-            break
+    data, end = lex.data, lex.end
+    while lex.pos < end:
+        if data[lex.pos] != 0x3B:  # ";"
+            lex.pos += 1  # not a parameter: skip a byte and try again
+            continue
         lex.pos += 1
         if not lex.skip_cfws():
             break
         key = lex.token()
-        if not key or not lex.skip_cfws() or lex.peek() != 0x3D:  # "="
-            break
-        lex.pos += 1
         if not lex.skip_cfws():
             break
-        raw.append((key, lex.value()))
+        if lex.peek() != 0x3D:  # "=" missing: Dovecot skips the byte it stopped at
+            lex.pos += 1
+            continue
+        lex.pos += 1
+        value = lex.value() if lex.skip_cfws() else b""
+        raw.append((key, value))
     return merge_rfc2231(raw)
 
 
@@ -340,12 +351,14 @@ def _parse_content_type(part: Part, value: bytes) -> None:
     lex = Lexer(value)
     lex.skip_cfws()
     ctype = lex.token()
-    ok = bool(ctype)
+    more = lex.skip_cfws()
+    ok = bool(ctype) and more
     subtype = b""
     if ok and lex.peek() == 0x2F:  # "/"
         lex.pos += 1
         if lex.skip_cfws():
             subtype = lex.token()
+            lex.skip_cfws()
         else:
             ok = False
     else:
@@ -359,10 +372,7 @@ def _parse_content_type(part: Part, value: bytes) -> None:
 def _parse_disposition(part: Part, value: bytes) -> None:
     lex = Lexer(value)
     lex.skip_cfws()
-    dtype = lex.token()
-    if not dtype:
-        return
-    part.disposition = dtype
+    part.disposition = lex.token()  # may be empty: Dovecot then reports ("" ...)
     part.disposition_params = []
     part.disposition_params = parse_params(lex)
 
@@ -541,11 +551,12 @@ class _Parser:
         nested_ok = depth < MAX_DEPTH and self.parts < MAX_PARTS
         if part.is_multipart and nested_ok:
             boundary = part.param(b"boundary")
+            floor = body_start
             if boundary:
-                hit = self._multipart(part, bounds, boundary, depth, lsub == b"digest")
+                hit, floor = self._multipart(part, bounds, boundary, depth, lsub == b"digest")
             else:
                 hit = self._scan(body_start, bounds)
-            part.body_end = self._end_before(hit, body_start)
+            part.body_end = self._end_before(hit, floor)
         elif part.is_message and nested_ok:
             child = self.part(body_start, bounds, depth + 1, False)
             part.children.append(child)
@@ -565,11 +576,15 @@ class _Parser:
         return part
 
     def _multipart(self, part: Part, bounds: list[bytes], boundary: bytes, depth: int,
-                   digest: bool) -> _Hit | None:
+                   digest: bool) -> tuple[_Hit | None, int]:
+        """Parse the children; return the boundary that ended the multipart and the lowest offset
+        its body may end at: just after its last own delimiter line, which keeps its own CRLF."""
         inner = [*bounds, boundary]
         mine = len(bounds)
         hit = self._scan(part.body_start, inner)  # skip the preamble (RFC 2046 §5.1.1)
+        floor = part.body_start
         while hit is not None and hit.index == mine and not hit.close:
+            floor = hit.next_line
             if self.parts >= MAX_PARTS:
                 hit = self._scan(hit.next_line, inner)
                 continue
@@ -577,8 +592,9 @@ class _Parser:
             part.children.append(child)
             hit = self.hit
         if hit is not None and hit.index == mine:  # close delimiter: the epilogue follows
+            floor = hit.next_line
             hit = self._scan(hit.next_line, bounds)
-        return hit
+        return hit, floor
 
 
 def parse(msg: bytes) -> Part:
