@@ -1,0 +1,203 @@
+"""The control socket: a Unix socket through which the CLI talks to the running server.
+
+Owns: serving `config.control_path` (mode 0600: only the server's user and root may connect), the
+protocol (one JSON object per line each way, requests bounded to MAX_REQUEST octets, a reply per
+request), the queue commands, and the blocking client the CLI uses.
+Does not own: the commands' effects (queue/manager.py), CLI argument parsing (cli.py).
+
+Requests and replies:
+    {"cmd": "list"}              -> {"ok": true, "entries": [{"id", "sender", "created", "next_attempt",
+                                     "attempts", "size", "busy", "recipients": [{address, state, last}]}]}
+    {"cmd": "show", "id": ID}    -> {"ok": true, "entry": {...the envelope..., "busy": bool}}
+    {"cmd": "retry", "id": ID}   -> {"ok": true}            (next attempt = now)
+    {"cmd": "delete", "id": ID}  -> {"ok": true}            (removed, no bounce)
+    {"cmd": "flush"}             -> {"ok": true, "count": n} (every entry: next attempt = now)
+    anything wrong               -> {"ok": false, "error": "one line"}
+
+    server = await serve_control(ctx, manager)      # app.run; close() it on shutdown
+    reply = control_request(path, {"cmd": "list"})  # cli.py; raises ControlError when not running
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mailhaven.control")
+
+MAX_REQUEST = 64 * 1024
+MAX_REPLY = 256 * 1024 * 1024
+READ_TIMEOUT = 10.0
+
+
+class ControlError(Exception):
+    """The server cannot be reached or answered nonsense; `str()` is one line for the CLI."""
+
+
+async def _handle(manager: Any, request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return {"ok": False, "error": "expected a JSON object with \"cmd\""}
+    cmd = request["cmd"]
+    entry_id = request.get("id")
+    if cmd in ("show", "retry", "delete") and not isinstance(entry_id, str):
+        return {"ok": False, "error": f"{cmd} needs an \"id\""}
+    if cmd == "list":
+        return {"ok": True, "entries": manager.list_entries()}
+    if cmd == "show":
+        entry = manager.show(entry_id)
+        return {"ok": True, "entry": entry} if entry is not None else _no_such(entry_id)
+    if cmd == "retry":
+        return {"ok": True} if await manager.retry(entry_id) else _no_such(entry_id)
+    if cmd == "delete":
+        return {"ok": True} if await manager.delete(entry_id) else _no_such(entry_id)
+    if cmd == "flush":
+        return {"ok": True, "count": await manager.flush()}
+    return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
+
+
+def _no_such(entry_id: Any) -> dict[str, Any]:
+    return {"ok": False, "error": f"no such queue entry: {str(entry_id)[:64]}"}
+
+
+async def _serve_one(manager: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readline(), READ_TIMEOUT)
+            except (ValueError, asyncio.LimitOverrunError):
+                writer.write(b'{"ok": false, "error": "request too long"}\n')
+                break
+            if not line:
+                break
+            try:
+                request = json.loads(line)
+            except ValueError:
+                reply: dict[str, Any] = {"ok": False, "error": "not JSON"}
+            else:
+                try:
+                    reply = await _handle(manager, request)
+                except Exception as e:  # noqa: BLE001 - one bad command must not end the server
+                    log.exception("control command failed")
+                    reply = {"ok": False, "error": f"internal error ({type(e).__name__})"}
+            writer.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+            await writer.drain()
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+
+
+def _bind(path: Path) -> socket.socket:
+    """Listen on `path`, mode 0600 from the first moment: bind a temporary name, chmod, rename."""
+    if path.exists():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                pass  # a stale socket from a previous run: replaced below
+            else:
+                raise ControlError(f"{path}: another running server answers on this control socket")
+    tmp = path.with_name(f".ctl{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(tmp))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+        sock.listen(16)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return sock
+
+
+async def serve_control(ctx: Any, manager: Any) -> asyncio.AbstractServer:
+    """Serve the queue commands on ctx.config.control_path. Raises ControlError or OSError."""
+    path = Path(ctx.config.control_path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = await asyncio.to_thread(_bind, path)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _serve_one(manager, reader, writer)
+
+    server = await asyncio.start_unix_server(client, sock=sock, limit=MAX_REQUEST)
+    log.info("control socket on %s", path)
+    return server
+
+
+def control_request(path: str | Path, command: dict[str, Any], *, seconds: float = 30.0) -> dict[str, Any]:
+    """Send one command to the running server and return its reply (blocking; for the CLI)."""
+    data = json.dumps(command).encode() + b"\n"
+    if len(data) > MAX_REQUEST:
+        raise ControlError("command too long")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(seconds)
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ControlError(f"the server is not running (no control socket at {path})") from None
+        except PermissionError:
+            raise ControlError(f"{path}: permission denied (run as the server's user)") from None
+        try:
+            s.sendall(data)
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_REPLY:
+                    raise ControlError("reply too long")
+        except TimeoutError:
+            raise ControlError("the server did not answer in time") from None
+        except OSError as e:
+            raise ControlError(f"control socket: {e.strerror or e}") from None
+    try:
+        reply = json.loads(buf)
+    except ValueError:
+        raise ControlError("the server sent an unreadable reply") from None
+    if not isinstance(reply, dict):
+        raise ControlError("the server sent an unreadable reply")
+    return reply
+
+
+def _when(ts: Any) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(float(ts), datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
+        return "-"
+
+
+def format_list(entries: list[dict[str, Any]]) -> str:
+    """`mailhaven queue list` output: one block per entry, like postqueue -p."""
+    if not entries:
+        return "Mail queue is empty\n"
+    lines: list[str] = []
+    for e in entries:
+        state = " (in delivery)" if e.get("busy") else ""
+        lines.append(f"{e['id']}  {e.get('size', 0):>8}  {_when(e.get('created'))} UTC  "
+                     f"<{e.get('sender', '')}>{state}")
+        lines.append(f"    attempts {e.get('attempts', 0)}, next {_when(e.get('next_attempt'))} UTC")
+        for r in e.get("recipients", []):
+            last = f"  ({r['last']})" if r.get("last") else ""
+            lines.append(f"    {r.get('state', '?'):<9} {r.get('address', '')}{last}")
+        lines.append("")
+    lines.append(f"-- {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["serve_control", "control_request", "format_list", "ControlError", "MAX_REQUEST"]
