@@ -30,7 +30,7 @@ UIDVALIDITY = 0x5F00AB12
 
 
 def entries(msgs: dict[int, bytes] = MESSAGES) -> list[MessageEntry]:
-    return [MessageEntry(uid, len(data), P.uidl_for(UIDVALIDITY, uid)) for uid, data in msgs.items()]
+    return [MessageEntry(uid, len(data)) for uid, data in msgs.items()]
 
 
 class Driver:
@@ -74,7 +74,7 @@ class Driver:
                 if self.in_use:
                     self.s.maildrop_in_use()
                 else:
-                    self.s.maildrop_loaded(entries())
+                    self.s.maildrop_loaded(UIDVALIDITY, entries())
             elif isinstance(ev, Retrieve):
                 if ev.uid in self.vanished:
                     self.s.message_missing()

@@ -13,7 +13,8 @@ returns None (= need more data). Each event is either `Send(data)` (write these 
     Authenticate(login, password)  -> shell checks limits + password, then calls
                                       auth_succeeded(user) | auth_failed() | auth_throttled()
     LoadMaildrop(user)             -> shell locks the user's maildrop and snapshots INBOX, then calls
-                                      maildrop_loaded(entries) | maildrop_in_use() | maildrop_failed()
+                                      maildrop_loaded(uidvalidity, messages) | maildrop_in_use()
+                                      | maildrop_failed()
     Retrieve(number, uid, lines)   -> shell reads the message, then calls
                                       message_data(data) | message_missing()
     StartTls()                     -> shell has already written the +OK; it drops any input it has
@@ -48,6 +49,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 from mailhaven.auth import sasl
 
@@ -106,13 +108,24 @@ def uidl_for(uidvalidity: int, uid: int) -> str:
     return f"{uid:08x}{uidvalidity:08x}"
 
 
+class MessageRef(Protocol):
+    """What the session needs of one message: its UID and exact size (CRLF octets, before
+    dot-stuffing). The store's MessageInfo is one; the session keeps the objects it is given, so a
+    10,000-message login builds nothing per message."""
+
+    @property
+    def uid(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class MessageEntry:
-    """One message of the maildrop as seen at login: UID, exact size (CRLF, before dot-stuffing)."""
+    """A plain MessageRef (tests, other shells)."""
 
     uid: int
     size: int
-    uidl: str
 
 
 class State(Enum):
@@ -239,7 +252,8 @@ class Session:
         self._login: str | None = None  # the login being tried
         # after login
         self.user: str | None = None
-        self._messages: list[MessageEntry] = []
+        self._messages: list[MessageRef] = []
+        self._uidvalidity = 0
         self._deleted: set[int] = set()  # indexes into _messages
         self._count = self._octets = 0  # messages not marked deleted, and their size
         self._retrieved: set[int] = set()
@@ -472,9 +486,10 @@ class Session:
         self._login = None
         self._send(R_AUTH_THROTTLED)
 
-    def maildrop_loaded(self, messages: Sequence[MessageEntry]) -> None:
-        """The maildrop is locked for this session; `messages` is INBOX at this moment, in order."""
+    def maildrop_loaded(self, uidvalidity: int, messages: Sequence[MessageRef]) -> None:
+        """The maildrop is locked for this session; `messages` is INBOX at this moment, in UID order."""
         self._complete(LoadMaildrop)
+        self._uidvalidity = uidvalidity
         self._messages = list(messages)
         self._count, self._octets = len(self._messages), sum(m.size for m in self._messages)
         self.state = State.TRANSACTION
@@ -553,13 +568,15 @@ class Session:
             i = self._message_arg(args[0])
             if i is not None:
                 m = self._messages[i]
-                self._send(f"+OK {i + 1} {m.uidl if uidl else m.size}\r\n".encode())
+                value = uidl_for(self._uidvalidity, m.uid) if uidl else str(m.size)
+                self._send(f"+OK {i + 1} {value}\r\n".encode())
             return
         # One comprehension per case: LIST/UIDL of 10,000 messages stays a few milliseconds.
         msgs, deleted = self._messages, self._deleted
         if uidl:
-            lines = [f"{n} {m.uidl}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
-                if deleted else [f"{n} {m.uidl}\r\n" for n, m in enumerate(msgs, 1)]
+            v = f"{self._uidvalidity:08x}"  # uidl_for(), inlined: one f-string per message
+            lines = [f"{n} {m.uid:08x}{v}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
+                if deleted else [f"{n} {m.uid:08x}{v}\r\n" for n, m in enumerate(msgs, 1)]
         else:
             lines = [f"{n} {m.size}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
                 if deleted else [f"{n} {m.size}\r\n" for n, m in enumerate(msgs, 1)]

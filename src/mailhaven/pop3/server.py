@@ -23,7 +23,6 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from mailhaven import log as mhlog
@@ -34,7 +33,6 @@ from mailhaven.pop3.protocol import (
     Close,
     Commit,
     LoadMaildrop,
-    MessageEntry,
     Retrieve,
     Send,
     Session,
@@ -67,11 +65,6 @@ def _unlock(store: Any, user: str) -> None:
         held.discard(user)
         if not held:
             del _locks[id(store)]
-
-
-def snapshot_entries(uidvalidity: int, messages: Sequence[Any]) -> list[MessageEntry]:
-    """The store's snapshot rows (uid, size) -> the session's maildrop, in UID order."""
-    return [MessageEntry(m.uid, m.size, P.uidl_for(uidvalidity, m.uid)) for m in messages]
 
 
 def _is_loopback(sock: socket.socket) -> bool:
@@ -335,8 +328,7 @@ class _Connection(asyncio.Protocol):
             return
         try:
             mailbox = await store.account(ev.user).mailbox("INBOX")
-            snap = await mailbox.snapshot()
-            entries = snapshot_entries(snap.uidvalidity, snap.messages)
+            snap = await mailbox.snapshot()  # RFC 1939 §8: the maildrop as of login
         except Exception:
             _unlock(store, ev.user)
             log.exception("pop3: cannot open INBOX of %s", ev.user)
@@ -344,7 +336,7 @@ class _Connection(asyncio.Protocol):
             return
         self._locked = ev.user
         self._mailbox = mailbox
-        session.maildrop_loaded(entries)
+        session.maildrop_loaded(snap.uidvalidity, snap.messages)  # MessageInfo has .uid, .size
 
     def _drop_prefetch(self) -> None:
         if self._prefetch is not None:
@@ -402,4 +394,4 @@ async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.so
                                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_ctx else None)
 
 
-__all__ = ["create_server", "snapshot_entries"]
+__all__ = ["create_server"]
