@@ -114,15 +114,15 @@ _LINE = re.compile(r"^(\d{3})([ -])(.*)$", re.S)
 def enhance(line: str) -> str:
     """Insert the default enhanced status code into a reply line that has none.
 
-    Lines that already carry one, 354 (intermediate) and unparsable lines are returned unchanged.
+    Lines that already carry one, 3xx (intermediate) and unparsable lines are returned unchanged.
     The caller must not pass the greeting or EHLO/HELO lines (RFC 2034 §3 exempts them)."""
     m = _LINE.match(line)
     if m is None:
         return line
     code, sep, text = int(m.group(1)), m.group(2), m.group(3)
     first = text.split(" ", 1)[0]
-    if _ENHANCED.match(first) or code == 354:
-        return line
+    if _ENHANCED.match(first) or code // 100 == 3:
+        return line  # intermediate replies (354, AUTH's 334) carry no enhanced code
     enhanced = _DEFAULT_ENHANCED.get(code, f"{str(code)[0]}.0.0")
     return f"{code}{sep}{enhanced} {text}".rstrip()
 
