@@ -270,7 +270,7 @@ class QueueManager:
             except Exception as e:  # noqa: BLE001 - STYLE rule 5: unknown failures are temporary
                 log.exception("queue: delivery of %s to %s failed unexpectedly", entry.id, job.domain)
                 results = [DeliveryResult.from_error(a, e) for a in addrs]
-            await self._record(entry, job.recipients, results)
+            await self._record(entry, job.recipients, results, last=job.round.remaining == 1)
         except Exception:  # noqa: BLE001 - the worker must survive anything one entry does
             log.exception("queue: recording results of %s failed", entry.id)
         finally:
@@ -296,8 +296,14 @@ class QueueManager:
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
                                     tls_context=self._tls)
 
-    async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult]) -> None:
-        """Apply one transaction's results and save them before anything else happens."""
+    async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult], *,
+                      last: bool = False) -> None:
+        """Apply one transaction's results and save them before anything else happens.
+
+        When this was the entry's last transaction and every recipient is now delivered (or failed
+        with nothing to bounce), the save is skipped: `_finish` removes the entry next, and the
+        removal is the durable record (a crash in between repeats the delivery, as any crash
+        before a save does)."""
         now = self.clock()
         for r, res in zip(rcpts, results, strict=True):
             r.attempts += 1
@@ -314,7 +320,8 @@ class QueueManager:
                 what = "deferred"
             log.info("queue: %s to=<%s> %s via %s: %s", entry.id, r.address, what, res.remote_mta or "-",
                      res.reply)
-        if not entry.deleted:
+        finished = last and entry.done() and all(r.notified for r in entry.recipients if r.state == "failed")
+        if not entry.deleted and not finished:
             await self.spool.save(entry)
 
     # -- after a round ------------------------------------------------------------------------------
