@@ -163,7 +163,7 @@ NESTED = crlf("Subject: outer\nContent-Type: multipart/mixed; boundary=b\n\n--b\
     ("2.HEADER", crlf("Subject: inner\nContent-Type: multipart/alternative; boundary=c\n\n")),
     ("2.HEADER.FIELDS (subject)", crlf("Subject: inner\n\n")),
     ("2.HEADER.FIELDS.NOT (Subject)", crlf("Content-Type: multipart/alternative; boundary=c\n\n")),
-    ("2.TEXT", crlf("--c\nContent-Type: text/plain\n\ninner text\n--c--")),
+    ("2.TEXT", crlf("--c\nContent-Type: text/plain\n\ninner text\n--c--\n")),  # close line keeps its CRLF
     ("2.1", b"inner text"),
     ("2.1.MIME", crlf("Content-Type: text/plain\n\n")),
     ("2.1.TEXT", b""),  # TEXT exists only for message/rfc822 parts

@@ -102,6 +102,22 @@ def test_header_cut_by_a_boundary_gives_an_empty_body() -> None:
     assert part.body_size == 0
 
 
+def test_crlf_of_a_cut_header_belongs_to_the_parts_ending_at_that_boundary() -> None:
+    msg = crlf("Content-Type: multipart/mixed; boundary=o\n\n--o\nContent-Type: multipart/mixed; boundary=i\n\n"
+               "--i\n\none\n--i\nno colon header\n--o--\n")
+    (inner,) = mime.parse(msg).children
+    cut = inner.children[1]
+    assert msg[cut.header_start:cut.header_end] == b"no colon header"
+    assert body(msg, inner).endswith(b"no colon header\r\n")  # Dovecot moves the CRLF to the parent
+
+
+def test_own_boundary_right_after_the_empty_line_starts_the_body() -> None:
+    msg = crlf("Content-Type: multipart/mixed; boundary=o\n\n--o\nContent-Type: multipart/mixed; boundary=o\n\n"
+               "--o\n\ninner\n--o--\n\n--o--\n")
+    (nested,) = mime.parse(msg).children
+    assert [body(msg, p) for p in nested.children] == [b"inner"]
+
+
 def test_content_type_keeps_case_comments_and_quoted_parameters() -> None:
     msg = crlf('Content-Type: Text/Plain ; Charset = "UTF-8" (c) ; name="a;b \\"q\\".txt"\n\nx')
     root = mime.parse(msg)
@@ -111,8 +127,11 @@ def test_content_type_keeps_case_comments_and_quoted_parameters() -> None:
 
 
 def test_broken_content_type_keeps_what_could_be_read_and_drops_parameters() -> None:
-    assert (lambda p: (p.ctype, p.csubtype, p.params))(mime.parse(crlf("Content-Type: text; a=b\n\n"))) == \
-        (b"text", b"", [])
+    assert (lambda p: (p.ctype, p.csubtype, p.is_text))(mime.parse(crlf("Content-Type: text\n\n"))) == \
+        (b"text", b"", True)
+    # but with anything after a type lacking "/", Dovecot drops the type altogether
+    assert (lambda p: (p.ctype, p.params, p.is_text))(mime.parse(crlf("Content-Type: text; a=b\n\n"))) == \
+        (b"", [], False)
     assert mime.parse(crlf("Content-Type: ; charset=x\n\n")).ctype == b""
     assert mime.parse(crlf("Content-Type: a/b; broken\n\n")).params == []
 

@@ -19,6 +19,7 @@ block ends at its empty line or at a boundary line. `parse()` never raises and i
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -354,6 +355,8 @@ def _parse_content_type(part: Part, value: bytes) -> None:
     more = lex.skip_cfws()
     ok = bool(ctype) and more
     subtype = b""
+    if ok and lex.peek() != 0x2F:
+        ctype = b""  # "text; charset=x": Dovecot drops the type (a lone "text" is kept)
     if ok and lex.peek() == 0x2F:  # "/"
         lex.pos += 1
         if lex.skip_cfws():
@@ -435,17 +438,19 @@ class _Hit:
     close: bool
     line_start: int
     next_line: int
+    # The CRLF before this boundary line ended a header that the boundary cut short: Dovecot then
+    # counts it in the bodies of the parts that end here, not in the boundary.
+    keep_crlf: bool = False
 
 
 class _Parser:
-    __slots__ = ("msg", "n", "parts", "hit", "cut")
+    __slots__ = ("msg", "n", "parts", "hit")
 
     def __init__(self, msg: bytes) -> None:
         self.msg = msg
         self.n = len(msg)
         self.parts = 0
         self.hit: _Hit | None = None
-        self.cut = False  # did the last parsed part's header end at a boundary line?
 
     # -- boundaries ---------------------------------------------------------
 
@@ -489,6 +494,8 @@ class _Parser:
         if hit is None:
             return self.n
         end = hit.line_start
+        if hit.keep_crlf:
+            return max(end, floor)
         msg = self.msg
         if end >= 2 and msg[end - 2:end] == b"\r\n":
             end -= 2
@@ -511,12 +518,14 @@ class _Parser:
                     # header terminator (RFC 2046 §5.1.1)
                     h = self._match(nxt, bounds)
                     if h is not None:
-                        return pos, pos, h
+                        return pos, pos, dataclasses.replace(h, keep_crlf=True)
                 return nxt, nxt, None
             if bounds and msg.startswith(b"--", pos):
                 h = self._match(pos, bounds)
                 if h is not None:
                     end = self._end_before(h, start)
+                    if pos > start:
+                        h = dataclasses.replace(h, keep_crlf=True)
                     return end, end, h
             nl = msg.find(b"\n", pos)
             if nl < 0:
@@ -542,13 +551,23 @@ class _Parser:
         part.is_message = ltype == b"message" and lsub == b"rfc822"
         if part.ctype is None and digest:
             part.ctype, part.csubtype = b"message", b"rfc822"
+        nested_ok = depth < MAX_DEPTH and self.parts < MAX_PARTS
+        if hit is not None and part.is_multipart and nested_ok and header_end < hit.line_start:
+            # An empty line, then a boundary line: if the line is this multipart's own boundary
+            # (it wins over an equal or shorter parent boundary), the empty line ends the header
+            # and the body starts with that boundary; otherwise the part is cut (Dovecot).
+            own = part.param(b"boundary")
+            if own:
+                again = self._match(hit.line_start, [*bounds, own])
+                if again is not None and again.index == len(bounds):
+                    header_end = body_start = part.header_end = part.body_start = hit.line_start
+                    part.body_end = body_start
+                    hit = None
         if hit is not None:  # the header ran into a boundary: no body
             if part.is_message:  # ... but still an (empty) encapsulated message
                 part.children.append(Part(body_start, body_start, body_start, body_start, is_text=True))
             self.hit = hit
-            self.cut = True
             return part
-        nested_ok = depth < MAX_DEPTH and self.parts < MAX_PARTS
         if part.is_multipart and nested_ok:
             boundary = part.param(b"boundary")
             floor = body_start
@@ -561,18 +580,12 @@ class _Parser:
             child = self.part(body_start, bounds, depth + 1, False)
             part.children.append(child)
             hit = self.hit
-            if hit is not None and self.cut and child.header_end > child.header_start:
-                # the encapsulated header ran into the boundary: its last CRLF stays in this
-                # part's body (Dovecot counts it), though the header itself ends before it
-                part.body_end = max(hit.line_start, body_start)
-            else:
-                part.body_end = max(self._end_before(hit, body_start), child.body_end)
+            part.body_end = max(self._end_before(hit, body_start), child.body_end)
         else:
             hit = self._scan(body_start, bounds)
             part.body_end = self._end_before(hit, body_start)
         part.body_lines = self.msg.count(b"\n", part.body_start, part.body_end)
         self.hit = hit
-        self.cut = False
         return part
 
     def _multipart(self, part: Part, bounds: list[bytes], boundary: bytes, depth: int,
