@@ -782,8 +782,11 @@ class Session:
             if matcher.fullmatch(name) and name not in shown:
                 shown.add(name)
                 self.emit(b"* LSUB () \".\" " + _wire_name(name) + b"\r\n")
-        # RFC 3501 §6.3.9: with "%", an unsubscribed parent of a subscribed name shows as \Noselect.
+        # RFC 3501 §6.3.9: when "%" hides a subscribed name, its unsubscribed parent that the pattern
+        # matches is shown, as \Noselect.
         for name in subs:
+            if matcher.fullmatch(name):
+                continue
             for a in _ancestors(name):
                 if a not in subscribed and a not in shown and matcher.fullmatch(a):
                     shown.add(a)
