@@ -585,10 +585,12 @@ def test_stat_and_list_agree_with_marks_after_any_dele_rset_sequence(cmds: list[
     assert [int(u.split()[0]) for u in uidls] == [n for n, _ in live]
 
 
-def test_next_uid_after_skips_marked_messages_for_read_ahead() -> None:
+def test_read_ahead_candidates_skip_marked_messages_and_respect_bounds() -> None:
     d = Driver()
     d.login()
-    assert d.s.next_uid_after(1) == 102
+    assert d.s.following(1, 4, 10**6) == [102, 205]
+    assert d.s.following(1, 1, 10**6) == [102]
+    assert d.s.following(0, 4, len(MSG1) + len(MSG2)) == [101, 102]
     d.feed(b"DELE 2\r\n")
-    assert d.s.next_uid_after(1) == 205
-    assert d.s.next_uid_after(3) is None
+    assert d.s.following(1, 4, 10**6) == [205]
+    assert d.s.following(3, 4, 10**6) == []

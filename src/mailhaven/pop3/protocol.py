@@ -627,12 +627,22 @@ class Session:
         else:
             self._send(b"+OK\r\n" + dot_stuff(top_of(data, pending.lines)))
 
-    def next_uid_after(self, number: int) -> int | None:
-        """UID of the first message after `number` not marked deleted (for read-ahead), or None."""
+    def following(self, number: int, count: int, max_octets: int) -> list[int]:
+        """UIDs of up to `count` messages after `number`, not marked deleted, within `max_octets`
+        in all: what a shell may read ahead while the client takes in message `number`."""
+        uids: list[int] = []
+        octets = 0
         for i in range(number, len(self._messages)):
-            if i not in self._deleted:
-                return self._messages[i].uid
-        return None
+            if len(uids) >= count:
+                break
+            if i in self._deleted:
+                continue
+            m = self._messages[i]
+            octets += m.size
+            if octets > max_octets:
+                break
+            uids.append(m.uid)
+        return uids
 
     def message_missing(self) -> None:
         """The message was expunged by another client since login."""

@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from mailhaven import log as mhlog
@@ -44,6 +45,8 @@ log = logging.getLogger("mailhaven.pop3")
 
 READ_HIGH_WATER = 64 * 1024  # stop reading from a client that has this much unprocessed input
 TLS_HANDSHAKE_TIMEOUT = 30.0
+READ_AHEAD_MESSAGES = 4  # messages read ahead of a RETR sequence, per session
+READ_AHEAD_OCTETS = 4 * 1024 * 1024  # and at most this much of them in memory
 R_TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
 SEEN = "\\Seen"
 
@@ -107,9 +110,9 @@ class _Connection(asyncio.Protocol):
         self.session: Session | None = None
         self._locked: str | None = None
         self._mailbox: Any = None
-        # Read-ahead: after RETR n, message n+1 is read while the client takes in n (one message
-        # at most; hides the worker-thread round trip of the store's read from sequential clients).
-        self._prefetch: tuple[int, asyncio.Task[bytes]] | None = None
+        # Read-ahead: after RETR n, the next few messages are read while the client takes in n
+        # (hides the store read's worker-thread round trip; bounded by READ_AHEAD_*).
+        self._ahead: dict[int, asyncio.Task[bytes]] = {}
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -219,7 +222,7 @@ class _Connection(asyncio.Protocol):
         finally:
             if self._stop_watch is not None:
                 self._stop_watch.cancel()
-            self._drop_prefetch()
+            self._drop_ahead(())
             if self._locked is not None:
                 _unlock(ctx.store, self._locked)
             if self.transport is not None:
@@ -338,31 +341,27 @@ class _Connection(asyncio.Protocol):
         self._mailbox = mailbox
         session.maildrop_loaded(snap.uidvalidity, snap.messages)  # MessageInfo has .uid, .size
 
-    def _drop_prefetch(self) -> None:
-        if self._prefetch is not None:
-            task = self._prefetch[1]
+    def _drop_ahead(self, keep: Sequence[int]) -> None:
+        for uid in [u for u in self._ahead if u not in keep]:
+            task = self._ahead.pop(uid)
             task.cancel()
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody awaits it
-            self._prefetch = None
 
     async def _retrieve(self, session: Session, ev: Retrieve) -> None:
-        pending, self._prefetch = self._prefetch, None
+        task = self._ahead.pop(ev.uid, None)
         try:
-            if pending is not None and pending[0] == ev.uid:
-                data = await pending[1]
-            else:
-                if pending is not None:
-                    self._prefetch = pending
-                    self._drop_prefetch()
-                data = await self._mailbox.read(ev.uid)
+            data = await task if task is not None else await self._mailbox.read(ev.uid)
         except MessageNotFound:  # expunged by another client since login
             session.message_missing()
             return
         session.message_data(data)
         if ev.lines is None:
-            nxt = session.next_uid_after(ev.number)
-            if nxt is not None:
-                self._prefetch = (nxt, asyncio.get_running_loop().create_task(self._mailbox.read(nxt)))
+            wanted = session.following(ev.number, READ_AHEAD_MESSAGES, READ_AHEAD_OCTETS)
+            self._drop_ahead(wanted)
+            loop = asyncio.get_running_loop()
+            for uid in wanted:
+                if uid not in self._ahead:
+                    self._ahead[uid] = loop.create_task(self._mailbox.read(uid))
 
     async def _commit(self, session: Session, ev: Commit) -> None:
         mailbox = self._mailbox
