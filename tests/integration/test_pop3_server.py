@@ -281,6 +281,23 @@ def test_plaintext_login_refused_without_tls_when_loopback_exception_is_off(
     c.quit()
 
 
+def test_plaintext_exception_applies_only_to_loopback_listeners() -> None:
+    from mailhaven.pop3.server import _is_loopback
+
+    with socket.socket(socket.AF_INET) as unbound:  # getsockname() is 0.0.0.0: not loopback
+        assert not _is_loopback(unbound)
+    with socket.socket(socket.AF_INET) as s:
+        s.bind(("127.0.0.1", 0))
+        assert _is_loopback(s)
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as s6:
+            try:
+                s6.bind(("::1", 0))
+            except OSError:
+                return
+            assert _is_loopback(s6)
+
+
 def test_auth_plain_with_initial_response_and_with_continuation(pop3: Pop3Harness) -> None:
     token = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
     s, f = raw(pop3)

@@ -365,6 +365,7 @@ class _Connection(asyncio.Protocol):
 
     async def _commit(self, session: Session, ev: Commit) -> None:
         mailbox = self._mailbox
+        self._drop_ahead(())
         try:
             if ev.expunge:
                 await mailbox.expunge(list(ev.expunge))  # durable (fsync) before the +OK below
