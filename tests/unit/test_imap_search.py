@@ -223,3 +223,18 @@ def test_evaluation_never_raises_on_arbitrary_messages(data: bytes, criteria: st
 def test_searchset_keys_built_directly() -> None:
     k = c.SearchAnd((c.SearchSet(SequenceSet.parse("1:*"), uid=True), c.SearchDate("on", date(2024, 1, 30))))
     assert search.evaluate(k, Counting(), CTX)
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"Mon, 29 Jan 2024 23:30:00 -0800", date(2024, 1, 29)),
+    (b"29 Jan 2024 23:30 +0000", date(2024, 1, 29)),
+    (b"5 Feb 24 9:05 EST (Eastern)", date(2024, 2, 5)),
+    (b"5 February 99 09.05.00", date(1999, 2, 5)),  # no zone, "." separators
+    (b"Fri,\r\n 12 Jan 2024 14:00:00\r\n +0000", date(2024, 1, 12)),
+    (b"31 Feb 2024 00:00:00 +0000", date(2024, 3, 2)),  # rolls over like timegm()
+    (b"Thu 1 Feb 2024 10:00:00 +0000", None),  # a 3-letter first word must be a weekday + ","
+    (b"01 Jan 2001 00:01+0000", None),  # zone glued to the time
+    (b"1 Jan 1850 00:00 +0000", None), (b"", None), (b"yesterday", None), (b"1 Foo 2024 1:00", None),
+])
+def test_sent_date_parsing_is_as_strict_as_dovecot(value: bytes, expected: date | None) -> None:
+    assert search.parse_date(value) == expected

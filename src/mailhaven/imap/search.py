@@ -37,8 +37,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, tzinfo
-from email.utils import parsedate_tz
+from datetime import date, datetime, timedelta, tzinfo
 from typing import Protocol
 
 from mailhaven.imap import commands as c
@@ -309,20 +308,83 @@ def _local_date(ts: float, tz: tzinfo | None) -> date:
 
 
 _NO_DATE = date(1970, 1, 1)  # Dovecot's sent date for a missing or unparsable Date: field
+_MONTHS = {m: i for i, m in enumerate(
+    (b"jan", b"feb", b"mar", b"apr", b"may", b"jun", b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"), 1)}
+
+
+def _atom(lex: mime.Lexer) -> bytes | None:
+    """An atom and the CFWS after it; None when something else is at the cursor."""
+    if lex.at_end():
+        return b""
+    tok = lex.token(mime.ATEXT)
+    if not tok:
+        return None
+    lex.skip_cfws()
+    return tok
+
+
+def parse_date(value: bytes) -> date | None:
+    """The calendar date written in a Date: value, read as strictly as Dovecot reads it:
+    `[weekday ","] d[d] month [yy]yy h[h]:mm[:ss] [zone]` (RFC 5322 §3.3; a 3-letter first word
+    must be a weekday followed by ","). The zone is not applied (RFC 3501 §6.4.4 SENT*)."""
+    lex = mime.Lexer(mime.unfold(value))
+    lex.skip_cfws()
+    tok = _atom(lex)
+    if not tok:
+        return None
+    if len(tok) == 3:  # weekday
+        if lex.peek() != 0x2C:
+            return None
+        lex.pos += 1
+        lex.skip_cfws()
+        tok = _atom(lex)
+        if not tok:
+            return None
+    if not (1 <= len(tok) <= 2 and tok.isdigit()):
+        return None
+    day = int(tok)
+    tok = _atom(lex)
+    if not tok or len(tok) < 3 or tok[:3].lower() not in _MONTHS:
+        return None
+    month = _MONTHS[tok[:3].lower()]
+    tok = _atom(lex)
+    if not tok or len(tok) not in (2, 4) or not tok.isdigit():
+        return None
+    year = int(tok)
+    if len(tok) == 2:
+        year += 2000 if year < 70 else 1900
+    elif year < 1900:
+        return None
+    tok = _atom(lex)  # hour
+    if not tok or not (1 <= len(tok) <= 2) or not tok.isdigit():
+        return None
+    if lex.peek() not in (0x3A, 0x2E):  # ":" or "."
+        return None
+    lex.pos += 1
+    lex.skip_cfws()
+    tok = _atom(lex)  # minutes
+    if tok is None or len(tok) != 2 or not tok.isdigit():
+        return None
+    if not lex.at_end() and lex.peek() in (0x3A, 0x2E):
+        lex.pos += 1
+        lex.skip_cfws()
+        tok = _atom(lex)  # seconds
+        if not tok or len(tok) != 2 or not tok.isdigit():
+            return None
+    if _atom(lex) is None:  # the zone, if any
+        return None
+    try:  # out-of-range days roll over as with timegm()
+        return date(year, month, 1) + timedelta(days=day - 1)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _sent_date(cache: _Cache) -> date:
-    """The calendar date of the first Date: field in its own zone (RFC 3501 §6.4.4 SENT*)."""
+    """The calendar date of the first Date: field as written (RFC 3501 §6.4.4 SENT*)."""
     value = next((f.value for f in cache.fields() if f.name.lower() == b"date"), None)
     if value is None:
         return _NO_DATE
-    parsed = parsedate_tz(mime.unfold(value).decode("ascii", "replace"))
-    if parsed is None:
-        return _NO_DATE
-    try:
-        return date(parsed[0], parsed[1], parsed[2])
-    except ValueError:
-        return _NO_DATE
+    return parse_date(value) or _NO_DATE
 
 
 def _compare(op: str, have: date, want: date) -> bool:
