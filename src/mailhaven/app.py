@@ -3,7 +3,8 @@
 Owns: building the shared objects (`Context`) from a `Config`, binding every enabled listener's
 socket, dropping root, handing each socket to its protocol module's factory, one `asyncio.TaskGroup`
 that owns servers and workers, signals (SIGTERM/SIGINT = graceful stop, SIGHUP = reload) and
-systemd's sd_notify (READY/STOPPING/RELOADING).
+systemd's sd_notify (READY/STOPPING/RELOADING), and the metrics endpoint (metrics.py, bound with the
+listeners when config `metrics.address` is set; `ctx.metrics` is always a Metrics, a no-op when off).
 Does not own: any protocol (smtp/, imap/, pop3/), the store, accounts, TLS policy beyond loading the
 configured certificate.
 
@@ -40,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailhaven import config as configmod
+from mailhaven import metrics as metricsmod
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError
 from mailhaven.limits import Limits
@@ -117,7 +119,7 @@ class Context:
     limits: Limits
     tls: ssl.SSLContext | None
     queue: Any = None  # the queue issue sets this
-    metrics: Any = None  # the metrics issue sets this
+    metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -224,6 +226,7 @@ def build_context(cfg: Config) -> Context:
         resolver=Resolver.from_config(cfg.dns),
         limits=build_limits(cfg),
         tls=tls_context(cfg),
+        metrics=metricsmod.Metrics.from_config(cfg.metrics),
     )
 
 
@@ -263,22 +266,76 @@ def bind_all(cfg: Config) -> dict[str, socket.socket]:
     return socks
 
 
-def drop_privileges(cfg: Config) -> None:
-    """After binding: switch from root to `run_as_user` (the systemd issue finishes this)."""
+def _run_as(cfg: Config) -> tuple[str, int, int] | None:
+    """(user name, uid, gid) to switch to: only when started as root with run_as_user set."""
     if os.geteuid() != 0 or not cfg.run_as_user:
-        return
+        return None
     import grp
     import pwd
 
     try:
         pw = pwd.getpwnam(cfg.run_as_user)
+    except KeyError:
+        raise ConfigError(f"run_as_user: no such user: {cfg.run_as_user}") from None
+    try:
         gid = grp.getgrnam(cfg.run_as_group).gr_gid if cfg.run_as_group else pw.pw_gid
-    except KeyError as e:
-        raise StartupError(f"run_as_user: no such user or group: {e.args[0]}") from None
-    os.setgroups([])
-    os.setgid(gid)
-    os.setuid(pw.pw_uid)
-    log.info("running as %s (uid %d, gid %d)", cfg.run_as_user, pw.pw_uid, gid)
+    except KeyError:
+        raise ConfigError(f"run_as_group: no such group: {cfg.run_as_group}") from None
+    return pw.pw_name, pw.pw_uid, gid
+
+
+def prepare_data_dir(cfg: Config) -> None:
+    """Still root, before dropping: create data_dir (0700) and hand it to run_as_user when it is
+    new or empty. A data_dir with content keeps its owner (no recursive chown behind the admin's
+    back); check_data_dir then refuses it if the user cannot write there."""
+    run = _run_as(cfg)
+    if run is None:
+        return
+    _, uid, gid = run
+    path = cfg.data_dir
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if (st.st_uid, st.st_gid) != (uid, gid) and not os.listdir(path):
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o700)
+
+
+def check_data_dir(cfg: Config) -> None:
+    """After dropping: data_dir must exist and be writable by us, or we refuse to start."""
+    path = cfg.data_dir
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"data_dir: cannot create {path}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        import pwd
+
+        st = os.stat(path)
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = str(st.st_uid)
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        raise StartupError(f"data_dir: {path} is not writable by {me} (owner {owner}, mode "
+                           f"{st.st_mode & 0o7777:04o}): chown -R {me}: {path}")
+
+
+def drop_privileges(cfg: Config) -> None:
+    """After binding and reading what needs root: become `run_as_user` (its group, or
+    `run_as_group`, plus its supplementary groups, e.g. ssl-cert for reading keys on reload).
+    Every id is switched (real, effective, saved), so root cannot be regained; checked after."""
+    run = _run_as(cfg)
+    if run is None:
+        if os.geteuid() == 0:
+            log.warning("running as root: set run_as_user to drop privileges after binding")
+        return
+    name, uid, gid = run
+    os.initgroups(name, gid)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):  # pragma: no cover
+        raise StartupError(f"run_as_user: could not switch to {name}")
+    log.info("running as %s (uid %d, gid %d)", name, uid, gid)
 
 
 def find_factory(name: str) -> Callable[..., Any] | None:
@@ -312,10 +369,12 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
     except Exception as e:  # a broken users file or certificate must not stop the server
         log.error("reload failed, keeping the running config: %s", _reason(e))
         return False
-    if new.listeners != old.listeners or new.data_dir != old.data_dir:
+    if (new.listeners != old.listeners or new.data_dir != old.data_dir or new.metrics != old.metrics
+            or (new.run_as_user, new.run_as_group) != (old.run_as_user, old.run_as_group)):
         # What is bound stays bound: ctx.config keeps describing the running sockets and store.
-        log.warning("reload: listener and data_dir changes take effect after a restart")
-        new = dataclasses.replace(new, listeners=old.listeners, data_dir=old.data_dir)
+        log.warning("reload: listener, data_dir, metrics and run_as_user changes take effect after a restart")
+        new = dataclasses.replace(new, listeners=old.listeners, data_dir=old.data_dir, metrics=old.metrics,
+                                  run_as_user=old.run_as_user, run_as_group=old.run_as_group)
     if ctx.tls is not None and new_tls is not None:
         # Load into the live context: servers hold it, and new handshakes then use the new cert.
         # (It loaded into new_tls just now, so this cannot fail halfway for a bad file.)
@@ -362,14 +421,24 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     ctx: Context | None = None
+    metrics_sock: socket.socket | None = None
+    metrics_server: asyncio.AbstractServer | None = None
     try:
+        if config.metrics.address:
+            try:
+                metrics_sock = metricsmod.bind(config.metrics.address)
+            except metricsmod.MetricsAddressError as e:
+                raise StartupError(str(e)) from None
         ctx = build_context(config)  # reads the certificate and users file while still root
+        # Import the protocol modules while still root, too (an install readable only by root works).
+        factories = {name: find_factory(name) for name in socks}
+        prepare_data_dir(config)
         drop_privileges(config)
-        os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+        check_data_dir(config)  # from here on we touch mail, as run_as_user
         if ctx.store is not None:
             await ctx.store.start()
         for name in list(socks):
-            factory = find_factory(name)
+            factory = factories[name]
             if factory is None:
                 log.warning("listener %s not available in this build", name)
                 socks.pop(name).close()
@@ -383,6 +452,10 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 raise
             ctx.addresses[name] = (host, port)
             log.info("listening: %s on %s port %d", name, host, port)
+        if metrics_sock is not None:
+            metrics_server = await metricsmod.serve(ctx.metrics, metrics_sock)
+            metrics_sock = None  # the server owns it
+            log.info("metrics: serving http://%s/metrics", config.metrics.address)
         if handle_signals:
             for sig, cb in ((signal.SIGTERM, ctx.request_stop), (signal.SIGINT, ctx.request_stop),
                             (signal.SIGHUP, ctx.request_reload)):
@@ -391,7 +464,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader"),
                        tg.create_task(_users_watcher(ctx), name="users-watcher")]
-            # The queue manager and the metrics endpoint join `workers` here once they exist.
+            # The queue manager joins `workers` here once it exists.
             sd_notify("READY=1")
             log.info("ready: %d listener(s) serving", len(ctx.serving))
             if ready is not None:
@@ -406,6 +479,10 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             loop.remove_signal_handler(sig)
         for sock in socks.values():
             sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
+        if metrics_server is not None:
+            metrics_server.close()
         if ctx is not None:
             for server in ctx.serving.values():
                 server.close()

@@ -186,13 +186,7 @@ def test_bind_failure_is_one_line_naming_the_key() -> None:
         assert str(exc.value) == f"metrics.address: cannot listen on 127.0.0.1 port {port}: Address already in use"
 
 
-# --- served by the app ---------------------------------------------------------------------------
-
-
-def _app_metrics_wired() -> bool:
-    from mailhaven import app
-
-    return "metrics" in (app.run.__doc__ or "") or hasattr(app, "start_metrics")
+# --- served by the app (app.run binds config.metrics.address) ---------------------------------------------------------------------------
 
 
 async def test_running_server_serves_metrics_on_the_configured_address(
@@ -202,8 +196,6 @@ async def test_running_server_serves_metrics_on_the_configured_address(
     from mailhaven.config import MetricsConfig
     from tests.fixtures_server import app_config_file, load_test_config, running_app
 
-    if not _app_metrics_wired():
-        pytest.skip("app.py does not start the metrics endpoint yet")
     port = free_port()
     cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver))
     cfg = dataclasses.replace(cfg, metrics=MetricsConfig(address=f"127.0.0.1:{port}"))
@@ -222,9 +214,26 @@ async def test_metrics_off_binds_nothing_and_gives_listeners_the_noop(
         tmp_path: Any, tls_files: Any, dns_nameserver: str) -> None:
     from tests.fixtures_server import app_config_file, load_test_config, running_app
 
-    if not _app_metrics_wired():
-        pytest.skip("app.py does not start the metrics endpoint yet")
     cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver))
     assert cfg.metrics.address == ""
     async with running_app(cfg) as ctx:
         assert metrics.of(ctx).enabled is False
+
+
+async def test_metrics_address_in_use_is_a_one_line_startup_error(
+        tmp_path: Any, tls_files: Any, dns_nameserver: str) -> None:
+    import dataclasses
+
+    from mailhaven import app
+    from mailhaven.config import MetricsConfig
+    from tests.fixtures_server import app_config_file, load_test_config
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver))
+        cfg = dataclasses.replace(cfg, metrics=MetricsConfig(address=f"127.0.0.1:{port}"))
+        with pytest.raises(app.StartupError) as exc:
+            await app.run(cfg, handle_signals=False)
+        assert str(exc.value) == f"metrics.address: cannot listen on 127.0.0.1 port {port}: Address already in use"

@@ -1,0 +1,477 @@
+"""`mailhaven serve` as a service process (a real subprocess, real clients on 127.0.0.1): sd_notify
+READY only once every listener accepts connections, root binds then drops to run_as_user, SIGHUP
+reloads without dropping sessions, SIGTERM drains and loses no accepted message, and the log has one
+line per login / session / transaction and never a password or a body.
+
+Listeners whose protocol module is not in this build yet are skipped (the server logs them as not
+available); parts of tests that need them skip with that reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import imaplib
+import json
+import os
+import poplib
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailhaven import app
+from tests.fixtures_server import add_user, app_config_data, write_config
+from tests.integration.test_service_support import (
+    NotifySocket,
+    Server,
+    base_env,
+    can_run_python_as,
+    free_port,
+    open_dir,
+    proc_status,
+    system_user,
+)
+
+PASSWORD = "C0rrect-Secret-2"
+WRONG = "Wr0ng-Secret-1"
+ALICE = "alice@example.test"
+
+
+def available(listener: str) -> bool:
+    return app.find_factory(listener) is not None
+
+
+def need(listener: str) -> None:
+    if not available(listener):
+        pytest.skip(f"listener {listener} not available in this build")
+
+
+class Setup:
+    """A config for a server subprocess in a folder every user can traverse."""
+
+    def __init__(self, folder: Path, tls_files: tuple[Path, Path], nameserver: str) -> None:
+        self.folder = folder
+        self.nameserver = nameserver
+        self.cert = Path(shutil.copy(tls_files[0], folder / "cert.pem"))
+        self.key = Path(shutil.copy(tls_files[1], folder / "key.pem"))
+        self.key.chmod(0o600)
+        self.ports: dict[str, int] = {}
+        self.path = folder / "mailhaven.toml"
+        self.data = folder / "data"
+
+    def write(self, *, ports: dict[str, int] | None = None, **top: Any) -> Path:
+        data = app_config_data(self.folder, (self.cert, self.key), self.nameserver)
+        data["auth"] = {"failure_delay": 0, "allow_plaintext_loopback": True}
+        for name, lc in data["listeners"].items():
+            self.ports.setdefault(name, (ports or {}).get(name) or free_port())
+            lc["port"] = self.ports[name]
+        data.update(top)
+        write_config(self.path, data)
+        users = self.folder / "users.toml"
+        if not users.exists():
+            from mailhaven.auth.users import UsersFile
+
+            UsersFile(users).save()
+            cfg = _load(self.path)
+            add_user(cfg, ALICE, PASSWORD)
+            add_user(cfg, "bob@example.test", PASSWORD)
+        return self.path
+
+    def maildir_messages(self, user: str = ALICE) -> list[bytes]:
+        local, _, domain = user.partition("@")
+        root = self.data / "mail" / domain / local
+        return [p.read_bytes() for sub in ("new", "cur") if (root / sub).is_dir() for p in (root / sub).iterdir()]
+
+
+def _load(path: Path) -> Any:
+    from mailhaven import config
+
+    return config.load(path)
+
+
+@pytest.fixture
+def setup(tls_files: tuple[Path, Path], dns_nameserver: str) -> Iterator[Setup]:
+    with open_dir() as folder:
+        yield Setup(folder, tls_files, dns_nameserver)
+
+
+def message(subject: str, body: str = "hello") -> bytes:
+    return (f"From: someone@example.net\r\nTo: {ALICE}\r\nDate: {email.utils.formatdate()}\r\n"
+            f"Message-ID: {email.utils.make_msgid(domain='example.net')}\r\nSubject: {subject}\r\n\r\n"
+            f"{body}\r\n").encode()
+
+
+@contextlib.contextmanager
+def running(path: Path, *, env: dict[str, str] | None = None, **kw: Any) -> Iterator[Server]:
+    server = Server(path, env=env, **kw)
+    try:
+        server.ready()
+        yield server
+    finally:
+        server.kill()
+
+
+def pop3_login(port: int, user: str = ALICE, password: str = PASSWORD) -> poplib.POP3:
+    box = poplib.POP3("127.0.0.1", port, timeout=10)
+    box.user(user)
+    box.pass_(password)
+    return box
+
+
+def connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+# --- sd_notify -----------------------------------------------------------------------------------
+
+
+def test_ready_is_sent_only_once_every_listener_accepts_and_stopping_on_sigterm(setup: Setup) -> None:
+    path = setup.write()
+    notify = NotifySocket(setup.folder)
+    server = Server(path, env=base_env(NOTIFY_SOCKET=str(notify.path)))
+    try:
+        first = notify.next_state()
+        accepted = {name for name, port in setup.ports.items() if connects(port)}  # right at READY
+        assert first.get("READY") == "1", first
+        server.ready()
+        expected = set(setup.ports) - server.missing_listeners()
+        assert "pop3" in expected
+        assert accepted == expected == server.serving()
+        assert server.stop() == 0, server.log()
+        assert notify.next_state() == {"STOPPING": "1"}
+    finally:
+        server.kill()
+        notify.close()
+
+
+def test_no_ready_when_a_port_is_taken_and_exit_1(setup: Setup) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        path = setup.write(ports={"pop3": port})
+        notify = NotifySocket(setup.folder)
+        server = Server(path, env=base_env(NOTIFY_SOCKET=str(notify.path)))
+        try:
+            assert server.p.wait(timeout=30) == 1
+            with pytest.raises(TimeoutError):
+                notify.next(timeout=0.5)
+            assert f"cannot listen on 127.0.0.1 port {port}" in server.log()
+        finally:
+            server.kill()
+            notify.close()
+
+
+# --- privileges ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def service_user() -> Iterator[tuple[str, int, int]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    with system_user() as user:
+        if not can_run_python_as(user[1], user[2]):
+            pytest.skip("this interpreter is not readable by other users (pyenv under /root?); CI's venv is")
+        yield user
+
+
+def _low_port() -> int:
+    for port in range(700, 1000):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1000")
+
+
+def test_started_as_root_it_binds_a_low_port_then_runs_as_run_as_user_with_private_files(
+        setup: Setup, service_user: tuple[str, int, int]) -> None:
+    name, uid, gid = service_user
+    low = _low_port()
+    path = setup.write(ports={"pop3": low}, run_as_user=name)
+    assert not setup.data.exists()
+    with running(path) as server:
+        status = proc_status(server.pid)
+        assert status["Uid"].split() == [str(uid)] * 4
+        assert status["Gid"].split() == [str(gid)] * 4
+        assert status["Groups"].split() == [str(g) for g in sorted(os.getgrouplist(name, gid)) if g != gid] or \
+            status["Groups"].split() == [str(gid)]
+        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+        assert f"running as {name}" in server.log()
+        # The data folder it made as root was handed over, private.
+        st = setup.data.stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o700)
+        box = pop3_login(low)  # served on a port only root could bind
+        assert box.stat() == (0, 0)
+        box.quit()
+        if available("mx"):
+            with smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10) as smtp:
+                smtp.sendmail("someone@example.net", [ALICE], message("owned"))
+        assert server.stop() == 0, server.log()
+    created = [setup.data, *setup.data.rglob("*")]
+    assert len(created) > 3
+    for p in created:
+        st = p.lstat()
+        assert (st.st_uid, st.st_gid) == (uid, gid), p
+        assert st.st_mode & 0o077 == 0, f"{p} mode {st.st_mode & 0o777:04o}"
+    if available("mx"):
+        [msg] = [p for p in (setup.data / "mail" / "example.test" / "alice" / "new").iterdir()]
+        assert msg.stat().st_mode & 0o777 == 0o600
+
+
+def test_data_dir_the_user_cannot_write_is_refused_with_one_line(
+        setup: Setup, service_user: tuple[str, int, int]) -> None:
+    name, _, _ = service_user
+    setup.data.mkdir(mode=0o755)
+    (setup.data / "something").write_text("not empty")
+    path = setup.write(run_as_user=name)
+    server = Server(path)
+    try:
+        assert server.p.wait(timeout=30) == 1
+        time.sleep(0.2)
+        assert server.lines[-1] == (f"mailhaven: data_dir: {setup.data} is not writable by {name} (owner root, "
+                                    f"mode 0755): chown -R {name}: {setup.data}")
+    finally:
+        server.kill()
+
+
+def test_unknown_run_as_user_is_a_config_error_exit_2_before_serving(setup: Setup) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    path = setup.write(run_as_user="no-such-user-mh")
+    server = Server(path)
+    try:
+        assert server.p.wait(timeout=30) == 2  # RestartPreventExitStatus=2: no restart loop
+        time.sleep(0.2)
+        assert server.lines[-1] == "mailhaven: run_as_user: no such user: no-such-user-mh"
+        assert "Traceback" not in server.log()
+        assert not any("listening:" in line for line in server.lines)
+    finally:
+        server.kill()
+
+
+# --- reload --------------------------------------------------------------------------------------
+
+
+def hup(server: Server) -> None:
+    server.signal(signal.SIGHUP)
+    server.wait_for(r"reloaded |reload failed")
+
+
+def test_established_pop3_session_survives_sighup(setup: Setup) -> None:
+    with running(setup.write()) as server:
+        box = pop3_login(setup.ports["pop3"])
+        hup(server)
+        assert box.stat() == (0, 0)
+        assert box.quit().startswith(b"+OK")
+        assert server.stop() == 0
+
+
+def test_established_imap_session_survives_sighup(setup: Setup) -> None:
+    need("imap")
+    with running(setup.write()) as server:
+        imap = imaplib.IMAP4("127.0.0.1", setup.ports["imap"], timeout=10)
+        imap.login(ALICE, PASSWORD)
+        assert imap.select("INBOX")[0] == "OK"
+        hup(server)
+        assert imap.noop()[0] == "OK"
+        assert imap.select("INBOX")[0] == "OK"
+        imap.logout()
+        assert server.stop() == 0
+
+
+def test_smtp_transaction_in_progress_survives_sighup(setup: Setup) -> None:
+    need("mx")
+    with running(setup.write()) as server:
+        smtp = smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10)
+        smtp.ehlo("client.example.net")
+        assert smtp.mail("someone@example.net")[0] == 250
+        hup(server)
+        assert smtp.rcpt(ALICE)[0] == 250
+        assert smtp.data(message("across a reload"))[0] == 250
+        smtp.quit()
+        assert server.stop() == 0
+    assert any(b"across a reload" in m for m in setup.maildir_messages())
+
+
+def test_user_added_to_the_users_file_logs_in_after_sighup(setup: Setup) -> None:
+    with running(setup.write()) as server:
+        with pytest.raises(poplib.error_proto):
+            pop3_login(setup.ports["pop3"], "carol@example.test", "carol-pw")
+        add_user(_load(setup.path), "carol@example.test", "carol-pw")
+        hup(server)
+        box = pop3_login(setup.ports["pop3"], "carol@example.test", "carol-pw")
+        assert box.stat() == (0, 0)
+        box.quit()
+
+
+def _trusting(ca: Any) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+def test_new_certificate_is_served_to_new_connections_after_sighup(setup: Setup, tls_ca: Any) -> None:
+    import trustme
+
+    with running(setup.write()) as server:
+        old = poplib.POP3_SSL("127.0.0.1", setup.ports["pop3s"], context=_trusting(tls_ca), timeout=10)
+        old.user(ALICE)
+        old.pass_(PASSWORD)
+        ca2 = trustme.CA()
+        issued = ca2.issue_cert("localhost", "127.0.0.1", "mail.example.test")
+        issued.private_key_and_cert_chain_pem.write_to_path(str(setup.cert))  # replaced in place,
+        issued.private_key_pem.write_to_path(str(setup.key))                # as certbot would
+        hup(server)
+        new = poplib.POP3_SSL("127.0.0.1", setup.ports["pop3s"], context=_trusting(ca2), timeout=10)
+        assert new.getwelcome().startswith(b"+OK")
+        new.quit()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            poplib.POP3_SSL("127.0.0.1", setup.ports["pop3s"], context=_trusting(tls_ca), timeout=10)
+        assert old.stat() == (0, 0)  # the session made before the reload goes on with its TLS
+        old.quit()
+
+
+def test_broken_certificate_on_sighup_is_refused_in_one_line_and_the_old_one_kept(
+        setup: Setup, tls_ca: Any) -> None:
+    with running(setup.write()) as server:
+        setup.key.write_text("-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n")
+        server.signal(signal.SIGHUP)
+        line = server.wait_for(r"reload failed")
+        assert "tls" in line and "keeping the running config" in line
+        time.sleep(0.3)
+        assert sum("reload failed" in x for x in server.lines) == 1
+        box = poplib.POP3_SSL("127.0.0.1", setup.ports["pop3s"], context=_trusting(tls_ca), timeout=10)
+        assert box.getwelcome().startswith(b"+OK")
+        box.quit()
+        assert server.stop() == 0
+
+
+# --- stop ----------------------------------------------------------------------------------------
+
+
+def test_sigterm_stops_accepting_says_goodbye_to_idle_sessions_and_exits_0(setup: Setup) -> None:
+    path = setup.write(shutdown_deadline=10)
+    with running(path) as server:
+        box = pop3_login(setup.ports["pop3"])
+        t0 = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.wait_for(r"stopping: no new connections")
+        deadline = time.monotonic() + 2  # the line is logged just before the listeners close
+        while connects(setup.ports["pop3"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not connects(setup.ports["pop3"])
+        # The idle session is told the server is going away, and the server does not wait the deadline.
+        with contextlib.suppress(poplib.error_proto, OSError, EOFError):
+            box.stat()
+        assert server.p.wait(timeout=15) == 0
+        assert time.monotonic() - t0 < 8
+        server.wait_for(r"stopped")
+
+
+def test_no_message_that_got_250_is_lost_when_stopping_during_smtp_traffic(setup: Setup) -> None:
+    need("mx")
+    path = setup.write(shutdown_deadline=10)
+    accepted: list[str] = []
+    lock = threading.Lock()
+    stop_sending = threading.Event()
+
+    def sender(n: int) -> None:
+        i = 0
+        while not stop_sending.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10) as smtp:
+                    while not stop_sending.is_set():
+                        mid = f"<{n}.{i}.{time.monotonic_ns()}@stop.test>"
+                        i += 1
+                        msg = (f"From: someone@example.net\r\nMessage-ID: {mid}\r\n"
+                               f"Date: {email.utils.formatdate()}\r\nSubject: {mid}\r\n\r\n{'x' * 2000}\r\n").encode()
+                        smtp.sendmail("someone@example.net", [ALICE], msg)  # returns only on 250
+                        with lock:
+                            accepted.append(mid)
+            except (smtplib.SMTPException, OSError):
+                if stop_sending.wait(0.05):
+                    return
+
+    with running(path) as server:
+        threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while len(accepted) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.signal(signal.SIGTERM)
+        code = server.p.wait(timeout=30)
+        stop_sending.set()
+        for t in threads:
+            t.join(30)
+    assert code == 0, server.log()
+    assert len(accepted) >= 20
+    stored = b"\n".join(setup.maildir_messages())
+    lost = [mid for mid in accepted if mid.encode() not in stored]
+    assert lost == []
+
+
+# --- logs ----------------------------------------------------------------------------------------
+
+
+def test_log_has_login_session_and_transaction_lines_and_never_a_password_or_body(setup: Setup) -> None:
+    with running(setup.write()) as server:
+        with pytest.raises(poplib.error_proto):
+            pop3_login(setup.ports["pop3"], ALICE, WRONG)
+        box = pop3_login(setup.ports["pop3"])
+        box.quit()
+        if available("mx"):
+            with smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10) as smtp:
+                smtp.sendmail("someone@example.net", [ALICE], message("s", "BODY-MARKER-7f3a"))
+        assert server.stop() == 0
+    log = server.log()
+    failed = [x for x in server.lines if "login" in x and "fail" in x and ALICE in x]
+    assert len(failed) == 1, log
+    assert "127.0.0.1" in failed[0]
+    ends = [x for x in server.lines if "pop3 session end" in x]
+    assert len(ends) >= 2 and any(f"user={ALICE}" in x for x in ends), log
+    if available("mx"):
+        tx = [x for x in server.lines if "someone@example.net" in x and ALICE in x]
+        assert tx, f"no SMTP transaction line:\n{log}"
+    for secret in (PASSWORD, WRONG, "BODY-MARKER-7f3a"):
+        assert secret not in log
+
+
+@pytest.mark.xfail(reason="pop3/server.py logs failed logins only; a success line is requested (issue 7)",
+                   strict=False)
+def test_log_has_a_line_for_a_successful_login(setup: Setup) -> None:
+    with running(setup.write()) as server:
+        pop3_login(setup.ports["pop3"]).quit()
+        assert server.stop() == 0
+    ok = [x for x in server.lines if "login" in x and ALICE in x and "fail" not in x and "session end" not in x]
+    assert ok, server.log()
+
+
+def test_json_log_format_is_one_object_per_line(setup: Setup) -> None:
+    path = setup.write(log={"format": "json"})
+    with running(path) as server:
+        with pytest.raises(poplib.error_proto):
+            pop3_login(setup.ports["pop3"], ALICE, WRONG)
+        assert server.stop() == 0
+    objects = [json.loads(line) for line in server.lines if line.strip()]
+    assert len(objects) >= 3
+    assert all({"ts", "level", "logger", "msg"} <= set(o) for o in objects)
+    assert any(o["msg"].startswith("ready: ") for o in objects)
+    assert WRONG not in server.log()
