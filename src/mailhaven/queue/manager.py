@@ -173,6 +173,7 @@ class QueueManager:
         return out
 
     async def retry(self, entry_id: str) -> bool:
+        """Next attempt now (an entry in delivery right now is left alone). False if unknown."""
         entry = self.entries.get(entry_id) if valid_id(entry_id) else None
         if entry is None:
             return False
@@ -334,6 +335,7 @@ class QueueManager:
             log.exception("queue: finishing %s failed; retrying later", entry.id)
             if not entry.deleted and entry.id in self.entries:
                 entry.next_attempt = self.clock() + NOTIFY_RETRY
+                entry.busy = False
                 self._schedule(entry)
         finally:
             entry.busy = False
@@ -375,6 +377,7 @@ class QueueManager:
         else:
             entry.next_attempt = now + NOTIFY_RETRY  # only a bounce is left to queue
         await self.spool.save(entry)
+        entry.busy = False  # before scheduling: the timer heap skips busy entries
         self._schedule(entry)
         rnd.drop_message()
 
