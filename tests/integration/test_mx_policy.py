@@ -231,3 +231,21 @@ async def test_policy_checks_do_not_block_other_sessions(mx: MxFactory, dns_serv
     assert reply.startswith("250"), reply
     assert loop.time() - start < 1.5
     assert (await slow)[-1][0].startswith("451 4.4.3")
+
+
+async def test_rset_abandons_a_pending_sender_check(mx: MxFactory, dns_server: DnsServer) -> None:
+    # SPF runs while RCPT and DATA go on; RSET cancels it, and the next transaction does not wait.
+    dns_server.set_timeout("slow.test")
+    server = await mx(dns={"nameservers": [dns_server.nameserver], "timeout": 3.0})
+    loop = asyncio.get_running_loop()
+    async with server.raw() as c:
+        await c.cmd("EHLO mta.sender.test")
+        start = loop.time()
+        assert (await c.cmd("MAIL FROM:<a@slow.test>"))[0].startswith("250 2.1.0")
+        assert (await c.cmd("RSET"))[0].startswith("250")
+        assert (await c.cmd(f"MAIL FROM:<{SENDER}>"))[0].startswith("250")
+        assert (await c.cmd(f"RCPT TO:<{ALICE}>"))[0].startswith("250")
+        assert (await c.cmd("DATA"))[0].startswith("354")
+        [reply] = await c.cmd(harness.dot_stuff(message(sender=SENDER)) + b".")
+        assert reply.startswith("250 2.0.0"), reply
+        assert loop.time() - start < 2.0

@@ -13,10 +13,12 @@ aiosmtpd calls `handle_<VERB>(server, session, envelope, ...)`; a hook returns t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import Envelope, Session
 
@@ -28,6 +30,7 @@ from mailhaven.message.address import Address, parse_path
 from mailhaven.smtp import replies as R
 
 logger = logging.getLogger("mailhaven.smtp")
+T = TypeVar("T")
 
 # RFC 5321 §4.5.1: "postmaster" without a domain must be accepted as a recipient.
 POSTMASTER = object()
@@ -55,9 +58,25 @@ class Transaction(Envelope):
         self.recipients: list[Address] = []
         self.users: list[str] = []  # canonical local users, de-duplicated, in order
         self.refused = 0  # recipients refused (logged)
-        self.policy: Any = None  # role data from check_sender (MX: the SPF result)
+        self.policy: Any = None  # role data from check_sender (MX: the task computing SPF)
         self.started = time.monotonic()
         self.logged = False
+        self.tasks: list[asyncio.Task[Any]] = []  # work started for this transaction (owned by it)
+
+    def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `coro` concurrently with the rest of the transaction; cancelled by `discard()`."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.append(task)
+        return task
+
+    def discard(self) -> None:
+        """The transaction is over (DATA done, RSET, new HELO, disconnect): stop its work."""
+        for task in self.tasks:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: never "exception was never retrieved"
+        self.tasks.clear()
 
 
 def new_queue_id() -> str:

@@ -46,17 +46,21 @@ class InboundHandler(BaseHandler):
 
     async def check_sender(self, session: ClientSession, txn: Transaction, sender: Address | None) -> str | None:
         # RFC 7208 §2.4: SPF on MAIL FROM, or on the HELO identity for the null sender. Nothing is
-        # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py).
+        # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py), so
+        # the check runs while RCPT and DATA go on, and DATA waits for its result.
+        txn.policy = txn.start(self._spf(session, sender))
+        return None
+
+    async def _spf(self, session: ClientSession, sender: Address | None) -> SpfResult:
         mail_from = str(sender) if sender is not None else ""
         helo = session.host_name or ""
         try:
-            txn.policy = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 pipeline.check_mail(self.ctx.resolver, session.ip, mail_from, helo), self._policy_deadline())
         except TimeoutError:
             domain = (mail_from or f"postmaster@{helo}").rpartition("@")[2].lower()
-            txn.policy = SpfResult("temperror", "SPF check timed out", domain,
-                                   "mailfrom" if mail_from else "helo", mail_from, session.ip, helo)
-        return None
+            return SpfResult("temperror", "SPF check timed out", domain,
+                             "mailfrom" if mail_from else "helo", mail_from, session.ip, helo)
 
     async def check_recipient(self, session: ClientSession, txn: Transaction,
                               rcpt: Address | object) -> tuple[str, list[str] | None]:
@@ -80,7 +84,7 @@ class InboundHandler(BaseHandler):
 
     async def deliver(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
         cfg = self.config
-        spf_result: SpfResult | None = txn.policy
+        spf_result: SpfResult | None = await txn.policy if txn.policy is not None else None
         enforce = pipeline.applies(cfg.policy, session.ip)
         try:
             assessment = await asyncio.wait_for(

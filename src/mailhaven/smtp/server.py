@@ -207,6 +207,8 @@ class Connection(SMTP):
             self.ctx.sessions.discard(self._tracked)
             self._tracked = None
         self._log_unfinished()
+        if isinstance(self.envelope, Transaction):
+            self.envelope.discard()
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
@@ -229,6 +231,8 @@ class Connection(SMTP):
 
     def _set_post_data_state(self) -> None:
         self._log_unfinished()
+        if isinstance(self.envelope, Transaction):
+            self.envelope.discard()
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     def _log_unfinished(self) -> None:
@@ -324,6 +328,9 @@ class Connection(SMTP):
         block = DataBlock(smtp.max_message_size, smtp.max_line_length)
         command_timeout = smtp.command_timeout
         self._reset_timeout(command_timeout)
+        clock = self.loop.time
+        armed = clock()
+        rearm_after = min(1.0, command_timeout / 4)
         while True:
             try:
                 chunk = await self._reader.readuntil(b"\r\n")
@@ -331,7 +338,13 @@ class Connection(SMTP):
                 chunk = await self._reader.read(max(1, e.consumed))  # a piece of an over-long line
             except asyncio.IncompleteReadError:
                 raise ConnectionResetError from None
-            self._reset_timeout(command_timeout)  # progress: the client may take command_timeout per line
+            # Progress: the client may take command_timeout per line. Re-arming the timer costs a heap
+            # operation, so do it at most every `rearm_after` seconds (the stall allowed stays within
+            # command_timeout - rearm_after .. command_timeout).
+            now = clock()
+            if now - armed >= rearm_after:
+                self._reset_timeout(command_timeout)
+                armed = now
             if block.feed(chunk):
                 break
         try:
