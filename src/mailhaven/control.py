@@ -15,7 +15,8 @@ Requests and replies:
     anything wrong               -> {"ok": false, "error": "one line"}
 
     server = await serve_control(ctx, manager)      # app.run; close() it on shutdown
-    reply = control_request(path, {"cmd": "list"})  # cli.py; raises ControlError when not running
+    reply = control_request(path, {"cmd": "list"})  # raises ControlError when not running
+    status, text = queue_command(path, "show", ID)   # cli.py: print(text); exit(status)
 """
 
 from __future__ import annotations
@@ -200,4 +201,34 @@ def format_list(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["serve_control", "control_request", "format_list", "ControlError", "MAX_REQUEST"]
+QUEUE_ACTIONS = ("list", "show", "retry", "delete", "flush")
+
+
+def queue_command(control_path: str | Path, action: str, entry_id: str | None = None) -> tuple[int, str]:
+    """`mailhaven queue ACTION [ID]` for the CLI: (exit status, text to print). Never raises for a
+    server that is down or a bad id: the text is one line then and the status 1."""
+    if action not in QUEUE_ACTIONS:
+        return 2, f"unknown queue command {action!r} (expected {', '.join(QUEUE_ACTIONS)})"
+    needs_id = action in ("show", "retry", "delete")
+    if needs_id and not entry_id:
+        return 2, f"queue {action} needs a queue ID"
+    command: dict[str, Any] = {"cmd": action}
+    if needs_id:
+        command["id"] = entry_id
+    try:
+        reply = control_request(control_path, command)
+    except ControlError as e:
+        return 1, str(e)
+    if not reply.get("ok"):
+        return 1, str(reply.get("error", "failed"))
+    if action == "list":
+        return 0, format_list(reply.get("entries", [])).rstrip("\n")
+    if action == "show":
+        return 0, json.dumps(reply.get("entry"), indent=2, ensure_ascii=False)
+    if action == "flush":
+        return 0, f"{reply.get('count', 0)} entr{'y' if reply.get('count') == 1 else 'ies'} scheduled for delivery now"
+    return 0, f"{entry_id}: {'scheduled for delivery now' if action == 'retry' else 'deleted'}"
+
+
+__all__ = ["serve_control", "control_request", "format_list", "queue_command", "QUEUE_ACTIONS",
+           "ControlError", "MAX_REQUEST"]

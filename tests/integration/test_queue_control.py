@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from mailhaven import app, cleanup
-from mailhaven.control import ControlError, control_request, format_list, serve_control
+from mailhaven.control import ControlError, control_request, format_list, queue_command, serve_control
 from mailhaven.queue.manager import QueueManager
 from tests.dnsserver import DnsServer
 from tests.smtp_peer import SmtpPeer, shared_port, until
@@ -146,3 +146,21 @@ async def test_a_second_server_does_not_steal_a_live_socket(running: Any) -> Non
     ctx, manager, _ = running
     with pytest.raises(ControlError, match="another running server"):
         await serve_control(ctx, manager)
+
+
+async def test_cli_queue_command_texts_and_exit_statuses(running: Any, tmp_path: Any) -> None:
+    ctx, manager, _ = running
+    path = ctx.config.control_path
+    assert await asyncio.to_thread(queue_command, path, "list") == (0, "Mail queue is empty")
+    qid = await _queued(ctx, manager)
+    status, text = await asyncio.to_thread(queue_command, path, "list")
+    assert status == 0 and text.startswith(qid) and text.endswith("-- 1 entry")
+    status, text = await asyncio.to_thread(queue_command, path, "show", qid)
+    assert status == 0 and '"sender": "alice@example.test"' in text
+    assert await asyncio.to_thread(queue_command, path, "show") == (2, "queue show needs a queue ID")
+    assert (await asyncio.to_thread(queue_command, path, "retry", "ZZ"))[0] == 1
+    assert await asyncio.to_thread(queue_command, path, "delete", qid) == (0, f"{qid}: deleted")
+    assert await asyncio.to_thread(queue_command, path, "flush") == (0, "0 entries scheduled for delivery now")
+    assert (await asyncio.to_thread(queue_command, path, "purge"))[0] == 2
+    status, text = queue_command(tmp_path / "nothing.sock", "list")
+    assert status == 1 and "not running" in text

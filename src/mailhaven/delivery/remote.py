@@ -98,7 +98,7 @@ async def deliver(config: Config, resolver: Resolver, sender: str, domain: str, 
             # RFC 5321 §5.1: a name that does not exist cannot receive mail.
             return _all(recipients, 550, "5.1.2", f"domain {domain} does not exist", False)
         except DnsTempError as e:
-            return _all(recipients, 451, "4.4.3", f"DNS lookup of MX for {domain} failed: {e.text}", True)
+            return _all(recipients, 451, "4.4.3", e.text, True)  # "DNS lookup of D MX failed temporarily"
         hops = next_hops(domain, mx)
         if isinstance(hops, NullMX):
             # RFC 7505 §4.2: the domain accepts no mail: fail at once with 556 5.1.10.
@@ -114,7 +114,7 @@ async def deliver(config: Config, resolver: Resolver, sender: str, domain: str, 
             try:
                 addresses = await resolver.addresses(host)
             except DnsTempError as e:
-                failure = HostFailure(451, "4.4.3", f"address lookup of {host} failed: {e.text}", host)
+                failure = HostFailure(451, "4.4.3", e.text, host)
                 continue
             if not addresses:
                 if implicit:
