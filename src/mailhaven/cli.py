@@ -2,8 +2,9 @@
 
 Owns: parsing arguments, `init` (a working config, users file and data folder), `serve [--dev]`
 (the dev environment under ./mailhaven-dev), `check-config`, `user` and `alias` editing through
-auth.users.UsersFile, and turning every failure into one line on stderr: exit 2 for configuration
-errors, 1 for anything else, never a traceback.
+auth.users.UsersFile, `doctor [DOMAIN...]` (doctor.py: exit 0 all good, 1 problems), `health
+[LISTENER...]` (health.py: exit 0 every listener greets, 1 not), and turning every failure into one
+line on stderr: exit 2 for configuration errors, 1 for anything else, never a traceback.
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -260,8 +261,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         cfg = _load_config(args)
         ready = None
+    os.umask(0o077)  # everything the server creates is private (systemd's UMask=0077 does the same)
     asyncio.run(app.run(cfg, ready=ready, handle_signals=True, configure_logging=True))
     return 0
+
+
+# --- doctor / health -----------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from mailhaven import doctor
+
+    findings = asyncio.run(doctor.diagnose(args.config, args.domains))  # a broken config is a finding
+    sys.stdout.write(doctor.render(findings))
+    return doctor.exit_code(findings)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from mailhaven import health
+
+    cfg = _load_config(args)
+    unknown = [n for n in args.listeners if n not in cfg.listeners]
+    if unknown:
+        raise CliError(f"health: no such listener in the config: {', '.join(unknown)}")
+    probes = asyncio.run(health.check(cfg, args.listeners, wait=args.timeout))
+    sys.stdout.write(health.render(probes))
+    return health.exit_code(probes)
 
 
 # --- user / alias --------------------------------------------------------------------------------
@@ -376,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("alias", nargs="?", metavar="ALIAS")
     s.add_argument("targets", nargs="*", metavar="TARGET")
     s.set_defaults(func=cmd_alias)
+
+    s = sub.add_parser("doctor", help="check config, certificate, permissions and public DNS; say what to fix")
+    s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains to check (default: all configured)")
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("health", help="is the running server answering? (exit 0 yes, 1 no)")
+    s.add_argument("listeners", nargs="*", metavar="LISTENER", help="listeners to probe (default: all enabled)")
+    s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per listener (default: 5)")
+    s.set_defaults(func=cmd_health)
     return p
 
 
