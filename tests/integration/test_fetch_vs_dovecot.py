@@ -389,6 +389,8 @@ SEARCH_KEYS = [
     'SUBJECT "encoded words"', 'SUBJECT "encoded_words"', 'HEADER Subject ""', 'HEADER Message-ID ""',
     'BODY "alt text"', 'BODY "First entry body"', 'TEXT "first digest entry"', 'BODY "inner body"',
     'BODY "partial body"', 'BODY "upper body"', 'TEXT "global inner"', 'BODY "two blank lines"',
+    'TO "\\"Jean"', 'TO "Jean Luc <"', 'TO "quoted <"', 'TO "\\"quoted"', 'TO "enc two"', 'FROM "O\'B"',
+    'CC "Mc\\\\\'Q"', 'CC "Mc\'Q"', 'CC "tabthere"',
     'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
     'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
 ]

@@ -238,3 +238,17 @@ def test_searchset_keys_built_directly() -> None:
 ])
 def test_sent_date_parsing_is_as_strict_as_dovecot(value: bytes, expected: date | None) -> None:
     assert search.parse_date(value) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (b"Jean Luc <a@b>", '"Jean Luc" <a@b>'),  # more than one atom: quoted
+    (b'"quoted" <x@y>', "quoted <x@y>"),  # one atom: bare, whatever the source did
+    (b"O'Brien <o@b>", "O'Brien <o@b>"),
+    (b'"Mc\'Q. x" <e@f>', '"Mc\\\'Q. x" <e@f>'),  # inside quotes ' " and \\ are escaped
+    (b"=?utf-8?q?enc_two?= <f@f>", "enc two <f@f>"),  # quoting is decided before decoding
+    (b"=?utf-8?q?J=C3=BCrgen?= Search <j@x>", '"Jürgen Search" <j@x>'),
+    (b"team: a@b, c@d;, e@f", "team: a@b, c@d;, e@f"),
+    (b"u@h (Comment)", "Comment <u@h>"),
+])
+def test_address_fields_are_matched_in_dovecots_rewritten_form(value: bytes, expected: str) -> None:
+    assert search._addresses_text(value) == expected

@@ -165,7 +165,7 @@ def decode_header_value(value: bytes) -> str:
 
 def _addresses_text(value: bytes) -> str:
     """Address header rewritten as Dovecot matches it: `Name <local@domain>, group: a@b;`, with
-    display names quoted when they hold more than atext and spaces, then encoded-words decoded."""
+    display names quoted unless they are one atom, then encoded-words decoded."""
     out = bytearray()
     after_group_start = False
     for a in parse_address_list(value):
@@ -187,13 +187,18 @@ def _addresses_text(value: bytes) -> str:
     return decode_header_value(bytes(out))
 
 
-_PLAIN_NAME = mime.ATEXT | frozenset(b" \t")
-
-
 def _maybe_quote(name: bytes) -> bytes:
-    if all(ch in _PLAIN_NAME for ch in name):
+    """A display name as Dovecot writes it for matching: bare when it is one atom, else quoted with
+    '"', '\\' and "'" escaped by a backslash."""
+    if all(ch in mime.ATEXT for ch in name):
         return name
-    return b'"' + name.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    out = bytearray(b'"')
+    for ch in name:
+        if ch in b'"\\\'':
+            out.append(0x5C)
+        out.append(ch)
+    out.append(0x22)
+    return bytes(out)
 
 
 # --------------------------------------------------------------------------- body text
