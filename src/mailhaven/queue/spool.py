@@ -153,7 +153,8 @@ class Spool:
     def _load_sync(self) -> list[Entry]:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._ready = True
-        names = os.listdir(self.root)
+        root = str(self.root)
+        names = os.listdir(root)
         msgs = {n[:-4] for n in names if n.endswith(".msg")}
         envs = {n[:-4] for n in names if n.endswith(".env")}
         entries: list[Entry] = []
@@ -169,9 +170,7 @@ class Spool:
                 self._quarantine(eid)
                 continue
             try:
-                raw = self.env_path(eid).read_bytes()
-                if len(raw) > MAX_ENVELOPE:
-                    raise ValueError("envelope too large")
+                raw = _read_small(os.path.join(root, eid + ".env"))
                 entry = Entry.from_json(json.loads(raw))
                 if entry.id != eid:
                     raise ValueError("id does not match the file name")
@@ -255,6 +254,26 @@ class Spool:
                 os.unlink(p)
         if self.fsync:
             maildir.fsync_dir(self.root)
+
+
+def _read_small(path: str) -> bytes:
+    """A whole envelope file (plain os calls: at start we read thousands of them)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_ENVELOPE:
+            raise ValueError("envelope too large")
+        chunks: list[bytes] = []
+        while True:
+            data = os.read(fd, max(size, 4096))
+            if not data:
+                break
+            chunks.append(data)
+            if sum(map(len, chunks)) > MAX_ENVELOPE:
+                raise ValueError("envelope too large")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _dumps(entry: Entry) -> bytes:
