@@ -391,16 +391,27 @@ SEARCH_KEYS = [
     'BODY "partial body"', 'BODY "upper body"', 'TEXT "global inner"', 'BODY "two blank lines"',
     'TO "\\"Jean"', 'TO "Jean Luc <"', 'TO "quoted <"', 'TO "\\"quoted"', 'TO "enc two"', 'FROM "O\'B"',
     'CC "Mc\\\\\'Q"', 'CC "Mc\'Q"', 'CC "tabthere"',
+    'TEXT "Date:Thu"', 'TEXT "Date: Thu, 25"', 'TEXT "subject: lunch on"', 'TEXT "folded over"',
+    'TEXT "folded  over"', 'TEXT "folded\tover"', 'TEXT "X-Empty:"', 'TEXT "Subject:\tTab"',
+    'TEXT "Subject: Tab"', 'TEXT "Subject:Tab"', 'TEXT "spaces   "', 'TEXT "Jürgen Müller"',
+    'TEXT "=?UTF-8?Q?J=C3=BCrgen"', 'BODY "Lunch on\r\nFriday"', 'BODY "Grüße aus Köln!"',
+    'BODY "Zeilenlänge hinausgeht"', 'BODY "=3D"', 'BODY "<b>"', 'BODY "  "', 'TEXT "header line without colon"',
+    # HEADER SUBJECT is a plain header match (no whitespace compression); spelled "Subject" the
+    # parser cannot yet tell it from SUBJECT (commands.SearchHeader has no `kind`)
+    'HEADER SUBJECT "folded  over"', 'HEADER SUBJECT "folded over"', 'SUBJECT "folded  over"',
+    'HEADER FROM "Alice Example <alice"', 'HEADER FROM "\\"Alice Example\\""', 'FROM "\\"Alice Example\\""',
+    'HEADER Message-ID " <folded"', 'HEADER Message-ID "<folded"', 'HEADER X-Trailing-WS "value\t "',
     'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
     'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
 ]
 
 
 def _wire_key(key: str) -> bytes:
-    """The key as sent: quoted strings with non-ASCII text become LITERAL+ literals (RFC 7888)."""
+    """The key as sent: quoted strings with non-ASCII text or control characters become LITERAL+
+    literals (RFC 7888)."""
     def lit(m: re.Match[str]) -> str:
         text = m.group(0)
-        if text.isascii():
+        if text.isascii() and text.isprintable():
             return text
         raw = text[1:-1].replace('\\"', '"').replace("\\\\", "\\")
         return f"{{{len(raw.encode())}+}}\r\n{raw}"

@@ -252,3 +252,27 @@ def test_sent_date_parsing_is_as_strict_as_dovecot(value: bytes, expected: date 
 ])
 def test_address_fields_are_matched_in_dovecots_rewritten_form(value: bytes, expected: str) -> None:
     assert search._addresses_text(value) == expected
+
+
+def test_header_key_kind_follows_the_dedicated_field_names_or_an_explicit_kind() -> None:
+    from dataclasses import dataclass
+
+    assert search.header_kind(c.SearchHeader("Subject", "x")) == "subject"
+    assert search.header_kind(c.SearchHeader("From", "x")) == "address"
+    assert search.header_kind(c.SearchHeader("SUBJECT", "x")) == "header"  # from HEADER SUBJECT x
+
+    @dataclass(frozen=True)
+    class WithKind:
+        field: str
+        value: str
+        kind: str
+
+    assert search.header_kind(WithKind("Subject", "x", "header")) == "header"  # type: ignore[arg-type]
+    m = Counting(crlf("Subject: two  spaces\n\n"))
+    assert matches('HEADER SUBJECT "two  spaces"', m) and not matches('HEADER SUBJECT "two spaces"', m)
+    assert matches('SUBJECT "two spaces"', m) and not matches('SUBJECT "two  spaces"', m)
+
+
+def test_text_sees_header_names_and_separators_as_written() -> None:
+    m = Counting(crlf("Subject:\tTabbed\nX-A:b\n\nbody\n"))
+    assert matches('TEXT "X-A:b"', m) and not matches('TEXT "X-A: b"', m)

@@ -268,14 +268,17 @@ class _Cache:
         return self._body
 
     def header_text(self) -> str:
-        """Folded decoded `Name: value` lines of every header block of every part."""
+        """Folded `Name: value` lines (value decoded) of every header block of every part."""
         if self._text is None:
             data, tree = self.full()
             chunks = []
             for p in mime.walk(tree):
                 lines = []
                 for f in mime.iter_fields(data, p.header_start, p.header_end):
-                    lines.append(f.name.decode("utf-8", "replace") + ": " + decode_header_value(f.value))
+                    # name and separator as written ("Subject:\tx"), then the decoded value
+                    raw = data[f.start:f.end].rstrip(b"\r\n")
+                    prefix = raw[:len(raw) - len(f.value)] if f.value else raw
+                    lines.append(prefix.decode("utf-8", "replace") + decode_header_value(f.value))
                 chunks.append(fold("\r\n".join(lines)))
             self._text = "\0".join(chunks)
         return self._text
@@ -283,24 +286,37 @@ class _Cache:
 
 # --------------------------------------------------------------------------- evaluation
 
-_ADDRESS_FIELDS = frozenset({"FROM", "TO", "CC", "BCC"})
+_DEDICATED = {"From": "address", "To": "address", "Cc": "address", "Bcc": "address", "Subject": "subject"}
 
 
-def _header_match(cache: _Cache, name: str, value: str) -> bool:
-    lname = name.lower().encode("utf-8", "replace")
-    uname = name.upper()
-    needle = fold(value)
+def header_kind(key: c.SearchHeader) -> str:
+    """"address" (FROM/TO/CC/BCC), "subject" (SUBJECT) or "header" (HEADER name value).
+
+    Dovecot gives the dedicated keys their own matching, but HEADER From/Subject match the plain
+    decoded value. A `kind` attribute on the key wins; without one, the field names the parser
+    produces for the dedicated keys ("From", "To", "Cc", "Bcc", "Subject") are taken to mean them.
+    """
+    kind = getattr(key, "kind", None)
+    if isinstance(kind, str) and kind in ("address", "subject", "header"):
+        return kind
+    return _DEDICATED.get(key.field, "header")
+
+
+def _header_match(cache: _Cache, key: c.SearchHeader) -> bool:
+    lname = key.field.lower().encode("utf-8", "replace")
+    kind = header_kind(key)
+    needle = fold(key.value)
     for f in cache.fields():
         if f.name.lower() != lname:
             continue
-        if not value:
+        if not key.value:
             return True  # RFC 3501 §6.4.4 HEADER: empty string matches any message with the field
-        if uname in _ADDRESS_FIELDS:
+        if kind == "address":
             text = _addresses_text(f.value)
         else:
             text = decode_header_value(f.value)
-            if uname == "SUBJECT":
-                text = " ".join(text.split())
+            if kind == "subject":
+                text = " ".join(text.split())  # Dovecot compresses whitespace for SUBJECT only
         if needle in fold(text):
             return True
     return False
@@ -424,7 +440,7 @@ def _eval(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext, cache: _Cach
             return _compare(key.op, _sent_date(cache), key.date)
         return _compare(key.op, _local_date(msg.internaldate, ctx.tz), key.date)
     if isinstance(key, c.SearchHeader):
-        return _header_match(cache, key.field, key.value)
+        return _header_match(cache, key)
     if isinstance(key, c.SearchText):
         needle = fold(key.value)
         if needle in cache.body_text():
