@@ -81,8 +81,8 @@ _LISTENER_DEFAULTS: dict[str, dict[str, Any]] = {
     "mx": {"port": 25, "tls": "starttls"},
     "submission": {"port": 587, "tls": "starttls"},
     "submissions": {"port": 465, "tls": "implicit"},
-    "pop3": {"port": 110, "tls": "starttls"},
-    "pop3s": {"port": 995, "tls": "implicit"},
+    "pop3": {"port": 110, "tls": "starttls", "idle_timeout": 600.0},  # RFC 1939 §3: >= 10 minutes
+    "pop3s": {"port": 995, "tls": "implicit", "idle_timeout": 600.0},
     "imap": {"port": 143, "tls": "starttls", "idle_timeout": 1800.0},
     "imaps": {"port": 993, "tls": "implicit", "idle_timeout": 1800.0},
 }
