@@ -401,6 +401,12 @@ SEARCH_KEYS = [
     'HEADER SUBJECT "folded  over"', 'HEADER SUBJECT "folded over"', 'SUBJECT "folded  over"',
     'HEADER FROM "Alice Example <alice"', 'HEADER FROM "\\"Alice Example\\""', 'FROM "\\"Alice Example\\""',
     'HEADER Message-ID " <folded"', 'HEADER Message-ID "<folded"', 'HEADER X-Trailing-WS "value\t "',
+    'BODY "日本語のテキスト"', 'BODY "“smart quotes”"', 'BODY "€uro"', 'BODY "unknown charset caf"',
+    'BODY "latin1 without charset caf"', 'BODY "world"', 'BODY "extra"', 'BODY "softbreak"', 'BODY "été"',
+    'BODY "=ZZ"', 'BODY "#86"', 'BODY "&nbsp;"', 'BODY "needle-in-json"', 'BODY "needle-csv"',
+    'BODY "mixed case encoding ü"', 'BODY "�"', 'TEXT "�"', 'HEADER X-Raw "caf"', 'HEADER X-Raw "café"',
+    'BODY "café one"', 'BODY "café four"', 'BODY "needle five"', 'BODY "needle six"', 'BODY "hello seven"',
+    'BODY "aGVsbG8gc2V2ZW4"', 'BODY "needle eight"', 'BODY "needle nine"',
     'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
     'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
 ]

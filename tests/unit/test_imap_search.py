@@ -276,3 +276,20 @@ def test_header_key_kind_follows_the_dedicated_field_names_or_an_explicit_kind()
 def test_text_sees_header_names_and_separators_as_written() -> None:
     m = Counting(crlf("Subject:\tTabbed\nX-A:b\n\nbody\n"))
     assert matches('TEXT "X-A:b"', m) and not matches('TEXT "X-A: b"', m)
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"aGVsbG8g\r\nd29ybGQ=\r\n", b"hello world"),
+    (b"aGVsbG8g!!!d29ybGQ=", b"hello "),  # stops at a byte outside the alphabet
+    (b"aGk=\r\naGk=", b"hi"),  # and at the padding
+    (b"w7w", b"\xc3\xbc"),  # a trailing partial group still counts
+    (b"", b""),
+])
+def test_base64_bodies_decode_like_dovecot(data: bytes, expected: bytes) -> None:
+    assert search.decode_base64(data) == expected
+
+
+def test_parts_in_unknown_transfer_encodings_are_not_searched() -> None:
+    m = Counting(crlf("Content-Transfer-Encoding: x-uuencode\n\nbegin 644 needle\n"))
+    assert not matches('BODY "needle"', m)
+    assert matches('TEXT "x-uuencode"', m)

@@ -19,8 +19,10 @@ Semantics (Dovecot 2.3 without full-text search):
   `Name <local@domain>` (display names decoded); SUBJECT has whitespace runs compressed. An empty
   string matches any message that has the field (RFC 3501 §6.4.4 HEADER).
 - BODY searches the decoded (base64 / quoted-printable, charset converted) bodies of every text/*
-  and message/* leaf part (parts with no Content-Type are text/plain); TEXT searches the same plus
-  every header block of every part (the message's and the MIME parts').
+  and message/* leaf part (parts with no Content-Type are text/plain); like Dovecot's search it
+  goes by the last Content-Type and Content-Transfer-Encoding fields of a part, skips parts in
+  other transfer encodings (x-uuencode), reads base64 up to the first bad byte or the padding.
+  TEXT searches the same plus every header block of every part (the message's and the MIME parts').
 - BEFORE/ON/SINCE compare the internal date's calendar date in the server's time zone; SENT* compare
   the first Date: field's own calendar date (its zone ignored, RFC 3501 §6.4.4); a message without
   a usable Date: field counts as sent on 1 Jan 1970, as in Dovecot.
@@ -203,26 +205,71 @@ def _maybe_quote(name: bytes) -> bytes:
 
 # --------------------------------------------------------------------------- body text
 
-def _decode_body(data: bytes, encoding: bytes | None) -> bytes:
+_B64_RUN = re.compile(rb"[A-Za-z0-9+/=\s]*")
+_WS = re.compile(rb"\s+")
+_IDENTITY_CTES = frozenset({b"", b"7bit", b"8bit", b"binary"})
+
+
+def decode_base64(data: bytes) -> bytes:
+    """Base64 body text as Dovecot's decoder reads it: whitespace skipped, stopping at the first
+    byte outside the alphabet or at the padding (RFC 2045 §6.8); a trailing partial group kept."""
+    m = _B64_RUN.match(data)
+    chunk = _WS.sub(b"", m.group(0) if m else b"")
+    eq = chunk.find(b"=")
+    if eq >= 0:
+        chunk = chunk[:eq]
+    full = len(chunk) // 4 * 4
+    out = base64.b64decode(chunk[:full])
+    rest = chunk[full:]
+    if len(rest) >= 2:
+        out += base64.b64decode(rest + b"=" * (4 - len(rest)))
+    return out
+
+
+def _decode_body(data: bytes, encoding: bytes | None) -> bytes | None:
+    """Decoded body bytes, or None for a transfer encoding Dovecot does not search (x-uuencode)."""
     enc = (encoding or b"").strip().lower()
+    if enc in _IDENTITY_CTES:
+        return data
     if enc == b"base64":
-        cleaned = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
-        cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
-        try:
-            return base64.b64decode(cleaned)
-        except (binascii.Error, ValueError):
-            return data
+        return decode_base64(data)
     if enc == b"quoted-printable":
         return quopri.decodestring(data)
-    return data
+    return None
 
 
-def _is_searchable_body(part: mime.Part) -> bool:
+def _media_type(value: bytes) -> bytes:
+    """`type/subtype` as Dovecot's content-type reader leaves it, however broken the field is."""
+    lex = mime.Lexer(value)
+    lex.skip_cfws()
+    ctype = lex.token()
+    if not ctype or not lex.skip_cfws():
+        return ctype
+    if lex.peek() != 0x2F:
+        return b""
+    lex.pos += 1
+    if not lex.skip_cfws():
+        return b""
+    return ctype + b"/" + lex.token()
+
+
+def _body_view(data: bytes, part: mime.Part) -> tuple[bool, bytes | None]:
+    """(is the body searched, its transfer encoding) as Dovecot's search decides them: from the
+    last Content-Type (text/* or message/*, or none at all) and the last Content-Transfer-Encoding."""
     if part.is_multipart:
-        return False
-    if part.ctype is None:
-        return True
-    return part.ctype.lower() in (b"text", b"message")
+        return False, None
+    searched = True
+    cte: bytes | None = None
+    for f in mime.iter_fields(data, part.header_start, part.header_end):
+        name = f.name.lower()
+        if name == b"content-type":
+            mtype = _media_type(f.value).lower()
+            searched = mtype.startswith(b"text/") or mtype.startswith(b"message/")
+        elif name == b"content-transfer-encoding":
+            lex = mime.Lexer(f.value)
+            lex.skip_cfws()
+            cte = lex.token()
+    return searched, cte
 
 
 class _Cache:
@@ -257,9 +304,14 @@ class _Cache:
             data, tree = self.full()
             chunks = []
             for p in mime.walk(tree):
-                if p.children or not _is_searchable_body(p):
+                if p.children:
                     continue
-                raw = _decode_body(data[p.body_start:p.body_end], p.encoding)
+                searched, cte = _body_view(data, p)
+                if not searched:
+                    continue
+                raw = _decode_body(data[p.body_start:p.body_end], cte)
+                if raw is None:
+                    continue
                 charset = p.param(b"charset")
                 text = _charset_decode(raw, charset.decode("ascii", "replace")) if charset \
                     else raw.decode("utf-8", "replace")

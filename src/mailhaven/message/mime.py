@@ -356,7 +356,7 @@ def _parse_content_type(part: Part, value: bytes) -> None:
     ok = bool(ctype) and more
     subtype = b""
     if ok and lex.peek() != 0x2F:
-        ctype = b""  # "text; charset=x": Dovecot drops the type (a lone "text" is kept)
+        ctype = b""  # "text; charset=x": Dovecot drops the type (only a lone "text" is kept)
     if ok and lex.peek() == 0x2F:  # "/"
         lex.pos += 1
         if lex.skip_cfws():
@@ -364,6 +364,7 @@ def _parse_content_type(part: Part, value: bytes) -> None:
             lex.skip_cfws()
         else:
             ok = False
+            ctype = b""  # "text/" and nothing more: dropped as well
     else:
         ok = False
     part.ctype = ctype
