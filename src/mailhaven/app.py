@@ -43,8 +43,10 @@ from typing import Any
 from mailhaven import config as configmod
 from mailhaven import metrics as metricsmod
 from mailhaven.config import Config, ListenerConfig
+from mailhaven.control import ControlError, serve_control
 from mailhaven.errors import ConfigError
 from mailhaven.limits import Limits
+from mailhaven.queue.manager import QueueManager
 
 log = logging.getLogger("mailhaven.app")
 
@@ -423,6 +425,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
     ctx: Context | None = None
     metrics_sock: socket.socket | None = None
     metrics_server: asyncio.AbstractServer | None = None
+    control_server: asyncio.AbstractServer | None = None
     try:
         if config.metrics.address:
             try:
@@ -437,6 +440,13 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         check_data_dir(config)  # from here on we touch mail, as run_as_user
         if ctx.store is not None:
             await ctx.store.start()
+            # The queue comes up before the listeners, so the first submission can be queued.
+            ctx.queue = QueueManager(ctx)
+            await ctx.queue.load()
+            try:
+                control_server = await serve_control(ctx, ctx.queue)
+            except (ControlError, OSError) as e:
+                raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
         for name in list(socks):
             factory = factories[name]
             if factory is None:
@@ -464,7 +474,9 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader"),
                        tg.create_task(_users_watcher(ctx), name="users-watcher")]
-            # The queue manager joins `workers` here once it exists.
+            if ctx.queue is not None:
+                # Cancelling it on stop is safe: an unrecorded transaction is retried at next start.
+                workers.append(tg.create_task(ctx.queue.run(), name="queue"))
             sd_notify("READY=1")
             log.info("ready: %d listener(s) serving", len(ctx.serving))
             if ready is not None:
@@ -483,6 +495,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             metrics_sock.close()
         if metrics_server is not None:
             metrics_server.close()
+        if control_server is not None:
+            control_server.close()
         if ctx is not None:
             for server in ctx.serving.values():
                 server.close()
