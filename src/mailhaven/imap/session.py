@@ -63,6 +63,7 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 POLL_INTERVAL = 10.0  # seconds between snapshots while nothing was announced (disk changes by others)
 IDLE_KEEPALIVE = 120.0  # "* OK Still here" while idling (NAT and firewall timers)
 OUTPUT_BATCH = 256 * 1024  # write to the socket once this much output is buffered
+STORE_CHUNK = 1000  # messages per store_flags call: other sessions get the account lock in between
 FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message data
 CACHE_MAX_BYTES = 64 * 1024 * 1024  # process-wide ENVELOPE/BODYSTRUCTURE/header cache
 OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
@@ -351,9 +352,18 @@ class _Selected:
     name: str
     readonly: bool
     view: View
-    snap: Snapshot
+    snap: Snapshot | None  # the last snapshot; dropped while idling (memory), taken again when needed
+    uidvalidity: int
     keywords: frozenset[str]
     synced_at: float
+    generation: int = 0  # bumped with every new snapshot
+    keywords_generation: int = 0
+
+    @property
+    def current(self) -> Snapshot:
+        """The snapshot a command works on (Session.refresh() guarantees there is one)."""
+        assert self.snap is not None
+        return self.snap
 
 
 # --------------------------------------------------------------------------- the session
@@ -527,7 +537,7 @@ class Session:
         sel = self.sel
         if sel is None:
             return
-        if not (force or hit or time.monotonic() - sel.synced_at >= POLL_INTERVAL):
+        if not (force or hit or sel.snap is None or time.monotonic() - sel.synced_at >= POLL_INTERVAL):
             return
         try:
             snap = await sel.mailbox.snapshot()
@@ -536,10 +546,11 @@ class Session:
             self.state = State.AUTHENTICATED
             self.emit(b"* BYE Selected mailbox was deleted, have to disconnect.\r\n")
             raise SessionEnd("mailbox deleted") from None
-        if snap.uidvalidity != sel.snap.uidvalidity:  # RFC 3501 §2.3.1.1: cannot renumber in place
+        if snap.uidvalidity != sel.uidvalidity:  # RFC 3501 §2.3.1.1: cannot renumber in place
             self.emit(b"* BYE UIDVALIDITY changed, reconnect.\r\n")
             raise SessionEnd("uidvalidity changed")
         sel.snap = snap
+        sel.generation += 1
         sel.synced_at = time.monotonic()
         new = sel.view.sync(snap)
         if new and not sel.readonly:
@@ -550,15 +561,17 @@ class Session:
         sel = self.sel
         if sel is None:
             return
-        keywords = self._keywords(sel.snap)
-        if not keywords <= sel.keywords:  # RFC 3501 §7.2.6: new keywords -> new FLAGS
-            sel.keywords = sel.keywords | keywords
-            self._emit_flags(sel)
+        if sel.keywords_generation != sel.generation:
+            sel.keywords_generation = sel.generation
+            keywords = self._keywords(sel.current)
+            if not keywords <= sel.keywords:  # RFC 3501 §7.2.6: new keywords -> new FLAGS
+                sel.keywords = sel.keywords | keywords
+                self._emit_flags(sel)
         for line in sel.view.flush(allow_expunge):
             self.emit(line)
 
     def _recent_key(self, sel: _Selected) -> tuple[str, str, int]:
-        return (self.user or "", sel.mailbox.name, sel.snap.uidvalidity)
+        return (self.user or "", sel.mailbox.name, sel.uidvalidity)
 
     @staticmethod
     def _keywords(snap: Snapshot) -> frozenset[str]:
@@ -697,8 +710,8 @@ class Session:
         self._drain_events()
         mailbox = await self.account.mailbox(cmd.mailbox)
         snap = await mailbox.snapshot()
-        sel = _Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, self._keywords(snap),
-                        time.monotonic())
+        sel = _Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
+                        self._keywords(snap), time.monotonic())
         key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
         if cmd.readonly:  # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone
@@ -868,6 +881,7 @@ class Session:
                 if self.sel is not None:
                     await self.refresh(force=force)
                     await self.send_updates(True)
+                    self.sel.snap = None  # an idle session keeps only its numbering in memory
                 if self._out:
                     last_output = time.monotonic()
                 elif time.monotonic() - last_output >= IDLE_KEEPALIVE:
@@ -895,7 +909,7 @@ class Session:
         self._leave()
         if not sel.readonly:  # RFC 3501 §6.4.2: expunge silently, then leave
             await self.refresh_snapshot_of(sel)
-            deleted = [m.uid for m in sel.snap.messages if DELETED in m.flags]
+            deleted = [m.uid for m in sel.current.messages if DELETED in m.flags]
             if deleted:
                 await sel.mailbox.expunge(deleted)
         return "OK Close completed."
@@ -926,7 +940,7 @@ class Session:
         wanted: set[int] | None = None
         if cmd.uids is not None:  # RFC 4315 §2.1 UID EXPUNGE
             wanted = {u for _, u in self._resolve(cmd.uids, True)}
-        uids = [m.uid for m in sel.snap.messages
+        uids = [m.uid for m in sel.current.messages
                 if DELETED in m.flags and view.seq(m.uid) is not None and (wanted is None or m.uid in wanted)]
         if uids:
             removed = await sel.mailbox.expunge(uids)
@@ -955,7 +969,9 @@ class Session:
         uids = [u for _, u in pairs if not view.is_gone(u)]
         if not uids:
             return "OK Store completed."
-        infos = await sel.mailbox.store_flags(uids, cmd.flags, cmd.mode)
+        infos: list[MessageInfo] = []
+        for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
+            infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
         seqs = {u: s for s, u in pairs}
         for info in infos:
             view.reported(info.uid, info.modseq)
@@ -999,7 +1015,7 @@ class Session:
 
     async def _copy_into_self(self, sel: _Selected, uids: list[int]) -> list[tuple[int, int]]:
         """COPY into the selected mailbox itself (allowed by RFC 3501): append copies."""
-        infos = _match_infos(uids, sel.snap.messages)
+        infos = _match_infos(uids, sel.current.messages)
         out: list[tuple[int, int]] = []
         for uid, info in zip(uids, infos, strict=True):
             if info is None:
@@ -1043,7 +1059,7 @@ class Session:
         pairs = self._resolve(cmd.set, cmd.uid)
         items = cmd.items
         view = sel.view
-        infos = _match_infos([u for _, u in pairs], sel.snap.messages)
+        infos = _match_infos([u for _, u in pairs], sel.current.messages)
         missing = 0
         # \Seen first (RFC 3501 §6.4.5), so the data and the FLAGS shown agree.
         seen_set: frozenset[int] = frozenset()

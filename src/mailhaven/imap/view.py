@@ -78,7 +78,8 @@ class View:
     """The numbering and pending updates of one selected mailbox for one session."""
 
     def __init__(self, snapshot: SnapshotLike) -> None:
-        self._uids = array("Q", (m.uid for m in snapshot.messages))
+        # UIDs are 32-bit (RFC 3501 §2.3.1.1): 4 octets each, so 10,000 messages cost 40 KB.
+        self._uids = array("I", (m.uid for m in snapshot.messages))
         self.modseq = snapshot.highestmodseq
         self._gone: set[int] = set()  # numbered, removed from the store, EXPUNGE not yet sent
         self._new: list[int] = []  # in the store, not numbered yet (EXISTS not yet sent)
@@ -216,7 +217,7 @@ class View:
             # RFC 3501 §7.4.1: each EXPUNGE renumbers the messages after it immediately.
             out.extend(b"* %d EXPUNGE\r\n" % (p - k) for k, p in enumerate(positions))
             gone = self._gone
-            self._uids = array("Q", (u for u in uids if u not in gone))
+            self._uids = array("I", (u for u in uids if u not in gone))
             self._recent.difference_update(gone)
             gone.clear()
         if self._new:

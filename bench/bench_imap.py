@@ -1,0 +1,461 @@
+"""IMAP benchmark: Mailhaven beside Dovecot on copies of the same 10,000-message Maildir.
+
+    python bench/bench_imap.py [--messages 10000] [--size 4096] [--runs 3] [--idle 1000] [--no-dovecot]
+
+What it does, all under one temporary directory, loopback only, nothing in /etc touched:
+- writes N messages of about SIZE octets (LF line endings, as Postfix delivers them) into a Maildir;
+- starts Dovecot (`/usr/sbin/dovecot -c <config>`, IMAP only, passwd-file with the SAME argon2id hash
+  as Mailhaven's users file, verbose_proctitle so its per-user imap process can be found), lets it
+  index the Maildir, then gives Mailhaven a copy of that Maildir (with the dovecot-uidlist, as a
+  migration would) and starts it (`python -m mailhaven -c <config> serve`, one IMAP listener);
+- per server: one cold round (first LOGIN+SELECT builds the index; caches empty), then RUNS rounds,
+  alternating between the servers, of: LOGIN+SELECT; UID FETCH 1:* (FLAGS); FETCH 1:* (ENVELOPE);
+  FETCH 1:1000 (BODY.PEEK[]); UID SEARCH SUBJECT x; UID SEARCH HEADER Subject "bench message 004242";
+  STORE 1:* +FLAGS (\\Seen) (then -FLAGS.SILENT to undo, not timed). Medians are reported;
+- resident memory of the server with the mailbox selected (Mailhaven: the server process; Dovecot:
+  the user's imap process), after the rounds;
+- memory per connection with IDLE clients: IDLE connections are opened (LOGIN, SELECT INBOX, IDLE)
+  and the server's memory is read before and after: Mailhaven's RSS growth / N; Dovecot's sum of
+  the imap processes' PSS (proportional set size, so shared pages count once) / N, and RSS / N.
+The client is a minimal raw-socket IMAP reader (lines and literals), the same for both servers, so
+the figures measure the servers rather than imaplib's parser (which needs ~100 ms for 10,000 lines).
+Run as root (Dovecot needs it to start; mail is owned by `nobody`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+USER = "alice@example.test"
+PASSWORD = "secret"
+DOVECOT = "/usr/sbin/dovecot"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(200).startswith(b"* OK"):
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{what} did not start on port {port}")
+
+
+def make_maildir(root: Path, count: int, size: int) -> None:
+    """`count` messages of about `size` octets in new/, Subject "bench message NNNNNN"."""
+    for sub in ("cur", "new", "tmp"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    filler = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
+              "incididunt ut labore et dolore magna aliqua.")
+    now = int(time.time()) - 3600
+    for i in range(1, count + 1):
+        head = (f"Return-Path: <sender{i % 97}@example.org>\nFrom: Sender {i % 97} <sender{i % 97}@example.org>\n"
+                f"To: Alice <{USER}>\nSubject: bench message {i:06d}\n"
+                f"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <bench{i}@example.org>\n"
+                f"X-Bench-Group: g{i % 100}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n")
+        body: list[str] = []
+        n = len(head)
+        j = 0
+        while n < size:
+            line = f"{j:05d} {filler}"[: max(1, min(100, size - n - 1))]
+            body.append(line)
+            n += len(line) + 1
+            j += 1
+        data = (head + "\n".join(body) + "\n").encode()
+        vsize = len(data) + data.count(b"\n")
+        (root / "new" / f"{now + i}.M{i}P1Q{i}.bench,S={len(data)},W={vsize}").write_bytes(data)
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+def start_mailhaven(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[subprocess.Popen[bytes], int]:
+    data = work / "mh-data"
+    user_dir = data / "mail" / "example.test" / "alice"
+    user_dir.parent.mkdir(parents=True)
+    shutil.copytree(maildir, user_dir, ignore=shutil.ignore_patterns("dovecot.index*", "dovecot.list*"))
+    users = work / "mh-users.toml"
+    users.write_text(f'[users."{USER}"]\npassword = "{pw_hash}"\n')
+    port = free_port()
+    conns = max(100, idle + 50)
+    cfg = work / "mailhaven.toml"
+    cfg.write_text(
+        f'hostname = "localhost"\ndata_dir = "{data}"\nusers_file = "{users}"\n'
+        f'[domains."example.test"]\n[auth]\nallow_plaintext_loopback = true\nfailure_delay = 0\n'
+        f'max_failures_per_ip = 1000000\n[log]\nlevel = "warning"\n'
+        f'[listeners.imap]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n'
+        f'max_connections = {conns}\nper_ip_connections = {conns}\n')
+    env = {k: v for k, v in os.environ.items() if k != "MAILHAVEN_FAST_HASH"}
+    proc = subprocess.Popen([sys.executable, "-m", "mailhaven", "-c", str(cfg), "serve"],
+                            stdout=open(work / "mailhaven.log", "wb"), stderr=subprocess.STDOUT, env=env)
+    wait_port(port, proc, "mailhaven")
+    return proc, port
+
+
+def start_dovecot(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[Path, int]:
+    dv = work / "dovecot"
+    for d in ("conf", "run", "state", "home"):
+        (dv / d).mkdir(parents=True)
+    mail = dv / "mail"
+    shutil.copytree(maildir, mail)
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(mail), str(dv / "home")], check=True)
+    os.chmod(dv, 0o755)
+    os.chmod(work, 0o755)
+    port = free_port()
+    limit = max(100, idle + 50)
+    users = dv / "conf" / "users"
+    users.write_text(f"{USER}:{{ARGON2ID}}{pw_hash}:65534:65534::{dv / 'home'}::userdb_mail=maildir:{mail}\n")
+    conf = dv / "conf" / "dovecot.conf"
+    conf.write_text(f"""# generated by bench_imap.py
+protocols = imap
+listen = 127.0.0.1
+instance_name = bench-imap-{os.getpid()}
+base_dir = {dv / 'run'}
+state_dir = {dv / 'state'}
+log_path = {dv / 'dovecot.log'}
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+verbose_proctitle = yes
+first_valid_uid = 65534
+last_valid_uid = 65534
+mail_max_userip_connections = {limit}
+default_process_limit = {limit}
+default_client_limit = {limit * 2}
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+userdb {{
+  driver = passwd-file
+  args = username_format=%u {users}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+  process_limit = {limit}
+}}
+service imap {{
+  process_limit = {limit}
+}}
+service auth {{
+  client_limit = {limit * 2}
+}}
+service anvil {{
+  client_limit = {limit * 3 + 10}
+}}
+""")
+    subprocess.run([DOVECOT, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL)
+    wait_port(port, None, "dovecot")
+    return conf, port
+
+
+def stop_dovecot(conf: Path) -> None:
+    subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+
+
+# --- memory --------------------------------------------------------------------------------------
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def dovecot_imap_pids() -> list[int]:
+    """The per-user imap processes of the bench's Dovecot (verbose_proctitle: "dovecot-<instance>/imap [alice...")."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if re.match(rb"dovecot[^/ ]*/imap \[" + re.escape(USER.encode()), cmd):
+            out.append(int(entry.name))
+    return out
+
+
+# --- a minimal IMAP client -----------------------------------------------------------------------
+
+
+class Client:
+    """Blocking, reads responses (lines with literals) until the tagged reply."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=600)
+        self.file = self.sock.makefile("rb", buffering=1 << 16)
+        self.file.readline()
+        self.n = 0
+
+    def cmd(self, text: str) -> tuple[bytes, int, int]:
+        """(tagged line, untagged responses, octets read)."""
+        self.n += 1
+        tag = b"b%d" % self.n
+        self.sock.sendall(tag + b" " + text.encode() + b"\r\n")
+        count = octets = 0
+        readline = self.file.readline
+        while True:
+            line = readline()
+            if not line:
+                raise EOFError(text)
+            octets += len(line)
+            while line.endswith(b"}\r\n"):  # a literal: its octets, then the rest of the response
+                n = int(line[line.rfind(b"{") + 1:-3].rstrip(b"+"))
+                octets += n
+                self.file.read(n)
+                line = readline()
+                octets += len(line)
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(f"{text}: {line!r}")
+                return line, count, octets
+            count += 1
+
+    def close(self) -> None:
+        try:
+            self.cmd("LOGOUT")
+        except (OSError, EOFError, RuntimeError):
+            pass
+        self.sock.close()
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    r = fn()
+    return time.perf_counter() - t0, r
+
+
+OPS = [
+    ("UID FETCH 1:* (FLAGS)", "uid_fetch_flags"),
+    ("FETCH 1:* (ENVELOPE)", "fetch_envelope"),
+    ("FETCH 1:1000 (BODY.PEEK[])", "fetch_body_1000"),
+    ("UID SEARCH SUBJECT x", "search_subject_x"),
+    ('UID SEARCH HEADER Subject "bench message 004242"', "search_header"),
+    ("STORE 1:* +FLAGS (\\Seen)", "store_seen"),
+]
+
+
+def one_round(port: int, messages: int) -> dict[str, float]:
+    res: dict[str, float] = {}
+    t0 = time.perf_counter()
+    c = Client(port)
+    c.cmd(f'LOGIN {USER} "{PASSWORD}"')
+    c.cmd("SELECT INBOX")
+    res["login_select"] = time.perf_counter() - t0
+    for command, key in OPS:
+        command = command.replace("1:1000", f"1:{min(1000, messages)}")
+        res[key], _ = timed(lambda command=command: c.cmd(command))  # type: ignore[misc]
+    c.cmd("STORE 1:* -FLAGS.SILENT (\\Seen)")
+    c.close()
+    return res
+
+
+# --- IDLE memory -----------------------------------------------------------------------------------
+
+
+async def open_idlers(port: int, n: int) -> list[asyncio.StreamWriter]:
+    sem = asyncio.Semaphore(40)
+    writers: list[asyncio.StreamWriter] = []
+
+    async def until(reader: asyncio.StreamReader, prefix: bytes) -> None:
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise EOFError(prefix)
+            if line.startswith(prefix):
+                return
+
+    async def one() -> None:
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 20)
+            await reader.readline()
+            writer.write(f'a LOGIN {USER} "{PASSWORD}"\r\nb SELECT INBOX\r\n'.encode())
+            await until(reader, b"a ")
+            await until(reader, b"b OK")
+            writer.write(b"c IDLE\r\n")
+            await until(reader, b"+ ")
+            writers.append(writer)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return writers
+
+
+def idle_memory(port: int, n: int, measure: Callable[[], tuple[int, int]]) -> dict[str, float]:
+    """Memory per IDLE connection: (measure() after - before) / n, for (RSS, PSS) in KiB."""
+    loop = asyncio.new_event_loop()
+    try:
+        before = measure()
+        t0 = time.perf_counter()
+        writers = loop.run_until_complete(open_idlers(port, n))
+        opened = time.perf_counter() - t0
+        time.sleep(2)
+        after = measure()
+        for w in writers:
+            w.write(b"DONE\r\nz LOGOUT\r\n")
+            w.close()
+        loop.run_until_complete(asyncio.sleep(1))
+    finally:
+        loop.close()
+    return {"rss_per_conn_kib": (after[0] - before[0]) / n, "pss_per_conn_kib": (after[1] - before[1]) / n,
+            "open_seconds": opened, "rss_after_mib": after[0] / 1024}
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=10_000)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--idle", type=int, default=1000, help="IDLE connections for the memory figure (0 = skip)")
+    ap.add_argument("--no-dovecot", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args()
+
+    from mailhaven.auth.passwords import hash_password
+
+    work = Path(tempfile.mkdtemp(prefix="bench-imap-"))
+    mh_proc: subprocess.Popen[bytes] | None = None
+    dv_conf: Path | None = None
+    try:
+        src = work / "Maildir"
+        make_maildir(src, args.messages, args.size)
+        pw_hash = hash_password(PASSWORD)
+        print(f"maildir: {args.messages} messages of ~{args.size} octets, in {work}", file=sys.stderr)
+        ports: dict[str, int] = {}
+        use_dovecot = not args.no_dovecot and Path(DOVECOT).exists() and os.geteuid() == 0
+        mh_src = src
+        if use_dovecot:
+            dv_conf, ports["dovecot"] = start_dovecot(work, src, pw_hash, args.idle)
+            mh_src = work / "dovecot" / "mail"
+        cold: dict[str, dict[str, float]] = {}
+        if use_dovecot:
+            cold["dovecot"] = one_round(ports["dovecot"], args.messages)  # indexes; Mailhaven then gets its uidlist
+        mh_proc, ports["mailhaven"] = start_mailhaven(work, mh_src, pw_hash, args.idle)
+        cold["mailhaven"] = one_round(ports["mailhaven"], args.messages)
+        rounds: dict[str, list[dict[str, float]]] = {n: [] for n in ports}
+        for _ in range(args.runs):
+            for name, port in ports.items():
+                rounds[name].append(one_round(port, args.messages))
+        # memory with the mailbox selected
+        rss: dict[str, float] = {}
+        holders = {}
+        for name, port in ports.items():
+            c = Client(port)
+            c.cmd(f'LOGIN {USER} "{PASSWORD}"')
+            c.cmd("SELECT INBOX")
+            c.cmd("FETCH 1:* (FLAGS)")
+            holders[name] = c
+        time.sleep(0.5)
+        if mh_proc is not None:
+            rss["mailhaven"] = _status_kib(mh_proc.pid, "VmRSS") / 1024
+        if use_dovecot:
+            pids = dovecot_imap_pids()
+            rss["dovecot"] = max((_status_kib(p, "VmRSS") for p in pids), default=0) / 1024
+        for c in holders.values():
+            c.close()
+        idle: dict[str, dict[str, float]] = {}
+        if args.idle:
+            time.sleep(1)
+            assert mh_proc is not None
+            pid = mh_proc.pid
+            idle["mailhaven"] = idle_memory(ports["mailhaven"], args.idle,
+                                            lambda: (_status_kib(pid, "VmRSS"), _pss_kib(pid)))
+            if use_dovecot:
+                def dv_measure() -> tuple[int, int]:
+                    pids = dovecot_imap_pids()
+                    return sum(_status_kib(p, "VmRSS") for p in pids), sum(_pss_kib(p) for p in pids)
+                idle["dovecot"] = idle_memory(ports["dovecot"], args.idle, dv_measure)
+
+        names = list(ports)
+        print(f"\nIMAP, {args.messages} messages of ~{args.size} octets, median of {args.runs} runs "
+              f"(ms; ratio = mailhaven / dovecot; cold = first round, empty caches)")
+        print(f"{'measure':<52}" + "".join(f"{n:>12}" for n in ("mailhaven", "dovecot")) + f"{'ratio':>8}"
+              + f"{'mh cold':>10}{'dv cold':>10}")
+        keys = [("LOGIN + SELECT", "login_select")] + [(cmd, key) for cmd, key in OPS]
+        for label, key in keys:
+            vals = {n: statistics.median(r[key] for r in rounds[n]) * 1000 for n in names}
+            mh = vals["mailhaven"]
+            dv = vals.get("dovecot")
+            cold_mh = cold["mailhaven"][key] * 1000
+            cold_dv = cold["dovecot"][key] * 1000 if "dovecot" in cold else float("nan")
+            ratio = f"{mh / dv:>8.2f}" if dv else f"{'-':>8}"
+            print(f"{label:<52}{mh:>12.1f}" + (f"{dv:>12.1f}" if dv is not None else f"{'-':>12}") + ratio
+                  + f"{cold_mh:>10.1f}{cold_dv:>10.1f}")
+        if rss:
+            dv = rss.get("dovecot")
+            print(f"{'RSS with INBOX selected (MiB)':<52}{rss['mailhaven']:>12.1f}"
+                  + (f"{dv:>12.1f}{rss['mailhaven'] / dv:>8.2f}" if dv else f"{'-':>12}{'-':>8}")
+                  + "   (mailhaven: whole server; dovecot: the user's imap process)")
+        for key, label in (("rss_per_conn_kib", "RSS per IDLE connection (KiB)"),
+                           ("pss_per_conn_kib", "PSS per IDLE connection (KiB)")):
+            if not idle:
+                break
+            mh = idle["mailhaven"][key]
+            dvi = idle.get("dovecot", {}).get(key)
+            print(f"{label:<52}{mh:>12.1f}" + (f"{dvi:>12.1f}{mh / dvi:>8.2f}" if dvi else f"{'-':>12}{'-':>8}")
+                  + f"   ({args.idle} clients: LOGIN, SELECT INBOX, IDLE)")
+        if idle:
+            print(f"{'time to open the IDLE connections (s)':<52}{idle['mailhaven']['open_seconds']:>12.1f}"
+                  + (f"{idle['dovecot']['open_seconds']:>12.1f}" if "dovecot" in idle else ""))
+        return 0
+    finally:
+        if mh_proc is not None:
+            mh_proc.terminate()
+            try:
+                mh_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                mh_proc.kill()
+        if dv_conf is not None:
+            stop_dovecot(dv_conf)
+        if args.keep:
+            print(f"kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
