@@ -761,3 +761,42 @@ def test_session_end_is_logged(imap: ImapHarness, caplog: pytest.LogCaptureFixtu
     fields = rec.mh_fields  # type: ignore[attr-defined]
     assert fields["user"] == ALICE and fields["ip"] == "127.0.0.1" and fields["commands"] >= 3
     assert "duration" in fields
+
+
+# --------------------------------------------------------------------------- through app.py
+
+
+async def test_app_serves_imap_with_starttls_and_imaps_and_says_bye_on_stop(
+        app_config: Any, client_ssl_context: ssl.SSLContext) -> None:
+    from tests.fixtures_server import add_user, running_app
+
+    add_user(app_config, ALICE, PASSWORD)
+    async with running_app(app_config) as ctx:
+        await ctx.store.deliver([(ALICE, "INBOX")], make_message(1))
+
+        def plain_then_starttls() -> list[Any]:
+            c = imaplib.IMAP4("127.0.0.1", ctx.port("imap"), timeout=30)
+            assert "LOGINDISABLED" in c.capabilities  # not loopback-exempt in this config
+            c.starttls(ssl_context=client_ssl_context)
+            c.login(ALICE, PASSWORD)
+            c.select("INBOX")
+            data = c.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")[1]
+            c.logout()
+            s = imaplib.IMAP4_SSL("127.0.0.1", ctx.port("imaps"), ssl_context=client_ssl_context, timeout=30)
+            s.login(ALICE, PASSWORD)
+            s.logout()
+            return data  # type: ignore[no-any-return]
+
+        data = await asyncio.to_thread(plain_then_starttls)
+        assert data[0][1] == b"Subject: message 1\r\n\r\n"
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", ctx.port("imaps"), ssl=client_ssl_context,
+                                                       server_hostname="localhost")
+        await reader.readline()
+        writer.write(f"a LOGIN {ALICE} {PASSWORD}\r\nb SELECT INBOX\r\nc IDLE\r\n".encode())
+        while not (await reader.readline()).startswith(b"+ "):
+            pass
+        ctx.request_stop()
+        line = await asyncio.wait_for(reader.readline(), 10)
+        assert line.startswith(b"* BYE")
+        writer.close()

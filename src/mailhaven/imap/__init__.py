@@ -1,1 +1,23 @@
-"""TODO: package docstring."""
+"""IMAP4rev1 server (RFC 3501) on 143 (STARTTLS) and 993 (implicit TLS), with IDLE (RFC 2177),
+UIDPLUS (RFC 4315), MOVE (RFC 6851), LITERAL+ (RFC 7888), SPECIAL-USE (RFC 6154), NAMESPACE (RFC 2342),
+ID (RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), CHILDREN (RFC 3348) and SASL-IR (RFC 4959).
+
+Owns: the IMAP protocol over the store: a sans-IO core and a thin asyncio shell.
+Does not own: storage, flags on disk and change events (store/), passwords (auth/), connection
+counting and login throttling (limits.py), TLS contexts (tls.py), MIME parsing (message/mime.py).
+
+Modules (one owner each):
+    framing.py      bytes -> complete commands (lines + literals), "+" continuations, size limits
+    parser.py       a framed command -> typed `commands.py` dataclass, or ParseError (-> BAD)
+    commands.py     the command dataclasses; seqset.py sequence sets; utf7.py modified UTF-7
+    encode.py       quoted/literal/astring encoding; fetchitems.py ENVELOPE, BODYSTRUCTURE, BODY[...]
+    search.py       SEARCH key evaluation; searchadapt.py runs it over a selected mailbox
+    state.py        State enum + allowed commands per state
+    view.py         a session's sequence numbers and pending EXPUNGE/EXISTS/FETCH (pure)
+    session.py      one cmd_<verb> method per command; replies; \\Recent; IDLE; FETCH cache
+    server.py       asyncio shell: sockets, STARTTLS, limits, timeouts, BYE; `create_server`
+
+Entry point (app.py's listener factory contract):
+    await mailhaven.imap.server.create_server(ctx, name, listener_config, sock) -> asyncio.AbstractServer
+ctx provides config, store, directory, limits, tls, and optionally sessions and stopping.
+"""
