@@ -289,6 +289,15 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health.exit_code(probes)
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from mailhaven import control
+
+    cfg = _load_config(args)
+    status, text = control.queue_command(cfg.control_path, args.action, args.id)
+    (sys.stdout if status == 0 else sys.stderr).write(text.rstrip("\n") + "\n")
+    return status
+
+
 # --- user / alias --------------------------------------------------------------------------------
 
 
@@ -410,6 +419,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("listeners", nargs="*", metavar="LISTENER", help="listeners to probe (default: all enabled)")
     s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per listener (default: 5)")
     s.set_defaults(func=cmd_health)
+
+    s = sub.add_parser("queue", help="the running server's outbound queue: list, show ID, retry ID, delete ID, flush")
+    s.add_argument("action", choices=["list", "show", "retry", "delete", "flush"])
+    s.add_argument("id", nargs="?", metavar="ID", help="queue ID (show, retry, delete)")
+    s.set_defaults(func=cmd_queue)
     return p
 
 
