@@ -362,6 +362,48 @@ def test_broken_certificate_on_sighup_is_refused_in_one_line_and_the_old_one_kep
         assert server.stop() == 0
 
 
+def test_new_dkim_key_and_selector_sign_mail_after_sighup(setup: Setup) -> None:
+    need("submission")
+    from mailhaven.policy.dkim import generate_rsa
+
+    keys = []
+    for selector in ("mh1", "mh2"):
+        pem, _ = generate_rsa(1024)
+        path = setup.folder / f"{selector}.pem"
+        path.write_bytes(pem)
+        path.chmod(0o600)
+        keys.append((selector, path))
+
+    def config(selector: str, key: Path) -> Path:
+        return setup.write(domains={"example.test": {"dkim_selector": selector, "dkim_key": str(key)}})
+
+    def submit(subject: str) -> None:
+        with smtplib.SMTP("127.0.0.1", setup.ports["submission"], timeout=10) as smtp:
+            smtp.ehlo("client.example.test")
+            smtp.login("bob@example.test", PASSWORD)
+            smtp.sendmail("bob@example.test", [ALICE], message(subject).replace(
+                b"From: someone@example.net", b"From: bob@example.test"))
+
+    def signature_of(subject: str) -> bytes:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for m in setup.maildir_messages():
+                if f"Subject: {subject}".encode() in m:
+                    return m.split(b"\r\n\r\n", 1)[0]
+            time.sleep(0.1)
+        raise AssertionError(f"{subject} not delivered")
+
+    with running(config(*keys[0])) as server:
+        submit("first")
+        assert b"s=mh1" in signature_of("first")
+        config(*keys[1])
+        hup(server)
+        submit("second")
+        head = signature_of("second")
+        assert b"s=mh2" in head and b"s=mh1" not in head
+        assert server.stop() == 0
+
+
 # --- stop ----------------------------------------------------------------------------------------
 
 
