@@ -1,6 +1,7 @@
 """Header-section helpers used when a message arrives (pure; mypy --strict).
 
-Owns: the trace fields we prepend (`Received:` per RFC 5321 §4.4, `Return-Path:` at final delivery),
+Owns: the trace fields we prepend (`Received:` per RFC 5321 §4.4, with the submitter's address
+redacted for submitted mail; `Return-Path:` at final delivery),
 prepending fields to a message, the bounds check on the header section (field count and size), and
 reading one field's value (for logging the Message-ID).
 Does not own: Authentication-Results (policy/authresults.py), MIME parsing (message/mime.py).
@@ -85,6 +86,18 @@ def field_value(data: bytes, name: str, *, limit: int = 65536) -> str | None:
     return None
 
 
+def field_values(data: bytes, name: str, *, limit: int = 65536) -> list[str]:
+    """The unfolded values of every `name:` field in the header section, in order (see field_value)."""
+    want = name.lower().encode("ascii", "replace")
+    out: list[str] = []
+    for lines in _fields(_section(data, limit)):
+        fname, sep, value = lines[0].partition(b":")
+        if sep and fname.rstrip().lower() == want:
+            parts = [value.strip()] + [ln.strip() for ln in lines[1:]]
+            out.append(b" ".join(p for p in parts if p).decode("utf-8", "replace"))
+    return out
+
+
 def prepend(fields: Iterable[bytes], message: bytes) -> bytes:
     """The message with the given fields (each CRLF-terminated) before its first line."""
     parts = list(fields)
@@ -147,12 +160,38 @@ def received(*, helo: str, ip: str, by: str, protocol: str, queue_id: str, recip
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
 
+# What a redacted submission Received field shows instead of the client: a name under the reserved
+# .invalid TLD (RFC 2606 §2), so the field keeps RFC 5321 §4.4 syntax and names no real host.
+REDACTED_CLIENT = "client.invalid"
+
+
+def received_submission(*, helo: str, ip: str, by: str, protocol: str, queue_id: str,
+                        when: datetime.datetime, tls: str | None = None, redact: bool = True) -> bytes:
+    """The `Received:` field of a submitted message (RFC 6409 §4, RFC 5321 §4.4).
+
+    redact: the client's HELO name and address are left out ("from client.invalid (address
+    hidden)"), because a submitter's address locates the person and every recipient would see
+    it; the queue id links the field to our log line, which has both. No `for` clause: with one
+    recipient the field would name it, with Bcc recipients it would leak them (RFC 5321 §7.2).
+    The login is not shown either (like Postfix's default smtpd_sasl_authenticated_header = no);
+    `protocol` already says ESMTPSA (RFC 3848: authenticated)."""
+    if not redact:
+        return received(helo=helo, ip=ip, by=by, protocol=protocol, queue_id=queue_id, recipient=None,
+                        when=when, tls=tls)
+    lines = [f"Received: from {REDACTED_CLIENT} (address hidden)"]
+    if tls:
+        lines.append(f"\t(using {_comment_text(tls)})")
+    lines.append(f"\tby {by} (Mailhaven) with {protocol} id {queue_id};")
+    lines.append("\t" + email.utils.format_datetime(when))
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
 def return_path(sender: str) -> bytes:
     """`Return-Path: <sender>` (RFC 5321 §4.4, added at final delivery; "" = null reverse-path)."""
     return f"Return-Path: <{sender}>\r\n".encode("utf-8", "replace")
 
 
 __all__ = [
-    "HeaderProblem", "check_header_section", "header_section_end", "field_value", "prepend", "ip_literal",
-    "protocol_name", "received", "return_path",
+    "HeaderProblem", "check_header_section", "header_section_end", "field_value", "field_values", "prepend",
+    "ip_literal", "protocol_name", "received", "received_submission", "REDACTED_CLIENT", "return_path",
 ]

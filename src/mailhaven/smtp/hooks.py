@@ -1,10 +1,12 @@
-"""The aiosmtpd handler shared by every SMTP role (MX now, submission next).
+"""The aiosmtpd handler shared by every SMTP role (the MX, inbound.py; submission, submission.py).
 
 Owns: the envelope rules every role has in common: HELO/EHLO (the EHLO keyword list), MAIL FROM and
 RCPT TO syntax (our own path parser, `message.address.parse_path`, not aiosmtpd's lenient one),
 SMTPUTF8 checks, the recipient count limit, the header-section bounds check after DATA, and the
 one log line per transaction. A role subclasses `BaseHandler` and fills in `check_sender`,
-`check_recipient` and `deliver` (inbound.py is the MX role).
+`check_recipient` and `deliver`; a role that takes logins also sets `offers_auth`, answers
+`ehlo_auth_keyword` (the EHLO AUTH line) and `handle_auth` (the AUTH command), and may set
+`starttls_required` (RFC 3207 §4: nothing but EHLO, STARTTLS, NOOP, QUIT before TLS).
 Does not own: the socket, timeouts, DATA framing and limits (server.py), reply texts (replies.py).
 
 aiosmtpd calls `handle_<VERB>(server, session, envelope, ...)`; a hook returns the reply line.
@@ -125,7 +127,8 @@ def _strip_keyword(arg: str | None, keyword: str) -> str | None:
 class BaseHandler:
     """Envelope rules common to all roles. One instance per connection (config read at connect)."""
 
-    offers_auth = False  # submission sets True: EHLO then lists AUTH
+    offers_auth = False  # submission sets True: AUTH is a command, and MAIL/RCPT/DATA need a login
+    starttls_required = False  # True: 530 5.7.0 for anything but EHLO/STARTTLS/NOOP/QUIT before TLS
     role = "smtp"
 
     def __init__(self, ctx: Any, config: Config, listener: str) -> None:
@@ -148,6 +151,15 @@ class BaseHandler:
         """Store or queue the message durably, then return the 250 reply. Raise MailError to refuse."""
         raise NotImplementedError
 
+    def ehlo_auth_keyword(self, session: ClientSession) -> str | None:
+        """The EHLO keyword for AUTH (RFC 4954 §3) in this session's state, or None to list none."""
+        return None
+
+    async def handle_auth(self, io: Any, session: ClientSession, txn: Transaction, arg: str) -> tuple[str, bool]:
+        """The AUTH command (only where offers_auth): (reply, close the connection after it).
+        `io` is the connection: `await io.push(line)`, `await io.read_auth_line()`."""
+        return R.NOT_SUPPORTED, False
+
     # -- aiosmtpd hooks --------------------------------------------------------------------------------
 
     async def handle_HELO(self, server: Any, session: ClientSession, envelope: Transaction,
@@ -160,14 +172,17 @@ class BaseHandler:
     async def handle_EHLO(self, server: Any, session: ClientSession, envelope: Transaction,
                           hostname: str, responses: list[str]) -> list[str]:
         """aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS (and AUTH); we add PIPELINING (RFC 2920)
-        and ENHANCEDSTATUSCODES (RFC 2034), drop AUTH where the role has none, and drop HELP."""
+        and ENHANCEDSTATUSCODES (RFC 2034), replace aiosmtpd's AUTH line by the role's own (it knows
+        about implicit TLS and loopback rules; aiosmtpd does not), and drop HELP."""
         if not _printable(hostname):
             return [R.BAD_HELO]
         session.host_name = hostname
         lines = [r[4:] for r in responses]
-        greeting, keywords = lines[0], [k for k in lines[1:] if k != "HELP"]
-        if not self.offers_auth:
-            keywords = [k for k in keywords if not k.startswith("AUTH")]
+        greeting = lines[0]
+        keywords = [k for k in lines[1:] if k != "HELP" and not k.startswith("AUTH")]
+        auth = self.ehlo_auth_keyword(session) if self.offers_auth else None
+        if auth:
+            keywords.append(auth)
         keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
         out = [f"250-{greeting}"] + [f"250-{k}" for k in keywords]
         out[-1] = "250 " + out[-1][4:]

@@ -51,9 +51,47 @@ POLICY_TIMEOUT = "451 4.4.3 Sender checks timed out, try again later"  # RFC 346
 NOT_SUPPORTED = "502 5.5.1 Command not implemented"
 UNKNOWN_COMMAND = "500 5.5.2 Error: command not recognized"
 
+# Submission (RFC 6409) and AUTH (RFC 4954 §4, §6 list these codes).
+AUTH_OK = "235 2.7.0 Authentication successful"
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
+AUTH_REQUIRED = "530 5.7.0 Authentication required"
+STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"  # RFC 3207 §4
+ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+AUTH_UNKNOWN_MECHANISM = "504 5.5.4 Unrecognized authentication type"
+AUTH_SYNTAX = "501 5.5.4 Syntax: AUTH mechanism [initial-response]"
+AUTH_BAD_RESPONSE = "501 5.5.2 Cannot decode the authentication response"
+AUTH_CANCELLED = "501 5.7.0 Authentication cancelled"  # RFC 4954 §4: "*" -> 501
+AUTH_LINE_TOO_LONG = "500 5.5.6 Authentication Exchange line is too long"
+AUTHZID_REFUSED = "535 5.7.8 Authorization identity must be the login (no proxy authorization)"
+ALREADY_AUTHENTICATED = "503 5.5.1 Already authenticated"
+AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"
+NEED_EHLO = "503 5.5.1 Error: send EHLO first"
+# Throttling choice (documented in smtp/submission.py): an account over its failure limit gets
+# 454 4.7.0 (RFC 4954 §6 "temporary authentication failure") and may try again later; an address
+# over its limit gets 421 4.7.0 and is disconnected (as Postfix does for clients over a limit).
+AUTH_THROTTLED = "454 4.7.0 Too many failed logins, try again later"
+LITERAL_RCPT = "550 5.1.2 Address literals are not accepted as recipients here"
+NO_AUTHOR = "550 5.6.0 Message must have exactly one From: header field with an address (RFC 5322 §3.6)"
+
 
 def accepted(queue_id: str) -> str:
     return f"250 2.0.0 Ok: delivered as {queue_id}"
+
+
+def queued(queue_id: str) -> str:
+    return f"250 2.0.0 Ok: queued as {queue_id}"
+
+
+def sender_not_owned(address: str, user: str) -> str:
+    return f"553 5.7.1 <{clean_text(address)}>: sender address not owned by user {clean_text(user)}"
+
+
+def author_not_owned(address: str, user: str) -> str:
+    return f"553 5.7.1 From: header address <{clean_text(address)}> not owned by user {clean_text(user)}"
+
+
+def auth_blocked(hostname: str) -> str:
+    return f"421 4.7.0 {hostname} too many failed logins from your address, closing connection"
 
 
 def too_many_connections(hostname: str) -> str:
@@ -134,6 +172,6 @@ def code_of(line: str) -> int:
 
 
 __all__ = [
-    "accepted", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
+    "accepted", "queued", "sender_not_owned", "author_not_owned", "auth_blocked", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
     "reply_for", "enhance", "code_of",
 ]

@@ -5,15 +5,20 @@ Owns: one `Connection` (an aiosmtpd `SMTP` subclass) per TCP connection: connect
 command timeouts (`421 4.4.2`), the bad-command limit (`421 4.7.0`, disconnect), enhanced status
 codes on aiosmtpd's own replies (replies.enhance), exceptions -> replies (replies.reply_for), and
 the DATA block: dot-unstuffing, message size, line length and bare CR/LF checks, all bounded
-while reading (`DataBlock`). The listener factories `create_mx_server` (and, later,
-`create_submission_server`) pick the role's handler (hooks.py, inbound.py).
-Does not own: envelope rules (hooks.py), the MX role (inbound.py), reply texts (replies.py).
+while reading (`DataBlock`), and the AUTH command's place in the dialogue plus its bounded line
+reads (the exchange itself is the role's: submission.py, authenticator.py). The listener factories
+`create_mx_server` and `create_submission_server` pick the role's handler (inbound.py,
+submission.py).
+Does not own: envelope rules (hooks.py), the roles (inbound.py, submission.py), reply texts
+(replies.py).
 
 Why a subclass: aiosmtpd 1.4.6 replies without enhanced codes, accepts `MAIL FROM:<a@b`, reads DATA
 without a bare-LF check and with its own reply texts, has a fixed budget of 5 unknown commands and
 shares `command_size_limits` between instances. We override the few methods concerned
-(`push`, `smtp_DATA`, `connection_made`/`lost`, `handle_exception`, `_timeout_cb`) and keep the
-rest (command loop, STARTTLS, HELO/EHLO/MAIL/RCPT syntax) as aiosmtpd has it.
+(`push`, `smtp_DATA`, `smtp_AUTH`, `connection_made`/`lost`, `handle_exception`, `_timeout_cb`)
+and keep the rest (command loop, STARTTLS, require_starttls, auth_required, HELO/EHLO/MAIL/RCPT
+syntax) as aiosmtpd has it. aiosmtpd's own AUTH checks TLS by its STARTTLS state only, so on an
+implicit-TLS listener (465) it would refuse every login; ours asks the session.
 Pinned to aiosmtpd >=1.4.6,<2: `_reader`, `_reset_timeout`, `_smtp_methods`, `_timeout_handle`
 and `_handler_coroutine` are aiosmtpd internals used here (tests cover each one).
 """
@@ -134,10 +139,11 @@ class Connection(SMTP):
             hostname=cfg.hostname,
             ident=IDENT,
             tls_context=tls_ctx,
-            require_starttls=False,  # RFC 3207 §4: a public MX must not require TLS
+            # RFC 3207 §4: a public MX must not require TLS; submission does (handler decides).
+            require_starttls=handler.starttls_required,
             timeout=self.lc.idle_timeout,
-            auth_required=False,
-            auth_require_tls=True,
+            auth_required=handler.offers_auth,  # aiosmtpd: 530 5.7.0 for MAIL/RCPT before AUTH
+            auth_require_tls=True,  # (aiosmtpd's AUTH is replaced by smtp_AUTH below)
             loop=asyncio.get_running_loop(),
         )
         self.handler: BaseHandler = handler
@@ -311,8 +317,39 @@ class Connection(SMTP):
         self.session.last_arg = arg
         await super().smtp_RCPT(arg)
 
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        """RFC 4954 §4: after EHLO only; the role runs the exchange (handler.handle_auth)."""
+        if await self.check_helo_needed("EHLO"):
+            return
+        session, txn = self.session, self.envelope
+        assert isinstance(session, ClientSession) and isinstance(txn, Transaction)
+        if not session.extended_smtp:
+            await self.push(R.NEED_EHLO)  # AUTH is an ESMTP extension (RFC 4954 §3)
+            return
+        reply, close = await self.handler.handle_auth(self, session, txn, arg or "")
+        await self.push(reply)
+        if close:
+            self._close_now()
+
+    async def read_auth_line(self) -> bytes | None:
+        """One line of an AUTH exchange without its line end; None when it is longer than the reader
+        limit (the rest of it is read and dropped, so the dialogue stays in step)."""
+        too_long = False
+        while True:
+            try:
+                line = await self._reader.readuntil(b"\n")
+            except asyncio.LimitOverrunError as e:
+                await self._reader.read(max(1, e.consumed))
+                too_long = True
+                continue
+            except asyncio.IncompleteReadError:
+                raise ConnectionResetError from None
+            return None if too_long else line.rstrip(b"\r\n")
+
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
             return
         txn = self.envelope
         session = self.session
@@ -392,4 +429,19 @@ async def create_mx_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket
     return await create_server(ctx, name, lc, sock, handler_factory)
 
 
-__all__ = ["Connection", "DataBlock", "create_server", "create_mx_server", "COMMAND_LINE_LIMIT", "IDENT"]
+async def create_submission_server(ctx: Any, name: str, lc: ListenerConfig,
+                                   sock: socket.socket) -> asyncio.AbstractServer:
+    """Submission (listeners "submission", STARTTLS, and "submissions", implicit TLS): app.py's
+    listener factory."""
+    from mailhaven.smtp.submission import handler_factory, listener_is_loopback
+
+    cfg: Config = ctx.config
+    if lc.tls == "none" or ctx.tls is None:
+        if not (listener_is_loopback(cfg, name) and cfg.auth.allow_plaintext_loopback):
+            logger.warning("listener %s has no TLS and is not a loopback dev listener: nobody can log in "
+                           "to send mail there (set tls and tls.cert)", name)
+    return await create_server(ctx, name, lc, sock, handler_factory)
+
+
+__all__ = ["Connection", "DataBlock", "create_server", "create_mx_server", "create_submission_server",
+           "COMMAND_LINE_LIMIT", "IDENT"]

@@ -1,0 +1,121 @@
+"""SMTP AUTH (RFC 4954) for the submission listeners: the SASL exchange, the login check and the
+login throttle.
+
+Owns: when AUTH is offered (RFC 4954 §4 and RFC 8314 §3: over TLS only; in clear text only on a
+loopback listener with config auth.allow_plaintext_loopback, the dev setting), the exchange of
+PLAIN (RFC 4616) and LOGIN through auth.sasl (mechanism names case-insensitive; an initial
+response, "=" for an empty one; "*" cancels: 501), the bounds on a response line (500 5.5.6 over
+sasl.MAX_RESPONSE), refusing proxy authorization (an authzid other than the login), and the
+login itself: ctx.limits.before_auth (slow down: auth.failure_delay per recent failure, capped),
+ctx.directory.authenticate (argon2 off the event loop), auth_failed / auth_succeeded.
+Does not own: the AUTH command's place in the dialogue (EHLO first, not during a transaction,
+once per session: submission.py), reading lines (server.py), reply texts (replies.py).
+
+Refusal when over a failure limit (auth.max_failures_per_*, within auth.failure_window):
+- the client's address is over: `421 4.7.0` and the connection is closed, like Postfix for a client
+  over one of its anvil limits (an attacker's connection is worth nothing to keep);
+- only the account is over: `454 4.7.0` (RFC 4954 §6 temporary authentication failure) and the
+  session stays: another login (or the same one, later) may still succeed.
+Dovecot slows failures down the same way (its auth penalty) before refusing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mailhaven import log as mlog
+from mailhaven.auth import sasl
+from mailhaven.smtp import replies as R
+
+logger = logging.getLogger("mailhaven.smtp.auth")
+
+MECHANISMS = sasl.MECHANISMS  # ("PLAIN", "LOGIN")
+
+
+class AuthIO(Protocol):
+    """What the exchange needs from the connection (server.Connection has both)."""
+
+    async def push(self, status: str) -> None: ...
+
+    async def read_auth_line(self) -> bytes | None:
+        """One client line without its line end; None when it was longer than the reader allows."""
+        ...
+
+
+@dataclass(frozen=True)
+class AuthOutcome:
+    reply: str
+    user: str | None = None  # canonical user on success
+    login: str | None = None
+    close: bool = False  # close the connection after the reply
+
+
+class Authenticator:
+    """AUTH for one listener's sessions. `plaintext_ok`: a loopback listener with
+    auth.allow_plaintext_loopback (logins without TLS are then accepted)."""
+
+    def __init__(self, ctx: Any, *, plaintext_ok: bool) -> None:
+        self.ctx = ctx
+        self.plaintext_ok = plaintext_ok
+
+    def allowed(self, tls_active: bool) -> bool:
+        """May a password be sent now? RFC 8314 §3 / RFC 4954 §4: not in clear text."""
+        return tls_active or self.plaintext_ok
+
+    def keyword(self, tls_active: bool) -> str | None:
+        """The EHLO line (RFC 4954 §3): listed only where a login is allowed (RFC 3207 §4.2)."""
+        return "AUTH " + " ".join(MECHANISMS) if self.allowed(tls_active) else None
+
+    async def run(self, io: AuthIO, *, ip: str, tls_active: bool, arg: str) -> AuthOutcome:
+        """The whole AUTH command after the dialogue checks: exchange, throttle, password check."""
+        parts = arg.split()
+        if not parts or len(parts) > 2:
+            return AuthOutcome(R.AUTH_SYNTAX)
+        mechanism = parts[0].upper()
+        if mechanism not in MECHANISMS:
+            return AuthOutcome(R.AUTH_UNKNOWN_MECHANISM)  # RFC 4954 §4: 504
+        if not self.allowed(tls_active):
+            return AuthOutcome(R.ENCRYPTION_REQUIRED)  # RFC 4954 §6: 538
+        exchange = sasl.Exchange(mechanism)
+        try:
+            out = exchange.start(parts[1] if len(parts) == 2 else None)
+            while isinstance(out, str):
+                await io.push(f"334 {out}")  # RFC 4954 §4: "334" SP [base64] even when empty
+                line = await io.read_auth_line()
+                if line is None or len(line) > sasl.MAX_RESPONSE:
+                    return AuthOutcome(R.AUTH_LINE_TOO_LONG)  # RFC 4954 §4: 500 5.5.6
+                out = exchange.step(line)
+        except sasl.SaslCancelled:
+            return AuthOutcome(R.AUTH_CANCELLED)  # RFC 4954 §4: "*" -> 501
+        except ValueError:
+            return AuthOutcome(R.AUTH_BAD_RESPONSE)  # RFC 4954 §4: undecodable base64 -> 501
+        creds = out
+        if creds.authzid and creds.authzid.lower() != creds.login.lower():
+            mlog.event(logger, "smtp login refused: proxy authorization", login=creds.login)
+            return AuthOutcome(R.AUTHZID_REFUSED)  # RFC 4616 §2: we authorize no one for others
+        return await self.check(ip, mechanism, creds.login, creds.password)
+
+    async def check(self, ip: str, mechanism: str, login: str, password: str) -> AuthOutcome:
+        ctx = self.ctx
+        limits = ctx.limits
+        if not await limits.before_auth(ip, login):  # waits failure_delay x recent failures first
+            n_ip, _ = limits.recent_failures(ip)
+            mlog.event(logger, "smtp login refused (throttled)", level=logging.WARNING, login=login,
+                       mechanism=mechanism)
+            if n_ip >= ctx.config.auth.max_failures_per_ip:
+                return AuthOutcome(R.auth_blocked(ctx.config.hostname), close=True)
+            return AuthOutcome(R.AUTH_THROTTLED)
+        user: str | None = await ctx.directory.authenticate(login, password)
+        if user is None:
+            limits.auth_failed(ip, login)
+            # fail2ban and the like match this line (the client address is in the log context).
+            mlog.event(logger, "smtp login failed", level=logging.WARNING, login=login, mechanism=mechanism)
+            return AuthOutcome(R.AUTH_FAILED)  # RFC 4954 §6: 535 5.7.8
+        limits.auth_succeeded(ip, login)
+        mlog.event(logger, "smtp login", user=user, mechanism=mechanism)
+        return AuthOutcome(R.AUTH_OK, user=user, login=login)
+
+
+__all__ = ["Authenticator", "AuthOutcome", "AuthIO", "MECHANISMS"]

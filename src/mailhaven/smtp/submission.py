@@ -1,0 +1,182 @@
+"""The submission role: mail from our own users' programs (listeners "submission", port 587 with
+STARTTLS, and "submissions", port 465 with implicit TLS; RFC 6409, RFC 8314).
+
+Owns: what submission accepts. Nothing before a login: MAIL, RCPT and DATA get `530 5.7.0
+Authentication required`; on a STARTTLS listener nothing but EHLO/STARTTLS/NOOP/QUIT before TLS
+(`530 5.7.0 Must issue a STARTTLS command first`, RFC 3207 §4), unless the listener is on loopback
+with auth.allow_plaintext_loopback (dev). AUTH PLAIN/LOGIN (authenticator.py) once per session,
+after EHLO, outside a transaction (RFC 4954 §4). The envelope sender and every address of the
+From: header must be owned by the logged-in user (auth.users.Directory.owns: the user's own
+address, its +tag addresses, aliases that lead to it), else `553 5.7.1`; the null sender is allowed
+(RFC 8098 §3: MDNs are sent with it), From: still has to be owned then. Any recipient domain once
+logged in (that is what submission is for), but our own domains' unknown users are refused at
+RCPT (550 5.1.1, not after DATA) and address literals are refused (550 5.1.2: no delivery to raw
+IPs, which would reach hosts we do not know). The Received field (message/headers.py
+received_submission: the client's address hidden unless smtp.redact_submitter = false), then
+cleanup.enqueue: Message-ID and Date when missing, DKIM signatures for the From domain, local
+recipients into the store and remote ones into the spool, fsynced; only then `250 2.0.0 Ok:
+queued as ID` (STYLE rules 11 and 12).
+Does not own: the SMTP dialogue and limits (server.py, hooks.py), the SASL exchange and throttle
+(authenticator.py), headers and signing and the queue (cleanup.py), who owns what (auth/users.py).
+
+The From: header is read by two parsers (Python's email.utils, which our DMARC code uses too, and
+the Dovecot-compatible one behind IMAP ENVELOPE); every address either of them sees must be owned,
+so a header crafted to look owned to one reader and foreign to another is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import ipaddress
+import logging
+import time
+from typing import Any
+
+from mailhaven import cleanup
+from mailhaven import log as mlog
+from mailhaven.config import Config
+from mailhaven.message import headers
+from mailhaven.message.address import Address
+from mailhaven.smtp import replies as R
+from mailhaven.smtp.authenticator import Authenticator
+from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
+
+logger = logging.getLogger("mailhaven.smtp.submission")
+
+
+def listener_is_loopback(config: Config, listener: str) -> bool:
+    lc = config.listeners.get(listener)
+    if lc is None:
+        return False
+    try:
+        return ipaddress.ip_address(lc.address.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def author_addresses(message: bytes, max_header: int) -> list[str] | None:
+    """Every address of the message's single From: field as either parser reads it ("local@domain",
+    in order, without repeats), or None when there is not exactly one From: field, it holds no
+    address, or either parser finds an address without a local part or domain."""
+    from mailhaven.imap.fetchitems import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
+
+    values = headers.field_values(message, "From", limit=max_header)
+    if len(values) != 1:
+        return None  # RFC 5322 §3.6: exactly one From field
+    value = values[0]
+    found: list[str] = []
+    for _, addr in email.utils.getaddresses([value]):
+        if not addr:
+            continue
+        local, at, domain = addr.rpartition("@")
+        if not at or not local or not domain:
+            return None
+        found.append(addr)
+    for a in parse_address_list(value.encode("utf-8")):
+        if a.host is None:
+            continue  # group start or end (RFC 5322 §3.4)
+        if a.mailbox in (None, MISSING_MAILBOX, b"") or a.host in (MISSING_DOMAIN, b""):
+            return None
+        assert a.mailbox is not None
+        found.append(a.mailbox.decode("utf-8", "replace") + "@" + a.host.decode("utf-8", "replace"))
+    return list(dict.fromkeys(found)) or None
+
+
+class SubmissionHandler(BaseHandler):
+    role = "submission"
+    offers_auth = True
+
+    def __init__(self, ctx: Any, config: Config, listener: str) -> None:
+        super().__init__(ctx, config, listener)
+        plaintext_ok = listener_is_loopback(config, listener) and config.auth.allow_plaintext_loopback
+        self.auth = Authenticator(ctx, plaintext_ok=plaintext_ok)
+        # RFC 3207 §4: on a STARTTLS listener, TLS first (unless clear-text logins are allowed here).
+        self.starttls_required = not plaintext_ok
+
+    # -- AUTH -----------------------------------------------------------------------------------------
+
+    def ehlo_auth_keyword(self, session: ClientSession) -> str | None:
+        if session.authenticated:
+            return None  # RFC 4954 §4: a second AUTH is refused anyway
+        return self.auth.keyword(session.tls is not None)
+
+    async def handle_auth(self, io: Any, session: ClientSession, txn: Transaction, arg: str) -> tuple[str, bool]:
+        if session.authenticated:
+            return R.ALREADY_AUTHENTICATED, False  # RFC 4954 §4: 503 after a successful AUTH
+        if txn.mail_from:
+            return R.AUTH_IN_TRANSACTION, False  # RFC 4954 §4: 503 during a mail transaction
+        outcome = await self.auth.run(io, ip=session.ip, tls_active=session.tls is not None, arg=arg)
+        if outcome.user is not None:
+            session.authenticated = True
+            session.user = outcome.user
+            session.login_data = outcome.login
+            mlog.set_user(outcome.user)
+        return outcome.reply, outcome.close
+
+    # -- envelope -------------------------------------------------------------------------------------
+
+    async def check_sender(self, session: ClientSession, txn: Transaction, sender: Address | None) -> str | None:
+        user = session.user
+        if user is None or not session.authenticated:
+            return R.AUTH_REQUIRED  # aiosmtpd checks this first; never reached without a login
+        if sender is None:
+            return None  # RFC 8098 §3: MDNs use the null reverse-path; From: is checked at DATA
+        if not self.ctx.directory.owns(user, sender):
+            return R.sender_not_owned(str(sender), user)
+        return None
+
+    async def check_recipient(self, session: ClientSession, txn: Transaction,
+                              rcpt: Address | object) -> tuple[str, list[str] | None]:
+        directory = self.ctx.directory
+        if rcpt is POSTMASTER:
+            for domain in self.config.domains:  # RFC 5321 §4.5.1: our first domain's postmaster
+                users = directory.resolve(f"postmaster@{domain}")
+                if users:
+                    return R.RCPT_OK, list(users)
+            return R.UNKNOWN_USER, None
+        assert isinstance(rcpt, Address)
+        if rcpt.is_literal:
+            return R.LITERAL_RCPT, None
+        if directory.is_local_domain(rcpt.domain):
+            users = directory.resolve(rcpt)
+            if not users:
+                return R.UNKNOWN_USER, None
+            return R.RCPT_OK, list(users)
+        return R.RCPT_OK, []  # remote: the queue delivers it
+
+    # -- after DATA -----------------------------------------------------------------------------------
+
+    async def deliver(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
+        cfg = self.config
+        user = session.user
+        if user is None:
+            return R.AUTH_REQUIRED
+        authors = author_addresses(data, cfg.smtp.max_header_size)
+        if authors is None:
+            return R.NO_AUTHOR
+        directory = self.ctx.directory
+        for author in authors:
+            if not directory.owns(user, author):
+                return R.author_not_owned(author, user)
+        trace = headers.received_submission(
+            helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
+            protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
+                                           auth=True, smtputf8=txn.smtputf8),
+            queue_id=txn.queue_id, when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls,
+            redact=cfg.smtp.redact_submitter)
+        # Date and Message-ID (RFC 6409 §8.3, §8.4) go in below our Received field, so the trace field
+        # stays on top (RFC 5321 §4.4); cleanup then finds them present and adds nothing.
+        message = headers.prepend([trace], cleanup.add_missing_headers(data, cfg.hostname, time.time()))
+        sender = str(txn.sender) if txn.sender is not None else ""
+        # Durable before the 250 (cleanup fsyncs the store and the spool); MailError -> its reply.
+        queue_id = await cleanup.enqueue(self.ctx, sender, [str(r) for r in txn.recipients], message,
+                                         dkim=True, source="submission")
+        return R.queued(queue_id)
+
+
+def handler_factory(ctx: Any, config: Any, listener: str) -> SubmissionHandler:
+    return SubmissionHandler(ctx, config, listener)
+
+
+__all__ = ["SubmissionHandler", "handler_factory", "author_addresses", "listener_is_loopback"]
