@@ -407,6 +407,7 @@ SEARCH_KEYS = [
     'BODY "mixed case encoding ü"', 'BODY "�"', 'TEXT "�"', 'HEADER X-Raw "caf"', 'HEADER X-Raw "café"',
     'BODY "café one"', 'BODY "café four"', 'BODY "needle five"', 'BODY "needle six"', 'BODY "hello seven"',
     'BODY "aGVsbG8gc2V2ZW4"', 'BODY "needle eight"', 'BODY "needle nine"',
+    'BODY "not base64 at all"', 'TO "Long Name more"',
     'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
     'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
 ]

@@ -89,6 +89,7 @@ def test_envelope_date_and_message_id_are_unfolded_only() -> None:
     (b"a@b, [junk]@c, d@e", [Address(None, None, b"a", b"b"), Address(None, None, b"MISSING_MAILBOX",
                                                                      b"MISSING_DOMAIN")]),
     (b"", []),
+    (b'"Long Name" more@x.y', [Address(b"Long Name more", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN")]),
 ])
 def test_address_lists_parse_like_dovecot(value: bytes, expected: list[Address]) -> None:
     assert fetchitems.parse_address_list(value) == expected
@@ -199,6 +200,21 @@ def test_invalid_sections_raise(text: str) -> None:
         fetchitems.parse_section(text)
     with pytest.raises(InvalidSection):
         Section((), "MIME")
+
+
+def test_nul_bytes_are_sent_as_0x80() -> None:
+    msg = b"Subject: x\r\n\r\na\x00b"
+    assert fetchitems.body_section(msg, "TEXT") == b"a\x80b"
+    assert encode.literal(b"\x00") == b"{1}\r\n\x80"
+
+
+def test_header_fields_of_a_nested_header_without_empty_line_read_on_like_dovecot() -> None:
+    msg = crlf("Content-Type: multipart/mixed; boundary=b\n\n--b\nContent-Type: message/rfc822\n\n"
+               "Subject: inner\nX: y\n--b\nContent-Type: text/plain\n\nz\n--b--\n")
+    assert fetchitems.body_section(msg, "1.HEADER") == b"Subject: inner\r\nX: y"
+    assert fetchitems.body_section(msg, "1.HEADER.FIELDS (X)") == b"X: y\r\n\r\n"
+    # Dovecot's filter continues to the next empty line, into the following part
+    assert fetchitems.body_section(msg, "1.HEADER.FIELDS (CONTENT-TYPE)") == b"Content-Type: text/plain\r\n\r\n"
 
 
 def test_bare_lf_messages_are_served_with_crlf() -> None:

@@ -146,7 +146,7 @@ def test_rfc2231_continuations_are_merged_without_decoding() -> None:
 
 
 def test_first_content_field_wins_except_disposition() -> None:
-    msg = crlf("Content-ID: <a>\nContent-ID: <b>\nContent-Disposition: inline\n"
+    msg = crlf("MIME-Version: 1.0\nContent-ID: <a>\nContent-ID: <b>\nContent-Disposition: inline\n"
                "Content-Disposition: attachment; filename=x\nContent-Language: en, de-CH (Swiss)\n"
                "Content-Transfer-Encoding: Base64 (comment)\n\n")
     root = mime.parse(msg)
@@ -240,3 +240,25 @@ def test_parse_never_raises_on_mutated_samples(sample: Path, data: st.DataObject
             msg[i:i] = msg[i:i + data.draw(st.integers(1, 200))]
     raw = bytes(msg)
     _check_tree(raw, mime.parse(raw))
+
+
+def test_content_fields_of_a_message_without_mime_version_or_content_type_are_ignored() -> None:
+    plain = mime.parse(crlf("Content-Disposition: attachment\nContent-Transfer-Encoding: base64\n\nx"))
+    assert (plain.disposition, plain.encoding) == (None, None)
+    with_version = mime.parse(crlf("Content-Disposition: attachment\nMIME-Version: 1.0\n\nx"))
+    assert with_version.disposition == b"attachment"
+    with_type = mime.parse(crlf("Content-Disposition: attachment\nContent-Type: text/plain\n\nx"))
+    assert with_type.disposition == b"attachment"
+    # the parts of a multipart are MIME entities anyway
+    msg = crlf("MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary=b\n\n--b\nContent-ID: <g>\n\nx\n--b--\n")
+    assert mime.parse(msg).children[0].content_id == b"<g>"
+
+
+def test_unterminated_quoted_parameter_is_dropped() -> None:
+    root = mime.parse(crlf('Content-Type: text/plain; charset=utf-8; name="abc; x=y\n\nx'))
+    assert root.params == [(b"charset", b"utf-8")]
+
+
+def test_empty_boundary_makes_every_dash_dash_line_a_boundary() -> None:
+    msg = crlf("Content-Type: multipart/mixed; boundary=\"\"\n\n--x\n\none\n--y\n\ntwo\n")
+    assert [body(msg, p) for p in mime.parse(msg).children] == [b"one", b"two\r\n"]

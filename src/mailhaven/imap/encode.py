@@ -25,7 +25,13 @@ _NEEDS_LITERAL = frozenset([0, 0x0A, 0x0D, *range(0x80, 0x100)])
 
 
 def literal(data: bytes) -> bytes:
-    """A synchronising literal `{n}CRLF<data>` (RFC 3501 §4.3)."""
+    """A synchronising literal `{n}CRLF<data>` (RFC 3501 §4.3).
+
+    NUL cannot appear in a literal (RFC 3501 §9 CHAR8 excludes %x00); like Dovecot, it is sent as
+    0x80, which keeps every length and offset unchanged.
+    """
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"\x80")
     return b"{%d}\r\n" % len(data) + data
 
 

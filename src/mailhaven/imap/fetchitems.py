@@ -141,6 +141,12 @@ def _addr_spec(lex: Lexer, out: list[Address]) -> None:
         host = _domain(lex)
     lex.skip_cfws()
     name = lex.last_comment or None
+    if not has_at and local and name is None:
+        # "user more words": Dovecot reads the words after a bare local part as a display name
+        more = _phrase(lex)
+        if more:
+            out.append(Address(local + b" " + more, None, MISSING_MAILBOX, MISSING_DOMAIN))
+            return
     if not has_at and lone_quoted and local:
         # a lone quoted string is a display name without an address
         out.append(Address(local, None, MISSING_MAILBOX, MISSING_DOMAIN))
@@ -540,6 +546,8 @@ def body_section(msg: bytes, section: Section | SectionLike | str,
     if partial is not None:
         origin, count = partial
         data = data[origin:] if count is None else data[origin:origin + count]
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"\x80")  # RFC 3501 §9: no NUL in a literal (as Dovecot)
     return data
 
 
@@ -573,20 +581,30 @@ def _section_data(msg: bytes, section: Section, tree: Part | None) -> bytes:
 def _header_data(msg: bytes, start: int, end: int, section: Section, nested: bool = False) -> bytes:
     if section.spec == "HEADER":
         return msg[start:end]
-    # Header filtering as Dovecot does it, including its handling of a header block without an
-    # empty line: HEADER.FIELDS then still ends with CRLF for the top-level header or an empty
-    # one; a nested one cut by a boundary keeps the CRLF that precedes the boundary line.
+    # Header filtering as Dovecot does it. For the top-level header, HEADER.FIELDS always ends
+    # with CRLF (the empty line, added when missing) and HEADER.FIELDS.NOT only when the header has
+    # one. For the header of a message/rfc822 part that has no empty line, Dovecot's filter reads
+    # on until the next empty line or the end of the message, past the part's end; we do the same
+    # so the answers stay byte-identical.
+    if nested and not mime.has_empty_line(msg, start, end):
+        end = _next_empty_line_end(msg, start)
     eoh = mime.has_empty_line(msg, start, end)
-    scan_end = end
-    if nested and not eoh and msg.startswith(b"\r\n", end):
-        scan_end = end + 2
     wanted = {f.lower() for f in section.fields}
     keep = section.spec == "HEADER.FIELDS"
-    out = [msg[f.start:f.end] for f in mime.iter_fields(msg, start, scan_end)
+    out = [msg[f.start:f.end] for f in mime.iter_fields(msg, start, end)
            if (f.name.lower() in wanted) == keep]
-    if eoh or (keep and (not nested or start == end)):
-        out.append(b"\r\n")
+    if eoh or (keep and not nested):
+        # a lone CR at the very end is completed to CRLF rather than doubled
+        out.append(b"\n" if out and out[-1].endswith(b"\r") else b"\r\n")
     return b"".join(out)
+
+
+def _next_empty_line_end(msg: bytes, start: int) -> int:
+    """Offset just past the first empty line at or after line start `start`, or the end."""
+    if msg.startswith(b"\r\n", start):
+        return start + 2
+    i = msg.find(b"\n\r\n", start)
+    return len(msg) if i < 0 else i + 3
 
 
 # --------------------------------------------------------------------------- simple items

@@ -167,13 +167,14 @@ ATEXT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 class Lexer:
     """A cursor over one header value for the RFC 5322 / RFC 2045 grammars."""
 
-    __slots__ = ("data", "pos", "end", "last_comment")
+    __slots__ = ("data", "pos", "end", "last_comment", "unterminated")
 
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
         self.end = len(data)
         self.last_comment: bytes | None = None
+        self.unterminated = False  # a quoted-string ran to the end without its closing quote
 
     def at_end(self) -> bool:
         return self.pos >= self.end
@@ -242,6 +243,7 @@ class Lexer:
                 self.pos += 1
             elif c not in (0x0D, 0x0A):
                 out.append(c)
+        self.unterminated = True
         return bytes(out)
 
     def value(self) -> bytes:
@@ -292,6 +294,8 @@ def parse_params(lex: Lexer) -> Params:
             continue
         lex.pos += 1
         value = lex.value() if lex.skip_cfws() else b""
+        if lex.unterminated:
+            break  # an unclosed quoted string: Dovecot drops the parameter
         raw.append((key, value))
     return merge_rfc2231(raw)
 
@@ -399,11 +403,19 @@ def _simple_value(value: bytes) -> bytes:
     return unfold(value)  # trailing whitespace is kept, as Dovecot does
 
 
-def _apply_content_fields(part: Part, msg: bytes, start: int, end: int) -> None:
+def _apply_content_fields(part: Part, msg: bytes, start: int, end: int, message: bool) -> None:
     """Fill the Content-* attributes from the header block: the first field of each name wins,
-    except Content-Disposition where the last one does (both as Dovecot)."""
+    except Content-Disposition where the last one does (both as Dovecot).
+
+    The header of a message (the top level or one inside message/rfc822) is MIME only with a
+    MIME-Version or Content-Type field (RFC 2045 §4); without either, Dovecot ignores every
+    Content-* field there. Parts of a multipart are always MIME.
+    """
+    fields = list(iter_fields(msg, start, end))
+    if message and not any(f.name.lower() in (b"mime-version", b"content-type") for f in fields):
+        return
     seen: set[bytes] = set()
-    for f in iter_fields(msg, start, end):
+    for f in fields:
         name = f.name.lower()
         if not name.startswith(b"content-") or (name in seen and name != b"content-disposition"):
             continue
@@ -536,12 +548,13 @@ class _Parser:
 
     # -- parts --------------------------------------------------------------
 
-    def part(self, start: int, bounds: list[bytes], depth: int, digest: bool) -> Part:
-        """Parse the entity at `start`; afterwards `self.hit` is the boundary line that ended it."""
+    def part(self, start: int, bounds: list[bytes], depth: int, digest: bool, message: bool = True) -> Part:
+        """Parse the entity at `start` (`message`: a message header rather than a multipart's part);
+        afterwards `self.hit` is the boundary line that ended it."""
         self.parts += 1
         header_end, body_start, hit = self._header_end(start, bounds)
         part = Part(start, header_end, body_start, body_start)
-        _apply_content_fields(part, self.msg, start, header_end)
+        _apply_content_fields(part, self.msg, start, header_end, message)
         if part.ctype is None:
             # RFC 2045 §5.2 default text/plain; RFC 2046 §5.1.5 message/rfc822 inside a digest
             ltype, lsub = (b"message", b"rfc822") if digest else (b"text", b"plain")
@@ -558,7 +571,7 @@ class _Parser:
             # (it wins over an equal or shorter parent boundary), the empty line ends the header
             # and the body starts with that boundary; otherwise the part is cut (Dovecot).
             own = part.param(b"boundary")
-            if own:
+            if own is not None:
                 again = self._match(hit.line_start, [*bounds, own])
                 if again is not None and again.index == len(bounds):
                     header_end = body_start = part.header_end = part.body_start = hit.line_start
@@ -572,7 +585,7 @@ class _Parser:
         if part.is_multipart and nested_ok:
             boundary = part.param(b"boundary")
             floor = body_start
-            if boundary:
+            if boundary is not None:  # even an empty one: then every "--" line is a boundary
                 hit, floor = self._multipart(part, bounds, boundary, depth, lsub == b"digest")
             else:
                 hit = self._scan(body_start, bounds)
@@ -602,7 +615,7 @@ class _Parser:
             if self.parts >= MAX_PARTS:
                 hit = self._scan(hit.next_line, inner)
                 continue
-            child = self.part(hit.next_line, inner, depth + 1, digest)
+            child = self.part(hit.next_line, inner, depth + 1, digest, message=False)
             part.children.append(child)
             hit = self.hit
         if hit is not None and hit.index == mine:  # close delimiter: the epilogue follows
