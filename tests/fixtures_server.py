@@ -1,7 +1,6 @@
 """Fixtures: the whole server in-process, for end-to-end tests.
 
-- `tls_ca`: a trustme CA (session); `tls_files`: (cert, key) paths for "localhost", 127.0.0.1, ::1
-  issued by it. Clients trust it with `tls_ca.configure_trust(ssl_ctx)` or `client_ssl_context`.
+- TLS fixtures (`tls_ca`, `tls_files`, `client_ssl_context`) come from tests/fixtures_base.py.
 - `app_config_file(tmp_path, ...)`: writes a config file + empty users file under tmp_path: every
   listener on 127.0.0.1 (ports are chosen by the kernel when the server binds), domain
   example.test, TLS from `tls_files`, DNS pointed at the test DNS server. Returns its path.
@@ -20,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +29,6 @@ from mailhaven import app, config
 from mailhaven.config import Config
 
 TEST_DOMAIN = "example.test"
-
-
-@pytest.fixture(scope="session")
-def tls_ca() -> Any:
-    import trustme
-
-    return trustme.CA()
-
-
-@pytest.fixture(scope="session")
-def tls_files(tls_ca: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert = tls_ca.issue_cert("localhost", "127.0.0.1", "::1", "mail.example.test")
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_path))  # chain file works as cert
-    cert.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
-
-
-@pytest.fixture
-def client_ssl_context(tls_ca: Any) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    tls_ca.configure_trust(ctx)
-    return ctx
 
 
 def _toml(value: Any) -> str:
@@ -206,10 +180,3 @@ async def _stopped(task: asyncio.Task[None], limit: float) -> None:
 async def app_server(app_config: Config) -> AsyncIterator[app.Context]:
     async with running_app(app_config) as ctx:
         yield ctx
-
-
-@pytest.fixture
-def fast_hash_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """MAILHAVEN_FAST_HASH=1 for code under test that hashes passwords (CLI subprocesses inherit it)."""
-    monkeypatch.setenv("MAILHAVEN_FAST_HASH", "1")
-    yield
