@@ -1,0 +1,179 @@
+"""What happens to a submitted message: Message-ID and Date added, the Received field (submitter
+redacted or not), DKIM signatures that verify against the test DNS server, local recipients straight
+into the store, remote ones through the spool to a remote MX (tests/smtp_peer.SmtpPeer on
+127.0.0.6, found through the test DNS server's MX record), and the 250 only once the spool holds it.
+
+OpenDKIM's view of our signatures is tested in test_delivery_dkim.py (same signing code,
+cleanup.dkim_sign, and the same delivery path); here dkimpy (policy.dkim.verify) checks what the
+submission path produces, Received field included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from pathlib import Path
+
+import pytest
+
+from mailhaven.dns.resolver import Resolver
+from mailhaven.message.headers import field_value, field_values
+from mailhaven.policy import dkim
+from tests.dnsserver import DnsServer
+from tests.integration import test_submission_harness as harness
+from tests.integration.test_submission_harness import ALICE, BOB, SALES, SubmissionFactory, message
+from tests.smtp_peer import until
+
+submission = harness.submission
+dkim_rsa = harness.dkim_rsa
+
+QUEUED = "250 2.0.0 Ok: queued as "
+
+
+def spool_files_holding(root: Path, needle: bytes) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def header_names(msg: bytes) -> list[str]:
+    head = msg.split(b"\r\n\r\n", 1)[0]
+    return [ln.split(b":", 1)[0].decode().lower() for ln in head.split(b"\r\n") if ln and ln[:1] not in b" \t"]
+
+
+async def test_local_recipient_gets_it_in_inbox_with_message_id_and_date_added(
+        submission: SubmissionFactory) -> None:
+    server = await submission()
+    async with server.session("submission") as c:
+        replies = await c.transaction(ALICE, [BOB], message(subject="to bob"))
+    assert replies[-1][0].startswith(QUEUED)
+    [msg] = server.messages(BOB)
+    assert b"Subject: to bob" in msg
+    mid = field_value(msg, "Message-ID") or ""
+    assert mid.startswith("<") and mid.endswith("@mail.example.test>")
+    date = field_value(msg, "Date") or ""
+    assert abs(time.time() - email.utils.parsedate_to_datetime(date).timestamp()) < 120
+    names = header_names(msg)
+    # Trace field on top, then what we added, then the client's own fields (RFC 5321 §4.4).
+    assert names[:4] == ["dkim-signature", "received", "date", "message-id"], names
+
+
+async def test_message_id_and_date_of_the_client_are_kept(submission: SubmissionFactory) -> None:
+    server = await submission()
+    extra = "Message-ID: <mine@client.example>\r\nDate: Mon, 1 Jan 2024 10:00:00 +0000\r\n"
+    async with server.session("submissions") as c:
+        await c.transaction(ALICE, [BOB], message(extra=extra))
+    [msg] = server.messages(BOB)
+    assert field_values(msg, "Message-ID") == ["<mine@client.example>"]
+    assert field_values(msg, "Date") == ["Mon, 1 Jan 2024 10:00:00 +0000"]
+
+
+async def test_received_hides_the_submitter_by_default(submission: SubmissionFactory) -> None:
+    server = await submission()
+    async with server.session("submission") as c:
+        await c.transaction(ALICE, [BOB], message())
+    [msg] = server.messages(BOB)
+    [received] = field_values(msg, "Received")
+    assert received.startswith("from client.invalid (address hidden)")
+    assert "127.0.0.1" not in received and "client.example" not in received
+    assert " by mail.example.test (Mailhaven) with ESMTPSA id " in received
+    assert "(using TLSv1." in received
+    assert ALICE not in received and "for <" not in received
+
+
+async def test_received_shows_the_submitter_when_redaction_is_off(submission: SubmissionFactory) -> None:
+    server = await submission(smtp={"redact_submitter": False})
+    async with server.session("submissions") as c:
+        await c.transaction(ALICE, [BOB], message())
+    [msg] = server.messages(BOB)
+    [received] = field_values(msg, "Received")
+    assert received.startswith("from client.example ([127.0.0.1])")
+    assert " with ESMTPSA id " in received and "for <" not in received
+
+
+async def test_local_delivery_is_dkim_signed_and_verifies(submission: SubmissionFactory, dns_nameserver: str) -> None:
+    server = await submission()
+    async with server.session("submissions") as c:
+        await c.transaction(SALES, [BOB], message(sender=f"Sales <{SALES}>"))
+    [msg] = server.messages(BOB)
+    results = await dkim.verify(Resolver([dns_nameserver], timeout=2), msg)
+    assert [(r.result, r.domain, r.selector, r.algorithm) for r in results] == [
+        ("pass", "example.test", "mh1", "rsa-sha256")]
+
+
+async def test_remote_recipient_gets_it_through_the_queue_dkim_signed(
+        submission: SubmissionFactory, dns_nameserver: str) -> None:
+    server = await submission()
+    async with server.session("submission") as c:
+        replies = await c.transaction(ALICE, ["carol@remote.test"], message(to="carol@remote.test",
+                                                                            subject="far away"))
+    assert replies[-1][0].startswith(QUEUED)
+    [got] = await server.peer.wait_messages(1)
+    assert got.mail_from == ALICE and got.rcpt_tos == ["carol@remote.test"]
+    assert b"Subject: far away" in got.data
+    assert field_value(got.data, "Message-ID") and field_value(got.data, "Date")
+    assert "127.0.0.1" not in (field_values(got.data, "Received") or [""])[0]
+    results = await dkim.verify(Resolver([dns_nameserver], timeout=2), got.data)
+    assert [(r.result, r.domain, r.selector) for r in results] == [("pass", "example.test", "mh1")]
+    await until(lambda: not server.ctx.queue.list_entries(), 10)
+
+
+async def test_local_and_remote_recipients_each_get_one_copy(submission: SubmissionFactory) -> None:
+    server = await submission()
+    async with server.session("submissions") as c:
+        replies = await c.transaction(ALICE, [BOB, "x@remote.test", "y@remote.test", ALICE], message())
+    assert replies[-1][0].startswith(QUEUED)
+    [got] = await server.peer.wait_messages(1)
+    assert sorted(got.rcpt_tos) == ["x@remote.test", "y@remote.test"]
+    assert len(server.messages(BOB)) == 1 and len(server.messages(ALICE)) == 1
+
+
+async def test_250_comes_only_once_the_spool_holds_the_message(submission: SubmissionFactory) -> None:
+    server = await submission()
+    server.peer.hold_data()  # the remote MX takes the message but does not answer yet
+    async with server.session("submissions") as c:
+        replies = await c.transaction(ALICE, ["x@remote.test"], message(subject="durable"))
+        assert replies[-1][0].startswith(QUEUED)
+        on_disk = await asyncio.to_thread(spool_files_holding, Path(server.ctx.config.queue_root), b"Subject: durable")
+        assert on_disk, "250 was sent but the message is not in the spool"
+    server.peer.release_data()
+    await server.peer.wait_messages(1)
+
+
+async def test_remote_refusal_bounces_to_the_sender(submission: SubmissionFactory) -> None:
+    server = await submission()
+    server.peer.script_rcpt("nobody@remote.test", "550 5.1.1 no such user")
+    async with server.session("submissions") as c:
+        replies = await c.transaction(ALICE, ["nobody@remote.test"], message(subject="doomed"))
+    assert replies[-1][0].startswith(QUEUED)
+    bounce = await until(lambda: server.messages(ALICE), 15)
+    assert b"nobody@remote.test" in bounce[0] and b"550 5.1.1" in bounce[0]
+
+
+@pytest.fixture
+def ed25519_key(tmp_path: Path, dns_server: DnsServer) -> str:
+    pem, txt = dkim.generate_ed25519()
+    path = tmp_path / "example.test.mh1e.key"
+    path.write_bytes(pem)
+    path.chmod(0o600)
+    dns_server.add("mh1e._domainkey.example.test", "TXT", txt)
+    return str(path)
+
+
+async def test_ed25519_key_adds_a_second_signature(submission: SubmissionFactory, ed25519_key: str,
+                                                   dkim_rsa: tuple[Path, str], dns_nameserver: str) -> None:
+    server = await submission(domains={"example.test": {"dkim_key": str(dkim_rsa[0]), "dkim_selector": "mh1",
+                                                        "dkim_ed25519_key": ed25519_key}})
+    async with server.session("submissions") as c:
+        await c.transaction(ALICE, ["x@remote.test"], message())
+    [got] = await server.peer.wait_messages(1)
+    results = await dkim.verify(Resolver([dns_nameserver], timeout=2), got.data)
+    assert sorted((r.result, r.selector, r.algorithm) for r in results) == [
+        ("pass", "mh1", "rsa-sha256"), ("pass", "mh1e", "ed25519-sha256")]
+
+
+async def test_domain_without_a_key_sends_unsigned(submission: SubmissionFactory) -> None:
+    server = await submission(domains={"example.test": {"dkim_key": ""}})
+    async with server.session("submissions") as c:
+        await c.transaction(ALICE, [BOB], message())
+    [msg] = server.messages(BOB)
+    assert b"DKIM-Signature" not in msg
