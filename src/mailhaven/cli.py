@@ -1,10 +1,12 @@
 """The `mailhaven` command line (argparse).
 
-Owns: parsing arguments, `init` (a working config, users file and data folder), `serve [--dev]`
+Owns: parsing arguments, `init` (a working config, users file, DKIM key and data folder), `serve [--dev]`
 (the dev environment under ./mailhaven-dev), `check-config`, `user` and `alias` editing through
 auth.users.UsersFile, `doctor [DOMAIN...]` (doctor.py: exit 0 all good, 1 problems), `health
 [LISTENER...]` (health.py: exit 0 every listener greets, 1 not), and turning every failure into one
 line on stderr: exit 2 for configuration errors, 1 for anything else, never a traceback.
+`dkim keygen DOMAIN [--selector S] [--ed25519]` (a new key file and the config keys naming it,
+dkimkeys.py) and `dns [DOMAIN...]` (the records to publish, records.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -138,7 +140,8 @@ def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool) -> st
         f"dev = {'true' if dev else 'false'}",
         "",
         "[domains." + _toml_str(domain) + "]",
-        "# DKIM: `dkim_key` is set here once a key exists (see `mailhaven dkim`).",
+        "# DKIM signing key made by init. New key: `mailhaven dkim keygen DOMAIN`; the DNS records to",
+        "# publish (DKIM, SPF, DMARC, MX, client SRV): `mailhaven dns DOMAIN`.",
         "",
         "[tls]",
         "# A self-signed certificate made by init. Replace it with a real one (e.g. from an ACME",
@@ -156,9 +159,18 @@ def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool) -> st
 
 
 def init_dkim_hook(config_dir: Path, domain: str) -> dict[str, str]:
-    """Hook for the submission issue: make the domain's DKIM key under `config_dir` and return the
-    `[domains.D]` keys to set (e.g. {"dkim_key": "dkim/example.org.pem"}). Nothing yet."""
-    return {}
+    """Make the domain's RSA DKIM key under `config_dir` (dkimkeys.py: dkim/DOMAIN.SELECTOR.key,
+    0600) and return the `[domains.D]` keys that enable signing with it."""
+    from mailhaven import dkimkeys
+
+    try:
+        selector = dkimkeys.new_selector(config_dir, domain, set(), "rsa")
+        path = dkimkeys.key_path(config_dir, domain, selector)
+        pem, _ = dkimkeys.generate("rsa")
+        dkimkeys.write_key(path, pem)
+    except dkimkeys.DkimSetupError as e:
+        raise CliError(str(e)) from None
+    return {"dkim_selector": selector, "dkim_key": dkimkeys.relative_to(config_dir, path)}
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -174,13 +186,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         data_dir = config_dir / "data" if args.dev else Path("/var/lib/mailhaven")
     text = render_config(domain=domain, hostname=hostname, data_dir=str(data_dir), dev=args.dev)
+    # Validate the names before anything is written (ConfigError = exit 2, nothing left behind).
+    configmod.from_dict({"hostname": hostname, "domains": {domain: {}}}, config_dir)
     extra = init_dkim_hook(config_dir, domain)
     if extra:
         text = text.replace("[domains." + _toml_str(domain) + "]\n",
                             "[domains." + _toml_str(domain) + "]\n"
                             + "".join(f"{k} = {_toml_str(v)}\n" for k, v in extra.items()), 1)
-    # Validate the names before anything is written (ConfigError = exit 2, nothing left behind).
-    configmod.from_dict({"hostname": hostname, "domains": {domain: {}}}, config_dir)
     _make_cert(config_dir / "tls" / "cert.pem", config_dir / "tls" / "key.pem", [hostname, domain])
     users_file = config_dir / "users.toml"
     if not users_file.exists():  # never overwrite accounts, even with --force
@@ -191,7 +203,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     configmod.load(path)  # what we wrote must load
     print(f"wrote {path}")
     print(f"users file {users_file}, data folder {data_dir}")
+    if extra:
+        print(f"DKIM key {config_dir / extra['dkim_key']} (selector {extra['dkim_selector']})")
     print(f"next: mailhaven -c {path} user add postmaster@{domain}")
+    print(f"then publish the DNS records printed by: mailhaven -c {path} dns {domain}")
     return 0
 
 
@@ -296,6 +311,91 @@ def cmd_queue(args: argparse.Namespace) -> int:
     status, text = control.queue_command(cfg.control_path, args.action, args.id)
     (sys.stdout if status == 0 else sys.stderr).write(text.rstrip("\n") + "\n")
     return status
+
+
+# --- dkim / dns ----------------------------------------------------------------------------------
+
+
+def _configured_domain(cfg: Config, domain: str) -> str:
+    d = domain.lower().rstrip(".")
+    if not cfg.is_local_domain(d):
+        known = ", ".join(sorted(cfg.domains)) or "none"
+        raise CliError(f"{domain}: not one of this server's domains ({known})")
+    return d
+
+
+def cmd_dkim(args: argparse.Namespace) -> int:
+    """`dkim keygen DOMAIN`: a new key file and selector, the config pointing at them (the running
+    server signs with them after its next reload), and the TXT record to publish first."""
+    from mailhaven import dkimkeys, records
+
+    cfg = _load_config(args)
+    domain = _configured_domain(cfg, args.domain)
+    config_path = Path(args.config)
+    config_dir = config_path.resolve().parent
+    algorithm: dkimkeys.Algorithm = "ed25519" if args.ed25519 else "rsa"
+    key_name, selector_name = dkimkeys.config_keys(algorithm)
+    dom = cfg.domains[domain]
+    try:
+        taken = {sel for sel, key in ((dom.dkim_selector, dom.dkim_key),
+                                      (dom.dkim_ed25519_selector, dom.dkim_ed25519_key)) if key}
+        if args.selector:
+            selector = dkimkeys.check_selector(args.selector)
+            if selector in taken:  # the current key of either algorithm is published under it
+                raise dkimkeys.DkimSetupError(f"selector {selector} is in use by a configured key; "
+                                              "a new key needs a new selector")
+        else:
+            selector = dkimkeys.new_selector(config_dir, domain, taken, algorithm)
+        path = dkimkeys.key_path(config_dir, domain, selector)
+        pem, txt = dkimkeys.generate(algorithm)
+        values = {selector_name: selector, key_name: dkimkeys.relative_to(config_dir, path)}
+        with open(config_path, encoding="utf-8", newline="") as f:  # refuse before writing anything
+            dkimkeys.set_domain_keys(f.read(), domain, values)
+        dkimkeys.write_key(path, pem, run_as_user=cfg.run_as_user)
+        dkimkeys.update_config_file(config_path, domain, values)
+    except dkimkeys.DkimSetupError as e:
+        raise CliError(str(e)) from None
+    configmod.load(config_path)  # what we wrote must load
+    name = records.fqdn(f"{selector}._domainkey.{domain}")
+    kind = "ed25519" if args.ed25519 else f"{dkimkeys.RSA_BITS}-bit RSA"
+    print(f"wrote {path} ({kind} key)")
+    print(f'set {selector_name} = "{selector}" and {key_name} in [domains."{domain}"] of {config_path}')
+    print("1. publish this record:")
+    print(records.render([records.Record(name, "TXT", records.txt_strings(txt))]), end="")
+    print(f"   (as one value: {txt})")
+    print("2. once it is visible in DNS, reload the server (systemctl reload mailhaven, or SIGHUP) to sign")
+    print("   with the new key; keep the old record published a few days for mail still in transit.")
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """The records to publish for each domain (records.py), in zone-file syntax."""
+    from mailhaven import records
+    from mailhaven.policy.dkim import public_record
+
+    cfg = _load_config(args)
+    domains = [_configured_domain(cfg, d) for d in args.domains] or sorted(cfg.domains)
+    if not domains:
+        raise CliError("no [domains] in the config")
+    out: list[str] = []
+    for domain in domains:
+        dom = cfg.domains[domain]
+        dkim: list[tuple[str, str]] = []
+        for selector, key in ((dom.dkim_selector, dom.dkim_key), (dom.dkim_ed25519_selector, dom.dkim_ed25519_key)):
+            if key:
+                try:
+                    dkim.append((selector, public_record(Path(key).read_bytes())))
+                except ValueError as e:
+                    raise CliError(f"{key}: not a usable DKIM private key ({e})") from None
+        header = [f"DNS records for {domain} (mailhaven dns; zone-file syntax, TTL {records.TTL})"]
+        if not dkim:
+            header.append(f"no DKIM key configured: `mailhaven dkim keygen {domain}` makes one")
+        if not cfg.public_ip:
+            header.append("public_ip is not set in the config: add this host's A/AAAA record and its IP to SPF "
+                          "yourself")
+        out.append(records.render(records.domain_records(cfg, domain, dkim), header=header))
+    sys.stdout.write("\n".join(out))
+    return 0
 
 
 # --- user / alias --------------------------------------------------------------------------------
@@ -419,6 +519,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("listeners", nargs="*", metavar="LISTENER", help="listeners to probe (default: all enabled)")
     s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per listener (default: 5)")
     s.set_defaults(func=cmd_health)
+
+    s = sub.add_parser("dkim", help="DKIM keys: keygen DOMAIN [--selector S] [--ed25519]")
+    dsub = s.add_subparsers(dest="dkim_command", metavar="ACTION", required=True)
+    k = dsub.add_parser("keygen", help="make a new signing key for DOMAIN and print its DNS record")
+    k.add_argument("domain", metavar="DOMAIN")
+    k.add_argument("--selector", metavar="S", help="DKIM selector (default: mhYYYYMMDD, a new one each time)")
+    k.add_argument("--ed25519", action="store_true", help="an ed25519 key (a second signature, RFC 8463)")
+    k.set_defaults(func=cmd_dkim)
+
+    s = sub.add_parser("dns", help="print the DNS records to publish (MX, SPF, DKIM, DMARC, client SRV)")
+    s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains (default: all configured)")
+    s.set_defaults(func=cmd_dns)
 
     s = sub.add_parser("queue", help="the running server's outbound queue: list, show ID, retry ID, delete ID, flush")
     s.add_argument("action", choices=["list", "show", "retry", "delete", "flush"])
