@@ -408,6 +408,9 @@ SEARCH_KEYS = [
     'BODY "café one"', 'BODY "café four"', 'BODY "needle five"', 'BODY "needle six"', 'BODY "hello seven"',
     'BODY "aGVsbG8gc2V2ZW4"', 'BODY "needle eight"', 'BODY "needle nine"',
     'BODY "not base64 at all"', 'TO "Long Name more"',
+    'TO "<bob@"', 'TO "bob@example.net>"', 'CC "Group: <x@y>"', 'CC "Group: x@y"', 'CC "<q@q>;"', 'CC "Empty:;"',
+    'CC ", <x@x>"', 'CC "<@r1,@r2:u@h>"', 'CC "c d x <g@h>"', 'CC "\\"c d x"', 'CC "Müller The Hammer <m@h>"',
+    'HEADER X-Note "smile trailing"', 'BODY "garbled transfer"', 'BODY "empty transfer"', 'BODY "without line end"',
     'NOT (FROM alice SUBJECT lunch)', "OR (TO bob) (CC eve)", "NOT NOT DRAFT",
     'OR SUBJECT "report" OR BODY "zebra" FROM "nobody"', "(SEEN FLAGGED) OR 1 2",
 ]

@@ -128,7 +128,7 @@ def test_header_keys_load_only_the_header() -> None:
     ('SUBJECT "PRUFUNG"', False),  # decomposed ü is not u
     ('SUBJECT "=?UTF-8?Q"', False),  # the encoded form is not searched
     ('FROM "jürgen search"', True), ('FROM "needle@haystack"', True), ('FROM "<needle@"', True),
-    ('TO "doe, jane"', True), ('TO "team: a@b.example"', True), ('TO "c@d.example;"', True),
+    ('TO "doe, jane"', True), ('TO "team: <a@b.example>"', True), ('TO "<c@d.example>;"', True), ('TO "team: a@b"', False),
     ('CC "jane"', False),
     ('HEADER X-Custom "magicvalue"', True), ('HEADER x-custom "magicvalue43"', False),
     ('HEADER X-Empty ""', True), ('HEADER X-Missing ""', False), ('HEADER Content-Type "MULTIPART"', True),
@@ -246,8 +246,11 @@ def test_sent_date_parsing_is_as_strict_as_dovecot(value: bytes, expected: date 
     (b"O'Brien <o@b>", "O'Brien <o@b>"),
     (b'"Mc\'Q. x" <e@f>', '"Mc\\\'Q. x" <e@f>'),  # inside quotes ' " and \\ are escaped
     (b"=?utf-8?q?enc_two?= <f@f>", "enc two <f@f>"),  # quoting is decided before decoding
-    (b"=?utf-8?q?J=C3=BCrgen?= Search <j@x>", '"Jürgen Search" <j@x>'),
-    (b"team: a@b, c@d;, e@f", "team: a@b, c@d;, e@f"),
+    (b"=?utf-8?q?J=C3=BCrgen?= Search <j@x>", "Jürgen Search <j@x>"),  # encoded-words: never quoted
+    (b"bob@example.net", "<bob@example.net>"),  # no name: still in angle brackets
+    (b'"" <x@x>, <@r1,@r2:u@h>', "<x@x>, <@r1,@r2:u@h>"),
+    (b"Empty:;, G: x@y;", "Empty:;, G: <x@y>;"),
+    (b"team: a@b, c@d;, e@f", "team: <a@b>, <c@d>;, <e@f>"),
     (b"u@h (Comment)", "Comment <u@h>"),
 ])
 def test_address_fields_are_matched_in_dovecots_rewritten_form(value: bytes, expected: str) -> None:

@@ -68,132 +68,227 @@ MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
 
 _PHRASE_ATOM = mime.ATEXT | frozenset(b".")
-_DOT_ATOM = mime.ATEXT | frozenset(b".")
+_DOT, _QUOTE, _LT, _GT, _AT, _COMMA, _COLON, _SEMI = b".", b'"', b"<", b">", b"@", b",", b":", b";"
 
 
-def _phrase(lex: Lexer) -> bytes:
-    """RFC 5322 §3.2.5 phrase (obs-phrase: "." allowed): words joined by one space."""
-    words: list[bytes] = []
-    while lex.skip_cfws():
-        c = lex.peek()
-        if c == 0x22:
-            words.append(lex.quoted_string())
-        elif c in _PHRASE_ATOM:
-            words.append(lex.token(_PHRASE_ATOM))
-        else:
-            break
-    return b" ".join(words)
+class _AddressParser:
+    """RFC 5322 §3.4 address-list parser that recovers from errors the way Dovecot does.
 
+    Return codes follow Dovecot's rfc822 parser: -1 error, 0 end of input, 1 more input follows.
+    A name-addr whose angle-addr is broken gets the domain "SYNTAX_ERROR"; missing parts become
+    "MISSING_MAILBOX" / "MISSING_DOMAIN"; the list ends at the first address not followed by ",".
+    """
 
-def _domain(lex: Lexer) -> bytes:
-    """RFC 5322 §3.4.1 domain: dot-atom or domain-literal, comments and spaces removed."""
-    if not lex.skip_cfws():
-        return b""
-    if lex.peek() == 0x5B:  # "[" domain-literal, kept with its brackets
-        data = lex.data
-        end = data.find(b"]", lex.pos)
-        stop = lex.end if end < 0 else end + 1
-        lit = data[lex.pos:stop]
-        lex.pos = stop
-        return lit.replace(b"\r", b"").replace(b"\n", b"")
-    parts: list[bytes] = []
-    while True:
-        tok = lex.token(mime.ATEXT)
-        if not tok:
-            break
-        parts.append(tok)
-        if not lex.skip_cfws() or lex.peek() != 0x2E:
-            break
-        lex.pos += 1
-        lex.skip_cfws()
-    return b".".join(parts)
+    def __init__(self, value: bytes) -> None:
+        self.lex = Lexer(value)
+        self.out: list[Address] = []
+        self.name: bytes | None = None
+        self.route: bytes | None = None
+        self.mailbox: bytes | None = None
+        self.domain: bytes | None = None
 
+    def _reset(self) -> None:
+        self.name = self.route = self.mailbox = self.domain = None
 
-def _local_part(lex: Lexer) -> tuple[bytes, bool]:
-    """(local-part, was it a lone quoted-string) (RFC 5322 §3.4.1, obs-local-part)."""
-    parts: list[bytes] = []
-    only_quoted = lex.peek() == 0x22
-    while True:
-        c = lex.peek()
-        if c == 0x22:
-            parts.append(lex.quoted_string())
-        elif c in mime.ATEXT:
-            parts.append(lex.token(mime.ATEXT))
-        else:
-            break
-        if not lex.skip_cfws() or lex.peek() != 0x2E:
-            break
-        only_quoted = False
-        lex.pos += 1
-        lex.skip_cfws()
-    return b".".join(parts), only_quoted and len(parts) == 1
+    def _more(self) -> int:
+        return 1 if self.lex.skip_cfws() else 0
 
+    def _at(self, ch: bytes) -> bool:
+        return self.lex.peek() == ch[0]
 
-def _addr_spec(lex: Lexer, out: list[Address]) -> None:
-    lex.last_comment = None
-    lex.skip_cfws()
-    lex.last_comment = None
-    local, lone_quoted = _local_part(lex)
-    host = b""
-    has_at = lex.skip_cfws() and lex.peek() == 0x40
-    if has_at:
-        lex.pos += 1
-        host = _domain(lex)
-    lex.skip_cfws()
-    name = lex.last_comment or None
-    if not has_at and local and name is None:
-        # "user more words": Dovecot reads the words after a bare local part as a display name
-        more = _phrase(lex)
-        if more:
-            out.append(Address(local + b" " + more, None, MISSING_MAILBOX, MISSING_DOMAIN))
-            return
-    if not has_at and lone_quoted and local:
-        # a lone quoted string is a display name without an address
-        out.append(Address(local, None, MISSING_MAILBOX, MISSING_DOMAIN))
-        return
-    out.append(Address(name, None, local or MISSING_MAILBOX, host or MISSING_DOMAIN))
+    # -- lexical pieces -------------------------------------------------------
 
+    def _quoted(self) -> tuple[bytes, int]:
+        lex = self.lex
+        lex.unterminated = False
+        text = lex.quoted_string()
+        if lex.unterminated:
+            return text, -1
+        return text, self._more()
 
-def _angle_addr(lex: Lexer, name: bytes | None, out: list[Address]) -> None:
-    lex.pos += 1  # "<"
-    adl: bytes | None = None
-    lex.skip_cfws()
-    if lex.peek() == 0x40:  # obs-route (RFC 5322 §4.4): "@a,@b:"
-        start = lex.pos
-        colon = lex.data.find(b":", start)
-        close = lex.data.find(b">", start)
-        if colon >= 0 and (close < 0 or colon < close):
-            route = lex.data[start:colon]
-            adl = bytes(c for c in route if c not in b" \t\r\n")
-            lex.pos = colon + 1
-    lex.skip_cfws()
-    local = b""
-    host = b""
-    if lex.peek() != 0x3E:
-        local, _ = _local_part(lex)
-        if lex.skip_cfws() and lex.peek() == 0x40:
+    def _phrase(self) -> tuple[bytes, int]:
+        """RFC 5322 §3.2.5 phrase incl. obs-phrase ("." allowed): words joined by one space."""
+        lex = self.lex
+        if lex.at_end():
+            return b"", 0
+        if self._at(_DOT):
+            return b"", -1
+        words: list[bytes] = []
+        while True:
+            if self._at(_QUOTE):
+                word, ret = self._quoted()
+            else:
+                word = lex.token(_PHRASE_ATOM)
+                ret = -1 if not word else self._more()
+            if ret < 0:
+                return b" ".join(words), -1
+            words.append(word)
+            if ret == 0:
+                return b" ".join(words), 0
+            c = lex.peek()
+            if c not in mime.ATEXT and c not in b'".':
+                return b" ".join(words), 1
+
+    def _dot_atom(self) -> tuple[bytes, int]:
+        lex = self.lex
+        parts = [lex.token(mime.ATEXT)]
+        if not parts[0]:
+            return b"", -1
+        while True:
+            if not lex.skip_cfws():
+                return b".".join(parts), 0
+            if not self._at(_DOT):
+                return b".".join(parts), 1
             lex.pos += 1
-            host = _domain(lex)
-    # skip to the closing ">"
-    while lex.skip_cfws() and lex.peek() not in (0x3E, 0x2C, 0x3B):
+            if not lex.skip_cfws():
+                return b".".join(parts) + b".", 0
+            tok = lex.token(mime.ATEXT)
+            if not tok:
+                return b".".join(parts) + b".", -1
+            parts.append(tok)
+
+    def _domain(self) -> int:
+        """"@" domain (RFC 5322 §3.4.1): dot-atom or a domain-literal kept with its brackets."""
+        lex = self.lex
+        lex.pos += 1  # "@"
+        if not lex.skip_cfws():
+            return 0
+        if lex.peek() == 0x5B:  # "["
+            close = lex.data.find(b"]", lex.pos)
+            if close < 0:
+                return -1
+            self.domain = mime.unfold(lex.data[lex.pos:close + 1])
+            lex.pos = close + 1
+            return self._more()
+        domain, ret = self._dot_atom()
+        if ret >= 0:
+            self.domain = domain
+        return ret
+
+    # -- grammar ---------------------------------------------------------------
+
+    def _addr_spec(self, in_angle: bool = False) -> int:
+        lex = self.lex
+        lex.last_comment = None
+        quoted = self._at(_QUOTE)
+        if quoted:
+            local, ret = self._quoted()
+        else:
+            local, ret = self._dot_atom()
+        if ret >= 0:
+            self.mailbox = local
+        no_domain = True
+        if ret != 0 and self._at(_AT):
+            no_domain = False
+            ret2 = self._domain()
+            if ret2 <= 0:
+                ret = ret2
+        if lex.last_comment:
+            if not in_angle:  # "u@h (Name)"; comments inside <...> do not name anyone
+                self.name = lex.last_comment
+        elif no_domain:
+            # a local part without "@domain": if words follow, it was a display name
+            more, _ = self._phrase()
+            if more and self.mailbox is not None:
+                self.name = self.mailbox + b" " + more
+                self.mailbox = None
+            elif quoted and self.mailbox and not more:
+                self.name, self.mailbox = self.mailbox, None  # a lone "quoted name"
+            ret = -1
+        return ret
+
+    def _angle_addr(self) -> int:
+        lex = self.lex
+        lex.pos += 1  # "<"
+        if not lex.skip_cfws():
+            return -1
+        if self._at(_AT):  # obs-route (RFC 5322 §4.4): "@a,@b:"
+            colon = lex.data.find(b":", lex.pos)
+            close = lex.data.find(b">", lex.pos)
+            if colon >= 0 and (close < 0 or colon < close):
+                self.route = bytes(c for c in lex.data[lex.pos:colon] if c not in b" \t\r\n")
+                lex.pos = colon + 1
+                if not lex.skip_cfws():
+                    return -1
+        if self._at(_GT):  # "<>"
+            lex.pos += 1
+            return self._more()
+        if self._addr_spec(in_angle=True) < 0:
+            return -1
+        if not self._at(_GT):
+            return -1
         lex.pos += 1
-    if lex.peek() == 0x3E:
+        return self._more()
+
+    def _name_addr(self) -> int:
+        if self._at(_LT):
+            name, ret = b"", 1
+        else:
+            name, ret = self._phrase()
+        if ret <= 0 or not self._at(_LT):
+            return -1
+        self.name = name or None
+        if self._angle_addr() < 0:
+            self.domain = b"SYNTAX_ERROR"
+        return 0 if self.lex.at_end() else 1
+
+    def _mailbox(self) -> int:
+        lex = self.lex
+        start = lex.pos
+        self._reset()
+        ret = self._name_addr()
+        if ret < 0:
+            lex.pos = start
+            self._reset()
+            ret = self._addr_spec()
+        self.out.append(Address(self.name or None, self.route, self.mailbox or MISSING_MAILBOX,
+                                self.domain or MISSING_DOMAIN))
+        return ret
+
+    def _group(self) -> int:
+        lex = self.lex
+        name, ret = self._phrase()
+        if ret <= 0 or not self._at(_COLON):
+            return -1
         lex.pos += 1
-    out.append(Address(name or None, adl, local or MISSING_MAILBOX, host or MISSING_DOMAIN))
+        ret = self._more()
+        self.out.append(Address(None, None, name, None))
+        if ret > 0 and not self._at(_SEMI):
+            while True:
+                self._mailbox()
+                if lex.at_end() or not self._at(_COMMA):
+                    break
+                lex.pos += 1
+                if not lex.skip_cfws():
+                    ret = -1
+                    break
+        if ret >= 0:
+            if lex.at_end() or not self._at(_SEMI):
+                ret = -1
+            else:
+                lex.pos += 1
+                ret = self._more()
+        self.out.append(GROUP_END)
+        return 0 if ret == 0 else 1
 
-
-def _mailbox(lex: Lexer, out: list[Address]) -> None:
-    start = lex.pos
-    name = _phrase(lex)
-    lex.skip_cfws()
-    if lex.peek() == 0x3C:  # "<": name-addr (RFC 5322 §3.4)
-        _angle_addr(lex, name, out)
-        return
-    lex.pos = start
-    _addr_spec(lex, out)
-
-
-_ADDRESS_START = mime.ATEXT | frozenset(b'."<@:')
+    def parse(self) -> list[Address]:
+        lex = self.lex
+        if not lex.skip_cfws():
+            return self.out
+        while True:
+            start = lex.pos
+            if self._group() < 0:
+                lex.pos = start
+                self._mailbox()
+            if lex.at_end() or not self._at(_COMMA):
+                break
+            lex.pos += 1
+            lex.unterminated = False
+            if not lex.skip_cfws():
+                if lex.unterminated:  # "a@b, (unclosed comment": Dovecot adds an empty address
+                    self.out.append(Address(None, None, MISSING_MAILBOX, MISSING_DOMAIN))
+                break
+        return self.out
 
 
 _ATEXT_RE = rb"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\x80-\xff-]+"
@@ -232,49 +327,7 @@ def parse_address_list(value: bytes) -> list[Address]:
 
 def parse_address_list_slow(value: bytes) -> list[Address]:
     """The full parser behind `parse_address_list` (comments, groups, quoting, routes, errors)."""
-    lex = Lexer(value)
-    out: list[Address] = []
-    while lex.skip_cfws():
-        c = lex.peek()
-        if c in (0x2C, 0x3B):  # stray "," or ";"
-            lex.pos += 1
-            continue
-        before = lex.pos
-        if c not in _ADDRESS_START:
-            # Dovecot gives up on the rest of the field at an address it cannot parse
-            out.append(Address(None, None, MISSING_MAILBOX, MISSING_DOMAIN))
-            break
-        start = lex.pos
-        name = _phrase(lex)
-        lex.skip_cfws()
-        if lex.peek() == 0x3A and name:  # group (RFC 5322 §3.4): display-name ":" [list] ";"
-            lex.pos += 1
-            out.append(Address(None, None, name, None))
-            while lex.skip_cfws():
-                c = lex.peek()
-                if c == 0x3B:
-                    lex.pos += 1
-                    break
-                if c == 0x2C:
-                    lex.pos += 1
-                    continue
-                inner = lex.pos
-                _mailbox(lex, out)
-                _skip_garbage(lex, inner, stop=b",;")
-            out.append(GROUP_END)
-        else:
-            lex.pos = start
-            _mailbox(lex, out)
-        _skip_garbage(lex, before, stop=b",")
-    return out
-
-
-def _skip_garbage(lex: Lexer, before: int, stop: bytes) -> None:
-    """After one address: skip anything up to the next separator; always make progress."""
-    while lex.skip_cfws() and lex.peek() not in stop:
-        lex.pos += 1
-    if lex.pos == before and not lex.at_end():
-        lex.pos += 1
+    return _AddressParser(value).parse()
 
 
 def _address_list(addrs: list[Address]) -> bytes:
@@ -312,6 +365,8 @@ def envelope_from_fields(fields: Iterable[mime.Field]) -> bytes:
         name = f.name.lower()
         if name not in _ENV_FIELDS:
             continue
+        if b"\x00" in f.value:  # Dovecot stores header text with NUL as U+FFFD
+            f = mime.Field(f.name, f.value.replace(b"\x00", "\ufffd".encode()), f.start, f.end)
         if name in _ADDR_FIELDS:
             addrs.setdefault(name, []).extend(parse_address_list(f.value))
         else:

@@ -32,7 +32,6 @@ Semantics (Dovecot 2.3 without full-text search):
 from __future__ import annotations
 
 import base64
-import binascii
 import codecs
 import quopri
 import re
@@ -153,10 +152,7 @@ def decode_header_value(value: bytes) -> str:
             out.append(gap.decode("utf-8", "replace"))
         charset, enc, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
         if enc in (b"b", b"B"):
-            try:
-                raw = base64.b64decode(text + b"=" * (-len(text) % 4))
-            except (binascii.Error, ValueError):
-                raw = text
+            raw = decode_base64(text)  # lenient, as Dovecot: stops at a bad byte or the padding
         else:
             raw = quopri.decodestring(text.replace(b"_", b" "), header=True)
         out.append(_charset_decode(raw, charset))
@@ -166,27 +162,35 @@ def decode_header_value(value: bytes) -> str:
 
 
 def _addresses_text(value: bytes) -> str:
-    """Address header rewritten as Dovecot matches it: `Name <local@domain>, group: a@b;`, with
-    display names quoted unless they are one atom, then encoded-words decoded."""
+    """Address header rewritten as Dovecot matches FROM/TO/CC/BCC: `Name <local@domain>`,
+    `<local@domain>` without a name, `group: <a@b>, c <d@e>;`, then encoded-words decoded.
+
+    A display name is written as it stands when it holds an encoded-word, bare when it is one
+    atom, and quoted otherwise.
+    """
     out = bytearray()
-    after_group_start = False
+    need_sep = after_start = False
     for a in parse_address_list(value):
         if a == GROUP_END:
             out += b";"
-            after_group_start = False
+            need_sep, after_start = True, False
             continue
-        if out and not after_group_start:
+        if need_sep:
             out += b", "
-        elif after_group_start:
+        elif after_start:
             out += b" "
         if a.host is None and a.mailbox is not None and a.adl is None and a.name is None:
-            out += a.mailbox + b":"  # group start
-            after_group_start = True
+            out += _display(a.mailbox) + b":"  # group start
+            need_sep, after_start = False, True
             continue
-        after_group_start = False
-        spec = (a.mailbox or b"") + (b"@" + a.host if a.host else b"")
-        out += _maybe_quote(a.name) + b" <" + spec + b">" if a.name else spec
+        spec = (a.adl + b":" if a.adl else b"") + (a.mailbox or b"") + (b"@" + a.host if a.host else b"")
+        out += (_display(a.name) + b" <" if a.name else b"<") + spec + b">"
+        need_sep, after_start = True, False
     return decode_header_value(bytes(out))
+
+
+def _display(name: bytes) -> bytes:
+    return name if b"=?" in name else _maybe_quote(name)
 
 
 def _maybe_quote(name: bytes) -> bytes:
@@ -240,17 +244,8 @@ def _decode_body(data: bytes, encoding: bytes | None) -> bytes | None:
 
 def _media_type(value: bytes) -> bytes:
     """`type/subtype` as Dovecot's content-type reader leaves it, however broken the field is."""
-    lex = mime.Lexer(value)
-    lex.skip_cfws()
-    ctype = lex.token()
-    if not ctype or not lex.skip_cfws():
-        return ctype
-    if lex.peek() != 0x2F:
-        return b""
-    lex.pos += 1
-    if not lex.skip_cfws():
-        return b""
-    return ctype + b"/" + lex.token()
+    ctype, subtype, _ = mime.parse_media_type(value)
+    return ctype + b"/" + subtype if subtype else ctype
 
 
 def _body_view(data: bytes, part: mime.Part) -> tuple[bool, bytes | None]:
@@ -269,6 +264,8 @@ def _body_view(data: bytes, part: mime.Part) -> tuple[bool, bytes | None]:
             lex = mime.Lexer(f.value)
             lex.skip_cfws()
             cte = lex.token()
+            if not cte or lex.skip_cfws():
+                cte = b"x-unreadable"  # anything after the token: Dovecot does not decode (skips)
     return searched, cte
 
 

@@ -174,7 +174,7 @@ class Lexer:
         self.pos = 0
         self.end = len(data)
         self.last_comment: bytes | None = None
-        self.unterminated = False  # a quoted-string ran to the end without its closing quote
+        self.unterminated = False  # a quoted-string or comment ran to the end unclosed
 
     def at_end(self) -> bool:
         return self.pos >= self.end
@@ -216,6 +216,8 @@ class Lexer:
                     break
             if c not in (0x0D, 0x0A):
                 out.append(c)
+        else:
+            self.unterminated = True  # the comment never closed
         self.last_comment = bytes(out)
 
     def token(self, chars: frozenset[int] = TOKEN_CHARS) -> bytes:
@@ -241,7 +243,9 @@ class Lexer:
             if c == 0x5C and self.pos < end:
                 out.append(data[self.pos])
                 self.pos += 1
-            elif c not in (0x0D, 0x0A):
+            elif c == 0x0A or (c == 0x0D and self.pos < end and data[self.pos] == 0x0A):
+                pass  # folding; a lone CR stays (Dovecot)
+            else:
                 out.append(c)
         self.unterminated = True
         return bytes(out)
@@ -352,28 +356,36 @@ def merge_rfc2231(raw: Params) -> Params:
 
 # --------------------------------------------------------------------------- Content-* fields
 
-def _parse_content_type(part: Part, value: bytes) -> None:
+def parse_media_type(value: bytes) -> tuple[bytes, bytes, Lexer | None]:
+    """(type, subtype, lexer positioned at the parameters or None) of a Content-Type value.
+
+    Broken values are read the way Dovecot reads them: a lone `text` is kept (subtype ""), but any
+    other malformation (`text; x=y`, `text/`, `text/pl ain`, `text/@x`) gives type "" and no
+    parameters (RFC 2045 §5.1 grammar otherwise).
+    """
     lex = Lexer(value)
     lex.skip_cfws()
     ctype = lex.token()
-    more = lex.skip_cfws()
-    ok = bool(ctype) and more
-    subtype = b""
-    if ok and lex.peek() != 0x2F:
-        ctype = b""  # "text; charset=x": Dovecot drops the type (only a lone "text" is kept)
-    if ok and lex.peek() == 0x2F:  # "/"
-        lex.pos += 1
-        if lex.skip_cfws():
-            subtype = lex.token()
-            lex.skip_cfws()
-        else:
-            ok = False
-            ctype = b""  # "text/" and nothing more: dropped as well
-    else:
-        ok = False
-    part.ctype = ctype
-    part.csubtype = subtype
-    if ok:
+    if not ctype:
+        return b"", b"", None
+    if not lex.skip_cfws():
+        return ctype, b"", None  # a lone type
+    if lex.peek() != 0x2F:  # "/"
+        return b"", b"", None
+    lex.pos += 1
+    if not lex.skip_cfws():
+        return b"", b"", None
+    subtype = lex.token()
+    if lex.skip_cfws() and lex.peek() != 0x3B:  # anything but ";" after the subtype
+        return b"", b"", None
+    if not subtype:
+        return b"", b"", None
+    return ctype, subtype, lex
+
+
+def _parse_content_type(part: Part, value: bytes) -> None:
+    part.ctype, part.csubtype, lex = parse_media_type(value)
+    if lex is not None:
         part.params = parse_params(lex)
 
 
@@ -611,6 +623,9 @@ class _Parser:
         hit = self._scan(part.body_start, inner)  # skip the preamble (RFC 2046 §5.1.1)
         floor = part.body_start
         while hit is not None and hit.index == mine and not hit.close:
+            if not self.msg.endswith(b"\n", hit.line_start, hit.next_line):
+                # a delimiter on the last line, without a line end, opens no part (Dovecot)
+                return None, hit.next_line
             floor = hit.next_line
             if self.parts >= MAX_PARTS:
                 hit = self._scan(hit.next_line, inner)
