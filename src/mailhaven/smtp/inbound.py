@@ -3,7 +3,10 @@
 Owns: what the MX accepts (RFC 5321 §3.6.2 / §4.1.1.3): recipients in our domains that resolve to
 users (users, aliases, catch-all, sub-addresses through auth.users.Directory); everything else is
 refused as relaying (550 5.7.1) whatever the HELO, MAIL FROM or client address; unknown local
-users get 550 5.1.1. Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
+users get 550 5.1.1. Postmaster (RFC 5321 §4.5.1): `<postmaster>` and postmaster@ each of our
+domains (any case) are always accepted; without a postmaster alias (or catch-all) they go to the
+domain's first user in sorted order, else to the first user of the first domain that has one
+(`postmaster_users`). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
 the verdict at DATA), the trace fields we add (Return-Path, Received, Authentication-Results,
 Received-SPF) and durable delivery into every recipient's Maildir (INBOX, or Junk on a
 "junk" verdict) before the 250.
@@ -67,17 +70,17 @@ class InboundHandler(BaseHandler):
         directory = self.ctx.directory
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
-            for domain in self.config.domains:
-                users = directory.resolve(f"postmaster@{domain}")
-                if users:
-                    return R.RCPT_OK, list(users)
-            return R.UNKNOWN_USER, None
+            users = postmaster_users(directory, next(iter(self.config.domains), ""))
+            return (R.RCPT_OK, users) if users else (R.UNKNOWN_USER, None)
         assert isinstance(rcpt, Address)
         # No relaying, ever (RFC 5321 §3.6.2): only our domains; address literals are never ours
         # here, so <user@[127.0.0.1]> is refused like any other foreign destination.
         if rcpt.is_literal or not directory.is_local_domain(rcpt.domain):
             return R.RELAY_DENIED, None
-        users = directory.resolve(rcpt)
+        if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
+            users = postmaster_users(directory, rcpt.domain)
+        else:
+            users = directory.resolve(rcpt)
         if not users:
             return R.UNKNOWN_USER, None
         return R.RCPT_OK, list(users)
@@ -99,7 +102,10 @@ class InboundHandler(BaseHandler):
             # reject -> 550 5.7.1, tempfail -> 451 4.4.3 (replies.reply_for renders it)
             raise error
         folder = JUNK if verdict.action == "junk" else INBOX
-        single = str(txn.recipients[0]) if len(txn.recipients) == 1 else None
+        # RFC 5321 §4.4 / §7.2: name the recipient only when there is one (the same address given
+        # twice is still one recipient, as Postfix sees it).
+        one = len({r.normalized() for r in txn.recipients}) == 1
+        single = str(txn.recipients[0]) if one else None
         trace = [
             headers.return_path(str(txn.sender) if txn.sender is not None else ""),  # RFC 5321 §4.4
             headers.received(
@@ -118,8 +124,26 @@ class InboundHandler(BaseHandler):
         return R.accepted(txn.queue_id)
 
 
+def postmaster_users(directory: Any, domain: str) -> list[str] | None:
+    """Who gets mail for postmaster@`domain` (RFC 5321 §4.5.1: it MUST be accepted).
+
+    The postmaster alias or user of the domain (or its catch-all) when there is one; else the
+    domain's first user in sorted order; else the first user of the first domain that has one; None
+    only when there are no users at all."""
+    users = directory.resolve(f"postmaster@{domain}")
+    if users:
+        return list(users)
+    names = directory.user_names  # sorted
+    domains = [domain.lower()] + [d for d in directory.config.domains if d != domain.lower()]
+    for d in domains:
+        mine = [u for u in names if u.rpartition("@")[2] == d]
+        if mine:
+            return mine[:1]
+    return None
+
+
 def handler_factory(ctx: Any, config: Any, listener: str) -> InboundHandler:
     return InboundHandler(ctx, config, listener)
 
 
-__all__ = ["InboundHandler", "handler_factory"]
+__all__ = ["InboundHandler", "handler_factory", "postmaster_users"]
