@@ -137,8 +137,9 @@ _HEADER = re.compile(r"""^\s*\[\s*domains\s*\.\s*(?P<key>"(?:[^"\\]|\\.)*"|'[^']
 _TABLE = re.compile(r"^\s*\[")
 
 
-def _toml_str(value: str) -> str:
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+def toml_string(value: str) -> str:
+    """A TOML basic string: JSON's escapes, plus DEL, which TOML forbids raw and JSON leaves alone."""
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _unquote(key: str) -> str:
@@ -163,7 +164,7 @@ def _domain_key(data: dict[str, Any], domain: str) -> str | None:
 def set_domain_keys(text: str, domain: str, values: dict[str, str]) -> str:
     """The config text with `values` set in domain's `[domains."D"]` table (see the module doc).
     Raises DkimSetupError when the file cannot be edited safely."""
-    manual = ", ".join(f"{k} = {_toml_str(v)}" for k, v in values.items())
+    manual = ", ".join(f"{k} = {toml_string(v)}" for k, v in values.items())
     try:
         before = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -171,11 +172,11 @@ def set_domain_keys(text: str, domain: str, values: dict[str, str]) -> str:
     raw_key = _domain_key(before, domain)
     if raw_key is None:
         raise DkimSetupError(f"domain {domain} is not in the config")
-    lines = text.splitlines(keepends=True)
+    lines = re.findall(r"[^\n]*\n|[^\n]+$", text)  # TOML lines end at LF only (not at NEL, U+2028...)
     headers = [i for i, ln in enumerate(lines)
                if (m := _HEADER.match(ln.rstrip("\r\n"))) and _unquote(m.group("key")) == raw_key]
     if len(headers) != 1:
-        raise DkimSetupError(f'cannot find one [domains.{_toml_str(raw_key)}] table to edit; '
+        raise DkimSetupError(f'cannot find one [domains.{toml_string(raw_key)}] table to edit; '
                              f'set by hand in it: {manual}')
     start = headers[0] + 1
     end = next((i for i in range(start, len(lines)) if _TABLE.match(lines[i])), len(lines))
@@ -184,7 +185,7 @@ def set_domain_keys(text: str, domain: str, values: dict[str, str]) -> str:
     for key, value in values.items():
         pattern = re.compile(rf"^(\s*){re.escape(key)}\s*=")
         hits = [i for i in range(start, end) if pattern.match(lines[i])]
-        new_line = f"{key} = {_toml_str(value)}{newline}"
+        new_line = f"{key} = {toml_string(value)}{newline}"
         if hits:
             indent = pattern.match(lines[hits[0]]).group(1)  # type: ignore[union-attr]
             lines[hits[0]] = indent + new_line
@@ -199,7 +200,7 @@ def set_domain_keys(text: str, domain: str, values: dict[str, str]) -> str:
     except tomllib.TOMLDecodeError:
         after = None
     if after != expected:
-        raise DkimSetupError(f"could not edit the config safely; set by hand in [domains.{_toml_str(raw_key)}]: "
+        raise DkimSetupError(f"could not edit the config safely; set by hand in [domains.{toml_string(raw_key)}]: "
                              f"{manual}")
     return result
 
@@ -240,4 +241,5 @@ def relative_to(config_dir: Path, path: Path) -> str:
 
 
 __all__ = ["Algorithm", "DkimSetupError", "KEY_DIR", "RSA_BITS", "config_keys", "check_selector", "key_path",
-           "new_selector", "generate", "write_key", "set_domain_keys", "update_config_file", "relative_to"]
+           "new_selector", "generate", "write_key", "set_domain_keys", "update_config_file", "relative_to",
+           "toml_string"]
