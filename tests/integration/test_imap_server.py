@@ -800,3 +800,101 @@ async def test_app_serves_imap_with_starttls_and_imaps_and_says_bye_on_stop(
         line = await asyncio.wait_for(reader.readline(), 10)
         assert line.startswith(b"* BYE")
         writer.close()
+
+
+# --------------------------------------------------------------------------- more keys and items
+
+
+MULTIPART = (b"From: Carol <carol@example.net>\r\nTo: alice@example.test\r\nCc: Dave <dave@example.net>\r\n"
+             b"Bcc: eve@example.net\r\nSubject: with attachment\r\nDate: Tue, 2 Jan 2024 10:00:00 +0000\r\n"
+             b"Message-ID: <mp@example.net>\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+             b"preamble\r\n--XX\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello wonderful world\r\n"
+             b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+             b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\nAAECAw==\r\n--XX--\r\n")
+
+
+def test_fetch_parts_of_a_multipart_message(imap: ImapHarness) -> None:
+    imap.deliver(MULTIPART)
+    c = imap.client()
+    ok(c.select("INBOX"))
+    data = ok(c.fetch("1", "(BODY.PEEK[1] BODY.PEEK[2.MIME] BODY.PEEK[2])"))
+    # imaplib splits one FETCH response at each literal: (prefix, literal) tuples in order
+    chunks = [item for item in data if isinstance(item, tuple)]
+    assert [re.search(rb"BODY\[[^\]]*\]", p).group(0) for p, _ in chunks] == \
+        [b"BODY[1]", b"BODY[2.MIME]", b"BODY[2]"]  # type: ignore[union-attr]
+    assert [v for _, v in chunks] == [
+        b"Hello wonderful world",
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        b"Content-Disposition: attachment; filename=\"a.bin\"\r\n\r\n",
+        b"AAECAw=="]
+    bs = ok(c.fetch("1", "(BODYSTRUCTURE)"))[0]
+    assert b'"mixed"' in bs and b'"attachment" ("filename" "a.bin")' in bs
+    data = ok(c.fetch("1", "(RFC822.TEXT)"))
+    assert data[0][1].startswith(b"preamble")
+    c.logout()
+
+
+def test_search_every_rfc3501_key_family(imap: ImapHarness) -> None:
+    imap.fill(3)  # Dates: 14 Nov 2023 (+n minutes)
+    imap.deliver(MULTIPART)  # message 4, sent 2 Jan 2024
+    imap.store_flags([1], {"\\Answered", "\\Draft", "Work"})
+    imap.store_flags([2], {"\\Flagged"})
+    c = imap.client()
+    ok(c.select("INBOX"))
+
+    def s(*keys: str) -> bytes:
+        return ok(c.search(None, *keys))[0]  # type: ignore[no-any-return]
+
+    assert s("ANSWERED") == b"1" and s("UNANSWERED") == b"2 3 4"
+    assert s("DRAFT") == b"1" and s("UNDRAFT") == b"2 3 4"
+    assert s("FLAGGED") == b"2" and s("UNFLAGGED") == b"1 3 4"
+    assert s("KEYWORD", "Work") == b"1" and s("UNKEYWORD", "Work") == b"2 3 4"
+    assert s("RECENT") == b"1 2 3 4" and s("NEW") == b"1 2 3 4" and s("OLD") == b""
+    assert s("SENTBEFORE", "1-Jan-2024") == b"1 2 3" and s("SENTON", "2-Jan-2024") == b"4"
+    assert s("SENTSINCE", "2-Jan-2024") == b"4"
+    assert s("SINCE", "1-Jan-2000") == b"1 2 3 4" and s("BEFORE", "1-Jan-2000") == b""
+    assert s("CC", "dave") == b"4" and s("BCC", "eve@") == b"4" and s("TO", "alice") == b"1 2 3 4"
+    assert s("TEXT", "wonderful") == b"4" and s("BODY", "wonderful") == b"4"
+    assert s("TEXT", "Carol") == b"4" and s("BODY", "Carol") == b""
+    assert s("SMALLER", "100") == b"" and s("LARGER", "100000") == b""
+    assert s("UID", "2:3") == b"2 3" and s("2,4") == b"2 4" and s("*") == b"4"
+    assert s("OR", "FLAGGED", "(ANSWERED DRAFT)") == b"1 2"
+    assert s("NOT", "OR", "FLAGGED", "ANSWERED") == b"3 4"
+    assert s("HEADER", "Content-Type", "multipart") == b"4" and s("HEADER", "MIME-Version", '""') == b"4"
+    assert ok(c.uid("SEARCH", "UID", "3:*"))[0] == b"3 4"
+    assert s("ON", time.strftime("%d-%b-%Y", time.localtime(imap.messages()[0].internaldate))) == b"1 2 3 4"
+    c.logout()
+
+
+def test_list_shows_parents_made_by_other_tools_as_noselect(imap: ImapHarness) -> None:
+    c = imap.client()
+    ok(c.list())  # the account exists on disk now
+    root = imap.cfg.mail_root / "example.test" / "alice"
+    for sub in ("cur", "new", "tmp"):
+        (root / ".Lonely.Child" / sub).mkdir(parents=True)
+    (root / ".Lonely.Child" / "maildirfolder").touch()
+    text = b"\n".join(ok(c.list('""', "*")))
+    assert b'(\\HasNoChildren) "." Lonely.Child' in text
+    assert b'(\\Noselect \\HasChildren) "." Lonely' in text
+    assert ok(c.list('""', "Lonely"))[0].startswith(b"(\\Noselect")
+    c.logout()
+
+
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Kolkata", "Pacific/Chatham", "Europe/Berlin"])
+def test_fast_internaldate_matches_fetchitems_in_every_zone(zone: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from mailhaven.imap import fetchitems
+    from mailhaven.imap.session import internaldate
+
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        rnd = random.Random(zone)
+        stamps = [0, 1e9, 1700000000.5, 2**31 - 1, 1711846800, 1711850400, 1729990800, 1729994400]
+        for ts in stamps + [rnd.uniform(-1e9, 4e9) for _ in range(3000)]:
+            assert internaldate(ts) == fetchitems.internaldate(ts), (zone, ts)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from mailhaven.imap import commands as C
@@ -49,19 +50,28 @@ def header_prefilter(key: C.SearchKey) -> Callable[[bytes], bool] | None:
     runs = [r.lower().encode("ascii") for r in _RUN.findall(needle)] if needle.isascii() else []
     if not runs:
         return None
-    field = re.compile(rb"^" + re.escape(key.field.encode("utf-8")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-                       re.IGNORECASE | re.MULTILINE)
+    name = re.escape(key.field.encode("utf-8"))
+    # The field's lines (the first and its continuations), up to a run, case-insensitively.
+    finders = [re.compile(rb"^" + name + rb"[ \t]*:(?:[^\n]|\n[ \t])*?" + re.escape(r), re.I | re.M)
+               for r in runs]
 
     def may_match(header: bytes) -> bool:
         if not header.isascii() or b"=?" in header or b"\\" in header:
             return True
-        values = b"\n".join(field.findall(header)).lower()
-        return bool(values) and all(r in values for r in runs)
+        for f in finders:
+            if f.search(header) is None:
+                return False
+        return True
 
     return may_match
 
 
-def _filter(key: C.SearchKey, msgs: list[search.Message], ctx: search.SearchContext) -> list[search.Message]:
+@dataclass
+class _Msg(search.Message):
+    key: str = ""  # the message file's key, for the session's header cache
+
+
+def _filter(key: C.SearchKey, msgs: list[_Msg], ctx: search.SearchContext) -> list[_Msg]:
     return [m for m in msgs if search.evaluate(key, m, ctx)]
 
 
@@ -74,12 +84,13 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
     infos = _match_infos(numbered, sel.current.messages)
     ctx = search.SearchContext(max_seq=view.exists, max_uid=numbered[-1] if numbered else 0)
     cheap, costly = _split(cmd.criteria)
-    msgs: list[search.Message] = []
+    recent = view.recent
+    msgs: list[_Msg] = []
     for seq, info in enumerate(infos, 1):
         if info is None:  # expunged by someone else, EXPUNGE not sent yet: matches nothing
             continue
-        flags = info.flags | {RECENT} if view.is_recent(info.uid) else info.flags
-        msgs.append(search.Message(seq, info.uid, flags, info.internaldate, info.size))
+        flags = info.flags | {RECENT} if info.uid in recent else info.flags
+        msgs.append(_Msg(seq, info.uid, flags, info.internaldate, info.size, key=info.key))
     if cheap.keys:
         if len(msgs) > 2000:
             msgs = await asyncio.to_thread(_filter, cheap, msgs, ctx)
@@ -88,40 +99,43 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
     if costly.keys and msgs:
         header_only = search.needs(costly) == frozenset({"header"})
         checks = [f for f in map(header_prefilter, costly.keys) if f is not None] if header_only else []
+        check = checks[0] if len(checks) == 1 else (lambda h: all(c(h) for c in checks)) if checks else None
         user = session.user or ""
-        keys = {info.uid: info.key for info in infos if info is not None}
-        matched: list[search.Message] = []
+        peek = CACHE.peek
+        matched: list[_Msg] = []
         for start in range(0, len(msgs), BATCH):
             batch = msgs[start:start + BATCH]
-            to_read: list[int] = []
+            ready: list[_Msg] = []
+            to_read: list[_Msg] = []
             for m in batch:
-                entry = CACHE.get((user, keys[m.uid])) if header_only else None
-                if entry is not None and entry.header is not None:
-                    m.header_bytes = entry.header
-                else:
-                    to_read.append(m.uid)
-            datas = await _read_many(sel.mailbox, to_read)
-            ready: list[search.Message] = []
-            for m in batch:
-                if m.header_bytes is not None:
-                    if all(check(m.header_bytes) for check in checks):
-                        ready.append(m)
-                    continue
+                entry = peek((user, m.key)) if header_only else None
+                hdr = entry.header if entry is not None else None
+                if hdr is None:
+                    to_read.append(m)
+                elif check is None or check(hdr):
+                    m.header_bytes = hdr
+                    ready.append(m)
+            datas = await _read_many(sel.mailbox, [m.uid for m in to_read])
+            for m in to_read:
                 data = datas.get(m.uid)
                 if data is None:
                     continue  # expunged meanwhile
                 if header_only:
-                    m.header_bytes = data[:header_end(data)]
-                    entry = CACHE.get((user, keys[m.uid]))
+                    hdr = data[:header_end(data)]
+                    entry = CACHE.get((user, m.key))
                     if entry is None:
                         entry = _Entry()
-                        entry.header = m.header_bytes
-                        CACHE.put((user, keys[m.uid]), entry)
-                    if not all(check(m.header_bytes) for check in checks):
+                        entry.header = hdr
+                        CACHE.put((user, m.key), entry)
+                    elif entry.header is None:
+                        entry.header = hdr
+                    if check is not None and not check(hdr):
                         continue
+                    m.header_bytes = hdr
                 else:
                     m.load = (lambda d=data: d)
                 ready.append(m)
+            ready.sort(key=_seq_of)
             if len(ready) > 50:
                 matched += await asyncio.to_thread(_filter, costly, ready, ctx)
             else:
@@ -130,6 +144,10 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
     if cmd.uid:
         return [m.uid for m in msgs]
     return [m.seq for m in msgs]
+
+
+def _seq_of(m: _Msg) -> int:
+    return m.seq
 
 
 __all__ = ["run"]

@@ -60,7 +60,7 @@ SERVER_NAME = "Mailhaven"
 DELIMITER = "."  # Maildir++ hierarchy delimiter (store/names.py)
 SEEN, DELETED = "\\Seen", "\\Deleted"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-POLL_INTERVAL = 10.0  # seconds between snapshots while nothing was announced (disk changes by others)
+POLL_INTERVAL = 30.0  # seconds between snapshots with no change event (disk changes by others; Dovecot: 30 s)
 IDLE_KEEPALIVE = 120.0  # "* OK Still here" while idling (NAT and firewall timers)
 OUTPUT_BATCH = 256 * 1024  # write to the socket once this much output is buffered
 STORE_CHUNK = 1000  # messages per store_flags call: other sessions get the account lock in between
@@ -173,6 +173,10 @@ class MessageCache:
             self._d.move_to_end(key)
         return e
 
+    def peek(self, key: tuple[str, str]) -> _Entry | None:
+        """Like get() without refreshing the entry's place (bulk scans must not reorder the LRU)."""
+        return self._d.get(key)
+
     def put(self, key: tuple[str, str], entry: _Entry) -> None:
         old = self._d.pop(key, None)
         if old is not None:
@@ -244,7 +248,7 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
             elif name == "RFC822.SIZE":
                 parts.append(b"RFC822.SIZE %d" % info.size)
             elif name == "INTERNALDATE":
-                parts.append(b"INTERNALDATE " + fetchitems.internaldate(info.internaldate))
+                parts.append(b"INTERNALDATE " + internaldate(info.internaldate))
             elif name == "ENVELOPE":
                 assert entry is not None and entry.envelope is not None
                 parts.append(b"ENVELOPE " + entry.envelope)
@@ -483,6 +487,10 @@ class Session:
                 await self.send_updates(not (verb in NO_EXPUNGE_DURING and not getattr(cmd, "uid", False)))
             except SessionEnd as e:
                 end = e
+            except (ConnectionError, TimeoutError, ServerStopping):
+                raise
+            except Exception:  # the command's own reply still goes out; updates come next time
+                log.warning("imap: updates for the selected mailbox failed", exc_info=True)
         if result:
             self.emit(f"{tag} {result}\r\n".encode())
         await self.flush()
@@ -1073,15 +1081,31 @@ class Session:
         needs_data = any(_needs_data(i) for i in items)
         has_flags = any(isinstance(i, C.FetchAttr) and i.name == "FLAGS" for i in items) or bool(seen_set)
         user = self.user or ""
-        if not want and not needs_data:  # metadata only: render inline, no disk access
+        if not want and not needs_data:  # metadata only: no disk access, rendered in bulk
+            fmt, fields = _meta_template(items)
+            recent = view.recent
+            lines: list[bytes] = []
             for (seq, uid), info in zip(pairs, infos, strict=True):
                 if info is None:
                     missing += 1
                     continue
-                its = items if uid not in seen_set or not has_flags else (*items, C.FetchAttr("FLAGS"))
-                await self.emit_batched(render_items(seq, info, its, None, None, view.is_recent(uid)))
+                values: list[int | bytes] = [seq]
+                for f in fields:
+                    if f == 0:
+                        values.append(uid)
+                    elif f == 1:
+                        values.append(render_flags(info.flags, uid in recent))
+                    elif f == 2:
+                        values.append(info.size)
+                    else:
+                        values.append(internaldate(info.internaldate))
+                lines.append(fmt % tuple(values))
                 if has_flags:
                     view.reported(uid, info.modseq)
+                if len(lines) >= 2048:
+                    await self.emit_batched(b"".join(lines))
+                    lines.clear()
+            self.emit(b"".join(lines))
         else:
             for start in range(0, len(pairs), FETCH_BATCH):
                 rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]] = []
@@ -1129,6 +1153,37 @@ class Session:
         if missing:
             return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
         return ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+
+
+def internaldate(ts: float) -> bytes:
+    """fetchitems.internaldate(ts) in the server's zone, without datetime objects (5x faster; the
+    unit test compares the two): "17-Jul-1996 02:44:25 -0700" quoted (RFC 3501 §9 date-time)."""
+    lt = time.localtime(ts)
+    off = lt.tm_gmtoff // 60
+    sign = b"-" if off < 0 else b"+"
+    off = abs(off)
+    return b'"%02d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
+        lt.tm_mday, _MONTHS[lt.tm_mon - 1], lt.tm_year, lt.tm_hour, lt.tm_min, lt.tm_sec, sign, off // 60,
+        off % 60)
+
+
+_META_FIELDS = {"UID": (b"UID %d", 0), "FLAGS": (b"FLAGS %s", 1), "RFC822.SIZE": (b"RFC822.SIZE %d", 2),
+                "INTERNALDATE": (b"INTERNALDATE %s", 3)}
+
+
+def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
+    """A %-format for `* n FETCH (...)` of metadata-only items, and which value goes where."""
+    parts: list[bytes] = []
+    fields: list[int] = []
+    for item in items:
+        assert isinstance(item, C.FetchAttr)
+        text, code = _META_FIELDS[item.name]
+        parts.append(text)
+        fields.append(code)
+    return b"* %d FETCH (" + b" ".join(parts) + b")\r\n", fields
 
 
 def _complete(entry: _Entry, want: frozenset[str]) -> bool:

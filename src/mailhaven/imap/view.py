@@ -198,9 +198,10 @@ class View:
 
     def reported(self, uid: int, modseq: int) -> None:
         """The session sent this message's flags as of `modseq` (no unsolicited FETCH for it)."""
-        if self._reported.get(uid, 0) < modseq:
+        if self._flags:
+            self._flags.pop(uid, None)
+        if modseq > self.modseq and self._reported.get(uid, 0) < modseq:  # newer than the last sync
             self._reported[uid] = modseq
-        self._flags.pop(uid, None)
 
     def pending(self) -> bool:
         """Is there anything `flush(True)` would send?"""
