@@ -1010,31 +1010,13 @@ class Session:
         dest = await self._target(cmd.mailbox)
         if not uids:
             return "OK No messages copied."
-        if dest.name == sel.mailbox.name:
-            mapping = await self._copy_into_self(sel, uids)
-        else:
-            mapping = await sel.mailbox.copy(uids, dest)
+        mapping = await sel.mailbox.copy(uids, dest)  # into itself too (RFC 3501 allows it)
         if not mapping:
             return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
         src_set = render_set(s for s, _ in mapping)
         dst_set = render_set(d for _, d in mapping)
         # RFC 4315 §3: COPYUID uidvalidity source-uids destination-uids (same order)
         return f"OK [COPYUID {dest.uidvalidity} {src_set} {dst_set}] Copy completed."
-
-    async def _copy_into_self(self, sel: _Selected, uids: list[int]) -> list[tuple[int, int]]:
-        """COPY into the selected mailbox itself (allowed by RFC 3501): append copies."""
-        infos = _match_infos(uids, sel.current.messages)
-        out: list[tuple[int, int]] = []
-        for uid, info in zip(uids, infos, strict=True):
-            if info is None:
-                continue
-            try:
-                data = await sel.mailbox.read(uid)
-            except MessageNotFound:
-                continue
-            new = await sel.mailbox.append(data, info.flags, info.internaldate)
-            out.append((uid, new))
-        return out
 
     async def cmd_move(self, cmd: C.Move) -> str:
         sel = self._selected()
