@@ -1056,7 +1056,10 @@ class Session:
         if not sel.readonly and any(_sets_seen(i) for i in items):
             unseen = [info.uid for info in infos if info is not None and SEEN not in info.flags]
             if unseen:
-                changed = {i.uid: i for i in await sel.mailbox.store_flags(unseen, {SEEN}, "add")}
+                changed = {}
+                for k in range(0, len(unseen), STORE_CHUNK):
+                    for i in await sel.mailbox.store_flags(unseen[k:k + STORE_CHUNK], {SEEN}, "add"):
+                        changed[i.uid] = i
                 infos = [changed.get(i.uid, i) if i is not None else None for i in infos]
                 seen_set = frozenset(changed)
         want = frozenset(i.name for i in items if isinstance(i, C.FetchAttr) and i.name in _STRUCT)
@@ -1115,7 +1118,7 @@ class Session:
                         missing += 1
                         continue
                     data = datas.get(uid)
-                    if uid in to_read and data is None:
+                    if data is None and (needs_data or uid in incomplete):
                         missing += 1
                         continue
                     entry = entries.get(uid)
