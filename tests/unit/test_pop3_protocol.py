@@ -410,7 +410,7 @@ def test_message_number_out_of_range_is_err(cmd: bytes) -> None:
 
 
 @pytest.mark.parametrize("cmd", [b"LIST -1", b"RETR", b"RETR 1 2", b"TOP 1 -5", b"TOP 1", b"DELE x",
-                                 b"RETR +1", b"RETR 0x1", b"LIST 1 2", b"STAT 1", b"TOP 1 1.5",
+                                 b"RETR +1", b"RETR 0x1", b"LIST 1 2", b"TOP 1 1.5",
                                  b"RETR \xd9\xa1"])
 def test_malformed_arguments_are_err(cmd: bytes) -> None:
     d = Driver()
@@ -418,6 +418,14 @@ def test_malformed_arguments_are_err(cmd: bytes) -> None:
     out = d.feed(cmd + b"\r\n")
     assert out.startswith(b"-ERR")
     assert not any(isinstance(i, Retrieve) for i in d.intents)
+
+
+@pytest.mark.parametrize("cmd", [b"STAT 1", b"NOOP x", b"RSET now", b"CAPA please"])
+def test_argument_to_a_command_without_one_is_ignored_like_dovecot(cmd: bytes) -> None:
+    d = Driver(max_bad=1)  # and it is not a bad command
+    d.login()
+    assert d.feed(cmd + b"\r\n").startswith(b"+OK")
+    assert d.s.state is State.TRANSACTION
 
 
 def test_unknown_command_is_err() -> None:
@@ -441,6 +449,16 @@ def test_over_long_line_is_discarded_whole_and_answered_once() -> None:
     assert d.feed(b"b" * 100_000) == b""  # still inside that line: dropped, not buffered
     assert len(d.s._buf) == 0
     assert d.feed(b"bbb\r\nNOOP\r\n") == P.R_WRONG_STATE  # rest of the long line ignored; NOOP runs
+    assert not any(isinstance(i, Authenticate) for i in d.intents)
+
+
+@pytest.mark.parametrize("chunks", [[b"A" * (P.MAX_LINE + 10) + b"\r\n"],
+                                    [b"A" * (P.MAX_LINE + 10), b"AAAA\r\n"]])
+def test_over_long_sasl_response_ends_the_exchange(chunks: list[bytes]) -> None:
+    d = Driver()
+    assert d.feed(b"AUTH PLAIN\r\n") == b"+ \r\n"
+    assert b"".join(d.feed(c) for c in chunks) == P.R_LINE_TOO_LONG
+    assert d.feed(b"QUIT\r\n") == P.R_BYE  # a command again, not a SASL response
     assert not any(isinstance(i, Authenticate) for i in d.intents)
 
 

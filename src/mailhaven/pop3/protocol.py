@@ -305,17 +305,23 @@ class Session:
                 return False
             self._buf.clear()
             self._discarding = True
-            self._bad_command(R_LINE_TOO_LONG)
+            self._line_too_long()
             return True
         line = bytes(self._buf[:nl])
         del self._buf[: nl + 1]
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > self._max_line:
-            self._bad_command(R_LINE_TOO_LONG)
+            self._line_too_long()
         else:
             self._handle_line(line)
         return True
+
+    def _line_too_long(self) -> None:
+        # RFC 5034 §4: the -ERR ends an AUTH exchange too, so the next line is a command again
+        # (not taken as the SASL response the client has given up on).
+        self._sasl_pending = False
+        self._bad_command(R_LINE_TOO_LONG)
 
     # -- output helpers ---------------------------------------------------------------------------
 
@@ -368,10 +374,10 @@ class Session:
 
     # AUTHORIZATION (RFC 1939 §4, §7; RFC 2449; RFC 2595; RFC 5034)
 
+    # STAT, NOOP, RSET and CAPA take no argument (RFC 1939 §5, RFC 2449 §5); like Dovecot, one that
+    # is given anyway is ignored rather than refused (the RFCs do not say which).
+
     def cmd_capa(self, arg: str) -> None:
-        if arg.strip():
-            self._bad_command(R_SYNTAX)
-            return
         # RFC 2449 §5: capabilities of the AUTHORIZATION state are announced in both states.
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
         if self.plaintext_allowed:
@@ -553,9 +559,6 @@ class Session:
         return n - 1
 
     def cmd_stat(self, arg: str) -> None:
-        if arg.strip():
-            self._bad_command(R_SYNTAX)
-            return
         count, size = self._visible()
         self._send(f"+OK {count} {size}\r\n".encode())
 
@@ -662,15 +665,9 @@ class Session:
             self._send(R_DELE_OK)
 
     def cmd_noop(self, arg: str) -> None:
-        if arg.strip():
-            self._bad_command(R_SYNTAX)
-            return
         self._send(R_NOOP)
 
     def cmd_rset(self, arg: str) -> None:
-        if arg.strip():
-            self._bad_command(R_SYNTAX)
-            return
         self._deleted.clear()  # RFC 1939 §5 RSET: unmark every message
         self._count, self._octets = len(self._messages), sum(m.size for m in self._messages)
         count, size = self._visible()
