@@ -402,3 +402,19 @@ async def test_many_sessions_submit_concurrently(submission: SubmissionFactory) 
     results = await asyncio.gather(*(one(i) for i in range(10)))
     assert all(r[-1][0].startswith(QUEUED) for r in results)
     assert len(server.messages(BOB)) == 10
+
+
+@pytest.mark.parametrize("param", ["AUTH=<>", f"AUTH={ALICE.replace('@', '+40')}", "auth=<> SIZE=100"])
+async def test_mail_from_auth_parameter_is_accepted_and_ignored(submission: SubmissionFactory, param: str) -> None:
+    # RFC 4954 §5: a server that offers AUTH accepts the AUTH parameter of MAIL FROM.
+    server = await submission()
+    async with server.session("submissions") as c:
+        assert await c.cmd(f"MAIL FROM:<{ALICE}> {param}") == ["250 2.1.0 Sender OK"]
+        assert await c.cmd(f"RCPT TO:<{BOB}>") == ["250 2.1.5 Recipient OK"]
+
+
+async def test_mail_from_auth_parameter_does_not_change_who_is_checked(submission: SubmissionFactory) -> None:
+    server = await submission()
+    async with server.session("submissions") as c:
+        reply = await c.cmd(f"MAIL FROM:<{BOB}> AUTH={BOB.replace('@', '+40')}")
+        assert reply[0].startswith("553 5.7.1")

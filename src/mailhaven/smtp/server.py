@@ -28,18 +28,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from mailhaven import log as mlog
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
 from mailhaven.smtp import replies as R
-from mailhaven.smtp.hooks import BaseHandler, ClientSession, Transaction
+from mailhaven.smtp.hooks import BaseHandler, ClientSession, Transaction, split_path
 from mailhaven.tls import tls_summary
 
 logger = logging.getLogger("mailhaven.smtp")
@@ -100,6 +101,30 @@ class DataBlock:
 
     def message(self) -> bytes:
         return b"".join(self._parts)
+
+
+_XTEXT = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})+$")  # RFC 3461 §4 xtext
+
+
+def drop_auth_parameter(arg: str) -> str:
+    """The MAIL argument without its AUTH= parameter. RFC 4954 §5: a server offering AUTH must
+    accept `AUTH=<>` or `AUTH=xtext`; we ignore its value (we trust no other server's claim about
+    who submitted the message), and aiosmtpd would refuse it as unknown (555). A malformed one
+    stays, so aiosmtpd refuses it."""
+    keyword, sep, rest = arg.partition(":")
+    if not sep:
+        return arg
+    try:
+        path, params = split_path(rest)
+    except ValueError:
+        return arg
+    kept = []
+    for param in params.split():
+        name, eq, value = param.partition("=")
+        if name.upper() == "AUTH" and eq and (value == "<>" or _XTEXT.match(value)):
+            continue
+        kept.append(param)
+    return f"{keyword}:{path}" + ("".join(" " + p for p in kept))
 
 
 class _Commands(dict[str, Any]):
@@ -310,6 +335,8 @@ class Connection(SMTP):
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg  # hooks.py parses the raw path itself
+        if arg is not None and self.handler.offers_auth:
+            arg = drop_auth_parameter(arg)
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
@@ -317,6 +344,7 @@ class Connection(SMTP):
         self.session.last_arg = arg
         await super().smtp_RCPT(arg)
 
+    @syntax("AUTH <mechanism> [initial-response]")
     async def smtp_AUTH(self, arg: str | None) -> None:
         """RFC 4954 §4: after EHLO only; the role runs the exchange (handler.handle_auth)."""
         if await self.check_helo_needed("EHLO"):

@@ -110,7 +110,6 @@ class SubmissionHandler(BaseHandler):
         if outcome.user is not None:
             session.authenticated = True
             session.user = outcome.user
-            session.login_data = outcome.login
             mlog.set_user(outcome.user)
         return outcome.reply, outcome.close
 
