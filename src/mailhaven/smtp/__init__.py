@@ -1,22 +1,25 @@
-"""SMTP listeners: the inbound MX (port 25) now, submission (587/465) next.
+"""SMTP listeners: the inbound MX (port 25) and submission (587 STARTTLS, 465 implicit TLS).
 
 Owns: serving aiosmtpd's `SMTP` protocol on our event loop (server.py), the envelope rules shared
 by roles (hooks.py), the MX role (inbound.py: local recipients only, SPF/DKIM/DMARC through
-mailhaven.policy, trace fields, durable delivery before 250) and every reply text (replies.py,
-the one place mapping exceptions to "NNN X.Y.Z text").
+mailhaven.policy, trace fields, durable delivery before 250), the submission role (submission.py:
+AUTH over TLS through authenticator.py, owned senders, cleanup.enqueue before 250) and every reply
+text (replies.py, the one place mapping exceptions to "NNN X.Y.Z text").
 Does not own: address syntax (message/address.py), header helpers (message/headers.py), policy
 checks (policy/), the store, accounts, connection counting (limits.py), TLS contexts (tls.py).
 
 Listener factories (app.py's contract):
 
-    await create_mx_server(ctx, name, lc, sock) -> asyncio.AbstractServer
-    # later: create_submission_server(ctx, name, lc, sock): server.create_server(..., <role factory>)
+    await create_mx_server(ctx, name, lc, sock) -> asyncio.AbstractServer          # "mx"
+    await create_submission_server(ctx, name, lc, sock) -> asyncio.AbstractServer  # "submission(s)"
 
-`ctx` needs: config, store, directory, resolver, limits, tls; optionally sessions (app.Sessions).
+`ctx` needs: config, store, directory, resolver, limits, tls (submission: queue too); optionally
+sessions (app.Sessions).
 
 Choices (RFC 5321 leaves them to us; tests in tests/integration/test_mx*.py and tests/regress/):
 - Extensions: SIZE <smtp.max_message_size>, 8BITMIME, SMTPUTF8, PIPELINING, ENHANCEDSTATUSCODES,
-  STARTTLS when the listener has tls = "starttls" and a certificate is configured. No AUTH on the MX.
+  STARTTLS when the listener has tls = "starttls" and a certificate is configured. No AUTH on the MX;
+  on submission "AUTH PLAIN LOGIN" once TLS is up (rules and choices: submission.py).
 - Recipients: only addresses of our domains that resolve to users; anything else is 550 5.7.1
   (no relaying, loopback clients included); unknown local users 550 5.1.1; more than
   smtp.max_recipients: 452 4.5.3 (RFC 5321 §4.5.3.1.10).
