@@ -353,6 +353,17 @@ async def test_odd_but_acceptable_messages_are_stored_as_sent(mx: MxFactory, dat
     assert delivered.endswith(stored_end)
 
 
+@pytest.mark.parametrize(("hops", "code"), [(100, "250 2.0.0"), (101, "554 5.4.6")])
+async def test_mail_loop_is_refused_after_100_received_fields(mx: MxFactory, hops: int, code: str) -> None:
+    """RFC 5321 §6.3: count Received fields, threshold at least 100 (Postfix: 554 5.4.0 at 50)."""
+    server = await mx()
+    trace = "".join(f"Received: from hop{i}.example by hop{i + 1}.example; Wed, 25 Nov 2026 12:00:00 +0000\r\n"
+                    for i in range(hops))
+    replies = await server.send(SENDER, [ALICE], message(subject="loop").replace(b"From:", trace.encode() + b"From:"))
+    assert replies[-1][0].startswith(code), replies
+    assert len(server.messages(ALICE)) == (1 if code.startswith("250") else 0)
+
+
 async def test_quit_inside_data_is_message_text_and_a_drop_stores_nothing(mx: MxFactory) -> None:
     server = await mx()
     async with server.raw() as c:

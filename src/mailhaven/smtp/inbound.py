@@ -13,6 +13,7 @@ Received-SPF) and durable delivery into every recipient's Maildir (INBOX, or Jun
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
 
+A message with more than MAX_HOPS Received fields is refused (554 5.4.6, RFC 5321 §6.3 loop detection).
 The MX never relays and never queues: a message is either in every recipient's Maildir (fsynced)
 when we answer 250, or refused (5xx) / deferred (4xx) with nothing kept.
 """
@@ -24,7 +25,7 @@ import datetime
 import logging
 from typing import Any
 
-from mailhaven.errors import DnsTempError
+from mailhaven.errors import DnsTempError, PermFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
 from mailhaven.policy import pipeline
@@ -36,6 +37,9 @@ logger = logging.getLogger("mailhaven.smtp.inbound")
 
 JUNK = "Junk"
 INBOX = "INBOX"
+# RFC 5321 §6.3: a message that already has this many Received fields is looping; the RFC asks for a
+# threshold of at least 100 (Postfix's hopcount_limit is 50).
+MAX_HOPS = 100
 
 
 class InboundHandler(BaseHandler):
@@ -87,6 +91,8 @@ class InboundHandler(BaseHandler):
 
     async def deliver(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
         cfg = self.config
+        if len(headers.field_values(data, "Received")) > MAX_HOPS:
+            raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
         spf_result: SpfResult | None = await txn.policy if txn.policy is not None else None
         enforce = pipeline.applies(cfg.policy, session.ip)
         try:
