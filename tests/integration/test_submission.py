@@ -418,3 +418,17 @@ async def test_mail_from_auth_parameter_does_not_change_who_is_checked(submissio
     async with server.session("submissions") as c:
         reply = await c.cmd(f"MAIL FROM:<{BOB}> AUTH={BOB.replace('@', '+40')}")
         assert reply[0].startswith("553 5.7.1")
+
+
+@pytest.mark.parametrize("value", ["(" * 3000 + ALICE, f"{ALICE} " + "(" * 1500 + ")" * 1500, "@" * 4000,
+                                   ",\r\n ".join([ALICE] * 300)],
+                         ids=["open-comments", "nested-comments", "at-signs", "300-addresses-folded"])
+async def test_hostile_from_fields_are_refused_quickly_without_a_traceback(
+        submission: SubmissionFactory, caplog: pytest.LogCaptureFixture, value: str) -> None:
+    server = await submission()
+    started = time.monotonic()
+    async with server.session("submissions") as c:
+        replies = await c.transaction(ALICE, [BOB], f"From: {value}\r\nSubject: x\r\n\r\nbody\r\n".encode())
+    assert replies[-1][0].startswith("550 5.6.0"), replies
+    assert time.monotonic() - started < 5
+    assert not [r for r in caplog.records if r.exc_info]
