@@ -3,9 +3,10 @@ redacted or not), DKIM signatures that verify against the test DNS server, local
 into the store, remote ones through the spool to a remote MX (tests/smtp_peer.SmtpPeer on
 127.0.0.6, found through the test DNS server's MX record), and the 250 only once the spool holds it.
 
-OpenDKIM's view of our signatures is tested in test_delivery_dkim.py (same signing code,
-cleanup.dkim_sign, and the same delivery path); here dkimpy (policy.dkim.verify) checks what the
-submission path produces, Received field included.
+dkimpy (policy.dkim.verify) checks what the submission path produces, Received field included;
+OpenDKIM's opendkim-testmsg checks one submitted message too, with test_delivery_dkim.py's set-up
+(it has no option for a DNS server: a private mount namespace gives it a resolv.conf pointing at
+the test DNS; skipped when not root).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mailhaven.message.headers import field_value, field_values
 from mailhaven.policy import dkim
 from tests.dnsserver import DnsServer
 from tests.integration import test_submission_harness as harness
+from tests.integration.test_delivery_dkim import _opendkim_verify, _unshare_ok
 from tests.integration.test_submission_harness import ALICE, BOB, SALES, SubmissionFactory, message
 from tests.smtp_peer import until
 
@@ -177,3 +179,19 @@ async def test_domain_without_a_key_sends_unsigned(submission: SubmissionFactory
         await c.transaction(ALICE, [BOB], message())
     [msg] = server.messages(BOB)
     assert b"DKIM-Signature" not in msg
+
+
+@pytest.mark.skipif(not _unshare_ok(), reason="needs root, unshare -m and opendkim-testmsg")
+async def test_opendkim_verifies_a_submitted_message_as_the_remote_mx_got_it(
+        submission: SubmissionFactory, dns_server: DnsServer, tmp_path: Path) -> None:
+    # The OpenDKIM set-up (a private /etc/resolv.conf pointing at the test DNS) is test_delivery_dkim's.
+    server = await submission()
+    async with server.session("submission") as c:
+        await c.transaction(ALICE, ["carol@remote.test"], message(to="carol@remote.test", subject="opendkim",
+                                                                  body="Hi.\r\n.dot line\r\ntrailing   \r\n"))
+    [got] = await server.peer.wait_messages(1)
+    r = await asyncio.to_thread(_opendkim_verify, got.data, dns_server, tmp_path)
+    assert r.returncode == 0 and r.stderr == b"", r.stderr
+    tampered = got.data.replace(b"Subject: opendkim", b"Subject: opendkim!")
+    r = await asyncio.to_thread(_opendkim_verify, tampered, dns_server, tmp_path)
+    assert r.returncode != 0 or r.stderr
