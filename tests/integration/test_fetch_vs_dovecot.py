@@ -404,7 +404,7 @@ SEARCH_KEYS = [
     'BODY "日本語のテキスト"', 'BODY "“smart quotes”"', 'BODY "€uro"', 'BODY "unknown charset caf"',
     'BODY "latin1 without charset caf"', 'BODY "world"', 'BODY "extra"', 'BODY "softbreak"', 'BODY "été"',
     'BODY "=ZZ"', 'BODY "#86"', 'BODY "&nbsp;"', 'BODY "needle-in-json"', 'BODY "needle-csv"',
-    'BODY "mixed case encoding ü"', 'BODY "�"', 'TEXT "�"', 'HEADER X-Raw "caf"', 'HEADER X-Raw "café"',
+    'BODY "mixed case encoding ü"', 'HEADER X-Raw "caf"', 'HEADER X-Raw "café"',
     'BODY "café one"', 'BODY "café four"', 'BODY "needle five"', 'BODY "needle six"', 'BODY "hello seven"',
     'BODY "aGVsbG8gc2V2ZW4"', 'BODY "needle eight"', 'BODY "needle nine"',
     'BODY "not base64 at all"', 'TO "Long Name more"',

@@ -296,3 +296,15 @@ def test_parts_in_unknown_transfer_encodings_are_not_searched() -> None:
     m = Counting(crlf("Content-Transfer-Encoding: x-uuencode\n\nbegin 644 needle\n"))
     assert not matches('BODY "needle"', m)
     assert matches('TEXT "x-uuencode"', m)
+
+
+def test_fold_titlecases_and_decomposes_one_level_like_dovecot() -> None:
+    assert search.fold("é") == "E\u0301"
+    assert search.fold("Ǻ") == "\u00c5\u0301"  # not "A" + two marks: one level only
+    assert "A" not in search.fold("ǻ")
+    assert search.fold("ǆ") == search.fold("ǅ")  # titlecase, not uppercase
+
+
+def test_us_ascii_labelled_8bit_text_is_read_as_utf8() -> None:
+    m = Counting(crlf("Content-Type: text/plain; charset=us-ascii\n\n李小龙 writes\n"))
+    assert matches('BODY "李小龙"', m)

@@ -91,7 +91,12 @@ class _AddressParser:
         self.name = self.route = self.mailbox = self.domain = None
 
     def _more(self) -> int:
-        return 1 if self.lex.skip_cfws() else 0
+        """Skip CFWS: 1 if input follows, 0 at the end, -1 after an unclosed comment."""
+        lex = self.lex
+        lex.unterminated = False
+        if lex.skip_cfws():
+            return 1
+        return -1 if lex.unterminated else 0
 
     def _at(self, ch: bytes) -> bool:
         return self.lex.peek() == ch[0]
@@ -135,13 +140,15 @@ class _AddressParser:
         if not parts[0]:
             return b"", -1
         while True:
-            if not lex.skip_cfws():
-                return b".".join(parts), 0
+            ret = self._more()
+            if ret <= 0:
+                return b".".join(parts), ret
             if not self._at(_DOT):
                 return b".".join(parts), 1
             lex.pos += 1
-            if not lex.skip_cfws():
-                return b".".join(parts) + b".", 0
+            ret = self._more()
+            if ret <= 0:
+                return b".".join(parts) + b".", ret
             tok = lex.token(mime.ATEXT)
             if not tok:
                 return b".".join(parts) + b".", -1
@@ -365,7 +372,7 @@ def envelope_from_fields(fields: Iterable[mime.Field]) -> bytes:
         name = f.name.lower()
         if name not in _ENV_FIELDS:
             continue
-        if b"\x00" in f.value:  # Dovecot stores header text with NUL as U+FFFD
+        if b"\x00" in f.value and name not in _ADDR_FIELDS:  # Dovecot stores NUL as U+FFFD
             f = mime.Field(f.name, f.value.replace(b"\x00", "\ufffd".encode()), f.start, f.end)
         if name in _ADDR_FIELDS:
             addrs.setdefault(name, []).extend(parse_address_list(f.value))

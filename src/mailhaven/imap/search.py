@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import functools
 import quopri
 import re
 import unicodedata
@@ -109,16 +110,36 @@ class SearchContext:
 # --------------------------------------------------------------------------- text normalisation
 
 def fold(text: str) -> str:
-    """Comparator form: canonical decomposition, each character upper-cased when that keeps it one
-    character (RFC 5051 i;unicode-casemap uses simple titlecase mappings; so "ß" stays "ß")."""
-    text = unicodedata.normalize("NFD", text)
+    """Comparator form, as Dovecot's i;unicode-casemap (RFC 5051): each character mapped to its
+    simple titlecase, then decomposed one level (canonical or compatibility mapping, not
+    recursively: "Ǻ" becomes "Å" + U+0301, never a plain "A"); "ß" has no simple titlecase."""
     if text.isascii():
         return text.upper()
-    out = []
+    out: list[str] = []
     for ch in text:
-        up = ch.upper()
-        out.append(up if len(up) == 1 else ch)
+        if ch.isascii():
+            out.append(ch.upper())
+            continue
+        t = ch.title()
+        if len(t) != 1:
+            t = ch
+        d = _decomposition(t)
+        if d is None:
+            out.append(t)
+        else:
+            out.extend(d)
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decomposition(ch: str) -> tuple[str, ...] | None:
+    spec = unicodedata.decomposition(ch)
+    if not spec:
+        return None
+    codes = spec.split()
+    if codes[0].startswith("<"):
+        codes = codes[1:]
+    return tuple(chr(int(c, 16)) for c in codes) or None
 
 
 _ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -126,9 +147,12 @@ _BETWEEN_WORDS = re.compile(rb"\?=[ \t\r\n]+=\?")
 
 
 def _charset_decode(data: bytes, charset: str) -> str:
+    """Text in `charset`; unknown charsets and US-ASCII are read as UTF-8 (as Dovecot does, so
+    8-bit text mislabelled us-ascii still matches)."""
     name = charset.split("*", 1)[0].strip().lower()  # RFC 2231 §5 language suffix
     try:
-        codecs.lookup(name)
+        if codecs.lookup(name).name == "ascii":
+            name = "utf-8"
     except LookupError:
         name = "utf-8"
     try:
@@ -216,7 +240,8 @@ _IDENTITY_CTES = frozenset({b"", b"7bit", b"8bit", b"binary"})
 
 def decode_base64(data: bytes) -> bytes:
     """Base64 body text as Dovecot's decoder reads it: whitespace skipped, stopping at the first
-    byte outside the alphabet or at the padding (RFC 2045 §6.8); a trailing partial group kept."""
+    other byte outside the alphabet or at the padding; a trailing partial group is kept (RFC 2045
+    §6.8 would skip stray bytes; Dovecot stops)."""
     m = _B64_RUN.match(data)
     chunk = _WS.sub(b"", m.group(0) if m else b"")
     eq = chunk.find(b"=")

@@ -123,8 +123,7 @@ def _make_field(msg: bytes, start: int, end: int) -> Field | None:
     raw = msg[start:end]
     colon = raw.find(b":")
     if colon < 0:
-        name = raw.rstrip(b"\r\n")
-        return Field(name, b"", start, end)
+        return Field(b"", b"", start, end)  # no colon: a line without a name (Dovecot)
     name = raw[:colon].rstrip(b" \t")
     value = raw[colon + 1:]
     if value.endswith(b"\r\n"):
@@ -199,6 +198,7 @@ class Lexer:
         data, end = self.data, self.end
         depth = 0
         out = bytearray()
+        kept = 0  # for an unclosed comment Dovecot keeps the text up to its last line end
         while self.pos < end:
             c = data[self.pos]
             self.pos += 1
@@ -214,10 +214,13 @@ class Lexer:
                 depth -= 1
                 if depth == 0:
                     break
-            if c not in (0x0D, 0x0A):
+            if c == 0x0A:
+                kept = len(out)
+            elif c != 0x0D:
                 out.append(c)
         else:
             self.unterminated = True  # the comment never closed
+            del out[kept:]
         self.last_comment = bytes(out)
 
     def token(self, chars: frozenset[int] = TOKEN_CHARS) -> bytes:
@@ -412,7 +415,10 @@ def _parse_language(value: bytes) -> list[bytes]:
 
 
 def _simple_value(value: bytes) -> bytes:
-    return unfold(value)  # trailing whitespace is kept, as Dovecot does
+    value = unfold(value)  # trailing whitespace is kept, as Dovecot does
+    if b"\x00" in value:
+        value = value.replace(b"\x00", "\ufffd".encode())  # Dovecot stores NUL as U+FFFD
+    return value
 
 
 def _apply_content_fields(part: Part, msg: bytes, start: int, end: int, message: bool) -> None:
@@ -466,6 +472,8 @@ class _Hit:
     # The CRLF before this boundary line ended a header that the boundary cut short: Dovecot then
     # counts it in the bodies of the parts that end here, not in the boundary.
     keep_crlf: bool = False
+    # The boundary line came right after a header's empty line (see _Parser.part).
+    after_blank: bool = False
 
 
 class _Parser:
@@ -543,7 +551,7 @@ class _Parser:
                     # header terminator (RFC 2046 §5.1.1)
                     h = self._match(nxt, bounds)
                     if h is not None:
-                        return pos, pos, dataclasses.replace(h, keep_crlf=True)
+                        return pos, pos, dataclasses.replace(h, keep_crlf=True, after_blank=True)
                 return nxt, nxt, None
             if bounds and msg.startswith(b"--", pos):
                 h = self._match(pos, bounds)
@@ -578,7 +586,7 @@ class _Parser:
         if part.ctype is None and digest:
             part.ctype, part.csubtype = b"message", b"rfc822"
         nested_ok = depth < MAX_DEPTH and self.parts < MAX_PARTS
-        if hit is not None and part.is_multipart and nested_ok and header_end < hit.line_start:
+        if hit is not None and hit.after_blank and part.is_multipart and nested_ok:
             # An empty line, then a boundary line: if the line is this multipart's own boundary
             # (it wins over an equal or shorter parent boundary), the empty line ends the header
             # and the body starts with that boundary; otherwise the part is cut (Dovecot).
