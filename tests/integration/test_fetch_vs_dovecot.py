@@ -20,6 +20,7 @@ import contextlib
 import imaplib
 import os
 import pwd
+import random
 import re
 import shutil
 import signal
@@ -460,4 +461,106 @@ def test_search_results_match_dovecot(dovecot: tuple[Dovecot, imaplib.IMAP4]) ->
         if ours != theirs:
             names = lambda seqs: [SAMPLES[n - 1].stem[:2] for n in seqs]  # noqa: E731
             diffs.append(f"{key}: dovecot {names(theirs)} ours {names(ours)}")
+    assert not diffs, "\n".join(diffs)
+
+
+# --------------------------------------------------------------------------- differential fuzzing
+
+FUZZ_SEED = 20240213
+FUZZ_COUNT = 160
+FUZZ_SEARCH_KEYS = [
+    'BODY "the"', 'BODY "e"', 'BODY "a"', 'TEXT "content-type"', 'TEXT "boundary"', 'FROM "example"',
+    'TO "<"', 'CC "a"', 'SUBJECT "re"', 'SUBJECT "e"', 'FROM "\\\\"', 'TO "\\""', 'TO "MISSING"',
+    'FROM "SYNTAX_ERROR"', 'HEADER Subject ""', 'HEADER FROM ""', 'SENTSINCE 1-Jan-2024', 'SENTON 1-Jan-1970',
+    'BODY "="', 'TEXT "ö"', 'BODY "part"',
+]
+
+
+def _mutate(rng: random.Random, samples: list[bytes]) -> bytes:
+    """A sample with a few line-level injuries: deletions, duplicates, swaps, truncations, stray
+    empty lines or CRs, changed bytes and lines spliced in from other samples."""
+    lines = rng.choice(samples).split(b"\n")
+    for _ in range(rng.randint(1, 6)):
+        if not lines:
+            break
+        op = rng.choice(["del", "dup", "swap", "trunc", "blank", "byte", "splice"])
+        j = rng.randrange(len(lines))
+        if op == "del":
+            del lines[j]
+        elif op == "dup":
+            lines.insert(j, lines[rng.randrange(len(lines))])
+        elif op == "swap":
+            k = rng.randrange(len(lines))
+            lines[j], lines[k] = lines[k], lines[j]
+        elif op == "trunc":
+            lines[j] = lines[j][:rng.randrange(len(lines[j]) + 1)]
+        elif op == "byte" and lines[j]:
+            b = bytearray(lines[j])
+            b[rng.randrange(len(b))] = rng.choice(b' :;="<>@,()\\-\t\r/*\'x\x00\xe9')
+            lines[j] = bytes(b)
+        elif op == "splice":
+            other = rng.choice(samples).split(b"\n")
+            k = rng.randrange(len(other))
+            lines[j:j] = other[k:k + rng.randint(1, 5)]
+        else:
+            lines.insert(j, b"\r" if rng.random() < 0.8 else b"")
+    return b"\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def fuzz_dovecot() -> Iterator[tuple[imaplib.IMAP4, list[bytes]]]:
+    if not os.path.exists(DOVECOT):
+        pytest.skip("dovecot is not installed")
+    rng = random.Random(FUZZ_SEED)
+    samples = [p.read_bytes() for p in SAMPLES]
+    msgs = [_mutate(rng, samples) for _ in range(FUZZ_COUNT)]
+    files = [(f"fuzz{i:04d}", m, _mtime(i), "") for i, m in enumerate(msgs)]
+    with running_dovecot(files) as d:
+        c = d.client()
+        c.select("INBOX")
+        try:
+            yield c, msgs
+        finally:
+            with contextlib.suppress(Exception):
+                c.logout()
+
+
+def test_damaged_messages_render_exactly_as_dovecot_renders_them(
+        fuzz_dovecot: tuple[imaplib.IMAP4, list[bytes]]) -> None:
+    c, msgs = fuzz_dovecot
+    diffs = []
+    for seq, msg in enumerate(msgs, 1):
+        tree = mime.parse(mime.to_crlf(msg))
+        items = ["ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.SIZE", "BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)]",
+                 "BODY.PEEK[HEADER.FIELDS.NOT (FROM SUBJECT)]"]
+        items += [f"BODY.PEEK[{s}]" for s in _sections_for(tree)]
+        theirs: dict[bytes, bytes] = {}
+        for i in range(0, len(items), 25):
+            (resp,) = command(c, f"FETCH {seq} ({' '.join(items[i:i + 25])})")
+            theirs.update(parse_fetch(resp)[1])
+        for item in items:
+            name, value = _ours(item, msg, _mtime(seq - 1))
+            if theirs.get(name) != value:
+                diffs.append(f"fuzz{seq - 1:04d} {item}:\n  dovecot: {theirs.get(name)!r:.400}\n  ours:    {value!r:.400}")
+    assert not diffs, f"{len(diffs)} differences (seed {FUZZ_SEED})\n" + "\n".join(diffs[:20])
+
+
+def test_search_on_damaged_messages_matches_dovecot(fuzz_dovecot: tuple[imaplib.IMAP4, list[bytes]]) -> None:
+    c, data = fuzz_dovecot
+    msgs = [_Msg(i, m) for i, m in enumerate(data)]
+    for m in msgs:
+        m.flags = frozenset({"\\Recent"})
+    ctx = search.SearchContext(max_seq=len(msgs), max_uid=len(msgs))
+    diffs = []
+    for key in FUZZ_SEARCH_KEYS:
+        wire = b"SEARCH CHARSET UTF-8 " + _wire_key(key)
+        tag = c._new_tag()  # type: ignore[attr-defined]
+        c.send(tag + b" " + wire + b"\r\n")
+        resp = _read_response(c, tag)
+        theirs = sorted(int(n) for r in resp if r.startswith(b"* SEARCH") for n in r[8:].split())
+        cmd = parser.parse_bytes(b"t " + wire)
+        assert isinstance(cmd, parser.Search)
+        ours = [m.seq for m in msgs if search.evaluate(cmd.criteria, m, ctx)]
+        if ours != theirs:
+            diffs.append(f"{key}: dovecot-only {sorted(set(theirs) - set(ours))} ours-only {sorted(set(ours) - set(theirs))}")
     assert not diffs, "\n".join(diffs)

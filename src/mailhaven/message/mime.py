@@ -444,7 +444,9 @@ def _apply_content_fields(part: Part, msg: bytes, start: int, end: int, message:
         elif name == b"content-transfer-encoding":
             lex = Lexer(v)
             lex.skip_cfws()
-            part.encoding = lex.token()
+            token = lex.token()
+            # anything after the token makes the field unusable: Dovecot then reports 7bit
+            part.encoding = None if lex.skip_cfws() or not token else token
         elif name == b"content-id":
             part.content_id = _simple_value(v)
         elif name == b"content-description":
