@@ -308,3 +308,21 @@ def test_fold_titlecases_and_decomposes_one_level_like_dovecot() -> None:
 def test_us_ascii_labelled_8bit_text_is_read_as_utf8() -> None:
     m = Counting(crlf("Content-Type: text/plain; charset=us-ascii\n\n李小龙 writes\n"))
     assert matches('BODY "李小龙"', m)
+
+
+@pytest.mark.parametrize("charset", ["x\x00y", "base64", "zlib", "rot13", "idna", "utf-16", "", "*", "utf-8*en"])
+def test_odd_charsets_never_raise(charset: str) -> None:
+    value = f"=?{charset}?q?caf=C3=A9?= tail".encode("utf-8", "surrogateescape")
+    assert search.decode_header_value(value).endswith(" tail")
+    m = Counting(crlf(f"Content-Type: text/plain; charset=\"{charset}\"\n\ncafé\n"))
+    search.evaluate(key('BODY "x"'), m, CTX)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=12), st.sampled_from(["q", "b", "Q", "B"]), st.binary(max_size=20),
+       st.sampled_from(['SUBJECT "x"', 'FROM "x"', 'TEXT "x"', 'BODY "x"']))
+def test_encoded_words_with_arbitrary_charsets_never_raise(charset: str, enc: str, text: bytes, criteria: str) -> None:
+    word = b"=?" + charset.encode("utf-8", "surrogatepass") + b"?" + enc.encode() + b"?" + text + b"?="
+    msg = (b"Subject: " + word + b"\r\nFrom: " + word + b" <a@b>\r\nContent-Type: text/plain; charset=\""
+           + charset.encode("utf-8", "surrogatepass") + b"\"\r\n\r\n" + text)
+    search.evaluate(key(criteria), Counting(msg), CTX)

@@ -148,16 +148,17 @@ _BETWEEN_WORDS = re.compile(rb"\?=[ \t\r\n]+=\?")
 
 def _charset_decode(data: bytes, charset: str) -> str:
     """Text in `charset`; unknown charsets and US-ASCII are read as UTF-8 (as Dovecot does, so
-    8-bit text mislabelled us-ascii still matches)."""
+    8-bit text mislabelled us-ascii still matches). Never raises."""
     name = charset.split("*", 1)[0].strip().lower()  # RFC 2231 §5 language suffix
     try:
-        if codecs.lookup(name).name == "ascii":
-            name = "utf-8"
-    except LookupError:
+        info = codecs.lookup(name)
+        if info.name == "ascii" or not getattr(info, "_is_text_encoding", True):
+            name = "utf-8"  # also refuse bytes-to-bytes codecs such as "base64" or "zlib"
+    except (LookupError, ValueError, TypeError):
         name = "utf-8"
     try:
         return data.decode(name, "replace")
-    except (LookupError, ValueError):
+    except (LookupError, ValueError, TypeError):
         return data.decode("utf-8", "replace")
 
 
