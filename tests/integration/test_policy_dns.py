@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 
+import dkim as dkimpy
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailhaven.config import PolicyConfig
 from mailhaven.dns.resolver import Resolver
@@ -93,6 +98,47 @@ async def test_two_signatures_give_two_results(dns_server: DnsServer, resolver: 
 
 async def test_unsigned_message_has_no_results(dns_server: DnsServer, resolver: Resolver) -> None:
     assert await dkim.verify(resolver, MSG) == []
+
+
+async def test_unsigned_message_costs_no_worker_thread(dns_server: DnsServer, resolver: Resolver,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_thread(*args: object, **kwargs: object) -> object:
+        raise AssertionError("unsigned mail went to a worker thread")
+
+    monkeypatch.setattr(asyncio, "to_thread", no_thread)
+    assert await dkim.verify(resolver, MSG) == []
+    assert await dkim.verify(resolver, b"X-Note: talks about DKIM signatures\r\n" + MSG) == []
+    # the name in the body does not count
+    assert await dkim.verify(resolver, MSG + b"DKIM-Signature: v=1; in the body\r\n") == []
+
+
+_PARTS = st.lists(st.sampled_from([
+    b"DKIM-Signature: v=1; d=x\r\n", b"dkim-signature:x\n", b"DKIM-SIGNATURE: y\r\n", b"From: a@b\r\n",
+    b" folded\r\n", b"\tdkim-signature: folded\r\n", b"\r\n", b"\n", b"\r", b"From x\r\n",
+    b"X: dkim-signature\r\n", b"Dkim-Signature :y\r\n", b"body\r\n", b"\r\r\n",
+]), max_size=10)
+
+
+@given(_PARTS)
+def test_has_signature_is_true_whenever_dkimpy_finds_a_signature_field(parts: list[bytes]) -> None:
+    msg = b"".join(parts)
+    try:
+        fields, _body = dkimpy.rfc822_parse(msg)
+    except (dkimpy.MessageFormatError, IndexError):  # IndexError: dkimpy on a leading folded line
+        return
+    if any(name.lower() == b"dkim-signature" for name, _ in fields):
+        assert dkim.has_signature(msg)
+
+
+def test_sync_resolver_is_built_once_per_thread(resolver: Resolver) -> None:
+    here = resolver.sync_resolver()
+    assert resolver.sync_resolver() is here
+    other: list[object] = []
+    t = threading.Thread(target=lambda: other.append(resolver.sync_resolver()))
+    t.start()
+    t.join()
+    assert other[0] is not here  # never shared between threads
+    assert Resolver(resolver.nameservers, resolver.timeout).sync_resolver() is not here
 
 
 async def test_missing_or_broken_key_is_permerror(dns_server: DnsServer, resolver: Resolver,

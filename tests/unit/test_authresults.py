@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailhaven.message.headers import header_section_end
 from mailhaven.policy.authresults import (
     authserv_id_of,
     format_auth_results,
     format_received_spf,
+    header_end,
     remove_ours,
 )
 
@@ -134,3 +136,26 @@ def test_remove_ours_keeps_everything_after_the_header_block(data: bytes) -> Non
         body = data[min(cuts) + 1:]
         assert out.endswith(body)
     assert len(out) <= len(data)
+
+
+def test_remove_ours_returns_the_message_itself_when_nothing_is_removed() -> None:
+    msg = b"Authentication-Results: other.example; none\r\nSubject: s\r\n\r\nAuthentication-Results: mx; body\r\n"
+    assert remove_ours(msg, "mx") is msg  # no copy of the message for the common case
+    plain = b"Subject: s\r\n\r\nbody\r\n"
+    assert remove_ours(plain, "mx") is plain
+    assert remove_ours(b"AUTHENTICATION-RESULTS: MX; x\r\n\r\nb", "mx") == b"\r\nb"
+
+
+_LINES = st.lists(st.sampled_from([b"A: b\r\n", b"A: b\n", b" folded\r\n", b"\r\n", b"\n", b"\r", b"x",
+                                    b"Authentication-Results: mx; y\r\n", b"\r\r\n"]), max_size=12)
+
+
+@given(_LINES)
+def test_header_end_is_where_the_first_empty_line_starts(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    assert header_end(data) == header_section_end(data)  # the line-by-line reading of RFC 5322 §2.1
+
+
+@given(st.binary(max_size=300))
+def test_header_end_matches_the_line_reading_on_any_bytes(data: bytes) -> None:
+    assert header_end(data) == header_section_end(data)

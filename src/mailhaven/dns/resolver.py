@@ -12,11 +12,15 @@ Also owns `sync_resolver()`: a blocking dnspython resolver with the same nameser
 pyspf and dkimpy, which are synchronous libraries and run in a worker thread (policy/spf.py,
 policy/dkim.py). They cannot await our asyncio resolver from inside that thread without blocking on
 the event loop, so they get a sync twin built from the same config; the answers are the same.
+The twin is built once per thread and kept (call it from the thread that uses it): building one
+costs a gethostname() and a nameserver list each time, and a Resolver's settings never change
+(a reload builds a new Resolver).
 Does not own: policy decisions (policy/), next-hop ordering (dns/nexthop.py).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,15 +72,22 @@ class Resolver:
         self.timeout = timeout
         self._r = dns.asyncresolver.Resolver(configure=not self.nameservers)
         _configure(self._r, self.nameservers, timeout)
+        self._local = threading.local()  # this Resolver's sync twin, one per thread
 
     @classmethod
     def from_config(cls, cfg: DnsConfig) -> Resolver:
         return cls(cfg.nameservers, cfg.timeout)
 
     def sync_resolver(self) -> dns.resolver.Resolver:
-        """A blocking dnspython resolver with the same nameservers and timeout (for worker threads)."""
-        r = dns.resolver.Resolver(configure=not self.nameservers)
-        _configure(r, self.nameservers, self.timeout)
+        """A blocking dnspython resolver with the same nameservers and timeout (for worker threads).
+
+        The same object for every call from one thread (built on first use, never shared between
+        threads), so call it inside the worker thread that resolves with it."""
+        r: dns.resolver.Resolver | None = getattr(self._local, "sync", None)
+        if r is None:
+            r = dns.resolver.Resolver(configure=not self.nameservers)
+            _configure(r, self.nameservers, self.timeout)
+            self._local.sync = r
         return r
 
     async def _query(self, name: str | dns.name.Name, rdtype: str) -> dns.resolver.Answer | None:

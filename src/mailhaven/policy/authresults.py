@@ -130,6 +130,18 @@ def _split_head(message: bytes) -> tuple[bytes, bytes]:
     return message, b""
 
 
+def header_end(message: bytes) -> int:
+    """Where the header section ends (RFC 5322 §2.1): the offset of the first empty line, CRLF or
+    bare LF (as _split_head and dkimpy split lines), or len(message) when there is none.
+    A few C-level finds, whatever the size of the message (safe on the event loop)."""
+    if message.startswith((b"\n", b"\r\n")):
+        return 0
+    i = message.find(b"\n\r\n")  # CRLF first: SMTP data has CRLF line ends (RFC 5321 §2.3.8)
+    end = i + 1 if i >= 0 else len(message)
+    i = message.find(b"\n\n", 0, end)
+    return i + 1 if i >= 0 else end
+
+
 def _strip_cfws(text: str) -> str:
     """Remove leading whitespace and (nested) comments."""
     i, depth = 0, 0
@@ -160,8 +172,14 @@ def authserv_id_of(value: bytes) -> str:
     return m.group(0).lower() if m else ""
 
 
+_AR_NAME = re.compile(rb"authentication-results", re.IGNORECASE)
+
+
 def remove_ours(message: bytes, authserv_id: str) -> bytes:
-    """message without Authentication-Results fields carrying authserv_id; body untouched."""
+    """message without Authentication-Results fields carrying authserv_id; body untouched.
+    The same object when there is nothing to remove (most mail: no copy, no line split)."""
+    if _AR_NAME.search(message, 0, header_end(message)) is None:
+        return message
     head, rest = _split_head(message)
     ours = authserv_id.lower()
     fields: list[list[bytes]] = []
@@ -177,7 +195,8 @@ def remove_ours(message: bytes, authserv_id: str) -> bytes:
         if sep and name.strip().lower() == b"authentication-results" and authserv_id_of(value) == ours:
             continue  # RFC 8601 §5: remove fields claiming our authserv-id
         kept.extend(f)
-    return b"".join(kept) + rest
+    out = b"".join(kept)
+    return message if len(out) == len(head) else out + rest
 
 
-__all__ = ["format_auth_results", "format_received_spf", "remove_ours", "authserv_id_of"]
+__all__ = ["format_auth_results", "format_received_spf", "remove_ours", "authserv_id_of", "header_end"]

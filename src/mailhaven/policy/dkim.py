@@ -7,6 +7,9 @@ dns/resolver.py for why a sync twin), and mapping dkimpy's outcomes to RFC 8601 
 pass, fail (signature or body hash does not verify), neutral (no usable signature data),
 temperror (key lookup failed temporarily), permerror (bad signature syntax, no key, bad key).
 Does not own: what a failure means for the message (policy/dmarc.py, policy/pipeline.py).
+
+Most inbound mail is unsigned: `has_signature()` tells that from the header section alone, so
+`verify()` answers [] on the event loop for it, with no worker thread and no parse by dkimpy.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailhaven.dns.resolver import Resolver
+from mailhaven.policy.authresults import header_end
 
 DkimStatus = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
 
@@ -137,19 +141,30 @@ def _signature_headers(message: bytes) -> list[bytes]:
     return [v for (k, v) in d.headers if k.lower() == b"dkim-signature"]
 
 
-def _verify_all(message: bytes, r: dns.resolver.Resolver, timeout: float) -> list[DkimResult]:
+def _verify_all(message: bytes, resolver: Resolver) -> list[DkimResult]:
     try:
         sigs = _signature_headers(message)
     except dkim.DKIMException:
         return [DkimResult("permerror", reason="message could not be parsed")]
-    return [_verify_one(message, i, v, r, timeout) for i, v in enumerate(sigs[:MAX_SIGNATURES])]
+    r = resolver.sync_resolver()  # this worker thread's own
+    return [_verify_one(message, i, v, r, resolver.timeout) for i, v in enumerate(sigs[:MAX_SIGNATURES])]
+
+
+_SIGNATURE_NAME = re.compile(rb"dkim-signature", re.IGNORECASE)
+
+
+def has_signature(message: bytes) -> bool:
+    """False only when no header field can be a DKIM-Signature (RFC 6376 §3.5): the name does not
+    occur in the header section at all. True does not promise a valid signature."""
+    return _SIGNATURE_NAME.search(message, 0, header_end(message)) is not None
 
 
 async def verify(resolver: Resolver, message: bytes) -> list[DkimResult]:
     """One DkimResult per DKIM-Signature header, top first; [] when the message is unsigned."""
-    sync = resolver.sync_resolver()
+    if not has_signature(message):
+        return []  # RFC 8601 §2.7.1 "none": nothing to verify, no thread needed
     try:
-        return await asyncio.to_thread(_verify_all, message, sync, resolver.timeout)
+        return await asyncio.to_thread(_verify_all, message, resolver)
     except Exception as e:  # a dkimpy bug on hostile input must not become a traceback
         return [DkimResult("permerror", reason=f"verification error: {type(e).__name__}")]
 
@@ -244,5 +259,5 @@ def public_record(private_key_pem: bytes) -> str:
     raise ValueError("not an RSA or ed25519 private key")
 
 
-__all__ = ["DkimResult", "DkimStatus", "verify", "sign", "generate_rsa", "generate_ed25519",
+__all__ = ["DkimResult", "DkimStatus", "verify", "has_signature", "sign", "generate_rsa", "generate_ed25519",
            "public_record", "DEFAULT_SIGN_HEADERS", "OVERSIGN_HEADERS"]

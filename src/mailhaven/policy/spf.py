@@ -6,9 +6,9 @@ nameservers and timeout, and returning a typed SpfResult. Does not own: what to 
 
 Why a thread-local DNS hook: pyspf looks names up through one module-level function, `spf.DNSLookup`.
 We install, once, a dispatcher that asks the blocking dnspython resolver stored in a thread-local
-(`Resolver.sync_resolver()`: same nameservers, same timeout as the async resolver). Each check sets
-that thread-local inside its worker thread, so concurrent checks with different resolvers (tests,
-reloads) never see each other's, and pyspf never reads /etc/resolv.conf.
+(`Resolver.sync_resolver()`: same nameservers, same timeout as the async resolver, kept per thread).
+Each check sets that thread-local inside its worker thread, so concurrent checks with different
+resolvers (tests, reloads) never see each other's, and pyspf never reads /etc/resolv.conf.
 """
 
 from __future__ import annotations
@@ -79,9 +79,8 @@ def _domain_of(sender: str) -> str:
     return sender.rpartition("@")[2].lower().rstrip(".")
 
 
-def _check_sync(sync: dns.resolver.Resolver, ip: str, sender: str, helo: str,
-                timeout: float) -> tuple[str, str]:
-    _local.resolver = sync
+def _check_sync(resolver: Resolver, ip: str, sender: str, helo: str, timeout: float) -> tuple[str, str]:
+    _local.resolver = resolver.sync_resolver()  # this worker thread's own
     try:
         # querytime: RFC 7208 §4.6.4 bounds the whole evaluation; 20 s recommended, ours is tighter.
         q = spf.query(i=ip, s=sender, h=helo, timeout=timeout, querytime=max(timeout * 4, timeout))
@@ -112,9 +111,8 @@ async def check_host(resolver: Resolver, ip: str, mail_from: str, helo: str) -> 
     if not domain or "." not in domain or _is_ip_literal(domain):
         # RFC 7208 §4.3: not a valid domain -> "none"
         return SpfResult("none", "no valid domain to check", domain, identity, sender, ip, helo)
-    sync = resolver.sync_resolver()
     try:
-        result, expl = await asyncio.to_thread(_check_sync, sync, ip, sender, helo_name, resolver.timeout)
+        result, expl = await asyncio.to_thread(_check_sync, resolver, ip, sender, helo_name, resolver.timeout)
     except Exception as e:  # pyspf bug or unexpected input: not the sender's fault, try later
         return SpfResult("temperror", f"SPF evaluation error: {type(e).__name__}", domain, identity,
                          sender, ip, helo)
