@@ -399,6 +399,22 @@ async def test_pass_is_accepted_with_authentication_results(dns_server: DnsServe
     assert b"paypal.example" not in a.message and a.message.endswith(b"\r\n\r\nHello Bob.\r\n")
 
 
+async def test_big_header_section_is_judged_like_a_small_one(dns_server: DnsServer, resolver: Resolver) -> None:
+    # Above pipeline.INLINE_PARSE_LIMIT the header section is parsed in a worker thread instead.
+    dns_server.add("example.net", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject")
+    forged = b"Authentication-Results: mx.example.org; dmarc=pass header.from=paypal.example\r\n"
+    pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 60) for i in range(200))
+    assert len(pad) > pipeline.INLINE_PARSE_LIMIT
+    for msg in (forged + MSG, forged + pad + MSG):
+        a = await _verdict(resolver, "127.0.0.1", "alice@example.net", msg)
+        assert (a.verdict.action, a.dmarc.result, a.from_domain) == ("accept", "pass", "example.net")
+        assert b"paypal.example" not in a.message and a.message.endswith(b"\r\n\r\nHello Bob.\r\n")
+    big = b"From: a@x.example\r\n" + pad + MSG  # two From fields, far apart
+    a = await _verdict(resolver, "127.0.0.1", "alice@example.net", big)
+    assert (a.verdict.action, a.dmarc.result) == ("reject", "permerror")
+
+
 async def test_missing_from_is_rejected(dns_server: DnsServer, resolver: Resolver) -> None:
     msg = MSG.replace(b"From: Alice <alice@example.net>\r\n", b"")
     a = await _verdict(resolver, "127.0.0.1", "alice@example.net", msg)

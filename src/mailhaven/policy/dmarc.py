@@ -260,18 +260,36 @@ def judge(record: DmarcRecord | None, record_domain: str, from_domain: str, ids:
                        reason="no aligned SPF or DKIM pass")
 
 
+# What discovery found: (record or None, where), or None when a lookup failed temporarily.
+Found = tuple[DmarcRecord | None, str] | None
+
+
+async def find(resolver: TxtResolver, from_domain: str) -> Found:
+    """`discover`, with a temporary DNS failure as None (so it can run beside DKIM verification,
+    which it does not depend on: pipeline.py)."""
+    try:
+        return await discover(resolver, from_domain)
+    except DnsTempError:
+        return None
+
+
+def conclude(found: Found, from_domain: str, ids: Identities,
+             rand: Callable[[], float] = random.random) -> DmarcResult:
+    """The DmarcResult of what `find` returned (pure)."""
+    if found is None:
+        return DmarcResult("temperror", "none", _norm(from_domain),
+                           reason="DMARC record lookup failed temporarily")
+    return judge(found[0], found[1], from_domain, ids, rand)
+
+
 async def evaluate(resolver: TxtResolver, from_domain: str, spf_result: str, spf_domain: str,
                    dkim_pass_domains: Sequence[str], *, dkim_temperror_domains: Sequence[str] = (),
                    rand: Callable[[], float] = random.random) -> DmarcResult:
     """Discover the policy of from_domain and judge the authenticated identities against it."""
-    d = _norm(from_domain)
-    try:
-        record, where = await discover(resolver, d)
-    except DnsTempError:
-        return DmarcResult("temperror", "none", d, reason="DMARC record lookup failed temporarily")
     ids = Identities(spf_result, spf_domain, tuple(dkim_pass_domains), tuple(dkim_temperror_domains))
-    return judge(record, where, d, ids, rand)
+    return conclude(await find(resolver, from_domain), from_domain, ids, rand)
 
 
 __all__ = ["DmarcRecord", "DmarcResult", "AuthorError", "Identities", "parse_record",
-           "organizational_domain", "aligned", "author_domain", "discover", "judge", "evaluate"]
+           "organizational_domain", "aligned", "author_domain", "discover", "judge", "evaluate", "Found",
+           "find", "conclude"]
