@@ -219,6 +219,35 @@ async def test_dmarc_record_lookup_servfail_defers(mx: MxFactory, dns_server: Dn
     assert server.messages(ALICE) == []
 
 
+async def test_dmarc_record_is_looked_up_at_mail_from_and_used_at_data(mx: MxFactory, dns_server: DnsServer) -> None:
+    # MAIL FROM's domain is the From domain: its record is asked for while RCPT and DATA go on,
+    # and DATA uses that answer (one query in all).
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO mta.sender.test")
+        assert (await c.cmd(f"MAIL FROM:<{SENDER}>"))[0].startswith("250")
+        await harness.wait_until(lambda: dns_server.queried(f"_dmarc.{SENDER_DOMAIN}", "TXT") == 1)
+        assert (await c.cmd(f"RCPT TO:<{ALICE}>"))[0].startswith("250")
+        assert (await c.cmd("DATA"))[0].startswith("354")
+        [reply] = await c.cmd(harness.dot_stuff(message(sender=SENDER)) + b".")
+        assert reply.startswith("250 2.0.0"), reply
+    assert dns_server.queried(f"_dmarc.{SENDER_DOMAIN}", "TXT") == 1
+    assert f"dmarc=pass (p=reject dis=none) header.from={SENDER_DOMAIN}" in _auth_results(server.messages(ALICE)[0])
+
+
+async def test_dmarc_record_of_another_mail_from_domain_does_not_decide(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add("bulk.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.add("_dmarc.bulk.example", "TXT", "v=DMARC1; p=none")
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    server = await mx()
+    [reply] = await _deliver(server, message(sender=SENDER), sender="bounce@bulk.example")
+    assert reply.startswith("550 5.7.1") and "DMARC" in reply, reply
+    assert dns_server.queried(f"_dmarc.{SENDER_DOMAIN}", "TXT") == 1
+    assert server.messages(ALICE) == []
+
+
 async def test_policy_checks_do_not_block_other_sessions(mx: MxFactory, dns_server: DnsServer) -> None:
     # One client waits on a DNS timeout; another is served meanwhile.
     dns_server.set_timeout("slow.test")

@@ -415,6 +415,55 @@ async def test_big_header_section_is_judged_like_a_small_one(dns_server: DnsServ
     assert (a.verdict.action, a.dmarc.result) == ("reject", "permerror")
 
 
+def _ahead(resolver: Resolver, domain: str) -> pipeline.DmarcAhead:
+    return pipeline.DmarcAhead(domain, asyncio.ensure_future(pipeline.look_ahead(resolver, domain)))
+
+
+async def test_dmarc_look_ahead_of_the_from_domain_saves_the_lookup_at_data(dns_server: DnsServer,
+                                                                            resolver: Resolver) -> None:
+    dns_server.add("example.net", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject")
+    ahead = _ahead(resolver, pipeline.dmarc_ahead_domain("alice@Example.NET"))
+    s = await pipeline.check_mail(resolver, "127.0.0.1", "alice@example.net", "client.example")
+    await ahead.task
+    assert dns_server.queried("_dmarc.example.net", "TXT") == 1
+    a = await pipeline.check_data(resolver, POLICY, AUTHSERV, s, MSG, dmarc_ahead=ahead)
+    assert (a.dmarc.result, a.dmarc.published, a.verdict.action) == ("pass", "reject", "accept")
+    assert dns_server.queried("_dmarc.example.net", "TXT") == 1  # not asked again at DATA
+
+
+async def test_dmarc_look_ahead_of_another_domain_is_not_used(dns_server: DnsServer,
+                                                              resolver: Resolver) -> None:
+    dns_server.add("bounces.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.add("_dmarc.bounces.example", "TXT", "v=DMARC1; p=none")
+    dns_server.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject")
+    ahead = _ahead(resolver, pipeline.dmarc_ahead_domain("b@bounces.example"))
+    s = await pipeline.check_mail(resolver, "127.0.0.1", "b@bounces.example", "client.example")
+    a = await pipeline.check_data(resolver, POLICY, AUTHSERV, s, MSG, dmarc_ahead=ahead)
+    assert (a.dmarc.result, a.dmarc.record_domain, a.verdict.action) == ("fail", "example.net", "reject")
+    assert dns_server.queried("_dmarc.example.net", "TXT") == 1
+
+
+async def test_failed_dmarc_look_ahead_is_asked_again_at_data(dns_server: DnsServer,
+                                                              resolver: Resolver) -> None:
+    dns_server.set_servfail("_dmarc.example.net")
+    ahead = _ahead(resolver, "example.net")
+    assert await ahead.task is None
+    dns_server.clear()  # the server recovers before DATA
+    dns_server.add("example.net", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.add("_dmarc.example.net", "TXT", "v=DMARC1; p=quarantine")
+    s = await pipeline.check_mail(resolver, "127.0.0.1", "alice@example.net", "client.example")
+    a = await pipeline.check_data(resolver, POLICY, AUTHSERV, s, MSG, dmarc_ahead=ahead)
+    assert (a.dmarc.result, a.dmarc.published, a.verdict.action) == ("pass", "quarantine", "accept")
+    assert dns_server.queried("_dmarc.example.net", "TXT") == 1
+
+
+def test_dmarc_look_ahead_domain_skips_the_null_sender_and_literals() -> None:
+    assert pipeline.dmarc_ahead_domain("a@Mail.Example.NET.") == "mail.example.net"
+    assert pipeline.dmarc_ahead_domain("") == ""
+    assert pipeline.dmarc_ahead_domain("a@[192.0.2.1]") == ""
+
+
 async def test_missing_from_is_rejected(dns_server: DnsServer, resolver: Resolver) -> None:
     msg = MSG.replace(b"From: Alice <alice@example.net>\r\n", b"")
     a = await _verdict(resolver, "127.0.0.1", "alice@example.net", msg)

@@ -145,6 +145,11 @@ def _norm(domain: str) -> str:
     return domain.strip().lower().rstrip(".")
 
 
+def normalize_domain(domain: str) -> str:
+    """A domain as this module compares it (author_domain's form): lower case, no final dot."""
+    return _norm(domain)
+
+
 @lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label ("sub.example.co.uk" -> "example.co.uk")."""
@@ -292,4 +297,4 @@ async def evaluate(resolver: TxtResolver, from_domain: str, spf_result: str, spf
 
 __all__ = ["DmarcRecord", "DmarcResult", "AuthorError", "Identities", "parse_record",
            "organizational_domain", "aligned", "author_domain", "discover", "judge", "evaluate", "Found",
-           "find", "conclude"]
+           "find", "conclude", "normalize_domain"]

@@ -7,7 +7,9 @@ Does not own: the SMTP dialogue (smtp/inbound.py calls `check_mail` at MAIL and 
 DATA and sends `verdict.reply`), storing (store/).
 
 Why nothing is rejected at MAIL: an SPF fail is rescued by an aligned DKIM pass (RFC 7489 §4.2),
-which only DATA can show; so MAIL only computes and remembers the SpfResult.
+which only DATA can show; so MAIL only computes and remembers the SpfResult. MAIL may also start
+the DMARC record lookup of its own domain (`look_ahead`): when the From domain turns out to be the
+same, DATA uses that answer instead of asking again; otherwise DATA asks for the From domain.
 
 Decision at DATA (first match wins; "tempfail" never accepts a message we might have to drop):
 1. no single RFC5322.From domain (RFC 7489 §6.6.1)             -> reject 550 5.7.1
@@ -112,6 +114,32 @@ async def check_mail(resolver: Resolver, client_ip: str, mail_from: str, helo: s
     return await spf.check_host(resolver, client_ip, mail_from, helo)
 
 
+def dmarc_ahead_domain(mail_from: str) -> str:
+    """The domain whose DMARC record is worth looking up at MAIL FROM: the MAIL FROM domain, which
+    is the RFC5322.From domain of most mail (that is what SPF alignment needs, RFC 7489 §3.1.2).
+    "" for the null sender and address literals."""
+    domain = dmarc.normalize_domain(mail_from.rpartition("@")[2]) if "@" in mail_from else ""
+    return "" if domain.startswith("[") else domain
+
+
+async def look_ahead(resolver: Resolver, domain: str) -> dmarc.Found:
+    """The DMARC discovery of `domain`, started at MAIL FROM so that DATA finds it done (the caller
+    owns the task; check_data uses it only when the From domain is this domain). Never raises:
+    anything but an answer is None, and DATA then looks the record up itself."""
+    try:
+        return await dmarc.find(resolver, domain)
+    except Exception:  # noqa: BLE001 - a failed guess must never fail the transaction
+        return None
+
+
+@dataclass(frozen=True)
+class DmarcAhead:
+    """A running `look_ahead(resolver, domain)`, handed from MAIL FROM to check_data."""
+
+    domain: str
+    task: asyncio.Future[dmarc.Found]
+
+
 def decide(policy: PolicyConfig, spf_result: SpfResult | None, dkim_results: Sequence[DkimResult],
            dmarc_result: DmarcResult, author_error: str = "") -> Verdict:
     """The decision table of the module docstring (pure)."""
@@ -154,12 +182,21 @@ def _parse(message: bytes, authserv_id: str) -> tuple[str, str, bytes]:
     return author, err, authresults.remove_ours(message, authserv_id)
 
 
+async def _find(resolver: Resolver, author: str, ahead: DmarcAhead | None) -> dmarc.Found:
+    if ahead is not None and ahead.domain == author:
+        found = await ahead.task  # the same lookup, started at MAIL FROM
+        if found is not None:
+            return found
+    return await dmarc.find(resolver, author)  # also asked again after a failed look-ahead
+
+
 async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
                      spf_result: SpfResult | None, message: bytes, *, enforce: bool = True,
-                     rand: Callable[[], float] = random.random) -> Assessment:
+                     rand: Callable[[], float] = random.random,
+                     dmarc_ahead: DmarcAhead | None = None) -> Assessment:
     """At DATA: verify DKIM, evaluate DMARC, decide. `spf_result` is what check_mail returned
     (None if SPF was not checked). enforce=False (see `applies`) computes and records the
-    results but always accepts.
+    results but always accepts. `dmarc_ahead`: the look-ahead started at MAIL FROM, if any.
 
     The DMARC record lookup needs only the From domain, so for signed mail it runs while DKIM is
     verified; unsigned mail (dkim.has_signature) costs no worker thread at all."""
@@ -174,10 +211,10 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
     elif dkim.has_signature(message):
         async with asyncio.TaskGroup() as tg:
             dkim_task = tg.create_task(dkim.verify(resolver, message))  # as received: signed as sent
-            found_task = tg.create_task(dmarc.find(resolver, author))
+            found_task = tg.create_task(_find(resolver, author, dmarc_ahead))
         dkim_results, found = dkim_task.result(), found_task.result()
     else:
-        dkim_results, found = [], await dmarc.find(resolver, author)
+        dkim_results, found = [], await _find(resolver, author, dmarc_ahead)
     if author_err:
         dmarc_result = DmarcResult("permerror", "none", "", reason=author_err)
     else:
@@ -198,4 +235,5 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
     return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, cleaned, author, notes)
 
 
-__all__ = ["Verdict", "Assessment", "ACCEPT", "applies", "check_mail", "check_data", "decide"]
+__all__ = ["Verdict", "Assessment", "ACCEPT", "DmarcAhead", "applies", "check_mail", "check_data", "decide",
+           "dmarc_ahead_domain", "look_ahead"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from mailhaven.errors import DnsTempError, PermFailure
@@ -54,8 +55,13 @@ class InboundHandler(BaseHandler):
     async def check_sender(self, session: ClientSession, txn: Transaction, sender: Address | None) -> str | None:
         # RFC 7208 §2.4: SPF on MAIL FROM, or on the HELO identity for the null sender. Nothing is
         # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py), so
-        # the check runs while RCPT and DATA go on, and DATA waits for its result.
-        txn.policy = txn.start(self._spf(session, sender))
+        # the check runs while RCPT and DATA go on, and DATA waits for its result. The DMARC record
+        # of the MAIL FROM domain is looked up meanwhile too (used at DATA if it is the From domain).
+        spf_task = txn.start(self._spf(session, sender))
+        domain = pipeline.dmarc_ahead_domain(str(sender)) if sender is not None else ""
+        ahead = pipeline.DmarcAhead(domain, txn.start(pipeline.look_ahead(self.ctx.resolver, domain))) \
+            if domain else None
+        txn.policy = _MailChecks(spf_task, ahead)
         return None
 
     async def _spf(self, session: ClientSession, sender: Address | None) -> SpfResult:
@@ -93,12 +99,13 @@ class InboundHandler(BaseHandler):
         cfg = self.config
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
-        spf_result: SpfResult | None = await txn.policy if txn.policy is not None else None
+        checks: _MailChecks | None = txn.policy
+        spf_result = await checks.spf if checks is not None else None
         enforce = pipeline.applies(cfg.policy, session.ip)
         try:
             assessment = await asyncio.wait_for(
                 pipeline.check_data(self.ctx.resolver, cfg.policy, cfg.authserv_id, spf_result, data,
-                                    enforce=enforce),
+                                    enforce=enforce, dmarc_ahead=checks.dmarc if checks is not None else None),
                 self._policy_deadline())
         except TimeoutError:
             raise DnsTempError("Sender checks timed out, try again later") from None
@@ -146,6 +153,14 @@ def postmaster_users(directory: Any, domain: str) -> list[str] | None:
         if mine:
             return mine[:1]
     return None
+
+
+@dataclass(frozen=True)
+class _MailChecks:
+    """What MAIL FROM started for DATA (both tasks owned by the transaction: Transaction.start)."""
+
+    spf: asyncio.Task[SpfResult]
+    dmarc: pipeline.DmarcAhead | None
 
 
 def handler_factory(ctx: Any, config: Any, listener: str) -> InboundHandler:
