@@ -19,7 +19,16 @@ import pytest
 from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.message.headers import field_value
 from tests.integration import test_mx_harness as harness
-from tests.integration.test_mx_harness import ALICE, BOB, MxFactory, MxServer, RawClient, message, wait_until
+from tests.integration.test_mx_harness import (
+    ALICE,
+    BOB,
+    MxFactory,
+    MxServer,
+    RawClient,
+    dot_stuff,
+    message,
+    wait_until,
+)
 
 mx = harness.mx  # the fixture
 
@@ -68,6 +77,20 @@ async def test_command_outside_a_transaction_gets_its_rfc_reply(mx: MxFactory, l
         await c.cmd("EHLO client.example")
         [reply] = await c.cmd(line)
         assert reply.startswith(code), reply
+        assert (await c.cmd("NOOP"))[0].startswith("250")
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    ("EHLO", "501"), ("HELO", "501"),  # RFC 5321 §4.1.1.1: the domain is required
+    ("EHLO [127.0.0.1]", "250"), ("EHLO [IPv6:::1]", "250"),  # address literals (RFC 5321 §4.1.3)
+    ("EHLO not_a_valid_name!", "250"),  # accepted, as Postfix does (RFC 5321 §4.1.4: no refusal on it)
+    ("EHLO bad\x01name", "501 5.5.4"),  # but not control characters (they would reach Received)
+])
+async def test_ehlo_and_helo_arguments(mx: MxFactory, line: str, code: str) -> None:
+    server = await mx()
+    async with server.raw() as c:
+        reply = await c.cmd(line)
+        assert reply[0].startswith(code), reply
         assert (await c.cmd("NOOP"))[0].startswith("250")
 
 
@@ -380,6 +403,36 @@ async def test_mail_loop_is_refused_after_100_received_fields(mx: MxFactory, hop
     replies = await server.send(SENDER, [ALICE], message(subject="loop").replace(b"From:", trace.encode() + b"From:"))
     assert replies[-1][0].startswith(code), replies
     assert len(server.messages(ALICE)) == (1 if code.startswith("250") else 0)
+
+
+@pytest.mark.parametrize(("extra", "code"), [(0, "250 2.0.0"), (1, "552 5.3.4")])
+async def test_message_of_exactly_the_size_limit_is_taken_and_one_octet_more_refused(
+        mx: MxFactory, extra: int, code: str) -> None:
+    """RFC 1870 §3: the size counts CRLFs, not the transparency dots nor the final dot; Postfix
+    refuses even the exact size (it counts its own added headers), we do not."""
+    limit = 4096
+    server = await mx(smtp={"max_message_size": limit})
+    head = b"From: sender@sender.test\r\nSubject: size\r\n\r\n"
+    body = b".dot\r\n" * 100  # each line is sent with one more dot, which must not count
+    data = head + body + b"y" * (limit + extra - len(head) - len(body) - 2) + b"\r\n"
+    assert len(data) == limit + extra
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        await c.cmd(f"MAIL FROM:<{SENDER}>")
+        await c.cmd(f"RCPT TO:<{ALICE}>")
+        assert (await c.cmd("DATA"))[0].startswith("354")
+        [reply] = await c.cmd(dot_stuff(data) + b".")
+        assert reply.startswith(code), reply
+    assert len(server.messages(ALICE)) == (0 if extra else 1)
+
+
+@pytest.mark.parametrize(("size", "code"), [(4096, "250 2.1.0"), (4097, "552 5.3.4")])
+async def test_size_parameter_at_and_over_the_limit(mx: MxFactory, size: int, code: str) -> None:
+    server = await mx(smtp={"max_message_size": 4096})
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        [reply] = await c.cmd(f"MAIL FROM:<{SENDER}> SIZE={size}")
+        assert reply.startswith(code), reply  # RFC 1870 §6.2
 
 
 async def test_quit_inside_data_is_message_text_and_a_drop_stores_nothing(mx: MxFactory) -> None:
