@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import itertools
 import os
 import re
+import shutil
 import signal
+import stat
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +192,114 @@ async def test_slow_disk_does_not_block_the_event_loop(store: Store, monkeypatch
         await task
     assert time.perf_counter() - t0 >= 0.4  # the slow fsyncs really happened
     assert worst < 0.1
+
+
+async def test_concurrent_deliveries_into_one_folder_share_the_fsync_of_new(store: Store, monkeypatch) -> None:
+    await store.deliver([(ALICE, "INBOX")], b"first\n")  # folders exist
+    new = store.root / "example.test" / "alice" / "new"
+    real_fsync = os.fsync
+    dir_fsyncs = 0
+
+    def fsync(fd: int) -> None:
+        nonlocal dir_fsyncs
+        if stat.S_ISDIR(os.fstat(fd).st_mode) and os.readlink(f"/proc/self/fd/{fd}") == str(new):
+            dir_fsyncs += 1
+            time.sleep(0.05)  # a slow journal commit: deliveries pile up behind it
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    await asyncio.gather(*(store.deliver([(ALICE, "INBOX")], b"m %d\n" % i) for i in range(20)))
+    assert len(files(new)) == 21
+    assert 1 <= dir_fsyncs <= 6, dir_fsyncs  # 20 without group commit; typically 2 or 3
+
+
+def _run_members(ds: maildir.DirSync, n: int, path: Path, clock: itertools.count[int]) -> list[tuple[int, int, object]]:
+    """n threads call ds.sync(path) at about the same time: (called, returned, error) of each."""
+    out: list[tuple[int, int, object]] = []
+    lock = threading.Lock()
+
+    def member() -> None:
+        called = next(clock)
+        error: object = None
+        try:
+            ds.sync(path)
+        except OSError as e:
+            error = e
+        with lock:
+            out.append((called, next(clock), error))
+
+    threads = [threading.Thread(target=member) for _ in range(n)]
+    for t in threads:
+        t.start()
+        time.sleep(0.002)
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_dir_sync_returns_only_after_an_fsync_that_started_after_the_call() -> None:
+    clock = itertools.count()
+    fsyncs: list[tuple[int, int]] = []
+
+    def slow_fsync(path: Path) -> None:
+        start = next(clock)
+        time.sleep(0.02)
+        fsyncs.append((start, next(clock)))
+
+    ds = maildir.DirSync(slow_fsync)
+    members = _run_members(ds, 20, Path("/nowhere/new"), clock)
+    assert len(members) == 20 and all(err is None for _, _, err in members)
+    for called, returned, _ in members:
+        # Durable: some fsync began after this caller's rename (made before it called) and ended
+        # before it was told so.
+        assert any(called < start and end < returned for start, end in fsyncs), (called, returned, fsyncs)
+    assert ds.fsyncs == len(fsyncs) < 20 and ds.requests == 20
+
+
+def test_dir_sync_error_fails_every_caller_it_covered_and_only_those() -> None:
+    clock = itertools.count()
+    calls = 0
+
+    def failing_second(path: Path) -> None:
+        nonlocal calls
+        calls += 1
+        time.sleep(0.02)
+        if calls == 2:
+            raise OSError(errno.EIO, "journal commit failed")
+
+    ds = maildir.DirSync(failing_second)
+    members = _run_members(ds, 10, Path("/nowhere/new"), clock)
+    failed = [m for m in members if m[2] is not None]
+    assert failed and len(failed) < 10  # the first caller's own fsync succeeded
+    assert all(isinstance(e, OSError) and e.errno == errno.EIO for _, _, e in failed)
+    ds.sync(Path("/nowhere/new"))  # a later caller gets a fresh fsync, not the old error
+
+
+async def test_dir_fsync_failure_undoes_the_delivery(store: Store, monkeypatch) -> None:
+    await store.deliver([(ALICE, "INBOX")], b"first\n")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "I/O error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(StoreError):
+        await store.deliver([(ALICE, "INBOX")], b"second\n")
+    root = store.root / "example.test" / "alice"
+    assert len(files(root / "new")) == 1 and files(root / "tmp") == []
+
+
+async def test_folder_removed_behind_the_stores_back_is_created_again(store: Store) -> None:
+    await store.deliver([(ALICE, "Junk")], b"one\n")
+    junk = store.root / "example.test" / "alice" / ".Junk"
+    shutil.rmtree(junk)  # e.g. deleted by hand or by another tool between two deliveries
+    await store.deliver([(ALICE, "Junk")], b"two\n")
+    assert len(files(junk / "new")) == 1
+    shutil.rmtree(junk / "new")  # only new/ gone: the rename fails, the folder is completed
+    await store.deliver([(ALICE, "Junk")], b"three\n")
+    assert len(files(junk / "new")) == 1 and (junk / "cur").is_dir() and files(junk / "tmp") == []
 
 
 WRITER = textwrap.dedent("""

@@ -83,6 +83,12 @@ class Store:
         # Deliveries wait on fsync, not CPU: their own pool lets many fsyncs be in flight (the file
         # system commits them together) without starving the default pool used by everything else.
         self._delivery_pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="store-deliver")
+        # Concurrent deliveries into one new/ share its fsync (group commit, maildir.DirSync).
+        self.dir_sync = maildir.DirSync()
+        # Folders a delivery has found complete (cur/ new/ tmp/): later deliveries skip the stat()
+        # calls. A folder removed behind our back makes the delivery fail with ENOENT; it is then
+        # forgotten and the delivery tried once more, creating it again as before.
+        self._ready: set[Path] = set()
 
     async def start(self) -> int:
         """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
@@ -140,18 +146,36 @@ class Store:
 
     def _deliver_sync(self, items: list[tuple[Account, str]], data: bytes) -> None:
         data = maildir.to_crlf(data)
+        paths = self._folders_for(items, trust_known=True)
+        try:
+            maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
+                                  dir_sync=self.dir_sync)
+        except StoreError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
+            # A folder vanished (deleted or renamed by IMAP or by hand): create it, try once more.
+            self._ready.difference_update(paths)
+            paths = self._folders_for(items, trust_known=False)
+            maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
+                                  dir_sync=self.dir_sync)
+
+    def _folders_for(self, items: list[tuple[Account, str]], *, trust_known: bool) -> list[Path]:
+        """The folder directories of the targets, each created (durably) if it is not there."""
         paths: list[Path] = []
         try:
             for acc, name in items:
-                init_user_root(acc.path, fsync=self.fsync)
-                if name == names.INBOX:
-                    maildir.ensure_folder(acc.path, subfolder=False, fsync=self.fsync)
-                else:
-                    _ensure_with_parents(acc.path, name, fsync=self.fsync)
-                paths.append(names.folder_path(acc.path, name))
+                path = names.folder_path(acc.path, name)
+                if not (trust_known and path in self._ready):
+                    init_user_root(acc.path, fsync=self.fsync)
+                    if name == names.INBOX:
+                        maildir.ensure_folder(acc.path, subfolder=False, fsync=self.fsync)
+                    else:
+                        _ensure_with_parents(acc.path, name, fsync=self.fsync)
+                    self._ready.add(path)
+                paths.append(path)
         except OSError as e:
             raise StoreError("the message could not be stored") from e
-        maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync)
+        return paths
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -16,8 +16,9 @@ import itertools
 import os
 import re
 import stat
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from mailhaven.errors import StoreError
@@ -150,6 +151,90 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _Batch:
+    """Deliveries waiting for one fsync of a directory (their entries were made before it starts)."""
+
+    __slots__ = ("cond", "done", "error", "lead")
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self.cond = threading.Condition(lock)  # its members sleep here, nobody else's
+        self.done = False
+        self.error: OSError | None = None
+        self.lead = False  # one member is asked to run the fsync for the batch
+
+
+class _DirState:
+    __slots__ = ("open", "running")
+
+    def __init__(self) -> None:
+        self.open: _Batch | None = None  # collecting members; its fsync has not started
+        self.running = False  # an fsync of this directory is in progress (or handed over)
+
+
+class DirSync:
+    """Group commit of directory fsyncs, for worker threads delivering into the same new/.
+
+    `sync(path)` returns once an fsync of `path` that STARTED after the call began has succeeded,
+    so the caller's rename/link into `path`, made before the call, is durable. While one fsync of
+    a directory runs, later callers join one batch; when it ends, one of them is woken to run a
+    single fsync for the whole batch (the others sleep until it is done). One delivery alone
+    costs exactly one fsync, as before; N concurrent ones into a busy new/ cost about two. An
+    fsync error fails every member of its batch (each one then undoes its delivery): the error is
+    never retried away, as fsync errors are not sticky.
+    """
+
+    def __init__(self, fsync: Callable[[Path], None] | None = None) -> None:
+        self._fsync = fsync or fsync_dir
+        self._lock = threading.Lock()
+        self._dirs: dict[Path, _DirState] = {}
+        self.fsyncs = 0  # fsync calls made (for tests and benchmarks)
+        self.requests = 0  # sync() calls
+
+    def sync(self, path: Path) -> None:
+        with self._lock:
+            self.requests += 1
+            st = self._dirs.get(path)
+            if st is None:
+                st = self._dirs[path] = _DirState()
+            if st.running:
+                batch = st.open
+                if batch is None:
+                    batch = st.open = _Batch(self._lock)
+                while not (batch.done or batch.lead):
+                    batch.cond.wait()
+                if batch.done:
+                    return self._result(batch)
+                batch.lead = False  # handed over: st.open was closed and st.running kept for us
+            else:
+                batch = _Batch(self._lock)
+                st.running = True
+            self.fsyncs += 1
+        error: OSError | None = OSError(errno.EIO, "directory fsync did not finish", str(path))
+        try:
+            self._fsync(path)
+            error = None
+        except OSError as e:
+            error = e
+        finally:  # also on any other exception: then the batch fails with EIO
+            with self._lock:
+                batch.done, batch.error = True, error
+                batch.cond.notify_all()
+                nxt = st.open
+                if nxt is not None:  # callers arrived meanwhile: wake one of them to lead
+                    st.open, nxt.lead = None, True
+                    nxt.cond.notify()
+                else:
+                    st.running = False
+                    if self._dirs.get(path) is st:
+                        del self._dirs[path]
+        self._result(batch)
+
+    @staticmethod
+    def _result(batch: _Batch) -> None:
+        if batch.error is not None:
+            raise batch.error
+
+
 def write_new_file(path: Path, data: bytes, *, fsync: bool, mtime: float | None = None) -> None:
     """Create `path` exclusively, write all of `data`, fsync it. Removes the file on failure."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
@@ -239,13 +324,16 @@ def ensure_folder(folder: Path, *, subfolder: bool, fsync: bool = False) -> bool
     return created
 
 
-def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: bool) -> str:
+def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: bool,
+                  dir_sync: DirSync | None = None) -> str:
     """Durably place one message into `new/` of every folder; return its file name.
 
     One file is written to the first folder's tmp/ and fsynced, then renamed (one folder) or
     hard-linked (several; a per-folder copy if linking is impossible, e.g. across file systems)
-    into each new/, then each new/ directory is fsynced. On any failure every link made is removed
-    and StoreError is raised, so no partial message is ever visible.
+    into each new/, then each new/ directory is fsynced (through `dir_sync`, shared with
+    concurrent deliveries, when given). tmp/ itself is never fsynced: its entry is gone or
+    irrelevant once the name is in new/. On any failure every link made is removed and
+    StoreError is raised, so no partial message is ever visible.
     """
     if not folders:
         raise StoreError("no delivery target")
@@ -271,7 +359,10 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
             _unlink_quiet(tmp)
         if fsync:
             for d in dict.fromkeys(p.parent for p in placed):
-                fsync_dir(d)
+                if dir_sync is not None:
+                    dir_sync.sync(d)
+                else:
+                    fsync_dir(d)
     except Exception as e:
         for p in placed:
             _unlink_quiet(p)
