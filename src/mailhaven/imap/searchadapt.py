@@ -81,69 +81,71 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
 
     view = sel.view
     numbered = list(view.uids)
-    infos = _match_infos(numbered, sel.current.messages)
+    infos = _match_infos(numbered, sel.current.messages)  # infos[seq - 1]
     ctx = search.SearchContext(max_seq=view.exists, max_uid=numbered[-1] if numbered else 0)
     cheap, costly = _split(cmd.criteria)
     recent = view.recent
-    msgs: list[_Msg] = []
-    for seq, info in enumerate(infos, 1):
-        if info is None:  # expunged by someone else, EXPUNGE not sent yet: matches nothing
-            continue
+
+    def message(seq: int, info: Any, header: bytes | None = None) -> _Msg:
         flags = info.flags | {RECENT} if info.uid in recent else info.flags
-        msgs.append(_Msg(seq, info.uid, flags, info.internaldate, info.size, key=info.key))
+        return _Msg(seq, info.uid, flags, info.internaldate, info.size, header_bytes=header, key=info.key)
+
+    # expunged by someone else (EXPUNGE not sent yet): matches nothing
+    cands: list[tuple[int, Any]] = [(seq, info) for seq, info in enumerate(infos, 1) if info is not None]
     if cheap.keys:
+        msgs = [message(seq, info) for seq, info in cands]
         if len(msgs) > 2000:
             msgs = await asyncio.to_thread(_filter, cheap, msgs, ctx)
         else:
             msgs = _filter(cheap, msgs, ctx)
-    if costly.keys and msgs:
+        if not costly.keys:
+            return [m.uid if cmd.uid else m.seq for m in msgs]
+        cands = [(m.seq, infos[m.seq - 1]) for m in msgs]
+    matched: list[_Msg] = []
+    if costly.keys and cands:
         header_only = search.needs(costly) == frozenset({"header"})
         checks = [f for f in map(header_prefilter, costly.keys) if f is not None] if header_only else []
         check = checks[0] if len(checks) == 1 else (lambda h: all(c(h) for c in checks)) if checks else None
         user = session.user or ""
         peek = CACHE.peek
-        matched: list[_Msg] = []
-        for start in range(0, len(msgs), BATCH):
-            batch = msgs[start:start + BATCH]
+        for start in range(0, len(cands), BATCH):
             ready: list[_Msg] = []
-            to_read: list[_Msg] = []
-            for m in batch:
-                entry = peek((user, m.key)) if header_only else None
+            to_read: list[tuple[int, Any]] = []
+            for seq, info in cands[start:start + BATCH]:
+                entry = peek((user, info.key)) if header_only else None
                 hdr = entry.header if entry is not None else None
                 if hdr is None:
-                    to_read.append(m)
+                    to_read.append((seq, info))
                 elif check is None or check(hdr):
-                    m.header_bytes = hdr
-                    ready.append(m)
-            datas = await _read_many(sel.mailbox, [m.uid for m in to_read])
-            for m in to_read:
-                data = datas.get(m.uid)
+                    ready.append(message(seq, info, hdr))
+            datas = await _read_many(sel.mailbox, [info.uid for _, info in to_read])
+            for seq, info in to_read:
+                data = datas.get(info.uid)
                 if data is None:
                     continue  # expunged meanwhile
                 if header_only:
                     hdr = data[:header_end(data)]
-                    entry = CACHE.get((user, m.key))
+                    entry = CACHE.get((user, info.key))
                     if entry is None:
                         entry = _Entry()
                         entry.header = hdr
-                        CACHE.put((user, m.key), entry)
+                        CACHE.put((user, info.key), entry)
                     elif entry.header is None:
                         entry.header = hdr
-                    if check is not None and not check(hdr):
-                        continue
-                    m.header_bytes = hdr
+                    if check is None or check(hdr):
+                        ready.append(message(seq, info, hdr))
                 else:
+                    m = message(seq, info)
                     m.load = (lambda d=data: d)
-                ready.append(m)
+                    ready.append(m)
             ready.sort(key=_seq_of)
             if len(ready) > 50:
                 matched += await asyncio.to_thread(_filter, costly, ready, ctx)
             else:
                 matched += _filter(costly, ready, ctx)
-        msgs = matched
-    if cmd.uid:
-        return [m.uid for m in msgs]
-    return [m.seq for m in msgs]
+    elif not costly.keys:  # no keys at all cannot happen (the parser needs one); answer ALL
+        matched = [message(seq, info) for seq, info in cands]
+    return [m.uid if cmd.uid else m.seq for m in matched]
 
 
 def _seq_of(m: _Msg) -> int:
