@@ -15,9 +15,12 @@ import ssl
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.message.headers import field_value
+from mailhaven.smtp.server import parse_esmtp_params
 from tests.integration import test_mx_harness as harness
 from tests.integration.test_mx_harness import (
     ALICE,
@@ -118,11 +121,10 @@ async def test_data_before_rcpt_and_nested_mail_are_503(mx: MxFactory) -> None:
     ("BODY=BINARYMIME", "501 5.5.4"),  # BINARYMIME is not offered
     ("RET=HDRS", "555 5.5.4"),  # RFC 5321 §4.1.1.11: parameter we do not know
     ("XFOO=bar", "555 5.5.4"),
-    pytest.param("X-FOO=bar", "555 5.5.4", marks=pytest.mark.xfail(strict=True, reason=(
-        "aiosmtpd's _getparams takes only isalnum() keywords, so a valid esmtp-keyword with '-' (RFC 5321 "
-        "§4.1.2) gets 501 instead of 555; fix: override _getparams in smtp/server.py Connection with the "
-        "RFC 5321 grammar (keyword [A-Za-z0-9][A-Za-z0-9-]*, value of printable chars except '=') "
-        "(reported to the lead)"))),
+    ("X-FOO=bar", "555 5.5.4"),  # RFC 5321 §4.1.2: "-" inside an esmtp-keyword
+    ("-XFOO=bar", "501 5.5.4"),  # a keyword starts with a letter or digit
+    ("XFOO=", "501 5.5.4"),  # an esmtp-value is not empty
+    ("XFOO=a=b", "501 5.5.4"),  # nor holds "="
 ])
 async def test_mail_parameters(mx: MxFactory, params: str, code: str) -> None:
     server = await mx()
@@ -130,6 +132,17 @@ async def test_mail_parameters(mx: MxFactory, params: str, code: str) -> None:
         await c.cmd("EHLO client.example")
         [reply] = await c.cmd(f"MAIL FROM:<{SENDER}> {params}")
         assert reply.startswith(code), reply
+
+
+@given(st.lists(st.text(min_size=1, max_size=12).filter(lambda t: " " not in t), max_size=4))
+def test_esmtp_parameter_grammar_never_raises_and_keeps_well_formed_keywords(params: list[str]) -> None:
+    """RFC 5321 §4.1.2: esmtp-keyword ["=" esmtp-value]; anything else is a syntax error (None)."""
+    parsed = parse_esmtp_params(params)
+    ok = all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*(=[^=\x00-\x20\x7f]+)?", p) for p in params)
+    if parsed is not None:
+        assert ok and set(parsed) == {p.partition("=")[0] for p in params}
+    elif all(p.isascii() for p in params):
+        assert not ok
 
 
 async def test_unknown_rcpt_parameter_is_555_and_the_address_is_not_taken(mx: MxFactory) -> None:

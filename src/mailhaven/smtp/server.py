@@ -103,6 +103,28 @@ class DataBlock:
         return b"".join(self._parts)
 
 
+_ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # RFC 5321 §4.1.2 esmtp-keyword
+
+
+def _esmtp_value_ok(value: str) -> bool:
+    """RFC 5321 §4.1.2 esmtp-value: 1*(%d33-60 / %d62-126), plus UTF-8 (RFC 6531 §3.3)."""
+    return bool(value) and all(("!" <= ch <= "~" and ch != "=") or (not ch.isascii() and ch.isprintable())
+                               for ch in value)
+
+
+def parse_esmtp_params(params: list[str]) -> dict[str, str | bool] | None:
+    """RFC 5321 §4.1.2 mail-parameters / rcpt-parameters: {keyword: value or True}, or None when one
+    parameter is not `esmtp-keyword ["=" esmtp-value]` (then 501; a well-formed unknown one is left
+    for the caller to refuse with 555)."""
+    result: dict[str, str | bool] = {}
+    for param in params:
+        keyword, eq, value = param.partition("=")
+        if not _ESMTP_KEYWORD.fullmatch(keyword) or (eq and not _esmtp_value_ok(value)):
+            return None
+        result[keyword] = value if eq else True
+    return result
+
+
 _XTEXT = re.compile(r"^(?:[!-*,-<>-~]|\+[0-9A-F]{2})+$")  # RFC 3461 §4 xtext
 
 
@@ -310,6 +332,10 @@ class Connection(SMTP):
         return R.reply_for(error)
 
     # -- commands -------------------------------------------------------------------------------------
+
+    def _getparams(self, params: Any) -> dict[str, str | bool] | None:
+        # aiosmtpd takes only isalnum() keywords; RFC 5321 §4.1.2 allows "-" inside them.
+        return parse_esmtp_params(list(params))
 
     def _unknown_command(self, verb: str) -> Callable[[str | None], Any]:
         async def unknown(arg: str | None) -> None:
