@@ -156,9 +156,6 @@ async def test_unknown_rcpt_parameter_is_555_and_the_address_is_not_taken(mx: Mx
         assert reply.startswith("503 5.5.1"), reply
 
 
-@pytest.mark.xfail(strict=True, reason="smtp/server.py overrides smtp_HELO/EHLO/MAIL/RCPT/DATA without "
-                   "aiosmtpd's @syntax decorator, so HELP omits them and 'HELP MAIL' is 501; fix: decorate "
-                   "the overrides with aiosmtpd.smtp.syntax(...) as aiosmtpd does (reported to the lead)")
 async def test_help_knows_the_transaction_commands(mx: MxFactory) -> None:
     server = await mx()
     async with server.raw() as c:

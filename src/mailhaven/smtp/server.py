@@ -343,6 +343,7 @@ class Connection(SMTP):
 
         return unknown
 
+    @syntax("HELO hostname")  # HELP lists the verb (aiosmtpd reads the decorator)
     async def smtp_HELO(self, hostname: str) -> None:
         self._raw_250 = True
         try:
@@ -350,6 +351,7 @@ class Connection(SMTP):
         finally:
             self._raw_250 = False
 
+    @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
         self.command_size_limits.clear()  # aiosmtpd grows the MAIL limit on every EHLO
         self._raw_250 = True
@@ -358,6 +360,7 @@ class Connection(SMTP):
         finally:
             self._raw_250 = False
 
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg  # hooks.py parses the raw path itself
@@ -365,6 +368,7 @@ class Connection(SMTP):
             arg = drop_auth_parameter(arg)
         await super().smtp_MAIL(arg)
 
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg
@@ -400,6 +404,7 @@ class Connection(SMTP):
                 raise ConnectionResetError from None
             return None if too_long else line.rstrip(b"\r\n")
 
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:
         if await self.check_helo_needed():
             return
