@@ -181,7 +181,9 @@ class _AddressParser:
         if quoted:
             local, ret = self._quoted()
         else:
-            local, ret = self._dot_atom()
+            # Dovecot takes dots anywhere in a local part ("a..b", ".a", "a.")
+            local = lex.token(_PHRASE_ATOM)
+            ret = -1 if not local else self._more()
         if ret >= 0:
             self.mailbox = local
         no_domain = True
@@ -204,24 +206,44 @@ class _AddressParser:
             ret = -1
         return ret
 
+    def _route(self) -> bool:
+        """obs-route (RFC 5322 §4.4) `@a,@b:` at the cursor; False (cursor after what was read)
+        when it is broken, which Dovecot reports as the route "INVALID_ROUTE"."""
+        lex = self.lex
+        domains: list[bytes] = []
+        while self._at(_AT):
+            lex.pos += 1
+            if not lex.skip_cfws():
+                return False
+            domain, ret = self._dot_atom()
+            if ret < 0:
+                return False
+            domains.append(b"@" + domain)
+            while ret > 0 and self._at(_COMMA):
+                lex.pos += 1
+                ret = self._more()
+            if ret <= 0:
+                return False
+        if not self._at(_COLON):
+            return False
+        lex.pos += 1
+        self.route = b",".join(domains)
+        return True
+
     def _angle_addr(self) -> int:
         lex = self.lex
         lex.pos += 1  # "<"
         if not lex.skip_cfws():
             return -1
-        if self._at(_AT):  # obs-route (RFC 5322 §4.4): "@a,@b:"
-            colon = lex.data.find(b":", lex.pos)
-            close = lex.data.find(b">", lex.pos)
-            if colon >= 0 and (close < 0 or colon < close):
-                self.route = bytes(c for c in lex.data[lex.pos:colon] if c not in b" \t\r\n")
-                lex.pos = colon + 1
-                if not lex.skip_cfws():
-                    return -1
+        if self._at(_AT):
+            if not self._route():
+                self.route = b"INVALID_ROUTE"  # and go on with what follows, as Dovecot does
+            if not lex.skip_cfws():
+                return -1
         if self._at(_GT):  # "<>"
             lex.pos += 1
             return self._more()
-        if self._addr_spec(in_angle=True) < 0:
-            return -1
+        self._addr_spec(in_angle=True)  # a broken addr-spec still counts if ">" follows
         if not self._at(_GT):
             return -1
         lex.pos += 1
@@ -397,7 +419,7 @@ def envelope_from_fields(fields: Iterable[mime.Field]) -> bytes:
 
 
 def _nstring_nolf(value: bytes | None) -> bytes:
-    return NIL if value is None else string(mime.unfold(value))
+    return NIL if value is None else string(mime.unfold_nolf(value))
 
 
 # --------------------------------------------------------------------------- BODYSTRUCTURE

@@ -277,7 +277,9 @@ def _media_type(value: bytes) -> bytes:
 def _body_view(data: bytes, part: mime.Part) -> tuple[bool, bytes | None]:
     """(is the body searched, its transfer encoding) as Dovecot's search decides them: from the
     last Content-Type (text/* or message/*, or none at all) and the last Content-Transfer-Encoding.
-    Only called for parts without children (a multipart's own text is its preamble)."""
+    Only called for parts without children."""
+    if part.is_multipart:
+        return False, None  # a multipart's own text (a preamble without parts) is never searched
     searched = True  # no Content-Type at all: text/plain
     cte: bytes | None = None
     for f in mime.iter_fields(data, part.header_start, part.header_end):

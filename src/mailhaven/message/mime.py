@@ -146,6 +146,17 @@ def header_values(msg: bytes, start: int, end: int, name: bytes) -> list[bytes]:
     return [f.value for f in iter_fields(msg, start, end) if f.name.lower() == lname]
 
 
+_LINE_BREAK = re.compile(rb"[\r\n](?![ \t\r\n]|\Z)")
+
+
+def unfold_nolf(value: bytes) -> bytes:
+    """CR and LF removed as Dovecot writes header text into IMAP strings: a line break inside the
+    text and not followed by whitespace (a bare CR within a line, say) becomes one space."""
+    if b"\r" not in value and b"\n" not in value:
+        return value
+    return _LINE_BREAK.sub(b" ", value).replace(b"\r", b"").replace(b"\n", b"")
+
+
 def unfold(value: bytes) -> bytes:
     """Remove the CR and LF bytes of folding, keeping the whitespace (RFC 5322 §2.2.3)."""
     if b"\n" in value or b"\r" in value:
@@ -372,7 +383,7 @@ def parse_media_type(value: bytes) -> tuple[bytes, bytes, Lexer | None]:
     if not ctype:
         return b"", b"", None
     if not lex.skip_cfws():
-        return ctype, b"", None  # a lone type
+        return ctype, b"", None  # a lone type (even before an unclosed comment)
     if lex.peek() != 0x2F:  # "/"
         return b"", b"", None
     lex.pos += 1
@@ -381,7 +392,7 @@ def parse_media_type(value: bytes) -> tuple[bytes, bytes, Lexer | None]:
     subtype = lex.token()
     if lex.skip_cfws() and lex.peek() != 0x3B:  # anything but ";" after the subtype
         return b"", b"", None
-    if not subtype:
+    if not subtype or lex.unterminated:
         return b"", b"", None
     return ctype, subtype, lex
 
@@ -415,15 +426,17 @@ def _parse_language(value: bytes) -> list[bytes]:
 
 
 def _simple_value(value: bytes) -> bytes:
-    value = unfold(value)  # trailing whitespace is kept, as Dovecot does
+    value = unfold_nolf(value)  # trailing whitespace is kept, as Dovecot does
     if b"\x00" in value:
         value = value.replace(b"\x00", "\ufffd".encode())  # Dovecot stores NUL as U+FFFD
     return value
 
 
 def _apply_content_fields(part: Part, msg: bytes, start: int, end: int, message: bool) -> None:
-    """Fill the Content-* attributes from the header block: the first field of each name wins,
-    except Content-Disposition where the last one does (both as Dovecot).
+    """Fill the Content-* attributes from the header block, choosing among repeated fields as
+    Dovecot does: the first Content-Type, -ID, -Description, -MD5 and -Location; the first
+    readable Content-Transfer-Encoding and Content-Language; Content-Disposition fields are read
+    until one carries parameters.
 
     The header of a message (the top level or one inside message/rfc822) is MIME only with a
     MIME-Version or Content-Type field (RFC 2045 §4); without either, Dovecot ignores every
@@ -435,18 +448,32 @@ def _apply_content_fields(part: Part, msg: bytes, start: int, end: int, message:
     seen: set[bytes] = set()
     for f in fields:
         name = f.name.lower()
-        if not name.startswith(b"content-") or (name in seen and name != b"content-disposition"):
+        if not name.startswith(b"content-"):
             continue
-        seen.add(name)
         v = f.value
-        if name == b"content-type":
-            _parse_content_type(part, v)
-        elif name == b"content-transfer-encoding":
+        if name == b"content-disposition":
+            if not part.disposition_params:
+                _parse_disposition(part, v)
+            continue
+        if name in seen:
+            continue
+        if name == b"content-transfer-encoding":
             lex = Lexer(v)
             lex.skip_cfws()
             token = lex.token()
-            # anything after the token makes the field unusable: Dovecot then reports 7bit
-            part.encoding = None if lex.skip_cfws() or not token else token
+            # anything after the token makes the field unreadable: then the next one counts
+            if token and not lex.skip_cfws() and not lex.unterminated:
+                part.encoding = token
+                seen.add(name)
+            continue
+        if name == b"content-language":
+            part.language = _parse_language(v) or None
+            if part.language is not None:
+                seen.add(name)
+            continue
+        seen.add(name)
+        if name == b"content-type":
+            _parse_content_type(part, v)
         elif name == b"content-id":
             part.content_id = _simple_value(v)
         elif name == b"content-description":
@@ -455,10 +482,6 @@ def _apply_content_fields(part: Part, msg: bytes, start: int, end: int, message:
             part.md5 = _simple_value(v)
         elif name == b"content-location":
             part.location = _simple_value(v)
-        elif name == b"content-disposition":
-            _parse_disposition(part, v)
-        elif name == b"content-language":
-            part.language = _parse_language(v) or None
 
 
 # --------------------------------------------------------------------------- the parser
@@ -611,6 +634,8 @@ class _Parser:
                 hit, floor = self._multipart(part, bounds, boundary, depth, lsub == b"digest")
             else:
                 hit = self._scan(body_start, bounds)
+            if part.children:  # never end before the last part (which keeps a close line's CRLF)
+                floor = max(floor, part.children[-1].body_end)
             part.body_end = self._end_before(hit, floor)
         elif part.is_message and nested_ok:
             child = self.part(body_start, bounds, depth + 1, False)
