@@ -261,10 +261,6 @@ async def test_utf8_recipient_without_smtputf8_is_553_5_6_7(mx: MxFactory) -> No
         assert reply.startswith("553 5.6.7"), reply  # RFC 6531 §3.6.1
 
 
-@pytest.mark.xfail(strict=True, reason="smtp/hooks.py checks Address.is_ascii, which looks at the local part "
-                   "only (the domain is already turned into an A-label), so a U-label domain without SMTPUTF8 is "
-                   "taken; fix: test the raw path text (`path.isascii()`) in handle_MAIL and handle_RCPT, as "
-                   "Postfix does (553 5.6.7) (reported to the lead)")
 async def test_utf8_domain_without_smtputf8_is_553_5_6_7(mx: MxFactory) -> None:
     """RFC 6531 §3.2: without SMTPUTF8 the envelope is ASCII; Postfix: 553 5.6.7."""
     server = await mx()
@@ -272,6 +268,12 @@ async def test_utf8_domain_without_smtputf8_is_553_5_6_7(mx: MxFactory) -> None:
         await c.cmd("EHLO client.example")
         [reply] = await c.cmd("MAIL FROM:<sender@bücher.test>".encode())
         assert reply.startswith("553 5.6.7"), reply
+        assert (await c.cmd(f"MAIL FROM:<{SENDER}>"))[0].startswith("250 2.1.0")
+        [reply] = await c.cmd("RCPT TO:<alice@exämple.test>".encode())
+        assert reply.startswith("553 5.6.7"), reply
+        assert (await c.cmd("RSET"))[0].startswith("250")
+        [reply] = await c.cmd("MAIL FROM:<sender@bücher.test> SMTPUTF8".encode())
+        assert reply.startswith("250 2.1.0"), reply  # with SMTPUTF8 the same path is fine
 
 
 # --- STARTTLS (RFC 3207) ---------------------------------------------------------------------------

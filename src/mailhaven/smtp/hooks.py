@@ -201,8 +201,10 @@ class BaseHandler:
         except ValueError:
             return R.BAD_SENDER_SYNTAX
         smtputf8 = "SMTPUTF8" in mail_options
-        if sender is not None and not sender.is_ascii and not smtputf8:
-            return R.NEED_SMTPUTF8  # RFC 6531 §3.4
+        if not path.isascii() and not smtputf8:
+            # RFC 6531 §3.2: without SMTPUTF8 the envelope is ASCII, domain included (Address.is_ascii
+            # sees the local part only: the domain is already an A-label). Postfix: 553 5.6.7.
+            return R.NEED_SMTPUTF8
         envelope.smtputf8 = smtputf8
         refusal = await self.check_sender(session, envelope, sender)
         if refusal is not None:
@@ -228,7 +230,7 @@ class BaseHandler:
                 parsed = parse_path(path, allow_bare=True)
                 if parsed is None:
                     raise ValueError("null path")
-                if not parsed.is_ascii and not envelope.smtputf8:
+                if not path.isascii() and not envelope.smtputf8:  # RFC 6531 §3.2 (local part and domain)
                     envelope.refused += 1
                     return R.NEED_SMTPUTF8
                 rcpt = parsed
