@@ -326,3 +326,17 @@ def test_encoded_words_with_arbitrary_charsets_never_raise(charset: str, enc: st
     msg = (b"Subject: " + word + b"\r\nFrom: " + word + b" <a@b>\r\nContent-Type: text/plain; charset=\""
            + charset.encode("utf-8", "surrogatepass") + b"\"\r\n\r\n" + text)
     search.evaluate(key(criteria), Counting(msg), CTX)
+
+
+def test_sent_dates_with_nul_or_unclosed_comments_read_like_dovecot() -> None:
+    assert search.parse_date(b"2 Feb 2024 11:00 \x00MT") == date(2024, 2, 2)  # NUL stored as U+FFFD
+    assert search.parse_date(b"5 Feb 24 9:05 EST (East") is None  # unclosed comment: unreadable
+
+
+def test_encoded_word_charset_with_nul_is_not_an_encoded_word() -> None:
+    assert search.decode_header_value(b"=?utf\x00-8?q?x?=").startswith("=?utf")
+
+
+def test_text_prefix_survives_a_lone_cr_at_the_end() -> None:
+    m = Counting(b"Date: Thu, 11 Jan 2024\r")
+    assert matches('TEXT "Date: Thu"', m) and not matches('TEXT "Date:Thu"', m)

@@ -142,7 +142,7 @@ def _decomposition(ch: str) -> tuple[str, ...] | None:
     return tuple(chr(int(c, 16)) for c in codes) or None
 
 
-_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_ENCODED_WORD = re.compile(rb"=\?([^?\s\x00]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(rb"\?=[ \t\r\n]+=\?")
 
 
@@ -352,8 +352,15 @@ class _Cache:
                 lines = []
                 for f in mime.iter_fields(data, p.header_start, p.header_end):
                     # name and separator as written ("Subject:\tx"), then the decoded value
-                    raw = data[f.start:f.end].rstrip(b"\r\n")
-                    prefix = raw[:len(raw) - len(f.value)] if f.value else raw
+                    raw = data[f.start:f.end]
+                    colon = raw.find(b":")
+                    if colon < 0:
+                        prefix = raw.rstrip(b"\r\n")  # a line without a colon
+                    else:
+                        colon += 1
+                        while colon < len(raw) and raw[colon] in (0x20, 0x09):
+                            colon += 1
+                        prefix = raw[:colon]
                     lines.append(prefix.decode("utf-8", "replace") + decode_header_value(f.value))
                 chunks.append(fold("\r\n".join(lines)))
             self._text = "\0".join(chunks)
@@ -417,6 +424,8 @@ def _atom(lex: mime.Lexer) -> bytes | None:
     if not tok:
         return None
     lex.skip_cfws()
+    if lex.unterminated:  # an unclosed comment is an error (Dovecot)
+        return None
     return tok
 
 
@@ -424,7 +433,8 @@ def parse_date(value: bytes) -> date | None:
     """The calendar date written in a Date: value, read as strictly as Dovecot reads it:
     `[weekday ","] d[d] month [yy]yy h[h]:mm[:ss] [zone]` (RFC 5322 §3.3; a 3-letter first word
     must be a weekday followed by ","). The zone is not applied (RFC 3501 §6.4.4 SENT*)."""
-    lex = mime.Lexer(mime.unfold(value))
+    value = mime.unfold(value).replace(b"\x00", "\ufffd".encode())  # as Dovecot stores it
+    lex = mime.Lexer(value)
     lex.skip_cfws()
     tok = _atom(lex)
     if not tok:
