@@ -9,6 +9,7 @@ Replies are compared by code and enhanced code (RFC 3463), never by free text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -297,10 +298,6 @@ async def test_commands_pipelined_behind_starttls_are_discarded(
     await _still_delivers(server)
 
 
-@pytest.mark.xfail(strict=True, reason="smtp/server.py: aiosmtpd's smtp_STARTTLS answers 220 inside TLS and "
-                   "stacks a second SSLProtocol (asyncio logs an ERROR traceback, the client is cut off); fix: "
-                   "override smtp_STARTTLS in Connection to push '554 5.5.1 Error: TLS already active' when "
-                   "session.tls is set, as Postfix does (reported to the lead)")
 async def test_starttls_inside_tls_is_refused_and_the_session_goes_on(
         mx: MxFactory, client_ssl_context: ssl.SSLContext, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
@@ -316,13 +313,6 @@ async def test_starttls_inside_tls_is_refused_and_the_session_goes_on(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-@pytest.mark.xfail(strict=True, reason="smtp/server.py: when our idle timer closes a connection in the middle of "
-                   "the STARTTLS handshake, asyncio resolves aiosmtpd's handshake waiter without an error and never "
-                   "calls connection_lost: the session task hangs on a dead reader and its per-IP / listener "
-                   "connection count is never given back (20 silent clients lock an IP out, 500 the whole MX); fix: "
-                   "in Connection.smtp_STARTTLS, after `await super().smtp_STARTTLS(arg)`, `raise "
-                   "TLSSetupException()` when self.transport is None or closing (aiosmtpd's own failure path then "
-                   "closes and runs connection_lost) (reported to the lead)")
 async def test_client_silent_after_starttls_is_timed_out_and_its_slot_given_back(mx: MxFactory) -> None:
     server = await mx(mx_listener={"idle_timeout": 1, "per_ip_connections": 2})
     for _ in range(3):  # more than the per-IP limit, one after the other
@@ -331,6 +321,26 @@ async def test_client_silent_after_starttls_is_timed_out_and_its_slot_given_back
             assert (await c.cmd("STARTTLS"))[0].startswith("220")
             assert await asyncio.wait_for(c.reader.read(), 5) == b""  # closed by the idle timer
     await wait_until(lambda: server.ctx.limits.connections("mx") == 0)
+    await _still_delivers(server)
+
+
+@pytest.mark.parametrize("hello", [b"", b"\x16\x03\x01\x02\x00\x01", b"EHLO not tls\r\n"])
+async def test_stalled_or_garbled_starttls_handshake_is_cut_by_its_own_timeout(mx: MxFactory, hello: bytes) -> None:
+    """The handshake has its own deadline (smtp.command_timeout here, 1 s), well before the idle
+    timer (60 s): silence, half a ClientHello or clear text all end the connection and give the
+    per-IP slot back."""
+    server = await mx(mx_listener={"idle_timeout": 60, "per_ip_connections": 1}, smtp={"command_timeout": 1})
+    for _ in range(2):  # the second one needs the slot the first one held
+        async with server.raw() as c:
+            await c.cmd("EHLO client.example")
+            assert (await c.cmd("STARTTLS"))[0].startswith("220")
+            await c.send(hello)
+            start = time.monotonic()
+            with contextlib.suppress(ConnectionError):
+                while await asyncio.wait_for(c.reader.read(4096), 5):
+                    pass  # a TLS alert, perhaps; then EOF
+            assert time.monotonic() - start < 4
+        await wait_until(lambda: server.ctx.limits.connections("mx") == 0)
     await _still_delivers(server)
 
 

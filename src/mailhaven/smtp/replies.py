@@ -66,6 +66,7 @@ AUTHZID_REFUSED = "535 5.7.8 Authorization identity must be the login (no proxy 
 ALREADY_AUTHENTICATED = "503 5.5.1 Already authenticated"
 AUTH_IN_TRANSACTION = "503 5.5.1 AUTH not permitted during a mail transaction"
 NEED_EHLO = "503 5.5.1 Error: send EHLO first"
+TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"  # RFC 3207 §4.2 (Postfix's reply)
 # Throttling choice (documented in smtp/submission.py): an account over its failure limit gets
 # 454 4.7.0 (RFC 4954 §6 "temporary authentication failure") and may try again later; an address
 # over its limit gets 421 4.7.0 and is disconnected (as Postfix does for clients over a limit).

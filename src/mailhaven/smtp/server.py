@@ -46,6 +46,7 @@ from mailhaven.tls import tls_summary
 logger = logging.getLogger("mailhaven.smtp")
 
 COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4 (aiosmtpd adds room for SIZE= and SMTPUTF8 after EHLO)
+TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds for the STARTTLS handshake (or idle_timeout / smtp.command_timeout if less)
 IDENT = "ESMTP Mailhaven"  # RFC 5321 §4.3.1 greeting: "220 <hostname> ESMTP ..."; no version shown
 
 HandlerFactory = Callable[[Any, Config, str], BaseHandler]
@@ -250,15 +251,29 @@ class Connection(SMTP):
         session.ip = self.ip
         session.tls = tls_summary(transport.get_extra_info("ssl_object"))
 
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return
+    def _release(self) -> None:
+        """Give back the connection slot and the session entry, once (connection_lost, or the end of
+        the session task when asyncio never calls connection_lost, e.g. a failed STARTTLS)."""
         if self._counted:
             self._counted = False
             self.ctx.limits.connection_closed(self.listener_name, self.ip)
         if self._tracked is not None:
             self.ctx.sessions.discard(self._tracked)
             self._tracked = None
+
+    async def _handle_client(self) -> None:
+        try:
+            await super()._handle_client()
+        finally:
+            self._release()
+            transport: Any = self.transport
+            if transport is not None and not transport.is_closing():
+                transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return
+        self._release()
         self._log_unfinished()
         if isinstance(self.envelope, Transaction):
             self.envelope.discard()
@@ -373,6 +388,27 @@ class Connection(SMTP):
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg
         await super().smtp_RCPT(arg)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        """RFC 3207. Inside TLS (after STARTTLS or on an implicit-TLS listener) a second one is
+        refused and the session goes on (Postfix: 554 5.5.1); aiosmtpd would stack a second TLS
+        layer. The handshake is bounded in time, and one that ended without a working TLS transport
+        (the idle timer closed it: asyncio then resolves the waiter without an error and never calls
+        connection_lost) is a failure, so the connection is closed and its slot given back."""
+        session = self.session
+        assert isinstance(session, ClientSession)
+        if self._tls_protocol is not None or session.tls is not None:
+            await self.push(R.TLS_ALREADY_ACTIVE)
+            return
+        try:
+            async with asyncio.timeout(min(self.lc.idle_timeout, self.cfg.smtp.command_timeout, TLS_HANDSHAKE_TIMEOUT)):
+                await super().smtp_STARTTLS(arg or "")
+        except TimeoutError:
+            raise TLSSetupException("TLS handshake timed out") from None
+        transport: Any = self.transport
+        if self._tls_protocol is not None and (transport is None or transport.is_closing()):
+            raise TLSSetupException("connection closed during the TLS handshake")
 
     @syntax("AUTH <mechanism> [initial-response]")
     async def smtp_AUTH(self, arg: str | None) -> None:
