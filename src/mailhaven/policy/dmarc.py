@@ -187,7 +187,10 @@ def author_domain(message: bytes, max_header: int = 1024 * 1024) -> str:
         raise AuthorError("message has no From header field")
     if len(froms) > 1:
         raise AuthorError("message has more than one From header field")  # RFC 5322 §3.6
-    addrs = email.utils.getaddresses([str(froms[0])])
+    try:
+        addrs = email.utils.getaddresses([str(froms[0])])
+    except (RecursionError, ValueError, IndexError):  # the parser recurses once per nested comment
+        raise AuthorError("From header field cannot be parsed") from None
     domains = {_norm(a.rpartition("@")[2]) for _, a in addrs if "@" in a}
     domains.discard("")
     if not domains:
