@@ -90,6 +90,15 @@ def test_envelope_date_and_message_id_are_unfolded_only() -> None:
                                                                      b"MISSING_DOMAIN")]),
     (b"", []),
     (b'"Long Name" more@x.y', [Address(b"Long Name more", None, b"MISSING_MAILBOX", b"MISSING_DOMAIN")]),
+    (b"bob@example.", [Address(None, None, b"bob", b"MISSING_DOMAIN")]),  # trailing dot: no domain
+    (b"a..b@c, .a@c", [Address(None, None, b"a..b", b"c"), Address(None, None, b".a", b"c")]),
+    (b"A <@r1 u@h>, z@z", [Address(b"A", b"INVALID_ROUTE", b"u", b"h"), Address(None, None, b"z", b"z")]),
+    (b"A <@r1,@r2:u@h>", [Address(b"A", b"@r1,@r2", b"u", b"h")]),
+    (b"A <abc>", [Address(b"A", None, b"abc", b"MISSING_DOMAIN")]),
+    (b"A <u@h", [Address(b"A", None, b"u", b"SYNTAX_ERROR")]),
+    (b"a@b junk, c@d", [Address(None, None, b"a", b"b")]),  # the list ends at garbage
+    (b"a@b, (unclosed", [Address(None, None, b"a", b"b"), Address(None, None, b"MISSING_MAILBOX",
+                                                                     b"MISSING_DOMAIN")]),
 ])
 def test_address_lists_parse_like_dovecot(value: bytes, expected: list[Address]) -> None:
     assert fetchitems.parse_address_list(value) == expected

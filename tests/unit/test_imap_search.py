@@ -340,3 +340,7 @@ def test_encoded_word_charset_with_nul_is_not_an_encoded_word() -> None:
 def test_text_prefix_survives_a_lone_cr_at_the_end() -> None:
     m = Counting(b"Date: Thu, 11 Jan 2024\r")
     assert matches('TEXT "Date: Thu"', m) and not matches('TEXT "Date:Thu"', m)
+
+
+def test_cr_inside_a_date_separates_words() -> None:
+    assert search.parse_date(b"Fri, 20 Apr\r2001 19:35:02 -0400") == date(2001, 4, 20)

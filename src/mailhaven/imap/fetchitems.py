@@ -148,7 +148,7 @@ class _AddressParser:
             lex.pos += 1
             ret = self._more()
             if ret <= 0:
-                return b".".join(parts) + b".", ret
+                return b".".join(parts) + b".", -1  # a trailing dot: no domain (Dovecot)
             tok = lex.token(mime.ATEXT)
             if not tok:
                 return b".".join(parts) + b".", -1

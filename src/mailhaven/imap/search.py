@@ -433,7 +433,7 @@ def parse_date(value: bytes) -> date | None:
     """The calendar date written in a Date: value, read as strictly as Dovecot reads it:
     `[weekday ","] d[d] month [yy]yy h[h]:mm[:ss] [zone]` (RFC 5322 §3.3; a 3-letter first word
     must be a weekday followed by ","). The zone is not applied (RFC 3501 §6.4.4 SENT*)."""
-    value = mime.unfold(value).replace(b"\x00", "\ufffd".encode())  # as Dovecot stores it
+    value = value.replace(b"\x00", "\ufffd".encode())  # as Dovecot stores it; CR/LF are spaces
     lex = mime.Lexer(value)
     lex.skip_cfws()
     tok = _atom(lex)
