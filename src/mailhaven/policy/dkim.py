@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -172,8 +173,13 @@ async def verify(resolver: Resolver, message: bytes) -> list[DkimResult]:
 # --- signing -------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)
 def _dkimpy_key(private_key_pem: bytes, algorithm: str) -> bytes:
-    """Our PEM keys -> what dkimpy takes: PKCS#1 PEM for RSA, base64 raw seed for ed25519."""
+    """Our PEM keys -> what dkimpy takes: PKCS#1 PEM for RSA, base64 raw seed for ed25519.
+
+    Cached by the PEM text (a few keys per server): loading validates an RSA key, ~100 ms of CPU,
+    which was paid per signed message. A changed key file is different text, so it is loaded anew
+    (cleanup.py re-reads the file when its mtime changes)."""
     key = serialization.load_pem_private_key(private_key_pem, password=None)
     if algorithm == "ed25519-sha256":
         if not isinstance(key, ed25519.Ed25519PrivateKey):
@@ -216,9 +222,14 @@ async def sign(message: bytes, domain: str, selector: str, private_key_pem: byte
                headers: tuple[str, ...] = DEFAULT_SIGN_HEADERS,
                oversign: tuple[str, ...] = OVERSIGN_HEADERS) -> bytes:
     """The "DKIM-Signature: ...\\r\\n" header (folded, CRLF line ends) to prepend to message."""
-    key = await asyncio.to_thread(_dkimpy_key, private_key_pem, algorithm)
-    return await asyncio.to_thread(_sign_sync, message, domain.lower().rstrip("."), selector, key,
-                                   algorithm, headers, oversign)
+    return await asyncio.to_thread(_sign_with_pem, message, domain.lower().rstrip("."), selector,
+                                   private_key_pem, algorithm, headers, oversign)
+
+
+def _sign_with_pem(message: bytes, domain: str, selector: str, private_key_pem: bytes, algorithm: str,
+                   headers: tuple[str, ...], oversign: tuple[str, ...]) -> bytes:
+    return _sign_sync(message, domain, selector, _dkimpy_key(private_key_pem, algorithm), algorithm,
+                      headers, oversign)
 
 
 # --- keys ----------------------------------------------------------------------------------------
