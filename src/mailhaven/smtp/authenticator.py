@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailhaven import log as mlog
+from mailhaven import metrics
 from mailhaven.auth import sasl
 from mailhaven.smtp import replies as R
 
@@ -52,6 +53,15 @@ class AuthOutcome:
     close: bool = False  # close the connection after the reply
 
 
+# Failed AUTH reply -> metrics auth_failures_total{reason} (metrics.AUTH_FAILURE_REASONS).
+_FAILURE_REASONS = {
+    R.AUTH_SYNTAX: "syntax", R.AUTH_LINE_TOO_LONG: "syntax", R.AUTH_BAD_RESPONSE: "syntax",
+    R.AUTH_UNKNOWN_MECHANISM: "mechanism", R.ENCRYPTION_REQUIRED: "tls_required",
+    R.AUTH_CANCELLED: "cancelled", R.AUTH_FAILED: "bad_credentials", R.AUTHZID_REFUSED: "bad_credentials",
+    R.AUTH_THROTTLED: "throttled",
+}
+
+
 class Authenticator:
     """AUTH for one listener's sessions. `plaintext_ok`: a loopback listener with
     auth.allow_plaintext_loopback (logins without TLS are then accepted)."""
@@ -69,7 +79,16 @@ class Authenticator:
         return "AUTH " + " ".join(MECHANISMS) if self.allowed(tls_active) else None
 
     async def run(self, io: AuthIO, *, ip: str, tls_active: bool, arg: str) -> AuthOutcome:
-        """The whole AUTH command after the dialogue checks: exchange, throttle, password check."""
+        """The whole AUTH command after the dialogue checks: exchange, throttle, password check.
+        Every attempt counts in the login metrics (proto "submission")."""
+        outcome = await self._run(io, ip=ip, tls_active=tls_active, arg=arg)
+        reason = "" if outcome.user is not None else _FAILURE_REASONS.get(outcome.reply, "")
+        if outcome.user is None and not reason:
+            reason = "throttled" if outcome.close else "bad_credentials"
+        metrics.of(self.ctx).login("submission", ok=outcome.user is not None, reason=reason or "bad_credentials")
+        return outcome
+
+    async def _run(self, io: AuthIO, *, ip: str, tls_active: bool, arg: str) -> AuthOutcome:
         parts = arg.split()
         if not parts or len(parts) > 2:
             return AuthOutcome(R.AUTH_SYNTAX)
@@ -114,7 +133,7 @@ class Authenticator:
             mlog.event(logger, "smtp login failed", level=logging.WARNING, login=login, mechanism=mechanism)
             return AuthOutcome(R.AUTH_FAILED)  # RFC 4954 §6: 535 5.7.8
         limits.auth_succeeded(ip, login)
-        mlog.event(logger, "smtp login", user=user, mechanism=mechanism)
+        mlog.event(logger, "submission login ok", login=login, user=user, mechanism=mechanism)
         return AuthOutcome(R.AUTH_OK, user=user, login=login)
 
 

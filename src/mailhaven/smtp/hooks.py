@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from aiosmtpd.smtp import Envelope, Session
 
 from mailhaven import log as mlog
+from mailhaven import metrics
 from mailhaven.config import Config
 from mailhaven.errors import MailError
 from mailhaven.message import headers
@@ -199,16 +200,16 @@ class BaseHandler:
             path, _ = split_path(arg)
             sender = parse_path(path, allow_bare=True)
         except ValueError:
-            return R.BAD_SENDER_SYNTAX
+            return self.rejected(R.BAD_SENDER_SYNTAX)
         smtputf8 = "SMTPUTF8" in mail_options
         if not path.isascii() and not smtputf8:
             # RFC 6531 §3.2: without SMTPUTF8 the envelope is ASCII, domain included (Address.is_ascii
             # sees the local part only: the domain is already an A-label). Postfix: 553 5.6.7.
-            return R.NEED_SMTPUTF8
+            return self.rejected(R.NEED_SMTPUTF8)
         envelope.smtputf8 = smtputf8
         refusal = await self.check_sender(session, envelope, sender)
         if refusal is not None:
-            return refusal
+            return self.rejected(refusal, "sender" if refusal.startswith("5") else None)
         envelope.sender = sender
         envelope.mail_from = str(sender) if sender is not None else "<>"
         envelope.mail_options.extend(mail_options)
@@ -217,7 +218,7 @@ class BaseHandler:
     async def handle_RCPT(self, server: Any, session: ClientSession, envelope: Transaction,
                           address: str, rcpt_options: list[str]) -> str:
         if len(envelope.recipients) >= self.config.smtp.max_recipients:
-            return R.TOO_MANY_RCPTS  # RFC 5321 §4.5.3.1.10
+            return self.rejected(R.TOO_MANY_RCPTS, "rate")  # RFC 5321 §4.5.3.1.10
         arg = _strip_keyword(session.last_arg, "TO:")
         rcpt: Address | object
         try:
@@ -232,15 +233,15 @@ class BaseHandler:
                     raise ValueError("null path")
                 if not path.isascii() and not envelope.smtputf8:  # RFC 6531 §3.2 (local part and domain)
                     envelope.refused += 1
-                    return R.NEED_SMTPUTF8
+                    return self.rejected(R.NEED_SMTPUTF8)
                 rcpt = parsed
         except ValueError:
             envelope.refused += 1
-            return R.BAD_RCPT_SYNTAX
+            return self.rejected(R.BAD_RCPT_SYNTAX)
         reply, users = await self.check_recipient(session, envelope, rcpt)
         if users is None:
             envelope.refused += 1
-            return reply
+            return self.rejected(reply, "relay" if reply == R.RELAY_DENIED else None)
         envelope.recipients.append(rcpt if isinstance(rcpt, Address) else Address("postmaster", users[0].rpartition("@")[2]))
         envelope.rcpt_tos.append(str(envelope.recipients[-1]))
         envelope.rcpt_options.extend(rcpt_options)
@@ -248,6 +249,18 @@ class BaseHandler:
             if u not in envelope.users:
                 envelope.users.append(u)
         return reply
+
+    def rejected(self, reply: str, reason: str | None = None) -> str:
+        """Count a refusal in messages_rejected_total (reason from the reply unless given)."""
+        metrics.of(self.ctx).message_rejected(self.listener, reason or R.reject_reason(reply))
+        return reply
+
+    def count_result(self, reply: str) -> None:
+        """The end of DATA: messages_received_total on 2xx, else messages_rejected_total."""
+        if reply.startswith("2"):
+            metrics.of(self.ctx).message_received(self.listener)
+        else:
+            self.rejected(reply, "sender" if R.code_of(reply) == 553 else None)  # From: not owned
 
     # -- after DATA (called by server.py with the complete, size-checked message) --------------------
 

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from mailhaven import metrics
 from mailhaven.errors import DnsTempError, PermFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
@@ -109,6 +110,7 @@ class InboundHandler(BaseHandler):
                 self._policy_deadline())
         except TimeoutError:
             raise DnsTempError("Sender checks timed out, try again later") from None
+        _count_policy(self.ctx, assessment)
         verdict = assessment.verdict
         error = verdict.error()
         if error is not None:
@@ -135,6 +137,20 @@ class InboundHandler(BaseHandler):
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
+
+
+def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
+    """policy_results_total: SPF (when checked), each DKIM signature (or "none"), DMARC."""
+    meter = metrics.of(ctx)
+    if not meter.enabled:
+        return
+    if assessment.spf is not None:
+        meter.policy_result("spf", assessment.spf.result)
+    for d in assessment.dkim or ():
+        meter.policy_result("dkim", d.result)
+    if not assessment.dkim:
+        meter.policy_result("dkim", "none")
+    meter.policy_result("dmarc", assessment.dmarc.result)
 
 
 def postmaster_users(directory: Any, domain: str) -> list[str] | None:

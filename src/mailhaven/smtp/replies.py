@@ -166,6 +166,27 @@ def enhance(line: str) -> str:
     return f"{code}{sep}{enhanced} {text}".rstrip()
 
 
+def reject_reason(line: str) -> str:
+    """The metrics label (metrics.REJECT_REASONS) for a refusal reply, by its codes: 4xx temporary,
+    X.3.4 size, X.1.1 unknown_user, X.7.0/X.7.8 auth, syntax errors (X.5.x, X.1.3, X.1.7, X.6.x)
+    syntax, anything else policy. Callers that know better (relay, sender) say so themselves."""
+    code = code_of(line)
+    if 400 <= code < 500:
+        return "temporary"
+    m = _LINE.match(line)
+    enhanced = m.group(3).split(" ", 1)[0] if m else ""
+    detail = enhanced[2:] if _ENHANCED.match(enhanced) else ""
+    if detail == "3.4":
+        return "size"
+    if detail == "1.1":
+        return "unknown_user"
+    if detail in ("7.0", "7.8", "7.11"):
+        return "auth"
+    if detail.startswith(("5.", "6.")) or detail in ("1.3", "1.7") or code in (500, 501):
+        return "syntax"
+    return "policy"
+
+
 def code_of(line: str) -> int:
     """The basic reply code of a reply line (0 if it has none)."""
     m = _LINE.match(line)
@@ -174,5 +195,5 @@ def code_of(line: str) -> int:
 
 __all__ = [
     "accepted", "queued", "sender_not_owned", "author_not_owned", "auth_blocked", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
-    "reply_for", "enhance", "code_of",
+    "reply_for", "enhance", "code_of", "reject_reason",
 ]

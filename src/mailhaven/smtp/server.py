@@ -37,6 +37,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from mailhaven import log as mlog
+from mailhaven import metrics
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
 from mailhaven.smtp import replies as R
@@ -150,18 +151,37 @@ def drop_auth_parameter(arg: str) -> str:
     return f"{keyword}:{path}" + ("".join(" " + p for p in kept))
 
 
+_SYNTAX_ATTRS = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__")
+
+
 class _Commands(dict[str, Any]):
     """aiosmtpd's verb table; unknown verbs get our handler (counted as bad commands) instead of
-    aiosmtpd's fixed budget of five."""
+    aiosmtpd's fixed budget of five. With metrics on, each command runs inside
+    `time_command(proto, VERB)` (command_duration_seconds)."""
 
-    def __init__(self, methods: dict[str, Any], unknown: Callable[[str], Any]) -> None:
+    def __init__(self, methods: dict[str, Any], unknown: Callable[[str], Any], meter: metrics.Metrics,
+                 proto: str) -> None:
         super().__init__(methods)
         self._unknown = unknown
+        self._meter = meter
+        self._proto = proto
 
     def get(self, key: str, default: Any = None) -> Any:
-        if key in self:
-            return self[key]
-        return self._unknown(key)
+        if key not in self:
+            return self._unknown(key)
+        method = self[key]
+        if not self._meter.enabled:
+            return method
+        meter, proto = self._meter, self._proto
+
+        async def timed(arg: str | None) -> None:
+            with meter.time_command(proto, key):
+                await method(arg)
+
+        for attr in _SYNTAX_ATTRS:  # HELP reads the @syntax attributes through get()
+            if hasattr(method, attr):
+                setattr(timed, attr, getattr(method, attr))
+        return timed
 
 
 class Connection(SMTP):
@@ -197,7 +217,10 @@ class Connection(SMTP):
         self.handler: BaseHandler = handler
         if not handler.offers_auth:
             self._smtp_methods.pop("AUTH", None)
-        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command)
+        self.meter = metrics.of(ctx)
+        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command, self.meter,
+                                       "submission" if handler.offers_auth else "smtp")
+        self._metered = False
         self.ip = ""
         self._started = False
         self._refused = False
@@ -238,6 +261,8 @@ class Connection(SMTP):
                 transport.close()
                 return
             self._counted = True
+        self.meter.connection_opened(self.listener_name)
+        self._metered = True
         sessions = getattr(self.ctx, "sessions", None)
         if sessions is not None:
             sessions.add(transport)
@@ -254,6 +279,9 @@ class Connection(SMTP):
     def _release(self) -> None:
         """Give back the connection slot and the session entry, once (connection_lost, or the end of
         the session task when asyncio never calls connection_lost, e.g. a failed STARTTLS)."""
+        if self._metered:
+            self._metered = False
+            self.meter.connection_closed(self.listener_name)
         if self._counted:
             self._counted = False
             self.ctx.limits.connection_closed(self.listener_name, self.ip)
@@ -485,6 +513,7 @@ class Connection(SMTP):
                 self.handler.log_transaction(session, txn, reply, block.size, None)
             else:
                 reply = await self.handler.handle_message(session, txn, block.message())
+            self.handler.count_result(reply)
         finally:
             self._set_post_data_state()
             self._reset_timeout()
