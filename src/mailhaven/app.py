@@ -442,6 +442,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             await ctx.store.start()
             # The queue comes up before the listeners, so the first submission can be queued.
             ctx.queue = QueueManager(ctx)
+            if ctx.metrics is not None:
+                ctx.metrics.set_queue_probe(ctx.queue.stats)  # queue_messages, queue_oldest_age_seconds
             await ctx.queue.load()
             try:
                 control_server = await serve_control(ctx, ctx.queue)

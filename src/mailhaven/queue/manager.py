@@ -28,6 +28,7 @@ Rules (maddy's queue and Postfix's qmgr are the models):
     await manager.submit(sender, rcpts, data, source=...) -> id   # only cleanup.enqueue calls this
     manager.wake(); manager.stop()
     manager.list_entries() / show(id) / retry(id) / delete(id) / flush()  # control socket commands
+    manager.stats() -> (count, oldest_age_seconds)                       # the metrics queue probe
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailhaven import metrics
 from mailhaven.delivery import local, remote
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import MailError
@@ -271,7 +273,8 @@ class QueueManager:
             except Exception as e:  # noqa: BLE001 - STYLE rule 5: unknown failures are temporary
                 log.exception("queue: delivery of %s to %s failed unexpectedly", entry.id, job.domain)
                 results = [DeliveryResult.from_error(a, e) for a in addrs]
-            await self._record(entry, job.recipients, results, last=job.round.remaining == 1)
+            kind = "local" if self.ctx.config.is_local_domain(job.domain) else "remote"
+            await self._record(entry, job.recipients, results, last=job.round.remaining == 1, kind=kind)
         except Exception:  # noqa: BLE001 - the worker must survive anything one entry does
             log.exception("queue: recording results of %s failed", entry.id)
         finally:
@@ -298,7 +301,7 @@ class QueueManager:
                                     tls_context=self._tls)
 
     async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult], *,
-                      last: bool = False) -> None:
+                      last: bool = False, kind: str = "remote") -> None:
         """Apply one transaction's results and save them before anything else happens.
 
         When this was the entry's last transaction and every recipient is now delivered (or failed
@@ -321,6 +324,7 @@ class QueueManager:
                 what = "deferred"
             log.info("queue: %s to=<%s> %s via %s: %s", entry.id, r.address, what, res.remote_mta or "-",
                      res.reply)
+            metrics.of(self.ctx).delivery_result(kind, what)  # one per recipient per attempt
         finished = last and entry.done() and all(r.notified for r in entry.recipients if r.state == "failed")
         if not entry.deleted and not finished:
             await self.spool.save(entry)
@@ -358,12 +362,16 @@ class QueueManager:
                                             f"gave up after {(now - entry.created) / 3600:.0f} h; last "
                                             f"reply: {last}", False,
                                             r.last.remote_mta if r.last is not None else "")
+                    metrics.of(self.ctx).delivery_result(
+                        "local" if self.ctx.config.is_local_domain(_domain(r.address)) else "remote", "expired")
                 log.info("queue: %s expired after %.0f s", entry.id, now - entry.created)
                 await self.spool.save(entry)
         notified = await self._notify_failures(entry, rnd)
         if entry.done() and notified:
             await self.spool.remove(entry.id)
             self.entries.pop(entry.id, None)
+            if any(r.state == "delivered" for r in entry.recipients):
+                metrics.of(self.ctx).message_sent()  # messages_sent_total: an entry done, delivered to someone
             log.info("queue: %s done", entry.id)
             return
         if entry.pending() and schedule.delay_warning_due(entry.created, now, cfg.delay_warning, cfg.lifetime,
@@ -418,6 +426,8 @@ class QueueManager:
                              will_retry_until=entry.created + cfg.queue.lifetime if action == "delayed" else None)
         # The null reverse-path (RFC 5321 §4.5.5): a DSN is never answered by another DSN.
         dsn_id = await cleanup.enqueue(self.ctx, "", [entry.sender], data, source="dsn")
+        if action == "failed":
+            metrics.of(self.ctx).message_bounced()  # one per bounce (DSN) queued
         log.info("queue: %s %s notice to <%s> queued as %s", entry.id,
                  "bounce" if action == "failed" else "delay", entry.sender, dsn_id)
 
@@ -432,6 +442,14 @@ class QueueManager:
     @property
     def active(self) -> int:
         return self._active
+
+    def stats(self) -> tuple[int, float]:
+        """(entries in the queue, age in seconds of the oldest; 0.0 when empty): the metrics probe
+        (metrics.set_queue_probe), called at scrape time on the loop: memory only, no disk."""
+        if not self.entries:
+            return 0, 0.0
+        oldest = min(e.created for e in self.entries.values())
+        return len(self.entries), max(0.0, self.clock() - oldest)
 
 
 __all__ = ["QueueManager"]
