@@ -495,8 +495,6 @@ def test_log_has_login_session_and_transaction_lines_and_never_a_password_or_bod
         assert secret not in log
 
 
-@pytest.mark.xfail(reason="pop3/server.py logs failed logins only; a success line is requested (issue 7)",
-                   strict=False)
 def test_log_has_a_line_for_a_successful_login(setup: Setup) -> None:
     with running(setup.write()) as server:
         pop3_login(setup.ports["pop3"]).quit()

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailhaven import log as mhlog
+from mailhaven import metrics
 from mailhaven.config import ListenerConfig
 from mailhaven.pop3 import protocol as P
 from mailhaven.pop3.protocol import (
@@ -201,6 +202,8 @@ class _Connection(asyncio.Protocol):
             transport.write(R_TOO_MANY_CONNECTIONS)
             transport.close()
             return
+        meter = metrics.of(ctx)
+        meter.connection_opened(name)
         sessions = getattr(ctx, "sessions", None)
         if sessions is not None:
             sessions.add(transport)
@@ -229,6 +232,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
             if limits is not None:
                 limits.connection_closed(name, self.ip)
+            meter.connection_closed(name)
             if sessions is not None:
                 sessions.discard(transport)
             s = self.session
@@ -306,6 +310,7 @@ class _Connection(asyncio.Protocol):
         limits = getattr(ctx, "limits", None)
         if limits is not None and not await limits.before_auth(self.ip, ev.login):
             mhlog.event(log, "pop3 login refused (throttled)", login=ev.login)
+            metrics.of(ctx).login("pop3", ok=False, reason="throttled")
             session.auth_throttled()
             return
         directory = getattr(ctx, "directory", None)
@@ -314,10 +319,14 @@ class _Connection(asyncio.Protocol):
             if limits is not None:
                 limits.auth_failed(self.ip, ev.login)
             mhlog.event(log, "pop3 login failed", login=ev.login)
+            metrics.of(ctx).login("pop3", ok=False, reason="bad_credentials")
             session.auth_failed()
             return
         if limits is not None:
             limits.auth_succeeded(self.ip, ev.login)
+        metrics.of(ctx).login("pop3", ok=True)
+        # protocol.Authenticate does not say which command carried the password (USER/PASS or AUTH PLAIN)
+        mhlog.event(log, "pop3 login ok", login=ev.login, user=user, mechanism=getattr(ev, "mechanism", "") or "-")
         mhlog.set_user(user)
         session.auth_succeeded(user)
 
