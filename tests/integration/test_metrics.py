@@ -237,3 +237,46 @@ async def test_metrics_address_in_use_is_a_one_line_startup_error(
         with pytest.raises(app.StartupError) as exc:
             await app.run(cfg, handle_signals=False)
         assert str(exc.value) == f"metrics.address: cannot listen on 127.0.0.1 port {port}: Address already in use"
+
+
+async def test_mx_delivery_and_a_failed_submission_login_move_the_counters(
+        tmp_path: Any, tls_files: Any, dns_nameserver: str, client_ssl_context: Any) -> None:
+    """End to end: one message over the MX and one wrong password on submission, then a scrape."""
+    import dataclasses
+
+    import aiosmtplib
+
+    from mailhaven.config import MetricsConfig
+    from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
+
+    port = free_port()
+    cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver))
+    cfg = dataclasses.replace(cfg, metrics=MetricsConfig(address=f"127.0.0.1:{port}"))
+    add_user(cfg, "alice@example.test", "correct horse")
+    async with running_app(cfg) as ctx:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=ctx.port("mx"), start_tls=False, timeout=20) as mx:
+            await mx.ehlo(hostname="client.example")
+            _, reply = await mx.sendmail("someone@example.net", ["alice@example.test"],
+                                         b"From: someone@example.net\r\nSubject: m\r\n\r\nhi\r\n")
+            assert reply.startswith("2.0.0"), reply
+            with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+                await mx.sendmail("someone@example.net", ["nobody@example.test"], b"Subject: x\r\n\r\nx\r\n")
+        sub = aiosmtplib.SMTP(hostname="127.0.0.1", port=ctx.port("submission"), start_tls=True,
+                              tls_context=client_ssl_context, timeout=20)
+        async with sub:
+            await sub.ehlo()
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+                await sub.auth_plain("alice@example.test", "wrong password")
+        status, _, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert got[("mailhaven_messages_received_total", (("listener", "mx"),))] == 1
+    assert got[("mailhaven_messages_rejected_total", (("listener", "mx"), ("reason", "unknown_user")))] == 1
+    assert got[("mailhaven_connections_total", (("listener", "mx"),))] == 1
+    assert got[("mailhaven_connections_total", (("listener", "submission"),))] == 1
+    assert got[("mailhaven_logins_total", (("proto", "submission"), ("result", "failure")))] == 1
+    assert got[("mailhaven_auth_failures_total", (("proto", "submission"), ("reason", "bad_credentials")))] == 1
+    assert got[("mailhaven_policy_results_total", (("check", "dmarc"), ("result", "none")))] == 1
+    assert got[("mailhaven_command_duration_seconds_count", (("proto", "smtp"), ("verb", "DATA")))] >= 1
+    assert ("mailhaven_queue_messages", ()) in got
