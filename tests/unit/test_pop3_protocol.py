@@ -216,7 +216,7 @@ def test_auth_plain_with_initial_response() -> None:
     d = Driver()
     ir = base64.b64encode(b"\0alice\0secret")
     assert d.feed(b"AUTH PLAIN " + ir + b"\r\n") == P.R_LOGGED_IN
-    assert d.intents[0] == Authenticate("alice", "secret")
+    assert d.intents[0] == Authenticate("alice", "secret", "PLAIN")
 
 
 def test_auth_plain_with_continuation() -> None:

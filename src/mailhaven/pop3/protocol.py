@@ -144,6 +144,7 @@ class Send:
 class Authenticate:
     login: str
     password: str = ""
+    mechanism: str = "USER"  # "USER" (USER/PASS) or the SASL mechanism, for the login log line
 
     def __repr__(self) -> str:  # never log passwords
         return f"Authenticate(login={self.login!r})"
@@ -428,7 +429,7 @@ class Session:
             return
         login, self._user_arg = self._user_arg, None
         # RFC 1939 §7: the password is the rest of the line; it may contain spaces.
-        self._start_auth(login, arg)
+        self._start_auth(login, arg, "USER")
 
     def cmd_auth(self, arg: str) -> None:
         args = arg.split()
@@ -470,11 +471,11 @@ class Session:
         if creds.authzid and creds.authzid != creds.login:  # no acting as another user
             self._send(R_AUTH_FAILED)
             return
-        self._start_auth(creds.login, creds.password)
+        self._start_auth(creds.login, creds.password, "PLAIN")
 
-    def _start_auth(self, login: str, password: str) -> None:
+    def _start_auth(self, login: str, password: str, mechanism: str) -> None:
         self._login = login
-        self._out.append(Authenticate(login, password))
+        self._out.append(Authenticate(login, password, mechanism))
 
     def auth_succeeded(self, user: str) -> None:
         """The password was right; `user` is the canonical account name."""

@@ -326,7 +326,7 @@ class _Connection(asyncio.Protocol):
             limits.auth_succeeded(self.ip, ev.login)
         metrics.of(ctx).login("pop3", ok=True)
         # protocol.Authenticate does not say which command carried the password (USER/PASS or AUTH PLAIN)
-        mhlog.event(log, "pop3 login ok", login=ev.login, user=user, mechanism=getattr(ev, "mechanism", "") or "-")
+        mhlog.event(log, "pop3 login ok", login=ev.login, user=user, mechanism=ev.mechanism)
         mhlog.set_user(user)
         session.auth_succeeded(user)
 
