@@ -181,13 +181,17 @@ def test_nesting_is_bounded_and_deep_messages_do_not_raise() -> None:
     while part.children:
         part = part.children[0]
         levels += 1
-    assert levels == mime.MAX_DEPTH
+    # as in Dovecot: the part at the limit becomes an opaque application/octet-stream leaf
+    assert levels == mime.MAX_DEPTH - 1
+    assert (part.ctype, part.csubtype, part.is_multipart) == (b"application", b"octet-stream", False)
+    assert part.param(b"boundary") == b"b%d-x" % (mime.MAX_DEPTH - 1)
 
 
-def test_part_count_is_bounded() -> None:
+def test_part_count_is_bounded_and_the_last_part_takes_the_rest() -> None:
     msg = b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + b"--b\r\n\r\nx\r\n" * (mime.MAX_PARTS + 500)
     root = mime.parse(msg)
-    assert len(root.children) < mime.MAX_PARTS
+    assert len(root.children) == mime.MAX_PARTS - 1
+    assert root.children[-1].body_end == len(msg)  # as Dovecot: no more boundaries after the limit
 
 
 @pytest.mark.parametrize("sample", SAMPLES, ids=[p.stem for p in SAMPLES])

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-MAX_DEPTH = 100  # nested multipart / message/rfc822 levels (Dovecot: max_nested_mime_parts)
+MAX_DEPTH = 100  # nesting levels counting the message itself (Dovecot: max_nested_mime_parts)
 MAX_PARTS = 10_000  # parts in one message (Dovecot: max_total_mime_parts)
 
 Params = list[tuple[bytes, bytes]]
@@ -597,6 +597,8 @@ class _Parser:
         """Parse the entity at `start` (`message`: a message header rather than a multipart's part);
         afterwards `self.hit` is the boundary line that ended it."""
         self.parts += 1
+        if self.parts >= MAX_PARTS:
+            bounds = []  # the last part allowed: like Dovecot, it runs to the end of the message
         header_end, body_start, hit = self._header_end(start, bounds)
         part = Part(start, header_end, body_start, body_start)
         _apply_content_fields(part, self.msg, start, header_end, message)
@@ -610,7 +612,12 @@ class _Parser:
         part.is_message = ltype == b"message" and lsub == b"rfc822"
         if part.ctype is None and digest:
             part.ctype, part.csubtype = b"message", b"rfc822"
-        nested_ok = depth < MAX_DEPTH and self.parts < MAX_PARTS
+        nested_ok = depth < MAX_DEPTH - 1 and self.parts < MAX_PARTS
+        if not nested_ok and (part.is_multipart or part.is_message):
+            # too deep (or too many parts): like Dovecot, the part becomes an opaque
+            # application/octet-stream leaf, keeping its parameters
+            part.ctype, part.csubtype = b"application", b"octet-stream"
+            part.is_multipart = part.is_message = False
         if hit is not None and hit.after_blank and part.is_multipart and nested_ok:
             # An empty line, then a boundary line: if the line is this multipart's own boundary
             # (it wins over an equal or shorter parent boundary), the empty line ends the header
@@ -662,9 +669,6 @@ class _Parser:
                 # a delimiter on the last line, without a line end, opens no part (Dovecot)
                 return None, hit.next_line
             floor = hit.next_line
-            if self.parts >= MAX_PARTS:
-                hit = self._scan(hit.next_line, inner)
-                continue
             child = self.part(hit.next_line, inner, depth + 1, digest, message=False)
             part.children.append(child)
             hit = self.hit
