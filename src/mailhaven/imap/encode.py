@@ -19,9 +19,6 @@ _ATOM_SPECIALS = frozenset(b'(){ %*"\\]')
 _ATOM_CHARS = frozenset(c for c in range(0x21, 0x7F) if c not in _ATOM_SPECIALS)
 # ASTRING-CHAR = ATOM-CHAR / resp-specials (RFC 3501 §9)
 _ASTRING_CHARS = _ATOM_CHARS | {ord("]")}
-# Bytes that cannot appear in a quoted string (RFC 3501 §9: QUOTED-CHAR is 7-bit TEXT-CHAR,
-# TEXT-CHAR excludes CR and LF; NUL is never allowed) -> these force a literal.
-_NEEDS_LITERAL = frozenset([0, 0x0A, 0x0D, *range(0x80, 0x100)])
 
 
 def literal(data: bytes) -> bytes:
@@ -45,7 +42,8 @@ def quoted(data: bytes) -> bytes:
 
 
 def needs_literal(data: bytes) -> bool:
-    """True if `data` cannot be sent as a quoted string (RFC 3501 §4.3, §9 QUOTED-CHAR)."""
+    """True if `data` cannot be sent as a quoted string: RFC 3501 §9 QUOTED-CHAR is 7-bit
+    TEXT-CHAR, which excludes CR and LF, and NUL is never allowed (§4.3)."""
     if data.isascii():
         return b"\r" in data or b"\n" in data or b"\x00" in data
     return True

@@ -1,26 +1,33 @@
 """Rendering of IMAP FETCH data items as wire bytes (RFC 3501 §6.4.5, §7.4.2).
 
 Owns: ENVELOPE, BODYSTRUCTURE, BODY, BODY[section]<partial> extraction, RFC822.SIZE, INTERNALDATE
-and FLAGS, byte for byte as Dovecot renders them for the same message, so clients see no difference
-when a Maildir moves between the two servers. Every function takes the message bytes (CRLF; bare LF
-is converted) and, where structure is needed, optionally an already parsed `mime.Part` tree so the
-session can parse once per message.
+and FLAGS, byte for byte as Dovecot 2.3 renders them for the same message, so clients see no
+difference when a Maildir moves between the two servers.
 
 Does not own: the FETCH command parsing, response framing (`* n FETCH (...)`) or \\Seen handling.
 
-Dovecot conventions kept here (checked by tests/integration/test_fetch_vs_dovecot.py):
+Calling convention: every function takes the message bytes; bare LF is converted to CRLF
+(`mime.to_crlf`) inside, since IMAP sizes count CRLF. A caller that parses once and passes `tree`
+must parse `mime.to_crlf(msg)` and pass those same bytes. `envelope()` needs only the header
+block, so a session can render ENVELOPE for a whole mailbox from cached headers.
+
+Dovecot conventions kept here (each checked against a live Dovecot by
+tests/integration/test_fetch_vs_dovecot.py, also on randomly damaged messages):
 - ENVELOPE strings are the raw header text, not decoded. Subjects and display names go through
-  `encode.human_string` (whitespace collapsed); date, message-id and in-reply-to are unfolded only.
-  The last Date/Subject/Message-ID/In-Reply-To field wins; address fields accumulate all fields.
-  Sender and Reply-To default to From (RFC 3501 §7.4.2). Addresses lacking a local part or domain
-  get "MISSING_MAILBOX" / "MISSING_DOMAIN".
+  `encode.human_string` (whitespace collapsed); date, message-id and in-reply-to have CR/LF removed
+  (`mime.unfold_nolf`); NUL in them becomes U+FFFD. The last Date/Subject/Message-ID/In-Reply-To
+  field wins; address fields accumulate all fields. Sender and Reply-To default to From
+  (RFC 3501 §7.4.2).
+- Addresses are parsed with Dovecot's recovery: missing parts are "MISSING_MAILBOX" /
+  "MISSING_DOMAIN", a broken <angle-addr> has the domain "SYNTAX_ERROR", a broken route is
+  "INVALID_ROUTE", and the list ends at the first address not followed by ",".
 - BODYSTRUCTURE keeps the case of types and parameters as written (but message/rfc822 is always
   "message" "rfc822"); a missing Content-Type is "text" "plain" ("charset" "us-ascii"); text parts
-  without a charset get "charset" "us-ascii" after their other parameters; a missing encoding is
-  "7bit"; a multipart without parts shows one empty text/plain part. Content-ID, -Description,
-  -Location and -MD5 are unfolded but keep trailing whitespace.
+  without a charset get "charset" "us-ascii" after their other parameters; a missing or garbled
+  encoding is "7bit"; a multipart without parts shows one empty text/plain part.
+- BODY[section] follows Dovecot's part resolution (`find_part`) and header filtering
+  (`_header_data`); literals never carry NUL (sent as 0x80, like Dovecot).
 """
-
 from __future__ import annotations
 
 import re

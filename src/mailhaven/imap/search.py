@@ -11,22 +11,27 @@ Messages are given through the small `SearchMessage` protocol so the session nev
 unless a key needs it: `header()` and `message()` are only called when a key asks for them
 (`needs()` tells ahead of time which are needed for a whole tree).
 
-Semantics (Dovecot 2.3 without full-text search):
-- Strings compare case-insensitively after Unicode canonical decomposition and simple upper-casing
-  of each character (close to RFC 5051 i;unicode-casemap, Dovecot's comparator), as substrings.
+Semantics (Dovecot 2.3 without full-text search; checked against a live Dovecot by
+tests/integration/test_fetch_vs_dovecot.py, also on randomly damaged messages):
+- Strings are substrings compared under `fold`: per character simple titlecase, then one level of
+  Unicode decomposition, as Dovecot's i;unicode-casemap (RFC 5051) does.
 - Header keys look at the top-level header only; values are unfolded and RFC 2047 encoded-words
-  decoded to Unicode (raw 8-bit taken as UTF-8). FROM/TO/CC/BCC match the addresses rewritten as
-  `Name <local@domain>` (display names decoded); SUBJECT has whitespace runs compressed. An empty
-  string matches any message that has the field (RFC 3501 §6.4.4 HEADER).
-- BODY searches the decoded (base64 / quoted-printable, charset converted) bodies of every text/*
-  and message/* leaf part (parts with no Content-Type are text/plain); like Dovecot's search it
-  goes by the last Content-Type and Content-Transfer-Encoding fields of a part, skips parts in
-  other transfer encodings (x-uuencode), reads base64 up to the first bad byte or the padding.
-  TEXT searches the same plus every header block of every part (the message's and the MIME parts').
+  decoded to Unicode (raw 8-bit taken as UTF-8). An empty string matches any message that has
+  the field (RFC 3501 §6.4.4 HEADER). FROM/TO/CC/BCC match the addresses as Dovecot rewrites
+  them (`Name <local@domain>`, `<local@domain>`, `group: ...;`, names quoted unless one atom or
+  holding an encoded-word, then decoded); SUBJECT has whitespace runs compressed; HEADER name
+  matches the plain decoded value (see `header_kind`).
+- BODY searches the decoded (base64 / quoted-printable, charset converted; us-ascii and unknown
+  charsets read as UTF-8) bodies of every text/* and message/* leaf part (no Content-Type:
+  text/plain). Like Dovecot's search it goes by the last Content-Type and the last readable
+  Content-Transfer-Encoding of a part, skips parts in other encodings (x-uuencode) and reads
+  base64 up to the first bad byte or the padding. TEXT searches the same plus every header block
+  of every part (the message's and the MIME parts'), names and separators as written.
 - BEFORE/ON/SINCE compare the internal date's calendar date in the server's time zone; SENT* compare
-  the first Date: field's own calendar date (its zone ignored, RFC 3501 §6.4.4); a message without
-  a usable Date: field counts as sent on 1 Jan 1970, as in Dovecot.
-- LARGER/SMALLER compare RFC822.SIZE strictly.
+  the first Date: field's own calendar date (its zone ignored, RFC 3501 §6.4.4), read as strictly
+  as Dovecot (`parse_date`); a message without a usable Date: counts as sent on 1 Jan 1970.
+- LARGER/SMALLER compare RFC822.SIZE strictly. Sequence and UID sets use SequenceSet.contains
+  with "*" the largest number in use (RFC 3501 §6.4.8).
 """
 
 from __future__ import annotations
@@ -143,7 +148,6 @@ def _decomposition(ch: str) -> tuple[str, ...] | None:
 
 
 _ENCODED_WORD = re.compile(rb"=\?([^?\s\x00]+)\?([bBqQ])\?([^?\s]*)\?=")
-_BETWEEN_WORDS = re.compile(rb"\?=[ \t\r\n]+=\?")
 
 
 def _charset_decode(data: bytes, charset: str) -> str:

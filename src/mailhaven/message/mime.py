@@ -3,20 +3,26 @@
 Owns: splitting a message (CRLF bytes) into a tree of `Part`s without copying any body: byte offsets
 of each part's header and body, the parsed Content-* fields, body size in octets and lines, the
 children of multipart/* parts and the encapsulated message of message/rfc822 parts. Also the small
-RFC 5322 lexer (comments, quoted strings, tokens) that Content-* parsing needs, and header field
-iteration used by IMAP FETCH/SEARCH.
+RFC 5322 lexer (comments, quoted strings, tokens) that Content-* and address parsing need, and
+header field iteration used by IMAP FETCH/SEARCH.
 
 Does not own: decoding bodies or encoded-words (imap/search.py), IMAP rendering (imap/fetchitems.py).
 
-Boundary handling follows Dovecot's message parser, because IMAP clients compare our answers with
-what Dovecot gives for the same Maildir: a boundary line is any line starting with "--" + boundary
-(trailing text allowed); when several active boundaries match, the longest wins, the innermost on a
-tie; the CRLF before a boundary line belongs to the boundary (RFC 2046 §5.1.1); a missing close
-delimiter ends the multipart at the parent's next boundary or at the end of the message; a header
-block ends at its empty line or at a boundary line. `parse()` never raises and is bounded by
-`MAX_DEPTH` nesting levels and `MAX_PARTS` parts.
+Parsing follows Dovecot 2.3's message parser, because IMAP clients compare our answers with what
+Dovecot gives for the same Maildir:
+- A boundary line is any line starting with "--" + boundary (trailing text allowed); when several
+  active boundaries match, the longest wins, the innermost on a tie. The CRLF before a boundary
+  line belongs to the boundary (RFC 2046 §5.1.1), except after a line that itself ended a header.
+- A missing close delimiter ends the multipart at the parent's next boundary or at the end of the
+  message; a header block ends at its empty line or at a boundary line; a delimiter on the last
+  line without a line end opens no part.
+- Repeated Content-* fields, malformed types and parameters are read as `_apply_content_fields`,
+  `parse_media_type` and `parse_params` describe; Content-* fields of a message header without
+  MIME-Version or Content-Type are ignored.
+- Limits: a multipart or message/rfc822 part at nesting level `MAX_DEPTH` becomes an opaque
+  application/octet-stream leaf, and the `MAX_PARTS`-th part runs to the end of the message.
+`parse()` never raises, whatever the input.
 """
-
 from __future__ import annotations
 
 import dataclasses
