@@ -344,3 +344,9 @@ def test_text_prefix_survives_a_lone_cr_at_the_end() -> None:
 
 def test_cr_inside_a_date_separates_words() -> None:
     assert search.parse_date(b"Fri, 20 Apr\r2001 19:35:02 -0400") == date(2001, 4, 20)
+
+
+def test_uid_range_beyond_the_highest_uid_still_contains_it() -> None:
+    # RFC 3501 §6.4.8 (Dovecot finds nothing here; documented in test_fetch_vs_dovecot)
+    ctx = search.SearchContext(max_seq=3, max_uid=30)
+    assert matches("UID 31:*", Counting(uid=30), ctx)
