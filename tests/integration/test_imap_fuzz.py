@@ -50,15 +50,19 @@ def test_random_command_streams_get_one_tagged_reply_each(imap: ImapHarness, cap
             raw.login()
         for i, text in enumerate(cmds):
             data = text.encode("utf-8")
-            if b"{0}" in data:  # a zero-length synchronising literal needs a "+" first
-                head, _, tail = data.partition(b"{0}")
-                raw.send(b"x%d " % i + head + b"{0}\r\n")
-                first = raw.line()
-                if first.startswith(b"+"):
-                    raw.send(tail + b"\r\n")
-                    lines = raw.until_tagged(b"x%d" % i)
+            if b"{0}" in data:  # zero-length synchronising literals: wait for "+" before each
+                tag = b"x%d" % i
+                segments = data.split(b"{0}")
+                raw.send(tag + b" " + segments[0] + b"{0}\r\n")
+                lines = []
+                for k, seg in enumerate(segments[1:], 1):
+                    first = raw.line()
+                    if not first.startswith(b"+"):  # refused: the command is over
+                        lines = [first] if first.startswith(tag + b" ") else [first, *raw.until_tagged(tag)]
+                        break
+                    raw.send(seg + (b"{0}\r\n" if k < len(segments) - 1 else b"\r\n"))
                 else:
-                    lines = [first] if first.startswith(b"x%d " % i) else [first, *raw.until_tagged(b"x%d" % i)]
+                    lines = raw.until_tagged(tag)
             elif "STARTTLS" in text:
                 continue  # would switch the connection to TLS
             else:
