@@ -73,6 +73,8 @@ class Address:
 GROUP_END = Address(None, None, None, None)
 MISSING_MAILBOX = b"MISSING_MAILBOX"
 MISSING_DOMAIN = b"MISSING_DOMAIN"
+SYNTAX_ERROR = b"SYNTAX_ERROR"  # host of an address whose <angle-addr> is broken
+INVALID_ROUTE = b"INVALID_ROUTE"  # adl of an address whose source route is broken
 
 _PHRASE_ATOM = mime.ATEXT | frozenset(b".")
 _DOT, _QUOTE, _LT, _GT, _AT, _COMMA, _COLON, _SEMI = b".", b'"', b"<", b">", b"@", b",", b":", b";"
@@ -244,7 +246,7 @@ class _AddressParser:
             return -1
         if self._at(_AT):
             if not self._route():
-                self.route = b"INVALID_ROUTE"  # and go on with what follows, as Dovecot does
+                self.route = INVALID_ROUTE  # and go on with what follows, as Dovecot does
             if not lex.skip_cfws():
                 return -1
         if self._at(_GT):  # "<>"
@@ -265,7 +267,7 @@ class _AddressParser:
             return -1
         self.name = name or None
         if self._angle_addr() < 0:
-            self.domain = b"SYNTAX_ERROR"
+            self.domain = SYNTAX_ERROR
         return 0 if self.lex.at_end() else 1
 
     def _mailbox(self) -> int:
