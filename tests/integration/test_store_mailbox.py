@@ -482,3 +482,23 @@ async def test_warm_snapshot_of_10000_messages_is_fast(store: Store) -> None:
     assert time.perf_counter() - t < 1.0
     assert [m.uid for m in snap2.messages] == [m.uid for m in snap.messages]
     await store2.close()
+
+
+async def test_read_many_returns_every_message_in_order_and_none_for_expunged_or_unknown(store: Store) -> None:
+    box = await store.account(ALICE).mailbox("INBOX")
+    uids = [await box.append(f"Subject: {i}\n\nbody {i}\n".encode()) for i in range(3)]
+    await box.expunge([uids[1]])
+    got = await box.read_many([uids[2], uids[1], uids[0], 999])
+    assert got == [b"Subject: 2\r\n\r\nbody 2\r\n", None, b"Subject: 0\r\n\r\nbody 0\r\n", None]
+    assert got[0] == await box.read(uids[2])
+
+
+async def test_store_flags_on_many_messages_changes_each_once(store: Store) -> None:
+    box = await store.account(ALICE).mailbox("INBOX")
+    await deliver_n(store, 300)
+    snap = await box.snapshot()
+    uids = [m.uid for m in snap.messages]
+    infos = await box.store_flags(uids + uids, {"\\Seen"}, "add")  # duplicates are one change
+    assert sorted(i.uid for i in infos) == uids and all("\\Seen" in i.flags for i in infos)
+    after = await box.snapshot()
+    assert len({m.modseq for m in after.messages}) == 1

@@ -385,11 +385,12 @@ class Folder:
         changes = Changes()
         modseq = self.highestmodseq + 1
         touched: list[Msg] = []
+        done: set[int] = set()  # UIDs in `touched`: a set, so a 10,000-message STORE stays linear
         renamed = False
         for attempt in (0, 1):
             retry: list[int] = []
             for m in self._existing(uids, changes):
-                if m in touched:
+                if m.uid in done:
                     continue
                 old_sys = maildir.info_flags(m.letters)
                 if mode == "add":
@@ -413,6 +414,7 @@ class Folder:
                 m.modseq = modseq
                 m.changed()
                 touched.append(m)
+                done.add(m.uid)
             if not retry or attempt == 1:
                 break
             self._merge(changes, self.sync(force=True))  # renamed or removed by another program

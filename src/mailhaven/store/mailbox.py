@@ -517,6 +517,19 @@ class Mailbox:
                 await self._run(self._rescan_sync)  # renamed or deleted by another program
         raise MessageNotFound(f"no message with UID {uid}")
 
+    async def read_many(self, uids: Sequence[int]) -> list[bytes | None]:
+        """The messages with CRLF line endings, in one worker-thread trip (None: expunged)."""
+        f = self._live()
+        paths = [f.lookup_path(uid) for uid in uids]
+        datas = await asyncio.to_thread(_read_all_crlf, paths)
+        for i, uid in enumerate(uids):
+            if datas[i] is None and paths[i] is not None:  # renamed by another program meanwhile?
+                try:
+                    datas[i] = await self.read(uid)
+                except MessageNotFound:
+                    pass
+        return datas
+
     def _rescan_sync(self) -> tuple[None, Changes]:
         return None, self.account._sync(self._folder, force=True)
 
@@ -560,6 +573,16 @@ class Mailbox:
 def _transfer_call(src: Folder, uids: list[int], dst: Folder, move: bool, host: str
                    ) -> tuple[list[tuple[int, int]], Changes, Changes]:
     return src.transfer(uids, dst, move=move, host=host)
+
+
+def _read_all_crlf(paths: Sequence[Path | None]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for path in paths:
+        try:
+            out.append(None if path is None else _read_crlf(path))
+        except FileNotFoundError:
+            out.append(None)
+    return out
 
 
 def _read_crlf(path: Path) -> bytes:
