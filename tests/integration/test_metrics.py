@@ -267,10 +267,23 @@ async def test_mx_delivery_and_a_failed_submission_login_move_the_counters(
             await sub.ehlo()
             with pytest.raises(aiosmtplib.SMTPAuthenticationError):
                 await sub.auth_plain("alice@example.test", "wrong password")
+        def imap_logins() -> None:
+            import imaplib
+
+            with imaplib.IMAP4("127.0.0.1", ctx.port("imap")) as im:
+                im.starttls(ssl_context=client_ssl_context)
+                with pytest.raises(imaplib.IMAP4.error):
+                    im.login("alice@example.test", "wrong password")
+                im.login("alice@example.test", "correct horse")
+
+        await asyncio.to_thread(imap_logins)
         status, _, body = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
     assert status == 200
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert got[("mailhaven_connections_total", (("listener", "imap"),))] == 1
+    assert got[("mailhaven_logins_total", (("proto", "imap"), ("result", "success")))] == 1
+    assert got[("mailhaven_auth_failures_total", (("proto", "imap"), ("reason", "bad_credentials")))] == 1
     assert got[("mailhaven_messages_received_total", (("listener", "mx"),))] == 1
     assert got[("mailhaven_messages_rejected_total", (("listener", "mx"), ("reason", "unknown_user")))] == 1
     assert got[("mailhaven_connections_total", (("listener", "mx"),))] == 1

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from mailhaven import log as mhlog
+from mailhaven import metrics
 from mailhaven.config import ListenerConfig
 from mailhaven.imap.commands import ParseError
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
@@ -217,6 +218,7 @@ class _Connection(asyncio.Protocol):
             transport.write(R_TOO_MANY_CONNECTIONS)
             transport.close()
             return
+        metrics.of(ctx).connection_opened(name)
         sessions = getattr(ctx, "sessions", None)
         if sessions is not None:
             sessions.add(transport)
@@ -253,6 +255,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.close()
             if limits is not None:
                 limits.connection_closed(name, self.ip)
+            metrics.of(ctx).connection_closed(name)
             if sessions is not None:
                 sessions.discard(transport)
             mhlog.event(log, "imap session end", listener=name, ip=self.ip,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailhaven import log as mhlog
+from mailhaven import metrics
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, TempFailure
 from mailhaven.imap import commands as C
@@ -638,14 +639,18 @@ class Session:
 
     async def cmd_login(self, cmd: C.Login) -> str:
         if not self.plaintext_ok:  # RFC 3501 §6.2.3, §7.2.1 LOGINDISABLED
+            metrics.of(self.ctx).login("imap", ok=False, reason="tls_required")
             raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
                      "PRIVACYREQUIRED")
-        return await self._login(cmd.username, cmd.password)
+        return await self._login(cmd.username, cmd.password, "LOGIN")
 
     async def cmd_authenticate(self, cmd: C.Authenticate) -> str:
+        m = metrics.of(self.ctx)
         if cmd.mechanism not in AUTH_MECHANISMS:
+            m.login("imap", ok=False, reason="mechanism")
             raise No("Unsupported authentication mechanism.")
         if not self.plaintext_ok:
+            m.login("imap", ok=False, reason="tls_required")
             raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
                      "PRIVACYREQUIRED")
         exchange = sasl.Exchange(cmd.mechanism)
@@ -664,29 +669,37 @@ class Session:
                     raise ConnectionResetError("client went away during AUTHENTICATE")
                 out = exchange.step(line)
         except sasl.SaslCancelled:
+            m.login("imap", ok=False, reason="cancelled")
             raise Bad("Authentication aborted by client.") from None  # RFC 3501 §6.2.2
         except ValueError:
+            m.login("imap", ok=False, reason="syntax")
             raise Bad("Invalid base64 data in continued response.") from None
         creds = out
         if creds.authzid and creds.authzid != creds.login:
+            m.login("imap", ok=False, reason="bad_credentials")
             raise No("Authorization identity not permitted.", "AUTHORIZATIONFAILED")
-        return await self._login(creds.login, creds.password)
+        return await self._login(creds.login, creds.password, cmd.mechanism)
 
-    async def _login(self, login: str, password: str) -> str:
+    async def _login(self, login: str, password: str, mechanism: str) -> str:
         ctx = self.ctx
+        m = metrics.of(ctx)
         limits = getattr(ctx, "limits", None)
         if limits is not None and not await limits.before_auth(self.ip, login):
-            mhlog.event(log, "imap login refused (throttled)", login=login)
+            m.login("imap", ok=False, reason="throttled")
+            mhlog.event(log, "imap login refused (throttled)", login=login, mechanism=mechanism)
             raise No("Too many failed logins, try again later.", "UNAVAILABLE")
         directory = getattr(ctx, "directory", None)
         user = await directory.authenticate(login, password) if directory is not None else None
         if user is None:
             if limits is not None:
                 limits.auth_failed(self.ip, login)
-            mhlog.event(log, "imap login failed", login=login)
+            m.login("imap", ok=False, reason="bad_credentials")
+            mhlog.event(log, "imap login failed", login=login, mechanism=mechanism, reason="bad credentials")
             raise No("Authentication failed.", "AUTHENTICATIONFAILED")
         if limits is not None:
             limits.auth_succeeded(self.ip, login)
+        m.login("imap", ok=True)
+        mhlog.event(log, "imap login ok", login=login, user=user, mechanism=mechanism)
         self.user = user
         self.account = ctx.store.account(user)
         self.sub = ctx.store.changes.subscribe(user)
