@@ -157,8 +157,8 @@ def test_invalid_utf8_is_bad() -> None:
     assert bad(b'a LOGIN "j\xfcrgen" x').text == "Invalid UTF-8"
 
 
-def test_quoted_string_rejects_control_characters() -> None:
-    assert bad(b'a LOGIN "a\x01b" x').kind == "BAD"
+def test_quoted_string_rejects_nul() -> None:
+    assert bad(b'a LOGIN "a\x00b" x').kind == "BAD"
 
 
 def test_atom_rejects_8bit() -> None:
@@ -656,3 +656,14 @@ def test_number_overflow_is_bad_not_a_crash() -> None:
     assert bad(b"a SEARCH LARGER 99999999999999999999999").text == "Number out of range"
     assert bad(b"a SEARCH LARGER " + b"9" * 10000).text == "Number out of range"
     assert bad(b"a FETCH " + b"9" * 10000 + b" FLAGS").kind == "BAD"
+
+
+def test_tab_inside_a_quoted_string_is_a_text_char() -> None:
+    # RFC 3501 §9: QUOTED-CHAR is any TEXT-CHAR (CHAR but CR/LF) except quoted-specials; Dovecot agrees.
+    cmd = parse_bytes(b'a LOGIN "al\tice" "pa\x01ss"')
+    assert cmd.username == "al\tice" and cmd.password == "pa\x01ss"
+
+
+def test_nul_inside_a_quoted_string_is_bad() -> None:
+    with pytest.raises(ParseError):
+        parse_bytes(b'a LOGIN "al\x00ice" "x"')

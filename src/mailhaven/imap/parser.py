@@ -205,8 +205,8 @@ class _Cursor:
                 if i >= n or line[i] not in (DQUOTE, BACKSLASH):
                     self.fail("Invalid escape in quoted string")
                 c = line[i]
-            elif c < 0x20 or c == 0x7F:
-                self.fail("Control character in quoted string")  # RFC 3501 §9 TEXT-CHAR
+            elif c in (0x00, 0x0A, 0x0D):  # RFC 3501 §9: TEXT-CHAR is any CHAR (%x01-7F) but CR and LF
+                self.fail("CR, LF or NUL in quoted string")
             out.append(c)
             i += 1
         self.pos = i + 1
