@@ -193,7 +193,7 @@ leaf_keys: st.SearchStrategy[SearchKey] = st.one_of(
     st.just(SearchAll()),
     st.builds(SearchFlag, st.sampled_from(["\\Seen", "\\Deleted", "\\Answered", "\\Flagged", "\\Draft",
                                            "\\Recent", "$Junk", "work"]), st.booleans()),
-    st.builds(SearchHeader, field_names, search_strings),
+    st.builds(SearchHeader, field_names, search_strings, st.just("header")),
     st.builds(SearchText, search_strings, st.booleans()),
     st.builds(SearchDate, st.sampled_from(["before", "on", "since"]),
               st.dates(date(1900, 1, 1), date(2200, 12, 31)), st.booleans()),

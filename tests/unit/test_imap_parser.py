@@ -565,11 +565,11 @@ def test_search_keyword() -> None:
 
 def test_search_header_keys_and_strings() -> None:
     assert criteria(b'a SEARCH FROM alice SUBJECT "hello world" HEADER X-Spam {3}\r\nyes') == (
-        SearchHeader("From", "alice"), SearchHeader("Subject", "hello world"), SearchHeader("X-Spam", "yes"))
+        SearchHeader("From", "alice"), SearchHeader("Subject", "hello world"), SearchHeader("X-Spam", "yes", "header"))
 
 
 def test_search_header_empty_value() -> None:
-    assert criteria(b'a SEARCH HEADER List-Id ""') == (SearchHeader("List-Id", ""),)
+    assert criteria(b'a SEARCH HEADER List-Id ""') == (SearchHeader("List-Id", "", "header"),)
 
 
 def test_search_body_and_text() -> None:

@@ -285,6 +285,9 @@ class SearchHeader:
 
     field: str
     value: str
+    # "header" for HEADER name value (Dovecot matches the plain decoded value there); "" for the
+    # dedicated FROM/TO/CC/BCC/SUBJECT keys, whose matching search.header_kind derives from `field`.
+    kind: Literal["", "header"] = ""
 
 
 @dataclass(frozen=True)

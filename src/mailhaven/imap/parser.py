@@ -628,7 +628,7 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         if not field or any(ch not in _FIELD_NAME_CHARS for ch in field):
             cur.fail("Invalid header field name")
         cur.sp()
-        return SearchHeader(field.decode("ascii"), cur.astring_text())
+        return SearchHeader(field.decode("ascii"), cur.astring_text(), "header")
     if key == "UID":
         return SearchSet(cur.seqset(), uid=True)
     if key == "NOT":
