@@ -238,7 +238,9 @@ def build_context(cfg: Config) -> Context:
 def bind_listener(name: str, lc: ListenerConfig) -> socket.socket:
     ip = ipaddress.ip_address(lc.address)
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) on accepted sockets only then, and
+    # a multi-line reply (EHLO, CAPA) otherwise waits 40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
