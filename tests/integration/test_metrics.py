@@ -282,6 +282,7 @@ async def test_mx_delivery_and_a_failed_submission_login_move_the_counters(
     got = {(s.name, tuple(sorted(s.labels.items()))): s.value
            for f in text_string_to_metric_families(body.decode()) for s in f.samples}
     assert got[("mailhaven_connections_total", (("listener", "imap"),))] == 1
+    assert got[("mailhaven_command_duration_seconds_count", (("proto", "imap"), ("verb", "LOGIN")))] == 2
     assert got[("mailhaven_logins_total", (("proto", "imap"), ("result", "success")))] == 1
     assert got[("mailhaven_auth_failures_total", (("proto", "imap"), ("reason", "bad_credentials")))] == 1
     assert got[("mailhaven_messages_received_total", (("listener", "mx"),))] == 1

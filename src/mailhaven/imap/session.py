@@ -472,8 +472,10 @@ class Session:
             await self.flush()
             return
         end: SessionEnd | None = None
+        label = ("UID " + verb) if getattr(cmd, "uid", False) else verb
         try:
-            result = await self._handlers[verb](cmd)
+            with metrics.of(self.ctx).time_command("imap", label):
+                result = await self._handlers[verb](cmd)
         except SessionEnd as e:
             result, end = "", e
         except (ConnectionError, TimeoutError, ServerStopping):
