@@ -78,12 +78,14 @@ def author_addresses(message: bytes, max_header: int) -> list[str] | None:
 
 
 def _addresses(value: str) -> list[str] | None:
-    from mailhaven.imap.fetchitems import MISSING_DOMAIN, MISSING_MAILBOX, parse_address_list
+    from mailhaven.imap.fetchitems import MISSING_DOMAIN, MISSING_MAILBOX, SYNTAX_ERROR, parse_address_list
 
     found: list[str] = []
     for _, addr in email.utils.getaddresses([value]):
         if not addr:
-            continue
+            # An empty group, or a field this Python refuses as ambiguous: patched interpreters
+            # (CVE-2023-27043) answer ('', '') for "a@x <b@y>". Either way no single owned author.
+            return None
         local, at, domain = addr.rpartition("@")
         if not at or not local or not domain:
             return None
@@ -91,7 +93,7 @@ def _addresses(value: str) -> list[str] | None:
     for a in parse_address_list(value.encode("utf-8")):
         if a.host is None:
             continue  # group start or end (RFC 5322 §3.4)
-        if a.mailbox in (None, MISSING_MAILBOX, b"") or a.host in (MISSING_DOMAIN, b""):
+        if a.mailbox in (None, MISSING_MAILBOX, b"") or a.host in (MISSING_DOMAIN, SYNTAX_ERROR, b""):
             return None
         assert a.mailbox is not None
         found.append(a.mailbox.decode("utf-8", "replace") + "@" + a.host.decode("utf-8", "replace"))
