@@ -505,8 +505,13 @@ def load(path: str | Path) -> Config:
         raise ConfigError(f"{p}: file not found") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    return _build(parse_toml(raw, p), p.resolve().parent, str(p))
+
+
+def parse_toml(raw: bytes, p: Path) -> dict[str, Any]:
+    """TOML bytes -> table; errors are one ConfigError line, `FILE:LINE:COL: TOML syntax error: ...`."""
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as e:
@@ -515,7 +520,6 @@ def load(path: str | Path) -> Config:
         if m:
             raise ConfigError(f"{p}:{m.group(2)}:{m.group(3)}: TOML syntax error: {m.group(1)}") from None
         raise ConfigError(f"{p}: TOML syntax error: {e}") from None
-    return _build(data, p.resolve().parent, str(p))
 
 
 def from_dict(data: dict[str, Any], base: Path) -> Config:

@@ -28,14 +28,13 @@ import fcntl
 import os
 import re
 import tempfile
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mailhaven.auth import passwords
-from mailhaven.config import Config
+from mailhaven.config import Config, parse_toml
 from mailhaven.errors import ConfigError
 from mailhaven.message.address import Address, format_local, parse_domain, parse_mailbox
 
@@ -88,15 +87,7 @@ class UsersFile:
     @classmethod
     def loads(cls, raw: bytes, path: str | Path) -> UsersFile:
         p = Path(path)
-        try:
-            data = tomllib.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(f"{p}: not UTF-8 text") from None
-        except tomllib.TOMLDecodeError as e:
-            m = re.search(r"^(.*) \(at line (\d+), column (\d+)\)$", str(e))
-            if m:
-                raise ConfigError(f"{p}:{m.group(2)}:{m.group(3)}: TOML syntax error: {m.group(1)}") from None
-            raise ConfigError(f"{p}: TOML syntax error: {e}") from None
+        data = parse_toml(raw, p)
         uf = cls(p)
         uf._fill(data)
         return uf
