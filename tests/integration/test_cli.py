@@ -21,6 +21,7 @@ import pytest
 from mailhaven import config
 from mailhaven.auth import passwords
 from mailhaven.auth.users import UsersFile
+from tests.fixtures_base import free_port
 from tests.fixtures_server import app_config_data, app_config_file, write_config
 
 ENV = {**os.environ, "MAILHAVEN_FAST_HASH": "1", "PYTHONUNBUFFERED": "1"}
@@ -306,12 +307,6 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _dev_banner(proc: Proc) -> dict[str, str]:
     lines: dict[str, str] = {}
     while True:
@@ -356,7 +351,7 @@ def test_serve_dev_needs_no_files_prints_the_account_and_stops_on_sigterm(tmp_pa
 def test_serve_keeps_running_on_sighup_with_a_broken_config_and_logs_one_line(tmp_path: Path) -> None:
     data = app_config_data(tmp_path, None)
     for lc in data["listeners"].values():
-        lc["port"] = _free_port()
+        lc["port"] = free_port()
     path = app_config_file(tmp_path, None)
     write_config(path, data)
     proc = Proc(["-c", str(path), "serve"], cwd=tmp_path)
@@ -391,7 +386,7 @@ def test_serve_with_a_taken_port_fails_with_one_line_exit_1(tmp_path: Path) -> N
     try:
         port = blocker.getsockname()[1]
         for lc in data["listeners"].values():
-            lc["port"] = _free_port()
+            lc["port"] = free_port()
         data["listeners"]["mx"]["port"] = port
         path = app_config_file(tmp_path, None)
         write_config(path, data)

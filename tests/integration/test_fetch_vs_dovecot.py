@@ -40,16 +40,11 @@ import pytest
 
 from mailhaven.imap import encode, fetchitems, parser, search
 from mailhaven.message import mime
+from tests.fixtures_base import free_port
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 DATA = Path(__file__).resolve().parent.parent / "data" / "mime"
 USER, PASSWORD = "tester", "secret"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Dovecot:
@@ -57,7 +52,7 @@ class Dovecot:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.maildir = root / "mail" / USER
         self.conf = root / "dovecot.conf"
         self.log = root / "dovecot.log"
