@@ -31,8 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures_base import free_port  # noqa: F401  (re-exported for the service tests)
-
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "mailhaven.service"
 
@@ -42,6 +40,14 @@ def base_env(**extra: str) -> dict[str, str]:
            if k not in ("MAILHAVEN_CONFIG", "NOTIFY_SOCKET", "JOURNAL_STREAM", "PYTEST_CURRENT_TEST")}
     env.update({"PYTHONUNBUFFERED": "1", "MAILHAVEN_FAST_HASH": "1"}, **extra)
     return env
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (this file runs as a script inside the unit's sandbox, where the
+    tests package is not importable, so it cannot use tests.fixtures_base.free_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def mailhaven_argv() -> list[str]:
