@@ -25,7 +25,7 @@ async def test_rotated_key_signs_at_once_and_a_repeated_key_is_not_reloaded() ->
     for _ in range(5):
         sig = await D.sign(MESSAGE, "example.test", "s", pem_a)
     assert _verifies(sig + MESSAGE, rec_a)
-    hits = D._dkimpy_key.cache_info().hits
+    hits = D._signing_key.cache_info().hits
     assert hits >= 5
     sig = await D.sign(MESSAGE, "example.test", "s", pem_b)  # the key file changed
     assert _verifies(sig + MESSAGE, rec_b) and not _verifies(sig + MESSAGE, rec_a)

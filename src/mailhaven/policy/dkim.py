@@ -1,7 +1,8 @@
 """DKIM (RFC 6376, RFC 8463 ed25519): verify every signature of a message, sign outgoing mail,
 generate keys.
 
-Owns: dkimpy calls run off the event loop (RSA and ed25519 work, and its blocking DNS), key-record
+Owns: dkimpy calls run off the event loop (RSA and ed25519 work, and its blocking DNS), signing
+(policy/dkimsign.py does the work, here run off the loop), key-record
 lookups through OUR nameservers (a `dnsfunc` built on `Resolver.sync_resolver()`; see
 dns/resolver.py for why a sync twin), and mapping dkimpy's outcomes to RFC 8601 result names:
 pass, fail (signature or body hash does not verify), neutral (no usable signature data),
@@ -18,8 +19,9 @@ import asyncio
 import base64
 import functools
 import re
+import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import dkim
 import dns.exception
@@ -28,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from mailhaven.dns.resolver import Resolver
+from mailhaven.policy import dkimsign
 from mailhaven.policy.authresults import header_end
 
 DkimStatus = Literal["pass", "fail", "neutral", "temperror", "permerror", "policy"]
@@ -174,8 +177,8 @@ async def verify(resolver: Resolver, message: bytes) -> list[DkimResult]:
 
 
 @functools.lru_cache(maxsize=16)
-def _dkimpy_key(private_key_pem: bytes, algorithm: str) -> bytes:
-    """Our PEM keys -> what dkimpy takes: PKCS#1 PEM for RSA, base64 raw seed for ed25519.
+def _signing_key(private_key_pem: bytes, algorithm: str) -> dkimsign.SigningKey:
+    """Our PEM key, loaded and checked against the algorithm.
 
     Cached by the PEM text (a few keys per server): loading validates an RSA key, ~100 ms of CPU,
     which was paid per signed message. A changed key file is different text, so it is loaded anew
@@ -184,52 +187,28 @@ def _dkimpy_key(private_key_pem: bytes, algorithm: str) -> bytes:
     if algorithm == "ed25519-sha256":
         if not isinstance(key, ed25519.Ed25519PrivateKey):
             raise ValueError("ed25519-sha256 needs an ed25519 private key")
-        raw = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption())
-        return base64.b64encode(raw)
+        return key
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError("rsa-sha256 needs an RSA private key")
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                             serialization.NoEncryption())
+    return key
 
 
-def _present_headers(message: bytes) -> list[bytes]:
-    d = dkim.DKIM(message)
-    return [k.lower() for k, _ in d.headers]
-
-
-def _sign_sync(message: bytes, domain: str, selector: str, key: bytes, algorithm: str,
+def _sign_sync(message: bytes, domain: str, selector: str, private_key_pem: bytes, algorithm: str,
                headers: tuple[str, ...], oversign: tuple[str, ...]) -> bytes:
-    present = _present_headers(message)
-    over = {h.lower() for h in oversign}
-    include: list[bytes] = []
-    for h in dict.fromkeys(x.lower() for x in headers):
-        hb = h.encode("ascii")
-        n = present.count(hb)
-        if n == 0 and h not in over:
-            continue  # not present and not protected: leave it out
-        include.extend([hb] * (n + (1 if h in over else 0)))
-    if b"from" not in include:
-        include.append(b"from")  # RFC 6376 §5.4: From MUST be signed
-    sig: Any = dkim.sign(message, selector.encode("ascii"), domain.encode("ascii"), key,
-                         include_headers=include, canonicalize=(b"relaxed", b"relaxed"),
-                         signature_algorithm=algorithm.encode("ascii"))
-    return bytes(sig)
+    key = _signing_key(private_key_pem, algorithm)
+    present = [name for name, _ in dkimsign.split_message(message)[0]]
+    return dkimsign.sign(message, domain, selector, key, dkimsign.header_list(present, headers, oversign),
+                         int(time.time()))
 
 
 async def sign(message: bytes, domain: str, selector: str, private_key_pem: bytes,
                algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256",
                headers: tuple[str, ...] = DEFAULT_SIGN_HEADERS,
                oversign: tuple[str, ...] = OVERSIGN_HEADERS) -> bytes:
-    """The "DKIM-Signature: ...\\r\\n" header (folded, CRLF line ends) to prepend to message."""
-    return await asyncio.to_thread(_sign_with_pem, message, domain.lower().rstrip("."), selector,
+    """The "DKIM-Signature: ...\\r\\n" header (folded, CRLF line ends) to prepend to message
+    (policy/dkimsign.py; off the loop: the RSA operation and hashing a large body take a while)."""
+    return await asyncio.to_thread(_sign_sync, message, domain.lower().rstrip("."), selector,
                                    private_key_pem, algorithm, headers, oversign)
-
-
-def _sign_with_pem(message: bytes, domain: str, selector: str, private_key_pem: bytes, algorithm: str,
-                   headers: tuple[str, ...], oversign: tuple[str, ...]) -> bytes:
-    return _sign_sync(message, domain, selector, _dkimpy_key(private_key_pem, algorithm), algorithm,
-                      headers, oversign)
 
 
 # --- keys ----------------------------------------------------------------------------------------
