@@ -64,7 +64,8 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 POLL_INTERVAL = 30.0  # seconds between snapshots with no change event (disk changes by others; Dovecot: 30 s)
 IDLE_KEEPALIVE = 120.0  # "* OK Still here" while idling (NAT and firewall timers)
 OUTPUT_BATCH = 256 * 1024  # write to the socket once this much output is buffered
-STORE_CHUNK = 1000  # messages per store_flags call: other sessions get the account lock in between
+STORE_CHUNK = 10_000  # messages per store_flags call (one transaction); other sessions get the
+# account lock between steps of a larger set
 FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message data
 CACHE_MAX_BYTES = 64 * 1024 * 1024  # process-wide ENVELOPE/BODYSTRUCTURE/header cache
 OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
@@ -995,17 +996,26 @@ class Session:
         infos: list[MessageInfo] = []
         for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
             infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
-        seqs = {u: s for s, u in pairs}
-        for info in infos:
-            view.reported(info.uid, info.modseq)
-            if cmd.silent:
-                continue
-            flags = render_flags(info.flags, view.is_recent(info.uid))
-            if cmd.uid:  # RFC 3501 §6.4.8: UID STORE responses carry the UID
-                line = b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seqs[info.uid], info.uid, flags)
-            else:
-                line = b"* %d FETCH (FLAGS %s)\r\n" % (seqs[info.uid], flags)
-            await self.emit_batched(line)
+        reported = view.reported
+        if cmd.silent:
+            for info in infos:
+                reported(info.uid, info.modseq)
+        else:
+            seqs = {u: s for s, u in pairs}
+            recent = view.recent
+            lines: list[bytes] = []
+            for info in infos:
+                uid = info.uid
+                reported(uid, info.modseq)
+                flags = render_flags(info.flags, uid in recent)
+                if cmd.uid:  # RFC 3501 §6.4.8: UID STORE responses carry the UID
+                    lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seqs[uid], uid, flags))
+                else:
+                    lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seqs[uid], flags))
+                if len(lines) >= 2048:
+                    await self.emit_batched(b"".join(lines))
+                    lines.clear()
+            self.emit(b"".join(lines))
         gone = len(uids) - len(infos)
         if gone:
             return "NO [EXPUNGEISSUED] Some of the messages no longer exist."

@@ -387,32 +387,37 @@ class Folder:
         touched: list[Msg] = []
         done: set[int] = set()  # UIDs in `touched`: a set, so a 10,000-message STORE stays linear
         renamed = False
+        base = str(self.path)  # str paths: pathlib costs more than the rename() itself
+        # The new suffix depends only on the old one (and the request): computed once per distinct
+        # suffix, with whether the system flags change.
+        plans: dict[str, tuple[str, bool]] = {}
         for attempt in (0, 1):
             retry: list[int] = []
             for m in self._existing(uids, changes):
                 if m.uid in done:
                     continue
-                old_sys = maildir.info_flags(m.letters)
+                old_suffix = m.suffix
+                try:
+                    suffix, sys_changed = plans[old_suffix]
+                except KeyError:
+                    suffix, sys_changed = plans[old_suffix] = _plan_suffix(old_suffix, system, mode)
                 if mode == "add":
-                    new_sys, new_kw = old_sys | system, m.keywords | keywords
+                    new_kw = m.keywords | keywords if keywords else m.keywords
                 elif mode == "remove":
-                    new_sys, new_kw = old_sys - system, m.keywords - keywords
+                    new_kw = m.keywords - keywords if keywords else m.keywords
                 else:
-                    new_sys, new_kw = system, keywords
-                if new_sys == old_sys and new_kw == m.keywords:
+                    new_kw = keywords
+                if not sys_changed and new_kw == m.keywords:
                     continue
-                suffix = maildir.INFO_SEP + maildir.build_info(new_sys, m.letters)
-                if suffix != m.suffix or m.sub != "cur":
+                if suffix != old_suffix or m.sub != "cur":
                     try:
-                        os.rename(self.path / m.sub / m.fname, self.path / "cur" / (m.key + suffix))
+                        os.rename(f"{base}/{m.sub}/{m.key}{old_suffix}", f"{base}/cur/{m.key}{suffix}")
                     except FileNotFoundError:
                         retry.append(m.uid)
                         continue
                     renamed = True
                     m.sub, m.suffix = "cur", suffix
                 m.keywords = new_kw
-                m.modseq = modseq
-                m.changed()
                 touched.append(m)
                 done.add(m.uid)
             if not retry or attempt == 1:
@@ -428,9 +433,23 @@ class Folder:
             self._snap = None
             if renamed and self.fsync:
                 maildir.fsync_dir(self.path / "cur")
-            self._commit(touched, [])
+            self._commit_flags(touched)
             changes.flags = sorted(set(changes.flags) | {m.uid for m in touched})
-        return [self.by_uid[u].info() for u in sorted(requested) if u in self.by_uid], changes
+        by_uid = self.by_uid
+        return [by_uid[u].info() for u in sorted(requested) if u in by_uid], changes
+
+    def _commit_flags(self, touched: list[Msg]) -> None:
+        """Write the flag columns of changed messages (and the counters) in one transaction."""
+        kw_text: dict[frozenset[str], str] = {}
+        rows: list[tuple[str, str, str, int, int]] = []
+        for m in touched:
+            kw = kw_text.get(m.keywords)
+            if kw is None:
+                kw = kw_text[m.keywords] = " ".join(sorted(m.keywords))
+            rows.append((m.sub, m.suffix, kw, m.modseq, m.uid))
+        mtimes = (self.new_mtime, self.cur_mtime) if self.trusted else (0, 0)
+        self.index.commit_flags(self.id, rows, uidnext=self.uidnext, highestmodseq=self.highestmodseq,
+                                new_mtime=mtimes[0], cur_mtime=mtimes[1])
 
     def expunge(self, uids: list[int]) -> Changes:
         """Remove the messages (whatever their flags; the caller applies the \\Deleted rule)."""
@@ -536,6 +555,20 @@ class Folder:
         self.by_uid.clear()
         self.by_key.clear()
         self._snap = None
+
+
+def _plan_suffix(suffix: str, system: frozenset[str], mode: str) -> tuple[str, bool]:
+    """(the file name suffix after a flag change (RFC 3501 §6.4.6 on the Maildir letters), whether
+    the system flags change). Letters we do not map (e.g. "P", Dovecot keyword letters) are kept."""
+    letters = maildir.suffix_info(suffix)
+    old_sys = maildir.info_flags(letters)
+    if mode == "add":
+        new_sys = old_sys | system
+    elif mode == "remove":
+        new_sys = old_sys - system
+    else:
+        new_sys = system
+    return maildir.INFO_SEP + maildir.build_info(new_sys, letters), new_sys != old_sys
 
 
 def split_flags(flags: frozenset[str] | set[str]) -> tuple[frozenset[str], frozenset[str]]:
