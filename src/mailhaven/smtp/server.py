@@ -230,6 +230,7 @@ class Connection(SMTP):
         self._raw_250 = False  # HELO/EHLO replies carry no enhanced code (RFC 2034 §3)
         self._errors = 0
         self._closing = False
+        self._continued: list[str] = []
 
     # -- connection lifetime ---------------------------------------------------------------------
 
@@ -361,6 +362,12 @@ class Connection(SMTP):
             if self._errors > self.cfg.smtp.max_bad_commands:
                 logger.info("too many errors (client %s)", self.ip)
                 line, close = R.too_many_errors(self.cfg.hostname), True
+        if line[3:4] == "-" and not close:
+            self._continued.append(line)  # a multi-line reply (EHLO) goes out in one write with its
+            return                        # last line: one segment, not one per line
+        if self._continued:
+            line = "\r\n".join([*self._continued, line])
+            self._continued.clear()
         await super().push(line)
         if close:
             self._close_now()
@@ -375,6 +382,18 @@ class Connection(SMTP):
         return R.reply_for(error)
 
     # -- commands -------------------------------------------------------------------------------------
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """Only split "<path> PARAMS": hooks.py parses the path itself (message.address), more
+        strictly than aiosmtpd's parse with the email package's header parser, which cost ~0.3 ms of
+        CPU per MAIL and RCPT. A path that does not split goes to the hook whole, which refuses it
+        with our own reply (501 5.1.7 / 5.1.3)."""
+        if not arg:
+            return "", ""
+        try:
+            return split_path(arg)
+        except ValueError:
+            return arg, ""
 
     def _getparams(self, params: Any) -> dict[str, str | bool] | None:
         # aiosmtpd takes only isalnum() keywords; RFC 5321 §4.1.2 allows "-" inside them.
