@@ -133,7 +133,7 @@ class View:
         for lo, hi in ranges:
             if hi > n or lo < 1:
                 raise BadSequence("Invalid message sequence number")
-            out.extend((s, self._uids[s - 1]) for s in range(lo, hi + 1))
+            out.extend(zip(range(lo, hi + 1), self._uids[lo - 1:hi], strict=True))
         return out
 
     def by_uids(self, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -143,7 +143,7 @@ class View:
         for lo, hi in ranges:
             i = bisect_left(uids, lo)
             j = bisect_right(uids, hi)
-            out.extend((k + 1, uids[k]) for k in range(i, j))
+            out.extend(zip(range(i + 1, j + 1), uids[i:j], strict=True))
         return out
 
     # -- learning about the store --------------------------------------------------------------
@@ -202,6 +202,19 @@ class View:
             self._flags.pop(uid, None)
         if modseq > self.modseq and self._reported.get(uid, 0) < modseq:  # newer than the last sync
             self._reported[uid] = modseq
+
+    def reported_many(self, messages: Iterable[MessageLike]) -> None:
+        """`reported(m.uid, m.modseq)` for each message (FETCH FLAGS of many messages)."""
+        flags = self._flags
+        since = self.modseq
+        done = self._reported
+        for m in messages:
+            uid = m.uid
+            if flags:
+                flags.pop(uid, None)
+            modseq = m.modseq
+            if modseq > since and done.get(uid, 0) < modseq:
+                done[uid] = modseq
 
     def pending(self) -> bool:
         """Is there anything `flush(True)` would send?"""

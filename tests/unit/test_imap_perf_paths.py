@@ -1,0 +1,81 @@
+"""The fast paths of FETCH/STORE rendering give exactly what the plain rules give (hypothesis)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailhaven.imap import commands as C
+from mailhaven.imap.session import _match_infos, _render_meta, internaldate
+from mailhaven.imap.view import View, render_flags
+from mailhaven.store import MessageInfo, Snapshot
+
+FLAGSETS = [frozenset(), frozenset({"\\Seen"}), frozenset({"\\Seen", "\\Flagged", "Work"}), frozenset({"$Junk"})]
+
+
+def info(uid: int, k: int = 0) -> MessageInfo:
+    return MessageInfo(uid, FLAGSETS[k % len(FLAGSETS)], 1_700_000_000.0 + uid, 100 + uid, 1 + k, f"key{uid}")
+
+
+def reference_match(uids: list[int], messages: list[MessageInfo]) -> list[MessageInfo | None]:
+    by_uid = {m.uid: m for m in messages}
+    return [by_uid.get(u) for u in uids]
+
+
+@given(st.sets(st.integers(1, 60)), st.sets(st.integers(1, 60)))
+def test_match_infos_finds_each_uid_or_none(snapshot_uids: set[int], asked: set[int]) -> None:
+    messages = [info(u) for u in sorted(snapshot_uids)]
+    uids = sorted(asked)
+    assert _match_infos(uids, messages) == reference_match(uids, messages)
+
+
+@given(st.sets(st.integers(1, 60), min_size=1), st.integers(0, 59), st.integers(0, 60))
+def test_match_infos_of_a_run_of_the_snapshot(snapshot_uids: set[int], start: int, length: int) -> None:
+    messages = [info(u) for u in sorted(snapshot_uids)]
+    uids = [m.uid for m in messages[start:start + length]]
+    assert _match_infos(uids, messages) == messages[start:start + length]
+
+
+def one_by_one(pairs: list[tuple[int, int]], infos: list[MessageInfo], names: list[str],
+               recent: frozenset[int]) -> bytes:
+    out = []
+    for (seq, uid), i in zip(pairs, infos, strict=True):
+        parts = []
+        for n in names:
+            if n == "UID":
+                parts.append(b"UID %d" % uid)
+            elif n == "FLAGS":
+                parts.append(b"FLAGS " + render_flags(i.flags, uid in recent))
+            elif n == "RFC822.SIZE":
+                parts.append(b"RFC822.SIZE %d" % i.size)
+            else:
+                parts.append(b"INTERNALDATE " + internaldate(i.internaldate))
+        out.append(b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n")
+    return b"".join(out)
+
+
+@given(st.lists(st.integers(0, 7), max_size=30),
+       st.lists(st.sampled_from(["UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE"]), min_size=1, max_size=4,
+                unique=True),
+       st.sets(st.integers(1, 30)))
+def test_metadata_rendered_in_columns_equals_one_by_one(kinds: list[int], names: list[str],
+                                                        recent: set[int]) -> None:
+    infos = [info(n + 1, k) for n, k in enumerate(kinds)]
+    pairs = [(n + 1, i.uid) for n, i in enumerate(infos)]
+    items = [C.FetchAttr(n) for n in names]
+    assert _render_meta(pairs, infos, items, frozenset(recent)) == one_by_one(pairs, infos, names,
+                                                                              frozenset(recent))
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=20), st.integers(0, 3))
+def test_reported_many_is_reported_for_each(modseqs: list[int], base: int) -> None:
+    msgs = [MessageInfo(n + 1, FLAGSETS[1], 0.0, 1, m, f"k{n}") for n, m in enumerate(modseqs)]
+    newer = [MessageInfo(m.uid, FLAGSETS[2], 0.0, 1, m.modseq + 1, m.key) for m in msgs]
+    a, b = View(Snapshot(1, 100, base, msgs)), View(Snapshot(1, 100, base, msgs))
+    for v in (a, b):
+        v.sync(Snapshot(1, 100, base + 6, newer))  # pending FETCH FLAGS for the changed ones
+    half = newer[: len(newer) // 2]
+    for m in half:
+        a.reported(m.uid, m.modseq)
+    b.reported_many(half)
+    assert a.flush(True) == b.flush(True)
