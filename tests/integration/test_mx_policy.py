@@ -278,3 +278,38 @@ async def test_rset_abandons_a_pending_sender_check(mx: MxFactory, dns_server: D
         [reply] = await c.cmd(harness.dot_stuff(message(sender=SENDER)) + b".")
         assert reply.startswith("250 2.0.0"), reply
         assert loop.time() - start < 2.0
+
+
+# --- RFC5322.From ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("msg", [b"hello world\r\n", b"Subject: no author\r\n\r\nbody\r\n"])
+async def test_message_without_from_is_delivered_with_dmarc_none(mx: MxFactory, dns_server: DnsServer,
+                                                                 msg: bytes) -> None:
+    """No From field: no author is shown, so no domain's policy is evaded; Postfix delivers it."""
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    server = await mx()
+    [reply] = await _deliver(server, msg)
+    assert reply.startswith("250 2.0.0"), reply
+    [stored] = server.messages(ALICE)
+    ar = _auth_results(stored)
+    assert "spf=pass" in ar and "dmarc=none" in ar, ar
+    assert stored.endswith(msg)
+
+
+async def test_message_without_from_still_fails_on_spf(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    server = await mx()
+    [reply] = await _deliver(server, b"Subject: no author\r\n\r\nbody\r\n")
+    assert reply.startswith("550 5.7.1") and "SPF" in reply, reply
+    assert server.messages(ALICE) == []
+
+
+@pytest.mark.parametrize("head", [b"From: a@sender.test\r\nFrom: b@other.test\r\n",
+                                  b"From: a@sender.test, b@other.test\r\n", b"From: undisclosed\r\n"])
+async def test_message_with_ambiguous_author_is_rejected(mx: MxFactory, dns_server: DnsServer, head: bytes) -> None:
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    server = await mx()
+    [reply] = await _deliver(server, head + b"Subject: x\r\n\r\nbody\r\n")
+    assert reply.startswith("550 5.7.1"), reply
+    assert server.messages(ALICE) == []

@@ -464,8 +464,19 @@ def test_dmarc_look_ahead_domain_skips_the_null_sender_and_literals() -> None:
     assert pipeline.dmarc_ahead_domain("a@[192.0.2.1]") == ""
 
 
-async def test_missing_from_is_rejected(dns_server: DnsServer, resolver: Resolver) -> None:
+async def test_missing_from_is_dmarc_none_and_spf_decides(dns_server: DnsServer, resolver: Resolver) -> None:
     msg = MSG.replace(b"From: Alice <alice@example.net>\r\n", b"")
+    dns_server.add("example.net", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    a = await _verdict(resolver, "127.0.0.1", "alice@example.net", msg)
+    assert (a.verdict.action, a.dmarc.result) == ("accept", "none")
+    assert dns_server.queried("_dmarc.example.net", "TXT") == 0  # no author domain: nothing to look up
+    a = await _verdict(resolver, "192.0.2.9", "alice@example.net", msg)
+    assert (a.verdict.action, a.verdict.code, a.dmarc.result) == ("reject", 550, "none")
+
+
+async def test_two_from_fields_are_rejected(dns_server: DnsServer, resolver: Resolver) -> None:
+    msg = MSG.replace(b"From: Alice <alice@example.net>\r\n",
+                      b"From: Alice <alice@example.net>\r\nFrom: Eve <eve@example.org>\r\n")
     a = await _verdict(resolver, "127.0.0.1", "alice@example.net", msg)
     assert (a.verdict.action, a.verdict.code, a.dmarc.result) == ("reject", 550, "permerror")
 

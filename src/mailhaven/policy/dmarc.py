@@ -7,11 +7,13 @@ _dmarc.<organizational domain>), the organizational domain from the Public Suffi
 (§6.6.4) and the RFC5322.From domain (§6.6.1). Does not own: SPF/DKIM evaluation (spf.py, dkim.py)
 or the final action (pipeline.py).
 
-RFC5322.From (§6.6.1): exactly one author domain is required. No From field, several From fields,
-or one From with addresses in different domains -> `AuthorError`; pipeline.py treats that as a
-DMARC permerror and rejects the message (550 5.7.1), as §6.6.1 allows ("typically rejected"): such
-a message cannot be evaluated, and accepting it would let anyone evade the author's policy.
-Several addresses of the same domain are evaluated as that one domain.
+RFC5322.From (§6.6.1): several From fields, or a From with no address or addresses in different
+domains -> `AuthorError`; pipeline.py treats that as a DMARC permerror and rejects the message
+(550 5.7.1), as §6.6.1 allows ("typically rejected"): a reader would see an author whose policy was
+never applied. No From field at all -> `NoAuthor` (a subclass): no author is shown, so no domain's
+policy is evaded; pipeline.py records dmarc=none and goes on, as Postfix and Dovecot deliver such
+mail (bare test messages, some automated senders). Several addresses of the same domain are
+evaluated as that one domain.
 
 Parsing is lenient where the RFC lets it be: unknown tags are ignored (§6.3); a syntactically bad
 optional tag (sp, adkim, aspf, pct, fo, ri, rf) falls back to its default; a missing or bad "p"
@@ -72,6 +74,10 @@ class DmarcResult:
 
 class AuthorError(ValueError):
     """The message has no single RFC5322.From domain (RFC 7489 §6.6.1)."""
+
+
+class NoAuthor(AuthorError):
+    """The message has no From field at all (nothing to align with; see the module doc)."""
 
 
 # --- record parsing (pure) -----------------------------------------------------------------------
@@ -184,7 +190,7 @@ def author_domain(message: bytes, max_header: int = 1024 * 1024) -> str:
     msg = _HEADER_PARSER.parsebytes(head)
     froms = msg.get_all("From") or []
     if not froms:
-        raise AuthorError("message has no From header field")
+        raise NoAuthor("message has no From header field")
     if len(froms) > 1:
         raise AuthorError("message has more than one From header field")  # RFC 5322 §3.6
     try:

@@ -13,6 +13,7 @@ same, DATA uses that answer instead of asking again; otherwise DATA asks for the
 
 Decision at DATA (first match wins; "tempfail" never accepts a message we might have to drop):
 1. no single RFC5322.From domain (RFC 7489 §6.6.1)             -> reject 550 5.7.1
+   (no From field at all is not this case: dmarc=none, and the rules below decide)
 2. DMARC temperror (record lookup or aligned DKIM key lookup)  -> tempfail 451 4.4.3
 3. SPF temperror and no DMARC pass and no aligned DKIM pass      -> tempfail 451 4.4.3
 4. the strongest of: DMARC fail with p=reject -> `policy.dmarc_reject` (default reject);
@@ -36,7 +37,7 @@ from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import DnsTempError, MailError, PolicyReject
 from mailhaven.policy import authresults, dkim, dmarc, spf
 from mailhaven.policy.dkim import DkimResult
-from mailhaven.policy.dmarc import AuthorError, DmarcResult
+from mailhaven.policy.dmarc import AuthorError, DmarcResult, NoAuthor
 from mailhaven.policy.spf import SpfResult
 
 VerdictAction = Literal["accept", "junk", "reject", "tempfail"]
@@ -175,8 +176,12 @@ INLINE_PARSE_LIMIT = 8 * 1024
 
 
 def _parse(message: bytes, authserv_id: str) -> tuple[str, str, bytes]:
+    """(author domain, why there is no usable one, message without our forged A-R fields).
+    No From field at all: ("", "", ...), see dmarc.NoAuthor."""
     try:
         author, err = dmarc.author_domain(message), ""
+    except NoAuthor:
+        author, err = "", ""
     except AuthorError as e:
         author, err = "", str(e)
     return author, err, authresults.remove_ours(message, authserv_id)
@@ -206,7 +211,7 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
         author, author_err, cleaned = await asyncio.to_thread(_parse, message, authserv_id)
     notes: list[str] = []
     found: dmarc.Found = None
-    if author_err:
+    if author_err or not author:
         dkim_results = await dkim.verify(resolver, message)
     elif dkim.has_signature(message):
         async with asyncio.TaskGroup() as tg:
@@ -217,6 +222,8 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
         dkim_results, found = [], await _find(resolver, author, dmarc_ahead)
     if author_err:
         dmarc_result = DmarcResult("permerror", "none", "", reason=author_err)
+    elif not author:
+        dmarc_result = DmarcResult("none", "none", "", reason="message has no From header field")
     else:
         ids = dmarc.Identities(
             spf_result.result if spf_result else "none", spf_result.domain if spf_result else "",
