@@ -228,6 +228,27 @@ def test_retr_in_any_order_with_read_ahead_returns_the_right_messages(pop3: Pop3
     c.quit()
 
 
+def test_retr_of_a_whole_maildrop_in_batches_is_exact_and_skips_deleted(pop3: Pop3Harness) -> None:
+    for n in range(4, 151):  # more than one read-ahead window
+        pop3.deliver(make_message(n, body_lines=n % 7, extra=b".dot\r\n..two dots\r\n" if n % 3 else b""))
+    uids = pop3.uids()
+    c = login(pop3)
+    _, listing, _ = c.list()
+    sizes = [int(ln.split()[1]) for ln in listing]
+    c.dele(60)
+    c.dele(61)
+    for n in range(1, 151):
+        if n in (60, 61):
+            with pytest.raises(poplib.error_proto, match="deleted"):
+                c.retr(n)
+            continue
+        resp, lines, octets = c.retr(n)
+        assert resp == b"+OK %d octets" % sizes[n - 1] and octets == sizes[n - 1]  # LIST == RETR
+        assert b"\r\n".join(lines) + b"\r\n" == pop3.read(uids[n - 1])
+    assert c.quit() == b"+OK Logging out, 148 messages left."
+    assert len(pop3.uids()) == 148
+
+
 def test_retr_unstuffs_a_leading_dot_line_exactly(pop3: Pop3Harness) -> None:
     c = login(pop3)
     _, lines, _ = c.retr(2)
@@ -579,6 +600,21 @@ def test_idle_timeout_disconnects_without_update(pop3_factory: Callable[..., Pop
     assert f.readline() == b""
     s.close()
     assert len(h.uids()) == 1
+
+
+def test_idle_timeout_counts_from_the_last_command_not_from_login(
+        pop3_factory: Callable[..., Pop3Harness]) -> None:
+    h = pop3_factory(plain={"idle_timeout": 1})
+    s, f = raw(h)
+    for _ in range(6):  # 2.4 s of activity, longer than the timeout, in steps shorter than it
+        s.sendall(b"CAPA\r\n")
+        assert f.readline().startswith(b"+OK")
+        read_multiline(f)
+        time.sleep(0.4)
+    t0 = time.monotonic()
+    assert f.readline() == b"-ERR Disconnected for inactivity.\r\n"
+    assert 0.5 <= time.monotonic() - t0 < 5
+    s.close()
 
 
 def test_pipelined_commands_are_answered_in_order(pop3: Pop3Harness) -> None:

@@ -542,6 +542,11 @@ def test_dot_stuffed_body_has_terminator_only_at_end(data: bytes) -> None:
     assert not body.startswith(b".\r\n") and b"\n.\r\n" not in body and b"\n.\n" not in body
 
 
+@given(st.binary(max_size=300), st.sampled_from([b"", b"+OK\r\n", b"+OK 12 octets\r\n"]))
+def test_dot_stuff_with_prefix_is_the_prefix_then_the_stuffed_body(data: bytes, prefix: bytes) -> None:
+    assert P.dot_stuff(data, prefix) == prefix + P.dot_stuff(data)
+
+
 @given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=40))
 def test_replies_do_not_depend_on_how_input_is_fragmented(cuts: list[int]) -> None:
     script = (b"CAPA\r\nUSER alice\r\nPASS secret\r\nSTAT\r\nLIST\r\nUIDL 2\r\nTOP 1 1\r\nRETR 2\r\n"

@@ -185,18 +185,23 @@ Event = Send | Intent | Close
 # --- pure helpers --------------------------------------------------------------------------------
 
 
-def dot_stuff(data: bytes) -> bytes:
+def dot_stuff(data: bytes, prefix: bytes = b"") -> bytes:
     """Body of a multi-line response (RFC 1939 §3): byte-stuff lines starting with "." and terminate.
 
     A line is anything after LF (a bare LF included, so no client that splits on LF can be fooled
     into seeing an early terminator). A message without a final CRLF gets one before ".\r\n".
+    `prefix` (the +OK line) is put in front in the same copy: one buffer per response, built with
+    whole-buffer bytes operations (a multi-megabyte message is copied twice, not once per step).
     """
-    out = data.replace(b"\n.", b"\n..")
-    if out.startswith(b"."):
-        out = b"." + out
-    if out and not out.endswith(b"\r\n"):
-        out += b"\r\n"
-    return out + b".\r\n"
+    stuffed = data.replace(b"\n.", b"\n..")  # RFC 1939 §3: every line starting with "."
+    parts = [prefix]
+    if stuffed.startswith(b"."):
+        parts.append(b".")  # the first line has no LF before it
+    parts.append(stuffed)
+    if stuffed and not stuffed.endswith(b"\r\n"):
+        parts.append(b"\r\n")
+    parts.append(b".\r\n")  # RFC 1939 §3: the termination octets
+    return b"".join(parts)
 
 
 def top_of(data: bytes, lines: int) -> bytes:
@@ -627,9 +632,9 @@ class Session:
             self._retrieved.add(pending.number - 1)
             self.retrieved_count += 1
             # RFC 1939 §7 RETR: the size in the +OK line is the message's, before byte-stuffing.
-            self._send(f"+OK {len(data)} octets\r\n".encode() + dot_stuff(data))
+            self._send(dot_stuff(data, b"+OK %d octets\r\n" % len(data)))
         else:
-            self._send(b"+OK\r\n" + dot_stuff(top_of(data, pending.lines)))
+            self._send(dot_stuff(top_of(data, pending.lines), b"+OK\r\n"))
 
     def following(self, number: int, count: int, max_octets: int) -> list[int]:
         """UIDs of up to `count` messages after `number`, not marked deleted, within `max_octets`

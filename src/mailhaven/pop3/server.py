@@ -23,7 +23,6 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from mailhaven import log as mhlog
@@ -40,14 +39,13 @@ from mailhaven.pop3.protocol import (
     Session,
     StartTls,
 )
+from mailhaven.pop3.readahead import READ_AHEAD_MESSAGES, READ_AHEAD_OCTETS, ReadAhead
 from mailhaven.store.model import MessageNotFound
 
 log = logging.getLogger("mailhaven.pop3")
 
 READ_HIGH_WATER = 64 * 1024  # stop reading from a client that has this much unprocessed input
 TLS_HANDSHAKE_TIMEOUT = 30.0
-READ_AHEAD_MESSAGES = 4  # messages read ahead of a RETR sequence, per session
-READ_AHEAD_OCTETS = 4 * 1024 * 1024  # and at most this much of them in memory
 R_TOO_MANY_CONNECTIONS = b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n"
 SEEN = "\\Seen"
 
@@ -102,6 +100,8 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._eof = False
         self._wake: asyncio.Future[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_deadline = 0.0
         self._writable = asyncio.Event()
         self._writable.set()
         self._stopping = False
@@ -111,9 +111,9 @@ class _Connection(asyncio.Protocol):
         self.session: Session | None = None
         self._locked: str | None = None
         self._mailbox: Any = None
-        # Read-ahead: after RETR n, the next few messages are read while the client takes in n
-        # (hides the store read's worker-thread round trip; bounded by READ_AHEAD_*).
-        self._ahead: dict[int, asyncio.Task[bytes]] = {}
+        # Read-ahead: after RETR n, the next messages are read in batches while the client takes
+        # in n (one worker-thread round trip per batch, not per message; bounded by READ_AHEAD_*).
+        self._ahead: ReadAhead | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -160,16 +160,21 @@ class _Connection(asyncio.Protocol):
 
     async def _read(self, idle: float) -> bytes | None:
         """Buffered input; b"" at EOF; None when the server is stopping. TimeoutError when idle."""
-        while not self._rbuf:
-            if self._stopping:
-                return None
-            if self._eof:
-                return b""
-            self._wake = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._wake, idle)
-            finally:
-                self._wake = None
+        if not self._rbuf:
+            loop = asyncio.get_running_loop()
+            self._idle_deadline = loop.time() + idle
+            if self._idle_timer is None:
+                self._idle_timer = loop.call_at(self._idle_deadline, self._idle_check)
+            while not self._rbuf:
+                if self._stopping:
+                    return None
+                if self._eof:
+                    return b""
+                self._wake = loop.create_future()
+                try:
+                    await self._wake  # woken by input, EOF, stopping, or _idle_check
+                finally:
+                    self._wake = None
         data = b"".join(self._rbuf)
         self._rbuf.clear()
         self._rlen = 0
@@ -177,6 +182,19 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
         return data
+
+    def _idle_check(self) -> None:
+        """The one idle timer of a connection: it is not re-armed per read (that cost a timer per
+        command); when it fires early, because input came meanwhile, it is set for the new deadline."""
+        self._idle_timer = None
+        wake = self._wake
+        if wake is None or wake.done():
+            return  # not waiting for input: the next _read arms it again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._idle_deadline:
+            wake.set_exception(TimeoutError())
+        else:
+            self._idle_timer = loop.call_at(self._idle_deadline, self._idle_check)
 
     async def _write(self, data: bytes, idle: float) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -225,7 +243,10 @@ class _Connection(asyncio.Protocol):
         finally:
             if self._stop_watch is not None:
                 self._stop_watch.cancel()
-            self._drop_ahead(())
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            if self._ahead is not None:
+                self._ahead.close()
             if self._locked is not None:
                 _unlock(ctx.store, self._locked)
             if self.transport is not None:
@@ -348,33 +369,29 @@ class _Connection(asyncio.Protocol):
             return
         self._locked = ev.user
         self._mailbox = mailbox
+        self._ahead = ReadAhead(mailbox)
         session.maildrop_loaded(snap.uidvalidity, snap.messages)  # MessageInfo has .uid, .size
 
-    def _drop_ahead(self, keep: Sequence[int]) -> None:
-        for uid in [u for u in self._ahead if u not in keep]:
-            task = self._ahead.pop(uid)
-            task.cancel()
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody awaits it
-
     async def _retrieve(self, session: Session, ev: Retrieve) -> None:
-        task = self._ahead.pop(ev.uid, None)
-        try:
-            data = await task if task is not None else await self._mailbox.read(ev.uid)
-        except MessageNotFound:  # expunged by another client since login
-            session.message_missing()
-            return
+        ahead = self._ahead
+        assert ahead is not None
+        data = ahead.take(ev.uid)  # usually there: read in an earlier batch
+        hit = data is not None
+        if data is None:
+            try:
+                data = await ahead.get(ev.uid)
+            except MessageNotFound:  # expunged by another client since login
+                session.message_missing()
+                return
         session.message_data(data)
-        if ev.lines is None:
-            wanted = session.following(ev.number, READ_AHEAD_MESSAGES, READ_AHEAD_OCTETS)
-            self._drop_ahead(wanted)
-            loop = asyncio.get_running_loop()
-            for uid in wanted:
-                if uid not in self._ahead:
-                    self._ahead[uid] = loop.create_task(self._mailbox.read(uid))
+        # RETR: the client is likely to ask for the next ones (TOP: a client looking at headers).
+        if ev.lines is None and (not hit or ahead.running_low()):
+            ahead.plan(session.following(ev.number, READ_AHEAD_MESSAGES, READ_AHEAD_OCTETS))
 
     async def _commit(self, session: Session, ev: Commit) -> None:
         mailbox = self._mailbox
-        self._drop_ahead(())
+        if self._ahead is not None:
+            self._ahead.close()
         try:
             if ev.expunge:
                 await mailbox.expunge(list(ev.expunge))  # durable (fsync) before the +OK below
