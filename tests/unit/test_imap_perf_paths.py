@@ -79,3 +79,35 @@ def test_reported_many_is_reported_for_each(modseqs: list[int], base: int) -> No
         a.reported(m.uid, m.modseq)
     b.reported_many(half)
     assert a.flush(True) == b.flush(True)
+
+
+@given(st.binary(max_size=300).map(lambda b: b.translate(bytes.maketrans(b"abc", b"\r\n\x00"))),
+       st.booleans())
+def test_store_crlf_conversion_equals_the_bare_lf_rule(data: bytes, large: bool) -> None:
+    from mailhaven.message import mime
+    from mailhaven.store import maildir
+
+    if large:
+        data = data * 4000  # the sliced path for inputs over 1 MiB
+    assert maildir.to_crlf(data) == mime.to_crlf(data)
+
+
+@given(st.binary(max_size=200).map(lambda b: b.translate(bytes.maketrans(b"abc", b"\r\n\x00"))),
+       st.sampled_from(["BODY[]", "BODY.PEEK[]", "BODY[]<2.5>", "BODY[TEXT]", "RFC822", "BODY[HEADER]"]))
+def test_fetch_body_literal_equals_body_section(raw: bytes, item_text: str) -> None:
+    from mailhaven.imap import encode, fetchitems
+    from mailhaven.imap.parser import parse_bytes
+    from mailhaven.imap.session import render_items
+    from mailhaven.store import maildir
+
+    data = maildir.to_crlf(b"Subject: x\n\n" + raw)  # as the store returns it
+    cmd = parse_bytes(b"a FETCH 1 (" + item_text.encode() + b")\r\n")
+    [item] = cmd.items  # type: ignore[attr-defined]
+    if isinstance(item, C.FetchBody):
+        sec = fetchitems.Section(item.section.part, item.section.text or "", ())
+        chunk = fetchitems.body_section(data, sec, item.partial)
+        name = item.response_name.encode()
+    else:
+        chunk, name = data, b"RFC822"
+    expected = b"* 3 FETCH (" + name + b" " + encode.literal(chunk) + b")\r\n"
+    assert render_items(3, info(7), [item], data, None, False) == expected

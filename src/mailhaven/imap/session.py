@@ -240,29 +240,32 @@ def derive(data: bytes, want: Iterable[str], entry: _Entry) -> None:
 
 def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data: bytes | None,
                  entry: _Entry | None, recent: bool) -> bytes:
-    """`* seq FETCH (...)` for one message. `data` is the message when an item needs it; `entry`
-    holds the derived structure items."""
-    parts: list[bytes] = []
-    for item in items:
+    """`* seq FETCH (...)` for one message. `data` is the message (CRLF line endings, as the store
+    returns it) when an item needs it; `entry` holds the derived structure items.
+    Built as one list of pieces joined once, so a message body is copied once."""
+    out: list[bytes] = [b"* %d FETCH (" % seq]
+    for n, item in enumerate(items):
+        if n:
+            out.append(b" ")
         if isinstance(item, C.FetchAttr):
             name = item.name
             if name == "UID":
-                parts.append(b"UID %d" % info.uid)
+                out.append(b"UID %d" % info.uid)
             elif name == "FLAGS":
-                parts.append(b"FLAGS " + render_flags(info.flags, recent))
+                out += (b"FLAGS ", render_flags(info.flags, recent))
             elif name == "RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % info.size)
+                out.append(b"RFC822.SIZE %d" % info.size)
             elif name == "INTERNALDATE":
-                parts.append(b"INTERNALDATE " + internaldate(info.internaldate))
+                out += (b"INTERNALDATE ", internaldate(info.internaldate))
             elif name == "ENVELOPE":
                 assert entry is not None and entry.envelope is not None
-                parts.append(b"ENVELOPE " + entry.envelope)
+                out += (b"ENVELOPE ", entry.envelope)
             elif name == "BODYSTRUCTURE":
                 assert entry is not None and entry.bodystructure is not None
-                parts.append(b"BODYSTRUCTURE " + entry.bodystructure)
+                out += (b"BODYSTRUCTURE ", entry.bodystructure)
             elif name == "BODY":
                 assert entry is not None and entry.body is not None
-                parts.append(b"BODY " + entry.body)
+                out += (b"BODY ", entry.body)
             else:
                 assert data is not None
                 if name == "RFC822":
@@ -271,12 +274,27 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
                     chunk = data[:fetchitems.header_end(data)]
                 else:  # RFC822.TEXT
                     chunk = data[fetchitems.header_end(data):]
-                parts.append(name.encode("ascii") + b" " + encode.literal(chunk))
+                out.append(name.encode("ascii"))
+                _literal_into(out, chunk)
         else:
             assert data is not None
-            chunk = fetchitems.body_section(data, _fi_section(item.section), item.partial)
-            parts.append(item.response_name.encode("ascii") + b" " + encode.literal(chunk))
-    return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+            sec = item.section
+            if not sec.part and not sec.text and item.partial is None:
+                chunk = data  # BODY[]: the whole message, already CRLF
+            else:
+                chunk = fetchitems.body_section(data, _fi_section(sec), item.partial)
+            out.append(item.response_name.encode("ascii"))
+            _literal_into(out, chunk)
+    out.append(b")\r\n")
+    return b"".join(out)
+
+
+def _literal_into(out: list[bytes], data: bytes) -> None:
+    """` {n}CRLF<data>` appended as pieces (encode.literal without its copy; NUL sent as 0x80 as
+    there, RFC 3501 §9)."""
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"\x80")
+    out += (b" {%d}\r\n" % len(data), data)
 
 
 def _render_batch(rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]],

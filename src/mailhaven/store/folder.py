@@ -363,9 +363,10 @@ class Folder:
         self.by_key.pop(m.key, None)
         self._snap = None
 
-    def lookup_path(self, uid: int) -> Path | None:
+    def lookup_path(self, uid: int) -> str | None:
+        """The message file's path (a str: pathlib costs more than reading a small file)."""
         m = self.by_uid.get(uid)
-        return None if m is None else self.path / m.sub / m.fname
+        return None if m is None else f"{self.path}/{m.sub}/{m.key}{m.suffix}"
 
     def _existing(self, uids: list[int], changes: Changes) -> list[Msg]:
         """The known Msgs among `uids`, in the given order, without duplicates."""

@@ -63,6 +63,8 @@ _CHUNK = 1 << 20
 
 
 def _to_crlf(data: bytes) -> bytes:
+    if b"\r" not in data:  # LF only (as Postfix and Dovecot deliver): one pass
+        return data.replace(b"\n", b"\r\n")
     n = data.count(b"\n")
     if n == 0 or n == data.count(b"\r\n"):
         return data
