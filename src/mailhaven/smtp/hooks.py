@@ -125,7 +125,27 @@ def _strip_keyword(arg: str | None, keyword: str) -> str | None:
     return arg[len(keyword):]
 
 
-class BaseHandler:
+_DIR_CACHE: dict[type, list[str]] = {}
+
+
+class ShortDir:
+    """dir() lists only the smtp_*, auth_* and handle_* names (once per class).
+
+    aiosmtpd builds its command, hook and AUTH tables for every connection from dir() and
+    inspect.getmembers() of the protocol and of the handler; getmembers evaluates every attribute
+    it lists. That was ~0.6 ms of CPU per connection, about a tenth of an inbound message's cost.
+    hasattr/getattr are unaffected: this narrows only what dir() reports."""
+
+    def __dir__(self) -> list[str]:
+        cls = type(self)
+        names = _DIR_CACHE.get(cls)
+        if names is None:
+            names = _DIR_CACHE[cls] = [n for n in object.__dir__(self)
+                                       if n.startswith(("smtp_", "auth_", "handle_"))]
+        return list(names)
+
+
+class BaseHandler(ShortDir):
     """Envelope rules common to all roles. One instance per connection (config read at connect)."""
 
     offers_auth = False  # submission sets True: AUTH is a command, and MAIL/RCPT/DATA need a login
@@ -298,4 +318,4 @@ class BaseHandler:
                    ms=int((time.monotonic() - txn.started) * 1000))
 
 
-__all__ = ["BaseHandler", "ClientSession", "Transaction", "POSTMASTER", "split_path", "new_queue_id"]
+__all__ = ["ShortDir", "BaseHandler", "ClientSession", "Transaction", "POSTMASTER", "split_path", "new_queue_id"]

@@ -41,7 +41,7 @@ from mailhaven import metrics
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
 from mailhaven.smtp import replies as R
-from mailhaven.smtp.hooks import BaseHandler, ClientSession, Transaction, split_path
+from mailhaven.smtp.hooks import BaseHandler, ClientSession, ShortDir, Transaction, split_path
 from mailhaven.tls import tls_summary
 
 logger = logging.getLogger("mailhaven.smtp")
@@ -148,6 +148,8 @@ def drop_auth_parameter(arg: str) -> str:
         if name.upper() == "AUTH" and eq and (value == "<>" or _XTEXT.match(value)):
             continue
         kept.append(param)
+    if len(kept) == len(params.split()):
+        return arg  # nothing dropped: the argument as the client sent it
     return f"{keyword}:{path}" + ("".join(" " + p for p in kept))
 
 
@@ -184,7 +186,7 @@ class _Commands(dict[str, Any]):
         return timed
 
 
-class Connection(SMTP):
+class Connection(ShortDir, SMTP):
     """One SMTP connection. Config, listener settings and TLS context are read when it starts."""
 
     def __init__(self, ctx: Any, name: str, lc: ListenerConfig, handler_factory: HandlerFactory) -> None:
