@@ -303,7 +303,7 @@ def test_plaintext_login_refused_without_tls_when_loopback_exception_is_off(
 
 
 def test_plaintext_exception_applies_only_to_loopback_listeners() -> None:
-    from mailhaven.pop3.server import _is_loopback
+    from mailhaven.lineproto import is_loopback as _is_loopback
 
     with socket.socket(socket.AF_INET) as unbound:  # getsockname() is 0.0.0.0: not loopback
         assert not _is_loopback(unbound)
