@@ -111,3 +111,29 @@ def test_fetch_body_literal_equals_body_section(raw: bytes, item_text: str) -> N
         chunk, name = data, b"RFC822"
     expected = b"* 3 FETCH (" + name + b" " + encode.literal(chunk) + b")\r\n"
     assert render_items(3, info(7), [item], data, None, False) == expected
+
+
+_hwords = st.text(alphabet=st.sampled_from("abcXYZ019 -_.:<>@=?\\\"'\t\u00e9"), max_size=12)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["Subject", "subject", "SUBJECT ", "X-Group", "Subjectx"]), _hwords,
+                          st.booleans()), min_size=1, max_size=4),
+       st.lists(_hwords, min_size=1, max_size=4))
+def test_header_prefilter_memo_answers_as_the_full_search_for_many_needles(
+        fields: list[tuple[str, str, bool]], needles: list[str]) -> None:
+    from mailhaven.imap import search
+    from mailhaven.imap.searchadapt import header_prefilter
+
+    lines = [f"{name}: {value}" + ("\r\n \t" + value if folded else "") for name, value, folded in fields]
+    header = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    memo: dict[bytes, bytes | None] = {}  # one memo for the message, shared by every search
+    for needle in needles:
+        key = C.SearchHeader("Subject", needle)
+        check = header_prefilter(key)
+        if check is None:
+            continue
+        assert check(header, memo) == check(header)
+        matched = search.evaluate(key, search.Message(1, 1, frozenset(), 0.0, 1, header_bytes=header),
+                                  search.SearchContext(1, 1))
+        if matched:
+            assert check(header, memo)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,35 +34,63 @@ _ADDRESS_FIELDS = frozenset({"from", "to", "cc", "bcc"})  # search.py rewrites t
 _RUN = re.compile(r"[A-Za-z0-9]+")
 
 
-def header_prefilter(key: C.SearchKey) -> Callable[[bytes], bool] | None:
-    """A cheap necessary condition for HEADER/SUBJECT/... keys over the raw header block, or None.
+class HeaderPrefilter:
+    """A cheap necessary condition for one HEADER/SUBJECT/... key over the raw header block.
 
     Sound because, for a header block that is pure ASCII without encoded-words ("=?") or
     backslashes, search.py matches the folded needle against the unfolded field value (only
     whitespace changes, letters are upper-cased): every ASCII letter/digit run of the folded needle
     must then appear, case-insensitively, in that field's raw lines. Blocks that are not that simple
-    always go to the full evaluation. Address fields are rewritten by search.py, so they are left out.
+    always go to the full evaluation.
+
+    The field's lines (after the colon, every occurrence, lower-cased; None for a block that is not
+    simple) depend only on the header and the field name, so they are kept in a per-message memo
+    (the session's message cache) and later searches on the same field are substring tests.
     """
+
+    __slots__ = ("name", "runs", "_region")
+
+    def __init__(self, field: str, runs: list[bytes]) -> None:
+        self.name = field.encode("utf-8").lower()  # the memo key (matching is ASCII case-insensitive)
+        self.runs = runs
+        # A field's lines: the first (from a line start, "name", optional blanks, ":") and its
+        # continuations (lines starting with a blank), RFC 5322 §2.2.3.
+        self._region = re.compile(rb"^" + re.escape(field.encode("utf-8")) + rb"[ \t]*:((?:[^\n]|\n[ \t])*)",
+                                  re.I | re.M)
+
+    def regions(self, header: bytes) -> bytes | None:
+        """The field's lines after the colon, lower-cased, occurrences joined by LF; None when the
+        block is not simple (the check must then let it through)."""
+        if not header.isascii() or b"=?" in header or b"\\" in header:
+            return None
+        return b"\n".join(m.group(1) for m in self._region.finditer(header)).lower()
+
+    def __call__(self, header: bytes, memo: dict[bytes, bytes | None] | None = None) -> bool:
+        if memo is None:
+            text = self.regions(header)
+        else:
+            try:
+                text = memo[self.name]
+            except KeyError:
+                text = memo[self.name] = self.regions(header)
+        if text is None:
+            return True
+        for r in self.runs:  # runs have no LF, so none spans two occurrences
+            if r not in text:
+                return False
+        return True
+
+
+def header_prefilter(key: C.SearchKey) -> HeaderPrefilter | None:
+    """The HeaderPrefilter of a HEADER/SUBJECT/... key, or None when there is no cheap condition
+    (address fields are rewritten by search.py; an empty value matches any message with the field)."""
     if not isinstance(key, C.SearchHeader) or key.field.lower() in _ADDRESS_FIELDS or not key.value:
         return None
     needle = search.fold(key.value)
     runs = [r.lower().encode("ascii") for r in _RUN.findall(needle)] if needle.isascii() else []
     if not runs:
         return None
-    name = re.escape(key.field.encode("utf-8"))
-    # The field's lines (the first and its continuations), up to a run, case-insensitively.
-    finders = [re.compile(rb"^" + name + rb"[ \t]*:(?:[^\n]|\n[ \t])*?" + re.escape(r), re.I | re.M)
-               for r in runs]
-
-    def may_match(header: bytes) -> bool:
-        if not header.isascii() or b"=?" in header or b"\\" in header:
-            return True
-        for f in finders:
-            if f.search(header) is None:
-                return False
-        return True
-
-    return may_match
+    return HeaderPrefilter(key.field, runs)
 
 
 @dataclass
@@ -105,7 +132,6 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
     if costly.keys and cands:
         header_only = search.needs(costly) == frozenset({"header"})
         checks = [f for f in map(header_prefilter, costly.keys) if f is not None] if header_only else []
-        check = checks[0] if len(checks) == 1 else (lambda h: all(c(h) for c in checks)) if checks else None
         user = session.user or ""
         peek = CACHE.peek
         for start in range(0, len(cands), BATCH):
@@ -114,10 +140,24 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
             for seq, info in cands[start:start + BATCH]:
                 entry = peek((user, info.key)) if header_only else None
                 hdr = entry.header if entry is not None else None
-                if hdr is None:
+                if entry is None or hdr is None:
                     to_read.append((seq, info))
-                elif check is None or check(hdr):
-                    ready.append(message(seq, info, hdr))
+                    continue
+                if checks:
+                    memo = entry.search
+                    if memo is None:
+                        memo = entry.search = {}
+                    known = len(memo)
+                    ok = True
+                    for check in checks:
+                        if not check(hdr, memo):
+                            ok = False
+                            break
+                    if len(memo) != known:
+                        CACHE.remeasure((user, info.key), entry)
+                    if not ok:
+                        continue
+                ready.append(message(seq, info, hdr))
             datas = await _read_many(sel.mailbox, [info.uid for _, info in to_read])
             for seq, info in to_read:
                 data = datas.get(info.uid)
@@ -125,14 +165,21 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
                     continue  # expunged meanwhile
                 if header_only:
                     hdr = data[:header_end(data)]
-                    entry = CACHE.get((user, info.key))
+                    ck = (user, info.key)
+                    entry = CACHE.get(ck)
+                    fresh = entry is None
                     if entry is None:
                         entry = _Entry()
+                    if entry.header is None:
                         entry.header = hdr
-                        CACHE.put((user, info.key), entry)
-                    elif entry.header is None:
-                        entry.header = hdr
-                    if check is None or check(hdr):
+                    if entry.search is None:
+                        entry.search = {}
+                    ok = all(check(hdr, entry.search) for check in checks)
+                    if fresh:
+                        CACHE.put(ck, entry)  # measured with its memo
+                    else:
+                        CACHE.remeasure(ck, entry)
+                    if ok:
                         ready.append(message(seq, info, hdr))
                 else:
                     m = message(seq, info)

@@ -148,19 +148,24 @@ def _claim(store: Any, key: tuple[str, str, int], uids: Sequence[int]) -> list[i
 
 
 class _Entry:
-    __slots__ = ("header", "envelope", "bodystructure", "body", "size")
+    __slots__ = ("header", "envelope", "bodystructure", "body", "search", "size")
 
     def __init__(self) -> None:
         self.header: bytes | None = None
         self.envelope: bytes | None = None
         self.bodystructure: bytes | None = None
         self.body: bytes | None = None
+        # SEARCH prefilter memo (searchadapt.HeaderPrefilter): field name -> its lines, or None
+        self.search: dict[bytes, bytes | None] | None = None
         self.size = 0
 
     def measure(self) -> int:
-        self.size = 64 + sum(len(x) for x in (self.header, self.envelope, self.bodystructure, self.body)
-                             if x is not None)
-        return self.size
+        size = 64 + sum(len(x) for x in (self.header, self.envelope, self.bodystructure, self.body)
+                        if x is not None)
+        if self.search:
+            size += sum(48 + len(k) + (len(v) if v is not None else 0) for k, v in self.search.items())
+        self.size = size
+        return size
 
 
 class MessageCache:
@@ -188,6 +193,16 @@ class MessageCache:
             self.bytes -= old.size
         self.bytes += entry.measure()
         self._d[key] = entry
+        while self.bytes > self.max_bytes and self._d:
+            _, e = self._d.popitem(last=False)
+            self.bytes -= e.size
+
+    def remeasure(self, key: tuple[str, str], entry: _Entry) -> None:
+        """`entry` grew in place (e.g. a field it did not have): count its new size."""
+        if self._d.get(key) is not entry:
+            return  # evicted meanwhile (or never put): nothing is counted for it
+        old = entry.size
+        self.bytes += entry.measure() - old
         while self.bytes > self.max_bytes and self._d:
             _, e = self._d.popitem(last=False)
             self.bytes -= e.size
