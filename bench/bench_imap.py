@@ -19,14 +19,14 @@ What it does, all under one temporary directory, loopback only, nothing in /etc 
   the imap processes' PSS (proportional set size, so shared pages count once) / N, and RSS / N.
 The client is a minimal raw-socket IMAP reader (lines and literals), the same for both servers, so
 the figures measure the servers rather than imaplib's parser (which needs ~100 ms for 10,000 lines).
-Run as root (Dovecot needs it to start; mail is owned by `nobody`).
+Run as root (Dovecot needs it to start; mail is owned by `nobody`). The Maildir and the two servers'
+start and stop are bench/_dovecot.py's, shared with bench_pop3.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 import socket
@@ -38,147 +38,39 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-USER = "alice@example.test"
-PASSWORD = "secret"
-DOVECOT = "/usr/sbin/dovecot"
+import _dovecot as shared
+from _dovecot import PASSWORD, USER
+
+GREETING = b"* OK"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def head(i: int) -> str:
+    """Subject "bench message NNNNNN"."""
+    return (f"Return-Path: <sender{i % 97}@example.org>\nFrom: Sender {i % 97} <sender{i % 97}@example.org>\n"
+            f"To: Alice <{USER}>\nSubject: bench message {i:06d}\n"
+            f"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <bench{i}@example.org>\n"
+            f"X-Bench-Group: g{i % 100}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n")
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes] | None, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(200).startswith(b"* OK"):
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"{what} did not start on port {port}")
-
-
-def make_maildir(root: Path, count: int, size: int) -> None:
-    """`count` messages of about `size` octets in new/, Subject "bench message NNNNNN"."""
-    for sub in ("cur", "new", "tmp"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    filler = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor "
-              "incididunt ut labore et dolore magna aliqua.")
-    now = int(time.time()) - 3600
-    for i in range(1, count + 1):
-        head = (f"Return-Path: <sender{i % 97}@example.org>\nFrom: Sender {i % 97} <sender{i % 97}@example.org>\n"
-                f"To: Alice <{USER}>\nSubject: bench message {i:06d}\n"
-                f"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <bench{i}@example.org>\n"
-                f"X-Bench-Group: g{i % 100}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n")
-        body: list[str] = []
-        n = len(head)
-        j = 0
-        while n < size:
-            line = f"{j:05d} {filler}"[: max(1, min(100, size - n - 1))]
-            body.append(line)
-            n += len(line) + 1
-            j += 1
-        data = (head + "\n".join(body) + "\n").encode()
-        vsize = len(data) + data.count(b"\n")
-        (root / "new" / f"{now + i}.M{i}P1Q{i}.bench,S={len(data)},W={vsize}").write_bytes(data)
-
-
-# --- servers -------------------------------------------------------------------------------------
-
-
-def start_mailhaven(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[subprocess.Popen[bytes], int]:
-    data = work / "mh-data"
-    user_dir = data / "mail" / "example.test" / "alice"
-    user_dir.parent.mkdir(parents=True)
-    shutil.copytree(maildir, user_dir, ignore=shutil.ignore_patterns("dovecot.index*", "dovecot.list*"))
-    users = work / "mh-users.toml"
-    users.write_text(f'[users."{USER}"]\npassword = "{pw_hash}"\n')
-    port = free_port()
+def start_imap_mailhaven(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[subprocess.Popen[bytes], int]:
     conns = max(100, idle + 50)
-    cfg = work / "mailhaven.toml"
-    cfg.write_text(
-        f'hostname = "localhost"\ndata_dir = "{data}"\nusers_file = "{users}"\n'
-        f'[domains."example.test"]\n[auth]\nallow_plaintext_loopback = true\nfailure_delay = 0\n'
-        f'max_failures_per_ip = 1000000\n[log]\nlevel = "warning"\n'
-        f'[listeners.imap]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        f'max_connections = {conns}\nper_ip_connections = {conns}\n')
-    env = {k: v for k, v in os.environ.items() if k != "MAILHAVEN_FAST_HASH"}
-    proc = subprocess.Popen([sys.executable, "-m", "mailhaven", "-c", str(cfg), "serve"],
-                            stdout=open(work / "mailhaven.log", "wb"), stderr=subprocess.STDOUT, env=env)
-    wait_port(port, proc, "mailhaven")
-    return proc, port
+    return shared.start_mailhaven(work, maildir, pw_hash, "imap", GREETING,
+                           auth_extra="max_failures_per_ip = 1000000\n",
+                           listener_extra=f"max_connections = {conns}\nper_ip_connections = {conns}\n")
 
 
-def start_dovecot(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[Path, int]:
-    dv = work / "dovecot"
-    for d in ("conf", "run", "state", "home"):
-        (dv / d).mkdir(parents=True)
-    mail = dv / "mail"
-    shutil.copytree(maildir, mail)
-    subprocess.run(["chown", "-R", "nobody:nogroup", str(mail), str(dv / "home")], check=True)
-    os.chmod(dv, 0o755)
-    os.chmod(work, 0o755)
-    port = free_port()
+def start_imap_dovecot(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[Path, int]:
+    """verbose_proctitle, so the per-user imap process can be found; limits for the IDLE clients."""
     limit = max(100, idle + 50)
-    users = dv / "conf" / "users"
-    users.write_text(f"{USER}:{{ARGON2ID}}{pw_hash}:65534:65534::{dv / 'home'}::userdb_mail=maildir:{mail}\n")
-    conf = dv / "conf" / "dovecot.conf"
-    conf.write_text(f"""# generated by bench_imap.py
-protocols = imap
-listen = 127.0.0.1
-instance_name = bench-imap-{os.getpid()}
-base_dir = {dv / 'run'}
-state_dir = {dv / 'state'}
-log_path = {dv / 'dovecot.log'}
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain login
-verbose_proctitle = yes
-first_valid_uid = 65534
-last_valid_uid = 65534
-mail_max_userip_connections = {limit}
-default_process_limit = {limit}
-default_client_limit = {limit * 2}
-passdb {{
-  driver = passwd-file
-  args = username_format=%u {users}
-}}
-userdb {{
-  driver = passwd-file
-  args = username_format=%u {users}
-}}
-service imap-login {{
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-  process_limit = {limit}
-}}
-service imap {{
-  process_limit = {limit}
-}}
-service auth {{
-  client_limit = {limit * 2}
-}}
-service anvil {{
-  client_limit = {limit * 3 + 10}
-}}
-""")
-    subprocess.run([DOVECOT, "-c", str(conf)], check=True, stdin=subprocess.DEVNULL)
-    wait_port(port, None, "dovecot")
-    return conf, port
-
-
-def stop_dovecot(conf: Path) -> None:
-    subprocess.run(["doveadm", "-c", str(conf), "stop"], capture_output=True)
+    return shared.start_dovecot(
+        work, maildir, pw_hash, "imap", GREETING,
+        settings=(f"auth_mechanisms = plain login\nverbose_proctitle = yes\n"
+                  f"mail_max_userip_connections = {limit}\ndefault_process_limit = {limit}\n"
+                  f"default_client_limit = {limit * 2}"),
+        login_service=f"  process_limit = {limit}\n",
+        services=(f"service imap {{\n  process_limit = {limit}\n}}\n"
+                  f"service auth {{\n  client_limit = {limit * 2}\n}}\n"
+                  f"service anvil {{\n  client_limit = {limit * 3 + 10}\n}}\n"))
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -362,19 +254,19 @@ def main() -> int:
     dv_conf: Path | None = None
     try:
         src = work / "Maildir"
-        make_maildir(src, args.messages, args.size)
+        shared.make_maildir(src, args.messages, args.size, head)
         pw_hash = hash_password(PASSWORD)
         print(f"maildir: {args.messages} messages of ~{args.size} octets, in {work}", file=sys.stderr)
         ports: dict[str, int] = {}
-        use_dovecot = not args.no_dovecot and Path(DOVECOT).exists() and os.geteuid() == 0
+        use_dovecot = not args.no_dovecot and shared.dovecot_available()
         mh_src = src
         if use_dovecot:
-            dv_conf, ports["dovecot"] = start_dovecot(work, src, pw_hash, args.idle)
+            dv_conf, ports["dovecot"] = start_imap_dovecot(work, src, pw_hash, args.idle)
             mh_src = work / "dovecot" / "mail"
         cold: dict[str, dict[str, float]] = {}
         if use_dovecot:
             cold["dovecot"] = one_round(ports["dovecot"], args.messages)  # indexes; Mailhaven then gets its uidlist
-        mh_proc, ports["mailhaven"] = start_mailhaven(work, mh_src, pw_hash, args.idle)
+        mh_proc, ports["mailhaven"] = start_imap_mailhaven(work, mh_src, pw_hash, args.idle)
         cold["mailhaven"] = one_round(ports["mailhaven"], args.messages)
         rounds: dict[str, list[dict[str, float]]] = {n: [] for n in ports}
         for _ in range(args.runs):
@@ -444,13 +336,9 @@ def main() -> int:
         return 0
     finally:
         if mh_proc is not None:
-            mh_proc.terminate()
-            try:
-                mh_proc.wait(30)
-            except subprocess.TimeoutExpired:
-                mh_proc.kill()
+            shared.stop_mailhaven(mh_proc)
         if dv_conf is not None:
-            stop_dovecot(dv_conf)
+            shared.stop_dovecot(dv_conf)
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
         else:
