@@ -84,11 +84,16 @@ class RawClient:
         return await self.reply(wait)
 
     async def closed(self, wait: float = 10.0) -> bool:
-        """True when the server closes the connection (after any pending output)."""
+        """True when the server closes the connection (EOF or reset, after any pending output) within
+        `wait` seconds; False when it is still open then. TimeoutError is an OSError since Python
+        3.11, so it is caught first: a timeout must never count as a close."""
         try:
-            while await asyncio.wait_for(self.reader.read(65536), wait):
-                pass
-        except (ConnectionError, OSError):
+            async with asyncio.timeout(wait):
+                while await self.reader.read(65536):
+                    pass
+        except TimeoutError:
+            return False
+        except OSError:  # ConnectionResetError and friends (ssl.SSLError too): the server went away
             pass
         return True
 
@@ -202,3 +207,17 @@ async def mx(make_config: Callable[..., Any], dns_nameserver: str, tmp_path: Pat
             await asyncio.wait_for(mxs.server.wait_closed(), 5)
         with contextlib.suppress(Exception):
             await the_store.close()
+
+
+# --- the harness itself ----------------------------------------------------------------------------
+
+
+async def test_closed_is_false_while_the_server_keeps_the_connection_open(mx: MxFactory) -> None:
+    # The disconnect checks of the other tests rest on this: a timeout is not a close.
+    server = await mx()
+    async with server.raw() as c:
+        await c.cmd("EHLO client.example")
+        assert await c.closed(wait=0.3) is False
+        assert (await c.cmd("NOOP"))[0].startswith("250")  # still open, still in step
+        assert (await c.cmd("QUIT"))[0].startswith("221")
+        assert await c.closed(wait=5) is True
