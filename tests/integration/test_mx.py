@@ -195,13 +195,53 @@ async def test_unknown_local_user_is_550_5_1_1(mx: MxFactory) -> None:
     assert reply.startswith("550 5.1.1"), reply
 
 
-async def test_foreign_recipient_is_relay_denied_550_5_7_1(mx: MxFactory) -> None:
+# Relay attempts: (HELO, MAIL FROM, RCPT TO, our reply). Postfix (reject_unauth_destination,
+# allow_untrusted_routing = no, strict_rfc821_envelopes = no) refuses each with its
+# relay_domains_reject_code, "554 5.7.1 Relay access denied", except where noted; the issue fixes
+# our code at 550. Address literals: Postfix takes [its own address] as local (550 5.1.1 for an
+# unknown user) and refuses any other; we take no literal as ours.
+RELAY_ATTEMPTS = [
+    pytest.param("client.example", SENDER, "someone@other.test", "550 5.7.1", id="foreign-domain"),
+    pytest.param("localhost", ALICE, "someone@other.test", "550 5.7.1", id="mail-from-our-domain"),
+    pytest.param("localhost", "", "someone@other.test", "550 5.7.1", id="null-sender-helo-our-hostname"),
+    pytest.param("client.example", SENDER, "x@[127.0.0.1]", "550 5.7.1", id="address-literal-loopback"),
+    pytest.param("client.example", SENDER, "alice@[IPv6:::1]", "550 5.7.1", id="address-literal-ipv6"),
+    # RFC 5321 §4.1.2 / App. C: the route is ignored (Postfix strips it too): x@other.test remains.
+    pytest.param("client.example", SENDER, "@example.test:x@other.test", "550 5.7.1", id="source-route"),
+    pytest.param("client.example", SENDER, "@example.test,@catchall.test:x@other.test", "550 5.7.1",
+                 id="source-route-two-hops"),
+    pytest.param("client.example", SENDER, "x@sub.example.test", "550 5.7.1", id="subdomain-not-ours"),
+    pytest.param("client.example", SENDER, "x@example.test.other.test", "550 5.7.1", id="our-name-as-prefix"),
+    # Sender-specified routing in the local part (Postfix's RESOLVE_FLAG_ROUTED: "@", "%" or "!"),
+    # also where a catch-all or a sub-address would otherwise take it.
+    pytest.param("client.example", SENDER, "x%other.test@example.test", "550 5.7.1", id="percent-hack"),
+    pytest.param("client.example", SENDER, "x%other.test@catchall.test", "550 5.7.1",
+                 id="percent-hack-catch-all"),
+    pytest.param("client.example", SENDER, "alice+x%other.test@example.test", "550 5.7.1",
+                 id="percent-hack-in-sub-address"),
+    pytest.param("client.example", SENDER, "other.test!x@catchall.test", "550 5.7.1", id="bang-path"),
+    pytest.param("client.example", SENDER, '"x@other.test"@example.test', "550 5.7.1", id="quoted-at"),
+    pytest.param("client.example", SENDER, '"x@other.test"@catchall.test', "550 5.7.1",
+                 id="quoted-at-catch-all"),
+    # A syntax rule comes first: an unquoted second "@" is no RFC 5321 Mailbox (Postfix, not strict
+    # about RFC 821 envelopes, reads it as routed and answers 554 5.7.1).
+    pytest.param("client.example", SENDER, "x@other.test@example.test", "501 5.1.3", id="two-at-signs"),
+]
+
+
+@pytest.mark.parametrize(("helo", "sender", "rcpt", "expected"), RELAY_ATTEMPTS)
+async def test_relay_attempts_are_refused_and_nothing_is_kept(mx: MxFactory, helo: str, sender: str, rcpt: str,
+                                                              expected: str) -> None:
     server = await mx()
     async with server.raw() as c:
-        await c.cmd("EHLO localhost")
-        await c.cmd(f"MAIL FROM:<{ALICE}>")  # even "from" one of ours, from loopback
-        [reply] = await c.cmd("RCPT TO:<someone@other.test>")
-    assert reply.startswith("550 5.7.1"), reply
+        await c.cmd(f"EHLO {helo}")
+        assert (await c.cmd(f"MAIL FROM:<{sender}>"))[0].startswith("250 2.1.0")
+        [reply] = await c.cmd(f"RCPT TO:<{rcpt}>")
+        assert reply.startswith(expected), reply
+        [reply] = await c.cmd("DATA")  # no recipient was taken: there is no message to take
+        assert reply.startswith("503 5.5.1"), reply
+    data_dir = server.mail_root.parent
+    assert [p for p in data_dir.rglob("*") if p.is_file()] == []  # nothing stored, nothing queued
 
 
 async def test_too_many_recipients_is_452_4_5_3(mx: MxFactory) -> None:

@@ -42,6 +42,8 @@ INBOX = "INBOX"
 # RFC 5321 §6.3: a message that already has this many Received fields is looping; the RFC asks for a
 # threshold of at least 100 (Postfix's hopcount_limit is 50).
 MAX_HOPS = 100
+# Sender-specified routing in a local part (RFC 5321 Appendix C: the "%-hack", bang paths).
+_ROUTING = frozenset("@%!")
 
 
 class InboundHandler(BaseHandler):
@@ -85,8 +87,11 @@ class InboundHandler(BaseHandler):
             return (R.RCPT_OK, users) if users else (R.UNKNOWN_USER, None)
         assert isinstance(rcpt, Address)
         # No relaying, ever (RFC 5321 §3.6.2): only our domains; address literals are never ours
-        # here, so <user@[127.0.0.1]> is refused like any other foreign destination.
-        if rcpt.is_literal or not directory.is_local_domain(rcpt.domain):
+        # here, so <user@[127.0.0.1]> is refused like any other foreign destination. A local part
+        # that routes on (user%host, host!user, "user@host") is refused too, even where a catch-all
+        # or sub-address would take it: Postfix's reject_unauth_destination does the same
+        # (allow_untrusted_routing = no), so no hop after us can be made to relay it.
+        if rcpt.is_literal or not directory.is_local_domain(rcpt.domain) or not _ROUTING.isdisjoint(rcpt.local):
             return R.RELAY_DENIED, None
         if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
             users = postmaster_users(directory, rcpt.domain)
