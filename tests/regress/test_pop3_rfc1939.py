@@ -94,28 +94,112 @@ def test_overlong_sasl_continuation_ends_the_exchange(h: Pop3Harness) -> None:
 # --- messages written by other tools (RFC 1939 §11: LIST size is the RETR size) -------------------
 
 
+def _crlf(data: bytes) -> bytes:
+    """What RETR sends of a stored message: bare LFs become CRLF (bare CRs stay), and a message
+    without a final line break gets one."""
+    out = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    return out if not out or out.endswith(b"\r\n") else out + b"\r\n"
+
+
+def _wire_size_is_exact(h: Pop3Harness, data: bytes) -> None:
+    """LIST, STAT and RETR's +OK line all give the octets RETR sends before ".CRLF", unstuffed."""
+    s, f = _login(h)
+    _, size = _cmd(s, f, b"LIST 1").split()[1:3]
+    assert _cmd(s, f, b"STAT") == b"+OK 1 %s\r\n" % size
+    head = _cmd(s, f, b"RETR 1")
+    body = _unstuff(read_multiline(f))
+    assert head == b"+OK %s octets\r\n" % size, head
+    assert body == _crlf(data)
+    assert len(body) == int(size)  # exact, whatever the file's line ends
+    assert _cmd(s, f, b"TOP 1 0") == b"+OK\r\n"
+    top = _unstuff(read_multiline(f))
+    assert top.endswith(b"\r\n\r\n") if data else top == b""  # header and the blank line
+    assert _cmd(s, f, b"QUIT").startswith(b"+OK")
+    s.close()
+
+
+_NO_FINAL_NEWLINE = b"From: x@example.org\r\nSubject: no final CRLF\r\n\r\nlast line"
+
+
 @pytest.mark.parametrize(("name", "data"), [
     ("1700000001.ext1.host", b"From: x@example.org\nSubject: bare LF\n\nline 1\n.dot line\nline 3\n"),
     ("1700000002.ext2.host,S={size}", b"From: x@example.org\nSubject: bare LF, S= of the LF file\n\nl1\nl2\n"),
-    ("1700000003.ext3.host", b"From: x@example.org\r\nSubject: no final CRLF\r\n\r\nlast line"),
+    ("1700000003.ext3.host", _NO_FINAL_NEWLINE),
     ("1700000004.ext4.host", b"From: x@example.org\r\nSubject: dots\r\n\r\n.\r\n..\r\n.x\r\n"),
+    # W= (Dovecot's CRLF size) in the name: the store reads only the last octet of these
+    ("1700000005.ext5.host,S={size},W={vsize}", _NO_FINAL_NEWLINE),
+    ("1700000006.ext6.host,S={size},W={vsize}", b"From: x@example.org\nSubject: LF, no final LF\n\nend"),
+    ("1700000007.ext7.host,S={size},W={vsize}", b"From: x@example.org\nSubject: W=, LF\n\nbody\n"),
+    ("1700000008.ext8.host", b"From: x@example.org\r\nSubject: mixed\n\r\na\rb\r\nc\nd\r"),
+    ("1700000009.ext9.host", b"From: x@example.org\r\nSubject: ends in bare CR\r\n\r\nx\r"),
+    ("1700000010.ext10.host,S={size},W={vsize}", b"From: x@example.org\nSubject: mixed, W=\r\n\nx\ry\n\r"),
+    ("1700000011.ext11.host", b""),
 ])
 def test_message_dropped_into_new_has_list_size_equal_to_retr_octets(
         pop3_factory: Callable[..., Pop3Harness], name: str, data: bytes) -> None:
     h = pop3_factory()
-    _drop_into_new(h, name.format(size=len(data)), data)  # S= as Maildir++ has it: octets on disk
+    vsize = len(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    # S= as Maildir++ has it (octets on disk), W= as Dovecot has it (octets with CRLF line ends)
+    _drop_into_new(h, name.format(size=len(data), vsize=vsize), data)
+    _wire_size_is_exact(h, data)
+    [info] = h.messages()
+    assert info.size == vsize  # IMAP's RFC822.SIZE stays the message's own size
+
+
+@pytest.mark.parametrize("data", [_NO_FINAL_NEWLINE, b"Subject: LF only, none at the end\n\nx", make_message(1)])
+def test_message_delivered_or_appended_has_list_size_equal_to_retr_octets(
+        pop3_factory: Callable[..., Pop3Harness], data: bytes) -> None:
+    h = pop3_factory()
+    h.deliver(data)  # store.deliver (SMTP, LMTP): a file with S= and W=
+    _wire_size_is_exact(h, data)
+    h.expunge(h.uids())
+
+    async def append() -> None:  # IMAP APPEND: the store knows the data
+        await (await h._mailbox(ALICE)).append(data)
+    h.call(append())
+    _wire_size_is_exact(h, data)
+
+
+def test_index_written_before_the_size_fix_is_migrated_not_rebuilt(
+        pop3_factory: Callable[..., Pop3Harness]) -> None:
+    """An index of schema 1 has no `unterminated` column: it is added, the flags, keywords and
+    UIDs are kept (no rebuild), and LIST learns the size RETR sends from the file's last octet."""
+    import sqlite3
+
+    from mailhaven.store import index
+
+    h = pop3_factory()
+    h.deliver(make_message(1))
+    h.deliver(_NO_FINAL_NEWLINE)
+    uids, uidvalidity = h.uids(), h.uidvalidity()
+
+    async def keyword_then_close() -> None:
+        await (await h._mailbox(ALICE)).store_flags([uids[1]], {"$Work"}, "add")
+        await h.store.close()
+    h.call(keyword_then_close())
+    db = sqlite3.connect(Path(h.store.account(ALICE).path) / index.FILENAME)
+    db.execute("ALTER TABLE message DROP COLUMN unterminated")
+    db.execute("UPDATE meta SET v='1' WHERE k='schema'")
+    db.commit()
+    db.close()
+
+    _wire_size_is_exact_for(h, 2, _NO_FINAL_NEWLINE)
+    assert h.uids() == uids and h.uidvalidity() == uidvalidity
+    assert "$Work" in h.messages()[1].flags  # kept only in the index: it was not rebuilt
+    db = sqlite3.connect(Path(h.store.account(ALICE).path) / index.FILENAME)
+    assert db.execute("SELECT v FROM meta WHERE k='schema'").fetchone() == (index.SCHEMA_VERSION,)
+    assert db.execute("SELECT uid, unterminated FROM message ORDER BY uid").fetchall() == \
+        [(uids[0], 0), (uids[1], 1)]  # learnt once, stored
+    db.close()
+
+
+def _wire_size_is_exact_for(h: Pop3Harness, n: int, data: bytes) -> None:
     s, f = _login(h)
-    _, size = _cmd(s, f, b"LIST 1").split()[1:3]
-    head = _cmd(s, f, b"RETR 1")
+    _, size = _cmd(s, f, b"LIST %d" % n).split()[1:3]
+    assert _cmd(s, f, b"RETR %d" % n) == b"+OK %s octets\r\n" % size
     body = _unstuff(read_multiline(f))
-    assert head == b"+OK %s octets\r\n" % size, head
-    crlf = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if data.endswith(b"\n"):
-        assert body == crlf and len(body) == int(size)  # exact, line ends as CRLF
-    else:  # Dovecot too: the missing final CRLF is added on the wire, LIST counts the stored octets
-        assert body == crlf + b"\r\n" and len(body) == int(size) + 2
-    assert _cmd(s, f, b"TOP 1 0") == b"+OK\r\n"
-    assert _unstuff(read_multiline(f)).endswith(b"\r\n\r\n")  # header and the blank line
+    assert body == _crlf(data) and len(body) == int(size)
+    assert _cmd(s, f, b"QUIT").startswith(b"+OK")
     s.close()
 
 

@@ -26,11 +26,13 @@ MSG1 = b"From: a@example.test\r\nSubject: one\r\n\r\nline 1\r\n.dot line\r\nline
 MSG2 = b"Subject: two\r\n\r\n.\r\n..\r\nend"
 MSG3 = b"Subject: three\r\n\r\nbody\r\n"
 MESSAGES = {101: MSG1, 102: MSG2, 205: MSG3}
+TOTAL = sum(map(len, MESSAGES.values())) + 2  # octets RETR sends: MSG2 gets the final CRLF it lacks
 UIDVALIDITY = 0x5F00AB12
 
 
 def entries(msgs: dict[int, bytes] = MESSAGES) -> list[MessageEntry]:
-    return [MessageEntry(uid, len(data)) for uid, data in msgs.items()]
+    """What the store reports: the size RETR sends (MSG2 has no final CRLF: RETR adds one)."""
+    return [MessageEntry(uid, P.retr_size(data)) for uid, data in msgs.items()]
 
 
 class Driver:
@@ -281,8 +283,7 @@ def test_transaction_commands_before_login_are_refused() -> None:
 def test_stat_counts_messages_and_octets() -> None:
     d = Driver()
     d.login()
-    total = sum(len(m) for m in MESSAGES.values())
-    assert d.feed(b"STAT\r\n") == f"+OK 3 {total}\r\n".encode()
+    assert d.feed(b"STAT\r\n") == f"+OK 3 {TOTAL}\r\n".encode()
 
 
 def test_list_sizes_are_exact_octets_of_retr() -> None:
@@ -298,14 +299,15 @@ def test_list_sizes_are_exact_octets_of_retr() -> None:
         first, _, body = resp.partition(b"\r\n")
         assert first == f"+OK {size} octets".encode()
         data = unstuff(body)
-        assert len(data.rstrip(b"\r\n")) <= size <= len(data)
-        assert data[:size] == list(MESSAGES.values())[n - 1]
+        assert len(data) == size  # RFC 1939 §11: exact, a final CRLF RETR adds included
+        msg = list(MESSAGES.values())[n - 1]
+        assert data == (msg if msg.endswith(b"\r\n") else msg + b"\r\n")
 
 
 def test_list_and_uidl_single_message() -> None:
     d = Driver()
     d.login()
-    assert d.feed(b"LIST 2\r\n") == f"+OK 2 {len(MSG2)}\r\n".encode()
+    assert d.feed(b"LIST 2\r\n") == f"+OK 2 {len(MSG2) + 2}\r\n".encode()
     assert d.feed(b"UIDL 3\r\n") == f"+OK 3 {205:08x}{UIDVALIDITY:08x}\r\n".encode()
 
 
@@ -314,7 +316,7 @@ def test_uidl_is_dovecot_format_uid_then_uidvalidity() -> None:
     d = Driver()
     d.login()
     out = d.feed(b"UIDL\r\n")
-    assert out == (b"+OK 3 messages (%d octets)\r\n" % sum(map(len, MESSAGES.values()))
+    assert out == (b"+OK 3 messages (%d octets)\r\n" % TOTAL
                    + b"".join(b"%d %s\r\n" % (i + 1, P.uidl_for(UIDVALIDITY, u).encode())
                               for i, u in enumerate(MESSAGES)) + b".\r\n")
 
@@ -356,9 +358,8 @@ def test_dele_marks_and_hides_message_until_rset() -> None:
     listing = d.feed(b"LIST\r\n")
     assert b"\r\n2 " not in listing and b"\r\n1 " in listing and b"\r\n3 " in listing
     assert d.feed(b"STAT\r\n") == f"+OK 2 {len(MSG1) + len(MSG3)}\r\n".encode()
-    total = sum(map(len, MESSAGES.values()))
-    assert d.feed(b"RSET\r\n") == f"+OK 3 messages ({total} octets)\r\n".encode()
-    assert d.feed(b"LIST 2\r\n") == f"+OK 2 {len(MSG2)}\r\n".encode()
+    assert d.feed(b"RSET\r\n") == f"+OK 3 messages ({TOTAL} octets)\r\n".encode()
+    assert d.feed(b"LIST 2\r\n") == f"+OK 2 {len(MSG2) + 2}\r\n".encode()
 
 
 def test_quit_commits_marked_deletions_and_seen_then_closes() -> None:
@@ -482,7 +483,7 @@ def test_pipelined_commands_get_replies_in_order() -> None:
     d = Driver()
     out = d.feed(b"USER alice\r\nPASS secret\r\nSTAT\r\nLIST 1\r\nDELE 1\r\nQUIT\r\n")
     assert out.split(b"\r\n")[:-1] == [b"+OK", b"+OK Logged in.",
-                                       f"+OK 3 {sum(map(len, MESSAGES.values()))}".encode(),
+                                       f"+OK 3 {TOTAL}".encode(),
                                        f"+OK 1 {len(MSG1)}".encode(), b"+OK Marked to be deleted.",
                                        b"+OK Logging out, 2 messages left."]
 
@@ -600,7 +601,7 @@ def test_stat_and_list_agree_with_marks_after_any_dele_rset_sequence(cmds: list[
             marked.clear()
         else:
             marked.add(int(cmd.split()[1]))
-    live = [(i + 1, len(m)) for i, m in enumerate(MESSAGES.values()) if i + 1 not in marked]
+    live = [(i + 1, e.pop3_size) for i, e in enumerate(entries()) if i + 1 not in marked]
     assert d.feed(b"STAT\r\n") == f"+OK {len(live)} {sum(s for _, s in live)}\r\n".encode()
     listing = d.feed(b"LIST\r\n").split(b"\r\n")[1:-2]
     assert listing == [f"{n} {s}".encode() for n, s in live]
@@ -613,7 +614,20 @@ def test_read_ahead_candidates_skip_marked_messages_and_respect_bounds() -> None
     d.login()
     assert d.s.following(1, 4, 10**6) == [102, 205]
     assert d.s.following(1, 1, 10**6) == [102]
-    assert d.s.following(0, 4, len(MSG1) + len(MSG2)) == [101, 102]
+    assert d.s.following(0, 4, len(MSG1) + len(MSG2) + 2) == [101, 102]  # + the CRLF RETR adds to MSG2
+    assert d.s.following(0, 4, len(MSG1) + len(MSG2) + 1) == [101]
     d.feed(b"DELE 2\r\n")
     assert d.s.following(1, 4, 10**6) == [205]
     assert d.s.following(3, 4, 10**6) == []
+
+
+@given(st.binary(max_size=300))
+def test_retr_size_is_the_octets_a_client_gets_before_the_terminator(raw: bytes) -> None:
+    """RFC 1939 §11: LIST's size (the store's pop3_size) is exactly what RETR sends, for any
+    message as the store hands it over (CRLF line ends; bare CR, no final line break possible)."""
+    from mailhaven.store import maildir
+
+    data = maildir.to_crlf(raw)
+    body = P.dot_stuff(data)
+    assert len(unstuff(body) if data else body[:-3]) == P.retr_size(data)
+    assert P.retr_size(data) == len(data) + (2 if maildir.unterminated(raw) else 0)

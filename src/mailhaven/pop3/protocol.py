@@ -109,15 +109,16 @@ def uidl_for(uidvalidity: int, uid: int) -> str:
 
 
 class MessageRef(Protocol):
-    """What the session needs of one message: its UID and exact size (CRLF octets, before
-    dot-stuffing). The store's MessageInfo is one; the session keeps the objects it is given, so a
-    10,000-message login builds nothing per message."""
+    """What the session needs of one message: its UID and exact size as RETR sends it (CRLF
+    octets, the final CRLF included even when the message lacks one, before dot-stuffing; see
+    `retr_size`). The store's MessageInfo is one (its pop3_size is recorded, not read, at LIST time);
+    the session keeps the objects it is given, so a 10,000-message login builds nothing per message."""
 
     @property
     def uid(self) -> int: ...
 
     @property
-    def size(self) -> int: ...
+    def pop3_size(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +126,7 @@ class MessageEntry:
     """A plain MessageRef (tests, other shells)."""
 
     uid: int
-    size: int
+    pop3_size: int
 
 
 class State(Enum):
@@ -183,6 +184,13 @@ Event = Send | Intent | Close
 
 
 # --- pure helpers --------------------------------------------------------------------------------
+
+
+def retr_size(data: bytes) -> int:
+    """The octets of `data` (CRLF line endings) in a multi-line response before the terminating
+    ".CRLF", byte-stuffing aside: `dot_stuff` adds a CRLF to a message that does not end with one.
+    RFC 1939 §11: LIST and STAT sizes must be these (the shell's MessageRef.pop3_size)."""
+    return len(data) + 2 if data and not data.endswith(b"\r\n") else len(data)
 
 
 def dot_stuff(data: bytes, prefix: bytes = b"") -> bytes:
@@ -503,7 +511,7 @@ class Session:
         self._complete(LoadMaildrop)
         self._uidvalidity = uidvalidity
         self._messages = list(messages)
-        self._count, self._octets = len(self._messages), sum(m.size for m in self._messages)
+        self._count, self._octets = len(self._messages), sum(m.pop3_size for m in self._messages)
         self.state = State.TRANSACTION
         self._send(R_LOGGED_IN)
 
@@ -577,7 +585,7 @@ class Session:
             i = self._message_arg(args[0])
             if i is not None:
                 m = self._messages[i]
-                value = uidl_for(self._uidvalidity, m.uid) if uidl else str(m.size)
+                value = uidl_for(self._uidvalidity, m.uid) if uidl else str(m.pop3_size)
                 self._send(f"+OK {i + 1} {value}\r\n".encode())
             return
         # One comprehension per case: LIST/UIDL of 10,000 messages stays a few milliseconds.
@@ -587,8 +595,8 @@ class Session:
             lines = [f"{n} {m.uid:08x}{v}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
                 if deleted else [f"{n} {m.uid:08x}{v}\r\n" for n, m in enumerate(msgs, 1)]
         else:
-            lines = [f"{n} {m.size}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
-                if deleted else [f"{n} {m.size}\r\n" for n, m in enumerate(msgs, 1)]
+            lines = [f"{n} {m.pop3_size}\r\n" for n, m in enumerate(msgs, 1) if n - 1 not in deleted] \
+                if deleted else [f"{n} {m.pop3_size}\r\n" for n, m in enumerate(msgs, 1)]
         count, size = self._visible()
         self._send(f"+OK {count} messages ({size} octets)\r\n{''.join(lines)}.\r\n".encode())
 
@@ -631,8 +639,9 @@ class Session:
         if pending.lines is None:
             self._retrieved.add(pending.number - 1)
             self.retrieved_count += 1
-            # RFC 1939 §7 RETR: the size in the +OK line is the message's, before byte-stuffing.
-            self._send(dot_stuff(data, b"+OK %d octets\r\n" % len(data)))
+            # RFC 1939 §7 RETR: the size in the +OK line is the message's, before byte-stuffing
+            # (as LIST gives it: what is sent, a final CRLF added by dot_stuff included).
+            self._send(dot_stuff(data, b"+OK %d octets\r\n" % retr_size(data)))
         else:
             self._send(dot_stuff(top_of(data, pending.lines), b"+OK\r\n"))
 
@@ -647,7 +656,7 @@ class Session:
             if i in self._deleted:
                 continue
             m = self._messages[i]
-            octets += m.size
+            octets += m.pop3_size
             if octets > max_octets:
                 break
             uids.append(m.uid)
@@ -667,7 +676,7 @@ class Session:
         if i is not None:
             self._deleted.add(i)  # RFC 1939 §5: only marked; removed in UPDATE
             self._count -= 1
-            self._octets -= self._messages[i].size
+            self._octets -= self._messages[i].pop3_size
             self._send(R_DELE_OK)
 
     def cmd_noop(self, arg: str) -> None:
@@ -675,7 +684,7 @@ class Session:
 
     def cmd_rset(self, arg: str) -> None:
         self._deleted.clear()  # RFC 1939 §5 RSET: unmark every message
-        self._count, self._octets = len(self._messages), sum(m.size for m in self._messages)
+        self._count, self._octets = len(self._messages), sum(m.pop3_size for m in self._messages)
         count, size = self._visible()
         self._send(f"+OK {count} messages ({size} octets)\r\n".encode())
 

@@ -185,7 +185,7 @@ class _Connection(LineConnection):
         self._locked = ev.user
         self._mailbox = mailbox
         self._ahead = ReadAhead(mailbox)
-        session.maildrop_loaded(snap.uidvalidity, snap.messages)  # MessageInfo has .uid, .size
+        session.maildrop_loaded(snap.uidvalidity, snap.messages)  # MessageInfo has .uid, .pop3_size
 
     async def _retrieve(self, session: Session, ev: Retrieve) -> None:
         ahead = self._ahead

@@ -40,8 +40,11 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
         await move(uids, dest: Mailbox) -> list[tuple[int, int]]
 
 Values (frozen dataclasses, model.py):
-    MessageInfo(uid, flags: frozenset[str], internaldate: float, size: int, modseq: int, key: str)
+    MessageInfo(uid, flags: frozenset[str], internaldate: float, size: int, modseq: int, key: str,
+                unterminated: bool)
         flags = system flags ("\Seen" "\Answered" "\Flagged" "\Deleted" "\Draft") + keywords
+        size = RFC822.SIZE (CRLF octets); .pop3_size = what POP3 RETR sends (a final CRLF added to
+        an unterminated message: one that does not end with a line break, known from the index)
     Snapshot(uidvalidity, uidnext, highestmodseq, messages: list[MessageInfo])   # ascending UID
     MailboxInfo(name, special_use: str | None, has_children: bool, subscribed: bool)
 Errors: mailhaven.errors.StoreError / BadMailboxName / MailboxNotFound / MailboxExists, and

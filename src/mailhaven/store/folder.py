@@ -44,10 +44,11 @@ def flagset(info: str, keywords: frozenset[str]) -> frozenset[str]:
 
 
 class Msg:
-    __slots__ = ("uid", "key", "sub", "suffix", "keywords", "modseq", "internaldate", "size", "_info")
+    __slots__ = ("uid", "key", "sub", "suffix", "keywords", "modseq", "internaldate", "size", "unterminated",
+                 "_info")
 
     def __init__(self, uid: int, key: str, sub: str, suffix: str, keywords: frozenset[str], modseq: int,
-                 internaldate: float, size: int) -> None:
+                 internaldate: float, size: int, unterminated: bool) -> None:
         self.uid = uid
         self.key = key
         self.sub = sub
@@ -56,6 +57,7 @@ class Msg:
         self.modseq = modseq
         self.internaldate = internaldate
         self.size = size
+        self.unterminated = unterminated  # maildir.unterminated() of the file, learnt at first sight
         self._info: MessageInfo | None = None
 
     @property
@@ -70,7 +72,7 @@ class Msg:
         mi = self._info
         if mi is None:
             mi = self._info = MessageInfo(self.uid, flagset(self.letters, self.keywords), self.internaldate,
-                                          self.size, self.modseq, self.key)
+                                          self.size, self.modseq, self.key, self.unterminated)
         return mi
 
     def changed(self) -> None:
@@ -78,7 +80,7 @@ class Msg:
 
     def row(self) -> MessageRow:
         return (self.uid, self.key, self.sub, self.suffix, " ".join(sorted(self.keywords)), self.modseq,
-                self.internaldate, self.size)
+                self.internaldate, self.size, int(self.unterminated))
 
 
 @dataclass
@@ -160,13 +162,19 @@ class Folder:
         self.highestmodseq, self.new_mtime, self.cur_mtime = row.highestmodseq, row.new_mtime, row.cur_mtime
         self.trusted = bool(row.new_mtime and row.cur_mtime)
         kw_cache: dict[str, frozenset[str]] = {}
-        for uid, key, sub, suffix, kw, modseq, idate, size in self.index.messages(self.id):
+        learnt: list[tuple[int, int]] = []
+        for uid, key, sub, suffix, kw, modseq, idate, size, unterminated in self.index.messages(self.id):
             kws = kw_cache.get(kw)
             if kws is None:
                 kws = kw_cache[kw] = frozenset(kw.split()) if kw else frozenset()
-            m = Msg(uid, key, sub, suffix, kws, modseq, idate, size)
+            if unterminated is None:  # a row of a version 1 index: learnt once, from the last octet
+                unterminated = int(bool(maildir.file_unterminated(f"{self.path}/{sub}/{key}{suffix}")))
+                learnt.append((unterminated, uid))
+            m = Msg(uid, key, sub, suffix, kws, modseq, idate, size, bool(unterminated))
             self.by_uid[uid] = m
             self.by_key[key] = m
+        if learnt:
+            self.index.set_unterminated(self.id, learnt)
 
     def _rebuild(self) -> None:
         """Build the folder from its files, keeping UIDs from mailhaven-uidlist or dovecot-uidlist."""
@@ -196,9 +204,9 @@ class Folder:
             got = self._first_sight(sub, key + suffix, key)
             if got is None:
                 continue
-            idate, size = got
+            idate, size, unterminated = got
             kws = frozenset(letters[c] for c in maildir.suffix_info(suffix) if c in letters)
-            msgs.append(Msg(uid, key, sub, suffix, kws, 1, idate, size))
+            msgs.append(Msg(uid, key, sub, suffix, kws, 1, idate, size, unterminated))
         self.uidnext = uidnext
         self.highestmodseq = 1
         self.id = self.index.create(self.name, self.uidvalidity, self.uidnext, self.highestmodseq,
@@ -210,24 +218,25 @@ class Folder:
                         fsync=self.fsync)
         self.trusted = False  # the first sync records the directory mtimes
 
-    def _first_sight(self, sub: str, fname: str, key: str) -> tuple[float, int] | None:
-        """(internaldate, CRLF size) of a file seen for the first time; None if it vanished."""
+    def _first_sight(self, sub: str, fname: str, key: str) -> tuple[float, int, bool] | None:
+        """(internaldate, CRLF size, unterminated) of a file seen for the first time; None if it
+        vanished. With a W= size in the name only the last octet is read, else the whole file."""
         p = f"{self.path}/{sub}/{fname}"  # str paths: pathlib costs more than the stat() here
         try:
-            st = os.stat(p)
+            fd = os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             return None
-        s, w = maildir.key_sizes(key)
-        if w is None:
-            if s is not None and s != st.st_size:
-                s = None
-            try:
-                with open(p, "rb") as fh:
+        try:
+            st = os.fstat(fd)
+            _, w = maildir.key_sizes(key)
+            if w is None:
+                with open(fd, "rb", closefd=False) as fh:
                     data = fh.read()
-            except FileNotFoundError:
-                return None
-            w = maildir.crlf_size(data)
-        return st.st_mtime, w
+                return st.st_mtime, maildir.crlf_size(data), maildir.unterminated(data)
+            unterminated = st.st_size > 0 and os.pread(fd, 1, st.st_size - 1) != b"\n"
+        finally:
+            os.close(fd)
+        return st.st_mtime, w, unterminated
 
     # -- change detection ----------------------------------------------------------------------
 
@@ -272,7 +281,7 @@ class Folder:
             got = self._first_sight(sub, key + suffix, key)
             if got is None:
                 continue
-            m = Msg(self.uidnext, key, sub, suffix, frozenset(), modseq, got[0], got[1])
+            m = Msg(self.uidnext, key, sub, suffix, frozenset(), modseq, *got)
             self.uidnext += 1
             self.by_uid[m.uid] = m
             self.by_key[key] = m
@@ -330,8 +339,8 @@ class Folder:
     # -- our own writes ------------------------------------------------------------------------
 
     def _add(self, key: str, sub: str, suffix: str, keywords: frozenset[str], internaldate: float,
-             size: int) -> Msg:
-        m = Msg(self.uidnext, key, sub, suffix, keywords, self.highestmodseq, internaldate, size)
+             size: int, unterminated: bool) -> Msg:
+        m = Msg(self.uidnext, key, sub, suffix, keywords, self.highestmodseq, internaldate, size, unterminated)
         self.uidnext += 1
         self.by_uid[m.uid] = m
         self.by_key[key] = m
@@ -345,7 +354,7 @@ class Folder:
                                   fsync=self.fsync, mtime=when)
         key, suffix = maildir.split_name(name)
         self.highestmodseq += 1
-        m = self._add(key, "cur", suffix, keywords, when, len(data))
+        m = self._add(key, "cur", suffix, keywords, when, len(data), maildir.unterminated(data))
         try:
             self._commit([m], [])
             self._uidlist_add([(m.uid, key)], 0)
@@ -512,7 +521,7 @@ class Folder:
                         maildir.link_or_copy(src, target, fsync=self.fsync)
                 except FileNotFoundError:
                     continue  # vanished meanwhile: the next snapshot reports it expunged
-                dm = dest._add(new_key, "cur", suffix, m.keywords, m.internaldate, m.size)
+                dm = dest._add(new_key, "cur", suffix, m.keywords, m.internaldate, m.size, m.unterminated)
                 placed.append((m, dm, target))
             if placed and self.fsync:
                 maildir.fsync_dir(dest.path / "cur")

@@ -21,7 +21,9 @@ from mailhaven.store import maildir
 
 FILENAME = "mailhaven-index.sqlite"
 UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
-SCHEMA_VERSION = "1"
+# 2: message.unterminated (1 = the file does not end with LF; NULL = not known yet: a row of a
+# version 1 index, filled in when its folder is next opened).
+SCHEMA_VERSION = "2"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -44,13 +46,14 @@ CREATE TABLE IF NOT EXISTS message (
     modseq INTEGER NOT NULL,
     internaldate REAL NOT NULL,
     size INTEGER NOT NULL,
+    unterminated INTEGER,
     PRIMARY KEY (mailbox_id, uid)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS special_use (name TEXT PRIMARY KEY, use TEXT NOT NULL);
 """
 
-# (uid, key, sub, suffix, keywords, modseq, internaldate, size)
-MessageRow = tuple[int, str, str, str, str, int, float, int]
+# (uid, key, sub, suffix, keywords, modseq, internaldate, size, unterminated: 0, 1 or None = unknown)
+MessageRow = tuple[int, str, str, str, str, int, float, int, int | None]
 
 
 @dataclass
@@ -75,7 +78,21 @@ class Index:
         self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
-        self._db.execute("INSERT OR IGNORE INTO meta (k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an index written by an earlier version up to SCHEMA_VERSION, keeping its rows (the
+        keywords live only here, so an index is migrated, never rebuilt)."""
+        with self._tx():
+            row = self._db.execute("SELECT v FROM meta WHERE k='schema'").fetchone()
+            if row is None:  # a new file: _SCHEMA made the current tables
+                self._db.execute("INSERT INTO meta (k, v) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                return
+            if row[0] == "1":
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(message)")}
+                if "unterminated" not in columns:
+                    self._db.execute("ALTER TABLE message ADD COLUMN unterminated INTEGER")  # NULL: unknown
+                self._db.execute("UPDATE meta SET v=? WHERE k='schema'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
         self._db.close()
@@ -130,7 +147,7 @@ class Index:
 
     def messages(self, mailbox_id: int) -> list[MessageRow]:
         return self._db.execute(
-            "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size FROM message"
+            "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size, unterminated FROM message"
             " WHERE mailbox_id=? ORDER BY uid", (mailbox_id,)).fetchall()
 
     def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
@@ -144,7 +161,7 @@ class Index:
             mailbox_id = int(cur.lastrowid or 0)
             self._db.executemany(
                 "INSERT INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq, internaldate,"
-                " size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", ((mailbox_id, *r) for r in rows))
+                " size, unterminated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ((mailbox_id, *r) for r in rows))
         return mailbox_id
 
     def commit(self, mailbox_id: int, *, upserts: Iterable[MessageRow] = (), deletes: Iterable[int] = (),
@@ -155,7 +172,7 @@ class Index:
                                  ((mailbox_id, u) for u in deletes))
             self._db.executemany(
                 "INSERT OR REPLACE INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq,"
-                " internaldate, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " internaldate, size, unterminated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ((mailbox_id, *r) for r in upserts))
             self._db.execute(
                 "UPDATE mailbox SET uidnext=?, highestmodseq=?, new_mtime=?, cur_mtime=? WHERE id=?",
@@ -172,6 +189,12 @@ class Index:
             self._db.execute(
                 "UPDATE mailbox SET uidnext=?, highestmodseq=?, new_mtime=?, cur_mtime=? WHERE id=?",
                 (uidnext, highestmodseq, new_mtime, cur_mtime, mailbox_id))
+
+    def set_unterminated(self, mailbox_id: int, rows: Iterable[tuple[int, int]]) -> None:
+        """Record `unterminated` of messages that had it unknown, rows = (unterminated, uid)."""
+        with self._tx():
+            self._db.executemany("UPDATE message SET unterminated=? WHERE mailbox_id=? AND uid=?",
+                                 ((value, mailbox_id, uid) for value, uid in rows))
 
     def rename(self, old: str, new: str) -> None:
         """Rename a mailbox and all its inferiors (names starting with `old.`)."""

@@ -1,7 +1,8 @@
 """Durable Maildir primitives: unique names, flags in file names, tmp -> fsync -> rename/link.
 
 Owns: the file-name grammar (`<secs>.M<usec>P<pid>Q<n>.<host>,S=<size>,W=<vsize>[:2,<flags>]`,
-cr.yp.to/proto/maildir.html plus the Dovecot S=/W= fields), the flag letters, CRLF normalisation,
+cr.yp.to/proto/maildir.html plus the Dovecot S=/W= fields), the flag letters, CRLF normalisation
+(and whether a message ends with a line break),
 durable writes (write tmp/, fsync the file, rename or hard-link into place, fsync every directory
 touched, undo everything on failure), folder creation and stale tmp/ file detection.
 Does not own: UIDs and the index (index.py, uidlist.py), locking and events (mailbox.py).
@@ -74,6 +75,25 @@ def _to_crlf(data: bytes) -> bytes:
 def crlf_size(data: bytes) -> int:
     """Size of `data` once bare LFs are CRLF, without building the copy."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def unterminated(data: bytes) -> bool:
+    """Whether a message does not end with a line break (not empty, last octet not LF). Sent as
+    lines (POP3 RETR, RFC 1939 §3) it gets a final CRLF that its size does not count."""
+    return bool(data) and data[-1] != 0x0A
+
+
+def file_unterminated(path: str) -> bool | None:
+    """`unterminated` of a message file, from its last octet only; None if the file is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    finally:
+        os.close(fd)
 
 
 def sanitize_host(host: str) -> str:

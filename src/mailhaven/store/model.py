@@ -14,6 +14,8 @@ class MessageInfo:
     flags: system flags ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft") plus keywords.
     internaldate: seconds since the epoch (RFC 3501 §2.3.3). size: RFC822.SIZE, CRLF octets.
     key: the Maildir file name before ":2," (stable while the message lives in this folder).
+    unterminated: the message is not empty and does not end with a line break (recorded when the
+    store first sees the file, so nobody reads messages to learn it).
     """
 
     uid: int
@@ -22,6 +24,14 @@ class MessageInfo:
     size: int
     modseq: int
     key: str
+    unterminated: bool = False
+
+    @property
+    def pop3_size(self) -> int:
+        """The octets POP3 RETR sends before its terminating ".CRLF" (RFC 1939 §3, §11 LIST),
+        before byte-stuffing: `size`, plus the CRLF a multi-line response adds to a message that
+        does not end with one."""
+        return self.size + 2 if self.unterminated else self.size
 
 
 @dataclass(frozen=True, slots=True)
