@@ -7,8 +7,11 @@ from the real test DNS server (no records = SPF none, DMARC none).
 from __future__ import annotations
 
 import asyncio
+import os
+import queue
 import smtplib
 import ssl
+import threading
 from typing import Any
 
 import aiosmtplib
@@ -372,13 +375,65 @@ async def test_forged_authentication_results_with_our_id_are_removed(mx: MxFacto
     assert msg.count(b"Authentication-Results: localhost;") == 1
 
 
+async def test_250_comes_only_after_the_message_is_fsynced_in_every_recipients_new_dir(
+        mx: MxFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = await mx()
+    assert server.ctx.store.fsync  # the harness's Store syncs (its default)
+    domain_dir = os.path.realpath(server.mail_root / "example.test")
+    alice_new, bob_new = f"{domain_dir}/alice/new", f"{domain_dir}/bob/new"
+    synced: list[str] = []
+    entered: queue.Queue[str] = queue.Queue()  # a worker thread reached a new/ fsync ...
+    gates: dict[str, threading.Event] = {}  # ... and waits there until the test opens its gate
+    real_fsync = os.fsync
+
+    def in_tmp(path: str) -> bool:  # a file in a Maildir's tmp/ (the test's own tmp_path is under /tmp)
+        return path.startswith(domain_dir + "/") and "/tmp/" in path[len(domain_dir):]
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if path.endswith("/new") and any(in_tmp(p) for p in synced):  # not the Maildir creation
+            gate = gates.setdefault(path, threading.Event())
+            entered.put(path)
+            gate.wait(10)
+        real_fsync(fd)
+        synced.append(path)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        async with server.raw() as c:
+            await c.cmd("EHLO client.example")
+            await c.cmd(f"MAIL FROM:<{SENDER}>")
+            await c.cmd(f"RCPT TO:<{ALICE}>")
+            await c.cmd(f"RCPT TO:<{BOB}>")
+            assert (await c.cmd("DATA"))[0].startswith("354")
+            await c.send(dot_stuff(message(subject="durable")) + b".\r\n")
+            held = []
+            for _ in range(2):  # each new/ in turn: no reply while its fsync has not returned
+                held.append(await asyncio.to_thread(entered.get, True, 10))
+                with pytest.raises(TimeoutError):
+                    await c.reply(wait=0.3)
+                gates[held[-1]].set()
+            [reply] = await c.reply()
+            assert reply.startswith("250 2.0.0"), reply
+    finally:
+        for gate in gates.values():
+            gate.set()
+    assert sorted(held) == [alice_new, bob_new]
+    [tmp_file] = [p for p in synced if in_tmp(p)]  # one file, written and fsynced once, then linked
+    assert tmp_file.startswith(f"{domain_dir}/alice/tmp/")
+    assert synced.index(tmp_file) < synced.index(alice_new) and synced.index(tmp_file) < synced.index(bob_new)
+    name = tmp_file.rsplit("/", 1)[1]
+    for user_new in (alice_new, bob_new):
+        assert os.listdir(user_new) == [name]
+    assert len(server.messages(ALICE)) == len(server.messages(BOB)) == 1
+
+
 async def test_store_failure_answers_451_4_3_0_and_keeps_nothing(mx: MxFactory) -> None:
     server = await mx()
     # Make the store fail for real: the user's Maildir root exists but cannot be written to.
     user_root = server.mail_root / "example.test" / "alice"
     user_root.mkdir(parents=True)
     user_root.chmod(0o500)
-    import os
     if os.geteuid() == 0:
         # root ignores permissions: put a file where the Maildir's tmp/ directory must go.
         user_root.chmod(0o700)
@@ -429,18 +484,33 @@ async def test_store_error_is_a_temporary_reply(mx: MxFactory) -> None:
 # --- clients -------------------------------------------------------------------------------------
 
 
-async def test_smtplib_delivers_over_starttls(mx: MxFactory, client_ssl_context: ssl.SSLContext) -> None:
+@pytest.mark.parametrize("client", ["default", "tls12-chacha20"])
+async def test_smtplib_delivers_over_starttls(mx: MxFactory, client_ssl_context: ssl.SSLContext,
+                                              client: str) -> None:
+    """Received names the TLS version and cipher the client's socket negotiated (RFC 8314 §7). The
+    second client allows only TLS 1.2 and ChaCha20, which our server would not pick by itself, so a
+    Received field with fixed or guessed text would not match."""
+    if client == "tls12-chacha20":
+        client_ssl_context.maximum_version = ssl.TLSVersion.TLSv1_2
+        client_ssl_context.set_ciphers("ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
     server = await mx()
 
-    def run() -> None:
+    def run() -> tuple[str, str]:
         with smtplib.SMTP("127.0.0.1", server.port, local_hostname="client.example", timeout=10) as s:
             s.starttls(context=client_ssl_context)
+            assert isinstance(s.sock, ssl.SSLSocket)
+            version, cipher = s.sock.version() or "", s.sock.cipher()
             s.sendmail(SENDER, [ALICE], message(subject="tls"))
+        assert cipher is not None
+        return version, cipher[0]
 
-    await asyncio.to_thread(run)
+    version, cipher = await asyncio.to_thread(run)
+    if client == "tls12-chacha20":
+        assert version == "TLSv1.2" and "CHACHA20" in cipher, (version, cipher)
     [msg] = server.messages(ALICE)
     received = field_value(msg, "Received") or ""
-    assert " with ESMTPS id " in received and "(using TLSv1." in received
+    assert " with ESMTPS id " in received
+    assert f"(using {version} {cipher})" in received, (received, version, cipher)
 
 
 async def test_aiosmtplib_pipelined_transaction(mx: MxFactory) -> None:
