@@ -474,12 +474,25 @@ def cmd_alias(args: argparse.Namespace) -> int:
 # --- argument parsing ----------------------------------------------------------------------------
 
 
+def _config_after_command() -> argparse.ArgumentParser:
+    """A parent parser giving a command its own -c/--config, so `mailhaven check-config -c FILE`
+    works as well as `mailhaven -c FILE check-config`. SUPPRESS: the command's parser sets
+    `config` only when the option is given after the command, and then it wins (argparse copies a
+    subparser's namespace over the main one); otherwise the global -c (or its default) stays."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", dest="config", default=argparse.SUPPRESS, metavar="FILE",
+                        help="config file (also accepted before the command)")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailhaven", description="Mailhaven: a mail server in one process.")
     p.add_argument("-c", "--config", default=os.environ.get("MAILHAVEN_CONFIG", DEFAULT_CONFIG),
-                   metavar="FILE", help="config file (default: $MAILHAVEN_CONFIG or %(default)s)")
+                   metavar="FILE", help="config file (default: $MAILHAVEN_CONFIG or %(default)s; "
+                   "may also follow the command)")
     p.add_argument("--version", action="version", version=f"mailhaven {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = [_config_after_command()]  # every command but init, which has its own --config
 
     s = sub.add_parser("init", help="write a new config, users file and data folder")
     s.add_argument("--domain", required=True, help="mail domain, e.g. example.org")
@@ -492,47 +505,47 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite an existing config file")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("serve", help="run the server")
+    s = sub.add_parser("serve", parents=common, help="run the server")
     s.add_argument("--dev", action="store_true",
                    help="no config needed: loopback, dev ports, ./mailhaven-dev, a test account")
     s.set_defaults(func=cmd_serve)
 
-    s = sub.add_parser("check-config", help="validate the config and users file")
+    s = sub.add_parser("check-config", parents=common, help="validate the config and users file")
     s.set_defaults(func=cmd_check_config)
 
-    s = sub.add_parser("user", help="manage accounts: add, passwd, del, list")
+    s = sub.add_parser("user", parents=common, help="manage accounts: add, passwd, del, list")
     s.add_argument("action", choices=["add", "passwd", "del", "list"])
     s.add_argument("address", nargs="?", metavar="ADDRESS")
     s.set_defaults(func=cmd_user)
 
-    s = sub.add_parser("alias", help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
+    s = sub.add_parser("alias", parents=common, help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
     s.add_argument("action", choices=["add", "del", "list"])
     s.add_argument("alias", nargs="?", metavar="ALIAS")
     s.add_argument("targets", nargs="*", metavar="TARGET")
     s.set_defaults(func=cmd_alias)
 
-    s = sub.add_parser("doctor", help="check config, certificate, permissions and public DNS; say what to fix")
+    s = sub.add_parser("doctor", parents=common, help="check config, certificate, permissions and public DNS; say what to fix")
     s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains to check (default: all configured)")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("health", help="is the running server answering? (exit 0 yes, 1 no)")
+    s = sub.add_parser("health", parents=common, help="is the running server answering? (exit 0 yes, 1 no)")
     s.add_argument("listeners", nargs="*", metavar="LISTENER", help="listeners to probe (default: all enabled)")
     s.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per listener (default: 5)")
     s.set_defaults(func=cmd_health)
 
-    s = sub.add_parser("dkim", help="DKIM keys: keygen DOMAIN [--selector S] [--ed25519]")
+    s = sub.add_parser("dkim", parents=common, help="DKIM keys: keygen DOMAIN [--selector S] [--ed25519]")
     dsub = s.add_subparsers(dest="dkim_command", metavar="ACTION", required=True)
-    k = dsub.add_parser("keygen", help="make a new signing key for DOMAIN and print its DNS record")
+    k = dsub.add_parser("keygen", parents=common, help="make a new signing key for DOMAIN and print its DNS record")
     k.add_argument("domain", metavar="DOMAIN")
     k.add_argument("--selector", metavar="S", help="DKIM selector (default: mhYYYYMMDD, a new one each time)")
     k.add_argument("--ed25519", action="store_true", help="an ed25519 key (a second signature, RFC 8463)")
     k.set_defaults(func=cmd_dkim)
 
-    s = sub.add_parser("dns", help="print the DNS records to publish (MX, SPF, DKIM, DMARC, client SRV)")
+    s = sub.add_parser("dns", parents=common, help="print the DNS records to publish (MX, SPF, DKIM, DMARC, client SRV)")
     s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains (default: all configured)")
     s.set_defaults(func=cmd_dns)
 
-    s = sub.add_parser("queue", help="the running server's outbound queue: list, show ID, retry ID, delete ID, flush")
+    s = sub.add_parser("queue", parents=common, help="the running server's outbound queue: list, show ID, retry ID, delete ID, flush")
     s.add_argument("action", choices=["list", "show", "retry", "delete", "flush"])
     s.add_argument("id", nargs="?", metavar="ID", help="queue ID (show, retry, delete)")
     s.set_defaults(func=cmd_queue)

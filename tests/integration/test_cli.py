@@ -244,6 +244,62 @@ def test_default_config_path_is_etc_mailhaven() -> None:
             os.environ["MAILHAVEN_CONFIG"] = env
 
 
+# --- -c FILE after the command (issue 2: `mailhaven check-config -c FILE`) ---------------------
+
+
+@pytest.mark.parametrize("option", ["-c", "--config"])
+def test_check_config_takes_the_config_after_the_command(initialised: Path, option: str) -> None:
+    r = mh("check-config", option, str(initialised))
+    assert (r.returncode, r.stdout, r.stderr) == (0, "OK\n", "")
+
+
+def test_config_after_the_command_wins_over_the_one_before(initialised: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    r = mh("-c", str(missing), "check-config", "-c", str(initialised))
+    assert (r.returncode, r.stdout) == (0, "OK\n"), r.stderr
+    # ...and the other way round, so it is the position that decides, not which file exists.
+    assert_one_line_error(mh("-c", str(initialised), "check-config", "-c", str(missing)), 2,
+                          f"{missing}: file not found")
+
+
+def test_user_commands_take_the_config_after_the_command(initialised: Path) -> None:
+    c = str(initialised)
+    r = mh("user", "add", "alice@example.test", "-c", c, stdin="pw\n")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert mh("user", "-c", c, "add", "bob@example.test", stdin="pw\n").returncode == 0
+    r = mh("user", "list", "-c", c)
+    assert (r.returncode, r.stdout) == (0, "alice@example.test\nbob@example.test\n")
+    r = mh("alias", "add", "team@example.test", "alice@example.test", "bob@example.test", "--config", c)
+    assert r.returncode == 0, r.stderr
+    assert mh("alias", "list", "-c", c).stdout == "team@example.test -> alice@example.test, bob@example.test\n"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["queue", "list", "-c", "/x.toml"], {"command": "queue", "action": "list", "id": None}),
+    (["queue", "show", "Q1", "--config", "/x.toml"], {"action": "show", "id": "Q1"}),
+    (["-c", "/other.toml", "queue", "retry", "Q1", "-c", "/x.toml"], {"action": "retry", "id": "Q1"}),
+    (["dkim", "keygen", "example.org", "-c", "/x.toml"], {"dkim_command": "keygen", "domain": "example.org"}),
+    (["dkim", "-c", "/x.toml", "keygen", "example.org"], {"dkim_command": "keygen", "domain": "example.org"}),
+    (["user", "add", "a@example.org", "-c", "/x.toml"], {"action": "add", "address": "a@example.org"}),
+    (["doctor", "example.org", "-c", "/x.toml"], {"domains": ["example.org"]}),
+    (["health", "imap", "--timeout", "2", "-c", "/x.toml"], {"listeners": ["imap"], "timeout": 2.0}),
+    (["dns", "-c", "/x.toml", "example.org"], {"domains": ["example.org"]}),
+    (["serve", "--dev", "-c", "/x.toml"], {"dev": True}),
+    (["init", "--domain", "example.org", "-c", "/x.toml"], {"domain": "example.org"}),
+    (["-c", "/x.toml", "init", "--domain", "example.org"], {"domain": "example.org"}),
+])
+def test_every_command_parses_the_config_before_or_after_it(argv: list[str], expected: dict[str, object]) -> None:
+    from mailhaven.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert args.config == "/x.toml"
+    assert {k: getattr(args, k) for k in expected} == expected
+    # The same command with -c in front, the form scripts already use, still parses the same way.
+    if argv[0] != "-c":
+        first = [a for a in argv if a not in ("-c", "--config", "/x.toml", "/other.toml")]
+        assert vars(build_parser().parse_args(["-c", "/x.toml", *first])) == vars(args)
+
+
 # --- serve ---------------------------------------------------------------------------------------
 
 
