@@ -379,7 +379,7 @@ async def test_250_comes_only_after_the_message_is_fsynced_in_every_recipients_n
         mx: MxFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     server = await mx()
     assert server.ctx.store.fsync  # the harness's Store syncs (its default)
-    domain_dir = os.path.realpath(server.mail_root / "example.test")
+    domain_dir = await asyncio.to_thread(os.path.realpath, server.mail_root / "example.test")
     alice_new, bob_new = f"{domain_dir}/alice/new", f"{domain_dir}/bob/new"
     synced: list[str] = []
     entered: queue.Queue[str] = queue.Queue()  # a worker thread reached a new/ fsync ...
