@@ -150,9 +150,14 @@ class Spool:
         """Every entry on disk (creating the directory), after cleaning crash leftovers."""
         return await asyncio.to_thread(self._load_sync)
 
-    def _load_sync(self) -> list[Entry]:
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
+    def _make_root(self) -> None:
+        # Each new directory's entry in its parent is fsynced too: the first entry acknowledged
+        # after the first start must not vanish with a queue directory the disk never recorded.
+        maildir.make_dirs(self.root, fsync=self.fsync)
         self._ready = True
+
+    def _load_sync(self) -> list[Entry]:
+        self._make_root()
         root = str(self.root)
         names = os.listdir(root)
         msgs = {n[:-4] for n in names if n.endswith(".msg")}
@@ -214,8 +219,7 @@ class Spool:
 
     def _add_sync(self, entry: Entry, data: bytes) -> None:
         if not self._ready:
-            os.makedirs(self.root, mode=0o700, exist_ok=True)
-            self._ready = True
+            self._make_root()
         msg = self.msg_path(entry.id)
         tmp = self.root / f".{entry.id}.msg.tmp"
         maildir.write_new_file(tmp, data, fsync=self.fsync)
