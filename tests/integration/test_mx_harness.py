@@ -110,8 +110,11 @@ class MxServer:
         return maildir_messages(self.mail_root, user, folder)
 
     @contextlib.asynccontextmanager
-    async def raw(self, greet: bool = True) -> AsyncIterator[RawClient]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=2**20)
+    async def raw(self, greet: bool = True, source: str | None = None) -> AsyncIterator[RawClient]:
+        """A raw client; `source` binds its end to another loopback address (e.g. "127.0.0.2"), so
+        the server sees another client IP."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=2**20,
+                                                       local_addr=(source, 0) if source else None)
         client = RawClient(reader, writer)
         try:
             if greet:

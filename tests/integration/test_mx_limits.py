@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from tests.integration import test_mx_harness as harness
@@ -33,6 +34,31 @@ async def test_listener_connection_limit_refuses_with_421(mx: MxFactory) -> None
         async with server.raw(greet=False) as c:
             [reply] = await c.reply()
             assert reply.startswith("421 4.7.0")
+
+
+async def test_listener_connection_limit_counts_all_client_addresses_together(mx: MxFactory) -> None:
+    # max_connections is the listener's limit, apart from the per-IP one: one connection from each of
+    # three addresses (each below per_ip_connections) and the third is refused. (per_ip_connections
+    # may not exceed max_connections in the config, so the addresses differ instead.)
+    server = await mx(mx_listener={"max_connections": 2, "per_ip_connections": 2})
+    limits = server.ctx.limits
+    async with contextlib.AsyncExitStack() as first, server.raw(source="127.0.0.2") as b:
+        a = await first.enter_async_context(server.raw(source="127.0.0.1"))
+        await a.cmd("EHLO a.example")
+        async with server.raw(greet=False, source="127.0.0.3") as c:
+            [reply] = await c.reply()
+            assert reply.startswith("421 4.7.0") and "too many connections" in reply, reply
+            assert await c.closed()
+        assert limits.connections("mx", "127.0.0.3") == 0 and limits.connections("mx") == 2
+        assert (await a.cmd("NOOP"))[0].startswith("250")  # the two admitted ones still work
+        assert (await b.cmd("NOOP"))[0].startswith("250")
+        await first.aclose()  # one leaves ...
+        await wait_until(lambda: limits.connections("mx") == 1)
+        async with server.raw(source="127.0.0.3") as d:  # ... and the next client is served
+            assert (await d.cmd("EHLO d.example"))[-1].startswith("250 ")
+            assert limits.connections("mx") == 2
+        assert (await b.cmd("NOOP"))[0].startswith("250")
+    await wait_until(lambda: limits.connections("mx") == 0)
 
 
 async def test_connection_counts_return_to_zero_after_quit_reset_and_dropped_data(mx: MxFactory) -> None:
