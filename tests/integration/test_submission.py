@@ -78,6 +78,38 @@ async def test_plaintext_auth_works_on_a_loopback_dev_listener(submission: Submi
         assert replies[-1][0].startswith(QUEUED)
 
 
+@pytest.mark.parametrize("address", ["0.0.0.0", "::", "192.0.2.25"])
+async def test_dev_rule_does_not_open_plaintext_auth_on_a_listener_configured_off_loopback(
+        submission: SubmissionFactory, address: str) -> None:
+    # allow_plaintext_loopback is about the listener's configured address (what app.bind_all binds),
+    # not the client's: the harness socket is on 127.0.0.1 and so is this client, yet a listener
+    # configured on a wildcard or public address is reachable from anywhere and keeps requiring TLS.
+    server = await submission(submission_listener={"tls": "none", "address": address},
+                              auth={"allow_plaintext_loopback": True})
+    async with server.raw("submission") as c:
+        lines = await c.cmd("EHLO client.example")
+        assert not any("AUTH" in ln for ln in lines)
+        assert await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)) == [
+            "538 5.7.11 Encryption required for requested authentication mechanism"]
+        assert await c.cmd("AUTH LOGIN") == [
+            "538 5.7.11 Encryption required for requested authentication mechanism"]
+        assert await c.cmd(f"MAIL FROM:<{ALICE}>") == [AUTH_REQUIRED]
+
+
+@pytest.mark.parametrize("address", ["0.0.0.0", "::"])
+async def test_dev_rule_keeps_starttls_first_on_a_starttls_listener_configured_off_loopback(
+        submission: SubmissionFactory, address: str) -> None:
+    server = await submission(submission_listener={"address": address}, auth={"allow_plaintext_loopback": True})
+    async with server.raw("submission") as c:
+        lines = await c.cmd("EHLO client.example")
+        assert "250-STARTTLS" in lines and not any("AUTH" in ln for ln in lines)
+        assert await c.cmd("AUTH PLAIN " + plain(ALICE, PASSWORD)) == [STARTTLS_FIRST]
+        assert await c.cmd(f"MAIL FROM:<{ALICE}>") == [STARTTLS_FIRST]
+        await c.starttls(server.client_tls)
+        assert "250-AUTH PLAIN LOGIN" in await c.cmd("EHLO client.example")
+        assert await c.login() == [AUTH_OK]  # over TLS the same listener logs in
+
+
 async def test_loopback_dev_listener_with_starttls_does_not_require_it(submission: SubmissionFactory) -> None:
     server = await submission(auth={"allow_plaintext_loopback": True})
     async with server.raw("submission") as c:
