@@ -280,6 +280,54 @@ async def test_rset_abandons_a_pending_sender_check(mx: MxFactory, dns_server: D
         assert loop.time() - start < 2.0
 
 
+# --- configurable actions, DNS trouble, dev mode ---------------------------------------------------
+
+
+async def test_dmarc_reject_action_junk_delivers_to_junk(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    server = await mx(policy={"dmarc_reject": "junk"})
+    assert server.ctx.config.policy.dmarc_reject == "junk"
+    [reply] = await _deliver(server, message(sender=SENDER), sender="bounce@bulk.example")
+    assert reply.startswith("250 2.0.0"), reply
+    assert server.messages(ALICE) == []
+    [junk] = server.messages(ALICE, "Junk")
+    assert "dmarc=fail (p=reject" in _auth_results(junk)
+
+
+async def test_dmarc_quarantine_action_reject_is_550_5_7_1(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=quarantine")
+    server = await mx(policy={"dmarc_quarantine": "reject"})
+    [reply] = await _deliver(server, message(sender=SENDER), sender="bounce@bulk.example")
+    assert reply.startswith("550 5.7.1") and "DMARC" in reply, reply
+    assert server.messages(ALICE) == [] and server.messages(ALICE, "Junk") == []
+
+
+async def test_dkim_key_servfail_for_an_aligned_signature_under_p_reject_defers_451_4_4_3(
+        mx: MxFactory, dns_server: DnsServer, rsa_key: tuple[bytes, str]) -> None:
+    # SPF is not aligned (bulk.example), so DMARC hangs on the aligned signature, whose key cannot be
+    # fetched right now: a temporary error (RFC 7489 §6.6.2 temperror), never a reject, never a
+    # delivery that skipped the policy.
+    pem, _record = rsa_key
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
+    dns_server.add("bulk.example", "TXT", "v=spf1 ip4:127.0.0.1 -all")
+    dns_server.set_servfail(f"sel._domainkey.{SENDER_DOMAIN}")
+    server = await mx()
+    signed = _dkim_sign(message(sender=SENDER), SENDER_DOMAIN, pem)
+    [reply] = await _deliver(server, signed, sender="bounce@bulk.example")
+    assert reply.startswith("451 4.4.3"), reply
+    assert dns_server.queried(f"sel._domainkey.{SENDER_DOMAIN}", "TXT") >= 1
+    assert harness.all_files(server.mail_root) == []
+
+
+async def test_dev_mode_still_enforces_spf_fail_from_loopback(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    server = await mx(dev=True)
+    assert server.ctx.config.dev is True
+    [reply] = await _deliver(server, message(sender=SENDER))  # from 127.0.0.1
+    assert reply.startswith("550 5.7.1") and "SPF" in reply, reply
+    assert harness.all_files(server.mail_root) == []
+
+
 # --- RFC5322.From ---------------------------------------------------------------------------------
 
 
