@@ -166,6 +166,9 @@ class PolicyConfig:
     spf_fail: Action = opt("reject", "SPF fail with no aligned DKIM pass: reject, junk or accept.")
     dmarc_reject: Action = opt("reject", "DMARC fail where the policy is p=reject.")
     dmarc_quarantine: Action = opt("junk", "DMARC fail where the policy is p=quarantine.")
+    dkim_fail: Action = opt("accept", "DKIM-signed, no signature passes and one is fail or permerror: "
+                            "accept, junk or reject. accept by default: RFC 6376 §6.3 treats a failed "
+                            "signature like none, and DMARC decides.")
     check_local: bool = opt(True, "Also check mail from loopback and private addresses.")
 
 

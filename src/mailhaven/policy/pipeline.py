@@ -18,8 +18,14 @@ Decision at DATA (first match wins; "tempfail" never accepts a message we might 
 3. SPF temperror and no DMARC pass and no aligned DKIM pass      -> tempfail 451 4.4.3
 4. the strongest of: DMARC fail with p=reject -> `policy.dmarc_reject` (default reject);
    p=quarantine -> `policy.dmarc_quarantine` (default junk); SPF fail with no aligned DKIM pass
-   -> `policy.spf_fail` (default reject). "reject" is 550 5.7.1, "junk" is 250 into Junk.
-5. otherwise accept.
+   -> `policy.spf_fail` (default reject); DKIM failed (`dkim_failure`: signed, no signature
+   passes, one is fail or permerror) -> `policy.dkim_fail` (default accept: RFC 6376 §6.3 treats
+   a failed signature like none, and DMARC decides). "reject" is 550 5.7.1, "junk" is 250 into
+   Junk; on a tie the earlier reason is given (DMARC's before SPF's before DKIM's).
+5. DKIM temperror (a key lookup failed; no signature passes) where `policy.dkim_fail` is stronger
+   than what rule 4 found                                         -> tempfail 451 4.4.3
+   (a retry may pass or fail; with the default accept nothing waits on it)
+6. otherwise the result of rule 4, or accept.
 Policy applies to every client, loopback included, unless `policy.check_local` is false.
 """
 
@@ -141,6 +147,22 @@ class DmarcAhead:
     task: asyncio.Future[dmarc.Found]
 
 
+def dkim_failure(dkim_results: Sequence[DkimResult]) -> Literal["", "fail", "temperror"]:
+    """What `policy.dkim_fail` looks at (pure). "" when the message is unsigned or a signature
+    passes; "temperror" when none passes and a key lookup failed temporarily (a retry may pass);
+    "fail" when none passes and one is fail (RFC 6376 §6.1.3: hash or signature does not verify)
+    or permerror (§6.1.1-6.1.2: broken signature, no key, bad key). neutral and policy results
+    alone are not failures."""
+    statuses = {r.result for r in dkim_results}
+    if "pass" in statuses:
+        return ""
+    if "temperror" in statuses:
+        return "temperror"
+    if statuses & {"fail", "permerror"}:
+        return "fail"
+    return ""
+
+
 def decide(policy: PolicyConfig, spf_result: SpfResult | None, dkim_results: Sequence[DkimResult],
            dmarc_result: DmarcResult, author_error: str = "") -> Verdict:
     """The decision table of the module docstring (pure)."""
@@ -165,9 +187,14 @@ def decide(policy: PolicyConfig, spf_result: SpfResult | None, dkim_results: Seq
     if spf_status == "fail" and not dkim_aligned and spf_result is not None:
         candidates.append(_act(policy.spf_fail,
                                f"SPF check failed: {spf_result.domain} does not allow this sender"))
-    if not candidates:
-        return ACCEPT
-    return max(candidates, key=lambda v: _RANK.get(v.action, 0))
+    dkim_status = dkim_failure(dkim_results)
+    if dkim_status == "fail":
+        # The reason names no d= value: it is the sender's text, not checked to be a host name.
+        candidates.append(_act(policy.dkim_fail, "DKIM check failed: no signature of this message verifies"))
+    strongest = max(candidates, key=lambda v: _RANK.get(v.action, 0), default=ACCEPT)
+    if dkim_status == "temperror" and _RANK[policy.dkim_fail] > _RANK.get(strongest.action, 0):
+        return _tempfail("DNS error during policy check, try again later")
+    return strongest
 
 
 # Header sections up to this size are parsed on the event loop (about 35 µs per KiB, less than a
@@ -243,4 +270,4 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
 
 
 __all__ = ["Verdict", "Assessment", "ACCEPT", "DmarcAhead", "applies", "check_mail", "check_data", "decide",
-           "dmarc_ahead_domain", "look_ahead"]
+           "dkim_failure", "dmarc_ahead_domain", "look_ahead"]
