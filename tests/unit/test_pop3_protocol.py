@@ -14,6 +14,7 @@ from mailhaven.pop3.protocol import (
     Close,
     Commit,
     LoadMaildrop,
+    LoginFailed,
     MessageEntry,
     Retrieve,
     Send,
@@ -50,6 +51,7 @@ class Driver:
         self.commit_ok = commit_ok
         self.throttled = throttled
         self.intents: list[object] = []
+        self.failures: list[LoginFailed] = []  # what the shell logs as "pop3 login failed"
         self.closed = False
 
     def feed(self, data: bytes) -> bytes:
@@ -61,6 +63,9 @@ class Driver:
         while (ev := self.s.next_event()) is not None:
             if isinstance(ev, Send):
                 out += ev.data
+                continue
+            if isinstance(ev, LoginFailed):
+                self.failures.append(ev)
                 continue
             self.intents.append(ev)
             if isinstance(ev, Close):
@@ -150,6 +155,8 @@ def test_plaintext_auth_is_refused_before_tls_with_dovecot_wording(cmd: bytes) -
     assert d.feed(cmd) == (b"-ERR [AUTH] Plaintext authentication disallowed on non-secure "
                            b"(SSL/TLS) connections.\r\n")
     assert not any(isinstance(i, Authenticate) for i in d.intents)
+    assert [f.reason for f in d.failures] == ["plaintext_refused"]
+    assert [f.mechanism for f in d.failures] == ["PLAIN" if cmd.startswith(b"AUTH") else "USER"]
 
 
 def test_stls_then_login_works() -> None:
@@ -232,6 +239,7 @@ def test_auth_plain_continuation_can_be_cancelled() -> None:
     d.feed(b"AUTH PLAIN\r\n")
     assert d.feed(b"*\r\n") == P.R_AUTH_ABORTED
     assert d.s.state is State.AUTHORIZATION
+    assert d.failures == [LoginFailed("cancelled", "", "PLAIN")]
 
 
 def test_auth_plain_with_other_authzid_fails() -> None:
@@ -239,6 +247,7 @@ def test_auth_plain_with_other_authzid_fails() -> None:
     ir = base64.b64encode(b"bob\0alice\0secret")
     assert d.feed(b"AUTH PLAIN " + ir + b"\r\n") == P.R_AUTH_FAILED
     assert not d.intents
+    assert d.failures == [LoginFailed("authzid_refused", "alice", "PLAIN")]
 
 
 @pytest.mark.parametrize("resp", [b"!!!notbase64", b"=", base64.b64encode(b"alice\0secret"),
@@ -248,6 +257,7 @@ def test_auth_plain_malformed_response_fails_without_asking_the_directory(resp: 
     out = d.feed(b"AUTH PLAIN " + resp + b"\r\n")
     assert out.startswith(b"-ERR")
     assert not d.intents
+    assert [f.reason for f in d.failures] == ["bad_sasl"]
 
 
 def test_auth_unknown_mechanism() -> None:
@@ -441,6 +451,25 @@ def test_too_many_bad_commands_disconnects() -> None:
     assert d.feed(b"BAZ\r\nUSER alice\r\n") == P.R_TOO_MANY_BAD
     assert d.closed and d.s.state is State.CLOSED
     assert d.feed(b"USER alice\r\n") == b""
+
+
+def test_out_of_range_and_deleted_message_numbers_count_as_bad_commands_like_dovecot() -> None:
+    d = Driver(max_bad=3)
+    d.login()
+    d.feed(b"DELE 1\r\n")
+    assert d.feed(b"RETR 4\r\nLIST 1\r\n") == P.R_NO_MESSAGE + P.R_DELETED
+    assert d.feed(b"DELE 99999999999999999999\r\n") == P.R_TOO_MANY_BAD
+    assert d.closed
+
+
+def test_a_good_command_resets_the_bad_command_count_like_dovecot() -> None:
+    d = Driver(max_bad=3)
+    d.login()
+    for _ in range(5):  # two bad ones in a row at most: never three
+        assert d.feed(b"RETR 0\r\nFOO\r\nNOOP\r\n") == P.R_NO_MESSAGE + P.R_UNKNOWN + P.R_NOOP
+    assert not d.closed
+    assert d.feed(b"UIDL 7\r\nLIST 1 2\r\nTOP 1 -1\r\n").endswith(P.R_TOO_MANY_BAD)
+    assert d.closed
 
 
 def test_over_long_line_is_discarded_whole_and_answered_once() -> None:

@@ -8,7 +8,9 @@ Does not own: sockets, TLS, passwords, the store, locking or throttling. Those a
 Theory of operation
 -------------------
 The shell feeds received bytes with `receive_data()` and then calls `next_event()` until it
-returns None (= need more data). Each event is either `Send(data)` (write these bytes) or an intent:
+returns None (= need more data). Each event is either `Send(data)` (write these bytes),
+`LoginFailed(reason, login, mechanism)` (a login the session refused itself: the shell logs it and
+counts it; nothing to complete), or an intent:
 
     Authenticate(login, password)  -> shell checks limits + password, then calls
                                       auth_succeeded(user) | auth_failed() | auth_throttled()
@@ -179,8 +181,20 @@ class Close:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class LoginFailed:
+    """A login refused without asking the shell: reason is "plaintext_refused" (USER, PASS or AUTH
+    before TLS where that is not allowed), "cancelled" (AUTH answered with "*"), "bad_sasl" (an
+    AUTH PLAIN response that is not base64 or not PLAIN) or "authzid_refused" (acting as another
+    user). Failures the shell decides (password, throttling) it logs itself."""
+
+    reason: str
+    login: str = ""
+    mechanism: str = "USER"
+
+
 Intent = Authenticate | LoadMaildrop | Retrieve | StartTls | Commit
-Event = Send | Intent | Close
+Event = Send | LoginFailed | Intent | Close
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -348,7 +362,9 @@ class Session:
         self._out.append(Close())
 
     def _bad_command(self, reply: bytes) -> None:
-        """A reply counted against max_bad_commands (RFC 1939 gives no limit; Dovecot has one)."""
+        """A reply counted against max_bad_commands (RFC 1939 gives no limit; Dovecot has one, for
+        bad commands in a row: unknown, wrong state, bad syntax, a message number out of range or
+        of a deleted message; any other command starts the count again)."""
         self._bad += 1
         if self._bad >= self._max_bad:
             self._send(R_TOO_MANY_BAD)
@@ -384,7 +400,10 @@ class Session:
             known = any(verb in table for table in _COMMANDS.values())
             self._bad_command(R_WRONG_STATE if known else R_UNKNOWN)
             return
+        bad = self._bad
         handler(self, arg)
+        if self._bad == bad:
+            self._bad = 0  # as Dovecot: max_bad_commands counts bad commands in a row
 
     # AUTHORIZATION (RFC 1939 §4, §7; RFC 2449; RFC 2595; RFC 5034)
 
@@ -422,9 +441,13 @@ class Session:
         self.tls_active = True
         self._buf.clear()
 
+    def _plaintext_refused(self, login: str, mechanism: str) -> None:
+        self._out.append(LoginFailed("plaintext_refused", login, mechanism))
+        self._send(R_PLAINTEXT_DISALLOWED)
+
     def cmd_user(self, arg: str) -> None:
         if not self.plaintext_allowed:
-            self._send(R_PLAINTEXT_DISALLOWED)
+            self._plaintext_refused(arg.strip(), "USER")
             return
         name = arg.strip()
         if not name:
@@ -435,7 +458,7 @@ class Session:
 
     def cmd_pass(self, arg: str) -> None:
         if not self.plaintext_allowed:
-            self._send(R_PLAINTEXT_DISALLOWED)
+            self._plaintext_refused("", "USER")
             return
         if self._user_arg is None:
             self._bad_command(R_PASS_WITHOUT_USER)
@@ -455,7 +478,7 @@ class Session:
             self._bad_command(R_SYNTAX)
             return
         if not self.plaintext_allowed:
-            self._send(R_PLAINTEXT_DISALLOWED)
+            self._plaintext_refused("", args[0].upper()[:20])
             return
         if args[0].upper() != "PLAIN":
             self._send(R_AUTH_BAD_MECH)
@@ -471,17 +494,21 @@ class Session:
         try:
             message = sasl.decode_response(raw)  # "=" is empty (RFC 5034 §4)
         except sasl.SaslCancelled:  # RFC 5034 §4: "*" cancels
+            self._out.append(LoginFailed("cancelled", "", "PLAIN"))
             self._send(R_AUTH_ABORTED)
             return
         except ValueError:
+            self._out.append(LoginFailed("bad_sasl", "", "PLAIN"))
             self._send(R_AUTH_BAD_BASE64)
             return
         try:
             creds = sasl.parse_plain(message)
         except ValueError:
+            self._out.append(LoginFailed("bad_sasl", "", "PLAIN"))
             self._send(R_AUTH_FAILED)
             return
         if creds.authzid and creds.authzid != creds.login:  # no acting as another user
+            self._out.append(LoginFailed("authzid_refused", creds.login, "PLAIN"))
             self._send(R_AUTH_FAILED)
             return
         self._start_auth(creds.login, creds.password, "PLAIN")
@@ -560,15 +587,15 @@ class Session:
         n = _parse_nonneg(text)
         if n is None:
             if re.fullmatch(r"[0-9]+", text):  # all digits, just huge: out of range
-                self._send(R_NO_MESSAGE)
+                self._bad_command(R_NO_MESSAGE)
             else:
                 self._bad_command(R_SYNTAX)
             return None
         if not 1 <= n <= len(self._messages):
-            self._send(R_NO_MESSAGE)
+            self._bad_command(R_NO_MESSAGE)  # counted, as Dovecot does
             return None
         if n - 1 in self._deleted:  # RFC 1939 §5: deleted messages may not be referred to
-            self._send(R_DELETED)
+            self._bad_command(R_DELETED)
             return None
         return n - 1
 

@@ -31,6 +31,7 @@ from mailhaven.pop3.protocol import (
     Close,
     Commit,
     LoadMaildrop,
+    LoginFailed,
     Retrieve,
     Send,
     Session,
@@ -42,6 +43,11 @@ from mailhaven.store.model import MessageNotFound
 log = logging.getLogger("mailhaven.pop3")
 
 SEEN = "\\Seen"
+# "pop3 login failed" reason -> the metrics' auth failure reason (metrics.AUTH_FAILURE_REASONS)
+_METRIC_REASONS = {"bad_password": "bad_credentials", "unknown_user": "bad_credentials",
+                   "authzid_refused": "bad_credentials", "throttled": "throttled",
+                   "plaintext_refused": "tls_required", "bad_sasl": "syntax", "cancelled": "cancelled"}
+_PASSWORD_TRIED = frozenset({"bad_password", "unknown_user", "throttled"})  # logged as warnings
 
 # user -> holder, per store object: one POP3 session per maildrop (RFC 1939 §8 "exclusive-access lock").
 _locks: dict[int, set[str]] = {}
@@ -124,6 +130,8 @@ class _Connection(LineConnection):
                 await self.write(ev.data)
             elif isinstance(ev, Close):
                 return "logout"
+            elif isinstance(ev, LoginFailed):
+                self._login_failed(ev.reason, ev.login, ev.mechanism)
             elif isinstance(ev, Authenticate):
                 await self._authenticate(session, ev)
             elif isinstance(ev, LoadMaildrop):
@@ -141,12 +149,18 @@ class _Connection(LineConnection):
         await self.upgrade_tls(tls_ctx)
         session.tls_started()
 
+    def _login_failed(self, reason: str, login: str, mechanism: str) -> None:
+        """The one log line of a failed login (fail2ban and the like match it; the client address
+        is in the log context), with why: never the password."""
+        level = logging.WARNING if reason in _PASSWORD_TRIED else logging.INFO
+        mhlog.event(log, "pop3 login failed", level=level, reason=reason, login=login, mechanism=mechanism)
+        metrics.of(self.ctx).login("pop3", ok=False, reason=_METRIC_REASONS.get(reason, "bad_credentials"))
+
     async def _authenticate(self, session: Session, ev: Authenticate) -> None:
         ctx = self.ctx
         limits = getattr(ctx, "limits", None)
         if limits is not None and not await limits.before_auth(self.ip, ev.login):
-            mhlog.event(log, "pop3 login refused (throttled)", login=ev.login)
-            metrics.of(ctx).login("pop3", ok=False, reason="throttled")
+            self._login_failed("throttled", ev.login, ev.mechanism)
             session.auth_throttled()
             return
         directory = getattr(ctx, "directory", None)
@@ -154,8 +168,9 @@ class _Connection(LineConnection):
         if user is None:
             if limits is not None:
                 limits.auth_failed(self.ip, ev.login)
-            mhlog.event(log, "pop3 login failed", login=ev.login)
-            metrics.of(ctx).login("pop3", ok=False, reason="bad_credentials")
+            # Directory.authenticate spends the same time either way; the log may say which it was.
+            known = directory is not None and directory.user(ev.login) is not None
+            self._login_failed("bad_password" if known else "unknown_user", ev.login, ev.mechanism)
             session.auth_failed()
             return
         if limits is not None:
