@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import poplib
 import socket
 import ssl
@@ -65,8 +66,9 @@ class Pop3Harness:
             config=cfg, store=self.store, directory=Directory(cfg, UsersFile.load(cfg.users_file)),
             limits=Limits(cfg), tls=server_context(cfg), stopping=asyncio.Event())
         for name in self.names:
+            # The configured address (make_config: 127.0.0.1), on a port the kernel picks.
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((cfg.listeners[name].address, 0))
             sock.listen(64)
             sock.setblocking(False)
             self.ports[name] = sock.getsockname()[1]
@@ -136,8 +138,9 @@ def harness_factory(make_config: Callable[..., Any]) -> Iterator[Callable[..., P
 
     def build(plain: dict[str, Any] | None = None, implicit: dict[str, Any] | None = None,
               **overrides: Any) -> Pop3Harness:
-        """plain / implicit: overrides of the pop3 (STLS) and pop3s listeners; the rest goes to
-        the config table (e.g. auth={...}, pop3={"max_bad_commands": 3})."""
+        """plain / implicit: overrides of the pop3 (STLS) and pop3s listeners (e.g. address=
+        "0.0.0.0": clients still connect to 127.0.0.1); the rest goes to the config table (e.g.
+        auth={...}, pop3={"max_bad_commands": 3})."""
         cfg = make_config({"pop3": {"tls": "starttls", **(plain or {})}},
                           {"pop3s": {"tls": "implicit", **(implicit or {})}}, **overrides)
         h = Pop3Harness(cfg).start()
@@ -319,6 +322,29 @@ def test_plaintext_exception_applies_only_to_loopback_listeners() -> None:
             assert _is_loopback(s6)
 
 
+def test_plaintext_exception_is_per_listener_not_per_client_address(
+        pop3_factory: Callable[..., Pop3Harness], client_ssl_context: ssl.SSLContext) -> None:
+    """A listener on 0.0.0.0 is not a loopback listener, even for a client that reaches it through
+    127.0.0.1: with allow_plaintext_loopback on, USER/PASS/AUTH are still refused before STLS."""
+    h = pop3_factory(plain={"address": "0.0.0.0"}, auth={"allow_plaintext_loopback": True})
+    h.deliver(make_message(1))
+    assert h.servers[0].sockets[0].getsockname()[0] == "0.0.0.0"
+    c = client(h)  # connects to 127.0.0.1
+    assert c.sock.getpeername()[0] == "127.0.0.1"
+    caps = c.capa()
+    assert "USER" not in caps and "SASL" not in caps and "STLS" in caps
+    for line in ("USER " + ALICE, "PASS " + PASSWORD,
+                 "AUTH PLAIN " + base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode()).decode()):
+        with pytest.raises(poplib.error_proto) as e:
+            c._shortcmd(line)
+        assert e.value.args[0].startswith(b"-ERR [AUTH] Plaintext authentication disallowed")
+    c.stls(client_ssl_context)
+    c.user(ALICE)
+    c.pass_(PASSWORD)
+    assert c.stat()[0] == 1
+    c.quit()
+
+
 def test_auth_plain_with_initial_response_and_with_continuation(pop3: Pop3Harness) -> None:
     token = base64.b64encode(f"\0{ALICE}\0{PASSWORD}".encode())
     s, f = raw(pop3)
@@ -346,6 +372,45 @@ def test_wrong_password_gets_auth_response_code(pop3: Pop3Harness) -> None:
     c.user(ALICE)
     c.pass_(PASSWORD)
     c.quit()
+
+
+def _failed_login_records(caplog: pytest.LogCaptureFixture, n: int) -> list[logging.LogRecord]:
+    """The first n "pop3 login failed" records (the server logs them in its own thread)."""
+    deadline = time.monotonic() + 5
+    while True:
+        records = [r for r in caplog.records if r.getMessage() == "pop3 login failed"]
+        if len(records) >= n or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
+def test_failed_logins_are_logged_with_a_reason_and_never_the_password(
+        pop3_factory: Callable[..., Pop3Harness], client_ssl_context: ssl.SSLContext,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailhaven.pop3")
+    h = pop3_factory(auth={"allow_plaintext_loopback": False, "max_failures_per_ip": 2})
+    s, f = raw(h)
+    s.sendall(b"USER " + ALICE.encode() + b"\r\n")  # before STLS, where that is not allowed
+    assert f.readline().startswith(b"-ERR [AUTH] Plaintext")
+    s.close()
+    tls = client(h, "pop3s", client_ssl_context)
+    tls.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        tls.pass_("Wrong-Secret-1")
+    tls.user("nobody@example.test")
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        tls.pass_("Wrong-Secret-2")
+    tls.user(ALICE)
+    with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
+        tls.pass_("Wrong-Secret-3")  # the third failure from this address in a row: throttled
+    tls.quit()
+    records = _failed_login_records(caplog, 4)
+    fields = [r.mh_fields for r in records]  # type: ignore[attr-defined]
+    assert [(x["reason"], x["login"], x["mechanism"]) for x in fields] == [
+        ("plaintext_refused", ALICE, "USER"), ("bad_password", ALICE, "USER"),
+        ("unknown_user", "nobody@example.test", "USER"), ("throttled", ALICE, "USER")]
+    text = caplog.text + " ".join(repr(r.__dict__) for r in caplog.records)
+    assert "Wrong-Secret" not in text
 
 
 # --- maildrop: lock, DELE/RSET/QUIT, durability ------------------------------------------------
@@ -391,6 +456,59 @@ def test_dele_then_quit_removes_files_before_the_final_ok(pop3: Pop3Harness) -> 
     # The +OK came after the expunge: the files are already gone, no waiting needed.
     assert len(pop3.files()) == 1
     assert pop3.uids() == [uids[1]]
+
+
+def test_expunge_is_fsynced_before_the_final_ok(pop3: Pop3Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RFC 1939 §6 + STYLE rule 11: the directory entries of the deleted files are gone on disk
+    (the folder directory fsynced after the unlinks) before the client gets +OK to QUIT."""
+    from mailhaven.store import maildir
+
+    by_subject = {p.read_bytes().split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0]: p for p in pop3.files()}
+    doomed = {by_subject[b"message 1"], by_subject[b"message 3"]}
+    synced: list[tuple[Path, float, set[str]]] = []  # (directory, when the fsync ended, its entries then)
+    real_fsync_dir = maildir.fsync_dir
+
+    def slow_recorded_fsync_dir(path: Path) -> None:
+        time.sleep(0.3)  # a slow disk: +OK sent before (or without) this fsync would arrive first
+        real_fsync_dir(path)
+        synced.append((Path(path), time.monotonic(), set(os.listdir(path))))
+
+    monkeypatch.setattr(maildir, "fsync_dir", slow_recorded_fsync_dir)
+    s, f = raw(pop3)
+    s.sendall(f"USER {ALICE}\r\nPASS {PASSWORD}\r\nDELE 1\r\nDELE 3\r\n".encode())
+    assert [f.readline() for _ in range(4)] == [b"+OK\r\n", b"+OK Logged in.\r\n",
+                                                b"+OK Marked to be deleted.\r\n", b"+OK Marked to be deleted.\r\n"]
+    folders = {p.parent for p in doomed}
+    assert not [x for x in synced if x[0] in folders] and all(p.exists() for p in doomed)  # DELE only marks
+    s.sendall(b"QUIT\r\n")
+    assert f.readline() == b"+OK Logging out, 1 messages left.\r\n"
+    ok_at = time.monotonic()
+    s.close()
+    for folder in folders:
+        names = {p.name for p in doomed if p.parent == folder}
+        done = [at for path, at, entries in synced if path == folder and not names & entries]
+        assert done and min(done) < ok_at, (folder, synced, ok_at)
+
+
+def test_new_mail_during_the_session_survives_dele_and_quit(pop3: Pop3Harness) -> None:
+    """RFC 1939 §8: the maildrop is the INBOX at login. A message delivered during the session is
+    neither listed nor touched by the UPDATE (deleted, or given \\Seen), whether or not it got
+    its UID (an IMAP snapshot) before the QUIT."""
+    for n, uid_before_quit in ((10, False), (11, True)):
+        before = pop3.messages()
+        c = login(pop3)
+        pop3.deliver(make_message(n))
+        if uid_before_quit:
+            assert len(pop3.uids()) == len(before) + 1
+        assert c.stat()[0] == len(before)
+        c.retr(len(before))  # the last one of the maildrop: gets \Seen at QUIT
+        c.dele(1)
+        assert c.quit() == b"+OK Logging out, %d messages left." % (len(before) - 1)
+        after = pop3.messages()
+        assert [m.uid for m in after[:-1]] == [m.uid for m in before[1:]]  # only message 1 went
+        new = after[-1]
+        assert new.uid > before[-1].uid and b"Subject: message %d\r\n" % n in pop3.read(new.uid)
+        assert "\\Seen" in after[-2].flags and "\\Seen" not in new.flags
 
 
 def test_dropped_connection_deletes_nothing(pop3: Pop3Harness) -> None:
