@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from mailhaven.auth.passwords import hash_password
+from mailhaven.auth.users import UsersFile
 from mailhaven.dns.resolver import Resolver
 from mailhaven.message.headers import field_value, field_values
 from mailhaven.policy import dkim
@@ -31,6 +33,7 @@ submission = harness.submission
 dkim_rsa = harness.dkim_rsa
 
 QUEUED = "250 2.0.0 Ok: queued as "
+DAVE = "dave@second.test"
 
 
 def spool_files_holding(root: Path, needle: bytes) -> list[Path]:
@@ -171,6 +174,35 @@ async def test_ed25519_key_adds_a_second_signature(submission: SubmissionFactory
     results = await dkim.verify(Resolver([dns_nameserver], timeout=2), got.data)
     assert sorted((r.result, r.selector, r.algorithm) for r in results) == [
         ("pass", "mh1", "rsa-sha256"), ("pass", "mh1e", "ed25519-sha256")]
+
+
+async def test_user_of_a_second_domain_gets_that_domains_signature(
+        submission: SubmissionFactory, dns_server: DnsServer, dns_nameserver: str, tmp_path: Path,
+        users_file_path: Path, dkim_rsa: tuple[Path, str]) -> None:
+    """Two domains, each with its own key: dave@second.test's mail is signed d=second.test with
+    second.test's key (published in the test DNS), not with example.test's."""
+    pem, txt = await asyncio.to_thread(dkim.generate_rsa, 2048)
+    key = tmp_path / "second.test.s2.key"
+    key.write_bytes(pem)
+    key.chmod(0o600)
+    dns_server.add("s2._domainkey.second.test", "TXT", txt)
+    with UsersFile.edit(users_file_path) as uf:  # the users file the harness's config reads
+        uf.add_user(DAVE, hash_password(harness.PASSWORD))
+    server = await submission(domains={"second.test": {"dkim_key": str(key), "dkim_selector": "s2"}})
+    async with server.session("submissions", login=DAVE) as c:
+        replies = await c.transaction(DAVE, ["carol@remote.test"], message(sender=f"Dave <{DAVE}>",
+                                                                           to="carol@remote.test"))
+    assert replies[-1][0].startswith(QUEUED)
+    [got] = await server.peer.wait_messages(1)
+    assert got.mail_from == DAVE
+    results = await dkim.verify(Resolver([dns_nameserver], timeout=2), got.data)
+    assert [(r.result, r.domain, r.selector, r.algorithm) for r in results] == [
+        ("pass", "second.test", "s2", "rsa-sha256")]
+    # example.test's key is not the one that signed: published under the same name, it fails.
+    dns_server.remove("s2._domainkey.second.test", "TXT")
+    dns_server.add("s2._domainkey.second.test", "TXT", dkim_rsa[1])
+    results = await dkim.verify(Resolver([dns_nameserver], timeout=2), got.data)
+    assert [r.result for r in results] == ["fail"]
 
 
 async def test_domain_without_a_key_sends_unsigned(submission: SubmissionFactory) -> None:
