@@ -218,6 +218,41 @@ def test_listener_defaults_depend_on_the_listener(tmp_path: Path) -> None:
     assert (cfg.listeners["submission"].port, cfg.listeners["submission"].idle_timeout) == (587, 300.0)
 
 
+def test_loaded_config_is_frozen(sample: Path) -> None:
+    cfg = config.load(sample)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.hostname = "other.example.org"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.policy.spf_fail = "accept"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.listeners["imap"].port = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.domains["example.org"].catch_all = "x@example.org"  # type: ignore[misc]
+    assert cfg.hostname == "mail.example.org" and cfg.listeners["imap"].port == 143
+
+
+# (port, TLS mode) of each listener when its table is empty, as README and issue 2 state them
+# (README "Ports"; the MX's TLS mode is stated nowhere, so only its port is checked).
+LISTENER_DEFAULTS = {
+    "imap": (143, "starttls"), "imaps": (993, "implicit"),
+    "pop3": (110, "starttls"), "pop3s": (995, "implicit"),
+    "submission": (587, "starttls"), "submissions": (465, "implicit"),
+}
+
+
+def test_listener_defaults_are_the_standard_ports_and_tls_modes(tmp_path: Path) -> None:
+    for name in ("c.pem", "k.pem"):
+        (tmp_path / name).write_text("placeholder\n")
+    path = tmp_path / "mailhaven.toml"
+    path.write_text('[tls]\ncert = "c.pem"\nkey = "k.pem"\n'
+                    + "".join(f"[listeners.{name}]\n" for name in config.LISTENER_NAMES))
+    cfg = config.load(path)
+    assert set(cfg.listeners) == set(LISTENER_DEFAULTS) | {"mx"}
+    assert {n: (lc.port, lc.tls) for n, lc in cfg.listeners.items() if n != "mx"} == LISTENER_DEFAULTS
+    assert cfg.listeners["mx"].port == 25
+    assert all(lc.enabled for lc in cfg.listeners.values())
+
+
 def test_ipv6_wildcard_and_ipv4_wildcard_may_share_a_port(tmp_path: Path) -> None:
     cfg = config.from_dict({"listeners": {"imap": {"tls": "none", "address": "0.0.0.0", "port": 2000},
                                           "pop3": {"tls": "none", "address": "::", "port": 2000}}}, tmp_path)
