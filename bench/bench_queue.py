@@ -15,6 +15,8 @@ Figures (medians of RUNS, everything on loopback under one temporary directory):
   in a local test DNS server): messages per second from the first submission until the queue is
   empty again (everything delivered and removed), and the submission rate alone (acceptance).
   DKIM signing is off by default (--dkim turns RSA-2048 signing on).
+The command that reproduces the figures (every option the mode reads, defaults spelled out) is
+printed first and again under the figures.
 
 Switching to SMTP submission (once smtp/submission.py exists): `--via smtp` submits over
 aiosmtplib with STARTTLS + AUTH to a running server instead of calling cleanup.enqueue, and waits
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shlex
 import shutil
 import statistics
 import sys
@@ -292,6 +295,32 @@ async def bench_smtp(args: argparse.Namespace, levels: list[int]) -> None:
               f"delivered, {statistics.median(accepts):.0f} msg/s accepted")
 
 
+# Options each mode reads (the reproducing command names these, defaults spelled out).
+MODE_OPTIONS = {
+    "enqueue": ("entries", "messages", "size", "runs", "concurrency", "only", "dkim", "threads", "via"),
+    "smtp": ("messages", "size", "runs", "concurrency", "via", "smtp", "user", "password", "control"),
+}
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces these figures: every option the mode reads, with the value
+    it had (defaults spelled out, so the figures stay reproducible if a default changes),
+    shell-quoted. A password other than the default is shown as <PASSWORD>."""
+    words = ["python", "bench/bench_queue.py"]
+    for dest in MODE_OPTIONS[args.via]:
+        value = getattr(args, dest)
+        flag = "--" + dest
+        if isinstance(value, bool):
+            words += [flag] if value else []
+        elif value is None:
+            continue
+        elif dest == "password" and value != "secret":
+            words += [flag, "<PASSWORD>"]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words).replace("'<PASSWORD>'", "<PASSWORD>")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--entries", type=int, default=10_000)
@@ -309,18 +338,21 @@ def main() -> None:
     p.add_argument("--control", default="")
     args = p.parse_args()
     levels = [int(x) for x in args.concurrency.split(",")]
+    cmd = reproduce_command(args)
+    print(f"command: {cmd}", flush=True)
     if args.via == "smtp":
         asyncio.run(bench_smtp(args, levels))
-        return
-    workdir = Path(tempfile.mkdtemp(prefix="mh-bench-queue-"))
-    try:
-        if args.only in (None, "recovery"):
-            asyncio.run(bench_recovery(workdir, args.entries, args.size, args.runs))
-        if args.only in (None, "throughput"):
-            asyncio.run(bench_throughput(workdir, args.messages, args.size, args.runs, levels, args.dkim,
-                                        args.threads))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="mh-bench-queue-"))
+        try:
+            if args.only in (None, "recovery"):
+                asyncio.run(bench_recovery(workdir, args.entries, args.size, args.runs))
+            if args.only in (None, "throughput"):
+                asyncio.run(bench_throughput(workdir, args.messages, args.size, args.runs, levels, args.dkim,
+                                            args.threads))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nmedians of {args.runs} run(s); reproduce: {cmd}")
 
 
 if __name__ == "__main__":
