@@ -10,4 +10,7 @@ UIDL values are Dovecot's default format `%08Xu%08Xv` (IMAP UID then UIDVALIDITY
 digits each, as Dovecot really prints them), so they follow IMAP's identity of a message and survive
 a migration from Dovecot (same UIDLs: clients do not download everything again).
 The maildrop is the INBOX as it was at login; mail arriving later shows in the next session.
+LIST and STAT sizes are exactly the octets RETR sends before ".CRLF" (RFC 1939 §11), the CRLF it
+adds to a message without a final line break included: the store's MessageInfo.pop3_size, learnt
+when the store first sees the file, so LIST reads no message.
 """
