@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -374,6 +375,26 @@ def _dev_banner(proc: Proc) -> dict[str, str]:
             lines[m.group(1)] = m.group(2).strip()
 
 
+# The dev ports served over implicit TLS (RFC 8314) and the start of each one's greeting.
+IMPLICIT_TLS_GREETINGS = {"submissions": b"220 ", "pop3s": b"+OK", "imaps": b"* OK"}
+
+
+def _tls_greeting(port: int, cert: Path) -> bytes:
+    """Handshake with 127.0.0.1:port verifying the server against `cert` (self-signed, for
+    localhost and 127.0.0.1), and return the first line the server sends."""
+    ctx = ssl.create_default_context(cafile=str(cert))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = tls.recv(1024)
+            if not chunk:
+                break
+            line += chunk
+        return line
+
+
 def test_serve_dev_needs_no_files_prints_the_account_and_stops_on_sigterm(tmp_path: Path) -> None:
     busy = [p for p in config.DEV_PORTS.values() if not _port_free(p)]
     if busy:
@@ -390,6 +411,11 @@ def test_serve_dev_needs_no_files_prints_the_account_and_stops_on_sigterm(tmp_pa
             assert where == f"127.0.0.1 port {config.DEV_PORTS[name]}"
             with socket.create_connection(("127.0.0.1", config.DEV_PORTS[name]), timeout=5):
                 pass
+        # The implicit-TLS ports speak TLS with the certificate serve --dev wrote, then greet.
+        cert = tmp_path / "mailhaven-dev" / "tls" / "cert.pem"
+        implicit = [name for name in IMPLICIT_TLS_GREETINGS if name in serving]
+        for name in implicit:
+            assert _tls_greeting(config.DEV_PORTS[name], cert).startswith(IMPLICIT_TLS_GREETINGS[name]), name
         entry = UsersFile.load(tmp_path / "mailhaven-dev" / "users.toml").get_user("dev@example.test")
         assert entry is not None and passwords.verify_sync(entry.password, password)
     finally:
