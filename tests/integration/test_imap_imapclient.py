@@ -154,3 +154,25 @@ def test_enable_and_unselect(client: IMAPClient) -> None:
     client.unselect_folder()
     with pytest.raises(IMAPClientError):
         client.fetch([1], ["FLAGS"])
+
+
+def test_check_through_imaplib_under_imapclient(imap: ImapHarness, client: IMAPClient) -> None:
+    """IMAPClient has no CHECK method: its imaplib connection sends it. RFC 3501 §6.4.1: selected
+    state only, OK there (with the updates NOOP would give), BAD otherwise."""
+    import imaplib
+
+    imap.fill(1)
+    client.select_folder("INBOX")
+    imap.deliver(make_message(2))
+    client._imap.untagged_responses.pop("EXISTS", None)
+    assert client._imap.check() == ("OK", [b"Check completed."])
+    assert client._imap.untagged_responses.pop("EXISTS") == [b"2"]  # CHECK reports new mail as NOOP does
+    assert client.search() == [1, 2]
+    client.unselect_folder()
+    with pytest.raises(imaplib.IMAP4.error, match="illegal in state AUTH"):  # imaplib keeps it to itself
+        client._imap.check()
+    client._imap.state = "SELECTED"  # a client that lost track of its state sends it anyway
+    with pytest.raises(imaplib.IMAP4.error, match=r"CHECK command error: BAD \[b'CHECK is not allowed"):
+        client._imap.check()
+    client._imap.state = "AUTH"
+    assert client.noop()[0].startswith(b"NOOP")

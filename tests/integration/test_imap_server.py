@@ -602,6 +602,22 @@ def test_close_expunges_silently_and_unselect_does_not(imap: ImapHarness) -> Non
     raw.close()
 
 
+def test_check_is_ok_when_selected_and_bad_when_only_authenticated(imap: ImapHarness) -> None:
+    imap.fill(1)
+    raw = imap.raw()
+    raw.login()
+    # RFC 3501 §6.4.1: CHECK is a selected-state command (Dovecot: BAD "No mailbox selected.")
+    assert raw.cmd(b"CHECK")[-1].startswith(b"t BAD")
+    raw.cmd(b"SELECT INBOX")
+    imap.deliver(make_message(2))
+    lines = raw.cmd(b"CHECK")
+    assert lines[-1] == b"t OK Check completed.\r\n"
+    assert b"* 2 EXISTS\r\n" in lines  # like NOOP, CHECK brings the session up to date
+    raw.cmd(b"UNSELECT")
+    assert raw.cmd(b"CHECK")[-1].startswith(b"t BAD")
+    raw.close()
+
+
 # --------------------------------------------------------------------------- COPY / MOVE
 
 
