@@ -40,9 +40,10 @@ def make_message(n: int, *, subject: str | None = None, sender: str = "sender@ex
 class ImapHarness:
     """Store + IMAP listeners in a thread with their own event loop. ctx is built here, not by app.py."""
 
-    def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps")) -> None:
+    def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps"), *, fsync: bool = False) -> None:
         self.cfg = cfg
         self.names = names
+        self.fsync = fsync  # the Store's durability (off by default: the tests run faster without it)
         self.ports: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="imap-harness", daemon=True)
@@ -64,7 +65,7 @@ class ImapHarness:
         from mailhaven.tls import server_context
 
         cfg = self.cfg
-        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=False)
+        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=self.fsync)
         await self.store.start()
         self.ctx = SimpleNamespace(
             config=cfg, store=self.store, directory=Directory(cfg, UsersFile.load(cfg.users_file)),
@@ -548,6 +549,114 @@ def test_append_too_big_literal_is_refused_without_reading(make_config: Callable
         raw.send(b"b APPEND INBOX {5000+}\r\n" + b"x" * 5000 + b"\r\n")  # LITERAL+: too late to refuse
         assert raw.line().startswith(b"b BAD")
         assert raw.closed()
+    finally:
+        h.stop()
+
+
+def test_append_ok_comes_only_after_the_file_and_its_directory_are_fsynced(
+        make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import queue
+
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), fsync=True).start()
+    try:
+        raw = h.raw()
+        raw.login()
+        assert raw.cmd(b"STATUS INBOX (MESSAGES)")[-1].startswith(b"t OK")  # Maildir made (and synced) now
+        user_dir = os.path.realpath(h.cfg.mail_root / "example.test" / "alice")
+        synced: list[str] = []
+        entered: queue.Queue[str] = queue.Queue()  # a worker thread reached a gated fsync ...
+        gates: dict[str, threading.Event] = {}  # ... and waits there until the test opens its gate
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.startswith(user_dir + "/tmp/") or path == user_dir + "/cur":
+                gate = gates.setdefault(path, threading.Event())
+                entered.put(path)
+                gate.wait(10)
+            real_fsync(fd)
+            synced.append(path)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        msg = make_message(1)
+        try:
+            raw.send(b"a APPEND INBOX (\\Flagged) {%d+}\r\n" % len(msg) + msg + b"\r\n")  # LITERAL+
+            held = []
+            for _ in range(2):  # the message file, then cur/: no reply while either fsync is pending
+                held.append(entered.get(timeout=10))
+                with pytest.raises(TimeoutError):
+                    raw.line(timeout=0.3)
+                gates[held[-1]].set()
+            reply = raw.until_tagged(b"a")
+            assert reply[-1].startswith(b"a OK [APPENDUID "), reply
+        finally:
+            for gate in gates.values():
+                gate.set()
+        tmp_file, cur_dir = held
+        assert tmp_file.startswith(user_dir + "/tmp/") and cur_dir == user_dir + "/cur"
+        assert synced.index(tmp_file) < synced.index(cur_dir)
+        [name] = os.listdir(cur_dir)  # the fsynced file itself, renamed into cur/ with its flag
+        assert name.startswith(tmp_file.rsplit("/", 1)[1] + ":2,") and name.endswith("F")
+        with open(os.path.join(cur_dir, name), "rb") as f:
+            assert f.read() == msg
+        raw.close()
+    finally:
+        h.stop()
+
+
+MIB = 1 << 20
+
+
+def message_of_size(size: int) -> bytes:
+    """A well-formed CRLF message of exactly `size` octets (printable lines of 78 + CRLF)."""
+    head = make_message(1, subject="big", body=b"")
+    body = b"".join(b"%078d\r\n" % i for i in range((size - len(head)) // 80 + 1))
+    msg = head + body[:size - len(head) - 2]
+    return msg + b"\r\n"
+
+
+def test_append_of_exactly_the_size_limit_is_stored_byte_for_byte(make_config: Callable[..., Any]) -> None:
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}, smtp={"max_message_size": MIB}),
+                    names=("imap",)).start()
+    try:
+        msg = message_of_size(MIB)
+        assert len(msg) == MIB and b"\r\n\r\n" in msg and msg.count(b"\n") == msg.count(b"\r\n")
+        c = h.client()
+        typ, data = c.append("INBOX", None, None, msg)  # synchronising literal {1048576}
+        assert typ == "OK" and b"[APPENDUID " in data[0], (typ, data)
+        ok(c.select("INBOX"))
+        data = ok(c.fetch("1", "(RFC822.SIZE BODY.PEEK[])"))
+        assert data[0][0].endswith(b"BODY[] {%d}" % MIB) and b"RFC822.SIZE %d " % MIB in data[0][0]
+        assert data[0][1] == msg
+        c.logout()
+    finally:
+        h.stop()
+
+
+def test_append_one_octet_over_the_limit_is_toobig_unread_and_the_session_goes_on(
+        make_config: Callable[..., Any]) -> None:
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}, smtp={"max_message_size": MIB}),
+                    names=("imap",)).start()
+    try:
+        raw = h.raw()
+        raw.login()
+        # RFC 7889 §4 (as Dovecot): a synchronising literal over the limit is refused before any "+",
+        # so the client never sends it; the server does not wait for it either.
+        raw.send(b"a APPEND INBOX {%d}\r\n" % (MIB + 1))
+        assert raw.line(timeout=3).startswith(b"a NO [TOOBIG]")
+        assert raw.cmd(b"NOOP") == [b"t OK NOOP completed.\r\n"]
+        msg = message_of_size(MIB + 1)
+        assert len(msg) == MIB + 1
+        c = h.client()
+        typ, data = c.append("INBOX", None, None, msg)  # imaplib sends no literal without the "+"
+        assert typ == "NO" and data[0].startswith(b"[TOOBIG]")
+        ok(c.noop())
+        typ, data = c.append("INBOX", None, None, msg[:MIB - 2] + b"\r\n")  # and the limit itself goes in
+        assert typ == "OK"
+        assert [m.size for m in h.messages()] == [MIB]
+        c.logout()
+        raw.close()
     finally:
         h.stop()
 
