@@ -440,6 +440,74 @@ def test_fetch_body_sections_and_seen(imap: ImapHarness) -> None:
     c.logout()
 
 
+# RFC 3501 §6.4.5: BODY[<section>]<partial>, RFC822 and RFC822.TEXT set \Seen; BODY.PEEK and
+# RFC822.HEADER (which is BODY.PEEK[HEADER]) do not, and neither does any metadata item.
+SETS_SEEN = ["RFC822", "RFC822.TEXT", "BODY[TEXT]", "BODY[HEADER]", "BODY[]", "BODY[1]", "BODY[]<0.10>",
+             "BODY[HEADER.FIELDS (SUBJECT)]", "BODY[HEADER.FIELDS.NOT (SUBJECT)]"]
+KEEPS_UNSEEN = ["RFC822.HEADER", "BODY.PEEK[]", "BODY.PEEK[TEXT]", "BODY.PEEK[HEADER]", "BODY.PEEK[1]",
+                "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "FLAGS", "INTERNALDATE UID BODY"]
+
+
+def _fetch_text(raw: RawClient, command: bytes) -> bytes:
+    lines = raw.cmd(command)
+    assert lines[-1].startswith(b"t OK"), lines
+    return b"".join(lines[:-1])
+
+
+@pytest.mark.parametrize("item", SETS_SEEN)
+@pytest.mark.parametrize("uid", [False, True], ids=["seq", "uid"])
+def test_non_peek_fetch_sets_seen_and_sends_the_new_flags(imap: ImapHarness, item: str, uid: bool) -> None:
+    imap.fill(2)
+    imap.store_flags([2], {"\\Seen"})
+    raw = imap.raw()
+    raw.login()
+    raw.cmd(b"SELECT INBOX")
+    prefix = b"UID FETCH" if uid else b"FETCH"
+    text = _fetch_text(raw, prefix + b" 1 (" + item.encode() + b")")
+    assert text.endswith(b" FLAGS (\\Seen \\Recent))\r\n"), text  # the change comes with the data
+    assert text.startswith(b"* 1 FETCH (UID 1 " if uid else b"* 1 FETCH (")
+    assert imap.messages()[0].flags == {"\\Seen"}
+    text = _fetch_text(raw, prefix + b" 2 (" + item.encode() + b")")  # already \Seen: no FLAGS (Dovecot)
+    assert b"FLAGS" not in text
+    text = _fetch_text(raw, prefix + b" 1 (" + item.encode() + b")")
+    assert b"FLAGS" not in text
+    raw.close()
+
+
+@pytest.mark.parametrize("item", KEEPS_UNSEEN)
+def test_peek_and_metadata_fetches_do_not_set_seen(imap: ImapHarness, item: str) -> None:
+    imap.fill(1)
+    raw = imap.raw()
+    raw.login()
+    raw.cmd(b"SELECT INBOX")
+    text = _fetch_text(raw, b"FETCH 1 (" + item.encode() + b")")
+    assert b"\\Seen" not in text
+    assert b"\\Seen" not in _fetch_text(raw, b"FETCH 1 (FLAGS)")
+    assert imap.messages()[0].flags == set()
+    raw.close()
+
+
+def test_nothing_sets_seen_in_an_examined_mailbox(imap: ImapHarness) -> None:
+    imap.fill(2)
+    raw = imap.raw()
+    raw.login()
+    assert raw.cmd(b"EXAMINE INBOX")[-1].startswith(b"t OK [READ-ONLY]")
+    for item in SETS_SEEN:
+        text = _fetch_text(raw, b"FETCH 1:2 (" + item.encode() + b")")
+        assert b"FLAGS" not in text, (item, text)
+        text = _fetch_text(raw, b"UID FETCH 1:2 (" + item.encode() + b")")
+        assert b"FLAGS" not in text, (item, text)
+    assert b"\\Seen" not in _fetch_text(raw, b"FETCH 1:2 (FLAGS)")
+    assert [m.flags for m in imap.messages()] == [set(), set()]
+    other = imap.raw()  # a read-write session sees no \Seen either
+    other.login()
+    other.cmd(b"SELECT INBOX")
+    assert _fetch_text(other, b"FETCH 1:2 (FLAGS)") == \
+        b"* 1 FETCH (FLAGS (\\Recent))\r\n* 2 FETCH (FLAGS (\\Recent))\r\n"
+    other.close()
+    raw.close()
+
+
 def test_fetch_envelope_bodystructure_body(imap: ImapHarness) -> None:
     imap.fill(1)
     c = imap.client()
