@@ -895,6 +895,58 @@ def test_namespace_id_enable(imap: ImapHarness) -> None:
     raw.close()
 
 
+def test_imaplib_own_methods_check_close_namespace_enable_unselect_uid_copy_move_and_id(
+        imap: ImapHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of these through imaplib's own method (not raw lines), so imaplib's parsing of our
+    responses (response codes into untagged_responses, NAMESPACE, ENABLED) is part of the test."""
+    imap.fill(4)
+    c = imap.client()
+    assert "NAMESPACE" in c.capabilities and "ENABLE" in c.capabilities
+    assert ok(c.namespace()) == [b'(("" ".")) NIL NIL']  # RFC 2342
+    typ, _ = c.enable("CONDSTORE")  # RFC 5161 §3.2: not offered, so ENABLED names nothing
+    assert typ == "OK" and c.untagged_responses.pop("ENABLED") == [b""]
+    # ID (RFC 2971) has no imaplib method: xatom sends it (registered for every state, undone after)
+    monkeypatch.setitem(imaplib.Commands, "ID", ("NONAUTH", "AUTH", "SELECTED"))
+    typ, _ = c.xatom("ID", '("name" "imaplib" "version" "3")')
+    assert typ == "OK"
+    assert c.response("ID")[1][0].startswith(b'("name" "Mailhaven"')
+
+    assert ok(c.select("INBOX")) == [b"4"]
+    c.untagged_responses.clear()  # select() leaves its EXISTS there
+    imap.deliver(make_message(5))
+    assert ok(c.check()) == [b"Check completed."]
+    assert c.response("EXISTS")[1] == [b"5"]
+    ok(c.uid("STORE", "1", "+FLAGS", "(\\Flagged)"))
+    typ, data = c.uid("COPY", "1,3", "Archive")  # RFC 4315: COPYUID in the tagged OK
+    assert typ == "OK"
+    m = re.fullmatch(rb"(\d+) 1,3 1:2", c.response("COPYUID")[1][0])
+    assert m and int(m.group(1)) == h_uidvalidity(imap, "Archive")
+    assert [(x.uid, x.flags) for x in imap.messages(folder="Archive")] == [(1, {"\\Flagged"}), (2, set())]
+    typ, data = c.uid("MOVE", "2:4", "Trash")  # RFC 6851: COPYUID untagged, then EXPUNGEs
+    assert typ == "OK"
+    m = re.fullmatch(rb"(\d+) 2:4 1:3", c.response("COPYUID")[1][0])
+    assert m and int(m.group(1)) == h_uidvalidity(imap, "Trash")
+    assert c.response("EXPUNGE")[1] == [b"2", b"2", b"2"]
+    assert [x.uid for x in imap.messages()] == [1, 5]
+    ok(c.store("1", "+FLAGS", "(\\Deleted)"))
+    ok(c.unselect())  # RFC 3691: leaves without expunging
+    assert c.state == "AUTH" and [x.uid for x in imap.messages()] == [1, 5]
+    with pytest.raises(imaplib.IMAP4.error):
+        c.check()  # selected state only
+    ok(c.select("INBOX"))
+    ok(c.close())  # RFC 3501 §6.4.2: expunges \Deleted silently
+    assert c.state == "AUTH" and [x.uid for x in imap.messages()] == [5]
+    assert c.response("EXPUNGE")[1] == [None]
+    c.logout()
+
+
+def h_uidvalidity(h: ImapHarness, folder: str) -> int:
+    async def go() -> int:
+        mb = await h.store.account(ALICE).mailbox(folder)
+        return int(mb.uidvalidity)
+    return h.call(go())  # type: ignore[no-any-return]
+
+
 # --------------------------------------------------------------------------- shell limits
 
 
