@@ -1,5 +1,5 @@
 """Real IMAP clients against the server: mbsync (Debian isync) syncing both ways over STARTTLS, flags
-included, with a second sync changing nothing; mutt driven through tmux; fetchmail."""
+included, with a second sync changing nothing; and mutt driven through tmux."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from tests.integration.test_imap_server import ALICE, ImapHarness, make_message
 MBSYNC = shutil.which("mbsync")
 MUTT = shutil.which("mutt")
 TMUX = shutil.which("tmux")
-FETCHMAIL = shutil.which("fetchmail")
 
 
 @pytest.fixture
