@@ -8,6 +8,7 @@ import contextlib
 import email
 import email.policy
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mailhaven import app, cleanup
+from mailhaven.metrics import Metrics
 from mailhaven.queue.manager import QueueManager
 from tests.dnsserver import DnsServer
 from tests.smtp_peer import SmtpPeer, shared_port, until
@@ -287,3 +290,147 @@ async def test_per_destination_limit_caps_parallel_transactions(
     peer.release_data()
     await peer.wait_messages(5)
     await env.wait_empty()
+
+
+# --- null sender, a peer that comes up late, metrics, the per-attempt log line ---------------------------
+
+def _attempt_lines(caplog: pytest.LogCaptureFixture, qid: str) -> list[str]:
+    """The queue's per-attempt log lines about entry `qid` (one per recipient per attempt)."""
+    return [r.getMessage() for r in caplog.records
+            if r.name == "mailhaven.queue" and r.getMessage().startswith(f"queue: {qid} to=<")]
+
+
+async def test_null_sender_delayed_past_the_warning_delay_gets_no_delay_warning(
+        queue_config: Any, env_factory: Any, peer: SmtpPeer, caplog: pytest.LogCaptureFixture) -> None:
+    # RFC 5321 §6.1: a bounce (null reverse-path) is never answered by a DSN, a delay warning included.
+    caplog.set_level(logging.INFO, logger="mailhaven.queue")
+    peer.script_rcpt("bob@b.test", *["451 4.3.0 later"] * 4)
+    env = await env_factory(queue_config(retry_schedule=["0.3s"], delay_warning="0.5s"))
+    submitted: list[tuple[str, list[str]]] = []
+    real_submit = env.manager.submit
+
+    async def spy(sender: str, recipients: list[str], message: bytes, **kw: Any) -> str:
+        submitted.append((sender, list(recipients)))
+        return await real_submit(sender, recipients, message, **kw)
+
+    env.manager.submit = spy  # type: ignore[method-assign]
+    started = time.monotonic()
+    qid = await cleanup.enqueue(env.ctx, "", ["bob@b.test"], MSG, source="dsn")
+    [got] = await peer.wait_messages(1, seconds=15)
+    assert time.monotonic() - started >= 0.5  # it was still queued once the warning was due
+    assert got.mail_from == "<>"  # aiosmtpd records the null reverse-path as written
+    await env.wait_empty()
+    await asyncio.sleep(0.3)
+    assert submitted == [("", ["bob@b.test"])]  # nothing else was queued: no warning to anyone
+    assert env.manager.entries == {} and await env.inbox() == []
+    assert not [r for r in caplog.records if "notice to" in r.getMessage()]
+    assert len(_attempt_lines(caplog, qid)) == 5  # 4 deferrals, then the delivery
+
+
+async def test_refused_connection_is_retried_until_the_peer_is_up(
+        queue_config: Any, env_factory: Any, dns_server: DnsServer, port: int,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailhaven.queue")
+    dns_server.add("b.test", "MX", "10 mx.b.test.")
+    dns_server.add("mx.b.test", "A", "127.0.0.2")  # nobody listens yet: connection refused
+    env = await env_factory(queue_config(retry_schedule=["0.5s"]))
+    qid = await cleanup.enqueue(env.ctx, ALICE, ["bob@b.test"], MSG)
+    first = await until(lambda: _attempted(env.spool_dir / f"{qid}.env"), 5)
+    [rcpt] = first["recipients"]
+    assert rcpt["state"] == "pending" and rcpt["last"]["temporary"] is True
+    assert (rcpt["last"]["code"], rcpt["last"]["enhanced"]) == (451, "4.4.1")
+    assert rcpt["last"]["text"].startswith("connect to mx.b.test[127.0.0.2]")
+    late = await SmtpPeer("127.0.0.2", port).start()  # the destination comes back
+    try:
+        [got] = await late.wait_messages(1, seconds=10)  # no operator action: the queue retried
+        assert got.rcpt_tos == ["bob@b.test"] and b"Subject: hello" in got.data
+        await env.wait_empty()
+        assert len(late.messages) == 1 and await env.inbox() == []  # once, and no bounce or warning
+    finally:
+        await late.stop()
+    lines = _attempt_lines(caplog, qid)
+    assert len(lines) >= 2
+    assert all(" deferred via mx.b.test: 451 4.4.1 connect to mx.b.test[127.0.0.2]" in ln for ln in lines[:-1])
+    assert lines[-1].startswith(f"queue: {qid} to=<bob@b.test> delivered via mx.b.test: 250 ")
+
+
+async def test_one_log_line_per_recipient_and_attempt_with_result_and_remote_reply(
+        queue_config: Any, env_factory: Any, peer: SmtpPeer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailhaven.queue")
+    peer.script_rcpt("bob@b.test", "451 4.7.1 greylisted, come back later")
+    peer.script_rcpt("gone@b.test", "550 5.1.1 no such user here")
+    env = await env_factory(queue_config(retry_schedule=["0.3s"]))
+    qid = await cleanup.enqueue(env.ctx, ALICE, ["bob@b.test", "gone@b.test"], MSG)
+    await peer.wait_messages(1)
+    await env.wait_empty()
+    lines = _attempt_lines(caplog, qid)
+    # Attempt 1: both recipients in one transaction; attempt 2: only the one still pending.
+    assert sorted(lines[:2]) == sorted([
+        f"queue: {qid} to=<bob@b.test> deferred via mx.b.test: 451 4.7.1 greylisted, come back later",
+        f"queue: {qid} to=<gone@b.test> bounced via mx.b.test: 550 5.1.1 no such user here"])
+    assert lines[2:] == [f"queue: {qid} to=<bob@b.test> delivered via mx.b.test: 250 2.0.0 queued"]
+    assert not any("Hi Bob." in r.getMessage() for r in caplog.records)  # never the message body
+
+
+def _metric(m: Metrics, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(m.render().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+def _delivery_results(m: Metrics) -> dict[tuple[str, str], float]:
+    return {(s.labels["kind"], s.labels["result"]): s.value
+            for f in text_string_to_metric_families(m.render().decode()) for s in f.samples
+            if s.name == "mailhaven_delivery_results_total"}
+
+
+async def test_metrics_follow_deliveries_deferrals_bounces_and_the_queue(
+        queue_config: Any, env_factory: Any, peer: SmtpPeer) -> None:
+    env = await env_factory(queue_config(retry_schedule=["1h"]))  # a deferred entry stays put
+    m = Metrics(process=False)
+    env.ctx.metrics = m
+    m.set_queue_probe(env.manager.stats)  # as app.run wires it
+    assert (_metric(m, "mailhaven_queue_messages"), _metric(m, "mailhaven_queue_oldest_age_seconds")) == (0, 0)
+
+    # A delivery.
+    await cleanup.enqueue(env.ctx, ALICE, ["bob@b.test"], MSG)
+    await peer.wait_messages(1)
+    await env.wait_empty()
+    assert _metric(m, "mailhaven_messages_sent_total") == 1
+    assert _delivery_results(m) == {("remote", "delivered"): 1}
+
+    # A deferral: the entry stays queued, and the gauges show it and its growing age.
+    peer.script_rcpt("later@b.test", "451 4.3.0 try later")
+    deferred = await cleanup.enqueue(env.ctx, ALICE, ["later@b.test"], MSG)
+    await until(lambda: _attempted(env.spool_dir / f"{deferred}.env"), 5)
+    assert _delivery_results(m) == {("remote", "delivered"): 1, ("remote", "deferred"): 1}
+    assert _metric(m, "mailhaven_queue_messages") == 1
+    age = _metric(m, "mailhaven_queue_oldest_age_seconds")
+    assert age is not None and 0 < age < 30
+    await asyncio.sleep(0.3)
+    later_age = _metric(m, "mailhaven_queue_oldest_age_seconds")
+    assert later_age is not None and later_age >= age + 0.25
+    assert _metric(m, "mailhaven_messages_sent_total") == 1  # deferred is not sent
+
+    # A bounce (the DSN goes straight into the local sender's INBOX).
+    peer.script_rcpt("gone@b.test", "550 5.1.1 no such user")
+    await cleanup.enqueue(env.ctx, ALICE, ["gone@b.test"], MSG)
+    await env.wait_inbox(1)
+    await until(lambda: len(env.manager.entries) == 1, 5)
+    assert _metric(m, "mailhaven_messages_bounced_total") == 1
+    assert _metric(m, "mailhaven_messages_sent_total") == 1  # bounced is not sent
+    assert _delivery_results(m) == {("remote", "delivered"): 1, ("remote", "deferred"): 1,
+                                    ("remote", "bounced"): 1}
+    assert _metric(m, "mailhaven_queue_messages") == 1  # only the deferred entry is left
+
+    # The deferred entry is retried now and delivered: the queue is empty again.
+    assert await env.manager.retry(deferred)
+    await peer.wait_messages(2)
+    await env.wait_empty()
+    assert _metric(m, "mailhaven_messages_sent_total") == 2
+    assert _delivery_results(m) == {("remote", "delivered"): 2, ("remote", "deferred"): 1,
+                                    ("remote", "bounced"): 1}
+    assert (_metric(m, "mailhaven_queue_messages"), _metric(m, "mailhaven_queue_oldest_age_seconds")) == (0, 0)
+    assert _metric(m, "mailhaven_messages_bounced_total") == 1
