@@ -15,6 +15,8 @@ JSON format: one object per line: ts, level, logger, msg, the context keys, then
 Every value is made single-line: CR, LF and other control characters become `\\r`, `\\n`,
 `\\xNN`, and long values are cut at MAX_VALUE characters (log injection, RFC 5321 §7.9 hostile
 clients). Fields named like secrets (password, pass, secret, token, auth_data) are shown as "***".
+A field named like a context key (or a JSON member: ts, level, logger, msg) is dropped when it
+repeats that value and renamed field_<name> otherwise: every key appears once per line.
 """
 
 from __future__ import annotations
@@ -124,6 +126,20 @@ def _context_items(record: logging.LogRecord) -> list[tuple[str, str]]:
     return [(name, v) for name, _ in _CONTEXT if (v := getattr(record, "mh_" + name, ""))]
 
 
+def _field_items(record: logging.LogRecord, taken: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The record's fields, none named like a key in `taken` (the context, JSON's own members): the
+    same value as that key's is left out (`user` of an `smtp transaction` is the context's user),
+    another one is renamed field_<key>, so each key appears once and the context cannot be forged."""
+    out: list[tuple[str, Any]] = []
+    for k, v in _fields(record).items():
+        if k in taken:
+            if str(v) == str(taken[k]):
+                continue
+            k = "field_" + k
+        out.append((k, v))
+    return out
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self, *, journald: bool) -> None:
         super().__init__()
@@ -138,7 +154,8 @@ class TextFormatter(logging.Formatter):
             parts.append(ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z")
             parts.append(record.levelname)
         parts.append(f"{record.name}: {clean(record.getMessage())}")
-        for k, v in list(_fields(record).items()) + _context_items(record):
+        context = _context_items(record)
+        for k, v in _field_items(record, dict(context)) + context:
             parts.append(f"{clean(k)}={_logfmt(v)}")
         line = " ".join(parts)
         if record.exc_info:
@@ -158,9 +175,8 @@ class JsonFormatter(logging.Formatter):
         }
         for k, v in _context_items(record):
             obj[k] = clean(v)
-        for k, v in _fields(record).items():
-            key = k if k not in obj else "field_" + k
-            obj[key] = v if isinstance(v, bool | int | float) or v is None else clean(v)
+        for k, v in _field_items(record, obj):
+            obj[k] = v if isinstance(v, bool | int | float) or v is None else clean(v)
         if record.exc_info:
             obj["exc"] = self.formatException(record.exc_info)
         return json.dumps(obj, ensure_ascii=False)

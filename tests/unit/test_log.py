@@ -165,6 +165,28 @@ def test_json_field_named_like_a_context_key_does_not_overwrite_it() -> None:
     assert (obj["cid"], obj["field_cid"], obj["msg"], obj["field_msg"]) == ("real", "forged", "x", "forged too")
 
 
+def test_a_field_repeating_a_context_key_appears_once_and_a_different_one_is_renamed() -> None:
+    """`smtp transaction` logs user= while the connection's context also has the user: one user=
+    per line (logfmt readers keep either the first or the last of a repeated key)."""
+    def log() -> None:
+        with mlog.context(cid="c2", proto="submission", remote="192.0.2.9"):
+            mlog.set_user("alice@example.test")
+            mlog.event(logger, "smtp transaction", user="alice@example.test", ip="198.51.100.1", size=3)
+
+    text = Capture()
+    log()
+    [line] = text.lines()
+    assert line.endswith(" INFO mailhaven.test: smtp transaction field_ip=198.51.100.1 size=3 cid=c2 "
+                         "proto=submission ip=192.0.2.9 user=alice@example.test"), line
+    assert [re.findall(r" (\w+)=", line).count(k) for k in ("user", "ip", "cid")] == [1, 1, 1]
+    js = Capture("json")  # replaces the text handler
+    log()
+    [obj] = js.json()
+    assert {k: v for k, v in obj.items() if k not in ("ts", "level", "logger", "msg")} == {
+        "cid": "c2", "proto": "submission", "ip": "192.0.2.9", "user": "alice@example.test",
+        "field_ip": "198.51.100.1", "size": 3}
+
+
 def test_json_escapes_control_characters_and_keeps_unicode() -> None:
     cap = Capture("json")
     mlog.event(logger, "rcpt\r\nfake", address="jörg@exämple.test\x00")
