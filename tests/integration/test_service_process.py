@@ -9,12 +9,14 @@ available); parts of tests that need them skip with that reason.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import imaplib
 import json
 import os
 import poplib
+import re
 import shutil
 import signal
 import smtplib
@@ -44,6 +46,7 @@ from tests.integration.test_service_support import (
 PASSWORD = "C0rrect-Secret-2"
 WRONG = "Wr0ng-Secret-1"
 ALICE = "alice@example.test"
+BOB = "bob@example.test"
 
 
 def available(listener: str) -> bool:
@@ -133,6 +136,34 @@ def connects(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def log_fields(line: str) -> dict[str, str]:
+    """The key=value fields of a text log line (log.py's logfmt: bare, or double-quoted with
+    backslash escapes). A key that appears twice keeps its first value; `_dups` lists such keys."""
+    out: dict[str, str] = {}
+    dups: list[str] = []
+    for key, raw in _LOGFMT.findall(line.split(": ", 1)[1]):
+        value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+        if key in out:
+            dups.append(key)
+        else:
+            out[key] = value
+    if dups:
+        out["_dups"] = ",".join(dups)
+    return out
+
+
+def lines_with(server: Server, msg: str) -> list[dict[str, str]]:
+    """Fields of every log line whose message is exactly `msg`."""
+    return [log_fields(x) for x in server.lines if re.search(rf" mailhaven[.\w]*: {re.escape(msg)} ", x)]
+
+
+def plain(login: str, password: str) -> str:
+    return base64.b64encode(f"\0{login}\0{password}".encode()).decode()
 
 
 # --- sd_notify -----------------------------------------------------------------------------------
@@ -514,3 +545,103 @@ def test_json_log_format_is_one_object_per_line(setup: Setup) -> None:
     assert all({"ts", "level", "logger", "msg"} <= set(o) for o in objects)
     assert any(o["msg"].startswith("ready: ") for o in objects)
     assert WRONG not in server.log()
+
+
+def _submitted(server: Server, queue_id: str, deadline: float = 10.0) -> dict[str, str]:
+    """The one `smtp transaction` line of that queue id."""
+    end = time.monotonic() + deadline
+    while True:
+        found = [f for f in lines_with(server, "smtp transaction") if f.get("id") == queue_id]
+        if found or time.monotonic() > end:
+            assert len(found) == 1, server.log()
+            return found[0]
+        time.sleep(0.05)
+
+
+def test_smtp_transaction_lines_carry_client_tls_user_envelope_size_result_queue_id_and_message_id(
+        setup: Setup, tls_ca: Any) -> None:
+    need("submissions")
+    need("mx")
+    with running(setup.write()) as server:
+        # Submission over implicit TLS with a login, two recipients.
+        sub = message("submitted", "BODY-SUB-5c1e").replace(b"From: someone@example.net", f"From: {ALICE}".encode())
+        sub_mid = re.search(rb"Message-ID: (\S+)", sub)[1].decode()  # type: ignore[index]
+        with smtplib.SMTP_SSL("127.0.0.1", setup.ports["submissions"], context=_trusting(tls_ca),
+                              timeout=10) as smtp:
+            smtp.login(ALICE, PASSWORD)
+            tls_sock: Any = smtp.sock
+            tls = f"{tls_sock.version()} {tls_sock.cipher()[0]}"
+            assert smtp.mail(ALICE)[0] == 250
+            assert smtp.rcpt(ALICE)[0] == 250
+            assert smtp.rcpt(BOB)[0] == 250
+            code, reply = smtp.data(sub)
+        assert code == 250
+        sub_id = reply.decode().rsplit(" ", 1)[1]  # "2.0.0 Ok: queued as ID"
+        # The MX: no TLS, no login.
+        mx = message("received", "BODY-MX-9d2f")
+        mx_mid = re.search(rb"Message-ID: (\S+)", mx)[1].decode()  # type: ignore[index]
+        with smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10) as smtp:
+            smtp.ehlo("client.example.net")
+            assert smtp.mail("someone@example.net")[0] == 250
+            assert smtp.rcpt(ALICE)[0] == 250
+            code, reply = smtp.data(mx)
+        assert code == 250
+        mx_id = reply.decode().rsplit(" ", 1)[1]  # "2.0.0 Ok: delivered as ID"
+        sub_line, mx_line = _submitted(server, sub_id), _submitted(server, mx_id)
+        assert server.stop() == 0
+    assert sub_id != mx_id
+    assert "_dups" not in sub_line and "_dups" not in mx_line  # each key once (user= is also context)
+    assert {k: sub_line.get(k) for k in ("role", "proto", "client", "tls", "user", "sender", "rcpts", "refused", "size",
+                                         "result", "message_id")} == {
+        "role": "submission", "proto": "submissions", "client": "127.0.0.1", "tls": tls, "user": ALICE, "sender": ALICE,
+        "rcpts": f"{ALICE},{BOB}", "refused": "0", "size": str(len(sub)),
+        "result": f"250 2.0.0 Ok: queued as {sub_id}", "message_id": sub_mid}
+    assert {k: mx_line.get(k) for k in ("role", "client", "helo", "tls", "user", "sender", "rcpts", "size",
+                                        "result", "message_id")} == {
+        "role": "mx", "client": "127.0.0.1", "helo": "client.example.net", "tls": "no", "user": "",
+        "sender": "someone@example.net", "rcpts": ALICE, "size": str(len(mx)),
+        "result": f"250 2.0.0 Ok: delivered as {mx_id}", "message_id": mx_mid}
+    log = server.log()
+    for secret in (PASSWORD, "BODY-SUB-5c1e", "BODY-MX-9d2f"):
+        assert secret not in log
+
+
+def test_smtp_login_failures_log_their_reason_and_never_the_password(setup: Setup) -> None:
+    need("submission")
+    auth = {"failure_delay": 0, "allow_plaintext_loopback": True, "max_failures_per_account": 2,
+            "max_failures_per_ip": 100}
+    with running(setup.write(auth=auth)) as server:
+        with smtplib.SMTP("127.0.0.1", setup.ports["submission"], timeout=10) as smtp:
+            smtp.ehlo("client.example.test")
+            assert smtp.docmd("AUTH", "PLAIN " + plain(ALICE, WRONG))[0] == 535
+            assert smtp.docmd("AUTH", "PLAIN " + plain("nobody@example.test", WRONG))[0] == 535
+            assert smtp.docmd("AUTH", "PLAIN " + plain(ALICE, WRONG + "x"))[0] == 535
+            # Alice is now over her account's limit: even the right password is not checked.
+            assert smtp.docmd("AUTH", "PLAIN " + plain(ALICE, PASSWORD))[0] == 454
+            assert smtp.docmd("AUTH", "PLAIN " + plain(BOB, PASSWORD))[0] == 235
+        assert server.stop() == 0
+    failed = lines_with(server, "smtp login failed")
+    assert [(f["reason"], f["login"], f["mechanism"], f["ip"]) for f in failed] == [
+        ("bad_password", ALICE, "PLAIN", "127.0.0.1"), ("unknown_user", "nobody@example.test", "PLAIN", "127.0.0.1"),
+        ("bad_password", ALICE, "PLAIN", "127.0.0.1"), ("throttled", ALICE, "PLAIN", "127.0.0.1")]
+    assert all(x.split()[1] == "WARNING" for x in server.lines if "smtp login failed" in x)
+    assert [f["login"] for f in lines_with(server, "submission login ok")] == [BOB]
+    log = server.log()
+    for secret in (PASSWORD, WRONG, plain(ALICE, WRONG), plain(ALICE, PASSWORD)):
+        assert secret not in log
+
+
+def test_imap_login_wrong_then_right_password_never_logs_either(setup: Setup) -> None:
+    need("imap")
+    with running(setup.write()) as server:
+        imap = imaplib.IMAP4("127.0.0.1", setup.ports["imap"], timeout=10)
+        with pytest.raises(imaplib.IMAP4.error):
+            imap.login(ALICE, WRONG)
+        assert imap.login(ALICE, PASSWORD)[0] == "OK"
+        imap.logout()
+        assert server.stop() == 0
+    [failed] = lines_with(server, "imap login failed")
+    assert failed["login"] == ALICE and failed["reason"]
+    assert [f["user"] for f in lines_with(server, "imap login ok")] == [ALICE]
+    log = server.log()
+    assert WRONG not in log and PASSWORD not in log

@@ -17,6 +17,13 @@ Refusal when over a failure limit (auth.max_failures_per_*, within auth.failure_
 - only the account is over: `454 4.7.0` (RFC 4954 §6 temporary authentication failure) and the
   session stays: another login (or the same one, later) may still succeed.
 Dovecot slows failures down the same way (its auth penalty) before refusing.
+
+Every failed AUTH command logs one `smtp login failed` line (fail2ban and the like match it; the
+client address is in the log context) with `reason=`, the same words as `pop3 login failed`:
+bad_password, unknown_user (the login names no account; Directory.authenticate spends the same
+time either way, only the log tells them apart), throttled, authzid_refused, plaintext_refused,
+bad_sasl (syntax, undecodable base64, an over-long response), unknown_mechanism, cancelled.
+Never the password.
 """
 
 from __future__ import annotations
@@ -51,15 +58,17 @@ class AuthOutcome:
     user: str | None = None  # canonical user on success
     login: str | None = None
     close: bool = False  # close the connection after the reply
+    reason: str = ""  # why it failed: the `smtp login failed` line's reason (module docstring)
+    mechanism: str = ""
 
 
-# Failed AUTH reply -> metrics auth_failures_total{reason} (metrics.AUTH_FAILURE_REASONS).
-_FAILURE_REASONS = {
-    R.AUTH_SYNTAX: "syntax", R.AUTH_LINE_TOO_LONG: "syntax", R.AUTH_BAD_RESPONSE: "syntax",
-    R.AUTH_UNKNOWN_MECHANISM: "mechanism", R.ENCRYPTION_REQUIRED: "tls_required",
-    R.AUTH_CANCELLED: "cancelled", R.AUTH_FAILED: "bad_credentials", R.AUTHZID_REFUSED: "bad_credentials",
-    R.AUTH_THROTTLED: "throttled",
+# `smtp login failed` reason -> metrics auth_failures_total{reason} (metrics.AUTH_FAILURE_REASONS).
+_METRIC_REASONS = {
+    "bad_password": "bad_credentials", "unknown_user": "bad_credentials", "authzid_refused": "bad_credentials",
+    "throttled": "throttled", "plaintext_refused": "tls_required", "bad_sasl": "syntax",
+    "unknown_mechanism": "mechanism", "cancelled": "cancelled",
 }
+_PASSWORD_TRIED = frozenset({"bad_password", "unknown_user", "throttled"})  # logged as warnings
 
 
 class Authenticator:
@@ -80,23 +89,28 @@ class Authenticator:
 
     async def run(self, io: AuthIO, *, ip: str, tls_active: bool, arg: str) -> AuthOutcome:
         """The whole AUTH command after the dialogue checks: exchange, throttle, password check.
-        Every attempt counts in the login metrics (proto "submission")."""
+        Every attempt counts in the login metrics (proto "submission"); a failure logs one line."""
         outcome = await self._run(io, ip=ip, tls_active=tls_active, arg=arg)
-        reason = "" if outcome.user is not None else _FAILURE_REASONS.get(outcome.reply, "")
-        if outcome.user is None and not reason:
-            reason = "throttled" if outcome.close else "bad_credentials"
-        metrics.of(self.ctx).login("submission", ok=outcome.user is not None, reason=reason or "bad_credentials")
+        if outcome.user is not None:
+            metrics.of(self.ctx).login("submission", ok=True)
+            return outcome
+        reason = outcome.reason or "bad_password"
+        level = logging.WARNING if reason in _PASSWORD_TRIED else logging.INFO
+        mlog.event(logger, "smtp login failed", level=level, reason=reason, login=outcome.login or "",
+                   mechanism=outcome.mechanism)
+        metrics.of(self.ctx).login("submission", ok=False, reason=_METRIC_REASONS.get(reason, "bad_credentials"))
         return outcome
 
     async def _run(self, io: AuthIO, *, ip: str, tls_active: bool, arg: str) -> AuthOutcome:
         parts = arg.split()
         if not parts or len(parts) > 2:
-            return AuthOutcome(R.AUTH_SYNTAX)
+            return AuthOutcome(R.AUTH_SYNTAX, reason="bad_sasl")
         mechanism = parts[0].upper()
         if mechanism not in MECHANISMS:
-            return AuthOutcome(R.AUTH_UNKNOWN_MECHANISM)  # RFC 4954 §4: 504
+            # RFC 4954 §4: 504; the client's word is not logged (it may be anything).
+            return AuthOutcome(R.AUTH_UNKNOWN_MECHANISM, reason="unknown_mechanism")
         if not self.allowed(tls_active):
-            return AuthOutcome(R.ENCRYPTION_REQUIRED)  # RFC 4954 §6: 538
+            return AuthOutcome(R.ENCRYPTION_REQUIRED, reason="plaintext_refused", mechanism=mechanism)  # 538
         exchange = sasl.Exchange(mechanism)
         try:
             out = exchange.start(parts[1] if len(parts) == 2 else None)
@@ -104,37 +118,38 @@ class Authenticator:
                 await io.push(f"334 {out}")  # RFC 4954 §4: "334" SP [base64] even when empty
                 line = await io.read_auth_line()
                 if line is None or len(line) > sasl.MAX_RESPONSE:
-                    return AuthOutcome(R.AUTH_LINE_TOO_LONG)  # RFC 4954 §4: 500 5.5.6
+                    # RFC 4954 §4: 500 5.5.6
+                    return AuthOutcome(R.AUTH_LINE_TOO_LONG, reason="bad_sasl", mechanism=mechanism)
                 out = exchange.step(line)
         except sasl.SaslCancelled:
-            return AuthOutcome(R.AUTH_CANCELLED)  # RFC 4954 §4: "*" -> 501
+            return AuthOutcome(R.AUTH_CANCELLED, reason="cancelled", mechanism=mechanism)  # RFC 4954 §4: "*" -> 501
         except ValueError:
-            return AuthOutcome(R.AUTH_BAD_RESPONSE)  # RFC 4954 §4: undecodable base64 -> 501
+            # RFC 4954 §4: undecodable base64 -> 501
+            return AuthOutcome(R.AUTH_BAD_RESPONSE, reason="bad_sasl", mechanism=mechanism)
         creds = out
         if creds.authzid and creds.authzid.lower() != creds.login.lower():
-            mlog.event(logger, "smtp login refused: proxy authorization", login=creds.login)
-            return AuthOutcome(R.AUTHZID_REFUSED)  # RFC 4616 §2: we authorize no one for others
+            # RFC 4616 §2: we authorize no one for others
+            return AuthOutcome(R.AUTHZID_REFUSED, login=creds.login, reason="authzid_refused", mechanism=mechanism)
         return await self.check(ip, mechanism, creds.login, creds.password)
 
     async def check(self, ip: str, mechanism: str, login: str, password: str) -> AuthOutcome:
+        """The password check behind the throttle; a failed outcome says why (`reason`)."""
         ctx = self.ctx
         limits = ctx.limits
         if not await limits.before_auth(ip, login):  # waits failure_delay x recent failures first
             n_ip, _ = limits.recent_failures(ip)
-            mlog.event(logger, "smtp login refused (throttled)", level=logging.WARNING, login=login,
-                       mechanism=mechanism)
-            if n_ip >= ctx.config.auth.max_failures_per_ip:
-                return AuthOutcome(R.auth_blocked(ctx.config.hostname), close=True)
-            return AuthOutcome(R.AUTH_THROTTLED)
-        user: str | None = await ctx.directory.authenticate(login, password)
+            close = n_ip >= ctx.config.auth.max_failures_per_ip
+            reply = R.auth_blocked(ctx.config.hostname) if close else R.AUTH_THROTTLED
+            return AuthOutcome(reply, login=login, close=close, reason="throttled", mechanism=mechanism)
+        directory = ctx.directory
+        user: str | None = await directory.authenticate(login, password)
         if user is None:
             limits.auth_failed(ip, login)
-            # fail2ban and the like match this line (the client address is in the log context).
-            mlog.event(logger, "smtp login failed", level=logging.WARNING, login=login, mechanism=mechanism)
-            return AuthOutcome(R.AUTH_FAILED)  # RFC 4954 §6: 535 5.7.8
+            reason = "bad_password" if directory.user(login) is not None else "unknown_user"
+            return AuthOutcome(R.AUTH_FAILED, login=login, reason=reason, mechanism=mechanism)  # RFC 4954 §6: 535 5.7.8
         limits.auth_succeeded(ip, login)
         mlog.event(logger, "submission login ok", login=login, user=user, mechanism=mechanism)
-        return AuthOutcome(R.AUTH_OK, user=user, login=login)
+        return AuthOutcome(R.AUTH_OK, user=user, login=login, mechanism=mechanism)
 
 
 __all__ = ["Authenticator", "AuthOutcome", "AuthIO", "MECHANISMS"]

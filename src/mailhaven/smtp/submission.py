@@ -189,6 +189,7 @@ class SubmissionHandler(BaseHandler):
         # Durable before the 250 (cleanup fsyncs the store and the spool); MailError -> its reply.
         queue_id = await cleanup.enqueue(self.ctx, sender, [str(r) for r in txn.recipients], message,
                                          dkim=True, source="submission")
+        txn.queue_id = queue_id  # the `smtp transaction` log line names the id the client is told
         return R.queued(queue_id)
 
 
