@@ -299,3 +299,41 @@ async def test_users_file_edits_take_effect_without_reload_and_a_broken_file_is_
         await _eventually(lambda: any("users file changed but is broken" in r.getMessage()
                                       for r in caplog.records))
         assert ctx.directory is working
+
+
+def _mx_send(port: int, rcpt: str, subject: str) -> tuple[int, bytes]:
+    """One MX transaction with smtplib: RCPT's reply if refused, else DATA's."""
+    import smtplib
+
+    msg = (f"From: someone@example.net\r\nTo: {rcpt}\r\nSubject: {subject}\r\n"
+           "Message-ID: <x@example.net>\r\n\r\nhi\r\n")
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.ehlo("client.example.net")
+        assert smtp.mail("someone@example.net")[0] == 250
+        code, text = smtp.rcpt(rcpt)
+        if code != 250:
+            return code, text
+        return smtp.data(msg)
+
+
+async def test_alias_added_to_the_users_file_is_resolved_after_reload_and_not_before(
+        app_config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailhaven.auth.users import UsersFile
+
+    # The users-file poller would pick the edit up within a second on its own: keep it out of this test.
+    monkeypatch.setattr(app, "USERS_POLL_INTERVAL", 3600.0)
+    add_user(app_config, "alice@example.test", "pw")
+    async with running_app(app_config) as ctx:
+        if "mx" not in ctx.serving:
+            pytest.skip("listener mx not available in this build")
+        with UsersFile.edit(app_config.users_file) as uf:
+            uf.add_alias("team@example.test", ["alice@example.test"])
+        assert ctx.directory.resolve("team@example.test") is None
+        code, text = await asyncio.to_thread(_mx_send, ctx.port("mx"), "team@example.test", "before")
+        assert code == 550 and text.startswith(b"5.1.1"), (code, text)
+        assert app.reload(ctx) is True
+        assert ctx.directory.resolve("team@example.test") == ["alice@example.test"]
+        code, text = await asyncio.to_thread(_mx_send, ctx.port("mx"), "team@example.test", "after")
+        assert code == 250, (code, text)
+        snap = await (await ctx.store.account("alice@example.test").mailbox("INBOX")).snapshot()
+        assert len(snap.messages) == 1

@@ -22,6 +22,8 @@ import signal
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -265,6 +267,49 @@ def test_started_as_root_it_binds_a_low_port_then_runs_as_run_as_user_with_priva
         assert msg.stat().st_mode & 0o777 == 0o600
 
 
+@contextlib.contextmanager
+def system_group(prefix: str = "mhgrp") -> Iterator[tuple[str, int]]:
+    """groupadd --system a group no user has as its primary group; yields (name, gid)."""
+    import grp
+
+    name = f"{prefix}{os.getpid() % 100000}"
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        yield name, grp.getgrnam(name).gr_gid
+    finally:
+        subprocess.run(["groupdel", name], capture_output=True)
+
+
+def test_run_as_group_other_than_the_users_own_is_the_process_group_and_owns_its_files(
+        setup: Setup, service_user: tuple[str, int, int]) -> None:
+    name, uid, own_gid = service_user
+    with system_group() as (group, gid):
+        assert gid != own_gid
+        path = setup.write(run_as_user=name, run_as_group=group)
+        with running(path) as server:
+            status = proc_status(server.pid)
+            assert status["Uid"].split() == [str(uid)] * 4
+            assert status["Gid"].split() == [str(gid)] * 4  # real, effective, saved, filesystem
+            # Supplementary groups are the user's memberships with `group` as the base, so the
+            # user's own primary group is not kept.
+            groups = {int(g) for g in status["Groups"].split()}
+            assert groups == set(os.getgrouplist(name, gid)) and own_gid not in groups
+            assert f"running as {name} (uid {uid}, gid {gid})" in server.log()
+            st = setup.data.stat()
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o700)
+            box = pop3_login(setup.ports["pop3"])
+            box.quit()
+            if available("mx"):
+                with smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10) as smtp:
+                    smtp.sendmail("someone@example.net", [ALICE], message("group"))
+            assert server.stop() == 0, server.log()
+        created = list(setup.data.rglob("*"))
+        assert created
+        for p in created:
+            st = p.lstat()
+            assert (st.st_uid, st.st_gid) == (uid, gid), p
+
+
 def test_data_dir_the_user_cannot_write_is_refused_with_one_line(
         setup: Setup, service_user: tuple[str, int, int]) -> None:
     name, _, _ = service_user
@@ -340,15 +385,29 @@ def test_smtp_transaction_in_progress_survives_sighup(setup: Setup) -> None:
     assert any(b"across a reload" in m for m in setup.maildir_messages())
 
 
+# `python -c` runs `python -m mailhaven ARGS` (what Server appends) with the users-file poller
+# (app._users_watcher, every USERS_POLL_INTERVAL seconds) slowed to once an hour, so only SIGHUP
+# can bring a users-file edit in.
+NO_USERS_POLL = [sys.executable, "-c",
+                 "import runpy, sys; import mailhaven.app as a; a.USERS_POLL_INTERVAL = 3600.0; "
+                 "sys.argv = ['mailhaven', *sys.argv[4:]]; runpy.run_module('mailhaven', run_name='__main__')"]
+
+
 def test_user_added_to_the_users_file_logs_in_after_sighup(setup: Setup) -> None:
-    with running(setup.write()) as server:
+    with running(setup.write(), prefix=NO_USERS_POLL) as server:
         with pytest.raises(poplib.error_proto):
             pop3_login(setup.ports["pop3"], "carol@example.test", "carol-pw")
         add_user(_load(setup.path), "carol@example.test", "carol-pw")
+        # Well past the poller's normal interval (1 s): without SIGHUP, carol is still unknown.
+        time.sleep(2.5)
+        with pytest.raises(poplib.error_proto):
+            pop3_login(setup.ports["pop3"], "carol@example.test", "carol-pw")
         hup(server)
         box = pop3_login(setup.ports["pop3"], "carol@example.test", "carol-pw")
         assert box.stat() == (0, 0)
         box.quit()
+        assert server.stop() == 0
+    assert not any("users file reloaded" in x for x in server.lines), server.log()
 
 
 def _trusting(ca: Any) -> ssl.SSLContext:
@@ -455,6 +514,59 @@ def test_sigterm_stops_accepting_says_goodbye_to_idle_sessions_and_exits_0(setup
         assert server.p.wait(timeout=15) == 0
         assert time.monotonic() - t0 < 8
         server.wait_for(r"stopped")
+
+
+def _in_data(port: int, subject: str) -> tuple[smtplib.SMTP, bytes]:
+    """An MX session in the middle of DATA (354 answered, half the message sent); returns the rest."""
+    msg = message(subject, "first half\r\n" + "x" * 3000 + "\r\nsecond half")
+    smtp = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    smtp.ehlo("client.example.net")
+    assert smtp.mail("someone@example.net")[0] == 250
+    assert smtp.rcpt(ALICE)[0] == 250
+    assert smtp.docmd("DATA")[0] == 354
+    cut = msg.index(b"second half")
+    smtp.send(msg[:cut])
+    return smtp, msg[cut:] + b".\r\n"
+
+
+def test_sigterm_during_data_lets_the_transaction_finish_250_stored_and_exit_0(setup: Setup) -> None:
+    need("mx")
+    with running(setup.write(shutdown_deadline=10)) as server:
+        smtp, rest = _in_data(setup.ports["mx"], "finished during the stop")
+        server.signal(signal.SIGTERM)
+        server.wait_for(r"stopping: no new connections; waiting up to 10s for 1 session")
+        deadline = time.monotonic() + 2
+        while connects(setup.ports["mx"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not connects(setup.ports["mx"])  # stopping for real, and still waiting for us
+        time.sleep(0.5)
+        assert server.p.poll() is None
+        smtp.send(rest)
+        code, reply = smtp.getreply()
+        assert code == 250 and reply.startswith(b"2.0.0 Ok: delivered as "), (code, reply)
+        assert smtp.quit()[0] == 221
+        assert server.p.wait(timeout=15) == 0, server.log()
+    [stored] = [m for m in setup.maildir_messages() if b"Subject: finished during the stop" in m]
+    assert b"first half" in stored and b"second half" in stored
+    assert "shutdown deadline passed" not in server.log()
+
+
+def test_a_session_held_past_the_shutdown_deadline_is_closed_and_the_server_exits_0(setup: Setup) -> None:
+    need("mx")
+    with running(setup.write(shutdown_deadline="1s")) as server:
+        smtp, _ = _in_data(setup.ports["mx"], "never finished")
+        t0 = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.p.wait(timeout=15) == 0, server.log()
+        took = time.monotonic() - t0
+        assert 0.9 <= took < 6, took
+        server.wait_for(r"shutdown deadline passed: closing 1 session")
+        # The client's connection was closed under it (no 250 for a message the server never took).
+        smtp.sock.settimeout(5)
+        with contextlib.suppress(ConnectionError):
+            assert smtp.sock.recv(100) == b""
+        smtp.close()
+    assert not any(b"never finished" in m for m in setup.maildir_messages())
 
 
 def test_no_message_that_got_250_is_lost_when_stopping_during_smtp_traffic(setup: Setup) -> None:
