@@ -42,13 +42,14 @@ UNIT_EXEC = "/usr/local/bin/mailhaven"
 
 
 def unit_copy(folder: Path, text: str | None = None) -> Path:
-    """The unit with ExecStart pointing at this environment's `mailhaven` when /usr/local/bin has none
-    (verify insists that the binary exists)."""
+    """The unit with ExecStart pointing at this environment's `mailhaven` (the console script next to
+    this interpreter, whatever PATH says) when /usr/local/bin has none (verify insists that the
+    binary exists)."""
     text = text if text is not None else UNIT.read_text()
-    exe = shutil.which("mailhaven")
     if not os.path.exists(UNIT_EXEC):
-        assert exe, "the mailhaven console script is not installed"
-        text = text.replace(UNIT_EXEC, exe)
+        exe = Path(sys.executable).parent / "mailhaven"
+        assert exe.is_file(), f"the mailhaven console script is not installed next to {sys.executable}"
+        text = text.replace(UNIT_EXEC, str(exe))
     path = folder / "mailhaven.service"
     path.write_text(text)
     return path
