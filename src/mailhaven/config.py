@@ -182,7 +182,7 @@ class ImapConfig:
 
 @dataclass(frozen=True)
 class Pop3Config:
-    max_bad_commands: int = opt(20, "Bad commands before the connection is closed.", lo=1, hi=10_000)
+    max_bad_commands: int = opt(20, "Bad commands in a row before the connection is closed.", lo=1, hi=10_000)
 
 
 @dataclass(frozen=True)
