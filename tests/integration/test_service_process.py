@@ -544,11 +544,45 @@ def test_sigterm_during_data_lets_the_transaction_finish_250_stored_and_exit_0(s
         smtp.send(rest)
         code, reply = smtp.getreply()
         assert code == 250 and reply.startswith(b"2.0.0 Ok: delivered as "), (code, reply)
-        assert smtp.quit()[0] == 221
+        # The transaction over, the stopping server says goodbye instead of waiting for more.
+        code, reply = smtp.getreply()
+        assert code == 421 and reply.startswith(b"4.3.2 "), (code, reply)
         assert server.p.wait(timeout=15) == 0, server.log()
     [stored] = [m for m in setup.maildir_messages() if b"Subject: finished during the stop" in m]
     assert b"first half" in stored and b"second half" in stored
     assert "shutdown deadline passed" not in server.log()
+
+
+def test_sigterm_tells_an_idle_smtp_session_421_at_once_and_lets_a_begun_transaction_finish(
+        setup: Setup) -> None:
+    need("mx")
+    with running(setup.write(shutdown_deadline=20)) as server:
+        idle = smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10)
+        idle.ehlo("idle.example.net")
+        begun = smtplib.SMTP("127.0.0.1", setup.ports["mx"], timeout=10)
+        begun.ehlo("client.example.net")
+        assert begun.mail("someone@example.net")[0] == 250
+        t0 = time.monotonic()
+        server.signal(signal.SIGTERM)
+        # The idle client is told at once (RFC 5321 §3.8), without sending anything.
+        code, reply = idle.getreply()
+        assert code == 421 and reply.startswith(b"4.3.2 "), (code, reply)
+        assert time.monotonic() - t0 < 5
+        idle.sock.settimeout(5)
+        assert idle.sock.recv(100) == b""
+        idle.close()
+        # The transaction begun before the stop is let finish, then told 421.
+        assert server.p.poll() is None
+        assert begun.rcpt(ALICE)[0] == 250
+        code, reply = begun.data(message("begun before the stop", "body"))
+        assert code == 250, (code, reply)
+        code, reply = begun.getreply()
+        assert code == 421 and reply.startswith(b"4.3.2 "), (code, reply)
+        begun.close()
+        assert server.p.wait(timeout=15) == 0, server.log()
+        assert time.monotonic() - t0 < 10  # well before the 20 s deadline
+        assert "shutdown deadline passed" not in server.log()
+    assert any(b"Subject: begun before the stop" in m for m in setup.maildir_messages())
 
 
 def test_a_session_held_past_the_shutdown_deadline_is_closed_and_the_server_exits_0(setup: Setup) -> None:

@@ -158,32 +158,41 @@ _SYNTAX_ATTRS = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_w
 
 class _Commands(dict[str, Any]):
     """aiosmtpd's verb table; unknown verbs get our handler (counted as bad commands) instead of
-    aiosmtpd's fixed budget of five. With metrics on, each command runs inside
-    `time_command(proto, VERB)` (command_duration_seconds)."""
+    aiosmtpd's fixed budget of five. Each command runs with `busy` set (a graceful stop waits for
+    it) and `done()` called after it; with metrics on, inside `time_command(proto, VERB)`
+    (command_duration_seconds)."""
 
     def __init__(self, methods: dict[str, Any], unknown: Callable[[str], Any], meter: metrics.Metrics,
-                 proto: str) -> None:
+                 proto: str, done: Callable[[], None]) -> None:
         super().__init__(methods)
         self._unknown = unknown
         self._meter = meter
         self._proto = proto
+        self._done = done
+        self.busy = False
 
     def get(self, key: str, default: Any = None) -> Any:
         if key not in self:
             return self._unknown(key)
         method = self[key]
-        if not self._meter.enabled:
-            return method
         meter, proto = self._meter, self._proto
 
-        async def timed(arg: str | None) -> None:
-            with meter.time_command(proto, key):
-                await method(arg)
+        async def run(arg: str | None) -> None:
+            self.busy = True
+            try:
+                if meter.enabled:
+                    with meter.time_command(proto, key):
+                        await method(arg)
+                else:
+                    await method(arg)
+            finally:
+                self.busy = False
+                self._done()
 
         for attr in _SYNTAX_ATTRS:  # HELP reads the @syntax attributes through get()
             if hasattr(method, attr):
-                setattr(timed, attr, getattr(method, attr))
-        return timed
+                setattr(run, attr, getattr(method, attr))
+        return run
 
 
 class Connection(ShortDir, SMTP):
@@ -220,8 +229,9 @@ class Connection(ShortDir, SMTP):
         if not handler.offers_auth:
             self._smtp_methods.pop("AUTH", None)
         self.meter = metrics.of(ctx)
-        self._smtp_methods = _Commands(self._smtp_methods, self._unknown_command, self.meter,
-                                       "submission" if handler.offers_auth else "smtp")
+        self._commands = _Commands(self._smtp_methods, self._unknown_command, self.meter,
+                                   "submission" if handler.offers_auth else "smtp", self._goodbye_if_stopping)
+        self._smtp_methods = self._commands
         self._metered = False
         self.ip = ""
         self._started = False
@@ -233,6 +243,8 @@ class Connection(ShortDir, SMTP):
         self._errors = 0
         self._closing = False
         self._continued: list[str] = []
+        self._stopping = False
+        self._stop_watch: asyncio.Task[None] | None = None
 
     # -- connection lifetime ---------------------------------------------------------------------
 
@@ -270,8 +282,32 @@ class Connection(ShortDir, SMTP):
         if sessions is not None:
             sessions.add(transport)
             self._tracked = transport
+        stopping = getattr(self.ctx, "stopping", None)
+        if isinstance(stopping, asyncio.Event):
+            self._stop_watch = asyncio.get_running_loop().create_task(self._watch_stop(stopping))
         super().connection_made(transport)
         self._fill_session(transport)
+
+    async def _watch_stop(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        self._stopping = True
+        self._goodbye_if_stopping()
+
+    def _goodbye_if_stopping(self) -> None:
+        """On a graceful stop: 421 and close between transactions (idle clients do not hold the
+        stop until its deadline); a command running or a transaction begun (MAIL given, DATA not
+        yet ended) is let finish, and this runs again after each command."""
+        if not self._stopping or self._closing or self._commands.busy:
+            return
+        txn = self.envelope
+        if isinstance(txn, Transaction) and txn.mail_from:
+            return
+        transport: Any = self.transport
+        if transport is None or transport.is_closing():
+            return
+        logger.info("server stopping: closing an idle session (client %s)", self.ip)
+        transport.write((R.shutting_down(self.cfg.hostname) + "\r\n").encode())
+        self._close_now()
 
     def _fill_session(self, transport: asyncio.BaseTransport) -> None:
         session = self.session
@@ -291,6 +327,9 @@ class Connection(ShortDir, SMTP):
         if self._tracked is not None:
             self.ctx.sessions.discard(self._tracked)
             self._tracked = None
+        if self._stop_watch is not None:
+            self._stop_watch.cancel()
+            self._stop_watch = None
 
     async def _handle_client(self) -> None:
         try:
