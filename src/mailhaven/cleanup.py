@@ -152,8 +152,9 @@ async def dkim_sign(config: Any, domain: str, message: bytes) -> bytes:
 
 
 async def enqueue(ctx: Any, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
-                  source: str = "submission") -> str:
-    """Accept a message durably for every recipient; returns its queue id (see module doc)."""
+                  source: str = "submission", queue_id: str | None = None) -> str:
+    """Accept a message durably for every recipient; returns its queue id (see module doc):
+    `queue_id` when given (a caller that already wrote it into a Received field), else a new one."""
     config = ctx.config
     rcpts = list(dict.fromkeys(recipients))
     if not rcpts:
@@ -178,10 +179,9 @@ async def enqueue(ctx: Any, sender: str, recipients: Sequence[str], message: byt
         raise TempFailure("the outbound queue is not running")
     if users:
         await ctx.store.deliver([(u, local.INBOX) for u in users], message)
+    queue_id = queue_id or new_id(now)
     if remote_rcpts:
-        queue_id: str = await ctx.queue.submit(sender, remote_rcpts, message, source=source)
-    else:
-        queue_id = new_id(now)
+        await ctx.queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id)
     log.info("accepted %s from <%s> (%s): %d local, %d remote recipient(s), %d octets", queue_id, sender,
              source, len(local_rcpts), len(remote_rcpts), len(message))
     return queue_id

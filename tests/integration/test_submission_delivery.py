@@ -132,6 +132,22 @@ async def test_local_and_remote_recipients_each_get_one_copy(submission: Submiss
     assert len(server.messages(BOB)) == 1 and len(server.messages(ALICE)) == 1
 
 
+async def test_received_names_the_queue_id_the_client_is_told(submission: SubmissionFactory) -> None:
+    """One id in the 250, the Received field of every copy and the spool entry (Postfix's `id`)."""
+    server = await submission()
+    server.peer.hold_data()
+    async with server.session("submissions") as c:
+        replies = await c.transaction(ALICE, [BOB, "x@remote.test"], message(subject="one id"))
+    assert replies[-1][0].startswith(QUEUED)
+    queue_id = replies[-1][0][len(QUEUED):].strip()
+    assert [e["id"] for e in server.ctx.queue.list_entries()] == [queue_id]
+    server.peer.release_data()
+    [got] = await server.peer.wait_messages(1)
+    for copy in (got.data, server.messages(BOB)[0]):
+        [received] = field_values(copy, "Received")
+        assert f" id {queue_id};" in received, (queue_id, received)
+
+
 async def test_250_comes_only_once_the_spool_holds_the_message(submission: SubmissionFactory) -> None:
     server = await submission()
     server.peer.hold_data()  # the remote MX takes the message but does not answer yet

@@ -154,10 +154,13 @@ class QueueManager:
 
     # -- entry points -----------------------------------------------------------------------------
 
-    async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "") -> str:
-        """Store a new entry durably and schedule it now. Raises TempFailure on disk trouble."""
+    async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
+                     entry_id: str | None = None) -> str:
+        """Store a new entry durably (under `entry_id` if given) and schedule it now; returns its id.
+        Raises TempFailure on disk trouble."""
         await self.load()
-        entry = await self.spool.add(sender, recipients, message, source=source, next_attempt=self.clock())
+        entry = await self.spool.add(sender, recipients, message, source=source, next_attempt=self.clock(),
+                                     entry_id=entry_id)
         self.entries[entry.id] = entry
         self._schedule(entry)
         self.wake()

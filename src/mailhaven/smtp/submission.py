@@ -39,6 +39,7 @@ from mailhaven import log as mlog
 from mailhaven.config import Config
 from mailhaven.message import headers
 from mailhaven.message.address import Address
+from mailhaven.queue.spool import new_id
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.authenticator import Authenticator
 from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
@@ -176,6 +177,8 @@ class SubmissionHandler(BaseHandler):
         for author in authors:
             if not directory.owns(user, author):
                 return R.author_not_owned(author, user)
+        # The queue id is chosen here so the Received field, the 250 and the log all name it.
+        txn.queue_id = new_id()
         trace = headers.received_submission(
             helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
             protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
@@ -188,8 +191,7 @@ class SubmissionHandler(BaseHandler):
         sender = str(txn.sender) if txn.sender is not None else ""
         # Durable before the 250 (cleanup fsyncs the store and the spool); MailError -> its reply.
         queue_id = await cleanup.enqueue(self.ctx, sender, [str(r) for r in txn.recipients], message,
-                                         dkim=True, source="submission")
-        txn.queue_id = queue_id  # the `smtp transaction` log line names the id the client is told
+                                         dkim=True, source="submission", queue_id=txn.queue_id)
         return R.queued(queue_id)
 
 
