@@ -26,8 +26,11 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -142,3 +145,38 @@ def make_config(tmp_path: Path, tls_files: tuple[Path, Path], users_file_path: P
         return cfg
 
     return build
+
+
+class FsyncGate:
+    """os.fsync replaced for a durability test: every synced path is recorded in `synced` (in
+    order, read from /proc/self/fd), and a worker thread syncing a path that `hold(path, synced)`
+    accepts waits at a gate until the test opens it, so the test can show no reply comes before
+    that fsync returns. Always `release_all()` in a finally."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, hold: Callable[[str, list[str]], bool]) -> None:
+        self.synced: list[str] = []
+        self._entered: queue.Queue[str] = queue.Queue()
+        self._gates: dict[str, threading.Event] = {}
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if hold(path, self.synced):
+                gate = self._gates.setdefault(path, threading.Event())
+                self._entered.put(path)
+                gate.wait(10)
+            real_fsync(fd)
+            self.synced.append(path)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+    def next_held(self, timeout: float = 10) -> str:
+        """The path of the next fsync waiting at its gate (blocking: call it off the event loop)."""
+        return self._entered.get(timeout=timeout)
+
+    def release(self, path: str) -> None:
+        self._gates[path].set()
+
+    def release_all(self) -> None:
+        for gate in self._gates.values():
+            gate.set()

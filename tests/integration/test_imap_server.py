@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_base import PASSWORD
+from tests.fixtures_base import PASSWORD, FsyncGate
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
@@ -624,7 +624,6 @@ def test_append_too_big_literal_is_refused_without_reading(make_config: Callable
 def test_append_ok_comes_only_after_the_file_and_its_directory_are_fsynced(
         make_config: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
     import os
-    import queue
 
     h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), fsync=True).start()
     try:
@@ -632,35 +631,22 @@ def test_append_ok_comes_only_after_the_file_and_its_directory_are_fsynced(
         raw.login()
         assert raw.cmd(b"STATUS INBOX (MESSAGES)")[-1].startswith(b"t OK")  # Maildir made (and synced) now
         user_dir = os.path.realpath(h.cfg.mail_root / "example.test" / "alice")
-        synced: list[str] = []
-        entered: queue.Queue[str] = queue.Queue()  # a worker thread reached a gated fsync ...
-        gates: dict[str, threading.Event] = {}  # ... and waits there until the test opens its gate
-        real_fsync = os.fsync
-
-        def fsync(fd: int) -> None:
-            path = os.readlink(f"/proc/self/fd/{fd}")
-            if path.startswith(user_dir + "/tmp/") or path == user_dir + "/cur":
-                gate = gates.setdefault(path, threading.Event())
-                entered.put(path)
-                gate.wait(10)
-            real_fsync(fd)
-            synced.append(path)
-
-        monkeypatch.setattr(os, "fsync", fsync)
+        fsyncs = FsyncGate(monkeypatch, lambda path, _: path.startswith(user_dir + "/tmp/")
+                           or path == user_dir + "/cur")
+        synced = fsyncs.synced
         msg = make_message(1)
         try:
             raw.send(b"a APPEND INBOX (\\Flagged) {%d+}\r\n" % len(msg) + msg + b"\r\n")  # LITERAL+
             held = []
             for _ in range(2):  # the message file, then cur/: no reply while either fsync is pending
-                held.append(entered.get(timeout=10))
+                held.append(fsyncs.next_held())
                 with pytest.raises(TimeoutError):
                     raw.line(timeout=0.3)
-                gates[held[-1]].set()
+                fsyncs.release(held[-1])
             reply = raw.until_tagged(b"a")
             assert reply[-1].startswith(b"a OK [APPENDUID "), reply
         finally:
-            for gate in gates.values():
-                gate.set()
+            fsyncs.release_all()
         tmp_file, cur_dir = held
         assert tmp_file.startswith(user_dir + "/tmp/") and cur_dir == user_dir + "/cur"
         assert synced.index(tmp_file) < synced.index(cur_dir)

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import queue
 import smtplib
 import ssl
-import threading
 from typing import Any
 
 import aiosmtplib
@@ -19,6 +17,7 @@ import pytest
 
 from mailhaven.errors import StoreError
 from mailhaven.message.headers import field_value
+from tests.fixtures_base import FsyncGate
 from tests.integration import test_mx_harness as harness
 from tests.integration.test_mx_harness import ALICE, BOB, CAROL, MxFactory, all_files, dot_stuff, message
 
@@ -381,24 +380,13 @@ async def test_250_comes_only_after_the_message_is_fsynced_in_every_recipients_n
     assert server.ctx.store.fsync  # the harness's Store syncs (its default)
     domain_dir = await asyncio.to_thread(os.path.realpath, server.mail_root / "example.test")
     alice_new, bob_new = f"{domain_dir}/alice/new", f"{domain_dir}/bob/new"
-    synced: list[str] = []
-    entered: queue.Queue[str] = queue.Queue()  # a worker thread reached a new/ fsync ...
-    gates: dict[str, threading.Event] = {}  # ... and waits there until the test opens its gate
-    real_fsync = os.fsync
 
     def in_tmp(path: str) -> bool:  # a file in a Maildir's tmp/ (the test's own tmp_path is under /tmp)
         return path.startswith(domain_dir + "/") and "/tmp/" in path[len(domain_dir):]
 
-    def fsync(fd: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd}")
-        if path.endswith("/new") and any(in_tmp(p) for p in synced):  # not the Maildir creation
-            gate = gates.setdefault(path, threading.Event())
-            entered.put(path)
-            gate.wait(10)
-        real_fsync(fd)
-        synced.append(path)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    # Each new/ fsync is held (not the Maildir creation's: only those after a tmp/ file's).
+    fsyncs = FsyncGate(monkeypatch, lambda path, synced: path.endswith("/new") and any(map(in_tmp, synced)))
+    synced = fsyncs.synced
     try:
         async with server.raw() as c:
             await c.cmd("EHLO client.example")
@@ -409,15 +397,14 @@ async def test_250_comes_only_after_the_message_is_fsynced_in_every_recipients_n
             await c.send(dot_stuff(message(subject="durable")) + b".\r\n")
             held = []
             for _ in range(2):  # each new/ in turn: no reply while its fsync has not returned
-                held.append(await asyncio.to_thread(entered.get, True, 10))
+                held.append(await asyncio.to_thread(fsyncs.next_held))
                 with pytest.raises(TimeoutError):
                     await c.reply(wait=0.3)
-                gates[held[-1]].set()
+                fsyncs.release(held[-1])
             [reply] = await c.reply()
             assert reply.startswith("250 2.0.0"), reply
     finally:
-        for gate in gates.values():
-            gate.set()
+        fsyncs.release_all()
     assert sorted(held) == [alice_new, bob_new]
     [tmp_file] = [p for p in synced if in_tmp(p)]  # one file, written and fsynced once, then linked
     assert tmp_file.startswith(f"{domain_dir}/alice/tmp/")
