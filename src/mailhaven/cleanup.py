@@ -4,7 +4,8 @@ Owns, for every message that enters: CRLF line ends and the size limit, the head
 must have (Date and Message-ID, RFC 5322 §3.6; added with config.hostname when missing), DKIM
 signing for our sending domain (rsa-sha256, plus ed25519-sha256 as a second signature when an
 ed25519 key is configured, RFC 8463 §3; off the event loop), then the split: local recipients go
-straight into the store (fsynced), remote ones into the spool (fsynced), and the queue manager is
+straight into the store through delivery/local.py into_mailboxes (Return-Path on top, forged trust
+fields removed; fsynced), remote ones into the spool (fsynced), and the queue manager is
 woken. It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
 Does not own: who may send (smtp/submission.py checks AUTH and owned senders), delivery, retries.
 
@@ -178,7 +179,10 @@ async def enqueue(ctx: Any, sender: str, recipients: Sequence[str], message: byt
     if remote_rcpts and ctx.queue is None:
         raise TempFailure("the outbound queue is not running")
     if users:
-        await ctx.store.deliver([(u, local.INBOX) for u in users], message)
+        # The one way into a mailbox (forged trust fields out, Return-Path on top): the sender is ""
+        # for bounces and delay warnings, so they carry Return-Path: <> (RFC 5321 §4.4, §4.5.5).
+        await local.into_mailboxes(ctx.store, [(u, local.INBOX) for u in users], message, sender=sender,
+                                   authserv_id=config.authserv_id)
     queue_id = queue_id or new_id(now)
     if remote_rcpts:
         await ctx.queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id)

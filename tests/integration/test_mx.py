@@ -16,7 +16,7 @@ import aiosmtplib
 import pytest
 
 from mailhaven.errors import StoreError
-from mailhaven.message.headers import field_value
+from mailhaven.message.headers import field_value, field_values
 from tests.fixtures_base import FsyncGate
 from tests.integration import test_mx_harness as harness
 from tests.integration.test_mx_harness import ALICE, BOB, CAROL, MxFactory, all_files, dot_stuff, message
@@ -372,6 +372,40 @@ async def test_forged_authentication_results_with_our_id_are_removed(mx: MxFacto
     assert b"header.d=bank.test" not in msg
     assert b"Authentication-Results: other.example; spf=pass" in msg
     assert msg.count(b"Authentication-Results: localhost;") == 1
+
+
+async def test_forged_trust_fields_and_return_path_from_outside_are_removed(
+        mx: MxFactory, client_ssl_context: ssl.SSLContext) -> None:
+    """X-Spam-* verdicts, a Return-Path and our own authserv-id's Authentication-Results and
+    Received-SPF arriving from outside are removed (folded or not, any case); ours go in with exactly
+    one Return-Path on top; unrelated A-R and the body stay byte for byte."""
+    server = await mx()
+    body = "Hi.\r\nX-Spam-Status: No\r\nReturn-Path: <in-body@x>\r\n\r\n\tend \r\n"
+    extra = ("Return-Path: <forged@x.example>\r\n"
+             "X-Spam-Status: No, score=-10.0\r\n\trequired=5.0 tests=ALL_TRUSTED\r\n"
+             "X-SPAM-FLAG: NO\r\nX-Spam-Score: -10\r\nx-spam-level:\r\n"
+             "Authentication-Results: LOCALHOST;\r\n dkim=pass header.d=bank.test\r\n"
+             "Received-SPF: pass (localhost: forged) client-ip=192.0.2.1; receiver=localhost\r\n"
+             "Authentication-Results: relay.example; spf=pass\r\n"
+             "RETURN-PATH: <second@x.example>\r\n")
+
+    def run() -> None:
+        with smtplib.SMTP("127.0.0.1", server.port, local_hostname="mta.sender.test", timeout=20) as s:
+            s.starttls(context=client_ssl_context)
+            s.sendmail(SENDER, [ALICE], message(subject="trust", extra=extra, body=body))
+
+    await asyncio.to_thread(run)
+    [msg] = server.messages(ALICE)
+    assert msg.startswith(f"Return-Path: <{SENDER}>\r\nReceived: from mta.sender.test".encode())
+    assert field_values(msg, "Return-Path") == [f"<{SENDER}>"]  # RFC 5321 §4.4: exactly one
+    head = msg[:msg.index(b"\r\n\r\n")].lower()
+    assert b"x-spam-" not in head and b"bank.test" not in head and b"forged" not in head
+    ars = field_values(msg, "Authentication-Results")
+    assert len(ars) == 2 and ars[0].startswith("localhost; spf=none")  # ours, then the relay's
+    assert ars[1] == "relay.example; spf=pass"
+    [spf] = field_values(msg, "Received-SPF")
+    assert spf.startswith("none (localhost: ")  # ours only
+    assert msg.endswith(b"\r\n\r\n" + body.encode())
 
 
 async def test_250_comes_only_after_the_message_is_fsynced_in_every_recipients_new_dir(

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailhaven import app, cleanup
+from mailhaven.message.headers import field_values
 from mailhaven.metrics import Metrics
 from mailhaven.queue.manager import QueueManager
 from tests.dnsserver import DnsServer
@@ -242,6 +243,41 @@ async def test_delay_warning_is_sent_once_and_the_message_still_delivered(
     msg, [rcpt] = _report(warning)
     assert msg["Subject"].startswith("Delayed Mail")
     assert rcpt["Action"] == "delayed" and rcpt["Status"] == "4.3.0" and "Will-Retry-Until" in rcpt
+
+
+async def test_bounce_and_delay_warning_delivered_locally_have_one_return_path_null(
+        queue_config: Any, env_factory: Any, peer: SmtpPeer) -> None:
+    """RFC 5321 §4.4 and §4.5.5: a DSN is sent from the null reverse-path, so its local copy starts
+    with exactly one `Return-Path: <>`."""
+    peer.script_rcpt("bob@b.test", *["451 4.3.0 later"] * 3, "550 5.1.1 gone after all")
+    env = await env_factory(queue_config(retry_schedule=["0.3s"], delay_warning="0.5s"))
+    await cleanup.enqueue(env.ctx, ALICE, ["bob@b.test"], b"Return-Path: <forged@x.example>\r\n" + MSG)
+    warning, bounce = await env.wait_inbox(2, seconds=15)
+    if _report(warning)[1][0]["Action"] != "delayed":
+        warning, bounce = bounce, warning
+    assert [_report(m)[1][0]["Action"] for m in (warning, bounce)] == ["delayed", "failed"]
+    for notice in (warning, bounce):
+        assert notice.startswith(b"Return-Path: <>\r\n"), notice[:200]
+        assert field_values(notice, "Return-Path") == ["<>"]
+    await env.wait_empty()
+
+
+async def test_queued_entry_for_a_local_recipient_is_delivered_without_forged_trust_fields(
+        queue_config: Any, env_factory: Any) -> None:
+    """The queue's own way into a mailbox (an entry for a domain that is local when it is delivered)
+    goes through the same local delivery: forged fields out, Return-Path of the entry's sender."""
+    env = await env_factory(queue_config())
+    forged = (b"Return-Path: <forged@x.example>\r\n"
+              b"Authentication-Results: mail.example.test; dkim=pass header.d=bank.test\r\n"
+              b"X-Spam-Status: No\r\n\tscore=-10\r\n")
+    entry = await env.manager.spool.add(ALICE, ["bob@example.test"], cleanup.to_crlf(forged + MSG),
+                                        next_attempt=time.time())
+    env.manager.entries[entry.id] = entry
+    env.manager._schedule(entry)
+    env.manager.wake()
+    [stored] = await env.wait_inbox(1, user="bob@example.test")
+    assert stored == f"Return-Path: <{ALICE}>\r\n".encode() + MSG
+    await env.wait_empty()
 
 
 async def test_one_transaction_per_domain_and_separate_ones_for_other_domains(

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from mailhaven.log import TextFormatter
 from tests.integration import test_submission_harness as harness
 from tests.integration.test_submission_harness import (
     ALICE,
@@ -350,6 +351,32 @@ async def test_from_header_of_someone_else_is_553_5_7_1_and_nothing_is_sent(
     assert replies[-1][0].startswith("553 5.7.1 From: header"), replies
     assert server.messages(BOB) == []
     assert not server.ctx.queue.list_entries()
+
+
+def _send_as_refusals(caplog: pytest.LogCaptureFixture) -> list[tuple[int, dict[str, str]]]:
+    return [(r.levelno, r.mh_fields) for r in caplog.records  # type: ignore[attr-defined]
+            if r.name == "mailhaven.smtp.submission" and r.getMessage() == "send-as refused"]
+
+
+async def test_refused_send_as_is_logged_at_info_with_user_address_and_reason(
+        submission: SubmissionFactory, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 item 7: each 553 of MAIL FROM or From: gives one INFO line saying who tried which
+    address and why (Postfix logs its reject_sender_login_mismatch the same way)."""
+    server = await submission()
+    with caplog.at_level("INFO", logger="mailhaven.smtp.submission"):
+        async with server.session("submissions") as c:
+            assert (await c.cmd(f"MAIL FROM:<{BOB}>"))[0].startswith("553 5.7.1")
+            replies = await c.transaction(ALICE, [BOB], message(sender=f"Alice <{ALICE}>, Carol <{CAROL}>"))
+            assert replies[-1][0].startswith("553 5.7.1 From: header")
+            ok = await c.transaction(ALICE, [BOB], message())  # an owned sender logs no refusal
+            assert ok[-1][0].startswith(QUEUED)
+    assert _send_as_refusals(caplog) == [
+        (20, {"user": ALICE, "address": BOB, "reason": "envelope sender (MAIL FROM) not owned by the user"}),
+        (20, {"user": ALICE, "address": CAROL, "reason": "From: header address not owned by the user"}),
+    ]
+    line = next(r for r in caplog.records if r.getMessage() == "send-as refused")
+    text = TextFormatter(journald=False).format(line)
+    assert f"address={BOB}" in text and f"user={ALICE}" in text and "reason=" in text, text
 
 
 @pytest.mark.parametrize("headers", ["To: bob@example.test\r\n",  # no From

@@ -58,8 +58,9 @@ async def test_local_recipient_gets_it_in_inbox_with_message_id_and_date_added(
     date = field_value(msg, "Date") or ""
     assert abs(time.time() - email.utils.parsedate_to_datetime(date).timestamp()) < 120
     names = header_names(msg)
-    # Trace field on top, then what we added, then the client's own fields (RFC 5321 §4.4).
-    assert names[:4] == ["dkim-signature", "received", "date", "message-id"], names
+    # Return-Path and the trace field on top, then what we added, then the client's own fields
+    # (RFC 5321 §4.4).
+    assert names[:5] == ["return-path", "dkim-signature", "received", "date", "message-id"], names
 
 
 async def test_message_id_and_date_of_the_client_are_kept(submission: SubmissionFactory) -> None:
@@ -243,3 +244,70 @@ async def test_opendkim_verifies_a_submitted_message_as_the_remote_mx_got_it(
     tampered = got.data.replace(b"Subject: opendkim", b"Subject: opendkim!")
     r = await asyncio.to_thread(_opendkim_verify, tampered, dns_server, tmp_path)
     assert r.returncode != 0 or r.stderr
+
+
+# --- trust fields and Return-Path (issue 10 items 5 and 6) ---------------------------------------------
+
+FORGED = ("Return-Path: <forged@x.example>\r\n"
+          "Authentication-Results: mail.example.test; dkim=pass header.d=bank.test\r\n"
+          "authentication-results: (looks fine)\r\n mail.example.test;\r\n\tdmarc=pass header.from=bank.test\r\n"
+          "Authentication-Results: other.example; spf=pass smtp.mailfrom=bank.test\r\n"
+          "X-Spam-Status: No, score=-10.0\r\n\trequired=5.0 tests=ALL_TRUSTED\r\n"
+          "X-Spam-Flag: NO\r\nx-spam-score: -10\r\nX-Spam-Level: \r\n"
+          "Received-SPF: pass (mail.example.test: bank.test) receiver=mail.example.test; identity=mailfrom\r\n")
+BODY = "Dear customer,\r\n\r\nX-Spam-Status: No\r\nReturn-Path: <in the body stays>\r\n  indented line \r\n"
+
+
+def _submit_with_smtplib(server: harness.SubmissionServer, sender: str, rcpts: list[str], data: bytes) -> None:
+    """One message through the submission listener with the stdlib client: STARTTLS, AUTH, sendmail."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], local_hostname="client.example", timeout=20) as s:
+        s.starttls(context=server.client_tls)
+        s.login(ALICE, harness.PASSWORD)
+        s.sendmail(sender, rcpts, data)
+
+
+def _assert_trusted_fields_only(msg: bytes, return_path: str) -> None:
+    lines = msg.split(b"\r\n")
+    assert lines[0] == f"Return-Path: <{return_path}>".encode()
+    assert field_values(msg, "Return-Path") == [f"<{return_path}>"]  # exactly one (RFC 5321 §4.4)
+    head = msg[:msg.index(b"\r\n\r\n") + 2]
+    assert b"bank.test" not in head.replace(b"other.example; spf=pass smtp.mailfrom=bank.test", b"")
+    assert b"forged@x.example" not in head
+    assert [n for n in header_names(msg) if n.startswith("x-spam-")] == []
+    assert field_values(msg, "Received-SPF") == []
+    assert field_values(msg, "Authentication-Results") == ["other.example; spf=pass smtp.mailfrom=bank.test"]
+    assert msg.endswith(b"\r\n\r\n" + BODY.encode())  # the body byte for byte
+
+
+async def test_forged_trust_fields_submitted_to_a_local_user_are_removed(
+        submission: SubmissionFactory, dns_nameserver: str) -> None:
+    """A user submits dkim=pass header.d=bank.test under our authserv-id, X-Spam-* verdicts and a
+    Return-Path of their own: the local recipient gets none of them, one Return-Path with the envelope
+    sender, the rest untouched (our DKIM signature still verifies)."""
+    server = await submission()
+    data = message(subject="your bank", extra=FORGED, body=BODY)
+    await asyncio.to_thread(_submit_with_smtplib, server, ALICE, [BOB], data)
+    [msg] = server.messages(BOB)
+    _assert_trusted_fields_only(msg, ALICE)
+    results = await dkim.verify(Resolver([dns_nameserver], timeout=2), msg)
+    assert [(r.result, r.domain) for r in results] == [("pass", "example.test")]
+
+
+async def test_null_sender_submission_to_a_local_user_has_return_path_null(submission: SubmissionFactory) -> None:
+    server = await submission()
+    await asyncio.to_thread(_submit_with_smtplib, server, "<>", [BOB], message(extra=FORGED, body=BODY))
+    [msg] = server.messages(BOB)
+    _assert_trusted_fields_only(msg, "")
+
+
+async def test_bounce_to_a_local_sender_has_one_return_path_null(submission: SubmissionFactory) -> None:
+    server = await submission()
+    server.peer.script_rcpt("nobody@remote.test", "550 5.1.1 no such user")
+    data = message(to="nobody@remote.test", subject="doomed", extra="Return-Path: <forged@x.example>\r\n")
+    await asyncio.to_thread(_submit_with_smtplib, server, ALICE, ["nobody@remote.test"], data)
+    [bounce] = await until(lambda: server.messages(ALICE), 15)
+    assert bounce.startswith(b"Return-Path: <>\r\n")  # RFC 5321 §4.4, §4.5.5: the null reverse-path
+    assert field_values(bounce, "Return-Path") == ["<>"]
+    assert b"nobody@remote.test" in bounce

@@ -1,22 +1,46 @@
 """Local delivery: recipients in our own domains go into the store (INBOX), durably.
 
 Owns: resolving local recipients to users (auth.users.Directory: users, aliases, catch-all,
-sub-addresses) and one all-or-nothing `store.deliver` for all of them.
-Does not own: the store's durability (store/), remote recipients (delivery/remote.py).
+sub-addresses), and `into_mailboxes`, the one way into a mailbox on every path (the MX, cleanup for
+submission to a local user and for bounces and delay warnings, the queue): it removes the fields
+only we may write (forged Authentication-Results with our authserv-id, X-Spam-*, any incoming
+Return-Path: message/trust.py), puts `Return-Path: <sender>` on top (RFC 5321 §4.4) and makes one
+all-or-nothing `store.deliver` for all targets.
+Does not own: the store's durability (store/), remote recipients (delivery/remote.py), the fields
+themselves (message/trust.py, message/headers.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import MailError
+from mailhaven.message import trust
+from mailhaven.policy.authresults import header_end
 
 log = logging.getLogger("mailhaven.delivery")
 
 INBOX = "INBOX"
+# Header sections up to this size are rewritten on the event loop; bigger ones in a worker thread
+# (DESIGN: big parses run off the loop; the same bound as policy/pipeline.py's).
+INLINE_REWRITE_LIMIT = 8 * 1024
+
+
+async def into_mailboxes(store: Any, targets: Sequence[tuple[str, str]], message: bytes, *, sender: str,
+                         authserv_id: str, trace: Sequence[bytes] = ()) -> None:
+    """Deliver `message` durably to every (user, folder) target, all or nothing (store.deliver).
+    `sender` is the envelope sender ("" for a bounce); `trace` the fields this hop adds below the
+    Return-Path (the MX's Received and Authentication-Results). Raises what store.deliver raises."""
+    if header_end(message) <= INLINE_REWRITE_LIMIT:
+        data = trust.for_mailbox(message, sender=sender, authserv_id=authserv_id, trace=trace)
+    else:
+        data = await asyncio.to_thread(trust.for_mailbox, message, sender=sender, authserv_id=authserv_id,
+                                       trace=trace)
+    await store.deliver(targets, data)
 
 
 def resolve(directory: Any, recipients: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -34,9 +58,10 @@ def resolve(directory: Any, recipients: Sequence[str]) -> tuple[list[str], list[
     return users, unknown
 
 
-async def deliver(store: Any, directory: Any, recipients: Sequence[str], message: bytes) -> list[DeliveryResult]:
-    """Deliver to every resolvable recipient at once; one result per recipient, in order.
-    Unknown recipients fail permanently (550 5.1.1); a store failure is temporary for the rest."""
+async def deliver(store: Any, directory: Any, recipients: Sequence[str], message: bytes, *, sender: str,
+                  authserv_id: str) -> list[DeliveryResult]:
+    """Deliver to every resolvable recipient at once (into_mailboxes); one result per recipient, in
+    order. Unknown recipients fail permanently (550 5.1.1); a store failure is temporary for the rest."""
     results: dict[str, DeliveryResult] = {}
     known: list[str] = []
     users: list[str] = []
@@ -49,7 +74,8 @@ async def deliver(store: Any, directory: Any, recipients: Sequence[str], message
         users.extend(u for u in found if u not in users)
     if users:
         try:
-            await store.deliver([(u, INBOX) for u in users], message)
+            await into_mailboxes(store, [(u, INBOX) for u in users], message, sender=sender,
+                                 authserv_id=authserv_id)
         except MailError as e:
             for rcpt in known:
                 results[rcpt] = DeliveryResult.from_error(rcpt, e)
@@ -63,4 +89,4 @@ async def deliver(store: Any, directory: Any, recipients: Sequence[str], message
     return [results[r] for r in recipients]
 
 
-__all__ = ["deliver", "resolve", "INBOX"]
+__all__ = ["deliver", "into_mailboxes", "resolve", "INBOX"]

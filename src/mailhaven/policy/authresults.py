@@ -1,8 +1,9 @@
 """Authentication-Results (RFC 8601) and Received-SPF (RFC 7208 §9.1) header fields (pure).
 
-Owns: rendering our SPF/DKIM/DMARC results as one Authentication-Results field, and removing
-fields that claim to come from our authserv-id before we add ours (RFC 8601 §5), touching nothing
-but those header fields. Does not own: computing the results (spf.py, dkim.py, dmarc.py).
+Owns: rendering our SPF/DKIM/DMARC results as one Authentication-Results field, and reading the
+authserv-id of one (RFC 8601 §2.2). Does not own: computing the results (spf.py, dkim.py,
+dmarc.py), removing forged fields that claim our authserv-id (RFC 8601 §5: message/trust.py, on
+every way into a mailbox).
 """
 
 from __future__ import annotations
@@ -114,25 +115,12 @@ def format_received_spf(receiver: str, result: str, ip: str, sender: str, helo: 
     return f"Received-SPF: {result} {comment}\r\n\t{'; '.join(pairs)}\r\n".encode()
 
 
-# --- removal of forged fields (RFC 8601 §5) ------------------------------------------------------
-
-_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
-
-
-def _split_head(message: bytes) -> tuple[bytes, bytes]:
-    """(header block including its final line end, rest: the blank line and the body)."""
-    pos = 0
-    for m in _LINE.finditer(message):
-        line = m.group(0)
-        if line in (b"\r\n", b"\n"):
-            return message[:pos], message[pos:]
-        pos = m.end()
-    return message, b""
+# --- reading fields (the RFC 8601 §5 removal is message/trust.py's) ---------------------------
 
 
 def header_end(message: bytes) -> int:
     """Where the header section ends (RFC 5322 §2.1): the offset of the first empty line, CRLF or
-    bare LF (as _split_head and dkimpy split lines), or len(message) when there is none.
+    bare LF (as dkimpy splits lines), or len(message) when there is none.
     A few C-level finds, whatever the size of the message (safe on the event loop)."""
     if message.startswith((b"\n", b"\r\n")):
         return 0
@@ -172,31 +160,4 @@ def authserv_id_of(value: bytes) -> str:
     return m.group(0).lower() if m else ""
 
 
-_AR_NAME = re.compile(rb"authentication-results", re.IGNORECASE)
-
-
-def remove_ours(message: bytes, authserv_id: str) -> bytes:
-    """message without Authentication-Results fields carrying authserv_id; body untouched.
-    The same object when there is nothing to remove (most mail: no copy, no line split)."""
-    if _AR_NAME.search(message, 0, header_end(message)) is None:
-        return message
-    head, rest = _split_head(message)
-    ours = authserv_id.lower()
-    fields: list[list[bytes]] = []
-    for m in _LINE.finditer(head):
-        line = m.group(0)
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1].append(line)  # RFC 5322 §2.2.3: continuation of a folded field
-        else:
-            fields.append([line])
-    kept: list[bytes] = []
-    for f in fields:
-        name, sep, value = b"".join(f).partition(b":")
-        if sep and name.strip().lower() == b"authentication-results" and authserv_id_of(value) == ours:
-            continue  # RFC 8601 §5: remove fields claiming our authserv-id
-        kept.extend(f)
-    out = b"".join(kept)
-    return message if len(out) == len(head) else out + rest
-
-
-__all__ = ["format_auth_results", "format_received_spf", "remove_ours", "authserv_id_of", "header_end"]
+__all__ = ["format_auth_results", "format_received_spf", "authserv_id_of", "header_end"]

@@ -1,10 +1,10 @@
 """The inbound sender-authentication verdict: SPF at MAIL FROM, DKIM + DMARC + decision at DATA.
 
 Owns: the order of the checks, the decision table below (config `policy.*` actions), the SMTP reply
-of a verdict, and the header fields added to accepted mail (Authentication-Results, Received-SPF),
-after removing forged Authentication-Results fields claiming our authserv-id (RFC 8601 §5).
+of a verdict, and the header fields added to accepted mail (Authentication-Results, Received-SPF).
 Does not own: the SMTP dialogue (smtp/inbound.py calls `check_mail` at MAIL and `check_data` at
-DATA and sends `verdict.reply`), storing (store/).
+DATA and sends `verdict.reply`), removing forged Authentication-Results claiming our authserv-id
+(RFC 8601 §5: message/trust.py, on every way into a mailbox), storing (store/).
 
 Why nothing is rejected at MAIL: an SPF fail is rescued by an aligned DKIM pass (RFC 7489 §4.2),
 which only DATA can show; so MAIL only computes and remembers the SpfResult. MAIL may also start
@@ -92,15 +92,13 @@ def _act(action: str, reason: str) -> Verdict:
 
 @dataclass(frozen=True)
 class Assessment:
-    """Everything DATA needs: the verdict, the results, the header fields to prepend, and the
-    message with forged Authentication-Results removed."""
+    """Everything DATA needs: the verdict, the results and the header fields to prepend."""
 
     verdict: Verdict
     spf: SpfResult | None
     dkim: list[DkimResult]
     dmarc: DmarcResult
     headers: bytes  # Authentication-Results (+ Received-SPF), CRLF-terminated, to prepend
-    message: bytes  # the message without Authentication-Results fields claiming our authserv-id
     from_domain: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -202,16 +200,15 @@ def decide(policy: PolicyConfig, spf_result: SpfResult | None, dkim_results: Seq
 INLINE_PARSE_LIMIT = 8 * 1024
 
 
-def _parse(message: bytes, authserv_id: str) -> tuple[str, str, bytes]:
-    """(author domain, why there is no usable one, message without our forged A-R fields).
-    No From field at all: ("", "", ...), see dmarc.NoAuthor."""
+def _parse(message: bytes) -> tuple[str, str]:
+    """(author domain, why there is no usable one). No From field at all: ("", ""), see
+    dmarc.NoAuthor."""
     try:
-        author, err = dmarc.author_domain(message), ""
+        return dmarc.author_domain(message), ""
     except NoAuthor:
-        author, err = "", ""
+        return "", ""
     except AuthorError as e:
-        author, err = "", str(e)
-    return author, err, authresults.remove_ours(message, authserv_id)
+        return "", str(e)
 
 
 async def _find(resolver: Resolver, author: str, ahead: DmarcAhead | None) -> dmarc.Found:
@@ -233,9 +230,9 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
     The DMARC record lookup needs only the From domain, so for signed mail it runs while DKIM is
     verified; unsigned mail (dkim.has_signature) costs no worker thread at all."""
     if authresults.header_end(message) <= INLINE_PARSE_LIMIT:
-        author, author_err, cleaned = _parse(message, authserv_id)
+        author, author_err = _parse(message)
     else:
-        author, author_err, cleaned = await asyncio.to_thread(_parse, message, authserv_id)
+        author, author_err = await asyncio.to_thread(_parse, message)
     notes: list[str] = []
     found: dmarc.Found = None
     if author_err or not author:
@@ -266,7 +263,7 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
         headers += authresults.format_received_spf(authserv_id, spf_result.result, spf_result.ip,
                                                    spf_result.sender if spf_result.identity == "mailfrom"
                                                    else "", spf_result.helo, spf_result.identity)
-    return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, cleaned, author, notes)
+    return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, author, notes)
 
 
 __all__ = ["Verdict", "Assessment", "ACCEPT", "DmarcAhead", "applies", "check_mail", "check_data", "decide",

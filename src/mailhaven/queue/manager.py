@@ -295,7 +295,8 @@ class QueueManager:
     async def _deliver(self, entry: Entry, domain: str, addrs: list[str], message: bytes) -> list[DeliveryResult]:
         ctx = self.ctx
         if ctx.config.is_local_domain(domain):
-            return await local.deliver(ctx.store, ctx.directory, addrs, message)
+            return await local.deliver(ctx.store, ctx.directory, addrs, message, sender=entry.sender,
+                                       authserv_id=ctx.config.authserv_id)
         if self._tls is None:
             from mailhaven.tls import client_context
 

@@ -7,9 +7,10 @@ users get 550 5.1.1. Postmaster (RFC 5321 §4.5.1): `<postmaster>` and postmaste
 domains (any case) are always accepted; without a postmaster alias (or catch-all) they go to the
 domain's first user in sorted order, else to the first user of the first domain that has one
 (`postmaster_users`). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
-the verdict at DATA), the trace fields we add (Return-Path, Received, Authentication-Results,
-Received-SPF) and durable delivery into every recipient's Maildir (INBOX, or Junk on a
-"junk" verdict) before the 250.
+the verdict at DATA), the trace fields we add (Received, Authentication-Results, Received-SPF)
+and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
+delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
+the 250.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
 
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailhaven import metrics
+from mailhaven.delivery import local
 from mailhaven.errors import DnsTempError, PermFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
@@ -127,7 +129,6 @@ class InboundHandler(BaseHandler):
         one = len({r.normalized() for r in txn.recipients}) == 1
         single = str(txn.recipients[0]) if one else None
         trace = [
-            headers.return_path(str(txn.sender) if txn.sender is not None else ""),  # RFC 5321 §4.4
             headers.received(
                 helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
                 protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
@@ -136,9 +137,13 @@ class InboundHandler(BaseHandler):
                 when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls),
             assessment.headers,  # Authentication-Results (RFC 8601) + Received-SPF (RFC 7208 §9.1)
         ]
-        message = headers.prepend(trace, assessment.message)  # forged A-R with our id removed
         # Durable in every Maildir before the 250 (store.deliver fsyncs; all or nothing, StoreError).
-        await self.ctx.store.deliver([(user, folder) for user in txn.users], message)
+        # into_mailboxes puts Return-Path on top (RFC 5321 §4.4) and removes what arrived claiming
+        # to be ours (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before
+        # our trace fields go in.
+        await local.into_mailboxes(self.ctx.store, [(user, folder) for user in txn.users], data,
+                                   sender=str(txn.sender) if txn.sender is not None else "",
+                                   authserv_id=cfg.authserv_id, trace=trace)
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)

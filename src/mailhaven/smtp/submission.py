@@ -7,7 +7,8 @@ Authentication required`; on a STARTTLS listener nothing but EHLO/STARTTLS/NOOP/
 with auth.allow_plaintext_loopback (dev). AUTH PLAIN/LOGIN (authenticator.py) once per session,
 after EHLO, outside a transaction (RFC 4954 §4). The envelope sender and every address of the
 From: header must be owned by the logged-in user (auth.users.Directory.owns: the user's own
-address, its +tag addresses, aliases that lead to it), else `553 5.7.1`; the null sender is allowed
+address, its +tag addresses, aliases that lead to it), else `553 5.7.1` and one INFO log line
+"send-as refused" with user, address and reason; the null sender is allowed
 (RFC 8098 §3: MDNs are sent with it), From: still has to be owned then. Any recipient domain once
 logged in (that is what submission is for), but our own domains' unknown users are refused at
 RCPT (550 5.1.1, not after DATA) and address literals are refused (550 5.1.2: no delivery to raw
@@ -101,6 +102,12 @@ def _addresses(value: str) -> list[str] | None:
     return list(dict.fromkeys(found)) or None
 
 
+def log_send_as_refused(user: str, address: str, reason: str) -> None:
+    """One INFO line per refused send-as (the 553 5.7.1 of MAIL FROM or From:), as Postfix logs its
+    reject_sender_login_mismatch: who tried, which address, and why."""
+    mlog.event(logger, "send-as refused", user=user, address=address, reason=reason)
+
+
 class SubmissionHandler(BaseHandler):
     role = "submission"
     offers_auth = True
@@ -140,6 +147,7 @@ class SubmissionHandler(BaseHandler):
         if sender is None:
             return None  # RFC 8098 §3: MDNs use the null reverse-path; From: is checked at DATA
         if not self.ctx.directory.owns(user, sender):
+            log_send_as_refused(user, str(sender), "envelope sender (MAIL FROM) not owned by the user")
             return R.sender_not_owned(str(sender), user)
         return None
 
@@ -176,6 +184,7 @@ class SubmissionHandler(BaseHandler):
         directory = self.ctx.directory
         for author in authors:
             if not directory.owns(user, author):
+                log_send_as_refused(user, author, "From: header address not owned by the user")
                 return R.author_not_owned(author, user)
         # The queue id is chosen here so the Received field, the 250 and the log all name it.
         txn.queue_id = new_id()
@@ -199,4 +208,4 @@ def handler_factory(ctx: Any, config: Any, listener: str) -> SubmissionHandler:
     return SubmissionHandler(ctx, config, listener)
 
 
-__all__ = ["SubmissionHandler", "handler_factory", "author_addresses", "listener_is_loopback"]
+__all__ = ["SubmissionHandler", "handler_factory", "author_addresses", "listener_is_loopback", "log_send_as_refused"]
