@@ -174,10 +174,9 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 def _load_cert(ctx: ssl.SSLContext, cfg: Config) -> None:
-    try:
-        ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"tls.cert: cannot load certificate and key: {_reason(e)}") from None
+    from mailhaven.tls import load_cert_chain
+
+    load_cert_chain(ctx, cfg.tls.cert, cfg.tls.key)  # ConfigError names tls.cert or tls.key
 
 
 def _reason(e: BaseException) -> str:
