@@ -48,7 +48,7 @@ from typing import Any
 from mailhaven import metrics
 from mailhaven.delivery import local, remote
 from mailhaven.delivery.result import DeliveryResult
-from mailhaven.errors import MailError
+from mailhaven.errors import ConfigError, MailError
 from mailhaven.message import dsn
 from mailhaven.queue import schedule
 from mailhaven.queue.spool import Entry, Recipient, Spool, valid_id
@@ -109,6 +109,7 @@ class QueueManager:
         self._domain_active: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._tls: Any = None
+        self._verified: tuple[Any, Any] | None = None  # (the Config it was built from, its verifying context)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -296,12 +297,20 @@ class QueueManager:
         ctx = self.ctx
         if ctx.config.is_local_domain(domain):
             return await local.deliver(ctx.store, ctx.directory, addrs, message)
-        if self._tls is None:
-            from mailhaven.tls import client_context
+        from mailhaven.tls import client_context, mx_verify_context
 
+        if self._tls is None:
             self._tls = client_context(verify=False)
+        verified = None
+        if remote.requires_tls(ctx.config, domain):
+            if self._verified is None or self._verified[0] is not ctx.config:  # SIGHUP reads the CAs again
+                try:
+                    self._verified = (ctx.config, mx_verify_context(ctx.config.queue.tls_ca_file))
+                except ConfigError:
+                    self._verified = None  # remote.deliver says why, in the log and in the result
+            verified = self._verified[1] if self._verified is not None else None
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
-                                    tls_context=self._tls)
+                                    tls_context=self._tls, verified_context=verified)
 
     async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult], *,
                       last: bool = False, kind: str = "remote") -> None:
