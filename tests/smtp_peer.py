@@ -190,6 +190,58 @@ def server_tls_context(cert: Any, key: Any) -> ssl.SSLContext:
     return ctx
 
 
+def cert_files(folder: Any, *names: str, ca: Any = None) -> tuple[Any, Any]:
+    """(cert_path, key_path) in `folder` for `names`: issued by `ca` (a trustme.CA), or self-signed
+    when `ca` is None. For peers playing MX hosts whose certificate is checked."""
+    from pathlib import Path
+
+    from mailhaven.tls import make_self_signed
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = "-".join(n.replace("*", "star") for n in names) + ("-ca" if ca is not None else "-self")
+    cert, key = folder / f"{stem}.crt", folder / f"{stem}.key"
+    if ca is None:
+        make_self_signed(cert, key, names)
+    else:
+        _issue(ca, names, cert, key)
+    return cert, key
+
+
+def _issue(ca: Any, names: tuple[str, ...], cert_path: Any, key_path: Any) -> None:
+    """A leaf certificate for `names` signed by the trustme CA, built with cryptography because
+    trustme refuses names like "mx.*.test" (which the tests need, to see them refused)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key = serialization.load_pem_private_key(ca.private_key_pem.bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+
+
 async def until(predicate: Any, seconds: float = 10.0, interval: float = 0.02) -> Any:
     """Poll `predicate()` (sync or async) until it is truthy; returns its value. TimeoutError after
     `seconds` (for state on disk or in other processes, which has no event to wait on)."""

@@ -174,10 +174,9 @@ def tls_context(cfg: Config) -> ssl.SSLContext | None:
 
 
 def _load_cert(ctx: ssl.SSLContext, cfg: Config) -> None:
-    try:
-        ctx.load_cert_chain(cfg.tls.cert, cfg.tls.key)
-    except (OSError, ssl.SSLError) as e:
-        raise ConfigError(f"tls.cert: cannot load certificate and key: {_reason(e)}") from None
+    from mailhaven.tls import load_cert_chain
+
+    load_cert_chain(ctx, cfg.tls.cert, cfg.tls.key)  # ConfigError names tls.cert or tls.key
 
 
 def _reason(e: BaseException) -> str:
@@ -357,41 +356,78 @@ def find_factory(name: str) -> Callable[..., Any] | None:
 # --- reload --------------------------------------------------------------------------------------
 
 
+# What SIGHUP cannot apply: bound sockets (listeners, metrics.address, control_socket under
+# data_dir), the store and queue on disk (data_dir), the process's user (run_as_*). The running
+# server keeps these as they were; config/mailhaven.toml marks each "restart needed".
+RESTART_ONLY = ("listeners", "data_dir", "control_socket", "metrics", "run_as_user", "run_as_group")
+
+
+def _changed(prefix: str, old: Any, new: Any) -> list[str]:
+    """Dotted names of the keys that differ between two config values (tables recursed into)."""
+    if old == new:
+        return []
+    if dataclasses.is_dataclass(old) and type(old) is type(new):
+        return [k for f in dataclasses.fields(old)
+                for k in _changed(f"{prefix}.{f.name}", getattr(old, f.name), getattr(new, f.name))]
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for name in sorted(set(old) | set(new))
+                for k in (_changed(f"{prefix}.{name}", old[name], new[name]) if name in old and name in new
+                          else [f"{prefix}.{name}"])]
+    return [prefix]
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The keys changed from `old` to `new` that take effect only after a restart."""
+    keys = [k for name in RESTART_ONLY for k in _changed(name, getattr(old, name), getattr(new, name))]
+    if bool(old.tls.cert) != bool(new.tls.cert):
+        keys.append("tls.cert")  # turning TLS on or off: the listeners were set up with or without it
+    return keys
+
+
 def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
-    """Load the config file again and swap it in; on any error keep the old one. True if swapped."""
+    """Load the config file again and swap it in; on any error keep the old one. True if swapped.
+    Everything is applied (users, certificate, DKIM keys, limits, a new DNS resolver, ...) except
+    the RESTART_ONLY keys, which the one log line names when they changed."""
     old = ctx.config
     if not old.source or old.source == "<dict>":
         log.warning("reload: this server was not started from a config file; nothing to reload")
         return False
+    from mailhaven.dns.resolver import Resolver
+
     try:
         new = configmod.load(old.source)
         directory = load_directory(new)
         new_tls: ssl.SSLContext | None = tls_context(new) if new.tls.cert else None
+        # A new resolver every time: [dns] changes apply, and with no nameservers configured
+        # /etc/resolv.conf is read again. Lookups in flight finish on the old one.
+        resolver = Resolver.from_config(new.dns)
     except ConfigError as e:
         log.error("reload failed, keeping the running config: %s", e)
         return False
     except Exception as e:  # a broken users file or certificate must not stop the server
         log.error("reload failed, keeping the running config: %s", _reason(e))
         return False
-    if (new.listeners != old.listeners or new.data_dir != old.data_dir or new.metrics != old.metrics
-            or (new.run_as_user, new.run_as_group) != (old.run_as_user, old.run_as_group)):
-        # What is bound stays bound: ctx.config keeps describing the running sockets and store.
-        log.warning("reload: listener, data_dir, metrics and run_as_user changes take effect after a restart")
-        new = dataclasses.replace(new, listeners=old.listeners, data_dir=old.data_dir, metrics=old.metrics,
-                                  run_as_user=old.run_as_user, run_as_group=old.run_as_group)
+    pending = restart_needed(old, new)
+    # What is bound stays bound: ctx.config keeps describing the running sockets and store.
+    new = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
+    if bool(old.tls.cert) != bool(new.tls.cert):
+        new = dataclasses.replace(new, tls=old.tls)
     if ctx.tls is not None and new_tls is not None:
         # Load into the live context: servers hold it, and new handshakes then use the new cert.
         # (It loaded into new_tls just now, so this cannot fail halfway for a bad file.)
         _load_cert(ctx.tls, new)
         ctx.tls.minimum_version = new_tls.minimum_version
-    elif new_tls is not None or ctx.tls is not None:
-        log.warning("reload: turning TLS on or off takes effect after a restart")
     ctx.config = new
     ctx.directory = directory
     ctx.limits.update_config(new)  # counts and failure history are kept
+    ctx.resolver = resolver
     if configure_logging and new.log != old.log:
         setup_logging(new)
-    log.info("reloaded %s", new.source)
+    if pending:
+        log.warning("reloaded %s; these changes need a restart and are not applied: %s", new.source,
+                    ", ".join(pending))
+    else:
+        log.info("reloaded %s", new.source)
     return True
 
 
@@ -573,5 +609,5 @@ async def _reloader(ctx: Context, configure_logging: bool) -> None:
             sd_notify("READY=1")
 
 
-__all__ = ["Context", "Sessions", "StartupError", "LISTENER_FACTORIES", "run", "reload", "sd_notify",
+__all__ = ["Context", "Sessions", "StartupError", "LISTENER_FACTORIES", "run", "reload", "restart_needed", "sd_notify",
            "bind_listener", "bind_all", "build_context", "tls_context"]

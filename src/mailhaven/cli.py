@@ -308,7 +308,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from mailhaven import control
 
     cfg = _load_config(args)
-    status, text = control.queue_command(cfg.control_path, args.action, args.id)
+    status, text = control.queue_command(cfg.control_path, args.action, args.id, as_json=args.json)
     (sys.stdout if status == 0 else sys.stderr).write(text.rstrip("\n") + "\n")
     return status
 
@@ -548,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("queue", parents=common, help="the running server's outbound queue: list, show ID, retry ID, delete ID, flush")
     s.add_argument("action", choices=["list", "show", "retry", "delete", "flush"])
     s.add_argument("id", nargs="?", metavar="ID", help="queue ID (show, retry, delete)")
+    s.add_argument("--json", action="store_true", help="show: the entry as JSON, for scripts")
     s.set_defaults(func=cmd_queue)
     return p
 

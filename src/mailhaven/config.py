@@ -150,8 +150,10 @@ class QueueConfig:
     max_active: int = opt(100, "Concurrent deliveries in all.", lo=1, hi=100_000)
     connect_timeout: float = opt(30.0, "Connect and greeting timeout for remote SMTP.", lo=1, duration=True)
     command_timeout: float = opt(300.0, "Timeout for each remote SMTP command.", lo=1, duration=True)
-    require_tls_domains: list[str] = opt(None, "Destination domains that must be reached over STARTTLS.",
-                                         factory=list)
+    require_tls_domains: list[str] = opt(None, "Destination domains that must be reached over STARTTLS "
+                                         "with a verified certificate for the MX host name.", factory=list)
+    tls_ca_file: str = opt("", "PEM CA certificates trusted for require_tls_domains instead of the system "
+                           "trust store (\"\" = the system store).", path=True)
 
 
 @dataclass(frozen=True)
@@ -449,6 +451,8 @@ def _check(cfg: Config) -> None:
         p = getattr(cfg.tls, key)
         if p and not Path(p).is_file():
             raise ConfigError(f"tls.{key}: file not found: {p}")
+    if cfg.queue.tls_ca_file and not Path(cfg.queue.tls_ca_file).is_file():
+        raise ConfigError(f"queue.tls_ca_file: file not found: {cfg.queue.tls_ca_file}")
     for dname, dom in cfg.domains.items():
         for key in ("dkim_key", "dkim_ed25519_key"):
             p = getattr(dom, key)

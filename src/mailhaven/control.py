@@ -9,6 +9,9 @@ Requests and replies:
     {"cmd": "list"}              -> {"ok": true, "entries": [{"id", "sender", "created", "next_attempt",
                                      "attempts", "size", "busy", "recipients": [{address, state, last}]}]}
     {"cmd": "show", "id": ID}    -> {"ok": true, "entry": {...the envelope..., "busy": bool}}
+    {"cmd": "show", "id": ID, "headers": true}
+                                 -> the same, the entry also with "headers": {"From", "To", "Subject",
+                                    "Message-ID"} as found in the message (for the text of `queue show`)
     {"cmd": "retry", "id": ID}   -> {"ok": true}            (next attempt = now)
     {"cmd": "delete", "id": ID}  -> {"ok": true}            (removed, no bounce)
     {"cmd": "flush"}             -> {"ok": true, "count": n} (every entry: next attempt = now)
@@ -17,6 +20,7 @@ Requests and replies:
     server = await serve_control(ctx, manager)      # app.run; close() it on shutdown
     reply = control_request(path, {"cmd": "list"})  # raises ControlError when not running
     status, text = queue_command(path, "show", ID)   # cli.py: print(text); exit(status)
+    queue_command(path, "show", ID, as_json=True)     # `queue show --json`: the entry as JSON
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +58,11 @@ async def _handle(manager: Any, request: Any) -> dict[str, Any]:
         return {"ok": True, "entries": manager.list_entries()}
     if cmd == "show":
         entry = manager.show(entry_id)
-        return {"ok": True, "entry": entry} if entry is not None else _no_such(entry_id)
+        if entry is None:
+            return _no_such(entry_id)
+        if request.get("headers") is True:
+            entry["headers"] = await manager.headers(entry_id) or {}
+        return {"ok": True, "entry": entry}
     if cmd == "retry":
         return {"ok": True} if await manager.retry(entry_id) else _no_such(entry_id)
     if cmd == "delete":
@@ -201,12 +210,119 @@ def format_list(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ago(seconds: float) -> str:
+    """3725 -> "1 h 2 min"; for ages and waits in `queue show`."""
+    s = int(abs(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def _when_rel(ts: Any, now: float) -> str:
+    """"2026-12-07 18:30:05 UTC (2 h 5 min ago)" / "(in 55 min)"."""
+    try:
+        delta = float(ts) - now
+    except (TypeError, ValueError):
+        return "-"
+    if abs(delta) < 1:
+        rel = "now"
+    else:
+        rel = f"in {_ago(delta)}" if delta > 0 else f"{_ago(delta)} ago"
+    return f"{_when(ts)} UTC ({rel})"
+
+
+def _shown(value: Any, limit: int = 300) -> str:
+    """Text from the server or a message, safe for a terminal: RFC 2047 words decoded, control
+    characters (escape sequences) made visible, bounded."""
+    import email.errors
+    import email.header
+
+    from mailhaven.log import clean
+
+    text = str(value)
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+            pass
+    return clean(text[:limit])
+
+
+def _size(n: Any) -> str:
+    try:
+        size = int(n)
+    except (TypeError, ValueError):
+        return "-"
+    if size < 1024:
+        return f"{size} bytes"
+    return f"{size} bytes ({size / 1024:.1f} KiB)" if size < 1024 * 1024 else f"{size} bytes ({size / 1048576:.1f} MiB)"
+
+
+def _rcpt_state(r: dict[str, Any], null_sender: bool) -> str:
+    state = r.get("state")
+    if state == "pending":
+        return "deferred, will be retried" if r.get("attempts") else "waiting for its first attempt"
+    if state == "failed":
+        if null_sender:
+            return "failed (no bounce: the message is itself a bounce)"
+        return "failed, sender notified" if r.get("notified") else "failed, bounce to be sent"
+    return str(state or "?")
+
+
+def format_show(e: dict[str, Any], now: float | None = None) -> str:
+    """`mailhaven queue show ID` output: the entry as a person reads it (times with their age,
+    one block per recipient, the message's main header fields)."""
+    now = time.time() if now is None else now
+    sender = str(e.get("sender", ""))
+    null_sender = not sender
+    lines = [f"Queue ID:      {_shown(e.get('id', ''))}",
+             f"Sender:        <{_shown(sender)}>" + ("  (null sender: a bounce or notice)" if null_sender else ""),
+             f"Size:          {_size(e.get('size'))}",
+             f"Arrived:       {_when_rel(e.get('created'), now)}"]
+    if e.get("busy"):
+        lines.append("Next attempt:  in delivery now")
+    elif any(r.get("state") == "pending" for r in e.get("recipients", [])):
+        lines.append(f"Next attempt:  {_when_rel(e.get('next_attempt'), now)}")
+    lines.append(f"Attempts:      {e.get('attempts', 0)}")
+    if e.get("source"):
+        lines.append(f"Came from:     {_shown(e.get('source'))}")
+    if e.get("delay_warning_sent"):
+        lines.append("Delay warning: sent to the sender")
+    fields = e.get("headers")
+    if isinstance(fields, dict):
+        lines.append("Headers:")
+        for name in ("From", "To", "Subject", "Message-ID"):
+            lines.append(f"  {name + ':':<12}{_shown(fields[name]) if name in fields else '(none)'}")
+    rcpts = e.get("recipients", [])
+    lines.append(f"Recipients ({len(rcpts)}):")
+    for r in rcpts:
+        lines.append(f"  <{_shown(r.get('address', ''))}>")
+        lines.append(f"    state:      {_rcpt_state(r, null_sender)}")
+        attempts = int(r.get("attempts") or 0)
+        tried = f", last {_when_rel(r['last_attempt'], now)}" if r.get("last_attempt") is not None else ""
+        lines.append(f"    attempts:   {attempts}{tried}")
+        last = r.get("last")
+        if isinstance(last, dict):
+            reply = f"{last.get('code', '')} {last.get('enhanced', '')} {last.get('text', '')}".strip()
+            by = f"  (from {last['remote_mta']})" if last.get("remote_mta") else ""
+            lines.append(f"    last reply: {_shown(reply, 600)}{_shown(by)}")
+        else:
+            lines.append("    last reply: (none yet)")
+    return "\n".join(lines)
+
+
 QUEUE_ACTIONS = ("list", "show", "retry", "delete", "flush")
 
 
-def queue_command(control_path: str | Path, action: str, entry_id: str | None = None) -> tuple[int, str]:
+def queue_command(control_path: str | Path, action: str, entry_id: str | None = None, *,
+                  as_json: bool = False) -> tuple[int, str]:
     """`mailhaven queue ACTION [ID]` for the CLI: (exit status, text to print). Never raises for a
-    server that is down or a bad id: the text is one line then and the status 1."""
+    server that is down or a bad id: the text is one line then and the status 1. `as_json`: show
+    prints the entry as JSON (what `queue show` printed before it had a text form)."""
     if action not in QUEUE_ACTIONS:
         return 2, f"unknown queue command {action!r} (expected {', '.join(QUEUE_ACTIONS)})"
     needs_id = action in ("show", "retry", "delete")
@@ -215,6 +331,8 @@ def queue_command(control_path: str | Path, action: str, entry_id: str | None = 
     command: dict[str, Any] = {"cmd": action}
     if needs_id:
         command["id"] = entry_id
+    if action == "show" and not as_json:
+        command["headers"] = True
     try:
         reply = control_request(control_path, command)
     except ControlError as e:
@@ -224,11 +342,14 @@ def queue_command(control_path: str | Path, action: str, entry_id: str | None = 
     if action == "list":
         return 0, format_list(reply.get("entries", [])).rstrip("\n")
     if action == "show":
-        return 0, json.dumps(reply.get("entry"), indent=2, ensure_ascii=False)
+        if as_json:
+            return 0, json.dumps(reply.get("entry"), indent=2, ensure_ascii=False)
+        entry = reply.get("entry")
+        return 0, format_show(entry if isinstance(entry, dict) else {})
     if action == "flush":
         return 0, f"{reply.get('count', 0)} entr{'y' if reply.get('count') == 1 else 'ies'} scheduled for delivery now"
     return 0, f"{entry_id}: {'scheduled for delivery now' if action == 'retry' else 'deleted'}"
 
 
-__all__ = ["serve_control", "control_request", "format_list", "queue_command", "QUEUE_ACTIONS",
+__all__ = ["serve_control", "control_request", "format_list", "format_show", "queue_command", "QUEUE_ACTIONS",
            "ControlError", "MAX_REQUEST"]

@@ -6,6 +6,8 @@ certificate: this is a liveness probe, doctor checks certificates), reading the 
 leaving politely (QUIT / LOGOUT). Healthy = every listener greets with its protocol's OK: SMTP
 "220" (RFC 5321 §4.2; a "421" greeting means it is refusing service), POP3 "+OK" (RFC 1939 §4),
 IMAP "* OK" or "* PREAUTH" (RFC 9051 §7.1).
+The probe says nothing but goodbye after the greeting; the servers log such a session at DEBUG
+(imap/server.py, pop3/server.py; SMTP logs none), so a HEALTHCHECK every 30 s leaves the log quiet.
 Does not own: the listeners (app.py), certificate or DNS checks (doctor.py).
 """
 

@@ -8,7 +8,8 @@ Does not own: when TLS starts (listeners: STARTTLS / implicit; queue: opportunis
   forward-secret AEAD ciphers only for TLS 1.2 (TLS 1.3 suites are always AEAD).
 - Client side (queue, RFC 3207 opportunistic STARTTLS): TLS 1.2+, and by default no certificate
   check, because on port 25 an unverified encrypted session beats falling back to clear text
-  (RFC 7435 §1). `verify=True` for domains in queue.require_tls_domains.
+  (RFC 7435 §1). Domains in queue.require_tls_domains get `mx_verify_context()`: the chain is
+  verified (system trust store or queue.tls_ca_file), the MX name by delivery/certnames.py.
 """
 
 from __future__ import annotations
@@ -48,15 +49,51 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     ctx.minimum_version = _VERSIONS[config.tls.min_version]
     _harden(ctx)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    try:
-        ctx.load_cert_chain(config.tls.cert, config.tls.key)
-    except FileNotFoundError as e:
-        raise ConfigError(f"tls.cert: file not found: {e.filename}") from None
-    except ssl.SSLError as e:
-        raise ConfigError(f"tls.key: certificate and key unusable ({e.reason or e})") from None
-    except OSError as e:
-        raise ConfigError(f"tls.cert: cannot read: {e.strerror}") from None
+    load_cert_chain(ctx, config.tls.cert, config.tls.key)
     return ctx
+
+
+def _read(key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{key}: file not found: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+
+
+def load_cert_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    """Load the certificate chain and its key into `ctx`. Raises ConfigError naming the file at
+    fault: `tls.cert` when the certificate cannot be read or parsed, `tls.key` when the key cannot
+    be read or parsed or does not belong to the certificate."""
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    cert_pem = _read("tls.cert", cert)
+    key_pem = _read("tls.key", key)
+    try:
+        ctx.load_cert_chain(cert, key)
+        return
+    except ssl.SSLError as e:  # (an OSError too: first)
+        failure = e
+    except OSError as e:  # changed between the read above and now
+        raise ConfigError(f"tls.cert: cannot read: {e.strerror or e}") from None
+    # The ssl module says only "PEM lib": find out which file is at fault.
+    try:
+        x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise ConfigError(f"tls.cert: {cert}: not a PEM certificate") from None
+    try:
+        serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:
+        raise ConfigError(f"tls.key: {key}: the key is encrypted (a passphrase is not supported)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(f"tls.key: {key}: not a PEM private key") from None
+    if failure.reason == "KEY_VALUES_MISMATCH":
+        raise ConfigError(f"tls.key: {key} does not belong to the certificate in tls.cert") from None
+    raise ConfigError(f"tls.key: certificate and key unusable ({failure.reason or failure})") from None
 
 
 def client_context(verify: bool = False, *, cafile: str | None = None) -> ssl.SSLContext:
@@ -68,6 +105,31 @@ def client_context(verify: bool = False, *, cafile: str | None = None) -> ssl.SS
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    _harden(ctx)
+    return ctx
+
+
+def mx_verify_context(cafile: str = "") -> ssl.SSLContext:
+    """Outbound context for queue.require_tls_domains: the chain is checked during the handshake
+    against the system trust store, or against `cafile` alone (queue.tls_ca_file, like Postfix's
+    smtp_tls_CAfile); the MX host name is checked after the handshake by delivery/certnames.py
+    (RFC 7672 §3.2.3 rules), so OpenSSL's own host name check is off here.
+    Raises ConfigError naming queue.tls_ca_file when that file cannot be used."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        if cafile:
+            ctx.load_verify_locations(cafile=cafile)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    except FileNotFoundError:
+        raise ConfigError(f"queue.tls_ca_file: file not found: {cafile}") from None
+    except ssl.SSLError as e:
+        raise ConfigError(f"queue.tls_ca_file: no usable CA certificate in {cafile} ({e.reason or e})") from None
+    except OSError as e:
+        raise ConfigError(f"queue.tls_ca_file: cannot read {cafile}: {e.strerror or e}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     _harden(ctx)
     return ctx
@@ -143,4 +205,4 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["server_context", "client_context", "tls_summary", "make_self_signed", "TLS12_CIPHERS"]
+__all__ = ["server_context", "client_context", "mx_verify_context", "load_cert_chain", "tls_summary", "make_self_signed", "TLS12_CIPHERS"]

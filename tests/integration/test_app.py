@@ -268,6 +268,7 @@ async def test_ipv6_loopback_listener_binds(tmp_path: Path, tls_files: tuple[Pat
     except OSError:
         pytest.skip("no IPv6 loopback here")
     app_config_file(tmp_path, tls_files)  # and the users file
+    app_config_file(tmp_path, tls_files)  # and the users file
     data = app_config_data(tmp_path, tls_files)
     data["listeners"] = {"imap": {"address": "::1", "port": 40143}}
     cfg = load_test_config(write_config(tmp_path / "v6.toml", data))
@@ -337,3 +338,76 @@ async def test_alias_added_to_the_users_file_is_resolved_after_reload_and_not_be
         assert code == 250, (code, text)
         snap = await (await ctx.store.account("alice@example.test").mailbox("INBOX")).snapshot()
         assert len(snap.messages) == 1
+
+
+async def test_reload_applies_a_dns_change_to_lookups_and_to_the_queue(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None, dns_server: Any,
+        dns_nameserver: str) -> None:
+    from mailhaven import cleanup
+    from tests.dnsserver import DnsServer
+    from tests.smtp_peer import SmtpPeer, shared_port, until
+
+    port = shared_port("127.0.0.2")
+    queue = {"remote_port": port, "connect_timeout": 2, "retry_schedule": ["1h"]}
+    dns_server.set_servfail("b.test")  # the first nameserver cannot answer for b.test
+    second = DnsServer().start()
+    second.add("b.test", "MX", "10 mx.b.test.")
+    second.add("mx.b.test", "A", "127.0.0.2")
+    peer = await SmtpPeer("127.0.0.2", port).start()
+    path = app_config_file(tmp_path, tls_files, dns_nameserver, queue=queue)
+    try:
+        async with running_app(load_test_config(path)) as ctx:
+            msg = b"From: a@example.test\r\nTo: bob@b.test\r\nSubject: dns\r\n\r\nbody\r\n"
+            qid = await cleanup.enqueue(ctx, "a@example.test", ["bob@b.test"], msg, dkim=False)
+            await until(lambda: ctx.queue.entries[qid].attempts >= 1 and not ctx.queue.entries[qid].busy, 10)
+            last = ctx.queue.entries[qid].recipients[0].last
+            assert last is not None and last.enhanced == "4.4.3"  # deferred: DNS failed
+            write_config(path, app_config_data(tmp_path, tls_files, second.nameserver, queue=queue))
+            assert app.reload(ctx) is True
+            assert ctx.resolver.nameservers == [second.nameserver]
+            assert await ctx.resolver.mx("b.test") == [(10, "mx.b.test")]
+            assert await ctx.queue.retry(qid)
+            await peer.wait_messages(1, 10)  # the queue asked the new nameserver
+            assert any(q[0].rstrip(".") == "b.test" for q in second.queries)
+    finally:
+        await peer.stop()
+        second.stop()
+
+
+async def test_reload_names_every_changed_key_that_needs_a_restart(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from mailhaven.config import load
+    from tests.fixtures_base import free_port
+
+    app_config_file(tmp_path, tls_files)  # and the users file
+    data = app_config_data(tmp_path, tls_files)
+    data["listeners"] = {"mx": {"address": "127.0.0.1", "port": free_port()},
+                         "imap": {"address": "127.0.0.1", "port": free_port()}}
+    path = write_config(tmp_path / "mailhaven.toml", data)
+    cfg = load(path)  # the file's own ports: what runs is what the file says
+    async with running_app(cfg) as ctx:
+        caplog.set_level(logging.INFO, logger="mailhaven.app")
+        caplog.clear()
+        assert app.reload(ctx) is True  # nothing changed
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("INFO", f"reloaded {path}")]
+
+        changed = {**data, "hostname": "mx2.example.test", "data_dir": str(tmp_path / "elsewhere"),
+                   "control_socket": "other.sock", "run_as_user": "nobody",
+                   "metrics": {"address": f"127.0.0.1:{free_port()}"},
+                   "listeners": {"mx": data["listeners"]["mx"],
+                                 "imap": {**data["listeners"]["imap"], "port": free_port(), "idle_timeout": 77},
+                                 "pop3": {"address": "127.0.0.1", "port": free_port()}}}
+        write_config(path, changed)
+        caplog.clear()
+        assert app.reload(ctx) is True
+        assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+            "WARNING", f"reloaded {path}; these changes need a restart and are not applied: "
+            "listeners.imap.port, listeners.imap.idle_timeout, listeners.pop3, data_dir, control_socket, "
+            "metrics.address, run_as_user")]
+        assert ctx.config.hostname == "mx2.example.test"  # applied
+        assert (ctx.config.listeners, ctx.config.data_dir, ctx.config.control_socket, ctx.config.metrics,
+                ctx.config.run_as_user) == (cfg.listeners, cfg.data_dir, cfg.control_socket, cfg.metrics, "")
+        greeting, _, writer = await _greeting(ctx.port("imap"))  # still where it was bound
+        assert greeting == "hello mx2.example.test imap"
+        writer.close()

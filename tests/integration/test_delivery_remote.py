@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from mailhaven.delivery import remote
 from mailhaven.dns.resolver import Resolver
 from tests.dnsserver import DnsServer
-from tests.smtp_peer import SmtpPeer, server_tls_context, shared_port
+from tests.smtp_peer import SmtpPeer, cert_files, server_tls_context, shared_port
 
 MSG = b"From: alice@example.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
@@ -23,18 +24,27 @@ def port() -> int:
 
 
 @pytest.fixture
-def cfg(make_config: Callable[..., Any], dns_nameserver: str, port: int) -> Any:
+def ca_file(tls_ca: Any, tmp_path: Path) -> Path:
+    """The test CA's certificate: queue.tls_ca_file, the trust store of verified delivery."""
+    path = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture
+def cfg(make_config: Callable[..., Any], dns_nameserver: str, port: int, ca_file: Path) -> Any:
     return make_config(dns={"nameservers": [dns_nameserver], "timeout": 1},
                        queue={"remote_port": port, "connect_timeout": 2, "command_timeout": 5,
-                              "require_tls_domains": ["secure.test"]})
+                              "require_tls_domains": ["secure.test"], "tls_ca_file": str(ca_file)})
 
 
 @pytest.fixture
 async def peers(port: int, tls_files: tuple[Path, Path]) -> AsyncIterator[Callable[..., Any]]:
     started: list[SmtpPeer] = []
 
-    async def start(host: str, *, tls: bool = False) -> SmtpPeer:
-        p = SmtpPeer(host, port, tls_context=server_tls_context(*tls_files) if tls else None)
+    async def start(host: str, *, tls: bool = False, cert: tuple[Path, Path] | None = None) -> SmtpPeer:
+        files = cert or tls_files
+        p = SmtpPeer(host, port, tls_context=server_tls_context(*files) if tls or cert else None)
         started.append(await p.start())
         return p
 
@@ -179,13 +189,101 @@ async def test_required_tls_domain_without_starttls_is_not_sent_in_clear(
     assert peer.messages == [] and not any(e[0] == "MAIL" for e in peer.events)
 
 
-async def test_required_tls_domain_with_starttls_is_delivered_encrypted(
-        cfg: Any, dns_server: DnsServer, peers: Any) -> None:
+async def test_required_tls_domain_with_a_valid_certificate_for_the_mx_is_delivered_encrypted(
+        cfg: Any, dns_server: DnsServer, peers: Any, tls_ca: Any, tmp_path: Path) -> None:
     _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
-    peer = await peers("127.0.0.2", tls=True)
+    peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "mx.secure.test", ca=tls_ca))
     [r] = await remote.deliver(cfg, Resolver.from_config(cfg.dns), "a@example.test", "secure.test",
                                ["bob@secure.test"], MSG)
     assert r.delivered and peer.messages[0].tls
+
+
+async def _refused_cert(cfg: Any, peer: SmtpPeer, caplog: pytest.LogCaptureFixture) -> Any:
+    """Deliver to secure.test (TLS required) and check nothing travelled; returns the result."""
+    caplog.set_level(logging.INFO, logger="mailhaven.delivery")
+    caplog.clear()
+    before = (len(peer.messages), len(peer.events))
+    [r] = await remote.deliver(cfg, Resolver.from_config(cfg.dns), "a@example.test", "secure.test",
+                               ["bob@secure.test"], MSG)
+    assert (r.code, r.enhanced, r.temporary) == (451, "4.7.5", True), r
+    assert len(peer.messages) == before[0] and not any(e[0] == "MAIL" for e in peer.events[before[1]:])
+    [line] = [rec.getMessage() for rec in caplog.records if "not possible" in rec.getMessage()]
+    assert "4.7.5" in line and r.text in line  # the reason is in the log line
+    return r
+
+
+async def test_required_tls_domain_refuses_a_self_signed_certificate(
+        cfg: Any, dns_server: DnsServer, peers: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
+    peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "mx.secure.test"))  # right name, no CA
+    r = await _refused_cert(cfg, peer, caplog)
+    assert r.text == "TLS certificate of mx.secure.test[127.0.0.2] not trusted: self-signed certificate"
+
+
+async def test_required_tls_domain_refuses_a_trusted_certificate_for_another_name(
+        cfg: Any, dns_server: DnsServer, peers: Any, tls_ca: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
+    peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "other.test", ca=tls_ca))
+    r = await _refused_cert(cfg, peer, caplog)
+    assert r.text == "TLS certificate of mx.secure.test[127.0.0.2] does not name mx.secure.test (it names other.test)"
+    assert r.remote_mta == "mx.secure.test"
+
+
+async def test_required_tls_domain_accepts_a_wildcard_for_one_leftmost_label_only(
+        cfg: Any, dns_server: DnsServer, peers: Any, tls_ca: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "*.secure.test", ca=tls_ca))
+    _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
+    [r] = await remote.deliver(cfg, Resolver.from_config(cfg.dns), "a@example.test", "secure.test",
+                               ["bob@secure.test"], MSG)
+    assert r.delivered and peer.messages[0].tls
+    dns_server.clear()
+    _mx(dns_server, "secure.test", (10, "a.b.secure.test", "127.0.0.2"))  # two labels below the wildcard
+    r = await _refused_cert(cfg, peer, caplog)
+    assert "does not name a.b.secure.test (it names *.secure.test)" in r.text
+
+
+async def test_required_tls_domain_refuses_a_wildcard_in_a_non_leftmost_label(
+        cfg: Any, dns_server: DnsServer, peers: Any, tls_ca: Any, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
+    peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "mx.*.test", ca=tls_ca))
+    r = await _refused_cert(cfg, peer, caplog)
+    assert "does not name mx.secure.test (it names mx.*.test)" in r.text
+
+
+async def test_a_certificate_refused_on_one_mx_moves_on_to_the_next(
+        cfg: Any, dns_server: DnsServer, peers: Any, tls_ca: Any, tmp_path: Path) -> None:
+    _mx(dns_server, "secure.test", (10, "mx1.secure.test", "127.0.0.2"), (20, "mx2.secure.test", "127.0.0.3"))
+    bad = await peers("127.0.0.2", cert=cert_files(tmp_path, "mx1.secure.test"))
+    good = await peers("127.0.0.3", cert=cert_files(tmp_path, "mx2.secure.test", ca=tls_ca))
+    [r] = await remote.deliver(cfg, Resolver.from_config(cfg.dns), "a@example.test", "secure.test",
+                               ["bob@secure.test"], MSG)
+    assert r.delivered and r.remote_mta == "mx2.secure.test"
+    assert (bad.messages, len(good.messages)) == ([], 1)
+
+
+async def test_a_domain_without_required_tls_still_delivers_to_a_self_signed_certificate(
+        cfg: Any, dns_server: DnsServer, peers: Any, tmp_path: Path) -> None:
+    _mx(dns_server, "b.test", (10, "mx.b.test", "127.0.0.2"))
+    peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "somewhere.else"))  # opportunistic TLS
+    [r] = await remote.deliver(cfg, Resolver.from_config(cfg.dns), "a@example.test", "b.test", ["bob@b.test"], MSG)
+    assert r.delivered and peer.messages[0].tls is True
+
+
+async def test_an_unusable_tls_ca_file_defers_required_tls_domains_with_the_reason(
+        make_config: Callable[..., Any], dns_nameserver: str, port: int, dns_server: DnsServer,
+        tmp_path: Path) -> None:
+    _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
+    (tmp_path / "garbage.pem").write_text("no certificate here\n")
+    cfg = make_config(dns={"nameservers": [dns_nameserver], "timeout": 1},
+                      queue={"remote_port": port, "require_tls_domains": ["secure.test"],
+                             "tls_ca_file": str(tmp_path / "garbage.pem")})
+    [r] = await remote.deliver(cfg, Resolver.from_config(cfg.dns), "a@example.test", "secure.test",
+                               ["bob@secure.test"], MSG)
+    assert (r.enhanced, r.temporary) == ("4.7.5", True)
+    assert r.text.startswith("queue.tls_ca_file: no usable CA certificate in ")
 
 
 async def test_dot_lines_and_bare_lf_arrive_intact(cfg: Any, dns_server: DnsServer, peers: Any) -> None:

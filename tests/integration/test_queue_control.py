@@ -156,6 +156,8 @@ async def test_cli_queue_command_texts_and_exit_statuses(running: Any, tmp_path:
     status, text = await asyncio.to_thread(queue_command, path, "list")
     assert status == 0 and text.startswith(qid) and text.endswith("-- 1 entry")
     status, text = await asyncio.to_thread(queue_command, path, "show", qid)
+    assert status == 0 and "Sender:        <alice@example.test>" in text.splitlines()
+    status, text = await asyncio.to_thread(lambda: queue_command(path, "show", qid, as_json=True))
     assert status == 0 and '"sender": "alice@example.test"' in text
     assert await asyncio.to_thread(queue_command, path, "show") == (2, "queue show needs a queue ID")
     assert (await asyncio.to_thread(queue_command, path, "retry", "ZZ"))[0] == 1
@@ -164,3 +166,35 @@ async def test_cli_queue_command_texts_and_exit_statuses(running: Any, tmp_path:
     assert (await asyncio.to_thread(queue_command, path, "purge"))[0] == 2
     status, text = queue_command(tmp_path / "nothing.sock", "list")
     assert status == 1 and "not running" in text
+
+
+def test_format_show_names_every_recipient_state_with_dates_and_ages() -> None:
+    from mailhaven.control import format_show
+
+    now = 1_800_000_000.0
+    entry = {"id": "Q1", "sender": "", "created": now - 7500, "next_attempt": now + 600, "attempts": 2,
+             "size": 20480, "busy": False, "source": "dsn",
+             "recipients": [
+                 {"address": "ok@b.test", "state": "delivered", "attempts": 1, "last_attempt": now - 7400,
+                  "last": {"code": 250, "enhanced": "2.0.0", "text": "queued", "remote_mta": "mx.b.test"}},
+                 {"address": "gone@b.test", "state": "failed", "attempts": 1, "last_attempt": now - 90000,
+                  "notified": True, "last": {"code": 550, "enhanced": "5.1.1", "text": "no such user"}},
+                 {"address": "new@c.test", "state": "pending", "attempts": 0, "last_attempt": None, "last": None}]}
+    lines = format_show(entry, now).splitlines()
+    assert "Sender:        <>  (null sender: a bounce or notice)" in lines
+    assert "Size:          20480 bytes (20.0 KiB)" in lines
+    assert "Arrived:       2027-01-15 05:55:00 UTC (2 h 5 min ago)" in lines
+    assert "Next attempt:  2027-01-15 08:10:00 UTC (in 10 min)" in lines
+    assert "Came from:     dsn" in lines
+    assert lines[lines.index("  <ok@b.test>") + 1:lines.index("  <ok@b.test>") + 4] == [
+        "    state:      delivered",
+        "    attempts:   1, last 2027-01-15 05:56:40 UTC (2 h 3 min ago)",
+        "    last reply: 250 2.0.0 queued  (from mx.b.test)"]
+    assert "    state:      failed (no bounce: the message is itself a bounce)" in lines
+    assert "    attempts:   1, last 2027-01-14 07:00:00 UTC (1 d 1 h ago)" in lines
+    at = lines.index("  <new@c.test>")
+    assert lines[at + 1:at + 4] == ["    state:      waiting for its first attempt", "    attempts:   0",
+                                    "    last reply: (none yet)"]
+    assert "Headers:" not in lines  # only when the server sent them
+    busy = format_show({**entry, "busy": True, "sender": "a@example.test"}, now).splitlines()
+    assert "Next attempt:  in delivery now" in busy and "    state:      failed, sender notified" in busy

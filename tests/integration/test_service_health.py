@@ -28,6 +28,35 @@ async def test_every_serving_listener_of_a_running_server_is_healthy(app_server:
     assert pop3.detail.startswith("+OK")
 
 
+async def test_a_health_run_logs_nothing_at_info_and_other_sessions_still_do(
+        app_server: app.Context, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import poplib
+
+    from tests.smtp_peer import until
+
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+    names = sorted(app_server.serving)
+    probes = await health.check(app_server.config, names, ports={n: app_server.port(n) for n in names})
+    assert all(p.ok for p in probes), probes
+    ends = ("imap session end", "pop3 session end")
+    # Each IMAP and POP3 probe session ends with one line, at DEBUG (once all four have ended).
+    await until(lambda: sum(r.getMessage() in ends for r in caplog.records) == 4, 10)
+    assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+    assert {r.levelno for r in caplog.records if r.getMessage() in ends} == {logging.DEBUG}
+
+    # A session that does more than say goodbye is still logged at INFO.
+    def capa_then_quit() -> None:
+        client = poplib.POP3("127.0.0.1", app_server.port("pop3"), timeout=10)
+        client.capa()
+        client.quit()
+
+    await asyncio.to_thread(capa_then_quit)
+    await until(lambda: any(r.levelno == logging.INFO and r.getMessage() == "pop3 session end"
+                            for r in caplog.records), 10)
+
+
 async def _fake(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> asyncio.Server:
     return await asyncio.start_server(handler, "127.0.0.1", 0)
 
@@ -98,8 +127,19 @@ def test_health_command_exit_0_while_serving_and_1_after_stop(tls_files: tuple[P
         server = Server(path)
         try:
             server.ready()
+            logged = len(server.lines)
             r = run_health()
             assert r.returncode == 0, r.stdout + r.stderr
+            if "pop3" in available:
+                # The container HEALTHCHECK's probes leave no line at the default level (info): a
+                # session started after them is the next line of the log.
+                import poplib
+
+                client = poplib.POP3("127.0.0.1", data["listeners"]["pop3"]["port"], timeout=10)
+                client.capa()
+                client.quit()
+                line = server.wait_for(r"pop3 session end")
+                assert [x for x in server.lines[logged:] if "session end" in x] == [line], server.lines[logged:]
             assert sorted(line.split()[1] for line in r.stdout.splitlines()) == sorted(available)
             assert all(line.startswith("ok ") for line in r.stdout.splitlines())
             r = run_health("nonesuch")

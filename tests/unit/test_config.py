@@ -130,6 +130,7 @@ BROKEN: list[tuple[str, str, str]] = [
     ("missing tls cert file", '[tls]\ncert = "nope.pem"\nkey = "nope.key"\n',
      "tls.cert: file not found: {dir}/nope.pem"),
     ("cert without key", '[tls]\ncert = "c.pem"\n', "tls.key: tls.cert and tls.key go together"),
+    ("missing queue CA file", '[queue]\ntls_ca_file = "ca.pem"\n', "queue.tls_ca_file: file not found: {dir}/ca.pem"),
     ("starttls without a certificate", "[listeners.imap]\nport = 143\n",
      'listeners.imap.tls: "starttls" needs tls.cert and tls.key'),
     ("duplicate listener port",

@@ -146,3 +146,50 @@ def test_unusable_key_is_a_config_error(tls_files: tuple[Path, Path], tmp_path: 
 def test_tls_summary_without_tls() -> None:
     assert tls_summary(None) is None
     assert tls_summary(object()) is None
+
+
+def test_a_key_that_cannot_be_parsed_is_reported_as_tls_key(tls_files: tuple[Path, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad-key.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match=r"^tls\.key: .*bad-key\.pem: not a PEM private key$"):
+        server_context(_cfg(tmp_path, tls_files[0], bad))
+
+
+def test_a_certificate_that_cannot_be_parsed_is_reported_as_tls_cert(tls_files: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    bad = tmp_path / "bad-cert.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"^tls\.cert: .*bad-cert\.pem: not a PEM certificate$"):
+        server_context(_cfg(tmp_path, bad, tls_files[1]))
+
+
+@pytest.mark.skipif(not Path("/usr/bin/setpriv").exists(), reason="needs setpriv to run as nobody")
+def test_an_unreadable_key_is_reported_as_tls_key_by_check_config(tls_files: tuple[Path, Path],
+                                                                 tmp_path: Path) -> None:
+    """The container case: the key belongs to root, mode 0600, and the server runs as another user."""
+    import os
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to hand files to nobody")
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as where:  # pytest's tmp_path is root's alone
+        folder = Path(where)
+        folder.chmod(0o755)
+        cert, key = folder / "cert.pem", folder / "key.pem"
+        shutil.copy(tls_files[0], cert)
+        shutil.copy(tls_files[1], key)
+        cert.chmod(0o644)
+        key.chmod(0o600)  # root's: nobody cannot read it
+        conf = folder / "mailhaven.toml"
+        conf.write_text(f'data_dir = "{folder}"\nusers_file = "/dev/null"\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+        conf.chmod(0o644)
+        r = subprocess.run(["/usr/bin/setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                            sys.executable, "-c", "from mailhaven.config import load; from mailhaven.tls import "
+                            f"server_context; server_context(load({str(conf)!r}))"],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert f"ConfigError: tls.key: cannot read {key}: Permission denied" in r.stderr, r.stderr

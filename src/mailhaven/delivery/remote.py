@@ -9,9 +9,13 @@ Does not own: retries, bounces or the spool (queue/manager.py), local recipients
 Rules:
 - Opportunistic STARTTLS (RFC 3207, RFC 7435): used whenever offered, certificate not checked. If
   the TLS handshake fails the same address is tried once more in clear text, so a broken TLS
-  stack does not stop mail. For domains in `queue.require_tls_domains` TLS is mandatory (like
-  Postfix's "encrypt" level: encrypted, certificate not verified): no STARTTLS, or a failed
-  handshake, is a temporary failure 451 4.7.10 and the message never travels in clear.
+  stack does not stop mail. For domains in `queue.require_tls_domains` TLS is mandatory and the
+  certificate verified (like Postfix's "verify" level): the chain against the system trust store
+  or `queue.tls_ca_file` (tls.mx_verify_context), the MX host name by delivery/certnames.py
+  (RFC 7672 §3.2.3, RFC 8461 §4.2). No STARTTLS, or a failed handshake, is 451 4.7.10; a
+  certificate that is not trusted or does not name the MX host is 451 4.7.5 (RFC 3463
+  "cryptographic failure", as Postfix says it), after a QUIT (RFC 3207 §4.1). Either way that
+  host is not used (the next one is tried) and the message never travels unprotected.
 - A host that cannot take the transaction (connection refused or timed out, greeting or EHLO
   refused, TLS required but missing, MAIL FROM answered 4xx) -> the next address, then the next
   host (RFC 5321 §5.1). Once RCPT answers come in, the results of this host are final for the
@@ -32,9 +36,11 @@ from collections.abc import Sequence
 import aiosmtplib
 
 from mailhaven.config import Config
+from mailhaven.delivery import certnames
 from mailhaven.delivery.result import DeliveryResult, clean_text
 from mailhaven.dns.nexthop import NullMX, next_hops
 from mailhaven.dns.resolver import DnsTempError, DomainNotFound, Resolver
+from mailhaven.errors import ConfigError
 
 log = logging.getLogger("mailhaven.delivery")
 
@@ -79,13 +85,22 @@ def _ensure_crlf_end(message: bytes) -> bytes:
 
 
 async def deliver(config: Config, resolver: Resolver, sender: str, domain: str, recipients: Sequence[str],
-                  message: bytes, *, tls_context: ssl.SSLContext | None = None) -> list[DeliveryResult]:
-    """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order."""
+                  message: bytes, *, tls_context: ssl.SSLContext | None = None,
+                  verified_context: ssl.SSLContext | None = None) -> list[DeliveryResult]:
+    """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order.
+    `tls_context` is used for opportunistic STARTTLS, `verified_context` (tls.mx_verify_context)
+    for domains that require TLS; each is built from the config when not given."""
+    from mailhaven.tls import client_context, mx_verify_context
+
     recipients = list(recipients)
     require_tls = requires_tls(config, domain)
-    if tls_context is None:
-        from mailhaven.tls import client_context
-
+    if require_tls:
+        try:
+            tls_context = verified_context or mx_verify_context(config.queue.tls_ca_file)
+        except ConfigError as e:
+            log.error("delivery to %s not possible: %s", domain, e)
+            return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {domain})", True)
+    elif tls_context is None:
         tls_context = client_context(verify=False)
     literal = _literal_address(domain)
     if literal is not None:
@@ -178,8 +193,18 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
                 if require_tls:
                     raise HostFailure(451, "4.7.10", f"{where} refused STARTTLS: {_reply_text(e)}", host) from e
                 raise _TlsHandshakeFailed(_reply_text(e)) from e
+            except ssl.SSLCertVerificationError as e:  # only the verified context checks the chain
+                raise HostFailure(451, "4.7.5", f"TLS certificate of {where} not trusted: "
+                                  f"{e.verify_message or e.reason or 'verification failed'}", host) from e
             except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 raise _TlsHandshakeFailed(_why(e)) from e
+            if require_tls:
+                # RFC 7672 §3.2.3, RFC 8461 §4.2: the certificate must name the MX host.
+                names = certnames.presented_names(client.get_transport_info("peercert"))
+                if not certnames.covers(names, host):
+                    await _quit(client, q.command_timeout)  # RFC 3207 §4.1: not good enough, QUIT
+                    raise HostFailure(451, "4.7.5", f"TLS certificate of {where} does not name {host} (it "
+                                      f"names {certnames.describe(names)})", host)
             tls_on = True
             stage = "EHLO after STARTTLS"
             await _hello(client, where, host)  # RFC 3207 §4.2: forget what was learnt before TLS

@@ -110,7 +110,11 @@ class _Connection(LineConnection):
 
     def session_ended(self, reason: str, duration: float) -> None:
         s = self.session
-        mhlog.event(log, "imap session end", listener=self.listener.name, ip=self.ip,
+        # A health probe (`mailhaven health`, check_imap, a load balancer): greeting, LOGOUT,
+        # nothing else. Logged at DEBUG, so a container's HEALTHCHECK does not fill the log.
+        probe = s is not None and s.commands == 1 and s.bad == 0 and reason == "logout" and not s.user
+        mhlog.event(log, "imap session end", level=logging.DEBUG if probe else logging.INFO,
+                    listener=self.listener.name, ip=self.ip,
                     user=(s.user if s else None) or "-", commands=s.commands if s else 0,
                     reason=reason, duration=duration)
 

@@ -286,6 +286,8 @@ class Session:
         self._count = self._octets = 0  # messages not marked deleted, and their size
         self._retrieved: set[int] = set()
         self.retrieved_count = 0  # RETR that sent a message
+        self.commands = 0  # command lines received (SASL responses not counted)
+        self.quit_received = False
         self.deleted_count = 0  # messages removed in UPDATE
 
     # -- input ------------------------------------------------------------------------------------
@@ -384,6 +386,7 @@ class Session:
             self._sasl_pending = False
             self._sasl_response(raw)
             return
+        self.commands += 1
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -553,6 +556,7 @@ class Session:
         self._send(R_MAILDROP_FAILED)
 
     def cmd_quit(self, arg: str) -> None:
+        self.quit_received = True
         if self.state is State.TRANSACTION:
             # RFC 1939 §6: QUIT in TRANSACTION enters UPDATE: remove the marked messages now.
             self.state = State.UPDATE

@@ -96,7 +96,11 @@ class _Connection(LineConnection):
 
     def session_ended(self, reason: str, duration: float) -> None:
         s = self.session
-        mhlog.event(log, "pop3 session end", listener=self.listener.name, ip=self.ip,
+        # A health probe (`mailhaven health`, check_pop, a load balancer): greeting, QUIT, nothing
+        # else. Logged at DEBUG, so a container's HEALTHCHECK does not fill the log.
+        probe = s is not None and s.commands == 1 and s.quit_received and s.user is None
+        mhlog.event(log, "pop3 session end", level=logging.DEBUG if probe else logging.INFO,
+                    listener=self.listener.name, ip=self.ip,
                     user=(s.user if s else None) or "-", retrieved=s.retrieved_count if s else 0,
                     deleted=s.deleted_count if s else 0, reason=reason, duration=duration)
 

@@ -27,7 +27,7 @@ Rules (maddy's queue and Postfix's qmgr are the models):
     tg.create_task(manager.run())        # owned by the app's TaskGroup; stop() or cancel ends it
     await manager.submit(sender, rcpts, data, source=...) -> id   # only cleanup.enqueue calls this
     manager.wake(); manager.stop()
-    manager.list_entries() / show(id) / retry(id) / delete(id) / flush()  # control socket commands
+    manager.list_entries() / show(id) / headers(id) / retry(id) / delete(id) / flush()  # control socket
     manager.stats() -> (count, oldest_age_seconds)                       # the metrics queue probe
 """
 
@@ -48,8 +48,9 @@ from typing import Any
 from mailhaven import metrics
 from mailhaven.delivery import local, remote
 from mailhaven.delivery.result import DeliveryResult
-from mailhaven.errors import MailError
+from mailhaven.errors import ConfigError, MailError
 from mailhaven.message import dsn
+from mailhaven.message import headers as msgheaders
 from mailhaven.queue import schedule
 from mailhaven.queue.spool import Entry, Recipient, Spool, valid_id
 
@@ -57,6 +58,7 @@ log = logging.getLogger("mailhaven.queue")
 
 # How long to wait before retrying an entry whose bounce could not be queued (disk trouble).
 NOTIFY_RETRY = 60.0
+HEADERS_READ = 64 * 1024  # `queue show` looks for From/To/Subject/Message-ID in this much of a message
 
 
 @dataclass(eq=False)
@@ -109,6 +111,7 @@ class QueueManager:
         self._domain_active: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._tls: Any = None
+        self._verified: tuple[Any, Any] | None = None  # (the Config it was built from, its verifying context)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -175,6 +178,27 @@ class QueueManager:
             return None
         out = entry.to_json()
         out["busy"] = entry.busy
+        return out
+
+    async def headers(self, entry_id: str) -> dict[str, str] | None:
+        """From, To, Subject and Message-ID of an entry's message as written (RFC 2047 words not
+        decoded), for `queue show`; reads at most HEADERS_READ octets, off the loop. None if unknown."""
+        if entry_id not in self.entries or not valid_id(entry_id):
+            return None
+
+        def read() -> bytes:
+            with open(self.spool.msg_path(entry_id), "rb") as f:
+                return f.read(HEADERS_READ)
+
+        try:
+            head = await asyncio.to_thread(read)
+        except OSError:
+            return {}
+        out: dict[str, str] = {}
+        for name in ("From", "To", "Subject", "Message-ID"):
+            value = msgheaders.field_value(head, name, limit=HEADERS_READ)
+            if value is not None:
+                out[name] = value
         return out
 
     async def retry(self, entry_id: str) -> bool:
@@ -297,12 +321,20 @@ class QueueManager:
         if ctx.config.is_local_domain(domain):
             return await local.deliver(ctx.store, ctx.directory, addrs, message, sender=entry.sender,
                                        authserv_id=ctx.config.authserv_id)
-        if self._tls is None:
-            from mailhaven.tls import client_context
+        from mailhaven.tls import client_context, mx_verify_context
 
+        if self._tls is None:
             self._tls = client_context(verify=False)
+        verified = None
+        if remote.requires_tls(ctx.config, domain):
+            if self._verified is None or self._verified[0] is not ctx.config:  # SIGHUP reads the CAs again
+                try:
+                    self._verified = (ctx.config, mx_verify_context(ctx.config.queue.tls_ca_file))
+                except ConfigError:
+                    self._verified = None  # remote.deliver says why, in the log and in the result
+            verified = self._verified[1] if self._verified is not None else None
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
-                                    tls_context=self._tls)
+                                    tls_context=self._tls, verified_context=verified)
 
     async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult], *,
                       last: bool = False, kind: str = "remote") -> None:
