@@ -29,7 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, StoreError
+from mailhaven.errors import (
+    BadMailboxName,
+    MailboxExists,
+    MailboxNotFound,
+    MailError,
+    StorageFull,
+    StoreError,
+)
 from mailhaven.store import maildir, names
 from mailhaven.store.changes import (
     ChangeHub,
@@ -261,9 +268,17 @@ class Account:
         self._folders[name] = f
         return f
 
-    def _sync(self, f: Folder, *, force: bool = False) -> Changes:
+    def _sync(self, f: Folder, *, force: bool = False, reading: bool = False) -> Changes:
+        """Reconcile `f` with its directories. `reading`: for a read (open, snapshot), a full disk
+        that keeps new findings out of the index shows the folder as last recorded, unchanged (its
+        UIDs and MODSEQs are all durable), instead of failing: reading needs no space."""
         try:
             return f.sync(force=force)
+        except StorageFull:
+            if not reading:
+                raise
+            log.warning("store: %s %s: disk full, showing the folder as last indexed", self.user, f.name)
+            return Changes()
         except FileNotFoundError:
             f.deleted = True
             f.drop_all()
@@ -455,7 +470,7 @@ class Account:
 
     def _open_sync(self, name: str) -> tuple[Folder, Changes]:
         f = self._folder(name)
-        return f, self._sync(f)
+        return f, self._sync(f, reading=True)
 
 
 class Mailbox:
@@ -491,7 +506,7 @@ class Mailbox:
         return await self._run(self._snapshot_sync)
 
     def _snapshot_sync(self) -> tuple[Snapshot, Changes]:
-        changes = self.account._sync(self._folder)
+        changes = self.account._sync(self._folder, reading=True)
         return self._folder.snapshot(), changes
 
     async def append(self, data: bytes, flags: frozenset[str] = frozenset(),
@@ -533,7 +548,7 @@ class Mailbox:
         return datas
 
     def _rescan_sync(self) -> tuple[None, Changes]:
-        return None, self.account._sync(self._folder, force=True)
+        return None, self.account._sync(self._folder, force=True, reading=True)
 
     async def store_flags(self, uids: Sequence[int], flags: frozenset[str] | set[str],
                           mode: FlagMode) -> list[MessageInfo]:
