@@ -49,6 +49,9 @@ class StoreError(TempFailure):
 class StorageFull(StoreError):
     """Insufficient system storage, try again later."""
 
+    def __init__(self, text: str = "Insufficient system storage, try again later") -> None:
+        super().__init__(text)
+
     # RFC 5321 §4.2.2 452 "insufficient system storage"; RFC 3463 X.3.1 "mail system full". IMAP
     # answers NO [UNAVAILABLE] and POP3 -ERR [SYS/TEMP], as for every TempFailure: the disk (or the
     # quota) is full now, and deleting mail or an operator freeing space ends it.

@@ -381,7 +381,7 @@ class Folder:
         except StoreError as e:
             self._unsaved.update(uids)
             log.warning("store: %s: the index could not record %d removed messages yet: %s",
-                        self.path, len(uids), e)
+                        self.path, len(uids), e.text)
         self._compact_later(len(uids))
 
     def _backup(self, pairs: list[tuple[int, str]], modseq: int) -> None:
@@ -409,7 +409,7 @@ class Folder:
             try:
                 self._rewrite_uidlist()
             except StoreError as e:
-                log.warning("store: %s: uidlist not compacted: %s", self.path, e)
+                log.warning("store: %s: uidlist not compacted: %s", self.path, e.text)
 
     def _rewrite_uidlist(self, extra: Sequence[tuple[int, str]] = (), modseq: int = 0) -> None:
         reserve = max(self._reserved, self.highestmodseq + MODSEQ_RESERVE, modseq + MODSEQ_RESERVE)

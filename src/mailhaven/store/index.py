@@ -16,6 +16,7 @@ failure; reading needs no space.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ from pathlib import Path
 from mailhaven.errors import StorageFull, no_space
 from mailhaven.store import maildir
 
+log = logging.getLogger(__name__)
 FILENAME = "mailhaven-index.sqlite"
 UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
 # 2: message.unterminated (1 = the file does not end with LF; NULL = not known yet: a row of a
@@ -78,18 +80,37 @@ class Index:
         self.path = user_root / FILENAME
         self._uv_path = user_root / UIDVALIDITY_FILENAME
         self._durable = durable
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.exclusive = False
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = self._open(exclusive=False)
+        except StorageFull:
+            # The WAL index (`-shm`, 32 kB) cannot be created on a full disk. In exclusive locking
+            # mode SQLite keeps it in memory instead, so the index can be read (and written once
+            # deleting mail made room); other programs cannot open the index until it is closed.
+            self._db = self._open(exclusive=True)
+            self.exclusive = True
+            log.warning("store: %s opened in exclusive mode: the disk is full", self.path)
+
+    def _open(self, *, exclusive: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before WAL is first used: no -shm file
+            db.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed UID assignment survives power loss, so UIDs are never handed out twice.
-            self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)
+            db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'OFF'}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            self._db = db
             self._migrate()
         except sqlite3.Error as e:
-            self._db.close()
+            db.close()
             _raise_translated(e)
             raise
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _migrate(self) -> None:
         """Bring an index written by an earlier version up to SCHEMA_VERSION, keeping its rows (the

@@ -36,6 +36,7 @@ from mailhaven.errors import (
     MailError,
     StorageFull,
     StoreError,
+    store_failure,
 )
 from mailhaven.store import maildir, names
 from mailhaven.store.changes import (
@@ -183,7 +184,7 @@ class Store:
                     self._ready.add(path)
                 paths.append(path)
         except OSError as e:
-            raise StoreError("the message could not be stored") from e
+            raise store_failure(e, "the message could not be stored") from e
         return paths
 
 
@@ -231,7 +232,7 @@ class Account:
             try:
                 init_user_root(self.path, fsync=self.store.fsync)
             except OSError as e:
-                raise StoreError("mail folder unavailable") from e
+                raise store_failure(e, "mail folder unavailable") from e
             self._index = Index(self.path, durable=self.store.fsync)
         return self._index
 
@@ -262,7 +263,7 @@ class Account:
         try:
             maildir.ensure_folder(path, subfolder=name != names.INBOX, fsync=self.store.fsync)
         except OSError as e:
-            raise StoreError("mail folder unavailable") from e
+            raise store_failure(e, "mail folder unavailable") from e
         f = Folder(name, path, self._ready(), fsync=self.store.fsync)
         f.open()
         self._folders[name] = f
@@ -339,7 +340,7 @@ class Account:
         try:
             _ensure_with_parents(self.path, name, fsync=self.store.fsync)
         except OSError as e:
-            raise StoreError("mailbox could not be created") from e
+            raise store_failure(e, "mailbox could not be created") from e
         idx = self._ready()
         idx.delete(name)  # stale index rows of an earlier folder with this name
         if special_use is not None:
@@ -425,7 +426,7 @@ class Account:
             for pa, pb in reversed(done):
                 with contextlib.suppress(OSError):
                     os.rename(pb, pa)
-            raise StoreError("mailbox could not be renamed") from e
+            raise store_failure(e, "mailbox could not be renamed") from e
         self._ready().rename(src, dst)
         for n, t in zip(moving, targets, strict=True):
             f = self._folders.pop(n, None)
