@@ -324,3 +324,69 @@ async def test_reading_at_0_bytes_free_writes_nothing_also_after_a_restart(tmp_p
             finally:
                 await store.close()
             filler.unlink()
+
+
+def indexed_in(user_root: Path, name: str) -> set[str]:
+    db = sqlite3.connect(f"file:{user_root / 'mailhaven-index.sqlite'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT m.key FROM message m JOIN mailbox b ON b.id = m.mailbox_id WHERE b.name = ?",
+                          (name,)).fetchall()
+    finally:
+        db.close()
+    return {key for (key,) in rows}
+
+
+async def test_copy_and_move_on_a_full_disk_are_whole_or_not_at_all(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "fs") as fs:
+        store = Store(fs / "mail", hostname=HOST, fsync=True)
+        try:
+            for n in range(3):
+                await store.deliver([(ALICE, "INBOX")], message(n))
+            acc = store.account(ALICE)
+            inbox, archive = await acc.mailbox("INBOX"), await acc.mailbox("Archive")
+            uids = [m.uid for m in (await inbox.snapshot()).messages]
+            await archive.snapshot()
+            fill(fs)
+            expected = 0
+            for op in (inbox.copy, inbox.move):
+                try:
+                    pairs = await op([uids[0]], archive)
+                except errors.StorageFull:
+                    pairs = []
+                expected += len(pairs)
+                archived = set(on_disk(acc.path / ".Archive"))
+                assert len(archived) == expected
+                # whole or not at all: files, index and what the API shows agree in both folders
+                assert archived == indexed_in(acc.path, "Archive")
+                assert {m.key for m in (await archive.snapshot()).messages} == archived
+                assert set(on_disk(acc.path)) == {m.key for m in (await inbox.snapshot()).messages}
+                assert leftovers(acc.path / ".Archive") == []
+        finally:
+            await store.close()
+
+
+async def test_expunge_at_0_bytes_free_removes_mail_even_before_the_index_can_record_it(tmp_path: Path) -> None:
+    with small_tmpfs(tmp_path / "fs") as fs:
+        store = Store(fs / "mail", hostname=HOST, fsync=True)
+        try:
+            for n in range(3):
+                await store.deliver([(ALICE, "INBOX")], b"Subject: small %d\r\n\r\nsmall\r\n" % n)
+            acc = store.account(ALICE)
+            mb = await acc.mailbox("INBOX")
+            uids = [m.uid for m in (await mb.snapshot()).messages]
+            await mb.store_flags([uids[2]], {"\\Seen"}, "add")
+            filler = fill(fs)
+            assert await mb.expunge([uids[0]]) == [uids[0]]  # one page freed: maybe not enough for the index
+            assert [m.uid for m in (await mb.snapshot()).messages] == uids[1:]
+            assert len(on_disk(acc.path)) == 2
+            filler.unlink()
+            await mb.snapshot()  # the next write that works records the removal
+            assert set(on_disk(acc.path)) == indexed_in(acc.path, "INBOX")
+        finally:
+            await store.close()
+        store = Store(fs / "mail", hostname=HOST, fsync=True)
+        try:
+            assert [m.uid for m in (await (await store.account(ALICE).mailbox("INBOX")).snapshot()).messages] \
+                == uids[1:]
+        finally:
+            await store.close()
