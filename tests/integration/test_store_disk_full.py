@@ -237,6 +237,7 @@ def _imap_at_full_disk(port: int, context: ssl.SSLContext, user_root: Path) -> d
         assert (typ, data[-1]) == ("NO", b"[UNAVAILABLE] Temporary failure, try again later.") or typ == "OK", data
         refused = typ == "NO"
         assert on_disk(user_root) == indexed(user_root)
+        assert ("\\Deleted" in _flags(a)[first]) is not refused  # the session itself agrees
         # a second session: SELECT and FETCH work at 0 bytes free, and see the same flags
         assert _select(b) == 4
         flags = _flags(b)

@@ -330,7 +330,7 @@ class Folder:
             try:  # only the mtimes (a hint) or a late removal: never a reason to fail a read
                 self._commit([], [], mtimes=stored)
             except StorageFull:
-                stored = (0, 0) if self._stored_mtimes != stored else stored
+                pass  # tried again at the next scan
         for m, sub, suffix, differ in moved:
             m.sub, m.suffix = sub, suffix
             if differ:
