@@ -8,6 +8,8 @@ sees a generic temporary error whose text reveals nothing (STYLE rule 4 and 5).
 
 from __future__ import annotations
 
+import errno
+
 
 class MailError(Exception):
     """An error with protocol meaning. `text` is safe to show to the client."""
@@ -42,6 +44,28 @@ class StoreError(TempFailure):
     """The message could not be stored; nothing was kept."""
 
     code, enhanced = 451, "4.3.0"
+
+
+class StorageFull(StoreError):
+    """Insufficient system storage, try again later."""
+
+    def __init__(self, text: str = "Insufficient system storage, try again later") -> None:
+        super().__init__(text)
+
+    # RFC 5321 §4.2.2 452 "insufficient system storage"; RFC 3463 X.3.1 "mail system full". IMAP
+    # answers NO [UNAVAILABLE] and POP3 -ERR [SYS/TEMP], as for every TempFailure: the disk (or the
+    # quota) is full now, and deleting mail or an operator freeing space ends it.
+    code, enhanced = 452, "4.3.1"
+
+
+def no_space(exc: BaseException) -> bool:
+    """Whether an OSError means the file system or the user's disk quota is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def store_failure(exc: BaseException, text: str) -> StoreError:
+    """The error for a failed write: StorageFull when the disk is full, else StoreError(text)."""
+    return StorageFull() if no_space(exc) else StoreError(text)
 
 
 class DnsTempError(TempFailure):

@@ -43,12 +43,13 @@ def test_dovecot_uidlist_version_1_is_understood(tmp_path: Path) -> None:
 @given(st.binary(max_size=300), st.sampled_from(["mailhaven-uidlist", "dovecot-uidlist"]))
 def test_hostile_uidlist_files_never_raise(data: bytes, fname: str) -> None:
     with tempfile.TemporaryDirectory() as d:
-        for prefix in (b"", b"M1 V5 N9\n", b"3 V5 N9 G00\n", b"1 5 9\n"):
+        for prefix in (b"", b"M1 V5 N9\n", b"M1 V5 N9 H77\nH", b"3 V5 N9 G00\n", b"1 5 9\n"):
             (Path(d) / fname).write_bytes(prefix + data)
             got = uidlist.read(Path(d)) if fname == "mailhaven-uidlist" else uidlist.read_dovecot(Path(d))
             if got is not None:
                 assert got.uidvalidity > 0
                 assert all(u > 0 for u in got.uids.values())
+                assert 0 <= got.modseq < 1 << 63  # a MODSEQ reservation (RFC 7162 §7 range)
 
 
 @settings(max_examples=500)

@@ -12,22 +12,39 @@ directories are listed (new/ first, because other programs only move new/ -> cur
 with the known keys: unknown keys get the next UIDs (in delivery-time order), renamed files give
 their new flags, missing keys are confirmed by a second listing and then expunged.
 Our own writes do not update the recorded mtimes, so the next snapshot rescans once.
+
+All or nothing: every change (a sync's findings, APPEND, a flag change, COPY/MOVE) is written to
+the uidlist backup first, then to the index, and only then to the in-memory state; when a write
+fails the files are put back (a flag change's rename undone, an appended or copied file removed)
+and nothing is kept, so file names, index and memory agree. Removing files (EXPUNGE, the source
+side of MOVE) is the one exception: once the files are gone the removal has happened, and an
+index that cannot record it (a full disk) is brought up to date by the next write that works.
+A sync that finds nothing but new directory mtimes writes them only when it can (they are a
+hint): reading a folder needs no free space.
+
+MODSEQ (RFC 7162): never reused while UIDVALIDITY stays. Before a MODSEQ above the last
+reservation is handed out, a reservation (that MODSEQ + MODSEQ_RESERVE) is appended to the
+uidlist; a rebuilt index starts above the largest one (uidlist.py).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailhaven.errors import StoreError
+from mailhaven.errors import StorageFull, StoreError, store_failure
 from mailhaven.store import maildir, uidlist
 from mailhaven.store.index import Index, MessageRow
 from mailhaven.store.model import MessageInfo, Snapshot
 
+log = logging.getLogger(__name__)
 MTIME_SETTLE = 2.0
+MODSEQ_RESERVE = 1000  # MODSEQs reserved per uidlist write (a rebuild may skip up to this many)
 _ORDER_RE = re.compile(r"^(\d+)\.(?:M(\d+))?")
 _flagsets: dict[tuple[str, frozenset[str]], frozenset[str]] = {}
 
@@ -79,7 +96,11 @@ class Msg:
         self._info = None
 
     def row(self) -> MessageRow:
-        return (self.uid, self.key, self.sub, self.suffix, " ".join(sorted(self.keywords)), self.modseq,
+        return self.row_as(self.sub, self.suffix, self.modseq)
+
+    def row_as(self, sub: str, suffix: str, modseq: int) -> MessageRow:
+        """The index row of this message with another place, flags suffix and MODSEQ."""
+        return (self.uid, self.key, sub, suffix, " ".join(sorted(self.keywords)), modseq,
                 self.internaldate, self.size, int(self.unterminated))
 
 
@@ -149,6 +170,9 @@ class Folder:
         self.by_key: dict[str, Msg] = {}
         self._snap: list[MessageInfo] | None = None
         self._expunged_since_compact = 0
+        self._reserved = 0  # MODSEQs up to this are reserved in the uidlist (0: none by this process)
+        self._stored_mtimes = (0, 0)  # the directory mtimes the index holds
+        self._unsaved: set[int] = set()  # UIDs removed from disk whose index rows are still to delete
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -160,6 +184,7 @@ class Folder:
             return
         self.id, self.uidvalidity, self.uidnext = row.id, row.uidvalidity, row.uidnext
         self.highestmodseq, self.new_mtime, self.cur_mtime = row.highestmodseq, row.new_mtime, row.cur_mtime
+        self._stored_mtimes = (row.new_mtime, row.cur_mtime)
         self.trusted = bool(row.new_mtime and row.cur_mtime)
         kw_cache: dict[str, frozenset[str]] = {}
         learnt: list[tuple[int, int]] = []
@@ -174,7 +199,10 @@ class Folder:
             self.by_uid[uid] = m
             self.by_key[key] = m
         if learnt:
-            self.index.set_unterminated(self.id, learnt)
+            try:
+                self.index.set_unterminated(self.id, learnt)
+            except StorageFull:  # a cache: learnt again next time (reading needs no space)
+                pass
 
     def _rebuild(self) -> None:
         """Build the folder from its files, keeping UIDs from mailhaven-uidlist or dovecot-uidlist."""
@@ -184,14 +212,23 @@ class Folder:
             known = uidlist.read_dovecot(self.path)
         listing = _listing(self.path)
         keep: dict[str, int] = {}
-        if known is not None and len(set(known.uids.values())) == len(known.uids):
+        if known is not None:
+            keep = {k: u for k, u in known.uids.items() if k in listing}
+        # A UID given to two present files cannot be kept (lines of files that are gone do not
+        # matter: a UID burnt by a failed APPEND may be in the file once more).
+        if known is not None and len(set(keep.values())) == len(keep):
             self.uidvalidity = known.uidvalidity
             uidnext = known.effective_uidnext
-            keep = {k: u for k, u in known.uids.items() if k in listing}
             self.index.note_uidvalidity(self.uidvalidity)
+            # RFC 7162: MODSEQ never goes back while UIDVALIDITY stays. Above the reservation, or,
+            # for a file that has none (older, or Dovecot's), above any count of changes a client
+            # may have seen: MODSEQ grows by one per change, far below a million per second.
+            modseq = known.modseq + 1 if known.modseq else max(1, time.time_ns() // 1000)
         else:  # RFC 3501 §2.3.1.1: cannot keep the UIDs, so UIDVALIDITY must change
+            keep = {}
             self.uidvalidity = self.index.next_uidvalidity()
             uidnext = 1
+            modseq = 1
         letters = _dovecot_keywords(self.path) if dovecot else {}
         fresh = sorted((k for k in listing if k not in keep), key=_order)
         pairs = sorted((u, k) for k, u in keep.items())
@@ -206,16 +243,16 @@ class Folder:
                 continue
             idate, size, unterminated = got
             kws = frozenset(letters[c] for c in maildir.suffix_info(suffix) if c in letters)
-            msgs.append(Msg(uid, key, sub, suffix, kws, 1, idate, size, unterminated))
+            # every message "changed" at the new MODSEQ: a client resynchronises all flags
+            msgs.append(Msg(uid, key, sub, suffix, kws, modseq, idate, size, unterminated))
         self.uidnext = uidnext
-        self.highestmodseq = 1
-        self.id = self.index.create(self.name, self.uidvalidity, self.uidnext, self.highestmodseq,
-                                    [m.row() for m in msgs])
+        self.highestmodseq = modseq
         for m in msgs:
             self.by_uid[m.uid] = m
             self.by_key[m.key] = m
-        uidlist.rewrite(self.path, self.uidvalidity, self.uidnext, [(m.uid, m.key) for m in msgs],
-                        fsync=self.fsync)
+        self._rewrite_uidlist()  # first: the backup covers what the index is about to hold
+        self.id = self.index.create(self.name, self.uidvalidity, self.uidnext, self.highestmodseq,
+                                    [m.row() for m in msgs])
         self.trusted = False  # the first sync records the directory mtimes
 
     def _first_sight(self, sub: str, fname: str, key: str) -> tuple[float, int, bool] | None:
@@ -259,7 +296,7 @@ class Folder:
                     listing[k] = again[k]
             missing = [k for k in missing if k not in listing]
         modseq = self.highestmodseq + 1
-        upserts: list[Msg] = []
+        moved: list[tuple[Msg, str, str, bool]] = []  # (message, sub, suffix, whether flags differ)
         fresh: list[str] = []
         by_key = self.by_key
         for key, (sub, suffix) in listing.items():
@@ -267,67 +304,122 @@ class Folder:
             if m is None:
                 fresh.append(key)
             elif m.suffix != suffix or m.sub != sub:
-                flags_differ = maildir.suffix_info(m.suffix) != maildir.suffix_info(suffix)
-                m.sub, m.suffix = sub, suffix
-                if flags_differ:
-                    m.modseq = modseq
-                    changes.flags.append(m.uid)
-                m.changed()
-                upserts.append(m)
+                moved.append((m, sub, suffix, maildir.suffix_info(m.suffix) != maildir.suffix_info(suffix)))
         fresh.sort(key=_order)
-        new_pairs: list[tuple[int, str]] = []
+        added: list[Msg] = []
+        uidnext = self.uidnext
         for key in fresh:
             sub, suffix = listing[key]
             got = self._first_sight(sub, key + suffix, key)
             if got is None:
                 continue
-            m = Msg(self.uidnext, key, sub, suffix, frozenset(), modseq, *got)
-            self.uidnext += 1
+            added.append(Msg(uidnext, key, sub, suffix, frozenset(), modseq, *got))
+            uidnext += 1
+        gone = [self.by_key[k] for k in missing]
+        changed = bool(added or gone or any(differ for _, _, _, differ in moved))
+        highest = modseq if changed else self.highestmodseq
+        newest = max(st_new.st_mtime, st_cur.st_mtime)
+        trusted = now - newest > MTIME_SETTLE
+        stored = (st_new.st_mtime_ns, st_cur.st_mtime_ns) if trusted else (0, 0)
+        rows = [m.row_as(sub, suffix, modseq if differ else m.modseq) for m, sub, suffix, differ in moved]
+        rows += [m.row() for m in added]
+        if rows or gone:  # written before anything changes here: a failure leaves the folder as it was
+            self._backup([(m.uid, m.key) for m in added], highest)
+            self._commit(rows, [m.uid for m in gone], uidnext=uidnext, highestmodseq=highest, mtimes=stored)
+        elif stored != self._stored_mtimes or self._unsaved:
+            try:  # only the mtimes (a hint) or a late removal: never a reason to fail a read
+                self._commit([], [], mtimes=stored)
+            except StorageFull:
+                pass  # tried again at the next scan
+        for m, sub, suffix, differ in moved:
+            m.sub, m.suffix = sub, suffix
+            if differ:
+                m.modseq = modseq
+                changes.flags.append(m.uid)
+            m.changed()
+        for m in added:
             self.by_uid[m.uid] = m
-            self.by_key[key] = m
-            upserts.append(m)
-            new_pairs.append((m.uid, key))
+            self.by_key[m.key] = m
             changes.added.append(m.uid)
-        for key in missing:
-            m = self.by_key.pop(key)
+        for m in gone:
+            del self.by_key[m.key]
             del self.by_uid[m.uid]
             changes.expunged.append(m.uid)
-        if changes:
-            self.highestmodseq = modseq
+        self.uidnext = uidnext
+        self.highestmodseq = highest
+        if rows or gone:
             self._snap = None
-        elif upserts:
-            self._snap = None
-        newest = max(st_new.st_mtime, st_cur.st_mtime)
-        self.trusted = now - newest > MTIME_SETTLE
+        self.trusted = trusted
         self.new_mtime, self.cur_mtime = st_new.st_mtime_ns, st_cur.st_mtime_ns
-        stored = (self.new_mtime, self.cur_mtime) if self.trusted else (0, 0)
-        self._commit(upserts, changes.expunged, mtimes=stored)
-        self._uidlist_add(new_pairs, len(changes.expunged))
+        self._compact_later(len(gone))
         changes.flags.sort()
         changes.expunged.sort()
         return changes
 
-    def _commit(self, upserts: list[Msg], deletes: list[int], *, mtimes: tuple[int, int] | None = None) -> None:
+    def _commit(self, rows: list[MessageRow], deletes: list[int], *, uidnext: int | None = None,
+                highestmodseq: int | None = None, mtimes: tuple[int, int] | None = None) -> None:
+        """One index transaction: these rows, these deletions (and any left over from a removal the
+        index could not record), the counters (default: the folder's) and the directory mtimes."""
         if mtimes is None:
             mtimes = (self.new_mtime, self.cur_mtime) if self.trusted else (0, 0)
-        self.index.commit(self.id, upserts=[m.row() for m in upserts], deletes=deletes, uidnext=self.uidnext,
-                          highestmodseq=self.highestmodseq, new_mtime=mtimes[0], cur_mtime=mtimes[1])
+        late = self._unsaved
+        self.index.commit(self.id, upserts=rows, deletes=[*deletes, *late],
+                          uidnext=self.uidnext if uidnext is None else uidnext,
+                          highestmodseq=self.highestmodseq if highestmodseq is None else highestmodseq,
+                          new_mtime=mtimes[0], cur_mtime=mtimes[1])
+        self._stored_mtimes = mtimes
+        if late:
+            self._unsaved = set()
 
-    def _uidlist_add(self, pairs: list[tuple[int, str]], expunged: int) -> None:
-        self._expunged_since_compact += expunged
-        if self._expunged_since_compact > max(1000, len(self.by_uid)):
-            self._rewrite_uidlist()
-            return
-        if not pairs:
+    def _commit_removal(self, uids: list[int]) -> None:
+        """Record in the index that these files were removed (the in-memory folder already has).
+        The removal has happened whatever the index says: when it cannot be recorded (a full disk)
+        it is recorded by the next write that works."""
+        try:
+            self._backup([], self.highestmodseq)
+            self._commit([], uids)
+        except StoreError as e:
+            self._unsaved.update(uids)
+            log.warning("store: %s: the index could not record %d removed messages yet: %s",
+                        self.path, len(uids), e.text)
+        self._compact_later(len(uids))
+
+    def _backup(self, pairs: list[tuple[int, str]], modseq: int) -> None:
+        """Append new UIDs to the uidlist, with a new MODSEQ reservation when `modseq` is above the
+        last one. Called before the index learns them, so the backup always covers the index.
+        Raises StoreError (StorageFull when the disk is full)."""
+        reserve = modseq + MODSEQ_RESERVE if modseq > self._reserved else 0
+        if not pairs and not reserve:
             return
         try:
-            uidlist.append(self.path, pairs)
+            uidlist.append(self.path, pairs, modseq=reserve)
         except FileNotFoundError:
-            self._rewrite_uidlist()
+            self._rewrite_uidlist(pairs, modseq)
+            return
+        except OSError as e:
+            raise store_failure(e, "the folder's uidlist could not be written") from e
+        if reserve:
+            self._reserved = reserve
 
-    def _rewrite_uidlist(self) -> None:
-        uidlist.rewrite(self.path, self.uidvalidity, self.uidnext,
-                        [(m.uid, m.key) for m in self.by_uid.values()], fsync=self.fsync)
+    def _compact_later(self, expunged: int) -> None:
+        """Rewrite the uidlist without the lines of expunged messages once there are many (best
+        effort: on failure the lines stay, and it is tried again after the next removal)."""
+        self._expunged_since_compact += expunged
+        if self._expunged_since_compact > max(1000, len(self.by_uid)):
+            try:
+                self._rewrite_uidlist()
+            except StoreError as e:
+                log.warning("store: %s: uidlist not compacted: %s", self.path, e.text)
+
+    def _rewrite_uidlist(self, extra: Sequence[tuple[int, str]] = (), modseq: int = 0) -> None:
+        reserve = max(self._reserved, self.highestmodseq + MODSEQ_RESERVE, modseq + MODSEQ_RESERVE)
+        pairs = [(m.uid, m.key) for m in self.by_uid.values()] + list(extra)
+        try:
+            uidlist.rewrite(self.path, self.uidvalidity, max(self.uidnext, *(u + 1 for u, _ in extra), 1),
+                            pairs, fsync=self.fsync, modseq=reserve)
+        except OSError as e:
+            raise store_failure(e, "the folder's uidlist could not be written") from e
+        self._reserved = reserve
         self._expunged_since_compact = 0
 
     def snapshot(self) -> Snapshot:
@@ -353,18 +445,25 @@ class Folder:
         name = maildir.store_file(self.path, maildir.unique_base(host), data, maildir.build_info(system),
                                   fsync=self.fsync, mtime=when)
         key, suffix = maildir.split_name(name)
-        self.highestmodseq += 1
-        m = self._add(key, "cur", suffix, keywords, when, len(data), maildir.unterminated(data))
+        modseq = self.highestmodseq + 1
+        m = Msg(self.uidnext, key, "cur", suffix, keywords, modseq, when, len(data),
+                maildir.unterminated(data))
+        self.uidnext += 1  # used even on failure: the uidlist may hold it already
         try:
-            self._commit([m], [])
-            self._uidlist_add([(m.uid, key)], 0)
+            self._backup([(m.uid, key)], modseq)
+            self._commit([m.row()], [], highestmodseq=modseq)
         except Exception as e:  # the file is durable; drop it so no unindexed message reappears
-            self._forget(m)
             try:
                 os.unlink(self.path / "cur" / name)
             except OSError:
                 pass
+            if isinstance(e, StoreError):
+                raise
             raise StoreError("the message could not be indexed") from e
+        self.highestmodseq = modseq
+        self.by_uid[m.uid] = m
+        self.by_key[key] = m
+        self._snap = None
         return m.uid
 
     def _forget(self, m: Msg) -> None:
@@ -395,60 +494,92 @@ class Folder:
         changes = Changes()
         modseq = self.highestmodseq + 1
         touched: list[Msg] = []
+        undo: list[tuple[Msg, str, str, frozenset[str]]] = []  # (message, sub, suffix, keywords) before
         done: set[int] = set()  # UIDs in `touched`: a set, so a 10,000-message STORE stays linear
-        renamed = False
         base = str(self.path)  # str paths: pathlib costs more than the rename() itself
         # The new suffix depends only on the old one (and the request): computed once per distinct
         # suffix, with whether the system flags change.
         plans: dict[str, tuple[str, bool]] = {}
-        for attempt in (0, 1):
-            retry: list[int] = []
-            for m in self._existing(uids, changes):
-                if m.uid in done:
-                    continue
-                old_suffix = m.suffix
-                try:
-                    suffix, sys_changed = plans[old_suffix]
-                except KeyError:
-                    suffix, sys_changed = plans[old_suffix] = _plan_suffix(old_suffix, system, mode)
-                if mode == "add":
-                    new_kw = m.keywords | keywords if keywords else m.keywords
-                elif mode == "remove":
-                    new_kw = m.keywords - keywords if keywords else m.keywords
-                else:
-                    new_kw = keywords
-                if not sys_changed and new_kw == m.keywords:
-                    continue
-                if suffix != old_suffix or m.sub != "cur":
-                    try:
-                        os.rename(f"{base}/{m.sub}/{m.key}{old_suffix}", f"{base}/cur/{m.key}{suffix}")
-                    except FileNotFoundError:
-                        retry.append(m.uid)
+        try:
+            for attempt in (0, 1):
+                retry: list[int] = []
+                for m in self._existing(uids, changes):
+                    if m.uid in done:
                         continue
-                    renamed = True
+                    old_suffix = m.suffix
+                    try:
+                        suffix, sys_changed = plans[old_suffix]
+                    except KeyError:
+                        suffix, sys_changed = plans[old_suffix] = _plan_suffix(old_suffix, system, mode)
+                    if mode == "add":
+                        new_kw = m.keywords | keywords if keywords else m.keywords
+                    elif mode == "remove":
+                        new_kw = m.keywords - keywords if keywords else m.keywords
+                    else:
+                        new_kw = keywords
+                    if not sys_changed and new_kw == m.keywords:
+                        continue
+                    if suffix != old_suffix or m.sub != "cur":
+                        try:
+                            os.rename(f"{base}/{m.sub}/{m.key}{old_suffix}", f"{base}/cur/{m.key}{suffix}")
+                        except FileNotFoundError:
+                            retry.append(m.uid)
+                            continue
+                    undo.append((m, m.sub, old_suffix, m.keywords))
                     m.sub, m.suffix = "cur", suffix
-                m.keywords = new_kw
-                touched.append(m)
-                done.add(m.uid)
-            if not retry or attempt == 1:
-                break
-            self._merge(changes, self.sync(force=True))  # renamed or removed by another program
-            modseq = max(modseq, self.highestmodseq + 1)
-            uids = retry
+                    m.keywords = new_kw
+                    touched.append(m)
+                    done.add(m.uid)
+                if not retry or attempt == 1:
+                    break
+                self._merge(changes, self.sync(force=True))  # renamed or removed by another program
+                modseq = max(modseq, self.highestmodseq + 1)
+                uids = retry
+            if touched:
+                if self.fsync and any(m.sub != sub or m.suffix != suffix for m, sub, suffix, _ in undo):
+                    maildir.fsync_dir(self.path / "cur")
+                self._backup([], modseq)
+                self._commit_flags(touched, modseq)
+        except Exception as e:
+            # Nothing is kept: the file names go back, so the flags are in neither the names nor the
+            # index (a second session's EXPUNGE must not remove a message whose \Deleted was refused).
+            self._undo_flags(undo)
+            if isinstance(e, OSError):
+                raise store_failure(e, "the flags could not be stored") from e
+            raise
         if touched:
             for m in touched:
                 m.modseq = modseq
                 m.changed()
             self.highestmodseq = modseq
             self._snap = None
-            if renamed and self.fsync:
-                maildir.fsync_dir(self.path / "cur")
-            self._commit_flags(touched)
             changes.flags = sorted(set(changes.flags) | {m.uid for m in touched})
         by_uid = self.by_uid
         return [by_uid[u].info() for u in sorted(requested) if u in by_uid], changes
 
-    def _commit_flags(self, touched: list[Msg]) -> None:
+    def _undo_flags(self, undo: list[tuple[Msg, str, str, frozenset[str]]]) -> None:
+        """Put back the file names and keywords of a flag change that cannot be recorded."""
+        base = str(self.path)
+        renamed = False
+        for m, sub, suffix, kws in reversed(undo):
+            if (m.sub, m.suffix) != (sub, suffix):
+                try:
+                    os.rename(f"{base}/{m.sub}/{m.key}{m.suffix}", f"{base}/{sub}/{m.key}{suffix}")
+                    renamed = True
+                except OSError:  # the next sync reads the flags from the name it kept
+                    log.error("store: %s: could not undo the rename of %s", self.path, m.key, exc_info=True)
+                    continue
+            m.sub, m.suffix, m.keywords = sub, suffix, kws
+            m.changed()
+        if renamed and self.fsync:
+            try:
+                for sub in {u[1] for u in undo} | {"cur"}:
+                    maildir.fsync_dir(self.path / sub)
+            except OSError:
+                log.warning("store: %s: fsync after undoing a flag change failed", self.path, exc_info=True)
+        self._snap = None
+
+    def _commit_flags(self, touched: list[Msg], modseq: int) -> None:
         """Write the flag columns of changed messages (and the counters) in one transaction."""
         kw_text: dict[frozenset[str], str] = {}
         rows: list[tuple[str, str, str, int, int]] = []
@@ -456,10 +587,11 @@ class Folder:
             kw = kw_text.get(m.keywords)
             if kw is None:
                 kw = kw_text[m.keywords] = " ".join(sorted(m.keywords))
-            rows.append((m.sub, m.suffix, kw, m.modseq, m.uid))
+            rows.append((m.sub, m.suffix, kw, modseq, m.uid))
         mtimes = (self.new_mtime, self.cur_mtime) if self.trusted else (0, 0)
-        self.index.commit_flags(self.id, rows, uidnext=self.uidnext, highestmodseq=self.highestmodseq,
+        self.index.commit_flags(self.id, rows, uidnext=self.uidnext, highestmodseq=modseq,
                                 new_mtime=mtimes[0], cur_mtime=mtimes[1])
+        self._stored_mtimes = mtimes
 
     def expunge(self, uids: list[int]) -> Changes:
         """Remove the messages (whatever their flags; the caller applies the \\Deleted rule)."""
@@ -485,12 +617,11 @@ class Folder:
             for m in gone:
                 self._forget(m)
             self.highestmodseq += 1
+            changes.expunged = sorted(set(changes.expunged) | {m.uid for m in gone})
             if self.fsync:
                 for sub in {m.sub for m in gone}:
                     maildir.fsync_dir(self.path / sub)
-            self._commit([], [m.uid for m in gone])
-            self._uidlist_add([], len(gone))
-            changes.expunged = sorted(set(changes.expunged) | {m.uid for m in gone})
+            self._commit_removal([m.uid for m in gone])
         return changes
 
     def transfer(self, uids: list[int], dest: Folder, *, move: bool, host: str
@@ -502,6 +633,7 @@ class Folder:
         placed: list[tuple[Msg, Msg, Path]] = []
         if dest is self and move:
             raise StoreError("source and destination are the same mailbox")
+        modseq = dest.highestmodseq + 1
         try:
             for m in self._existing(uids, src_changes):
                 src = self.path / m.sub / m.fname
@@ -522,12 +654,16 @@ class Folder:
                 except FileNotFoundError:
                     continue  # vanished meanwhile: the next snapshot reports it expunged
                 dm = dest._add(new_key, "cur", suffix, m.keywords, m.internaldate, m.size, m.unterminated)
+                dm.modseq = modseq
                 placed.append((m, dm, target))
-            if placed and self.fsync:
-                maildir.fsync_dir(dest.path / "cur")
-                if move:
-                    for sub in {m.sub for m, _, _ in placed}:
-                        maildir.fsync_dir(self.path / sub)
+            if placed:
+                if self.fsync:
+                    maildir.fsync_dir(dest.path / "cur")
+                    if move:
+                        for sub in {m.sub for m, _, _ in placed}:
+                            maildir.fsync_dir(self.path / sub)
+                dest._backup([(dm.uid, dm.key) for _, dm, _ in placed], modseq)
+                dest._commit([dm.row() for _, dm, _ in placed], [], highestmodseq=modseq)
         except Exception as e:
             for m, dm, target in placed:
                 dest._forget(dm)
@@ -541,24 +677,20 @@ class Folder:
                         os.unlink(target)
                     except OSError:
                         pass
-            raise StoreError("the messages could not be copied") from e
+            if isinstance(e, StoreError):
+                raise
+            raise store_failure(e, "the messages could not be copied") from e
         if not placed:
             return pairs, src_changes, dst_changes
-        dest.highestmodseq += 1
-        for _, dm, _ in placed:
-            dm.modseq = dest.highestmodseq
-            dm.changed()
-        dest._commit([dm for _, dm, _ in placed], [])
-        dest._uidlist_add([(dm.uid, dm.key) for _, dm, _ in placed], 0)
+        dest.highestmodseq = modseq
         dst_changes.added = [dm.uid for _, dm, _ in placed]
         pairs = [(m.uid, dm.uid) for m, dm, _ in placed]
-        if move:
+        if move:  # the files are in `dest` now: the source's index follows (or catches up later)
             for m, _, _ in placed:
                 self._forget(m)
             self.highestmodseq += 1
-            self._commit([], [m.uid for m, _, _ in placed])
-            self._uidlist_add([], len(placed))
             src_changes.expunged = sorted(set(src_changes.expunged) | {m.uid for m, _, _ in placed})
+            self._commit_removal([m.uid for m, _, _ in placed])
         return pairs, src_changes, dst_changes
 
     def drop_all(self) -> None:

@@ -7,18 +7,26 @@ cache of the Maildir that can be rebuilt (uidlist.py keeps UIDs across a rebuild
 
 All methods are blocking and must be called from a worker thread, one at a time (the account
 lock in mailbox.py serialises them). File: `<user root>/mailhaven-index.sqlite`.
+
+Every write is one transaction that either commits or is rolled back (also when COMMIT itself
+fails: SQLite may leave the transaction open then). SQLite's "database or disk is full"
+(SQLITE_FULL, or the WAL index that cannot grow) is raised as errors.StorageFull, a temporary
+failure; reading needs no space.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailhaven.errors import StorageFull, no_space
 from mailhaven.store import maildir
 
+log = logging.getLogger(__name__)
 FILENAME = "mailhaven-index.sqlite"
 UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
 # 2: message.unterminated (1 = the file does not end with LF; NULL = not known yet: a row of a
@@ -72,13 +80,37 @@ class Index:
         self.path = user_root / FILENAME
         self._uv_path = user_root / UIDVALIDITY_FILENAME
         self._durable = durable
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed UID assignment survives power loss, so UIDs are never handed out twice.
-        self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        self.exclusive = False
+        try:
+            self._db = self._open(exclusive=False)
+        except StorageFull:
+            # The WAL index (`-shm`, 32 kB) cannot be created on a full disk. In exclusive locking
+            # mode SQLite keeps it in memory instead, so the index can be read (and written once
+            # deleting mail made room); other programs cannot open the index until it is closed.
+            self._db = self._open(exclusive=True)
+            self.exclusive = True
+            log.warning("store: %s opened in exclusive mode: the disk is full", self.path)
+
+    def _open(self, *, exclusive: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")  # before WAL is first used: no -shm file
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed UID assignment survives power loss, so UIDs are never handed out twice.
+            db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'OFF'}")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+            self._db = db
+            self._migrate()
+        except sqlite3.Error as e:
+            db.close()
+            _raise_translated(e)
+            raise
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def _migrate(self) -> None:
         """Bring an index written by an earlier version up to SCHEMA_VERSION, keeping its rows (the
@@ -119,8 +151,15 @@ class Index:
         return int(text) if text.isdigit() and len(text) < 11 else 0
 
     def _remember(self, value: int) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)", (str(value),))
-        maildir.atomic_write(self._uv_path, f"{value}\n".encode(), fsync=self._durable)
+        with self._tx():
+            self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)",
+                             (str(value),))
+        try:
+            maildir.atomic_write(self._uv_path, f"{value}\n".encode(), fsync=self._durable)
+        except OSError as e:
+            if no_space(e):
+                raise StorageFull() from e
+            raise
 
     def note_uidvalidity(self, value: int) -> None:
         """Remember a UIDVALIDITY imported from disk so later ones are larger."""
@@ -132,10 +171,11 @@ class Index:
         return dict(self._db.execute("SELECT name, use FROM special_use").fetchall())
 
     def set_special_use(self, name: str, use: str | None) -> None:
-        if use is None:
-            self._db.execute("DELETE FROM special_use WHERE name=?", (name,))
-        else:
-            self._db.execute("INSERT OR REPLACE INTO special_use (name, use) VALUES (?, ?)", (name, use))
+        with self._tx():
+            if use is None:
+                self._db.execute("DELETE FROM special_use WHERE name=?", (name,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO special_use (name, use) VALUES (?, ?)", (name, use))
 
     # -- mailboxes ------------------------------------------------------------------------------
 
@@ -229,15 +269,48 @@ class Index:
         return _Tx(self._db)
 
 
+# SQLite result codes meaning "no space": SQLITE_FULL (13, also its extended forms) and
+# SQLITE_IOERR_SHMSIZE (the WAL index file could not grow).
+_SQLITE_FULL = 13
+_SQLITE_IOERR_SHMSIZE = 10 | (19 << 8)
+
+
+def _raise_translated(e: sqlite3.Error) -> None:
+    """Raise StorageFull for SQLite's "database or disk is full"; return for any other error."""
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE):
+        raise StorageFull() from e
+
+
 class _Tx:
+    """One write transaction: COMMIT, or ROLLBACK on any failure (COMMIT's own included)."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            _raise_translated(e)
+            raise
 
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
-            self._db.execute("ROLLBACK")
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                self._rollback()
+                _raise_translated(e)
+                raise
+        self._rollback()
+        if isinstance(exc, sqlite3.Error):
+            _raise_translated(exc)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # SQLite rolled back on its own, or will when the connection is next used

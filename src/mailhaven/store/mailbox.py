@@ -29,7 +29,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, StoreError
+from mailhaven.errors import (
+    BadMailboxName,
+    MailboxExists,
+    MailboxNotFound,
+    MailError,
+    StorageFull,
+    StoreError,
+    store_failure,
+)
 from mailhaven.store import maildir, names
 from mailhaven.store.changes import (
     ChangeHub,
@@ -176,7 +184,7 @@ class Store:
                     self._ready.add(path)
                 paths.append(path)
         except OSError as e:
-            raise StoreError("the message could not be stored") from e
+            raise store_failure(e, "the message could not be stored") from e
         return paths
 
 
@@ -224,7 +232,7 @@ class Account:
             try:
                 init_user_root(self.path, fsync=self.store.fsync)
             except OSError as e:
-                raise StoreError("mail folder unavailable") from e
+                raise store_failure(e, "mail folder unavailable") from e
             self._index = Index(self.path, durable=self.store.fsync)
         return self._index
 
@@ -255,15 +263,23 @@ class Account:
         try:
             maildir.ensure_folder(path, subfolder=name != names.INBOX, fsync=self.store.fsync)
         except OSError as e:
-            raise StoreError("mail folder unavailable") from e
+            raise store_failure(e, "mail folder unavailable") from e
         f = Folder(name, path, self._ready(), fsync=self.store.fsync)
         f.open()
         self._folders[name] = f
         return f
 
-    def _sync(self, f: Folder, *, force: bool = False) -> Changes:
+    def _sync(self, f: Folder, *, force: bool = False, reading: bool = False) -> Changes:
+        """Reconcile `f` with its directories. `reading`: for a read (open, snapshot), a full disk
+        that keeps new findings out of the index shows the folder as last recorded, unchanged (its
+        UIDs and MODSEQs are all durable), instead of failing: reading needs no space."""
         try:
             return f.sync(force=force)
+        except StorageFull:
+            if not reading:
+                raise
+            log.warning("store: %s %s: disk full, showing the folder as last indexed", self.user, f.name)
+            return Changes()
         except FileNotFoundError:
             f.deleted = True
             f.drop_all()
@@ -324,7 +340,7 @@ class Account:
         try:
             _ensure_with_parents(self.path, name, fsync=self.store.fsync)
         except OSError as e:
-            raise StoreError("mailbox could not be created") from e
+            raise store_failure(e, "mailbox could not be created") from e
         idx = self._ready()
         idx.delete(name)  # stale index rows of an earlier folder with this name
         if special_use is not None:
@@ -410,7 +426,7 @@ class Account:
             for pa, pb in reversed(done):
                 with contextlib.suppress(OSError):
                     os.rename(pb, pa)
-            raise StoreError("mailbox could not be renamed") from e
+            raise store_failure(e, "mailbox could not be renamed") from e
         self._ready().rename(src, dst)
         for n, t in zip(moving, targets, strict=True):
             f = self._folders.pop(n, None)
@@ -455,7 +471,7 @@ class Account:
 
     def _open_sync(self, name: str) -> tuple[Folder, Changes]:
         f = self._folder(name)
-        return f, self._sync(f)
+        return f, self._sync(f, reading=True)
 
 
 class Mailbox:
@@ -491,7 +507,7 @@ class Mailbox:
         return await self._run(self._snapshot_sync)
 
     def _snapshot_sync(self) -> tuple[Snapshot, Changes]:
-        changes = self.account._sync(self._folder)
+        changes = self.account._sync(self._folder, reading=True)
         return self._folder.snapshot(), changes
 
     async def append(self, data: bytes, flags: frozenset[str] = frozenset(),
@@ -533,7 +549,7 @@ class Mailbox:
         return datas
 
     def _rescan_sync(self) -> tuple[None, Changes]:
-        return None, self.account._sync(self._folder, force=True)
+        return None, self.account._sync(self._folder, force=True, reading=True)
 
     async def store_flags(self, uids: Sequence[int], flags: frozenset[str] | set[str],
                           mode: FlagMode) -> list[MessageInfo]:

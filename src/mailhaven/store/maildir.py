@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from mailhaven.errors import StoreError
+from mailhaven.errors import StoreError, store_failure
 
 INFO_SEP = ":2,"
 # Maildir info letters (cr.yp.to/proto/maildir.html) <-> IMAP system flags (RFC 3501 §2.3.2).
@@ -355,7 +355,7 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
     into each new/, then each new/ directory is fsynced (through `dir_sync`, shared with
     concurrent deliveries, when given). tmp/ itself is never fsynced: its entry is gone or
     irrelevant once the name is in new/. On any failure every link made is removed and
-    StoreError is raised, so no partial message is ever visible.
+    StoreError (StorageFull when the disk is full) is raised, so no partial message is ever visible.
     """
     if not folders:
         raise StoreError("no delivery target")
@@ -389,7 +389,7 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
         for p in placed:
             _unlink_quiet(p)
         _unlink_quiet(tmp)
-        raise StoreError("the message could not be stored") from e
+        raise store_failure(e, "the message could not be stored") from e
     return name
 
 
@@ -421,7 +421,7 @@ def store_file(folder: Path, base: str, data: bytes, info: str, *, fsync: bool,
             raise
     except Exception as e:
         _unlink_quiet(tmp)
-        raise StoreError("the message could not be stored") from e
+        raise store_failure(e, "the message could not be stored") from e
     return name
 
 

@@ -7,8 +7,16 @@ Does not own: the index itself (index.py) or deciding when to rebuild (mailbox.p
 Format of `mailhaven-uidlist` (UTF-8 text, one record per line, in the folder's directory next to
 cur/ new/ tmp/, so it moves with the folder when the folder is renamed):
 
-    M1 V<uidvalidity> N<uidnext>        header, first line
-    <uid> <key>                          one line per UID assigned; <key> = file name before ":"
+    M1 V<uidvalidity> N<uidnext> H<modseq>    header, first line (H: since 2026-12, optional)
+    <uid> <key>                               one line per UID assigned; <key> = file name before ":"
+    H<modseq>                                 a MODSEQ reservation (since 2026-12)
+
+H: every MODSEQ the folder has handed out is at most the largest H in the file (the header's and
+the lines'). The folder appends a new reservation (its current MODSEQ + a step) before it hands
+out a MODSEQ above the last one, so an index rebuilt from this file starts above every MODSEQ a
+client may have seen while UIDVALIDITY stays (RFC 7162: a new MODSEQ is above every earlier
+one). Older readers skip both (a header token they do not know, a line without "<uid> <key>"); a file
+without H (written before, or Dovecot's) gives modseq 0: not known.
 
 The header is written when the file is (re)created, atomically (temporary file, fsync, rename).
 New UIDs are appended as whole lines in one write(2) with O_APPEND; a torn last line after a crash
@@ -41,6 +49,7 @@ class UidList:
     uidnext: int
     uids: dict[str, int] = field(default_factory=dict)  # key -> uid
     lines: int = 0  # records in the file (including those of expunged messages)
+    modseq: int = 0  # the largest MODSEQ reservation (H); 0 = not recorded
 
     @property
     def effective_uidnext(self) -> int:
@@ -54,6 +63,14 @@ def _parse_int(text: str) -> int | None:
         return None
     value = int(text)
     return value if value <= 0xFFFFFFFF else None
+
+
+def _parse_modseq(text: str) -> int:
+    """A MODSEQ (RFC 7162 §7: up to 2^63 - 1), else 0."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return 0
+    value = int(text)
+    return value if value < 1 << 63 else 0
 
 
 def read(folder: Path) -> UidList | None:
@@ -71,11 +88,17 @@ def read(folder: Path) -> UidList | None:
     if not v or not n:
         return None
     result = UidList(uidvalidity=v, uidnext=n)
+    for token in head[3:]:
+        if token.startswith("H"):
+            result.modseq = max(result.modseq, _parse_modseq(token[1:]))
     complete = text.endswith("\n")
     body = lines[1:]
     if not complete and body:  # torn last line
         body = body[:-1]
     for line in body:
+        if line.startswith("H"):
+            result.modseq = max(result.modseq, _parse_modseq(line[1:]))
+            continue
         uid_text, sep, key = line.partition(" ")
         uid = _parse_int(uid_text)
         if not sep or uid is None or uid == 0 or not key or len(key) > MAX_LINE_KEY:
@@ -132,19 +155,20 @@ def read_dovecot(folder: Path) -> UidList | None:
 
 
 def rewrite(folder: Path, uidvalidity: int, uidnext: int, uids: dict[str, int] | list[tuple[int, str]],
-            *, fsync: bool) -> None:
-    """Write the whole file atomically (creation, rebuild, compaction)."""
+            *, fsync: bool, modseq: int = 0) -> None:
+    """Write the whole file atomically (creation, rebuild, compaction); `modseq`: the H reservation."""
     pairs = sorted((u, k) for k, u in uids.items()) if isinstance(uids, dict) else sorted(uids)
-    parts = [f"M1 V{uidvalidity} N{uidnext}\n"]
+    parts = [f"M1 V{uidvalidity} N{uidnext}" + (f" H{modseq}\n" if modseq else "\n")]
     parts.extend(f"{u} {k}\n" for u, k in pairs)
     maildir.atomic_write(folder / FILENAME, "".join(parts).encode("utf-8"), fsync=fsync)
 
 
-def append(folder: Path, pairs: list[tuple[int, str]]) -> None:
-    """Append records for newly assigned UIDs in one write (not fsynced: see module docstring)."""
-    if not pairs:
+def append(folder: Path, pairs: list[tuple[int, str]], *, modseq: int = 0) -> None:
+    """Append records for newly assigned UIDs, and a MODSEQ reservation when `modseq` is given, in
+    one write (not fsynced: see module docstring)."""
+    if not pairs and not modseq:
         return
-    data = "".join(f"{u} {k}\n" for u, k in pairs).encode("utf-8")
+    data = "".join([f"{u} {k}\n" for u, k in pairs] + ([f"H{modseq}\n"] if modseq else [])).encode("utf-8")
     fd = os.open(folder / FILENAME, os.O_WRONLY | os.O_APPEND)  # FileNotFoundError: caller rewrites
     try:
         view = memoryview(data)
