@@ -28,12 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from mailhaven import app
 from tests.integration.test_service_support import (
     REPO,
     base_env,
     can_run_python_as,
-    free_port,
+    loopback_free_ports,
     open_dir,
     system_user,
 )
@@ -268,7 +267,7 @@ def test_replay_build_install_init_serve_and_healthcheck(
                "--data-dir", str(mapping["/var/lib/mailhaven"]))
         assert r.returncode == 0, r.stderr
         config = mapping["/etc/mailhaven"] / "mailhaven.toml"
-        ports = _loopback_free_ports(config)
+        ports = loopback_free_ports(config)
         r = mh("user", "add", "postmaster@example.test", stdin="Docker-Pass-1\n")
         assert r.returncode == 0, r.stderr
         entry = [*exec_form(final.one("ENTRYPOINT")), *exec_form(final.one("CMD"))]
@@ -300,24 +299,6 @@ def test_replay_build_install_init_serve_and_healthcheck(
             assert p.stat().st_mode & 0o007 == 0, p
             if uid is not None:
                 assert p.stat().st_uid == uid, p
-
-
-def _loopback_free_ports(config: Path) -> dict[str, int]:
-    """Move every listener to 127.0.0.1 on a free port; disable those this build lacks."""
-    text = config.read_text()
-    ports: dict[str, int] = {}
-
-    def listener(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if app.find_factory(name) is None:
-            return f"[listeners.{name}]\nenabled = false\naddress = \"127.0.0.1\"\nport = {free_port()}\n"
-        ports[name] = free_port()
-        return f"[listeners.{name}]\naddress = \"127.0.0.1\"\nport = {ports[name]}\n"
-
-    new = re.sub(r"\[listeners\.(\w+)\]\naddress = \"[^\"]*\"\nport = \d+\n", listener, text)
-    assert new != text and "0.0.0.0" not in new
-    config.write_text(new)
-    return ports
 
 
 def _wait_ready(server: subprocess.Popen[str]) -> list[str]:
