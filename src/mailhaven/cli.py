@@ -268,10 +268,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from mailhaven.tls import server_context
 
     server_context(cfg)  # the certificate and key must load together
+    _check_dkim_keys(cfg)
     for warning in directory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("OK")
     return 0
+
+
+def _check_dkim_keys(cfg: Config) -> None:
+    """Every configured DKIM key can be read (by whoever runs us: check as the service user) and
+    is an RSA or ed25519 private key; ConfigError naming the key and file otherwise."""
+    from mailhaven.policy.dkim import public_record
+
+    for name, dom in sorted(cfg.domains.items()):
+        for key in ("dkim_key", "dkim_ed25519_key"):
+            path = getattr(dom, key)
+            if not path:
+                continue
+            try:
+                public_record(Path(path).read_bytes())
+            except OSError as e:
+                raise ConfigError(f"domains.{name}.{key}: cannot read {path}: {e.strerror}") from None
+            except (ValueError, TypeError) as e:  # TypeError: a key that needs a password
+                raise ConfigError(f"domains.{name}.{key}: {path} is not a usable private key ({e})") from None
 
 
 # --- serve ---------------------------------------------------------------------------------------

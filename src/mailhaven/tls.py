@@ -55,7 +55,9 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     except ssl.SSLError as e:
         raise ConfigError(f"tls.key: certificate and key unusable ({e.reason or e})") from None
     except OSError as e:
-        raise ConfigError(f"tls.cert: cannot read: {e.strerror}") from None
+        # Name the file that cannot be read (load_cert_chain does not say which).
+        which = next((k for k in ("cert", "key") if not os.access(getattr(config.tls, k), os.R_OK)), "cert")
+        raise ConfigError(f"tls.{which}: cannot read {getattr(config.tls, which)}: {e.strerror}") from None
     return ctx
 
 

@@ -142,3 +142,30 @@ def test_init_as_root_without_a_service_user_says_how_to_give_one_access(tmp_pat
     assert r.returncode == 0, r.stderr
     assert "--run-as-user mailhaven" in r.stdout
     assert owner_mode(tmp_path / "users.toml") == ("root", "root", 0o600)
+
+
+@needs_root
+def test_check_config_as_the_service_user_names_each_file_it_cannot_read(
+        service: tuple[str, int, int], folder: Path) -> None:
+    """check-config said OK while the server, as the service user, could not read the DKIM key
+    (signing failed on every message), and blamed tls.cert for an unreadable tls.key."""
+    name, uid, gid = service
+    if not can_run_python_as(uid, gid):
+        pytest.skip(f"{name} cannot run {sys.executable} (an interpreter under /root?)")
+    cfg_path = folder / "etc" / "mailhaven.toml"
+    r = mh("-c", str(cfg_path), "init", "--domain", "example.org", "--data-dir", str(folder / "data"),
+           "--run-as-user", name)
+    assert r.returncode == 0, r.stderr
+    dkim_key = Path(config.load(cfg_path).domains["example.org"].dkim_key)
+    tls_key = cfg_path.parent / "tls" / "key.pem"
+    for path, message in ((dkim_key, f"domains.example.org.dkim_key: cannot read {dkim_key}: Permission denied"),
+                          (tls_key, f"tls.key: cannot read {tls_key}: Permission denied")):
+        path.chmod(0o600)
+        r = mh("-c", str(cfg_path), "check-config", user=(uid, gid))
+        assert (r.returncode, r.stdout, r.stderr) == (2, "", f"mailhaven: {message}\n")
+        path.chmod(0o640)
+    dkim_key.chmod(0o600)
+    dkim_key.write_text("not a key\n")
+    dkim_key.chmod(0o640)
+    r = mh("-c", str(cfg_path), "check-config", user=(uid, gid))
+    assert r.returncode == 2 and r.stderr.startswith(f"mailhaven: domains.example.org.dkim_key: {dkim_key} is not a usable")
