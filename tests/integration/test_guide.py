@@ -16,15 +16,21 @@ How the guide maps onto a test machine (the guide's own top comment says the sam
 - Output: a `# prints TEXT` comment on a command line is checked: the block's output holds TEXT.
 - The system user `mailhaven`: the guide creates it when missing; the test deletes it afterwards
   only if it did not exist before.
-After the last block, a message goes in over the MX for the user the guide created and one for the
-alias it made; both are read back over IMAP (TLS, trusting the certificate `init` made) as that
-user. Then SIGTERM, and the server must exit 0.
+After the last block: the records `mailhaven dns` printed are published in the tests' DNS server
+(the guide says to publish exactly those); a message goes in over the MX for the user the guide
+created and one for the alias it made, and the user sends one to themself over submissions (465,
+AUTH over TLS); all three are read back over IMAP (TLS, trusting the certificate `init` made), and
+the submitted one carries a DKIM signature that verifies against the published record, so the
+service user could read the DKIM key. Then a reload (SIGHUP, as `systemctl reload` sends) must
+succeed as the service user (RELOADING=1, then READY=1, and "reloaded" in the log), and SIGTERM
+must stop the server with exit status 0.
 
 Needs root (useradd, chown, setpriv); skipped with a reason otherwise. CI (.ci/run) runs as root.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email
 import imaplib
 import os
@@ -44,6 +50,10 @@ from pathlib import Path
 
 import pytest
 
+from mailhaven.dns.resolver import Resolver
+from mailhaven.policy import dkim
+from tests.dnsserver import DnsServer
+from tests.integration.test_dkim_dns_cli import txt_value, zone
 from tests.integration.test_service_support import (
     REPO,
     NotifySocket,
@@ -210,6 +220,34 @@ def _wait_ready(notify: NotifySocket, unit: Unit) -> None:
     raise AssertionError(f"no READY=1 in 90 s:\n{unit.log.read_text()}")
 
 
+def _publish(dns_server: DnsServer, zone_text: str) -> None:
+    """Every record `mailhaven dns` printed, into the tests' DNS server."""
+    records = zone(zone_text, origin="")  # the root: every name printed is absolute
+    assert any(owner.split(".")[1:2] == ["_domainkey"] for owner, _ in records), zone_text
+    for (owner, rtype), values in records.items():
+        for value in values:
+            dns_server.add(owner, rtype, txt_value(value) if rtype == "TXT" else value)
+
+
+def _read_inbox(port: int, tls: ssl.SSLContext, user: str, count: int) -> dict[str, bytes]:
+    """Subject -> whole message of the user's INBOX over IMAPS, once it holds `count` messages."""
+    imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls, timeout=30)
+    imap.login(user, PASSWORD)
+    messages: dict[str, bytes] = {}
+    deadline = time.monotonic() + 30
+    while len(messages) < count and time.monotonic() < deadline:
+        imap.select("INBOX")
+        _, data = imap.search(None, "ALL")
+        messages = {}
+        for num in data[0].split():
+            _, parts = imap.fetch(num, "(BODY.PEEK[])")
+            raw = parts[0][1]  # type: ignore[index]
+            messages[str(email.message_from_bytes(raw)["Subject"])] = raw
+        time.sleep(0.2)
+    imap.logout()
+    return messages
+
+
 def _message(subject: str, to: str) -> bytes:
     return (f"From: someone@example.net\r\nTo: {to}\r\nSubject: {subject}\r\n"
             f"Message-ID: <{subject}@example.net>\r\n\r\nHello from the guide test.\r\n").encode()
@@ -217,19 +255,19 @@ def _message(subject: str, to: str) -> bytes:
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 @pytest.mark.timeout(600)
-def test_the_production_guide_runs_as_written(service_user_cleanup: None, dns_nameserver: str) -> None:
+def test_the_production_guide_runs_as_written(service_user_cleanup: None, dns_server: DnsServer) -> None:
     blocks = guide_blocks(GUIDE.read_text())
     real = [Path(p) for p in ("/etc/mailhaven", "/var/lib/mailhaven", "/usr/local/bin/mailhaven",
                               "/etc/systemd/system/mailhaven.service")]
     before = {p: p.exists() for p in real}
     try:
-        _run_guide(blocks, dns_nameserver)
+        _run_guide(blocks, dns_server)
     finally:
         # Nothing the guide names may have been made on this machine: only in the test's folder.
         assert {p: p.exists() for p in real} == before
 
 
-def _run_guide(blocks: list[Block], dns_nameserver: str) -> None:
+def _run_guide(blocks: list[Block], dns_server: DnsServer) -> None:
     with open_dir("mailhaven-guide-") as root:
         mapping = path_map(root)
         for folder in ("etc/systemd/system", "var/lib", "usr/local/bin", "run"):  # what Debian has
@@ -249,7 +287,7 @@ def _run_guide(blocks: list[Block], dns_nameserver: str) -> None:
                 if block.kind == "start":
                     ports = loopback_free_ports(config)
                     with config.open("a") as f:
-                        f.write(f'\n[dns]\nnameservers = ["{dns_nameserver}"]\ntimeout = 2\n')
+                        f.write(f'\n[dns]\nnameservers = ["{dns_server.nameserver}"]\ntimeout = 2\n')
                     installed = Path(mapping["/etc/systemd/system/"]) / "mailhaven.service"
                     assert installed.is_file(), f"{where}: the guide did not install the unit before starting it"
                     unit = Unit(installed, mapping, notify, root / "server.log")
@@ -263,6 +301,8 @@ def _run_guide(blocks: list[Block], dns_nameserver: str) -> None:
                 for expected in _PRINTS.findall(block.text):
                     assert expected in out, f"{where}: expected {expected!r} in the output:\n{out}"
                 outputs.append(out)
+                if re.search(r"\sdns\s*$", block.text.strip()):
+                    _publish(dns_server, r.stdout)
             assert unit is not None, "the guide never starts the server"
             # The server runs as the unit's user, which the guide created.
             assert proc_status(unit.p.pid)["Uid"].split()[0] == str(pwd.getpwnam(unit.user).pw_uid)
@@ -276,20 +316,21 @@ def _run_guide(blocks: list[Block], dns_nameserver: str) -> None:
                     assert smtp.sendmail("someone@example.net", [rcpt], _message(f"guide-{i}", rcpt)) == {}
             tls = ssl.create_default_context(cafile=str(Path(mapping["/etc/mailhaven"]) / "tls" / "cert.pem"))
             tls.check_hostname = False  # the certificate names mail.example.org, we dial 127.0.0.1
-            imap = imaplib.IMAP4_SSL("127.0.0.1", ports["imaps"], ssl_context=tls, timeout=30)
-            imap.login(user, PASSWORD)
-            imap.select("INBOX")
-            subjects = set()
-            deadline = time.monotonic() + 30
-            while len(subjects) < 1 + len(aliases) and time.monotonic() < deadline:
-                _, data = imap.search(None, "ALL")
-                subjects = set()
-                for num in data[0].split():
-                    _, parts = imap.fetch(num, "(BODY.PEEK[HEADER])")
-                    subjects.add(email.message_from_bytes(parts[0][1])["Subject"])  # type: ignore[index]
-                time.sleep(0.2)
-            imap.logout()
-            assert subjects == {f"guide-{i}" for i in range(1 + len(aliases))}
+            with smtplib.SMTP_SSL("127.0.0.1", ports["submissions"], context=tls, timeout=30) as smtp:
+                smtp.login(user, PASSWORD)
+                sent = _message("guide-signed", user).replace(b"From: someone@example.net", f"From: {user}".encode())
+                assert smtp.sendmail(user, [user], sent) == {}
+            expected = {f"guide-{i}" for i in range(1 + len(aliases))} | {"guide-signed"}
+            got = _read_inbox(ports["imaps"], tls, user, len(expected))
+            assert set(got) == expected
+            results = asyncio.run(dkim.verify(Resolver([dns_server.nameserver], timeout=2), got["guide-signed"]))
+            domain = user.partition("@")[2]
+            assert [(r.result, r.domain) for r in results] == [("pass", domain)], results
+            # A reload, as systemctl reload sends it, runs as the service user and reads everything again.
+            unit.p.send_signal(signal.SIGHUP)
+            assert notify.next_state(timeout=30).get("RELOADING") == "1"
+            assert notify.next_state(timeout=30).get("READY") == "1"
+            assert "reloaded " in unit.log.read_text() and "reload failed" not in unit.log.read_text()
             for p in Path(mapping["/var/lib/mailhaven"]).rglob("*"):
                 assert p.stat().st_uid == pwd.getpwnam(SERVICE_USER).pw_uid and p.stat().st_mode & 0o077 == 0, p
             assert unit.stop() == 0, unit.log.read_text()
