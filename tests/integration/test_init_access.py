@@ -169,3 +169,20 @@ def test_check_config_as_the_service_user_names_each_file_it_cannot_read(
     dkim_key.chmod(0o640)
     r = mh("-c", str(cfg_path), "check-config", user=(uid, gid))
     assert r.returncode == 2 and r.stderr.startswith(f"mailhaven: domains.example.org.dkim_key: {dkim_key} is not a usable")
+
+
+@needs_root
+def test_init_not_run_as_root_leaves_owners_as_they_are_and_says_so(
+        service: tuple[str, int, int], folder: Path) -> None:
+    name, uid, gid = service
+    if not can_run_python_as(uid, gid):
+        pytest.skip(f"{name} cannot run {sys.executable} (an interpreter under /root?)")
+    os.chown(folder, uid, gid)
+    cfg_path = folder / "etc" / "mailhaven.toml"
+    r = mh("-c", str(cfg_path), "init", "--domain", "example.org", "--data-dir", str(folder / "data"),
+           "--run-as-user", name, user=(uid, gid))
+    assert r.returncode == 0, r.stderr
+    assert f"not run as root: owners and modes left as they are (run init as root to give {name} read access)" \
+        in r.stdout
+    assert config.load(cfg_path).run_as_user == name
+    assert owner_mode(cfg_path.parent / "users.toml") == (name, name, 0o600)
