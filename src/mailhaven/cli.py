@@ -1,6 +1,7 @@
 """The `mailhaven` command line (argparse).
 
-Owns: parsing arguments, `init` (a working config, users file, DKIM key and data folder), `serve [--dev]`
+Owns: parsing arguments, `init` (a working config, users file, DKIM key and data folder; with
+`--run-as-user` as root, that user's read access to them, access.py), `serve [--dev]`
 (the dev environment under ./mailhaven-dev), `check-config`, `user` and `alias` editing through
 auth.users.UsersFile, `doctor [DOMAIN...]` (doctor.py: exit 0 all good, 1 problems), `health
 [LISTENER...]` (health.py: exit 0 every listener greets, 1 not), and turning every failure into one
@@ -125,7 +126,7 @@ def _toml_str(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)  # a JSON string is a valid TOML basic string
 
 
-def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool) -> str:
+def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool, run_as_user: str = "") -> str:
     """The config `init` writes: the essentials set, everything else at its default (see the sample)."""
     address = "127.0.0.1" if dev else "0.0.0.0"
     lines = [
@@ -138,6 +139,12 @@ def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool) -> st
         "# Users and aliases: edit with `mailhaven user ...` and `mailhaven alias ...`.",
         'users_file = "users.toml"',
         f"dev = {'true' if dev else 'false'}",
+    ]
+    if run_as_user:
+        lines += ["# The service user (systemd's User=; a start as root switches to it after binding).",
+                  "# `init --run-as-user` gave it read access to this file, users.toml and the keys.",
+                  f"run_as_user = {_toml_str(run_as_user)}"]
+    lines += [
         "",
         "[domains." + _toml_str(domain) + "]",
         "# DKIM signing key made by init. New key: `mailhaven dkim keygen DOMAIN`; the DNS records to",
@@ -185,9 +192,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir).expanduser().absolute()
     else:
         data_dir = config_dir / "data" if args.dev else Path("/var/lib/mailhaven")
-    text = render_config(domain=domain, hostname=hostname, data_dir=str(data_dir), dev=args.dev)
+    text = render_config(domain=domain, hostname=hostname, data_dir=str(data_dir), dev=args.dev,
+                         run_as_user=args.run_as_user or "")
     # Validate the names before anything is written (ConfigError = exit 2, nothing left behind).
     configmod.from_dict({"hostname": hostname, "domains": {domain: {}}}, config_dir)
+    if args.run_as_user:
+        _service_ids(args.run_as_user)
     extra = init_dkim_hook(config_dir, domain)
     if extra:
         text = text.replace("[domains." + _toml_str(domain) + "]\n",
@@ -200,14 +210,53 @@ def cmd_init(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data_dir, 0o700)
     _write_private(path, text, mode=0o640)
-    configmod.load(path)  # what we wrote must load
+    cfg = configmod.load(path)  # what we wrote must load
     print(f"wrote {path}")
     print(f"users file {users_file}, data folder {data_dir}")
     if extra:
         print(f"DKIM key {config_dir / extra['dkim_key']} (selector {extra['dkim_selector']})")
+    _init_access(cfg, path.resolve(), users_file, args.run_as_user or "")
     print(f"next: mailhaven -c {path} user add postmaster@{domain}")
     print(f"then publish the DNS records printed by: mailhaven -c {path} dns {domain}")
     return 0
+
+
+def _service_ids(user: str, group: str = "") -> tuple[int, int]:
+    from mailhaven import access
+
+    try:
+        return access.service_ids(user, group)
+    except access.AccessError as e:
+        raise CliError(str(e)) from None
+
+
+def _init_access(cfg: Config, config_file: Path, users_file: Path, user: str) -> None:
+    """As root with --run-as-user: give that user read access to what the server reads and its
+    data folder (access.py), and print each path with its new owner and mode."""
+    from mailhaven import access
+
+    if not user:
+        if os.geteuid() == 0:
+            print("these files are root's alone: to run the server as another user (the systemd unit's "
+                  "User=mailhaven), run init again with --force --run-as-user mailhaven")
+        return
+    if os.geteuid() != 0:
+        print(f"not run as root: owners and modes left as they are (run init as root to give {user} "
+              "read access)")
+        return
+    shared = [(config_file, access.SECRET_MODE), (users_file, access.SECRET_MODE)]
+    if cfg.tls.cert and cfg.tls.key:
+        shared += [(Path(cfg.tls.cert), access.PUBLIC_MODE), (Path(cfg.tls.key), access.SECRET_MODE)]
+    for dom in cfg.domains.values():
+        shared += [(Path(k), access.SECRET_MODE) for k in (dom.dkim_key, dom.dkim_ed25519_key) if k]
+    try:
+        lines = access.grant(config_dir=config_file.parent, shared=shared, data_dir=Path(cfg.data_dir),
+                             user=user, group=cfg.run_as_group)
+    except access.AccessError as e:
+        raise CliError(str(e)) from None
+    print(f"gave {user} read access (owner:group mode):")
+    for line in lines:
+        print(f"  {line}")
 
 
 # --- check-config --------------------------------------------------------------------------------
@@ -219,10 +268,29 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from mailhaven.tls import server_context
 
     server_context(cfg)  # the certificate and key must load together
+    _check_dkim_keys(cfg)
     for warning in directory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("OK")
     return 0
+
+
+def _check_dkim_keys(cfg: Config) -> None:
+    """Every configured DKIM key can be read (by whoever runs us: check as the service user) and
+    is an RSA or ed25519 private key; ConfigError naming the key and file otherwise."""
+    from mailhaven.policy.dkim import public_record
+
+    for name, dom in sorted(cfg.domains.items()):
+        for key in ("dkim_key", "dkim_ed25519_key"):
+            path = getattr(dom, key)
+            if not path:
+                continue
+            try:
+                public_record(Path(path).read_bytes())
+            except OSError as e:
+                raise ConfigError(f"domains.{name}.{key}: cannot read {path}: {e.strerror}") from None
+            except (ValueError, TypeError) as e:  # TypeError: a key that needs a password
+                raise ConfigError(f"domains.{name}.{key}: {path} is not a usable private key ({e})") from None
 
 
 # --- serve ---------------------------------------------------------------------------------------
@@ -351,7 +419,7 @@ def cmd_dkim(args: argparse.Namespace) -> int:
         values = {selector_name: selector, key_name: dkimkeys.relative_to(config_dir, path)}
         with open(config_path, encoding="utf-8", newline="") as f:  # refuse before writing anything
             dkimkeys.set_domain_keys(f.read(), domain, values)
-        dkimkeys.write_key(path, pem, run_as_user=cfg.run_as_user)
+        dkimkeys.write_key(path, pem, run_as_user=cfg.run_as_user, run_as_group=cfg.run_as_group)
         dkimkeys.update_config_file(config_path, domain, values)
     except dkimkeys.DkimSetupError as e:
         raise CliError(str(e)) from None
@@ -503,6 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where mail lives (default: /var/lib/mailhaven; with --dev: data/ beside the config)")
     s.add_argument("--dev", action="store_true", help="loopback and dev ports (2525, 2143, ...)")
     s.add_argument("--force", action="store_true", help="overwrite an existing config file")
+    s.add_argument("--run-as-user", metavar="USER",
+                   help="the service user (e.g. mailhaven): set run_as_user and, as root, give it read access "
+                        "to the config, users file and keys (group, 0640) and the data folder (0700)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("serve", parents=common, help="run the server")

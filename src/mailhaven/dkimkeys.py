@@ -1,8 +1,8 @@
 """DKIM key files and the config keys that name them (`mailhaven init`, `mailhaven dkim keygen`).
 
-Owns: where keys live (`<config dir>/dkim/<domain>.<selector>.key`, mode 0600, in a 0700 folder,
-owned by run_as_user when root runs the command, so the server can still read them after it drops
-privileges), choosing a fresh selector, writing a key without ever replacing one, and rewriting the
+Owns: where keys live (`<config dir>/dkim/<domain>.<selector>.key`, mode 0600, in a 0700 folder;
+when root runs the command and run_as_user is set, root's with run_as_user's group, 0640 in a 0750
+folder, access.py, so the server can read them after it drops privileges and on a reload), choosing a fresh selector, writing a key without ever replacing one, and rewriting the
 domain's `dkim_key`/`dkim_selector` (or the ed25519 pair) in the TOML config file.
 Does not own: key generation and signing (policy/dkim.py), reading the key when signing
 (cleanup.py, which takes the path from the running config on every message).
@@ -85,29 +85,29 @@ def generate(algorithm: Algorithm) -> tuple[bytes, str]:
     return dkim.generate_ed25519() if algorithm == "ed25519" else dkim.generate_rsa(RSA_BITS)
 
 
-def _owner(run_as_user: str) -> tuple[int, int] | None:
-    """(uid, gid) to give the files to: run_as_user's, when root runs us and one is set."""
+def _group(run_as_user: str, run_as_group: str) -> int | None:
+    """The group to give the files to: run_as_user's (or run_as_group), when root runs us and one is set."""
     if os.geteuid() != 0 or not run_as_user:
         return None
-    import pwd
+    from mailhaven import access
 
     try:
-        pw = pwd.getpwnam(run_as_user)
-    except KeyError:
-        raise DkimSetupError(f"run_as_user: no such user: {run_as_user}") from None
-    return pw.pw_uid, pw.pw_gid
+        return access.service_ids(run_as_user, run_as_group)[1]
+    except access.AccessError as e:
+        raise DkimSetupError(str(e)) from None
 
 
-def write_key(path: Path, pem: bytes, *, run_as_user: str = "") -> None:
-    """Create `path` (mode 0600, its folder 0700) with the key; never replaces an existing file."""
-    owner = _owner(run_as_user)
+def write_key(path: Path, pem: bytes, *, run_as_user: str = "", run_as_group: str = "") -> None:
+    """Create `path` (mode 0600, its folder 0700; shared with the service group as access.py says
+    when root runs us with run_as_user set) with the key; never replaces an existing file."""
+    from mailhaven import access
+
+    gid = _group(run_as_user, run_as_group)
     folder = path.parent
     if not folder.exists():
         folder.mkdir(mode=0o700, parents=True)
-        if owner is not None:
-            os.chown(folder, *owner)
-    elif owner is not None and folder.stat().st_uid != owner[0]:
-        os.chown(folder, *owner)  # the server must be able to read keys here after dropping root
+    if gid is not None:
+        access.share(folder, gid, access.DIR_MODE)  # the server must be able to reach keys here
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -118,8 +118,8 @@ def write_key(path: Path, pem: bytes, *, run_as_user: str = "") -> None:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(path, 0o600)
-        if owner is not None:
-            os.chown(path, *owner)
+        if gid is not None:
+            access.share(path, gid, access.SECRET_MODE)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(path)

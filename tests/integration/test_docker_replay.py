@@ -5,7 +5,9 @@ venv; pip reaches PyPI), followed by what docs/production.md tells a container u
 SIGTERM (the STOPSIGNAL). Container paths map to folders of a temporary directory; the listeners move
 to 127.0.0.1 on free ports (a container would publish the real ones).
 
-Slow (a minute or two: pip builds and installs every dependency), and kept in CI.
+Slow (a minute or two: pip builds and installs every dependency), and kept in CI. Skipped, with a
+reason, when pip's package index (its configured index-url, PyPI by default) does not answer within
+a few seconds: the replay cannot install anything without it.
 """
 
 from __future__ import annotations
@@ -22,18 +24,21 @@ import ssl
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from mailhaven import app
 from tests.integration.test_service_support import (
     REPO,
     base_env,
     can_run_python_as,
     free_port,
+    loopback_free_ports,
     open_dir,
     system_user,
 )
@@ -124,6 +129,76 @@ def test_healthcheck_runs_the_mailhaven_health_command(stages: list[Stage]) -> N
     assert exec_form(command) == ["mailhaven", "health"]
     timeout = re.search(r"--timeout=(\d+)s", options)
     assert timeout and int(timeout.group(1)) > 5  # longer than one probe's own timeout
+
+
+# --- the package index ---------------------------------------------------------------------------
+
+PYPI = "https://pypi.org/simple/"
+
+
+def _pip_config(key: str) -> str | None:
+    """A setting as pip would take it: PIP_* in the environment, else pip's config files
+    (`pip config list`: install, then global)."""
+    r = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    found = dict(re.findall(rf"^([\w:.-]*)\.{re.escape(key)}='([^']*)'$", r.stdout, re.MULTILINE))
+    for scope in (":env:", "install", "global"):
+        if found.get(scope):
+            return found[scope].split()[0]
+    return None
+
+
+def package_index() -> str:
+    """The index pip would use here: its index-url, else PyPI."""
+    return _pip_config("index-url") or PYPI
+
+
+def index_unreachable(url: str, timeout: float = 5.0, cafile: str | None = None) -> str | None:
+    """None when the index answers over HTTP (any status below 500), else why not. Credentials in
+    the URL are not sent (and never shown): a reply of 401 still says the index is there. `cafile`:
+    pip's `cert` setting, so TLS is checked as pip checks it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        return None if Path(urllib.parse.unquote(parts.path)).is_dir() else f"{url}: no such folder"
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    shown = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    context = ssl.create_default_context(cafile=cafile) if parts.scheme == "https" else None
+    try:
+        with urllib.request.urlopen(urllib.request.Request(shown, method="HEAD"), timeout=timeout,
+                                    context=context):
+            return None
+    except urllib.error.HTTPError as e:
+        return None if e.code < 500 else f"{shown} answered {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return f"cannot reach {shown} within {timeout:g} s ({getattr(e, 'reason', e)})"
+
+
+def test_index_probe_tells_a_closed_port_from_an_index_that_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skip below is taken only when the index is really unreachable."""
+    import http.server
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # straight to 127.0.0.1
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(401 if self.headers.get("Authorization") is None else 200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert index_unreachable(f"http://user:secret@127.0.0.1:{server.server_port}/simple/") is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    reason = index_unreachable(f"http://user:secret@127.0.0.1:{free_port()}/simple/", timeout=2)
+    assert reason is not None and reason.startswith("cannot reach") and "secret" not in reason
+    assert index_unreachable("file:///nonexistent-index/simple") == "file:///nonexistent-index/simple: no such folder"
 
 
 # --- replay --------------------------------------------------------------------------------------
@@ -226,6 +301,10 @@ def replay_user() -> Iterator[tuple[Callable[[], None] | None, int | None]]:
 @pytest.mark.timeout(900)
 def test_replay_build_install_init_serve_and_healthcheck(
         stages: list[Stage], replay_user: tuple[Callable[[], None] | None, int | None]) -> None:
+    unreachable = index_unreachable(package_index(), cafile=_pip_config("cert"))
+    if unreachable:
+        pytest.skip(f"pip's package index is unreachable, and the replay installs every dependency from it: "
+                    f"{unreachable}")
     demote, uid = replay_user
     with open_dir("mailhaven-docker-") as root:
         context = build_context(root / "context")
@@ -268,7 +347,7 @@ def test_replay_build_install_init_serve_and_healthcheck(
                "--data-dir", str(mapping["/var/lib/mailhaven"]))
         assert r.returncode == 0, r.stderr
         config = mapping["/etc/mailhaven"] / "mailhaven.toml"
-        ports = _loopback_free_ports(config)
+        ports = loopback_free_ports(config)
         r = mh("user", "add", "postmaster@example.test", stdin="Docker-Pass-1\n")
         assert r.returncode == 0, r.stderr
         entry = [*exec_form(final.one("ENTRYPOINT")), *exec_form(final.one("CMD"))]
@@ -300,24 +379,6 @@ def test_replay_build_install_init_serve_and_healthcheck(
             assert p.stat().st_mode & 0o007 == 0, p
             if uid is not None:
                 assert p.stat().st_uid == uid, p
-
-
-def _loopback_free_ports(config: Path) -> dict[str, int]:
-    """Move every listener to 127.0.0.1 on a free port; disable those this build lacks."""
-    text = config.read_text()
-    ports: dict[str, int] = {}
-
-    def listener(m: re.Match[str]) -> str:
-        name = m.group(1)
-        if app.find_factory(name) is None:
-            return f"[listeners.{name}]\nenabled = false\naddress = \"127.0.0.1\"\nport = {free_port()}\n"
-        ports[name] = free_port()
-        return f"[listeners.{name}]\naddress = \"127.0.0.1\"\nport = {ports[name]}\n"
-
-    new = re.sub(r"\[listeners\.(\w+)\]\naddress = \"[^\"]*\"\nport = \d+\n", listener, text)
-    assert new != text and "0.0.0.0" not in new
-    config.write_text(new)
-    return ports
 
 
 def _wait_ready(server: subprocess.Popen[str]) -> list[str]:

@@ -1,6 +1,7 @@
 """Helpers for the service tests (test_service_*.py): a `mailhaven serve` subprocess with its log
-lines, a systemd notify socket, a temporary system user, and a sandbox that replays the systemd
-unit's restrictions without systemd. No tests live here.
+lines, a systemd notify socket, a temporary system user, a config `init` wrote moved to loopback on
+free ports, and a sandbox that replays the systemd unit's restrictions without systemd. No tests
+live here.
 
 The sandbox (`python test_service_support.py sandbox --unit FILE [--user NAME] -- CMD...`) reads the
 unit's settings and applies them to itself before exec'ing CMD, the way systemd would:
@@ -48,6 +49,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def loopback_free_ports(config: Path) -> dict[str, int]:
+    """Rewrite a config `mailhaven init` wrote: every listener on 127.0.0.1 on a free port, those
+    this build lacks disabled. Returns {listener: port}. (The file keeps its owner and mode.)"""
+    from mailhaven import app
+
+    text = config.read_text()
+    ports: dict[str, int] = {}
+    given: set[int] = set()
+
+    def fresh() -> int:  # the kernel may hand out one closed port twice in a row
+        while (port := free_port()) in given:
+            pass
+        given.add(port)
+        return port
+
+    def listener(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if app.find_factory(name) is None:
+            return f"[listeners.{name}]\nenabled = false\naddress = \"127.0.0.1\"\nport = {fresh()}\n"
+        ports[name] = fresh()
+        return f"[listeners.{name}]\naddress = \"127.0.0.1\"\nport = {ports[name]}\n"
+
+    new = re.sub(r"\[listeners\.(\w+)\]\naddress = \"[^\"]*\"\nport = \d+\n", listener, text)
+    assert new != text and "0.0.0.0" not in new
+    config.write_text(new)
+    return ports
 
 
 def mailhaven_argv() -> list[str]:

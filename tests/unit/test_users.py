@@ -342,12 +342,22 @@ def test_failed_edit_block_leaves_file_untouched(tmp_path: Path) -> None:
 
 def test_saved_file_is_mode_0600_and_no_temp_files_remain(tmp_path: Path) -> None:
     p = tmp_path / "users.toml"
-    p.write_text("")
-    p.chmod(0o644)
     with UsersFile.edit(p) as uf:
         uf.add_user("a@example.test", H)
     assert stat.S_IMODE(p.stat().st_mode) == 0o600
     assert sorted(x.name for x in tmp_path.iterdir()) == ["users.toml", "users.toml.lock"]
+
+
+@pytest.mark.parametrize("before,after", [(0o644, 0o640), (0o640, 0o640), (0o604, 0o600), (0o600, 0o600)])
+def test_save_keeps_the_group_read_bit_and_never_lets_others_read(tmp_path: Path, before: int, after: int) -> None:
+    """`init --run-as-user` makes the file root:GROUP 0640 so the server can read it; an edit by
+    root must not take that away (it did: every save was 0600, and the server lost its users)."""
+    p = tmp_path / "users.toml"
+    p.write_text("")
+    p.chmod(before)
+    with UsersFile.edit(p) as uf:
+        uf.add_user("a@example.test", H)
+    assert stat.S_IMODE(p.stat().st_mode) == after
 
 
 def test_save_replaces_atomically(tmp_path: Path) -> None:

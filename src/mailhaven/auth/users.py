@@ -268,8 +268,9 @@ class UsersFile:
 
     def save(self) -> None:
         """Write atomically: temp file in the same folder (0600), fsync, rename, fsync the folder.
-        Keeps the owner of an existing file when we may (so root running the CLI does not lock the
-        server out). Blocking: from async code use asyncio.to_thread."""
+        Keeps the owner, group and group-read bit of an existing file when we may (so root running
+        the CLI does not lock the server out: `init --run-as-user` makes it root:GROUP 0640,
+        access.py). Never readable by others. Blocking: from async code use asyncio.to_thread."""
         data = self.dumps().encode("utf-8")
         folder = self.path.parent
         try:
@@ -282,6 +283,8 @@ class UsersFile:
             if old is not None and (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
                 with contextlib.suppress(PermissionError):
                     os.fchown(fd, old.st_uid, old.st_gid)
+            if old is not None and old.st_mode & 0o040 and os.fstat(fd).st_gid == old.st_gid:
+                os.fchmod(fd, 0o640)  # the same group may read it as before
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
