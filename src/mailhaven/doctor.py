@@ -117,7 +117,8 @@ def check_config(path: str | Path) -> tuple[Config | None, list[Finding]]:
         out.append(_fail("config", f"hostname is {cfg.hostname!r}, not this server's public name",
                          'set hostname = "mail.example.org" (the name in your MX record)'))
     if cfg.dev:
-        out.append(_warn("config", "dev = true: AUTH without TLS is allowed on loopback", "set dev = false"))
+        out.append(_warn("config", "dev = true: AUTH without TLS is allowed on loopback, and mail from loopback "
+                         "is not checked (SPF/DKIM/DMARC)", "set dev = false"))
     if not cfg.domains:
         out.append(_fail("config", "no [domains]: this server accepts mail for no one",
                          'add [domains."example.org"]'))

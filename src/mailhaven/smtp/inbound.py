@@ -9,7 +9,8 @@ domain's first user in sorted order, else to the first user of the first domain 
 (`postmaster_users`). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
 the verdict at DATA), the trace fields we add (Return-Path, Received, Authentication-Results,
 Received-SPF) and durable delivery into every recipient's Maildir (INBOX, or Junk on a
-"junk" verdict) before the 250.
+"junk" verdict) before the 250. In dev mode, mail from a loopback client skips the sender checks
+and every DNS query (pipeline.unchecked_reason); its Authentication-Results says so.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
 
@@ -60,6 +61,8 @@ class InboundHandler(BaseHandler):
         # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py), so
         # the check runs while RCPT and DATA go on, and DATA waits for its result. The DMARC record
         # of the MAIL FROM domain is looked up meanwhile too (used at DATA if it is the From domain).
+        if pipeline.unchecked_reason(self.config.dev, session.ip):
+            return None  # dev mode, loopback client: no sender checks, no DNS (see deliver)
         spf_task = txn.start(self._spf(session, sender))
         domain = pipeline.dmarc_ahead_domain(str(sender)) if sender is not None else ""
         ahead = pipeline.DmarcAhead(domain, txn.start(pipeline.look_ahead(self.ctx.resolver, domain))) \
@@ -105,17 +108,12 @@ class InboundHandler(BaseHandler):
         cfg = self.config
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
-        checks: _MailChecks | None = txn.policy
-        spf_result = await checks.spf if checks is not None else None
-        enforce = pipeline.applies(cfg.policy, session.ip)
-        try:
-            assessment = await asyncio.wait_for(
-                pipeline.check_data(self.ctx.resolver, cfg.policy, cfg.authserv_id, spf_result, data,
-                                    enforce=enforce, dmarc_ahead=checks.dmarc if checks is not None else None),
-                self._policy_deadline())
-        except TimeoutError:
-            raise DnsTempError("Sender checks timed out, try again later") from None
-        _count_policy(self.ctx, assessment)
+        unchecked = pipeline.unchecked_reason(cfg.dev, session.ip)
+        if unchecked:
+            assessment = await pipeline.unchecked(cfg.authserv_id, data, unchecked)
+        else:
+            assessment = await self._assess(session, txn, data)
+            _count_policy(self.ctx, assessment)
         verdict = assessment.verdict
         error = verdict.error()
         if error is not None:
@@ -142,6 +140,21 @@ class InboundHandler(BaseHandler):
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
+
+
+    async def _assess(self, session: ClientSession, txn: Transaction, data: bytes) -> pipeline.Assessment:
+        """SPF (started at MAIL FROM), DKIM, DMARC and the verdict, within the policy deadline."""
+        cfg = self.config
+        checks: _MailChecks | None = txn.policy
+        spf_result = await checks.spf if checks is not None else None
+        enforce = pipeline.applies(cfg.policy, session.ip)
+        try:
+            return await asyncio.wait_for(
+                pipeline.check_data(self.ctx.resolver, cfg.policy, cfg.authserv_id, spf_result, data,
+                                    enforce=enforce, dmarc_ahead=checks.dmarc if checks is not None else None),
+                self._policy_deadline())
+        except TimeoutError:
+            raise DnsTempError("Sender checks timed out, try again later") from None
 
 
 def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
