@@ -9,6 +9,8 @@ discovery (policy/dmarc.py), DKIM keys (policy/dkim.py), loading the config (con
 Checks:
 - config: loads, users file loads (its warnings), certificate and key load together, hostname is
   not "localhost", dev mode is off, at least one domain;
+- role addresses: postmaster@ and abuse@ of each domain reach a user through their own user or
+  alias, not only implicitly (the first-user fallback of an older users file, or the catch-all);
 - certificate: not expired (fail under 7 days left, warn under 21), covers `hostname` (RFC 6125
   §6.4 matching, one-label wildcards), not self-signed (warn);
 - files: data_dir, users file, TLS key and DKIM keys are not world-readable, data_dir belongs to
@@ -34,12 +36,15 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from mailhaven import records
 from mailhaven.config import Config
 from mailhaven.dns.resolver import DomainNotFound, Resolver
 from mailhaven.errors import ConfigError, DnsTempError
+
+if TYPE_CHECKING:
+    from mailhaven.auth.users import Directory
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -96,10 +101,13 @@ def check_config(path: str | Path) -> tuple[Config | None, list[Finding]]:
         n_users, n_aliases = len(users.list_users()), len(users.list_aliases())
         out.append(_ok("config", f"{path} loads; {n_users} user(s), {n_aliases} alias(es), "
                        f"domains: {', '.join(sorted(cfg.domains)) or 'none'}"))
+        roles = {f"{r.message} (to make it explicit: mailhaven {r.fix})" for r in directory.role_warnings}
         for w in directory.warnings:
-            out.append(_warn("config", f"users file: {w}"))
+            if w not in roles:  # those come below, each with its fix
+                out.append(_warn("config", f"users file: {w}"))
         if n_users == 0:
-            out.append(_warn("config", "no accounts yet", f"mailhaven -c {path} user add postmaster@DOMAIN"))
+            out.append(_warn("config", "no accounts yet", f"mailhaven -c {path} user add you@DOMAIN"))
+        out += check_roles(cfg, directory, path)
     try:
         from mailhaven.tls import server_context
 
@@ -116,6 +124,25 @@ def check_config(path: str | Path) -> tuple[Config | None, list[Finding]]:
         out.append(_fail("config", "no [domains]: this server accepts mail for no one",
                          'add [domains."example.org"]'))
     return cfg, out
+
+
+def check_roles(cfg: Config, directory: Directory, path: str | Path) -> list[Finding]:
+    """postmaster@ (RFC 5321 §4.5.1) and abuse@ (RFC 2142 §4) of each domain: who gets their mail,
+    and a warning with the alias to add where that is only implicit (auth.users.Directory)."""
+    if not directory.user_names:
+        return []  # "no accounts yet" says it all
+    warned = {r.address: r for r in directory.role_warnings}
+    out: list[Finding] = []
+    for domain in sorted(cfg.domains):
+        for role in ("postmaster", "abuse"):
+            address = f"{role}@{domain}"
+            r = warned.get(address)
+            if r is not None:
+                out.append(_warn(address, r.message, f"mailhaven -c {path} {r.fix}"))
+                continue
+            users, how = directory.postmaster(domain) if role == "postmaster" else directory.how(address)
+            out.append(_ok(address, f"goes to {', '.join(users or [])} ({how})"))
+    return out
 
 
 # --- certificate ---------------------------------------------------------------------------------
@@ -496,5 +523,5 @@ def exit_code(findings: Sequence[Finding]) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-__all__ = ["Finding", "diagnose", "render", "exit_code", "check_config", "check_certificate", "check_files",
+__all__ = ["Finding", "diagnose", "render", "exit_code", "check_config", "check_roles", "check_certificate", "check_files",
            "check_host", "check_domain", "check_mx", "check_spf", "check_dkim", "check_dmarc", "publish"]

@@ -3,6 +3,7 @@ real certificates; and the command's output and exit status."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import shutil
@@ -51,6 +52,7 @@ def setup(tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str,
     with UsersFile.edit(users) as uf:
         if not uf.list_users():
             uf.add_user("postmaster@example.test", hash_password("x"))
+            uf.add_role_aliases(DOMAIN, "postmaster@example.test")  # abuse@ -> postmaster@
 
     def make(**top: Any) -> Path:
         data = app_config_data(tmp_path, (Path(cert), Path(key)), dns_nameserver, hostname=HOST, public_ip=IP)
@@ -250,6 +252,40 @@ async def test_every_record_doctor_tells_to_publish_is_the_one_dns_prints(setup:
     assert set(told) == {(f"{HOST}.", "A"), (f"{DOMAIN}.", "MX"), (f"{DOMAIN}.", "TXT"),
                          (f"mh1._domainkey.{DOMAIN}.", "TXT"), (f"_dmarc.{DOMAIN}.", "TXT")}
     assert told == {key: want[key] for key in told}
+
+
+# --- postmaster@ and abuse@ (issue 11 item 4) -------------------------------------------------------
+
+
+async def test_role_addresses_reached_only_implicitly_are_warnings_with_the_alias_to_add(
+        setup: Any, tmp_path: Path, dns_server: DnsServer, dkim_key: tuple[bytes, str]) -> None:
+    from mailhaven.auth.passwords import hash_password
+    from mailhaven.auth.users import UsersFile
+
+    path = setup()
+    users = tmp_path / "users.toml"
+    UsersFile(users).save()
+    with UsersFile.edit(users) as uf:  # a users file from before init/user add wrote role aliases
+        uf.add_user("alice@example.test", hash_password("x"))
+    publish_all(dns_server, dkim_key[1])
+    findings = await run(path)
+    warned = {f.topic: (f.message, f.fix) for f in findings if f.status == "warn"}
+    assert warned == {
+        f"postmaster@{DOMAIN}": (f"postmaster@{DOMAIN} is not a user or alias: its mail goes to alice@{DOMAIN} "
+                                 "(the first user) only implicitly",
+                                 f"mailhaven -c {path} alias add postmaster@{DOMAIN} alice@{DOMAIN}"),
+        f"abuse@{DOMAIN}": (f"abuse@{DOMAIN} reaches no one: abuse reports (RFC 2142) are refused",
+                            f"mailhaven -c {path} alias add abuse@{DOMAIN} postmaster@{DOMAIN}")}
+    assert doctor.exit_code(findings) == 0  # mail still flows: a warning, not a failure
+    # The fixes, run as printed, make it all good.
+    for topic in (f"postmaster@{DOMAIN}", f"abuse@{DOMAIN}"):
+        argv = warned[topic][1].split()[1:]
+        r = await asyncio.to_thread(mh, *argv)
+        assert r.returncode == 0, r.stderr
+    findings = await run(path)
+    assert [f for f in findings if f.status != "ok"] == []
+    assert by_topic(findings, f"postmaster@{DOMAIN}")[0].message == f"goes to alice@{DOMAIN} (alias)"
+    assert by_topic(findings, f"abuse@{DOMAIN}")[0].message == f"goes to alice@{DOMAIN} (alias)"
 
 
 # --- certificate ---------------------------------------------------------------------------------

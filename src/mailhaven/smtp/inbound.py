@@ -4,9 +4,8 @@ Owns: what the MX accepts (RFC 5321 §3.6.2 / §4.1.1.3): recipients in our doma
 users (users, aliases, catch-all, sub-addresses through auth.users.Directory); everything else is
 refused as relaying (550 5.7.1) whatever the HELO, MAIL FROM or client address; unknown local
 users get 550 5.1.1. Postmaster (RFC 5321 §4.5.1): `<postmaster>` and postmaster@ each of our
-domains (any case) are always accepted; without a postmaster alias (or catch-all) they go to the
-domain's first user in sorted order, else to the first user of the first domain that has one
-(`postmaster_users`). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
+domains (any case) are always accepted, for whoever `Directory.postmaster` names (the postmaster
+alias; in an old users file without one, implicitly the domain's first user). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
 the verdict at DATA), the trace fields we add (Return-Path, Received, Authentication-Results,
 Received-SPF) and durable delivery into every recipient's Maildir (INBOX, or Junk on a
 "junk" verdict) before the 250. In dev mode, mail from a loopback client skips the sender checks
@@ -172,21 +171,10 @@ def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
 
 
 def postmaster_users(directory: Any, domain: str) -> list[str] | None:
-    """Who gets mail for postmaster@`domain` (RFC 5321 §4.5.1: it MUST be accepted).
-
-    The postmaster alias or user of the domain (or its catch-all) when there is one; else the
-    domain's first user in sorted order; else the first user of the first domain that has one; None
-    only when there are no users at all."""
-    users = directory.resolve(f"postmaster@{domain}")
-    if users:
-        return list(users)
-    names = directory.user_names  # sorted
-    domains = [domain.lower()] + [d for d in directory.config.domains if d != domain.lower()]
-    for d in domains:
-        mine = [u for u in names if u.rpartition("@")[2] == d]
-        if mine:
-            return mine[:1]
-    return None
+    """Who gets mail for postmaster@`domain` (auth.users.Directory.postmaster); None only when
+    there are no users at all."""
+    users, _how = directory.postmaster(domain)
+    return list(users) if users else None
 
 
 @dataclass(frozen=True)
