@@ -76,3 +76,14 @@ async def test_the_readme_swaks_command_delivers_without_dns(
     assert "451" not in text
     assert silent_nameserver.queries() == 0
     assert "; none (dev mode: loopback client, not checked)" in _ar(cfg)
+
+
+def test_the_dev_account_gets_postmaster_and_abuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailhaven.auth.users import Directory
+
+    monkeypatch.setenv("MAILHAVEN_FAST_HASH", "1")
+    cfg, _password = cli._dev_environment(tmp_path)
+    d = Directory.load(cfg)
+    assert d.postmaster("example.test") == ([cli.DEV_USER], "alias")
+    assert d.resolve("abuse@example.test") == [cli.DEV_USER]
+    assert d.role_warnings == []
