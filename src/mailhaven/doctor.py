@@ -101,7 +101,7 @@ def check_config(path: str | Path) -> tuple[Config | None, list[Finding]]:
         n_users, n_aliases = len(users.list_users()), len(users.list_aliases())
         out.append(_ok("config", f"{path} loads; {n_users} user(s), {n_aliases} alias(es), "
                        f"domains: {', '.join(sorted(cfg.domains)) or 'none'}"))
-        roles = {f"{r.message} (to make it explicit: mailhaven {r.fix})" for r in directory.role_warnings}
+        roles = {r.text for r in directory.role_warnings}
         for w in directory.warnings:
             if w not in roles:  # those come below, each with its fix
                 out.append(_warn("config", f"users file: {w}"))

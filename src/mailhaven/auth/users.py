@@ -378,6 +378,11 @@ class RoleWarning:
     message: str
     fix: str  # the `mailhaven` arguments that make it explicit, e.g. "alias add abuse@D postmaster@D"
 
+    @property
+    def text(self) -> str:
+        """The line in Directory.warnings (check-config, the server log)."""
+        return f"{self.message} (to make it explicit: mailhaven {self.fix})"
+
 
 class Directory:
     """Address resolution and login over the config's domains and a loaded UsersFile.
@@ -423,7 +428,7 @@ class Directory:
                 if not ok:
                     self.warnings.append(f"domains.{dname}.catch_all: {dom.catch_all} is not a user or alias")
         self.role_warnings: list[RoleWarning] = self._role_warnings()
-        self.warnings += [f"{r.message} (to make it explicit: mailhaven {r.fix})" for r in self.role_warnings]
+        self.warnings += [r.text for r in self.role_warnings]
 
     @classmethod
     def load(cls, config: Config) -> Directory:
