@@ -1,7 +1,9 @@
 """The `mailhaven` command line (argparse).
 
 Owns: parsing arguments, `init` (a working config, users file, DKIM key and data folder; with
-`--run-as-user` as root, that user's read access to them, access.py), `serve [--dev]`
+`--run-as-user` as root, that user's read access to them, access.py; with `--postmaster ADDRESS`
+the postmaster@/abuse@ aliases, which otherwise the first `user add` in a domain writes:
+auth.users.UsersFile.add_role_aliases), `serve [--dev]`
 (the dev environment under ./mailhaven-dev), `check-config`, `user` and `alias` editing through
 auth.users.UsersFile, `doctor [DOMAIN...]` (doctor.py: exit 0 all good, 1 problems), `health
 [LISTENER...]` (health.py: exit 0 every listener greets, 1 not), and turning every failure into one
@@ -195,9 +197,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     text = render_config(domain=domain, hostname=hostname, data_dir=str(data_dir), dev=args.dev,
                          run_as_user=args.run_as_user or "")
     # Validate the names before anything is written (ConfigError = exit 2, nothing left behind).
-    configmod.from_dict({"hostname": hostname, "domains": {domain: {}}}, config_dir)
+    checked = configmod.from_dict({"hostname": hostname, "domains": {domain: {}}}, config_dir)
     if args.run_as_user:
         _service_ids(args.run_as_user)
+    postmaster = _init_postmaster(args.postmaster, next(iter(checked.domains))) if args.postmaster else ""
     extra = init_dkim_hook(config_dir, domain)
     if extra:
         text = text.replace("[domains." + _toml_str(domain) + "]\n",
@@ -207,6 +210,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     users_file = config_dir / "users.toml"
     if not users_file.exists():  # never overwrite accounts, even with --force
         _users_module().UsersFile(users_file).save()  # empty, mode 0600
+    roles: list[tuple[str, str]] = []
+    needs_user = bool(postmaster)
+    if postmaster:  # aliases only where the names are free: an existing users file keeps its own
+        with _users_module().UsersFile.edit(users_file, create=False) as uf:
+            roles = uf.add_role_aliases(domain, postmaster)
+            needs_user = uf.get_user(postmaster) is None
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data_dir, 0o700)
     _write_private(path, text, mode=0o640)
@@ -216,7 +225,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     if extra:
         print(f"DKIM key {config_dir / extra['dkim_key']} (selector {extra['dkim_selector']})")
     _init_access(cfg, path.resolve(), users_file, args.run_as_user or "")
-    print(f"next: mailhaven -c {path} user add postmaster@{domain}")
+    for alias, target in roles:
+        print(f"alias {alias} -> {target}")
+    if needs_user:
+        print(f"next: mailhaven -c {path} user add {postmaster}")
+    elif not postmaster:
+        print(f"next: mailhaven -c {path} user add you@{domain} (the first user of {domain} also gets the mail "
+              f"for postmaster@{domain} and abuse@{domain})")
     print(f"then publish the DNS records printed by: mailhaven -c {path} dns {domain}")
     return 0
 
@@ -257,6 +272,20 @@ def _init_access(cfg: Config, config_file: Path, users_file: Path, user: str) ->
     print(f"gave {user} read access (owner:group mode):")
     for line in lines:
         print(f"  {line}")
+
+
+def _init_postmaster(address: str, domain: str) -> str:
+    """`init --postmaster ADDRESS`: a valid address in the domain being set up (aliases only reach
+    local users: forwarding to other domains is not supported)."""
+    users = _users_module()
+    try:
+        canon = users.canonical(address.strip())
+    except ValueError as e:
+        raise CliError(f"--postmaster {address}: not a valid address ({e})") from None
+    if canon.rpartition("@")[2] != domain:
+        raise CliError(f"--postmaster {address}: must be an address in {domain} (mail cannot be forwarded to "
+                       "other domains)")
+    return str(canon)
 
 
 # --- check-config --------------------------------------------------------------------------------
@@ -313,6 +342,7 @@ def _dev_environment(cwd: Path) -> tuple[Config, str]:
     with users.UsersFile.edit(users_file, create=True) as uf:
         if uf.get_user(DEV_USER) is None:
             uf.add_user(DEV_USER, _hash(password))
+            uf.add_role_aliases(DEV_USER.rpartition("@")[2], DEV_USER)
         elif fresh:  # the password file was removed: the new password replaces the old one
             uf.set_password(DEV_USER, _hash(password))
     return cfg, password
@@ -503,12 +533,19 @@ def cmd_user(args: argparse.Namespace) -> int:
     if args.action == "passwd" and entry is None:
         raise CliError(f"no such user: {address}")
     hashed = _hash(_read_password())
+    roles: list[tuple[str, str]] = []
     with _editing(cfg) as uf:
         if args.action == "add":
+            domain = address.rpartition("@")[2]
+            first = not any(u.rpartition("@")[2] == domain for u in uf.list_users())
             address = uf.add_user(address, hashed)
+            if first:  # the first user of a domain gets its postmaster@ and abuse@ mail, where unset
+                roles = uf.add_role_aliases(domain, address)
         else:
             uf.set_password(address, hashed)
     print(f"{'added' if args.action == 'add' else 'password changed for'} {address}")
+    for alias, target in roles:
+        print(f"alias {alias} -> {target} (the first user of the domain; change it with `mailhaven alias`)")
     return 0
 
 
@@ -570,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", metavar="DIR",
                    help="where mail lives (default: /var/lib/mailhaven; with --dev: data/ beside the config)")
     s.add_argument("--dev", action="store_true", help="loopback and dev ports (2525, 2143, ...)")
+    s.add_argument("--postmaster", metavar="ADDRESS",
+                   help="who gets postmaster@DOMAIN and abuse@DOMAIN mail (an address in DOMAIN; default: "
+                   "the first user added)")
     s.add_argument("--force", action="store_true", help="overwrite an existing config file")
     s.add_argument("--run-as-user", metavar="USER",
                    help="the service user (e.g. mailhaven): set run_as_user and, as root, give it read access "

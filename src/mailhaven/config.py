@@ -204,7 +204,8 @@ class Config:
     data_dir: str = opt("/var/lib/mailhaven", "Where mail, the queue and indexes live.", path=True)
     users_file: str = opt("users.toml", "Users and aliases file, relative to the config file's folder.",
                           path=True)
-    dev: bool = opt(False, "Developer mode: loopback, allows AUTH without TLS on loopback.")
+    dev: bool = opt(False, "Developer mode: allows AUTH without TLS on loopback, and delivers mail from "
+                    "loopback clients without sender checks or DNS queries.")
     plus_separator: str = opt("+", "Separator for sub-addresses (alice+tag@...); \"\" = off.")
     run_as_user: str = opt("", "When started as root: user to switch to after binding (\"\" = stay).")
     run_as_group: str = opt("", "Group for run_as_user (\"\" = that user's group).")

@@ -9,6 +9,8 @@ discovery (policy/dmarc.py), DKIM keys (policy/dkim.py), loading the config (con
 Checks:
 - config: loads, users file loads (its warnings), certificate and key load together, hostname is
   not "localhost", dev mode is off, at least one domain;
+- role addresses: postmaster@ and abuse@ of each domain reach a user through their own user or
+  alias, not only implicitly (the first-user fallback of an older users file, or the catch-all);
 - certificate: not expired (fail under 7 days left, warn under 21), covers `hostname` (RFC 6125
   §6.4 matching, one-label wildcards), not self-signed (warn);
 - files: data_dir, users file, TLS key and DKIM keys are not world-readable, data_dir belongs to
@@ -18,6 +20,8 @@ Checks:
 - per domain: MX points to `hostname`; exactly one SPF record, and it passes for this host's IP
   (RFC 7208 §4.5); each configured DKIM key is published at SELECTOR._domainkey.DOMAIN with the
   same public key (RFC 6376 §3.6.2.1); a DMARC record applies (RFC 7489 §6.6.3).
+The records a fix tells to publish come from records.py, the builders `mailhaven dns` prints with,
+so the two always give the same advice.
 """
 
 from __future__ import annotations
@@ -32,17 +36,21 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from mailhaven import records
 from mailhaven.config import Config
 from mailhaven.dns.resolver import DomainNotFound, Resolver
 from mailhaven.errors import ConfigError, DnsTempError
+
+if TYPE_CHECKING:
+    from mailhaven.auth.users import Directory
 
 Status = Literal["ok", "warn", "fail"]
 
 CERT_FAIL_DAYS = 7
 CERT_WARN_DAYS = 21
-TTL = 3600  # in the records we suggest
+TTL = records.TTL  # in the records we suggest
 
 
 @dataclass(frozen=True)
@@ -65,19 +73,9 @@ def _fail(topic: str, message: str, fix: str = "") -> Finding:
     return Finding("fail", topic, message, fix)
 
 
-def _fqdn(name: str) -> str:
-    return name.rstrip(".") + "."
-
-
-def _txt(value: str) -> str:
-    """A TXT value as zone-file text: strings of at most 255 octets (RFC 1035 §3.3.14)."""
-    chunks = [value[i:i + 255] for i in range(0, len(value), 255)] or [""]
-    return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
-
-
-def publish(name: str, rtype: str, value: str) -> str:
-    """One record in zone-file form, as we print it in fixes."""
-    return f"publish: {_fqdn(name)} {TTL} IN {rtype} {value}"
+def publish(record: records.Record) -> str:
+    """One record in zone-file form, as we print it in fixes (records.line)."""
+    return f"publish: {records.line(record)}"
 
 
 # --- config --------------------------------------------------------------------------------------
@@ -103,10 +101,13 @@ def check_config(path: str | Path) -> tuple[Config | None, list[Finding]]:
         n_users, n_aliases = len(users.list_users()), len(users.list_aliases())
         out.append(_ok("config", f"{path} loads; {n_users} user(s), {n_aliases} alias(es), "
                        f"domains: {', '.join(sorted(cfg.domains)) or 'none'}"))
+        roles = {r.text for r in directory.role_warnings}
         for w in directory.warnings:
-            out.append(_warn("config", f"users file: {w}"))
+            if w not in roles:  # those come below, each with its fix
+                out.append(_warn("config", f"users file: {w}"))
         if n_users == 0:
-            out.append(_warn("config", "no accounts yet", f"mailhaven -c {path} user add postmaster@DOMAIN"))
+            out.append(_warn("config", "no accounts yet", f"mailhaven -c {path} user add you@DOMAIN"))
+        out += check_roles(cfg, directory, path)
     try:
         from mailhaven.tls import server_context
 
@@ -117,11 +118,31 @@ def check_config(path: str | Path) -> tuple[Config | None, list[Finding]]:
         out.append(_fail("config", f"hostname is {cfg.hostname!r}, not this server's public name",
                          'set hostname = "mail.example.org" (the name in your MX record)'))
     if cfg.dev:
-        out.append(_warn("config", "dev = true: AUTH without TLS is allowed on loopback", "set dev = false"))
+        out.append(_warn("config", "dev = true: AUTH without TLS is allowed on loopback, and mail from loopback "
+                         "is not checked (SPF/DKIM/DMARC)", "set dev = false"))
     if not cfg.domains:
         out.append(_fail("config", "no [domains]: this server accepts mail for no one",
                          'add [domains."example.org"]'))
     return cfg, out
+
+
+def check_roles(cfg: Config, directory: Directory, path: str | Path) -> list[Finding]:
+    """postmaster@ (RFC 5321 §4.5.1) and abuse@ (RFC 2142 §4) of each domain: who gets their mail,
+    and a warning with the alias to add where that is only implicit (auth.users.Directory)."""
+    if not directory.user_names:
+        return []  # "no accounts yet" says it all
+    warned = {r.address: r for r in directory.role_warnings}
+    out: list[Finding] = []
+    for domain in sorted(cfg.domains):
+        for role in ("postmaster", "abuse"):
+            address = f"{role}@{domain}"
+            r = warned.get(address)
+            if r is not None:
+                out.append(_warn(address, r.message, f"mailhaven -c {path} {r.fix}"))
+                continue
+            users, how = directory.postmaster(domain) if role == "postmaster" else directory.how(address)
+            out.append(_ok(address, f"goes to {', '.join(users or [])} ({how})"))
+    return out
 
 
 # --- certificate ---------------------------------------------------------------------------------
@@ -286,19 +307,20 @@ async def check_host(cfg: Config, resolver: Resolver) -> list[Finding]:
         addrs = await _host_addresses(resolver, host)
     except DnsTempError as e:
         return [_fail(topic, f"lookup failed: {e.text}", "check dns.nameservers and try again")]
-    rtype = "AAAA" if cfg.public_ip and ipaddress.ip_address(cfg.public_ip).version == 6 else "A"
-    if cfg.public_ip:
+    wanted = records.host(cfg)
+    if wanted is not None:
         if cfg.public_ip in addrs:
-            out.append(_ok(topic, f"{rtype} {cfg.public_ip}"))
+            out.append(_ok(topic, f"{wanted.rtype} {cfg.public_ip}"))
         else:
             out.append(_fail(topic, f"has {', '.join(addrs) or 'no address'}, not public_ip {cfg.public_ip}",
-                             publish(host, rtype, cfg.public_ip)))
+                             publish(wanted)))
     elif addrs:
         out.append(_ok(topic, f"addresses {', '.join(addrs)}"))
         out.append(_warn(topic, "public_ip is not set, so the PTR check is skipped",
                          f'set public_ip = "{addrs[-1]}" (this server\'s public address)'))
     else:
-        out.append(_fail(topic, "has no A or AAAA record", publish(host, "A", "YOUR.PUBLIC.IP")))
+        out.append(_fail(topic, "has no A or AAAA record",
+                         publish(records.Record(records.fqdn(host), "A", "YOUR.PUBLIC.IP"))))
     if cfg.public_ip:
         ptopic = f"dns PTR {cfg.public_ip}"
         try:
@@ -320,14 +342,19 @@ def _spf_records(txts: Iterable[str]) -> list[str]:
     return [t for t in txts if t.lower() == "v=spf1" or t.lower().startswith("v=spf1 ")]
 
 
+def _publish_txt(name: str, value: str) -> str:
+    return publish(records.Record(records.fqdn(name), "TXT", records.txt_strings(value)))
+
+
 def _spf_with(record: str, mechanism: str) -> str:
+    """The published record amended to cover this host (the admin's other senders stay)."""
     head, _, rest = record.partition(" ")
     return f"{head} {mechanism} {rest}".rstrip() if rest else f"{head} {mechanism} ~all"
 
 
 async def check_mx(cfg: Config, resolver: Resolver, domain: str) -> list[Finding]:
     topic = f"dns {domain} MX"
-    fix = publish(domain, "MX", f"10 {_fqdn(cfg.hostname)}")
+    fix = publish(records.mx(cfg, domain))
     try:
         mx = await resolver.mx(domain)
     except DomainNotFound:
@@ -348,17 +375,17 @@ async def check_spf(cfg: Config, resolver: Resolver, domain: str) -> list[Findin
 
     topic = f"dns {domain} SPF"
     try:
-        records = _spf_records(await resolver.txt(domain))
+        found = _spf_records(await resolver.txt(domain))
         ips = [cfg.public_ip] if cfg.public_ip else await _host_addresses(resolver, cfg.hostname)
     except DnsTempError as e:
         return [_fail(topic, f"lookup failed: {e.text}", "check dns.nameservers and try again")]
     mechanism = _ip_mechanism(ips[0]) if ips else f"a:{cfg.hostname}"
-    if not records:
-        return [_fail(topic, "no SPF record", publish(domain, "TXT", _txt(f"v=spf1 {mechanism} mx ~all")))]
-    if len(records) > 1:  # RFC 7208 §4.5: more than one record is a permerror
-        return [_fail(topic, f"{len(records)} SPF records (receivers treat that as an error)",
-                      "keep exactly one; " + publish(domain, "TXT", _txt(_spf_with(records[0], mechanism))))]
-    record = records[0]
+    if not found:
+        return [_fail(topic, "no SPF record", publish(records.spf(cfg, domain)))]
+    if len(found) > 1:  # RFC 7208 §4.5: more than one record is a permerror
+        return [_fail(topic, f"{len(found)} SPF records (receivers treat that as an error)",
+                      "keep exactly one; " + _publish_txt(domain, _spf_with(found[0], mechanism)))]
+    record = found[0]
     if not ips:
         return [_warn(topic, f"{record!r} found, but this host's IP is unknown (set public_ip)")]
     bad: list[str] = []
@@ -369,7 +396,7 @@ async def check_spf(cfg: Config, resolver: Resolver, domain: str) -> list[Findin
     if not bad:
         return [_ok(topic, f"{record!r} passes for {', '.join(ips)}")]
     return [_fail(topic, f"{record!r} does not pass for this host ({'; '.join(bad)})",
-                  "replace it: " + publish(domain, "TXT", _txt(_spf_with(record, mechanism))))]
+                  "replace it: " + _publish_txt(domain, _spf_with(record, mechanism)))]
 
 
 def _dkim_tags(record: str) -> dict[str, str]:
@@ -404,7 +431,7 @@ async def check_dkim(cfg: Config, resolver: Resolver, domain: str) -> list[Findi
         except (OSError, ValueError) as e:
             out.append(_fail(topic, f"cannot read the key {path}: {getattr(e, 'strerror', None) or e}"))
             continue
-        fix = publish(name, "TXT", _txt(expected))
+        fix = publish(records.dkim(domain, selector, expected))
         try:
             txts = await resolver.txt(name)
         except DnsTempError as e:
@@ -425,7 +452,7 @@ async def check_dmarc(cfg: Config, resolver: Resolver, domain: str) -> list[Find
     from mailhaven.policy.dmarc import discover, parse_record
 
     topic = f"dns _dmarc.{domain}"
-    fix = publish(f"_dmarc.{domain}", "TXT", _txt("v=DMARC1; p=quarantine"))
+    fix = publish(records.dmarc(domain))
     try:
         txts = await resolver.txt(f"_dmarc.{domain}")
         record, where = await discover(resolver, domain)
@@ -496,5 +523,5 @@ def exit_code(findings: Sequence[Finding]) -> int:
     return 1 if any(f.status == "fail" for f in findings) else 0
 
 
-__all__ = ["Finding", "diagnose", "render", "exit_code", "check_config", "check_certificate", "check_files",
+__all__ = ["Finding", "diagnose", "render", "exit_code", "check_config", "check_roles", "check_certificate", "check_files",
            "check_host", "check_domain", "check_mx", "check_spf", "check_dkim", "check_dmarc", "publish"]

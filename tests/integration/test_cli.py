@@ -21,7 +21,7 @@ import pytest
 
 from mailhaven import config
 from mailhaven.auth import passwords
-from mailhaven.auth.users import UsersFile
+from mailhaven.auth.users import Directory, UsersFile
 from tests.fixtures_base import free_port
 from tests.fixtures_server import app_config_data, app_config_file, write_config
 
@@ -103,6 +103,79 @@ def test_init_with_a_bad_domain_is_a_config_error_and_writes_nothing(tmp_path: P
     r = mh("-c", str(path), "init", "--domain", "bad domain", "--dev")
     assert_one_line_error(r, 2, 'domains."bad domain": not a valid domain name')
     assert not path.exists() and not (path.parent / "users.toml").exists()
+
+
+# --- postmaster@ and abuse@ (issue 11 item 4) -------------------------------------------------------
+
+
+def _directory(path: Path) -> Directory:
+    return Directory.load(config.load(path))
+
+
+def test_init_postmaster_writes_the_role_aliases_and_names_the_account_to_add(tmp_path: Path) -> None:
+    path = tmp_path / "mailhaven.toml"
+    r = mh("-c", str(path), "init", "--domain", "example.test", "--dev", "--postmaster", "Admin@Example.TEST")
+    assert r.returncode == 0, r.stderr
+    assert "alias postmaster@example.test -> Admin@example.test\n" in r.stdout
+    assert "alias abuse@example.test -> postmaster@example.test\n" in r.stdout
+    assert f"next: mailhaven -c {path} user add Admin@example.test\n" in r.stdout
+    # The first user added is someone else: init's choice stands.
+    r = mh("-c", str(path), "user", "add", "alice@example.test", stdin="pw\n")
+    assert (r.returncode, r.stdout) == (0, "added alice@example.test\n")
+    assert mh("-c", str(path), "user", "add", "admin@example.test", stdin="pw\n").returncode == 0
+    d = _directory(path)
+    assert d.postmaster("example.test") == (["admin@example.test"], "alias")  # the user's own spelling
+    assert d.resolve("abuse@example.test") == ["admin@example.test"]
+    assert (mh("-c", str(path), "check-config").stderr, d.role_warnings) == ("", [])
+
+
+@pytest.mark.parametrize("address,message", [
+    ("admin@elsewhere.test", "--postmaster admin@elsewhere.test: must be an address in example.test (mail "
+                             "cannot be forwarded to other domains)"),
+    ("not an address", "--postmaster not an address: not a valid address"),
+])
+def test_init_postmaster_outside_the_domain_is_refused_and_nothing_written(tmp_path: Path, address: str,
+                                                                            message: str) -> None:
+    path = tmp_path / "etc" / "mailhaven.toml"
+    r = mh("-c", str(path), "init", "--domain", "example.test", "--dev", "--postmaster", address)
+    assert r.returncode == 1 and r.stderr.startswith(f"mailhaven: {message}") and r.stderr.count("\n") == 1
+    assert not path.exists() and not (path.parent / "users.toml").exists()
+
+
+def test_the_first_user_of_a_domain_gets_postmaster_and_abuse_and_is_told_so(initialised: Path) -> None:
+    c = str(initialised)
+    r = mh("-c", c, "user", "add", "alice@example.test", stdin="pw\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "added alice@example.test",
+        "alias postmaster@example.test -> alice@example.test (the first user of the domain; change it with "
+        "`mailhaven alias`)",
+        "alias abuse@example.test -> postmaster@example.test (the first user of the domain; change it with "
+        "`mailhaven alias`)"]
+    r = mh("-c", c, "user", "add", "bob@example.test", stdin="pw\n")
+    assert (r.returncode, r.stdout) == (0, "added bob@example.test\n")
+    assert _directory(initialised).postmaster("example.test") == (["alice@example.test"], "alias")
+    assert mh("-c", c, "check-config").stderr == ""
+
+
+def test_init_without_postmaster_says_who_will_get_its_mail(tmp_path: Path) -> None:
+    path = tmp_path / "mailhaven.toml"
+    r = mh("-c", str(path), "init", "--domain", "example.test", "--dev")
+    assert "also gets the mail for postmaster@example.test and abuse@example.test" in r.stdout
+    assert UsersFile.load(tmp_path / "users.toml").list_aliases() == {}
+
+
+def test_check_config_warns_about_an_older_users_file_without_role_aliases(initialised: Path) -> None:
+    with UsersFile.edit(initialised.parent / "users.toml") as uf:  # as written before this change
+        uf.add_user("alice@example.test", passwords.hash_password("pw"))
+    r = mh("-c", str(initialised), "check-config")
+    assert (r.returncode, r.stdout) == (0, "OK\n")
+    assert r.stderr.splitlines() == [
+        "warning: postmaster@example.test is not a user or alias: its mail goes to alice@example.test (the "
+        "first user) only implicitly (to make it explicit: mailhaven alias add postmaster@example.test "
+        "alice@example.test)",
+        "warning: abuse@example.test reaches no one: abuse reports (RFC 2142) are refused (to make it "
+        "explicit: mailhaven alias add abuse@example.test postmaster@example.test)"]
 
 
 def test_user_add_list_passwd_del_with_password_on_stdin(initialised: Path) -> None:
@@ -193,7 +266,8 @@ def test_alias_add_list_del(initialised: Path) -> None:
     r = mh("-c", c, "alias", "add", "team@example.test", "alice@example.test", "bob@example.test")
     assert (r.returncode, r.stdout) == (0, "alias team@example.test -> alice@example.test, bob@example.test\n")
     assert mh("-c", c, "alias", "add", "postmaster@example.test", "alice@example.test").returncode == 0
-    assert mh("-c", c, "alias", "list").stdout == (
+    assert mh("-c", c, "alias", "list").stdout == (  # user add gave the first user the role aliases
+        "abuse@example.test -> postmaster@example.test\n"
         "postmaster@example.test -> alice@example.test\n"
         "team@example.test -> alice@example.test, bob@example.test\n")
     assert_one_line_error(mh("-c", c, "alias", "add", "fwd@example.test", "someone@elsewhere.test"), 1,
@@ -202,7 +276,8 @@ def test_alias_add_list_del(initialised: Path) -> None:
     assert_one_line_error(mh("-c", c, "alias", "add", "alice@example.test", "bob@example.test"), 1,
                           "alice@example.test is a user")
     assert mh("-c", c, "alias", "del", "team@example.test").returncode == 0
-    assert mh("-c", c, "alias", "list").stdout == "postmaster@example.test -> alice@example.test\n"
+    assert mh("-c", c, "alias", "list").stdout == (
+        "abuse@example.test -> postmaster@example.test\npostmaster@example.test -> alice@example.test\n")
     assert_one_line_error(mh("-c", c, "alias", "del", "team@example.test"), 1,
                           "no such alias: team@example.test")
 
@@ -272,7 +347,7 @@ def test_user_commands_take_the_config_after_the_command(initialised: Path) -> N
     assert (r.returncode, r.stdout) == (0, "alice@example.test\nbob@example.test\n")
     r = mh("alias", "add", "team@example.test", "alice@example.test", "bob@example.test", "--config", c)
     assert r.returncode == 0, r.stderr
-    assert mh("alias", "list", "-c", c).stdout == "team@example.test -> alice@example.test, bob@example.test\n"
+    assert mh("alias", "list", "-c", c).stdout.endswith("team@example.test -> alice@example.test, bob@example.test\n")
 
 
 @pytest.mark.parametrize(("argv", "expected"), [

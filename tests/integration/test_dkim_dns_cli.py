@@ -185,7 +185,7 @@ def test_dns_prints_every_record_to_publish_in_zone_syntax(initialised: Path) ->
     dom = cfg.domains[DOMAIN]
     assert z[("example.org.", "MX")] == ["10 mail.example.org."]
     assert z[("mail.example.org.", "A")] == ["192.0.2.25"]
-    assert [txt_value(t) for t in z[("example.org.", "TXT")]] == ["v=spf1 ip4:192.0.2.25 mx -all"]
+    assert [txt_value(t) for t in z[("example.org.", "TXT")]] == ["v=spf1 ip4:192.0.2.25 mx ~all"]
     assert [txt_value(t) for t in z[(f"{dom.dkim_selector}._domainkey.example.org.", "TXT")]] == [
         dkim.public_record(Path(dom.dkim_key).read_bytes())]
     assert [txt_value(t) for t in z[("_dmarc.example.org.", "TXT")]] == [
@@ -196,8 +196,11 @@ def test_dns_prints_every_record_to_publish_in_zone_syntax(initialised: Path) ->
     assert z[("_imap._tcp.example.org.", "SRV")] == ["10 1 143 mail.example.org."]
     assert z[("_pop3s._tcp.example.org.", "SRV")] == ["20 1 995 mail.example.org."]
     assert z[("_pop3._tcp.example.org.", "SRV")] == ["0 0 0 ."]  # disabled: RFC 6186 §4 "not available"
-    assert z[("autoconfig.example.org.", "CNAME")] == ["mail.example.org."]
-    assert z[("autodiscover.example.org.", "CNAME")] == ["mail.example.org."]
+    # Only what this server serves: no autoconfig/autodiscover names, since nothing answers them.
+    assert {name for name, _ in z} <= {"example.org.", "mail.example.org.", "_dmarc.example.org.",
+                                       f"{dom.dkim_selector}._domainkey.example.org."} | {
+        f"{svc}._tcp.example.org." for svc, _, _ in records.SERVICES}
+    assert "autoconfig" not in r.stdout and "autodiscover" not in r.stdout
 
 
 def test_dns_without_public_ip_says_so_and_lists_ed25519_keys(initialised: Path) -> None:
@@ -207,7 +210,7 @@ def test_dns_without_public_ip_says_so_and_lists_ed25519_keys(initialised: Path)
     assert "; public_ip is not set" in r.stdout
     z = zone(r.stdout)
     dom = config.load(initialised).domains[DOMAIN]
-    assert [txt_value(t) for t in z[("example.org.", "TXT")]] == ["v=spf1 mx -all"]
+    assert [txt_value(t) for t in z[("example.org.", "TXT")]] == ["v=spf1 mx ~all"]
     assert txt_value(z[(f"{dom.dkim_ed25519_selector}._domainkey.example.org.", "TXT")][0]).startswith(
         "v=DKIM1; k=ed25519; p=")
 

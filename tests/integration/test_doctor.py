@@ -3,6 +3,7 @@ real certificates; and the command's output and exit status."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import os
 import shutil
@@ -18,6 +19,7 @@ from mailhaven.doctor import Finding
 from mailhaven.policy.dkim import generate_rsa
 from tests.dnsserver import DnsServer
 from tests.fixtures_server import app_config_data, write_config
+from tests.integration.test_dkim_dns_cli import mh, zone
 
 HOST = "mail.example.test"
 DOMAIN = "example.test"
@@ -50,6 +52,7 @@ def setup(tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str,
     with UsersFile.edit(users) as uf:
         if not uf.list_users():
             uf.add_user("postmaster@example.test", hash_password("x"))
+            uf.add_role_aliases(DOMAIN, "postmaster@example.test")  # abuse@ -> postmaster@
 
     def make(**top: Any) -> Path:
         data = app_config_data(tmp_path, (Path(cert), Path(key)), dns_nameserver, hostname=HOST, public_ip=IP)
@@ -104,7 +107,8 @@ async def test_nothing_published_prints_every_record_to_publish(setup: Any, dns_
     assert fixes[f"dns {HOST}"] == f"publish: {HOST}. 3600 IN A {IP}"
     assert fixes[f"dns {DOMAIN} MX"] == f"publish: {DOMAIN}. 3600 IN MX 10 {HOST}."
     assert fixes[f"dns {DOMAIN} SPF"] == f'publish: {DOMAIN}. 3600 IN TXT "v=spf1 ip4:{IP} mx ~all"'
-    assert fixes[f"dns _dmarc.{DOMAIN}"] == f'publish: _dmarc.{DOMAIN}. 3600 IN TXT "v=DMARC1; p=quarantine"'
+    assert fixes[f"dns _dmarc.{DOMAIN}"] == (
+        f'publish: _dmarc.{DOMAIN}. 3600 IN TXT "v=DMARC1; p=quarantine; rua=mailto:postmaster@{DOMAIN}"')
     dkim_fix = fixes[f"dns mh1._domainkey.{DOMAIN}"]
     assert dkim_fix.startswith(f"publish: mh1._domainkey.{DOMAIN}. 3600 IN TXT \"v=DKIM1; k=rsa; p=")
     # The record as printed (strings of <= 255 characters) is the key's public record.
@@ -193,6 +197,95 @@ async def test_a_domain_not_configured_is_a_failure(setup: Any, dns_server: DnsS
     publish_all(dns_server, dkim_key[1])
     findings = await run(setup(), "other.test")
     assert by_topic(findings, "domain other.test")[0].message == "not one of this server's [domains]"
+
+
+# --- one source of DNS advice: `mailhaven dns` and doctor (issue 11 item 3) ------------------------
+
+
+def printed(path: Path) -> dict[tuple[str, str], list[str]]:
+    """The records `mailhaven dns` prints for the config at `path`, parsed as a zone."""
+    r = mh("-c", str(path), "dns")
+    assert r.returncode == 0, r.stderr
+    return zone(r.stdout, DOMAIN)
+
+
+def serve(server: DnsServer, records: dict[tuple[str, str], list[str]]) -> None:
+    """Publish exactly these records on the test DNS server."""
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    for (name, rtype), values in records.items():
+        for value in values:
+            if rtype == "TXT":  # the server takes TXT as plain text and splits it itself
+                rd = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, value)
+                value = b"".join(rd.strings).decode()
+            server.add(name, rtype, value)
+
+
+@pytest.mark.parametrize("public_ip", [IP, ""])
+async def test_doctor_is_satisfied_by_exactly_what_dns_prints(setup: Any, dns_server: DnsServer,
+                                                              public_ip: str) -> None:
+    path = setup(public_ip=public_ip)
+    serve(dns_server, printed(path))
+    if public_ip:
+        dns_server.add_ptr(IP, HOST)  # reverse DNS belongs to whoever provides the IP, not the zone
+    else:
+        dns_server.add(HOST, "A", IP)  # `dns` says to add it by hand when public_ip is not set
+    findings = await run(path)
+    dns_findings = {f.topic: f for f in findings if f.topic.startswith("dns ") and f.topic != f"dns {HOST}"}
+    assert {t: f.message for t, f in dns_findings.items() if f.status != "ok"} == {}
+    assert {f"dns {DOMAIN} MX", f"dns {DOMAIN} SPF", f"dns mh1._domainkey.{DOMAIN}",
+            f"dns _dmarc.{DOMAIN}"} <= set(dns_findings)
+    assert dns_findings[f"dns _dmarc.{DOMAIN}"].message == "p=quarantine"
+
+
+async def test_every_record_doctor_tells_to_publish_is_the_one_dns_prints(setup: Any,
+                                                                          dns_server: DnsServer) -> None:
+    path = setup()
+    dns_server.add(DOMAIN, "NS", "ns.example.test.")  # the zone exists, with nothing in it
+    want = printed(path)
+    fixes = [f.fix.removeprefix("publish: ") for f in fails(await run(path)) if f.fix.startswith("publish: ")]
+    told: dict[tuple[str, str], list[str]] = {}
+    for fix in fixes:
+        told.update(zone(fix, DOMAIN))
+    assert set(told) == {(f"{HOST}.", "A"), (f"{DOMAIN}.", "MX"), (f"{DOMAIN}.", "TXT"),
+                         (f"mh1._domainkey.{DOMAIN}.", "TXT"), (f"_dmarc.{DOMAIN}.", "TXT")}
+    assert told == {key: want[key] for key in told}
+
+
+# --- postmaster@ and abuse@ (issue 11 item 4) -------------------------------------------------------
+
+
+async def test_role_addresses_reached_only_implicitly_are_warnings_with_the_alias_to_add(
+        setup: Any, tmp_path: Path, dns_server: DnsServer, dkim_key: tuple[bytes, str]) -> None:
+    from mailhaven.auth.passwords import hash_password
+    from mailhaven.auth.users import UsersFile
+
+    path = setup()
+    users = tmp_path / "users.toml"
+    UsersFile(users).save()
+    with UsersFile.edit(users) as uf:  # a users file from before init/user add wrote role aliases
+        uf.add_user("alice@example.test", hash_password("x"))
+    publish_all(dns_server, dkim_key[1])
+    findings = await run(path)
+    warned = {f.topic: (f.message, f.fix) for f in findings if f.status == "warn"}
+    assert warned == {
+        f"postmaster@{DOMAIN}": (f"postmaster@{DOMAIN} is not a user or alias: its mail goes to alice@{DOMAIN} "
+                                 "(the first user) only implicitly",
+                                 f"mailhaven -c {path} alias add postmaster@{DOMAIN} alice@{DOMAIN}"),
+        f"abuse@{DOMAIN}": (f"abuse@{DOMAIN} reaches no one: abuse reports (RFC 2142) are refused",
+                            f"mailhaven -c {path} alias add abuse@{DOMAIN} postmaster@{DOMAIN}")}
+    assert doctor.exit_code(findings) == 0  # mail still flows: a warning, not a failure
+    # The fixes, run as printed, make it all good.
+    for topic in (f"postmaster@{DOMAIN}", f"abuse@{DOMAIN}"):
+        argv = warned[topic][1].split()[1:]
+        r = await asyncio.to_thread(mh, *argv)
+        assert r.returncode == 0, r.stderr
+    findings = await run(path)
+    assert [f for f in findings if f.status != "ok"] == []
+    assert by_topic(findings, f"postmaster@{DOMAIN}")[0].message == f"goes to alice@{DOMAIN} (alias)"
+    assert by_topic(findings, f"abuse@{DOMAIN}")[0].message == f"goes to alice@{DOMAIN} (alias)"
 
 
 # --- certificate ---------------------------------------------------------------------------------

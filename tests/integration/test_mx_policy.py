@@ -11,6 +11,7 @@ import pytest
 from mailhaven.message.headers import field_value
 from mailhaven.policy.dkim import generate_rsa
 from tests.dnsserver import DnsServer
+from tests.fixtures_dns import SilentNameserver
 from tests.integration import test_mx_harness as harness
 from tests.integration.test_mx_harness import ALICE, BOB, MxFactory, MxServer, message
 
@@ -319,12 +320,62 @@ async def test_dkim_key_servfail_for_an_aligned_signature_under_p_reject_defers_
     assert harness.all_files(server.mail_root) == []
 
 
-async def test_dev_mode_still_enforces_spf_fail_from_loopback(mx: MxFactory, dns_server: DnsServer) -> None:
+async def test_dev_mode_delivers_mail_from_loopback_unchecked_and_asks_dns_nothing(
+        mx: MxFactory, dns_server: DnsServer) -> None:
+    # Issue 11 item 2: in dev mode a loopback client's mail is not checked, so a failing SPF and a
+    # p=reject DMARC policy change nothing, and not one DNS query is sent.
     dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    dns_server.add(f"_dmarc.{SENDER_DOMAIN}", "TXT", "v=DMARC1; p=reject")
     server = await mx(dev=True)
     assert server.ctx.config.dev is True
+    forged = message(sender=SENDER, extra=f"Authentication-Results: {server.ctx.config.authserv_id}; spf=pass\r\n")
+    [reply] = await _deliver(server, forged)  # from 127.0.0.1
+    assert reply.startswith("250 2.0.0"), reply
+    assert dns_server.queries == []
+    [msg] = server.messages(ALICE)
+    # RFC 8601 §2.2: "none", no authentication performed; the comment says why. The forged field
+    # with our authserv-id is still removed (§5), and there is no Received-SPF: nothing was checked.
+    assert field_value(msg, "Authentication-Results") == (
+        f"{server.ctx.config.authserv_id}; none (dev mode: loopback client, not checked)")
+    assert msg.count(b"Authentication-Results:") == 1
+    assert field_value(msg, "Received-SPF") is None
+
+
+async def test_without_dev_mode_a_loopback_client_is_checked(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.add(SENDER_DOMAIN, "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    server = await mx()
+    assert server.ctx.config.dev is False
     [reply] = await _deliver(server, message(sender=SENDER))  # from 127.0.0.1
     assert reply.startswith("550 5.7.1") and "SPF" in reply, reply
+    assert dns_server.queried(SENDER_DOMAIN, "TXT") >= 1
+    assert harness.all_files(server.mail_root) == []
+
+
+DEAD_DNS_TIMEOUT = 3.0
+
+
+async def test_dev_mode_delivers_from_loopback_when_dns_never_answers(
+        mx: MxFactory, silent_nameserver: SilentNameserver) -> None:
+    # A machine without working DNS: the resolver's address takes queries and never answers.
+    dead = {"nameservers": [silent_nameserver.nameserver], "timeout": DEAD_DNS_TIMEOUT}
+    server = await mx(dev=True, dns=dead)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    [reply] = await _deliver(server, message(sender=SENDER))
+    elapsed = loop.time() - start
+    assert reply.startswith("250 2.0.0"), reply
+    assert silent_nameserver.queries() == 0
+    assert elapsed < DEAD_DNS_TIMEOUT  # one DNS query alone would have taken this long
+    assert len(server.messages(ALICE)) == 1
+
+
+async def test_production_answers_451_when_dns_never_answers(
+        mx: MxFactory, silent_nameserver: SilentNameserver) -> None:
+    dead = {"nameservers": [silent_nameserver.nameserver], "timeout": 1.0}
+    server = await mx(dns=dead)
+    [reply] = await _deliver(server, message(sender=SENDER))
+    assert reply.startswith("451 4.4.3") and "DNS error during policy check" in reply, reply
+    assert silent_nameserver.queries() >= 1
     assert harness.all_files(server.mail_root) == []
 
 

@@ -47,7 +47,8 @@ async def _still_delivers(server: MxServer, subject: str = "after") -> None:
 
 
 def _without_postmaster_alias(server: MxServer) -> None:
-    """The harness adds postmaster@example.test -> alice; a fresh install has no such alias."""
+    """The harness adds postmaster@example.test -> alice; a users file from before init and user add
+    wrote postmaster aliases has no such alias."""
     cfg = server.ctx.config
     with UsersFile.edit(cfg.users_file) as uf:
         uf.delete_alias("postmaster@example.test")
@@ -188,8 +189,9 @@ async def test_command_line_of_512_octets_is_taken_and_a_longer_one_refused(mx: 
 @pytest.mark.parametrize("rcpt", ["<postmaster>", "<postmaster@example.test>", "<Postmaster@EXAMPLE.test>",
                                   "<POSTMASTER>"])
 async def test_postmaster_is_accepted_without_an_alias(mx: MxFactory, rcpt: str) -> None:
-    """RFC 5321 §4.5.1: postmaster (any case, bare or at each of our domains) MUST be accepted. A new
-    install has no postmaster alias: the mail goes to the first user of that domain (inbound.py)."""
+    """RFC 5321 §4.5.1: postmaster (any case, bare or at each of our domains) MUST be accepted. An
+    older users file has no postmaster alias: the mail goes, implicitly, to the first user of that
+    domain (Directory.postmaster), and check-config and doctor warn about it."""
     server = await mx()
     _without_postmaster_alias(server)
     async with server.raw() as c:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mailhaven.message.headers import header_section_end
 from mailhaven.policy.authresults import (
     authserv_id_of,
     format_auth_results,
+    format_none,
     format_received_spf,
     header_end,
 )
@@ -85,6 +86,27 @@ def test_rendered_field_never_contains_bare_line_breaks(domain: str, reason: str
     assert lines[-1] == b""
     assert all(line.startswith(b"\t") for line in lines[1:-1])
     assert b"\n" not in b"".join(lines) and b"\r" not in b"".join(lines)
+
+
+def test_none_form_says_nothing_was_checked_and_why() -> None:
+    # RFC 8601 §2.2: authres-payload = authserv-id ( no-result / 1*resinfo ) [CFWS] CRLF
+    h = format_none("mx.example.org", "dev mode: loopback client, not checked")
+    assert h == b"Authentication-Results: mx.example.org; none (dev mode: loopback client, not checked)\r\n"
+    assert authserv_id_of(h.split(b":", 1)[1]) == "mx.example.org"
+
+
+@given(st.text(alphabet=st.sampled_from("ab \\()\r\n\x7fé"), max_size=300))
+@example("a" + "(" * 150)  # escaping doubles it: a cut at 200 after escaping ended in a lone backslash
+def test_none_form_reason_stays_one_comment_on_one_line(reason: str) -> None:
+    h = format_none("mx", reason)
+    assert h.endswith(b"\r\n") and b"\n" not in h[:-2] and b"\r" not in h[:-2]
+    comment = h.decode()[len("Authentication-Results: mx; none "):-2]
+    assert comment.startswith("(") and comment.endswith(")")
+    i = 1  # RFC 5322 §3.2.2 ccontent: a quoted-pair takes two characters; no bare parenthesis
+    while i < len(comment) - 1:
+        assert comment[i] not in "()", comment
+        i += 2 if comment[i] == "\\" else 1
+    assert i == len(comment) - 1, comment  # the final ")" is not swallowed by a quoted-pair
 
 
 def test_received_spf_has_key_value_pairs() -> None:

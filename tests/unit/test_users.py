@@ -395,3 +395,77 @@ def test_directory_is_a_snapshot(tmp_path: Path, users_path: Path) -> None:
     uf.delete_user("alice@example.test")
     assert d.resolve("alice@example.test") == ["alice@example.test"]
     assert Directory(_config(tmp_path), uf).resolve("alice@example.test") is None
+
+
+# --- role addresses: postmaster@ and abuse@ (issue 11 item 4) -------------------------------------
+
+
+def _one_domain(tmp_path: Path, users: str, **domain: Any) -> Directory:
+    p = tmp_path / "roles.toml"
+    p.write_text(users)
+    return Directory(_config(tmp_path, domains={"example.test": domain}), UsersFile.load(p))
+
+
+def test_role_aliases_send_postmaster_to_the_target_and_abuse_to_postmaster(tmp_path: Path) -> None:
+    uf = UsersFile(tmp_path / "u.toml")
+    uf.add_user("alice@example.test", H)
+    assert uf.add_role_aliases("Example.TEST", "alice@example.test") == [
+        ("postmaster@example.test", "alice@example.test"), ("abuse@example.test", "postmaster@example.test")]
+    assert uf.add_role_aliases("example.test", "bob@example.test") == []  # set once: never overwritten
+    assert uf.list_aliases() == {"abuse@example.test": ["postmaster@example.test"],
+                                 "postmaster@example.test": ["alice@example.test"]}
+
+
+@pytest.mark.parametrize("target,expected", [
+    ("postmaster@example.test", [("abuse@example.test", "postmaster@example.test")]),
+    ("Abuse@example.test", [("postmaster@example.test", "Abuse@example.test")]),
+])
+def test_role_aliases_never_point_an_address_at_itself(tmp_path: Path, target: str,
+                                                       expected: list[tuple[str, str]]) -> None:
+    uf = UsersFile(tmp_path / "u.toml")
+    uf.add_user(target, H)
+    assert uf.add_role_aliases("example.test", target) == expected
+
+
+def test_role_aliases_leave_existing_users_and_aliases_alone(tmp_path: Path) -> None:
+    uf = UsersFile(tmp_path / "u.toml")
+    uf.add_user("abuse@example.test", H)
+    uf.add_alias("postmaster@example.test", ["abuse@example.test"])
+    assert uf.add_role_aliases("example.test", "alice@example.test") == []
+
+
+def test_postmaster_says_how_it_resolves(tmp_path: Path) -> None:
+    older = f'[users."bob@example.test"]\npassword = "{H}"\n[users."alice@example.test"]\npassword = "{H}"\n'
+    assert _one_domain(tmp_path, older).postmaster("example.test") == (["alice@example.test"], "first user")
+    aliased = older + '[aliases]\n"postmaster@example.test" = ["bob@example.test"]\n'
+    assert _one_domain(tmp_path, aliased).postmaster("example.test") == (["bob@example.test"], "alias")
+    assert _one_domain(tmp_path, older, catch_all="bob@example.test").postmaster("example.test") == (
+        ["bob@example.test"], "catch-all")
+    own = f'[users."postmaster@example.test"]\npassword = "{H}"\n'
+    assert _one_domain(tmp_path, own).postmaster("example.test") == (["postmaster@example.test"], "user")
+    assert _one_domain(tmp_path, "").postmaster("example.test") == (None, "")
+
+
+def test_role_addresses_reached_only_implicitly_are_warned_about(tmp_path: Path) -> None:
+    older = f'[users."alice@example.test"]\npassword = "{H}"\n'
+    d = _one_domain(tmp_path, older)
+    assert [(r.address, r.fix) for r in d.role_warnings] == [
+        ("postmaster@example.test", "alias add postmaster@example.test alice@example.test"),
+        ("abuse@example.test", "alias add abuse@example.test postmaster@example.test")]
+    assert "implicitly" in d.role_warnings[0].message and "refused" in d.role_warnings[1].message
+    assert ("postmaster@example.test is not a user or alias: its mail goes to alice@example.test (the first "
+            "user) only implicitly (to make it explicit: mailhaven alias add postmaster@example.test "
+            "alice@example.test)") in d.warnings  # what check-config prints and the server logs
+    d = _one_domain(tmp_path, older, catch_all="alice@example.test")
+    assert [r.message for r in d.role_warnings] == [
+        "postmaster@example.test reaches alice@example.test only through the catch-all",
+        "abuse@example.test reaches alice@example.test only through the catch-all"]
+
+
+def test_explicit_role_addresses_and_an_empty_users_file_give_no_role_warning(tmp_path: Path) -> None:
+    uf = UsersFile(tmp_path / "u.toml")
+    uf.add_user("alice@example.test", H)
+    uf.add_role_aliases("example.test", "alice@example.test")
+    uf.save()
+    assert _one_domain(tmp_path, uf.path.read_text()).role_warnings == []
+    assert _one_domain(tmp_path, "").role_warnings == []  # no accounts yet: doctor says that instead

@@ -12,6 +12,7 @@ Public API:
         with users.UsersFile.edit(path) as uf: ...     # CLI: flock, load, edit, atomic 0600 save
         .add_user(addr, hash) / .set_password / .delete_user / .add_alias(alias, targets) /
         .delete_alias(alias, targets=None) / .list_users() / .list_aliases() / .save()
+        .add_role_aliases(domain, target) -> added     # postmaster@domain -> target, abuse@ -> postmaster@
     users.Directory(config, users_file)                # resolution over config domains + users file
         users.Directory.load(config)                   # reads config.users_file (blocking)
         .resolve(address) -> list[str] | None          # canonical user addresses, None = unknown
@@ -20,6 +21,9 @@ Public API:
         .owns(user, address) -> bool                   # may `user` send as `address`
         await .authenticate(login, password) -> str | None   # canonical user or None
         .warnings -> list[str]                         # dangling/looping aliases etc. (check-config)
+        .postmaster(domain) -> (users, how)            # RFC 5321 §4.5.1, with the implicit first-user fallback
+        .how(address) -> (users, how)                  # user / alias / catch-all / "" (nobody)
+        .role_warnings -> list[RoleWarning]            # postmaster@/abuse@ reached only implicitly (doctor)
     sasl: pure PLAIN / LOGIN decoding shared by SMTP, IMAP and POP3:
         sasl.decode_plain(b64) -> Credentials(login, password, authzid); sasl.Exchange("PLAIN"|"LOGIN")
         .start(initial) / .step(line) -> challenge str | Credentials; SaslCancelled on "*".

@@ -13,6 +13,13 @@ File format (comments are not preserved when the CLI rewrites the file):
     "postmaster@example.test" = ["alice@example.test"]
     "team@example.test" = ["alice@example.test", "bob@example.test"]
 
+Role addresses (RFC 5321 §4.5.1 postmaster, which MUST be accepted; RFC 2142 §4 abuse) are made
+explicit aliases: `UsersFile.add_role_aliases` writes postmaster@D -> the chosen user and, as
+Postfix's sample aliases file does, abuse@D -> postmaster@D (`init --postmaster`, or the first
+`user add` in a domain). An older users file without them keeps working: `Directory.postmaster`
+falls back to the domain's first user (the MX delivers there), and `Directory.role_warnings` says
+so, for check-config, doctor and the server log.
+
 Addresses are normalised: the domain is lower-cased (IDNA U-labels become A-labels); the local part
 keeps the case it was written with (that is the canonical name, also used for the Maildir) but is
 compared case-insensitively, as Postfix and Dovecot do by default. Two users or aliases differing
@@ -31,7 +38,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mailhaven.auth import passwords
 from mailhaven.config import Config, parse_toml
@@ -40,6 +47,12 @@ from mailhaven.message.address import Address, format_local, parse_domain, parse
 
 MAX_ALIAS_DEPTH = 10  # alias chains deeper than this are cut (and reported)
 MAX_LOGIN_LENGTH = 512
+POSTMASTER, ABUSE = "postmaster", "abuse"
+ROLES = (POSTMASTER, ABUSE)  # RFC 5321 §4.5.1 (postmaster, MUST), RFC 2142 §4 (abuse)
+
+# How an address reaches its users: its own user or alias, the domain's catch-all, the implicit
+# first-user fallback (postmaster only), or not at all.
+How = Literal["user", "alias", "catch-all", "first user", ""]
 
 
 def address_key(address: str | Address) -> str:
@@ -252,6 +265,20 @@ class UsersFile:
         else:
             del self._aliases[k]
 
+    def add_role_aliases(self, domain: str, target: str) -> list[tuple[str, str]]:
+        """Make the role addresses of `domain` explicit: postmaster@domain -> target and
+        abuse@domain -> postmaster@domain, each only where no user or alias of that name exists
+        (and never an alias onto itself). Returns the (alias, target) pairs added."""
+        postmaster = canonical(f"{POSTMASTER}@{domain}")
+        wanted = [(postmaster, canonical(target)), (canonical(f"{ABUSE}@{domain}"), postmaster)]
+        added: list[tuple[str, str]] = []
+        for alias, to in wanted:
+            k = address_key(alias)
+            if k in self._users or k in self._aliases or k == address_key(target):
+                continue
+            added.append((self.add_alias(alias, [to]), to))
+        return added
+
     # -- writing --
 
     def dumps(self) -> str:
@@ -346,6 +373,20 @@ def _tkey(k: str) -> str:
 # --- resolution ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RoleWarning:
+    """A role address (postmaster@, abuse@) that reaches someone only implicitly, or no one."""
+
+    address: str
+    message: str
+    fix: str  # the `mailhaven` arguments that make it explicit, e.g. "alias add abuse@D postmaster@D"
+
+    @property
+    def text(self) -> str:
+        """The line in Directory.warnings (check-config, the server log)."""
+        return f"{self.message} (to make it explicit: mailhaven {self.fix})"
+
+
 class Directory:
     """Address resolution and login over the config's domains and a loaded UsersFile.
 
@@ -389,6 +430,8 @@ class Directory:
                     ok = False
                 if not ok:
                     self.warnings.append(f"domains.{dname}.catch_all: {dom.catch_all} is not a user or alias")
+        self.role_warnings: list[RoleWarning] = self._role_warnings()
+        self.warnings += [r.text for r in self.role_warnings]
 
     @classmethod
     def load(cls, config: Config) -> Directory:
@@ -483,6 +526,67 @@ class Directory:
                 return None
         return None
 
+    def how(self, address: str) -> tuple[list[str] | None, How]:
+        """Who gets mail for exactly `address` (no +tag) and how: its own user or alias, else the
+        domain's catch-all, else nobody: (None, "")."""
+        try:
+            key = address_key(address)
+        except ValueError:
+            return None, ""
+        found = self._lookup_key(key)
+        if found is not None:
+            return found, "user" if key in self._users else "alias"
+        dom = self.config.domains.get(key.rpartition("@")[2])
+        if dom is not None and dom.catch_all:
+            with contextlib.suppress(ValueError):
+                found = self._lookup_key(address_key(dom.catch_all))
+            if found is not None:
+                return found, "catch-all"
+        return None, ""
+
+    def postmaster(self, domain: str) -> tuple[list[str] | None, How]:
+        """Who gets mail for postmaster@`domain` (RFC 5321 §4.5.1: it MUST be accepted), and how.
+
+        Its user or alias, or the domain's catch-all; else, implicitly, the domain's first user in
+        sorted order, else the first user of the first domain that has one ("first user": users
+        files from before postmaster aliases were written); (None, "") only with no users at all."""
+        found, how = self.how(f"{POSTMASTER}@{domain}")
+        if found:
+            return found, how
+        names = self.user_names  # sorted
+        domains = [domain.lower()] + [d for d in self.config.domains if d != domain.lower()]
+        for d in domains:
+            mine = [u for u in names if u.rpartition("@")[2] == d]
+            if mine:
+                return mine[:1], "first user"
+        return None, ""
+
+    def _role_warnings(self) -> list[RoleWarning]:
+        """Role addresses of our domains that reach someone only implicitly (the first-user
+        fallback, or the catch-all) or not at all. None while there are no users at all."""
+        if not self._users:
+            return []
+        out: list[RoleWarning] = []
+        for domain in sorted(self.config.domains):
+            postmaster = f"{POSTMASTER}@{domain}"
+            users, how = self.postmaster(domain)
+            if how == "first user" and users:
+                out.append(RoleWarning(postmaster, f"{postmaster} is not a user or alias: its mail goes to "
+                                       f"{users[0]} (the first user) only implicitly",
+                                       f"alias add {postmaster} {users[0]}"))
+            elif how == "catch-all" and users:
+                out.append(RoleWarning(postmaster, f"{postmaster} reaches {', '.join(users)} only through "
+                                       "the catch-all", f"alias add {postmaster} {users[0]}"))
+            abuse = f"{ABUSE}@{domain}"
+            users, how = self.how(abuse)
+            if how == "catch-all" and users:
+                out.append(RoleWarning(abuse, f"{abuse} reaches {', '.join(users)} only through the catch-all",
+                                       f"alias add {abuse} {postmaster}"))
+            elif not users:
+                out.append(RoleWarning(abuse, f"{abuse} reaches no one: abuse reports (RFC 2142) are refused",
+                                       f"alias add {abuse} {postmaster}"))
+        return out
+
     def owns(self, user: str, address: str | Address) -> bool:
         """May `user` send as `address`: its own address, its +tag addresses, and aliases whose
         (transitive) targets include it. A catch-all does not make a user own the domain."""
@@ -518,4 +622,5 @@ class Directory:
         return None
 
 
-__all__ = ["UsersFile", "UserEntry", "Directory", "address_key", "canonical", "MAX_ALIAS_DEPTH"]
+__all__ = ["UsersFile", "UserEntry", "Directory", "RoleWarning", "How", "address_key", "canonical", "MAX_ALIAS_DEPTH",
+           "POSTMASTER", "ABUSE", "ROLES"]

@@ -61,9 +61,10 @@ def _value(text: str) -> str:
 
 
 def _comment(text: str) -> str:
-    clean = "".join(c for c in text if c >= " " and c != "\x7f")
+    # Cut before escaping: a cut after it could leave a lone backslash that escapes the ")".
+    clean = "".join(c for c in text if c >= " " and c != "\x7f")[:200]
     clean = clean.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-    return f"({clean[:200]})"
+    return f"({clean})"
 
 
 def format_auth_results(authserv_id: str, spf: SpfLike | None, dkim: Sequence[DkimLike],
@@ -103,6 +104,12 @@ def format_auth_results(authserv_id: str, spf: SpfLike | None, dkim: Sequence[Dk
         parts.append(entry)
     body = ";\r\n\t".join([_value(authserv_id)] + parts) if parts else f"{_value(authserv_id)}; none"
     return f"Authentication-Results: {body}\r\n".encode()
+
+
+def format_none(authserv_id: str, reason: str) -> bytes:
+    """`Authentication-Results: id; none (reason)\\r\\n`: no authentication was performed
+    (RFC 8601 §2.2 no-result; the comment is the CFWS the grammar allows after it)."""
+    return f"Authentication-Results: {_value(authserv_id)}; none {_comment(reason)}\r\n".encode()
 
 
 def format_received_spf(receiver: str, result: str, ip: str, sender: str, helo: str,
@@ -160,4 +167,4 @@ def authserv_id_of(value: bytes) -> str:
     return m.group(0).lower() if m else ""
 
 
-__all__ = ["format_auth_results", "format_received_spf", "authserv_id_of", "header_end"]
+__all__ = ["format_auth_results", "format_none", "format_received_spf", "authserv_id_of", "header_end"]

@@ -27,6 +27,11 @@ Decision at DATA (first match wins; "tempfail" never accepts a message we might 
    (a retry may pass or fail; with the default accept nothing waits on it)
 6. otherwise the result of rule 4, or accept.
 Policy applies to every client, loopback included, unless `policy.check_local` is false.
+
+Dev mode (config `dev`) is the one exception: mail from a loopback client is not checked at all
+(`unchecked_reason`), so no DNS query is sent and `serve --dev` works on a machine without DNS;
+`unchecked` gives its Authentication-Results the "none" form with the reason (RFC 8601 §2.2).
+Without dev mode a loopback client is checked like any other.
 """
 
 from __future__ import annotations
@@ -112,6 +117,32 @@ def applies(policy: PolicyConfig, client_ip: str) -> bool:
     except ValueError:
         return True
     return not (ip.is_loopback or ip.is_private or ip.is_link_local)
+
+
+DEV_LOOPBACK = "dev mode: loopback client, not checked"
+
+
+def unchecked_reason(dev: bool, client_ip: str) -> str:
+    """Why this client's mail gets no sender check and no DNS lookup at all, or "" when it is
+    checked: only in dev mode, only for a loopback client (pure)."""
+    if not dev:
+        return ""
+    try:
+        ip = ipaddress.ip_address(client_ip.split("%", 1)[0])
+    except ValueError:
+        return ""
+    # An IPv4-mapped ::ffff:127.0.0.1 is loopback too (a dual-stack listener reports it so).
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return DEV_LOOPBACK if ip.is_loopback or (mapped is not None and mapped.is_loopback) else ""
+
+
+def unchecked(authserv_id: str, reason: str) -> Assessment:
+    """The Assessment of mail that is not checked (see `unchecked_reason`): accepted, no results,
+    `Authentication-Results: ID; none (REASON)` (RFC 8601 §2.2: no authentication was performed),
+    no Received-SPF. Sends no DNS query. Forged fields carrying our authserv-id are removed where
+    every message is, in delivery/local.py into_mailboxes (message/trust.py)."""
+    return Assessment(ACCEPT, None, [], DmarcResult("none", reason=reason),
+                      authresults.format_none(authserv_id, reason))
 
 
 async def check_mail(resolver: Resolver, client_ip: str, mail_from: str, helo: str) -> SpfResult:
@@ -266,5 +297,5 @@ async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
     return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, author, notes)
 
 
-__all__ = ["Verdict", "Assessment", "ACCEPT", "DmarcAhead", "applies", "check_mail", "check_data", "decide",
-           "dkim_failure", "dmarc_ahead_domain", "look_ahead"]
+__all__ = ["Verdict", "Assessment", "ACCEPT", "DEV_LOOPBACK", "DmarcAhead", "applies", "check_mail", "check_data",
+           "decide", "dkim_failure", "dmarc_ahead_domain", "look_ahead", "unchecked", "unchecked_reason"]

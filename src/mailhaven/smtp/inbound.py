@@ -4,13 +4,14 @@ Owns: what the MX accepts (RFC 5321 §3.6.2 / §4.1.1.3): recipients in our doma
 users (users, aliases, catch-all, sub-addresses through auth.users.Directory); everything else is
 refused as relaying (550 5.7.1) whatever the HELO, MAIL FROM or client address; unknown local
 users get 550 5.1.1. Postmaster (RFC 5321 §4.5.1): `<postmaster>` and postmaster@ each of our
-domains (any case) are always accepted; without a postmaster alias (or catch-all) they go to the
-domain's first user in sorted order, else to the first user of the first domain that has one
-(`postmaster_users`). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
-the verdict at DATA), the trace fields we add (Received, Authentication-Results, Received-SPF)
-and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
-delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
-the 250.
+domains (any case) are always accepted, for whoever `Directory.postmaster` names (the postmaster
+alias; in an old users file without one, implicitly the domain's first user). Sender
+authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and the verdict at DATA), the
+trace fields we add (Received, Authentication-Results, Received-SPF) and durable delivery into
+every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through delivery/local.py
+into_mailboxes (which adds Return-Path and removes forged trust fields) before the 250. In dev
+mode, mail from a loopback client skips the sender checks and every DNS query
+(pipeline.unchecked_reason); its Authentication-Results says so.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
 
@@ -62,6 +63,8 @@ class InboundHandler(BaseHandler):
         # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py), so
         # the check runs while RCPT and DATA go on, and DATA waits for its result. The DMARC record
         # of the MAIL FROM domain is looked up meanwhile too (used at DATA if it is the From domain).
+        if pipeline.unchecked_reason(self.config.dev, session.ip):
+            return None  # dev mode, loopback client: no sender checks, no DNS (see deliver)
         spf_task = txn.start(self._spf(session, sender))
         domain = pipeline.dmarc_ahead_domain(str(sender)) if sender is not None else ""
         ahead = pipeline.DmarcAhead(domain, txn.start(pipeline.look_ahead(self.ctx.resolver, domain))) \
@@ -107,17 +110,12 @@ class InboundHandler(BaseHandler):
         cfg = self.config
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
-        checks: _MailChecks | None = txn.policy
-        spf_result = await checks.spf if checks is not None else None
-        enforce = pipeline.applies(cfg.policy, session.ip)
-        try:
-            assessment = await asyncio.wait_for(
-                pipeline.check_data(self.ctx.resolver, cfg.policy, cfg.authserv_id, spf_result, data,
-                                    enforce=enforce, dmarc_ahead=checks.dmarc if checks is not None else None),
-                self._policy_deadline())
-        except TimeoutError:
-            raise DnsTempError("Sender checks timed out, try again later") from None
-        _count_policy(self.ctx, assessment)
+        unchecked = pipeline.unchecked_reason(cfg.dev, session.ip)
+        if unchecked:
+            assessment = pipeline.unchecked(cfg.authserv_id, unchecked)
+        else:
+            assessment = await self._assess(session, txn, data)
+            _count_policy(self.ctx, assessment)
         verdict = assessment.verdict
         error = verdict.error()
         if error is not None:
@@ -149,6 +147,21 @@ class InboundHandler(BaseHandler):
         return R.accepted(txn.queue_id)
 
 
+    async def _assess(self, session: ClientSession, txn: Transaction, data: bytes) -> pipeline.Assessment:
+        """SPF (started at MAIL FROM), DKIM, DMARC and the verdict, within the policy deadline."""
+        cfg = self.config
+        checks: _MailChecks | None = txn.policy
+        spf_result = await checks.spf if checks is not None else None
+        enforce = pipeline.applies(cfg.policy, session.ip)
+        try:
+            return await asyncio.wait_for(
+                pipeline.check_data(self.ctx.resolver, cfg.policy, cfg.authserv_id, spf_result, data,
+                                    enforce=enforce, dmarc_ahead=checks.dmarc if checks is not None else None),
+                self._policy_deadline())
+        except TimeoutError:
+            raise DnsTempError("Sender checks timed out, try again later") from None
+
+
 def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
     """policy_results_total: SPF (when checked), each DKIM signature (or "none"), DMARC."""
     meter = metrics.of(ctx)
@@ -164,21 +177,10 @@ def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
 
 
 def postmaster_users(directory: Any, domain: str) -> list[str] | None:
-    """Who gets mail for postmaster@`domain` (RFC 5321 §4.5.1: it MUST be accepted).
-
-    The postmaster alias or user of the domain (or its catch-all) when there is one; else the
-    domain's first user in sorted order; else the first user of the first domain that has one; None
-    only when there are no users at all."""
-    users = directory.resolve(f"postmaster@{domain}")
-    if users:
-        return list(users)
-    names = directory.user_names  # sorted
-    domains = [domain.lower()] + [d for d in directory.config.domains if d != domain.lower()]
-    for d in domains:
-        mine = [u for u in names if u.rpartition("@")[2] == d]
-        if mine:
-            return mine[:1]
-    return None
+    """Who gets mail for postmaster@`domain` (auth.users.Directory.postmaster); None only when
+    there are no users at all."""
+    users, _how = directory.postmaster(domain)
+    return list(users) if users else None
 
 
 @dataclass(frozen=True)
