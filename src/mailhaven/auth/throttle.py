@@ -203,9 +203,9 @@ class Throttle:
         return out
 
     def unblock(self, target: str) -> int:
-        """Lift penalties: an IP address (or network as listed) clears that address and its pairs;
-        anything else is an account: its pairs on every address and its alarm. Returns how many
-        entries had failures."""
+        """Lift penalties: an IP address (or a network as `blocks` lists it) clears that address
+        and its pairs; anything else is an account: its pairs on every address and its alarm.
+        Returns how many of the `blocks()` lines it lifted."""
         target = target.strip()
         try:
             ipaddress.ip_network(target, strict=False)
@@ -214,21 +214,20 @@ class Throttle:
             is_ip = False
         if is_ip:
             ipk = target if "/" in target else ip_key(target)
+            lifted = sum(1 for b in self.blocks() if b.ip == ipk)
             entries = [e for k, e in self._pairs.items() if k[0] == ipk]
             if ipk in self._ips:
                 entries.append(self._ips[ipk])
         else:
             acct = account_key(target)
+            lifted = sum(1 for b in self.blocks() if b.account == acct)
             entries = [e for k, e in self._pairs.items() if k[1] == acct]
             if acct in self._accounts:
                 entries.append(self._accounts[acct])
-        n = 0
         for e in entries:
-            if e.failures:
-                n += 1
             e.failures, e.fingerprints, e.alarmed = 0, [], False
         self._prune(self._clock())
-        return n
+        return lifted
 
     def tracked(self) -> int:
         return len(self._ips) + len(self._pairs) + len(self._accounts)
