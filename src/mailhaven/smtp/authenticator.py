@@ -49,7 +49,7 @@ class AuthOutcome:
     user: str | None = None  # canonical user on success
     login: str | None = None
     close: bool = False  # close the connection after the reply
-    reason: str = ""  # why it failed: the `smtp login failed` line's reason (module docstring)
+    reason: str = ""  # why it failed: the `login failed` line's reason (module docstring)
     mechanism: str = ""
 
 
