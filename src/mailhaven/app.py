@@ -42,6 +42,7 @@ from typing import Any
 
 from mailhaven import config as configmod
 from mailhaven import metrics as metricsmod
+from mailhaven.auth.login import LoginService
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
 from mailhaven.errors import ConfigError
@@ -121,6 +122,7 @@ class Context:
     limits: Limits
     tls: ssl.SSLContext | None
     queue: Any = None  # the queue issue sets this
+    logins: LoginService | None = None  # the login path of every protocol (auth/login.py; login.of(ctx))
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -220,7 +222,7 @@ def build_context(cfg: Config) -> Context:
     if store_cls is None:
         log.warning("mailhaven.store.Store not available in this build")
     store = None if store_cls is None else store_cls(cfg.mail_root, hostname=cfg.hostname)
-    return Context(
+    ctx = Context(
         config=cfg,
         store=store,
         directory=load_directory(cfg),
@@ -229,6 +231,10 @@ def build_context(cfg: Config) -> Context:
         tls=tls_context(cfg),
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
     )
+    # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
+    # directory) empties its verification cache.
+    ctx.logins = LoginService(lambda: ctx.config, lambda: ctx.directory, ctx)
+    return ctx
 
 
 # --- sockets and privileges ----------------------------------------------------------------------

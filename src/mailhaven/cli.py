@@ -9,7 +9,8 @@ auth.users.UsersFile, `doctor [DOMAIN...]` (doctor.py: exit 0 all good, 1 proble
 [LISTENER...]` (health.py: exit 0 every listener greets, 1 not), and turning every failure into one
 line on stderr: exit 2 for configuration errors, 1 for anything else, never a traceback.
 `dkim keygen DOMAIN [--selector S] [--ed25519]` (a new key file and the config keys naming it,
-dkimkeys.py) and `dns [DOMAIN...]` (the records to publish, records.py).
+dkimkeys.py) and `dns [DOMAIN...]` (the records to publish, records.py), `queue ...` and `auth
+blocks|unblock IP|ADDRESS` (the running server's queue and login delays, through control.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -402,6 +403,15 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health.exit_code(probes)
 
 
+def cmd_auth(args: argparse.Namespace) -> int:
+    from mailhaven import control
+
+    cfg = _load_config(args)
+    status, text = control.auth_command(cfg.control_path, args.action, args.target)
+    (sys.stdout if status == 0 else sys.stderr).write(text.rstrip("\n") + "\n")
+    return status
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     from mailhaven import control
 
@@ -661,6 +671,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("id", nargs="?", metavar="ID", help="queue ID (show, retry, delete)")
     s.add_argument("--json", action="store_true", help="show: the entry as JSON, for scripts")
     s.set_defaults(func=cmd_queue)
+
+    s = sub.add_parser("auth", parents=common, help="the running server's login delays: blocks, unblock IP|ADDRESS")
+    s.add_argument("action", choices=["blocks", "unblock"])
+    s.add_argument("target", nargs="?", metavar="IP|ADDRESS", help="unblock: a client IP address or an account")
+    s.set_defaults(func=cmd_auth)
     return p
 
 

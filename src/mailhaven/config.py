@@ -126,13 +126,23 @@ class SmtpConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    max_failures_per_ip: int = opt(10, "Failed logins from one IP within failure_window before refusing.",
-                                   lo=1, hi=1_000_000)
-    max_failures_per_account: int = opt(20, "Failed logins for one account within failure_window.",
+    """Login throttling like Dovecot's auth_penalty (auth/throttle.py), the verification cache and
+    hashing (auth/login.py). Logins are delayed, never refused, for failures."""
+
+    max_failures_per_ip: int = opt(10, "Failed logins from one client address (any account) within failure_window "
+                                   "before every login from it is delayed.", lo=0, hi=1_000_000)
+    max_failures_per_account: int = opt(20, "Failed logins for one account (from every address) within "
+                                        "failure_window that log a warning; never refuses or delays.",
                                         lo=1, hi=1_000_000)
-    failure_window: float = opt(900.0, "Window for counting failed logins.", lo=1, duration=True)
-    failure_delay: float = opt(1.0, "Extra delay per recent failure before answering (capped at 5 s).",
-                               lo=0, hi=60, duration=True)
+    failure_window: float = opt(900.0, "Failures are forgotten this long after the last one.", lo=1, duration=True)
+    failure_delay: float = opt(2.0, "Delay after one failure; doubles with each further one, up to "
+                               "max_failure_delay (0 = no delays).", lo=0, hi=60, duration=True)
+    max_failure_delay: float = opt(15.0, "The longest a login is delayed.", lo=0, hi=300, duration=True)
+    max_checks_per_ip: int = opt(2, "Password checks from one client address running at once.", lo=1, hi=1000)
+    hash_threads: int = opt(0, "Threads checking passwords, apart from the store's (0 = half the CPUs, 1-4).",
+                            lo=0, hi=64)
+    cache_ttl: float = opt(300.0, "Remember a good login this long (0 = no cache).", lo=0, hi=86400, duration=True)
+    cache_size: int = opt(10_000, "Most good logins remembered.", lo=1, hi=10_000_000)
     allow_plaintext_loopback: bool = opt(False, "Allow AUTH/LOGIN without TLS on loopback listeners "
                                          "(dev mode sets it).")
 

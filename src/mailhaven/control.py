@@ -2,7 +2,8 @@
 
 Owns: serving `config.control_path` (mode 0600: only the server's user and root may connect), the
 protocol (one JSON object per line each way, requests bounded to MAX_REQUEST octets, a reply per
-request), the queue commands, and the blocking client the CLI uses.
+request), the queue commands, the login penalty commands (`mailhaven auth blocks|unblock`), and
+the blocking client the CLI uses.
 Does not own: the commands' effects (queue/manager.py), CLI argument parsing (cli.py).
 
 Requests and replies:
@@ -15,6 +16,8 @@ Requests and replies:
     {"cmd": "retry", "id": ID}   -> {"ok": true}            (next attempt = now)
     {"cmd": "delete", "id": ID}  -> {"ok": true}            (removed, no bounce)
     {"cmd": "flush"}             -> {"ok": true, "count": n} (every entry: next attempt = now)
+    {"cmd": "auth_blocks"}       -> {"ok": true, "blocks": [{kind, ip, account, failures, delay, expires_in}]}
+    {"cmd": "auth_unblock", "target": IP|ADDRESS} -> {"ok": true, "count": n} (penalties lifted)
     anything wrong               -> {"ok": false, "error": "one line"}
 
     server = await serve_control(ctx, manager)      # app.run; close() it on shutdown
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -47,10 +51,12 @@ class ControlError(Exception):
     """The server cannot be reached or answered nonsense; `str()` is one line for the CLI."""
 
 
-async def _handle(manager: Any, request: Any) -> dict[str, Any]:
+async def _handle(manager: Any, request: Any, ctx: Any = None) -> dict[str, Any]:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return {"ok": False, "error": "expected a JSON object with \"cmd\""}
     cmd = request["cmd"]
+    if cmd in ("auth_blocks", "auth_unblock") and ctx is not None:
+        return _auth_command(ctx, cmd, request.get("target"))
     entry_id = request.get("id")
     if cmd in ("show", "retry", "delete") and not isinstance(entry_id, str):
         return {"ok": False, "error": f"{cmd} needs an \"id\""}
@@ -72,11 +78,24 @@ async def _handle(manager: Any, request: Any) -> dict[str, Any]:
     return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
 
 
+def _auth_command(ctx: Any, cmd: str, target: Any) -> dict[str, Any]:
+    """The login penalties (auth/login.py, auth/throttle.py)."""
+    from mailhaven.auth import login
+
+    service = login.of(ctx)
+    if cmd == "auth_blocks":
+        return {"ok": True, "blocks": [dataclasses.asdict(b) for b in service.blocks()]}
+    if not isinstance(target, str) or not target.strip() or len(target) > 320:
+        return {"ok": False, "error": "auth_unblock needs a \"target\" (an IP address or an account)"}
+    return {"ok": True, "count": service.unblock(target)}
+
+
 def _no_such(entry_id: Any) -> dict[str, Any]:
     return {"ok": False, "error": f"no such queue entry: {str(entry_id)[:64]}"}
 
 
-async def _serve_one(manager: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_one(manager: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     ctx: Any = None) -> None:
     try:
         while True:
             try:
@@ -92,7 +111,7 @@ async def _serve_one(manager: Any, reader: asyncio.StreamReader, writer: asyncio
                 reply: dict[str, Any] = {"ok": False, "error": "not JSON"}
             else:
                 try:
-                    reply = await _handle(manager, request)
+                    reply = await _handle(manager, request, ctx)
                 except Exception as e:  # noqa: BLE001 - one bad command must not end the server
                     log.exception("control command failed")
                     reply = {"ok": False, "error": f"internal error ({type(e).__name__})"}
@@ -142,7 +161,7 @@ async def serve_control(ctx: Any, manager: Any) -> asyncio.AbstractServer:
     sock = await asyncio.to_thread(_bind, path)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_one(manager, reader, writer)
+        await _serve_one(manager, reader, writer, ctx)
 
     server = await asyncio.start_unix_server(client, sock=sock, limit=MAX_REQUEST)
     log.info("control socket on %s", path)
@@ -351,5 +370,44 @@ def queue_command(control_path: str | Path, action: str, entry_id: str | None = 
     return 0, f"{entry_id}: {'scheduled for delivery now' if action == 'retry' else 'deleted'}"
 
 
-__all__ = ["serve_control", "control_request", "format_list", "format_show", "queue_command", "QUEUE_ACTIONS",
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def format_blocks(blocks: list[dict[str, Any]]) -> str:
+    """`mailhaven auth blocks` output: one line per penalty in force."""
+    if not blocks:
+        return "No login is delayed now.\n"
+    lines = [f"{'KIND':<8} {'ADDRESS':<20} {'ACCOUNT':<32} {'FAILURES':>8} {'DELAY':>6} {'EXPIRES':>8}"]
+    for b in blocks:
+        kind = "alarm" if b.get("kind") == "account" else str(b.get("kind", "?"))
+        delay = "-" if kind == "alarm" else f"{float(b.get('delay', 0)):g}s"
+        lines.append(f"{kind:<8} {b.get('ip') or '*':<20} {b.get('account') or '*':<32} "
+                     f"{b.get('failures', 0):>8} {delay:>6} {_duration(float(b.get('expires_in', 0))):>8}")
+    lines.append("(DELAY: what the next login from ADDRESS for ACCOUNT waits; alarm: counted only, never delayed)")
+    return "\n".join(lines) + "\n"
+
+
+def auth_command(control_path: str | Path, action: str, target: str | None = None) -> tuple[int, str]:
+    """`mailhaven auth blocks|unblock TARGET` for the CLI: (exit status, text)."""
+    if action == "unblock" and not target:
+        return 2, "auth unblock needs an IP address or an account"
+    command: dict[str, Any] = {"cmd": f"auth_{action}"}
+    if action == "unblock":
+        command["target"] = target
+    try:
+        reply = control_request(control_path, command)
+    except ControlError as e:
+        return 1, str(e)
+    if not reply.get("ok"):
+        return 1, str(reply.get("error", "failed"))
+    if action == "blocks":
+        return 0, format_blocks(reply.get("blocks", [])).rstrip("\n")
+    n = reply.get("count", 0)
+    return 0, f"{target}: {n} penalt{'y' if n == 1 else 'ies'} lifted" if n else f"{target}: nothing was delayed"
+
+
+__all__ = ["serve_control", "auth_command", "format_blocks", "control_request", "format_list", "format_show",
+           "queue_command", "QUEUE_ACTIONS",
            "ControlError", "MAX_REQUEST"]

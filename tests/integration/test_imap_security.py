@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -187,15 +188,19 @@ def test_pipelining_flood_is_cut_off(make_config: Callable[..., Any]) -> None:
         h.stop()
 
 
-def test_login_throttling_after_failures(make_config: Callable[..., Any]) -> None:
-    cfg = make_config("imap", {"imaps": {"tls": "implicit"}}, auth={"max_failures_per_ip": 3})
+def test_failures_delay_but_never_refuse_the_right_password(make_config: Callable[..., Any]) -> None:
+    """Issue 10 item 1: the old code answered NO [UNAVAILABLE] to the right password here."""
+    cfg = make_config("imap", {"imaps": {"tls": "implicit"}},
+                      auth={"max_failures_per_ip": 3, "failure_delay": 0.05, "max_failure_delay": 0.2})
     h = ImapHarness(cfg, names=("imap",)).start()
     try:
         raw = h.raw()
-        for _ in range(3):
-            assert b"AUTHENTICATIONFAILED" in raw.cmd(f"LOGIN {ALICE} wrong".encode())[-1]
+        for i in range(6):
+            assert b"AUTHENTICATIONFAILED" in raw.cmd(f"LOGIN {ALICE} wrong{i}".encode())[-1]
+        t0 = time.monotonic()
         last = raw.cmd(f"LOGIN {ALICE} {PASSWORD}".encode())[-1]
-        assert last.startswith(b"t NO [UNAVAILABLE]")
+        assert last.startswith(b"t OK ")
+        assert time.monotonic() - t0 >= 0.2  # delayed (6 failures of this pair: the cap)
         raw.close()
     finally:
         h.stop()

@@ -104,9 +104,45 @@ def test_fast_env_selects_cheap_parameters(monkeypatch: pytest.MonkeyPatch) -> N
     assert passwords.current_params() == DEFAULT_PARAMS
 
 
-def test_default_parameters_are_argon2id_64mib() -> None:
+def test_default_parameters_are_owasp_argon2id_19mib() -> None:
+    """Issue 10 item 3a: m=19 MiB, t=2, p=1 (the old m=64 MiB, t=3, p=4 cost 0.2 s a login)."""
     h = hash_password("pw", params=DEFAULT_PARAMS)
-    assert "$argon2id$v=19$m=65536,t=3,p=4$" in h
+    assert "$argon2id$v=19$m=19456,t=2,p=1$" in h
+    old = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$" + "A" * 43
+    assert needs_rehash(old, params=DEFAULT_PARAMS)  # hashes of the old default get rewritten
+
+
+def test_default_cost_is_milliseconds() -> None:
+    h = hash_password("pw", params=DEFAULT_PARAMS)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        assert passwords.verify_sync(h, "pw")
+        times.append(time.perf_counter() - t0)
+    assert sorted(times)[1] < 0.15  # about 25 ms idle; the old default took 0.2 s
+
+
+async def test_verify_runs_on_the_executor_given() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    h = hash_password("pw", params=FAST_PARAMS)
+    names: list[str] = []
+
+    def spy(hash: str, pw: str) -> bool:
+        import threading
+
+        names.append(threading.current_thread().name)
+        return True
+
+    with ThreadPoolExecutor(1, thread_name_prefix="hashpool") as ex:
+        assert await verify(h, "pw", executor=ex)
+        orig = passwords.verify_sync
+        passwords.verify_sync = spy
+        try:
+            await verify(h, "pw", executor=ex)
+        finally:
+            passwords.verify_sync = orig
+    assert names and names[0].startswith("hashpool")
 
 
 def test_needs_rehash_when_parameters_change() -> None:

@@ -1,7 +1,8 @@
 """Accounts: the users file, password hashes, address resolution, SASL.
 
-Owns: who exists (users, aliases, catch-alls, sub-addresses), who may send as what, and login checks.
-Does not own: throttling (mailhaven.limits), address syntax (mailhaven.message.address), protocols.
+Owns: who exists (users, aliases, catch-alls, sub-addresses), who may send as what, and logins: the
+one login path of every protocol (login.py) and its throttle (throttle.py).
+Does not own: connection limits (mailhaven.limits), address syntax (mailhaven.message.address), protocols.
 
 Public API:
 
@@ -19,11 +20,17 @@ Public API:
         .is_local_domain(domain) -> bool
         .user(address) -> str | None                   # exact user lookup (no alias, no +tag)
         .owns(user, address) -> bool                   # may `user` send as `address`
-        await .authenticate(login, password) -> str | None   # canonical user or None
+        .entry(login) -> UserEntry | None              # the user a login names, with its hash
+        await .authenticate(login, password) -> str | None   # canonical user or None (no throttle, no cache)
         .warnings -> list[str]                         # dangling/looping aliases etc. (check-config)
         .postmaster(domain) -> (users, how)            # RFC 5321 §4.5.1, with the implicit first-user fallback
         .how(address) -> (users, how)                  # user / alias / catch-all / "" (nobody)
         .role_warnings -> list[RoleWarning]            # postmaster@/abuse@ reached only implicitly (doctor)
+    login.of(ctx) -> LoginService                      # the login path of IMAP, POP3 and submission
+        await .login(proto, ip, login, password, mechanism) -> Outcome(user | None, reason, cached, delay)
+        .refused(proto, ip, login, reason, mechanism)  # a failure before any check: log line + metrics
+        .blocks() / .unblock(ip_or_account)            # `mailhaven auth blocks|unblock`
+    throttle.Throttle(Policy, clock=)                  # pure: penalties by address and (address, account)
     sasl: pure PLAIN / LOGIN decoding shared by SMTP, IMAP and POP3:
         sasl.decode_plain(b64) -> Credentials(login, password, authzid); sasl.Exchange("PLAIN"|"LOGIN")
         .start(initial) / .step(line) -> challenge str | Credentials; SaslCancelled on "*".

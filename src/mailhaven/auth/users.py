@@ -2,7 +2,8 @@
 
 Owns: the users file format, its atomic editing (used by the CLI), address resolution (users,
 aliases, catch-all, sub-addresses), "may this user send as that address", and login checks.
-Does not own: password hash formats (auth/passwords.py), throttling (limits.py), domains (config).
+Does not own: password hash formats (auth/passwords.py), the login path with its throttle and cache
+(auth/login.py), domains (config).
 
 File format (comments are not preserved when the CLI rewrites the file):
 
@@ -603,6 +604,16 @@ class Directory:
             if found is not None:
                 return u.address in found
         return False
+
+    def entry(self, login: str) -> UserEntry | None:
+        """The user a login names (full address, any case), with its password hash; None if none.
+        auth/login.py checks the password."""
+        if len(login) > MAX_LOGIN_LENGTH:
+            return None
+        try:
+            return self._users.get(address_key(login))
+        except ValueError:
+            return None
 
     async def authenticate(self, login: str, password: str) -> str | None:
         """Check a login (full address, any case) and password. Returns the canonical user or None.

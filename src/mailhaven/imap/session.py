@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from mailhaven import log as mhlog
 from mailhaven import metrics
+from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, TempFailure
 from mailhaven.imap import commands as C
@@ -690,18 +691,18 @@ class Session:
 
     async def cmd_login(self, cmd: C.Login) -> str:
         if not self.plaintext_ok:  # RFC 3501 §6.2.3, §7.2.1 LOGINDISABLED
-            metrics.of(self.ctx).login("imap", ok=False, reason="tls_required")
+            logins.of(self.ctx).refused("imap", self.ip, cmd.username, "plaintext_refused", "LOGIN")
             raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
                      "PRIVACYREQUIRED")
         return await self._login(cmd.username, cmd.password, "LOGIN")
 
     async def cmd_authenticate(self, cmd: C.Authenticate) -> str:
-        m = metrics.of(self.ctx)
+        service = logins.of(self.ctx)
         if cmd.mechanism not in AUTH_MECHANISMS:
-            m.login("imap", ok=False, reason="mechanism")
+            service.refused("imap", self.ip, "", "unknown_mechanism", "")
             raise No("Unsupported authentication mechanism.")
         if not self.plaintext_ok:
-            m.login("imap", ok=False, reason="tls_required")
+            service.refused("imap", self.ip, "", "plaintext_refused", cmd.mechanism)
             raise No("Plaintext authentication disallowed on non-secure (SSL/TLS) connections.",
                      "PRIVACYREQUIRED")
         exchange = sasl.Exchange(cmd.mechanism)
@@ -720,37 +721,24 @@ class Session:
                     raise ConnectionResetError("client went away during AUTHENTICATE")
                 out = exchange.step(line)
         except sasl.SaslCancelled:
-            m.login("imap", ok=False, reason="cancelled")
+            service.refused("imap", self.ip, "", "cancelled", cmd.mechanism)
             raise Bad("Authentication aborted by client.") from None  # RFC 3501 §6.2.2
         except ValueError:
-            m.login("imap", ok=False, reason="syntax")
+            service.refused("imap", self.ip, "", "bad_sasl", cmd.mechanism)
             raise Bad("Invalid base64 data in continued response.") from None
         creds = out
         if creds.authzid and creds.authzid != creds.login:
-            m.login("imap", ok=False, reason="bad_credentials")
+            service.refused("imap", self.ip, creds.login, "authzid_refused", cmd.mechanism)
             raise No("Authorization identity not permitted.", "AUTHORIZATIONFAILED")
         return await self._login(creds.login, creds.password, cmd.mechanism)
 
     async def _login(self, login: str, password: str, mechanism: str) -> str:
         ctx = self.ctx
-        m = metrics.of(ctx)
-        limits = getattr(ctx, "limits", None)
-        if limits is not None and not await limits.before_auth(self.ip, login):
-            m.login("imap", ok=False, reason="throttled")
-            mhlog.event(log, "imap login refused (throttled)", login=login, mechanism=mechanism)
-            raise No("Too many failed logins, try again later.", "UNAVAILABLE")
-        directory = getattr(ctx, "directory", None)
-        user = await directory.authenticate(login, password) if directory is not None else None
+        # auth/login.py: throttle (a delay, never a refusal), cache, check, the one log line, metrics
+        outcome = await logins.of(ctx).login("imap", self.ip, login, password, mechanism)
+        user = outcome.user
         if user is None:
-            if limits is not None:
-                limits.auth_failed(self.ip, login)
-            m.login("imap", ok=False, reason="bad_credentials")
-            mhlog.event(log, "imap login failed", login=login, mechanism=mechanism, reason="bad credentials")
-            raise No("Authentication failed.", "AUTHENTICATIONFAILED")
-        if limits is not None:
-            limits.auth_succeeded(self.ip, login)
-        m.login("imap", ok=True)
-        mhlog.event(log, "imap login ok", login=login, user=user, mechanism=mechanism)
+            raise No("Authentication failed.", "AUTHENTICATIONFAILED")  # RFC 5530 §3
         self.user = user
         self.account = ctx.store.account(user)
         self.sub = ctx.store.changes.subscribe(user)

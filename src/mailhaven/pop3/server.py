@@ -21,8 +21,9 @@ import socket
 import ssl
 from typing import Any
 
-from mailhaven import lineproto, metrics
+from mailhaven import lineproto
 from mailhaven import log as mhlog
+from mailhaven.auth import login as logins
 from mailhaven.config import ListenerConfig
 from mailhaven.lineproto import LineConnection, Listener
 from mailhaven.pop3 import protocol as P
@@ -43,11 +44,6 @@ from mailhaven.store.model import MessageNotFound
 log = logging.getLogger("mailhaven.pop3")
 
 SEEN = "\\Seen"
-# "pop3 login failed" reason -> the metrics' auth failure reason (metrics.AUTH_FAILURE_REASONS)
-_METRIC_REASONS = {"bad_password": "bad_credentials", "unknown_user": "bad_credentials",
-                   "authzid_refused": "bad_credentials", "throttled": "throttled",
-                   "plaintext_refused": "tls_required", "bad_sasl": "syntax", "cancelled": "cancelled"}
-_PASSWORD_TRIED = frozenset({"bad_password", "unknown_user", "throttled"})  # logged as warnings
 
 # user -> holder, per store object: one POP3 session per maildrop (RFC 1939 §8 "exclusive-access lock").
 _locks: dict[int, set[str]] = {}
@@ -154,36 +150,18 @@ class _Connection(LineConnection):
         session.tls_started()
 
     def _login_failed(self, reason: str, login: str, mechanism: str) -> None:
-        """The one log line of a failed login (fail2ban and the like match it; the client address
-        is in the log context), with why: never the password."""
-        level = logging.WARNING if reason in _PASSWORD_TRIED else logging.INFO
-        mhlog.event(log, "pop3 login failed", level=level, reason=reason, login=login, mechanism=mechanism)
-        metrics.of(self.ctx).login("pop3", ok=False, reason=_METRIC_REASONS.get(reason, "bad_credentials"))
+        """A login that ended before a password check (the protocol core said why): the one log
+        line and metrics of every protocol (auth/login.py)."""
+        logins.of(self.ctx).refused("pop3", self.ip, login, reason, mechanism)
 
     async def _authenticate(self, session: Session, ev: Authenticate) -> None:
-        ctx = self.ctx
-        limits = getattr(ctx, "limits", None)
-        if limits is not None and not await limits.before_auth(self.ip, ev.login):
-            self._login_failed("throttled", ev.login, ev.mechanism)
-            session.auth_throttled()
-            return
-        directory = getattr(ctx, "directory", None)
-        user = await directory.authenticate(ev.login, ev.password) if directory is not None else None
-        if user is None:
-            if limits is not None:
-                limits.auth_failed(self.ip, ev.login)
-            # Directory.authenticate spends the same time either way; the log may say which it was.
-            known = directory is not None and directory.user(ev.login) is not None
-            self._login_failed("bad_password" if known else "unknown_user", ev.login, ev.mechanism)
+        # auth/login.py: throttle (a delay, never a refusal), cache, check, the one log line, metrics
+        outcome = await logins.of(self.ctx).login("pop3", self.ip, ev.login, ev.password, ev.mechanism)
+        if outcome.user is None:
             session.auth_failed()
             return
-        if limits is not None:
-            limits.auth_succeeded(self.ip, ev.login)
-        metrics.of(ctx).login("pop3", ok=True)
-        # protocol.Authenticate does not say which command carried the password (USER/PASS or AUTH PLAIN)
-        mhlog.event(log, "pop3 login ok", login=ev.login, user=user, mechanism=ev.mechanism)
-        mhlog.set_user(user)
-        session.auth_succeeded(user)
+        mhlog.set_user(outcome.user)
+        session.auth_succeeded(outcome.user)
 
     async def _load_maildrop(self, session: Session, ev: LoadMaildrop) -> None:
         store = self.ctx.store

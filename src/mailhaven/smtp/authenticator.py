@@ -6,24 +6,16 @@ loopback listener with config auth.allow_plaintext_loopback, the dev setting), t
 PLAIN (RFC 4616) and LOGIN through auth.sasl (mechanism names case-insensitive; an initial
 response, "=" for an empty one; "*" cancels: 501), the bounds on a response line (500 5.5.6 over
 sasl.MAX_RESPONSE), refusing proxy authorization (an authzid other than the login), and the
-login itself: ctx.limits.before_auth (slow down: auth.failure_delay per recent failure, capped),
-ctx.directory.authenticate (argon2 off the event loop), auth_failed / auth_succeeded.
+login itself through the one login path of every protocol (auth/login.py: the throttle's delay,
+never a refusal for past failures; the verification cache; the hash on its own executor).
 Does not own: the AUTH command's place in the dialogue (EHLO first, not during a transaction,
 once per session: submission.py), reading lines (server.py), reply texts (replies.py).
 
-Refusal when over a failure limit (auth.max_failures_per_*, within auth.failure_window):
-- the client's address is over: `421 4.7.0` and the connection is closed, like Postfix for a client
-  over one of its anvil limits (an attacker's connection is worth nothing to keep);
-- only the account is over: `454 4.7.0` (RFC 4954 §6 temporary authentication failure) and the
-  session stays: another login (or the same one, later) may still succeed.
-Dovecot slows failures down the same way (its auth penalty) before refusing.
-
-Every failed AUTH command logs one `smtp login failed` line (fail2ban and the like match it; the
-client address is in the log context) with `reason=`, the same words as `pop3 login failed`:
-bad_password, unknown_user (the login names no account; Directory.authenticate spends the same
-time either way, only the log tells them apart), throttled, authzid_refused, plaintext_refused,
-bad_sasl (syntax, undecodable base64, an over-long response), unknown_mechanism, cancelled.
-Never the password.
+Every failed AUTH command logs the one `login failed proto=submission user=... ip=... reason=...`
+line of every protocol (auth/login.py; fail2ban matches it) with `reason=` bad_password,
+unknown_user (the login names no account; the check spends the same time either way, only the log
+tells them apart), authzid_refused, plaintext_refused, bad_sasl (syntax, undecodable base64, an
+over-long response), unknown_mechanism, cancelled. Never the password.
 """
 
 from __future__ import annotations
@@ -32,8 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mailhaven import log as mlog
-from mailhaven import metrics
+from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.smtp import replies as R
 
@@ -58,17 +49,8 @@ class AuthOutcome:
     user: str | None = None  # canonical user on success
     login: str | None = None
     close: bool = False  # close the connection after the reply
-    reason: str = ""  # why it failed: the `smtp login failed` line's reason (module docstring)
+    reason: str = ""  # why it failed: the `login failed` line's reason (module docstring)
     mechanism: str = ""
-
-
-# `smtp login failed` reason -> metrics auth_failures_total{reason} (metrics.AUTH_FAILURE_REASONS).
-_METRIC_REASONS = {
-    "bad_password": "bad_credentials", "unknown_user": "bad_credentials", "authzid_refused": "bad_credentials",
-    "throttled": "throttled", "plaintext_refused": "tls_required", "bad_sasl": "syntax",
-    "unknown_mechanism": "mechanism", "cancelled": "cancelled",
-}
-_PASSWORD_TRIED = frozenset({"bad_password", "unknown_user", "throttled"})  # logged as warnings
 
 
 class Authenticator:
@@ -91,14 +73,10 @@ class Authenticator:
         """The whole AUTH command after the dialogue checks: exchange, throttle, password check.
         Every attempt counts in the login metrics (proto "submission"); a failure logs one line."""
         outcome = await self._run(io, ip=ip, tls_active=tls_active, arg=arg)
-        if outcome.user is not None:
-            metrics.of(self.ctx).login("submission", ok=True)
-            return outcome
-        reason = outcome.reason or "bad_password"
-        level = logging.WARNING if reason in _PASSWORD_TRIED else logging.INFO
-        mlog.event(logger, "smtp login failed", level=level, reason=reason, login=outcome.login or "",
-                   mechanism=outcome.mechanism)
-        metrics.of(self.ctx).login("submission", ok=False, reason=_METRIC_REASONS.get(reason, "bad_credentials"))
+        if outcome.user is None and outcome.reason not in logins.PASSWORD_CHECKED:
+            # failures after a password check were logged by the login service itself
+            logins.of(self.ctx).refused("submission", ip, outcome.login or "", outcome.reason or "bad_sasl",
+                                        outcome.mechanism)
         return outcome
 
     async def _run(self, io: AuthIO, *, ip: str, tls_active: bool, arg: str) -> AuthOutcome:
@@ -133,23 +111,12 @@ class Authenticator:
         return await self.check(ip, mechanism, creds.login, creds.password)
 
     async def check(self, ip: str, mechanism: str, login: str, password: str) -> AuthOutcome:
-        """The password check behind the throttle; a failed outcome says why (`reason`)."""
-        ctx = self.ctx
-        limits = ctx.limits
-        if not await limits.before_auth(ip, login):  # waits failure_delay x recent failures first
-            n_ip, _ = limits.recent_failures(ip)
-            close = n_ip >= ctx.config.auth.max_failures_per_ip
-            reply = R.auth_blocked(ctx.config.hostname) if close else R.AUTH_THROTTLED
-            return AuthOutcome(reply, login=login, close=close, reason="throttled", mechanism=mechanism)
-        directory = ctx.directory
-        user: str | None = await directory.authenticate(login, password)
-        if user is None:
-            limits.auth_failed(ip, login)
-            reason = "bad_password" if directory.user(login) is not None else "unknown_user"
-            return AuthOutcome(R.AUTH_FAILED, login=login, reason=reason, mechanism=mechanism)  # RFC 4954 §6: 535 5.7.8
-        limits.auth_succeeded(ip, login)
-        mlog.event(logger, "submission login ok", login=login, user=user, mechanism=mechanism)
-        return AuthOutcome(R.AUTH_OK, user=user, login=login, mechanism=mechanism)
+        """The password check (auth/login.py); a failed outcome says why (`reason`)."""
+        outcome = await logins.of(self.ctx).login("submission", ip, login, password, mechanism)
+        if outcome.user is None:
+            # RFC 4954 §6: 535 5.7.8
+            return AuthOutcome(R.AUTH_FAILED, login=login, reason=outcome.reason, mechanism=mechanism)
+        return AuthOutcome(R.AUTH_OK, user=outcome.user, login=login, mechanism=mechanism)
 
 
 __all__ = ["Authenticator", "AuthOutcome", "AuthIO", "MECHANISMS"]
