@@ -103,3 +103,16 @@ async def test_a_cancelled_check_counts_as_a_failure_and_its_waiters_check_again
         await leader
     blocks = service.blocks()
     assert [(b.kind, b.ip) for b in blocks if b.kind == "pair"] == [("pair", "192.0.2.1")]
+
+
+@pytest.mark.parametrize("reason", ["bad_password", "unknown_user", "plaintext_refused", "bad_sasl", "cancelled",
+                                    "unknown_mechanism", "authzid_refused"])
+def test_every_login_failure_is_one_warning_line_whatever_the_reason(
+        tmp_path: Path, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 11 item 5: one line format and ONE level for every protocol and reason, so one
+    fail2ban filter and one log level serve them all."""
+    service, _, _ = make(tmp_path)
+    with caplog.at_level("DEBUG", logger="mailhaven.auth"):
+        service.refused("pop3", "192.0.2.1", ALICE, reason, "PLAIN")
+    lines = [r for r in caplog.records if r.getMessage() == "login failed"]
+    assert [(r.levelname, r.mh_fields["reason"]) for r in lines] == [("WARNING", reason)]  # type: ignore[attr-defined]

@@ -21,12 +21,13 @@ check (a client opening 5 connections pays one hash).
 
 One line per login, the same on every protocol (fail2ban matches it; docs/production.md):
 
-    login failed proto=imap user=LOGIN ip=ADDR reason=REASON mechanism=MECH delay=SECONDS  (WARNING/INFO)
+    login failed proto=imap user=LOGIN ip=ADDR reason=REASON mechanism=MECH delay=SECONDS  (WARNING)
     login ok proto=imap user=CANONICAL ip=ADDR mechanism=MECH login=LOGIN cached=BOOL delay=SECONDS
 
-reason: bad_password, unknown_user (a password was checked: WARNING), and, before any check
-(INFO): authzid_refused, plaintext_refused, bad_sasl, unknown_mechanism, cancelled. The connection's
-cid ends the line. Never the password.
+reason: bad_password, unknown_user (a password was checked), and, before any check: authzid_refused,
+plaintext_refused, bad_sasl, unknown_mechanism, cancelled. Every failure is one WARNING line, whatever
+the protocol and the reason, so one level and one filter serve them all. The connection's cid ends
+the line. Never the password.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ METRIC_REASONS = {
     "plaintext_refused": "tls_required", "bad_sasl": "syntax", "unknown_mechanism": "mechanism",
     "cancelled": "cancelled",
 }
-PASSWORD_CHECKED = frozenset({"bad_password", "unknown_user"})  # logged as warnings
+PASSWORD_CHECKED = frozenset({"bad_password", "unknown_user"})  # a password was checked
 
 
 class UserRecord(Protocol):
@@ -193,9 +194,8 @@ class LoginService:
 
     def refused(self, proto: str, ip: str, login: str, reason: str, mechanism: str, *, delay: float = 0.0) -> None:
         """A failed login: the one log line and the metrics (also for failures before a check)."""
-        level = logging.WARNING if reason in PASSWORD_CHECKED else logging.INFO
         with self._own_line():
-            mlog.event(log, "login failed", level=level, proto=proto, user=login, ip=ip, reason=reason,
+            mlog.event(log, "login failed", level=logging.WARNING, proto=proto, user=login, ip=ip, reason=reason,
                        mechanism=mechanism, delay=round(delay, 3))
         metrics.of(self._ctx).login(proto, ok=False, reason=METRIC_REASONS.get(reason, "bad_credentials"))
 
