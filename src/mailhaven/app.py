@@ -122,6 +122,7 @@ class Context:
     tls: ssl.SSLContext | None
     queue: Any = None  # the queue issue sets this
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
+    spam: Any = None  # mailhaven.policy.rspamd.RspamdClient when config spam.rspamd_url is set
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -229,7 +230,15 @@ def build_context(cfg: Config) -> Context:
         limits=build_limits(cfg),
         tls=tls_context(cfg),
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
+        spam=rspamd_client(cfg),
     )
+
+
+def rspamd_client(cfg: Config) -> Any:
+    """The pooled rspamd client of config [spam] (None when spam.rspamd_url is empty)."""
+    from mailhaven.policy import rspamd
+
+    return rspamd.from_config(cfg.spam)
 
 
 # --- sockets and privileges ----------------------------------------------------------------------
@@ -379,6 +388,9 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
         log.warning("reload: listener, data_dir, metrics and run_as_user changes take effect after a restart")
         new = dataclasses.replace(new, listeners=old.listeners, data_dir=old.data_dir, metrics=old.metrics,
                                   run_as_user=old.run_as_user, run_as_group=old.run_as_group)
+    if new.spam != old.spam:  # the rspamd client holds pooled connections made from the old values
+        log.warning("reload: [spam] changes take effect after a restart")
+        new = dataclasses.replace(new, spam=old.spam)
     if ctx.tls is not None and new_tls is not None:
         # Load into the live context: servers hold it, and new handshakes then use the new cert.
         # (It loaded into new_tls just now, so this cannot fail halfway for a bad file.)
@@ -506,6 +518,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 server.close()
             if ctx.store is not None:
                 await ctx.store.close()
+            if ctx.spam is not None:
+                await ctx.spam.close()
     log.info("stopped")
 
 

@@ -24,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from mailhaven import log as mlog
 from mailhaven import metrics
 from mailhaven.delivery import local
-from mailhaven.errors import DnsTempError, PermFailure
+from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
-from mailhaven.policy import pipeline
+from mailhaven.policy import pipeline, spam
 from mailhaven.policy.spf import SpfResult
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
@@ -108,6 +110,9 @@ class InboundHandler(BaseHandler):
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
         checks: _MailChecks | None = txn.policy
+        scanner = getattr(self.ctx, "spam", None)  # policy/rspamd.RspamdClient, or None (no [spam])
+        # The client's verified name for the scanner, looked up while the sender checks run.
+        hostname = txn.start(self._client_hostname(session.ip)) if scanner is not None else None
         spf_result = await checks.spf if checks is not None else None
         enforce = pipeline.applies(cfg.policy, session.ip)
         try:
@@ -123,7 +128,12 @@ class InboundHandler(BaseHandler):
         if error is not None:
             # reject -> 550 5.7.1, tempfail -> 451 4.4.3 (replies.reply_for renders it)
             raise error
-        folder = JUNK if verdict.action == "junk" else INBOX
+        # Content scanning, decided before the 250 too (no backscatter); the strongest action wins.
+        scan = await self._scan(scanner, session, txn, data, hostname) if scanner is not None else None
+        if scan is not None:
+            data = spam.remove_fields(data, spam.removals(scan))  # what rspamd asks to remove
+        junk = verdict.action == "junk" or (scan is not None and spam.outcome(scan) == "junk")
+        folder = JUNK if junk else INBOX
         # RFC 5321 §4.4 / §7.2: name the recipient only when there is one (the same address given
         # twice is still one recipient, as Postfix sees it).
         one = len({r.normalized() for r in txn.recipients}) == 1
@@ -137,6 +147,8 @@ class InboundHandler(BaseHandler):
                 when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls),
             assessment.headers,  # Authentication-Results (RFC 8601) + Received-SPF (RFC 7208 §9.1)
         ]
+        if scan is not None:  # X-Spam-Status, X-Spam-Score, then what rspamd asks to add
+            trace.append(spam.status_fields(scan) + spam.milter_fields(scan))
         # Durable in every Maildir before the 250 (store.deliver fsyncs; all or nothing, StoreError).
         # into_mailboxes puts Return-Path on top (RFC 5321 §4.4) and removes what arrived claiming
         # to be ours (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before
@@ -147,6 +159,44 @@ class InboundHandler(BaseHandler):
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
+
+    async def _client_hostname(self, ip: str) -> str:
+        """The client's forward-confirmed reverse DNS name, or "unknown" (as Postfix names it)."""
+        try:
+            async with asyncio.timeout(self._policy_deadline()):
+                for name in (await self.ctx.resolver.ptr(ip))[:3]:
+                    if ip in await self.ctx.resolver.addresses(name):
+                        return str(name)
+        except Exception:  # noqa: BLE001 - no name is an answer here: "unknown"
+            pass
+        return "unknown"
+
+    async def _scan(self, scanner: Any, session: ClientSession, txn: Transaction, data: bytes,
+                    hostname: asyncio.Task[str] | None) -> spam.SpamVerdict:
+        """The scanner's verdict, logged once and counted by action; raises the refusal of a reject
+        or tempfail verdict, and 451 4.7.1 when there is none and spam.on_error is "tempfail"."""
+        request = spam.ScanRequest(
+            ip=session.ip, helo=session.host_name or "", sender=str(txn.sender) if txn.sender is not None else "",
+            recipients=tuple(str(r) for r in txn.recipients), queue_id=txn.queue_id,
+            hostname=await hostname if hostname is not None else "unknown",
+            deliver_to=txn.users[0] if len(txn.users) == 1 else "")
+        t0 = time.monotonic()
+        try:
+            scan: spam.SpamVerdict = await scanner.scan(data, request)
+        except spam.ScanError as e:
+            scan = spam.unknown(str(e))
+        level = logging.WARNING if scan.action == "unknown" else logging.INFO
+        mlog.event(logger, "spam verdict", level=level, id=txn.queue_id, scanner="rspamd", action=scan.action,
+                   score=f"{scan.score:.2f}" if scan.scanned else "", required=f"{scan.required:.2f}" if scan.scanned
+                   else "", symbols=",".join(scan.symbols), reason=scan.reason,
+                   ms=int((time.monotonic() - t0) * 1000))
+        metrics.of(self.ctx).spam_verdict(scan.action)
+        if scan.action == "unknown" and self.config.spam.on_error == "tempfail":
+            raise TempFailure("Spam check not available, try again later", code=451, enhanced="4.7.1")
+        refusal = spam.error_for(scan)
+        if refusal is not None:
+            raise refusal
+        return scan
 
 
 def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
