@@ -11,9 +11,11 @@
 
 The configuration is Debian's stock one (/etc/rspamd, `$CONFDIR`) with our top-level rspamd.conf
 (workers, logging) and `local.d`/`override.d` in the temporary directory (`$LOCAL_CONFDIR`). Test
-thresholds: greylist 10, add header 20, reject 100 (GTUBE rejects on its own), and two marker
-rules on the Subject: `mailhaven-test-add-header` (+30: "add header") and
-`mailhaven-test-greylist` (+13: "greylist"). A plain message scores a few points at most.
+thresholds: greylist 10, add header 20, rewrite subject 50, reject 100 (GTUBE rejects on its own),
+and marker rules on the Subject: `mailhaven-test-add-header` (+30: "add header"),
+`mailhaven-test-rewrite-subject` (+60: "rewrite subject") and `mailhaven-test-greylist` (+13:
+"greylist"). A plain message scores a few points at most. milter_headers adds X-Spamd-Bar and
+X-Rspamd-Queue-Id (and removes X-Spam, its default) for every client, loopback included.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tests.fixtures_base import free_port
 
 ADD_HEADER_MARK = "mailhaven-test-add-header"
 GREYLIST_MARK = "mailhaven-test-greylist"
+REWRITE_MARK = "mailhaven-test-rewrite-subject"
 CONTROLLER_PASSWORD = "mailhaven-test"
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -85,12 +88,22 @@ url_tld = "{tld}";
 
 _ACTIONS = """\
 reject = 100;
+rewrite_subject = 50;
 add_header = 20;
 greylist = 10;
+subject = "***SPAM*** %s";
+"""
+
+# Headers rspamd asks the MTA to add (its milter block), for local clients too (the MX tests are).
+_MILTER_HEADERS = """\
+use = ["x-spamd-bar", "x-rspamd-queue-id"];
+skip_local = false;
+skip_authenticated = false;
 """
 
 _REGEXP = f"""\
 MAILHAVEN_TEST_ADD_HEADER {{ re = "Subject=/{ADD_HEADER_MARK}/H"; score = 30.0; description = "test: add header"; }}
+MAILHAVEN_TEST_REWRITE {{ re = "Subject=/{REWRITE_MARK}/H"; score = 60.0; description = "test: rewrite subject"; }}
 MAILHAVEN_TEST_GREYLIST {{ re = "Subject=/{GREYLIST_MARK}/H"; score = 13.0; description = "test: greylist"; }}
 """
 
@@ -147,6 +160,7 @@ class Rspamd:
         (conf / "local.d" / "options.inc").write_text(_OPTIONS.format(dns=self.dns, tld=conf / "tld.dat"))
         (conf / "local.d" / "actions.conf").write_text(_ACTIONS)
         (conf / "local.d" / "regexp.conf").write_text(_REGEXP)
+        (conf / "local.d" / "milter_headers.conf").write_text(_MILTER_HEADERS)
         (conf / "local.d" / "redis.conf").write_text(f'servers = "127.0.0.1:{self.redis_port}";\n')
         for module in _OFF:
             (conf / "override.d" / f"{module}.conf").write_text("enabled = false;\n")

@@ -21,7 +21,7 @@ import pytest
 from mailhaven.message.headers import field_value, field_values
 from mailhaven.metrics import Metrics
 from tests.fixtures_base import free_port
-from tests.fixtures_rspamd import ADD_HEADER_MARK, GREYLIST_MARK, Rspamd
+from tests.fixtures_rspamd import ADD_HEADER_MARK, GREYLIST_MARK, REWRITE_MARK, Rspamd
 from tests.integration import test_mx_harness as harness
 from tests.integration.test_mx_harness import ALICE, BOB, MxFactory, MxServer, all_files, message
 
@@ -119,6 +119,29 @@ async def test_add_header_verdict_files_into_junk_with_the_fields(mx: MxFactory,
     assert status.startswith("Yes, score=") and "required=100.00" in status, status
     assert 20 <= float(field_value(msg, "X-Spam-Score") or "0") < 100
     assert _count(server, "add_header") == 1
+
+
+async def test_headers_rspamd_asks_for_are_added_and_removed(mx: MxFactory, rspamd: Rspamd) -> None:
+    # milter_headers (fixture config): add X-Spamd-Bar and X-Rspamd-Queue-Id, remove X-Spam.
+    server = await _mx(mx, rspamd.url)
+    code, text = await _send(server, message(subject=f"{ADD_HEADER_MARK} bar",
+                                             extra="X-Spam: yes\r\nX-Spamd-Bar: forged\r\n"))
+    assert code == 250
+    [msg] = server.messages(ALICE, "Junk")
+    assert field_values(msg, "X-Spam") == []
+    assert field_values(msg, "X-Rspamd-Queue-Id") == [text.rsplit(" ", 1)[-1]]
+    bars = field_values(msg, "X-Spamd-Bar")
+    assert len(bars) == 1 and set(bars[0]) == {"+"} and len(bars[0]) >= 20, bars  # ours, not the forged one
+
+
+async def test_rewrite_subject_verdict_goes_to_junk_with_rspamds_subject(mx: MxFactory, rspamd: Rspamd) -> None:
+    server = await _mx(mx, rspamd.url)
+    code, _ = await _send(server, message(subject=f"{REWRITE_MARK} deal"))
+    assert code == 250
+    [msg] = server.messages(ALICE, "Junk")
+    assert field_values(msg, "Subject") == [f"***SPAM*** {REWRITE_MARK} deal"]
+    assert (field_value(msg, "X-Spam-Status") or "").startswith("Yes, ")
+    assert _count(server, "rewrite_subject") == 1
 
 
 async def test_incoming_x_spam_fields_are_replaced_by_ours(mx: MxFactory, rspamd: Rspamd) -> None:

@@ -7,7 +7,10 @@ users get 550 5.1.1. Postmaster (RFC 5321 §4.5.1): `<postmaster>` and postmaste
 domains (any case) are always accepted; without a postmaster alias (or catch-all) they go to the
 domain's first user in sorted order, else to the first user of the first domain that has one
 (`postmaster_users`). Sender authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and
-the verdict at DATA), the trace fields we add (Received, Authentication-Results, Received-SPF)
+the verdict at DATA), content scanning at DATA when config [spam] names an rspamd (ctx.spam,
+policy/rspamd.py: the verdict is decided before the 250, logged once as "spam verdict" and counted
+by action; policy/spam.py says what each action means), the trace fields we add (Received,
+Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd asks to add)
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
 delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
 the 250.
