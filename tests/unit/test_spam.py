@@ -167,13 +167,13 @@ def test_rspamd_request_headers_carry_the_envelope() -> None:
     req = spam.ScanRequest(ip="192.0.2.1", helo="mta.sender.test", sender="a@sender.test",
                            recipients=("alice@example.test", "bob@example.test"), queue_id="Q1",
                            hostname="mta.sender.test", deliver_to="")
-    h = RspamdClient.headers(req, 123)
+    h = RspamdClient.headers(req)
     assert h["IP"] == "192.0.2.1" and h["Helo"] == "mta.sender.test" and h["From"] == "a@sender.test"
     assert h.getall("Rcpt") == ["alice@example.test", "bob@example.test"]
-    assert h["Queue-Id"] == "Q1" and h["Hostname"] == "mta.sender.test" and h["Content-Length"] == "123"
+    assert h["Queue-Id"] == "Q1" and h["Hostname"] == "mta.sender.test"
     assert "Deliver-To" not in h
     h = RspamdClient.headers(spam.ScanRequest("::1", "", "", ("alice@example.test",), "Q2",
-                                              deliver_to="alice@example.test"), 1)
+                                              deliver_to="alice@example.test"))
     assert "From" not in h and "Helo" not in h  # the null reverse-path, no HELO
     assert h["Hostname"] == "unknown" and h["Deliver-To"] == "alice@example.test"
 

@@ -49,7 +49,7 @@ class RspamdClient:
         return self._session
 
     @staticmethod
-    def headers(req: ScanRequest, size: int) -> CIMultiDict[str]:
+    def headers(req: ScanRequest) -> CIMultiDict[str]:
         h: CIMultiDict[str] = CIMultiDict()
         h["IP"] = req.ip
         if req.helo:
@@ -62,7 +62,6 @@ class RspamdClient:
         h["Hostname"] = req.hostname or "unknown"
         if req.deliver_to:
             h["Deliver-To"] = req.deliver_to
-        h["Content-Length"] = str(size)
         return h
 
     async def scan(self, message: bytes, req: ScanRequest) -> SpamVerdict:
@@ -74,7 +73,7 @@ class RspamdClient:
         try:
             async with asyncio.timeout(self.timeout), self._slots:
                 async with self._http().post(self.url, data=message,
-                                             headers=self.headers(req, len(message))) as resp:
+                                             headers=self.headers(req)) as resp:
                     if resp.status != 200:
                         raise ScanError(f"rspamd answered HTTP {resp.status}")
                     body = await resp.content.read(MAX_REPLY + 1)

@@ -131,23 +131,25 @@ class InboundHandler(BaseHandler):
         if error is not None:
             # reject -> 550 5.7.1, tempfail -> 451 4.4.3 (replies.reply_for renders it)
             raise error
-        # Content scanning, decided before the 250 too (no backscatter); the strongest action wins.
-        scan = await self._scan(scanner, session, txn, data, hostname) if scanner is not None else None
-        if scan is not None:
-            data = spam.remove_fields(data, spam.removals(scan))  # what rspamd asks to remove
-        junk = verdict.action == "junk" or (scan is not None and spam.outcome(scan) == "junk")
-        folder = JUNK if junk else INBOX
         # RFC 5321 §4.4 / §7.2: name the recipient only when there is one (the same address given
         # twice is still one recipient, as Postfix sees it).
         one = len({r.normalized() for r in txn.recipients}) == 1
         single = str(txn.recipients[0]) if one else None
+        received = headers.received(
+            helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
+            protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
+                                           auth=session.user is not None, smtputf8=txn.smtputf8),
+            queue_id=txn.queue_id, recipient=single,
+            when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls)
+        # Content scanning, decided before the 250 too (no backscatter); the strongest action wins.
+        # rspamd sees our Received on top, as a milter behind Postfix does.
+        scan = await self._scan(scanner, session, txn, received + data, hostname) if scanner is not None else None
+        if scan is not None:
+            data = spam.remove_fields(data, spam.removals(scan))  # what rspamd asks to remove
+        junk = verdict.action == "junk" or (scan is not None and spam.outcome(scan) == "junk")
+        folder = JUNK if junk else INBOX
         trace = [
-            headers.received(
-                helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
-                protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
-                                               auth=session.user is not None, smtputf8=txn.smtputf8),
-                queue_id=txn.queue_id, recipient=single,
-                when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls),
+            received,
             assessment.headers,  # Authentication-Results (RFC 8601) + Received-SPF (RFC 7208 §9.1)
         ]
         if scan is not None:  # X-Spam-Status, X-Spam-Score, then what rspamd asks to add
