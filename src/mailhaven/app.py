@@ -46,6 +46,7 @@ from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
 from mailhaven.errors import ConfigError
 from mailhaven.limits import Limits
+from mailhaven.policy.spam import Scanner
 from mailhaven.queue.manager import QueueManager
 
 log = logging.getLogger("mailhaven.app")
@@ -122,7 +123,7 @@ class Context:
     tls: ssl.SSLContext | None
     queue: Any = None  # the queue issue sets this
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
-    spam: Any = None  # mailhaven.policy.rspamd.RspamdClient when config spam.rspamd_url is set
+    spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -234,7 +235,7 @@ def build_context(cfg: Config) -> Context:
     )
 
 
-def rspamd_client(cfg: Config) -> Any:
+def rspamd_client(cfg: Config) -> Scanner | None:
     """The pooled rspamd client of config [spam] (None when spam.rspamd_url is empty)."""
     from mailhaven.policy import rspamd
 

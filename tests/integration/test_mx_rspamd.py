@@ -14,14 +14,17 @@ import logging
 import smtplib
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailhaven.message.headers import field_value, field_values
 from mailhaven.metrics import Metrics
+from mailhaven.policy.rspamd import RspamdClient
 from tests.fixtures_base import free_port
 from tests.fixtures_rspamd import ADD_HEADER_MARK, GREYLIST_MARK, REWRITE_MARK, Rspamd
+from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
 from tests.integration import test_mx_harness as harness
 from tests.integration.test_mx_harness import ALICE, BOB, MxFactory, MxServer, all_files, message
 
@@ -243,3 +246,24 @@ async def test_without_spam_config_nothing_is_scanned_and_no_fields_added(mx: Mx
     assert reply[0].startswith("250")
     [msg] = server.messages(ALICE)
     assert field_values(msg, "X-Spam-Status") == []
+
+
+# --- the whole server ---------------------------------------------------------------------------------
+
+
+async def test_the_server_scans_with_the_rspamd_of_its_config_and_closes_the_client_at_stop(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str, rspamd: Rspamd) -> None:
+    cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver,
+                                           spam={"rspamd_url": rspamd.url, "rspamd_timeout": 10}))
+    add_user(cfg, ALICE, "secret")
+    async with running_app(cfg) as ctx:
+        client = ctx.spam
+        assert isinstance(client, RspamdClient)
+        code, text = await asyncio.to_thread(_smtplib_send, ctx.port("mx"),
+                                             message(subject="gtube", body=GTUBE + "\r\n"), [ALICE])
+        assert code == 550 and text.startswith("5.7.1 Gtube pattern"), (code, text)
+        code, _ = await asyncio.to_thread(_smtplib_send, ctx.port("mx"), message(subject="fine"), [ALICE])
+        assert code == 250
+    assert client._session is None  # closed with the server
+    [msg] = harness.maildir_messages(cfg.mail_root, ALICE)
+    assert (field_value(msg, "X-Spam-Status") or "").startswith("No, score=")

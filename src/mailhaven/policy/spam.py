@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.header import Header
-from typing import Literal
+from typing import Literal, Protocol
 
 from mailhaven.errors import MailError, PolicyReject, TempFailure
 
@@ -265,5 +265,17 @@ class ScanRequest:
     deliver_to: str = ""  # the one mailbox, when the message goes to one user
 
 
-__all__ = ["ACTIONS", "ScanError", "ScanRequest", "SpamVerdict", "unknown", "outcome", "error_for",
+class Scanner(Protocol):
+    """A content scanner the MX asks at DATA (policy/rspamd.RspamdClient; the embedded checks later)."""
+
+    async def scan(self, message: bytes, req: ScanRequest) -> SpamVerdict:
+        """The verdict on `message`; raises ScanError when there is none."""
+        ...
+
+    async def close(self) -> None:
+        """Release pooled connections (the owner calls it once, at shutdown)."""
+        ...
+
+
+__all__ = ["ACTIONS", "Scanner", "ScanError", "ScanRequest", "SpamVerdict", "unknown", "outcome", "error_for",
            "status_fields", "milter_fields", "removals", "remove_fields", "parse_rspamd"]

@@ -113,7 +113,7 @@ class InboundHandler(BaseHandler):
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
         checks: _MailChecks | None = txn.policy
-        scanner = getattr(self.ctx, "spam", None)  # policy/rspamd.RspamdClient, or None (no [spam])
+        scanner: spam.Scanner | None = getattr(self.ctx, "spam", None)  # None: no [spam] scanner
         # The client's verified name for the scanner, looked up while the sender checks run.
         hostname = txn.start(self._client_hostname(session.ip)) if scanner is not None else None
         spf_result = await checks.spf if checks is not None else None
@@ -176,7 +176,7 @@ class InboundHandler(BaseHandler):
             pass
         return "unknown"
 
-    async def _scan(self, scanner: Any, session: ClientSession, txn: Transaction, data: bytes,
+    async def _scan(self, scanner: spam.Scanner, session: ClientSession, txn: Transaction, data: bytes,
                     hostname: asyncio.Task[str] | None) -> spam.SpamVerdict:
         """The scanner's verdict, logged once and counted by action; raises the refusal of a reject
         or tempfail verdict, and 451 4.7.1 when there is none and spam.on_error is "tempfail"."""
@@ -187,7 +187,7 @@ class InboundHandler(BaseHandler):
             deliver_to=txn.users[0] if len(txn.users) == 1 else "")
         t0 = time.monotonic()
         try:
-            scan: spam.SpamVerdict = await scanner.scan(data, request)
+            scan = await scanner.scan(data, request)
         except spam.ScanError as e:
             scan = spam.unknown(str(e))
         level = logging.WARNING if scan.action == "unknown" else logging.INFO
