@@ -21,6 +21,7 @@ import pytest
 
 from mailhaven.message.headers import field_value, field_values
 from mailhaven.metrics import Metrics
+from mailhaven.policy import spam
 from mailhaven.policy.rspamd import RspamdClient
 from tests.fixtures_base import free_port
 from tests.fixtures_rspamd import ADD_HEADER_MARK, GREYLIST_MARK, REWRITE_MARK, Rspamd
@@ -219,7 +220,7 @@ async def test_rspamd_hung_on_error_tempfail_is_451_471_within_the_timeout(mx: M
         code, text = await _send(server, message(subject="while rspamd hangs"))
         elapsed = asyncio.get_running_loop().time() - t0
     assert code == 451 and text.startswith("4.7.1 "), (code, text)
-    assert elapsed < 10
+    assert elapsed < 5  # spam.rspamd_timeout bounds the wait (1 s here)
     assert all_files(server.mail_root) == []
     assert _count(server, "unknown") == 1
 
@@ -267,3 +268,32 @@ async def test_the_server_scans_with_the_rspamd_of_its_config_and_closes_the_cli
     assert client._session is None  # closed with the server
     [msg] = harness.maildir_messages(cfg.mail_root, ALICE)
     assert (field_value(msg, "X-Spam-Status") or "").startswith("No, score=")
+
+
+# --- the client's bounds ------------------------------------------------------------------------------
+
+
+async def test_client_keeps_at_most_max_concurrency_scans_in_flight_and_times_out_queued_ones() -> None:
+    # A hung rspamd: count the connections it sees while six scans wait on it.
+    conns: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conns.append(writer)
+
+    srv = await asyncio.start_server(hold, "127.0.0.1", 0, family=socket.AF_INET)
+    client = RspamdClient(f"http://127.0.0.1:{srv.sockets[0].getsockname()[1]}", timeout=1.5,
+                          max_concurrency=2, max_size=1 << 20)
+    req = spam.ScanRequest("127.0.0.1", "h.test", "", (ALICE,), "Q")
+    try:
+        t0 = asyncio.get_running_loop().time()
+        results = await asyncio.gather(*(client.scan(b"Subject: x\r\n\r\nhi\r\n", req) for _ in range(6)),
+                                       return_exceptions=True)
+        elapsed = asyncio.get_running_loop().time() - t0
+    finally:
+        await client.close()
+        for w in conns:
+            w.close()
+        srv.close()
+    assert all(isinstance(r, spam.ScanError) for r in results), results
+    assert len(conns) == 2  # the other four waited for a slot, and their deadline includes the wait
+    assert elapsed < 5
