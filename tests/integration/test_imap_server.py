@@ -816,6 +816,33 @@ def test_move_sends_copyuid_then_expunges(imap: ImapHarness) -> None:
     raw.close()
 
 
+def test_new_keyword_flags_come_before_the_fetch_that_shows_it(imap: ImapHarness) -> None:
+    # RFC 3501 §7.2.6: FLAGS lists the keywords; a FETCH must not show one the client was not told
+    # about (imaptest: "Keyword used without being in FLAGS"). FLAGS came after the FETCH.
+    imap.fill(2)
+    a, b = imap.raw(), imap.raw()
+    a.login()
+    b.login()
+    a.cmd(b"SELECT INBOX")
+    b.cmd(b"SELECT INBOX")
+    lines = a.cmd(b"STORE 1 +FLAGS ($one)")  # the session's own STORE
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one)\r\n"
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one \\*)]")
+    assert lines[2] == b"* 1 FETCH (FLAGS (\\Recent $one))\r\n"
+    lines = b.cmd(b"FETCH 1 (FLAGS)")  # another session's keyword, seen by a FETCH
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one)\r\n"
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (")
+    assert lines[2] == b"* 1 FETCH (FLAGS ($one))\r\n" and len(lines) == 4
+    a.cmd(b"STORE 2 +FLAGS.SILENT ($two)")
+    lines = b.cmd(b"UID FETCH 1:* (FLAGS)")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one $two)\r\n"
+    assert [x for x in lines if b"FETCH" in x] == [b"* 1 FETCH (UID 1 FLAGS ($one))\r\n",
+                                                  b"* 2 FETCH (UID 2 FLAGS ($two))\r\n"]
+    assert not any(b"FLAGS (" in x and not x.startswith((b"* 1 FETCH", b"* 2 FETCH")) for x in lines[2:])
+    a.close()
+    b.close()
+
+
 # --------------------------------------------------------------------------- mailboxes
 
 
