@@ -816,6 +816,31 @@ def test_move_sends_copyuid_then_expunges(imap: ImapHarness) -> None:
     raw.close()
 
 
+def test_move_into_the_selected_mailbox_itself_gives_new_uids(imap: ImapHarness) -> None:
+    # RFC 6851 does not forbid it; Dovecot performs it (imaptest "move"). It was NO [CANNOT].
+    imap.fill(3)
+    imap.store_flags([1], {"\\Flagged", "$Work"})
+    raw = imap.raw()
+    raw.login()
+    found = re.search(rb"UIDVALIDITY (\d+)", b"".join(raw.cmd(b"SELECT INBOX")))
+    assert found
+    uidvalidity = found.group(1)
+    lines = raw.cmd(b"MOVE 1 INBOX")
+    assert lines[0] == b"* OK [COPYUID %s 1 4] Moved UIDs.\r\n" % uidvalidity  # RFC 6851 §4.3: before EXPUNGE
+    assert lines[1:3] == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n"]
+    assert lines[-1] == b"t OK Move completed.\r\n"
+    lines = raw.cmd(b"UID MOVE 2 INBOX")
+    assert lines[0] == b"* OK [COPYUID %s 2 5] Moved UIDs.\r\n" % uidvalidity
+    assert lines[1:3] == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n"]
+    assert raw.cmd(b"UID FETCH 1:* (FLAGS)")[:3] == [
+        b"* 1 FETCH (UID 3 FLAGS (\\Recent))\r\n", b"* 2 FETCH (UID 4 FLAGS (\\Flagged \\Recent $Work))\r\n",
+        b"* 3 FETCH (UID 5 FLAGS (\\Recent))\r\n"]
+    raw.close()
+    assert [(m.uid, m.flags) for m in imap.messages()] == [(3, set()), (4, {"\\Flagged", "$Work"}), (5, set())]
+    inbox = imap.cfg.mail_root / "example.test" / "alice"
+    assert len([*(inbox / "cur").iterdir(), *(inbox / "new").iterdir()]) == 3  # no file lost or doubled
+
+
 def test_new_keyword_flags_come_before_the_fetch_that_shows_it(imap: ImapHarness) -> None:
     # RFC 3501 §7.2.6: FLAGS lists the keywords; a FETCH must not show one the client was not told
     # about (imaptest: "Keyword used without being in FLAGS"). FLAGS came after the FETCH.

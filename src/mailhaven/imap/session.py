@@ -1103,10 +1103,10 @@ class Session:
         pairs = self._resolve(cmd.set, cmd.uid)
         uids = [u for _, u in pairs if not sel.view.is_gone(u)]
         dest = await self._target(cmd.mailbox)
-        if dest.name == sel.mailbox.name:
-            raise No("Source and destination mailboxes are the same.", "CANNOT")
         if not uids:
             return "OK No messages moved."
+        # Into the selected mailbox itself too: RFC 6851 does not forbid it; as Dovecot, the messages
+        # get new UIDs (COPYUID), the old numbers are EXPUNGEd and the new ones come as EXISTS.
         mapping = await sel.mailbox.move(uids, dest)
         if mapping:
             src_set = render_set(s for s, _ in mapping)
