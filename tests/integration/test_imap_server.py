@@ -868,6 +868,22 @@ def test_new_keyword_flags_come_before_the_fetch_that_shows_it(imap: ImapHarness
     b.close()
 
 
+def test_mailbox_names_not_in_modified_utf7_are_no_and_list_patterns_ok(imap: ImapHarness) -> None:
+    # RFC 3501 §5.1.3: modified UTF-7 is a convention. imaptest "atoms": SELECT of such a name is NO
+    # (it was BAD, which also counted towards max_bad_commands), LIST with such a pattern is OK.
+    raw = imap.raw()
+    raw.login()
+    assert raw.cmd(b"SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}") == [
+        b"t NO [NONEXISTENT] Mailbox name is not valid modified UTF-7\r\n"]
+    assert raw.cmd(b"CREATE a&b")[-1] == b"t NO [CANNOT] Mailbox name is not valid modified UTF-7\r\n"
+    assert raw.cmd(b"LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*") == [b"t OK List completed.\r\n"]
+    assert raw.cmd(b'CREATE "&-Jjo"')[-1].startswith(b"t OK")  # the mailbox named "&Jjo"
+    # A broken shift in a pattern stands for itself, as Dovecot matches it.
+    assert raw.cmd(b"LIST \"\" &Jjo") == [b'* LIST (\\HasNoChildren) "." &-Jjo\r\n', b"t OK List completed.\r\n"]
+    assert raw.cmd(b"NOOP") == [b"t OK NOOP completed.\r\n"]  # still connected
+    raw.close()
+
+
 # --------------------------------------------------------------------------- mailboxes
 
 
