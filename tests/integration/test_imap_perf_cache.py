@@ -82,9 +82,12 @@ def test_fetch_flags_shows_changes_by_another_session_and_by_the_store(imap: Ima
     imap.store_flags([5], {"\\Flagged", "Work"})  # e.g. a POP3 session or a sieve run
     imap.expunge([4])  # removed by POP3: EXPUNGE waits, the number stays until it may be sent
     lines = a.cmd(b"FETCH 1:* (FLAGS)")
-    assert lines[:4] == [b"* 1 FETCH (FLAGS (\\Recent))\r\n", b"* 2 FETCH (FLAGS (\\Seen \\Recent))\r\n",
-                         b"* 3 FETCH (FLAGS (\\Seen \\Recent))\r\n",
-                         b"* 5 FETCH (FLAGS (\\Flagged \\Recent Work))\r\n"]
+    # The new keyword "Work" is announced first (RFC 3501 §7.2.6), then the FETCHes that show it.
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft Work)\r\n"
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (")
+    assert lines[2:6] == [b"* 1 FETCH (FLAGS (\\Recent))\r\n", b"* 2 FETCH (FLAGS (\\Seen \\Recent))\r\n",
+                          b"* 3 FETCH (FLAGS (\\Seen \\Recent))\r\n",
+                          b"* 5 FETCH (FLAGS (\\Flagged \\Recent Work))\r\n"]
     assert lines[-1].startswith(b"t NO [EXPUNGEISSUED]")
     assert b"* 4 EXPUNGE\r\n" in a.cmd(b"NOOP")
     a.close()

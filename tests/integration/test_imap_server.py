@@ -816,6 +816,74 @@ def test_move_sends_copyuid_then_expunges(imap: ImapHarness) -> None:
     raw.close()
 
 
+def test_move_into_the_selected_mailbox_itself_gives_new_uids(imap: ImapHarness) -> None:
+    # RFC 6851 does not forbid it; Dovecot performs it (imaptest "move"). It was NO [CANNOT].
+    imap.fill(3)
+    imap.store_flags([1], {"\\Flagged", "$Work"})
+    raw = imap.raw()
+    raw.login()
+    found = re.search(rb"UIDVALIDITY (\d+)", b"".join(raw.cmd(b"SELECT INBOX")))
+    assert found
+    uidvalidity = found.group(1)
+    lines = raw.cmd(b"MOVE 1 INBOX")
+    assert lines[0] == b"* OK [COPYUID %s 1 4] Moved UIDs.\r\n" % uidvalidity  # RFC 6851 §4.3: before EXPUNGE
+    assert lines[1:3] == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n"]
+    assert lines[-1] == b"t OK Move completed.\r\n"
+    lines = raw.cmd(b"UID MOVE 2 INBOX")
+    assert lines[0] == b"* OK [COPYUID %s 2 5] Moved UIDs.\r\n" % uidvalidity
+    assert lines[1:3] == [b"* 1 EXPUNGE\r\n", b"* 3 EXISTS\r\n"]
+    assert raw.cmd(b"UID FETCH 1:* (FLAGS)")[:3] == [
+        b"* 1 FETCH (UID 3 FLAGS (\\Recent))\r\n", b"* 2 FETCH (UID 4 FLAGS (\\Flagged \\Recent $Work))\r\n",
+        b"* 3 FETCH (UID 5 FLAGS (\\Recent))\r\n"]
+    raw.close()
+    assert [(m.uid, m.flags) for m in imap.messages()] == [(3, set()), (4, {"\\Flagged", "$Work"}), (5, set())]
+    inbox = imap.cfg.mail_root / "example.test" / "alice"
+    assert len([*(inbox / "cur").iterdir(), *(inbox / "new").iterdir()]) == 3  # no file lost or doubled
+
+
+def test_new_keyword_flags_come_before_the_fetch_that_shows_it(imap: ImapHarness) -> None:
+    # RFC 3501 §7.2.6: FLAGS lists the keywords; a FETCH must not show one the client was not told
+    # about (imaptest: "Keyword used without being in FLAGS"). FLAGS came after the FETCH.
+    imap.fill(2)
+    a, b = imap.raw(), imap.raw()
+    a.login()
+    b.login()
+    a.cmd(b"SELECT INBOX")
+    b.cmd(b"SELECT INBOX")
+    lines = a.cmd(b"STORE 1 +FLAGS ($one)")  # the session's own STORE
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one)\r\n"
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one \\*)]")
+    assert lines[2] == b"* 1 FETCH (FLAGS (\\Recent $one))\r\n"
+    lines = b.cmd(b"FETCH 1 (FLAGS)")  # another session's keyword, seen by a FETCH
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one)\r\n"
+    assert lines[1].startswith(b"* OK [PERMANENTFLAGS (")
+    assert lines[2] == b"* 1 FETCH (FLAGS ($one))\r\n" and len(lines) == 4
+    a.cmd(b"STORE 2 +FLAGS.SILENT ($two)")
+    lines = b.cmd(b"UID FETCH 1:* (FLAGS)")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $one $two)\r\n"
+    assert [x for x in lines if b"FETCH" in x] == [b"* 1 FETCH (UID 1 FLAGS ($one))\r\n",
+                                                  b"* 2 FETCH (UID 2 FLAGS ($two))\r\n"]
+    assert not any(b"FLAGS (" in x and not x.startswith((b"* 1 FETCH", b"* 2 FETCH")) for x in lines[2:])
+    a.close()
+    b.close()
+
+
+def test_mailbox_names_not_in_modified_utf7_are_no_and_list_patterns_ok(imap: ImapHarness) -> None:
+    # RFC 3501 §5.1.3: modified UTF-7 is a convention. imaptest "atoms": SELECT of such a name is NO
+    # (it was BAD, which also counted towards max_bad_commands), LIST with such a pattern is OK.
+    raw = imap.raw()
+    raw.login()
+    assert raw.cmd(b"SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}") == [
+        b"t NO [NONEXISTENT] Mailbox name is not valid modified UTF-7\r\n"]
+    assert raw.cmd(b"CREATE a&b")[-1] == b"t NO [CANNOT] Mailbox name is not valid modified UTF-7\r\n"
+    assert raw.cmd(b"LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*") == [b"t OK List completed.\r\n"]
+    assert raw.cmd(b'CREATE "&-Jjo"')[-1].startswith(b"t OK")  # the mailbox named "&Jjo"
+    # A broken shift in a pattern stands for itself, as Dovecot matches it.
+    assert raw.cmd(b"LIST \"\" &Jjo") == [b'* LIST (\\HasNoChildren) "." &-Jjo\r\n', b"t OK List completed.\r\n"]
+    assert raw.cmd(b"NOOP") == [b"t OK NOOP completed.\r\n"]  # still connected
+    raw.close()
+
+
 # --------------------------------------------------------------------------- mailboxes
 
 

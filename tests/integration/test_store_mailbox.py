@@ -150,8 +150,17 @@ async def test_copy_hard_links_and_move_renames_with_new_uids(store: Store) -> N
     assert await arch.read(moved[0][1]) == b"Subject: m2\r\n\r\nbody 2\r\n"
     with pytest.raises(MessageNotFound):
         await inbox.read(u[2])
-    with pytest.raises(MailError):
-        await inbox.move([u[0]], await acc.mailbox("inbox"))
+    # RFC 6851 allows MOVE into the mailbox itself (Dovecot does it): a new UID, the old one gone,
+    # same flags, date and content; the file is renamed, not doubled.
+    before = (await inbox.snapshot()).messages[1]
+    data = await inbox.read(u[1])
+    files = len(os.listdir(acc.path / "cur")) + len(os.listdir(acc.path / "new"))
+    [(s, d)] = await inbox.move([u[1]], await acc.mailbox("inbox"))
+    after = {m.uid: m for m in (await inbox.snapshot()).messages}
+    assert s == u[1] and d > moved[0][1] and u[1] not in after
+    assert (after[d].flags, after[d].internaldate) == (before.flags, before.internaldate)
+    assert await inbox.read(d) == data
+    assert len(os.listdir(acc.path / "cur")) + len(os.listdir(acc.path / "new")) == files
     # RFC 3501 allows COPY into the selected mailbox itself: new UIDs, same flags and date.
     [(s, d)] = await inbox.copy([u[0]], await acc.mailbox("inbox"))
     copies = {m.uid: m for m in (await inbox.snapshot()).messages}

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mailhaven.imap.commands import (
+    List,
     Login,
     ParseError,
     Search,
@@ -28,6 +29,8 @@ from mailhaven.imap.commands import (
 from mailhaven.imap.framing import NEED_DATA, Framer, FramerEvent, RawCommand, Reject, SendContinuation
 from mailhaven.imap.parser import parse_bytes, parse_command
 from mailhaven.imap.seqset import SequenceSet
+from mailhaven.imap.utf7 import decode as utf7_decode
+from mailhaven.imap.utf7 import decode_lenient as utf7_decode_lenient
 from mailhaven.imap.utf7 import encode as utf7_encode
 
 VALID = [
@@ -180,6 +183,33 @@ def test_mailbox_round_trip_through_modified_utf7(name: str, style: str) -> None
     assume(name.upper() != "INBOX")
     line = b"t SELECT " + wire_string(utf7_encode(name), style)
     assert parse_bytes(line + b"\r\n") == Select("t", name)
+
+
+printable = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=30)
+
+
+@settings(max_examples=300)
+@given(printable, styles)
+def test_a_printable_mailbox_name_is_decoded_or_answered_no_never_bad(wire: str, style: str) -> None:
+    # RFC 3501 §5.1.3: modified UTF-7 is a convention; a name that breaks it is NO, not a syntax error.
+    assume(wire.upper() != "INBOX")
+    try:
+        cmd = parse_bytes(b"t SELECT " + wire_string(wire, style) + b"\r\n")
+    except ParseError as e:
+        assert (e.kind, e.code) == ("NO", "NONEXISTENT")
+        try:
+            utf7_decode(wire)
+        except ValueError:
+            return
+        raise AssertionError(f"{wire!r} is valid modified UTF-7") from None
+    assert cmd == Select("t", utf7_decode(wire))
+
+
+@settings(max_examples=300)
+@given(printable, styles)
+def test_any_printable_list_pattern_is_accepted(wire: str, style: str) -> None:
+    cmd = parse_bytes(b't LIST "" ' + wire_string(wire, style) + b"\r\n")
+    assert cmd == List("t", "", utf7_decode_lenient(wire))
 
 
 field_names = st.text(alphabet="ABCXYZabcxyz-", min_size=1, max_size=8)

@@ -281,9 +281,31 @@ def test_mailbox_names_are_modified_utf7_decoded() -> None:
     assert P(b'a DELETE "Tom &- Jerry"') == Delete("a", "Tom & Jerry")
 
 
-def test_mailbox_name_with_invalid_utf7_is_bad() -> None:
-    assert bad(b"a CREATE a&b").text == "Mailbox name is not valid modified UTF-7"
-    assert bad('a CREATE "Entwürfe"'.encode()).kind == "BAD"
+def test_mailbox_name_not_in_modified_utf7_is_no_not_bad() -> None:
+    # RFC 3501 §5.1.3: modified UTF-7 is a convention, not grammar. Such a name names no mailbox
+    # that exists or can be created: NO, as Dovecot answers (imaptest "atoms"); it was BAD.
+    e = bad(b"a5 SELECT !#$&'+,-.0123456789:;<=>?@^_`|[}")
+    assert e.response() == b"a5 NO [NONEXISTENT] Mailbox name is not valid modified UTF-7\r\n"
+    for line in (b"a EXAMINE a&b", b"a STATUS a&b (MESSAGES)", b"a DELETE &Jjo", b"a UNSUBSCRIBE a&b",
+                 b"a APPEND a&b {1+}\r\nx", b"a COPY 1 a&b", b"a UID MOVE 1 a&b", b"a RENAME a&b c"):
+        e = bad(line)
+        assert (e.kind, e.code) == ("NO", "NONEXISTENT"), line
+    for line in (b"a CREATE a&b", 'a CREATE "Entwürfe"'.encode(), b"a RENAME c a&b", b"a SUBSCRIBE a&b"):
+        e = bad(line)
+        assert (e.kind, e.code) == ("NO", "CANNOT"), line  # a name no mailbox can be given
+
+
+def test_syntax_error_after_a_name_not_in_modified_utf7_is_still_bad() -> None:
+    assert bad(b"a STATUS a&b (NOSUCHITEM)").kind == "BAD"
+    assert bad(b"a SELECT a&b extra").kind == "BAD"
+
+
+def test_list_patterns_not_in_modified_utf7_are_accepted() -> None:
+    # imaptest "atoms": every atom character in a pattern, "&" in a broken shift included.
+    assert P(b"a LIST \"\" !#$&'+,-.0123456789:;<=>?@^_`|[}%*") == \
+        List("a", "", "!#$&'+,-.0123456789:;<=>?@^_`|[}%*")
+    assert P(b"a LIST \"\" ~foo") == List("a", "", "~foo")
+    assert P(b"a LSUB &Jjo &AOQ-*") == Lsub("a", "&Jjo", "ä*")  # valid shifts are still decoded
 
 
 def test_mailbox_name_may_contain_close_bracket_atom() -> None:

@@ -71,3 +71,30 @@ def test_decode_is_injective_on_printable_ascii(wire: str) -> None:
     except ValueError:
         return
     assert utf7.encode(text) == wire
+
+
+@pytest.mark.parametrize(("wire", "text"), [
+    ("&Jjo", "&Jjo"),                    # no closing "-": the "&" stands for itself
+    ("a&b", "a&b"),
+    ("&-Jjo&AOQ*", "&Jjo&AOQ*"),         # valid "&-", then an unterminated shift
+    ("&AOQ-*&Jjo!-", "ä*&Jjo!-"),        # valid shift decoded, broken one kept
+    ("!#$&'+,-.0123456789:;<=>?@^_`|[}%*", "!#$&'+,-.0123456789:;<=>?@^_`|[}%*"),  # imaptest "atoms"
+    ("&AGE-", "&AGE-"),                  # encodes printable ASCII: not a valid shift, kept
+])
+def test_decode_lenient_keeps_what_is_not_a_valid_shift(wire: str, text: str) -> None:
+    # As Dovecot matches LIST patterns: `LIST "" &Jjo` finds the mailbox named "&Jjo".
+    assert utf7.decode_lenient(wire) == text
+
+
+@given(st.text())
+def test_decode_lenient_agrees_with_decode_on_valid_names(text: str) -> None:
+    assert utf7.decode_lenient(utf7.encode(text)) == text
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)))
+def test_decode_lenient_never_fails_and_matches_strict_decode(wire: str) -> None:
+    text = utf7.decode_lenient(wire)
+    try:
+        assert text == utf7.decode(wire)
+    except ValueError:
+        pass

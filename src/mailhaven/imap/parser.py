@@ -116,6 +116,7 @@ class _Cursor:
         self.pos = 0
         self.tag = tag
         self.max_nesting = max_nesting
+        self.bad_name: str | None = None  # response code for the first name not in modified UTF-7
 
     # -- low level ------------------------------------------------------------------------------
 
@@ -244,8 +245,14 @@ class _Cursor:
     def astring_text(self) -> str:
         return self.text(self.astring())
 
-    def mailbox(self, *, wildcards: bool = False, inbox: bool = True) -> str:
-        """RFC 3501 §9 mailbox: "INBOX" (any case) or astring, modified UTF-7 decoded (§5.1.3)."""
+    def mailbox(self, *, wildcards: bool = False, inbox: bool = True, lenient: bool = False,
+                invalid_code: str = "NONEXISTENT") -> str:
+        """RFC 3501 §9 mailbox: "INBOX" (any case) or astring, modified UTF-7 decoded (§5.1.3).
+
+        Modified UTF-7 is a convention (§5.1.3), not grammar: a name that breaks it is no syntax
+        error. `lenient` (LIST/LSUB reference and pattern) keeps a broken shift as plain text, as
+        Dovecot does; otherwise the command is answered NO [invalid_code] once it has parsed (see
+        parse_command), as no mailbox can have such a name."""
         if wildcards and not (self.at_literal() or self.peek() == DQUOTE):
             raw = self.run(LIST_CHARS)
             if not raw:
@@ -255,7 +262,11 @@ class _Cursor:
         try:
             name = utf7.decode(raw)
         except ValueError:
-            self.fail("Mailbox name is not valid modified UTF-7")
+            if lenient or wildcards:
+                name = utf7.decode_lenient(self.text(raw))
+            else:
+                self.bad_name = self.bad_name or invalid_code
+                name = raw.decode("latin-1")
         if inbox and name.upper() == "INBOX":
             return "INBOX"  # RFC 3501 §5.1: INBOX is case-insensitive
         return name
@@ -469,10 +480,10 @@ def _select(readonly: bool) -> Handler:
     return handler
 
 
-def _one_mailbox(cls: Callable[[str, str], AnyCommand]) -> Handler:
+def _one_mailbox(cls: Callable[[str, str], AnyCommand], invalid_code: str = "NONEXISTENT") -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
         cur.sp()
-        return cls(tag, cur.mailbox())
+        return cls(tag, cur.mailbox(invalid_code=invalid_code))
 
     return handler
 
@@ -481,13 +492,13 @@ def _rename(cur: _Cursor, tag: str) -> AnyCommand:
     cur.sp()
     old = cur.mailbox()
     cur.sp()
-    return Rename(tag, old, cur.mailbox())
+    return Rename(tag, old, cur.mailbox(invalid_code="CANNOT"))
 
 
 def _list(cls: Callable[[str, str, str], AnyCommand]) -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
         cur.sp()
-        reference = cur.mailbox(inbox=False)
+        reference = cur.mailbox(inbox=False, lenient=True)
         cur.sp()
         pattern = cur.mailbox(wildcards=True, inbox=False)  # RFC 3501 §9 list-mailbox
         return cls(tag, reference, pattern)
@@ -822,10 +833,10 @@ COMMANDS: dict[str, Handler] = {
     "LOGIN": _login,
     "SELECT": _select(False),
     "EXAMINE": _select(True),
-    "CREATE": _one_mailbox(Create),
+    "CREATE": _one_mailbox(Create, "CANNOT"),
     "DELETE": _one_mailbox(Delete),
     "RENAME": _rename,
-    "SUBSCRIBE": _one_mailbox(Subscribe),
+    "SUBSCRIBE": _one_mailbox(Subscribe, "CANNOT"),
     "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
     "LIST": _list(List),
     "LSUB": _list(Lsub),
@@ -865,6 +876,8 @@ def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING) ->
         cur.fail("Unknown command")
     command = handler(cur, tag)
     cur.finish()
+    if cur.bad_name is not None:  # well-formed, but names no mailbox that can exist (as Dovecot)
+        raise ParseError(tag, "Mailbox name is not valid modified UTF-7", kind="NO", code=cur.bad_name)
     return command
 
 

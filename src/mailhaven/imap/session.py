@@ -412,7 +412,6 @@ class _Selected:
     keywords: frozenset[str]
     synced_at: float
     generation: int = 0  # bumped with every new snapshot
-    keywords_generation: int = 0
 
     @property
     def current(self) -> Snapshot:
@@ -593,7 +592,8 @@ class Session:
         return hit
 
     async def refresh(self, *, force: bool = False) -> None:
-        """Bring the view up to date with the store if anything changed (nothing is sent)."""
+        """Bring the view up to date with the store if anything changed. Only FLAGS for a new keyword
+        is queued (allowed at any time); the rest waits for send_updates."""
         hit = self._drain_events()
         sel = self.sel
         if sel is None:
@@ -616,18 +616,13 @@ class Session:
         new = sel.view.sync(snap)
         if new and not sel.readonly:
             sel.view.mark_recent(_claim(self.ctx.store, self._recent_key(sel), new))
+        self._note_keywords(sel, snap.messages)
 
     async def send_updates(self, allow_expunge: bool) -> None:
         await self.refresh()
         sel = self.sel
         if sel is None:
             return
-        if sel.keywords_generation != sel.generation:
-            sel.keywords_generation = sel.generation
-            keywords = self._keywords(sel.current)
-            if not keywords <= sel.keywords:  # RFC 3501 §7.2.6: new keywords -> new FLAGS
-                sel.keywords = sel.keywords | keywords
-                self._emit_flags(sel)
         for line in sel.view.flush(allow_expunge):
             self.emit(line)
 
@@ -635,14 +630,22 @@ class Session:
         return (self.user or "", sel.mailbox.name, sel.uidvalidity)
 
     @staticmethod
-    def _keywords(snap: Snapshot) -> frozenset[str]:
+    def _keywords(messages: Iterable[MessageInfo]) -> frozenset[str]:
         seen: set[frozenset[str]] = set()
         out: set[str] = set()
-        for m in snap.messages:
+        for m in messages:
             if m.flags not in seen:
                 seen.add(m.flags)
                 out.update(f for f in m.flags if not f.startswith("\\"))
         return frozenset(out)
+
+    def _note_keywords(self, sel: _Selected, messages: Iterable[MessageInfo]) -> None:
+        """RFC 3501 §7.2.6: a keyword the client was not told about gets FLAGS and PERMANENTFLAGS
+        sent at once, so they come before any FETCH that shows it (as Dovecot; imaptest checks)."""
+        keywords = self._keywords(messages)
+        if not keywords <= sel.keywords:
+            sel.keywords = sel.keywords | keywords
+            self._emit_flags(sel)
 
     def _emit_flags(self, sel: _Selected) -> None:
         kws = " ".join(sorted(sel.keywords))
@@ -771,7 +774,7 @@ class Session:
         mailbox = await self.account.mailbox(cmd.mailbox)
         snap = await mailbox.snapshot()
         sel = _Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
-                        self._keywords(snap), time.monotonic())
+                        self._keywords(snap.messages), time.monotonic())
         key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
         if cmd.readonly:  # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone
@@ -1032,6 +1035,7 @@ class Session:
         infos: list[MessageInfo] = []
         for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
             infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
+        self._note_keywords(sel, infos)  # a new keyword's FLAGS before the FETCHes that show it
         reported = view.reported
         if cmd.silent:
             for info in infos:
@@ -1087,10 +1091,10 @@ class Session:
         pairs = self._resolve(cmd.set, cmd.uid)
         uids = [u for _, u in pairs if not sel.view.is_gone(u)]
         dest = await self._target(cmd.mailbox)
-        if dest.name == sel.mailbox.name:
-            raise No("Source and destination mailboxes are the same.", "CANNOT")
         if not uids:
             return "OK No messages moved."
+        # Into the selected mailbox itself too: RFC 6851 does not forbid it; as Dovecot, the messages
+        # get new UIDs (COPYUID), the old numbers are EXPUNGEd and the new ones come as EXISTS.
         mapping = await sel.mailbox.move(uids, dest)
         if mapping:
             src_set = render_set(s for s, _ in mapping)

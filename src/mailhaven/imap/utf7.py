@@ -1,4 +1,5 @@
-"""Modified UTF-7 for IMAP mailbox names (RFC 3501 §5.1.3): encode str -> wire text, strict decode.
+"""Modified UTF-7 for IMAP mailbox names (RFC 3501 §5.1.3): encode str -> wire text, strict decode,
+and a lenient decode for LIST patterns.
 
 Owns: the conversion only. Does not own: which names are valid mailboxes (store/names.py).
 
@@ -9,6 +10,9 @@ Rules (RFC 3501 §5.1.3, RFC 2152):
 The decoder is strict: it rejects anything the encoder would not have produced (8-bit or control
 octets, unterminated or empty shifts other than "&-", bad base64, non-zero padding bits, a shift
 that encodes printable ASCII, two adjacent shifts, lone surrogates). All errors are ValueError.
+`decode_lenient` never fails: what is not a valid shift stays as it is. It is for LIST/LSUB
+references and patterns: modified UTF-7 is a convention (RFC 3501 §5.1.3), not grammar, and Dovecot
+matches such patterns the same way.
 """
 
 from __future__ import annotations
@@ -120,4 +124,25 @@ def decode(wire: str | bytes) -> str:
         out.append(chunk)
         i = end + 1
         previous_was_shift = True
+    return "".join(out)
+
+
+def decode_lenient(text: str) -> str:
+    """Decode every valid shift of `text`; a "&" that starts no valid shift stands for itself."""
+    out: list[str] = []
+    i = 0
+    while (amp := text.find("&", i)) >= 0:
+        out.append(text[i:amp])
+        end = text.find("-", amp + 1)
+        if end >= 0:
+            try:
+                out.append(decode(text[amp:end + 1]))
+            except ValueError:
+                pass
+            else:
+                i = end + 1
+                continue
+        out.append("&")
+        i = amp + 1
+    out.append(text[i:])
     return "".join(out)

@@ -627,12 +627,12 @@ class Folder:
     def transfer(self, uids: list[int], dest: Folder, *, move: bool, host: str
                  ) -> tuple[list[tuple[int, int]], Changes, Changes]:
         """Copy (hard link) or move (rename) messages into `dest`; new UIDs there (RFC 3501 §6.4.7,
-        RFC 6851). Copying into the folder itself is allowed (new UIDs, same flags). Returns ([(source uid, dest uid)], source changes, dest changes)."""
+        RFC 6851). Copying or moving into the folder itself is allowed (new UIDs and file names, same
+        flags; a move then expunges the old UIDs). Returns ([(source uid, dest uid)], source changes,
+        dest changes)."""
         src_changes, dst_changes = Changes(), Changes()
         pairs: list[tuple[int, int]] = []
         placed: list[tuple[Msg, Msg, Path]] = []
-        if dest is self and move:
-            raise StoreError("source and destination are the same mailbox")
         modseq = dest.highestmodseq + 1
         try:
             for m in self._existing(uids, src_changes):

@@ -573,12 +573,11 @@ class Mailbox:
         return await self._transfer(list(uids), dest, move=False)
 
     async def move(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
-        """Move into `dest` (rename; RFC 6851): expunged here, new UIDs there."""
+        """Move into `dest` (rename; RFC 6851): expunged here, new UIDs there. `dest` may be this
+        same folder (as Dovecot: new UIDs, the old ones expunged)."""
         return await self._transfer(list(uids), dest, move=True)
 
     async def _transfer(self, uids: list[int], dest: Mailbox, *, move: bool) -> list[tuple[int, int]]:
-        if move and dest._folder is self._folder:
-            raise MailError("source and destination are the same mailbox", code=550, enhanced="5.2.0")
         async with _locked(self.account, dest.account):
             src, dst = self._live(), dest._live()
             pairs, sc, dc = await asyncio.to_thread(

@@ -1,0 +1,139 @@
+"""Dovecot's imaptest against the whole server: its scripted compliance tests, 0 failed groups.
+
+imaptest is a C program, not a Python package. `.ci/run` builds it from `../shared/peers/imaptest`
+(once: cached by the hash of its sources, see `.ci/imaptest`) and exports
+- `MAILHAVEN_IMAPTEST`: the binary (linked to Debian's libdovecot, run with LD_LIBRARY_PATH=/usr/lib/dovecot);
+- `MAILHAVEN_IMAPTEST_TESTS`: its scripted tests (`src/tests` of its source; default: `tests` beside
+  the binary).
+Without them the test is skipped, except under CI=true, where a missing imaptest is a failure.
+README "Run imaptest locally" says how to run it by hand.
+
+The server runs as in production (app.run: every listener, a users file, the Maildir store) on
+127.0.0.1 with ephemeral ports; imaptest logs in over the plaintext IMAP listener (loopback
+plaintext allowed by auth.allow_plaintext_loopback, as in dev mode) as two users with one password
+(its `user2` logs in with `pass` too). Each group creates and deletes the mailboxes it uses.
+
+imaptest skips a group whose `capabilities:` header names one we do not advertise, and this revision
+still counts it as run (it always prints "0 skipped"); the test works the list out the same way and
+prints it with the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures_base import PASSWORD
+from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
+
+USER, USER2 = "alice@example.test", "carol@example.test"
+RUN_LIMIT = 300.0  # seconds for the whole run (about 2 s on an idle machine)
+
+SUMMARY = re.compile(rb"^(\d+) test groups: (\d+) failed, (\d+) skipped due to missing capabilities$", re.M)
+BASE = re.compile(rb"^base protocol: (\d+)/(\d+) individual commands failed$", re.M)
+EXTENSIONS = re.compile(rb"^extensions: (\d+)/(\d+) individual commands failed$", re.M)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def _imaptest() -> tuple[Path, Path]:
+    """(binary, tests folder) from the environment; skip (fail under CI=true) when not given."""
+    binary = os.environ.get("MAILHAVEN_IMAPTEST", "")
+    if not binary:
+        why = "MAILHAVEN_IMAPTEST is not set (.ci/run builds imaptest; README: Run imaptest locally)"
+        if _in_ci():
+            pytest.fail("CI=true but " + why)
+        pytest.skip(why)
+    path = Path(binary)
+    tests = Path(os.environ.get("MAILHAVEN_IMAPTEST_TESTS") or path.parent / "tests")
+    # Set but wrong is always an error: someone meant to run it.
+    assert path.is_file() and os.access(path, os.X_OK), f"MAILHAVEN_IMAPTEST={binary} is not an executable"
+    assert tests.is_dir(), f"imaptest's scripted tests not found at {tests} (MAILHAVEN_IMAPTEST_TESTS)"
+    return path, tests
+
+
+def groups(tests: Path) -> dict[str, list[str]]:
+    """Each test group (a file that is not an .mbox) with the capabilities its header requires."""
+    out: dict[str, list[str]] = {}
+    for f in sorted(tests.iterdir()):
+        if not f.is_file() or f.name.endswith(".mbox"):
+            continue
+        caps: list[str] = []
+        for line in f.read_text("utf-8", "replace").splitlines():
+            if not line.strip():
+                break  # the header ends at the first empty line
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "capabilities":
+                caps = value.split()
+        out[f.name] = caps
+    return out
+
+
+async def capabilities(port: int) -> set[str]:
+    """What the server advertises after LOGIN (what imaptest compares against), upper case."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.readline()
+        writer.write(f'a LOGIN {USER} "{PASSWORD}"\r\nb CAPABILITY\r\nc LOGOUT\r\n'.encode())
+        caps: set[str] = set()
+        while line := await asyncio.wait_for(reader.readline(), 10):
+            if line.startswith(b"* CAPABILITY "):
+                caps = set(line.decode().split()[2:])
+            if line.startswith(b"c "):
+                break
+        return {c.upper() for c in caps}
+    finally:
+        writer.close()
+
+
+async def run_imaptest(binary: Path, tests: Path, port: int, cwd: Path) -> bytes:
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = ":".join(p for p in ("/usr/lib/dovecot", env.get("LD_LIBRARY_PATH")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), "host=127.0.0.1", f"port={port}", f"user={USER}", f"user2={USER2}", f"pass={PASSWORD}",
+        f"test={tests}", cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), RUN_LIMIT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"imaptest did not finish within {RUN_LIMIT:.0f} s")
+    return out
+
+
+@pytest.mark.timeout(RUN_LIMIT + 60)
+async def test_imaptest_scripted_compliance_groups_all_pass(tmp_path: Path, tls_files: tuple[Path, Path],
+                                                             dns_nameserver: str) -> None:
+    binary, tests = _imaptest()
+    all_groups = groups(tests)
+    cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver,
+                                           auth={"failure_delay": 0, "allow_plaintext_loopback": True}))
+    for user in (USER, USER2):
+        add_user(cfg, user, PASSWORD)
+    async with running_app(cfg) as ctx:
+        port = ctx.port("imap")
+        ours = await capabilities(port)
+        out = await run_imaptest(binary, tests, port, tmp_path)
+    text = out.decode("utf-8", "replace")
+    summary, base, ext = SUMMARY.search(out), BASE.search(out), EXTENSIONS.search(out)
+    assert summary and base and ext, "no imaptest summary in its output:\n" + text[-4000:]
+    skipped = sorted(g for g, caps in all_groups.items() if not all(c.upper() in ours for c in caps))
+    print(f"imaptest: {summary.group(0).decode()}; {base.group(0).decode()}; {ext.group(0).decode()}")
+    print(f"imaptest: {len(skipped)} groups skipped for capabilities we do not offer: {' '.join(skipped)}")
+    assert int(summary.group(1)) == len(all_groups), text[-4000:]  # every group was loaded
+    assert int(summary.group(2)) == 0, "failed groups:\n" + text[-8000:]
+    assert int(base.group(1)) == 0 and int(ext.group(1)) == 0, text[-8000:]
+    # Protocol errors imaptest reports outside any group's verdict (e.g. "Keyword used without being
+    # in FLAGS", a FETCH showing a keyword before FLAGS listed it): none, as with Dovecot.
+    errors = [line for line in text.splitlines() if line.startswith(("Error:", "Panic:", "Fatal:"))]
+    assert not errors, "\n".join(errors[:40])
+    # Groups we do run: every base group plus the extensions we offer (MOVE, UIDPLUS, ID at least).
+    assert {"move", "uidplus", "id", "atoms", "store", "fetch"}.isdisjoint(skipped)
+    assert int(base.group(2)) > 400  # the base commands did run (457 with this revision)
