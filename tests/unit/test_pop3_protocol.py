@@ -41,15 +41,13 @@ class Driver:
 
     def __init__(self, *, tls: bool = False, stls: bool = True, insecure_ok: bool = True,
                  max_bad: int = 5, in_use: bool = False, password: str = "secret",
-                 vanished: frozenset[int] = frozenset(), commit_ok: bool = True,
-                 throttled: bool = False) -> None:
+                 vanished: frozenset[int] = frozenset(), commit_ok: bool = True) -> None:
         self.s = Session(tls_active=tls, stls_available=stls, insecure_auth_allowed=insecure_ok,
                          max_bad_commands=max_bad)
         self.password = password
         self.in_use = in_use
         self.vanished = vanished
         self.commit_ok = commit_ok
-        self.throttled = throttled
         self.intents: list[object] = []
         self.failures: list[LoginFailed] = []  # what the shell logs as "pop3 login failed"
         self.closed = False
@@ -71,9 +69,7 @@ class Driver:
             if isinstance(ev, Close):
                 self.closed = True
             elif isinstance(ev, Authenticate):
-                if self.throttled:
-                    self.s.auth_throttled()
-                elif ev.login == "alice" and ev.password == self.password:
+                if ev.login == "alice" and ev.password == self.password:
                     self.s.auth_succeeded("alice@example.test")
                 else:
                     self.s.auth_failed()
@@ -213,12 +209,6 @@ def test_wrong_password_gets_auth_code_and_stays_in_authorization() -> None:
 
 def test_pass_without_user_is_refused() -> None:
     assert Driver().feed(b"PASS secret\r\n") == P.R_PASS_WITHOUT_USER
-
-
-def test_throttled_login_gets_sys_temp() -> None:
-    d = Driver(throttled=True)
-    assert d.feed(b"USER alice\r\nPASS secret\r\n").endswith(P.R_AUTH_THROTTLED)
-    assert d.s.state is State.AUTHORIZATION
 
 
 def test_auth_plain_with_initial_response() -> None:

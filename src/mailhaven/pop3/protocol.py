@@ -13,7 +13,7 @@ returns None (= need more data). Each event is either `Send(data)` (write these 
 counts it; nothing to complete), or an intent:
 
     Authenticate(login, password)  -> shell checks limits + password, then calls
-                                      auth_succeeded(user) | auth_failed() | auth_throttled()
+                                      auth_succeeded(user) | auth_failed()
     LoadMaildrop(user)             -> shell locks the user's maildrop and snapshots INBOX, then calls
                                       maildrop_loaded(uidvalidity, messages) | maildrop_in_use()
                                       | maildrop_failed()
@@ -70,7 +70,6 @@ IMPLEMENTATION = "Mailhaven"
 R_GREETING = b"+OK Mailhaven POP3 ready.\r\n"
 R_PLAINTEXT_DISALLOWED = b"-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections.\r\n"
 R_AUTH_FAILED = b"-ERR [AUTH] Authentication failed.\r\n"
-R_AUTH_THROTTLED = b"-ERR [SYS/TEMP] Too many failed logins, try again later.\r\n"
 R_AUTH_ABORTED = b"-ERR Authentication aborted.\r\n"
 R_AUTH_BAD_MECH = b"-ERR Unsupported authentication mechanism.\r\n"
 R_AUTH_BAD_BASE64 = b"-ERR Invalid base64 data in SASL response.\r\n"
@@ -530,11 +529,6 @@ class Session:
         self._complete(Authenticate)
         self._login = None
         self._send(R_AUTH_FAILED)
-
-    def auth_throttled(self) -> None:
-        self._complete(Authenticate)
-        self._login = None
-        self._send(R_AUTH_THROTTLED)
 
     def maildrop_loaded(self, uidvalidity: int, messages: Sequence[MessageRef]) -> None:
         """The maildrop is locked for this session; `messages` is INBOX at this moment, in UID order."""

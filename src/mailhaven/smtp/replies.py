@@ -70,7 +70,6 @@ TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"  # RFC 3207 §4.2 (Po
 # Throttling choice (documented in smtp/submission.py): an account over its failure limit gets
 # 454 4.7.0 (RFC 4954 §6 "temporary authentication failure") and may try again later; an address
 # over its limit gets 421 4.7.0 and is disconnected (as Postfix does for clients over a limit).
-AUTH_THROTTLED = "454 4.7.0 Too many failed logins, try again later"
 LITERAL_RCPT = "550 5.1.2 Address literals are not accepted as recipients here"
 NO_AUTHOR = "550 5.6.0 Message must have exactly one From: header field with an address (RFC 5322 §3.6)"
 
@@ -89,10 +88,6 @@ def sender_not_owned(address: str, user: str) -> str:
 
 def author_not_owned(address: str, user: str) -> str:
     return f"553 5.7.1 From: header address <{clean_text(address)}> not owned by user {clean_text(user)}"
-
-
-def auth_blocked(hostname: str) -> str:
-    return f"421 4.7.0 {hostname} too many failed logins from your address, closing connection"
 
 
 def too_many_connections(hostname: str) -> str:
@@ -194,6 +189,6 @@ def code_of(line: str) -> int:
 
 
 __all__ = [
-    "accepted", "queued", "sender_not_owned", "author_not_owned", "auth_blocked", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
+    "accepted", "queued", "sender_not_owned", "author_not_owned", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
     "reply_for", "enhance", "code_of", "reject_reason",
 ]
