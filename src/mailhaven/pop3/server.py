@@ -47,6 +47,8 @@ SEEN = "\\Seen"
 _METRIC_REASONS = {"bad_password": "bad_credentials", "unknown_user": "bad_credentials",
                    "authzid_refused": "bad_credentials", "throttled": "throttled",
                    "plaintext_refused": "tls_required", "bad_sasl": "syntax", "cancelled": "cancelled"}
+_TIMEOUTS = {lineproto.LoginTimeout: (P.R_LOGIN_TIMEOUT, "login timeout"),
+             lineproto.LineTimeout: (P.R_LINE_TIMEOUT, "line timeout")}
 _PASSWORD_TRIED = frozenset({"bad_password", "unknown_user", "throttled"})  # logged as warnings
 
 # user -> holder, per store object: one POP3 session per maildrop (RFC 1939 §8 "exclusive-access lock").
@@ -116,10 +118,11 @@ class _Connection(LineConnection):
             if ev is None:
                 try:
                     data = await self.read()
-                except TimeoutError:
+                except TimeoutError as e:
                     # RFC 1939 §3: autologout timer; no UPDATE, nothing deleted.
-                    await self.write(session.abort(P.R_IDLE_TIMEOUT))
-                    return "idle timeout"
+                    reply, why = _TIMEOUTS.get(type(e), (P.R_IDLE_TIMEOUT, "idle timeout"))
+                    await self.write(session.abort(reply))
+                    return why
                 if data is None:
                     await self.write(session.abort(P.R_SHUTDOWN))
                     return "server stopping"
@@ -180,6 +183,7 @@ class _Connection(LineConnection):
         mhlog.event(log, "pop3 login ok", login=ev.login, user=user, mechanism=ev.mechanism)
         mhlog.set_user(user)
         session.auth_succeeded(user)
+        self.logged_in()
 
     async def _load_maildrop(self, session: Session, ev: LoadMaildrop) -> None:
         store = self.ctx.store
