@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailhaven import config as configmod
+from mailhaven import lineproto
 from mailhaven import metrics as metricsmod
 from mailhaven.auth.login import LoginService
 from mailhaven.config import Config, ListenerConfig
@@ -61,8 +62,6 @@ LISTENER_FACTORIES: dict[str, str] = {
     "imap": "mailhaven.imap.server:create_server",
     "imaps": "mailhaven.imap.server:create_server",
 }
-
-BACKLOG = 511
 
 
 class StartupError(Exception):
@@ -262,7 +261,7 @@ def bind_listener(name: str, lc: ListenerConfig) -> socket.socket:
             # "::" means IPv6 only, so 0.0.0.0 on the same port can be a separate listener.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((lc.address, lc.port))
-        sock.listen(min(BACKLOG, lc.max_connections))
+        sock.listen(lineproto.backlog(lc))  # the listener factories pass the same to create_server
         sock.setblocking(False)
     except OSError as e:
         sock.close()

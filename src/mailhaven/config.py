@@ -75,6 +75,13 @@ class ListenerConfig:
     per_ip_connections: int = opt(20, "Most concurrent connections from one client IP.", lo=1, hi=1_000_000)
     idle_timeout: float = opt(300.0, "Close a connection idle this long (imap and imaps default to 30m, RFC 3501 §5.4).",
                               lo=1, duration=True)
+    line_timeout: float = opt(60.0, "Time allowed for one line of client input (a command, an AUTH response, a "
+                              "line of a message) from its first byte: trickling bytes does not extend it.",
+                              lo=1, duration=True)
+    login_timeout: float = opt(60.0, "Longest a session may stay unauthenticated (imap, pop3, submission); on the mx, "
+                               "longest between the steps of a transaction (connect, accepted MAIL or RCPT, end of "
+                               "DATA). When the listener is full, the oldest such session is closed to make room.",
+                               lo=1, duration=True)
 
 
 _LISTENER_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -3,11 +3,15 @@
 Owns: one task per connection and its skeleton (admission, the session, the reason it ended,
 cleanup, release, the log line); input buffering with a high-water mark (pause_reading until the
 task takes the input); EOF and half-close; write flow control (pause_writing / resume_writing);
-the idle timeout of reads (one timer per connection, not one per read) and of a blocked write;
-the server-stopping wake-up; the STARTTLS/STLS upgrade that drops every byte received before the
-handshake; admission (connection limits, metrics, ctx.sessions) and its release; an unexpected
-exception (logged with its traceback, a reply that reveals nothing); the listener socket
-(`create_server`, implicit TLS) and whether it is a loopback listener.
+the time bounds of reads (one timer per connection, not one per read): the idle timeout, the line
+deadline (a line complete within line_timeout of its first byte, however slowly bytes trickle in)
+and the login deadline (login_timeout from admission until the subclass calls `logged_in()`); the
+idle timeout of a blocked write; the server-stopping wake-up; the STARTTLS/STLS upgrade that drops
+every byte received before the handshake (a failed handshake is a disconnect, logged at INFO);
+admission (connection limits, eviction of this session while it has not logged in, metrics,
+ctx.sessions) and its release; an unexpected exception (logged with its traceback, a reply that
+reveals nothing); the listener socket (`create_server` with the listen backlog, implicit TLS) and
+whether it is a loopback listener.
 Does not own: framing, syntax, replies or sessions (imap/server.py, pop3/server.py subclass
 `LineConnection` and implement `run()`), the limits themselves (limits.py), TLS contexts (tls.py).
 
@@ -32,6 +36,25 @@ from mailhaven import metrics
 from mailhaven.config import ListenerConfig
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
+BACKLOG = 511  # listen(2) backlog (as nginx and Redis use), or max_connections when smaller
+
+
+def backlog(lc: ListenerConfig) -> int:
+    """The listen backlog of a listener. asyncio's create_server calls listen() again with its own
+    default (100) unless given this."""
+    return min(BACKLOG, lc.max_connections)
+
+
+class LineTimeout(TimeoutError):
+    """A line of input was not complete within line_timeout of its first byte."""
+
+
+class LoginTimeout(TimeoutError):
+    """The session did not log in within login_timeout."""
+
+
+class TlsHandshakeFailed(ConnectionError):
+    """STARTTLS/STLS: the client did not complete a TLS handshake (garbage, a timeout, a reset)."""
 
 
 def is_loopback(sock: socket.socket) -> bool:
@@ -70,6 +93,12 @@ class LineConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.ip = "?"
         self.timeout = listener.lc.idle_timeout  # idle timeout of reads and blocked writes
+        self.line_timeout = listener.lc.line_timeout
+        self._line_since: float | None = None  # when the first byte of an incomplete line came
+        self._login_deadline: float | None = None  # loop time; None once logged in
+        self._timer_at = 0.0  # when _idle_timer fires
+        self._counted = False  # holds a slot in ctx.limits
+        self.evicted = False
         self._rbuf: list[bytes] = []
         self._rlen = 0
         self._reading_paused = False
@@ -98,6 +127,8 @@ class LineConnection(asyncio.Protocol):
             except Exception as e:
                 reason = self.ended_by(e)
             finally:
+                if self.evicted:
+                    reason = "evicted"
                 self.cleanup()
                 self.release()
                 self.session_ended(reason, round(time.monotonic() - started, 3))
@@ -110,6 +141,8 @@ class LineConnection(asyncio.Protocol):
         """Why the session ended, for an exception out of `run()` (called inside the except block).
         Network errors are a disconnect; anything else is logged with its traceback and the client
         gets R_INTERNAL, which reveals nothing."""
+        if isinstance(exc, TlsHandshakeFailed):
+            return "TLS handshake failed"
         if isinstance(exc, ConnectionError | ssl.SSLError | OSError):
             return f"disconnected ({type(exc).__name__})"
         self.logger.exception("%s session from %s failed", self.PROTO, self.ip)
@@ -137,6 +170,12 @@ class LineConnection(asyncio.Protocol):
         task.add_done_callback(self.listener.tasks.discard)
 
     def data_received(self, data: bytes) -> None:
+        # The line deadline counts from the first byte of the line still incomplete.
+        nl = data.rfind(b"\n")
+        if nl == len(data) - 1:
+            self._line_since = None
+        elif nl >= 0 or self._line_since is None:
+            self._line_since = asyncio.get_running_loop().time()
         self._rbuf.append(data)
         self._rlen += len(data)
         if self._rlen > self.READ_HIGH_WATER and not self._reading_paused and self.transport is not None:
@@ -170,12 +209,17 @@ class LineConnection(asyncio.Protocol):
 
     async def read(self) -> bytes | None:
         """Buffered input; b"" at EOF; None when the server is stopping. TimeoutError when idle
-        for `self.timeout` seconds."""
+        for `self.timeout` seconds, LineTimeout when a line is not complete `line_timeout` after
+        its first byte, LoginTimeout at the login deadline."""
         if not self._rbuf:
             loop = asyncio.get_running_loop()
             self._idle_deadline = loop.time() + self.timeout
-            if self._idle_timer is None:
-                self._idle_timer = loop.call_at(self._idle_deadline, self._idle_check)
+            deadline = self._deadline()
+            if self._idle_timer is None or deadline < self._timer_at:
+                if self._idle_timer is not None:
+                    self._idle_timer.cancel()
+                self._idle_timer = loop.call_at(deadline, self._idle_check)
+                self._timer_at = deadline
             while not self._rbuf:
                 if self._stopping:
                     return None
@@ -192,20 +236,43 @@ class LineConnection(asyncio.Protocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
+            if self._line_since is not None:  # we stopped reading, not the client: a new count
+                self._line_since = asyncio.get_running_loop().time()
         return data
 
+    def _deadline(self) -> float:
+        """The earliest of the idle, line and login deadlines."""
+        deadline = self._idle_deadline
+        if self._line_since is not None:
+            deadline = min(deadline, self._line_since + self.line_timeout)
+        if self._login_deadline is not None:
+            deadline = min(deadline, self._login_deadline)
+        return deadline
+
+    def _expired(self, now: float) -> TimeoutError | None:
+        if self._login_deadline is not None and now >= self._login_deadline:
+            return LoginTimeout()
+        if self._line_since is not None and now >= self._line_since + self.line_timeout:
+            return LineTimeout()
+        if now >= self._idle_deadline:
+            return TimeoutError()
+        return None
+
     def _idle_check(self) -> None:
-        """The one idle timer of a connection: it is not re-armed per read (that cost a timer per
-        command); when it fires early, because input came meanwhile, it is set for the new deadline."""
+        """The one timer of a connection: it is not re-armed per read (that cost a timer per
+        command); when it fires early, because input came meanwhile, it is set for the new deadline
+        (read() sets it earlier when a line or login deadline comes first)."""
         self._idle_timer = None
         wake = self._wake
         if wake is None or wake.done():
             return  # not waiting for input: the next read() arms it again
         loop = asyncio.get_running_loop()
-        if loop.time() >= self._idle_deadline:
-            wake.set_exception(TimeoutError())
+        expired = self._expired(loop.time())
+        if expired is not None:
+            wake.set_exception(expired)
         else:
-            self._idle_timer = loop.call_at(self._idle_deadline, self._idle_check)
+            self._timer_at = self._deadline()
+            self._idle_timer = loop.call_at(self._timer_at, self._idle_check)
 
     async def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -227,12 +294,18 @@ class LineConnection(asyncio.Protocol):
             await asyncio.wait_for(self._writable.wait(), TLS_HANDSHAKE_TIMEOUT)
         self._rbuf.clear()
         self._rlen = 0
+        self._line_since = None
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        new = await loop.start_tls(self.transport, self, tls_ctx, server_side=True,
-                                   ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        try:
+            new = await loop.start_tls(self.transport, self, tls_ctx, server_side=True,
+                                       ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except (ssl.SSLError, OSError) as e:  # not TLS, a timeout, a reset: the client's doing
+            self.logger.info("%s TLS handshake failed (client %s): %s", self.PROTO, self.ip, e)
+            raise TlsHandshakeFailed(str(e)) from None
         if new is None:
-            raise ConnectionResetError("TLS handshake failed")
+            self.logger.info("%s TLS handshake failed (client %s): connection lost", self.PROTO, self.ip)
+            raise TlsHandshakeFailed("connection lost")
         self.transport = new
         self._reading_paused = False
 
@@ -243,19 +316,27 @@ class LineConnection(asyncio.Protocol):
         cfg = self.ctx.config
         lc: ListenerConfig = cfg.listeners.get(self.listener.name, self.listener.lc)
         self.timeout = lc.idle_timeout
+        self.line_timeout = lc.line_timeout
         return cfg, lc
 
     def admit(self, lc: ListenerConfig, refusal: bytes) -> bool:
-        """Count the connection in (limits, metrics, ctx.sessions) and watch for the server
-        stopping. False: over a connection limit; `refusal` was written and the connection closed,
-        and nothing is to be released."""
+        """Count the connection in (limits, metrics, ctx.sessions), start the login deadline, make
+        the session evictable until it logs in, and watch for the server stopping. False: over a
+        connection limit; `refusal` was written and the connection closed, and nothing is to be
+        released."""
         ctx, name = self.ctx, self.listener.name
         assert self.transport is not None
         limits = getattr(ctx, "limits", None)
-        if limits is not None and not limits.connection_opened(name, self.ip, lc):
-            self.transport.write(refusal)
-            self.transport.close()
-            return False
+        if limits is not None:
+            refused = limits.admit(name, self.ip, lc)
+            if refused is not None:
+                metrics.of(ctx).connection_refused(name, refused)
+                self.transport.write(refusal)
+                self.transport.close()
+                return False
+            self._counted = True
+            limits.evictable(name, self)
+        self._login_deadline = asyncio.get_running_loop().time() + lc.login_timeout
         self._admitted = self.transport
         metrics.of(ctx).connection_opened(name)
         sessions = getattr(ctx, "sessions", None)
@@ -265,6 +346,32 @@ class LineConnection(asyncio.Protocol):
         if isinstance(stopping, asyncio.Event):
             self._stop_watch = asyncio.get_running_loop().create_task(self._watch_stop(stopping))
         return True
+
+    def logged_in(self) -> None:
+        """The session authenticated: no login deadline any more, and never evicted."""
+        self._login_deadline = None
+        limits = getattr(self.ctx, "limits", None)
+        if limits is not None:
+            limits.not_evictable(self.listener.name, self)
+
+    def evict(self) -> None:
+        """limits.Evictable: a new connection needs this one's slot (the listener is full and this
+        session has not logged in). The refusal reply, then close; the slot is given back now."""
+        if self.evicted or not self._counted:
+            return
+        self.evicted = True
+        self.write_last(self.R_TOO_MANY_CONNECTIONS)
+        if self.transport is not None:
+            self.transport.close()
+        self._uncount()
+        metrics.of(self.ctx).connection_evicted(self.listener.name)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            limits = self.ctx.limits
+            limits.not_evictable(self.listener.name, self)
+            limits.connection_closed(self.listener.name, self.ip)
 
     async def _watch_stop(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
@@ -281,9 +388,7 @@ class LineConnection(asyncio.Protocol):
             self._idle_timer = None
         if self.transport is not None:
             self.transport.close()
-        limits = getattr(ctx, "limits", None)
-        if limits is not None:
-            limits.connection_closed(name, self.ip)
+        self._uncount()
         metrics.of(ctx).connection_closed(name)
         sessions = getattr(ctx, "sessions", None)
         if sessions is not None:
@@ -301,8 +406,9 @@ async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.so
         if ctx.tls is None:
             raise ValueError(f"listeners.{name}: implicit TLS needs a certificate")
         ssl_ctx = ctx.tls
-    return await loop.create_server(lambda: connection(listener), sock=sock, ssl=ssl_ctx,
+    return await loop.create_server(lambda: connection(listener), sock=sock, ssl=ssl_ctx, backlog=backlog(lc),
                                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_ctx else None)
 
 
-__all__ = ["LineConnection", "Listener", "TLS_HANDSHAKE_TIMEOUT", "create_server", "is_loopback"]
+__all__ = ["BACKLOG", "LineConnection", "LineTimeout", "Listener", "LoginTimeout", "TLS_HANDSHAKE_TIMEOUT",
+           "TlsHandshakeFailed", "backlog", "create_server", "is_loopback"]

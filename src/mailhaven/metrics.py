@@ -8,6 +8,7 @@ Does not own: when things happen (protocol modules, the queue and the app call i
 
     m = Metrics(enabled=True)            # app.py: Metrics.from_config(config.metrics)
     m.connection_opened("mx"); m.connection_closed("mx")
+    m.connection_refused("mx", "per_ip"); m.connection_evicted("imap")
     m.login("imap", ok=False, reason="bad_credentials")   # or m.auth_failure("imap")
     m.message_received("mx"); m.message_rejected("mx", "policy")
     m.delivery_result("remote", "delivered"); m.message_sent(); m.message_bounced()
@@ -22,6 +23,8 @@ works whether `ctx.metrics` was set or not.
 
 Exposed series (all prefixed `mailhaven_`):
     connections_total{listener}, connections_active{listener}
+    connections_refused_total{listener,reason}         (reason: per_ip, total)
+    connections_evicted_total{listener}                (closed to make room on a full listener)
     logins_total{proto,result}, auth_failures_total{proto,reason}
     messages_received_total{listener}, messages_rejected_total{listener,reason}
     messages_sent_total, messages_bounced_total, delivery_results_total{kind,result}
@@ -64,6 +67,7 @@ AUTH_FAILURE_REASONS = frozenset({"bad_credentials", "throttled", "tls_required"
                                   "cancelled", "disabled"})
 REJECT_REASONS = frozenset({"policy", "unknown_user", "relay", "size", "rate", "syntax", "temporary",
                             "auth", "sender"})
+REFUSAL_REASONS = frozenset({"per_ip", "total"})
 DELIVERY_KINDS = frozenset({"local", "remote"})
 DELIVERY_RESULTS = frozenset({"delivered", "deferred", "bounced", "expired"})
 POLICY_CHECKS = frozenset({"spf", "dkim", "dmarc"})
@@ -143,6 +147,12 @@ class Metrics:
                                     ["listener"], registry=r)
         self._active = Gauge("mailhaven_connections_active", "Connections open now, by listener.",
                              ["listener"], registry=r)
+        self._refused = Counter("mailhaven_connections_refused",
+                                "Connections refused over a connection limit, by listener and limit.",
+                                ["listener", "reason"], registry=r)
+        self._evicted = Counter("mailhaven_connections_evicted",
+                                "Sessions closed to make room for a new connection on a full listener.",
+                                ["listener"], registry=r)
         self._logins = Counter("mailhaven_logins", "Login attempts, by protocol and result.",
                                ["proto", "result"], registry=r)
         self._auth_failures = Counter("mailhaven_auth_failures", "Failed logins, by protocol and reason.",
@@ -189,6 +199,15 @@ class Metrics:
     def connection_closed(self, listener: str) -> None:
         if self.enabled:
             self._active.labels(_listener(listener)).dec()
+
+    def connection_refused(self, listener: str, reason: str) -> None:
+        """reason: per_ip (the address's per_ip_connections) or total (max_connections)."""
+        if self.enabled:
+            self._refused.labels(_listener(listener), _pick(reason, REFUSAL_REASONS)).inc()
+
+    def connection_evicted(self, listener: str) -> None:
+        if self.enabled:
+            self._evicted.labels(_listener(listener)).inc()
 
     @contextlib.contextmanager
     def connection(self, listener: str) -> Iterator[None]:

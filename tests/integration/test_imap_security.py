@@ -221,3 +221,35 @@ def test_hostile_mailbox_names_give_no_traceback_in_logs(imap: ImapHarness, capl
     raw.close()
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
     assert os.path.isdir(imap.cfg.mail_root)
+
+
+def test_garbage_instead_of_a_tls_handshake_is_logged_as_a_disconnect(imap: ImapHarness,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10 item 12: a stranger's `a STARTTLS` followed by bytes that are not TLS was logged as an
+    IMAP internal error with a traceback (anyone could flood the error log); SMTP and POP3 log it
+    at INFO, and so does IMAP now."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    raw = imap.raw()
+    raw.send(b"a STARTTLS\r\n")
+    assert raw.line() == b"a OK Begin TLS negotiation now.\r\n"
+    raw.send(b"\x16\x03\x01\x00\x05hello this is not TLS\r\n" * 10)
+    assert raw.closed()
+    raw.sock.close()
+    for _ in range(100):  # the session's end line comes once the server has given up
+        if any(r.getMessage() == "imap session end" for r in caplog.records):
+            break
+        time.sleep(0.05)
+    records = [r for r in caplog.records if r.name.startswith("mailhaven")]
+    assert not [r for r in records if r.exc_info or r.levelno >= logging.ERROR], \
+        [(r.levelname, r.getMessage()) for r in records]
+    failed = [r for r in records if "TLS handshake failed" in r.getMessage()]
+    assert failed and failed[0].levelno == logging.INFO, [r.getMessage() for r in records]
+    end = [r for r in records if r.getMessage() == "imap session end"]
+    assert end and getattr(end[0], "mh_fields", {}).get("reason") == "TLS handshake failed"
+    assert imap.ctx.limits.connections("imap") == 0
+    # and the server still serves
+    other = imap.raw()
+    other.login()
+    other.close()

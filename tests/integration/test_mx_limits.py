@@ -36,29 +36,41 @@ async def test_listener_connection_limit_refuses_with_421(mx: MxFactory) -> None
             assert reply.startswith("421 4.7.0")
 
 
+async def _in_data(c: harness.RawClient) -> None:
+    """Bring a session into DATA (354 sent): busy with a message, so it is never evicted."""
+    await c.cmd("EHLO a.example")
+    await c.cmd("MAIL FROM:<a@sender.test>")
+    await c.cmd(f"RCPT TO:<{ALICE}>")
+    assert (await c.cmd("DATA"))[0].startswith("354")
+
+
 async def test_listener_connection_limit_counts_all_client_addresses_together(mx: MxFactory) -> None:
     # max_connections is the listener's limit, apart from the per-IP one: one connection from each of
     # three addresses (each below per_ip_connections) and the third is refused. (per_ip_connections
-    # may not exceed max_connections in the config, so the addresses differ instead.)
+    # may not exceed max_connections in the config, so the addresses differ instead.) Both admitted
+    # sessions are inside DATA, so neither may be evicted to make room.
     server = await mx(mx_listener={"max_connections": 2, "per_ip_connections": 2})
     limits = server.ctx.limits
     async with contextlib.AsyncExitStack() as first, server.raw(source="127.0.0.2") as b:
         a = await first.enter_async_context(server.raw(source="127.0.0.1"))
-        await a.cmd("EHLO a.example")
+        await _in_data(a)
+        await _in_data(b)
         async with server.raw(greet=False, source="127.0.0.3") as c:
             [reply] = await c.reply()
             assert reply.startswith("421 4.7.0") and "too many connections" in reply, reply
             assert await c.closed()
         assert limits.connections("mx", "127.0.0.3") == 0 and limits.connections("mx") == 2
-        assert (await a.cmd("NOOP"))[0].startswith("250")  # the two admitted ones still work
-        assert (await b.cmd("NOOP"))[0].startswith("250")
+        assert (await a.cmd(dot_stuff(message(subject="a")) + b"."))[0].startswith("250")  # still work
+        assert (await b.cmd(dot_stuff(message(subject="b")) + b"."))[0].startswith("250")
+        await _in_data(b)
         await first.aclose()  # one leaves ...
         await wait_until(lambda: limits.connections("mx") == 1)
         async with server.raw(source="127.0.0.3") as d:  # ... and the next client is served
             assert (await d.cmd("EHLO d.example"))[-1].startswith("250 ")
             assert limits.connections("mx") == 2
-        assert (await b.cmd("NOOP"))[0].startswith("250")
+        assert (await b.cmd(dot_stuff(message(subject="b2")) + b"."))[0].startswith("250")
     await wait_until(lambda: limits.connections("mx") == 0)
+    assert len(server.messages(ALICE)) == 3
 
 
 async def test_connection_counts_return_to_zero_after_quit_reset_and_dropped_data(mx: MxFactory) -> None:

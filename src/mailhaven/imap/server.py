@@ -79,7 +79,9 @@ class _Connection(LineConnection):
         self.tls_active = True
 
     def authenticated(self) -> None:
-        """After login the literal limit becomes the message size limit (APPEND)."""
+        """After login the literal limit becomes the message size limit (APPEND), and the session
+        has no login deadline and is never evicted."""
+        self.logged_in()
         self._max_literal = self._cfg.smtp.max_message_size
         framer = self.framer
         if framer is not None:
@@ -95,6 +97,12 @@ class _Connection(LineConnection):
     # -- the session ----------------------------------------------------------------------------------
 
     def ended_by(self, exc: Exception) -> str:
+        if isinstance(exc, lineproto.LoginTimeout):
+            self._bye("Login timed out.")
+            return "login timeout"
+        if isinstance(exc, lineproto.LineTimeout):
+            self._bye("Command line not completed in time.")
+            return "line timeout"
         if isinstance(exc, TimeoutError):
             self._bye("Disconnected for inactivity.")
             return "idle timeout"

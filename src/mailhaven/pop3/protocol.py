@@ -96,6 +96,8 @@ R_DELE_OK = b"+OK Marked to be deleted.\r\n"
 R_BYE = b"+OK Logging out.\r\n"
 R_COMMIT_FAILED = b"-ERR [SYS/TEMP] Some deleted messages could not be removed.\r\n"
 R_IDLE_TIMEOUT = b"-ERR Disconnected for inactivity.\r\n"
+R_LOGIN_TIMEOUT = b"-ERR Login timed out.\r\n"
+R_LINE_TIMEOUT = b"-ERR Command line not completed in time.\r\n"
 R_SHUTDOWN = b"-ERR [SYS/TEMP] Server shutting down.\r\n"
 R_INTERNAL = b"-ERR [SYS/TEMP] Internal error occurred. Refer to server log for more information.\r\n"
 

@@ -44,6 +44,8 @@ from mailhaven.store.model import MessageNotFound
 log = logging.getLogger("mailhaven.pop3")
 
 SEEN = "\\Seen"
+_TIMEOUTS = {lineproto.LoginTimeout: (P.R_LOGIN_TIMEOUT, "login timeout"),
+             lineproto.LineTimeout: (P.R_LINE_TIMEOUT, "line timeout")}
 
 # user -> holder, per store object: one POP3 session per maildrop (RFC 1939 §8 "exclusive-access lock").
 _locks: dict[int, set[str]] = {}
@@ -116,10 +118,11 @@ class _Connection(LineConnection):
             if ev is None:
                 try:
                     data = await self.read()
-                except TimeoutError:
+                except TimeoutError as e:
                     # RFC 1939 §3: autologout timer; no UPDATE, nothing deleted.
-                    await self.write(session.abort(P.R_IDLE_TIMEOUT))
-                    return "idle timeout"
+                    reply, why = _TIMEOUTS.get(type(e), (P.R_IDLE_TIMEOUT, "idle timeout"))
+                    await self.write(session.abort(reply))
+                    return why
                 if data is None:
                     await self.write(session.abort(P.R_SHUTDOWN))
                     return "server stopping"
@@ -162,6 +165,7 @@ class _Connection(LineConnection):
             return
         mhlog.set_user(outcome.user)
         session.auth_succeeded(outcome.user)
+        self.logged_in()
 
     async def _load_maildrop(self, session: Session, ev: LoadMaildrop) -> None:
         store = self.ctx.store

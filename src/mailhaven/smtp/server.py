@@ -1,8 +1,11 @@
 """SMTP listeners: aiosmtpd's `SMTP` protocol on our own event loop (no threaded Controller).
 
 Owns: one `Connection` (an aiosmtpd `SMTP` subclass) per TCP connection: connection limits
-(ctx.limits; `421 4.7.0` when over), session tracking for graceful stop (ctx.sessions), idle and
-command timeouts (`421 4.4.2`), the bad-command limit (`421 4.7.0`, disconnect), enhanced status
+(ctx.limits; `421 4.7.0` when over, and for a session evicted to make room on a full listener:
+submission before AUTH, the MX while it waits for its client's next command), session tracking for
+graceful stop (ctx.sessions), idle and command timeouts, the line deadline (a line complete within
+line_timeout of its first byte) and the session deadline (login_timeout: submission until AUTH, the
+MX between the steps of a transaction) (`421 4.4.2`), the listen backlog, the bad-command limit (`421 4.7.0`, disconnect), enhanced status
 codes on aiosmtpd's own replies (replies.enhance), exceptions -> replies (replies.reply_for), and
 the DATA block: dot-unstuffing, message size, line length and bare CR/LF checks, all bounded
 while reading (`DataBlock`), and the AUTH command's place in the dialogue plus its bounded line
@@ -36,8 +39,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
+from mailhaven import lineproto, metrics
 from mailhaven import log as mlog
-from mailhaven import metrics
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
 from mailhaven.smtp import replies as R
@@ -159,15 +162,16 @@ _SYNTAX_ATTRS = ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_w
 class _Commands(dict[str, Any]):
     """aiosmtpd's verb table; unknown verbs get our handler (counted as bad commands) instead of
     aiosmtpd's fixed budget of five. Each command runs with `busy` set (a graceful stop waits for
-    it) and `done()` called after it; with metrics on, inside `time_command(proto, VERB)`
-    (command_duration_seconds)."""
+    it), `started()` called before it and `done()` after it; with metrics on, inside
+    `time_command(proto, VERB)` (command_duration_seconds)."""
 
     def __init__(self, methods: dict[str, Any], unknown: Callable[[str], Any], meter: metrics.Metrics,
-                 proto: str, done: Callable[[], None]) -> None:
+                 proto: str, started: Callable[[], None], done: Callable[[], None]) -> None:
         super().__init__(methods)
         self._unknown = unknown
         self._meter = meter
         self._proto = proto
+        self._started = started
         self._done = done
         self.busy = False
 
@@ -179,6 +183,7 @@ class _Commands(dict[str, Any]):
 
         async def run(arg: str | None) -> None:
             self.busy = True
+            self._started()
             try:
                 if meter.enabled:
                     with meter.time_command(proto, key):
@@ -230,7 +235,8 @@ class Connection(ShortDir, SMTP):
             self._smtp_methods.pop("AUTH", None)
         self.meter = metrics.of(ctx)
         self._commands = _Commands(self._smtp_methods, self._unknown_command, self.meter,
-                                   "submission" if handler.offers_auth else "smtp", self._goodbye_if_stopping)
+                                   "submission" if handler.offers_auth else "smtp", self._command_started,
+                                   self._command_done)
         self._smtp_methods = self._commands
         self._metered = False
         self.ip = ""
@@ -245,6 +251,10 @@ class Connection(ShortDir, SMTP):
         self._continued: list[str] = []
         self._stopping = False
         self._stop_watch: asyncio.Task[None] | None = None
+        self._line_since: float | None = None  # when the first byte of an incomplete line came
+        self._session_deadline: float | None = None  # login_timeout: submission until AUTH, MX per step
+        self._watch_timer: asyncio.TimerHandle | None = None  # the line and session deadlines
+        self._watch_at = 0.0
 
     # -- connection lifetime ---------------------------------------------------------------------
 
@@ -256,6 +266,7 @@ class Connection(ShortDir, SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self._started:  # after STARTTLS aiosmtpd calls us again with the TLS transport
+            self._line_since = None  # aiosmtpd dropped the plaintext input (RFC 3207 §4.2)
             super().connection_made(transport)
             self._fill_session(transport)
             return
@@ -268,14 +279,18 @@ class Connection(ShortDir, SMTP):
         mlog.remote_var.set(self.ip)
         limits = getattr(self.ctx, "limits", None)
         if limits is not None:
-            if not limits.connection_opened(self.listener_name, self.ip, self.lc):
+            refused = limits.admit(self.listener_name, self.ip, self.lc)  # logs the refusal (rate-limited)
+            if refused is not None:
                 self._refused = True
-                logger.info("connection refused: too many connections (client %s)", self.ip)
+                self.meter.connection_refused(self.listener_name, refused)
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write((R.too_many_connections(self.cfg.hostname) + "\r\n").encode())
                 transport.close()
                 return
             self._counted = True
+            limits.evictable(self.listener_name, self)
+        self._session_deadline = self.loop.time() + self.lc.login_timeout
+        self._arm_watch()
         self.meter.connection_opened(self.listener_name)
         self._metered = True
         sessions = getattr(self.ctx, "sessions", None)
@@ -309,6 +324,87 @@ class Connection(ShortDir, SMTP):
         transport.write((R.shutting_down(self.cfg.hostname) + "\r\n").encode())
         self._close_now()
 
+    # -- deadlines and eviction (a slow client cannot fill the listener) ------------------------------
+
+    def _command_started(self) -> None:
+        if not self.handler.offers_auth and self._counted:
+            self.ctx.limits.not_evictable(self.listener_name, self)  # the MX: busy, not waiting
+
+    def _command_done(self) -> None:
+        if not self.handler.offers_auth and self._counted and not self._closing:
+            self.ctx.limits.evictable(self.listener_name, self)  # waits for its client again: the youngest
+        if self._session_deadline is not None and self.loop.time() >= self._session_deadline:
+            self._time_out("session deadline (login_timeout)")  # it passed while the command ran
+            return
+        self._goodbye_if_stopping()
+
+    def _progress(self) -> None:
+        """The MX: a step of a transaction (accepted MAIL or RCPT, the end of DATA) gives the client
+        login_timeout again for the next one. (The timer, set for the old deadline, re-arms itself.)"""
+        if not self.handler.offers_auth:
+            self._session_deadline = self.loop.time() + self.lc.login_timeout
+
+    def _next_check(self, now: float) -> float | None:
+        times = []
+        if self._line_since is not None:
+            times.append(self._line_since + self.lc.line_timeout)
+        if self._session_deadline is not None and self._session_deadline > now:
+            times.append(self._session_deadline)  # once passed, a running command ends first (_command_done)
+        return min(times, default=None)
+
+    def _arm_watch(self) -> None:
+        """One timer per connection for both deadlines, moved only when one comes earlier."""
+        at = self._next_check(self.loop.time())
+        if at is None or (self._watch_timer is not None and at >= self._watch_at):
+            return
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+        self._watch_timer = self.loop.call_at(at, self._watch)
+        self._watch_at = at
+
+    def _watch(self) -> None:
+        self._watch_timer = None
+        transport: Any = self.transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._line_since is not None and now >= self._line_since + self.lc.line_timeout:
+            if transport.is_reading():
+                self._time_out("line deadline (line_timeout)")
+                return
+            self._line_since = now  # we stopped reading (input backlog), not the client: a new count
+        if self._session_deadline is not None and now >= self._session_deadline and not self._commands.busy:
+            self._time_out("session deadline (login_timeout)")
+            return
+        self._arm_watch()
+
+    def _time_out(self, why: str) -> None:
+        """421 4.4.2 and close (RFC 5321 §4.5.3.2), a transaction begun is discarded."""
+        transport: Any = self.transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        logger.info("timeout (client %s): %s", self.ip, why)
+        transport.write((R.timeout(self.cfg.hostname) + "\r\n").encode())
+        self._close_now()
+
+    def evict(self) -> None:
+        """limits.Evictable: the listener is full and this session is the oldest that may make room
+        (submission: not logged in; MX: waiting for its client's next command). 421 4.7.0, close,
+        and the slot is given back now."""
+        if not self._counted:
+            return
+        self._counted = False
+        limits = self.ctx.limits
+        limits.not_evictable(self.listener_name, self)
+        limits.connection_closed(self.listener_name, self.ip)
+        transport: Any = self.transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        logger.info("evicted: listener %s is full (client %s)", self.listener_name, self.ip)
+        self.meter.connection_evicted(self.listener_name)
+        transport.write((R.too_many_connections(self.cfg.hostname) + "\r\n").encode())
+        self._close_now()
+
     def _fill_session(self, transport: asyncio.BaseTransport) -> None:
         session = self.session
         assert isinstance(session, ClientSession)
@@ -323,7 +419,11 @@ class Connection(ShortDir, SMTP):
             self.meter.connection_closed(self.listener_name)
         if self._counted:
             self._counted = False
+            self.ctx.limits.not_evictable(self.listener_name, self)
             self.ctx.limits.connection_closed(self.listener_name, self.ip)
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         if self._tracked is not None:
             self.ctx.sessions.discard(self._tracked)
             self._tracked = None
@@ -357,6 +457,13 @@ class Connection(ShortDir, SMTP):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        # The line deadline counts from the first byte of the line still incomplete.
+        nl = data.rfind(b"\n")
+        if nl == len(data) - 1:
+            self._line_since = None
+        elif nl >= 0 or self._line_since is None:
+            self._line_since = self.loop.time()
+            self._arm_watch()
         super().data_received(data)
 
     def _timeout_cb(self) -> None:
@@ -470,12 +577,18 @@ class Connection(ShortDir, SMTP):
         if arg is not None and self.handler.offers_auth:
             arg = drop_auth_parameter(arg)
         await super().smtp_MAIL(arg)
+        if isinstance(self.envelope, Transaction) and self.envelope.mail_from:
+            self._progress()
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg
+        txn = self.envelope
+        before = len(txn.recipients) if isinstance(txn, Transaction) else 0
         await super().smtp_RCPT(arg)
+        if isinstance(txn, Transaction) and len(txn.recipients) > before:
+            self._progress()
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str | None) -> None:
@@ -509,6 +622,10 @@ class Connection(ShortDir, SMTP):
             await self.push(R.NEED_EHLO)  # AUTH is an ESMTP extension (RFC 4954 §3)
             return
         reply, close = await self.handler.handle_auth(self, session, txn, arg or "")
+        if session.authenticated:  # no session deadline any more, and never evicted for a stranger
+            self._session_deadline = None
+            if self._counted:
+                self.ctx.limits.not_evictable(self.listener_name, self)
         await self.push(reply)
         if close:
             self._close_now()
@@ -577,6 +694,7 @@ class Connection(ShortDir, SMTP):
         finally:
             self._set_post_data_state()
             self._reset_timeout()
+            self._progress()
         # The reply to the message is not a bad command: it does not count towards the error limit.
         self._closing, closing = True, self._closing
         try:
@@ -603,7 +721,8 @@ async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.so
         ssl_ctx = ctx.tls
     _quiet_aiosmtpd()
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Connection(ctx, name, lc, handler_factory), sock=sock, ssl=ssl_ctx)
+    return await loop.create_server(lambda: Connection(ctx, name, lc, handler_factory), sock=sock, ssl=ssl_ctx,
+                                    backlog=lineproto.backlog(lc))
 
 
 async def create_mx_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
