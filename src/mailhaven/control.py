@@ -337,6 +337,18 @@ def format_show(e: dict[str, Any], now: float | None = None) -> str:
 QUEUE_ACTIONS = ("list", "show", "retry", "delete", "flush")
 
 
+def _ok_reply(control_path: str | Path, command: dict[str, Any]) -> dict[str, Any] | str:
+    """The running server's successful reply to a CLI command, or the one line saying why there is
+    none (not running, or the server refused it): the CLI exits 1 with it."""
+    try:
+        reply = control_request(control_path, command)
+    except ControlError as e:
+        return str(e)
+    if not reply.get("ok"):
+        return str(reply.get("error", "failed"))
+    return reply
+
+
 def queue_command(control_path: str | Path, action: str, entry_id: str | None = None, *,
                   as_json: bool = False) -> tuple[int, str]:
     """`mailhaven queue ACTION [ID]` for the CLI: (exit status, text to print). Never raises for a
@@ -352,12 +364,9 @@ def queue_command(control_path: str | Path, action: str, entry_id: str | None = 
         command["id"] = entry_id
     if action == "show" and not as_json:
         command["headers"] = True
-    try:
-        reply = control_request(control_path, command)
-    except ControlError as e:
-        return 1, str(e)
-    if not reply.get("ok"):
-        return 1, str(reply.get("error", "failed"))
+    reply = _ok_reply(control_path, command)
+    if isinstance(reply, str):
+        return 1, reply
     if action == "list":
         return 0, format_list(reply.get("entries", [])).rstrip("\n")
     if action == "show":
@@ -396,12 +405,9 @@ def auth_command(control_path: str | Path, action: str, target: str | None = Non
     command: dict[str, Any] = {"cmd": f"auth_{action}"}
     if action == "unblock":
         command["target"] = target
-    try:
-        reply = control_request(control_path, command)
-    except ControlError as e:
-        return 1, str(e)
-    if not reply.get("ok"):
-        return 1, str(reply.get("error", "failed"))
+    reply = _ok_reply(control_path, command)
+    if isinstance(reply, str):
+        return 1, reply
     if action == "blocks":
         return 0, format_blocks(reply.get("blocks", [])).rstrip("\n")
     n = reply.get("count", 0)
