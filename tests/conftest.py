@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_base",
     "tests.fixtures_dns",
     "tests.fixtures_server",
+    "tests.fixtures_rspamd",
 ]

@@ -122,6 +122,7 @@ class Context:
     tls: ssl.SSLContext | None
     queue: Any = None  # the queue issue sets this
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
+    spam: Any = None  # mailhaven.policy.rspamd.RspamdClient when config spam.rspamd_url is set
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -228,7 +229,15 @@ def build_context(cfg: Config) -> Context:
         limits=build_limits(cfg),
         tls=tls_context(cfg),
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
+        spam=rspamd_client(cfg),
     )
+
+
+def rspamd_client(cfg: Config) -> Any:
+    """The pooled rspamd client of config [spam] (None when spam.rspamd_url is empty)."""
+    from mailhaven.policy import rspamd
+
+    return rspamd.from_config(cfg.spam)
 
 
 # --- sockets and privileges ----------------------------------------------------------------------
@@ -359,7 +368,8 @@ def find_factory(name: str) -> Callable[..., Any] | None:
 # What SIGHUP cannot apply: bound sockets (listeners, metrics.address, control_socket under
 # data_dir), the store and queue on disk (data_dir), the process's user (run_as_*). The running
 # server keeps these as they were; config/mailhaven.toml marks each "restart needed".
-RESTART_ONLY = ("listeners", "data_dir", "control_socket", "metrics", "run_as_user", "run_as_group")
+RESTART_ONLY = ("listeners", "data_dir", "control_socket", "metrics", "run_as_user", "run_as_group",
+                "spam")  # spam: the rspamd client holds pooled connections made from the old values
 
 
 def _changed(prefix: str, old: Any, new: Any) -> list[str]:
@@ -542,6 +552,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 server.close()
             if ctx.store is not None:
                 await ctx.store.close()
+            if ctx.spam is not None:
+                await ctx.spam.close()
     log.info("stopped")
 
 

@@ -175,6 +175,23 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class SpamConfig:
+    rspamd_url: str = opt("", "rspamd's normal worker, e.g. \"http://127.0.0.1:11333\": every MX message is "
+                          "scanned at DATA before the 250 (\"\" = no rspamd).")
+    rspamd_controller_url: str = opt("", "rspamd's controller, e.g. \"http://127.0.0.1:11334\" (training).")
+    rspamd_password_file: str = opt("", "File holding the controller password (\"\" = none).", path=True)
+    rspamd_timeout: float = opt(20.0, "Longest wait for one scan, queueing included.", lo=0.1, hi=600,
+                                duration=True)
+    rspamd_max_concurrency: int = opt(32, "Scans in flight at once (pooled connections).", lo=1, hi=10_000)
+    max_scan_size: int = opt(16 * 1024 * 1024, "Messages larger than this (bytes) are not scanned "
+                             "(X-Spam-Status: Unknown); a cut-off copy would fail its DKIM body hash.",
+                             lo=1024, hi=2**31)
+    on_error: Literal["accept", "tempfail"] = opt("accept", "When the scanner does not answer: \"accept\" "
+                                                  "(X-Spam-Status: Unknown, counted and logged) or "
+                                                  "\"tempfail\" (451 4.7.1).")
+
+
+@dataclass(frozen=True)
 class ImapConfig:
     max_line_length: int = opt(65_536, "Longest command line, literals excluded.", lo=1000, hi=10_000_000)
     max_nesting: int = opt(32, "Deepest parenthesised list.", lo=2, hi=1000)
@@ -222,6 +239,7 @@ class Config:
     queue: QueueConfig = opt(None, "Outbound queue.", factory=QueueConfig)
     dns: DnsConfig = opt(None, "DNS resolver.", factory=DnsConfig)
     policy: PolicyConfig = opt(None, "SPF/DKIM/DMARC actions.", factory=PolicyConfig)
+    spam: SpamConfig = opt(None, "Spam filtering (rspamd).", factory=SpamConfig)
     imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
     pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
@@ -466,6 +484,12 @@ def _check(cfg: Config) -> None:
     for i, ns in enumerate(cfg.dns.nameservers):
         if not _valid_nameserver(ns):
             raise ConfigError(f"dns.nameservers[{i}]: expected \"IP\" or \"IP:PORT\", got {_describe(ns)}")
+    for key in ("rspamd_url", "rspamd_controller_url"):
+        url = getattr(cfg.spam, key)
+        if url and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url):
+            raise ConfigError(f"spam.{key}: expected \"http://HOST:PORT\", got {_describe(url)}")
+    if cfg.spam.rspamd_password_file and not Path(cfg.spam.rspamd_password_file).is_file():
+        raise ConfigError(f"spam.rspamd_password_file: file not found: {cfg.spam.rspamd_password_file}")
     if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
         raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
 
@@ -569,7 +593,7 @@ def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str,
 
 __all__ = [
     "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
-    "DnsConfig", "PolicyConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
+    "DnsConfig", "PolicyConfig", "SpamConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
     "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
     "LISTENER_NAMES", "DEV_PORTS",
 ]

@@ -12,6 +12,7 @@ Does not own: when things happen (protocol modules, the queue and the app call i
     m.message_received("mx"); m.message_rejected("mx", "policy")
     m.delivery_result("remote", "delivered"); m.message_sent(); m.message_bounced()
     m.policy_result("spf", "pass")
+    m.spam_verdict("add header")                         # one per scanned (or unscannable) message
     m.command_latency("smtp", "RCPT", 0.003)             # or: with m.time_command("smtp", "RCPT"): ...
     m.set_queue_probe(lambda: (queue_size, oldest_age_seconds))
 
@@ -26,6 +27,7 @@ Exposed series (all prefixed `mailhaven_`):
     messages_sent_total, messages_bounced_total, delivery_results_total{kind,result}
     queue_messages, queue_oldest_age_seconds            (from the queue probe, at scrape time)
     policy_results_total{check,result}
+    spam_verdicts_total{action}                         (no_action, add_header, reject, unknown, ...)
     command_duration_seconds{proto,verb}                (histogram)
     build_info{version}, and prometheus_client's process_* / python_* collectors.
 """
@@ -67,6 +69,8 @@ DELIVERY_RESULTS = frozenset({"delivered", "deferred", "bounced", "expired"})
 POLICY_CHECKS = frozenset({"spf", "dkim", "dmarc"})
 POLICY_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temperror", "permerror",
                             "policy"})
+SPAM_ACTIONS = frozenset({"no_action", "greylist", "add_header", "rewrite_subject", "soft_reject", "reject",
+                          "unknown", "skipped"})
 VERBS = {
     "smtp": frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                        "EXPN", "HELP", "STARTTLS", "AUTH"}),
@@ -154,6 +158,9 @@ class Metrics:
                                  ["kind", "result"], registry=r)
         self._policy = Counter("mailhaven_policy_results", "SPF, DKIM and DMARC results of inbound mail.",
                                ["check", "result"], registry=r)
+        self._spam = Counter("mailhaven_spam_verdicts", "Spam verdicts of inbound mail, by action "
+                             "(unknown: the scanner did not answer; skipped: too big to scan).", ["action"],
+                             registry=r)
         self._latency = Histogram("mailhaven_command_duration_seconds",
                                   "Time from a command's arrival to its reply.", ["proto", "verb"],
                                   buckets=LATENCY_BUCKETS, registry=r)
@@ -232,6 +239,11 @@ class Metrics:
         """check: spf|dkim|dmarc; result: the RFC term (pass, fail, softfail, none, temperror, ...)."""
         if self.enabled:
             self._policy.labels(_pick(check, POLICY_CHECKS), _pick(result, POLICY_RESULTS)).inc()
+
+    def spam_verdict(self, action: str) -> None:
+        """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped"."""
+        if self.enabled:
+            self._spam.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
 
     # -- latency ------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from mailhaven.auth.passwords import hash_password
 from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.dns.resolver import Resolver
 from mailhaven.limits import Limits
+from mailhaven.policy import rspamd
 from mailhaven.smtp.server import create_mx_server
 from mailhaven.store import Store
 from mailhaven.tls import server_context
@@ -192,6 +193,7 @@ async def mx(make_config: Callable[..., Any], dns_nameserver: str, tmp_path: Pat
             config=cfg, store=the_store, directory=Directory.load(cfg),
             resolver=Resolver(cfg.dns.nameservers, cfg.dns.timeout),
             limits=limits or Limits(cfg), tls=None if no_tls else server_context(cfg),
+            spam=rspamd.from_config(cfg.spam),  # None unless the test sets spam.rspamd_url
         )
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -210,6 +212,8 @@ async def mx(make_config: Callable[..., Any], dns_nameserver: str, tmp_path: Pat
             await asyncio.wait_for(mxs.server.wait_closed(), 5)
         with contextlib.suppress(Exception):
             await the_store.close()
+        if mxs.ctx.spam is not None:
+            await mxs.ctx.spam.close()
 
 
 # --- the harness itself ----------------------------------------------------------------------------

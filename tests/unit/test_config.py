@@ -377,3 +377,33 @@ def test_missing_users_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         UsersFile.load(tmp_path / "users.toml")
     assert str(exc.value) == f"{tmp_path / 'users.toml'}: users file not found"
+
+
+# --- [spam] (issue 12 item 3) --------------------------------------------------------------------
+
+
+def test_spam_defaults_scan_nothing_and_accept_on_error(tmp_path: Path) -> None:
+    cfg = config.from_dict({}, tmp_path)
+    assert cfg.spam.rspamd_url == "" and cfg.spam.on_error == "accept" and cfg.spam.rspamd_timeout == 20.0
+
+
+def test_spam_rspamd_keys_load(tmp_path: Path) -> None:
+    (tmp_path / "rspamd.pw").write_text("secret\n")
+    cfg = config.from_dict({"spam": {"rspamd_url": "http://127.0.0.1:11333", "on_error": "tempfail",
+                                     "rspamd_controller_url": "http://127.0.0.1:11334",
+                                     "rspamd_password_file": "rspamd.pw", "rspamd_timeout": "5s"}}, tmp_path)
+    assert cfg.spam.rspamd_url == "http://127.0.0.1:11333" and cfg.spam.on_error == "tempfail"
+    assert cfg.spam.rspamd_password_file == str(tmp_path / "rspamd.pw") and cfg.spam.rspamd_timeout == 5.0
+
+
+@pytest.mark.parametrize(("spam", "message"), [
+    ({"rspamd_url": "127.0.0.1:11333"}, r'^spam\.rspamd_url: expected "http://HOST:PORT", got "127\.0\.0\.1:11333"$'),
+    ({"rspamd_controller_url": "ftp://x"}, r"^spam\.rspamd_controller_url: expected"),
+    ({"on_error": "drop"}, r'^spam\.on_error: expected one of "accept", "tempfail", got "drop"$'),
+    ({"rspamd_password_file": "missing.pw"}, r"^spam\.rspamd_password_file: file not found: "),
+    ({"rspamd_timeout": 0}, r"^spam\.rspamd_timeout: expected a duration"),
+    ({"rspamd_max_concurrency": 0}, r"^spam\.rspamd_max_concurrency: expected an integer"),
+])
+def test_spam_bad_values_are_one_line_errors(tmp_path: Path, spam: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict({"spam": spam}, tmp_path)

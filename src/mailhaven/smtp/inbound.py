@@ -6,11 +6,14 @@ refused as relaying (550 5.7.1) whatever the HELO, MAIL FROM or client address; 
 users get 550 5.1.1. Postmaster (RFC 5321 §4.5.1): `<postmaster>` and postmaster@ each of our
 domains (any case) are always accepted, for whoever `Directory.postmaster` names (the postmaster
 alias; in an old users file without one, implicitly the domain's first user). Sender
-authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and the verdict at DATA), the
-trace fields we add (Received, Authentication-Results, Received-SPF) and durable delivery into
-every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through delivery/local.py
-into_mailboxes (which adds Return-Path and removes forged trust fields) before the 250. In dev
-mode, mail from a loopback client skips the sender checks and every DNS query
+authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and the verdict at DATA),
+content scanning at DATA when config [spam] names an rspamd (ctx.spam, policy/rspamd.py: the
+verdict is decided before the 250, logged once as "spam verdict" and counted by action;
+policy/spam.py says what each action means), the trace fields we add (Received,
+Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd asks to add)
+and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
+delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
+the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
 (pipeline.unchecked_reason); its Authentication-Results says so.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
@@ -25,15 +28,17 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from mailhaven import log as mlog
 from mailhaven import metrics
 from mailhaven.delivery import local
-from mailhaven.errors import DnsTempError, PermFailure
+from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
-from mailhaven.policy import pipeline
+from mailhaven.policy import pipeline, spam
 from mailhaven.policy.spf import SpfResult
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
@@ -111,6 +116,10 @@ class InboundHandler(BaseHandler):
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
         unchecked = pipeline.unchecked_reason(cfg.dev, session.ip)
+        scanner = getattr(self.ctx, "spam", None)  # policy/rspamd.RspamdClient, or None (no [spam])
+        # The client's verified name for the scanner, looked up while the sender checks run (not for
+        # unchecked dev-mode loopback mail, which asks DNS nothing).
+        hostname = txn.start(self._client_hostname(session.ip)) if scanner is not None and not unchecked else None
         if unchecked:
             assessment = pipeline.unchecked(cfg.authserv_id, unchecked)
         else:
@@ -121,20 +130,29 @@ class InboundHandler(BaseHandler):
         if error is not None:
             # reject -> 550 5.7.1, tempfail -> 451 4.4.3 (replies.reply_for renders it)
             raise error
-        folder = JUNK if verdict.action == "junk" else INBOX
         # RFC 5321 §4.4 / §7.2: name the recipient only when there is one (the same address given
         # twice is still one recipient, as Postfix sees it).
         one = len({r.normalized() for r in txn.recipients}) == 1
         single = str(txn.recipients[0]) if one else None
+        received = headers.received(
+            helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
+            protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
+                                           auth=session.user is not None, smtputf8=txn.smtputf8),
+            queue_id=txn.queue_id, recipient=single,
+            when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls)
+        # Content scanning, decided before the 250 too (no backscatter); the strongest action wins.
+        # rspamd sees our Received on top, as a milter behind Postfix does.
+        scan = await self._scan(scanner, session, txn, received + data, hostname) if scanner is not None else None
+        if scan is not None:
+            data = spam.remove_fields(data, spam.removals(scan))  # what rspamd asks to remove
+        junk = verdict.action == "junk" or (scan is not None and spam.outcome(scan) == "junk")
+        folder = JUNK if junk else INBOX
         trace = [
-            headers.received(
-                helo=session.host_name or "", ip=session.ip, by=cfg.hostname,
-                protocol=headers.protocol_name(esmtp=bool(session.extended_smtp), tls=session.tls is not None,
-                                               auth=session.user is not None, smtputf8=txn.smtputf8),
-                queue_id=txn.queue_id, recipient=single,
-                when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls),
+            received,
             assessment.headers,  # Authentication-Results (RFC 8601) + Received-SPF (RFC 7208 §9.1)
         ]
+        if scan is not None:  # X-Spam-Status, X-Spam-Score, then what rspamd asks to add
+            trace.append(spam.status_fields(scan) + spam.milter_fields(scan))
         # Durable in every Maildir before the 250 (store.deliver fsyncs; all or nothing, StoreError).
         # into_mailboxes puts Return-Path on top (RFC 5321 §4.4) and removes what arrived claiming
         # to be ours (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before
@@ -145,6 +163,44 @@ class InboundHandler(BaseHandler):
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
+
+    async def _client_hostname(self, ip: str) -> str:
+        """The client's forward-confirmed reverse DNS name, or "unknown" (as Postfix names it)."""
+        try:
+            async with asyncio.timeout(self._policy_deadline()):
+                for name in (await self.ctx.resolver.ptr(ip))[:3]:
+                    if ip in await self.ctx.resolver.addresses(name):
+                        return str(name)
+        except Exception:  # noqa: BLE001 - no name is an answer here: "unknown"
+            pass
+        return "unknown"
+
+    async def _scan(self, scanner: Any, session: ClientSession, txn: Transaction, data: bytes,
+                    hostname: asyncio.Task[str] | None) -> spam.SpamVerdict:
+        """The scanner's verdict, logged once and counted by action; raises the refusal of a reject
+        or tempfail verdict, and 451 4.7.1 when there is none and spam.on_error is "tempfail"."""
+        request = spam.ScanRequest(
+            ip=session.ip, helo=session.host_name or "", sender=str(txn.sender) if txn.sender is not None else "",
+            recipients=tuple(str(r) for r in txn.recipients), queue_id=txn.queue_id,
+            hostname=await hostname if hostname is not None else "unknown",
+            deliver_to=txn.users[0] if len(txn.users) == 1 else "")
+        t0 = time.monotonic()
+        try:
+            scan: spam.SpamVerdict = await scanner.scan(data, request)
+        except spam.ScanError as e:
+            scan = spam.unknown(str(e))
+        level = logging.WARNING if scan.action == "unknown" else logging.INFO
+        mlog.event(logger, "spam verdict", level=level, id=txn.queue_id, scanner="rspamd", action=scan.action,
+                   score=f"{scan.score:.2f}" if scan.scanned else "", required=f"{scan.required:.2f}" if scan.scanned
+                   else "", symbols=",".join(scan.symbols), reason=scan.reason,
+                   ms=int((time.monotonic() - t0) * 1000))
+        metrics.of(self.ctx).spam_verdict(scan.action)
+        if scan.action == "unknown" and self.config.spam.on_error == "tempfail":
+            raise TempFailure("Spam check not available, try again later", code=451, enhanced="4.7.1")
+        refusal = spam.error_for(scan)
+        if refusal is not None:
+            raise refusal
+        return scan
 
 
     async def _assess(self, session: ClientSession, txn: Transaction, data: bytes) -> pipeline.Assessment:
