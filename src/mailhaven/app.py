@@ -123,6 +123,8 @@ class Context:
     queue: Any = None  # the queue issue sets this
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     spam: Any = None  # mailhaven.policy.rspamd.RspamdClient when config spam.rspamd_url is set
+    dnsbl: Any = None  # mailhaven.policy.dnsbl.Checker (its answer cache): spam.dnsbl / spam.dnswl
+    greylist: Any = None  # mailhaven.policy.greylist.Greylist when spam.greylist is on
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -230,6 +232,8 @@ def build_context(cfg: Config) -> Context:
         tls=tls_context(cfg),
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
         spam=rspamd_client(cfg),
+        dnsbl=_dnsbl_checker(),
+        greylist=_greylist(cfg),
     )
 
 
@@ -238,6 +242,19 @@ def rspamd_client(cfg: Config) -> Any:
     from mailhaven.policy import rspamd
 
     return rspamd.from_config(cfg.spam)
+
+
+def _dnsbl_checker() -> Any:
+    from mailhaven.policy import dnsbl
+
+    return dnsbl.Checker()
+
+
+def _greylist(cfg: Config) -> Any:
+    """policy/greylist.Greylist over data_dir/greylist.sqlite (opened in run), or None when off."""
+    from mailhaven.policy import greylist
+
+    return greylist.from_config(cfg)
 
 
 # --- sockets and privileges ----------------------------------------------------------------------
@@ -488,6 +505,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         check_data_dir(config)  # from here on we touch mail, as run_as_user
         if ctx.store is not None:
             await ctx.store.start()
+            if ctx.greylist is not None:
+                await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
             # The queue comes up before the listeners, so the first submission can be queued.
             ctx.queue = QueueManager(ctx)
             if ctx.metrics is not None:
@@ -554,6 +573,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 await ctx.store.close()
             if ctx.spam is not None:
                 await ctx.spam.close()
+            if ctx.greylist is not None:
+                await ctx.greylist.close()
     log.info("stopped")
 
 
