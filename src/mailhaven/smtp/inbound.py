@@ -14,7 +14,14 @@ Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
 delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
 the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
-(pipeline.unchecked_reason); its Authentication-Results says so.
+(pipeline.unchecked_reason); its Authentication-Results says so, except the DNS lists below.
+Connection reputation at RCPT, after the recipient is known to be ours: the client is looked up in
+config spam.dnsbl / spam.dnswl once per connection from MAIL FROM on (policy/dnsbl.py; asked for
+every client but authenticated sessions and spam.dnsbl_skip networks, in dev mode too); a block
+listing refuses each RCPT with 554 5.7.1 (Postfix's reject_rbl_client wording) whatever the allow
+lists say; then greylisting when spam.greylist is on (policy/greylist.py; 451 4.7.1), skipped for
+authenticated sessions, allow-listed clients and spam.greylist_skip networks. Each of these
+verdicts is logged ("reputation verdict") and counted once per transaction.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
 
