@@ -222,3 +222,17 @@ async def test_an_expired_client_is_greylisted_again(mx: MxFactory) -> None:
     assert (await _send(server, "127.0.0.4"))[-1][0] == 250
     await asyncio.sleep(2.2)  # not seen for longer than greylist_expire
     assert (await _send(server, "127.0.0.4"))[0][0] == 451
+
+
+async def test_a_lookup_in_flight_ends_with_the_connection(mx: MxFactory, dns_server: DnsServer) -> None:
+    dns_server.set_timeout(_rev("127.0.0.2", BL))  # the list never answers
+    server = await mx(spam={"dnsbl": [BL]}, dns={"nameservers": [dns_server.nameserver], "timeout": 20})
+
+    def lookups() -> list[asyncio.Task[Any]]:
+        return [t for t in asyncio.all_tasks() if "_lookup_reputation" in repr(t.get_coro())]
+
+    async with server.raw(source="127.0.0.2") as c:
+        await c.cmd("EHLO mta.sender.test")
+        assert (await c.cmd("MAIL FROM:<news@sender.test>"))[0].startswith("250")
+        await harness.wait_until(lambda: len(lookups()) == 1)
+    await harness.wait_until(lambda: not lookups(), 5)  # cancelled, not left for the 20 s timeout
