@@ -38,3 +38,13 @@ def test_classify_is_listed_exactly_when_an_answer_is_in_127_8_outside_the_refus
     ips = [ipaddress.ip_address(a) for a in answers]
     listed = any(ip in dnsbl.LOOPBACK_NET and ip not in dnsbl.REFUSED_NET for ip in ips)
     assert (dnsbl.classify(answers) == "listed") == listed
+
+
+@given(st.ip_addresses())
+def test_greylist_network_holds_the_client_and_is_its_24_or_64(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    from mailhaven.policy.greylist import client_net
+
+    net = ipaddress.ip_network(client_net(str(ip)))
+    addr = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+    assert addr in net
+    assert net.prefixlen == (24 if addr.version == 4 else 64)
