@@ -48,6 +48,8 @@ from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
 from mailhaven.errors import ConfigError
 from mailhaven.limits import Limits
+from mailhaven.policy.dnsbl import Checker as DnsblChecker
+from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.spam import Scanner
 from mailhaven.queue.manager import QueueManager
 
@@ -125,6 +127,8 @@ class Context:
     logins: LoginService | None = None  # the login path of every protocol (auth/login.py; login.of(ctx))
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
+    dnsbl: DnsblChecker | None = None  # policy/dnsbl.py Checker (its answer cache): spam.dnsbl / spam.dnswl
+    greylist: Greylist | None = None  # policy/greylist.py, when spam.greylist is on
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -232,6 +236,8 @@ def build_context(cfg: Config) -> Context:
         tls=tls_context(cfg),
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
         spam=rspamd_client(cfg),
+        dnsbl=_dnsbl_checker(),
+        greylist=_greylist(cfg),
     )
     # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
     # directory) empties its verification cache.
@@ -244,6 +250,17 @@ def rspamd_client(cfg: Config) -> Scanner | None:
     from mailhaven.policy import rspamd
 
     return rspamd.from_config(cfg.spam)
+
+
+def _dnsbl_checker() -> DnsblChecker:
+    return DnsblChecker()
+
+
+def _greylist(cfg: Config) -> Greylist | None:
+    """policy/greylist.Greylist over data_dir/greylist.sqlite (opened in run), or None when off."""
+    from mailhaven.policy import greylist
+
+    return greylist.from_config(cfg)
 
 
 # --- sockets and privileges ----------------------------------------------------------------------
@@ -494,6 +511,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         check_data_dir(config)  # from here on we touch mail, as run_as_user
         if ctx.store is not None:
             await ctx.store.start()
+            if ctx.greylist is not None:
+                await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
             # The queue comes up before the listeners, so the first submission can be queued.
             ctx.queue = QueueManager(ctx)
             if ctx.metrics is not None:
@@ -560,6 +579,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 await ctx.store.close()
             if ctx.spam is not None:
                 await ctx.spam.close()
+            if ctx.greylist is not None:
+                await ctx.greylist.close()
     log.info("stopped")
 
 

@@ -206,6 +206,21 @@ class SpamConfig:
     on_error: Literal["accept", "tempfail"] = opt("accept", "When the scanner does not answer: \"accept\" "
                                                   "(X-Spam-Status: Unknown, counted and logged) or "
                                                   "\"tempfail\" (451 4.7.1).")
+    dnsbl: list[str] = opt(None, "DNS block lists (RFC 5782), e.g. [\"zen.spamhaus.org\"]: a listed client "
+                           "is refused at RCPT (554 5.7.1).", factory=list)
+    dnswl: list[str] = opt(None, "DNS allow lists, e.g. [\"list.dnswl.org\"]: a listed client is not "
+                           "greylisted (a block listing still refuses it).", factory=list)
+    dnsbl_skip: list[str] = opt(None, "Networks never looked up in dnsbl/dnswl (CIDR, e.g. "
+                                "\"192.0.2.0/24\"); authenticated sessions never are.", factory=list)
+    greylist: bool = opt(False, "Greylist unknown (client /24 or /64, sender, recipient) triplets at RCPT "
+                         "(451 4.7.1).")
+    greylist_delay: float = opt(300.0, "A retry passes this long after the first attempt.", lo=1, hi=86400,
+                                duration=True)
+    greylist_expire: float = opt(35 * 86400.0, "A client that passed is remembered this long after its "
+                                 "last message; older state is deleted.", lo=1, duration=True)
+    greylist_skip: list[str] = opt(None, "Networks never greylisted (CIDR); authenticated sessions and "
+                                   "DNSWL-listed clients never are.",
+                                   factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
 @dataclass(frozen=True)
@@ -507,8 +522,28 @@ def _check(cfg: Config) -> None:
             raise ConfigError(f"spam.{key}: expected \"http://HOST:PORT\", got {_describe(url)}")
     if cfg.spam.rspamd_password_file and not Path(cfg.spam.rspamd_password_file).is_file():
         raise ConfigError(f"spam.rspamd_password_file: file not found: {cfg.spam.rspamd_password_file}")
+    _check_reputation(cfg.spam)
     if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
         raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
+
+
+_ZONE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)+")
+
+
+def _check_reputation(spam: SpamConfig) -> None:
+    """spam.dnsbl / dnswl are DNS zones; spam.dnsbl_skip / greylist_skip are networks."""
+    for key in ("dnsbl", "dnswl"):
+        for i, zone in enumerate(getattr(spam, key)):
+            if not _ZONE.fullmatch(zone.lower().strip(".")) or len(zone) > 200:
+                raise ConfigError(f"spam.{key}[{i}]: expected a DNS list zone like \"zen.spamhaus.org\", "
+                                  f"got {_describe(zone)}")
+    for key in ("dnsbl_skip", "greylist_skip"):
+        for i, net in enumerate(getattr(spam, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"spam.{key}[{i}]: expected a network like \"192.0.2.0/24\" or "
+                                  f"\"2001:db8::/32\", got {_describe(net)}") from None
 
 
 def split_hostport(text: str, default_port: int) -> tuple[str, int]:

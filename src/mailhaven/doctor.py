@@ -17,6 +17,9 @@ Checks:
   run_as_user when one is set, and run_as_user can read what a SIGHUP reload re-reads;
 - host: `hostname` has an A/AAAA record (holding public_ip when set); PTR of public_ip names
   `hostname` (forward-confirmed reverse DNS, which big receivers require);
+- DNS lists (config spam.dnsbl, spam.dnswl): each lists its RFC 5782 §5 test entry 127.0.0.2 and
+  not 127.0.0.1 through our resolver; a 127.255.255.x answer ("you query through an open or public
+  resolver", which the server ignores) fails with the advice to use a local resolver;
 - per domain: MX points to `hostname`; exactly one SPF record, and it passes for this host's IP
   (RFC 7208 §4.5); each configured DKIM key is published at SELECTOR._domainkey.DOMAIN with the
   same public key (RFC 6376 §3.6.2.1); a DMARC record applies (RFC 7489 §6.6.3).
@@ -481,6 +484,54 @@ async def check_domain(cfg: Config, resolver: Resolver, domain: str) -> list[Fin
     return out
 
 
+# --- DNS block and allow lists ([spam] dnsbl, dnswl) ------------------------------------------------
+
+
+async def _list_answer(resolver: Resolver, ip: str, zone: str) -> tuple[str, list[str]]:
+    """(status, addresses) of one list for one test address (policy/dnsbl.py's classify)."""
+    from mailhaven.policy import dnsbl
+
+    try:
+        addresses, _ = await resolver.a_ttl(dnsbl.query_name(ip, zone))
+    except DnsTempError as e:
+        return "error", [str(e)]
+    return dnsbl.classify(addresses), addresses
+
+
+async def check_dns_list(resolver: Resolver, zone: str, kind: str) -> Finding:
+    """RFC 5782 §5: a list must list its test entry 127.0.0.2 and must not list 127.0.0.1. An
+    answer of 127.255.255.x means the list refuses our resolver (Spamhaus answers so to queries
+    through public resolvers); the server then ignores that list's answers."""
+    from mailhaven.policy import dnsbl
+
+    topic = f"{kind} {zone}"
+    (positive, pos_codes), (negative, _) = await asyncio.gather(
+        _list_answer(resolver, "127.0.0.2", zone), _list_answer(resolver, "127.0.0.1", zone))
+    if "refused" in (positive, negative):
+        return _fail(topic, f"answers {', '.join(pos_codes) or '127.255.255.x'}: {dnsbl.ADVICE['refused']}; "
+                     "the server ignores this list's answers until then",
+                     "run a local resolver (unbound) and set [dns] nameservers = [\"127.0.0.1\"], or remove "
+                     "the list")
+    if "bogus" in (positive, negative):
+        return _fail(topic, dnsbl.ADVICE["bogus"] + "; the server ignores those answers",
+                     "use a resolver that answers NXDOMAIN as it is ([dns] nameservers)")
+    if negative == "listed":
+        return _fail(topic, "lists 127.0.0.1, which RFC 5782 §5 forbids: the list is shut down or lists "
+                     "everything; it would refuse every client", f"remove {zone!r} from spam.{kind}")
+    if "error" in (positive, negative):
+        return _warn(topic, dnsbl.ADVICE["error"], "check the list name and [dns] nameservers")
+    if positive != "listed":
+        return _warn(topic, "does not list its test entry 127.0.0.2 (RFC 5782 §5): wrong list name, or "
+                     "the list does not answer you", f"check the name {zone!r} in spam.{kind}")
+    return _ok(topic, "answers: test entry 127.0.0.2 listed, 127.0.0.1 not")
+
+
+async def check_dns_lists(cfg: Config, resolver: Resolver) -> list[Finding]:
+    """Every configured block and allow list, tested through our resolver."""
+    pairs = [(z, "dnsbl") for z in cfg.spam.dnsbl] + [(z, "dnswl") for z in cfg.spam.dnswl]
+    return list(await asyncio.gather(*(check_dns_list(resolver, z, kind) for z, kind in pairs)))
+
+
 # --- running it all ------------------------------------------------------------------------------
 
 
@@ -494,6 +545,7 @@ async def diagnose(config_path: str | Path, domains: Sequence[str] = (), *,
     out += check_files(cfg)
     resolver = Resolver.from_config(cfg.dns)
     out += await check_host(cfg, resolver)
+    out += await check_dns_lists(cfg, resolver)
     wanted = [d.lower().rstrip(".") for d in domains] or sorted(cfg.domains)
     for domain in wanted:
         out += await check_domain(cfg, resolver, domain)
@@ -524,4 +576,4 @@ def exit_code(findings: Sequence[Finding]) -> int:
 
 
 __all__ = ["Finding", "diagnose", "render", "exit_code", "check_config", "check_roles", "check_certificate", "check_files",
-           "check_host", "check_domain", "check_mx", "check_spf", "check_dkim", "check_dmarc", "publish"]
+           "check_host", "check_dns_lists", "check_dns_list", "check_domain", "check_mx", "check_spf", "check_dkim", "check_dmarc", "publish"]

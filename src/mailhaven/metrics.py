@@ -75,6 +75,11 @@ POLICY_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temp
                             "policy"})
 SPAM_ACTIONS = frozenset({"no_action", "greylist", "add_header", "rewrite_subject", "soft_reject", "reject",
                           "unknown", "skipped"})
+# Connection reputation (policy/dnsbl.py, policy/greylist.py): what happened at RCPT, once per
+# transaction; and DNS list answers that were ignored (open-resolver codes, answers outside
+# 127/8, lookup errors).
+REPUTATION_ACTIONS = frozenset({"dnsbl_reject", "dnswl_pass", "greylist_defer", "greylist_pass"})
+DNSBL_IGNORED = frozenset({"refused", "bogus", "error"})
 VERBS = {
     "smtp": frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                        "EXPN", "HELP", "STARTTLS", "AUTH"}),
@@ -171,6 +176,11 @@ class Metrics:
         self._spam = Counter("mailhaven_spam_verdicts", "Spam verdicts of inbound mail, by action "
                              "(unknown: the scanner did not answer; skipped: too big to scan).", ["action"],
                              registry=r)
+        self._reputation = Counter("mailhaven_reputation_verdicts", "DNS list and greylisting verdicts at RCPT, "
+                                   "by action (once per transaction).", ["action"], registry=r)
+        self._dnsbl_ignored = Counter("mailhaven_dnsbl_ignored", "DNS list answers ignored, by list and reason "
+                                      "(refused: 127.255.255.x, the list refuses our resolver; bogus: outside "
+                                      "127.0.0.0/8; error: no answer).", ["list", "reason"], registry=r)
         self._latency = Histogram("mailhaven_command_duration_seconds",
                                   "Time from a command's arrival to its reply.", ["proto", "verb"],
                                   buckets=LATENCY_BUCKETS, registry=r)
@@ -263,6 +273,16 @@ class Metrics:
         """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped"."""
         if self.enabled:
             self._spam.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
+
+    def reputation_verdict(self, action: str) -> None:
+        """action: dnsbl_reject, dnswl_pass, greylist_defer, greylist_pass."""
+        if self.enabled:
+            self._reputation.labels(_pick(action, REPUTATION_ACTIONS)).inc()
+
+    def dnsbl_ignored(self, zone: str, reason: str) -> None:
+        """An answer of list `zone` (a configured list: bounded) that was not taken as a listing."""
+        if self.enabled:
+            self._dnsbl_ignored.labels(str(zone)[:100].lower(), _pick(reason, DNSBL_IGNORED)).inc()
 
     # -- latency ------------------------------------------------------------------------------------
 

@@ -214,6 +214,8 @@ async def mx(make_config: Callable[..., Any], dns_nameserver: str, tmp_path: Pat
             await the_store.close()
         if mxs.ctx.spam is not None:
             await mxs.ctx.spam.close()
+        if getattr(mxs.ctx, "greylist", None) is not None:
+            await mxs.ctx.greylist.close()
 
 
 # --- the harness itself ----------------------------------------------------------------------------

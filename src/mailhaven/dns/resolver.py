@@ -141,6 +141,24 @@ class Resolver:
     async def aaaa(self, name: str) -> list[str]:
         return [r.address for r in await self._records(name, "AAAA")]
 
+    async def a_ttl(self, name: str) -> tuple[list[str], int]:
+        """A records of name and how long the answer may be kept (seconds): the TTL of the answer,
+        or for NXDOMAIN/NODATA the negative TTL of RFC 2308 §5 (min of the SOA's TTL and MINIMUM
+        in the authority section), NEGATIVE_TTL when the server sent no SOA. For callers that
+        cache (policy/dnsbl.py). Raises DnsTempError."""
+        try:
+            ans = await self._r.resolve(name, "A", search=False, raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN as e:
+            responses = list((e.kwargs.get("responses") or {}).values())
+            return [], _negative_ttl(responses[0] if responses else None)
+        except (dns.name.EmptyLabel, dns.exception.SyntaxError, dns.name.LabelTooLong, dns.name.NameTooLong):
+            return [], NEGATIVE_TTL  # a name that cannot exist
+        except (dns.exception.DNSException, OSError) as e:
+            raise DnsTempError(f"DNS lookup of {_short(name)} A failed temporarily") from e
+        if ans.rrset is None:
+            return [], _negative_ttl(ans.response)
+        return [r.address for r in ans.rrset], int(ans.rrset.ttl)
+
     async def addresses(self, name: str) -> list[str]:
         """IPv6 then IPv4 addresses of name. Raises DnsTempError only if both lookups failed
         temporarily or one failed and the other found nothing (an answer we cannot trust)."""
@@ -166,6 +184,18 @@ class Resolver:
 
 class _NxDomain(Exception):
     pass
+
+
+NEGATIVE_TTL = 60  # seconds a negative answer without SOA is kept by callers that cache (a_ttl)
+
+
+def _negative_ttl(response: Any) -> int:
+    """RFC 2308 §5: a negative answer is cached for min(SOA TTL, SOA MINIMUM) of its authority
+    section; NEGATIVE_TTL when there is no SOA there."""
+    for rrset in getattr(response, "authority", None) or ():
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return int(min(rrset.ttl, rrset[0].minimum))
+    return NEGATIVE_TTL
 
 
 def _short(name: str | dns.name.Name) -> str:

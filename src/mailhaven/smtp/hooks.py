@@ -48,6 +48,7 @@ class ClientSession(Session):
         self.tls: str | None = None  # "TLSv1.3 TLS_AES_256_GCM_SHA384" when TLS is active
         self.last_arg: str | None = None  # raw argument of the current MAIL/RCPT command
         self.user: str | None = None  # authenticated user (submission)
+        self.reputation: asyncio.Task[Any] | None = None  # MX: the DNS list lookup (policy/dnsbl.py)
 
 
 class Transaction(Envelope):
@@ -65,6 +66,7 @@ class Transaction(Envelope):
         self.started = time.monotonic()
         self.logged = False
         self.tasks: list[asyncio.Task[Any]] = []  # work started for this transaction (owned by it)
+        self.verdicts: set[str] = set()  # verdict kinds already logged and counted (once per transaction)
 
     def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run `coro` concurrently with the rest of the transaction; cancelled by `discard()`."""

@@ -14,7 +14,14 @@ Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
 delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
 the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
-(pipeline.unchecked_reason); its Authentication-Results says so.
+(pipeline.unchecked_reason); its Authentication-Results says so, except the DNS lists below.
+Connection reputation at RCPT, after the recipient is known to be ours: the client is looked up in
+config spam.dnsbl / spam.dnswl once per connection from MAIL FROM on (policy/dnsbl.py; asked for
+every client but authenticated sessions and spam.dnsbl_skip networks, in dev mode too); a block
+listing refuses each RCPT with 554 5.7.1 (Postfix's reject_rbl_client wording) whatever the allow
+lists say; then greylisting when spam.greylist is on (policy/greylist.py; 451 4.7.1), skipped for
+authenticated sessions, allow-listed clients and spam.greylist_skip networks. Each of these
+verdicts is logged ("reputation verdict") and counted once per transaction.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the policy decision table
 (policy/pipeline.py), the store.
 
@@ -38,7 +45,7 @@ from mailhaven.delivery import local
 from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
-from mailhaven.policy import pipeline, spam
+from mailhaven.policy import dnsbl, greylist, pipeline, spam
 from mailhaven.policy.spf import SpfResult
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
@@ -68,6 +75,7 @@ class InboundHandler(BaseHandler):
         # refused here: an aligned DKIM pass at DATA can rescue an SPF fail (policy/pipeline.py), so
         # the check runs while RCPT and DATA go on, and DATA waits for its result. The DMARC record
         # of the MAIL FROM domain is looked up meanwhile too (used at DATA if it is the From domain).
+        self._start_reputation(session)  # DNS lists, awaited at RCPT (asked in dev mode too)
         if pipeline.unchecked_reason(self.config.dev, session.ip):
             return None  # dev mode, loopback client: no sender checks, no DNS (see deliver)
         spf_task = txn.start(self._spf(session, sender))
@@ -90,6 +98,13 @@ class InboundHandler(BaseHandler):
 
     async def check_recipient(self, session: ClientSession, txn: Transaction,
                               rcpt: Address | object) -> tuple[str, list[str] | None]:
+        reply, users = await self._local_recipient(rcpt)
+        if users is None:
+            return reply, None  # relaying and unknown users are refused before any DNS list is asked
+        refusal = await self._reputation_gate(session, txn, str(rcpt) if isinstance(rcpt, Address) else "postmaster")
+        return (refusal, None) if refusal is not None else (reply, users)
+
+    async def _local_recipient(self, rcpt: Address | object) -> tuple[str, list[str] | None]:
         directory = self.ctx.directory
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
@@ -110,6 +125,67 @@ class InboundHandler(BaseHandler):
         if not users:
             return R.UNKNOWN_USER, None
         return R.RCPT_OK, list(users)
+
+    # -- connection reputation (policy/dnsbl.py) and greylisting (policy/greylist.py), at RCPT ------
+
+    def _start_reputation(self, session: ClientSession) -> None:
+        """Ask the DNS lists about the client once per connection (from MAIL FROM on, while SPF
+        runs). Exempt: authenticated sessions and spam.dnsbl_skip networks; nothing else, dev mode
+        and loopback included (RFC 5782 §5 keeps 127.0.0.1 off every list)."""
+        spam_cfg = self.config.spam
+        if session.reputation is not None or not (spam_cfg.dnsbl or spam_cfg.dnswl):
+            return
+        if session.user is not None or dnsbl.exempt(session.ip, spam_cfg.dnsbl_skip):
+            return
+        session.reputation = asyncio.get_running_loop().create_task(self._lookup_reputation(session.ip))
+
+    async def _lookup_reputation(self, ip: str) -> dnsbl.Reputation:
+        spam_cfg = self.config.spam
+        checker = reputation_checker(self.ctx)
+        rep = await checker.check(self.ctx.resolver, ip, spam_cfg.dnsbl, spam_cfg.dnswl)
+        meter = metrics.of(self.ctx)
+        for answer in rep.ignored:
+            meter.dnsbl_ignored(answer.zone, answer.status)
+            if checker.warn_due(answer.zone, answer.status):
+                mlog.event(logger, "dns list answer ignored", level=logging.WARNING, list=answer.zone,
+                           reason=answer.status, answer=",".join(answer.codes), ip=ip,
+                           advice=dnsbl.ADVICE[answer.status])
+        return rep
+
+    async def _reputation_gate(self, session: ClientSession, txn: Transaction, rcpt: str) -> str | None:
+        """The refusal of this RCPT by a DNS block list (554 5.7.1) or greylisting (451 4.7.1), or
+        None. A block listing wins over an allow listing; an allow listing skips greylisting."""
+        spam_cfg = self.config.spam
+        self._start_reputation(session)
+        rep = await asyncio.shield(session.reputation) if session.reputation is not None else None
+        if rep is not None and rep.blocked:
+            self._verdict(txn, "dnsbl_reject", ip=session.ip, list=rep.listed_at, rcpt=rcpt)
+            return R.dnsbl_blocked(session.ip, rep.listed_at)
+        if not spam_cfg.greylist or session.user is not None or dnsbl.exempt(session.ip, spam_cfg.greylist_skip):
+            return None
+        if rep is not None and rep.allowed:
+            self._verdict(txn, "dnswl_pass", ip=session.ip, list=rep.allowed[0], rcpt=rcpt)
+            return None
+        t = greylist.triplet(session.ip, str(txn.sender) if txn.sender is not None else "", rcpt)
+        try:
+            decision = await greylist_of(self.ctx).check(t)
+        except Exception:  # a broken greylist database must not stop the mail: it passes, loudly
+            logger.exception("greylist check failed for %s; passing it", t)
+            return None
+        if decision.action == "defer":
+            self._verdict(txn, "greylist_defer", ip=session.ip, triplet=str(t), why=decision.why)
+            return R.greylisted(decision.wait)
+        if decision.why == "retried":
+            self._verdict(txn, "greylist_pass", ip=session.ip, triplet=str(t), why=decision.why)
+        return None
+
+    def _verdict(self, txn: Transaction, action: str, **fields: Any) -> None:
+        """Log and count a reputation verdict, once per transaction and action."""
+        if action in txn.verdicts:
+            return
+        txn.verdicts.add(action)
+        mlog.event(logger, "reputation verdict", id=txn.queue_id, action=action, **fields)
+        metrics.of(self.ctx).reputation_verdict(action)
 
     async def deliver(self, session: ClientSession, txn: Transaction, data: bytes) -> str:
         cfg = self.config
@@ -230,6 +306,26 @@ def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
     if not assessment.dkim:
         meter.policy_result("dkim", "none")
     meter.policy_result("dmarc", assessment.dmarc.result)
+
+
+def reputation_checker(ctx: Any) -> dnsbl.Checker:
+    """The server's DNS list checker (its cache is shared by every connection)."""
+    checker = getattr(ctx, "dnsbl", None)
+    if not isinstance(checker, dnsbl.Checker):
+        checker = dnsbl.Checker()
+        ctx.dnsbl = checker
+    return checker
+
+
+def greylist_of(ctx: Any) -> greylist.Greylist:
+    """The server's greylist (app.py opens it; built here for a context that has none)."""
+    gl = getattr(ctx, "greylist", None)
+    if not isinstance(gl, greylist.Greylist):
+        built = greylist.from_config(ctx.config)
+        if built is None:
+            raise RuntimeError("greylisting is off")
+        gl = ctx.greylist = built
+    return gl
 
 
 def postmaster_users(directory: Any, domain: str) -> list[str] | None:

@@ -82,6 +82,17 @@ def queued(queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
+def dnsbl_blocked(ip: str, zone: str) -> str:
+    """The refusal of a client on a DNS block list, in Postfix's reject_rbl_client wording."""
+    return f"554 5.7.1 Service unavailable; Client host [{clean_text(ip)}] blocked using {clean_text(zone)}"
+
+
+def greylisted(seconds: float) -> str:
+    """Greylisting (RFC 3463 X.7.1, temporary): 451 4.7.1 with the time after which a retry
+    passes, as postgrey says it."""
+    return f"451 4.7.1 Greylisted, try again in {max(1, int(seconds + 0.999))} seconds"
+
+
 def sender_not_owned(address: str, user: str) -> str:
     return f"553 5.7.1 <{clean_text(address)}>: sender address not owned by user {clean_text(user)}"
 
@@ -189,6 +200,6 @@ def code_of(line: str) -> int:
 
 
 __all__ = [
-    "accepted", "queued", "sender_not_owned", "author_not_owned", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
+    "accepted", "queued", "dnsbl_blocked", "greylisted", "sender_not_owned", "author_not_owned", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
     "reply_for", "enhance", "code_of", "reject_reason",
 ]

@@ -447,6 +447,9 @@ class Connection(ShortDir, SMTP):
         self._log_unfinished()
         if isinstance(self.envelope, Transaction):
             self.envelope.discard()
+        lookup = getattr(self.session, "reputation", None)  # the MX's DNS list lookup (smtp/inbound.py)
+        if lookup is not None and not lookup.done():
+            lookup.cancel()
         super().connection_lost(error)
 
     def eof_received(self) -> bool | None:
