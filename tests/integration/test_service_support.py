@@ -43,12 +43,24 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+try:  # one record with tests.fixtures_base.free_port, so the two never hand out the same port
+    from tests.fixtures_base import _HANDED_OUT
+except ImportError:  # run as a script in the unit's sandbox
+    _HANDED_OUT = set()
+
+
 def free_port() -> int:
-    """A free TCP port on 127.0.0.1 (this file runs as a script inside the unit's sandbox, where the
-    tests package is not importable, so it cannot use tests.fixtures_base.free_port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free TCP port on 127.0.0.1, never one this process was already given (the kernel may hand
+    the same closed port out twice in a row, and two listeners of one config on one port is a config
+    error: CI saw imap and submission collide). This file runs as a script inside the unit's
+    sandbox, where the tests package is not importable, so it cannot use tests.fixtures_base's."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def loopback_free_ports(config: Path) -> dict[str, int]:
