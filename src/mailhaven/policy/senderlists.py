@@ -59,15 +59,25 @@ class SenderLists:
     block: tuple[str, ...] = ()
     allow: tuple[str, ...] = ()
 
-    def entries(self, which: ListName) -> tuple[str, ...]:
-        return self.block if which == "block" else self.allow
+    def entries(self, which: str) -> tuple[str, ...]:
+        """`which`: "block" or "allow"."""
+        return self.block if _list_name(which) == "block" else self.allow
 
-    def with_entries(self, which: ListName, entries: Iterable[str]) -> SenderLists:
+    def with_entries(self, which: str, entries: Iterable[str]) -> SenderLists:
         kept = tuple(dict.fromkeys(entries))
+        which = _list_name(which)
         return replace(self, block=kept) if which == "block" else replace(self, allow=kept)
 
 
 EMPTY = SenderLists()
+
+
+def _list_name(which: str) -> ListName:
+    if which == "block":
+        return "block"
+    if which == "allow":
+        return "allow"
+    raise ValueError(f"no such list: {which}")
 
 
 def normalize_entry(text: str) -> str:
