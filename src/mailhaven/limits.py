@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from mailhaven.config import Config, ListenerConfig
+from mailhaven.sendrate import SendRate
 
 MAX_AUTH_DELAY = 5.0  # seconds; the most before_auth() ever waits
 MAX_TRACKED = 100_000  # failure keys (IPs + accounts) remembered at most
@@ -56,6 +57,7 @@ class Limits:
         self._ip_conns: dict[tuple[str, str], int] = {}  # (listener, ip key) -> open connections
         self._fail_ip: dict[str, deque[float]] = {}
         self._fail_acct: dict[str, deque[float]] = {}
+        self.sending = SendRate(clock=clock)  # per-user submission counts (sendrate.py, config [submission])
 
     def update_config(self, config: Config) -> None:
         """Reload: new limits apply to new connections and attempts; counts are kept."""

@@ -13,6 +13,7 @@ Does not own: when things happen (protocol modules, the queue and the app call i
     m.delivery_result("remote", "delivered"); m.message_sent(); m.message_bounced()
     m.policy_result("spf", "pass")
     m.spam_verdict("add header")                         # one per scanned (or unscannable) message
+    m.send_rate_limited("messages")                      # one per submission refused over a rate limit
     m.command_latency("smtp", "RCPT", 0.003)             # or: with m.time_command("smtp", "RCPT"): ...
     m.set_queue_probe(lambda: (queue_size, oldest_age_seconds))
 
@@ -28,6 +29,7 @@ Exposed series (all prefixed `mailhaven_`):
     queue_messages, queue_oldest_age_seconds            (from the queue probe, at scrape time)
     policy_results_total{check,result}
     spam_verdicts_total{action}                         (no_action, add_header, reject, unknown, ...)
+    send_rate_limited_total{limit}                      (messages, recipients: submission over [submission])
     command_duration_seconds{proto,verb}                (histogram)
     build_info{version}, and prometheus_client's process_* / python_* collectors.
 """
@@ -71,6 +73,7 @@ POLICY_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temp
                             "policy"})
 SPAM_ACTIONS = frozenset({"no_action", "greylist", "add_header", "rewrite_subject", "soft_reject", "reject",
                           "unknown", "skipped"})
+SEND_LIMITS = frozenset({"messages", "recipients"})
 VERBS = {
     "smtp": frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                        "EXPN", "HELP", "STARTTLS", "AUTH"}),
@@ -161,6 +164,8 @@ class Metrics:
         self._spam = Counter("mailhaven_spam_verdicts", "Spam verdicts of inbound mail, by action "
                              "(unknown: the scanner did not answer; skipped: too big to scan).", ["action"],
                              registry=r)
+        self._send_rate = Counter("mailhaven_send_rate_limited", "Submissions refused (451 4.7.1) over a per-user "
+                                  "hourly limit, by limit.", ["limit"], registry=r)
         self._latency = Histogram("mailhaven_command_duration_seconds",
                                   "Time from a command's arrival to its reply.", ["proto", "verb"],
                                   buckets=LATENCY_BUCKETS, registry=r)
@@ -244,6 +249,11 @@ class Metrics:
         """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped"."""
         if self.enabled:
             self._spam.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
+
+    def send_rate_limited(self, limit: str) -> None:
+        """limit: messages|recipients ([submission] max_messages_per_hour / max_recipients_per_hour)."""
+        if self.enabled:
+            self._send_rate.labels(_pick(limit, SEND_LIMITS)).inc()
 
     # -- latency ------------------------------------------------------------------------------------
 

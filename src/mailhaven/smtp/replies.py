@@ -83,6 +83,12 @@ def queued(queue_id: str) -> str:
     return f"250 2.0.0 Ok: queued as {queue_id}"
 
 
+def send_rate_limited(what: str, limit: int) -> str:
+    """Submission over config [submission] max_messages_per_hour / max_recipients_per_hour
+    (`what`: "messages" or "recipients"). 4xx: the client keeps the message and tries later."""
+    return f"451 4.7.1 Sending limit reached: more than {limit} {what} in one hour, try again later"
+
+
 def sender_not_owned(address: str, user: str) -> str:
     return f"553 5.7.1 <{clean_text(address)}>: sender address not owned by user {clean_text(user)}"
 
@@ -194,6 +200,6 @@ def code_of(line: str) -> int:
 
 
 __all__ = [
-    "accepted", "queued", "sender_not_owned", "author_not_owned", "auth_blocked", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
+    "accepted", "queued", "send_rate_limited", "sender_not_owned", "author_not_owned", "auth_blocked", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
     "reply_for", "enhance", "code_of", "reject_reason",
 ]
