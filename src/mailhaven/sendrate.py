@@ -6,7 +6,7 @@ BUCKET-second buckets, and the atomic "may these n more go, and count them" (`ta
 Does not own: where the limits apply and what is answered (smtp/submission.py, smtp/replies.py),
 the limit values (config.py).
 
-Memory is bounded: a key keeps at most WINDOW / BUCKET buckets, empty keys are dropped, and at most
+Memory is bounded: a key keeps at most WINDOW / BUCKET + 1 buckets, empty keys are dropped, and at most
 `max_keys` keys are kept (the least recently used go first). Single-threaded: call from the event
 loop only (check and count happen with no await between them, so concurrent sessions of one user
 cannot both slip under the limit).
@@ -34,7 +34,9 @@ class SendRate:
         buckets = self._keys.get(key)
         if buckets is None:
             return None
-        oldest = now_bucket - int(WINDOW / BUCKET) + 1
+        # Kept while any part of a bucket is within the window: an event counts for at least WINDOW
+        # seconds and at most BUCKET more, so no hour ever holds more than the limit.
+        oldest = now_bucket - int(WINDOW / BUCKET)
         while buckets and buckets[0][0] < oldest:
             buckets.popleft()
         if not buckets:
