@@ -613,7 +613,7 @@ def cmd_spam(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise CliError(f"spam {args.action}: {e}") from None
     which, add = _SPAM_LIST[args.action]
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    senderlists.make_root(path.parent)
     fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # two edits at once: the second sees the first

@@ -209,22 +209,32 @@ def load(path: Path) -> SenderLists:
     return parse(data)
 
 
+def make_root(user_root: Path) -> None:
+    """Create the user's Maildir root (0700, and missing folders above it) when the user has had no
+    mail yet. When run as root (the CLI on a server), each folder made gets the owner of the folder
+    above it, so the service user still owns its data."""
+    missing: list[Path] = []
+    p = user_root
+    while not p.is_dir():
+        missing.append(p)
+        p = p.parent
+    owner = p.stat()
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            os.chown(d, owner.st_uid, owner.st_gid)
+
+
 def save(path: Path, lists: SenderLists) -> None:
-    """Write `lists` to `path` atomically and durably (tmp, fsync, rename, fsync of the folder).
-    Creates the user's Maildir root (0700) when the user has had no mail yet. When run as root (the
-    CLI on a server), the file and a created folder get the owner of the folder above, so the
-    service user can read them."""
+    """Write `lists` to `path` atomically and durably (tmp, fsync, rename, fsync of the folder),
+    making the folder first (`make_root`). As root, the file gets the folder's owner."""
     from mailhaven.store.maildir import atomic_write
 
-    parent = path.parent
-    created = not parent.is_dir()
-    parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_root(path.parent)
     atomic_write(path, render(lists), fsync=True)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
-        owner = (parent if not created else parent.parent).stat()
-        targets = [path, parent] if created else [path]
-        for p in targets:
-            os.chown(p, owner.st_uid, owner.st_gid)
+        owner = path.parent.stat()
+        os.chown(path, owner.st_uid, owner.st_gid)
 
 
 class Cache:
@@ -261,5 +271,5 @@ class Cache:
 
 
 __all__ = ["FILE_NAME", "SenderLists", "EMPTY", "Decision", "ListFileError", "normalize_entry", "sender_key",
-           "decide", "apply", "parse", "render", "path_for", "load", "save", "Cache", "BLOCK_SYMBOL",
+           "decide", "apply", "parse", "render", "path_for", "load", "make_root", "save", "Cache", "BLOCK_SYMBOL",
            "ALLOW_SYMBOL"]
