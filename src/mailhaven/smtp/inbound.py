@@ -60,15 +60,14 @@ MAX_HOPS = 100
 _ROUTING = frozenset("@%!")
 # Messages up to this size are checked by the embedded scanner on the event loop; larger ones in a thread.
 INLINE_SCAN_LIMIT = 64 * 1024
+# The users' sender list files, re-read when one changes. One for the process (a handler lives for one
+# connection); keyed by the file's path, so servers with different data folders do not mix.
+SENDER_LISTS = senderlists.Cache()
 
 
 class InboundHandler(BaseHandler):
     role = "mx"
     offers_auth = False
-
-    def __init__(self, ctx: Any, config: Any, listener: str) -> None:
-        super().__init__(ctx, config, listener)
-        self.sender_lists = senderlists.Cache()  # the users' block/allow files, re-read when changed
 
     def _policy_deadline(self) -> float:
         """The most time sender checks may take for one command (DNS answers are bounded by
@@ -207,7 +206,7 @@ class InboundHandler(BaseHandler):
             out: dict[str, senderlists.Decision] = {}
             for user in txn.users:
                 try:
-                    lists = self.sender_lists.get(senderlists.path_for(names.user_root(root, user)))
+                    lists = SENDER_LISTS.get(senderlists.path_for(names.user_root(root, user)))
                 except (OSError, senderlists.ListFileError, ValueError) as e:
                     mlog.event(logger, "sender list unreadable", level=logging.WARNING, user=user, error=str(e))
                     lists = senderlists.EMPTY
