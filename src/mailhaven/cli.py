@@ -11,6 +11,8 @@ line on stderr: exit 2 for configuration errors, 1 for anything else, never a tr
 `dkim keygen DOMAIN [--selector S] [--ed25519]` (a new key file and the config keys naming it,
 dkimkeys.py) and `dns [DOMAIN...]` (the records to publish, records.py), `queue ...` and `auth
 blocks|unblock IP|ADDRESS` (the running server's queue and login delays, through control.py).
+`spam block|unblock|allow|disallow USER ADDRESS|@DOMAIN...` and `spam list USER`: a user's sender
+lists (policy/senderlists.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -586,6 +588,64 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return 0
 
 
+_SPAM_LIST: dict[str, tuple[str, bool]] = {  # action -> (list, add)
+    "block": ("block", True), "unblock": ("block", False), "allow": ("allow", True), "disallow": ("allow", False),
+}
+
+
+def cmd_spam(args: argparse.Namespace) -> int:
+    """`spam block|unblock|allow|disallow USER ADDRESS|@DOMAIN...` and `spam list USER`: the user's
+    sender lists (policy/senderlists.py), a file in the user's Maildir that the running server
+    reads at the next message; no server needed."""
+    import fcntl
+
+    from mailhaven.policy import senderlists
+    from mailhaven.store import names
+
+    cfg = _load_config(args)
+    user = _local_address(cfg, args.user, "user")
+    entry = _open_users(cfg).get_user(user)
+    if entry is None:
+        raise CliError(f"no such user: {user} (sender lists belong to users, not aliases)")
+    path = senderlists.path_for(names.user_root(cfg.mail_root, entry.address))
+    if args.action == "list":
+        if args.entries:
+            raise CliError("spam list: takes only the USER")
+        lists = senderlists.load(path)
+        for which in ("block", "allow"):
+            for item in lists.entries(which):
+                print(f"{which} {item}")
+        return 0
+    if not args.entries:
+        raise CliError(f"spam {args.action}: an ADDRESS or @DOMAIN is required")
+    try:
+        wanted = [senderlists.normalize_entry(e) for e in args.entries]
+    except ValueError as e:
+        raise CliError(f"spam {args.action}: {e}") from None
+    which, add = _SPAM_LIST[args.action]
+    senderlists.make_root(path.parent)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # two edits at once: the second sees the first
+        lists = senderlists.load(path)
+        current = list(lists.entries(which))
+        if add:
+            new = current + [e for e in wanted if e not in current]
+            if len(new) > senderlists.MAX_ENTRIES:
+                raise CliError(f"spam {args.action}: at most {senderlists.MAX_ENTRIES} entries per list")
+        else:
+            missing = [e for e in wanted if e not in current]
+            if missing:
+                raise CliError(f"spam {args.action}: not on {entry.address}'s {which} list: {', '.join(missing)}")
+            new = [e for e in current if e not in wanted]
+        senderlists.save(path, lists.with_entries(which, new))
+    finally:
+        os.close(fd)
+    verb = {"block": "blocked", "unblock": "unblocked", "allow": "allowed", "disallow": "no longer allowed"}
+    print(f"{entry.address}: {verb[args.action]} {', '.join(wanted)}")
+    return 0
+
+
 # --- argument parsing ----------------------------------------------------------------------------
 
 
@@ -644,6 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("alias", nargs="?", metavar="ALIAS")
     s.add_argument("targets", nargs="*", metavar="TARGET")
     s.set_defaults(func=cmd_alias)
+
+    s = sub.add_parser("spam", parents=common,
+                       help="a user's sender lists: block|unblock|allow|disallow USER ADDRESS|@DOMAIN..., list USER")
+    s.add_argument("action", choices=["block", "unblock", "allow", "disallow", "list"])
+    s.add_argument("user", metavar="USER")
+    s.add_argument("entries", nargs="*", metavar="ADDRESS|@DOMAIN")
+    s.set_defaults(func=cmd_spam)
 
     s = sub.add_parser("doctor", parents=common, help="check config, certificate, permissions and public DNS; say what to fix")
     s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains to check (default: all configured)")

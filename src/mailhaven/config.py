@@ -224,6 +224,14 @@ class SpamConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    max_messages_per_hour: int = opt(500, "Messages one logged-in user may submit in any hour; beyond, "
+                                     "451 4.7.1 (0 = no limit).", lo=0, hi=10_000_000)
+    max_recipients_per_hour: int = opt(2000, "Recipients one logged-in user may give in any hour; beyond, "
+                                       "451 4.7.1 at RCPT (0 = no limit).", lo=0, hi=100_000_000)
+
+
+@dataclass(frozen=True)
 class ImapConfig:
     max_line_length: int = opt(65_536, "Longest command line, literals excluded.", lo=1000, hi=10_000_000)
     max_nesting: int = opt(32, "Deepest parenthesised list.", lo=2, hi=1000)
@@ -272,6 +280,7 @@ class Config:
     dns: DnsConfig = opt(None, "DNS resolver.", factory=DnsConfig)
     policy: PolicyConfig = opt(None, "SPF/DKIM/DMARC actions.", factory=PolicyConfig)
     spam: SpamConfig = opt(None, "Spam filtering (rspamd).", factory=SpamConfig)
+    submission: SubmissionConfig = opt(None, "Per-user sending limits on submission.", factory=SubmissionConfig)
     imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
     pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
@@ -645,7 +654,7 @@ def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str,
 
 __all__ = [
     "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
-    "DnsConfig", "PolicyConfig", "SpamConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
+    "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
     "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
     "LISTENER_NAMES", "DEV_PORTS",
 ]

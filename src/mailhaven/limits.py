@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from mailhaven import log as mhlog
 from mailhaven.config import Config, ListenerConfig
+from mailhaven.sendrate import SendRate
 
 MAX_TRACKED = 100_000  # addresses whose refusals are remembered at most
 REFUSAL_LOG_INTERVAL = 60.0  # seconds; at most one "connection refused" line per address this often
@@ -60,6 +61,7 @@ class Limits:
         self._ip_conns: dict[tuple[str, str], int] = {}  # (listener, ip key) -> open connections
         self._evictable: dict[str, dict[Evictable, None]] = {}  # listener -> sessions, oldest first
         self._refusals: dict[tuple[str, str], list[float]] = {}  # (listener, ip key) -> [logged at, since]
+        self.sending = SendRate(clock=clock)  # per-user submission counts (sendrate.py, config [submission])
 
     def update_config(self, config: Config) -> None:
         """Reload: new limits apply to new connections and attempts; counts are kept."""

@@ -14,6 +14,7 @@ Does not own: when things happen (protocol modules, the queue and the app call i
     m.delivery_result("remote", "delivered"); m.message_sent(); m.message_bounced()
     m.policy_result("spf", "pass")
     m.spam_verdict("add header")                         # one per scanned (or unscannable) message
+    m.send_rate_limited("messages")                      # one per submission refused over a rate limit
     m.command_latency("smtp", "RCPT", 0.003)             # or: with m.time_command("smtp", "RCPT"): ...
     m.set_queue_probe(lambda: (queue_size, oldest_age_seconds))
 
@@ -31,6 +32,7 @@ Exposed series (all prefixed `mailhaven_`):
     queue_messages, queue_oldest_age_seconds            (from the queue probe, at scrape time)
     policy_results_total{check,result}
     spam_verdicts_total{action}                         (no_action, add_header, reject, unknown, ...)
+    send_rate_limited_total{limit}                      (messages, recipients: submission over [submission])
     command_duration_seconds{proto,verb}                (histogram)
     build_info{version}, and prometheus_client's process_* / python_* collectors.
 """
@@ -80,6 +82,7 @@ SPAM_ACTIONS = frozenset({"no_action", "greylist", "add_header", "rewrite_subjec
 # 127/8, lookup errors).
 REPUTATION_ACTIONS = frozenset({"dnsbl_reject", "dnswl_pass", "greylist_defer", "greylist_pass"})
 DNSBL_IGNORED = frozenset({"refused", "bogus", "error"})
+SEND_LIMITS = frozenset({"messages", "recipients"})
 VERBS = {
     "smtp": frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                        "EXPN", "HELP", "STARTTLS", "AUTH"}),
@@ -181,6 +184,8 @@ class Metrics:
         self._dnsbl_ignored = Counter("mailhaven_dnsbl_ignored", "DNS list answers ignored, by list and reason "
                                       "(refused: 127.255.255.x, the list refuses our resolver; bogus: outside "
                                       "127.0.0.0/8; error: no answer).", ["list", "reason"], registry=r)
+        self._send_rate = Counter("mailhaven_send_rate_limited", "Submissions refused (451 4.7.1) over a per-user "
+                                  "hourly limit, by limit.", ["limit"], registry=r)
         self._latency = Histogram("mailhaven_command_duration_seconds",
                                   "Time from a command's arrival to its reply.", ["proto", "verb"],
                                   buckets=LATENCY_BUCKETS, registry=r)
@@ -283,6 +288,10 @@ class Metrics:
         """An answer of list `zone` (a configured list: bounded) that was not taken as a listing."""
         if self.enabled:
             self._dnsbl_ignored.labels(str(zone)[:100].lower(), _pick(reason, DNSBL_IGNORED)).inc()
+    def send_rate_limited(self, limit: str) -> None:
+        """limit: messages|recipients ([submission] max_messages_per_hour / max_recipients_per_hour)."""
+        if self.enabled:
+            self._send_rate.labels(_pick(limit, SEND_LIMITS)).inc()
 
     # -- latency ------------------------------------------------------------------------------------
 

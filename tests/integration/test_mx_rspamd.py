@@ -241,12 +241,15 @@ async def test_rspamd_hung_on_error_accept_delivers_unknown(mx: MxFactory) -> No
     assert field_values(msg, "X-Spam-Status") == ["Unknown"]
 
 
-async def test_without_spam_config_nothing_is_scanned_and_no_fields_added(mx: MxFactory) -> None:
+async def test_without_spam_config_the_embedded_check_labels_the_message(mx: MxFactory) -> None:
+    # Issue 12 item 5: no rspamd_url -> the embedded check (GTUBE, sender lists) gives the verdict;
+    # the forged field from outside is replaced by ours.
     server = await mx()
     [*_, reply] = await server.send(SENDER, [ALICE], message(subject="plain", extra="X-Spam-Status: Yes\r\n"))
     assert reply[0].startswith("250")
     [msg] = server.messages(ALICE)
-    assert field_values(msg, "X-Spam-Status") == []
+    assert field_values(msg, "X-Spam-Status") == ["No, score=0.00, required=5.00"]
+
 
 
 # --- the whole server ---------------------------------------------------------------------------------

@@ -9,7 +9,10 @@ alias; in an old users file without one, implicitly the domain's first user). Se
 authentication through mailhaven.policy (SPF at MAIL, DKIM + DMARC and the verdict at DATA),
 content scanning at DATA when config [spam] names an rspamd (ctx.spam, policy/rspamd.py: the
 verdict is decided before the 250, logged once as "spam verdict" and counted by action;
-policy/spam.py says what each action means), the trace fields we add (Received,
+policy/spam.py says what each action means; without rspamd the embedded check, policy/embedded.py:
+GTUBE refused 550 5.7.1), each recipient's sender block/allow list (policy/senderlists.py: a
+blocked sender's mail goes to that recipient's Junk, an allowed one's to INBOX unless refused),
+the trace fields we add (Received,
 Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd asks to add)
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
 delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
@@ -37,6 +40,7 @@ import datetime
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mailhaven import log as mlog
@@ -45,10 +49,12 @@ from mailhaven.delivery import local
 from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
-from mailhaven.policy import dnsbl, greylist, pipeline, spam
+from mailhaven.policy import dnsbl, embedded, greylist, pipeline, senderlists, spam
 from mailhaven.policy.spf import SpfResult
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
+from mailhaven.smtp.submission import author_addresses
+from mailhaven.store import names
 
 logger = logging.getLogger("mailhaven.smtp.inbound")
 
@@ -59,6 +65,11 @@ INBOX = "INBOX"
 MAX_HOPS = 100
 # Sender-specified routing in a local part (RFC 5321 Appendix C: the "%-hack", bang paths).
 _ROUTING = frozenset("@%!")
+# Messages up to this size are checked by the embedded scanner on the event loop; larger ones in a thread.
+INLINE_SCAN_LIMIT = 64 * 1024
+# The users' sender list files, re-read when one changes. One for the process (a handler lives for one
+# connection); keyed by the file's path, so servers with different data folders do not mix.
+SENDER_LISTS = senderlists.Cache()
 
 
 class InboundHandler(BaseHandler):
@@ -218,7 +229,12 @@ class InboundHandler(BaseHandler):
             when=datetime.datetime.now(datetime.UTC).astimezone(), tls=session.tls)
         # Content scanning, decided before the 250 too (no backscatter); the strongest action wins.
         # rspamd sees our Received on top, as a milter behind Postfix does.
-        scan = await self._scan(scanner, session, txn, received + data, hostname) if scanner is not None else None
+        # Without rspamd the embedded check runs (GTUBE, policy/embedded.py). Each recipient's sender
+        # block/allow list (policy/senderlists.py) is looked up first: it goes into the verdict when
+        # every recipient's list says the same, and decides that recipient's folder in any case.
+        lists = await self._list_decisions(txn, data)
+        scan: spam.SpamVerdict | None = await self._scan(scanner, session, txn, received + data, hostname,
+                                                         lists)
         if scan is not None:
             data = spam.remove_fields(data, spam.removals(scan))  # what rspamd asks to remove
         junk = verdict.action == "junk" or (scan is not None and spam.outcome(scan) == "junk")
@@ -233,7 +249,8 @@ class InboundHandler(BaseHandler):
         # into_mailboxes puts Return-Path on top (RFC 5321 §4.4) and removes what arrived claiming
         # to be ours (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before
         # our trace fields go in.
-        await local.into_mailboxes(self.ctx.store, [(user, folder) for user in txn.users], data,
+        await local.into_mailboxes(self.ctx.store, [(user, _folder(folder, lists.get(user))) for user in txn.users],
+                                   data,
                                    sender=str(txn.sender) if txn.sender is not None else "",
                                    authserv_id=cfg.authserv_id, trace=trace)
         if verdict.action == "junk" or assessment.notes:
@@ -251,24 +268,64 @@ class InboundHandler(BaseHandler):
             pass
         return "unknown"
 
-    async def _scan(self, scanner: spam.Scanner, session: ClientSession, txn: Transaction, data: bytes,
-                    hostname: asyncio.Task[str] | None) -> spam.SpamVerdict:
-        """The scanner's verdict, logged once and counted by action; raises the refusal of a reject
-        or tempfail verdict, and 451 4.7.1 when there is none and spam.on_error is "tempfail"."""
-        request = spam.ScanRequest(
-            ip=session.ip, helo=session.host_name or "", sender=str(txn.sender) if txn.sender is not None else "",
-            recipients=tuple(str(r) for r in txn.recipients), queue_id=txn.queue_id,
-            hostname=await hostname if hostname is not None else "unknown",
-            deliver_to=txn.users[0] if len(txn.users) == 1 else "")
+    async def _list_decisions(self, txn: Transaction, data: bytes) -> dict[str, senderlists.Decision]:
+        """Each recipient's sender list decision (block, allow or None), from the envelope sender and
+        the From: addresses (either parser's reading, smtp/submission.author_addresses), read off
+        the loop. A list file that cannot be read counts as no list, and says so in the log."""
+        root = Path(self.config.mail_root)
+        sender = str(txn.sender) if txn.sender is not None else ""
+        max_header = self.config.smtp.max_header_size
+
+        def lookup() -> dict[str, senderlists.Decision]:
+            senders = [sender] if sender else []
+            senders += author_addresses(data, max_header) or []
+            out: dict[str, senderlists.Decision] = {}
+            for user in txn.users:
+                try:
+                    lists = SENDER_LISTS.get(senderlists.path_for(names.user_root(root, user)))
+                except (OSError, senderlists.ListFileError, ValueError) as e:
+                    mlog.event(logger, "sender list unreadable", level=logging.WARNING, user=user, error=str(e))
+                    lists = senderlists.EMPTY
+                out[user] = senderlists.decide(lists, senders)
+            return out
+
+        return await asyncio.to_thread(lookup)
+
+    async def _scan(self, scanner: spam.Scanner | None, session: ClientSession, txn: Transaction, data: bytes,
+                    hostname: asyncio.Task[str] | None,
+                    lists: dict[str, senderlists.Decision] | None = None) -> spam.SpamVerdict:
+        """The scanner's verdict (rspamd's, or without one the embedded check's), with the
+        recipients' sender list decision when they all agree (senderlists.apply), logged once and
+        counted by action; raises the refusal of a reject or tempfail verdict, and 451 4.7.1 when
+        there is none and spam.on_error is "tempfail"."""
         t0 = time.monotonic()
-        try:
-            scan = await scanner.scan(data, request)
-        except spam.ScanError as e:
-            scan = spam.unknown(str(e))
+        if scanner is None:
+            name = embedded.SCANNER
+            if len(data) > self.config.spam.max_scan_size:
+                scan = spam.SpamVerdict("skipped", reason="larger than spam.max_scan_size")
+            elif len(data) <= INLINE_SCAN_LIMIT:
+                scan = embedded.scan(data)
+            else:
+                scan = await asyncio.to_thread(embedded.scan, data)
+        else:
+            name = "rspamd"
+            request = spam.ScanRequest(
+                ip=session.ip, helo=session.host_name or "", sender=str(txn.sender) if txn.sender is not None else "",
+                recipients=tuple(str(r) for r in txn.recipients), queue_id=txn.queue_id,
+                hostname=await hostname if hostname is not None else "unknown",
+                deliver_to=txn.users[0] if len(txn.users) == 1 else "")
+            try:
+                scan = await scanner.scan(data, request)
+            except spam.ScanError as e:
+                scan = spam.unknown(str(e))
+        decided = set((lists or {}).values())
+        if len(decided) == 1:
+            scan = senderlists.apply(scan, decided.pop())
         level = logging.WARNING if scan.action == "unknown" else logging.INFO
-        mlog.event(logger, "spam verdict", level=level, id=txn.queue_id, scanner="rspamd", action=scan.action,
+        mlog.event(logger, "spam verdict", level=level, id=txn.queue_id, scanner=name, action=scan.action,
                    score=f"{scan.score:.2f}" if scan.scanned else "", required=f"{scan.required:.2f}" if scan.scanned
                    else "", symbols=",".join(scan.symbols), reason=scan.reason,
+                   lists=",".join(f"{u}:{d}" for u, d in (lists or {}).items() if d is not None),
                    ms=int((time.monotonic() - t0) * 1000))
         metrics.of(self.ctx).spam_verdict(scan.action)
         if scan.action == "unknown" and self.config.spam.on_error == "tempfail":
@@ -292,6 +349,17 @@ class InboundHandler(BaseHandler):
                 self._policy_deadline())
         except TimeoutError:
             raise DnsTempError("Sender checks timed out, try again later") from None
+
+
+def _folder(message_folder: str, decision: senderlists.Decision) -> str:
+    """One recipient's folder: a blocked sender's mail goes to Junk, an allowed sender's to INBOX
+    (even when the scanner or the DMARC quarantine policy said Junk; refusals came before), anyone
+    else's where the message's verdict says."""
+    if decision == "block":
+        return JUNK
+    if decision == "allow":
+        return INBOX
+    return message_folder
 
 
 def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:

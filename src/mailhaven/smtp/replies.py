@@ -93,6 +93,12 @@ def greylisted(seconds: float) -> str:
     return f"451 4.7.1 Greylisted, try again in {max(1, int(seconds + 0.999))} seconds"
 
 
+def send_rate_limited(what: str, limit: int) -> str:
+    """Submission over config [submission] max_messages_per_hour / max_recipients_per_hour
+    (`what`: "messages" or "recipients"). 4xx: the client keeps the message and tries later."""
+    return f"451 4.7.1 Sending limit reached: more than {limit} {what} in one hour, try again later"
+
+
 def sender_not_owned(address: str, user: str) -> str:
     return f"553 5.7.1 <{clean_text(address)}>: sender address not owned by user {clean_text(user)}"
 
@@ -200,6 +206,6 @@ def code_of(line: str) -> int:
 
 
 __all__ = [
-    "accepted", "queued", "dnsbl_blocked", "greylisted", "sender_not_owned", "author_not_owned", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
+    "accepted", "queued", "dnsbl_blocked", "greylisted", "send_rate_limited", "sender_not_owned", "author_not_owned", "too_many_connections", "too_many_errors", "timeout", "shutting_down", "clean_text",
     "reply_for", "enhance", "code_of", "reject_reason",
 ]

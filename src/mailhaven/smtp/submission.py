@@ -12,7 +12,11 @@ address, its +tag addresses, aliases that lead to it), else `553 5.7.1` and one 
 (RFC 8098 §3: MDNs are sent with it), From: still has to be owned then. Any recipient domain once
 logged in (that is what submission is for), but our own domains' unknown users are refused at
 RCPT (550 5.1.1, not after DATA) and address literals are refused (550 5.1.2: no delivery to raw
-IPs, which would reach hosts we do not know). The Received field (message/headers.py
+IPs, which would reach hosts we do not know). Sending limits per logged-in user over a sliding hour
+(config [submission], counted in ctx.limits.sending, sendrate.py): recipients are counted at RCPT,
+messages when queued; over a limit `451 4.7.1` (replies.send_rate_limited) at RCPT, at MAIL (the
+message limit already reached) or at the end of DATA, one WARNING log line "send rate limit" (user,
+limit, count, max) and mailhaven_send_rate_limited_total{limit}. The Received field (message/headers.py
 received_submission: the client's address hidden unless smtp.redact_submitter = false), then
 cleanup.enqueue: Message-ID and Date when missing, DKIM signatures for the From domain, local
 recipients into the store and remote ones into the spool, fsynced; only then `250 2.0.0 Ok:
@@ -35,7 +39,7 @@ import logging
 import time
 from typing import Any
 
-from mailhaven import cleanup
+from mailhaven import cleanup, metrics
 from mailhaven import log as mlog
 from mailhaven.config import Config
 from mailhaven.message import headers
@@ -144,6 +148,9 @@ class SubmissionHandler(BaseHandler):
         user = session.user
         if user is None or not session.authenticated:
             return R.AUTH_REQUIRED  # aiosmtpd checks this first; never reached without a login
+        refusal = self._over_message_limit(user, 0)  # already at the hourly limit: say so before the upload
+        if refusal is not None:
+            return refusal
         if sender is None:
             return None  # RFC 8098 §3: MDNs use the null reverse-path; From: is checked at DATA
         if not self.ctx.directory.owns(user, sender):
@@ -163,12 +170,43 @@ class SubmissionHandler(BaseHandler):
         assert isinstance(rcpt, Address)
         if rcpt.is_literal:
             return R.LITERAL_RCPT, None
+        found: list[str] = []  # remote: the queue delivers it
         if directory.is_local_domain(rcpt.domain):
             users = directory.resolve(rcpt)
             if not users:
                 return R.UNKNOWN_USER, None
-            return R.RCPT_OK, list(users)
-        return R.RCPT_OK, []  # remote: the queue delivers it
+            found = list(users)
+        refusal = self._take_recipient(session.user or "")
+        if refusal is not None:
+            return refusal, None
+        return R.RCPT_OK, found
+
+    # -- sending limits (config [submission], sendrate.py) ---------------------------------------------
+
+    def _rate_refused(self, user: str, what: str, count: int, limit: int) -> str:
+        """One log line and one count per refusal; the 451 4.7.1 reply."""
+        mlog.event(logger, "send rate limit", level=logging.WARNING, user=user, limit=what, count=count,
+                   max=limit, window="1h")
+        metrics.of(self.ctx).send_rate_limited(what)
+        return R.send_rate_limited(what, limit)
+
+    def _take_recipient(self, user: str) -> str | None:
+        """Count one recipient for `user` (as RCPT accepts it, as Postfix's
+        smtpd_client_recipient_rate_limit counts), or the refusal when the hour's limit is reached."""
+        limit = self.config.submission.max_recipients_per_hour
+        ok, count = self.ctx.limits.sending.take("recipients", user, 1, limit)
+        return None if ok else self._rate_refused(user, "recipients", count, limit)
+
+    def _over_message_limit(self, user: str, n: int) -> str | None:
+        """n = 0: the refusal when `user` already sent the hour's limit of messages (nothing counted);
+        n = 1: count this message, or the refusal when it would go over."""
+        limit = self.config.submission.max_messages_per_hour
+        sending = self.ctx.limits.sending
+        if n == 0:
+            count = sending.count("messages", user)
+            return self._rate_refused(user, "messages", count, limit) if limit and count >= limit else None
+        ok, count = sending.take("messages", user, n, limit)
+        return None if ok else self._rate_refused(user, "messages", count, limit)
 
     # -- after DATA -----------------------------------------------------------------------------------
 
@@ -186,6 +224,19 @@ class SubmissionHandler(BaseHandler):
             if not directory.owns(user, author):
                 log_send_as_refused(user, author, "From: header address not owned by the user")
                 return R.author_not_owned(author, user)
+        # Counted before the message is queued (no await in between, so parallel sessions of one user
+        # cannot all slip under the limit); given back when it is not queued after all.
+        refusal = self._over_message_limit(user, 1)
+        if refusal is not None:
+            return refusal
+        try:
+            return await self._queue(session, txn, data, user)
+        except BaseException:
+            self.ctx.limits.sending.add("messages", user, -1)
+            raise
+
+    async def _queue(self, session: ClientSession, txn: Transaction, data: bytes, user: str) -> str:
+        cfg = self.config
         # The queue id is chosen here so the Received field, the 250 and the log all name it.
         txn.queue_id = new_id()
         trace = headers.received_submission(
