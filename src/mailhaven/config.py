@@ -199,6 +199,9 @@ class SpamConfig:
     on_error: Literal["accept", "tempfail"] = opt("accept", "When the scanner does not answer: \"accept\" "
                                                   "(X-Spam-Status: Unknown, counted and logged) or "
                                                   "\"tempfail\" (451 4.7.1).")
+    learn_max_pending: int = opt(1000, "Messages waiting to be taught to rspamd's controller (moves into "
+                                 "or out of Junk); more are dropped, counted and logged.", lo=1, hi=1_000_000)
+    learn_concurrency: int = opt(2, "Messages taught to the controller at once.", lo=1, hi=64)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,8 @@ Does not own: when things happen (protocol modules, the queue and the app call i
     m.delivery_result("remote", "delivered"); m.message_sent(); m.message_bounced()
     m.policy_result("spf", "pass")
     m.spam_verdict("add header")                         # one per scanned (or unscannable) message
+    m.spam_verdict("reject", direction="outbound")       # the same for submitted mail
+    m.spam_learned("spam", "learned")                    # one per message taught to rspamd (or not)
     m.command_latency("smtp", "RCPT", 0.003)             # or: with m.time_command("smtp", "RCPT"): ...
     m.set_queue_probe(lambda: (queue_size, oldest_age_seconds))
 
@@ -28,6 +30,9 @@ Exposed series (all prefixed `mailhaven_`):
     queue_messages, queue_oldest_age_seconds            (from the queue probe, at scrape time)
     policy_results_total{check,result}
     spam_verdicts_total{action}                         (no_action, add_header, reject, unknown, ...)
+    spam_outbound_verdicts_total{action}                (the same, for submitted mail)
+    spam_learned_total{class,result}                    (spam|ham; learned, already, refused, failed,
+                                                        dropped, skipped, gone)
     command_duration_seconds{proto,verb}                (histogram)
     build_info{version}, and prometheus_client's process_* / python_* collectors.
 """
@@ -71,6 +76,8 @@ POLICY_RESULTS = frozenset({"pass", "fail", "softfail", "neutral", "none", "temp
                             "policy"})
 SPAM_ACTIONS = frozenset({"no_action", "greylist", "add_header", "rewrite_subject", "soft_reject", "reject",
                           "unknown", "skipped"})
+LEARN_CLASSES = frozenset({"spam", "ham"})
+LEARN_RESULTS = frozenset({"learned", "already", "refused", "failed", "dropped", "skipped", "gone"})
 VERBS = {
     "smtp": frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                        "EXPN", "HELP", "STARTTLS", "AUTH"}),
@@ -161,6 +168,10 @@ class Metrics:
         self._spam = Counter("mailhaven_spam_verdicts", "Spam verdicts of inbound mail, by action "
                              "(unknown: the scanner did not answer; skipped: too big to scan).", ["action"],
                              registry=r)
+        self._spam_out = Counter("mailhaven_spam_outbound_verdicts", "Spam verdicts of submitted mail, by "
+                                 "action.", ["action"], registry=r)
+        self._learned = Counter("mailhaven_spam_learned", "Messages taught to rspamd from the users' moves, by "
+                                "class and result.", ["class", "result"], registry=r)
         self._latency = Histogram("mailhaven_command_duration_seconds",
                                   "Time from a command's arrival to its reply.", ["proto", "verb"],
                                   buckets=LATENCY_BUCKETS, registry=r)
@@ -240,10 +251,17 @@ class Metrics:
         if self.enabled:
             self._policy.labels(_pick(check, POLICY_CHECKS), _pick(result, POLICY_RESULTS)).inc()
 
-    def spam_verdict(self, action: str) -> None:
-        """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped"."""
+    def spam_verdict(self, action: str, direction: str = "inbound") -> None:
+        """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped";
+        direction "outbound": a submitted message (its own series)."""
         if self.enabled:
-            self._spam.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
+            counter = self._spam_out if direction == "outbound" else self._spam
+            counter.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
+
+    def spam_learned(self, cls: str, result: str) -> None:
+        """cls: "spam" or "ham"; result: policy/learn.RESULTS."""
+        if self.enabled:
+            self._learned.labels(_pick(cls, LEARN_CLASSES), _pick(result, LEARN_RESULTS)).inc()
 
     # -- latency ------------------------------------------------------------------------------------
 
