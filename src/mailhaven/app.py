@@ -577,12 +577,12 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         if ctx is not None:
             for server in ctx.serving.values():
                 server.close()
+            if ctx.learner is not None:  # before the store: its workers read messages from it
+                await ctx.learner.close()
             if ctx.store is not None:
                 await ctx.store.close()
             if ctx.spam is not None:
                 await ctx.spam.close()
-            if ctx.learner is not None:
-                await ctx.learner.close()
     log.info("stopped")
 
 

@@ -53,7 +53,7 @@ JUNK_KEYWORD = "$junk"  # RFC 5788 / IANA IMAP keywords registry, compared case-
 NOT_JUNK_KEYWORD = "$notjunk"
 RESULTS = ("learned", "already", "refused", "failed", "dropped", "skipped", "gone")
 MAX_REPLY = 64 * 1024  # bytes of the controller's reply we read (a short JSON object)
-MAX_LINE = 16 * 1024  # the status line (rspamd puts its reason there) and each header line
+MAX_HEAD = 32 * 1024  # the status line (rspamd puts its reason there) and the header fields
 MAX_HEADERS = 100
 DEFAULT_RETRY_DELAYS = (1.0, 4.0)
 
@@ -313,32 +313,41 @@ async def _http_post(base: str, path: str, body: bytes, headers: dict[str, str])
             if any(c in value for c in "\r\n\0"):
                 raise ValueError(f"line break in {name}")
             lines.append(f"{name}: {value}")
-    reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+    reader, writer = await asyncio.open_connection(host, port, limit=MAX_HEAD)
     try:
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
         writer.write(body)
         await writer.drain()
-        status_line = (await reader.readuntil(b"\n")).decode("latin-1").rstrip("\r\n")
-        version, _, rest = status_line.partition(" ")
-        code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/") or not code.isdigit() or len(code) != 3:
-            raise ValueError("not an HTTP reply")
-        length = MAX_REPLY
-        for _ in range(MAX_HEADERS):
-            line = await reader.readuntil(b"\n")
-            if line in (b"\r\n", b"\n"):
-                break
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length" and value.strip().isdigit():
-                length = min(int(value.strip()), MAX_REPLY)
-        else:
-            raise ValueError("too many header fields")
-        reply = await reader.read(length)
+        status, reason, length = parse_head(await reader.readuntil(b"\r\n\r\n"))
+        want, chunks = min(length if length is not None else MAX_REPLY, MAX_REPLY), []
+        while want > 0 and (chunk := await reader.read(want)):  # to Content-Length, or the close
+            chunks.append(chunk)
+            want -= len(chunk)
+        reply = b"".join(chunks)
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-    return int(code), _error_text(reply) or _printable(reason)
+    return status, _error_text(reply) or _printable(reason)
+
+
+def parse_head(head: bytes) -> tuple[int, str, int | None]:
+    """An HTTP/1.x reply's status line and header fields (RFC 9112 §4, §5) -> (status, reason
+    phrase, Content-Length or None). Raises ValueError for anything else."""
+    lines = head.decode("latin-1").split("\r\n")
+    version, _, rest = lines[0].partition(" ")
+    code, _, reason = rest.partition(" ")
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isascii() or not code.isdigit():
+        raise ValueError("not an HTTP reply")
+    if len(lines) > MAX_HEADERS:
+        raise ValueError("too many header fields")
+    length: int | None = None
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        value = value.strip(" \t")
+        if colon and name.lower() == "content-length" and value.isascii() and value.isdigit() and len(value) < 19:
+            length = int(value)
+    return int(code), reason, length
 
 
 def _printable(text: str) -> str:
@@ -366,4 +375,4 @@ def read_password(path: str) -> str:
 
 
 __all__ = ["Learner", "MessageSource", "Verdict", "for_transfer", "for_keywords", "folder_is", "read_password",
-           "teach_transfer", "teach_flags", "RESULTS", "JUNK", "TRASH"]
+           "teach_transfer", "teach_flags", "parse_head", "RESULTS", "JUNK", "TRASH"]
