@@ -22,9 +22,9 @@ most `max_pending` of them; beyond that items are dropped, counted (`spam_learne
 by `close`) read each message from the store (by the UID it has after the command) and post it,
 up to `1 + len(retry_delays)` times when rspamd is unreachable, times out or answers 5xx. A 4xx is
 a refusal (logged as a WARNING with rspamd's reason, not retried); 208 ("has been already learned
-as ...") and 204 (rspamd's learn condition skipped it, e.g. Bayes already puts it in that class)
-are fine ("already"). Messages over `spam.max_scan_size` are not sent ("skipped"), nor are
-messages expunged meanwhile ("gone").
+as ...") is fine ("already"), and so is 204 ("skipped": rspamd's learn condition said no, e.g. its
+Bayes already puts the message in that class, or it has too few words). Messages over
+`spam.max_scan_size` are not sent ("skipped" too), nor are messages expunged meanwhile ("gone").
 """
 
 from __future__ import annotations
@@ -209,8 +209,12 @@ class Learner:
             if status == 200:
                 mlog.event(logger, "spam learned", level=logging.DEBUG, learn_user=item.user, learn=item.verdict)
                 return "learned"
-            if status in (204, 208):
+            if status == 208:  # "<message-id> has been already learned as spam, ignore it"
                 return "already"
+            if status == 204:  # rspamd's learn condition said no: "already in class ham", too few tokens
+                mlog.event(logger, "spam learn skipped by rspamd", level=logging.DEBUG, learn_user=item.user,
+                           learn=item.verdict, reason=text)
+                return "skipped"
             if 400 <= status < 500:
                 mlog.event(logger, "spam learn refused", level=logging.WARNING, learn_user=item.user,
                            learn=item.verdict, status=status, reason=text)

@@ -209,7 +209,6 @@ class SubmissionHandler(BaseHandler):
                                          dkim=True, source="submission", queue_id=txn.queue_id)
         return R.queued(queue_id)
 
-
     async def _scan(self, scanner: spam.Scanner, session: ClientSession, txn: Transaction, user: str,
                     sender: str, message: bytes) -> None:
         """Outbound scanning (issue 12 item 7): rspamd sees the message with `User`, so its rules for
