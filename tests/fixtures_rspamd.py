@@ -17,8 +17,10 @@ The configuration is Debian's stock one (/etc/rspamd, `$CONFDIR`) with our top-l
 thresholds: greylist 10, add header 20, rewrite subject 50, reject 100 (GTUBE rejects on its own),
 and marker rules on the Subject: `mailhaven-test-add-header` (+30: "add header"),
 `mailhaven-test-rewrite-subject` (+60: "rewrite subject") and `mailhaven-test-greylist` (+13:
-"greylist"). A plain message scores a few points at most. milter_headers adds X-Spamd-Bar and
-X-Rspamd-Queue-Id (and removes X-Spam, its default) for every client, loopback included.
+"greylist"). A plain message scores a few points at most; anything SOFT_REJECT_USER submits
+(rspamd's `User`) gets "soft reject", as rspamd's ratelimit answers a user over their limit.
+milter_headers adds X-Spamd-Bar and X-Rspamd-Queue-Id (and removes X-Spam, its default) for every
+client, loopback included.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ADD_HEADER_MARK = "mailhaven-test-add-header"
 GREYLIST_MARK = "mailhaven-test-greylist"
 REWRITE_MARK = "mailhaven-test-rewrite-subject"
 CONTROLLER_PASSWORD = "mailhaven-test"
+SOFT_REJECT_USER = "mallory@example.test"  # rspamd answers "soft reject" to whatever this user submits
 BAYES_MIN_LEARNS = 5  # of each class, per user, before BAYES_SPAM / BAYES_HAM are scored
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -110,6 +113,22 @@ _BAYES = f"""\
 per_user = true;
 min_learns = {BAYES_MIN_LEARNS};
 autolearn = false;
+"""
+
+# What rspamd's ratelimit module answers a user over their limit ("soft reject"), for one test user
+# only (the settings module, matching the authenticated user of rspamd's User header).
+_SETTINGS = f"""\
+mailhaven_test_soft_reject {{
+    priority = high;
+    user = "{SOFT_REJECT_USER}";
+    apply {{ symbols = ["MAILHAVEN_TEST_RATELIMIT"]; }}
+}}
+"""
+_FORCE_ACTIONS = """\
+rules {
+    MAILHAVEN_TEST_RATELIMIT { action = "soft reject"; expression = "MAILHAVEN_TEST_RATELIMIT";
+                               message = "Ratelimit exceeded (test)"; }
+}
 """
 
 _REGEXP = f"""\
@@ -181,6 +200,8 @@ class Rspamd:
         (conf / "local.d" / "actions.conf").write_text(_ACTIONS)
         (conf / "local.d" / "regexp.conf").write_text(_REGEXP)
         (conf / "local.d" / "milter_headers.conf").write_text(_MILTER_HEADERS)
+        (conf / "local.d" / "settings.conf").write_text(_SETTINGS)
+        (conf / "local.d" / "force_actions.conf").write_text(_FORCE_ACTIONS)
         if self.bayes:
             (conf / "local.d" / "classifier-bayes.conf").write_text(_BAYES)
         (conf / "local.d" / "redis.conf").write_text(f'servers = "127.0.0.1:{self.redis_port}";\n')

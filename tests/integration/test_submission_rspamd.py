@@ -19,7 +19,7 @@ from mailhaven import app
 from mailhaven.message.headers import field_value
 from mailhaven.metrics import Metrics
 from tests.fixtures_base import free_port
-from tests.fixtures_rspamd import Rspamd
+from tests.fixtures_rspamd import SOFT_REJECT_USER, Rspamd
 from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
 from tests.integration.test_mx_harness import maildir_messages
 
@@ -36,20 +36,21 @@ async def server(tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: s
     cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver, spam=spam))
     add_user(cfg, ALICE, PASSWORD)
     add_user(cfg, BOB, PASSWORD)
+    add_user(cfg, SOFT_REJECT_USER, PASSWORD)
     async with running_app(cfg) as ctx:
         ctx.metrics = Metrics(enabled=True, process=False)
         yield ctx
 
 
-async def submit(ctx: app.Context, tls: ssl.SSLContext, rcpts: list[str], subject: str, body: str
-                 ) -> tuple[int, str]:
-    """One message from alice, logged in over STARTTLS; (code, text) of the reply to DATA."""
+async def submit(ctx: app.Context, tls: ssl.SSLContext, rcpts: list[str], subject: str, body: str,
+                 user: str = ALICE) -> tuple[int, str]:
+    """One message from `user`, logged in over STARTTLS; (code, text) of the reply to DATA."""
     client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ctx.port("submission"), start_tls=True, tls_context=tls,
                              timeout=30)
-    msg = (f"From: {ALICE}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\n{body}\r\n").encode()
+    msg = (f"From: {user}\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\n{body}\r\n").encode()
     async with client:
-        await client.login(ALICE, PASSWORD)
-        await client.mail(ALICE)
+        await client.login(user, PASSWORD)
+        await client.mail(user)
         for r in rcpts:
             await client.rcpt(r)
         try:
@@ -102,6 +103,20 @@ async def test_a_clean_message_is_queued_unchanged_and_rspamd_is_told_the_user(
         # rspamd's own log names the authenticated user for this queue id (its task log line).
         [task] = [t for t in rspamd.log().splitlines() if f"qid: <{queue_id}>" in t]
         assert f"user: {ALICE}" in task, task
+
+
+async def test_an_outbound_soft_reject_is_451_471_and_nothing_is_queued(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str, client_ssl_context: ssl.SSLContext,
+        rspamd: Rspamd, caplog: pytest.LogCaptureFixture) -> None:
+    # rspamd's answer to a user over their rate limit (its ratelimit module); the client retries later.
+    caplog.set_level(logging.INFO, logger="mailhaven")
+    async with server(tmp_path, tls_files, dns_nameserver, rspamd_url=rspamd.url, rspamd_timeout=10) as ctx:
+        code, text = await submit(ctx, client_ssl_context, [BOB], "hello", "hi", user=SOFT_REJECT_USER)
+        assert code == 451 and text.startswith("4.7.1 "), (code, text)
+        assert maildir_messages(ctx.config.mail_root, BOB) == [] and spool_files(ctx) == []
+        [(level, line)] = outbound_verdicts(caplog)
+        assert level == logging.WARNING and line["action"] == "soft reject"
+        assert "Ratelimit exceeded (test)" in text  # rspamd's message for the user
 
 
 async def test_rspamd_down_on_error_tempfail_defers_the_submission(
