@@ -116,7 +116,8 @@ autolearn = false;
 """
 
 # What rspamd's ratelimit module answers a user over their limit ("soft reject"), for one test user
-# only (the settings module, matching the authenticated user of rspamd's User header).
+# only: the settings module matches the authenticated user (rspamd's User header) and adds a
+# symbol, which force_actions turns into "soft reject" with a message.
 _SETTINGS = f"""\
 mailhaven_test_soft_reject {{
     priority = high;
