@@ -8,14 +8,19 @@
   TLD list so it starts in about two seconds. Stopped (SIGTERM, then SIGKILL) at the end.
   Without rspamd installed the tests that use it are skipped, or FAIL when CI=true (.ci/run installs it).
 - `Rspamd.stop()` / `.start()`: tests of "rspamd is down" (call `.start()` again in a finally).
+- `rspamd_bayes`: another rspamd + redis, per test module, for the training tests: Bayes per user
+  (`per_user = true`, `min_learns` BAYES_MIN_LEARNS, no autolearn) and a controller without
+  `secure_ip`, so it wants the password (CONTROLLER_PASSWORD; `Rspamd.password_file`) from loopback.
 
 The configuration is Debian's stock one (/etc/rspamd, `$CONFDIR`) with our top-level rspamd.conf
 (workers, logging) and `local.d`/`override.d` in the temporary directory (`$LOCAL_CONFDIR`). Test
 thresholds: greylist 10, add header 20, rewrite subject 50, reject 100 (GTUBE rejects on its own),
 and marker rules on the Subject: `mailhaven-test-add-header` (+30: "add header"),
 `mailhaven-test-rewrite-subject` (+60: "rewrite subject") and `mailhaven-test-greylist` (+13:
-"greylist"). A plain message scores a few points at most. milter_headers adds X-Spamd-Bar and
-X-Rspamd-Queue-Id (and removes X-Spam, its default) for every client, loopback included.
+"greylist"). A plain message scores a few points at most; anything SOFT_REJECT_USER submits
+(rspamd's `User`) gets "soft reject", as rspamd's ratelimit answers a user over their limit.
+milter_headers adds X-Spamd-Bar and X-Rspamd-Queue-Id (and removes X-Spam, its default) for every
+client, loopback included.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ ADD_HEADER_MARK = "mailhaven-test-add-header"
 GREYLIST_MARK = "mailhaven-test-greylist"
 REWRITE_MARK = "mailhaven-test-rewrite-subject"
 CONTROLLER_PASSWORD = "mailhaven-test"
+SOFT_REJECT_USER = "mallory@example.test"  # rspamd answers "soft reject" to whatever this user submits
+BAYES_MIN_LEARNS = 5  # of each class, per user, before BAYES_SPAM / BAYES_HAM are scored
 RSPAMD = shutil.which("rspamd") or "/usr/bin/rspamd"
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 STOCK = Path("/etc/rspamd")
@@ -74,8 +81,7 @@ worker "controller" {{
     count = 1;
     password = "{password}";
     enable_password = "{password}";
-    secure_ip = "127.0.0.1";
-    static_dir = "${{WWWDIR}}";
+{secure_ip}    static_dir = "${{WWWDIR}}";
 }}
 """
 
@@ -99,6 +105,31 @@ _MILTER_HEADERS = """\
 use = ["x-spamd-bar", "x-rspamd-queue-id"];
 skip_local = false;
 skip_authenticated = false;
+"""
+
+# Bayes per user (`Deliver-To`, rspamd's principal recipient) with few learns, for the training
+# tests; autolearn off so only what we teach counts.
+_BAYES = f"""\
+per_user = true;
+min_learns = {BAYES_MIN_LEARNS};
+autolearn = false;
+"""
+
+# What rspamd's ratelimit module answers a user over their limit ("soft reject"), for one test user
+# only: the settings module matches the authenticated user (rspamd's User header) and adds a
+# symbol, which force_actions turns into "soft reject" with a message.
+_SETTINGS = f"""\
+mailhaven_test_soft_reject {{
+    priority = high;
+    user = "{SOFT_REJECT_USER}";
+    apply {{ symbols = ["MAILHAVEN_TEST_RATELIMIT"]; }}
+}}
+"""
+_FORCE_ACTIONS = """\
+rules {
+    MAILHAVEN_TEST_RATELIMIT { action = "soft reject"; expression = "MAILHAVEN_TEST_RATELIMIT";
+                               message = "Ratelimit exceeded (test)"; }
+}
 """
 
 _REGEXP = f"""\
@@ -130,8 +161,11 @@ def _ping(url: str) -> bool:
 class Rspamd:
     """rspamd + redis under `root`, on loopback ports chosen at start."""
 
-    def __init__(self, root: Path, dns: str) -> None:
+    def __init__(self, root: Path, dns: str, *, bayes: bool = False, secure_ip: bool = True) -> None:
+        """bayes: per-user Bayes (BAYES_MIN_LEARNS); secure_ip=False: the controller asks loopback
+        clients for the password too (as from any other host)."""
         self.root, self.dns = root, dns
+        self.bayes, self.secure_ip = bayes, secure_ip
         self.normal_port = free_port()
         self.controller_port = free_port()
         self.redis_port = free_port()
@@ -147,6 +181,10 @@ class Rspamd:
         return (self.root / "log" / "rspamd.log").read_text(errors="replace")
 
     @property
+    def password_file(self) -> Path:
+        return self.root / "password"
+
+    @property
     def controller_url(self) -> str:
         return f"http://127.0.0.1:{self.controller_port}"
 
@@ -155,12 +193,18 @@ class Rspamd:
         for d in ("conf/local.d", "conf/override.d", "db", "run", "log", "redis"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         (conf / "rspamd.conf").write_text(_TOP.format(normal=self.normal_port, controller=self.controller_port,
-                                                      password=CONTROLLER_PASSWORD))
+                                                      password=CONTROLLER_PASSWORD,
+                                                      secure_ip='    secure_ip = "127.0.0.1";\n'
+                                                      if self.secure_ip else ""))
         (conf / "tld.dat").write_text("com\norg\nnet\ntest\nexample\ninvalid\nlocalhost\n")
         (conf / "local.d" / "options.inc").write_text(_OPTIONS.format(dns=self.dns, tld=conf / "tld.dat"))
         (conf / "local.d" / "actions.conf").write_text(_ACTIONS)
         (conf / "local.d" / "regexp.conf").write_text(_REGEXP)
         (conf / "local.d" / "milter_headers.conf").write_text(_MILTER_HEADERS)
+        (conf / "local.d" / "settings.conf").write_text(_SETTINGS)
+        (conf / "local.d" / "force_actions.conf").write_text(_FORCE_ACTIONS)
+        if self.bayes:
+            (conf / "local.d" / "classifier-bayes.conf").write_text(_BAYES)
         (conf / "local.d" / "redis.conf").write_text(f'servers = "127.0.0.1:{self.redis_port}";\n')
         for module in _OFF:
             (conf / "override.d" / f"{module}.conf").write_text("enabled = false;\n")
@@ -214,8 +258,8 @@ class Rspamd:
         self.procs.clear()
 
 
-@pytest.fixture(scope="session")
-def rspamd(_dns_server_session: DnsServer) -> Iterator[Rspamd]:
+@contextlib.contextmanager
+def _started(dns: str, **options: bool) -> Iterator[Rspamd]:
     missing = [p for p in (RSPAMD, REDIS) if not Path(p).exists()] + ([] if STOCK.is_dir() else [str(STOCK)])
     if missing:
         reason = f"rspamd tests need Debian's rspamd and redis-server (missing: {', '.join(missing)})"
@@ -224,9 +268,23 @@ def rspamd(_dns_server_session: DnsServer) -> Iterator[Rspamd]:
         pytest.skip(reason)
     root = Path(tempfile.mkdtemp(prefix="mailhaven-rspamd-"))  # not under pytest's 0700 tmp: the user reads it
     os.chmod(root, 0o755)
-    server = Rspamd(root, _dns_server_session.nameserver)
+    server = Rspamd(root, dns, **options)
     try:
         yield server.start()
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rspamd(_dns_server_session: DnsServer) -> Iterator[Rspamd]:
+    with _started(_dns_server_session.nameserver) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def rspamd_bayes(_dns_server_session: DnsServer) -> Iterator[Rspamd]:
+    """An rspamd of its own (its own redis: what one module teaches stays there) with per-user Bayes
+    and a controller that wants the password from loopback too."""
+    with _started(_dns_server_session.nameserver, bayes=True, secure_ip=False) as server:
+        yield server

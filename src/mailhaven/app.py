@@ -50,6 +50,7 @@ from mailhaven.errors import ConfigError
 from mailhaven.limits import Limits
 from mailhaven.policy.dnsbl import Checker as DnsblChecker
 from mailhaven.policy.greylist import Greylist
+from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
 from mailhaven.queue.manager import QueueManager
 
@@ -129,6 +130,7 @@ class Context:
     spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
     dnsbl: DnsblChecker | None = None  # policy/dnsbl.py Checker (its answer cache): spam.dnsbl / spam.dnswl
     greylist: Greylist | None = None  # policy/greylist.py, when spam.greylist is on
+    learner: Learner | None = None  # policy/learn.Learner when config spam.rspamd_controller_url is set
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
@@ -242,7 +244,25 @@ def build_context(cfg: Config) -> Context:
     # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
     # directory) empties its verification cache.
     ctx.logins = LoginService(lambda: ctx.config, lambda: ctx.directory, ctx)
+    ctx.learner = spam_learner(cfg, lambda cls, result: ctx.metrics.spam_learned(cls, result))
     return ctx
+
+
+def spam_learner(cfg: Config, count: Callable[[str, str], None]) -> Learner | None:
+    """Training from the users' moves (policy/learn.py), or None when spam.rspamd_controller_url is
+    empty. Reads the password file now (still root: it may be readable by root only)."""
+    from mailhaven.policy.learn import read_password
+
+    spam = cfg.spam
+    if not spam.rspamd_controller_url:
+        return None
+    try:
+        password = read_password(spam.rspamd_password_file)
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"spam.rspamd_password_file: {_reason(e)}") from None
+    return Learner(spam.rspamd_controller_url, password=password, timeout=spam.rspamd_timeout,
+                   max_pending=spam.learn_max_pending, concurrency=spam.learn_concurrency,
+                   max_size=spam.max_scan_size, count=count)
 
 
 def rspamd_client(cfg: Config) -> Scanner | None:
@@ -575,6 +595,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         if ctx is not None:
             for server in ctx.serving.values():
                 server.close()
+            if ctx.learner is not None:  # before the store: its workers read messages from it
+                await ctx.learner.close()
             if ctx.store is not None:
                 await ctx.store.close()
             if ctx.spam is not None:

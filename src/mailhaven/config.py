@@ -206,6 +206,9 @@ class SpamConfig:
     on_error: Literal["accept", "tempfail"] = opt("accept", "When the scanner does not answer: \"accept\" "
                                                   "(X-Spam-Status: Unknown, counted and logged) or "
                                                   "\"tempfail\" (451 4.7.1).")
+    learn_max_pending: int = opt(1000, "Messages waiting to be taught to rspamd's controller (moves into "
+                                 "or out of Junk); more are dropped, counted and logged.", lo=1, hi=1_000_000)
+    learn_concurrency: int = opt(2, "Messages taught to the controller at once.", lo=1, hi=64)
     dnsbl: list[str] = opt(None, "DNS block lists (RFC 5782), e.g. [\"zen.spamhaus.org\"]: a listed client "
                            "is refused at RCPT (554 5.7.1).", factory=list)
     dnswl: list[str] = opt(None, "DNS allow lists, e.g. [\"list.dnswl.org\"]: a listed client is not "

@@ -15,6 +15,8 @@ Does not own: when things happen (protocol modules, the queue and the app call i
     m.policy_result("spf", "pass")
     m.spam_verdict("add header")                         # one per scanned (or unscannable) message
     m.send_rate_limited("messages")                      # one per submission refused over a rate limit
+    m.spam_verdict("reject", direction="outbound")       # the same for submitted mail
+    m.spam_learned("spam", "learned")                    # one per message taught to rspamd (or not)
     m.command_latency("smtp", "RCPT", 0.003)             # or: with m.time_command("smtp", "RCPT"): ...
     m.set_queue_probe(lambda: (queue_size, oldest_age_seconds))
 
@@ -33,6 +35,9 @@ Exposed series (all prefixed `mailhaven_`):
     policy_results_total{check,result}
     spam_verdicts_total{action}                         (no_action, add_header, reject, unknown, ...)
     send_rate_limited_total{limit}                      (messages, recipients: submission over [submission])
+    spam_outbound_verdicts_total{action}                (the same, for submitted mail)
+    spam_learned_total{class,result}                    (spam|ham; learned, already, refused, failed,
+                                                        dropped, skipped, gone)
     command_duration_seconds{proto,verb}                (histogram)
     build_info{version}, and prometheus_client's process_* / python_* collectors.
 """
@@ -83,6 +88,8 @@ SPAM_ACTIONS = frozenset({"no_action", "greylist", "add_header", "rewrite_subjec
 REPUTATION_ACTIONS = frozenset({"dnsbl_reject", "dnswl_pass", "greylist_defer", "greylist_pass"})
 DNSBL_IGNORED = frozenset({"refused", "bogus", "error"})
 SEND_LIMITS = frozenset({"messages", "recipients"})
+LEARN_CLASSES = frozenset({"spam", "ham"})
+LEARN_RESULTS = frozenset({"learned", "already", "refused", "failed", "dropped", "skipped", "gone"})
 VERBS = {
     "smtp": frozenset({"HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                        "EXPN", "HELP", "STARTTLS", "AUTH"}),
@@ -186,6 +193,10 @@ class Metrics:
                                       "127.0.0.0/8; error: no answer).", ["list", "reason"], registry=r)
         self._send_rate = Counter("mailhaven_send_rate_limited", "Submissions refused (451 4.7.1) over a per-user "
                                   "hourly limit, by limit.", ["limit"], registry=r)
+        self._spam_out = Counter("mailhaven_spam_outbound_verdicts", "Spam verdicts of submitted mail, by "
+                                 "action.", ["action"], registry=r)
+        self._learned = Counter("mailhaven_spam_learned", "Messages taught to rspamd from the users' moves, by "
+                                "class and result.", ["class", "result"], registry=r)
         self._latency = Histogram("mailhaven_command_duration_seconds",
                                   "Time from a command's arrival to its reply.", ["proto", "verb"],
                                   buckets=LATENCY_BUCKETS, registry=r)
@@ -274,10 +285,17 @@ class Metrics:
         if self.enabled:
             self._policy.labels(_pick(check, POLICY_CHECKS), _pick(result, POLICY_RESULTS)).inc()
 
-    def spam_verdict(self, action: str) -> None:
-        """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped"."""
+    def spam_verdict(self, action: str, direction: str = "inbound") -> None:
+        """action: rspamd's ("no action", "add header", "reject", ...), "unknown" or "skipped";
+        direction "outbound": a submitted message (its own series)."""
         if self.enabled:
-            self._spam.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
+            counter = self._spam_out if direction == "outbound" else self._spam
+            counter.labels(_pick(str(action).replace(" ", "_"), SPAM_ACTIONS)).inc()
+
+    def spam_learned(self, cls: str, result: str) -> None:
+        """cls: "spam" or "ham"; result: policy/learn.RESULTS."""
+        if self.enabled:
+            self._learned.labels(_pick(cls, LEARN_CLASSES), _pick(result, LEARN_RESULTS)).inc()
 
     def reputation_verdict(self, action: str) -> None:
         """action: dnsbl_reject, dnswl_pass, greylist_defer, greylist_pass."""
@@ -288,6 +306,7 @@ class Metrics:
         """An answer of list `zone` (a configured list: bounded) that was not taken as a listing."""
         if self.enabled:
             self._dnsbl_ignored.labels(str(zone)[:100].lower(), _pick(reason, DNSBL_IGNORED)).inc()
+
     def send_rate_limited(self, limit: str) -> None:
         """limit: messages|recipients ([submission] max_messages_per_hour / max_recipients_per_hour)."""
         if self.enabled:

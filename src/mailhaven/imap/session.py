@@ -46,6 +46,7 @@ from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
 from mailhaven.imap.view import BadSequence, View, render_flags
+from mailhaven.policy import learn
 from mailhaven.store import (
     Expunged,
     FlagsChanged,
@@ -1032,10 +1033,14 @@ class Session:
         uids = [u for _, u in pairs if not view.is_gone(u)]
         if not uids:
             return "OK Store completed."
+        learner = self._learner_for(cmd.flags) if cmd.mode != "remove" else None
+        before = {i.uid: i.flags for i in _match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
         infos: list[MessageInfo] = []
         for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
             infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
         self._note_keywords(sel, infos)  # a new keyword's FLAGS before the FETCHes that show it
+        if learner is not None and self.user is not None:  # $Junk / $NotJunk newly set: teach rspamd
+            learn.teach_flags(learner, self.user, sel.mailbox, before, ((i.uid, i.flags) for i in infos))
         reported = view.reported
         if cmd.silent:
             for info in infos:
@@ -1061,6 +1066,19 @@ class Session:
             return "NO [EXPUNGEISSUED] Some of the messages no longer exist."
         return "OK Store completed."
 
+    def _learner_for(self, flags: Iterable[str]) -> learn.Learner | None:
+        """The learner when a STORE of these flags may teach rspamd ($Junk, $NotJunk), else None."""
+        learner: learn.Learner | None = getattr(self.ctx, "learner", None)
+        if learner is None or not {f.lower() for f in flags} & {learn.JUNK_KEYWORD, learn.NOT_JUNK_KEYWORD}:
+            return None
+        return learner
+
+    async def _teach(self, source: str, dest: Any, uids: list[int], command: str) -> None:
+        """A COPY or MOVE into or out of Junk teaches rspamd (issue 12 item 4; policy/learn.py)."""
+        learner: learn.Learner | None = getattr(self.ctx, "learner", None)
+        if learner is not None and self.user is not None and uids:
+            await learn.teach_transfer(learner, self.account, self.user, source, dest, uids, command=command)
+
     async def _target(self, name: str) -> Any:
         try:
             return await self.account.mailbox(name)
@@ -1078,6 +1096,7 @@ class Session:
         mapping = await sel.mailbox.copy(uids, dest)  # into itself too (RFC 3501 allows it)
         if not mapping:
             return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
+        await self._teach(sel.mailbox.name, dest, [d for _, d in mapping], "COPY")
         src_set = render_set(s for s, _ in mapping)
         dst_set = render_set(d for _, d in mapping)
         # RFC 4315 §3: COPYUID uidvalidity source-uids destination-uids (same order)
@@ -1102,6 +1121,7 @@ class Session:
             # RFC 6851 §4.3: COPYUID goes in an untagged OK before the EXPUNGEs
             self.emit(f"* OK [COPYUID {dest.uidvalidity} {src_set} {dst_set}] Moved UIDs.\r\n".encode())
             sel.view.expunged([s for s, _ in mapping])
+            await self._teach(sel.mailbox.name, dest, [d for _, d in mapping], "MOVE")
         if len(mapping) < len(uids):
             return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
         return "OK Move completed."

@@ -5,7 +5,7 @@ process (created on first use, closed by its owner, app.py), at most `spam.rspam
 scans at once (a semaphore; waiting for it counts against the timeout), a total deadline of
 `spam.rspamd_timeout` per scan, and the request rspamd documents for /checkv2
 (rspamd.com/doc/developers/protocol.html): the message as the body, the envelope in the headers IP,
-Helo, From, Rcpt (one per recipient), Queue-Id, Hostname and Deliver-To. The reply is read bounded
+Helo, From, Rcpt (one per recipient), Queue-Id, Hostname, Deliver-To, and User for submitted mail. The reply is read bounded
 (MAX_REPLY) and parsed by policy/spam.py.
 Does not own: what a verdict means (policy/spam.py), when to scan and what to do when rspamd does
 not answer (smtp/inbound.py, `spam.on_error`).
@@ -62,6 +62,8 @@ class RspamdClient:
         h["Hostname"] = req.hostname or "unknown"
         if req.deliver_to:
             h["Deliver-To"] = req.deliver_to
+        if req.user:
+            h["User"] = req.user  # authenticated: rspamd treats the message as outbound
         return h
 
     async def scan(self, message: bytes, req: ScanRequest) -> SpamVerdict:

@@ -263,6 +263,7 @@ class ScanRequest:
     queue_id: str
     hostname: str = "unknown"  # the client's verified host name (Postfix's "unknown" when none)
     deliver_to: str = ""  # the one mailbox, when the message goes to one user
+    user: str = ""  # the authenticated sender of submitted mail (rspamd's outbound rules apply)
 
 
 class Scanner(Protocol):

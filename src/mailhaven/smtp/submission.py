@@ -20,7 +20,8 @@ limit, count, max) and mailhaven_send_rate_limited_total{limit}. The Received fi
 received_submission: the client's address hidden unless smtp.redact_submitter = false), then
 cleanup.enqueue: Message-ID and Date when missing, DKIM signatures for the From domain, local
 recipients into the store and remote ones into the spool, fsynced; only then `250 2.0.0 Ok:
-queued as ID` (STYLE rules 11 and 12).
+queued as ID` (STYLE rules 11 and 12). Before that, when config [spam] names an rspamd, the message
+is scanned with the user named (`_scan`): rspamd's reject is `550 5.7.1`, nothing queued.
 Does not own: the SMTP dialogue and limits (server.py, hooks.py), the SASL exchange and throttle
 (authenticator.py), headers and signing and the queue (cleanup.py), who owns what (auth/users.py).
 
@@ -42,8 +43,10 @@ from typing import Any
 from mailhaven import cleanup, metrics
 from mailhaven import log as mlog
 from mailhaven.config import Config
+from mailhaven.errors import PolicyReject, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
+from mailhaven.policy import spam
 from mailhaven.queue.spool import new_id
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.authenticator import Authenticator
@@ -249,10 +252,43 @@ class SubmissionHandler(BaseHandler):
         # stays on top (RFC 5321 §4.4); cleanup then finds them present and adds nothing.
         message = headers.prepend([trace], cleanup.add_missing_headers(data, cfg.hostname, time.time()))
         sender = str(txn.sender) if txn.sender is not None else ""
+        scanner: spam.Scanner | None = getattr(self.ctx, "spam", None)  # None: no [spam] scanner
+        if scanner is not None:  # raises the refusal: nothing is queued
+            await self._scan(scanner, session, txn, user, sender, message)
         # Durable before the 250 (cleanup fsyncs the store and the spool); MailError -> its reply.
         queue_id = await cleanup.enqueue(self.ctx, sender, [str(r) for r in txn.recipients], message,
                                          dkim=True, source="submission", queue_id=txn.queue_id)
         return R.queued(queue_id)
+
+    async def _scan(self, scanner: spam.Scanner, session: ClientSession, txn: Transaction, user: str,
+                    sender: str, message: bytes) -> None:
+        """Outbound scanning (issue 12 item 7): rspamd sees the message with `User`, so its rules for
+        authenticated senders apply (ratelimit, outbound checks), as behind Postfix's submission
+        milter. reject -> 550 5.7.1 with rspamd's message, soft reject -> 451 4.7.1 (Postfix's milter
+        tempfails it; rspamd's ratelimit says "slow down" that way); every other action is queued
+        unchanged (no X-Spam-* on outgoing mail). No verdict: spam.on_error, as for the MX. One
+        "spam verdict" line (direction=outbound), a WARNING when refused."""
+        request = spam.ScanRequest(ip=session.ip, helo=session.host_name or "", sender=sender,
+                                   recipients=tuple(str(r) for r in txn.recipients), queue_id=txn.queue_id,
+                                   user=user)
+        t0 = time.monotonic()
+        try:
+            scan = await scanner.scan(message, request)
+        except spam.ScanError as e:
+            scan = spam.unknown(str(e))
+        refused = scan.action in ("reject", "soft reject", "unknown")
+        mlog.event(logger, "spam verdict", level=logging.WARNING if refused else logging.INFO, id=txn.queue_id,
+                   scanner="rspamd", direction="outbound", action=scan.action,
+                   score=f"{scan.score:.2f}" if scan.scanned else "", required=f"{scan.required:.2f}" if scan.scanned
+                   else "", symbols=",".join(scan.symbols), reason=scan.reason,
+                   ms=int((time.monotonic() - t0) * 1000))
+        metrics.of(self.ctx).spam_verdict(scan.action, direction="outbound")
+        if scan.action == "unknown" and self.config.spam.on_error == "tempfail":
+            raise TempFailure("Spam check not available, try again later", code=451, enhanced="4.7.1")
+        if scan.action == "reject":
+            raise PolicyReject(scan.message or spam.DEFAULT_REJECT, code=550, enhanced="5.7.1")  # RFC 3463 X.7.1
+        if scan.action == "soft reject":
+            raise TempFailure(scan.message or spam.DEFAULT_TEMPFAIL, code=451, enhanced="4.7.1")
 
 
 def handler_factory(ctx: Any, config: Any, listener: str) -> SubmissionHandler:
