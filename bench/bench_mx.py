@@ -90,9 +90,10 @@ def count(new_dir: Path) -> int:
 # --- Mailhaven -----------------------------------------------------------------------------------
 
 
-def start_mailhaven(work: Path, nameserver: str, src: str | None = None,
-                    tag: str = "mh") -> tuple[subprocess.Popen[bytes], int, Path]:
-    """Mailhaven from this tree, or from the source tree `src` (its src/ directory)."""
+def start_mailhaven(work: Path, nameserver: str, src: str | None = None, tag: str = "mh",
+                    extra: str = "") -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Mailhaven from this tree, or from the source tree `src` (its src/ directory); `extra` is
+    TOML appended to its config (more tables, e.g. bench_spam.py's [spam])."""
     from mailhaven.auth.passwords import hash_password
 
     data = work / f"{tag}-data"
@@ -107,7 +108,7 @@ def start_mailhaven(work: Path, nameserver: str, src: str | None = None,
         f'[dns]\nnameservers = ["{nameserver}"]\ntimeout = 2.0\n'
         f'[log]\nlevel = "warning"\n'
         f'[listeners.mx]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n'
-        f'max_connections = 1000\nper_ip_connections = 1000\n')
+        f'max_connections = 1000\nper_ip_connections = 1000\n' + extra)
     env = {k: v for k, v in os.environ.items() if k != "MAILHAVEN_FAST_HASH"}
     if src is not None:
         env["PYTHONPATH"] = src  # ahead of the installed (editable) package

@@ -226,14 +226,18 @@ class Rspamd:
         self.procs.append(proc)
         return proc
 
+    def rspamd_argv(self, config: Path | None = None) -> list[str]:
+        """rspamd in the foreground: our top-level `conf/rspamd.conf` (or `config`, e.g. Debian's own)
+        with `conf/` as $LOCAL_CONFDIR and the databases, pid file and log under `root`."""
+        return [RSPAMD, "-f", "-c", str(config or self.root / "conf" / "rspamd.conf"),
+                f"--var=LOCAL_CONFDIR={self.root / 'conf'}", f"--var=DBDIR={self.root / 'db'}",
+                f"--var=RUNDIR={self.root / 'run'}", f"--var=LOGDIR={self.root / 'log'}"]
+
     def start(self) -> Rspamd:
         self._write_config()
         self._spawn([REDIS, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.root / "redis"),
                      "--save", "", "--appendonly", "no", "--protected-mode", "yes"], "redis.out")
-        rspamd = self._spawn([RSPAMD, "-f", "-c", str(self.root / "conf" / "rspamd.conf"),
-                              f"--var=LOCAL_CONFDIR={self.root / 'conf'}", f"--var=DBDIR={self.root / 'db'}",
-                              f"--var=RUNDIR={self.root / 'run'}", f"--var=LOGDIR={self.root / 'log'}"],
-                             "rspamd.out")
+        rspamd = self._spawn(self.rspamd_argv(), "rspamd.out")
         deadline = time.monotonic() + START_TIMEOUT
         while not (_ping(self.url) and _ping(self.controller_url)):
             if rspamd.poll() is not None or time.monotonic() > deadline:

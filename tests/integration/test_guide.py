@@ -2,8 +2,8 @@
 order, as root, with `bash -euo pipefail`, so the test breaks when the guide drifts from the code.
 
 How the guide maps onto a test machine (the guide's own top comment says the same):
-- Paths: /etc/mailhaven, /var/lib/mailhaven, /usr/local/bin and /etc/systemd/system become folders
-  of a temporary directory (plain textual substitution); /opt/mailhaven becomes this test's own
+- Paths: /etc/mailhaven, /var/lib/mailhaven, /usr/local/bin, /etc/systemd/system and /etc/rspamd
+  (with Debian's empty local.d/) become folders of a temporary directory (plain textual substitution); /opt/mailhaven becomes this test's own
   virtualenv (the guide's `pip install` block is marked skip). No run block may name another
   system path, so the test never writes outside its folder.
 - Markers: a block preceded by `<!-- guide-test: skip (why) -->` is not run. At
@@ -110,6 +110,7 @@ def path_map(root: Path) -> dict[str, str]:
             "/var/lib/mailhaven": str(root / "var" / "lib" / "mailhaven"),
             "/usr/local/bin/": str(root / "usr" / "local" / "bin") + "/",
             "/etc/systemd/system/": str(root / "etc" / "systemd" / "system") + "/",
+            "/etc/rspamd": str(root / "etc" / "rspamd"),
             "/opt/mailhaven": sys.prefix}
 
 
@@ -270,7 +271,7 @@ def test_the_production_guide_runs_as_written(service_user_cleanup: None, dns_se
 def _run_guide(blocks: list[Block], dns_server: DnsServer) -> None:
     with open_dir("mailhaven-guide-") as root:
         mapping = path_map(root)
-        for folder in ("etc/systemd/system", "var/lib", "usr/local/bin", "run"):  # what Debian has
+        for folder in ("etc/systemd/system", "etc/rspamd/local.d", "var/lib", "usr/local/bin", "run"):  # what Debian has
             (root / folder).mkdir(parents=True, exist_ok=True, mode=0o755)
         (root / "run").chmod(0o755)
         config = Path(mapping["/etc/mailhaven"]) / "mailhaven.toml"
