@@ -38,7 +38,7 @@ from tests.fixtures_rspamd import _OFF, _OPTIONS, REDIS, RSPAMD, STOCK, Rspamd
 from tests.integration.test_guide import GUIDE, guide_blocks, substitute
 
 PASSWORD = "Guide-Rspamd-Secret-7"
-SECTION = "## 10. Spam filtering (rspamd)"
+SECTION = "## 10. Spam filtering (rspamd, DNS lists, greylisting)"
 
 
 def _section() -> str:
