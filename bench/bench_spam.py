@@ -1,7 +1,7 @@
 """Spam-filtering benchmark: what rspamd scanning at DATA costs the MX, in one run.
 
     python bench/bench_spam.py [--runs 3] [--size 4096] [--messages-1 200] [--messages-20 1000]
-                               [--scans 300] [--hyperscan] [--keep] [--embedded cached|uncached]
+                               [--scans 300] [--lookups 300] [--hyperscan] [--keep]
 
 What it does, all under one temporary directory, loopback only, nothing in /etc touched:
 - starts the DNS server bench_mx.py uses (dnsmasq, or the tests' Python server without it) with
@@ -9,25 +9,26 @@ What it does, all under one temporary directory, loopback only, nothing in /etc 
   tests start them (tests/fixtures_rspamd.py: Debian's stock configuration with the modules that
   reach the Internet off, DNS from our server, one normal worker; hyperscan off unless
   --hyperscan, which makes rspamd compile its regexps at start: minutes on a loaded machine);
-- starts two Mailhavens with bench_mx.py's config (only the "mx" listener, no TLS, fsync on, log
-  level warning): "off" without [spam], "rspamd" with `[spam] rspamd_url` pointing at rspamd, so
-  every message is scanned before the 250;
+- starts three Mailhavens with bench_mx.py's config (only the "mx" listener, no TLS, fsync on, log
+  level warning): "embedded" without [spam] (the embedded default: GTUBE, users' sender lists),
+  "dnsbl" the same with `[spam] dnsbl = ["bl.test"]` (the DNS server answers NXDOMAIN: the client
+  is not listed; every message comes from 127.0.0.1, so after the first lookup the answer is in the
+  list cache: the cached cost), and "rspamd" with `[spam] rspamd_url` pointing at rspamd, so every
+  message is scanned before the 250;
 - each round runs `smtp-source -s S -l SIZE -m N` (one connection per message) against each
-  Mailhaven in turn (each goes first in alternate rounds) and measures until the N-th message is in
-  the INBOX's new/ (a message rspamd sent to Junk or refused would stall the run: these score
+  Mailhaven in turn (the first one rotates from round to round) and measures until the N-th message
+  is in the INBOX's new/ (a message rspamd sent to Junk or refused would stall the run: these score
   "no action"); S = 1 and 20 sessions;
 - then times rspamd's round trip per message with Mailhaven's own client (policy/rspamd.py, the
   code the MX runs): --scans messages of SIZE octets like smtp-source's, one at a time and 20 at a
   time, p50 and p99;
-- prints the median messages/second of RUNS rounds per Mailhaven and session count, the ratio
-  rspamd/off, the median CPU ms per message of Mailhaven and of rspamd (all its processes, from
-  /proc), and the round-trip percentiles.
-
---embedded cached|uncached is the hook for the embedded default checks (DNSBL/DNSWL, issue 12): it
-will add a third Mailhaven with those checks on, its DNSBL answers served by the DNS server, and
-either the same client address for every message (cached: the resolver answers from its cache after
-the first) or lookups that miss the cache. The DNSBL code is not on this branch yet; the flag says so
-and exits. Whoever adds `[spam] dnsbl` fills in `embedded_config()`.
+- then times one DNS list check (policy/dnsbl.py Checker.check, the code the MX runs, over our
+  resolver and the DNS server) --lookups times, uncached (a new client address each time, from
+  198.18.0.0/15: only a name in a query to our own DNS server, no traffic goes there) and cached
+  (the same address again), p50 and p99;
+- prints the median messages/second of RUNS rounds per Mailhaven and session count, the ratios to
+  "embedded", the median CPU ms per message of Mailhaven and of rspamd (all its processes, from
+  /proc), and the percentiles.
 
 Run as root to run rspamd as Debian's `_rspamd` user (as the tests do); as another user it runs as
 that user.
@@ -66,14 +67,35 @@ from tests.fixtures_rspamd import REDIS, RSPAMD, STOCK, Rspamd  # noqa: E402
 from mailhaven.policy.rspamd import RspamdClient  # noqa: E402
 from mailhaven.policy.spam import ScanRequest  # noqa: E402
 
-MODES = ("off", "rspamd")
+MODES = ("embedded", "dnsbl", "rspamd")
+BLOCKLIST = "bl.test"  # under the DNS server's local .test zone: NXDOMAIN, nobody is listed
 
 
-def embedded_config(mode: str) -> str:
-    """[spam] TOML for the embedded default checks with DNSBL answers `mode` ("cached" or
-    "uncached"). The hook for the DNSBL/DNSWL code, which is not on this branch."""
-    raise SystemExit(f"--embedded {mode}: the embedded checks ([spam] dnsbl, dnswl) are not in this "
-                     "tree yet; the branch that adds them fills in bench/bench_spam.py embedded_config()")
+def spam_config(mode: str, rspamd_url: str) -> str:
+    """The [spam] TOML of one Mailhaven of the run."""
+    if mode == "dnsbl":
+        return f'[spam]\ndnsbl = ["{BLOCKLIST}"]\n'
+    if mode == "rspamd":
+        return f'[spam]\nrspamd_url = "{rspamd_url}"\n'
+    return ""
+
+
+async def list_checks(nameserver: str, lookups: int) -> dict[str, list[float]]:
+    """Milliseconds per Checker.check against one list: uncached (a new address each time) and
+    cached (the same address again)."""
+    from mailhaven.dns.resolver import Resolver
+    from mailhaven.policy.dnsbl import Checker
+
+    resolver, checker = Resolver([nameserver], timeout=2.0), Checker()
+    out: dict[str, list[float]] = {"uncached": [], "cached": []}
+    for i in range(lookups):
+        ip = f"198.{18 + i // 65536 % 2}.{i // 256 % 256}.{i % 256}"
+        for kind in ("uncached", "cached"):
+            t0 = time.perf_counter()
+            await checker.check(resolver, ip, [BLOCKLIST], [])
+            out[kind].append((time.perf_counter() - t0) * 1000)
+    assert checker.queries == lookups, checker.queries  # one query per address, the repeat from the cache
+    return out
 
 
 class BenchRspamd(Rspamd):
@@ -139,11 +161,8 @@ def main() -> None:
     ap.add_argument("--scans", type=int, default=300, help="rspamd round trips timed, per parallelism")
     ap.add_argument("--hyperscan", action="store_true", help="rspamd with hyperscan (slow start)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--embedded", choices=("cached", "uncached"),
-                    help="also the embedded default checks, DNSBL answers cached or not (hook; see above)")
+    ap.add_argument("--lookups", type=int, default=300, help="DNS list checks timed, uncached and cached")
     args = ap.parse_args()
-    if args.embedded:
-        embedded_config(args.embedded)
     for tool in (SMTP_SOURCE, RSPAMD, REDIS):
         if not os.path.exists(tool):
             raise SystemExit(f"{tool} not found (Debian packages postfix, rspamd, redis-server)")
@@ -160,6 +179,7 @@ def main() -> None:
     cpu: dict[tuple[str, int], list[float]] = {}
     rspamd_cpu: list[float] = []
     latency: dict[int, list[float]] = {}
+    checks: dict[str, list[float]] = {}
     try:
         t0 = time.monotonic()
         rspamd.start()
@@ -168,15 +188,15 @@ def main() -> None:
         rspamd_pid = rspamd.procs[-1].pid
         servers: dict[str, tuple[int, Path, int]] = {}
         for mode in MODES:
-            extra = f'[spam]\nrspamd_url = "{rspamd.url}"\n' if mode == "rspamd" else ""
-            proc, port, new_dir = start_mailhaven(work, dns.nameserver, tag=f"mh-{mode}", extra=extra)
+            proc, port, new_dir = start_mailhaven(work, dns.nameserver, tag=f"mh-{mode}",
+                                                  extra=spam_config(mode, rspamd.url))
             procs.append(proc)
             servers[mode] = (port, new_dir, proc.pid)
         for port, new_dir, _ in servers.values():  # warm-up: imports, rspamd's first scans
             run_load(port, new_dir, 4, 40, args.size)
         for r in range(args.runs):
             for sessions, n in ((1, args.messages_1), (20, args.messages_20)):
-                order = list(MODES[r % 2:] + MODES[:r % 2])
+                order = list(MODES[r % len(MODES):] + MODES[:r % len(MODES)])
                 for mode in order:
                     port, new_dir, pid = servers[mode]
                     c0, s0 = tree_cpu(pid), tree_cpu(rspamd_pid)
@@ -189,6 +209,7 @@ def main() -> None:
                           f"{cpu[(mode, sessions)][-1]:5.2f} ms CPU/msg", flush=True)
         for parallel in (1, 20):
             latency[parallel] = asyncio.run(round_trips(rspamd.url, args.size, args.scans, parallel))
+        checks = asyncio.run(list_checks(dns.nameserver, args.lookups))
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -206,15 +227,19 @@ def main() -> None:
     med = statistics.median
     print(f"\nmedian of {args.runs} runs, {args.size}-octet messages, one connection per message, messages/second "
           f"accepted and in the INBOX, and Mailhaven's CPU ms per message:")
-    print(f"{'sessions':<10}{'off':>10}{'cpu':>7}{'rspamd':>10}{'cpu':>7}{'rspamd/off':>12}")
+    print(f"{'sessions':<10}" + "".join(f"{m:>10}{'cpu':>7}" for m in MODES)
+          + "".join(f"{m + '/emb':>12}" for m in MODES[1:]))
     for sessions in (1, 20):
-        off, on = med(rates[("off", sessions)]), med(rates[("rspamd", sessions)])
-        print(f"{sessions:<10}{off:10.1f}{med(cpu[('off', sessions)]):7.2f}{on:10.1f}"
-              f"{med(cpu[('rspamd', sessions)]):7.2f}{on / off:12.2f}")
+        rate = {m: med(rates[(m, sessions)]) for m in MODES}
+        print(f"{sessions:<10}" + "".join(f"{rate[m]:10.1f}{med(cpu[(m, sessions)]):7.2f}" for m in MODES)
+              + "".join(f"{rate[m] / rate['embedded']:12.2f}" for m in MODES[1:]))
     print(f"rspamd's own CPU per scanned message (all its processes): {med(rspamd_cpu):.2f} ms (median of runs)")
     for parallel, times in latency.items():
         print(f"rspamd round trip (Mailhaven's client, /checkv2, {args.size} octets), {parallel:>2} in flight: "
               f"p50 {pct(times, 50):6.1f} ms  p99 {pct(times, 99):6.1f} ms  ({len(times)} scans)")
+    for kind, times in checks.items():
+        print(f"DNS list check (policy/dnsbl.py, one list, NXDOMAIN), {kind:<8}: p50 {pct(times, 50):6.3f} ms  "
+              f"p99 {pct(times, 99):6.3f} ms  ({len(times)} checks)")
     print("rspamd as the tests configure it: network modules (RBL, fuzzy, ...) off, one normal worker, "
           f"hyperscan {'on' if args.hyperscan else 'off'}.")
 
