@@ -50,13 +50,15 @@ class Vacation:
     `seconds` (the caller's tracker decides)."""
 
     recipient: str  # the envelope sender of the incoming message
-    subject: str
+    subject: str | None  # :subject as given
     from_: str | None  # None: the caller uses the user's address
     reason: str
     mime: bool
     handle: str
     seconds: int
+    reply_subject: str = ""  # :subject, or "Auto: " and the original subject (RFC 5230 §4.3)
     in_reply_to: str | None = None
+    skip: str | None = None  # why no reply goes out (RFC 5230 §4.5, §5), decided here, applied by the caller
 
 
 Action = Keep | FileInto | Redirect | Discard | Reject | Vacation

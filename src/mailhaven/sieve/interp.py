@@ -40,7 +40,7 @@ from mailhaven.sieve.syntax import Argument, Command, Number, SieveSyntaxError, 
 from mailhaven.sieve.validate import EXTENSIONS, SET_MODIFIERS, Script, compile_script
 
 VACATION_DEFAULT = 7 * 86400  # RFC 5230 §4.1 suggests 7 days
-VACATION_MIN, VACATION_MAX = 86400, 90 * 86400  # Pigeonhole: sieve_vacation_min/max_period
+VACATION_MIN = 86400  # Pigeonhole: sieve_vacation_min_period 1d; its max_period 0 = unbounded
 DUPLICATE_DEFAULT = 14 * 86400  # Pigeonhole: sieve_duplicate_default_period
 PROTECTED_HEADERS = frozenset({"received", "auto-submitted"})  # RFC 5293 §6 (Pigeonhole's defaults)
 
@@ -593,7 +593,7 @@ class _Run:
             if any(isinstance(a, Reject) for a in others):
                 raise SieveRuntimeError(f"line {c.line}: {c.name} conflicts with reject")
         if isinstance(action, Redirect):
-            if any(isinstance(a, Redirect) and a.address.lower() == action.address.lower() for a in others):
+            if any(isinstance(a, Redirect) and _same_address(a.address, action.address) for a in others):
                 self._cancel_keep(action)
                 return
             self.redirects += 1
@@ -631,46 +631,47 @@ class _Run:
         sender = self.env.mail_from.strip("<>")
         if "seconds" in t:
             seconds = self.num(t["seconds"])
-            seconds = 0 if seconds == 0 else min(max(seconds, VACATION_MIN), VACATION_MAX)
+            seconds = max(seconds, VACATION_MIN)  # RFC 6131 §2 allows 0; Pigeonhole clamps it too
         else:
             days = self.num(t["days"]) if "days" in t else VACATION_DEFAULT // 86400
-            seconds = min(max(days * 86400, VACATION_MIN), VACATION_MAX)
+            seconds = max(days * 86400, VACATION_MIN)
         reason = self.str1(c.positional[0])
         subject = self.str1(t["subject"]) if "subject" in t else None
         from_ = self.str1(t["from"]) if "from" in t else None
+        # RFC 5230 §4.2: the default handle is made of the arguments (as Pigeonhole builds it)
         handle = self.str1(t["handle"]) if "handle" in t else \
-            reason + (subject or "") + (from_ or "<default-from>") + ("<MIME>" if "mime" in t else "<NO-MIME>")
-        if not self._should_answer(sender, self.strs(t.get("addresses"))):
-            return
-        if subject is None:
-            orig = (self.msg.values("subject") or [""])[0]
-            subject = "Auto: " + orig if orig else "Automated reply"  # RFC 5230 §4.3
+            reason + (subject if subject is not None else "<default-subject>") + \
+            (from_ if from_ is not None else "<default-from>") + ("<MIME>" if "mime" in t else "<NO-MIME>")
+        orig = (self.msg.values("subject") or [""])[0]
+        reply_subject = subject if subject is not None else "Auto: " + orig if orig else "Automated reply"
         mids = self.msg.values("message-id")
         irt = mids[0] if mids else None
-        self._add(Vacation(sender, subject, from_, reason, "mime" in t, handle, seconds, irt), c)
+        skip = self._no_answer(sender, self.strs(t.get("addresses")))
+        self._add(Vacation(sender, subject, from_, reason, "mime" in t, handle, seconds, reply_subject, irt,
+                           skip), c)
 
-    def _should_answer(self, sender: str, addresses: list[str]) -> bool:
-        """RFC 5230 §4.5 and §5, as Pigeonhole applies them."""
+    def _no_answer(self, sender: str, addresses: list[str]) -> str | None:
+        """Why no reply may go out (RFC 5230 §4.5 and §5, as Pigeonhole applies them), or None."""
         if not sender:
-            return False
+            return "null envelope sender"
         local = sender.rpartition("@")[0].lower()
         if local in ("mailer-daemon", "listserv", "majordomo") or local.startswith("owner-") or \
-                local.endswith("-request") or local.startswith("mailer-daemon"):
-            return False
+                local.endswith("-request"):
+            return "sender is a list or a daemon"
         auto = self.msg.values("auto-submitted")
         if auto and any(a.split(";")[0].strip().lower() != "no" for a in auto):
-            return False
+            return "message is auto-submitted"  # RFC 3834 §2
         if any(self.msg.raw_values(h) for h in ("list-id", "list-owner", "list-unsubscribe", "list-post",
                                                 "list-help", "list-subscribe", "list-archive")):
-            return False
+            return "message is from a mailing list"
         if any(p.strip().lower() in ("bulk", "junk", "list") for p in self.msg.values("precedence")):
-            return False
+            return "message is bulk"
         mine = {a.lower() for a in (self.env.rcpt_to.strip("<>"), *self.ctx.user_addresses, *addresses) if a}
         if sender.lower() in mine:
-            return False
+            return "sender is the user"
         found = {f"{lp}@{d}".lower() for h in ("to", "cc", "bcc", "resent-to", "resent-cc", "resent-bcc")
                  for lp, d in _addresses(self.msg.values(h))}
-        return bool(mine & found)
+        return None if mine & found else "user not explicitly addressed"  # RFC 5230 §4.5
 
     def _include(self, c: Command) -> None:
         """RFC 6609 §3.2: run another script; its actions join ours; loops are errors."""
@@ -750,6 +751,13 @@ class _Run:
         if drop:
             self.msg.edited = True
             self.msg.fields = [f for i, f in enumerate(self.msg.fields) if i not in drop]
+
+
+def _same_address(a: str, b: str) -> bool:
+    """RFC 5321 §2.4: the local part is case-sensitive, the domain is not."""
+    la, _, da = a.rpartition("@")
+    lb, _, db = b.rpartition("@")
+    return la == lb and da.lower() == db.lower()
 
 
 class _Failed(Exception):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mailhaven.sieve.actions import ScriptLoader
 from mailhaven.sieve.syntax import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
 
 EXTENSIONS = frozenset({
@@ -316,12 +317,49 @@ class Script:
     required: frozenset[str]
 
 
-def compile_script(text: str | bytes, extensions: frozenset[str] = EXTENSIONS,
-                   max_size: int = 1 << 20) -> Script:
-    """Parse and validate `text`, or SieveSyntaxError with line and column."""
+def compile_script(text: str | bytes, extensions: frozenset[str] = EXTENSIONS, max_size: int = 1 << 20,
+                   loader: ScriptLoader | None = None, max_include_depth: int = 10) -> Script:
+    """Parse and validate `text`, or SieveSyntaxError with line and column. With a `loader`, the
+    scripts it includes are loaded and compiled too, and a missing one (without :optional) or an
+    include loop is refused at the include command, as Pigeonhole does when it compiles."""
     if len(text) > max_size:
         raise SieveSyntaxError(1, 1, f"script larger than {max_size} bytes")
     cmds = parse(text)
     v = _Validator(extensions)
     v.block(cmds, top=True)
-    return Script(cmds, frozenset(v.required))
+    script = Script(cmds, frozenset(v.required))
+    if loader is not None:
+        _check_includes(script.commands, loader, [], extensions, max_size, max_include_depth)
+    return script
+
+
+def _check_includes(cmds: list[Command], loader: ScriptLoader, stack: list[tuple[str, str]],
+                    extensions: frozenset[str], max_size: int, max_depth: int) -> None:
+    """RFC 6609 §3.2: included scripts must exist (unless :optional) and never include themselves."""
+    for c in cmds:
+        if c.block is not None:
+            _check_includes(c.block, loader, stack, extensions, max_size, max_depth)
+        if c.name != "include" or not isinstance(c.positional[0], StringList):
+            continue
+        name = c.positional[0].single
+        key = ("global" if "global" in c.tags else "personal", name)
+        if key in stack:
+            raise SieveSyntaxError(c.line, c.column, f"include loop: {key[0]} script \"{name}\" includes itself")
+        if len(stack) >= max_depth:
+            raise SieveSyntaxError(c.line, c.column, "includes nested too deeply")
+        text = loader.load(name, key[0])
+        if text is None:
+            if "optional" in c.tags:
+                continue
+            raise SieveSyntaxError(c.line, c.column, f"included {key[0]} script \"{name}\" does not exist")
+        try:
+            inner = parse(text) if len(text) <= max_size else None
+            if inner is None:
+                raise SieveSyntaxError(1, 1, f"script larger than {max_size} bytes")
+            _Validator(extensions).block(inner, top=True)
+            _check_includes(inner, loader, stack + [key], extensions, max_size, max_depth)
+        except SieveSyntaxError as e:
+            if e.message.startswith("in included script") or e.message.startswith("include loop"):
+                raise SieveSyntaxError(c.line, c.column, e.message) from None
+            raise SieveSyntaxError(c.line, c.column, f"in included script \"{name}\", line {e.line}, "
+                                   f"column {e.column}: {e.message}") from None
