@@ -113,6 +113,7 @@ class Limits:
     max_actions: int = 32
     max_redirects: int = 4
     max_steps: int = 100_000  # commands and tests executed, includes counted
+    max_seconds: float = 2.0  # wall-clock run time, checked every 64 steps
     max_include_depth: int = 10
     max_variable_size: int = 4096
     max_variables: int = 255

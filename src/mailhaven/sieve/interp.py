@@ -14,7 +14,8 @@ from __future__ import annotations
 import email.utils
 import quopri
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 
@@ -69,6 +70,7 @@ class Context:
     user_addresses: tuple[str, ...] = ()  # vacation: the user's own addresses (RFC 5230 §4.5)
     subaddress_separator: str = "+"
     limits: Limits = field(default_factory=Limits)
+    clock: Callable[[], float] = time.monotonic  # for the run-time limit
 
 
 # --------------------------------------------------------------------------- the message
@@ -138,6 +140,8 @@ def _addresses(values: list[str]) -> list[tuple[str, str]]:
         if not addr:
             continue
         local, _, domain = addr.rpartition("@")
+        if len(local) >= 2 and local[0] == local[-1] == '"':
+            local = re.sub(r"\\(.)", r"\1", local[1:-1])  # RFC 5322 §3.4.1: the quoted-string's content
         out.append((local, domain) if local else (addr, ""))
     return out
 
@@ -235,13 +239,16 @@ class _Run:
         self.stack: list[tuple[str, str]] = []
         self.frame: _Frame | None = None
         self.duplicates: list[tuple[str, int, bool]] = []
+        self.deadline = ctx.clock() + ctx.limits.max_seconds
 
     # ----- helpers
 
     def _step(self) -> None:
         self.steps += 1
         if self.steps > self.ctx.limits.max_steps:
-            raise SieveRuntimeError("script ran too long")
+            raise SieveRuntimeError(f"more than {self.ctx.limits.max_steps} steps")
+        if self.steps % 64 == 0 and self.ctx.clock() > self.deadline:
+            raise SieveRuntimeError(f"ran longer than {self.ctx.limits.max_seconds} s")
 
     def _uses(self, ext: str) -> bool:
         return self.frame is not None and ext in self.frame.script.required
@@ -359,7 +366,10 @@ class _Run:
         if name == "date":
             return self._date_test(t)
         if name == "currentdate":
-            zone = self._zone(t)
+            try:
+                zone = self._zone(t)
+            except _Failed:
+                return False  # RFC 5260 §4.1: an invalid zone makes the test false
             d = self.ctx.now.astimezone(zone or self.ctx.zone)
             return self._compare(t, [_date_part(d, self.str1(p[0]).lower())], self.strs(p[1]))
         if name == "mailboxexists":
@@ -412,10 +422,7 @@ class _Run:
         for part in _leaves(msg.root):
             ctype = _content_type(part)
             if part.is_multipart or part.is_message:
-                if any(ty == "" or ctype == ty or ctype.split("/")[0] == ty for ty in types) and \
-                        "content" in t.tags:
-                    out.append(msg.data[part.body_start:part.body_end].decode("utf-8", "replace"))
-                continue
+                continue  # containers: only their leaves are searched (as Pigeonhole does)
             if not any(ty == "" or ctype == ty or ("/" not in ty and ctype.split("/")[0] == ty) for ty in types):
                 continue
             text = _decoded_body(msg, part)
@@ -765,11 +772,11 @@ class _Failed(Exception):
 
 
 def _merge_store(a: Keep | FileInto, b: Keep | FileInto) -> Keep | FileInto:
-    """Two stores into one mailbox are one (RFC 5228 §4.2); their flags are merged (RFC 5232 §5)."""
-    flags = list(a.flags) + [f for f in b.flags if f.lower() not in (x.lower() for x in a.flags)]
+    """Two stores into one mailbox are one (RFC 5228 §4.2); the later one's flags replace the
+    earlier's, as Pigeonhole does."""
     if isinstance(a, Keep):
-        return Keep(tuple(flags))
-    return FileInto(a.mailbox, tuple(flags), a.create or (isinstance(b, FileInto) and b.create),
+        return Keep(b.flags)
+    return FileInto(a.mailbox, b.flags, a.create or (isinstance(b, FileInto) and b.create),
                     a.copy and (isinstance(b, FileInto) and b.copy))
 
 
@@ -795,7 +802,7 @@ def evaluate(script: Script | str | bytes, message: bytes, envelope: Envelope,
         except _Stop:
             pass
     except SieveRuntimeError as e:
-        return Result([Keep(tuple(run.flags), implicit=True)], error=str(e))
+        return Result([Keep(implicit=True)], error=str(e))  # RFC 5228 §2.10.6; no flags (Pigeonhole)
     actions = list(run.actions)
     if run.implicit_keep:
         keep = Keep(tuple(run.flags), implicit=True)  # RFC 5232 §3: implicit keep uses the flags

@@ -44,20 +44,94 @@ def relational(op: str, a: str, b: str, comparator: str) -> bool:
     return {"gt": c > 0, "ge": c >= 0, "lt": c < 0, "le": c <= 0, "eq": c == 0, "ne": c != 0}[op]
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """RFC 5228 §2.7.1: "*" any sequence, "?" one character, backslash quotes the next one. Each
-    wildcard is a group, matching as little as possible (RFC 5229 §3.2 left-most shortest)."""
-    out: list[str] = []
+def _glob_items(pattern: str) -> list[str]:
+    """RFC 5228 §2.7.1: the pattern as items: "*", "?", or a literal run (backslash quotes the next
+    character)."""
+    items: list[str] = []
+    lit: list[str] = []
     i = 0
     while i < len(pattern):
         c = pattern[i]
         if c == "\\" and i + 1 < len(pattern):
-            out.append(re.escape(pattern[i + 1]))
+            lit.append(pattern[i + 1])
             i += 2
             continue
-        out.append("(.*?)" if c == "*" else "(.)" if c == "?" else re.escape(c))
+        if c in "*?":
+            if lit:
+                items.append("L" + "".join(lit))
+                lit = []
+            items.append(c)
+        else:
+            lit.append(c)
         i += 1
-    return re.compile("".join(out), re.DOTALL)
+    if lit:
+        items.append("L" + "".join(lit))
+    return items
+
+
+def _run_at(value: str, pos: int, run: list[str]) -> bool:
+    """Do the items of `run` (literals and "?") match `value` at `pos`?"""
+    for it in run:
+        if it == "?":
+            if pos >= len(value):
+                return False
+            pos += 1
+        else:
+            lit = it[1:]
+            if not value.startswith(lit, pos):
+                return False
+            pos += len(lit)
+    return True
+
+
+def _run_len(run: list[str]) -> int:
+    return sum(1 if it == "?" else len(it) - 1 for it in run)
+
+
+def glob_match(value: str, pattern: str, folded: str | None = None) -> list[str] | None:
+    """`value` against a :matches pattern, in time O(len(value) * len(pattern)) whatever the
+    pattern (no backtracking regex). Each wildcard matches as little as possible, left to right
+    (RFC 5229 §3.2); returns what each wildcard matched, in order, or None. `folded` is the value as
+    the comparator sees it (same length), the pattern already folded alike."""
+    text = value if folded is None else folded
+    items = _glob_items(pattern)
+    groups: list[str] = []
+    pos = 0
+    i = 0
+    # the part before the first "*" must match at the start
+    while i < len(items) and items[i] != "*":
+        it = items[i]
+        if not _run_at(text, pos, [it]):
+            return None
+        if it == "?":
+            groups.append(value[pos])
+        pos += _run_len([it])
+        i += 1
+    while i < len(items):
+        i += 1  # a "*"
+        j = i
+        while j < len(items) and items[j] != "*":
+            j += 1
+        run = items[i:j]
+        n = _run_len(run)
+        if j == len(items):  # the last run must end the value: the star takes the rest
+            at = len(text) - n
+            if at < pos or not _run_at(text, at, run):
+                return None
+        else:
+            at = pos
+            while at + n <= len(text) and not _run_at(text, at, run):
+                at += 1
+            if at + n > len(text):
+                return None
+        groups.append(value[pos:at])
+        pos = at
+        for it in run:
+            if it == "?":
+                groups.append(value[pos])
+            pos += _run_len([it])
+        i = j
+    return groups if pos == len(text) else None
 
 
 def match_one(value: str, key: str, match: str, comparator: str) -> list[str] | None:
@@ -69,11 +143,8 @@ def match_one(value: str, key: str, match: str, comparator: str) -> list[str] | 
     v, k = (casemap(value), casemap(key)) if comparator == "i;ascii-casemap" else (value, key)
     if match == "contains":
         return [value] if k in v else None
-    m = glob_regex(k).fullmatch(v)
-    if m is None:
-        return None
-    # the groups' text from the original value, not the case-folded one
-    return [value] + [value[m.start(i):m.end(i)] for i in range(1, (m.lastindex or 0) + 1)]
+    got = glob_match(value, k, v)
+    return None if got is None else [value] + got
 
 
 def match_any(values: Sequence[str], keys: Sequence[str], match: str, comparator: str,
