@@ -135,7 +135,9 @@ def normalise_sieve_test(stdout: str, stderr: str) -> list[str]:
         flags = it["flags"]
         assert isinstance(flags, list)
         if head.startswith("store message in folder:"):
-            out.append("store " + head.split(":", 1)[1].strip() + _flags(flags) + str(it["create"]))
+            # a store into "" is a store into INBOX when sieve-test executes it (-e shows "mailbox '' (INBOX)")
+            box = head.split(":", 1)[1].strip() or "INBOX"
+            out.append("store " + box + _flags(flags) + str(it["create"]))
         elif head.startswith("redirect message to:"):
             out.append("redirect " + head.split(":", 1)[1].strip().strip("<>"))
         elif head == "discard":

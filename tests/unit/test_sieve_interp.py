@@ -259,8 +259,19 @@ def test_editheader_produces_the_edited_header_list() -> None:
     assert names[0] == "X-New" and names[-1] == "X-End" and "Subject" not in names and "Received" in names
     assert res.headers[0][1] == "=?utf-8?b?R3LDvMOfZQ==?="
     assert run("keep;").headers is None
-    bad = run('require "editheader"; addheader "Bad Name" "x";')
+    with pytest.raises(SieveSyntaxError):  # a constant bad name is refused at upload (as Pigeonhole)
+        compile_script('require "editheader"; addheader "Bad Name" "x";')
+    bad = run('require ["editheader", "variables"]; set "n" "Bad Name"; addheader "${n}" "x";')
     assert bad.error and bad.actions == [Keep(implicit=True)]
+
+
+def test_addresses_are_checked_at_upload_and_at_run_time() -> None:
+    for script in ('redirect "no address";', 'require "vacation"; vacation :from "a b" "x";'):
+        with pytest.raises(SieveSyntaxError):
+            compile_script(script)
+    assert run('redirect "Boss <boss@example.com>";').actions == [Redirect("boss@example.com")]
+    res = run('require "variables"; set "a" "x y"; redirect "${a}";')
+    assert res.error and "invalid address" in res.error and res.actions == [Keep(implicit=True)]
 
 
 # --------------------------------------------------------------------------- limits

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from mailhaven.imap.search import decode_base64, decode_header_value
 from mailhaven.message import mime
@@ -38,7 +38,14 @@ from mailhaven.sieve.actions import (
     Vacation,
 )
 from mailhaven.sieve.syntax import Argument, Command, Number, SieveSyntaxError, StringList, Test
-from mailhaven.sieve.validate import EXTENSIONS, SET_MODIFIERS, Script, compile_script
+from mailhaven.sieve.validate import (
+    EXTENSIONS,
+    HEADER_NAME,
+    SET_MODIFIERS,
+    Script,
+    address_spec,
+    compile_script,
+)
 
 VACATION_DEFAULT = 7 * 86400  # RFC 5230 §4.1 suggests 7 days
 VACATION_MIN = 86400  # Pigeonhole: sieve_vacation_min_period 1d; its max_period 0 = unbounded
@@ -162,23 +169,37 @@ def _address_part(local: str, domain: str, part: str, sep: str) -> str | None:
 # --------------------------------------------------------------------------- dates (RFC 5260)
 
 
-def _parse_zone(text: str) -> tzinfo | None:
+def _parse_zone(text: str) -> int | None:
+    """RFC 5260 §4.1 zone "+hhmm"/"-hhmm" as minutes east of UTC; any four digits (as Pigeonhole)."""
     mt = re.fullmatch(r"([+-])([0-9]{2})([0-9]{2})", text.strip())
     if not mt:
         return None
-    off = timedelta(hours=int(mt.group(2)), minutes=int(mt.group(3)))
-    return timezone(-off if mt.group(1) == "-" else off)
+    mins = int(mt.group(2)) * 60 + int(mt.group(3))
+    return -mins if mt.group(1) == "-" else mins
 
 
-def _zone_text(d: datetime) -> str:
-    off = d.utcoffset() or timedelta(0)
-    sign = "-" if off < timedelta(0) else "+"
-    mins = abs(int(off.total_seconds())) // 60
+def _in_zone(d: datetime, offset: int | None, default: tzinfo) -> tuple[datetime, int]:
+    """`d` (aware) as local wall-clock time and its offset in minutes: in the zone `offset`, or in
+    `default` when None. Offsets of a day or more, which tzinfo cannot hold, are applied by hand."""
+    if offset is None:
+        local = d.astimezone(default)
+        off = local.utcoffset() or timedelta(0)
+        return local.replace(tzinfo=None), int(off.total_seconds()) // 60
+    return d.astimezone(UTC).replace(tzinfo=None) + timedelta(minutes=offset), offset
+
+
+def _zone_text(offset: int) -> str:
+    sign = "-" if offset < 0 else "+"
+    mins = abs(offset)
     return f"{sign}{mins // 60:02d}{mins % 60:02d}"
 
 
-def _date_part(d: datetime, part: str) -> str:
-    """RFC 5260 §4.2 date-part values."""
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _date_part(d: datetime, offset: int, part: str) -> str:
+    """RFC 5260 §4.2 date-part values of the wall-clock time `d` at `offset` minutes."""
     if part == "year":
         return f"{d.year:04d}"
     if part == "month":
@@ -197,13 +218,14 @@ def _date_part(d: datetime, part: str) -> str:
         return f"{d.second:02d}"
     if part == "time":
         return f"{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+    z = _zone_text(offset)
     if part == "iso8601":
-        z = _zone_text(d)
-        return d.strftime("%Y-%m-%dT%H:%M:%S") + z[:3] + ":" + z[3:]
-    if part == "std11":
-        return email.utils.format_datetime(d).replace(" -0000", " +0000")
+        return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}{z[:3]}:{z[3:]}"
+    if part == "std11":  # RFC 5322 §3.3 date-time
+        return (f"{_WEEKDAYS[d.weekday()]}, {d.day:02d} {_MONTHS[d.month - 1]} {d.year:04d} "
+                f"{d.hour:02d}:{d.minute:02d}:{d.second:02d} {z}")
     if part == "zone":
-        return _zone_text(d)
+        return z
     return str((d.weekday() + 1) % 7)  # weekday: 0 is Sunday
 
 
@@ -370,8 +392,8 @@ class _Run:
                 zone = self._zone(t)
             except _Failed:
                 return False  # RFC 5260 §4.1: an invalid zone makes the test false
-            d = self.ctx.now.astimezone(zone or self.ctx.zone)
-            return self._compare(t, [_date_part(d, self.str1(p[0]).lower())], self.strs(p[1]))
+            local, off = _in_zone(self.ctx.now, zone, self.ctx.zone)
+            return self._compare(t, [_date_part(local, off, self.str1(p[0]).lower())], self.strs(p[1]))
         if name == "mailboxexists":
             checker = self.ctx.mailboxes
             return checker is not None and all(checker.exists(b) for b in self.strs(p[0]))
@@ -430,7 +452,7 @@ class _Run:
                        else text.decode("utf-8", "replace"))
         return out
 
-    def _zone(self, t: Test) -> tzinfo | None:
+    def _zone(self, t: Test) -> int | None:
         if "zone" in t.tags:
             z = _parse_zone(self.str1(t.tags["zone"]))
             if z is None:
@@ -450,14 +472,20 @@ class _Run:
             if d is None:
                 continue
             if d.tzinfo is None:
-                d = d.replace(tzinfo=UTC)
-            if "originalzone" not in t.tags:
-                try:
-                    zone = self._zone(t)
-                except _Failed:
-                    return False
-                d = d.astimezone(zone or self.ctx.zone)
-            dates.append(_date_part(d, self.str1(p[1]).lower()))
+                d = d.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown (RFC 5322 §3.3)
+            try:
+                zone = self._zone(t)
+            except _Failed:
+                return False
+            try:
+                if "originalzone" in t.tags:
+                    off = d.utcoffset() or timedelta(0)
+                    local, offset = d.replace(tzinfo=None), int(off.total_seconds()) // 60
+                else:
+                    local, offset = _in_zone(d, zone, self.ctx.zone)
+            except OverflowError:
+                continue  # beyond year 1..9999 once shifted
+            dates.append(_date_part(local, offset, self.str1(p[1]).lower()))
         if not dates and "count" not in t.tags:
             return False
         return self._compare(t, dates, self.strs(p[2]))
@@ -519,14 +547,13 @@ class _Run:
             self._add(Discard(), c)
         elif name == "fileinto":
             flags = self._flag_list(self.strs(t["flags"])) if "flags" in t else list(self.flags)
-            box = self.str1(p[0])
-            if not box:
-                raise SieveRuntimeError("fileinto: empty mailbox name")
+            box = self.str1(p[0]) or "INBOX"  # "" (from variables): Dovecot stores it into INBOX
             self._add(FileInto(box, tuple(flags), "create" in t, "copy" in t), c)
         elif name == "redirect":
-            addr = self.str1(p[0]).strip()
-            if "@" not in addr or addr.startswith("@") or addr.endswith("@") or any(ch in addr for ch in " <>,"):
-                raise SieveRuntimeError(f"redirect: invalid address {addr!r}")  # RFC 5228 §4.2
+            given = self.str1(p[0]).strip()
+            addr = address_spec(given)
+            if addr is None:
+                raise SieveRuntimeError(f"line {c.line}: redirect: invalid address {given!r}")  # RFC 5228 §4.2
             self._add(Redirect(addr, "copy" in t), c)
         elif name in ("reject", "ereject"):
             self._add(Reject(self.str1(p[0]), name == "ereject"), c)
@@ -720,7 +747,7 @@ class _Run:
     def _addheader(self, c: Command) -> None:
         name = self.str1(c.positional[0])
         value = self.str1(c.positional[1])
-        if not re.fullmatch(r"[!-9;-~]+", name):
+        if not HEADER_NAME.fullmatch(name):
             raise SieveRuntimeError(f"line {c.line}: addheader: invalid field name {name!r}")
         if name.lower() in PROTECTED_HEADERS:
             return  # RFC 5293 §6: silently ignored for protected fields
@@ -733,7 +760,7 @@ class _Run:
 
     def _deleteheader(self, c: Command) -> None:
         name = self.str1(c.positional[0])
-        if not re.fullmatch(r"[!-9;-~]+", name):
+        if not HEADER_NAME.fullmatch(name):
             raise SieveRuntimeError(f"line {c.line}: deleteheader: invalid field name {name!r}")
         if name.lower() in PROTECTED_HEADERS:
             return

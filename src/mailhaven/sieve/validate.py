@@ -12,9 +12,11 @@ Does not own: the grammar (syntax.py), what the commands do (interp.py).
 """
 from __future__ import annotations
 
+import email.utils
 import re
 from dataclasses import dataclass, field
 
+from mailhaven.message.address import parse_mailbox
 from mailhaven.sieve.actions import ScriptLoader
 from mailhaven.sieve.syntax import Argument, Command, Number, SieveSyntaxError, StringList, Tag, Test, parse
 
@@ -116,6 +118,22 @@ TESTS: dict[str, Sig] = {
                                             "uniqueid": TagSpec(S, group="id"),
                                             "seconds": TagSpec(N), "last": TagSpec()}),
 }
+
+
+HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
+
+
+def address_spec(text: str) -> str | None:
+    """The addr-spec of a redirect or vacation :from address (`a@b`, `<a@b>` or `Name <a@b>`),
+    or None when it is not a valid mailbox (RFC 5228 §4.2, RFC 5230 §4.4)."""
+    _name, addr = email.utils.parseaddr(text)
+    if not addr:
+        return None
+    try:
+        parse_mailbox(addr)
+    except ValueError:
+        return None
+    return addr
 
 
 def _kind_ok(arg: Argument, kind: str) -> bool:
@@ -303,6 +321,17 @@ class _Validator:
                 for p in parts.values:
                     if p.lower() not in ("from", "to"):
                         raise SieveSyntaxError(parts.line, parts.column, f"unknown envelope part \"{p}\"")
+        constant = "variables" not in self.required
+        def fixed(a: Argument | None) -> StringList | None:
+            ok = isinstance(a, StringList) and (constant or "${" not in a.single)
+            return a if ok and isinstance(a, StringList) else None
+        if name == "redirect" and (a := fixed(pos[0])) is not None and address_spec(a.single) is None:
+            raise SieveSyntaxError(a.line, a.column, f"redirect: invalid address \"{a.single}\"")
+        if name == "vacation" and (a := fixed(tags.get("from"))) is not None and address_spec(a.single) is None:
+            raise SieveSyntaxError(a.line, a.column, f"vacation: invalid :from address \"{a.single}\"")
+        if name in ("addheader", "deleteheader") and (a := fixed(pos[0])) is not None and \
+                not HEADER_NAME.fullmatch(a.single):
+            raise SieveSyntaxError(a.line, a.column, f"{name}: invalid header field name \"{a.single}\"")
         if name == "include":
             script = pos[0]
             if isinstance(script, StringList) and (not script.single or "/" in script.single):
