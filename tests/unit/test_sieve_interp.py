@@ -127,9 +127,10 @@ def test_date_zones_and_currentdate() -> None:
               'if currentdate :zone "+0100" "year" "2027" { fileinto "newyear"; }\n'
               'if currentdate :matches "weekday" "*" { fileinto "wd${1}"; }\n'
               'if currentdate :matches "julian" "*" { fileinto "mjd${1}"; }\n'
-              'if currentdate :zone "bogus" "year" "2026" { fileinto "never"; }',
+              'if currentdate :zone "bogus" "year" "2027" { fileinto "bogus-is-local"; }\n'  # as Pigeonhole
+              'if currentdate :zone "+0000" "year" "2027" { fileinto "never"; }',
               now=now, zone=timezone(timedelta(hours=9)))
-    assert boxes(res) == ["utc", "orig", "local", "newyear", "wd5", "mjd61406"]  # 2027-01-01 in +0900: MJD 61406
+    assert boxes(res) == ["utc", "orig", "local", "newyear", "wd5", "mjd61406", "bogus-is-local"]  # 2027-01-01 in +0900: MJD 61406
 
 
 def test_index_and_last() -> None:

@@ -39,6 +39,7 @@ from mailhaven.sieve.actions import (
 )
 from mailhaven.sieve.syntax import Argument, Command, Number, SieveSyntaxError, StringList, Test
 from mailhaven.sieve.validate import (
+    DATE_PARTS,
     EXTENSIONS,
     HEADER_NAME,
     SET_MODIFIERS,
@@ -388,12 +389,11 @@ class _Run:
         if name == "date":
             return self._date_test(t)
         if name == "currentdate":
-            try:
-                zone = self._zone(t)
-            except _Failed:
-                return False  # RFC 5260 §4.1: an invalid zone makes the test false
-            local, off = _in_zone(self.ctx.now, zone, self.ctx.zone)
-            return self._compare(t, [_date_part(local, off, self.str1(p[0]).lower())], self.strs(p[1]))
+            part = self.str1(p[0]).lower()
+            if part not in DATE_PARTS:
+                return False  # a date part built from variables that does not exist
+            local, off = _in_zone(self.ctx.now, self._zone(t), self.ctx.zone)
+            return self._compare(t, [_date_part(local, off, part)], self.strs(p[1]))
         if name == "mailboxexists":
             checker = self.ctx.mailboxes
             return checker is not None and all(checker.exists(b) for b in self.strs(p[0]))
@@ -453,15 +453,16 @@ class _Run:
         return out
 
     def _zone(self, t: Test) -> int | None:
-        if "zone" in t.tags:
-            z = _parse_zone(self.str1(t.tags["zone"]))
-            if z is None:
-                raise _Failed()
-            return z
-        return None
+        """The :zone offset; None for the local zone, which an invalid :zone also means (as
+        Pigeonhole does, with a warning)."""
+        return _parse_zone(self.str1(t.tags["zone"])) if "zone" in t.tags else None
 
     def _date_test(self, t: Test) -> bool:
         p = t.positional
+        part = self.str1(p[1]).lower()
+        if part not in DATE_PARTS:
+            return False
+        zone = self._zone(t)
         dates: list[str] = []
         for raw in self._index(t, self.msg.values(self.str1(p[0]))):
             value = raw.rsplit(";", 1)[-1].strip() if self.str1(p[0]).lower() == "received" else raw
@@ -474,10 +475,6 @@ class _Run:
             if d.tzinfo is None:
                 d = d.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown (RFC 5322 §3.3)
             try:
-                zone = self._zone(t)
-            except _Failed:
-                return False
-            try:
                 if "originalzone" in t.tags:
                     off = d.utcoffset() or timedelta(0)
                     local, offset = d.replace(tzinfo=None), int(off.total_seconds()) // 60
@@ -485,7 +482,7 @@ class _Run:
                     local, offset = _in_zone(d, zone, self.ctx.zone)
             except OverflowError:
                 continue  # beyond year 1..9999 once shifted
-            dates.append(_date_part(local, offset, self.str1(p[1]).lower()))
+            dates.append(_date_part(local, offset, part))
         if not dates and "count" not in t.tags:
             return False
         return self._compare(t, dates, self.strs(p[2]))
@@ -792,10 +789,6 @@ def _same_address(a: str, b: str) -> bool:
     la, _, da = a.rpartition("@")
     lb, _, db = b.rpartition("@")
     return la == lb and da.lower() == db.lower()
-
-
-class _Failed(Exception):
-    pass
 
 
 def _merge_store(a: Keep | FileInto, b: Keep | FileInto) -> Keep | FileInto:

@@ -306,7 +306,8 @@ class _Validator:
             raise SieveSyntaxError(idx.line, idx.column, ":index must be 1 or more")
         if name in ("date", "currentdate"):
             part = pos[-2]
-            if isinstance(part, StringList) and part.single.lower() not in DATE_PARTS:
+            if isinstance(part, StringList) and part.single.lower() not in DATE_PARTS and \
+                    ("variables" not in self.required or "${" not in part.single):
                 raise SieveSyntaxError(part.line, part.column, f"unknown date part \"{part.single}\"")
         if name == "size" and not tags:
             raise SieveSyntaxError(line, column, "size needs :over or :under")
