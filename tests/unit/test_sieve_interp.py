@@ -200,6 +200,10 @@ def test_duplicate_tracker_across_runs() -> None:
     for key, seconds, last in first.duplicates:  # the caller marks after delivery
         tracker.mark(key, seconds, last)
     assert boxes(run(script, duplicates=tracker)) == ["dup"]
+    # a second test of one id in a run gets the same answer and is recorded once
+    twice = run('require ["duplicate", "fileinto"]; if duplicate { fileinto "a"; } if duplicate { fileinto "b"; }',
+                duplicates=DictTracker())
+    assert boxes(twice) == ["INBOX"] and len(twice.duplicates) == 1
     # another handle is another list; no Message-ID is never a duplicate (RFC 7352 §3.1)
     assert boxes(run('require ["duplicate", "fileinto"]; if duplicate :handle "h" { fileinto "dup"; }',
                      duplicates=tracker)) == ["INBOX"]

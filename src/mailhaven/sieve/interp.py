@@ -12,6 +12,7 @@ Does not own: parsing (syntax.py, validate.py), comparators (match.py), executin
 from __future__ import annotations
 
 import email.utils
+import html
 import quopri
 import re
 import time
@@ -130,6 +131,20 @@ def _content_type(part: mime.Part) -> str:
     if part.ctype is None:
         return "text/plain"
     return (part.ctype + b"/" + part.csubtype).decode("ascii", "replace").lower()
+
+
+_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_HTML_BLOCK = re.compile(r"</?(?:p|div|br|li|tr|h[1-6]|table|blockquote|pre|hr)\b[^>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def _html_text(text: str) -> str:
+    """The text of an HTML part for body :text (RFC 5173 §5.1 leaves it to the implementation;
+    Pigeonhole converts HTML to text too): scripts, styles and comments dropped, block tags as line
+    breaks, other tags removed, character references decoded."""
+    text = _HTML_DROP.sub("", text)
+    text = _HTML_BLOCK.sub("\n", text)
+    return html.unescape(_HTML_TAG.sub("", text))
 
 
 def _leaves(part: mime.Part) -> Iterator[mime.Part]:
@@ -447,9 +462,10 @@ class _Run:
                 continue  # containers: only their leaves are searched (as Pigeonhole does)
             if not any(ty == "" or ctype == ty or ("/" not in ty and ctype.split("/")[0] == ty) for ty in types):
                 continue
-            text = _decoded_body(msg, part)
-            out.append(_charset_text(text, part.param(b"charset")) if ctype.startswith("text/")
-                       else text.decode("utf-8", "replace"))
+            data = _decoded_body(msg, part)
+            text = _charset_text(data, part.param(b"charset")) if ctype.startswith("text/") \
+                else data.decode("utf-8", "replace")
+            out.append(_html_text(text) if ctype == "text/html" and "content" not in t.tags else text)
         return out
 
     def _zone(self, t: Test) -> int | None:
@@ -503,8 +519,9 @@ class _Run:
         seconds = self.num(t.tags["seconds"]) if "seconds" in t.tags else DUPLICATE_DEFAULT
         tracker = self.ctx.duplicates
         seen = tracker is not None and tracker.seen(key)
-        if not seen or "last" in t.tags:
-            self.duplicates.append((key, seconds, "last" in t.tags))
+        entry = (key, seconds, "last" in t.tags)
+        if (not seen or "last" in t.tags) and entry not in self.duplicates:
+            self.duplicates.append(entry)
         return seen
 
     # ----- commands
@@ -613,7 +630,8 @@ class _Run:
     def _add(self, action: Action, c: Command) -> None:
         """Append an action after the RFC 5228 §2.10.3 / RFC 5429 §2.1 / RFC 5230 §4.7 checks, merging
         duplicates (§4.2: the same mailbox or address once), and drop the implicit keep when the
-        action cancels it."""
+        action cancels it. A duplicate adds nothing but its flags: it does not cancel the implicit
+        keep (so `fileinto :copy "a"; fileinto "a";` keeps too, as Pigeonhole does)."""
         others = self.actions
         if isinstance(action, Reject):
             if any(isinstance(a, Reject) for a in others):
@@ -625,7 +643,6 @@ class _Run:
                 raise SieveRuntimeError(f"line {c.line}: {c.name} conflicts with reject")
         if isinstance(action, Redirect):
             if any(isinstance(a, Redirect) and _same_address(a.address, action.address) for a in others):
-                self._cancel_keep(action)
                 return
             self.redirects += 1
             if self.redirects > self.ctx.limits.max_redirects:
@@ -637,7 +654,6 @@ class _Run:
                 if abox is not None and abox == box:
                     assert isinstance(a, Keep | FileInto)
                     others[i] = _merge_store(a, action)
-                    self._cancel_keep(action)
                     return
         if isinstance(action, Discard) and any(isinstance(a, Discard) for a in others):
             self._cancel_keep(action)
@@ -670,9 +686,13 @@ class _Run:
         subject = self.str1(t["subject"]) if "subject" in t else None
         from_ = self.str1(t["from"]) if "from" in t else None
         # RFC 5230 §4.2: the default handle is made of the arguments (as Pigeonhole builds it)
+        # RFC 5230 §4.2 default handle, from the arguments as written (before variables are
+        # expanded), as Pigeonhole builds it when compiling
+        raw = {k: v.single for k, v in t.items() if isinstance(v, StringList)}
+        rp = c.positional[0]
         handle = self.str1(t["handle"]) if "handle" in t else \
-            reason + (subject if subject is not None else "<default-subject>") + \
-            (from_ if from_ is not None else "<default-from>") + ("<MIME>" if "mime" in t else "<NO-MIME>")
+            (rp.single if isinstance(rp, StringList) else "") + raw.get("subject", "<default-subject>") + \
+            raw.get("from", "<default-from>") + ("<MIME>" if "mime" in t else "<NO-MIME>")
         orig = (self.msg.values("subject") or [""])[0]
         reply_subject = subject if subject is not None else "Auto: " + orig if orig else "Automated reply"
         mids = self.msg.values("message-id")
