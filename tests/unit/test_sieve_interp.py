@@ -264,6 +264,10 @@ def test_editheader_produces_the_edited_header_list() -> None:
     assert names[0] == "X-New" and names[-1] == "X-End" and "Subject" not in names and "Received" in names
     assert res.headers[0][1] == "=?utf-8?b?R3LDvMOfZQ==?="
     assert run("keep;").headers is None
+    injected = run('require ["editheader", "encoded-character"];'
+                   'addheader "X-A" "a${hex:0d}Bcc: x@evil${hex:0a}To: y@evil${hex:0d 0a}Z: z";').headers
+    assert injected is not None and [n for n, _ in injected][:2] == ["X-A", "Date"]
+    assert injected[0][1] == "a\r\n Bcc: x@evil\r\n To: y@evil\r\n Z: z"
     with pytest.raises(SieveSyntaxError):  # a constant bad name is refused at upload (as Pigeonhole)
         compile_script('require "editheader"; addheader "Bad Name" "x";')
     bad = run('require ["editheader", "variables"]; set "n" "Bad Name"; addheader "${n}" "x";')

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from email.header import Header
 
 from mailhaven.imap.search import decode_base64, decode_header_value
 from mailhaven.message import mime
@@ -821,11 +822,11 @@ def _merge_store(a: Keep | FileInto, b: Keep | FileInto) -> Keep | FileInto:
 
 
 def _encode_header_value(value: str) -> bytes:
-    """RFC 5293 §4: non-ASCII becomes an RFC 2047 encoded-word; line breaks are folded."""
-    value = re.sub(r"\r?\n(?![ \t])", "\r\n ", value)
+    """RFC 5293 §4: non-ASCII becomes an RFC 2047 encoded-word; every line break (CR, LF or CRLF)
+    becomes a fold, so a value can never start a field of its own."""
+    value = re.sub(r"[ \t]*(?:\r\n|\r|\n)[ \t]*", "\r\n ", value.strip("\r\n"))
     if value.isascii():
         return value.encode("ascii")
-    from email.header import Header
     return Header(value, "utf-8").encode().encode("ascii")
 
 
