@@ -117,7 +117,9 @@ async def test_sigkill_mid_delivery_loses_nothing_and_repeats_no_recorded_delive
     child = await _start_child(config_path, tmp_path / "child2.log")
     try:
         await peer_b.wait_messages(2, 20)
-        await until(lambda: not list(cfg.queue_root.glob("*.env")), 15)
+        # A removal unlinks the .env, then the .msg (spool.py): wait for both, or the SIGKILL below
+        # can land between the two (a .msg left so is deleted at the next load, by design).
+        await until(lambda: not list(cfg.queue_root.glob("*.env")) and not list(cfg.queue_root.glob("*.msg")), 15)
     finally:
         child.send_signal(signal.SIGKILL)
         await child.wait()
