@@ -276,7 +276,7 @@ async def test_queued_entry_for_a_local_recipient_is_delivered_without_forged_tr
     env.manager._schedule(entry)
     env.manager.wake()
     [stored] = await env.wait_inbox(1, user="bob@example.test")
-    assert stored == f"Return-Path: <{ALICE}>\r\n".encode() + MSG
+    assert stored == f"Return-Path: <{ALICE}>\r\nDelivered-To: bob@example.test\r\n".encode() + MSG
     await env.wait_empty()
 
 

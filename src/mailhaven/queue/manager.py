@@ -319,8 +319,8 @@ class QueueManager:
     async def _deliver(self, entry: Entry, domain: str, addrs: list[str], message: bytes) -> list[DeliveryResult]:
         ctx = self.ctx
         if ctx.config.is_local_domain(domain):
-            return await local.deliver(ctx.store, ctx.directory, addrs, message, sender=entry.sender,
-                                       authserv_id=ctx.config.authserv_id)
+            agent = local.agent_of(ctx)  # per recipient: one user's failure does not fail the others
+            return await agent.deliver([agent.resolve(a) for a in addrs], message, sender=entry.sender)
         from mailhaven.tls import client_context, mx_verify_context
 
         if self._tls is None:

@@ -12,8 +12,8 @@ verdict is decided before the 250, logged once as "spam verdict" and counted by 
 policy/spam.py says what each action means), the trace fields we add (Received,
 Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd asks to add)
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
-delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
-the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
+the local delivery agent (delivery/local.py: it resolves the recipients at RCPT, and at DATA writes
+Return-Path and Delivered-To and removes forged trust fields) before the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
 (pipeline.unchecked_reason); its Authentication-Results says so, except the DNS lists below.
 Connection reputation at RCPT, after the recipient is known to be ours: the client is looked up in
 config spam.dnsbl / spam.dnswl once per connection from MAIL FROM on (policy/dnsbl.py; asked for
@@ -106,9 +106,10 @@ class InboundHandler(BaseHandler):
 
     async def _local_recipient(self, rcpt: Address | object) -> tuple[str, list[str] | None]:
         directory = self.ctx.directory
+        agent = local.agent_of(self.ctx)  # the resolution DATA delivers to (Transaction.resolved)
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
-            users = postmaster_users(directory, next(iter(self.config.domains), ""))
+            users = list(agent.postmaster(next(iter(self.config.domains), "")).users)
             return (R.RCPT_OK, users) if users else (R.UNKNOWN_USER, None)
         assert isinstance(rcpt, Address)
         # No relaying, ever (RFC 5321 §3.6.2): only our domains; address literals are never ours
@@ -119,12 +120,12 @@ class InboundHandler(BaseHandler):
         if rcpt.is_literal or not directory.is_local_domain(rcpt.domain) or not _ROUTING.isdisjoint(rcpt.local):
             return R.RELAY_DENIED, None
         if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
-            users = postmaster_users(directory, rcpt.domain)
+            users = list(agent.postmaster(rcpt.domain).users)
         else:
-            users = directory.resolve(rcpt)
+            users = list(agent.resolve(rcpt).users)
         if not users:
             return R.UNKNOWN_USER, None
-        return R.RCPT_OK, list(users)
+        return R.RCPT_OK, users
 
     # -- connection reputation (policy/dnsbl.py) and greylisting (policy/greylist.py), at RCPT ------
 
@@ -229,13 +230,12 @@ class InboundHandler(BaseHandler):
         ]
         if scan is not None:  # X-Spam-Status, X-Spam-Score, then what rspamd asks to add
             trace.append(spam.status_fields(scan) + spam.milter_fields(scan))
-        # Durable in every Maildir before the 250 (store.deliver fsyncs; all or nothing, StoreError).
-        # into_mailboxes puts Return-Path on top (RFC 5321 §4.4) and removes what arrived claiming
-        # to be ours (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before
-        # our trace fields go in.
-        await local.into_mailboxes(self.ctx.store, [(user, folder) for user in txn.users], data,
-                                   sender=str(txn.sender) if txn.sender is not None else "",
-                                   authserv_id=cfg.authserv_id, trace=trace)
+        # Durable in every Maildir before the 250 (one all-or-nothing store write, fsynced; StoreError),
+        # to the users RCPT resolved, each once: the agent puts Return-Path and Delivered-To on top
+        # (RFC 5321 §4.4, RFC 9228) and removes what arrived claiming to be ours
+        # (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before our trace fields.
+        await local.agent_of(self.ctx).deliver_all(txn.resolved, data, folder=folder, trace=trace,
+                                                   sender=str(txn.sender) if txn.sender is not None else "")
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
@@ -328,13 +328,6 @@ def greylist_of(ctx: Any) -> greylist.Greylist:
     return gl
 
 
-def postmaster_users(directory: Any, domain: str) -> list[str] | None:
-    """Who gets mail for postmaster@`domain` (auth.users.Directory.postmaster); None only when
-    there are no users at all."""
-    users, _how = directory.postmaster(domain)
-    return list(users) if users else None
-
-
 @dataclass(frozen=True)
 class _MailChecks:
     """What MAIL FROM started for DATA (both tasks owned by the transaction: Transaction.start)."""
@@ -347,4 +340,4 @@ def handler_factory(ctx: Any, config: Any, listener: str) -> InboundHandler:
     return InboundHandler(ctx, config, listener)
 
 
-__all__ = ["InboundHandler", "handler_factory", "postmaster_users"]
+__all__ = ["InboundHandler", "handler_factory"]

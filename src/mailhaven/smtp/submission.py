@@ -38,6 +38,7 @@ from typing import Any
 from mailhaven import cleanup
 from mailhaven import log as mlog
 from mailhaven.config import Config
+from mailhaven.delivery import local
 from mailhaven.message import headers
 from mailhaven.message.address import Address
 from mailhaven.queue.spool import new_id
@@ -153,18 +154,18 @@ class SubmissionHandler(BaseHandler):
 
     async def check_recipient(self, session: ClientSession, txn: Transaction,
                               rcpt: Address | object) -> tuple[str, list[str] | None]:
-        directory = self.ctx.directory
+        agent = local.agent_of(self.ctx)  # the same alias expansion as every local delivery
         if rcpt is POSTMASTER:
             for domain in self.config.domains:  # RFC 5321 §4.5.1: our first domain's postmaster
-                users = directory.resolve(f"postmaster@{domain}")
+                users = agent.resolve(f"postmaster@{domain}").users
                 if users:
                     return R.RCPT_OK, list(users)
             return R.UNKNOWN_USER, None
         assert isinstance(rcpt, Address)
         if rcpt.is_literal:
             return R.LITERAL_RCPT, None
-        if directory.is_local_domain(rcpt.domain):
-            users = directory.resolve(rcpt)
+        if self.ctx.directory.is_local_domain(rcpt.domain):
+            users = agent.resolve(rcpt).users
             if not users:
                 return R.UNKNOWN_USER, None
             return R.RCPT_OK, list(users)
