@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mailhaven import seams
 from mailhaven.delivery import local
 from mailhaven.errors import PermFailure, TempFailure, UnknownUser
 from mailhaven.message.dsn import format_date
@@ -152,7 +153,7 @@ async def dkim_sign(config: Any, domain: str, message: bytes) -> bytes:
     return headers + message
 
 
-async def enqueue(ctx: Any, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
+async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
                   source: str = "submission", queue_id: str | None = None) -> str:
     """Accept a message durably for every recipient; returns its queue id (see module doc):
     `queue_id` when given (a caller that already wrote it into a Received field), else a new one."""

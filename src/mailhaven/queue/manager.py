@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.delivery import local, remote
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import ConfigError, MailError
@@ -92,7 +92,7 @@ def _domain(address: str) -> str:
 
 
 class QueueManager:
-    def __init__(self, ctx: Any, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
+    def __init__(self, ctx: seams.Context, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.ctx = ctx
         self.spool = spool if spool is not None else Spool(ctx.config.queue_root)

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from aiosmtpd.smtp import Envelope, Session
 
 from mailhaven import log as mlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.config import Config
 from mailhaven.delivery.local import unique_users
 from mailhaven.errors import MailError
@@ -163,7 +163,7 @@ class BaseHandler(ShortDir):
     starttls_required = False  # True: 530 5.7.0 for anything but EHLO/STARTTLS/NOOP/QUIT before TLS
     role = "smtp"
 
-    def __init__(self, ctx: Any, config: Config, listener: str) -> None:
+    def __init__(self, ctx: seams.Context, config: Config, listener: str) -> None:
         self.ctx = ctx
         self.config = config
         self.listener = listener

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailhaven import log as mlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
+from mailhaven.config import Config
 from mailhaven.delivery import local
 from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
@@ -294,7 +295,7 @@ class InboundHandler(BaseHandler):
             raise DnsTempError("Sender checks timed out, try again later") from None
 
 
-def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
+def _count_policy(ctx: seams.Context, assessment: pipeline.Assessment) -> None:
     """policy_results_total: SPF (when checked), each DKIM signature (or "none"), DMARC."""
     meter = metrics.of(ctx)
     if not meter.enabled:
@@ -308,7 +309,7 @@ def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
     meter.policy_result("dmarc", assessment.dmarc.result)
 
 
-def reputation_checker(ctx: Any) -> dnsbl.Checker:
+def reputation_checker(ctx: seams.Context) -> dnsbl.Checker:
     """The server's DNS list checker (its cache is shared by every connection)."""
     checker = getattr(ctx, "dnsbl", None)
     if not isinstance(checker, dnsbl.Checker):
@@ -317,7 +318,7 @@ def reputation_checker(ctx: Any) -> dnsbl.Checker:
     return checker
 
 
-def greylist_of(ctx: Any) -> greylist.Greylist:
+def greylist_of(ctx: seams.Context) -> greylist.Greylist:
     """The server's greylist (app.py opens it; built here for a context that has none)."""
     gl = getattr(ctx, "greylist", None)
     if not isinstance(gl, greylist.Greylist):
@@ -336,7 +337,7 @@ class _MailChecks:
     dmarc: pipeline.DmarcAhead | None
 
 
-def handler_factory(ctx: Any, config: Any, listener: str) -> InboundHandler:
+def handler_factory(ctx: seams.Context, config: Config, listener: str) -> InboundHandler:
     return InboundHandler(ctx, config, listener)
 
 

@@ -35,7 +35,7 @@ import logging
 import time
 from typing import Any
 
-from mailhaven import cleanup
+from mailhaven import cleanup, seams
 from mailhaven import log as mlog
 from mailhaven.config import Config
 from mailhaven.delivery import local
@@ -113,7 +113,7 @@ class SubmissionHandler(BaseHandler):
     role = "submission"
     offers_auth = True
 
-    def __init__(self, ctx: Any, config: Config, listener: str) -> None:
+    def __init__(self, ctx: seams.Context, config: Config, listener: str) -> None:
         super().__init__(ctx, config, listener)
         plaintext_ok = listener_is_loopback(config, listener) and config.auth.allow_plaintext_loopback
         self.auth = Authenticator(ctx, plaintext_ok=plaintext_ok)
@@ -205,7 +205,7 @@ class SubmissionHandler(BaseHandler):
         return R.queued(queue_id)
 
 
-def handler_factory(ctx: Any, config: Any, listener: str) -> SubmissionHandler:
+def handler_factory(ctx: seams.Context, config: Config, listener: str) -> SubmissionHandler:
     return SubmissionHandler(ctx, config, listener)
 
 
