@@ -357,6 +357,19 @@ async def test_delivered_message_has_return_path_received_and_authentication_res
     assert msg.endswith(b"\r\n\r\nHello.\r\n")
 
 
+async def test_alias_and_its_member_in_one_transaction_give_each_final_user_one_copy(mx: MxFactory) -> None:
+    """The local delivery agent: what RCPT resolved (team@ -> alice, bob; alice) is delivered at
+    DATA with duplicates suppressed, each copy with a Delivered-To naming its final user (RFC 9228)."""
+    server = await mx()
+    replies = await server.send(SENDER, ["team@example.test", ALICE], message())
+    assert replies[-1][0].startswith("250 2.0.0"), replies
+    [to_alice] = server.messages(ALICE)
+    [to_bob] = server.messages(BOB)
+    assert field_values(to_alice, "Delivered-To") == [ALICE]
+    assert field_values(to_bob, "Delivered-To") == [BOB]
+    assert server.messages(CAROL) == []
+
+
 async def test_received_has_no_for_clause_with_several_recipients(mx: MxFactory) -> None:
     server = await mx()
     await server.send(SENDER, [ALICE, BOB], message())

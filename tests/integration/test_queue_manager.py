@@ -257,7 +257,7 @@ async def test_bounce_and_delay_warning_delivered_locally_have_one_return_path_n
         warning, bounce = bounce, warning
     assert [_report(m)[1][0]["Action"] for m in (warning, bounce)] == ["delayed", "failed"]
     for notice in (warning, bounce):
-        assert notice.startswith(b"Return-Path: <>\r\n"), notice[:200]
+        assert notice.startswith(f"Return-Path: <>\r\nDelivered-To: {ALICE}\r\n".encode()), notice[:200]
         assert field_values(notice, "Return-Path") == ["<>"]
     await env.wait_empty()
 
