@@ -5,8 +5,8 @@ must have (Date and Message-ID, RFC 5322 §3.6; added with config.hostname when 
 signing for our sending domain (rsa-sha256, plus ed25519-sha256 as a second signature when an
 ed25519 key is configured, RFC 8463 §3; off the event loop), then the split: local recipients go
 straight into the store through the local delivery agent (delivery/local.py: alias expansion,
-Return-Path and Delivered-To on top, forged trust fields removed; all or nothing, fsynced), remote ones into the spool (fsynced), and the queue manager is
-woken. It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
+Return-Path and Delivered-To on top, forged trust fields removed; all or nothing, fsynced),
+remote ones into the spool (fsynced), and the queue manager is woken. It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
 Does not own: who may send (smtp/submission.py checks AUTH and owned senders), delivery, retries.
 
     queue_id = await cleanup.enqueue(ctx, "alice@example.org", ["bob@example.net"], data)

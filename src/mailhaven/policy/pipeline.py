@@ -140,7 +140,7 @@ def unchecked(authserv_id: str, reason: str) -> Assessment:
     """The Assessment of mail that is not checked (see `unchecked_reason`): accepted, no results,
     `Authentication-Results: ID; none (REASON)` (RFC 8601 §2.2: no authentication was performed),
     no Received-SPF. Sends no DNS query. Forged fields carrying our authserv-id are removed where
-    every message is, in delivery/local.py into_mailboxes (message/trust.py)."""
+    every message is, by the local delivery agent (delivery/local.py, message/trust.py)."""
     return Assessment(ACCEPT, None, [], DmarcResult("none", reason=reason),
                       authresults.format_none(authserv_id, reason))
 

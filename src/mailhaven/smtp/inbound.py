@@ -13,8 +13,8 @@ policy/spam.py says what each action means), the trace fields we add (Received,
 Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd asks to add)
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
 the local delivery agent (delivery/local.py: it resolves the recipients at RCPT, and at DATA writes
-Return-Path and Delivered-To and removes forged trust fields) before the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
-(pipeline.unchecked_reason); its Authentication-Results says so, except the DNS lists below.
+Return-Path and Delivered-To and removes forged trust fields) before the 250. In dev mode, mail
+from a loopback client skips the sender checks and every DNS query (pipeline.unchecked_reason); its Authentication-Results says so, except the DNS lists below.
 Connection reputation at RCPT, after the recipient is known to be ours: the client is looked up in
 config spam.dnsbl / spam.dnswl once per connection from MAIL FROM on (policy/dnsbl.py; asked for
 every client but authenticated sessions and spam.dnsbl_skip networks, in dev mode too); a block
