@@ -8,9 +8,9 @@ listeners when config `metrics.address` is set; `ctx.metrics` is always a Metric
 Does not own: any protocol (smtp/, imap/, pop3/), the store, accounts, TLS policy beyond loading the
 configured certificate.
 
-Listener factory contract (one per protocol module, found through `LISTENER_FACTORIES`):
+Listener factory contract (one per protocol module, named in `LISTENER_FACTORIES`):
 
-    async def create_server(ctx: Context, name: str, lc: ListenerConfig,
+    async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig,
                             sock: socket.socket) -> asyncio.AbstractServer
 
 `sock` is already bound and listening (non-blocking); the factory serves on it, e.g.
@@ -20,7 +20,8 @@ and returns the started server. Each accepted connection is registered with
 `with ctx.sessions.track(transport): ...`), so a graceful stop can wait for sessions to finish.
 Long-lived waits (IMAP IDLE) should also watch `ctx.stopping` (an asyncio.Event) and say goodbye.
 Always read `ctx.config`, `ctx.directory`, `ctx.tls` when a session starts: SIGHUP replaces them.
-A module or factory that does not exist yet is logged and skipped.
+The parts meet through the protocols of seams.py; this module builds the real objects directly
+(store, directory, resolver, queue, the local delivery agent) and hands them over.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import importlib
 import ipaddress
 import logging
 import os
@@ -36,34 +36,44 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailhaven import config as configmod
-from mailhaven import lineproto
+from mailhaven import lineproto, seams
+from mailhaven import log as logmod
 from mailhaven import metrics as metricsmod
 from mailhaven.auth.login import LoginService
+from mailhaven.auth.users import Directory
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
+from mailhaven.delivery.local import LocalDeliveryAgent
+from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import ConfigError
+from mailhaven.imap import server as imap_server
 from mailhaven.limits import Limits
 from mailhaven.policy.dnsbl import Checker as DnsblChecker
 from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
+from mailhaven.pop3 import server as pop3_server
 from mailhaven.queue.manager import QueueManager
+from mailhaven.smtp import server as smtp_server
+from mailhaven.store import Store
 
 log = logging.getLogger("mailhaven.app")
 
-LISTENER_FACTORIES: dict[str, str] = {
-    "mx": "mailhaven.smtp.server:create_mx_server",
-    "submission": "mailhaven.smtp.server:create_submission_server",
-    "submissions": "mailhaven.smtp.server:create_submission_server",
-    "pop3": "mailhaven.pop3.server:create_server",
-    "pop3s": "mailhaven.pop3.server:create_server",
-    "imap": "mailhaven.imap.server:create_server",
-    "imaps": "mailhaven.imap.server:create_server",
+ListenerFactory = Callable[[seams.Context, str, ListenerConfig, socket.socket], Awaitable[asyncio.AbstractServer]]
+
+LISTENER_FACTORIES: dict[str, ListenerFactory] = {
+    "mx": smtp_server.create_mx_server,
+    "submission": smtp_server.create_submission_server,
+    "submissions": smtp_server.create_submission_server,
+    "pop3": pop3_server.create_server,
+    "pop3s": pop3_server.create_server,
+    "imap": imap_server.create_server,
+    "imaps": imap_server.create_server,
 }
 
 
@@ -119,12 +129,12 @@ class Context:
     """What every listener and worker shares. Mutable: SIGHUP replaces config, directory and tls."""
 
     config: Config
-    store: Any  # mailhaven.store.Store
-    directory: Any  # mailhaven.auth.users.Directory
-    resolver: Any  # mailhaven.dns.resolver.Resolver
+    store: seams.Store  # mailhaven.store.Store
+    directory: seams.Directory  # mailhaven.auth.users.Directory
+    resolver: seams.Resolver  # mailhaven.dns.resolver.Resolver
     limits: Limits
     tls: ssl.SSLContext | None
-    queue: Any = None  # the queue issue sets this
+    queue: seams.Queue | None = None  # queue.manager.QueueManager, set by run() once the store is up
     logins: LoginService | None = None  # the login path of every protocol (auth/login.py; login.of(ctx))
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
@@ -135,10 +145,15 @@ class Context:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # Actual bound (address, port) by listener name: tests bind port 0 and read the real port here.
     addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # Listener names actually serving (a listener whose module is missing is not here).
+    # Listener names actually serving.
     serving: dict[str, asyncio.AbstractServer] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
+    # The one way into mailboxes (delivery/local.py), over this store and the current directory.
+    agent: seams.DeliveryAgent = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id)
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]
@@ -196,21 +211,8 @@ def _reason(e: BaseException) -> str:
     return str(e)
 
 
-def _optional(module: str) -> Any:
-    """Import a module that another part of the project is still writing; None if absent."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module.startswith(e.name):
-            log.warning("%s not available in this build", module)
-            return None
-        raise
-
-
-def load_directory(cfg: Config) -> Any:
+def load_directory(cfg: Config) -> Directory:
     """auth.users.Directory over the users file (ConfigError if broken); logs its warnings."""
-    from mailhaven.auth.users import Directory
-
     directory = Directory.load(cfg)
     for warning in directory.warnings:
         log.warning("users: %s", warning)
@@ -223,15 +225,9 @@ def build_limits(cfg: Config) -> Limits:
 
 def build_context(cfg: Config) -> Context:
     """Everything but the store's start and the sockets (no I/O beyond reading files)."""
-    from mailhaven.dns.resolver import Resolver
-
-    store_cls = getattr(importlib.import_module("mailhaven.store"), "Store", None)
-    if store_cls is None:
-        log.warning("mailhaven.store.Store not available in this build")
-    store = None if store_cls is None else store_cls(cfg.mail_root, hostname=cfg.hostname)
     ctx = Context(
         config=cfg,
-        store=store,
+        store=Store(cfg.mail_root, hostname=cfg.hostname),
         directory=load_directory(cfg),
         resolver=Resolver.from_config(cfg.dns),
         limits=build_limits(cfg),
@@ -393,18 +389,6 @@ def drop_privileges(cfg: Config) -> None:
     log.info("running as %s (uid %d, gid %d)", name, uid, gid)
 
 
-def find_factory(name: str) -> Callable[..., Any] | None:
-    module_name, _, attr = LISTENER_FACTORIES[name].partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module_name.startswith(e.name):
-            return None
-        raise
-    factory = getattr(module, attr, None)
-    return factory if callable(factory) else None
-
-
 # --- reload --------------------------------------------------------------------------------------
 
 
@@ -445,8 +429,6 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
     if not old.source or old.source == "<dict>":
         log.warning("reload: this server was not started from a config file; nothing to reload")
         return False
-    from mailhaven.dns.resolver import Resolver
-
     try:
         new = configmod.load(old.source)
         directory = load_directory(new)
@@ -485,17 +467,8 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
 
 
 def setup_logging(cfg: Config) -> None:
-    """mailhaven.log.setup(config.log); plain stderr logging until log.py exists."""
-    try:
-        mod: Any = importlib.import_module("mailhaven.log")
-    except ModuleNotFoundError as e:
-        if e.name != "mailhaven.log":
-            raise
-        mod = None
-    if mod is not None:
-        mod.setup(cfg.log)
-    else:
-        logging.basicConfig(level=cfg.log.level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    """mailhaven.log.setup(config.log)."""
+    logmod.setup(cfg.log)
 
 
 # --- run -----------------------------------------------------------------------------------------
@@ -524,30 +497,22 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             except metricsmod.MetricsAddressError as e:
                 raise StartupError(str(e)) from None
         ctx = build_context(config)  # reads the certificate and users file while still root
-        # Import the protocol modules while still root, too (an install readable only by root works).
-        factories = {name: find_factory(name) for name in socks}
         prepare_data_dir(config)
         drop_privileges(config)
         check_data_dir(config)  # from here on we touch mail, as run_as_user
-        if ctx.store is not None:
-            await ctx.store.start()
-            if ctx.greylist is not None:
-                await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
-            # The queue comes up before the listeners, so the first submission can be queued.
-            ctx.queue = QueueManager(ctx)
-            if ctx.metrics is not None:
-                ctx.metrics.set_queue_probe(ctx.queue.stats)  # queue_messages, queue_oldest_age_seconds
-            await ctx.queue.load()
-            try:
-                control_server = await serve_control(ctx, ctx.queue)
-            except (ControlError, OSError) as e:
-                raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
+        await ctx.store.start()
+        if ctx.greylist is not None:
+            await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
+        # The queue comes up before the listeners, so the first submission can be queued.
+        queue = ctx.queue = QueueManager(ctx)
+        ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
+        await queue.load()
+        try:
+            control_server = await serve_control(ctx, queue)
+        except (ControlError, OSError) as e:
+            raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
         for name in list(socks):
-            factory = factories[name]
-            if factory is None:
-                log.warning("listener %s not available in this build", name)
-                socks.pop(name).close()
-                continue
+            factory = LISTENER_FACTORIES[name]
             sock = socks.pop(name)  # the server owns it from here on
             host, port = sock.getsockname()[:2]
             try:
@@ -597,8 +562,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 server.close()
             if ctx.learner is not None:  # before the store: its workers read messages from it
                 await ctx.learner.close()
-            if ctx.store is not None:
-                await ctx.store.close()
+            await ctx.store.close()
             if ctx.spam is not None:
                 await ctx.spam.close()
             if ctx.greylist is not None:

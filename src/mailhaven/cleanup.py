@@ -4,15 +4,15 @@ Owns, for every message that enters: CRLF line ends and the size limit, the head
 must have (Date and Message-ID, RFC 5322 §3.6; added with config.hostname when missing), DKIM
 signing for our sending domain (rsa-sha256, plus ed25519-sha256 as a second signature when an
 ed25519 key is configured, RFC 8463 §3; off the event loop), then the split: local recipients go
-straight into the store through delivery/local.py into_mailboxes (Return-Path on top, forged trust
-fields removed; fsynced), remote ones into the spool (fsynced), and the queue manager is
-woken. It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
+straight into the store through the local delivery agent (delivery/local.py: alias expansion,
+Return-Path and Delivered-To on top, forged trust fields removed; all or nothing, fsynced),
+remote ones into the spool (fsynced), and the queue manager is woken. It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
 Does not own: who may send (smtp/submission.py checks AUTH and owned senders), delivery, retries.
 
     queue_id = await cleanup.enqueue(ctx, "alice@example.org", ["bob@example.net"], data)
 
-`ctx` is anything with `.config`, `.directory`, `.store` and `.queue` (the running
-queue.manager.QueueManager; app.Context has all four). Raises MailError subclasses only:
+`ctx` is the shared context (seams.Context: `.config`, `.agent` for local recipients, `.queue`
+the running queue.manager.QueueManager). Raises MailError subclasses only:
 PermFailure 552 5.3.4 (too big), UnknownUser 550 5.1.1 (a local recipient nobody has),
 TempFailure / StoreError 451 (disk, or the queue is not running): nothing was accepted then.
 Order with mixed recipients: local delivery first, then the spool; if the spool fails the caller
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mailhaven import seams
 from mailhaven.delivery import local
 from mailhaven.errors import PermFailure, TempFailure, UnknownUser
 from mailhaven.message.dsn import format_date
@@ -152,7 +153,7 @@ async def dkim_sign(config: Any, domain: str, message: bytes) -> bytes:
     return headers + message
 
 
-async def enqueue(ctx: Any, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
+async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
                   source: str = "submission", queue_id: str | None = None) -> str:
     """Accept a message durably for every recipient; returns its queue id (see module doc):
     `queue_id` when given (a caller that already wrote it into a Received field), else a new one."""
@@ -171,21 +172,22 @@ async def enqueue(ctx: Any, sender: str, recipients: Sequence[str], message: byt
             message = await dkim_sign(config, domain, message)
     local_rcpts = [r for r in rcpts if config.is_local_domain(domain_of(r))]
     remote_rcpts = [r for r in rcpts if r not in local_rcpts]
-    users: list[str] = []
-    if local_rcpts:
-        users, unknown = local.resolve(ctx.directory, local_rcpts)
-        if unknown:
-            raise UnknownUser(f"no such user: {unknown[0]}")
-    if remote_rcpts and ctx.queue is None:
+    agent = local.agent_of(ctx)
+    resolved = [agent.resolve(r) for r in local_rcpts]
+    unknown = [r.address for r in resolved if not r.users]
+    if unknown:
+        raise UnknownUser(f"no such user: {unknown[0]}")
+    queue = ctx.queue
+    if remote_rcpts and queue is None:
         raise TempFailure("the outbound queue is not running")
-    if users:
-        # The one way into a mailbox (forged trust fields out, Return-Path on top): the sender is ""
-        # for bounces and delay warnings, so they carry Return-Path: <> (RFC 5321 §4.4, §4.5.5).
-        await local.into_mailboxes(ctx.store, [(u, local.INBOX) for u in users], message, sender=sender,
-                                   authserv_id=config.authserv_id)
+    if resolved:
+        # The one way into a mailbox (forged trust fields out, Return-Path and Delivered-To on top,
+        # each user once), all or nothing like the one reply it answers: the sender is "" for
+        # bounces and delay warnings, so they carry Return-Path: <> (RFC 5321 §4.4, §4.5.5).
+        await agent.deliver_all(resolved, message, sender=sender)
     queue_id = queue_id or new_id(now)
-    if remote_rcpts:
-        await ctx.queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id)
+    if remote_rcpts and queue is not None:
+        await queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id)
     log.info("accepted %s from <%s> (%s): %d local, %d remote recipient(s), %d octets", queue_id, sender,
              source, len(local_rcpts), len(remote_rcpts), len(message))
     return queue_id

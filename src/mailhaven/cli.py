@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mailhaven import __version__
+from mailhaven import __version__, seams
 from mailhaven import config as configmod
 from mailhaven.config import Config
 from mailhaven.errors import ConfigError
@@ -352,7 +352,7 @@ def _dev_environment(cwd: Path) -> tuple[Config, str]:
 
 
 def _banner(cfg: Config, password: str) -> Callable[[Any], None]:
-    def show(ctx: Any) -> None:
+    def show(ctx: seams.Context) -> None:
         print("Mailhaven dev server")
         for name in configmod.LISTENER_NAMES:
             if name in ctx.addresses:

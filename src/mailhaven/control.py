@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mailhaven import seams
+
 log = logging.getLogger("mailhaven.control")
 
 MAX_REQUEST = 64 * 1024
@@ -51,15 +53,16 @@ class ControlError(Exception):
     """The server cannot be reached or answered nonsense; `str()` is one line for the CLI."""
 
 
-async def _handle(manager: Any, request: Any, ctx: Any = None) -> dict[str, Any]:
+async def _handle(manager: seams.Queue, request: Any, ctx: seams.Context | None = None) -> dict[str, Any]:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return {"ok": False, "error": "expected a JSON object with \"cmd\""}
     cmd = request["cmd"]
     if cmd in ("auth_blocks", "auth_unblock") and ctx is not None:
         return _auth_command(ctx, cmd, request.get("target"))
-    entry_id = request.get("id")
-    if cmd in ("show", "retry", "delete") and not isinstance(entry_id, str):
+    raw_id = request.get("id")
+    if cmd in ("show", "retry", "delete") and not isinstance(raw_id, str):
         return {"ok": False, "error": f"{cmd} needs an \"id\""}
+    entry_id = raw_id if isinstance(raw_id, str) else ""
     if cmd == "list":
         return {"ok": True, "entries": manager.list_entries()}
     if cmd == "show":
@@ -78,7 +81,7 @@ async def _handle(manager: Any, request: Any, ctx: Any = None) -> dict[str, Any]
     return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
 
 
-def _auth_command(ctx: Any, cmd: str, target: Any) -> dict[str, Any]:
+def _auth_command(ctx: seams.Context, cmd: str, target: Any) -> dict[str, Any]:
     """The login penalties (auth/login.py, auth/throttle.py)."""
     from mailhaven.auth import login
 
@@ -94,8 +97,8 @@ def _no_such(entry_id: Any) -> dict[str, Any]:
     return {"ok": False, "error": f"no such queue entry: {str(entry_id)[:64]}"}
 
 
-async def _serve_one(manager: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     ctx: Any = None) -> None:
+async def _serve_one(manager: seams.Queue, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     ctx: seams.Context | None = None) -> None:
     try:
         while True:
             try:
@@ -154,7 +157,7 @@ def _bind(path: Path) -> socket.socket:
     return sock
 
 
-async def serve_control(ctx: Any, manager: Any) -> asyncio.AbstractServer:
+async def serve_control(ctx: seams.Context, manager: seams.Queue) -> asyncio.AbstractServer:
     """Serve the queue commands on ctx.config.control_path. Raises ControlError or OSError."""
     path = Path(ctx.config.control_path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mailhaven import log as mhlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.config import ListenerConfig
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
@@ -69,7 +69,7 @@ def is_loopback(sock: socket.socket) -> bool:
 class Listener:
     """What every connection of one listening socket shares."""
 
-    def __init__(self, ctx: Any, name: str, lc: ListenerConfig, loopback: bool) -> None:
+    def __init__(self, ctx: seams.Context, name: str, lc: ListenerConfig, loopback: bool) -> None:
         self.ctx = ctx
         self.name = name
         self.lc = lc
@@ -395,7 +395,7 @@ class LineConnection(asyncio.Protocol):
             sessions.discard(self._admitted)
 
 
-async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket,
+async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket,
                         connection: Callable[[Listener], LineConnection]) -> asyncio.AbstractServer:
     """Serve `connection`s on an already bound, listening socket (app.py's listener factory
     contract); implicit TLS (lc.tls == "implicit") with ctx.tls."""

@@ -51,7 +51,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -349,7 +348,7 @@ class Metrics:
 NOOP = Metrics(enabled=False)
 
 
-def of(ctx: Any) -> Metrics:
+def of(ctx: object) -> Metrics:
     """`ctx.metrics`, or the no-op Metrics when the context has none."""
     m = getattr(ctx, "metrics", None)
     return m if isinstance(m, Metrics) else NOOP

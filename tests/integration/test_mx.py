@@ -346,7 +346,8 @@ async def test_delivered_message_has_return_path_received_and_authentication_res
     [msg] = server.messages(ALICE)
     lines = msg.split(b"\r\n")
     assert lines[0] == f"Return-Path: <{SENDER}>".encode()
-    assert lines[1] == b"Received: from mta.sender.test ([127.0.0.1])"
+    assert lines[1] == f"Delivered-To: {ALICE}".encode()  # RFC 9228, below Return-Path as Postfix local(8)
+    assert lines[2] == b"Received: from mta.sender.test ([127.0.0.1])"
     received = field_value(msg, "Received") or ""
     assert f"by localhost (Mailhaven) with ESMTP id {queue_id}" in received
     assert f"for <{ALICE}>;" in received
@@ -354,6 +355,19 @@ async def test_delivered_message_has_return_path_received_and_authentication_res
     assert ar.startswith("localhost;") and "spf=none" in ar and "dkim=none" in ar and "dmarc=none" in ar
     assert field_value(msg, "Subject") == "trace"
     assert msg.endswith(b"\r\n\r\nHello.\r\n")
+
+
+async def test_alias_and_its_member_in_one_transaction_give_each_final_user_one_copy(mx: MxFactory) -> None:
+    """The local delivery agent: what RCPT resolved (team@ -> alice, bob; alice) is delivered at
+    DATA with duplicates suppressed, each copy with a Delivered-To naming its final user (RFC 9228)."""
+    server = await mx()
+    replies = await server.send(SENDER, ["team@example.test", ALICE], message())
+    assert replies[-1][0].startswith("250 2.0.0"), replies
+    [to_alice] = server.messages(ALICE)
+    [to_bob] = server.messages(BOB)
+    assert field_values(to_alice, "Delivered-To") == [ALICE]
+    assert field_values(to_bob, "Delivered-To") == [BOB]
+    assert server.messages(CAROL) == []
 
 
 async def test_received_has_no_for_clause_with_several_recipients(mx: MxFactory) -> None:
@@ -396,7 +410,7 @@ async def test_forged_trust_fields_and_return_path_from_outside_are_removed(
 
     await asyncio.to_thread(run)
     [msg] = server.messages(ALICE)
-    assert msg.startswith(f"Return-Path: <{SENDER}>\r\nReceived: from mta.sender.test".encode())
+    assert msg.startswith(f"Return-Path: <{SENDER}>\r\nDelivered-To: {ALICE}\r\nReceived: from mta.sender.test".encode())
     assert field_values(msg, "Return-Path") == [f"<{SENDER}>"]  # RFC 5321 §4.4: exactly one
     head = msg[:msg.index(b"\r\n\r\n")].lower()
     assert b"bank.test" not in head and b"forged" not in head
@@ -443,12 +457,12 @@ async def test_250_comes_only_after_the_message_is_fsynced_in_every_recipients_n
     finally:
         fsyncs.release_all()
     assert sorted(held) == [alice_new, bob_new]
-    [tmp_file] = [p for p in synced if in_tmp(p)]  # one file, written and fsynced once, then linked
-    assert tmp_file.startswith(f"{domain_dir}/alice/tmp/")
-    assert synced.index(tmp_file) < synced.index(alice_new) and synced.index(tmp_file) < synced.index(bob_new)
-    name = tmp_file.rsplit("/", 1)[1]
-    for user_new in (alice_new, bob_new):
-        assert os.listdir(user_new) == [name]
+    # One file per user (each copy has its own Delivered-To), each fsynced before its new/ is.
+    tmp_files = [p for p in synced if in_tmp(p)]
+    assert [p[len(domain_dir) + 1:].split("/")[0] for p in tmp_files] == ["alice", "bob"]
+    for tmp_file, user_new in zip(tmp_files, (alice_new, bob_new), strict=True):
+        assert synced.index(tmp_file) < synced.index(user_new)
+        assert os.listdir(user_new) == [tmp_file.rsplit("/", 1)[1]]
     assert len(server.messages(ALICE)) == len(server.messages(BOB)) == 1
 
 

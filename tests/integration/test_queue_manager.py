@@ -257,7 +257,7 @@ async def test_bounce_and_delay_warning_delivered_locally_have_one_return_path_n
         warning, bounce = bounce, warning
     assert [_report(m)[1][0]["Action"] for m in (warning, bounce)] == ["delayed", "failed"]
     for notice in (warning, bounce):
-        assert notice.startswith(b"Return-Path: <>\r\n"), notice[:200]
+        assert notice.startswith(f"Return-Path: <>\r\nDelivered-To: {ALICE}\r\n".encode()), notice[:200]
         assert field_values(notice, "Return-Path") == ["<>"]
     await env.wait_empty()
 
@@ -276,7 +276,7 @@ async def test_queued_entry_for_a_local_recipient_is_delivered_without_forged_tr
     env.manager._schedule(entry)
     env.manager.wake()
     [stored] = await env.wait_inbox(1, user="bob@example.test")
-    assert stored == f"Return-Path: <{ALICE}>\r\n".encode() + MSG
+    assert stored == f"Return-Path: <{ALICE}>\r\nDelivered-To: bob@example.test\r\n".encode() + MSG
     await env.wait_empty()
 
 

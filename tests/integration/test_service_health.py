@@ -110,7 +110,7 @@ def test_health_command_exit_0_while_serving_and_1_after_stop(tls_files: tuple[P
                                                               dns_nameserver: str) -> None:
     with open_dir() as folder:
         data = app_config_data(folder, tls_files, dns_nameserver)
-        available = {n for n in data["listeners"] if app.find_factory(n) is not None}
+        available = {n for n in data["listeners"] if n in app.LISTENER_FACTORIES}
         for name, lc in data["listeners"].items():
             lc["port"] = free_port()
             lc["enabled"] = name in available  # the health of a build without a protocol is not the point

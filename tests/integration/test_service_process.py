@@ -52,7 +52,7 @@ BOB = "bob@example.test"
 
 
 def available(listener: str) -> bool:
-    return app.find_factory(listener) is not None
+    return listener in app.LISTENER_FACTORIES
 
 
 def need(listener: str) -> None:

@@ -80,7 +80,7 @@ def loopback_free_ports(config: Path) -> dict[str, int]:
 
     def listener(m: re.Match[str]) -> str:
         name = m.group(1)
-        if app.find_factory(name) is None:
+        if name not in app.LISTENER_FACTORIES:
             return f"[listeners.{name}]\nenabled = false\naddress = \"127.0.0.1\"\nport = {fresh()}\n"
         ports[name] = fresh()
         return f"[listeners.{name}]\naddress = \"127.0.0.1\"\nport = {ports[name]}\n"

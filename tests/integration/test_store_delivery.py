@@ -94,6 +94,37 @@ async def test_multi_recipient_delivery_hard_links_one_file(store: Store) -> Non
     assert files(a / "tmp") == [] and files(b / "tmp") == []
 
 
+async def test_heads_give_each_user_a_file_of_their_own_with_the_head_on_top(store: Store) -> None:
+    """deliver(heads=): a per-user head (Delivered-To) above the shared body; a user's folders
+    still share one file, S= and W= count the head, and the index sees the whole message."""
+    heads = {ALICE: b"Delivered-To: alice@example.test\r\n", "bob@Example.TEST": b"Delivered-To: bob\r\n"}
+    await store.deliver([(ALICE, "INBOX"), (BOB, "INBOX"), (ALICE, "Junk")], b"Subject: s\n\nbody\n", heads=heads)
+    a = store.root / "example.test" / "alice"
+    b = store.root / "example.test" / "bob"
+    [an], [jn], [bn] = files(a / "new"), files(a / ".Junk" / "new"), files(b / "new")
+    assert an == jn and an != bn
+    assert os.stat(a / "new" / an).st_ino == os.stat(a / ".Junk" / "new" / jn).st_ino
+    for path, head in ((a / "new" / an, heads[ALICE]), (b / "new" / bn, b"Delivered-To: bob\r\n")):
+        data = path.read_bytes()
+        assert data == head + b"Subject: s\r\n\r\nbody\r\n"
+        m = NAME_RE.match(path.name)
+        assert m and int(m.group(1)) == int(m.group(2)) == len(data)
+    assert files(a / "tmp") == [] and files(b / "tmp") == []
+    snap = await (await store.account(BOB).mailbox("INBOX")).snapshot()
+    assert [mi.size for mi in snap.messages] == [len((b / "new" / bn).read_bytes())]
+
+
+async def test_heads_delivery_is_all_or_nothing_across_users(store: Store) -> None:
+    bob_root = store.root / "example.test" / "bob"
+    bob_root.mkdir(parents=True)
+    (bob_root / "new").write_bytes(b"not a directory")  # bob's write fails after alice's succeeded
+    with pytest.raises(StoreError):
+        await store.deliver([(ALICE, "INBOX"), (BOB, "INBOX")], b"x\n",
+                            heads={ALICE: b"Delivered-To: a\r\n", BOB: b"Delivered-To: b\r\n"})
+    a = store.root / "example.test" / "alice"
+    assert files(a / "new") == [] and files(a / "tmp") == []
+
+
 async def test_delivery_to_missing_folder_creates_it_with_parents(store: Store) -> None:
     await store.deliver([(ALICE, "Lists.Python")], b"x\n")
     acc = store.account(ALICE)

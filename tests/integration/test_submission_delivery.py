@@ -58,9 +58,9 @@ async def test_local_recipient_gets_it_in_inbox_with_message_id_and_date_added(
     date = field_value(msg, "Date") or ""
     assert abs(time.time() - email.utils.parsedate_to_datetime(date).timestamp()) < 120
     names = header_names(msg)
-    # Return-Path and the trace field on top, then what we added, then the client's own fields
+    # Return-Path, Delivered-To (RFC 9228) and the trace field on top, then what we added, then the client's own fields
     # (RFC 5321 §4.4).
-    assert names[:5] == ["return-path", "dkim-signature", "received", "date", "message-id"], names
+    assert names[:6] == ["return-path", "delivered-to", "dkim-signature", "received", "date", "message-id"], names
 
 
 async def test_message_id_and_date_of_the_client_are_kept(submission: SubmissionFactory) -> None:

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailhaven import log as mlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.auth import passwords
 from mailhaven.auth.throttle import Block, Policy, Throttle, account_key
 from mailhaven.config import AuthConfig, Config
@@ -143,7 +143,7 @@ class LoginService:
     """One per server. `config()` and `directory()` return the current ones (they change on
     reload); `ctx` is asked for `metrics` (metrics.of)."""
 
-    def __init__(self, config: Callable[[], Config], directory: Callable[[], Users | None], ctx: Any = None, *,
+    def __init__(self, config: Callable[[], Config], directory: Callable[[], Users | None], ctx: object = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._config = config
@@ -352,7 +352,7 @@ def _write_hash(path: str, user: str, old_hash: str, new_hash: str) -> bool:
     return True
 
 
-def of(ctx: Any) -> LoginService:
+def of(ctx: seams.Context) -> LoginService:
     """`ctx.logins`, made on first use for contexts built without one (test harnesses)."""
     service = getattr(ctx, "logins", None)
     if not isinstance(service, LoginService):

@@ -35,11 +35,12 @@ from collections.abc import Sequence
 
 import aiosmtplib
 
+from mailhaven import seams
 from mailhaven.config import Config
 from mailhaven.delivery import certnames
 from mailhaven.delivery.result import DeliveryResult, clean_text
 from mailhaven.dns.nexthop import NullMX, next_hops
-from mailhaven.dns.resolver import DnsTempError, DomainNotFound, Resolver
+from mailhaven.dns.resolver import DnsTempError, DomainNotFound
 from mailhaven.errors import ConfigError
 
 log = logging.getLogger("mailhaven.delivery")
@@ -84,7 +85,7 @@ def _ensure_crlf_end(message: bytes) -> bytes:
     return message if message.endswith(b"\n") else message + b"\r\n"
 
 
-async def deliver(config: Config, resolver: Resolver, sender: str, domain: str, recipients: Sequence[str],
+async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain: str, recipients: Sequence[str],
                   message: bytes, *, tls_context: ssl.SSLContext | None = None,
                   verified_context: ssl.SSLContext | None = None) -> list[DeliveryResult]:
     """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order.

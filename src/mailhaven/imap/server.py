@@ -20,7 +20,7 @@ import socket
 import ssl
 from typing import Any
 
-from mailhaven import lineproto
+from mailhaven import lineproto, seams
 from mailhaven import log as mhlog
 from mailhaven.config import ListenerConfig
 from mailhaven.imap.commands import ParseError
@@ -175,7 +175,7 @@ class _Connection(LineConnection):
                 return "too many bad commands"
 
 
-async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
+async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
     """Serve IMAP on an already bound, listening socket (app.py's listener factory contract)."""
     return await lineproto.create_server(ctx, name, lc, sock, _Connection)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailhaven import log as mhlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, TempFailure
@@ -427,7 +427,7 @@ class _Selected:
 class Session:
     """One connection's IMAP state. `await greet()`, then `await execute(command)` per command."""
 
-    def __init__(self, ctx: Any, shell: Shell, *, listener: str, ip: str, loopback: bool,
+    def __init__(self, ctx: seams.Context, shell: Shell, *, listener: str, ip: str, loopback: bool,
                  starttls_offered: bool, config: Any) -> None:
         self.ctx = ctx
         self.shell = shell

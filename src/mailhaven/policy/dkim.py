@@ -29,7 +29,7 @@ import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from mailhaven.dns.resolver import Resolver
+from mailhaven import seams
 from mailhaven.policy import dkimsign
 from mailhaven.policy.authresults import header_end
 
@@ -145,7 +145,7 @@ def _signature_headers(message: bytes) -> list[bytes]:
     return [v for (k, v) in d.headers if k.lower() == b"dkim-signature"]
 
 
-def _verify_all(message: bytes, resolver: Resolver) -> list[DkimResult]:
+def _verify_all(message: bytes, resolver: seams.Resolver) -> list[DkimResult]:
     try:
         sigs = _signature_headers(message)
     except dkim.DKIMException:
@@ -163,7 +163,7 @@ def has_signature(message: bytes) -> bool:
     return _SIGNATURE_NAME.search(message, 0, header_end(message)) is not None
 
 
-async def verify(resolver: Resolver, message: bytes) -> list[DkimResult]:
+async def verify(resolver: seams.Resolver, message: bytes) -> list[DkimResult]:
     """One DkimResult per DKIM-Signature header, top first; [] when the message is unsigned."""
     if not has_signature(message):
         return []  # RFC 8601 §2.7.1 "none": nothing to verify, no thread needed

@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mailhaven import seams
 from mailhaven.config import PolicyConfig
-from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import DnsTempError, MailError, PolicyReject
 from mailhaven.policy import authresults, dkim, dmarc, spf
 from mailhaven.policy.dkim import DkimResult
@@ -140,12 +140,12 @@ def unchecked(authserv_id: str, reason: str) -> Assessment:
     """The Assessment of mail that is not checked (see `unchecked_reason`): accepted, no results,
     `Authentication-Results: ID; none (REASON)` (RFC 8601 §2.2: no authentication was performed),
     no Received-SPF. Sends no DNS query. Forged fields carrying our authserv-id are removed where
-    every message is, in delivery/local.py into_mailboxes (message/trust.py)."""
+    every message is, by the local delivery agent (delivery/local.py, message/trust.py)."""
     return Assessment(ACCEPT, None, [], DmarcResult("none", reason=reason),
                       authresults.format_none(authserv_id, reason))
 
 
-async def check_mail(resolver: Resolver, client_ip: str, mail_from: str, helo: str) -> SpfResult:
+async def check_mail(resolver: seams.Resolver, client_ip: str, mail_from: str, helo: str) -> SpfResult:
     """At MAIL FROM: evaluate and return SPF (remember it for DATA). Never rejects by itself."""
     return await spf.check_host(resolver, client_ip, mail_from, helo)
 
@@ -158,7 +158,7 @@ def dmarc_ahead_domain(mail_from: str) -> str:
     return "" if domain.startswith("[") else domain
 
 
-async def look_ahead(resolver: Resolver, domain: str) -> dmarc.Found:
+async def look_ahead(resolver: seams.Resolver, domain: str) -> dmarc.Found:
     """The DMARC discovery of `domain`, started at MAIL FROM so that DATA finds it done (the caller
     owns the task; check_data uses it only when the From domain is this domain). Never raises:
     anything but an answer is None, and DATA then looks the record up itself."""
@@ -242,7 +242,7 @@ def _parse(message: bytes) -> tuple[str, str]:
         return "", str(e)
 
 
-async def _find(resolver: Resolver, author: str, ahead: DmarcAhead | None) -> dmarc.Found:
+async def _find(resolver: seams.Resolver, author: str, ahead: DmarcAhead | None) -> dmarc.Found:
     if ahead is not None and ahead.domain == author:
         found = await ahead.task  # the same lookup, started at MAIL FROM
         if found is not None:
@@ -250,7 +250,7 @@ async def _find(resolver: Resolver, author: str, ahead: DmarcAhead | None) -> dm
     return await dmarc.find(resolver, author)  # also asked again after a failed look-ahead
 
 
-async def check_data(resolver: Resolver, policy: PolicyConfig, authserv_id: str,
+async def check_data(resolver: seams.Resolver, policy: PolicyConfig, authserv_id: str,
                      spf_result: SpfResult | None, message: bytes, *, enforce: bool = True,
                      rand: Callable[[], float] = random.random,
                      dmarc_ahead: DmarcAhead | None = None) -> Assessment:

@@ -23,7 +23,7 @@ import dns.exception
 import dns.resolver
 import spf
 
-from mailhaven.dns.resolver import Resolver
+from mailhaven import seams
 
 SpfStatus = Literal["pass", "fail", "softfail", "neutral", "none", "temperror", "permerror"]
 _STATUSES = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
@@ -79,7 +79,7 @@ def _domain_of(sender: str) -> str:
     return sender.rpartition("@")[2].lower().rstrip(".")
 
 
-def _check_sync(resolver: Resolver, ip: str, sender: str, helo: str, timeout: float) -> tuple[str, str]:
+def _check_sync(resolver: seams.Resolver, ip: str, sender: str, helo: str, timeout: float) -> tuple[str, str]:
     _local.resolver = resolver.sync_resolver()  # this worker thread's own
     try:
         # querytime: RFC 7208 §4.6.4 bounds the whole evaluation; 20 s recommended, ours is tighter.
@@ -90,7 +90,7 @@ def _check_sync(resolver: Resolver, ip: str, sender: str, helo: str, timeout: fl
         _local.resolver = None
 
 
-async def check_host(resolver: Resolver, ip: str, mail_from: str, helo: str) -> SpfResult:
+async def check_host(resolver: seams.Resolver, ip: str, mail_from: str, helo: str) -> SpfResult:
     """Evaluate SPF for a client.
 
     mail_from: the MAIL FROM address ("" for the null sender <>); helo: the HELO/EHLO name.

@@ -21,7 +21,7 @@ import socket
 import ssl
 from typing import Any
 
-from mailhaven import lineproto
+from mailhaven import lineproto, seams
 from mailhaven import log as mhlog
 from mailhaven.auth import login as logins
 from mailhaven.config import ListenerConfig
@@ -223,7 +223,7 @@ class _Connection(LineConnection):
         session.commit_done()
 
 
-async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
+async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
     """Serve POP3 on an already bound, listening socket (app.py's listener factory contract)."""
     return await lineproto.create_server(ctx, name, lc, sock, _Connection)
 

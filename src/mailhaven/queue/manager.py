@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.delivery import local, remote
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import ConfigError, MailError
@@ -92,7 +92,7 @@ def _domain(address: str) -> str:
 
 
 class QueueManager:
-    def __init__(self, ctx: Any, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
+    def __init__(self, ctx: seams.Context, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.ctx = ctx
         self.spool = spool if spool is not None else Spool(ctx.config.queue_root)
@@ -319,8 +319,8 @@ class QueueManager:
     async def _deliver(self, entry: Entry, domain: str, addrs: list[str], message: bytes) -> list[DeliveryResult]:
         ctx = self.ctx
         if ctx.config.is_local_domain(domain):
-            return await local.deliver(ctx.store, ctx.directory, addrs, message, sender=entry.sender,
-                                       authserv_id=ctx.config.authserv_id)
+            agent = local.agent_of(ctx)  # per recipient: one user's failure does not fail the others
+            return await agent.deliver([agent.resolve(a) for a in addrs], message, sender=entry.sender)
         from mailhaven.tls import client_context, mx_verify_context
 
         if self._tls is None:

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from mailhaven import seams
 from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.smtp import replies as R
@@ -57,7 +58,7 @@ class Authenticator:
     """AUTH for one listener's sessions. `plaintext_ok`: a loopback listener with
     auth.allow_plaintext_loopback (logins without TLS are then accepted)."""
 
-    def __init__(self, ctx: Any, *, plaintext_ok: bool) -> None:
+    def __init__(self, ctx: seams.Context, *, plaintext_ok: bool) -> None:
         self.ctx = ctx
         self.plaintext_ok = plaintext_ok
 

@@ -25,11 +25,13 @@ from typing import Any, TypeVar
 from aiosmtpd.smtp import Envelope, Session
 
 from mailhaven import log as mlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
 from mailhaven.config import Config
+from mailhaven.delivery.local import unique_users
 from mailhaven.errors import MailError
 from mailhaven.message import headers
 from mailhaven.message.address import Address, parse_path
+from mailhaven.seams import Recipient
 from mailhaven.smtp import replies as R
 
 logger = logging.getLogger("mailhaven.smtp")
@@ -60,13 +62,20 @@ class Transaction(Envelope):
         self.sender: Address | None = None  # None = null reverse-path (or no MAIL yet)
         self.smtputf8 = False
         self.recipients: list[Address] = []
-        self.users: list[str] = []  # canonical local users, de-duplicated, in order
+        # Each accepted recipient with the final users the delivery agent resolved it to at RCPT
+        # (delivery/local.py); DATA delivers to exactly these, each user once.
+        self.resolved: list[Recipient] = []
         self.refused = 0  # recipients refused (logged)
         self.policy: Any = None  # role data from check_sender (MX: the task computing SPF)
         self.started = time.monotonic()
         self.logged = False
         self.tasks: list[asyncio.Task[Any]] = []  # work started for this transaction (owned by it)
         self.verdicts: set[str] = set()  # verdict kinds already logged and counted (once per transaction)
+
+    @property
+    def users(self) -> list[str]:
+        """The final local users of the accepted recipients, each once, in order."""
+        return unique_users(self.resolved)
 
     def start(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Run `coro` concurrently with the rest of the transaction; cancelled by `discard()`."""
@@ -154,7 +163,7 @@ class BaseHandler(ShortDir):
     starttls_required = False  # True: 530 5.7.0 for anything but EHLO/STARTTLS/NOOP/QUIT before TLS
     role = "smtp"
 
-    def __init__(self, ctx: Any, config: Config, listener: str) -> None:
+    def __init__(self, ctx: seams.Context, config: Config, listener: str) -> None:
         self.ctx = ctx
         self.config = config
         self.listener = listener
@@ -267,9 +276,8 @@ class BaseHandler(ShortDir):
         envelope.recipients.append(rcpt if isinstance(rcpt, Address) else Address("postmaster", users[0].rpartition("@")[2]))
         envelope.rcpt_tos.append(str(envelope.recipients[-1]))
         envelope.rcpt_options.extend(rcpt_options)
-        for u in users:
-            if u not in envelope.users:
-                envelope.users.append(u)
+        if users:  # a remote recipient (submission) has none: the queue delivers it
+            envelope.resolved.append(Recipient(str(envelope.recipients[-1]), tuple(users)))
         return reply
 
     def rejected(self, reply: str, reason: str | None = None) -> str:

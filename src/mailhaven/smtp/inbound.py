@@ -15,9 +15,10 @@ blocked sender's mail goes to that recipient's Junk, an allowed one's to INBOX u
 the trace fields we add (Received,
 Authentication-Results, Received-SPF, X-Spam-Status/X-Spam-Score and what rspamd asks to add)
 and durable delivery into every recipient's Maildir (INBOX, or Junk on a "junk" verdict) through
-delivery/local.py into_mailboxes (which adds Return-Path and removes forged trust fields) before
-the 250. In dev mode, mail from a loopback client skips the sender checks and every DNS query
-(pipeline.unchecked_reason); its Authentication-Results says so, except the DNS lists below.
+the local delivery agent (delivery/local.py: it resolves the recipients at RCPT, and at DATA writes
+Return-Path and Delivered-To and removes forged trust fields) before the 250. In dev mode, mail
+from a loopback client skips the sender checks and every DNS query (pipeline.unchecked_reason);
+its Authentication-Results says so, except the DNS lists below.
 Connection reputation at RCPT, after the recipient is known to be ours: the client is looked up in
 config spam.dnsbl / spam.dnswl once per connection from MAIL FROM on (policy/dnsbl.py; asked for
 every client but authenticated sessions and spam.dnsbl_skip networks, in dev mode too); a block
@@ -44,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from mailhaven import log as mlog
-from mailhaven import metrics
+from mailhaven import metrics, seams
+from mailhaven.config import Config
 from mailhaven.delivery import local
 from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
@@ -117,9 +119,10 @@ class InboundHandler(BaseHandler):
 
     async def _local_recipient(self, rcpt: Address | object) -> tuple[str, list[str] | None]:
         directory = self.ctx.directory
+        agent = local.agent_of(self.ctx)  # the resolution DATA delivers to (Transaction.resolved)
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
-            users = postmaster_users(directory, next(iter(self.config.domains), ""))
+            users = list(agent.postmaster(next(iter(self.config.domains), "")).users)
             return (R.RCPT_OK, users) if users else (R.UNKNOWN_USER, None)
         assert isinstance(rcpt, Address)
         # No relaying, ever (RFC 5321 §3.6.2): only our domains; address literals are never ours
@@ -130,12 +133,12 @@ class InboundHandler(BaseHandler):
         if rcpt.is_literal or not directory.is_local_domain(rcpt.domain) or not _ROUTING.isdisjoint(rcpt.local):
             return R.RELAY_DENIED, None
         if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
-            users = postmaster_users(directory, rcpt.domain)
+            users = list(agent.postmaster(rcpt.domain).users)
         else:
-            users = directory.resolve(rcpt)
+            users = list(agent.resolve(rcpt).users)
         if not users:
             return R.UNKNOWN_USER, None
-        return R.RCPT_OK, list(users)
+        return R.RCPT_OK, users
 
     # -- connection reputation (policy/dnsbl.py) and greylisting (policy/greylist.py), at RCPT ------
 
@@ -245,14 +248,13 @@ class InboundHandler(BaseHandler):
         ]
         if scan is not None:  # X-Spam-Status, X-Spam-Score, then what rspamd asks to add
             trace.append(spam.status_fields(scan) + spam.milter_fields(scan))
-        # Durable in every Maildir before the 250 (store.deliver fsyncs; all or nothing, StoreError).
-        # into_mailboxes puts Return-Path on top (RFC 5321 §4.4) and removes what arrived claiming
-        # to be ours (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before
-        # our trace fields go in.
-        await local.into_mailboxes(self.ctx.store, [(user, _folder(folder, lists.get(user))) for user in txn.users],
-                                   data,
-                                   sender=str(txn.sender) if txn.sender is not None else "",
-                                   authserv_id=cfg.authserv_id, trace=trace)
+        # Durable in every Maildir before the 250 (one all-or-nothing store write, fsynced; StoreError),
+        # to the users RCPT resolved, each once: the agent puts Return-Path and Delivered-To on top
+        # (RFC 5321 §4.4, RFC 9228) and removes what arrived claiming to be ours
+        # (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before our trace fields.
+        per_user = {user: _folder(folder, lists.get(user)) for user in txn.users}  # sender lists
+        await local.agent_of(self.ctx).deliver_all(txn.resolved, data, folder=per_user, trace=trace,
+                                                   sender=str(txn.sender) if txn.sender is not None else "")
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
@@ -362,7 +364,7 @@ def _folder(message_folder: str, decision: senderlists.Decision) -> str:
     return message_folder
 
 
-def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
+def _count_policy(ctx: seams.Context, assessment: pipeline.Assessment) -> None:
     """policy_results_total: SPF (when checked), each DKIM signature (or "none"), DMARC."""
     meter = metrics.of(ctx)
     if not meter.enabled:
@@ -376,7 +378,7 @@ def _count_policy(ctx: Any, assessment: pipeline.Assessment) -> None:
     meter.policy_result("dmarc", assessment.dmarc.result)
 
 
-def reputation_checker(ctx: Any) -> dnsbl.Checker:
+def reputation_checker(ctx: seams.Context) -> dnsbl.Checker:
     """The server's DNS list checker (its cache is shared by every connection)."""
     checker = getattr(ctx, "dnsbl", None)
     if not isinstance(checker, dnsbl.Checker):
@@ -385,7 +387,7 @@ def reputation_checker(ctx: Any) -> dnsbl.Checker:
     return checker
 
 
-def greylist_of(ctx: Any) -> greylist.Greylist:
+def greylist_of(ctx: seams.Context) -> greylist.Greylist:
     """The server's greylist (app.py opens it; built here for a context that has none)."""
     gl = getattr(ctx, "greylist", None)
     if not isinstance(gl, greylist.Greylist):
@@ -396,13 +398,6 @@ def greylist_of(ctx: Any) -> greylist.Greylist:
     return gl
 
 
-def postmaster_users(directory: Any, domain: str) -> list[str] | None:
-    """Who gets mail for postmaster@`domain` (auth.users.Directory.postmaster); None only when
-    there are no users at all."""
-    users, _how = directory.postmaster(domain)
-    return list(users) if users else None
-
-
 @dataclass(frozen=True)
 class _MailChecks:
     """What MAIL FROM started for DATA (both tasks owned by the transaction: Transaction.start)."""
@@ -411,8 +406,8 @@ class _MailChecks:
     dmarc: pipeline.DmarcAhead | None
 
 
-def handler_factory(ctx: Any, config: Any, listener: str) -> InboundHandler:
+def handler_factory(ctx: seams.Context, config: Config, listener: str) -> InboundHandler:
     return InboundHandler(ctx, config, listener)
 
 
-__all__ = ["InboundHandler", "handler_factory", "postmaster_users"]
+__all__ = ["InboundHandler", "handler_factory"]

@@ -39,7 +39,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from mailhaven import lineproto, metrics
+from mailhaven import lineproto, metrics, seams
 from mailhaven import log as mlog
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
@@ -203,7 +203,7 @@ class _Commands(dict[str, Any]):
 class Connection(ShortDir, SMTP):
     """One SMTP connection. Config, listener settings and TLS context are read when it starts."""
 
-    def __init__(self, ctx: Any, name: str, lc: ListenerConfig, handler_factory: HandlerFactory) -> None:
+    def __init__(self, ctx: seams.Context, name: str, lc: ListenerConfig, handler_factory: HandlerFactory) -> None:
         cfg: Config = ctx.config
         self.ctx = ctx
         self.cfg = cfg
@@ -714,7 +714,7 @@ def _quiet_aiosmtpd() -> None:
         lib.setLevel(logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.WARNING)
 
 
-async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket,
+async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket,
                         handler_factory: HandlerFactory) -> asyncio.AbstractServer:
     """Serve SMTP with the given role on an already bound, listening socket."""
     ssl_ctx: ssl.SSLContext | None = None
@@ -728,14 +728,14 @@ async def create_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.so
                                     backlog=lineproto.backlog(lc))
 
 
-async def create_mx_server(ctx: Any, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
+async def create_mx_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
     """The inbound MX (listener "mx"): app.py's listener factory."""
     from mailhaven.smtp.inbound import handler_factory
 
     return await create_server(ctx, name, lc, sock, handler_factory)
 
 
-async def create_submission_server(ctx: Any, name: str, lc: ListenerConfig,
+async def create_submission_server(ctx: seams.Context, name: str, lc: ListenerConfig,
                                    sock: socket.socket) -> asyncio.AbstractServer:
     """Submission (listeners "submission", STARTTLS, and "submissions", implicit TLS): app.py's
     listener factory."""

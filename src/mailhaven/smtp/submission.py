@@ -40,9 +40,10 @@ import logging
 import time
 from typing import Any
 
-from mailhaven import cleanup, metrics
+from mailhaven import cleanup, metrics, seams
 from mailhaven import log as mlog
 from mailhaven.config import Config
+from mailhaven.delivery import local
 from mailhaven.errors import PolicyReject, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
@@ -119,7 +120,7 @@ class SubmissionHandler(BaseHandler):
     role = "submission"
     offers_auth = True
 
-    def __init__(self, ctx: Any, config: Config, listener: str) -> None:
+    def __init__(self, ctx: seams.Context, config: Config, listener: str) -> None:
         super().__init__(ctx, config, listener)
         plaintext_ok = listener_is_loopback(config, listener) and config.auth.allow_plaintext_loopback
         self.auth = Authenticator(ctx, plaintext_ok=plaintext_ok)
@@ -163,10 +164,10 @@ class SubmissionHandler(BaseHandler):
 
     async def check_recipient(self, session: ClientSession, txn: Transaction,
                               rcpt: Address | object) -> tuple[str, list[str] | None]:
-        directory = self.ctx.directory
+        agent = local.agent_of(self.ctx)  # the same alias expansion as every local delivery
         if rcpt is POSTMASTER:
             for domain in self.config.domains:  # RFC 5321 §4.5.1: our first domain's postmaster
-                users = directory.resolve(f"postmaster@{domain}")
+                users = agent.resolve(f"postmaster@{domain}").users
                 if users:
                     return R.RCPT_OK, list(users)
             return R.UNKNOWN_USER, None
@@ -174,8 +175,8 @@ class SubmissionHandler(BaseHandler):
         if rcpt.is_literal:
             return R.LITERAL_RCPT, None
         found: list[str] = []  # remote: the queue delivers it
-        if directory.is_local_domain(rcpt.domain):
-            users = directory.resolve(rcpt)
+        if self.ctx.directory.is_local_domain(rcpt.domain):
+            users = agent.resolve(rcpt).users
             if not users:
                 return R.UNKNOWN_USER, None
             found = list(users)
@@ -291,7 +292,7 @@ class SubmissionHandler(BaseHandler):
             raise TempFailure(scan.message or spam.DEFAULT_TEMPFAIL, code=451, enhanced="4.7.1")
 
 
-def handler_factory(ctx: Any, config: Any, listener: str) -> SubmissionHandler:
+def handler_factory(ctx: seams.Context, config: Config, listener: str) -> SubmissionHandler:
     return SubmissionHandler(ctx, config, listener)
 
 

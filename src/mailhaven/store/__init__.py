@@ -11,10 +11,13 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
                                             # anyone's older than 36 h); returns how many
         await store.close()                 # closes every account's index
         store.account(user: str) -> Account # user = canonical address "alice@example.test"
-        await store.deliver(targets: Sequence[tuple[str, str]], data: bytes) -> None
+        await store.deliver(targets: Sequence[tuple[str, str]], data: bytes, *,
+                            heads: Mapping[str, bytes] | None = None) -> None
             # targets: (user, folder) e.g. ("alice@example.test", "INBOX") or (..., "Junk").
-            # One tmp file, fsynced, hard-linked into every target's new/, directories fsynced;
-            # all-or-nothing: raises StoreError and leaves no visible partial message.
+            # heads[user]: header fields written above data in that user's copies (Return-Path,
+            # Delivered-To); one tmp file per distinct head, fsynced, hard-linked into each of its
+            # targets' new/, directories fsynced; all-or-nothing across every target: raises
+            # StoreError and leaves no visible partial message. Only delivery/local.py calls it.
             # Creates a missing target folder. Publishes MessagesAdded(user, folder, uids=()).
         store.changes -> ChangeHub          # subscribe(user) -> Subscription (async iterator / .get())
 

@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -135,11 +135,15 @@ class Store:
             acc = self._accounts[key] = Account(self, key, self.root / domain / localpart)
         return acc
 
-    async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes) -> None:
+    async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
+                      heads: Mapping[str, bytes] | None = None) -> None:
         """Durably deliver one message to every (user, folder) target, all or nothing.
 
-        Returns only after the file and every new/ directory are fsynced. Raises StoreError (nothing
-        visible anywhere), or BadMailboxName for an invalid user or folder name (nothing written).
+        `heads[user]` (CRLF-terminated header fields, e.g. Return-Path and Delivered-To) is written
+        above `data` in that user's copies: users with different heads get files of their own, the
+        folders of one user share one file (hard links). Returns only after every file and new/
+        directory are fsynced. Raises StoreError (nothing visible anywhere), or BadMailboxName for
+        an invalid user or folder name (nothing written).
         """
         resolved: dict[tuple[str, str], tuple[Account, str]] = {}
         for user, folder in targets:
@@ -149,25 +153,41 @@ class Store:
         if not resolved:
             raise StoreError("no delivery target")
         items = list(resolved.values())
+        # One group per distinct head (the users' keys canonicalised like the targets').
+        by_user = {self.account(u).user: h for u, h in (heads or {}).items()}
+        groups: dict[bytes, list[tuple[Account, str]]] = {}
+        for acc, name in items:
+            groups.setdefault(by_user.get(acc.user, b""), []).append((acc, name))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, items, data)
+        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
-    def _deliver_sync(self, items: list[tuple[Account, str]], data: bytes) -> None:
+    def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes) -> None:
         data = maildir.to_crlf(data)
-        paths = self._folders_for(items, trust_known=True)
+        placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
         try:
-            maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
-                                  dir_sync=self.dir_sync)
-        except StoreError as e:
-            if not isinstance(e.__cause__, FileNotFoundError):
-                raise
-            # A folder vanished (deleted or renamed by IMAP or by hand): create it, try once more.
-            self._ready.difference_update(paths)
-            paths = self._folders_for(items, trust_known=False)
-            maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
-                                  dir_sync=self.dir_sync)
+            for head, items in groups:
+                paths = self._folders_for(items, trust_known=True)
+                try:
+                    name = maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
+                                                 dir_sync=self.dir_sync, head=head)
+                except StoreError as e:
+                    if not isinstance(e.__cause__, FileNotFoundError):
+                        raise
+                    # A folder vanished (deleted or renamed by IMAP or by hand): create it, try once more.
+                    self._ready.difference_update(paths)
+                    paths = self._folders_for(items, trust_known=False)
+                    name = maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
+                                                 dir_sync=self.dir_sync, head=head)
+                placed.extend(p / "new" / name for p in paths)
+        except BaseException:
+            # All or nothing: the copies already placed go too (a crash right here may leave them:
+            # delivered twice on the sender's retry, never lost).
+            for p in placed:
+                with contextlib.suppress(OSError):
+                    os.unlink(p)
+            raise
 
     def _folders_for(self, items: list[tuple[Account, str]], *, trust_known: bool) -> list[Path]:
         """The folder directories of the targets, each created (durably) if it is not there."""

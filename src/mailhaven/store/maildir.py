@@ -257,14 +257,15 @@ class DirSync:
             raise batch.error
 
 
-def write_new_file(path: Path, data: bytes, *, fsync: bool, mtime: float | None = None) -> None:
-    """Create `path` exclusively, write all of `data`, fsync it. Removes the file on failure."""
+def write_new_file(path: Path, data: bytes, *, fsync: bool, mtime: float | None = None, head: bytes = b"") -> None:
+    """Create `path` exclusively, write `head` then all of `data`, fsync it. Removes the file on failure."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
+        for part in (head, data):
+            view = memoryview(part)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
         if mtime is not None:
             os.utime(fd, (mtime, mtime))
         if fsync:
@@ -347,8 +348,9 @@ def ensure_folder(folder: Path, *, subfolder: bool, fsync: bool = False) -> bool
 
 
 def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: bool,
-                  dir_sync: DirSync | None = None) -> str:
-    """Durably place one message into `new/` of every folder; return its file name.
+                  dir_sync: DirSync | None = None, head: bytes = b"") -> str:
+    """Durably place one message (`head` then `data`, without joining them in memory) into `new/`
+    of every folder; return its file name.
 
     One file is written to the first folder's tmp/ and fsynced, then renamed (one folder) or
     hard-linked (several; a per-folder copy if linking is impossible, e.g. across file systems)
@@ -359,11 +361,12 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
     """
     if not folders:
         raise StoreError("no delivery target")
-    name = make_key(base, len(data), len(data))
+    size = len(head) + len(data)
+    name = make_key(base, size, size)
     tmp = folders[0] / "tmp" / name
     placed: list[Path] = []
     try:
-        write_new_file(tmp, data, fsync=fsync)
+        write_new_file(tmp, data, fsync=fsync, head=head)
         if len(folders) == 1:
             target = folders[0] / "new" / name
             os.rename(tmp, target)
@@ -376,7 +379,7 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
                 except OSError as e:
                     if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
                         raise
-                    _copy_into(folder, name, data, fsync=fsync)
+                    _copy_into(folder, name, data, fsync=fsync, head=head)
                 placed.append(target)
             _unlink_quiet(tmp)
         if fsync:
@@ -393,9 +396,9 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
     return name
 
 
-def _copy_into(folder: Path, name: str, data: bytes, *, fsync: bool) -> None:
+def _copy_into(folder: Path, name: str, data: bytes, *, fsync: bool, head: bytes = b"") -> None:
     tmp = folder / "tmp" / name
-    write_new_file(tmp, data, fsync=fsync)
+    write_new_file(tmp, data, fsync=fsync, head=head)
     try:
         os.rename(tmp, folder / "new" / name)
     except BaseException:

@@ -1,0 +1,231 @@
+"""The seams: typed interfaces between the parts (DESIGN "Seams"; a leaf module; mypy --strict).
+
+Owns: the `typing.Protocol`s the parts meet through - the store (`Store`), the user directory
+(`Directory`), the DNS resolver (`Resolver`), the outbound queue (`Queue`), the local delivery agent
+(`DeliveryAgent`) and its per-recipient hooks (`MailFilter`, the Sieve engine's seat; `Quota`), and
+`Context`, what every listener and worker shares (app.Context is the real one) - plus the small
+frozen values that cross them (`Recipient`, `FilterJob`, `Filing`).
+Does not own: any implementation (store/, auth/users.py, dns/resolver.py, queue/manager.py,
+delivery/local.py, app.py build the real objects and pass them in).
+
+Nothing of ours is imported at run time, so every module may import this one without a cycle; the
+names under TYPE_CHECKING are value types and services the context carries, seen only by mypy.
+A second backend or a test double satisfies a protocol without inheriting from anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import dns.resolver
+
+    from mailhaven.auth.login import LoginService
+    from mailhaven.auth.users import How, RoleWarning, UserEntry
+    from mailhaven.config import Config
+    from mailhaven.delivery.result import DeliveryResult
+    from mailhaven.limits import Limits
+    from mailhaven.message.address import Address
+    from mailhaven.metrics import Metrics
+    from mailhaven.policy.dnsbl import Checker
+    from mailhaven.policy.greylist import Greylist
+    from mailhaven.policy.spam import Scanner
+    from mailhaven.store.changes import ChangeHub
+    from mailhaven.store.mailbox import Account
+
+
+# --- values ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """One envelope recipient and the final users alias expansion gave it (DeliveryAgent.resolve,
+    Directory.resolve); `users` empty = nobody has this address."""
+
+    address: str
+    users: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FilterJob:
+    """What a per-recipient filter (Sieve) sees of one copy: the final user, the envelope
+    recipients that reached them, the envelope sender ("" = null), the message as it will be
+    stored (Return-Path and Delivered-To on top) and the folder the verdict chose (INBOX or Junk)."""
+
+    user: str
+    recipients: tuple[str, ...]
+    sender: str
+    message: bytes
+    folder: str
+
+
+@dataclass(frozen=True)
+class Filing:
+    """A filter's decision for one user: the folders that get a copy (RFC 5228 §4.1 fileinto,
+    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard)."""
+
+    folders: tuple[str, ...]
+
+
+# --- hooks of the delivery agent -------------------------------------------------------------------
+
+
+class MailFilter(Protocol):
+    """The per-recipient filter step of local delivery (the Sieve engine plugs in here)."""
+
+    async def file(self, job: FilterJob) -> Filing: ...
+
+
+class Quota(Protocol):
+    """The quota step of local delivery: raise a MailError (452 4.2.2 over quota for now, 552
+    5.2.2 for good, RFC 3463) to refuse `size` more octets for `user`; return to accept."""
+
+    async def admit(self, user: str, size: int) -> None: ...
+
+
+# --- the parts ---------------------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """The mail store (store/: Maildir++ plus the index)."""
+
+    @property
+    def changes(self) -> ChangeHub: ...
+
+    async def start(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+    def account(self, user: str) -> Account: ...
+
+    async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
+                      heads: Mapping[str, bytes] | None = None) -> None: ...
+
+
+class Directory(Protocol):
+    """The user directory (auth/users.py Directory: users, aliases, catch-all, sub-addresses)."""
+
+    @property
+    def warnings(self) -> list[str]: ...
+
+    @property
+    def role_warnings(self) -> list[RoleWarning]: ...
+
+    def is_local_domain(self, domain: str) -> bool: ...
+
+    @property
+    def user_names(self) -> list[str]: ...
+
+    def resolve(self, address: str | Address) -> list[str] | None: ...
+
+    def how(self, address: str) -> tuple[list[str] | None, How]: ...
+
+    def postmaster(self, domain: str) -> tuple[list[str] | None, How]: ...
+
+    def owns(self, user: str, address: str | Address) -> bool: ...
+
+    def entry(self, login: str) -> UserEntry | None: ...
+
+
+class Resolver(Protocol):
+    """The DNS lookups the parts use (dns/resolver.py Resolver)."""
+
+    @property
+    def timeout(self) -> float: ...
+
+    def sync_resolver(self) -> dns.resolver.Resolver: ...
+
+    async def mx(self, domain: str) -> list[tuple[int, str]]: ...
+
+    async def txt(self, name: str) -> list[str]: ...
+
+    async def a(self, name: str) -> list[str]: ...
+
+    async def aaaa(self, name: str) -> list[str]: ...
+
+    async def a_ttl(self, name: str) -> tuple[list[str], int]: ...
+
+    async def addresses(self, name: str) -> list[str]: ...
+
+    async def ptr(self, ip: str) -> list[str]: ...
+
+
+class Queue(Protocol):
+    """The outbound queue (queue/manager.py QueueManager): what cleanup, the control socket and
+    app.py use."""
+
+    async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
+                     entry_id: str | None = None) -> str: ...
+
+    async def load(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def stats(self) -> tuple[int, float]: ...
+
+    def list_entries(self) -> list[dict[str, object]]: ...
+
+    def show(self, entry_id: str) -> dict[str, object] | None: ...
+
+    async def headers(self, entry_id: str) -> dict[str, str] | None: ...
+
+    async def retry(self, entry_id: str) -> bool: ...
+
+    async def flush(self) -> int: ...
+
+    async def delete(self, entry_id: str) -> bool: ...
+
+
+class DeliveryAgent(Protocol):
+    """The one way into mailboxes (delivery/local.py LocalDeliveryAgent; DESIGN "Local delivery")."""
+
+    def resolve(self, address: str | Address) -> Recipient: ...
+
+    def postmaster(self, domain: str) -> Recipient: ...
+
+    async def deliver(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
+                      trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX",
+                      ) -> list[DeliveryResult]: ...
+
+    async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
+                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX") -> None: ...
+
+
+class Sessions(Protocol):
+    """Live connections of every listener (app.Sessions)."""
+
+    def add(self, transport: asyncio.BaseTransport) -> None: ...
+
+    def discard(self, transport: asyncio.BaseTransport) -> None: ...
+
+
+class Context(Protocol):
+    """What every listener and worker shares (app.Context). SIGHUP replaces config, directory,
+    resolver and tls: read them when a session starts, not once."""
+
+    config: Config
+    store: Store
+    directory: Directory
+    resolver: Resolver
+    limits: Limits
+    tls: ssl.SSLContext | None
+    queue: Queue | None
+    agent: DeliveryAgent
+    logins: LoginService | None
+    metrics: Metrics
+    spam: Scanner | None
+    dnsbl: Checker | None
+    greylist: Greylist | None
+    stopping: asyncio.Event
+    addresses: dict[str, tuple[str, int]]
+
+    @property
+    def sessions(self) -> Sessions: ...
+
+
+__all__ = ["Recipient", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory", "Resolver",
+           "Queue", "DeliveryAgent", "Sessions", "Context"]
