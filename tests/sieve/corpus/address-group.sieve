@@ -1,0 +1,3 @@
+# message: group.eml
+require "fileinto";
+if address :domain "to" "example.com" { fileinto "g"; }

@@ -1,0 +1,3 @@
+# message: group.eml
+require ["fileinto", "variables"];
+if address :localpart :matches "from" "*" { fileinto "lp-${1}"; }

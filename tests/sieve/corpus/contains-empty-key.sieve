@@ -1,0 +1,3 @@
+require "fileinto";
+if header :contains "x-missing" "" { fileinto "missing"; }
+if header :contains "subject" "" { fileinto "present"; }

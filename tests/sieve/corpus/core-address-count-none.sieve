@@ -1,0 +1,2 @@
+require "fileinto";
+if address :is "bcc" "x@y" { fileinto "bcc"; } else { keep; }

@@ -1,0 +1,3 @@
+/* bracket
+   comment */ require "fileinto"; # hash
+if true { fileinto "c"; } # done

@@ -1,0 +1,2 @@
+require "fileinto";
+if header :is "Subject" "MEETING TOMORROW AT 10" { fileinto "Work"; }

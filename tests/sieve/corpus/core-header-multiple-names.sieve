@@ -1,0 +1,2 @@
+require "fileinto";
+if header :contains ["to", "cc"] "carol" { fileinto "cc"; }

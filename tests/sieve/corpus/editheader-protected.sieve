@@ -1,0 +1,3 @@
+require ["editheader", "fileinto"];
+deleteheader "received";
+if exists "received" { fileinto "still"; }

@@ -1,0 +1,3 @@
+require ["envelope", "fileinto"];
+if envelope :is "from" "bob@example.org" { fileinto "fromBob"; }
+if envelope :domain "to" "example.com" { fileinto "toUs"; }

@@ -1,0 +1,2 @@
+require ["envelope", "fileinto"];
+if envelope :localpart :matches "from" "b*" { fileinto "b"; }

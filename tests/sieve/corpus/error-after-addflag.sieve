@@ -1,0 +1,4 @@
+require ["imap4flags", "reject", "fileinto"];
+addflag "\\Flagged";
+fileinto "a";
+reject "no";

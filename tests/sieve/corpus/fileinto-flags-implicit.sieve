@@ -1,0 +1,3 @@
+require ["imap4flags", "fileinto"];
+addflag "\\Flagged";
+if header :contains "subject" "nomatch" { fileinto "x"; }

@@ -1,0 +1,4 @@
+require "imap4flags";
+addflag ["\\Flagged", "Work"];
+addflag "Later";
+removeflag "work";

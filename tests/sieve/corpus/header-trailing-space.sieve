@@ -1,0 +1,3 @@
+# message: group.eml
+require ["fileinto", "variables"];
+if header :matches "x-padded" "*" { fileinto "[${1}]"; }

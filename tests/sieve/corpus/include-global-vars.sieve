@@ -1,0 +1,4 @@
+require ["include", "variables", "fileinto"];
+global "target";
+set "target" "Shared";
+include :personal "use-global";

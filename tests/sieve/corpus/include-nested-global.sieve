@@ -1,0 +1,4 @@
+require ["include", "variables"];
+global "deep";
+set "deep" "Level";
+include :personal "mid";

@@ -1,0 +1,3 @@
+require "include";
+include :once :personal "tofolder";
+include :once :personal "tofolder";

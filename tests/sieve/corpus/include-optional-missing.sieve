@@ -1,0 +1,3 @@
+require ["include", "fileinto"];
+include :optional :personal "does-not-exist";
+fileinto "ok";

@@ -1,0 +1,2 @@
+require ["fileinto", "mailbox"];
+if mailboxexists "INBOX" { fileinto "seen-inbox"; } else { fileinto "no-inbox"; }

@@ -1,0 +1,2 @@
+require ["fileinto", "mailbox"];
+if mailboxexists "Nope" { fileinto "yes"; } else { fileinto :create "Nope"; }

@@ -1,0 +1,3 @@
+require "copy";
+redirect :copy "x@example.net";
+keep;

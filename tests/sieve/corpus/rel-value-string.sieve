@@ -1,0 +1,2 @@
+require ["relational", "fileinto"];
+if header :value "lt" "subject" "N" { fileinto "early"; }

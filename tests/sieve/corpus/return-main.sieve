@@ -1,0 +1,4 @@
+require ["include", "fileinto"];
+fileinto "one";
+return;
+fileinto "two";

@@ -1,0 +1,3 @@
+# message: encoded.eml
+require "fileinto";
+if header :contains "from" "Jürgen" { fileinto "juergen"; }

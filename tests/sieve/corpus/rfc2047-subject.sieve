@@ -1,0 +1,3 @@
+# message: encoded.eml
+require "fileinto";
+if header :contains "subject" "Grüße" { fileinto "de"; }

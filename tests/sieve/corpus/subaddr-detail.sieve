@@ -1,0 +1,3 @@
+# message: encoded.eml
+require ["subaddress", "fileinto", "variables"];
+if address :detail :matches "to" "*" { fileinto "plus.${1}"; }

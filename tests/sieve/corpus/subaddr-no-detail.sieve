@@ -1,0 +1,2 @@
+require ["subaddress", "fileinto"];
+if address :detail :matches "from" "*" { fileinto "has-detail"; } else { fileinto "none"; }

@@ -1,0 +1,2 @@
+require "vacation-seconds";
+vacation :seconds 7200 :handle "oof" "Back soon.";

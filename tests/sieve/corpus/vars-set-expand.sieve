@@ -1,0 +1,4 @@
+require ["variables", "fileinto"];
+set "box" "Lists";
+set "sub" "dev";
+fileinto "${box}.${sub}";
