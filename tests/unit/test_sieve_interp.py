@@ -127,9 +127,10 @@ def test_date_zones_and_currentdate() -> None:
               'if currentdate :zone "+0100" "year" "2027" { fileinto "newyear"; }\n'
               'if currentdate :matches "weekday" "*" { fileinto "wd${1}"; }\n'
               'if currentdate :matches "julian" "*" { fileinto "mjd${1}"; }\n'
-              'if currentdate :zone "bogus" "year" "2026" { fileinto "never"; }',
+              'if currentdate :zone "bogus" "year" "2027" { fileinto "bogus-is-local"; }\n'  # as Pigeonhole
+              'if currentdate :zone "+0000" "year" "2027" { fileinto "never"; }',
               now=now, zone=timezone(timedelta(hours=9)))
-    assert boxes(res) == ["utc", "orig", "local", "newyear", "wd5", "mjd61406"]  # 2027-01-01 in +0900: MJD 61406
+    assert boxes(res) == ["utc", "orig", "local", "newyear", "wd5", "mjd61406", "bogus-is-local"]  # 2027-01-01 in +0900: MJD 61406
 
 
 def test_index_and_last() -> None:
@@ -199,6 +200,10 @@ def test_duplicate_tracker_across_runs() -> None:
     for key, seconds, last in first.duplicates:  # the caller marks after delivery
         tracker.mark(key, seconds, last)
     assert boxes(run(script, duplicates=tracker)) == ["dup"]
+    # a second test of one id in a run gets the same answer and is recorded once
+    twice = run('require ["duplicate", "fileinto"]; if duplicate { fileinto "a"; } if duplicate { fileinto "b"; }',
+                duplicates=DictTracker())
+    assert boxes(twice) == ["INBOX"] and len(twice.duplicates) == 1
     # another handle is another list; no Message-ID is never a duplicate (RFC 7352 §3.1)
     assert boxes(run('require ["duplicate", "fileinto"]; if duplicate :handle "h" { fileinto "dup"; }',
                      duplicates=tracker)) == ["INBOX"]
@@ -259,6 +264,10 @@ def test_editheader_produces_the_edited_header_list() -> None:
     assert names[0] == "X-New" and names[-1] == "X-End" and "Subject" not in names and "Received" in names
     assert res.headers[0][1] == "=?utf-8?b?R3LDvMOfZQ==?="
     assert run("keep;").headers is None
+    injected = run('require ["editheader", "encoded-character"];'
+                   'addheader "X-A" "a${hex:0d}Bcc: x@evil${hex:0a}To: y@evil${hex:0d 0a}Z: z";').headers
+    assert injected is not None and [n for n, _ in injected][:2] == ["X-A", "Date"]
+    assert injected[0][1] == "a\r\n Bcc: x@evil\r\n To: y@evil\r\n Z: z"
     with pytest.raises(SieveSyntaxError):  # a constant bad name is refused at upload (as Pigeonhole)
         compile_script('require "editheader"; addheader "Bad Name" "x";')
     bad = run('require ["editheader", "variables"]; set "n" "Bad Name"; addheader "${n}" "x";')

@@ -65,6 +65,9 @@ def test_strings_quoting_and_multiline() -> None:
     ('require "imap4flags"; keep :flags 5;', (1, 28)),
     ('require ["encoded-character"]; keep; redirect "${unicode:D800}@x";', (1, 47)),
     ("keep; }", (1, 7)),
+    ('if address ["to", "subject"] "x" {}', (1, 12)),  # RFC 5228 §5.1: address headers only
+    ('redirect "not an address";', (1, 10)),
+    ('require "editheader";\naddheader "Bad Name" "x";', (2, 11)),
     ("x!", (1, 2)),
 ])
 def test_errors_have_line_and_column(script: str, where: tuple[int, int]) -> None:

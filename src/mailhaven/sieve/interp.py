@@ -12,12 +12,14 @@ Does not own: parsing (syntax.py, validate.py), comparators (match.py), executin
 from __future__ import annotations
 
 import email.utils
+import html
 import quopri
 import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
+from email.header import Header
 
 from mailhaven.imap.search import decode_base64, decode_header_value
 from mailhaven.message import mime
@@ -39,6 +41,7 @@ from mailhaven.sieve.actions import (
 )
 from mailhaven.sieve.syntax import Argument, Command, Number, SieveSyntaxError, StringList, Test
 from mailhaven.sieve.validate import (
+    DATE_PARTS,
     EXTENSIONS,
     HEADER_NAME,
     SET_MODIFIERS,
@@ -129,6 +132,20 @@ def _content_type(part: mime.Part) -> str:
     if part.ctype is None:
         return "text/plain"
     return (part.ctype + b"/" + part.csubtype).decode("ascii", "replace").lower()
+
+
+_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.IGNORECASE | re.DOTALL)
+_HTML_BLOCK = re.compile(r"</?(?:p|div|br|li|tr|h[1-6]|table|blockquote|pre|hr)\b[^>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def _html_text(text: str) -> str:
+    """The text of an HTML part for body :text (RFC 5173 §5.1 leaves it to the implementation;
+    Pigeonhole converts HTML to text too): scripts, styles and comments dropped, block tags as line
+    breaks, other tags removed, character references decoded."""
+    text = _HTML_DROP.sub("", text)
+    text = _HTML_BLOCK.sub("\n", text)
+    return html.unescape(_HTML_TAG.sub("", text))
 
 
 def _leaves(part: mime.Part) -> Iterator[mime.Part]:
@@ -388,12 +405,11 @@ class _Run:
         if name == "date":
             return self._date_test(t)
         if name == "currentdate":
-            try:
-                zone = self._zone(t)
-            except _Failed:
-                return False  # RFC 5260 §4.1: an invalid zone makes the test false
-            local, off = _in_zone(self.ctx.now, zone, self.ctx.zone)
-            return self._compare(t, [_date_part(local, off, self.str1(p[0]).lower())], self.strs(p[1]))
+            part = self.str1(p[0]).lower()
+            if part not in DATE_PARTS:
+                return False  # a date part built from variables that does not exist
+            local, off = _in_zone(self.ctx.now, self._zone(t), self.ctx.zone)
+            return self._compare(t, [_date_part(local, off, part)], self.strs(p[1]))
         if name == "mailboxexists":
             checker = self.ctx.mailboxes
             return checker is not None and all(checker.exists(b) for b in self.strs(p[0]))
@@ -447,21 +463,23 @@ class _Run:
                 continue  # containers: only their leaves are searched (as Pigeonhole does)
             if not any(ty == "" or ctype == ty or ("/" not in ty and ctype.split("/")[0] == ty) for ty in types):
                 continue
-            text = _decoded_body(msg, part)
-            out.append(_charset_text(text, part.param(b"charset")) if ctype.startswith("text/")
-                       else text.decode("utf-8", "replace"))
+            data = _decoded_body(msg, part)
+            text = _charset_text(data, part.param(b"charset")) if ctype.startswith("text/") \
+                else data.decode("utf-8", "replace")
+            out.append(_html_text(text) if ctype == "text/html" and "content" not in t.tags else text)
         return out
 
     def _zone(self, t: Test) -> int | None:
-        if "zone" in t.tags:
-            z = _parse_zone(self.str1(t.tags["zone"]))
-            if z is None:
-                raise _Failed()
-            return z
-        return None
+        """The :zone offset; None for the local zone, which an invalid :zone also means (as
+        Pigeonhole does, with a warning)."""
+        return _parse_zone(self.str1(t.tags["zone"])) if "zone" in t.tags else None
 
     def _date_test(self, t: Test) -> bool:
         p = t.positional
+        part = self.str1(p[1]).lower()
+        if part not in DATE_PARTS:
+            return False
+        zone = self._zone(t)
         dates: list[str] = []
         for raw in self._index(t, self.msg.values(self.str1(p[0]))):
             value = raw.rsplit(";", 1)[-1].strip() if self.str1(p[0]).lower() == "received" else raw
@@ -474,10 +492,6 @@ class _Run:
             if d.tzinfo is None:
                 d = d.replace(tzinfo=UTC)  # "-0000": UTC, origin unknown (RFC 5322 §3.3)
             try:
-                zone = self._zone(t)
-            except _Failed:
-                return False
-            try:
                 if "originalzone" in t.tags:
                     off = d.utcoffset() or timedelta(0)
                     local, offset = d.replace(tzinfo=None), int(off.total_seconds()) // 60
@@ -485,7 +499,7 @@ class _Run:
                     local, offset = _in_zone(d, zone, self.ctx.zone)
             except OverflowError:
                 continue  # beyond year 1..9999 once shifted
-            dates.append(_date_part(local, offset, self.str1(p[1]).lower()))
+            dates.append(_date_part(local, offset, part))
         if not dates and "count" not in t.tags:
             return False
         return self._compare(t, dates, self.strs(p[2]))
@@ -506,8 +520,9 @@ class _Run:
         seconds = self.num(t.tags["seconds"]) if "seconds" in t.tags else DUPLICATE_DEFAULT
         tracker = self.ctx.duplicates
         seen = tracker is not None and tracker.seen(key)
-        if not seen or "last" in t.tags:
-            self.duplicates.append((key, seconds, "last" in t.tags))
+        entry = (key, seconds, "last" in t.tags)
+        if (not seen or "last" in t.tags) and entry not in self.duplicates:
+            self.duplicates.append(entry)
         return seen
 
     # ----- commands
@@ -616,7 +631,8 @@ class _Run:
     def _add(self, action: Action, c: Command) -> None:
         """Append an action after the RFC 5228 §2.10.3 / RFC 5429 §2.1 / RFC 5230 §4.7 checks, merging
         duplicates (§4.2: the same mailbox or address once), and drop the implicit keep when the
-        action cancels it."""
+        action cancels it. A duplicate adds nothing but its flags: it does not cancel the implicit
+        keep (so `fileinto :copy "a"; fileinto "a";` keeps too, as Pigeonhole does)."""
         others = self.actions
         if isinstance(action, Reject):
             if any(isinstance(a, Reject) for a in others):
@@ -628,7 +644,6 @@ class _Run:
                 raise SieveRuntimeError(f"line {c.line}: {c.name} conflicts with reject")
         if isinstance(action, Redirect):
             if any(isinstance(a, Redirect) and _same_address(a.address, action.address) for a in others):
-                self._cancel_keep(action)
                 return
             self.redirects += 1
             if self.redirects > self.ctx.limits.max_redirects:
@@ -640,7 +655,6 @@ class _Run:
                 if abox is not None and abox == box:
                     assert isinstance(a, Keep | FileInto)
                     others[i] = _merge_store(a, action)
-                    self._cancel_keep(action)
                     return
         if isinstance(action, Discard) and any(isinstance(a, Discard) for a in others):
             self._cancel_keep(action)
@@ -673,9 +687,13 @@ class _Run:
         subject = self.str1(t["subject"]) if "subject" in t else None
         from_ = self.str1(t["from"]) if "from" in t else None
         # RFC 5230 §4.2: the default handle is made of the arguments (as Pigeonhole builds it)
+        # RFC 5230 §4.2 default handle, from the arguments as written (before variables are
+        # expanded), as Pigeonhole builds it when compiling
+        raw = {k: v.single for k, v in t.items() if isinstance(v, StringList)}
+        rp = c.positional[0]
         handle = self.str1(t["handle"]) if "handle" in t else \
-            reason + (subject if subject is not None else "<default-subject>") + \
-            (from_ if from_ is not None else "<default-from>") + ("<MIME>" if "mime" in t else "<NO-MIME>")
+            (rp.single if isinstance(rp, StringList) else "") + raw.get("subject", "<default-subject>") + \
+            raw.get("from", "<default-from>") + ("<MIME>" if "mime" in t else "<NO-MIME>")
         orig = (self.msg.values("subject") or [""])[0]
         reply_subject = subject if subject is not None else "Auto: " + orig if orig else "Automated reply"
         mids = self.msg.values("message-id")
@@ -794,10 +812,6 @@ def _same_address(a: str, b: str) -> bool:
     return la == lb and da.lower() == db.lower()
 
 
-class _Failed(Exception):
-    pass
-
-
 def _merge_store(a: Keep | FileInto, b: Keep | FileInto) -> Keep | FileInto:
     """Two stores into one mailbox are one (RFC 5228 §4.2); the later one's flags replace the
     earlier's, as Pigeonhole does."""
@@ -808,11 +822,11 @@ def _merge_store(a: Keep | FileInto, b: Keep | FileInto) -> Keep | FileInto:
 
 
 def _encode_header_value(value: str) -> bytes:
-    """RFC 5293 §4: non-ASCII becomes an RFC 2047 encoded-word; line breaks are folded."""
-    value = re.sub(r"\r?\n(?![ \t])", "\r\n ", value)
+    """RFC 5293 §4: non-ASCII becomes an RFC 2047 encoded-word; every line break (CR, LF or CRLF)
+    becomes a fold, so a value can never start a field of its own."""
+    value = re.sub(r"[ \t]*(?:\r\n|\r|\n)[ \t]*", "\r\n ", value.strip("\r\n"))
     if value.isascii():
         return value.encode("ascii")
-    from email.header import Header
     return Header(value, "utf-8").encode().encode("ascii")
 
 

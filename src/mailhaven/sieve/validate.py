@@ -120,6 +120,15 @@ TESTS: dict[str, Sig] = {
 }
 
 
+# RFC 5228 §5.1: the address test only reads fields that hold addresses: RFC 5322's, plus the
+# common non-standard ones (the set Pigeonhole allows).
+ADDRESS_HEADERS = frozenset({
+    "from", "to", "cc", "bcc", "sender", "resent-from", "resent-to", "reply-to", "resent-reply-to",
+    "resent-sender", "resent-cc", "resent-bcc", "for-approval", "for-handling", "for-comment", "apparently-to",
+    "errors-to", "delivered-to", "return-receipt-to", "x-admin", "read-receipt-to", "x-confirm-reading-to",
+    "return-receipt-requested", "registered-mail-reply-requested-by", "mail-followup-to", "mail-reply-to",
+    "abuse-reports-to", "x-complaints-to", "x-report-abuse-to", "x-beenthere",
+})
 HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §3.6.8 ftext
 
 
@@ -306,7 +315,8 @@ class _Validator:
             raise SieveSyntaxError(idx.line, idx.column, ":index must be 1 or more")
         if name in ("date", "currentdate"):
             part = pos[-2]
-            if isinstance(part, StringList) and part.single.lower() not in DATE_PARTS:
+            if isinstance(part, StringList) and part.single.lower() not in DATE_PARTS and \
+                    ("variables" not in self.required or "${" not in part.single):
                 raise SieveSyntaxError(part.line, part.column, f"unknown date part \"{part.single}\"")
         if name == "size" and not tags:
             raise SieveSyntaxError(line, column, "size needs :over or :under")
@@ -332,6 +342,11 @@ class _Validator:
         if name in ("addheader", "deleteheader") and (a := fixed(pos[0])) is not None and \
                 not HEADER_NAME.fullmatch(a.single):
             raise SieveSyntaxError(a.line, a.column, f"{name}: invalid header field name \"{a.single}\"")
+        if name == "address" and isinstance(pos[0], StringList):
+            for h in pos[0].values:
+                if h.lower() not in ADDRESS_HEADERS and (constant or "${" not in h):
+                    raise SieveSyntaxError(pos[0].line, pos[0].column,
+                                           f"header \"{h}\" holds no addresses: not allowed in the address test")
         if name == "include":
             script = pos[0]
             if isinstance(script, StringList) and (not script.single or "/" in script.single):

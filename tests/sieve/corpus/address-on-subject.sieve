@@ -1,0 +1,2 @@
+require "fileinto";
+if address :all "subject" "x" { fileinto "x"; }

@@ -1,0 +1,3 @@
+require ["duplicate", "fileinto"];
+if duplicate { fileinto "a"; }
+if duplicate { fileinto "b"; }

@@ -1,0 +1,2 @@
+require ["encoded-character", "fileinto"];
+fileinto "x${hex:4}y${hex:zz}z";

@@ -1,0 +1,2 @@
+require "fileinto";
+if exists "" { fileinto "empty"; } else { fileinto "none"; }

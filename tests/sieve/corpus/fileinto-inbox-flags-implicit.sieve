@@ -1,0 +1,3 @@
+require ["imap4flags", "fileinto"];
+setflag "A";
+fileinto :flags "B" "INBOX";

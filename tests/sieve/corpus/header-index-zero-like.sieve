@@ -1,0 +1,2 @@
+require ["index", "fileinto"];
+if header :index 1 :last "received" "x" { fileinto "x"; } else { fileinto "y"; }

@@ -1,0 +1,3 @@
+require ["variables", "fileinto"];
+if header :matches "subject" "*" { set "s" "${0}"; }
+if string :matches "${s}" "*at *" { fileinto "t-${2}"; }

@@ -1,0 +1,1 @@
+if size :over 10000000 { discard; } elsif size :under 1 { discard; } else { keep; }

@@ -1,0 +1,3 @@
+require ["vacation", "variables"];
+set "r" "Gone fishing";
+vacation :subject "S ${r}" "${r}";
