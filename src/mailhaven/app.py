@@ -63,6 +63,7 @@ LISTENER_FACTORIES: dict[str, str] = {
     "pop3s": "mailhaven.pop3.server:create_server",
     "imap": "mailhaven.imap.server:create_server",
     "imaps": "mailhaven.imap.server:create_server",
+    "managesieve": "mailhaven.managesieve.server:create_server",
 }
 
 
