@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from mailhaven.config import Config
-from tests.fixtures_base import PASSWORD
+from tests.fixtures_base import PASSWORD, free_port
 from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
 
 sievelib = pytest.importorskip("sievelib.managesieve")
@@ -150,6 +150,33 @@ async def test_plaintext_allowed_on_loopback_in_dev_mode(tmp_path: Path, tls_fil
 
         with pytest.warns(UserWarning):  # sievelib's own warning about an unencrypted connection
             await asyncio.to_thread(session)
+
+
+async def test_logins_share_the_login_service_metrics_and_log_line(tmp_path: Path, tls_files: tuple[Path, Path],
+                                                                  ca_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from mailhaven import metrics
+
+    cfg = make_cfg(tmp_path, tls_files, metrics={"address": f"127.0.0.1:{free_port()}"})
+    with caplog.at_level(logging.INFO):
+        async with running_app(cfg) as ctx:
+            port = ctx.port("managesieve")
+
+            def session() -> tuple[bool, bool]:
+                bad = sievelib.Client("127.0.0.1", port)
+                refused = bad.connect(ALICE, "wrong", starttls=True, authmech="PLAIN")
+                good = sievelib_session(port)
+                good.logout()
+                return refused, True
+
+            refused, _ = await asyncio.to_thread(session)
+            reg = metrics.of(ctx).registry
+            ok = reg.get_sample_value("mailhaven_logins_total", {"proto": "managesieve", "result": "success"})
+            failed = reg.get_sample_value("mailhaven_logins_total", {"proto": "managesieve", "result": "failure"})
+            conns = reg.get_sample_value("mailhaven_connections_total", {"listener": "managesieve"})
+    assert not refused
+    assert (ok, failed, conns) == (1.0, 1.0, 2.0)
+    failures = [getattr(r, "mh_fields", {}) for r in caplog.records if r.getMessage() == "login failed"]
+    assert [(f.get("proto"), f.get("reason")) for f in failures] == [("managesieve", "bad_password")], failures
 
 
 # --- sieve-connect ---------------------------------------------------------------------------------
