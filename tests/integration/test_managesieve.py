@@ -402,3 +402,18 @@ async def test_garbage_gets_no_then_bye_and_never_a_traceback(tmp_path: Path, tl
     assert all(r.startswith(b"NO") for r in replies[:4]), replies
     assert replies[4].startswith(b"BYE")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_login_timeout_says_bye(tmp_path: Path, tls_files: tuple[Path, Path]) -> None:
+    import dataclasses
+
+    cfg = make_cfg(tmp_path, tls_files)
+    lc = dataclasses.replace(cfg.listeners["managesieve"], login_timeout=1.0)
+    cfg = dataclasses.replace(cfg, listeners={**cfg.listeners, "managesieve": lc})
+
+    def session(c: Raw) -> bytes:
+        c.until_status()
+        return c.until_status()[-1]  # nothing sent: the login deadline ends the session
+
+    async with running_app(cfg) as ctx:
+        assert await raw(ctx.port("managesieve"), session) == b'BYE "Login timed out."'
