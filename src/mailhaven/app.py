@@ -53,6 +53,7 @@ from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import ConfigError
 from mailhaven.imap import server as imap_server
 from mailhaven.limits import Limits
+from mailhaven.managesieve import server as managesieve_server
 from mailhaven.policy.dnsbl import Checker as DnsblChecker
 from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.learn import Learner
@@ -74,6 +75,7 @@ LISTENER_FACTORIES: dict[str, ListenerFactory] = {
     "pop3s": pop3_server.create_server,
     "imap": imap_server.create_server,
     "imaps": imap_server.create_server,
+    "managesieve": managesieve_server.create_server,
 }
 
 

@@ -13,6 +13,7 @@ dkimkeys.py) and `dns [DOMAIN...]` (the records to publish, records.py), `queue 
 blocks|unblock IP|ADDRESS` (the running server's queue and login delays, through control.py).
 `spam block|unblock|allow|disallow USER ADDRESS|@DOMAIN...` and `spam list USER`: a user's sender
 lists (policy/senderlists.py).
+`sieve ...`: users' Sieve scripts on disk (sievecmd.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -646,6 +647,37 @@ def cmd_spam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sieve(args: argparse.Namespace) -> int:
+    from mailhaven import sievecmd
+
+    cfg = _load_config(args)
+    user: str | None = None
+    file = args.file
+    if args.action == "check" and file is None and Path(args.user).is_file():
+        file = args.user  # `check FILE`
+    else:
+        entry = _open_users(cfg).get_user(_local_address(cfg, args.user))
+        if entry is None:
+            raise CliError(f"no such user: {args.user}")
+        user = str(entry.address)
+    if args.action in ("get", "activate", "delete"):
+        if args.file is None:
+            raise CliError(f"sieve {args.action}: a script NAME is required")
+        name, file = args.file, None
+    else:
+        name = args.name
+    if args.action == "put" and file is None:
+        raise CliError("sieve put: a FILE is required (- for stdin)")
+    try:
+        code = sievecmd.run(cfg, args.action, user, name, file, args.activate)
+    except sievecmd.SieveCommandError as e:
+        raise CliError(str(e)) from None
+    finally:
+        if user is not None and args.action in ("put", "activate", "deactivate", "delete"):
+            sievecmd.owner_fix(cfg, user)
+    return code
+
+
 # --- argument parsing ----------------------------------------------------------------------------
 
 
@@ -711,6 +743,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("user", metavar="USER")
     s.add_argument("entries", nargs="*", metavar="ADDRESS|@DOMAIN")
     s.set_defaults(func=cmd_spam)
+
+    s = sub.add_parser("sieve", parents=common, help="users' Sieve scripts: put USER FILE, get USER NAME, list USER, "
+                       "activate USER NAME, deactivate USER, delete USER NAME, check [USER] FILE")
+    s.add_argument("action", choices=["put", "get", "list", "activate", "deactivate", "delete", "check"])
+    s.add_argument("user", metavar="USER", help="the account (check: a FILE alone checks just the file)")
+    s.add_argument("file", nargs="?", metavar="FILE|NAME", help="put, check: the script file (- = stdin); "
+                   "get, activate, delete: the script's name")
+    s.add_argument("--name", metavar="NAME", help="put: the script's name (default: FILE without .sieve)")
+    s.add_argument("--activate", action="store_true", help="put: make it the active script")
+    s.set_defaults(func=cmd_sieve)
 
     s = sub.add_parser("doctor", parents=common, help="check config, certificate, permissions and public DNS; say what to fix")
     s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains to check (default: all configured)")

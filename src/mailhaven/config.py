@@ -65,7 +65,8 @@ def parse_duration(value: object) -> float:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    """One listening socket. Listener names: mx, submission, submissions, pop3, pop3s, imap, imaps."""
+    """One listening socket. Listener names: mx, submission, submissions, pop3, pop3s, imap, imaps,
+    managesieve."""
 
     enabled: bool = opt(True, "Serve this listener at all.")
     address: str = opt("0.0.0.0", "Address to bind (IPv4 or IPv6 literal; \"::\" for all IPv6).")
@@ -92,9 +93,10 @@ _LISTENER_DEFAULTS: dict[str, dict[str, Any]] = {
     "pop3s": {"port": 995, "tls": "implicit", "idle_timeout": 600.0},
     "imap": {"port": 143, "tls": "starttls", "idle_timeout": 1800.0},
     "imaps": {"port": 993, "tls": "implicit", "idle_timeout": 1800.0},
+    "managesieve": {"port": 4190, "tls": "starttls"},  # RFC 5804 §1.8
 }
 DEV_PORTS = {"mx": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995,
-             "imap": 2143, "imaps": 2993}
+             "imap": 2143, "imaps": 2993, "managesieve": 24190}
 LISTENER_NAMES = tuple(_LISTENER_DEFAULTS)
 
 
@@ -248,6 +250,14 @@ class Pop3Config:
 
 
 @dataclass(frozen=True)
+class ManageSieveConfig:
+    max_script_size: int = opt(1_048_576, "Largest Sieve script a user may store (octets; RFC 5804 QUOTA/MAXSIZE); "
+                               "also bounds the literal a client may send.", lo=64, hi=64 * 1_048_576)
+    max_scripts: int = opt(100, "Most scripts one user may store (RFC 5804 QUOTA/MAXSCRIPTS).", lo=1, hi=100_000)
+    max_bad_commands: int = opt(20, "Bad commands in a row before the connection is closed.", lo=1, hi=10_000)
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: Literal["text", "json"] = opt("text", "\"text\" for journald, \"json\" for log shippers.")
     level: Literal["debug", "info", "warning", "error"] = opt("info", "Least severe level logged.")
@@ -286,6 +296,8 @@ class Config:
     submission: SubmissionConfig = opt(None, "Per-user sending limits on submission.", factory=SubmissionConfig)
     imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
     pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
+    managesieve: ManageSieveConfig = opt(None, "Sieve script storage and ManageSieve limits.",
+                                         factory=ManageSieveConfig)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
     metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
     # Not from TOML: where the file was, for messages and reloads.
@@ -657,7 +669,8 @@ def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str,
 
 __all__ = [
     "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
-    "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
+    "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "ManageSieveConfig",
+    "LogConfig", "MetricsConfig",
     "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
     "LISTENER_NAMES", "DEV_PORTS",
 ]
