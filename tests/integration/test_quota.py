@@ -12,6 +12,7 @@ import imaplib
 import logging
 import os
 import smtplib
+import sqlite3
 import subprocess
 import sys
 import time
@@ -307,3 +308,54 @@ async def test_cli_quota_show_reads_usage_and_limits_without_the_server(quota_co
     assert lines[2][-4:] == ["MESSAGE", "2", "5", "40"]  # the domain's default count
     bad = await asyncio.to_thread(quota_show, tmp_path / "mailhaven.toml", "nobody@example.test")
     assert bad.returncode != 0 and bad.stderr == "mailhaven: no such user: nobody@example.test\n"
+
+
+async def test_an_index_of_schema_2_gets_its_folder_totals_computed_from_its_rows(ctx: app.Context) -> None:
+    """An index written before quotas (no mailbox.msg_bytes/msg_count) is migrated in place: the
+    totals are summed from the rows once, and the UIDs are kept (not a rebuild)."""
+    account = ctx.store.account(ALICE)
+    mb = await account.mailbox("INBOX")
+    await mb.append(message(1500))
+    await mb.append(message(2500))
+    uids = [m.uid for m in (await mb.snapshot()).messages]
+    await ctx.store.close()
+    db = sqlite3.connect(account.path / "mailhaven-index.sqlite")
+    db.execute("ALTER TABLE mailbox DROP COLUMN msg_bytes")
+    db.execute("ALTER TABLE mailbox DROP COLUMN msg_count")
+    db.execute("UPDATE meta SET v='2' WHERE k='schema'")
+    db.commit()
+    db.close()
+    again = ctx.store.account(ALICE)
+    assert await again.usage() == (4000, 2)
+    assert [m.uid for m in (await (await again.mailbox("INBOX")).snapshot()).messages] == uids
+
+
+async def test_a_delivery_reads_one_row_per_folder_not_the_messages(ctx: app.Context,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """"Never a scan per delivery": once the account's usage is known, the quota step of a delivery
+    lists no directory and does not read the message rows (only the per-folder totals)."""
+    account = ctx.store.account(ALICE)
+    mb = await account.mailbox("INBOX")
+    for _ in range(50):
+        await mb.append(message(100))
+    assert await account.usage() == (5000, 50)
+    statements: list[str] = []
+    index = account._ready()
+    index._db.set_trace_callback(statements.append)
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        listed.append(str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # observed, not replaced
+    try:
+        await ctx.quota.admit(ALICE, 100)
+        [r] = await ctx.agent.deliver([Recipient(ALICE, (ALICE,))], message(100), sender="")
+    finally:
+        monkeypatch.undo()
+        index._db.set_trace_callback(None)
+    assert r.delivered
+    assert listed == []
+    assert statements and all("FROM message" not in s for s in statements), statements
