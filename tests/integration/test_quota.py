@@ -25,6 +25,7 @@ import pytest
 from mailhaven import app, cleanup
 from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.config import ConfigError, parse_size
+from mailhaven.errors import StoreError
 from mailhaven.queue.manager import QueueManager
 from mailhaven.seams import Recipient
 from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
@@ -359,3 +360,16 @@ async def test_a_delivery_reads_one_row_per_folder_not_the_messages(ctx: app.Con
     assert r.delivered
     assert listed == []
     assert statements and all("FROM message" not in s for s in statements), statements
+
+
+async def test_a_failed_all_or_nothing_delivery_leaves_the_usage_as_it_was(ctx: app.Context) -> None:
+    account = ctx.store.account(ALICE)
+    assert await account.usage() == (0, 0)
+    bob_root = ctx.store.account(BOB).path
+    bob_root.parent.mkdir(parents=True, exist_ok=True)
+    bob_root.write_bytes(b"not a folder")  # bob's copy fails after alice's was placed
+    with pytest.raises(StoreError):
+        await ctx.store.deliver([(ALICE, "INBOX"), (BOB, "INBOX")], message(1000),
+                                heads={ALICE: b"Delivered-To: alice\r\n", BOB: b"Delivered-To: bob\r\n"})
+    assert await account.usage() == (0, 0)
+    assert await inbox(ctx) == []

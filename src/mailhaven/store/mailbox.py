@@ -175,6 +175,7 @@ class Store:
     def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes) -> None:
         data = maildir.to_crlf(data)
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
+        counted: list[tuple[Account, str, str]] = []  # and their copies in the usage: uncounted
         try:
             for head, items in groups:
                 paths = self._folders_for(items, trust_known=True)
@@ -188,12 +189,15 @@ class Store:
                     paths = self._folders_for(items, trust_known=False)
                     name = self._deliver_counted(items, paths, head, data)
                 placed.extend(p / "new" / name for p in paths)
+                counted.extend((acc, folder, name) for acc, folder in items)
         except BaseException:
             # All or nothing: the copies already placed go too (a crash right here may leave them:
             # delivered twice on the sender's retry, never lost).
             for p in placed:
                 with contextlib.suppress(OSError):
                     os.unlink(p)
+            for acc, folder, name in counted:
+                acc._unpend(folder, name)
             raise
 
     def _deliver_counted(self, items: list[tuple[Account, str]], paths: list[Path], head: bytes,
@@ -206,11 +210,14 @@ class Store:
         for acc, name in items:
             acc._pend(name, key, size)
         try:
-            return maildir.deliver_files(paths, base, data, fsync=self.fsync, dir_sync=self.dir_sync, head=head)
+            placed = maildir.deliver_files(paths, base, data, fsync=self.fsync, dir_sync=self.dir_sync, head=head)
         except BaseException:
             for acc, name in items:
                 acc._unpend(name, key)
             raise
+        for acc, name in items:
+            acc._placed(name, key)
+        return placed
 
     def _folders_for(self, items: list[tuple[Account, str]], *, trust_known: bool) -> list[Path]:
         """The folder directories of the targets, each created (durably) if it is not there."""
@@ -261,6 +268,7 @@ class Account:
         # Usage (see the module doc): copies delivered and not yet indexed, folder -> key -> size
         # (written by delivery threads, so under its own lock), and whether every folder was synced.
         self._pending: dict[str, dict[str, int]] = {}
+        self._placing: set[tuple[str, str]] = set()  # (folder, key) of pending copies not yet in new/
         self._pending_lock = threading.Lock()
         self._usage_known = False
 
@@ -269,18 +277,26 @@ class Account:
     def _pend(self, folder: str, key: str, size: int) -> None:
         with self._pending_lock:
             self._pending.setdefault(folder, {})[key] = size
+            self._placing.add((folder, key))
+
+    def _placed(self, folder: str, key: str) -> None:
+        with self._pending_lock:
+            self._placing.discard((folder, key))
 
     def _unpend(self, folder: str, key: str) -> None:
         with self._pending_lock:
             self._pending.get(folder, {}).pop(key, None)
+            self._placing.discard((folder, key))
 
     def _settle(self, f: Folder) -> None:
-        """After a sync of `f`: its pending copies now indexed, or gone from new/, stop counting."""
+        """After a sync of `f`: its pending copies now indexed, or placed and gone from new/
+        (removed by another program), stop counting; one still being written stays."""
         with self._pending_lock:
             keys = self._pending.get(f.name)
             if not keys:
                 return
-            for key in [k for k in keys if k in f.by_key or not os.path.exists(f"{f.path}/new/{k}")]:
+            for key in [k for k in keys if k in f.by_key or (
+                    (f.name, k) not in self._placing and not os.path.exists(f"{f.path}/new/{k}"))]:
                 del keys[key]
 
     async def usage(self) -> tuple[int, int]:
