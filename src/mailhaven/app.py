@@ -60,6 +60,7 @@ from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
 from mailhaven.pop3 import server as pop3_server
 from mailhaven.queue.manager import QueueManager
+from mailhaven.quota import QuotaService
 from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
 
@@ -153,9 +154,15 @@ class Context:
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
     # The one way into mailboxes (delivery/local.py), over this store and the current directory.
     agent: seams.DeliveryAgent = field(init=False)
+    # Per-user limits (quota.py): the agent's quota step, IMAP APPEND/COPY/GETQUOTA, the MX's RCPT.
+    quota: QuotaService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id)
+        self.quota = QuotaService(self.store, lambda: self.directory)
+        agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
+                                   quota=self.quota)
+        self.quota.agent = agent
+        self.agent = agent
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]

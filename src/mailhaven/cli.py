@@ -562,6 +562,48 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quota(args: argparse.Namespace) -> int:
+    """`quota show USER`: the limits (users file, else the domain's default) and the usage, read
+    from the index without the server (read-only; messages delivered since a folder was last
+    opened are counted from its new/ directory), like `doveadm quota get`."""
+    from mailhaven.store import maildir, names
+    from mailhaven.store.index import read_usage
+
+    cfg = _load_config(args)
+    directory = _users_module().Directory(cfg, _open_users(cfg))
+    user = directory.user(_local_address(cfg, args.user, "account"))
+    if user is None:
+        raise CliError(f"no such user: {args.user}")
+    domain, localpart = names.split_user(user)
+    root = cfg.mail_root / domain / localpart
+    indexed = read_usage(root) or {}
+    octets = sum(b for b, _, _ in indexed.values())
+    count = sum(n for _, n, _ in indexed.values())
+    for folder in [root, *(p for p in (root.iterdir() if root.is_dir() else ()) if p.name.startswith(".")
+                          and (p / "new").is_dir())]:
+        name = "INBOX" if folder == root else names.name_from_dirname(folder.name)
+        if name is None:
+            continue
+        known = indexed.get(name, (0, 0, frozenset()))[2]
+        for entry in (os.scandir(folder / "new") if (folder / "new").is_dir() else ()):
+            key, _ = maildir.split_name(entry.name)
+            if key not in known and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    octets += entry.stat().st_size
+                    count += 1
+    max_octets, max_messages = directory.quota_limits(user)
+
+    def pct(used: int, limit: int) -> str:
+        return str(used * 100 // limit) if limit else "-"
+
+    print(f"{'Quota name':<12}{'Type':<10}{'Value':>14}{'Limit':>14}{'%':>5}")
+    # As doveadm: STORAGE in KiB (RFC 9208 §5.1 units), MESSAGE in messages; "-" = no limit
+    print(f"{'User quota':<12}{'STORAGE':<10}{-(-octets // 1024):>14}"
+          f"{max_octets // 1024 if max_octets else '-':>14}{pct(octets, max_octets):>5}")
+    print(f"{'User quota':<12}{'MESSAGE':<10}{count:>14}{max_messages or '-':>14}{pct(count, max_messages):>5}")
+    return 0
+
+
 def cmd_alias(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if args.action == "list":
@@ -730,6 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["add", "passwd", "del", "list"])
     s.add_argument("address", nargs="?", metavar="ADDRESS")
     s.set_defaults(func=cmd_user)
+
+    s = sub.add_parser("quota", parents=common, help="quota show USER: storage and message usage and limits")
+    s.add_argument("action", choices=["show"])
+    s.add_argument("user", metavar="USER")
+    s.set_defaults(func=cmd_quota)
 
     s = sub.add_parser("alias", parents=common, help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
     s.add_argument("action", choices=["add", "del", "list"])

@@ -28,9 +28,9 @@ from mailhaven.errors import ConfigError
 
 
 def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-        duration: bool = False, path: bool = False, factory: Any = None) -> Any:
+        duration: bool = False, path: bool = False, factory: Any = None, size: bool = False) -> Any:
     """A config field with its documentation and validation next to it."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "duration": duration, "path": path}
+    meta = {"doc": doc, "lo": lo, "hi": hi, "duration": duration, "path": path, "size": size}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,6 +41,26 @@ Action = Literal["reject", "junk", "accept"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+_SIZE = re.compile(r"^\s*(\d{1,15})\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """`1048576`, `"100K"`, `"1M"`, `"1G"`, `"2T"` (binary units, as Dovecot's quota sizes) ->
+    octets. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    raise ValueError
 
 
 def parse_duration(value: object) -> float:
@@ -109,6 +129,9 @@ class DomainConfig:
     dkim_key: str = opt("", "PEM file of the RSA private key for DKIM signing (\"\" = do not sign).", path=True)
     dkim_ed25519_selector: str = opt("mh1e", "DKIM selector for the optional ed25519 key.")
     dkim_ed25519_key: str = opt("", "PEM file of an ed25519 private key: adds a second signature.", path=True)
+    quota: int = opt(0, "Default storage quota of this domain's users (octets, or \"500M\", \"1G\"; 0 = none); "
+                     "a user's own `quota` in the users file wins.", lo=0, hi=2**62, size=True)
+    quota_messages: int = opt(0, "Default most messages per user of this domain (0 = no limit).", lo=0, hi=2**62)
 
 
 @dataclass(frozen=True)
@@ -374,6 +397,14 @@ class _Loader:
             if not isinstance(value, bool):
                 self.fail(path, f"expected true or false, got {_describe(value)}")
             return value
+        if tp is int and meta.get("size"):
+            try:
+                octets = parse_size(value)
+            except ValueError:
+                self.fail(path, f"expected a size (octets, or \"100K\", \"50M\", \"1G\"), got {_describe(value)}")
+            if (lo is not None and octets < lo) or (hi is not None and octets > hi):
+                self.fail(path, f"expected a size{_range_text(lo, hi)} octets, got {_describe(value)}")
+            return octets
         if tp is int:
             if isinstance(value, bool) or not isinstance(value, int) or (
                     (lo is not None and value < lo) or (hi is not None and value > hi)):

@@ -86,6 +86,9 @@ class Quota(Protocol):
 
     async def admit(self, user: str, size: int) -> None: ...
 
+    async def delivered(self, user: str) -> None:
+        """After `user`'s copy was stored (quota.py: the 90 % warning)."""
+
 
 # --- the parts ---------------------------------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class Directory(Protocol):
     def owns(self, user: str, address: str | Address) -> bool: ...
 
     def entry(self, login: str) -> UserEntry | None: ...
+
+    def quota_limits(self, user: str) -> tuple[int, int]: ...
 
 
 class Resolver(Protocol):

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailhaven.auth import passwords
-from mailhaven.config import Config, parse_toml
+from mailhaven.config import Config, parse_size, parse_toml
 from mailhaven.errors import ConfigError
 from mailhaven.message.address import Address, format_local, parse_domain, parse_mailbox
 
@@ -74,6 +74,8 @@ def canonical(address: str) -> str:
 class UserEntry:
     address: str  # canonical form
     password: str  # hash (see auth/passwords.py)
+    quota: int | None = None  # storage limit in octets (None: the domain's default; 0: none)
+    quota_messages: int | None = None  # most messages (None: the domain's default; 0: no limit)
 
 
 class UsersFile:
@@ -127,8 +129,20 @@ class UsersFile:
             if not isinstance(entry, dict):
                 raise fail(where, "expected a table with password = \"...\"")
             for k in entry:
-                if k != "password":
+                if k not in ("password", "quota", "quota_messages"):
                     raise fail(f"{where}.{_tkey(k)}", "unknown key")
+            limits: list[int | None] = []
+            for k in ("quota", "quota_messages"):
+                if k not in entry:
+                    limits.append(None)
+                    continue
+                try:  # quota: octets or "500M"/"1G" (binary units); quota_messages: a count
+                    limits.append(parse_size(entry[k]) if k == "quota" or isinstance(entry[k], int) else -1)
+                except ValueError:
+                    limits.append(-1)
+                if limits[-1] == -1 or (limits[-1] or 0) > 2**62:
+                    raise fail(f"{where}.{k}", "expected a size (octets, or \"500M\", \"1G\"; 0 = no limit)"
+                               if k == "quota" else "expected a count of messages (0 = no limit)")
             pw = entry.get("password")
             if not isinstance(pw, str):
                 raise fail(f"{where}.password", "expected a password hash string")
@@ -138,7 +152,7 @@ class UsersFile:
             k = address_key(canon)
             if k in self._users:
                 raise fail(where, f"same user as {self._users[k].address!r} (local parts ignore case)")
-            self._users[k] = UserEntry(canon, pw)
+            self._users[k] = UserEntry(canon, pw, limits[0], limits[1])
         aliases = data.get("aliases", {})
         if not isinstance(aliases, dict):
             raise fail("aliases", "expected a table")
@@ -211,6 +225,13 @@ class UsersFile:
             raise ValueError(f"no such user: {address}")
         _check_hash(password_hash)
         entry.password = password_hash
+
+    def set_quota(self, address: str, quota: int | None, quota_messages: int | None) -> None:
+        """A user's own limits (None: the domain's default; 0: no limit)."""
+        e = self._users.get(address_key(address))
+        if e is None:
+            raise ConfigError(f"no such user: {address}")
+        e.quota, e.quota_messages = quota, quota_messages
 
     def delete_user(self, address: str) -> list[str]:
         """Remove a user and drop it from alias targets (aliases left empty go too).
@@ -286,7 +307,10 @@ class UsersFile:
         lines = ["# Mailhaven users and aliases. Managed by `mailhaven user ...` and `mailhaven alias ...`;",
                  "# hand edits are fine, but comments are not kept when the tool rewrites this file.", ""]
         for e in sorted(self._users.values(), key=lambda e: e.address):
-            lines += [f"[users.{_tstr(e.address)}]", f"password = {_tstr(e.password)}", ""]
+            lines += [f"[users.{_tstr(e.address)}]", f"password = {_tstr(e.password)}"]
+            lines += [f"{k} = {v}" for k, v in (("quota", e.quota), ("quota_messages", e.quota_messages))
+                      if v is not None]
+            lines.append("")
         if self._aliases:
             lines.append("[aliases]")
             for canon, targets in sorted(self._aliases.values()):
@@ -396,7 +420,7 @@ class Directory:
     def __init__(self, config: Config, users_file: UsersFile) -> None:
         self.config = config
         self._sep = config.plus_separator
-        self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password)
+        self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password, e.quota, e.quota_messages)
                                              for k, e in users_file._users.items()}
         self._aliases: dict[str, list[str]] = {}
         self.warnings: list[str] = []
@@ -454,6 +478,19 @@ class Directory:
         except ValueError:
             return None
         return e.address if e else None
+
+    def quota_limits(self, user: str) -> tuple[int, int]:
+        """(octets, messages) `user` may keep, 0 = no limit: the user's own `quota`/`quota_messages`
+        in the users file, else their domain's ([domains."x"] quota/quota_messages)."""
+        try:
+            e = self._users.get(address_key(user))
+        except ValueError:
+            e = None
+        dom = self.config.domains.get(user.rpartition("@")[2].lower().rstrip("."))
+        octets = e.quota if e is not None and e.quota is not None else (dom.quota if dom else 0)
+        count = (e.quota_messages if e is not None and e.quota_messages is not None
+                 else (dom.quota_messages if dom else 0))
+        return octets, count
 
     @property
     def user_names(self) -> list[str]:

@@ -14,7 +14,9 @@ local recipients (queue/manager.py), and later vacation replies. It is the only 
   `Delivered-To: <final user>` below it in each user's copy (RFC 9228, as Postfix local(8) and
   Dovecot's LDA write it), then the caller's trace fields (the MX's Received, Authentication-Results);
 - the folder: the caller's verdict (INBOX, or Junk), then the per-user filter step (seams.MailFilter:
-  the Sieve engine's seat; fileinto/keep/discard), then the quota step (seams.Quota; none yet);
+  the Sieve engine's seat; fileinto/keep/discard), then the quota step (seams.Quota, quota.py:
+  the copy's size once per folder it goes into; refused with OverQuota 452 4.2.2; after the
+  write, `delivered` lets it send its 90 % warning; `enforce_quota=False` for that warning);
 - the write: `deliver_all` puts every copy in one all-or-nothing `store.deliver` (the MX answers one
   reply for the whole transaction: fsynced everywhere before its 250, or nothing visible);
   `deliver` writes each user on their own and answers per recipient (LMTP-like: the queue and
@@ -106,12 +108,12 @@ class LocalDeliveryAgent:
 
     async def deliver(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
                       trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX,
-                      ) -> list[DeliveryResult]:
+                      enforce_quota: bool = True) -> list[DeliveryResult]:
         """Deliver to every final user on their own; one result per recipient, in order. Unknown
         recipients fail permanently (550 5.1.1); a recipient fails (as its user's write or quota
         did) if any of its users failed, and is delivered otherwise."""
         body = await self._body(message, sender, trace)
-        copies, failed = await self._plan(recipients, body, sender, folder)
+        copies, failed = await self._plan(recipients, body, sender, folder, enforce_quota=enforce_quota)
         for copy in copies:
             try:
                 await self._write([copy], body)
@@ -119,6 +121,8 @@ class LocalDeliveryAgent:
                 if not isinstance(e, MailError):
                     log.exception("local delivery to %s failed", copy.user)
                 failed.setdefault(copy.user, e)
+        if enforce_quota:
+            await self._delivered([c for c in copies if c.user not in failed])
         results: list[DeliveryResult] = []
         for r in recipients:
             if not r.users:
@@ -142,6 +146,13 @@ class LocalDeliveryAgent:
         if failed:
             raise next(iter(failed.values()))
         await self._write(copies, body)
+        await self._delivered(copies)
+
+    async def _delivered(self, copies: Sequence[_Copy]) -> None:
+        """Tell the quota step which users' copies were stored (its 90 % warning)."""
+        if self.quota is not None:
+            for copy in copies:
+                await self.quota.delivered(copy.user)
 
     async def _body(self, message: bytes, sender: str, trace: Sequence[bytes]) -> bytes:
         """What every copy shares below its head: the trace fields, then the message without the
@@ -157,7 +168,8 @@ class LocalDeliveryAgent:
         return data[len(rp):]
 
     async def _plan(self, recipients: Sequence[Recipient], body: bytes, sender: str,
-                    folder: str | Mapping[str, str]) -> tuple[list[_Copy], dict[str, BaseException]]:
+                    folder: str | Mapping[str, str], *, enforce_quota: bool = True,
+                    ) -> tuple[list[_Copy], dict[str, BaseException]]:
         """One copy per final user (duplicates suppressed), its folders from the verdict and the
         filter, admitted by the quota; and the users refused on the way, with why."""
         rp = return_path(sender)
@@ -172,8 +184,9 @@ class LocalDeliveryAgent:
                 if self.filter is not None:
                     job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen)
                     folders = tuple(dict.fromkeys((await self.filter.file(job)).folders))
-                if folders and self.quota is not None:
-                    await self.quota.admit(user, len(head) + len(body))
+                if folders and self.quota is not None and enforce_quota:
+                    # each folder's copy counts, as in Dovecot's quota (hard links or not)
+                    await self.quota.admit(user, (len(head) + len(body)) * len(folders))
             except MailError as e:
                 failed[user] = e
                 continue
