@@ -374,3 +374,17 @@ def test_cli_alias_add_refuses_programs_unless_allowed(tmp_path: Path) -> None:
     path = app_config_file(tmp_path, None, delivery=delivery(program_user="root"))
     r = mh("check-config", "--config", str(path))
     assert r.returncode == 2 and "delivery.program_user: root is root" in r.stderr
+
+
+async def test_program_recipients_survive_a_restart_and_old_envelopes_still_load(tmp_path: Path) -> None:
+    from mailhaven.queue.spool import Spool
+
+    spool = Spool(tmp_path / "queue", fsync=False)
+    await spool.load()
+    entry = await spool.add(ALICE, ["bob@b.test"], MSG,
+                            programs=[("outer@example.test", "|/bin/cat -n", "run@example.test")])
+    [again] = await Spool(tmp_path / "queue", fsync=False).load()
+    assert [(r.address, r.program, r.program_rcpt) for r in again.recipients] == [
+        ("bob@b.test", "", ""), ("outer@example.test", "|/bin/cat -n", "run@example.test")]
+    assert "program" not in again.recipients[0].to_json()  # an ordinary recipient is written as before
+    assert again.id == entry.id
