@@ -388,3 +388,19 @@ async def test_program_recipients_survive_a_restart_and_old_envelopes_still_load
         ("bob@b.test", "", ""), ("outer@example.test", "|/bin/cat -n", "run@example.test")]
     assert "program" not in again.recipients[0].to_json()  # an ordinary recipient is written as before
     assert again.id == entry.id
+
+
+async def test_a_queued_local_recipient_reaching_a_program_runs_it_in_the_queue(
+        qenv: Callable[..., Any], users_file_path: Path, dirs: Dirs) -> None:
+    record = dirs.script("record.sh", RECORD)
+    add_alias(users_file_path, "both@example.test", ALICE, f"|{record} {dirs.out}")
+    env = await qenv()
+    # An entry for a local address (as an older spool, or a forward, holds): the mailbox copy and
+    # the program both happen, and the entry goes.
+    entry = await env.manager.submit("sender@sender.test", ["both@example.test"], MSG)
+    await until(lambda: env.entry(entry) is None, 15)
+    assert _env_of(dirs.out / "env")["RECIPIENT"] == "both@example.test"
+    assert (dirs.out / "stdin").read_bytes().startswith(b"Return-Path: <sender@sender.test>\r\n"
+                                                        b"Delivered-To: both@example.test\r\n")
+    [copy] = await env.inbox()
+    assert b"Delivered-To: alice@example.test\r\n" in copy

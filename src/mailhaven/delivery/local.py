@@ -104,6 +104,10 @@ class LocalDeliveryAgent:
 
     # -- programs (delivery/program.py runs them, from the queue) ---------------------------------
 
+    async def program_body(self, message: bytes, *, sender: str, trace: Sequence[bytes] = ()) -> bytes:
+        """The message a program gets below its head (`with_head`): as a mailbox copy's body."""
+        return await self._body(message, sender, trace)
+
     async def queue_programs(self, queue: Queue | None, recipients: Sequence[Recipient], message: bytes, *,
                              sender: str, trace: Sequence[bytes] = (), entry_id: str | None = None) -> str | None:
         """Queue one entry for the program targets of `recipients` (each (command, RECIPIENT) once

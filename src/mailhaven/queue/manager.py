@@ -331,7 +331,11 @@ class QueueManager:
         ctx = self.ctx
         if ctx.config.is_local_domain(domain):
             agent = local.agent_of(ctx)  # per recipient: one user's failure does not fail the others
-            return await agent.deliver([agent.resolve(a) for a in addrs], message, sender=entry.sender)
+            resolved = [agent.resolve(a) for a in addrs]
+            results = await agent.deliver(resolved, message, sender=entry.sender)
+            if any(r.programs for r in resolved):
+                results = await self._local_programs(entry, resolved, results, message)
+            return results
         from mailhaven.tls import client_context, mx_verify_context
 
         if self._tls is None:
@@ -346,6 +350,22 @@ class QueueManager:
             verified = self._verified[1] if self._verified is not None else None
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
                                     tls_context=self._tls, verified_context=verified)
+
+    async def _local_programs(self, entry: Entry, resolved: list[seams.Recipient], results: list[DeliveryResult],
+                              message: bytes) -> list[DeliveryResult]:
+        """A queued local recipient whose alias also names programs: they run here (already in the
+        queue, so retried). Its result is the worst of its mailbox and program results (a retry
+        may then store its mailbox copy again: at least once, never lost)."""
+        body = await local.agent_of(self.ctx).program_body(message, sender=entry.sender)
+        out: list[DeliveryResult] = []
+        for r, res in zip(resolved, results, strict=True):
+            parts = [res] if r.users else []
+            for p in r.programs:
+                parts.append(await self._deliver_program(entry, Recipient(r.address, program=p.command,
+                                                                          program_rcpt=p.recipient), body))
+            out.append(next((x for x in parts if x.temporary), None)
+                       or next((x for x in parts if x.permanent), None) or (parts[0] if parts else res))
+        return out
 
     async def _deliver_program(self, entry: Entry, r: Recipient, message: bytes) -> DeliveryResult:
         """Run the program of a program recipient (delivery/program.py), once the alias still
