@@ -379,7 +379,7 @@ class QueueManager:
             return DeliveryResult.perm(r.address, "the alias no longer delivers to this program", enhanced="5.1.1")
         rcpt = r.program_rcpt or r.address
         try:
-            user = program.check_user(cfg)
+            user = await asyncio.to_thread(program.check_user, cfg)  # pwd and group lookups: off the loop
             argv = program_argv(r.program)
         except (ConfigError, ValueError) as e:
             log.error("queue: %s to=<%s> program %s: %s", entry.id, r.address, r.program, e)
