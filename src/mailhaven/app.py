@@ -223,6 +223,10 @@ def _reason(e: BaseException) -> str:
 def load_directory(cfg: Config) -> Directory:
     """auth.users.Directory over the users file (ConfigError if broken); logs its warnings."""
     directory = Directory.load(cfg)
+    if cfg.delivery.allow_programs:
+        from mailhaven.delivery.program import check_user
+
+        check_user(cfg)  # [delivery] program_user: exists, not root, one we can run programs as
     for warning in directory.warnings:
         log.warning("users: %s", warning)
     return directory

@@ -302,6 +302,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     server_context(cfg)  # the certificate and key must load together
     _check_dkim_keys(cfg)
+    if cfg.delivery.allow_programs:
+        from mailhaven.delivery.program import check_user
+
+        check_user(cfg)  # [delivery] program_user: exists, not root, one we can run programs as
     for warning in directory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("OK")
@@ -623,12 +627,24 @@ def cmd_alias(args: argparse.Namespace) -> int:
     if not args.targets:
         raise CliError("alias add: at least one TARGET address is required")
     # Forwarding to other domains is not supported (auth/users.py): targets are local.
-    targets = [_local_address(cfg, t, "alias target") for t in args.targets]
+    targets = [_program_target(cfg, alias, t) if t.lstrip().startswith("|") else
+               _local_address(cfg, t, "alias target") for t in args.targets]
     with _editing(cfg) as uf:
         alias = uf.add_alias(alias, targets)
         now = uf.get_alias(alias) or targets
     print(f"alias {alias} -> {', '.join(now)}")
     return 0
+
+
+def _program_target(cfg: Config, alias: str, target: str) -> str:
+    """`|/path args`: only with [delivery] allow_programs (delivery/program.py), an absolute path."""
+    users = _users_module()
+    if not cfg.delivery.allow_programs:
+        raise CliError(f"alias {alias}: program target {target.strip()} refused ([delivery] allow_programs = false)")
+    try:
+        return str(users.canonical_target(target))
+    except ValueError as e:
+        raise CliError(f"alias {alias}: {target.strip()}: {e}") from None
 
 
 _SPAM_LIST: dict[str, tuple[str, bool]] = {  # action -> (list, add)

@@ -260,6 +260,18 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True)
+class DeliveryConfig:
+    allow_programs: bool = opt(False, "Allow alias targets \"|/path/to/command args\" (delivery to a program, "
+                               "run by the queue; no shell).")
+    program_user: str = opt("nobody", "User programs run as (never root; when the server does not run as "
+                            "root it must be the server's own user).")
+    program_timeout: float = opt(60.0, "A program still running after this long is killed and retried.", lo=1,
+                                 hi=86400, duration=True)
+    program_max_output: int = opt(64 * 1024, "Most octets of a program's stdout+stderr kept (the rest is "
+                                  "read and dropped).", lo=1024, hi=64 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
 class ImapConfig:
     max_line_length: int = opt(65_536, "Longest command line, literals excluded.", lo=1000, hi=10_000_000)
     max_nesting: int = opt(32, "Deepest parenthesised list.", lo=2, hi=1000)
@@ -317,6 +329,7 @@ class Config:
     policy: PolicyConfig = opt(None, "SPF/DKIM/DMARC actions.", factory=PolicyConfig)
     spam: SpamConfig = opt(None, "Spam filtering (rspamd).", factory=SpamConfig)
     submission: SubmissionConfig = opt(None, "Per-user sending limits on submission.", factory=SubmissionConfig)
+    delivery: DeliveryConfig = opt(None, "Local delivery: program targets.", factory=DeliveryConfig)
     imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
     pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
     managesieve: ManageSieveConfig = opt(None, "Sieve script storage and ManageSieve limits.",

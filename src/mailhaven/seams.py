@@ -42,12 +42,23 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Program:
+    """A program target an address reaches: `command` as in the users file ("|/path args") and
+    `recipient`, the address whose alias names it (RECIPIENT, as Postfix local(8) sets it)."""
+
+    command: str
+    recipient: str
+
+
+@dataclass(frozen=True)
 class Recipient:
     """One envelope recipient and the final users alias expansion gave it (DeliveryAgent.resolve,
-    Directory.resolve); `users` empty = nobody has this address."""
+    Directory.resolve); `users` empty = nobody has this address. `programs`: the program targets
+    it reaches too (delivered through the queue, delivery/program.py)."""
 
     address: str
     users: tuple[str, ...]
+    programs: tuple[Program, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,8 @@ class Directory(Protocol):
 
     def resolve(self, address: str | Address) -> list[str] | None: ...
 
+    def program_targets(self, address: str | Address) -> list[tuple[str, str]]: ...
+
     def how(self, address: str) -> tuple[list[str] | None, How]: ...
 
     def postmaster(self, domain: str) -> tuple[list[str] | None, How]: ...
@@ -164,7 +177,7 @@ class Queue(Protocol):
     app.py use."""
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None) -> str: ...
+                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str: ...
 
     async def load(self) -> None: ...
 
@@ -232,5 +245,5 @@ class Context(Protocol):
     def sessions(self) -> Sessions: ...
 
 
-__all__ = ["Recipient", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory", "Resolver",
+__all__ = ["Recipient", "Program", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory", "Resolver",
            "Queue", "DeliveryAgent", "Sessions", "Context"]

@@ -26,6 +26,10 @@ keeps the case it was written with (that is the canonical name, also used for th
 compared case-insensitively, as Postfix and Dovecot do by default. Two users or aliases differing
 only in case are an error. Alias targets must be users or aliases in a local domain (forwarding to
 other domains is not supported); dangling targets are skipped and reported in `Directory.warnings`.
+A target `|/path/to/command args` is a program (Postfix aliases(5)): split with shlex, the command an
+absolute path, no shell; `Directory` refuses it (ConfigError naming the alias) unless
+`[delivery] allow_programs = true`, and `Directory.programs` / `targets` return the programs an
+address reaches (delivery/program.py runs them, from the queue).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -65,6 +70,42 @@ def address_key(address: str | Address) -> str:
 def canonical(address: str) -> str:
     """The address as we store it: local part as written, domain normalised. Raises ValueError."""
     return str(parse_mailbox(address))
+
+
+MAX_PROGRAM_LENGTH = 4096
+
+
+def is_program(target: str) -> bool:
+    """An alias target `|/path/to/command args`: delivery to a program (as in Postfix aliases(5))."""
+    return target.lstrip().startswith("|")
+
+
+def program_argv(target: str) -> list[str]:
+    """The argv of a program target (shlex-split, no shell; the command an absolute path).
+    Raises ValueError saying what is wrong."""
+    text = target.strip()
+    if not text.startswith("|"):
+        raise ValueError("a program target starts with |")
+    if len(text) > MAX_PROGRAM_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("a program target is one line of printable text")
+    argv = shlex.split(text[1:])
+    if not argv or not argv[0].startswith("/"):
+        raise ValueError("the command must be an absolute path (\"|/path/to/command args\"; no shell)")
+    return argv
+
+
+def canonical_target(target: str) -> str:
+    """An alias target as stored: an address (canonical) or a program (`|` then the command as
+    written, stripped). Raises ValueError."""
+    if is_program(target):
+        program_argv(target)
+        return "|" + target.strip()[1:].strip()
+    return canonical(target)
+
+
+def target_key(target: str) -> str:
+    """Comparison key of an alias target: a program compares as written."""
+    return target if is_program(target) else address_key(target)
 
 
 # --- the file ------------------------------------------------------------------------------------
@@ -169,9 +210,10 @@ class UsersFile:
             canon_targets: list[str] = []
             for i, t in enumerate(targets):
                 try:
-                    ct = canonical(t)
+                    ct = canonical_target(t)
                 except ValueError as e:
-                    raise fail(f"{where}[{i}]", f"not a valid address ({e})") from None
+                    what = "not a valid program target" if is_program(t) else "not a valid address"
+                    raise fail(f"{where}[{i}]", f"{what} ({e})") from None
                 if ct not in canon_targets:
                     canon_targets.append(ct)
             k = address_key(canon)
@@ -242,7 +284,7 @@ class UsersFile:
         del self._users[k]
         changed: list[str] = []
         for ak, (acanon, targets) in list(self._aliases.items()):
-            kept = [t for t in targets if address_key(t) != k]
+            kept = [t for t in targets if target_key(t) != k]
             if len(kept) != len(targets):
                 changed.append(acanon)
                 if kept:
@@ -258,15 +300,15 @@ class UsersFile:
         k = address_key(canon)
         if k in self._users:
             raise ValueError(f"{self._users[k].address} is a user")
-        new = [canonical(t) for t in targets]
+        new = [canonical_target(t) for t in targets]
         if not new:
             raise ValueError("an alias needs at least one target")
         current = [] if replace or k not in self._aliases else list(self._aliases[k][1])
-        keys = {address_key(t) for t in current}
+        keys = {target_key(t) for t in current}
         for t in new:
-            if address_key(t) not in keys:
+            if target_key(t) not in keys:
                 current.append(t)
-                keys.add(address_key(t))
+                keys.add(target_key(t))
         name = self._aliases[k][0] if k in self._aliases and not replace else canon
         self._aliases[k] = (name, current)
         return name
@@ -279,9 +321,9 @@ class UsersFile:
         if targets is None:
             del self._aliases[k]
             return
-        drop = {address_key(t) for t in targets}
+        drop = {target_key(t) for t in targets}
         canon, current = self._aliases[k]
-        kept = [t for t in current if address_key(t) not in drop]
+        kept = [t for t in current if target_key(t) not in drop]
         if kept:
             self._aliases[k] = (canon, kept)
         else:
@@ -423,6 +465,8 @@ class Directory:
         self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password, e.quota, e.quota_messages)
                                              for k, e in users_file._users.items()}
         self._aliases: dict[str, list[str]] = {}
+        self._programs: dict[str, list[str]] = {}  # alias key -> its program targets ("|/path args")
+        self._alias_names: dict[str, str] = {k: canon for k, (canon, _t) in users_file._aliases.items()}
         self.warnings: list[str] = []
         for e in self._users.values():
             if not self.is_local_domain(e.address.rpartition("@")[2]):
@@ -434,6 +478,14 @@ class Directory:
                 continue
             keys: list[str] = []
             for t in targets:
+                if is_program(t):
+                    # A program runs as [delivery] program_user through the queue (delivery/program.py);
+                    # refused unless the operator allowed programs (Postfix: allow_mail_to_commands).
+                    if not config.delivery.allow_programs:
+                        raise ConfigError(f"{users_file.path}: aliases.{_tkey(canon)}: program target {t} "
+                                          "refused ([delivery] allow_programs = false)")
+                    self._programs.setdefault(k, []).append(t)
+                    continue
                 if not self.is_local_domain(t.rpartition("@")[2]):
                     self.warnings.append(f"alias {canon}: target {t} is not in a local domain "
                                          "(forwarding is not supported); ignored")
@@ -497,7 +549,7 @@ class Directory:
         return sorted(e.address for e in self._users.values())
 
     def _expand(self, key: str, depth: int, stack: set[str], out: list[str], problems: list[str] | None,
-                visited: set[str] | None = None) -> bool:
+                visited: set[str] | None = None, programs: list[tuple[str, str]] | None = None) -> bool:
         """Append the users `key` leads to; False when `key` is neither user nor alias.
         `stack` detects loops; `visited` keeps shared sub-aliases from being expanded twice."""
         e = self._users.get(key)
@@ -522,8 +574,10 @@ class Directory:
             return True
         visited.add(key)
         stack.add(key)
+        if programs is not None:  # (command, the alias naming it)
+            programs.extend((p, key) for p in self._programs.get(key, ()) if (p, key) not in programs)
         for t in targets:
-            if not self._expand(t, depth + 1, stack, out, problems, visited) and problems is not None:
+            if not self._expand(t, depth + 1, stack, out, problems, visited, programs) and problems is not None:
                 problems.append(f"target {t} is not a user or alias")
         stack.discard(key)
         return True
@@ -546,23 +600,39 @@ class Directory:
     def resolve(self, address: str | Address) -> list[str] | None:
         """Canonical user addresses mail to `address` goes to, or None (unknown, or not local).
         Order: exact user/alias, then without +tag, then the domain's catch-all."""
+        return self.targets(address)[0] or None
+
+    def program_targets(self, address: str | Address) -> list[tuple[str, str]]:
+        """The program targets mail to `address` reaches (the same search as `resolve`; only with
+        [delivery] allow_programs), each as (command "|/path args", recipient): the recipient is
+        the address whose alias names the command, `address` itself as given when that is the
+        alias reached first (Postfix local(8)'s RECIPIENT; ORIGINAL_RECIPIENT is `address`)."""
+        return self.targets(address)[1]
+
+    def targets(self, address: str | Address) -> tuple[list[str], list[tuple[str, str]]]:
+        """(final users, program targets as in `program_targets`) of `address`: the first of exact
+        user/alias, without +tag, the domain's catch-all that reaches anyone or any program;
+        ([], []) if none."""
         try:
             addr = address if isinstance(address, Address) else parse_mailbox(address)
         except ValueError:
-            return None
+            return [], []
         if addr.is_literal or addr.domain not in self.config.domains:
-            return None
-        for key in self._candidates(addr):
-            found = self._lookup_key(key)
-            if found is not None:
-                return found
+            return [], []
+        keys = self._candidates(addr)
         catch_all = self.config.domains[addr.domain].catch_all
         if catch_all:
             try:
-                return self._lookup_key(address_key(catch_all))
+                keys.append(address_key(catch_all))
             except ValueError:
-                return None
-        return None
+                pass
+        for key in keys:
+            out: list[str] = []
+            programs: list[tuple[str, str]] = []
+            if self._expand(key, 0, set(), out, None, programs=programs) and (out or programs):
+                return out, [(cmd, str(addr) if owner == key else self._alias_names.get(owner, owner))
+                             for cmd, owner in programs]
+        return [], []
 
     def how(self, address: str) -> tuple[list[str] | None, How]:
         """Who gets mail for exactly `address` (no +tag) and how: its own user or alias, else the
@@ -671,4 +741,5 @@ class Directory:
 
 
 __all__ = ["UsersFile", "UserEntry", "Directory", "RoleWarning", "How", "address_key", "canonical", "MAX_ALIAS_DEPTH",
+           "is_program", "program_argv", "canonical_target", "target_key",
            "POSTMASTER", "ABUSE", "ROLES"]

@@ -21,6 +21,9 @@ local recipients (queue/manager.py), and later vacation replies. It is the only 
   reply for the whole transaction: fsynced everywhere before its 250, or nothing visible);
   `deliver` writes each user on their own and answers per recipient (LMTP-like: the queue and
   cleanup report or retry each recipient; one user's failure does not fail the others).
+- programs: `resolve` also gives the program targets an address reaches; `queue_programs` puts them
+  in one queue entry (the same trust-cleaned message with the trace fields; the queue runs them
+  through delivery/program.py with Return-Path and Delivered-To on top, `with_head`): never inline.
 Does not own: the store's durability (store/), the users file (auth/users.py), remote recipients
 (delivery/remote.py), the fields themselves (message/trust.py, message/headers.py), spam verdicts
 (policy/, decided before the 250).
@@ -38,12 +41,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mailhaven.delivery.result import DeliveryResult
-from mailhaven.errors import MailError, PermFailure
+from mailhaven.errors import MailError, PermFailure, TempFailure
 from mailhaven.message import trust
 from mailhaven.message.address import Address
 from mailhaven.message.headers import return_path
 from mailhaven.policy.authresults import header_end
-from mailhaven.seams import Directory, FilterJob, MailFilter, Quota, Recipient, Store
+from mailhaven.seams import Directory, FilterJob, MailFilter, Program, Queue, Quota, Recipient, Store
 
 log = logging.getLogger("mailhaven.delivery")
 
@@ -94,9 +97,31 @@ class LocalDeliveryAgent:
     # -- alias expansion ---------------------------------------------------------------------------
 
     def resolve(self, address: str | Address) -> Recipient:
-        """`address` and the final users mail to it reaches (none: unknown or not ours)."""
-        users = self._directory().resolve(address)
-        return Recipient(str(address), tuple(users or ()))
+        """`address` and the final users mail to it reaches (none: unknown or not ours), and the
+        programs it reaches (auth/users.py program targets; delivered by the queue)."""
+        directory = self._directory()
+        users = directory.resolve(address)
+        programs = tuple(Program(c, r) for c, r in directory.program_targets(address))
+        return Recipient(str(address), tuple(users or ()), programs)
+
+    # -- programs (delivery/program.py runs them, from the queue) ---------------------------------
+
+    async def program_body(self, message: bytes, *, sender: str, trace: Sequence[bytes] = ()) -> bytes:
+        """The message a program gets below its head (`with_head`): as a mailbox copy's body."""
+        return await self._body(message, sender, trace)
+
+    async def queue_programs(self, queue: Queue | None, recipients: Sequence[Recipient], message: bytes, *,
+                             sender: str, trace: Sequence[bytes] = (), entry_id: str | None = None) -> str | None:
+        """Queue one entry for the program targets of `recipients` (each (command, RECIPIENT) once
+        per transaction), with the message a mailbox copy gets below its head; durable when this
+        returns. None when there are none; TempFailure when the queue is not running."""
+        jobs = program_jobs(recipients)
+        if not jobs:
+            return None
+        if queue is None:
+            raise TempFailure("the outbound queue is not running")
+        body = await self._body(message, sender, trace)
+        return await queue.submit(sender, [], body, source="program", entry_id=entry_id, programs=jobs)
 
     def postmaster(self, domain: str) -> Recipient:
         """postmaster@`domain` (RFC 5321 §4.5.1: always accepted): whoever Directory.postmaster
@@ -139,7 +164,7 @@ class LocalDeliveryAgent:
         raises the first failure (an unknown recipient: 550 5.1.1; the quota's refusal; what the
         store raises) with nothing visible anywhere."""
         for r in recipients:
-            if not r.users:
+            if not r.users and not r.programs:  # programs: queue_programs
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
         body = await self._body(message, sender, trace)
         copies, failed = await self._plan(recipients, body, sender, folder)
@@ -202,6 +227,24 @@ class LocalDeliveryAgent:
         await self.store.deliver(targets, body, heads={c.user: c.head for c in copies})
 
 
+def program_jobs(recipients: Sequence[Recipient]) -> list[tuple[str, str, str]]:
+    """(envelope recipient, command, RECIPIENT) for every program `recipients` reach, each
+    (command, RECIPIENT) once (duplicate suppression, as for mailboxes)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[str, str, str]] = []
+    for r in recipients:
+        for p in r.programs:
+            if (p.command, p.recipient) not in seen:
+                seen.add((p.command, p.recipient))
+                out.append((r.address, p.command, p.recipient))
+    return out
+
+
+def with_head(body: bytes, *, sender: str, recipient: str) -> bytes:
+    """A queued program copy (queue_programs' body) with Return-Path and Delivered-To on top."""
+    return return_path(sender) + delivered_to(recipient) + body
+
+
 def agent_of(ctx: object) -> LocalDeliveryAgent:
     """`ctx.agent` (app.py builds it), made on first use for a context built without one (test
     harnesses): over `ctx.store`, the current `ctx.directory` and `ctx.config.authserv_id`."""
@@ -213,4 +256,4 @@ def agent_of(ctx: object) -> LocalDeliveryAgent:
     return agent
 
 
-__all__ = ["LocalDeliveryAgent", "agent_of", "delivered_to", "unique_users", "INBOX"]
+__all__ = ["LocalDeliveryAgent", "agent_of", "delivered_to", "unique_users", "program_jobs", "with_head", "INBOX"]

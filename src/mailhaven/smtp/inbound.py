@@ -152,7 +152,10 @@ class InboundHandler(BaseHandler):
         if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
             users = list(agent.postmaster(rcpt.domain).users)
         else:
-            users = list(agent.resolve(rcpt).users)
+            found = agent.resolve(rcpt)
+            users = list(found.users)
+            if not users and found.programs:
+                return R.RCPT_OK, []  # only programs: queued at DATA (delivery/program.py)
         if not users:
             return R.UNKNOWN_USER, None
         return R.RCPT_OK, users
@@ -270,11 +273,20 @@ class InboundHandler(BaseHandler):
         # (RFC 5321 §4.4, RFC 9228) and removes what arrived claiming to be ours
         # (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before our trace fields.
         per_user = {user: _folder(folder, lists.get(user)) for user in txn.users}  # sender lists
+        agent = local.agent_of(self.ctx)
+        sender = str(txn.sender) if txn.sender is not None else ""
+        # Program targets (aliases "|/path args") never run here: they go into the queue, under this
+        # transaction's id, after the mailbox copies and before the 250 (delivery/program.py).
+        programs = [r for r in (agent.resolve(a) for a in txn.recipients) if r.programs]
+        if programs and self.ctx.queue is None:
+            raise TempFailure("the outbound queue is not running")
         try:
-            await local.agent_of(self.ctx).deliver_all(txn.resolved, data, folder=per_user, trace=trace,
-                                                       sender=str(txn.sender) if txn.sender is not None else "")
+            await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender)
         except OverQuota:  # nothing stored anywhere; the MX refuses for good at DATA (552 5.2.2)
             raise PermFailure("Mailbox full (over quota)", code=552, enhanced="5.2.2") from None
+        if programs:
+            await agent.queue_programs(self.ctx.queue, programs, data, sender=sender, trace=trace,
+                                       entry_id=txn.queue_id)
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)

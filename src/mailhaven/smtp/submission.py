@@ -176,8 +176,9 @@ class SubmissionHandler(BaseHandler):
             return R.LITERAL_RCPT, None
         found: list[str] = []  # remote: the queue delivers it
         if self.ctx.directory.is_local_domain(rcpt.domain):
-            users = agent.resolve(rcpt).users
-            if not users:
+            resolved = agent.resolve(rcpt)
+            users = resolved.users
+            if not users and not resolved.programs:  # programs: cleanup queues them
                 return R.UNKNOWN_USER, None
             found = list(users)
         refusal = self._take_recipient(session.user or "")
