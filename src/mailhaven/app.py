@@ -49,6 +49,7 @@ from mailhaven.auth.users import Directory
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
 from mailhaven.delivery.local import LocalDeliveryAgent
+from mailhaven.delivery.sieve import SieveFilter
 from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import ConfigError
 from mailhaven.imap import server as imap_server
@@ -155,7 +156,8 @@ class Context:
     agent: seams.DeliveryAgent = field(init=False)
 
     def __post_init__(self) -> None:
-        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id)
+        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
+                                        filter=SieveFilter(self))  # each user's active Sieve script
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]

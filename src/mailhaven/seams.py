@@ -61,14 +61,21 @@ class FilterJob:
     sender: str
     message: bytes
     folder: str
+    # True when the filter may refuse the message in protocol (RFC 5429 §2.1 reject at the MX:
+    # the agent answers the SMTP transaction, and this user is its only recipient); False: a
+    # refusal must be sent to the sender as a message instead (RFC 5429 §2.2).
+    can_refuse: bool = False
 
 
 @dataclass(frozen=True)
 class Filing:
     """A filter's decision for one user: the folders that get a copy (RFC 5228 §4.1 fileinto,
-    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard)."""
+    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard).
+    `refusal` (only when the job `can_refuse`): the reason the agent refuses the whole
+    transaction with (550 5.7.1, RFC 5429 §2.1), nothing stored."""
 
     folders: tuple[str, ...]
+    refusal: str | None = None
 
 
 # --- hooks of the delivery agent -------------------------------------------------------------------

@@ -138,7 +138,9 @@ class LocalDeliveryAgent:
             if not r.users:
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
         body = await self._body(message, sender, trace)
-        copies, failed = await self._plan(recipients, body, sender, folder)
+        # RFC 5429 §2.1: a Sieve reject can be the SMTP reply only when it answers for everyone
+        refusable = len(recipients) == 1 and len(recipients[0].users) == 1
+        copies, failed = await self._plan(recipients, body, sender, folder, can_refuse=refusable)
         if failed:
             raise next(iter(failed.values()))
         await self._write(copies, body)
@@ -157,7 +159,8 @@ class LocalDeliveryAgent:
         return data[len(rp):]
 
     async def _plan(self, recipients: Sequence[Recipient], body: bytes, sender: str,
-                    folder: str | Mapping[str, str]) -> tuple[list[_Copy], dict[str, BaseException]]:
+                    folder: str | Mapping[str, str], *, can_refuse: bool = False,
+                    ) -> tuple[list[_Copy], dict[str, BaseException]]:
         """One copy per final user (duplicates suppressed), its folders from the verdict and the
         filter, admitted by the quota; and the users refused on the way, with why."""
         rp = return_path(sender)
@@ -170,8 +173,12 @@ class LocalDeliveryAgent:
             try:
                 folders: tuple[str, ...] = (chosen,)
                 if self.filter is not None:
-                    job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen)
-                    folders = tuple(dict.fromkeys((await self.filter.file(job)).folders))
+                    job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen,
+                                    can_refuse=can_refuse)
+                    filing = await self.filter.file(job)
+                    if filing.refusal is not None and can_refuse:  # RFC 5429 §2.1: reject in protocol
+                        raise PermFailure(filing.refusal, code=550, enhanced="5.7.1")
+                    folders = tuple(dict.fromkeys(filing.folders))
                 if folders and self.quota is not None:
                     await self.quota.admit(user, len(head) + len(body))
             except MailError as e:
