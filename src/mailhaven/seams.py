@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ class Filing:
 
     folders: tuple[str, ...]
     refusal: str | None = None
+    # folder -> the IMAP flags its copy starts with (RFC 5232 imap4flags; system flags are kept)
+    flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # --- hooks of the delivery agent -------------------------------------------------------------------
@@ -110,7 +112,8 @@ class Store(Protocol):
     def account(self, user: str) -> Account: ...
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
-                      heads: Mapping[str, bytes] | None = None) -> None: ...
+                      heads: Mapping[str, bytes] | None = None,
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None: ...
 
 
 class Directory(Protocol):

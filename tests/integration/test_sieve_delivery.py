@@ -9,6 +9,7 @@ that the test DNS server names as remote.test's MX. Flags are read over IMAP wit
 from __future__ import annotations
 
 import asyncio
+import imaplib
 import logging
 import smtplib
 from collections.abc import AsyncIterator
@@ -384,3 +385,21 @@ async def test_redirects_count_against_the_hourly_sending_limit(
             assert len(await s.folder(ALICE)) == 1  # the third was not forwarded: kept instead
     finally:
         await peer.stop()
+# --- imap4flags ------------------------------------------------------------------------------------
+
+
+async def test_imap4flags_flagged_is_visible_over_imap(server: Server) -> None:
+    server.put(ALICE, 'require "imap4flags";\naddflag "\\\\Flagged";\nkeep;\n')
+    assert (await server.send([ALICE], message()))[0] == 250
+    port = server.ctx.port("imap")
+
+    def fetch() -> bytes:
+        with imaplib.IMAP4("127.0.0.1", port) as c:
+            c.starttls()
+            c.login(ALICE, "secret-alice")
+            c.select("INBOX")
+            typ, data = c.fetch("1", "(FLAGS)")
+            assert typ == "OK"
+            return data[0]  # type: ignore[return-value]
+    flags = await asyncio.to_thread(fetch)
+    assert b"\\Flagged" in flags, flags

@@ -74,6 +74,7 @@ class _Copy:
     recipients: tuple[str, ...]
     head: bytes
     folders: tuple[str, ...]
+    flags: Mapping[str, tuple[str, ...]] | None = None  # folder -> initial flags (Sieve imap4flags)
 
 
 class LocalDeliveryAgent:
@@ -172,6 +173,7 @@ class LocalDeliveryAgent:
             chosen = folder if isinstance(folder, str) else folder.get(user, INBOX)
             try:
                 folders: tuple[str, ...] = (chosen,)
+                flags: Mapping[str, tuple[str, ...]] | None = None
                 if self.filter is not None:
                     job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen,
                                     can_refuse=can_refuse)
@@ -179,13 +181,14 @@ class LocalDeliveryAgent:
                     if filing.refusal is not None and can_refuse:  # RFC 5429 §2.1: reject in protocol
                         raise PermFailure(filing.refusal, code=550, enhanced="5.7.1")
                     folders = tuple(dict.fromkeys(filing.folders))
+                    flags = filing.flags or None
                 if folders and self.quota is not None:
                     await self.quota.admit(user, len(head) + len(body))
             except MailError as e:
                 failed[user] = e
                 continue
             if folders:  # none: the filter discarded it (delivered, nothing stored)
-                copies.append(_Copy(user, reached, head, folders))
+                copies.append(_Copy(user, reached, head, folders, flags))
         return copies, failed
 
     async def _write(self, copies: Sequence[_Copy], body: bytes) -> None:
@@ -193,7 +196,8 @@ class LocalDeliveryAgent:
         if not copies:
             return
         targets = [(c.user, f) for c in copies for f in c.folders]
-        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies})
+        flags = {(c.user, f): c.flags[f] for c in copies if c.flags for f in c.folders if c.flags.get(f)}
+        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies}, flags=flags or None)
 
 
 def agent_of(ctx: object) -> LocalDeliveryAgent:

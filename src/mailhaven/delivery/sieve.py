@@ -20,9 +20,10 @@ Owns: `SieveFilter`, the agent's `seams.MailFilter` (delivery/local.py calls it 
 - a runtime error: the implicit keep and one log line (RFC 5228 §2.10.6);
 - mail loops: a copy that already carries this user's Delivered-To twice (a redirect that came
   back) is kept without running the script.
-Not yet done (issue 13): imap4flags' flags on the stored copy and editheader's edited header
-(the store's deliver shares one body between users and takes no initial flags); both are ignored
-and the message is stored as it came.
+imap4flags (RFC 5232): keep's and fileinto's flags become the stored copy's flags (the five system
+flags, as Maildir info letters; keywords are not stored yet).
+Not yet done (issue 13): editheader's edited header (the store's deliver shares one body between
+the users of a transaction); the message is stored as it came.
 Side effects (redirect, vacation, rejection notice) are enqueued before the agent's store write;
 if that write then fails, the sender's retry may send them twice (never zero times).
 Does not own: Sieve itself (mailhaven.sieve), script storage (sieve_store.py), the messages it sends
@@ -176,12 +177,16 @@ class SieveFilter:
     async def _apply(self, job: seams.FilterJob, result: Result) -> seams.Filing:
         user = job.user
         folders: list[str] = []
+        flags: dict[str, tuple[str, ...]] = {}
         root = names.user_root(Path(self.ctx.config.mail_root), user)
         for action in result.actions:
             if isinstance(action, Keep):
                 folders.append(job.folder)
+                _add_flags(flags, job.folder, action.flags)
             elif isinstance(action, FileInto):
-                folders.append(await self._folder(user, root, action, job.folder))
+                box = await self._folder(user, root, action, job.folder)
+                folders.append(box)
+                _add_flags(flags, box, action.flags)
             elif isinstance(action, Discard):
                 log.info("sieve: %s: discarded", user)
             elif isinstance(action, Reject):
@@ -203,7 +208,8 @@ class SieveFilter:
                 await asyncio.to_thread(tracker.mark, marks)
             except OSError as e:
                 log.error("sieve: %s: duplicate ids not recorded: %s", user, e)
-        return seams.Filing(tuple(dict.fromkeys(folders)))
+        chosen = tuple(dict.fromkeys(folders))
+        return seams.Filing(chosen, flags={f: flags[f] for f in chosen if f in flags})
 
     async def _folder(self, user: str, root: Path, action: FileInto, proposed: str) -> str:
         """fileinto's folder of this user, or `proposed` (keep) with a log line when it is not a
@@ -302,6 +308,13 @@ async def forward(ctx: seams.Context, sender: str, address: str, message: bytes)
     """Redirect `message` to `address` (RFC 5228 §4.2) through cleanup; its queue id. The envelope
     sender is kept as it came for now: SRS (delivery/srs.py) rewrites it here."""
     return await cleanup.enqueue(ctx, sender, [address], message, source="sieve-redirect")
+
+
+def _add_flags(flags: dict[str, tuple[str, ...]], folder: str, more: tuple[str, ...]) -> None:
+    """RFC 5232 §3: the copy in `folder` starts with `more` too (system flags are stored; keywords
+    are not yet, see the module doc)."""
+    if more:
+        flags[folder] = tuple(dict.fromkeys((*flags.get(folder, ()), *more)))
 
 
 def _without_return_path(message: bytes) -> bytes:

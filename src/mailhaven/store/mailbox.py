@@ -136,20 +136,26 @@ class Store:
         return acc
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
-                      heads: Mapping[str, bytes] | None = None) -> None:
+                      heads: Mapping[str, bytes] | None = None,
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None:
         """Durably deliver one message to every (user, folder) target, all or nothing.
 
         `heads[user]` (CRLF-terminated header fields, e.g. Return-Path and Delivered-To) is written
         above `data` in that user's copies: users with different heads get files of their own, the
         folders of one user share one file (hard links). Returns only after every file and new/
         directory are fsynced. Raises StoreError (nothing visible anywhere), or BadMailboxName for
-        an invalid user or folder name (nothing written).
+        an invalid user or folder name (nothing written). `flags[(user, folder)]`: IMAP system
+        flags the copy starts with (Sieve imap4flags, RFC 5232; others are ignored here).
         """
         resolved: dict[tuple[str, str], tuple[Account, str]] = {}
+        infos: dict[tuple[str, str], str] = {}
         for user, folder in targets:
             acc = self.account(user)
             name = names.canonical(folder)
             resolved.setdefault((acc.user, name), (acc, name))
+            if flags and flags.get((user, folder)):
+                infos[(acc.user, name)] = maildir.build_info(
+                    f for f in (maildir.canonical_flag(x) for x in flags[(user, folder)]) if f)
         if not resolved:
             raise StoreError("no delivery target")
         items = list(resolved.values())
@@ -159,19 +165,21 @@ class Store:
         for acc, name in items:
             groups.setdefault(by_user.get(acc.user, b""), []).append((acc, name))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data)
+        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
-    def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes) -> None:
+    def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes,
+                      infos: Mapping[tuple[str, str], str] | None = None) -> None:
         data = maildir.to_crlf(data)
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
         try:
             for head, items in groups:
                 paths = self._folders_for(items, trust_known=True)
+                letters = [(infos or {}).get((acc.user, n), "") for acc, n in items]
                 try:
                     name = maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
-                                                 dir_sync=self.dir_sync, head=head)
+                                                 dir_sync=self.dir_sync, head=head, infos=letters)
                 except StoreError as e:
                     if not isinstance(e.__cause__, FileNotFoundError):
                         raise
@@ -179,8 +187,8 @@ class Store:
                     self._ready.difference_update(paths)
                     paths = self._folders_for(items, trust_known=False)
                     name = maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
-                                                 dir_sync=self.dir_sync, head=head)
-                placed.extend(p / "new" / name for p in paths)
+                                                 dir_sync=self.dir_sync, head=head, infos=letters)
+                placed.extend(maildir.delivered_path(p, name, i) for p, i in zip(paths, letters, strict=True))
         except BaseException:
             # All or nothing: the copies already placed go too (a crash right here may leave them:
             # delivered twice on the sender's retry, never lost).
