@@ -78,6 +78,9 @@ class Filing:
     refusal: str | None = None
     # folder -> the IMAP flags its copy starts with (RFC 5232 imap4flags; system flags are kept)
     flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the user's copy as it is to be stored (head included) when the filter changed its header
+    # section (RFC 5293 editheader); None: the message as the job had it
+    message: bytes | None = None
 
 
 # --- hooks of the delivery agent -------------------------------------------------------------------
@@ -113,7 +116,8 @@ class Store(Protocol):
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
                       heads: Mapping[str, bytes] | None = None,
-                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None: ...
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                      bodies: Mapping[str, bytes] | None = None) -> None: ...
 
 
 class Directory(Protocol):

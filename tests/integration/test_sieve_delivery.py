@@ -403,3 +403,18 @@ async def test_imap4flags_flagged_is_visible_over_imap(server: Server) -> None:
             return data[0]  # type: ignore[return-value]
     flags = await asyncio.to_thread(fetch)
     assert b"\\Flagged" in flags, flags
+
+
+# --- editheader ------------------------------------------------------------------------------------
+
+
+async def test_editheader_changes_the_stored_copy_only_for_that_user(server: Server) -> None:
+    server.put(ALICE, 'require ["editheader"];\naddheader "X-Sieve" "seen by alice";\n'
+                      'deleteheader "Subject";\naddheader :last "Subject" "[tagged] hello";\n')
+    assert (await server.send([ALICE, BOB], message("hello")))[0] == 250
+    [a] = await server.folder(ALICE)
+    [b] = await server.folder(BOB)
+    assert a.startswith(f"Return-Path: <{SENDER}>\r\nDelivered-To: {ALICE}\r\nX-Sieve: seen by alice\r\n".encode())
+    assert field_value(a, "Subject") == "[tagged] hello" and a.count(b"Subject:") == 1
+    assert a.endswith(b"\r\n\r\nHello there.\r\n")
+    assert field_value(b, "Subject") == "hello" and b"X-Sieve" not in b

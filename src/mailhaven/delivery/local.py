@@ -75,6 +75,7 @@ class _Copy:
     head: bytes
     folders: tuple[str, ...]
     flags: Mapping[str, tuple[str, ...]] | None = None  # folder -> initial flags (Sieve imap4flags)
+    own: bytes | None = None  # the whole copy, when the filter edited its header (then head is b"")
 
 
 class LocalDeliveryAgent:
@@ -174,6 +175,7 @@ class LocalDeliveryAgent:
             try:
                 folders: tuple[str, ...] = (chosen,)
                 flags: Mapping[str, tuple[str, ...]] | None = None
+                own: bytes | None = None
                 if self.filter is not None:
                     job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen,
                                     can_refuse=can_refuse)
@@ -182,13 +184,14 @@ class LocalDeliveryAgent:
                         raise PermFailure(filing.refusal, code=550, enhanced="5.7.1")
                     folders = tuple(dict.fromkeys(filing.folders))
                     flags = filing.flags or None
+                    own = filing.message
                 if folders and self.quota is not None:
-                    await self.quota.admit(user, len(head) + len(body))
+                    await self.quota.admit(user, len(head) + len(body) if own is None else len(own))
             except MailError as e:
                 failed[user] = e
                 continue
             if folders:  # none: the filter discarded it (delivered, nothing stored)
-                copies.append(_Copy(user, reached, head, folders, flags))
+                copies.append(_Copy(user, reached, head if own is None else b"", folders, flags, own))
         return copies, failed
 
     async def _write(self, copies: Sequence[_Copy], body: bytes) -> None:
@@ -197,7 +200,9 @@ class LocalDeliveryAgent:
             return
         targets = [(c.user, f) for c in copies for f in c.folders]
         flags = {(c.user, f): c.flags[f] for c in copies if c.flags for f in c.folders if c.flags.get(f)}
-        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies}, flags=flags or None)
+        bodies = {c.user: c.own for c in copies if c.own is not None}
+        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies}, flags=flags or None,
+                                 bodies=bodies or None)
 
 
 def agent_of(ctx: object) -> LocalDeliveryAgent:

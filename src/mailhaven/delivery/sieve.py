@@ -21,9 +21,8 @@ Owns: `SieveFilter`, the agent's `seams.MailFilter` (delivery/local.py calls it 
 - mail loops: a copy that already carries this user's Delivered-To twice (a redirect that came
   back) is kept without running the script.
 imap4flags (RFC 5232): keep's and fileinto's flags become the stored copy's flags (the five system
-flags, as Maildir info letters; keywords are not stored yet).
-Not yet done (issue 13): editheader's edited header (the store's deliver shares one body between
-the users of a transaction); the message is stored as it came.
+flags, as Maildir info letters; keywords are not stored yet). editheader (RFC 5293): the stored
+copy and redirects carry the edited header section (Return-Path and Delivered-To stay on top).
 Side effects (redirect, vacation, rejection notice) are enqueued before the agent's store write;
 if that write then fails, the sender's retry may send them twice (never zero times).
 Does not own: Sieve itself (mailhaven.sieve), script storage (sieve_store.py), the messages it sends
@@ -33,6 +32,7 @@ Does not own: Sieve itself (mailhaven.sieve), script storage (sieve_store.py), t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import os
@@ -176,6 +176,9 @@ class SieveFilter:
 
     async def _apply(self, job: seams.FilterJob, result: Result) -> seams.Filing:
         user = job.user
+        edited = _edited(job.message, result.headers) if result.headers is not None else None
+        if edited is not None:  # RFC 5293 §5: later actions (store, redirect) see the edited message
+            job = dataclasses.replace(job, message=edited)
         folders: list[str] = []
         flags: dict[str, tuple[str, ...]] = {}
         root = names.user_root(Path(self.ctx.config.mail_root), user)
@@ -209,7 +212,7 @@ class SieveFilter:
             except OSError as e:
                 log.error("sieve: %s: duplicate ids not recorded: %s", user, e)
         chosen = tuple(dict.fromkeys(folders))
-        return seams.Filing(chosen, flags={f: flags[f] for f in chosen if f in flags})
+        return seams.Filing(chosen, flags={f: flags[f] for f in chosen if f in flags}, message=edited)
 
     async def _folder(self, user: str, root: Path, action: FileInto, proposed: str) -> str:
         """fileinto's folder of this user, or `proposed` (keep) with a log line when it is not a
@@ -308,6 +311,23 @@ async def forward(ctx: seams.Context, sender: str, address: str, message: bytes)
     """Redirect `message` to `address` (RFC 5228 §4.2) through cleanup; its queue id. The envelope
     sender is kept as it came for now: SRS (delivery/srs.py) rewrites it here."""
     return await cleanup.enqueue(ctx, sender, [address], message, source="sieve-redirect")
+
+
+def _edited(message: bytes, fields: list[tuple[str, str]]) -> bytes:
+    """The message with the header section editheader left (RFC 5293), our Return-Path and
+    Delivered-To kept on top whatever the script did (they are the agent's, like Received)."""
+    end = message.find(b"\r\n\r\n")
+    body = b"" if end < 0 else message[end + 4:]
+    lines = message.split(b"\r\n", 2)
+    ours = b"".join(line + b"\r\n" for line in lines[:2]
+                    if line.lower().startswith((b"return-path:", b"delivered-to:")))
+    kept = list(fields)
+    for name in ("return-path", "delivered-to"):  # the first of each is ours: it stays on top
+        i = next((i for i, (n, _) in enumerate(kept) if n.lower() == name), None)
+        if i is not None and ours.lower().find(name.encode()) >= 0:
+            del kept[i]
+    head = b"".join(f"{n}: {v}\r\n".encode() for n, v in kept)
+    return ours + head + b"\r\n" + body
 
 
 def _add_flags(flags: dict[str, tuple[str, ...]], folder: str, more: tuple[str, ...]) -> None:

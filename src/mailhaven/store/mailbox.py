@@ -137,7 +137,8 @@ class Store:
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
                       heads: Mapping[str, bytes] | None = None,
-                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None) -> None:
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                      bodies: Mapping[str, bytes] | None = None) -> None:
         """Durably deliver one message to every (user, folder) target, all or nothing.
 
         `heads[user]` (CRLF-terminated header fields, e.g. Return-Path and Delivered-To) is written
@@ -146,6 +147,8 @@ class Store:
         directory are fsynced. Raises StoreError (nothing visible anywhere), or BadMailboxName for
         an invalid user or folder name (nothing written). `flags[(user, folder)]`: IMAP system
         flags the copy starts with (Sieve imap4flags, RFC 5232; others are ignored here).
+        `bodies[user]`: what that user's copies hold below their head instead of `data` (Sieve
+        editheader, RFC 5293: a copy with its own header section).
         """
         resolved: dict[tuple[str, str], tuple[Account, str]] = {}
         infos: dict[tuple[str, str], str] = {}
@@ -161,20 +164,22 @@ class Store:
         items = list(resolved.values())
         # One group per distinct head (the users' keys canonicalised like the targets').
         by_user = {self.account(u).user: h for u, h in (heads or {}).items()}
-        groups: dict[bytes, list[tuple[Account, str]]] = {}
+        own = {self.account(u).user: b for u, b in (bodies or {}).items()}
+        groups: dict[tuple[bytes, bytes | None], list[tuple[Account, str]]] = {}
         for acc, name in items:
-            groups.setdefault(by_user.get(acc.user, b""), []).append((acc, name))
+            groups.setdefault((by_user.get(acc.user, b""), own.get(acc.user)), []).append((acc, name))
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
-    def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes,
-                      infos: Mapping[tuple[str, str], str] | None = None) -> None:
-        data = maildir.to_crlf(data)
+    def _deliver_sync(self, groups: list[tuple[tuple[bytes, bytes | None], list[tuple[Account, str]]]],
+                      shared: bytes, infos: Mapping[tuple[str, str], str] | None = None) -> None:
+        shared = maildir.to_crlf(shared)
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
         try:
-            for head, items in groups:
+            for (head, body), items in groups:
+                data = shared if body is None else maildir.to_crlf(body)
                 paths = self._folders_for(items, trust_known=True)
                 letters = [(infos or {}).get((acc.user, n), "") for acc, n in items]
                 try:
