@@ -220,6 +220,8 @@ async def test_reject_with_two_recipients_accepts_and_sends_a_rejection_notice(s
     assert b"report-type=disposition-notification" in data
     assert b"Disposition: automatic-action/MDN-sent-automatically; deleted" in data
     assert b"Not from you, thanks" in data
+    assert field_value(data, "From") == "Mail Delivery System <MAILER-DAEMON@example.test>"
+    assert data.startswith(b"DKIM-Signature:") and b"d=example.test" in data
 
 
 # --- redirect --------------------------------------------------------------------------------------
@@ -418,3 +420,38 @@ async def test_editheader_changes_the_stored_copy_only_for_that_user(server: Ser
     assert field_value(a, "Subject") == "[tagged] hello" and a.count(b"Subject:") == 1
     assert a.endswith(b"\r\n\r\nHello there.\r\n")
     assert field_value(b, "Subject") == "hello" and b"X-Sieve" not in b
+
+
+# --- duplicate, :from ------------------------------------------------------------------------------
+
+
+async def test_duplicate_is_remembered_across_deliveries_and_restarts(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
+    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key)
+    try:
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            s.put(ALICE, 'require ["duplicate", "fileinto", "mailbox"];\n'
+                         'if duplicate { fileinto :create "Dups"; }\n')
+            assert (await s.send([ALICE], message("one")))[0] == 250
+            assert (await s.send([ALICE], message("one again")))[0] == 250  # the same Message-ID
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            assert (await s.send([ALICE], message("one a third time")))[0] == 250
+            assert (await s.send([ALICE], message("two", mid="<m2@remote.test>")))[0] == 250
+            assert [field_value(m, "Subject") for m in await s.folder(ALICE)] == ["one", "two"]
+            assert [field_value(m, "Subject") for m in await s.folder(ALICE, "Dups")] == [
+                "one again", "one a third time"]
+    finally:
+        await peer.stop()
+
+
+async def test_vacation_from_must_be_an_address_of_the_user(server: Server) -> None:
+    server.put(ALICE, 'require "vacation";\nvacation :from "The Boss <boss@example.test>" "Away.";\n')
+    assert (await server.send([ALICE], message()))[0] == 250
+    [reply] = await server.peer.wait_messages(1, 20)
+    assert field_value(reply.data, "From") == f"<{ALICE}>"  # not someone else's address, DKIM-signed
+    server.put(ALICE, 'require "vacation";\nvacation :handle "2" :from "Alice A <alice+away@example.test>" "Away.";\n')
+    assert (await server.send([ALICE], message(mid="<m2@remote.test>")))[0] == 250
+    await server.peer.wait_messages(2, 20)
+    assert field_value(server.peer.messages[1].data, "From") == "Alice A <alice+away@example.test>"

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import email.utils
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +97,7 @@ class SieveFilter:
     def __init__(self, ctx: seams.Context) -> None:
         self.ctx = ctx
         self._cache: dict[str, _Loaded] = {}
+        self._cache_lock = threading.Lock()  # _load runs in worker threads
 
     # -- the script -----------------------------------------------------------------------------
 
@@ -108,14 +111,16 @@ class SieveFilter:
         store = self._store(user)
         name = store.active()
         if name is None:
-            self._cache.pop(user, None)
+            with self._cache_lock:
+                self._cache.pop(user, None)
             return None
         try:
             st = os.stat(store.path / (name + ".sieve"), follow_symlinks=False)
         except OSError:
             return None
         key = (name, st.st_mtime_ns, st.st_size)
-        hit = self._cache.get(user)
+        with self._cache_lock:
+            hit = self._cache.get(user)
         if hit is not None and hit.key == key:
             return hit.script
         data = store.read(name)
@@ -128,9 +133,10 @@ class SieveFilter:
                 script = compile_script(data)
             except SieveSyntaxError as e:
                 log.warning("sieve: %s: active script %r does not compile (%s); not run", user, name, e)
-        if len(self._cache) >= MAX_CACHE:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[user] = _Loaded(key, script)
+        with self._cache_lock:
+            if len(self._cache) >= MAX_CACHE and user not in self._cache:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[user] = _Loaded(key, script)
         return script
 
     def _run(self, user: str, job: seams.FilterJob, script: Script) -> Result:
@@ -179,6 +185,14 @@ class SieveFilter:
         edited = _edited(job.message, result.headers) if result.headers is not None else None
         if edited is not None:  # RFC 5293 §5: later actions (store, redirect) see the edited message
             job = dataclasses.replace(job, message=edited)
+        try:
+            return await self._actions(job, result, edited)
+        except Exception:  # noqa: BLE001 - never lose the message over a bug here: keep it
+            log.exception("sieve: %s: executing the actions failed; implicit keep", user)
+            return seams.Filing((job.folder,))
+
+    async def _actions(self, job: seams.FilterJob, result: Result, edited: bytes | None) -> seams.Filing:
+        user = job.user
         folders: list[str] = []
         flags: dict[str, tuple[str, ...]] = {}
         root = names.user_root(Path(self.ctx.config.mail_root), user)
@@ -262,6 +276,7 @@ class SieveFilter:
             log.info("sieve: %s: rejected (null sender: no notice)", job.user)
             return True
         notice = sievereply.rejection_notice(hostname=self.ctx.config.hostname, user=job.user, to=job.sender,
+                                             domain=job.user.rpartition("@")[2],
                                              reason=reason, original=job.message)
         try:
             queue_id = await cleanup.enqueue(self.ctx, "", [job.sender], notice, source="sieve-reject")
@@ -295,8 +310,16 @@ class SieveFilter:
         if not self._may_send(user, 1):
             return
         original = job.message
+        own = job.recipients[0] if job.recipients else user
+        from_ = own
+        if v.from_:  # only an address the user may send as (issue 13 item 8; cleanup DKIM-signs it)
+            _name, addr = email.utils.parseaddr(v.from_)
+            if addr and self.ctx.directory.owns(user, addr):
+                from_ = v.from_
+            else:
+                log.warning("sieve: %s: vacation :from %r is not the user's address; using <%s>", user, v.from_, own)
         reply = sievereply.vacation_reply(
-            from_=v.from_ or (job.recipients[0] if job.recipients else user), to=sender,
+            from_=from_, to=sender,
             subject=v.reply_subject, reason=v.reason, mime=v.mime, in_reply_to=v.in_reply_to,
             references=cleanup.header_value(original, "references"))
         try:  # RFC 5230 §5.1 / RFC 3834 §3.1.5: null envelope sender; cleanup DKIM-signs it

@@ -31,7 +31,7 @@ def _field(name: str, value: str) -> bytes:
     """`Name: value` CRLF; non-ASCII as an RFC 2047 encoded-word."""
     value = one_line(value, 900)
     if not value.isascii():
-        value = Header(value, "utf-8").encode()
+        value = Header(value, "utf-8").encode(linesep="\r\n")
     return f"{name}: {value}\r\n".encode("ascii")
 
 
@@ -64,12 +64,13 @@ def vacation_reply(*, from_: str, to: str, subject: str, reason: str, mime: bool
         _text_body(reason)
 
 
-def rejection_notice(*, hostname: str, user: str, to: str, reason: str, original: bytes) -> bytes:
-    """RFC 5429 §2.2: the MDN (RFC 8098 §3) telling `to` that `user`'s filter refused the message."""
+def rejection_notice(*, hostname: str, user: str, to: str, reason: str, original: bytes, domain: str = "") -> bytes:
+    """RFC 5429 §2.2: the MDN (RFC 8098 §3) telling `to` that `user`'s filter refused the message;
+    From MAILER-DAEMON@`domain` (the user's domain, so cleanup DKIM-signs it), else @`hostname`."""
     subject = _original_field(original, b"subject")
     mid = _original_field(original, b"message-id")
     boundary = f"=_sieve_reject_{abs(hash((user, to, reason, mid))) % 10**12:012d}"
-    head = _field("From", f"Mail Delivery System <MAILER-DAEMON@{hostname}>") + _field("To", _addr(to))
+    head = _field("From", f"Mail Delivery System <MAILER-DAEMON@{domain or hostname}>") + _field("To", _addr(to))
     head += _field("Subject", f"Rejected: {subject}" if subject else "Message rejected")
     head += b"Auto-Submitted: auto-replied (rejected)\r\nMIME-Version: 1.0\r\n"
     head += f'Content-Type: multipart/report; report-type=disposition-notification;\r\n boundary="{boundary}"\r\n'.encode()

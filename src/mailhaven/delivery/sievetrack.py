@@ -31,9 +31,7 @@ _locks_guard = threading.Lock()
 
 
 def _lock(path: Path) -> threading.Lock:
-    with _locks_guard:
-        if len(_locks) > 10_000:
-            _locks.clear()  # bounded; a lock in use stays referenced by its holder
+    with _locks_guard:  # one per user that got mail (bounded by the users file)
         return _locks.setdefault(path, threading.Lock())
 
 
