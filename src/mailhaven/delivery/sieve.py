@@ -73,7 +73,7 @@ DAEMON_LOCALPARTS = ("mailer-daemon", "postmaster", "listserv", "majordomo")  # 
 
 @dataclass(frozen=True)
 class _Loaded:
-    key: tuple[str, int, int]  # (name, mtime_ns, size) of the active script's file
+    key: tuple[str, int, int, int]  # (name, inode, mtime_ns, size) of the active script's file
     script: Script | None  # None: it does not compile (logged once)
 
 
@@ -118,7 +118,7 @@ class SieveFilter:
             st = os.stat(store.path / (name + ".sieve"), follow_symlinks=False)
         except OSError:
             return None
-        key = (name, st.st_mtime_ns, st.st_size)
+        key = (name, st.st_ino, st.st_mtime_ns, st.st_size)
         with self._cache_lock:
             hit = self._cache.get(user)
         if hit is not None and hit.key == key:
