@@ -387,6 +387,21 @@ async def test_redirects_count_against_the_hourly_sending_limit(
             assert len(await s.folder(ALICE)) == 1  # the third was not forwarded: kept instead
     finally:
         await peer.stop()
+async def test_a_zero_sending_limit_means_no_limit_for_redirects(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
+    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key,
+                             submission={"max_messages_per_hour": 0, "max_recipients_per_hour": 0})
+    try:
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            s.put(ALICE, 'redirect "fwd@remote.test";\n')
+            assert (await s.send([ALICE], message()))[0] == 250
+            await peer.wait_messages(1, 20)
+            assert await s.folder(ALICE) == []
+    finally:
+        await peer.stop()
+
+
 # --- imap4flags ------------------------------------------------------------------------------------
 
 

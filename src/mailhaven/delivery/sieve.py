@@ -250,13 +250,14 @@ class SieveFilter:
         and vacation replies are mail the user sends (issue 13 item 8)."""
         sub = self.ctx.config.submission
         sending = self.ctx.limits.sending
-        if sending.count("messages", user) + 1 > sub.max_messages_per_hour or \
-                sending.count("recipients", user) + recipients > sub.max_recipients_per_hour:
+        ok, _count = sending.take("messages", user, 1, sub.max_messages_per_hour)  # 0 = no limit
+        if ok:
+            ok, _count = sending.take("recipients", user, recipients, sub.max_recipients_per_hour)
+            if not ok:
+                sending.add("messages", user, -1)
+        if not ok:
             log.warning("sieve: %s: hourly sending limit reached; nothing sent", user)
-            return False
-        sending.add("messages", user, 1)
-        sending.add("recipients", user, recipients)
-        return True
+        return ok
 
     async def _redirect(self, job: seams.FilterJob, address: str) -> bool:
         if not self._may_send(job.user, 1):
