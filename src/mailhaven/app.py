@@ -49,6 +49,7 @@ from mailhaven.auth.users import Directory
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
 from mailhaven.delivery.local import LocalDeliveryAgent
+from mailhaven.delivery.sieve import SieveFilter
 from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import ConfigError
 from mailhaven.imap import server as imap_server
@@ -160,7 +161,7 @@ class Context:
     def __post_init__(self) -> None:
         self.quota = QuotaService(self.store, lambda: self.directory)
         agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
-                                   quota=self.quota)
+                                   quota=self.quota, filter=SieveFilter(self))  # each user's active Sieve script
         self.quota.agent = agent
         self.agent = agent
 

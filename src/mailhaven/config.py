@@ -290,6 +290,8 @@ class ManageSieveConfig:
                                "also bounds the literal a client may send.", lo=64, hi=64 * 1_048_576)
     max_scripts: int = opt(100, "Most scripts one user may store (RFC 5804 QUOTA/MAXSCRIPTS).", lo=1, hi=100_000)
     max_bad_commands: int = opt(20, "Bad commands in a row before the connection is closed.", lo=1, hi=10_000)
+    max_redirects: int = opt(4, "Most redirects one Sieve run may make (Pigeonhole's sieve_max_redirects); "
+                             "more is a runtime error: the message is kept.", lo=0, hi=100)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -72,14 +72,26 @@ class FilterJob:
     sender: str
     message: bytes
     folder: str
+    # True when the filter may refuse the message in protocol (RFC 5429 §2.1 reject at the MX:
+    # the agent answers the SMTP transaction, and this user is its only recipient); False: a
+    # refusal must be sent to the sender as a message instead (RFC 5429 §2.2).
+    can_refuse: bool = False
 
 
 @dataclass(frozen=True)
 class Filing:
     """A filter's decision for one user: the folders that get a copy (RFC 5228 §4.1 fileinto,
-    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard)."""
+    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard).
+    `refusal` (only when the job `can_refuse`): the reason the agent refuses the whole
+    transaction with (550 5.7.1, RFC 5429 §2.1), nothing stored."""
 
     folders: tuple[str, ...]
+    refusal: str | None = None
+    # folder -> the IMAP flags its copy starts with (RFC 5232 imap4flags; system flags are kept)
+    flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the user's copy as it is to be stored (head included) when the filter changed its header
+    # section (RFC 5293 editheader); None: the message as the job had it
+    message: bytes | None = None
 
 
 # --- hooks of the delivery agent -------------------------------------------------------------------
@@ -117,7 +129,9 @@ class Store(Protocol):
     def account(self, user: str) -> Account: ...
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
-                      heads: Mapping[str, bytes] | None = None) -> None: ...
+                      heads: Mapping[str, bytes] | None = None,
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                      bodies: Mapping[str, bytes] | None = None) -> None: ...
 
 
 class Directory(Protocol):

@@ -79,6 +79,8 @@ class _Copy:
     recipients: tuple[str, ...]
     head: bytes
     folders: tuple[str, ...]
+    flags: Mapping[str, tuple[str, ...]] | None = None  # folder -> initial flags (Sieve imap4flags)
+    own: bytes | None = None  # the whole copy, when the filter edited its header (then head is b"")
 
 
 class LocalDeliveryAgent:
@@ -167,7 +169,9 @@ class LocalDeliveryAgent:
             if not r.users and not r.programs:  # programs: queue_programs
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
         body = await self._body(message, sender, trace)
-        copies, failed = await self._plan(recipients, body, sender, folder)
+        # RFC 5429 §2.1: a Sieve reject can be the SMTP reply only when it answers for everyone
+        refusable = len(recipients) == 1 and len(recipients[0].users) == 1
+        copies, failed = await self._plan(recipients, body, sender, folder, can_refuse=refusable)
         if failed:
             raise next(iter(failed.values()))
         await self._write(copies, body)
@@ -193,7 +197,7 @@ class LocalDeliveryAgent:
         return data[len(rp):]
 
     async def _plan(self, recipients: Sequence[Recipient], body: bytes, sender: str,
-                    folder: str | Mapping[str, str], *, enforce_quota: bool = True,
+                    folder: str | Mapping[str, str], *, enforce_quota: bool = True, can_refuse: bool = False,
                     ) -> tuple[list[_Copy], dict[str, BaseException]]:
         """One copy per final user (duplicates suppressed), its folders from the verdict and the
         filter, admitted by the quota; and the users refused on the way, with why."""
@@ -206,17 +210,25 @@ class LocalDeliveryAgent:
             chosen = folder if isinstance(folder, str) else folder.get(user, INBOX)
             try:
                 folders: tuple[str, ...] = (chosen,)
+                flags: Mapping[str, tuple[str, ...]] | None = None
+                own: bytes | None = None
                 if self.filter is not None:
-                    job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen)
-                    folders = tuple(dict.fromkeys((await self.filter.file(job)).folders))
+                    job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen,
+                                    can_refuse=can_refuse)
+                    filing = await self.filter.file(job)
+                    if filing.refusal is not None and can_refuse:  # RFC 5429 §2.1: reject in protocol
+                        raise PermFailure(filing.refusal, code=550, enhanced="5.7.1")
+                    folders = tuple(dict.fromkeys(filing.folders))
+                    flags = filing.flags or None
+                    own = filing.message
                 if folders and self.quota is not None and enforce_quota:
                     # each folder's copy counts, as in Dovecot's quota (hard links or not)
-                    await self.quota.admit(user, (len(head) + len(body)) * len(folders))
+                    await self.quota.admit(user, (len(head) + (len(body) if own is None else len(own))) * len(folders))
             except MailError as e:
                 failed[user] = e
                 continue
             if folders:  # none: the filter discarded it (delivered, nothing stored)
-                copies.append(_Copy(user, reached, head, folders))
+                copies.append(_Copy(user, reached, head if own is None else b"", folders, flags, own))
         return copies, failed
 
     async def _write(self, copies: Sequence[_Copy], body: bytes) -> None:
@@ -224,7 +236,10 @@ class LocalDeliveryAgent:
         if not copies:
             return
         targets = [(c.user, f) for c in copies for f in c.folders]
-        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies})
+        flags = {(c.user, f): c.flags[f] for c in copies if c.flags for f in c.folders if c.flags.get(f)}
+        bodies = {c.user: c.own for c in copies if c.own is not None}
+        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies}, flags=flags or None,
+                                 bodies=bodies or None)
 
 
 def program_jobs(recipients: Sequence[Recipient]) -> list[tuple[str, str, str]]:

@@ -145,50 +145,63 @@ class Store:
         return acc
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
-                      heads: Mapping[str, bytes] | None = None) -> None:
+                      heads: Mapping[str, bytes] | None = None,
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                      bodies: Mapping[str, bytes] | None = None) -> None:
         """Durably deliver one message to every (user, folder) target, all or nothing.
 
         `heads[user]` (CRLF-terminated header fields, e.g. Return-Path and Delivered-To) is written
         above `data` in that user's copies: users with different heads get files of their own, the
         folders of one user share one file (hard links). Returns only after every file and new/
         directory are fsynced. Raises StoreError (nothing visible anywhere), or BadMailboxName for
-        an invalid user or folder name (nothing written).
+        an invalid user or folder name (nothing written). `flags[(user, folder)]`: IMAP system
+        flags the copy starts with (Sieve imap4flags, RFC 5232; others are ignored here).
+        `bodies[user]`: what that user's copies hold below their head instead of `data` (Sieve
+        editheader, RFC 5293: a copy with its own header section).
         """
         resolved: dict[tuple[str, str], tuple[Account, str]] = {}
+        infos: dict[tuple[str, str], str] = {}
         for user, folder in targets:
             acc = self.account(user)
             name = names.canonical(folder)
             resolved.setdefault((acc.user, name), (acc, name))
+            if flags and flags.get((user, folder)):
+                infos[(acc.user, name)] = maildir.build_info(
+                    f for f in (maildir.canonical_flag(x) for x in flags[(user, folder)]) if f)
         if not resolved:
             raise StoreError("no delivery target")
         items = list(resolved.values())
         # One group per distinct head (the users' keys canonicalised like the targets').
         by_user = {self.account(u).user: h for u, h in (heads or {}).items()}
-        groups: dict[bytes, list[tuple[Account, str]]] = {}
+        own = {self.account(u).user: b for u, b in (bodies or {}).items()}
+        groups: dict[tuple[bytes, bytes | None], list[tuple[Account, str]]] = {}
         for acc, name in items:
-            groups.setdefault(by_user.get(acc.user, b""), []).append((acc, name))
+            groups.setdefault((by_user.get(acc.user, b""), own.get(acc.user)), []).append((acc, name))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data)
+        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
-    def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes) -> None:
-        data = maildir.to_crlf(data)
+    def _deliver_sync(self, groups: list[tuple[tuple[bytes, bytes | None], list[tuple[Account, str]]]],
+                      shared: bytes, infos: Mapping[tuple[str, str], str] | None = None) -> None:
+        shared = maildir.to_crlf(shared)
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
         counted: list[tuple[Account, str, str]] = []  # and their copies in the usage: uncounted
         try:
-            for head, items in groups:
+            for (head, body), items in groups:
+                data = shared if body is None else maildir.to_crlf(body)
                 paths = self._folders_for(items, trust_known=True)
+                letters = [(infos or {}).get((acc.user, n), "") for acc, n in items]
                 try:
-                    name = self._deliver_counted(items, paths, head, data)
+                    name = self._deliver_counted(items, paths, head, data, letters)
                 except StoreError as e:
                     if not isinstance(e.__cause__, FileNotFoundError):
                         raise
                     # A folder vanished (deleted or renamed by IMAP or by hand): create it, try once more.
                     self._ready.difference_update(paths)
                     paths = self._folders_for(items, trust_known=False)
-                    name = self._deliver_counted(items, paths, head, data)
-                placed.extend(p / "new" / name for p in paths)
+                    name = self._deliver_counted(items, paths, head, data, letters)
+                placed.extend(maildir.delivered_path(p, name, i) for p, i in zip(paths, letters, strict=True))
                 counted.extend((acc, folder, name) for acc, folder in items)
         except BaseException:
             # All or nothing: the copies already placed go too (a crash right here may leave them:
@@ -201,7 +214,7 @@ class Store:
             raise
 
     def _deliver_counted(self, items: list[tuple[Account, str]], paths: list[Path], head: bytes,
-                         data: bytes) -> str:
+                         data: bytes, infos: Sequence[str] = ()) -> str:
         """maildir.deliver_files, with each copy counted in its account's usage from before its
         file is visible in new/ (so a sync that indexes it always finds it pending)."""
         base = maildir.unique_base(self.hostname)
@@ -210,7 +223,8 @@ class Store:
         for acc, name in items:
             acc._pend(name, key, size)
         try:
-            placed = maildir.deliver_files(paths, base, data, fsync=self.fsync, dir_sync=self.dir_sync, head=head)
+            placed = maildir.deliver_files(paths, base, data, fsync=self.fsync, dir_sync=self.dir_sync, head=head,
+                                           infos=infos)
         except BaseException:
             for acc, name in items:
                 acc._unpend(name, key)
