@@ -44,10 +44,12 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Recipient:
     """One envelope recipient and the final users alias expansion gave it (DeliveryAgent.resolve,
-    Directory.resolve); `users` empty = nobody has this address."""
+    Directory.targets); `forward`: the addresses in other domains it is forwarded to
+    (delivery/forward.py); both empty = nobody has this address."""
 
     address: str
     users: tuple[str, ...]
+    forward: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ class Directory(Protocol):
     def user_names(self) -> list[str]: ...
 
     def resolve(self, address: str | Address) -> list[str] | None: ...
+
+    def targets(self, address: str | Address) -> tuple[list[str], list[str]] | None: ...
 
     def how(self, address: str) -> tuple[list[str] | None, How]: ...
 

@@ -24,8 +24,10 @@ so, for check-config, doctor and the server log.
 Addresses are normalised: the domain is lower-cased (IDNA U-labels become A-labels); the local part
 keeps the case it was written with (that is the canonical name, also used for the Maildir) but is
 compared case-insensitively, as Postfix and Dovecot do by default. Two users or aliases differing
-only in case are an error. Alias targets must be users or aliases in a local domain (forwarding to
-other domains is not supported); dangling targets are skipped and reported in `Directory.warnings`.
+only in case are an error. Alias targets are users or aliases in a local domain, or addresses in
+other domains (forwarding: `Directory.targets` gives them apart from the local users, and
+delivery/forward.py sends them one SRS-rewritten copy); dangling local targets are skipped and
+reported in `Directory.warnings`.
 """
 
 from __future__ import annotations
@@ -399,6 +401,7 @@ class Directory:
         self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password)
                                              for k, e in users_file._users.items()}
         self._aliases: dict[str, list[str]] = {}
+        self._remote: dict[str, list[str]] = {}  # alias key -> its targets in other domains (forwarding)
         self.warnings: list[str] = []
         for e in self._users.values():
             if not self.is_local_domain(e.address.rpartition("@")[2]):
@@ -409,13 +412,18 @@ class Directory:
                 self.warnings.append(f"alias {canon}: domain is not in [domains]; ignored")
                 continue
             keys: list[str] = []
+            remote: list[str] = []
             for t in targets:
                 if not self.is_local_domain(t.rpartition("@")[2]):
-                    self.warnings.append(f"alias {canon}: target {t} is not in a local domain "
-                                         "(forwarding is not supported); ignored")
+                    remote.append(t)  # forwarded to another server
                     continue
                 keys.append(address_key(t))
             self._aliases[k] = keys
+            if remote:
+                self._remote[k] = remote
+                if not (config.delivery.srs_secret_file or config.delivery.srs_secret):
+                    self.warnings.append(f"alias {canon}: forwards to {', '.join(remote)} with the sender "
+                                         "not rewritten (no [delivery] srs_secret_file): SPF will fail there")
         for k in self._aliases:
             problems: list[str] = []
             self._expand(k, 0, set(), [], problems)
@@ -426,7 +434,7 @@ class Directory:
         for dname, dom in config.domains.items():
             if dom.catch_all:
                 try:
-                    ok = self._lookup_key(address_key(dom.catch_all)) is not None
+                    ok = self._lookup_targets(address_key(dom.catch_all)) is not None
                 except ValueError:
                     ok = False
                 if not ok:
@@ -460,9 +468,10 @@ class Directory:
         return sorted(e.address for e in self._users.values())
 
     def _expand(self, key: str, depth: int, stack: set[str], out: list[str], problems: list[str] | None,
-                visited: set[str] | None = None) -> bool:
-        """Append the users `key` leads to; False when `key` is neither user nor alias.
-        `stack` detects loops; `visited` keeps shared sub-aliases from being expanded twice."""
+                visited: set[str] | None = None, forward: list[str] | None = None) -> bool:
+        """Append the users `key` leads to (and to `forward` its targets in other domains); False
+        when `key` is neither user nor alias. `stack` detects loops; `visited` keeps shared
+        sub-aliases from being expanded twice; the depth limit holds for remote targets too."""
         e = self._users.get(key)
         if e is not None:
             if e.address not in out:
@@ -485,8 +494,12 @@ class Directory:
             return True
         visited.add(key)
         stack.add(key)
+        if forward is not None:
+            for r in self._remote.get(key, ()):
+                if r.lower() not in (f.lower() for f in forward):
+                    forward.append(r)
         for t in targets:
-            if not self._expand(t, depth + 1, stack, out, problems, visited) and problems is not None:
+            if not self._expand(t, depth + 1, stack, out, problems, visited, forward) and problems is not None:
                 problems.append(f"target {t} is not a user or alias")
         stack.discard(key)
         return True
@@ -496,6 +509,13 @@ class Directory:
         if not self._expand(key, 0, set(), out, None):
             return None
         return out or None
+
+    def _lookup_targets(self, key: str) -> tuple[list[str], list[str]] | None:
+        out: list[str] = []
+        forward: list[str] = []
+        if not self._expand(key, 0, set(), out, None, forward=forward) or not (out or forward):
+            return None
+        return out, forward
 
     def _candidates(self, addr: Address) -> list[str]:
         """Exact key first, then the key without the +tag (RFC 5233 sub-address)."""
@@ -507,8 +527,15 @@ class Directory:
         return keys
 
     def resolve(self, address: str | Address) -> list[str] | None:
-        """Canonical user addresses mail to `address` goes to, or None (unknown, or not local).
-        Order: exact user/alias, then without +tag, then the domain's catch-all."""
+        """Canonical user addresses mail to `address` goes to, or None (unknown, not local, or
+        only forwarded elsewhere: see `targets`)."""
+        found = self.targets(address)
+        return (found[0] or None) if found is not None else None
+
+    def targets(self, address: str | Address) -> tuple[list[str], list[str]] | None:
+        """(the canonical local users, the addresses in other domains) mail to `address` goes to,
+        or None (unknown, or not local). Order: exact user/alias, then without +tag, then the
+        domain's catch-all."""
         try:
             addr = address if isinstance(address, Address) else parse_mailbox(address)
         except ValueError:
@@ -516,13 +543,13 @@ class Directory:
         if addr.is_literal or addr.domain not in self.config.domains:
             return None
         for key in self._candidates(addr):
-            found = self._lookup_key(key)
+            found = self._lookup_targets(key)
             if found is not None:
                 return found
         catch_all = self.config.domains[addr.domain].catch_all
         if catch_all:
             try:
-                return self._lookup_key(address_key(catch_all))
+                return self._lookup_targets(address_key(catch_all))
             except ValueError:
                 return None
         return None
