@@ -48,6 +48,7 @@ from mailhaven.auth.login import LoginService
 from mailhaven.auth.users import Directory
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
+from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.local import LocalDeliveryAgent
 from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import ConfigError
@@ -153,7 +154,8 @@ class Context:
     agent: seams.DeliveryAgent = field(init=False)
 
     def __post_init__(self) -> None:
-        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id)
+        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
+                                        forwarder=Forwarder(self))
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]

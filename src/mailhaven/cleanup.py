@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +154,11 @@ async def dkim_sign(config: Any, domain: str, message: bytes) -> bytes:
 
 
 async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
-                  source: str = "submission", queue_id: str | None = None) -> str:
+                  source: str = "submission", queue_id: str | None = None,
+                  seal: Callable[[bytes], Awaitable[bytes]] | None = None) -> str:
     """Accept a message durably for every recipient; returns its queue id (see module doc):
-    `queue_id` when given (a caller that already wrote it into a Received field), else a new one."""
+    `queue_id` when given (a caller that already wrote it into a Received field), else a new one.
+    `seal`: the last change to the message (delivery/forward.py's ARC set, after Date/Message-ID)."""
     config = ctx.config
     rcpts = list(dict.fromkeys(recipients))
     if not rcpts:
@@ -170,6 +172,8 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
         domain = signing_domain(config, sender, message)
         if domain is not None:
             message = await dkim_sign(config, domain, message)
+    if seal is not None:
+        message = await seal(message)
     local_rcpts = [r for r in rcpts if config.is_local_domain(domain_of(r))]
     remote_rcpts = [r for r in rcpts if r not in local_rcpts]
     agent = local.agent_of(ctx)

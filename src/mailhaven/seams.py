@@ -184,6 +184,14 @@ class Queue(Protocol):
     async def delete(self, entry_id: str) -> bool: ...
 
 
+class Forwarder(Protocol):
+    """Forwarding to other servers (delivery/forward.py Forwarder): the copy for the recipients'
+    `forward` targets, queued through cleanup; returns the queue ids."""
+
+    async def forward(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
+                      trace: Sequence[bytes] = (), spam: bool = False) -> list[str]: ...
+
+
 class DeliveryAgent(Protocol):
     """The one way into mailboxes (delivery/local.py LocalDeliveryAgent; DESIGN "Local delivery")."""
 
@@ -196,7 +204,8 @@ class DeliveryAgent(Protocol):
                       ) -> list[DeliveryResult]: ...
 
     async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
-                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX") -> None: ...
+                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX",
+                          spam: bool = False) -> None: ...
 
 
 class Sessions(Protocol):
@@ -232,4 +241,4 @@ class Context(Protocol):
 
 
 __all__ = ["Recipient", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory", "Resolver",
-           "Queue", "DeliveryAgent", "Sessions", "Context"]
+           "Queue", "Forwarder", "DeliveryAgent", "Sessions", "Context"]

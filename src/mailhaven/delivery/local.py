@@ -15,6 +15,9 @@ local recipients (queue/manager.py), and later vacation replies. It is the only 
   Dovecot's LDA write it), then the caller's trace fields (the MX's Received, Authentication-Results);
 - the folder: the caller's verdict (INBOX, or Junk), then the per-user filter step (seams.MailFilter:
   the Sieve engine's seat; fileinto/keep/discard), then the quota step (seams.Quota; none yet);
+- forwarding: a recipient's `forward` targets (aliases to other servers, bounces to our SRS
+  addresses) go to the forwarder (seams.Forwarder, delivery/forward.py) after the local copies are
+  durable: one queued copy, SRS sender, ARC set; not for a message filed as spam (`spam=True`);
 - the write: `deliver_all` puts every copy in one all-or-nothing `store.deliver` (the MX answers one
   reply for the whole transaction: fsynced everywhere before its 250, or nothing visible);
   `deliver` writes each user on their own and answers per recipient (LMTP-like: the queue and
@@ -36,12 +39,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mailhaven.delivery.result import DeliveryResult
-from mailhaven.errors import MailError, PermFailure
+from mailhaven.errors import MailError, PermFailure, TempFailure
 from mailhaven.message import trust
 from mailhaven.message.address import Address
 from mailhaven.message.headers import return_path
 from mailhaven.policy.authresults import header_end
-from mailhaven.seams import Directory, FilterJob, MailFilter, Quota, Recipient, Store
+from mailhaven.seams import Directory, FilterJob, Forwarder, MailFilter, Quota, Recipient, Store
 
 log = logging.getLogger("mailhaven.delivery")
 
@@ -79,22 +82,28 @@ class _Copy:
 class LocalDeliveryAgent:
     """The one local delivery agent (see the module doc). `directory()` returns the current user
     directory and `authserv_id()` our authserv-id (both change on reload); `filter` and `quota` are
-    the per-user hooks (None: the verdict's folder, no quota)."""
+    the per-user hooks (None: the verdict's folder, no quota); `forwarder` queues the copies for
+    other servers (None: a recipient with forward targets fails temporarily)."""
 
     def __init__(self, store: Store, directory: Callable[[], Directory], authserv_id: Callable[[], str], *,
-                 filter: MailFilter | None = None, quota: Quota | None = None) -> None:
+                 filter: MailFilter | None = None, quota: Quota | None = None,
+                 forwarder: Forwarder | None = None) -> None:
         self.store = store
         self._directory = directory
         self._authserv_id = authserv_id
         self.filter = filter
         self.quota = quota
+        self.forwarder = forwarder
 
     # -- alias expansion ---------------------------------------------------------------------------
 
     def resolve(self, address: str | Address) -> Recipient:
-        """`address` and the final users mail to it reaches (none: unknown or not ours)."""
-        users = self._directory().resolve(address)
-        return Recipient(str(address), tuple(users or ()))
+        """`address`, the final users mail to it reaches and the addresses on other servers it is
+        forwarded to (both none: unknown or not ours)."""
+        found = self._directory().targets(address)
+        if found is None:
+            return Recipient(str(address), ())
+        return Recipient(str(address), tuple(found[0]), tuple(found[1]))
 
     def postmaster(self, domain: str) -> Recipient:
         """postmaster@`domain` (RFC 5321 §4.5.1: always accepted): whoever Directory.postmaster
@@ -119,29 +128,50 @@ class LocalDeliveryAgent:
                 if not isinstance(e, MailError):
                     log.exception("local delivery to %s failed", copy.user)
                 failed.setdefault(copy.user, e)
+        forward_error: BaseException | None = None
+        if any(r.forward for r in recipients):
+            try:
+                await self._forward([r for r in recipients if r.forward], message, sender, trace, False)
+            except Exception as e:  # noqa: BLE001 - reported per recipient
+                forward_error = e
         results: list[DeliveryResult] = []
         for r in recipients:
-            if not r.users:
+            if not r.users and not r.forward:
                 results.append(DeliveryResult.perm(r.address, "no such user here", code=550, enhanced="5.1.1"))
                 continue
             error = next((failed[u] for u in r.users if u in failed), None)
+            if error is None and r.forward and forward_error is not None:
+                error = forward_error
             results.append(DeliveryResult.ok(r.address, "delivered to mailbox") if error is None
                            else DeliveryResult.from_error(r.address, error))
         return results
 
     async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
-                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX) -> None:
-        """Deliver every copy in one all-or-nothing store write, fsynced before this returns;
-        raises the first failure (an unknown recipient: 550 5.1.1; the quota's refusal; what the
-        store raises) with nothing visible anywhere."""
+                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX,
+                          spam: bool = False) -> None:
+        """Deliver every copy in one all-or-nothing store write, fsynced before this returns, then
+        queue the forwarded copy (durable too); raises the first failure (an unknown recipient:
+        550 5.1.1; the quota's refusal; what the store or the queue raises). A failure of the
+        forward after the local write may give a retry a second local copy, never none (as
+        cleanup's order). `spam`: the message was filed as Junk (not forwarded by default)."""
         for r in recipients:
-            if not r.users:
+            if not r.users and not r.forward:
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
-        body = await self._body(message, sender, trace)
-        copies, failed = await self._plan(recipients, body, sender, folder)
-        if failed:
-            raise next(iter(failed.values()))
-        await self._write(copies, body)
+        local_rcpts = [r for r in recipients if r.users]
+        if local_rcpts:
+            body = await self._body(message, sender, trace)
+            copies, failed = await self._plan(local_rcpts, body, sender, folder)
+            if failed:
+                raise next(iter(failed.values()))
+            await self._write(copies, body)
+        if any(r.forward for r in recipients):
+            await self._forward([r for r in recipients if r.forward], message, sender, trace, spam)
+
+    async def _forward(self, recipients: Sequence[Recipient], message: bytes, sender: str,
+                       trace: Sequence[bytes], spam: bool) -> None:
+        if self.forwarder is None:
+            raise TempFailure("forwarding is not set up here")
+        await self.forwarder.forward(recipients, message, sender=sender, trace=trace, spam=spam)
 
     async def _body(self, message: bytes, sender: str, trace: Sequence[bytes]) -> bytes:
         """What every copy shares below its head: the trace fields, then the message without the
@@ -194,8 +224,11 @@ def agent_of(ctx: object) -> LocalDeliveryAgent:
     harnesses): over `ctx.store`, the current `ctx.directory` and `ctx.config.authserv_id`."""
     agent = getattr(ctx, "agent", None)
     if not isinstance(agent, LocalDeliveryAgent):
+        from mailhaven.delivery.forward import Forwarder
+
         agent = LocalDeliveryAgent(getattr(ctx, "store"), lambda: getattr(ctx, "directory"),  # noqa: B009
-                                   lambda: str(getattr(ctx, "config").authserv_id))  # noqa: B009
+                                   lambda: str(getattr(ctx, "config").authserv_id),  # noqa: B009
+                                   forwarder=Forwarder(ctx))  # type: ignore[arg-type]
         setattr(ctx, "agent", agent)  # noqa: B010
     return agent
 

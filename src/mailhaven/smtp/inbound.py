@@ -47,7 +47,7 @@ from typing import Any
 from mailhaven import log as mlog
 from mailhaven import metrics, seams
 from mailhaven.config import Config
-from mailhaven.delivery import local
+from mailhaven.delivery import forward, local
 from mailhaven.errors import DnsTempError, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
@@ -111,15 +111,24 @@ class InboundHandler(BaseHandler):
 
     async def check_recipient(self, session: ClientSession, txn: Transaction,
                               rcpt: Address | object) -> tuple[str, list[str] | None]:
-        reply, users = await self._local_recipient(rcpt)
+        reply, users = await self._local_recipient(rcpt, txn)
         if users is None:
             return reply, None  # relaying and unknown users are refused before any DNS list is asked
         refusal = await self._reputation_gate(session, txn, str(rcpt) if isinstance(rcpt, Address) else "postmaster")
         return (refusal, None) if refusal is not None else (reply, users)
 
-    async def _local_recipient(self, rcpt: Address | object) -> tuple[str, list[str] | None]:
+    async def _local_recipient(self, rcpt: Address | object, txn: Transaction) -> tuple[str, list[str] | None]:
         directory = self.ctx.directory
         agent = local.agent_of(self.ctx)  # the resolution DATA delivers to (Transaction.resolved)
+        if isinstance(rcpt, Address) and isinstance(agent.forwarder, forward.Forwarder):
+            # A bounce to an SRS address we made (delivery/forward.py): verified here, so a forged or
+            # expired one is refused before DATA (550 5.1.1), a valid one goes back to the sender.
+            target = await agent.forwarder.bounce_target(rcpt)
+            if target is not None:
+                if not target:
+                    return R.UNKNOWN_USER, None
+                txn.forward[str(rcpt)] = (target,)
+                return R.RCPT_OK, []
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
             users = list(agent.postmaster(next(iter(self.config.domains), "")).users)
@@ -135,7 +144,11 @@ class InboundHandler(BaseHandler):
         if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
             users = list(agent.postmaster(rcpt.domain).users)
         else:
-            users = list(agent.resolve(rcpt).users)
+            found = agent.resolve(rcpt)
+            users = list(found.users)
+            if found.forward:  # an alias with targets on other servers (delivery/forward.py)
+                txn.forward[str(rcpt)] = found.forward
+                return R.RCPT_OK, users
         if not users:
             return R.UNKNOWN_USER, None
         return R.RCPT_OK, users
@@ -205,6 +218,9 @@ class InboundHandler(BaseHandler):
         cfg = self.config
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
+        looped = forward.looping(data, txn.resolved)
+        if looped is not None:  # our Delivered-To came back (as Postfix local(8)): RFC 3463 X.4.6
+            raise PermFailure(f"mail forwarding loop for {looped}", code=554, enhanced="5.4.6")
         unchecked = pipeline.unchecked_reason(cfg.dev, session.ip)
         scanner: spam.Scanner | None = getattr(self.ctx, "spam", None)  # None: no [spam] scanner
         # The client's verified name for the scanner, looked up while the sender checks run (not for
@@ -254,7 +270,8 @@ class InboundHandler(BaseHandler):
         # (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before our trace fields.
         per_user = {user: _folder(folder, lists.get(user)) for user in txn.users}  # sender lists
         await local.agent_of(self.ctx).deliver_all(txn.resolved, data, folder=per_user, trace=trace,
-                                                   sender=str(txn.sender) if txn.sender is not None else "")
+                                                   sender=str(txn.sender) if txn.sender is not None else "",
+                                                   spam=junk)
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
