@@ -178,7 +178,7 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
     remote_rcpts = [r for r in rcpts if r not in local_rcpts]
     agent = local.agent_of(ctx)
     resolved = [agent.resolve(r) for r in local_rcpts]
-    unknown = [r.address for r in resolved if not r.users]
+    unknown = [r.address for r in resolved if not r.users and not r.forward]
     if unknown:
         raise UnknownUser(f"no such user: {unknown[0]}")
     queue = ctx.queue

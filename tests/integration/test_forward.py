@@ -218,3 +218,56 @@ async def test_sender_in_our_domain_and_null_sender_are_not_rewritten(forwarding
     await f.peer.wait_messages(2, 15)
     assert f.peer.messages[1].mail_from == "bob@example.test"  # our SPF covers it (postsrsd's exclude)
     assert len(f.local()) == 2
+
+
+async def test_submitted_mail_to_an_alias_reaches_its_remote_target_through_cleanup(forwarding: Factory) -> None:
+    from mailhaven import cleanup
+
+    f = await forwarding()
+    with UsersFile.edit(f.ctx.config.users_file) as uf:
+        uf.add_alias("far@example.test", ["x@b.test"])  # only a remote target
+    f.ctx.directory = app.load_directory(f.ctx.config)
+    msg = b"From: alice@example.test\r\nTo: team@example.test\r\nSubject: sub\r\n\r\nbody\r\n"
+    await cleanup.enqueue(f.ctx, ALICE, [ALIAS, "far@example.test"], msg)
+    assert len(f.local()) == 1
+    await f.peer.wait_messages(1, 15)
+    [got] = f.peer.messages
+    # one queued copy for both aliases' remote targets; our own sender is not rewritten
+    assert (got.mail_from, sorted(got.rcpt_tos)) == (ALICE, [REMOTE, "x@b.test"])
+    assert field_values(got.data, "Delivered-To") == [ALIAS, "far@example.test"]
+    assert b"DKIM-Signature" in got.data  # cleanup signed it for example.test, the author's domain
+
+
+async def test_mx_records_arc_and_a_second_hop_seals_i2_with_cv_pass(forwarding: Factory,
+                                                                      dns_nameserver: str) -> None:
+    f = await forwarding()
+    with UsersFile.edit(f.ctx.config.users_file) as uf:
+        uf.add_alias("relay@example.test", ["y@b.test"])
+    f.ctx.directory = app.load_directory(f.ctx.config)
+    _r, (code, _t) = await f.send(ORIGINAL, [ALIAS], message("hop one"))
+    assert code == 250
+    [plain] = f.local()
+    assert "arc=none" in field_value(plain, "Authentication-Results")  # no ARC set: none (RFC 8617 §7.2)
+    await f.peer.wait_messages(1, 15)
+    sealed = f.peer.messages[0].data
+    # our MX verifies the chain (dkimpy's arc_verify, our resolver) and records it
+    _r, (code, _t) = await f.send(ORIGINAL, [ALICE], sealed)
+    assert code == 250
+    assert "arc=pass" in field_value(f.local()[-1], "Authentication-Results")
+    tampered = sealed.replace(b"this goes to Alice", b"this goes to Mallory")
+    _r, (code, _t) = await f.send(ORIGINAL, [ALICE], tampered)
+    assert code == 250
+    assert "arc=fail" in field_value(f.local()[-1], "Authentication-Results")
+    # forwarded once more: the second set is i=2 and carries cv=pass, and the whole chain verifies
+    first_hop = Srs(b"first hop", "fwd.sender.test").forward(ORIGINAL)  # another forwarder's SRS0
+    _r, (code, _t) = await f.send(first_hop, ["relay@example.test"], sealed)
+    assert code == 250
+    await f.peer.wait_messages(2, 15)
+    second = f.peer.messages[1]
+    # SRS1 keeps the first hop and its opaque part; a bounce to it goes back to that first hop
+    assert second.mail_from.startswith("SRS1=")
+    assert second.mail_from.endswith("=fwd.sender.test==" + first_hop[5:].rpartition("@")[0] + "@example.test")
+    assert f.srs().reverse(second.mail_from) == first_hop
+    seals = field_values(second.data, "ARC-Seal")
+    assert len(seals) == 2 and "i=2" in seals[0] and "cv=pass" in seals[0]
+    assert arc_verify(second.data, dns_nameserver) == b"pass"

@@ -176,10 +176,10 @@ class SubmissionHandler(BaseHandler):
             return R.LITERAL_RCPT, None
         found: list[str] = []  # remote: the queue delivers it
         if self.ctx.directory.is_local_domain(rcpt.domain):
-            users = agent.resolve(rcpt).users
-            if not users:
+            resolved = agent.resolve(rcpt)
+            if not resolved.users and not resolved.forward:  # forward: an alias to other servers
                 return R.UNKNOWN_USER, None
-            found = list(users)
+            found = list(resolved.users)
         refusal = self._take_recipient(session.user or "")
         if refusal is not None:
             return refusal, None
