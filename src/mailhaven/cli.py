@@ -287,16 +287,16 @@ def _init_access(cfg: Config, config_file: Path, users_file: Path, user: str) ->
 
 
 def _init_postmaster(address: str, domain: str) -> str:
-    """`init --postmaster ADDRESS`: a valid address in the domain being set up (aliases only reach
-    local users: forwarding to other domains is not supported)."""
+    """`init --postmaster ADDRESS`: a valid address in the domain being set up (its user is added
+    next; a postmaster elsewhere is an alias to forward, made with `alias add` once SRS is set up)."""
     users = _users_module()
     try:
         canon = users.canonical(address.strip())
     except ValueError as e:
         raise CliError(f"--postmaster {address}: not a valid address ({e})") from None
     if canon.rpartition("@")[2] != domain:
-        raise CliError(f"--postmaster {address}: must be an address in {domain} (mail cannot be forwarded to "
-                       "other domains)")
+        raise CliError(f"--postmaster {address}: must be an address in {domain} (to forward it elsewhere: "
+                       f"mailhaven alias add postmaster@{domain} {address})")
     return str(canon)
 
 

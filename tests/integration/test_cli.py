@@ -134,8 +134,8 @@ def test_init_postmaster_writes_the_role_aliases_and_names_the_account_to_add(tm
 
 
 @pytest.mark.parametrize("address,message", [
-    ("admin@elsewhere.test", "--postmaster admin@elsewhere.test: must be an address in example.test (mail "
-                             "cannot be forwarded to other domains)"),
+    ("admin@elsewhere.test", "--postmaster admin@elsewhere.test: must be an address in example.test (to "
+                             "forward it elsewhere: mailhaven alias add postmaster@example.test admin@elsewhere.test)"),
     ("not an address", "--postmaster not an address: not a valid address"),
 ])
 def test_init_postmaster_outside_the_domain_is_refused_and_nothing_written(tmp_path: Path, address: str,
