@@ -40,7 +40,8 @@ from mailhaven.queue.spool import new_id
 log = logging.getLogger("mailhaven.cleanup")
 
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")  # RFC 5322 §3.6.8 ftext
-_keys: dict[str, tuple[float, bytes]] = {}  # DKIM key file -> (mtime, PEM), re-read when it changes
+_keys: dict[str, tuple[float, bytes]] = {}
+FORWARDED = ("forward", "srs-bounce")  # the sources delivery/forward.py enqueues with  # DKIM key file -> (mtime, PEM), re-read when it changes
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -164,7 +165,9 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
     if not rcpts:
         raise PermFailure("no recipients", code=554, enhanced="5.5.1")
     message = to_crlf(message)
-    if len(message) > config.smtp.max_message_size:
+    # A forwarded copy was accepted within the limit already (our trace fields and the ARC set make
+    # it a little bigger): refusing it now would answer no after the local copies were written.
+    if source not in FORWARDED and len(message) > config.smtp.max_message_size:
         raise PermFailure("message too big", code=552, enhanced="5.3.4")  # RFC 1870 §6
     now = time.time()
     message = add_missing_headers(message, config.hostname, now)

@@ -95,12 +95,12 @@ async def forwarding(tmp_path: Path, tls_files: tuple[Path, Path], dns_server: D
     peer = await SmtpPeer("127.0.0.2", port).start()
     stack: list[Any] = []
 
-    async def start(**delivery: Any) -> Forwarding:
+    async def start(smtp: dict[str, Any] | None = None, **delivery: Any) -> Forwarding:
         path = app_config_file(
             tmp_path, tls_files, dns_nameserver,
             domains={"example.test": {"dkim_key": str(key), "dkim_selector": "sel"}},
             queue={"remote_port": port, "connect_timeout": 2, "retry_schedule": ["1h"]},
-            delivery={"srs_secret_file": str(secret), **delivery})
+            delivery={"srs_secret_file": str(secret), **delivery}, **({"smtp": smtp} if smtp else {}))
         cfg = load_test_config(path)
         add_user(cfg, ALICE, "pw")
         with UsersFile.edit(cfg.users_file) as uf:
@@ -271,3 +271,13 @@ async def test_mx_records_arc_and_a_second_hop_seals_i2_with_cv_pass(forwarding:
     seals = field_values(second.data, "ARC-Seal")
     assert len(seals) == 2 and "i=2" in seals[0] and "cv=pass" in seals[0]
     assert arc_verify(second.data, dns_nameserver) == b"pass"
+
+
+async def test_a_message_at_the_size_limit_is_still_forwarded(forwarding: Factory) -> None:
+    f = await forwarding(smtp={"max_message_size": 64 * 1024})
+    msg = message("big")
+    msg += (b"y" * 78 + b"\r\n") * ((64 * 1024 - len(msg) - 300) // 80)  # the forwarded copy is over it
+    _r, (code, _t) = await f.send(ORIGINAL, [ALIAS], msg)
+    assert code == 250
+    await f.peer.wait_messages(1, 15)
+    assert len(f.peer.messages[0].data) > 64 * 1024 and len(f.local()) == 1
