@@ -17,7 +17,8 @@ local_chars = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV
 labels = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?\Z")
 domains = st.lists(labels, min_size=2, max_size=4).map(".".join)
 secrets = st.binary(min_size=1, max_size=40)
-times = st.integers(min_value=0, max_value=4_000_000_000)
+# from 50 days on: srslib reads a timestamp of 0 as "now" (`t or time()`), a bug of the oracle
+times = st.integers(min_value=50 * 86400, max_value=4_000_000_000)
 
 
 def oracle(secret: bytes, now: float) -> srslib.SRS:
