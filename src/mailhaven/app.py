@@ -50,16 +50,19 @@ from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
 from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.local import LocalDeliveryAgent
+from mailhaven.delivery.sieve import SieveFilter
 from mailhaven.dns.resolver import Resolver
 from mailhaven.errors import ConfigError
 from mailhaven.imap import server as imap_server
 from mailhaven.limits import Limits
+from mailhaven.managesieve import server as managesieve_server
 from mailhaven.policy.dnsbl import Checker as DnsblChecker
 from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
 from mailhaven.pop3 import server as pop3_server
 from mailhaven.queue.manager import QueueManager
+from mailhaven.quota import QuotaService
 from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
 
@@ -75,6 +78,7 @@ LISTENER_FACTORIES: dict[str, ListenerFactory] = {
     "pop3s": pop3_server.create_server,
     "imap": imap_server.create_server,
     "imaps": imap_server.create_server,
+    "managesieve": managesieve_server.create_server,
 }
 
 
@@ -152,10 +156,16 @@ class Context:
     _reload: asyncio.Event = field(default_factory=asyncio.Event)
     # The one way into mailboxes (delivery/local.py), over this store and the current directory.
     agent: seams.DeliveryAgent = field(init=False)
+    # Per-user limits (quota.py): the agent's quota step, IMAP APPEND/COPY/GETQUOTA, the MX's RCPT.
+    quota: QuotaService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
-                                        forwarder=Forwarder(self))
+        self.quota = QuotaService(self.store, lambda: self.directory)
+        agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
+                                   quota=self.quota, filter=SieveFilter(self),  # each user's active Sieve script
+                                   forwarder=Forwarder(self))
+        self.quota.agent = agent
+        self.agent = agent
 
     def port(self, name: str) -> int:
         return self.addresses[name][1]
@@ -216,6 +226,10 @@ def _reason(e: BaseException) -> str:
 def load_directory(cfg: Config) -> Directory:
     """auth.users.Directory over the users file (ConfigError if broken); logs its warnings."""
     directory = Directory.load(cfg)
+    if cfg.delivery.allow_programs:
+        from mailhaven.delivery.program import check_user
+
+        check_user(cfg)  # [delivery] program_user: exists, not root, one we can run programs as
     for warning in directory.warnings:
         log.warning("users: %s", warning)
     return directory

@@ -6,7 +6,8 @@ signing for our sending domain (rsa-sha256, plus ed25519-sha256 as a second sign
 ed25519 key is configured, RFC 8463 §3; off the event loop), then the split: local recipients go
 straight into the store through the local delivery agent (delivery/local.py: alias expansion,
 Return-Path and Delivered-To on top, forged trust fields removed; all or nothing, fsynced),
-remote ones into the spool (fsynced), and the queue manager is woken. It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
+remote ones into the spool (fsynced), and the queue manager is woken; program targets of local
+aliases go into the spool too (their own entry; the queue runs them, delivery/program.py). It returns only when everything is durable, so the caller may answer 250 (STYLE rule 11).
 Does not own: who may send (smtp/submission.py checks AUTH and owned senders), delivery, retries.
 
     queue_id = await cleanup.enqueue(ctx, "alice@example.org", ["bob@example.net"], data)
@@ -181,11 +182,12 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
     remote_rcpts = [r for r in rcpts if r not in local_rcpts]
     agent = local.agent_of(ctx)
     resolved = [agent.resolve(r) for r in local_rcpts]
-    unknown = [r.address for r in resolved if not r.users and not r.forward]
+    unknown = [r.address for r in resolved if not r.users and not r.forward and not r.programs]
     if unknown:
         raise UnknownUser(f"no such user: {unknown[0]}")
     queue = ctx.queue
-    if remote_rcpts and queue is None:
+    programs = [r for r in resolved if r.programs]
+    if (remote_rcpts or programs) and queue is None:
         raise TempFailure("the outbound queue is not running")
     if resolved:
         # The one way into a mailbox (forged trust fields out, Return-Path and Delivered-To on top,
@@ -193,6 +195,11 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
         # bounces and delay warnings, so they carry Return-Path: <> (RFC 5321 §4.4, §4.5.5).
         await agent.deliver_all(resolved, message, sender=sender)
     queue_id = queue_id or new_id(now)
+    if programs:
+        # Program targets run from the queue (delivery/program.py), in their own entry: the message
+        # as a mailbox gets it, not the one sent out.
+        await agent.queue_programs(queue, programs, message, sender=sender,
+                                   entry_id=None if remote_rcpts else queue_id)
     if remote_rcpts and queue is not None:
         await queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id)
     log.info("accepted %s from <%s> (%s): %d local, %d remote recipient(s), %d octets", queue_id, sender,

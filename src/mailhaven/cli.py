@@ -13,6 +13,7 @@ dkimkeys.py) and `dns [DOMAIN...]` (the records to publish, records.py), `queue 
 blocks|unblock IP|ADDRESS` (the running server's queue and login delays, through control.py).
 `spam block|unblock|allow|disallow USER ADDRESS|@DOMAIN...` and `spam list USER`: a user's sender
 lists (policy/senderlists.py).
+`sieve ...`: users' Sieve scripts on disk (sievecmd.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -310,6 +311,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     server_context(cfg)  # the certificate and key must load together
     _check_dkim_keys(cfg)
+    if cfg.delivery.allow_programs:
+        from mailhaven.delivery.program import check_user
+
+        check_user(cfg)  # [delivery] program_user: exists, not root, one we can run programs as
     for warning in directory.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print("OK")
@@ -570,6 +575,48 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quota(args: argparse.Namespace) -> int:
+    """`quota show USER`: the limits (users file, else the domain's default) and the usage, read
+    from the index without the server (read-only; messages delivered since a folder was last
+    opened are counted from its new/ directory), like `doveadm quota get`."""
+    from mailhaven.store import maildir, names
+    from mailhaven.store.index import read_usage
+
+    cfg = _load_config(args)
+    directory = _users_module().Directory(cfg, _open_users(cfg))
+    user = directory.user(_local_address(cfg, args.user, "account"))
+    if user is None:
+        raise CliError(f"no such user: {args.user}")
+    domain, localpart = names.split_user(user)
+    root = cfg.mail_root / domain / localpart
+    indexed = read_usage(root) or {}
+    octets = sum(b for b, _, _ in indexed.values())
+    count = sum(n for _, n, _ in indexed.values())
+    for folder in [root, *(p for p in (root.iterdir() if root.is_dir() else ()) if p.name.startswith(".")
+                          and (p / "new").is_dir())]:
+        name = "INBOX" if folder == root else names.name_from_dirname(folder.name)
+        if name is None:
+            continue
+        known = indexed.get(name, (0, 0, frozenset()))[2]
+        for entry in (os.scandir(folder / "new") if (folder / "new").is_dir() else ()):
+            key, _ = maildir.split_name(entry.name)
+            if key not in known and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    octets += entry.stat().st_size
+                    count += 1
+    max_octets, max_messages = directory.quota_limits(user)
+
+    def pct(used: int, limit: int) -> str:
+        return str(used * 100 // limit) if limit else "-"
+
+    print(f"{'Quota name':<12}{'Type':<10}{'Value':>14}{'Limit':>14}{'%':>5}")
+    # As doveadm: STORAGE in KiB (RFC 9208 §5.1 units), MESSAGE in messages; "-" = no limit
+    print(f"{'User quota':<12}{'STORAGE':<10}{-(-octets // 1024):>14}"
+          f"{max_octets // 1024 if max_octets else '-':>14}{pct(octets, max_octets):>5}")
+    print(f"{'User quota':<12}{'MESSAGE':<10}{count:>14}{max_messages or '-':>14}{pct(count, max_messages):>5}")
+    return 0
+
+
 def cmd_alias(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if args.action == "list":
@@ -588,13 +635,15 @@ def cmd_alias(args: argparse.Namespace) -> int:
         return 0
     if not args.targets:
         raise CliError("alias add: at least one TARGET address is required")
-    # Targets in our domains are delivered here; others are forwarded (delivery/forward.py, SRS).
-    targets = [_alias_target(cfg, t) for t in args.targets]
+    # Targets in our domains are delivered here; others are forwarded (delivery/forward.py, SRS);
+    # "|/path args" is a program (delivery/program.py).
+    targets = [_program_target(cfg, alias, t) if t.lstrip().startswith("|") else
+               _alias_target(cfg, t) for t in args.targets]
     with _editing(cfg) as uf:
         alias = uf.add_alias(alias, targets)
         now = uf.get_alias(alias) or targets
     print(f"alias {alias} -> {', '.join(now)}")
-    remote = [t for t in now if not cfg.is_local_domain(t.rpartition("@")[2])]
+    remote = [t for t in now if not t.startswith("|") and not cfg.is_local_domain(t.rpartition("@")[2])]
     if remote:
         print(f"forwarded to other servers (sender rewritten with SRS): {', '.join(remote)}")
         if not (cfg.delivery.srs_secret_file or cfg.delivery.srs_secret):
@@ -619,6 +668,17 @@ def _alias_target(cfg: Config, address: str) -> str:
     if addr.is_literal:
         raise CliError(f"{address}: an address literal cannot be a forwarding target")
     return str(addr)
+
+
+def _program_target(cfg: Config, alias: str, target: str) -> str:
+    """`|/path args`: only with [delivery] allow_programs (delivery/program.py), an absolute path."""
+    users = _users_module()
+    if not cfg.delivery.allow_programs:
+        raise CliError(f"alias {alias}: program target {target.strip()} refused ([delivery] allow_programs = false)")
+    try:
+        return str(users.canonical_target(target))
+    except ValueError as e:
+        raise CliError(f"alias {alias}: {target.strip()}: {e}") from None
 
 
 _SPAM_LIST: dict[str, tuple[str, bool]] = {  # action -> (list, add)
@@ -679,6 +739,37 @@ def cmd_spam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sieve(args: argparse.Namespace) -> int:
+    from mailhaven import sievecmd
+
+    cfg = _load_config(args)
+    user: str | None = None
+    file = args.file
+    if args.action == "check" and file is None and Path(args.user).is_file():
+        file = args.user  # `check FILE`
+    else:
+        entry = _open_users(cfg).get_user(_local_address(cfg, args.user))
+        if entry is None:
+            raise CliError(f"no such user: {args.user}")
+        user = str(entry.address)
+    if args.action in ("get", "activate", "delete"):
+        if args.file is None:
+            raise CliError(f"sieve {args.action}: a script NAME is required")
+        name, file = args.file, None
+    else:
+        name = args.name
+    if args.action == "put" and file is None:
+        raise CliError("sieve put: a FILE is required (- for stdin)")
+    try:
+        code = sievecmd.run(cfg, args.action, user, name, file, args.activate)
+    except sievecmd.SieveCommandError as e:
+        raise CliError(str(e)) from None
+    finally:
+        if user is not None and args.action in ("put", "activate", "deactivate", "delete"):
+            sievecmd.owner_fix(cfg, user)
+    return code
+
+
 # --- argument parsing ----------------------------------------------------------------------------
 
 
@@ -732,6 +823,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("address", nargs="?", metavar="ADDRESS")
     s.set_defaults(func=cmd_user)
 
+    s = sub.add_parser("quota", parents=common, help="quota show USER: storage and message usage and limits")
+    s.add_argument("action", choices=["show"])
+    s.add_argument("user", metavar="USER")
+    s.set_defaults(func=cmd_quota)
+
     s = sub.add_parser("alias", parents=common, help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
     s.add_argument("action", choices=["add", "del", "list"])
     s.add_argument("alias", nargs="?", metavar="ALIAS")
@@ -744,6 +840,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("user", metavar="USER")
     s.add_argument("entries", nargs="*", metavar="ADDRESS|@DOMAIN")
     s.set_defaults(func=cmd_spam)
+
+    s = sub.add_parser("sieve", parents=common, help="users' Sieve scripts: put USER FILE, get USER NAME, list USER, "
+                       "activate USER NAME, deactivate USER, delete USER NAME, check [USER] FILE")
+    s.add_argument("action", choices=["put", "get", "list", "activate", "deactivate", "delete", "check"])
+    s.add_argument("user", metavar="USER", help="the account (check: a FILE alone checks just the file)")
+    s.add_argument("file", nargs="?", metavar="FILE|NAME", help="put, check: the script file (- = stdin); "
+                   "get, activate, delete: the script's name")
+    s.add_argument("--name", metavar="NAME", help="put: the script's name (default: FILE without .sieve)")
+    s.add_argument("--activate", action="store_true", help="put: make it the active script")
+    s.set_defaults(func=cmd_sieve)
 
     s = sub.add_parser("doctor", parents=common, help="check config, certificate, permissions and public DNS; say what to fix")
     s.add_argument("domains", nargs="*", metavar="DOMAIN", help="domains to check (default: all configured)")

@@ -28,9 +28,9 @@ from mailhaven.errors import ConfigError
 
 
 def opt(default: Any, doc: str, *, lo: float | None = None, hi: float | None = None,
-        duration: bool = False, path: bool = False, factory: Any = None) -> Any:
+        duration: bool = False, path: bool = False, factory: Any = None, size: bool = False) -> Any:
     """A config field with its documentation and validation next to it."""
-    meta = {"doc": doc, "lo": lo, "hi": hi, "duration": duration, "path": path}
+    meta = {"doc": doc, "lo": lo, "hi": hi, "duration": duration, "path": path, "size": size}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -41,6 +41,26 @@ Action = Literal["reject", "junk", "accept"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+_SIZE = re.compile(r"^\s*(\d{1,15})\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(value: object) -> int:
+    """`1048576`, `"100K"`, `"1M"`, `"1G"`, `"2T"` (binary units, as Dovecot's quota sizes) ->
+    octets. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            return int(m.group(1)) * _SIZE_UNITS[m.group(2).upper()]
+    raise ValueError
 
 
 def parse_duration(value: object) -> float:
@@ -65,7 +85,8 @@ def parse_duration(value: object) -> float:
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    """One listening socket. Listener names: mx, submission, submissions, pop3, pop3s, imap, imaps."""
+    """One listening socket. Listener names: mx, submission, submissions, pop3, pop3s, imap, imaps,
+    managesieve."""
 
     enabled: bool = opt(True, "Serve this listener at all.")
     address: str = opt("0.0.0.0", "Address to bind (IPv4 or IPv6 literal; \"::\" for all IPv6).")
@@ -92,9 +113,10 @@ _LISTENER_DEFAULTS: dict[str, dict[str, Any]] = {
     "pop3s": {"port": 995, "tls": "implicit", "idle_timeout": 600.0},
     "imap": {"port": 143, "tls": "starttls", "idle_timeout": 1800.0},
     "imaps": {"port": 993, "tls": "implicit", "idle_timeout": 1800.0},
+    "managesieve": {"port": 4190, "tls": "starttls"},  # RFC 5804 §1.8
 }
 DEV_PORTS = {"mx": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110, "pop3s": 2995,
-             "imap": 2143, "imaps": 2993}
+             "imap": 2143, "imaps": 2993, "managesieve": 24190}
 LISTENER_NAMES = tuple(_LISTENER_DEFAULTS)
 
 
@@ -107,6 +129,9 @@ class DomainConfig:
     dkim_key: str = opt("", "PEM file of the RSA private key for DKIM signing (\"\" = do not sign).", path=True)
     dkim_ed25519_selector: str = opt("mh1e", "DKIM selector for the optional ed25519 key.")
     dkim_ed25519_key: str = opt("", "PEM file of an ed25519 private key: adds a second signature.", path=True)
+    quota: int = opt(0, "Default storage quota of this domain's users (octets, or \"500M\", \"1G\"; 0 = none); "
+                     "a user's own `quota` in the users file wins.", lo=0, hi=2**62, size=True)
+    quota_messages: int = opt(0, "Default most messages per user of this domain (0 = no limit).", lo=0, hi=2**62)
 
 
 @dataclass(frozen=True)
@@ -234,6 +259,14 @@ class DeliveryConfig:
     srs_domain: str = opt("", "Domain of rewritten senders, SRS0=...@srs_domain (\"\" = the hostname's "
                           "domain when it is one of [domains], else the first domain).")
     forward_spam: bool = opt(False, "Forward mail filed as Junk to an alias's remote targets too.")
+    allow_programs: bool = opt(False, "Allow alias targets \"|/path/to/command args\" (delivery to a program, "
+                               "run by the queue; no shell).")
+    program_user: str = opt("nobody", "User programs run as (never root; when the server does not run as "
+                            "root it must be the server's own user).")
+    program_timeout: float = opt(60.0, "A program still running after this long is killed and retried.", lo=1,
+                                 hi=86400, duration=True)
+    program_max_output: int = opt(64 * 1024, "Most octets of a program's stdout+stderr kept (the rest is "
+                                  "read and dropped).", lo=1024, hi=64 * 1024 * 1024)
 
     def secret(self) -> bytes:
         """The SRS secret (the file's first line, or srs_secret); b"" when none. Blocking."""
@@ -261,6 +294,16 @@ class ImapConfig:
 @dataclass(frozen=True)
 class Pop3Config:
     max_bad_commands: int = opt(20, "Bad commands in a row before the connection is closed.", lo=1, hi=10_000)
+
+
+@dataclass(frozen=True)
+class ManageSieveConfig:
+    max_script_size: int = opt(1_048_576, "Largest Sieve script a user may store (octets; RFC 5804 QUOTA/MAXSIZE); "
+                               "also bounds the literal a client may send.", lo=64, hi=64 * 1_048_576)
+    max_scripts: int = opt(100, "Most scripts one user may store (RFC 5804 QUOTA/MAXSCRIPTS).", lo=1, hi=100_000)
+    max_bad_commands: int = opt(20, "Bad commands in a row before the connection is closed.", lo=1, hi=10_000)
+    max_redirects: int = opt(4, "Most redirects one Sieve run may make (Pigeonhole's sieve_max_redirects); "
+                             "more is a runtime error: the message is kept.", lo=0, hi=100)
 
 
 @dataclass(frozen=True)
@@ -300,9 +343,12 @@ class Config:
     policy: PolicyConfig = opt(None, "SPF/DKIM/DMARC actions.", factory=PolicyConfig)
     spam: SpamConfig = opt(None, "Spam filtering (rspamd).", factory=SpamConfig)
     submission: SubmissionConfig = opt(None, "Per-user sending limits on submission.", factory=SubmissionConfig)
-    delivery: DeliveryConfig = opt(None, "Forwarding to other servers (SRS).", factory=DeliveryConfig)
+    delivery: DeliveryConfig = opt(None, "Local delivery: program targets; forwarding to other servers (SRS).",
+                                   factory=DeliveryConfig)
     imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
     pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
+    managesieve: ManageSieveConfig = opt(None, "Sieve script storage and ManageSieve limits.",
+                                         factory=ManageSieveConfig)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
     metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
     # Not from TOML: where the file was, for messages and reloads.
@@ -389,6 +435,14 @@ class _Loader:
             if not isinstance(value, bool):
                 self.fail(path, f"expected true or false, got {_describe(value)}")
             return value
+        if tp is int and meta.get("size"):
+            try:
+                octets = parse_size(value)
+            except ValueError:
+                self.fail(path, f"expected a size (octets, or \"100K\", \"50M\", \"1G\"), got {_describe(value)}")
+            if (lo is not None and octets < lo) or (hi is not None and octets > hi):
+                self.fail(path, f"expected a size{_range_text(lo, hi)} octets, got {_describe(value)}")
+            return octets
         if tp is int:
             if isinstance(value, bool) or not isinstance(value, int) or (
                     (lo is not None and value < lo) or (hi is not None and value > hi)):
@@ -691,7 +745,8 @@ def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str,
 
 __all__ = [
     "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
-    "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "LogConfig", "MetricsConfig",
+    "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "ManageSieveConfig",
+    "LogConfig", "MetricsConfig",
     "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
     "LISTENER_NAMES", "DEV_PORTS",
 ]

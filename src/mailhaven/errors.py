@@ -58,6 +58,18 @@ class StorageFull(StoreError):
     code, enhanced = 452, "4.3.1"
 
 
+class OverQuota(TempFailure):
+    """Mailbox full (over quota)"""
+
+    # RFC 3463 X.2.2 "mailbox full"; RFC 5321 §4.2.2 452 for now (the queue retries, then bounces,
+    # as Postfix does with Dovecot's quota_full_tempfail). The MX answers 552 5.2.2 at DATA and
+    # IMAP NO [OVERQUOTA] (RFC 9208 §4.2), each in its one mapping place.
+    code, enhanced = 452, "4.2.2"
+
+    def __init__(self, text: str = "Mailbox full (over quota)") -> None:
+        super().__init__(text)
+
+
 def no_space(exc: BaseException) -> bool:
     """Whether an OSError means the file system or the user's disk quota is full."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -26,9 +26,11 @@ MAX_GREETING = 4096
 
 _GREETING = {"mx": (b"220",), "submission": (b"220",), "submissions": (b"220",),
              "pop3": (b"+OK",), "pop3s": (b"+OK",),
-             "imap": (b"* OK", b"* PREAUTH"), "imaps": (b"* OK", b"* PREAUTH")}
+             "imap": (b"* OK", b"* PREAUTH"), "imaps": (b"* OK", b"* PREAUTH"),
+             "managesieve": (b'"IMPLEMENTATION"',)}
 _GOODBYE = {"mx": b"QUIT\r\n", "submission": b"QUIT\r\n", "submissions": b"QUIT\r\n",
-            "pop3": b"QUIT\r\n", "pop3s": b"QUIT\r\n", "imap": b"h LOGOUT\r\n", "imaps": b"h LOGOUT\r\n"}
+            "pop3": b"QUIT\r\n", "pop3s": b"QUIT\r\n", "imap": b"h LOGOUT\r\n", "imaps": b"h LOGOUT\r\n",
+            "managesieve": b"LOGOUT\r\n"}
 
 
 @dataclass(frozen=True)

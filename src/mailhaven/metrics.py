@@ -67,7 +67,7 @@ log = logging.getLogger("mailhaven.metrics")
 
 # --- label vocabularies (anything else becomes "other") ------------------------------------------
 
-PROTOCOLS = frozenset({"smtp", "submission", "imap", "pop3"})
+PROTOCOLS = frozenset({"smtp", "submission", "imap", "pop3", "managesieve"})
 LOGIN_RESULTS = frozenset({"success", "failure"})
 AUTH_FAILURE_REASONS = frozenset({"bad_credentials", "throttled", "tls_required", "mechanism", "syntax",
                                   "cancelled", "disabled"})

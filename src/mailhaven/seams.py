@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -42,14 +42,36 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Program:
+    """A program target an address reaches: `command` as in the users file ("|/path args") and
+    `recipient`, the address whose alias names it (RECIPIENT, as Postfix local(8) sets it)."""
+
+    command: str
+    recipient: str
+
+
+@dataclass(frozen=True)
 class Recipient:
     """One envelope recipient and the final users alias expansion gave it (DeliveryAgent.resolve,
-    Directory.targets); `forward`: the addresses in other domains it is forwarded to
-    (delivery/forward.py); both empty = nobody has this address."""
+    Directory.targets); `users` empty = no local mailbox. `forward`: the addresses in other domains
+    it is forwarded to (delivery/forward.py); `programs`: the program targets it reaches (delivered
+    through the queue, delivery/program.py); all three empty = nobody has this address."""
 
     address: str
     users: tuple[str, ...]
     forward: tuple[str, ...] = ()
+    programs: tuple[Program, ...] = ()
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What alias expansion of one address gives (Directory.targets): the canonical local `users`,
+    the addresses in other domains it is `forward`ed to, and the `programs` it reaches, each as
+    (command "|/path args", recipient: the address whose alias names it). All empty = unknown."""
+
+    users: list[str] = field(default_factory=list)
+    forward: list[str] = field(default_factory=list)
+    programs: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -63,14 +85,26 @@ class FilterJob:
     sender: str
     message: bytes
     folder: str
+    # True when the filter may refuse the message in protocol (RFC 5429 §2.1 reject at the MX:
+    # the agent answers the SMTP transaction, and this user is its only recipient); False: a
+    # refusal must be sent to the sender as a message instead (RFC 5429 §2.2).
+    can_refuse: bool = False
 
 
 @dataclass(frozen=True)
 class Filing:
     """A filter's decision for one user: the folders that get a copy (RFC 5228 §4.1 fileinto,
-    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard)."""
+    `keep` = the proposed folder); an empty tuple discards the message (§4.5 discard).
+    `refusal` (only when the job `can_refuse`): the reason the agent refuses the whole
+    transaction with (550 5.7.1, RFC 5429 §2.1), nothing stored."""
 
     folders: tuple[str, ...]
+    refusal: str | None = None
+    # folder -> the IMAP flags its copy starts with (RFC 5232 imap4flags; system flags are kept)
+    flags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # the user's copy as it is to be stored (head included) when the filter changed its header
+    # section (RFC 5293 editheader); None: the message as the job had it
+    message: bytes | None = None
 
 
 # --- hooks of the delivery agent -------------------------------------------------------------------
@@ -87,6 +121,9 @@ class Quota(Protocol):
     5.2.2 for good, RFC 3463) to refuse `size` more octets for `user`; return to accept."""
 
     async def admit(self, user: str, size: int) -> None: ...
+
+    async def delivered(self, user: str) -> None:
+        """After `user`'s copy was stored (quota.py: the 90 % warning)."""
 
 
 # --- the parts ---------------------------------------------------------------------------------------
@@ -105,7 +142,9 @@ class Store(Protocol):
     def account(self, user: str) -> Account: ...
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
-                      heads: Mapping[str, bytes] | None = None) -> None: ...
+                      heads: Mapping[str, bytes] | None = None,
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                      bodies: Mapping[str, bytes] | None = None) -> None: ...
 
 
 class Directory(Protocol):
@@ -124,7 +163,9 @@ class Directory(Protocol):
 
     def resolve(self, address: str | Address) -> list[str] | None: ...
 
-    def targets(self, address: str | Address) -> tuple[list[str], list[str]] | None: ...
+    def targets(self, address: str | Address) -> Targets: ...
+
+    def program_targets(self, address: str | Address) -> list[tuple[str, str]]: ...
 
     def how(self, address: str) -> tuple[list[str] | None, How]: ...
 
@@ -133,6 +174,8 @@ class Directory(Protocol):
     def owns(self, user: str, address: str | Address) -> bool: ...
 
     def entry(self, login: str) -> UserEntry | None: ...
+
+    def quota_limits(self, user: str) -> tuple[int, int]: ...
 
 
 class Resolver(Protocol):
@@ -163,7 +206,7 @@ class Queue(Protocol):
     app.py use."""
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None) -> str: ...
+                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str: ...
 
     async def load(self) -> None: ...
 
@@ -240,5 +283,5 @@ class Context(Protocol):
     def sessions(self) -> Sessions: ...
 
 
-__all__ = ["Recipient", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory", "Resolver",
-           "Queue", "Forwarder", "DeliveryAgent", "Sessions", "Context"]
+__all__ = ["Recipient", "Program", "Targets", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory",
+           "Resolver", "Queue", "Forwarder", "DeliveryAgent", "Sessions", "Context"]

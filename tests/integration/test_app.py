@@ -90,13 +90,15 @@ def test_listener_factories_are_the_functions_themselves_not_import_strings() ->
     import inspect
 
     from mailhaven.imap import server as imap_server
+    from mailhaven.managesieve import server as managesieve_server
     from mailhaven.pop3 import server as pop3_server
     from mailhaven.smtp import server as smtp_server
 
     assert app.LISTENER_FACTORIES == {
         "mx": smtp_server.create_mx_server, "submission": smtp_server.create_submission_server,
         "submissions": smtp_server.create_submission_server, "pop3": pop3_server.create_server,
-        "pop3s": pop3_server.create_server, "imap": imap_server.create_server, "imaps": imap_server.create_server}
+        "pop3s": pop3_server.create_server, "imap": imap_server.create_server, "imaps": imap_server.create_server,
+        "managesieve": managesieve_server.create_server}
     tree = ast.parse(inspect.getsource(app))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
                 for alias in node.names} | {node.module for node in ast.walk(tree)

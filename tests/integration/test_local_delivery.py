@@ -138,6 +138,9 @@ class FullFor:
         if user == self.user:
             raise TempFailure("Mailbox is full", code=452, enhanced="4.2.2")  # RFC 3463 X.2.2
 
+    async def delivered(self, user: str) -> None:
+        assert user != self.user
+
 
 async def test_filter_hook_chooses_folders_per_user_and_sees_the_stored_message(ctx: app.Context) -> None:
     sieve = SieveLike()

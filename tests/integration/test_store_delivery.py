@@ -94,6 +94,23 @@ async def test_multi_recipient_delivery_hard_links_one_file(store: Store) -> Non
     assert files(a / "tmp") == [] and files(b / "tmp") == []
 
 
+async def test_initial_flags_put_each_folders_copy_in_cur_with_its_own_letters(store: Store) -> None:
+    # Sieve imap4flags (RFC 5232): the copies of one user share one file (hard links), each folder's
+    # name carries its own flags; a folder without flags gets the plain new/ copy; keywords are ignored.
+    await store.deliver([(ALICE, "INBOX"), (ALICE, "Work"), (ALICE, "Other")], b"Subject: x\r\n\r\nbody\r\n",
+                        flags={(ALICE, "INBOX"): ["\\Flagged"], (ALICE, "Work"): ["\\seen", "\\Flagged", "$Label1"]})
+    root = store.root / "example.test" / "alice"
+    [inbox] = files(root / "cur")
+    [work] = files(root / ".Work" / "cur")
+    [other] = files(root / ".Other" / "new")
+    assert files(root / "new") == files(root / ".Work" / "new") == []
+    assert inbox == other + ":2,F" and work == other + ":2,FS"
+    assert os.stat(root / "cur" / inbox).st_ino == os.stat(root / ".Work" / "cur" / work).st_ino
+    mb = await store.account(ALICE).mailbox("Work")
+    [msg] = (await mb.snapshot()).messages
+    assert set(msg.flags) >= {"\\Seen", "\\Flagged"} and "$Label1" not in msg.flags
+
+
 async def test_heads_give_each_user_a_file_of_their_own_with_the_head_on_top(store: Store) -> None:
     """deliver(heads=): a per-user head (Delivered-To) above the shared body; a user's folders
     still share one file, S= and W= count the head, and the index sees the whole message."""

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from mailhaven.imap.commands import (
+    GetQuota,
     List,
     Login,
     ParseError,
@@ -25,6 +26,7 @@ from mailhaven.imap.commands import (
     SearchSize,
     SearchText,
     Select,
+    SetQuota,
 )
 from mailhaven.imap.framing import NEED_DATA, Framer, FramerEvent, RawCommand, Reject, SendContinuation
 from mailhaven.imap.parser import parse_bytes, parse_command
@@ -43,6 +45,8 @@ VALID = [
     b"b3 AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==", b"b4 ENABLE CONDSTORE", b"b5 UID EXPUNGE 1:5",
     b"b6 SEARCH HEADER X-A {3}\r\nabc BODY y TEXT z SENTBEFORE \"2-Mar-2020\" UID 1:*",
     b"b7 RENAME a b", b"b8 FETCH 1 FULL", b"b9 COPY 1 x",
+    b'c1 GETQUOTA ""', b"c2 GETQUOTAROOT INBOX", b'c3 SETQUOTA "" (STORAGE 512 MESSAGE 1000)',
+    b"c4 SETQUOTA {0}\r\n ()",
 ]
 
 
@@ -280,3 +284,17 @@ def render_key(key: SearchKey, style: str) -> bytes:
 def test_search_tree_round_trip(keys: list[SearchKey], style: str) -> None:
     line = b"t SEARCH CHARSET UTF-8 " + b" ".join(render_key(k, style) for k in keys)
     assert parse_bytes(line + b"\r\n", max_nesting=1000) == Search("t", SearchAnd(tuple(keys)), charset="UTF-8")
+
+
+resource_names = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ-", min_size=1, max_size=12)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=20), styles, st.lists(st.tuples(resource_names, st.integers(0, 2**63 - 1)), max_size=5))
+def test_quota_commands_round_trip(root: str, style: str, limits: list[tuple[str, int]]) -> None:
+    """RFC 9208 §6: GETQUOTA/SETQUOTA quota-root-name (astring) and setquota-list parse back."""
+    assume("\x00" not in root)
+    wire = wire_string(root, style)
+    assert parse_bytes(b"t GETQUOTA " + wire + b"\r\n") == GetQuota("t", root)
+    items = b" ".join(b"%s %d" % (name.encode(), n) for name, n in limits)
+    assert parse_bytes(b"t SETQUOTA " + wire + b" (" + items + b")\r\n") == SetQuota("t", root, tuple(limits))

@@ -143,7 +143,7 @@ BROKEN: list[tuple[str, str, str]] = [
     ("listener address not an IP", '[listeners.imap]\ntls = "none"\naddress = "localhost"\n',
      'listeners.imap.address: expected an IPv4 or IPv6 address, got "localhost"'),
     ("unknown listener", "[listeners.smtp]\nport = 25\n",
-     "listeners.smtp: unknown listener (expected one of mx, submission, submissions, pop3, pop3s, imap, imaps)"),
+     "listeners.smtp: unknown listener (expected one of mx, submission, submissions, pop3, pop3s, imap, imaps, managesieve)"),
     ("unknown listener key", '[listeners.imap]\ntls = "none"\nprot = 25\n', "listeners.imap.prot: unknown key"),
     ("per-IP limit above the listener limit",
      '[listeners.imap]\ntls = "none"\nmax_connections = 5\nper_ip_connections = 10\n',
@@ -238,6 +238,7 @@ LISTENER_DEFAULTS = {
     "imap": (143, "starttls"), "imaps": (993, "implicit"),
     "pop3": (110, "starttls"), "pop3s": (995, "implicit"),
     "submission": (587, "starttls"), "submissions": (465, "implicit"),
+    "managesieve": (4190, "starttls"),  # RFC 5804 §1.8
 }
 
 
@@ -281,7 +282,7 @@ def test_dev_config_binds_loopback_on_the_dev_ports(tmp_path: Path) -> None:
     assert {n: (lc.address, lc.port) for n, lc in cfg.listeners.items()} == {
         n: ("127.0.0.1", p) for n, p in config.DEV_PORTS.items()}
     assert config.DEV_PORTS == {"mx": 2525, "submission": 2587, "submissions": 2465, "pop3": 2110,
-                                "pop3s": 2995, "imap": 2143, "imaps": 2993}
+                                "pop3s": 2995, "imap": 2143, "imaps": 2993, "managesieve": 24190}
 
 
 # --- durations and host:port ---------------------------------------------------------------------

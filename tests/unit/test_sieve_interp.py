@@ -268,6 +268,9 @@ def test_editheader_produces_the_edited_header_list() -> None:
                    'addheader "X-A" "a${hex:0d}Bcc: x@evil${hex:0a}To: y@evil${hex:0d 0a}Z: z";').headers
     assert injected is not None and [n for n, _ in injected][:2] == ["X-A", "Date"]
     assert injected[0][1] == "a\r\n Bcc: x@evil\r\n To: y@evil\r\n Z: z"
+    long = run('require "editheader"; addheader "X-Long" "' + "Grüße " * 30 + '";').headers
+    assert long is not None and "\r\n " in long[0][1]  # folded with CRLF (RFC 5322 §2.2.3) ...
+    assert "\n" not in long[0][1].replace("\r\n", "")  # ... never a bare LF
     with pytest.raises(SieveSyntaxError):  # a constant bad name is refused at upload (as Pigeonhole)
         compile_script('require "editheader"; addheader "Bad Name" "x";')
     bad = run('require ["editheader", "variables"]; set "n" "Bad Name"; addheader "${n}" "x";')

@@ -25,9 +25,12 @@ Addresses are normalised: the domain is lower-cased (IDNA U-labels become A-labe
 keeps the case it was written with (that is the canonical name, also used for the Maildir) but is
 compared case-insensitively, as Postfix and Dovecot do by default. Two users or aliases differing
 only in case are an error. Alias targets are users or aliases in a local domain, or addresses in
-other domains (forwarding: `Directory.targets` gives them apart from the local users, and
-delivery/forward.py sends them one SRS-rewritten copy); dangling local targets are skipped and
-reported in `Directory.warnings`.
+other domains (forwarding: delivery/forward.py sends them one SRS-rewritten copy); dangling local
+targets are skipped and reported in `Directory.warnings`.
+A target `|/path/to/command args` is a program (Postfix aliases(5)): split with shlex, the command an
+absolute path, no shell; `Directory` refuses it (ConfigError naming the alias) unless
+`[delivery] allow_programs = true` (delivery/program.py runs them, from the queue).
+`Directory.targets` gives all three an address reaches: local users, remote forward targets, programs.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -44,9 +48,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mailhaven.auth import passwords
-from mailhaven.config import Config, parse_toml
+from mailhaven.config import Config, parse_size, parse_toml
 from mailhaven.errors import ConfigError
 from mailhaven.message.address import Address, format_local, parse_domain, parse_mailbox
+from mailhaven.seams import Targets
 
 MAX_ALIAS_DEPTH = 10  # alias chains deeper than this are cut (and reported)
 MAX_LOGIN_LENGTH = 512
@@ -69,6 +74,42 @@ def canonical(address: str) -> str:
     return str(parse_mailbox(address))
 
 
+MAX_PROGRAM_LENGTH = 4096
+
+
+def is_program(target: str) -> bool:
+    """An alias target `|/path/to/command args`: delivery to a program (as in Postfix aliases(5))."""
+    return target.lstrip().startswith("|")
+
+
+def program_argv(target: str) -> list[str]:
+    """The argv of a program target (shlex-split, no shell; the command an absolute path).
+    Raises ValueError saying what is wrong."""
+    text = target.strip()
+    if not text.startswith("|"):
+        raise ValueError("a program target starts with |")
+    if len(text) > MAX_PROGRAM_LENGTH or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError("a program target is one line of printable text")
+    argv = shlex.split(text[1:])
+    if not argv or not argv[0].startswith("/"):
+        raise ValueError("the command must be an absolute path (\"|/path/to/command args\"; no shell)")
+    return argv
+
+
+def canonical_target(target: str) -> str:
+    """An alias target as stored: an address (canonical) or a program (`|` then the command as
+    written, stripped). Raises ValueError."""
+    if is_program(target):
+        program_argv(target)
+        return "|" + target.strip()[1:].strip()
+    return canonical(target)
+
+
+def target_key(target: str) -> str:
+    """Comparison key of an alias target: a program compares as written."""
+    return target if is_program(target) else address_key(target)
+
+
 # --- the file ------------------------------------------------------------------------------------
 
 
@@ -76,6 +117,8 @@ def canonical(address: str) -> str:
 class UserEntry:
     address: str  # canonical form
     password: str  # hash (see auth/passwords.py)
+    quota: int | None = None  # storage limit in octets (None: the domain's default; 0: none)
+    quota_messages: int | None = None  # most messages (None: the domain's default; 0: no limit)
 
 
 class UsersFile:
@@ -129,8 +172,20 @@ class UsersFile:
             if not isinstance(entry, dict):
                 raise fail(where, "expected a table with password = \"...\"")
             for k in entry:
-                if k != "password":
+                if k not in ("password", "quota", "quota_messages"):
                     raise fail(f"{where}.{_tkey(k)}", "unknown key")
+            limits: list[int | None] = []
+            for k in ("quota", "quota_messages"):
+                if k not in entry:
+                    limits.append(None)
+                    continue
+                try:  # quota: octets or "500M"/"1G" (binary units); quota_messages: a count
+                    limits.append(parse_size(entry[k]) if k == "quota" or isinstance(entry[k], int) else -1)
+                except ValueError:
+                    limits.append(-1)
+                if limits[-1] == -1 or (limits[-1] or 0) > 2**62:
+                    raise fail(f"{where}.{k}", "expected a size (octets, or \"500M\", \"1G\"; 0 = no limit)"
+                               if k == "quota" else "expected a count of messages (0 = no limit)")
             pw = entry.get("password")
             if not isinstance(pw, str):
                 raise fail(f"{where}.password", "expected a password hash string")
@@ -140,7 +195,7 @@ class UsersFile:
             k = address_key(canon)
             if k in self._users:
                 raise fail(where, f"same user as {self._users[k].address!r} (local parts ignore case)")
-            self._users[k] = UserEntry(canon, pw)
+            self._users[k] = UserEntry(canon, pw, limits[0], limits[1])
         aliases = data.get("aliases", {})
         if not isinstance(aliases, dict):
             raise fail("aliases", "expected a table")
@@ -157,9 +212,10 @@ class UsersFile:
             canon_targets: list[str] = []
             for i, t in enumerate(targets):
                 try:
-                    ct = canonical(t)
+                    ct = canonical_target(t)
                 except ValueError as e:
-                    raise fail(f"{where}[{i}]", f"not a valid address ({e})") from None
+                    what = "not a valid program target" if is_program(t) else "not a valid address"
+                    raise fail(f"{where}[{i}]", f"{what} ({e})") from None
                 if ct not in canon_targets:
                     canon_targets.append(ct)
             k = address_key(canon)
@@ -214,6 +270,13 @@ class UsersFile:
         _check_hash(password_hash)
         entry.password = password_hash
 
+    def set_quota(self, address: str, quota: int | None, quota_messages: int | None) -> None:
+        """A user's own limits (None: the domain's default; 0: no limit)."""
+        e = self._users.get(address_key(address))
+        if e is None:
+            raise ConfigError(f"no such user: {address}")
+        e.quota, e.quota_messages = quota, quota_messages
+
     def delete_user(self, address: str) -> list[str]:
         """Remove a user and drop it from alias targets (aliases left empty go too).
         Returns the canonical names of the aliases that changed."""
@@ -223,7 +286,7 @@ class UsersFile:
         del self._users[k]
         changed: list[str] = []
         for ak, (acanon, targets) in list(self._aliases.items()):
-            kept = [t for t in targets if address_key(t) != k]
+            kept = [t for t in targets if target_key(t) != k]
             if len(kept) != len(targets):
                 changed.append(acanon)
                 if kept:
@@ -239,15 +302,15 @@ class UsersFile:
         k = address_key(canon)
         if k in self._users:
             raise ValueError(f"{self._users[k].address} is a user")
-        new = [canonical(t) for t in targets]
+        new = [canonical_target(t) for t in targets]
         if not new:
             raise ValueError("an alias needs at least one target")
         current = [] if replace or k not in self._aliases else list(self._aliases[k][1])
-        keys = {address_key(t) for t in current}
+        keys = {target_key(t) for t in current}
         for t in new:
-            if address_key(t) not in keys:
+            if target_key(t) not in keys:
                 current.append(t)
-                keys.add(address_key(t))
+                keys.add(target_key(t))
         name = self._aliases[k][0] if k in self._aliases and not replace else canon
         self._aliases[k] = (name, current)
         return name
@@ -260,9 +323,9 @@ class UsersFile:
         if targets is None:
             del self._aliases[k]
             return
-        drop = {address_key(t) for t in targets}
+        drop = {target_key(t) for t in targets}
         canon, current = self._aliases[k]
-        kept = [t for t in current if address_key(t) not in drop]
+        kept = [t for t in current if target_key(t) not in drop]
         if kept:
             self._aliases[k] = (canon, kept)
         else:
@@ -288,7 +351,10 @@ class UsersFile:
         lines = ["# Mailhaven users and aliases. Managed by `mailhaven user ...` and `mailhaven alias ...`;",
                  "# hand edits are fine, but comments are not kept when the tool rewrites this file.", ""]
         for e in sorted(self._users.values(), key=lambda e: e.address):
-            lines += [f"[users.{_tstr(e.address)}]", f"password = {_tstr(e.password)}", ""]
+            lines += [f"[users.{_tstr(e.address)}]", f"password = {_tstr(e.password)}"]
+            lines += [f"{k} = {v}" for k, v in (("quota", e.quota), ("quota_messages", e.quota_messages))
+                      if v is not None]
+            lines.append("")
         if self._aliases:
             lines.append("[aliases]")
             for canon, targets in sorted(self._aliases.values()):
@@ -398,10 +464,12 @@ class Directory:
     def __init__(self, config: Config, users_file: UsersFile) -> None:
         self.config = config
         self._sep = config.plus_separator
-        self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password)
+        self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password, e.quota, e.quota_messages)
                                              for k, e in users_file._users.items()}
         self._aliases: dict[str, list[str]] = {}
         self._remote: dict[str, list[str]] = {}  # alias key -> its targets in other domains (forwarding)
+        self._programs: dict[str, list[str]] = {}  # alias key -> its program targets ("|/path args")
+        self._alias_names: dict[str, str] = {k: canon for k, (canon, _t) in users_file._aliases.items()}
         self.warnings: list[str] = []
         for e in self._users.values():
             if not self.is_local_domain(e.address.rpartition("@")[2]):
@@ -414,6 +482,14 @@ class Directory:
             keys: list[str] = []
             remote: list[str] = []
             for t in targets:
+                if is_program(t):
+                    # A program runs as [delivery] program_user through the queue (delivery/program.py);
+                    # refused unless the operator allowed programs (Postfix: allow_mail_to_commands).
+                    if not config.delivery.allow_programs:
+                        raise ConfigError(f"{users_file.path}: aliases.{_tkey(canon)}: program target {t} "
+                                          "refused ([delivery] allow_programs = false)")
+                    self._programs.setdefault(k, []).append(t)
+                    continue
                 if not self.is_local_domain(t.rpartition("@")[2]):
                     remote.append(t)  # forwarded to another server
                     continue
@@ -463,15 +539,30 @@ class Directory:
             return None
         return e.address if e else None
 
+    def quota_limits(self, user: str) -> tuple[int, int]:
+        """(octets, messages) `user` may keep, 0 = no limit: the user's own `quota`/`quota_messages`
+        in the users file, else their domain's ([domains."x"] quota/quota_messages)."""
+        try:
+            e = self._users.get(address_key(user))
+        except ValueError:
+            e = None
+        dom = self.config.domains.get(user.rpartition("@")[2].lower().rstrip("."))
+        octets = e.quota if e is not None and e.quota is not None else (dom.quota if dom else 0)
+        count = (e.quota_messages if e is not None and e.quota_messages is not None
+                 else (dom.quota_messages if dom else 0))
+        return octets, count
+
     @property
     def user_names(self) -> list[str]:
         return sorted(e.address for e in self._users.values())
 
     def _expand(self, key: str, depth: int, stack: set[str], out: list[str], problems: list[str] | None,
-                visited: set[str] | None = None, forward: list[str] | None = None) -> bool:
-        """Append the users `key` leads to (and to `forward` its targets in other domains); False
-        when `key` is neither user nor alias. `stack` detects loops; `visited` keeps shared
-        sub-aliases from being expanded twice; the depth limit holds for remote targets too."""
+                visited: set[str] | None = None, forward: list[str] | None = None,
+                programs: list[tuple[str, str]] | None = None) -> bool:
+        """Append the users `key` leads to (to `forward` its targets in other domains, to `programs`
+        its program targets with the alias naming each); False when `key` is neither user nor alias.
+        `stack` detects loops; `visited` keeps shared sub-aliases from being expanded twice; the
+        depth limit holds for remote and program targets too."""
         e = self._users.get(key)
         if e is not None:
             if e.address not in out:
@@ -498,8 +589,11 @@ class Directory:
             for r in self._remote.get(key, ()):
                 if r.lower() not in (f.lower() for f in forward):
                     forward.append(r)
+        if programs is not None:  # (command, the alias naming it)
+            programs.extend((p, key) for p in self._programs.get(key, ()) if (p, key) not in programs)
         for t in targets:
-            if not self._expand(t, depth + 1, stack, out, problems, visited, forward) and problems is not None:
+            if not self._expand(t, depth + 1, stack, out, problems, visited, forward, programs) \
+                    and problems is not None:
                 problems.append(f"target {t} is not a user or alias")
         stack.discard(key)
         return True
@@ -510,12 +604,13 @@ class Directory:
             return None
         return out or None
 
-    def _lookup_targets(self, key: str) -> tuple[list[str], list[str]] | None:
-        out: list[str] = []
-        forward: list[str] = []
-        if not self._expand(key, 0, set(), out, None, forward=forward) or not (out or forward):
+    def _lookup_targets(self, key: str) -> Targets | None:
+        """Users, remote targets and programs `key` reaches (programs by alias key), None if none."""
+        t = Targets()
+        if not self._expand(key, 0, set(), t.users, None, forward=t.forward, programs=t.programs) \
+                or not (t.users or t.forward or t.programs):
             return None
-        return out, forward
+        return t
 
     def _candidates(self, addr: Address) -> list[str]:
         """Exact key first, then the key without the +tag (RFC 5233 sub-address)."""
@@ -527,32 +622,44 @@ class Directory:
         return keys
 
     def resolve(self, address: str | Address) -> list[str] | None:
-        """Canonical user addresses mail to `address` goes to, or None (unknown, not local, or
-        only forwarded elsewhere: see `targets`)."""
-        found = self.targets(address)
-        return (found[0] or None) if found is not None else None
+        """Canonical user addresses mail to `address` goes to, or None (unknown, not local, or only
+        forwarded elsewhere or piped to programs: see `targets`)."""
+        return self.targets(address).users or None
 
-    def targets(self, address: str | Address) -> tuple[list[str], list[str]] | None:
-        """(the canonical local users, the addresses in other domains) mail to `address` goes to,
-        or None (unknown, or not local). Order: exact user/alias, then without +tag, then the
-        domain's catch-all."""
+    def program_targets(self, address: str | Address) -> list[tuple[str, str]]:
+        """The program targets mail to `address` reaches (the same search as `resolve`; only with
+        [delivery] allow_programs), each as (command "|/path args", recipient): the recipient is
+        the address whose alias names the command, `address` itself as given when that is the
+        alias reached first (Postfix local(8)'s RECIPIENT; ORIGINAL_RECIPIENT is `address`)."""
+        return self.targets(address).programs
+
+    def targets(self, address: str | Address) -> Targets:
+        """The canonical local users, the addresses in other domains (forwarding) and the program
+        targets (as in `program_targets`) mail to `address` goes to: the first of exact user/alias,
+        without +tag, the domain's catch-all that reaches anyone, anywhere or any program; all
+        empty if none (unknown, or not local)."""
         try:
             addr = address if isinstance(address, Address) else parse_mailbox(address)
         except ValueError:
-            return None
+            return Targets()
         if addr.is_literal or addr.domain not in self.config.domains:
-            return None
-        for key in self._candidates(addr):
-            found = self._lookup_targets(key)
-            if found is not None:
-                return found
+            return Targets()
+        keys = self._candidates(addr)
         catch_all = self.config.domains[addr.domain].catch_all
         if catch_all:
             try:
-                return self._lookup_targets(address_key(catch_all))
+                keys.append(address_key(catch_all))
             except ValueError:
-                return None
-        return None
+                pass
+        for key in keys:
+            out: list[str] = []
+            forward: list[str] = []
+            programs: list[tuple[str, str]] = []
+            if self._expand(key, 0, set(), out, None, forward=forward, programs=programs) and (out or forward or programs):
+                return Targets(out, forward,
+                               [(cmd, str(addr) if owner == key else self._alias_names.get(owner, owner))
+                                for cmd, owner in programs])
+        return Targets()
 
     def how(self, address: str) -> tuple[list[str] | None, How]:
         """Who gets mail for exactly `address` (no +tag) and how: its own user or alias, else the
@@ -661,4 +768,5 @@ class Directory:
 
 
 __all__ = ["UsersFile", "UserEntry", "Directory", "RoleWarning", "How", "address_key", "canonical", "MAX_ALIAS_DEPTH",
+           "is_program", "program_argv", "canonical_target", "target_key",
            "POSTMASTER", "ABUSE", "ROLES"]

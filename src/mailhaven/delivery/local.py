@@ -14,7 +14,9 @@ local recipients (queue/manager.py), and later vacation replies. It is the only 
   `Delivered-To: <final user>` below it in each user's copy (RFC 9228, as Postfix local(8) and
   Dovecot's LDA write it), then the caller's trace fields (the MX's Received, Authentication-Results);
 - the folder: the caller's verdict (INBOX, or Junk), then the per-user filter step (seams.MailFilter:
-  the Sieve engine's seat; fileinto/keep/discard), then the quota step (seams.Quota; none yet);
+  the Sieve engine's seat; fileinto/keep/discard), then the quota step (seams.Quota, quota.py:
+  the copy's size once per folder it goes into; refused with OverQuota 452 4.2.2; after the
+  write, `delivered` lets it send its 90 % warning; `enforce_quota=False` for that warning);
 - forwarding: a recipient's `forward` targets (aliases to other servers, bounces to our SRS
   addresses) go to the forwarder (seams.Forwarder, delivery/forward.py) after the local copies are
   durable: one queued copy, SRS sender, ARC set; not for a message filed as spam (`spam=True`);
@@ -22,6 +24,9 @@ local recipients (queue/manager.py), and later vacation replies. It is the only 
   reply for the whole transaction: fsynced everywhere before its 250, or nothing visible);
   `deliver` writes each user on their own and answers per recipient (LMTP-like: the queue and
   cleanup report or retry each recipient; one user's failure does not fail the others).
+- programs: `resolve` also gives the program targets an address reaches; `queue_programs` puts them
+  in one queue entry (the same trust-cleaned message with the trace fields; the queue runs them
+  through delivery/program.py with Return-Path and Delivered-To on top, `with_head`): never inline.
 Does not own: the store's durability (store/), the users file (auth/users.py), remote recipients
 (delivery/remote.py), the fields themselves (message/trust.py, message/headers.py), spam verdicts
 (policy/, decided before the 250).
@@ -44,7 +49,17 @@ from mailhaven.message import trust
 from mailhaven.message.address import Address
 from mailhaven.message.headers import return_path
 from mailhaven.policy.authresults import header_end
-from mailhaven.seams import Directory, FilterJob, Forwarder, MailFilter, Quota, Recipient, Store
+from mailhaven.seams import (
+    Directory,
+    FilterJob,
+    Forwarder,
+    MailFilter,
+    Program,
+    Queue,
+    Quota,
+    Recipient,
+    Store,
+)
 
 log = logging.getLogger("mailhaven.delivery")
 
@@ -77,6 +92,8 @@ class _Copy:
     recipients: tuple[str, ...]
     head: bytes
     folders: tuple[str, ...]
+    flags: Mapping[str, tuple[str, ...]] | None = None  # folder -> initial flags (Sieve imap4flags)
+    own: bytes | None = None  # the whole copy, when the filter edited its header (then head is b"")
 
 
 class LocalDeliveryAgent:
@@ -98,12 +115,31 @@ class LocalDeliveryAgent:
     # -- alias expansion ---------------------------------------------------------------------------
 
     def resolve(self, address: str | Address) -> Recipient:
-        """`address`, the final users mail to it reaches and the addresses on other servers it is
-        forwarded to (both none: unknown or not ours)."""
+        """`address`, the final users mail to it reaches, the addresses on other servers it is
+        forwarded to (all none: unknown or not ours) and the programs it reaches (auth/users.py
+        program targets; delivered by the queue)."""
         found = self._directory().targets(address)
-        if found is None:
-            return Recipient(str(address), ())
-        return Recipient(str(address), tuple(found[0]), tuple(found[1]))
+        return Recipient(str(address), tuple(found.users), tuple(found.forward),
+                         tuple(Program(c, r) for c, r in found.programs))
+
+    # -- programs (delivery/program.py runs them, from the queue) ---------------------------------
+
+    async def program_body(self, message: bytes, *, sender: str, trace: Sequence[bytes] = ()) -> bytes:
+        """The message a program gets below its head (`with_head`): as a mailbox copy's body."""
+        return await self._body(message, sender, trace)
+
+    async def queue_programs(self, queue: Queue | None, recipients: Sequence[Recipient], message: bytes, *,
+                             sender: str, trace: Sequence[bytes] = (), entry_id: str | None = None) -> str | None:
+        """Queue one entry for the program targets of `recipients` (each (command, RECIPIENT) once
+        per transaction), with the message a mailbox copy gets below its head; durable when this
+        returns. None when there are none; TempFailure when the queue is not running."""
+        jobs = program_jobs(recipients)
+        if not jobs:
+            return None
+        if queue is None:
+            raise TempFailure("the outbound queue is not running")
+        body = await self._body(message, sender, trace)
+        return await queue.submit(sender, [], body, source="program", entry_id=entry_id, programs=jobs)
 
     def postmaster(self, domain: str) -> Recipient:
         """postmaster@`domain` (RFC 5321 §4.5.1: always accepted): whoever Directory.postmaster
@@ -115,12 +151,12 @@ class LocalDeliveryAgent:
 
     async def deliver(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
                       trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX,
-                      ) -> list[DeliveryResult]:
+                      enforce_quota: bool = True) -> list[DeliveryResult]:
         """Deliver to every final user on their own; one result per recipient, in order. Unknown
         recipients fail permanently (550 5.1.1); a recipient fails (as its user's write or quota
         did) if any of its users failed, and is delivered otherwise."""
         body = await self._body(message, sender, trace)
-        copies, failed = await self._plan(recipients, body, sender, folder)
+        copies, failed = await self._plan(recipients, body, sender, folder, enforce_quota=enforce_quota)
         for copy in copies:
             try:
                 await self._write([copy], body)
@@ -128,6 +164,8 @@ class LocalDeliveryAgent:
                 if not isinstance(e, MailError):
                     log.exception("local delivery to %s failed", copy.user)
                 failed.setdefault(copy.user, e)
+        if enforce_quota:
+            await self._delivered([c for c in copies if c.user not in failed])
         forward_error: BaseException | None = None
         if any(r.forward for r in recipients):
             try:
@@ -155,15 +193,20 @@ class LocalDeliveryAgent:
         forward after the local write may give a retry a second local copy, never none (as
         cleanup's order). `spam`: the message was filed as Junk (not forwarded by default)."""
         for r in recipients:
-            if not r.users and not r.forward:
+            if not r.users and not r.forward and not r.programs:  # programs: queue_programs
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
         local_rcpts = [r for r in recipients if r.users]
         if local_rcpts:
             body = await self._body(message, sender, trace)
-            copies, failed = await self._plan(local_rcpts, body, sender, folder)
+            # RFC 5429 §2.1: a Sieve reject can be the SMTP reply only when it answers for everyone
+            # (one recipient, one user, and nothing forwarded or piped beside that user's copy)
+            refusable = (len(recipients) == 1 and len(recipients[0].users) == 1
+                         and not recipients[0].forward and not recipients[0].programs)
+            copies, failed = await self._plan(local_rcpts, body, sender, folder, can_refuse=refusable)
             if failed:
                 raise next(iter(failed.values()))
             await self._write(copies, body)
+            await self._delivered(copies)
         if any(r.forward for r in recipients):
             await self._forward([r for r in recipients if r.forward], message, sender, trace, spam)
 
@@ -172,6 +215,12 @@ class LocalDeliveryAgent:
         if self.forwarder is None:
             raise TempFailure("forwarding is not set up here")
         await self.forwarder.forward(recipients, message, sender=sender, trace=trace, spam=spam)
+
+    async def _delivered(self, copies: Sequence[_Copy]) -> None:
+        """Tell the quota step which users' copies were stored (its 90 % warning)."""
+        if self.quota is not None:
+            for copy in copies:
+                await self.quota.delivered(copy.user)
 
     async def _body(self, message: bytes, sender: str, trace: Sequence[bytes]) -> bytes:
         """What every copy shares below its head: the trace fields, then the message without the
@@ -187,7 +236,8 @@ class LocalDeliveryAgent:
         return data[len(rp):]
 
     async def _plan(self, recipients: Sequence[Recipient], body: bytes, sender: str,
-                    folder: str | Mapping[str, str]) -> tuple[list[_Copy], dict[str, BaseException]]:
+                    folder: str | Mapping[str, str], *, enforce_quota: bool = True, can_refuse: bool = False,
+                    ) -> tuple[list[_Copy], dict[str, BaseException]]:
         """One copy per final user (duplicates suppressed), its folders from the verdict and the
         filter, admitted by the quota; and the users refused on the way, with why."""
         rp = return_path(sender)
@@ -199,16 +249,25 @@ class LocalDeliveryAgent:
             chosen = folder if isinstance(folder, str) else folder.get(user, INBOX)
             try:
                 folders: tuple[str, ...] = (chosen,)
+                flags: Mapping[str, tuple[str, ...]] | None = None
+                own: bytes | None = None
                 if self.filter is not None:
-                    job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen)
-                    folders = tuple(dict.fromkeys((await self.filter.file(job)).folders))
-                if folders and self.quota is not None:
-                    await self.quota.admit(user, len(head) + len(body))
+                    job = FilterJob(user=user, recipients=reached, sender=sender, message=head + body, folder=chosen,
+                                    can_refuse=can_refuse)
+                    filing = await self.filter.file(job)
+                    if filing.refusal is not None and can_refuse:  # RFC 5429 §2.1: reject in protocol
+                        raise PermFailure(filing.refusal, code=550, enhanced="5.7.1")
+                    folders = tuple(dict.fromkeys(filing.folders))
+                    flags = filing.flags or None
+                    own = filing.message
+                if folders and self.quota is not None and enforce_quota:
+                    # each folder's copy counts, as in Dovecot's quota (hard links or not)
+                    await self.quota.admit(user, (len(head) + (len(body) if own is None else len(own))) * len(folders))
             except MailError as e:
                 failed[user] = e
                 continue
             if folders:  # none: the filter discarded it (delivered, nothing stored)
-                copies.append(_Copy(user, reached, head, folders))
+                copies.append(_Copy(user, reached, head if own is None else b"", folders, flags, own))
         return copies, failed
 
     async def _write(self, copies: Sequence[_Copy], body: bytes) -> None:
@@ -216,7 +275,28 @@ class LocalDeliveryAgent:
         if not copies:
             return
         targets = [(c.user, f) for c in copies for f in c.folders]
-        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies})
+        flags = {(c.user, f): c.flags[f] for c in copies if c.flags for f in c.folders if c.flags.get(f)}
+        bodies = {c.user: c.own for c in copies if c.own is not None}
+        await self.store.deliver(targets, body, heads={c.user: c.head for c in copies}, flags=flags or None,
+                                 bodies=bodies or None)
+
+
+def program_jobs(recipients: Sequence[Recipient]) -> list[tuple[str, str, str]]:
+    """(envelope recipient, command, RECIPIENT) for every program `recipients` reach, each
+    (command, RECIPIENT) once (duplicate suppression, as for mailboxes)."""
+    seen: set[tuple[str, str]] = set()
+    out: list[tuple[str, str, str]] = []
+    for r in recipients:
+        for p in r.programs:
+            if (p.command, p.recipient) not in seen:
+                seen.add((p.command, p.recipient))
+                out.append((r.address, p.command, p.recipient))
+    return out
+
+
+def with_head(body: bytes, *, sender: str, recipient: str) -> bytes:
+    """A queued program copy (queue_programs' body) with Return-Path and Delivered-To on top."""
+    return return_path(sender) + delivered_to(recipient) + body
 
 
 def agent_of(ctx: object) -> LocalDeliveryAgent:
@@ -233,4 +313,4 @@ def agent_of(ctx: object) -> LocalDeliveryAgent:
     return agent
 
 
-__all__ = ["LocalDeliveryAgent", "agent_of", "delivered_to", "unique_users", "INBOX"]
+__all__ = ["LocalDeliveryAgent", "agent_of", "delivered_to", "unique_users", "program_jobs", "with_head", "INBOX"]

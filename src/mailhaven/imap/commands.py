@@ -455,7 +455,32 @@ class Move(Command):
     VERB: ClassVar[str] = "MOVE"
 
 
+@dataclass(frozen=True)
+class GetQuota(Command):
+    """RFC 9208 §4.2 GETQUOTA quota-root."""
+
+    root: str
+    VERB: ClassVar[str] = "GETQUOTA"
+
+
+@dataclass(frozen=True)
+class GetQuotaRoot(Command):
+    """RFC 9208 §4.3 GETQUOTAROOT mailbox."""
+
+    mailbox: str
+    VERB: ClassVar[str] = "GETQUOTAROOT"
+
+
+@dataclass(frozen=True)
+class SetQuota(Command):
+    """RFC 9208 §4.1 SETQUOTA quota-root (resource limit ...); `limits` upper-cased names."""
+
+    root: str
+    limits: tuple[tuple[str, int], ...]
+    VERB: ClassVar[str] = "SETQUOTA"
+
+
 AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
               | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
               | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Fetch | Store | Copy
-              | Move)
+              | Move | GetQuota | GetQuotaRoot | SetQuota)

@@ -43,6 +43,8 @@ from mailhaven.imap.commands import (
     FetchAttr,
     FetchBody,
     FetchItem,
+    GetQuota,
+    GetQuotaRoot,
     Id,
     Idle,
     List,
@@ -70,6 +72,7 @@ from mailhaven.imap.commands import (
     SectionText,
     Select,
     SelectParam,
+    SetQuota,
     StartTls,
     Status,
     Store,
@@ -524,6 +527,32 @@ def _status(cur: _Cursor, tag: str) -> AnyCommand:
     return Status(tag, mailbox, tuple(items))
 
 
+def _getquota(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    return GetQuota(tag, cur.astring_text())  # RFC 9208 §6: quota-root-name = astring
+
+
+def _setquota(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()
+    root = cur.astring_text()
+    cur.sp()
+    # RFC 9208 §6: setquota-list = "(" [setquota-resource *(SP setquota-resource)] ")";
+    # setquota-resource = resource-name SP resource-limit (number64)
+    cur.expect(LPAREN, "'(' before quota limits")
+    limits: list[tuple[str, int]] = []
+    if not cur.take(RPAREN):
+        while True:
+            name = cur.word()
+            cur.sp()
+            limits.append((name, cur.number(maximum=2**63 - 1)))
+            if len(limits) > 32:
+                cur.fail("Too many quota resources")
+            if cur.take(RPAREN):
+                break
+            cur.sp()
+    return SetQuota(tag, root, tuple(limits))
+
+
 def _append(cur: _Cursor, tag: str) -> AnyCommand:
     cur.sp()
     mailbox = cur.mailbox()
@@ -856,6 +885,9 @@ COMMANDS: dict[str, Handler] = {
     "ID": _id,
     "ENABLE": _enable,
     "UNSELECT": _no_args(Unselect),
+    "GETQUOTA": _getquota,  # RFC 9208
+    "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
+    "SETQUOTA": _setquota,
 }
 
 

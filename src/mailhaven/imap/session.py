@@ -37,9 +37,10 @@ from typing import Any, Protocol
 
 from mailhaven import log as mhlog
 from mailhaven import metrics, seams
+from mailhaven import quota as quotamod
 from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
-from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, TempFailure
+from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
 from mailhaven.imap import encode, fetchitems, utf7
 from mailhaven.imap.seqset import SequenceSet
@@ -79,6 +80,9 @@ OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker th
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
+# RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
+QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
+QUOTA_ROOT = ""  # the one quota root of every user: all their folders
 
 
 class Shell(Protocol):
@@ -455,6 +459,7 @@ class Session:
             "NAMESPACE": self.cmd_namespace, "IDLE": self.cmd_idle, "CHECK": self.cmd_check,
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
             "SEARCH": self.cmd_search, "FETCH": self.cmd_fetch, "STORE": self.cmd_store, "COPY": self.cmd_copy,
+            "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
             "MOVE": self.cmd_move,
         }
 
@@ -492,6 +497,8 @@ class Session:
                 caps.extend("AUTH=" + m for m in AUTH_MECHANISMS)
             else:
                 caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3
+        elif quotamod.of(self.ctx) is not None:
+            caps.extend(QUOTA_CAPABILITIES)
         return " ".join(caps)
 
     async def greet(self) -> None:
@@ -568,6 +575,8 @@ class Session:
             return "NO", "[HASCHILDREN] Mailbox has children, delete them first."  # RFC 9051 §7.1
         if isinstance(exc, MessageNotFound):
             return "NO", "[EXPUNGEISSUED] Some of the requested messages no longer exist."
+        if isinstance(exc, OverQuota):
+            return "NO", "[OVERQUOTA] Quota exceeded (mailbox for user is full)"  # RFC 9208 §4.2
         if isinstance(exc, TempFailure):
             log.warning("imap %s failed: %s", verb, exc, exc_info=exc)
             return "NO", "[UNAVAILABLE] Temporary failure, try again later."
@@ -907,7 +916,12 @@ class Session:
         except MailboxNotFound:
             raise No("Mailbox doesn't exist.", "TRYCREATE") from None  # RFC 3501 §6.3.11
         when = cmd.internal_date.timestamp() if cmd.internal_date is not None else None
+        quota = quotamod.of(self.ctx)
+        if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing stored
+            await quota.check(self._user(), len(cmd.message))
         uid = await mailbox.append(cmd.message, cmd.flags, when)  # durable before it returns
+        if quota is not None:
+            await quota.delivered(self._user())
         return f"OK [APPENDUID {mailbox.uidvalidity} {uid}] Append completed."  # RFC 4315 §3
 
     async def cmd_idle(self, cmd: C.Idle) -> str:
@@ -1093,7 +1107,14 @@ class Session:
         dest = await self._target(cmd.mailbox)
         if not uids:
             return "OK No messages copied."
+        quota = quotamod.of(self.ctx)
+        if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing copied
+            wanted = set(uids)
+            size = sum(m.size for m in sel.current.messages if m.uid in wanted)
+            await quota.check(self._user(), size, len(uids))
         mapping = await sel.mailbox.copy(uids, dest)  # into itself too (RFC 3501 allows it)
+        if quota is not None:
+            await quota.delivered(self._user())
         if not mapping:
             return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
         await self._teach(sel.mailbox.name, dest, [d for _, d in mapping], "COPY")
@@ -1101,6 +1122,44 @@ class Session:
         dst_set = render_set(d for _, d in mapping)
         # RFC 4315 §3: COPYUID uidvalidity source-uids destination-uids (same order)
         return f"OK [COPYUID {dest.uidvalidity} {src_set} {dst_set}] Copy completed."
+
+    # -- QUOTA (RFC 9208) --------------------------------------------------------------------------
+
+    def _user(self) -> str:
+        assert self.user is not None
+        return self.user
+
+    async def _quota_report(self) -> quotamod.Report | None:
+        quota = quotamod.of(self.ctx)
+        if quota is None or not any(quota.limits(self._user())):
+            return None
+        return await quota.report(self._user())
+
+    def _emit_quota(self, report: quotamod.Report) -> None:
+        # RFC 9208 §5.1: STORAGE usage and limit in units of 1024 octets; §5.2 MESSAGE in messages
+        items = " ".join(f"{name} {usage} {limit}" for name, usage, limit in report.resources())
+        self.emit(f'* QUOTA "{QUOTA_ROOT}" ({items})\r\n'.encode("ascii"))
+
+    async def cmd_getquota(self, cmd: C.GetQuota) -> str:
+        report = await self._quota_report()
+        if report is None or cmd.root != QUOTA_ROOT:  # a user without limits has no quota root
+            raise No("Quota root does not exist.", "NONEXISTENT")
+        self._emit_quota(report)
+        return "OK Getquota completed."
+
+    async def cmd_getquotaroot(self, cmd: C.GetQuotaRoot) -> str:
+        mailbox = await self.account.mailbox(cmd.mailbox)  # NO [NONEXISTENT] for a missing one
+        report = await self._quota_report()
+        # RFC 9208 §4.3: the mailbox's quota roots, then each root's QUOTA
+        roots = f' "{QUOTA_ROOT}"' if report is not None else ""
+        self.emit(b"* QUOTAROOT " + _wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
+        if report is not None:
+            self._emit_quota(report)
+        return "OK Getquotaroot completed."
+
+    async def cmd_setquota(self, cmd: C.SetQuota) -> str:
+        # RFC 9208 §4.1: limits are the administrator's (the users file); no user may set them
+        raise No("Quota can be changed only by the administrator.", "NOPERM")
 
     async def cmd_move(self, cmd: C.Move) -> str:
         sel = self._selected()

@@ -41,12 +41,13 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailhaven import metrics, seams
-from mailhaven.delivery import local, remote
+from mailhaven.auth.users import program_argv
+from mailhaven.delivery import local, program, remote
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import ConfigError, MailError
 from mailhaven.message import dsn
@@ -58,7 +59,8 @@ log = logging.getLogger("mailhaven.queue")
 
 # How long to wait before retrying an entry whose bounce could not be queued (disk trouble).
 NOTIFY_RETRY = 60.0
-HEADERS_READ = 64 * 1024  # `queue show` looks for From/To/Subject/Message-ID in this much of a message
+HEADERS_READ = 64 * 1024
+PROGRAMS = "|programs"  # the destination of program recipients (delivery/program.py), never a domain  # `queue show` looks for From/To/Subject/Message-ID in this much of a message
 
 
 @dataclass(eq=False)
@@ -158,12 +160,13 @@ class QueueManager:
     # -- entry points -----------------------------------------------------------------------------
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None) -> str:
+                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str:
         """Store a new entry durably (under `entry_id` if given) and schedule it now; returns its id.
+        `programs`: recipients delivered to a program, (envelope recipient, command, RECIPIENT).
         Raises TempFailure on disk trouble."""
         await self.load()
         entry = await self.spool.add(sender, recipients, message, source=source, next_attempt=self.clock(),
-                                     entry_id=entry_id)
+                                     entry_id=entry_id, programs=programs)
         self.entries[entry.id] = entry
         self._schedule(entry)
         self.wake()
@@ -259,14 +262,19 @@ class QueueManager:
     def _start_round(self, tg: asyncio.TaskGroup, entry: Entry) -> None:
         entry.busy = True
         by_domain: dict[str, list[Recipient]] = {}
+        jobs: list[tuple[str, list[Recipient]]] = []
         for r in entry.pending():
-            by_domain.setdefault(_domain(r.address), []).append(r)
-        rnd = _Round(entry, len(by_domain))
-        if not by_domain:
+            if r.program:  # one run per program recipient, at most max_per_destination at once
+                jobs.append((PROGRAMS, [r]))
+            else:
+                by_domain.setdefault(_domain(r.address), []).append(r)
+        jobs += by_domain.items()
+        rnd = _Round(entry, len(jobs))
+        if not jobs:
             # Nothing to deliver (a restart after the last result): only bounces and removal remain.
             tg.create_task(self._finish_safely(rnd))
             return
-        for domain, rcpts in by_domain.items():
+        for domain, rcpts in jobs:
             self._jobs.setdefault(domain, deque()).append(_Job(rnd, domain, rcpts))
 
     def _start_jobs(self, tg: asyncio.TaskGroup) -> None:
@@ -296,11 +304,14 @@ class QueueManager:
             addrs = [r.address for r in job.recipients]
             try:
                 message = await job.round.message(self.spool)
-                results = await self._deliver(entry, job.domain, addrs, message)
+                if job.domain == PROGRAMS:
+                    results = [await self._deliver_program(entry, r, message) for r in job.recipients]
+                else:
+                    results = await self._deliver(entry, job.domain, addrs, message)
             except Exception as e:  # noqa: BLE001 - STYLE rule 5: unknown failures are temporary
                 log.exception("queue: delivery of %s to %s failed unexpectedly", entry.id, job.domain)
                 results = [DeliveryResult.from_error(a, e) for a in addrs]
-            kind = "local" if self.ctx.config.is_local_domain(job.domain) else "remote"
+            kind = "local" if job.domain == PROGRAMS or self.ctx.config.is_local_domain(job.domain) else "remote"
             await self._record(entry, job.recipients, results, last=job.round.remaining == 1, kind=kind)
         except Exception:  # noqa: BLE001 - the worker must survive anything one entry does
             log.exception("queue: recording results of %s failed", entry.id)
@@ -320,7 +331,11 @@ class QueueManager:
         ctx = self.ctx
         if ctx.config.is_local_domain(domain):
             agent = local.agent_of(ctx)  # per recipient: one user's failure does not fail the others
-            return await agent.deliver([agent.resolve(a) for a in addrs], message, sender=entry.sender)
+            resolved = [agent.resolve(a) for a in addrs]
+            results = await agent.deliver(resolved, message, sender=entry.sender)
+            if any(r.programs for r in resolved):
+                results = await self._local_programs(entry, resolved, results, message)
+            return results
         from mailhaven.tls import client_context, mx_verify_context
 
         if self._tls is None:
@@ -335,6 +350,50 @@ class QueueManager:
             verified = self._verified[1] if self._verified is not None else None
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
                                     tls_context=self._tls, verified_context=verified)
+
+    async def _local_programs(self, entry: Entry, resolved: list[seams.Recipient], results: list[DeliveryResult],
+                              message: bytes) -> list[DeliveryResult]:
+        """A queued local recipient whose alias also names programs: they run here (already in the
+        queue, so retried). Its result is the worst of its mailbox and program results (a retry
+        may then store its mailbox copy again: at least once, never lost)."""
+        body = await local.agent_of(self.ctx).program_body(message, sender=entry.sender)
+        out: list[DeliveryResult] = []
+        for r, res in zip(resolved, results, strict=True):
+            parts = [res] if r.users else []
+            for p in r.programs:
+                parts.append(await self._deliver_program(entry, Recipient(r.address, program=p.command,
+                                                                          program_rcpt=p.recipient), body))
+            out.append(next((x for x in parts if x.temporary), None)
+                       or next((x for x in parts if x.permanent), None) or (parts[0] if parts else res))
+        return out
+
+    async def _deliver_program(self, entry: Entry, r: Recipient, message: bytes) -> DeliveryResult:
+        """Run the program of a program recipient (delivery/program.py), once the alias still
+        names it and programs are still allowed (Postfix expands aliases at delivery time too)."""
+        cfg = self.ctx.config
+        if not cfg.delivery.allow_programs:
+            return DeliveryResult.perm(r.address, "delivery to programs is not allowed here", enhanced="5.7.1")
+        agent = local.agent_of(self.ctx)
+        current = agent.resolve(r.address).programs
+        if not any(p.command == r.program for p in current):
+            return DeliveryResult.perm(r.address, "the alias no longer delivers to this program", enhanced="5.1.1")
+        rcpt = r.program_rcpt or r.address
+        try:
+            user = await asyncio.to_thread(program.check_user, cfg)  # pwd and group lookups: off the loop
+            argv = program_argv(r.program)
+        except (ConfigError, ValueError) as e:
+            log.error("queue: %s to=<%s> program %s: %s", entry.id, r.address, r.program, e)
+            return DeliveryResult.temp(r.address, "program delivery is misconfigured", enhanced="4.3.5")
+        data = local.with_head(message, sender=entry.sender, recipient=rcpt)
+        env = program.environment(user, sender=entry.sender, recipient=rcpt, original_recipient=r.address,
+                                  queue_id=entry.id)
+        d = cfg.delivery
+        outcome = await program.run(argv, data, env, user, time_limit=d.program_timeout,
+                                    max_output=d.program_max_output)
+        if outcome.output:
+            log.info("queue: %s to=<%s> program %s said: %s", entry.id, r.address, argv[0],
+                     program.first_line(outcome.output))
+        return program.result_of(r.address, r.program, outcome, d.program_timeout)
 
     async def _record(self, entry: Entry, rcpts: list[Recipient], results: list[DeliveryResult], *,
                       last: bool = False, kind: str = "remote") -> None:

@@ -23,7 +23,12 @@ Envelope (version 1):
      "delay_warning_sent": bool, "size": octets, "source": "submission",
      "recipients": [{"address": "...", "state": "pending"|"delivered"|"failed", "attempts": n,
                      "last_attempt": ts | null, "notified": bool,
-                     "last": {"code", "enhanced", "text", "temporary", "remote_mta"} | null}]}
+                     "last": {"code", "enhanced", "text", "temporary", "remote_mta"} | null,
+                     "program": "|/path args", "program_rcpt": "..."}]}
+`program` (absent for an ordinary recipient; envelopes without it load as before) makes the recipient
+a delivery to that program (delivery/program.py): `address` is the envelope recipient as received
+(ORIGINAL_RECIPIENT, and the one a bounce names), `program_rcpt` the alias naming the command
+(RECIPIENT).
 `notified` marks a failed recipient whose bounce has been queued (or that needs none), so a crash
 between recording the failure and queueing the bounce still bounces after restart.
 """
@@ -38,6 +43,7 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,11 +77,16 @@ class Recipient:
     last_attempt: float | None = None
     last: DeliveryResult | None = None
     notified: bool = False
+    program: str = ""  # "|/path args": deliver to this program (delivery/program.py)
+    program_rcpt: str = ""  # its RECIPIENT (the alias naming it)
 
     def to_json(self) -> dict[str, Any]:
-        return {"address": self.address, "state": self.state, "attempts": self.attempts,
-                "last_attempt": self.last_attempt, "notified": self.notified,
-                "last": self.last.to_json() if self.last is not None else None}
+        out = {"address": self.address, "state": self.state, "attempts": self.attempts,
+               "last_attempt": self.last_attempt, "notified": self.notified,
+               "last": self.last.to_json() if self.last is not None else None}
+        if self.program:
+            out.update(program=self.program, program_rcpt=self.program_rcpt or self.address)
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Recipient:
@@ -87,7 +98,7 @@ class Recipient:
         return cls(address, state, int(d.get("attempts", 0)),
                    None if d.get("last_attempt") is None else float(d["last_attempt"]),
                    DeliveryResult.from_json(address, last) if isinstance(last, dict) else None,
-                   bool(d.get("notified", False)))
+                   bool(d.get("notified", False)), str(d.get("program", "")), str(d.get("program_rcpt", "")))
 
 
 @dataclass
@@ -203,12 +214,14 @@ class Spool:
     # -- add --
     async def add(self, sender: str, recipients: list[str], data: bytes, *, source: str = "",
                   created: float | None = None, next_attempt: float | None = None,
-                  entry_id: str | None = None) -> Entry:
+                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> Entry:
         """Durably store a new entry; returns once message, envelope and directory are fsynced.
-        Raises TempFailure (nothing left behind) when the disk fails."""
+        `programs`: more recipients, each (envelope recipient, command, RECIPIENT) to be delivered
+        to a program. Raises TempFailure (nothing left behind) when the disk fails."""
         now = time.time()
         created = now if created is None else created
-        entry = Entry(entry_id or new_id(created), sender, [Recipient(r) for r in recipients], created,
+        rcpts = [Recipient(r) for r in recipients] + [Recipient(a, program=c, program_rcpt=r) for a, c, r in programs]
+        entry = Entry(entry_id or new_id(created), sender, rcpts, created,
                       now if next_attempt is None else next_attempt, size=len(data), source=source)
         try:
             await asyncio.to_thread(self._add_sync, entry, data)

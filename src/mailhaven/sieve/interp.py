@@ -827,7 +827,7 @@ def _encode_header_value(value: str) -> bytes:
     value = re.sub(r"[ \t]*(?:\r\n|\r|\n)[ \t]*", "\r\n ", value.strip("\r\n"))
     if value.isascii():
         return value.encode("ascii")
-    return Header(value, "utf-8").encode().encode("ascii")
+    return Header(value, "utf-8").encode(linesep="\r\n").encode("ascii")  # folds with CRLF, never a bare LF
 
 
 def evaluate(script: Script | str | bytes, message: bytes, envelope: Envelope,

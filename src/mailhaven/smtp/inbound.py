@@ -46,9 +46,10 @@ from typing import Any
 
 from mailhaven import log as mlog
 from mailhaven import metrics, seams
+from mailhaven import quota as quotamod
 from mailhaven.config import Config
 from mailhaven.delivery import forward, local
-from mailhaven.errors import DnsTempError, PermFailure, TempFailure
+from mailhaven.errors import DnsTempError, OverQuota, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
 from mailhaven.policy import dnsbl, embedded, greylist, pipeline, senderlists, spam
@@ -115,7 +116,23 @@ class InboundHandler(BaseHandler):
         if users is None:
             return reply, None  # relaying and unknown users are refused before any DNS list is asked
         refusal = await self._reputation_gate(session, txn, str(rcpt) if isinstance(rcpt, Address) else "postmaster")
+        if refusal is None and not await self._fits(txn, users):
+            refusal = R.OVER_QUOTA_RCPT
         return (refusal, None) if refusal is not None else (reply, users)
+
+    async def _fits(self, txn: Transaction, users: list[str]) -> bool:
+        """Whether a message of the size MAIL FROM announced (SIZE=, RFC 1870 §6; 0 without it)
+        fits every user's quota (quota.py; users without limits cost nothing)."""
+        service = quotamod.of(self.ctx)
+        if service is None:
+            return True
+        size = announced_size(txn.mail_options)
+        for user in users:
+            try:
+                await service.check(user, size)
+            except OverQuota:
+                return False
+        return True
 
     async def _local_recipient(self, rcpt: Address | object, txn: Transaction) -> tuple[str, list[str] | None]:
         directory = self.ctx.directory
@@ -149,6 +166,8 @@ class InboundHandler(BaseHandler):
             if found.forward:  # an alias with targets on other servers (delivery/forward.py)
                 txn.forward[str(rcpt)] = found.forward
                 return R.RCPT_OK, users
+            if not users and found.programs:
+                return R.RCPT_OK, []  # only programs: queued at DATA (delivery/program.py)
         if not users:
             return R.UNKNOWN_USER, None
         return R.RCPT_OK, users
@@ -269,9 +288,20 @@ class InboundHandler(BaseHandler):
         # (RFC 5321 §4.4, RFC 9228) and removes what arrived claiming to be ours
         # (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before our trace fields.
         per_user = {user: _folder(folder, lists.get(user)) for user in txn.users}  # sender lists
-        await local.agent_of(self.ctx).deliver_all(txn.resolved, data, folder=per_user, trace=trace,
-                                                   sender=str(txn.sender) if txn.sender is not None else "",
-                                                   spam=junk)
+        agent = local.agent_of(self.ctx)
+        sender = str(txn.sender) if txn.sender is not None else ""
+        # Program targets (aliases "|/path args") never run here: they go into the queue, under this
+        # transaction's id, after the mailbox copies and before the 250 (delivery/program.py).
+        programs = [r for r in (agent.resolve(a) for a in txn.recipients) if r.programs]
+        if programs and self.ctx.queue is None:
+            raise TempFailure("the outbound queue is not running")
+        try:
+            await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender, spam=junk)
+        except OverQuota:  # nothing stored anywhere; the MX refuses for good at DATA (552 5.2.2)
+            raise PermFailure("Mailbox full (over quota)", code=552, enhanced="5.2.2") from None
+        if programs:
+            await agent.queue_programs(self.ctx.queue, programs, data, sender=sender, trace=trace,
+                                       entry_id=txn.queue_id)
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
@@ -368,6 +398,15 @@ class InboundHandler(BaseHandler):
                 self._policy_deadline())
         except TimeoutError:
             raise DnsTempError("Sender checks timed out, try again later") from None
+
+
+def announced_size(mail_options: list[str]) -> int:
+    """The SIZE= of MAIL FROM (RFC 1870 §6, aiosmtpd checked its syntax and our limit); 0 if none."""
+    for option in mail_options:
+        key, _, value = option.partition("=")
+        if key.upper() == "SIZE" and value.isdigit() and len(value) <= 15:
+            return int(value)
+    return 0
 
 
 def _folder(message_folder: str, decision: senderlists.Decision) -> str:

@@ -30,6 +30,10 @@ NEED_SMTPUTF8 = "553 5.6.7 Non-ASCII address requires SMTPUTF8"  # RFC 6531 §3.
 UNKNOWN_USER = "550 5.1.1 No such user here"  # RFC 3463 §3.2 X.1.1
 RELAY_DENIED = "550 5.7.1 Relay access denied"  # RFC 5321 §3.6.2, RFC 3463 X.7.1
 TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"  # RFC 5321 §4.5.3.1.10, RFC 3463 X.5.3
+# Quota (quota.py): at RCPT the SIZE= announced (RFC 1870 §6) cannot fit, for now; at DATA the MX
+# refuses for good, as Dovecot's LMTP (552, RFC 5321 §4.2.2; RFC 3463 X.2.2 mailbox full).
+OVER_QUOTA_RCPT = "452 4.2.2 Mailbox full (over quota)"
+OVER_QUOTA_DATA = "552 5.2.2 Mailbox full (over quota)"
 NESTED_MAIL = "503 5.5.1 Error: nested MAIL command"
 NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"  # RFC 5321 §3.3: DATA without a valid RCPT

@@ -31,7 +31,9 @@ FILENAME = "mailhaven-index.sqlite"
 UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
 # 2: message.unterminated (1 = the file does not end with LF; NULL = not known yet: a row of a
 # version 1 index, filled in when its folder is next opened).
-SCHEMA_VERSION = "2"
+# 3: mailbox.msg_bytes/msg_count, each folder's message octets and count (the quota's usage, kept
+# in the same transaction as the rows they sum; computed from the rows by the migration).
+SCHEMA_VERSION = "3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -42,7 +44,9 @@ CREATE TABLE IF NOT EXISTS mailbox (
     uidnext INTEGER NOT NULL,
     highestmodseq INTEGER NOT NULL,
     new_mtime INTEGER NOT NULL DEFAULT 0,
-    cur_mtime INTEGER NOT NULL DEFAULT 0
+    cur_mtime INTEGER NOT NULL DEFAULT 0,
+    msg_bytes INTEGER NOT NULL DEFAULT 0,
+    msg_count INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS message (
     mailbox_id INTEGER NOT NULL,
@@ -124,6 +128,15 @@ class Index:
                 columns = {r[1] for r in self._db.execute("PRAGMA table_info(message)")}
                 if "unterminated" not in columns:
                     self._db.execute("ALTER TABLE message ADD COLUMN unterminated INTEGER")  # NULL: unknown
+            if row[0] in ("1", "2"):
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(mailbox)")}
+                for column in ("msg_bytes", "msg_count"):
+                    if column not in columns:
+                        self._db.execute(f"ALTER TABLE mailbox ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+                self._db.execute(
+                    "UPDATE mailbox SET"
+                    " msg_bytes=(SELECT COALESCE(SUM(size), 0) FROM message WHERE mailbox_id=mailbox.id),"
+                    " msg_count=(SELECT COUNT(*) FROM message WHERE mailbox_id=mailbox.id)")
                 self._db.execute("UPDATE meta SET v=? WHERE k='schema'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
@@ -167,6 +180,29 @@ class Index:
         if max(int(row[0]) if row else 0, self._file_uidvalidity()) < value:
             self._remember(value)
 
+    def usage(self) -> tuple[int, int]:
+        """(octets, messages) of every indexed folder: the sum of the per-folder totals kept with
+        the rows (one row per folder is read, never the messages)."""
+        row = self._db.execute("SELECT COALESCE(SUM(msg_bytes), 0), COALESCE(SUM(msg_count), 0) FROM mailbox"
+                               ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def folder_usage(self) -> dict[str, tuple[int, int]]:
+        """Each indexed folder's (octets, messages)."""
+        return {name: (int(b), int(n)) for name, b, n in
+                self._db.execute("SELECT name, msg_bytes, msg_count FROM mailbox")}
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        with self._tx():
+            if value is None:
+                self._db.execute("DELETE FROM meta WHERE k=?", (key,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
     def special_uses(self) -> dict[str, str]:
         return dict(self._db.execute("SELECT name, use FROM special_use").fetchall())
 
@@ -193,11 +229,13 @@ class Index:
     def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
                rows: Iterable[MessageRow] = ()) -> int:
         """Create (or replace) a mailbox row with its messages, in one transaction."""
+        rows = list(rows)
         with self._tx():
             self._drop(name)
             cur = self._db.execute(
-                "INSERT INTO mailbox (name, uidvalidity, uidnext, highestmodseq) VALUES (?, ?, ?, ?)",
-                (name, uidvalidity, uidnext, highestmodseq))
+                "INSERT INTO mailbox (name, uidvalidity, uidnext, highestmodseq, msg_bytes, msg_count)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, uidvalidity, uidnext, highestmodseq, sum(r[7] for r in rows), len(rows)))
             mailbox_id = int(cur.lastrowid or 0)
             self._db.executemany(
                 "INSERT INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq, internaldate,"
@@ -206,8 +244,19 @@ class Index:
 
     def commit(self, mailbox_id: int, *, upserts: Iterable[MessageRow] = (), deletes: Iterable[int] = (),
                uidnext: int, highestmodseq: int, new_mtime: int, cur_mtime: int) -> None:
-        """Apply one batch of message changes and the mailbox counters atomically."""
+        """Apply one batch of message changes and the mailbox counters atomically (the folder's
+        octet and message totals move by what the batch removed and added: the sizes of the rows
+        it replaces or deletes are read first, by key, never by a scan)."""
+        upserts, deletes = list(upserts), list(deletes)
         with self._tx():
+            old_bytes = old_count = 0
+            for uid in {*deletes, *(r[0] for r in upserts)}:
+                row = self._db.execute("SELECT size FROM message WHERE mailbox_id=? AND uid=?",
+                                       (mailbox_id, uid)).fetchone()
+                if row is not None:
+                    old_bytes, old_count = old_bytes + int(row[0]), old_count + 1
+            self._db.execute("UPDATE mailbox SET msg_bytes=msg_bytes+?, msg_count=msg_count+? WHERE id=?",
+                             (sum(r[7] for r in upserts) - old_bytes, len(upserts) - old_count, mailbox_id))
             self._db.executemany("DELETE FROM message WHERE mailbox_id=? AND uid=?",
                                  ((mailbox_id, u) for u in deletes))
             self._db.executemany(
@@ -267,6 +316,28 @@ class Index:
 
     def _tx(self) -> _Tx:
         return _Tx(self._db)
+
+
+def read_usage(user_root: Path) -> dict[str, tuple[int, int, frozenset[str]]] | None:
+    """For a reader outside the server (`mailhaven quota show`): each indexed folder's octets,
+    messages and row keys, read-only (the server may be writing; an index of any schema version);
+    None when the user has no index yet. Blocking."""
+    path = user_root / FILENAME
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        totals = {name: (int(b), int(n)) for name, b, n in db.execute(
+            "SELECT mailbox.name, COALESCE(SUM(message.size), 0), COUNT(message.uid) FROM mailbox"
+            " LEFT JOIN message ON message.mailbox_id=mailbox.id GROUP BY mailbox.id")}
+        keys: dict[str, set[str]] = {name: set() for name in totals}
+        for name, key in db.execute("SELECT mailbox.name, message.key FROM message JOIN mailbox"
+                                    " ON message.mailbox_id=mailbox.id"):
+            keys[name].add(key)
+    finally:
+        db.close()
+    return {name: (b, n, frozenset(keys[name])) for name, (b, n) in totals.items()}
 
 
 # SQLite result codes meaning "no space": SQLITE_FULL (13, also its extended forms) and

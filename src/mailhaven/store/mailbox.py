@@ -14,6 +14,14 @@ Decisions (see the package docstring for the full contract):
   UIDVALIDITY and UIDs, and moves subscriptions; renaming INBOX moves its messages into the new
   folder (new UIDs there) and leaves INBOX empty, its inferiors untouched (RFC 3501 §6.3.5).
 - A new user's first access creates INBOX and the SPECIAL-USE folders (RFC 6154).
+- Usage (the quota's octets and messages, Account.usage): each folder's totals are kept in the
+  index with its rows (index.py msg_bytes/msg_count, moved in the same transaction by append, copy,
+  move, expunge and every sync) and summed per account (one row per folder). deliver() does not
+  touch the index, so each account also holds the copies delivered since their folder was last
+  synced (`_pending`, key -> size, in memory): registered before the file appears in new/ and
+  dropped by the folder's next sync, which indexes it. The first usage() of an account in this
+  process opens and syncs every folder once (a folder missing from the index is rebuilt from disk,
+  so deleting the index recomputes the usage); after that no delivery scans anything.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -136,58 +145,93 @@ class Store:
         return acc
 
     async def deliver(self, targets: Sequence[tuple[str, str]], data: bytes, *,
-                      heads: Mapping[str, bytes] | None = None) -> None:
+                      heads: Mapping[str, bytes] | None = None,
+                      flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                      bodies: Mapping[str, bytes] | None = None) -> None:
         """Durably deliver one message to every (user, folder) target, all or nothing.
 
         `heads[user]` (CRLF-terminated header fields, e.g. Return-Path and Delivered-To) is written
         above `data` in that user's copies: users with different heads get files of their own, the
         folders of one user share one file (hard links). Returns only after every file and new/
         directory are fsynced. Raises StoreError (nothing visible anywhere), or BadMailboxName for
-        an invalid user or folder name (nothing written).
+        an invalid user or folder name (nothing written). `flags[(user, folder)]`: IMAP system
+        flags the copy starts with (Sieve imap4flags, RFC 5232; others are ignored here).
+        `bodies[user]`: what that user's copies hold below their head instead of `data` (Sieve
+        editheader, RFC 5293: a copy with its own header section).
         """
         resolved: dict[tuple[str, str], tuple[Account, str]] = {}
+        infos: dict[tuple[str, str], str] = {}
         for user, folder in targets:
             acc = self.account(user)
             name = names.canonical(folder)
             resolved.setdefault((acc.user, name), (acc, name))
+            if flags and flags.get((user, folder)):
+                infos[(acc.user, name)] = maildir.build_info(
+                    f for f in (maildir.canonical_flag(x) for x in flags[(user, folder)]) if f)
         if not resolved:
             raise StoreError("no delivery target")
         items = list(resolved.values())
         # One group per distinct head (the users' keys canonicalised like the targets').
         by_user = {self.account(u).user: h for u, h in (heads or {}).items()}
-        groups: dict[bytes, list[tuple[Account, str]]] = {}
+        own = {self.account(u).user: b for u, b in (bodies or {}).items()}
+        groups: dict[tuple[bytes, bytes | None], list[tuple[Account, str]]] = {}
         for acc, name in items:
-            groups.setdefault(by_user.get(acc.user, b""), []).append((acc, name))
+            groups.setdefault((by_user.get(acc.user, b""), own.get(acc.user)), []).append((acc, name))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data)
+        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
-    def _deliver_sync(self, groups: list[tuple[bytes, list[tuple[Account, str]]]], data: bytes) -> None:
-        data = maildir.to_crlf(data)
+    def _deliver_sync(self, groups: list[tuple[tuple[bytes, bytes | None], list[tuple[Account, str]]]],
+                      shared: bytes, infos: Mapping[tuple[str, str], str] | None = None) -> None:
+        shared = maildir.to_crlf(shared)
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
+        counted: list[tuple[Account, str, str]] = []  # and their copies in the usage: uncounted
         try:
-            for head, items in groups:
+            for (head, body), items in groups:
+                data = shared if body is None else maildir.to_crlf(body)
                 paths = self._folders_for(items, trust_known=True)
+                letters = [(infos or {}).get((acc.user, n), "") for acc, n in items]
                 try:
-                    name = maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
-                                                 dir_sync=self.dir_sync, head=head)
+                    name = self._deliver_counted(items, paths, head, data, letters)
                 except StoreError as e:
                     if not isinstance(e.__cause__, FileNotFoundError):
                         raise
                     # A folder vanished (deleted or renamed by IMAP or by hand): create it, try once more.
                     self._ready.difference_update(paths)
                     paths = self._folders_for(items, trust_known=False)
-                    name = maildir.deliver_files(paths, maildir.unique_base(self.hostname), data, fsync=self.fsync,
-                                                 dir_sync=self.dir_sync, head=head)
-                placed.extend(p / "new" / name for p in paths)
+                    name = self._deliver_counted(items, paths, head, data, letters)
+                placed.extend(maildir.delivered_path(p, name, i) for p, i in zip(paths, letters, strict=True))
+                counted.extend((acc, folder, name) for acc, folder in items)
         except BaseException:
             # All or nothing: the copies already placed go too (a crash right here may leave them:
             # delivered twice on the sender's retry, never lost).
             for p in placed:
                 with contextlib.suppress(OSError):
                     os.unlink(p)
+            for acc, folder, name in counted:
+                acc._unpend(folder, name)
             raise
+
+    def _deliver_counted(self, items: list[tuple[Account, str]], paths: list[Path], head: bytes,
+                         data: bytes, infos: Sequence[str] = ()) -> str:
+        """maildir.deliver_files, with each copy counted in its account's usage from before its
+        file is visible in new/ (so a sync that indexes it always finds it pending)."""
+        base = maildir.unique_base(self.hostname)
+        size = len(head) + len(data)
+        key = maildir.make_key(base, size, size)
+        for acc, name in items:
+            acc._pend(name, key, size)
+        try:
+            placed = maildir.deliver_files(paths, base, data, fsync=self.fsync, dir_sync=self.dir_sync, head=head,
+                                           infos=infos)
+        except BaseException:
+            for acc, name in items:
+                acc._unpend(name, key)
+            raise
+        for acc, name in items:
+            acc._placed(name, key)
+        return placed
 
     def _folders_for(self, items: list[tuple[Account, str]], *, trust_known: bool) -> list[Path]:
         """The folder directories of the targets, each created (durably) if it is not there."""
@@ -235,6 +279,75 @@ class Account:
         self.lock = asyncio.Lock()
         self._index: Index | None = None
         self._folders: dict[str, Folder] = {}
+        # Usage (see the module doc): copies delivered and not yet indexed, folder -> key -> size
+        # (written by delivery threads, so under its own lock), and whether every folder was synced.
+        self._pending: dict[str, dict[str, int]] = {}
+        self._placing: set[tuple[str, str]] = set()  # (folder, key) of pending copies not yet in new/
+        self._pending_lock = threading.Lock()
+        self._usage_known = False
+
+    # -- usage (quota) ----------------------------------------------------------------------------
+
+    def _pend(self, folder: str, key: str, size: int) -> None:
+        with self._pending_lock:
+            self._pending.setdefault(folder, {})[key] = size
+            self._placing.add((folder, key))
+
+    def _placed(self, folder: str, key: str) -> None:
+        with self._pending_lock:
+            self._placing.discard((folder, key))
+
+    def _unpend(self, folder: str, key: str) -> None:
+        with self._pending_lock:
+            self._pending.get(folder, {}).pop(key, None)
+            self._placing.discard((folder, key))
+
+    def _settle(self, f: Folder) -> None:
+        """After a sync of `f`: its pending copies now indexed, or placed and gone from new/
+        (removed by another program), stop counting; one still being written stays."""
+        with self._pending_lock:
+            keys = self._pending.get(f.name)
+            if not keys:
+                return
+            for key in [k for k in keys if k in f.by_key or (
+                    (f.name, k) not in self._placing and not os.path.exists(f"{f.path}/new/{k}"))]:
+                del keys[key]
+
+    async def usage(self) -> tuple[int, int]:
+        """(octets, messages) of every folder of this account, delivered copies not yet indexed
+        included. The first call in this process syncs every folder (the rebuild); later calls read
+        one index row per folder."""
+        return await self._call(self._usage_sync)
+
+    def _usage_sync(self) -> tuple[int, int]:
+        if not self._usage_known:
+            for name in sorted(self._names_on_disk()):
+                try:
+                    self._sync(self._folder(name), reading=True)
+                except MailboxNotFound:
+                    continue
+            self._usage_known = True
+        octets, count = self._ready().usage()
+        with self._pending_lock:
+            for keys in self._pending.values():
+                octets += sum(keys.values())
+                count += len(keys)
+        return octets, count
+
+    async def folder_usage(self) -> dict[str, tuple[int, int]]:
+        """Each folder's indexed (octets, messages), after usage() made the index complete."""
+        await self.usage()
+        return await self._call(lambda: self._ready().folder_usage())
+
+    async def get_state(self, key: str) -> str | None:
+        """A small per-account value kept in the index (e.g. the quota warning's state)."""
+        return await self._call(lambda: self._ready().get_meta(key))
+
+    async def set_state(self, key: str, value: str | None) -> None:
+        await self._call(self._set_state_sync, key, value)
+
+    def _set_state_sync(self, key: str, value: str | None) -> None:
+        self._ready().set_meta(key, value)
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -294,7 +407,9 @@ class Account:
         that keeps new findings out of the index shows the folder as last recorded, unchanged (its
         UIDs and MODSEQs are all durable), instead of failing: reading needs no space."""
         try:
-            return f.sync(force=force)
+            changes = f.sync(force=force)
+            self._settle(f)
+            return changes
         except StorageFull:
             if not reading:
                 raise
@@ -392,6 +507,8 @@ class Account:
             f.deleted = True
             f.drop_all()
         self._ready().delete(name)
+        with self._pending_lock:
+            self._pending.pop(name, None)
         shutil.rmtree(trash, ignore_errors=True)
 
     async def rename_mailbox(self, old: str, new: str) -> None:
@@ -453,6 +570,9 @@ class Account:
             if f is not None:
                 f.name, f.path = t, self.path / names.dirname(t)
                 self._folders[t] = f
+            with self._pending_lock:
+                if n in self._pending:
+                    self._pending[t] = self._pending.pop(n)
         subs = self._read_subscriptions()
         if any(s == src or names.is_inferior(s, src) for s in subs):
             self._write_subscriptions([dst + s[len(src):] if s == src or names.is_inferior(s, src) else s

@@ -347,10 +347,17 @@ def ensure_folder(folder: Path, *, subfolder: bool, fsync: bool = False) -> bool
     return created
 
 
+def delivered_path(folder: Path, name: str, info: str = "") -> Path:
+    """Where deliver_files puts message `name` in `folder`: new/<name>, or cur/<name>:2,<info>
+    when it is delivered with flags (a message in new/ has none, cr.yp.to/proto/maildir.html)."""
+    return folder / "cur" / (name + INFO_SEP + info) if info else folder / "new" / name
+
+
 def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: bool,
-                  dir_sync: DirSync | None = None, head: bytes = b"") -> str:
+                  dir_sync: DirSync | None = None, head: bytes = b"", infos: Sequence[str] = ()) -> str:
     """Durably place one message (`head` then `data`, without joining them in memory) into `new/`
-    of every folder; return its file name.
+    of every folder (into `cur/` with flag letters `infos[i]` for a folder given some, e.g. by
+    Sieve's imap4flags, RFC 5232); return its file name (without the flags).
 
     One file is written to the first folder's tmp/ and fsynced, then renamed (one folder) or
     hard-linked (several; a per-folder copy if linking is impossible, e.g. across file systems)
@@ -367,19 +374,19 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
     placed: list[Path] = []
     try:
         write_new_file(tmp, data, fsync=fsync, head=head)
+        targets = [delivered_path(f, name, infos[i] if i < len(infos) else "") for i, f in enumerate(folders)]
         if len(folders) == 1:
-            target = folders[0] / "new" / name
+            target = targets[0]
             os.rename(tmp, target)
             placed.append(target)
         else:
-            for folder in folders:
-                target = folder / "new" / name
+            for folder, target in zip(folders, targets, strict=True):
                 try:
                     os.link(tmp, target)
                 except OSError as e:
                     if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM):
                         raise
-                    _copy_into(folder, name, data, fsync=fsync, head=head)
+                    _copy_into(folder, name, data, fsync=fsync, head=head, target=target)
                 placed.append(target)
             _unlink_quiet(tmp)
         if fsync:
@@ -396,11 +403,12 @@ def deliver_files(folders: Sequence[Path], base: str, data: bytes, *, fsync: boo
     return name
 
 
-def _copy_into(folder: Path, name: str, data: bytes, *, fsync: bool, head: bytes = b"") -> None:
+def _copy_into(folder: Path, name: str, data: bytes, *, fsync: bool, head: bytes = b"",
+               target: Path | None = None) -> None:
     tmp = folder / "tmp" / name
     write_new_file(tmp, data, fsync=fsync, head=head)
     try:
-        os.rename(tmp, folder / "new" / name)
+        os.rename(tmp, target or folder / "new" / name)
     except BaseException:
         _unlink_quiet(tmp)
         raise
