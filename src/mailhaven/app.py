@@ -48,6 +48,7 @@ from mailhaven.auth.login import LoginService
 from mailhaven.auth.users import Directory
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.control import ControlError, serve_control
+from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.local import LocalDeliveryAgent
 from mailhaven.delivery.sieve import SieveFilter
 from mailhaven.dns.resolver import Resolver
@@ -161,7 +162,8 @@ class Context:
     def __post_init__(self) -> None:
         self.quota = QuotaService(self.store, lambda: self.directory)
         agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
-                                   quota=self.quota, filter=SieveFilter(self))  # each user's active Sieve script
+                                   quota=self.quota, filter=SieveFilter(self),  # each user's active Sieve script
+                                   forwarder=Forwarder(self))
         self.quota.agent = agent
         self.agent = agent
 

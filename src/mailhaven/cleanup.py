@@ -28,7 +28,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from mailhaven.queue.spool import new_id
 log = logging.getLogger("mailhaven.cleanup")
 
 _FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")  # RFC 5322 §3.6.8 ftext
-_keys: dict[str, tuple[float, bytes]] = {}  # DKIM key file -> (mtime, PEM), re-read when it changes
+_keys: dict[str, tuple[float, bytes]] = {}
+FORWARDED = ("forward", "srs-bounce")  # the sources delivery/forward.py enqueues with  # DKIM key file -> (mtime, PEM), re-read when it changes
 
 
 def to_crlf(data: bytes) -> bytes:
@@ -155,15 +156,19 @@ async def dkim_sign(config: Any, domain: str, message: bytes) -> bytes:
 
 
 async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
-                  source: str = "submission", queue_id: str | None = None) -> str:
+                  source: str = "submission", queue_id: str | None = None,
+                  seal: Callable[[bytes], Awaitable[bytes]] | None = None) -> str:
     """Accept a message durably for every recipient; returns its queue id (see module doc):
-    `queue_id` when given (a caller that already wrote it into a Received field), else a new one."""
+    `queue_id` when given (a caller that already wrote it into a Received field), else a new one.
+    `seal`: the last change to the message (delivery/forward.py's ARC set, after Date/Message-ID)."""
     config = ctx.config
     rcpts = list(dict.fromkeys(recipients))
     if not rcpts:
         raise PermFailure("no recipients", code=554, enhanced="5.5.1")
     message = to_crlf(message)
-    if len(message) > config.smtp.max_message_size:
+    # A forwarded copy was accepted within the limit already (our trace fields and the ARC set make
+    # it a little bigger): refusing it now would answer no after the local copies were written.
+    if source not in FORWARDED and len(message) > config.smtp.max_message_size:
         raise PermFailure("message too big", code=552, enhanced="5.3.4")  # RFC 1870 §6
     now = time.time()
     message = add_missing_headers(message, config.hostname, now)
@@ -171,11 +176,13 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
         domain = signing_domain(config, sender, message)
         if domain is not None:
             message = await dkim_sign(config, domain, message)
+    if seal is not None:
+        message = await seal(message)
     local_rcpts = [r for r in rcpts if config.is_local_domain(domain_of(r))]
     remote_rcpts = [r for r in rcpts if r not in local_rcpts]
     agent = local.agent_of(ctx)
     resolved = [agent.resolve(r) for r in local_rcpts]
-    unknown = [r.address for r in resolved if not r.users and not r.programs]
+    unknown = [r.address for r in resolved if not r.users and not r.forward and not r.programs]
     if unknown:
         raise UnknownUser(f"no such user: {unknown[0]}")
     queue = ctx.queue

@@ -152,6 +152,10 @@ def render_config(*, domain: str, hostname: str, data_dir: str, dev: bool, run_a
                   f"run_as_user = {_toml_str(run_as_user)}"]
     lines += [
         "",
+        "[delivery]",
+        "# Forwarding to other servers: the secret of the rewritten senders (SRS), made by init.",
+        'srs_secret_file = "srs.secret"',
+        "",
         "[domains." + _toml_str(domain) + "]",
         "# DKIM signing key made by init. New key: `mailhaven dkim keygen DOMAIN`; the DNS records to",
         "# publish (DKIM, SPF, DMARC, MX, client SRV): `mailhaven dns DOMAIN`.",
@@ -211,6 +215,9 @@ def cmd_init(args: argparse.Namespace) -> int:
                             "[domains." + _toml_str(domain) + "]\n"
                             + "".join(f"{k} = {_toml_str(v)}\n" for k, v in extra.items()), 1)
     _make_cert(config_dir / "tls" / "cert.pem", config_dir / "tls" / "key.pem", [hostname, domain])
+    srs_file = config_dir / "srs.secret"
+    if not srs_file.exists():  # never replaced: addresses made with it must still reverse (21 days)
+        _write_private(srs_file, secrets.token_urlsafe(32) + "\n", mode=0o640)
     users_file = config_dir / "users.toml"
     if not users_file.exists():  # never overwrite accounts, even with --force
         _users_module().UsersFile(users_file).save()  # empty, mode 0600
@@ -268,6 +275,8 @@ def _init_access(cfg: Config, config_file: Path, users_file: Path, user: str) ->
         shared += [(Path(cfg.tls.cert), access.PUBLIC_MODE), (Path(cfg.tls.key), access.SECRET_MODE)]
     for dom in cfg.domains.values():
         shared += [(Path(k), access.SECRET_MODE) for k in (dom.dkim_key, dom.dkim_ed25519_key) if k]
+    if cfg.delivery.srs_secret_file:
+        shared.append((Path(cfg.delivery.srs_secret_file), access.SECRET_MODE))
     try:
         lines = access.grant(config_dir=config_file.parent, shared=shared, data_dir=Path(cfg.data_dir),
                              user=user, group=cfg.run_as_group)
@@ -279,16 +288,16 @@ def _init_access(cfg: Config, config_file: Path, users_file: Path, user: str) ->
 
 
 def _init_postmaster(address: str, domain: str) -> str:
-    """`init --postmaster ADDRESS`: a valid address in the domain being set up (aliases only reach
-    local users: forwarding to other domains is not supported)."""
+    """`init --postmaster ADDRESS`: a valid address in the domain being set up (its user is added
+    next; a postmaster elsewhere is an alias to forward, made with `alias add` once SRS is set up)."""
     users = _users_module()
     try:
         canon = users.canonical(address.strip())
     except ValueError as e:
         raise CliError(f"--postmaster {address}: not a valid address ({e})") from None
     if canon.rpartition("@")[2] != domain:
-        raise CliError(f"--postmaster {address}: must be an address in {domain} (mail cannot be forwarded to "
-                       "other domains)")
+        raise CliError(f"--postmaster {address}: must be an address in {domain} (to forward it elsewhere: "
+                       f"mailhaven alias add postmaster@{domain} {address})")
     return str(canon)
 
 
@@ -626,14 +635,39 @@ def cmd_alias(args: argparse.Namespace) -> int:
         return 0
     if not args.targets:
         raise CliError("alias add: at least one TARGET address is required")
-    # Forwarding to other domains is not supported (auth/users.py): targets are local.
+    # Targets in our domains are delivered here; others are forwarded (delivery/forward.py, SRS);
+    # "|/path args" is a program (delivery/program.py).
     targets = [_program_target(cfg, alias, t) if t.lstrip().startswith("|") else
-               _local_address(cfg, t, "alias target") for t in args.targets]
+               _alias_target(cfg, t) for t in args.targets]
     with _editing(cfg) as uf:
         alias = uf.add_alias(alias, targets)
         now = uf.get_alias(alias) or targets
     print(f"alias {alias} -> {', '.join(now)}")
+    remote = [t for t in now if not t.startswith("|") and not cfg.is_local_domain(t.rpartition("@")[2])]
+    if remote:
+        print(f"forwarded to other servers (sender rewritten with SRS): {', '.join(remote)}")
+        if not (cfg.delivery.srs_secret_file or cfg.delivery.srs_secret):
+            print("warning: no [delivery] srs_secret_file: forwarding needs one (mailhaven init writes it)",
+                  file=sys.stderr)
     return 0
+
+
+def _alias_target(cfg: Config, address: str) -> str:
+    """An alias target: an address in our domains (as _local_address), or a valid address
+    elsewhere (forwarding; no address literals, no source routes)."""
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if at and cfg.is_local_domain(domain.lower().rstrip(".")):
+        return _local_address(cfg, address, "alias target")
+    from mailhaven.message.address import parse_mailbox
+
+    try:
+        addr = parse_mailbox(address)
+    except ValueError as e:
+        raise CliError(f"{address!r}: expected an alias target like alice@example.org ({e})") from None
+    if addr.is_literal:
+        raise CliError(f"{address}: an address literal cannot be a forwarding target")
+    return str(addr)
 
 
 def _program_target(cfg: Config, alias: str, target: str) -> str:

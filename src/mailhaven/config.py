@@ -252,15 +252,13 @@ class SpamConfig:
 
 
 @dataclass(frozen=True)
-class SubmissionConfig:
-    max_messages_per_hour: int = opt(500, "Messages one logged-in user may submit in any hour; beyond, "
-                                     "451 4.7.1 (0 = no limit).", lo=0, hi=10_000_000)
-    max_recipients_per_hour: int = opt(2000, "Recipients one logged-in user may give in any hour; beyond, "
-                                       "451 4.7.1 at RCPT (0 = no limit).", lo=0, hi=100_000_000)
-
-
-@dataclass(frozen=True)
 class DeliveryConfig:
+    srs_secret_file: str = opt("", "File holding the SRS secret for forwarded mail (`init` writes one, "
+                               "0640); forwarding to other servers needs it or srs_secret.", path=True)
+    srs_secret: str = opt("", "The SRS secret itself (prefer srs_secret_file).")
+    srs_domain: str = opt("", "Domain of rewritten senders, SRS0=...@srs_domain (\"\" = the hostname's "
+                          "domain when it is one of [domains], else the first domain).")
+    forward_spam: bool = opt(False, "Forward mail filed as Junk to an alias's remote targets too.")
     allow_programs: bool = opt(False, "Allow alias targets \"|/path/to/command args\" (delivery to a program, "
                                "run by the queue; no shell).")
     program_user: str = opt("nobody", "User programs run as (never root; when the server does not run as "
@@ -269,6 +267,20 @@ class DeliveryConfig:
                                  hi=86400, duration=True)
     program_max_output: int = opt(64 * 1024, "Most octets of a program's stdout+stderr kept (the rest is "
                                   "read and dropped).", lo=1024, hi=64 * 1024 * 1024)
+
+    def secret(self) -> bytes:
+        """The SRS secret (the file's first line, or srs_secret); b"" when none. Blocking."""
+        if self.srs_secret_file:
+            return Path(self.srs_secret_file).read_bytes().strip()
+        return self.srs_secret.encode("utf-8")
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    max_messages_per_hour: int = opt(500, "Messages one logged-in user may submit in any hour; beyond, "
+                                     "451 4.7.1 (0 = no limit).", lo=0, hi=10_000_000)
+    max_recipients_per_hour: int = opt(2000, "Recipients one logged-in user may give in any hour; beyond, "
+                                       "451 4.7.1 at RCPT (0 = no limit).", lo=0, hi=100_000_000)
 
 
 @dataclass(frozen=True)
@@ -331,7 +343,8 @@ class Config:
     policy: PolicyConfig = opt(None, "SPF/DKIM/DMARC actions.", factory=PolicyConfig)
     spam: SpamConfig = opt(None, "Spam filtering (rspamd).", factory=SpamConfig)
     submission: SubmissionConfig = opt(None, "Per-user sending limits on submission.", factory=SubmissionConfig)
-    delivery: DeliveryConfig = opt(None, "Local delivery: program targets.", factory=DeliveryConfig)
+    delivery: DeliveryConfig = opt(None, "Local delivery: program targets; forwarding to other servers (SRS).",
+                                   factory=DeliveryConfig)
     imap: ImapConfig = opt(None, "IMAP limits.", factory=ImapConfig)
     pop3: Pop3Config = opt(None, "POP3 limits.", factory=Pop3Config)
     managesieve: ManageSieveConfig = opt(None, "Sieve script storage and ManageSieve limits.",
@@ -364,6 +377,16 @@ class Config:
 
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower().rstrip(".") in self.domains
+
+    @property
+    def srs_domain(self) -> str:
+        """delivery.srs_domain, else the hostname's domain when it is ours, else the first domain."""
+        if self.delivery.srs_domain:
+            return self.delivery.srs_domain.lower().rstrip(".")
+        parent = self.hostname.partition(".")[2].lower()
+        if parent in self.domains:
+            return parent
+        return next(iter(self.domains), self.hostname.lower())
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -593,6 +616,13 @@ def _check(cfg: Config) -> None:
     if cfg.spam.rspamd_password_file and not Path(cfg.spam.rspamd_password_file).is_file():
         raise ConfigError(f"spam.rspamd_password_file: file not found: {cfg.spam.rspamd_password_file}")
     _check_reputation(cfg.spam)
+    if cfg.delivery.srs_secret_file and not Path(cfg.delivery.srs_secret_file).is_file():
+        raise ConfigError(f"delivery.srs_secret_file: file not found: {cfg.delivery.srs_secret_file}")
+    if cfg.delivery.srs_secret_file and cfg.delivery.srs_secret:
+        raise ConfigError("delivery.srs_secret: give srs_secret_file or srs_secret, not both")
+    if cfg.delivery.srs_domain and not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?",
+                                                    cfg.delivery.srs_domain):
+        raise ConfigError(f"delivery.srs_domain: not a valid domain, got {_describe(cfg.delivery.srs_domain)}")
     if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
         raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
 

@@ -53,12 +53,25 @@ class Program:
 @dataclass(frozen=True)
 class Recipient:
     """One envelope recipient and the final users alias expansion gave it (DeliveryAgent.resolve,
-    Directory.resolve); `users` empty = nobody has this address. `programs`: the program targets
-    it reaches too (delivered through the queue, delivery/program.py)."""
+    Directory.targets); `users` empty = no local mailbox. `forward`: the addresses in other domains
+    it is forwarded to (delivery/forward.py); `programs`: the program targets it reaches (delivered
+    through the queue, delivery/program.py); all three empty = nobody has this address."""
 
     address: str
     users: tuple[str, ...]
+    forward: tuple[str, ...] = ()
     programs: tuple[Program, ...] = ()
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What alias expansion of one address gives (Directory.targets): the canonical local `users`,
+    the addresses in other domains it is `forward`ed to, and the `programs` it reaches, each as
+    (command "|/path args", recipient: the address whose alias names it). All empty = unknown."""
+
+    users: list[str] = field(default_factory=list)
+    forward: list[str] = field(default_factory=list)
+    programs: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,8 @@ class Directory(Protocol):
 
     def resolve(self, address: str | Address) -> list[str] | None: ...
 
+    def targets(self, address: str | Address) -> Targets: ...
+
     def program_targets(self, address: str | Address) -> list[tuple[str, str]]: ...
 
     def how(self, address: str) -> tuple[list[str] | None, How]: ...
@@ -212,6 +227,14 @@ class Queue(Protocol):
     async def delete(self, entry_id: str) -> bool: ...
 
 
+class Forwarder(Protocol):
+    """Forwarding to other servers (delivery/forward.py Forwarder): the copy for the recipients'
+    `forward` targets, queued through cleanup; returns the queue ids."""
+
+    async def forward(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
+                      trace: Sequence[bytes] = (), spam: bool = False) -> list[str]: ...
+
+
 class DeliveryAgent(Protocol):
     """The one way into mailboxes (delivery/local.py LocalDeliveryAgent; DESIGN "Local delivery")."""
 
@@ -224,7 +247,8 @@ class DeliveryAgent(Protocol):
                       ) -> list[DeliveryResult]: ...
 
     async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
-                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX") -> None: ...
+                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX",
+                          spam: bool = False) -> None: ...
 
 
 class Sessions(Protocol):
@@ -259,5 +283,5 @@ class Context(Protocol):
     def sessions(self) -> Sessions: ...
 
 
-__all__ = ["Recipient", "Program", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory", "Resolver",
-           "Queue", "DeliveryAgent", "Sessions", "Context"]
+__all__ = ["Recipient", "Program", "Targets", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory",
+           "Resolver", "Queue", "Forwarder", "DeliveryAgent", "Sessions", "Context"]

@@ -74,6 +74,10 @@ def test_init_writes_a_config_that_check_config_accepts(initialised: Path, tmp_p
     assert cfg.hostname == "mail.example.test" and list(cfg.domains) == ["example.test"]
     assert {n: lc.port for n, lc in cfg.listeners.items()} == config.DEV_PORTS
     assert all(lc.address == "127.0.0.1" for lc in cfg.listeners.values())
+    # the SRS secret for forwarding: random, private like the other secrets, named by [delivery]
+    srs = folder / "srs.secret"
+    assert cfg.delivery.srs_secret_file == str(srs) and stat.S_IMODE(srs.stat().st_mode) == 0o640
+    assert len(cfg.delivery.secret()) >= 32 and cfg.srs_domain == "example.test"
     r = mh("-c", str(initialised), "check-config")
     assert (r.returncode, r.stdout, r.stderr) == (0, "OK\n", "")
 
@@ -130,8 +134,8 @@ def test_init_postmaster_writes_the_role_aliases_and_names_the_account_to_add(tm
 
 
 @pytest.mark.parametrize("address,message", [
-    ("admin@elsewhere.test", "--postmaster admin@elsewhere.test: must be an address in example.test (mail "
-                             "cannot be forwarded to other domains)"),
+    ("admin@elsewhere.test", "--postmaster admin@elsewhere.test: must be an address in example.test (to "
+                             "forward it elsewhere: mailhaven alias add postmaster@example.test admin@elsewhere.test)"),
     ("not an address", "--postmaster not an address: not a valid address"),
 ])
 def test_init_postmaster_outside_the_domain_is_refused_and_nothing_written(tmp_path: Path, address: str,
@@ -270,9 +274,15 @@ def test_alias_add_list_del(initialised: Path) -> None:
         "abuse@example.test -> postmaster@example.test\n"
         "postmaster@example.test -> alice@example.test\n"
         "team@example.test -> alice@example.test, bob@example.test\n")
-    assert_one_line_error(mh("-c", c, "alias", "add", "fwd@example.test", "someone@elsewhere.test"), 1,
-                          "someone@elsewhere.test: domain elsewhere.test is not one of this server's "
-                          "domains (example.test)")
+    # local and remote targets mixed (forwarding, issue 13 item 2): the remote ones are named
+    r = mh("-c", c, "alias", "add", "fwd@example.test", "alice@example.test", "someone@Elsewhere.test")
+    assert (r.returncode, r.stdout) == (0, "alias fwd@example.test -> alice@example.test, someone@elsewhere.test\n"
+                                        "forwarded to other servers (sender rewritten with SRS): "
+                                        "someone@elsewhere.test\n")
+    assert "fwd@example.test -> alice@example.test, someone@elsewhere.test\n" in mh("-c", c, "alias", "list").stdout
+    assert_one_line_error(mh("-c", c, "alias", "add", "fwd2@example.test", "someone@[192.0.2.1]"), 1,
+                          "someone@[192.0.2.1]: an address literal cannot be a forwarding target")
+    assert mh("-c", c, "alias", "del", "fwd@example.test").returncode == 0
     assert_one_line_error(mh("-c", c, "alias", "add", "alice@example.test", "bob@example.test"), 1,
                           "alice@example.test is a user")
     assert mh("-c", c, "alias", "del", "team@example.test").returncode == 0

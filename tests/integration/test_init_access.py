@@ -76,6 +76,7 @@ def test_init_as_root_gives_the_service_user_read_access_to_exactly_what_it_read
         etc / "tls" / "key.pem": ("root", name, 0o640),
         etc / "dkim": ("root", name, 0o750),
         dkim_key: ("root", name, 0o640),
+        etc / "srs.secret": ("root", name, 0o640),  # [delivery] srs_secret_file (forwarding)
         data: (name, name, 0o700),
     }
     assert {p: owner_mode(p) for p in expected} == expected

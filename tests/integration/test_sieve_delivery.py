@@ -21,6 +21,7 @@ import pytest
 
 from mailhaven import app
 from mailhaven.config import Config
+from mailhaven.delivery import srs
 from mailhaven.dns.resolver import Resolver
 from mailhaven.message.headers import field_value
 from mailhaven.policy import dkim
@@ -236,6 +237,24 @@ async def test_redirect_is_queued_to_the_target_with_the_original_sender(server:
     assert b"Subject: forward me" in fwd.data and b"Hello there." in fwd.data
     assert not fwd.data.startswith(b"Return-Path:")
     assert field_value(fwd.data, "Delivered-To") == ALICE  # loop detection downstream (as Postfix)
+
+
+async def test_redirect_elsewhere_gets_an_srs_sender_when_a_secret_is_set(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
+    # delivery/sieve.py forward(): a redirect to another server is SRS-rewritten like an alias's
+    # forward (delivery/forward.py), so SPF at the destination checks our domain
+    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key, delivery={"srs_secret": "s3cret"})
+    try:
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            s.put(ALICE, 'redirect "fwd@remote.test";\n')
+            assert (await s.send([ALICE], message("forward me")))[0] == 250
+            [fwd] = await peer.wait_messages(1, 20)
+            assert fwd.rcpt_tos == ["fwd@remote.test"]
+            assert fwd.mail_from.startswith("SRS0=") and fwd.mail_from.endswith(f"@{cfg.srs_domain}")
+            assert srs.Srs(b"s3cret", cfg.srs_domain).reverse(fwd.mail_from) == SENDER
+    finally:
+        await peer.stop()
 
 
 async def test_redirect_copy_keeps_too(server: Server) -> None:

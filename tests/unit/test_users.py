@@ -14,6 +14,7 @@ from mailhaven.auth.passwords import FAST_PARAMS, hash_password, hash_scrypt
 from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.config import from_dict
 from mailhaven.errors import ConfigError
+from mailhaven.seams import Targets
 
 H = hash_password("secret", params=FAST_PARAMS)  # module level: before the fast_hashing fixture
 
@@ -154,7 +155,38 @@ def test_warnings_name_problems(directory: Directory) -> None:
     text = "\n".join(directory.warnings)
     assert "loop" in text
     assert "nobody@example.test" in text
-    assert "someone@elsewhere.example" in text
+    assert "someone@elsewhere.example" in text and "srs_secret_file" in text  # forwarding without SRS
+
+
+def test_targets_split_local_users_and_forwarding(tmp_path: Path, users_path: Path) -> None:
+    users_path.write_text(users_path.read_text().replace(
+        '"outside@example.test" = ["someone@elsewhere.example"]',
+        '"outside@example.test" = ["someone@elsewhere.example"]\n'
+        '"mixed@example.test" = ["alice@example.test", "Friend@Far.example", "outside@example.test"]\n'
+        '"deep1@example.test" = ["deep2@example.test", "x@far.example"]\n'
+        '"deep2@example.test" = ["deep1@example.test", "bob@example.test"]\n'
+        '"fanout@example.test" = ["alice@example.test", "x@far.example", "|/bin/cat"]\n'
+        '"viafanout@example.test" = ["fanout@example.test"]'))
+    secret = tmp_path / "srs.secret"
+    secret.write_text("s3cret\n")
+    d = Directory(_config(tmp_path, delivery={"srs_secret_file": str(secret), "allow_programs": True}),
+                  UsersFile.load(users_path))
+    assert d.targets("mixed@example.test") == Targets(["alice@example.test"],
+                                                      ["Friend@far.example", "someone@elsewhere.example"])
+    assert d.resolve("mixed@example.test") == ["alice@example.test"]
+    assert d.targets("outside@example.test") == Targets([], ["someone@elsewhere.example"])
+    assert d.resolve("outside@example.test") is None  # no local user: only forwarded
+    assert d.targets("outside+tag@example.test") == Targets([], ["someone@elsewhere.example"])
+    assert d.targets("deep1@example.test") == Targets(["Bob@example.test"], ["x@far.example"])  # loop stops
+    assert d.targets("alice@example.test") == Targets(["alice@example.test"])
+    assert d.targets("nobody@elsewhere.example") == Targets()
+    # one design for all three: local users, targets elsewhere and programs (the alias naming each)
+    assert d.targets("fanout@example.test") == Targets(["alice@example.test"], ["x@far.example"],
+                                                    [("|/bin/cat", "fanout@example.test")])
+    assert d.targets("viafanout@example.test") == Targets(["alice@example.test"], ["x@far.example"],
+                                                       [("|/bin/cat", "fanout@example.test")])
+    assert d.program_targets("fanout@example.test") == [("|/bin/cat", "fanout@example.test")]
+    assert not any("srs_secret_file" in w for w in d.warnings)
 
 
 def test_catch_all_that_is_not_a_user_is_reported(tmp_path: Path, users_path: Path) -> None:

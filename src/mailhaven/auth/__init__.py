@@ -17,6 +17,7 @@ Public API:
     users.Directory(config, users_file)                # resolution over config domains + users file
         users.Directory.load(config)                   # reads config.users_file (blocking)
         .resolve(address) -> list[str] | None          # canonical user addresses, None = unknown
+        .targets(address) -> Targets(users, forward, programs)  # local users, targets elsewhere, programs
         .is_local_domain(domain) -> bool
         .user(address) -> str | None                   # exact user lookup (no alias, no +tag)
         .owns(user, address) -> bool                   # may `user` send as `address`

@@ -24,12 +24,13 @@ so, for check-config, doctor and the server log.
 Addresses are normalised: the domain is lower-cased (IDNA U-labels become A-labels); the local part
 keeps the case it was written with (that is the canonical name, also used for the Maildir) but is
 compared case-insensitively, as Postfix and Dovecot do by default. Two users or aliases differing
-only in case are an error. Alias targets must be users or aliases in a local domain (forwarding to
-other domains is not supported); dangling targets are skipped and reported in `Directory.warnings`.
+only in case are an error. Alias targets are users or aliases in a local domain, or addresses in
+other domains (forwarding: delivery/forward.py sends them one SRS-rewritten copy); dangling local
+targets are skipped and reported in `Directory.warnings`.
 A target `|/path/to/command args` is a program (Postfix aliases(5)): split with shlex, the command an
 absolute path, no shell; `Directory` refuses it (ConfigError naming the alias) unless
-`[delivery] allow_programs = true`, and `Directory.programs` / `targets` return the programs an
-address reaches (delivery/program.py runs them, from the queue).
+`[delivery] allow_programs = true` (delivery/program.py runs them, from the queue).
+`Directory.targets` gives all three an address reaches: local users, remote forward targets, programs.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from mailhaven.auth import passwords
 from mailhaven.config import Config, parse_size, parse_toml
 from mailhaven.errors import ConfigError
 from mailhaven.message.address import Address, format_local, parse_domain, parse_mailbox
+from mailhaven.seams import Targets
 
 MAX_ALIAS_DEPTH = 10  # alias chains deeper than this are cut (and reported)
 MAX_LOGIN_LENGTH = 512
@@ -465,6 +467,7 @@ class Directory:
         self._users: dict[str, UserEntry] = {k: UserEntry(e.address, e.password, e.quota, e.quota_messages)
                                              for k, e in users_file._users.items()}
         self._aliases: dict[str, list[str]] = {}
+        self._remote: dict[str, list[str]] = {}  # alias key -> its targets in other domains (forwarding)
         self._programs: dict[str, list[str]] = {}  # alias key -> its program targets ("|/path args")
         self._alias_names: dict[str, str] = {k: canon for k, (canon, _t) in users_file._aliases.items()}
         self.warnings: list[str] = []
@@ -477,6 +480,7 @@ class Directory:
                 self.warnings.append(f"alias {canon}: domain is not in [domains]; ignored")
                 continue
             keys: list[str] = []
+            remote: list[str] = []
             for t in targets:
                 if is_program(t):
                     # A program runs as [delivery] program_user through the queue (delivery/program.py);
@@ -487,11 +491,15 @@ class Directory:
                     self._programs.setdefault(k, []).append(t)
                     continue
                 if not self.is_local_domain(t.rpartition("@")[2]):
-                    self.warnings.append(f"alias {canon}: target {t} is not in a local domain "
-                                         "(forwarding is not supported); ignored")
+                    remote.append(t)  # forwarded to another server
                     continue
                 keys.append(address_key(t))
             self._aliases[k] = keys
+            if remote:
+                self._remote[k] = remote
+                if not (config.delivery.srs_secret_file or config.delivery.srs_secret):
+                    self.warnings.append(f"alias {canon}: forwards to {', '.join(remote)} with the sender "
+                                         "not rewritten (no [delivery] srs_secret_file): SPF will fail there")
         for k in self._aliases:
             problems: list[str] = []
             self._expand(k, 0, set(), [], problems)
@@ -502,7 +510,7 @@ class Directory:
         for dname, dom in config.domains.items():
             if dom.catch_all:
                 try:
-                    ok = self._lookup_key(address_key(dom.catch_all)) is not None
+                    ok = self._lookup_targets(address_key(dom.catch_all)) is not None
                 except ValueError:
                     ok = False
                 if not ok:
@@ -549,9 +557,12 @@ class Directory:
         return sorted(e.address for e in self._users.values())
 
     def _expand(self, key: str, depth: int, stack: set[str], out: list[str], problems: list[str] | None,
-                visited: set[str] | None = None, programs: list[tuple[str, str]] | None = None) -> bool:
-        """Append the users `key` leads to; False when `key` is neither user nor alias.
-        `stack` detects loops; `visited` keeps shared sub-aliases from being expanded twice."""
+                visited: set[str] | None = None, forward: list[str] | None = None,
+                programs: list[tuple[str, str]] | None = None) -> bool:
+        """Append the users `key` leads to (to `forward` its targets in other domains, to `programs`
+        its program targets with the alias naming each); False when `key` is neither user nor alias.
+        `stack` detects loops; `visited` keeps shared sub-aliases from being expanded twice; the
+        depth limit holds for remote and program targets too."""
         e = self._users.get(key)
         if e is not None:
             if e.address not in out:
@@ -574,10 +585,15 @@ class Directory:
             return True
         visited.add(key)
         stack.add(key)
+        if forward is not None:
+            for r in self._remote.get(key, ()):
+                if r.lower() not in (f.lower() for f in forward):
+                    forward.append(r)
         if programs is not None:  # (command, the alias naming it)
             programs.extend((p, key) for p in self._programs.get(key, ()) if (p, key) not in programs)
         for t in targets:
-            if not self._expand(t, depth + 1, stack, out, problems, visited, programs) and problems is not None:
+            if not self._expand(t, depth + 1, stack, out, problems, visited, forward, programs) \
+                    and problems is not None:
                 problems.append(f"target {t} is not a user or alias")
         stack.discard(key)
         return True
@@ -587,6 +603,14 @@ class Directory:
         if not self._expand(key, 0, set(), out, None):
             return None
         return out or None
+
+    def _lookup_targets(self, key: str) -> Targets | None:
+        """Users, remote targets and programs `key` reaches (programs by alias key), None if none."""
+        t = Targets()
+        if not self._expand(key, 0, set(), t.users, None, forward=t.forward, programs=t.programs) \
+                or not (t.users or t.forward or t.programs):
+            return None
+        return t
 
     def _candidates(self, addr: Address) -> list[str]:
         """Exact key first, then the key without the +tag (RFC 5233 sub-address)."""
@@ -598,27 +622,28 @@ class Directory:
         return keys
 
     def resolve(self, address: str | Address) -> list[str] | None:
-        """Canonical user addresses mail to `address` goes to, or None (unknown, or not local).
-        Order: exact user/alias, then without +tag, then the domain's catch-all."""
-        return self.targets(address)[0] or None
+        """Canonical user addresses mail to `address` goes to, or None (unknown, not local, or only
+        forwarded elsewhere or piped to programs: see `targets`)."""
+        return self.targets(address).users or None
 
     def program_targets(self, address: str | Address) -> list[tuple[str, str]]:
         """The program targets mail to `address` reaches (the same search as `resolve`; only with
         [delivery] allow_programs), each as (command "|/path args", recipient): the recipient is
         the address whose alias names the command, `address` itself as given when that is the
         alias reached first (Postfix local(8)'s RECIPIENT; ORIGINAL_RECIPIENT is `address`)."""
-        return self.targets(address)[1]
+        return self.targets(address).programs
 
-    def targets(self, address: str | Address) -> tuple[list[str], list[tuple[str, str]]]:
-        """(final users, program targets as in `program_targets`) of `address`: the first of exact
-        user/alias, without +tag, the domain's catch-all that reaches anyone or any program;
-        ([], []) if none."""
+    def targets(self, address: str | Address) -> Targets:
+        """The canonical local users, the addresses in other domains (forwarding) and the program
+        targets (as in `program_targets`) mail to `address` goes to: the first of exact user/alias,
+        without +tag, the domain's catch-all that reaches anyone, anywhere or any program; all
+        empty if none (unknown, or not local)."""
         try:
             addr = address if isinstance(address, Address) else parse_mailbox(address)
         except ValueError:
-            return [], []
+            return Targets()
         if addr.is_literal or addr.domain not in self.config.domains:
-            return [], []
+            return Targets()
         keys = self._candidates(addr)
         catch_all = self.config.domains[addr.domain].catch_all
         if catch_all:
@@ -628,11 +653,13 @@ class Directory:
                 pass
         for key in keys:
             out: list[str] = []
+            forward: list[str] = []
             programs: list[tuple[str, str]] = []
-            if self._expand(key, 0, set(), out, None, programs=programs) and (out or programs):
-                return out, [(cmd, str(addr) if owner == key else self._alias_names.get(owner, owner))
-                             for cmd, owner in programs]
-        return [], []
+            if self._expand(key, 0, set(), out, None, forward=forward, programs=programs) and (out or forward or programs):
+                return Targets(out, forward,
+                               [(cmd, str(addr) if owner == key else self._alias_names.get(owner, owner))
+                                for cmd, owner in programs])
+        return Targets()
 
     def how(self, address: str) -> tuple[list[str] | None, How]:
         """Who gets mail for exactly `address` (no +tag) and how: its own user or alias, else the

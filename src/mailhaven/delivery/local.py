@@ -17,6 +17,9 @@ local recipients (queue/manager.py), and later vacation replies. It is the only 
   the Sieve engine's seat; fileinto/keep/discard), then the quota step (seams.Quota, quota.py:
   the copy's size once per folder it goes into; refused with OverQuota 452 4.2.2; after the
   write, `delivered` lets it send its 90 % warning; `enforce_quota=False` for that warning);
+- forwarding: a recipient's `forward` targets (aliases to other servers, bounces to our SRS
+  addresses) go to the forwarder (seams.Forwarder, delivery/forward.py) after the local copies are
+  durable: one queued copy, SRS sender, ARC set; not for a message filed as spam (`spam=True`);
 - the write: `deliver_all` puts every copy in one all-or-nothing `store.deliver` (the MX answers one
   reply for the whole transaction: fsynced everywhere before its 250, or nothing visible);
   `deliver` writes each user on their own and answers per recipient (LMTP-like: the queue and
@@ -46,7 +49,17 @@ from mailhaven.message import trust
 from mailhaven.message.address import Address
 from mailhaven.message.headers import return_path
 from mailhaven.policy.authresults import header_end
-from mailhaven.seams import Directory, FilterJob, MailFilter, Program, Queue, Quota, Recipient, Store
+from mailhaven.seams import (
+    Directory,
+    FilterJob,
+    Forwarder,
+    MailFilter,
+    Program,
+    Queue,
+    Quota,
+    Recipient,
+    Store,
+)
 
 log = logging.getLogger("mailhaven.delivery")
 
@@ -86,25 +99,28 @@ class _Copy:
 class LocalDeliveryAgent:
     """The one local delivery agent (see the module doc). `directory()` returns the current user
     directory and `authserv_id()` our authserv-id (both change on reload); `filter` and `quota` are
-    the per-user hooks (None: the verdict's folder, no quota)."""
+    the per-user hooks (None: the verdict's folder, no quota); `forwarder` queues the copies for
+    other servers (None: a recipient with forward targets fails temporarily)."""
 
     def __init__(self, store: Store, directory: Callable[[], Directory], authserv_id: Callable[[], str], *,
-                 filter: MailFilter | None = None, quota: Quota | None = None) -> None:
+                 filter: MailFilter | None = None, quota: Quota | None = None,
+                 forwarder: Forwarder | None = None) -> None:
         self.store = store
         self._directory = directory
         self._authserv_id = authserv_id
         self.filter = filter
         self.quota = quota
+        self.forwarder = forwarder
 
     # -- alias expansion ---------------------------------------------------------------------------
 
     def resolve(self, address: str | Address) -> Recipient:
-        """`address` and the final users mail to it reaches (none: unknown or not ours), and the
-        programs it reaches (auth/users.py program targets; delivered by the queue)."""
-        directory = self._directory()
-        users = directory.resolve(address)
-        programs = tuple(Program(c, r) for c, r in directory.program_targets(address))
-        return Recipient(str(address), tuple(users or ()), programs)
+        """`address`, the final users mail to it reaches, the addresses on other servers it is
+        forwarded to (all none: unknown or not ours) and the programs it reaches (auth/users.py
+        program targets; delivered by the queue)."""
+        found = self._directory().targets(address)
+        return Recipient(str(address), tuple(found.users), tuple(found.forward),
+                         tuple(Program(c, r) for c, r in found.programs))
 
     # -- programs (delivery/program.py runs them, from the queue) ---------------------------------
 
@@ -150,32 +166,55 @@ class LocalDeliveryAgent:
                 failed.setdefault(copy.user, e)
         if enforce_quota:
             await self._delivered([c for c in copies if c.user not in failed])
+        forward_error: BaseException | None = None
+        if any(r.forward for r in recipients):
+            try:
+                await self._forward([r for r in recipients if r.forward], message, sender, trace, False)
+            except Exception as e:  # noqa: BLE001 - reported per recipient
+                forward_error = e
         results: list[DeliveryResult] = []
         for r in recipients:
-            if not r.users:
+            if not r.users and not r.forward:
                 results.append(DeliveryResult.perm(r.address, "no such user here", code=550, enhanced="5.1.1"))
                 continue
             error = next((failed[u] for u in r.users if u in failed), None)
+            if error is None and r.forward and forward_error is not None:
+                error = forward_error
             results.append(DeliveryResult.ok(r.address, "delivered to mailbox") if error is None
                            else DeliveryResult.from_error(r.address, error))
         return results
 
     async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
-                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX) -> None:
-        """Deliver every copy in one all-or-nothing store write, fsynced before this returns;
-        raises the first failure (an unknown recipient: 550 5.1.1; the quota's refusal; what the
-        store raises) with nothing visible anywhere."""
+                          trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX,
+                          spam: bool = False) -> None:
+        """Deliver every copy in one all-or-nothing store write, fsynced before this returns, then
+        queue the forwarded copy (durable too); raises the first failure (an unknown recipient:
+        550 5.1.1; the quota's refusal; what the store or the queue raises). A failure of the
+        forward after the local write may give a retry a second local copy, never none (as
+        cleanup's order). `spam`: the message was filed as Junk (not forwarded by default)."""
         for r in recipients:
-            if not r.users and not r.programs:  # programs: queue_programs
+            if not r.users and not r.forward and not r.programs:  # programs: queue_programs
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
-        body = await self._body(message, sender, trace)
-        # RFC 5429 §2.1: a Sieve reject can be the SMTP reply only when it answers for everyone
-        refusable = len(recipients) == 1 and len(recipients[0].users) == 1
-        copies, failed = await self._plan(recipients, body, sender, folder, can_refuse=refusable)
-        if failed:
-            raise next(iter(failed.values()))
-        await self._write(copies, body)
-        await self._delivered(copies)
+        local_rcpts = [r for r in recipients if r.users]
+        if local_rcpts:
+            body = await self._body(message, sender, trace)
+            # RFC 5429 §2.1: a Sieve reject can be the SMTP reply only when it answers for everyone
+            # (one recipient, one user, and nothing forwarded or piped beside that user's copy)
+            refusable = (len(recipients) == 1 and len(recipients[0].users) == 1
+                         and not recipients[0].forward and not recipients[0].programs)
+            copies, failed = await self._plan(local_rcpts, body, sender, folder, can_refuse=refusable)
+            if failed:
+                raise next(iter(failed.values()))
+            await self._write(copies, body)
+            await self._delivered(copies)
+        if any(r.forward for r in recipients):
+            await self._forward([r for r in recipients if r.forward], message, sender, trace, spam)
+
+    async def _forward(self, recipients: Sequence[Recipient], message: bytes, sender: str,
+                       trace: Sequence[bytes], spam: bool) -> None:
+        if self.forwarder is None:
+            raise TempFailure("forwarding is not set up here")
+        await self.forwarder.forward(recipients, message, sender=sender, trace=trace, spam=spam)
 
     async def _delivered(self, copies: Sequence[_Copy]) -> None:
         """Tell the quota step which users' copies were stored (its 90 % warning)."""
@@ -265,8 +304,11 @@ def agent_of(ctx: object) -> LocalDeliveryAgent:
     harnesses): over `ctx.store`, the current `ctx.directory` and `ctx.config.authserv_id`."""
     agent = getattr(ctx, "agent", None)
     if not isinstance(agent, LocalDeliveryAgent):
+        from mailhaven.delivery.forward import Forwarder
+
         agent = LocalDeliveryAgent(getattr(ctx, "store"), lambda: getattr(ctx, "directory"),  # noqa: B009
-                                   lambda: str(getattr(ctx, "config").authserv_id))  # noqa: B009
+                                   lambda: str(getattr(ctx, "config").authserv_id),  # noqa: B009
+                                   forwarder=Forwarder(ctx))  # type: ignore[arg-type]
         setattr(ctx, "agent", agent)  # noqa: B010
     return agent
 

@@ -12,7 +12,7 @@ Owns: `SieveFilter`, the agent's `seams.MailFilter` (delivery/local.py calls it 
   folder of this user (a name that is not a valid folder, or a folder that does not exist without
   :create -> keep and a log line, as Pigeonhole does); discard; reject/ereject -> the agent's
   refusal (550 5.7.1 at DATA) when the job can carry one, else a rejection notice to the sender via
-  the queue (RFC 5429 §2.1/§2.2); redirect -> `forward` (the one function SRS plugs into) through
+  the queue (RFC 5429 §2.1/§2.2); redirect -> `forward` (SRS-rewritten sender to other servers) through
   cleanup, counted against the user's sending limits; vacation -> a reply through cleanup (so it is
   DKIM-signed and queued) at most once per sender and handle per period (delivery/sievetrack.py,
   persisted), never to what the engine's `skip` names nor to a daemon or list sender;
@@ -43,7 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mailhaven import cleanup, seams
-from mailhaven.delivery import sievereply
+from mailhaven.delivery import local, sievereply
+from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.sievetrack import Tracker
 from mailhaven.errors import BadMailboxName, MailError
 from mailhaven.sieve import Context as SieveContext
@@ -332,8 +333,12 @@ class SieveFilter:
 
 
 async def forward(ctx: seams.Context, sender: str, address: str, message: bytes) -> str:
-    """Redirect `message` to `address` (RFC 5228 §4.2) through cleanup; its queue id. The envelope
-    sender is kept as it came for now: SRS (delivery/srs.py) rewrites it here."""
+    """Redirect `message` to `address` (RFC 5228 §4.2) through cleanup; its queue id. To another
+    server the envelope sender is rewritten with SRS as an alias's forward is (delivery/forward.py
+    Forwarder.rewrite: the null sender and our own domains' senders are kept; no secret, kept)."""
+    forwarder = local.agent_of(ctx).forwarder
+    if isinstance(forwarder, Forwarder) and not ctx.config.is_local_domain(address.rpartition("@")[2].lower()):
+        sender = await forwarder.rewrite(sender)
     return await cleanup.enqueue(ctx, sender, [address], message, source="sieve-redirect")
 
 

@@ -68,10 +68,12 @@ def _comment(text: str) -> str:
 
 
 def format_auth_results(authserv_id: str, spf: SpfLike | None, dkim: Sequence[DkimLike],
-                        dmarc: DmarcLike | None) -> bytes:
-    """`Authentication-Results: id; spf=...; dkim=...; dmarc=...\\r\\n`, folded one result a line.
+                        dmarc: DmarcLike | None, arc: str | None = None) -> bytes:
+    """`Authentication-Results: id; spf=...; dkim=...; dmarc=...; arc=...\\r\\n`, folded one result
+    a line.
 
-    One dkim entry per signature; dkim=none when there is none (RFC 8601 §2.7.1)."""
+    One dkim entry per signature; dkim=none when there is none (RFC 8601 §2.7.1); `arc`: the ARC
+    chain's status, none/pass/fail (RFC 8617 §7.2, method "arc"), left out when not checked."""
     parts: list[str] = []
     if spf is not None:
         # RFC 8601 §2.7.2: smtp.mailfrom, or smtp.helo when the HELO identity was checked.
@@ -102,6 +104,8 @@ def format_auth_results(authserv_id: str, spf: SpfLike | None, dkim: Sequence[Dk
         if dmarc.domain:
             entry += f" header.from={_value(dmarc.domain)}"  # RFC 7489 §11.2
         parts.append(entry)
+    if arc is not None:
+        parts.append(f"arc={_value(arc)}")  # RFC 8617 §7.2
     body = ";\r\n\t".join([_value(authserv_id)] + parts) if parts else f"{_value(authserv_id)}; none"
     return f"Authentication-Results: {body}\r\n".encode()
 

@@ -46,7 +46,7 @@ from typing import Literal
 from mailhaven import seams
 from mailhaven.config import PolicyConfig
 from mailhaven.errors import DnsTempError, MailError, PolicyReject
-from mailhaven.policy import authresults, dkim, dmarc, spf
+from mailhaven.policy import arc, authresults, dkim, dmarc, spf
 from mailhaven.policy.dkim import DkimResult
 from mailhaven.policy.dmarc import AuthorError, DmarcResult, NoAuthor
 from mailhaven.policy.spf import SpfResult
@@ -106,6 +106,7 @@ class Assessment:
     headers: bytes  # Authentication-Results (+ Received-SPF), CRLF-terminated, to prepend
     from_domain: str = ""
     notes: list[str] = field(default_factory=list)
+    arc: str = "none"  # the ARC chain's status (policy/arc.py), recorded as arc= (RFC 8617 §7.2)
 
 
 def applies(policy: PolicyConfig, client_ip: str) -> bool:
@@ -266,6 +267,8 @@ async def check_data(resolver: seams.Resolver, policy: PolicyConfig, authserv_id
         author, author_err = await asyncio.to_thread(_parse, message)
     notes: list[str] = []
     found: dmarc.Found = None
+    # ARC (RFC 8617 §5.2): verified alongside DKIM, only when the message carries a seal.
+    arc_task = asyncio.ensure_future(arc.verify(resolver, message)) if arc.has_seal(message) else None
     if author_err or not author:
         dkim_results = await dkim.verify(resolver, message)
     elif dkim.has_signature(message):
@@ -289,12 +292,13 @@ async def check_data(resolver: seams.Resolver, policy: PolicyConfig, authserv_id
     if not enforce and verdict.action != "accept":
         notes.append(f"not enforced for this client: {verdict.action}: {verdict.reason}")
         verdict = ACCEPT
-    headers = authresults.format_auth_results(authserv_id, spf_result, dkim_results, dmarc_result)
+    arc_status = await arc_task if arc_task is not None else "none"
+    headers = authresults.format_auth_results(authserv_id, spf_result, dkim_results, dmarc_result, arc_status)
     if spf_result is not None:
         headers += authresults.format_received_spf(authserv_id, spf_result.result, spf_result.ip,
                                                    spf_result.sender if spf_result.identity == "mailfrom"
                                                    else "", spf_result.helo, spf_result.identity)
-    return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, author, notes)
+    return Assessment(verdict, spf_result, dkim_results, dmarc_result, headers, author, notes, arc_status)
 
 
 __all__ = ["Verdict", "Assessment", "ACCEPT", "DEV_LOOPBACK", "DmarcAhead", "applies", "check_mail", "check_data",

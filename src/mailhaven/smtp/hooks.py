@@ -65,6 +65,9 @@ class Transaction(Envelope):
         # Each accepted recipient with the final users the delivery agent resolved it to at RCPT
         # (delivery/local.py); DATA delivers to exactly these, each user once.
         self.resolved: list[Recipient] = []
+        # Recipient address -> where it is forwarded (aliases to other servers, bounces to our SRS
+        # addresses: delivery/forward.py), as the role's check_recipient found it.
+        self.forward: dict[str, tuple[str, ...]] = {}
         self.refused = 0  # recipients refused (logged)
         self.policy: Any = None  # role data from check_sender (MX: the task computing SPF)
         self.started = time.monotonic()
@@ -276,8 +279,9 @@ class BaseHandler(ShortDir):
         envelope.recipients.append(rcpt if isinstance(rcpt, Address) else Address("postmaster", users[0].rpartition("@")[2]))
         envelope.rcpt_tos.append(str(envelope.recipients[-1]))
         envelope.rcpt_options.extend(rcpt_options)
-        if users:  # a remote recipient (submission) has none: the queue delivers it
-            envelope.resolved.append(Recipient(str(envelope.recipients[-1]), tuple(users)))
+        forward = envelope.forward.get(str(rcpt), ())
+        if users or forward:  # a remote recipient (submission) has none: the queue delivers it
+            envelope.resolved.append(Recipient(str(envelope.recipients[-1]), tuple(users), forward))
         return reply
 
     def rejected(self, reply: str, reason: str | None = None) -> str:

@@ -48,7 +48,7 @@ from mailhaven import log as mlog
 from mailhaven import metrics, seams
 from mailhaven import quota as quotamod
 from mailhaven.config import Config
-from mailhaven.delivery import local
+from mailhaven.delivery import forward, local
 from mailhaven.errors import DnsTempError, OverQuota, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
@@ -112,7 +112,7 @@ class InboundHandler(BaseHandler):
 
     async def check_recipient(self, session: ClientSession, txn: Transaction,
                               rcpt: Address | object) -> tuple[str, list[str] | None]:
-        reply, users = await self._local_recipient(rcpt)
+        reply, users = await self._local_recipient(rcpt, txn)
         if users is None:
             return reply, None  # relaying and unknown users are refused before any DNS list is asked
         refusal = await self._reputation_gate(session, txn, str(rcpt) if isinstance(rcpt, Address) else "postmaster")
@@ -134,9 +134,18 @@ class InboundHandler(BaseHandler):
                 return False
         return True
 
-    async def _local_recipient(self, rcpt: Address | object) -> tuple[str, list[str] | None]:
+    async def _local_recipient(self, rcpt: Address | object, txn: Transaction) -> tuple[str, list[str] | None]:
         directory = self.ctx.directory
         agent = local.agent_of(self.ctx)  # the resolution DATA delivers to (Transaction.resolved)
+        if isinstance(rcpt, Address) and isinstance(agent.forwarder, forward.Forwarder):
+            # A bounce to an SRS address we made (delivery/forward.py): verified here, so a forged or
+            # expired one is refused before DATA (550 5.1.1), a valid one goes back to the sender.
+            target = await agent.forwarder.bounce_target(rcpt)
+            if target is not None:
+                if not target:
+                    return R.UNKNOWN_USER, None
+                txn.forward[str(rcpt)] = (target,)
+                return R.RCPT_OK, []
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
             users = list(agent.postmaster(next(iter(self.config.domains), "")).users)
@@ -154,6 +163,9 @@ class InboundHandler(BaseHandler):
         else:
             found = agent.resolve(rcpt)
             users = list(found.users)
+            if found.forward:  # an alias with targets on other servers (delivery/forward.py)
+                txn.forward[str(rcpt)] = found.forward
+                return R.RCPT_OK, users
             if not users and found.programs:
                 return R.RCPT_OK, []  # only programs: queued at DATA (delivery/program.py)
         if not users:
@@ -225,6 +237,9 @@ class InboundHandler(BaseHandler):
         cfg = self.config
         if len(headers.field_values(data, "Received")) > MAX_HOPS:
             raise PermFailure("Too many hops, mail loop?", code=554, enhanced="5.4.6")  # RFC 3463 X.4.6
+        looped = forward.looping(data, txn.resolved)
+        if looped is not None:  # our Delivered-To came back (as Postfix local(8)): RFC 3463 X.4.6
+            raise PermFailure(f"mail forwarding loop for {looped}", code=554, enhanced="5.4.6")
         unchecked = pipeline.unchecked_reason(cfg.dev, session.ip)
         scanner: spam.Scanner | None = getattr(self.ctx, "spam", None)  # None: no [spam] scanner
         # The client's verified name for the scanner, looked up while the sender checks run (not for
@@ -281,7 +296,7 @@ class InboundHandler(BaseHandler):
         if programs and self.ctx.queue is None:
             raise TempFailure("the outbound queue is not running")
         try:
-            await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender)
+            await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender, spam=junk)
         except OverQuota:  # nothing stored anywhere; the MX refuses for good at DATA (552 5.2.2)
             raise PermFailure("Mailbox full (over quota)", code=552, enhanced="5.2.2") from None
         if programs:

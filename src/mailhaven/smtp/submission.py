@@ -177,10 +177,10 @@ class SubmissionHandler(BaseHandler):
         found: list[str] = []  # remote: the queue delivers it
         if self.ctx.directory.is_local_domain(rcpt.domain):
             resolved = agent.resolve(rcpt)
-            users = resolved.users
-            if not users and not resolved.programs:  # programs: cleanup queues them
+            if not resolved.users and not resolved.forward and not resolved.programs:
+                # forward: an alias to other servers; programs: cleanup queues them
                 return R.UNKNOWN_USER, None
-            found = list(users)
+            found = list(resolved.users)
         refusal = self._take_recipient(session.user or "")
         if refusal is not None:
             return refusal, None
