@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -45,12 +46,15 @@ def maildir_messages(mail_root: Path, user: str, folder: str = "INBOX") -> list[
     base = mail_root / domain / local
     if folder != "INBOX":
         base = base / ("." + folder)
-    out: list[bytes] = []
-    for sub in ("new", "cur"):
-        d = base / sub
-        if d.is_dir():
-            out.extend(p.read_bytes() for p in sorted(d.iterdir()))
-    return out
+    files = [p for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()]
+    return [p.read_bytes() for p in sorted(files, key=_delivery_order)]
+
+
+def _delivery_order(path: Path) -> tuple[int, ...]:
+    """`<secs>.M<usec>P<pid>Q<n>`: in the order delivered (the microseconds are not zero-padded,
+    so the names' own order puts M100000 before M99999 within a second)."""
+    m = re.match(r"(\d+)\.M(\d+)P(\d+)Q(\d+)", path.name)
+    return tuple(int(g) for g in m.groups()) if m else (1 << 62, 0, 0, 0)
 
 
 def all_files(mail_root: Path) -> list[Path]:

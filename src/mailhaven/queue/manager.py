@@ -359,7 +359,7 @@ class QueueManager:
         body = await local.agent_of(self.ctx).program_body(message, sender=entry.sender)
         out: list[DeliveryResult] = []
         for r, res in zip(resolved, results, strict=True):
-            parts = [res] if r.users else []
+            parts = [res] if r.users or r.forward else []  # res carries the forward result too
             for p in r.programs:
                 parts.append(await self._deliver_program(entry, Recipient(r.address, program=p.command,
                                                                           program_rcpt=p.recipient), body))
