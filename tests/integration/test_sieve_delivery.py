@@ -421,6 +421,25 @@ async def test_a_zero_sending_limit_means_no_limit_for_redirects(
         await peer.stop()
 
 
+async def test_vacation_replies_count_against_the_hourly_sending_limit(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
+    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key,
+                             submission={"max_messages_per_hour": 1})
+    try:
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            s.put(ALICE, VACATION)
+            for i in range(3):  # three senders: each would get a reply, the limit allows one
+                sender = f"s{i}@remote.test"
+                assert (await s.send([ALICE], message(mid=f"<v{i}@remote.test>"), sender=sender))[0] == 250
+            await peer.wait_messages(1, 20)
+            await asyncio.sleep(0.5)
+            assert [m.rcpt_tos for m in peer.messages] == [["s0@remote.test"]]
+            assert len(await s.folder(ALICE)) == 3  # every message kept; only the replies are limited
+    finally:
+        await peer.stop()
+
+
 # --- imap4flags ------------------------------------------------------------------------------------
 
 
