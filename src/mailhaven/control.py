@@ -323,6 +323,8 @@ def format_show(e: dict[str, Any], now: float | None = None) -> str:
     lines.append(f"Recipients ({len(rcpts)}):")
     for r in rcpts:
         lines.append(f"  <{_shown(r.get('address', ''))}>")
+        if r.get("program"):  # an alias target "|/path args" (delivery/program.py)
+            lines.append(f"    program:    {_shown(r['program'], 600)}")
         lines.append(f"    state:      {_rcpt_state(r, null_sender)}")
         attempts = int(r.get("attempts") or 0)
         tried = f", last {_when_rel(r['last_attempt'], now)}" if r.get("last_attempt") is not None else ""

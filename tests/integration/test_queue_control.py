@@ -198,3 +198,8 @@ def test_format_show_names_every_recipient_state_with_dates_and_ages() -> None:
     assert "Headers:" not in lines  # only when the server sent them
     busy = format_show({**entry, "busy": True, "sender": "a@example.test"}, now).splitlines()
     assert "Next attempt:  in delivery now" in busy and "    state:      failed, sender notified" in busy
+    piped = {**entry, "recipients": [{"address": "tickets@a.test", "state": "pending", "attempts": 0,
+                                      "program": "|/usr/local/bin/ticket --queue support",
+                                      "program_rcpt": "tickets@a.test"}]}
+    lines = format_show(piped, now).splitlines()
+    assert lines[lines.index("  <tickets@a.test>") + 1] == "    program:    |/usr/local/bin/ticket --queue support"
