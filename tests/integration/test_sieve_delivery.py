@@ -460,6 +460,53 @@ async def test_imap4flags_flagged_is_visible_over_imap(server: Server) -> None:
     assert b"\\Flagged" in flags, flags
 
 
+def _imap_flags(port: int, folder: str, *, remove: str | None = None) -> tuple[bytes, bytes]:
+    """FETCH FLAGS of message 1 in `folder`, then (after STORE -FLAGS `remove`, if given) once more
+    over a new connection."""
+    def flags_of(c: imaplib.IMAP4) -> bytes:
+        typ, data = c.fetch("1", "(FLAGS)")
+        assert typ == "OK", data
+        return data[0]  # type: ignore[return-value]
+
+    with imaplib.IMAP4("127.0.0.1", port) as c:
+        c.starttls()
+        c.login(ALICE, "secret-alice")
+        assert c.select(folder)[0] == "OK"
+        before = flags_of(c)
+        if remove is not None:
+            typ, data = c.store("1", "-FLAGS", f"({remove})")
+            assert typ == "OK", data
+    with imaplib.IMAP4("127.0.0.1", port) as c:
+        c.starttls()
+        c.login(ALICE, "secret-alice")
+        assert c.select(folder)[0] == "OK"
+        return before, flags_of(c)
+
+
+async def test_imap4flags_keywords_reach_the_fileinto_copy_and_store_can_remove_them(server: Server) -> None:
+    server.put(ALICE, 'require ["imap4flags", "fileinto", "mailbox"];\naddflag "$label1";\n'
+                      'addflag "\\\\Flagged";\nfileinto :create "Work";\n')
+    assert (await server.send([ALICE], message()))[0] == 250
+    before, after = await asyncio.to_thread(_imap_flags, server.ctx.port("imap"), "Work", remove="$label1")
+    assert b"$label1" in before and b"\\Flagged" in before, before
+    assert b"$label1" not in after and b"\\Flagged" in after, after  # a keyword like any other
+    work = Path(server.cfg.mail_root) / "example.test" / "alice" / ".Work"
+    assert list((work / "mailhaven-keywords").iterdir()) == []  # the pending record is gone
+
+
+async def test_imap4flags_keep_flags_keywords_on_a_synced_inbox_invalid_ones_ignored(
+        server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mailhaven.sieve")
+    assert await server.folder(ALICE) == []  # INBOX indexed first: the keywords come through a sync, not a rebuild
+    server.put(ALICE, 'require ["imap4flags"];\nkeep :flags ["$Junk Work", "\\\\Seen", "bad(word"];\n')
+    assert (await server.send([ALICE], message(mid="<m2@remote.test>")))[0] == 250
+    before, after = await asyncio.to_thread(_imap_flags, server.ctx.port("imap"), "INBOX", remove="Work")
+    assert b"$Junk" in before and b"Work" in before and b"\\Seen" in before, before
+    assert b"bad" not in before
+    assert b"$Junk" in after and b"Work" not in after, after
+    assert any("keywords ignored" in r.getMessage() and "bad(word" in r.getMessage() for r in caplog.records)
+
+
 # --- editheader ------------------------------------------------------------------------------------
 
 

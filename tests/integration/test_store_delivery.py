@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from mailhaven.errors import BadMailboxName, StoreError
-from mailhaven.store import MessagesAdded, Store, maildir
+from mailhaven.store import MessagesAdded, Store, maildir, pending
 
 HOST = "test.host"
 ALICE = "alice@example.test"
@@ -96,7 +96,8 @@ async def test_multi_recipient_delivery_hard_links_one_file(store: Store) -> Non
 
 async def test_initial_flags_put_each_folders_copy_in_cur_with_its_own_letters(store: Store) -> None:
     # Sieve imap4flags (RFC 5232): the copies of one user share one file (hard links), each folder's
-    # name carries its own flags; a folder without flags gets the plain new/ copy; keywords are ignored.
+    # name carries its own flags; a folder without flags gets the plain new/ copy; keywords go to the
+    # index (the tests below), never into the file name.
     await store.deliver([(ALICE, "INBOX"), (ALICE, "Work"), (ALICE, "Other")], b"Subject: x\r\n\r\nbody\r\n",
                         flags={(ALICE, "INBOX"): ["\\Flagged"], (ALICE, "Work"): ["\\seen", "\\Flagged", "$Label1"]})
     root = store.root / "example.test" / "alice"
@@ -108,7 +109,129 @@ async def test_initial_flags_put_each_folders_copy_in_cur_with_its_own_letters(s
     assert os.stat(root / "cur" / inbox).st_ino == os.stat(root / ".Work" / "cur" / work).st_ino
     mb = await store.account(ALICE).mailbox("Work")
     [msg] = (await mb.snapshot()).messages
-    assert set(msg.flags) >= {"\\Seen", "\\Flagged"} and "$Label1" not in msg.flags
+    assert set(msg.flags) == {"\\Seen", "\\Flagged", "$Label1"}
+
+
+# --- keywords given at delivery (store/pending.py) -------------------------------------------------
+
+
+def records(folder: Path) -> list[str]:
+    return files(folder / pending.DIRNAME)
+
+
+async def flags_of(store: Store, user: str, folder: str) -> list[frozenset[str]]:
+    mb = await store.account(user).mailbox(folder)
+    return [m.flags for m in (await mb.snapshot()).messages]
+
+
+async def test_delivered_keywords_reach_only_their_copy_and_the_record_goes_after_the_sync(store: Store) -> None:
+    root = store.root / "example.test" / "alice"
+    assert await flags_of(store, ALICE, "INBOX") == []  # indexed before: the next one comes through a sync
+    await store.deliver([(ALICE, "INBOX"), (ALICE, "Work"), (BOB, "INBOX")], b"Subject: x\r\n\r\nbody\r\n",
+                        flags={(ALICE, "INBOX"): ["$label1", "Work", "\\Flagged"], (ALICE, "Work"): ["\\Seen"]})
+    await store.deliver([(ALICE, "INBOX")], b"Subject: y\r\n\r\nplain\r\n")
+    [key] = records(root)  # durable before the message was linked; nowhere else
+    assert records(root / ".Work") == [] and not (store.root / "example.test" / "bob" / pending.DIRNAME).exists()
+    assert (root / pending.DIRNAME / key).read_bytes() == b"$label1 Work\n"
+    assert await flags_of(store, ALICE, "INBOX") == [{"$label1", "Work", "\\Flagged"}, set()]
+    assert records(root) == []
+    assert await flags_of(store, ALICE, "Work") == [{"\\Seen"}]
+    assert await flags_of(store, BOB, "INBOX") == [set()]
+
+
+async def test_delivered_keywords_are_ordinary_keywords_afterwards(store: Store) -> None:
+    await store.deliver([(ALICE, "INBOX")], b"hi\n", flags={(ALICE, "INBOX"): ["$label1", "$label2"]})
+    mb = await store.account(ALICE).mailbox("INBOX")  # first open of INBOX: a rebuild indexes it
+    [m] = (await mb.snapshot()).messages
+    assert m.flags == {"$label1", "$label2"}
+    [info] = await mb.store_flags([m.uid], {"$label1"}, "remove")
+    assert info.flags == {"$label2"}
+    await store.close()  # the index holds it: a restart keeps the removal (no record brings it back)
+    assert await flags_of(store, ALICE, "INBOX") == [{"$label2"}]
+
+
+async def test_invalid_keywords_are_ignored_and_at_most_32_kept(store: Store) -> None:
+    bad = ["bad(", "two words", "caf\u00e9", "x" * 129, "", "quo\"te", "\\Recent", "\\Bogus", "a]b", "del\x7f"]
+    await store.deliver([(ALICE, "INBOX")], b"hi\n", flags={(ALICE, "INBOX"): [*bad, "$ok", "$ok"]})
+    many = [f"k{i}" for i in range(40)]
+    await store.deliver([(ALICE, "INBOX")], b"ho\n", flags={(ALICE, "INBOX"): ["\\Seen", *many]})
+    assert await flags_of(store, ALICE, "INBOX") == [{"$ok"}, {"\\Seen", *many[:pending.MAX_KEYWORDS]}]
+
+
+async def test_without_keywords_no_record_is_written(store: Store, monkeypatch) -> None:
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: (opened.append(str(p)), real_open(p, *a, **k))[1])
+    await store.deliver([(ALICE, "INBOX"), (ALICE, "Work")], b"hi\n", flags={(ALICE, "Work"): ["\\Seen"]})
+    assert not any(pending.DIRNAME in p for p in opened)
+    root = store.root / "example.test" / "alice"
+    assert not (root / pending.DIRNAME).exists() and not (root / ".Work" / pending.DIRNAME).exists()
+
+
+async def test_keyword_record_and_its_directory_are_fsynced_before_the_message_is_linked(
+        store: Store, monkeypatch) -> None:
+    await store.deliver([(ALICE, "INBOX")], b"first\n", flags={(ALICE, "INBOX"): ["$x"]})  # directory exists
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b: (calls.append(("rename", str(b))), real_rename(a, b))[1])
+    await store.deliver([(ALICE, "INBOX")], b"second\n", flags={(ALICE, "INBOX"): ["$label1"]})
+    root = store.root / "example.test" / "alice"
+    [key] = [k for k in records(root) if ("fsync", str(root / pending.DIRNAME / k)) in calls]
+    assert calls.index(("fsync", str(root / pending.DIRNAME / key))) < calls.index(
+        ("fsync", str(root / pending.DIRNAME))) < calls.index(("rename", str(root / "new" / key)))
+
+
+async def test_failed_delivery_leaves_no_keyword_record(store: Store, monkeypatch) -> None:
+    real_rename = os.rename
+
+    def rename(a, b) -> None:
+        if "/new/" in str(b):
+            raise OSError(errno.EIO, "I/O error")
+        real_rename(a, b)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(StoreError):
+        await store.deliver([(ALICE, "INBOX")], b"hi\n", flags={(ALICE, "INBOX"): ["$label1"]})
+    root = store.root / "example.test" / "alice"
+    assert files(root / "new") == [] and records(root) == []
+
+
+async def test_keywords_into_a_folder_removed_behind_the_stores_back(store: Store) -> None:
+    await store.deliver([(ALICE, "Junk")], b"one\n")
+    junk = store.root / "example.test" / "alice" / ".Junk"
+    shutil.rmtree(junk)
+    await store.deliver([(ALICE, "Junk")], b"two\n", flags={(ALICE, "Junk"): ["$Junk"]})
+    assert await flags_of(store, ALICE, "Junk") == [{"$Junk"}]
+
+
+async def test_rebuild_applies_pending_records_and_survives_leftover_ones(store: Store) -> None:
+    root = store.root / "example.test" / "alice"
+    await store.deliver([(ALICE, "INBOX")], b"one\n", flags={(ALICE, "INBOX"): ["$one"]})
+    assert await flags_of(store, ALICE, "INBOX") == [{"$one"}]
+    await store.deliver([(ALICE, "INBOX")], b"two\n", flags={(ALICE, "INBOX"): ["$two"]})
+    [two] = records(root)
+    # Leftovers of every kind: garbage, torn, not ASCII, a directory, a symlink, no message, too long.
+    d = root / pending.DIRNAME
+    (d / "garbage").write_bytes(b"\x00\xff(((\n")
+    (d / "torn").write_bytes(b"$a $b")
+    (d / "latin").write_bytes("caf\u00e9\n".encode())
+    (d / "adir").mkdir()
+    (d / "alink").symlink_to(d / two)
+    (d / "big").write_bytes(b"x " * 10_000 + b"\n")
+    old = time.time() - maildir.STALE_TMP_SECONDS - 60
+    (d / "1.M1P1Q1.gone,S=1,W=1").write_bytes(b"$lost\n")
+    os.utime(d / "1.M1P1Q1.gone,S=1,W=1", (old, old))
+    await store.close()
+    os.unlink(root / "mailhaven-index.sqlite")  # lost: rebuilt from the files (keywords only from records)
+    assert await flags_of(store, ALICE, "INBOX") == [set(), {"$two"}]
+    assert sorted(records(root)) == ["adir", "alink", "big", "garbage", "latin", "torn"]  # young, unknown: kept
+    # Leftovers whose message is indexed go at the next sync that finds a new file.
+    (d / two).write_bytes(b"$again\n")
+    await store.deliver([(ALICE, "INBOX")], b"three\n")
+    assert await flags_of(store, ALICE, "INBOX") == [set(), {"$two"}, set()]
+    assert two not in records(root)
 
 
 async def test_heads_give_each_user_a_file_of_their_own_with_the_head_on_top(store: Store) -> None:
@@ -140,6 +263,10 @@ async def test_heads_delivery_is_all_or_nothing_across_users(store: Store) -> No
                             heads={ALICE: b"Delivered-To: a\r\n", BOB: b"Delivered-To: b\r\n"})
     a = store.root / "example.test" / "alice"
     assert files(a / "new") == [] and files(a / "tmp") == []
+    with pytest.raises(StoreError):  # and the keyword record of alice's copy goes with it
+        await store.deliver([(ALICE, "INBOX"), (BOB, "INBOX")], b"x\n", flags={(ALICE, "INBOX"): ["$label1"]},
+                            heads={ALICE: b"Delivered-To: a\r\n", BOB: b"Delivered-To: b\r\n"})
+    assert files(a / "new") == [] and records(a) == []
 
 
 async def test_delivery_to_missing_folder_creates_it_with_parents(store: Store) -> None:

@@ -21,7 +21,9 @@ Owns: `SieveFilter`, the agent's `seams.MailFilter` (delivery/local.py calls it 
 - mail loops: a copy that already carries this user's Delivered-To twice (a redirect that came
   back) is kept without running the script.
 imap4flags (RFC 5232): keep's and fileinto's flags become the stored copy's flags (the five system
-flags, as Maildir info letters; keywords are not stored yet). editheader (RFC 5293): the stored
+flags as Maildir info letters, keywords such as "$label1" through the store's pending record,
+store/pending.py; a keyword that is not an IMAP atom, or beyond the 32nd, is ignored with a log line,
+as Pigeonhole does). editheader (RFC 5293): the stored
 copy and redirects carry the edited header section (Return-Path and Delivered-To stay on top).
 Side effects (redirect, vacation, rejection notice) are enqueued before the agent's store write;
 if that write then fails, the sender's retry may send them twice (never zero times).
@@ -64,7 +66,7 @@ from mailhaven.sieve import (
 )
 from mailhaven.sieve import Limits as SieveLimits
 from mailhaven.sieve_store import PersonalLoader, ScriptStore
-from mailhaven.store import names
+from mailhaven.store import names, pending
 
 log = logging.getLogger("mailhaven.sieve")
 
@@ -200,11 +202,11 @@ class SieveFilter:
         for action in result.actions:
             if isinstance(action, Keep):
                 folders.append(job.folder)
-                _add_flags(flags, job.folder, action.flags)
+                _add_flags(flags, job.folder, action.flags, user)
             elif isinstance(action, FileInto):
                 box = await self._folder(user, root, action, job.folder)
                 folders.append(box)
-                _add_flags(flags, box, action.flags)
+                _add_flags(flags, box, action.flags, user)
             elif isinstance(action, Discard):
                 log.info("sieve: %s: discarded", user)
             elif isinstance(action, Reject):
@@ -359,11 +361,15 @@ def _edited(message: bytes, fields: list[tuple[str, str]]) -> bytes:
     return ours + head + b"\r\n" + body
 
 
-def _add_flags(flags: dict[str, tuple[str, ...]], folder: str, more: tuple[str, ...]) -> None:
-    """RFC 5232 §3: the copy in `folder` starts with `more` too (system flags are stored; keywords
-    are not yet, see the module doc)."""
+def _add_flags(flags: dict[str, tuple[str, ...]], folder: str, more: tuple[str, ...], user: str) -> None:
+    """RFC 5232 §3: the copy in `folder` starts with `more` too: system flags and keywords are
+    stored (the store ignores invalid keywords and those beyond its limit: logged here)."""
     if more:
         flags[folder] = tuple(dict.fromkeys((*flags.get(folder, ()), *more)))
+        _, ignored = pending.for_delivery(flags[folder])
+        if ignored:
+            log.warning("sieve: %s: %s: keywords ignored (not an IMAP keyword, or more than %d): %s", user,
+                        folder, pending.MAX_KEYWORDS, " ".join(repr(w) for w in ignored[:8]))
 
 
 def _without_return_path(message: bytes) -> bytes:

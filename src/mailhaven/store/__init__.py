@@ -12,12 +12,17 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
         await store.close()                 # closes every account's index
         store.account(user: str) -> Account # user = canonical address "alice@example.test"
         await store.deliver(targets: Sequence[tuple[str, str]], data: bytes, *,
-                            heads: Mapping[str, bytes] | None = None) -> None
+                            heads: Mapping[str, bytes] | None = None,
+                            flags: Mapping[tuple[str, str], Sequence[str]] | None = None,
+                            bodies: Mapping[str, bytes] | None = None) -> None
             # targets: (user, folder) e.g. ("alice@example.test", "INBOX") or (..., "Junk").
             # heads[user]: header fields written above data in that user's copies (Return-Path,
             # Delivered-To); one tmp file per distinct head, fsynced, hard-linked into each of its
             # targets' new/, directories fsynced; all-or-nothing across every target: raises
             # StoreError and leaves no visible partial message. Only delivery/local.py calls it.
+            # flags[(user, folder)]: initial flags of that copy (system flags in the file name,
+            # keywords through pending.py: indexed by the folder's next sync). bodies[user]:
+            # that user's copies hold it below their head instead of data (Sieve editheader).
             # Creates a missing target folder. Publishes MessagesAdded(user, folder, uids=()).
         store.changes -> ChangeHub          # subscribe(user) -> Subscription (async iterator / .get())
 
@@ -65,13 +70,16 @@ On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.S
 `maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
 rebuildable index, WAL); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
 every folder (UID backup, format in uidlist.py; a `dovecot-uidlist` is imported when we have
-neither). Messages are stored with CRLF line endings. If the index is lost, UIDVALIDITY, UIDs and
-flags come back from the uidlists and file names; keywords (kept only in the index) are lost,
-except Dovecot keyword letters mapped by a `dovecot-keywords` file on import.
+neither); `mailhaven-keywords/` in a folder that was delivered keywords (one record per copy whose
+keywords the index does not hold yet, pending.py). Messages are stored with CRLF line endings. If
+the index is lost, UIDVALIDITY, UIDs and flags come back from the uidlists and file names; keywords
+(kept only in the index) are lost, except Dovecot keyword letters mapped by a `dovecot-keywords`
+file on import and delivered keywords still in a pending record.
 
 Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
-(UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), mailbox.py (the
-async API and locking), changes.py (events), model.py (value types).
+(UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), pending.py
+(keywords given at delivery, until the index holds them), mailbox.py (the async API and locking),
+changes.py (events), model.py (value types).
 
 Mailbox names are Unicode strings with "." as the hierarchy delimiter (Maildir++), stored as
 UTF-8 on disk: "INBOX", "Sent", "Work.Projects" -> <user>/.Work.Projects/. `names.py` rejects

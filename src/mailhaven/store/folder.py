@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailhaven.errors import StorageFull, StoreError, store_failure
-from mailhaven.store import maildir, uidlist
+from mailhaven.store import maildir, pending, uidlist
 from mailhaven.store.index import Index, MessageRow
 from mailhaven.store.model import MessageInfo, Snapshot
 
@@ -230,6 +230,7 @@ class Folder:
             uidnext = 1
             modseq = 1
         letters = _dovecot_keywords(self.path) if dovecot else {}
+        found = pending.take(self.path, listing)  # keywords given at delivery, not indexed yet
         fresh = sorted((k for k in listing if k not in keep), key=_order)
         pairs = sorted((u, k) for k, u in keep.items())
         for k in fresh:
@@ -243,6 +244,7 @@ class Folder:
                 continue
             idate, size, unterminated = got
             kws = frozenset(letters[c] for c in maildir.suffix_info(suffix) if c in letters)
+            kws |= found.keywords.get(key, frozenset())
             # every message "changed" at the new MODSEQ: a client resynchronises all flags
             msgs.append(Msg(uid, key, sub, suffix, kws, modseq, idate, size, unterminated))
         self.uidnext = uidnext
@@ -253,6 +255,7 @@ class Folder:
         self._rewrite_uidlist()  # first: the backup covers what the index is about to hold
         self.id = self.index.create(self.name, self.uidvalidity, self.uidnext, self.highestmodseq,
                                     [m.row() for m in msgs])
+        pending.remove(self.path, found.done(m.key for m in msgs))
         self.trusted = False  # the first sync records the directory mtimes
 
     def _first_sight(self, sub: str, fname: str, key: str) -> tuple[float, int, bool] | None:
@@ -306,6 +309,8 @@ class Folder:
             elif m.suffix != suffix or m.sub != sub:
                 moved.append((m, sub, suffix, maildir.suffix_info(m.suffix) != maildir.suffix_info(suffix)))
         fresh.sort(key=_order)
+        # keywords given at delivery (pending.py): only looked for when there are new files
+        found = pending.take(self.path, fresh, by_key) if fresh else pending.Found()
         added: list[Msg] = []
         uidnext = self.uidnext
         for key in fresh:
@@ -313,7 +318,7 @@ class Folder:
             got = self._first_sight(sub, key + suffix, key)
             if got is None:
                 continue
-            added.append(Msg(uidnext, key, sub, suffix, frozenset(), modseq, *got))
+            added.append(Msg(uidnext, key, sub, suffix, found.keywords.get(key, frozenset()), modseq, *got))
             uidnext += 1
         gone = [self.by_key[k] for k in missing]
         changed = bool(added or gone or any(differ for _, _, _, differ in moved))
@@ -331,6 +336,7 @@ class Folder:
                 self._commit([], [], mtimes=stored)
             except StorageFull:
                 pass  # tried again at the next scan
+        pending.remove(self.path, found.done(m.key for m in added))  # the index holds their keywords
         for m, sub, suffix, differ in moved:
             m.sub, m.suffix = sub, suffix
             if differ:

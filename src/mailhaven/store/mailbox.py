@@ -8,6 +8,9 @@ publishing change events after each write. Does not own: the file format (maildi
 Decisions (see the package docstring for the full contract):
 - deliver() only writes files (durably) and publishes MessagesAdded(user, folder, uids=()); UIDs
   are given by the next snapshot() of that folder, which publishes MessagesAdded with the UIDs.
+  Keywords a copy starts with (Sieve imap4flags) go the same way: a record written and fsynced
+  before the copy is linked, indexed with it by that sync (pending.py), so deliveries never wait
+  for the account lock or the index.
 - A target folder of deliver() that does not exist is created (Dovecot lda_mailbox_autocreate).
 - delete_mailbox() refuses a folder that has inferior folders (MailboxHasChildren) and INBOX.
 - rename_mailbox() renames inferiors too, creates missing parents of the new name, keeps
@@ -47,7 +50,7 @@ from mailhaven.errors import (
     StoreError,
     store_failure,
 )
-from mailhaven.store import maildir, names
+from mailhaven.store import maildir, names, pending
 from mailhaven.store.changes import (
     ChangeHub,
     Expunged,
@@ -154,20 +157,27 @@ class Store:
         above `data` in that user's copies: users with different heads get files of their own, the
         folders of one user share one file (hard links). Returns only after every file and new/
         directory are fsynced. Raises StoreError (nothing visible anywhere), or BadMailboxName for
-        an invalid user or folder name (nothing written). `flags[(user, folder)]`: IMAP system
-        flags the copy starts with (Sieve imap4flags, RFC 5232; others are ignored here).
+        an invalid user or folder name (nothing written). `flags[(user, folder)]`: the IMAP flags
+        the copy starts with (Sieve imap4flags, RFC 5232): the five system flags go into the file
+        name, keywords into a pending record that the folder's next sync indexes (pending.py; at
+        most pending.MAX_KEYWORDS; invalid keywords, \\Recent and unknown \\flags are ignored).
         `bodies[user]`: what that user's copies hold below their head instead of `data` (Sieve
         editheader, RFC 5293: a copy with its own header section).
         """
         resolved: dict[tuple[str, str], tuple[Account, str]] = {}
         infos: dict[tuple[str, str], str] = {}
+        words: dict[tuple[str, str], tuple[str, ...]] = {}
         for user, folder in targets:
             acc = self.account(user)
             name = names.canonical(folder)
             resolved.setdefault((acc.user, name), (acc, name))
             if flags and flags.get((user, folder)):
+                given = flags[(user, folder)]
                 infos[(acc.user, name)] = maildir.build_info(
-                    f for f in (maildir.canonical_flag(x) for x in flags[(user, folder)]) if f)
+                    f for f in (maildir.canonical_flag(x) for x in given) if f)
+                kws, _ = pending.for_delivery(given)
+                if kws:
+                    words[(acc.user, name)] = kws
         if not resolved:
             raise StoreError("no delivery target")
         items = list(resolved.values())
@@ -178,29 +188,33 @@ class Store:
         for acc, name in items:
             groups.setdefault((by_user.get(acc.user, b""), own.get(acc.user)), []).append((acc, name))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos)
+        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos,
+                                   words)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
 
     def _deliver_sync(self, groups: list[tuple[tuple[bytes, bytes | None], list[tuple[Account, str]]]],
-                      shared: bytes, infos: Mapping[tuple[str, str], str] | None = None) -> None:
+                      shared: bytes, infos: Mapping[tuple[str, str], str] | None = None,
+                      words: Mapping[tuple[str, str], tuple[str, ...]] | None = None) -> None:
         shared = maildir.to_crlf(shared)
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
         counted: list[tuple[Account, str, str]] = []  # and their copies in the usage: uncounted
+        records: list[Path] = []  # and their keyword records (pending.py)
         try:
             for (head, body), items in groups:
                 data = shared if body is None else maildir.to_crlf(body)
                 paths = self._folders_for(items, trust_known=True)
                 letters = [(infos or {}).get((acc.user, n), "") for acc, n in items]
+                kws = [(words or {}).get((acc.user, n), ()) for acc, n in items]
                 try:
-                    name = self._deliver_counted(items, paths, head, data, letters)
+                    name = self._deliver_counted(items, paths, head, data, letters, kws, records)
                 except StoreError as e:
                     if not isinstance(e.__cause__, FileNotFoundError):
                         raise
                     # A folder vanished (deleted or renamed by IMAP or by hand): create it, try once more.
                     self._ready.difference_update(paths)
                     paths = self._folders_for(items, trust_known=False)
-                    name = self._deliver_counted(items, paths, head, data, letters)
+                    name = self._deliver_counted(items, paths, head, data, letters, kws, records)
                 placed.extend(maildir.delivered_path(p, name, i) for p, i in zip(paths, letters, strict=True))
                 counted.extend((acc, folder, name) for acc, folder in items)
         except BaseException:
@@ -209,26 +223,40 @@ class Store:
             for p in placed:
                 with contextlib.suppress(OSError):
                     os.unlink(p)
+            pending.discard(records)
             for acc, folder, name in counted:
                 acc._unpend(folder, name)
             raise
 
     def _deliver_counted(self, items: list[tuple[Account, str]], paths: list[Path], head: bytes,
-                         data: bytes, infos: Sequence[str] = ()) -> str:
+                         data: bytes, infos: Sequence[str] = (), words: Sequence[tuple[str, ...]] = (),
+                         records: list[Path] | None = None) -> str:
         """maildir.deliver_files, with each copy counted in its account's usage from before its
-        file is visible in new/ (so a sync that indexes it always finds it pending)."""
+        file is visible in new/ (so a sync that indexes it always finds it pending), and the
+        keywords `words[i]` of the copy in `paths[i]` recorded durably before that (pending.py;
+        the records written are added to `records`, removed here if this delivery fails)."""
         base = maildir.unique_base(self.hostname)
         size = len(head) + len(data)
         key = maildir.make_key(base, size, size)
         for acc, name in items:
             acc._pend(name, key, size)
+        mine: list[Path] = []
         try:
+            for path, kws in zip(paths, words, strict=False):
+                if kws:
+                    try:
+                        mine.append(pending.write(path, key, kws, fsync=self.fsync, dir_sync=self.dir_sync))
+                    except OSError as e:
+                        raise store_failure(e, "the message could not be stored") from e
             placed = maildir.deliver_files(paths, base, data, fsync=self.fsync, dir_sync=self.dir_sync, head=head,
                                            infos=infos)
         except BaseException:
+            pending.discard(mine)
             for acc, name in items:
                 acc._unpend(name, key)
             raise
+        if records is not None:
+            records.extend(mine)
         for acc, name in items:
             acc._placed(name, key)
         return placed
