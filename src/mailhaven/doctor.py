@@ -144,7 +144,9 @@ def check_roles(cfg: Config, directory: Directory, path: str | Path) -> list[Fin
                 out.append(_warn(address, r.message, f"mailhaven -c {path} {r.fix}"))
                 continue
             users, how = directory.postmaster(domain) if role == "postmaster" else directory.how(address)
-            out.append(_ok(address, f"goes to {', '.join(users or [])} ({how})"))
+            t = directory.targets(address)
+            where = [*(users or []), *t.forward, *(command for command, _rcpt in t.programs)]
+            out.append(_ok(address, f"goes to {', '.join(dict.fromkeys(where))} ({how or 'alias'})"))
     return out
 
 

@@ -281,3 +281,20 @@ async def test_a_message_at_the_size_limit_is_still_forwarded(forwarding: Factor
     assert code == 250
     await f.peer.wait_messages(1, 15)
     assert len(f.peer.messages[0].data) > 64 * 1024 and len(f.local()) == 1
+
+
+async def test_a_postmaster_alias_to_another_server_is_forwarded_not_given_to_the_first_user(
+        forwarding: Factory) -> None:
+    f = await forwarding()
+    with UsersFile.edit(f.ctx.config.users_file) as uf:
+        uf.add_alias("postmaster@example.test", [REMOTE], replace=True)
+    f.ctx.directory = app.load_directory(f.ctx.config)
+    _r, (code, _t) = await f.send(ORIGINAL, ["PostMaster@example.test"], message("to the postmaster"))
+    assert code == 250
+    await f.peer.wait_messages(1, 15)
+    [got] = f.peer.messages
+    assert got.rcpt_tos == [REMOTE] and got.mail_from.startswith("SRS0=")
+    assert f.local() == []  # not Alice's (the first user's) mail
+    # bare <postmaster> (RFC 5321 §4.5.1) has no address to forward as: a local user gets it
+    _r, (code, _t) = await f.send(ORIGINAL, ["postmaster"], message("bare postmaster"))
+    assert code == 250 and len(f.local()) == 1

@@ -501,3 +501,11 @@ def test_explicit_role_addresses_and_an_empty_users_file_give_no_role_warning(tm
     uf.save()
     assert _one_domain(tmp_path, uf.path.read_text()).role_warnings == []
     assert _one_domain(tmp_path, "").role_warnings == []  # no accounts yet: doctor says that instead
+
+
+def test_role_aliases_that_forward_to_another_server_are_explicit(tmp_path: Path) -> None:
+    text = (f'[users."alice@example.test"]\npassword = "{H}"\n[aliases]\n'
+            '"postmaster@example.test" = ["admin@elsewhere.test"]\n"abuse@example.test" = ["admin@elsewhere.test"]\n')
+    d = _one_domain(tmp_path, text)
+    assert d.postmaster("example.test") == ([], "alias")  # not the first user: the alias forwards it
+    assert d.role_warnings == []

@@ -688,6 +688,13 @@ class Directory:
         found, how = self.how(f"{POSTMASTER}@{domain}")
         if found:
             return found, how
+        if self._reaches_elsewhere(f"{POSTMASTER}@{domain}"):
+            return [], "alias"  # it forwards only to other servers or programs: explicit all the same
+        return self.first_user(domain)
+
+    def first_user(self, domain: str) -> tuple[list[str] | None, How]:
+        """The implicit postmaster: `domain`'s first user in sorted order, else the first user of
+        the first domain that has one; (None, "") with no users at all."""
         names = self.user_names  # sorted
         domains = [domain.lower()] + [d for d in self.config.domains if d != domain.lower()]
         for d in domains:
@@ -717,10 +724,15 @@ class Directory:
             if how == "catch-all" and users:
                 out.append(RoleWarning(abuse, f"{abuse} reaches {', '.join(users)} only through the catch-all",
                                        f"alias add {abuse} {postmaster}"))
-            elif not users:
+            elif not users and not self._reaches_elsewhere(abuse):
                 out.append(RoleWarning(abuse, f"{abuse} reaches no one: abuse reports (RFC 2142) are refused",
                                        f"alias add {abuse} {postmaster}"))
         return out
+
+    def _reaches_elsewhere(self, address: str) -> bool:
+        """Whether mail to `address` goes to another server's address or a program."""
+        found = self.targets(address)
+        return bool(found.forward or found.programs)
 
     def owns(self, user: str, address: str | Address) -> bool:
         """May `user` send as `address`: its own address, its +tag addresses, and aliases whose

@@ -141,11 +141,20 @@ class LocalDeliveryAgent:
         body = await self._body(message, sender, trace)
         return await queue.submit(sender, [], body, source="program", entry_id=entry_id, programs=jobs)
 
-    def postmaster(self, domain: str) -> Recipient:
-        """postmaster@`domain` (RFC 5321 §4.5.1: always accepted): whoever Directory.postmaster
-        names (the postmaster alias; in an old users file, the domain's first user)."""
-        users, _how = self._directory().postmaster(domain)
-        return Recipient(f"postmaster@{domain}", tuple(users or ()))
+    def postmaster(self, domain: str, *, local_only: bool = False) -> Recipient:
+        """postmaster@`domain` (RFC 5321 §4.5.1: always accepted): what its alias reaches, local
+        users, other servers' addresses (forwarded) and programs alike; with no alias (an old users
+        file), or with `local_only` and no local user among its targets, whoever
+        Directory.postmaster names (the domain's first user)."""
+        address = f"postmaster@{domain}"
+        found = self.resolve(address)
+        if found.users or (not local_only and (found.forward or found.programs)):
+            return found
+        directory = self._directory()
+        users, _how = directory.postmaster(domain)
+        if not users and local_only:
+            users, _how = directory.first_user(domain)
+        return Recipient(address, tuple(users or ()))
 
     # -- delivery ----------------------------------------------------------------------------------
 

@@ -148,7 +148,8 @@ class InboundHandler(BaseHandler):
                 return R.RCPT_OK, []
         if rcpt is POSTMASTER:
             # RFC 5321 §4.5.1: <postmaster> is the postmaster of our first domain.
-            users = list(agent.postmaster(next(iter(self.config.domains), "")).users)
+            # Bare <postmaster> has no address to forward as: its local users only.
+            users = list(agent.postmaster(next(iter(self.config.domains), ""), local_only=True).users)
             return (R.RCPT_OK, users) if users else (R.UNKNOWN_USER, None)
         assert isinstance(rcpt, Address)
         # No relaying, ever (RFC 5321 §3.6.2): only our domains; address literals are never ours
@@ -158,16 +159,14 @@ class InboundHandler(BaseHandler):
         # (allow_untrusted_routing = no), so no hop after us can be made to relay it.
         if rcpt.is_literal or not directory.is_local_domain(rcpt.domain) or not _ROUTING.isdisjoint(rcpt.local):
             return R.RELAY_DENIED, None
-        if rcpt.local.lower() == "postmaster":  # RFC 5321 §4.5.1: any case
-            users = list(agent.postmaster(rcpt.domain).users)
-        else:
-            found = agent.resolve(rcpt)
-            users = list(found.users)
-            if found.forward:  # an alias with targets on other servers (delivery/forward.py)
-                txn.forward[str(rcpt)] = found.forward
-                return R.RCPT_OK, users
-            if not users and found.programs:
-                return R.RCPT_OK, []  # only programs: queued at DATA (delivery/program.py)
+        # postmaster@ in any case (RFC 5321 §4.5.1) is always accepted, even without an alias
+        found = agent.postmaster(rcpt.domain) if rcpt.local.lower() == "postmaster" else agent.resolve(rcpt)
+        users = list(found.users)
+        if found.forward:  # an alias with targets on other servers (delivery/forward.py)
+            txn.forward[str(rcpt)] = found.forward
+            return R.RCPT_OK, users
+        if not users and found.programs:
+            return R.RCPT_OK, []  # only programs: queued at DATA (delivery/program.py)
         if not users:
             return R.UNKNOWN_USER, None
         return R.RCPT_OK, users
