@@ -19,7 +19,8 @@ start of a handshake. So every listener, SMTP included, uses this one layer, and
 never see the header.
 
 One line is logged per refused connection (untrusted peer, malformed, oversized or late header, a
-failed TLS handshake after it), at INFO: no traceback, and the client gets no reply (it is a proxy,
+failed TLS handshake after it), at INFO (an untrusted address at most once a minute per listener,
+then at DEBUG): no traceback, and the client gets no reply (it is a proxy,
 or someone who should not be talking to this port).
 """
 
@@ -30,7 +31,8 @@ import ipaddress
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 
 from mailhaven.config import ListenerConfig
 from mailhaven.proxyproto import HeaderReader, ProxyError
@@ -38,6 +40,8 @@ from mailhaven.proxyproto import HeaderReader, ProxyError
 log = logging.getLogger("mailhaven.proxy")
 
 TLS_HANDSHAKE_TIMEOUT = 30.0
+UNTRUSTED_LOG_INTERVAL = 60.0  # seconds; at most one INFO line per untrusted address this often
+MAX_UNTRUSTED_TRACKED = 10_000
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -90,7 +94,8 @@ class _HeaderFirst(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if not trusted(self.peer, self.server.networks):
-            self._refuse("peer not in proxy_trusted")
+            quiet = not self.server.log_untrusted(self.peer)
+            self._refuse("peer not in proxy_trusted", logging.DEBUG if quiet else logging.INFO)
             return
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.server.lc.proxy_timeout, self._refuse, "no PROXY header in time")
@@ -115,17 +120,10 @@ class _HeaderFirst(asyncio.BufferedProtocol):
         self._done = True
         assert self.transport is not None and not self.reader.leftover
         self.transport.pause_reading()
-        protocol = self.server.factory()
-        assert isinstance(protocol, ProxiedPeer), "a listener's protocol takes its client address from ProxiedPeer"
-        protocol.client_address = header.client
         if self.server.ssl is None:
-            # The protocol takes the transport now (connection_lost can only reach it after its
-            # connection_made), then reading resumes.
-            self.transport.set_protocol(protocol)
-            protocol.connection_made(self.transport)
-            self.transport.resume_reading()
+            self.server.hand_over(self.transport, header.client, ())
         else:
-            self.server.start_tls(self.transport, protocol, self.peer)
+            self.server.start_tls(self.transport, header.client, self.peer)
 
     def eof_received(self) -> bool | None:
         if not self._done:  # nothing at all: a TCP health check, logged at DEBUG only
@@ -162,26 +160,77 @@ class _ProxyServer:
         self.factory = factory
         self.ssl = ssl_ctx
         self.tasks: set[asyncio.Task[None]] = set()
+        self._untrusted: dict[str, float] = {}  # peer -> when its refusal was last logged at INFO
 
-    def start_tls(self, transport: asyncio.Transport, protocol: asyncio.BaseProtocol, peer: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._tls(transport, protocol, peer))
+    def log_untrusted(self, peer: str) -> bool:
+        """Whether to log this untrusted peer's refusal at INFO: once a minute per address (a
+        scanner must not fill the log), within bounded memory."""
+        now = time.monotonic()
+        last = self._untrusted.get(peer)
+        if last is not None and now - last < UNTRUSTED_LOG_INTERVAL:
+            return False
+        if len(self._untrusted) >= MAX_UNTRUSTED_TRACKED:
+            self._untrusted.clear()
+        self._untrusted[peer] = now
+        return True
+
+    def hand_over(self, transport: asyncio.Transport, client: tuple[str, int] | None, data: Iterable[bytes]) -> None:
+        """The listener's protocol, made now, takes the (paused) transport with `client` as its
+        client address, then any input already decrypted, then reading resumes. (Made only now, it
+        never sees connection_lost before its connection_made.)"""
+        protocol = self.factory()
+        assert isinstance(protocol, ProxiedPeer), "a listener's protocol takes its client address from ProxiedPeer"
+        assert isinstance(protocol, asyncio.Protocol)
+        protocol.client_address = client
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        for chunk in data:
+            if transport.is_closing():
+                return
+            protocol.data_received(chunk)
+        transport.resume_reading()
+
+    def start_tls(self, transport: asyncio.Transport, client: tuple[str, int] | None, peer: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._tls(transport, client, peer))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _tls(self, transport: asyncio.Transport, protocol: asyncio.BaseProtocol, peer: str) -> None:
+    async def _tls(self, transport: asyncio.Transport, client: tuple[str, int] | None, peer: str) -> None:
+        """Implicit TLS after the header; the listener's protocol is made once it succeeded."""
         assert self.ssl is not None
+        waiting = _Handshake()
         try:
-            new = await asyncio.get_running_loop().start_tls(transport, protocol, self.ssl, server_side=True,
+            new = await asyncio.get_running_loop().start_tls(transport, waiting, self.ssl, server_side=True,
                                                              ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, OSError) as e:  # not TLS, a timeout, a reset: the client's doing
             log.info("listener %s: connection from %s closed: TLS handshake failed: %s", self.name, peer, e)
             transport.abort()
             return
-        if new is None or new.is_closing():
+        if new is None or new.is_closing() or waiting.closed:
             log.info("listener %s: connection from %s closed: TLS handshake failed: connection lost", self.name, peer)
             transport.abort()
             return
-        protocol.connection_made(new)
+        new.pause_reading()
+        self.hand_over(new, client, waiting.data)
+
+
+class _Handshake(asyncio.Protocol):
+    """The application side of an implicit-TLS connection between its handshake and the listener's
+    protocol taking it: keeps what arrives meanwhile."""
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.closed = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self) -> bool | None:
+        self.closed = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
 
 
 async def create_server(name: str, lc: ListenerConfig, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol],
