@@ -126,11 +126,13 @@ class _HeaderFirst(asyncio.BufferedProtocol):
             self.server.start_tls(self.transport, header.client, self.peer)
 
     def eof_received(self) -> bool | None:
-        if not self._done:  # nothing at all: a TCP health check, logged at DEBUG only
+        if not self._done:  # after nothing at all (a TCP health check): logged at DEBUG only
             self._refuse("closed before the PROXY header", logging.INFO if self._received else logging.DEBUG)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done:
+            self._refuse(f"connection lost before the PROXY header ({exc})", logging.DEBUG)
         self._stop_timer()
         self._done = True
 
