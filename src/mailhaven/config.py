@@ -103,6 +103,11 @@ class ListenerConfig:
                                "longest between the steps of a transaction (connect, accepted MAIL or RCPT, end of "
                                "DATA). When the listener is full, the oldest such session is closed to make room.",
                                lo=1, duration=True)
+    proxy_protocol: bool = opt(False, "Expect a PROXY protocol header (HAProxy, v1 or v2) first on every connection; the "
+                               "client address it gives is the one limits, throttling, SPF, DNS lists and logs see.")
+    proxy_trusted: list[str] = opt(None, "Addresses or networks (CIDR) of the proxies allowed to send that header; "
+                                   "with proxy_protocol, connections from anywhere else are closed.", factory=list)
+    proxy_timeout: float = opt(5.0, "Time allowed for the PROXY header to arrive.", lo=0.1, hi=300, duration=True)
 
 
 _LISTENER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -586,6 +591,7 @@ def _check(cfg: Config) -> None:
         bound.append((name, ip, lst.port))
         if lst.tls != "none" and not cfg.tls.cert:
             raise ConfigError(f"listeners.{name}.tls: \"{lst.tls}\" needs tls.cert and tls.key")
+        _check_proxy(name, lst)
         if lst.per_ip_connections > lst.max_connections:
             raise ConfigError(f"listeners.{name}.per_ip_connections: must not exceed max_connections "
                               f"({lst.max_connections})")
@@ -625,6 +631,21 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"delivery.srs_domain: not a valid domain, got {_describe(cfg.delivery.srs_domain)}")
     if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
         raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
+
+
+def _check_proxy(name: str, lst: ListenerConfig) -> None:
+    """proxy_trusted holds networks; proxy_protocol needs at least one (Postfix and Dovecot accept the
+    header from anyone listed; nobody listed would refuse every connection)."""
+    for i, net in enumerate(lst.proxy_trusted):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"listeners.{name}.proxy_trusted[{i}]: expected an address or network like "
+                              f"\"192.0.2.10\" or \"10.0.0.0/8\", got {_describe(net)}") from None
+    if lst.proxy_protocol and not lst.proxy_trusted:
+        raise ConfigError(f"listeners.{name}.proxy_trusted: proxy_protocol = true needs the addresses of the "
+                          f"proxies allowed to send the PROXY header (e.g. [\"10.0.0.5\"]); connections from "
+                          f"any other address are refused")
 
 
 _ZONE = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)+")

@@ -10,8 +10,10 @@ idle timeout of a blocked write; the server-stopping wake-up; the STARTTLS/STLS 
 every byte received before the handshake (a failed handshake is a disconnect, logged at INFO);
 admission (connection limits, eviction of this session while it has not logged in, metrics,
 ctx.sessions) and its release; an unexpected exception (logged with its traceback, a reply that
-reveals nothing); the listener socket (`create_server` with the listen backlog, implicit TLS) and
-whether it is a loopback listener.
+reveals nothing); the listener socket (`create_server` with the listen backlog, implicit TLS and
+the PROXY protocol, through proxyaccept.py) and whether it is a loopback listener. The client
+address (`self.ip`: admission, login throttling, logs) is the PROXY header's on a proxy_protocol
+listener (`ProxiedPeer.peer_address`).
 Does not own: framing, syntax, replies or sessions (imap/server.py, pop3/server.py subclass
 `LineConnection` and implement `run()`), the limits themselves (limits.py), TLS contexts (tls.py).
 
@@ -32,10 +34,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mailhaven import log as mhlog
-from mailhaven import metrics, seams
+from mailhaven import metrics, proxyaccept, seams
 from mailhaven.config import ListenerConfig
 
-TLS_HANDSHAKE_TIMEOUT = 30.0
+TLS_HANDSHAKE_TIMEOUT = proxyaccept.TLS_HANDSHAKE_TIMEOUT
 BACKLOG = 511  # listen(2) backlog (as nginx and Redis use), or max_connections when smaller
 
 
@@ -77,7 +79,7 @@ class Listener:
         self.tasks: set[asyncio.Task[None]] = set()
 
 
-class LineConnection(asyncio.Protocol):
+class LineConnection(proxyaccept.ProxiedPeer, asyncio.Protocol):
     """One client. A subclass sets the class constants and implements `run()` (the session, in the
     connection's task), `session_ended()` (its log line) and, if it has any, `cleanup()`."""
 
@@ -163,8 +165,8 @@ class LineConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if peer else "?"
+        peer = self.peer_address(transport)  # the PROXY header's client on a proxy_protocol listener
+        self.ip = peer[0] if peer else "?"
         task = asyncio.get_running_loop().create_task(self.serve(), name=f"{self.PROTO} {self.ip}")
         self.listener.tasks.add(task)
         task.add_done_callback(self.listener.tasks.discard)
@@ -398,16 +400,16 @@ class LineConnection(asyncio.Protocol):
 async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket,
                         connection: Callable[[Listener], LineConnection]) -> asyncio.AbstractServer:
     """Serve `connection`s on an already bound, listening socket (app.py's listener factory
-    contract); implicit TLS (lc.tls == "implicit") with ctx.tls."""
-    loop = asyncio.get_running_loop()
-    listener = Listener(ctx, name, lc, is_loopback(sock))
+    contract); implicit TLS (lc.tls == "implicit") with ctx.tls; a PROXY header first when
+    lc.proxy_protocol (proxyaccept.py)."""
+    # Behind a proxy the clients are elsewhere: no plaintext-login exception for loopback.
+    listener = Listener(ctx, name, lc, is_loopback(sock) and not lc.proxy_protocol)
     ssl_ctx = None
     if lc.tls == "implicit":
         if ctx.tls is None:
             raise ValueError(f"listeners.{name}: implicit TLS needs a certificate")
         ssl_ctx = ctx.tls
-    return await loop.create_server(lambda: connection(listener), sock=sock, ssl=ssl_ctx, backlog=backlog(lc),
-                                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if ssl_ctx else None)
+    return await proxyaccept.create_server(name, lc, sock, lambda: connection(listener), ssl_ctx, backlog(lc))
 
 
 __all__ = ["BACKLOG", "LineConnection", "LineTimeout", "Listener", "LoginTimeout", "TLS_HANDSHAKE_TIMEOUT",

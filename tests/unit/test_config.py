@@ -148,6 +148,12 @@ BROKEN: list[tuple[str, str, str]] = [
     ("per-IP limit above the listener limit",
      '[listeners.imap]\ntls = "none"\nmax_connections = 5\nper_ip_connections = 10\n',
      "listeners.imap.per_ip_connections: must not exceed max_connections (5)"),
+    ("PROXY protocol without trusted proxies", '[listeners.imap]\ntls = "none"\nproxy_protocol = true\n',
+     'listeners.imap.proxy_trusted: proxy_protocol = true needs the addresses of the proxies allowed to send the '
+     'PROXY header (e.g. ["10.0.0.5"]); connections from any other address are refused'),
+    ("trusted proxy not a network", '[listeners.mx]\ntls = "none"\nproxy_trusted = ["10.0.0.0/33"]\n',
+     'listeners.mx.proxy_trusted[0]: expected an address or network like "192.0.2.10" or "10.0.0.0/8", '
+     'got "10.0.0.0/33"'),
     ("bad nameserver port", '[dns]\nnameservers = ["1.2.3.4:99999"]\n',
      'dns.nameservers[0]: expected "IP" or "IP:PORT", got "1.2.3.4:99999"'),
     ("nameserver by name", '[dns]\nnameservers = ["dns.google"]\n',

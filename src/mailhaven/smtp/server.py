@@ -39,7 +39,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
-from mailhaven import lineproto, metrics, seams
+from mailhaven import lineproto, metrics, proxyaccept, seams
 from mailhaven import log as mlog
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
@@ -200,7 +200,7 @@ class _Commands(dict[str, Any]):
         return run
 
 
-class Connection(ShortDir, SMTP):
+class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
     """One SMTP connection. Config, listener settings and TLS context are read when it starts."""
 
     def __init__(self, ctx: seams.Context, name: str, lc: ListenerConfig, handler_factory: HandlerFactory) -> None:
@@ -271,8 +271,8 @@ class Connection(ShortDir, SMTP):
             self._fill_session(transport)
             return
         self._started = True
-        peer = transport.get_extra_info("peername")
-        self.ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        peer = self.peer_address(transport)  # the PROXY header's client on a proxy_protocol listener
+        self.ip = peer[0] if peer else "unknown"
         # Log context for this connection's task (created below by aiosmtpd, inheriting it).
         mlog.cid_var.set(mlog.new_cid())
         mlog.proto_var.set(self.listener_name)
@@ -409,6 +409,9 @@ class Connection(ShortDir, SMTP):
         session = self.session
         assert isinstance(session, ClientSession)
         session.ip = self.ip
+        if self.client_address is not None:
+            # aiosmtpd set the proxy's (peername, a tuple, though it annotates str); its log lines show it
+            session.peer = self.client_address  # type: ignore[assignment]
         session.tls = tls_summary(transport.get_extra_info("ssl_object"))
 
     def _release(self) -> None:
@@ -716,16 +719,16 @@ def _quiet_aiosmtpd() -> None:
 
 async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket,
                         handler_factory: HandlerFactory) -> asyncio.AbstractServer:
-    """Serve SMTP with the given role on an already bound, listening socket."""
+    """Serve SMTP with the given role on an already bound, listening socket (a PROXY header first
+    when lc.proxy_protocol: proxyaccept.py, not aiosmtpd's own PROXY support; it says why)."""
     ssl_ctx: ssl.SSLContext | None = None
     if lc.tls == "implicit":
         if ctx.tls is None:
             raise ConfigError(f"listeners.{name}.tls: \"implicit\" needs tls.cert and tls.key")
         ssl_ctx = ctx.tls
     _quiet_aiosmtpd()
-    loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: Connection(ctx, name, lc, handler_factory), sock=sock, ssl=ssl_ctx,
-                                    backlog=lineproto.backlog(lc))
+    return await proxyaccept.create_server(name, lc, sock, lambda: Connection(ctx, name, lc, handler_factory),
+                                           ssl_ctx, lineproto.backlog(lc))
 
 
 async def create_mx_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:

@@ -57,8 +57,10 @@ logger = logging.getLogger("mailhaven.smtp.submission")
 
 
 def listener_is_loopback(config: Config, listener: str) -> bool:
+    """A loopback listener, for the plaintext-login exception (not one behind a PROXY-protocol
+    proxy: its clients are elsewhere)."""
     lc = config.listeners.get(listener)
-    if lc is None:
+    if lc is None or lc.proxy_protocol:
         return False
     try:
         return ipaddress.ip_address(lc.address.split("%", 1)[0]).is_loopback
