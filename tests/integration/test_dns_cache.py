@@ -15,7 +15,7 @@ from mailhaven.policy import spf
 from tests.dnsserver import DnsServer
 
 
-def _resolver(server: DnsServer, cache_size: int = 10_000, cache_max_ttl: float = 3600) -> Resolver:
+def _resolver(server: DnsServer, cache_size: int = 5000, cache_max_ttl: float = 3600) -> Resolver:
     return Resolver([server.nameserver], timeout=1.0, cache_size=cache_size, cache_max_ttl=cache_max_ttl)
 
 
@@ -122,6 +122,20 @@ async def test_the_cache_holds_at_most_cache_size_answers_least_recently_used_ou
     assert await r.txt("c.example") == ["c.example"]
     assert await r.txt("b.example") == ["b.example"]
     assert [dns_server.queried(n) for n in ("a.example", "b.example", "c.example")] == [1, 2, 1]
+
+
+async def test_an_answer_over_4096_octets_is_not_cached_one_under_it_is(dns_server: DnsServer) -> None:
+    dns_server.add("big.example", "TXT", "x" * 4200)  # > 4096 octets on the wire (over TCP)
+    dns_server.add("large.example", "TXT", "y" * 3500)
+    r = _resolver(dns_server)
+    for _ in range(2):
+        assert await r.txt("big.example") == ["x" * 4200]
+        assert await r.txt("large.example") == ["y" * 3500]
+
+    def tcp_queries(name: str) -> int:
+        return sum(1 for q in dns_server.queries if q[0] == name and q[2] == "tcp")
+
+    assert tcp_queries("big.example.") == 2 and tcp_queries("large.example.") == 1
 
 
 async def test_spf_in_a_worker_thread_uses_what_the_async_lookup_cached(dns_server: DnsServer) -> None:

@@ -14,7 +14,8 @@ around every get and put, so the event loop and worker threads share it safely. 
 for its TTL (the smallest TTL along a CNAME chain), at most `cache_max_ttl`; a negative answer
 (NXDOMAIN, NODATA) for min(SOA TTL, SOA MINIMUM) of its authority section (RFC 2308 §5, computed by
 dnspython), at most `cache_max_ttl` too, and not at all when it carries no SOA (RFC 2308 §5: "SHOULD
-NOT be cached"; dnspython would keep it 300 s). Failures (SERVFAIL, timeouts) are never cached.
+NOT be cached"; dnspython would keep it 300 s). Failures (SERVFAIL, timeouts) are never cached, nor
+answers over MAX_CACHED_ANSWER octets, so memory stays bounded (about 4 KB per typical entry).
 `cache_size = 0` turns the cache off: every lookup asks the nameservers. Each Resolver has its own
 cache, so a reload (which builds a new Resolver, app.py) starts empty: the nameservers may have
 changed and the old cache holds the old ones' answers, and a reload is the operator's way to make a
@@ -66,9 +67,17 @@ def _nameservers(specs: Sequence[str]) -> list[dns.nameserver.Nameserver]:
     return out
 
 
+# Answers larger than this on the wire (octets) are not cached. Memory per entry: about 4 KB for a
+# typical one (a 470-octet DKIM key answer, parsed, and its wire copy), 11 KB for a 3.9 KB one; so
+# the cache stays within about cache_size * 11 KB even when a sender's zones serve huge TXT sets.
+# Real answers are well under it: a 4096-bit DKIM key is ~800 octets, and large apex TXT sets fit.
+MAX_CACHED_ANSWER = 4096
+
+
 class _Cache(dns.resolver.LRUCache):
-    """dnspython's bounded, thread-safe LRU answer cache, with our two rules on the way in: no
-    negative answer without an SOA (RFC 2308 §5), and no answer kept longer than `max_ttl`."""
+    """dnspython's bounded, thread-safe LRU answer cache, with our rules on the way in: no
+    negative answer without an SOA (RFC 2308 §5), no answer over MAX_CACHED_ANSWER octets, and
+    no answer kept longer than `max_ttl`."""
 
     def __init__(self, max_size: int, max_ttl: float) -> None:
         super().__init__(max_size)
@@ -76,6 +85,8 @@ class _Cache(dns.resolver.LRUCache):
 
     def put(self, key: dns.resolver.CacheKey, value: dns.resolver.Answer) -> None:
         if value.rrset is None and not _soa(value.response):
+            return
+        if len(getattr(value.response, "wire", None) or b"") > MAX_CACHED_ANSWER:
             return
         # The Answer was made for this put by dnspython a moment ago; no one else holds it yet.
         value.expiration = min(value.expiration, time.time() + self.max_ttl)
@@ -104,7 +115,7 @@ class Resolver:
     defaults are config [dns]'s."""
 
     def __init__(self, nameservers: Sequence[str] = (), timeout: float = 5.0, *,
-                 cache_size: int = 10_000, cache_max_ttl: float = 3600.0) -> None:
+                 cache_size: int = 5000, cache_max_ttl: float = 3600.0) -> None:
         self.nameservers = list(nameservers)
         self.timeout = timeout
         self.cache = _Cache(cache_size, cache_max_ttl) if cache_size > 0 else None
