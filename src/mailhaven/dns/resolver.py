@@ -33,6 +33,7 @@ change (a reload builds a new Resolver).
 Does not own: policy decisions (policy/), next-hop ordering (dns/nexthop.py), the DNSBL verdict
 cache (policy/dnsbl.py, which also keeps temporary errors for a while).
 """
+
 from __future__ import annotations
 
 import math
