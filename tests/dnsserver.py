@@ -5,9 +5,13 @@ dkimpy are exercised over a real socket (STYLE rule 8: never mock the resolver).
 Does not own: recursion, DNSSEC, zone files, wildcards.
 
 Behaviour per name (names are case-insensitive, a trailing dot is optional):
-- records added with `add(name, TYPE, text)` are answered authoritatively (AA set);
+- records added with `add(name, TYPE, text)` are answered authoritatively (AA set), with TTL
+  `ttl` (default 60 s, `default_ttl`; one TTL per name and type, the last one given wins);
 - a known name without the asked type -> NOERROR with an empty answer (NODATA);
 - an unknown name -> NXDOMAIN;
+- negative answers (NODATA, NXDOMAIN) carry no SOA, so resolvers do not cache them (RFC 2308 §5),
+  unless `set_soa(zone, minimum)` made the server authoritative for a zone holding the name: then
+  the zone's SOA is in their authority section and they are cached for min(SOA TTL, MINIMUM);
 - CNAME records are followed inside the server's data, like an authoritative server would;
 - `set_servfail(name)` -> SERVFAIL; `set_timeout(name)` -> no answer at all (the client times out);
 - UDP answers larger than the client's buffer (512, or its EDNS size) are truncated with TC set, and
@@ -55,6 +59,9 @@ class DnsServer:
         self.port = 0
         self._lock = threading.Lock()
         self._records: dict[str, dict[int, list[str]]] = {}
+        self._ttls: dict[tuple[str, int], int] = {}
+        self._soas: dict[str, tuple[int, int]] = {}  # zone -> (SOA TTL, MINIMUM)
+        self.default_ttl = _TTL
         self._servfail: set[str] = set()
         self._timeout: set[str] = set()
         self._truncate: set[str] = set()
@@ -71,8 +78,9 @@ class DnsServer:
         """"127.0.0.1:PORT", the form config `dns.nameservers` takes."""
         return f"{self.host}:{self.port}"
 
-    def add(self, name: str, rtype: str, value: str) -> None:
-        """Add one record, e.g. add("example.net", "MX", "10 mx1.example.net.").
+    def add(self, name: str, rtype: str, value: str, ttl: int | None = None) -> None:
+        """Add one record, e.g. add("example.net", "MX", "10 mx1.example.net."); `ttl` in seconds
+        for this name and type (default: `default_ttl`, 60), e.g. 0 for a record a test changes.
 
         TXT values are given as plain text; strings longer than 255 octets are split into several
         character-strings of one record, as a zone file would have to (RFC 7208 §3.3).
@@ -84,6 +92,8 @@ class DnsServer:
         dns.rdata.from_text(dns.rdataclass.IN, rdtype, value, origin=dns.name.root)
         with self._lock:
             self._records.setdefault(_norm(name), {}).setdefault(rdtype, []).append(value)
+            if ttl is not None:
+                self._ttls[(_norm(name), rdtype)] = ttl
 
     def add_ptr(self, ip: str, host: str) -> None:
         self.add(ptr_name(ip), "PTR", _norm(host))
@@ -94,6 +104,12 @@ class DnsServer:
                 self._records.pop(_norm(name), None)
             else:
                 self._records.get(_norm(name), {}).pop(dns.rdatatype.from_text(rtype.upper()), None)
+
+    def set_soa(self, zone: str, minimum: int, ttl: int | None = None) -> None:
+        """Be authoritative for `zone`: negative answers for names at or under it carry its SOA
+        (TTL `ttl`, default `minimum`; MINIMUM `minimum`), so they are cached (RFC 2308 §5)."""
+        with self._lock:
+            self._soas[_norm(zone)] = (minimum if ttl is None else ttl, minimum)
 
     def set_servfail(self, name: str) -> None:
         with self._lock:
@@ -110,6 +126,9 @@ class DnsServer:
     def clear(self) -> None:
         with self._lock:
             self._records.clear()
+            self._ttls.clear()
+            self._soas.clear()
+            self.default_ttl = _TTL
             self._servfail.clear()
             self._timeout.clear()
             self._truncate.clear()
@@ -244,16 +263,33 @@ class DnsServer:
             if node is None:
                 if name == qname:
                     resp.set_rcode(dns.rcode.NXDOMAIN)
+                self._add_soa(resp, name)
                 return
             if qtype in node:
-                resp.answer.append(dns.rrset.from_text_list(name, _TTL, "IN", dns.rdatatype.to_text(qtype),
-                                                            node[qtype]))
+                resp.answer.append(dns.rrset.from_text_list(name, self._ttl(name, qtype), "IN",
+                                                            dns.rdatatype.to_text(qtype), node[qtype]))
                 return
             cname = node.get(dns.rdatatype.CNAME)
             if not cname or qtype == dns.rdatatype.CNAME:
+                self._add_soa(resp, name)
                 return  # NODATA
-            resp.answer.append(dns.rrset.from_text_list(name, _TTL, "IN", "CNAME", cname[:1]))
+            resp.answer.append(dns.rrset.from_text_list(name, self._ttl(name, dns.rdatatype.CNAME), "IN",
+                                                        "CNAME", cname[:1]))
             name = _norm(cname[0])
+
+    def _ttl(self, name: str, rdtype: int) -> int:
+        return self._ttls.get((name, rdtype), self.default_ttl)
+
+    def _add_soa(self, resp: dns.message.Message, name: str) -> None:
+        """RFC 2308 §3: the SOA of the zone holding a negative answer's name, in the authority section."""
+        labels = name.split(".")
+        for i in range(len(labels)):
+            zone = ".".join(labels[i:]) or "."
+            if zone in self._soas:
+                ttl, minimum = self._soas[zone]
+                resp.authority.append(dns.rrset.from_text(zone, ttl, "IN", "SOA",
+                                                          f"ns.{zone} hostmaster.{zone} 1 3600 600 86400 {minimum}"))
+                return
 
 
 def _txt_text(value: str) -> str:

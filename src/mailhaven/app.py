@@ -450,7 +450,8 @@ def reload(ctx: Context, *, configure_logging: bool = False) -> bool:
         directory = load_directory(new)
         new_tls: ssl.SSLContext | None = tls_context(new) if new.tls.cert else None
         # A new resolver every time: [dns] changes apply, and with no nameservers configured
-        # /etc/resolv.conf is read again. Lookups in flight finish on the old one.
+        # /etc/resolv.conf is read again. Lookups in flight finish on the old one. Its answer
+        # cache starts empty (dns/resolver.py says why).
         resolver = Resolver.from_config(new.dns)
     except ConfigError as e:
         log.error("reload failed, keeping the running config: %s", e)

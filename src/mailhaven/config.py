@@ -208,6 +208,10 @@ class DnsConfig:
     nameservers: list[str] = opt(None, "Resolvers as \"IP\" or \"IP:PORT\"; empty = /etc/resolv.conf.",
                                  factory=list)
     timeout: float = opt(5.0, "Lifetime of one DNS query.", lo=0.1, hi=120, duration=True)
+    cache_size: int = opt(5000, "Answers kept in memory, each for its TTL (0 = no cache).", lo=0,
+                          hi=10_000_000)
+    cache_max_ttl: float = opt(3600.0, "Longest time an answer is kept, whatever its TTL.", lo=1,
+                               hi=7 * 86400, duration=True)
 
 
 @dataclass(frozen=True)

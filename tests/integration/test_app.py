@@ -383,6 +383,27 @@ async def test_reload_applies_a_dns_change_to_lookups_and_to_the_queue(
         second.stop()
 
 
+async def test_reload_starts_an_empty_dns_cache_and_applies_cache_size(
+        tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None, dns_server: Any,
+        dns_nameserver: str) -> None:
+    dns_server.add("c.test", "TXT", "v=spf1 -all")  # TTL 60 s: outlives the test
+    path = app_config_file(tmp_path, tls_files, dns_nameserver)
+
+    async def lookups(n: int) -> int:
+        for _ in range(n):
+            assert await ctx.resolver.txt("c.test") == ["v=spf1 -all"]
+        return int(dns_server.queried("c.test"))
+
+    async with running_app(load_test_config(path)) as ctx:
+        assert await lookups(2) == 1  # cached (default [dns] cache_size)
+        assert app.reload(ctx) is True
+        assert await lookups(2) == 2  # the new resolver asks once: its cache started empty
+        write_config(path, app_config_data(tmp_path, tls_files, dns_nameserver,
+                                           dns={"nameservers": [dns_nameserver], "cache_size": 0}))
+        assert app.reload(ctx) is True
+        assert await lookups(2) == 4  # cache_size = 0: every lookup is a query
+
+
 async def test_reload_names_every_changed_key_that_needs_a_restart(
         tmp_path: Path, tls_files: tuple[Path, Path], echo_everywhere: None,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -129,11 +129,14 @@ async def test_cname_is_followed(dns_server: DnsServer, resolver: Resolver) -> N
     assert await resolver.a("alias.example") == ["127.0.0.3"]
 
 
-async def test_zone_changes_are_seen_immediately(dns_server: DnsServer, resolver: Resolver) -> None:
-    dns_server.add("example.net", "TXT", "one")
+async def test_zone_changes_are_seen_immediately_when_the_ttl_is_0(dns_server: DnsServer,
+                                                                   resolver: Resolver) -> None:
+    # The way for a test to change a record it has looked up already (the resolver caches by TTL:
+    # tests/integration/test_dns_cache.py).
+    dns_server.add("example.net", "TXT", "one", ttl=0)
     assert await resolver.txt("example.net") == ["one"]
     dns_server.clear()
-    dns_server.add("example.net", "TXT", "two")
+    dns_server.add("example.net", "TXT", "two", ttl=0)
     assert await resolver.txt("example.net") == ["two"]
 
 
@@ -155,5 +158,5 @@ def test_from_config_reads_nameservers_and_timeout(dns_nameserver: str) -> None:
 async def test_any_txt_value_round_trips_through_the_server(dns_server: DnsServer, resolver: Resolver,
                                                            value: str) -> None:
     dns_server.clear()
-    dns_server.add("rt.example", "TXT", value)
+    dns_server.add("rt.example", "TXT", value, ttl=0)  # changed in every example: not cached
     assert await resolver.txt("rt.example") == [value]

@@ -143,7 +143,7 @@ async def test_dns_timeout_defers_with_451_4_4_3_and_keeps_nothing(mx: MxFactory
 
 
 async def test_null_sender_is_checked_against_the_helo_name(mx: MxFactory, dns_server: DnsServer) -> None:
-    dns_server.add("mta.sender.test", "TXT", "v=spf1 ip4:192.0.2.1 -all")
+    dns_server.add("mta.sender.test", "TXT", "v=spf1 ip4:192.0.2.1 -all", ttl=0)  # changed below
     server = await mx()
     [reply] = await _deliver(server, message(sender="mailer-daemon@mta.sender.test"), sender="",
                              helo="mta.sender.test")

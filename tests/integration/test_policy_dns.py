@@ -242,13 +242,13 @@ async def _dmarc(resolver: Resolver, from_domain: str, spf_result: str, spf_doma
 async def test_dmarc_reject_quarantine_none_policies(dns_server: DnsServer, resolver: Resolver) -> None:
     for p in ("reject", "quarantine", "none"):
         dns_server.clear()
-        dns_server.add("_dmarc.example.net", "TXT", f"v=DMARC1; p={p}")
+        dns_server.add("_dmarc.example.net", "TXT", f"v=DMARC1; p={p}", ttl=0)  # changed each round
         r = await _dmarc(resolver, "example.net", "fail", "example.net")
         assert (r.result, r.policy, r.record_domain) == ("fail", p, "example.net")
 
 
 async def test_dmarc_relaxed_and_strict_alignment(dns_server: DnsServer, resolver: Resolver) -> None:
-    dns_server.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject")
+    dns_server.add("_dmarc.example.net", "TXT", "v=DMARC1; p=reject", ttl=0)  # changed below
     assert (await _dmarc(resolver, "example.net", "pass", "bounces.example.net")).result == "pass"
     assert (await _dmarc(resolver, "example.net", "fail", "x", ["mail.example.net"])).result == "pass"
     assert (await _dmarc(resolver, "example.net", "pass", "other.example")).result == "fail"

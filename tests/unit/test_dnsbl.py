@@ -52,9 +52,11 @@ def test_exempt_networks() -> None:
     assert not dnsbl.exempt("junk", ["0.0.0.0/0"])
 
 
-async def test_lookup_is_cached_for_the_answers_ttl(dns_server: DnsServer, resolver: Resolver) -> None:
+async def test_lookup_is_cached_for_the_answers_ttl(dns_server: DnsServer) -> None:
     now = [1000.0]
     checker = dnsbl.Checker(clock=lambda: now[0])
+    # The Checker's own cache on its fake clock: no resolver cache (real time) beneath it.
+    resolver = Resolver([dns_server.nameserver], timeout=1.0, cache_size=0)
     dns_server.add("2.0.0.127.bl.test", "A", "127.0.0.2")  # the test server's TTL is 60 s
     rep = await checker.check(resolver, "127.0.0.2", ["bl.test"], [])
     assert rep.blocked == ("bl.test",) and rep.asked
