@@ -63,7 +63,9 @@ when done.
 On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.Sent/` `.Drafts/`
 `.Trash/` `.Junk/` `.Archive/` (created on first access) and `.Folder.Sub/`; each subfolder has a
 `maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
-rebuildable index, WAL); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
+rebuildable index, WAL); `mailhaven-lock` (empty: the per-user inter-process lock, flock(2), held
+by every step that reads or writes the index, so several processes may each run a Store over one
+root, mailbox.py); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
 every folder (UID backup, format in uidlist.py; a `dovecot-uidlist` is imported when we have
 neither). Messages are stored with CRLF line endings. If the index is lost, UIDVALIDITY, UIDs and
 flags come back from the uidlists and file names; keywords (kept only in the index) are lost,

@@ -188,6 +188,8 @@ class Folder:
         self.trusted = bool(row.new_mtime and row.cur_mtime)
         kw_cache: dict[str, frozenset[str]] = {}
         learnt: list[tuple[int, int]] = []
+        by_uid: dict[int, Msg] = {}  # filled aside, then swapped in: a reload never shows a half
+        by_key: dict[str, Msg] = {}
         for uid, key, sub, suffix, kw, modseq, idate, size, unterminated in self.index.messages(self.id):
             kws = kw_cache.get(kw)
             if kws is None:
@@ -196,13 +198,23 @@ class Folder:
                 unterminated = int(bool(maildir.file_unterminated(f"{self.path}/{sub}/{key}{suffix}")))
                 learnt.append((unterminated, uid))
             m = Msg(uid, key, sub, suffix, kws, modseq, idate, size, bool(unterminated))
-            self.by_uid[uid] = m
-            self.by_key[key] = m
+            by_uid[uid] = m
+            by_key[key] = m
+        self.by_uid, self.by_key, self._snap = by_uid, by_key, None
         if learnt:
             try:
                 self.index.set_unterminated(self.id, learnt)
             except StorageFull:  # a cache: learnt again next time (reading needs no space)
                 pass
+
+    def reload(self) -> None:
+        """Load again from the index, which another process changed (in place: every Mailbox
+        handle shares this object; the caller checked that the row is still this folder's).
+        UIDNEXT and HIGHESTMODSEQ never go back: one this process used without the index
+        recording it (a failed APPEND, a removal a full disk kept out) is not handed out again."""
+        uidnext, highest = self.uidnext, self.highestmodseq
+        self.open()
+        self.uidnext, self.highestmodseq = max(uidnext, self.uidnext), max(highest, self.highestmodseq)
 
     def _rebuild(self) -> None:
         """Build the folder from its files, keeping UIDs from mailhaven-uidlist or dovecot-uidlist."""
