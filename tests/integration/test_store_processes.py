@@ -3,7 +3,8 @@
 The other processes are real ones (tests/store_worker.py run with this interpreter); they and this
 test take a snapshot first, so each holds cached folder state before the others write. Then: UIDs
 and MODSEQs are never given twice, no flag change is lost, an expunge, a deleted or a renamed
-folder in one process is seen by the others.
+folder in one process is seen by the others, and (with a bus directory) a change in one process
+reaches a subscriber in another within a second.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mailhaven.errors import MailboxNotFound
-from mailhaven.store import Store
+from mailhaven.store import Expunged, FlagsChanged, MailboxesChanged, MessagesAdded, Store
 
 HOST = "test.host"
 ALICE = "alice@example.test"
@@ -192,3 +194,45 @@ async def test_copies_delivered_here_and_indexed_by_another_process_count_once_i
     assert await acc.usage() == (5 * size, 5)
     assert await acc.folder_usage() == {"INBOX": (3 * size, 3), "Later": (2 * size, 2), "Sent": (0, 0),
                                         "Drafts": (0, 0), "Trash": (0, 0), "Junk": (0, 0), "Archive": (0, 0)}
+
+
+async def wait_event(sub: Any) -> tuple[Any, float]:
+    event = await asyncio.wait_for(sub.get(), 5)
+    return event, time.time()
+
+
+async def test_changes_in_another_process_reach_a_subscriber_here_within_one_second(tmp_path: Path) -> None:
+    bus = tmp_path / "run" / "bus"
+    store = Store(tmp_path / "mail", hostname=HOST, fsync=False, bus_dir=bus)
+    await store.start()
+    try:
+        mb = await store.account(ALICE).mailbox("INBOX")
+        for i in range(3):
+            await mb.append(message(i))
+        await mb.snapshot()
+        workers, go = await start_all(store.root, tmp_path, [
+            {"user": ALICE, "op": "changes", "flags": ["\\Flagged"], "create": "Projects", "bus_dir": str(bus),
+             "stay": True}])
+        with store.changes.subscribe(ALICE) as sub:
+            go.touch()
+            delivered_at = (await workers[0].line())["delivered_at"]
+            event, at = await wait_event(sub)
+            assert event == MessagesAdded(ALICE, "INBOX", ())
+            assert at - delivered_at < 1.0
+            assert len((await mb.snapshot()).messages) == 4
+            seen = [event]
+            while not isinstance(seen[-1], MailboxesChanged):
+                e = (await wait_event(sub))[0]
+                if isinstance(e, MailboxesChanged) or not e.uids:  # not our own snapshot's MessagesAdded
+                    seen.append(e)
+            assert [type(e) for e in seen] == [MessagesAdded, FlagsChanged, Expunged, MailboxesChanged]
+            assert seen[1:3] == [FlagsChanged(ALICE, "INBOX", ()), Expunged(ALICE, "INBOX", ())]
+        await workers[0].line()
+        snap = await mb.snapshot()
+        assert [m.uid for m in snap.messages] == [1, 3, 4]
+        assert "\\Flagged" in snap.messages[0].flags
+        await workers[0].finish()
+        assert store.bus is not None and store.bus.received >= 4
+    finally:
+        await store.close()
+    assert list(bus.iterdir()) == []  # each process removed its socket when it closed

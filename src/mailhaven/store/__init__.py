@@ -6,9 +6,11 @@ Does not own: protocols (IMAP/POP3 views, sequence numbers), policy, the queue.
 Public API (import from `mailhaven.store`); everything is async and never blocks the loop
 (file I/O, fsync and SQLite run in worker threads):
 
-    store = Store(root: Path, *, hostname: str, fsync: bool = True)
+    store = Store(root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None)
+        # bus_dir: other processes run a Store over the same root; change events cross to them
+        # and back through Unix datagram sockets in that directory (bus.py). None: this one alone.
         await store.start() -> int          # removes stale tmp/ files (ours from a dead writer, or
-                                            # anyone's older than 36 h); returns how many
+                                            # anyone's older than 36 h); returns how many; joins the bus
         await store.close()                 # closes every account's index
         store.account(user: str) -> Account # user = canonical address "alice@example.test"
         await store.deliver(targets: Sequence[tuple[str, str]], data: bytes, *,
@@ -73,7 +75,8 @@ except Dovecot keyword letters mapped by a `dovecot-keywords` file on import.
 
 Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
 (UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), mailbox.py (the
-async API and locking), changes.py (events), model.py (value types).
+async API and locking), changes.py (events), bus.py (events between processes), model.py (value
+types).
 
 Mailbox names are Unicode strings with "." as the hierarchy delimiter (Maildir++), stored as
 UTF-8 on disk: "INBOX", "Sent", "Work.Projects" -> <user>/.Work.Projects/. `names.py` rejects

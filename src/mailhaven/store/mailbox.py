@@ -39,7 +39,8 @@ anything). When it changed, every cached folder whose row another process change
 from the index (in place), a folder deleted or replaced there is marked deleted, a renamed one
 follows its new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
 So UIDs and MODSEQs are never handed out twice and no flag change is lost. deliver() takes no lock:
-it only adds files to new/, which a sync in any process indexes.
+it only adds files to new/, which a sync in any process indexes. Change events reach the other
+processes through bus.py when the Store has a `bus_dir`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from mailhaven.errors import (
     store_failure,
 )
 from mailhaven.store import maildir, names
+from mailhaven.store.bus import Bus
 from mailhaven.store.changes import (
     ChangeHub,
     Expunged,
@@ -111,13 +113,18 @@ def _ensure_with_parents(root: Path, name: str, *, fsync: bool) -> None:
 
 
 class Store:
-    """All users' mail under `root` (`<root>/<domain>/<localpart>/`, Maildir++)."""
+    """All users' mail under `root` (`<root>/<domain>/<localpart>/`, Maildir++).
 
-    def __init__(self, root: Path, *, hostname: str, fsync: bool = True) -> None:
+    `bus_dir`: set when other processes run a Store over the same root: change events are sent to
+    them and theirs received (bus.py), from start() to close(). None: this process alone."""
+
+    def __init__(self, root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None) -> None:
         self.root = Path(root)
         self.hostname = hostname
         self.fsync = fsync
         self.changes = ChangeHub()
+        self.bus_dir = None if bus_dir is None else Path(bus_dir)
+        self.bus: Bus | None = None
         self._accounts: dict[str, Account] = {}
         # Deliveries wait on fsync, not CPU: their own pool lets many fsyncs be in flight (the file
         # system commits them together) without starving the default pool used by everything else.
@@ -131,8 +138,12 @@ class Store:
 
     async def start(self) -> int:
         """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
-        36 h). Returns how many files were removed."""
-        return await asyncio.to_thread(self._clean_all_tmp)
+        36 h), join the change bus if there is one. Returns how many files were removed."""
+        removed = await asyncio.to_thread(self._clean_all_tmp)
+        if self.bus_dir is not None and self.bus is None:
+            self.bus = Bus(self.bus_dir, self.changes)
+            self.bus.start()
+        return removed
 
     def _clean_all_tmp(self) -> int:
         os.makedirs(self.root, 0o700, exist_ok=True)
@@ -149,6 +160,9 @@ class Store:
         return removed
 
     async def close(self) -> None:
+        if self.bus is not None:
+            self.bus.close()
+            self.bus = None
         for account in list(self._accounts.values()):
             await account.close()
         self._accounts.clear()
