@@ -10,6 +10,8 @@ the Store. Ops:
     mixed      n times: append, deliver, snapshot -> {"appended": [uid...], "seen": {key: uid}}
     flags      for each uid of "uids": store_flags([uid], "flags", "add") -> {"modseqs": [[uid, modseq]...]}
     expunge    expunge "uids", then append "append" messages -> {"expunged": [...], "appended": [...]}
+    copyto     n times: copy "uids" into "dest"'s INBOX, append one message to ours
+               -> {"pairs": [[src uid, dest uid]...], "appended": [uid...]}
     snapshot   snapshot each of "mailboxes" -> {name: number of messages}
     folders    delete "delete", rename "rename" = [old, new] -> {}
     changes    deliver one message, then store "flags" on uid 1, expunge uid 2, create "create";
@@ -75,6 +77,14 @@ async def run(root: Path, go: Path, job: dict[str, Any]) -> None:
     elif op == "expunge":
         expunged = await mb.expunge(job["uids"])
         emit({"expunged": expunged, "appended": [await mb.append(message(f"e{me}.{i}")) for i in range(job["append"])]})
+    elif op == "copyto":
+        dest = await store.account(job["dest"]).mailbox("INBOX")
+        uids = job["uids"]
+        pairs, appended = [], []
+        for i in range(job["n"]):
+            pairs += await mb.copy(uids, dest)
+            appended.append(await mb.append(message(f"o{me}.{i}")))  # the other copies in here meanwhile
+        emit({"pairs": pairs, "appended": appended})
     elif op == "snapshot":
         emit({name: len((await (await acc.mailbox(name)).snapshot()).messages) for name in job["mailboxes"]})
     elif op == "folders":

@@ -175,6 +175,28 @@ async def test_a_folder_deleted_or_renamed_by_another_process_is_followed_here(
     assert [b.name for b in await acc.list_mailboxes() if b.name in ("Old", "New", "Gone")] == ["New"]
 
 
+async def test_copies_between_two_users_in_opposite_directions_neither_deadlock_nor_share_a_uid(
+        store: Store, tmp_path: Path) -> None:
+    bob = "bob@example.test"
+    for user in (ALICE, bob):
+        mb = await store.account(user).mailbox("INBOX")
+        for i in range(5):
+            await mb.append(message(i))
+    await store.close()  # the workers only
+    jobs = [{"user": ALICE, "op": "copyto", "dest": bob, "n": 20, "uids": [1, 2, 3, 4, 5]},
+            {"user": bob, "op": "copyto", "dest": ALICE, "n": 20, "uids": [1, 2, 3, 4, 5]}]
+    workers, go = await start_all(store.root, tmp_path, jobs)
+    go.touch()
+    results = [await w.line() for w in workers]  # both lock both users: in one order, or a deadlock
+    for w in workers:
+        await w.finish()
+    for user, copied_in, own in ((bob, results[0], results[1]), (ALICE, results[1], results[0])):
+        new = [d for _, d in copied_in["pairs"]] + own["appended"]  # both processes wrote this INBOX
+        assert len(new) == len(set(new)) == 20 * 5 + 20
+        snap = await (await store.account(user).mailbox("INBOX")).snapshot()
+        assert sorted(m.uid for m in snap.messages) == [*range(1, 6), *sorted(new)]
+
+
 async def test_copies_delivered_here_and_indexed_by_another_process_count_once_in_the_usage(
         store: Store, tmp_path: Path) -> None:
     acc = store.account(ALICE)
