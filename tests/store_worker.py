@@ -14,6 +14,7 @@ the Store. Ops:
                -> {"pairs": [[src uid, dest uid]...], "appended": [uid...]}
     snapshot   snapshot each of "mailboxes" -> {name: number of messages}
     folders    delete "delete", rename "rename" = [old, new] -> {}
+    deliver    deliver one message -> {"delivered_at": time}
     changes    deliver one message, then store "flags" on uid 1, expunge uid 2, create "create";
                prints {"delivered_at": time} after the delivery and {"done": true} at the end
 """
@@ -93,6 +94,9 @@ async def run(root: Path, go: Path, job: dict[str, Any]) -> None:
         if job.get("rename"):
             await acc.rename_mailbox(*job["rename"])
         emit({})
+    elif op == "deliver":
+        await store.deliver([(user, mb.name)], message(f"d{me}"))
+        emit({"delivered_at": time.time()})
     elif op == "changes":
         await store.deliver([(user, mb.name)], message(f"c{me}"))
         emit({"delivered_at": time.time()})
