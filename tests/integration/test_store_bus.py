@@ -11,6 +11,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,3 +147,19 @@ async def test_two_stores_of_one_process_on_one_bus_hear_each_other(tmp_path: Pa
     finally:
         await a.close()
         await b.close()
+
+
+async def test_the_app_context_gives_its_store_the_bus_directory_of_the_workers(
+        make_config: Callable[..., Any], tmp_path: Path) -> None:
+    from mailhaven import app
+
+    ctx = app.build_context(make_config(), bus_dir=tmp_path / "run" / "bus")
+    await ctx.store.start()
+    try:
+        bus_end = ctx.store.bus
+        assert bus_end is not None and bus_end.name.startswith(f"{os.getpid()}-")
+        assert [p.name for p in (tmp_path / "run" / "bus").iterdir()] == [bus_end.name]
+    finally:
+        await ctx.store.close()
+    assert list((tmp_path / "run" / "bus").iterdir()) == []
+    assert app.build_context(make_config()).store.bus_dir is None  # one process: no bus

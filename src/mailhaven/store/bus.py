@@ -19,7 +19,9 @@ default, even 512 is short), so a sender coalesces the events of COALESCE second
 (identical events once), keeps per peer what could not be sent (queue full) and tries again every
 RETRY seconds; when that backlog is too large it is replaced by one "everything changed" record,
 which becomes an Overflow(user) for every subscriber of the receiver (they re-snapshot). A process
-restarted meanwhile does not need what it missed: its sessions snapshot when they start.
+restarted meanwhile does not need what it missed: its sessions snapshot when they start. The last
+resort stays an IMAP session's own poll (imap/session.py POLL_INTERVAL, 30 s): its snapshot sees
+whatever another process wrote, with or without an event.
 
 Wire format: one datagram of at most MAX_DATAGRAM octets: b"MH1" then records, each b"\\n" +
 kind + b"\\0" + user + b"\\0" + mailbox (UTF-8). Kinds: a (messages added), f (flags changed), x
