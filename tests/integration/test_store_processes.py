@@ -258,3 +258,48 @@ async def test_changes_in_another_process_reach_a_subscriber_here_within_one_sec
     finally:
         await store.close()
     assert list(bus.iterdir()) == []  # each process removed its socket when it closed
+
+
+async def test_a_process_catching_up_sees_exactly_what_a_fresh_one_reads(store: Store, tmp_path: Path) -> None:
+    """Folder.catch_up (the rows changed since) against a full load, after each of many random
+    changes made by another Store (its own index connection and lock, as another process has)."""
+    import random
+
+    rng = random.Random(15)
+    other = Store(store.root, hostname=HOST, fsync=False)
+    acc, acc2 = store.account(ALICE), other.account(ALICE)
+    await acc.create_mailbox("Box")
+    here, there = await acc.mailbox("INBOX"), await acc2.mailbox("INBOX")
+    box_there = await acc2.mailbox("Box")
+    for i in range(5):
+        await there.append(message(i))
+    try:
+        for step in range(80):
+            uids = [m.uid for m in (await there.snapshot()).messages]
+            pick = rng.sample(uids, min(len(uids), rng.randint(1, 3)))
+            op = rng.choice(["append", "deliver", "flags", "flags", "expunge", "move_out", "move_in"])
+            if op == "append":
+                await there.append(message(step), frozenset({rng.choice(["\\Seen", "kw1", "kw2"])}))
+            elif op == "deliver":
+                await other.deliver([(ALICE, "INBOX")], message(step))
+                await there.snapshot()
+            elif op == "flags" and pick:
+                await there.store_flags(pick, frozenset({rng.choice(["\\Flagged", "kw1", "kw3"])}),
+                                        rng.choice(["add", "remove", "set"]))
+            elif op == "expunge" and pick:
+                await there.expunge(pick)
+            elif op == "move_out" and pick:
+                await there.move(pick, box_there)
+            elif op == "move_in":
+                inside = [m.uid for m in (await box_there.snapshot()).messages]
+                if inside:
+                    await box_there.move(inside[:2], there)
+            fresh = Store(store.root, hostname=HOST, fsync=False)
+            want = await (await fresh.account(ALICE).mailbox("INBOX")).snapshot()
+            await fresh.close()
+            got = await here.snapshot()
+            assert (got.uidnext, got.highestmodseq) == (want.uidnext, want.highestmodseq), (step, op)
+            assert [(m.uid, m.key, m.flags, m.modseq) for m in got.messages] == [
+                (m.uid, m.key, m.flags, m.modseq) for m in want.messages], (step, op)
+    finally:
+        await other.close()

@@ -216,6 +216,49 @@ class Folder:
         self.open()
         self.uidnext, self.highestmodseq = max(uidnext, self.uidnext), max(highest, self.highestmodseq)
 
+    def catch_up(self, since: int) -> None:
+        """What reload() does, reading only what changed: another process committed to the index
+        after it held HIGHESTMODSEQ `since` (as this process last read or wrote it). Every row it
+        added or changed carries a larger MODSEQ (it was up to date under the lock, so it counted
+        from there); removed rows show in the folder's message count. A row that only moved from
+        new/ to cur/ keeps its MODSEQ: the next scan of the directories finds it (as before).
+        Messages are changed in place, like a sync does (readers without the lock see each message
+        either before or after)."""
+        row = self.index.load(self.name)
+        if row is None or row.id != self.id:  # the caller checked; cannot happen under the lock
+            self.reload()
+            return
+        changed, count = self.index.changed_since(self.id, since)
+        top = next(reversed(self.by_uid), 0)
+        disorder = False
+        for uid, key, sub, suffix, kw, modseq, idate, size, unterminated in changed:
+            kws = frozenset(kw.split()) if kw else frozenset()
+            m = self.by_uid.get(uid)
+            if m is not None and m.key == key:
+                m.sub, m.suffix, m.keywords, m.modseq = sub, suffix, kws, modseq
+                m.changed()
+                continue
+            if m is not None:
+                self.by_key.pop(m.key, None)
+            m = Msg(uid, key, sub, suffix, kws, modseq, idate, size, bool(unterminated))
+            disorder = disorder or uid < top
+            self.by_uid[uid] = m
+            self.by_key[key] = m
+        if len(self.by_uid) != count:  # some were removed (or were never known here)
+            present = self.index.uids(self.id)
+            if len(present) != count or not present <= self.by_uid.keys():
+                self.reload()  # not what another process's writes can make: read everything
+                return
+            for uid in [u for u in self.by_uid if u not in present]:
+                self.by_key.pop(self.by_uid.pop(uid).key, None)
+        if disorder:  # snapshots list messages in UID order
+            self.by_uid = dict(sorted(self.by_uid.items()))
+        self.uidnext, self.highestmodseq = max(self.uidnext, row.uidnext), max(self.highestmodseq, row.highestmodseq)
+        self.new_mtime, self.cur_mtime = row.new_mtime, row.cur_mtime
+        self._stored_mtimes = (row.new_mtime, row.cur_mtime)
+        self.trusted = bool(row.new_mtime and row.cur_mtime)
+        self._snap = None
+
     def _rebuild(self) -> None:
         """Build the folder from its files, keeping UIDs from mailhaven-uidlist or dovecot-uidlist."""
         known = uidlist.read(self.path)

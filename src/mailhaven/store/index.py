@@ -86,7 +86,7 @@ class Index:
         self._durable = durable
         self.exclusive = False
         # mailbox id -> (uidnext, highestmodseq) as this connection last read or wrote them: a row
-        # that differs was changed by another process (see changed_elsewhere).
+        # that differs was changed by another process (see last_seen).
         self._seen: dict[int, tuple[int, int]] = {}
         try:
             self._db = self._open(exclusive=False)
@@ -233,12 +233,12 @@ class Index:
         return [MailboxRow(*r) for r in self._db.execute(
             "SELECT id, name, uidvalidity, uidnext, highestmodseq, new_mtime, cur_mtime FROM mailbox")]
 
-    def changed_elsewhere(self, row: MailboxRow) -> bool:
-        """Whether this mailbox row's UIDNEXT or HIGHESTMODSEQ differ from what this connection last
-        read or wrote: another process added, removed or changed messages (each such change moves
-        HIGHESTMODSEQ up; what does not, a file moved from new/ to cur/ or the directory mtimes, the
-        next scan of the directories finds)."""
-        return self._seen.get(row.id) != (row.uidnext, row.highestmodseq)
+    def last_seen(self, mailbox_id: int) -> tuple[int, int] | None:
+        """(UIDNEXT, HIGHESTMODSEQ) of a mailbox as this connection last read or wrote them. A row
+        that differs was changed by another process: it added, removed or changed messages (each
+        such change moves HIGHESTMODSEQ up; what does not, a file moved from new/ to cur/ or the
+        directory mtimes, the next scan of the directories finds)."""
+        return self._seen.get(mailbox_id)
 
     def data_version(self) -> int:
         """Changes when another connection (another process) committed to this index since the last
@@ -255,6 +255,19 @@ class Index:
                 "SELECT message.key FROM message JOIN mailbox ON message.mailbox_id=mailbox.id"
                 f" WHERE mailbox.name=? AND message.key IN ({','.join('?' * len(chunk))})", (name, *chunk)))
         return found
+
+    def changed_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageRow], int]:
+        """(the rows written with a MODSEQ above `modseq`, the folder's message count): what another
+        process added or changed since this one saw HIGHESTMODSEQ `modseq`; the count tells
+        whether it also removed rows (then see uids())."""
+        rows = self._db.execute(
+            "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size, unterminated FROM message"
+            " WHERE mailbox_id=? AND modseq>? ORDER BY uid", (mailbox_id, modseq)).fetchall()
+        count = self._db.execute("SELECT msg_count FROM mailbox WHERE id=?", (mailbox_id,)).fetchone()
+        return rows, int(count[0]) if count else 0
+
+    def uids(self, mailbox_id: int) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT uid FROM message WHERE mailbox_id=?", (mailbox_id,))}
 
     def messages(self, mailbox_id: int) -> list[MessageRow]:
         return self._db.execute(

@@ -35,8 +35,8 @@ cancelled call's thread still excludes the next one) and an exclusive flock(2) o
 same order as `_locked()` (by user). Under that lock the cached state is checked first: SQLite's
 `PRAGMA data_version` tells whether another connection committed to the index since this one last
 looked (one cheap query; it never changes for our own writes, so a single process never reloads
-anything). When it changed, every cached folder whose row another process changed is loaded again
-from the index (in place), a folder deleted or replaced there is marked deleted, a renamed one
+anything). When it changed, every cached folder whose row another process changed reads the rows
+changed since (in place, Folder.catch_up), a folder deleted or replaced there is marked deleted, a renamed one
 follows its new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
 So UIDs and MODSEQs are never handed out twice and no flag change is lost. deliver() takes no lock:
 it only adds files to new/, which a sync in any process indexes. Change events reach the other
@@ -466,8 +466,11 @@ class Account:
                     if f.name in self._pending:
                         self._pending[row.name] = self._pending.pop(f.name)
                 f.name, f.path = row.name, names.folder_path(self.path, row.name)
-            if idx.changed_elsewhere(row):
+            seen = idx.last_seen(row.id)
+            if seen is None:
                 f.reload()
+            elif seen != (row.uidnext, row.highestmodseq):
+                f.catch_up(seen[1])
             kept[f.name] = f
         self._folders = kept
         with self._pending_lock:
