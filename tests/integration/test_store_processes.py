@@ -36,7 +36,8 @@ class Worker:
     async def start(cls, root: Path, go: Path, job: dict[str, Any]) -> Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(WORKER), str(root), str(go), json.dumps(job),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            limit=1 << 24)  # a result is one JSON line
         return cls(proc)
 
     async def line(self) -> Any:
