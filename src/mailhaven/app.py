@@ -38,6 +38,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mailhaven import config as configmod
@@ -239,11 +240,15 @@ def build_limits(cfg: Config) -> Limits:
     return Limits(cfg)
 
 
-def build_context(cfg: Config) -> Context:
-    """Everything but the store's start and the sockets (no I/O beyond reading files)."""
+def build_context(cfg: Config, *, bus_dir: Path | None = None) -> Context:
+    """Everything but the store's start and the sockets (no I/O beyond reading files).
+
+    `bus_dir`: this process is one of several worker processes over the same data_dir; their
+    stores send each other change events through sockets there (store/bus.py), e.g.
+    `<data_dir>/run/bus`, the same for every worker. None: a single process."""
     ctx = Context(
         config=cfg,
-        store=Store(cfg.mail_root, hostname=cfg.hostname),
+        store=Store(cfg.mail_root, hostname=cfg.hostname, bus_dir=bus_dir),
         directory=load_directory(cfg),
         resolver=Resolver.from_config(cfg.dns),
         limits=build_limits(cfg),

@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,10 +41,12 @@ def make_message(n: int, *, subject: str | None = None, sender: str = "sender@ex
 class ImapHarness:
     """Store + IMAP listeners in a thread with their own event loop. ctx is built here, not by app.py."""
 
-    def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps"), *, fsync: bool = False) -> None:
+    def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps"), *, fsync: bool = False,
+                 bus_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.names = names
         self.fsync = fsync  # the Store's durability (off by default: the tests run faster without it)
+        self.bus_dir = bus_dir  # the Store's change bus (other processes over the same mail root)
         self.ports: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="imap-harness", daemon=True)
@@ -65,7 +68,8 @@ class ImapHarness:
         from mailhaven.tls import server_context
 
         cfg = self.cfg
-        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=self.fsync)
+        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=self.fsync,
+                           **({"bus_dir": self.bus_dir} if self.bus_dir else {}))
         await self.store.start()
         self.ctx = SimpleNamespace(
             config=cfg, store=self.store, directory=Directory(cfg, UsersFile.load(cfg.users_file)),

@@ -3,16 +3,22 @@ other programs' disk changes cause, sent only where RFC 3501 §7.4.1 allows them
 
 from __future__ import annotations
 
+import json
 import os
 import poplib
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.fixtures_base import PASSWORD
 from tests.integration.test_imap_server import ALICE, ImapHarness, RawClient, make_message
+
+WORKER = Path(__file__).resolve().parent.parent / "store_worker.py"  # another process with its own Store
 
 
 @pytest.fixture
@@ -54,6 +60,36 @@ def test_delivery_reaches_an_idling_client_within_one_second(imap: ImapHarness) 
     lines = raw.cmd(b"FETCH 2 (UID)")
     assert lines[0] == b"* 2 FETCH (UID 2)\r\n"
     raw.close()
+
+
+def test_delivery_by_another_worker_process_reaches_an_idling_client_within_one_second(
+        make_config: Callable[..., Any], tmp_path: Path) -> None:
+    """Issue 15: worker processes share the mail root; the store's bus carries the change."""
+    bus = tmp_path / "run" / "bus"
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), bus_dir=bus).start()
+    worker = None
+    try:
+        h.fill(1)
+        raw = selected(h)
+        idle(raw)
+        go = tmp_path / "go"
+        job = {"user": ALICE, "op": "deliver", "bus_dir": str(bus), "stay": True}
+        worker = subprocess.Popen([sys.executable, str(WORKER), str(h.cfg.mail_root), str(go), json.dumps(job)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert worker.stdout is not None and json.loads(worker.stdout.readline()) == "ready"
+        go.touch()
+        delivered_at = json.loads(worker.stdout.readline())["delivered_at"]
+        assert raw.line(timeout=1.0) == b"* 2 EXISTS\r\n"
+        assert time.time() - delivered_at < 1.0
+        assert done(raw)[-1].startswith(b"i OK")
+        assert raw.cmd(b"FETCH 2 (UID)")[0] == b"* 2 FETCH (UID 2)\r\n"
+        raw.close()
+    finally:
+        if worker is not None:
+            assert worker.stdin is not None
+            worker.stdin.close()
+            assert worker.wait(30) == 0
+        h.stop()
 
 
 def test_idle_reports_expunge_and_flag_changes_of_another_session(imap: ImapHarness) -> None:

@@ -6,9 +6,11 @@ Does not own: protocols (IMAP/POP3 views, sequence numbers), policy, the queue.
 Public API (import from `mailhaven.store`); everything is async and never blocks the loop
 (file I/O, fsync and SQLite run in worker threads):
 
-    store = Store(root: Path, *, hostname: str, fsync: bool = True)
+    store = Store(root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None)
+        # bus_dir: other processes run a Store over the same root; change events cross to them
+        # and back through Unix datagram sockets in that directory (bus.py). None: this one alone.
         await store.start() -> int          # removes stale tmp/ files (ours from a dead writer, or
-                                            # anyone's older than 36 h); returns how many
+                                            # anyone's older than 36 h); returns how many; joins the bus
         await store.close()                 # closes every account's index
         store.account(user: str) -> Account # user = canonical address "alice@example.test"
         await store.deliver(targets: Sequence[tuple[str, str]], data: bytes, *,
@@ -68,7 +70,9 @@ when done.
 On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.Sent/` `.Drafts/`
 `.Trash/` `.Junk/` `.Archive/` (created on first access) and `.Folder.Sub/`; each subfolder has a
 `maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
-rebuildable index, WAL); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
+rebuildable index, WAL); `mailhaven-lock` (empty: the per-user inter-process lock, flock(2), held
+by every step that reads or writes the index, so several processes may each run a Store over one
+root, mailbox.py); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
 every folder (UID backup, format in uidlist.py; a `dovecot-uidlist` is imported when we have
 neither); `mailhaven-keywords/` in a folder that was delivered keywords (one record per copy whose
 keywords the index does not hold yet, pending.py). Messages are stored with CRLF line endings. If
@@ -79,7 +83,7 @@ file on import and delivered keywords still in a pending record.
 Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
 (UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), pending.py
 (keywords given at delivery, until the index holds them), mailbox.py (the async API and locking),
-changes.py (events), model.py (value types).
+changes.py (events), bus.py (events between processes), model.py (value types).
 
 Mailbox names are Unicode strings with "." as the hierarchy delimiter (Maildir++), stored as
 UTF-8 on disk: "INBOX", "Sent", "Work.Projects" -> <user>/.Work.Projects/. `names.py` rejects

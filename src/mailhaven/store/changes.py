@@ -17,13 +17,18 @@ Events (all frozen dataclasses; `uids` is a tuple, ascending):
 Publishing never blocks: each subscription has a bounded queue (MAX_PENDING); when it is full the
 queue is emptied and a single Overflow is queued. Use a subscription as a context manager, or call
 close(), so the hub forgets it.
+
+Other processes: when the Store runs a bus (bus.py), `relay` is set and every event published here
+is also sent to the other processes sharing the mail root; the events they send are published
+here with relay=False (uids=(): "take a new snapshot"), and their "everything changed" as an
+Overflow to every subscriber.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 MAX_PENDING = 10_000
@@ -141,15 +146,24 @@ class ChangeHub:
 
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
+        self.relay: Callable[[Event], None] | None = None  # to other processes (bus.py), if any
 
     def subscribe(self, user: str) -> Subscription:
         sub = Subscription(self, user_key(user))
         self._subs.setdefault(sub.user, set()).add(sub)
         return sub
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Event, *, relay: bool = True) -> None:
         for sub in list(self._subs.get(user_key(event.user), ())):
             sub._push(event)
+        if relay and self.relay is not None:
+            self.relay(event)
+
+    def overflow_all(self) -> None:
+        """Every subscriber may have missed events: each gets an Overflow (re-snapshot)."""
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                sub._push(Overflow(sub.user))
 
     def subscriber_count(self, user: str | None = None) -> int:
         if user is not None:

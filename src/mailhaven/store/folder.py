@@ -188,6 +188,8 @@ class Folder:
         self.trusted = bool(row.new_mtime and row.cur_mtime)
         kw_cache: dict[str, frozenset[str]] = {}
         learnt: list[tuple[int, int]] = []
+        by_uid: dict[int, Msg] = {}  # filled aside, then swapped in: a reload never shows a half
+        by_key: dict[str, Msg] = {}
         for uid, key, sub, suffix, kw, modseq, idate, size, unterminated in self.index.messages(self.id):
             kws = kw_cache.get(kw)
             if kws is None:
@@ -196,13 +198,66 @@ class Folder:
                 unterminated = int(bool(maildir.file_unterminated(f"{self.path}/{sub}/{key}{suffix}")))
                 learnt.append((unterminated, uid))
             m = Msg(uid, key, sub, suffix, kws, modseq, idate, size, bool(unterminated))
-            self.by_uid[uid] = m
-            self.by_key[key] = m
+            by_uid[uid] = m
+            by_key[key] = m
+        self.by_uid, self.by_key, self._snap = by_uid, by_key, None
         if learnt:
             try:
                 self.index.set_unterminated(self.id, learnt)
             except StorageFull:  # a cache: learnt again next time (reading needs no space)
                 pass
+
+    def reload(self) -> None:
+        """Load again from the index, which another process changed (in place: every Mailbox
+        handle shares this object; the caller checked that the row is still this folder's).
+        UIDNEXT and HIGHESTMODSEQ never go back: one this process used without the index
+        recording it (a failed APPEND, a removal a full disk kept out) is not handed out again."""
+        uidnext, highest = self.uidnext, self.highestmodseq
+        self.open()
+        self.uidnext, self.highestmodseq = max(uidnext, self.uidnext), max(highest, self.highestmodseq)
+
+    def catch_up(self, since: int) -> None:
+        """What reload() does, reading only what changed: another process committed to the index
+        after it held HIGHESTMODSEQ `since` (as this process last read or wrote it). Every row it
+        added or changed carries a larger MODSEQ (it was up to date under the lock, so it counted
+        from there); removed rows show in the folder's message count. A row that only moved from
+        new/ to cur/ keeps its MODSEQ: the next scan of the directories finds it (as before).
+        Messages are changed in place, like a sync does (readers without the lock see each message
+        either before or after)."""
+        row = self.index.load(self.name)
+        if row is None or row.id != self.id:  # the caller checked; cannot happen under the lock
+            self.reload()
+            return
+        changed, count = self.index.changed_since(self.id, since)
+        top = next(reversed(self.by_uid), 0)
+        disorder = False
+        for uid, key, sub, suffix, kw, modseq, idate, size, unterminated in changed:
+            kws = frozenset(kw.split()) if kw else frozenset()
+            m = self.by_uid.get(uid)
+            if m is not None and m.key == key:
+                m.sub, m.suffix, m.keywords, m.modseq = sub, suffix, kws, modseq
+                m.changed()
+                continue
+            if m is not None:
+                self.by_key.pop(m.key, None)
+            m = Msg(uid, key, sub, suffix, kws, modseq, idate, size, bool(unterminated))
+            disorder = disorder or uid < top
+            self.by_uid[uid] = m
+            self.by_key[key] = m
+        if len(self.by_uid) != count:  # some were removed (or were never known here)
+            present = self.index.uids(self.id)
+            if len(present) != count or not present <= self.by_uid.keys():
+                self.reload()  # not what another process's writes can make: read everything
+                return
+            for uid in [u for u in self.by_uid if u not in present]:
+                self.by_key.pop(self.by_uid.pop(uid).key, None)
+        if disorder:  # snapshots list messages in UID order
+            self.by_uid = dict(sorted(self.by_uid.items()))
+        self.uidnext, self.highestmodseq = max(self.uidnext, row.uidnext), max(self.highestmodseq, row.highestmodseq)
+        self.new_mtime, self.cur_mtime = row.new_mtime, row.cur_mtime
+        self._stored_mtimes = (row.new_mtime, row.cur_mtime)
+        self.trusted = bool(row.new_mtime and row.cur_mtime)
+        self._snap = None
 
     def _rebuild(self) -> None:
         """Build the folder from its files, keeping UIDs from mailhaven-uidlist or dovecot-uidlist."""

@@ -85,6 +85,9 @@ class Index:
         self._uv_path = user_root / UIDVALIDITY_FILENAME
         self._durable = durable
         self.exclusive = False
+        # mailbox id -> (uidnext, highestmodseq) as this connection last read or wrote them: a row
+        # that differs was changed by another process (see last_seen).
+        self._seen: dict[int, tuple[int, int]] = {}
         try:
             self._db = self._open(exclusive=False)
         except StorageFull:
@@ -219,7 +222,52 @@ class Index:
         row = self._db.execute(
             "SELECT id, name, uidvalidity, uidnext, highestmodseq, new_mtime, cur_mtime FROM mailbox"
             " WHERE name=?", (name,)).fetchone()
-        return MailboxRow(*row) if row else None
+        if not row:
+            return None
+        found = MailboxRow(*row)
+        self._seen[found.id] = (found.uidnext, found.highestmodseq)
+        return found
+
+    def mailbox_rows(self) -> list[MailboxRow]:
+        """Every mailbox row (a few per user): what another process may have changed."""
+        return [MailboxRow(*r) for r in self._db.execute(
+            "SELECT id, name, uidvalidity, uidnext, highestmodseq, new_mtime, cur_mtime FROM mailbox")]
+
+    def last_seen(self, mailbox_id: int) -> tuple[int, int] | None:
+        """(UIDNEXT, HIGHESTMODSEQ) of a mailbox as this connection last read or wrote them. A row
+        that differs was changed by another process: it added, removed or changed messages (each
+        such change moves HIGHESTMODSEQ up; what does not, a file moved from new/ to cur/ or the
+        directory mtimes, the next scan of the directories finds)."""
+        return self._seen.get(mailbox_id)
+
+    def data_version(self) -> int:
+        """Changes when another connection (another process) committed to this index since the last
+        call; never for this connection's own writes (SQLite `PRAGMA data_version`)."""
+        return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+
+    def known_keys(self, name: str, keys: Iterable[str]) -> set[str]:
+        """Which of these message keys the mailbox `name` has rows for."""
+        keys = list(keys)
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):  # below SQLite's limit of bound parameters
+            chunk = keys[i:i + 500]
+            found.update(r[0] for r in self._db.execute(
+                "SELECT message.key FROM message JOIN mailbox ON message.mailbox_id=mailbox.id"
+                f" WHERE mailbox.name=? AND message.key IN ({','.join('?' * len(chunk))})", (name, *chunk)))
+        return found
+
+    def changed_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageRow], int]:
+        """(the rows written with a MODSEQ above `modseq`, the folder's message count): what another
+        process added or changed since this one saw HIGHESTMODSEQ `modseq`; the count tells
+        whether it also removed rows (then see uids())."""
+        rows = self._db.execute(
+            "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size, unterminated FROM message"
+            " WHERE mailbox_id=? AND modseq>? ORDER BY uid", (mailbox_id, modseq)).fetchall()
+        count = self._db.execute("SELECT msg_count FROM mailbox WHERE id=?", (mailbox_id,)).fetchone()
+        return rows, int(count[0]) if count else 0
+
+    def uids(self, mailbox_id: int) -> set[int]:
+        return {r[0] for r in self._db.execute("SELECT uid FROM message WHERE mailbox_id=?", (mailbox_id,))}
 
     def messages(self, mailbox_id: int) -> list[MessageRow]:
         return self._db.execute(
@@ -240,6 +288,7 @@ class Index:
             self._db.executemany(
                 "INSERT INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq, internaldate,"
                 " size, unterminated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", ((mailbox_id, *r) for r in rows))
+        self._seen[mailbox_id] = (uidnext, highestmodseq)
         return mailbox_id
 
     def commit(self, mailbox_id: int, *, upserts: Iterable[MessageRow] = (), deletes: Iterable[int] = (),
@@ -266,6 +315,7 @@ class Index:
             self._db.execute(
                 "UPDATE mailbox SET uidnext=?, highestmodseq=?, new_mtime=?, cur_mtime=? WHERE id=?",
                 (uidnext, highestmodseq, new_mtime, cur_mtime, mailbox_id))
+        self._seen[mailbox_id] = (uidnext, highestmodseq)
 
     def commit_flags(self, mailbox_id: int, rows: Iterable[tuple[str, str, str, int, int]], *, uidnext: int,
                      highestmodseq: int, new_mtime: int, cur_mtime: int) -> None:
@@ -278,6 +328,7 @@ class Index:
             self._db.execute(
                 "UPDATE mailbox SET uidnext=?, highestmodseq=?, new_mtime=?, cur_mtime=? WHERE id=?",
                 (uidnext, highestmodseq, new_mtime, cur_mtime, mailbox_id))
+        self._seen[mailbox_id] = (uidnext, highestmodseq)
 
     def set_unterminated(self, mailbox_id: int, rows: Iterable[tuple[int, int]]) -> None:
         """Record `unterminated` of messages that had it unknown, rows = (unterminated, uid)."""

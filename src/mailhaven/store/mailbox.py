@@ -25,18 +25,38 @@ Decisions (see the package docstring for the full contract):
   dropped by the folder's next sync, which indexes it. The first usage() of an account in this
   process opens and syncs every folder once (a folder missing from the index is rebuilt from disk,
   so deleting the index recomputes the usage); after that no delivery scans anything.
+  With several processes each counts its own pending copies: one that another process's sync
+  indexed stops counting here when this process next takes the account's lock (below), and the
+  copies another process delivered count here only once a sync (in any process) indexes them, so
+  usage() may lag behind other processes' deliveries until then.
+
+Several processes over one mail root (DESIGN.md "Beyond one machine": worker processes, each with
+its own Store): every step that reads or writes an account's index or folder state runs, in its
+worker thread and besides the account's asyncio.Lock, under a threading.Lock of the account (so a
+cancelled call's thread still excludes the next one) and an exclusive flock(2) on
+`<user root>/mailhaven-lock` (opened once per Account, kept open), taken for several accounts in the
+same order as `_locked()` (by user). Under that lock the cached state is checked first: SQLite's
+`PRAGMA data_version` tells whether another connection committed to the index since this one last
+looked (one cheap query; it never changes for our own writes, so a single process never reloads
+anything). When it changed, every cached folder whose row another process changed reads the rows
+changed since (in place, Folder.catch_up), a folder deleted or replaced there is marked deleted, a renamed one
+follows its new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
+So UIDs and MODSEQs are never handed out twice and no flag change is lost. deliver() takes no lock:
+it only adds files to new/, which a sync in any process indexes. Change events reach the other
+processes through bus.py when the Store has a `bus_dir`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -51,6 +71,7 @@ from mailhaven.errors import (
     store_failure,
 )
 from mailhaven.store import maildir, names, pending
+from mailhaven.store.bus import Bus
 from mailhaven.store.changes import (
     ChangeHub,
     Expunged,
@@ -60,7 +81,7 @@ from mailhaven.store.changes import (
     user_key,
 )
 from mailhaven.store.folder import Changes, Folder
-from mailhaven.store.index import Index
+from mailhaven.store.index import Index, MailboxRow
 from mailhaven.store.model import (
     MailboxHasChildren,
     MailboxInfo,
@@ -72,6 +93,7 @@ from mailhaven.store.model import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SUBSCRIPTIONS = "subscriptions"
+LOCK_FILENAME = "mailhaven-lock"
 DELIVERY_THREADS = 32
 FlagMode = Literal["add", "remove", "set"]
 READ_CHUNK = 64 * 1024  # first read of a message file (most messages fit)
@@ -94,13 +116,18 @@ def _ensure_with_parents(root: Path, name: str, *, fsync: bool) -> None:
 
 
 class Store:
-    """All users' mail under `root` (`<root>/<domain>/<localpart>/`, Maildir++)."""
+    """All users' mail under `root` (`<root>/<domain>/<localpart>/`, Maildir++).
 
-    def __init__(self, root: Path, *, hostname: str, fsync: bool = True) -> None:
+    `bus_dir`: set when other processes run a Store over the same root: change events are sent to
+    them and theirs received (bus.py), from start() to close(). None: this process alone."""
+
+    def __init__(self, root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None) -> None:
         self.root = Path(root)
         self.hostname = hostname
         self.fsync = fsync
         self.changes = ChangeHub()
+        self.bus_dir = None if bus_dir is None else Path(bus_dir)
+        self.bus: Bus | None = None
         self._accounts: dict[str, Account] = {}
         # Deliveries wait on fsync, not CPU: their own pool lets many fsyncs be in flight (the file
         # system commits them together) without starving the default pool used by everything else.
@@ -114,8 +141,12 @@ class Store:
 
     async def start(self) -> int:
         """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
-        36 h). Returns how many files were removed."""
-        return await asyncio.to_thread(self._clean_all_tmp)
+        36 h), join the change bus if there is one. Returns how many files were removed."""
+        removed = await asyncio.to_thread(self._clean_all_tmp)
+        if self.bus_dir is not None and self.bus is None:
+            self.bus = Bus(self.bus_dir, self.changes)
+            self.bus.start()
+        return removed
 
     def _clean_all_tmp(self) -> int:
         os.makedirs(self.root, 0o700, exist_ok=True)
@@ -132,6 +163,9 @@ class Store:
         return removed
 
     async def close(self) -> None:
+        if self.bus is not None:
+            self.bus.close()
+            self.bus = None
         for account in list(self._accounts.values()):
             await account.close()
         self._accounts.clear()
@@ -290,11 +324,31 @@ def _subdirs(path: Path) -> list[Path]:
 @contextlib.asynccontextmanager
 async def _locked(*accounts: Account) -> AsyncIterator[None]:
     """Hold the locks of several accounts, always in the same order (no deadlock)."""
-    unique = sorted({id(a): a for a in accounts}.values(), key=lambda a: a.user)
     async with contextlib.AsyncExitStack() as stack:
-        for a in unique:
+        for a in _in_order(accounts):
             await stack.enter_async_context(a.lock)
         yield
+
+
+def _in_order(accounts: Sequence[Account]) -> list[Account]:
+    """Each account once, by user: the one order every lock of several accounts is taken in."""
+    return sorted({id(a): a for a in accounts}.values(), key=lambda a: a.user)
+
+
+def _exclusive(accounts: Sequence[Account], fn: Callable[..., T], *args: object) -> T:
+    """In a worker thread, with the accounts' asyncio locks held: take each account's thread lock
+    and inter-process lock (in `_in_order` order), bring its cached state up to date with what
+    other processes wrote, run `fn(*args)`, release."""
+    held: list[Account] = []
+    try:
+        for a in _in_order(accounts):
+            a._acquire()
+            held.append(a)
+            a._freshen()
+        return fn(*args)
+    finally:
+        for a in reversed(held):
+            a._release()
 
 
 class Account:
@@ -313,6 +367,10 @@ class Account:
         self._placing: set[tuple[str, str]] = set()  # (folder, key) of pending copies not yet in new/
         self._pending_lock = threading.Lock()
         self._usage_known = False
+        # Against other threads and processes (module doc): held around every blocking step.
+        self._thread_lock = threading.Lock()
+        self._lock_fd = -1
+        self._data_version: int | None = None  # the index's data_version when last checked
 
     # -- usage (quota) ----------------------------------------------------------------------------
 
@@ -333,12 +391,15 @@ class Account:
     def _settle(self, f: Folder) -> None:
         """After a sync of `f`: its pending copies now indexed, or placed and gone from new/
         (removed by another program), stop counting; one still being written stays."""
+        self._settle_keys(f.name, f.path, f.by_key)
+
+    def _settle_keys(self, name: str, path: Path, indexed: Container[str]) -> None:
         with self._pending_lock:
-            keys = self._pending.get(f.name)
+            keys = self._pending.get(name)
             if not keys:
                 return
-            for key in [k for k in keys if k in f.by_key or (
-                    (f.name, k) not in self._placing and not os.path.exists(f"{f.path}/new/{k}"))]:
+            for key in [k for k in keys if k in indexed or (
+                    (name, k) not in self._placing and not os.path.exists(f"{path}/new/{k}"))]:
                 del keys[key]
 
     async def usage(self) -> tuple[int, int]:
@@ -385,8 +446,69 @@ class Account:
             return await asyncio.to_thread(self._ready_then, fn, *args)
 
     def _ready_then(self, fn: Callable[..., T], *args: object) -> T:
-        self._ready()
-        return fn(*args)
+        """`fn(*args)` with the index open, under the account's thread and inter-process locks."""
+        return _exclusive((self,), fn, *args)
+
+    def _acquire(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            if self._lock_fd < 0:
+                try:
+                    init_user_root(self.path, fsync=self.store.fsync)
+                    self._lock_fd = os.open(self.path / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                except OSError as e:
+                    raise store_failure(e, "mail folder unavailable") from e
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def _release(self) -> None:
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _freshen(self) -> None:
+        """With the locks held: if another process committed to the index since this one last
+        looked, bring the cached folders (and the pending usage) up to date with it."""
+        idx = self._ready()
+        version = idx.data_version()
+        if version == self._data_version:
+            return
+        if self._data_version is not None:
+            self._reload_changed(idx)
+        self._data_version = version
+
+    def _reload_changed(self, idx: Index) -> None:
+        rows: dict[int, MailboxRow] = {r.id: r for r in idx.mailbox_rows()}
+        kept: dict[str, Folder] = {}
+        for f in self._folders.values():
+            row = rows.get(f.id)
+            if f.deleted or row is None or row.uidvalidity != f.uidvalidity:
+                f.deleted = True  # deleted, or deleted and made again, by another process
+                f.drop_all()
+                continue
+            if row.name != f.name:  # renamed by another process: follow (as _rename_sync does)
+                with self._pending_lock:
+                    if f.name in self._pending:
+                        self._pending[row.name] = self._pending.pop(f.name)
+                f.name, f.path = row.name, names.folder_path(self.path, row.name)
+            seen = idx.last_seen(row.id)
+            if seen is None:
+                f.reload()
+            elif seen != (row.uidnext, row.highestmodseq):
+                f.catch_up(seen[1])
+            kept[f.name] = f
+        self._folders = kept
+        with self._pending_lock:
+            waiting = {name: list(keys) for name, keys in self._pending.items() if keys}
+        for name, keys in waiting.items():  # our deliveries another process indexed (or removed)
+            open_folder = kept.get(name)
+            if open_folder is not None:
+                self._settle(open_folder)
+            else:
+                self._settle_keys(name, names.folder_path(self.path, name), idx.known_keys(name, keys))
 
     def _ready(self) -> Index:
         if self._index is None:
@@ -399,9 +521,17 @@ class Account:
 
     async def close(self) -> None:
         async with self.lock:
+            await asyncio.to_thread(self._close_sync)
+
+    def _close_sync(self) -> None:
+        with self._thread_lock:
             if self._index is not None:
-                await asyncio.to_thread(self._index.close)
+                self._index.close()
                 self._index = None
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+            self._data_version = None
             self._folders.clear()
 
     def _publish(self, name: str, changes: Changes) -> None:
@@ -548,17 +678,16 @@ class Account:
             raise BadMailboxName("cannot rename a mailbox into itself")
         if src == names.INBOX:
             async with self.lock:
-                inbox = await asyncio.to_thread(self._ready_then, self._create_for_inbox_move, dst)
-                moved = await asyncio.to_thread(self._inbox_move_sync, inbox, dst)
+                moved = await asyncio.to_thread(self._ready_then, self._rename_inbox_sync, dst)
             self._publish(names.INBOX, moved[0])
             self._publish(dst, moved[1])
         else:
             await self._call(self._rename_sync, src, dst)
         self.store.changes.publish(MailboxesChanged(self.user))
 
-    def _create_for_inbox_move(self, dst: str) -> Folder:
+    def _rename_inbox_sync(self, dst: str) -> tuple[Changes, Changes]:
         self._create_sync(dst, None)
-        return self._folder(names.INBOX)
+        return self._inbox_move_sync(self._folder(names.INBOX), dst)
 
     def _inbox_move_sync(self, inbox: Folder, dst: str) -> tuple[Changes, Changes]:
         self._sync(inbox, force=True)
@@ -666,9 +795,14 @@ class Mailbox:
         acc = self.account
         async with acc.lock:
             f = self._live()
-            result, changes = await asyncio.to_thread(acc._ready_then, fn, *args)
+            out: tuple[T, Changes] = await asyncio.to_thread(acc._ready_then, self._live_then, fn, *args)
+        result, changes = out
         acc._publish(f.name, changes)
         return result
+
+    def _live_then(self, fn: Callable[..., T], *args: object) -> T:
+        self._live()  # again, now that the state is fresh: another process may have deleted it
+        return fn(*args)
 
     async def snapshot(self) -> Snapshot:
         """The folder now, including changes other programs made on disk (new, removed, renamed)."""
@@ -749,15 +883,16 @@ class Mailbox:
         async with _locked(self.account, dest.account):
             src, dst = self._live(), dest._live()
             pairs, sc, dc = await asyncio.to_thread(
-                self.account._ready_then, _transfer_call, src, uids, dst, move, self.account.store.hostname)
+                _exclusive, (self.account, dest.account), _transfer_call, self, uids, dest, move,
+                self.account.store.hostname)
         self.account._publish(src.name, sc)
         dest.account._publish(dst.name, dc)
         return pairs
 
 
-def _transfer_call(src: Folder, uids: list[int], dst: Folder, move: bool, host: str
+def _transfer_call(src: Mailbox, uids: list[int], dst: Mailbox, move: bool, host: str
                    ) -> tuple[list[tuple[int, int]], Changes, Changes]:
-    return src.transfer(uids, dst, move=move, host=host)
+    return src._live().transfer(uids, dst._live(), move=move, host=host)
 
 
 def _read_all_crlf(paths: Sequence[str | None]) -> list[bytes | None]:
