@@ -53,3 +53,21 @@ def test_a_damaged_or_foreign_file_counts_as_empty(tmp_path: Path) -> None:
         assert t.snapshot() <= {"b"}
         assert t.claim("k", 10) is True
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def _claim_all(folder: str, n: int) -> list[str]:
+    from mailhaven.delivery.sievetrack import Tracker
+
+    t = Tracker(Path(folder), fsync=False)
+    return [f"k{i}" for i in range(n) if t.claim(f"k{i}", 3600)]
+
+
+def test_two_processes_never_both_claim_one_key(tmp_path: Path) -> None:
+    # worker processes (issue 15) share a user's tracker: one vacation reply per sender, not one each
+    import multiprocessing
+
+    n = 400
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results = pool.starmap(_claim_all, [(str(tmp_path), n)] * 2)
+    claimed = [k for r in results for k in r]
+    assert sorted(claimed) == sorted(f"k{i}" for i in range(n))  # each exactly once, none lost

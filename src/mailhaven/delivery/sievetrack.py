@@ -3,7 +3,9 @@
 Owns: one small file per user (`<user root>/sieve/.tracker`, JSON: key -> expiry time), read and
 written whole, bounded (MAX_ENTRIES, the soonest to expire go first), written to a temporary file,
 fsynced and renamed (so "one reply per sender per :days" survives a restart, RFC 5230 §4.1), and a
-lock per file so concurrent deliveries to one user do not lose each other's marks.
+lock per file so concurrent deliveries to one user do not lose each other's marks: a thread lock
+inside the process and flock(2) on `.tracker.lock` beside it across worker processes (readers need
+neither: the file is replaced whole by rename).
 Does not own: what a key means (delivery/sieve.py builds them: "vacation:" + handle and sender,
 RFC 5230 §4.2; "duplicate:" + the RFC 7352 id), the script storage next to it (sieve_store.py; its
 script names never begin with ".", so this file is never taken for a script).
@@ -13,16 +15,18 @@ All functions block (file I/O): callers run them off the event loop.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mailhaven.store.maildir import fsync_dir, make_dirs
 
 FILE = ".tracker"
+LOCK_FILE = ".tracker.lock"
 MAX_ENTRIES = 10_000  # per user (Pigeonhole's lda-dupes has no bound; a flood must not grow it forever)
 MAX_FILE = 4 * 1024 * 1024  # a bigger file is ignored (not ours, or damaged)
 
@@ -91,11 +95,23 @@ class Tracker:
         with _lock(self.path):
             return set(self._load())
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """This file's writers one at a time: threads of this process, then other processes."""
+        with _lock(self.path):
+            make_dirs(self.path.parent, fsync=self.fsync)
+            fd = os.open(self.path.with_name(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
     def mark(self, keys: list[tuple[str, float]]) -> None:
         """Mark each (key, seconds): live until now + seconds; durable when this returns."""
         if not keys:
             return
-        with _lock(self.path):
+        with self._exclusive():
             entries = self._load()
             now = self.clock()
             for key, seconds in keys:
@@ -104,8 +120,9 @@ class Tracker:
 
     def claim(self, key: str, seconds: float) -> bool:
         """Mark `key` for `seconds` unless it is live already; True when this call marked it (the
-        caller may act: check and mark are one step, so two deliveries cannot both answer)."""
-        with _lock(self.path):
+        caller may act: check and mark are one step, so two deliveries cannot both answer, in one
+        process or in two)."""
+        with self._exclusive():
             entries = self._load()
             if key in entries:
                 return False
@@ -114,4 +131,4 @@ class Tracker:
             return True
 
 
-__all__ = ["Tracker", "FILE", "MAX_ENTRIES"]
+__all__ = ["Tracker", "FILE", "LOCK_FILE", "MAX_ENTRIES"]
