@@ -318,6 +318,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    workers: int = opt(1, "Processes serving every listener (1 = one process, no supervising parent); "
+                       "the default will become the number of CPUs.", lo=1, hi=256)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = opt("localhost", "This server's name: greeting, Received, HELO, DKIM records.")
     data_dir: str = opt("/var/lib/mailhaven", "Where mail, the queue and indexes live.", path=True)
@@ -332,6 +338,7 @@ class Config:
                                    lo=0, duration=True)
     public_ip: str = opt("", "Public IP of this host, for `doctor` (PTR check) and `dns` (SPF).")
     control_socket: str = opt("control.sock", "Unix socket of the running server, relative to data_dir.")
+    server: ServerConfig = opt(None, "Worker processes.", factory=ServerConfig)
     domains: dict[str, DomainConfig] = opt(None, "Domains we accept mail for: [domains.\"example.org\"].",
                                            factory=dict)
     listeners: dict[str, ListenerConfig] = opt(None, "Listening sockets by name.", factory=dict)

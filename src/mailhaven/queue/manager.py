@@ -53,12 +53,13 @@ from mailhaven.errors import ConfigError, MailError
 from mailhaven.message import dsn
 from mailhaven.message import headers as msgheaders
 from mailhaven.queue import schedule
-from mailhaven.queue.spool import Entry, Recipient, Spool, valid_id
+from mailhaven.queue.spool import Entry, Recipient, Spool, partition_name, valid_id
 
 log = logging.getLogger("mailhaven.queue")
 
 # How long to wait before retrying an entry whose bounce could not be queued (disk trouble).
 NOTIFY_RETRY = 60.0
+PARTITION_SCAN = 1.0  # seconds between looks into the other workers' partitions (spool.py)
 HEADERS_READ = 64 * 1024
 PROGRAMS = "|programs"  # the destination of program recipients (delivery/program.py), never a domain  # `queue show` looks for From/To/Subject/Message-ID in this much of a message
 
@@ -97,7 +98,10 @@ class QueueManager:
     def __init__(self, ctx: seams.Context, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.ctx = ctx
-        self.spool = spool if spool is not None else Spool(ctx.config.queue_root)
+        if spool is None:
+            workers = ctx.config.server.workers
+            spool = Spool(ctx.config.queue_root, partitions=[partition_name(i) for i in range(1, workers)])
+        self.spool = spool
         self.clock = clock
         self.rand = rand
         self.entries: dict[str, Entry] = {}
@@ -138,6 +142,7 @@ class QueueManager:
         await self.load()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
             try:
                 while not self._stopping:
                     self._wake.clear()
@@ -149,6 +154,25 @@ class QueueManager:
                         pass
             finally:
                 self._tg = None
+                if scanner is not None:
+                    scanner.cancel()
+
+    async def _scan_partitions(self) -> None:
+        """Pick up what the other workers queued (spool.scan_partitions, every PARTITION_SCAN
+        seconds): their entries are scheduled here, so exactly one process delivers each."""
+        while not self._stopping:
+            await asyncio.sleep(PARTITION_SCAN)
+            try:
+                found = await self.spool.scan_partitions()
+            except OSError as e:
+                log.error("queue: cannot read the workers' partitions: %s", e.strerror or e)
+                continue
+            for entry in found:
+                if entry.id not in self.entries:
+                    self.entries[entry.id] = entry
+                    self._schedule(entry)
+            if found:
+                self.wake()
 
     def wake(self) -> None:
         self._wake.set()
