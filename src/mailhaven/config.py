@@ -728,6 +728,7 @@ def dev_config(workdir: Path, *, cert: Path, key: Path, users_file: Path) -> Con
         "domains": {"example.test": {}},
         "tls": {"cert": str(cert), "key": str(key)},
         "auth": {"allow_plaintext_loopback": True},
+        "server": {"workers": 1},  # one process, whatever the default
         "listeners": {name: {"address": "127.0.0.1", "port": port} for name, port in DEV_PORTS.items()},
     }
     return from_dict(data, workdir)

@@ -15,7 +15,6 @@ import poplib
 import signal
 import smtplib
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -141,7 +140,6 @@ def test_metrics_are_summed_over_the_workers(setup: Setup) -> None:
         for _ in range(n):
             box = poplib.POP3("127.0.0.1", setup.ports["pop3"], timeout=10)
             box.quit()
-        time.sleep(0.3)  # the workers count a closed connection when its task ends
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
             assert r.status == 200
             text = r.read().decode()
@@ -204,6 +202,6 @@ async def test_submitted_mail_is_delivered_exactly_once_whichever_worker_took_it
     assert listing.returncode == 0, listing.stderr
     assert "held@remote.test" in listing.stdout, listing.stdout
     assert len(set(ids)) == n
-    # The kernel spread the 21 connections: worker 1 queued some of them in its partition.
-    spooled = [line for line in server.lines if "accepted " in line]
-    assert len(spooled) == n + 1, server.log()
+    assert sum("accepted " in line for line in server.lines) == n + 1, server.log()
+    # Which worker took each connection is the kernel's choice (worker 1 took some in every run
+    # seen); test_workers_queue.py hands entries over deterministically.

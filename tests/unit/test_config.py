@@ -127,6 +127,8 @@ BROKEN: list[tuple[str, str, str]] = [
     ("bad enum for tls mode", '[listeners.mx]\ntls = "yes"\n',
      'listeners.mx.tls: expected one of "none", "starttls", "implicit", got "yes"'),
     ("bad boolean", 'dev = "yes"\n', 'dev: expected true or false, got "yes"'),
+    ("no workers", "[server]\nworkers = 0\n", "server.workers: expected an integer 1-256, got 0"),
+    ("too many workers", "[server]\nworkers = 257\n", "server.workers: expected an integer 1-256, got 257"),
     ("missing tls cert file", '[tls]\ncert = "nope.pem"\nkey = "nope.key"\n',
      "tls.cert: file not found: {dir}/nope.pem"),
     ("cert without key", '[tls]\ncert = "c.pem"\n', "tls.key: tls.cert and tls.key go together"),
