@@ -19,8 +19,8 @@ link per worker, the metrics socket and its HTTP clients. A link is a Unix strea
 
     worker -> parent  b"ready\\n"                   once its listeners serve
                       b"error LINE\\n"              it cannot start (StartupError, ConfigError): LINE
-                      b"metrics N\\n" + N octets    its exposition, answering:
-    parent -> worker  b"metrics\\n"
+                      b"metrics SEQ N\\n" + N octets  its exposition, answering:
+    parent -> worker  b"metrics SEQ\\n"              (SEQ numbers the parent's requests)
 
 A worker that dies before it ever served on its first start means the server cannot start: the
 parent stops the others, prints the worker's error line and exits with its status (1, or 2 for a
@@ -89,9 +89,10 @@ class WorkerLink:
                     log.error("the supervising parent is gone: stopping")
                     lost()
                     return
-                if line.strip() == b"metrics":
+                words = line.split()
+                if len(words) == 2 and words[0] == b"metrics" and words[1].isdigit():
                     body = metrics.render()
-                    writer.write(b"metrics %d\n" % len(body) + body)
+                    writer.write(b"metrics %s %d\n" % (words[1], len(body)) + body)
                     await writer.drain()
         except (ConnectionError, ValueError, asyncio.LimitOverrunError):
             lost()
@@ -146,6 +147,7 @@ class Supervisor:
         self.killed = False
         self.notified_ready = False
         self.failure: StartFailed | None = None
+        self.scrapes = 0  # numbers the metrics requests, so an answer matches its request
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -183,9 +185,11 @@ class Supervisor:
             elif what == "accept":
                 self._accept()
             elif isinstance(what, _Worker):
-                self._read_link(what)
+                if what.link is key.fileobj:  # not closed by an earlier event of this batch
+                    self._read_link(what)
             elif isinstance(what, _Client):
-                self._read_client(what)
+                if self.clients.get(what.sock.fileno()) is what:
+                    self._read_client(what)
         self._reap()
         now = time.monotonic()
         if not self.stopping:
@@ -288,10 +292,18 @@ class Supervisor:
                 return
             head = bytes(w.buf[:nl])
             if head.startswith(b"metrics "):
-                size = int(head[8:])
-                if size > MAX_MESSAGE or len(w.buf) < nl + 1 + size:
+                try:
+                    seq, size = (int(x) for x in head[8:].split())
+                except ValueError:
+                    seq, size = -1, MAX_MESSAGE + 1
+                if size > MAX_MESSAGE:
+                    log.error("worker %d sent a broken metrics answer", w.index)
+                    w.buf.clear()
                     return
-                w.exposition = bytes(w.buf[nl + 1:nl + 1 + size])
+                if len(w.buf) < nl + 1 + size:
+                    return
+                if seq == self.scrapes:  # a late answer to an earlier scrape is dropped
+                    w.exposition = bytes(w.buf[nl + 1:nl + 1 + size])
                 del w.buf[:nl + 1 + size]
                 continue
             del w.buf[:nl + 1]
@@ -434,11 +446,12 @@ class Supervisor:
     def _scrape(self) -> bytes:
         """Every serving worker's exposition, summed, with mailhaven_workers."""
         asked = []
+        self.scrapes += 1
         for w in self.workers:
             w.exposition = None
             if w.ready and w.link is not None:
                 try:
-                    w.link.send(b"metrics\n")
+                    w.link.send(b"metrics %d\n" % self.scrapes)
                 except OSError:
                     continue
                 asked.append(w)

@@ -18,6 +18,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.dnsserver import DnsServer
@@ -33,7 +34,7 @@ from tests.integration.test_service_process import (
     message,
     running,
 )
-from tests.integration.test_service_support import Server, base_env, free_port, mailhaven_argv
+from tests.integration.test_service_support import NotifySocket, Server, base_env, free_port, mailhaven_argv
 from tests.smtp_peer import SmtpPeer, shared_port
 
 setup = service.setup
@@ -91,6 +92,26 @@ def test_two_workers_serve_every_listener_and_a_killed_worker_is_restarted(setup
         greetings(setup, 10)
         assert server.stop() == 0
     assert not any(Path(f"/proc/{pid}").exists() for pid in now)
+
+
+def test_only_the_parent_notifies_systemd_ready_once_both_workers_serve(setup: Setup) -> None:
+    notify = NotifySocket(setup.folder)
+    server = Server(setup.write(server=WORKERS), env=base_env(NOTIFY_SOCKET=str(notify.path)))
+    try:
+        assert notify.next_state() == {"READY": "1"}
+        # At READY both workers serve every listener: 2 x 8 connections all get a greeting at once.
+        assert sum("listener(s) serving in worker" in line for line in server.lines) == 2, server.log()
+        greetings(setup, 2)
+        server.signal(signal.SIGHUP)
+        assert notify.next_state().get("RELOADING") == "1"
+        assert notify.next_state() == {"READY": "1"}
+        assert server.stop() == 0
+        assert notify.next_state() == {"STOPPING": "1"}
+        with pytest.raises(TimeoutError):  # nothing from the workers, ever
+            notify.next(timeout=0.5)
+    finally:
+        server.kill()
+        notify.close()
 
 
 def test_sighup_reloads_every_worker(setup: Setup) -> None:
