@@ -381,6 +381,10 @@ class Supervisor:
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.shutdown_deadline + STOP_MARGIN
         app.sd_notify("STOPPING=1")
+        # No worker is started again, and our copies would keep the ports open (connections
+        # queued for nobody) after the workers closed theirs.
+        for sock in self.socks.values():
+            sock.close()
         for w in self.workers:
             w.restart_at = None
             if w.pid:

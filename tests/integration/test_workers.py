@@ -15,6 +15,7 @@ import poplib
 import signal
 import smtplib
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -129,13 +130,23 @@ def test_sighup_reloads_every_worker(setup: Setup) -> None:
     assert sum("reloaded " in line for line in server.lines) == 2, server.log()
 
 
-def test_sigterm_stops_every_worker_and_the_parent_exits_0(setup: Setup) -> None:
-    with running(setup.write(server=WORKERS)) as server:
+def test_sigterm_stops_every_worker_closes_the_ports_at_once_and_the_parent_exits_0(setup: Setup) -> None:
+    with running(setup.write(server=WORKERS, shutdown_deadline=10)) as server:
         all_ready(server)
         workers = children(server.pid)
-        assert server.stop() == 0
-        assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
-        assert sum("stopped" in line for line in server.lines) == 3, server.log()  # 2 workers, the parent
+        smtp, rest = service._in_data(setup.ports["mx"], "finished during the stop")
+        server.signal(signal.SIGTERM)
+        server.wait_for(r"waiting up to 10s for 1 session")  # the worker that has it
+        deadline = time.monotonic() + 2
+        while service.connects(setup.ports["mx"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Nobody would accept: the parent's copy of the socket is closed too, not queueing for nobody.
+        assert not service.connects(setup.ports["mx"])
+        smtp.send(rest)
+        assert smtp.getreply()[0] == 250
+        assert server.p.wait(timeout=20) == 0, server.log()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert sum(line.endswith("stopped") for line in server.lines) == 3, server.log()  # 2 workers, the parent
 
 
 def test_a_worker_that_cannot_start_stops_the_others_and_exits_with_its_error_line(setup: Setup) -> None:
