@@ -101,3 +101,29 @@ async def test_entries_handed_over_by_other_workers_are_delivered_once_by_worker
             await asyncio.wait_for(task, 5)
         await ctx.store.close()
         await peer.stop()
+
+
+async def test_a_handed_over_entry_wakes_the_runner_at_once(
+        make_config: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailhaven.queue import manager as manager_module
+
+    monkeypatch.setattr(manager_module, "PARTITION_SCAN", 60.0)  # only the datagram can be in time
+    cfg = make_config(hostname="mail.example.test", server={"workers": 2})
+    ctx = app.build_context(cfg)
+    await ctx.store.start()
+    manager = QueueManager(ctx, spool=Spool(Path(cfg.queue_root), partitions=["worker-1"]))
+    manager.wake = lambda: None  # type: ignore[method-assign]  # record only: no delivery attempts
+    task = asyncio.create_task(manager.run())
+    try:
+        await manager.loaded.wait()
+        await until(lambda: manager.spool.wake_path.exists(), 5)
+        started = time.monotonic()
+        eid = await HandoffQueue(Path(cfg.queue_root), worker=1).submit("alice@example.test", ["bob@b.test"], MSG)
+        await until(lambda: eid in manager.entries, 5)
+        assert time.monotonic() - started < 2
+    finally:
+        manager.stop()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 5)
+        await ctx.store.close()

@@ -4,7 +4,8 @@ Owns: writing what this worker queues durably into its partition `<data>/queue/w
 same Spool code, so `submit` returns only after the fsyncs, and the caller's 250 still means
 durable), and answering the queue's other questions with "ask worker 0".
 Does not own: delivery, retries, bounces (queue/manager.py in worker 0 loads the partitions and
-rescans them every second: queue/spool.py `scan_partitions`), the control socket (worker 0's).
+rescans them every second, or at once on the wake-up datagram `submit` sends to
+`<data>/queue/wake.sock`: queue/spool.py `scan_partitions`), the control socket (worker 0's).
 
     ctx.queue = HandoffQueue(config.queue_root, worker=1)   # app.run for worker i > 0
     await ctx.queue.submit(sender, rcpts, data, source=...)  # cleanup.enqueue, as with QueueManager
@@ -12,10 +13,12 @@ rescans them every second: queue/spool.py `scan_partitions`), the control socket
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from mailhaven.queue.spool import Spool, partition_name
+from mailhaven.queue.spool import WAKE_SOCKET, Spool, partition_name
 
 
 class QueueElsewhere(Exception):
@@ -30,6 +33,7 @@ class HandoffQueue:
             raise ValueError("worker 0 runs the queue itself (queue/manager.py)")
         self.worker = worker
         self.spool = Spool(Path(queue_root) / partition_name(worker), fsync=fsync)
+        self.wake_path = Path(queue_root) / WAKE_SOCKET
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
                      entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str:
@@ -37,7 +41,16 @@ class HandoffQueue:
         a second). Raises TempFailure on disk trouble (nothing left behind)."""
         entry = await self.spool.add(sender, recipients, message, source=source, entry_id=entry_id,
                                      programs=programs)
+        self._wake()
         return entry.id
+
+    def _wake(self) -> None:
+        """Tell the runner to look now (one datagram, never blocking); if it is not listening,
+        its scan every second finds the entry anyway."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            with contextlib.suppress(OSError):
+                s.sendto(b"!", str(self.wake_path))
 
     async def load(self) -> None:
         """Nothing to load: this worker never reads its partition back."""

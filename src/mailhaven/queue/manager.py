@@ -34,15 +34,19 @@ Rules (maddy's queue and Postfix's qmgr are the models):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
+import os
 import random
 import secrets
+import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mailhaven import metrics, seams
@@ -88,6 +92,39 @@ class _Job:
     round: _Round
     domain: str
     recipients: list[Recipient]
+
+
+@contextlib.contextmanager
+def _wake_socket(path: Path, wake: Callable[[], object]) -> Iterator[None]:
+    """A Unix datagram socket at `path` whose every datagram calls `wake()` (on the loop); without
+    it (cannot bind) the caller polls alone."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock.bind(str(path))
+        sock.setblocking(False)
+    except OSError as e:
+        log.warning("queue: no wake-up socket %s (%s): looking every %gs", path, e.strerror or e, PARTITION_SCAN)
+        sock.close()
+        yield
+        return
+
+    def readable() -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(64):
+                pass
+        wake()
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def _domain(address: str) -> str:
@@ -158,21 +195,30 @@ class QueueManager:
                     scanner.cancel()
 
     async def _scan_partitions(self) -> None:
-        """Pick up what the other workers queued (spool.scan_partitions, every PARTITION_SCAN
-        seconds): their entries are scheduled here, so exactly one process delivers each."""
-        while not self._stopping:
-            await asyncio.sleep(PARTITION_SCAN)
-            try:
-                found = await self.spool.scan_partitions()
-            except OSError as e:
-                log.error("queue: cannot read the workers' partitions: %s", e.strerror or e)
-                continue
-            for entry in found:
-                if entry.id not in self.entries:
-                    self.entries[entry.id] = entry
-                    self._schedule(entry)
-            if found:
-                self.wake()
+        """Pick up what the other workers queued (spool.scan_partitions): at once when a worker
+        sends its wake-up datagram (queue/handoff.py, to spool.wake_path), else every
+        PARTITION_SCAN seconds. Their entries are scheduled here, so exactly one process
+        delivers each."""
+        now = asyncio.Event()
+        with _wake_socket(self.spool.wake_path, now.set):
+            while not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(now.wait(), PARTITION_SCAN)
+                now.clear()
+                await self._scan_once()
+
+    async def _scan_once(self) -> None:
+        try:
+            found = await self.spool.scan_partitions()
+        except OSError as e:
+            log.error("queue: cannot read the workers' partitions: %s", e.strerror or e)
+            return
+        for entry in found:
+            if entry.id not in self.entries:
+                self.entries[entry.id] = entry
+                self._schedule(entry)
+        if found:
+            self.wake()
 
     def wake(self) -> None:
         self._wake.set()

@@ -21,7 +21,8 @@ with a log line, as is an .env that does not parse. Leftover `.*.tmp` files are 
 Worker processes ([server] workers > 1, supervisor.py): worker 0 runs the queue over this spool;
 worker i > 0 queues into its own partition `<data>/queue/worker-<i>/` (a plain Spool there: `add`
 only), and the runner's Spool loads every partition at start and picks new entries up with
-`scan_partitions()`. An entry stays in the directory it was written to (its saves and its removal
+`scan_partitions()` (every second, or at once when a worker's datagram reaches `wake.sock` in
+the queue directory). An entry stays in the directory it was written to (its saves and its removal
 happen there: no file moves between directories, so no crash window). In a partition another
 process may be writing right now, so a .msg without .env or a `.*.tmp` there is left alone unless
 older than STALE_WRITE.
@@ -68,6 +69,7 @@ ID_RE = re.compile(r"^[0-9A-F]{8,40}$")
 MAX_ENVELOPE = 16 * 1024 * 1024  # an envelope file larger than this is not ours
 PARTITION_PREFIX = "worker-"  # <data>/queue/worker-<i>/: what worker i > 0 queues
 STALE_WRITE = 3600.0  # seconds: a partition's unfinished write older than this was cut short
+WAKE_SOCKET = "wake.sock"  # in <data>/queue/: a worker's datagram there wakes the runner's scan
 
 
 def partition_name(worker: int) -> str:
@@ -168,6 +170,11 @@ class Spool:
         self._dirs: dict[str, Path] = {}  # entry id -> its partition (entries of root are not here)
 
     # -- paths --
+    @property
+    def wake_path(self) -> Path:
+        """The runner's wake-up socket: a datagram there makes it scan the partitions now."""
+        return self.root / WAKE_SOCKET
+
     def dir_of(self, entry_id: str) -> Path:
         return self._dirs.get(entry_id, self.root)
 
@@ -394,4 +401,4 @@ def _dumps(entry: Entry) -> bytes:
     return json.dumps(entry.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-__all__ = ["Spool", "Entry", "Recipient", "RcptState", "new_id", "valid_id", "partition_name", "STALE_WRITE"]
+__all__ = ["Spool", "Entry", "Recipient", "RcptState", "new_id", "valid_id", "partition_name", "STALE_WRITE", "WAKE_SOCKET"]
