@@ -401,9 +401,10 @@ class Supervisor:
             pass  # each worker logs why and keeps its config; so do we
         else:
             self.config = dataclasses.replace(new, **{k: getattr(old, k) for k in app.RESTART_ONLY})
-        for w in self.workers:
-            if w.pid:
-                _kill(w.pid, signal.SIGHUP)
+        live = [w for w in self.workers if w.pid]
+        log.info("SIGHUP: passing it on to %d worker(s); each logs its own reload", len(live))
+        for w in live:
+            _kill(w.pid, signal.SIGHUP)
         app.sd_notify("READY=1")
 
     # -- GET /metrics -----------------------------------------------------------------------------
