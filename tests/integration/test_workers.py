@@ -100,8 +100,11 @@ def test_only_the_parent_notifies_systemd_ready_once_both_workers_serve(setup: S
     server = Server(setup.write(server=WORKERS), env=base_env(NOTIFY_SOCKET=str(notify.path)))
     try:
         assert notify.next_state() == {"READY": "1"}
-        # At READY both workers serve every listener: 2 x 8 connections all get a greeting at once.
-        assert sum("listener(s) serving in worker" in line for line in server.lines) == 2, server.log()
+        # READY comes once both workers serve: each logs that (to the one stderr) before it tells
+        # the parent, which logs its own line when it notifies.
+        all_ready(server)
+        parent = next(i for i, line in enumerate(server.lines) if "ready: 2 workers serving" in line)
+        assert sum("listener(s) serving in worker" in line for line in server.lines[:parent]) == 2, server.log()
         greetings(setup, 2)
         server.signal(signal.SIGHUP)
         assert notify.next_state().get("RELOADING") == "1"
@@ -145,6 +148,7 @@ def test_sigterm_stops_every_worker_closes_the_ports_at_once_and_the_parent_exit
         smtp.send(rest)
         assert smtp.getreply()[0] == 250
         assert server.p.wait(timeout=20) == 0, server.log()
+        server.wait_for(r"mailhaven.supervisor: stopped$")  # the last line, once the pipe is read
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
     assert sum(line.endswith("stopped") for line in server.lines) == 3, server.log()  # 2 workers, the parent
 
@@ -157,7 +161,8 @@ def test_a_worker_that_cannot_start_stops_the_others_and_exits_with_its_error_li
     try:
         assert server.p.wait(timeout=30) == 2
         # The line a single process prints for it: the file, the position and what is wrong.
-        assert server.lines[-1].startswith(f"mailhaven: {setup.folder / 'users.toml'}:1:7: TOML syntax"), server.log()
+        last = server.wait_for(r"^mailhaven: ")
+        assert last.startswith(f"mailhaven: {setup.folder / 'users.toml'}:1:7: TOML syntax"), server.log()
         assert not any("ready: 2 workers" in line for line in server.lines)
         assert not children(server.pid)
     finally:
