@@ -6,7 +6,9 @@ that owns servers and workers, signals (SIGTERM/SIGINT = graceful stop, SIGHUP =
 systemd's sd_notify (READY/STOPPING/RELOADING), and the metrics endpoint (metrics.py, bound with the
 listeners when config `metrics.address` is set; `ctx.metrics` is always a Metrics, a no-op when off).
 Does not own: any protocol (smtp/, imap/, pop3/), the store, accounts, TLS policy beyond loading the
-configured certificate.
+configured certificate, several worker processes (supervisor.py runs `run` once per worker with
+the sockets it bound, `worker=i` and a `link` to it; worker 0 alone runs the queue and the control
+socket, the others hand their queue entries over through queue/handoff.py).
 
 Listener factory contract (one per protocol module, named in `LISTENER_FACTORIES`):
 
@@ -39,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailhaven import config as configmod
 from mailhaven import lineproto, seams
@@ -62,10 +64,14 @@ from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
 from mailhaven.pop3 import server as pop3_server
+from mailhaven.queue.handoff import HandoffQueue
 from mailhaven.queue.manager import QueueManager
 from mailhaven.quota import QuotaService
 from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
+
+if TYPE_CHECKING:
+    from mailhaven.supervisor import WorkerLink
 
 log = logging.getLogger("mailhaven.app")
 
@@ -417,7 +423,7 @@ def drop_privileges(cfg: Config) -> None:
 # data_dir), the store and queue on disk (data_dir), the process's user (run_as_*). The running
 # server keeps these as they were; config/mailhaven.toml marks each "restart needed".
 RESTART_ONLY = ("listeners", "data_dir", "control_socket", "metrics", "run_as_user", "run_as_group",
-                "spam")  # spam: the rspamd client holds pooled connections made from the old values
+                "spam", "server")  # spam: the rspamd client holds pooled connections made from the old values
 
 
 def _changed(prefix: str, old: Any, new: Any) -> list[str]:
@@ -497,15 +503,22 @@ def setup_logging(cfg: Config) -> None:
 
 
 async def run(config: Config, *, ready: Callable[[Context], object] | None = None,
-              handle_signals: bool = True, configure_logging: bool = False) -> None:
+              handle_signals: bool = True, configure_logging: bool = False,
+              socks: dict[str, socket.socket] | None = None, worker: int = 0,
+              link: WorkerLink | None = None) -> None:
     """Serve until SIGTERM/SIGINT (or `ctx.request_stop()`), then stop gracefully.
 
     `ready(ctx)` is called once every available listener is serving. Raises StartupError (one
     line) when a socket cannot be bound, ConfigError when the certificate or users file is broken.
+
+    As a worker of supervisor.py ([server] workers > 1): `socks` are the listeners the parent bound
+    (this run owns them from here on), `worker` its index and `link` the parent's line to it. Worker
+    0 runs the queue and the control socket; the others hand their queue entries over
+    (queue/handoff.py). The parent serves metrics.address, asking each worker over `link`.
     """
     if configure_logging:
         setup_logging(config)
-    socks = bind_all(config)
+    socks = bind_all(config) if socks is None else dict(socks)
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     ctx: Context | None = None
@@ -513,12 +526,14 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
     metrics_server: asyncio.AbstractServer | None = None
     control_server: asyncio.AbstractServer | None = None
     try:
-        if config.metrics.address:
+        if config.metrics.address and link is None:
             try:
                 metrics_sock = metricsmod.bind(config.metrics.address)
             except metricsmod.MetricsAddressError as e:
                 raise StartupError(str(e)) from None
-        ctx = build_context(config)  # reads the certificate and users file while still root
+        # One of several workers (supervisor.py): the store's change events reach the others.
+        bus = config.data_path / "run" / "bus" if link is not None else None
+        ctx = build_context(config, bus_dir=bus)  # reads the certificate and users file while still root
         prepare_data_dir(config)
         drop_privileges(config)
         check_data_dir(config)  # from here on we touch mail, as run_as_user
@@ -526,13 +541,16 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         if ctx.greylist is not None:
             await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
         # The queue comes up before the listeners, so the first submission can be queued.
-        queue = ctx.queue = QueueManager(ctx)
-        ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
-        await queue.load()
-        try:
-            control_server = await serve_control(ctx, queue)
-        except (ControlError, OSError) as e:
-            raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
+        if worker == 0:
+            queue = ctx.queue = QueueManager(ctx)
+            ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
+            await queue.load()
+            try:
+                control_server = await serve_control(ctx, queue)
+            except (ControlError, OSError) as e:
+                raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
+        else:
+            ctx.queue = HandoffQueue(config.queue_root, worker=worker)  # worker 0 delivers
         for name in list(socks):
             factory = LISTENER_FACTORIES[name]
             sock = socks.pop(name)  # the server owns it from here on
@@ -556,11 +574,16 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader"),
                        tg.create_task(_users_watcher(ctx), name="users-watcher")]
-            if ctx.queue is not None:
+            if ctx.queue is not None and worker == 0:
                 # Cancelling it on stop is safe: an unrecorded transaction is retried at next start.
                 workers.append(tg.create_task(ctx.queue.run(), name="queue"))
             sd_notify("READY=1")
-            log.info("ready: %d listener(s) serving", len(ctx.serving))
+            if link is None:
+                log.info("ready: %d listener(s) serving", len(ctx.serving))
+            else:
+                log.info("ready: %d listener(s) serving in worker %d", len(ctx.serving), worker)
+                link.ready()
+                workers.append(tg.create_task(link.serve(ctx.metrics, lost=ctx.request_stop), name="link"))
             if ready is not None:
                 ready(ctx)
             await ctx._stop.wait()

@@ -392,6 +392,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = _load_config(args)
         ready = None
     os.umask(0o077)  # everything the server creates is private (systemd's UMask=0077 does the same)
+    if cfg.server.processes > 1 and not args.dev:  # --dev: always one process
+        from mailhaven import supervisor
+
+        return supervisor.serve(cfg)
     asyncio.run(app.run(cfg, ready=ready, handle_signals=True, configure_logging=True))
     return 0
 

@@ -15,6 +15,7 @@ import dataclasses
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 import typing
@@ -327,6 +328,17 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    workers: int = opt(0, "Processes serving every listener: 0 = one per CPU (the default), 1 = one "
+                       "process with no supervising parent.", lo=0, hi=256)
+
+    @property
+    def processes(self) -> int:
+        """How many worker processes `serve` runs: `workers`, or one per CPU (at most 256) for 0."""
+        return self.workers or max(1, min(256, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = opt("localhost", "This server's name: greeting, Received, HELO, DKIM records.")
     data_dir: str = opt("/var/lib/mailhaven", "Where mail, the queue and indexes live.", path=True)
@@ -341,6 +353,7 @@ class Config:
                                    lo=0, duration=True)
     public_ip: str = opt("", "Public IP of this host, for `doctor` (PTR check) and `dns` (SPF).")
     control_socket: str = opt("control.sock", "Unix socket of the running server, relative to data_dir.")
+    server: ServerConfig = opt(None, "Worker processes.", factory=ServerConfig)
     domains: dict[str, DomainConfig] = opt(None, "Domains we accept mail for: [domains.\"example.org\"].",
                                            factory=dict)
     listeners: dict[str, ListenerConfig] = opt(None, "Listening sockets by name.", factory=dict)
@@ -746,6 +759,7 @@ def dev_config(workdir: Path, *, cert: Path, key: Path, users_file: Path) -> Con
         "domains": {"example.test": {}},
         "tls": {"cert": str(cert), "key": str(key)},
         "auth": {"allow_plaintext_loopback": True},
+        "server": {"workers": 1},  # one process, whatever the default
         "listeners": {name: {"address": "127.0.0.1", "port": port} for name, port in DEV_PORTS.items()},
     }
     return from_dict(data, workdir)

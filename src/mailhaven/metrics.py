@@ -400,31 +400,32 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
         return e.partial if b"\n" in e.partial else None
 
 
+def http_reply(head: bytes | None, render: Callable[[], bytes]) -> bytes:
+    """The whole HTTP/1.0 response to a request head (None: unreadable); `render()` gives the
+    exposition for GET /metrics (supervisor.py answers with this too, outside any event loop)."""
+    if head is None:
+        return _response("400 Bad Request", b"bad request\n")
+    request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1")
+    parts = request_line.split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        return _response("400 Bad Request", b"bad request\n")
+    method, target = parts[0], parts[1].split("?", 1)[0]
+    if method not in ("GET", "HEAD"):
+        return _response("405 Method Not Allowed", b"GET only\n", extra="Allow: GET, HEAD\r\n")
+    head_only = method == "HEAD"
+    if target == "/metrics":
+        return _response("200 OK", render(), CONTENT_TYPE_PLAIN_0_0_4, head_only)
+    if target == "/":
+        return _response("200 OK", b"Mailhaven metrics: /metrics\n", head_only=head_only)
+    return _response("404 Not Found", b"not found\n", head_only=head_only)
+
+
 async def serve(metrics: Metrics, sock: socket.socket) -> asyncio.AbstractServer:
     """Serve GET /metrics on the bound socket from the running loop; returns the started server."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await _read_head(reader)
-            if head is None:
-                writer.write(_response("400 Bad Request", b"bad request\n"))
-                return
-            request_line = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode("latin-1")
-            parts = request_line.split()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                writer.write(_response("400 Bad Request", b"bad request\n"))
-                return
-            method, target = parts[0], parts[1].split("?", 1)[0]
-            if method not in ("GET", "HEAD"):
-                writer.write(_response("405 Method Not Allowed", b"GET only\n", extra="Allow: GET, HEAD\r\n"))
-                return
-            head_only = method == "HEAD"
-            if target == "/metrics":
-                writer.write(_response("200 OK", metrics.render(), CONTENT_TYPE_PLAIN_0_0_4, head_only))
-            elif target == "/":
-                writer.write(_response("200 OK", b"Mailhaven metrics: /metrics\n", head_only=head_only))
-            else:
-                writer.write(_response("404 Not Found", b"not found\n", head_only=head_only))
+            writer.write(http_reply(await _read_head(reader), metrics.render))
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
         except (TimeoutError, ConnectionError, OSError):
             pass
@@ -434,4 +435,59 @@ async def serve(metrics: Metrics, sock: socket.socket) -> asyncio.AbstractServer
     return await asyncio.start_server(handle, sock=sock, limit=MAX_REQUEST)
 
 
-__all__ = ["Metrics", "NOOP", "of", "bind", "serve", "MetricsAddressError", "QueueProbe", "LATENCY_BUCKETS"]
+# --- summing the workers' expositions (supervisor.py) --------------------------------------------
+
+# Series that are not summed over workers: the earliest start / creation time, and values that
+# every worker reports the same or that only one can have.
+_MIN_SERIES = frozenset({"process_start_time_seconds"})
+_MAX_SERIES = frozenset({"mailhaven_build_info", "python_info", "process_max_fds",
+                         "mailhaven_queue_oldest_age_seconds"})
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _combine(name: str, old: float, new: float) -> float:
+    if name.endswith("_created") or name in _MIN_SERIES:
+        return min(old, new)
+    if name in _MAX_SERIES:
+        return max(old, new)
+    return old + new
+
+
+def merge(texts: Iterable[str], *, workers: int) -> bytes:
+    """One exposition from the workers' (text format 0.0.4): every series summed per identical
+    label set (counters, gauges, histogram buckets, sums and counts); start and creation times
+    take the earliest, build and version info the one value. Plus `mailhaven_workers`, the
+    number of live worker processes."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], tuple[dict[str, str], float]]] = {}
+    for text in texts:
+        for fam in text_string_to_metric_families(text):
+            if fam.name not in families:
+                families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                values[fam.name] = {}
+            series = values[fam.name]
+            for s in fam.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                old = series.get(key)
+                series[key] = (s.labels, s.value if old is None else _combine(s.name, old[1], s.value))
+    for name, fam in families.items():
+        for (sample, _), (labels, value) in values[name].items():
+            fam.add_sample(sample, labels, value)
+    out = list(families.values())
+    out.append(GaugeMetricFamily("mailhaven_workers", "Worker processes running ([server] workers).",
+                                 value=float(workers)))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(out))
+    return generate_latest(registry)
+
+
+__all__ = ["merge", "http_reply", "Metrics", "NOOP", "of", "bind", "serve", "MetricsAddressError", "QueueProbe", "LATENCY_BUCKETS"]

@@ -79,6 +79,9 @@ class Setup:
         for name, lc in data["listeners"].items():
             self.ports.setdefault(name, (ports or {}).get(name) or free_port())
             lc["port"] = self.ports[name]
+        # MAILHAVEN_TEST_WORKERS=2 runs every test here against a supervising parent and two
+        # worker processes ([server] workers; test_workers.py tests that mode itself).
+        data["server"] = {"workers": int(os.environ.get("MAILHAVEN_TEST_WORKERS", "1"))}
         data.update(top)
         write_config(self.path, data)
         users = self.folder / "users.toml"

@@ -127,6 +127,8 @@ BROKEN: list[tuple[str, str, str]] = [
     ("bad enum for tls mode", '[listeners.mx]\ntls = "yes"\n',
      'listeners.mx.tls: expected one of "none", "starttls", "implicit", got "yes"'),
     ("bad boolean", 'dev = "yes"\n', 'dev: expected true or false, got "yes"'),
+    ("negative workers", "[server]\nworkers = -1\n", "server.workers: expected an integer 0-256, got -1"),
+    ("too many workers", "[server]\nworkers = 257\n", "server.workers: expected an integer 0-256, got 257"),
     ("missing tls cert file", '[tls]\ncert = "nope.pem"\nkey = "nope.key"\n',
      "tls.cert: file not found: {dir}/nope.pem"),
     ("cert without key", '[tls]\ncert = "c.pem"\n', "tls.key: tls.cert and tls.key go together"),
@@ -414,3 +416,12 @@ def test_spam_rspamd_keys_load(tmp_path: Path) -> None:
 def test_spam_bad_values_are_one_line_errors(tmp_path: Path, spam: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config.from_dict({"spam": spam}, tmp_path)
+
+
+def test_workers_default_to_one_per_cpu() -> None:
+    import os
+
+    assert config.ServerConfig().workers == 0  # the default: one per CPU
+    assert config.ServerConfig().processes == max(1, min(256, os.cpu_count() or 1))
+    assert config.ServerConfig(workers=3).processes == 3
+    assert config.ServerConfig(workers=1).processes == 1  # one process, no supervising parent

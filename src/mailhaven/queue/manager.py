@@ -34,15 +34,19 @@ Rules (maddy's queue and Postfix's qmgr are the models):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import logging
+import os
 import random
 import secrets
+import socket
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mailhaven import metrics, seams
@@ -53,12 +57,13 @@ from mailhaven.errors import ConfigError, MailError
 from mailhaven.message import dsn
 from mailhaven.message import headers as msgheaders
 from mailhaven.queue import schedule
-from mailhaven.queue.spool import Entry, Recipient, Spool, valid_id
+from mailhaven.queue.spool import Entry, Recipient, Spool, partition_name, valid_id
 
 log = logging.getLogger("mailhaven.queue")
 
 # How long to wait before retrying an entry whose bounce could not be queued (disk trouble).
 NOTIFY_RETRY = 60.0
+PARTITION_SCAN = 1.0  # seconds between looks into the other workers' partitions (spool.py)
 HEADERS_READ = 64 * 1024
 PROGRAMS = "|programs"  # the destination of program recipients (delivery/program.py), never a domain  # `queue show` looks for From/To/Subject/Message-ID in this much of a message
 
@@ -89,6 +94,39 @@ class _Job:
     recipients: list[Recipient]
 
 
+@contextlib.contextmanager
+def _wake_socket(path: Path, wake: Callable[[], object]) -> Iterator[None]:
+    """A Unix datagram socket at `path` whose every datagram calls `wake()` (on the loop); without
+    it (cannot bind) the caller polls alone."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock.bind(str(path))
+        sock.setblocking(False)
+    except OSError as e:
+        log.warning("queue: no wake-up socket %s (%s): looking every %gs", path, e.strerror or e, PARTITION_SCAN)
+        sock.close()
+        yield
+        return
+
+    def readable() -> None:
+        with contextlib.suppress(OSError):
+            while sock.recv(64):
+                pass
+        wake()
+
+    loop.add_reader(sock.fileno(), readable)
+    try:
+        yield
+    finally:
+        loop.remove_reader(sock.fileno())
+        sock.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
@@ -97,7 +135,10 @@ class QueueManager:
     def __init__(self, ctx: seams.Context, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random) -> None:
         self.ctx = ctx
-        self.spool = spool if spool is not None else Spool(ctx.config.queue_root)
+        if spool is None:
+            workers = ctx.config.server.workers
+            spool = Spool(ctx.config.queue_root, partitions=[partition_name(i) for i in range(1, workers)])
+        self.spool = spool
         self.clock = clock
         self.rand = rand
         self.entries: dict[str, Entry] = {}
@@ -138,6 +179,7 @@ class QueueManager:
         await self.load()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
             try:
                 while not self._stopping:
                     self._wake.clear()
@@ -149,6 +191,34 @@ class QueueManager:
                         pass
             finally:
                 self._tg = None
+                if scanner is not None:
+                    scanner.cancel()
+
+    async def _scan_partitions(self) -> None:
+        """Pick up what the other workers queued (spool.scan_partitions): at once when a worker
+        sends its wake-up datagram (queue/handoff.py, to spool.wake_path), else every
+        PARTITION_SCAN seconds. Their entries are scheduled here, so exactly one process
+        delivers each."""
+        now = asyncio.Event()
+        with _wake_socket(self.spool.wake_path, now.set):
+            while not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(now.wait(), PARTITION_SCAN)
+                now.clear()
+                await self._scan_once()
+
+    async def _scan_once(self) -> None:
+        try:
+            found = await self.spool.scan_partitions()
+        except OSError as e:
+            log.error("queue: cannot read the workers' partitions: %s", e.strerror or e)
+            return
+        for entry in found:
+            if entry.id not in self.entries:
+                self.entries[entry.id] = entry
+                self._schedule(entry)
+        if found:
+            self.wake()
 
     def wake(self) -> None:
         self._wake.set()

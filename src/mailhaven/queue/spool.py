@@ -18,6 +18,15 @@ first. So at load a .msg without .env is a transaction that was never acknowledg
 cut short) and is deleted; an .env without .msg cannot be delivered: it is moved to `corrupt/`
 with a log line, as is an .env that does not parse. Leftover `.*.tmp` files are deleted.
 
+Worker processes ([server] workers > 1, supervisor.py): worker 0 runs the queue over this spool;
+worker i > 0 queues into its own partition `<data>/queue/worker-<i>/` (a plain Spool there: `add`
+only), and the runner's Spool loads every partition at start and picks new entries up with
+`scan_partitions()` (every second, or at once when a worker's datagram reaches `wake.sock` in
+the queue directory). An entry stays in the directory it was written to (its saves and its removal
+happen there: no file moves between directories, so no crash window). In a partition another
+process may be writing right now, so a .msg without .env or a `.*.tmp` there is left alone unless
+older than STALE_WRITE.
+
 Envelope (version 1):
     {"v": 1, "id": "...", "sender": "a@b" | "", "created": ts, "next_attempt": ts, "attempts": n,
      "delay_warning_sent": bool, "size": octets, "source": "submission",
@@ -58,6 +67,13 @@ RcptState = Literal["pending", "delivered", "failed"]
 VERSION = 1
 ID_RE = re.compile(r"^[0-9A-F]{8,40}$")
 MAX_ENVELOPE = 16 * 1024 * 1024  # an envelope file larger than this is not ours
+PARTITION_PREFIX = "worker-"  # <data>/queue/worker-<i>/: what worker i > 0 queues
+STALE_WRITE = 3600.0  # seconds: a partition's unfinished write older than this was cut short
+WAKE_SOCKET = "wake.sock"  # in <data>/queue/: a worker's datagram there wakes the runner's scan
+
+
+def partition_name(worker: int) -> str:
+    return f"{PARTITION_PREFIX}{worker}"
 
 
 def new_id(now: float | None = None) -> str:
@@ -143,18 +159,30 @@ class Entry:
 class Spool:
     """Durable queue storage in one directory. Every method runs its file work in a thread."""
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path, *, fsync: bool = True, partitions: Sequence[str] = ()) -> None:
+        """`partitions`: names of partition directories under `root` to load and scan besides
+        those found there at load (the runner passes worker-1 ... worker-<N-1>)."""
         self.root = Path(root)
         self.fsync = fsync
         self._locks: dict[str, asyncio.Lock] = {}
         self._ready = False
+        self.partitions: list[Path] = [self.root / p for p in partitions]
+        self._dirs: dict[str, Path] = {}  # entry id -> its partition (entries of root are not here)
 
     # -- paths --
+    @property
+    def wake_path(self) -> Path:
+        """The runner's wake-up socket: a datagram there makes it scan the partitions now."""
+        return self.root / WAKE_SOCKET
+
+    def dir_of(self, entry_id: str) -> Path:
+        return self._dirs.get(entry_id, self.root)
+
     def msg_path(self, entry_id: str) -> Path:
-        return self.root / f"{entry_id}.msg"
+        return self.dir_of(entry_id) / f"{entry_id}.msg"
 
     def env_path(self, entry_id: str) -> Path:
-        return self.root / f"{entry_id}.env"
+        return self.dir_of(entry_id) / f"{entry_id}.env"
 
     # -- load --
     async def load(self) -> list[Entry]:
@@ -169,47 +197,105 @@ class Spool:
 
     def _load_sync(self) -> list[Entry]:
         self._make_root()
-        root = str(self.root)
+        entries = self._load_dir(self.root, 0.0)
+        seen = {e.id for e in entries}
+        found = sorted(p for p in self.root.glob(f"{PARTITION_PREFIX}*") if p.is_dir())
+        for part in dict.fromkeys([*found, *self.partitions]):
+            if part not in self.partitions:
+                self.partitions.append(part)
+            if not part.is_dir():
+                continue
+            for entry in self._load_dir(part, STALE_WRITE):
+                if entry.id not in seen:
+                    seen.add(entry.id)
+                    self._dirs[entry.id] = part
+                    entries.append(entry)
+        return entries
+
+    def _load_dir(self, folder: Path, keep_recent: float) -> list[Entry]:
+        """The entries of one directory. Crash leftovers are cleaned, except those younger than
+        `keep_recent` seconds (a partition's writer may be in the middle of them)."""
+        root = str(folder)
         names = os.listdir(root)
         msgs = {n[:-4] for n in names if n.endswith(".msg")}
         envs = {n[:-4] for n in names if n.endswith(".env")}
         entries: list[Entry] = []
         changed = False
         for n in names:
-            if n.startswith(".") and n.endswith(".tmp"):
+            if n.startswith(".") and n.endswith(".tmp") and _older(folder / n, keep_recent):
                 with contextlib.suppress(OSError):
-                    os.unlink(self.root / n)
+                    os.unlink(folder / n)
                     changed = True
         for eid in sorted(envs):
             if eid not in msgs:
                 log.error("queue entry %s has an envelope but no message file; moved to corrupt/", eid)
-                self._quarantine(eid)
+                self._quarantine(folder, eid)
                 continue
             try:
-                raw = _read_small(os.path.join(root, eid + ".env"))
-                entry = Entry.from_json(json.loads(raw))
-                if entry.id != eid:
-                    raise ValueError("id does not match the file name")
+                entry = _read_entry(folder, eid)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.error("queue entry %s: unreadable envelope (%s); moved to corrupt/", eid, e)
-                self._quarantine(eid)
+                self._quarantine(folder, eid)
                 continue
             entries.append(entry)
         for eid in msgs - envs:
             # Never acknowledged (or a removal cut short): not part of the queue.
-            with contextlib.suppress(OSError):
-                os.unlink(self.msg_path(eid))
-                changed = True
+            if _older(folder / f"{eid}.msg", keep_recent):
+                with contextlib.suppress(OSError):
+                    os.unlink(folder / f"{eid}.msg")
+                    changed = True
         if changed and self.fsync:
-            maildir.fsync_dir(self.root)
+            maildir.fsync_dir(folder)
         return entries
 
-    def _quarantine(self, eid: str) -> None:
+    def _quarantine(self, folder: Path, eid: str) -> None:
         bad = self.root / "corrupt"
         os.makedirs(bad, mode=0o700, exist_ok=True)
-        for p in (self.env_path(eid), self.msg_path(eid)):
+        for name in (f"{eid}.env", f"{eid}.msg"):
             with contextlib.suppress(OSError):
-                os.replace(p, bad / p.name)
+                os.replace(folder / name, bad / name)
+
+    # -- partitions --
+    async def scan_partitions(self) -> list[Entry]:
+        """Entries written into a partition since the last look (complete ones only: .msg and
+        .env both there); stale unfinished writes are cleaned on the way. Cheap when nothing
+        changed: one listdir per partition."""
+        if not self.partitions:
+            return []
+        known = set(self._dirs)
+        found = await asyncio.to_thread(self._scan_sync, known)
+        out: list[Entry] = []
+        for part, entry in found:
+            # Checked on the loop: an entry removed while the thread read it is gone for good
+            # (remove() forgets its id only once the files are unlinked).
+            if entry.id not in self._dirs and (part / f"{entry.id}.env").exists():
+                self._dirs[entry.id] = part
+                out.append(entry)
+        return out
+
+    def _scan_sync(self, known: set[str]) -> list[tuple[Path, Entry]]:
+        out: list[tuple[Path, Entry]] = []
+        for part in self.partitions:
+            try:
+                names = os.listdir(part)
+            except FileNotFoundError:
+                continue
+            envs = {n[:-4] for n in names if n.endswith(".env")}
+            msgs = {n[:-4] for n in names if n.endswith(".msg")}
+            for eid in sorted((envs & msgs) - known):
+                try:
+                    out.append((part, _read_entry(part, eid)))
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    log.error("queue entry %s: unreadable envelope (%s); moved to corrupt/", eid, e)
+                    self._quarantine(part, eid)
+            for eid in msgs - envs - known:
+                if _older(part / f"{eid}.msg", STALE_WRITE):
+                    log.warning("queue: removing %s/%s.msg, a write cut short", part.name, eid)
+                    with contextlib.suppress(OSError):
+                        os.unlink(part / f"{eid}.msg")
+        return out
 
     # -- add --
     async def add(self, sender: str, recipients: list[str], data: bytes, *, source: str = "",
@@ -264,13 +350,31 @@ class Spool:
         async with lock:
             await asyncio.to_thread(self._remove_sync, entry_id)
         self._locks.pop(entry_id, None)
+        self._dirs.pop(entry_id, None)  # after the unlinks: scan_partitions relies on this order
 
     def _remove_sync(self, entry_id: str) -> None:
         for p in (self.env_path(entry_id), self.msg_path(entry_id)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
         if self.fsync:
-            maildir.fsync_dir(self.root)
+            maildir.fsync_dir(self.dir_of(entry_id))
+
+
+def _older(path: Path, seconds: float) -> bool:
+    """True when `path` was last modified more than `seconds` ago (or is gone: nothing to keep)."""
+    if seconds <= 0:
+        return True
+    try:
+        return time.time() - os.stat(path).st_mtime > seconds
+    except OSError:
+        return True
+
+
+def _read_entry(folder: Path, eid: str) -> Entry:
+    entry = Entry.from_json(json.loads(_read_small(os.path.join(folder, eid + ".env"))))
+    if entry.id != eid:
+        raise ValueError("id does not match the file name")
+    return entry
 
 
 def _read_small(path: str) -> bytes:
@@ -297,4 +401,4 @@ def _dumps(entry: Entry) -> bytes:
     return json.dumps(entry.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-__all__ = ["Spool", "Entry", "Recipient", "RcptState", "new_id", "valid_id"]
+__all__ = ["Spool", "Entry", "Recipient", "RcptState", "new_id", "valid_id", "partition_name", "STALE_WRITE", "WAKE_SOCKET"]
