@@ -3,7 +3,7 @@ Postfix, with Postfix's own load generator `smtp-source`.
 
     python bench/bench_mx.py [--runs 3] [--size 4096] [--messages-1 300] [--messages-20 2000]
                              [--no-postfix] [--keep] [--compare SRC_DIR ...] [--python-dns]
-                             [--dns-ttl 300]
+                             [--dns-ttl 300] [--workers N]
 
 What it does, all under one temporary directory, loopback only, nothing in /etc touched:
 - starts a DNS server with `sender.test TXT "v=spf1 ip4:127.0.0.1 -all"` and no DMARC record, so
@@ -17,7 +17,8 @@ What it does, all under one temporary directory, loopback only, nothing in /etc 
   SOA with that minimum, as a resolver passes them on, so Mailhaven's answer cache ([dns]
   cache_size) answers after the first message; --dns-ttl 0 makes every lookup a query;
 - starts Mailhaven (`python -m mailhaven -c <config> serve`, only the "mx" listener, no TLS, fsync on:
-  the 250 comes after the message is fsynced in the Maildir) and Postfix (`postfix -c <dir> start`,
+  the 250 comes after the message is fsynced in the Maildir; `[server] workers` = --workers, default
+  0 = one worker process per CPU, as installed; its CPU time counts the parent and every worker) and Postfix (`postfix -c <dir> start`,
   smtpd on 127.0.0.1 only, `virtual` delivery into Maildir; Postfix answers 250 once the queue file is
   fsynced and delivers to the Maildir afterwards);
 - each round runs `smtp-source -s S -l SIZE -m N -f bench@sender.test -t alice@example.test` (one
@@ -95,9 +96,10 @@ def count(new_dir: Path) -> int:
 
 
 def start_mailhaven(work: Path, nameserver: str, src: str | None = None, tag: str = "mh",
-                    extra: str = "") -> tuple[subprocess.Popen[bytes], int, Path]:
+                    extra: str = "", workers: int | None = None) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Mailhaven from this tree, or from the source tree `src` (its src/ directory); `extra` is
-    TOML appended to its config (more tables, e.g. bench_spam.py's [spam])."""
+    TOML appended to its config (more tables, e.g. bench_spam.py's [spam]); `workers`: its
+    [server] workers (None: not set, the default of that tree)."""
     from mailhaven.auth.passwords import hash_password
 
     data = work / f"{tag}-data"
@@ -108,6 +110,7 @@ def start_mailhaven(work: Path, nameserver: str, src: str | None = None, tag: st
     cfg = work / f"{tag}-mailhaven.toml"
     cfg.write_text(
         f'hostname = "mx.example.test"\ndata_dir = "{data}"\nusers_file = "{users}"\n'
+        + (f'[server]\nworkers = {workers}\n' if workers is not None else "") +
         f'[domains."example.test"]\n'
         f'[dns]\nnameservers = ["{nameserver}"]\ntimeout = 2.0\n'
         f'[log]\nlevel = "warning"\n'
@@ -398,6 +401,8 @@ def main() -> None:
                     help="answer DNS with the tests' Python server instead of dnsmasq")
     ap.add_argument("--dns-ttl", type=int, default=DNS_TTL,
                     help="TTL of DNS answers and SOA minimum, seconds (0: Mailhaven caches nothing)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="Mailhaven's [server] workers (default: its own default, one per CPU)")
     args = ap.parse_args()
     if not args.no_postfix and os.geteuid() != 0:
         raise SystemExit("run as root (Postfix), or pass --no-postfix")
@@ -419,11 +424,11 @@ def main() -> None:
     dns_cpu: dict[tuple[str, int], list[float]] = {}
     try:
         servers: dict[str, tuple[int, Path, Callable[[], float]]] = {}
-        mh_proc, mh_port, mh_new = start_mailhaven(work, dns.nameserver)
+        mh_proc, mh_port, mh_new = start_mailhaven(work, dns.nameserver, workers=args.workers)
         procs.append(mh_proc)
         servers["mailhaven"] = (mh_port, mh_new, lambda p=mh_proc.pid: tree_cpu(p))
         for i, src in enumerate(args.compare, 1):
-            proc, port, new_dir = start_mailhaven(work, dns.nameserver, src=src, tag=f"mh{i}")
+            proc, port, new_dir = start_mailhaven(work, dns.nameserver, src=src, tag=f"mh{i}", workers=args.workers)
             procs.append(proc)
             servers[f"mh-cmp{i}"] = (port, new_dir, lambda p=proc.pid: tree_cpu(p))
             print(f"mh-cmp{i} = Mailhaven from {src}")
