@@ -412,7 +412,7 @@ def drop_privileges(cfg: Config) -> None:
 # data_dir), the store and queue on disk (data_dir), the process's user (run_as_*). The running
 # server keeps these as they were; config/mailhaven.toml marks each "restart needed".
 RESTART_ONLY = ("listeners", "data_dir", "control_socket", "metrics", "run_as_user", "run_as_group",
-                "spam")  # spam: the rspamd client holds pooled connections made from the old values
+                "spam", "storage")  # spam, storage: pooled connections made from the old values
 
 
 def _changed(prefix: str, old: Any, new: Any) -> list[str]:
