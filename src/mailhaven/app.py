@@ -38,7 +38,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mailhaven import config as configmod
 from mailhaven import lineproto, seams
@@ -52,12 +52,11 @@ from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.local import LocalDeliveryAgent
 from mailhaven.delivery.sieve import SieveFilter
 from mailhaven.dns.resolver import Resolver
-from mailhaven.errors import ConfigError
+from mailhaven.errors import ConfigError, DatabaseError
 from mailhaven.imap import server as imap_server
 from mailhaven.limits import Limits
 from mailhaven.managesieve import server as managesieve_server
 from mailhaven.policy.dnsbl import Checker as DnsblChecker
-from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
 from mailhaven.pop3 import server as pop3_server
@@ -65,6 +64,9 @@ from mailhaven.queue.manager import QueueManager
 from mailhaven.quota import QuotaService
 from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
+
+if TYPE_CHECKING:
+    from mailhaven.pg import Database
 
 log = logging.getLogger("mailhaven.app")
 
@@ -144,7 +146,8 @@ class Context:
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
     dnsbl: DnsblChecker | None = None  # policy/dnsbl.py Checker (its answer cache): spam.dnsbl / spam.dnswl
-    greylist: Greylist | None = None  # policy/greylist.py, when spam.greylist is on
+    greylist: seams.Greylist | None = None  # policy/greylist.py (or greylist_pg.py), when spam.greylist is on
+    database: Database | None = None  # pg.py: the PostgreSQL pool of [storage] backend = "postgresql"
     learner: Learner | None = None  # policy/learn.Learner when config spam.rspamd_controller_url is set
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -241,6 +244,7 @@ def build_limits(cfg: Config) -> Limits:
 
 def build_context(cfg: Config) -> Context:
     """Everything but the store's start and the sockets (no I/O beyond reading files)."""
+    database = _database(cfg)
     ctx = Context(
         config=cfg,
         store=Store(cfg.mail_root, hostname=cfg.hostname),
@@ -251,7 +255,8 @@ def build_context(cfg: Config) -> Context:
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
         spam=rspamd_client(cfg),
         dnsbl=_dnsbl_checker(),
-        greylist=_greylist(cfg),
+        greylist=_greylist(cfg, database),
+        database=database,
     )
     # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
     # directory) empties its verification cache.
@@ -288,11 +293,22 @@ def _dnsbl_checker() -> DnsblChecker:
     return DnsblChecker()
 
 
-def _greylist(cfg: Config) -> Greylist | None:
-    """policy/greylist.Greylist over data_dir/greylist.sqlite (opened in run), or None when off."""
+def _database(cfg: Config) -> Database | None:
+    """pg.Database, the PostgreSQL pool of [storage] backend = "postgresql" (opened in run, once root
+    is dropped: a passfile is read as run_as_user), or None with SQLite. psycopg is imported only then."""
+    if cfg.storage.backend != "postgresql":
+        return None
+    from mailhaven import pg
+
+    return pg.Database.from_config(cfg.storage)
+
+
+def _greylist(cfg: Config, database: Database | None) -> seams.Greylist | None:
+    """The greylist (policy/greylist.py) over data_dir/greylist.sqlite, or over `database` with
+    PostgreSQL (opened in run), or None when off."""
     from mailhaven.policy import greylist
 
-    return greylist.from_config(cfg)
+    return greylist.from_config(cfg, database)
 
 
 # --- sockets and privileges ----------------------------------------------------------------------
@@ -517,9 +533,14 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         prepare_data_dir(config)
         drop_privileges(config)
         check_data_dir(config)  # from here on we touch mail, as run_as_user
-        await ctx.store.start()
-        if ctx.greylist is not None:
-            await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
+        try:
+            if ctx.database is not None:
+                await ctx.database.open()  # as run_as_user, before anything that keeps state there
+            await ctx.store.start()
+            if ctx.greylist is not None:
+                await ctx.greylist.open()  # data_dir/greylist.sqlite as run_as_user, or its tables
+        except DatabaseError as e:
+            raise StartupError(f"storage.dsn: {e.detail}") from None
         # The queue comes up before the listeners, so the first submission can be queued.
         queue = ctx.queue = QueueManager(ctx)
         ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
@@ -584,6 +605,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 await ctx.spam.close()
             if ctx.greylist is not None:
                 await ctx.greylist.close()
+            if ctx.database is not None:  # last: whatever keeps state there is closed by now
+                await ctx.database.close()
     log.info("stopped")
 
 
