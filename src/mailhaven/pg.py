@@ -15,6 +15,7 @@ modules that use this one, never by the protocol code.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -55,6 +56,7 @@ class Database:
 
     def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = 5.0, name: str = "mailhaven") -> None:
         self.dsn, self.timeout = dsn, timeout
+        self.pool_size, self.name = pool_size, name
         params = conninfo.conninfo_to_dict(dsn)
         extra: dict[str, Any] = {"autocommit": True}
         if "connect_timeout" not in params:  # libpq's, in whole seconds; the DSN's own wins
@@ -62,10 +64,8 @@ class Database:
         if "application_name" not in params:
             extra["application_name"] = name
         self._kwargs = extra
-        self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
-            dsn, min_size=1, max_size=pool_size, kwargs=extra, open=False, timeout=timeout, name=name,
-            configure=self._configure, check=AsyncConnectionPool.check_connection)
-        self._opened = False
+        self._pool: AsyncConnectionPool[Connection] | None = None
+        self._opening = asyncio.Lock()
 
     @classmethod
     def from_config(cls, storage: StorageConfig) -> Database:
@@ -77,35 +77,43 @@ class Database:
 
     @property
     def is_open(self) -> bool:
-        return self._opened
+        return self._pool is not None
 
     async def open(self) -> None:
         """Connect once (so a wrong host, role or password is one clear line now, not a timeout
-        later), then open the pool. Raises DatabaseError."""
-        if self._opened:
-            return
-        try:
-            conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
-        except psycopg.Error as e:
-            raise DatabaseError(f"cannot connect: {reason(e)}") from e
-        await conn.close()
-        await self._pool.open(wait=False)
-        self._opened = True
+        later), then open a pool (a closed Database opens a new one). Raises DatabaseError."""
+        async with self._opening:
+            if self._pool is not None:
+                return
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
+            except psycopg.Error as e:
+                raise DatabaseError(f"cannot connect: {reason(e)}") from e
+            await conn.close()
+            pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+                self.dsn, min_size=1, max_size=self.pool_size, kwargs=self._kwargs, open=False,
+                timeout=self.timeout, name=self.name, configure=self._configure,
+                check=AsyncConnectionPool.check_connection)
+            await pool.open(wait=False)
+            self._pool = pool
 
     async def close(self) -> None:
-        if self._opened:
-            self._opened = False
-            await self._pool.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection (autocommit: use `conn.transaction()`), opening the pool on first
         use. Any psycopg error inside becomes DatabaseError; the connection goes back to the pool
         (or is discarded when broken)."""
-        if not self._opened:
+        if self._pool is None:
             await self.open()
+        pool = self._pool
+        if pool is None:  # closed again meanwhile
+            raise DatabaseError("the database pool is closed")
         try:
-            async with self._pool.connection() as conn:
+            async with pool.connection() as conn:
                 yield conn
         except psycopg.Error as e:
             raise DatabaseError(reason(e)) from e

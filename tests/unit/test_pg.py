@@ -78,3 +78,14 @@ async def test_statements_are_bounded_by_the_timeout(pg_dsn: str) -> None:
             assert await cur.fetchone() == (1,)
     finally:
         await db.close()
+
+
+async def test_a_closed_database_opens_again_on_use(pg_dsn: str) -> None:
+    db = pg.Database(pg_dsn)
+    await asyncio.gather(db.open(), db.open())  # at once: one pool
+    await db.close()
+    assert not db.is_open
+    async with db.connection() as conn:  # a greylist checked after a close, e.g.
+        cur = await conn.execute("SELECT 1")
+        assert await cur.fetchone() == (1,)
+    await db.close()
