@@ -194,10 +194,10 @@ class Greylist:
         over = db.execute("SELECT count(*) FROM pending").fetchone()[0] - self.max_pending
         if over > 0:
             db.execute("DELETE FROM pending WHERE (net, sender, rcpt) IN (SELECT net, sender, rcpt FROM pending "
-                       "ORDER BY first_seen LIMIT ?)", (over,))
+                       "ORDER BY first_seen, net, sender, rcpt LIMIT ?)", (over,))
         over = db.execute("SELECT count(*) FROM known").fetchone()[0] - self.max_known
         if over > 0:
-            db.execute("DELETE FROM known WHERE net IN (SELECT net FROM known ORDER BY last_seen LIMIT ?)", (over,))
+            db.execute("DELETE FROM known WHERE net IN (SELECT net FROM known ORDER BY last_seen, net LIMIT ?)", (over,))
 
     async def counts(self) -> tuple[int, int]:
         """(pending triplets, known clients) now (for tests and `doctor`)."""

@@ -123,14 +123,18 @@ class PgGreylist:
                 return  # another node is sweeping right now
             await conn.execute("DELETE FROM greylist_pending WHERE first_seen < %s", (cutoff,))
             await conn.execute("DELETE FROM greylist_known WHERE last_seen < %s", (cutoff,))
-            for table, age, cap in (("greylist_pending", "first_seen", self.max_pending),
-                                    ("greylist_known", "last_seen", self.max_known)):
+            # Oldest first, ties in byte order of the key (SQLite's BINARY collation, whatever the
+            # database's own): what greylist.py's sweep drops too.
+            for table, order, cap in (
+                    ("greylist_pending", 'first_seen, net COLLATE "C", sender COLLATE "C", rcpt COLLATE "C"',
+                     self.max_pending),
+                    ("greylist_known", 'last_seen, net COLLATE "C"', self.max_known)):
                 cur = await conn.execute(f"SELECT count(*) FROM {table}")
                 row = await cur.fetchone()
                 over = (int(row[0]) if row is not None else 0) - cap
                 if over > 0:
                     await conn.execute(f"DELETE FROM {table} WHERE ctid IN "
-                                       f"(SELECT ctid FROM {table} ORDER BY {age} LIMIT %s)", (over,))
+                                       f"(SELECT ctid FROM {table} ORDER BY {order} LIMIT %s)", (over,))
 
     async def counts(self) -> tuple[int, int]:
         """(pending triplets, known clients) now (for tests and `doctor`)."""
