@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures_dns",
     "tests.fixtures_server",
     "tests.fixtures_rspamd",
+    "tests.fixtures_postgres",
 ]

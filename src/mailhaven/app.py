@@ -55,12 +55,11 @@ from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.local import LocalDeliveryAgent
 from mailhaven.delivery.sieve import SieveFilter
 from mailhaven.dns.resolver import Resolver
-from mailhaven.errors import ConfigError
+from mailhaven.errors import ConfigError, DatabaseError
 from mailhaven.imap import server as imap_server
 from mailhaven.limits import Limits
 from mailhaven.managesieve import server as managesieve_server
 from mailhaven.policy.dnsbl import Checker as DnsblChecker
-from mailhaven.policy.greylist import Greylist
 from mailhaven.policy.learn import Learner
 from mailhaven.policy.spam import Scanner
 from mailhaven.pop3 import server as pop3_server
@@ -71,6 +70,7 @@ from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
 
 if TYPE_CHECKING:
+    from mailhaven.pg import Database
     from mailhaven.supervisor import WorkerLink
 
 log = logging.getLogger("mailhaven.app")
@@ -151,7 +151,8 @@ class Context:
     metrics: metricsmod.Metrics = field(default_factory=lambda: metricsmod.NOOP)
     spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
     dnsbl: DnsblChecker | None = None  # policy/dnsbl.py Checker (its answer cache): spam.dnsbl / spam.dnswl
-    greylist: Greylist | None = None  # policy/greylist.py, when spam.greylist is on
+    greylist: seams.Greylist | None = None  # policy/greylist.py (or greylist_pg.py), when spam.greylist is on
+    database: Database | None = None  # pg.py: the PostgreSQL pool of [storage] backend = "postgresql"
     learner: Learner | None = None  # policy/learn.Learner when config spam.rspamd_controller_url is set
     sessions: Sessions = field(default_factory=Sessions)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -252,6 +253,7 @@ def build_context(cfg: Config, *, bus_dir: Path | None = None) -> Context:
     `bus_dir`: this process is one of several worker processes over the same data_dir; their
     stores send each other change events through sockets there (store/bus.py), e.g.
     `<data_dir>/run/bus`, the same for every worker. None: a single process."""
+    database = _database(cfg)
     ctx = Context(
         config=cfg,
         store=Store(cfg.mail_root, hostname=cfg.hostname, bus_dir=bus_dir),
@@ -262,7 +264,8 @@ def build_context(cfg: Config, *, bus_dir: Path | None = None) -> Context:
         metrics=metricsmod.Metrics.from_config(cfg.metrics),
         spam=rspamd_client(cfg),
         dnsbl=_dnsbl_checker(),
-        greylist=_greylist(cfg),
+        greylist=_greylist(cfg, database),
+        database=database,
     )
     # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
     # directory) empties its verification cache.
@@ -299,11 +302,22 @@ def _dnsbl_checker() -> DnsblChecker:
     return DnsblChecker()
 
 
-def _greylist(cfg: Config) -> Greylist | None:
-    """policy/greylist.Greylist over data_dir/greylist.sqlite (opened in run), or None when off."""
+def _database(cfg: Config) -> Database | None:
+    """pg.Database, the PostgreSQL pool of [storage] backend = "postgresql" (opened in run, once root
+    is dropped: a passfile is read as run_as_user), or None with SQLite. psycopg is imported only then."""
+    if cfg.storage.backend != "postgresql":
+        return None
+    from mailhaven import pg
+
+    return pg.Database.from_config(cfg.storage)
+
+
+def _greylist(cfg: Config, database: Database | None) -> seams.Greylist | None:
+    """The greylist (policy/greylist.py) over data_dir/greylist.sqlite, or over `database` with
+    PostgreSQL (opened in run), or None when off."""
     from mailhaven.policy import greylist
 
-    return greylist.from_config(cfg)
+    return greylist.from_config(cfg, database)
 
 
 # --- sockets and privileges ----------------------------------------------------------------------
@@ -423,7 +437,7 @@ def drop_privileges(cfg: Config) -> None:
 # data_dir), the store and queue on disk (data_dir), the process's user (run_as_*). The running
 # server keeps these as they were; config/mailhaven.toml marks each "restart needed".
 RESTART_ONLY = ("listeners", "data_dir", "control_socket", "metrics", "run_as_user", "run_as_group",
-                "spam", "server")  # spam: the rspamd client holds pooled connections made from the old values
+                "spam", "server", "storage")  # spam, storage: pooled connections made from the old values
 
 
 def _changed(prefix: str, old: Any, new: Any) -> list[str]:
@@ -537,9 +551,14 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         prepare_data_dir(config)
         drop_privileges(config)
         check_data_dir(config)  # from here on we touch mail, as run_as_user
-        await ctx.store.start()
-        if ctx.greylist is not None:
-            await ctx.greylist.open()  # data_dir/greylist.sqlite, as run_as_user
+        try:
+            if ctx.database is not None:
+                await ctx.database.open()  # as run_as_user, before anything that keeps state there
+            await ctx.store.start()
+            if ctx.greylist is not None:
+                await ctx.greylist.open()  # data_dir/greylist.sqlite as run_as_user, or its tables
+        except DatabaseError as e:
+            raise StartupError(f"storage.dsn: {e.detail}") from None
         # The queue comes up before the listeners, so the first submission can be queued.
         if worker == 0:
             queue = ctx.queue = QueueManager(ctx)
@@ -612,6 +631,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 await ctx.spam.close()
             if ctx.greylist is not None:
                 await ctx.greylist.close()
+            if ctx.database is not None:  # last: whatever keeps state there is closed by now
+                await ctx.database.close()
     log.info("stopped")
 
 

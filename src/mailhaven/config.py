@@ -339,6 +339,21 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Where the server-wide state lives (mailhaven/pg.py): SQLite files under data_dir (one node, the
+    default) or one PostgreSQL database that several nodes share."""
+
+    backend: Literal["sqlite", "postgresql"] = opt("sqlite", "\"sqlite\" (files under data_dir) or \"postgresql\" "
+                                                    "(the database of `dsn`, shared by every node).")
+    dsn: str = opt("", "libpq connection string of the PostgreSQL database, e.g. \"host=db.example.org "
+                   "dbname=mailhaven user=mailhaven\" or \"postgresql://mailhaven@db.example.org/mailhaven\" "
+                   "(required with backend = \"postgresql\").")
+    pool_size: int = opt(10, "Most connections to PostgreSQL this server holds open.", lo=1, hi=1000)
+    timeout: float = opt(5.0, "Longest wait for a database connection or one statement; beyond it the "
+                         "operation fails temporarily.", lo=0.1, hi=300, duration=True)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = opt("localhost", "This server's name: greeting, Received, HELO, DKIM records.")
     data_dir: str = opt("/var/lib/mailhaven", "Where mail, the queue and indexes live.", path=True)
@@ -373,6 +388,7 @@ class Config:
                                          factory=ManageSieveConfig)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
     metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
+    storage: StorageConfig = opt(None, "Shared state: SQLite (default) or PostgreSQL.", factory=StorageConfig)
     # Not from TOML: where the file was, for messages and reloads.
     source: str = field(default="", metadata={"internal": True})
 
@@ -648,6 +664,29 @@ def _check(cfg: Config) -> None:
         raise ConfigError(f"delivery.srs_domain: not a valid domain, got {_describe(cfg.delivery.srs_domain)}")
     if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
         raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
+    _check_storage(cfg.storage)
+
+
+def _check_storage(storage: StorageConfig) -> None:
+    """backend = "postgresql" needs psycopg and a dsn libpq can parse; a dsn without it is a mistake
+    (a node left on its own SQLite files while the others share a database)."""
+    if storage.backend != "postgresql":
+        if storage.dsn:
+            raise ConfigError("storage.dsn: only used with backend = \"postgresql\" (this config says "
+                              f"\"{storage.backend}\")")
+        return
+    if not storage.dsn:
+        raise ConfigError("storage.dsn: backend = \"postgresql\" needs the database's connection string, "
+                          "e.g. \"host=db.example.org dbname=mailhaven user=mailhaven\"")
+    try:
+        from psycopg import conninfo
+    except ImportError:
+        raise ConfigError("storage.backend: \"postgresql\" needs psycopg: pip install 'mailhaven[postgresql]'") from None
+    try:
+        conninfo.conninfo_to_dict(storage.dsn)
+    except Exception as e:  # psycopg.ProgrammingError: libpq's own words, which never repeat a password
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ConfigError(f"storage.dsn: not a valid libpq connection string: {reason}") from None
 
 
 def _check_proxy(name: str, lst: ListenerConfig) -> None:
@@ -785,7 +824,7 @@ def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str,
 __all__ = [
     "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
     "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "ManageSieveConfig",
-    "LogConfig", "MetricsConfig",
+    "LogConfig", "MetricsConfig", "StorageConfig",
     "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
     "LISTENER_NAMES", "DEV_PORTS",
 ]

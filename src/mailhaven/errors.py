@@ -40,6 +40,21 @@ class PermFailure(MailError):
     code, enhanced, temporary = 554, "5.0.0", False
 
 
+class DatabaseError(TempFailure):
+    """Temporary local failure, try again later"""
+
+    # The shared database (pg.py) could not be reached or did not answer in time: 451 4.3.0 like
+    # any TempFailure (RFC 3463 X.3.0), so mail is retried, never bounced. `detail` is for the log
+    # only (host names, libpq's words), never the client.
+
+    def __init__(self, detail: str) -> None:
+        super().__init__()
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.detail
+
+
 class StoreError(TempFailure):
     """The message could not be stored; nothing was kept."""
 

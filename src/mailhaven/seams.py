@@ -2,9 +2,10 @@
 
 Owns: the `typing.Protocol`s the parts meet through - the store (`Store`), the user directory
 (`Directory`), the DNS resolver (`Resolver`), the outbound queue (`Queue`), the local delivery agent
-(`DeliveryAgent`) and its per-recipient hooks (`MailFilter`, the Sieve engine's seat; `Quota`), and
-`Context`, what every listener and worker shares (app.Context is the real one) - plus the small
-frozen values that cross them (`Recipient`, `FilterJob`, `Filing`).
+(`DeliveryAgent`) and its per-recipient hooks (`MailFilter`, the Sieve engine's seat; `Quota`), the
+greylisting state (`Greylist`: SQLite or PostgreSQL), and `Context`, what every listener and worker
+shares (app.Context is the real one) - plus the small frozen values that cross them (`Recipient`,
+`FilterJob`, `Filing`).
 Does not own: any implementation (store/, auth/users.py, dns/resolver.py, queue/manager.py,
 delivery/local.py, app.py build the real objects and pass them in).
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from mailhaven.message.address import Address
     from mailhaven.metrics import Metrics
     from mailhaven.policy.dnsbl import Checker
-    from mailhaven.policy.greylist import Greylist
+    from mailhaven.policy.greylist import Decision, Triplet
     from mailhaven.policy.spam import Scanner
     from mailhaven.store.changes import ChangeHub
     from mailhaven.store.mailbox import Account
@@ -253,6 +254,18 @@ class DeliveryAgent(Protocol):
                           spam: bool = False) -> None: ...
 
 
+class Greylist(Protocol):
+    """The greylisting state the MX asks at RCPT (policy/greylist.py: SQLite under data_dir, the
+    default; policy/greylist_pg.py: PostgreSQL, shared by several nodes). `check` decides for one
+    triplet and records it, the same way in each; it may raise, and the MX then lets the RCPT pass."""
+
+    async def open(self) -> None: ...
+
+    async def check(self, t: Triplet) -> Decision: ...
+
+    async def close(self) -> None: ...
+
+
 class Sessions(Protocol):
     """Live connections of every listener (app.Sessions)."""
 
@@ -286,4 +299,4 @@ class Context(Protocol):
 
 
 __all__ = ["Recipient", "Program", "Targets", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory",
-           "Resolver", "Queue", "Forwarder", "DeliveryAgent", "Sessions", "Context"]
+           "Resolver", "Queue", "Forwarder", "DeliveryAgent", "Greylist", "Sessions", "Context"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ def _rev(ip: str, zone: str) -> str:
 
 
 async def _mx(mx: MxFactory, **spam: Any) -> MxServer:
-    top = {k: spam.pop(k) for k in ("dev",) if k in spam}
+    top = {k: spam.pop(k) for k in ("dev", "storage") if k in spam}
     server = await mx(spam=spam, **top)
     server.ctx.metrics = Metrics(enabled=True, process=False)
     return server
@@ -161,8 +162,17 @@ def _greylist(**more: Any) -> dict[str, Any]:
     return {"greylist": True, "greylist_delay": 1, "greylist_skip": [], **more}
 
 
-async def test_greylisting_defers_then_passes_after_the_delay(mx: MxFactory, caplog: pytest.LogCaptureFixture) -> None:
-    server = await _mx(mx, **_greylist())
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """[storage]: the default (data_dir/greylist.sqlite), or a PostgreSQL database of the test's own."""
+    if request.param == "sqlite":
+        return {}
+    return {"storage": {"backend": "postgresql", "dsn": request.getfixturevalue("pg_dsn")}}
+
+
+async def test_greylisting_defers_then_passes_after_the_delay(mx: MxFactory, caplog: pytest.LogCaptureFixture,
+                                                               storage: dict[str, Any]) -> None:
+    server = await _mx(mx, **_greylist(), **storage)
     caplog.set_level(logging.INFO, logger="mailhaven")
     [(code, text)] = await _send(server, "127.0.0.4")
     assert code == 451 and text.startswith("4.7.1 Greylisted"), text
@@ -182,15 +192,17 @@ async def test_greylisting_defers_then_passes_after_the_delay(mx: MxFactory, cap
     assert _count(server, "mailhaven_reputation_verdicts_total", action="greylist_pass") == 1
 
 
-async def test_greylist_state_survives_a_restart(mx: MxFactory) -> None:
-    first = await _mx(mx, **_greylist())
+async def test_greylist_state_survives_a_restart(mx: MxFactory, storage: dict[str, Any]) -> None:
+    first = await _mx(mx, **_greylist(), **storage)
     [(code, _)] = await _send(first, "127.0.0.4")
     assert code == 451
     first.server.close()
     await first.ctx.greylist.close()
     await asyncio.sleep(1.2)
-    second = await _mx(mx, **_greylist())  # same data_dir, a new greylist object
+    second = await _mx(mx, **_greylist(), **storage)  # same data_dir or database, a new greylist object
     assert second.ctx.config.data_dir == first.ctx.config.data_dir
+    # the state is where [storage] says: the SQLite file, or only the database
+    assert (Path(first.ctx.config.data_dir) / "greylist.sqlite").exists() == (not storage)
     replies = await _send(second, "127.0.0.4")
     assert replies[-1][0] == 250, replies
 
@@ -215,8 +227,8 @@ async def test_greylist_skip_networks_and_loopback_by_default_are_not_greylisted
     assert (await _send(default, "127.0.0.9"))[-1][0] == 250
 
 
-async def test_an_expired_client_is_greylisted_again(mx: MxFactory) -> None:
-    server = await _mx(mx, **_greylist(greylist_expire=2))
+async def test_an_expired_client_is_greylisted_again(mx: MxFactory, storage: dict[str, Any]) -> None:
+    server = await _mx(mx, **_greylist(greylist_expire=2), **storage)
     assert (await _send(server, "127.0.0.4"))[0][0] == 451
     await asyncio.sleep(1.2)
     assert (await _send(server, "127.0.0.4"))[-1][0] == 250

@@ -173,6 +173,19 @@ BROKEN: list[tuple[str, str, str]] = [
     ("bad host name", 'hostname = "bad host"\n', 'hostname: not a valid host name, got "bad host"'),
     ("bad metrics address", '[metrics]\naddress = "localhost:9154"\n',
      'metrics.address: expected "IP:PORT", got "localhost:9154"'),
+    ("unknown storage backend", '[storage]\nbackend = "mysql"\n',
+     'storage.backend: expected one of "sqlite", "postgresql", got "mysql"'),
+    ("postgresql without a dsn", '[storage]\nbackend = "postgresql"\n',
+     'storage.dsn: backend = "postgresql" needs the database\'s connection string, '
+     'e.g. "host=db.example.org dbname=mailhaven user=mailhaven"'),
+    ("dsn without postgresql", '[storage]\ndsn = "host=db.example.org"\n',
+     'storage.dsn: only used with backend = "postgresql" (this config says "sqlite")'),
+    ("dsn libpq cannot parse", '[storage]\nbackend = "postgresql"\ndsn = "host=db pasword=x"\n',
+     'storage.dsn: not a valid libpq connection string: invalid connection option "pasword"'),
+    ("dsn URI libpq cannot parse", '[storage]\nbackend = "postgresql"\ndsn = "postgresql://u:secret@db/m?sslmod=x"\n',
+     'storage.dsn: not a valid libpq connection string: invalid URI query parameter: "sslmod"'),
+    ("storage timeout too short", '[storage]\ntimeout = "10ms"\n',
+     'storage.timeout: expected a duration 0.1-300 seconds, got "10ms"'),
     ("long plus separator", 'plus_separator = "++"\n', 'plus_separator: expected one character or "", got "++"'),
     ("control character in an echoed value", 'hostname = "a\\nb"\n', 'hostname: not a valid host name, got "a\\nb"'),
     ("control character in a path", '[tls]\ncert = "a\\tb"\nkey = "k"\n', "tls.cert: file not found: {dir}/a\\tb"),
@@ -425,3 +438,12 @@ def test_workers_default_to_one_per_cpu() -> None:
     assert config.ServerConfig().processes == max(1, min(256, os.cpu_count() or 1))
     assert config.ServerConfig(workers=3).processes == 3
     assert config.ServerConfig(workers=1).processes == 1  # one process, no supervising parent
+
+
+def test_postgresql_storage_keeps_the_dsn_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "mailhaven.toml"
+    path.write_text('[storage]\nbackend = "postgresql"\n'
+                    'dsn = "postgresql://mailhaven@db.example.org/mailhaven?passfile=/etc/mailhaven/pgpass"\n')
+    storage = config.load(path).storage
+    assert (storage.backend, storage.pool_size, storage.timeout) == ("postgresql", 10, 5.0)
+    assert storage.dsn == "postgresql://mailhaven@db.example.org/mailhaven?passfile=/etc/mailhaven/pgpass"

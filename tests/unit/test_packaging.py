@@ -57,3 +57,17 @@ def test_every_runtime_dependency_has_a_compatible_version_range(req: Requiremen
     # The range is not empty: what this environment runs the tests with is inside it.
     installed = importlib.metadata.version(req.name)
     assert req.specifier.contains(installed, prereleases=True), f"{req}: installed {installed} is outside"
+
+
+POSTGRESQL = [Requirement(text) for text in PROJECT["optional-dependencies"]["postgresql"]]
+
+
+def test_the_postgresql_extra_is_psycopg_and_its_pool_and_the_tests_get_it() -> None:
+    assert {r.name.lower() for r in POSTGRESQL} == {"psycopg", "psycopg-pool"}
+    assert "binary" in next(r for r in POSTGRESQL if r.name == "psycopg").extras  # no libpq needed on the host
+    assert "mailhaven[postgresql]" in PROJECT["optional-dependencies"]["test"]  # CI tests the backend
+
+
+@pytest.mark.parametrize("req", POSTGRESQL, ids=[r.name for r in POSTGRESQL])
+def test_every_postgresql_dependency_has_a_compatible_version_range(req: Requirement) -> None:
+    test_every_runtime_dependency_has_a_compatible_version_range(req)

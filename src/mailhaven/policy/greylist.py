@@ -6,9 +6,11 @@ lower-cased; the null sender is "<>"), the decision (`Greylist.check`): a triple
 first time is deferred, a retry sooner than `greylist_delay` after the first attempt is deferred
 again, a retry after it passes, and from then on the client network is known and passes (any
 sender, any recipient) until `greylist_expire` after its last passing RCPT (postgrey's max-age, its
-default too); and the state: its own SQLite file, `data_dir/greylist.sqlite` (WAL), which survives
-restarts. The file is this module's alone (the per-user index files of store/index.py are per
-mailbox and cannot hold server-wide state).
+default too), as the pure `decide`; and the state: its own SQLite file, `data_dir/greylist.sqlite`
+(WAL), which survives restarts. The file is this module's alone (the per-user index files of
+store/index.py are per mailbox and cannot hold server-wide state). With [storage] backend =
+"postgresql" the same decisions are kept in the shared database instead (policy/greylist_pg.py);
+`from_config` picks one, and the MX sees either through seams.Greylist.
 Bounded: pending triplets older than `greylist_expire` and clients not seen for `greylist_expire`
 are deleted (on opening, then at most once a minute as triplets are added), and at most
 MAX_PENDING pending triplets and MAX_KNOWN known clients are kept (the oldest go first).
@@ -27,9 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from mailhaven import seams
 from mailhaven.config import Config
+
+if TYPE_CHECKING:
+    from mailhaven.pg import Database
 
 MAX_PENDING = 1_000_000  # triplets waiting for their retry
 MAX_KNOWN = 200_000  # client networks that passed
@@ -80,8 +86,25 @@ class Decision:
     wait: float = 0.0  # seconds until a retry passes (defer only)
 
 
+def decide(now: float, known: float | None, pending: float | None, *, delay: float, expire: float) -> Decision:
+    """The decision for one RCPT, from when its client network last passed (`known`) and when its
+    triplet was first seen (`pending`), None when there is no such row. Each backend then records
+    it the same way: "known" -> the network's last_seen = now; "new" -> the triplet's first_seen =
+    now; "retried" -> the triplet is deleted and the network is known from now; "early" -> nothing."""
+    if known is not None and now - known < expire:
+        return Decision("pass", "known")
+    if pending is None or now - pending >= expire or pending > now:
+        # new, or so old it is forgotten (or from a clock that went back): start again
+        return Decision("defer", "new", delay)
+    waited = now - pending
+    if waited < delay:
+        return Decision("defer", "early", delay - waited)
+    # The client retried after the delay, as a real MTA does: remember the client network.
+    return Decision("pass", "retried")
+
+
 class Greylist:
-    """The greylisting state of the server, in `path` (created when missing)."""
+    """The greylisting state of the server in SQLite, in `path` (created when missing)."""
 
     def __init__(self, path: str | Path, *, delay: float, expire: float,
                  clock: Callable[[], float] = time.time, max_pending: int = MAX_PENDING,
@@ -145,24 +168,20 @@ class Greylist:
             return decision
 
     def _decide(self, db: sqlite3.Connection, t: Triplet, now: float) -> Decision:
-        row = db.execute("SELECT last_seen FROM known WHERE net = ?", (t.net,)).fetchone()
-        if row is not None and now - row[0] < self.expire:
-            db.execute("UPDATE known SET last_seen = ? WHERE net = ?", (now, t.net))
-            return Decision("pass", "known")
         key = (t.net, t.sender, t.rcpt)
-        row = db.execute("SELECT first_seen FROM pending WHERE net = ? AND sender = ? AND rcpt = ?", key).fetchone()
-        if row is None or now - row[0] >= self.expire or row[0] > now:
-            # new, or so old it is forgotten (or from a clock that went back): start again
+        known, pending = db.execute(
+            "SELECT (SELECT last_seen FROM known WHERE net = ?), "
+            "(SELECT first_seen FROM pending WHERE net = ? AND sender = ? AND rcpt = ?)", (t.net, *key)).fetchone()
+        d = decide(now, known, pending, delay=self.delay, expire=self.expire)
+        if d.why == "known":
+            db.execute("UPDATE known SET last_seen = ? WHERE net = ?", (now, t.net))
+        elif d.why == "new":
             db.execute("INSERT OR REPLACE INTO pending (net, sender, rcpt, first_seen) VALUES (?, ?, ?, ?)",
                        (*key, now))
-            return Decision("defer", "new", self.delay)
-        waited = now - row[0]
-        if waited < self.delay:
-            return Decision("defer", "early", self.delay - waited)
-        # The client retried after the delay, as a real MTA does: remember the client network.
-        db.execute("DELETE FROM pending WHERE net = ? AND sender = ? AND rcpt = ?", key)
-        db.execute("INSERT OR REPLACE INTO known (net, last_seen) VALUES (?, ?)", (t.net, now))
-        return Decision("pass", "retried")
+        elif d.why == "retried":
+            db.execute("DELETE FROM pending WHERE net = ? AND sender = ? AND rcpt = ?", key)
+            db.execute("INSERT OR REPLACE INTO known (net, last_seen) VALUES (?, ?)", (t.net, now))
+        return d
 
     def _sweep(self, now: float) -> None:
         """Forget what is older than `expire`, then cap both tables (oldest first)."""
@@ -175,13 +194,20 @@ class Greylist:
         over = db.execute("SELECT count(*) FROM pending").fetchone()[0] - self.max_pending
         if over > 0:
             db.execute("DELETE FROM pending WHERE (net, sender, rcpt) IN (SELECT net, sender, rcpt FROM pending "
-                       "ORDER BY first_seen LIMIT ?)", (over,))
+                       "ORDER BY first_seen, net, sender, rcpt LIMIT ?)", (over,))
         over = db.execute("SELECT count(*) FROM known").fetchone()[0] - self.max_known
         if over > 0:
-            db.execute("DELETE FROM known WHERE net IN (SELECT net FROM known ORDER BY last_seen LIMIT ?)", (over,))
+            db.execute("DELETE FROM known WHERE net IN (SELECT net FROM known ORDER BY last_seen, net LIMIT ?)", (over,))
 
-    def counts(self) -> tuple[int, int]:
-        """(pending triplets, known clients) now (blocking; for tests and `doctor`)."""
+    async def counts(self) -> tuple[int, int]:
+        """(pending triplets, known clients) now (for tests and `doctor`)."""
+        return await asyncio.to_thread(self.counts_sync)
+
+    async def sweep_now(self) -> None:
+        """Run the expiry sweep now."""
+        await asyncio.to_thread(self.sweep_now_sync)
+
+    def counts_sync(self) -> tuple[int, int]:
         if self._db is None:
             self._open()
         with self._lock:
@@ -191,20 +217,29 @@ class Greylist:
             (known,) = db.execute("SELECT count(*) FROM known").fetchone()
             return int(pending), int(known)
 
-    def sweep_now(self) -> None:
-        """Run the expiry sweep now (blocking)."""
+    def sweep_now_sync(self) -> None:
         if self._db is None:
             self._open()
         with self._lock:
             self._sweep(self._clock())
 
 
-def from_config(cfg: Config) -> Greylist | None:
-    """The server's Greylist when config spam.greylist is on (not opened yet), else None."""
+def from_config(cfg: Config, database: Database | None = None) -> seams.Greylist | None:
+    """The server's greylist when config spam.greylist is on (not opened yet), else None: in
+    data_dir/greylist.sqlite, or with [storage] backend = "postgresql" in `database` (its own pool,
+    opened with the greylist and closed with it, when none is given)."""
     if not cfg.spam.greylist:
         return None
-    return Greylist(Path(cfg.data_dir) / FILE_NAME, delay=cfg.spam.greylist_delay, expire=cfg.spam.greylist_expire)
+    spam = cfg.spam
+    if cfg.storage.backend == "postgresql":
+        from mailhaven import pg
+        from mailhaven.policy.greylist_pg import PgGreylist
+
+        own = database is None
+        db = pg.Database.from_config(cfg.storage) if database is None else database
+        return PgGreylist(db, delay=spam.greylist_delay, expire=spam.greylist_expire, own_database=own)
+    return Greylist(Path(cfg.data_dir) / FILE_NAME, delay=spam.greylist_delay, expire=spam.greylist_expire)
 
 
-__all__ = ["Greylist", "Decision", "Triplet", "triplet", "client_net", "from_config", "FILE_NAME",
+__all__ = ["Greylist", "Decision", "Triplet", "triplet", "client_net", "decide", "from_config", "FILE_NAME",
            "MAX_PENDING", "MAX_KNOWN"]

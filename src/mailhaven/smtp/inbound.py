@@ -442,10 +442,10 @@ def reputation_checker(ctx: seams.Context) -> dnsbl.Checker:
     return checker
 
 
-def greylist_of(ctx: seams.Context) -> greylist.Greylist:
+def greylist_of(ctx: seams.Context) -> seams.Greylist:
     """The server's greylist (app.py opens it; built here for a context that has none)."""
-    gl = getattr(ctx, "greylist", None)
-    if not isinstance(gl, greylist.Greylist):
+    gl: seams.Greylist | None = getattr(ctx, "greylist", None)
+    if gl is None:
         built = greylist.from_config(ctx.config)
         if built is None:
             raise RuntimeError("greylisting is off")
