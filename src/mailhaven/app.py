@@ -591,7 +591,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 loop.add_signal_handler(sig, cb)
                 installed.append(sig)
         async with asyncio.TaskGroup() as tg:
-            workers = [tg.create_task(_reloader(ctx, configure_logging), name="reloader"),
+            workers = [tg.create_task(_reloader(ctx, configure_logging, link), name="reloader"),
                        tg.create_task(_users_watcher(ctx), name="users-watcher")]
             if ctx.queue is not None and worker == 0:
                 # Cancelling it on stop is safe: an unrecorded transaction is retried at next start.
@@ -688,16 +688,19 @@ async def _users_watcher(ctx: Context) -> None:
             log.info("users file reloaded: %s", path)
 
 
-async def _reloader(ctx: Context, configure_logging: bool) -> None:
+async def _reloader(ctx: Context, configure_logging: bool, link: WorkerLink | None = None) -> None:
     while True:
         await ctx._reload.wait()
         ctx._reload.clear()
         # MONOTONIC_USEC lets Type=notify-reload units match this reload to the SIGHUP (sd_notify(3)).
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        ok = False
         try:
-            reload(ctx, configure_logging=configure_logging)
+            ok = reload(ctx, configure_logging=configure_logging)
         finally:
-            sd_notify("READY=1")
+            sd_notify("READY=1")  # a worker has no NOTIFY_SOCKET: its parent notifies
+            if link is not None:
+                link.reloaded(ok)
 
 
 __all__ = ["Context", "Sessions", "StartupError", "LISTENER_FACTORIES", "run", "reload", "restart_needed", "sd_notify",

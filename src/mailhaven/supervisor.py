@@ -18,6 +18,7 @@ The parent is a plain loop over one selector (no asyncio, no threads): the signa
 link per worker, the metrics socket and its HTTP clients. A link is a Unix stream socketpair:
 
     worker -> parent  b"ready\\n"                   once its listeners serve
+                      b"reloaded ok|failed\\n"      after each reload (SIGHUP) it was passed
                       b"error LINE\\n"              it cannot start (StartupError, ConfigError): LINE
                       b"metrics SEQ N\\n" + N octets  its exposition, answering:
     parent -> worker  b"metrics SEQ\\n"              (SEQ numbers the parent's requests)
@@ -53,6 +54,7 @@ log = logging.getLogger("mailhaven.supervisor")
 RESTART_FIRST = 1.0  # seconds before restarting a dead worker; doubles on each further death
 RESTART_MAX = 30.0
 RESTART_RESET = 60.0  # a worker that ran this long starts the backoff again from RESTART_FIRST
+RELOAD_WAIT = 30.0  # seconds the parent waits for every worker's "reloaded" before READY=1
 STOP_MARGIN = 15.0  # beyond shutdown_deadline: the workers' own closing (servers, store, queue)
 METRICS_TIMEOUT = 5.0  # for the workers' answers to one scrape
 MAX_MESSAGE = 256 * 1024 * 1024
@@ -67,9 +69,19 @@ class WorkerLink:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._writer: asyncio.StreamWriter | None = None  # once serve() runs the socket
 
     def ready(self) -> None:
         self._send(b"ready\n")
+
+    def reloaded(self, ok: bool) -> None:
+        """Tell the parent this worker's reload is done (it sends READY=1 once all are)."""
+        line = b"reloaded ok\n" if ok else b"reloaded failed\n"
+        if self._writer is not None:
+            self._writer.write(line)  # a few octets: the socket buffer takes them
+        else:
+            with contextlib.suppress(OSError):
+                self._send(line)
 
     def error(self, line: str) -> None:
         with contextlib.suppress(OSError):
@@ -82,6 +94,7 @@ class WorkerLink:
     async def serve(self, metrics: metricsmod.Metrics, *, lost: Callable[[], object]) -> None:
         """Answer the parent's requests; when the parent is gone, call `lost` (stop serving)."""
         reader, writer = await asyncio.open_connection(sock=self.sock, limit=4096)
+        self._writer = writer
         try:
             while True:
                 line = await reader.readline()
@@ -148,6 +161,8 @@ class Supervisor:
         self.notified_ready = False
         self.failure: StartFailed | None = None
         self.scrapes = 0  # numbers the metrics requests, so an answer matches its request
+        self.reloading: set[int] = set()  # workers passed a SIGHUP that have not said "reloaded"
+        self.reload_deadline = 0.0
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -205,6 +220,10 @@ class Supervisor:
         for c in list(self.clients.values()):
             if now >= c.deadline:
                 self._drop_client(c)
+        if self.reloading and now >= self.reload_deadline:
+            log.warning("reload: worker(s) %s did not say they reloaded in %gs",
+                        ", ".join(str(i) for i in sorted(self.reloading)), RELOAD_WAIT)
+            self._reload_done()
 
     def _timeout(self) -> float:
         now = time.monotonic()
@@ -212,6 +231,8 @@ class Supervisor:
         times += [c.deadline for c in self.clients.values()]
         if self.stopping and not self.killed:
             times.append(self.stop_deadline)
+        if self.reloading:
+            times.append(self.reload_deadline)
         return max(0.0, min(times) - now) if times else 1.0
 
     # -- workers ----------------------------------------------------------------------------------
@@ -310,6 +331,10 @@ class Supervisor:
             if head == b"ready":
                 w.ready = w.served = True
                 self._maybe_ready()
+            elif head.startswith(b"reloaded ") and w.index in self.reloading:
+                self.reloading.discard(w.index)
+                if not self.reloading:
+                    self._reload_done()
             elif head.startswith(b"error "):
                 w.error = head[6:].decode("utf-8", "replace")
 
@@ -343,6 +368,10 @@ class Supervisor:
             w.link.close()
             w.link = None
         w.pid, w.ready = 0, False
+        if w.index in self.reloading:  # it will start with the reloaded config
+            self.reloading.discard(w.index)
+            if not self.reloading:
+                self._reload_done()
         how = _status_text(status)
         if self.stopping:
             log.info("worker %d %s", w.index, how)
@@ -391,20 +420,35 @@ class Supervisor:
                 _kill(w.pid, signal.SIGTERM)
 
     def _reload(self) -> None:
-        """Reload our own copy (so a restarted worker starts with the current file), then let every
-        worker reload itself (each logs the outcome)."""
+        """Read the config again here first: a broken one is said once (one line, as a single
+        process says it) and the workers keep theirs. Else keep our copy (a restarted worker starts
+        with the current file) and let every worker reload itself (each logs its own outcome);
+        READY=1 once they all said they are done (or RELOAD_WAIT passed)."""
+        if self.reloading:
+            return  # one reload at a time: the running one reads the file after this signal too
         app.sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         old = self.config
         try:
             new = configmod.load(old.source)
-        except ConfigError:
-            pass  # each worker logs why and keeps its config; so do we
-        else:
-            self.config = dataclasses.replace(new, **{k: getattr(old, k) for k in app.RESTART_ONLY})
+            app.load_directory(new)  # what each worker reads too: the users file and the
+            if new.tls.cert:  # certificate must load
+                app.tls_context(new)
+        except Exception as e:  # noqa: BLE001 - a broken file must never stop the server
+            log.error("reload failed, keeping the running config: %s", app._reason(e))
+            app.sd_notify("READY=1")
+            return
+        self.config = dataclasses.replace(new, **{k: getattr(old, k) for k in app.RESTART_ONLY})
         live = [w for w in self.workers if w.pid]
         log.info("SIGHUP: passing it on to %d worker(s); each logs its own reload", len(live))
+        self.reloading = {w.index for w in live}
+        self.reload_deadline = time.monotonic() + RELOAD_WAIT
         for w in live:
             _kill(w.pid, signal.SIGHUP)
+        if not self.reloading:
+            self._reload_done()
+
+    def _reload_done(self) -> None:
+        self.reloading.clear()
         app.sd_notify("READY=1")
 
     # -- GET /metrics -----------------------------------------------------------------------------
@@ -523,7 +567,7 @@ def serve(config: Config) -> int:
         if config.metrics.address:
             log.info("metrics: serving http://%s/metrics (summed over %d workers)", config.metrics.address,
                      config.server.workers)
-        log.info("starting %d workers", config.server.workers)
+        log.info("starting %d workers", config.server.processes)
     except BaseException:
         for s in [*socks.values(), metrics_sock]:
             if s is not None:
