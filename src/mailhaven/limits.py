@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from mailhaven import log as mhlog
 from mailhaven.config import Config, ListenerConfig
+from mailhaven.netaddr import client_ip
 from mailhaven.sendrate import SendRate
 
 MAX_TRACKED = 100_000  # addresses whose refusals are remembered at most
@@ -39,12 +40,10 @@ class Evictable(Protocol):
 def ip_key(ip: str) -> str:
     """The unit an IP is counted in: IPv4 address, or IPv6 /64."""
     try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        addr = client_ip(ip)
     except ValueError:
         return ip[:64]
     if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            return str(addr.ipv4_mapped)
         if addr.is_loopback:
             return str(addr)
         return str(ipaddress.IPv6Network((addr, 64), strict=False))

@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from mailhaven.config import ListenerConfig
+from mailhaven.netaddr import client_ip
 from mailhaven.proxyproto import HeaderReader, ProxyError
 
 log = logging.getLogger("mailhaven.proxy")
@@ -66,11 +67,9 @@ def _networks(lc: ListenerConfig) -> tuple[Network, ...]:
 def trusted(ip: str, networks: tuple[Network, ...]) -> bool:
     """Whether a peer address is in proxy_trusted (an IPv4-mapped IPv6 peer counts as its IPv4)."""
     try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        addr = client_ip(ip)
     except ValueError:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     return any(addr in net for net in networks)
 
 

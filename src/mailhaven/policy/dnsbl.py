@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from mailhaven.netaddr import client_ip
+
 Status = Literal["listed", "clear", "refused", "bogus", "error"]
 
 LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
@@ -58,9 +60,7 @@ def query_name(ip: str, zone: str) -> str:
     RFC 5782 §2.1: IPv4 192.0.2.99 -> 99.2.0.192.zone; §2.4: IPv6 -> its 32 nibbles, least
     significant first, dot-separated. An IPv4-mapped IPv6 address (::ffff:192.0.2.99, what a
     dual-stack socket reports) is the IPv4 client it stands for."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    addr = client_ip(ip)
     zone = zone.strip(".").lower()
     if isinstance(addr, ipaddress.IPv4Address):
         labels = reversed(str(addr).split("."))  # RFC 5782 §2.1
@@ -188,11 +188,9 @@ def exempt(ip: str, networks: Sequence[str]) -> bool:
     """Whether `ip` is in one of `networks` (CIDR strings, validated by config.py). An
     IPv4-mapped IPv6 address is matched as the IPv4 address it stands for."""
     try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        addr = client_ip(ip)
     except ValueError:
         return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
     for net in networks:
         network = ipaddress.ip_network(net, strict=False)
         if addr.version == network.version and addr in network:

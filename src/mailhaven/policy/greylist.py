@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 from mailhaven import seams
 from mailhaven.config import Config
+from mailhaven.netaddr import client_ip
 
 if TYPE_CHECKING:
     from mailhaven.pg import Database
@@ -58,9 +59,7 @@ CREATE INDEX IF NOT EXISTS known_age ON known (last_seen);
 def client_net(ip: str) -> str:
     """The network a client is greylisted as: its /24 (IPv4) or /64 (IPv6); an IPv4-mapped IPv6
     address counts as IPv4. Raises ValueError for a non-address."""
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    addr = client_ip(ip)
     prefix = 24 if addr.version == 4 else 64
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
