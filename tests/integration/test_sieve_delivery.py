@@ -9,6 +9,7 @@ that the test DNS server names as remote.test's MX. Flags are read over IMAP wit
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import imaplib
 import logging
 import smtplib
@@ -390,54 +391,51 @@ async def test_vacation_to_a_local_sender_is_delivered_and_not_answered_back(ser
 # --- sending limits ------------------------------------------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _limited(tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str],
+                   script: str, **submission: int) -> AsyncIterator[Server]:
+    """A server whose [submission] hourly limits are `submission`, alice's script active."""
+    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key, submission=submission)
+    try:
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            s.put(ALICE, script)
+            yield s
+    finally:
+        await peer.stop()
+
+
 async def test_redirects_count_against_the_hourly_sending_limit(
         tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
-    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key,
-                             submission={"max_messages_per_hour": 2})
-    try:
-        async with running_app(cfg) as ctx:
-            s = Server(ctx, peer, cfg)
-            s.put(ALICE, 'redirect "fwd@remote.test";\n')
-            for i in range(3):
-                assert (await s.send([ALICE], message(mid=f"<m{i}@remote.test>")))[0] == 250
-            await peer.wait_messages(2, 20)
-            await asyncio.sleep(0.5)
-            assert len(peer.messages) == 2
-            assert len(await s.folder(ALICE)) == 1  # the third was not forwarded: kept instead
-    finally:
-        await peer.stop()
+    async with _limited(tmp_path, tls_files, dns_server, dkim_key, 'redirect "fwd@remote.test";\n',
+                        max_messages_per_hour=2) as s:
+        for i in range(3):
+            assert (await s.send([ALICE], message(mid=f"<m{i}@remote.test>")))[0] == 250
+        await s.peer.wait_messages(2, 20)
+        await asyncio.sleep(0.5)
+        assert len(s.peer.messages) == 2
+        assert len(await s.folder(ALICE)) == 1  # the third was not forwarded: kept instead
+
+
 async def test_a_zero_sending_limit_means_no_limit_for_redirects(
         tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
-    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key,
-                             submission={"max_messages_per_hour": 0, "max_recipients_per_hour": 0})
-    try:
-        async with running_app(cfg) as ctx:
-            s = Server(ctx, peer, cfg)
-            s.put(ALICE, 'redirect "fwd@remote.test";\n')
-            assert (await s.send([ALICE], message()))[0] == 250
-            await peer.wait_messages(1, 20)
-            assert await s.folder(ALICE) == []
-    finally:
-        await peer.stop()
+    async with _limited(tmp_path, tls_files, dns_server, dkim_key, 'redirect "fwd@remote.test";\n',
+                        max_messages_per_hour=0, max_recipients_per_hour=0) as s:
+        assert (await s.send([ALICE], message()))[0] == 250
+        await s.peer.wait_messages(1, 20)
+        assert await s.folder(ALICE) == []
 
 
 async def test_vacation_replies_count_against_the_hourly_sending_limit(
         tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str]) -> None:
-    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key,
-                             submission={"max_messages_per_hour": 1})
-    try:
-        async with running_app(cfg) as ctx:
-            s = Server(ctx, peer, cfg)
-            s.put(ALICE, VACATION)
-            for i in range(3):  # three senders: each would get a reply, the limit allows one
-                sender = f"s{i}@remote.test"
-                assert (await s.send([ALICE], message(mid=f"<v{i}@remote.test>"), sender=sender))[0] == 250
-            await peer.wait_messages(1, 20)
-            await asyncio.sleep(0.5)
-            assert [m.rcpt_tos for m in peer.messages] == [["s0@remote.test"]]
-            assert len(await s.folder(ALICE)) == 3  # every message kept; only the replies are limited
-    finally:
-        await peer.stop()
+    async with _limited(tmp_path, tls_files, dns_server, dkim_key, VACATION, max_messages_per_hour=1) as s:
+        for i in range(3):  # three senders: each would get a reply, the limit allows one
+            sender = f"s{i}@remote.test"
+            assert (await s.send([ALICE], message(mid=f"<v{i}@remote.test>"), sender=sender))[0] == 250
+        await s.peer.wait_messages(1, 20)
+        await asyncio.sleep(0.5)
+        assert [m.rcpt_tos for m in s.peer.messages] == [["s0@remote.test"]]
+        assert len(await s.folder(ALICE)) == 3  # every message kept; only the replies are limited
 
 
 # --- imap4flags ------------------------------------------------------------------------------------
