@@ -50,7 +50,7 @@ from mailhaven import metrics as metricsmod
 from mailhaven.auth.login import LoginService
 from mailhaven.auth.users import Directory
 from mailhaven.config import Config, ListenerConfig
-from mailhaven.control import ControlError, serve_control
+from mailhaven.control import ControlError, relayed, serve_control
 from mailhaven.delivery.forward import Forwarder
 from mailhaven.delivery.local import LocalDeliveryAgent
 from mailhaven.delivery.sieve import SieveFilter
@@ -565,7 +565,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
             await queue.load()
             try:
-                control_server = await serve_control(ctx, queue)
+                control_server = await serve_control(ctx, queue, others=link.broadcast if link else None)
             except (ControlError, OSError) as e:
                 raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
         else:
@@ -602,7 +602,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             else:
                 log.info("ready: %d listener(s) serving in worker %d", len(ctx.serving), worker)
                 link.ready()
-                workers.append(tg.create_task(link.serve(ctx.metrics, lost=ctx.request_stop), name="link"))
+                workers.append(tg.create_task(link.serve(ctx.metrics, lost=ctx.request_stop,
+                                                    relayed=lambda c: relayed(ctx, c)), name="link"))
             if ready is not None:
                 ready(ctx)
             await ctx._stop.wait()

@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,16 +50,20 @@ MAX_REPLY = 256 * 1024 * 1024
 READ_TIMEOUT = 10.0
 
 
+Relay = Callable[[dict[str, Any]], object]  # passes a command on to the other workers
+
+
 class ControlError(Exception):
     """The server cannot be reached or answered nonsense; `str()` is one line for the CLI."""
 
 
-async def _handle(manager: seams.Queue, request: Any, ctx: seams.Context | None = None) -> dict[str, Any]:
+async def _handle(manager: seams.Queue, request: Any, ctx: seams.Context | None = None,
+                  others: Relay | None = None) -> dict[str, Any]:
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return {"ok": False, "error": "expected a JSON object with \"cmd\""}
     cmd = request["cmd"]
     if cmd in ("auth_blocks", "auth_unblock") and ctx is not None:
-        return _auth_command(ctx, cmd, request.get("target"))
+        return _auth_command(ctx, cmd, request.get("target"), others)
     raw_id = request.get("id")
     if cmd in ("show", "retry", "delete") and not isinstance(raw_id, str):
         return {"ok": False, "error": f"{cmd} needs an \"id\""}
@@ -81,8 +86,9 @@ async def _handle(manager: seams.Queue, request: Any, ctx: seams.Context | None 
     return {"ok": False, "error": f"unknown command {cmd[:40]!r}"}
 
 
-def _auth_command(ctx: seams.Context, cmd: str, target: Any) -> dict[str, Any]:
-    """The login penalties (auth/login.py, auth/throttle.py)."""
+def _auth_command(ctx: seams.Context, cmd: str, target: Any, others: Relay | None = None) -> dict[str, Any]:
+    """The login penalties (auth/login.py, auth/throttle.py). An unblock is passed on to the other
+    worker processes (`others`), whose penalties are their own; `blocks` shows this worker's."""
     from mailhaven.auth import login
 
     service = login.of(ctx)
@@ -90,7 +96,20 @@ def _auth_command(ctx: seams.Context, cmd: str, target: Any) -> dict[str, Any]:
         return {"ok": True, "blocks": [dataclasses.asdict(b) for b in service.blocks()]}
     if not isinstance(target, str) or not target.strip() or len(target) > 320:
         return {"ok": False, "error": "auth_unblock needs a \"target\" (an IP address or an account)"}
+    if others is not None:
+        others({"cmd": "auth_unblock", "target": target})
     return {"ok": True, "count": service.unblock(target)}
+
+
+def relayed(ctx: seams.Context, command: dict[str, Any]) -> None:
+    """Apply a command another worker's control socket took (supervisor.WorkerLink.broadcast)."""
+    from mailhaven.auth import login
+
+    target = command.get("target")
+    if command.get("cmd") == "auth_unblock" and isinstance(target, str) and 0 < len(target) <= 320:
+        count = login.of(ctx).unblock(target)
+        log.info("auth unblock %s passed on from another worker: %d penalt%s lifted", target[:64], count,
+                 "y" if count == 1 else "ies")
 
 
 def _no_such(entry_id: Any) -> dict[str, Any]:
@@ -98,7 +117,7 @@ def _no_such(entry_id: Any) -> dict[str, Any]:
 
 
 async def _serve_one(manager: seams.Queue, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     ctx: seams.Context | None = None) -> None:
+                     ctx: seams.Context | None = None, others: Relay | None = None) -> None:
     try:
         while True:
             try:
@@ -114,7 +133,7 @@ async def _serve_one(manager: seams.Queue, reader: asyncio.StreamReader, writer:
                 reply: dict[str, Any] = {"ok": False, "error": "not JSON"}
             else:
                 try:
-                    reply = await _handle(manager, request, ctx)
+                    reply = await _handle(manager, request, ctx, others)
                 except Exception as e:  # noqa: BLE001 - one bad command must not end the server
                     log.exception("control command failed")
                     reply = {"ok": False, "error": f"internal error ({type(e).__name__})"}
@@ -157,14 +176,16 @@ def _bind(path: Path) -> socket.socket:
     return sock
 
 
-async def serve_control(ctx: seams.Context, manager: seams.Queue) -> asyncio.AbstractServer:
-    """Serve the queue commands on ctx.config.control_path. Raises ControlError or OSError."""
+async def serve_control(ctx: seams.Context, manager: seams.Queue, *,
+                        others: Relay | None = None) -> asyncio.AbstractServer:
+    """Serve the queue commands on ctx.config.control_path. Raises ControlError or OSError.
+    `others`: passes a command on to the other worker processes (supervisor.py), if any."""
     path = Path(ctx.config.control_path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     sock = await asyncio.to_thread(_bind, path)
 
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _serve_one(manager, reader, writer, ctx)
+        await _serve_one(manager, reader, writer, ctx, others)
 
     server = await asyncio.start_unix_server(client, sock=sock, limit=MAX_REQUEST)
     log.info("control socket on %s", path)

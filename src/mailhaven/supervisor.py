@@ -19,9 +19,11 @@ link per worker, the metrics socket and its HTTP clients. A link is a Unix strea
 
     worker -> parent  b"ready\\n"                   once its listeners serve
                       b"reloaded ok|failed\\n"      after each reload (SIGHUP) it was passed
+                      b"all N\\n" + N octets        a control command (JSON) for every other worker
                       b"error LINE\\n"              it cannot start (StartupError, ConfigError): LINE
                       b"metrics SEQ N\\n" + N octets  its exposition, answering:
     parent -> worker  b"metrics SEQ\\n"              (SEQ numbers the parent's requests)
+                      b"do N\\n" + N octets         another worker's "all" command, passed on
 
 A worker that dies before it ever served on its first start means the server cannot start: the
 parent stops the others, prints the worker's error line and exits with its status (1, or 2 for a
@@ -33,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import selectors
@@ -42,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailhaven import app
 from mailhaven import config as configmod
@@ -58,6 +62,7 @@ RELOAD_WAIT = 30.0  # seconds the parent waits for every worker's "reloaded" bef
 STOP_MARGIN = 15.0  # beyond shutdown_deadline: the workers' own closing (servers, store, queue)
 METRICS_TIMEOUT = 5.0  # for the workers' answers to one scrape
 MAX_MESSAGE = 256 * 1024 * 1024
+MAX_COMMAND = 64 * 1024  # a control command passed on between workers (JSON)
 SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
@@ -73,6 +78,17 @@ class WorkerLink:
 
     def ready(self) -> None:
         self._send(b"ready\n")
+
+    def broadcast(self, command: dict[str, Any]) -> None:
+        """Have every other worker apply `command` (control.relayed: e.g. an `auth unblock` that
+        worker 0's control socket took), through the parent."""
+        body = json.dumps(command).encode()
+        line = b"all %d\n" % len(body) + body
+        if self._writer is not None:
+            self._writer.write(line)
+        else:
+            with contextlib.suppress(OSError):
+                self._send(line)
 
     def reloaded(self, ok: bool) -> None:
         """Tell the parent this worker's reload is done (it sends READY=1 once all are)."""
@@ -91,8 +107,10 @@ class WorkerLink:
         self.sock.setblocking(True)
         self.sock.sendall(data)
 
-    async def serve(self, metrics: metricsmod.Metrics, *, lost: Callable[[], object]) -> None:
-        """Answer the parent's requests; when the parent is gone, call `lost` (stop serving)."""
+    async def serve(self, metrics: metricsmod.Metrics, *, lost: Callable[[], object],
+                    relayed: Callable[[dict[str, Any]], object] | None = None) -> None:
+        """Answer the parent's requests and apply the commands it passes on (`relayed`); when the
+        parent is gone, call `lost` (stop serving)."""
         reader, writer = await asyncio.open_connection(sock=self.sock, limit=4096)
         self._writer = writer
         try:
@@ -107,7 +125,15 @@ class WorkerLink:
                     body = metrics.render()
                     writer.write(b"metrics %s %d\n" % (words[1], len(body)) + body)
                     await writer.drain()
-        except (ConnectionError, ValueError, asyncio.LimitOverrunError):
+                elif len(words) == 2 and words[0] == b"do" and words[1].isdigit() and int(words[1]) <= MAX_COMMAND:
+                    raw = await reader.readexactly(int(words[1]))
+                    try:
+                        command = json.loads(raw)
+                    except ValueError:
+                        continue
+                    if relayed is not None and isinstance(command, dict):
+                        relayed(command)
+        except (ConnectionError, ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             lost()
         finally:
             writer.close()
@@ -327,6 +353,17 @@ class Supervisor:
                     w.exposition = bytes(w.buf[nl + 1:nl + 1 + size])
                 del w.buf[:nl + 1 + size]
                 continue
+            if head.startswith(b"all "):
+                size = int(head[4:]) if head[4:].isdigit() else MAX_COMMAND + 1
+                if size > MAX_COMMAND:
+                    log.error("worker %d sent a broken command to pass on", w.index)
+                    w.buf.clear()
+                    return
+                if len(w.buf) < nl + 1 + size:
+                    return
+                self._relay(w, bytes(w.buf[nl + 1:nl + 1 + size]))
+                del w.buf[:nl + 1 + size]
+                continue
             del w.buf[:nl + 1]
             if head == b"ready":
                 w.ready = w.served = True
@@ -337,6 +374,15 @@ class Supervisor:
                     self._reload_done()
             elif head.startswith(b"error "):
                 w.error = head[6:].decode("utf-8", "replace")
+
+    def _relay(self, sender: _Worker, body: bytes) -> None:
+        """Pass a worker's control command on to every other live worker."""
+        for w in self.workers:
+            if w is not sender and w.pid and w.link is not None:
+                try:
+                    w.link.send(b"do %d\n" % len(body) + body)
+                except OSError as e:
+                    log.warning("worker %d: a command could not be passed on: %s", w.index, e)
 
     def _maybe_ready(self) -> None:
         if not self.notified_ready and all(w.ready for w in self.workers):

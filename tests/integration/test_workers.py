@@ -12,6 +12,7 @@ import asyncio
 import imaplib
 import os
 import poplib
+import re
 import signal
 import smtplib
 import subprocess
@@ -288,4 +289,41 @@ def test_a_delivery_in_one_worker_wakes_idle_in_the_other_within_one_second(setu
                 got += imap.recv(4096)  # socket.timeout (an error) after 1 s without a word
             assert b"* 1 EXISTS" in got and time.monotonic() - sent < 1.0, got
             imap.sendall(b"DONE\r\nd LOGOUT\r\n")
+        assert server.stop() == 0
+
+
+def _pop3_login(port: int, password: str, source: str = "127.0.0.5") -> bool:
+    """USER/PASS from `source`; True for +OK."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0)) as s:
+        f = s.makefile("rb")
+        assert f.readline().startswith(b"+OK")
+        s.sendall(f"USER {ALICE}\r\n".encode())
+        f.readline()
+        s.sendall(f"PASS {password}\r\n".encode())
+        ok = f.readline().startswith(b"+OK")
+        s.sendall(b"QUIT\r\n")
+        return ok
+
+
+def test_auth_unblock_lifts_the_penalties_of_every_worker(setup: Setup) -> None:
+    auth = {"failure_delay": 0.5, "allow_plaintext_loopback": True}
+    path = setup.write(server=WORKERS, auth=auth)
+    with running(path) as server:
+        all_ready(server)
+        pids = sorted(children(server.pid))
+        port = setup.ports["pop3"]
+        for other in pids:  # two failures from 127.0.0.5 in each worker: each holds a penalty
+            _on_the_other_worker(other, lambda: [_pop3_login(port, "wrong") for _ in range(2)])
+        r = subprocess.run([*mailhaven_argv(), "-c", str(path), "auth", "unblock", "127.0.0.5"], env=base_env(),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        server.wait_for(r"auth unblock 127\.0\.0\.5 passed on from another worker")
+        for other in pids:  # a right password in each worker now: no delay left anywhere
+            started = time.monotonic()
+            assert _on_the_other_worker(other, lambda: _pop3_login(port, PASSWORD))
+            assert time.monotonic() - started < 0.4
+        delays = [line for line in server.lines if "login ok" in line and "ip=127.0.0.5" in line]
+        assert len(delays) == 2 and all(re.search(r"delay=0(\.0)?\b", d) for d in delays), delays
         assert server.stop() == 0
