@@ -4,11 +4,10 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and a
-process-wide cache of ENVELOPE/BODYSTRUCTURE/header blocks keyed by the message file.
+\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`) and output batching.
 Does not own: bytes on the wire (server.py: sockets, TLS, framing, timeouts), command syntax
-(parser.py), FETCH item rendering (fetchitems.py), SEARCH semantics (search.py, run by
-searchadapt.py), storage (store/).
+(parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache (msgcache.py), LIST/LSUB
+matching (listing.py), SEARCH (search.py, run by searchadapt.py), storage (store/).
 
 The shell gives the session a `Shell` (write, read_line, start_tls, tls_active); the session never
 touches a socket, so tests can drive it with an in-memory shell.
@@ -25,14 +24,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import operator
 import re
 import time
 import weakref
-from bisect import bisect_left
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mailhaven import log as mhlog
@@ -42,7 +37,10 @@ from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
-from mailhaven.imap import encode, fetchitems, utf7
+from mailhaven.imap import fetch, listing, searchadapt
+from mailhaven.imap.listing import DELIMITER, wire_name
+from mailhaven.imap.msgcache import CACHE, Entry
+from mailhaven.imap.selected import Selected, match_infos, read_many
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -57,13 +55,11 @@ from mailhaven.store import (
     MessageNotFound,
     MessagesAdded,
     Overflow,
-    Snapshot,
 )
 
 log = logging.getLogger("mailhaven.imap")
 
 SERVER_NAME = "Mailhaven"
-DELIMITER = "."  # Maildir++ hierarchy delimiter (store/names.py)
 SEEN, DELETED = "\\Seen", "\\Deleted"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 POLL_INTERVAL = 30.0  # seconds between snapshots with no change event (disk changes by others; Dovecot: 30 s)
@@ -73,7 +69,6 @@ STORE_CHUNK = 10_000  # messages per store_flags call (one transaction); other s
 # account lock between steps of a larger set
 FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message data
 META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLAGS, UID, sizes, dates)
-CACHE_MAX_BYTES = 64 * 1024 * 1024  # process-wide ENVELOPE/BODYSTRUCTURE/header cache
 OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
@@ -150,191 +145,6 @@ def _claim(store: Any, key: tuple[str, str, int], uids: Sequence[int]) -> list[i
     return mine
 
 
-# --------------------------------------------------------------------------- message cache
-
-
-class _Entry:
-    __slots__ = ("header", "envelope", "bodystructure", "body", "search", "size")
-
-    def __init__(self) -> None:
-        self.header: bytes | None = None
-        self.envelope: bytes | None = None
-        self.bodystructure: bytes | None = None
-        self.body: bytes | None = None
-        # SEARCH prefilter memo (searchadapt.HeaderPrefilter): field name -> its lines, or None
-        self.search: dict[bytes, bytes | None] | None = None
-        self.size = 0
-
-    def measure(self) -> int:
-        size = 64 + sum(len(x) for x in (self.header, self.envelope, self.bodystructure, self.body)
-                        if x is not None)
-        if self.search:
-            size += sum(48 + len(k) + (len(v) if v is not None else 0) for k, v in self.search.items())
-        self.size = size
-        return size
-
-
-class MessageCache:
-    """LRU of data derived from message files, bounded in bytes. Keys (user, file key) are stable for
-    a message's life (a moved message keeps its file and content)."""
-
-    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._d: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-
-    def get(self, key: tuple[str, str]) -> _Entry | None:
-        e = self._d.get(key)
-        if e is not None:
-            self._d.move_to_end(key)
-        return e
-
-    def peek(self, key: tuple[str, str]) -> _Entry | None:
-        """Like get() without refreshing the entry's place (bulk scans must not reorder the LRU)."""
-        return self._d.get(key)
-
-    def put(self, key: tuple[str, str], entry: _Entry) -> None:
-        old = self._d.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
-        self.bytes += entry.measure()
-        self._d[key] = entry
-        while self.bytes > self.max_bytes and self._d:
-            _, e = self._d.popitem(last=False)
-            self.bytes -= e.size
-
-    def remeasure(self, key: tuple[str, str], entry: _Entry) -> None:
-        """`entry` grew in place (e.g. a field it did not have): count its new size."""
-        if self._d.get(key) is not entry:
-            return  # evicted meanwhile (or never put): nothing is counted for it
-        old = entry.size
-        self.bytes += entry.measure() - old
-        while self.bytes > self.max_bytes and self._d:
-            _, e = self._d.popitem(last=False)
-            self.bytes -= e.size
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-
-CACHE = MessageCache()
-
-
-# --------------------------------------------------------------------------- FETCH rendering
-
-_STRUCT = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
-_DATA_ATTRS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
-
-
-def _fi_section(sec: C.Section) -> fetchitems.Section:
-    return fetchitems.Section(sec.part, sec.text or "", tuple(f.encode("ascii") for f in sec.fields))
-
-
-def _sets_seen(item: C.FetchItem) -> bool:
-    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
-    if isinstance(item, C.FetchBody):
-        return not item.peek
-    return item.name in ("RFC822", "RFC822.TEXT")
-
-
-def _needs_data(item: C.FetchItem) -> bool:
-    return isinstance(item, C.FetchBody) or item.name in _DATA_ATTRS
-
-
-def derive(data: bytes, want: Iterable[str], entry: _Entry) -> None:
-    """Fill `entry` with the structure items in `want` computed from the message bytes (CPU work)."""
-    want = set(want)
-    tree = None
-    if entry.header is None:
-        entry.header = data[:fetchitems.header_end(data)]
-    if "ENVELOPE" in want and entry.envelope is None:
-        entry.envelope = fetchitems.envelope(entry.header)
-    if ("BODYSTRUCTURE" in want and entry.bodystructure is None) or ("BODY" in want and entry.body is None):
-        from mailhaven.message import mime
-
-        tree = mime.parse(data)
-        if entry.bodystructure is None:
-            entry.bodystructure = fetchitems.bodystructure(data, True, tree)
-        if entry.body is None:
-            entry.body = fetchitems.body(data, tree)
-
-
-def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data: bytes | None,
-                 entry: _Entry | None, recent: bool) -> bytes:
-    """`* seq FETCH (...)` for one message. `data` is the message (CRLF line endings, as the store
-    returns it) when an item needs it; `entry` holds the derived structure items.
-    Built as one list of pieces joined once, so a message body is copied once."""
-    out: list[bytes] = [b"* %d FETCH (" % seq]
-    for n, item in enumerate(items):
-        if n:
-            out.append(b" ")
-        if isinstance(item, C.FetchAttr):
-            name = item.name
-            if name == "UID":
-                out.append(b"UID %d" % info.uid)
-            elif name == "FLAGS":
-                out += (b"FLAGS ", render_flags(info.flags, recent))
-            elif name == "RFC822.SIZE":
-                out.append(b"RFC822.SIZE %d" % info.size)
-            elif name == "INTERNALDATE":
-                out += (b"INTERNALDATE ", internaldate(info.internaldate))
-            elif name == "ENVELOPE":
-                assert entry is not None and entry.envelope is not None
-                out += (b"ENVELOPE ", entry.envelope)
-            elif name == "BODYSTRUCTURE":
-                assert entry is not None and entry.bodystructure is not None
-                out += (b"BODYSTRUCTURE ", entry.bodystructure)
-            elif name == "BODY":
-                assert entry is not None and entry.body is not None
-                out += (b"BODY ", entry.body)
-            else:
-                assert data is not None
-                if name == "RFC822":
-                    chunk = data
-                elif name == "RFC822.HEADER":
-                    chunk = data[:fetchitems.header_end(data)]
-                else:  # RFC822.TEXT
-                    chunk = data[fetchitems.header_end(data):]
-                out.append(name.encode("ascii"))
-                _literal_into(out, chunk)
-        else:
-            assert data is not None
-            sec = item.section
-            if not sec.part and not sec.text and item.partial is None:
-                chunk = data  # BODY[]: the whole message, already CRLF
-            else:
-                chunk = fetchitems.body_section(data, _fi_section(sec), item.partial)
-            out.append(item.response_name.encode("ascii"))
-            _literal_into(out, chunk)
-    out.append(b")\r\n")
-    return b"".join(out)
-
-
-def _literal_into(out: list[bytes], data: bytes) -> None:
-    """` {n}CRLF<data>` appended as pieces (encode.literal without its copy; NUL sent as 0x80 as
-    there, RFC 3501 §9)."""
-    if b"\x00" in data:
-        data = data.replace(b"\x00", b"\x80")
-    out += (b" {%d}\r\n" % len(data), data)
-
-
-def _render_batch(rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]],
-                  items: Sequence[C.FetchItem], want: frozenset[str],
-                  extra_flags: frozenset[int]) -> list[bytes]:
-    """Render many messages (in a worker thread when parses are needed). `extra_flags`: UIDs whose
-    \\Seen this FETCH set, which get FLAGS added as Dovecot does."""
-    out: list[bytes] = []
-    flags_item = C.FetchAttr("FLAGS")
-    for seq, info, data, entry, recent in rows:
-        if entry is not None and want and data is not None:
-            derive(data, want, entry)
-        its = items
-        if info.uid in extra_flags and flags_item not in items:
-            its = (*items, flags_item)
-        out.append(render_items(seq, info, its, data, entry, recent))
-    return out
-
-
 # --------------------------------------------------------------------------- helpers
 
 _SAFE = re.compile(r"[^\x20-\x7e]")
@@ -344,85 +154,12 @@ def _safe(text: str) -> str:
     return _SAFE.sub("?", text)[:200]
 
 
-def _wire_name(name: str) -> bytes:
-    """A mailbox name as sent in LIST/LSUB/STATUS: modified UTF-7 (RFC 3501 §5.1.3), astring."""
-    return encode.astring(utf7.encode(name).encode("ascii"))
-
-
-def list_matcher(pattern: str) -> re.Pattern[str]:
-    """RFC 3501 §6.3.8: "*" matches anything, "%" anything but the hierarchy delimiter."""
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^" + re.escape(DELIMITER) + "]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _inbox_canonical(pattern: str) -> str:
-    """"inbox" / "Inbox.sub" -> "INBOX..." (RFC 3501 §5.1: INBOX is case-insensitive)."""
-    head, sep, rest = pattern.partition(DELIMITER)
-    if head.upper() == "INBOX":
-        return "INBOX" + sep + rest
-    return pattern
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(DELIMITER)
-    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[MessageInfo | None]:
-    """The infos of ascending `uids` in the ascending snapshot `messages` (None: not in it)."""
-    n = len(uids)
-    if not n:
-        return []
-    # Usual case (e.g. 1:* on an up-to-date view): the UIDs are a run of the snapshot, found by
-    # bisection and checked in one comparison instead of a walk in Python.
-    lo = bisect_left(messages, uids[0], key=_uid_of)
-    run = messages[lo:lo + n]
-    if len(run) == n and run[-1].uid == uids[-1] and list(map(_uid_of, run)) == list(uids):
-        return list(run)
-    out: list[MessageInfo | None] = []
-    j, m = lo, len(messages)
-    for u in uids:
-        while j < m and messages[j].uid < u:
-            j += 1
-        out.append(messages[j] if j < m and messages[j].uid == u else None)
-    return out
-
-
-_uid_of = operator.attrgetter("uid")
-
-
 _WHERE = {
     State.NOT_AUTHENTICATED: "before login",
     State.AUTHENTICATED: "in the authenticated state",
     State.SELECTED: "with a mailbox selected",
     State.LOGOUT: "after logout",
 }
-
-
-@dataclass
-class _Selected:
-    mailbox: Any  # mailhaven.store.Mailbox
-    name: str
-    readonly: bool
-    view: View
-    snap: Snapshot | None  # the last snapshot; dropped while idling (memory), taken again when needed
-    uidvalidity: int
-    keywords: frozenset[str]
-    synced_at: float
-    generation: int = 0  # bumped with every new snapshot
-
-    @property
-    def current(self) -> Snapshot:
-        """The snapshot a command works on (Session.refresh() guarantees there is one)."""
-        assert self.snap is not None
-        return self.snap
 
 
 # --------------------------------------------------------------------------- the session
@@ -444,7 +181,7 @@ class Session:
         self.user: str | None = None
         self.account: Any = None
         self.sub: Any = None  # store change subscription
-        self.sel: _Selected | None = None
+        self.sel: Selected | None = None
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -636,7 +373,7 @@ class Session:
         for line in sel.view.flush(allow_expunge):
             self.emit(line)
 
-    def _recent_key(self, sel: _Selected) -> tuple[str, str, int]:
+    def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
         return (self.user or "", sel.mailbox.name, sel.uidvalidity)
 
     @staticmethod
@@ -649,7 +386,7 @@ class Session:
                 out.update(f for f in m.flags if not f.startswith("\\"))
         return frozenset(out)
 
-    def _note_keywords(self, sel: _Selected, messages: Iterable[MessageInfo]) -> None:
+    def _note_keywords(self, sel: Selected, messages: Iterable[MessageInfo]) -> None:
         """RFC 3501 §7.2.6: a keyword the client was not told about gets FLAGS and PERMANENTFLAGS
         sent at once, so they come before any FETCH that shows it (as Dovecot; imaptest checks)."""
         keywords = self._keywords(messages)
@@ -657,7 +394,7 @@ class Session:
             sel.keywords = sel.keywords | keywords
             self._emit_flags(sel)
 
-    def _emit_flags(self, sel: _Selected) -> None:
+    def _emit_flags(self, sel: Selected) -> None:
         kws = " ".join(sorted(sel.keywords))
         flags = " ".join(SYSTEM_FLAGS) + (" " + kws if kws else "")
         self.emit(f"* FLAGS ({flags})\r\n".encode())
@@ -783,7 +520,7 @@ class Session:
         self._drain_events()
         mailbox = await self.account.mailbox(cmd.mailbox)
         snap = await mailbox.snapshot()
-        sel = _Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
+        sel = Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
                         self._keywords(snap.messages), time.monotonic())
         key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
@@ -835,48 +572,15 @@ class Session:
         return "OK Unsubscribe completed."
 
     async def cmd_list(self, cmd: C.List) -> str:
-        if cmd.pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
-            self.emit(b'* LIST (\\Noselect) "." ""\r\n')
-            return "OK List completed."
-        matcher = list_matcher(_inbox_canonical(cmd.reference + cmd.pattern))
-        infos = await self.account.list_mailboxes()
-        names = {i.name for i in infos}
-        rows: list[tuple[str, list[str]]] = []
-        for info in infos:
-            if matcher.fullmatch(info.name):
-                attrs = ["\\HasChildren" if info.has_children else "\\HasNoChildren"]  # RFC 3348
-                if info.special_use:
-                    attrs.append(info.special_use)  # RFC 6154 §2
-                rows.append((info.name, attrs))
-        # Parents that are not mailboxes themselves (folders made by other tools): \Noselect.
-        for implied in sorted({a for n in names for a in _ancestors(n)} - names):
-            if matcher.fullmatch(implied):
-                rows.append((implied, ["\\Noselect", "\\HasChildren"]))
-        for name, attrs in rows:
-            self.emit(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + _wire_name(name) + b"\r\n")
+        infos = await self.account.list_mailboxes() if cmd.pattern else []
+        for line in listing.list_lines(infos, cmd.reference, cmd.pattern):
+            self.emit(line)
         return "OK List completed."
 
     async def cmd_lsub(self, cmd: C.Lsub) -> str:
-        if cmd.pattern == "":
-            self.emit(b'* LSUB (\\Noselect) "." ""\r\n')
-            return "OK Lsub completed."
-        matcher = list_matcher(_inbox_canonical(cmd.reference + cmd.pattern))
-        subs = await self.account.subscriptions()
-        subscribed = set(subs)
-        shown: set[str] = set()
-        for name in subs:
-            if matcher.fullmatch(name) and name not in shown:
-                shown.add(name)
-                self.emit(b"* LSUB () \".\" " + _wire_name(name) + b"\r\n")
-        # RFC 3501 §6.3.9: when "%" hides a subscribed name, its unsubscribed parent that the pattern
-        # matches is shown, as \Noselect.
-        for name in subs:
-            if matcher.fullmatch(name):
-                continue
-            for a in _ancestors(name):
-                if a not in subscribed and a not in shown and matcher.fullmatch(a):
-                    shown.add(a)
-                    self.emit(b"* LSUB (\\Noselect) \".\" " + _wire_name(a) + b"\r\n")
+        subs = await self.account.subscriptions() if cmd.pattern else []
+        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern):
+            self.emit(line)
         return "OK Lsub completed."
 
     async def cmd_status(self, cmd: C.Status) -> str:
@@ -902,7 +606,7 @@ class Session:
             else:  # HIGHESTMODSEQ
                 n = snap.highestmodseq
             values.append(b"%s %d" % (item.encode("ascii"), n))
-        self.emit(b"* STATUS " + _wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
+        self.emit(b"* STATUS " + wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
         return "OK Status completed."
 
     async def cmd_append(self, cmd: C.Append) -> str:
@@ -974,7 +678,7 @@ class Session:
 
     # -- selected (RFC 3501 §6.4) -----------------------------------------------------------------
 
-    def _selected(self) -> _Selected:
+    def _selected(self) -> Selected:
         assert self.sel is not None
         return self.sel
 
@@ -992,7 +696,7 @@ class Session:
                 await sel.mailbox.expunge(deleted)
         return "OK Close completed."
 
-    async def refresh_snapshot_of(self, sel: _Selected) -> None:
+    async def refresh_snapshot_of(self, sel: Selected) -> None:
         sel.snap = await sel.mailbox.snapshot()
 
     async def cmd_unselect(self, cmd: C.Unselect) -> str:
@@ -1026,11 +730,9 @@ class Session:
         return "OK Expunge completed."
 
     async def cmd_search(self, cmd: C.Search) -> str:
-        from mailhaven.imap import searchadapt
-
         sel = self._selected()
         await self.refresh()
-        found = await searchadapt.run(self, sel, cmd)
+        found = await searchadapt.run(self.user or "", sel, cmd)
         line = b"* SEARCH"
         if found:
             line += b" " + b" ".join(b"%d" % n for n in found)
@@ -1048,7 +750,7 @@ class Session:
         if not uids:
             return "OK Store completed."
         learner = self._learner_for(cmd.flags) if cmd.mode != "remove" else None
-        before = {i.uid: i.flags for i in _match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
+        before = {i.uid: i.flags for i in match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
         infos: list[MessageInfo] = []
         for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
             infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
@@ -1152,7 +854,7 @@ class Session:
         report = await self._quota_report()
         # RFC 9208 §4.3: the mailbox's quota roots, then each root's QUOTA
         roots = f' "{QUOTA_ROOT}"' if report is not None else ""
-        self.emit(b"* QUOTAROOT " + _wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
+        self.emit(b"* QUOTAROOT " + wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
         if report is not None:
             self._emit_quota(report)
         return "OK Getquotaroot completed."
@@ -1193,11 +895,11 @@ class Session:
         pairs = self._resolve(cmd.set, cmd.uid)
         items = cmd.items
         view = sel.view
-        infos = _match_infos([u for _, u in pairs], sel.current.messages)
+        infos = match_infos([u for _, u in pairs], sel.current.messages)
         missing = 0
         # \Seen first (RFC 3501 §6.4.5), so the data and the FLAGS shown agree.
         seen_set: frozenset[int] = frozenset()
-        if not sel.readonly and any(_sets_seen(i) for i in items):
+        if not sel.readonly and any(fetch.sets_seen(i) for i in items):
             unseen = [info.uid for info in infos if info is not None and SEEN not in info.flags]
             if unseen:
                 changed = {}
@@ -1206,8 +908,8 @@ class Session:
                         changed[i.uid] = i
                 infos = [changed.get(i.uid, i) if i is not None else None for i in infos]
                 seen_set = frozenset(changed)
-        want = frozenset(i.name for i in items if isinstance(i, C.FetchAttr) and i.name in _STRUCT)
-        needs_data = any(_needs_data(i) for i in items)
+        want = frozenset(i.name for i in items if isinstance(i, C.FetchAttr) and i.name in fetch.STRUCT)
+        needs_data = any(fetch.needs_data(i) for i in items)
         has_flags = any(isinstance(i, C.FetchAttr) and i.name == "FLAGS" for i in items) or bool(seen_set)
         user = self.user or ""
         if not want and not needs_data:  # metadata only: no disk access, rendered in bulk
@@ -1217,15 +919,15 @@ class Session:
                 pairs = [p for p, i in zip(pairs, infos, strict=True) if i is not None]
             for start in range(0, len(pairs), META_BATCH):
                 part = present[start:start + META_BATCH]
-                await self.emit_batched(_render_meta(pairs[start:start + META_BATCH], part, items, view.recent))
+                await self.emit_batched(fetch.render_meta(pairs[start:start + META_BATCH], part, items, view.recent))
                 if has_flags:
                     view.reported_many(part)
         else:
             for start in range(0, len(pairs), FETCH_BATCH):
-                rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]] = []
+                rows: list[tuple[int, MessageInfo, bytes | None, Entry | None, bool]] = []
                 to_read: list[int] = []
                 chunk = list(zip(pairs[start:start + FETCH_BATCH], infos[start:start + FETCH_BATCH], strict=True))
-                entries: dict[int, _Entry] = {}
+                entries: dict[int, Entry] = {}
                 incomplete: set[int] = set()
                 for (_seq, uid), info in chunk:
                     if info is None:
@@ -1234,13 +936,13 @@ class Session:
                     if want:
                         entry = CACHE.get((user, info.key))
                         if entry is None:
-                            entry = _Entry()
+                            entry = Entry()
                         entries[uid] = entry
-                        if not _complete(entry, want):
+                        if not fetch.complete(entry, want):
                             incomplete.add(uid)
                     if needs_data or uid in incomplete:
                         to_read.append(uid)
-                datas = await _read_many(sel.mailbox, to_read)
+                datas = await read_many(sel.mailbox, to_read)
                 parses = 0
                 for (seq, uid), info in chunk:
                     if info is None:
@@ -1254,9 +956,9 @@ class Session:
                     parses += uid in incomplete
                     rows.append((seq, info, data, entry, view.is_recent(uid)))
                 if parses >= OFFLOAD_MIN or (needs_data and sum(len(d) for d in datas.values()) > 1 << 20):
-                    lines = await asyncio.to_thread(_render_batch, rows, items, want, seen_set)
+                    lines = await asyncio.to_thread(fetch.render_batch, rows, items, want, seen_set)
                 else:
-                    lines = _render_batch(rows, items, want, seen_set)
+                    lines = fetch.render_batch(rows, items, want, seen_set)
                 for (_seq, info, _d, entry, _r) in rows:
                     if entry is not None and info.uid in incomplete:
                         CACHE.put((user, info.key), entry)
@@ -1269,90 +971,5 @@ class Session:
         return ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
 
 
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 
-
-def internaldate(ts: float) -> bytes:
-    """fetchitems.internaldate(ts) in the server's zone, without datetime objects (5x faster; the
-    unit test compares the two): "17-Jul-1996 02:44:25 -0700" quoted (RFC 3501 §9 date-time)."""
-    lt = time.localtime(ts)
-    off = lt.tm_gmtoff // 60
-    sign = b"-" if off < 0 else b"+"
-    off = abs(off)
-    return b'"%02d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
-        lt.tm_mday, _MONTHS[lt.tm_mon - 1], lt.tm_year, lt.tm_hour, lt.tm_min, lt.tm_sec, sign, off // 60,
-        off % 60)
-
-
-_META_FIELDS = {"UID": (b"UID %d", 0), "FLAGS": (b"FLAGS %s", 1), "RFC822.SIZE": (b"RFC822.SIZE %d", 2),
-                "INTERNALDATE": (b"INTERNALDATE %s", 3)}
-
-
-def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
-    """A %-format for `* n FETCH (...)` of metadata-only items, and which value goes where."""
-    parts: list[bytes] = []
-    fields: list[int] = []
-    for item in items:
-        assert isinstance(item, C.FetchAttr)
-        text, code = _META_FIELDS[item.name]
-        parts.append(text)
-        fields.append(code)
-    return b"* %d FETCH (" + b" ".join(parts) + b")\r\n", fields
-
-
-def _render_meta(pairs: Sequence[tuple[int, int]], infos: Sequence[MessageInfo], items: Sequence[C.FetchItem],
-                 recent: frozenset[int]) -> bytes:
-    """`* n FETCH (...)` lines of metadata-only items for many messages, built column by column."""
-    fmt, fields = _meta_template(items)
-    cols: list[Sequence[int | bytes]] = [[seq for seq, _ in pairs]]
-    for f in fields:
-        if f == 0:
-            cols.append([uid for _, uid in pairs])
-        elif f == 1:
-            # Flag sets are shared between messages: each distinct one is rendered once.
-            plain: dict[frozenset[str], bytes] = {}
-            with_recent: dict[frozenset[str], bytes] = {}
-            col: list[bytes] = []
-            for info in infos:
-                fl = info.flags
-                cache = with_recent if recent and info.uid in recent else plain
-                r = cache.get(fl)
-                if r is None:
-                    r = cache[fl] = render_flags(fl, cache is with_recent)
-                col.append(r)
-            cols.append(col)
-        elif f == 2:
-            cols.append([info.size for info in infos])
-        else:
-            cols.append([internaldate(info.internaldate) for info in infos])
-    return b"".join([fmt % row for row in zip(*cols, strict=True)])
-
-
-def _complete(entry: _Entry, want: frozenset[str]) -> bool:
-    return (("ENVELOPE" not in want or entry.envelope is not None)
-            and ("BODYSTRUCTURE" not in want or entry.bodystructure is not None)
-            and ("BODY" not in want or entry.body is not None))
-
-
-async def _read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
-    """Message bytes by UID; expunged ones are left out. Uses the store's batch read when it has one."""
-    if not uids:
-        return {}
-    batch = getattr(mailbox, "read_many", None)
-    if batch is not None:
-        got = await batch(uids)
-        return {u: d for u, d in zip(uids, got, strict=True) if d is not None}
-    out: dict[int, bytes] = {}
-    for i in range(0, len(uids), 32):
-        part = uids[i:i + 32]
-        results = await asyncio.gather(*(mailbox.read(u) for u in part), return_exceptions=True)
-        for u, r in zip(part, results, strict=True):
-            if isinstance(r, bytes):
-                out[u] = r
-            elif not isinstance(r, MessageNotFound):
-                raise r
-    return out
-
-
-__all__ = ["Session", "Shell", "No", "Bad", "SessionEnd", "ServerStopping", "MessageCache", "CACHE", "list_matcher",
-           "render_items", "POLL_INTERVAL"]
+__all__ = ["Session", "Shell", "No", "Bad", "SessionEnd", "ServerStopping", "POLL_INTERVAL"]
