@@ -17,7 +17,8 @@ Modules (one owner each):
     state.py        State enum + allowed commands per state
     view.py         a session's sequence numbers and pending EXPUNGE/EXISTS/FETCH (pure)
     selected.py     the selected mailbox, and the reads FETCH and SEARCH share
-    session.py      one cmd_<verb> method per command; replies; \\Recent; IDLE
+    session.py      the sans-IO core: client bytes in (framing + parser), response bytes and
+                    events out; one cmd_<verb> method per command; replies; \\Recent; IDLE
     server.py       asyncio shell: sockets, STARTTLS, limits, timeouts, BYE; `create_server`
 
 Entry point (app.py's listener factory contract):

@@ -4,13 +4,38 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`) and output batching.
-Does not own: bytes on the wire (server.py: sockets, TLS, framing, timeouts), command syntax
-(parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache (msgcache.py), LIST/LSUB
-matching (listing.py), SEARCH (search.py, run by searchadapt.py), storage (store/).
+\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and
+the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
+continuations for synchronising literals, the literal limit (small before login,
+smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
+Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
+syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
+(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py),
+storage (store/).
 
-The shell gives the session a `Shell` (write, read_line, start_tls, tls_active); the session never
-touches a socket, so tests can drive it with an in-memory shell.
+Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
+framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
+
+    session = Session(ctx, listener=..., ip=..., loopback=..., tls_active=..., starttls_offered=...,
+                      config=cfg)
+    write(session.greeting())
+    while True:
+        ev = await session.next_event()
+        Send(data)          -> write data (flow control: await the write before asking again)
+        Wait(changes, t)    -> read input and session.receive_data(it); when `changes` is set
+                               (IDLE), also wake on changes.wait() or after t seconds, feeding
+                               nothing (the session then looks at the store itself)
+        StartTls()          -> the OK was in an earlier Send; drop unread input, handshake,
+                               then session.tls_started()
+        LoggedIn(user)      -> the connection has logged in (no login deadline, not evictable)
+        Close(reason)       -> close the connection (any BYE was in an earlier Send)
+
+Command handlers are async and await the store and the login service (through the context's
+seams), so the core is not pure; what it never does is read or write the connection. Output is
+handed out per command, and in OUTPUT_BATCH pieces for large FETCH/STORE responses, so the shell's
+flow control bounds the memory of a client that does not read. A command that needs more input
+(AUTHENTICATE's responses, IDLE's DONE) or a TLS handshake is written as an async generator: it
+yields the event and resumes when the shell asks for the next one.
 
 How changes reach a selected session: it subscribes to the store's change hub at login. Before a
 command runs (and while idling) any event about the selected mailbox, or POLL_INTERVAL without one
@@ -23,12 +48,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import logging
 import re
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
 
 from mailhaven import log as mhlog
 from mailhaven import metrics, seams
@@ -38,8 +65,11 @@ from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
 from mailhaven.imap import fetch, listing, searchadapt
+from mailhaven.imap.commands import ParseError
+from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
 from mailhaven.imap.msgcache import CACHE, Entry
+from mailhaven.imap.parser import parse_command
 from mailhaven.imap.selected import Selected, match_infos, read_many
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
@@ -80,24 +110,57 @@ QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
 QUOTA_ROOT = ""  # the one quota root of every user: all their folders
 
 
-class Shell(Protocol):
-    """What the session needs from the connection (server.py implements it)."""
+PREAUTH_MAX_LITERAL = 8 * 1024  # literals before login: a user name or password, never a message
 
-    tls_active: bool
 
-    async def write(self, data: bytes) -> None: ...
+# --------------------------------------------------------------------------- events for the shell
 
-    async def read_line(self) -> bytes | None:
-        """One raw line (AUTHENTICATE response, IDLE's DONE) without CRLF; None at end of input."""
-        ...
 
-    async def start_tls(self) -> None:
-        """Upgrade after the OK to STARTTLS was written; drop any input that came before."""
-        ...
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write these bytes to the client."""
 
-    def authenticated(self) -> None:
-        """The session logged in (the shell may raise its literal limit)."""
-        ...
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """The session needs input. While idling (`changes` set) it also wants to run again when the
+    store has news for the user (`await changes.wait()`) or after `timeout` seconds, with no input."""
+
+    changes: Any = None  # store.changes.Subscription while idling, else None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """Start TLS now (RFC 3501 §6.2.1): input received before the handshake must be dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    """The session authenticated as `user`."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection; `reason` is for the session's log line."""
+
+    reason: str
+
+
+Event = Send | Wait | StartTls | LoggedIn | Close
+WAIT_INPUT: Final = Wait()
+class Flush(enum.Enum):
+    FLUSH = "flush"
+
+
+# What a streaming command handler yields: an event for the shell, FLUSH ("hand out the buffered
+# output if a batch is full") or, last, its tagged result text.
+FLUSH: Final = Flush.FLUSH
+Step = Event | Flush | str
 
 
 class No(Exception):
@@ -115,10 +178,6 @@ class Bad(No):
 
 class SessionEnd(Exception):
     """Close the connection after the output so far (BYE already queued)."""
-
-
-class ServerStopping(Exception):
-    """Raised by the shell's read_line when the server stops (the session says BYE)."""
 
 
 # --------------------------------------------------------------------------- \Recent registry
@@ -166,15 +225,15 @@ _WHERE = {
 
 
 class Session:
-    """One connection's IMAP state. `await greet()`, then `await execute(command)` per command."""
+    """One connection's IMAP state: `greeting()`, then `receive_data()` / `await next_event()`."""
 
-    def __init__(self, ctx: seams.Context, shell: Shell, *, listener: str, ip: str, loopback: bool,
+    def __init__(self, ctx: seams.Context, *, listener: str, ip: str, loopback: bool, tls_active: bool,
                  starttls_offered: bool, config: Any) -> None:
         self.ctx = ctx
-        self.shell = shell
         self.listener = listener
         self.ip = ip
         self.loopback = loopback
+        self.tls_active = tls_active
         self.starttls_offered = starttls_offered
         self.config = config
         self.state = State.NOT_AUTHENTICATED
@@ -186,19 +245,99 @@ class Session:
         self.bad = 0
         self._out: list[bytes] = []
         self._outlen = 0
+        self._max_literal = PREAUTH_MAX_LITERAL
+        self.framer = self._new_framer()
+        self._events: AsyncIterator[Event] = self._run()
+        self._closed: Close | None = None
         self._handlers: dict[str, Callable[[Any], Awaitable[str]]] = {
             "CAPABILITY": self.cmd_capability, "NOOP": self.cmd_noop, "LOGOUT": self.cmd_logout,
-            "ID": self.cmd_id, "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate,
-            "LOGIN": self.cmd_login, "ENABLE": self.cmd_enable, "SELECT": self.cmd_select,
+            "ID": self.cmd_id, "LOGIN": self.cmd_login, "ENABLE": self.cmd_enable, "SELECT": self.cmd_select,
             "EXAMINE": self.cmd_select, "CREATE": self.cmd_create, "DELETE": self.cmd_delete,
             "RENAME": self.cmd_rename, "SUBSCRIBE": self.cmd_subscribe, "UNSUBSCRIBE": self.cmd_unsubscribe,
             "LIST": self.cmd_list, "LSUB": self.cmd_lsub, "STATUS": self.cmd_status, "APPEND": self.cmd_append,
-            "NAMESPACE": self.cmd_namespace, "IDLE": self.cmd_idle, "CHECK": self.cmd_check,
+            "NAMESPACE": self.cmd_namespace, "CHECK": self.cmd_check,
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
-            "SEARCH": self.cmd_search, "FETCH": self.cmd_fetch, "STORE": self.cmd_store, "COPY": self.cmd_copy,
+            "SEARCH": self.cmd_search, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
             "MOVE": self.cmd_move,
         }
+        # Handlers that stream output, need more input or a TLS handshake: async generators of Step.
+        self._streams: dict[str, Callable[[Any], AsyncIterator[Step]]] = {
+            "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate, "IDLE": self.cmd_idle,
+            "FETCH": self.cmd_fetch, "STORE": self.cmd_store,
+        }
+
+    # -- input and events -----------------------------------------------------------------------
+
+    def _new_framer(self) -> Framer:
+        imap = self.config.imap
+        return Framer(max_line=imap.max_line_length, max_literal=self._max_literal,
+                      max_in_flight=imap.max_in_flight)
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client (any fragmentation), after a Wait."""
+        self.framer.receive_data(data)
+
+    async def next_event(self) -> Event:
+        """The next thing for the shell to do (see the module docstring). After Close, Close again."""
+        if self._closed is not None:
+            return self._closed
+        ev = await anext(self._events)
+        if isinstance(ev, Close):
+            self._closed = ev
+        return ev
+
+    def tls_started(self) -> None:
+        """The shell completed the TLS handshake asked for by StartTls."""
+        self.tls_active = True
+
+    def close(self) -> None:
+        """The connection is gone: let go of the store subscription."""
+        if self.sub is not None:
+            self.sub.close()
+
+    def _take(self) -> Send:
+        """The output buffered so far as one Send."""
+        data = b"".join(self._out)
+        self._out.clear()
+        self._outlen = 0
+        return Send(data)
+
+    async def _run(self) -> AsyncIterator[Event]:
+        """The command loop: framer -> parser -> execute, until a Close."""
+        max_bad = self.config.imap.max_bad_commands
+        nesting = self.config.imap.max_nesting
+        while True:
+            ev = self.framer.next_command()
+            if ev is NEED_DATA:
+                yield WAIT_INPUT
+                continue
+            if isinstance(ev, SendContinuation):
+                yield Send(ev.LINE)  # RFC 3501 §7.5
+                continue
+            if isinstance(ev, Reject):
+                self.reject(ev.response())
+                if ev.close:
+                    yield self._take()
+                    yield Close("protocol error")
+                    return
+            else:
+                try:
+                    cmd = parse_command(ev, max_nesting=nesting)
+                except ParseError as e:
+                    self.reject(e.response())
+                else:
+                    async for out in self.execute(cmd):
+                        yield out
+                        if isinstance(out, Close):
+                            return
+            if self.bad >= max_bad:
+                self.emit(b"* BYE Too many invalid IMAP commands.\r\n")
+                yield self._take()
+                yield Close("too many bad commands")
+                return
+            if self._out:
+                yield self._take()
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -206,29 +345,17 @@ class Session:
         self._out.append(data)
         self._outlen += len(data)
 
-    async def emit_batched(self, data: bytes) -> None:
-        self.emit(data)
-        if self._outlen >= OUTPUT_BATCH:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            self._outlen = 0
-            await self.shell.write(data)
-
     # -- capabilities ---------------------------------------------------------------------------
 
     @property
     def plaintext_ok(self) -> bool:
         """RFC 3501 §6.2.3, RFC 8314 §3: passwords only over TLS, or on loopback when allowed."""
-        return self.shell.tls_active or (self.loopback and self.config.auth.allow_plaintext_loopback)
+        return self.tls_active or (self.loopback and self.config.auth.allow_plaintext_loopback)
 
     def capabilities(self) -> str:
         caps = list(BASE_CAPABILITIES)
         if self.state is State.NOT_AUTHENTICATED:
-            if self.starttls_offered and not self.shell.tls_active:
+            if self.starttls_offered and not self.tls_active:
                 caps.append("STARTTLS")
             if self.plaintext_ok:
                 caps.extend("AUTH=" + m for m in AUTH_MECHANISMS)
@@ -238,42 +365,51 @@ class Session:
             caps.extend(QUOTA_CAPABILITIES)
         return " ".join(caps)
 
-    async def greet(self) -> None:
-        self.emit(f"* OK [CAPABILITY {self.capabilities()}] {SERVER_NAME} ready.\r\n".encode("ascii"))
-        await self.flush()
-
-    async def bye(self, text: str) -> None:
-        self.emit(f"* BYE {text}\r\n".encode("ascii"))
-        await self.flush()
+    def greeting(self) -> bytes:
+        return f"* OK [CAPABILITY {self.capabilities()}] {SERVER_NAME} ready.\r\n".encode("ascii")
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    async def reject(self, response: bytes) -> None:
-        """A framer Reject or ParseError: send its response and count it when it is a BAD."""
+    def reject(self, response: bytes) -> None:
+        """A framer Reject or ParseError: queue its response and count it when it is a BAD."""
         if b" BAD " in response[:80]:
             self.bad += 1
         self.emit(response)
-        await self.flush()
 
-    async def execute(self, cmd: C.AnyCommand) -> None:
-        """Run one parsed command and write its responses (the tagged one last)."""
+    async def execute(self, cmd: C.AnyCommand) -> AsyncIterator[Event]:
+        """Run one parsed command: its events, its output handed out as Sends (the tagged reply
+        last), LoggedIn when it logged in, Close when it ended the session."""
         self.commands += 1
         verb = cmd.verb
         tag = cmd.tag
         if not allowed(self.state, verb):
             self.bad += 1
             self.emit(f"{tag} BAD {verb} is not allowed {_WHERE[self.state]}.\r\n".encode("ascii"))
-            await self.flush()
+            yield self._take()
             return
         end: SessionEnd | None = None
         label = ("UID " + verb) if getattr(cmd, "uid", False) else verb
+        was_authenticated = self.user is not None
+        result = ""
         try:
             with metrics.of(self.ctx).time_command("imap", label):
-                result = await self._handlers[verb](cmd)
+                stream = self._streams.get(verb)
+                if stream is None:
+                    result = await self._handlers[verb](cmd)
+                else:
+                    async for step in stream(cmd):
+                        if isinstance(step, str):
+                            result = step
+                        elif step is FLUSH:
+                            if self._outlen >= OUTPUT_BATCH:
+                                yield self._take()
+                        else:
+                            assert not isinstance(step, Flush)
+                            if self._out:
+                                yield self._take()
+                            yield step
         except SessionEnd as e:
             result, end = "", e
-        except (ConnectionError, TimeoutError, ServerStopping):
-            raise
         except Exception as exc:  # every other failure becomes one tagged reply
             kind, text = self._reply_for(exc, verb)
             if kind == "BAD":
@@ -284,15 +420,16 @@ class Session:
                 await self.send_updates(not (verb in NO_EXPUNGE_DURING and not getattr(cmd, "uid", False)))
             except SessionEnd as e:
                 end = e
-            except (ConnectionError, TimeoutError, ServerStopping):
-                raise
             except Exception:  # the command's own reply still goes out; updates come next time
                 log.warning("imap: updates for the selected mailbox failed", exc_info=True)
         if result:
             self.emit(f"{tag} {result}\r\n".encode())
-        await self.flush()
+        if self._out:
+            yield self._take()
+        if not was_authenticated and self.user is not None:
+            yield LoggedIn(self.user)
         if end is not None:
-            raise end
+            yield Close(str(end))
 
     def _reply_for(self, exc: BaseException, verb: str) -> tuple[str, str]:
         """THE mapping of failures to tagged replies (STYLE rule 4). Returns (kind, text)."""
@@ -429,15 +566,28 @@ class Session:
 
     # -- not authenticated (RFC 3501 §6.2) -------------------------------------------------------
 
-    async def cmd_starttls(self, cmd: C.StartTls) -> str:
-        if self.shell.tls_active:
+    async def cmd_starttls(self, cmd: C.StartTls) -> AsyncIterator[Step]:
+        if self.tls_active:
             raise Bad("TLS is already active.")
         if not self.starttls_offered:
             raise Bad("STARTTLS is not available.")
         self.emit(f"{cmd.tag} OK Begin TLS negotiation now.\r\n".encode("ascii"))
-        await self.flush()
-        await self.shell.start_tls()  # RFC 3501 §6.2.1: input sent before the handshake is dropped
-        return ""
+        # RFC 3501 §6.2.1: anything pipelined after STARTTLS in plaintext is dropped: what the
+        # framer holds here, what the shell has buffered when it performs StartTls.
+        self.framer = self._new_framer()
+        yield StartTls()
+
+    async def _line(self) -> AsyncIterator[Step | bytes]:
+        """Yields Waits until the client sent a raw line (AUTHENTICATE, IDLE), then the line."""
+        while True:
+            got = self.framer.next_line()
+            if isinstance(got, bytes):
+                yield got
+                return
+            if isinstance(got, Reject):
+                self.emit(got.response())
+                raise SessionEnd("protocol error")
+            yield WAIT_INPUT
 
     async def cmd_login(self, cmd: C.Login) -> str:
         if not self.plaintext_ok:  # RFC 3501 §6.2.3, §7.2.1 LOGINDISABLED
@@ -446,7 +596,7 @@ class Session:
                      "PRIVACYREQUIRED")
         return await self._login(cmd.username, cmd.password, "LOGIN")
 
-    async def cmd_authenticate(self, cmd: C.Authenticate) -> str:
+    async def cmd_authenticate(self, cmd: C.Authenticate) -> AsyncIterator[Step]:
         service = logins.of(self.ctx)
         if cmd.mechanism not in AUTH_MECHANISMS:
             service.refused("imap", self.ip, "", "unknown_mechanism", "")
@@ -465,10 +615,12 @@ class Session:
                 out = exchange.start(None)
             while isinstance(out, str):
                 self.emit(b"+ " + out.encode("ascii") + b"\r\n")  # RFC 3501 §7.5
-                await self.flush()
-                line = await self.shell.read_line()
-                if line is None:
-                    raise ConnectionResetError("client went away during AUTHENTICATE")
+                line = b""
+                async for step in self._line():
+                    if isinstance(step, bytes):
+                        line = step
+                    else:
+                        yield step
                 out = exchange.step(line)
         except sasl.SaslCancelled:
             service.refused("imap", self.ip, "", "cancelled", cmd.mechanism)
@@ -480,7 +632,7 @@ class Session:
         if creds.authzid and creds.authzid != creds.login:
             service.refused("imap", self.ip, creds.login, "authzid_refused", cmd.mechanism)
             raise No("Authorization identity not permitted.", "AUTHORIZATIONFAILED")
-        return await self._login(creds.login, creds.password, cmd.mechanism)
+        yield await self._login(creds.login, creds.password, cmd.mechanism)
 
     async def _login(self, login: str, password: str, mechanism: str) -> str:
         ctx = self.ctx
@@ -494,7 +646,12 @@ class Session:
         self.sub = ctx.store.changes.subscribe(user)
         self.state = State.AUTHENTICATED
         mhlog.set_user(user)
-        self.shell.authenticated()
+        # After login the literal limit becomes the message size limit (APPEND).
+        self._max_literal = max_literal = self.config.smtp.max_message_size
+        framer = self.framer
+        framer.max_literal = max_literal
+        if framer.max_buffer is not None:
+            framer.max_buffer = self.config.imap.max_in_flight * framer.max_line + max_literal
         return f"OK [CAPABILITY {self.capabilities()}] Logged in"
 
     # -- authenticated (RFC 3501 §6.3) -----------------------------------------------------------
@@ -628,40 +785,25 @@ class Session:
             await quota.delivered(self._user())
         return f"OK [APPENDUID {mailbox.uidvalidity} {uid}] Append completed."  # RFC 4315 §3
 
-    async def cmd_idle(self, cmd: C.Idle) -> str:
+    async def cmd_idle(self, cmd: C.Idle) -> AsyncIterator[Step]:
         """RFC 2177: updates as they happen until the client sends DONE."""
         self.emit(b"+ idling\r\n")
         if self.sel is not None:
             await self.send_updates(True)
-        await self.flush()
-        # Server shutdown reaches us through read_line (ServerStopping), like every other read.
-        line_task: asyncio.Future[bytes | None] = asyncio.ensure_future(self.shell.read_line())
-        event_task: asyncio.Future[Any] | None = None
         last_output = time.monotonic()
-        try:
-            while True:
-                if event_task is None and self.sub is not None:
-                    event_task = asyncio.ensure_future(self.sub.get())
-                waiting = {t for t in (line_task, event_task) if t is not None}
-                timeout = min(POLL_INTERVAL, IDLE_KEEPALIVE)
-                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if line_task in done:
-                    line = line_task.result()
-                    if line is None:
-                        raise ConnectionResetError("client went away during IDLE")
-                    if line.strip().upper() == b"DONE":
-                        break
-                    raise Bad("Expected DONE.")
-                force = False
-                if event_task is not None and event_task in done:
-                    ev = event_task.result()
-                    event_task = None
-                    if self.sel is not None and (
-                            isinstance(ev, (Overflow, MailboxesChanged))
-                            or getattr(ev, "mailbox", None) == self.sel.mailbox.name):
-                        force = True
+        woken = False
+        while True:
+            got = self.framer.next_line()
+            if isinstance(got, bytes):
+                if got.strip().upper() == b"DONE":
+                    break
+                raise Bad("Expected DONE.")
+            if isinstance(got, Reject):
+                self.emit(got.response())
+                raise SessionEnd("protocol error")
+            if woken:  # by a change event (refresh() drains it), the poll timer or a partial line
                 if self.sel is not None:
-                    await self.refresh(force=force)
+                    await self.refresh()
                     await self.send_updates(True)
                     self.sel.snap = None  # an idle session keeps only its numbering in memory
                 if self._out:
@@ -669,12 +811,9 @@ class Session:
                 elif time.monotonic() - last_output >= IDLE_KEEPALIVE:
                     self.emit(b"* OK Still here\r\n")
                     last_output = time.monotonic()
-                await self.flush()
-        finally:
-            for t in (line_task, event_task):
-                if t is not None and not t.done():
-                    t.cancel()
-        return "OK Idle completed."
+            yield Wait(self.sub, min(POLL_INTERVAL, IDLE_KEEPALIVE))
+            woken = True
+        yield "OK Idle completed."
 
     # -- selected (RFC 3501 §6.4) -----------------------------------------------------------------
 
@@ -739,7 +878,7 @@ class Session:
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
 
-    async def cmd_store(self, cmd: C.Store) -> str:
+    async def cmd_store(self, cmd: C.Store) -> AsyncIterator[Step]:
         sel = self._selected()
         if sel.readonly:
             raise No("Mailbox is read-only.", "READ-ONLY")
@@ -748,7 +887,8 @@ class Session:
         view = sel.view
         uids = [u for _, u in pairs if not view.is_gone(u)]
         if not uids:
-            return "OK Store completed."
+            yield "OK Store completed."
+            return
         learner = self._learner_for(cmd.flags) if cmd.mode != "remove" else None
         before = {i.uid: i.flags for i in match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
         infos: list[MessageInfo] = []
@@ -774,13 +914,15 @@ class Session:
                 else:
                     lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seqs[uid], flags))
                 if len(lines) >= 2048:
-                    await self.emit_batched(b"".join(lines))
+                    self.emit(b"".join(lines))
+                    yield FLUSH
                     lines.clear()
             self.emit(b"".join(lines))
         gone = len(uids) - len(infos)
         if gone:
-            return "NO [EXPUNGEISSUED] Some of the messages no longer exist."
-        return "OK Store completed."
+            yield "NO [EXPUNGEISSUED] Some of the messages no longer exist."
+            return
+        yield "OK Store completed."
 
     def _learner_for(self, flags: Iterable[str]) -> learn.Learner | None:
         """The learner when a STORE of these flags may teach rspamd ($Junk, $NotJunk), else None."""
@@ -889,7 +1031,7 @@ class Session:
 
     # -- FETCH ----------------------------------------------------------------------------------
 
-    async def cmd_fetch(self, cmd: C.Fetch) -> str:
+    async def cmd_fetch(self, cmd: C.Fetch) -> AsyncIterator[Step]:
         sel = self._selected()
         await self.refresh()
         pairs = self._resolve(cmd.set, cmd.uid)
@@ -919,7 +1061,8 @@ class Session:
                 pairs = [p for p, i in zip(pairs, infos, strict=True) if i is not None]
             for start in range(0, len(pairs), META_BATCH):
                 part = present[start:start + META_BATCH]
-                await self.emit_batched(fetch.render_meta(pairs[start:start + META_BATCH], part, items, view.recent))
+                self.emit(fetch.render_meta(pairs[start:start + META_BATCH], part, items, view.recent))
+                yield FLUSH
                 if has_flags:
                     view.reported_many(part)
         else:
@@ -965,11 +1108,14 @@ class Session:
                     if has_flags:
                         view.reported(info.uid, info.modseq)
                 for line in lines:
-                    await self.emit_batched(line)
+                    self.emit(line)
+                    yield FLUSH
         if missing:
-            return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
-        return ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+            yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
+            return
+        yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
 
 
 
-__all__ = ["Session", "Shell", "No", "Bad", "SessionEnd", "ServerStopping", "POLL_INTERVAL"]
+__all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd", "StartTls",
+           "Wait"]
