@@ -24,6 +24,7 @@ from mailhaven import log as mhlog
 from mailhaven.config import ListenerConfig
 from mailhaven.imap.session import Close, LoggedIn, Send, Session, StartTls, Wait
 from mailhaven.lineproto import LineConnection, Listener
+from mailhaven.store.changes import Subscription
 
 log = logging.getLogger("mailhaven.imap")
 
@@ -95,7 +96,7 @@ class _Connection(LineConnection):
             if isinstance(ev, Send):
                 await self.write(ev.data)
             elif isinstance(ev, Wait):
-                data = await (self._read() if ev.changes is None else self._idle(ev))
+                data = await (self._read() if ev.changes is None else self._idle(ev.changes, ev.timeout))
                 if data is None:
                     raise ServerStopping
                 if data == b"" and ev.changes is None:
@@ -114,18 +115,18 @@ class _Connection(LineConnection):
         reading, self._reading = self._reading, None
         return await reading if reading is not None else await self.read()
 
-    async def _idle(self, ev: Wait) -> bytes | None:
+    async def _idle(self, changes: Subscription, wake_after: float | None) -> bytes | None:
         """Input, or b"" when a store change or the timer came first (the read goes on)."""
         reading = self._reading
         if reading is None:
             reading = self._reading = asyncio.ensure_future(self.read())
         waiting: set[asyncio.Future[Any]] = {reading}
         changed = None
-        if not ev.changes.closed:
-            changed = asyncio.ensure_future(ev.changes.wait())
+        if not changes.closed:
+            changed = asyncio.ensure_future(changes.wait())
             waiting.add(changed)
         try:
-            await asyncio.wait(waiting, timeout=ev.timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiting, timeout=wake_after, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if changed is not None:
                 changed.cancel()

@@ -86,6 +86,7 @@ from mailhaven.store import (
     MessagesAdded,
     Overflow,
 )
+from mailhaven.store.changes import Subscription
 
 log = logging.getLogger("mailhaven.imap")
 
@@ -128,7 +129,7 @@ class Wait:
     """The session needs input. While idling (`changes` set) it also wants to run again when the
     store has news for the user (`await changes.wait()`) or after `timeout` seconds, with no input."""
 
-    changes: Any = None  # store.changes.Subscription while idling, else None
+    changes: Subscription | None = None  # the session's store subscription while idling
     timeout: float | None = None
 
 
@@ -239,7 +240,7 @@ class Session:
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.account: Any = None
-        self.sub: Any = None  # store change subscription
+        self.sub: Subscription | None = None  # the user's store changes, from login on
         self.sel: Selected | None = None
         self.commands = 0
         self.bad = 0
