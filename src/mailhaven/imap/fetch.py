@@ -4,21 +4,30 @@ bytes and cached structure items.
 Owns: which items need the message bytes or a parse, deriving ENVELOPE/BODYSTRUCTURE/BODY into a
 cache entry (msgcache.py), rendering one message's items (`render_items`), many at once
 (`render_batch`, CPU work a caller may run in a worker thread), metadata-only items for many
-messages column by column (`render_meta`), and INTERNALDATE.
-Does not own: the encoding of ENVELOPE, BODYSTRUCTURE and BODY[section] (fetchitems.py), reading
-messages or setting \\Seen (session.py), flags rendering (view.render_flags).
+messages column by column (`render_meta`), INTERNALDATE, and a batch of messages from the store
+(`render_stored`: structure items from the message cache, msgcache.py, else parsed and cached;
+message bytes read in one batch; heavy batches rendered in a worker thread).
+Does not own: the encoding of ENVELOPE, BODYSTRUCTURE and BODY[section] (fetchitems.py), which
+messages a FETCH names, setting \\Seen or what the client was told (session.py, view.py), flags
+rendering (view.render_flags).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from mailhaven.imap import commands as C
 from mailhaven.imap import fetchitems
-from mailhaven.imap.msgcache import Entry
+from mailhaven.imap.msgcache import CACHE, Entry
+from mailhaven.imap.selected import read_many
 from mailhaven.imap.view import render_flags
 from mailhaven.store import MessageInfo
+
+OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
+OFFLOAD_OCTETS = 1 << 20  # ... or with this much message data
 
 STRUCT = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 DATA_ATTRS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
@@ -200,5 +209,55 @@ def complete(entry: Entry, want: frozenset[str]) -> bool:
 
 
 
+
+Row = tuple[int, MessageInfo, bytes | None, Entry | None, bool]
+
+
+async def render_stored(mailbox: Any, user: str, chunk: Sequence[tuple[tuple[int, int], MessageInfo | None]],
+                        items: Sequence[C.FetchItem], want: frozenset[str], needs_data: bool,
+                        extra_flags: frozenset[int], is_recent: Callable[[int], bool]
+                        ) -> tuple[list[bytes], list[MessageInfo], int]:
+    """`* n FETCH` lines for one batch of ((seq, uid), info) (info None: not in the snapshot) that
+    needs structure items (`want`) or message bytes (`needs_data`). Returns (lines, the infos
+    rendered, how many were missing: gone from the snapshot or from the disk)."""
+    rows: list[Row] = []
+    to_read: list[int] = []
+    entries: dict[int, Entry] = {}
+    incomplete: set[int] = set()
+    for (_seq, uid), info in chunk:
+        if info is None:
+            continue
+        entry = None
+        if want:
+            entry = CACHE.get((user, info.key))
+            if entry is None:
+                entry = Entry()
+            entries[uid] = entry
+            if not complete(entry, want):
+                incomplete.add(uid)
+        if needs_data or uid in incomplete:
+            to_read.append(uid)
+    datas = await read_many(mailbox, to_read)
+    parses = missing = 0
+    for (seq, uid), info in chunk:
+        if info is None:
+            missing += 1
+            continue
+        data = datas.get(uid)
+        if data is None and (needs_data or uid in incomplete):
+            missing += 1
+            continue
+        entry = entries.get(uid)
+        parses += uid in incomplete
+        rows.append((seq, info, data, entry, is_recent(uid)))
+    if parses >= OFFLOAD_MIN or (needs_data and sum(len(d) for d in datas.values()) > OFFLOAD_OCTETS):
+        lines = await asyncio.to_thread(render_batch, rows, items, want, extra_flags)
+    else:
+        lines = render_batch(rows, items, want, extra_flags)
+    for (_seq, info, _d, entry, _r) in rows:
+        if entry is not None and info.uid in incomplete:
+            CACHE.put((user, info.key), entry)
+    return lines, [row[1] for row in rows], missing
+
 __all__ = ["DATA_ATTRS", "STRUCT", "complete", "derive", "internaldate", "needs_data", "render_batch", "render_items",
-           "render_meta", "sets_seen"]
+           "render_meta", "render_stored", "sets_seen"]

@@ -46,7 +46,6 @@ allowed (not during FETCH/STORE/SEARCH by sequence number).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import enum
 import logging
@@ -68,9 +67,8 @@ from mailhaven.imap import fetch, listing, searchadapt
 from mailhaven.imap.commands import ParseError
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
-from mailhaven.imap.msgcache import CACHE, Entry
 from mailhaven.imap.parser import parse_command
-from mailhaven.imap.selected import Selected, match_infos, read_many
+from mailhaven.imap.selected import Selected, match_infos
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -100,7 +98,6 @@ STORE_CHUNK = 10_000  # messages per store_flags call (one transaction); other s
 # account lock between steps of a larger set
 FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message data
 META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLAGS, UID, sizes, dates)
-OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -1068,45 +1065,12 @@ class Session:
                     view.reported_many(part)
         else:
             for start in range(0, len(pairs), FETCH_BATCH):
-                rows: list[tuple[int, MessageInfo, bytes | None, Entry | None, bool]] = []
-                to_read: list[int] = []
                 chunk = list(zip(pairs[start:start + FETCH_BATCH], infos[start:start + FETCH_BATCH], strict=True))
-                entries: dict[int, Entry] = {}
-                incomplete: set[int] = set()
-                for (_seq, uid), info in chunk:
-                    if info is None:
-                        continue
-                    entry = None
-                    if want:
-                        entry = CACHE.get((user, info.key))
-                        if entry is None:
-                            entry = Entry()
-                        entries[uid] = entry
-                        if not fetch.complete(entry, want):
-                            incomplete.add(uid)
-                    if needs_data or uid in incomplete:
-                        to_read.append(uid)
-                datas = await read_many(sel.mailbox, to_read)
-                parses = 0
-                for (seq, uid), info in chunk:
-                    if info is None:
-                        missing += 1
-                        continue
-                    data = datas.get(uid)
-                    if data is None and (needs_data or uid in incomplete):
-                        missing += 1
-                        continue
-                    entry = entries.get(uid)
-                    parses += uid in incomplete
-                    rows.append((seq, info, data, entry, view.is_recent(uid)))
-                if parses >= OFFLOAD_MIN or (needs_data and sum(len(d) for d in datas.values()) > 1 << 20):
-                    lines = await asyncio.to_thread(fetch.render_batch, rows, items, want, seen_set)
-                else:
-                    lines = fetch.render_batch(rows, items, want, seen_set)
-                for (_seq, info, _d, entry, _r) in rows:
-                    if entry is not None and info.uid in incomplete:
-                        CACHE.put((user, info.key), entry)
-                    if has_flags:
+                lines, shown, gone = await fetch.render_stored(
+                    sel.mailbox, user, chunk, items, want, needs_data, seen_set, view.is_recent)
+                missing += gone
+                if has_flags:
+                    for info in shown:
                         view.reported(info.uid, info.modseq)
                 for line in lines:
                     self.emit(line)
