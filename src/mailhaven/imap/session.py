@@ -151,12 +151,16 @@ class Close:
 
 Event = Send | Wait | StartTls | LoggedIn | Close
 WAIT_INPUT: Final = Wait()
+
+
 class Flush(enum.Enum):
+    """A streaming handler's "hand out the buffered output if a batch is full" (OUTPUT_BATCH)."""
+
     FLUSH = "flush"
 
 
-# What a streaming command handler yields: an event for the shell, FLUSH ("hand out the buffered
-# output if a batch is full") or, last, its tagged result text.
+# What a streaming command handler (an async generator) yields: an event for the shell, FLUSH, or,
+# last, its tagged result text ("OK ...", "NO ...").
 FLUSH: Final = Flush.FLUSH
 Step = Event | Flush | str
 
