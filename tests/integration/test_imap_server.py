@@ -1189,7 +1189,7 @@ def test_fast_internaldate_matches_fetchitems_in_every_zone(zone: str, monkeypat
     import random
 
     from mailhaven.imap import fetchitems
-    from mailhaven.imap.session import internaldate
+    from mailhaven.imap.fetch import internaldate
 
     monkeypatch.setenv("TZ", zone)
     time.tzset()

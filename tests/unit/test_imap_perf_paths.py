@@ -6,7 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailhaven.imap import commands as C
-from mailhaven.imap.session import _match_infos, _render_meta, internaldate
+from mailhaven.imap.fetch import internaldate, render_meta
+from mailhaven.imap.selected import match_infos
 from mailhaven.imap.view import View, render_flags
 from mailhaven.store import MessageInfo, Snapshot
 
@@ -23,17 +24,17 @@ def reference_match(uids: list[int], messages: list[MessageInfo]) -> list[Messag
 
 
 @given(st.sets(st.integers(1, 60)), st.sets(st.integers(1, 60)))
-def test_match_infos_finds_each_uid_or_none(snapshot_uids: set[int], asked: set[int]) -> None:
+def testmatch_infos_finds_each_uid_or_none(snapshot_uids: set[int], asked: set[int]) -> None:
     messages = [info(u) for u in sorted(snapshot_uids)]
     uids = sorted(asked)
-    assert _match_infos(uids, messages) == reference_match(uids, messages)
+    assert match_infos(uids, messages) == reference_match(uids, messages)
 
 
 @given(st.sets(st.integers(1, 60), min_size=1), st.integers(0, 59), st.integers(0, 60))
-def test_match_infos_of_a_run_of_the_snapshot(snapshot_uids: set[int], start: int, length: int) -> None:
+def testmatch_infos_of_a_run_of_the_snapshot(snapshot_uids: set[int], start: int, length: int) -> None:
     messages = [info(u) for u in sorted(snapshot_uids)]
     uids = [m.uid for m in messages[start:start + length]]
-    assert _match_infos(uids, messages) == messages[start:start + length]
+    assert match_infos(uids, messages) == messages[start:start + length]
 
 
 def one_by_one(pairs: list[tuple[int, int]], infos: list[MessageInfo], names: list[str],
@@ -63,7 +64,7 @@ def test_metadata_rendered_in_columns_equals_one_by_one(kinds: list[int], names:
     infos = [info(n + 1, k) for n, k in enumerate(kinds)]
     pairs = [(n + 1, i.uid) for n, i in enumerate(infos)]
     items = [C.FetchAttr(n) for n in names]
-    assert _render_meta(pairs, infos, items, frozenset(recent)) == one_by_one(pairs, infos, names,
+    assert render_meta(pairs, infos, items, frozenset(recent)) == one_by_one(pairs, infos, names,
                                                                               frozenset(recent))
 
 
@@ -96,8 +97,8 @@ def test_store_crlf_conversion_equals_the_bare_lf_rule(data: bytes, large: bool)
        st.sampled_from(["BODY[]", "BODY.PEEK[]", "BODY[]<2.5>", "BODY[TEXT]", "RFC822", "BODY[HEADER]"]))
 def test_fetch_body_literal_equals_body_section(raw: bytes, item_text: str) -> None:
     from mailhaven.imap import encode, fetchitems
+    from mailhaven.imap.fetch import render_items
     from mailhaven.imap.parser import parse_bytes
-    from mailhaven.imap.session import render_items
     from mailhaven.store import maildir
 
     data = maildir.to_crlf(b"Subject: x\n\n" + raw)  # as the store returns it

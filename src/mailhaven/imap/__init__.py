@@ -12,9 +12,13 @@ Modules (one owner each):
     commands.py     the command dataclasses; seqset.py sequence sets; utf7.py modified UTF-7
     encode.py       quoted/literal/astring encoding; fetchitems.py ENVELOPE, BODYSTRUCTURE, BODY[...]
     search.py       SEARCH key evaluation; searchadapt.py runs it over a selected mailbox
+    fetch.py        FETCH rendering (`* n FETCH (...)` lines); msgcache.py the process-wide cache
+                    of ENVELOPE/BODYSTRUCTURE/header blocks; listing.py LIST/LSUB matching and lines
     state.py        State enum + allowed commands per state
     view.py         a session's sequence numbers and pending EXPUNGE/EXISTS/FETCH (pure)
-    session.py      one cmd_<verb> method per command; replies; \\Recent; IDLE; FETCH cache
+    selected.py     the selected mailbox, and the reads FETCH and SEARCH share
+    session.py      the sans-IO core: client bytes in (framing + parser), response bytes and
+                    events out; one cmd_<verb> method per command; replies; \\Recent; IDLE
     server.py       asyncio shell: sockets, STARTTLS, limits, timeouts, BYE; `create_server`
 
 Entry point (app.py's listener factory contract):

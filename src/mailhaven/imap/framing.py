@@ -5,8 +5,8 @@ ending in `{n}` is followed by n octets of literal and then more of the same com
 flow control (synchronising `{n}` needs a "+" continuation, RFC 3501 §7.5; `{n+}` does not,
 RFC 7888 §3), and the limits: line length (literals excluded, summed over the command) and
 literal size (summed over the command). Also raw lines for AUTHENTICATE and IDLE's "DONE".
-Does not own: the grammar inside a line (parser.py) or writing anything (the shell writes the
-continuation and the replies this module asks for).
+Does not own: the grammar inside a line (parser.py) or writing anything (session.py hands the
+continuation and the replies this module asks for to the shell, server.py, which writes them).
 
 Use:
     framer = Framer(max_line=cfg.imap.max_line_length, max_literal=limit)

@@ -1,8 +1,8 @@
 """Running a SEARCH for a session: feeding search.py the selected mailbox's messages.
 
 Owns: choosing which messages need their bytes (cheap keys such as flags, sets, sizes and internal
-dates are evaluated first, from the snapshot alone), loading header blocks (from the session's
-message cache when it has them) or whole messages in batches, and evaluating the costly keys in a
+dates are evaluated first, from the snapshot alone), loading header blocks (from the message
+cache, msgcache.py, when it has them) or whole messages in batches, and evaluating the costly keys in a
 worker thread so a large mailbox never stalls the event loop. Returns sequence numbers or UIDs.
 Does not own: what each key means (search.py), parsing (parser.py), the `* SEARCH` response
 (session.py).
@@ -18,6 +18,8 @@ from typing import Any
 from mailhaven.imap import commands as C
 from mailhaven.imap import search
 from mailhaven.imap.fetchitems import header_end
+from mailhaven.imap.msgcache import CACHE, Entry
+from mailhaven.imap.selected import Selected, match_infos, read_many
 
 BATCH = 500  # messages loaded and evaluated per worker-thread step
 RECENT = "\\Recent"
@@ -102,13 +104,12 @@ def _filter(key: C.SearchKey, msgs: list[_Msg], ctx: search.SearchContext) -> li
     return [m for m in msgs if search.evaluate(key, m, ctx)]
 
 
-async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
-    """Matching sequence numbers (or UIDs for UID SEARCH), ascending (RFC 3501 §6.4.4, §7.2.5)."""
-    from mailhaven.imap.session import CACHE, _Entry, _match_infos, _read_many
-
+async def run(user: str, sel: Selected, cmd: C.Search) -> list[int]:
+    """Matching sequence numbers (or UIDs for UID SEARCH), ascending (RFC 3501 §6.4.4, §7.2.5).
+    `user` keys the message cache."""
     view = sel.view
     numbered = list(view.uids)
-    infos = _match_infos(numbered, sel.current.messages)  # infos[seq - 1]
+    infos = match_infos(numbered, sel.current.messages)  # infos[seq - 1]
     ctx = search.SearchContext(max_seq=view.exists, max_uid=numbered[-1] if numbered else 0)
     cheap, costly = _split(cmd.criteria)
     recent = view.recent
@@ -132,7 +133,6 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
     if costly.keys and cands:
         header_only = search.needs(costly) == frozenset({"header"})
         checks = [f for f in map(header_prefilter, costly.keys) if f is not None] if header_only else []
-        user = session.user or ""
         peek = CACHE.peek
         for start in range(0, len(cands), BATCH):
             ready: list[_Msg] = []
@@ -158,7 +158,7 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
                     if not ok:
                         continue
                 ready.append(message(seq, info, hdr))
-            datas = await _read_many(sel.mailbox, [info.uid for _, info in to_read])
+            datas = await read_many(sel.mailbox, [info.uid for _, info in to_read])
             for seq, info in to_read:
                 data = datas.get(info.uid)
                 if data is None:
@@ -169,7 +169,7 @@ async def run(session: Any, sel: Any, cmd: C.Search) -> list[int]:
                     entry = CACHE.get(ck)
                     fresh = entry is None
                     if entry is None:
-                        entry = _Entry()
+                        entry = Entry()
                     if entry.header is None:
                         entry.header = hdr
                     if entry.search is None:

@@ -4,14 +4,38 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and a
-process-wide cache of ENVELOPE/BODYSTRUCTURE/header blocks keyed by the message file.
-Does not own: bytes on the wire (server.py: sockets, TLS, framing, timeouts), command syntax
-(parser.py), FETCH item rendering (fetchitems.py), SEARCH semantics (search.py, run by
-searchadapt.py), storage (store/).
+\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and
+the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
+continuations for synchronising literals, the literal limit (small before login,
+smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
+Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
+syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
+(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py),
+storage (store/).
 
-The shell gives the session a `Shell` (write, read_line, start_tls, tls_active); the session never
-touches a socket, so tests can drive it with an in-memory shell.
+Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
+framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
+
+    session = Session(ctx, listener=..., ip=..., loopback=..., tls_active=..., starttls_offered=...,
+                      config=cfg)
+    write(session.greeting())
+    while True:
+        ev = await session.next_event()
+        Send(data)          -> write data (flow control: await the write before asking again)
+        Wait(changes, t)    -> read input and session.receive_data(it); when `changes` is set
+                               (IDLE), also wake on changes.wait() or after t seconds, feeding
+                               nothing (the session then looks at the store itself)
+        StartTls()          -> the OK was in an earlier Send; drop unread input, handshake,
+                               then session.tls_started()
+        LoggedIn(user)      -> the connection has logged in (no login deadline, not evictable)
+        Close(reason)       -> close the connection (any BYE was in an earlier Send)
+
+Command handlers are async and await the store and the login service (through the context's
+seams), so the core is not pure; what it never does is read or write the connection. Output is
+handed out per command, and in OUTPUT_BATCH pieces for large FETCH/STORE responses, so the shell's
+flow control bounds the memory of a client that does not read. A command that needs more input
+(AUTHENTICATE's responses, IDLE's DONE) or a TLS handshake is written as an async generator: it
+yields the event and resumes when the shell asks for the next one.
 
 How changes reach a selected session: it subscribes to the store's change hub at login. Before a
 command runs (and while idling) any event about the selected mailbox, or POLL_INTERVAL without one
@@ -22,18 +46,15 @@ allowed (not during FETCH/STORE/SEARCH by sequence number).
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import enum
 import logging
-import operator
 import re
 import time
 import weakref
-from bisect import bisect_left
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final
 
 from mailhaven import log as mhlog
 from mailhaven import metrics, seams
@@ -42,7 +63,12 @@ from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
-from mailhaven.imap import encode, fetchitems, utf7
+from mailhaven.imap import fetch, listing, searchadapt
+from mailhaven.imap.commands import ParseError
+from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
+from mailhaven.imap.listing import DELIMITER, wire_name
+from mailhaven.imap.parser import parse_command
+from mailhaven.imap.selected import Selected, match_infos
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -57,13 +83,12 @@ from mailhaven.store import (
     MessageNotFound,
     MessagesAdded,
     Overflow,
-    Snapshot,
 )
+from mailhaven.store.changes import Subscription
 
 log = logging.getLogger("mailhaven.imap")
 
 SERVER_NAME = "Mailhaven"
-DELIMITER = "."  # Maildir++ hierarchy delimiter (store/names.py)
 SEEN, DELETED = "\\Seen", "\\Deleted"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 POLL_INTERVAL = 30.0  # seconds between snapshots with no change event (disk changes by others; Dovecot: 30 s)
@@ -73,8 +98,6 @@ STORE_CHUNK = 10_000  # messages per store_flags call (one transaction); other s
 # account lock between steps of a larger set
 FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message data
 META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLAGS, UID, sizes, dates)
-CACHE_MAX_BYTES = 64 * 1024 * 1024  # process-wide ENVELOPE/BODYSTRUCTURE/header cache
-OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
@@ -85,24 +108,61 @@ QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
 QUOTA_ROOT = ""  # the one quota root of every user: all their folders
 
 
-class Shell(Protocol):
-    """What the session needs from the connection (server.py implements it)."""
+PREAUTH_MAX_LITERAL = 8 * 1024  # literals before login: a user name or password, never a message
 
-    tls_active: bool
 
-    async def write(self, data: bytes) -> None: ...
+# --------------------------------------------------------------------------- events for the shell
 
-    async def read_line(self) -> bytes | None:
-        """One raw line (AUTHENTICATE response, IDLE's DONE) without CRLF; None at end of input."""
-        ...
 
-    async def start_tls(self) -> None:
-        """Upgrade after the OK to STARTTLS was written; drop any input that came before."""
-        ...
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write these bytes to the client."""
 
-    def authenticated(self) -> None:
-        """The session logged in (the shell may raise its literal limit)."""
-        ...
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """The session needs input. While idling (`changes` set) it also wants to run again when the
+    store has news for the user (`await changes.wait()`) or after `timeout` seconds, with no input."""
+
+    changes: Subscription | None = None  # the session's store subscription while idling
+    timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls:
+    """Start TLS now (RFC 3501 §6.2.1): input received before the handshake must be dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedIn:
+    """The session authenticated as `user`."""
+
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the connection; `reason` is for the session's log line."""
+
+    reason: str
+
+
+Event = Send | Wait | StartTls | LoggedIn | Close
+WAIT_INPUT: Final = Wait()
+
+
+class Flush(enum.Enum):
+    """A streaming handler's "hand out the buffered output if a batch is full" (OUTPUT_BATCH)."""
+
+    FLUSH = "flush"
+
+
+# What a streaming command handler (an async generator) yields: an event for the shell, FLUSH, or,
+# last, its tagged result text ("OK ...", "NO ...").
+FLUSH: Final = Flush.FLUSH
+Step = Event | Flush | str
 
 
 class No(Exception):
@@ -120,10 +180,6 @@ class Bad(No):
 
 class SessionEnd(Exception):
     """Close the connection after the output so far (BYE already queued)."""
-
-
-class ServerStopping(Exception):
-    """Raised by the shell's read_line when the server stops (the session says BYE)."""
 
 
 # --------------------------------------------------------------------------- \Recent registry
@@ -150,191 +206,6 @@ def _claim(store: Any, key: tuple[str, str, int], uids: Sequence[int]) -> list[i
     return mine
 
 
-# --------------------------------------------------------------------------- message cache
-
-
-class _Entry:
-    __slots__ = ("header", "envelope", "bodystructure", "body", "search", "size")
-
-    def __init__(self) -> None:
-        self.header: bytes | None = None
-        self.envelope: bytes | None = None
-        self.bodystructure: bytes | None = None
-        self.body: bytes | None = None
-        # SEARCH prefilter memo (searchadapt.HeaderPrefilter): field name -> its lines, or None
-        self.search: dict[bytes, bytes | None] | None = None
-        self.size = 0
-
-    def measure(self) -> int:
-        size = 64 + sum(len(x) for x in (self.header, self.envelope, self.bodystructure, self.body)
-                        if x is not None)
-        if self.search:
-            size += sum(48 + len(k) + (len(v) if v is not None else 0) for k, v in self.search.items())
-        self.size = size
-        return size
-
-
-class MessageCache:
-    """LRU of data derived from message files, bounded in bytes. Keys (user, file key) are stable for
-    a message's life (a moved message keeps its file and content)."""
-
-    def __init__(self, max_bytes: int = CACHE_MAX_BYTES) -> None:
-        self.max_bytes = max_bytes
-        self.bytes = 0
-        self._d: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-
-    def get(self, key: tuple[str, str]) -> _Entry | None:
-        e = self._d.get(key)
-        if e is not None:
-            self._d.move_to_end(key)
-        return e
-
-    def peek(self, key: tuple[str, str]) -> _Entry | None:
-        """Like get() without refreshing the entry's place (bulk scans must not reorder the LRU)."""
-        return self._d.get(key)
-
-    def put(self, key: tuple[str, str], entry: _Entry) -> None:
-        old = self._d.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size
-        self.bytes += entry.measure()
-        self._d[key] = entry
-        while self.bytes > self.max_bytes and self._d:
-            _, e = self._d.popitem(last=False)
-            self.bytes -= e.size
-
-    def remeasure(self, key: tuple[str, str], entry: _Entry) -> None:
-        """`entry` grew in place (e.g. a field it did not have): count its new size."""
-        if self._d.get(key) is not entry:
-            return  # evicted meanwhile (or never put): nothing is counted for it
-        old = entry.size
-        self.bytes += entry.measure() - old
-        while self.bytes > self.max_bytes and self._d:
-            _, e = self._d.popitem(last=False)
-            self.bytes -= e.size
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-
-CACHE = MessageCache()
-
-
-# --------------------------------------------------------------------------- FETCH rendering
-
-_STRUCT = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
-_DATA_ATTRS = frozenset({"RFC822", "RFC822.HEADER", "RFC822.TEXT"})
-
-
-def _fi_section(sec: C.Section) -> fetchitems.Section:
-    return fetchitems.Section(sec.part, sec.text or "", tuple(f.encode("ascii") for f in sec.fields))
-
-
-def _sets_seen(item: C.FetchItem) -> bool:
-    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
-    if isinstance(item, C.FetchBody):
-        return not item.peek
-    return item.name in ("RFC822", "RFC822.TEXT")
-
-
-def _needs_data(item: C.FetchItem) -> bool:
-    return isinstance(item, C.FetchBody) or item.name in _DATA_ATTRS
-
-
-def derive(data: bytes, want: Iterable[str], entry: _Entry) -> None:
-    """Fill `entry` with the structure items in `want` computed from the message bytes (CPU work)."""
-    want = set(want)
-    tree = None
-    if entry.header is None:
-        entry.header = data[:fetchitems.header_end(data)]
-    if "ENVELOPE" in want and entry.envelope is None:
-        entry.envelope = fetchitems.envelope(entry.header)
-    if ("BODYSTRUCTURE" in want and entry.bodystructure is None) or ("BODY" in want and entry.body is None):
-        from mailhaven.message import mime
-
-        tree = mime.parse(data)
-        if entry.bodystructure is None:
-            entry.bodystructure = fetchitems.bodystructure(data, True, tree)
-        if entry.body is None:
-            entry.body = fetchitems.body(data, tree)
-
-
-def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data: bytes | None,
-                 entry: _Entry | None, recent: bool) -> bytes:
-    """`* seq FETCH (...)` for one message. `data` is the message (CRLF line endings, as the store
-    returns it) when an item needs it; `entry` holds the derived structure items.
-    Built as one list of pieces joined once, so a message body is copied once."""
-    out: list[bytes] = [b"* %d FETCH (" % seq]
-    for n, item in enumerate(items):
-        if n:
-            out.append(b" ")
-        if isinstance(item, C.FetchAttr):
-            name = item.name
-            if name == "UID":
-                out.append(b"UID %d" % info.uid)
-            elif name == "FLAGS":
-                out += (b"FLAGS ", render_flags(info.flags, recent))
-            elif name == "RFC822.SIZE":
-                out.append(b"RFC822.SIZE %d" % info.size)
-            elif name == "INTERNALDATE":
-                out += (b"INTERNALDATE ", internaldate(info.internaldate))
-            elif name == "ENVELOPE":
-                assert entry is not None and entry.envelope is not None
-                out += (b"ENVELOPE ", entry.envelope)
-            elif name == "BODYSTRUCTURE":
-                assert entry is not None and entry.bodystructure is not None
-                out += (b"BODYSTRUCTURE ", entry.bodystructure)
-            elif name == "BODY":
-                assert entry is not None and entry.body is not None
-                out += (b"BODY ", entry.body)
-            else:
-                assert data is not None
-                if name == "RFC822":
-                    chunk = data
-                elif name == "RFC822.HEADER":
-                    chunk = data[:fetchitems.header_end(data)]
-                else:  # RFC822.TEXT
-                    chunk = data[fetchitems.header_end(data):]
-                out.append(name.encode("ascii"))
-                _literal_into(out, chunk)
-        else:
-            assert data is not None
-            sec = item.section
-            if not sec.part and not sec.text and item.partial is None:
-                chunk = data  # BODY[]: the whole message, already CRLF
-            else:
-                chunk = fetchitems.body_section(data, _fi_section(sec), item.partial)
-            out.append(item.response_name.encode("ascii"))
-            _literal_into(out, chunk)
-    out.append(b")\r\n")
-    return b"".join(out)
-
-
-def _literal_into(out: list[bytes], data: bytes) -> None:
-    """` {n}CRLF<data>` appended as pieces (encode.literal without its copy; NUL sent as 0x80 as
-    there, RFC 3501 §9)."""
-    if b"\x00" in data:
-        data = data.replace(b"\x00", b"\x80")
-    out += (b" {%d}\r\n" % len(data), data)
-
-
-def _render_batch(rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]],
-                  items: Sequence[C.FetchItem], want: frozenset[str],
-                  extra_flags: frozenset[int]) -> list[bytes]:
-    """Render many messages (in a worker thread when parses are needed). `extra_flags`: UIDs whose
-    \\Seen this FETCH set, which get FLAGS added as Dovecot does."""
-    out: list[bytes] = []
-    flags_item = C.FetchAttr("FLAGS")
-    for seq, info, data, entry, recent in rows:
-        if entry is not None and want and data is not None:
-            derive(data, want, entry)
-        its = items
-        if info.uid in extra_flags and flags_item not in items:
-            its = (*items, flags_item)
-        out.append(render_items(seq, info, its, data, entry, recent))
-    return out
-
-
 # --------------------------------------------------------------------------- helpers
 
 _SAFE = re.compile(r"[^\x20-\x7e]")
@@ -342,60 +213,6 @@ _SAFE = re.compile(r"[^\x20-\x7e]")
 
 def _safe(text: str) -> str:
     return _SAFE.sub("?", text)[:200]
-
-
-def _wire_name(name: str) -> bytes:
-    """A mailbox name as sent in LIST/LSUB/STATUS: modified UTF-7 (RFC 3501 §5.1.3), astring."""
-    return encode.astring(utf7.encode(name).encode("ascii"))
-
-
-def list_matcher(pattern: str) -> re.Pattern[str]:
-    """RFC 3501 §6.3.8: "*" matches anything, "%" anything but the hierarchy delimiter."""
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^" + re.escape(DELIMITER) + "]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _inbox_canonical(pattern: str) -> str:
-    """"inbox" / "Inbox.sub" -> "INBOX..." (RFC 3501 §5.1: INBOX is case-insensitive)."""
-    head, sep, rest = pattern.partition(DELIMITER)
-    if head.upper() == "INBOX":
-        return "INBOX" + sep + rest
-    return pattern
-
-
-def _ancestors(name: str) -> list[str]:
-    parts = name.split(DELIMITER)
-    return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[MessageInfo | None]:
-    """The infos of ascending `uids` in the ascending snapshot `messages` (None: not in it)."""
-    n = len(uids)
-    if not n:
-        return []
-    # Usual case (e.g. 1:* on an up-to-date view): the UIDs are a run of the snapshot, found by
-    # bisection and checked in one comparison instead of a walk in Python.
-    lo = bisect_left(messages, uids[0], key=_uid_of)
-    run = messages[lo:lo + n]
-    if len(run) == n and run[-1].uid == uids[-1] and list(map(_uid_of, run)) == list(uids):
-        return list(run)
-    out: list[MessageInfo | None] = []
-    j, m = lo, len(messages)
-    for u in uids:
-        while j < m and messages[j].uid < u:
-            j += 1
-        out.append(messages[j] if j < m and messages[j].uid == u else None)
-    return out
-
-
-_uid_of = operator.attrgetter("uid")
 
 
 _WHERE = {
@@ -406,62 +223,123 @@ _WHERE = {
 }
 
 
-@dataclass
-class _Selected:
-    mailbox: Any  # mailhaven.store.Mailbox
-    name: str
-    readonly: bool
-    view: View
-    snap: Snapshot | None  # the last snapshot; dropped while idling (memory), taken again when needed
-    uidvalidity: int
-    keywords: frozenset[str]
-    synced_at: float
-    generation: int = 0  # bumped with every new snapshot
-
-    @property
-    def current(self) -> Snapshot:
-        """The snapshot a command works on (Session.refresh() guarantees there is one)."""
-        assert self.snap is not None
-        return self.snap
-
-
 # --------------------------------------------------------------------------- the session
 
 
 class Session:
-    """One connection's IMAP state. `await greet()`, then `await execute(command)` per command."""
+    """One connection's IMAP state: `greeting()`, then `receive_data()` / `await next_event()`."""
 
-    def __init__(self, ctx: seams.Context, shell: Shell, *, listener: str, ip: str, loopback: bool,
+    def __init__(self, ctx: seams.Context, *, listener: str, ip: str, loopback: bool, tls_active: bool,
                  starttls_offered: bool, config: Any) -> None:
         self.ctx = ctx
-        self.shell = shell
         self.listener = listener
         self.ip = ip
         self.loopback = loopback
+        self.tls_active = tls_active
         self.starttls_offered = starttls_offered
         self.config = config
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.account: Any = None
-        self.sub: Any = None  # store change subscription
-        self.sel: _Selected | None = None
+        self.sub: Subscription | None = None  # the user's store changes, from login on
+        self.sel: Selected | None = None
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
         self._outlen = 0
+        self._max_literal = PREAUTH_MAX_LITERAL
+        self.framer = self._new_framer()
+        self._events: AsyncIterator[Event] = self._run()
+        self._closed: Close | None = None
         self._handlers: dict[str, Callable[[Any], Awaitable[str]]] = {
             "CAPABILITY": self.cmd_capability, "NOOP": self.cmd_noop, "LOGOUT": self.cmd_logout,
-            "ID": self.cmd_id, "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate,
-            "LOGIN": self.cmd_login, "ENABLE": self.cmd_enable, "SELECT": self.cmd_select,
+            "ID": self.cmd_id, "LOGIN": self.cmd_login, "ENABLE": self.cmd_enable, "SELECT": self.cmd_select,
             "EXAMINE": self.cmd_select, "CREATE": self.cmd_create, "DELETE": self.cmd_delete,
             "RENAME": self.cmd_rename, "SUBSCRIBE": self.cmd_subscribe, "UNSUBSCRIBE": self.cmd_unsubscribe,
             "LIST": self.cmd_list, "LSUB": self.cmd_lsub, "STATUS": self.cmd_status, "APPEND": self.cmd_append,
-            "NAMESPACE": self.cmd_namespace, "IDLE": self.cmd_idle, "CHECK": self.cmd_check,
+            "NAMESPACE": self.cmd_namespace, "CHECK": self.cmd_check,
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
-            "SEARCH": self.cmd_search, "FETCH": self.cmd_fetch, "STORE": self.cmd_store, "COPY": self.cmd_copy,
+            "SEARCH": self.cmd_search, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
             "MOVE": self.cmd_move,
         }
+        # Handlers that stream output, need more input or a TLS handshake: async generators of Step.
+        self._streams: dict[str, Callable[[Any], AsyncIterator[Step]]] = {
+            "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate, "IDLE": self.cmd_idle,
+            "FETCH": self.cmd_fetch, "STORE": self.cmd_store,
+        }
+
+    # -- input and events -----------------------------------------------------------------------
+
+    def _new_framer(self) -> Framer:
+        imap = self.config.imap
+        return Framer(max_line=imap.max_line_length, max_literal=self._max_literal,
+                      max_in_flight=imap.max_in_flight)
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client (any fragmentation), after a Wait."""
+        self.framer.receive_data(data)
+
+    async def next_event(self) -> Event:
+        """The next thing for the shell to do (see the module docstring). After Close, Close again."""
+        if self._closed is not None:
+            return self._closed
+        ev = await anext(self._events)
+        if isinstance(ev, Close):
+            self._closed = ev
+        return ev
+
+    def tls_started(self) -> None:
+        """The shell completed the TLS handshake asked for by StartTls."""
+        self.tls_active = True
+
+    def close(self) -> None:
+        """The connection is gone: let go of the store subscription."""
+        if self.sub is not None:
+            self.sub.close()
+
+    def _take(self) -> Send:
+        """The output buffered so far as one Send."""
+        data = b"".join(self._out)
+        self._out.clear()
+        self._outlen = 0
+        return Send(data)
+
+    async def _run(self) -> AsyncIterator[Event]:
+        """The command loop: framer -> parser -> execute, until a Close."""
+        max_bad = self.config.imap.max_bad_commands
+        nesting = self.config.imap.max_nesting
+        while True:
+            ev = self.framer.next_command()
+            if ev is NEED_DATA:
+                yield WAIT_INPUT
+                continue
+            if isinstance(ev, SendContinuation):
+                yield Send(ev.LINE)  # RFC 3501 §7.5
+                continue
+            if isinstance(ev, Reject):
+                self.reject(ev.response())
+                if ev.close:
+                    yield self._take()
+                    yield Close("protocol error")
+                    return
+            else:
+                try:
+                    cmd = parse_command(ev, max_nesting=nesting)
+                except ParseError as e:
+                    self.reject(e.response())
+                else:
+                    async for out in self.execute(cmd):
+                        yield out
+                        if isinstance(out, Close):
+                            return
+            if self.bad >= max_bad:
+                self.emit(b"* BYE Too many invalid IMAP commands.\r\n")
+                yield self._take()
+                yield Close("too many bad commands")
+                return
+            if self._out:
+                yield self._take()
 
     # -- output ---------------------------------------------------------------------------------
 
@@ -469,29 +347,17 @@ class Session:
         self._out.append(data)
         self._outlen += len(data)
 
-    async def emit_batched(self, data: bytes) -> None:
-        self.emit(data)
-        if self._outlen >= OUTPUT_BATCH:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if self._out:
-            data = b"".join(self._out)
-            self._out.clear()
-            self._outlen = 0
-            await self.shell.write(data)
-
     # -- capabilities ---------------------------------------------------------------------------
 
     @property
     def plaintext_ok(self) -> bool:
         """RFC 3501 §6.2.3, RFC 8314 §3: passwords only over TLS, or on loopback when allowed."""
-        return self.shell.tls_active or (self.loopback and self.config.auth.allow_plaintext_loopback)
+        return self.tls_active or (self.loopback and self.config.auth.allow_plaintext_loopback)
 
     def capabilities(self) -> str:
         caps = list(BASE_CAPABILITIES)
         if self.state is State.NOT_AUTHENTICATED:
-            if self.starttls_offered and not self.shell.tls_active:
+            if self.starttls_offered and not self.tls_active:
                 caps.append("STARTTLS")
             if self.plaintext_ok:
                 caps.extend("AUTH=" + m for m in AUTH_MECHANISMS)
@@ -501,42 +367,51 @@ class Session:
             caps.extend(QUOTA_CAPABILITIES)
         return " ".join(caps)
 
-    async def greet(self) -> None:
-        self.emit(f"* OK [CAPABILITY {self.capabilities()}] {SERVER_NAME} ready.\r\n".encode("ascii"))
-        await self.flush()
-
-    async def bye(self, text: str) -> None:
-        self.emit(f"* BYE {text}\r\n".encode("ascii"))
-        await self.flush()
+    def greeting(self) -> bytes:
+        return f"* OK [CAPABILITY {self.capabilities()}] {SERVER_NAME} ready.\r\n".encode("ascii")
 
     # -- dispatch -------------------------------------------------------------------------------
 
-    async def reject(self, response: bytes) -> None:
-        """A framer Reject or ParseError: send its response and count it when it is a BAD."""
+    def reject(self, response: bytes) -> None:
+        """A framer Reject or ParseError: queue its response and count it when it is a BAD."""
         if b" BAD " in response[:80]:
             self.bad += 1
         self.emit(response)
-        await self.flush()
 
-    async def execute(self, cmd: C.AnyCommand) -> None:
-        """Run one parsed command and write its responses (the tagged one last)."""
+    async def execute(self, cmd: C.AnyCommand) -> AsyncIterator[Event]:
+        """Run one parsed command: its events, its output handed out as Sends (the tagged reply
+        last), LoggedIn when it logged in, Close when it ended the session."""
         self.commands += 1
         verb = cmd.verb
         tag = cmd.tag
         if not allowed(self.state, verb):
             self.bad += 1
             self.emit(f"{tag} BAD {verb} is not allowed {_WHERE[self.state]}.\r\n".encode("ascii"))
-            await self.flush()
+            yield self._take()
             return
         end: SessionEnd | None = None
         label = ("UID " + verb) if getattr(cmd, "uid", False) else verb
+        was_authenticated = self.user is not None
+        result = ""
         try:
             with metrics.of(self.ctx).time_command("imap", label):
-                result = await self._handlers[verb](cmd)
+                stream = self._streams.get(verb)
+                if stream is None:
+                    result = await self._handlers[verb](cmd)
+                else:
+                    async for step in stream(cmd):
+                        if isinstance(step, str):
+                            result = step
+                        elif step is FLUSH:
+                            if self._outlen >= OUTPUT_BATCH:
+                                yield self._take()
+                        else:
+                            assert not isinstance(step, Flush)
+                            if self._out:
+                                yield self._take()
+                            yield step
         except SessionEnd as e:
             result, end = "", e
-        except (ConnectionError, TimeoutError, ServerStopping):
-            raise
         except Exception as exc:  # every other failure becomes one tagged reply
             kind, text = self._reply_for(exc, verb)
             if kind == "BAD":
@@ -547,15 +422,16 @@ class Session:
                 await self.send_updates(not (verb in NO_EXPUNGE_DURING and not getattr(cmd, "uid", False)))
             except SessionEnd as e:
                 end = e
-            except (ConnectionError, TimeoutError, ServerStopping):
-                raise
             except Exception:  # the command's own reply still goes out; updates come next time
                 log.warning("imap: updates for the selected mailbox failed", exc_info=True)
         if result:
             self.emit(f"{tag} {result}\r\n".encode())
-        await self.flush()
+        if self._out:
+            yield self._take()
+        if not was_authenticated and self.user is not None:
+            yield LoggedIn(self.user)
         if end is not None:
-            raise end
+            yield Close(str(end))
 
     def _reply_for(self, exc: BaseException, verb: str) -> tuple[str, str]:
         """THE mapping of failures to tagged replies (STYLE rule 4). Returns (kind, text)."""
@@ -636,7 +512,7 @@ class Session:
         for line in sel.view.flush(allow_expunge):
             self.emit(line)
 
-    def _recent_key(self, sel: _Selected) -> tuple[str, str, int]:
+    def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
         return (self.user or "", sel.mailbox.name, sel.uidvalidity)
 
     @staticmethod
@@ -649,7 +525,7 @@ class Session:
                 out.update(f for f in m.flags if not f.startswith("\\"))
         return frozenset(out)
 
-    def _note_keywords(self, sel: _Selected, messages: Iterable[MessageInfo]) -> None:
+    def _note_keywords(self, sel: Selected, messages: Iterable[MessageInfo]) -> None:
         """RFC 3501 §7.2.6: a keyword the client was not told about gets FLAGS and PERMANENTFLAGS
         sent at once, so they come before any FETCH that shows it (as Dovecot; imaptest checks)."""
         keywords = self._keywords(messages)
@@ -657,7 +533,7 @@ class Session:
             sel.keywords = sel.keywords | keywords
             self._emit_flags(sel)
 
-    def _emit_flags(self, sel: _Selected) -> None:
+    def _emit_flags(self, sel: Selected) -> None:
         kws = " ".join(sorted(sel.keywords))
         flags = " ".join(SYSTEM_FLAGS) + (" " + kws if kws else "")
         self.emit(f"* FLAGS ({flags})\r\n".encode())
@@ -692,15 +568,28 @@ class Session:
 
     # -- not authenticated (RFC 3501 §6.2) -------------------------------------------------------
 
-    async def cmd_starttls(self, cmd: C.StartTls) -> str:
-        if self.shell.tls_active:
+    async def cmd_starttls(self, cmd: C.StartTls) -> AsyncIterator[Step]:
+        if self.tls_active:
             raise Bad("TLS is already active.")
         if not self.starttls_offered:
             raise Bad("STARTTLS is not available.")
         self.emit(f"{cmd.tag} OK Begin TLS negotiation now.\r\n".encode("ascii"))
-        await self.flush()
-        await self.shell.start_tls()  # RFC 3501 §6.2.1: input sent before the handshake is dropped
-        return ""
+        # RFC 3501 §6.2.1: anything pipelined after STARTTLS in plaintext is dropped: what the
+        # framer holds here, what the shell has buffered when it performs StartTls.
+        self.framer = self._new_framer()
+        yield StartTls()
+
+    async def _line(self) -> AsyncIterator[Step | bytes]:
+        """Yields Waits until the client sent a raw line (AUTHENTICATE, IDLE), then the line."""
+        while True:
+            got = self.framer.next_line()
+            if isinstance(got, bytes):
+                yield got
+                return
+            if isinstance(got, Reject):
+                self.emit(got.response())
+                raise SessionEnd("protocol error")
+            yield WAIT_INPUT
 
     async def cmd_login(self, cmd: C.Login) -> str:
         if not self.plaintext_ok:  # RFC 3501 §6.2.3, §7.2.1 LOGINDISABLED
@@ -709,7 +598,7 @@ class Session:
                      "PRIVACYREQUIRED")
         return await self._login(cmd.username, cmd.password, "LOGIN")
 
-    async def cmd_authenticate(self, cmd: C.Authenticate) -> str:
+    async def cmd_authenticate(self, cmd: C.Authenticate) -> AsyncIterator[Step]:
         service = logins.of(self.ctx)
         if cmd.mechanism not in AUTH_MECHANISMS:
             service.refused("imap", self.ip, "", "unknown_mechanism", "")
@@ -728,10 +617,12 @@ class Session:
                 out = exchange.start(None)
             while isinstance(out, str):
                 self.emit(b"+ " + out.encode("ascii") + b"\r\n")  # RFC 3501 §7.5
-                await self.flush()
-                line = await self.shell.read_line()
-                if line is None:
-                    raise ConnectionResetError("client went away during AUTHENTICATE")
+                line = b""
+                async for step in self._line():
+                    if isinstance(step, bytes):
+                        line = step
+                    else:
+                        yield step
                 out = exchange.step(line)
         except sasl.SaslCancelled:
             service.refused("imap", self.ip, "", "cancelled", cmd.mechanism)
@@ -743,7 +634,7 @@ class Session:
         if creds.authzid and creds.authzid != creds.login:
             service.refused("imap", self.ip, creds.login, "authzid_refused", cmd.mechanism)
             raise No("Authorization identity not permitted.", "AUTHORIZATIONFAILED")
-        return await self._login(creds.login, creds.password, cmd.mechanism)
+        yield await self._login(creds.login, creds.password, cmd.mechanism)
 
     async def _login(self, login: str, password: str, mechanism: str) -> str:
         ctx = self.ctx
@@ -757,7 +648,12 @@ class Session:
         self.sub = ctx.store.changes.subscribe(user)
         self.state = State.AUTHENTICATED
         mhlog.set_user(user)
-        self.shell.authenticated()
+        # After login the literal limit becomes the message size limit (APPEND).
+        self._max_literal = max_literal = self.config.smtp.max_message_size
+        framer = self.framer
+        framer.max_literal = max_literal
+        if framer.max_buffer is not None:
+            framer.max_buffer = self.config.imap.max_in_flight * framer.max_line + max_literal
         return f"OK [CAPABILITY {self.capabilities()}] Logged in"
 
     # -- authenticated (RFC 3501 §6.3) -----------------------------------------------------------
@@ -783,7 +679,7 @@ class Session:
         self._drain_events()
         mailbox = await self.account.mailbox(cmd.mailbox)
         snap = await mailbox.snapshot()
-        sel = _Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
+        sel = Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
                         self._keywords(snap.messages), time.monotonic())
         key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
@@ -835,48 +731,15 @@ class Session:
         return "OK Unsubscribe completed."
 
     async def cmd_list(self, cmd: C.List) -> str:
-        if cmd.pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
-            self.emit(b'* LIST (\\Noselect) "." ""\r\n')
-            return "OK List completed."
-        matcher = list_matcher(_inbox_canonical(cmd.reference + cmd.pattern))
-        infos = await self.account.list_mailboxes()
-        names = {i.name for i in infos}
-        rows: list[tuple[str, list[str]]] = []
-        for info in infos:
-            if matcher.fullmatch(info.name):
-                attrs = ["\\HasChildren" if info.has_children else "\\HasNoChildren"]  # RFC 3348
-                if info.special_use:
-                    attrs.append(info.special_use)  # RFC 6154 §2
-                rows.append((info.name, attrs))
-        # Parents that are not mailboxes themselves (folders made by other tools): \Noselect.
-        for implied in sorted({a for n in names for a in _ancestors(n)} - names):
-            if matcher.fullmatch(implied):
-                rows.append((implied, ["\\Noselect", "\\HasChildren"]))
-        for name, attrs in rows:
-            self.emit(b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + _wire_name(name) + b"\r\n")
+        infos = await self.account.list_mailboxes() if cmd.pattern else []
+        for line in listing.list_lines(infos, cmd.reference, cmd.pattern):
+            self.emit(line)
         return "OK List completed."
 
     async def cmd_lsub(self, cmd: C.Lsub) -> str:
-        if cmd.pattern == "":
-            self.emit(b'* LSUB (\\Noselect) "." ""\r\n')
-            return "OK Lsub completed."
-        matcher = list_matcher(_inbox_canonical(cmd.reference + cmd.pattern))
-        subs = await self.account.subscriptions()
-        subscribed = set(subs)
-        shown: set[str] = set()
-        for name in subs:
-            if matcher.fullmatch(name) and name not in shown:
-                shown.add(name)
-                self.emit(b"* LSUB () \".\" " + _wire_name(name) + b"\r\n")
-        # RFC 3501 §6.3.9: when "%" hides a subscribed name, its unsubscribed parent that the pattern
-        # matches is shown, as \Noselect.
-        for name in subs:
-            if matcher.fullmatch(name):
-                continue
-            for a in _ancestors(name):
-                if a not in subscribed and a not in shown and matcher.fullmatch(a):
-                    shown.add(a)
-                    self.emit(b"* LSUB (\\Noselect) \".\" " + _wire_name(a) + b"\r\n")
+        subs = await self.account.subscriptions() if cmd.pattern else []
+        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern):
+            self.emit(line)
         return "OK Lsub completed."
 
     async def cmd_status(self, cmd: C.Status) -> str:
@@ -902,7 +765,7 @@ class Session:
             else:  # HIGHESTMODSEQ
                 n = snap.highestmodseq
             values.append(b"%s %d" % (item.encode("ascii"), n))
-        self.emit(b"* STATUS " + _wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
+        self.emit(b"* STATUS " + wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
         return "OK Status completed."
 
     async def cmd_append(self, cmd: C.Append) -> str:
@@ -924,40 +787,25 @@ class Session:
             await quota.delivered(self._user())
         return f"OK [APPENDUID {mailbox.uidvalidity} {uid}] Append completed."  # RFC 4315 §3
 
-    async def cmd_idle(self, cmd: C.Idle) -> str:
+    async def cmd_idle(self, cmd: C.Idle) -> AsyncIterator[Step]:
         """RFC 2177: updates as they happen until the client sends DONE."""
         self.emit(b"+ idling\r\n")
         if self.sel is not None:
             await self.send_updates(True)
-        await self.flush()
-        # Server shutdown reaches us through read_line (ServerStopping), like every other read.
-        line_task: asyncio.Future[bytes | None] = asyncio.ensure_future(self.shell.read_line())
-        event_task: asyncio.Future[Any] | None = None
         last_output = time.monotonic()
-        try:
-            while True:
-                if event_task is None and self.sub is not None:
-                    event_task = asyncio.ensure_future(self.sub.get())
-                waiting = {t for t in (line_task, event_task) if t is not None}
-                timeout = min(POLL_INTERVAL, IDLE_KEEPALIVE)
-                done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if line_task in done:
-                    line = line_task.result()
-                    if line is None:
-                        raise ConnectionResetError("client went away during IDLE")
-                    if line.strip().upper() == b"DONE":
-                        break
-                    raise Bad("Expected DONE.")
-                force = False
-                if event_task is not None and event_task in done:
-                    ev = event_task.result()
-                    event_task = None
-                    if self.sel is not None and (
-                            isinstance(ev, (Overflow, MailboxesChanged))
-                            or getattr(ev, "mailbox", None) == self.sel.mailbox.name):
-                        force = True
+        woken = False
+        while True:
+            got = self.framer.next_line()
+            if isinstance(got, bytes):
+                if got.strip().upper() == b"DONE":
+                    break
+                raise Bad("Expected DONE.")
+            if isinstance(got, Reject):
+                self.emit(got.response())
+                raise SessionEnd("protocol error")
+            if woken:  # by a change event (refresh() drains it), the poll timer or a partial line
                 if self.sel is not None:
-                    await self.refresh(force=force)
+                    await self.refresh()
                     await self.send_updates(True)
                     self.sel.snap = None  # an idle session keeps only its numbering in memory
                 if self._out:
@@ -965,16 +813,13 @@ class Session:
                 elif time.monotonic() - last_output >= IDLE_KEEPALIVE:
                     self.emit(b"* OK Still here\r\n")
                     last_output = time.monotonic()
-                await self.flush()
-        finally:
-            for t in (line_task, event_task):
-                if t is not None and not t.done():
-                    t.cancel()
-        return "OK Idle completed."
+            yield Wait(self.sub, min(POLL_INTERVAL, IDLE_KEEPALIVE))
+            woken = True
+        yield "OK Idle completed."
 
     # -- selected (RFC 3501 §6.4) -----------------------------------------------------------------
 
-    def _selected(self) -> _Selected:
+    def _selected(self) -> Selected:
         assert self.sel is not None
         return self.sel
 
@@ -992,7 +837,7 @@ class Session:
                 await sel.mailbox.expunge(deleted)
         return "OK Close completed."
 
-    async def refresh_snapshot_of(self, sel: _Selected) -> None:
+    async def refresh_snapshot_of(self, sel: Selected) -> None:
         sel.snap = await sel.mailbox.snapshot()
 
     async def cmd_unselect(self, cmd: C.Unselect) -> str:
@@ -1026,18 +871,16 @@ class Session:
         return "OK Expunge completed."
 
     async def cmd_search(self, cmd: C.Search) -> str:
-        from mailhaven.imap import searchadapt
-
         sel = self._selected()
         await self.refresh()
-        found = await searchadapt.run(self, sel, cmd)
+        found = await searchadapt.run(self.user or "", sel, cmd)
         line = b"* SEARCH"
         if found:
             line += b" " + b" ".join(b"%d" % n for n in found)
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
 
-    async def cmd_store(self, cmd: C.Store) -> str:
+    async def cmd_store(self, cmd: C.Store) -> AsyncIterator[Step]:
         sel = self._selected()
         if sel.readonly:
             raise No("Mailbox is read-only.", "READ-ONLY")
@@ -1046,9 +889,10 @@ class Session:
         view = sel.view
         uids = [u for _, u in pairs if not view.is_gone(u)]
         if not uids:
-            return "OK Store completed."
+            yield "OK Store completed."
+            return
         learner = self._learner_for(cmd.flags) if cmd.mode != "remove" else None
-        before = {i.uid: i.flags for i in _match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
+        before = {i.uid: i.flags for i in match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
         infos: list[MessageInfo] = []
         for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
             infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
@@ -1072,13 +916,15 @@ class Session:
                 else:
                     lines.append(b"* %d FETCH (FLAGS %s)\r\n" % (seqs[uid], flags))
                 if len(lines) >= 2048:
-                    await self.emit_batched(b"".join(lines))
+                    self.emit(b"".join(lines))
+                    yield FLUSH
                     lines.clear()
             self.emit(b"".join(lines))
         gone = len(uids) - len(infos)
         if gone:
-            return "NO [EXPUNGEISSUED] Some of the messages no longer exist."
-        return "OK Store completed."
+            yield "NO [EXPUNGEISSUED] Some of the messages no longer exist."
+            return
+        yield "OK Store completed."
 
     def _learner_for(self, flags: Iterable[str]) -> learn.Learner | None:
         """The learner when a STORE of these flags may teach rspamd ($Junk, $NotJunk), else None."""
@@ -1152,7 +998,7 @@ class Session:
         report = await self._quota_report()
         # RFC 9208 §4.3: the mailbox's quota roots, then each root's QUOTA
         roots = f' "{QUOTA_ROOT}"' if report is not None else ""
-        self.emit(b"* QUOTAROOT " + _wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
+        self.emit(b"* QUOTAROOT " + wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
         if report is not None:
             self._emit_quota(report)
         return "OK Getquotaroot completed."
@@ -1187,17 +1033,17 @@ class Session:
 
     # -- FETCH ----------------------------------------------------------------------------------
 
-    async def cmd_fetch(self, cmd: C.Fetch) -> str:
+    async def cmd_fetch(self, cmd: C.Fetch) -> AsyncIterator[Step]:
         sel = self._selected()
         await self.refresh()
         pairs = self._resolve(cmd.set, cmd.uid)
         items = cmd.items
         view = sel.view
-        infos = _match_infos([u for _, u in pairs], sel.current.messages)
+        infos = match_infos([u for _, u in pairs], sel.current.messages)
         missing = 0
         # \Seen first (RFC 3501 §6.4.5), so the data and the FLAGS shown agree.
         seen_set: frozenset[int] = frozenset()
-        if not sel.readonly and any(_sets_seen(i) for i in items):
+        if not sel.readonly and any(fetch.sets_seen(i) for i in items):
             unseen = [info.uid for info in infos if info is not None and SEEN not in info.flags]
             if unseen:
                 changed = {}
@@ -1206,8 +1052,8 @@ class Session:
                         changed[i.uid] = i
                 infos = [changed.get(i.uid, i) if i is not None else None for i in infos]
                 seen_set = frozenset(changed)
-        want = frozenset(i.name for i in items if isinstance(i, C.FetchAttr) and i.name in _STRUCT)
-        needs_data = any(_needs_data(i) for i in items)
+        want = frozenset(i.name for i in items if isinstance(i, C.FetchAttr) and i.name in fetch.STRUCT)
+        needs_data = any(fetch.needs_data(i) for i in items)
         has_flags = any(isinstance(i, C.FetchAttr) and i.name == "FLAGS" for i in items) or bool(seen_set)
         user = self.user or ""
         if not want and not needs_data:  # metadata only: no disk access, rendered in bulk
@@ -1217,142 +1063,28 @@ class Session:
                 pairs = [p for p, i in zip(pairs, infos, strict=True) if i is not None]
             for start in range(0, len(pairs), META_BATCH):
                 part = present[start:start + META_BATCH]
-                await self.emit_batched(_render_meta(pairs[start:start + META_BATCH], part, items, view.recent))
+                self.emit(fetch.render_meta(pairs[start:start + META_BATCH], part, items, view.recent))
+                yield FLUSH
                 if has_flags:
                     view.reported_many(part)
         else:
             for start in range(0, len(pairs), FETCH_BATCH):
-                rows: list[tuple[int, MessageInfo, bytes | None, _Entry | None, bool]] = []
-                to_read: list[int] = []
                 chunk = list(zip(pairs[start:start + FETCH_BATCH], infos[start:start + FETCH_BATCH], strict=True))
-                entries: dict[int, _Entry] = {}
-                incomplete: set[int] = set()
-                for (_seq, uid), info in chunk:
-                    if info is None:
-                        continue
-                    entry = None
-                    if want:
-                        entry = CACHE.get((user, info.key))
-                        if entry is None:
-                            entry = _Entry()
-                        entries[uid] = entry
-                        if not _complete(entry, want):
-                            incomplete.add(uid)
-                    if needs_data or uid in incomplete:
-                        to_read.append(uid)
-                datas = await _read_many(sel.mailbox, to_read)
-                parses = 0
-                for (seq, uid), info in chunk:
-                    if info is None:
-                        missing += 1
-                        continue
-                    data = datas.get(uid)
-                    if data is None and (needs_data or uid in incomplete):
-                        missing += 1
-                        continue
-                    entry = entries.get(uid)
-                    parses += uid in incomplete
-                    rows.append((seq, info, data, entry, view.is_recent(uid)))
-                if parses >= OFFLOAD_MIN or (needs_data and sum(len(d) for d in datas.values()) > 1 << 20):
-                    lines = await asyncio.to_thread(_render_batch, rows, items, want, seen_set)
-                else:
-                    lines = _render_batch(rows, items, want, seen_set)
-                for (_seq, info, _d, entry, _r) in rows:
-                    if entry is not None and info.uid in incomplete:
-                        CACHE.put((user, info.key), entry)
-                    if has_flags:
+                lines, shown, gone = await fetch.render_stored(
+                    sel.mailbox, user, chunk, items, want, needs_data, seen_set, view.is_recent)
+                missing += gone
+                if has_flags:
+                    for info in shown:
                         view.reported(info.uid, info.modseq)
                 for line in lines:
-                    await self.emit_batched(line)
+                    self.emit(line)
+                    yield FLUSH
         if missing:
-            return "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
-        return ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+            yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
+            return
+        yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
 
 
-_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
 
-
-def internaldate(ts: float) -> bytes:
-    """fetchitems.internaldate(ts) in the server's zone, without datetime objects (5x faster; the
-    unit test compares the two): "17-Jul-1996 02:44:25 -0700" quoted (RFC 3501 §9 date-time)."""
-    lt = time.localtime(ts)
-    off = lt.tm_gmtoff // 60
-    sign = b"-" if off < 0 else b"+"
-    off = abs(off)
-    return b'"%02d-%s-%04d %02d:%02d:%02d %s%02d%02d"' % (
-        lt.tm_mday, _MONTHS[lt.tm_mon - 1], lt.tm_year, lt.tm_hour, lt.tm_min, lt.tm_sec, sign, off // 60,
-        off % 60)
-
-
-_META_FIELDS = {"UID": (b"UID %d", 0), "FLAGS": (b"FLAGS %s", 1), "RFC822.SIZE": (b"RFC822.SIZE %d", 2),
-                "INTERNALDATE": (b"INTERNALDATE %s", 3)}
-
-
-def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
-    """A %-format for `* n FETCH (...)` of metadata-only items, and which value goes where."""
-    parts: list[bytes] = []
-    fields: list[int] = []
-    for item in items:
-        assert isinstance(item, C.FetchAttr)
-        text, code = _META_FIELDS[item.name]
-        parts.append(text)
-        fields.append(code)
-    return b"* %d FETCH (" + b" ".join(parts) + b")\r\n", fields
-
-
-def _render_meta(pairs: Sequence[tuple[int, int]], infos: Sequence[MessageInfo], items: Sequence[C.FetchItem],
-                 recent: frozenset[int]) -> bytes:
-    """`* n FETCH (...)` lines of metadata-only items for many messages, built column by column."""
-    fmt, fields = _meta_template(items)
-    cols: list[Sequence[int | bytes]] = [[seq for seq, _ in pairs]]
-    for f in fields:
-        if f == 0:
-            cols.append([uid for _, uid in pairs])
-        elif f == 1:
-            # Flag sets are shared between messages: each distinct one is rendered once.
-            plain: dict[frozenset[str], bytes] = {}
-            with_recent: dict[frozenset[str], bytes] = {}
-            col: list[bytes] = []
-            for info in infos:
-                fl = info.flags
-                cache = with_recent if recent and info.uid in recent else plain
-                r = cache.get(fl)
-                if r is None:
-                    r = cache[fl] = render_flags(fl, cache is with_recent)
-                col.append(r)
-            cols.append(col)
-        elif f == 2:
-            cols.append([info.size for info in infos])
-        else:
-            cols.append([internaldate(info.internaldate) for info in infos])
-    return b"".join([fmt % row for row in zip(*cols, strict=True)])
-
-
-def _complete(entry: _Entry, want: frozenset[str]) -> bool:
-    return (("ENVELOPE" not in want or entry.envelope is not None)
-            and ("BODYSTRUCTURE" not in want or entry.bodystructure is not None)
-            and ("BODY" not in want or entry.body is not None))
-
-
-async def _read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
-    """Message bytes by UID; expunged ones are left out. Uses the store's batch read when it has one."""
-    if not uids:
-        return {}
-    batch = getattr(mailbox, "read_many", None)
-    if batch is not None:
-        got = await batch(uids)
-        return {u: d for u, d in zip(uids, got, strict=True) if d is not None}
-    out: dict[int, bytes] = {}
-    for i in range(0, len(uids), 32):
-        part = uids[i:i + 32]
-        results = await asyncio.gather(*(mailbox.read(u) for u in part), return_exceptions=True)
-        for u, r in zip(part, results, strict=True):
-            if isinstance(r, bytes):
-                out[u] = r
-            elif not isinstance(r, MessageNotFound):
-                raise r
-    return out
-
-
-__all__ = ["Session", "Shell", "No", "Bad", "SessionEnd", "ServerStopping", "MessageCache", "CACHE", "list_matcher",
-           "render_items", "POLL_INTERVAL"]
+__all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd", "StartTls",
+           "Wait"]

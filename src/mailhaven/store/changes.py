@@ -69,7 +69,8 @@ Event = MessagesAdded | FlagsChanged | Expunged | MailboxesChanged | Overflow
 
 
 class Subscription:
-    """Events for one user. `await sub.get()`, `sub.get_nowait()`, or `async for event in sub`."""
+    """Events for one user. `await sub.get()`, `sub.get_nowait()`, or `async for event in sub`;
+    `await sub.wait()` until one is pending."""
 
     def __init__(self, hub: ChangeHub, user: str) -> None:
         self.user = user
@@ -108,6 +109,16 @@ class Subscription:
             finally:
                 self._waiter = None
         return self._events.popleft()
+
+    async def wait(self) -> None:
+        """Until an event is pending or the subscription is closed; takes none (cancel-safe)."""
+        if self._events or self.closed:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     def close(self) -> None:
         if self.closed:

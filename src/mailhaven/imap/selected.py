@@ -1,0 +1,91 @@
+"""The selected mailbox of a session and the reads over it that FETCH and SEARCH share.
+
+Owns: `Selected` (the mailbox, its view, the last snapshot, what the client was told of flags),
+`match_infos` (a run of UIDs to their snapshot entries) and `read_many` (message bytes for many UIDs,
+batched, expunged ones left out).
+Does not own: the sequence numbering and pending updates (view.py), the commands (session.py,
+fetch.py, searchadapt.py), storage (store/).
+
+A leaf of the imap package apart from view.py and the store's value types, so session.py, fetch.py
+and searchadapt.py can all import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import operator
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mailhaven.imap.view import View
+from mailhaven.store import MessageInfo, MessageNotFound, Snapshot
+
+
+@dataclass
+class Selected:
+    """The mailbox a session has selected (RFC 3501 §6.3.1) and what the session told the client of it."""
+
+    mailbox: Any  # mailhaven.store.Mailbox
+    name: str
+    readonly: bool
+    view: View
+    snap: Snapshot | None  # the last snapshot; dropped while idling (memory), taken again when needed
+    uidvalidity: int
+    keywords: frozenset[str]
+    synced_at: float
+    generation: int = 0  # bumped with every new snapshot
+
+    @property
+    def current(self) -> Snapshot:
+        """The snapshot a command works on (Session.refresh() guarantees there is one)."""
+        assert self.snap is not None
+        return self.snap
+
+
+def match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[MessageInfo | None]:
+    """The infos of ascending `uids` in the ascending snapshot `messages` (None: not in it)."""
+    n = len(uids)
+    if not n:
+        return []
+    # Usual case (e.g. 1:* on an up-to-date view): the UIDs are a run of the snapshot, found by
+    # bisection and checked in one comparison instead of a walk in Python.
+    lo = bisect_left(messages, uids[0], key=_uid_of)
+    run = messages[lo:lo + n]
+    if len(run) == n and run[-1].uid == uids[-1] and list(map(_uid_of, run)) == list(uids):
+        return list(run)
+    out: list[MessageInfo | None] = []
+    j, m = lo, len(messages)
+    for u in uids:
+        while j < m and messages[j].uid < u:
+            j += 1
+        out.append(messages[j] if j < m and messages[j].uid == u else None)
+    return out
+
+
+_uid_of = operator.attrgetter("uid")
+
+
+async def read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
+    """Message bytes by UID; expunged ones are left out. Uses the store's batch read when it has one."""
+    if not uids:
+        return {}
+    batch = getattr(mailbox, "read_many", None)
+    if batch is not None:
+        got = await batch(uids)
+        return {u: d for u, d in zip(uids, got, strict=True) if d is not None}
+    out: dict[int, bytes] = {}
+    for i in range(0, len(uids), 32):
+        part = uids[i:i + 32]
+        results = await asyncio.gather(*(mailbox.read(u) for u in part), return_exceptions=True)
+        for u, r in zip(part, results, strict=True):
+            if isinstance(r, bytes):
+                out[u] = r
+            elif not isinstance(r, MessageNotFound):
+                raise r
+    return out
+
+
+
+__all__ = ["Selected", "match_infos", "read_many"]
