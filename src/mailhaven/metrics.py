@@ -109,6 +109,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 MAX_REQUEST = 8192  # bytes of HTTP request head we read before giving up
 REQUEST_TIMEOUT = 10.0
+MAX_CLIENTS = 32  # scrapers served at once; more are closed at once (a flood costs no file descriptors)
 
 
 def _pick(value: str, allowed: Iterable[str]) -> str:
@@ -421,15 +422,23 @@ def http_reply(head: bytes | None, render: Callable[[], bytes]) -> bytes:
 
 
 async def serve(metrics: Metrics, sock: socket.socket) -> asyncio.AbstractServer:
-    """Serve GET /metrics on the bound socket from the running loop; returns the started server."""
+    """Serve GET /metrics on the bound socket from the running loop; returns the started server.
+    At most MAX_CLIENTS requests at once: one more is closed unanswered."""
+    active = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal active
+        if active >= MAX_CLIENTS:
+            writer.close()
+            return
+        active += 1
         try:
             writer.write(http_reply(await _read_head(reader), metrics.render))
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
         except (TimeoutError, ConnectionError, OSError):
             pass
         finally:
+            active -= 1
             writer.close()
 
     return await asyncio.start_server(handle, sock=sock, limit=MAX_REQUEST)

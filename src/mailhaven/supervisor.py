@@ -505,6 +505,9 @@ class Supervisor:
             sock, _ = self.metrics_sock.accept()
         except OSError:
             return
+        if len(self.clients) >= metricsmod.MAX_CLIENTS:  # the parent's descriptors are not for a flood
+            sock.close()
+            return
         sock.setblocking(False)
         client = _Client(sock, time.monotonic() + metricsmod.REQUEST_TIMEOUT)
         self.clients[sock.fileno()] = client

@@ -176,6 +176,33 @@ async def test_endpoint_refuses_an_oversized_request_head_and_closes() -> None:
         await server.wait_closed()
 
 
+async def test_a_flood_of_idle_connections_is_bounded_and_a_scrape_after_it_is_answered() -> None:
+    port = free_port()
+    server = await metrics.serve(Metrics(process=False), metrics.bind(f"127.0.0.1:{port}"))
+    idle = []
+    try:
+        for _ in range(metrics.MAX_CLIENTS):  # each holds a request slot, saying nothing
+            idle.append(await asyncio.open_connection("127.0.0.1", port))
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.0\r\n\r\n")
+        try:
+            got = await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:  # closed with our request unread
+            got = b""
+        assert got == b""  # one too many: closed unanswered
+        writer.close()
+        for _r, w in idle:
+            w.close()
+        await asyncio.sleep(0.2)
+        assert (await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics"))[0] == 200
+    finally:
+        for _r, w in idle:
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
 def test_bind_failure_is_one_line_naming_the_key() -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))

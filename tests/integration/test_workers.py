@@ -192,6 +192,33 @@ def test_metrics_are_summed_over_the_workers(setup: Setup) -> None:
     assert values[("mailhaven_build_info", (("version", _version()),))] == 1
 
 
+def test_a_flood_on_the_metrics_port_leaves_the_parent_answering(setup: Setup) -> None:
+    import socket
+
+    from mailhaven.metrics import MAX_CLIENTS
+
+    port = free_port()
+    with running(setup.write(server=WORKERS, metrics={"address": f"127.0.0.1:{port}"})) as server:
+        all_ready(server)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(MAX_CLIENTS)]
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", port), timeout=2)  # not REQUEST_TIMEOUT (10 s)
+        try:
+            assert extra.recv(100) == b""  # one too many: closed at once, nothing held for it
+        except ConnectionResetError:
+            pass
+        finally:
+            extra.close()
+        os.kill(min(children(server.pid)), signal.SIGKILL)  # the parent still restarts workers
+        server.wait_for(r"worker restarted and serving: 2 of 2", timeout=30)
+        for s in idle:
+            s.close()
+        time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            assert r.status == 200
+        assert server.stop() == 0
+
+
 def _version() -> str:
     from mailhaven import __version__
 
