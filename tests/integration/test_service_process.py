@@ -63,8 +63,9 @@ def need(listener: str) -> None:
 class Setup:
     """A config for a server subprocess in a folder every user can traverse."""
 
-    def __init__(self, folder: Path, tls_files: tuple[Path, Path], nameserver: str) -> None:
+    def __init__(self, folder: Path, tls_files: tuple[Path, Path], nameserver: str, workers: int = 1) -> None:
         self.folder = folder
+        self.workers = workers
         self.nameserver = nameserver
         self.cert = Path(shutil.copy(tls_files[0], folder / "cert.pem"))
         self.key = Path(shutil.copy(tls_files[1], folder / "key.pem"))
@@ -79,9 +80,9 @@ class Setup:
         for name, lc in data["listeners"].items():
             self.ports.setdefault(name, (ports or {}).get(name) or free_port())
             lc["port"] = self.ports[name]
-        # MAILHAVEN_TEST_WORKERS=2 runs every test here against a supervising parent and two
-        # worker processes ([server] workers; test_workers.py tests that mode itself).
-        data["server"] = {"workers": int(os.environ.get("MAILHAVEN_TEST_WORKERS", "1"))}
+        # Every test here runs twice: one process, and a supervising parent with two worker
+        # processes ([server] workers; test_workers.py tests that mode itself).
+        data["server"] = {"workers": self.workers}
         data.update(top)
         write_config(self.path, data)
         users = self.folder / "users.toml"
@@ -106,10 +107,16 @@ def _load(path: Path) -> Any:
     return config.load(path)
 
 
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    """[server] workers of the servers this file starts (test_workers*.py override it with 2)."""
+    return int(request.param)
+
+
 @pytest.fixture
-def setup(tls_files: tuple[Path, Path], dns_nameserver: str) -> Iterator[Setup]:
+def setup(tls_files: tuple[Path, Path], dns_nameserver: str, workers: int) -> Iterator[Setup]:
     with open_dir() as folder:
-        yield Setup(folder, tls_files, dns_nameserver)
+        yield Setup(folder, tls_files, dns_nameserver, workers)
 
 
 def message(subject: str, body: str = "hello") -> bytes:

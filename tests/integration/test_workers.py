@@ -43,6 +43,12 @@ from tests.smtp_peer import SmtpPeer, shared_port
 
 setup = service.setup
 
+
+@pytest.fixture
+def workers() -> int:
+    """These tests write [server] workers themselves: one run each, not one per mode."""
+    return 2
+
 REMOTE = "remote.test"
 REMOTE_IP = "127.0.0.6"
 WORKERS = {"workers": 2}

@@ -15,11 +15,19 @@ import time
 from email import message_from_bytes
 from pathlib import Path
 
+import pytest
+
 from tests.integration import test_service_process as service
 from tests.integration.test_service_process import ALICE, Setup, running
 from tests.integration.test_workers import WORKERS, all_ready, children
 
 setup = service.setup
+
+
+@pytest.fixture
+def workers() -> int:
+    """These tests write [server] workers themselves: one run each, not one per mode."""
+    return 2
 
 CLIENTS = 6
 
