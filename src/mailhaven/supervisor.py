@@ -343,26 +343,18 @@ class Supervisor:
                     seq, size = (int(x) for x in head[8:].split())
                 except ValueError:
                     seq, size = -1, MAX_MESSAGE + 1
-                if size > MAX_MESSAGE:
-                    log.error("worker %d sent a broken metrics answer", w.index)
-                    w.buf.clear()
-                    return
-                if len(w.buf) < nl + 1 + size:
+                body = self._framed(w, nl, size, MAX_MESSAGE, "metrics answer")
+                if body is None:
                     return
                 if seq == self.scrapes:  # a late answer to an earlier scrape is dropped
-                    w.exposition = bytes(w.buf[nl + 1:nl + 1 + size])
-                del w.buf[:nl + 1 + size]
+                    w.exposition = body
                 continue
             if head.startswith(b"all "):
                 size = int(head[4:]) if head[4:].isdigit() else MAX_COMMAND + 1
-                if size > MAX_COMMAND:
-                    log.error("worker %d sent a broken command to pass on", w.index)
-                    w.buf.clear()
+                body = self._framed(w, nl, size, MAX_COMMAND, "command to pass on")
+                if body is None:
                     return
-                if len(w.buf) < nl + 1 + size:
-                    return
-                self._relay(w, bytes(w.buf[nl + 1:nl + 1 + size]))
-                del w.buf[:nl + 1 + size]
+                self._relay(w, body)
                 continue
             del w.buf[:nl + 1]
             if head == b"ready":
@@ -374,6 +366,19 @@ class Supervisor:
                     self._reload_done()
             elif head.startswith(b"error "):
                 w.error = head[6:].decode("utf-8", "replace")
+
+    def _framed(self, w: _Worker, nl: int, size: int, limit: int, what: str) -> bytes | None:
+        """The `size` octets after the head line that ends at `nl`, taken from the buffer; None
+        when they are not all here yet, or when `size` is over `limit` (the buffer is dropped)."""
+        if size > limit:
+            log.error("worker %d sent a broken %s", w.index, what)
+            w.buf.clear()
+            return None
+        if len(w.buf) < nl + 1 + size:
+            return None
+        body = bytes(w.buf[nl + 1:nl + 1 + size])
+        del w.buf[:nl + 1 + size]
+        return body
 
     def _relay(self, sender: _Worker, body: bytes) -> None:
         """Pass a worker's control command on to every other live worker."""
