@@ -63,6 +63,7 @@ from mailhaven.imap.commands import (
     SearchFlag,
     SearchHeader,
     SearchKey,
+    SearchModseq,
     SearchNot,
     SearchOr,
     SearchSet,
@@ -624,7 +625,8 @@ _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
 }
 
 _KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "LARGER",
-                             "SMALLER", "HEADER", "UID", "NOT", "OR"})
+                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ"})
+_ENTRY_TYPES = frozenset({"priv", "shared", "all"})  # RFC 7162 §7 entry-type-req
 
 
 def _search_key(cur: _Cursor, depth: int) -> SearchKey:
@@ -671,6 +673,8 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         return SearchHeader(field.decode("ascii"), cur.astring_text(), "header")
     if key == "UID":
         return SearchSet(cur.seqset(), uid=True)
+    if key == "MODSEQ":
+        return _search_modseq(cur)
     if key == "NOT":
         return SearchNot(_search_key(cur, depth + 1))
     if key == "OR":
@@ -678,6 +682,20 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         cur.sp()
         return SearchOr(left, _search_key(cur, depth + 1))
     raise AssertionError(key)  # unreachable: every key in _KEYS_WITH_ARGS is handled above
+
+
+def _search_modseq(cur: _Cursor) -> SearchModseq:
+    """RFC 7162 §3.1.5: MODSEQ [SP entry-name SP entry-type-req] SP mod-sequence-valzer."""
+    entry: str | None = None
+    entry_type: str | None = None
+    if cur.peek() == DQUOTE or cur.at_literal():  # entry-name = DQUOTE "/flags/" attr-flag DQUOTE
+        entry = cur.text(cur.string())
+        cur.sp()
+        entry_type = cur.word().lower()
+        if entry_type not in _ENTRY_TYPES:
+            cur.fail("Invalid MODSEQ type")
+        cur.sp()
+    return SearchModseq(cur.number(maximum=MAX_NUMBER64), entry, entry_type)
 
 
 def _search(uid: bool) -> Handler:
@@ -787,15 +805,44 @@ def _fetch(uid: bool) -> Handler:
                 items.append(_fetch_item(cur))
         if uid and FetchAttr("UID") not in items:
             items.insert(0, FetchAttr("UID"))  # RFC 3501 §6.4.8: UID FETCH always returns UID
-        return Fetch(tag, seqs, tuple(items), uid)
+        changedsince: int | None = None
+        for name, value in _modifiers(cur, "FETCH"):
+            if name != "CHANGEDSINCE":  # RFC 7162 §3.1.4.1 (0 accepted, as Dovecot does)
+                cur.fail("Unknown FETCH modifier")
+            changedsince = value
+        return Fetch(tag, seqs, tuple(items), uid, changedsince)
 
     return handler
+
+
+def _modifiers(cur: _Cursor, verb: str) -> list[tuple[str, int]]:
+    """RFC 4466 §2.2 / RFC 7162 §3.1: [SP "(" name SP mod-sequence-valzer *(SP ...) ")"] after a
+    FETCH's items or a STORE's set. Only modifiers with a number value exist here (CHANGEDSINCE,
+    UNCHANGEDSINCE); anything else is an unknown modifier."""
+    if cur.peek() != SP or cur.line[cur.pos + 1:cur.pos + 2] != b"(":
+        return []
+    cur.pos += 2
+    out: list[tuple[str, int]] = []
+    while True:
+        name = cur.word()
+        if name not in ("CHANGEDSINCE", "UNCHANGEDSINCE") or len(out) > 4:
+            cur.fail(f"Unknown {verb} modifier")
+        cur.sp()
+        out.append((name, cur.number(maximum=MAX_NUMBER64)))
+        if cur.take(RPAREN):
+            return out
+        cur.sp()
 
 
 def _store(uid: bool) -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
         cur.sp()
         seqs = cur.seqset()
+        unchangedsince: int | None = None
+        for name, value in _modifiers(cur, "STORE"):
+            if name != "UNCHANGEDSINCE":  # RFC 7162 §3.1.3
+                cur.fail("Unknown STORE modifier")
+            unchangedsince = value
         cur.sp()
         mode: Literal["add", "remove", "set"] = "set"
         if cur.take(ord("+")):
@@ -814,7 +861,7 @@ def _store(uid: bool) -> Handler:
                 cur.sp()
                 found.add(cur.flag())
             flags = frozenset(found)
-        return Store(tag, seqs, mode, flags, what == "FLAGS.SILENT", uid)
+        return Store(tag, seqs, mode, flags, what == "FLAGS.SILENT", uid, unchangedsince)
 
     return handler
 

@@ -83,7 +83,8 @@ class View:
         self.modseq = snapshot.highestmodseq
         self._gone: set[int] = set()  # numbered, removed from the store, EXPUNGE not yet sent
         self._new: list[int] = []  # in the store, not numbered yet (EXISTS not yet sent)
-        self._flags: dict[int, frozenset[str]] = {}  # flag changes not yet sent
+        self._flags: dict[int, tuple[frozenset[str], int]] = {}  # flag changes not yet sent: (flags, modseq)
+        self.condstore = False  # RFC 7162 §3.1: once enabled, unsolicited FETCH carries MODSEQ
         self._reported: dict[int, int] = {}  # uid -> modseq whose flags this session already sent
         self._recent: set[int] = set()
 
@@ -175,7 +176,7 @@ class View:
             gone = self._gone
             for m in msgs[:bisect_right(msgs, numbered_last, key=_uid_of)]:
                 if m.modseq > since and reported.get(m.uid, 0) < m.modseq and m.uid not in gone:
-                    self._flags[m.uid] = m.flags
+                    self._flags[m.uid] = (m.flags, m.modseq)
         self._reported.clear()
         self.modseq = max(self.modseq, snapshot.highestmodseq)
         new = [m.uid for m in msgs[split:]]
@@ -245,8 +246,12 @@ class View:
                 seq = self.seq(uid)
                 if seq is None or uid in self._gone:
                     continue
-                flags = render_flags(self._flags[uid], uid in self._recent)
-                if with_uid:
+                fl, modseq = self._flags[uid]
+                flags = render_flags(fl, uid in self._recent)
+                if self.condstore:  # RFC 7162 §3.1.4.1 (Dovecot: MODSEQ before FLAGS)
+                    out.append(b"* %d FETCH (UID %d MODSEQ (%d) FLAGS %s)\r\n" % (seq, uid, modseq, flags)
+                               if with_uid else b"* %d FETCH (MODSEQ (%d) FLAGS %s)\r\n" % (seq, modseq, flags))
+                elif with_uid:
                     out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags))
                 else:
                     out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, flags))
