@@ -235,3 +235,16 @@ async def test_every_flag_change_and_expunge_raises_highestmodseq(ctx: Any) -> N
     assert seen == sorted(set(seen)), seen  # strictly increasing
     lines = await d.command(b"st1 STATUS INBOX (HIGHESTMODSEQ)")
     assert lines[0] == b"* STATUS INBOX (HIGHESTMODSEQ %d)" % seen[-1]
+
+
+async def test_fetch_that_sets_seen_reports_the_new_modseq_after_the_data(ctx: Any) -> None:
+    d, _ = await select(ctx, 2, b"s1 SELECT INBOX (CONDSTORE)")
+    lines = await d.command(b"f1 FETCH 1 (BODY[TEXT])")
+    hms = await highest(ctx)
+    assert lines == [b"* 1 FETCH (BODY[TEXT] {7}", b"hello", b" FLAGS (\\Seen \\Recent))",
+                     b"* 1 FETCH (MODSEQ (%d))" % hms, b"f1 OK Fetch completed."]
+    lines = await d.command(b"f2 UID FETCH 2 (MODSEQ BODY[TEXT])")  # MODSEQ asked for: shown in place
+    assert lines == [b"* 2 FETCH (UID 2 MODSEQ (%d) BODY[TEXT] {7}" % (hms + 1), b"hello",
+                     b" FLAGS (\\Seen \\Recent))", b"f2 OK UID Fetch completed."]
+    assert await d.command(b"f3 FETCH 1 (BODY[TEXT])") == [b"* 1 FETCH (BODY[TEXT] {7}", b"hello", b")",
+                                                          b"f3 OK Fetch completed."]

@@ -4,7 +4,8 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and
+\\Recent, IDLE (RFC 2177), CONDSTORE (RFC 7162 §3.1: whether the session enabled it, HIGHESTMODSEQ,
+MODSEQ in STORE responses, [MODIFIED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
@@ -1129,10 +1130,10 @@ class Session:
         missing = 0
         # \Seen first (RFC 3501 §6.4.5), so the data and the FLAGS shown agree.
         seen_set: frozenset[int] = frozenset()
+        changed: dict[int, MessageInfo] = {}
         if not sel.readonly and any(fetch.sets_seen(i) for i in items):
             unseen = [info.uid for info in infos if info is not None and SEEN not in info.flags]
             if unseen:
-                changed = {}
                 for k in range(0, len(unseen), STORE_CHUNK):
                     for i in await sel.mailbox.store_flags(unseen[k:k + STORE_CHUNK], {SEEN}, "add"):
                         changed[i.uid] = i
@@ -1165,6 +1166,13 @@ class Session:
                 for line in lines:
                     self.emit(line)
                     yield FLUSH
+        if changed and self.condstore and modseq_item not in items:
+            # RFC 7162 §3.1: the \Seen set here gave the message a new MODSEQ; as Dovecot, in a FETCH
+            # of its own after the data
+            uid_part = cmd.uid
+            self.emit(b"".join(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, b"UID %d " % uid if uid_part else b"",
+                                                                     changed[uid].modseq)
+                               for seq, uid in pairs if uid in changed))
         if missing:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return

@@ -18,7 +18,8 @@ Theory of operation
   command never sees a number the client was not told about.
 - Flag changes are found by modseq: a message whose modseq is above the last snapshot's
   highestmodseq changed. Flags the session already sent itself (STORE, FETCH FLAGS) are noted
-  with `reported()` and not sent twice.
+  with `reported()` and not sent twice. Once the session enabled CONDSTORE (`condstore`), those
+  FETCH responses carry the message's MODSEQ (RFC 7162 §3.1).
 Invariant (tested with a hypothesis state machine): a client applying every response `flush`
 returns keeps exactly `uids` as its numbering, and after `sync(s)` + `flush(True)` that is the
 UIDs of `s`.
