@@ -878,6 +878,16 @@ class Mailbox:
         infos, changes = self._folder.store_flags([u for u in uids if u not in left], flags, mode)
         return (infos, modified), changes
 
+    async def vanished_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after MODSEQ `modseq`, from the tombstones (RFC 7162 §3.2 VANISHED);
+        None when the tombstones do not reach back that far (the client must then be told about
+        every UID it knows that is gone)."""
+        return await self._run(self._vanished_sync, modseq)
+
+    def _vanished_sync(self, modseq: int) -> tuple[list[int] | None, Changes]:
+        changes = self.account._sync(self._folder, reading=True)  # removals by other programs first
+        return self._folder.vanished_since(modseq), changes
+
     async def expunge(self, uids: Sequence[int]) -> list[int]:
         """Remove these messages, whatever their flags; returns the UIDs removed (RFC 3501 §6.4.3)."""
         return await self._run(self._expunge_sync, list(uids))
