@@ -53,7 +53,7 @@ def test_fetch_changedsince_after_items_and_macros() -> None:
 
 @pytest.mark.parametrize("line", [
     b"a FETCH 1 (FLAGS) (FOO 1)",
-    b"a FETCH 1 (FLAGS) (CHANGEDSINCE 1 VANISHED)",  # QRESYNC's VANISHED is not offered
+    b"a FETCH 1 (FLAGS) (VANISHED 1)",  # VANISHED takes no value
     b"a FETCH 1 (FLAGS) (UNCHANGEDSINCE 1)",
     b"a FETCH 1 (FLAGS) (CHANGEDSINCE)",
     b"a FETCH 1 (FLAGS) (CHANGEDSINCE x)",
@@ -63,6 +63,14 @@ def test_fetch_changedsince_after_items_and_macros() -> None:
 ])
 def test_fetch_bad_modifiers(line: bytes) -> None:
     assert bad(line).startswith(b"a BAD ")
+
+
+def test_fetch_vanished_modifier() -> None:  # RFC 7162 §3.2.6 (the session checks UID and CHANGEDSINCE)
+    cmd = parse_bytes(b"a UID FETCH 1:* (FLAGS) (CHANGEDSINCE 5 VANISHED)")
+    assert isinstance(cmd, Fetch) and cmd.vanished and cmd.changedsince == 5
+    alone = parse_bytes(b"a FETCH 1 FLAGS (vanished)")
+    assert isinstance(alone, Fetch) and alone.vanished and alone.changedsince is None
+    assert bad(b"a STORE 1 (VANISHED) +FLAGS x").startswith(b"a BAD ")
 
 
 def test_store_unchangedsince() -> None:

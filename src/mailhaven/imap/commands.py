@@ -127,12 +127,24 @@ class SelectParam:
 
 
 @dataclass(frozen=True)
+class Qresync:
+    """RFC 7162 §3.2.5 SELECT/EXAMINE (QRESYNC (uidvalidity modseq [known-uids [(seqs uids)]]))."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
 class Select(Command):
-    """SELECT, or EXAMINE when `readonly`."""
+    """SELECT, or EXAMINE when `readonly`. `qresync` is the QRESYNC parameter, parsed (it is not
+    in `params`)."""
 
     mailbox: str
     readonly: bool = False
     params: tuple[SelectParam, ...] = ()
+    qresync: Qresync | None = None
     VERB: ClassVar[str] = "SELECT"
 
     @property
@@ -435,6 +447,7 @@ class Fetch(Command):
     items: tuple[FetchItem, ...]
     uid: bool = False
     changedsince: int | None = None
+    vanished: bool = False  # RFC 7162 §3.2.6 the VANISHED modifier (UID FETCH with CHANGEDSINCE)
     VERB: ClassVar[str] = "FETCH"
 
 

@@ -4,8 +4,9 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), CONDSTORE (RFC 7162 §3.1: whether the session enabled it, HIGHESTMODSEQ,
-MODSEQ in STORE responses, [MODIFIED]), the one error-to-reply mapping (`_reply_for`), output batching, and
+\\Recent, IDLE (RFC 2177), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
+HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
+tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
@@ -64,7 +65,7 @@ from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
-from mailhaven.imap import fetch, listing, searchadapt
+from mailhaven.imap import fetch, listing, searchadapt, seqset
 from mailhaven.imap.commands import ParseError
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
@@ -102,7 +103,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE")
+                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -245,6 +246,7 @@ class Session:
         self.sub: Subscription | None = None  # the user's store changes, from login on
         self.sel: Selected | None = None
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE enabling command
+        self.qresync = False  # RFC 7162 §3.2: enabled by ENABLE QRESYNC only (implies CONDSTORE)
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -662,9 +664,15 @@ class Session:
 
     async def cmd_enable(self, cmd: C.Enable) -> str:
         enabled = b""
-        if "CONDSTORE" in cmd.capabilities:  # RFC 5161 §3.2: unknown names are ignored
-            self._enable_condstore()
-            enabled = b" CONDSTORE"  # as Dovecot, also when it was already on
+        for cap in dict.fromkeys(cmd.capabilities):  # RFC 5161 §3.2: unknown names are ignored
+            if cap == "CONDSTORE":
+                self._enable_condstore()
+            elif cap == "QRESYNC":  # RFC 7162 §3.2.3: implies CONDSTORE
+                self._enable_condstore()
+                self.qresync = True
+            else:
+                continue
+            enabled += b" " + cap.encode("ascii")  # as Dovecot, also when it was already on
         self.emit(b"* ENABLED" + enabled + b"\r\n")
         return "OK Enabled."
 
@@ -694,8 +702,11 @@ class Session:
         for param in cmd.params:
             if param.name != "CONDSTORE" or param.value is not None:  # RFC 7162 §3.1.8
                 raise Bad("Unknown SELECT parameter.")
+        if cmd.qresync is not None and not self.qresync:  # RFC 7162 §3.2.5
+            raise Bad("QRESYNC is not enabled.")
         if self.sel is not None:  # RFC 3501 §6.3.1: the old mailbox is closed first, no expunge
             self._leave()
+            self.emit(b"* OK [CLOSED] Previous mailbox closed.\r\n")  # RFC 7162 §3.2.11
         self._drain_events()
         mailbox = await self.account.mailbox(cmd.mailbox)
         snap = await mailbox.snapshot()
@@ -722,10 +733,40 @@ class Session:
         # (Dovecot 2.3 sends it only once CONDSTORE is enabled; the RFC says every time).
         self.emit(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % snap.highestmodseq)
         sel.view.condstore = self.condstore
+        sel.view.qresync = self.qresync
+        if cmd.qresync is not None and cmd.qresync.uidvalidity == snap.uidvalidity:  # else ignored
+            await self._qresync_select(sel, snap, cmd.qresync)
         self.sel = sel
         self.state = State.SELECTED
         mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         return f"OK [{mode}] {cmd.verb.capitalize()} completed."
+
+    async def _qresync_select(self, sel: Selected, snap: Any, q: C.Qresync) -> None:
+        """RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER) for the UIDs
+        it may know that are gone, then FETCH (UID FLAGS MODSEQ) for the messages changed since."""
+        known = q.known_uids
+        top = snap.uidnext - 1
+        wanted = known.resolve(top) if known is not None else [(1, top)]
+        await self._vanished_earlier(sel.mailbox, snap, q.modseq, wanted)
+        recent = sel.view.recent
+        lines: list[bytes] = []
+        for seq, m in enumerate(snap.messages, 1):
+            if m.modseq > q.modseq and (known is None or known.contains(m.uid, top)):
+                lines.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+                             % (seq, m.uid, render_flags(m.flags, m.uid in recent), m.modseq))
+        self.emit(b"".join(lines))
+
+    async def _vanished_earlier(self, mailbox: Any, snap: Any, modseq: int, wanted: list[tuple[int, int]]) -> None:
+        """`* VANISHED (EARLIER) uids` (RFC 7162 §3.2.10): the UIDs in `wanted` (resolved ranges)
+        expunged after `modseq`, from the tombstones; where those do not reach back, every UID in
+        `wanted` below UIDNEXT that is not in the mailbox."""
+        gone = await mailbox.vanished_since(modseq)
+        if gone is None:
+            text = seqset.render_ranges(seqset.missing(wanted, [m.uid for m in snap.messages], snap.uidnext))
+        else:
+            text = render_set(u for u in gone if any(lo <= u <= hi for lo, hi in wanted))
+        if text:
+            self.emit(b"* VANISHED (EARLIER) " + text.encode("ascii") + b"\r\n")
 
     async def cmd_create(self, cmd: C.Create) -> str:
         name = cmd.mailbox
@@ -996,7 +1037,7 @@ class Session:
             if info.modseq <= old.get(uid, 0):
                 continue  # nothing changed
             line = b"* %d FETCH (" % seqs[uid]
-            if cmd.uid:
+            if cmd.uid or self.qresync:  # RFC 7162 §3.2.4: UID in every FETCH once QRESYNC is on
                 line += b"UID %d " % uid
             line += b"MODSEQ (%d)" % info.modseq
             if not cmd.silent:
@@ -1117,10 +1158,18 @@ class Session:
         pairs = self._resolve(cmd.set, cmd.uid)
         items = cmd.items
         modseq_item = C.FetchAttr("MODSEQ")
+        if self.qresync and C.FetchAttr("UID") not in items:
+            items = (C.FetchAttr("UID"), *items)  # RFC 7162 §3.2.4: UID in every FETCH response
         since = cmd.changedsince
         if since is not None or modseq_item in items:  # RFC 7162 §3.1: a CONDSTORE enabling command
             self._enable_condstore()
         view = sel.view
+        if cmd.vanished:  # RFC 7162 §3.2.6: UID FETCH with CHANGEDSINCE, QRESYNC enabled
+            if not (cmd.uid and since is not None and self.qresync):
+                raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled.")
+            snap = sel.current
+            last = snap.messages[-1].uid if snap.messages else 0
+            await self._vanished_earlier(sel.mailbox, snap, since, cmd.set.resolve(last))
         infos = match_infos([u for _, u in pairs], sel.current.messages)
         if since is not None:  # RFC 7162 §3.1.4.1: only messages changed since, with their MODSEQ
             if modseq_item not in items:
@@ -1169,7 +1218,7 @@ class Session:
         if changed and self.condstore and modseq_item not in items:
             # RFC 7162 §3.1: the \Seen set here gave the message a new MODSEQ; as Dovecot, in a FETCH
             # of its own after the data
-            uid_part = cmd.uid
+            uid_part = cmd.uid or self.qresync
             self.emit(b"".join(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, b"UID %d " % uid if uid_part else b"",
                                                                      changed[uid].modseq)
                                for seq, uid in pairs if uid in changed))
