@@ -247,6 +247,7 @@ class Session:
         self.sel: Selected | None = None
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE enabling command
         self.qresync = False  # RFC 7162 §3.2: enabled by ENABLE QRESYNC only (implies CONDSTORE)
+        self._vanished_sent = False  # this command sent VANISHED: its tagged OK gets HIGHESTMODSEQ
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -428,6 +429,12 @@ class Session:
                 end = e
             except Exception:  # the command's own reply still goes out; updates come next time
                 log.warning("imap: updates for the selected mailbox failed", exc_info=True)
+        if self._vanished_sent:
+            self._vanished_sent = False
+            if result.startswith("OK ") and not result.startswith("OK [") and self.sel is not None:
+                # RFC 7162 §3.2.10: expunges carry no MODSEQ, so the client learns the HIGHESTMODSEQ
+                # that covers them here (as Dovecot 2.3)
+                result = f"OK [HIGHESTMODSEQ {self.sel.view.modseq}] {result[3:]}"
         if result:
             self.emit(f"{tag} {result}\r\n".encode())
         if self._out:
@@ -514,6 +521,8 @@ class Session:
         if sel is None:
             return
         for line in sel.view.flush(allow_expunge):
+            if line.startswith(b"* VANISHED "):
+                self._vanished_sent = True
             self.emit(line)
 
     def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
@@ -1158,8 +1167,6 @@ class Session:
         pairs = self._resolve(cmd.set, cmd.uid)
         items = cmd.items
         modseq_item = C.FetchAttr("MODSEQ")
-        if self.qresync and C.FetchAttr("UID") not in items:
-            items = (C.FetchAttr("UID"), *items)  # RFC 7162 §3.2.4: UID in every FETCH response
         since = cmd.changedsince
         if since is not None or modseq_item in items:  # RFC 7162 §3.1: a CONDSTORE enabling command
             self._enable_condstore()
