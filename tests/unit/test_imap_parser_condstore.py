@@ -155,3 +155,31 @@ def test_modifier_garbage_is_a_parse_error_or_a_command(tail: bytes) -> None:
             parse_bytes(line)
         except ParseError as e:
             assert e.response().startswith((b"t BAD ", b"t NO "))
+
+
+uid_sets = st.lists(st.tuples(st.integers(1, 2**32 - 1), st.integers(1, 2**32 - 1)), min_size=1, max_size=5).map(
+    lambda pairs: ",".join(f"{a}:{b}" if a != b else str(a) for a, b in pairs))
+
+
+@given(st.integers(1, 2**32 - 1), st.integers(1, MAX64), st.none() | uid_sets, st.none() | st.tuples(uid_sets, uid_sets))
+def test_select_qresync_round_trips(uv: int, modseq: int, known: str | None, match: tuple[str, str] | None) -> None:
+    from mailhaven.imap.commands import Qresync
+
+    parts = [str(uv), str(modseq)]
+    if known is not None:
+        parts.append(known)
+    if match is not None:
+        parts.append(f"({match[0]} {match[1]})")
+    cmd = parse_bytes(b"q SELECT INBOX (QRESYNC (%s))" % " ".join(parts).encode())
+    assert isinstance(cmd, Select) and cmd.params == ()
+    assert cmd.qresync == Qresync(uv, modseq, SequenceSet.parse(known) if known is not None else None,
+                                  (SequenceSet.parse(match[0]), SequenceSet.parse(match[1])) if match else None)
+
+
+@given(st.binary(max_size=40))
+def test_qresync_garbage_is_a_parse_error_or_a_command(tail: bytes) -> None:
+    line = b"q SELECT INBOX (QRESYNC (" + tail.replace(b"\r", b"").replace(b"\n", b"")
+    try:
+        parse_bytes(line)
+    except ParseError as e:
+        assert e.response().startswith(b"q BAD ")
