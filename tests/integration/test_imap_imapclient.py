@@ -149,7 +149,7 @@ def test_idle_check_and_done(imap: ImapHarness, client: IMAPClient) -> None:
 
 
 def test_enable_and_unselect(client: IMAPClient) -> None:
-    assert client.enable("CONDSTORE") == []
+    assert client.enable("CONDSTORE", "X-UNKNOWN") == [b"CONDSTORE"]  # RFC 5161: unknown ones ignored
     client.select_folder("INBOX")
     client.unselect_folder()
     with pytest.raises(IMAPClientError):

@@ -949,7 +949,8 @@ def test_namespace_id_enable(imap: ImapHarness) -> None:
     assert raw.cmd(b"NAMESPACE")[0] == b'* NAMESPACE (("" ".")) NIL NIL\r\n'
     lines = raw.cmd(b'ID ("name" "pytest")')
     assert lines[0].startswith(b'* ID ("name" "Mailhaven"')
-    assert raw.cmd(b"ENABLE CONDSTORE")[0] == b"* ENABLED\r\n"
+    assert raw.cmd(b"ENABLE X-NONE")[0] == b"* ENABLED\r\n"
+    assert raw.cmd(b"ENABLE CONDSTORE")[0] == b"* ENABLED CONDSTORE\r\n"
     raw.close()
 
 
@@ -961,8 +962,8 @@ def test_imaplib_own_methods_check_close_namespace_enable_unselect_uid_copy_move
     c = imap.client()
     assert "NAMESPACE" in c.capabilities and "ENABLE" in c.capabilities
     assert ok(c.namespace()) == [b'(("" ".")) NIL NIL']  # RFC 2342
-    typ, _ = c.enable("CONDSTORE")  # RFC 5161 §3.2: not offered, so ENABLED names nothing
-    assert typ == "OK" and c.untagged_responses.pop("ENABLED") == [b""]
+    typ, _ = c.enable("CONDSTORE")  # RFC 5161 §3.2: ENABLED names what it enabled
+    assert typ == "OK" and c.untagged_responses.pop("ENABLED") == [b"CONDSTORE"]
     # ID (RFC 2971) has no imaplib method: xatom sends it (registered for every state, undone after)
     monkeypatch.setitem(imaplib.Commands, "ID", ("NONAUTH", "AUTH", "SELECTED"))
     typ, _ = c.xatom("ID", '("name" "imaplib" "version" "3")')

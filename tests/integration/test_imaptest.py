@@ -13,6 +13,10 @@ The server runs as in production (app.run: every listener, a users file, the Mai
 plaintext allowed by auth.allow_plaintext_loopback, as in dev mode) as two users with one password
 (its `user2` logs in with `pass` too). Each group creates and deletes the mailboxes it uses.
 
+Besides imaptest's own groups, ours in tests/data/imaptest/ run too (same script language; e.g.
+`condstore` and `qresync`: RFC 7162 without ESEARCH, which imaptest's only CONDSTORE group, esearch-condstore,
+also needs). They are linked with imaptest's into one folder under tmp_path.
+
 imaptest skips a group whose `capabilities:` header names one we do not advertise, and this revision
 still counts it as run (it always prints "0 skipped"); the test works the list out the same way and
 prints it with the summary.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,6 +40,7 @@ RUN_LIMIT = 300.0  # seconds for the whole run (about 2 s on an idle machine)
 
 SUMMARY = re.compile(rb"^(\d+) test groups: (\d+) failed, (\d+) skipped due to missing capabilities$", re.M)
 BASE = re.compile(rb"^base protocol: (\d+)/(\d+) individual commands failed$", re.M)
+OWN_GROUPS = Path(__file__).resolve().parent.parent / "data" / "imaptest"
 EXTENSIONS = re.compile(rb"^extensions: (\d+)/(\d+) individual commands failed$", re.M)
 
 
@@ -56,6 +62,16 @@ def _imaptest() -> tuple[Path, Path]:
     assert path.is_file() and os.access(path, os.X_OK), f"MAILHAVEN_IMAPTEST={binary} is not an executable"
     assert tests.is_dir(), f"imaptest's scripted tests not found at {tests} (MAILHAVEN_IMAPTEST_TESTS)"
     return path, tests
+
+
+def with_own_groups(upstream: Path, into: Path) -> Path:
+    """A folder with imaptest's scripted tests and ours (tests/data/imaptest), as symbolic links."""
+    into.mkdir()
+    for folder in (upstream, OWN_GROUPS):
+        for f in folder.iterdir():
+            assert not (into / f.name).exists(), f"group {f.name} exists upstream too"
+            (into / f.name).symlink_to(f)
+    return into
 
 
 def groups(tests: Path) -> dict[str, list[str]]:
@@ -111,7 +127,8 @@ async def run_imaptest(binary: Path, tests: Path, port: int, cwd: Path) -> bytes
 @pytest.mark.timeout(RUN_LIMIT + 60)
 async def test_imaptest_scripted_compliance_groups_all_pass(tmp_path: Path, tls_files: tuple[Path, Path],
                                                              dns_nameserver: str) -> None:
-    binary, tests = _imaptest()
+    binary, upstream = _imaptest()
+    tests = with_own_groups(upstream, tmp_path / "imaptest-groups")
     all_groups = groups(tests)
     cfg = load_test_config(app_config_file(tmp_path, tls_files, dns_nameserver,
                                            auth={"failure_delay": 0, "allow_plaintext_loopback": True}))
@@ -135,5 +152,35 @@ async def test_imaptest_scripted_compliance_groups_all_pass(tmp_path: Path, tls_
     errors = [line for line in text.splitlines() if line.startswith(("Error:", "Panic:", "Fatal:"))]
     assert not errors, "\n".join(errors[:40])
     # Groups we do run: every base group plus the extensions we offer (MOVE, UIDPLUS, ID at least).
-    assert {"move", "uidplus", "id", "atoms", "store", "fetch"}.isdisjoint(skipped)
+    assert {"move", "uidplus", "id", "atoms", "store", "fetch", "condstore", "qresync"}.isdisjoint(skipped)
+    # No group is skipped for CONDSTORE alone (esearch-condstore also needs ESEARCH).
+    assert {"CONDSTORE", "QRESYNC"} <= ours
+    assert all({c.upper() for c in all_groups[g]} - ours - {"CONDSTORE"} for g in skipped)
     assert int(base.group(2)) > 400  # the base commands did run (457 with this revision)
+
+
+@pytest.mark.timeout(RUN_LIMIT + 60)
+def test_own_groups_pass_against_dovecot(tmp_path: Path) -> None:
+    """Our groups (tests/data/imaptest) state Dovecot 2.3's behaviour: they pass against a real
+    Dovecot too (the throwaway one of test_fetch_vs_dovecot.py), so they are no private reading."""
+    from tests.integration import test_fetch_vs_dovecot as dv
+
+    binary, upstream = _imaptest()
+    if not os.path.exists(dv.DOVECOT):
+        pytest.skip("dovecot is not installed")
+    tests = tmp_path / "groups"
+    tests.mkdir()
+    (tests / "default.mbox").symlink_to(upstream / "default.mbox")
+    own = sorted(f for f in OWN_GROUPS.iterdir() if f.is_file())
+    for f in own:
+        (tests / f.name).symlink_to(f)
+    env = dict(os.environ, LD_LIBRARY_PATH="/usr/lib/dovecot")
+    with dv.running_dovecot([]) as dovecot:
+        out = subprocess.run(
+            [str(binary), "host=127.0.0.1", f"port={dovecot.port}", f"user={dv.USER}", f"user2={dv.USER}",
+             f"pass={dv.PASSWORD}", f"test={tests}"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=RUN_LIMIT, check=False).stdout
+    text = out.decode("utf-8", "replace")
+    summary = SUMMARY.search(out)
+    assert summary, text[-4000:]
+    assert int(summary.group(1)) == len(own) and int(summary.group(2)) == 0, text[-4000:]

@@ -30,6 +30,7 @@ from mailhaven.imap.commands import (
     Namespace,
     Noop,
     ParseError,
+    Qresync,
     Rename,
     Search,
     SearchAll,
@@ -271,9 +272,18 @@ def test_select_with_condstore_parameter() -> None:
 
 
 def test_select_with_nested_parameter_value() -> None:
-    cmd = P(b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211))")
+    cmd = P(b"a SELECT INBOX (X-OTHER (67890007 20050715194045000 41,43:211))")
     assert cmd == Select("a", "INBOX", params=(
-        SelectParam("QRESYNC", ("67890007", "20050715194045000", "41,43:211")),))
+        SelectParam("X-OTHER", ("67890007", "20050715194045000", "41,43:211")),))
+
+
+def test_select_qresync_parameter_is_parsed() -> None:  # RFC 7162 §3.2.5
+    cmd = P(b"a SELECT INBOX (QRESYNC (67890007 20050715194045000 41,43:211 (1:3 41,43:44)))")
+    assert cmd == Select("a", "INBOX", qresync=Qresync(
+        67890007, 20050715194045000, SequenceSet.parse("41,43:211"),
+        (SequenceSet.parse("1:3"), SequenceSet.parse("41,43:44"))))
+    assert P(b"a EXAMINE INBOX (CONDSTORE QRESYNC (1 2))") == Select(
+        "a", "INBOX", True, (SelectParam("CONDSTORE"),), Qresync(1, 2))
 
 
 def test_mailbox_names_are_modified_utf7_decoded() -> None:

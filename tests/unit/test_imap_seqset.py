@@ -110,3 +110,17 @@ def test_contains_agrees_with_resolve(pairs: list[tuple[int, int]], max_value: i
     members = {n for lo, hi in s.resolve(max_value) for n in range(lo, hi + 1)}
     for n in range(1, 60):
         assert s.contains(n, max_value) == (n in members)
+
+
+@given(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 20)), max_size=5),
+       st.sets(st.integers(1, 80)), st.integers(1, 90))
+def test_missing_is_the_set_minus_present_below_the_limit(spans: list[tuple[int, int]], present: set[int],
+                                                          below: int) -> None:
+    from mailhaven.imap.seqset import missing, render_ranges
+
+    ranges = SequenceSet.parse(",".join(f"{a}:{a + n}" for a, n in spans)).resolve(0) if spans else []
+    got = missing(ranges, sorted(present), below)
+    want = {u for lo, hi in ranges for u in range(lo, hi + 1) if u < below} - present
+    assert {u for lo, hi in got for u in range(lo, hi + 1)} == want
+    assert all(a <= b for a, b in got) and all(b + 1 < c for (_, b), (c, _) in zip(got, got[1:], strict=False))
+    assert render_ranges(got) == render(want)

@@ -127,12 +127,24 @@ class SelectParam:
 
 
 @dataclass(frozen=True)
+class Qresync:
+    """RFC 7162 §3.2.5 SELECT/EXAMINE (QRESYNC (uidvalidity modseq [known-uids [(seqs uids)]]))."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
 class Select(Command):
-    """SELECT, or EXAMINE when `readonly`."""
+    """SELECT, or EXAMINE when `readonly`. `qresync` is the QRESYNC parameter, parsed (it is not
+    in `params`)."""
 
     mailbox: str
     readonly: bool = False
     params: tuple[SelectParam, ...] = ()
+    qresync: Qresync | None = None
     VERB: ClassVar[str] = "SELECT"
 
     @property
@@ -342,8 +354,19 @@ class SearchAnd:
     keys: tuple[SearchKey, ...]
 
 
+@dataclass(frozen=True)
+class SearchModseq:
+    """RFC 7162 §3.1.5 MODSEQ [entry-name entry-type] n: the message's MODSEQ is at least `modseq`.
+    `entry` ("/flags/\\Seen") and `entry_type` ("priv", "shared" or "all", lower-cased) are parsed
+    and, as in Dovecot (one MODSEQ per message), do not change the result."""
+
+    modseq: int
+    entry: str | None = None
+    entry_type: str | None = None
+
+
 SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize | SearchSet
-             | SearchNot | SearchOr | SearchAnd)
+             | SearchNot | SearchOr | SearchAnd | SearchModseq)
 
 
 @dataclass(frozen=True)
@@ -383,7 +406,7 @@ class Section:
 @dataclass(frozen=True)
 class FetchAttr:
     """A simple item: FLAGS INTERNALDATE RFC822.SIZE ENVELOPE BODY BODYSTRUCTURE UID RFC822
-    RFC822.HEADER RFC822.TEXT. (RFC822 and RFC822.TEXT set \\Seen; RFC822.HEADER does not.)"""
+    RFC822.HEADER RFC822.TEXT, MODSEQ (RFC 7162 §3.1.4.1). (RFC822 and RFC822.TEXT set \\Seen; RFC822.HEADER does not.)"""
 
     name: str
 
@@ -411,29 +434,34 @@ class FetchBody:
 FetchItem = FetchAttr | FetchBody
 
 FETCH_ATTRS = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
-                         "UID", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+                         "UID", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"})
 
 
 @dataclass(frozen=True)
 class Fetch(Command):
     """Macros ALL/FAST/FULL are expanded. With `uid`, FetchAttr("UID") is added (RFC 3501 §6.4.8)
-    if absent."""
+    if absent. `changedsince`: the RFC 7162 §3.1.4.1 CHANGEDSINCE modifier (only messages whose
+    MODSEQ is above it; MODSEQ is added to the items)."""
 
     set: SequenceSet
     items: tuple[FetchItem, ...]
     uid: bool = False
+    changedsince: int | None = None
+    vanished: bool = False  # RFC 7162 §3.2.6 the VANISHED modifier (UID FETCH with CHANGEDSINCE)
     VERB: ClassVar[str] = "FETCH"
 
 
 @dataclass(frozen=True)
 class Store(Command):
-    """`mode` matches Mailbox.store_flags: "+FLAGS" add, "-FLAGS" remove, "FLAGS" set."""
+    """`mode` matches Mailbox.store_flags: "+FLAGS" add, "-FLAGS" remove, "FLAGS" set.
+    `unchangedsince`: the RFC 7162 §3.1.3 UNCHANGEDSINCE modifier (0 allowed)."""
 
     set: SequenceSet
     mode: Literal["add", "remove", "set"]
     flags: frozenset[str]
     silent: bool = False
     uid: bool = False
+    unchangedsince: int | None = None
     VERB: ClassVar[str] = "STORE"
 
 

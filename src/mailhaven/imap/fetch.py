@@ -83,6 +83,8 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
                 out += (b"FLAGS ", render_flags(info.flags, recent))
             elif name == "RFC822.SIZE":
                 out.append(b"RFC822.SIZE %d" % info.size)
+            elif name == "MODSEQ":
+                out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 §3.1.4.1
             elif name == "INTERNALDATE":
                 out += (b"INTERNALDATE ", internaldate(info.internaldate))
             elif name == "ENVELOPE":
@@ -159,7 +161,7 @@ def internaldate(ts: float) -> bytes:
 
 
 _META_FIELDS = {"UID": (b"UID %d", 0), "FLAGS": (b"FLAGS %s", 1), "RFC822.SIZE": (b"RFC822.SIZE %d", 2),
-                "INTERNALDATE": (b"INTERNALDATE %s", 3)}
+                "INTERNALDATE": (b"INTERNALDATE %s", 3), "MODSEQ": (b"MODSEQ (%d)", 4)}
 
 
 def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
@@ -197,6 +199,8 @@ def render_meta(pairs: Sequence[tuple[int, int]], infos: Sequence[MessageInfo], 
             cols.append(col)
         elif f == 2:
             cols.append([info.size for info in infos])
+        elif f == 4:
+            cols.append([info.modseq for info in infos])
         else:
             cols.append([internaldate(info.internaldate) for info in infos])
     return b"".join([fmt % row for row in zip(*cols, strict=True)])

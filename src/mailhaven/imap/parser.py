@@ -55,6 +55,7 @@ from mailhaven.imap.commands import (
     Namespace,
     Noop,
     ParseError,
+    Qresync,
     Rename,
     Search,
     SearchAll,
@@ -63,6 +64,7 @@ from mailhaven.imap.commands import (
     SearchFlag,
     SearchHeader,
     SearchKey,
+    SearchModseq,
     SearchNot,
     SearchOr,
     SearchSet,
@@ -464,6 +466,7 @@ def _select(readonly: bool) -> Handler:
         cur.sp()
         mailbox = cur.mailbox()
         params: list[SelectParam] = []
+        qresync: Qresync | None = None
         if cur.peek() == SP:
             cur.sp()
             cur.expect(LPAREN, "'(' before select parameters")  # RFC 4466 §2.1
@@ -474,13 +477,54 @@ def _select(readonly: bool) -> Handler:
                         cur.line[cur.pos + 1] == LPAREN or cur.line[cur.pos + 1] in _SEQ_CHARS):
                     cur.sp()
                     value = cur.ext_value(1)
-                params.append(SelectParam(name, value))
+                if name == "QRESYNC":
+                    if qresync is not None:
+                        cur.fail("QRESYNC given twice")
+                    qresync = _qresync(cur, value)
+                else:
+                    params.append(SelectParam(name, value))
                 if cur.take(RPAREN):
                     break
                 cur.sp()
-        return Select(tag, mailbox, readonly, tuple(params))
+        return Select(tag, mailbox, readonly, tuple(params), qresync)
 
     return handler
+
+
+def _qresync_number(cur: _Cursor, value: ExtValue, maximum: int) -> int:
+    if not isinstance(value, str) or not value.isdigit() or len(value) > 20 or not 0 < int(value) <= maximum:
+        cur.fail("Invalid QRESYNC parameters")
+    return int(value)
+
+
+def _qresync_set(cur: _Cursor, value: ExtValue) -> SequenceSet:
+    if not isinstance(value, str):
+        cur.fail("Invalid QRESYNC parameters")
+    try:
+        return SequenceSet.parse(value)
+    except ValueError:
+        cur.fail("Invalid QRESYNC parameters")
+
+
+def _qresync(cur: _Cursor, value: ExtValue | None) -> Qresync:
+    """RFC 7162 §3.2.5: (uidvalidity mod-sequence-value [known-uids] [seq-match-data])."""
+    if not isinstance(value, tuple) or not 2 <= len(value) <= 4:
+        cur.fail("Invalid QRESYNC parameters")
+    uidvalidity = _qresync_number(cur, value[0], MAX_NUMBER)
+    modseq = _qresync_number(cur, value[1], MAX_NUMBER64)
+    known: SequenceSet | None = None
+    match: tuple[SequenceSet, SequenceSet] | None = None
+    rest = list(value[2:])
+    if rest and isinstance(rest[0], str):
+        known = _qresync_set(cur, rest.pop(0))
+    if rest:
+        pair = rest.pop(0)
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            cur.fail("Invalid QRESYNC parameters")
+        match = (_qresync_set(cur, pair[0]), _qresync_set(cur, pair[1]))
+    if rest:
+        cur.fail("Invalid QRESYNC parameters")
+    return Qresync(uidvalidity, modseq, known, match)
 
 
 def _one_mailbox(cls: Callable[[str, str], AnyCommand], invalid_code: str = "NONEXISTENT") -> Handler:
@@ -624,7 +668,8 @@ _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
 }
 
 _KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "LARGER",
-                             "SMALLER", "HEADER", "UID", "NOT", "OR"})
+                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ"})
+_ENTRY_TYPES = frozenset({"priv", "shared", "all"})  # RFC 7162 §7 entry-type-req
 
 
 def _search_key(cur: _Cursor, depth: int) -> SearchKey:
@@ -671,6 +716,8 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         return SearchHeader(field.decode("ascii"), cur.astring_text(), "header")
     if key == "UID":
         return SearchSet(cur.seqset(), uid=True)
+    if key == "MODSEQ":
+        return _search_modseq(cur)
     if key == "NOT":
         return SearchNot(_search_key(cur, depth + 1))
     if key == "OR":
@@ -678,6 +725,20 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         cur.sp()
         return SearchOr(left, _search_key(cur, depth + 1))
     raise AssertionError(key)  # unreachable: every key in _KEYS_WITH_ARGS is handled above
+
+
+def _search_modseq(cur: _Cursor) -> SearchModseq:
+    """RFC 7162 §3.1.5: MODSEQ [SP entry-name SP entry-type-req] SP mod-sequence-valzer."""
+    entry: str | None = None
+    entry_type: str | None = None
+    if cur.peek() == DQUOTE or cur.at_literal():  # entry-name = DQUOTE "/flags/" attr-flag DQUOTE
+        entry = cur.text(cur.string())
+        cur.sp()
+        entry_type = cur.word().lower()
+        if entry_type not in _ENTRY_TYPES:
+            cur.fail("Invalid MODSEQ type")
+        cur.sp()
+    return SearchModseq(cur.number(maximum=MAX_NUMBER64), entry, entry_type)
 
 
 def _search(uid: bool) -> Handler:
@@ -787,15 +848,51 @@ def _fetch(uid: bool) -> Handler:
                 items.append(_fetch_item(cur))
         if uid and FetchAttr("UID") not in items:
             items.insert(0, FetchAttr("UID"))  # RFC 3501 §6.4.8: UID FETCH always returns UID
-        return Fetch(tag, seqs, tuple(items), uid)
+        changedsince: int | None = None
+        vanished = False
+        for name, value in _modifiers(cur, "FETCH"):
+            if name == "CHANGEDSINCE" and value is not None:  # RFC 7162 §3.1.4.1 (0 accepted, as Dovecot)
+                changedsince = value
+            elif name == "VANISHED" and value is None:  # RFC 7162 §3.2.6
+                vanished = True
+            else:
+                cur.fail("Unknown FETCH modifier")
+        return Fetch(tag, seqs, tuple(items), uid, changedsince, vanished)
 
     return handler
+
+
+def _modifiers(cur: _Cursor, verb: str) -> list[tuple[str, int | None]]:
+    """RFC 4466 §2.2 / RFC 7162 §3.1: [SP "(" name [SP mod-sequence-valzer] *(SP ...) ")"] after a
+    FETCH's items or a STORE's set: CHANGEDSINCE and UNCHANGEDSINCE with a number, VANISHED without
+    one (value None); anything else is an unknown modifier."""
+    if cur.peek() != SP or cur.line[cur.pos + 1:cur.pos + 2] != b"(":
+        return []
+    cur.pos += 2
+    out: list[tuple[str, int | None]] = []
+    while True:
+        name = cur.word()
+        if name not in ("CHANGEDSINCE", "UNCHANGEDSINCE", "VANISHED") or len(out) > 4:
+            cur.fail(f"Unknown {verb} modifier")
+        if name == "VANISHED":
+            out.append((name, None))
+        else:
+            cur.sp()
+            out.append((name, cur.number(maximum=MAX_NUMBER64)))
+        if cur.take(RPAREN):
+            return out
+        cur.sp()
 
 
 def _store(uid: bool) -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
         cur.sp()
         seqs = cur.seqset()
+        unchangedsince: int | None = None
+        for name, value in _modifiers(cur, "STORE"):
+            if name != "UNCHANGEDSINCE" or value is None:  # RFC 7162 §3.1.3
+                cur.fail("Unknown STORE modifier")
+            unchangedsince = value
         cur.sp()
         mode: Literal["add", "remove", "set"] = "set"
         if cur.take(ord("+")):
@@ -814,7 +911,7 @@ def _store(uid: bool) -> Handler:
                 cur.sp()
                 found.add(cur.flag())
             flags = frozenset(found)
-        return Store(tag, seqs, mode, flags, what == "FLAGS.SILENT", uid)
+        return Store(tag, seqs, mode, flags, what == "FLAGS.SILENT", uid, unchangedsince)
 
     return handler
 

@@ -3,7 +3,7 @@
 Owns: the meaning of each search key over a message's metadata and content: flags, sequence and
 UID sets, sizes, internal and sent dates, header fields, BODY and TEXT. The criteria are the
 `Search*` dataclasses of `imap/commands.py` (SearchAll, SearchFlag, SearchHeader, SearchText,
-SearchDate, SearchSize, SearchSet, SearchNot, SearchOr, SearchAnd).
+SearchDate, SearchSize, SearchSet, SearchNot, SearchOr, SearchAnd, SearchModseq).
 
 Does not own: parsing SEARCH (parser.py), rendering `* SEARCH` responses or CHARSET checks (session).
 
@@ -72,6 +72,9 @@ class SearchMessage(Protocol):
     @property
     def size(self) -> int: ...  # RFC822.SIZE
 
+    @property
+    def modseq(self) -> int: ...  # RFC 7162 MODSEQ
+
     def header(self) -> bytes: ...  # the header block (may also be the whole message)
 
     def message(self) -> bytes: ...  # the whole message
@@ -87,6 +90,7 @@ class Message:
     internaldate: float
     size: int
     load: Callable[[], bytes] | None = None
+    modseq: int = 0
     header_bytes: bytes | None = None
     _data: bytes | None = field(default=None, repr=False)
 
@@ -519,6 +523,8 @@ def _eval(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext, cache: _Cach
         if key.uid:
             return key.set.contains(msg.uid, ctx.max_uid)
         return key.set.contains(msg.seq, ctx.max_seq)
+    if isinstance(key, c.SearchModseq):
+        return msg.modseq >= key.modseq  # RFC 7162 §3.1.5: "greater than or equal"
     if isinstance(key, c.SearchSize):
         return msg.size > key.size if key.op == "larger" else msg.size < key.size
     if isinstance(key, c.SearchNot):

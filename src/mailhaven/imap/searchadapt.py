@@ -116,7 +116,8 @@ async def run(user: str, sel: Selected, cmd: C.Search) -> list[int]:
 
     def message(seq: int, info: Any, header: bytes | None = None) -> _Msg:
         flags = info.flags | {RECENT} if info.uid in recent else info.flags
-        return _Msg(seq, info.uid, flags, info.internaldate, info.size, header_bytes=header, key=info.key)
+        return _Msg(seq, info.uid, flags, info.internaldate, info.size, header_bytes=header, modseq=info.modseq,
+                    key=info.key)
 
     # expunged by someone else (EXPUNGE not sent yet): matches nothing
     cands: list[tuple[int, Any]] = [(seq, info) for seq, info in enumerate(infos, 1) if info is not None]

@@ -11,7 +11,8 @@ higher (RFC 3501 §6.4.8), which falls out of "ranges in any order". Numbers are
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 MAX_NUMBER = 2**32 - 1  # RFC 3501 §9: nz-number is a 32-bit unsigned value, not 0
@@ -129,3 +130,30 @@ def render(numbers: Iterable[int]) -> str:
     if run_start > 0:
         parts.append(str(run_start) if run_start == run_end else f"{run_start}:{run_end}")
     return ",".join(parts)
+
+
+def missing(ranges: Iterable[tuple[int, int]], present: Sequence[int], below: int) -> list[tuple[int, int]]:
+    """The parts of resolved `ranges` under `below` holding none of the ascending UIDs `present`,
+    as (lo, hi) ranges: the UIDs a client may know that are gone (RFC 7162 §3.2.5.2 VANISHED
+    (EARLIER) when the tombstones do not reach back). Work grows with len(present), not the span."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for lo, hi in ranges:
+        hi = min(hi, below - 1)
+        if lo > hi:
+            continue
+        j = bisect_left(present, lo, j)
+        start = lo
+        while j < len(present) and present[j] <= hi:
+            if present[j] > start:
+                out.append((start, present[j] - 1))
+            start = present[j] + 1
+            j += 1
+        if start <= hi:
+            out.append((start, hi))
+    return out
+
+
+def render_ranges(ranges: Iterable[tuple[int, int]]) -> str:
+    """(lo, hi) ranges, ascending and apart, as set text: [(1, 3), (5, 5)] -> "1:3,5"."""
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in ranges)

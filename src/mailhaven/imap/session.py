@@ -4,7 +4,9 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), the one error-to-reply mapping (`_reply_for`), output batching, and
+\\Recent, IDLE (RFC 2177), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
+HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
+tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
@@ -63,7 +65,7 @@ from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
-from mailhaven.imap import fetch, listing, searchadapt
+from mailhaven.imap import fetch, listing, searchadapt, seqset
 from mailhaven.imap.commands import ParseError
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
@@ -101,7 +103,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE")
+                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -243,6 +245,9 @@ class Session:
         self.account: Any = None
         self.sub: Subscription | None = None  # the user's store changes, from login on
         self.sel: Selected | None = None
+        self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE enabling command
+        self.qresync = False  # RFC 7162 §3.2: enabled by ENABLE QRESYNC only (implies CONDSTORE)
+        self._vanished_sent = False  # this command sent VANISHED: its tagged OK gets HIGHESTMODSEQ
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -424,6 +429,12 @@ class Session:
                 end = e
             except Exception:  # the command's own reply still goes out; updates come next time
                 log.warning("imap: updates for the selected mailbox failed", exc_info=True)
+        if self._vanished_sent:
+            self._vanished_sent = False
+            if result.startswith("OK ") and not result.startswith("OK [") and self.sel is not None:
+                # RFC 7162 §3.2.10: expunges carry no MODSEQ, so the client learns the HIGHESTMODSEQ
+                # that covers them here (as Dovecot 2.3)
+                result = f"OK [HIGHESTMODSEQ {self.sel.view.modseq}] {result[3:]}"
         if result:
             self.emit(f"{tag} {result}\r\n".encode())
         if self._out:
@@ -510,6 +521,8 @@ class Session:
         if sel is None:
             return
         for line in sel.view.flush(allow_expunge):
+            if line.startswith(b"* VANISHED "):
+                self._vanished_sent = True
             self.emit(line)
 
     def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
@@ -659,8 +672,31 @@ class Session:
     # -- authenticated (RFC 3501 §6.3) -----------------------------------------------------------
 
     async def cmd_enable(self, cmd: C.Enable) -> str:
-        self.emit(b"* ENABLED\r\n")  # RFC 5161 §3.2: nothing we offer needs enabling
+        enabled = b""
+        for cap in dict.fromkeys(cmd.capabilities):  # RFC 5161 §3.2: unknown names are ignored
+            if cap == "CONDSTORE":
+                self._enable_condstore()
+            elif cap == "QRESYNC":  # RFC 7162 §3.2.3: implies CONDSTORE
+                self._enable_condstore()
+                self.qresync = True
+            else:
+                continue
+            enabled += b" " + cap.encode("ascii")  # as Dovecot, also when it was already on
+        self.emit(b"* ENABLED" + enabled + b"\r\n")
         return "OK Enabled."
+
+    def _enable_condstore(self) -> None:
+        """RFC 7162 §3.1: CONDSTORE is on for the rest of the session (ENABLE or a CONDSTORE enabling
+        command). With a mailbox selected the client is told its HIGHESTMODSEQ at once (§3.1.2.1, as
+        Dovecot: before the command's own responses); from now on unsolicited FETCH and STORE
+        responses carry MODSEQ (§3.1.4.1)."""
+        if self.condstore:
+            return
+        self.condstore = True
+        sel = self.sel
+        if sel is not None:
+            sel.view.condstore = True
+            self.emit(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % sel.view.modseq)
 
     async def cmd_namespace(self, cmd: C.Namespace) -> str:
         self.emit(b'* NAMESPACE (("" ".")) NIL NIL\r\n')  # RFC 2342 §5: one personal namespace
@@ -672,13 +708,19 @@ class Session:
             self.state = State.AUTHENTICATED
 
     async def cmd_select(self, cmd: C.Select) -> str:
-        if cmd.params:
-            raise Bad("SELECT parameters are not supported.")
+        for param in cmd.params:
+            if param.name != "CONDSTORE" or param.value is not None:  # RFC 7162 §3.1.8
+                raise Bad("Unknown SELECT parameter.")
+        if cmd.qresync is not None and not self.qresync:  # RFC 7162 §3.2.5
+            raise Bad("QRESYNC is not enabled.")
         if self.sel is not None:  # RFC 3501 §6.3.1: the old mailbox is closed first, no expunge
             self._leave()
+            self.emit(b"* OK [CLOSED] Previous mailbox closed.\r\n")  # RFC 7162 §3.2.11
         self._drain_events()
         mailbox = await self.account.mailbox(cmd.mailbox)
         snap = await mailbox.snapshot()
+        if cmd.params:
+            self._enable_condstore()  # (CONDSTORE): no mailbox selected now, so no extra OK
         sel = Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
                         self._keywords(snap.messages), time.monotonic())
         key = self._recent_key(sel)
@@ -696,10 +738,44 @@ class Session:
                 break
         self.emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n* OK [UIDNEXT %d] Predicted next UID\r\n"
                   % (snap.uidvalidity, snap.uidnext))
+        # RFC 7162 §3.1.2.1: every SELECT/EXAMINE of a mailbox with persistent MODSEQs (all of ours)
+        # (Dovecot 2.3 sends it only once CONDSTORE is enabled; the RFC says every time).
+        self.emit(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % snap.highestmodseq)
+        sel.view.condstore = self.condstore
+        sel.view.qresync = self.qresync
+        if cmd.qresync is not None and cmd.qresync.uidvalidity == snap.uidvalidity:  # else ignored
+            await self._qresync_select(sel, snap, cmd.qresync)
         self.sel = sel
         self.state = State.SELECTED
         mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         return f"OK [{mode}] {cmd.verb.capitalize()} completed."
+
+    async def _qresync_select(self, sel: Selected, snap: Any, q: C.Qresync) -> None:
+        """RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER) for the UIDs
+        it may know that are gone, then FETCH (UID FLAGS MODSEQ) for the messages changed since."""
+        known = q.known_uids
+        top = snap.uidnext - 1
+        wanted = known.resolve(top) if known is not None else [(1, top)]
+        await self._vanished_earlier(sel.mailbox, snap, q.modseq, wanted)
+        recent = sel.view.recent
+        lines: list[bytes] = []
+        for seq, m in enumerate(snap.messages, 1):
+            if m.modseq > q.modseq and (known is None or known.contains(m.uid, top)):
+                lines.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n"
+                             % (seq, m.uid, render_flags(m.flags, m.uid in recent), m.modseq))
+        self.emit(b"".join(lines))
+
+    async def _vanished_earlier(self, mailbox: Any, snap: Any, modseq: int, wanted: list[tuple[int, int]]) -> None:
+        """`* VANISHED (EARLIER) uids` (RFC 7162 §3.2.10): the UIDs in `wanted` (resolved ranges)
+        expunged after `modseq`, from the tombstones; where those do not reach back, every UID in
+        `wanted` below UIDNEXT that is not in the mailbox."""
+        gone = await mailbox.vanished_since(modseq)
+        if gone is None:
+            text = seqset.render_ranges(seqset.missing(wanted, [m.uid for m in snap.messages], snap.uidnext))
+        else:
+            text = render_set(u for u in gone if any(lo <= u <= hi for lo, hi in wanted))
+        if text:
+            self.emit(b"* VANISHED (EARLIER) " + text.encode("ascii") + b"\r\n")
 
     async def cmd_create(self, cmd: C.Create) -> str:
         name = cmd.mailbox
@@ -744,6 +820,8 @@ class Session:
 
     async def cmd_status(self, cmd: C.Status) -> str:
         mailbox = await self.account.mailbox(cmd.mailbox)
+        if "HIGHESTMODSEQ" in cmd.items:  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
         snap = await mailbox.snapshot()
         values: list[bytes] = []
         for item in cmd.items:
@@ -872,16 +950,26 @@ class Session:
 
     async def cmd_search(self, cmd: C.Search) -> str:
         sel = self._selected()
+        with_modseq = _has_modseq(cmd.criteria)
+        if with_modseq:  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
         await self.refresh()
         found = await searchadapt.run(self.user or "", sel, cmd)
         line = b"* SEARCH"
         if found:
             line += b" " + b" ".join(b"%d" % n for n in found)
+            if with_modseq:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
+                uids = found if cmd.uid else [sel.view.uid(n) for n in found]
+                line += b" (MODSEQ %d)" % max((i.modseq for i in match_infos(uids, sel.current.messages) if i),
+                                              default=0)
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
 
     async def cmd_store(self, cmd: C.Store) -> AsyncIterator[Step]:
         sel = self._selected()
+        since = cmd.unchangedsince
+        if since is not None:  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
         if sel.readonly:
             raise No("Mailbox is read-only.", "READ-ONLY")
         await self.refresh()
@@ -892,15 +980,28 @@ class Session:
             yield "OK Store completed."
             return
         learner = self._learner_for(cmd.flags) if cmd.mode != "remove" else None
-        before = {i.uid: i.flags for i in match_infos(sorted(uids), sel.current.messages) if i} if learner else {}
+        condstore = self.condstore
+        known = match_infos(uids, sel.current.messages) if learner or condstore else []
+        before = {i.uid: i.flags for i in known if i} if learner else {}
+        # the MODSEQ of each message before the STORE: with CONDSTORE only changed ones are reported
+        old = {i.uid: i.modseq for i in known if i} if condstore else {}
         infos: list[MessageInfo] = []
+        modified: list[int] = []  # RFC 7162 §3.1.3: MODSEQ above UNCHANGEDSINCE, left alone
         for i in range(0, len(uids), STORE_CHUNK):  # bounded account-lock hold per step
-            infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
+            if since is None:
+                infos += await sel.mailbox.store_flags(uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode)
+            else:
+                got, mod = await sel.mailbox.store_flags_unchanged_since(
+                    uids[i:i + STORE_CHUNK], cmd.flags, cmd.mode, since)
+                infos += got
+                modified += mod
         self._note_keywords(sel, infos)  # a new keyword's FLAGS before the FETCHes that show it
         if learner is not None and self.user is not None:  # $Junk / $NotJunk newly set: teach rspamd
             learn.teach_flags(learner, self.user, sel.mailbox, before, ((i.uid, i.flags) for i in infos))
         reported = view.reported
-        if cmd.silent:
+        if condstore:
+            self._store_condstore_lines(pairs, infos, old, cmd)
+        elif cmd.silent:
             for info in infos:
                 reported(info.uid, info.modseq)
         else:
@@ -920,11 +1021,38 @@ class Session:
                     yield FLUSH
                     lines.clear()
             self.emit(b"".join(lines))
+        if modified:  # RFC 7162 §3.1.3: sequence numbers, or UIDs for UID STORE
+            left = set(modified)
+            numbers = modified if cmd.uid else [s for s, u in pairs if u in left]
+            yield f"OK [MODIFIED {render_set(numbers)}] Conditional store failed."
+            return
         gone = len(uids) - len(infos)
         if gone:
             yield "NO [EXPUNGEISSUED] Some of the messages no longer exist."
             return
         yield "OK Store completed."
+
+    def _store_condstore_lines(self, pairs: list[tuple[int, int]], infos: list[MessageInfo],
+                               old: dict[int, int], cmd: C.Store) -> None:
+        """STORE's FETCH responses once CONDSTORE is on (RFC 7162 §3.1.3, as Dovecot 2.3): only for
+        messages whose flags changed, MODSEQ before FLAGS, and sent with .SILENT too (without FLAGS)."""
+        view = self._selected().view
+        seqs = {u: s for s, u in pairs}
+        recent = view.recent
+        lines: list[bytes] = []
+        for info in infos:
+            uid = info.uid
+            view.reported(uid, info.modseq)
+            if info.modseq <= old.get(uid, 0):
+                continue  # nothing changed
+            line = b"* %d FETCH (" % seqs[uid]
+            if cmd.uid or self.qresync:  # RFC 7162 §3.2.4: UID in every FETCH once QRESYNC is on
+                line += b"UID %d " % uid
+            line += b"MODSEQ (%d)" % info.modseq
+            if not cmd.silent:
+                line += b" FLAGS " + render_flags(info.flags, uid in recent)
+            lines.append(line + b")\r\n")
+        self.emit(b"".join(lines))
 
     def _learner_for(self, flags: Iterable[str]) -> learn.Learner | None:
         """The learner when a STORE of these flags may teach rspamd ($Junk, $NotJunk), else None."""
@@ -1038,15 +1166,30 @@ class Session:
         await self.refresh()
         pairs = self._resolve(cmd.set, cmd.uid)
         items = cmd.items
+        modseq_item = C.FetchAttr("MODSEQ")
+        since = cmd.changedsince
+        if since is not None or modseq_item in items:  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
         view = sel.view
+        if cmd.vanished:  # RFC 7162 §3.2.6: UID FETCH with CHANGEDSINCE, QRESYNC enabled
+            if not (cmd.uid and since is not None and self.qresync):
+                raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled.")
+            snap = sel.current
+            last = snap.messages[-1].uid if snap.messages else 0
+            await self._vanished_earlier(sel.mailbox, snap, since, cmd.set.resolve(last))
         infos = match_infos([u for _, u in pairs], sel.current.messages)
+        if since is not None:  # RFC 7162 §3.1.4.1: only messages changed since, with their MODSEQ
+            if modseq_item not in items:
+                items = (*items, modseq_item)  # last, as Dovecot
+            kept = [(p, i) for p, i in zip(pairs, infos, strict=True) if i is not None and i.modseq > since]
+            pairs, infos = [p for p, _ in kept], [i for _, i in kept]
         missing = 0
         # \Seen first (RFC 3501 §6.4.5), so the data and the FLAGS shown agree.
         seen_set: frozenset[int] = frozenset()
+        changed: dict[int, MessageInfo] = {}
         if not sel.readonly and any(fetch.sets_seen(i) for i in items):
             unseen = [info.uid for info in infos if info is not None and SEEN not in info.flags]
             if unseen:
-                changed = {}
                 for k in range(0, len(unseen), STORE_CHUNK):
                     for i in await sel.mailbox.store_flags(unseen[k:k + STORE_CHUNK], {SEEN}, "add"):
                         changed[i.uid] = i
@@ -1079,11 +1222,30 @@ class Session:
                 for line in lines:
                     self.emit(line)
                     yield FLUSH
+        if changed and self.condstore and modseq_item not in items:
+            # RFC 7162 §3.1: the \Seen set here gave the message a new MODSEQ; as Dovecot, in a FETCH
+            # of its own after the data
+            uid_part = cmd.uid or self.qresync
+            self.emit(b"".join(b"* %d FETCH (%sMODSEQ (%d))\r\n" % (seq, b"UID %d " % uid if uid_part else b"",
+                                                                     changed[uid].modseq)
+                               for seq, uid in pairs if uid in changed))
         if missing:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return
         yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
 
+
+def _has_modseq(key: C.SearchKey) -> bool:
+    """Does a SEARCH use the MODSEQ key anywhere (RFC 7162 §3.1.5)?"""
+    if isinstance(key, C.SearchModseq):
+        return True
+    if isinstance(key, C.SearchAnd):
+        return any(_has_modseq(k) for k in key.keys)
+    if isinstance(key, C.SearchNot):
+        return _has_modseq(key.key)
+    if isinstance(key, C.SearchOr):
+        return _has_modseq(key.left) or _has_modseq(key.right)
+    return False
 
 
 __all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd", "StartTls",

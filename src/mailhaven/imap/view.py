@@ -18,7 +18,9 @@ Theory of operation
   command never sees a number the client was not told about.
 - Flag changes are found by modseq: a message whose modseq is above the last snapshot's
   highestmodseq changed. Flags the session already sent itself (STORE, FETCH FLAGS) are noted
-  with `reported()` and not sent twice.
+  with `reported()` and not sent twice. Once the session enabled CONDSTORE (`condstore`), those
+  FETCH responses carry the message's MODSEQ (RFC 7162 §3.1); once it enabled QRESYNC
+  (`qresync`), removals are told as one `VANISHED uids` instead of EXPUNGEs (RFC 7162 §3.2.10).
 Invariant (tested with a hypothesis state machine): a client applying every response `flush`
 returns keeps exactly `uids` as its numbering, and after `sync(s)` + `flush(True)` that is the
 UIDs of `s`.
@@ -30,6 +32,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from typing import Protocol
+
+from mailhaven.imap.seqset import render as render_set
 
 # Dovecot's order for system flags in FLAGS responses; keywords follow in sorted order.
 _SYSTEM_ORDER = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -83,7 +87,9 @@ class View:
         self.modseq = snapshot.highestmodseq
         self._gone: set[int] = set()  # numbered, removed from the store, EXPUNGE not yet sent
         self._new: list[int] = []  # in the store, not numbered yet (EXISTS not yet sent)
-        self._flags: dict[int, frozenset[str]] = {}  # flag changes not yet sent
+        self._flags: dict[int, tuple[frozenset[str], int]] = {}  # flag changes not yet sent: (flags, modseq)
+        self.condstore = False  # RFC 7162 §3.1: once enabled, unsolicited FETCH carries MODSEQ
+        self.qresync = False  # RFC 7162 §3.2.10: once enabled, VANISHED instead of EXPUNGE
         self._reported: dict[int, int] = {}  # uid -> modseq whose flags this session already sent
         self._recent: set[int] = set()
 
@@ -175,7 +181,7 @@ class View:
             gone = self._gone
             for m in msgs[:bisect_right(msgs, numbered_last, key=_uid_of)]:
                 if m.modseq > since and reported.get(m.uid, 0) < m.modseq and m.uid not in gone:
-                    self._flags[m.uid] = m.flags
+                    self._flags[m.uid] = (m.flags, m.modseq)
         self._reported.clear()
         self.modseq = max(self.modseq, snapshot.highestmodseq)
         new = [m.uid for m in msgs[split:]]
@@ -227,9 +233,12 @@ class View:
         out: list[bytes] = []
         if allow_expunge and self._gone:
             uids = self._uids
-            positions = sorted(bisect_left(uids, u) + 1 for u in self._gone)
-            # RFC 3501 §7.4.1: each EXPUNGE renumbers the messages after it immediately.
-            out.extend(b"* %d EXPUNGE\r\n" % (p - k) for k, p in enumerate(positions))
+            if self.qresync:  # RFC 7162 §3.2.10: one VANISHED with the UIDs
+                out.append(b"* VANISHED %s\r\n" % render_set(self._gone).encode("ascii"))
+            else:
+                positions = sorted(bisect_left(uids, u) + 1 for u in self._gone)
+                # RFC 3501 §7.4.1: each EXPUNGE renumbers the messages after it immediately.
+                out.extend(b"* %d EXPUNGE\r\n" % (p - k) for k, p in enumerate(positions))
             gone = self._gone
             self._uids = array("I", (u for u in uids if u not in gone))
             self._recent.difference_update(gone)
@@ -245,8 +254,12 @@ class View:
                 seq = self.seq(uid)
                 if seq is None or uid in self._gone:
                     continue
-                flags = render_flags(self._flags[uid], uid in self._recent)
-                if with_uid:
+                fl, modseq = self._flags[uid]
+                flags = render_flags(fl, uid in self._recent)
+                if self.condstore:  # RFC 7162 §3.1.4.1 (Dovecot: MODSEQ before FLAGS)
+                    out.append(b"* %d FETCH (UID %d MODSEQ (%d) FLAGS %s)\r\n" % (seq, uid, modseq, flags)
+                               if with_uid else b"* %d FETCH (MODSEQ (%d) FLAGS %s)\r\n" % (seq, modseq, flags))
+                elif with_uid:
                     out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, flags))
                 else:
                     out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, flags))

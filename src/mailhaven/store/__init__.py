@@ -45,7 +45,10 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
         await read(uid) -> bytes            # the message with CRLF line endings; MessageNotFound
         await store_flags(uids, flags, mode: "add"|"remove"|"set") -> list[MessageInfo]
             # infos of every existing UID asked for; \Recent and unknown \flags are ignored
+        await store_flags_unchanged_since(uids, flags, mode, n) -> (infos, uids left alone: MODSEQ > n)
         await expunge(uids) -> list[int]    # UIDs actually removed (the caller checks \Deleted)
+        await vanished_since(modseq) -> list[int] | None  # tombstones: UIDs expunged after modseq;
+            # None: not known that far back (index rebuilt or migrated, tombstones pruned)
         await copy(uids, dest: Mailbox) -> list[tuple[int, int]]   # (source uid, new uid)
         await move(uids, dest: Mailbox) -> list[tuple[int, int]]
 

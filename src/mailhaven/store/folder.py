@@ -489,6 +489,16 @@ class Folder:
             snap = self._snap = [m.info() for m in self.by_uid.values()]
         return Snapshot(self.uidvalidity, self.uidnext, self.highestmodseq, list(snap))
 
+    def vanished_since(self, modseq: int) -> list[int] | None:
+        """UIDs removed after MODSEQ `modseq` (QRESYNC's VANISHED, RFC 7162 §3.2), ascending; None
+        when that is not known any more (the index was rebuilt, migrated or pruned since). Removals
+        the index could not record yet are included: a UID reported twice is harmless, one left
+        out is not."""
+        found = self.index.vanished_since(self.id, modseq)
+        if found is None or not self._unsaved:
+            return found
+        return sorted(set(found) | self._unsaved)
+
     # -- our own writes ------------------------------------------------------------------------
 
     def _add(self, key: str, sub: str, suffix: str, keywords: frozenset[str], internaldate: float,

@@ -33,7 +33,11 @@ UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
 # version 1 index, filled in when its folder is next opened).
 # 3: mailbox.msg_bytes/msg_count, each folder's message octets and count (the quota's usage, kept
 # in the same transaction as the rows they sum; computed from the rows by the migration).
-SCHEMA_VERSION = "3"
+# 4: expunged (tombstones: each removed UID with the MODSEQ of its removal, for QRESYNC's VANISHED,
+# RFC 7162 §3.2) and mailbox.vanished_floor (tombstones are complete above it; a migrated or
+# rebuilt mailbox starts it at its HIGHESTMODSEQ, pruning raises it).
+SCHEMA_VERSION = "4"
+MAX_TOMBSTONES = 50_000  # per mailbox; past it the oldest half goes and vanished_floor rises
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -46,8 +50,15 @@ CREATE TABLE IF NOT EXISTS mailbox (
     new_mtime INTEGER NOT NULL DEFAULT 0,
     cur_mtime INTEGER NOT NULL DEFAULT 0,
     msg_bytes INTEGER NOT NULL DEFAULT 0,
-    msg_count INTEGER NOT NULL DEFAULT 0
+    msg_count INTEGER NOT NULL DEFAULT 0,
+    vanished_floor INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS expunged (
+    mailbox_id INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    modseq INTEGER NOT NULL,
+    PRIMARY KEY (mailbox_id, uid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS message (
     mailbox_id INTEGER NOT NULL,
     uid INTEGER NOT NULL,
@@ -140,6 +151,12 @@ class Index:
                     "UPDATE mailbox SET"
                     " msg_bytes=(SELECT COALESCE(SUM(size), 0) FROM message WHERE mailbox_id=mailbox.id),"
                     " msg_count=(SELECT COUNT(*) FROM message WHERE mailbox_id=mailbox.id)")
+            if row[0] in ("1", "2", "3"):
+                columns = {r[1] for r in self._db.execute("PRAGMA table_info(mailbox)")}
+                if "vanished_floor" not in columns:
+                    self._db.execute("ALTER TABLE mailbox ADD COLUMN vanished_floor INTEGER NOT NULL DEFAULT 0")
+                # nothing is known of the removals before: complete only above today's HIGHESTMODSEQ
+                self._db.execute("UPDATE mailbox SET vanished_floor=highestmodseq")
                 self._db.execute("UPDATE meta SET v=? WHERE k='schema'", (SCHEMA_VERSION,))
 
     def close(self) -> None:
@@ -281,9 +298,9 @@ class Index:
         with self._tx():
             self._drop(name)
             cur = self._db.execute(
-                "INSERT INTO mailbox (name, uidvalidity, uidnext, highestmodseq, msg_bytes, msg_count)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (name, uidvalidity, uidnext, highestmodseq, sum(r[7] for r in rows), len(rows)))
+                "INSERT INTO mailbox (name, uidvalidity, uidnext, highestmodseq, msg_bytes, msg_count,"
+                " vanished_floor) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, uidvalidity, uidnext, highestmodseq, sum(r[7] for r in rows), len(rows), highestmodseq))
             mailbox_id = int(cur.lastrowid or 0)
             self._db.executemany(
                 "INSERT INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq, internaldate,"
@@ -308,6 +325,10 @@ class Index:
                              (sum(r[7] for r in upserts) - old_bytes, len(upserts) - old_count, mailbox_id))
             self._db.executemany("DELETE FROM message WHERE mailbox_id=? AND uid=?",
                                  ((mailbox_id, u) for u in deletes))
+            if deletes:  # tombstones at the MODSEQ of this removal (never below it: RFC 7162 §3.2.5.2)
+                self._db.executemany("INSERT OR REPLACE INTO expunged (mailbox_id, uid, modseq) VALUES (?, ?, ?)",
+                                     ((mailbox_id, u, highestmodseq) for u in deletes))
+                self._prune_tombstones(mailbox_id)
             self._db.executemany(
                 "INSERT OR REPLACE INTO message (mailbox_id, uid, key, sub, suffix, keywords, modseq,"
                 " internaldate, size, unterminated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -316,6 +337,26 @@ class Index:
                 "UPDATE mailbox SET uidnext=?, highestmodseq=?, new_mtime=?, cur_mtime=? WHERE id=?",
                 (uidnext, highestmodseq, new_mtime, cur_mtime, mailbox_id))
         self._seen[mailbox_id] = (uidnext, highestmodseq)
+
+    def _prune_tombstones(self, mailbox_id: int) -> None:
+        """Past MAX_TOMBSTONES, forget the oldest half and raise vanished_floor to the newest MODSEQ
+        forgotten, so no one is told "nothing vanished" for a span the tombstones no longer cover."""
+        (count,) = self._db.execute("SELECT COUNT(*) FROM expunged WHERE mailbox_id=?", (mailbox_id,)).fetchone()
+        if count <= MAX_TOMBSTONES:
+            return
+        (cut,) = self._db.execute("SELECT modseq FROM expunged WHERE mailbox_id=? ORDER BY modseq LIMIT 1 OFFSET ?",
+                                  (mailbox_id, count - MAX_TOMBSTONES // 2 - 1)).fetchone()
+        self._db.execute("DELETE FROM expunged WHERE mailbox_id=? AND modseq<=?", (mailbox_id, cut))
+        self._db.execute("UPDATE mailbox SET vanished_floor=MAX(vanished_floor, ?) WHERE id=?", (cut, mailbox_id))
+
+    def vanished_since(self, mailbox_id: int, modseq: int) -> list[int] | None:
+        """UIDs removed at a MODSEQ above `modseq`, ascending; None when the tombstones do not reach
+        back that far (below vanished_floor: a rebuilt, migrated or pruned mailbox)."""
+        row = self._db.execute("SELECT vanished_floor FROM mailbox WHERE id=?", (mailbox_id,)).fetchone()
+        if row is None or modseq < int(row[0]):
+            return None
+        return [int(r[0]) for r in self._db.execute(
+            "SELECT uid FROM expunged WHERE mailbox_id=? AND modseq>? ORDER BY uid", (mailbox_id, modseq))]
 
     def commit_flags(self, mailbox_id: int, rows: Iterable[tuple[str, str, str, int, int]], *, uidnext: int,
                      highestmodseq: int, new_mtime: int, cur_mtime: int) -> None:
@@ -360,6 +401,7 @@ class Index:
         old = self._db.execute("SELECT id FROM mailbox WHERE name=?", (name,)).fetchone()
         if old:
             self._db.execute("DELETE FROM message WHERE mailbox_id=?", (old[0],))
+            self._db.execute("DELETE FROM expunged WHERE mailbox_id=?", (old[0],))
             self._db.execute("DELETE FROM mailbox WHERE id=?", (old[0],))
 
     def names(self) -> list[str]:

@@ -860,6 +860,34 @@ class Mailbox:
             raise ValueError(f"bad mode {mode!r}")
         return await self._run(self._folder.store_flags, list(uids), frozenset(flags), mode)
 
+    async def store_flags_unchanged_since(self, uids: Sequence[int], flags: frozenset[str] | set[str],
+                                          mode: FlagMode, unchangedsince: int
+                                          ) -> tuple[list[MessageInfo], list[int]]:
+        """STORE (UNCHANGEDSINCE n) (RFC 7162 §3.1.3): messages whose MODSEQ is above `unchangedsince`
+        are left alone, checked and changed under the account lock (no other writer in between).
+        Returns (the infos of the other existing UIDs, the UIDs left alone)."""
+        if mode not in ("add", "remove", "set"):
+            raise ValueError(f"bad mode {mode!r}")
+        return await self._run(self._store_unchanged_sync, list(uids), frozenset(flags), mode, unchangedsince)
+
+    def _store_unchanged_sync(self, uids: list[int], flags: frozenset[str], mode: str, unchangedsince: int
+                              ) -> tuple[tuple[list[MessageInfo], list[int]], Changes]:
+        by_uid = self._folder.by_uid
+        modified = [u for u in uids if (m := by_uid.get(u)) is not None and m.modseq > unchangedsince]
+        left = set(modified)
+        infos, changes = self._folder.store_flags([u for u in uids if u not in left], flags, mode)
+        return (infos, modified), changes
+
+    async def vanished_since(self, modseq: int) -> list[int] | None:
+        """UIDs expunged after MODSEQ `modseq`, from the tombstones (RFC 7162 §3.2 VANISHED);
+        None when the tombstones do not reach back that far (the client must then be told about
+        every UID it knows that is gone)."""
+        return await self._run(self._vanished_sync, modseq)
+
+    def _vanished_sync(self, modseq: int) -> tuple[list[int] | None, Changes]:
+        changes = self.account._sync(self._folder, reading=True)  # removals by other programs first
+        return self._folder.vanished_since(modseq), changes
+
     async def expunge(self, uids: Sequence[int]) -> list[int]:
         """Remove these messages, whatever their flags; returns the UIDs removed (RFC 3501 §6.4.3)."""
         return await self._run(self._expunge_sync, list(uids))
