@@ -120,7 +120,7 @@ async def test_add_with_the_database_down_fails_temporarily_and_leaves_no_file(m
         postgres.start()
 
 
-async def test_load_removes_old_orphan_files_keeps_young_ones_and_sets_rows_without_file_aside(
+async def test_load_removes_old_orphan_files_keeps_young_ones_and_file_queue_entries_and_sets_rows_without_file_aside(
         make: Make, caplog: pytest.LogCaptureFixture) -> None:
     a = await make()
     kept = await a.add("alice@example.test", ["bob@b.test"], MSG)
@@ -129,14 +129,19 @@ async def test_load_removes_old_orphan_files_keeps_young_ones_and_sets_rows_with
     old, young = a.root / "0000000AAAAAAAAAAA.msg", a.root / "0000000BBBBBBBBBBB.msg"
     for p in (old, young):
         p.write_bytes(MSG)
+    file_spool = a.root / "0000000CCCCCCCCCCC"  # an entry of the file queue, from before the switch
+    for p in (file_spool.with_suffix(".msg"), file_spool.with_suffix(".env")):
+        p.write_bytes(MSG)
     stale = time.time() - 7200
-    os.utime(old, (stale, stale))
+    for p in (old, file_spool.with_suffix(".msg")):
+        os.utime(p, (stale, stale))
     b = await make()
     assert [e.id for e in await b.load()] == [kept.id]
     assert not old.exists() and young.exists() and a.msg_path(kept.id).exists()
     assert [i for i, _ in await b.corrupt()] == [lost.id]
     assert set(await _rows(b)) == {kept.id}
     assert f"queue entry {lost.id}: no message file" in caplog.text
+    assert file_spool.with_suffix(".msg").exists() and "drain the queue before switching" in caplog.text
 
 
 async def _fill(spool: PgSpool, n: int, **kw: Any) -> list[str]:

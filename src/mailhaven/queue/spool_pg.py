@@ -11,7 +11,8 @@ directory). `add` inserts the row only once the file is durable, in its own tran
 (the caller may acknowledge) once that committed. `remove` deletes the row first (that ends the
 entry), then the file. So at `load`: a message file without a row older than STALE_WRITE is an add
 cut short (or a removal) and deleted; younger ones may be another node's add in progress and are
-left alone; a row without its file is moved to `queue_corrupt` with a log line.
+left alone; a row without its file is moved to `queue_corrupt` with a log line. The file spool's
+entries (an `.env` beside the `.msg`, from before the switch) are left alone, with a warning.
 Claims (DESIGN "Beyond one machine"): `claim` takes up to n due entries nobody holds (or whose
 lease expired) with one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`, so concurrent
 claimers on any node get disjoint sets; `renew` extends the leases a manager still holds; `release`
@@ -130,8 +131,15 @@ class PgSpool:
         """Delete message files without a row and temporary files, older than STALE_WRITE (a
         younger one may be another node's add in progress)."""
         changed = False
+        envs = {n[:-4] for n in names if n.endswith(".env")}
+        if envs:
+            # The file spool's entries (queue/spool.py), from before the switch to PostgreSQL: not
+            # delivered from here, but never deleted either.
+            log.warning("queue: %d entr%s of the file queue in %s (.env files) are not delivered with "
+                        "[storage] backend = \"postgresql\": drain the queue before switching",
+                        len(envs), "y" if len(envs) == 1 else "ies", self.root)
         for n in names:
-            orphan = n.endswith(".msg") and n[:-4] not in known
+            orphan = n.endswith(".msg") and n[:-4] not in known and n[:-4] not in envs
             if (orphan or (n.startswith(".") and n.endswith(".tmp"))) and _older(self.root / n, STALE_WRITE):
                 if orphan:
                     log.warning("queue: removing %s, a message file without an entry", n)

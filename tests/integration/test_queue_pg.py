@@ -1,0 +1,132 @@
+"""queue/manager.py over queue/spool_pg.py: several managers (nodes: a pool each) on one PostgreSQL
+database and one queue directory deliver each entry once, through claims; a manager that dies
+mid-delivery has its entries delivered by another once its lease runs out. Real PostgreSQL
+(tests/fixtures_postgres.py), the real test DNS server and a scripted SMTP peer (tests/smtp_peer.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailhaven import app
+from mailhaven.queue.manager import QueueManager
+from mailhaven.queue.spool_pg import PgSpool
+from tests.dnsserver import DnsServer
+from tests.smtp_peer import SmtpPeer, shared_port, until
+
+ALICE = "alice@example.test"
+
+
+def _msg(i: int) -> bytes:
+    return f"From: {ALICE}\r\nTo: bob@b.test\r\nSubject: n{i}\r\n\r\nbody {i}\r\n".encode()
+
+
+@pytest.fixture
+def port() -> int:
+    return shared_port("127.0.0.2")
+
+
+@pytest.fixture
+async def peer(port: int, dns_server: DnsServer) -> AsyncIterator[SmtpPeer]:
+    dns_server.add("b.test", "MX", "10 mx.b.test.")
+    dns_server.add("mx.b.test", "A", "127.0.0.2")
+    p = await SmtpPeer("127.0.0.2", port).start()
+    yield p
+    await p.stop()
+
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture
+async def nodes(make_config: Callable[..., Any], dns_nameserver: str, port: int,
+                pg_dsn: str) -> AsyncIterator[tuple[Any, Start]]:
+    """(ctx, start): start(**kw) runs one more QueueManager over a PgSpool with a pool of its own,
+    on the same database and queue directory; returns (manager, task)."""
+    from mailhaven import pg
+
+    cfg = make_config(hostname="mail.example.test", dns={"nameservers": [dns_nameserver], "timeout": 1},
+                      queue={"remote_port": port, "retry_schedule": ["1s"], "jitter": 0, "connect_timeout": 2,
+                             "command_timeout": 5})
+    ctx = app.build_context(cfg)
+    await ctx.store.start()
+    running: list[tuple[QueueManager, asyncio.Task[None], pg.Database]] = []
+
+    async def start(**kw: Any) -> tuple[QueueManager, asyncio.Task[None]]:
+        db = pg.Database(pg_dsn, pool_size=4)
+        mgr = QueueManager(ctx, spool=PgSpool(db, Path(cfg.queue_root)), claim_every=0.2, **kw)
+        task = asyncio.create_task(mgr.run())
+        await asyncio.wait_for(mgr.loaded.wait(), 10)
+        running.append((mgr, task, db))
+        return mgr, task
+
+    yield ctx, start
+    for mgr, task, db in running:
+        mgr.stop()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 5)
+        await db.close()
+    await ctx.store.close()
+
+
+async def _rows(spool: PgSpool) -> int:
+    async with spool.db.connection() as conn:
+        cur = await conn.execute("SELECT count(*) FROM queue_entry")
+        row = await cur.fetchone()
+        return int(row[0]) if row else -1
+
+
+async def test_two_managers_on_one_database_deliver_each_of_20_entries_exactly_once(
+        nodes: tuple[Any, Start], peer: SmtpPeer) -> None:
+    _, start = nodes
+    (a, _), (b, _) = await start(), await start()
+    ids = [await (a if i % 2 else b).submit(ALICE, ["bob@b.test"], _msg(i)) for i in range(20)]
+    assert len(set(ids)) == 20
+    await peer.wait_messages(20, seconds=20)
+    spool = a.spool
+    assert isinstance(spool, PgSpool)
+
+    async def drained() -> bool:
+        return await _rows(spool) == 0 and not a.entries and not b.entries
+
+    await until(drained, 10)
+    await asyncio.sleep(0.5)  # a few more claim rounds: nothing is delivered again
+    subjects = sorted(m.data.split(b"Subject: ")[1].split(b"\r\n")[0] for m in peer.messages)
+    assert subjects == sorted(f"n{i}".encode() for i in range(20))  # each once, none twice
+    assert sorted(p.name for p in spool.root.iterdir() if p.name.endswith(".msg")) == []
+
+
+async def test_entries_of_a_manager_killed_mid_delivery_are_delivered_by_another_after_its_lease(
+        nodes: tuple[Any, Start], peer: SmtpPeer) -> None:
+    _, start = nodes
+    lease = 2.0
+    a, a_task = await start(lease=lease)
+    peer.hold_data()  # a's transaction stalls once the message arrived, before the 250
+    submitted = time.monotonic()  # a claims it after this: its lease ends lease seconds later
+    qid = await a.submit(ALICE, ["bob@b.test"], _msg(1))
+    await asyncio.wait_for(peer.data_arrived.wait(), 10)
+    assert qid in a.entries
+    a_task.cancel()  # killed: no result recorded, the lease not released
+    with contextlib.suppress(asyncio.CancelledError):
+        await a_task
+    await asyncio.sleep(0.3)  # the peer notices a's connection closing (aiosmtpd drops its transaction)
+    peer.release_data()
+    assert peer.messages == []  # a's transaction was never answered
+    b, _ = await start(lease=lease)
+    [got] = await peer.wait_messages(1, seconds=15)  # b delivers it
+    assert time.monotonic() - submitted >= lease  # not before a's lease ran out
+    assert got.data.endswith(b"body 1\r\n")
+    spool = b.spool
+    assert isinstance(spool, PgSpool)
+
+    async def gone() -> bool:  # the row first, then the file (spool_pg.remove)
+        return await _rows(spool) == 0 and not spool.msg_path(qid).exists()
+
+    await until(gone, 10)
