@@ -7,20 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 
 from mailhaven import app
 from mailhaven.queue.manager import QueueManager
 from mailhaven.queue.spool_pg import PgSpool
 from tests.dnsserver import DnsServer
+from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
 from tests.smtp_peer import SmtpPeer, shared_port, until
 
 ALICE = "alice@example.test"
+PASSWORD = "correct horse"
 
 
 def _msg(i: int) -> bytes:
@@ -130,3 +135,37 @@ async def test_entries_of_a_manager_killed_mid_delivery_are_delivered_by_another
         return await _rows(spool) == 0 and not spool.msg_path(qid).exists()
 
     await until(gone, 10)
+
+
+async def test_the_running_server_with_postgresql_queues_into_the_table_and_delivers(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str, client_ssl_context: ssl.SSLContext,
+        pg_dsn: str, port: int, peer: SmtpPeer) -> None:
+    import psycopg
+
+    path = app_config_file(tmp_path, tls_files, dns_nameserver, storage={"backend": "postgresql", "dsn": pg_dsn},
+                           queue={"remote_port": port, "connect_timeout": 2, "command_timeout": 5})
+    cfg = load_test_config(path)
+    add_user(cfg, ALICE, PASSWORD)
+
+    def rows() -> list[tuple[str, str | None]]:
+        with psycopg.connect(pg_dsn) as conn:
+            return conn.execute("SELECT id, lease_owner FROM queue_entry").fetchall()
+
+    async with running_app(cfg) as ctx:
+        assert isinstance(ctx.queue, QueueManager) and isinstance(ctx.queue.spool, PgSpool)
+        peer.hold_data()
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=ctx.port("submission"), start_tls=True,
+                                 tls_context=client_ssl_context, timeout=20)
+        async with client:
+            await client.login(ALICE, PASSWORD)
+            await client.sendmail(ALICE, ["bob@b.test"], _msg(7))
+        await asyncio.wait_for(peer.data_arrived.wait(), 10)
+        [(qid, owner)] = await asyncio.to_thread(rows)  # in delivery: a row, claimed by the server
+        assert owner and ctx.queue.spool.msg_path(qid).is_file()
+        names = await asyncio.to_thread(os.listdir, cfg.queue_root)
+        assert [n for n in names if n.endswith(".env")] == []  # no envelope file
+        peer.release_data()
+        [got] = await peer.wait_messages(1)
+        assert got.rcpt_tos == ["bob@b.test"] and b"body 7" in got.data
+        await until(lambda: not ctx.queue.spool.msg_path(qid).exists(), 10)  # type: ignore[union-attr]
+        assert await asyncio.to_thread(rows) == []
