@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 import time
@@ -64,7 +65,7 @@ async def nodes(make_config: Callable[..., Any], dns_nameserver: str, port: int,
     running: list[tuple[QueueManager, asyncio.Task[None], pg.Database]] = []
 
     async def start(**kw: Any) -> tuple[QueueManager, asyncio.Task[None]]:
-        db = pg.Database(pg_dsn, pool_size=4)
+        db = pg.Database(pg_dsn, pool_size=4, timeout=kw.pop("db_timeout", 5.0))
         mgr = QueueManager(ctx, spool=PgSpool(db, Path(cfg.queue_root)), claim_every=0.2, **kw)
         task = asyncio.create_task(mgr.run())
         await asyncio.wait_for(mgr.loaded.wait(), 10)
@@ -169,3 +170,25 @@ async def test_the_running_server_with_postgresql_queues_into_the_table_and_deli
         assert got.rcpt_tos == ["bob@b.test"] and b"body 7" in got.data
         await until(lambda: not ctx.queue.spool.msg_path(qid).exists(), 10)  # type: ignore[union-attr]
         assert await asyncio.to_thread(rows) == []
+
+
+async def test_claims_pause_while_postgresql_is_down_with_one_log_line_and_resume(
+        nodes: tuple[Any, Start], peer: SmtpPeer, postgres: Any, caplog: pytest.LogCaptureFixture) -> None:
+    _, start = nodes
+    caplog.set_level(logging.INFO, logger="mailhaven.queue")
+    a, _ = await start(db_timeout=0.5)
+    spool = a.spool
+    assert isinstance(spool, PgSpool)
+    first = await a.submit(ALICE, ["bob@b.test"], _msg(3))
+    await peer.wait_messages(1)
+    await until(lambda: not spool.msg_path(first).exists(), 10)  # removed: row, then file
+    postgres.stop()
+    try:
+        await asyncio.sleep(2.0)  # several claim rounds fail
+    finally:
+        postgres.start()
+    assert caplog.text.count("cannot claim entries") == 1
+    await until(lambda: "claiming entries again" in caplog.text, 15)
+    second = await a.submit(ALICE, ["bob@b.test"], _msg(4))
+    [_, got] = await peer.wait_messages(2, seconds=15)
+    assert b"body 4" in got.data and first != second

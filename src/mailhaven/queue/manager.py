@@ -161,6 +161,7 @@ class QueueManager:
         self._claims: ClaimingSpool | None = spool if isinstance(spool, ClaimingSpool) else None
         self.lease, self.claim_every = lease, claim_every
         self._claim_now = asyncio.Event()
+        self._claim_failing = False
         self.clock = clock
         self.rand = rand
         self.entries: dict[str, Entry] = {}
@@ -265,8 +266,13 @@ class QueueManager:
         try:
             found = await spool.claim(room, self.lease, self.clock())
         except DatabaseError as e:
-            log.warning("queue: cannot claim entries: %s", e.detail)
+            if not self._claim_failing:  # once per outage, not every second
+                log.warning("queue: cannot claim entries (trying every %gs): %s", self.claim_every, e.detail)
+            self._claim_failing = True
             return
+        if self._claim_failing:
+            log.info("queue: claiming entries again")
+            self._claim_failing = False
         for entry in found:
             if entry.id not in self.entries:
                 self.entries[entry.id] = entry
