@@ -192,3 +192,30 @@ async def test_claims_pause_while_postgresql_is_down_with_one_log_line_and_resum
     second = await a.submit(ALICE, ["bob@b.test"], _msg(4))
     [_, got] = await peer.wait_messages(2, seconds=15)
     assert b"body 4" in got.data and first != second
+
+
+async def test_a_delivery_whose_removal_fails_while_postgresql_is_down_is_not_repeated(
+        nodes: tuple[Any, Start], peer: SmtpPeer, postgres: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The last recipient delivered, the entry's removal (its only record) fails: the manager keeps
+    the entry and its lease and removes it later, instead of letting the lease run out and the
+    message go out again."""
+    from mailhaven.queue import manager
+
+    monkeypatch.setattr(manager, "NOTIFY_RETRY", 1.0)
+    _, start = nodes
+    a, _ = await start(lease=1.5, db_timeout=0.5)
+    spool = a.spool
+    assert isinstance(spool, PgSpool)
+    peer.hold_data()
+    qid = await a.submit(ALICE, ["bob@b.test"], _msg(5))
+    await asyncio.wait_for(peer.data_arrived.wait(), 10)
+    postgres.stop()
+    try:
+        peer.release_data()
+        await peer.wait_messages(1)
+        await asyncio.sleep(1.0)  # the removal fails
+    finally:
+        postgres.start()
+    await until(lambda: not spool.msg_path(qid).exists(), 15)  # removed once the database is back
+    await asyncio.sleep(2.0)  # past the lease: nobody delivers it again
+    assert len(peer.messages) == 1 and await _rows(spool) == 0

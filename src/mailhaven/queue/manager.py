@@ -590,15 +590,11 @@ class QueueManager:
         except Exception:  # noqa: BLE001
             log.exception("queue: finishing %s failed; retrying later", entry.id)
             if not entry.deleted and entry.id in self.entries:
+                # Kept here, also with a shared spool (its lease renewed): what was recorded only
+                # in memory (a delivery whose record is the removal) is not repeated elsewhere.
                 entry.next_attempt = self.clock() + NOTIFY_RETRY
                 entry.busy = False
-                if self._claims is not None:
-                    with contextlib.suppress(Exception):  # else the lease runs out
-                        await self.spool.save(entry)
-                        await self._give_back(entry)
-                    self.entries.pop(entry.id, None)
-                else:
-                    self._schedule(entry)
+                self._schedule(entry)
         finally:
             entry.busy = False
             self.wake()
