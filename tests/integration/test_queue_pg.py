@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import ssl
@@ -219,3 +220,27 @@ async def test_a_delivery_whose_removal_fails_while_postgresql_is_down_is_not_re
     await until(lambda: not spool.msg_path(qid).exists(), 15)  # removed once the database is back
     await asyncio.sleep(2.0)  # past the lease: nobody delivers it again
     assert len(peer.messages) == 1 and await _rows(spool) == 0
+
+
+async def test_a_stopped_manager_finishes_its_transaction_and_gives_back_what_it_did_not_start(
+        nodes: tuple[Any, Start], peer: SmtpPeer) -> None:
+    """stop(): the transaction in flight finishes, the entry claimed but waiting for a slot is
+    released at once, not after its lease (60 s)."""
+    ctx, start = nodes
+    ctx.config = dataclasses.replace(ctx.config, queue=dataclasses.replace(ctx.config.queue, max_per_destination=1))
+    a, a_task = await start(lease=60.0)
+    peer.hold_data()
+    first = await a.submit(ALICE, ["bob@b.test"], _msg(8))
+    await asyncio.wait_for(peer.data_arrived.wait(), 10)
+    second = await a.submit(ALICE, ["bob@b.test"], _msg(9))
+    await until(lambda: second in a.entries, 5)  # claimed, waiting: one transaction per destination
+    b, _ = await start(lease=60.0)
+    await asyncio.sleep(0.5)
+    assert peer.messages == [] and not b.entries  # a holds both
+    a.stop()
+    peer.release_data()
+    await asyncio.wait_for(a_task, 10)
+    started = time.monotonic()
+    got = await peer.wait_messages(2, seconds=10)
+    assert time.monotonic() - started < 5  # not after the lease
+    assert sorted(m.data[-8:] for m in got) == [b"body 8\r\n", b"body 9\r\n"] and first != second

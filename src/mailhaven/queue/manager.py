@@ -203,12 +203,25 @@ class QueueManager:
         """Work until stop() (in-flight transactions finish) or cancellation (they are abandoned
         unrecorded and retried after the next start)."""
         await self.load()
+        if self._claims is None:
+            await self._run()
+            return
+        # Leases are renewed until every transaction has ended, also those stop() lets finish.
+        renewer = asyncio.create_task(self._renew_loop(self._claims), name="queue leases")
+        try:
+            await self._run()
+            await self._release_all()  # stopped: what we hold and did not start goes back
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
-            claimers = [tg.create_task(self._claim_loop(self._claims), name="queue claims"),
-                        tg.create_task(self._renew_loop(self._claims), name="queue leases")] \
-                if self._claims is not None else []
+            claimer = tg.create_task(self._claim_loop(self._claims), name="queue claims") \
+                if self._claims is not None else None
             try:
                 while not self._stopping:
                     self._wake.clear()
@@ -222,8 +235,8 @@ class QueueManager:
                 self._tg = None
                 if scanner is not None:
                     scanner.cancel()
-                for task in claimers:
-                    task.cancel()
+                if claimer is not None:
+                    claimer.cancel()
 
     async def _scan_partitions(self) -> None:
         """Pick up what the other workers queued (spool.scan_partitions): at once when a worker
@@ -282,7 +295,7 @@ class QueueManager:
 
     async def _renew_loop(self, spool: ClaimingSpool) -> None:
         """Keep the leases of what we hold (LEASE / 3 apart: two renewals may fail before one expires)."""
-        while not self._stopping:
+        while True:  # cancelled by run() once no transaction is left
             await asyncio.sleep(self.lease / 3)
             held = list(self.entries)
             try:
@@ -293,6 +306,17 @@ class QueueManager:
             for eid in held:
                 if eid not in kept and eid in self.entries:
                     log.error("queue: lost the lease of %s (another node may deliver it too)", eid)
+
+    async def _release_all(self) -> None:
+        """After _run: no transaction runs any more, so every entry still here (claimed, maybe
+        given a round whose jobs never got a slot) goes back."""
+        self._jobs.clear()
+        for entry in list(self.entries.values()):
+            entry.busy = False
+            try:
+                await self._give_back(entry)
+            except DatabaseError as e:  # its lease runs out instead
+                log.warning("queue: cannot release %s: %s", entry.id, e.detail)
 
     async def _give_back(self, entry: Entry) -> None:
         """A claimed entry leaves our hands: any manager may claim it when it is due."""
