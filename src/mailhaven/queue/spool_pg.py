@@ -16,7 +16,7 @@ entries (an `.env` beside the `.msg`, from before the switch) are left alone, wi
 Claims (DESIGN "Beyond one machine"): `claim` takes up to n due entries nobody holds (or whose
 lease expired) with one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`, so concurrent
 claimers on any node get disjoint sets; `renew` extends the leases a manager still holds; `release`
-gives one back (after its save, or before its removal). A node that dies mid-delivery keeps its
+gives one back once its state is saved (a removed entry needs none: its row is gone). A node that dies mid-delivery keeps its
 leases until they expire; then another claims the entries and delivers them again (at least once,
 as after any crash). Lease times are the database's clock (`now()`), so the nodes' clocks do not
 matter for them; `next_attempt` is the envelope's (the saving node's clock), compared with the
