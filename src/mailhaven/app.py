@@ -65,6 +65,7 @@ from mailhaven.policy.spam import Scanner
 from mailhaven.pop3 import server as pop3_server
 from mailhaven.queue.handoff import HandoffQueue
 from mailhaven.queue.manager import QueueManager
+from mailhaven.queue.spool import QueueSpool
 from mailhaven.quota import QuotaService
 from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
@@ -310,6 +311,17 @@ def _database(cfg: Config) -> Database | None:
     from mailhaven import pg
 
     return pg.Database.from_config(cfg.storage)
+
+
+def _queue_spool(ctx: Context) -> QueueSpool | None:
+    """The queue's storage: with PostgreSQL its envelopes in the database (queue/spool_pg.py) and
+    its message files in queue_root, a path every node shares; else None (the manager's file
+    spool, with worker partitions)."""
+    if ctx.database is None:
+        return None
+    from mailhaven.queue.spool_pg import PgSpool
+
+    return PgSpool(ctx.database, ctx.config.queue_root)
 
 
 def _greylist(cfg: Config, database: Database | None) -> seams.Greylist | None:
@@ -560,14 +572,20 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         except DatabaseError as e:
             raise StartupError(f"storage.dsn: {e.detail}") from None
         # The queue comes up before the listeners, so the first submission can be queued.
-        if worker == 0:
-            queue = ctx.queue = QueueManager(ctx)
-            ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
-            await queue.load()
+        # With PostgreSQL every worker runs a queue manager (they claim entries from the table);
+        # with files worker 0 alone does, and the others hand their entries to it.
+        if worker == 0 or ctx.database is not None:
+            queue = ctx.queue = QueueManager(ctx, spool=_queue_spool(ctx))
             try:
-                control_server = await serve_control(ctx, queue, others=link.broadcast if link else None)
-            except (ControlError, OSError) as e:
-                raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
+                await queue.load()
+            except DatabaseError as e:
+                raise StartupError(f"storage.dsn: {e.detail}") from None
+            if worker == 0:
+                ctx.metrics.set_queue_probe(queue.stats)  # queue_messages, queue_oldest_age_seconds
+                try:
+                    control_server = await serve_control(ctx, queue, others=link.broadcast if link else None)
+                except (ControlError, OSError) as e:
+                    raise StartupError(f"control socket {config.control_path}: {_reason(e)}") from None
         else:
             ctx.queue = HandoffQueue(config.queue_root, worker=worker)  # worker 0 delivers
         for name in list(socks):
@@ -593,7 +611,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_reloader(ctx, configure_logging, link), name="reloader"),
                        tg.create_task(_users_watcher(ctx), name="users-watcher")]
-            if ctx.queue is not None and worker == 0:
+            if ctx.queue is not None and (worker == 0 or ctx.database is not None):
                 # Cancelling it on stop is safe: an unrecorded transaction is retried at next start.
                 workers.append(tg.create_task(ctx.queue.run(), name="queue"))
             sd_notify("READY=1")

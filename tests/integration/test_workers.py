@@ -281,6 +281,46 @@ async def test_submitted_mail_is_delivered_exactly_once_whichever_worker_took_it
     # seen); test_workers_queue.py hands entries over deterministically.
 
 
+async def test_with_postgresql_both_workers_claim_from_the_table_and_deliver_each_message_once(
+        setup: Setup, dns_server: DnsServer, pg_dsn: str) -> None:
+    """[storage] backend = "postgresql": every worker runs a queue manager over queue_entry (no
+    hand-off to worker 0) and each message still leaves exactly once."""
+    import psycopg
+
+    peer = await SmtpPeer(REMOTE_IP, shared_port(REMOTE_IP), hostname="mx.remote.test").start()
+    dns_server.add(REMOTE, "MX", "10 mx.remote.test.")
+    dns_server.add("mx.remote.test", "A", REMOTE_IP)
+    path = setup.write(server=WORKERS, storage={"backend": "postgresql", "dsn": pg_dsn},
+                       queue={"remote_port": peer.port, "retry_schedule": ["1h"]})
+    n = 12
+
+    def submit_all() -> None:
+        for i in range(n):
+            with smtplib.SMTP("127.0.0.1", setup.ports["submission"], timeout=10) as smtp:
+                smtp.login(BOB, PASSWORD)
+                smtp.sendmail(BOB, [f"r{i}@{REMOTE}"], message(f"number {i}").replace(
+                    b"From: someone@example.net", f"From: {BOB}".encode()))
+
+    def rows() -> int:
+        with psycopg.connect(pg_dsn) as conn:
+            row = conn.execute("SELECT count(*) FROM queue_entry").fetchone()
+            return int(row[0]) if row else -1
+
+    with running(path) as server:
+        await asyncio.to_thread(all_ready, server)
+        try:
+            await asyncio.to_thread(submit_all)
+            await peer.wait_messages(n, seconds=20)
+            await asyncio.sleep(1.5)  # time for a duplicate to show up
+            assert await asyncio.to_thread(server.stop) == 0
+        finally:
+            await peer.stop()
+    got = sorted(r for m in peer.messages for r in m.rcpt_tos)
+    assert got == sorted(f"r{i}@{REMOTE}" for i in range(n)), got
+    assert await asyncio.to_thread(rows) == 0
+    assert not list((setup.data / "queue").glob("worker-*"))  # no hand-off partitions
+
+
 def _on_the_other_worker(stopped: int, connect: Callable[[], T]) -> T:
     """`connect()` while worker `stopped` is SIGSTOPped: the other worker accepts it."""
     os.kill(stopped, signal.SIGSTOP)

@@ -10,6 +10,14 @@ from the null sender), and removing finished entries.
 Does not own: the disk format (queue/spool.py), SMTP (delivery/remote.py), headers and signing
 (cleanup.py).
 
+Two kinds of spool (spool.QueueSpool): the file spool, which this manager owns alone (worker 0;
+the other workers hand entries over, queue/handoff.py), so it holds every entry in memory; or a
+shared one (spool.ClaimingSpool: spool_pg.PgSpool, [storage] backend = "postgresql"), where every
+worker of every node runs a manager and each holds only the due entries it claimed (every
+CLAIM_EVERY seconds, and after each submit), renews their leases while working on them, and
+releases each one once the round is recorded (its next attempt saved). A manager that dies keeps
+its entries until their leases run out; then another claims and delivers them.
+
 Rules (maddy's queue and Postfix's qmgr are the models):
 - Per recipient: 2xx -> delivered; 5xx -> failed, bounced; anything else -> retried with backoff
   (STYLE rule 5). Only pending recipients are tried again.
@@ -21,6 +29,7 @@ Rules (maddy's queue and Postfix's qmgr are the models):
   between bounces it again after restart (twice rather than never).
 - A crash during a transaction: the result was not recorded, so the recipients are tried again
   after restart (at-least-once, as with every MTA); recorded deliveries are never repeated.
+  Cancelling run() is such a crash: an interrupted round is neither finished nor released.
 
     manager = QueueManager(ctx)          # ctx: .config .directory .store .resolver (app.Context)
     ctx.queue = manager                  # cleanup.enqueue submits through it
@@ -29,6 +38,7 @@ Rules (maddy's queue and Postfix's qmgr are the models):
     manager.wake(); manager.stop()
     manager.list_entries() / show(id) / headers(id) / retry(id) / delete(id) / flush()  # control socket
     manager.stats() -> (count, oldest_age_seconds)                       # the metrics queue probe
+    QueueManager(ctx, spool=PgSpool(db, cfg.queue_root))                # shared: claims and leases
 """
 
 from __future__ import annotations
@@ -53,17 +63,21 @@ from mailhaven import metrics, seams
 from mailhaven.auth.users import program_argv
 from mailhaven.delivery import local, program, remote
 from mailhaven.delivery.result import DeliveryResult
-from mailhaven.errors import ConfigError, MailError
+from mailhaven.errors import ConfigError, DatabaseError, MailError
 from mailhaven.message import dsn
 from mailhaven.message import headers as msgheaders
 from mailhaven.queue import schedule
-from mailhaven.queue.spool import Entry, Recipient, Spool, partition_name, valid_id
+from mailhaven.queue.spool import ClaimingSpool, Entry, QueueSpool, Recipient, Spool, partition_name, valid_id
 
 log = logging.getLogger("mailhaven.queue")
 
 # How long to wait before retrying an entry whose bounce could not be queued (disk trouble).
 NOTIFY_RETRY = 60.0
 PARTITION_SCAN = 1.0  # seconds between looks into the other workers' partitions (spool.py)
+CLAIM_EVERY = 1.0  # seconds between claims of due entries from a shared spool (spool_pg.py)
+# Seconds a claimed entry stays ours without renewal; renewed every LEASE / 3 while we hold it, so
+# only a manager that stopped renewing (dead, cut off from the database) loses its entries.
+LEASE = 120.0
 HEADERS_READ = 64 * 1024
 PROGRAMS = "|programs"  # the destination of program recipients (delivery/program.py), never a domain  # `queue show` looks for From/To/Subject/Message-ID in this much of a message
 
@@ -77,7 +91,7 @@ class _Round:
     _message: bytes | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def message(self, spool: Spool) -> bytes:
+    async def message(self, spool: QueueSpool) -> bytes:
         async with self._lock:
             if self._message is None:
                 self._message = await spool.read(self.entry.id)
@@ -132,13 +146,22 @@ def _domain(address: str) -> str:
 
 
 class QueueManager:
-    def __init__(self, ctx: seams.Context, *, spool: Spool | None = None, clock: Callable[[], float] = time.time,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(self, ctx: seams.Context, *, spool: QueueSpool | None = None, clock: Callable[[], float] = time.time,
+                 rand: Callable[[], float] = random.random, lease: float = LEASE,
+                 claim_every: float = CLAIM_EVERY) -> None:
+        """With a ClaimingSpool (spool_pg.PgSpool) the manager shares the queue with others (other
+        workers, other nodes): `entries` holds only what it claimed, for `lease` seconds renewed
+        while it works on them, and it claims due entries every `claim_every` seconds and after
+        each submit; a finished round saves the entry and releases it."""
         self.ctx = ctx
         if spool is None:
             workers = ctx.config.server.workers
             spool = Spool(ctx.config.queue_root, partitions=[partition_name(i) for i in range(1, workers)])
-        self.spool = spool
+        self.spool: QueueSpool = spool
+        self._claims: ClaimingSpool | None = spool if isinstance(spool, ClaimingSpool) else None
+        self.lease, self.claim_every = lease, claim_every
+        self._claim_now = asyncio.Event()
+        self._claim_failing = False
         self.clock = clock
         self.rand = rand
         self.entries: dict[str, Entry] = {}
@@ -164,7 +187,10 @@ class QueueManager:
             if self.loaded.is_set():
                 return
             started = time.monotonic()
-            for entry in await self.spool.load():
+            loaded = await self.spool.load()
+            if self._claims is not None:
+                loaded = []  # shared: entries are claimed when due (run), not owned by loading
+            for entry in loaded:
                 if entry.id not in self.entries:
                     self.entries[entry.id] = entry
                     self._schedule(entry)
@@ -177,9 +203,25 @@ class QueueManager:
         """Work until stop() (in-flight transactions finish) or cancellation (they are abandoned
         unrecorded and retried after the next start)."""
         await self.load()
+        if self._claims is None:
+            await self._run()
+            return
+        # Leases are renewed until every transaction has ended, also those stop() lets finish.
+        renewer = asyncio.create_task(self._renew_loop(self._claims), name="queue leases")
+        try:
+            await self._run()
+            await self._release_all()  # stopped: what we hold and did not start goes back
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+
+    async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
+            claimer = tg.create_task(self._claim_loop(self._claims), name="queue claims") \
+                if self._claims is not None else None
             try:
                 while not self._stopping:
                     self._wake.clear()
@@ -193,6 +235,8 @@ class QueueManager:
                 self._tg = None
                 if scanner is not None:
                     scanner.cancel()
+                if claimer is not None:
+                    claimer.cancel()
 
     async def _scan_partitions(self) -> None:
         """Pick up what the other workers queued (spool.scan_partitions): at once when a worker
@@ -220,6 +264,67 @@ class QueueManager:
         if found:
             self.wake()
 
+    async def _claim_loop(self, spool: ClaimingSpool) -> None:
+        """Claim due entries of the shared spool: every claim_every seconds, at once after a submit."""
+        while not self._stopping:
+            await self._claim_once(spool)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._claim_now.wait(), self.claim_every)
+            self._claim_now.clear()
+
+    async def _claim_once(self, spool: ClaimingSpool) -> None:
+        room = self.ctx.config.queue.max_active - len(self.entries)  # hold no more than we can start
+        if room <= 0:
+            return
+        try:
+            found = await spool.claim(room, self.lease, self.clock())
+        except DatabaseError as e:
+            if not self._claim_failing:  # once per outage, not every second
+                log.warning("queue: cannot claim entries (trying every %gs): %s", self.claim_every, e.detail)
+            self._claim_failing = True
+            return
+        if self._claim_failing:
+            log.info("queue: claiming entries again")
+            self._claim_failing = False
+        for entry in found:
+            if entry.id not in self.entries:
+                self.entries[entry.id] = entry
+                self._schedule(entry)
+        if found:
+            self.wake()
+
+    async def _renew_loop(self, spool: ClaimingSpool) -> None:
+        """Keep the leases of what we hold (LEASE / 3 apart: two renewals may fail before one expires)."""
+        while True:  # cancelled by run() once no transaction is left
+            await asyncio.sleep(self.lease / 3)
+            held = list(self.entries)
+            try:
+                kept = await spool.renew(held, self.lease)
+            except DatabaseError as e:
+                log.warning("queue: cannot renew the leases of %d entries: %s", len(held), e.detail)
+                continue
+            for eid in held:
+                if eid not in kept and eid in self.entries:
+                    log.error("queue: lost the lease of %s (another node may deliver it too)", eid)
+
+    async def _release_all(self) -> None:
+        """After _run: no transaction runs any more, so every entry still here (claimed, maybe
+        given a round whose jobs never got a slot) goes back."""
+        self._jobs.clear()
+        for entry in list(self.entries.values()):
+            entry.busy = False
+            try:
+                await self._give_back(entry)
+            except DatabaseError as e:  # its lease runs out instead
+                log.warning("queue: cannot release %s: %s", entry.id, e.detail)
+
+    async def _give_back(self, entry: Entry) -> None:
+        """A claimed entry leaves our hands: any manager may claim it when it is due."""
+        if self.entries.get(entry.id) is entry:
+            del self.entries[entry.id]
+        if self._claims is not None:
+            await self._claims.release(entry.id)
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -237,6 +342,9 @@ class QueueManager:
         await self.load()
         entry = await self.spool.add(sender, recipients, message, source=source, next_attempt=self.clock(),
                                      entry_id=entry_id, programs=programs)
+        if self._claims is not None:
+            self._claim_now.set()  # whoever claims it first delivers it
+            return entry.id
         self.entries[entry.id] = entry
         self._schedule(entry)
         self.wake()
@@ -393,7 +501,10 @@ class QueueManager:
             else:
                 self._domain_active.pop(job.domain, None)
             job.round.remaining -= 1
-            if job.round.remaining == 0:
+            task = asyncio.current_task()
+            # Cancelled (run() cancelled: the process stops or dies): the round is abandoned
+            # unrecorded, neither finished nor, with a shared spool, released (its lease runs out).
+            if job.round.remaining == 0 and not (task is not None and task.cancelling()):
                 await self._finish_safely(job.round)
             self.wake()
 
@@ -503,6 +614,8 @@ class QueueManager:
         except Exception:  # noqa: BLE001
             log.exception("queue: finishing %s failed; retrying later", entry.id)
             if not entry.deleted and entry.id in self.entries:
+                # Kept here, also with a shared spool (its lease renewed): what was recorded only
+                # in memory (a delivery whose record is the removal) is not repeated elsewhere.
                 entry.next_attempt = self.clock() + NOTIFY_RETRY
                 entry.busy = False
                 self._schedule(entry)
@@ -551,8 +664,11 @@ class QueueManager:
             entry.next_attempt = now + NOTIFY_RETRY  # only a bounce is left to queue
         await self.spool.save(entry)
         entry.busy = False  # before scheduling: the timer heap skips busy entries
-        self._schedule(entry)
         rnd.drop_message()
+        if self._claims is not None:
+            await self._give_back(entry)  # claimed again when due, here or elsewhere
+            return
+        self._schedule(entry)
 
     async def _notify_failures(self, entry: Entry, rnd: _Round) -> bool:
         """Queue the bounce for failed, not yet notified recipients. False if it could not be."""

@@ -55,7 +55,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import TempFailure
@@ -154,6 +154,44 @@ class Entry:
         return cls(str(d["id"]), str(d["sender"]), rcpts, float(d["created"]), float(d["next_attempt"]),
                    int(d.get("size", 0)), int(d.get("attempts", 0)), bool(d.get("delay_warning_sent")),
                    str(d.get("source", "")))
+
+
+class QueueSpool(Protocol):
+    """What queue/manager.py asks of its storage: this module's Spool (files only, one node) or
+    queue/spool_pg.py's PgSpool (envelopes in PostgreSQL, message files on a shared path)."""
+
+    partitions: list[Path]
+
+    @property
+    def wake_path(self) -> Path: ...
+
+    def msg_path(self, entry_id: str) -> Path: ...
+
+    async def load(self) -> list[Entry]: ...
+
+    async def scan_partitions(self) -> list[Entry]: ...
+
+    async def add(self, sender: str, recipients: list[str], data: bytes, *, source: str = "",
+                  created: float | None = None, next_attempt: float | None = None,
+                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> Entry: ...
+
+    async def save(self, entry: Entry) -> None: ...
+
+    async def read(self, entry_id: str) -> bytes: ...
+
+    async def remove(self, entry_id: str) -> None: ...
+
+
+@runtime_checkable
+class ClaimingSpool(QueueSpool, Protocol):
+    """A spool several managers (nodes) share: each works only on the due entries it claimed, for
+    a lease it renews while delivering and gives back once the entry is saved for later."""
+
+    async def claim(self, limit: int, lease: float, now: float) -> list[Entry]: ...
+
+    async def renew(self, entry_ids: Sequence[str], lease: float) -> set[str]: ...
+
+    async def release(self, entry_id: str) -> None: ...
 
 
 class Spool:
@@ -319,17 +357,13 @@ class Spool:
     def _add_sync(self, entry: Entry, data: bytes) -> None:
         if not self._ready:
             self._make_root()
-        msg = self.msg_path(entry.id)
-        tmp = self.root / f".{entry.id}.msg.tmp"
-        maildir.write_new_file(tmp, data, fsync=self.fsync)
+        msg = write_message(self.root, entry.id, data, fsync=self.fsync, sync_dir=False)
         try:
-            os.rename(tmp, msg)
             # atomic_write fsyncs the directory after the .env rename: that covers the .msg too.
             maildir.atomic_write(self.env_path(entry.id), _dumps(entry), fsync=self.fsync)
         except BaseException:
-            for p in (tmp, msg):
-                with contextlib.suppress(OSError):
-                    os.unlink(p)
+            with contextlib.suppress(OSError):
+                os.unlink(msg)
             raise
 
     # -- update --
@@ -358,6 +392,24 @@ class Spool:
                 os.unlink(p)
         if self.fsync:
             maildir.fsync_dir(self.dir_of(entry_id))
+
+
+def write_message(folder: Path, entry_id: str, data: bytes, *, fsync: bool, sync_dir: bool = True) -> Path:
+    """Write `<folder>/<entry_id>.msg` durably: a temporary name, fsync, rename, then (`sync_dir`)
+    fsync the directory. Nothing is left behind on failure. Returns the path."""
+    msg = folder / f"{entry_id}.msg"
+    tmp = folder / f".{entry_id}.msg.tmp"
+    maildir.write_new_file(tmp, data, fsync=fsync)
+    try:
+        os.rename(tmp, msg)
+        if sync_dir and fsync:
+            maildir.fsync_dir(folder)
+    except BaseException:
+        for p in (tmp, msg):
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+        raise
+    return msg
 
 
 def _older(path: Path, seconds: float) -> bool:
@@ -401,4 +453,4 @@ def _dumps(entry: Entry) -> bytes:
     return json.dumps(entry.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-__all__ = ["Spool", "Entry", "Recipient", "RcptState", "new_id", "valid_id", "partition_name", "STALE_WRITE", "WAKE_SOCKET"]
+__all__ = ["Spool", "QueueSpool", "ClaimingSpool", "Entry", "Recipient", "RcptState", "new_id", "valid_id", "write_message", "partition_name", "STALE_WRITE", "WAKE_SOCKET"]
