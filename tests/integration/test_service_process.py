@@ -101,6 +101,31 @@ class Setup:
         return [p.read_bytes() for sub in ("new", "cur") if (root / sub).is_dir() for p in (root / sub).iterdir()]
 
 
+def children(pid: int) -> set[int]:
+    """The pids whose parent is `pid`."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.add(int(entry))
+    return out
+
+
+def serving_statuses(server: Server, setup: Setup) -> list[dict[str, str]]:
+    """/proc status of the processes that serve mail: the server itself, or with workers each
+    worker (the supervising parent stays root to restart them, as Postfix's master does)."""
+    if setup.workers == 1:
+        return [proc_status(server.pid)]
+    assert proc_status(server.pid)["Uid"].split()[1] == "0"  # the parent: root, serving nothing
+    workers = children(server.pid)
+    assert len(workers) == setup.workers, server.log()
+    return [proc_status(pid) for pid in sorted(workers)]
+
+
 def _load(path: Path) -> Any:
     from mailhaven import config
 
@@ -250,11 +275,11 @@ def test_started_as_root_it_binds_a_low_port_then_runs_as_run_as_user_with_priva
     path = setup.write(ports={"pop3": low}, run_as_user=name)
     assert not setup.data.exists()
     with running(path) as server:
-        status = proc_status(server.pid)
-        assert status["Uid"].split() == [str(uid)] * 4
-        assert status["Gid"].split() == [str(gid)] * 4
-        assert sorted(status["Groups"].split()) == sorted(str(g) for g in set(os.getgrouplist(name, gid)))
-        assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
+        for status in serving_statuses(server, setup):
+            assert status["Uid"].split() == [str(uid)] * 4
+            assert status["Gid"].split() == [str(gid)] * 4
+            assert sorted(status["Groups"].split()) == sorted(str(g) for g in set(os.getgrouplist(name, gid)))
+            assert int(status["CapEff"], 16) == 0 and int(status["CapPrm"], 16) == 0
         assert f"running as {name}" in server.log()
         # The data folder it made as root was handed over, private.
         st = setup.data.stat()
@@ -297,13 +322,13 @@ def test_run_as_group_other_than_the_users_own_is_the_process_group_and_owns_its
         assert gid != own_gid
         path = setup.write(run_as_user=name, run_as_group=group)
         with running(path) as server:
-            status = proc_status(server.pid)
-            assert status["Uid"].split() == [str(uid)] * 4
-            assert status["Gid"].split() == [str(gid)] * 4  # real, effective, saved, filesystem
-            # Supplementary groups are the user's memberships with `group` as the base, so the
-            # user's own primary group is not kept.
-            groups = {int(g) for g in status["Groups"].split()}
-            assert groups == set(os.getgrouplist(name, gid)) and own_gid not in groups
+            for status in serving_statuses(server, setup):
+                assert status["Uid"].split() == [str(uid)] * 4
+                assert status["Gid"].split() == [str(gid)] * 4  # real, effective, saved, filesystem
+                # Supplementary groups are the user's memberships with `group` as the base, so the
+                # user's own primary group is not kept.
+                groups = {int(g) for g in status["Groups"].split()}
+                assert groups == set(os.getgrouplist(name, gid)) and own_gid not in groups
             assert f"running as {name} (uid {uid}, gid {gid})" in server.log()
             st = setup.data.stat()
             assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, 0o700)

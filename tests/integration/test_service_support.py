@@ -164,7 +164,9 @@ class Server:
                 self._q.get(timeout=min(left, 0.2))
 
     def ready(self, timeout: float = 30.0) -> None:
-        self.wait_for(r"ready: \d+ listener", timeout)
+        """A single process serves, or the supervising parent says every worker does (one worker's
+        own "serving in worker N" line is not enough: the others may still be starting as root)."""
+        self.wait_for(r"ready: \d+ (listener\(s\) serving(?! in worker)|workers serving)", timeout)
 
     def missing_listeners(self) -> set[str]:
         return {m.group(1) for line in self.lines if (m := re.search(r"listener (\S+) not available", line))}

@@ -35,6 +35,7 @@ from tests.integration.test_service_process import (
     PASSWORD,
     Setup,
     _load,
+    children,
     message,
     running,
 )
@@ -55,22 +56,10 @@ WORKERS = {"workers": 2}
 T = TypeVar("T")
 
 
-def children(pid: int) -> set[int]:
-    """The pids whose parent is `pid`."""
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                out.add(int(entry))
-    return out
-
-
 def all_ready(server: Server) -> None:
-    server.wait_for(r"ready: 2 workers serving")
+    """The parent said both workers serve (Server.ready, which `running` calls, waits for the same)."""
+    if not any("ready: 2 workers serving" in line for line in server.lines):
+        server.wait_for(r"ready: 2 workers serving")
 
 
 def greetings(setup: Setup, n: int) -> None:
