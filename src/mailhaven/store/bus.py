@@ -121,13 +121,13 @@ def decode(data: bytes) -> list[Event | None]:
     return out
 
 
-def pack(records: list[Record]) -> list[tuple[bytes, int]]:
-    """Datagrams of at most MAX_DATAGRAM octets holding these records in order, each with how
-    many it holds."""
+def pack(records: list[Record], limit: int = MAX_DATAGRAM) -> list[tuple[bytes, int]]:
+    """Datagrams of at most `limit` octets holding these records in order, each with how many it
+    holds (a record longer than `limit` alone in one; encode() keeps them under 2 * MAX_NAME + 3)."""
     out: list[tuple[bytes, int]] = []
     current, n = bytearray(MAGIC), 0
     for r in records:
-        if n and len(current) + 1 + len(r) > MAX_DATAGRAM:
+        if n and len(current) + 1 + len(r) > limit:
             out.append((bytes(current), n))
             current, n = bytearray(MAGIC), 0
         current += b"\n" + r
