@@ -6,6 +6,7 @@ with a second process is in test_imap_sessions.py."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -134,7 +135,8 @@ async def test_garbage_on_the_channel_is_ignored(nodes: Callable[[], Any], pg_ds
 
 
 async def test_after_postgresql_restarts_the_listener_reconnects_and_subscribers_resync(
-        nodes: Callable[[], Any], postgres: Postgres) -> None:
+        nodes: Callable[[], Any], postgres: Postgres, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mailhaven.store.bus_pg")
     a, b = await nodes(), await nodes()
     with b.store.changes.subscribe(ALICE) as sub:
         await asyncio.to_thread(postgres.stop)
@@ -149,6 +151,9 @@ async def test_after_postgresql_restarts_the_listener_reconnects_and_subscribers
         await a.store.deliver([(ALICE, "INBOX")], MSG)
         assert await next_event(sub, 5.0) == MessagesAdded(ALICE, "INBOX", ())
         assert time.monotonic() - started < 5.0  # A's pool replaces its broken connections first
+    b_lines = [r.getMessage() for r in caplog.records if "not listening" in r.getMessage()]
+    assert len(b_lines) == 2  # one line per node for the whole outage, however often it tried
+    assert sum("listening again" in r.getMessage() for r in caplog.records) == 2
 
 
 async def test_with_postgresql_the_app_relays_store_changes_through_notify_not_the_bus(
@@ -158,3 +163,65 @@ async def test_with_postgresql_the_app_relays_store_changes_through_notify_not_t
     assert isinstance(ctx.store.peers, PgBus) and ctx.store.bus_dir is None
     plain = app.build_context(make_config(), bus_dir=tmp_path / "run" / "bus")
     assert plain.store.peers is None and plain.store.bus_dir == tmp_path / "run" / "bus"
+
+
+async def _imap_line(reader: asyncio.StreamReader, seconds: float = 5.0) -> bytes:
+    return await asyncio.wait_for(reader.readline(), seconds)
+
+
+async def _imap_cmd(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> list[bytes]:
+    writer.write(b"t " + line + b"\r\n")
+    out = [await _imap_line(reader)]
+    while not out[-1].startswith(b"t "):
+        out.append(await _imap_line(reader))
+    return out
+
+
+def _mx_send(port: int, rcpt: str) -> dict[str, Any]:
+    """One MX transaction (smtplib raises when it is refused); the refused recipients."""
+    import smtplib
+
+    msg = f"From: someone@example.net\r\nTo: {rcpt}\r\nSubject: across\r\nMessage-ID: <n@example.net>\r\n\r\nhi\r\n"
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+        smtp.ehlo("client.example.net")
+        return dict(smtp.sendmail("someone@example.net", [rcpt], msg))
+
+
+async def test_mail_through_the_mx_of_node_a_reaches_an_idle_session_on_node_b_within_one_second(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str, pg_dsn: str) -> None:
+    """Issue 15: two running servers (app.run) sharing one PostgreSQL and one mail directory
+    (node B's data_dir/mail is a symlink to node A's)."""
+    from tests.fixtures_server import add_user, app_config_file, load_test_config, running_app
+
+    top: dict[str, Any] = {"storage": {"backend": "postgresql", "dsn": pg_dsn},
+                           "auth": {"failure_delay": 0, "allow_plaintext_loopback": True},
+                           "users_file": str(tmp_path / "users.toml")}
+    cfgs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        cfgs.append(load_test_config(app_config_file(tmp_path / name, tls_files, dns_nameserver, **top)))
+    (tmp_path / "b" / "data").mkdir()
+    (tmp_path / "a" / "data" / "mail").mkdir(parents=True)
+    (tmp_path / "b" / "data" / "mail").symlink_to(tmp_path / "a" / "data" / "mail")
+    add_user(cfgs[0], ALICE, "correct horse")
+    async with running_app(cfgs[0]) as a, running_app(cfgs[1]) as b:
+        reader, writer = await asyncio.open_connection("127.0.0.1", b.port("imap"))
+        try:
+            assert (await _imap_line(reader)).startswith(b"* OK")
+            assert (await _imap_cmd(reader, writer, b'LOGIN alice@example.test "correct horse"'))[-1].startswith(b"t OK")
+            assert (await _imap_cmd(reader, writer, b"SELECT INBOX"))[-1].startswith(b"t OK")
+            writer.write(b"i IDLE\r\n")
+            assert (await _imap_line(reader)).startswith(b"+ ")
+            assert await asyncio.to_thread(_mx_send, a.port("mx"), ALICE) == {}
+            sent = time.monotonic()  # the 250 to DATA: A's store has the message
+            assert await _imap_line(reader, 1.0) == b"* 1 EXISTS\r\n"
+            assert time.monotonic() - sent < 1.0
+            writer.write(b"DONE\r\n")
+            lines = [await _imap_line(reader)]
+            while not lines[-1].startswith(b"i "):
+                lines.append(await _imap_line(reader))
+            assert lines[-1].startswith(b"i OK")
+            assert (await _imap_cmd(reader, writer, b"FETCH 1 (UID BODY[HEADER.FIELDS (SUBJECT)])"))[0].startswith(
+                b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)]")
+        finally:
+            writer.close()

@@ -176,11 +176,14 @@ class PgBus:
             try:
                 await self._flush()
             except DatabaseError as e:
-                log.warning("store notify: sending failed (again in %.1f s): %s", delay, e.detail)
+                if delay == RETRY:  # one line per outage
+                    log.warning("store notify: cannot send change events (trying again): %s", e.detail)
                 self._wake.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
             else:
+                if delay != RETRY:
+                    log.info("store notify: sending change events again")
                 delay = RETRY
 
     async def _flush(self) -> None:
@@ -213,7 +216,9 @@ class PgBus:
                 self.failures += 1
                 if loop.time() - began > MAX_BACKOFF:  # it worked for a while: try again quickly
                     delay = MIN_BACKOFF
-                log.warning("store notify: listening failed (again in %.1f s): %s", delay, reason(e))
+                if self.listening.is_set() or self.failures == 1:  # one line per outage
+                    log.warning("store notify: not listening for other nodes' change events (trying "
+                                "again): %s", reason(e))
             self.listening.clear()
             conn, self._conn = self._conn, None
             if conn is not None:
@@ -229,7 +234,7 @@ class PgBus:
         self.connects += 1
         self.listening.set()
         if self.failures and self.hub is not None:
-            log.info("store notify: listening again; every session takes a new snapshot")
+            log.info("store notify: listening again; every session looks at its folders again")
             self.hub.overflow_all()  # what other nodes sent while we were away is lost
         while True:
             got = False
