@@ -6,6 +6,8 @@ change, an expunge or a new folder made by another worker within a second (DESIG
 machine": "change notification crosses processes"). Does not own: the events themselves, or making
 a process's cached folder state fresh (mailbox.py does that under the inter-process lock; an event
 here is only a hint to take a new snapshot, which is what a subscriber does with every event).
+With `[storage] backend = "postgresql"` bus_pg.py (LISTEN/NOTIFY) replaces it, between the
+workers of one node too; it reuses this module's records.
 
 Why Unix datagram sockets in a directory: every process that runs a Store with `bus_dir` binds
 `<bus_dir>/<pid>-<n>.sock`; a sender lists the directory (again only when its mtime says it
