@@ -105,6 +105,7 @@ from mailhaven.store.changes import (
     MailboxesChanged,
     MessagesAdded,
     Overflow,
+    Peers,
     Subscription,
 )
 from mailhaven.store.mailbox import Account, Mailbox, Store
@@ -112,6 +113,6 @@ from mailhaven.store.model import MailboxHasChildren, MailboxInfo, MessageInfo, 
 
 __all__ = [
     "Account", "ChangeHub", "Event", "Expunged", "FlagsChanged", "MailboxHasChildren", "MailboxInfo",
-    "Mailbox", "MailboxesChanged", "MessageInfo", "MessageNotFound", "MessagesAdded", "Overflow",
+    "Mailbox", "MailboxesChanged", "MessageInfo", "MessageNotFound", "MessagesAdded", "Overflow", "Peers",
     "Snapshot", "Store", "Subscription",
 ]
