@@ -2,7 +2,8 @@
 
     python tests/store_worker.py ROOT GO_FILE JOB_JSON
 
-JOB_JSON: {"user": ..., "mailbox": "INBOX", "op": ..., "bus_dir": optional, ...}. The worker builds
+JOB_JSON: {"user": ..., "mailbox": "INBOX", "op": ..., "bus_dir": optional, "pg_dsn": optional
+(another node: change events through PostgreSQL LISTEN/NOTIFY, store/bus_pg.py), ...}. The worker builds
 its Store, opens the mailbox and takes a snapshot (so its cached folder state exists before the
 others start writing), prints "ready", waits until GO_FILE exists, does the job, prints one line
 of JSON (the result) and, for jobs with "stay": true, waits for its stdin to close before closing
@@ -50,7 +51,16 @@ def wait_for(path: Path) -> None:
 
 async def run(root: Path, go: Path, job: dict[str, Any]) -> None:
     bus = job.get("bus_dir")
-    store = Store(root, hostname=HOST, fsync=False, **({"bus_dir": Path(bus)} if bus else {}))
+    extra: dict[str, Any] = {"bus_dir": Path(bus)} if bus else {}
+    database = None
+    if job.get("pg_dsn"):
+        from mailhaven.pg import Database
+        from mailhaven.store.bus_pg import PgBus
+
+        database = Database(job["pg_dsn"], pool_size=2)
+        await database.open()
+        extra["peers"] = PgBus(database)
+    store = Store(root, hostname=HOST, fsync=False, **extra)
     await store.start()
     user = job["user"]
     acc = store.account(user)
@@ -112,6 +122,8 @@ async def run(root: Path, go: Path, job: dict[str, Any]) -> None:
     if job.get("stay"):
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await store.close()
+    if database is not None:
+        await database.close()
 
 
 if __name__ == "__main__":

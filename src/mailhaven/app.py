@@ -253,11 +253,13 @@ def build_context(cfg: Config, *, bus_dir: Path | None = None) -> Context:
 
     `bus_dir`: this process is one of several worker processes over the same data_dir; their
     stores send each other change events through sockets there (store/bus.py), e.g.
-    `<data_dir>/run/bus`, the same for every worker. None: a single process."""
+    `<data_dir>/run/bus`, the same for every worker. None: a single process. With PostgreSQL the
+    change events of every store (this node's workers and other nodes) go through LISTEN/NOTIFY
+    instead (store/bus_pg.py), and `bus_dir` is not used."""
     database = _database(cfg)
     ctx = Context(
         config=cfg,
-        store=Store(cfg.mail_root, hostname=cfg.hostname, bus_dir=bus_dir),
+        store=_store(cfg, bus_dir, database),
         directory=load_directory(cfg),
         resolver=Resolver.from_config(cfg.dns),
         limits=build_limits(cfg),
@@ -311,6 +313,16 @@ def _database(cfg: Config) -> Database | None:
     from mailhaven import pg
 
     return pg.Database.from_config(cfg.storage)
+
+
+def _store(cfg: Config, bus_dir: Path | None, database: Database | None) -> Store:
+    """The Store; with PostgreSQL its change events travel through LISTEN/NOTIFY (bus_pg.py: one
+    transport for the workers of this node and the other nodes alike, each event heard once)."""
+    if database is None:
+        return Store(cfg.mail_root, hostname=cfg.hostname, bus_dir=bus_dir)
+    from mailhaven.store.bus_pg import PgBus
+
+    return Store(cfg.mail_root, hostname=cfg.hostname, peers=PgBus(database))
 
 
 def _queue_spool(ctx: Context) -> QueueSpool | None:

@@ -102,6 +102,14 @@ class Database:
         if pool is not None:
             await pool.close()
 
+    async def connect(self) -> Connection:
+        """A connection of its own, outside the pool (autocommit, no statement timeout), for a
+        caller that keeps it (store/bus_pg.py's LISTEN); the caller closes it. Raises DatabaseError."""
+        try:
+            return await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
+        except psycopg.Error as e:
+            raise DatabaseError(f"cannot connect: {reason(e)}") from e
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
         """A pooled connection (autocommit: use `conn.transaction()`), opening the pool on first

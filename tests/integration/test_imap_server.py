@@ -42,11 +42,13 @@ class ImapHarness:
     """Store + IMAP listeners in a thread with their own event loop. ctx is built here, not by app.py."""
 
     def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps"), *, fsync: bool = False,
-                 bus_dir: Path | None = None) -> None:
+                 bus_dir: Path | None = None, pg_dsn: str | None = None) -> None:
         self.cfg = cfg
         self.names = names
         self.fsync = fsync  # the Store's durability (off by default: the tests run faster without it)
         self.bus_dir = bus_dir  # the Store's change bus (other processes over the same mail root)
+        self.pg_dsn = pg_dsn  # or LISTEN/NOTIFY there (store/bus_pg.py: other nodes), with a pool of its own
+        self.database: Any = None
         self.ports: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="imap-harness", daemon=True)
@@ -68,8 +70,15 @@ class ImapHarness:
         from mailhaven.tls import server_context
 
         cfg = self.cfg
-        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=self.fsync,
-                           **({"bus_dir": self.bus_dir} if self.bus_dir else {}))
+        extra: dict[str, Any] = {"bus_dir": self.bus_dir} if self.bus_dir else {}
+        if self.pg_dsn:
+            from mailhaven.pg import Database
+            from mailhaven.store.bus_pg import PgBus
+
+            self.database = Database(self.pg_dsn, pool_size=2)
+            await self.database.open()
+            extra["peers"] = PgBus(self.database)
+        self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=self.fsync, **extra)
         await self.store.start()
         self.ctx = SimpleNamespace(
             config=cfg, store=self.store, directory=Directory(cfg, UsersFile.load(cfg.users_file)),
@@ -91,6 +100,8 @@ class ImapHarness:
                 break
             await asyncio.sleep(0.02)
         await self.store.close()
+        if self.database is not None:
+            await self.database.close()
 
     def stop(self) -> None:
         try:

@@ -92,6 +92,36 @@ def test_delivery_by_another_worker_process_reaches_an_idling_client_within_one_
         h.stop()
 
 
+def test_delivery_through_another_node_reaches_an_idling_client_within_one_second(
+        make_config: Callable[..., Any], tmp_path: Path, pg_dsn: str) -> None:
+    """Issue 15: two nodes share the mail root and PostgreSQL; LISTEN/NOTIFY carries the change
+    (store/bus_pg.py). Node A is another process with a Store and a pool of its own."""
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), pg_dsn=pg_dsn).start()
+    node_a = None
+    try:
+        h.fill(1)
+        raw = selected(h)
+        idle(raw)
+        go = tmp_path / "go"
+        job = {"user": ALICE, "op": "deliver", "pg_dsn": pg_dsn, "stay": True}
+        node_a = subprocess.Popen([sys.executable, str(WORKER), str(h.cfg.mail_root), str(go), json.dumps(job)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert node_a.stdout is not None and json.loads(node_a.stdout.readline()) == "ready"
+        go.touch()
+        delivered_at = json.loads(node_a.stdout.readline())["delivered_at"]
+        assert raw.line(timeout=1.0) == b"* 2 EXISTS\r\n"
+        assert time.time() - delivered_at < 1.0
+        assert done(raw)[-1].startswith(b"i OK")
+        assert raw.cmd(b"FETCH 2 (UID)")[0] == b"* 2 FETCH (UID 2)\r\n"
+        raw.close()
+    finally:
+        if node_a is not None:
+            assert node_a.stdin is not None
+            node_a.stdin.close()
+            assert node_a.wait(30) == 0
+        h.stop()
+
+
 def test_idle_reports_expunge_and_flag_changes_of_another_session(imap: ImapHarness) -> None:
     imap.fill(3)
     a = selected(imap)

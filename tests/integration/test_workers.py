@@ -319,11 +319,18 @@ def _on_the_other_worker(stopped: int, connect: Callable[[], T]) -> T:
         os.kill(stopped, signal.SIGCONT)
 
 
-def test_a_delivery_in_one_worker_wakes_idle_in_the_other_within_one_second(setup: Setup) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_delivery_in_one_worker_wakes_idle_in_the_other_within_one_second(
+        setup: Setup, backend: str, request: pytest.FixtureRequest) -> None:
+    """Through the datagram bus (store/bus.py), or with PostgreSQL through LISTEN/NOTIFY
+    (store/bus_pg.py), which then replaces the bus."""
     import socket
 
-    with running(setup.write(server=WORKERS)) as server:
+    storage = {"backend": "postgresql", "dsn": request.getfixturevalue("pg_dsn")} if backend == "postgresql" else {}
+    with running(setup.write(server=WORKERS, **({"storage": storage} if storage else {}))) as server:
         all_ready(server)
+        bus_sockets = list((setup.data / "run" / "bus").glob("*.sock"))
+        assert len(bus_sockets) == (0 if storage else 2), bus_sockets
         first, second = sorted(children(server.pid))
 
         def idle_client() -> socket.socket:

@@ -6,9 +6,12 @@ Does not own: protocols (IMAP/POP3 views, sequence numbers), policy, the queue.
 Public API (import from `mailhaven.store`); everything is async and never blocks the loop
 (file I/O, fsync and SQLite run in worker threads):
 
-    store = Store(root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None)
+    store = Store(root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None,
+                  peers: Peers | None = None)
         # bus_dir: other processes run a Store over the same root; change events cross to them
         # and back through Unix datagram sockets in that directory (bus.py). None: this one alone.
+        # peers, instead: stores on other nodes share the root; events cross through it
+        # (bus_pg.PgBus: PostgreSQL LISTEN/NOTIFY), started by start() and closed by close().
         await store.start() -> int          # removes stale tmp/ files (ours from a dead writer, or
                                             # anyone's older than 36 h); returns how many; joins the bus
         await store.close()                 # closes every account's index
@@ -86,7 +89,8 @@ file on import and delivered keywords still in a pending record.
 Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
 (UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), pending.py
 (keywords given at delivery, until the index holds them), mailbox.py (the async API and locking),
-changes.py (events), bus.py (events between processes), model.py (value types).
+changes.py (events), bus.py (events between processes), bus_pg.py (events between nodes, through
+PostgreSQL), model.py (value types).
 
 Mailbox names are Unicode strings with "." as the hierarchy delimiter (Maildir++), stored as
 UTF-8 on disk: "INBOX", "Sent", "Work.Projects" -> <user>/.Work.Projects/. `names.py` rejects
@@ -101,6 +105,7 @@ from mailhaven.store.changes import (
     MailboxesChanged,
     MessagesAdded,
     Overflow,
+    Peers,
     Subscription,
 )
 from mailhaven.store.mailbox import Account, Mailbox, Store
@@ -108,6 +113,6 @@ from mailhaven.store.model import MailboxHasChildren, MailboxInfo, MessageInfo, 
 
 __all__ = [
     "Account", "ChangeHub", "Event", "Expunged", "FlagsChanged", "MailboxHasChildren", "MailboxInfo",
-    "Mailbox", "MailboxesChanged", "MessageInfo", "MessageNotFound", "MessagesAdded", "Overflow",
+    "Mailbox", "MailboxesChanged", "MessageInfo", "MessageNotFound", "MessagesAdded", "Overflow", "Peers",
     "Snapshot", "Store", "Subscription",
 ]

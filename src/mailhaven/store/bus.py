@@ -6,6 +6,8 @@ change, an expunge or a new folder made by another worker within a second (DESIG
 machine": "change notification crosses processes"). Does not own: the events themselves, or making
 a process's cached folder state fresh (mailbox.py does that under the inter-process lock; an event
 here is only a hint to take a new snapshot, which is what a subscriber does with every event).
+With `[storage] backend = "postgresql"` bus_pg.py (LISTEN/NOTIFY) replaces it, between the
+workers of one node too; it reuses this module's records.
 
 Why Unix datagram sockets in a directory: every process that runs a Store with `bus_dir` binds
 `<bus_dir>/<pid>-<n>.sock`; a sender lists the directory (again only when its mtime says it
@@ -121,13 +123,13 @@ def decode(data: bytes) -> list[Event | None]:
     return out
 
 
-def pack(records: list[Record]) -> list[tuple[bytes, int]]:
-    """Datagrams of at most MAX_DATAGRAM octets holding these records in order, each with how
-    many it holds."""
+def pack(records: list[Record], limit: int = MAX_DATAGRAM) -> list[tuple[bytes, int]]:
+    """Datagrams of at most `limit` octets holding these records in order, each with how many it
+    holds (a record longer than `limit` alone in one; encode() keeps them under 2 * MAX_NAME + 3)."""
     out: list[tuple[bytes, int]] = []
     current, n = bytearray(MAGIC), 0
     for r in records:
-        if n and len(current) + 1 + len(r) > MAX_DATAGRAM:
+        if n and len(current) + 1 + len(r) > limit:
             out.append((bytes(current), n))
             current, n = bytearray(MAGIC), 0
         current += b"\n" + r

@@ -21,7 +21,8 @@ close(), so the hub forgets it.
 Other processes: when the Store runs a bus (bus.py), `relay` is set and every event published here
 is also sent to the other processes sharing the mail root; the events they send are published
 here with relay=False (uids=(): "take a new snapshot"), and their "everything changed" as an
-Overflow to every subscriber.
+Overflow to every subscriber. Other nodes (PostgreSQL): the Store's `peers` (a Peers, e.g.
+bus_pg.PgBus, LISTEN/NOTIFY) sets `relay` the same way, instead of the bus.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 MAX_PENDING = 10_000
 
@@ -187,3 +189,12 @@ class ChangeHub:
             subs.discard(sub)
             if not subs:
                 del self._subs[sub.user]
+
+
+class Peers(Protocol):
+    """A transport of change events to the stores of other nodes (store/bus_pg.py): from start()
+    to close() it sets `hub.relay` and publishes what the others send with relay=False."""
+
+    async def start(self, hub: ChangeHub) -> None: ...
+
+    async def close(self) -> None: ...

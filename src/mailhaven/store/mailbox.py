@@ -43,7 +43,8 @@ changed since (in place, Folder.catch_up), a folder deleted or replaced there is
 follows its new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
 So UIDs and MODSEQs are never handed out twice and no flag change is lost. deliver() takes no lock:
 it only adds files to new/, which a sync in any process indexes. Change events reach the other
-processes through bus.py when the Store has a `bus_dir`.
+processes through bus.py when the Store has a `bus_dir`, and those of other nodes through its
+`peers` (bus_pg.py, PostgreSQL LISTEN/NOTIFY) when it has those instead.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ from mailhaven.store.changes import (
     FlagsChanged,
     MailboxesChanged,
     MessagesAdded,
+    Peers,
     user_key,
 )
 from mailhaven.store.folder import Changes, Folder
@@ -119,15 +121,22 @@ class Store:
     """All users' mail under `root` (`<root>/<domain>/<localpart>/`, Maildir++).
 
     `bus_dir`: set when other processes run a Store over the same root: change events are sent to
-    them and theirs received (bus.py), from start() to close(). None: this process alone."""
+    them and theirs received (bus.py), from start() to close(). None: this process alone.
+    `peers`: instead of `bus_dir`, when stores on other nodes share the root (bus_pg.PgBus,
+    PostgreSQL LISTEN/NOTIFY); started by start(), closed by close()."""
 
-    def __init__(self, root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None) -> None:
+    def __init__(self, root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None,
+                 peers: Peers | None = None) -> None:
+        if bus_dir is not None and peers is not None:
+            raise ValueError("a Store relays its changes through bus_dir or peers, not both")
         self.root = Path(root)
         self.hostname = hostname
         self.fsync = fsync
         self.changes = ChangeHub()
         self.bus_dir = None if bus_dir is None else Path(bus_dir)
         self.bus: Bus | None = None
+        self.peers = peers
+        self._peers_started = False
         self._accounts: dict[str, Account] = {}
         # Deliveries wait on fsync, not CPU: their own pool lets many fsyncs be in flight (the file
         # system commits them together) without starving the default pool used by everything else.
@@ -146,6 +155,9 @@ class Store:
         if self.bus_dir is not None and self.bus is None:
             self.bus = Bus(self.bus_dir, self.changes)
             self.bus.start()
+        if self.peers is not None and not self._peers_started:
+            await self.peers.start(self.changes)
+            self._peers_started = True
         return removed
 
     def _clean_all_tmp(self) -> int:
@@ -166,6 +178,9 @@ class Store:
         if self.bus is not None:
             self.bus.close()
             self.bus = None
+        if self.peers is not None and self._peers_started:
+            self._peers_started = False
+            await self.peers.close()
         for account in list(self._accounts.values()):
             await account.close()
         self._accounts.clear()
