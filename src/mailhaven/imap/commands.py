@@ -371,11 +371,14 @@ SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | S
 
 @dataclass(frozen=True)
 class Search(Command):
-    """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd."""
+    """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd.
+    `returns`: None for a plain SEARCH; the RETURN options upper-cased (RFC 4731 §3: MIN MAX ALL
+    COUNT) for an extended one, empty for `RETURN ()` (which the session answers as ALL)."""
 
     criteria: SearchAnd
     charset: str | None = None
     uid: bool = False
+    returns: frozenset[str] | None = None
     VERB: ClassVar[str] = "SEARCH"
 
 

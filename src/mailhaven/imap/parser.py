@@ -1,7 +1,7 @@
 """IMAP command parser (sans-IO): one framed command (framing.RawCommand) -> a typed Command.
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
-ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
+ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959, SEARCH RETURN RFC 4731,
 LITERAL+ RFC 7888 via the framer). Every failure is a ParseError carrying the tag (or "*") and a
 safe reason; nothing else escapes (property-tested). Depth of parentheses and NOT/OR nesting is
 bounded (config.imap.max_nesting).
@@ -741,9 +741,34 @@ def _search_modseq(cur: _Cursor) -> SearchModseq:
     return SearchModseq(cur.number(maximum=MAX_NUMBER64), entry, entry_type)
 
 
+SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})  # RFC 4731 §3 search-return-opt
+
+
+def _search_return(cur: _Cursor) -> frozenset[str]:
+    """RFC 4731 §7: "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")" (after RETURN SP)."""
+    cur.expect(LPAREN, "(")
+    opts: set[str] = set()
+    first = True
+    while not cur.take(RPAREN):
+        if not first:
+            cur.sp()
+        first = False
+        opt = cur.word()
+        if opt not in SEARCH_RETURN_OPTIONS:
+            cur.fail("Unknown SEARCH return option")
+        opts.add(opt)
+    return frozenset(opts)
+
+
 def _search(uid: bool) -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
         cur.sp()
+        returns: frozenset[str] | None = None
+        if cur.at_word(b"RETURN"):  # RFC 4731 §7: before CHARSET
+            cur.pos += len(b"RETURN")
+            cur.sp()
+            returns = _search_return(cur)
+            cur.sp()
         charset: str | None = None
         if cur.at_word(b"CHARSET"):
             cur.pos += len(b"CHARSET")
@@ -758,7 +783,7 @@ def _search(uid: bool) -> Handler:
         while cur.peek() == SP:
             cur.sp()
             keys.append(_search_key(cur, 1))
-        return Search(tag, SearchAnd(tuple(keys)), charset, uid)
+        return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns)
 
     return handler
 

@@ -4,7 +4,7 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
+\\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
 HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
 tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
@@ -103,7 +103,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC")
+                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -955,15 +955,46 @@ class Session:
             self._enable_condstore()
         await self.refresh()
         found = await searchadapt.run(self.user or "", sel, cmd)
+        if cmd.returns is not None:
+            self.emit(self._esearch_line(cmd, found, with_modseq))
+            return ("OK UID " if cmd.uid else "OK ") + "Search completed."
         line = b"* SEARCH"
         if found:
             line += b" " + b" ".join(b"%d" % n for n in found)
             if with_modseq:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
-                uids = found if cmd.uid else [sel.view.uid(n) for n in found]
-                line += b" (MODSEQ %d)" % max((i.modseq for i in match_infos(uids, sel.current.messages) if i),
-                                              default=0)
+                line += b" (MODSEQ %d)" % self._highest_modseq(cmd, found)
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
+
+    def _highest_modseq(self, cmd: C.Search, found: Sequence[int]) -> int:
+        sel = self._selected()
+        uids = found if cmd.uid else [sel.view.uid(n) for n in found]
+        return max((i.modseq for i in match_infos(uids, sel.current.messages) if i), default=0)
+
+    def _esearch_line(self, cmd: C.Search, found: list[int], with_modseq: bool) -> bytes:
+        """RFC 4731 §3.1 `* ESEARCH (TAG "t") [UID] ...`, items in Dovecot 2.3's order (MIN MAX ALL
+        COUNT MODSEQ); MIN, MAX and ALL are left out when nothing matched, COUNT 0 is not."""
+        opts = cmd.returns or frozenset({"ALL"})  # RFC 4731 §3.1: RETURN () means ALL
+        line = b'* ESEARCH (TAG "%s")' % cmd.tag.encode("ascii")
+        if cmd.uid:
+            line += b" UID"
+        if found:
+            if "MIN" in opts:
+                line += b" MIN %d" % found[0]
+            if "MAX" in opts:
+                line += b" MAX %d" % found[-1]
+            if "ALL" in opts:
+                line += b" ALL " + render_set(found).encode("ascii")
+        if "COUNT" in opts:
+            line += b" COUNT %d" % len(found)
+        if with_modseq and found:
+            # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported: only MIN and/or MAX
+            # asked for -> of those messages; otherwise of every message found
+            shown = found
+            if not opts & {"ALL", "COUNT"} and opts & {"MIN", "MAX"}:
+                shown = ([found[0]] if "MIN" in opts else []) + ([found[-1]] if "MAX" in opts else [])
+            line += b" MODSEQ %d" % self._highest_modseq(cmd, shown)
+        return line + b"\r\n"
 
     async def cmd_store(self, cmd: C.Store) -> AsyncIterator[Step]:
         sel = self._selected()
