@@ -1,6 +1,10 @@
-"""ESEARCH (RFC 4731) answers compared byte for byte with a real Dovecot 2.3, with and without the
-MODSEQ item of CONDSTORE (RFC 7162 §3.1.5): the dialogue and its normalisation are those of
-test_condstore_vs_dovecot.py (MODSEQ values relative to a common base B)."""
+"""ESEARCH (RFC 4731) and SEARCHRES (RFC 5182) answers compared byte for byte with a real Dovecot
+2.3, with and without the MODSEQ item of CONDSTORE (RFC 7162 §3.1.5): the dialogue and its
+normalisation are those of test_condstore_vs_dovecot.py (MODSEQ values relative to a common base B).
+
+Known difference, deliberately kept (so not exercised here): a SEARCH ... RETURN (SAVE) that is BAD
+after its RETURN options empties "$" here, as RFC 5182 §2.1 asks for a failed SEARCH with SAVE;
+Dovecot 2.3 keeps the old result then (it does empty it on NO [BADCHARSET], as we do)."""
 
 from __future__ import annotations
 
@@ -58,4 +62,50 @@ def test_esearch_dialogue_matches_dovecot(ours: ImapHarness) -> None:
     # before CONDSTORE is enabled
     select_ok = mine.index(b"t2 OK [READ-WRITE] Select completed\r\n")
     assert mine.pop(select_ok - 1).startswith(b"* OK [HIGHESTMODSEQ ")
+    assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()
+
+
+SEARCHRES_SCRIPT: list[tuple[str, str]] = [
+    ("a", "SELECT INBOX"),
+    ("a", "FETCH $ (UID)"),
+    ("a", "COPY $ INBOX"),
+    ("a", "UID SEARCH RETURN (SAVE) 2:3"),
+    ("a", "FETCH $ (UID)"),
+    ("a", "UID FETCH $ (FLAGS)"),
+    ("a", "STORE $ +FLAGS (\\Flagged)"),
+    ("a", "SEARCH $"),
+    ("a", "UID SEARCH RETURN (ALL) NOT UID $"),
+    ("a", "SEARCH RETURN (SAVE MAX MIN) 1:4"),
+    ("a", "FETCH $ (FLAGS)"),
+    ("a", "SEARCH RETURN (SAVE MIN COUNT) 2:4"),
+    ("a", "FETCH $ (FLAGS)"),
+    ("a", "FETCH 1,$ (FLAGS)"),
+    ("a", "SEARCH RETURN (SAVE) 2"),
+    ("a", "STORE 2 +FLAGS.SILENT (\\Deleted)"),
+    ("a", "EXPUNGE"),
+    ("a", "FETCH $ (UID)"),
+    ("a", "SEARCH RETURN (SAVE) 1"),
+    ("a", "SEARCH RETURN (SAVE) CHARSET FOO ALL"),
+    ("a", "SEARCH $"),
+    ("a", "SEARCH RETURN (SAVE) 1"),
+    ("a", "UNSELECT"),
+    ("a", "SELECT INBOX"),
+    ("a", "SEARCH $"),
+    ("a", "SEARCH RETURN (SAVE) 3"),
+    ("a", "COPY $ INBOX"),
+    ("a", "UID MOVE $ INBOX"),
+    ("a", "EXAMINE INBOX"),
+    ("a", "SEARCH $"),
+]
+
+
+def test_searchres_dialogue_matches_dovecot(ours: ImapHarness) -> None:
+    if not os.path.exists(dv.DOVECOT):
+        pytest.skip("dovecot is not installed")
+    files = [(f"m{i}", make_message(i), 1700000000.0 + i, "") for i in (1, 2, 3, 4)]
+    with dv.running_dovecot(files) as dovecot:
+        theirs = dialogue(dovecot.port, dv.USER, dv.PASSWORD, SEARCHRES_SCRIPT, strip_uid="", drop_recent=True)
+    # RECENT lines left out: after an expunge Dovecot repeats the count, we do not (as for QRESYNC)
+    mine = dialogue(ours.ports["imap"], ALICE, PASSWORD, SEARCHRES_SCRIPT, strip_uid="", drop_recent=True)
+    mine = [ln for ln in mine if not ln.startswith(b"* OK [HIGHESTMODSEQ ")]  # SELECT's, as above
     assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()

@@ -58,3 +58,35 @@ def test_search_return_garbage_is_a_parse_error_or_a_command(tail: bytes) -> Non
         assert e.response().startswith((b"t BAD ", b"t NO ", b"* BAD "))
     else:
         assert isinstance(cmd, Search) and cmd.returns is not None
+
+
+# SEARCHRES (RFC 5182): RETURN (SAVE) and "$" wherever a sequence set goes
+
+def test_dollar_is_the_saved_result_wherever_a_set_goes() -> None:
+    from mailhaven.imap.commands import Copy, Fetch, Move, Store
+    from mailhaven.imap.parser import SAVED_RESULT
+
+    for line, cls in ((b"a FETCH $ (UID)", Fetch), (b"a UID STORE $ +FLAGS x", Store), (b"a COPY $ b", Copy),
+                      (b"a UID MOVE $ b", Move)):
+        cmd = parse_bytes(line)
+        assert isinstance(cmd, cls) and cmd.set is SAVED_RESULT and cmd.set.saved
+    search = parse_bytes(b"a SEARCH RETURN (SAVE) OR $ UID $")
+    assert isinstance(search, Search) and search.returns == frozenset({"SAVE"})
+    assert SequenceSet(((1, 1),)) != SAVED_RESULT and not SequenceSet(((1, 1),)).saved
+
+
+@pytest.mark.parametrize("line", [b"a FETCH 1,$ FLAGS", b"a FETCH $:3 FLAGS", b"a FETCH $1 FLAGS",
+                                  b"a SEARCH $$", b"a SEARCH $,1"])
+def test_dollar_is_only_alone(line: bytes) -> None:
+    with pytest.raises(ParseError) as e:
+        parse_bytes(line)
+    assert e.value.response().startswith(b"a BAD ")
+
+
+@given(st.sampled_from([b"FOO", b"1,$", b"(ALL", b"CHARSET X ALL", b"ALL)", b""]), st.booleans())
+def test_failed_search_marks_save(tail: bytes, save: bool) -> None:
+    """RFC 5182 §2.1: the session empties "$" when a SEARCH with SAVE fails; the error says so."""
+    opts = b"(SAVE MIN)" if save else b"(MIN)"
+    with pytest.raises(ParseError) as e:
+        parse_bytes(b"a SEARCH RETURN " + opts + b" " + tail)
+    assert e.value.search_save == save

@@ -26,6 +26,7 @@ class ParseError(Exception):
 
     `kind` is "NO" for a well-formed but unsupported request (e.g. CHARSET [BADCHARSET]).
     `text` is safe to echo (ASCII, no CR/LF).
+    `search_save`: the command was a SEARCH with RETURN (SAVE), so its failure empties "$" (RFC 5182 §2.1).
     """
 
     def __init__(self, tag: str, text: str, *, kind: Literal["BAD", "NO"] = "BAD",
@@ -35,6 +36,7 @@ class ParseError(Exception):
         self.text = "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
         self.kind: Literal["BAD", "NO"] = kind
         self.code = code
+        self.search_save = False
 
     def response(self) -> bytes:
         code = f"[{self.code}] " if self.code else ""
@@ -373,7 +375,8 @@ SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | S
 class Search(Command):
     """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd.
     `returns`: None for a plain SEARCH; the RETURN options upper-cased (RFC 4731 §3: MIN MAX ALL
-    COUNT) for an extended one, empty for `RETURN ()` (which the session answers as ALL)."""
+    COUNT, RFC 5182 §2.4: SAVE) for an extended one, empty for `RETURN ()` (which the session
+    answers as ALL)."""
 
     criteria: SearchAnd
     charset: str | None = None

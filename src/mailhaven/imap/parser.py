@@ -1,10 +1,10 @@
 """IMAP command parser (sans-IO): one framed command (framing.RawCommand) -> a typed Command.
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
-ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959, SEARCH RETURN RFC 4731,
-LITERAL+ RFC 7888 via the framer). Every failure is a ParseError carrying the tag (or "*") and a
-safe reason; nothing else escapes (property-tested). Depth of parentheses and NOT/OR nesting is
-bounded (config.imap.max_nesting).
+ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), LITERAL+ RFC 7888 via the
+framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
+escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
 
 Leniencies (like Dovecot): bare LF line ends (framer), 8-bit UTF-8 inside quoted strings,
@@ -103,7 +103,8 @@ _SECTION_CHARS = _FETCH_NAME_CHARS
 # RFC 5322 §3.6.8 field-name = 1*ftext, printable US-ASCII except ":".
 _FIELD_NAME_CHARS = frozenset(c for c in range(0x21, 0x7F) if c != ord(":"))
 
-SP, LPAREN, RPAREN, DQUOTE, BACKSLASH = 0x20, 0x28, 0x29, 0x22, 0x5C
+SP, LPAREN, RPAREN, DQUOTE, BACKSLASH, DOLLAR = 0x20, 0x28, 0x29, 0x22, 0x5C, 0x24
+SAVED_RESULT = SequenceSet((), saved=True)  # RFC 5182 "$"
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -290,6 +291,8 @@ class _Cursor:
         return value
 
     def seqset(self) -> SequenceSet:
+        if self.take(DOLLAR):  # RFC 5182 §2.1 seq-last-command: "$" alone
+            return SAVED_RESULT
         token = self.run(_SEQ_CHARS)
         if not token:
             self.fail("Expected a sequence set" if not self.at_end() else "Missing arguments")
@@ -683,7 +686,7 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
             cur.sp()
             keys.append(_search_key(cur, depth + 1))
         return SearchAnd(tuple(keys))
-    if c is not None and c in _SEQ_CHARS:
+    if c is not None and (c in _SEQ_CHARS or c == DOLLAR):
         return SearchSet(cur.seqset())
     key = cur.word()
     if key in _FLAG_KEYS:
@@ -741,7 +744,7 @@ def _search_modseq(cur: _Cursor) -> SearchModseq:
     return SearchModseq(cur.number(maximum=MAX_NUMBER64), entry, entry_type)
 
 
-SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})  # RFC 4731 §3 search-return-opt
+SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731 §3, RFC 5182 §2.4
 
 
 def _search_return(cur: _Cursor) -> frozenset[str]:
@@ -768,24 +771,37 @@ def _search(uid: bool) -> Handler:
             cur.pos += len(b"RETURN")
             cur.sp()
             returns = _search_return(cur)
-            cur.sp()
-        charset: str | None = None
-        if cur.at_word(b"CHARSET"):
-            cur.pos += len(b"CHARSET")
-            cur.sp()
-            charset = cur.astring().decode("ascii", "replace").upper()
-            if charset not in CHARSETS:
-                # RFC 3501 §6.4.4: unsupported charset -> tagged NO [BADCHARSET (...)]
-                raise ParseError(tag, "Unsupported charset", kind="NO",
-                                 code="BADCHARSET (" + " ".join(CHARSETS) + ")")
-            cur.sp()
-        keys = [_search_key(cur, 1)]
-        while cur.peek() == SP:
-            cur.sp()
-            keys.append(_search_key(cur, 1))
-        return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns)
+            if "SAVE" in returns:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
+                try:
+                    return _search_rest(cur, tag, uid, returns)
+                except ParseError as e:
+                    e.search_save = True
+                    raise
+        return _search_rest(cur, tag, uid, returns)
 
     return handler
+
+
+def _search_rest(cur: _Cursor, tag: str, uid: bool, returns: frozenset[str] | None) -> Search:
+    """SEARCH after its RETURN options: SP ["CHARSET" SP astring SP] search-key *(SP search-key)."""
+    if returns is not None:
+        cur.sp()
+    charset: str | None = None
+    if cur.at_word(b"CHARSET"):
+        cur.pos += len(b"CHARSET")
+        cur.sp()
+        charset = cur.astring().decode("ascii", "replace").upper()
+        if charset not in CHARSETS:
+            # RFC 3501 §6.4.4: unsupported charset -> tagged NO [BADCHARSET (...)]
+            raise ParseError(tag, "Unsupported charset", kind="NO",
+                             code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+        cur.sp()
+    keys = [_search_key(cur, 1)]
+    while cur.peek() == SP:
+        cur.sp()
+        keys.append(_search_key(cur, 1))
+    cur.finish()
+    return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns)
 
 
 # FETCH (RFC 3501 §6.4.5)

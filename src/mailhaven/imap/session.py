@@ -4,9 +4,9 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
-HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
-tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
+\\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), CONDSTORE and QRESYNC
+(RFC 7162: whether the session enabled them, HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED],
+VANISHED (EARLIER) from the store's tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
@@ -49,6 +49,7 @@ allowed (not during FETCH/STORE/SEARCH by sequence number).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import logging
 import re
@@ -103,7 +104,8 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH")
+                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
+                     "SEARCHRES")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -332,6 +334,8 @@ class Session:
                 try:
                     cmd = parse_command(ev, max_nesting=nesting)
                 except ParseError as e:
+                    if e.search_save and self.sel is not None:  # RFC 5182 §2.1: a failed SAVE empties "$"
+                        self.sel.saved = ()
                     self.reject(e.response())
                 else:
                     async for out in self.execute(cmd):
@@ -924,7 +928,10 @@ class Session:
 
     def _resolve(self, seqs: SequenceSet, uid: bool) -> list[tuple[int, int]]:
         """(seq, uid) pairs the set names, ascending. Sequence numbers beyond EXISTS are BAD."""
-        view = self._selected().view
+        sel = self._selected()
+        view = sel.view
+        if seqs.saved:  # RFC 5182 §2.1: "$" names the same messages in UID and non-UID commands
+            return view.by_uids((u, u) for u in sel.saved)
         if uid:
             last = view.uids[-1] if view.exists else 0
             return view.by_uids(seqs.resolve(last))  # RFC 3501 §6.4.8: "*" = highest UID
@@ -950,12 +957,24 @@ class Session:
 
     async def cmd_search(self, cmd: C.Search) -> str:
         sel = self._selected()
-        with_modseq = _has_modseq(cmd.criteria)
-        if with_modseq:  # RFC 7162 §3.1: a CONDSTORE enabling command
-            self._enable_condstore()
-        await self.refresh()
-        found = await searchadapt.run(self.user or "", sel, cmd)
+        save = cmd.returns is not None and "SAVE" in cmd.returns
+        try:
+            with_modseq = _has_modseq(cmd.criteria)
+            if with_modseq:  # RFC 7162 §3.1: a CONDSTORE enabling command
+                self._enable_condstore()
+            await self.refresh()
+            if _uses_saved(cmd.criteria):  # RFC 5182 §2.1: "$" as the UIDs it names
+                keys = tuple(_with_saved(k, sel.saved) for k in cmd.criteria.keys)
+                cmd = dataclasses.replace(cmd, criteria=C.SearchAnd(keys))
+            found = await searchadapt.run(self.user or "", sel, cmd)
+        except Exception:
+            if save:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
+                sel.saved = ()
+            raise
         if cmd.returns is not None:
+            if save:
+                kept = _reported(cmd.returns - {"SAVE"}, found)
+                sel.saved = tuple(kept) if cmd.uid else tuple(sel.view.uid(n) for n in kept)
             self.emit(self._esearch_line(cmd, found, with_modseq))
             return ("OK UID " if cmd.uid else "OK ") + "Search completed."
         line = b"* SEARCH"
@@ -973,8 +992,13 @@ class Session:
 
     def _esearch_line(self, cmd: C.Search, found: list[int], with_modseq: bool) -> bytes:
         """RFC 4731 §3.1 `* ESEARCH (TAG "t") [UID] ...`, items in Dovecot 2.3's order (MIN MAX ALL
-        COUNT MODSEQ); MIN, MAX and ALL are left out when nothing matched, COUNT 0 is not."""
+        COUNT MODSEQ); MIN, MAX and ALL are left out when nothing matched, COUNT 0 is not. Nothing
+        for RETURN (SAVE) alone (RFC 5182 §2.4), unless MODSEQ (as Dovecot 2.3)."""
         opts = cmd.returns or frozenset({"ALL"})  # RFC 4731 §3.1: RETURN () means ALL
+        if opts == {"SAVE"}:
+            if not (with_modseq and found):
+                return b""
+            opts = frozenset()
         line = b'* ESEARCH (TAG "%s")' % cmd.tag.encode("ascii")
         if cmd.uid:
             line += b" UID"
@@ -987,13 +1011,8 @@ class Session:
                 line += b" ALL " + render_set(found).encode("ascii")
         if "COUNT" in opts:
             line += b" COUNT %d" % len(found)
-        if with_modseq and found:
-            # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported: only MIN and/or MAX
-            # asked for -> of those messages; otherwise of every message found
-            shown = found
-            if not opts & {"ALL", "COUNT"} and opts & {"MIN", "MAX"}:
-                shown = ([found[0]] if "MIN" in opts else []) + ([found[-1]] if "MAX" in opts else [])
-            line += b" MODSEQ %d" % self._highest_modseq(cmd, shown)
+        if with_modseq and found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported
+            line += b" MODSEQ %d" % self._highest_modseq(cmd, _reported(opts - {"SAVE"}, found))
         return line + b"\r\n"
 
     async def cmd_store(self, cmd: C.Store) -> AsyncIterator[Step]:
@@ -1111,7 +1130,7 @@ class Session:
         uids = [u for _, u in pairs if not sel.view.is_gone(u)]
         dest = await self._target(cmd.mailbox)
         if not uids:
-            return "OK No messages copied."
+            return "OK No messages found."  # Dovecot 2.3's text
         quota = quotamod.of(self.ctx)
         if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing copied
             wanted = set(uids)
@@ -1264,6 +1283,40 @@ class Session:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return
         yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+def _reported(opts: frozenset[str], found: list[int]) -> list[int]:
+    """The messages an ESEARCH reports on (RFC 7162 §3.1.5) and RETURN (SAVE) keeps (RFC 5182
+    §2.4): with only MIN and/or MAX, those; otherwise all found."""
+    if found and opts and opts <= {"MIN", "MAX"}:
+        return sorted({found[0] if "MIN" in opts else found[-1], found[-1] if "MAX" in opts else found[0]})
+    return found
+
+
+def _uses_saved(key: C.SearchKey) -> bool:
+    """Does a SEARCH use "$" (RFC 5182) anywhere?"""
+    if isinstance(key, C.SearchSet):
+        return key.set.saved
+    if isinstance(key, C.SearchAnd):
+        return any(_uses_saved(k) for k in key.keys)
+    if isinstance(key, C.SearchNot):
+        return _uses_saved(key.key)
+    if isinstance(key, C.SearchOr):
+        return _uses_saved(key.left) or _uses_saved(key.right)
+    return False
+
+
+def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
+    """`key` with every "$" replaced by the UID set it names (RFC 5182 §2.1)."""
+    if isinstance(key, C.SearchSet) and key.set.saved:
+        return C.SearchSet(SequenceSet.of(saved), uid=True)
+    if isinstance(key, C.SearchAnd):
+        return C.SearchAnd(tuple(_with_saved(k, saved) for k in key.keys))
+    if isinstance(key, C.SearchNot):
+        return C.SearchNot(_with_saved(key.key, saved))
+    if isinstance(key, C.SearchOr):
+        return C.SearchOr(_with_saved(key.left, saved), _with_saved(key.right, saved))
+    return key
 
 
 def _has_modseq(key: C.SearchKey) -> bool:
