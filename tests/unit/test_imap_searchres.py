@@ -70,3 +70,17 @@ async def test_dollar_syntax_errors(ctx: Any) -> None:
     d, _ = await select(ctx, 3)
     for line in (b"FETCH 1,$ FLAGS", b"FETCH $:2 FLAGS", b"SEARCH $1", b"STORE $$ FLAGS x"):
         assert (await d.command(b"x " + line))[-1].startswith(b"x BAD "), line
+
+
+async def test_dollar_in_uid_fetch_vanished(ctx: Any) -> None:
+    """RFC 7162 §3.2.6 with "$": the saved UIDs that were expunged since are VANISHED (EARLIER)."""
+    await test_imap_condstore.fill(ctx, 4)
+    d = await logged_in(ctx)
+    await d.command(b"e ENABLE QRESYNC")
+    await d.command(b"s SELECT INBOX")
+    await d.command(b"a1 UID SEARCH RETURN (SAVE) 2:3")
+    await d.command(b"a2 STORE 2 +FLAGS.SILENT (\\Deleted)")
+    await d.command(b"a3 EXPUNGE")
+    lines = await d.command(b"a4 UID FETCH $ (FLAGS) (CHANGEDSINCE 1 VANISHED)")
+    assert lines[0] == b"* VANISHED (EARLIER) 2"
+    assert lines[1].startswith(b"* 2 FETCH (UID 3 ")

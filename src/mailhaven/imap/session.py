@@ -1226,7 +1226,8 @@ class Session:
                 raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled.")
             snap = sel.current
             last = snap.messages[-1].uid if snap.messages else 0
-            await self._vanished_earlier(sel.mailbox, snap, since, cmd.set.resolve(last))
+            wanted = [(u, u) for u in sel.saved] if cmd.set.saved else cmd.set.resolve(last)  # RFC 5182 "$"
+            await self._vanished_earlier(sel.mailbox, snap, since, wanted)
         infos = match_infos([u for _, u in pairs], sel.current.messages)
         if since is not None:  # RFC 7162 §3.1.4.1: only messages changed since, with their MODSEQ
             if modseq_item not in items:
