@@ -15,7 +15,7 @@ plaintext allowed by auth.allow_plaintext_loopback, as in dev mode) as two users
 
 Besides imaptest's own groups, ours in tests/data/imaptest/ run too (same script language; e.g.
 `condstore` and `qresync`: RFC 7162 beyond imaptest's only CONDSTORE group, esearch-condstore;
-`searchres`: RFC 5182, which imaptest has no group for). They are linked with imaptest's into one
+`searchres` and `within`: RFC 5182 and RFC 5032, which imaptest has no groups for). They are linked with imaptest's into one
 folder under tmp_path.
 
 imaptest skips a group whose `capabilities:` header names one we do not advertise, and this revision
@@ -154,8 +154,8 @@ async def test_imaptest_scripted_compliance_groups_all_pass(tmp_path: Path, tls_
     assert not errors, "\n".join(errors[:40])
     # Groups we do run: every base group plus the extensions we offer (MOVE, UIDPLUS, ID at least).
     assert {"move", "uidplus", "id", "atoms", "store", "fetch", "condstore", "qresync", "esearch",
-            "esearch-condstore", "searchres"}.isdisjoint(skipped)
-    assert {"CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES"} <= ours
+            "esearch-condstore", "searchres", "within"}.isdisjoint(skipped)
+    assert {"CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES", "WITHIN"} <= ours
     # No group is skipped for an extension we offer.
     assert all({c.upper() for c in all_groups[g]} - ours for g in skipped)
     assert int(base.group(2)) > 400  # the base commands did run (457 with this revision)

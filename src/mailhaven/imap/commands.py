@@ -323,6 +323,15 @@ class SearchDate:
 
 
 @dataclass(frozen=True)
+class SearchWithin:
+    """RFC 5032 OLDER n (`older`) / YOUNGER n: the internal date at least n seconds ago / within
+    the last n seconds."""
+
+    older: bool
+    seconds: int
+
+
+@dataclass(frozen=True)
 class SearchSize:
     """RFC822.SIZE larger (`op` "larger", strictly greater) or smaller (strictly less) than `size`."""
 
@@ -368,7 +377,7 @@ class SearchModseq:
 
 
 SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize | SearchSet
-             | SearchNot | SearchOr | SearchAnd | SearchModseq)
+             | SearchNot | SearchOr | SearchAnd | SearchModseq | SearchWithin)
 
 
 @dataclass(frozen=True)

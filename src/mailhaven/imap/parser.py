@@ -2,7 +2,7 @@
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
-SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), LITERAL+ RFC 7888 via the
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, LITERAL+ RFC 7888 via the
 framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
@@ -70,6 +70,7 @@ from mailhaven.imap.commands import (
     SearchSet,
     SearchSize,
     SearchText,
+    SearchWithin,
     Section,
     SectionText,
     Select,
@@ -671,7 +672,7 @@ _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
 }
 
 _KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "LARGER",
-                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ"})
+                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ", "OLDER", "YOUNGER"})
 _ENTRY_TYPES = frozenset({"priv", "shared", "all"})  # RFC 7162 §7 entry-type-req
 
 
@@ -721,6 +722,8 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         return SearchSet(cur.seqset(), uid=True)
     if key == "MODSEQ":
         return _search_modseq(cur)
+    if key in ("OLDER", "YOUNGER"):  # RFC 5032 §4: SP nz-number (seconds); 0 is BAD, as Dovecot
+        return SearchWithin(key == "OLDER", cur.number(nz=True))
     if key == "NOT":
         return SearchNot(_search_key(cur, depth + 1))
     if key == "OR":
