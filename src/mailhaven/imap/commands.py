@@ -394,6 +394,18 @@ class Search(Command):
     VERB: ClassVar[str] = "SEARCH"
 
 
+@dataclass(frozen=True)
+class Sort(Command):
+    """RFC 5256 SORT / UID SORT: `criteria` as (key, reverse) pairs (keys upper-cased: ARRIVAL CC
+    DATE FROM SIZE SUBJECT TO, RFC 5957 DISPLAYFROM DISPLAYTO); `search` as SEARCH's criteria."""
+
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    search: SearchAnd
+    uid: bool = False
+    VERB: ClassVar[str] = "SORT"
+
+
 # FETCH items (RFC 3501 §6.4.5)
 
 SectionText = Literal["HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"]
@@ -525,5 +537,5 @@ class SetQuota(Command):
 
 AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
               | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
-              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Fetch | Store | Copy
+              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Sort | Fetch | Store | Copy
               | Move | GetQuota | GetQuotaRoot | SetQuota)

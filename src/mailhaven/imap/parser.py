@@ -2,7 +2,7 @@
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
-SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, LITERAL+ RFC 7888 via the
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT RFC 5256 and 5957, LITERAL+ RFC 7888 via the
 framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
@@ -76,6 +76,7 @@ from mailhaven.imap.commands import (
     Select,
     SelectParam,
     SetQuota,
+    Sort,
     StartTls,
     Status,
     Store,
@@ -807,6 +808,43 @@ def _search_rest(cur: _Cursor, tag: str, uid: bool, returns: frozenset[str] | No
     return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns)
 
 
+# SORT (RFC 5256 §3, RFC 5957 §3)
+
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+
+
+def _sort(uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        """"SORT" SP "(" sort-criterion *(SP sort-criterion) ")" SP charset 1*(SP search-key)."""
+        cur.sp()
+        cur.expect(LPAREN, "(")
+        criteria: list[tuple[str, bool]] = []
+        while True:
+            key = cur.word()
+            reverse = key == "REVERSE"
+            if reverse:
+                cur.sp()
+                key = cur.word()
+            if key not in SORT_KEYS:
+                cur.fail("Unknown sort argument")
+            criteria.append((key, reverse))
+            if cur.take(RPAREN):
+                break
+            cur.sp()
+        cur.sp()
+        charset = cur.astring().decode("ascii", "replace").upper()
+        if charset not in CHARSETS:  # RFC 5256 §3: NO [BADCHARSET], as SEARCH
+            raise ParseError(tag, "Unsupported charset", kind="NO", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+        cur.sp()
+        keys = [_search_key(cur, 1)]
+        while cur.peek() == SP:
+            cur.sp()
+            keys.append(_search_key(cur, 1))
+        return Sort(tag, tuple(criteria), charset, SearchAnd(tuple(keys)), uid)
+
+    return handler
+
+
 # FETCH (RFC 3501 §6.4.5)
 
 _MACROS = {
@@ -981,6 +1019,7 @@ _UID_COMMANDS: dict[str, Handler] = {
     "COPY": _copy_move(Copy, True),
     "MOVE": _copy_move(Move, True),
     "SEARCH": _search(True),
+    "SORT": _sort(True),
     "EXPUNGE": _uid_expunge,
 }
 
@@ -1016,6 +1055,7 @@ COMMANDS: dict[str, Handler] = {
     "CLOSE": _no_args(Close),
     "EXPUNGE": _expunge,
     "SEARCH": _search(False),
+    "SORT": _sort(False),
     "FETCH": _fetch(False),
     "STORE": _store(False),
     "COPY": _copy_move(Copy, False),

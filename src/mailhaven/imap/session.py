@@ -4,16 +4,17 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), CONDSTORE and QRESYNC
-(RFC 7162: whether the session enabled them, HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED],
-VANISHED (EARLIER) from the store's tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
+\\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
+response (RFC 5256), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
+HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
+tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
 Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
 syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
-(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py),
-storage (store/).
+(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py), sort
+keys and order (sort.py), storage (store/).
 
 Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
 framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
@@ -67,11 +68,13 @@ from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
 from mailhaven.imap import fetch, listing, searchadapt, seqset
+from mailhaven.imap import sort as sortmod
 from mailhaven.imap.commands import ParseError
+from mailhaven.imap.fetchitems import header_end
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
 from mailhaven.imap.parser import parse_command
-from mailhaven.imap.selected import Selected, match_infos
+from mailhaven.imap.selected import Selected, match_infos, read_many
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -105,7 +108,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
-                     "SEARCHRES", "WITHIN")
+                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -266,7 +269,7 @@ class Session:
             "LIST": self.cmd_list, "LSUB": self.cmd_lsub, "STATUS": self.cmd_status, "APPEND": self.cmd_append,
             "NAMESPACE": self.cmd_namespace, "CHECK": self.cmd_check,
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
-            "SEARCH": self.cmd_search, "COPY": self.cmd_copy,
+            "SEARCH": self.cmd_search, "SORT": self.cmd_sort, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
             "MOVE": self.cmd_move,
         }
@@ -984,6 +987,38 @@ class Session:
                 line += b" (MODSEQ %d)" % self._highest_modseq(cmd, found)
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
+
+    async def cmd_sort(self, cmd: C.Sort) -> str:
+        """RFC 5256 §3: `* SORT` with the matching sequence numbers (UIDs for UID SORT) in the
+        criteria's order, ties by sequence number."""
+        sel = self._selected()
+        search = C.Search(cmd.tag, cmd.search, cmd.charset)
+        if _has_modseq(cmd.search):  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
+        await self.refresh()
+        if _uses_saved(cmd.search):  # RFC 5182 §2.1: "$" as the UIDs it names
+            search = dataclasses.replace(search, criteria=C.SearchAnd(
+                tuple(_with_saved(k, sel.saved) for k in cmd.search.keys)))
+        seqs = await searchadapt.run(self.user or "", sel, search)
+        view = sel.view
+        uids = [view.uid(n) for n in seqs]
+        infos = match_infos(uids, sel.current.messages)
+        criteria = [sortmod.Criterion(k, r) for k, r in cmd.criteria]
+        headers: dict[int, bytes] = {}
+        if any(c.key in sortmod.HEADER_KEYS for c in criteria):
+            for i in range(0, len(uids), FETCH_BATCH):  # bounded reads per step
+                datas = await read_many(sel.mailbox, uids[i:i + FETCH_BATCH])
+                headers.update((u, d[:header_end(d)]) for u, d in datas.items())
+        rows: list[tuple[int, list[str | float]]] = []
+        for seq, uid, info in zip(seqs, uids, infos, strict=True):
+            if info is None:
+                continue
+            header = headers.get(uid)
+            rows.append((seq, [sortmod.key_of(c.key, header, info.internaldate, info.size) for c in criteria]))
+        ordered = sortmod.order(criteria, rows)
+        numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
+        self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
 
     def _highest_modseq(self, cmd: C.Search, found: Sequence[int]) -> int:
         sel = self._selected()
