@@ -1,7 +1,12 @@
-"""SORT (RFC 5256) and SORT=DISPLAY (RFC 5957) compared byte for byte with a real Dovecot 2.3: the
+"""SORT (RFC 5256), SORT=DISPLAY (RFC 5957) and ESORT (RFC 5267 §3) compared byte for byte with a real Dovecot 2.3: the
 same messages (awkward subjects, address forms, dates and zones, missing and broken headers) in
 both servers, every criterion alone, reversed and combined, with search keys and UID SORT; the
-dialogue and its normalisation are those of test_condstore_vs_dovecot.py."""
+dialogue and its normalisation are those of test_condstore_vs_dovecot.py (ESORT's MODSEQ item is
+the ESEARCH one, compared in test_esearch_vs_dovecot.py; the MODSEQs of freshly filled mailboxes
+differ between the servers).
+
+Known difference (not exercised): RETURN (PARTIAL ...) of CONTEXT=SORT (RFC 5267 §4.4), which
+Dovecot 2.3 answers and we do not offer (BAD, as any unknown return option)."""
 
 from __future__ import annotations
 
@@ -62,6 +67,18 @@ SCRIPT: list[tuple[str, str]] = [("a", "SELECT INBOX")] + [
     ("a", "SORT SUBJECT US-ASCII ALL"),
     ("a", "SORT () US-ASCII ALL"),
     ("a", "SORT (REVERSE) US-ASCII ALL"),
+    # ESORT (RFC 5267 §3): ESEARCH answers, MIN/MAX/ALL in sort order
+    ("a", "SORT RETURN (MIN MAX ALL COUNT) (REVERSE ARRIVAL) US-ASCII ALL"),
+    ("a", "SORT RETURN (ALL) (SUBJECT) US-ASCII ALL"),
+    ("a", "UID SORT RETURN () (FROM REVERSE SIZE) UTF-8 2:9"),
+    ("a", "UID SORT RETURN (MIN MAX) (DATE) UTF-8 ALL"),
+    ("a", "SORT RETURN (MIN) (ARRIVAL) US-ASCII DELETED"),
+    ("a", "SORT RETURN (COUNT) (ARRIVAL) US-ASCII DELETED"),
+    ("a", "SORT RETURN (SAVE) (REVERSE SUBJECT) US-ASCII 3:6"),
+    ("a", "FETCH $ (UID)"),
+    ("a", "SORT RETURN (SAVE MAX) (REVERSE SUBJECT) US-ASCII 3:6"),
+    ("a", "FETCH $ (UID)"),
+    ("a", "SORT RETURN (FOO) (ARRIVAL) US-ASCII ALL"),
 ]
 
 
@@ -88,5 +105,6 @@ def test_sort_dialogue_matches_dovecot(ours: ImapHarness) -> None:
     with dv.running_dovecot(files) as dovecot:
         theirs = dialogue(dovecot.port, dv.USER, dv.PASSWORD, SCRIPT, strip_uid="")
     mine = dialogue(ours.ports["imap"], ALICE, PASSWORD, SCRIPT, strip_uid="")
-    mine = [ln for ln in mine if not ln.startswith(b"* OK [HIGHESTMODSEQ ")]  # SELECT's (CONDSTORE test)
+    select_ok = mine.index(b"t2 OK [READ-WRITE] Select completed\r\n")
+    assert mine.pop(select_ok - 1).startswith(b"* OK [HIGHESTMODSEQ ")  # SELECT's (CONDSTORE test)
     assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()

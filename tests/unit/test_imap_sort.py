@@ -99,3 +99,36 @@ async def test_sort_through_the_session(ctx: Any) -> None:
     assert await d.command(b"a5 SORT (ARRIVAL) US-ASCII 5") == [b"* SORT", b"a5 OK Sort completed."]  # as SEARCH
     await d.command(b"a6 SEARCH RETURN (SAVE) 2")
     assert (await d.command(b"a7 UID SORT (SIZE) US-ASCII $"))[0] == b"* SORT 3"  # RFC 5182 with SORT
+
+
+# ESORT (RFC 5267 §3): SORT RETURN (...) answers ESEARCH, MIN/MAX/ALL in sort order
+
+@given(st.lists(st.sampled_from(["MIN", "MAX", "ALL", "COUNT", "SAVE"]), max_size=5), criteria)
+def test_sort_return_round_trips(opts: list[str], crit: list[tuple[str, bool]]) -> None:
+    text = " ".join(("REVERSE " if r else "") + k for k, r in crit)
+    cmd = parse_bytes(f"t UID SORT RETURN ({' '.join(opts)}) ({text}) UTF-8 ALL".encode())
+    assert isinstance(cmd, Sort) and cmd.returns == frozenset(opts) and cmd.criteria == tuple(crit) and cmd.uid
+
+
+@pytest.mark.parametrize("line", [b"t SORT RETURN (FOO) (SIZE) UTF-8 ALL", b"t SORT RETURN (PARTIAL 1:2) (SIZE) UTF-8 ALL",
+                                  b"t SORT RETURN ALL (SIZE) UTF-8 ALL", b"t SORT RETURN (ALL)(SIZE) UTF-8 ALL"])
+def test_sort_return_bad(line: bytes) -> None:
+    with pytest.raises(ParseError) as e:
+        parse_bytes(line)
+    assert e.value.response().startswith(b"t BAD ")
+
+
+async def test_esort_through_the_session(ctx: Any) -> None:
+    mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    for i in range(5):
+        await mb.append(b"Subject: s\r\n\r\n" + b"x" * (10 - i), internaldate=1700000000.0 + i)
+    d = await logged_in(ctx)
+    assert b" ESORT" in d.greeting
+    await d.command(b"s SELECT INBOX")
+    assert await d.command(b"a1 SORT RETURN (MIN MAX ALL COUNT) (SIZE) US-ASCII 1:3,5") == [
+        b'* ESEARCH (TAG "a1") MIN 5 MAX 1 ALL 5,3,2,1 COUNT 4', b"a1 OK Sort completed."]
+    assert (await d.command(b"a2 UID SORT RETURN () (REVERSE SIZE) US-ASCII ALL"))[0] == (
+        b'* ESEARCH (TAG "a2") UID ALL 1:5')
+    assert (await d.command(b"a3 SORT RETURN (SAVE MIN) (SIZE) US-ASCII 2:4"))[0] == b'* ESEARCH (TAG "a3") MIN 4'
+    assert (await d.command(b"a4 SEARCH $"))[0] == b"* SEARCH 4"
+    assert (await d.command(b"a5 SORT RETURN (COUNT) (SIZE) US-ASCII DELETED"))[0] == b'* ESEARCH (TAG "a5") COUNT 0'

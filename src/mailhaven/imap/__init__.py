@@ -2,7 +2,7 @@
 UIDPLUS (RFC 4315), MOVE (RFC 6851), LITERAL+ (RFC 7888), SPECIAL-USE (RFC 6154), NAMESPACE (RFC 2342),
 ID (RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), CHILDREN (RFC 3348), SASL-IR (RFC 4959),
 CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES (RFC 5182), WITHIN (RFC 5032) and
-SORT, SORT=DISPLAY (RFC 5256, RFC 5957).
+SORT, SORT=DISPLAY, ESORT (RFC 5256, RFC 5957, RFC 5267 §3).
 
 Owns: the IMAP protocol over the store: a sans-IO core and a thin asyncio shell.
 Does not own: storage, flags on disk and change events (store/), passwords (auth/), connection

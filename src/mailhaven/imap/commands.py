@@ -397,12 +397,14 @@ class Search(Command):
 @dataclass(frozen=True)
 class Sort(Command):
     """RFC 5256 SORT / UID SORT: `criteria` as (key, reverse) pairs (keys upper-cased: ARRIVAL CC
-    DATE FROM SIZE SUBJECT TO, RFC 5957 DISPLAYFROM DISPLAYTO); `search` as SEARCH's criteria."""
+    DATE FROM SIZE SUBJECT TO, RFC 5957 DISPLAYFROM DISPLAYTO); `search` as SEARCH's criteria;
+    `returns` as Search.returns (RFC 5267 §3 ESORT: SORT RETURN (...))."""
 
     criteria: tuple[tuple[str, bool], ...]
     charset: str
     search: SearchAnd
     uid: bool = False
+    returns: frozenset[str] | None = None
     VERB: ClassVar[str] = "SORT"
 
 

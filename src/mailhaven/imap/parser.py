@@ -2,7 +2,7 @@
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
-SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT RFC 5256 and 5957, LITERAL+ RFC 7888 via the
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT RFC 5256 and 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
 framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
@@ -815,8 +815,15 @@ SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
 
 def _sort(uid: bool) -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
-        """"SORT" SP "(" sort-criterion *(SP sort-criterion) ")" SP charset 1*(SP search-key)."""
+        """"SORT" [SP "RETURN" SP "(" options ")"] SP "(" sort-criterion *(SP sort-criterion) ")" SP
+        charset 1*(SP search-key) (RFC 5256 §5, RETURN from RFC 5267 §3)."""
         cur.sp()
+        returns: frozenset[str] | None = None
+        if cur.at_word(b"RETURN"):
+            cur.pos += len(b"RETURN")
+            cur.sp()
+            returns = _search_return(cur)
+            cur.sp()
         cur.expect(LPAREN, "(")
         criteria: list[tuple[str, bool]] = []
         while True:
@@ -840,7 +847,7 @@ def _sort(uid: bool) -> Handler:
         while cur.peek() == SP:
             cur.sp()
             keys.append(_search_key(cur, 1))
-        return Sort(tag, tuple(criteria), charset, SearchAnd(tuple(keys)), uid)
+        return Sort(tag, tuple(criteria), charset, SearchAnd(tuple(keys)), uid, returns)
 
     return handler
 

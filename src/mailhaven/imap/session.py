@@ -108,7 +108,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
-                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY")
+                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -1017,15 +1017,21 @@ class Session:
             rows.append((seq, [sortmod.key_of(c.key, header, info.internaldate, info.size) for c in criteria]))
         ordered = sortmod.order(criteria, rows)
         numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
-        self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        if cmd.returns is not None:  # RFC 5267 §3 ESORT: as ESEARCH, MIN/MAX/ALL in sort order
+            if "SAVE" in cmd.returns:  # RFC 5182 §2.4
+                kept = _reported(cmd.returns - {"SAVE"}, numbers)
+                sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
+            self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
+        else:
+            self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
 
-    def _highest_modseq(self, cmd: C.Search, found: Sequence[int]) -> int:
+    def _highest_modseq(self, cmd: C.Search | C.Sort, found: Sequence[int]) -> int:
         sel = self._selected()
         uids = found if cmd.uid else [sel.view.uid(n) for n in found]
         return max((i.modseq for i in match_infos(uids, sel.current.messages) if i), default=0)
 
-    def _esearch_line(self, cmd: C.Search, found: list[int], with_modseq: bool) -> bytes:
+    def _esearch_line(self, cmd: C.Search | C.Sort, found: list[int], with_modseq: bool) -> bytes:
         """RFC 4731 §3.1 `* ESEARCH (TAG "t") [UID] ...`, items in Dovecot 2.3's order (MIN MAX ALL
         COUNT MODSEQ); MIN, MAX and ALL are left out when nothing matched, COUNT 0 is not. Nothing
         for RETURN (SAVE) alone (RFC 5182 §2.4), unless MODSEQ (as Dovecot 2.3)."""
@@ -1043,7 +1049,7 @@ class Session:
             if "MAX" in opts:
                 line += b" MAX %d" % found[-1]
             if "ALL" in opts:
-                line += b" ALL " + render_set(found).encode("ascii")
+                line += b" ALL " + _render_in_order(found)
         if "COUNT" in opts:
             line += b" COUNT %d" % len(found)
         if with_modseq and found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported
@@ -1319,6 +1325,20 @@ class Session:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return
         yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+def _render_in_order(numbers: list[int]) -> bytes:
+    """A sequence set keeping the given order (RFC 5267 §3.1 ESORT's ALL; SEARCH's is ascending):
+    only ascending runs of consecutive numbers become ranges, as Dovecot 2.3: 5,4,3 / 1:3,7,5."""
+    parts: list[bytes] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(b"%d" % numbers[i] if i == j else b"%d:%d" % (numbers[i], numbers[j]))
+        i = j + 1
+    return b",".join(parts)
 
 
 def _reported(opts: frozenset[str], found: list[int]) -> list[int]:
