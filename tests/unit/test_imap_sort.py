@@ -93,6 +93,11 @@ async def test_sort_through_the_session(ctx: Any) -> None:
     await d.command(b"u STORE 2 +FLAGS.SILENT (\\Deleted)")
     await d.command(b"x EXPUNGE")  # UIDs 1 and 3 are now 1 and 2
     assert await d.command(b"a1 SORT (SUBJECT) UTF-8 ALL") == [b"* SORT 1 2", b"a1 OK Sort completed."]
+    await d.command(b"c SEARCH SUBJECT beta")  # fills the message cache's header blocks
+    from mailhaven.imap.msgcache import CACHE
+    mb_infos = (await mb.snapshot()).messages
+    assert all(CACHE.peek((ALICE, m.key)) is not None for m in mb_infos)
+    assert (await d.command(b"a1 SORT (REVERSE SUBJECT FROM) UTF-8 ALL"))[0] == b"* SORT 2 1"  # from the cache
     assert (await d.command(b"a2 SORT (SUBJECT REVERSE SIZE) UTF-8 ALL"))[0] == b"* SORT 2 1"
     assert (await d.command(b"a3 UID SORT (FROM) US-ASCII ALL"))[:2] == [b"* SORT 3 1", b"a3 OK UID Sort completed."]
     assert (await d.command(b"a4 SORT (ARRIVAL) US-ASCII ALL"))[0] == b"* SORT 2 1"

@@ -73,6 +73,7 @@ from mailhaven.imap.commands import ParseError
 from mailhaven.imap.fetchitems import header_end
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
+from mailhaven.imap.msgcache import CACHE
 from mailhaven.imap.parser import parse_command
 from mailhaven.imap.selected import Selected, match_infos, read_many
 from mailhaven.imap.seqset import SequenceSet
@@ -1006,14 +1007,21 @@ class Session:
         criteria = [sortmod.Criterion(k, r) for k, r in cmd.criteria]
         headers: dict[int, bytes] = {}
         if any(c.key in sortmod.HEADER_KEYS for c in criteria):
-            for i in range(0, len(uids), FETCH_BATCH):  # bounded reads per step
-                datas = await read_many(sel.mailbox, uids[i:i + FETCH_BATCH])
+            missing: list[int] = []
+            for uid, info in zip(uids, infos, strict=True):  # header blocks the message cache has
+                entry = CACHE.peek((self.user or "", info.key)) if info is not None else None
+                if entry is not None and entry.header is not None:
+                    headers[uid] = entry.header
+                else:
+                    missing.append(uid)
+            for i in range(0, len(missing), FETCH_BATCH):  # bounded reads per step
+                datas = await read_many(sel.mailbox, missing[i:i + FETCH_BATCH])
                 headers.update((u, d[:header_end(d)]) for u, d in datas.items())
         rows: list[tuple[int, list[str | float]]] = []
         for seq, uid, info in zip(seqs, uids, infos, strict=True):
             if info is None:
                 continue
-            header = headers.get(uid)
+            header = sortmod.fields(headers.get(uid)) if headers else None
             rows.append((seq, [sortmod.key_of(c.key, header, info.internaldate, info.size) for c in criteria]))
         ordered = sortmod.order(criteria, rows)
         numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered

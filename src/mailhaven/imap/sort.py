@@ -87,9 +87,10 @@ def sent_date(raw: bytes | None, internaldate: float) -> float:
     return float(internaldate)
 
 
-def _fields(header: bytes) -> dict[str, bytes]:
+def fields(header: bytes | None) -> dict[str, bytes]:
     """The first occurrence of each field the criteria may read, by lower-case name."""
     out: dict[str, bytes] = {}
+    header = header or b""
     for f in mime.iter_fields(header, 0, len(header)):
         name = f.name.lower().decode("ascii", "replace")
         if name in ("subject", "from", "to", "cc", "date") and name not in out:
@@ -97,19 +98,20 @@ def _fields(header: bytes) -> dict[str, bytes]:
     return out
 
 
-def key_of(criterion: str, header: bytes | None, internaldate: float, size: int) -> str | float:
-    """The sort key of one message for one criterion (strings already folded)."""
+def key_of(criterion: str, header: bytes | dict[str, bytes] | None, internaldate: float, size: int) -> str | float:
+    """The sort key of one message for one criterion (strings already folded). `header`: the
+    header block, or its `fields()` when several criteria read it."""
     if criterion == "ARRIVAL":
         return float(internaldate)
     if criterion == "SIZE":
         return float(size)
-    fields = _fields(header or b"")
+    found = header if isinstance(header, dict) else fields(header)
     if criterion == "DATE":
-        return sent_date(fields.get("date"), internaldate)
+        return sent_date(found.get("date"), internaldate)
     if criterion == "SUBJECT":
-        return fold(base_subject(fields.get("subject")))
+        return fold(base_subject(found.get("subject")))
     field = {"FROM": "from", "TO": "to", "CC": "cc", "DISPLAYFROM": "from", "DISPLAYTO": "to"}[criterion]
-    mailbox, display = _first_address(fields.get(field))
+    mailbox, display = _first_address(found.get(field))
     return fold(display if criterion.startswith("DISPLAY") else mailbox)
 
 
@@ -128,4 +130,4 @@ def order(criteria: Sequence[Criterion], rows: list[tuple[int, list[str | float]
     return [seq for seq, _ in rows]
 
 
-__all__ = ["HEADER_KEYS", "Criterion", "base_subject", "key_of", "order", "sent_date"]
+__all__ = ["HEADER_KEYS", "Criterion", "base_subject", "fields", "key_of", "order", "sent_date"]
