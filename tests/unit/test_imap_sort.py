@@ -137,3 +137,17 @@ async def test_esort_through_the_session(ctx: Any) -> None:
     assert (await d.command(b"a3 SORT RETURN (SAVE MIN) (SIZE) US-ASCII 2:4"))[0] == b'* ESEARCH (TAG "a3") MIN 4'
     assert (await d.command(b"a4 SEARCH $"))[0] == b"* SEARCH 4"
     assert (await d.command(b"a5 SORT RETURN (COUNT) (SIZE) US-ASCII DELETED"))[0] == b'* ESEARCH (TAG "a5") COUNT 0'
+
+
+_HEADER_BYTES = st.lists(st.sampled_from([b"Subject: ", b"From: ", b"To: ", b"Cc: ", b"Date: ", b"Re:", b"[", b"]",
+                                          b"(fwd)", b"=?utf-8?q?", b"?=", b"<", b">", b"@", b",", b";", b":", b"\"",
+                                          b" ", b"\r\n", b"\r\n ", b"\xc3\xa9", b"\xff", b"Mon, 1 Jan", b" +0100"]),
+                         max_size=30).map(b"".join)
+
+
+@given(_HEADER_BYTES, st.binary(max_size=40))
+def test_sort_keys_of_any_header_never_raise(header: bytes, noise: bytes) -> None:
+    for h in (header + b"\r\n\r\n", noise, header + noise):
+        for key in ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"):
+            assert isinstance(sort.key_of(key, h, 1.0, 2), str | float)
+    assert isinstance(sort.base_subject(header), str)
