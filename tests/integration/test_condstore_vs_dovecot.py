@@ -93,7 +93,7 @@ class Conn:
         self.sock.close()
 
 
-_NUMBERED = re.compile(rb"(HIGHESTMODSEQ |MODSEQ \(|\(MODSEQ )(\d+)")
+_NUMBERED = re.compile(rb"(HIGHESTMODSEQ |MODSEQ \(|\(MODSEQ | MODSEQ )(\d+)")  # the last: ESEARCH
 
 
 QRESYNC_SCRIPT: list[tuple[str, str]] = [  # RFC 7162 §3.2; {UV}: the server's UIDVALIDITY

@@ -14,8 +14,9 @@ plaintext allowed by auth.allow_plaintext_loopback, as in dev mode) as two users
 (its `user2` logs in with `pass` too). Each group creates and deletes the mailboxes it uses.
 
 Besides imaptest's own groups, ours in tests/data/imaptest/ run too (same script language; e.g.
-`condstore` and `qresync`: RFC 7162 without ESEARCH, which imaptest's only CONDSTORE group, esearch-condstore,
-also needs). They are linked with imaptest's into one folder under tmp_path.
+`condstore` and `qresync`: RFC 7162 beyond imaptest's only CONDSTORE group, esearch-condstore;
+`searchres` and `within`: RFC 5182 and RFC 5032, which imaptest has no groups for). They are linked with imaptest's into one
+folder under tmp_path.
 
 imaptest skips a group whose `capabilities:` header names one we do not advertise, and this revision
 still counts it as run (it always prints "0 skipped"); the test works the list out the same way and
@@ -152,10 +153,12 @@ async def test_imaptest_scripted_compliance_groups_all_pass(tmp_path: Path, tls_
     errors = [line for line in text.splitlines() if line.startswith(("Error:", "Panic:", "Fatal:"))]
     assert not errors, "\n".join(errors[:40])
     # Groups we do run: every base group plus the extensions we offer (MOVE, UIDPLUS, ID at least).
-    assert {"move", "uidplus", "id", "atoms", "store", "fetch", "condstore", "qresync"}.isdisjoint(skipped)
-    # No group is skipped for CONDSTORE alone (esearch-condstore also needs ESEARCH).
-    assert {"CONDSTORE", "QRESYNC"} <= ours
-    assert all({c.upper() for c in all_groups[g]} - ours - {"CONDSTORE"} for g in skipped)
+    assert {"move", "uidplus", "id", "atoms", "store", "fetch", "condstore", "qresync", "esearch",
+            "esearch-condstore", "searchres", "within", "sort-addresses", "sort-arrival", "sort-date", "sort-size",
+            "sort-subject", "sort-display-from", "sort-display-to", "esort"}.isdisjoint(skipped)
+    assert {"CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT"} <= ours
+    # No group is skipped for an extension we offer.
+    assert all({c.upper() for c in all_groups[g]} - ours for g in skipped)
     assert int(base.group(2)) > 400  # the base commands did run (457 with this revision)
 
 

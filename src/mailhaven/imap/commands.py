@@ -26,6 +26,7 @@ class ParseError(Exception):
 
     `kind` is "NO" for a well-formed but unsupported request (e.g. CHARSET [BADCHARSET]).
     `text` is safe to echo (ASCII, no CR/LF).
+    `search_save`: the command was a SEARCH with RETURN (SAVE), so its failure empties "$" (RFC 5182 §2.1).
     """
 
     def __init__(self, tag: str, text: str, *, kind: Literal["BAD", "NO"] = "BAD",
@@ -35,6 +36,7 @@ class ParseError(Exception):
         self.text = "".join(c if " " <= c <= "~" else "?" for c in text)[:200]
         self.kind: Literal["BAD", "NO"] = kind
         self.code = code
+        self.search_save = False
 
     def response(self) -> bytes:
         code = f"[{self.code}] " if self.code else ""
@@ -321,6 +323,15 @@ class SearchDate:
 
 
 @dataclass(frozen=True)
+class SearchWithin:
+    """RFC 5032 OLDER n (`older`) / YOUNGER n: the internal date at least n seconds ago / within
+    the last n seconds."""
+
+    older: bool
+    seconds: int
+
+
+@dataclass(frozen=True)
 class SearchSize:
     """RFC822.SIZE larger (`op` "larger", strictly greater) or smaller (strictly less) than `size`."""
 
@@ -366,17 +377,35 @@ class SearchModseq:
 
 
 SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize | SearchSet
-             | SearchNot | SearchOr | SearchAnd | SearchModseq)
+             | SearchNot | SearchOr | SearchAnd | SearchModseq | SearchWithin)
 
 
 @dataclass(frozen=True)
 class Search(Command):
-    """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd."""
+    """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd.
+    `returns`: None for a plain SEARCH; the RETURN options upper-cased (RFC 4731 §3: MIN MAX ALL
+    COUNT, RFC 5182 §2.4: SAVE) for an extended one, empty for `RETURN ()` (which the session
+    answers as ALL)."""
 
     criteria: SearchAnd
     charset: str | None = None
     uid: bool = False
+    returns: frozenset[str] | None = None
     VERB: ClassVar[str] = "SEARCH"
+
+
+@dataclass(frozen=True)
+class Sort(Command):
+    """RFC 5256 SORT / UID SORT: `criteria` as (key, reverse) pairs (keys upper-cased: ARRIVAL CC
+    DATE FROM SIZE SUBJECT TO, RFC 5957 DISPLAYFROM DISPLAYTO); `search` as SEARCH's criteria;
+    `returns` as Search.returns (RFC 5267 §3 ESORT: SORT RETURN (...))."""
+
+    criteria: tuple[tuple[str, bool], ...]
+    charset: str
+    search: SearchAnd
+    uid: bool = False
+    returns: frozenset[str] | None = None
+    VERB: ClassVar[str] = "SORT"
 
 
 # FETCH items (RFC 3501 §6.4.5)
@@ -510,5 +539,5 @@ class SetQuota(Command):
 
 AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
               | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
-              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Fetch | Store | Copy
+              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Sort | Fetch | Store | Copy
               | Move | GetQuota | GetQuotaRoot | SetQuota)

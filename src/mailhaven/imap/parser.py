@@ -2,9 +2,9 @@
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
-LITERAL+ RFC 7888 via the framer). Every failure is a ParseError carrying the tag (or "*") and a
-safe reason; nothing else escapes (property-tested). Depth of parentheses and NOT/OR nesting is
-bounded (config.imap.max_nesting).
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT RFC 5256 and 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
+framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
+escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
 
 Leniencies (like Dovecot): bare LF line ends (framer), 8-bit UTF-8 inside quoted strings,
@@ -70,11 +70,13 @@ from mailhaven.imap.commands import (
     SearchSet,
     SearchSize,
     SearchText,
+    SearchWithin,
     Section,
     SectionText,
     Select,
     SelectParam,
     SetQuota,
+    Sort,
     StartTls,
     Status,
     Store,
@@ -103,7 +105,8 @@ _SECTION_CHARS = _FETCH_NAME_CHARS
 # RFC 5322 §3.6.8 field-name = 1*ftext, printable US-ASCII except ":".
 _FIELD_NAME_CHARS = frozenset(c for c in range(0x21, 0x7F) if c != ord(":"))
 
-SP, LPAREN, RPAREN, DQUOTE, BACKSLASH = 0x20, 0x28, 0x29, 0x22, 0x5C
+SP, LPAREN, RPAREN, DQUOTE, BACKSLASH, DOLLAR = 0x20, 0x28, 0x29, 0x22, 0x5C, 0x24
+SAVED_RESULT = SequenceSet((), saved=True)  # RFC 5182 "$"
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
@@ -290,6 +293,8 @@ class _Cursor:
         return value
 
     def seqset(self) -> SequenceSet:
+        if self.take(DOLLAR):  # RFC 5182 §2.1 seq-last-command: "$" alone
+            return SAVED_RESULT
         token = self.run(_SEQ_CHARS)
         if not token:
             self.fail("Expected a sequence set" if not self.at_end() else "Missing arguments")
@@ -668,7 +673,7 @@ _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
 }
 
 _KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "LARGER",
-                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ"})
+                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ", "OLDER", "YOUNGER"})
 _ENTRY_TYPES = frozenset({"priv", "shared", "all"})  # RFC 7162 §7 entry-type-req
 
 
@@ -683,7 +688,7 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
             cur.sp()
             keys.append(_search_key(cur, depth + 1))
         return SearchAnd(tuple(keys))
-    if c is not None and c in _SEQ_CHARS:
+    if c is not None and (c in _SEQ_CHARS or c == DOLLAR):
         return SearchSet(cur.seqset())
     key = cur.word()
     if key in _FLAG_KEYS:
@@ -718,6 +723,8 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         return SearchSet(cur.seqset(), uid=True)
     if key == "MODSEQ":
         return _search_modseq(cur)
+    if key in ("OLDER", "YOUNGER"):  # RFC 5032 §4: SP nz-number (seconds); 0 is BAD, as Dovecot
+        return SearchWithin(key == "OLDER", cur.number(nz=True))
     if key == "NOT":
         return SearchNot(_search_key(cur, depth + 1))
     if key == "OR":
@@ -741,24 +748,106 @@ def _search_modseq(cur: _Cursor) -> SearchModseq:
     return SearchModseq(cur.number(maximum=MAX_NUMBER64), entry, entry_type)
 
 
+SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731 §3, RFC 5182 §2.4
+
+
+def _search_return(cur: _Cursor) -> frozenset[str]:
+    """RFC 4731 §7: "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")" (after RETURN SP)."""
+    cur.expect(LPAREN, "(")
+    opts: set[str] = set()
+    first = True
+    while not cur.take(RPAREN):
+        if not first:
+            cur.sp()
+        first = False
+        opt = cur.word()
+        if opt not in SEARCH_RETURN_OPTIONS:
+            cur.fail("Unknown SEARCH return option")
+        opts.add(opt)
+    return frozenset(opts)
+
+
 def _search(uid: bool) -> Handler:
     def handler(cur: _Cursor, tag: str) -> AnyCommand:
         cur.sp()
-        charset: str | None = None
-        if cur.at_word(b"CHARSET"):
-            cur.pos += len(b"CHARSET")
+        returns: frozenset[str] | None = None
+        if cur.at_word(b"RETURN"):  # RFC 4731 §7: before CHARSET
+            cur.pos += len(b"RETURN")
             cur.sp()
-            charset = cur.astring().decode("ascii", "replace").upper()
-            if charset not in CHARSETS:
-                # RFC 3501 §6.4.4: unsupported charset -> tagged NO [BADCHARSET (...)]
-                raise ParseError(tag, "Unsupported charset", kind="NO",
-                                 code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+            returns = _search_return(cur)
+            if "SAVE" in returns:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
+                try:
+                    return _search_rest(cur, tag, uid, returns)
+                except ParseError as e:
+                    e.search_save = True
+                    raise
+        return _search_rest(cur, tag, uid, returns)
+
+    return handler
+
+
+def _search_rest(cur: _Cursor, tag: str, uid: bool, returns: frozenset[str] | None) -> Search:
+    """SEARCH after its RETURN options: SP ["CHARSET" SP astring SP] search-key *(SP search-key)."""
+    if returns is not None:
+        cur.sp()
+    charset: str | None = None
+    if cur.at_word(b"CHARSET"):
+        cur.pos += len(b"CHARSET")
+        cur.sp()
+        charset = cur.astring().decode("ascii", "replace").upper()
+        if charset not in CHARSETS:
+            # RFC 3501 §6.4.4: unsupported charset -> tagged NO [BADCHARSET (...)]
+            raise ParseError(tag, "Unsupported charset", kind="NO",
+                             code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+        cur.sp()
+    keys = [_search_key(cur, 1)]
+    while cur.peek() == SP:
+        cur.sp()
+        keys.append(_search_key(cur, 1))
+    cur.finish()
+    return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns)
+
+
+# SORT (RFC 5256 §3, RFC 5957 §3)
+
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO"})
+
+
+def _sort(uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        """"SORT" [SP "RETURN" SP "(" options ")"] SP "(" sort-criterion *(SP sort-criterion) ")" SP
+        charset 1*(SP search-key) (RFC 5256 §5, RETURN from RFC 5267 §3)."""
+        cur.sp()
+        returns: frozenset[str] | None = None
+        if cur.at_word(b"RETURN"):
+            cur.pos += len(b"RETURN")
             cur.sp()
+            returns = _search_return(cur)
+            cur.sp()
+        cur.expect(LPAREN, "(")
+        criteria: list[tuple[str, bool]] = []
+        while True:
+            key = cur.word()
+            reverse = key == "REVERSE"
+            if reverse:
+                cur.sp()
+                key = cur.word()
+            if key not in SORT_KEYS:
+                cur.fail("Unknown sort argument")
+            criteria.append((key, reverse))
+            if cur.take(RPAREN):
+                break
+            cur.sp()
+        cur.sp()
+        charset = cur.astring().decode("ascii", "replace").upper()
+        if charset not in CHARSETS:  # RFC 5256 §3: NO [BADCHARSET], as SEARCH
+            raise ParseError(tag, "Unsupported charset", kind="NO", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+        cur.sp()
         keys = [_search_key(cur, 1)]
         while cur.peek() == SP:
             cur.sp()
             keys.append(_search_key(cur, 1))
-        return Search(tag, SearchAnd(tuple(keys)), charset, uid)
+        return Sort(tag, tuple(criteria), charset, SearchAnd(tuple(keys)), uid, returns)
 
     return handler
 
@@ -937,6 +1026,7 @@ _UID_COMMANDS: dict[str, Handler] = {
     "COPY": _copy_move(Copy, True),
     "MOVE": _copy_move(Move, True),
     "SEARCH": _search(True),
+    "SORT": _sort(True),
     "EXPUNGE": _uid_expunge,
 }
 
@@ -972,6 +1062,7 @@ COMMANDS: dict[str, Handler] = {
     "CLOSE": _no_args(Close),
     "EXPUNGE": _expunge,
     "SEARCH": _search(False),
+    "SORT": _sort(False),
     "FETCH": _fetch(False),
     "STORE": _store(False),
     "COPY": _copy_move(Copy, False),

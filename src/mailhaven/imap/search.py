@@ -3,7 +3,8 @@
 Owns: the meaning of each search key over a message's metadata and content: flags, sequence and
 UID sets, sizes, internal and sent dates, header fields, BODY and TEXT. The criteria are the
 `Search*` dataclasses of `imap/commands.py` (SearchAll, SearchFlag, SearchHeader, SearchText,
-SearchDate, SearchSize, SearchSet, SearchNot, SearchOr, SearchAnd, SearchModseq).
+SearchDate, SearchSize, SearchSet, SearchNot, SearchOr, SearchAnd, SearchModseq, SearchWithin:
+OLDER/YOUNGER of RFC 5032).
 
 Does not own: parsing SEARCH (parser.py), rendering `* SEARCH` responses or CHARSET checks (session).
 
@@ -41,6 +42,7 @@ import codecs
 import functools
 import quopri
 import re
+import time
 import unicodedata
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -114,6 +116,7 @@ class SearchContext:
     max_seq: int
     max_uid: int
     tz: tzinfo | None = None
+    now: float = field(default_factory=time.time)  # for OLDER/YOUNGER (RFC 5032)
 
 
 # --------------------------------------------------------------------------- text normalisation
@@ -535,6 +538,10 @@ def _eval(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext, cache: _Cach
         if key.sent:
             return _compare(key.op, _sent_date(cache), key.date)
         return _compare(key.op, _local_date(msg.internaldate, ctx.tz), key.date)
+    if isinstance(key, c.SearchWithin):
+        # RFC 5032 §3, as Dovecot 2.3: whole seconds; OLDER n includes exactly n seconds ago
+        cutoff = int(ctx.now) - key.seconds
+        return int(msg.internaldate) <= cutoff if key.older else int(msg.internaldate) >= cutoff
     if isinstance(key, c.SearchHeader):
         return _header_match(cache, key)
     if isinstance(key, c.SearchText):

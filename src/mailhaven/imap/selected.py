@@ -36,6 +36,9 @@ class Selected:
     keywords: frozenset[str]
     synced_at: float
     generation: int = 0  # bumped with every new snapshot
+    # RFC 5182 §2.1: the UIDs (ascending) the last SEARCH ... RETURN (SAVE) kept, what "$" names; a
+    # new Selected (SELECT/EXAMINE) starts empty, CLOSE/UNSELECT drop it
+    saved: tuple[int, ...] = ()
 
     @property
     def current(self) -> Snapshot:

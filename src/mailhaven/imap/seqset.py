@@ -33,9 +33,12 @@ def _number(text: str) -> int:
 
 @dataclass(frozen=True)
 class SequenceSet:
-    """A parsed sequence-set. `ranges` holds (a, b) pairs as written; STAR (0) stands for "*"."""
+    """A parsed sequence-set. `ranges` holds (a, b) pairs as written; STAR (0) stands for "*".
+    `saved`: the set is "$" (RFC 5182 §2.1, no ranges), the messages the last SEARCH ... RETURN
+    (SAVE) kept, which the session substitutes (on its own it names nothing)."""
 
     ranges: tuple[tuple[int, int], ...]
+    saved: bool = False
 
     @classmethod
     def parse(cls, text: str) -> SequenceSet:

@@ -4,7 +4,8 @@ Owns: what every command does and the exact responses (untagged data, tagged OK/
 response codes), the connection state (state.py's table), authentication (LOGIN, AUTHENTICATE PLAIN
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
-\\Recent, IDLE (RFC 2177), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
+\\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
+response (RFC 5256), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
 HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
 tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
@@ -12,8 +13,8 @@ continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
 Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
 syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
-(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py),
-storage (store/).
+(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py), sort
+keys and order (sort.py), storage (store/).
 
 Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
 framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
@@ -49,6 +50,7 @@ allowed (not during FETCH/STORE/SEARCH by sequence number).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import logging
 import re
@@ -66,11 +68,14 @@ from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
 from mailhaven.imap import fetch, listing, searchadapt, seqset
+from mailhaven.imap import sort as sortmod
 from mailhaven.imap.commands import ParseError
+from mailhaven.imap.fetchitems import header_end
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
+from mailhaven.imap.msgcache import CACHE
 from mailhaven.imap.parser import parse_command
-from mailhaven.imap.selected import Selected, match_infos
+from mailhaven.imap.selected import Selected, match_infos, read_many
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -103,7 +108,8 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
-                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC")
+                     "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
+                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -264,7 +270,7 @@ class Session:
             "LIST": self.cmd_list, "LSUB": self.cmd_lsub, "STATUS": self.cmd_status, "APPEND": self.cmd_append,
             "NAMESPACE": self.cmd_namespace, "CHECK": self.cmd_check,
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
-            "SEARCH": self.cmd_search, "COPY": self.cmd_copy,
+            "SEARCH": self.cmd_search, "SORT": self.cmd_sort, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
             "MOVE": self.cmd_move,
         }
@@ -332,6 +338,8 @@ class Session:
                 try:
                     cmd = parse_command(ev, max_nesting=nesting)
                 except ParseError as e:
+                    if e.search_save and self.sel is not None:  # RFC 5182 §2.1: a failed SAVE empties "$"
+                        self.sel.saved = ()
                     self.reject(e.response())
                 else:
                     async for out in self.execute(cmd):
@@ -924,7 +932,10 @@ class Session:
 
     def _resolve(self, seqs: SequenceSet, uid: bool) -> list[tuple[int, int]]:
         """(seq, uid) pairs the set names, ascending. Sequence numbers beyond EXISTS are BAD."""
-        view = self._selected().view
+        sel = self._selected()
+        view = sel.view
+        if seqs.saved:  # RFC 5182 §2.1: "$" names the same messages in UID and non-UID commands
+            return view.by_uids((u, u) for u in sel.saved)
         if uid:
             last = view.uids[-1] if view.exists else 0
             return view.by_uids(seqs.resolve(last))  # RFC 3501 §6.4.8: "*" = highest UID
@@ -950,20 +961,108 @@ class Session:
 
     async def cmd_search(self, cmd: C.Search) -> str:
         sel = self._selected()
-        with_modseq = _has_modseq(cmd.criteria)
-        if with_modseq:  # RFC 7162 §3.1: a CONDSTORE enabling command
-            self._enable_condstore()
-        await self.refresh()
-        found = await searchadapt.run(self.user or "", sel, cmd)
+        save = cmd.returns is not None and "SAVE" in cmd.returns
+        try:
+            with_modseq = _has_modseq(cmd.criteria)
+            if with_modseq:  # RFC 7162 §3.1: a CONDSTORE enabling command
+                self._enable_condstore()
+            await self.refresh()
+            if _uses_saved(cmd.criteria):  # RFC 5182 §2.1: "$" as the UIDs it names
+                keys = tuple(_with_saved(k, sel.saved) for k in cmd.criteria.keys)
+                cmd = dataclasses.replace(cmd, criteria=C.SearchAnd(keys))
+            found = await searchadapt.run(self.user or "", sel, cmd)
+        except Exception:
+            if save:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
+                sel.saved = ()
+            raise
+        if cmd.returns is not None:
+            if save:
+                kept = _reported(cmd.returns - {"SAVE"}, found)
+                sel.saved = tuple(kept) if cmd.uid else tuple(sel.view.uid(n) for n in kept)
+            self.emit(self._esearch_line(cmd, found, with_modseq))
+            return ("OK UID " if cmd.uid else "OK ") + "Search completed."
         line = b"* SEARCH"
         if found:
             line += b" " + b" ".join(b"%d" % n for n in found)
             if with_modseq:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages found
-                uids = found if cmd.uid else [sel.view.uid(n) for n in found]
-                line += b" (MODSEQ %d)" % max((i.modseq for i in match_infos(uids, sel.current.messages) if i),
-                                              default=0)
+                line += b" (MODSEQ %d)" % self._highest_modseq(cmd, found)
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
+
+    async def cmd_sort(self, cmd: C.Sort) -> str:
+        """RFC 5256 §3: `* SORT` with the matching sequence numbers (UIDs for UID SORT) in the
+        criteria's order, ties by sequence number."""
+        sel = self._selected()
+        search = C.Search(cmd.tag, cmd.search, cmd.charset)
+        if _has_modseq(cmd.search):  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
+        await self.refresh()
+        if _uses_saved(cmd.search):  # RFC 5182 §2.1: "$" as the UIDs it names
+            search = dataclasses.replace(search, criteria=C.SearchAnd(
+                tuple(_with_saved(k, sel.saved) for k in cmd.search.keys)))
+        seqs = await searchadapt.run(self.user or "", sel, search)
+        view = sel.view
+        uids = [view.uid(n) for n in seqs]
+        infos = match_infos(uids, sel.current.messages)
+        criteria = [sortmod.Criterion(k, r) for k, r in cmd.criteria]
+        headers: dict[int, bytes] = {}
+        if any(c.key in sortmod.HEADER_KEYS for c in criteria):
+            missing: list[int] = []
+            for uid, info in zip(uids, infos, strict=True):  # header blocks the message cache has
+                entry = CACHE.peek((self.user or "", info.key)) if info is not None else None
+                if entry is not None and entry.header is not None:
+                    headers[uid] = entry.header
+                else:
+                    missing.append(uid)
+            for i in range(0, len(missing), FETCH_BATCH):  # bounded reads per step
+                datas = await read_many(sel.mailbox, missing[i:i + FETCH_BATCH])
+                headers.update((u, d[:header_end(d)]) for u, d in datas.items())
+        rows: list[tuple[int, list[str | float]]] = []
+        for seq, uid, info in zip(seqs, uids, infos, strict=True):
+            if info is None:
+                continue
+            header = sortmod.fields(headers.get(uid)) if headers else None
+            rows.append((seq, [sortmod.key_of(c.key, header, info.internaldate, info.size) for c in criteria]))
+        ordered = sortmod.order(criteria, rows)
+        numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
+        if cmd.returns is not None:  # RFC 5267 §3 ESORT: as ESEARCH, MIN/MAX/ALL in sort order
+            if "SAVE" in cmd.returns:  # RFC 5182 §2.4
+                kept = _reported(cmd.returns - {"SAVE"}, numbers)
+                sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
+            self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
+        else:
+            self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
+
+    def _highest_modseq(self, cmd: C.Search | C.Sort, found: Sequence[int]) -> int:
+        sel = self._selected()
+        uids = found if cmd.uid else [sel.view.uid(n) for n in found]
+        return max((i.modseq for i in match_infos(uids, sel.current.messages) if i), default=0)
+
+    def _esearch_line(self, cmd: C.Search | C.Sort, found: list[int], with_modseq: bool) -> bytes:
+        """RFC 4731 §3.1 `* ESEARCH (TAG "t") [UID] ...`, items in Dovecot 2.3's order (MIN MAX ALL
+        COUNT MODSEQ); MIN, MAX and ALL are left out when nothing matched, COUNT 0 is not. Nothing
+        for RETURN (SAVE) alone (RFC 5182 §2.4), unless MODSEQ (as Dovecot 2.3)."""
+        opts = cmd.returns or frozenset({"ALL"})  # RFC 4731 §3.1: RETURN () means ALL
+        if opts == {"SAVE"}:
+            if not (with_modseq and found):
+                return b""
+            opts = frozenset()
+        line = b'* ESEARCH (TAG "%s")' % cmd.tag.encode("ascii")
+        if cmd.uid:
+            line += b" UID"
+        if found:
+            if "MIN" in opts:
+                line += b" MIN %d" % found[0]
+            if "MAX" in opts:
+                line += b" MAX %d" % found[-1]
+            if "ALL" in opts:
+                line += b" ALL " + _render_in_order(found)
+        if "COUNT" in opts:
+            line += b" COUNT %d" % len(found)
+        if with_modseq and found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported
+            line += b" MODSEQ %d" % self._highest_modseq(cmd, _reported(opts - {"SAVE"}, found))
+        return line + b"\r\n"
 
     async def cmd_store(self, cmd: C.Store) -> AsyncIterator[Step]:
         sel = self._selected()
@@ -1080,7 +1179,7 @@ class Session:
         uids = [u for _, u in pairs if not sel.view.is_gone(u)]
         dest = await self._target(cmd.mailbox)
         if not uids:
-            return "OK No messages copied."
+            return "OK No messages found."  # Dovecot 2.3's text
         quota = quotamod.of(self.ctx)
         if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing copied
             wanted = set(uids)
@@ -1176,7 +1275,8 @@ class Session:
                 raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and QRESYNC enabled.")
             snap = sel.current
             last = snap.messages[-1].uid if snap.messages else 0
-            await self._vanished_earlier(sel.mailbox, snap, since, cmd.set.resolve(last))
+            wanted = [(u, u) for u in sel.saved] if cmd.set.saved else cmd.set.resolve(last)  # RFC 5182 "$"
+            await self._vanished_earlier(sel.mailbox, snap, since, wanted)
         infos = match_infos([u for _, u in pairs], sel.current.messages)
         if since is not None:  # RFC 7162 §3.1.4.1: only messages changed since, with their MODSEQ
             if modseq_item not in items:
@@ -1233,6 +1333,54 @@ class Session:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return
         yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+def _render_in_order(numbers: list[int]) -> bytes:
+    """A sequence set keeping the given order (RFC 5267 §3.1 ESORT's ALL; SEARCH's is ascending):
+    only ascending runs of consecutive numbers become ranges, as Dovecot 2.3: 5,4,3 / 1:3,7,5."""
+    parts: list[bytes] = []
+    i = 0
+    while i < len(numbers):
+        j = i
+        while j + 1 < len(numbers) and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(b"%d" % numbers[i] if i == j else b"%d:%d" % (numbers[i], numbers[j]))
+        i = j + 1
+    return b",".join(parts)
+
+
+def _reported(opts: frozenset[str], found: list[int]) -> list[int]:
+    """The messages an ESEARCH reports on (RFC 7162 §3.1.5) and RETURN (SAVE) keeps (RFC 5182
+    §2.4): with only MIN and/or MAX, those; otherwise all found."""
+    if found and opts and opts <= {"MIN", "MAX"}:
+        return sorted({found[0] if "MIN" in opts else found[-1], found[-1] if "MAX" in opts else found[0]})
+    return found
+
+
+def _uses_saved(key: C.SearchKey) -> bool:
+    """Does a SEARCH use "$" (RFC 5182) anywhere?"""
+    if isinstance(key, C.SearchSet):
+        return key.set.saved
+    if isinstance(key, C.SearchAnd):
+        return any(_uses_saved(k) for k in key.keys)
+    if isinstance(key, C.SearchNot):
+        return _uses_saved(key.key)
+    if isinstance(key, C.SearchOr):
+        return _uses_saved(key.left) or _uses_saved(key.right)
+    return False
+
+
+def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
+    """`key` with every "$" replaced by the UID set it names (RFC 5182 §2.1)."""
+    if isinstance(key, C.SearchSet) and key.set.saved:
+        return C.SearchSet(SequenceSet.of(saved), uid=True)
+    if isinstance(key, C.SearchAnd):
+        return C.SearchAnd(tuple(_with_saved(k, saved) for k in key.keys))
+    if isinstance(key, C.SearchNot):
+        return C.SearchNot(_with_saved(key.key, saved))
+    if isinstance(key, C.SearchOr):
+        return C.SearchOr(_with_saved(key.left, saved), _with_saved(key.right, saved))
+    return key
 
 
 def _has_modseq(key: C.SearchKey) -> bool:

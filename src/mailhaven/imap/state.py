@@ -35,6 +35,7 @@ AUTHENTICATED: Final = ANY_STATE | {
 # RFC 3501 §6.4; MOVE RFC 6851 §3.1; UNSELECT RFC 3691 §2; UID EXPUNGE RFC 4315 §2.1.
 SELECTED: Final = (AUTHENTICATED - {"ENABLE"}) | {
     "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
+    "SORT",  # RFC 5256 §3
 }
 
 ALLOWED: Final[dict[State, frozenset[str]]] = {
@@ -46,7 +47,7 @@ ALLOWED: Final[dict[State, frozenset[str]]] = {
 
 # RFC 3501 §7.4.1: no EXPUNGE response while answering these (sequence numbers would shift under
 # the client); their UID forms are exempt.
-NO_EXPUNGE_DURING: Final = frozenset({"FETCH", "STORE", "SEARCH"})
+NO_EXPUNGE_DURING: Final = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
 
 
 def allowed(state: State, verb: str) -> bool:
