@@ -257,6 +257,10 @@ class QueueManager:
         except OSError as e:
             log.error("queue: cannot read the workers' partitions: %s", e.strerror or e)
             return
+        self._adopt(found)
+
+    def _adopt(self, found: list[Entry]) -> None:
+        """Entries found in the workers' partitions or claimed from the shared spool: ours now."""
         for entry in found:
             if entry.id not in self.entries:
                 self.entries[entry.id] = entry
@@ -286,12 +290,7 @@ class QueueManager:
         if self._claim_failing:
             log.info("queue: claiming entries again")
             self._claim_failing = False
-        for entry in found:
-            if entry.id not in self.entries:
-                self.entries[entry.id] = entry
-                self._schedule(entry)
-        if found:
-            self.wake()
+        self._adopt(found)
 
     async def _renew_loop(self, spool: ClaimingSpool) -> None:
         """Keep the leases of what we hold (LEASE / 3 apart: two renewals may fail before one expires)."""

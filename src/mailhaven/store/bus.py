@@ -342,12 +342,7 @@ class Bus:
             if not events:
                 self.dropped += 1
                 continue
-            for event in events:
-                if event is None:
-                    self.hub.overflow_all()
-                else:
-                    self.hub.publish(event, relay=False)
-                self.received += 1
+            self.received += self.hub.republish(events)
 
     def _from_us(self, ancdata: list[tuple[int, int, bytes]]) -> bool:
         """Whether the kernel says the sender runs as our user (True where it cannot say)."""

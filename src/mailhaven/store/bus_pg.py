@@ -252,12 +252,7 @@ class PgBus:
         node, events = parsed
         if node == self.node or self.hub is None:  # our own, already published here
             return
-        for event in events:
-            if event is None:
-                self.hub.overflow_all()
-            else:
-                self.hub.publish(event, relay=False)
-            self.received += 1
+        self.received += self.hub.republish(events)
 
 
 __all__ = ["CHANNEL", "MAX_PAYLOAD", "PgBus", "parse", "payloads"]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -171,6 +171,19 @@ class ChangeHub:
             sub._push(event)
         if relay and self.relay is not None:
             self.relay(event)
+
+    def republish(self, events: Iterable[Event | None]) -> int:
+        """Events another process or node published (store/bus.py, bus_pg.py), to our subscribers
+        only (not relayed again); None = "everything changed" (an Overflow for each). Returns how
+        many there were."""
+        n = 0
+        for event in events:
+            if event is None:
+                self.overflow_all()
+            else:
+                self.publish(event, relay=False)
+            n += 1
+        return n
 
     def overflow_all(self) -> None:
         """Every subscriber may have missed events: each gets an Overflow (re-snapshot)."""
