@@ -1,8 +1,9 @@
 """THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256) compared byte for byte with a real
 Dovecot 2.3: test_sort_vs_dovecot.py's awkward messages (subjects, dates and zones, missing and
 broken headers) plus reply chains (References and In-Reply-To, missing parents, duplicate
-Message-IDs, reference loops, replies by subject only), both algorithms, with search keys, UID
-THREAD, without some messages of the chains, and the errors; the dialogue and its normalisation are those of
+Message-IDs, reference loops, replies by subject only) and seeded random reply graphs (seeds
+3-14 also matched when tried); both algorithms, with search keys, UID THREAD, without some
+messages of the chains, and the errors; the dialogue and its normalisation are those of
 test_condstore_vs_dovecot.py.
 
 Not compared here: THREAD after EXPUNGE, because the EXPUNGE answer itself differs (Dovecot 2.3
@@ -12,6 +13,7 @@ each already shifted), which is EXPUNGE's business, not THREAD's."""
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -99,4 +101,53 @@ def test_thread_dialogue_matches_dovecot(ours: ImapHarness) -> None:
     mine = dialogue(ours.ports["imap"], ALICE, PASSWORD, SCRIPT, strip_uid="")
     select_ok = mine.index(b"t2 OK [READ-WRITE] Select completed\r\n")
     assert mine.pop(select_ok - 1).startswith(b"* OK [HIGHESTMODSEQ ")  # SELECT's (CONDSTORE test)
+    assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()
+
+
+def random_messages(seed: int, count: int = 40) -> list[dict[str, str]]:
+    """Reply graphs no one would write by hand: few Message-IDs (so duplicates, loops and missing
+    parents are common), subjects that are replies or not, equal and missing dates."""
+    rng = random.Random(seed)
+    ids = [f"<{c}@r>" for c in "abcdefghijklmnop"]
+    out: list[dict[str, str]] = []
+    for _ in range(count):
+        fields: dict[str, str] = {"Subject": rng.choice(["t", "Re: t", "u", "Fwd: u", "re: re: v", "v", "", "w (fwd)"])}
+        if rng.random() < 0.85:
+            fields["Message-ID"] = rng.choice(ids)
+        if rng.random() < 0.6:
+            fields["References"] = " ".join(rng.sample(ids, rng.randint(1, 4)))
+        if rng.random() < 0.3:
+            fields["In-Reply-To"] = rng.choice(ids)
+        if rng.random() < 0.8:
+            fields["Date"] = D % rng.randint(0, 5)
+        out.append(fields)
+    return out
+
+
+RANDOM_SCRIPT: list[tuple[str, str]] = [("a", "SELECT INBOX")] + [
+    ("a", f"{cmd} {alg} US-ASCII {keys}") for cmd in ("THREAD", "UID THREAD") for alg in ("ORDEREDSUBJECT", "REFERENCES")
+    for keys in ("ALL", "1:*:2", "NOT 5:15")]
+
+
+@pytest.mark.parametrize("seed", [1, 2])  # 1 failed with a message's own id dropped from its References
+def test_random_reply_graphs_match_dovecot(make_config: Callable[..., Any], seed: int) -> None:
+    if not os.path.exists(dv.DOVECOT):
+        pytest.skip("dovecot is not installed")
+    msgs = random_messages(seed)
+    files = [(f"m{i:02d}", _message(i + 100, fields), _mtime(i), "") for i, fields in enumerate(msgs)]
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}})).start()
+    try:
+        async def fill() -> None:
+            mb = await h.store.account(ALICE).mailbox("INBOX")
+            for i, fields in enumerate(msgs):
+                await mb.append(_message(i + 100, fields), internaldate=_mtime(i))
+
+        h.call(fill())
+        with dv.running_dovecot(files) as dovecot:
+            theirs = dialogue(dovecot.port, dv.USER, dv.PASSWORD, RANDOM_SCRIPT, strip_uid="")
+        mine = dialogue(h.ports["imap"], ALICE, PASSWORD, RANDOM_SCRIPT, strip_uid="")
+    finally:
+        h.stop()
+    select_ok = mine.index(b"t2 OK [READ-WRITE] Select completed\r\n")
+    assert mine.pop(select_ok - 1).startswith(b"* OK [HIGHESTMODSEQ ")
     assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()

@@ -132,11 +132,12 @@ def references(msgs: Sequence[Msg]) -> list[Node]:
         else:  # step 1A: no Message-ID, or a duplicate one: a unique one of its own
             own = _Container(m)
             everything.append(own)
-        refs = [r for r in m.references if r != m.message_id]
         prev: _Container | None = None
-        for ref in refs:  # step 1B: link the references parent to child, keeping existing links
+        # step 1B: link the references parent to child, keeping existing links; the message's own
+        # Message-ID among them stays (as Dovecot 2.3: it links, and may then make step 1C a loop)
+        for ref in m.references:
             c = get(ref)
-            if prev is not None and c.parent is None and not prev.reaches(c) and c is not own:
+            if prev is not None and c.parent is None and not prev.reaches(c):
                 _link(prev, c)
             prev = c
         # step 1C: the last reference is the message's parent, unless that would make a loop; a
