@@ -197,3 +197,13 @@ async def test_thread_through_the_session(ctx: Any) -> None:
     await d.command(b"a6 SEARCH RETURN (SAVE) 3")
     assert (await d.command(b"a7 THREAD REFERENCES US-ASCII $"))[0] == b"* THREAD (3)"  # RFC 5182 with THREAD
     assert (await d.command(b"a8 THREAD FOO US-ASCII ALL"))[0].startswith(b"a8 BAD ")
+
+
+@pytest.mark.parametrize(("raw", "ids"), [
+    (b"< d@r >", ["d@r"]), (b"<e>", []), (b"<f@r> (comment)", ["f@r"]), (b"<g@[1.2.3.4]>", ["g@[1.2.3.4]"]),
+    (b"<i@r><j@r>", ["i@r", "j@r"]), (b'<"q q"@r>', ["q q@r"]), (b"<h@r", []), (b"<h@r <x@y>", ["h@r<x@y"]),
+    (b"<o(x)@r>", ["o@r"]), (b"<o(x)@r (y)>", ["o@r"]), (b"<o(@r>", []), (b"<a@b\0c>", []),
+])
+def test_message_ids_as_dovecot_reads_them(raw: bytes, ids: list[str]) -> None:
+    """Forms taken from the random graphs compared with Dovecot 2.3 (test_thread_vs_dovecot.py)."""
+    assert thread.message_ids(raw) == ids

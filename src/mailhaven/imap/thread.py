@@ -10,7 +10,6 @@ base subjects and sent dates (sort.py).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +20,6 @@ from mailhaven.message import mime
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 HEADER_FIELDS = ("subject", "date", "message-id", "references", "in-reply-to")
 
-_MSGID = re.compile(rb"<([^<>@\s]+@[^<>\s]+)>")
 
 
 @dataclass(frozen=True)
@@ -45,11 +43,106 @@ class Node:
     children: list[Node] = field(default_factory=list)
 
 
+_ATEXT = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~") | frozenset(
+    range(128, 256))
+_LWSP = b" \t\r\n"
+
+
+def _skip_cfws(raw: bytes, i: int) -> int:
+    """Past white space and (nested, quoted-pair aware) comments from `i`."""
+    while i < len(raw):
+        if raw[i] in _LWSP:
+            i += 1
+        elif raw[i] == 0x28:  # "("
+            depth = 0
+            while i < len(raw):
+                ch = raw[i]
+                if ch == 0x5C:  # quoted-pair
+                    i += 2
+                    continue
+                depth += ch == 0x28
+                depth -= ch == 0x29
+                i += 1
+                if depth == 0:
+                    break
+        else:
+            break
+    return i
+
+
+def _dot_atom(raw: bytes, i: int) -> tuple[bytes, int] | None:
+    """A dot-atom (CFWS around the dots and after it skipped) from `i`, or None."""
+    parts: list[bytes] = []
+    while True:
+        j = i
+        while j < len(raw) and raw[j] in _ATEXT:
+            j += 1
+        if j == i:
+            return None
+        parts.append(raw[i:j])
+        i = _skip_cfws(raw, j)
+        if i >= len(raw) or raw[i] != 0x2E:  # "."
+            return b".".join(parts), i
+        i = _skip_cfws(raw, i + 1)
+
+
+def _quoted(raw: bytes, i: int) -> tuple[bytes, int] | None:
+    """A quoted string at `i` (its content, quoted-pairs resolved; CFWS after it skipped), or None."""
+    out = bytearray()
+    i += 1
+    while i < len(raw):
+        ch = raw[i]
+        if ch == 0x22:  # the closing quote
+            return bytes(out), _skip_cfws(raw, i + 1)
+        if ch == 0x5C and i + 1 < len(raw):
+            i += 1
+            ch = raw[i]
+        out.append(ch)
+        i += 1
+    return None
+
+
+def _strict_msgid(raw: bytes, i: int) -> tuple[bytes | None, int]:
+    """RFC 5322 id-left "@" id-right ">" from just after "<" (a dot-atom or quoted
+    string, then a dot-atom): (id, where it ended),
+    or (None, `i`) when it is not one."""
+    i = _skip_cfws(raw, i)
+    left = _quoted(raw, i) if raw[i:i + 1] == b'"' else _dot_atom(raw, i)
+    if left is None or left[1] >= len(raw) or raw[left[1]] != 0x40:  # "@"
+        return None, i
+    right = _dot_atom(raw, _skip_cfws(raw, left[1] + 1))
+    if right is None or right[1] >= len(raw) or raw[right[1]] != 0x3E:  # ">"
+        return None, i
+    return left[0] + b"@" + right[0], right[1] + 1
+
+
 def message_ids(raw: bytes | None) -> list[str]:
-    """The valid msg-ids (<local@domain>) of a header value, in order, without the brackets."""
+    """The msg-ids of a header value, in order, without the brackets, read as Dovecot 2.3 reads
+    them: after each "<", up to ">" when an "@" came first and no quote or "(" did (white
+    space dropped); otherwise a strict dot-atom@dot-atom> (comments allowed); else skipped."""
     if not raw:
         return []
-    return [m.decode("utf-8", "replace") for m in _MSGID.findall(mime.unfold(raw))]
+    raw = raw.split(b"\0", 1)[0]
+    out: list[str] = []
+    i = 0
+    while (start := raw.find(b"<", i)) >= 0:
+        i = start + 1
+        p, found_at = i, False
+        while p < len(raw) and raw[p] not in b'>"(':  # ("[" does not stop it)
+            found_at = found_at or raw[p] == 0x40
+            p += 1
+        if p >= len(raw):
+            break
+        if raw[p] == 0x3E:  # ">"
+            if found_at:
+                out.append(bytes(b for b in raw[i:p] if b not in _LWSP).decode("utf-8", "replace"))
+            i = p + 1
+            continue
+        found, end = _strict_msgid(raw, i)
+        if found is not None:
+            out.append(found.decode("utf-8", "replace"))
+            i = end
+    return out
 
 
 def msg_of(number: int, header: bytes | None, internaldate: float) -> Msg:
