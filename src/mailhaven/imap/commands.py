@@ -408,6 +408,18 @@ class Sort(Command):
     VERB: ClassVar[str] = "SORT"
 
 
+@dataclass(frozen=True)
+class Thread(Command):
+    """RFC 5256 THREAD / UID THREAD: `algorithm` upper-cased (ORDEREDSUBJECT or REFERENCES);
+    `search` as SEARCH's criteria."""
+
+    algorithm: str
+    charset: str
+    search: SearchAnd
+    uid: bool = False
+    VERB: ClassVar[str] = "THREAD"
+
+
 # FETCH items (RFC 3501 §6.4.5)
 
 SectionText = Literal["HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME"]
@@ -539,5 +551,5 @@ class SetQuota(Command):
 
 AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
               | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
-              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Sort | Fetch | Store | Copy
+              | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Sort | Thread | Fetch | Store | Copy
               | Move | GetQuota | GetQuotaRoot | SetQuota)

@@ -2,7 +2,7 @@
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
-SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT RFC 5256 and 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
 framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
@@ -81,6 +81,7 @@ from mailhaven.imap.commands import (
     Status,
     Store,
     Subscribe,
+    Thread,
     Unselect,
     Unsubscribe,
 )
@@ -852,6 +853,32 @@ def _sort(uid: bool) -> Handler:
     return handler
 
 
+# THREAD (RFC 5256 §3)
+
+THREAD_ALGORITHMS = frozenset({"ORDEREDSUBJECT", "REFERENCES"})
+
+
+def _thread(uid: bool) -> Handler:
+    def handler(cur: _Cursor, tag: str) -> AnyCommand:
+        """"THREAD" SP thread-alg SP search-charset 1*(SP search-key) (RFC 5256 §5)."""
+        cur.sp()
+        algorithm = cur.word()
+        if algorithm not in THREAD_ALGORITHMS:
+            cur.fail("Unknown thread algorithm.")
+        cur.sp()
+        charset = cur.astring().decode("ascii", "replace").upper()
+        if charset not in CHARSETS:  # as SEARCH and SORT
+            raise ParseError(tag, "Unsupported charset", kind="NO", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+        cur.sp()
+        keys = [_search_key(cur, 1)]
+        while cur.peek() == SP:
+            cur.sp()
+            keys.append(_search_key(cur, 1))
+        return Thread(tag, algorithm, charset, SearchAnd(tuple(keys)), uid)
+
+    return handler
+
+
 # FETCH (RFC 3501 §6.4.5)
 
 _MACROS = {
@@ -1027,6 +1054,7 @@ _UID_COMMANDS: dict[str, Handler] = {
     "MOVE": _copy_move(Move, True),
     "SEARCH": _search(True),
     "SORT": _sort(True),
+    "THREAD": _thread(True),
     "EXPUNGE": _uid_expunge,
 }
 
@@ -1063,6 +1091,7 @@ COMMANDS: dict[str, Handler] = {
     "EXPUNGE": _expunge,
     "SEARCH": _search(False),
     "SORT": _sort(False),
+    "THREAD": _thread(False),
     "FETCH": _fetch(False),
     "STORE": _store(False),
     "COPY": _copy_move(Copy, False),

@@ -14,7 +14,7 @@ smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_b
 Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
 syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
 (msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py), sort
-keys and order (sort.py), storage (store/).
+keys and order (sort.py), threading (thread.py), storage (store/).
 
 Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
 framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
@@ -69,6 +69,7 @@ from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, Mai
 from mailhaven.imap import commands as C
 from mailhaven.imap import fetch, listing, searchadapt, seqset
 from mailhaven.imap import sort as sortmod
+from mailhaven.imap import thread as threadmod
 from mailhaven.imap.commands import ParseError
 from mailhaven.imap.fetchitems import header_end
 from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
@@ -109,7 +110,8 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
-                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT")
+                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
+                     "THREAD=REFERENCES")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -270,7 +272,7 @@ class Session:
             "LIST": self.cmd_list, "LSUB": self.cmd_lsub, "STATUS": self.cmd_status, "APPEND": self.cmd_append,
             "NAMESPACE": self.cmd_namespace, "CHECK": self.cmd_check,
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
-            "SEARCH": self.cmd_search, "SORT": self.cmd_sort, "COPY": self.cmd_copy,
+            "SEARCH": self.cmd_search, "SORT": self.cmd_sort, "THREAD": self.cmd_thread, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
             "MOVE": self.cmd_move,
         }
@@ -1007,16 +1009,7 @@ class Session:
         criteria = [sortmod.Criterion(k, r) for k, r in cmd.criteria]
         headers: dict[int, bytes] = {}
         if any(c.key in sortmod.HEADER_KEYS for c in criteria):
-            missing: list[int] = []
-            for uid, info in zip(uids, infos, strict=True):  # header blocks the message cache has
-                entry = CACHE.peek((self.user or "", info.key)) if info is not None else None
-                if entry is not None and entry.header is not None:
-                    headers[uid] = entry.header
-                else:
-                    missing.append(uid)
-            for i in range(0, len(missing), FETCH_BATCH):  # bounded reads per step
-                datas = await read_many(sel.mailbox, missing[i:i + FETCH_BATCH])
-                headers.update((u, d[:header_end(d)]) for u, d in datas.items())
+            headers = await self._header_blocks(sel, uids, infos)
         rows: list[tuple[int, list[str | float]]] = []
         for seq, uid, info in zip(seqs, uids, infos, strict=True):
             if info is None:
@@ -1033,6 +1026,44 @@ class Session:
         else:
             self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
+
+    async def _header_blocks(self, sel: Selected, uids: list[int],
+                             infos: Sequence[MessageInfo | None]) -> dict[int, bytes]:
+        """The header block of each message by UID: from the message cache when it has it, the
+        rest read from the mailbox in bounded batches."""
+        headers: dict[int, bytes] = {}
+        missing: list[int] = []
+        for uid, info in zip(uids, infos, strict=True):  # header blocks the message cache has
+            entry = CACHE.peek((self.user or "", info.key)) if info is not None else None
+            if entry is not None and entry.header is not None:
+                headers[uid] = entry.header
+            else:
+                missing.append(uid)
+        for i in range(0, len(missing), FETCH_BATCH):  # bounded reads per step
+            datas = await read_many(sel.mailbox, missing[i:i + FETCH_BATCH])
+            headers.update((u, d[:header_end(d)]) for u, d in datas.items())
+        return headers
+
+    async def cmd_thread(self, cmd: C.Thread) -> str:
+        """RFC 5256 §3: `* THREAD` with the matching messages threaded by the algorithm, as
+        sequence numbers (UIDs for UID THREAD)."""
+        sel = self._selected()
+        search = C.Search(cmd.tag, cmd.search, cmd.charset)
+        if _has_modseq(cmd.search):  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
+        await self.refresh()
+        if _uses_saved(cmd.search):  # RFC 5182 §2.1: "$" as the UIDs it names
+            search = dataclasses.replace(search, criteria=C.SearchAnd(
+                tuple(_with_saved(k, sel.saved) for k in cmd.search.keys)))
+        seqs = await searchadapt.run(self.user or "", sel, search)
+        view = sel.view
+        uids = [view.uid(n) for n in seqs]
+        infos = match_infos(uids, sel.current.messages)
+        headers = await self._header_blocks(sel, uids, infos)
+        msgs = [threadmod.msg_of(uid if cmd.uid else seq, headers.get(uid), info.internaldate)
+                for seq, uid, info in zip(seqs, uids, infos, strict=True) if info is not None]
+        self.emit(b"* THREAD " + threadmod.render(threadmod.thread(cmd.algorithm, msgs)) + b"\r\n")
+        return ("OK UID " if cmd.uid else "OK ") + "Thread completed."
 
     def _highest_modseq(self, cmd: C.Search | C.Sort, found: Sequence[int]) -> int:
         sel = self._selected()

@@ -37,14 +37,24 @@ class Criterion:
 
 def base_subject(raw: bytes | None) -> str:
     """RFC 5256 §2.1 base subject of a Subject header value (None: no header), not yet folded."""
+    return subject_and_reply(raw)[0]
+
+
+def subject_and_reply(raw: bytes | None) -> tuple[str, bool]:
+    """The base subject, and whether extracting it removed a reply/forward marker (re:, fwd:,
+    "(fwd)", "[fwd: ...]"): RFC 5256 §2.2 THREAD=REFERENCES step 6's "reply or forward"."""
     if raw is None:
-        return ""
+        return "", False
+    reply = False
     text = _WSP.sub(" ", decode_header_value(raw))  # step 1
     while True:
-        text = _TRAILER.sub("", text)  # step 2
+        trimmed = _TRAILER.sub("", text)  # step 2
+        reply = reply or "(fwd)" in text[len(trimmed):].lower()
+        text = trimmed
         while True:  # steps 3-5
             before = text
             while m := _LEADER.match(text):
+                reply = reply or bool(m.group(0).strip())
                 text = text[m.end():]
             m = _BLOB_PREFIX.match(text)
             if m and text[m.end():]:  # step 4: only when something is left
@@ -53,8 +63,9 @@ def base_subject(raw: bytes | None) -> str:
                 break
         if text[:5].lower() == "[fwd:" and text.endswith("]"):  # step 6
             text = text[5:-1]
+            reply = True
             continue
-        return text
+        return text, reply
 
 
 def _first_address(raw: bytes | None) -> tuple[str, str]:
@@ -130,4 +141,4 @@ def order(criteria: Sequence[Criterion], rows: list[tuple[int, list[str | float]
     return [seq for seq, _ in rows]
 
 
-__all__ = ["HEADER_KEYS", "Criterion", "base_subject", "fields", "key_of", "order", "sent_date"]
+__all__ = ["HEADER_KEYS", "Criterion", "base_subject", "fields", "key_of", "order", "sent_date", "subject_and_reply"]

@@ -36,6 +36,7 @@ AUTHENTICATED: Final = ANY_STATE | {
 SELECTED: Final = (AUTHENTICATED - {"ENABLE"}) | {
     "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
     "SORT",  # RFC 5256 §3
+    "THREAD",  # RFC 5256 §3
 }
 
 ALLOWED: Final[dict[State, frozenset[str]]] = {
@@ -47,7 +48,7 @@ ALLOWED: Final[dict[State, frozenset[str]]] = {
 
 # RFC 3501 §7.4.1: no EXPUNGE response while answering these (sequence numbers would shift under
 # the client); their UID forms are exempt.
-NO_EXPUNGE_DURING: Final = frozenset({"FETCH", "STORE", "SEARCH", "SORT"})
+NO_EXPUNGE_DURING: Final = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD"})
 
 
 def allowed(state: State, verb: str) -> bool:
