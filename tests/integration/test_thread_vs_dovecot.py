@@ -12,18 +12,14 @@ each already shifted), which is EXPUNGE's business, not THREAD's."""
 
 from __future__ import annotations
 
-import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from tests.fixtures_base import PASSWORD
-from tests.integration import test_fetch_vs_dovecot as dv
-from tests.integration.test_condstore_vs_dovecot import dialogue
-from tests.integration.test_imap_server import ALICE, ImapHarness
 from tests.integration.test_sort_vs_dovecot import HEADERS as AWKWARD
+from tests.integration.test_sort_vs_dovecot import same_as_dovecot
 
 D = "Tue, 14 Nov 2023 %02d:00:00 +0000"
 CHAINS: list[dict[str, str]] = [  # Message-ID given here, or <s{i}@example.org>
@@ -76,32 +72,8 @@ SCRIPT: list[tuple[str, str]] = [("a", "SELECT INBOX")] + [
 ]
 
 
-@pytest.fixture
-def ours(make_config: Callable[..., Any]) -> Iterator[ImapHarness]:
-    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}})).start()
-
-    async def fill() -> None:
-        mb = await h.store.account(ALICE).mailbox("INBOX")
-        for i, fields in enumerate(HEADERS):
-            await mb.append(_message(i, fields), internaldate=_mtime(i))
-
-    try:
-        h.call(fill())
-        yield h
-    finally:
-        h.stop()
-
-
-def test_thread_dialogue_matches_dovecot(ours: ImapHarness) -> None:
-    if not os.path.exists(dv.DOVECOT):
-        pytest.skip("dovecot is not installed")
-    files = [(f"m{i:02d}", _message(i, fields), _mtime(i), "") for i, fields in enumerate(HEADERS)]
-    with dv.running_dovecot(files) as dovecot:
-        theirs = dialogue(dovecot.port, dv.USER, dv.PASSWORD, SCRIPT, strip_uid="")
-    mine = dialogue(ours.ports["imap"], ALICE, PASSWORD, SCRIPT, strip_uid="")
-    select_ok = mine.index(b"t2 OK [READ-WRITE] Select completed\r\n")
-    assert mine.pop(select_ok - 1).startswith(b"* OK [HIGHESTMODSEQ ")  # SELECT's (CONDSTORE test)
-    assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()
+def test_thread_dialogue_matches_dovecot(make_config: Callable[..., Any]) -> None:
+    same_as_dovecot(make_config, [(_message(i, fields), _mtime(i)) for i, fields in enumerate(HEADERS)], SCRIPT)
 
 
 ODD_IDS = ["< d@r >", "<e>", "<f@r> (comment)", "<g@[1.2.3.4]>", "(c) <k@r>", "<l@r>,<m@r>", "<A@r>", "<i@r><j@r>",
@@ -139,23 +111,6 @@ RANDOM_SCRIPT: list[tuple[str, str]] = [("a", "SELECT INBOX")] + [
 # by a plain <local@domain> pattern
 @pytest.mark.parametrize("seed", [1, 2, 20, 21])
 def test_random_reply_graphs_match_dovecot(make_config: Callable[..., Any], seed: int) -> None:
-    if not os.path.exists(dv.DOVECOT):
-        pytest.skip("dovecot is not installed")
     msgs = random_messages(seed)
-    files = [(f"m{i:02d}", _message(i + 100, fields), _mtime(i), "") for i, fields in enumerate(msgs)]
-    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}})).start()
-    try:
-        async def fill() -> None:
-            mb = await h.store.account(ALICE).mailbox("INBOX")
-            for i, fields in enumerate(msgs):
-                await mb.append(_message(i + 100, fields), internaldate=_mtime(i))
-
-        h.call(fill())
-        with dv.running_dovecot(files) as dovecot:
-            theirs = dialogue(dovecot.port, dv.USER, dv.PASSWORD, RANDOM_SCRIPT, strip_uid="")
-        mine = dialogue(h.ports["imap"], ALICE, PASSWORD, RANDOM_SCRIPT, strip_uid="")
-    finally:
-        h.stop()
-    select_ok = mine.index(b"t2 OK [READ-WRITE] Select completed\r\n")
-    assert mine.pop(select_ok - 1).startswith(b"* OK [HIGHESTMODSEQ ")
-    assert b"".join(mine).decode().splitlines() == b"".join(theirs).decode().splitlines()
+    same_as_dovecot(make_config, [(_message(i + 100, fields), _mtime(i)) for i, fields in enumerate(msgs)],
+                    RANDOM_SCRIPT)

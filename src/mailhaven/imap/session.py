@@ -964,15 +964,9 @@ class Session:
     async def cmd_search(self, cmd: C.Search) -> str:
         sel = self._selected()
         save = cmd.returns is not None and "SAVE" in cmd.returns
+        with_modseq = _has_modseq(cmd.criteria)
         try:
-            with_modseq = _has_modseq(cmd.criteria)
-            if with_modseq:  # RFC 7162 §3.1: a CONDSTORE enabling command
-                self._enable_condstore()
-            await self.refresh()
-            if _uses_saved(cmd.criteria):  # RFC 5182 §2.1: "$" as the UIDs it names
-                keys = tuple(_with_saved(k, sel.saved) for k in cmd.criteria.keys)
-                cmd = dataclasses.replace(cmd, criteria=C.SearchAnd(keys))
-            found = await searchadapt.run(self.user or "", sel, cmd)
+            found = await self._matching(sel, cmd)
         except Exception:
             if save:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
                 sel.saved = ()
@@ -991,18 +985,22 @@ class Session:
         self.emit(line + b"\r\n")
         return ("OK UID " if cmd.uid else "OK ") + "Search completed."
 
+    async def _matching(self, sel: Selected, search: C.Search) -> list[int]:
+        """The sequence numbers (UIDs for a UID command) `search` finds, as SEARCH, SORT and THREAD
+        share it: a MODSEQ key enables CONDSTORE, changes are taken in first, "$" is the saved result."""
+        if _has_modseq(search.criteria):  # RFC 7162 §3.1: a CONDSTORE enabling command
+            self._enable_condstore()
+        await self.refresh()
+        if _uses_saved(search.criteria):  # RFC 5182 §2.1: "$" as the UIDs it names
+            keys = tuple(_with_saved(k, sel.saved) for k in search.criteria.keys)
+            search = dataclasses.replace(search, criteria=C.SearchAnd(keys))
+        return await searchadapt.run(self.user or "", sel, search)
+
     async def cmd_sort(self, cmd: C.Sort) -> str:
         """RFC 5256 §3: `* SORT` with the matching sequence numbers (UIDs for UID SORT) in the
         criteria's order, ties by sequence number."""
         sel = self._selected()
-        search = C.Search(cmd.tag, cmd.search, cmd.charset)
-        if _has_modseq(cmd.search):  # RFC 7162 §3.1: a CONDSTORE enabling command
-            self._enable_condstore()
-        await self.refresh()
-        if _uses_saved(cmd.search):  # RFC 5182 §2.1: "$" as the UIDs it names
-            search = dataclasses.replace(search, criteria=C.SearchAnd(
-                tuple(_with_saved(k, sel.saved) for k in cmd.search.keys)))
-        seqs = await searchadapt.run(self.user or "", sel, search)
+        seqs = await self._matching(sel, C.Search(cmd.tag, cmd.search, cmd.charset))
         view = sel.view
         uids = [view.uid(n) for n in seqs]
         infos = match_infos(uids, sel.current.messages)
@@ -1048,14 +1046,7 @@ class Session:
         """RFC 5256 §3: `* THREAD` with the matching messages threaded by the algorithm, as
         sequence numbers (UIDs for UID THREAD)."""
         sel = self._selected()
-        search = C.Search(cmd.tag, cmd.search, cmd.charset)
-        if _has_modseq(cmd.search):  # RFC 7162 §3.1: a CONDSTORE enabling command
-            self._enable_condstore()
-        await self.refresh()
-        if _uses_saved(cmd.search):  # RFC 5182 §2.1: "$" as the UIDs it names
-            search = dataclasses.replace(search, criteria=C.SearchAnd(
-                tuple(_with_saved(k, sel.saved) for k in cmd.search.keys)))
-        seqs = await searchadapt.run(self.user or "", sel, search)
+        seqs = await self._matching(sel, C.Search(cmd.tag, cmd.search, cmd.charset))
         view = sel.view
         uids = [view.uid(n) for n in seqs]
         infos = match_infos(uids, sel.current.messages)
