@@ -62,34 +62,40 @@ def test_delivery_reaches_an_idling_client_within_one_second(imap: ImapHarness) 
     raw.close()
 
 
-def test_delivery_by_another_worker_process_reaches_an_idling_client_within_one_second(
-        make_config: Callable[..., Any], tmp_path: Path) -> None:
-    """Issue 15: worker processes share the mail root; the store's bus carries the change."""
-    bus = tmp_path / "run" / "bus"
-    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), bus_dir=bus).start()
-    worker = None
+def _idle_hears_another_process(h: ImapHarness, tmp_path: Path, transport: dict[str, str]) -> None:
+    """A delivery by another process with a Store of its own (`transport`: its bus_dir or its
+    pg_dsn, the same as `h`'s) reaches an IDLE session served by `h` within 1 s."""
+    other = None
     try:
         h.fill(1)
         raw = selected(h)
         idle(raw)
         go = tmp_path / "go"
-        job = {"user": ALICE, "op": "deliver", "bus_dir": str(bus), "stay": True}
-        worker = subprocess.Popen([sys.executable, str(WORKER), str(h.cfg.mail_root), str(go), json.dumps(job)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert worker.stdout is not None and json.loads(worker.stdout.readline()) == "ready"
+        job = {"user": ALICE, "op": "deliver", "stay": True, **transport}
+        other = subprocess.Popen([sys.executable, str(WORKER), str(h.cfg.mail_root), str(go), json.dumps(job)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert other.stdout is not None and json.loads(other.stdout.readline()) == "ready"
         go.touch()
-        delivered_at = json.loads(worker.stdout.readline())["delivered_at"]
+        delivered_at = json.loads(other.stdout.readline())["delivered_at"]
         assert raw.line(timeout=1.0) == b"* 2 EXISTS\r\n"
         assert time.time() - delivered_at < 1.0
         assert done(raw)[-1].startswith(b"i OK")
         assert raw.cmd(b"FETCH 2 (UID)")[0] == b"* 2 FETCH (UID 2)\r\n"
         raw.close()
     finally:
-        if worker is not None:
-            assert worker.stdin is not None
-            worker.stdin.close()
-            assert worker.wait(30) == 0
+        if other is not None:
+            assert other.stdin is not None
+            other.stdin.close()
+            assert other.wait(30) == 0
         h.stop()
+
+
+def test_delivery_by_another_worker_process_reaches_an_idling_client_within_one_second(
+        make_config: Callable[..., Any], tmp_path: Path) -> None:
+    """Issue 15: worker processes share the mail root; the store's bus carries the change."""
+    bus = tmp_path / "run" / "bus"
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), bus_dir=bus).start()
+    _idle_hears_another_process(h, tmp_path, {"bus_dir": str(bus)})
 
 
 def test_delivery_through_another_node_reaches_an_idling_client_within_one_second(
@@ -97,29 +103,7 @@ def test_delivery_through_another_node_reaches_an_idling_client_within_one_secon
     """Issue 15: two nodes share the mail root and PostgreSQL; LISTEN/NOTIFY carries the change
     (store/bus_pg.py). Node A is another process with a Store and a pool of its own."""
     h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), names=("imap",), pg_dsn=pg_dsn).start()
-    node_a = None
-    try:
-        h.fill(1)
-        raw = selected(h)
-        idle(raw)
-        go = tmp_path / "go"
-        job = {"user": ALICE, "op": "deliver", "pg_dsn": pg_dsn, "stay": True}
-        node_a = subprocess.Popen([sys.executable, str(WORKER), str(h.cfg.mail_root), str(go), json.dumps(job)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert node_a.stdout is not None and json.loads(node_a.stdout.readline()) == "ready"
-        go.touch()
-        delivered_at = json.loads(node_a.stdout.readline())["delivered_at"]
-        assert raw.line(timeout=1.0) == b"* 2 EXISTS\r\n"
-        assert time.time() - delivered_at < 1.0
-        assert done(raw)[-1].startswith(b"i OK")
-        assert raw.cmd(b"FETCH 2 (UID)")[0] == b"* 2 FETCH (UID 2)\r\n"
-        raw.close()
-    finally:
-        if node_a is not None:
-            assert node_a.stdin is not None
-            node_a.stdin.close()
-            assert node_a.wait(30) == 0
-        h.stop()
+    _idle_hears_another_process(h, tmp_path, {"pg_dsn": pg_dsn})
 
 
 def test_idle_reports_expunge_and_flag_changes_of_another_session(imap: ImapHarness) -> None:
