@@ -840,17 +840,24 @@ def _sort(uid: bool) -> Handler:
                 break
             cur.sp()
         cur.sp()
-        charset = cur.astring().decode("ascii", "replace").upper()
-        if charset not in CHARSETS:  # RFC 5256 §3: NO [BADCHARSET], as SEARCH
-            raise ParseError(tag, "Unsupported charset", kind="NO", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
-        cur.sp()
-        keys = [_search_key(cur, 1)]
-        while cur.peek() == SP:
-            cur.sp()
-            keys.append(_search_key(cur, 1))
-        return Sort(tag, tuple(criteria), charset, SearchAnd(tuple(keys)), uid, returns)
+        charset, keys = _charset_and_keys(cur, tag)
+        return Sort(tag, tuple(criteria), charset, keys, uid, returns)
 
     return handler
+
+
+def _charset_and_keys(cur: _Cursor, tag: str) -> tuple[str, SearchAnd]:
+    """search-charset 1*(SP search-key), as SORT and THREAD take them (RFC 5256 §5); an unknown
+    charset is NO [BADCHARSET], as SEARCH answers it (RFC 5256 §3)."""
+    charset = cur.astring().decode("ascii", "replace").upper()
+    if charset not in CHARSETS:
+        raise ParseError(tag, "Unsupported charset", kind="NO", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
+    cur.sp()
+    keys = [_search_key(cur, 1)]
+    while cur.peek() == SP:
+        cur.sp()
+        keys.append(_search_key(cur, 1))
+    return charset, SearchAnd(tuple(keys))
 
 
 # THREAD (RFC 5256 §3)
@@ -866,15 +873,8 @@ def _thread(uid: bool) -> Handler:
         if algorithm not in THREAD_ALGORITHMS:
             cur.fail("Unknown thread algorithm.")
         cur.sp()
-        charset = cur.astring().decode("ascii", "replace").upper()
-        if charset not in CHARSETS:  # as SEARCH and SORT
-            raise ParseError(tag, "Unsupported charset", kind="NO", code="BADCHARSET (" + " ".join(CHARSETS) + ")")
-        cur.sp()
-        keys = [_search_key(cur, 1)]
-        while cur.peek() == SP:
-            cur.sp()
-            keys.append(_search_key(cur, 1))
-        return Thread(tag, algorithm, charset, SearchAnd(tuple(keys)), uid)
+        charset, keys = _charset_and_keys(cur, tag)
+        return Thread(tag, algorithm, charset, keys, uid)
 
     return handler
 

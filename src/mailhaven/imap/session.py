@@ -1379,17 +1379,22 @@ def _reported(opts: frozenset[str], found: list[int]) -> list[int]:
     return found
 
 
+def _any_key(key: C.SearchKey, pred: Callable[[C.SearchKey], bool]) -> bool:
+    """Does `pred` hold for `key` or any key inside it (AND, NOT, OR)?"""
+    if pred(key):
+        return True
+    if isinstance(key, C.SearchAnd):
+        return any(_any_key(k, pred) for k in key.keys)
+    if isinstance(key, C.SearchNot):
+        return _any_key(key.key, pred)
+    if isinstance(key, C.SearchOr):
+        return _any_key(key.left, pred) or _any_key(key.right, pred)
+    return False
+
+
 def _uses_saved(key: C.SearchKey) -> bool:
     """Does a SEARCH use "$" (RFC 5182) anywhere?"""
-    if isinstance(key, C.SearchSet):
-        return key.set.saved
-    if isinstance(key, C.SearchAnd):
-        return any(_uses_saved(k) for k in key.keys)
-    if isinstance(key, C.SearchNot):
-        return _uses_saved(key.key)
-    if isinstance(key, C.SearchOr):
-        return _uses_saved(key.left) or _uses_saved(key.right)
-    return False
+    return _any_key(key, lambda k: isinstance(k, C.SearchSet) and k.set.saved)
 
 
 def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
@@ -1407,15 +1412,7 @@ def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
 
 def _has_modseq(key: C.SearchKey) -> bool:
     """Does a SEARCH use the MODSEQ key anywhere (RFC 7162 §3.1.5)?"""
-    if isinstance(key, C.SearchModseq):
-        return True
-    if isinstance(key, C.SearchAnd):
-        return any(_has_modseq(k) for k in key.keys)
-    if isinstance(key, C.SearchNot):
-        return _has_modseq(key.key)
-    if isinstance(key, C.SearchOr):
-        return _has_modseq(key.left) or _has_modseq(key.right)
-    return False
+    return _any_key(key, lambda k: isinstance(k, C.SearchModseq))
 
 
 __all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd", "StartTls",
