@@ -206,8 +206,8 @@ class BaseHandler(ShortDir):
 
     async def handle_EHLO(self, server: Any, session: ClientSession, envelope: Transaction,
                           hostname: str, responses: list[str]) -> list[str]:
-        """aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS (and AUTH); we add PIPELINING (RFC 2920)
-        and ENHANCEDSTATUSCODES (RFC 2034), replace aiosmtpd's AUTH line by the role's own (it knows
+        """aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS (and AUTH); we add PIPELINING (RFC 2920),
+        ENHANCEDSTATUSCODES (RFC 2034) and CHUNKING (RFC 3030, server.py's BDAT), replace aiosmtpd's AUTH line by the role's own (it knows
         about implicit TLS and loopback rules; aiosmtpd does not), and drop HELP."""
         if not _printable(hostname):
             return [R.BAD_HELO]
@@ -218,7 +218,7 @@ class BaseHandler(ShortDir):
         auth = self.ehlo_auth_keyword(session) if self.offers_auth else None
         if auth:
             keywords.append(auth)
-        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES"]
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING"]
         out = [f"250-{greeting}"] + [f"250-{k}" for k in keywords]
         out[-1] = "250 " + out[-1][4:]
         return out

@@ -39,6 +39,10 @@ NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 NEED_RCPT = "503 5.5.1 Error: need RCPT command"  # RFC 5321 §3.3: DATA without a valid RCPT
 DATA_SYNTAX = "501 5.5.4 Syntax: DATA"
 START_DATA = "354 End data with <CR><LF>.<CR><LF>"  # intermediate: no enhanced code (RFC 2034 §3)
+# CHUNKING (RFC 3030). A refused BDAT's octets are still read (§2), so these come after them.
+BDAT_SYNTAX = "501 5.5.4 Syntax: BDAT chunk-size [LAST]"
+DATA_AFTER_BDAT = "503 5.5.1 Error: DATA after BDAT in one transaction"  # RFC 3030 §2: never both
+NEED_HELO = "503 5.5.1 Error: send HELO/EHLO first"
 MESSAGE_TOO_BIG = "552 5.3.4 Message too big for system"  # RFC 1870 §6.3, RFC 3463 X.3.4
 SIZE_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"  # RFC 1870 §6.2
 # Line-length choice (documented in smtp/__init__.py): the whole message is refused with a
@@ -76,6 +80,11 @@ TLS_ALREADY_ACTIVE = "554 5.5.1 Error: TLS already active"  # RFC 3207 §4.2 (Po
 # over its limit gets 421 4.7.0 and is disconnected (as Postfix does for clients over a limit).
 LITERAL_RCPT = "550 5.1.2 Address literals are not accepted as recipients here"
 NO_AUTHOR = "550 5.6.0 Message must have exactly one From: header field with an address (RFC 5322 §3.6)"
+
+
+def chunk_received(size: int) -> str:
+    """A BDAT chunk that is not the last (the message's reply comes after LAST)."""
+    return f"250 2.0.0 {size} octets received"
 
 
 def accepted(queue_id: str) -> str:

@@ -5,13 +5,13 @@ Owns: one `Connection` (an aiosmtpd `SMTP` subclass) per TCP connection: connect
 submission before AUTH, the MX while it waits for its client's next command), session tracking for
 graceful stop (ctx.sessions), idle and command timeouts, the line deadline (a line complete within
 line_timeout of its first byte) and the session deadline (login_timeout: submission until AUTH, the
-MX between the steps of a transaction) (`421 4.4.2`), the listen backlog, the bad-command limit (`421 4.7.0`, disconnect), enhanced status
-codes on aiosmtpd's own replies (replies.enhance), exceptions -> replies (replies.reply_for), and
-the DATA block: dot-unstuffing, message size, line length and bare CR/LF checks, all bounded
-while reading (`DataBlock`), and the AUTH command's place in the dialogue plus its bounded line
-reads (the exchange itself is the role's: submission.py, authenticator.py). The listener factories
-`create_mx_server` and `create_submission_server` pick the role's handler (inbound.py,
-submission.py).
+MX between the steps of a transaction) (`421 4.4.2`), the listen backlog, the bad-command limit
+(`421 4.7.0`, disconnect), enhanced status codes on aiosmtpd's own replies (replies.enhance),
+exceptions -> replies (replies.reply_for), reading the message (the DATA block, and BDAT's chunks
+for CHUNKING, RFC 3030: read in pieces, bounded; the checks are body.py's), and the AUTH command's
+place in the dialogue plus its bounded line reads (the exchange itself is the role's:
+submission.py, authenticator.py). The listener factories `create_mx_server` and
+`create_submission_server` pick the role's handler (inbound.py, submission.py).
 Does not own: envelope rules (hooks.py), the roles (inbound.py, submission.py), reply texts
 (replies.py).
 
@@ -44,68 +44,21 @@ from mailhaven import log as mlog
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
 from mailhaven.smtp import replies as R
+from mailhaven.smtp.body import ChunkBody, DataBlock
 from mailhaven.smtp.hooks import BaseHandler, ClientSession, ShortDir, Transaction, split_path
 from mailhaven.tls import tls_summary
 
 logger = logging.getLogger("mailhaven.smtp")
 
 COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4 (aiosmtpd adds room for SIZE= and SMTPUTF8 after EHLO)
+CHUNK_PIECE = 64 * 1024  # a BDAT chunk is read in pieces of at most this many octets
+# RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; chunk-size = 1*DIGIT. More than 18
+# digits cannot be a size we accept anyway (and would make int() slow on hostile input).
+_BDAT_ARG = re.compile(r"([0-9]{1,18})(?: +(LAST))?", re.IGNORECASE)
 TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds for the STARTTLS handshake (or idle_timeout / smtp.command_timeout if less)
 IDENT = "ESMTP Mailhaven"  # RFC 5321 §4.3.1 greeting: "220 <hostname> ESMTP ..."; no version shown
 
 HandlerFactory = Callable[[Any, Config, str], BaseHandler]
-
-
-class DataBlock:
-    """Sans-IO reader of one DATA block (RFC 5321 §4.1.1.4), fed line by line.
-
-    `feed(chunk)` takes a chunk ending in CRLF (a line) or not (a piece of a line longer than the
-    reader's limit) and returns True at the end-of-data line. Only CRLF "." CRLF ends the block
-    (RFC 5321 §4.1.1.4), so `\\n.\\n`, `\\r.\\r` and the like never end it. Once a problem is seen the
-    rest is read and discarded, so the reply comes after the final dot and the dialogue stays in step
-    (RFC 5321 §4.2.5); memory stays bounded by max_size.
-    """
-
-    def __init__(self, max_size: int, max_line: int) -> None:
-        self.max_size = max_size
-        self.max_line = max_line
-        self.size = 0
-        self.problem: str | None = None
-        self._parts: list[bytes] = []
-        self._partial = False  # inside a line longer than the reader limit
-
-    def _fail(self, reply: str) -> None:
-        if self.problem is None:
-            self.problem = reply
-        self._parts.clear()
-
-    def feed(self, chunk: bytes) -> bool:
-        if not chunk.endswith(b"\r\n"):
-            self._partial = True
-            self.size += len(chunk)
-            self._fail(R.LINE_TOO_LONG)
-            return False
-        if self._partial:  # the end of an over-long line, never the end of data
-            self._partial = False
-            self.size += len(chunk)
-            return False
-        if chunk == b".\r\n":
-            return True  # RFC 5321 §4.1.1.4 end of mail data
-        if chunk[:1] == b".":
-            chunk = chunk[1:]  # RFC 5321 §4.5.2 transparency
-        self.size += len(chunk)
-        if len(chunk) > self.max_line:
-            self._fail(R.LINE_TOO_LONG)  # RFC 5321 §4.5.3.1.6 (our limit is config smtp.max_line_length)
-        elif b"\r" in chunk[:-2] or b"\n" in chunk[:-2]:
-            self._fail(R.BARE_NEWLINE)  # RFC 5321 §2.3.8: CR and LF only as CRLF
-        elif self.size > self.max_size:
-            self._fail(R.MESSAGE_TOO_BIG)  # RFC 1870 §6.3
-        elif self.problem is None:
-            self._parts.append(chunk)
-        return False
-
-    def message(self) -> bytes:
-        return b"".join(self._parts)
 
 
 _ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # RFC 5321 §4.1.2 esmtp-keyword
@@ -248,6 +201,7 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
         self._raw_250 = False  # HELO/EHLO replies carry no enhanced code (RFC 2034 §3)
         self._errors = 0
         self._closing = False
+        self._chunks: tuple[Transaction, ChunkBody] | None = None  # BDAT content so far, of that transaction
         self._continued: list[str] = []
         self._stopping = False
         self._stop_watch: asyncio.Task[None] | None = None
@@ -666,6 +620,9 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
         if arg:
             await self.push(R.DATA_SYNTAX)
             return
+        if self._chunks is not None and self._chunks[0] is txn:
+            await self.push(R.DATA_AFTER_BDAT)
+            return
         await self.push(R.START_DATA)
         smtp = self.cfg.smtp
         block = DataBlock(smtp.max_message_size, smtp.max_line_length)
@@ -690,23 +647,89 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
                 armed = now
             if block.feed(chunk):
                 break
+        await self._end_message(block)
+
+    async def _end_message(self, body: DataBlock | ChunkBody) -> None:
+        """After the message's last octet (DATA's dot, BDAT LAST): its reply, the transaction ended."""
+        txn, session = self.envelope, self.session
+        assert isinstance(txn, Transaction) and isinstance(session, ClientSession)
         try:
-            if block.problem is not None:
-                reply = block.problem
-                self.handler.log_transaction(session, txn, reply, block.size, None)
+            if body.problem is not None:
+                reply = body.problem
+                self.handler.log_transaction(session, txn, reply, body.size, None)
             else:
-                reply = await self.handler.handle_message(session, txn, block.message())
+                reply = await self.handler.handle_message(session, txn, body.message())
             self.handler.count_result(reply)
         finally:
             self._set_post_data_state()
             self._reset_timeout()
             self._progress()
-        # The reply to the message is not a bad command: it does not count towards the error limit.
+        await self._push_result(reply)
+
+    async def _push_result(self, reply: str) -> None:
+        """The reply to a message is not a bad command: it does not count towards the error limit."""
         self._closing, closing = True, self._closing
         try:
             await self.push(reply)
         finally:
             self._closing = closing
+
+    @syntax("BDAT chunk-size [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """CHUNKING (RFC 3030): the message in chunks of announced size, no dot-stuffing. A chunk is
+        read in full even when the command is refused (§2: its octets are not commands), in pieces
+        and bounded like DATA (ChunkBody); a chunk that makes the message fail ends the transaction
+        with that reply at once (§4.2: the client sends no more chunks of a failed transaction)."""
+        m = _BDAT_ARG.fullmatch(arg or "")
+        if m is None:
+            await self.push(R.BDAT_SYNTAX)  # the size is unknown, so nothing can be skipped
+            return
+        size, last = int(m[1]), m[2] is not None
+        txn, session = self.envelope, self.session
+        assert isinstance(txn, Transaction) and isinstance(session, ClientSession)
+        refusal = self._bdat_refusal(session, txn)
+        body: ChunkBody | None = None
+        if refusal is None:
+            if self._chunks is None or self._chunks[0] is not txn:
+                smtp = self.cfg.smtp
+                self._chunks = (txn, ChunkBody(smtp.max_message_size, smtp.max_line_length))
+            body = self._chunks[1]
+        await self._read_chunk(size, body)
+        if refusal is not None:
+            await self.push(refusal)
+            return
+        assert body is not None
+        if last:
+            body.finish()
+        if last or body.problem is not None:
+            self._chunks = None
+            await self._end_message(body)
+            return
+        self._progress()
+        await self.push(R.chunk_received(size))
+
+    def _bdat_refusal(self, session: ClientSession, txn: Transaction) -> str | None:
+        if not session.host_name:
+            return R.NEED_HELO
+        if self._auth_required and not session.authenticated:
+            return R.AUTH_REQUIRED
+        if not txn.recipients:
+            return R.NEED_RCPT if txn.mail_from else R.NEED_MAIL
+        return None
+
+    async def _read_chunk(self, size: int, body: ChunkBody | None) -> None:
+        """`size` octets into `body` (None: read and dropped), with command_timeout per piece."""
+        command_timeout = self.cfg.smtp.command_timeout
+        self._reset_timeout(command_timeout)
+        left = size
+        while left:
+            piece = await self._reader.read(min(left, CHUNK_PIECE))
+            if not piece:
+                raise ConnectionResetError
+            left -= len(piece)
+            self._reset_timeout(command_timeout)
+            if body is not None:
+                body.feed(piece)
 
 
 def _quiet_aiosmtpd() -> None:
