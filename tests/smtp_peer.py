@@ -11,6 +11,7 @@ stage's script runs out the answer is 250. Everything received is recorded.
     peer.script_rcpt("bob@b.test", "550 5.1.1 no")   # next RCPT TO:<bob@b.test>
     peer.script_data("452 4.3.1 full", "250 OK")     # next two DATA ends
     peer.hold_data()  /  peer.release_data()         # stall after the message arrived, before replying
+    peer.offers_dsn = True                           # EHLO says DSN; RET/ENVID/NOTIFY/ORCPT recorded in dsn_params
     await peer.wait_messages(1)                      # peer.messages: [Received(...)]
     await peer.stop()
 """
@@ -49,6 +50,14 @@ class _Server(SMTP):
             return
         await super()._handle_client()
 
+    # DSN (RFC 3461) when the peer offers it: aiosmtpd knows no such parameters, so they are taken
+    # off the argument (and recorded) before it parses the rest.
+    async def smtp_MAIL(self, arg: str) -> None:
+        await super().smtp_MAIL(self._peer.take_dsn(arg))
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        await super().smtp_RCPT(self._peer.take_dsn(arg))
+
 
 class SmtpPeer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, tls_context: ssl.SSLContext | None = None,
@@ -58,6 +67,8 @@ class SmtpPeer:
         self.tls_context = tls_context
         self.hostname = hostname
         self.messages: list[Received] = []
+        self.offers_dsn = False
+        self.dsn_params: list[str] = []  # as sent, in order
         self.events: list[tuple[str, str]] = []  # ("MAIL", addr) ("RCPT", addr) ("DATA", "") in order
         self.connections = 0
         self.greetings: deque[str] = deque()
@@ -118,7 +129,25 @@ class SmtpPeer:
     def recipients_received(self) -> list[str]:
         return [r for m in self.messages for r in m.rcpt_tos]
 
+    def take_dsn(self, arg: str) -> str:
+        if not self.offers_dsn or not arg:
+            return arg
+        kept = []
+        for word in arg.split(" "):
+            if word.split("=", 1)[0].upper() in ("RET", "ENVID", "NOTIFY", "ORCPT"):
+                self.dsn_params.append(word)
+            else:
+                kept.append(word)
+        return " ".join(kept)
+
     # -- aiosmtpd hooks --
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.offers_dsn:
+            responses.insert(-1, "250-DSN")
+        return responses
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         self.events.append(("MAIL", address))

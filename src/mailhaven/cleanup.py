@@ -34,8 +34,9 @@ from typing import Any
 
 from mailhaven import seams
 from mailhaven.delivery import local
+from mailhaven.delivery.reports import report_delivered
 from mailhaven.errors import PermFailure, TempFailure, UnknownUser
-from mailhaven.message.dsn import format_date
+from mailhaven.message.dsn import DsnRequest, format_date
 from mailhaven.queue.spool import new_id
 
 log = logging.getLogger("mailhaven.cleanup")
@@ -157,10 +158,12 @@ async def dkim_sign(config: Any, domain: str, message: bytes) -> bytes:
 
 async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], message: bytes, *, dkim: bool = True,
                   source: str = "submission", queue_id: str | None = None,
-                  seal: Callable[[bytes], Awaitable[bytes]] | None = None) -> str:
+                  seal: Callable[[bytes], Awaitable[bytes]] | None = None, dsn: DsnRequest | None = None) -> str:
     """Accept a message durably for every recipient; returns its queue id (see module doc):
     `queue_id` when given (a caller that already wrote it into a Received field), else a new one.
-    `seal`: the last change to the message (delivery/forward.py's ARC set, after Date/Message-ID)."""
+    `seal`: the last change to the message (delivery/forward.py's ARC set, after Date/Message-ID).
+    `dsn`: what the sender asked to be told (RFC 3461): success notices for the local copies that
+    asked for one are queued here, the queue honours the rest."""
     config = ctx.config
     rcpts = list(dict.fromkeys(recipients))
     if not rcpts:
@@ -195,13 +198,16 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
         # bounces and delay warnings, so they carry Return-Path: <> (RFC 5321 §4.4, §4.5.5).
         await agent.deliver_all(resolved, message, sender=sender)
     queue_id = queue_id or new_id(now)
+    if resolved and dsn is not None:
+        await report_delivered(ctx, about=queue_id, sender=sender, request=dsn, original=message, arrival=now,
+                               delivered=[r.address for r in resolved if r.users])
     if programs:
         # Program targets run from the queue (delivery/program.py), in their own entry: the message
         # as a mailbox gets it, not the one sent out.
         await agent.queue_programs(queue, programs, message, sender=sender,
-                                   entry_id=None if remote_rcpts else queue_id)
+                                   entry_id=None if remote_rcpts else queue_id, dsn=dsn)
     if remote_rcpts and queue is not None:
-        await queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id)
+        await queue.submit(sender, remote_rcpts, message, source=source, entry_id=queue_id, dsn=dsn)
     log.info("accepted %s from <%s> (%s): %d local, %d remote recipient(s), %d octets", queue_id, sender,
              source, len(local_rcpts), len(remote_rcpts), len(message))
     return queue_id

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mailhaven.delivery.result import DeliveryResult
     from mailhaven.limits import Limits
     from mailhaven.message.address import Address
+    from mailhaven.message.dsn import DsnRequest
     from mailhaven.metrics import Metrics
     from mailhaven.policy.dnsbl import Checker
     from mailhaven.policy.greylist import Decision, Triplet
@@ -209,7 +210,8 @@ class Queue(Protocol):
     app.py use."""
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str: ...
+                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = (),
+                     dsn: DsnRequest | None = None) -> str: ...
 
     async def load(self) -> None: ...
 

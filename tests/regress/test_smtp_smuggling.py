@@ -70,7 +70,7 @@ async def test_smuggling_payload_sent_pipelined_in_one_write(mx: MxFactory, payl
             if not r:
                 break
             replies.append(r[-1][:9])
-    assert replies == ["250 ENHAN", "250 2.1.0", "250 2.1.5", "354 End d",
+    assert replies == ["250 DSN", "250 2.1.0", "250 2.1.5", "354 End d",
                        "550 5.5.2", "221 2.0.0"]
     assert server.messages(ALICE) == [] and server.messages(BOB) == []
 

@@ -36,7 +36,8 @@ def _status_groups(part: Message) -> list[Message]:
 
 def _raw_status_groups(data: bytes) -> list[Message]:
     """The status part's field groups parsed from the raw bytes (works for the global type too)."""
-    start = data.index(b"Content-Description: Delivery report\r\n\r\n") + 39
+    marker = b"Content-Description: Delivery report\r\n\r\n"
+    start = data.index(marker) + len(marker)
     end = data.index(b"\r\n--", start)
     blocks = data[start:end].decode("utf-8").split("\r\n\r\n")
     return [email.message_from_string(b + "\r\n", policy=email.policy.compat32) for b in blocks]
@@ -128,3 +129,35 @@ def test_any_input_gives_a_parseable_report_with_one_block_per_recipient(
     assert len(groups) == 1 + len(reports)
     assert all(g.keys()[:2] == ["Final-Recipient", "Action"] for g in groups[1:])
     assert all(g.get_all("Action") == ["failed"] for g in groups[1:])
+
+
+# --- what the sender asked (RFC 3461) -------------------------------------------------------------
+
+
+def test_ret_full_returns_the_message_in_a_failure_report_only_and_within_the_limit() -> None:
+    from mailhaven.message.dsn import MAX_RETURNED_FULL, MailDsn
+
+    failed = [RecipientReport("bob@b.test", "failed", "5.1.1", diagnostic="550 5.1.1 no")]
+    full = MailDsn(ret="FULL", envid="id-1")
+    _, parts = _parts(_build(failed, request=full))
+    assert parts[2].get_content_type() == "message/rfc822"
+    assert b"secret body text" in _build(failed, request=full)
+    huge = ORIGINAL + b"x" * MAX_RETURNED_FULL
+    assert _parts(_build(failed, huge, request=full))[1][2].get_content_type() == "text/rfc822-headers"
+    delayed = [RecipientReport("bob@b.test", "delayed", "4.4.1")]
+    assert b"secret body text" not in _build(delayed, request=full)  # §4.3: failures only
+
+
+def test_envid_and_orcpt_come_back_and_success_names_itself() -> None:
+    from mailhaven.message.dsn import MailDsn
+
+    reports = [RecipientReport("bob@b.test", "delivered", "2.0.0", original_recipient="rfc822;Bob@B.test"),
+               RecipientReport("carol@c.test", "relayed", "2.0.0")]
+    data = _build(reports, request=MailDsn(envid="QQ314159"))
+    msg, parts = _parts(data)
+    assert msg["Subject"] == "Successful Mail Delivery Report"
+    per_message, bob, carol = _raw_status_groups(data)
+    assert per_message["Original-Envelope-Id"] == "QQ314159"
+    assert bob["Original-Recipient"] == "rfc822;Bob@B.test" and bob["Action"] == "delivered"
+    assert carol["Original-Recipient"] is None and carol["Action"] == "relayed"
+    assert b"secret body text" not in data

@@ -47,6 +47,7 @@ from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import MailError, PermFailure, TempFailure
 from mailhaven.message import trust
 from mailhaven.message.address import Address
+from mailhaven.message.dsn import DsnRequest
 from mailhaven.message.headers import return_path
 from mailhaven.policy.authresults import header_end
 from mailhaven.seams import (
@@ -129,17 +130,19 @@ class LocalDeliveryAgent:
         return await self._body(message, sender, trace)
 
     async def queue_programs(self, queue: Queue | None, recipients: Sequence[Recipient], message: bytes, *,
-                             sender: str, trace: Sequence[bytes] = (), entry_id: str | None = None) -> str | None:
+                             sender: str, trace: Sequence[bytes] = (), entry_id: str | None = None,
+                             dsn: DsnRequest | None = None) -> str | None:
         """Queue one entry for the program targets of `recipients` (each (command, RECIPIENT) once
         per transaction), with the message a mailbox copy gets below its head; durable when this
-        returns. None when there are none; TempFailure when the queue is not running."""
+        returns. None when there are none; TempFailure when the queue is not running. `dsn`: the
+        transaction's DSN requests (RFC 3461), by envelope recipient."""
         jobs = program_jobs(recipients)
         if not jobs:
             return None
         if queue is None:
             raise TempFailure("the outbound queue is not running")
         body = await self._body(message, sender, trace)
-        return await queue.submit(sender, [], body, source="program", entry_id=entry_id, programs=jobs)
+        return await queue.submit(sender, [], body, source="program", entry_id=entry_id, programs=jobs, dsn=dsn)
 
     def postmaster(self, domain: str, *, local_only: bool = False) -> Recipient:
         """postmaster@`domain` (RFC 5321 §4.5.1: always accepted): what its alias reaches, local

@@ -42,6 +42,7 @@ from mailhaven.delivery.result import DeliveryResult, clean_text
 from mailhaven.dns.nexthop import NullMX, next_hops
 from mailhaven.dns.resolver import DnsTempError, DomainNotFound
 from mailhaven.errors import ConfigError
+from mailhaven.message.dsn import NO_DSN, DsnRequest, MailDsn, RcptDsn, xtext_encode
 
 log = logging.getLogger("mailhaven.delivery")
 
@@ -87,10 +88,12 @@ def _ensure_crlf_end(message: bytes) -> bytes:
 
 async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain: str, recipients: Sequence[str],
                   message: bytes, *, tls_context: ssl.SSLContext | None = None,
-                  verified_context: ssl.SSLContext | None = None) -> list[DeliveryResult]:
+                  verified_context: ssl.SSLContext | None = None, dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
     """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order.
     `tls_context` is used for opportunistic STARTTLS, `verified_context` (tls.mx_verify_context)
-    for domains that require TLS; each is built from the config when not given."""
+    for domains that require TLS; each is built from the config when not given. `dsn`: what the
+    sender asked to be told (RFC 3461), passed on to a next hop that offers DSN (its results then
+    say dsn_passed: that hop reports from now on)."""
     from mailhaven.tls import client_context, mx_verify_context
 
     recipients = list(recipients)
@@ -143,14 +146,14 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
             try:
                 try:
                     return await _transaction(config, host, address, sender, recipients, message,
-                                              tls_context, require_tls=require_tls, use_tls=True)
+                                              tls_context, require_tls=require_tls, use_tls=True, dsn=dsn)
                 except _TlsHandshakeFailed as e:
                     if require_tls:
                         raise HostFailure(451, "4.7.10", f"TLS handshake with {host}[{address}] failed "
                                           f"and {domain} requires TLS", host) from e
                     log.info("TLS handshake with %s[%s] failed (%s); retrying in clear text", host, address, e)
                     return await _transaction(config, host, address, sender, recipients, message,
-                                              tls_context, require_tls=False, use_tls=False)
+                                              tls_context, require_tls=False, use_tls=False, dsn=dsn)
             except HostFailure as e:
                 log.info("delivery to %s via %s[%s] not possible: %s %s %s", domain, host, address,
                          e.code, e.enhanced, e.text)
@@ -169,7 +172,7 @@ def _reply_text(e: aiosmtplib.SMTPResponseException) -> str:
 
 async def _transaction(config: Config, host: str, address: str, sender: str, recipients: list[str],
                        message: bytes, tls_context: ssl.SSLContext, *, require_tls: bool,
-                       use_tls: bool) -> list[DeliveryResult]:
+                       use_tls: bool, dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
     q = config.queue
     where = f"{host}[{address}]"
     client = aiosmtplib.SMTP(hostname=address, port=q.remote_port, local_hostname=config.hostname,
@@ -225,6 +228,9 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
             options.append(b"BODY=8BITMIME")  # RFC 6152 §2
         if smtputf8:
             options.append(b"SMTPUTF8")  # RFC 6531 §3.4
+        passes_dsn = client.supports_extension("dsn")
+        if passes_dsn:
+            options += _mail_dsn_params(dsn.mail)
         stage = "MAIL FROM"
         resp = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *options,
                                             timeout=q.command_timeout)
@@ -238,7 +244,8 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
         accepted: list[str] = []
         stage = "RCPT TO"
         for rcpt in recipients:
-            resp = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">",
+            params = _rcpt_dsn_params(rcpt, dsn.of(rcpt)) if passes_dsn else []
+            resp = await client.execute_command(b"RCPT", b"TO:<" + rcpt.encode(encoding) + b">", *params,
                                                 timeout=q.command_timeout)
             if resp.code in (250, 251):
                 accepted.append(rcpt)
@@ -258,7 +265,7 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
                                           enhanced="4.4.2", remote_mta=host)
         for rcpt in accepted:
             results[rcpt] = DeliveryResult(rcpt, outcome.code, outcome.enhanced, outcome.text,
-                                           outcome.temporary, host)
+                                           outcome.temporary, host, dsn_passed=passes_dsn)
         if outcome.delivered:
             log.info("delivered to %s via %s%s: %s", ",".join(accepted), where, " (TLS)" if tls_on else "",
                      outcome.reply)
@@ -274,6 +281,29 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
         raise HostFailure(451, "4.4.2", f"{where} failed at {stage}: {_why(e)}", host) from e
     finally:
         client.close()
+
+
+def _mail_dsn_params(mail: MailDsn) -> list[bytes]:
+    """RET and ENVID for a next hop that offers DSN (RFC 3461 §4.3, §4.4)."""
+    out = []
+    if mail.ret is not None:
+        out.append(b"RET=" + mail.ret.encode())
+    if mail.envid is not None:
+        out.append(b"ENVID=" + xtext_encode(mail.envid).encode("ascii"))
+    return out
+
+
+def _rcpt_dsn_params(rcpt: str, asked: RcptDsn) -> list[bytes]:
+    """NOTIFY as asked, and ORCPT: as given, else the recipient as we received it (RFC 3461 §4.2:
+    "SHOULD" pass it; an internationalized one is left out rather than written as utf-8-addr)."""
+    out = []
+    if asked.notify is not None:
+        out.append(b"NOTIFY=" + (",".join(sorted(asked.notify)) or "NEVER").encode())
+    orcpt = asked.orcpt or (f"rfc822;{rcpt}" if rcpt.isascii() else None)
+    if orcpt is not None:
+        addr_type, _, address = orcpt.partition(";")
+        out.append(f"ORCPT={addr_type};{xtext_encode(address)}".encode("ascii", "replace"))
+    return out
 
 
 async def _hello(client: aiosmtplib.SMTP, where: str, host: str) -> None:

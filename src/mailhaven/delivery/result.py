@@ -44,6 +44,8 @@ class DeliveryResult:
     text: str
     temporary: bool
     remote_mta: str = ""  # host name (or address) that gave the reply; "" for local/internal
+    # Delivered to a next hop that took the DSN request (RFC 3461) over: it reports from now on.
+    dsn_passed: bool = False
 
     @property
     def delivered(self) -> bool:

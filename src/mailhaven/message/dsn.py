@@ -1,10 +1,13 @@
-"""Delivery Status Notifications: bounce and delay messages (pure, no clock, no randomness).
+"""Delivery Status Notifications: bounce, delay and success reports (pure, no clock, no randomness).
 
-Owns: building the RFC 3464 report: a multipart/report; report-type=delivery-status (RFC 6522)
-with a human-readable text/plain part, the message/delivery-status part (per-message fields, then
-one block per recipient) and the original's header section as text/rfc822-headers (RFC 3462 §3 /
-RFC 6522 §3: returning only the headers is allowed and keeps bounces small). Remote reply text is
-hostile: control characters are removed and every line is bounded, so it cannot add fields.
+Owns: what a sender asked to be told (RFC 3461: MailDsn for MAIL's RET/ENVID, RcptDsn for a
+recipient's NOTIFY/ORCPT; their SMTP syntax is smtp/dsnparams.py's, xtext is here), and building the RFC 3464
+report: a multipart/report; report-type=delivery-status (RFC 6522) with a human-readable
+text/plain part, the message/delivery-status part (per-message fields, then one block per
+recipient) and the original's header section as text/rfc822-headers (RFC 3462 §3 / RFC 6522 §3:
+returning only the headers is allowed and keeps bounces small), or the whole original as
+message/rfc822 in a failure report when MAIL said RET=FULL. Remote reply text is hostile: control
+characters are removed and every line is bounded, so it cannot add fields.
 Non-ASCII addresses use the RFC 6533 "utf-8" address type inside message/global-delivery-status.
 Does not own: when a DSN is due (queue/manager.py) or sending it (cleanup.enqueue, null sender).
 
@@ -16,16 +19,79 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
-DsnAction = Literal["failed", "delayed"]
+DsnAction = Literal["failed", "delayed", "delivered", "relayed"]
+# What a recipient without NOTIFY gets (RFC 3461 §4.1 leaves it to us): Postfix's and our choice is
+# failures and delays, never a success notice unasked.
+DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
 
 MAX_RETURNED_HEADERS = 64 * 1024  # header section of the original returned at most (octets)
+# RET=FULL (RFC 3461 §4.3) returns the whole original in a failure report up to this size; a larger
+# one comes back as its headers (as Postfix's bounce_size_limit does, more generously).
+MAX_RETURNED_FULL = 1024 * 1024
 _MAX_FIELD = 900  # longest unfolded field value we write (RFC 5322 §2.1.1: lines <= 998)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3464 §2.3.4 status-code
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")  # RFC 3461 §4: xchar ("!".."~" but "+", "=") / hexchar
+_HEX = re.compile(r"\+([0-9A-F]{2})")
+
+
+@dataclass(frozen=True)
+class MailDsn:
+    """What MAIL asked of our reports (RFC 3461 §4.3, §4.4; parsed by smtp/dsnparams.py)."""
+
+    ret: Literal["FULL", "HDRS"] | None = None  # None: not asked (our bounces return headers)
+    envid: str | None = None  # decoded
+
+
+@dataclass(frozen=True)
+class RcptDsn:
+    """What RCPT asked for one recipient (RFC 3461 §4.1, §4.2)."""
+
+    notify: frozenset[str] | None = None  # None: not asked (DEFAULT_NOTIFY); empty: NEVER
+    orcpt: str | None = None  # "addr-type;address", decoded
+
+    def wants(self, what: str) -> bool:
+        """Whether a notice of this kind ("SUCCESS", "FAILURE", "DELAY") goes to the sender."""
+        return what in (DEFAULT_NOTIFY if self.notify is None else self.notify)
+
+    def to_json(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.notify is not None:
+            out["notify"] = ",".join(sorted(self.notify)) or "NEVER"
+        if self.orcpt is not None:
+            out["orcpt"] = self.orcpt
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, object]) -> RcptDsn:
+        notify = d.get("notify")
+        orcpt = d.get("orcpt")
+        words: frozenset[str] | None = None
+        if notify:
+            words = frozenset() if notify == "NEVER" else frozenset(str(notify).split(","))
+        return cls(words, str(orcpt) if orcpt else None)
+
+
+NO_MAIL_DSN = MailDsn()
+NO_RCPT_DSN = RcptDsn()
+
+
+@dataclass(frozen=True)
+class DsnRequest:
+    """One transaction's requests: MAIL's, and each recipient's by address (absent: not asked)."""
+
+    mail: MailDsn = NO_MAIL_DSN
+    rcpts: Mapping[str, RcptDsn] = field(default_factory=dict)
+
+    def of(self, address: str) -> RcptDsn:
+        return self.rcpts.get(address, NO_RCPT_DSN)
+
+
+NO_DSN = DsnRequest()
 
 
 @dataclass(frozen=True)
@@ -38,6 +104,20 @@ class RecipientReport:
     diagnostic: str = ""  # the reply, "550 5.1.1 no such user" (Diagnostic-Code: smtp; ...)
     remote_mta: str = ""  # host that gave the reply
     last_attempt: float | None = None
+    original_recipient: str = ""  # "rfc822;addr": RCPT's ORCPT (RFC 3461 §4.2), as given
+
+
+def xtext_decode(text: str) -> str:
+    """RFC 3461 §4 xtext to text; ValueError when it is not xtext."""
+    if not _XTEXT.fullmatch(text):
+        raise ValueError("not xtext")
+    return _HEX.sub(lambda m: chr(int(m[1], 16)), text)
+
+
+def xtext_encode(text: str) -> str:
+    """Text as xtext: "+XX" for "+", "=" and octets outside "!".."~" (UTF-8 octets each)."""
+    return "".join(ch if "!" <= ch <= "~" and ch not in "+=" else "".join(f"+{b:02X}" for b in ch.encode())
+                   for ch in text)
 
 
 def format_date(ts: float) -> str:
@@ -99,18 +179,40 @@ def header_section(message: bytes, limit: int = MAX_RETURNED_HEADERS) -> bytes:
     return b"".join(out)
 
 
+_INTRO: dict[DsnAction, list[str]] = {
+    "failed": ["Your message could not be delivered to one or more recipients.",
+               "It is attached below.", "", "The mail system said:", ""],
+    "delayed": ["Your message could not be delivered yet to one or more recipients.",
+                "It is still queued and delivery will be attempted again{until}",
+                "You do not need to send it again.", "", "The mail system said:", ""],
+    "delivered": ["Your message was delivered to the following recipients, as you asked to be told.",
+                  "Its headers are attached below.", ""],
+    "relayed": ["Your message was delivered to the following recipients, as you asked to be told.",
+                "The next mail system does not send delivery notices, so this is the last one.",
+                "Its headers are attached below.", ""],
+}
+_SUBJECT: dict[DsnAction, str] = {
+    "failed": "Undelivered Mail Returned to Sender",
+    "delayed": "Delayed Mail (still being retried)",
+    "delivered": "Successful Mail Delivery Report",
+    "relayed": "Successful Mail Delivery Report",
+}
+
+
+def report_action(reports: Sequence[RecipientReport]) -> DsnAction:
+    """The action that names the whole report: a failure first, then a delay, then a success."""
+    actions = {r.action for r in reports}
+    for action in ("failed", "delayed", "delivered"):
+        if action in actions:
+            return action
+    return "relayed"
+
+
 def _human_text(hostname: str, reports: Sequence[RecipientReport], action: DsnAction,
                 will_retry_until: float | None) -> str:
+    until = f" until {format_date(will_retry_until)}." if will_retry_until else "."
     lines = [f"This is the mail system at host {hostname}.", ""]
-    if action == "failed":
-        lines += ["Your message could not be delivered to one or more recipients.",
-                  "It is attached below (headers only).", "",
-                  "The mail system said:", ""]
-    else:
-        lines += ["Your message could not be delivered yet to one or more recipients.",
-                  "It is still queued and delivery will be attempted again"
-                  + (f" until {format_date(will_retry_until)}." if will_retry_until else "."),
-                  "You do not need to send it again.", "", "The mail system said:", ""]
+    lines += [line.replace("{until}", until) for line in _INTRO[action]]
     for r in reports:
         what = _one_line(r.diagnostic, 600) or f"status {r.status}"
         host = f" (host {_one_line(r.remote_mta, 255)})" if r.remote_mta else ""
@@ -119,17 +221,23 @@ def _human_text(hostname: str, reports: Sequence[RecipientReport], action: DsnAc
 
 
 def delivery_status(hostname: str, reports: Sequence[RecipientReport], arrival: float,
-                    will_retry_until: float | None = None) -> tuple[str, bool]:
+                    will_retry_until: float | None = None, envid: str | None = None) -> tuple[str, bool]:
     """The message/delivery-status body (RFC 3464 §2.1) and whether it needs the "global"
     (RFC 6533) form because an address is non-ASCII."""
-    out = [_fold("Reporting-MTA", f"dns; {_ascii(_one_line(hostname, 255))}"),  # §2.2.2
-           _fold("Arrival-Date", format_date(arrival))]  # §2.2.5
+    out = []
+    if envid:
+        out.append(_fold("Original-Envelope-Id", _ascii(_one_line(envid, 100))))  # §2.2.1, RFC 3461 §4.4
+    out += [_fold("Reporting-MTA", f"dns; {_ascii(_one_line(hostname, 255))}"),  # §2.2.2
+            _fold("Arrival-Date", format_date(arrival))]  # §2.2.5
     utf8 = False
     for r in reports:
-        status = r.status if _STATUS.match(r.status) else ("5.0.0" if r.action == "failed" else "4.0.0")
+        fallback = {"failed": "5.0.0", "delayed": "4.0.0"}.get(r.action, "2.0.0")
+        status = r.status if _STATUS.match(r.status) else fallback
         addr, wide = _addr_field(r.recipient)
         utf8 = utf8 or wide
         out.append("\r\n")  # blank line between per-message and per-recipient groups (§2.1)
+        if r.original_recipient:
+            out.append(_fold("Original-Recipient", _ascii(_one_line(r.original_recipient, 512))))  # §2.3.1
         out.append(_fold("Final-Recipient", addr))  # §2.3.2
         out.append(_fold("Action", r.action))  # §2.3.3
         out.append(_fold("Status", status))  # §2.3.4
@@ -146,27 +254,28 @@ def delivery_status(hostname: str, reports: Sequence[RecipientReport], arrival: 
 
 def build_dsn(*, hostname: str, to: str, reports: Sequence[RecipientReport], original: bytes,
               arrival: float, now: float, message_id: str, boundary: str,
-              will_retry_until: float | None = None) -> bytes:
+              will_retry_until: float | None = None, request: MailDsn = NO_MAIL_DSN) -> bytes:
     """The whole DSN message (CRLF line ends), to be sent from the null sender to `to`.
 
-    The action of the report is "failed" if any recipient failed, else "delayed"."""
+    The report's action is report_action(reports). `request` is what MAIL asked: its ENVID comes
+    back (RFC 3461 §4.4); RET=FULL returns the whole original in a failure report (§4.3) when it
+    is at most MAX_RETURNED_FULL octets, else (and always for other reports) its header section."""
     if not reports:
         raise ValueError("a DSN needs at least one recipient report")
-    action: DsnAction = "failed" if any(r.action == "failed" for r in reports) else "delayed"
-    headers = header_section(original)
-    status, utf8 = delivery_status(hostname, reports, arrival, will_retry_until)
+    action = report_action(reports)
+    full = action == "failed" and request.ret == "FULL" and len(original) <= MAX_RETURNED_FULL
+    returned = original if full else header_section(original)
+    status, utf8 = delivery_status(hostname, reports, arrival, will_retry_until, request.envid)
     human = _human_text(hostname, reports, action, will_retry_until)
     bound = re.sub(r"[^0-9A-Za-z'()+_,./:=?-]", "", boundary)[:60] or "dsn"  # RFC 2046 §5.1.1 bchars
-    body_bytes = human.encode() + status.encode("utf-8") + headers
+    body_bytes = human.encode() + status.encode("utf-8") + returned
     while ("--" + bound).encode() in body_bytes:
         bound += "=_"
-    subject = ("Undelivered Mail Returned to Sender" if action == "failed"
-               else "Delayed Mail (still being retried)")
     host = _ascii(_one_line(hostname, 255))
     top = "".join([
         _fold("From", f"Mail Delivery System <MAILER-DAEMON@{host}>"),
         _fold("To", f"<{_one_line(to, 512)}>"),
-        _fold("Subject", subject),
+        _fold("Subject", _SUBJECT[action]),
         _fold("Date", format_date(now)),
         _fold("Message-ID", _ascii(_one_line(message_id, 255))),
         _fold("Auto-Submitted", "auto-replied"),  # RFC 3834 §5: never auto-reply to this
@@ -184,13 +293,20 @@ def build_dsn(*, hostname: str, to: str, reports: Sequence[RecipientReport], ori
         + "\r\n",
         "Content-Description: Delivery report\r\n\r\n",
     ]).encode("utf-8")
-    head_type = "Content-Type: text/rfc822-headers\r\n"
-    if not headers.isascii():
+    if full:  # RFC 6522 §3: the third part is the returned message
+        head_type = "Content-Type: message/rfc822\r\n"
+        description = "Undelivered Message"
+    else:
+        head_type = "Content-Type: text/rfc822-headers\r\n"
+        description = "Undelivered Message Headers" if action != "delivered" else "Message Headers"
+    if not returned.isascii():
         head_type += "Content-Transfer-Encoding: 8bit\r\n"
-    rest = (f"\r\n--{bound}\r\n{head_type}Content-Description: Undelivered Message Headers\r\n\r\n"
-            ).encode()
-    return top + status.encode("utf-8") + rest + headers + f"\r\n--{bound}--\r\n".encode()
+    rest = (f"\r\n--{bound}\r\n{head_type}Content-Description: {description}\r\n\r\n").encode()
+    if full and not returned.endswith(b"\r\n"):
+        returned += b"\r\n"
+    return top + status.encode("utf-8") + rest + returned + f"\r\n--{bound}--\r\n".encode()
 
 
-__all__ = ["RecipientReport", "DsnAction", "build_dsn", "delivery_status", "header_section",
-           "format_date", "MAX_RETURNED_HEADERS"]
+__all__ = ["DEFAULT_NOTIFY", "NO_DSN", "DsnRequest", "MAX_RETURNED_FULL", "MAX_RETURNED_HEADERS", "NO_MAIL_DSN", "NO_RCPT_DSN", "DsnAction",
+           "MailDsn", "RcptDsn", "RecipientReport", "build_dsn", "delivery_status", "format_date", "header_section",
+           "report_action", "xtext_decode", "xtext_encode"]

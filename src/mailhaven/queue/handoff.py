@@ -18,6 +18,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+from mailhaven.message.dsn import DsnRequest
 from mailhaven.queue.spool import WAKE_SOCKET, Spool, partition_name
 
 
@@ -36,11 +37,12 @@ class HandoffQueue:
         self.wake_path = Path(queue_root) / WAKE_SOCKET
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str:
+                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = (),
+                     dsn: DsnRequest | None = None) -> str:
         """Store the entry durably in this worker's partition; worker 0 delivers it (within about
         a second). Raises TempFailure on disk trouble (nothing left behind)."""
         entry = await self.spool.add(sender, recipients, message, source=source, entry_id=entry_id,
-                                     programs=programs)
+                                     programs=programs, dsn=dsn)
         self._wake()
         return entry.id
 

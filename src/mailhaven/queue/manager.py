@@ -25,8 +25,13 @@ Rules (maddy's queue and Postfix's qmgr are the models):
   bounce (the wake-up time is capped at the expiry, so the bounce leaves on time).
 - One delay warning (RFC 3464 Action: delayed) once an entry is `queue.delay_warning` old.
 - Never bounce or warn a message with a null sender (RFC 5321 §4.5.5, §6.1: no bounce loops).
-- A failed recipient is marked `notified` only once its bounce is durably queued; a crash in
-  between bounces it again after restart (twice rather than never).
+- DSN requests (RFC 3461) as the sender gave them: NOTIFY decides which of bounce, delay warning
+  and success notice a recipient gets (by default failures and delays; NEVER: none); RET=FULL
+  returns the whole message in a bounce, ENVID and ORCPT come back in every report; a next hop that
+  offers DSN gets the request passed on and reports success itself; a next hop that does not gets
+  the message, and we report it "relayed".
+- A finished recipient is marked `notified` only once its report is durably queued; a crash in
+  between reports it again after restart (twice rather than never).
 - A crash during a transaction: the result was not recorded, so the recipients are tried again
   after restart (at-least-once, as with every MTA); recorded deliveries are never repeated.
   Cancelling run() is such a crash: an interrupted round is neither finished nor released.
@@ -50,7 +55,6 @@ import itertools
 import logging
 import os
 import random
-import secrets
 import socket
 import time
 from collections import deque
@@ -62,6 +66,7 @@ from typing import Any
 from mailhaven import metrics, seams
 from mailhaven.auth.users import program_argv
 from mailhaven.delivery import local, program, remote
+from mailhaven.delivery.reports import queue_report
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import ConfigError, DatabaseError, MailError
 from mailhaven.message import dsn
@@ -143,6 +148,20 @@ def _wake_socket(path: Path, wake: Callable[[], object]) -> Iterator[None]:
 
 def _domain(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
+
+
+def _owed_notice(entry: Entry, r: Recipient) -> dsn.DsnAction | None:
+    """The report a finished recipient still owes its sender (RFC 3461 §4.1 NOTIFY): a bounce for a
+    failure unless NOTIFY left FAILURE out; a success notice when NOTIFY=SUCCESS and no next hop
+    took the request over: "relayed" when it went to another server, "delivered" when we
+    delivered it. Never to the null sender (RFC 5321 §6.1: no report about a report)."""
+    if r.notified or not entry.sender:
+        return None
+    if r.state == "failed":
+        return "failed" if r.dsn.wants("FAILURE") else None
+    if r.state == "delivered" and r.dsn.wants("SUCCESS") and not r.dsn_passed:
+        return "relayed" if r.last is not None and r.last.remote_mta else "delivered"
+    return None
 
 
 class QueueManager:
@@ -334,13 +353,14 @@ class QueueManager:
     # -- entry points -----------------------------------------------------------------------------
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> str:
+                     entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = (),
+                     dsn: dsn.DsnRequest | None = None) -> str:
         """Store a new entry durably (under `entry_id` if given) and schedule it now; returns its id.
-        `programs`: recipients delivered to a program, (envelope recipient, command, RECIPIENT).
-        Raises TempFailure on disk trouble."""
+        `programs`: recipients delivered to a program, (envelope recipient, command, RECIPIENT);
+        `dsn`: what the sender asked to be told (RFC 3461). Raises TempFailure on disk trouble."""
         await self.load()
         entry = await self.spool.add(sender, recipients, message, source=source, next_attempt=self.clock(),
-                                     entry_id=entry_id, programs=programs)
+                                     entry_id=entry_id, programs=programs, dsn=dsn)
         if self._claims is not None:
             self._claim_now.set()  # whoever claims it first delivers it
             return entry.id
@@ -528,8 +548,9 @@ class QueueManager:
                 except ConfigError:
                     self._verified = None  # remote.deliver says why, in the log and in the result
             verified = self._verified[1] if self._verified is not None else None
+        request = dsn.DsnRequest(entry.dsn, {r.address: r.dsn for r in entry.recipients})
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
-                                    tls_context=self._tls, verified_context=verified)
+                                    tls_context=self._tls, verified_context=verified, dsn=request)
 
     async def _local_programs(self, entry: Entry, resolved: list[seams.Recipient], results: list[DeliveryResult],
                               message: bytes) -> list[DeliveryResult]:
@@ -590,17 +611,17 @@ class QueueManager:
             r.last = res
             if res.delivered:
                 r.state = "delivered"
+                r.dsn_passed = res.dsn_passed
                 what = "delivered"
             elif res.permanent:
                 r.state = "failed"
-                r.notified = not entry.sender  # RFC 5321 §6.1: never bounce a bounce
                 what = "bounced"
             else:
                 what = "deferred"
             log.info("queue: %s to=<%s> %s via %s: %s", entry.id, r.address, what, res.remote_mta or "-",
                      res.reply)
             metrics.of(self.ctx).delivery_result(kind, what)  # one per recipient per attempt
-        finished = last and entry.done() and all(r.notified for r in entry.recipients if r.state == "failed")
+        finished = last and entry.done() and not any(_owed_notice(entry, r) for r in entry.recipients)
         if not entry.deleted and not finished:
             await self.spool.save(entry)
 
@@ -634,7 +655,6 @@ class QueueManager:
                 for r in entry.pending():
                     last = r.last.reply if r.last is not None else "no attempt made"
                     r.state = "failed"
-                    r.notified = not entry.sender
                     r.last = DeliveryResult(r.address, 550, "5.4.7",  # RFC 3463: delivery time expired
                                             f"gave up after {(now - entry.created) / 3600:.0f} h; last "
                                             f"reply: {last}", False,
@@ -643,7 +663,7 @@ class QueueManager:
                         "local" if self.ctx.config.is_local_domain(_domain(r.address)) else "remote", "expired")
                 log.info("queue: %s expired after %.0f s", entry.id, now - entry.created)
                 await self.spool.save(entry)
-        notified = await self._notify_failures(entry, rnd)
+        notified = await self._notify(entry, rnd)
         if entry.done() and notified:
             await self.spool.remove(entry.id)
             self.entries.pop(entry.id, None)
@@ -653,8 +673,10 @@ class QueueManager:
             return
         if entry.pending() and schedule.delay_warning_due(entry.created, now, cfg.delay_warning, cfg.lifetime,
                                                           entry.delay_warning_sent):
-            if entry.sender:
-                await self._send_dsn(entry, rnd, [r for r in entry.pending()], "delayed")
+            delayed: list[tuple[Recipient, dsn.DsnAction]] = [
+                (r, "delayed") for r in entry.pending() if r.dsn.wants("DELAY")]
+            if entry.sender and delayed:
+                await self._send_dsn(entry, rnd, delayed)
             entry.delay_warning_sent = True
         if entry.pending():
             planned = schedule.next_attempt(entry.attempts, now, cfg.retry_schedule, cfg.jitter, self.rand())
@@ -669,47 +691,36 @@ class QueueManager:
             return
         self._schedule(entry)
 
-    async def _notify_failures(self, entry: Entry, rnd: _Round) -> bool:
-        """Queue the bounce for failed, not yet notified recipients. False if it could not be."""
-        failed = [r for r in entry.recipients if r.state == "failed" and not r.notified]
-        if not failed:
+    async def _notify(self, entry: Entry, rnd: _Round) -> bool:
+        """Queue one report for the recipients that owe one (_owed_notice: bounces, and success
+        notices asked with NOTIFY=SUCCESS). False if it could not be queued (tried again later)."""
+        owed = [(r, action) for r in entry.recipients if (action := _owed_notice(entry, r)) is not None]
+        if not owed:
             return True
         try:
-            await self._send_dsn(entry, rnd, failed, "failed")
+            await self._send_dsn(entry, rnd, owed)
         except MailError as e:
             if e.temporary:
-                log.warning("queue: bounce for %s could not be queued (%s); will retry", entry.id, e.text)
+                log.warning("queue: report for %s could not be queued (%s); will retry", entry.id, e.text)
                 return False
-            log.warning("queue: bounce for %s to <%s> dropped: %s", entry.id, entry.sender, e.text)
-        for r in failed:
+            log.warning("queue: report for %s to <%s> dropped: %s", entry.id, entry.sender, e.text)
+        for r, _ in owed:
             r.notified = True
         await self.spool.save(entry)
         return True
 
-    async def _send_dsn(self, entry: Entry, rnd: _Round, rcpts: list[Recipient], action: dsn.DsnAction) -> None:
-        from mailhaven import cleanup  # cleanup imports the queue package; import late
-
-        cfg = self.ctx.config
-        now = self.clock()
+    async def _send_dsn(self, entry: Entry, rnd: _Round, owed: Sequence[tuple[Recipient, dsn.DsnAction]]) -> None:
         reports = []
-        for r in rcpts:
+        for r, action in owed:
             last = r.last
             status = last.enhanced if last is not None else ("5.0.0" if action == "failed" else "4.0.0")
             reports.append(dsn.RecipientReport(
                 r.address, action, status, diagnostic=last.reply if last is not None else "",
-                remote_mta=last.remote_mta if last is not None else "", last_attempt=r.last_attempt))
-        original = await rnd.message(self.spool)
-        data = dsn.build_dsn(hostname=cfg.hostname, to=entry.sender, reports=reports, original=original,
-                             arrival=entry.created, now=now,
-                             message_id=f"<{entry.id}.{secrets.token_hex(4)}.dsn@{cfg.hostname}>",
-                             boundary=f"{entry.id}.{secrets.token_hex(6)}/{cfg.hostname}",
-                             will_retry_until=entry.created + cfg.queue.lifetime if action == "delayed" else None)
-        # The null reverse-path (RFC 5321 §4.5.5): a DSN is never answered by another DSN.
-        dsn_id = await cleanup.enqueue(self.ctx, "", [entry.sender], data, source="dsn")
-        if action == "failed":
-            metrics.of(self.ctx).message_bounced()  # one per bounce (DSN) queued
-        log.info("queue: %s %s notice to <%s> queued as %s", entry.id,
-                 "bounce" if action == "failed" else "delay", entry.sender, dsn_id)
+                remote_mta=last.remote_mta if last is not None else "", last_attempt=r.last_attempt,
+                original_recipient=r.dsn.orcpt or ""))
+        await queue_report(self.ctx, about=entry.id, to=entry.sender, reports=reports,
+                           original=await rnd.message(self.spool), arrival=entry.created, now=self.clock(),
+                           request=entry.dsn, will_retry_until=entry.created + self.ctx.config.queue.lifetime)
 
     # -- views ------------------------------------------------------------------------------------
 

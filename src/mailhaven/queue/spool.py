@@ -38,8 +38,11 @@ Envelope (version 1):
 a delivery to that program (delivery/program.py): `address` is the envelope recipient as received
 (ORIGINAL_RECIPIENT, and the one a bounce names), `program_rcpt` the alias naming the command
 (RECIPIENT).
-`notified` marks a failed recipient whose bounce has been queued (or that needs none), so a crash
-between recording the failure and queueing the bounce still bounces after restart.
+`notified` marks a finished recipient whose report (bounce, or success notice when asked) has
+been queued, so a crash between recording the result and queueing the report still reports after
+restart. DSN requests (RFC 3461, message/dsn.py; absent when not made): "ret" and "envid" on the
+entry, "notify" ("NEVER" or e.g. "DELAY,FAILURE") and "orcpt" on a recipient, and "dsn_passed"
+when the next hop took the request over.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import TempFailure
+from mailhaven.message.dsn import NO_MAIL_DSN, NO_RCPT_DSN, DsnRequest, MailDsn, RcptDsn
 from mailhaven.store import maildir
 
 log = logging.getLogger("mailhaven.queue")
@@ -95,6 +99,9 @@ class Recipient:
     notified: bool = False
     program: str = ""  # "|/path args": deliver to this program (delivery/program.py)
     program_rcpt: str = ""  # its RECIPIENT (the alias naming it)
+    dsn: RcptDsn = NO_RCPT_DSN  # NOTIFY and ORCPT (RFC 3461) as RCPT gave them
+    # The next hop took NOTIFY over (it offers DSN, delivery/remote.py): no success notice from us.
+    dsn_passed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out = {"address": self.address, "state": self.state, "attempts": self.attempts,
@@ -102,6 +109,9 @@ class Recipient:
                "last": self.last.to_json() if self.last is not None else None}
         if self.program:
             out.update(program=self.program, program_rcpt=self.program_rcpt or self.address)
+        out.update(self.dsn.to_json())
+        if self.dsn_passed:
+            out["dsn_passed"] = True
         return out
 
     @classmethod
@@ -114,7 +124,8 @@ class Recipient:
         return cls(address, state, int(d.get("attempts", 0)),
                    None if d.get("last_attempt") is None else float(d["last_attempt"]),
                    DeliveryResult.from_json(address, last) if isinstance(last, dict) else None,
-                   bool(d.get("notified", False)), str(d.get("program", "")), str(d.get("program_rcpt", "")))
+                   bool(d.get("notified", False)), str(d.get("program", "")), str(d.get("program_rcpt", "")),
+                   RcptDsn.from_json(d), bool(d.get("dsn_passed", False)))
 
 
 @dataclass
@@ -128,6 +139,7 @@ class Entry:
     attempts: int = 0
     delay_warning_sent: bool = False
     source: str = ""
+    dsn: MailDsn = NO_MAIL_DSN  # RET and ENVID (RFC 3461) as MAIL gave them
     # Not stored: set while the manager works on the entry / once the operator deleted it.
     busy: bool = field(default=False, compare=False)
     deleted: bool = field(default=False, compare=False)
@@ -142,7 +154,9 @@ class Entry:
         return {"v": VERSION, "id": self.id, "sender": self.sender, "created": self.created,
                 "next_attempt": self.next_attempt, "attempts": self.attempts,
                 "delay_warning_sent": self.delay_warning_sent, "size": self.size, "source": self.source,
-                "recipients": [r.to_json() for r in self.recipients]}
+                "recipients": [r.to_json() for r in self.recipients],
+                **({"ret": self.dsn.ret} if self.dsn.ret else {}),
+                **({"envid": self.dsn.envid} if self.dsn.envid is not None else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Entry:
@@ -151,9 +165,27 @@ class Entry:
         rcpts = [Recipient.from_json(r) for r in d["recipients"]]
         if not rcpts:
             raise ValueError("envelope without recipients")
+        ret = d.get("ret")
+        envid = d.get("envid")
+        dsn = MailDsn("FULL" if ret == "FULL" else "HDRS" if ret == "HDRS" else None,
+                      str(envid) if envid is not None else None)
         return cls(str(d["id"]), str(d["sender"]), rcpts, float(d["created"]), float(d["next_attempt"]),
                    int(d.get("size", 0)), int(d.get("attempts", 0)), bool(d.get("delay_warning_sent")),
-                   str(d.get("source", "")))
+                   str(d.get("source", "")), dsn)
+
+
+def new_entry(sender: str, recipients: Sequence[str], size: int, *, source: str = "", created: float | None = None,
+              next_attempt: float | None = None, entry_id: str | None = None,
+              programs: Sequence[tuple[str, str, str]] = (), dsn: DsnRequest | None = None) -> Entry:
+    """A new entry (not stored yet): `programs` are more recipients, each (envelope recipient,
+    command, RECIPIENT) delivered to a program; `dsn` what the sender asked to be told."""
+    now = time.time()
+    created = now if created is None else created
+    dsn = dsn or DsnRequest()
+    rcpts = [Recipient(r, dsn=dsn.of(r)) for r in recipients]
+    rcpts += [Recipient(a, program=c, program_rcpt=r, dsn=dsn.of(a)) for a, c, r in programs]
+    return Entry(entry_id or new_id(created), sender, rcpts, created, now if next_attempt is None else next_attempt,
+                 size=size, source=source, dsn=dsn.mail)
 
 
 class QueueSpool(Protocol):
@@ -173,7 +205,8 @@ class QueueSpool(Protocol):
 
     async def add(self, sender: str, recipients: list[str], data: bytes, *, source: str = "",
                   created: float | None = None, next_attempt: float | None = None,
-                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> Entry: ...
+                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = (),
+                  dsn: DsnRequest | None = None) -> Entry: ...
 
     async def save(self, entry: Entry) -> None: ...
 
@@ -338,15 +371,12 @@ class Spool:
     # -- add --
     async def add(self, sender: str, recipients: list[str], data: bytes, *, source: str = "",
                   created: float | None = None, next_attempt: float | None = None,
-                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> Entry:
-        """Durably store a new entry; returns once message, envelope and directory are fsynced.
-        `programs`: more recipients, each (envelope recipient, command, RECIPIENT) to be delivered
-        to a program. Raises TempFailure (nothing left behind) when the disk fails."""
-        now = time.time()
-        created = now if created is None else created
-        rcpts = [Recipient(r) for r in recipients] + [Recipient(a, program=c, program_rcpt=r) for a, c, r in programs]
-        entry = Entry(entry_id or new_id(created), sender, rcpts, created,
-                      now if next_attempt is None else next_attempt, size=len(data), source=source)
+                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = (),
+                  dsn: DsnRequest | None = None) -> Entry:
+        """Durably store a new entry (new_entry's arguments); returns once message, envelope and
+        directory are fsynced. Raises TempFailure (nothing left behind) when the disk fails."""
+        entry = new_entry(sender, recipients, len(data), source=source, created=created, next_attempt=next_attempt,
+                          entry_id=entry_id, programs=programs, dsn=dsn)
         try:
             await asyncio.to_thread(self._add_sync, entry, data)
         except OSError as e:

@@ -41,7 +41,8 @@ from typing import Any
 
 from mailhaven import pg
 from mailhaven.errors import TempFailure
-from mailhaven.queue.spool import STALE_WRITE, Entry, Recipient, new_id, write_message
+from mailhaven.message.dsn import DsnRequest
+from mailhaven.queue.spool import STALE_WRITE, Entry, new_entry, write_message
 from mailhaven.store import maildir
 
 log = logging.getLogger("mailhaven.queue")
@@ -164,16 +165,15 @@ class PgSpool:
     # -- add --
     async def add(self, sender: str, recipients: list[str], data: bytes, *, source: str = "",
                   created: float | None = None, next_attempt: float | None = None,
-                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = ()) -> Entry:
-        """Durably store a new entry: the message file (fsynced, with its directory), then the row
-        (committed). Raises TempFailure (DatabaseError when the database fails), nothing left behind."""
+                  entry_id: str | None = None, programs: Sequence[tuple[str, str, str]] = (),
+                  dsn: DsnRequest | None = None) -> Entry:
+        """Durably store a new entry (spool.new_entry's arguments): the message file (fsynced, with
+        its directory), then the row (committed). Raises TempFailure (DatabaseError when the
+        database fails), nothing left behind."""
         if not self._ready:
             await self.open()
-        now = time.time()
-        created = now if created is None else created
-        rcpts = [Recipient(r) for r in recipients] + [Recipient(a, program=c, program_rcpt=r) for a, c, r in programs]
-        entry = Entry(entry_id or new_id(created), sender, rcpts, created,
-                      now if next_attempt is None else next_attempt, size=len(data), source=source)
+        entry = new_entry(sender, recipients, len(data), source=source, created=created, next_attempt=next_attempt,
+                          entry_id=entry_id, programs=programs, dsn=dsn)
         try:
             await asyncio.to_thread(write_message, self.root, entry.id, data, fsync=self.fsync)
         except OSError as e:

@@ -19,7 +19,9 @@ sessions (app.Sessions).
 Choices (RFC 5321 leaves them to us; tests in tests/integration/test_mx*.py and tests/regress/):
 - Extensions: SIZE <smtp.max_message_size>, 8BITMIME, SMTPUTF8, PIPELINING, ENHANCEDSTATUSCODES,
   CHUNKING (BDAT, RFC 3030; not BINARYMIME: a chunk passes the same checks as DATA's lines, and a
-  message not ending in CRLF gets one), STARTTLS when the listener has tls = "starttls" and a certificate is configured. No AUTH on the MX;
+  message not ending in CRLF gets one), DSN (RFC 3461: RET, ENVID, NOTIFY, ORCPT; honoured by the
+  queue, passed to next hops that offer DSN, success notices for local copies: dsnparams.py,
+  delivery/reports.py), STARTTLS when the listener has tls = "starttls" and a certificate is configured. No AUTH on the MX;
   on submission "AUTH PLAIN LOGIN" once TLS is up (rules and choices: submission.py).
 - Recipients: only addresses of our domains that resolve to users; anything else is 550 5.7.1
   (no relaying, loopback clients included); unknown local users 550 5.1.1; more than

@@ -31,6 +31,7 @@ from mailhaven.delivery.local import unique_users
 from mailhaven.errors import MailError
 from mailhaven.message import headers
 from mailhaven.message.address import Address, parse_path
+from mailhaven.message.dsn import NO_MAIL_DSN, MailDsn, RcptDsn
 from mailhaven.seams import Recipient
 from mailhaven.smtp import replies as R
 
@@ -74,6 +75,10 @@ class Transaction(Envelope):
         self.logged = False
         self.tasks: list[asyncio.Task[Any]] = []  # work started for this transaction (owned by it)
         self.verdicts: set[str] = set()  # verdict kinds already logged and counted (once per transaction)
+        # DSN requests (RFC 3461, smtp/dsnparams.py): MAIL's RET/ENVID, each recipient's NOTIFY/ORCPT
+        # (by the address as accepted; a recipient without them is not listed).
+        self.dsn: MailDsn = NO_MAIL_DSN
+        self.rcpt_dsn: dict[str, RcptDsn] = {}
 
     @property
     def users(self) -> list[str]:
@@ -207,7 +212,8 @@ class BaseHandler(ShortDir):
     async def handle_EHLO(self, server: Any, session: ClientSession, envelope: Transaction,
                           hostname: str, responses: list[str]) -> list[str]:
         """aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8, STARTTLS (and AUTH); we add PIPELINING (RFC 2920),
-        ENHANCEDSTATUSCODES (RFC 2034) and CHUNKING (RFC 3030, server.py's BDAT), replace aiosmtpd's AUTH line by the role's own (it knows
+        ENHANCEDSTATUSCODES (RFC 2034), CHUNKING (RFC 3030, server.py's BDAT) and DSN (RFC 3461,
+        dsnparams.py), replace aiosmtpd's AUTH line by the role's own (it knows
         about implicit TLS and loopback rules; aiosmtpd does not), and drop HELP."""
         if not _printable(hostname):
             return [R.BAD_HELO]
@@ -218,7 +224,7 @@ class BaseHandler(ShortDir):
         auth = self.ehlo_auth_keyword(session) if self.offers_auth else None
         if auth:
             keywords.append(auth)
-        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING"]
+        keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
         out = [f"250-{greeting}"] + [f"250-{k}" for k in keywords]
         out[-1] = "250 " + out[-1][4:]
         return out

@@ -49,9 +49,11 @@ from mailhaven import metrics, seams
 from mailhaven import quota as quotamod
 from mailhaven.config import Config
 from mailhaven.delivery import forward, local
+from mailhaven.delivery.reports import report_delivered
 from mailhaven.errors import DnsTempError, OverQuota, PermFailure, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
+from mailhaven.message.dsn import DsnRequest
 from mailhaven.policy import dnsbl, embedded, greylist, pipeline, senderlists, spam
 from mailhaven.policy.spf import SpfResult
 from mailhaven.smtp import replies as R
@@ -298,9 +300,14 @@ class InboundHandler(BaseHandler):
             await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender, spam=junk)
         except OverQuota:  # nothing stored anywhere; the MX refuses for good at DATA (552 5.2.2)
             raise PermFailure("Mailbox full (over quota)", code=552, enhanced="5.2.2") from None
+        request = DsnRequest(txn.dsn, txn.rcpt_dsn)
         if programs:
             await agent.queue_programs(self.ctx.queue, programs, data, sender=sender, trace=trace,
-                                       entry_id=txn.queue_id)
+                                       entry_id=txn.queue_id, dsn=request)
+        if txn.rcpt_dsn:  # RFC 3461: success notices for the recipients that asked (NOTIFY=SUCCESS)
+            await report_delivered(self.ctx, about=txn.queue_id, sender=sender, request=request,
+                                   delivered=[r.address for r in txn.resolved if r.users],
+                                   original=b"".join(trace) + data, arrival=time.time())
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)

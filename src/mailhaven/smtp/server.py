@@ -43,6 +43,8 @@ from mailhaven import lineproto, metrics, proxyaccept, seams
 from mailhaven import log as mlog
 from mailhaven.config import Config, ListenerConfig
 from mailhaven.errors import ConfigError, MailError
+from mailhaven.message.dsn import NO_MAIL_DSN, NO_RCPT_DSN
+from mailhaven.smtp import dsnparams
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.body import ChunkBody, DataBlock
 from mailhaven.smtp.hooks import BaseHandler, ClientSession, ShortDir, Transaction, split_path
@@ -51,6 +53,8 @@ from mailhaven.tls import tls_summary
 logger = logging.getLogger("mailhaven.smtp")
 
 COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4 (aiosmtpd adds room for SIZE= and SMTPUTF8 after EHLO)
+DSN_MAIL_ROOM = len(" RET=HDRS ENVID=") + 100
+DSN_RCPT_ROOM = len(" NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=") + 500
 CHUNK_PIECE = 64 * 1024  # a BDAT chunk is read in pieces of at most this many octets
 # RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; chunk-size = 1*DIGIT. More than 18
 # digits cannot be a size we accept anyway (and would make int() slow on hostile input).
@@ -529,6 +533,9 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
             await super().smtp_EHLO(hostname)
         finally:
             self._raw_250 = False
+        # DSN (RFC 3461 §5: room for its parameters): " RET=HDRS ENVID=<100>", " NOTIFY=... ORCPT=<500>".
+        self.command_size_limits["MAIL"] += DSN_MAIL_ROOM
+        self.command_size_limits["RCPT"] += DSN_RCPT_ROOM
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -536,18 +543,37 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
         self.session.last_arg = arg  # hooks.py parses the raw path itself
         if arg is not None and self.handler.offers_auth:
             arg = drop_auth_parameter(arg)
+        mail_dsn = NO_MAIL_DSN
+        if arg is not None and self.session.extended_smtp:
+            try:
+                arg, mail_dsn = dsnparams.take_mail(arg)
+            except dsnparams.DsnSyntax as e:
+                await self.push(e.reply)
+                return
         await super().smtp_MAIL(arg)
-        if isinstance(self.envelope, Transaction) and self.envelope.mail_from:
+        txn = self.envelope
+        if isinstance(txn, Transaction) and txn.mail_from:
+            if txn.dsn is NO_MAIL_DSN:
+                txn.dsn = mail_dsn
             self._progress()
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg
+        rcpt_dsn = None
+        if arg is not None and self.session.extended_smtp:
+            try:
+                arg, rcpt_dsn = dsnparams.take_rcpt(arg)
+            except dsnparams.DsnSyntax as e:
+                await self.push(e.reply)
+                return
         txn = self.envelope
         before = len(txn.recipients) if isinstance(txn, Transaction) else 0
         await super().smtp_RCPT(arg)
         if isinstance(txn, Transaction) and len(txn.recipients) > before:
+            if rcpt_dsn is not None and rcpt_dsn != NO_RCPT_DSN:
+                txn.rcpt_dsn.setdefault(str(txn.recipients[-1]), rcpt_dsn)
             self._progress()
 
     @syntax("STARTTLS", when="tls_context")

@@ -47,6 +47,7 @@ from mailhaven.delivery import local
 from mailhaven.errors import PolicyReject, TempFailure
 from mailhaven.message import headers
 from mailhaven.message.address import Address
+from mailhaven.message.dsn import DsnRequest
 from mailhaven.policy import spam
 from mailhaven.queue.spool import new_id
 from mailhaven.smtp import replies as R
@@ -261,7 +262,8 @@ class SubmissionHandler(BaseHandler):
             await self._scan(scanner, session, txn, user, sender, message)
         # Durable before the 250 (cleanup fsyncs the store and the spool); MailError -> its reply.
         queue_id = await cleanup.enqueue(self.ctx, sender, [str(r) for r in txn.recipients], message,
-                                         dkim=True, source="submission", queue_id=txn.queue_id)
+                                         dkim=True, source="submission", queue_id=txn.queue_id,
+                                         dsn=DsnRequest(txn.dsn, txn.rcpt_dsn))
         return R.queued(queue_id)
 
     async def _scan(self, scanner: spam.Scanner, session: ClientSession, txn: Transaction, user: str,
