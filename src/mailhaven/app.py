@@ -608,7 +608,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         # With PostgreSQL every worker runs a queue manager (they claim entries from the table);
         # with files worker 0 alone does, and the others hand their entries to it.
         if worker == 0 or ctx.database is not None:
-            queue = ctx.queue = QueueManager(ctx, spool=_queue_spool(ctx))
+            queue = ctx.queue = QueueManager(ctx, spool=_queue_spool(ctx), lease=config.queue.lease)
             try:
                 await queue.load()
             except DatabaseError as e:
