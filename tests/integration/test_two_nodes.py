@@ -10,7 +10,9 @@ SMTP sink (tests/smtp_peer.py) as the MX of the remote domain.
   its `[queue] lease` (3 s here) has run out;
 - a client connecting through HAProxy from 127.0.0.9 is seen by the node as 127.0.0.9;
 - SIGKILL of one node under load through HAProxy: every message that got its 250 is in the mailbox
-  exactly once, nothing twice (kill_support.py, shared with test_workers_kill.py).
+  exactly once, nothing twice (kill_support.py, shared with test_workers_kill.py);
+- login failures on one node slow the next attempt on the other; one vacation reply per sender and
+  period whichever node delivers.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def node_config(folder: Path, node: str, ports: dict[str, int], tls: tuple[Path,
     and listener addresses (docs/production.md "Several nodes")."""
     data = app_config_data(folder, tls, nameserver)
     data.update(hostname=f"mx-{node}.example.test", control_socket=f"control.{node}.sock")
-    data["auth"] = {"failure_delay": 0, "allow_plaintext_loopback": True}
+    data["auth"] = {"failure_delay": 0.1, "max_failure_delay": 1, "allow_plaintext_loopback": True}
     data["smtp"] = {"redact_submitter": False}  # the client's address in Received, to check it
     data["server"] = {"workers": 1}
     data["storage"] = {"backend": "postgresql", "dsn": dsn}
@@ -321,3 +323,44 @@ def test_the_guide_configuration_is_what_haproxy_runs() -> None:
     assert "send-proxy-v2" in text and "option redispatch" in text
     assert "server node-a 127.0.0.2:1465" in text and "bind 127.0.0.1:2993" in text
 
+
+
+# --- state every node shares: login failures, vacation replies ------------------------------------
+
+
+async def test_login_failures_on_node_a_slow_the_next_attempt_on_node_b(cluster: Cluster) -> None:
+    """auth/throttle_pg.py through the real servers: three different wrong passwords on A (they
+    wait 0, 0.1 and 0.2 s: failure_delay 0.1 s, doubling), then B makes the fourth wait 0.4 s, as
+    one node would."""
+    def fail(node: str, i: int) -> None:
+        imap = imaplib.IMAP4(NODES[node], cluster.ports["imap"], timeout=10)
+        try:
+            with pytest.raises(imaplib.IMAP4.error):
+                imap.login(ALICE, f"wrong-{i}")
+        finally:
+            imap.logout()
+
+    for i in range(3):
+        await asyncio.to_thread(fail, "a", i)
+    await asyncio.to_thread(fail, "b", 3)
+    line = await asyncio.to_thread(cluster.nodes["b"].wait_for, r"login failed .*user=alice@example\.test", 10)
+    assert re.search(r" delay=0\.4 ", line), line
+
+
+async def test_one_vacation_reply_per_sender_whichever_node_delivers(cluster: Cluster) -> None:
+    from mailhaven.sieve_store import ScriptStore
+
+    store = ScriptStore(cluster.mail_root, BOB, max_scripts=10, max_size=65536)
+    store.put("away", b'require "vacation";\nvacation :days 7 "Away this week.";\n')
+    store.set_active("away")
+    sender = "dave@remote.test"
+    for i, node in enumerate("ab"):
+        def deliver(node: str = node, i: int = i) -> None:
+            with smtplib.SMTP(NODES[node], cluster.ports["mx"], timeout=10) as smtp:
+                smtp.sendmail(sender, [BOB], _message(f"question{i}", BOB, sender))
+        await asyncio.to_thread(deliver)
+    [reply] = await cluster.peer.wait_messages(1, 20)
+    assert reply.rcpt_tos == [sender] and b"Away this week." in reply.data
+    await asyncio.sleep(1.5)  # the second message (through node B) got no second reply
+    assert len(cluster.peer.messages) == 1
+    assert len(stored(cluster.mail_root, BOB)) == 2
