@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -212,3 +213,30 @@ async def test_unblock_lifts_the_shared_counts(node: tuple[Node, Clock]) -> None
     await b.drain()
     c = make()
     assert (await _login(c, "192.0.2.1", ALICE, "guess9")).delay == 0
+
+
+async def test_logins_go_on_with_the_process_own_counts_while_the_database_is_down(
+        tmp_path: Path, pg_dsn: str, postgres: Any, caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    cfg = _config(tmp_path)
+    directory = Directory(cfg, UsersFile.load(cfg.users_file))
+    db = pg.Database(pg_dsn, pool_size=1, timeout=1)
+    service = LoginService(lambda: cfg, lambda: directory, None, clock=clock, sleep=clock.sleep,
+                           failures=PgLoginFailures(db, clock=clock))
+    try:
+        await _login(service, "192.0.2.1", ALICE, "guess0")  # the table exists, the pool is open
+        postgres.stop()
+        try:
+            caplog.set_level(logging.WARNING, "mailhaven.auth")
+            started = time.monotonic()
+            assert (await _login(service, "192.0.2.1", ALICE, "guess1")).delay == 1  # its own count: 1
+            assert (await _login(service, "192.0.2.1", ALICE, "guess2")).delay == 2
+            out = await _login(service, "192.0.2.1", ALICE, ALICE_PW)
+            assert out.ok and out.delay == 4
+            unavailable = [r for r in caplog.records if "other nodes unavailable" in r.getMessage()]
+            assert len(unavailable) == 1  # one line, not one per login
+            assert time.monotonic() - started < 2.5  # only the first login waited for the database (1 s)
+        finally:
+            postgres.start()
+    finally:
+        await db.close()

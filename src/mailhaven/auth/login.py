@@ -14,7 +14,8 @@ Does not own: hash formats (auth/passwords.py), the users file (auth/users.py), 
 Several nodes (PostgreSQL): `failures` (auth/throttle_pg.py) holds the failures every node
 counted; they are read as an attempt starts (the throttle uses them instead of its own) and
 written as it ends, before the reply, so the next attempt on any node sees them. A database that
-fails costs a log line (at most one a minute) and leaves this process's own counts.
+fails costs a log line (at most one a minute) and leaves this process's own counts: for
+SHARED_PAUSE seconds the logins do not ask it (only the first waits for its timeout), then it is tried again.
 
 Verification cache (like Dovecot's auth_cache): good logins only, keyed by HMAC-SHA256 of the
 normalised login and the password under a random key made at process start (the password is never
@@ -69,6 +70,7 @@ METRIC_REASONS = {
     "cancelled": "cancelled",
 }
 PASSWORD_CHECKED = frozenset({"bad_password", "unknown_user"})  # a password was checked
+SHARED_PAUSE = 10.0  # seconds the shared login failures are left alone after the database failed
 
 
 class UserRecord(Protocol):
@@ -157,6 +159,7 @@ class LoginService:
         self._config = config
         self.failures = failures
         self._shared_warned = float("-inf")
+        self._shared_paused_until = float("-inf")
         self._directory = directory
         self._ctx = ctx
         self._sleep = sleep
@@ -240,7 +243,7 @@ class LoginService:
 
     async def _shared_counts(self, ip: str, login: str) -> tuple[int, int] | None:
         """Every node's failures of the pair and of the address; None: this process's own."""
-        if self.failures is None:
+        if self.failures is None or self._shared_paused():
             return None
         try:
             return await self.failures.counts(ip_key(ip), account_key(login), self._config().auth.failure_window)
@@ -251,7 +254,7 @@ class LoginService:
     async def _share(self, attempt: Attempt, ok: bool) -> bool | None:
         """Pass the attempt's end on to every node; the alarm by every node's count (None: no
         shared counts, or they failed)."""
-        if self.failures is None:
+        if self.failures is None or self._shared_paused():
             return None
         try:
             if ok:
@@ -279,8 +282,12 @@ class LoginService:
         except DatabaseError as e:
             self._shared_failed(e)
 
+    def _shared_paused(self) -> bool:
+        return time.monotonic() < self._shared_paused_until
+
     def _shared_failed(self, e: DatabaseError) -> None:
         now = time.monotonic()
+        self._shared_paused_until = now + SHARED_PAUSE
         if now - self._shared_warned >= 60:
             self._shared_warned = now
             log.warning("login failures of the other nodes unavailable (this process counts alone): %s", e.detail)
