@@ -117,6 +117,36 @@ async def test_the_server_keeps_vacation_state_in_postgresql_not_in_the_users_fo
         await peer.stop()
 
 
+async def test_with_the_memory_unreachable_the_script_still_files_and_no_vacation_is_sent(
+        tmp_path: Path, tls_files: tuple[Path, Path], dns_server: DnsServer, dkim_key: tuple[str, str],  # noqa: F811
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A database that does not answer (nothing listens on its port) costs the `duplicate` answers
+    and the vacation reply, never the user's folders."""
+    from mailhaven import seams
+    from mailhaven.delivery.sieve import SieveFilter
+    from tests.fixtures_base import free_port
+
+    cfg, peer = await _start(tmp_path, tls_files, dns_server, dkim_key)
+    db = pg.Database(f"host=127.0.0.1 port={free_port()} dbname=nowhere user=nobody", timeout=0.5)
+    try:
+        async with running_app(cfg) as ctx:
+            s = Server(ctx, peer, cfg)
+            s.put(ALICE, 'require ["fileinto", "mailbox", "vacation", "duplicate"];\n'
+                         'if not duplicate { fileinto :create "Work"; }\nvacation "Away.";\n')
+            sieve = SieveFilter(ctx, PgSieveMemory(db))
+            job = seams.FilterJob(user=ALICE, recipients=(ALICE,), sender="sender@remote.test",
+                                  message=message(), folder="INBOX")
+            filing = await sieve.file(job)
+            assert filing.folders == ("Work",)
+            await asyncio.sleep(0.3)
+            assert peer.messages == [] and not ctx.queue.entries  # type: ignore[union-attr]
+            assert any("duplicate ids unreadable" in r.getMessage() for r in caplog.records)
+            assert any("vacation tracker unusable" in r.getMessage() for r in caplog.records)
+    finally:
+        await db.close()
+        await peer.stop()
+
+
 # --- login failures: counted across nodes, a stranger still slows only himself --------------------
 
 ALICE_PW, BOB = "right", "bob@example.test"

@@ -175,8 +175,7 @@ class SieveFilter:
             script = await asyncio.to_thread(self._load, user)
             if script is None:
                 return keep
-            seen = await self.memory.live(user)
-            result = await asyncio.to_thread(self._run, user, job, script, seen)
+            result = await asyncio.to_thread(self._run, user, job, script, await self._seen(user))
         except Exception as e:  # noqa: BLE001 - a filter failure never loses mail: implicit keep
             log.error("sieve: %s: script not run (%s); implicit keep", user, e)
             return keep
@@ -184,6 +183,16 @@ class SieveFilter:
             log.warning("sieve: %s: runtime error: %s; implicit keep", user, result.error)
             return keep
         return await self._apply(job, result)
+
+    async def _seen(self, user: str) -> set[str]:
+        """The user's live marks; none when the memory cannot be read (the script still runs: its
+        folders and flags matter more than `duplicate` answering "seen"; vacation then sends
+        nothing, as its claim fails too)."""
+        try:
+            return await self.memory.live(user)
+        except (OSError, DatabaseError) as e:
+            log.error("sieve: %s: duplicate ids unreadable (%s); the script runs as if none were seen", user, e)
+            return set()
 
     async def _apply(self, job: seams.FilterJob, result: Result) -> seams.Filing:
         user = job.user
