@@ -74,7 +74,7 @@ class PgSieveMemory:
             await self.open()
         now = self._clock()
         async with self.db.connection() as conn, conn.transaction():
-            for key, seconds in keys:
+            for key, seconds in sorted(keys):  # one order for every node: no deadlock between two marks
                 await conn.execute(
                     "INSERT INTO sieve_memory (username, key, expires) VALUES (%s, %s, %s) "
                     "ON CONFLICT (username, key) DO UPDATE SET expires = EXCLUDED.expires",
