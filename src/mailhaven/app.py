@@ -171,7 +171,8 @@ class Context:
     def __post_init__(self) -> None:
         self.quota = QuotaService(self.store, lambda: self.directory)
         agent = LocalDeliveryAgent(self.store, lambda: self.directory, lambda: self.config.authserv_id,
-                                   quota=self.quota, filter=SieveFilter(self),  # each user's active Sieve script
+                                   quota=self.quota,  # each user's active Sieve script:
+                                   filter=SieveFilter(self, _sieve_memory(self.database)),
                                    forwarder=Forwarder(self))
         self.quota.agent = agent
         self.agent = agent
@@ -272,7 +273,7 @@ def build_context(cfg: Config, *, bus_dir: Path | None = None) -> Context:
     )
     # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
     # directory) empties its verification cache.
-    ctx.logins = LoginService(lambda: ctx.config, lambda: ctx.directory, ctx)
+    ctx.logins = LoginService(lambda: ctx.config, lambda: ctx.directory, ctx, failures=_login_failures(database))
     ctx.learner = spam_learner(cfg, lambda cls, result: ctx.metrics.spam_learned(cls, result))
     return ctx
 
@@ -334,6 +335,26 @@ def _queue_spool(ctx: Context) -> QueueSpool | None:
     from mailhaven.queue.spool_pg import PgSpool
 
     return PgSpool(ctx.database, ctx.config.queue_root)
+
+
+def _sieve_memory(database: Database | None) -> seams.SieveMemory | None:
+    """Sieve's vacation and duplicate marks: in the shared database with PostgreSQL (one reply per
+    period whichever node delivers; delivery/sievetrack_pg.py), else None: each user's tracker file."""
+    if database is None:
+        return None
+    from mailhaven.delivery.sievetrack_pg import PgSieveMemory
+
+    return PgSieveMemory(database)
+
+
+def _login_failures(database: Database | None) -> seams.LoginFailures | None:
+    """Login failures counted by every node with PostgreSQL (auth/throttle_pg.py), else None: each
+    process counts its own (auth/throttle.py)."""
+    if database is None:
+        return None
+    from mailhaven.auth.throttle_pg import PgLoginFailures
+
+    return PgLoginFailures(database)
 
 
 def _greylist(cfg: Config, database: Database | None) -> seams.Greylist | None:
@@ -587,7 +608,7 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         # With PostgreSQL every worker runs a queue manager (they claim entries from the table);
         # with files worker 0 alone does, and the others hand their entries to it.
         if worker == 0 or ctx.database is not None:
-            queue = ctx.queue = QueueManager(ctx, spool=_queue_spool(ctx))
+            queue = ctx.queue = QueueManager(ctx, spool=_queue_spool(ctx), lease=config.queue.lease)
             try:
                 await queue.load()
             except DatabaseError as e:

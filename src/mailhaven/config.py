@@ -202,6 +202,9 @@ class QueueConfig:
                                          "with a verified certificate for the MX host name.", factory=list)
     tls_ca_file: str = opt("", "PEM CA certificates trusted for require_tls_domains instead of the system "
                            "trust store (\"\" = the system store).", path=True)
+    lease: float = opt(120.0, "With [storage] backend = \"postgresql\": how long an entry a node claimed stays "
+                       "its own without renewal (renewed every third of it); a node that dies holds its "
+                       "entries this long before another node delivers them.", lo=3, hi=86400, duration=True)
 
 
 @dataclass(frozen=True)
@@ -367,7 +370,8 @@ class Config:
     shutdown_deadline: float = opt(30.0, "On SIGTERM, time allowed for sessions to finish.",
                                    lo=0, duration=True)
     public_ip: str = opt("", "Public IP of this host, for `doctor` (PTR check) and `dns` (SPF).")
-    control_socket: str = opt("control.sock", "Unix socket of the running server, relative to data_dir.")
+    control_socket: str = opt("control.sock", "Unix socket of the running server, relative to data_dir (or "
+                              "absolute); each node its own when several share data_dir.")
     server: ServerConfig = opt(None, "Worker processes.", factory=ServerConfig)
     domains: dict[str, DomainConfig] = opt(None, "Domains we accept mail for: [domains.\"example.org\"].",
                                            factory=dict)

@@ -200,15 +200,20 @@ class _ProxyServer:
         """Implicit TLS after the header; the listener's protocol is made once it succeeded."""
         assert self.ssl is not None
         waiting = _Handshake()
+        # A LOCAL (v2) or UNKNOWN (v1) header is the balancer's own connection: its health check
+        # (HAProxy's `check` on a send-proxy-v2 server) closes after the header, every few seconds
+        # per node and listener: DEBUG, not a line each time in the log.
+        level = logging.DEBUG if client is None else logging.INFO
         try:
             new = await asyncio.get_running_loop().start_tls(transport, waiting, self.ssl, server_side=True,
                                                              ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         except (ssl.SSLError, OSError) as e:  # not TLS, a timeout, a reset: the client's doing
-            log.info("listener %s: connection from %s closed: TLS handshake failed: %s", self.name, peer, e)
+            log.log(level, "listener %s: connection from %s closed: TLS handshake failed: %s", self.name, peer, e)
             transport.abort()
             return
         if new is None or new.is_closing() or waiting.closed:
-            log.info("listener %s: connection from %s closed: TLS handshake failed: connection lost", self.name, peer)
+            log.log(level, "listener %s: connection from %s closed: TLS handshake failed: connection lost",
+                    self.name, peer)
             transport.abort()
             return
         new.pause_reading()

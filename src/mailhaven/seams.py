@@ -3,7 +3,8 @@
 Owns: the `typing.Protocol`s the parts meet through - the store (`Store`), the user directory
 (`Directory`), the DNS resolver (`Resolver`), the outbound queue (`Queue`), the local delivery agent
 (`DeliveryAgent`) and its per-recipient hooks (`MailFilter`, the Sieve engine's seat; `Quota`), the
-greylisting state (`Greylist`: SQLite or PostgreSQL), and `Context`, what every listener and worker
+greylisting state (`Greylist`: SQLite or PostgreSQL), Sieve's per-user memory (`SieveMemory`), the
+login failures every node counts (`LoginFailures`), and `Context`, what every listener and worker
 shares (app.Context is the real one) - plus the small frozen values that cross them (`Recipient`,
 `FilterJob`, `Filing`).
 Does not own: any implementation (store/, auth/users.py, dns/resolver.py, queue/manager.py,
@@ -268,6 +269,37 @@ class Greylist(Protocol):
     async def close(self) -> None: ...
 
 
+class SieveMemory(Protocol):
+    """What delivery-time Sieve remembers per user (delivery/sieve.py): vacation replies sent
+    (RFC 5230 §4.2) and duplicate ids seen (RFC 7352), each a key live until its expiry.
+    delivery/sievetrack.FileMemory (a file in the user's sieve folder, the default) or
+    delivery/sievetrack_pg.PgSieveMemory (PostgreSQL, shared by every node). Methods may raise
+    OSError or errors.DatabaseError; the caller then logs and goes on without the memory."""
+
+    async def live(self, user: str) -> set[str]: ...
+
+    async def mark(self, user: str, keys: Sequence[tuple[str, float]]) -> None: ...
+
+    async def claim(self, user: str, key: str, seconds: float) -> bool: ...
+
+
+class LoginFailures(Protocol):
+    """Login failures counted by every node (auth/throttle_pg.PgLoginFailures, with PostgreSQL):
+    auth/login.py adds them to its own process's counts (auth/throttle.py), so a password guesser
+    is slowed on every node alike. Keys are throttle.ip_key and throttle.account_key; counts are
+    the failures within `window` seconds of the last one. Never by account alone for delays: the
+    account's count is for the alarm only. Methods may raise errors.DatabaseError; the caller
+    then uses its own counts alone."""
+
+    async def counts(self, ip: str, account: str, window: float) -> tuple[int, int]: ...
+
+    async def failed(self, ip: str, account: str, window: float) -> int: ...
+
+    async def succeeded(self, ip: str, account: str) -> None: ...
+
+    async def forget(self, ip: str, account: str) -> int: ...
+
+
 class Sessions(Protocol):
     """Live connections of every listener (app.Sessions)."""
 
@@ -301,4 +333,5 @@ class Context(Protocol):
 
 
 __all__ = ["Recipient", "Program", "Targets", "FilterJob", "Filing", "MailFilter", "Quota", "Store", "Directory",
-           "Resolver", "Queue", "Forwarder", "DeliveryAgent", "Greylist", "Sessions", "Context"]
+           "Resolver", "Queue", "Forwarder", "DeliveryAgent", "Greylist", "SieveMemory",
+           "LoginFailures", "Sessions", "Context"]

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import smtplib
-import threading
 import time
-from email import message_from_bytes
 from pathlib import Path
 
 import pytest
 
 from tests.integration import test_service_process as service
+from tests.integration.kill_support import check_exactly_once, smtp_send, start_senders, stop_senders, stored
 from tests.integration.test_service_process import ALICE, Setup, running
 from tests.integration.test_workers import WORKERS, all_ready, children
 
@@ -32,41 +30,11 @@ def workers() -> int:
 CLIENTS = 6
 
 
-def _body(tag: str) -> bytes:
-    return (f"From: someone@example.net\r\nTo: {ALICE}\r\nSubject: load {tag}\r\n"
-            f"Message-ID: <{tag}@load.example.net>\r\n\r\n" + "line of the body\r\n" * 40 + "the end\r\n").encode()
-
-
-def _client(port: int, n: int, stop: threading.Event, acked: list[str], tried: list[str]) -> None:
-    i = 0
-    while not stop.is_set():
-        tag = f"c{n}m{i}"
-        i += 1
-        tried.append(tag)
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
-                smtp.sendmail("someone@example.net", [ALICE], _body(tag))
-        except (OSError, smtplib.SMTPException):
-            continue  # killed mid-transaction: not acknowledged
-        acked.append(tag)
-
-
-def _stored(mail_root: Path) -> list[bytes]:
-    local, _, domain = ALICE.partition("@")
-    base = mail_root / domain / local
-    return [p.read_bytes() for sub in ("new", "cur") if (base / sub).is_dir() for p in (base / sub).iterdir()]
-
-
 def test_sigkill_of_workers_under_load_loses_nothing_acknowledged_and_stores_nothing_twice(setup: Setup) -> None:
     with running(setup.write(server=WORKERS)) as server:
         all_ready(server)
-        stop = threading.Event()
-        acked: list[str] = []
-        tried: list[str] = []
-        threads = [threading.Thread(target=_client, args=(setup.ports["mx"], n, stop, acked, tried), daemon=True)
-                   for n in range(CLIENTS)]
-        for t in threads:
-            t.start()
+        stop, threads, acked, tried = start_senders(smtp_send(setup.ports["mx"], "someone@example.net", ALICE),
+                                                    CLIENTS, ALICE)
         try:
             for _round in range(2):  # one worker, then (once restarted) the other
                 time.sleep(1.0)
@@ -75,15 +43,6 @@ def test_sigkill_of_workers_under_load_loses_nothing_acknowledged_and_stores_not
                 server.wait_for(r"worker restarted and serving: 2 of 2", timeout=30)
             time.sleep(0.5)
         finally:
-            stop.set()
-            for t in threads:
-                t.join(30)
+            stop_senders(stop, threads)
         assert server.stop() == 0
-    stored = _stored(Path(setup.data) / "mail")
-    print(f"\n{len(tried)} tried, {len(acked)} acknowledged, {len(stored)} stored")
-    ids = [str(message_from_bytes(m)["Message-ID"]).strip("<>").split("@")[0] for m in stored]
-    assert len(acked) > 50, (len(acked), len(tried))  # real load, on both sides of each kill
-    assert len(ids) == len(set(ids)), "a message was stored twice"
-    assert not set(acked) - set(ids), f"acknowledged but lost: {sorted(set(acked) - set(ids))}"
-    assert set(ids) <= set(tried)
-    assert all(m.endswith(b"the end\r\n") for m in stored), "a stored message is not whole"
+    check_exactly_once(stored(Path(setup.data) / "mail", ALICE), acked, tried, least=51)

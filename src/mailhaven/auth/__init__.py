@@ -1,7 +1,8 @@
 """Accounts: the users file, password hashes, address resolution, SASL.
 
 Owns: who exists (users, aliases, catch-alls, sub-addresses), who may send as what, and logins: the
-one login path of every protocol (login.py) and its throttle (throttle.py).
+one login path of every protocol (login.py) and its throttle (throttle.py; with PostgreSQL the
+failures every node counted, throttle_pg.py).
 Does not own: connection limits (mailhaven.limits), address syntax (mailhaven.message.address), protocols.
 
 Public API:
@@ -32,6 +33,7 @@ Public API:
         .refused(proto, ip, login, reason, mechanism)  # a failure before any check: log line + metrics
         .blocks() / .unblock(ip_or_account)            # `mailhaven auth blocks|unblock`
     throttle.Throttle(Policy, clock=)                  # pure: penalties by address and (address, account)
+    throttle_pg.PgLoginFailures(db)                    # seams.LoginFailures: every node's failures (PostgreSQL)
     sasl: pure PLAIN / LOGIN decoding shared by SMTP, IMAP and POP3:
         sasl.decode_plain(b64) -> Credentials(login, password, authzid); sasl.Exchange("PLAIN"|"LOGIN")
         .start(initial) / .step(line) -> challenge str | Credentials; SaslCancelled on "*".

@@ -11,6 +11,12 @@ listing for the control socket. The protocols only map an Outcome to their repli
 Does not own: hash formats (auth/passwords.py), the users file (auth/users.py), penalty arithmetic
 (auth/throttle.py), SASL (auth/sasl.py).
 
+Several nodes (PostgreSQL): `failures` (auth/throttle_pg.py) holds the failures every node
+counted; they are read as an attempt starts (the throttle uses them instead of its own) and
+written as it ends, before the reply, so the next attempt on any node sees them. A database that
+fails costs a log line (at most one a minute) and leaves this process's own counts: for
+SHARED_PAUSE seconds the logins do not ask it (only the first waits for its timeout), then it is tried again.
+
 Verification cache (like Dovecot's auth_cache): good logins only, keyed by HMAC-SHA256 of the
 normalised login and the password under a random key made at process start (the password is never
 kept), valid `auth.cache_ttl`, at most `auth.cache_size` entries (least recently used dropped), and
@@ -37,6 +43,7 @@ import collections
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
@@ -49,9 +56,9 @@ from typing import Any, Protocol
 from mailhaven import log as mlog
 from mailhaven import metrics, seams
 from mailhaven.auth import passwords
-from mailhaven.auth.throttle import Block, Policy, Throttle, account_key
+from mailhaven.auth.throttle import Attempt, Block, Policy, Throttle, account_key, ip_key
 from mailhaven.config import AuthConfig, Config
-from mailhaven.errors import ConfigError
+from mailhaven.errors import ConfigError, DatabaseError
 
 log = logging.getLogger("mailhaven.auth")
 
@@ -63,6 +70,7 @@ METRIC_REASONS = {
     "cancelled": "cancelled",
 }
 PASSWORD_CHECKED = frozenset({"bad_password", "unknown_user"})  # a password was checked
+SHARED_PAUSE = 10.0  # seconds the shared login failures are left alone after the database failed
 
 
 class UserRecord(Protocol):
@@ -145,8 +153,13 @@ class LoginService:
 
     def __init__(self, config: Callable[[], Config], directory: Callable[[], Users | None], ctx: object = None, *,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 failures: seams.LoginFailures | None = None) -> None:
+        """`failures`: the counts every node shares (PostgreSQL), or None: this process's alone."""
         self._config = config
+        self.failures = failures
+        self._shared_warned = float("-inf")
+        self._shared_paused_until = float("-inf")
         self._directory = directory
         self._ctx = ctx
         self._sleep = sleep
@@ -169,15 +182,22 @@ class LoginService:
         self._refresh()
         users = self._directory()
         fp = self._fingerprint(login, password)
-        attempt = self.throttle.start(ip, login, fp)  # counted from now on, while in flight too
-        ok, user, cached = False, None, False
+        elsewhere = await self._shared_counts(ip, login)
+        attempt = self.throttle.start(ip, login, fp, elsewhere)  # counted from now on, while in flight too
+        ok, user, cached, ended = False, None, False, False
         try:
             if attempt.delay > 0:
                 await self._sleep(attempt.delay)
             user, cached = await self._verify(users, login, password, fp, attempt.ip)
             ok = user is not None
+            ended = True
         finally:
             alarm = self.throttle.finish(attempt, ok)  # a cancelled attempt counts as a failure
+            if not ended:  # cancelled or failed: record it for the other nodes in the background
+                self._background(self._share(attempt, ok))
+        shared_alarm = await self._share(attempt, ok)
+        if shared_alarm is not None:
+            alarm = shared_alarm  # every node's count: one node raises it
         if alarm:
             mlog.event(log, "login failures for one account", level=logging.WARNING, account=login,
                        failures=self.throttle.account_failures(login), within=self._config().auth.failure_window)
@@ -206,6 +226,9 @@ class LoginService:
         return self.throttle.blocks()
 
     def unblock(self, target: str) -> int:
+        """Lift this process's penalties for `target`, and (in the background) the shared counts."""
+        if self.failures is not None:
+            self._background(self._forget(target))
         return self.throttle.unblock(target)
 
     async def drain(self) -> None:
@@ -215,6 +238,67 @@ class LoginService:
 
     def cache_size(self) -> int:
         return len(self._cache)
+
+    # -- the counts every node shares --
+
+    async def _shared_counts(self, ip: str, login: str) -> tuple[int, int] | None:
+        """Every node's failures of the pair and of the address; None: this process's own."""
+        if self.failures is None or self._shared_paused():
+            return None
+        try:
+            return await self.failures.counts(ip_key(ip), account_key(login), self._config().auth.failure_window)
+        except DatabaseError as e:
+            self._shared_failed(e)
+            return None
+
+    async def _share(self, attempt: Attempt, ok: bool) -> bool | None:
+        """Pass the attempt's end on to every node; the alarm by every node's count (None: no
+        shared counts, or they failed)."""
+        if self.failures is None or self._shared_paused():
+            return None
+        try:
+            if ok:
+                await self.failures.succeeded(attempt.ip, attempt.account)
+                return False
+            if not attempt.counted:
+                return False
+            n = await self.failures.failed(attempt.ip, attempt.account, self._config().auth.failure_window)
+            return n == self._config().auth.max_failures_per_account
+        except DatabaseError as e:
+            self._shared_failed(e)
+            return None
+
+    async def _forget(self, target: str) -> None:
+        assert self.failures is not None
+        target = target.strip()
+        try:
+            ipaddress.ip_network(target, strict=False)
+        except ValueError:
+            ip, account = "", account_key(target)
+        else:
+            ip, account = (target if "/" in target else ip_key(target)), ""
+        try:
+            await self.failures.forget(ip, account)
+        except DatabaseError as e:
+            self._shared_failed(e)
+
+    def _shared_paused(self) -> bool:
+        return time.monotonic() < self._shared_paused_until
+
+    def _shared_failed(self, e: DatabaseError) -> None:
+        now = time.monotonic()
+        self._shared_paused_until = now + SHARED_PAUSE
+        if now - self._shared_warned >= 60:
+            self._shared_warned = now
+            log.warning("login failures of the other nodes unavailable (this process counts alone): %s", e.detail)
+
+    def _background(self, work: Awaitable[object]) -> None:
+        async def run() -> None:
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- internals --
 

@@ -25,6 +25,11 @@ delay grows with recent failures: `failure_delay * 2**(n-1)`, capped at `max_del
 - Per-account failures from all addresses are counted too, for an alarm only: crossing
   `account_alarm` within the window is reported once (log and metric), never refused.
 
+Several nodes (PostgreSQL): the failures every node counted (auth/throttle_pg.py) come in as
+`start`'s `elsewhere` and stand for this process's own (they include them; a success on another
+node cleared them there); attempts in flight stay this process's, and its own counts are kept for
+when the database fails. Which failures to pass on is `Attempt.counted` (the fingerprints are per process).
+
 Entries expire `window` seconds after their last failure (a count restarts from zero then). At most
 `max_tracked` entries are kept: expired ones are dropped first, then the least recently used ones
 with no attempt in flight.
@@ -87,6 +92,7 @@ class Attempt:
     delay: float  # how long to wait before checking
     first: bool  # the first attempt in flight with this password: it does the check
     done: bool = False
+    counted: bool = False  # set by finish: a failure that counted (not a recent password again)
 
 
 @dataclass(frozen=True)
@@ -115,15 +121,17 @@ class Throttle:
 
     # -- attempts --
 
-    def start(self, ip: str, login: str, fingerprint: bytes) -> Attempt:
-        """Register an attempt as it starts and say how long it waits."""
+    def start(self, ip: str, login: str, fingerprint: bytes, elsewhere: tuple[int, int] | None = None) -> Attempt:
+        """Register an attempt as it starts and say how long it waits. `elsewhere`: the failures of
+        the pair and of the address that every node counted (they include ours), used instead of ours."""
         now = self._clock()
         ipk, acct = ip_key(ip), account_key(login)
         ip_e = self._get(self._ips, ipk, now)
         pair = self._get(self._pairs, (ipk, acct), now)
         first = pair.running.get(fingerprint, 0) == 0
-        n_pair = pair.failures + pair.inflight - (0 if first else 1)
-        n_ip = ip_e.failures + ip_e.inflight - (0 if first else 1) - self.policy.ip_free
+        pair_failures, ip_failures = (pair.failures, ip_e.failures) if elsewhere is None else elsewhere
+        n_pair = pair_failures + pair.inflight - (0 if first else 1)
+        n_ip = ip_failures + ip_e.inflight - (0 if first else 1) - self.policy.ip_free
         delay = self.policy.delay(max(n_pair, n_ip))
         pair.running[fingerprint] = pair.running.get(fingerprint, 0) + 1
         if first:
@@ -159,6 +167,7 @@ class Throttle:
         if attempt.fingerprint in pair.fingerprints:
             return False  # the same wrong password again: counted once
         pair.fingerprints = (pair.fingerprints + [attempt.fingerprint])[-RECENT_PASSWORDS:]
+        attempt.counted = True
         self._fail(pair, now)
         self._fail(ip_e if ip_e is not None else self._get(self._ips, attempt.ip, now), now)
         acct = self._get(self._accounts, attempt.account, now)

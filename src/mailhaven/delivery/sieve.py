@@ -15,8 +15,9 @@ Owns: `SieveFilter`, the agent's `seams.MailFilter` (delivery/local.py calls it 
   the queue (RFC 5429 §2.1/§2.2); redirect -> `forward` (SRS-rewritten sender to other servers) through
   cleanup, counted against the user's sending limits; vacation -> a reply through cleanup (so it is
   DKIM-signed and queued) at most once per sender and handle per period (delivery/sievetrack.py,
-  persisted), never to what the engine's `skip` names nor to a daemon or list sender;
-- duplicate ids to remember (RFC 7352) in the same per-user tracker;
+  persisted; with PostgreSQL in the shared database, delivery/sievetrack_pg.py, so one reply per
+  period whichever node delivers), never to what the engine's `skip` names nor to a daemon or list sender;
+- duplicate ids to remember (RFC 7352) in the same per-user memory (seams.SieveMemory);
 - a runtime error: the implicit keep and one log line (RFC 5228 §2.10.6);
 - mail loops: a copy that already carries this user's Delivered-To twice (a redirect that came
   back) is kept without running the script.
@@ -47,8 +48,8 @@ from pathlib import Path
 from mailhaven import cleanup, seams
 from mailhaven.delivery import local, sievereply
 from mailhaven.delivery.forward import Forwarder
-from mailhaven.delivery.sievetrack import Tracker
-from mailhaven.errors import BadMailboxName, MailError
+from mailhaven.delivery.sievetrack import FileMemory
+from mailhaven.errors import BadMailboxName, DatabaseError, MailError
 from mailhaven.sieve import Context as SieveContext
 from mailhaven.sieve import (
     Discard,
@@ -97,8 +98,10 @@ class SieveFilter:
     """The agent's filter (see the module doc). `ctx` is the shared context: its config (mail
     root, limits), limits.sending and the queue (through cleanup) are read at each delivery."""
 
-    def __init__(self, ctx: seams.Context) -> None:
+    def __init__(self, ctx: seams.Context, memory: seams.SieveMemory | None = None) -> None:
+        """`memory`: vacation and duplicate marks (default: each user's tracker file)."""
         self.ctx = ctx
+        self.memory: seams.SieveMemory = memory or FileMemory(lambda user: self._store(user).path)
         self._cache: dict[str, _Loaded] = {}
         self._cache_lock = threading.Lock()  # _load runs in worker threads
 
@@ -142,11 +145,9 @@ class SieveFilter:
             self._cache[user] = _Loaded(key, script)
         return script
 
-    def _run(self, user: str, job: seams.FilterJob, script: Script) -> Result:
-        """Evaluate off the loop (blocks): the tracker's live ids answer `duplicate`."""
+    def _run(self, user: str, job: seams.FilterJob, script: Script, seen: set[str]) -> Result:
+        """Evaluate off the loop (blocks): the memory's live ids (`seen`) answer `duplicate`."""
         store = self._store(user)
-        tracker = Tracker(store.path)
-        seen = tracker.snapshot()
 
         class _Seen:
             def seen(self, key: str) -> bool:
@@ -174,7 +175,7 @@ class SieveFilter:
             script = await asyncio.to_thread(self._load, user)
             if script is None:
                 return keep
-            result = await asyncio.to_thread(self._run, user, job, script)
+            result = await asyncio.to_thread(self._run, user, job, script, await self._seen(user))
         except Exception as e:  # noqa: BLE001 - a filter failure never loses mail: implicit keep
             log.error("sieve: %s: script not run (%s); implicit keep", user, e)
             return keep
@@ -182,6 +183,16 @@ class SieveFilter:
             log.warning("sieve: %s: runtime error: %s; implicit keep", user, result.error)
             return keep
         return await self._apply(job, result)
+
+    async def _seen(self, user: str) -> set[str]:
+        """The user's live marks; none when the memory cannot be read (the script still runs: its
+        folders and flags matter more than `duplicate` answering "seen"; vacation then sends
+        nothing, as its claim fails too)."""
+        try:
+            return await self.memory.live(user)
+        except (OSError, DatabaseError) as e:
+            log.error("sieve: %s: duplicate ids unreadable (%s); the script runs as if none were seen", user, e)
+            return set()
 
     async def _apply(self, job: seams.FilterJob, result: Result) -> seams.Filing:
         user = job.user
@@ -222,11 +233,10 @@ class SieveFilter:
             elif isinstance(action, Vacation):
                 await self._vacation(job, action)
         if result.duplicates:
-            tracker = Tracker(self._store(user).path)
             marks: list[tuple[str, float]] = [("duplicate:" + k, float(s)) for k, s, _last in result.duplicates]
             try:
-                await asyncio.to_thread(tracker.mark, marks)
-            except OSError as e:
+                await self.memory.mark(user, marks)
+            except (OSError, DatabaseError) as e:
                 log.error("sieve: %s: duplicate ids not recorded: %s", user, e)
         chosen = tuple(dict.fromkeys(folders))
         return seams.Filing(chosen, flags={f: flags[f] for f in chosen if f in flags}, message=edited)
@@ -302,10 +312,9 @@ class SieveFilter:
             return
         # RFC 5230 §4.2: one reply per sender per handle per period, remembered across restarts
         key = "vacation:" + hashlib.sha256(f"{v.handle}\0{sender.lower()}".encode()).hexdigest()
-        tracker = Tracker(self._store(user).path)
         try:
-            fresh = await asyncio.to_thread(tracker.claim, key, float(v.seconds))
-        except OSError as e:
+            fresh = await self.memory.claim(user, key, float(v.seconds))
+        except (OSError, DatabaseError) as e:
             log.error("sieve: %s: vacation tracker unusable (%s); no reply", user, e)
             return
         if not fresh:

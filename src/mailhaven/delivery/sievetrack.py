@@ -9,18 +9,21 @@ neither: the file is replaced whole by rename).
 Does not own: what a key means (delivery/sieve.py builds them: "vacation:" + handle and sender,
 RFC 5230 §4.2; "duplicate:" + the RFC 7352 id), the script storage next to it (sieve_store.py; its
 script names never begin with ".", so this file is never taken for a script).
-All functions block (file I/O): callers run them off the event loop.
+Tracker's functions block (file I/O); `FileMemory`, the seams.SieveMemory over these files
+(delivery/sieve.py's default), runs them off the event loop. With [storage] backend = "postgresql"
+the same keys live in the shared database instead (delivery/sievetrack_pg.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from mailhaven.store.maildir import fsync_dir, make_dirs
@@ -131,4 +134,25 @@ class Tracker:
             return True
 
 
-__all__ = ["Tracker", "FILE", "LOCK_FILE", "MAX_ENTRIES"]
+class FileMemory:
+    """seams.SieveMemory over each user's tracker file; `folder(user)` is that user's sieve folder
+    (it may raise BadMailboxName for an unsafe user). Every call runs in a thread."""
+
+    def __init__(self, folder: Callable[[str], Path], *, fsync: bool = True) -> None:
+        self._folder = folder
+        self.fsync = fsync
+
+    def _tracker(self, user: str) -> Tracker:
+        return Tracker(self._folder(user), fsync=self.fsync)
+
+    async def live(self, user: str) -> set[str]:
+        return await asyncio.to_thread(lambda: self._tracker(user).snapshot())
+
+    async def mark(self, user: str, keys: Sequence[tuple[str, float]]) -> None:
+        await asyncio.to_thread(lambda: self._tracker(user).mark(list(keys)))
+
+    async def claim(self, user: str, key: str, seconds: float) -> bool:
+        return await asyncio.to_thread(lambda: self._tracker(user).claim(key, seconds))
+
+
+__all__ = ["Tracker", "FileMemory", "FILE", "LOCK_FILE", "MAX_ENTRIES"]
