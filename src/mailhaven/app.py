@@ -67,6 +67,7 @@ from mailhaven.queue.handoff import HandoffQueue
 from mailhaven.queue.manager import QueueManager
 from mailhaven.queue.spool import QueueSpool
 from mailhaven.quota import QuotaService
+from mailhaven.reports.dmarc_send import DmarcReporter
 from mailhaven.smtp import server as smtp_server
 from mailhaven.store import Store
 
@@ -153,6 +154,7 @@ class Context:
     spam: Scanner | None = None  # policy/rspamd.RspamdClient when config spam.rspamd_url is set
     dnsbl: DnsblChecker | None = None  # policy/dnsbl.py Checker (its answer cache): spam.dnsbl / spam.dnswl
     greylist: seams.Greylist | None = None  # policy/greylist.py (or greylist_pg.py), when spam.greylist is on
+    dmarc_reports: DmarcReporter | None = None  # reports/dmarc_send.py, when reports.dmarc is on
     database: Database | None = None  # pg.py: the PostgreSQL pool of [storage] backend = "postgresql"
     learner: Learner | None = None  # policy/learn.Learner when config spam.rspamd_controller_url is set
     sessions: Sessions = field(default_factory=Sessions)
@@ -273,6 +275,8 @@ def build_context(cfg: Config, *, bus_dir: Path | None = None) -> Context:
     )
     # It reads ctx.config and ctx.directory at each login: a reload or a users file change (a new
     # directory) empties its verification cache.
+    if cfg.reports.dmarc:
+        ctx.dmarc_reports = DmarcReporter(ctx, cfg.data_path / "reports" / "dmarc.sqlite")
     ctx.logins = LoginService(lambda: ctx.config, lambda: ctx.directory, ctx, failures=_login_failures(database))
     ctx.learner = spam_learner(cfg, lambda cls, result: ctx.metrics.spam_learned(cls, result))
     return ctx
@@ -647,6 +651,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             if ctx.queue is not None and (worker == 0 or ctx.database is not None):
                 # Cancelling it on stop is safe: an unrecorded transaction is retried at next start.
                 workers.append(tg.create_task(ctx.queue.run(), name="queue"))
+            if ctx.dmarc_reports is not None and worker == 0:  # one sender per data_dir (its SQLite file)
+                workers.append(tg.create_task(ctx.dmarc_reports.run(), name="dmarc-reports"))
             sd_notify("READY=1")
             if link is None:
                 log.info("ready: %d listener(s) serving", len(ctx.serving))
@@ -683,6 +689,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
                 await ctx.spam.close()
             if ctx.greylist is not None:
                 await ctx.greylist.close()
+            if ctx.dmarc_reports is not None:
+                await ctx.dmarc_reports.close()
             if ctx.database is not None:  # last: whatever keeps state there is closed by now
                 await ctx.database.close()
     log.info("stopped")

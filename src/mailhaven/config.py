@@ -331,6 +331,20 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    dmarc: bool = opt(False, "Send DMARC aggregate reports (RFC 7489 §7.2) once a day to the rua addresses of the "
+                      "domains whose mail the MX received (reports/dmarc_send.py has the limits).")
+    dmarc_from: str = opt("", "Sender of the reports (\"\" = postmaster@ the first of [domains]).")
+    dmarc_org_name: str = opt("", "org_name in the reports (\"\" = hostname).")
+    dmarc_max_reports: int = opt(500, "Reports sent per day at most.", lo=0, hi=1_000_000)
+    dmarc_max_rua: int = opt(2, "rua addresses of one record that get the report, at most.", lo=1, hi=10)
+    dmarc_max_size: int = opt(5 * 1024 * 1024, "A gzipped report larger than this (octets) is not sent.", lo=1024)
+    dmarc_folder: str = opt("DMARC Reports", "Folder for aggregate reports other servers send to our rua "
+                            "(postmaster@ each domain, as `mailhaven dns` publishes it), instead of the INBOX "
+                            "(\"\" = INBOX).")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     workers: int = opt(0, "Processes serving every listener: 0 = one per CPU (the default), 1 = one "
                        "process with no supervising parent.", lo=0, hi=256)
@@ -392,6 +406,7 @@ class Config:
                                          factory=ManageSieveConfig)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
     metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
+    reports: ReportsConfig = opt(None, "Reports we send: DMARC aggregate reports.", factory=ReportsConfig)
     storage: StorageConfig = opt(None, "Shared state: SQLite (default) or PostgreSQL.", factory=StorageConfig)
     # Not from TOML: where the file was, for messages and reloads.
     source: str = field(default="", metadata={"internal": True})
@@ -828,7 +843,7 @@ def iter_keys(cls: Any = Config, prefix: str = "") -> typing.Iterator[tuple[str,
 __all__ = [
     "Config", "ListenerConfig", "DomainConfig", "TlsConfig", "SmtpConfig", "AuthConfig", "QueueConfig",
     "DnsConfig", "PolicyConfig", "SpamConfig", "SubmissionConfig", "ImapConfig", "Pop3Config", "ManageSieveConfig",
-    "LogConfig", "MetricsConfig", "StorageConfig",
+    "LogConfig", "MetricsConfig", "ReportsConfig", "StorageConfig",
     "ConfigError", "load", "from_dict", "dev_config", "parse_duration", "split_hostport", "iter_keys",
     "LISTENER_NAMES", "DEV_PORTS",
 ]

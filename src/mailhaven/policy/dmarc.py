@@ -70,6 +70,7 @@ class DmarcResult:
     spf_aligned: bool = False
     dkim_aligned: bool = False
     reason: str = ""
+    record: DmarcRecord | None = field(default=None, compare=False)  # what was found (aggregate reports)
 
 
 class AuthorError(ValueError):
@@ -261,17 +262,17 @@ def judge(record: DmarcRecord | None, record_domain: str, from_domain: str, ids:
     # RFC 7489 §6.3 "sp": applies to subdomains when the record came from the organizational domain.
     published = record.sp if record_domain != d else record.p
     if spf_ok or dkim_ok:
-        return DmarcResult("pass", "none", d, record_domain, published, False, spf_ok, dkim_ok)
+        return DmarcResult("pass", "none", d, record_domain, published, False, spf_ok, dkim_ok, record=record)
     if any(aligned(x, d, record.adkim) for x in ids.dkim_temperror_domains):
         return DmarcResult("temperror", "none", d, record_domain, published,
-                           reason="aligned DKIM key lookup failed temporarily")
+                           reason="aligned DKIM key lookup failed temporarily", record=record)
     policy = published
     sampled_out = False
     # RFC 7489 §6.6.4: apply to pct% of failing mail; the rest gets the next weaker policy.
     if policy != "none" and record.pct < 100 and rand() * 100 >= record.pct:
         policy, sampled_out = _weaker(policy), True
     return DmarcResult("fail", policy, d, record_domain, published, sampled_out, False, False,
-                       reason="no aligned SPF or DKIM pass")
+                       reason="no aligned SPF or DKIM pass", record=record)
 
 
 # What discovery found: (record or None, where), or None when a lookup failed temporarily.

@@ -56,6 +56,8 @@ from mailhaven.message.address import Address
 from mailhaven.message.dsn import DsnRequest
 from mailhaven.policy import dnsbl, embedded, greylist, pipeline, senderlists, spam
 from mailhaven.policy.spf import SpfResult
+from mailhaven.reports.dmarc_send import DmarcReporter
+from mailhaven.reports.dmarc_xml import looks_like_report
 from mailhaven.smtp import replies as R
 from mailhaven.smtp.hooks import POSTMASTER, BaseHandler, ClientSession, Transaction
 from mailhaven.smtp.submission import author_addresses
@@ -251,6 +253,10 @@ class InboundHandler(BaseHandler):
         else:
             assessment = await self._assess(session, txn, data)
             _count_policy(self.ctx, assessment)
+            reporter: DmarcReporter | None = getattr(self.ctx, "dmarc_reports", None)
+            if reporter is not None and assessment.verdict.action != "tempfail":
+                await reporter.observe(assessment, client_ip=session.ip, action=assessment.verdict.action,
+                                       envelope_from=str(txn.sender) if txn.sender is not None else "")
         verdict = assessment.verdict
         error = verdict.error()
         if error is not None:
@@ -289,6 +295,13 @@ class InboundHandler(BaseHandler):
         # (RFC 5321 §4.4, RFC 9228) and removes what arrived claiming to be ours
         # (Authentication-Results with our authserv-id, X-Spam-*, Return-Path) before our trace fields.
         per_user = {user: _folder(folder, lists.get(user)) for user in txn.users}  # sender lists
+        reports_folder = cfg.reports.dmarc_folder
+        if reports_folder and not junk and looks_like_report(data, headers.field_value(data, "Subject")):
+            # Aggregate reports to our rua (records.py publishes postmaster@ each domain) get their own
+            # folder, not the postmaster's INBOX.
+            for r in txn.resolved:
+                if r.address.partition("@")[0].lower() == "postmaster":
+                    per_user.update(dict.fromkeys(r.users, reports_folder))
         agent = local.agent_of(self.ctx)
         sender = str(txn.sender) if txn.sender is not None else ""
         # Program targets (aliases "|/path args") never run here: they go into the queue, under this
