@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mailhaven.imap import commands as C
-from mailhaven.imap import fetchitems
+from mailhaven.imap import derived, fetchitems
 from mailhaven.imap.msgcache import CACHE, Entry
 from mailhaven.imap.selected import read_many
 from mailhaven.imap.view import render_flags
@@ -87,6 +87,12 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
                 out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 §3.1.4.1
             elif name == "INTERNALDATE":
                 out += (b"INTERNALDATE ", internaldate(info.internaldate))
+            elif name == "EMAILID":  # RFC 8474 §5.1 (derived.py)
+                out.append(b"EMAILID (%s)" % derived.email_id(info.key).encode("ascii"))
+            elif name == "THREADID":  # RFC 8474 §5.2: no thread identity kept
+                out.append(b"THREADID NIL")
+            elif name == "SAVEDATE":  # RFC 8514 §3 (derived.py)
+                out += (b"SAVEDATE ", internaldate(derived.save_date(info.key, info.internaldate)))
             elif name == "ENVELOPE":
                 assert entry is not None and entry.envelope is not None
                 out += (b"ENVELOPE ", entry.envelope)
@@ -161,7 +167,9 @@ def internaldate(ts: float) -> bytes:
 
 
 _META_FIELDS = {"UID": (b"UID %d", 0), "FLAGS": (b"FLAGS %s", 1), "RFC822.SIZE": (b"RFC822.SIZE %d", 2),
-                "INTERNALDATE": (b"INTERNALDATE %s", 3), "MODSEQ": (b"MODSEQ (%d)", 4)}
+                "INTERNALDATE": (b"INTERNALDATE %s", 3), "MODSEQ": (b"MODSEQ (%d)", 4),
+                "EMAILID": (b"EMAILID (%s)", 5), "SAVEDATE": (b"SAVEDATE %s", 6),
+                "THREADID": (b"THREADID NIL", -1)}  # -1: no value
 
 
 def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
@@ -172,7 +180,8 @@ def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
         assert isinstance(item, C.FetchAttr)
         text, code = _META_FIELDS[item.name]
         parts.append(text)
-        fields.append(code)
+        if code >= 0:
+            fields.append(code)
     return b"* %d FETCH (" + b" ".join(parts) + b")\r\n", fields
 
 
@@ -201,6 +210,10 @@ def render_meta(pairs: Sequence[tuple[int, int]], infos: Sequence[MessageInfo], 
             cols.append([info.size for info in infos])
         elif f == 4:
             cols.append([info.modseq for info in infos])
+        elif f == 5:
+            cols.append([derived.email_id(info.key).encode("ascii") for info in infos])
+        elif f == 6:
+            cols.append([internaldate(derived.save_date(info.key, info.internaldate)) for info in infos])
         else:
             cols.append([internaldate(info.internaldate) for info in infos])
     return b"".join([fmt % row for row in zip(*cols, strict=True)])

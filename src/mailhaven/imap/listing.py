@@ -1,17 +1,37 @@
-"""LIST and LSUB responses (RFC 3501 §6.3.8, §6.3.9; CHILDREN RFC 3348; SPECIAL-USE RFC 6154 §2).
+"""LIST and LSUB responses (RFC 3501 §6.3.8, §6.3.9; CHILDREN RFC 3348; SPECIAL-USE RFC 6154 §2;
+LIST-EXTENDED RFC 5258; which listed names get a STATUS for LIST-STATUS RFC 5819).
 
-Owns: matching mailbox names against a reference and pattern ("*" and "%" wildcards, INBOX in any
-case), the attributes each listed name gets (\\HasChildren/\\HasNoChildren, special use, \\Noselect
-for parents that are not mailboxes), and the untagged lines, with names in modified UTF-7.
-Pure: it is given the account's mailboxes or subscriptions; session.py asks the store for them.
+Owns: matching mailbox names against a reference and pattern(s) ("*" and "%" wildcards, INBOX in
+any case), the attributes each listed name gets (\\HasChildren/\\HasNoChildren, special use,
+\\Noselect for parents that are not mailboxes; in an extended LIST \\NonExistent instead, and
+\\Subscribed, CHILDINFO), and the untagged lines, with names in modified UTF-7.
+Pure: it is given the account's mailboxes and subscriptions; session.py asks the store for them
+and renders the STATUS lines (status.py).
 Does not own: the mailboxes (store/), the hierarchy delimiter's meaning on disk (store/names.py).
+
+Extended LIST, as Dovecot 2.3 answers it (tests/integration/test_listext_vs_dovecot.py):
+- attributes in the order \\Subscribed \\Noselect \\NonExistent \\HasChildren|\\HasNoChildren, then the
+  special use; children only with RETURN (CHILDREN), the special use only with RETURN (SPECIAL-USE)
+  or the SPECIAL-USE selection, \\Subscribed only with RETURN (SUBSCRIBED) or the SUBSCRIBED
+  selection (RFC 5258 §3.2); a parent that is no mailbox is \\NonExistent (RFC 5258 §3.4);
+- the SUBSCRIBED selection lists the subscribed names matching a pattern, existing or not
+  (those \\NonExistent); SPECIAL-USE lists the mailboxes that have a special use (RFC 6154 §3);
+- RECURSIVEMATCH adds each name that matches a pattern but not the other selection options while a
+  descendant does, where that descendant does not match a pattern itself, with
+  `(CHILDINFO ("SUBSCRIBED"))` / `("SPECIAL-USE")` (RFC 5258 §3.5; both in one list, where Dovecot
+  sends two);
+- "" is no special pattern (RFC 5258 §3); REMOTE selects nothing more (no remote mailboxes);
+- one line per name however many patterns match it; INBOX first, then by name (Dovecot: directory
+  order).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
+from mailhaven.imap import commands as C
 from mailhaven.imap import encode, utf7
 from mailhaven.store import MailboxInfo
 
@@ -95,5 +115,82 @@ def lsub_lines(subs: Sequence[str], reference: str, pattern: str) -> list[bytes]
     return out
 
 
-__all__ = ["DELIMITER", "ancestors", "inbox_canonical", "list_lines", "list_matcher", "lsub_lines",
-           "wire_name"]
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One `* LIST` line of an extended LIST; `status`: LIST-STATUS sends a STATUS after it
+    (RFC 5819 §2: not for \\NonExistent or \\Noselect names, nor, when listing subscriptions, for a
+    name listed only for its subscribed children)."""
+
+    name: str
+    attrs: tuple[str, ...]
+    childinfo: tuple[str, ...] = ()
+    status: bool = True
+
+    def line(self) -> bytes:
+        out = b"* LIST (" + " ".join(self.attrs).encode("ascii") + b') "." ' + wire_name(self.name)
+        if self.childinfo:  # RFC 5258 §6 mbox-list-extended
+            out += b' (CHILDINFO (' + b" ".join(b'"' + c.encode("ascii") + b'"' for c in self.childinfo) + b"))"
+        return out + b"\r\n"
+
+
+def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List) -> list[Row]:
+    """The lines of an extended LIST (RFC 5258) over the account's mailboxes and subscriptions."""
+    selection = cmd.selection or frozenset()
+    returns = cmd.returns or frozenset()
+    matchers = [list_matcher(inbox_canonical(cmd.reference + p)) for p in cmd.all_patterns]
+
+    def matches(name: str) -> bool:
+        return any(m.fullmatch(name) for m in matchers)
+
+    infos = list(infos)
+    uses = {i.name: i.special_use for i in infos}
+    parents = {a for n in uses for a in ancestors(n)}
+    subscribed = set(subs)
+    by_subs = "SUBSCRIBED" in selection
+    by_use = "SPECIAL-USE" in selection
+    show_subscribed = by_subs or "SUBSCRIBED" in returns
+    show_use = by_use or "SPECIAL-USE" in returns
+    show_children = "CHILDREN" in returns
+
+    def selected(name: str) -> bool:
+        return (not by_subs or name in subscribed) and (not by_use or uses.get(name) is not None)
+
+    if by_subs:
+        universe = set(subscribed)
+        if by_use:
+            universe &= set(uses)
+    elif by_use:
+        universe = {n for n, u in uses.items() if u is not None}
+    else:
+        universe = set(uses) | parents
+    names = {n for n in universe if matches(n)}
+    childinfo: dict[str, list[str]] = {}
+    if "RECURSIVEMATCH" in selection:
+        for n in universe - names:  # RFC 5258 §3.5: a selected descendant the patterns miss
+            for a in ancestors(n):
+                if a not in names and matches(a) and not selected(a):
+                    what = childinfo.setdefault(a, [])
+                    for kind, on in (("SUBSCRIBED", by_subs and n in subscribed),
+                                     ("SPECIAL-USE", by_use and uses.get(n) is not None)):
+                        if on and kind not in what:
+                            what.append(kind)
+    rows: list[Row] = []
+    for name in sorted(names | set(childinfo), key=lambda n: (n != "INBOX", n)):
+        exists = name in uses
+        attrs: list[str] = []
+        if show_subscribed and name in subscribed:
+            attrs.append("\\Subscribed")
+        if not exists:
+            attrs.append("\\NonExistent")  # RFC 5258 §3.4 (implies \\Noselect)
+        if show_children:
+            attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
+        use = uses.get(name)
+        if show_use and use:
+            attrs.append(use)
+        info = tuple(sorted(childinfo.get(name, ()), key=("SUBSCRIBED", "SPECIAL-USE").index))
+        rows.append(Row(name, tuple(attrs), info, exists and name in names))
+    return rows
+
+
+__all__ = ["DELIMITER", "Row", "ancestors", "extended_rows", "inbox_canonical", "list_lines", "list_matcher",
+           "lsub_lines", "wire_name"]
