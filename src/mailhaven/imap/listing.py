@@ -16,10 +16,10 @@ Extended LIST, as Dovecot 2.3 answers it (tests/integration/test_listext_vs_dove
   selection (RFC 5258 §3.2); a parent that is no mailbox is \\NonExistent (RFC 5258 §3.4);
 - the SUBSCRIBED selection lists the subscribed names matching a pattern, existing or not
   (those \\NonExistent); SPECIAL-USE lists the mailboxes that have a special use (RFC 6154 §3);
-- RECURSIVEMATCH adds each name that matches a pattern but not the other selection options while a
-  descendant does, where that descendant does not match a pattern itself, with
-  `(CHILDINFO ("SUBSCRIBED"))` / `("SPECIAL-USE")` (RFC 5258 §3.5; both in one list, where Dovecot
-  sends two);
+- RECURSIVEMATCH lists each name that matches a pattern and has a descendant the other selection
+  options select while the patterns miss it, with `(CHILDINFO ("SUBSCRIBED"))` / `("SPECIAL-USE")`
+  (RFC 5258 §3.5), whether the name itself is selected or not (as Dovecot; both kinds in one list,
+  where Dovecot sends two);
 - "" is no special pattern (RFC 5258 §3); REMOTE selects nothing more (no remote mailboxes);
 - one line per name however many patterns match it; INBOX first, then by name (Dovecot: directory
   order).
@@ -152,9 +152,6 @@ def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List
     show_use = by_use or "SPECIAL-USE" in returns
     show_children = "CHILDREN" in returns
 
-    def selected(name: str) -> bool:
-        return (not by_subs or name in subscribed) and (not by_use or uses.get(name) is not None)
-
     if by_subs:
         universe = set(subscribed)
         if by_use:
@@ -168,7 +165,7 @@ def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List
     if "RECURSIVEMATCH" in selection:
         for n in universe - names:  # RFC 5258 §3.5: a selected descendant the patterns miss
             for a in ancestors(n):
-                if a not in names and matches(a) and not selected(a):
+                if matches(a):
                     what = childinfo.setdefault(a, [])
                     for kind, on in (("SUBSCRIBED", by_subs and n in subscribed),
                                      ("SPECIAL-USE", by_use and uses.get(n) is not None)):
@@ -188,7 +185,7 @@ def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List
         if show_use and use:
             attrs.append(use)
         info = tuple(sorted(childinfo.get(name, ()), key=("SUBSCRIBED", "SPECIAL-USE").index))
-        rows.append(Row(name, tuple(attrs), info, exists and name in names))
+        rows.append(Row(name, tuple(attrs), info, exists and (name in names or not by_subs)))
     return rows
 
 
