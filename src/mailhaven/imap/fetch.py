@@ -4,7 +4,8 @@ bytes and cached structure items.
 Owns: which items need the message bytes or a parse, deriving ENVELOPE/BODYSTRUCTURE/BODY into a
 cache entry (msgcache.py), rendering one message's items (`render_items`), many at once
 (`render_batch`, CPU work a caller may run in a worker thread), metadata-only items for many
-messages column by column (`render_meta`), INTERNALDATE, and a batch of messages from the store
+messages column by column (`render_meta`), INTERNALDATE, EMAILID/THREADID (RFC 8474) and SAVEDATE
+(RFC 8514) from derived.py, and a batch of messages from the store
 (`render_stored`: structure items from the message cache, msgcache.py, else parsed and cached;
 message bytes read in one batch; heavy batches rendered in a worker thread).
 Does not own: the encoding of ENVELOPE, BODYSTRUCTURE and BODY[section] (fetchitems.py), which

@@ -3,7 +3,8 @@
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
 SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
-framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
+framer, LIST-EXTENDED RFC 5258 with LIST-STATUS RFC 5819, CREATE (USE ...) RFC 6154 §3, the
+OBJECTID RFC 8474 and SAVEDATE RFC 8514 search keys and fetch items). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
 

@@ -13,8 +13,9 @@ continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
 Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
 syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
-(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py), sort
-keys and order (sort.py), threading (thread.py), storage (store/).
+(msgcache.py), LIST/LSUB matching and LIST-EXTENDED's rows (listing.py), STATUS lines (status.py,
+also after LIST-STATUS rows), OBJECTID's ids and SAVEDATE's dates (derived.py), SEARCH (search.py,
+run by searchadapt.py), sort keys and order (sort.py), threading (thread.py), storage (store/).
 
 Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
 framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
