@@ -1,10 +1,11 @@
 """The grammar of LIST-EXTENDED (RFC 5258 §6) with LIST-STATUS (RFC 5819 §2), CREATE (USE ...)
 (RFC 6154 §6) and the OBJECTID (RFC 8474 §7) and SAVEDATE (RFC 8514 §5) search keys and fetch
 items: table tests and hypothesis round trips; garbage after them is a ParseError, never anything
-else."""
+else. And the LIST pattern matcher (listing.py) against the wildcards as a regex."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pytest
@@ -22,6 +23,7 @@ from mailhaven.imap.commands import (
     SearchObjectId,
     SearchSaveDateSupported,
 )
+from mailhaven.imap.listing import list_matcher
 from mailhaven.imap.parser import LIST_RETURN_OPTIONS, LIST_SELECT_OPTIONS, parse_bytes
 
 STATUS_NAMES = ["MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "DELETED-STORAGE",
@@ -87,3 +89,13 @@ def test_garbage_after_the_new_forms_is_a_parse_error_or_a_command(tail: bytes) 
             parse_bytes(head + tail.replace(b"\r", b"").replace(b"\n", b""))
         except ParseError:
             pass
+
+
+def _reference(pattern: str) -> re.Pattern[str]:
+    """RFC 3501 §6.3.8 as a backtracking regex: right, but exponential on hostile patterns."""
+    return re.compile("".join(".*" if c == "*" else "[^.]*" if c == "%" else re.escape(c) for c in pattern), re.DOTALL)
+
+
+@given(st.text(alphabet="ab.*%", max_size=8), st.text(alphabet="ab.", max_size=10))
+def test_list_matcher_agrees_with_the_rfc_wildcards(pattern: str, name: str) -> None:
+    assert list_matcher(pattern).fullmatch(name) == bool(_reference(pattern).fullmatch(name))
