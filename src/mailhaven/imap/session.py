@@ -842,8 +842,6 @@ class Session:
     async def _list_extended(self, cmd: C.List) -> None:
         """RFC 5258 LIST-EXTENDED; with RETURN (STATUS (...)) a `* STATUS` after each selectable
         mailbox's LIST line (RFC 5819 §2)."""
-        if not any(cmd.all_patterns):  # RFC 5258 §3: "" is no special pattern: it matches nothing
-            return
         infos = await self.account.list_mailboxes()
         subs = await self.account.subscriptions()
         if "HIGHESTMODSEQ" in cmd.status:  # RFC 7162 §3.1: a CONDSTORE enabling command (as STATUS)
