@@ -3,19 +3,18 @@ a real Dovecot 2.3 (the throwaway one of test_fetch_vs_dovecot.py), over raw soc
 
 Both servers get the same mailboxes: three messages in INBOX (one \\Seen), `t`, `t.p`, `t.p.q`
 made by CREATE, `t.x.y` made on disk by another program (so `t.x` is a parent that is no mailbox),
-`t.s` subscribed and then deleted (a subscription without a mailbox). The same script of LIST,
-LSUB and STATUS commands then runs on both, and each answer must be the same lines.
+`t.s` subscribed and then deleted (a subscription without a mailbox), `t.u` with the special use
+\\Junk (ours by CREATE (USE ...), Dovecot's from its configuration, as its Sent, Drafts, Trash, Junk
+and Archive, the default folders of our accounts). The same script of LIST, LSUB and STATUS
+commands then runs on both, and each answer must be the same lines.
 
 Normalised: the lines of one LIST are compared as a set, each `* STATUS` kept with the `* LIST`
 before it (Dovecot lists Maildir++ folders in directory order, we list INBOX first and then by
-name); timing texts and the BAD/NO texts (test_condstore_vs_dovecot.normalise). The patterns stay
-inside `t` and INBOX: our accounts also have the default folders (Sent, Trash ...) with their
-special uses, which this Dovecot has not (the SPECIAL-USE selection and return option are in
-tests/unit/test_imap_mailbox_exts.py).
+name); timing texts and the BAD/NO texts (test_condstore_vs_dovecot.normalise). The SUBSCRIBED
+selection and LSUB stay inside `t` and INBOX (our default folders are subscribed at creation).
 
 Known differences, not exercised: our SUBSCRIBE accepts a name that does not exist (RFC 3501
-§6.3.6 allows it; Dovecot refuses); with both SUBSCRIBED and SPECIAL-USE children, Dovecot sends
-two CHILDINFO lists, we one (RFC 5258 §6 grammar).
+§6.3.6 allows it; Dovecot refuses).
 """
 
 from __future__ import annotations
@@ -40,7 +39,21 @@ MESSAGES = [(b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n", ""),
             (b"From: c@example.org\r\nSubject: three\r\n\r\nthree\r\nlines\r\nhere\r\n", "")]
 SETUP = ["CREATE t", "CREATE t.p", "CREATE t.p.q", "CREATE t.s", "SUBSCRIBE t.s", "DELETE t.s", "SUBSCRIBE t.x.y",
          "SUBSCRIBE t.p.q", "SUBSCRIBE INBOX", "SUBSCRIBE t"]
+DOVECOT_SPECIAL_USE = """
+namespace inbox {
+  inbox = yes
+  separator = .
+""" + "".join(f"  mailbox {name} {{\n    special_use = \\{use}\n    auto = create\n  }}\n" for name, use in (
+    ("Sent", "Sent"), ("Drafts", "Drafts"), ("Trash", "Trash"), ("Junk", "Junk"), ("Archive", "Archive"))) + """\
+  mailbox t.u {
+    special_use = \\Junk
+  }
+}
+"""
 SCRIPT = [
+    'LIST "" *', 'LIST "" * RETURN (SPECIAL-USE)', 'LIST (SPECIAL-USE) "" *', 'LIST (SPECIAL-USE) "" * RETURN (CHILDREN)',
+    'LIST (SPECIAL-USE RECURSIVEMATCH) "" %', 'LIST (SPECIAL-USE RECURSIVEMATCH) "" % RETURN (CHILDREN SPECIAL-USE)',
+    'LIST (SPECIAL-USE) "" t* RETURN (STATUS (MESSAGES))', 'LIST "" (S* J*) RETURN (SPECIAL-USE CHILDREN)',
     'LIST "" t*', 'LIST () "" t*', 'LIST "" t* RETURN ()', 'LIST "" t* RETURN (CHILDREN)',
     'LIST "" t* RETURN (SUBSCRIBED)', 'LIST "" t* RETURN (CHILDREN SUBSCRIBED)',
     'LIST (SUBSCRIBED) "" (INBOX t*)', 'LIST (SUBSCRIBED) "" t% RETURN (CHILDREN)',
@@ -70,10 +83,10 @@ def _maildir_folder(path: Path, owner: tuple[int, int] | None) -> None:
             os.chown(p, *owner)
 
 
-def _answers(port: int, user: str, password: str) -> list[list[bytes]]:
+def _answers(port: int, user: str, password: str, setup: list[str]) -> list[list[bytes]]:
     conn = Conn(port, user, password)
     try:
-        for text in SETUP:
+        for text in setup:
             assert b" OK " in conn.cmd(text)[-1], text
         out = []
         for text in SCRIPT:
@@ -110,9 +123,10 @@ def test_list_extended_and_list_status_match_dovecot(make_config: Callable[..., 
             dovecot.add_message(f"m{i}", data, 1700000000 + i, flags)
         owner = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
         _maildir_folder(dovecot.maildir / ".t.x.y", (owner.pw_uid, owner.pw_gid))
+        dovecot.extra_conf = DOVECOT_SPECIAL_USE
         dovecot.start()
-        theirs = _answers(dovecot.port, dv.USER, dv.PASSWORD)
-        mine = _answers(h.ports["imap"], ALICE, PASSWORD)
+        theirs = _answers(dovecot.port, dv.USER, dv.PASSWORD, [*SETUP, "CREATE t.u"])
+        mine = _answers(h.ports["imap"], ALICE, PASSWORD, [*SETUP, "CREATE t.u (USE (\\Junk))"])
     finally:
         dovecot.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -16,10 +16,10 @@ Extended LIST, as Dovecot 2.3 answers it (tests/integration/test_listext_vs_dove
   selection (RFC 5258 §3.2); a parent that is no mailbox is \\NonExistent (RFC 5258 §3.4);
 - the SUBSCRIBED selection lists the subscribed names matching a pattern, existing or not
   (those \\NonExistent); SPECIAL-USE lists the mailboxes that have a special use (RFC 6154 §3);
-- RECURSIVEMATCH lists each name that matches a pattern and has a descendant the other selection
-  options select while the patterns miss it, with `(CHILDINFO ("SUBSCRIBED"))` / `("SPECIAL-USE")`
-  (RFC 5258 §3.5), whether the name itself is selected or not (as Dovecot; both kinds in one list,
-  where Dovecot sends two);
+- RECURSIVEMATCH with SUBSCRIBED lists each name that matches a pattern and has a subscribed
+  descendant the patterns miss, with `(CHILDINFO ("SUBSCRIBED"))` (RFC 5258 §3.5), whether the name
+  itself is subscribed or not; with SPECIAL-USE alone it adds nothing (Dovecot 2.3 on Maildir has
+  no CHILDINFO ("SPECIAL-USE") to give);
 - "" is no special pattern (RFC 5258 §3); REMOTE selects nothing more (no remote mailboxes);
 - one line per name however many patterns match it; INBOX first, then by name (Dovecot: directory
   order).
@@ -196,18 +196,12 @@ def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List
     else:
         universe = set(uses) | parents
     names = {n for n in universe if matches(n)}
-    childinfo: dict[str, list[str]] = {}
-    if "RECURSIVEMATCH" in selection:
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in selection and by_subs:
         for n in universe - names:  # RFC 5258 §3.5: a selected descendant the patterns miss
-            for a in ancestors(n):
-                if matches(a):
-                    what = childinfo.setdefault(a, [])
-                    for kind, on in (("SUBSCRIBED", by_subs and n in subscribed),
-                                     ("SPECIAL-USE", by_use and uses.get(n) is not None)):
-                        if on and kind not in what:
-                            what.append(kind)
+            childinfo.update(a for a in ancestors(n) if matches(a))
     rows: list[Row] = []
-    for name in sorted(names | set(childinfo), key=lambda n: (n != "INBOX", n)):
+    for name in sorted(names | childinfo, key=lambda n: (n != "INBOX", n)):
         exists = name in uses
         attrs: list[str] = []
         if show_subscribed and name in subscribed:
@@ -219,8 +213,8 @@ def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List
         use = uses.get(name)
         if show_use and use:
             attrs.append(use)
-        info = tuple(sorted(childinfo.get(name, ()), key=("SUBSCRIBED", "SPECIAL-USE").index))
-        rows.append(Row(name, tuple(attrs), info, exists and (name in names or not by_subs)))
+        info = ("SUBSCRIBED",) if name in childinfo else ()
+        rows.append(Row(name, tuple(attrs), info, exists and name in names))
     return rows
 
 
