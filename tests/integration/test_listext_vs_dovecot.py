@@ -10,8 +10,7 @@ commands then runs on both, and each answer must be the same lines.
 
 Normalised: the lines of one LIST are compared as a set, each `* STATUS` kept with the `* LIST`
 before it (Dovecot lists Maildir++ folders in directory order, we list INBOX first and then by
-name); timing texts and the BAD/NO texts (test_condstore_vs_dovecot.normalise). The SUBSCRIBED
-selection and LSUB stay inside `t` and INBOX (our default folders are subscribed at creation).
+name); timing texts and the BAD/NO texts (test_condstore_vs_dovecot.normalise).
 
 Known differences, not exercised: our SUBSCRIBE accepts a name that does not exist (RFC 3501
 §6.3.6 allows it; Dovecot refuses).
@@ -38,7 +37,7 @@ MESSAGES = [(b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n", ""),
             (b"From: b@example.org\r\nSubject: two\r\n\r\nthe second body\r\n", "S"),
             (b"From: c@example.org\r\nSubject: three\r\n\r\nthree\r\nlines\r\nhere\r\n", "")]
 SETUP = ["CREATE t", "CREATE t.p", "CREATE t.p.q", "CREATE t.s", "SUBSCRIBE t.s", "DELETE t.s", "SUBSCRIBE t.x.y",
-         "SUBSCRIBE t.p.q", "SUBSCRIBE INBOX", "SUBSCRIBE t"]
+         "SUBSCRIBE t.p.q", "SUBSCRIBE INBOX", "SUBSCRIBE t", "SUBSCRIBE Sent"]
 DOVECOT_SPECIAL_USE = """
 namespace inbox {
   inbox = yes
@@ -54,6 +53,7 @@ SCRIPT = [
     'LIST "" *', 'LIST "" * RETURN (SPECIAL-USE)', 'LIST (SPECIAL-USE) "" *', 'LIST (SPECIAL-USE) "" * RETURN (CHILDREN)',
     'LIST (SPECIAL-USE RECURSIVEMATCH) "" %', 'LIST (SPECIAL-USE RECURSIVEMATCH) "" % RETURN (CHILDREN SPECIAL-USE)',
     'LIST (SPECIAL-USE) "" t* RETURN (STATUS (MESSAGES))', 'LIST "" (S* J*) RETURN (SPECIAL-USE CHILDREN)',
+    'LIST (SUBSCRIBED) "" *', 'LIST (SUBSCRIBED SPECIAL-USE) "" *', 'LSUB "" *',
     'LIST "" t*', 'LIST () "" t*', 'LIST "" t* RETURN ()', 'LIST "" t* RETURN (CHILDREN)',
     'LIST "" t* RETURN (SUBSCRIBED)', 'LIST "" t* RETURN (CHILDREN SUBSCRIBED)',
     'LIST (SUBSCRIBED) "" (INBOX t*)', 'LIST (SUBSCRIBED) "" t% RETURN (CHILDREN)',

@@ -87,6 +87,8 @@ async def test_special_use_selection_and_return_option(ctx: Any) -> None:
     assert await d.command(b'l LIST "" S* RETURN (SPECIAL-USE)') == [b'* LIST (\\Sent) "." Sent',
                                                                       b"l OK List completed."]
     assert await d.command(b'l LIST "" S*') == [b'* LIST (\\HasNoChildren \\Sent) "." Sent', b"l OK List completed."]
+    assert (await d.command(b"s SUBSCRIBE Sent"))[-1] == b"s OK Subscribe completed."
+    assert await d.command(b'l LSUB "" S*') == [b'* LSUB (\\Sent) "." Sent', b"l OK Lsub completed."]  # as Dovecot
 
 
 async def test_bad_list_options_are_bad_as_dovecot_answers_them(ctx: Any) -> None:

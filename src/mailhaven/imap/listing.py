@@ -27,7 +27,7 @@ Extended LIST, as Dovecot 2.3 answers it (tests/integration/test_listext_vs_dove
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mailhaven.imap import commands as C
@@ -126,8 +126,11 @@ def list_lines(infos: Iterable[MailboxInfo], reference: str, pattern: str) -> li
             for name, attrs in rows]
 
 
-def lsub_lines(subs: Sequence[str], reference: str, pattern: str) -> list[bytes]:
-    """The `* LSUB` lines for LSUB reference pattern over the account's subscriptions."""
+def lsub_lines(subs: Sequence[str], reference: str, pattern: str,
+               uses: Mapping[str, str | None] | None = None) -> list[bytes]:
+    """The `* LSUB` lines for LSUB reference pattern over the account's subscriptions; `uses`: the
+    special use of each mailbox, shown on its LSUB line as Dovecot does (RFC 6154 §2 names only
+    LIST; Dovecot sends them on LSUB too, for Outlook)."""
     if pattern == "":
         return [b'* LSUB (\\Noselect) "." ""\r\n']
     matcher = list_matcher(inbox_canonical(reference + pattern))
@@ -137,7 +140,8 @@ def lsub_lines(subs: Sequence[str], reference: str, pattern: str) -> list[bytes]
     for name in subs:
         if matcher.fullmatch(name) and name not in shown:
             shown.add(name)
-            out.append(b"* LSUB () \".\" " + wire_name(name) + b"\r\n")
+            use = uses.get(name) if uses else None
+            out.append(b"* LSUB (" + (use or "").encode("ascii") + b") \".\" " + wire_name(name) + b"\r\n")
     # RFC 3501 §6.3.9: when "%" hides a subscribed name, its unsubscribed parent that the pattern
     # matches is shown, as \Noselect.
     for name in subs:
@@ -187,12 +191,11 @@ def extended_rows(infos: Iterable[MailboxInfo], subs: Sequence[str], cmd: C.List
     show_use = by_use or "SPECIAL-USE" in returns
     show_children = "CHILDREN" in returns
 
+    special = {n for n, u in uses.items() if u is not None}
     if by_subs:
-        universe = set(subscribed)
-        if by_use:
-            universe &= set(uses)
+        universe = subscribed & special if by_use else set(subscribed)
     elif by_use:
-        universe = {n for n, u in uses.items() if u is not None}
+        universe = special
     else:
         universe = set(uses) | parents
     names = {n for n in universe if matches(n)}

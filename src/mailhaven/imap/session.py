@@ -865,7 +865,8 @@ class Session:
 
     async def cmd_lsub(self, cmd: C.Lsub) -> str:
         subs = await self.account.subscriptions() if cmd.pattern else []
-        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern):
+        uses = {i.name: i.special_use for i in await self.account.list_mailboxes()} if subs else {}
+        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern, uses):
             self.emit(line)
         return "OK Lsub completed."
 
