@@ -56,6 +56,7 @@ class Dovecot:
         self.maildir = root / "mail" / USER
         self.conf = root / "dovecot.conf"
         self.log = root / "dovecot.log"
+        self.extra_conf = ""  # appended to dovecot.conf (e.g. a namespace with special-use mailboxes)
 
     def start(self) -> None:
         root = self.root
@@ -105,7 +106,7 @@ service imap-login {{
     port = 0
   }}
 }}
-""")
+""" + self.extra_conf)
         os.chmod(root, 0o755)
         for p in [root / "mail", *root.joinpath("mail").rglob("*")]:
             os.chown(p, uid, gid)

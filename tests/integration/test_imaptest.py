@@ -15,7 +15,8 @@ plaintext allowed by auth.allow_plaintext_loopback, as in dev mode) as two users
 
 Besides imaptest's own groups, ours in tests/data/imaptest/ run too (same script language; e.g.
 `condstore` and `qresync`: RFC 7162 beyond imaptest's only CONDSTORE group, esearch-condstore;
-`searchres` and `within`: RFC 5182 and RFC 5032, which imaptest has no groups for). They are linked with imaptest's into one
+`searchres`, `within`, `list-status`, `status-size` and `savedate`: RFC 5182, RFC 5032, RFC 5819,
+RFC 8438 and RFC 8514, which imaptest has no groups for). They are linked with imaptest's into one
 folder under tmp_path.
 
 imaptest skips a group whose `capabilities:` header names one we do not advertise, and this revision
@@ -157,10 +158,11 @@ async def test_imaptest_scripted_compliance_groups_all_pass(tmp_path: Path, tls_
             "esearch-condstore", "searchres", "within", "sort-addresses", "sort-arrival", "sort-date", "sort-size",
             "sort-subject", "sort-display-from", "sort-display-to", "esort", "thread", "thread2", "thread3",
             "thread4", "thread5", "thread6", "thread7", "thread8", "thread-orderedsubject",
-            "thread-orderedsubject2"}.isdisjoint(skipped)
-    assert {"thread", "thread8", "thread-orderedsubject2"} <= set(all_groups)  # they exist in this revision
+            "thread-orderedsubject2", "listext", "list-status", "status-size", "savedate"}.isdisjoint(skipped)
+    assert {"thread", "thread8", "thread-orderedsubject2", "listext"} <= set(all_groups)  # they exist in this revision
     assert {"CONDSTORE", "QRESYNC", "ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT",
-            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES"} <= ours
+            "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE",
+            "SAVEDATE"} <= ours
     # No group is skipped for an extension we offer.
     assert all({c.upper() for c in all_groups[g]} - ours for g in skipped)
     assert int(base.group(2)) > 400  # the base commands did run (457 with this revision)

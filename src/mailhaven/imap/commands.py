@@ -156,7 +156,11 @@ class Select(Command):
 
 @dataclass(frozen=True)
 class Create(Command):
+    """`use`: RFC 6154 §3 CREATE-SPECIAL-USE `(USE (\\Sent ...))`, the attributes as sent (a
+    leading backslash, case kept), None when not given."""
+
     mailbox: str
+    use: tuple[str, ...] | None = None
     VERB: ClassVar[str] = "CREATE"
 
 
@@ -187,11 +191,29 @@ class Unsubscribe(Command):
 
 @dataclass(frozen=True)
 class List(Command):
-    """`reference` and `pattern` decoded from modified UTF-7; wildcards "*" and "%" kept."""
+    """`reference` and `pattern` decoded from modified UTF-7; wildcards "*" and "%" kept.
+
+    LIST-EXTENDED (RFC 5258), each None when not given: `selection` the selection options
+    (upper-cased: SUBSCRIBED REMOTE RECURSIVEMATCH SPECIAL-USE), `patterns` the pattern list form
+    (`pattern` is then its first, or ""), `returns` the return options (SUBSCRIBED CHILDREN
+    SPECIAL-USE, STATUS); `status` the items of RETURN (STATUS (...)) (RFC 5819), as Status.items."""
 
     reference: str
     pattern: str
+    selection: frozenset[str] | None = None
+    patterns: tuple[str, ...] | None = None
+    returns: frozenset[str] | None = None
+    status: tuple[str, ...] = ()
     VERB: ClassVar[str] = "LIST"
+
+    @property
+    def extended(self) -> bool:
+        """RFC 5258 §3: any selection option, pattern list or RETURN makes it an extended LIST."""
+        return self.selection is not None or self.patterns is not None or self.returns is not None
+
+    @property
+    def all_patterns(self) -> tuple[str, ...]:
+        return self.patterns if self.patterns is not None else (self.pattern,)
 
 
 @dataclass(frozen=True)
@@ -204,6 +226,8 @@ class Lsub(Command):
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",  # RFC 3501 §6.3.10
                           "SIZE",  # RFC 8438
                           "DELETED",  # RFC 9051 §6.3.11
+                          "DELETED-STORAGE",  # RFC 9208 §4.3 (QUOTA=RES-STORAGE)
+                          "MAILBOXID",  # RFC 8474 §4.3
                           "HIGHESTMODSEQ"})  # RFC 7162
 
 
@@ -320,6 +344,7 @@ class SearchDate:
     op: Literal["before", "on", "since"]
     date: date
     sent: bool = False
+    saved: bool = False  # RFC 8514 §4 SAVEDBEFORE/SAVEDON/SAVEDSINCE: the save date instead
 
 
 @dataclass(frozen=True)
@@ -376,8 +401,22 @@ class SearchModseq:
     entry_type: str | None = None
 
 
+@dataclass(frozen=True)
+class SearchObjectId:
+    """RFC 8474 §6 EMAILID objectid / THREADID objectid (`kind` "EMAILID" or "THREADID")."""
+
+    kind: Literal["EMAILID", "THREADID"]
+    value: str
+
+
+@dataclass(frozen=True)
+class SearchSaveDateSupported:
+    """RFC 8514 §4 SAVEDATESUPPORTED: every message, when the mailbox keeps save dates."""
+
+
 SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize | SearchSet
-             | SearchNot | SearchOr | SearchAnd | SearchModseq | SearchWithin)
+             | SearchNot | SearchOr | SearchAnd | SearchModseq | SearchWithin | SearchObjectId
+             | SearchSaveDateSupported)
 
 
 @dataclass(frozen=True)
@@ -475,7 +514,9 @@ class FetchBody:
 FetchItem = FetchAttr | FetchBody
 
 FETCH_ATTRS = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
-                         "UID", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ"})
+                         "UID", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ",
+                         "EMAILID", "THREADID",  # RFC 8474 §5
+                         "SAVEDATE"})  # RFC 8514 §3
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ bytes and cached structure items.
 Owns: which items need the message bytes or a parse, deriving ENVELOPE/BODYSTRUCTURE/BODY into a
 cache entry (msgcache.py), rendering one message's items (`render_items`), many at once
 (`render_batch`, CPU work a caller may run in a worker thread), metadata-only items for many
-messages column by column (`render_meta`), INTERNALDATE, and a batch of messages from the store
+messages column by column (`render_meta`), INTERNALDATE, EMAILID/THREADID (RFC 8474) and SAVEDATE
+(RFC 8514) from derived.py, and a batch of messages from the store
 (`render_stored`: structure items from the message cache, msgcache.py, else parsed and cached;
 message bytes read in one batch; heavy batches rendered in a worker thread).
 Does not own: the encoding of ENVELOPE, BODYSTRUCTURE and BODY[section] (fetchitems.py), which
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mailhaven.imap import commands as C
-from mailhaven.imap import fetchitems
+from mailhaven.imap import derived, fetchitems
 from mailhaven.imap.msgcache import CACHE, Entry
 from mailhaven.imap.selected import read_many
 from mailhaven.imap.view import render_flags
@@ -87,6 +88,12 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
                 out.append(b"MODSEQ (%d)" % info.modseq)  # RFC 7162 §3.1.4.1
             elif name == "INTERNALDATE":
                 out += (b"INTERNALDATE ", internaldate(info.internaldate))
+            elif name == "EMAILID":  # RFC 8474 §5.1 (derived.py)
+                out.append(b"EMAILID (%s)" % derived.email_id(info.key).encode("ascii"))
+            elif name == "THREADID":  # RFC 8474 §5.2: no thread identity kept
+                out.append(b"THREADID NIL")
+            elif name == "SAVEDATE":  # RFC 8514 §3 (derived.py)
+                out += (b"SAVEDATE ", internaldate(derived.save_date(info.key, info.internaldate)))
             elif name == "ENVELOPE":
                 assert entry is not None and entry.envelope is not None
                 out += (b"ENVELOPE ", entry.envelope)
@@ -161,7 +168,9 @@ def internaldate(ts: float) -> bytes:
 
 
 _META_FIELDS = {"UID": (b"UID %d", 0), "FLAGS": (b"FLAGS %s", 1), "RFC822.SIZE": (b"RFC822.SIZE %d", 2),
-                "INTERNALDATE": (b"INTERNALDATE %s", 3), "MODSEQ": (b"MODSEQ (%d)", 4)}
+                "INTERNALDATE": (b"INTERNALDATE %s", 3), "MODSEQ": (b"MODSEQ (%d)", 4),
+                "EMAILID": (b"EMAILID (%s)", 5), "SAVEDATE": (b"SAVEDATE %s", 6),
+                "THREADID": (b"THREADID NIL", -1)}  # -1: no value
 
 
 def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
@@ -172,7 +181,8 @@ def _meta_template(items: Sequence[C.FetchItem]) -> tuple[bytes, list[int]]:
         assert isinstance(item, C.FetchAttr)
         text, code = _META_FIELDS[item.name]
         parts.append(text)
-        fields.append(code)
+        if code >= 0:
+            fields.append(code)
     return b"* %d FETCH (" + b" ".join(parts) + b")\r\n", fields
 
 
@@ -201,6 +211,10 @@ def render_meta(pairs: Sequence[tuple[int, int]], infos: Sequence[MessageInfo], 
             cols.append([info.size for info in infos])
         elif f == 4:
             cols.append([info.modseq for info in infos])
+        elif f == 5:
+            cols.append([derived.email_id(info.key).encode("ascii") for info in infos])
+        elif f == 6:
+            cols.append([internaldate(derived.save_date(info.key, info.internaldate)) for info in infos])
         else:
             cols.append([internaldate(info.internaldate) for info in infos])
     return b"".join([fmt % row for row in zip(*cols, strict=True)])

@@ -3,7 +3,8 @@
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
 SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
-framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
+framer, LIST-EXTENDED RFC 5258 with LIST-STATUS RFC 5819, CREATE (USE ...) RFC 6154 §3, the
+OBJECTID RFC 8474 and SAVEDATE RFC 8514 search keys and fetch items). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
 
@@ -66,7 +67,9 @@ from mailhaven.imap.commands import (
     SearchKey,
     SearchModseq,
     SearchNot,
+    SearchObjectId,
     SearchOr,
+    SearchSaveDateSupported,
     SearchSet,
     SearchSize,
     SearchText,
@@ -559,11 +562,89 @@ def _list(cls: Callable[[str, str, str], AnyCommand]) -> Handler:
     return handler
 
 
+LIST_SELECT_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})  # RFC 5258 §3.1, RFC 6154 §3
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})  # RFC 5258 §3.2, RFC 6154 §3
+MAX_LIST_PATTERNS = 64
+
+
+def _atom_list(cur: _Cursor) -> list[str]:
+    """ "(" [atom *(SP atom)] ")", upper-cased (after the "(")."""
+    out: list[str] = []
+    while not cur.take(RPAREN):
+        if out:
+            cur.sp()
+        out.append(cur.word())
+        if len(out) > 16:
+            cur.fail("Too many list options")
+    return out
+
+
+def _list_extended(cur: _Cursor, tag: str) -> AnyCommand:
+    """RFC 5258 §6: "LIST" [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts];
+    RFC 5819 §2 return option STATUS (items). Errors as Dovecot 2.3 answers them (BAD)."""
+    cur.sp()
+    selection: frozenset[str] | None = None
+    if cur.take(LPAREN):
+        opts = _atom_list(cur)
+        if any(o not in LIST_SELECT_OPTIONS for o in opts):
+            cur.fail("Unknown select options")
+        selection = frozenset(opts)
+        if "RECURSIVEMATCH" in selection and not selection & {"SUBSCRIBED", "SPECIAL-USE"}:
+            cur.fail("RECURSIVEMATCH must not be the only selection.")  # RFC 5258 §3.1
+        cur.sp()
+    reference = cur.mailbox(inbox=False, lenient=True)
+    cur.sp()
+    patterns: tuple[str, ...] | None = None
+    if cur.take(LPAREN):  # RFC 5258 §6 patterns = "(" list-mailbox *(SP list-mailbox) ")"
+        found: list[str] = []
+        while not cur.take(RPAREN):
+            if found:
+                cur.sp()
+            found.append(cur.mailbox(wildcards=True, inbox=False))
+            if len(found) > MAX_LIST_PATTERNS:
+                cur.fail("Too many patterns")
+        patterns = tuple(found)
+        pattern = found[0] if found else ""
+    else:
+        pattern = cur.mailbox(wildcards=True, inbox=False)
+    returns: frozenset[str] | None = None
+    status: tuple[str, ...] = ()
+    if cur.peek() == SP:
+        cur.sp()
+        if not cur.at_word(b"RETURN"):
+            cur.fail("Extra arguments.")
+        cur.pos += len(b"RETURN")
+        cur.sp()
+        cur.expect(LPAREN, "'(' after RETURN")
+        opts = []
+        while not cur.take(RPAREN):
+            if opts:
+                cur.sp()
+            opt = cur.word()
+            if opt == "STATUS" and cur.peek() == SP and cur.line[cur.pos + 1:cur.pos + 2] == b"(":
+                cur.sp()
+                status = _status_items(cur, "Empty status list")  # RFC 5819 §2
+            elif opt not in LIST_RETURN_OPTIONS:
+                cur.fail("Unknown return options")
+            opts.append(opt)
+            if len(opts) > 16:
+                cur.fail("Too many list options")
+        returns = frozenset(opts)
+    return List(tag, reference, pattern, selection, patterns, returns, status)
+
+
 def _status(cur: _Cursor, tag: str) -> AnyCommand:
     cur.sp()
     mailbox = cur.mailbox()
     cur.sp()
+    return Status(tag, mailbox, _status_items(cur))
+
+
+def _status_items(cur: _Cursor, empty: str = "Expected an atom") -> tuple[str, ...]:
+    """ "(" status-att *(SP status-att) ")": STATUS's items, and LIST's RETURN (STATUS (...))."""
     cur.expect(LPAREN, "'(' before status items")
+    if cur.peek() == RPAREN:
+        cur.fail(empty)
     items: list[str] = []
     while True:
         item = cur.word()
@@ -574,7 +655,36 @@ def _status(cur: _Cursor, tag: str) -> AnyCommand:
         if cur.take(RPAREN):
             break
         cur.sp()
-    return Status(tag, mailbox, tuple(items))
+    return tuple(items)
+
+
+def _create(cur: _Cursor, tag: str) -> AnyCommand:
+    """CREATE mailbox [SP "(" "USE" SP "(" [use-attr *(SP use-attr)] ")" ")"] (RFC 6154 §6,
+    create-param of RFC 4466 §2.2); other create parameters are BAD."""
+    cur.sp()
+    mailbox = cur.mailbox(invalid_code="CANNOT")
+    if cur.peek() != SP:
+        return Create(tag, mailbox)
+    cur.sp()
+    cur.expect(LPAREN, "'(' before create parameters")
+    if cur.word() != "USE":
+        cur.fail("Unknown CREATE parameter")
+    cur.sp()
+    cur.expect(LPAREN, "'(' before special-use attributes")
+    uses: list[str] = []
+    while not cur.take(RPAREN):
+        if uses:
+            cur.sp()
+        if not cur.take(BACKSLASH):
+            cur.fail("Invalid special-use attribute")
+        name = cur.run(ATOM_CHARS)
+        if not name:
+            cur.fail("Invalid special-use attribute")
+        uses.append("\\" + name.decode("ascii"))
+        if len(uses) > 16:
+            cur.fail("Too many special-use attributes")
+    cur.expect(RPAREN, "')' after create parameters")
+    return Create(tag, mailbox, tuple(uses))
 
 
 def _getquota(cur: _Cursor, tag: str) -> AnyCommand:
@@ -672,9 +782,14 @@ _DATE_KEYS: dict[str, tuple[Literal["before", "on", "since"], bool]] = {
     "BEFORE": ("before", False), "ON": ("on", False), "SINCE": ("since", False),
     "SENTBEFORE": ("before", True), "SENTON": ("on", True), "SENTSINCE": ("since", True),
 }
+_SAVED_KEYS: dict[str, Literal["before", "on", "since"]] = {  # RFC 8514 §4
+    "SAVEDBEFORE": "before", "SAVEDON": "on", "SAVEDSINCE": "since",
+}
+_OBJECTID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")  # RFC 8474 §7
 
-_KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD", "LARGER",
-                             "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ", "OLDER", "YOUNGER"})
+_KEYS_WITH_ARGS = frozenset({*_HEADER_KEYS, *_DATE_KEYS, *_SAVED_KEYS, "BODY", "TEXT", "KEYWORD", "UNKEYWORD",
+                             "LARGER", "SMALLER", "HEADER", "UID", "NOT", "OR", "MODSEQ", "OLDER", "YOUNGER",
+                             "EMAILID", "THREADID"})
 _ENTRY_TYPES = frozenset({"priv", "shared", "all"})  # RFC 7162 §7 entry-type-req
 
 
@@ -698,6 +813,8 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
         return SearchAll()
     if key == "NEW":
         return SearchAnd((SearchFlag("\\Recent"), SearchFlag("\\Seen", False)))  # RFC 3501 §6.4.4
+    if key == "SAVEDATESUPPORTED":  # RFC 8514 §4
+        return SearchSaveDateSupported()
     if key not in _KEYS_WITH_ARGS:
         cur.fail(f"Unknown search key {key[:40]}")
     cur.sp()
@@ -708,6 +825,13 @@ def _search_key(cur: _Cursor, depth: int) -> SearchKey:
     if key in _DATE_KEYS:
         op, sent = _DATE_KEYS[key]
         return SearchDate(op, cur.date(), sent)
+    if key in _SAVED_KEYS:
+        return SearchDate(_SAVED_KEYS[key], cur.date(), saved=True)
+    if key in ("EMAILID", "THREADID"):  # RFC 8474 §6: objectid = 1*255(ALPHA / DIGIT / "_" / "-")
+        value = cur.run(_OBJECTID_CHARS, limit=256)
+        if not 0 < len(value) <= 255:
+            cur.fail("Invalid object id")
+        return SearchObjectId("EMAILID" if key == "EMAILID" else "THREADID", value.decode("ascii"))
     if key in ("KEYWORD", "UNKEYWORD"):
         flag = cur.flag()
         return SearchFlag(flag, key == "KEYWORD")
@@ -1077,12 +1201,12 @@ COMMANDS: dict[str, Handler] = {
     "LOGIN": _login,
     "SELECT": _select(False),
     "EXAMINE": _select(True),
-    "CREATE": _one_mailbox(Create, "CANNOT"),
+    "CREATE": _create,
     "DELETE": _one_mailbox(Delete),
     "RENAME": _rename,
     "SUBSCRIBE": _one_mailbox(Subscribe, "CANNOT"),
     "UNSUBSCRIBE": _one_mailbox(Unsubscribe),
-    "LIST": _list(List),
+    "LIST": _list_extended,
     "LSUB": _list(Lsub),
     "STATUS": _status,
     "APPEND": _append,

@@ -31,6 +31,9 @@ tests/integration/test_fetch_vs_dovecot.py, also on randomly damaged messages):
 - BEFORE/ON/SINCE compare the internal date's calendar date in the server's time zone; SENT* compare
   the first Date: field's own calendar date (its zone ignored, RFC 3501 §6.4.4), read as strictly
   as Dovecot (`parse_date`); a message without a usable Date: counts as sent on 1 Jan 1970.
+- SAVEDBEFORE/SAVEDON/SAVEDSINCE (RFC 8514) compare the save date (derived.py) as BEFORE/ON/SINCE
+  the internal date; SAVEDATESUPPORTED matches every message; EMAILID (RFC 8474) compares the
+  derived id, THREADID matches nothing (every THREADID is NIL).
 - LARGER/SMALLER compare RFC822.SIZE strictly. Sequence and UID sets use SequenceSet.contains
   with "*" the largest number in use (RFC 3501 §6.4.8).
 """
@@ -50,6 +53,7 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Protocol
 
 from mailhaven.imap import commands as c
+from mailhaven.imap import derived
 from mailhaven.imap.fetchitems import GROUP_END, header_end, parse_address_list
 from mailhaven.message import mime
 
@@ -95,6 +99,7 @@ class Message:
     modseq: int = 0
     header_bytes: bytes | None = None
     _data: bytes | None = field(default=None, repr=False)
+    key: str = ""  # the Maildir key: EMAILID and the save date derive from it (derived.py)
 
     def message(self) -> bytes:
         if self._data is None:
@@ -537,7 +542,13 @@ def _eval(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext, cache: _Cach
     if isinstance(key, c.SearchDate):
         if key.sent:
             return _compare(key.op, _sent_date(cache), key.date)
+        if key.saved:  # RFC 8514 §4: the save date, compared as the internal date is
+            return _compare(key.op, _local_date(derived.save_date(_key_of(msg), msg.internaldate), ctx.tz), key.date)
         return _compare(key.op, _local_date(msg.internaldate, ctx.tz), key.date)
+    if isinstance(key, c.SearchObjectId):  # RFC 8474 §6; THREADID is NIL for every message
+        return key.kind == "EMAILID" and derived.email_id(_key_of(msg)) == key.value
+    if isinstance(key, c.SearchSaveDateSupported):  # RFC 8514 §4: every mailbox keeps save dates
+        return True
     if isinstance(key, c.SearchWithin):
         # RFC 5032 §3, as Dovecot 2.3: whole seconds; OLDER n includes exactly n seconds ago
         cutoff = int(ctx.now) - key.seconds
@@ -550,6 +561,12 @@ def _eval(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext, cache: _Cach
             return True
         return key.headers and needle in cache.header_text()
     raise TypeError(f"unknown search key {key!r}")
+
+
+def _key_of(msg: SearchMessage) -> str:
+    """The message's Maildir key (derived.py's input), "" when the message has none."""
+    key = getattr(msg, "key", "")
+    return key if isinstance(key, str) else ""
 
 
 def evaluate(key: c.SearchKey, msg: SearchMessage, ctx: SearchContext) -> bool:

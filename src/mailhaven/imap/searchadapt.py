@@ -97,7 +97,7 @@ def header_prefilter(key: C.SearchKey) -> HeaderPrefilter | None:
 
 @dataclass
 class _Msg(search.Message):
-    key: str = ""  # the message file's key, for the session's header cache
+    """search.Message; its `key` also keys the session's header cache."""
 
 
 def _filter(key: C.SearchKey, msgs: list[_Msg], ctx: search.SearchContext) -> list[_Msg]:

@@ -13,8 +13,9 @@ continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
 Does not own: the connection (server.py: sockets, TLS handshakes, waiting, timeouts), command
 syntax (framing.py, parser.py), FETCH rendering (fetch.py, fetchitems.py) and its cache
-(msgcache.py), LIST/LSUB matching (listing.py), SEARCH (search.py, run by searchadapt.py), sort
-keys and order (sort.py), threading (thread.py), storage (store/).
+(msgcache.py), LIST/LSUB matching and LIST-EXTENDED's rows (listing.py), STATUS lines (status.py,
+also after LIST-STATUS rows), OBJECTID's ids and SAVEDATE's dates (derived.py), SEARCH (search.py,
+run by searchadapt.py), sort keys and order (sort.py), threading (thread.py), storage (store/).
 
 Sans-IO (DESIGN.md, as pop3/protocol.py): the session never touches a socket. It owns the command
 framing (a framing.Framer), so it takes the client's raw bytes and gives back events:
@@ -67,8 +68,9 @@ from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import commands as C
-from mailhaven.imap import fetch, listing, searchadapt, seqset
+from mailhaven.imap import derived, fetch, listing, searchadapt, seqset
 from mailhaven.imap import sort as sortmod
+from mailhaven.imap import status as statusmod
 from mailhaven.imap import thread as threadmod
 from mailhaven.imap.commands import ParseError
 from mailhaven.imap.fetchitems import header_end
@@ -116,6 +118,12 @@ AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
 QUOTA_ROOT = ""  # the one quota root of every user: all their folders
+# Mailbox listing and identity extensions: LIST-EXTENDED (RFC 5258), LIST-STATUS (RFC 5819),
+# STATUS=SIZE (RFC 8438), CREATE-SPECIAL-USE (RFC 6154 §3), OBJECTID (RFC 8474), SAVEDATE (RFC 8514).
+MAILBOX_CAPABILITIES = ("LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE", "CREATE-SPECIAL-USE", "OBJECTID",
+                        "SAVEDATE")
+# RFC 6154 §3: the uses CREATE may give a mailbox; \All and \Flagged would need virtual mailboxes.
+CREATE_USES = {u.lower(): u for u in ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")}
 
 
 PREAUTH_MAX_LITERAL = 8 * 1024  # literals before login: a user name or password, never a message
@@ -370,7 +378,7 @@ class Session:
         return self.tls_active or (self.loopback and self.config.auth.allow_plaintext_loopback)
 
     def capabilities(self) -> str:
-        caps = list(BASE_CAPABILITIES)
+        caps = [*BASE_CAPABILITIES, *MAILBOX_CAPABILITIES]
         if self.state is State.NOT_AUTHENTICATED:
             if self.starttls_offered and not self.tls_active:
                 caps.append("STARTTLS")
@@ -746,8 +754,9 @@ class Session:
             if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
                 self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
                 break
-        self.emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n* OK [UIDNEXT %d] Predicted next UID\r\n"
-                  % (snap.uidvalidity, snap.uidnext))
+        self.emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % snap.uidvalidity)
+        self.emit(b"* OK [MAILBOXID (%s)] Ok\r\n" % self._mailbox_id(snap.uidvalidity).encode())  # RFC 8474 §4.2
+        self.emit(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % snap.uidnext)
         # RFC 7162 §3.1.2.1: every SELECT/EXAMINE of a mailbox with persistent MODSEQs (all of ours)
         # (Dovecot 2.3 sends it only once CONDSTORE is enabled; the RFC says every time).
         self.emit(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % snap.highestmodseq)
@@ -787,14 +796,19 @@ class Session:
         if text:
             self.emit(b"* VANISHED (EARLIER) " + text.encode("ascii") + b"\r\n")
 
+    def _mailbox_id(self, uidvalidity: int) -> str:
+        return derived.mailbox_id(self.user or "", uidvalidity)
+
     async def cmd_create(self, cmd: C.Create) -> str:
         name = cmd.mailbox
         if name.endswith(DELIMITER):  # RFC 3501 §6.3.3: "foo." creates foo
             name = name.rstrip(DELIMITER)
         if name.upper() == "INBOX":
             raise No("Mailbox already exists.", "ALREADYEXISTS")
-        await self.account.create_mailbox(name)
-        return "OK Create completed."
+        use = _create_use(cmd.use)
+        await self.account.create_mailbox(name, use)
+        mailbox = await self.account.mailbox(name)
+        return f"OK [MAILBOXID ({self._mailbox_id(mailbox.uidvalidity)})] Create completed."  # RFC 8474 §4.1
 
     async def cmd_delete(self, cmd: C.Delete) -> str:
         if cmd.mailbox.upper() == "INBOX":  # RFC 3501 §6.3.4
@@ -817,14 +831,42 @@ class Session:
         return "OK Unsubscribe completed."
 
     async def cmd_list(self, cmd: C.List) -> str:
+        if cmd.extended:
+            await self._list_extended(cmd)
+            return "OK List completed."
         infos = await self.account.list_mailboxes() if cmd.pattern else []
         for line in listing.list_lines(infos, cmd.reference, cmd.pattern):
             self.emit(line)
         return "OK List completed."
 
+    async def _list_extended(self, cmd: C.List) -> None:
+        """RFC 5258 LIST-EXTENDED; with RETURN (STATUS (...)) a `* STATUS` after each selectable
+        mailbox's LIST line (RFC 5819 §2)."""
+        infos = await self.account.list_mailboxes()
+        subs = await self.account.subscriptions()
+        if "HIGHESTMODSEQ" in cmd.status:  # RFC 7162 §3.1: a CONDSTORE enabling command (as STATUS)
+            self._enable_condstore()
+        for row in listing.extended_rows(infos, subs, cmd):
+            self.emit(row.line())
+            if cmd.status and row.status:
+                try:
+                    mailbox = await self.account.mailbox(row.name)
+                    self.emit(await self._status_line(mailbox, cmd.status))
+                except MailboxNotFound:  # deleted meanwhile
+                    continue
+
+    async def _status_line(self, mailbox: Any, items: Sequence[str]) -> bytes:
+        snap = await mailbox.snapshot()
+        recent = 0
+        if "RECENT" in items:
+            hi = _claimed(self.ctx.store, (self.user or "", mailbox.name, snap.uidvalidity))
+            recent = sum(1 for m in snap.messages if m.uid > hi)
+        return statusmod.line(mailbox.name, items, snap, recent, self._mailbox_id(snap.uidvalidity))
+
     async def cmd_lsub(self, cmd: C.Lsub) -> str:
         subs = await self.account.subscriptions() if cmd.pattern else []
-        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern):
+        uses = {i.name: i.special_use for i in await self.account.list_mailboxes()} if subs else {}
+        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern, uses):
             self.emit(line)
         return "OK Lsub completed."
 
@@ -832,28 +874,7 @@ class Session:
         mailbox = await self.account.mailbox(cmd.mailbox)
         if "HIGHESTMODSEQ" in cmd.items:  # RFC 7162 §3.1: a CONDSTORE enabling command
             self._enable_condstore()
-        snap = await mailbox.snapshot()
-        values: list[bytes] = []
-        for item in cmd.items:
-            if item == "MESSAGES":
-                n = len(snap.messages)
-            elif item == "RECENT":
-                hi = _claimed(self.ctx.store, (self.user or "", mailbox.name, snap.uidvalidity))
-                n = sum(1 for m in snap.messages if m.uid > hi)
-            elif item == "UIDNEXT":
-                n = snap.uidnext
-            elif item == "UIDVALIDITY":
-                n = snap.uidvalidity
-            elif item == "UNSEEN":
-                n = sum(1 for m in snap.messages if SEEN not in m.flags)
-            elif item == "DELETED":
-                n = sum(1 for m in snap.messages if DELETED in m.flags)
-            elif item == "SIZE":
-                n = sum(m.size for m in snap.messages)
-            else:  # HIGHESTMODSEQ
-                n = snap.highestmodseq
-            values.append(b"%s %d" % (item.encode("ascii"), n))
-        self.emit(b"* STATUS " + wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
+        self.emit(await self._status_line(mailbox, cmd.items))  # status.py: the items, in Dovecot's order
         return "OK Status completed."
 
     async def cmd_append(self, cmd: C.Append) -> str:
@@ -1355,6 +1376,23 @@ class Session:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return
         yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+def _create_use(uses: Sequence[str] | None) -> str | None:
+    """The special use CREATE gives the new mailbox (RFC 6154 §3): NO [USEATTR] for an attribute
+    we cannot give (unknown, \\All, \\Flagged) or for more than one (the store keeps one per mailbox)."""
+    if not uses:
+        return None
+    known = []
+    for use in uses:
+        canon = CREATE_USES.get(use.lower())
+        if canon is None:
+            raise No(f"Special-use attribute {use} is not supported.", "USEATTR")
+        if canon not in known:
+            known.append(canon)
+    if len(known) > 1:
+        raise No("A mailbox can have only one special-use attribute.", "USEATTR")
+    return known[0]
 
 
 def _render_in_order(numbers: list[int]) -> bytes:
