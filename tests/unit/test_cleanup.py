@@ -127,7 +127,7 @@ class FakeQueue:
     submitted: list[tuple[str, list[str], bytes]] = field(default_factory=list)
 
     async def submit(self, sender: str, recipients: list[str], message: bytes, *, source: str = "",
-                     entry_id: str | None = None) -> str:
+                     entry_id: str | None = None, dsn: object = None) -> str:
         self.submitted.append((sender, recipients, message))
         return entry_id or "0123ABCD0123456789"
 
