@@ -14,6 +14,8 @@ blocks|unblock IP|ADDRESS` (the running server's queue and login delays, through
 `spam block|unblock|allow|disallow USER ADDRESS|@DOMAIN...` and `spam list USER`: a user's sender
 lists (policy/senderlists.py).
 `sieve ...`: users' Sieve scripts on disk (sievecmd.py).
+`storage migrate --to postgresql [--force]`: the SQLite indexes and the file queue into PostgreSQL
+(storage_migrate.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -621,6 +623,19 @@ def cmd_quota(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage(args: argparse.Namespace) -> int:
+    """`storage migrate --to postgresql [--force]`: every user's SQLite index and the file queue
+    into the PostgreSQL of [storage] (storage_migrate.py), with the server stopped."""
+    cfg = _load_config(args)
+    if cfg.storage.backend != "postgresql":
+        raise CliError("storage migrate --to postgresql: set [storage] backend = \"postgresql\" and dsn in "
+                       f"{args.config} first (with the server stopped)")
+    from mailhaven import storage_migrate
+
+    asyncio.run(storage_migrate.migrate(cfg, force=args.force, say=print))
+    return 0
+
+
 def cmd_alias(args: argparse.Namespace) -> int:
     cfg = _load_config(args)
     if args.action == "list":
@@ -831,6 +846,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["show"])
     s.add_argument("user", metavar="USER")
     s.set_defaults(func=cmd_quota)
+
+    s = sub.add_parser("storage", parents=common, help="storage migrate --to postgresql: move the mailbox indexes "
+                       "and the queue from SQLite and files into PostgreSQL (server stopped)")
+    s.add_argument("action", choices=["migrate"])
+    s.add_argument("--to", required=True, choices=["postgresql"], help="the backend to move to")
+    s.add_argument("--force", action="store_true", help="replace users already in PostgreSQL (default: skip them)")
+    s.set_defaults(func=cmd_storage)
 
     s = sub.add_parser("alias", parents=common, help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
     s.add_argument("action", choices=["add", "del", "list"])
