@@ -32,8 +32,8 @@ async def make(pg_dsn: str) -> AsyncIterator[Make]:
     """Each call a new PgIndexes with a pool of its own (another process, or node)."""
     made: list[PgIndexes] = []
 
-    async def build(timeout: float = 5.0) -> PgIndexes:
-        f = PgIndexes(pg.Database(pg_dsn, pool_size=4, timeout=timeout), owns_database=True)
+    async def build(db_timeout: float = 5.0) -> PgIndexes:
+        f = PgIndexes(pg.Database(pg_dsn, pool_size=4, timeout=db_timeout), owns_database=True)
         await f.open()
         made.append(f)
         return f
@@ -139,7 +139,7 @@ async def test_two_indexes_of_one_user_asking_at_once_get_distinct_rising_uidval
 
 async def test_a_database_that_is_down_is_a_temporary_failure(make: Make, tmp_path: Path,
                                                                postgres: Postgres) -> None:
-    store = Store(tmp_path / "mail", hostname="test.host", fsync=False, indexes=await make(timeout=1.0))
+    store = Store(tmp_path / "mail", hostname="test.host", fsync=False, indexes=await make(db_timeout=1.0))
     await store.start()
     acc = store.account(ALICE)
     await acc.list_mailboxes()
