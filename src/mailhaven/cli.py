@@ -583,7 +583,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def cmd_quota(args: argparse.Namespace) -> int:
     """`quota show USER`: the limits (users file, else the domain's default) and the usage, read
-    from the index without the server (read-only; messages delivered since a folder was last
+    from the index (SQLite file, or PostgreSQL with that backend) without the server (read-only; messages delivered since a folder was last
     opened are counted from its new/ directory), like `doveadm quota get`."""
     from mailhaven.store import maildir, names
     from mailhaven.store.index import read_usage
@@ -595,7 +595,16 @@ def cmd_quota(args: argparse.Namespace) -> int:
         raise CliError(f"no such user: {args.user}")
     domain, localpart = names.split_user(user)
     root = cfg.mail_root / domain / localpart
-    indexed = read_usage(root) or {}
+    if cfg.storage.backend == "postgresql":
+        from mailhaven.errors import DatabaseError
+        from mailhaven.store import index_pg
+
+        try:
+            indexed = index_pg.read_usage(cfg.storage.dsn, user, timeout=cfg.storage.timeout) or {}
+        except DatabaseError as e:
+            raise CliError(f"storage.dsn: {e.detail}") from None
+    else:
+        indexed = read_usage(root) or {}
     octets = sum(b for b, _, _ in indexed.values())
     count = sum(n for _, n, _ in indexed.values())
     for folder in [root, *(p for p in (root.iterdir() if root.is_dir() else ()) if p.name.startswith(".")

@@ -519,9 +519,28 @@ class PgIndex:
                                         [(mailbox_id, u, m) for u, m in box.expunged])
 
 
+def read_usage(dsn: str, user: str, *, timeout: float = 5.0) -> dict[str, tuple[int, int, frozenset[str]]] | None:
+    """For a reader outside the server (`mailhaven quota show`, as index.read_usage for SQLite):
+    each indexed folder's octets, messages and row keys; None when the user has no index here yet.
+    Blocking. Raises DatabaseError."""
+    with _translated(), psycopg.connect(dsn, autocommit=True, connect_timeout=max(1, math.ceil(timeout))) as conn:
+        if conn.execute("SELECT to_regclass('mh_user')").fetchone() in (None, (None,)):
+            return None  # never started with the PostgreSQL index
+        row = conn.execute("SELECT id FROM mh_user WHERE name = %s", (user,)).fetchone()
+        if row is None:
+            return None
+        totals = {str(n): (int(b), int(c)) for n, b, c in conn.execute(
+            "SELECT name, msg_bytes, msg_count FROM mh_mailbox WHERE user_id = %s", (row[0],))}
+        keys: dict[str, set[str]] = {name: set() for name in totals}
+        for name, key in conn.execute("SELECT b.name, m.key FROM mh_message m JOIN mh_mailbox b ON"
+                                      " m.mailbox_id = b.id WHERE b.user_id = %s", (row[0],)):
+            keys[str(name)].add(str(key))
+    return {name: (b, n, frozenset(keys[name])) for name, (b, n) in totals.items()}
+
+
 def _message(r: tuple[Any, ...]) -> MessageRow:
     return (int(r[0]), str(r[1]), str(r[2]), str(r[3]), str(r[4]), int(r[5]), float(r[6]), int(r[7]),
             None if r[8] is None else int(r[8]))
 
 
-__all__ = ["LOCK_CLASS", "PART", "STEPS", "PgIndex", "PgIndexes"]
+__all__ = ["LOCK_CLASS", "PART", "STEPS", "PgIndex", "PgIndexes", "read_usage"]
