@@ -13,10 +13,10 @@ Does not own: the formats (index.py dumps, index_pg.py imports; spool.py, spool_
 Run it with the server stopped, after setting `[storage] backend = "postgresql"` and `dsn`.
 Idempotent: a user who already has an index in PostgreSQL is skipped (and said so) unless
 `force`, which replaces it; a queue entry whose row exists is not added again. What it leaves:
-the SQLite index files and the uidvalidity and subscriptions files stay where they are, untouched
-(back to backend = "sqlite", the server finds them, reconciles them with the Maildir files and
-goes on; changes made meanwhile to keywords, subscriptions and special-use under PostgreSQL are not
-in them); each migrated queue envelope is renamed `<ID>.env.migrated` (the file queue does not
+the SQLite index files and the uidvalidity and subscriptions files stay where they are, untouched,
+not renamed (back to backend = "sqlite" before any client used PostgreSQL, the server goes on with
+them; after, the operator deletes the index files first, and each is rebuilt from the uidlists that
+folder.py keeps with either backend: docs/production.md); each migrated queue envelope is renamed `<ID>.env.migrated` (the file queue does not
 load it any more, so no message is sent twice; renamed back to `.env` it is again).
 """
 
