@@ -128,7 +128,8 @@ class PgIndexes:
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout_ms,))
 
         pool: ConnectionPool[Conn] = ConnectionPool(
-            db.dsn, min_size=1, max_size=db.pool_size, kwargs=kwargs, open=False, timeout=db.timeout,
+            # at least two: a COPY or MOVE between two users holds both their locks
+            db.dsn, min_size=1, max_size=max(2, db.pool_size), kwargs=kwargs, open=False, timeout=db.timeout,
             name=f"{db.name}-index", configure=configure, check=ConnectionPool.check_connection)
         await asyncio.to_thread(pool.open, wait=False)
         self._pool = pool
@@ -226,11 +227,15 @@ class PgIndex:
         if conn is None:
             return
         try:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_CLASS << 32 | self.user_id,))
+        except psycopg.Error:
+            # Never back into the pool still holding the lock: closed, the server drops it (the
+            # pool discards a closed connection).
             with contextlib.suppress(psycopg.Error):
-                conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_CLASS << 32 | self.user_id,))
+                conn.close()
         finally:
             with contextlib.suppress(DatabaseError):
-                self._factory.pool().putconn(conn)  # a broken one is discarded (its lock went with it)
+                self._factory.pool().putconn(conn)
 
     def close(self) -> None:
         self.unlock()
