@@ -169,6 +169,7 @@ class PgIndex:
         self._conn: Conn | None = None  # held from lock() to unlock()
         self._seen: dict[int, tuple[int, int]] = {}
         self._known: int | None = None  # mh_user.version as last read, or as our own last commit left it
+        self._prefetched: int | None = None  # mh_user.version read by lock(), for the data_version() after it
         self._reported = 0
         with self._connection() as conn:
             conn.execute("INSERT INTO mh_user (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (user,))
@@ -211,18 +212,25 @@ class PgIndex:
     def lock(self) -> None:
         if self._conn is not None:
             raise RuntimeError("PgIndex.lock is not reentrant")
+        key = LOCK_CLASS << 32 | self.user_id
         with _translated():
             conn = self._factory.pool().getconn()
             try:
-                conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(LOCK_WAIT * 1000)}ms",))
-                conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_CLASS << 32 | self.user_id,))
-                conn.execute("SELECT set_config('statement_timeout', %s, false)", (self._factory._timeout_ms,))
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if not (row and row[0]):  # held elsewhere: wait, longer than a statement may take
+                    conn.execute("SELECT set_config('statement_timeout', %s, false)", (f"{int(LOCK_WAIT * 1000)}ms",))
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    conn.execute("SELECT set_config('statement_timeout', %s, false)", (self._factory._timeout_ms,))
+                # Read in a statement of its own, after the lock (a snapshot taken before it could
+                # miss the commit of the holder that just released it); data_version() uses it.
+                self._prefetched = self._version(conn)
             except BaseException:
                 self._factory.pool().putconn(conn)
                 raise
         self._conn = conn
 
     def unlock(self) -> None:
+        self._prefetched = None
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -322,9 +330,15 @@ class PgIndex:
     def last_seen(self, mailbox_id: int) -> tuple[int, int] | None:
         return self._seen.get(mailbox_id)
 
+    def _version(self, conn: Conn) -> int:
+        row = conn.execute("SELECT version FROM mh_user WHERE id = %s", (self.user_id,)).fetchone()
+        return int(row[0]) if row else -1
+
     def data_version(self) -> int:
-        row = self._one("SELECT version FROM mh_user WHERE id = %s", (self.user_id,))
-        version = int(row[0]) if row else -1
+        version, self._prefetched = self._prefetched, None
+        if version is None:
+            with self._connection() as conn:
+                version = self._version(conn)
         if version != self._known:
             self._known = version
             self._reported += 1
