@@ -39,9 +39,10 @@ PostgreSQL an advisory lock of the user, index_pg.py), taken for several account
 as `_locked()` (by user). Under that lock the cached state is checked first: the index's
 `data_version()` (SQLite's `PRAGMA data_version`, PostgreSQL's per-user change counter) tells
 whether another process committed to the index since this one last looked (one cheap query; it
-never changes for our own writes, so a single process never reloads anything). When it changed, every cached folder whose row another process changed reads the rows
-changed since (in place, Folder.catch_up), a folder deleted or replaced there is marked deleted, a renamed one
-follows its new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
+never changes for our own writes, so a single process never reloads anything). When it changed,
+every cached folder whose row another process changed reads the rows changed since (in place,
+Folder.catch_up), a folder deleted or replaced there is marked deleted, a renamed one follows its
+new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
 So UIDs and MODSEQs are never handed out twice and no flag change is lost. deliver() takes no lock:
 it only adds files to new/, which a sync in any process indexes. Change events reach the other
 processes through bus.py when the Store has a `bus_dir`, and those of other nodes through its
