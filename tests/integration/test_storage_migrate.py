@@ -139,16 +139,35 @@ def test_migrating_to_postgresql_keeps_every_imap_answer_and_the_queue(tmp_path:
     assert again.returncode == 0, again.stderr
     assert f"index: {ALICE}: already in PostgreSQL, skipped (--force replaces it)" in again.stdout
     assert "queue:" not in again.stdout
+    forced = _cli(path, "storage", "migrate", "--to", "postgresql", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"index: {ALICE}: 3 mailboxes, 5 messages, 2 tombstones, 2 subscriptions" in forced.stdout
 
     pg_cfg = load_test_config(path)
     (user_root / "subscriptions").unlink()  # with PostgreSQL the file is not read: it is in the database
+    sqlite_files = {p.name: p.stat().st_mtime_ns for p in user_root.glob("mailhaven-index.sqlite*")}
     after = asyncio.run(_serve(pg_cfg, lambda port: _observe(port, mid)))
     assert after == before
-    # and the index is in PostgreSQL: a new folder there gets a UIDVALIDITY above the migrated ones
+
+    # The server on PostgreSQL writes its index there and never touches the SQLite files.
+    def new_folder(port: int) -> None:
+        c = _client(port)
+        assert c.create("Fresh")[0] == "OK"
+        c.select("Fresh")
+        assert c.append("Fresh", "(Urgent)", None, _msg(30))[0] == "OK"
+        c.logout()
+
+    asyncio.run(_serve(pg_cfg, new_folder))
     with psycopg.connect(pg_dsn) as conn:
-        names = {r[0] for r in conn.execute("SELECT b.name FROM mh_mailbox b JOIN mh_user u ON u.id = b.user_id"
-                                            " WHERE u.name = %s", (ALICE,))}
-    assert {"INBOX", "Work", "Work.Old"} <= names
+        rows = conn.execute("SELECT b.name, b.uidvalidity, m.keywords FROM mh_mailbox b JOIN mh_user u"
+                            " ON u.id = b.user_id LEFT JOIN mh_message m ON m.mailbox_id = b.id WHERE u.name = %s",
+                            (ALICE,)).fetchall()
+    assert {"INBOX", "Work", "Work.Old", "Fresh"} <= {r[0] for r in rows}
+    fresh = [r for r in rows if r[0] == "Fresh"]
+    assert fresh[0][2] == "Urgent"
+    uidvalidities = {r[0]: r[1] for r in rows}
+    assert uidvalidities["Fresh"] > max(v for n, v in uidvalidities.items() if n != "Fresh")
+    assert {p.name: p.stat().st_mtime_ns for p in user_root.glob("mailhaven-index.sqlite*")} == sqlite_files
 
 
 def test_migrate_refuses_a_config_still_on_sqlite(tmp_path: Path) -> None:
