@@ -186,3 +186,35 @@ def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.run([sys.executable, "-m", "mailhaven", "-c", str(config), *args], capture_output=True,
                           text=True, timeout=120, env=env)
+
+
+async def test_a_user_without_an_index_keeps_the_subscriptions_and_the_uidvalidity_floor(
+        tmp_path: Path, pg_dsn: str) -> None:
+    from mailhaven import pg
+    from mailhaven.auth.users import UsersFile
+    from mailhaven.store import Store
+    from mailhaven.store.index_pg import PgIndexes
+
+    data = app_config_data(tmp_path, None, storage={"backend": "postgresql", "dsn": pg_dsn})
+    path = write_config(tmp_path / "mailhaven.toml", data)
+    UsersFile(Path(data["users_file"])).save()
+    cfg = load_test_config(path)
+    root = cfg.mail_root / "example.test" / "carol"
+    root.mkdir(parents=True)
+    (root / "subscriptions").write_text("V\t2\n\nWork\tX\n")  # Dovecot 2.x's form
+    (root / "mailhaven-uidvalidity").write_text("4000000000\n")
+    r = await asyncio.to_thread(_cli, path, "storage", "migrate", "--to", "postgresql")
+    assert r.returncode == 0, r.stderr
+    assert ("index: carol@example.test: 0 mailboxes, 0 messages, 0 tombstones, 1 subscriptions, "
+            "UIDVALIDITY floor 4000000000") in r.stdout
+    for name in ("subscriptions", "mailhaven-uidvalidity"):
+        (root / name).unlink()  # from now on the database alone knows them
+    store = Store(cfg.mail_root, hostname="test.host", fsync=False,
+                  indexes=PgIndexes(pg.Database(pg_dsn), owns_database=True))
+    await store.start()
+    try:
+        acc = store.account("carol@example.test")
+        assert await acc.subscriptions() == ["Work.X"]
+        assert (await acc.mailbox("INBOX")).uidvalidity == 4000000001
+    finally:
+        await store.close()
