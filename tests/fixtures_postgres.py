@@ -26,8 +26,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,35 @@ def pg_dsn(postgres: Postgres) -> str:
     if not postgres.running():  # a test that stopped it and failed before starting it again
         postgres.start()
     return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def make_indexes(request: pytest.FixtureRequest) -> Callable[[], Any]:
+    """Parametrizes a test over the two index backends (store/index.py IndexFactory): each call
+    makes a new factory for a Store; with PostgreSQL each has a pool of its own over this test's
+    database (as a process of its own would)."""
+    from mailhaven.store.index import SqliteIndexes
+
+    if request.param == "sqlite":
+        return SqliteIndexes
+    dsn = request.getfixturevalue("pg_dsn")
+    from mailhaven import pg
+    from mailhaven.store.index_pg import PgIndexes
+
+    return lambda: PgIndexes(pg.Database(dsn, pool_size=4), owns_database=True)
+
+
+def drop_index(indexes: Any, user_root: Path, user: str) -> None:
+    """Lose one user's index, as a deleted SQLite file or the user's rows gone from PostgreSQL."""
+    from mailhaven.store.index_pg import PgIndexes
+
+    if isinstance(indexes, PgIndexes):
+        import psycopg
+
+        with psycopg.connect(indexes.database.dsn, autocommit=True) as conn:
+            conn.execute("DELETE FROM mh_user WHERE name = %s", (user,))
+        return
+    for suffix in ("", "-wal", "-shm"):
+        p = user_root / f"mailhaven-index.sqlite{suffix}"
+        if p.exists():
+            p.unlink()

@@ -3,7 +3,8 @@
     python tests/store_worker.py ROOT GO_FILE JOB_JSON
 
 JOB_JSON: {"user": ..., "mailbox": "INBOX", "op": ..., "bus_dir": optional, "pg_dsn": optional
-(another node: change events through PostgreSQL LISTEN/NOTIFY, store/bus_pg.py), ...}. The worker builds
+(another node: change events through PostgreSQL LISTEN/NOTIFY, store/bus_pg.py), "index_dsn": optional
+(the index in that PostgreSQL database, store/index_pg.py), ...}. The worker builds
 its Store, opens the mailbox and takes a snapshot (so its cached folder state exists before the
 others start writing), prints "ready", waits until GO_FILE exists, does the job, prints one line
 of JSON (the result) and, for jobs with "stay": true, waits for its stdin to close before closing
@@ -60,6 +61,11 @@ async def run(root: Path, go: Path, job: dict[str, Any]) -> None:
         database = Database(job["pg_dsn"], pool_size=2)
         await database.open()
         extra["peers"] = PgBus(database)
+    if job.get("index_dsn"):
+        from mailhaven.pg import Database
+        from mailhaven.store.index_pg import PgIndexes
+
+        extra["indexes"] = PgIndexes(Database(job["index_dsn"], pool_size=2), owns_database=True)
     store = Store(root, hostname=HOST, fsync=False, **extra)
     await store.start()
     user = job["user"]

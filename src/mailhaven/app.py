@@ -322,12 +322,14 @@ def _database(cfg: Config) -> Database | None:
 
 def _store(cfg: Config, bus_dir: Path | None, database: Database | None) -> Store:
     """The Store; with PostgreSQL its change events travel through LISTEN/NOTIFY (bus_pg.py: one
-    transport for the workers of this node and the other nodes alike, each event heard once)."""
+    transport for the workers of this node and the other nodes alike, each event heard once) and
+    its per-user index lives in the database (store/index_pg.py; the SQLite files otherwise)."""
     if database is None:
         return Store(cfg.mail_root, hostname=cfg.hostname, bus_dir=bus_dir)
     from mailhaven.store.bus_pg import PgBus
+    from mailhaven.store.index_pg import PgIndexes
 
-    return Store(cfg.mail_root, hostname=cfg.hostname, peers=PgBus(database))
+    return Store(cfg.mail_root, hostname=cfg.hostname, peers=PgBus(database), indexes=PgIndexes(database))
 
 
 def _queue_spool(ctx: Context) -> QueueSpool | None:

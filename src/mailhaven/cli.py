@@ -14,6 +14,8 @@ blocks|unblock IP|ADDRESS` (the running server's queue and login delays, through
 `spam block|unblock|allow|disallow USER ADDRESS|@DOMAIN...` and `spam list USER`: a user's sender
 lists (policy/senderlists.py).
 `sieve ...`: users' Sieve scripts on disk (sievecmd.py).
+`storage migrate --to postgresql [--force]`: the SQLite indexes and the file queue into PostgreSQL
+(storage_migrate.py).
 Does not own: what the server does (app.py), the config schema (config.py), the users file format
 (auth/users.py).
 """
@@ -581,7 +583,7 @@ def cmd_user(args: argparse.Namespace) -> int:
 
 def cmd_quota(args: argparse.Namespace) -> int:
     """`quota show USER`: the limits (users file, else the domain's default) and the usage, read
-    from the index without the server (read-only; messages delivered since a folder was last
+    from the index (SQLite file, or PostgreSQL with that backend) without the server (read-only; messages delivered since a folder was last
     opened are counted from its new/ directory), like `doveadm quota get`."""
     from mailhaven.store import maildir, names
     from mailhaven.store.index import read_usage
@@ -593,7 +595,16 @@ def cmd_quota(args: argparse.Namespace) -> int:
         raise CliError(f"no such user: {args.user}")
     domain, localpart = names.split_user(user)
     root = cfg.mail_root / domain / localpart
-    indexed = read_usage(root) or {}
+    if cfg.storage.backend == "postgresql":
+        from mailhaven.errors import DatabaseError
+        from mailhaven.store import index_pg
+
+        try:
+            indexed = index_pg.read_usage(cfg.storage.dsn, user, timeout=cfg.storage.timeout) or {}
+        except DatabaseError as e:
+            raise CliError(f"storage.dsn: {e.detail}") from None
+    else:
+        indexed = read_usage(root) or {}
     octets = sum(b for b, _, _ in indexed.values())
     count = sum(n for _, n, _ in indexed.values())
     for folder in [root, *(p for p in (root.iterdir() if root.is_dir() else ()) if p.name.startswith(".")
@@ -618,6 +629,19 @@ def cmd_quota(args: argparse.Namespace) -> int:
     print(f"{'User quota':<12}{'STORAGE':<10}{-(-octets // 1024):>14}"
           f"{max_octets // 1024 if max_octets else '-':>14}{pct(octets, max_octets):>5}")
     print(f"{'User quota':<12}{'MESSAGE':<10}{count:>14}{max_messages or '-':>14}{pct(count, max_messages):>5}")
+    return 0
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    """`storage migrate --to postgresql [--force]`: every user's SQLite index and the file queue
+    into the PostgreSQL of [storage] (storage_migrate.py), with the server stopped."""
+    cfg = _load_config(args)
+    if cfg.storage.backend != "postgresql":
+        raise CliError("storage migrate --to postgresql: set [storage] backend = \"postgresql\" and dsn in "
+                       f"{args.config} first (with the server stopped)")
+    from mailhaven import storage_migrate
+
+    asyncio.run(storage_migrate.migrate(cfg, force=args.force, say=print))
     return 0
 
 
@@ -831,6 +855,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=["show"])
     s.add_argument("user", metavar="USER")
     s.set_defaults(func=cmd_quota)
+
+    s = sub.add_parser("storage", parents=common, help="storage migrate --to postgresql: move the mailbox indexes "
+                       "and the queue from SQLite and files into PostgreSQL (server stopped)")
+    s.add_argument("action", choices=["migrate"])
+    s.add_argument("--to", required=True, choices=["postgresql"], help="the backend to move to")
+    s.add_argument("--force", action="store_true", help="replace users already in PostgreSQL (default: skip them)")
+    s.set_defaults(func=cmd_storage)
 
     s = sub.add_parser("alias", parents=common, help="manage aliases: add ALIAS TARGET..., del ALIAS, list")
     s.add_argument("action", choices=["add", "del", "list"])

@@ -365,7 +365,9 @@ class StorageConfig:
     dsn: str = opt("", "libpq connection string of the PostgreSQL database, e.g. \"host=db.example.org "
                    "dbname=mailhaven user=mailhaven\" or \"postgresql://mailhaven@db.example.org/mailhaven\" "
                    "(required with backend = \"postgresql\").")
-    pool_size: int = opt(10, "Most connections to PostgreSQL this server holds open.", lo=1, hi=1000)
+    pool_size: int = opt(10, "Most connections of each of this server's pools to PostgreSQL (each worker "
+                         "process has two: one for the greylist, queue and events, one for the mailbox index).",
+                         lo=1, hi=1000)
     timeout: float = opt(5.0, "Longest wait for a database connection or one statement; beyond it the "
                          "operation fails temporarily.", lo=0.1, hi=300, duration=True)
 

@@ -18,9 +18,11 @@ from tests.fixtures_base import PASSWORD
 from tests.integration.test_imap_server import ALICE, ImapHarness
 
 
-@pytest.fixture
-def imap(make_config: Callable[..., Any]) -> Iterator[ImapHarness]:
-    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}})).start()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def imap(make_config: Callable[..., Any], request: pytest.FixtureRequest) -> Iterator[ImapHarness]:
+    """Over each index backend (SQLite; PostgreSQL, store/index_pg.py)."""
+    dsn = request.getfixturevalue("pg_dsn") if request.param == "postgresql" else None
+    h = ImapHarness(make_config("imap", {"imaps": {"tls": "implicit"}}), pg_dsn=dsn, pg_index=dsn is not None).start()
     try:
         yield h
     finally:

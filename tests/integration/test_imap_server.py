@@ -3,7 +3,9 @@ cannot say it): login, capabilities, SELECT/EXAMINE, FETCH, STORE, SEARCH, APPEN
 COPY/MOVE, UID forms, mailbox management, and the shell's limits.
 
 `ImapHarness` (also used by the other test_imap_* modules) runs the Store and the imap/imaps listeners
-in their own thread and event loop, so blocking clients work as real users' do.
+in their own thread and event loop, so blocking clients work as real users' do. The tests marked
+`over_both_indexes` run twice: with the SQLite index and with the index in PostgreSQL
+(store/index_pg.py), a representative smoke of the protocol over the second backend.
 """
 
 from __future__ import annotations
@@ -42,12 +44,13 @@ class ImapHarness:
     """Store + IMAP listeners in a thread with their own event loop. ctx is built here, not by app.py."""
 
     def __init__(self, cfg: Any, names: tuple[str, ...] = ("imap", "imaps"), *, fsync: bool = False,
-                 bus_dir: Path | None = None, pg_dsn: str | None = None) -> None:
+                 bus_dir: Path | None = None, pg_dsn: str | None = None, pg_index: bool = False) -> None:
         self.cfg = cfg
         self.names = names
         self.fsync = fsync  # the Store's durability (off by default: the tests run faster without it)
         self.bus_dir = bus_dir  # the Store's change bus (other processes over the same mail root)
         self.pg_dsn = pg_dsn  # or LISTEN/NOTIFY there (store/bus_pg.py: other nodes), with a pool of its own
+        self.pg_index = pg_index  # and the index there too (store/index_pg.py)
         self.database: Any = None
         self.ports: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
@@ -78,6 +81,10 @@ class ImapHarness:
             self.database = Database(self.pg_dsn, pool_size=2)
             await self.database.open()
             extra["peers"] = PgBus(self.database)
+            if self.pg_index:
+                from mailhaven.store.index_pg import PgIndexes
+
+                extra["indexes"] = PgIndexes(self.database)
         self.store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=self.fsync, **extra)
         await self.store.start()
         self.ctx = SimpleNamespace(
@@ -218,12 +225,17 @@ def imap_cfg(make_config: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
-def imap(imap_cfg: Any) -> Iterator[ImapHarness]:
-    h = ImapHarness(imap_cfg).start()
+def imap(imap_cfg: Any, request: pytest.FixtureRequest) -> Iterator[ImapHarness]:
+    backend = getattr(request, "param", "sqlite")  # over_both_indexes: "postgresql" too
+    dsn = request.getfixturevalue("pg_dsn") if backend == "postgresql" else None
+    h = ImapHarness(imap_cfg, pg_dsn=dsn, pg_index=dsn is not None).start()
     try:
         yield h
     finally:
         h.stop()
+
+
+over_both_indexes = pytest.mark.parametrize("imap", ["sqlite", "postgresql"], indirect=True)
 
 
 def ok(resp: tuple[str, Any]) -> Any:
@@ -357,6 +369,7 @@ def test_logout_says_bye_and_closes(imap: ImapHarness) -> None:
 # --------------------------------------------------------------------------- SELECT / EXAMINE
 
 
+@over_both_indexes
 def test_select_reports_flags_exists_recent_unseen_uidvalidity_uidnext(imap: ImapHarness) -> None:
     uids = imap.fill(4)
     imap.store_flags(uids[:2], {"\\Seen"})
@@ -409,6 +422,7 @@ def test_examine_refuses_store_expunge_and_does_not_set_seen(imap: ImapHarness) 
 # --------------------------------------------------------------------------- FETCH
 
 
+@over_both_indexes
 def test_fetch_flags_internaldate_size_uid(imap: ImapHarness) -> None:
     uids = imap.fill(3)
     imap.store_flags([uids[1]], {"\\Flagged"})
@@ -551,6 +565,7 @@ def test_fetch_sequence_number_beyond_exists_is_bad(imap: ImapHarness) -> None:
 # --------------------------------------------------------------------------- STORE
 
 
+@over_both_indexes
 def test_store_add_remove_set_silent(imap: ImapHarness) -> None:
     imap.fill(3)
     c = imap.client()
@@ -571,6 +586,7 @@ def test_store_add_remove_set_silent(imap: ImapHarness) -> None:
 # --------------------------------------------------------------------------- SEARCH
 
 
+@over_both_indexes
 def test_search_keys(imap: ImapHarness) -> None:
     imap.fill(5)
     imap.deliver(make_message(6, subject="Quarterly report", sender="boss@corp.example"))
@@ -598,6 +614,7 @@ def test_search_keys(imap: ImapHarness) -> None:
 # --------------------------------------------------------------------------- APPEND
 
 
+@over_both_indexes
 def test_append_with_flags_and_date_returns_appenduid(imap: ImapHarness) -> None:
     c = imap.client()
     msg = make_message(1)
@@ -742,6 +759,7 @@ def test_literal_plus_append(imap: ImapHarness) -> None:
 # --------------------------------------------------------------------------- EXPUNGE / CLOSE
 
 
+@over_both_indexes
 def test_expunge_removes_deleted_and_reports_numbers(imap: ImapHarness) -> None:
     imap.fill(5)
     c = imap.client()
@@ -799,6 +817,7 @@ def test_check_is_ok_when_selected_and_bad_when_only_authenticated(imap: ImapHar
 # --------------------------------------------------------------------------- COPY / MOVE
 
 
+@over_both_indexes
 def test_copy_returns_copyuid_and_keeps_flags(imap: ImapHarness) -> None:
     imap.fill(3)
     imap.store_flags([2], {"\\Flagged"})
@@ -816,6 +835,7 @@ def test_copy_returns_copyuid_and_keeps_flags(imap: ImapHarness) -> None:
     c.logout()
 
 
+@over_both_indexes
 def test_move_sends_copyuid_then_expunges(imap: ImapHarness) -> None:
     imap.fill(3)
     raw = imap.raw()
@@ -856,6 +876,7 @@ def test_move_into_the_selected_mailbox_itself_gives_new_uids(imap: ImapHarness)
     assert len([*(inbox / "cur").iterdir(), *(inbox / "new").iterdir()]) == 3  # no file lost or doubled
 
 
+@over_both_indexes
 def test_new_keyword_flags_come_before_the_fetch_that_shows_it(imap: ImapHarness) -> None:
     # RFC 3501 §7.2.6: FLAGS lists the keywords; a FETCH must not show one the client was not told
     # about (imaptest: "Keyword used without being in FLAGS"). FLAGS came after the FETCH.
@@ -902,6 +923,7 @@ def test_mailbox_names_not_in_modified_utf7_are_no_and_list_patterns_ok(imap: Im
 # --------------------------------------------------------------------------- mailboxes
 
 
+@over_both_indexes
 def test_list_patterns_special_use_and_children(imap: ImapHarness) -> None:
     c = imap.client()
     ok(c.create("Work"))
@@ -924,6 +946,7 @@ def test_list_patterns_special_use_and_children(imap: ImapHarness) -> None:
     c.logout()
 
 
+@over_both_indexes
 def test_create_delete_rename_subscribe_lsub_status(imap: ImapHarness) -> None:
     c = imap.client()
     ok(c.create("Box"))
@@ -946,6 +969,7 @@ def test_create_delete_rename_subscribe_lsub_status(imap: ImapHarness) -> None:
     c.logout()
 
 
+@over_both_indexes
 def test_rename_inbox_moves_messages(imap: ImapHarness) -> None:
     imap.fill(2)
     c = imap.client()

@@ -206,11 +206,15 @@ async def test_queued_local_delivery_over_quota_is_retried_then_bounced(
 # -- the server: IMAP and MX -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def quota_config(tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str) -> Any:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def quota_config(tmp_path: Path, tls_files: tuple[Path, Path], dns_nameserver: str,
+                 request: pytest.FixtureRequest) -> Any:
+    """The server's config, over each storage backend (with PostgreSQL the usage is in its index)."""
+    storage = {"storage": {"backend": "postgresql", "dsn": request.getfixturevalue("pg_dsn")}} \
+        if request.param == "postgresql" else {}
     cfg = load_test_config(app_config_file(
         tmp_path, tls_files, dns_nameserver, domains={"example.test": {"quota": "10K", "quota_messages": 5}},
-        auth={"failure_delay": 0, "allow_plaintext_loopback": True}, dev=True))
+        auth={"failure_delay": 0, "allow_plaintext_loopback": True}, dev=True, **storage))
     add_user(cfg, ALICE, PASSWORD)
     return cfg
 
@@ -301,6 +305,8 @@ async def test_cli_quota_show_reads_usage_and_limits_without_the_server(quota_co
     await (await ctx.store.account(ALICE).mailbox("INBOX")).snapshot()  # indexed
     await ctx.store.deliver([(ALICE, "INBOX")], message(2000))  # in new/, not yet indexed
     await ctx.store.close()
+    if ctx.database is not None:
+        await ctx.database.close()
     set_quota(quota_config.users_file, ALICE, 100 * KIB, None)
     r = await asyncio.to_thread(quota_show, tmp_path / "mailhaven.toml", ALICE)
     assert r.returncode == 0, r.stderr

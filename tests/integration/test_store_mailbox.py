@@ -1,4 +1,7 @@
-"""Mailbox behaviour on real files: external changes, index rebuild, migration, flags, folders."""
+"""Mailbox behaviour on real files: external changes, index rebuild, migration, flags, folders.
+
+The tests with the `store` fixture run over both index backends (make_indexes: SQLite files and
+PostgreSQL, store/index_pg.py): the same behaviour from each."""
 
 from __future__ import annotations
 
@@ -21,17 +24,27 @@ from mailhaven.store import (
     Store,
     changes,
 )
+from mailhaven.store.index_pg import PgIndexes
+from tests.fixtures_postgres import drop_index
 
 HOST = "test.host"
 ALICE = "alice@example.test"
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = Store(tmp_path / "mail", hostname=HOST)
+async def store(tmp_path: Path, make_indexes):
+    s = Store(tmp_path / "mail", hostname=HOST, indexes=make_indexes())
+    s.make_indexes = make_indexes  # for again()
     await s.start()
     yield s
     await s.close()
+
+
+async def again(store: Store) -> Store:
+    """Another Store over the same mail and index backend (a restart)."""
+    s = Store(store.root, hostname=HOST, indexes=store.make_indexes())  # type: ignore[attr-defined]
+    await s.start()
+    return s
 
 
 def age(*dirs: Path, seconds: float = 60) -> None:
@@ -120,7 +133,7 @@ async def test_flags_round_trip_through_file_names_and_index(store: Store, tmp_p
     assert (await mb.snapshot()).highestmodseq == before
     # Keywords live in the index and survive a restart.
     await store.close()
-    store2 = Store(store.root, hostname=HOST)
+    store2 = await again(store)
     snap2 = await (await store2.account(ALICE).mailbox("INBOX")).snapshot()
     assert snap2.messages[0].flags == frozenset({"\\Flagged", "Other"})
     await store2.close()
@@ -236,11 +249,8 @@ async def test_read_follows_a_file_renamed_by_another_program(store: Store) -> N
 # --- index loss, uidlist, migration ---------------------------------------------------------------
 
 
-def _drop_index(user_root: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        p = user_root / f"mailhaven-index.sqlite{suffix}"
-        if p.exists():
-            p.unlink()
+def _drop_index(store: Store, user_root: Path) -> None:
+    drop_index(store.indexes, user_root, ALICE)
 
 
 async def test_deleted_index_is_rebuilt_with_the_same_uids(store: Store) -> None:
@@ -256,9 +266,9 @@ async def test_deleted_index_is_rebuilt_with_the_same_uids(store: Store) -> None
     await sent.append(b"sent\n")
     sent_before = await sent.snapshot()
     await store.close()
-    _drop_index(acc.path)
+    _drop_index(store, acc.path)
 
-    store2 = Store(store.root, hostname=HOST)
+    store2 = await again(store)
     mb2 = await store2.account(ALICE).mailbox("INBOX")
     after = await mb2.snapshot()
     assert after.uidvalidity == before.uidvalidity
@@ -277,9 +287,9 @@ async def test_lost_index_and_uidlist_change_uidvalidity(store: Store) -> None:
     acc = store.account(ALICE)
     before = await (await acc.mailbox("INBOX")).snapshot()
     await store.close()
-    _drop_index(acc.path)
+    _drop_index(store, acc.path)
     (acc.path / "mailhaven-uidlist").unlink()
-    store2 = Store(store.root, hostname=HOST)
+    store2 = await again(store)
     after = await (await store2.account(ALICE).mailbox("INBOX")).snapshot()
     assert after.uidvalidity != before.uidvalidity
     assert [m.uid for m in after.messages] == [1, 2]
@@ -409,11 +419,16 @@ async def test_subscriptions_are_kept_in_a_dovecot_style_file(store: Store) -> N
     await acc.subscribe("Nonexistent.Yet")
     await acc.subscribe("Sent")
     await acc.unsubscribe("Trash")
-    assert (acc.path / "subscriptions").read_text() == "Sent\nNonexistent.Yet\n"
+    if isinstance(store.indexes, PgIndexes):
+        assert not (acc.path / "subscriptions").exists()  # in the database instead
+    else:
+        assert (acc.path / "subscriptions").read_text() == "Sent\nNonexistent.Yet\n"
     boxes = {b.name: b.subscribed for b in await acc.list_mailboxes()}
     assert boxes["Sent"] and not boxes["Trash"]
     await acc.unsubscribe("Sent")
     assert await acc.subscriptions() == ["Nonexistent.Yet"]
+    if isinstance(store.indexes, PgIndexes):
+        return
     (acc.path / "subscriptions").write_text("V\t2\n\nWork\tProjects\n")  # Dovecot 2.x format
     assert await acc.subscriptions() == ["Work.Projects"]
 
@@ -485,7 +500,7 @@ async def test_warm_snapshot_of_10000_messages_is_fast(store: Store) -> None:
     assert sorted(timings)[2] < 0.1
     # A new Store (index on disk, nothing in memory) also opens it without rescanning every file.
     await store.close()
-    store2 = Store(store.root, hostname=HOST)
+    store2 = await again(store)
     t = time.perf_counter()
     snap2 = await (await store2.account(ALICE).mailbox("INBOX")).snapshot()
     assert time.perf_counter() - t < 1.0

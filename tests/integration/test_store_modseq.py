@@ -2,7 +2,8 @@
 out while UIDVALIDITY stays, from the reservation kept in the folder's uidlist (RFC 7162); older
 uidlists and Dovecot's, which have none, start above any count of changes a client may have seen.
 
-Real Store on real files; the index is deleted as an operator (or a lost disk) would delete it.
+Real Store on real files; the index is deleted as an operator (or a lost disk) would delete it:
+the SQLite file, or (make_indexes' other backend) the user's rows in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,16 +14,11 @@ from pathlib import Path
 import pytest
 
 from mailhaven.store import Store, folder, uidlist
+from mailhaven.store.index import SqliteIndexes
+from tests.fixtures_postgres import drop_index
 
 HOST = "test.host"
 ALICE = "alice@example.test"
-
-
-def _drop_index(user_root: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        p = user_root / f"mailhaven-index.sqlite{suffix}"
-        if p.exists():
-            p.unlink()
 
 
 async def _changes(store: Store, rounds: int) -> tuple[int, int]:
@@ -43,29 +39,31 @@ async def _changes(store: Store, rounds: int) -> tuple[int, int]:
     return snap.uidvalidity, snap.highestmodseq
 
 
-async def _reopened(root: Path, *, drop_index: bool) -> tuple[Store, int, int]:
+async def _reopened(root: Path, *, drop: bool, make=SqliteIndexes) -> tuple[Store, int, int]:
     user_root = root / "example.test" / "alice"
-    if drop_index:
-        _drop_index(user_root)
-    store = Store(root, hostname=HOST, fsync=False)
+    store = Store(root, hostname=HOST, fsync=False, indexes=make())
+    if drop:
+        drop_index(store.indexes, user_root, ALICE)
+    await store.start()
     snap = await (await store.account(ALICE).mailbox("INBOX")).snapshot()
     return store, snap.uidvalidity, snap.highestmodseq
 
 
 @pytest.mark.parametrize("reserve", [None, 3])
 async def test_rebuilt_index_never_hands_out_a_modseq_already_used(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reserve: int | None) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reserve: int | None, make_indexes) -> None:
     if reserve is not None:  # many changes cross several reservations (appended lines), not only one
         monkeypatch.setattr(folder, "MODSEQ_RESERVE", reserve, raising=False)
     root = tmp_path / "mail"
-    store = Store(root, hostname=HOST, fsync=False)
+    store = Store(root, hostname=HOST, fsync=False, indexes=make_indexes())
+    await store.start()
     for i in range(4):
         await store.deliver([(ALICE, "INBOX")], b"Subject: m%d\n\nbody\n" % i)
     uidvalidity, before = await _changes(store, 12)
     await store.close()
 
     for n in range(2):  # rebuilt twice: the second rebuild reads what the first one wrote
-        store, uv, after = await _reopened(root, drop_index=True)
+        store, uv, after = await _reopened(root, drop=True, make=make_indexes)
         assert uv == uidvalidity
         assert after > before  # every message counts as changed: clients fetch all flags again
         mb = await store.account(ALICE).mailbox("INBOX")
@@ -79,7 +77,7 @@ async def test_rebuilt_index_never_hands_out_a_modseq_already_used(
         await store.close()
 
     # a plain restart keeps the index and its HIGHESTMODSEQ
-    store, uv, after = await _reopened(root, drop_index=False)
+    store, uv, after = await _reopened(root, drop=False, make=make_indexes)
     assert (uv, after) == (uidvalidity, before)
     await store.close()
 
@@ -107,7 +105,7 @@ async def test_uidlist_without_a_modseq_reservation_starts_above_any_count_of_ch
     # the reservation is in the file now: the next rebuild starts above it
     got = uidlist.read(user)
     assert got is not None and got.modseq > snap.highestmodseq
-    store, uv, after = await _reopened(root, drop_index=True)
+    store, uv, after = await _reopened(root, drop=True)
     assert (uv, after > snap.highestmodseq) == (777, True)
     await store.close()
 

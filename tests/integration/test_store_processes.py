@@ -5,6 +5,9 @@ test take a snapshot first, so each holds cached folder state before the others 
 and MODSEQs are never given twice, no flag change is lost, an expunge, a deleted or a renamed
 folder in one process is seen by the others, and (with a bus directory) a change in one process
 reaches a subscriber in another within a second.
+The tests with the `store` fixture run over both index backends (make_indexes): with PostgreSQL
+(store/index_pg.py) the processes exclude each other by the user's advisory lock alone (no flock)
+and notice each other's commits by the user's change counter.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 
 from mailhaven.errors import MailboxNotFound
 from mailhaven.store import Expunged, FlagsChanged, MailboxesChanged, MessagesAdded, Store
+from mailhaven.store.index_pg import PgIndexes
 
 HOST = "test.host"
 ALICE = "alice@example.test"
@@ -56,9 +60,13 @@ class Worker:
         assert rc == 0
 
 
-async def start_all(root: Path, tmp_path: Path, jobs: list[dict[str, Any]]) -> tuple[list[Worker], Path]:
-    """Start one worker per job and wait until each has its folder loaded (not yet going)."""
+async def start_all(root: Path, tmp_path: Path, jobs: list[dict[str, Any]], store: Store | None = None
+                    ) -> tuple[list[Worker], Path]:
+    """Start one worker per job and wait until each has its folder loaded (not yet going); with
+    `store`'s index in PostgreSQL, theirs too."""
     go = tmp_path / "go"
+    if store is not None and isinstance(store.indexes, PgIndexes):
+        jobs = [{**job, "index_dsn": store.indexes.database.dsn} for job in jobs]
     workers = [await Worker.start(root, go, job) for job in jobs]
     for w in workers:
         assert await w.line() == "ready"
@@ -70,11 +78,19 @@ def message(i: int) -> bytes:
 
 
 @pytest.fixture
-async def store(tmp_path: Path):
-    s = Store(tmp_path / "mail", hostname=HOST, fsync=False)
+async def store(tmp_path: Path, make_indexes):
+    s = Store(tmp_path / "mail", hostname=HOST, fsync=False, indexes=make_indexes())
+    s.make_indexes = make_indexes  # for another()
     await s.start()
     yield s
     await s.close()
+
+
+async def another(store: Store) -> Store:
+    """A new Store in this process over the same mail and index backend."""
+    s = Store(store.root, hostname=HOST, fsync=False, indexes=store.make_indexes())  # type: ignore[attr-defined]
+    await s.start()
+    return s
 
 
 async def test_two_processes_appending_and_delivering_to_one_mailbox_never_share_a_uid(
@@ -82,7 +98,7 @@ async def test_two_processes_appending_and_delivering_to_one_mailbox_never_share
     n = 40
     mb = await store.account(ALICE).mailbox("INBOX")
     await mb.snapshot()
-    workers, go = await start_all(store.root, tmp_path, [{"user": ALICE, "op": "mixed", "n": n}] * 2)
+    workers, go = await start_all(store.root, tmp_path, [{"user": ALICE, "op": "mixed", "n": n}] * 2, store)
     go.touch()
     results = [await w.line() for w in workers]
     for w in workers:
@@ -100,7 +116,7 @@ async def test_two_processes_appending_and_delivering_to_one_mailbox_never_share
     appended = results[0]["appended"] + results[1]["appended"]
     assert len(set(appended)) == 2 * n
     # A fresh process (a new Store) reads the same from the index.
-    other = Store(store.root, hostname=HOST, fsync=False)
+    other = await another(store)
     again = await (await other.account(ALICE).mailbox("INBOX")).snapshot()
     await other.close()
     assert {m.key: m.uid for m in again.messages} == final
@@ -114,7 +130,7 @@ async def test_two_processes_changing_flags_of_the_same_messages_lose_no_update_
     before = (await mb.snapshot()).highestmodseq
     jobs = [{"user": ALICE, "op": "flags", "uids": uids, "flags": ["kwa", "\\Seen"]},
             {"user": ALICE, "op": "flags", "uids": uids, "flags": ["kwb", "\\Flagged"]}]
-    workers, go = await start_all(store.root, tmp_path, jobs)
+    workers, go = await start_all(store.root, tmp_path, jobs, store)
     go.touch()
     results = [await w.line() for w in workers]
     for w in workers:
@@ -145,7 +161,7 @@ async def test_an_expunge_in_another_process_is_seen_here_and_its_uids_are_not_g
         await mb.append(message(i))
     assert len((await mb.snapshot()).messages) == 10
     workers, go = await start_all(store.root, tmp_path, [
-        {"user": ALICE, "op": "expunge", "uids": [8, 9, 10], "append": 2}])
+        {"user": ALICE, "op": "expunge", "uids": [8, 9, 10], "append": 2}], store)
     go.touch()
     assert await workers[0].line() == {"expunged": [8, 9, 10], "appended": [11, 12]}
     await workers[0].finish()
@@ -164,7 +180,7 @@ async def test_a_folder_deleted_or_renamed_by_another_process_is_followed_here(
     await old.append(message(1))
     await gone.append(message(2))
     workers, go = await start_all(store.root, tmp_path, [
-        {"user": ALICE, "op": "folders", "delete": "Gone", "rename": ["Old", "New"]}])
+        {"user": ALICE, "op": "folders", "delete": "Gone", "rename": ["Old", "New"]}], store)
     go.touch()
     await workers[0].line()
     await workers[0].finish()
@@ -186,11 +202,12 @@ async def test_copies_between_two_users_in_opposite_directions_neither_deadlock_
     await store.close()  # the workers only
     jobs = [{"user": ALICE, "op": "copyto", "dest": bob, "n": 20, "uids": [1, 2, 3, 4, 5]},
             {"user": bob, "op": "copyto", "dest": ALICE, "n": 20, "uids": [1, 2, 3, 4, 5]}]
-    workers, go = await start_all(store.root, tmp_path, jobs)
+    workers, go = await start_all(store.root, tmp_path, jobs, store)
     go.touch()
     results = [await w.line() for w in workers]  # both lock both users: in one order, or a deadlock
     for w in workers:
         await w.finish()
+    await store.start()
     for user, copied_in, own in ((bob, results[0], results[1]), (ALICE, results[1], results[0])):
         new = [d for _, d in copied_in["pairs"]] + own["appended"]  # both processes wrote this INBOX
         assert len(new) == len(set(new)) == 20 * 5 + 20
@@ -210,7 +227,7 @@ async def test_copies_delivered_here_and_indexed_by_another_process_count_once_i
     size = len(message(0))
     assert await acc.usage() == (5 * size, 5)
     workers, go = await start_all(store.root, tmp_path, [{"user": ALICE, "op": "snapshot",
-                                                          "mailboxes": ["INBOX", "Later"]}])
+                                                          "mailboxes": ["INBOX", "Later"]}], store)
     go.touch()
     assert await workers[0].line() == {"INBOX": 3, "Later": 2}  # indexed there
     await workers[0].finish()
@@ -267,7 +284,7 @@ async def test_a_process_catching_up_sees_exactly_what_a_fresh_one_reads(store: 
     import random
 
     rng = random.Random(15)
-    other = Store(store.root, hostname=HOST, fsync=False)
+    other = await another(store)
     acc, acc2 = store.account(ALICE), other.account(ALICE)
     await acc.create_mailbox("Box")
     here, there = await acc.mailbox("INBOX"), await acc2.mailbox("INBOX")
@@ -295,7 +312,7 @@ async def test_a_process_catching_up_sees_exactly_what_a_fresh_one_reads(store: 
                 inside = [m.uid for m in (await box_there.snapshot()).messages]
                 if inside:
                     await box_there.move(inside[:2], there)
-            fresh = Store(store.root, hostname=HOST, fsync=False)
+            fresh = await another(store)
             want = await (await fresh.account(ALICE).mailbox("INBOX")).snapshot()
             await fresh.close()
             got = await here.snapshot()

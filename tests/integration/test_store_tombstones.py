@@ -2,7 +2,8 @@
 remembered with the MODSEQ of its removal, whoever removed it (EXPUNGE, MOVE, another program
 deleting the file); `vanished_since` answers None, never a wrong "nothing vanished", where the
 tombstones do not reach (an index rebuilt or migrated from schema 3, pruned tombstones); a deleted
-mailbox takes its tombstones along. Real Store on real files."""
+mailbox takes its tombstones along. Real Store on real files; the tests taking `make_indexes` run
+over both index backends (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -12,20 +13,22 @@ from pathlib import Path
 import pytest
 
 from mailhaven.store import Store, index
+from tests.fixtures_postgres import drop_index
 
 HOST = "test.host"
 ALICE = "alice@example.test"
 
 
-async def _filled(root: Path, n: int) -> Store:
-    store = Store(root, hostname=HOST, fsync=False)
+async def _filled(root: Path, n: int, make_indexes=index.SqliteIndexes) -> Store:
+    store = Store(root, hostname=HOST, fsync=False, indexes=make_indexes())
+    await store.start()
     for i in range(n):
         await store.deliver([(ALICE, "INBOX")], b"Subject: m%d\n\nbody\n" % i)
     return store
 
 
-async def test_expunge_and_move_leave_tombstones_at_their_modseq(tmp_path: Path) -> None:
-    store = await _filled(tmp_path / "mail", 5)
+async def test_expunge_and_move_leave_tombstones_at_their_modseq(tmp_path: Path, make_indexes) -> None:
+    store = await _filled(tmp_path / "mail", 5, make_indexes)
     acc = store.account(ALICE)
     mb = await acc.mailbox("INBOX")
     start = (await mb.snapshot()).highestmodseq
@@ -45,15 +48,15 @@ async def test_expunge_and_move_leave_tombstones_at_their_modseq(tmp_path: Path)
     assert await dest.vanished_since((await dest.snapshot()).highestmodseq) == []
     await store.close()
     # a restart keeps them (they are in the index)
-    store = Store(tmp_path / "mail", hostname=HOST, fsync=False)
+    store = await _filled(tmp_path / "mail", 0, make_indexes)
     mb = await store.account(ALICE).mailbox("INBOX")
     assert await mb.vanished_since(start) == [2, 3, 5]
     await store.close()
 
 
-async def test_a_file_deleted_by_another_program_leaves_a_tombstone(tmp_path: Path) -> None:
+async def test_a_file_deleted_by_another_program_leaves_a_tombstone(tmp_path: Path, make_indexes) -> None:
     root = tmp_path / "mail"
-    store = await _filled(root, 3)
+    store = await _filled(root, 3, make_indexes)
     mb = await store.account(ALICE).mailbox("INBOX")
     start = (await mb.snapshot()).highestmodseq
     user = root / "example.test" / "alice"
@@ -64,18 +67,15 @@ async def test_a_file_deleted_by_another_program_leaves_a_tombstone(tmp_path: Pa
     await store.close()
 
 
-async def test_a_rebuilt_index_does_not_claim_to_know_older_removals(tmp_path: Path) -> None:
+async def test_a_rebuilt_index_does_not_claim_to_know_older_removals(tmp_path: Path, make_indexes) -> None:
     root = tmp_path / "mail"
-    store = await _filled(root, 3)
+    store = await _filled(root, 3, make_indexes)
     mb = await store.account(ALICE).mailbox("INBOX")
     start = (await mb.snapshot()).highestmodseq
     await mb.expunge([1])
     await store.close()
-    for suffix in ("", "-wal", "-shm"):
-        p = root / "example.test" / "alice" / f"mailhaven-index.sqlite{suffix}"
-        if p.exists():
-            p.unlink()
-    store = Store(root, hostname=HOST, fsync=False)
+    drop_index(store.indexes, root / "example.test" / "alice", ALICE)
+    store = await _filled(root, 0, make_indexes)
     mb = await store.account(ALICE).mailbox("INBOX")
     snap = await mb.snapshot()
     assert [m.uid for m in snap.messages] == [2, 3]
@@ -110,10 +110,10 @@ async def test_an_index_of_schema_3_is_migrated_with_tombstones_from_now_on(tmp_
     db.close()
 
 
-async def test_pruning_forgets_the_oldest_and_raises_the_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                              ) -> None:
+async def test_pruning_forgets_the_oldest_and_raises_the_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              make_indexes) -> None:
     monkeypatch.setattr(index, "MAX_TOMBSTONES", 4)
-    store = await _filled(tmp_path / "mail", 8)
+    store = await _filled(tmp_path / "mail", 8, make_indexes)
     mb = await store.account(ALICE).mailbox("INBOX")
     marks = [(await mb.snapshot()).highestmodseq]
     for uid in range(1, 8):  # one EXPUNGE each: tombstones at increasing MODSEQs

@@ -452,6 +452,11 @@ def _older(path: Path, seconds: float) -> bool:
         return True
 
 
+def read_entry(folder: Path, eid: str) -> Entry:
+    """The entry of `<folder>/<eid>.env`. Raises OSError, ValueError, KeyError, TypeError."""
+    return _read_entry(folder, eid)
+
+
 def _read_entry(folder: Path, eid: str) -> Entry:
     entry = Entry.from_json(json.loads(_read_small(os.path.join(folder, eid + ".env"))))
     if entry.id != eid:

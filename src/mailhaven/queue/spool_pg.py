@@ -190,6 +190,18 @@ class PgSpool:
             raise
         return entry
 
+    async def import_entry(self, entry: Entry) -> bool:
+        """Add the row of an entry of the file spool (queue/spool.py) whose message file is already
+        at msg_path(entry.id), for `mailhaven storage migrate`: nothing when a row with its id
+        exists. True when it was added. Raises DatabaseError."""
+        if not self._ready:
+            await self.open()
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO queue_entry (id, envelope, created, next_attempt) VALUES (%s, %s::jsonb, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING", (entry.id, _envelope(entry), entry.created, entry.next_attempt))
+            return cur.rowcount == 1
+
     # -- update --
     async def save(self, entry: Entry) -> None:
         """Write the entry's current state into its row (serialised per entry). The lease is kept.

@@ -1,4 +1,5 @@
-r"""The mail store: Maildir++ on disk (the truth) plus a per-user SQLite index (rebuildable).
+r"""The mail store: Maildir++ on disk (the truth) plus a per-user index (rebuildable): SQLite files,
+or PostgreSQL with `[storage] backend = "postgresql"` (index_pg.py).
 
 Owns: durable delivery, folders, flags, UIDs, change notification between sessions.
 Does not own: protocols (IMAP/POP3 views, sequence numbers), policy, the queue.
@@ -7,7 +8,9 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
 (file I/O, fsync and SQLite run in worker threads):
 
     store = Store(root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None,
-                  peers: Peers | None = None)
+                  peers: Peers | None = None, indexes: IndexFactory | None = None)
+        # indexes: makes each user's index (index.IndexFactory: index.SqliteIndexes, the default,
+        # or index_pg.PgIndexes; app.py picks it from [storage] backend), opened by start().
         # bus_dir: other processes run a Store over the same root; change events cross to them
         # and back through Unix datagram sockets in that directory (bus.py). None: this one alone.
         # peers, instead: stores on other nodes share the root; events cross through it
@@ -78,7 +81,9 @@ On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.S
 `maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
 rebuildable index, WAL); `mailhaven-lock` (empty: the per-user inter-process lock, flock(2), held
 by every step that reads or writes the index, so several processes may each run a Store over one
-root, mailbox.py); `mailhaven-uidvalidity` (last UIDVALIDITY given); `mailhaven-uidlist` in
+root, mailbox.py); `mailhaven-uidvalidity` (last UIDVALIDITY given). With the PostgreSQL index
+the first three are rows instead (index_pg.py; the lock an advisory lock of the user), the rest
+stays on disk; `mailhaven-uidlist` in
 every folder (UID backup, format in uidlist.py; a `dovecot-uidlist` is imported when we have
 neither); `mailhaven-keywords/` in a folder that was delivered keywords (one record per copy whose
 keywords the index does not hold yet, pending.py). Messages are stored with CRLF line endings. If
@@ -87,7 +92,7 @@ the index is lost, UIDVALIDITY, UIDs and flags come back from the uidlists and f
 file on import and delivered keywords still in a pending record.
 
 Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
-(UID backup files), index.py (SQLite), folder.py (one folder's reconciliation), pending.py
+(UID backup files), index.py (the IndexBackend seam, and SQLite), index_pg.py (PostgreSQL), folder.py (one folder's reconciliation), pending.py
 (keywords given at delivery, until the index holds them), mailbox.py (the async API and locking),
 changes.py (events), bus.py (events between processes), bus_pg.py (events between nodes, through
 PostgreSQL), model.py (value types).

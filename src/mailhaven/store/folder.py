@@ -39,7 +39,7 @@ from pathlib import Path
 
 from mailhaven.errors import StorageFull, StoreError, store_failure
 from mailhaven.store import maildir, pending, uidlist
-from mailhaven.store.index import Index, MessageRow
+from mailhaven.store.index import IndexBackend, MessageRow
 from mailhaven.store.model import MessageInfo, Snapshot
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def clean_keywords(words: frozenset[str] | set[str]) -> frozenset[str]:
 
 
 class Folder:
-    def __init__(self, name: str, path: Path, index: Index, *, fsync: bool) -> None:
+    def __init__(self, name: str, path: Path, index: IndexBackend, *, fsync: bool) -> None:
         self.name = name
         self.path = path
         self.index = index

@@ -1,12 +1,18 @@
-"""Per-user SQLite index (WAL): mailbox UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ and message rows.
+"""The per-user index seam (`IndexBackend`, `IndexFactory`) and its SQLite implementation (WAL):
+mailbox UIDVALIDITY/UIDNEXT/HIGHESTMODSEQ, message rows, tombstones, special-use, meta and the
+subscription list.
 
-Owns: the schema and every SQL statement, behind a narrow interface (so a PostgreSQL backend can
-replace it without touching protocol code, DESIGN.md "Beyond one machine").
+Owns: the interface every index backend satisfies (`IndexBackend`; the PostgreSQL one is
+index_pg.py, chosen by app.py through the Store's `indexes` factory, so protocol code never
+knows), the SQLite schema and every SQLite statement, and the SQLite backend's exclusion of other
+processes (`lock()`: an flock(2) on `<user root>/mailhaven-lock`).
 Does not own: deciding what changed on disk (mailbox.py); the index never owns a message, it is a
 cache of the Maildir that can be rebuilt (uidlist.py keeps UIDs across a rebuild).
 
 All methods are blocking and must be called from a worker thread, one at a time (the account
-lock in mailbox.py serialises them). File: `<user root>/mailhaven-index.sqlite`.
+lock in mailbox.py serialises them), between lock() and unlock(). File:
+`<user root>/mailhaven-index.sqlite`; the subscription list stays in Dovecot's `subscriptions`
+file beside it (one name per line), read and written through this interface.
 
 Every write is one transaction that either commits or is rolled back (also when COMMIT itself
 fails: SQLite may leave the transaction open then). SQLite's "database or disk is full"
@@ -16,12 +22,15 @@ failure; reading needs no space.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from mailhaven.errors import StorageFull, no_space
 from mailhaven.store import maildir
@@ -29,6 +38,8 @@ from mailhaven.store import maildir
 log = logging.getLogger(__name__)
 FILENAME = "mailhaven-index.sqlite"
 UIDVALIDITY_FILENAME = "mailhaven-uidvalidity"
+SUBSCRIPTIONS_FILENAME = "subscriptions"
+LOCK_FILENAME = "mailhaven-lock"
 # 2: message.unterminated (1 = the file does not end with LF; NULL = not known yet: a row of a
 # version 1 index, filled in when its folder is next opened).
 # 3: mailbox.msg_bytes/msg_count, each folder's message octets and count (the quota's usage, kept
@@ -90,10 +101,102 @@ class MailboxRow:
     cur_mtime: int
 
 
+@dataclass
+class MailboxDump:
+    """One mailbox of an index, whole (for `mailhaven storage migrate`)."""
+
+    row: MailboxRow
+    msg_bytes: int
+    msg_count: int
+    vanished_floor: int
+    messages: list[MessageRow]
+    expunged: list[tuple[int, int]]  # (uid, modseq of its removal)
+
+
+@dataclass
+class IndexDump:
+    """Everything one user's index holds, to copy it into another backend."""
+
+    last_uidvalidity: int
+    meta: dict[str, str] = field(default_factory=dict)
+    special_use: dict[str, str] = field(default_factory=dict)
+    subscriptions: list[str] = field(default_factory=list)
+    mailboxes: list[MailboxDump] = field(default_factory=list)
+
+
+class IndexBackend(Protocol):
+    """One user's index, as mailbox.py and folder.py use it (blocking; one caller at a time).
+
+    Every write is one transaction. `data_version()` changes when another process (or node)
+    committed to this user's index since the previous call, never for this object's own writes;
+    `last_seen(id)` is (UIDNEXT, HIGHESTMODSEQ) of a mailbox as this object last read or wrote it.
+    lock()/unlock() bracket every use: they exclude the other processes (and nodes) that share
+    this user's index, and are not reentrant."""
+
+    def lock(self) -> None: ...
+    def unlock(self) -> None: ...
+    def close(self) -> None: ...
+    def next_uidvalidity(self) -> int: ...
+    def note_uidvalidity(self, value: int) -> None: ...
+    def usage(self) -> tuple[int, int]: ...
+    def folder_usage(self) -> dict[str, tuple[int, int]]: ...
+    def get_meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str | None) -> None: ...
+    def special_uses(self) -> dict[str, str]: ...
+    def set_special_use(self, name: str, use: str | None) -> None: ...
+    def subscriptions(self) -> list[str]: ...
+    def set_subscriptions(self, names: list[str]) -> None: ...
+    def load(self, name: str) -> MailboxRow | None: ...
+    def mailbox_rows(self) -> list[MailboxRow]: ...
+    def last_seen(self, mailbox_id: int) -> tuple[int, int] | None: ...
+    def data_version(self) -> int: ...
+    def known_keys(self, name: str, keys: Iterable[str]) -> set[str]: ...
+    def changed_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageRow], int]: ...
+    def uids(self, mailbox_id: int) -> set[int]: ...
+    def messages(self, mailbox_id: int) -> list[MessageRow]: ...
+    def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
+               rows: Iterable[MessageRow] = ()) -> int: ...
+    def commit(self, mailbox_id: int, *, upserts: Iterable[MessageRow] = (), deletes: Iterable[int] = (),
+               uidnext: int, highestmodseq: int, new_mtime: int, cur_mtime: int) -> None: ...
+    def vanished_since(self, mailbox_id: int, modseq: int) -> list[int] | None: ...
+    def commit_flags(self, mailbox_id: int, rows: Iterable[tuple[str, str, str, int, int]], *, uidnext: int,
+                     highestmodseq: int, new_mtime: int, cur_mtime: int) -> None: ...
+    def set_unterminated(self, mailbox_id: int, rows: Iterable[tuple[int, int]]) -> None: ...
+    def rename(self, old: str, new: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def names(self) -> list[str]: ...
+
+
+class IndexFactory(Protocol):
+    """Makes the index of each user (the Store holds one; app.py picks it from [storage] backend).
+    open() at Store.start, close() at Store.close (on the event loop); the call itself is blocking
+    (in a worker thread, from Account._ready)."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    def __call__(self, user: str, user_root: Path, *, durable: bool) -> IndexBackend: ...
+
+
+class SqliteIndexes:
+    """The default IndexFactory: `<user root>/mailhaven-index.sqlite` per user."""
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def __call__(self, user: str, user_root: Path, *, durable: bool) -> IndexBackend:
+        return Index(user_root, durable=durable)
+
+
 class Index:
+    """The SQLite IndexBackend of one user."""
+
     def __init__(self, user_root: Path, *, durable: bool) -> None:
+        self.root = user_root
         self.path = user_root / FILENAME
-        self._uv_path = user_root / UIDVALIDITY_FILENAME
+        self._lock_fd = -1
         self._durable = durable
         self.exclusive = False
         # mailbox id -> (uidnext, highestmodseq) as this connection last read or wrote them: a row
@@ -161,6 +264,20 @@ class Index:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def lock(self) -> None:
+        """Exclude the other processes of this machine: an exclusive flock(2) on
+        `<user root>/mailhaven-lock` (opened once, kept open until close())."""
+        if self._lock_fd < 0:
+            self._lock_fd = os.open(self.root / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+
+    def unlock(self) -> None:
+        if self._lock_fd >= 0:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     # -- account level ---------------------------------------------------------------------------
 
@@ -177,22 +294,13 @@ class Index:
         return value
 
     def _file_uidvalidity(self) -> int:
-        try:
-            text = self._uv_path.read_text("ascii").strip()
-        except (OSError, UnicodeDecodeError):
-            return 0
-        return int(text) if text.isdigit() and len(text) < 11 else 0
+        return file_uidvalidity(self.root)
 
     def _remember(self, value: int) -> None:
         with self._tx():
             self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('last_uidvalidity', ?)",
                              (str(value),))
-        try:
-            maildir.atomic_write(self._uv_path, f"{value}\n".encode(), fsync=self._durable)
-        except OSError as e:
-            if no_space(e):
-                raise StorageFull() from e
-            raise
+        write_file_uidvalidity(self.root, value, durable=self._durable)
 
     def note_uidvalidity(self, value: int) -> None:
         """Remember a UIDVALIDITY imported from disk so later ones are larger."""
@@ -232,6 +340,34 @@ class Index:
                 self._db.execute("DELETE FROM special_use WHERE name=?", (name,))
             else:
                 self._db.execute("INSERT OR REPLACE INTO special_use (name, use) VALUES (?, ?)", (name, use))
+
+    def subscriptions(self) -> list[str]:
+        """The subscription list in file order (Dovecot/Courier `subscriptions`: one name a line;
+        Dovecot 2.x's "V\t2" form with TAB as the separator is read too)."""
+        return read_subscriptions(self.root)
+
+    def set_subscriptions(self, names: list[str]) -> None:
+        data = "".join(s + "\n" for s in dict.fromkeys(names)).encode("utf-8")
+        try:
+            maildir.atomic_write(self.root / SUBSCRIPTIONS_FILENAME, data, fsync=self._durable)
+        except OSError as e:
+            if no_space(e):
+                raise StorageFull() from e
+            raise
+
+    def dump(self) -> IndexDump:
+        """Everything this index holds (`mailhaven storage migrate`)."""
+        meta = dict(self._db.execute("SELECT k, v FROM meta WHERE k NOT IN ('schema', 'last_uidvalidity')"))
+        row = self._db.execute("SELECT v FROM meta WHERE k='last_uidvalidity'").fetchone()
+        out = IndexDump(max(int(row[0]) if row else 0, self._file_uidvalidity()), meta, self.special_uses(),
+                        self.subscriptions())
+        for r in self._db.execute("SELECT id, name, uidvalidity, uidnext, highestmodseq, new_mtime, cur_mtime,"
+                                  " msg_bytes, msg_count, vanished_floor FROM mailbox ORDER BY id").fetchall():
+            box = MailboxRow(*r[:7])
+            tombs = [(int(u), int(m)) for u, m in self._db.execute(
+                "SELECT uid, modseq FROM expunged WHERE mailbox_id=? ORDER BY uid", (box.id,))]
+            out.mailboxes.append(MailboxDump(box, int(r[7]), int(r[8]), int(r[9]), self.messages(box.id), tombs))
+        return out
 
     # -- mailboxes ------------------------------------------------------------------------------
 
@@ -409,6 +545,36 @@ class Index:
 
     def _tx(self) -> _Tx:
         return _Tx(self._db)
+
+
+def file_uidvalidity(user_root: Path) -> int:
+    """The last UIDVALIDITY recorded in `<user root>/mailhaven-uidvalidity` (0: none)."""
+    try:
+        text = (user_root / UIDVALIDITY_FILENAME).read_text("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    return int(text) if text.isdigit() and len(text) < 11 else 0
+
+
+def write_file_uidvalidity(user_root: Path, value: int, *, durable: bool) -> None:
+    try:
+        maildir.atomic_write(user_root / UIDVALIDITY_FILENAME, f"{value}\n".encode(), fsync=durable)
+    except OSError as e:
+        if no_space(e):
+            raise StorageFull() from e
+        raise
+
+
+def read_subscriptions(user_root: Path) -> list[str]:
+    """The names in `<user root>/subscriptions` (none when there is no such file)."""
+    try:
+        text = (user_root / SUBSCRIPTIONS_FILENAME).read_text("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    if lines and lines[0] == "V\t2":  # Dovecot 2.x: hierarchy separated by TAB
+        return [line.replace("\t", ".") for line in lines[1:] if line]
+    return [line for line in lines if line]
 
 
 def read_usage(user_root: Path) -> dict[str, tuple[int, int, frozenset[str]]] | None:

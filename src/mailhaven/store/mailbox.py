@@ -33,14 +33,16 @@ Decisions (see the package docstring for the full contract):
 Several processes over one mail root (DESIGN.md "Beyond one machine": worker processes, each with
 its own Store): every step that reads or writes an account's index or folder state runs, in its
 worker thread and besides the account's asyncio.Lock, under a threading.Lock of the account (so a
-cancelled call's thread still excludes the next one) and an exclusive flock(2) on
-`<user root>/mailhaven-lock` (opened once per Account, kept open), taken for several accounts in the
-same order as `_locked()` (by user). Under that lock the cached state is checked first: SQLite's
-`PRAGMA data_version` tells whether another connection committed to the index since this one last
-looked (one cheap query; it never changes for our own writes, so a single process never reloads
-anything). When it changed, every cached folder whose row another process changed reads the rows
-changed since (in place, Folder.catch_up), a folder deleted or replaced there is marked deleted, a renamed one
-follows its new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
+cancelled call's thread still excludes the next one) and the index's own inter-process lock
+(IndexBackend.lock: with SQLite an exclusive flock(2) on `<user root>/mailhaven-lock`, with
+PostgreSQL an advisory lock of the user, index_pg.py), taken for several accounts in the same order
+as `_locked()` (by user). Under that lock the cached state is checked first: the index's
+`data_version()` (SQLite's `PRAGMA data_version`, PostgreSQL's per-user change counter) tells
+whether another process committed to the index since this one last looked (one cheap query; it
+never changes for our own writes, so a single process never reloads anything). When it changed,
+every cached folder whose row another process changed reads the rows changed since (in place,
+Folder.catch_up), a folder deleted or replaced there is marked deleted, a renamed one follows its
+new name; the disk is then checked as every snapshot does (mtimes of new/ and cur/).
 So UIDs and MODSEQs are never handed out twice and no flag change is lost. deliver() takes no lock:
 it only adds files to new/, which a sync in any process indexes. Change events reach the other
 processes through bus.py when the Store has a `bus_dir`, and those of other nodes through its
@@ -51,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -83,7 +84,7 @@ from mailhaven.store.changes import (
     user_key,
 )
 from mailhaven.store.folder import Changes, Folder
-from mailhaven.store.index import Index, MailboxRow
+from mailhaven.store.index import IndexBackend, IndexFactory, MailboxRow, SqliteIndexes
 from mailhaven.store.model import (
     MailboxHasChildren,
     MailboxInfo,
@@ -94,8 +95,6 @@ from mailhaven.store.model import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SUBSCRIPTIONS = "subscriptions"
-LOCK_FILENAME = "mailhaven-lock"
 DELIVERY_THREADS = 32
 FlagMode = Literal["add", "remove", "set"]
 READ_CHUNK = 64 * 1024  # first read of a message file (most messages fit)
@@ -123,10 +122,12 @@ class Store:
     `bus_dir`: set when other processes run a Store over the same root: change events are sent to
     them and theirs received (bus.py), from start() to close(). None: this process alone.
     `peers`: instead of `bus_dir`, when stores on other nodes share the root (bus_pg.PgBus,
-    PostgreSQL LISTEN/NOTIFY); started by start(), closed by close()."""
+    PostgreSQL LISTEN/NOTIFY); started by start(), closed by close().
+    `indexes`: makes each user's index (index.IndexFactory; default SQLite files, index_pg.PgIndexes
+    with PostgreSQL), opened by start() and closed by close()."""
 
     def __init__(self, root: Path, *, hostname: str, fsync: bool = True, bus_dir: Path | None = None,
-                 peers: Peers | None = None) -> None:
+                 peers: Peers | None = None, indexes: IndexFactory | None = None) -> None:
         if bus_dir is not None and peers is not None:
             raise ValueError("a Store relays its changes through bus_dir or peers, not both")
         self.root = Path(root)
@@ -137,6 +138,7 @@ class Store:
         self.bus: Bus | None = None
         self.peers = peers
         self._peers_started = False
+        self.indexes: IndexFactory = SqliteIndexes() if indexes is None else indexes
         self._accounts: dict[str, Account] = {}
         # Deliveries wait on fsync, not CPU: their own pool lets many fsyncs be in flight (the file
         # system commits them together) without starving the default pool used by everything else.
@@ -152,6 +154,7 @@ class Store:
         """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
         36 h), join the change bus if there is one. Returns how many files were removed."""
         removed = await asyncio.to_thread(self._clean_all_tmp)
+        await self.indexes.open()
         if self.bus_dir is not None and self.bus is None:
             self.bus = Bus(self.bus_dir, self.changes)
             self.bus.start()
@@ -184,6 +187,7 @@ class Store:
         for account in list(self._accounts.values()):
             await account.close()
         self._accounts.clear()
+        await self.indexes.close()
         await asyncio.to_thread(self._delivery_pool.shutdown, wait=True)
         self._delivery_pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="store-deliver")
 
@@ -374,7 +378,7 @@ class Account:
         self.user = user
         self.path = path
         self.lock = asyncio.Lock()
-        self._index: Index | None = None
+        self._index: IndexBackend | None = None
         self._folders: dict[str, Folder] = {}
         # Usage (see the module doc): copies delivered and not yet indexed, folder -> key -> size
         # (written by delivery threads, so under its own lock), and whether every folder was synced.
@@ -384,7 +388,6 @@ class Account:
         self._usage_known = False
         # Against other threads and processes (module doc): held around every blocking step.
         self._thread_lock = threading.Lock()
-        self._lock_fd = -1
         self._data_version: int | None = None  # the index's data_version when last checked
 
     # -- usage (quota) ----------------------------------------------------------------------------
@@ -467,20 +470,19 @@ class Account:
     def _acquire(self) -> None:
         self._thread_lock.acquire()
         try:
-            if self._lock_fd < 0:
-                try:
-                    init_user_root(self.path, fsync=self.store.fsync)
-                    self._lock_fd = os.open(self.path / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                except OSError as e:
-                    raise store_failure(e, "mail folder unavailable") from e
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            idx = self._ready()
+            try:
+                idx.lock()
+            except OSError as e:
+                raise store_failure(e, "mail folder unavailable") from e
         except BaseException:
             self._thread_lock.release()
             raise
 
     def _release(self) -> None:
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if self._index is not None:
+                self._index.unlock()
         finally:
             self._thread_lock.release()
 
@@ -495,7 +497,7 @@ class Account:
             self._reload_changed(idx)
         self._data_version = version
 
-    def _reload_changed(self, idx: Index) -> None:
+    def _reload_changed(self, idx: IndexBackend) -> None:
         rows: dict[int, MailboxRow] = {r.id: r for r in idx.mailbox_rows()}
         kept: dict[str, Folder] = {}
         for f in self._folders.values():
@@ -525,13 +527,13 @@ class Account:
             else:
                 self._settle_keys(name, names.folder_path(self.path, name), idx.known_keys(name, keys))
 
-    def _ready(self) -> Index:
+    def _ready(self) -> IndexBackend:
         if self._index is None:
             try:
                 init_user_root(self.path, fsync=self.store.fsync)
             except OSError as e:
                 raise store_failure(e, "mail folder unavailable") from e
-            self._index = Index(self.path, durable=self.store.fsync)
+            self._index = self.store.indexes(self.user, self.path, durable=self.store.fsync)
         return self._index
 
     async def close(self) -> None:
@@ -543,9 +545,6 @@ class Account:
             if self._index is not None:
                 self._index.close()
                 self._index = None
-            if self._lock_fd >= 0:
-                os.close(self._lock_fd)
-                self._lock_fd = -1
             self._data_version = None
             self._folders.clear()
 
@@ -603,21 +602,13 @@ class Account:
                     found.add(n)
         return found
 
-    # -- subscriptions (Dovecot/Courier `subscriptions` file: one name per line) ----------------
+    # -- subscriptions (kept by the index: SQLite's is Dovecot's `subscriptions` file) ----------
 
     def _read_subscriptions(self) -> list[str]:
-        try:
-            text = (self.path / SUBSCRIPTIONS).read_text("utf-8", "replace")
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")
-        if lines and lines[0] == "V\t2":  # Dovecot 2.x: hierarchy separated by TAB
-            return [line.replace("\t", ".") for line in lines[1:] if line]
-        return [line for line in lines if line]
+        return self._ready().subscriptions()
 
     def _write_subscriptions(self, subs: list[str]) -> None:
-        data = "".join(s + "\n" for s in dict.fromkeys(subs)).encode("utf-8")
-        maildir.atomic_write(self.path / SUBSCRIPTIONS, data, fsync=self.store.fsync)
+        self._ready().set_subscriptions(list(dict.fromkeys(subs)))
 
     # -- public API -----------------------------------------------------------------------------
 
