@@ -87,25 +87,28 @@ def make_maildir(root: Path, count: int, size: int, head: Callable[[int], str],
 
 
 def start_mailhaven(work: Path, maildir: Path, pw_hash: str, listener: str, greeting: bytes, *,
-                    auth_extra: str = "", listener_extra: str = "") -> tuple[subprocess.Popen[bytes], int]:
+                    auth_extra: str = "", listener_extra: str = "", dsn: str = "",
+                    name: str = "mh") -> tuple[subprocess.Popen[bytes], int]:
     """Mailhaven serving a copy of `maildir` (Dovecot's index files left out, its dovecot-uidlist
-    kept, as after a migration) on one plaintext listener named `listener`."""
-    data = work / "mh-data"
+    kept, as after a migration) on one plaintext listener named `listener`; with `dsn`, its state
+    (the mail index included) in that PostgreSQL database. `name`: its files' prefix in `work`."""
+    data = work / f"{name}-data"
     user_dir = data / "mail" / "example.test" / "alice"
     user_dir.parent.mkdir(parents=True)
     shutil.copytree(maildir, user_dir, ignore=shutil.ignore_patterns("dovecot.index*", "dovecot.list*"))
-    users = work / "mh-users.toml"
+    users = work / f"{name}-users.toml"
     users.write_text(f'[users."{USER}"]\npassword = "{pw_hash}"\n')
     port = free_port()
-    cfg = work / "mailhaven.toml"
+    cfg = work / f"{name}-mailhaven.toml"
+    storage = f'[storage]\nbackend = "postgresql"\ndsn = "{dsn}"\n' if dsn else ""
     cfg.write_text(
         f'hostname = "localhost"\ndata_dir = "{data}"\nusers_file = "{users}"\n'
         f'[domains."example.test"]\n[auth]\nallow_plaintext_loopback = true\nfailure_delay = 0\n'
-        f'{auth_extra}[log]\nlevel = "warning"\n'
+        f'{auth_extra}[log]\nlevel = "warning"\n{storage}'
         f'[listeners.{listener}]\naddress = "127.0.0.1"\nport = {port}\ntls = "none"\n{listener_extra}')
     env = {k: v for k, v in os.environ.items() if k != "MAILHAVEN_FAST_HASH"}
     proc = subprocess.Popen([sys.executable, "-m", "mailhaven", "-c", str(cfg), "serve"],
-                            stdout=open(work / "mailhaven.log", "wb"), stderr=subprocess.STDOUT, env=env)
+                            stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT, env=env)
     wait_port(port, proc, "mailhaven", greeting)
     return proc, port
 

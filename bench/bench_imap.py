@@ -1,6 +1,7 @@
 """IMAP benchmark: Mailhaven beside Dovecot on copies of the same 10,000-message Maildir.
 
     python bench/bench_imap.py [--messages 10000] [--size 4096] [--runs 3] [--idle 1000] [--no-dovecot]
+                               [--backend sqlite|postgresql|both]
 
 What it does, all under one temporary directory, loopback only, nothing in /etc touched:
 - writes N messages of about SIZE octets (LF line endings, as Postfix delivers them) into a Maildir;
@@ -17,6 +18,9 @@ What it does, all under one temporary directory, loopback only, nothing in /etc 
 - memory per connection with IDLE clients: IDLE connections are opened (LOGIN, SELECT INBOX, IDLE)
   and the server's memory is read before and after: Mailhaven's RSS growth / N; Dovecot's sum of
   the imap processes' PSS (proportional set size, so shared pages count once) / N, and RSS / N.
+`--backend postgresql` runs Mailhaven with `[storage] backend = "postgresql"` (the mail index in
+Debian's PostgreSQL, a cluster of the tests' own: tests/fixtures_postgres.py, fsync off as there;
+column "mailhaven-pg"); `both` runs the two side by side, each on its own copy of the Maildir.
 The client is a minimal raw-socket IMAP reader (lines and literals), the same for both servers, so
 the figures measure the servers rather than imaplib's parser (which needs ~100 ms for 10,000 lines).
 Run as root (Dovecot needs it to start; mail is owned by `nobody`). The Maildir and the two servers'
@@ -37,6 +41,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import _dovecot as shared
 from _dovecot import PASSWORD, USER
@@ -52,11 +57,13 @@ def head(i: int) -> str:
             f"X-Bench-Group: g{i % 100}\nMIME-Version: 1.0\nContent-Type: text/plain; charset=us-ascii\n\n")
 
 
-def start_imap_mailhaven(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_imap_mailhaven(work: Path, maildir: Path, pw_hash: str, idle: int, *, dsn: str = "",
+                         name: str = "mh") -> tuple[subprocess.Popen[bytes], int]:
     conns = max(100, idle + 50)
     return shared.start_mailhaven(work, maildir, pw_hash, "imap", GREETING,
-                           auth_extra="max_failures_per_ip = 1000000\n",
-                           listener_extra=f"max_connections = {conns}\nper_ip_connections = {conns}\n")
+                                  auth_extra="max_failures_per_ip = 1000000\n",
+                                  listener_extra=f"max_connections = {conns}\nper_ip_connections = {conns}\n",
+                                  dsn=dsn, name=name)
 
 
 def start_imap_dovecot(work: Path, maildir: Path, pw_hash: str, idle: int) -> tuple[Path, int]:
@@ -237,6 +244,21 @@ def idle_memory(port: int, n: int, measure: Callable[[], tuple[int, int]]) -> di
 # --- main ----------------------------------------------------------------------------------------
 
 
+def _postgres(work: Path) -> Any:
+    """The tests' PostgreSQL cluster (tests/fixtures_postgres.py), started under `work`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.fixtures_postgres import Postgres, bindir
+
+    where = bindir()
+    if where is None:
+        raise SystemExit("--backend postgresql needs Debian's postgresql (initdb, pg_ctl)")
+    work.chmod(0o755)  # the cluster runs as the postgres user
+    (work / "pg").mkdir()
+    cluster = Postgres(work / "pg", where).init()
+    cluster.start()
+    return cluster
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=10_000)
@@ -245,13 +267,16 @@ def main() -> int:
     ap.add_argument("--idle", type=int, default=1000, help="IDLE connections for the memory figure (0 = skip)")
     ap.add_argument("--no-dovecot", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite",
+                    help="Mailhaven's [storage] backend: the mail index in SQLite files, in PostgreSQL, or both")
     args = ap.parse_args()
 
     from mailhaven.auth.passwords import hash_password
 
     work = Path(tempfile.mkdtemp(prefix="bench-imap-"))
-    mh_proc: subprocess.Popen[bytes] | None = None
+    mh_procs: dict[str, subprocess.Popen[bytes]] = {}
     dv_conf: Path | None = None
+    cluster = None
     try:
         src = work / "Maildir"
         shared.make_maildir(src, args.messages, args.size, head)
@@ -266,8 +291,15 @@ def main() -> int:
         cold: dict[str, dict[str, float]] = {}
         if use_dovecot:
             cold["dovecot"] = one_round(ports["dovecot"], args.messages)  # indexes; Mailhaven then gets its uidlist
-        mh_proc, ports["mailhaven"] = start_imap_mailhaven(work, mh_src, pw_hash, args.idle)
-        cold["mailhaven"] = one_round(ports["mailhaven"], args.messages)
+        backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+        for backend in backends:
+            name, dsn = "mailhaven", ""
+            if backend == "postgresql":
+                cluster = cluster or _postgres(work)
+                name, dsn = "mailhaven-pg", cluster.create_database()
+            mh_procs[name], ports[name] = start_imap_mailhaven(work, mh_src, pw_hash, args.idle, dsn=dsn,
+                                                               name=name)
+            cold[name] = one_round(ports[name], args.messages)
         rounds: dict[str, list[dict[str, float]]] = {n: [] for n in ports}
         for _ in range(args.runs):
             for name, port in ports.items():
@@ -282,63 +314,67 @@ def main() -> int:
             c.cmd("FETCH 1:* (FLAGS)")
             holders[name] = c
         time.sleep(0.5)
-        if mh_proc is not None:
-            rss["mailhaven"] = _status_kib(mh_proc.pid, "VmRSS") / 1024
+        for name, proc in mh_procs.items():
+            rss[name] = _status_kib(proc.pid, "VmRSS") / 1024
         if use_dovecot:
             pids = dovecot_imap_pids()
             rss["dovecot"] = max((_status_kib(p, "VmRSS") for p in pids), default=0) / 1024
         for c in holders.values():
             c.close()
         idle: dict[str, dict[str, float]] = {}
+        first = next(iter(mh_procs))
         if args.idle:
             time.sleep(1)
-            assert mh_proc is not None
-            pid = mh_proc.pid
-            idle["mailhaven"] = idle_memory(ports["mailhaven"], args.idle,
-                                            lambda: (_status_kib(pid, "VmRSS"), _pss_kib(pid)))
+            pid = mh_procs[first].pid
+            idle[first] = idle_memory(ports[first], args.idle, lambda: (_status_kib(pid, "VmRSS"), _pss_kib(pid)))
             if use_dovecot:
                 def dv_measure() -> tuple[int, int]:
                     pids = dovecot_imap_pids()
                     return sum(_status_kib(p, "VmRSS") for p in pids), sum(_pss_kib(p) for p in pids)
                 idle["dovecot"] = idle_memory(ports["dovecot"], args.idle, dv_measure)
 
-        names = list(ports)
+        mh_names = list(mh_procs)
+        dv_col = "dovecot" if "dovecot" in ports else None
+        cols = [*mh_names, "dovecot"]
         print(f"\nIMAP, {args.messages} messages of ~{args.size} octets, median of {args.runs} runs "
-              f"(ms; ratio = mailhaven / dovecot; cold = first round, empty caches)")
-        print(f"{'measure':<52}" + "".join(f"{n:>12}" for n in ("mailhaven", "dovecot")) + f"{'ratio':>8}"
-              + f"{'mh cold':>10}{'dv cold':>10}")
+              f"(ms; ratio = each mailhaven / dovecot; cold = first round, empty caches)")
+        print(f"{'measure':<46}" + "".join(f"{n:>14}" for n in cols)
+              + "".join(f"{'ratio':>8}" for _ in mh_names) + "".join(f"{n + ' cold':>18}" for n in cols))
         keys = [("LOGIN + SELECT", "login_select")] + [(cmd, key) for cmd, key in OPS]
         for label, key in keys:
-            vals = {n: statistics.median(r[key] for r in rounds[n]) * 1000 for n in names}
-            mh = vals["mailhaven"]
+            vals = {n: statistics.median(r[key] for r in rounds[n]) * 1000 for n in ports}
             dv = vals.get("dovecot")
-            cold_mh = cold["mailhaven"][key] * 1000
-            cold_dv = cold["dovecot"][key] * 1000 if "dovecot" in cold else float("nan")
-            ratio = f"{mh / dv:>8.2f}" if dv else f"{'-':>8}"
-            print(f"{label:<52}{mh:>12.1f}" + (f"{dv:>12.1f}" if dv is not None else f"{'-':>12}") + ratio
-                  + f"{cold_mh:>10.1f}{cold_dv:>10.1f}")
+            line = f"{label:<46}" + "".join(f"{vals[n]:>14.1f}" if n in vals else f"{'-':>14}" for n in cols)
+            line += "".join(f"{vals[n] / dv:>8.2f}" if dv else f"{'-':>8}" for n in mh_names)
+            line += "".join(f"{cold[n][key] * 1000:>18.1f}" if n in cold else f"{'-':>18}" for n in cols)
+            print(line)
         if rss:
             dv = rss.get("dovecot")
-            print(f"{'RSS with INBOX selected (MiB)':<52}{rss['mailhaven']:>12.1f}"
-                  + (f"{dv:>12.1f}{rss['mailhaven'] / dv:>8.2f}" if dv else f"{'-':>12}{'-':>8}")
+            print(f"{'RSS with INBOX selected (MiB)':<46}"
+                  + "".join(f"{rss[n]:>14.1f}" if n in rss else f"{'-':>14}" for n in cols)
+                  + "".join(f"{rss[n] / dv:>8.2f}" if dv else f"{'-':>8}" for n in mh_names)
                   + "   (mailhaven: whole server; dovecot: the user's imap process)")
         for key, label in (("rss_per_conn_kib", "RSS per IDLE connection (KiB)"),
                            ("pss_per_conn_kib", "PSS per IDLE connection (KiB)")):
             if not idle:
                 break
-            mh = idle["mailhaven"][key]
+            mh = idle[first][key]
             dvi = idle.get("dovecot", {}).get(key)
-            print(f"{label:<52}{mh:>12.1f}" + (f"{dvi:>12.1f}{mh / dvi:>8.2f}" if dvi else f"{'-':>12}{'-':>8}")
-                  + f"   ({args.idle} clients: LOGIN, SELECT INBOX, IDLE)")
+            print(f"{label:<46}{mh:>14.1f}" + (f"{dvi:>14.1f}{mh / dvi:>8.2f}" if dvi else f"{'-':>14}{'-':>8}")
+                  + f"   ({first}; {args.idle} clients: LOGIN, SELECT INBOX, IDLE)")
         if idle:
-            print(f"{'time to open the IDLE connections (s)':<52}{idle['mailhaven']['open_seconds']:>12.1f}"
-                  + (f"{idle['dovecot']['open_seconds']:>12.1f}" if "dovecot" in idle else ""))
+            print(f"{'time to open the IDLE connections (s)':<46}{idle[first]['open_seconds']:>14.1f}"
+                  + (f"{idle['dovecot']['open_seconds']:>14.1f}" if "dovecot" in idle else ""))
+        if dv_col is None:
+            print("(no Dovecot: /usr/sbin/dovecot not found or --no-dovecot)")
         return 0
     finally:
-        if mh_proc is not None:
-            shared.stop_mailhaven(mh_proc)
+        for proc in mh_procs.values():
+            shared.stop_mailhaven(proc)
         if dv_conf is not None:
             shared.stop_dovecot(dv_conf)
+        if cluster is not None:
+            cluster.stop()
         if args.keep:
             print(f"kept {work}", file=sys.stderr)
         else:
