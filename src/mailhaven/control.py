@@ -69,9 +69,9 @@ async def _handle(manager: seams.Queue, request: Any, ctx: seams.Context | None 
         return {"ok": False, "error": f"{cmd} needs an \"id\""}
     entry_id = raw_id if isinstance(raw_id, str) else ""
     if cmd == "list":
-        return {"ok": True, "entries": manager.list_entries()}
+        return {"ok": True, "entries": await manager.overview()}
     if cmd == "show":
-        entry = manager.show(entry_id)
+        entry = await manager.show(entry_id)
         if entry is None:
             return _no_such(entry_id)
         if request.get("headers") is True:

@@ -244,3 +244,43 @@ async def test_a_stopped_manager_finishes_its_transaction_and_gives_back_what_it
     got = await peer.wait_messages(2, seconds=10)
     assert time.monotonic() - started < 5  # not after the lease
     assert sorted(m.data[-8:] for m in got) == [b"body 8\r\n", b"body 9\r\n"] and first != second
+
+
+async def test_the_operator_sees_and_acts_on_every_nodes_entries(nodes: tuple[Any, Start], peer: SmtpPeer,
+                                                                 tmp_path: Path) -> None:
+    """`queue list/show/retry/delete` through any node's control socket see the whole table: an
+    entry node A is delivering right now shows as busy on B, one waiting for its retry is made due
+    from B, and B can delete what A holds."""
+    from mailhaven.control import _handle
+
+    _, start = nodes
+    a, _ = await start()
+    b, _ = await start()
+    peer.hold_data()
+    held = await a.submit(ALICE, ["bob@b.test"], _msg(1))
+    await asyncio.wait_for(peer.data_arrived.wait(), 10)  # held by whichever node claimed it
+    holder, other = (a, b) if held in a.entries else (b, a)
+    listed = await _handle(other, {"cmd": "list"})
+    assert [(e["id"], e["busy"]) for e in listed["entries"]] == [(held, True)]
+    shown = await _handle(other, {"cmd": "show", "id": held, "headers": True})
+    assert shown["entry"]["recipients"][0]["address"] == "bob@b.test"
+    assert shown["entry"]["headers"]["Subject"] == "n1"
+    assert (await _handle(other, {"cmd": "show", "id": "0123456789ABCDEF"}))["ok"] is False
+    assert (await _handle(other, {"cmd": "delete", "id": held}))["ok"] is True
+    spool = other.spool
+    assert isinstance(spool, PgSpool)
+    assert await _rows(spool) == 0
+    peer.release_data()  # the transaction in flight ends as it would (as `queue delete` says)
+    await peer.wait_messages(1, seconds=10)
+    # An entry no node holds, waiting for its next attempt an hour away: made due from either node.
+    later = (await spool.add(ALICE, ["bob@b.test"], _msg(2), next_attempt=time.time() + 3600)).id
+    await asyncio.sleep(0.5)  # claim rounds pass it by: not due
+    assert len(peer.messages) == 1 and not (await spool.snapshot(later))[0][1]
+    assert (await _handle(holder, {"cmd": "retry", "id": later}))["ok"] is True
+    got = await peer.wait_messages(2, seconds=10)  # now, not in an hour
+    assert got[1].data.endswith(b"body 2\r\n")
+
+    async def drained() -> bool:
+        return await _rows(spool) == 0
+
+    await until(drained, 10)

@@ -69,7 +69,10 @@ class HandoffQueue:
     def list_entries(self) -> list[dict[str, object]]:
         raise self._elsewhere()
 
-    def show(self, entry_id: str) -> dict[str, object] | None:
+    async def overview(self) -> list[dict[str, object]]:
+        raise self._elsewhere()
+
+    async def show(self, entry_id: str) -> dict[str, object] | None:
         raise self._elsewhere()
 
     async def headers(self, entry_id: str) -> dict[str, str] | None:

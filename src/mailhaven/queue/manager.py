@@ -370,20 +370,32 @@ class QueueManager:
         return entry.id
 
     def list_entries(self) -> list[dict[str, Any]]:
+        """The entries this manager holds (with a shared spool: only those it claimed)."""
         return [self._summary(e) for e in sorted(self.entries.values(), key=lambda e: e.created)]
 
-    def show(self, entry_id: str) -> dict[str, Any] | None:
-        entry = self.entries.get(entry_id) if valid_id(entry_id) else None
-        if entry is None:
+    async def overview(self) -> list[dict[str, Any]]:
+        """`queue list`: every entry of the queue; with a shared spool every node's, from the table
+        ("busy": a node is delivering it now)."""
+        if self._claims is None:
+            return self.list_entries()
+        return [{**self._summary(e), "busy": held} for e, held in await self._claims.snapshot()]
+
+    async def show(self, entry_id: str) -> dict[str, Any] | None:
+        """`queue show`: one entry as stored, whichever node holds it; None when unknown."""
+        if not valid_id(entry_id):
             return None
-        out = entry.to_json()
-        out["busy"] = entry.busy
-        return out
+        entry = self.entries.get(entry_id)
+        if entry is not None:
+            return {**entry.to_json(), "busy": entry.busy}
+        if self._claims is None:
+            return None
+        found = await self._claims.snapshot(entry_id)
+        return {**found[0][0].to_json(), "busy": found[0][1]} if found else None
 
     async def headers(self, entry_id: str) -> dict[str, str] | None:
         """From, To, Subject and Message-ID of an entry's message as written (RFC 2047 words not
         decoded), for `queue show`; reads at most HEADERS_READ octets, off the loop. None if unknown."""
-        if entry_id not in self.entries or not valid_id(entry_id):
+        if not valid_id(entry_id) or (entry_id not in self.entries and await self.show(entry_id) is None):
             return None
 
         def read() -> bytes:
@@ -404,8 +416,8 @@ class QueueManager:
     async def retry(self, entry_id: str) -> bool:
         """Next attempt now (an entry in delivery right now is left alone). False if unknown."""
         entry = self.entries.get(entry_id) if valid_id(entry_id) else None
-        if entry is None:
-            return False
+        if entry is None:  # with a shared spool: an entry no node holds is made due in the table
+            return self._claims is not None and valid_id(entry_id) and await self._wake_shared(entry_id)
         if not entry.busy:
             entry.next_attempt = self.clock()
             await self.spool.save(entry)
@@ -413,9 +425,17 @@ class QueueManager:
             self.wake()
         return True
 
+    async def _wake_shared(self, entry_id: str) -> bool:
+        assert self._claims is not None
+        if await self._claims.reschedule(entry_id, self.clock()):
+            self._claim_now.set()
+            return True
+        return bool(await self._claims.snapshot(entry_id))  # held by a node: delivering it now
+
     async def flush(self) -> int:
         n = 0
-        for entry_id in list(self.entries):
+        ids = list(self.entries) if self._claims is None else [e["id"] for e in await self.overview()]
+        for entry_id in ids:
             if await self.retry(entry_id):
                 n += 1
         return n
@@ -424,8 +444,12 @@ class QueueManager:
         """Remove an entry without delivering or bouncing it (an in-flight transaction finishes,
         its result is dropped)."""
         entry = self.entries.pop(entry_id, None) if valid_id(entry_id) else None
-        if entry is None:
-            return False
+        if entry is None:  # with a shared spool: held by another node or by none
+            if self._claims is None or not valid_id(entry_id) or not await self._claims.snapshot(entry_id):
+                return False
+            await self.spool.remove(entry_id)  # the holder's next save or renewal finds it gone
+            log.info("queue: %s deleted by the operator", entry_id)
+            return True
         entry.deleted = True
         await self.spool.remove(entry_id)
         log.info("queue: %s deleted by the operator", entry_id)

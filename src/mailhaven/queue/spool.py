@@ -226,6 +226,10 @@ class ClaimingSpool(QueueSpool, Protocol):
 
     async def release(self, entry_id: str) -> None: ...
 
+    async def snapshot(self, entry_id: str | None = None) -> list[tuple[Entry, bool]]: ...
+
+    async def reschedule(self, entry_id: str, when: float) -> bool: ...
+
 
 class Spool:
     """Durable queue storage in one directory. Every method runs its file work in a thread."""

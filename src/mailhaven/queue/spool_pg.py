@@ -275,6 +275,34 @@ class PgSpool:
     async def scan_partitions(self) -> list[Entry]:
         return []
 
+    # -- the operator's view (every node's entries) --
+    async def snapshot(self, entry_id: str | None = None) -> list[tuple[Entry, bool]]:
+        """Every entry in the table (or the one `entry_id`), with whether a node holds it right now
+        (a live lease), read only: nothing claimed, cleaned or set aside. Raises DatabaseError."""
+        if not self._ready:
+            await self.open()
+        where, args = ("WHERE id = %s", (entry_id,)) if entry_id is not None else ("", ())
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT id, envelope, lease_until IS NOT NULL AND lease_until >= now() FROM queue_entry {where} "
+                "ORDER BY created", args)
+            rows = await cur.fetchall()
+        out: list[tuple[Entry, bool]] = []
+        for eid, envelope, held in rows:
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # set aside when next claimed
+                out.append((_entry(eid, envelope), bool(held)))
+        return out
+
+    async def reschedule(self, entry_id: str, when: float) -> bool:
+        """Make an entry nobody holds due at `when` (`queue retry`); False when unknown or held (the
+        node holding it is delivering it now). Raises DatabaseError."""
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE queue_entry SET next_attempt = %s, envelope = jsonb_set(envelope, '{next_attempt}', "
+                "to_jsonb(%s::double precision)) WHERE id = %s AND (lease_until IS NULL OR lease_until < now()) "
+                "RETURNING id", (when, when, entry_id))
+            return await cur.fetchone() is not None
+
     async def corrupt(self) -> list[tuple[str, str]]:
         """(id, reason) of the rows set aside (for tests and `doctor`)."""
         async with self.db.connection() as conn:
