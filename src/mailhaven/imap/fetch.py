@@ -19,11 +19,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from mailhaven.imap import binary, fetchitems
 from mailhaven.imap import commands as C
-from mailhaven.imap import fetchitems
 from mailhaven.imap.msgcache import CACHE, Entry
 from mailhaven.imap.selected import read_many
 from mailhaven.imap.view import render_flags
+from mailhaven.message import mime
 from mailhaven.store import MessageInfo
 
 OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
@@ -38,14 +39,17 @@ def _fi_section(sec: C.Section) -> fetchitems.Section:
 
 
 def sets_seen(item: C.FetchItem) -> bool:
-    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
+    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen; RFC 3516 §4.2:
+    BINARY[...] too (not BINARY.PEEK nor BINARY.SIZE)."""
     if isinstance(item, C.FetchBody):
         return not item.peek
+    if isinstance(item, C.FetchBinary):
+        return not (item.peek or item.size)
     return item.name in ("RFC822", "RFC822.TEXT")
 
 
 def needs_data(item: C.FetchItem) -> bool:
-    return isinstance(item, C.FetchBody) or item.name in DATA_ATTRS
+    return isinstance(item, (C.FetchBody, C.FetchBinary)) or item.name in DATA_ATTRS
 
 
 def derive(data: bytes, want: Iterable[str], entry: Entry) -> None:
@@ -72,6 +76,7 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
     returns it) when an item needs it; `entry` holds the derived structure items.
     Built as one list of pieces joined once, so a message body is copied once."""
     out: list[bytes] = [b"* %d FETCH (" % seq]
+    tree: mime.Part | None = None  # parsed once for any BINARY items
     for n, item in enumerate(items):
         if n:
             out.append(b" ")
@@ -106,6 +111,11 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
                     chunk = data[fetchitems.header_end(data):]
                 out.append(name.encode("ascii"))
                 _literal_into(out, chunk)
+        elif isinstance(item, C.FetchBinary):
+            assert data is not None
+            if tree is None:
+                tree = mime.parse(data)
+            _binary_into(out, item, binary.section(data, tree, item.part))
         else:
             assert data is not None
             sec = item.section
@@ -117,6 +127,20 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
             _literal_into(out, chunk)
     out.append(b")\r\n")
     return b"".join(out)
+
+
+def _binary_into(out: list[bytes], item: C.FetchBinary, decoded: binary.Decoded) -> None:
+    """RFC 3516 §4.3: `BINARY.SIZE[part] n`, or `BINARY[part]<origin>` and the decoded data as a
+    literal8 (`~{n}`, NUL kept) when it was converted or holds NUL, else as a literal (as Dovecot)."""
+    name = item.response_name.encode("ascii")
+    data = decoded.data
+    if item.size:
+        out.append(b"%s %d" % (name, len(data)))
+        return
+    if item.partial is not None:
+        origin, count = item.partial
+        data = data[origin:origin + count]
+    out += (name, b" ~{%d}\r\n" % len(data) if decoded.binary else b" {%d}\r\n" % len(data), data)
 
 
 def _literal_into(out: list[bytes], data: bytes) -> None:

@@ -66,6 +66,7 @@ from mailhaven import quota as quotamod
 from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
+from mailhaven.imap import binary as binarymod
 from mailhaven.imap import commands as C
 from mailhaven.imap import fetch, listing, searchadapt, seqset
 from mailhaven.imap import sort as sortmod
@@ -111,7 +112,9 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
                      "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
-                     "THREAD=REFERENCES")
+                     "THREAD=REFERENCES", "BINARY", "MULTIAPPEND")
+# RFC 4978 §3: after login (as Dovecot), until compression is on.
+COMPRESS_CAPABILITY = "COMPRESS=DEFLATE"
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -146,6 +149,12 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
+class StartCompress:
+    """Compress both directions from now on (RFC 4978 §3: raw DEFLATE, the tagged OK was in an
+    earlier Send and goes out uncompressed; input that follows it is compressed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedIn:
     """The session authenticated as `user`."""
 
@@ -159,7 +168,7 @@ class Close:
     reason: str
 
 
-Event = Send | Wait | StartTls | LoggedIn | Close
+Event = Send | Wait | StartTls | StartCompress | LoggedIn | Close
 WAIT_INPUT: Final = Wait()
 
 
@@ -256,6 +265,8 @@ class Session:
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE enabling command
         self.qresync = False  # RFC 7162 §3.2: enabled by ENABLE QRESYNC only (implies CONDSTORE)
         self._vanished_sent = False  # this command sent VANISHED: its tagged OK gets HIGHESTMODSEQ
+        self.compressed = False  # RFC 4978: COMPRESS DEFLATE is on
+        self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -279,7 +290,7 @@ class Session:
         # Handlers that stream output, need more input or a TLS handshake: async generators of Step.
         self._streams: dict[str, Callable[[Any], AsyncIterator[Step]]] = {
             "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate, "IDLE": self.cmd_idle,
-            "FETCH": self.cmd_fetch, "STORE": self.cmd_store,
+            "FETCH": self.cmd_fetch, "STORE": self.cmd_store, "COMPRESS": self.cmd_compress,
         }
 
     # -- input and events -----------------------------------------------------------------------
@@ -378,8 +389,11 @@ class Session:
                 caps.extend("AUTH=" + m for m in AUTH_MECHANISMS)
             else:
                 caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3
-        elif quotamod.of(self.ctx) is not None:
-            caps.extend(QUOTA_CAPABILITIES)
+        else:
+            if not self.compressed:
+                caps.append(COMPRESS_CAPABILITY)
+            if quotamod.of(self.ctx) is not None:
+                caps.extend(QUOTA_CAPABILITIES)
         return " ".join(caps)
 
     def greeting(self) -> bytes:
@@ -462,6 +476,8 @@ class Session:
             return "NO", (f"[{exc.code}] " if exc.code else "") + _safe(exc.text)
         if isinstance(exc, BadSequence):
             return "BAD", "Error in IMAP command " + verb + ": Invalid messageset"
+        if isinstance(exc, binarymod.UnknownCte):
+            return "NO", "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding"  # RFC 3516 §4.3, as Dovecot
         if isinstance(exc, MailboxNotFound):
             return "NO", "[NONEXISTENT] Mailbox doesn't exist."  # RFC 5530 §3
         if isinstance(exc, MailboxExists):
@@ -689,6 +705,8 @@ class Session:
             elif cap == "QRESYNC":  # RFC 7162 §3.2.3: implies CONDSTORE
                 self._enable_condstore()
                 self.qresync = True
+            elif cap == "UTF8=ACCEPT":  # RFC 6855 §3
+                self.utf8 = True
             else:
                 continue
             enabled += b" " + cap.encode("ascii")  # as Dovecot, also when it was already on
@@ -857,23 +875,45 @@ class Session:
         return "OK Status completed."
 
     async def cmd_append(self, cmd: C.Append) -> str:
+        """RFC 3501 §6.3.11; RFC 3502 MULTIAPPEND: all the messages are kept or none; RFC 3516 §4.4
+        literal8 and RFC 6855 §4 UTF8 data are stored as sent."""
         limit = self.config.smtp.max_message_size
-        if len(cmd.message) > limit:
-            raise No("Message too big.", "TOOBIG")  # RFC 7889 §4
-        if not cmd.message:
-            raise No("Can't save a zero byte message.")
+        for m in cmd.messages:
+            if len(m.message) > limit:
+                raise No("Message too big.", "TOOBIG")  # RFC 7889 §4
+            if not m.message:
+                raise No("Can't save a zero byte message.")
+            if m.utf8 and not self.utf8:  # RFC 6855 §4: only once UTF8=ACCEPT is enabled
+                raise Bad("UTF8 APPEND data needs ENABLE UTF8=ACCEPT.")
         try:
             mailbox = await self.account.mailbox(cmd.mailbox)
         except MailboxNotFound:
             raise No("Mailbox doesn't exist.", "TRYCREATE") from None  # RFC 3501 §6.3.11
-        when = cmd.internal_date.timestamp() if cmd.internal_date is not None else None
+        items = [(m.message, m.flags, m.internal_date.timestamp() if m.internal_date is not None else None)
+                 for m in cmd.messages]
         quota = quotamod.of(self.ctx)
         if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing stored
-            await quota.check(self._user(), len(cmd.message))
-        uid = await mailbox.append(cmd.message, cmd.flags, when)  # durable before it returns
+            await quota.check(self._user(), sum(len(m.message) for m in cmd.messages), len(items))
+        if len(items) == 1:
+            uids = [await mailbox.append(*items[0])]  # durable before it returns
+        else:
+            uids = await mailbox.append_many(items)  # RFC 3502 §6.3.11: all durable, or none kept
         if quota is not None:
             await quota.delivered(self._user())
-        return f"OK [APPENDUID {mailbox.uidvalidity} {uid}] Append completed."  # RFC 4315 §3
+        # RFC 4315 §3: APPENDUID uidvalidity uid-set (RFC 3502 §6.3.11: one UID per message)
+        return f"OK [APPENDUID {mailbox.uidvalidity} {render_set(uids)}] Append completed."
+
+    async def cmd_compress(self, cmd: C.Compress) -> AsyncIterator[Step]:
+        """RFC 4978 §3: COMPRESS DEFLATE; the shell compresses after the tagged OK (StartCompress)."""
+        if self.compressed:
+            raise No("COMPRESSION=DEFLATE already enabled.", "COMPRESSIONACTIVE")
+        if cmd.mechanism != "DEFLATE":
+            raise No("Unknown compression mechanism")
+        if self.framer.buffered:  # the client must wait for the OK (as Dovecot checks)
+            raise Bad("Client did not wait for COMPRESS reply before sending more data")
+        self.emit(f"{cmd.tag} OK Begin compression.\r\n".encode("ascii"))
+        self.compressed = True
+        yield StartCompress()
 
     async def cmd_idle(self, cmd: C.Idle) -> AsyncIterator[Step]:
         """RFC 2177: updates as they happen until the client sends DONE."""
@@ -1415,5 +1455,5 @@ def _has_modseq(key: C.SearchKey) -> bool:
     return _any_key(key, lambda k: isinstance(k, C.SearchModseq))
 
 
-__all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd", "StartTls",
-           "Wait"]
+__all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd",
+           "StartCompress", "StartTls", "Wait"]

@@ -1,0 +1,151 @@
+"""FETCH BINARY (RFC 3516): a message part with its Content-Transfer-Encoding removed.
+
+Owns: decoding base64 and quoted-printable as Dovecot 2.3 does (lenient base64, QP with trailing
+whitespace dropped and `=` + whitespace as a soft line break), BINARY[part] of a leaf, of a
+multipart or message/rfc822 part and of the whole message (BINARY[]): every leaf decoded, each
+converted part's header getting `Content-Transfer-Encoding: binary` in place of its own, as
+Dovecot's index-mail-binary.c), whether the answer needs literal8 (`~{n}`: the data was converted
+or holds NUL, RFC 3516 §4.3, as Dovecot), and the [UNKNOWN-CTE] failure (RFC 3516 §4.3).
+Does not own: the FETCH grammar (parser.py), rendering the item into the FETCH line and running
+large decodes off the event loop (fetch.py: render_batch runs in a worker thread for big batches).
+
+Pure functions over the CRLF message bytes the store returns; CPU work only.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mailhaven.imap.fetchitems import find_part
+from mailhaven.message import mime
+from mailhaven.message.mime import Part
+
+_PLAIN = frozenset({b"", b"7bit", b"8bit", b"binary"})
+_CONVERTED = frozenset({b"base64", b"quoted-printable"})
+_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+_CTE_BINARY = b"Content-Transfer-Encoding: binary\r\n"
+
+
+class UnknownCte(Exception):
+    """A part's Content-Transfer-Encoding is none BINARY can undo (RFC 3516 §4.3: NO [UNKNOWN-CTE])."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """BINARY data of one section: `data` and whether it goes out as a literal8 (`binary`)."""
+
+    data: bytes
+    binary: bool
+
+
+def cte_of(part: Part) -> bytes:
+    """The part's transfer encoding, lower case; b"" when it has none (7bit)."""
+    return (part.encoding or b"").strip().lower()
+
+
+def decode_base64(data: bytes) -> bytes:
+    """Base64 body -> octets, skipping whitespace and other junk (as Dovecot's decoder); a
+    truncated final quantum is decoded as far as it goes."""
+    clean = _B64_JUNK.sub(b"", data.split(b"=", 1)[0])
+    usable = len(clean) - len(clean) % 4
+    out = binascii.a2b_base64(clean[:usable]) if usable else b""
+    rest = clean[usable:]
+    if len(rest) >= 2:  # 2 or 3 leftover characters still carry 1 or 2 octets
+        out += binascii.a2b_base64(rest + b"=" * (4 - len(rest)))
+    return out
+
+
+def decode_qp(data: bytes) -> bytes:
+    """Quoted-printable body -> octets (RFC 2045 §6.7): trailing whitespace on a line is dropped,
+    `=` at the end of a line (whitespace may follow it) joins it with the next, `=XX` is an octet,
+    anything else is kept as it is. Line ends come out as CRLF."""
+    out: list[bytes] = []
+    lines = data.split(b"\n")
+    last = len(lines) - 1
+    for i, line in enumerate(lines):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        line = line.rstrip(b" \t")
+        if line.endswith(b"="):
+            out.append(_QP_HEX.sub(_hex, line[:-1]))
+            continue
+        out.append(_QP_HEX.sub(_hex, line))
+        if i < last:
+            out.append(b"\r\n")
+    return b"".join(out)
+
+
+def _hex(m: re.Match[bytes]) -> bytes:
+    return bytes((int(m.group(1), 16),))
+
+
+def _decode_body(msg: bytes, part: Part) -> tuple[bytes, bool]:
+    """A leaf's body without its transfer encoding, and whether it was converted."""
+    cte = cte_of(part)
+    body = msg[part.body_start:part.body_end]
+    if cte in _PLAIN:
+        return body, False
+    if cte == b"base64":
+        return decode_base64(body), True
+    if cte == b"quoted-printable":
+        return decode_qp(body), True
+    raise UnknownCte(cte.decode("ascii", "replace"))
+
+
+def _header(msg: bytes, part: Part, out: list[bytes]) -> bool:
+    """Part's header into `out`; when its CTE is converted, with that field replaced by
+    `Content-Transfer-Encoding: binary` (before the empty line). Returns whether it was."""
+    cte = cte_of(part)
+    if cte not in _PLAIN and cte not in _CONVERTED:
+        raise UnknownCte(cte.decode("ascii", "replace"))
+    if cte not in _CONVERTED or part.is_multipart or part.is_message:
+        out.append(msg[part.header_start:part.header_end])
+        return False
+    for f in mime.iter_fields(msg, part.header_start, part.header_end):
+        if f.name.lower() != b"content-transfer-encoding":
+            out.append(msg[f.start:f.end])
+    out.append(_CTE_BINARY)
+    if mime.has_empty_line(msg, part.header_start, part.header_end):
+        out.append(b"\r\n")
+    return True
+
+
+def _entity(msg: bytes, part: Part, with_header: bool, out: list[bytes]) -> bool:
+    """Part (its header when `with_header`) with every leaf below it decoded, into `out`.
+    Returns whether anything was converted."""
+    converted = _header(msg, part, out) if with_header else False
+    if part.children:  # multipart, or message/rfc822 with its encapsulated message
+        pos = part.body_start
+        for child in part.children:
+            out.append(msg[pos:child.header_start])
+            converted |= _entity(msg, child, True, out)
+            pos = child.body_end
+        out.append(msg[pos:part.body_end])
+        return converted
+    body, conv = _decode_body(msg, part)
+    out.append(body)
+    return converted or conv
+
+
+def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
+    """BINARY[path] of `msg` (CRLF, the store's bytes) parsed as `tree` (mime.parse(msg)).
+
+    BINARY[] is the whole message with every part decoded; a part that does not exist is empty
+    (Dovecot: BINARY.SIZE 0). Raises UnknownCte."""
+    out: list[bytes] = []
+    if not path:
+        converted = _entity(msg, tree, True, out)
+    else:
+        part = find_part(tree, path)
+        if part is None:
+            return Decoded(b"", False)
+        converted = _entity(msg, part, False, out)
+    data = b"".join(out)
+    return Decoded(data, converted or b"\x00" in data)
+
+
+__all__ = ["Decoded", "UnknownCte", "cte_of", "decode_base64", "decode_qp", "section"]

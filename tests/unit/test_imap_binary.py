@@ -1,0 +1,168 @@
+"""BINARY (RFC 3516), MULTIAPPEND (RFC 3502), COMPRESS (RFC 4978) and UTF8=ACCEPT (RFC 6855):
+the decoders of imap/binary.py (hypothesis round trips) and dialogues through the sans-IO session
+(tests/unit/test_imap_core.py's Dialogue, a real Maildir store)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mailhaven.imap import binary
+from mailhaven.imap.compress import MAX_INFLATE, Deflate
+from mailhaven.message import mime
+from tests.unit.test_imap_core import ALICE, cfg, ctx, logged_in, selected  # noqa: F401 (fixtures)
+
+# imaptest's fetch-binary-mime-qp part, and what Dovecot 2.3 makes of it (65 octets)
+QP_BODY = (b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\nfoo = \t\r\nbar\r\nfoo =\r\n=62\r\n"
+           b"foo  \r\nbar=\r\n\r\nfoo_bar\r\n")
+QP_DECODED = b"hello\r\nbar\r\nfoo\tbar\r\nfoo\t \tb\r\nfoo bar\r\nfoo b\r\nfoo\r\nbar\r\nfoo_bar\r\n"
+
+MIXED = (b"From: a@b\r\nSubject: parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+         b"pre\r\n--XX\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+         b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+         b"AAEC\r\nAw==\r\n"
+         b"--XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\n"
+         b"caf=C3=A9 =\r\nau lait\r\n"
+         b"--XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n"
+         b"--XX--\r\nepilogue\r\n")
+
+
+def test_qp_decoding_is_dovecots() -> None:
+    assert binary.decode_qp(QP_BODY) == QP_DECODED
+    assert len(QP_DECODED) == 65
+    assert binary.decode_qp(b"=3D=3d=ZZ=4") == b"==" + b"=ZZ=4"  # broken escapes stay as they are
+
+
+@given(st.binary(max_size=300))
+def test_qp_round_trip(data: bytes) -> None:
+    assert binary.decode_qp(binascii.b2a_qp(data, quotetabs=True, istext=False)) == data
+
+
+@given(st.binary(max_size=300), st.integers(1, 76), st.sampled_from([b"\r\n", b"\n", b" \t", b"\r\n  "]))
+def test_base64_round_trip_with_folding_and_junk(data: bytes, width: int, sep: bytes) -> None:
+    text = base64.b64encode(data)
+    folded = sep.join(text[i:i + width] for i in range(0, len(text), width))
+    assert binary.decode_base64(folded) == data
+
+
+def test_base64_without_padding_and_with_garbage_after_it() -> None:
+    assert binary.decode_base64(b"aGVsbG8") == b"hello"
+    assert binary.decode_base64(b"aGk=\r\nthis is not base64") == b"hi"
+    assert binary.decode_base64(b"") == b""
+
+
+def test_sections_leaf_whole_message_and_missing_part() -> None:
+    tree = mime.parse(MIXED)
+    assert binary.section(MIXED, tree, (1,)) == binary.Decoded(b"plain", False)
+    assert binary.section(MIXED, tree, (2,)) == binary.Decoded(b"\x00\x01\x02\x03", True)
+    assert binary.section(MIXED, tree, (3,)) == binary.Decoded("café au lait".encode(), True)
+    assert binary.section(MIXED, tree, (9,)) == binary.Decoded(b"", False)
+    try:
+        binary.section(MIXED, tree, (4,))
+    except binary.UnknownCte as e:
+        assert str(e) == "x-uuencode"
+    else:
+        raise AssertionError("x-uuencode decoded")
+    plain = MIXED.replace(b"--XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n",
+                          b"")
+    whole = binary.section(plain, mime.parse(plain), ())
+    # BINARY[]: every leaf decoded, its CTE field replaced (as Dovecot's index-mail-binary.c)
+    assert whole.binary
+    assert whole.data == (
+        b"From: a@b\r\nSubject: parts\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"XX\"\r\n\r\n"
+        b"pre\r\n--XX\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+        b"--XX\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        b"\x00\x01\x02\x03\r\n"
+        b"--XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: binary\r\n\r\n" + "café au lait".encode()
+        + b"\r\n--XX--\r\nepilogue\r\n")
+
+
+@given(st.binary(max_size=2000))
+def test_deflate_round_trip_in_bounded_pieces(data: bytes) -> None:
+    client, server = Deflate(), Deflate()
+    wire = client.deflate(data)
+    got = server.inflate(wire)
+    while server.pending:
+        got += server.inflate(b"")
+    assert got == data
+
+
+def test_inflate_of_a_bomb_comes_out_in_bounded_pieces() -> None:
+    client, server = Deflate(), Deflate()
+    wire = client.deflate(b"\0" * (4 * MAX_INFLATE + 5))
+    assert len(wire) < 10_000
+    sizes = [len(server.inflate(wire))]
+    while server.pending:
+        sizes.append(len(server.inflate(b"")))
+    assert max(sizes) <= MAX_INFLATE and sum(sizes) == 4 * MAX_INFLATE + 5
+
+
+# -- dialogues --------------------------------------------------------------------------------------
+
+
+async def test_fetch_binary_size_partial_peek_and_seen(ctx: Any) -> None:
+    mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    await mb.append(MIXED)
+    d = await selected(ctx, 0)
+    out = await d.send(b"f1 FETCH 1 (BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[1]<1.3> BINARY.SIZE[3])\r\n")
+    assert out == (b"* 1 FETCH (BINARY.SIZE[2] 4 BINARY[2] ~{4}\r\n\x00\x01\x02\x03 BINARY[1]<1> {3}\r\nlai"
+                   b" BINARY.SIZE[3] 13)\r\nf1 OK Fetch completed.\r\n")
+    out = await d.send(b"f2 FETCH 1 (FLAGS)\r\n")
+    assert b"\\Seen" not in out  # PEEK and SIZE leave \Seen alone
+    out = await d.send(b"f3 UID FETCH 1 BINARY[3]<5.100>\r\n")
+    assert out == (b"* 1 FETCH (UID 1 BINARY[3]<5> ~{8}\r\n au lait FLAGS (\\Seen \\Recent))\r\n"
+                   b"f3 OK UID Fetch completed.\r\n")
+    assert b"FLAGS (\\Seen \\Recent)" in out  # BINARY[] sets \Seen (RFC 3516 §4.2)
+    lines = await d.command(b"f4 FETCH 1 BINARY.PEEK[4]")
+    assert lines == [b"f4 NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding"]
+    assert (await d.command(b"f5 FETCH 1 BINARY.PEEK[1.TEXT]"))[-1].startswith(b"f5 BAD ")
+
+
+async def test_append_literal8_keeps_nul_and_binary_gives_it_back(ctx: Any) -> None:
+    d = await selected(ctx, 0)
+    msg = b"Subject: nul\r\nContent-Transfer-Encoding: binary\r\n\r\na\x00b\r\n"
+    out = await d.send(b"a1 APPEND INBOX ~{%d+}\r\n%s\r\n" % (len(msg), msg))
+    assert out.endswith(b"a1 OK [APPENDUID %d 1] Append completed.\r\n" % d.session.sel.uidvalidity)
+    out = await d.send(b"a2 FETCH 1 (BINARY.PEEK[1] BODY.PEEK[TEXT])\r\n")
+    assert b"BINARY[1] ~{5}\r\na\x00b\r\n BODY[TEXT] {5}\r\na\x80b\r\n)" in out  # NUL only in a literal8
+
+
+async def test_multiappend_stores_all_with_one_appenduid_set(ctx: Any) -> None:
+    d = await logged_in(ctx)
+    await d.command(b"c1 CREATE Box")
+    out = await d.send(b"a1 APPEND Box (\\Seen) {5+}\r\none\r\n {5+}\r\ntwo\r\n ~{7+}\r\nthree\r\n\r\n")
+    mb = await ctx.store.account(ALICE).mailbox("Box")
+    assert out == b"a1 OK [APPENDUID %d 1:3] Append completed.\r\n" % mb.uidvalidity
+    snap = await mb.snapshot()
+    assert [(m.uid, "\\Seen" in m.flags) for m in snap.messages] == [(1, True), (2, False), (3, False)]
+    assert [await mb.read(u) for u in (1, 2, 3)] == [b"one\r\n", b"two\r\n", b"three\r\n"]
+
+
+async def test_multiappend_with_one_bad_message_keeps_none(ctx: Any) -> None:
+    d = await logged_in(ctx)
+    out = await d.send(b"a1 APPEND INBOX {5+}\r\none\r\n {0+}\r\n\r\n")
+    assert out == b"a1 NO Can't save a zero byte message.\r\n"
+    assert (await (await ctx.store.account(ALICE).mailbox("INBOX")).snapshot()).messages == []
+
+
+async def test_compress_starts_once_after_the_ok_and_is_advertised_until_then(ctx: Any) -> None:
+    d = await logged_in(ctx)
+    assert b"COMPRESS=DEFLATE" in b"".join(await d.command(b"c0 CAPABILITY"))
+    assert await d.command(b"c1 COMPRESS DEFLATE") == [b"c1 OK Begin compression."]
+    assert d.compress_requests == 1
+    assert await d.command(b"c2 COMPRESS DEFLATE") == [
+        b"c2 NO [COMPRESSIONACTIVE] COMPRESSION=DEFLATE already enabled."]
+    assert b"COMPRESS=DEFLATE" not in b"".join(await d.command(b"c3 CAPABILITY"))
+    assert d.compress_requests == 1
+
+
+async def test_compress_refusals(ctx: Any) -> None:
+    d = await logged_in(ctx)
+    assert await d.command(b"c1 COMPRESS GZIP") == [b"c1 NO Unknown compression mechanism"]
+    out = await d.send(b"c2 COMPRESS DEFLATE\r\nc3 NOOP\r\n")  # must wait for the OK
+    assert out.startswith(b"c2 BAD Client did not wait for COMPRESS reply")
+    assert d.compress_requests == 0
