@@ -6,15 +6,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mailhaven.imap import binary
 from mailhaven.imap.compress import MAX_INFLATE, Deflate
 from mailhaven.message import mime
-from tests.unit.test_imap_core import ALICE, cfg, ctx, logged_in, selected  # noqa: F401 (fixtures)
+from tests.unit.test_imap_core import ALICE, logged_in, selected
+
+
+@pytest.fixture
+async def ctx(make_config: Callable[..., Any]) -> AsyncIterator[Any]:
+    from mailhaven.auth.users import Directory, UsersFile
+    from mailhaven.store import Store
+
+    cfg = make_config()
+    store = Store(cfg.mail_root, hostname=cfg.hostname, fsync=False)
+    await store.start()
+    try:
+        yield SimpleNamespace(config=cfg, store=store, directory=Directory(cfg, UsersFile.load(cfg.users_file)))
+    finally:
+        await store.close()
+
 
 # imaptest's fetch-binary-mime-qp part, and what Dovecot 2.3 makes of it (65 octets)
 QP_BODY = (b"hello  \r\nbar=\r\n\r\nfoo\t=\r\nbar\r\nfoo\t \t= \r\n=62\r\nfoo = \t\r\nbar\r\nfoo =\r\n=62\r\n"
