@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mailhaven.imap import binary
@@ -140,13 +140,22 @@ async def test_fetch_binary_size_partial_peek_and_seen(ctx: Any) -> None:
     assert (await d.command(b"f5 FETCH 1 BINARY.PEEK[1.TEXT]"))[-1].startswith(b"f5 BAD ")
 
 
-async def test_append_literal8_keeps_nul_and_binary_gives_it_back(ctx: Any) -> None:
+async def test_append_literal8_keeps_binary_parts_exact_and_binary_gives_them_back(ctx: Any) -> None:
     d = await selected(ctx, 0)
-    msg = b"Subject: nul\r\nContent-Transfer-Encoding: binary\r\n\r\na\x00b\r\n"
+    # a binary part is stored base64-encoded (as Dovecot 2.3), so its bare LF and CR survive
+    msg = (b"MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: binary\r\n\r\n\x00-\xe4\n\r\n\n")
     out = await d.send(b"a1 APPEND INBOX ~{%d+}\r\n%s\r\n" % (len(msg), msg))
     assert out.endswith(b"a1 OK [APPENDUID %d 1] Append completed.\r\n" % d.session.sel.uidvalidity)
-    out = await d.send(b"a2 FETCH 1 (BINARY.PEEK[1] BODY.PEEK[TEXT])\r\n")
-    assert b"BINARY[1] ~{5}\r\na\x00b\r\n BODY[TEXT] {5}\r\na\x80b\r\n)" in out  # NUL only in a literal8
+    out = await d.send(b"a2 FETCH 1 (BINARY.SIZE[1] BINARY.PEEK[1] BODY.PEEK[])\r\n")
+    assert out.startswith(b"* 1 FETCH (BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n\x00-\xe4\n\r\n\n BODY[] {108}\r\n"
+                          b"MIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+                          b"Content-Transfer-Encoding: base64\r\n\r\nAC3kCg0KCg==)\r\n"), out
+    # a NUL in a part with no transfer encoding: as is in BINARY (literal8), 0x80 in BODY
+    msg = b"Subject: nul\r\n\r\na\x00b\r\n"
+    out = await d.send(b"a3 APPEND INBOX ~{%d+}\r\n%s\r\na4 NOOP\r\n" % (len(msg), msg))
+    out = await d.send(b"a5 FETCH 2 (BINARY.PEEK[1] BODY.PEEK[TEXT])\r\n")
+    assert b"BINARY[1] ~{5}\r\na\x00b\r\n BODY[TEXT] {5}\r\na\x80b\r\n)" in out
 
 
 async def test_multiappend_stores_all_with_one_appenduid_set(ctx: Any) -> None:
@@ -184,3 +193,12 @@ async def test_compress_refusals(ctx: Any) -> None:
     out = await d.send(b"c2 COMPRESS DEFLATE\r\nc3 NOOP\r\n")  # must wait for the OK
     assert out.startswith(b"c2 BAD Client did not wait for COMPRESS reply")
     assert d.compress_requests == 0
+
+
+@given(st.binary(max_size=500))
+def test_a_stored_binary_part_comes_back_exact(body: bytes) -> None:
+    assume(b"--b" not in body and b"\n" not in body[-1:])  # no boundary inside, nor a line end eating into it
+    msg = (b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+           b"Content-Transfer-Encoding: BINARY\r\n\r\n" + body + b"\r\n--b--\r\n")
+    stored = mime.to_crlf(binary.storable(msg))  # what the store keeps
+    assert binary.section(stored, mime.parse(stored), (1,)).data == body

@@ -14,6 +14,7 @@ Pure functions over the CRLF message bytes the store returns; CPU work only.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import re
 from collections.abc import Sequence
@@ -131,6 +132,32 @@ def _entity(msg: bytes, part: Part, with_header: bool, out: list[bytes]) -> bool
     return converted or conv
 
 
+def storable(msg: bytes) -> bytes:
+    """A message APPENDed as a literal8 (RFC 3516 §4.4), ready for the store (which makes every line
+    end CRLF): each leaf part with `Content-Transfer-Encoding: binary` gets its body base64-encoded
+    (76-character lines) and that field says base64, so BINARY[part] gives back its exact octets
+    (as Dovecot 2.3's istream-binary-converter)."""
+    tree = mime.parse(msg)
+    edits: list[tuple[int, int, bytes]] = []
+    for part in mime.walk(tree):
+        if part.children or part.is_multipart or cte_of(part) != b"binary":
+            continue
+        for f in mime.iter_fields(msg, part.header_start, part.header_end):
+            if f.name.lower() == b"content-transfer-encoding":
+                edits.append((f.start, f.end, b"Content-Transfer-Encoding: base64\r\n"))
+        text = base64.b64encode(msg[part.body_start:part.body_end])
+        edits.append((part.body_start, part.body_end, b"\r\n".join(text[i:i + 76] for i in range(0, len(text), 76))))
+    if not edits:
+        return msg
+    out: list[bytes] = []
+    pos = 0
+    for start, end, new in sorted(edits):
+        out += (msg[pos:start], new)
+        pos = end
+    out.append(msg[pos:])
+    return b"".join(out)
+
+
 def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
     """BINARY[path] of `msg` (CRLF, the store's bytes) parsed as `tree` (mime.parse(msg)).
 
@@ -148,4 +175,4 @@ def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
     return Decoded(data, converted or b"\x00" in data)
 
 
-__all__ = ["Decoded", "UnknownCte", "cte_of", "decode_base64", "decode_qp", "section"]
+__all__ = ["Decoded", "UnknownCte", "cte_of", "decode_base64", "decode_qp", "section", "storable"]

@@ -49,6 +49,7 @@ allowed (not during FETCH/STORE/SEARCH by sequence number).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import enum
@@ -889,7 +890,7 @@ class Session:
             mailbox = await self.account.mailbox(cmd.mailbox)
         except MailboxNotFound:
             raise No("Mailbox doesn't exist.", "TRYCREATE") from None  # RFC 3501 §6.3.11
-        items = [(m.message, m.flags, m.internal_date.timestamp() if m.internal_date is not None else None)
+        items = [(await _storable(m), m.flags, m.internal_date.timestamp() if m.internal_date is not None else None)
                  for m in cmd.messages]
         quota = quotamod.of(self.ctx)
         if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing stored
@@ -1395,6 +1396,16 @@ class Session:
             yield "NO [EXPUNGEISSUED] Some of the requested messages no longer exist."
             return
         yield ("OK UID " if cmd.uid else "OK ") + "Fetch completed."
+
+
+async def _storable(m: C.AppendMessage) -> bytes:
+    """The octets to store: a literal8's binary parts base64-encoded (binary.storable, as Dovecot),
+    in a worker thread when large."""
+    if not m.binary:
+        return m.message
+    if len(m.message) > fetch.OFFLOAD_OCTETS:
+        return await asyncio.to_thread(binarymod.storable, m.message)
+    return binarymod.storable(m.message)
 
 
 def _render_in_order(numbers: list[int]) -> bytes:
