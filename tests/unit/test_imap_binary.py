@@ -52,7 +52,10 @@ MIXED = (b"From: a@b\r\nSubject: parts\r\nMIME-Version: 1.0\r\nContent-Type: mul
 def test_qp_decoding_is_dovecots() -> None:
     assert binary.decode_qp(QP_BODY) == QP_DECODED
     assert len(QP_DECODED) == 65
-    assert binary.decode_qp(b"=3D=3d=ZZ=4") == b"==" + b"=ZZ=4"  # broken escapes stay as they are
+    assert binary.decode_qp(b"=3D=3d=\r\nx = \r\ny\r\n=") == b"==x y\r\n"  # either case; soft breaks
+    for broken in (b"=ZZ", b"=4", b"a=\r\n=4x"):  # as Dovecot 2.3: NO [PARSE]
+        with pytest.raises(binary.InvalidData):
+            binary.decode_qp(broken)
 
 
 @given(st.binary(max_size=300))
@@ -67,10 +70,12 @@ def test_base64_round_trip_with_folding_and_junk(data: bytes, width: int, sep: b
     assert binary.decode_base64(folded) == data
 
 
-def test_base64_without_padding_and_with_garbage_after_it() -> None:
-    assert binary.decode_base64(b"aGVsbG8") == b"hello"
-    assert binary.decode_base64(b"aGk=\r\nthis is not base64") == b"hi"
+def test_base64_that_does_not_decode_is_invalid_data() -> None:
+    assert binary.decode_base64(b" AA EC\r\n\tAw==\r\n") == b"\x00\x01\x02\x03"
     assert binary.decode_base64(b"") == b""
+    for broken in (b"aGVsbG8", b"AAEC!!", b"aGk=\r\nmore", b"a"):  # as Dovecot 2.3 (NO [PARSE] or BYE)
+        with pytest.raises(binary.InvalidData):
+            binary.decode_base64(broken)
 
 
 def test_sections_leaf_whole_message_and_missing_part() -> None:
@@ -122,8 +127,12 @@ def test_inflate_of_a_bomb_comes_out_in_bounded_pieces() -> None:
 # -- dialogues --------------------------------------------------------------------------------------
 
 
+UUENCODED_PART = b"--XX\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: x-uuencode\r\n\r\nbegin\r\n"
+
+
 async def test_fetch_binary_size_partial_peek_and_seen(ctx: Any) -> None:
     mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    await mb.append(MIXED.replace(UUENCODED_PART, b""))
     await mb.append(MIXED)
     d = await selected(ctx, 0)
     out = await d.send(b"f1 FETCH 1 (BINARY.SIZE[2] BINARY.PEEK[2] BINARY.PEEK[1]<1.3> BINARY.SIZE[3])\r\n")
@@ -132,12 +141,28 @@ async def test_fetch_binary_size_partial_peek_and_seen(ctx: Any) -> None:
     out = await d.send(b"f2 FETCH 1 (FLAGS)\r\n")
     assert b"\\Seen" not in out  # PEEK and SIZE leave \Seen alone
     out = await d.send(b"f3 UID FETCH 1 BINARY[3]<5.100>\r\n")
-    assert out == (b"* 1 FETCH (UID 1 BINARY[3]<5> ~{8}\r\n au lait FLAGS (\\Seen \\Recent))\r\n"
-                   b"f3 OK UID Fetch completed.\r\n")
-    assert b"FLAGS (\\Seen \\Recent)" in out  # BINARY[] sets \Seen (RFC 3516 §4.2)
-    lines = await d.command(b"f4 FETCH 1 BINARY.PEEK[4]")
-    assert lines == [b"f4 NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding"]
+    assert out == (b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) BINARY[3]<5> ~{8}\r\n au lait)\r\n"
+                   b"f3 OK UID Fetch completed.\r\n")  # BINARY sets \Seen (RFC 3516 §4.2)
     assert (await d.command(b"f5 FETCH 1 BINARY.PEEK[1.TEXT]"))[-1].startswith(b"f5 BAD ")
+
+
+async def test_unknown_cte_fails_the_fetch_after_what_was_rendered(ctx: Any) -> None:
+    mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    await mb.append(MIXED.replace(UUENCODED_PART, b""))
+    await mb.append(MIXED)
+    d = await selected(ctx, 0)
+    # as Dovecot 2.3: the messages before, the failing one's items so far (else its UID), then NO
+    assert await d.command(b"f1 FETCH 1:2 (BINARY.PEEK[1] BINARY.PEEK[4])") == [
+        b"* 1 FETCH (BINARY[1] {5}", b"plain BINARY[4] {0}", b")", b"* 2 FETCH (BINARY[1] {5}", b"plain)",
+        b"f1 NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding"]
+    assert await d.command(b"f2 FETCH 2 (BINARY.SIZE[1])") == [  # worked out over the whole message
+        b"* 2 FETCH (UID 2)", b"f2 NO [UNKNOWN-CTE] Unknown Content-Transfer-Encoding"]
+    assert await d.command(b"f3 FETCH 2 (BINARY.SIZE[9])") == [b"* 2 FETCH (BINARY.SIZE[9] 0)", b"f3 OK Fetch completed."]
+    bad = MIXED.replace(b"AAEC\r\nAw==", b"AAEC!!")
+    await mb.append(bad)
+    await d.command(b"n1 NOOP")
+    assert await d.command(b"f4 FETCH 3 (BINARY.PEEK[2])") == [
+        b"* 3 FETCH (UID 3)", b"f4 NO [PARSE] Invalid data in MIME part"]
 
 
 async def test_append_literal8_keeps_binary_parts_exact_and_binary_gives_them_back(ctx: Any) -> None:

@@ -26,13 +26,26 @@ from mailhaven.message.mime import Part
 
 _PLAIN = frozenset({b"", b"7bit", b"8bit", b"binary"})
 _CONVERTED = frozenset({b"base64", b"quoted-printable"})
-_B64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
+_B64_BLANKS = re.compile(rb"[ \t\r\n]+")
 _QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 _CTE_BINARY = b"Content-Transfer-Encoding: binary\r\n"
 
 
-class UnknownCte(Exception):
+class BinaryError(Exception):
+    """BINARY cannot give this section. `lines`: the FETCH responses rendered before it
+    (fetch.render_items and render_batch fill it in: they go out before the NO, as Dovecot's)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.lines: list[bytes] = []
+
+
+class UnknownCte(BinaryError):
     """A part's Content-Transfer-Encoding is none BINARY can undo (RFC 3516 §4.3: NO [UNKNOWN-CTE])."""
+
+
+class InvalidData(BinaryError):
+    """A base64 or quoted-printable body that does not decode (Dovecot 2.3: NO [PARSE])."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,26 +57,49 @@ class Decoded:
 
 
 def cte_of(part: Part) -> bytes:
-    """The part's transfer encoding, lower case; b"" when it has none (7bit)."""
+    """The part's transfer encoding as mime.py read it, lower case; b"" when it has none (7bit)."""
     return (part.encoding or b"").strip().lower()
 
 
+_KNOWN = {b"7bit": b"", b"8bit": b"", b"binary": b"binary", b"base64": b"base64",
+          b"quoted-printable": b"quoted-printable"}
+
+
+def cte(msg: bytes, part: Part) -> bytes:
+    """The encoding BINARY undoes for `part`, read as Dovecot 2.3 does for it (not as for
+    BODYSTRUCTURE): the last Content-Transfer-Encoding field of the part's header counts, whether
+    or not the header is MIME; one token, then nothing but comments or a ";". b"" (7bit, 8bit or
+    none), b"binary", b"base64" or b"quoted-printable"; raises UnknownCte for anything else."""
+    value: bytes | None = None
+    for f in mime.iter_fields(msg, part.header_start, part.header_end):
+        if f.name.lower() == b"content-transfer-encoding":
+            value = f.value
+    if value is None:
+        return b""
+    lex = mime.Lexer(value)
+    lex.skip_cfws()
+    token = lex.token().lower()
+    lex.skip_cfws()
+    known = _KNOWN.get(token)
+    if known is None or not (lex.at_end() or lex.peek() == 0x3B):
+        raise UnknownCte(value.strip().decode("ascii", "replace")[:40])
+    return known
+
+
 def decode_base64(data: bytes) -> bytes:
-    """Base64 body -> octets, skipping whitespace and other junk (as Dovecot's decoder); a
-    truncated final quantum is decoded as far as it goes."""
-    clean = _B64_JUNK.sub(b"", data.split(b"=", 1)[0])
-    usable = len(clean) - len(clean) % 4
-    out = binascii.a2b_base64(clean[:usable]) if usable else b""
-    rest = clean[usable:]
-    if len(rest) >= 2:  # 2 or 3 leftover characters still carry 1 or 2 octets
-        out += binascii.a2b_base64(rest + b"=" * (4 - len(rest)))
-    return out
+    """Base64 body -> octets (RFC 2045 §6.8). Line breaks and blanks are skipped; anything else
+    outside the alphabet, data after the padding or a truncated last quantum is InvalidData (as
+    Dovecot 2.3, which answers NO [PARSE] or, for the truncation, drops the connection)."""
+    try:
+        return binascii.a2b_base64(_B64_BLANKS.sub(b"", data), strict_mode=True)
+    except binascii.Error:
+        raise InvalidData("invalid base64") from None
 
 
 def decode_qp(data: bytes) -> bytes:
     """Quoted-printable body -> octets (RFC 2045 §6.7): trailing whitespace on a line is dropped,
-    `=` at the end of a line (whitespace may follow it) joins it with the next, `=XX` is an octet,
-    anything else is kept as it is. Line ends come out as CRLF."""
+    `=` at the end of a line (whitespace may follow it) joins it with the next, `=XX` (either case)
+    is an octet; any other `=` is InvalidData (as Dovecot 2.3). Line ends come out as CRLF."""
     out: list[bytes] = []
     lines = data.split(b"\n")
     last = len(lines) - 1
@@ -71,11 +107,16 @@ def decode_qp(data: bytes) -> bytes:
         if line.endswith(b"\r"):
             line = line[:-1]
         line = line.rstrip(b" \t")
-        if line.endswith(b"="):
-            out.append(_QP_HEX.sub(_hex, line[:-1]))
-            continue
-        out.append(_QP_HEX.sub(_hex, line))
-        if i < last:
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        if b"=" in line:
+            decoded = _QP_HEX.sub(_hex, line)
+            if b"=" in _QP_HEX.sub(b"", line):
+                raise InvalidData("invalid quoted-printable")
+            line = decoded
+        out.append(line)
+        if i < last and not soft:
             out.append(b"\r\n")
     return b"".join(out)
 
@@ -86,24 +127,19 @@ def _hex(m: re.Match[bytes]) -> bytes:
 
 def _decode_body(msg: bytes, part: Part) -> tuple[bytes, bool]:
     """A leaf's body without its transfer encoding, and whether it was converted."""
-    cte = cte_of(part)
+    enc = cte(msg, part)
     body = msg[part.body_start:part.body_end]
-    if cte in _PLAIN:
+    if enc in _PLAIN:
         return body, False
-    if cte == b"base64":
+    if enc == b"base64":
         return decode_base64(body), True
-    if cte == b"quoted-printable":
-        return decode_qp(body), True
-    raise UnknownCte(cte.decode("ascii", "replace"))
+    return decode_qp(body), True
 
 
 def _header(msg: bytes, part: Part, out: list[bytes]) -> bool:
     """Part's header into `out`; when its CTE is converted, with that field replaced by
     `Content-Transfer-Encoding: binary` (before the empty line). Returns whether it was."""
-    cte = cte_of(part)
-    if cte not in _PLAIN and cte not in _CONVERTED:
-        raise UnknownCte(cte.decode("ascii", "replace"))
-    if cte not in _CONVERTED or part.is_multipart or part.is_message:
+    if cte(msg, part) not in _CONVERTED or part.children:  # (Dovecot: a message/rfc822 keeps its header)
         out.append(msg[part.header_start:part.header_end])
         return False
     for f in mime.iter_fields(msg, part.header_start, part.header_end):
@@ -140,7 +176,12 @@ def storable(msg: bytes) -> bytes:
     tree = mime.parse(msg)
     edits: list[tuple[int, int, bytes]] = []
     for part in mime.walk(tree):
-        if part.children or part.is_multipart or cte_of(part) != b"binary":
+        if part.children or part.is_multipart:
+            continue
+        try:
+            if cte(msg, part) != b"binary":
+                continue
+        except UnknownCte:
             continue
         for f in mime.iter_fields(msg, part.header_start, part.header_end):
             if f.name.lower() == b"content-transfer-encoding":
@@ -156,6 +197,22 @@ def storable(msg: bytes) -> bytes:
         pos = end
     out.append(msg[pos:])
     return b"".join(out)
+
+
+def check(msg: bytes, tree: Part) -> None:
+    """Raise UnknownCte if any part of the message has an encoding BINARY cannot undo: Dovecot 2.3
+    works BINARY.SIZE out over the whole message, so one such part fails it for every section."""
+    for part in mime.walk(tree):
+        cte(msg, part)
+
+
+def size(msg: bytes, tree: Part, path: Sequence[int]) -> int:
+    """BINARY.SIZE[path]: 0 for a part that does not exist; else the decoded size, worked out as
+    Dovecot 2.3 does over the whole message (`check`). Raises UnknownCte."""
+    if path and find_part(tree, path) is None:
+        return 0
+    check(msg, tree)
+    return len(section(msg, tree, path).data)
 
 
 def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
@@ -175,4 +232,4 @@ def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
     return Decoded(data, converted or b"\x00" in data)
 
 
-__all__ = ["Decoded", "UnknownCte", "cte_of", "decode_base64", "decode_qp", "section", "storable"]
+__all__ = ["BinaryError", "Decoded", "InvalidData", "UnknownCte", "check", "cte", "cte_of", "size", "decode_base64", "decode_qp", "section", "storable"]

@@ -115,7 +115,14 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
             assert data is not None
             if tree is None:
                 tree = mime.parse(data)
-            _binary_into(out, item, binary.section(data, tree, item.part))
+            try:
+                if item.size:
+                    out.append(b"%s %d" % (item.response_name.encode("ascii"), binary.size(data, tree, item.part)))
+                else:
+                    _binary_into(out, item, binary.section(data, tree, item.part))
+            except binary.BinaryError as e:  # as Dovecot 2.3: what was rendered goes out, else the UID
+                e.lines = [b"".join(out[:-1]) + b")\r\n" if n else b"* %d FETCH (UID %d)\r\n" % (seq, info.uid)]
+                raise
         else:
             assert data is not None
             sec = item.section
@@ -130,13 +137,9 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
 
 
 def _binary_into(out: list[bytes], item: C.FetchBinary, decoded: binary.Decoded) -> None:
-    """RFC 3516 §4.3: `BINARY.SIZE[part] n`, or `BINARY[part]<origin>` and the decoded data as a
-    literal8 (`~{n}`, NUL kept) when it was converted or holds NUL, else as a literal (as Dovecot)."""
+    """RFC 3516 §4.3: `BINARY[part]<origin>` and the decoded data as a literal8 (`~{n}`, NUL kept) when it was converted or holds NUL, else as a literal (as Dovecot)."""
     name = item.response_name.encode("ascii")
     data = decoded.data
-    if item.size:
-        out.append(b"%s %d" % (name, len(data)))
-        return
     if item.partial is not None:
         origin, count = item.partial
         data = data[origin:origin + count]
@@ -163,8 +166,14 @@ def render_batch(rows: list[tuple[int, MessageInfo, bytes | None, Entry | None, 
             derive(data, want, entry)
         its = items
         if info.uid in extra_flags and flags_item not in items:
-            its = (*items, flags_item)
-        out.append(render_items(seq, info, its, data, entry, recent))
+            # as Dovecot 2.3 (its FLAGS handler is "buffered"): before the first item that streams data
+            at = next((i for i, item in enumerate(items) if needs_data(item)), len(items))
+            its = (*items[:at], flags_item, *items[at:])
+        try:
+            out.append(render_items(seq, info, its, data, entry, recent))
+        except binary.BinaryError as e:  # the messages before it are answered
+            e.lines = out + e.lines
+            raise
     return out
 
 

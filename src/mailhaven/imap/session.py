@@ -479,6 +479,8 @@ class Session:
             return "BAD", "Error in IMAP command " + verb + ": Invalid messageset"
         if isinstance(exc, binarymod.UnknownCte):
             return "NO", "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding"  # RFC 3516 §4.3, as Dovecot
+        if isinstance(exc, binarymod.InvalidData):
+            return "NO", "[PARSE] Invalid data in MIME part"  # as Dovecot 2.3
         if isinstance(exc, MailboxNotFound):
             return "NO", "[NONEXISTENT] Mailbox doesn't exist."  # RFC 5530 §3
         if isinstance(exc, MailboxExists):
@@ -1376,8 +1378,12 @@ class Session:
         else:
             for start in range(0, len(pairs), FETCH_BATCH):
                 chunk = list(zip(pairs[start:start + FETCH_BATCH], infos[start:start + FETCH_BATCH], strict=True))
-                lines, shown, gone = await fetch.render_stored(
-                    sel.mailbox, user, chunk, items, want, needs_data, seen_set, view.is_recent)
+                try:
+                    lines, shown, gone = await fetch.render_stored(
+                        sel.mailbox, user, chunk, items, want, needs_data, seen_set, view.is_recent)
+                except binarymod.BinaryError as e:  # the messages before it are answered
+                    self.emit(b"".join(e.lines))
+                    raise
                 missing += gone
                 if has_flags:
                     for info in shown:
