@@ -227,3 +227,46 @@ def test_a_stored_binary_part_comes_back_exact(body: bytes) -> None:
            b"Content-Transfer-Encoding: BINARY\r\n\r\n" + body + b"\r\n--b--\r\n")
     stored = mime.to_crlf(binary.storable(msg))  # what the store keeps
     assert binary.section(stored, mime.parse(stored), (1,)).data == body
+
+
+# -- UTF8=ACCEPT (RFC 6855) ---------------------------------------------------------------------------
+
+
+async def test_utf8_accept_switches_mailbox_names_to_utf8(ctx: Any) -> None:
+    other = await logged_in(ctx)
+    d = await logged_in(ctx)
+    assert b"UTF8=ACCEPT" in b"".join(await d.command(b"c0 CAPABILITY"))
+    assert (await d.command('c1 CREATE "Bäh"'.encode()))[-1].startswith(b"c1 NO ")  # not modified UTF-7
+    assert await d.command(b"e1 ENABLE UTF8=ACCEPT") == [b"* ENABLED UTF8=ACCEPT", b"e1 OK Enabled."]
+    assert await d.command('c2 CREATE "Bäh"'.encode()) == [b"c2 OK Create completed."]
+    assert await d.command(b"c3 CREATE A&B") == [b"c3 OK Create completed."]  # "&" is itself now
+    assert await d.command(b'l1 LIST "" "B*"') == ['* LIST (\\HasNoChildren) "." "Bäh"'.encode(),
+                                                         b"l1 OK List completed."]
+    assert (await d.command('s1 STATUS "Bäh" (MESSAGES)'.encode()))[0] == '* STATUS "Bäh" (MESSAGES 0)'.encode()
+    # a session that did not enable it sees modified UTF-7
+    listed = await other.command(b'l2 LIST "" "*"')
+    assert b'* LIST (\\HasNoChildren) "." A&-B' in listed and b'* LIST (\\HasNoChildren) "." B&AOQ-h' in listed
+
+
+async def test_append_utf8_data_needs_utf8_accept(ctx: Any) -> None:
+    d = await logged_in(ctx)
+    msg = "Subject: Grüße\r\n\r\nhi\r\n".encode()
+    out = await d.send(b"a1 APPEND INBOX UTF8 (~{%d+}\r\n%s)\r\n" % (len(msg), msg))
+    assert out.startswith(b"a1 BAD ")
+    await d.command(b"e1 ENABLE UTF8=ACCEPT")
+    out = await d.send(b"a2 APPEND INBOX UTF8 (~{%d+}\r\n%s)\r\n" % (len(msg), msg))
+    assert out.startswith(b"a2 OK [APPENDUID "), out
+    mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    assert await mb.read(1) == msg
+
+
+@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
+def test_utf8_mailbox_names_round_trip_through_the_wire(name: str) -> None:
+    from mailhaven.imap.commands import Select
+    from mailhaven.imap.listing import wire_name
+    from mailhaven.imap.parser import parse_bytes
+
+    wire = wire_name(name, utf8=True)
+    cmd = parse_bytes(b"a SELECT " + wire, utf8=True)
+    assert isinstance(cmd, Select)
+    assert cmd.mailbox == ("INBOX" if name.upper() == "INBOX" else name)

@@ -120,7 +120,8 @@ CHARSETS = ("US-ASCII", "UTF-8")
 class _Cursor:
     """Position in a RawCommand: line `seg`, offset `pos`; literal `seg` sits at the end of line `seg`."""
 
-    def __init__(self, raw: RawCommand, tag: str, max_nesting: int) -> None:
+    def __init__(self, raw: RawCommand, tag: str, max_nesting: int, utf8: bool = False) -> None:
+        self.utf8 = utf8  # RFC 6855 §3: UTF8=ACCEPT enabled, mailbox names are UTF-8
         self.lines = raw.lines
         self.literals = raw.literals
         self.seg = 0
@@ -285,6 +286,9 @@ class _Cursor:
                 self.fail("Expected a mailbox pattern")
         else:
             raw = self.astring()
+        if self.utf8:  # RFC 6855 §3: UTF-8, no modified UTF-7 ("&" is itself)
+            name = self.text(raw)
+            return "INBOX" if inbox and name.upper() == "INBOX" else name
         try:
             name = utf7.decode(raw)
         except ValueError:
@@ -1170,15 +1174,16 @@ COMMANDS: dict[str, Handler] = {
 }
 
 
-def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCommand:
-    """Parse one framed command. Raises ParseError (and nothing else) when it is not valid."""
+def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING, utf8: bool = False) -> AnyCommand:
+    """Parse one framed command. Raises ParseError (and nothing else) when it is not valid.
+    `utf8`: the session enabled UTF8=ACCEPT (RFC 6855), so mailbox names are UTF-8."""
     first = raw.lines[0] if raw.lines else b""
     tag = tag_of(first)
     if tag == "*":
         if not first.strip() and not raw.literals:
             raise ParseError("*", "Empty command")
         raise ParseError("*", "Invalid tag")
-    cur = _Cursor(raw, tag, max_nesting)
+    cur = _Cursor(raw, tag, max_nesting, utf8)
     cur.pos = len(tag)
     cur.sp()
     name = cur.word()
@@ -1192,7 +1197,7 @@ def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING) ->
     return command
 
 
-def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCommand:
+def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING, utf8: bool = False) -> AnyCommand:
     """Frame and parse exactly one command given as wire bytes (CRLF added if missing). For tests
     and tools: no size limits beyond the data itself."""
     if not data.endswith(b"\n"):
@@ -1210,4 +1215,4 @@ def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCo
         assert isinstance(event, RawCommand)
         if framer.buffered:
             raise ParseError(event.tag, "More than one command")
-        return parse_command(event, max_nesting=max_nesting)
+        return parse_command(event, max_nesting=max_nesting, utf8=utf8)

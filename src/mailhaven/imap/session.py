@@ -113,7 +113,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
                      "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
-                     "THREAD=REFERENCES", "BINARY", "MULTIAPPEND")
+                     "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
 # RFC 4978 §3: after login (as Dovecot), until compression is on.
 COMPRESS_CAPABILITY = "COMPRESS=DEFLATE"
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
@@ -350,7 +350,7 @@ class Session:
                     return
             else:
                 try:
-                    cmd = parse_command(ev, max_nesting=nesting)
+                    cmd = parse_command(ev, max_nesting=nesting, utf8=self.utf8)
                 except ParseError as e:
                     if e.search_save and self.sel is not None:  # RFC 5182 §2.1: a failed SAVE empties "$"
                         self.sel.saved = ()
@@ -839,13 +839,13 @@ class Session:
 
     async def cmd_list(self, cmd: C.List) -> str:
         infos = await self.account.list_mailboxes() if cmd.pattern else []
-        for line in listing.list_lines(infos, cmd.reference, cmd.pattern):
+        for line in listing.list_lines(infos, cmd.reference, cmd.pattern, self.utf8):
             self.emit(line)
         return "OK List completed."
 
     async def cmd_lsub(self, cmd: C.Lsub) -> str:
         subs = await self.account.subscriptions() if cmd.pattern else []
-        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern):
+        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern, self.utf8):
             self.emit(line)
         return "OK Lsub completed."
 
@@ -874,7 +874,7 @@ class Session:
             else:  # HIGHESTMODSEQ
                 n = snap.highestmodseq
             values.append(b"%s %d" % (item.encode("ascii"), n))
-        self.emit(b"* STATUS " + wire_name(mailbox.name) + b" (" + b" ".join(values) + b")\r\n")
+        self.emit(b"* STATUS " + wire_name(mailbox.name, self.utf8) + b" (" + b" ".join(values) + b")\r\n")
         return "OK Status completed."
 
     async def cmd_append(self, cmd: C.Append) -> str:
@@ -1290,7 +1290,7 @@ class Session:
         report = await self._quota_report()
         # RFC 9208 §4.3: the mailbox's quota roots, then each root's QUOTA
         roots = f' "{QUOTA_ROOT}"' if report is not None else ""
-        self.emit(b"* QUOTAROOT " + wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
+        self.emit(b"* QUOTAROOT " + wire_name(mailbox.name, self.utf8) + roots.encode("ascii") + b"\r\n")
         if report is not None:
             self._emit_quota(report)
         return "OK Getquotaroot completed."
