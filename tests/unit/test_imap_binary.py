@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -260,7 +261,7 @@ async def test_append_utf8_data_needs_utf8_accept(ctx: Any) -> None:
     assert await mb.read(1) == msg
 
 
-@given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30))
 def test_utf8_mailbox_names_round_trip_through_the_wire(name: str) -> None:
     from mailhaven.imap.commands import Select
     from mailhaven.imap.listing import wire_name
@@ -270,3 +271,39 @@ def test_utf8_mailbox_names_round_trip_through_the_wire(name: str) -> None:
     cmd = parse_bytes(b"a SELECT " + wire, utf8=True)
     assert isinstance(cmd, Select)
     assert cmd.mailbox == ("INBOX" if name.upper() == "INBOX" else name)
+
+
+# -- IMAP4rev2 (RFC 9051) --------------------------------------------------------------------------------
+
+
+async def test_enable_imap4rev2_drops_recent_and_answers_search_as_esearch(ctx: Any) -> None:
+    mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    for i in range(3):
+        await mb.append(b"Subject: m%d\r\n\r\nbody\r\n" % i)
+    d = await logged_in(ctx)
+    assert b" IMAP4rev1 IMAP4rev2 " in b"".join(await d.command(b"c0 CAPABILITY"))
+    assert await d.command(b"e1 ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2", b"e1 OK Enabled."]
+    lines = await d.command(b"s1 SELECT INBOX")
+    assert b"* 3 EXISTS" in lines and not any(b"RECENT" in ln for ln in lines)
+    assert await d.command(b"f1 FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS ())", b"f1 OK Fetch completed."]
+    assert await d.command(b"x1 SEARCH ALL") == [b'* ESEARCH (TAG "x1") ALL 1:3', b"x1 OK Search completed."]
+    assert await d.command(b"x2 UID SEARCH SUBJECT m1") == [b'* ESEARCH (TAG "x2") UID ALL 2',
+                                                            b"x2 OK UID Search completed."]
+    assert await d.command(b"x3 SEARCH SUBJECT nothing") == [b'* ESEARCH (TAG "x3")', b"x3 OK Search completed."]
+    assert await d.command(b"x4 SEARCH RETURN (COUNT) ALL") == [b'* ESEARCH (TAG "x4") COUNT 3',
+                                                                b"x4 OK Search completed."]
+    await mb.append(b"Subject: new\r\n\r\nbody\r\n")
+    assert await d.command(b"n1 NOOP") == [b"* 4 EXISTS", b"n1 OK NOOP completed."]  # and no RECENT
+    # an IMAP4rev1 session beside it is as before
+    other = await logged_in(ctx)
+    lines = await other.command(b"s2 EXAMINE INBOX")
+    assert b"* 4 RECENT" in lines or any(re.fullmatch(rb"\* \d+ RECENT", ln) for ln in lines)
+    assert (await other.command(b"x5 SEARCH ALL"))[0] == b"* SEARCH 1 2 3 4"
+
+
+async def test_imap4rev2_mailbox_names_are_utf8(ctx: Any) -> None:
+    d = await logged_in(ctx)
+    await d.command(b"e1 ENABLE IMAP4rev2")
+    assert await d.command('c1 CREATE "Ünïcode"'.encode()) == [b"c1 OK Create completed."]
+    assert await d.command(b'l1 LIST "" "*code"') == ['* LIST (\\HasNoChildren) "." "Ünïcode"'.encode(),
+                                                     b"l1 OK List completed."]

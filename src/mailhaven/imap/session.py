@@ -110,7 +110,7 @@ FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message
 META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLAGS, UID, sizes, dates)
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
-BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
                      "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
                      "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
@@ -267,7 +267,8 @@ class Session:
         self.qresync = False  # RFC 7162 §3.2: enabled by ENABLE QRESYNC only (implies CONDSTORE)
         self._vanished_sent = False  # this command sent VANISHED: its tagged OK gets HIGHESTMODSEQ
         self.compressed = False  # RFC 4978: COMPRESS DEFLATE is on
-        self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT
+        self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT (or IMAP4rev2)
+        self.rev2 = False  # RFC 9051: ENABLE IMAP4rev2 (no \Recent, SEARCH answered as ESEARCH)
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -710,6 +711,9 @@ class Session:
                 self.qresync = True
             elif cap == "UTF8=ACCEPT":  # RFC 6855 §3
                 self.utf8 = True
+            elif cap == "IMAP4REV2":  # RFC 9051 §6.3.1; Appendix E: UTF-8 mailbox names, no \Recent,
+                self.rev2 = self.utf8 = True  # ESEARCH answers (Dovecot 2.3 does not offer it)
+                cap = "IMAP4rev2"
             else:
                 continue
             enabled += b" " + cap.encode("ascii")  # as Dovecot, also when it was already on
@@ -754,6 +758,7 @@ class Session:
             self._enable_condstore()  # (CONDSTORE): no mailbox selected now, so no extra OK
         sel = Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
                         self._keywords(snap.messages), time.monotonic())
+        sel.view.rev2 = self.rev2
         key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
         if cmd.readonly:  # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone
@@ -762,7 +767,9 @@ class Session:
         else:
             sel.view.mark_recent(_claim(self.ctx.store, key, uids))
         self._emit_flags(sel)
-        self.emit(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(sel.view.recent)))
+        self.emit(b"* %d EXISTS\r\n" % len(uids))
+        if not self.rev2:  # RFC 9051 Appendix E: no RECENT response
+            self.emit(b"* %d RECENT\r\n" % len(sel.view.recent))
         for i, m in enumerate(snap.messages):
             if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
                 self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
@@ -1014,6 +1021,8 @@ class Session:
             if save:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
                 sel.saved = ()
             raise
+        if cmd.returns is None and self.rev2:  # RFC 9051 §6.4.4: no RETURN means RETURN (ALL), as ESEARCH
+            cmd = dataclasses.replace(cmd, returns=frozenset({"ALL"}))
         if cmd.returns is not None:
             if save:
                 kept = _reported(cmd.returns - {"SAVE"}, found)
