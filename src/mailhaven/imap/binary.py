@@ -26,8 +26,8 @@ from mailhaven.message.mime import Part
 
 _PLAIN = frozenset({b"", b"7bit", b"8bit", b"binary"})
 _CONVERTED = frozenset({b"base64", b"quoted-printable"})
-_B64_BLANKS = re.compile(rb"[ \t\r\n]+")
-_QP_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
+_QP_TRAILING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
+_QP_BAD = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n|\Z)")
 _CTE_BINARY = b"Content-Transfer-Encoding: binary\r\n"
 
 
@@ -91,7 +91,7 @@ def decode_base64(data: bytes) -> bytes:
     outside the alphabet, data after the padding or a truncated last quantum is InvalidData (as
     Dovecot 2.3, which answers NO [PARSE] or, for the truncation, drops the connection)."""
     try:
-        return binascii.a2b_base64(_B64_BLANKS.sub(b"", data), strict_mode=True)
+        return binascii.a2b_base64(data.translate(None, b" \t\r\n"), strict_mode=True)
     except binascii.Error:
         raise InvalidData("invalid base64") from None
 
@@ -99,30 +99,11 @@ def decode_base64(data: bytes) -> bytes:
 def decode_qp(data: bytes) -> bytes:
     """Quoted-printable body -> octets (RFC 2045 §6.7): trailing whitespace on a line is dropped,
     `=` at the end of a line (whitespace may follow it) joins it with the next, `=XX` (either case)
-    is an octet; any other `=` is InvalidData (as Dovecot 2.3). Line ends come out as CRLF."""
-    out: list[bytes] = []
-    lines = data.split(b"\n")
-    last = len(lines) - 1
-    for i, line in enumerate(lines):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        line = line.rstrip(b" \t")
-        soft = line.endswith(b"=")
-        if soft:
-            line = line[:-1]
-        if b"=" in line:
-            decoded = _QP_HEX.sub(_hex, line)
-            if b"=" in _QP_HEX.sub(b"", line):
-                raise InvalidData("invalid quoted-printable")
-            line = decoded
-        out.append(line)
-        if i < last and not soft:
-            out.append(b"\r\n")
-    return b"".join(out)
-
-
-def _hex(m: re.Match[bytes]) -> bytes:
-    return bytes((int(m.group(1), 16),))
+    is an octet; any other `=` is InvalidData (as Dovecot 2.3)."""
+    data = _QP_TRAILING.sub(b"", data)
+    if _QP_BAD.search(data):
+        raise InvalidData("invalid quoted-printable")
+    return binascii.a2b_qp(data)
 
 
 def _decode_body(msg: bytes, part: Part) -> tuple[bytes, bool]:

@@ -7,6 +7,7 @@ cache entry (msgcache.py), rendering one message's items (`render_items`), many 
 messages column by column (`render_meta`), INTERNALDATE, and a batch of messages from the store
 (`render_stored`: structure items from the message cache, msgcache.py, else parsed and cached;
 message bytes read in one batch; heavy batches rendered in a worker thread).
+BINARY items (RFC 3516) are rendered here from binary.py's decoding.
 Does not own: the encoding of ENVELOPE, BODYSTRUCTURE and BODY[section] (fetchitems.py), which
 messages a FETCH names, setting \\Seen or what the client was told (session.py, view.py), flags
 rendering (view.render_flags).

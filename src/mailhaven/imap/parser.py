@@ -3,7 +3,8 @@
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
 SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
-framer). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
+framer, BINARY RFC 3516 (FETCH items, literal8), MULTIAPPEND RFC 3502, UTF8=ACCEPT RFC 6855 (UTF8
+APPEND data, UTF-8 mailbox names when the session enabled it), COMPRESS RFC 4978). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
 

@@ -1,7 +1,7 @@
 """IMAP listeners (143 STARTTLS, 993 implicit TLS): the asyncio shell around `imap.session.Session`.
 
 Owns: carrying out the session's events (session.py's docstring): writing its output with flow
-control, reading input (and, while the session idles, waiting for input, a store change or a
+control (deflated once COMPRESS is on, compress.py), reading input (inflated likewise) (and, while the session idles, waiting for input, a store change or a
 timer), the STARTTLS handshake, the login deadline ending at LoggedIn; the BYE for an idle timeout,
 a server stop and an internal error, and the one log line per session end.
 Does not own: what commands do, replies, framing and limits on commands (session.py, framing.py,

@@ -7,7 +7,9 @@ EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees
 \\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
 response (RFC 5256), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
 HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
-tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
+tombstones, [CLOSED]), MULTIAPPEND (RFC 3502: all or none), COMPRESS (RFC 4978: when, not how),
+UTF8=ACCEPT (RFC 6855: UTF-8 mailbox names) and IMAP4rev2 (RFC 9051: what ENABLE IMAP4rev2 changes),
+the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
@@ -30,6 +32,8 @@ framing (a framing.Framer), so it takes the client's raw bytes and gives back ev
                                nothing (the session then looks at the store itself)
         StartTls()          -> the OK was in an earlier Send; drop unread input, handshake,
                                then session.tls_started()
+        StartCompress()     -> the OK was in an earlier Send; from now on deflate every Send and
+                               inflate all input (RFC 4978, compress.py)
         LoggedIn(user)      -> the connection has logged in (no login deadline, not evictable)
         Close(reason)       -> close the connection (any BYE was in an earlier Send)
 
