@@ -5,6 +5,7 @@ and kept all or none on a full disk, compression over plain TCP and over TLS, wi
 
 from __future__ import annotations
 
+import imaplib
 import os
 import re
 import socket
@@ -205,3 +206,59 @@ def test_corrupt_deflate_input_ends_the_connection(imap: ImapHarness) -> None:
     while sock.recv(4096):  # the server closes (a BYE may come first): no hang, no traceback
         pass
     sock.close()
+
+
+class DeflateIMAP4(imaplib.IMAP4):
+    """imaplib with its socket wrapped in raw DEFLATE once COMPRESS DEFLATE succeeded."""
+
+    _out: Any = None
+    _in: Any = None
+    _buf = b""
+
+    def compress(self) -> tuple[str, list[Any]]:
+        imaplib.Commands.setdefault("COMPRESS", ("AUTH", "SELECTED"))  # imaplib does not know RFC 4978
+        typ, data = self._simple_command("COMPRESS", "DEFLATE")
+        if typ == "OK":
+            self._out = zlib.compressobj(6, zlib.DEFLATED, -15)
+            self._in = zlib.decompressobj(-15)
+        return typ, data
+
+    def send(self, data: bytes) -> None:
+        if self._out is not None:
+            data = self._out.compress(data) + self._out.flush(zlib.Z_SYNC_FLUSH)
+        self.sock.sendall(data)
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        self._buf += self._in.decompress(chunk)
+
+    def readline(self) -> bytes:
+        if self._in is None:
+            return super().readline()
+        while b"\n" not in self._buf:
+            self._more()
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line + b"\n"
+
+    def read(self, size: int) -> bytes:
+        if self._in is None:
+            return super().read(size)
+        while len(self._buf) < size:
+            self._more()
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+
+def test_imaplib_over_compress_deflate(imap: ImapHarness) -> None:
+    imap.fill(20)
+    c = DeflateIMAP4("127.0.0.1", imap.ports["imap"], timeout=30)
+    ok(c.login(ALICE, PASSWORD))
+    assert ok(c.compress()) == [b"Begin compression."]
+    ok(c.select("INBOX"))
+    data = ok(c.fetch("1:20", "(BODY.PEEK[])"))
+    bodies = [d[1] for d in data if isinstance(d, tuple)]
+    assert bodies == [make_message(i + 1) for i in range(20)]
+    assert ok(c.search(None, "ALL")) == [" ".join(str(i) for i in range(1, 21)).encode()]
+    c.logout()
