@@ -284,7 +284,8 @@ async def test_enable_imap4rev2_drops_recent_and_answers_search_as_esearch(ctx: 
     assert b" IMAP4rev1 IMAP4rev2 " in b"".join(await d.command(b"c0 CAPABILITY"))
     assert await d.command(b"e1 ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2", b"e1 OK Enabled."]
     lines = await d.command(b"s1 SELECT INBOX")
-    assert b"* 3 EXISTS" in lines and not any(b"RECENT" in ln for ln in lines)
+    assert b"* 3 EXISTS" in lines and not any(b"RECENT" in ln or b"UNSEEN" in ln for ln in lines)
+    assert b'* LIST (\\HasNoChildren) "." INBOX' in lines  # RFC 9051 §6.3.2
     assert await d.command(b"f1 FETCH 1 FLAGS") == [b"* 1 FETCH (FLAGS ())", b"f1 OK Fetch completed."]
     assert await d.command(b"x1 SEARCH ALL") == [b'* ESEARCH (TAG "x1") ALL 1:3', b"x1 OK Search completed."]
     assert await d.command(b"x2 UID SEARCH SUBJECT m1") == [b'* ESEARCH (TAG "x2") UID ALL 2',
@@ -304,6 +305,8 @@ async def test_enable_imap4rev2_drops_recent_and_answers_search_as_esearch(ctx: 
 async def test_imap4rev2_mailbox_names_are_utf8(ctx: Any) -> None:
     d = await logged_in(ctx)
     await d.command(b"e1 ENABLE IMAP4rev2")
-    assert await d.command('c1 CREATE "Ünïcode"'.encode()) == [b"c1 OK Create completed."]
-    assert await d.command(b'l1 LIST "" "*code"') == ['* LIST (\\HasNoChildren) "." "Ünïcode"'.encode(),
+    assert await d.command('c1 CREATE "Ünïcode.sub"'.encode()) == [b"c1 OK Create completed."]
+    lines = await d.command('s1 EXAMINE "Ünïcode.sub"'.encode())
+    assert '* LIST (\\HasNoChildren) "." "Ünïcode.sub"'.encode() in lines, lines
+    assert await d.command(b'l1 LIST "" "*code"') == ['* LIST (\\HasChildren) "." "Ünïcode"'.encode(),
                                                      b"l1 OK List completed."]

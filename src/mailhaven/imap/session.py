@@ -774,10 +774,13 @@ class Session:
         self.emit(b"* %d EXISTS\r\n" % len(uids))
         if not self.rev2:  # RFC 9051 Appendix E: no RECENT response
             self.emit(b"* %d RECENT\r\n" % len(sel.view.recent))
-        for i, m in enumerate(snap.messages):
-            if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
-                self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
-                break
+        if self.rev2:  # RFC 9051 §6.3.2: a LIST response for the mailbox, and no UNSEEN code
+            await self._emit_own_list(mailbox.name)
+        else:
+            for i, m in enumerate(snap.messages):
+                if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
+                    self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
+                    break
         self.emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n* OK [UIDNEXT %d] Predicted next UID\r\n"
                   % (snap.uidvalidity, snap.uidnext))
         # RFC 7162 §3.1.2.1: every SELECT/EXAMINE of a mailbox with persistent MODSEQs (all of ours)
@@ -791,6 +794,14 @@ class Session:
         self.state = State.SELECTED
         mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         return f"OK [{mode}] {cmd.verb.capitalize()} completed."
+
+    async def _emit_own_list(self, name: str) -> None:
+        """`* LIST (attributes) "." name` for one mailbox, as LIST would show it."""
+        infos = [i for i in await self.account.list_mailboxes() if i.name == name]
+        own = wire_name(name, self.utf8) + b"\r\n"
+        for line in listing.list_lines(infos, "", "*", self.utf8):
+            if line.endswith(b'"." ' + own):
+                self.emit(line)
 
     async def _qresync_select(self, sel: Selected, snap: Any, q: C.Qresync) -> None:
         """RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER) for the UIDs
