@@ -1,11 +1,13 @@
 """FETCH BINARY (RFC 3516): a message part with its Content-Transfer-Encoding removed.
 
-Owns: decoding base64 and quoted-printable as Dovecot 2.3 does (lenient base64, QP with trailing
-whitespace dropped and `=` + whitespace as a soft line break), BINARY[part] of a leaf, of a
+Owns: reading a part's transfer encoding and decoding base64 and quoted-printable as Dovecot 2.3
+does (blanks skipped in base64, QP with trailing whitespace dropped and `=` + whitespace as a soft
+line break; anything that does not decode is InvalidData, NO [PARSE]), BINARY[part] of a leaf, of a
 multipart or message/rfc822 part and of the whole message (BINARY[]): every leaf decoded, each
 converted part's header getting `Content-Transfer-Encoding: binary` in place of its own, as
 Dovecot's index-mail-binary.c), whether the answer needs literal8 (`~{n}`: the data was converted
-or holds NUL, RFC 3516 §4.3, as Dovecot), and the [UNKNOWN-CTE] failure (RFC 3516 §4.3).
+or holds NUL, RFC 3516 §4.3, as Dovecot), BINARY.SIZE, the [UNKNOWN-CTE] failure (RFC 3516 §4.3),
+and how a literal8 APPEND is stored (`storable`: binary parts base64-encoded, as Dovecot).
 Does not own: the FETCH grammar (parser.py), rendering the item into the FETCH line and running
 large decodes off the event loop (fetch.py: render_batch runs in a worker thread for big batches).
 
@@ -24,7 +26,7 @@ from mailhaven.imap.fetchitems import find_part
 from mailhaven.message import mime
 from mailhaven.message.mime import Part
 
-_PLAIN = frozenset({b"", b"7bit", b"8bit", b"binary"})
+_PLAIN = frozenset({b"", b"binary"})  # what `cte` returns for parts sent as they are
 _CONVERTED = frozenset({b"base64", b"quoted-printable"})
 _QP_TRAILING = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
 _QP_BAD = re.compile(rb"=(?![0-9A-Fa-f]{2}|\r?\n|\Z)")
@@ -54,11 +56,6 @@ class Decoded:
 
     data: bytes
     binary: bool
-
-
-def cte_of(part: Part) -> bytes:
-    """The part's transfer encoding as mime.py read it, lower case; b"" when it has none (7bit)."""
-    return (part.encoding or b"").strip().lower()
 
 
 _KNOWN = {b"7bit": b"", b"8bit": b"", b"binary": b"binary", b"base64": b"base64",
@@ -200,7 +197,7 @@ def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
     """BINARY[path] of `msg` (CRLF, the store's bytes) parsed as `tree` (mime.parse(msg)).
 
     BINARY[] is the whole message with every part decoded; a part that does not exist is empty
-    (Dovecot: BINARY.SIZE 0). Raises UnknownCte."""
+    (Dovecot: BINARY.SIZE 0). Raises UnknownCte or InvalidData."""
     out: list[bytes] = []
     if not path:
         converted = _entity(msg, tree, True, out)
@@ -213,4 +210,5 @@ def section(msg: bytes, tree: Part, path: Sequence[int]) -> Decoded:
     return Decoded(data, converted or b"\x00" in data)
 
 
-__all__ = ["BinaryError", "Decoded", "InvalidData", "UnknownCte", "check", "cte", "cte_of", "size", "decode_base64", "decode_qp", "section", "storable"]
+__all__ = ["BinaryError", "Decoded", "InvalidData", "UnknownCte", "check", "cte", "decode_base64", "decode_qp",
+           "section", "size", "storable"]
