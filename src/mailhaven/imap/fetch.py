@@ -138,7 +138,8 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
 
 
 def _binary_into(out: list[bytes], item: C.FetchBinary, decoded: binary.Decoded) -> None:
-    """RFC 3516 §4.3: `BINARY[part]<origin>` and the decoded data as a literal8 (`~{n}`, NUL kept) when it was converted or holds NUL, else as a literal (as Dovecot)."""
+    """RFC 3516 §4.3: `BINARY[part]<origin>` and the decoded data, as a literal8 (`~{n}`, NUL kept)
+    when it was converted or holds NUL, else as a literal (as Dovecot 2.3)."""
     name = item.response_name.encode("ascii")
     data = decoded.data
     if item.partial is not None:

@@ -772,11 +772,10 @@ class Session:
             sel.view.mark_recent(_claim(self.ctx.store, key, uids))
         self._emit_flags(sel)
         self.emit(b"* %d EXISTS\r\n" % len(uids))
-        if not self.rev2:  # RFC 9051 Appendix E: no RECENT response
-            self.emit(b"* %d RECENT\r\n" % len(sel.view.recent))
-        if self.rev2:  # RFC 9051 §6.3.2: a LIST response for the mailbox, and no UNSEEN code
+        if self.rev2:  # RFC 9051 §6.3.2, Appendix E: the mailbox's LIST line; no RECENT, no UNSEEN
             await self._emit_own_list(mailbox.name)
         else:
+            self.emit(b"* %d RECENT\r\n" % len(sel.view.recent))
             for i, m in enumerate(snap.messages):
                 if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
                     self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
