@@ -1,4 +1,5 @@
-"""BINARY (RFC 3516), MULTIAPPEND (RFC 3502) and COMPRESS=DEFLATE (RFC 4978) against the real IMAP
+"""BINARY (RFC 3516), MULTIAPPEND (RFC 3502), COMPRESS=DEFLATE (RFC 4978), UTF8=ACCEPT (RFC 6855) and
+IMAP4rev2 (RFC 9051) against the real IMAP
 listeners (tests/integration/test_imap_server.py's ImapHarness) with imaplib and a raw socket
 client that deflates: literal8 both ways, several messages in one APPEND fsynced before the OK
 and kept all or none on a full disk, compression over plain TCP and over TLS, with IDLE."""
@@ -261,4 +262,37 @@ def test_imaplib_over_compress_deflate(imap: ImapHarness) -> None:
     bodies = [d[1] for d in data if isinstance(d, tuple)]
     assert bodies == [make_message(i + 1) for i in range(20)]
     assert ok(c.search(None, "ALL")) == [" ".join(str(i) for i in range(1, 21)).encode()]
+    c.logout()
+
+
+def test_imaplib_in_utf8_mode_uses_utf8_mailbox_names(imap: ImapHarness) -> None:
+    """UTF8=ACCEPT (RFC 6855) with imaplib's own UTF-8 mode (after its enable())."""
+    c = imap.client()
+    typ, data = c.enable("UTF8=ACCEPT")
+    assert typ == "OK" and c.utf8_enabled, (typ, data)
+    assert c.untagged_responses.get("ENABLED") == [b"UTF8=ACCEPT"]
+    ok(c.create('"Grüße"'))
+    listed = ok(c.list('""', '"Gr*"'))
+    assert listed == ['(\\HasNoChildren) "." "Grüße"'.encode()]
+    assert ok(c.select('"Grüße"'))
+    c.logout()
+    other = imap.client()  # not enabled: modified UTF-7 (RFC 3501 §5.1.3)
+    assert ok(other.list('""', '"Gr*"')) == [b'(\\HasNoChildren) "." Gr&APwA3w-e']
+    other.logout()
+
+
+def test_imap4rev2_session_beside_an_imap4rev1_one(imap: ImapHarness) -> None:
+    imap.fill(2)
+    raw = imap.raw()
+    raw.login()
+    assert raw.cmd(b"ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2\r\n", b"t OK Enabled.\r\n"]
+    lines = raw.cmd(b"SELECT INBOX")
+    assert not any(b"RECENT" in ln for ln in lines) and b'* LIST (\\HasNoChildren) "." INBOX\r\n' in lines
+    assert raw.cmd(b"UID SEARCH ALL") == [b'* ESEARCH (TAG "t") UID ALL 1:2\r\n', b"t OK UID Search completed.\r\n"]
+    imap.fill(1)
+    assert raw.cmd(b"NOOP") == [b"* 3 EXISTS\r\n", b"t OK NOOP completed.\r\n"]
+    raw.close()
+    c = imap.client()  # imaplib speaks IMAP4rev1 and gets it
+    ok(c.select("INBOX"))
+    assert ok(c.search(None, "ALL")) == [b"1 2 3"]
     c.logout()
