@@ -1,8 +1,8 @@
 """BINARY (RFC 3516), MULTIAPPEND (RFC 3502), COMPRESS=DEFLATE (RFC 4978), UTF8=ACCEPT (RFC 6855) and
-IMAP4rev2 (RFC 9051) against the real IMAP
-listeners (tests/integration/test_imap_server.py's ImapHarness) with imaplib and a raw socket
-client that deflates: literal8 both ways, several messages in one APPEND fsynced before the OK
-and kept all or none on a full disk, compression over plain TCP and over TLS, with IDLE."""
+IMAP4rev2 (RFC 9051) against the real IMAP listeners (tests/integration/test_imap_server.py's
+ImapHarness) with imaplib and raw socket clients: literal8 both ways, several messages in one
+APPEND fsynced before the OK and kept all or none on a full disk, compression (imaplib wrapped, and
+a raw client) over plain TCP and over TLS, with IDLE; UTF-8 mailbox names; a rev2 session."""
 
 from __future__ import annotations
 
