@@ -222,6 +222,6 @@ async def test_mail_through_the_mx_of_node_a_reaches_an_idle_session_on_node_b_w
                 lines.append(await _imap_line(reader))
             assert lines[-1].startswith(b"i OK")
             assert (await _imap_cmd(reader, writer, b"FETCH 1 (UID BODY[HEADER.FIELDS (SUBJECT)])"))[0].startswith(
-                b"* 1 FETCH (UID 1 BODY[HEADER.FIELDS (SUBJECT)]")
+                b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent) BODY[HEADER.FIELDS (SUBJECT)]")  # FLAGS first: Dovecot's order
         finally:
             writer.close()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from mailhaven.imap import session as core
-from mailhaven.imap.session import Close, LoggedIn, Send, Session, StartTls, Wait
+from mailhaven.imap.session import Close, LoggedIn, Send, Session, StartCompress, StartTls, Wait
 from tests.fixtures_base import PASSWORD
 
 ALICE = "alice@example.test"
@@ -38,6 +38,7 @@ class Dialogue:
         self.closed: str | None = None
         self.logged_in: str | None = None
         self.tls_requests = 0
+        self.compress_requests = 0
         self.sends: list[bytes] = []  # every Send of the last run, one entry per event
         self.greeting = session.greeting()
 
@@ -56,6 +57,8 @@ class Dialogue:
             elif isinstance(ev, StartTls):
                 self.tls_requests += 1
                 self.session.tls_started()  # as if the handshake succeeded
+            elif isinstance(ev, StartCompress):
+                self.compress_requests += 1
             else:
                 assert isinstance(ev, Close)
                 self.closed = ev.reason

@@ -8,10 +8,12 @@ import pytest
 
 from mailhaven.imap.commands import (
     Append,
+    AppendMessage,
     Authenticate,
     Capability,
     Check,
     Close,
+    Compress,
     Copy,
     Create,
     Delete,
@@ -19,6 +21,7 @@ from mailhaven.imap.commands import (
     Expunge,
     Fetch,
     FetchAttr,
+    FetchBinary,
     FetchBody,
     Id,
     Idle,
@@ -357,24 +360,56 @@ def test_status_empty_list_is_bad() -> None:
 # --- APPEND -------------------------------------------------------------------------------------------
 
 def test_append_minimal() -> None:
-    assert P(b"a APPEND INBOX {5}\r\nhello") == Append("a", "INBOX", frozenset(), None, b"hello")
+    assert P(b"a APPEND INBOX {5}\r\nhello") == Append("a", "INBOX", (AppendMessage(frozenset(), None, b"hello"),))
 
 
 def test_append_with_flags_and_date() -> None:
     cmd = P(b'a APPEND Drafts (\\seen \\DRAFT $Label1) "05-Jul-2024 10:11:12 +0200" {3+}\r\nabc')
     tz = timezone(timedelta(hours=2))
-    assert cmd == Append("a", "Drafts", frozenset({"\\Seen", "\\Draft", "$Label1"}),
-                         datetime(2024, 7, 5, 10, 11, 12, tzinfo=tz), b"abc")
+    assert cmd == Append("a", "Drafts", (AppendMessage(frozenset({"\\Seen", "\\Draft", "$Label1"}),
+                                                       datetime(2024, 7, 5, 10, 11, 12, tzinfo=tz), b"abc"),))
 
 
 def test_append_date_time_with_space_padded_day_and_negative_zone() -> None:
     cmd = P(b'a APPEND INBOX " 1-Feb-1994 21:52:25 -0800" {1}\r\nx')
     assert isinstance(cmd, Append)
-    assert cmd.internal_date == datetime(1994, 2, 1, 21, 52, 25, tzinfo=timezone(timedelta(hours=-8)))
+    assert cmd.messages[0].internal_date == datetime(1994, 2, 1, 21, 52, 25, tzinfo=timezone(timedelta(hours=-8)))
 
 
 def test_append_empty_flag_list() -> None:
-    assert P(b"a APPEND INBOX () {1}\r\nx") == Append("a", "INBOX", frozenset(), None, b"x")
+    assert P(b"a APPEND INBOX () {1}\r\nx") == Append("a", "INBOX", (AppendMessage(frozenset(), None, b"x"),))
+
+
+def test_multiappend_several_messages_each_with_its_options() -> None:  # RFC 3502 §6.3.11
+    cmd = P(b'a APPEND INBOX (\\Seen) {2}\r\nm1 "05-Jul-2024 10:11:12 +0000" {2+}\r\nm2 ~{3}\r\nm\x003')
+    assert isinstance(cmd, Append)
+    assert [(m.flags, m.message, m.binary) for m in cmd.messages] == [
+        (frozenset({"\\Seen"}), b"m1", False), (frozenset(), b"m2", False), (frozenset(), b"m\x003", True)]
+    assert cmd.messages[1].internal_date is not None
+
+
+def test_append_literal8_and_utf8_data() -> None:  # RFC 3516 §4.4, RFC 6855 §4
+    cmd = P(b"a APPEND INBOX ~{2}\r\nhi")
+    assert isinstance(cmd, Append) and cmd.messages[0].binary and not cmd.messages[0].utf8
+    cmd = P(b"a APPEND INBOX () UTF8 (~{2}\r\nhi) UTF8 (~{2+}\r\nho)")
+    assert isinstance(cmd, Append) and [(m.utf8, m.message) for m in cmd.messages] == [(True, b"hi"), (True, b"ho")]
+    assert bad(b"a APPEND INBOX UTF8 ({2}\r\nhi)").kind == "BAD"  # UTF8 takes a literal8 only
+    assert bad(b"a APPEND INBOX UTF8 (~{2}\r\nhi").kind == "BAD"
+    assert bad(b"a APPEND INBOX {2}\r\nhi ").kind == "BAD"  # a space promises another message
+
+
+def test_fetch_binary_items() -> None:  # RFC 3516 §4.2
+    cmd = P(b"a FETCH 1 (BINARY[1.2]<0.10> binary.peek[] BINARY.SIZE[3])")
+    assert isinstance(cmd, Fetch)
+    assert cmd.items == (FetchBinary((1, 2), (0, 10)), FetchBinary((), peek=True), FetchBinary((3,), size=True))
+    assert [i.response_name for i in cmd.items] == ["BINARY[1.2]<0>", "BINARY[]", "BINARY.SIZE[3]"]
+    for wrong in (b"BINARY[1.TEXT]", b"BINARY[0]", b"BINARY", b"BINARY.SIZE[1]<0.1>", b"BINARY[1]<1>"):
+        assert bad(b"a FETCH 1 (" + wrong + b")").kind == "BAD", wrong
+
+
+def test_compress() -> None:  # RFC 4978 §3
+    assert P(b"a COMPRESS deflate") == Compress("a", "DEFLATE")
+    assert bad(b"a COMPRESS").kind == "BAD"
 
 
 def test_append_message_must_be_a_literal() -> None:
@@ -393,8 +428,8 @@ def test_append_invalid_date_time_is_bad(when: bytes) -> None:
     assert bad(b"a APPEND INBOX " + when + b" {1}\r\nx").kind == "BAD"
 
 
-def test_append_of_several_messages_is_bad() -> None:
-    assert bad(b"a APPEND INBOX {1}\r\nx {1}\r\ny").kind == "BAD"
+def test_append_of_several_messages_needs_a_space_between() -> None:
+    assert bad(b"a APPEND INBOX {1}\r\nx{1}\r\ny").kind == "BAD"
 
 
 # --- sequence sets ------------------------------------------------------------------------------------

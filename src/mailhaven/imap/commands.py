@@ -241,23 +241,42 @@ class Status(Command):
 
 
 @dataclass(frozen=True)
-class Append(Command):
-    """`internal_date` is timezone-aware; `message` is the literal's octets as sent."""
+class AppendMessage:
+    """One message of an APPEND (RFC 3502 MULTIAPPEND sends several). `internal_date` is
+    timezone-aware; `message` is the literal's octets as sent; `binary`: sent as a literal8
+    (RFC 3516 §4.4 `~{n}`); `utf8`: sent as RFC 6855 §4 `UTF8 (~{n})`."""
 
-    mailbox: str
     flags: frozenset[str]
     internal_date: datetime | None
     message: bytes
-    VERB: ClassVar[str] = "APPEND"
+    binary: bool = False
+    utf8: bool = False
 
     def __repr__(self) -> str:
-        return (f"Append(tag={self.tag!r}, mailbox={self.mailbox!r}, flags={sorted(self.flags)!r}, "
-                f"internal_date={self.internal_date!r}, message=<{len(self.message)} octets>)")
+        return (f"AppendMessage(flags={sorted(self.flags)!r}, internal_date={self.internal_date!r}, "
+                f"message=<{len(self.message)} octets>, binary={self.binary}, utf8={self.utf8})")
+
+
+@dataclass(frozen=True)
+class Append(Command):
+    """APPEND of one message or, with MULTIAPPEND (RFC 3502), several into one mailbox."""
+
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+    VERB: ClassVar[str] = "APPEND"
 
 
 @dataclass(frozen=True)
 class Namespace(Command):
     VERB: ClassVar[str] = "NAMESPACE"
+
+
+@dataclass(frozen=True)
+class Compress(Command):
+    """RFC 4978 §3: COMPRESS `mechanism` (upper-cased; DEFLATE is the one defined)."""
+
+    mechanism: str
+    VERB: ClassVar[str] = "COMPRESS"
 
 
 @dataclass(frozen=True)
@@ -511,7 +530,27 @@ class FetchBody:
         return f"BODY[{self.section}]{origin}"
 
 
-FetchItem = FetchAttr | FetchBody
+@dataclass(frozen=True)
+class FetchBinary:
+    """RFC 3516 §4.2: BINARY[part]<partial>, BINARY.PEEK[part]<partial> (`peek`: no \\Seen) and
+    BINARY.SIZE[part] (`size`). `part` is the section-part (1.2.3 -> (1, 2, 3)); () is the message."""
+
+    part: tuple[int, ...] = ()
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+    size: bool = False
+
+    @property
+    def response_name(self) -> str:
+        """"BINARY[1.2]<0>" or "BINARY.SIZE[1.2]" (RFC 3516 §4.3: origin only)."""
+        section = ".".join(str(p) for p in self.part)
+        if self.size:
+            return f"BINARY.SIZE[{section}]"
+        origin = f"<{self.partial[0]}>" if self.partial else ""
+        return f"BINARY[{section}]{origin}"
+
+
+FetchItem = FetchAttr | FetchBody | FetchBinary
 
 FETCH_ATTRS = frozenset({"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE",
                          "UID", "RFC822", "RFC822.HEADER", "RFC822.TEXT", "MODSEQ",
@@ -593,4 +632,4 @@ class SetQuota(Command):
 AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
               | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
               | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Sort | Thread | Fetch | Store | Copy
-              | Move | GetQuota | GetQuotaRoot | SetQuota)
+              | Move | GetQuota | GetQuotaRoot | SetQuota | Compress)

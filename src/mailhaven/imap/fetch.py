@@ -8,6 +8,7 @@ messages column by column (`render_meta`), INTERNALDATE, EMAILID/THREADID (RFC 8
 (RFC 8514) from derived.py, and a batch of messages from the store
 (`render_stored`: structure items from the message cache, msgcache.py, else parsed and cached;
 message bytes read in one batch; heavy batches rendered in a worker thread).
+BINARY items (RFC 3516) are rendered here from binary.py's decoding.
 Does not own: the encoding of ENVELOPE, BODYSTRUCTURE and BODY[section] (fetchitems.py), which
 messages a FETCH names, setting \\Seen or what the client was told (session.py, view.py), flags
 rendering (view.render_flags).
@@ -20,11 +21,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from mailhaven.imap import binary, derived, fetchitems
 from mailhaven.imap import commands as C
-from mailhaven.imap import derived, fetchitems
 from mailhaven.imap.msgcache import CACHE, Entry
 from mailhaven.imap.selected import read_many
 from mailhaven.imap.view import render_flags
+from mailhaven.message import mime
 from mailhaven.store import MessageInfo
 
 OFFLOAD_MIN = 16  # render batches with at least this many parses in a worker thread
@@ -39,14 +41,17 @@ def _fi_section(sec: C.Section) -> fetchitems.Section:
 
 
 def sets_seen(item: C.FetchItem) -> bool:
-    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
+    """RFC 3501 §6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen; RFC 3516 §4.2:
+    BINARY[...] too (not BINARY.PEEK nor BINARY.SIZE)."""
     if isinstance(item, C.FetchBody):
         return not item.peek
+    if isinstance(item, C.FetchBinary):
+        return not (item.peek or item.size)
     return item.name in ("RFC822", "RFC822.TEXT")
 
 
 def needs_data(item: C.FetchItem) -> bool:
-    return isinstance(item, C.FetchBody) or item.name in DATA_ATTRS
+    return isinstance(item, (C.FetchBody, C.FetchBinary)) or item.name in DATA_ATTRS
 
 
 def derive(data: bytes, want: Iterable[str], entry: Entry) -> None:
@@ -73,6 +78,7 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
     returns it) when an item needs it; `entry` holds the derived structure items.
     Built as one list of pieces joined once, so a message body is copied once."""
     out: list[bytes] = [b"* %d FETCH (" % seq]
+    tree: mime.Part | None = None  # parsed once for any BINARY items
     for n, item in enumerate(items):
         if n:
             out.append(b" ")
@@ -113,6 +119,18 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
                     chunk = data[fetchitems.header_end(data):]
                 out.append(name.encode("ascii"))
                 _literal_into(out, chunk)
+        elif isinstance(item, C.FetchBinary):
+            assert data is not None
+            if tree is None:
+                tree = mime.parse(data)
+            try:
+                if item.size:
+                    out.append(b"%s %d" % (item.response_name.encode("ascii"), binary.size(data, tree, item.part)))
+                else:
+                    _binary_into(out, item, binary.section(data, tree, item.part))
+            except binary.BinaryError as e:  # as Dovecot 2.3: what was rendered goes out, else the UID
+                e.lines = [b"".join(out[:-1]) + b")\r\n" if n else b"* %d FETCH (UID %d)\r\n" % (seq, info.uid)]
+                raise
         else:
             assert data is not None
             sec = item.section
@@ -124,6 +142,17 @@ def render_items(seq: int, info: MessageInfo, items: Sequence[C.FetchItem], data
             _literal_into(out, chunk)
     out.append(b")\r\n")
     return b"".join(out)
+
+
+def _binary_into(out: list[bytes], item: C.FetchBinary, decoded: binary.Decoded) -> None:
+    """RFC 3516 §4.3: `BINARY[part]<origin>` and the decoded data, as a literal8 (`~{n}`, NUL kept)
+    when it was converted or holds NUL, else as a literal (as Dovecot 2.3)."""
+    name = item.response_name.encode("ascii")
+    data = decoded.data
+    if item.partial is not None:
+        origin, count = item.partial
+        data = data[origin:origin + count]
+    out += (name, b" ~{%d}\r\n" % len(data) if decoded.binary else b" {%d}\r\n" % len(data), data)
 
 
 def _literal_into(out: list[bytes], data: bytes) -> None:
@@ -146,8 +175,14 @@ def render_batch(rows: list[tuple[int, MessageInfo, bytes | None, Entry | None, 
             derive(data, want, entry)
         its = items
         if info.uid in extra_flags and flags_item not in items:
-            its = (*items, flags_item)
-        out.append(render_items(seq, info, its, data, entry, recent))
+            # as Dovecot 2.3 (its FLAGS handler is "buffered"): before the first item that streams data
+            at = next((i for i, item in enumerate(items) if needs_data(item)), len(items))
+            its = (*items[:at], flags_item, *items[at:])
+        try:
+            out.append(render_items(seq, info, its, data, entry, recent))
+        except binary.BinaryError as e:  # the messages before it are answered
+            e.lines = out + e.lines
+            raise
     return out
 
 

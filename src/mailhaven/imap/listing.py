@@ -37,9 +37,15 @@ from mailhaven.store import MailboxInfo
 DELIMITER = "."  # Maildir++ hierarchy delimiter (store/names.py)
 
 
-def wire_name(name: str) -> bytes:
-    """A mailbox name as sent in LIST/LSUB/STATUS: modified UTF-7 (RFC 3501 §5.1.3), astring."""
-    return encode.astring(utf7.encode(name).encode("ascii"))
+def wire_name(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name as sent in LIST/LSUB/STATUS: modified UTF-7 (RFC 3501 §5.1.3), astring; once
+    the client enabled UTF8=ACCEPT, UTF-8 (RFC 6855 §3), quoted when it has no CR, LF or NUL."""
+    if not utf8:
+        return encode.astring(utf7.encode(name).encode("ascii"))
+    data = name.encode("utf-8", "surrogateescape")
+    if data.isascii() or any(c in data for c in b"\r\n\x00"):
+        return encode.astring(data)
+    return encode.quoted(data)
 
 
 class Matcher:
@@ -104,7 +110,7 @@ def ancestors(name: str) -> list[str]:
     return [DELIMITER.join(parts[:i]) for i in range(1, len(parts))]
 
 
-def list_lines(infos: Iterable[MailboxInfo], reference: str, pattern: str) -> list[bytes]:
+def list_lines(infos: Iterable[MailboxInfo], reference: str, pattern: str, utf8: bool = False) -> list[bytes]:
     """The `* LIST` lines for LIST reference pattern over the account's mailboxes."""
     if pattern == "":  # RFC 3501 §6.3.8: the delimiter and root of the reference
         return [b'* LIST (\\Noselect) "." ""\r\n']
@@ -122,12 +128,12 @@ def list_lines(infos: Iterable[MailboxInfo], reference: str, pattern: str) -> li
     for implied in sorted({a for n in names for a in ancestors(n)} - names):
         if matcher.fullmatch(implied):
             rows.append((implied, ["\\Noselect", "\\HasChildren"]))
-    return [b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + wire_name(name) + b"\r\n"
+    return [b"* LIST (" + " ".join(attrs).encode("ascii") + b') "." ' + wire_name(name, utf8) + b"\r\n"
             for name, attrs in rows]
 
 
 def lsub_lines(subs: Sequence[str], reference: str, pattern: str,
-               uses: Mapping[str, str | None] | None = None) -> list[bytes]:
+               uses: Mapping[str, str | None] | None = None, utf8: bool = False) -> list[bytes]:
     """The `* LSUB` lines for LSUB reference pattern over the account's subscriptions; `uses`: the
     special use of each mailbox, shown on its LSUB line as Dovecot does (RFC 6154 §2 names only
     LIST; Dovecot sends them on LSUB too, for Outlook)."""
@@ -141,7 +147,7 @@ def lsub_lines(subs: Sequence[str], reference: str, pattern: str,
         if matcher.fullmatch(name) and name not in shown:
             shown.add(name)
             use = uses.get(name) if uses else None
-            out.append(b"* LSUB (" + (use or "").encode("ascii") + b") \".\" " + wire_name(name) + b"\r\n")
+            out.append(b"* LSUB (" + (use or "").encode("ascii") + b") \".\" " + wire_name(name, utf8) + b"\r\n")
     # RFC 3501 §6.3.9: when "%" hides a subscribed name, its unsubscribed parent that the pattern
     # matches is shown, as \Noselect.
     for name in subs:
@@ -150,7 +156,7 @@ def lsub_lines(subs: Sequence[str], reference: str, pattern: str,
         for a in ancestors(name):
             if a not in subscribed and a not in shown and matcher.fullmatch(a):
                 shown.add(a)
-                out.append(b"* LSUB (\\Noselect) \".\" " + wire_name(a) + b"\r\n")
+                out.append(b"* LSUB (\\Noselect) \".\" " + wire_name(a, utf8) + b"\r\n")
     return out
 
 
@@ -165,8 +171,8 @@ class Row:
     childinfo: tuple[str, ...] = ()
     status: bool = True
 
-    def line(self) -> bytes:
-        out = b"* LIST (" + " ".join(self.attrs).encode("ascii") + b') "." ' + wire_name(self.name)
+    def line(self, utf8: bool = False) -> bytes:
+        out = b"* LIST (" + " ".join(self.attrs).encode("ascii") + b') "." ' + wire_name(self.name, utf8)
         if self.childinfo:  # RFC 5258 §6 mbox-list-extended
             out += b' (CHILDINFO (' + b" ".join(b'"' + c.encode("ascii") + b'"' for c in self.childinfo) + b"))"
         return out + b"\r\n"

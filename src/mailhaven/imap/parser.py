@@ -2,9 +2,13 @@
 
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
-SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the
-framer, LIST-EXTENDED RFC 5258 with LIST-STATUS RFC 5819, CREATE (USE ...) RFC 6154 §3, the
-OBJECTID RFC 8474 and SAVEDATE RFC 8514 search keys and fetch items). Every failure is a ParseError carrying the tag (or "*") and a safe reason; nothing else
+SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and
+THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the framer,
+LIST-EXTENDED RFC 5258 with LIST-STATUS RFC 5819, CREATE (USE ...) RFC 6154 §3, the OBJECTID
+RFC 8474 and SAVEDATE RFC 8514 search keys and fetch items, BINARY RFC 3516 (FETCH items,
+literal8), MULTIAPPEND RFC 3502, UTF8=ACCEPT RFC 6855 (UTF8 APPEND data, UTF-8 mailbox names when
+the session enabled it), COMPRESS RFC 4978). Every failure is a ParseError carrying the tag (or
+"*") and a safe reason; nothing else
 escapes (property-tested). Depth of parentheses and NOT/OR nesting is bounded (config.imap.max_nesting).
 Does not own: framing (framing.py), state checks and semantics (session.py).
 
@@ -30,10 +34,12 @@ from mailhaven.imap.commands import (
     STATUS_ITEMS,
     AnyCommand,
     Append,
+    AppendMessage,
     Authenticate,
     Capability,
     Check,
     Close,
+    Compress,
     Copy,
     Create,
     Delete,
@@ -42,6 +48,7 @@ from mailhaven.imap.commands import (
     ExtValue,
     Fetch,
     FetchAttr,
+    FetchBinary,
     FetchBody,
     FetchItem,
     GetQuota,
@@ -109,7 +116,7 @@ _SECTION_CHARS = _FETCH_NAME_CHARS
 # RFC 5322 §3.6.8 field-name = 1*ftext, printable US-ASCII except ":".
 _FIELD_NAME_CHARS = frozenset(c for c in range(0x21, 0x7F) if c != ord(":"))
 
-SP, LPAREN, RPAREN, DQUOTE, BACKSLASH, DOLLAR = 0x20, 0x28, 0x29, 0x22, 0x5C, 0x24
+SP, LPAREN, RPAREN, DQUOTE, BACKSLASH, DOLLAR, TILDE = 0x20, 0x28, 0x29, 0x22, 0x5C, 0x24, 0x7E
 SAVED_RESULT = SequenceSet((), saved=True)  # RFC 5182 "$"
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
@@ -120,7 +127,8 @@ CHARSETS = ("US-ASCII", "UTF-8")
 class _Cursor:
     """Position in a RawCommand: line `seg`, offset `pos`; literal `seg` sits at the end of line `seg`."""
 
-    def __init__(self, raw: RawCommand, tag: str, max_nesting: int) -> None:
+    def __init__(self, raw: RawCommand, tag: str, max_nesting: int, utf8: bool = False) -> None:
+        self.utf8 = utf8  # RFC 6855 §3: UTF8=ACCEPT enabled, mailbox names are UTF-8
         self.lines = raw.lines
         self.literals = raw.literals
         self.seg = 0
@@ -153,6 +161,20 @@ class _Cursor:
         self.line = self.lines[self.seg] if self.seg < len(self.lines) else b""
         self.pos = 0
         return data
+
+    def at_literal8(self) -> bool:
+        """RFC 3516 §4.4 literal8 = "~{" number "}" CRLF *OCTET: the framer left the "~"."""
+        return (self.seg < len(self.literals) and self.pos == len(self.line) - 1
+                and self.line[self.pos] == TILDE)
+
+    def literal_or_literal8(self) -> tuple[bytes, bool]:
+        """A literal or literal8 (RFC 3516 §4.4): (octets, was it a literal8)."""
+        if self.at_literal8():
+            self.pos += 1
+            return self.take_literal(), True
+        if not self.at_literal():
+            self.fail("Expected the message as a literal")
+        return self.take_literal(), False
 
     def sp(self) -> None:
         if self.peek() != SP:
@@ -271,6 +293,9 @@ class _Cursor:
                 self.fail("Expected a mailbox pattern")
         else:
             raw = self.astring()
+        if self.utf8:  # RFC 6855 §3: UTF-8, no modified UTF-7 ("&" is itself)
+            name = self.text(raw)
+            return "INBOX" if inbox and name.upper() == "INBOX" else name
         try:
             name = utf7.decode(raw)
         except ValueError:
@@ -714,21 +739,44 @@ def _setquota(cur: _Cursor, tag: str) -> AnyCommand:
 
 
 def _append(cur: _Cursor, tag: str) -> AnyCommand:
+    """RFC 3501 §6.3.11 with RFC 3502 (several messages), RFC 3516 §4.4 (literal8) and RFC 6855 §4
+    (UTF8): APPEND mailbox 1*(SP [flag-list SP] [date-time SP] append-data)."""
     cur.sp()
     mailbox = cur.mailbox()
-    cur.sp()
+    messages: list[AppendMessage] = []
+    while True:
+        cur.sp()
+        messages.append(_append_message(cur))
+        if cur.peek() != SP:
+            break
+    return Append(tag, mailbox, tuple(messages))
+
+
+def _append_message(cur: _Cursor) -> AppendMessage:
     flags: frozenset[str] = frozenset()
     when: datetime | None = None
-    if cur.peek() == LPAREN:  # RFC 3501 §6.3.11: [SP flag-list] [SP date-time] SP literal
+    if cur.peek() == LPAREN:
         flags = cur.flag_list()
         cur.sp()
     if cur.peek() == DQUOTE:
         when = cur.date_time()
         cur.sp()
-    if not cur.at_literal():
-        cur.fail("Expected the message as a literal")
-    message = cur.take_literal()
-    return Append(tag, mailbox, flags, when, message)
+    if cur.at_word(b"UTF8"):  # RFC 6855 §4: "UTF8" SP "(" literal8 ")"
+        cur.pos += 4
+        cur.sp()
+        cur.expect(LPAREN, "'(' after UTF8")
+        if not cur.at_literal8():
+            cur.fail("Expected a literal8 after UTF8 (")
+        message, _ = cur.literal_or_literal8()
+        cur.expect(RPAREN, "')' after the UTF8 literal8")
+        return AppendMessage(flags, when, message, binary=True, utf8=True)
+    message, binary = cur.literal_or_literal8()
+    return AppendMessage(flags, when, message, binary=binary)
+
+
+def _compress(cur: _Cursor, tag: str) -> AnyCommand:
+    cur.sp()  # RFC 4978 §3: COMPRESS SP algorithm (an atom)
+    return Compress(tag, cur.word())
 
 
 def _enable(cur: _Cursor, tag: str) -> AnyCommand:
@@ -1046,21 +1094,42 @@ def _section(cur: _Cursor) -> Section:
     return Section(tuple(part), _SECTION_TEXTS.get(rest), tuple(fields))
 
 
+def _partial(cur: _Cursor) -> tuple[int, int] | None:
+    """RFC 3501 §9 "<" number "." nz-number ">", or None."""
+    if not cur.take(ord("<")):
+        return None
+    origin = cur.number()
+    cur.expect(ord("."), "'.' in partial")
+    length = cur.number(nz=True)
+    cur.expect(ord(">"), "'>' after partial")
+    return origin, length
+
+
+def _binary_item(cur: _Cursor, name: str) -> FetchBinary:
+    """RFC 3516 §4.2: BINARY[section-part]<partial>, BINARY.PEEK[...], BINARY.SIZE[section-part]."""
+    cur.expect(ord("["), "'[' after " + name)
+    token = cur.run(_SECTION_CHARS).decode("ascii")
+    part: list[int] = []
+    for digits in token.split(".") if token else []:
+        if not digits.isdigit() or len(digits) > 10 or int(digits) == 0 or int(digits) > MAX_NUMBER:
+            cur.fail("Invalid BINARY section")  # section-binary = "[" [section-part] "]"
+        part.append(int(digits))
+    cur.expect(ord("]"), "']' after section")
+    if name == "BINARY.SIZE":
+        return FetchBinary(tuple(part), size=True)
+    return FetchBinary(tuple(part), _partial(cur), peek=name == "BINARY.PEEK")
+
+
 def _fetch_item(cur: _Cursor) -> FetchItem:
     name = cur.run(_FETCH_NAME_CHARS).decode("ascii").upper()
     if not name:
         cur.fail("Expected a fetch item" if not cur.at_end() else "Missing arguments")
+    if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE"):
+        return _binary_item(cur, name)
     if name in ("BODY", "BODY.PEEK") and cur.take(ord("[")):
         section = _section(cur)
         cur.expect(ord("]"), "']' after section")
-        partial: tuple[int, int] | None = None
-        if cur.take(ord("<")):  # "<" number "." nz-number ">"
-            origin = cur.number()
-            cur.expect(ord("."), "'.' in partial")
-            length = cur.number(nz=True)
-            cur.expect(ord(">"), "'>' after partial")
-            partial = (origin, length)
-        return FetchBody(section, partial, peek=name == "BODY.PEEK")
+        return FetchBody(section, _partial(cur), peek=name == "BODY.PEEK")
     if name not in FETCH_ATTRS:
         cur.fail(f"Unknown fetch item {name[:40]}")
     return FetchAttr(name)
@@ -1229,18 +1298,20 @@ COMMANDS: dict[str, Handler] = {
     "GETQUOTA": _getquota,  # RFC 9208
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
     "SETQUOTA": _setquota,
+    "COMPRESS": _compress,  # RFC 4978
 }
 
 
-def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCommand:
-    """Parse one framed command. Raises ParseError (and nothing else) when it is not valid."""
+def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING, utf8: bool = False) -> AnyCommand:
+    """Parse one framed command. Raises ParseError (and nothing else) when it is not valid.
+    `utf8`: the session enabled UTF8=ACCEPT (RFC 6855), so mailbox names are UTF-8."""
     first = raw.lines[0] if raw.lines else b""
     tag = tag_of(first)
     if tag == "*":
         if not first.strip() and not raw.literals:
             raise ParseError("*", "Empty command")
         raise ParseError("*", "Invalid tag")
-    cur = _Cursor(raw, tag, max_nesting)
+    cur = _Cursor(raw, tag, max_nesting, utf8)
     cur.pos = len(tag)
     cur.sp()
     name = cur.word()
@@ -1254,7 +1325,7 @@ def parse_command(raw: RawCommand, *, max_nesting: int = DEFAULT_MAX_NESTING) ->
     return command
 
 
-def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCommand:
+def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING, utf8: bool = False) -> AnyCommand:
     """Frame and parse exactly one command given as wire bytes (CRLF added if missing). For tests
     and tools: no size limits beyond the data itself."""
     if not data.endswith(b"\n"):
@@ -1272,4 +1343,4 @@ def parse_bytes(data: bytes, *, max_nesting: int = DEFAULT_MAX_NESTING) -> AnyCo
         assert isinstance(event, RawCommand)
         if framer.buffered:
             raise ParseError(event.tag, "More than one command")
-        return parse_command(event, max_nesting=max_nesting)
+        return parse_command(event, max_nesting=max_nesting, utf8=utf8)

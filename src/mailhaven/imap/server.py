@@ -1,7 +1,7 @@
 """IMAP listeners (143 STARTTLS, 993 implicit TLS): the asyncio shell around `imap.session.Session`.
 
 Owns: carrying out the session's events (session.py's docstring): writing its output with flow
-control, reading input (and, while the session idles, waiting for input, a store change or a
+control (deflated once COMPRESS is on, compress.py), reading input (inflated likewise) (and, while the session idles, waiting for input, a store change or a
 timer), the STARTTLS handshake, the login deadline ending at LoggedIn; the BYE for an idle timeout,
 a server stop and an internal error, and the one log line per session end.
 Does not own: what commands do, replies, framing and limits on commands (session.py, framing.py,
@@ -17,12 +17,14 @@ import contextlib
 import logging
 import socket
 import ssl
+import zlib
 from typing import Any
 
 from mailhaven import lineproto, seams
 from mailhaven import log as mhlog
 from mailhaven.config import ListenerConfig
-from mailhaven.imap.session import Close, LoggedIn, Send, Session, StartTls, Wait
+from mailhaven.imap.compress import Deflate
+from mailhaven.imap.session import Close, LoggedIn, Send, Session, StartCompress, StartTls, Wait
 from mailhaven.lineproto import LineConnection, Listener
 from mailhaven.store.changes import Subscription
 
@@ -48,6 +50,7 @@ class _Connection(LineConnection):
         super().__init__(listener)
         self.session: Session | None = None
         self._reading: asyncio.Future[bytes | None] | None = None  # a read begun while idling
+        self._deflate: Deflate | None = None  # RFC 4978 COMPRESS=DEFLATE, once started
 
     def ended_by(self, exc: Exception) -> str:
         if isinstance(exc, lineproto.LoginTimeout):
@@ -106,10 +109,48 @@ class _Connection(LineConnection):
                 assert tls_ctx is not None
                 await self.upgrade_tls(tls_ctx)  # drops input received before the handshake
                 session.tls_started()
+            elif isinstance(ev, StartCompress):
+                self._deflate = Deflate()  # the OK went out plain in the Send before
             elif isinstance(ev, LoggedIn):
                 self.logged_in()
             elif isinstance(ev, Close):
                 return ev.reason
+
+    # -- COMPRESS=DEFLATE (RFC 4978): on top of TLS when both are on ---------------------------
+
+    async def write(self, data: bytes) -> None:
+        await super().write(data if self._deflate is None else self._deflate.deflate(data))
+
+    def write_last(self, data: bytes) -> None:
+        if self._deflate is not None:
+            try:
+                data = self._deflate.deflate(data)
+            except Exception:  # noqa: BLE001 - last words are best effort
+                return
+        super().write_last(data)
+
+    async def read(self) -> bytes | None:
+        """lineproto's read(), inflated once COMPRESS is on: never b"" for a partial block (that is
+        EOF), at most compress.MAX_INFLATE octets per call."""
+        d = self._deflate
+        if d is None:
+            return await super().read()
+        while True:
+            data = b""
+            if not d.pending:
+                got = await super().read()
+                if not got:
+                    return got
+                data = got
+            try:
+                plain = d.inflate(data)
+            except zlib.error:
+                raise ConnectionResetError("corrupt DEFLATE input") from None
+            if plain:
+                # the line deadline counts plain lines: lineproto saw only compressed octets
+                if plain.endswith(b"\n"):
+                    self._line_since = None
+                return plain
 
     async def _read(self) -> bytes | None:
         reading, self._reading = self._reading, None

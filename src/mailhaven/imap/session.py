@@ -7,7 +7,9 @@ EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees
 \\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
 response (RFC 5256), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
 HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
-tombstones, [CLOSED]), the one error-to-reply mapping (`_reply_for`), output batching, and
+tombstones, [CLOSED]), MULTIAPPEND (RFC 3502: all or none), COMPRESS (RFC 4978: when, not how),
+UTF8=ACCEPT (RFC 6855: UTF-8 mailbox names) and IMAP4rev2 (RFC 9051: what ENABLE IMAP4rev2 changes),
+the one error-to-reply mapping (`_reply_for`), output batching, and
 the command loop over the client's bytes: framing.Framer -> parser.parse_command -> a handler, "+"
 continuations for synchronising literals, the literal limit (small before login,
 smtp.max_message_size after), a new framer at STARTTLS, the BYE after imap.max_bad_commands BADs.
@@ -31,6 +33,8 @@ framing (a framing.Framer), so it takes the client's raw bytes and gives back ev
                                nothing (the session then looks at the store itself)
         StartTls()          -> the OK was in an earlier Send; drop unread input, handshake,
                                then session.tls_started()
+        StartCompress()     -> the OK was in an earlier Send; from now on deflate every Send and
+                               inflate all input (RFC 4978, compress.py)
         LoggedIn(user)      -> the connection has logged in (no login deadline, not evictable)
         Close(reason)       -> close the connection (any BYE was in an earlier Send)
 
@@ -50,6 +54,7 @@ allowed (not during FETCH/STORE/SEARCH by sequence number).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import enum
@@ -67,6 +72,7 @@ from mailhaven import quota as quotamod
 from mailhaven.auth import login as logins
 from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
+from mailhaven.imap import binary as binarymod
 from mailhaven.imap import commands as C
 from mailhaven.imap import derived, fetch, listing, searchadapt, seqset
 from mailhaven.imap import sort as sortmod
@@ -110,10 +116,12 @@ FETCH_BATCH = 256  # messages read and rendered per step of a FETCH with message
 META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLAGS, UID, sizes, dates)
 
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
-BASE_CAPABILITIES = ("IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
                      "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
-                     "THREAD=REFERENCES")
+                     "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
+# RFC 4978 §3: after login (as Dovecot), until compression is on.
+COMPRESS_CAPABILITY = "COMPRESS=DEFLATE"
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 # RFC 9208 §3.1, after login (as Dovecot): GETQUOTA/GETQUOTAROOT and both resources; no QUOTASET.
 QUOTA_CAPABILITIES = ("QUOTA", "QUOTA=RES-STORAGE", "QUOTA=RES-MESSAGE")
@@ -154,6 +162,12 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
+class StartCompress:
+    """Compress both directions from now on (RFC 4978 §3: raw DEFLATE, the tagged OK was in an
+    earlier Send and goes out uncompressed; input that follows it is compressed)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LoggedIn:
     """The session authenticated as `user`."""
 
@@ -167,7 +181,7 @@ class Close:
     reason: str
 
 
-Event = Send | Wait | StartTls | LoggedIn | Close
+Event = Send | Wait | StartTls | StartCompress | LoggedIn | Close
 WAIT_INPUT: Final = Wait()
 
 
@@ -264,6 +278,9 @@ class Session:
         self.condstore = False  # RFC 7162 §3.1: enabled by ENABLE or a CONDSTORE enabling command
         self.qresync = False  # RFC 7162 §3.2: enabled by ENABLE QRESYNC only (implies CONDSTORE)
         self._vanished_sent = False  # this command sent VANISHED: its tagged OK gets HIGHESTMODSEQ
+        self.compressed = False  # RFC 4978: COMPRESS DEFLATE is on
+        self.utf8 = False  # RFC 6855 §3: ENABLE UTF8=ACCEPT (or IMAP4rev2)
+        self.rev2 = False  # RFC 9051: ENABLE IMAP4rev2 (no \Recent, SEARCH answered as ESEARCH)
         self.commands = 0
         self.bad = 0
         self._out: list[bytes] = []
@@ -287,7 +304,7 @@ class Session:
         # Handlers that stream output, need more input or a TLS handshake: async generators of Step.
         self._streams: dict[str, Callable[[Any], AsyncIterator[Step]]] = {
             "STARTTLS": self.cmd_starttls, "AUTHENTICATE": self.cmd_authenticate, "IDLE": self.cmd_idle,
-            "FETCH": self.cmd_fetch, "STORE": self.cmd_store,
+            "FETCH": self.cmd_fetch, "STORE": self.cmd_store, "COMPRESS": self.cmd_compress,
         }
 
     # -- input and events -----------------------------------------------------------------------
@@ -346,7 +363,7 @@ class Session:
                     return
             else:
                 try:
-                    cmd = parse_command(ev, max_nesting=nesting)
+                    cmd = parse_command(ev, max_nesting=nesting, utf8=self.utf8)
                 except ParseError as e:
                     if e.search_save and self.sel is not None:  # RFC 5182 §2.1: a failed SAVE empties "$"
                         self.sel.saved = ()
@@ -386,8 +403,11 @@ class Session:
                 caps.extend("AUTH=" + m for m in AUTH_MECHANISMS)
             else:
                 caps.append("LOGINDISABLED")  # RFC 3501 §6.2.3
-        elif quotamod.of(self.ctx) is not None:
-            caps.extend(QUOTA_CAPABILITIES)
+        else:
+            if not self.compressed:
+                caps.append(COMPRESS_CAPABILITY)
+            if quotamod.of(self.ctx) is not None:
+                caps.extend(QUOTA_CAPABILITIES)
         return " ".join(caps)
 
     def greeting(self) -> bytes:
@@ -470,6 +490,10 @@ class Session:
             return "NO", (f"[{exc.code}] " if exc.code else "") + _safe(exc.text)
         if isinstance(exc, BadSequence):
             return "BAD", "Error in IMAP command " + verb + ": Invalid messageset"
+        if isinstance(exc, binarymod.UnknownCte):
+            return "NO", "[UNKNOWN-CTE] Unknown Content-Transfer-Encoding"  # RFC 3516 §4.3, as Dovecot
+        if isinstance(exc, binarymod.InvalidData):
+            return "NO", "[PARSE] Invalid data in MIME part"  # as Dovecot 2.3
         if isinstance(exc, MailboxNotFound):
             return "NO", "[NONEXISTENT] Mailbox doesn't exist."  # RFC 5530 §3
         if isinstance(exc, MailboxExists):
@@ -697,6 +721,11 @@ class Session:
             elif cap == "QRESYNC":  # RFC 7162 §3.2.3: implies CONDSTORE
                 self._enable_condstore()
                 self.qresync = True
+            elif cap == "UTF8=ACCEPT":  # RFC 6855 §3
+                self.utf8 = True
+            elif cap == "IMAP4REV2":  # RFC 9051 §6.3.1; Appendix E: UTF-8 mailbox names, no \Recent,
+                self.rev2 = self.utf8 = True  # ESEARCH answers (Dovecot 2.3 does not offer it)
+                cap = "IMAP4rev2"
             else:
                 continue
             enabled += b" " + cap.encode("ascii")  # as Dovecot, also when it was already on
@@ -741,6 +770,7 @@ class Session:
             self._enable_condstore()  # (CONDSTORE): no mailbox selected now, so no extra OK
         sel = Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
                         self._keywords(snap.messages), time.monotonic())
+        sel.view.rev2 = self.rev2
         key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
         if cmd.readonly:  # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone
@@ -749,11 +779,15 @@ class Session:
         else:
             sel.view.mark_recent(_claim(self.ctx.store, key, uids))
         self._emit_flags(sel)
-        self.emit(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), len(sel.view.recent)))
-        for i, m in enumerate(snap.messages):
-            if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
-                self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
-                break
+        self.emit(b"* %d EXISTS\r\n" % len(uids))
+        if self.rev2:  # RFC 9051 §6.3.2, Appendix E: the mailbox's LIST line; no RECENT, no UNSEEN
+            await self._emit_own_list(mailbox.name)
+        else:
+            self.emit(b"* %d RECENT\r\n" % len(sel.view.recent))
+            for i, m in enumerate(snap.messages):
+                if SEEN not in m.flags:  # RFC 3501 §6.3.1: the first unseen message's number
+                    self.emit(b"* OK [UNSEEN %d] First unseen.\r\n" % (i + 1))
+                    break
         self.emit(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % snap.uidvalidity)
         self.emit(b"* OK [MAILBOXID (%s)] Ok\r\n" % self._mailbox_id(snap.uidvalidity).encode())  # RFC 8474 §4.2
         self.emit(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % snap.uidnext)
@@ -768,6 +802,14 @@ class Session:
         self.state = State.SELECTED
         mode = "READ-ONLY" if cmd.readonly else "READ-WRITE"
         return f"OK [{mode}] {cmd.verb.capitalize()} completed."
+
+    async def _emit_own_list(self, name: str) -> None:
+        """`* LIST (attributes) "." name` for one mailbox, as LIST would show it."""
+        infos = [i for i in await self.account.list_mailboxes() if i.name == name]
+        own = wire_name(name, self.utf8) + b"\r\n"
+        for line in listing.list_lines(infos, "", "*", self.utf8):
+            if line.endswith(b'"." ' + own):
+                self.emit(line)
 
     async def _qresync_select(self, sel: Selected, snap: Any, q: C.Qresync) -> None:
         """RFC 7162 §3.2.5.2: what changed since the client's MODSEQ: VANISHED (EARLIER) for the UIDs
@@ -835,7 +877,7 @@ class Session:
             await self._list_extended(cmd)
             return "OK List completed."
         infos = await self.account.list_mailboxes() if cmd.pattern else []
-        for line in listing.list_lines(infos, cmd.reference, cmd.pattern):
+        for line in listing.list_lines(infos, cmd.reference, cmd.pattern, self.utf8):
             self.emit(line)
         return "OK List completed."
 
@@ -847,7 +889,7 @@ class Session:
         if "HIGHESTMODSEQ" in cmd.status:  # RFC 7162 §3.1: a CONDSTORE enabling command (as STATUS)
             self._enable_condstore()
         for row in listing.extended_rows(infos, subs, cmd):
-            self.emit(row.line())
+            self.emit(row.line(self.utf8))
             if cmd.status and row.status:
                 try:
                     mailbox = await self.account.mailbox(row.name)
@@ -861,12 +903,12 @@ class Session:
         if "RECENT" in items:
             hi = _claimed(self.ctx.store, (self.user or "", mailbox.name, snap.uidvalidity))
             recent = sum(1 for m in snap.messages if m.uid > hi)
-        return statusmod.line(mailbox.name, items, snap, recent, self._mailbox_id(snap.uidvalidity))
+        return statusmod.line(mailbox.name, items, snap, recent, self._mailbox_id(snap.uidvalidity), self.utf8)
 
     async def cmd_lsub(self, cmd: C.Lsub) -> str:
         subs = await self.account.subscriptions() if cmd.pattern else []
         uses = {i.name: i.special_use for i in await self.account.list_mailboxes()} if subs else {}
-        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern, uses):
+        for line in listing.lsub_lines(subs, cmd.reference, cmd.pattern, uses, self.utf8):
             self.emit(line)
         return "OK Lsub completed."
 
@@ -878,23 +920,45 @@ class Session:
         return "OK Status completed."
 
     async def cmd_append(self, cmd: C.Append) -> str:
+        """RFC 3501 §6.3.11; RFC 3502 MULTIAPPEND: all the messages are kept or none; RFC 3516 §4.4
+        literal8 and RFC 6855 §4 UTF8 data are stored as sent."""
         limit = self.config.smtp.max_message_size
-        if len(cmd.message) > limit:
-            raise No("Message too big.", "TOOBIG")  # RFC 7889 §4
-        if not cmd.message:
-            raise No("Can't save a zero byte message.")
+        for m in cmd.messages:
+            if len(m.message) > limit:
+                raise No("Message too big.", "TOOBIG")  # RFC 7889 §4
+            if not m.message:
+                raise No("Can't save a zero byte message.")
+            if m.utf8 and not self.utf8:  # RFC 6855 §4: only once UTF8=ACCEPT is enabled
+                raise Bad("UTF8 APPEND data needs ENABLE UTF8=ACCEPT.")
         try:
             mailbox = await self.account.mailbox(cmd.mailbox)
         except MailboxNotFound:
             raise No("Mailbox doesn't exist.", "TRYCREATE") from None  # RFC 3501 §6.3.11
-        when = cmd.internal_date.timestamp() if cmd.internal_date is not None else None
+        items = [(await _storable(m), m.flags, m.internal_date.timestamp() if m.internal_date is not None else None)
+                 for m in cmd.messages]
         quota = quotamod.of(self.ctx)
         if quota is not None:  # RFC 9208 §4.2: NO [OVERQUOTA], nothing stored
-            await quota.check(self._user(), len(cmd.message))
-        uid = await mailbox.append(cmd.message, cmd.flags, when)  # durable before it returns
+            await quota.check(self._user(), sum(len(m.message) for m in cmd.messages), len(items))
+        if len(items) == 1:
+            uids = [await mailbox.append(*items[0])]  # durable before it returns
+        else:
+            uids = await mailbox.append_many(items)  # RFC 3502 §6.3.11: all durable, or none kept
         if quota is not None:
             await quota.delivered(self._user())
-        return f"OK [APPENDUID {mailbox.uidvalidity} {uid}] Append completed."  # RFC 4315 §3
+        # RFC 4315 §3: APPENDUID uidvalidity uid-set (RFC 3502 §6.3.11: one UID per message)
+        return f"OK [APPENDUID {mailbox.uidvalidity} {render_set(uids)}] Append completed."
+
+    async def cmd_compress(self, cmd: C.Compress) -> AsyncIterator[Step]:
+        """RFC 4978 §3: COMPRESS DEFLATE; the shell compresses after the tagged OK (StartCompress)."""
+        if self.compressed:
+            raise No("COMPRESSION=DEFLATE already enabled.", "COMPRESSIONACTIVE")
+        if cmd.mechanism != "DEFLATE":
+            raise No("Unknown compression mechanism")
+        if self.framer.buffered:  # the client must wait for the OK (as Dovecot checks)
+            raise Bad("Client did not wait for COMPRESS reply before sending more data")
+        self.emit(f"{cmd.tag} OK Begin compression.\r\n".encode("ascii"))
+        self.compressed = True
+        yield StartCompress()
 
     async def cmd_idle(self, cmd: C.Idle) -> AsyncIterator[Step]:
         """RFC 2177: updates as they happen until the client sends DONE."""
@@ -992,6 +1056,8 @@ class Session:
             if save:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
                 sel.saved = ()
             raise
+        if cmd.returns is None and self.rev2:  # RFC 9051 §6.4.4: no RETURN means RETURN (ALL), as ESEARCH
+            cmd = dataclasses.replace(cmd, returns=frozenset({"ALL"}))
         if cmd.returns is not None:
             if save:
                 kept = _reported(cmd.returns - {"SAVE"}, found)
@@ -1268,7 +1334,7 @@ class Session:
         report = await self._quota_report()
         # RFC 9208 §4.3: the mailbox's quota roots, then each root's QUOTA
         roots = f' "{QUOTA_ROOT}"' if report is not None else ""
-        self.emit(b"* QUOTAROOT " + wire_name(mailbox.name) + roots.encode("ascii") + b"\r\n")
+        self.emit(b"* QUOTAROOT " + wire_name(mailbox.name, self.utf8) + roots.encode("ascii") + b"\r\n")
         if report is not None:
             self._emit_quota(report)
         return "OK Getquotaroot completed."
@@ -1356,8 +1422,12 @@ class Session:
         else:
             for start in range(0, len(pairs), FETCH_BATCH):
                 chunk = list(zip(pairs[start:start + FETCH_BATCH], infos[start:start + FETCH_BATCH], strict=True))
-                lines, shown, gone = await fetch.render_stored(
-                    sel.mailbox, user, chunk, items, want, needs_data, seen_set, view.is_recent)
+                try:
+                    lines, shown, gone = await fetch.render_stored(
+                        sel.mailbox, user, chunk, items, want, needs_data, seen_set, view.is_recent)
+                except binarymod.BinaryError as e:  # the messages before it are answered
+                    self.emit(b"".join(e.lines))
+                    raise
                 missing += gone
                 if has_flags:
                     for info in shown:
@@ -1393,6 +1463,16 @@ def _create_use(uses: Sequence[str] | None) -> str | None:
     if len(known) > 1:
         raise No("A mailbox can have only one special-use attribute.", "USEATTR")
     return known[0]
+
+
+async def _storable(m: C.AppendMessage) -> bytes:
+    """The octets to store: a literal8's binary parts base64-encoded (binary.storable, as Dovecot),
+    in a worker thread when large."""
+    if not m.binary:
+        return m.message
+    if len(m.message) > fetch.OFFLOAD_OCTETS:
+        return await asyncio.to_thread(binarymod.storable, m.message)
+    return binarymod.storable(m.message)
 
 
 def _render_in_order(numbers: list[int]) -> bytes:
@@ -1453,5 +1533,5 @@ def _has_modseq(key: C.SearchKey) -> bool:
     return _any_key(key, lambda k: isinstance(k, C.SearchModseq))
 
 
-__all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd", "StartTls",
-           "Wait"]
+__all__ = ["Bad", "Close", "Event", "LoggedIn", "No", "POLL_INTERVAL", "Send", "Session", "SessionEnd",
+           "StartCompress", "StartTls", "Wait"]

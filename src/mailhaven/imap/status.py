@@ -46,11 +46,12 @@ def value(item: str, snap: Snapshot, recent: int, mailboxid: str) -> bytes:
     raise ValueError(item)
 
 
-def line(name: str, items: Iterable[str], snap: Snapshot, recent: int, mailboxid: str) -> bytes:
-    """`* STATUS name (item value ...)` for the items asked for, in ORDER."""
+def line(name: str, items: Iterable[str], snap: Snapshot, recent: int, mailboxid: str, utf8: bool = False) -> bytes:
+    """`* STATUS name (item value ...)` for the items asked for, in ORDER (the name in UTF-8 once
+    the client enabled UTF8=ACCEPT)."""
     wanted = set(items)
     values = [item.encode("ascii") + b" " + value(item, snap, recent, mailboxid) for item in ORDER if item in wanted]
-    return b"* STATUS " + wire_name(name) + b" (" + b" ".join(values) + b")\r\n"
+    return b"* STATUS " + wire_name(name, utf8) + b" (" + b" ".join(values) + b")\r\n"
 
 
 __all__ = ["ORDER", "line", "value"]

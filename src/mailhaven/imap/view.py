@@ -92,6 +92,7 @@ class View:
         self.qresync = False  # RFC 7162 §3.2.10: once enabled, VANISHED instead of EXPUNGE
         self._reported: dict[int, int] = {}  # uid -> modseq whose flags this session already sent
         self._recent: set[int] = set()
+        self.rev2 = False  # RFC 9051 (ENABLE IMAP4rev2): no \Recent, no RECENT response
 
     # -- numbering ----------------------------------------------------------------------------
 
@@ -190,6 +191,8 @@ class View:
 
     def mark_recent(self, uids: Iterable[int]) -> None:
         """These (new or initial) messages are \\Recent in this session (RFC 3501 §2.3.2)."""
+        if self.rev2:  # RFC 9051 Appendix E: IMAP4rev2 has no \Recent flag
+            return
         self._recent.update(uids)
 
     def expunged(self, uids: Iterable[int]) -> None:
@@ -247,8 +250,9 @@ class View:
             self._uids.extend(self._new)
             self._new.clear()
             out.append(b"* %d EXISTS\r\n" % len(self._uids))  # RFC 3501 §7.3.1
-            # RFC 3501 §7.3.2: RECENT goes with EXISTS (as Dovecot sends it).
-            out.append(b"* %d RECENT\r\n" % len(self._recent))
+            # RFC 3501 §7.3.2: RECENT goes with EXISTS (as Dovecot sends it); not in IMAP4rev2
+            if not self.rev2:
+                out.append(b"* %d RECENT\r\n" % len(self._recent))
         if self._flags:
             for uid in sorted(self._flags):
                 seq = self.seq(uid)

@@ -537,6 +537,43 @@ class Folder:
         self._snap = None
         return m.uid
 
+    def append_many(self, items: Sequence[tuple[bytes, frozenset[str], float | None]], host: str) -> list[int]:
+        """Store several messages (data, flags, internal date) at once (IMAP MULTIAPPEND, RFC 3502
+        §6.3.11): all durable and indexed in one transaction, or none kept. Returns their UIDs."""
+        now = time.time()
+        prepared: list[tuple[bytes, str, float]] = []
+        kws: list[frozenset[str]] = []
+        for data, flags, internaldate in items:
+            system, keywords = split_flags(flags)
+            prepared.append((data, maildir.build_info(system), now if internaldate is None else internaldate))
+            kws.append(keywords)
+        names = maildir.store_files(self.path, host, prepared, fsync=self.fsync)
+        modseq = self.highestmodseq + 1
+        msgs: list[Msg] = []
+        for (data, _info, when), keywords, name in zip(prepared, kws, names, strict=True):
+            key, suffix = maildir.split_name(name)
+            msgs.append(Msg(self.uidnext + len(msgs), key, "cur", suffix, keywords, modseq, when, len(data),
+                            maildir.unterminated(data)))
+        self.uidnext += len(msgs)  # used even on failure: the uidlist may hold them already
+        try:
+            self._backup([(m.uid, m.key) for m in msgs], modseq)
+            self._commit([m.row() for m in msgs], [], highestmodseq=modseq)
+        except Exception as e:  # the files are durable; drop them so no unindexed message reappears
+            for name in names:
+                try:
+                    os.unlink(self.path / "cur" / name)
+                except OSError:
+                    pass
+            if isinstance(e, StoreError):
+                raise
+            raise StoreError("the messages could not be indexed") from e
+        self.highestmodseq = modseq
+        for m in msgs:
+            self.by_uid[m.uid] = m
+            self.by_key[m.key] = m
+        self._snap = None
+        return [m.uid for m in msgs]
+
     def _forget(self, m: Msg) -> None:
         self.by_uid.pop(m.uid, None)
         self.by_key.pop(m.key, None)

@@ -828,6 +828,17 @@ class Mailbox:
         uid = self._folder.append(maildir.to_crlf(data), flags, internaldate, self.account.store.hostname)
         return uid, Changes(added=[uid])
 
+    async def append_many(self, items: Sequence[tuple[bytes, frozenset[str], float | None]]) -> list[int]:
+        """Store several messages (data, flags, internal date) as one: all durable before it returns
+        their UIDs, or none kept (IMAP MULTIAPPEND, RFC 3502)."""
+        return await self._run(self._append_many_sync, [(d, frozenset(f), t) for d, f, t in items])
+
+    def _append_many_sync(self, items: list[tuple[bytes, frozenset[str], float | None]]
+                          ) -> tuple[list[int], Changes]:
+        crlf = [(maildir.to_crlf(d), f, t) for d, f, t in items]
+        uids = self._folder.append_many(crlf, self.account.store.hostname)
+        return uids, Changes(added=uids)
+
     async def read(self, uid: int) -> bytes:
         """The message with CRLF line endings. Raises MessageNotFound if it is gone."""
         f = self._live()

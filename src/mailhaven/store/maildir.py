@@ -436,6 +436,35 @@ def store_file(folder: Path, base: str, data: bytes, info: str, *, fsync: bool,
     return name
 
 
+def store_files(folder: Path, host: str, items: Sequence[tuple[bytes, str, float | None]], *,
+                fsync: bool) -> list[str]:
+    """Durably place several messages (data, flag letters, mtime) into cur/ together (IMAP
+    MULTIAPPEND, RFC 3502): every one written and fsynced in tmp/ first, then all renamed into cur/
+    and the directory fsynced once. On any failure none of them is left behind. Returns the names."""
+    staged: list[tuple[Path, Path, str]] = []
+    placed: list[Path] = []
+    try:
+        for data, info, mtime in items:
+            key = make_key(unique_base(host), len(data), len(data))
+            tmp = folder / "tmp" / key
+            staged.append((tmp, folder / "cur" / (key + INFO_SEP + info), key + INFO_SEP + info))
+            write_new_file(tmp, data, fsync=fsync, mtime=mtime)
+        for tmp, target, _ in staged:
+            os.rename(tmp, target)
+            placed.append(target)
+        if fsync and placed:
+            fsync_dir(folder / "cur")
+    except BaseException as e:
+        for tmp, _, _ in staged:
+            _unlink_quiet(tmp)
+        for target in placed:
+            _unlink_quiet(target)
+        if isinstance(e, Exception):
+            raise store_failure(e, "the messages could not be stored") from e
+        raise
+    return [name for _, _, name in staged]
+
+
 def link_or_copy(src: Path, dst: Path, *, fsync: bool) -> None:
     """Hard-link `src` to `dst` (same content, same mtime); copy durably when linking fails."""
     try:
