@@ -202,6 +202,11 @@ class QueueConfig:
                                          "with a verified certificate for the MX host name.", factory=list)
     tls_ca_file: str = opt("", "PEM CA certificates trusted for require_tls_domains instead of the system "
                            "trust store (\"\" = the system store).", path=True)
+    mta_sts: bool = opt(True, "Honour destination domains' MTA-STS policies (RFC 8461): fetched over HTTPS, "
+                        "cached in data_dir/mta-sts.json; enforce = verified TLS to the listed MX hosts only.")
+    dane: bool = opt(True, "Honour DANE TLSA records (RFC 7672) of MX hosts, when the DNS answers are "
+                     "DNSSEC-validated: dns.nameservers must then be a validating resolver (unbound) on "
+                     "localhost, whose AD bit is trusted.")
     lease: float = opt(120.0, "With [storage] backend = \"postgresql\": how long an entry a node claimed stays "
                        "its own without renewal (renewed every third of it); a node that dies holds its "
                        "entries this long before another node delivers them.", lo=3, hi=86400, duration=True)

@@ -65,7 +65,7 @@ from typing import Any
 
 from mailhaven import metrics, seams
 from mailhaven.auth.users import program_argv
-from mailhaven.delivery import local, program, remote
+from mailhaven.delivery import local, program, remote, tlspolicy
 from mailhaven.delivery.reports import queue_report
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import ConfigError, DatabaseError, MailError
@@ -197,6 +197,7 @@ class QueueManager:
         self._tg: asyncio.TaskGroup | None = None
         self._tls: Any = None
         self._verified: tuple[Any, Any] | None = None  # (the Config it was built from, its verifying context)
+        self._policies: tlspolicy.TlsPolicies | None = None  # MTA-STS cache, DANE (built on first use)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -222,6 +223,13 @@ class QueueManager:
         """Work until stop() (in-flight transactions finish) or cancellation (they are abandoned
         unrecorded and retried after the next start)."""
         await self.load()
+        try:
+            await self._run_until_stopped()
+        finally:
+            if self._policies is not None:
+                await self._policies.close()  # background MTA-STS refreshes
+
+    async def _run_until_stopped(self) -> None:
         if self._claims is None:
             await self._run()
             return
@@ -550,7 +558,18 @@ class QueueManager:
             verified = self._verified[1] if self._verified is not None else None
         request = dsn.DsnRequest(entry.dsn, {r.address: r.dsn for r in entry.recipients})
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
-                                    tls_context=self._tls, verified_context=verified, dsn=request)
+                                    tls_context=self._tls, verified_context=verified, dsn=request,
+                                    policies=self._tls_policies(), requiretls=entry.dsn.requiretls,
+                                    tls_optional=tlspolicy.tls_required_no(message))
+
+    def _tls_policies(self) -> tlspolicy.TlsPolicies:
+        """MTA-STS and DANE for remote delivery; rebuilt when a reload brought a new config or
+        resolver (the MTA-STS cache lives on in its file)."""
+        ctx = self.ctx
+        p = self._policies
+        if p is None or p.config is not ctx.config or p.resolver is not ctx.resolver:
+            p = self._policies = tlspolicy.TlsPolicies(ctx.config, ctx.resolver)
+        return p
 
     async def _local_programs(self, entry: Entry, resolved: list[seams.Recipient], results: list[DeliveryResult],
                               message: bytes) -> list[DeliveryResult]:
