@@ -5,6 +5,7 @@ asks unbound and trusts its AD bit. SMTP peers with certificates that do or do n
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,17 @@ async def send(cfg: Any, pol: tlspolicy.TlsPolicies, **kw: Any) -> Any:
     return r
 
 
-async def test_a_dane_ee_match_delivers_to_a_certificate_no_ca_signed(setup: Any, mx: Any) -> None:
+async def test_a_dane_ee_match_delivers_to_a_certificate_no_ca_signed(setup: Any, mx: Any,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     peer, digest = await mx("anything.example")
     cfg, pol = setup(f"_25._tcp.mx.d.test. IN TLSA 3 1 1 {digest}\n")
     plan = await pol.plan("d.test")
     assert plan.mx_secure
+    caplog.set_level(logging.INFO)
     r = await send(cfg, pol)
     assert r.delivered, r.text
     assert [m.tls for m in peer.messages] == [True]
+    assert any("(TLS; certificate verified: DANE, 1 usable TLSA)" in m for m in caplog.messages)
 
 
 async def test_a_tlsa_mismatch_defers_with_4_7_5(setup: Any, mx: Any) -> None:

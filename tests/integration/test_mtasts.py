@@ -134,12 +134,15 @@ async def test_enforce_defers_an_mx_whose_certificate_does_not_name_it(
 
 
 async def test_enforce_delivers_over_verified_tls(cfg: Any, sts_server: PolicyServer, publish: Any,
-                                                 mx: Any) -> None:
+                                                 mx: Any, caplog: pytest.LogCaptureFixture) -> None:
     publish()
     peer = await mx("mx.b.test")
+    caplog.set_level(logging.INFO)
     r = await send(cfg, policies(cfg, sts_server))
     assert r.delivered, r.text
     assert [m.tls for m in peer.messages] == [True]
+    assert any("delivered to bob@b.test via mx.b.test[127.0.0.2] (TLS; certificate verified: MTA-STS enforce)"
+               in m for m in caplog.messages), caplog.messages
 
 
 async def test_enforce_uses_only_mx_hosts_the_policy_names(cfg: Any, sts_server: PolicyServer, publish: Any,

@@ -175,7 +175,7 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
                 try:
                     return await _transaction(config, host, address, sender, recipients, message,
                                               context, require_tls=require_tls, use_tls=True, dsn=dsn,
-                                              check=check, requiretls=requiretls)
+                                              check=check, requiretls=requiretls, note=hp.summary)
                 except _TlsHandshakeFailed as e:
                     if require_tls:
                         raise HostFailure(451, "4.7.10", f"TLS handshake with {host}[{address}] failed "
@@ -231,7 +231,7 @@ def _reply_text(e: aiosmtplib.SMTPResponseException) -> str:
 async def _transaction(config: Config, host: str, address: str, sender: str, recipients: list[str],
                        message: bytes, tls_context: ssl.SSLContext, *, require_tls: bool,
                        use_tls: bool, dsn: DsnRequest = NO_DSN, check: Any = None,
-                       requiretls: bool = False) -> list[DeliveryResult]:
+                       requiretls: bool = False, note: str = "") -> list[DeliveryResult]:
     q = config.queue
     where = f"{host}[{address}]"
     client = aiosmtplib.SMTP(hostname=address, port=q.remote_port, local_hostname=config.hostname,
@@ -329,8 +329,8 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
             results[rcpt] = DeliveryResult(rcpt, outcome.code, outcome.enhanced, outcome.text,
                                            outcome.temporary, host, dsn_passed=passes_dsn)
         if outcome.delivered:
-            log.info("delivered to %s via %s%s: %s", ",".join(accepted), where, " (TLS)" if tls_on else "",
-                     outcome.reply)
+            log.info("delivered to %s via %s%s: %s", ",".join(accepted), where,
+                     f" (TLS; {note})" if tls_on else f" (no TLS; {note})" if note else "", outcome.reply)
         await _quit(client, q.command_timeout)
         return [results[r] for r in recipients]
     except HostFailure:

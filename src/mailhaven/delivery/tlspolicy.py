@@ -53,6 +53,13 @@ class HostPlan:
     report_only: bool = False
 
     @property
+    def summary(self) -> str:
+        """For the delivery log line: how this session's TLS was judged."""
+        if self.level == "may" or self.report_only:
+            return self.why
+        return f"certificate verified: {self.why}"
+
+    @property
     def pkix(self) -> bool:
         """Whether the handshake itself checks the chain (the verifying context)."""
         return self.level == "verify" and not self.report_only
