@@ -46,7 +46,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ready(port: int, zone: str, deadline: float) -> None:
+def _ready(port: int, zone: str, deadline: float, proc: subprocess.Popen[bytes]) -> bool:
+    """Whether unbound answers on `port` (False: it exited, e.g. the port was taken meanwhile)."""
     import dns.exception
     import dns.message
     import dns.query
@@ -54,8 +55,10 @@ def _ready(port: int, zone: str, deadline: float) -> None:
     while True:
         try:
             dns.query.udp(dns.message.make_query(zone, "SOA"), "127.0.0.1", port=port, timeout=0.3)
-            return
+            return True
         except (dns.exception.Timeout, OSError):
+            if proc.poll() is not None:
+                return False
             if time.monotonic() > deadline:
                 raise RuntimeError("unbound did not answer") from None
             time.sleep(0.05)
@@ -69,6 +72,13 @@ def unbound_resolver(dns_server: DnsServer, tmp_path: Path) -> Iterator[Callable
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(zone: str, anchor: str) -> str:
+        for _ in range(10):  # the free port may be taken before unbound binds it: another one
+            port = _start(zone, anchor)
+            if port:
+                return f"127.0.0.1:{port}"
+        raise RuntimeError("unbound did not start")
+
+    def _start(zone: str, anchor: str) -> int:
         folder = tmp_path / f"unbound{len(procs)}"
         folder.mkdir()
         folder.chmod(0o755)
@@ -106,8 +116,7 @@ stub-zone:
 """)
         proc = subprocess.Popen([exe, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL)
         procs.append(proc)
-        _ready(port, zone, time.monotonic() + 10)
-        return f"127.0.0.1:{port}"
+        return port if _ready(port, zone, time.monotonic() + 10, proc) else 0
 
     yield start
     for p in procs:

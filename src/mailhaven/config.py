@@ -336,6 +336,13 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ReportsConfig:
+    tls: bool = opt(False, "SMTP TLS reports (RFC 8460): record what outbound TLS met at destinations with "
+                     "MTA-STS or DANE (data_dir/tlsrpt) and send each domain that asks (_smtp._tls TXT) a daily report.")
+    tls_contact: str = opt("", "Sender and contact address of the TLS reports (\"\" = postmaster@hostname).")
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     workers: int = opt(0, "Processes serving every listener: 0 = one per CPU (the default), 1 = one "
                        "process with no supervising parent.", lo=0, hi=256)
@@ -398,6 +405,7 @@ class Config:
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
     metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
     storage: StorageConfig = opt(None, "Shared state: SQLite (default) or PostgreSQL.", factory=StorageConfig)
+    reports: ReportsConfig = opt(None, "Reports we send to other domains (TLS-RPT).", factory=ReportsConfig)
     # Not from TOML: where the file was, for messages and reloads.
     source: str = field(default="", metadata={"internal": True})
 

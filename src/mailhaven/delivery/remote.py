@@ -154,7 +154,6 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
             except ConfigError as e:
                 log.error("delivery to %s not possible: %s", domain, e)
                 return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {domain})", True)
-        check = _checker(plan, hp, policies)
         if known is not None:
             addresses = known
         else:
@@ -171,6 +170,7 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
                 failure = HostFailure(451, "4.4.4", f"MX host {host} has no address", host)
                 continue
         for address in addresses:
+            check = _checker(plan, hp, policies, address)
             try:
                 try:
                     return await _transaction(config, host, address, sender, recipients, message,
@@ -186,6 +186,7 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
             except HostFailure as e:
                 log.info("delivery to %s via %s[%s] not possible: %s %s %s", domain, host, address,
                          e.code, e.enhanced, e.text)
+                plan.host_failed(hp, address, e.enhanced, e.text)  # TLS-RPT (RFC 8460)
                 failure = e
     if failure is None:
         return _all(recipients, 451, "4.4.4", f"no mail server found for {domain}", True)
@@ -204,12 +205,12 @@ def _verified(config: Config) -> ssl.SSLContext:
 
 
 def _checker(plan: tlspolicy.DomainPlan, hp: tlspolicy.HostPlan,
-             policies: tlspolicy.TlsPolicies | None) -> Any:
+             policies: tlspolicy.TlsPolicies | None, address: str) -> Any:
     """What _transaction asks after STARTTLS: the session's ssl object -> None or why it fails."""
     if hp.level == "may":
         return None
     verifier = policies.verifier() if policies is not None and hp.report_only else None
-    return lambda ssl_object: plan.check(hp, ssl_object, verifier)
+    return lambda ssl_object: plan.check(hp, ssl_object, verifier, address)
 
 
 def _tls_failure(plan: tlspolicy.DomainPlan, recipients: Sequence[str], code: int, enhanced: str, text: str,

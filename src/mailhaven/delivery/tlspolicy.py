@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from mailhaven import seams
 from mailhaven.config import Config
-from mailhaven.delivery import certnames, dane, mtasts
+from mailhaven.delivery import certnames, dane, mtasts, tlsrpt
 from mailhaven.errors import DnsTempError
 
 log = logging.getLogger("mailhaven.delivery")
@@ -75,6 +75,31 @@ class DomainPlan:
     mx_secure: bool = False  # the MX answer was DNSSEC-validated: DANE may apply
     dane_enabled: bool = False
     resolver: Any = None
+    recorder: tlsrpt.Recorder | None = None  # [reports] tls: outcomes for TLS-RPT
+
+    def _policy_of(self, plan: HostPlan | None) -> tuple[str, tuple[str, ...]] | None:
+        """RFC 8460 §4.4 policy type and strings of what applied to a host (None: nothing to report)."""
+        if plan is not None and plan.level == "dane":
+            return "tlsa", tuple(f"{r.usage} {r.selector} {r.mtype} {r.data.hex()}" for r in plan.tlsa)
+        p = self.sts.policy
+        if p is not None and p.mode != "none" and not self.tls_optional:
+            return "sts", tuple(line for line in p.text.splitlines() if line.strip())
+        return None
+
+    def record(self, plan: HostPlan | None, address: str, result: str, detail: str = "") -> None:
+        """One TLS-RPT outcome (§4.3 result type or "success"), written in the background."""
+        policy = self._policy_of(plan)
+        if self.recorder is None or policy is None:
+            return
+        outcome = tlsrpt.Outcome(self.domain, policy[0], policy[1], plan.host if plan else "", address, result, detail)
+        self.recorder.record_soon(outcome)
+
+    def host_failed(self, plan: HostPlan, address: str, enhanced: str, text: str) -> None:
+        """remote.py: a host refused for TLS reasons (4.7.10 no STARTTLS / handshake, 4.7.5 chain)."""
+        if enhanced == "4.7.10":
+            self.record(plan, address, "starttls-not-supported", text)
+        elif enhanced == "4.7.5" and "not trusted" in text:
+            self.record(plan, address, "certificate-not-trusted", text)
 
     @property
     def sts_mode(self) -> str:
@@ -141,12 +166,17 @@ class DomainPlan:
                             report_only=True)
         return HostPlan(host)
 
-    def check(self, plan: HostPlan, ssl_object: Any, verifier: PkixVerifier | None) -> str | None:
+    def check(self, plan: HostPlan, ssl_object: Any, verifier: PkixVerifier | None,
+              address: str = "") -> str | None:
         """After the handshake: None when the session meets `plan`, else why not (for a 4.7.5).
         A failure under MTA-STS testing is logged and None returned."""
         problem = _check(plan, ssl_object, verifier)
         if problem is None:
+            self.record(plan, address, "success")
             return None
+        kind = ("validation-failure" if plan.level == "dane" else
+                "certificate-host-mismatch" if "does not name" in problem else "certificate-not-trusted")
+        self.record(plan, address, kind, problem)
         if plan.report_only:
             log.warning("MTA-STS testing policy of %s: %s fails the policy: %s (delivering anyway)",
                         self.domain, plan.host, problem)
@@ -244,6 +274,7 @@ class TlsPolicies:
             self.sts = mtasts.Discovery(resolver, sts_tls, path, port=sts_port)
         self.dane = bool(q.dane)
         self._verifier: PkixVerifier | None = None
+        self.recorder = tlsrpt.Recorder(Path(config.data_dir) / "tlsrpt") if config.reports.tls else None
 
     def verifier(self) -> PkixVerifier | None:
         if self._verifier is None:
@@ -260,11 +291,14 @@ class TlsPolicies:
 
         plan = DomainPlan(domain.lower().rstrip("."), forced=requires_tls(self.config, domain),
                           requiretls=requiretls, tls_optional=tls_optional and not requiretls,
-                          dane_enabled=self.dane, resolver=self.resolver)
+                          dane_enabled=self.dane, resolver=self.resolver, recorder=self.recorder)
         if domain.startswith("["):
             return plan
         if self.sts is not None and not plan.tls_optional:
             plan.sts = await self.sts.policy(plan.domain)
+            if plan.sts.problem_kind and self.recorder is not None:  # RFC 8460 §4.3.2.2
+                self.recorder.record_soon(tlsrpt.Outcome(plan.domain, "sts", (), "", "", plan.sts.problem_kind,
+                                                         plan.sts.problem))
         if self.dane and not plan.tls_optional:
             secure_mx = getattr(self.resolver, "secure", None)
             if secure_mx is not None:

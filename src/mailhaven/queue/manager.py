@@ -164,6 +164,9 @@ def _owed_notice(entry: Entry, r: Recipient) -> dsn.DsnAction | None:
     return None
 
 
+TLS_REPORT_CHECK = 3600.0  # seconds between looks for finished days of TLS-RPT data
+
+
 class QueueManager:
     def __init__(self, ctx: seams.Context, *, spool: QueueSpool | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random, lease: float = LEASE,
@@ -249,6 +252,8 @@ class QueueManager:
             scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
             claimer = tg.create_task(self._claim_loop(self._claims), name="queue claims") \
                 if self._claims is not None else None
+            reporter = tg.create_task(self._tls_reports(), name="tls reports") \
+                if self.ctx.config.reports.tls else None
             try:
                 while not self._stopping:
                     self._wake.clear()
@@ -264,6 +269,20 @@ class QueueManager:
                     scanner.cancel()
                 if claimer is not None:
                     claimer.cancel()
+                if reporter is not None:
+                    reporter.cancel()
+
+    async def _tls_reports(self) -> None:
+        """[reports] tls: send the finished days' TLS reports (delivery/tlsrpt.py), checked every
+        TLS_REPORT_CHECK seconds; the day files are claimed by rename, so one worker sends each."""
+        from mailhaven.delivery import tlsrpt
+
+        while not self._stopping:
+            try:
+                await tlsrpt.send_due(self.ctx, self.ctx.config.data_path / "tlsrpt")
+            except Exception:  # noqa: BLE001 - reports are best effort; the queue goes on
+                log.exception("queue: sending TLS reports failed")
+            await asyncio.sleep(TLS_REPORT_CHECK)
 
     async def _scan_partitions(self) -> None:
         """Pick up what the other workers queued (spool.scan_partitions): at once when a worker
