@@ -40,12 +40,14 @@ async def test_mail_requiretls_outside_tls_is_refused(submission: SubmissionFact
 async def test_a_requiretls_message_to_a_domain_without_policy_bounces(submission: SubmissionFactory) -> None:
     server = await submission()
     async with server.session() as c:
-        assert (await c.cmd(f"MAIL FROM:<{ALICE}> REQUIRETLS"))[0].startswith("250")
+        assert (await c.cmd(f"MAIL FROM:<{ALICE}> REQUIRETLS RET=FULL"))[0].startswith("250")
         assert (await c.cmd(f"RCPT TO:<{REMOTE}>"))[0].startswith("250")
         assert (await c.cmd("DATA"))[0].startswith("354")
-        assert (await c.cmd(message(to=REMOTE, subject="secret") + b"."))[0].startswith("250")
+        data = message(to=REMOTE, subject="secret", body="The secret body.\r\n")
+        assert (await c.cmd(data + b"."))[0].startswith("250")
     [bounce] = await until(lambda: server.messages(ALICE), 15)
     assert b"Status: 5.7.10" in bounce and b"REQUIRETLS" in bounce
+    assert b"Subject: secret" in bounce and b"The secret body." not in bounce  # headers only
     assert server.peer.connections == 0
 
 

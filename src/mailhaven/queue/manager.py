@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -162,6 +163,12 @@ def _owed_notice(entry: Entry, r: Recipient) -> dsn.DsnAction | None:
     if r.state == "delivered" and r.dsn.wants("SUCCESS") and not r.dsn_passed:
         return "relayed" if r.last is not None and r.last.remote_mta else "delivered"
     return None
+
+
+def _report_request(mail: dsn.MailDsn) -> dsn.MailDsn:
+    """What the sender's report returns: as asked, but only the header section of a REQUIRETLS
+    message (RFC 8689 §5): the report itself may travel without TLS."""
+    return dataclasses.replace(mail, ret="HDRS") if mail.requiretls else mail
 
 
 TLS_REPORT_CHECK = 3600.0  # seconds between looks for finished days of TLS-RPT data
@@ -758,7 +765,8 @@ class QueueManager:
                 original_recipient=r.dsn.orcpt or ""))
         await queue_report(self.ctx, about=entry.id, to=entry.sender, reports=reports,
                            original=await rnd.message(self.spool), arrival=entry.created, now=self.clock(),
-                           request=entry.dsn, will_retry_until=entry.created + self.ctx.config.queue.lifetime)
+                           request=_report_request(entry.dsn),
+                           will_retry_until=entry.created + self.ctx.config.queue.lifetime)
 
     # -- views ------------------------------------------------------------------------------------
 
