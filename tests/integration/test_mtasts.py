@@ -257,3 +257,31 @@ async def test_requiretls_under_a_testing_policy_is_enforced(cfg: Any, sts_serve
     r = await send(cfg, policies(cfg, sts_server), requiretls=True)
     assert (r.enhanced, r.temporary) == ("5.7.10", False) and "does not name" in r.text
     assert peer.messages == []
+
+
+async def test_redirects_and_oversized_policies_are_not_followed_nor_read(
+        cfg: Any, sts_server: PolicyServer, publish: Any, mx: Any) -> None:
+    from mailhaven.delivery import mtasts
+
+    publish()
+    pol = policies(cfg, sts_server)
+    assert pol.sts is not None
+    sts_server.status = 301  # RFC 8461 §3.3: redirects MUST NOT be followed
+    found = await pol.sts.policy("b.test")
+    assert found.policy is None and "HTTP 301" in found.problem
+    sts_server.status = 200
+    sts_server.text = policy("enforce", "mx.b.test") + "x: " + "y" * mtasts.MAX_POLICY_SIZE + "\r\n"
+    found = await pol.sts.policy("b.test")
+    assert found.policy is None and found.problem_kind == "sts-policy-invalid" and "larger than" in found.problem
+
+
+async def test_concurrent_deliveries_share_one_policy_fetch(cfg: Any, sts_server: PolicyServer, publish: Any,
+                                                           mx: Any) -> None:
+    import asyncio
+
+    publish()
+    await mx("mx.b.test")
+    pol = policies(cfg, sts_server)
+    results = await asyncio.gather(*(send(cfg, pol) for _ in range(3)))
+    assert all(r.delivered for r in results)
+    assert sts_server.requests == 1

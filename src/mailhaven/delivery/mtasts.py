@@ -200,6 +200,7 @@ class Discovery:
         self.port, self.timeout, self.clock = port, timeout, clock
         self._cache: dict[str, Cached] = self._load()
         self._refreshing: dict[str, asyncio.Task[None]] = {}
+        self._fetching: dict[str, asyncio.Future[Policy]] = {}  # one fetch per domain at a time
         self.fetches = 0
 
     def _load(self) -> dict[str, Cached]:
@@ -219,7 +220,7 @@ class Discovery:
 
     def _save_now(self, snapshot: dict[str, dict[str, Any]]) -> None:
         assert self.path is not None
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # workers share the file
         try:
             tmp.write_text(json.dumps(snapshot), "utf-8")
             os.replace(tmp, self.path)
@@ -263,6 +264,25 @@ class Discovery:
         return Found(policy, txt_id)
 
     async def _fetch_and_keep(self, domain: str, txt_id: str) -> Policy:
+        """Fetch (or wait for the fetch already under way for `domain`) and cache."""
+        running = self._fetching.get(domain)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[Policy] = asyncio.get_running_loop().create_future()
+        self._fetching[domain] = future
+        try:
+            policy = await self._fetch_now(domain, txt_id)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+            raise
+        else:
+            future.set_result(policy)
+            return policy
+        finally:
+            del self._fetching[domain]
+
+    async def _fetch_now(self, domain: str, txt_id: str) -> Policy:
         self.fetches += 1
         policy = await fetch(domain, self.resolver, self.tls, port=self.port, seconds=self.timeout)
         self._cache[domain] = Cached(txt_id, policy, self.clock())

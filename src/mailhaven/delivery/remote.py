@@ -16,6 +16,12 @@ Rules:
   certificate that is not trusted or does not name the MX host is 451 4.7.5 (RFC 3463
   "cryptographic failure", as Postfix says it), after a QUIT (RFC 3207 §4.1). Either way that
   host is not used (the next one is tried) and the message never travels unprotected.
+- MTA-STS, DANE and REQUIRETLS are decided by delivery/tlspolicy.py: before connecting it says
+  which MX hosts may be used (MTA-STS enforce) and what each host must offer (the verifying
+  context or not, TLS required or not); after STARTTLS it checks the session (names, TLSA). When
+  no host met the policy the message waits (4.7.x); a REQUIRETLS message is returned instead
+  (5.7.10, or 5.7.30 when no next hop offered REQUIRETLS, RFC 8689 §5), and REQUIRETLS is passed
+  on in MAIL.
 - A host that cannot take the transaction (connection refused or timed out, greeting or EHLO
   refused, TLS required but missing, MAIL FROM answered 4xx) -> the next address, then the next
   host (RFC 5321 §5.1). Once RCPT answers come in, the results of this host are final for the
