@@ -131,3 +131,23 @@ async def test_requiretls_goes_through_dane(setup: Any, mx: Any) -> None:
     r = await send(cfg, pol, requiretls=True)
     assert r.delivered, r.text
     assert peer.requiretls_seen == 1
+
+
+async def test_dane_ta_needs_the_anchor_in_the_chain_and_the_mx_name(setup: Any, port: int, tls_ca: Any,
+                                                                    tmp_path: Path) -> None:
+    ca_der = x509.load_pem_x509_certificate(tls_ca.cert_pem.bytes())
+    ca_spki = hashlib.sha256(ca_der.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+    cfg, pol = setup(f"_25._tcp.mx.d.test. IN TLSA 2 1 1 {ca_spki}\n")
+    for name, delivered in (("mx.d.test", True), ("other.example", False)):
+        cert, key = cert_files(tmp_path / name, name, ca=tls_ca)
+        chain = cert.with_suffix(".chain.pem")  # RFC 7672 §3.1.2: the server presents the anchor too
+        chain.write_bytes(cert.read_bytes() + tls_ca.cert_pem.bytes())
+        peer = await SmtpPeer("127.0.0.2", port, tls_context=server_tls_context(chain, key)).start()
+        try:
+            r = await send(cfg, pol)
+        finally:
+            await peer.stop()
+        assert r.delivered is delivered, r.text
+        if not delivered:
+            assert r.enhanced == "4.7.5" and "does not name mx.d.test or d.test" in r.text

@@ -65,3 +65,18 @@ def test_policies_without_what_they_need_are_refused() -> None:
         with pytest.raises(PolicyError):
             parse_policy(text)
     assert parse_policy("version: STSv1\nmode: none\nmax_age: 60\n").mode == "none"
+
+
+@given(st.lists(st.text(max_size=80), max_size=4))
+def test_tlsrpt_txt_records_give_only_mailto_and_https_uris(records: list[str]) -> None:
+    from mailhaven.delivery.tlsrpt import parse_txt as rua
+
+    assert all(u.lower().startswith(("mailto:", "https:")) for u in rua(records))
+
+
+@given(st.binary(max_size=300))
+def test_tls_required_no_never_raises_and_only_looks_at_the_header(body: bytes) -> None:
+    from mailhaven.delivery.tlspolicy import tls_required_no
+
+    assert not tls_required_no(b"Subject: x\r\n\r\n" + body.replace(b"\r\n\r\n", b"") + b"\r\nTLS-Required: No\r\n")
+    assert tls_required_no(b"Subject: x\r\nTLS-Required: no\r\n\r\n" + body)
