@@ -156,7 +156,7 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
         context = tls_context
         if hp.pkix:
             try:
-                context = verified_context or _verified(config)
+                context = verified_context or (policies.verified_context() if policies else _verified(config))
             except ConfigError as e:
                 log.error("delivery to %s not possible: %s", domain, e)
                 return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {domain})", True)

@@ -274,7 +274,17 @@ class TlsPolicies:
             self.sts = mtasts.Discovery(resolver, sts_tls, path, port=sts_port)
         self.dane = bool(q.dane)
         self._verifier: PkixVerifier | None = None
+        self._verified: ssl.SSLContext | None = None
         self.recorder = tlsrpt.Recorder(Path(config.data_dir) / "tlsrpt") if config.reports.tls else None
+
+    def verified_context(self) -> ssl.SSLContext:
+        """The verifying client context (tls.mx_verify_context), built once: loading a trust store
+        costs milliseconds of CPU. Raises ConfigError for an unusable queue.tls_ca_file."""
+        if self._verified is None:
+            from mailhaven.tls import mx_verify_context
+
+            self._verified = mx_verify_context(self.config.queue.tls_ca_file)
+        return self._verified
 
     def verifier(self) -> PkixVerifier | None:
         if self._verifier is None:
