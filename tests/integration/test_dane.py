@@ -151,3 +151,13 @@ async def test_dane_ta_needs_the_anchor_in_the_chain_and_the_mx_name(setup: Any,
         assert r.delivered is delivered, r.text
         if not delivered:
             assert r.enhanced == "4.7.5" and "does not name mx.d.test or d.test" in r.text
+
+
+def test_dane_is_off_when_the_resolver_is_not_on_this_host(make_config: Callable[..., Any],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # A remote resolver's AD bit can be forged on the way: only a local validator is trusted.
+    remote_ns = make_config(dns={"nameservers": ["192.0.2.53"]}, queue={"mta_sts": False})
+    assert not tlspolicy.TlsPolicies(remote_ns, Resolver.from_config(remote_ns.dns)).dane
+    assert any("DANE not used" in m for m in caplog.messages)
+    local = make_config(dns={"nameservers": ["127.0.0.1:5353"]}, queue={"mta_sts": False})
+    assert tlspolicy.TlsPolicies(local, Resolver.from_config(local.dns)).dane

@@ -273,6 +273,10 @@ class TlsPolicies:
             path = Path(config.data_dir) / "mta-sts.json"
             self.sts = mtasts.Discovery(resolver, sts_tls, path, port=sts_port)
         self.dane = bool(q.dane)
+        if self.dane and not getattr(resolver, "loopback_only", lambda: False)():
+            log.warning("DANE not used: the DNS resolvers are not all on this host, so their DNSSEC "
+                        "verdict (AD bit) cannot be trusted; run a validating resolver (unbound) on localhost")
+            self.dane = False
         self._verifier: PkixVerifier | None = None
         self._verified: ssl.SSLContext | None = None
         self.recorder = tlsrpt.Recorder(Path(config.data_dir) / "tlsrpt") if config.reports.tls else None

@@ -241,6 +241,18 @@ class Resolver:
             raise errors[0]
         return results
 
+    def loopback_only(self) -> bool:
+        """Whether every nameserver asked (configured, or from resolv.conf) is on this host: only
+        then is the AD bit worth trusting (RFC 6698 §4.1 / RFC 7672 §2.1.1: a validating resolver
+        on a trusted path; a remote resolver's AD bit can be forged on the way)."""
+        import ipaddress
+
+        try:
+            return all(ipaddress.ip_address(ns if isinstance(ns, str) else str(getattr(ns, "address", ""))).is_loopback
+                       for ns in self._r.nameservers)
+        except ValueError:
+            return False
+
     async def secure(self, name: str, rdtype: str) -> tuple[list[Any], bool]:
         """The records of `name` and whether the configured resolver said they are DNSSEC-validated
         (the AD bit, RFC 4035 §3.2.3). As Postfix does for DANE, AD is trusted from the configured
