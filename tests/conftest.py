@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures_server",
     "tests.fixtures_rspamd",
     "tests.fixtures_postgres",
+    "tests.fixtures_unbound",
 ]

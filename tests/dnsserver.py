@@ -2,7 +2,13 @@
 
 Owns: answering queries from the records a test puts in at run time, so our resolver, pyspf and
 dkimpy are exercised over a real socket (STYLE rule 8: never mock the resolver).
-Does not own: recursion, DNSSEC, zone files, wildcards.
+Does not own: recursion, validation, zone files, wildcards.
+
+DNSSEC: `add_zone(zone)` serves a dnspython zone (signed with dns.dnssec.sign_zone, which adds the
+NSEC chain) authoritatively for every name at or under its origin: answers with their RRSIGs when
+the query has DO set; NODATA with the SOA and the name's NSEC; NXDOMAIN with the SOA, the NSEC
+covering the name and the one covering the wildcard at its closest encloser (RFC 4035 §3.1.3), each
+with its RRSIG. Enough for a validating resolver (unbound) in front of the server to validate.
 
 Behaviour per name (names are case-insensitive, a trailing dot is optional):
 - records added with `add(name, TYPE, text)` are answered authoritatively (AA set), with TTL
@@ -35,6 +41,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
+import dns.zone
 
 _TTL = 60
 _MAX_CNAME = 8
@@ -61,6 +68,7 @@ class DnsServer:
         self._records: dict[str, dict[int, list[str]]] = {}
         self._ttls: dict[tuple[str, int], int] = {}
         self._soas: dict[str, tuple[int, int]] = {}  # zone -> (SOA TTL, MINIMUM)
+        self._zones: dict[str, dns.zone.Zone] = {}  # origin -> a (signed) zone, add_zone()
         self.default_ttl = _TTL
         self._servfail: set[str] = set()
         self._timeout: set[str] = set()
@@ -111,6 +119,11 @@ class DnsServer:
         with self._lock:
             self._soas[_norm(zone)] = (minimum if ttl is None else ttl, minimum)
 
+    def add_zone(self, zone: dns.zone.Zone) -> None:
+        """Serve `zone` (absolute names: dns.zone.from_text(..., relativize=False)) for its origin."""
+        with self._lock:
+            self._zones[_norm(zone.origin.to_text())] = zone  # type: ignore[union-attr]
+
     def set_servfail(self, name: str) -> None:
         with self._lock:
             self._servfail.add(_norm(name))
@@ -128,6 +141,7 @@ class DnsServer:
             self._records.clear()
             self._ttls.clear()
             self._soas.clear()
+            self._zones.clear()
             self.default_ttl = _TTL
             self._servfail.clear()
             self._timeout.clear()
@@ -244,6 +258,8 @@ class DnsServer:
             resp = dns.message.make_response(query)
             if servfail:
                 resp.set_rcode(dns.rcode.SERVFAIL)
+            elif (zone := self._zone_of(qname)) is not None:
+                _fill_zone(resp, zone, qname, qtype, bool(query.ednsflags & dns.flags.DO))
             else:
                 self._fill(resp, qname, qtype)
         if transport == "udp":
@@ -277,6 +293,14 @@ class DnsServer:
                                                         "CNAME", cname[:1]))
             name = _norm(cname[0])
 
+    def _zone_of(self, qname: str) -> dns.zone.Zone | None:
+        labels = qname.split(".")
+        for i in range(len(labels)):
+            zone = self._zones.get(".".join(labels[i:]) or ".")
+            if zone is not None:
+                return zone
+        return None
+
     def _ttl(self, name: str, rdtype: int) -> int:
         return self._ttls.get((name, rdtype), self.default_ttl)
 
@@ -290,6 +314,44 @@ class DnsServer:
                 resp.authority.append(dns.rrset.from_text(zone, ttl, "IN", "SOA",
                                                           f"ns.{zone} hostmaster.{zone} 1 3600 600 86400 {minimum}"))
                 return
+
+
+def _fill_zone(resp: dns.message.Message, zone: dns.zone.Zone, qname: str, qtype: int, do: bool) -> None:
+    resp.flags |= dns.flags.AA
+    origin = zone.origin
+    assert origin is not None
+    name = dns.name.from_text(qname)
+
+    def put(section: list[dns.rrset.RRset], owner: dns.name.Name, rdtype: int) -> None:
+        node = zone.get_node(owner)
+        rds = node.get_rdataset(dns.rdataclass.IN, rdtype) if node is not None else None
+        if rds is None:
+            return
+        section.append(dns.rrset.from_rdata_list(owner, rds.ttl, list(rds)))
+        sig = node.get_rdataset(dns.rdataclass.IN, dns.rdatatype.RRSIG, rdtype) if do and node else None
+        if sig is not None:
+            section.append(dns.rrset.from_rdata_list(owner, sig.ttl, list(sig)))
+
+    node = zone.get_node(name)
+    if node is not None and node.get_rdataset(dns.rdataclass.IN, qtype) is not None:
+        put(resp.answer, name, qtype)
+        return
+    put(resp.authority, origin, dns.rdatatype.SOA)
+    if node is not None:  # NODATA: the name's NSEC says which types it has
+        if do:
+            put(resp.authority, name, dns.rdatatype.NSEC)
+        return
+    resp.set_rcode(dns.rcode.NXDOMAIN)
+    if not do:
+        return
+    names = sorted(zone.nodes.keys())
+    encloser = name.parent()
+    while encloser != origin and zone.get_node(encloser) is None:
+        encloser = encloser.parent()
+    wildcard = dns.name.Name((b"*",) + encloser.labels)
+    covering = {max((n for n in names if n < target), default=names[-1]) for target in (name, wildcard)}
+    for owner in sorted(covering):
+        put(resp.authority, owner, dns.rdatatype.NSEC)
 
 
 def _txt_text(value: str) -> str:

@@ -12,6 +12,7 @@ stage's script runs out the answer is 250. Everything received is recorded.
     peer.script_data("452 4.3.1 full", "250 OK")     # next two DATA ends
     peer.hold_data()  /  peer.release_data()         # stall after the message arrived, before replying
     peer.offers_dsn = True                           # EHLO says DSN; RET/ENVID/NOTIFY/ORCPT recorded in dsn_params
+    peer.offers_requiretls = True                    # EHLO (inside TLS) says REQUIRETLS; MAIL's kept in mail_options
     await peer.wait_messages(1)                      # peer.messages: [Received(...)]
     await peer.stop()
 """
@@ -53,7 +54,11 @@ class _Server(SMTP):
     # DSN (RFC 3461) when the peer offers it: aiosmtpd knows no such parameters, so they are taken
     # off the argument (and recorded) before it parses the rest.
     async def smtp_MAIL(self, arg: str) -> None:
-        await super().smtp_MAIL(self._peer.take_dsn(arg))
+        arg = self._peer.take_dsn(arg)
+        if self._peer.offers_requiretls and arg and " REQUIRETLS" in arg.upper():
+            arg = " ".join(w for w in arg.split(" ") if w.upper() != "REQUIRETLS")
+            self._peer.requiretls_seen += 1
+        await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str) -> None:
         await super().smtp_RCPT(self._peer.take_dsn(arg))
@@ -68,7 +73,9 @@ class SmtpPeer:
         self.hostname = hostname
         self.messages: list[Received] = []
         self.offers_dsn = False
+        self.offers_requiretls = False
         self.dsn_params: list[str] = []  # as sent, in order
+        self.requiretls_seen = 0  # MAIL commands that carried REQUIRETLS (offers_requiretls)
         self.events: list[tuple[str, str]] = []  # ("MAIL", addr) ("RCPT", addr) ("DATA", "") in order
         self.connections = 0
         self.greetings: deque[str] = deque()
@@ -146,6 +153,8 @@ class SmtpPeer:
         session.host_name = hostname
         if self.offers_dsn:
             responses.insert(-1, "250-DSN")
+        if self.offers_requiretls and session.ssl is not None:
+            responses.insert(-1, "250-REQUIRETLS")
         return responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,

@@ -202,6 +202,11 @@ class QueueConfig:
                                          "with a verified certificate for the MX host name.", factory=list)
     tls_ca_file: str = opt("", "PEM CA certificates trusted for require_tls_domains instead of the system "
                            "trust store (\"\" = the system store).", path=True)
+    mta_sts: bool = opt(True, "Honour destination domains' MTA-STS policies (RFC 8461): fetched over HTTPS, "
+                        "cached in data_dir/mta-sts.json; enforce = verified TLS to the listed MX hosts only.")
+    dane: bool = opt(True, "Honour DANE TLSA records (RFC 7672) of MX hosts, when the DNS answers are "
+                     "DNSSEC-validated: dns.nameservers must then be a validating resolver (unbound) on "
+                     "localhost, whose AD bit is trusted.")
     lease: float = opt(120.0, "With [storage] backend = \"postgresql\": how long an entry a node claimed stays "
                        "its own without renewal (renewed every third of it); a node that dies holds its "
                        "entries this long before another node delivers them.", lo=3, hi=86400, duration=True)
@@ -342,6 +347,9 @@ class ReportsConfig:
     dmarc_folder: str = opt("DMARC Reports", "Folder for aggregate reports other servers send to our rua "
                             "(postmaster@ each domain, as `mailhaven dns` publishes it), instead of the INBOX "
                             "(\"\" = INBOX).")
+    tls: bool = opt(False, "SMTP TLS reports (RFC 8460): record what outbound TLS met at destinations with "
+                     "MTA-STS or DANE (data_dir/tlsrpt) and send each domain that asks (_smtp._tls TXT) a daily report.")
+    tls_contact: str = opt("", "Sender and contact address of the TLS reports (\"\" = postmaster@hostname).")
 
 
 @dataclass(frozen=True)
@@ -408,7 +416,8 @@ class Config:
                                          factory=ManageSieveConfig)
     log: LogConfig = opt(None, "Logging.", factory=LogConfig)
     metrics: MetricsConfig = opt(None, "Prometheus metrics.", factory=MetricsConfig)
-    reports: ReportsConfig = opt(None, "Reports we send: DMARC aggregate reports.", factory=ReportsConfig)
+    reports: ReportsConfig = opt(None, "Reports we send: DMARC aggregate reports, SMTP TLS reports.",
+                                 factory=ReportsConfig)
     storage: StorageConfig = opt(None, "Shared state: SQLite (default) or PostgreSQL.", factory=StorageConfig)
     # Not from TOML: where the file was, for messages and reloads.
     source: str = field(default="", metadata={"internal": True})

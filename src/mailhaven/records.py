@@ -19,6 +19,8 @@ Records, per domain (TTL 3600, owner names absolute); only for what this server 
 - DMARC (RFC 7489 §6.3): `v=DMARC1; p=quarantine; rua=mailto:postmaster@DOMAIN`: quarantine rather
   than reject for a new domain (a forwarder's mistakes land in Junk, not lost), aggregate reports
   to the domain's own postmaster (same domain: no external-destination record needed, §7.1);
+- TLS reporting (RFC 8460 §3): `_smtp._tls.DOMAIN. TXT "v=TLSRPTv1; rua=mailto:postmaster@DOMAIN"`,
+  so servers sending to us report the TLS problems they meet (to the same postmaster as DMARC);
 - client configuration: SRV records of RFC 6186 (_submission, _imap, _pop3) and RFC 8314 §5.1
   (_submissions, _imaps, _pop3s), pointing at HOSTNAME and the configured port; a service without
   an enabled listener, or whose listener is bound to loopback, gets the "not available" form
@@ -111,6 +113,15 @@ def dmarc(domain: str) -> Record:
     return Record(fqdn(f"_dmarc.{domain}"), "TXT", txt_strings(dmarc_record(domain)), "DMARC policy")
 
 
+def tlsrpt_record(domain: str) -> str:
+    return f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"
+
+
+def tlsrpt(domain: str) -> Record:
+    return Record(fqdn(f"_smtp._tls.{domain}"), "TXT", txt_strings(tlsrpt_record(domain)),
+                  "TLS reports (RFC 8460) from other servers about mail to the domain")
+
+
 def domain_records(config: Config, domain: str, dkim_keys: Sequence[tuple[str, str]]) -> list[Record]:
     """Every record to publish for `domain`; `dkim_keys` is [(selector, TXT value)] of the configured keys."""
     domain = domain.lower().rstrip(".")
@@ -122,6 +133,7 @@ def domain_records(config: Config, domain: str, dkim_keys: Sequence[tuple[str, s
     out.append(spf(config, domain))
     out += [dkim(domain, selector, value) for selector, value in dkim_keys]
     out.append(dmarc(domain))
+    out.append(tlsrpt(domain))
     for service, listener, priority in SERVICES:
         lc = config.listeners.get(listener)
         name = fqdn(f"{service}._tcp.{domain}")

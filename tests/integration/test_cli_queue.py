@@ -113,7 +113,7 @@ async def test_a_refused_certificate_defers_with_4_7_5_and_queue_show_says_why(
             r = await asyncio.to_thread(mailhaven, "-c", str(path), "queue", "show", qid)
     finally:
         await peer.stop()
-    reason = "TLS certificate of mx.secure.test[127.0.0.2] does not name mx.secure.test (it names other.test)"
+    reason = "TLS certificate of mx.secure.test[127.0.0.2] does not name mx.secure.test (it names other.test) (policy: require_tls_domains)"
     assert f"    last reply: 451 4.7.5 {reason}  (from mx.secure.test)" in r.stdout.splitlines(), r.stdout
     assert "    state:      deferred, will be retried" in r.stdout.splitlines()
     assert peer.messages == []

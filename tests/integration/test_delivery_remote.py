@@ -226,7 +226,7 @@ async def test_required_tls_domain_refuses_a_trusted_certificate_for_another_nam
     _mx(dns_server, "secure.test", (10, "mx.secure.test", "127.0.0.2"))
     peer = await peers("127.0.0.2", cert=cert_files(tmp_path, "other.test", ca=tls_ca))
     r = await _refused_cert(cfg, peer, caplog)
-    assert r.text == "TLS certificate of mx.secure.test[127.0.0.2] does not name mx.secure.test (it names other.test)"
+    assert r.text == "TLS certificate of mx.secure.test[127.0.0.2] does not name mx.secure.test (it names other.test) (policy: require_tls_domains)"
     assert r.remote_mta == "mx.secure.test"
 
 

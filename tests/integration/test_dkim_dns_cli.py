@@ -190,6 +190,8 @@ def test_dns_prints_every_record_to_publish_in_zone_syntax(initialised: Path) ->
         dkim.public_record(Path(dom.dkim_key).read_bytes())]
     assert [txt_value(t) for t in z[("_dmarc.example.org.", "TXT")]] == [
         "v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"]
+    assert [txt_value(t) for t in z[("_smtp._tls.example.org.", "TXT")]] == [  # RFC 8460 §3
+        "v=TLSRPTv1; rua=mailto:postmaster@example.org"]
     assert z[("_submissions._tcp.example.org.", "SRV")] == ["0 1 465 mail.example.org."]
     assert z[("_submission._tcp.example.org.", "SRV")] == ["10 1 587 mail.example.org."]
     assert z[("_imaps._tcp.example.org.", "SRV")] == ["0 1 993 mail.example.org."]
@@ -198,6 +200,7 @@ def test_dns_prints_every_record_to_publish_in_zone_syntax(initialised: Path) ->
     assert z[("_pop3._tcp.example.org.", "SRV")] == ["0 0 0 ."]  # disabled: RFC 6186 §4 "not available"
     # Only what this server serves: no autoconfig/autodiscover names, since nothing answers them.
     assert {name for name, _ in z} <= {"example.org.", "mail.example.org.", "_dmarc.example.org.",
+                                       "_smtp._tls.example.org.",
                                        f"{dom.dkim_selector}._domainkey.example.org."} | {
         f"{svc}._tcp.example.org." for svc, _, _ in records.SERVICES}
     assert "autoconfig" not in r.stdout and "autodiscover" not in r.stdout

@@ -16,6 +16,12 @@ Rules:
   certificate that is not trusted or does not name the MX host is 451 4.7.5 (RFC 3463
   "cryptographic failure", as Postfix says it), after a QUIT (RFC 3207 §4.1). Either way that
   host is not used (the next one is tried) and the message never travels unprotected.
+- MTA-STS, DANE and REQUIRETLS are decided by delivery/tlspolicy.py: before connecting it says
+  which MX hosts may be used (MTA-STS enforce) and what each host must offer (the verifying
+  context or not, TLS required or not); after STARTTLS it checks the session (names, TLSA). When
+  no host met the policy the message waits (4.7.x); a REQUIRETLS message is returned instead
+  (5.7.10, or 5.7.30 when no next hop offered REQUIRETLS, RFC 8689 §5), and REQUIRETLS is passed
+  on in MAIL.
 - A host that cannot take the transaction (connection refused or timed out, greeting or EHLO
   refused, TLS required but missing, MAIL FROM answered 4xx) -> the next address, then the next
   host (RFC 5321 §5.1). Once RCPT answers come in, the results of this host are final for the
@@ -32,12 +38,13 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Sequence
+from typing import Any
 
 import aiosmtplib
 
 from mailhaven import seams
 from mailhaven.config import Config
-from mailhaven.delivery import certnames
+from mailhaven.delivery import tlspolicy
 from mailhaven.delivery.result import DeliveryResult, clean_text
 from mailhaven.dns.nexthop import NullMX, next_hops
 from mailhaven.dns.resolver import DnsTempError, DomainNotFound
@@ -88,23 +95,25 @@ def _ensure_crlf_end(message: bytes) -> bytes:
 
 async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain: str, recipients: Sequence[str],
                   message: bytes, *, tls_context: ssl.SSLContext | None = None,
-                  verified_context: ssl.SSLContext | None = None, dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
+                  verified_context: ssl.SSLContext | None = None, dsn: DsnRequest = NO_DSN,
+                  policies: tlspolicy.TlsPolicies | None = None, requiretls: bool = False,
+                  tls_optional: bool = False) -> list[DeliveryResult]:
     """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order.
     `tls_context` is used for opportunistic STARTTLS, `verified_context` (tls.mx_verify_context)
     for domains that require TLS; each is built from the config when not given. `dsn`: what the
     sender asked to be told (RFC 3461), passed on to a next hop that offers DSN (its results then
-    say dsn_passed: that hop reports from now on)."""
-    from mailhaven.tls import client_context, mx_verify_context
+    say dsn_passed: that hop reports from now on). `policies`: MTA-STS and DANE (delivery/
+    tlspolicy.py; None: only require_tls_domains); `requiretls`: the message's REQUIRETLS (RFC 8689),
+    `tls_optional`: its "TLS-Required: No"."""
+    from mailhaven.tls import client_context
 
     recipients = list(recipients)
-    require_tls = requires_tls(config, domain)
-    if require_tls:
-        try:
-            tls_context = verified_context or mx_verify_context(config.queue.tls_ca_file)
-        except ConfigError as e:
-            log.error("delivery to %s not possible: %s", domain, e)
-            return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {domain})", True)
-    elif tls_context is None:
+    if policies is not None:
+        plan = await policies.plan(domain, requiretls=requiretls, tls_optional=tls_optional)
+    else:
+        plan = tlspolicy.static_plan(config, domain)
+        plan.requiretls = requiretls
+    if tls_context is None:
         tls_context = client_context(verify=False)
     literal = _literal_address(domain)
     if literal is not None:
@@ -125,8 +134,32 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
                         False)
         targets = [(h, None) for h in hops.hosts]
         implicit = hops.implicit
+        allowed, refused = plan.allowed([h for h, _ in targets])
+        if refused:  # RFC 8461 §4.1: MTA-STS enforce: only the policy's MX hosts
+            log.info("delivery to %s: MX %s not allowed by %s", domain, ",".join(refused), plan.describe())
+            targets = [(h, k) for h, k in targets if h in allowed]
+            if not targets:
+                return _tls_failure(plan, recipients, 451, "4.7.5", f"no MX host of {domain} ({', '.join(refused)}) "
+                                    f"matches its MTA-STS policy (mx {', '.join(plan.sts.policy.mx)})"
+                                    if plan.sts.policy else f"no MX host of {domain} allowed")
+    why_not = plan.no_policy_for_requiretls()
+    if why_not is not None:  # RFC 8689 §4.2.1, §5
+        return _all(recipients, 550, "5.7.10", f"REQUIRETLS: {why_not}", False)
     failure: HostFailure | None = None
     for host, known in targets:
+        try:
+            hp = await plan.host(host)
+        except DnsTempError as e:  # RFC 7672 §2.2: TLSA status unknown: this host cannot be used
+            failure = HostFailure(451, "4.4.3", f"{e.text} (DANE)", host)
+            continue
+        require_tls = hp.required
+        context = tls_context
+        if hp.pkix:
+            try:
+                context = verified_context or (policies.verified_context() if policies else _verified(config))
+            except ConfigError as e:
+                log.error("delivery to %s not possible: %s", domain, e)
+                return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {domain})", True)
         if known is not None:
             addresses = known
         else:
@@ -143,27 +176,59 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
                 failure = HostFailure(451, "4.4.4", f"MX host {host} has no address", host)
                 continue
         for address in addresses:
+            check = _checker(plan, hp, policies, address)
             try:
                 try:
                     return await _transaction(config, host, address, sender, recipients, message,
-                                              tls_context, require_tls=require_tls, use_tls=True, dsn=dsn)
+                                              context, require_tls=require_tls, use_tls=True, dsn=dsn,
+                                              check=check, requiretls=requiretls, note=hp.summary)
                 except _TlsHandshakeFailed as e:
                     if require_tls:
                         raise HostFailure(451, "4.7.10", f"TLS handshake with {host}[{address}] failed "
-                                          f"and {domain} requires TLS", host) from e
+                                          f"and TLS is required ({hp.why})", host) from e
                     log.info("TLS handshake with %s[%s] failed (%s); retrying in clear text", host, address, e)
                     return await _transaction(config, host, address, sender, recipients, message,
                                               tls_context, require_tls=False, use_tls=False, dsn=dsn)
             except HostFailure as e:
                 log.info("delivery to %s via %s[%s] not possible: %s %s %s", domain, host, address,
                          e.code, e.enhanced, e.text)
+                plan.host_failed(hp, address, e.enhanced, e.text)  # TLS-RPT (RFC 8460)
                 failure = e
     if failure is None:
         return _all(recipients, 451, "4.4.4", f"no mail server found for {domain}", True)
+    if failure.enhanced.startswith(("4.7.", "5.7.")):
+        return _tls_failure(plan, recipients, failure.code, failure.enhanced, failure.text, failure.remote_mta)
     # No host took the transaction: temporary whatever the last one said (STYLE rule 5).
     code = failure.code if 400 <= failure.code < 500 else 451
     enhanced = failure.enhanced if failure.enhanced.startswith("4.") else "4.4.1"
     return _all(recipients, code, enhanced, failure.text, True, failure.remote_mta)
+
+
+def _verified(config: Config) -> ssl.SSLContext:
+    from mailhaven.tls import mx_verify_context
+
+    return mx_verify_context(config.queue.tls_ca_file)
+
+
+def _checker(plan: tlspolicy.DomainPlan, hp: tlspolicy.HostPlan,
+             policies: tlspolicy.TlsPolicies | None, address: str) -> Any:
+    """What _transaction asks after STARTTLS: the session's ssl object -> None or why it fails."""
+    if hp.level == "may":
+        return None
+    verifier = policies.verifier() if policies is not None and hp.report_only else None
+    return lambda ssl_object: plan.check(hp, ssl_object, verifier, address)
+
+
+def _tls_failure(plan: tlspolicy.DomainPlan, recipients: Sequence[str], code: int, enhanced: str, text: str,
+                 remote_mta: str = "") -> list[DeliveryResult]:
+    """No host met the TLS policy: deferred (4.7.x) and retried; a REQUIRETLS message is returned
+    instead (RFC 8689 §5: 5.7.10, or 5.7.30 when no next hop offered REQUIRETLS)."""
+    if plan.requiretls:
+        enhanced = "5.7.30" if enhanced == "5.7.30" else "5.7.10"
+        return _all(recipients, 550, enhanced, f"REQUIRETLS: {text}", False, remote_mta)
+    code = code if 400 <= code < 500 else 451
+    enhanced = enhanced if enhanced.startswith("4.") else "4.7.5"
+    return _all(recipients, code, enhanced, text, True, remote_mta)
 
 
 def _reply_text(e: aiosmtplib.SMTPResponseException) -> str:
@@ -172,7 +237,8 @@ def _reply_text(e: aiosmtplib.SMTPResponseException) -> str:
 
 async def _transaction(config: Config, host: str, address: str, sender: str, recipients: list[str],
                        message: bytes, tls_context: ssl.SSLContext, *, require_tls: bool,
-                       use_tls: bool, dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
+                       use_tls: bool, dsn: DsnRequest = NO_DSN, check: Any = None,
+                       requiretls: bool = False, note: str = "") -> list[DeliveryResult]:
     q = config.queue
     where = f"{host}[{address}]"
     client = aiosmtplib.SMTP(hostname=address, port=q.remote_port, local_hostname=config.hostname,
@@ -202,13 +268,11 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
                                   f"{e.verify_message or e.reason or 'verification failed'}", host) from e
             except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as e:
                 raise _TlsHandshakeFailed(_why(e)) from e
-            if require_tls:
-                # RFC 7672 §3.2.3, RFC 8461 §4.2: the certificate must name the MX host.
-                names = certnames.presented_names(client.get_transport_info("peercert"))
-                if not certnames.covers(names, host):
-                    await _quit(client, q.command_timeout)  # RFC 3207 §4.1: not good enough, QUIT
-                    raise HostFailure(451, "4.7.5", f"TLS certificate of {where} does not name {host} (it "
-                                      f"names {certnames.describe(names)})", host)
+            # delivery/tlspolicy.py: RFC 7672 §3.2.3, RFC 8461 §4.2 names, DANE TLSA matching.
+            problem = check(client.get_transport_info("ssl_object")) if check is not None else None
+            if problem is not None:
+                await _quit(client, q.command_timeout)  # RFC 3207 §4.1: not good enough, QUIT
+                raise HostFailure(451, "4.7.5", problem.replace(host, where, 1), host)
             tls_on = True
             stage = "EHLO after STARTTLS"
             await _hello(client, where, host)  # RFC 3207 §4.2: forget what was learnt before TLS
@@ -228,6 +292,11 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
             options.append(b"BODY=8BITMIME")  # RFC 6152 §2
         if smtputf8:
             options.append(b"SMTPUTF8")  # RFC 6531 §3.4
+        if requiretls:
+            if not client.supports_extension("requiretls"):  # RFC 8689 §4.2.1
+                await _quit(client, q.command_timeout)
+                raise HostFailure(550, "5.7.30", f"{where} does not offer REQUIRETLS", host)
+            options.append(b"REQUIRETLS")
         passes_dsn = client.supports_extension("dsn")
         if passes_dsn:
             options += _mail_dsn_params(dsn.mail)
@@ -267,8 +336,8 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
             results[rcpt] = DeliveryResult(rcpt, outcome.code, outcome.enhanced, outcome.text,
                                            outcome.temporary, host, dsn_passed=passes_dsn)
         if outcome.delivered:
-            log.info("delivered to %s via %s%s: %s", ",".join(accepted), where, " (TLS)" if tls_on else "",
-                     outcome.reply)
+            log.info("delivered to %s via %s%s: %s", ",".join(accepted), where,
+                     f" (TLS; {note})" if tls_on else f" (no TLS; {note})" if note else "", outcome.reply)
         await _quit(client, q.command_timeout)
         return [results[r] for r in recipients]
     except HostFailure:

@@ -44,6 +44,7 @@ from typing import Any
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.name
 import dns.nameserver
 import dns.rdatatype
@@ -123,6 +124,19 @@ class Resolver:
         self._r = dns.asyncresolver.Resolver(configure=not self.nameservers)
         _configure(self._r, self.nameservers, timeout, self.cache)
         self._local = threading.local()  # this Resolver's sync twin, one per thread
+        self._ad: dns.asyncresolver.Resolver | None = None  # secure(): asks for DNSSEC status
+
+    def _secure_resolver(self) -> dns.asyncresolver.Resolver:
+        """A twin that sets AD and DO on its queries, with its own cache (an answer cached by the
+        plain resolver carries no AD bit, so the two must not share one)."""
+        if self._ad is None:
+            r = dns.asyncresolver.Resolver(configure=not self.nameservers)
+            cache = _Cache(self.cache.max_size, self.cache.max_ttl) if self.cache is not None else None
+            _configure(r, self.nameservers, self.timeout, cache)
+            r.use_edns(0, dns.flags.DO, 1232)
+            r.flags = dns.flags.RD | dns.flags.AD  # RFC 6840 §5.7: ask for the AD bit
+            self._ad = r
+        return self._ad
 
     @classmethod
     def from_config(cls, cfg: DnsConfig) -> Resolver:
@@ -226,6 +240,33 @@ class Resolver:
         if errors and not results:
             raise errors[0]
         return results
+
+    def loopback_only(self) -> bool:
+        """Whether every nameserver asked (configured, or from resolv.conf) is on this host: only
+        then is the AD bit worth trusting (RFC 6698 §4.1 / RFC 7672 §2.1.1: a validating resolver
+        on a trusted path; a remote resolver's AD bit can be forged on the way)."""
+        import ipaddress
+
+        try:
+            return all(ipaddress.ip_address(ns if isinstance(ns, str) else str(getattr(ns, "address", ""))).is_loopback
+                       for ns in self._r.nameservers)
+        except ValueError:
+            return False
+
+    async def secure(self, name: str, rdtype: str) -> tuple[list[Any], bool]:
+        """The records of `name` and whether the configured resolver said they are DNSSEC-validated
+        (the AD bit, RFC 4035 §3.2.3). As Postfix does for DANE, AD is trusted from the configured
+        nameservers only: they must be a validating resolver on a trusted path (localhost).
+        ([], False) for NXDOMAIN and NODATA. Raises DnsTempError."""
+        try:
+            ans = await self._secure_resolver().resolve(name, rdtype, search=False, raise_on_no_answer=False)
+        except (dns.resolver.NXDOMAIN, dns.name.EmptyLabel, dns.exception.SyntaxError, dns.name.LabelTooLong,
+                dns.name.NameTooLong):
+            return [], False
+        except (dns.exception.DNSException, OSError) as e:
+            raise DnsTempError(f"DNS lookup of {_short(name)} {rdtype} failed temporarily") from e
+        ad = bool(ans.response.flags & dns.flags.AD)
+        return (list(ans.rrset) if ans.rrset is not None else []), ad
 
     async def ptr(self, ip: str) -> list[str]:
         """Host names of an IP address (reverse DNS), without the final dot. [] if none."""

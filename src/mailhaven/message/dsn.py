@@ -45,6 +45,9 @@ class MailDsn:
 
     ret: Literal["FULL", "HDRS"] | None = None  # None: not asked (our bounces return headers)
     envid: str | None = None  # decoded
+    # RFC 8689 REQUIRETLS, the other envelope-wide MAIL parameter we keep: it travels the same way
+    # (smtp/dsnparams.py -> cleanup -> queue envelope -> delivery/remote.py) and is passed on.
+    requiretls: bool = False
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -65,7 +66,7 @@ from typing import Any
 
 from mailhaven import metrics, seams
 from mailhaven.auth.users import program_argv
-from mailhaven.delivery import local, program, remote
+from mailhaven.delivery import local, program, remote, tlspolicy
 from mailhaven.delivery.reports import queue_report
 from mailhaven.delivery.result import DeliveryResult
 from mailhaven.errors import ConfigError, DatabaseError, MailError
@@ -164,6 +165,15 @@ def _owed_notice(entry: Entry, r: Recipient) -> dsn.DsnAction | None:
     return None
 
 
+def _report_request(mail: dsn.MailDsn) -> dsn.MailDsn:
+    """What the sender's report returns: as asked, but only the header section of a REQUIRETLS
+    message (RFC 8689 §5): the report itself may travel without TLS."""
+    return dataclasses.replace(mail, ret="HDRS") if mail.requiretls else mail
+
+
+TLS_REPORT_CHECK = 3600.0  # seconds between looks for finished days of TLS-RPT data
+
+
 class QueueManager:
     def __init__(self, ctx: seams.Context, *, spool: QueueSpool | None = None, clock: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random, lease: float = LEASE,
@@ -197,6 +207,7 @@ class QueueManager:
         self._tg: asyncio.TaskGroup | None = None
         self._tls: Any = None
         self._verified: tuple[Any, Any] | None = None  # (the Config it was built from, its verifying context)
+        self._policies: tlspolicy.TlsPolicies | None = None  # MTA-STS cache, DANE (built on first use)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -222,6 +233,13 @@ class QueueManager:
         """Work until stop() (in-flight transactions finish) or cancellation (they are abandoned
         unrecorded and retried after the next start)."""
         await self.load()
+        try:
+            await self._run_until_stopped()
+        finally:
+            if self._policies is not None:
+                await self._policies.close()  # background MTA-STS refreshes
+
+    async def _run_until_stopped(self) -> None:
         if self._claims is None:
             await self._run()
             return
@@ -241,6 +259,8 @@ class QueueManager:
             scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
             claimer = tg.create_task(self._claim_loop(self._claims), name="queue claims") \
                 if self._claims is not None else None
+            reporter = tg.create_task(self._tls_reports(), name="tls reports") \
+                if self.ctx.config.reports.tls else None
             try:
                 while not self._stopping:
                     self._wake.clear()
@@ -256,6 +276,20 @@ class QueueManager:
                     scanner.cancel()
                 if claimer is not None:
                     claimer.cancel()
+                if reporter is not None:
+                    reporter.cancel()
+
+    async def _tls_reports(self) -> None:
+        """[reports] tls: send the finished days' TLS reports (delivery/tlsrpt.py), checked every
+        TLS_REPORT_CHECK seconds; the day files are claimed by rename, so one worker sends each."""
+        from mailhaven.delivery import tlsrpt
+
+        while not self._stopping:
+            try:
+                await tlsrpt.send_due(self.ctx, self.ctx.config.data_path / "tlsrpt")
+            except Exception:  # noqa: BLE001 - reports are best effort; the queue goes on
+                log.exception("queue: sending TLS reports failed")
+            await asyncio.sleep(TLS_REPORT_CHECK)
 
     async def _scan_partitions(self) -> None:
         """Pick up what the other workers queued (spool.scan_partitions): at once when a worker
@@ -574,7 +608,18 @@ class QueueManager:
             verified = self._verified[1] if self._verified is not None else None
         request = dsn.DsnRequest(entry.dsn, {r.address: r.dsn for r in entry.recipients})
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
-                                    tls_context=self._tls, verified_context=verified, dsn=request)
+                                    tls_context=self._tls, verified_context=verified, dsn=request,
+                                    policies=self._tls_policies(), requiretls=entry.dsn.requiretls,
+                                    tls_optional=tlspolicy.tls_required_no(message))
+
+    def _tls_policies(self) -> tlspolicy.TlsPolicies:
+        """MTA-STS and DANE for remote delivery; rebuilt when a reload brought a new config or
+        resolver (the MTA-STS cache lives on in its file)."""
+        ctx = self.ctx
+        p = self._policies
+        if p is None or p.config is not ctx.config or p.resolver is not ctx.resolver:
+            p = self._policies = tlspolicy.TlsPolicies(ctx.config, ctx.resolver)
+        return p
 
     async def _local_programs(self, entry: Entry, resolved: list[seams.Recipient], results: list[DeliveryResult],
                               message: bytes) -> list[DeliveryResult]:
@@ -744,7 +789,8 @@ class QueueManager:
                 original_recipient=r.dsn.orcpt or ""))
         await queue_report(self.ctx, about=entry.id, to=entry.sender, reports=reports,
                            original=await rnd.message(self.spool), arrival=entry.created, now=self.clock(),
-                           request=entry.dsn, will_retry_until=entry.created + self.ctx.config.queue.lifetime)
+                           request=_report_request(entry.dsn),
+                           will_retry_until=entry.created + self.ctx.config.queue.lifetime)
 
     # -- views ------------------------------------------------------------------------------------
 

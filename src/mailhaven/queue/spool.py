@@ -156,7 +156,8 @@ class Entry:
                 "delay_warning_sent": self.delay_warning_sent, "size": self.size, "source": self.source,
                 "recipients": [r.to_json() for r in self.recipients],
                 **({"ret": self.dsn.ret} if self.dsn.ret else {}),
-                **({"envid": self.dsn.envid} if self.dsn.envid is not None else {})}
+                **({"envid": self.dsn.envid} if self.dsn.envid is not None else {}),
+                **({"requiretls": True} if self.dsn.requiretls else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Entry:
@@ -168,7 +169,7 @@ class Entry:
         ret = d.get("ret")
         envid = d.get("envid")
         dsn = MailDsn("FULL" if ret == "FULL" else "HDRS" if ret == "HDRS" else None,
-                      str(envid) if envid is not None else None)
+                      str(envid) if envid is not None else None, d.get("requiretls") is True)
         return cls(str(d["id"]), str(d["sender"]), rcpts, float(d["created"]), float(d["next_attempt"]),
                    int(d.get("size", 0)), int(d.get("attempts", 0)), bool(d.get("delay_warning_sent")),
                    str(d.get("source", "")), dsn)

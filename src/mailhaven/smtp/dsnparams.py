@@ -65,10 +65,14 @@ def _take(arg: str, names: frozenset[str]) -> tuple[str, dict[str, str]]:
 
 
 def take_mail(arg: str) -> tuple[str, MailDsn]:
-    """RET and ENVID off a MAIL argument (RFC 3461 §4.3, §4.4)."""
-    rest, taken = _take(arg, frozenset({"RET", "ENVID"}))
+    """RET and ENVID off a MAIL argument (RFC 3461 §4.3, §4.4), and REQUIRETLS (RFC 8689 §4.1, a
+    keyword without value; whether the session may use it is the server's to check)."""
+    rest, taken = _take(arg, frozenset({"RET", "ENVID", "REQUIRETLS"}))
     if not taken:
         return arg, NO_MAIL_DSN
+    requiretls = "REQUIRETLS" in taken
+    if requiretls and taken["REQUIRETLS"]:
+        raise DsnSyntax("REQUIRETLS")
     ret: Literal["FULL", "HDRS"] | None = None
     if "RET" in taken:
         value = taken["RET"].upper()
@@ -87,7 +91,7 @@ def take_mail(arg: str) -> tuple[str, MailDsn]:
             raise DsnSyntax("ENVID") from None
         if not raw or len(raw) > MAX_ENVID or not _printable(envid):
             raise DsnSyntax("ENVID")
-    return rest, MailDsn(ret, envid)
+    return rest, MailDsn(ret, envid, requiretls)
 
 
 def take_rcpt(arg: str) -> tuple[str, RcptDsn]:

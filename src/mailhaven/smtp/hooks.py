@@ -225,6 +225,8 @@ class BaseHandler(ShortDir):
         if auth:
             keywords.append(auth)
         keywords += ["PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+        if session.tls is not None:
+            keywords.append("REQUIRETLS")  # RFC 8689 §4: offered only inside TLS
         out = [f"250-{greeting}"] + [f"250-{k}" for k in keywords]
         out[-1] = "250 " + out[-1][4:]
         return out

@@ -65,6 +65,7 @@ AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 STARTTLS_FIRST = "530 5.7.0 Must issue a STARTTLS command first"  # RFC 3207 §4
 ENCRYPTION_REQUIRED = "538 5.7.11 Encryption required for requested authentication mechanism"
+REQUIRETLS_WITHOUT_TLS = "530 5.7.10 REQUIRETLS needs a TLS session"  # RFC 8689 §4.1 (as mox answers)
 AUTH_UNKNOWN_MECHANISM = "504 5.5.4 Unrecognized authentication type"
 AUTH_SYNTAX = "501 5.5.4 Syntax: AUTH mechanism [initial-response]"
 AUTH_BAD_RESPONSE = "501 5.5.2 Cannot decode the authentication response"

@@ -53,7 +53,7 @@ from mailhaven.tls import tls_summary
 logger = logging.getLogger("mailhaven.smtp")
 
 COMMAND_LINE_LIMIT = 512  # RFC 5321 §4.5.3.1.4 (aiosmtpd adds room for SIZE= and SMTPUTF8 after EHLO)
-DSN_MAIL_ROOM = len(" RET=HDRS ENVID=") + 100
+DSN_MAIL_ROOM = len(" RET=HDRS ENVID=") + 100 + len(" REQUIRETLS")
 DSN_RCPT_ROOM = len(" NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=") + 500
 CHUNK_PIECE = 64 * 1024  # a BDAT chunk is read in pieces of at most this many octets
 # RFC 3030 §2: bdat-cmd = "BDAT" SP chunk-size [ SP end-marker ]; chunk-size = 1*DIGIT. More than 18
@@ -549,6 +549,9 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
                 arg, mail_dsn = dsnparams.take_mail(arg)
             except dsnparams.DsnSyntax as e:
                 await self.push(e.reply)
+                return
+            if mail_dsn.requiretls and self.session.tls is None:
+                await self.push(R.REQUIRETLS_WITHOUT_TLS)
                 return
         await super().smtp_MAIL(arg)
         txn = self.envelope
