@@ -32,7 +32,7 @@ def _msg(body: bytes, ctype: str = "text/plain; charset=utf-8", cte: str = "8bit
 
 def _scan(data: bytes, value: str, headers: bool) -> bool:
     m = search.Message(1, 1, (), 0.0, len(data), load=lambda: data)
-    return search.evaluate(C.SearchText(value, headers), m, search.SearchContext(1, 1))
+    return bool(search.evaluate(C.SearchText(value, headers), m, search.SearchContext(1, 1)))
 
 
 def test_base64_qp_and_charsets_are_decoded_and_folded() -> None:
