@@ -189,3 +189,25 @@ def test_index_candidates_hold_every_scan_match(tmp_path: Path, case: tuple[list
         idx.close()
     assert scan <= cands
     assert {k for k in cands if _scan(msgs[int(k[1:])], needle, headers)} == scan
+
+
+def test_long_strings_are_looked_up_by_a_sample_of_their_trigrams(tmp_path: Path) -> None:
+    text = "".join(f"w{i:03d} " for i in range(200))
+    idx = fts.FtsIndex(tmp_path)
+    idx.add([("k", textextract.extract(_msg(text.encode()))), ("o", textextract.extract(_msg(b"w001 w002")))])
+    assert idx.matching([(search.fold(text[13:400]), False)]) == {"k"}
+    assert idx.matching([(search.fold(text[13:400]) + "!", False)]) <= {"k"}
+    idx.close()
+
+
+def test_removed_rows_leave_trigrams_behind_until_they_outnumber_the_live_rows(tmp_path: Path) -> None:
+    idx = fts.FtsIndex(tmp_path)
+    docs = [(f"k{i}", textextract.extract(_msg(b"common words %d" % i))) for i in range(1200)]
+    idx.add(docs)
+    idx.remove([f"k{i}" for i in range(600)])
+    assert idx.matching([("COMMON", False)]) == {f"k{i}" for i in range(600, 1200)}
+    idx.remove([f"k{i}" for i in range(600, 1100)])  # 1,100 leftovers, 100 live: emptied
+    assert idx.known([f"k{i}" for i in range(1200)]) == set()
+    idx.add(docs[:1])
+    assert idx.matching([("COMMON", False)]) == {"k0"}  # filled again
+    idx.close()

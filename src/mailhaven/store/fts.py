@@ -10,16 +10,21 @@ Does not own: what matches (imap/search.py evaluates every candidate), the mailb
 The index is a derived cache, never the truth, so a SEARCH is always exactly what the scan answers:
 - Rows are keyed by the Maildir key (the file name before ":2,"), which flag changes (renames of
   the file), MOVE and RENAME of folders keep; a COPY gets a new key and is indexed when missing.
-- It stores exactly the folded texts the scan matches (textextract.body_text/header_text, NUL
-  between parts replaced by LF), with the `trigram` tokenizer (SQLite >= 3.34) case-sensitive:
-  a quoted phrase of >= 3 characters then matches every row where it is a substring, so the rows
-  found are a superset of the messages the scan matches (a phrase spanning two parts may add a
-  false candidate; the final check drops it).
+- It indexes exactly the folded texts the scan matches (textextract.body_text/header_text, NUL
+  between parts replaced by LF) with the `trigram` tokenizer (SQLite >= 3.34), case-sensitive,
+  in two contentless tables without positions (`content=''`, `detail=none`: about 1.4 times the
+  text, where keeping the text and positions took 8 times): `body` (BODY) and `head` (TEXT looks
+  in both). A string of >= 3 characters is looked up as all of its trigrams (up to MAX_TRIGRAMS of
+  them), a necessary condition for being a substring, so the rows found are a superset of the
+  messages the scan matches; the final check drops the others.
 - Shorter strings, strings holding NUL, messages cut at TEXT_LIMIT, messages not indexed (missing,
   unreadable, failed) and any SQLite error make the messages concerned (or all) candidates.
-- Expunged messages' rows are removed by a background batch; rows of messages gone otherwise
-  (folder deleted, removed by another program) are never candidates because only the selected
-  mailbox's keys are asked about.
+- Expunged messages' rows are removed from `doc` by a background batch; their trigrams stay in
+  the contentless tables (which cannot delete without the text) and are ignored, since only keys
+  in `doc` are answered, under ids never given again (AUTOINCREMENT). When such leftovers outnumber
+  the live rows, the file is emptied and filled again lazily. Rows of messages gone otherwise
+  (folder deleted, removed by another program) are never candidates: only the selected mailbox's
+  keys are asked about.
 - Losing the file loses nothing: it is created again and filled at the next SEARCH.
 """
 
@@ -44,10 +49,15 @@ TEXT_LIMIT = 1 << 20  # characters of each text (bodies, headers) indexed per me
 MIN_TERM = 3  # trigram: shorter strings cannot be looked up
 BATCH = 200  # messages indexed per transaction
 QUEUE_BYTES = 32 << 20  # message bytes waiting for the background indexer; beyond: indexed at SEARCH
-_SCHEMA_VERSION = 1
+MAX_TRIGRAMS = 24  # trigrams of one string looked up (evenly spread); more narrow little further
+_SCHEMA_VERSION = 2
+_TABLES = ("doc", "meta", "body", "head")
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS doc (id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, partial INTEGER NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(body, headers, tokenize = 'trigram case_sensitive 1');
+CREATE TABLE doc (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, partial INTEGER NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('leftovers', 0);
+CREATE VIRTUAL TABLE body USING fts5(t, tokenize = 'trigram case_sensitive 1', content = '', detail = none);
+CREATE VIRTUAL TABLE head USING fts5(t, tokenize = 'trigram case_sensitive 1', content = '', detail = none);
 """
 
 Term = tuple[str, bool]  # (folded string, headers too: TEXT rather than BODY)
@@ -58,8 +68,13 @@ def usable(term: str) -> bool:
     return len(term) >= MIN_TERM and "\0" not in term
 
 
-def _phrase(term: str) -> str:
-    return '"' + term.replace('"', '""') + '"'
+def _query(term: str) -> str:
+    """The FTS5 query for a usable string: its trigrams, each a quoted token, all required."""
+    grams = list(dict.fromkeys(term[i:i + 3] for i in range(len(term) - 2)))
+    if len(grams) > MAX_TRIGRAMS:
+        step = (len(grams) - 1) / (MAX_TRIGRAMS - 1)
+        grams = [grams[round(i * step)] for i in range(MAX_TRIGRAMS)]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
 class FtsIndex:
@@ -92,8 +107,7 @@ class FtsIndex:
             db.execute("PRAGMA synchronous=NORMAL")  # a cache: a lost tail is filled again
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version != _SCHEMA_VERSION:
-                db.executescript("DROP TABLE IF EXISTS doc; DROP TABLE IF EXISTS text;" + _SCHEMA
-                                 + f"PRAGMA user_version = {_SCHEMA_VERSION};")
+                _reset(db)
         except BaseException:
             db.close()
             raise
@@ -144,8 +158,9 @@ class FtsIndex:
                 partial = 1 if text is None or text.truncated else 0
                 cur = db.execute("INSERT OR IGNORE INTO doc (key, partial) VALUES (?, ?)", (key, partial))
                 if cur.rowcount and text is not None:
-                    db.execute("INSERT INTO text (rowid, body, headers) VALUES (?, ?, ?)",
-                               (cur.lastrowid, text.body.replace("\0", "\n"), text.headers.replace("\0", "\n")))
+                    db.execute("INSERT INTO body (rowid, t) VALUES (?, ?)", (cur.lastrowid, text.body.replace("\0", "\n")))
+                    db.execute("INSERT INTO head (rowid, t) VALUES (?, ?)",
+                               (cur.lastrowid, text.headers.replace("\0", "\n")))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -155,15 +170,17 @@ class FtsIndex:
         db = self._open()
         db.execute("BEGIN IMMEDIATE")
         try:
+            gone = 0
             for key in keys:
-                row = db.execute("SELECT id FROM doc WHERE key = ?", (key,)).fetchone()
-                if row is not None:
-                    db.execute("DELETE FROM text WHERE rowid = ?", row)
-                    db.execute("DELETE FROM doc WHERE id = ?", row)
+                gone += db.execute("DELETE FROM doc WHERE key = ?", (key,)).rowcount
+            left = db.execute("UPDATE meta SET value = value + ? WHERE name = 'leftovers' RETURNING value",
+                              (gone,)).fetchone()[0]
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        if left > 1000 and left > db.execute("SELECT count(*) FROM doc").fetchone()[0]:
+            _reset(db)  # mostly leftovers: start again (filled at the next SEARCH)
 
     def _matching(self, terms: Sequence[Term]) -> set[str]:
         """Keys of the rows holding every term, and of every partial row."""
@@ -171,8 +188,13 @@ class FtsIndex:
         clauses = []
         args: list[str] = []
         for term, headers in terms:
-            clauses.append("SELECT rowid FROM text WHERE text MATCH ?")
-            args.append(_phrase(term) if headers else "body : " + _phrase(term))
+            q = _query(term)
+            if headers:  # TEXT: RFC 3501 §6.4.4, the header or the body
+                clauses.append("SELECT rowid FROM body WHERE body MATCH ? UNION SELECT rowid FROM head WHERE head MATCH ?")
+                args += [q, q]
+            else:
+                clauses.append("SELECT rowid FROM body WHERE body MATCH ?")
+                args.append(q)
         sql = (f"SELECT key FROM doc WHERE id IN ({' INTERSECT '.join(clauses)})"
                " UNION ALL SELECT key FROM doc WHERE partial")
         return {k for (k,) in db.execute(sql, args)}
@@ -197,6 +219,12 @@ class FtsIndex:
         out = self._guarded("_matching", terms)
         assert isinstance(out, set)
         return out
+
+
+def _reset(db: sqlite3.Connection) -> None:
+    """Empty the file: the current schema, no rows."""
+    db.executescript("BEGIN IMMEDIATE;" + "".join(f"DROP TABLE IF EXISTS {t};" for t in _TABLES) + _SCHEMA
+                     + f"PRAGMA user_version = {_SCHEMA_VERSION}; COMMIT;")
 
 
 def extract(data: bytes) -> textextract.Text | None:
