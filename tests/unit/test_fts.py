@@ -109,9 +109,10 @@ def test_candidates_index_what_is_missing_and_keep_unreadable_messages(tmp_path:
     (box / "a").write_bytes(_msg(b"the walrus"))
     (box / "b").write_bytes(_msg(b"the carpenter"))
     f = fts.Fts()
-    paths = {"a": str(box / "a"), "b": str(box / "b"), "c": str(box / "gone"), "d": None}
-    assert f.candidates(tmp_path, paths, [("WALRUS", False)]) == {"a", "c", "d"}
-    assert f.index(tmp_path).known(list(paths)) == {"a", "b"}
+    paths = {1: str(box / "a"), 2: str(box / "b"), 3: str(box / "gone"), 4: None}
+    uids = {"a": 1, "b": 2, "c": 3, "d": 4}
+    assert f.candidates(tmp_path, uids, paths.get, [("WALRUS", False)]) == {"a", "c", "d"}
+    assert f.index(tmp_path).known(list(uids)) == {"a", "b"}
     f.close()
 
 

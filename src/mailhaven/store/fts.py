@@ -36,7 +36,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from mailhaven.errors import StoreError
@@ -361,25 +361,28 @@ class Fts:
 
     # -- at SEARCH time ----------------------------------------------------------------------------
 
-    def candidates(self, root: Path, paths: Mapping[str, str | None], terms: Sequence[Term]) -> set[str]:
-        """Which of the messages `paths` (key -> file path) may hold every term (folded strings, all
-        `usable`): index the missing ones first, then ask the index. Keys that cannot be indexed are
-        candidates. Blocks: run in a worker thread. Raises StoreError (then scan everything)."""
+    def candidates(self, root: Path, uids: Mapping[str, int], path_of: Callable[[int], str | None],
+                   terms: Sequence[Term]) -> set[str]:
+        """Which of the messages `uids` (key -> UID) may hold every term (folded strings, all
+        `usable`): index the missing ones first (their files found by `path_of(uid)`: None when
+        gone), then ask the index. Keys that cannot be indexed are candidates. Blocks: run in a
+        worker thread. Raises StoreError (then scan everything)."""
         try:
-            return self._candidates(root, paths, terms)
+            return self._candidates(root, uids, path_of, terms)
         except (sqlite3.Error, OSError) as e:
             log.warning("full-text index of %s unavailable: %s", root, e)
             raise StoreError("full-text index unavailable") from e
 
-    def _candidates(self, root: Path, paths: Mapping[str, str | None], terms: Sequence[Term]) -> set[str]:
+    def _candidates(self, root: Path, uids: Mapping[str, int], path_of: Callable[[int], str | None],
+                    terms: Sequence[Term]) -> set[str]:
         idx = self.index(root)
-        known = idx.known(list(paths))
-        missing = [k for k in paths if k not in known]
+        known = idx.known(list(uids))
+        missing = [k for k in uids if k not in known]
         unread: set[str] = set()
         for start in range(0, len(missing), BATCH):
             docs: list[tuple[str, textextract.Text | None]] = []
             for key in missing[start:start + BATCH]:
-                path = paths[key]
+                path = path_of(uids[key])
                 data = None if path is None else _read(path)
                 if data is None:
                     unread.add(key)  # renamed or gone meanwhile: let the scan decide
@@ -387,7 +390,7 @@ class Fts:
                 docs.append((key, extract(data)))
             idx.add(docs)
         found = idx.matching(terms)
-        return {k for k in paths if k in found or k in unread}
+        return {k for k in uids if k in found or k in unread}
 
 
 __all__ = ["FILENAME", "TEXT_LIMIT", "Fts", "FtsIndex", "Term", "extract", "usable"]

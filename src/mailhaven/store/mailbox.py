@@ -938,8 +938,9 @@ class Mailbox:
         indexing those it lacks (fts.py). A superset of the matches; raises StoreError when the
         index cannot answer (then search them all)."""
         f = self._live()
-        paths = {info.key: f.lookup_path(info.uid) for info in infos}
-        return await asyncio.to_thread(self.account.store.fts.candidates, self.account.path, paths, terms)
+        uids = {info.key: info.uid for info in infos}
+        return await asyncio.to_thread(self.account.store.fts.candidates, self.account.path, uids, f.lookup_path,
+                                       terms)
 
     async def copy(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
         """Copy (hard links) into `dest` keeping flags and internal date (RFC 3501 §6.4.7).
