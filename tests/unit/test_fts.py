@@ -212,3 +212,20 @@ def test_removed_rows_leave_trigrams_behind_until_they_outnumber_the_live_rows(t
     idx.add(docs[:1])
     assert idx.matching([("COMMON", False)]) == {"k0"}  # filled again
     idx.close()
+
+
+def test_a_large_backlog_is_filled_in_the_background_and_scanned_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fts, "SYNC_INDEX", 2)
+    box = tmp_path / "cur"
+    box.mkdir()
+    for name, body in (("a", b"the walrus"), ("b", b"the carpenter"), ("c", b"oysters")):
+        (box / name).write_bytes(_msg(body))
+    f = fts.Fts()
+    uids = {"a": 1, "b": 2, "c": 3}
+    paths = {1: str(box / "a"), 2: str(box / "b"), 3: str(box / "c")}
+    assert f.candidates(tmp_path, uids, paths.get, [("WALRUS", False)]) == {"a", "b", "c"}  # all scanned
+    assert f.wait_idle(10)
+    assert f.index(tmp_path).known(list(uids)) == {"a", "b", "c"}
+    assert f.candidates(tmp_path, uids, paths.get, [("WALRUS", False)]) == {"a"}
+    f.close()

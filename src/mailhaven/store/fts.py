@@ -25,12 +25,16 @@ The index is a derived cache, never the truth, so a SEARCH is always exactly wha
   the live rows, the file is emptied and filled again lazily. Rows of messages gone otherwise
   (folder deleted, removed by another program) are never candidates: only the selected mailbox's
   keys are asked about.
-- Losing the file loses nothing: it is created again and filled at the next SEARCH.
+- Losing the file loses nothing: it is created again and filled at the next SEARCH (up to
+  SYNC_INDEX missing messages before it answers; a larger backlog, as after a migration or a lost
+  file, is filled in the background while the SEARCHes meanwhile scan those messages, so a first
+  SEARCH never costs more than the scan).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -48,6 +52,7 @@ FILENAME = "mailhaven-fts.sqlite"
 TEXT_LIMIT = 1 << 20  # characters of each text (bodies, headers) indexed per message; beyond: scanned
 MIN_TERM = 3  # trigram: shorter strings cannot be looked up
 BATCH = 200  # messages indexed per transaction
+SYNC_INDEX = 500  # missing messages a SEARCH indexes before answering; more: the background does it
 QUEUE_BYTES = 32 << 20  # message bytes waiting for the background indexer; beyond: indexed at SEARCH
 MAX_TRIGRAMS = 24  # trigrams of one string looked up (evenly spread); more narrow little further
 _SCHEMA_VERSION = 2
@@ -60,7 +65,9 @@ CREATE VIRTUAL TABLE body USING fts5(t, tokenize = 'trigram case_sensitive 1', c
 CREATE VIRTUAL TABLE head USING fts5(t, tokenize = 'trigram case_sensitive 1', content = '', detail = none);
 """
 
-Term = tuple[str, bool]  # (folded string, headers too: TEXT rather than BODY)
+Term = tuple[str, bool]
+# A queued message: (user root, key, its bytes | its path when read | None to forget it)
+_Item = tuple[Path, str, "bytes | Callable[[], str | None] | None"]  # (folded string, headers too: TEXT rather than BODY)
 
 
 def usable(term: str) -> bool:
@@ -258,8 +265,9 @@ class Fts:
     def __init__(self) -> None:
         self._indexes: dict[Path, FtsIndex] = {}
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Path, str, bytes | None] | None] = queue.Queue()
+        self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._queued_bytes = 0
+        self._backlog: set[tuple[Path, str]] = set()  # queued by a SEARCH (read from disk there)
         self._thread: threading.Thread | None = None
         self._idle = threading.Condition(self._lock)
         self._busy = 0
@@ -292,6 +300,18 @@ class Fts:
                 self._busy += 1
                 self._queue.put((root, key, None))
 
+    def _backfill(self, root: Path, items: Sequence[tuple[str, int]], path_of: Callable[[int], str | None]) -> None:
+        """Index these (key, UID) in the background, reading their files (found by path_of) there;
+        those queued already are left alone."""
+        with self._lock:
+            self._start()
+            for key, uid in items:
+                if (root, key) in self._backlog:
+                    continue
+                self._backlog.add((root, key))
+                self._busy += 1
+                self._queue.put((root, key, functools.partial(path_of, uid)))
+
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._worker, name="fts-indexer", daemon=True)
@@ -319,17 +339,23 @@ class Fts:
             finally:
                 with self._lock:
                     self._busy -= len(items)
-                    self._queued_bytes -= sum(len(d) for _, _, d in items if d is not None)
+                    self._queued_bytes -= sum(len(d) for _, _, d in items if isinstance(d, bytes))
+                    self._backlog.difference_update((root, key) for root, key, d in items if callable(d))
                     self._idle.notify_all()
 
-    def _apply(self, items: list[tuple[Path, str, bytes | None]]) -> None:
+    def _apply(self, items: list[_Item]) -> None:
         adds: dict[Path, list[tuple[str, textextract.Text | None]]] = {}
         drops: dict[Path, list[str]] = {}
         for root, key, data in items:
             if data is None:
                 drops.setdefault(root, []).append(key)
-            else:
-                adds.setdefault(root, []).append((key, extract(data)))
+                continue
+            if callable(data):  # a SEARCH's backlog: read now (gone or renamed: the next SEARCH asks again)
+                path = data()
+                data = None if path is None else _read(path)
+                if data is None:
+                    continue
+            adds.setdefault(root, []).append((key, extract(data)))
         for root, docs in adds.items():
             try:
                 self.index(root).add(docs)
@@ -379,6 +405,10 @@ class Fts:
         known = idx.known(list(uids))
         missing = [k for k in uids if k not in known]
         unread: set[str] = set()
+        if len(missing) > SYNC_INDEX:  # a new or lost index: answer as the scan does, fill it meanwhile
+            self._backfill(root, [(k, uids[k]) for k in missing], path_of)
+            unread.update(missing)
+            missing = []
         for start in range(0, len(missing), BATCH):
             docs: list[tuple[str, textextract.Text | None]] = []
             for key in missing[start:start + BATCH]:
