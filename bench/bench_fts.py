@@ -101,7 +101,7 @@ def one_round(port: int, ops: list[tuple[str, str]]) -> tuple[dict[str, float], 
         res[key] = time.perf_counter() - t0
         if not line.startswith(b"s OK"):
             raise RuntimeError(f"{command}: {line!r}")
-        answers[key] = b"".join(lines)
+        answers[key] = b"".join(ln for ln in lines if ln.startswith(b"* SEARCH"))  # not "* OK Searched 50%"
     c.close()
     return res, answers
 
