@@ -229,3 +229,16 @@ def test_a_large_backlog_is_filled_in_the_background_and_scanned_meanwhile(
     assert f.index(tmp_path).known(list(uids)) == {"a", "b", "c"}
     assert f.candidates(tmp_path, uids, paths.get, [("WALRUS", False)]) == {"a"}
     f.close()
+
+
+def test_only_the_most_recently_used_files_stay_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fts, "MAX_OPEN", 1)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    f = fts.Fts()
+    first = f.index(tmp_path / "a")
+    first.add([("k", textextract.extract(_msg(b"alpha")))])
+    f.index(tmp_path / "b").add([("k", textextract.extract(_msg(b"beta")))])
+    assert first._db is None  # closed
+    assert f.index(tmp_path / "a").matching([("ALPHA", False)]) == {"k"}
+    f.close()

@@ -40,6 +40,7 @@ import os
 import queue
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -55,19 +56,21 @@ BATCH = 200  # messages indexed per transaction
 SYNC_INDEX = 500  # missing messages a SEARCH indexes before answering; more: the background does it
 QUEUE_BYTES = 32 << 20  # message bytes waiting for the background indexer; beyond: indexed at SEARCH
 MAX_TRIGRAMS = 24  # trigrams of one string looked up (evenly spread); more narrow little further
-_SCHEMA_VERSION = 2
+MAX_OPEN = 32  # users' files kept open (least recently used closed first)
+_SCHEMA_VERSION = 3
 _TABLES = ("doc", "meta", "body", "head")
 _SCHEMA = """
 CREATE TABLE doc (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, partial INTEGER NOT NULL);
+CREATE INDEX doc_partial ON doc (partial) WHERE partial;
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT INTO meta VALUES ('leftovers', 0);
 CREATE VIRTUAL TABLE body USING fts5(t, tokenize = 'trigram case_sensitive 1', content = '', detail = none);
 CREATE VIRTUAL TABLE head USING fts5(t, tokenize = 'trigram case_sensitive 1', content = '', detail = none);
 """
 
-Term = tuple[str, bool]
-# A queued message: (user root, key, its bytes | its path when read | None to forget it)
-_Item = tuple[Path, str, "bytes | Callable[[], str | None] | None"]  # (folded string, headers too: TEXT rather than BODY)
+Term = tuple[str, bool]  # (folded string, headers too: TEXT rather than BODY)
+# A queued message: (user root, key, its bytes | a callable giving its path | None: forget it)
+_Item = tuple[Path, str, "bytes | Callable[[], str | None] | None"]
 
 
 def usable(term: str) -> bool:
@@ -263,7 +266,7 @@ class Fts:
     """The full-text indexes of every user of a Store, and the background indexer thread."""
 
     def __init__(self) -> None:
-        self._indexes: dict[Path, FtsIndex] = {}
+        self._indexes: OrderedDict[Path, FtsIndex] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._queued_bytes = 0
@@ -277,7 +280,12 @@ class Fts:
             idx = self._indexes.get(root)
             if idx is None:
                 idx = self._indexes[root] = FtsIndex(root)
-            return idx
+            self._indexes.move_to_end(root)
+            if len(self._indexes) <= MAX_OPEN:
+                return idx
+            _, old = self._indexes.popitem(last=False)
+        old.close()  # a thread still using it opens it again
+        return idx
 
     # -- background (after delivery, APPEND, EXPUNGE) -------------------------------------------
 
