@@ -242,3 +242,19 @@ def test_only_the_most_recently_used_files_stay_open(tmp_path: Path, monkeypatch
     assert first._db is None  # closed
     assert f.index(tmp_path / "a").matching([("ALPHA", False)]) == {"k"}
     f.close()
+
+
+def test_the_kept_keys_follow_other_connections(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fts, "KEEP_KEYS", 1)
+    mine, other = fts.FtsIndex(tmp_path), fts.FtsIndex(tmp_path)  # as two processes
+    text = textextract.extract(_msg(b"x"))
+    mine.add([("a", text)])
+    asked = ["a", "b", "c"]
+    assert mine.known(asked) >= {"a"} and "b" not in mine.known(asked)
+    other.add([("b", text)])
+    assert {"a", "b"} <= mine.known(asked)
+    mine.add([("c", text)])
+    other.remove(["a"])
+    assert "a" not in mine.known(asked) and {"b", "c"} <= mine.known(asked)
+    mine.close()
+    other.close()
