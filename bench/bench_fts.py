@@ -15,7 +15,8 @@ both servers, as for bench_imap.py):
   how long it took; Dovecot's first reads every message into its page cache), then RUNS rounds alternating between the servers of:
   UID SEARCH BODY <rare word> (~0.8 % of the messages), BODY <mid word> (~10 %), BODY <common word>
   (most), BODY <absent word>, TEXT <rare word>, BODY <2-letter string> (too short for the index:
-  Mailhaven scans). Every answer is checked to be the same on both servers. Medians are printed.
+  Mailhaven scans), and KEYWORD <absent> for reference (what any SEARCH of the mailbox costs
+  without reading a message). Every answer is checked to be the same on both servers. Medians are printed.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def searches(words: list[str]) -> list[tuple[str, str]]:
         ("UID SEARCH BODY qqqqzzzz", "body absent"),
         (f"UID SEARCH TEXT {words[4000]}", "text rare"),
         ("UID SEARCH BODY zq", "body 2 letters (scan)"),
+        ("UID SEARCH KEYWORD qqqqzzzz", "keyword (no body: a SEARCH's own cost)"),
     ]
 
 

@@ -258,3 +258,13 @@ def test_the_kept_keys_follow_other_connections(tmp_path: Path, monkeypatch: pyt
     assert "a" not in mine.known(asked) and {"b", "c"} <= mine.known(asked)
     mine.close()
     other.close()
+
+
+def test_close_drops_the_queued_work(tmp_path: Path) -> None:
+    f = fts.Fts()
+    for i in range(2000):
+        f.later(tmp_path, f"k{i}", _msg(b"queued %d" % i))
+    f.close()  # does not index 2,000 messages first
+    assert f.wait_idle(0)
+    assert len(f.index(tmp_path).known([f"k{i}" for i in range(2000)])) < 2000
+    f.close()

@@ -396,7 +396,22 @@ class Fts:
             return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def close(self) -> None:
-        """Finish the queued work, stop the thread and close every file (blocks)."""
+        """Drop the queued work (a cache: the next SEARCH indexes what is missing), let the batch
+        under way finish, stop the thread and close every file (blocks)."""
+        dropped = octets = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                dropped += 1
+                octets += len(item[2]) if isinstance(item[2], bytes) else 0
+        with self._lock:
+            self._busy -= dropped
+            self._queued_bytes -= octets
+            self._backlog.clear()
+            self._idle.notify_all()
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(None)
