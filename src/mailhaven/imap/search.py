@@ -40,13 +40,7 @@ tests/integration/test_fetch_vs_dovecot.py, also on randomly damaged messages):
 
 from __future__ import annotations
 
-import base64
-import codecs
-import functools
-import quopri
-import re
 import time
-import unicodedata
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, tzinfo
@@ -55,7 +49,13 @@ from typing import Protocol
 from mailhaven.imap import commands as c
 from mailhaven.imap import derived
 from mailhaven.imap.fetchitems import GROUP_END, header_end, parse_address_list
-from mailhaven.message import mime
+from mailhaven.message import mime, textextract
+from mailhaven.message.textextract import decode_base64 as decode_base64
+from mailhaven.message.textextract import decode_header_value as decode_header_value
+from mailhaven.message.textextract import fold as fold
+
+# decode_base64, decode_header_value and fold live in message/textextract.py (shared with the
+# full-text index, store/fts.py); they stay importable from here.
 
 # --------------------------------------------------------------------------- input protocol
 
@@ -124,84 +124,6 @@ class SearchContext:
     now: float = field(default_factory=time.time)  # for OLDER/YOUNGER (RFC 5032)
 
 
-# --------------------------------------------------------------------------- text normalisation
-
-def fold(text: str) -> str:
-    """Comparator form, as Dovecot's i;unicode-casemap (RFC 5051): each character mapped to its
-    simple titlecase, then decomposed one level (canonical or compatibility mapping, not
-    recursively: "Ǻ" becomes "Å" + U+0301, never a plain "A"); "ß" has no simple titlecase."""
-    if text.isascii():
-        return text.upper()
-    out: list[str] = []
-    for ch in text:
-        if ch.isascii():
-            out.append(ch.upper())
-            continue
-        t = ch.title()
-        if len(t) != 1:
-            t = ch
-        d = _decomposition(t)
-        if d is None:
-            out.append(t)
-        else:
-            out.extend(d)
-    return "".join(out)
-
-
-@functools.lru_cache(maxsize=4096)
-def _decomposition(ch: str) -> tuple[str, ...] | None:
-    spec = unicodedata.decomposition(ch)
-    if not spec:
-        return None
-    codes = spec.split()
-    if codes[0].startswith("<"):
-        codes = codes[1:]
-    return tuple(chr(int(c, 16)) for c in codes) or None
-
-
-_ENCODED_WORD = re.compile(rb"=\?([^?\s\x00]+)\?([bBqQ])\?([^?\s]*)\?=")
-
-
-def _charset_decode(data: bytes, charset: str) -> str:
-    """Text in `charset`; unknown charsets and US-ASCII are read as UTF-8 (as Dovecot does, so
-    8-bit text mislabelled us-ascii still matches). Never raises."""
-    name = charset.split("*", 1)[0].strip().lower()  # RFC 2231 §5 language suffix
-    try:
-        info = codecs.lookup(name)
-        if info.name == "ascii" or not getattr(info, "_is_text_encoding", True):
-            name = "utf-8"  # also refuse bytes-to-bytes codecs such as "base64" or "zlib"
-    except (LookupError, ValueError, TypeError):
-        name = "utf-8"
-    try:
-        return data.decode(name, "replace")
-    except (LookupError, ValueError, TypeError):
-        return data.decode("utf-8", "replace")
-
-
-def decode_header_value(value: bytes) -> str:
-    """Unfolded header value with RFC 2047 encoded-words decoded; other bytes taken as UTF-8."""
-    value = mime.unfold(value)
-    if b"=?" not in value:
-        return value.decode("utf-8", "replace")
-    out: list[str] = []
-    pos = 0
-    last_end = -1
-    for m in _ENCODED_WORD.finditer(value):
-        gap = value[pos:m.start()]
-        # RFC 2047 §6.2: whitespace between adjacent encoded-words is not displayed
-        if not (last_end == m.start() - len(gap) and last_end >= 0 and gap.strip(b" \t") == b""):
-            out.append(gap.decode("utf-8", "replace"))
-        charset, enc, text = m.group(1).decode("ascii", "replace"), m.group(2), m.group(3)
-        if enc in (b"b", b"B"):
-            raw = decode_base64(text)  # lenient, as Dovecot: stops at a bad byte or the padding
-        else:
-            raw = quopri.decodestring(text.replace(b"_", b" "), header=True)
-        out.append(_charset_decode(raw, charset))
-        pos = last_end = m.end()
-    out.append(value[pos:].decode("utf-8", "replace"))
-    return "".join(out)
-
-
 def _addresses_text(value: bytes) -> str:
     """Address header rewritten as Dovecot matches FROM/TO/CC/BCC: `Name <local@domain>`,
     `<local@domain>` without a name, `group: <a@b>, c <d@e>;`, then encoded-words decoded.
@@ -248,70 +170,6 @@ def _maybe_quote(name: bytes) -> bytes:
     return bytes(out)
 
 
-# --------------------------------------------------------------------------- body text
-
-_B64_RUN = re.compile(rb"[A-Za-z0-9+/=\s]*")
-_WS = re.compile(rb"\s+")
-_IDENTITY_CTES = frozenset({b"", b"7bit", b"8bit", b"binary"})
-
-
-def decode_base64(data: bytes) -> bytes:
-    """Base64 body text as Dovecot's decoder reads it: whitespace skipped, stopping at the first
-    other byte outside the alphabet or at the padding; a trailing partial group is kept (RFC 2045
-    §6.8 would skip stray bytes; Dovecot stops)."""
-    m = _B64_RUN.match(data)
-    chunk = _WS.sub(b"", m.group(0) if m else b"")
-    eq = chunk.find(b"=")
-    if eq >= 0:
-        chunk = chunk[:eq]
-    full = len(chunk) // 4 * 4
-    out = base64.b64decode(chunk[:full])
-    rest = chunk[full:]
-    if len(rest) >= 2:
-        out += base64.b64decode(rest + b"=" * (4 - len(rest)))
-    return out
-
-
-def _decode_body(data: bytes, encoding: bytes | None) -> bytes | None:
-    """Decoded body bytes, or None for a transfer encoding Dovecot does not search (x-uuencode)."""
-    enc = (encoding or b"").strip().lower()
-    if enc in _IDENTITY_CTES:
-        return data
-    if enc == b"base64":
-        return decode_base64(data)
-    if enc == b"quoted-printable":
-        return quopri.decodestring(data)
-    return None
-
-
-def _media_type(value: bytes) -> bytes:
-    """`type/subtype` as Dovecot's content-type reader leaves it, however broken the field is."""
-    ctype, subtype, _ = mime.parse_media_type(value)
-    return ctype + b"/" + subtype if subtype else ctype
-
-
-def _body_view(data: bytes, part: mime.Part) -> tuple[bool, bytes | None]:
-    """(is the body searched, its transfer encoding) as Dovecot's search decides them: from the
-    last Content-Type (text/* or message/*, or none at all) and the last Content-Transfer-Encoding.
-    Only called for parts without children."""
-    if part.is_multipart:
-        return False, None  # a multipart's own text (a preamble without parts) is never searched
-    searched = True  # no Content-Type at all: text/plain
-    cte: bytes | None = None
-    for f in mime.iter_fields(data, part.header_start, part.header_end):
-        name = f.name.lower()
-        if name == b"content-type":
-            mtype = _media_type(f.value).lower()
-            searched = mtype.startswith(b"text/") or mtype.startswith(b"message/")
-        elif name == b"content-transfer-encoding":
-            lex = mime.Lexer(f.value)
-            lex.skip_cfws()
-            cte = lex.token()
-            if not cte or lex.skip_cfws():
-                cte = b"x-unreadable"  # anything after the token: Dovecot does not decode (skips)
-    return searched, cte
-
-
 class _Cache:
     """Per-message memo of the decoded forms the keys need."""
 
@@ -341,45 +199,13 @@ class _Cache:
     def body_text(self) -> str:
         """Folded decoded text of every searchable leaf body, parts separated by NUL."""
         if self._body is None:
-            data, tree = self.full()
-            chunks = []
-            for p in mime.walk(tree):
-                if p.children:
-                    continue
-                searched, cte = _body_view(data, p)
-                if not searched:
-                    continue
-                raw = _decode_body(data[p.body_start:p.body_end], cte)
-                if raw is None:
-                    continue
-                charset = p.param(b"charset")
-                text = _charset_decode(raw, charset.decode("ascii", "replace")) if charset \
-                    else raw.decode("utf-8", "replace")
-                chunks.append(fold(text))
-            self._body = "\0".join(chunks)
+            self._body = textextract.body_text(*self.full())
         return self._body
 
     def header_text(self) -> str:
         """Folded `Name: value` lines (value decoded) of every header block of every part."""
         if self._text is None:
-            data, tree = self.full()
-            chunks = []
-            for p in mime.walk(tree):
-                lines = []
-                for f in mime.iter_fields(data, p.header_start, p.header_end):
-                    # name and separator as written ("Subject:\tx"), then the decoded value
-                    raw = data[f.start:f.end]
-                    colon = raw.find(b":")
-                    if colon < 0:
-                        prefix = raw.rstrip(b"\r\n")  # a line without a colon
-                    else:
-                        colon += 1
-                        while colon < len(raw) and raw[colon] in (0x20, 0x09):
-                            colon += 1
-                        prefix = raw[:colon]
-                    lines.append(prefix.decode("utf-8", "replace") + decode_header_value(f.value))
-                chunks.append(fold("\r\n".join(lines)))
-            self._text = "\0".join(chunks)
+            self._text = textextract.header_text(*self.full())
         return self._text
 
 

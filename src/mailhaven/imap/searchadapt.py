@@ -3,7 +3,9 @@
 Owns: choosing which messages need their bytes (cheap keys such as flags, sets, sizes and internal
 dates are evaluated first, from the snapshot alone), loading header blocks (from the message
 cache, msgcache.py, when it has them) or whole messages in batches, and evaluating the costly keys in a
-worker thread so a large mailbox never stalls the event loop. Returns sequence numbers or UIDs.
+worker thread so a large mailbox never stalls the event loop; narrowing BODY/TEXT searches with the
+store's full-text index (store/fts.py) when it has one, every candidate still evaluated here.
+Returns sequence numbers or UIDs.
 Does not own: what each key means (search.py), parsing (parser.py), the `* SEARCH` response
 (session.py).
 """
@@ -15,11 +17,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mailhaven.errors import StoreError
 from mailhaven.imap import commands as C
 from mailhaven.imap import search
 from mailhaven.imap.fetchitems import header_end
 from mailhaven.imap.msgcache import CACHE, Entry
 from mailhaven.imap.selected import Selected, match_infos, read_many
+from mailhaven.store import fts
 
 BATCH = 500  # messages loaded and evaluated per worker-thread step
 RECENT = "\\Recent"
@@ -100,6 +104,35 @@ class _Msg(search.Message):
     """search.Message; its `key` also keys the session's header cache."""
 
 
+def text_terms(costly: C.SearchAnd) -> list[tuple[str, bool]]:
+    """The BODY/TEXT strings every match must hold (keys of the conjunction, not under OR/NOT),
+    folded, that the full-text index can look up: (string, TEXT rather than BODY)."""
+    out: list[tuple[str, bool]] = []
+    stack: list[C.SearchKey] = list(costly.keys)
+    while stack:
+        k = stack.pop()
+        if isinstance(k, C.SearchAnd):
+            stack.extend(k.keys)
+        elif isinstance(k, C.SearchText):
+            needle = search.fold(k.value)
+            if fts.usable(needle):
+                out.append((needle, k.headers))
+    return out
+
+
+async def _narrow(mailbox: Any, cands: list[tuple[int, Any]], terms: list[tuple[str, bool]]
+                  ) -> list[tuple[int, Any]]:
+    """The candidates the full-text index cannot rule out (all of them when it cannot answer)."""
+    lookup = getattr(mailbox, "text_candidates", None)
+    if lookup is None or not terms:
+        return cands
+    try:
+        keys = await lookup([info for _, info in cands], terms)
+    except StoreError:
+        return cands
+    return [(seq, info) for seq, info in cands if info.key in keys]
+
+
 def _filter(key: C.SearchKey, msgs: list[_Msg], ctx: search.SearchContext) -> list[_Msg]:
     return [m for m in msgs if search.evaluate(key, m, ctx)]
 
@@ -132,6 +165,8 @@ async def run(user: str, sel: Selected, cmd: C.Search) -> list[int]:
         cands = [(m.seq, infos[m.seq - 1]) for m in msgs]
     matched: list[_Msg] = []
     if costly.keys and cands:
+        # BODY/TEXT: the full-text index narrows the candidates; each is still checked below
+        cands = await _narrow(sel.mailbox, cands, text_terms(costly))
         header_only = search.needs(costly) == frozenset({"header"})
         checks = [f for f in map(header_prefilter, costly.keys) if f is not None] if header_only else []
         peek = CACHE.peek

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from email.header import Header
 
-from mailhaven.imap.search import decode_base64, decode_header_value
 from mailhaven.message import mime
+from mailhaven.message.textextract import decode_base64, decode_header_value
 from mailhaven.sieve import match as m
 from mailhaven.sieve.actions import (
     Action,

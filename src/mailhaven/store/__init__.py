@@ -33,6 +33,8 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
             # that user's copies hold it below their head instead of data (Sieve editheader).
             # Creates a missing target folder. Publishes MessagesAdded(user, folder, uids=()).
         store.changes -> ChangeHub          # subscribe(user) -> Subscription (async iterator / .get())
+        store.fts -> fts.Fts                # the users' full-text indexes; deliver() and append() queue
+                                            # their copies for it after the fsyncs, expunge() its removals
 
     Account (one user):
         .user, .path
@@ -57,6 +59,10 @@ Public API (import from `mailhaven.store`); everything is async and never blocks
             # None: not known that far back (index rebuilt or migrated, tombstones pruned)
         await copy(uids, dest: Mailbox) -> list[tuple[int, int]]   # (source uid, new uid)
         await move(uids, dest: Mailbox) -> list[tuple[int, int]]
+        await text_candidates(infos, terms: [(folded string, headers too)]) -> set[str]
+            # keys among `infos` that may hold every string (BODY, or TEXT when headers too), from
+            # the full-text index (fts.py), indexing the missing ones first: a superset of the
+            # matches, which the caller still checks; StoreError when the index cannot answer
 
 Values (frozen dataclasses, model.py):
     MessageInfo(uid, flags: frozenset[str], internaldate: float, size: int, modseq: int, key: str,
@@ -79,7 +85,8 @@ when done.
 On disk (one user): `<root>/<domain>/<localpart>/` = INBOX (cur/ new/ tmp/), `.Sent/` `.Drafts/`
 `.Trash/` `.Junk/` `.Archive/` (created on first access) and `.Folder.Sub/`; each subfolder has a
 `maildirfolder` marker; `subscriptions` (one name per line); `mailhaven-index.sqlite` (the
-rebuildable index, WAL); `mailhaven-lock` (empty: the per-user inter-process lock, flock(2), held
+rebuildable index, WAL); `mailhaven-fts.sqlite` (the full-text index for SEARCH BODY/TEXT, fts.py: a
+cache keyed by Maildir key, beside either index backend, made again when lost); `mailhaven-lock` (empty: the per-user inter-process lock, flock(2), held
 by every step that reads or writes the index, so several processes may each run a Store over one
 root, mailbox.py); `mailhaven-uidvalidity` (last UIDVALIDITY given). With the PostgreSQL index
 the first three are rows instead (index_pg.py; the lock an advisory lock of the user), the rest
@@ -92,7 +99,8 @@ the index is lost, UIDVALIDITY, UIDs and flags come back from the uidlists and f
 file on import and delivered keywords still in a pending record.
 
 Modules: names.py (pure name -> path rules), maildir.py (durable file primitives), uidlist.py
-(UID backup files), index.py (the IndexBackend seam, and SQLite), index_pg.py (PostgreSQL), folder.py (one folder's reconciliation), pending.py
+(UID backup files), index.py (the IndexBackend seam, and SQLite), index_pg.py (PostgreSQL), fts.py (the
+full-text index, SQLite FTS5), folder.py (one folder's reconciliation), pending.py
 (keywords given at delivery, until the index holds them), mailbox.py (the async API and locking),
 changes.py (events), bus.py (events between processes), bus_pg.py (events between nodes, through
 PostgreSQL), model.py (value types).

@@ -84,6 +84,7 @@ from mailhaven.store.changes import (
     user_key,
 )
 from mailhaven.store.folder import Changes, Folder
+from mailhaven.store.fts import Fts, Term
 from mailhaven.store.index import IndexBackend, IndexFactory, MailboxRow, SqliteIndexes
 from mailhaven.store.model import (
     MailboxHasChildren,
@@ -149,6 +150,7 @@ class Store:
         # calls. A folder removed behind our back makes the delivery fail with ENOENT; it is then
         # forgotten and the delivery tried once more, creating it again as before.
         self._ready: set[Path] = set()
+        self.fts = Fts()  # the users' full-text indexes (SEARCH BODY/TEXT accelerator)
 
     async def start(self) -> int:
         """Create the root, remove stale tmp/ files (ours from a killed writer; anyone's older than
@@ -188,6 +190,7 @@ class Store:
             await account.close()
         self._accounts.clear()
         await self.indexes.close()
+        await asyncio.to_thread(self.fts.close)
         await asyncio.to_thread(self._delivery_pool.shutdown, wait=True)
         self._delivery_pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="store-deliver")
 
@@ -241,15 +244,20 @@ class Store:
         for acc, name in items:
             groups.setdefault((by_user.get(acc.user, b""), own.get(acc.user)), []).append((acc, name))
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data, infos,
-                                   words)
+        written = await loop.run_in_executor(self._delivery_pool, self._deliver_sync, list(groups.items()), data,
+                                             infos, words)
         for acc, name in items:
             self.changes.publish(MessagesAdded(acc.user, name, ()))
+        for root, key, copy in written:  # after the fsyncs, off the delivery path (fts.py)
+            self.fts.later(root, key, copy)
 
     def _deliver_sync(self, groups: list[tuple[tuple[bytes, bytes | None], list[tuple[Account, str]]]],
                       shared: bytes, infos: Mapping[tuple[str, str], str] | None = None,
-                      words: Mapping[tuple[str, str], tuple[str, ...]] | None = None) -> None:
+                      words: Mapping[tuple[str, str], tuple[str, ...]] | None = None
+                      ) -> list[tuple[Path, str, bytes]]:
+        """Returns (user root, key, bytes) of each distinct file written, for the full-text index."""
         shared = maildir.to_crlf(shared)
+        written: list[tuple[Path, str, bytes]] = []
         placed: list[Path] = []  # files of the groups already delivered: removed if a later one fails
         counted: list[tuple[Account, str, str]] = []  # and their copies in the usage: uncounted
         records: list[Path] = []  # and their keyword records (pending.py)
@@ -270,6 +278,8 @@ class Store:
                     name = self._deliver_counted(items, paths, head, data, letters, kws, records)
                 placed.extend(maildir.delivered_path(p, name, i) for p, i in zip(paths, letters, strict=True))
                 counted.extend((acc, folder, name) for acc, folder in items)
+                copy = head + data
+                written.extend((root, name, copy) for root in dict.fromkeys(acc.path for acc, _ in items))
         except BaseException:
             # All or nothing: the copies already placed go too (a crash right here may leave them:
             # delivered twice on the sender's retry, never lost).
@@ -280,6 +290,7 @@ class Store:
             for acc, folder, name in counted:
                 acc._unpend(folder, name)
             raise
+        return written
 
     def _deliver_counted(self, items: list[tuple[Account, str]], paths: list[Path], head: bytes,
                          data: bytes, infos: Sequence[str] = (), words: Sequence[tuple[str, ...]] = (),
@@ -821,23 +832,30 @@ class Mailbox:
     async def append(self, data: bytes, flags: frozenset[str] = frozenset(),
                      internaldate: float | None = None) -> int:
         """Store a message (RFC 3501 §6.3.11); durable before it returns the new UID."""
-        return await self._run(self._append_sync, data, frozenset(flags), internaldate)
+        uid, key, crlf = await self._run(self._append_sync, data, frozenset(flags), internaldate)
+        self.account.store.fts.later(self.account.path, key, crlf)  # in the background (fts.py)
+        return uid
 
     def _append_sync(self, data: bytes, flags: frozenset[str], internaldate: float | None
-                     ) -> tuple[int, Changes]:
-        uid = self._folder.append(maildir.to_crlf(data), flags, internaldate, self.account.store.hostname)
-        return uid, Changes(added=[uid])
+                     ) -> tuple[tuple[int, str, bytes], Changes]:
+        crlf = maildir.to_crlf(data)
+        uid = self._folder.append(crlf, flags, internaldate, self.account.store.hostname)
+        return (uid, self._folder.by_uid[uid].key, crlf), Changes(added=[uid])
 
     async def append_many(self, items: Sequence[tuple[bytes, frozenset[str], float | None]]) -> list[int]:
         """Store several messages (data, flags, internal date) as one: all durable before it returns
         their UIDs, or none kept (IMAP MULTIAPPEND, RFC 3502)."""
-        return await self._run(self._append_many_sync, [(d, frozenset(f), t) for d, f, t in items])
+        done = await self._run(self._append_many_sync, [(d, frozenset(f), t) for d, f, t in items])
+        for _, key, crlf in done:
+            self.account.store.fts.later(self.account.path, key, crlf)  # in the background (fts.py)
+        return [uid for uid, _, _ in done]
 
     def _append_many_sync(self, items: list[tuple[bytes, frozenset[str], float | None]]
-                          ) -> tuple[list[int], Changes]:
+                          ) -> tuple[list[tuple[int, str, bytes]], Changes]:
         crlf = [(maildir.to_crlf(d), f, t) for d, f, t in items]
         uids = self._folder.append_many(crlf, self.account.store.hostname)
-        return uids, Changes(added=uids)
+        by_uid = self._folder.by_uid
+        return [(uid, by_uid[uid].key, data) for uid, (data, _, _) in zip(uids, crlf, strict=True)], Changes(added=uids)
 
     async def read(self, uid: int) -> bytes:
         """The message with CRLF line endings. Raises MessageNotFound if it is gone."""
@@ -907,12 +925,28 @@ class Mailbox:
 
     async def expunge(self, uids: Sequence[int]) -> list[int]:
         """Remove these messages, whatever their flags; returns the UIDs removed (RFC 3501 §6.4.3)."""
-        return await self._run(self._expunge_sync, list(uids))
+        removed, keys = await self._run(self._expunge_sync, list(uids))
+        if keys:
+            self.account.store.fts.forget_later(self.account.path, keys)
+        return removed
 
-    def _expunge_sync(self, uids: list[int]) -> tuple[list[int], Changes]:
+    def _expunge_sync(self, uids: list[int]) -> tuple[tuple[list[int], list[str]], Changes]:
+        by_uid = self._folder.by_uid
+        keys = {u: m.key for u in uids if (m := by_uid.get(u)) is not None}
         changes = self._folder.expunge(uids)
         wanted = set(uids)
-        return [u for u in changes.expunged if u in wanted], changes
+        removed = [u for u in changes.expunged if u in wanted]
+        return (removed, [keys[u] for u in removed if u in keys]), changes
+
+    async def text_candidates(self, infos: Sequence[MessageInfo], terms: Sequence[Term]) -> set[str]:
+        """The keys of the messages among `infos` that may hold every term (folded strings of at
+        least fts.MIN_TERM characters; True: TEXT, else BODY), from the full-text index, after
+        indexing those it lacks (fts.py). A superset of the matches; raises StoreError when the
+        index cannot answer (then search them all)."""
+        f = self._live()
+        uids = {info.key: info.uid for info in infos}
+        return await asyncio.to_thread(self.account.store.fts.candidates, self.account.path, uids, f.lookup_path,
+                                       terms)
 
     async def copy(self, uids: Sequence[int], dest: Mailbox) -> list[tuple[int, int]]:
         """Copy (hard links) into `dest` keeping flags and internal date (RFC 3501 §6.4.7).
