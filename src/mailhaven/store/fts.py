@@ -25,6 +25,8 @@ The index is a derived cache, never the truth, so a SEARCH is always exactly wha
   the live rows, the file is emptied and filled again lazily. Rows of messages gone otherwise
   (folder deleted, removed by another program) are never candidates: only the selected mailbox's
   keys are asked about.
+- It never takes the last free space from mail (room_for_index): on a nearly full file system
+  nothing is added, and the messages it misses are scanned.
 - Losing the file loses nothing: it is created again and filled at the next SEARCH (up to
   SYNC_INDEX missing messages before it answers; a larger backlog, as after a migration or a lost
   file, is filled in the background while the SEARCHes meanwhile scan those messages, so a first
@@ -58,6 +60,7 @@ QUEUE_BYTES = 32 << 20  # message bytes waiting for the background indexer; beyo
 MAX_TRIGRAMS = 24  # trigrams of one string looked up (evenly spread); more narrow little further
 KEEP_KEYS = 5000  # keys asked about above which all keys are read once and kept in memory
 MAX_OPEN = 32  # users' files kept open (least recently used closed first)
+MIN_FREE = 64 << 20  # free octets below which nothing is added to the index (room_for_index)
 _SCHEMA_VERSION = 3
 _TABLES = ("doc", "meta", "body", "head")
 _SCHEMA = """
@@ -171,6 +174,8 @@ class FtsIndex:
         return out
 
     def _add(self, docs: Sequence[tuple[str, textextract.Text | None]]) -> None:
+        if not room_for_index(self.path.parent):
+            return  # left unindexed: those messages are scanned (see room_for_index)
         db = self._open()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -189,6 +194,8 @@ class FtsIndex:
             self._keys.update(key for key, _ in docs)
 
     def _remove(self, keys: Sequence[str]) -> None:
+        if not room_for_index(self.path.parent):
+            return  # rows of expunged keys are never answered (see the module doc): left for later
         db = self._open()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -244,6 +251,17 @@ class FtsIndex:
         out = self._guarded("_matching", terms)
         assert isinstance(out, set)
         return out
+
+
+def room_for_index(root: Path) -> bool:
+    """Whether the file system holding `root` has room to spare for the index: more than MIN_FREE
+    free (or a twentieth of it, on a small one). The index is a cache and never takes the last free
+    space from mail: below that it is not written, and the messages it misses are scanned."""
+    try:
+        st = os.statvfs(root)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize > min(MIN_FREE, st.f_blocks * st.f_frsize // 20)
 
 
 def _reset(db: sqlite3.Connection) -> None:
