@@ -196,11 +196,11 @@ async def enqueue(ctx: seams.Context, sender: str, recipients: Sequence[str], me
         # The one way into a mailbox (forged trust fields out, Return-Path and Delivered-To on top,
         # each user once), all or nothing like the one reply it answers: the sender is "" for
         # bounces and delay warnings, so they carry Return-Path: <> (RFC 5321 §4.4, §4.5.5).
-        await agent.deliver_all(resolved, message, sender=sender)
+        await agent.deliver_all(resolved, message, sender=sender, dsn=dsn)
     queue_id = queue_id or new_id(now)
     if resolved and dsn is not None:
         await report_delivered(ctx, about=queue_id, sender=sender, request=dsn, original=message, arrival=now,
-                               delivered=[r.address for r in resolved if r.users])
+                               recipients=resolved)
     if programs:
         # Program targets run from the queue (delivery/program.py), in their own entry: the message
         # as a mailbox gets it, not the one sent out.

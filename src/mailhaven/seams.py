@@ -240,7 +240,7 @@ class Forwarder(Protocol):
     `forward` targets, queued through cleanup; returns the queue ids."""
 
     async def forward(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
-                      trace: Sequence[bytes] = (), spam: bool = False) -> list[str]: ...
+                      trace: Sequence[bytes] = (), spam: bool = False, dsn: DsnRequest | None = None) -> list[str]: ...
 
 
 class DeliveryAgent(Protocol):
@@ -256,7 +256,7 @@ class DeliveryAgent(Protocol):
 
     async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
                           trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = "INBOX",
-                          spam: bool = False) -> None: ...
+                          spam: bool = False, dsn: DsnRequest | None = None) -> None: ...
 
 
 class Greylist(Protocol):

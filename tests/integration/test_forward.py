@@ -21,7 +21,7 @@ import dns.resolver
 import pytest
 
 from mailhaven import app
-from mailhaven.auth.users import UsersFile
+from mailhaven.auth.users import Directory, UsersFile
 from mailhaven.delivery.srs import Srs
 from mailhaven.message.headers import field_value, field_values
 from mailhaven.policy import dkim as mhdkim
@@ -298,3 +298,37 @@ async def test_a_postmaster_alias_to_another_server_is_forwarded_not_given_to_th
     # bare <postmaster> (RFC 5321 §4.5.1) has no address to forward as: a local user gets it
     _r, (code, _t) = await f.send(ORIGINAL, ["postmaster"], message("bare postmaster"))
     assert code == 250 and len(f.local()) == 1
+
+
+def _send_dsn(port: int, sender: str, rcpt: str, data: bytes, mail: list[str], rcpt_options: list[str]) -> None:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="mta.sender.test", timeout=30) as c:
+        c.sendmail(sender, [rcpt], data, mail_options=mail, rcpt_options=rcpt_options)
+
+
+async def test_dsn_requests_of_an_alias_go_on_with_its_forwarded_copy(forwarding: Factory) -> None:
+    """RFC 3461 §6.2.7: an alias reaching several places (Alice here, someone@b.test) reports the
+    success itself ("expanded") and passes the rest on with ORCPT; one forwarding to a single
+    address elsewhere passes NOTIFY on as asked and reports nothing itself."""
+    f = await forwarding()
+    f.peer.offers_dsn = True
+    await asyncio.to_thread(_send_dsn, f.port, ORIGINAL, ALIAS, message("expand"), ["ENVID=E-1"],
+                            ["NOTIFY=SUCCESS,FAILURE"])
+    got = await f.peer.wait_messages(2, 15)  # the forwarded copy and our notice to the sender
+    [copy] = [m for m in got if m.rcpt_tos == [REMOTE]]
+    assert {"ENVID=E-1", "NOTIFY=FAILURE", f"ORCPT=rfc822;{ALIAS}"} <= set(f.peer.dsn_params)
+    assert "NOTIFY=FAILURE,SUCCESS" not in f.peer.dsn_params
+    [notice] = [m for m in got if m.rcpt_tos == [ORIGINAL]]
+    assert notice.mail_from == "<>" and b"Action: expanded" in notice.data and b"Subject: expand" in notice.data
+    assert b"Hello team" in copy.data and len(f.local()) == 1
+
+    solo = "solo@example.test"
+    with UsersFile.edit(f.ctx.config.users_file) as uf:
+        uf.add_alias(solo, [REMOTE])
+    f.ctx.directory = Directory.load(f.ctx.config)
+    f.peer.dsn_params.clear()
+    await asyncio.to_thread(_send_dsn, f.port, ORIGINAL, solo, message("solo"), [], ["NOTIFY=SUCCESS"])
+    got = await f.peer.wait_messages(3, 15)
+    assert got[2].rcpt_tos == [REMOTE]
+    assert sorted(f.peer.dsn_params) == ["NOTIFY=SUCCESS", f"ORCPT=rfc822;{solo}"]
+    await asyncio.sleep(1)
+    assert len(f.peer.messages) == 3  # no notice from us: the next hop reports

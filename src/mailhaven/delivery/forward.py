@@ -30,6 +30,7 @@ from mailhaven import seams
 from mailhaven.delivery import srs
 from mailhaven.message import headers, trust
 from mailhaven.message.address import Address, parse_mailbox
+from mailhaven.message.dsn import DsnRequest, RcptDsn, forwarded
 from mailhaven.seams import Recipient
 
 log = logging.getLogger("mailhaven.delivery")
@@ -110,9 +111,10 @@ class Forwarder:
         return codec.forward(sender)
 
     async def forward(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
-                      trace: Sequence[bytes] = (), spam: bool = False) -> list[str]:
+                      trace: Sequence[bytes] = (), spam: bool = False, dsn: DsnRequest | None = None) -> list[str]:
         """Queue the forwarded copies of `message` (as received; `trace` is this hop's fields) for
-        every recipient's `forward` targets; returns their queue ids ([]: nothing to forward)."""
+        every recipient's `forward` targets; returns their queue ids ([]: nothing to forward).
+        `dsn`: the transaction's DSN requests; each target's becomes message/dsn.forwarded's."""
         from mailhaven import cleanup
 
         cfg = self.ctx.config
@@ -132,8 +134,15 @@ class Forwarder:
             names = list(dict.fromkeys(r.address for r in aliases))
             copy = b"".join([*(delivered_to_field(a) for a in names), *trace, body])
             new_sender = await self.rewrite(sender)
+            request = None
+            if dsn is not None:
+                onward: dict[str, RcptDsn] = {}
+                for r in aliases:
+                    for t in r.forward:
+                        onward.setdefault(t, forwarded(dsn.of(r.address), r.address, len(r.users) + len(r.forward)))
+                request = DsnRequest(dsn.mail, onward)
             ids.append(await cleanup.enqueue(self.ctx, new_sender, targets, copy, dkim=False, source="forward",
-                                             seal=lambda m: self._seal(m, _domain(names[0]))))
+                                             seal=lambda m: self._seal(m, _domain(names[0])), dsn=request))
             log.info("forwarded %s to %s with sender <%s>", ", ".join(names), ", ".join(targets), new_sender)
         if bounces:
             targets = list(dict.fromkeys(t for r in bounces for t in r.forward))

@@ -198,12 +198,13 @@ class LocalDeliveryAgent:
 
     async def deliver_all(self, recipients: Sequence[Recipient], message: bytes, *, sender: str,
                           trace: Sequence[bytes] = (), folder: str | Mapping[str, str] = INBOX,
-                          spam: bool = False) -> None:
+                          spam: bool = False, dsn: DsnRequest | None = None) -> None:
         """Deliver every copy in one all-or-nothing store write, fsynced before this returns, then
         queue the forwarded copy (durable too); raises the first failure (an unknown recipient:
         550 5.1.1; the quota's refusal; what the store or the queue raises). A failure of the
         forward after the local write may give a retry a second local copy, never none (as
-        cleanup's order). `spam`: the message was filed as Junk (not forwarded by default)."""
+        cleanup's order). `spam`: the message was filed as Junk (not forwarded by default). `dsn`:
+        the transaction's DSN requests, carried on to the forwarded copy (forward.py)."""
         for r in recipients:
             if not r.users and not r.forward and not r.programs:  # programs: queue_programs
                 raise PermFailure(f"no such user: {r.address}", code=550, enhanced="5.1.1")
@@ -220,13 +221,13 @@ class LocalDeliveryAgent:
             await self._write(copies, body)
             await self._delivered(copies)
         if any(r.forward for r in recipients):
-            await self._forward([r for r in recipients if r.forward], message, sender, trace, spam)
+            await self._forward([r for r in recipients if r.forward], message, sender, trace, spam, dsn)
 
     async def _forward(self, recipients: Sequence[Recipient], message: bytes, sender: str,
-                       trace: Sequence[bytes], spam: bool) -> None:
+                       trace: Sequence[bytes], spam: bool, dsn: DsnRequest | None = None) -> None:
         if self.forwarder is None:
             raise TempFailure("forwarding is not set up here")
-        await self.forwarder.forward(recipients, message, sender=sender, trace=trace, spam=spam)
+        await self.forwarder.forward(recipients, message, sender=sender, trace=trace, spam=spam, dsn=dsn)
 
     async def _delivered(self, copies: Sequence[_Copy]) -> None:
         """Tell the quota step which users' copies were stored (its 90 % warning)."""

@@ -44,16 +44,28 @@ async def queue_report(ctx: seams.Context, *, about: str, to: str, reports: Sequ
 
 
 async def report_delivered(ctx: seams.Context, *, about: str, sender: str, request: dsn.DsnRequest,
-                           delivered: Sequence[str], original: bytes, arrival: float) -> None:
-    """After the local copies of a transaction are stored (before its 250): a success notice for
-    those of `delivered` whose RCPT said NOTIFY=SUCCESS. Nothing for the null sender. A notice
-    that cannot be queued is logged, not raised: the copies are stored, and a refusal now would
-    make the client send them again."""
-    wanted = [a for a in dict.fromkeys(delivered) if request.of(a).wants("SUCCESS")]
-    if not sender or not wanted:
+                           recipients: Sequence[seams.Recipient], original: bytes, arrival: float) -> None:
+    """After the local copies of a transaction are stored and its forwarded copy queued (before its
+    250): a success notice for the recipients whose RCPT said NOTIFY=SUCCESS: "delivered" for an
+    address that reached only local mailboxes, "expanded" for one an alias sent to several places
+    of which some on other servers (RFC 3461 §6.2.7: their copies carry NOTIFY without SUCCESS,
+    dsn.forwarded); an address forwarded to one other server passed the request on and gets
+    nothing here. Nothing for the null sender. A notice that cannot be queued is logged, not
+    raised: the copies are stored, and a refusal now would make the client send them again."""
+    owed: dict[str, dsn.DsnAction] = {}
+    for r in recipients:
+        if not request.of(r.address).wants("SUCCESS") or r.address in owed:
+            continue
+        if r.forward and len(r.users) + len(r.forward) > 1:
+            owed[r.address] = "expanded"
+        elif r.users and not r.forward:
+            owed[r.address] = "delivered"
+    if not sender or not owed:
         return
-    reports = [dsn.RecipientReport(a, "delivered", "2.0.0", diagnostic="250 2.0.0 delivered to mailbox",
-                                   original_recipient=request.of(a).orcpt or "") for a in wanted]
+    reports = [dsn.RecipientReport(a, action, "2.0.0",
+                                   diagnostic="250 2.0.0 " + ("delivered to mailbox" if action == "delivered"
+                                                              else "forwarded to several addresses"),
+                                   original_recipient=request.of(a).orcpt or "") for a, action in owed.items()]
     try:
         await queue_report(ctx, about=about, to=sender, reports=reports, original=original, arrival=arrival,
                            request=request.mail)

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-DsnAction = Literal["failed", "delayed", "delivered", "relayed"]
+DsnAction = Literal["failed", "delayed", "delivered", "relayed", "expanded"]
 # What a recipient without NOTIFY gets (RFC 3461 §4.1 leaves it to us): Postfix's and our choice is
 # failures and delays, never a success notice unasked.
 DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})
@@ -95,6 +95,18 @@ class DsnRequest:
 
 
 NO_DSN = DsnRequest()
+
+
+def forwarded(asked: RcptDsn, address: str, targets: int) -> RcptDsn:
+    """What a recipient's request becomes on the copy an alias forwards to `targets` addresses
+    elsewhere (RFC 3461 §6.2.7): ORCPT stays the original one (else this address); with one target
+    NOTIFY goes on as asked, with several SUCCESS is ours to report ("expanded") and the rest goes
+    on (only SUCCESS asked: NEVER)."""
+    orcpt = asked.orcpt or (f"rfc822;{address}" if address.isascii() else None)
+    notify = asked.notify
+    if targets > 1 and notify is not None and "SUCCESS" in notify:
+        notify = notify - {"SUCCESS"}
+    return RcptDsn(notify, orcpt)
 
 
 @dataclass(frozen=True)
@@ -193,22 +205,26 @@ _INTRO: dict[DsnAction, list[str]] = {
     "relayed": ["Your message was delivered to the following recipients, as you asked to be told.",
                 "The next mail system does not send delivery notices, so this is the last one.",
                 "Its headers are attached below.", ""],
+    "expanded": ["Your message was delivered to the following addresses, as you asked to be told.",
+                 "Each forwards it to several others, which send no further success notices.",
+                 "Its headers are attached below.", ""],
 }
 _SUBJECT: dict[DsnAction, str] = {
     "failed": "Undelivered Mail Returned to Sender",
     "delayed": "Delayed Mail (still being retried)",
     "delivered": "Successful Mail Delivery Report",
     "relayed": "Successful Mail Delivery Report",
+    "expanded": "Successful Mail Delivery Report",
 }
 
 
 def report_action(reports: Sequence[RecipientReport]) -> DsnAction:
     """The action that names the whole report: a failure first, then a delay, then a success."""
     actions = {r.action for r in reports}
-    for action in ("failed", "delayed", "delivered"):
+    for action in ("failed", "delayed", "delivered", "relayed"):
         if action in actions:
             return action
-    return "relayed"
+    return "expanded"
 
 
 def _human_text(hostname: str, reports: Sequence[RecipientReport], action: DsnAction,
@@ -312,4 +328,4 @@ def build_dsn(*, hostname: str, to: str, reports: Sequence[RecipientReport], ori
 
 __all__ = ["DEFAULT_NOTIFY", "NO_DSN", "DsnRequest", "MAX_RETURNED_FULL", "MAX_RETURNED_HEADERS", "NO_MAIL_DSN", "NO_RCPT_DSN", "DsnAction",
            "MailDsn", "RcptDsn", "RecipientReport", "build_dsn", "delivery_status", "format_date", "header_section",
-           "report_action", "xtext_decode", "xtext_encode"]
+           "forwarded", "report_action", "xtext_decode", "xtext_encode"]

@@ -310,7 +310,8 @@ class InboundHandler(BaseHandler):
         if programs and self.ctx.queue is None:
             raise TempFailure("the outbound queue is not running")
         try:
-            await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender, spam=junk)
+            await agent.deliver_all(txn.resolved, data, folder=per_user, trace=trace, sender=sender, spam=junk,
+                                    dsn=DsnRequest(txn.dsn, txn.rcpt_dsn))
         except OverQuota:  # nothing stored anywhere; the MX refuses for good at DATA (552 5.2.2)
             raise PermFailure("Mailbox full (over quota)", code=552, enhanced="5.2.2") from None
         request = DsnRequest(txn.dsn, txn.rcpt_dsn)
@@ -319,8 +320,7 @@ class InboundHandler(BaseHandler):
                                        entry_id=txn.queue_id, dsn=request)
         if txn.rcpt_dsn:  # RFC 3461: success notices for the recipients that asked (NOTIFY=SUCCESS)
             await report_delivered(self.ctx, about=txn.queue_id, sender=sender, request=request,
-                                   delivered=[r.address for r in txn.resolved if r.users],
-                                   original=b"".join(trace) + data, arrival=time.time())
+                                   recipients=txn.resolved, original=b"".join(trace) + data, arrival=time.time())
         if verdict.action == "junk" or assessment.notes:
             logger.info("transaction %s: %s %s", txn.queue_id, verdict.action, verdict.reason)
         return R.accepted(txn.queue_id)
