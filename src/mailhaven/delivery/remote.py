@@ -4,7 +4,20 @@ Owns: finding the next hops (RFC 5321 §5.1 through dns/resolver.py + dns/nextho
 preference, random among equals, the implicit MX, RFC 7505 null MX), trying each host and each of
 its addresses in turn, the client dialogue over aiosmtplib (EHLO with config.hostname, STARTTLS,
 MAIL, one RCPT per recipient, DATA), and mapping every outcome to per-recipient `DeliveryResult`s.
-Does not own: retries, bounces or the spool (queue/manager.py), local recipients (delivery/local.py).
+Does not own: retries, bounces or the spool (queue/manager.py), local recipients (delivery/local.py),
+which next hop a domain goes to (delivery/routes.py), keeping connections open between
+transactions (delivery/smtpconn.py), the relay's credentials (delivery/relayauth.py).
+
+Routes (delivery/routes.py): "mx" as above; "transport" = one host's A/AAAA records at its port,
+TLS as for an MX; "relay" = the smarthost's A/AAAA records, TLS required and its certificate
+verified against the relay's name (port 465: implicit TLS, RFC 8314; else STARTTLS), then AUTH
+PLAIN or LOGIN with [queue] relay_auth_file, never before TLS. A login the relay refuses (or
+credentials we cannot read) is 451 4.7.0 for every recipient: the mail waits, nothing bounces.
+Every result names its route and, when it failed, the stage (connect, EHLO, STARTTLS, AUTH, MAIL
+FROM, RCPT TO, DATA): `queue show` and the log say why a recipient waits.
+With a connection pool (smtpconn.SmtpConnections) a transaction first takes an idle connection
+to the same host, address, port and policy (checked with RSET), and gives it back afterwards if
+the transaction ended cleanly.
 
 Rules:
 - Opportunistic STARTTLS (RFC 3207, RFC 7435): used whenever offered, certificate not checked. If
@@ -28,17 +41,23 @@ Rules:
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import aiosmtplib
 
 from mailhaven import seams
 from mailhaven.config import Config
-from mailhaven.delivery import certnames
+from mailhaven.delivery import certnames, relayauth, routes
 from mailhaven.delivery.result import DeliveryResult, clean_text
+from mailhaven.delivery.smtpconn import Connection, SmtpConnections
 from mailhaven.dns.nexthop import NullMX, next_hops
 from mailhaven.dns.resolver import DnsTempError, DomainNotFound
 from mailhaven.errors import ConfigError
@@ -50,9 +69,10 @@ log = logging.getLogger("mailhaven.delivery")
 class HostFailure(Exception):
     """This host (address) could not take the transaction: try the next one."""
 
-    def __init__(self, code: int, enhanced: str, text: str, remote_mta: str) -> None:
+    def __init__(self, code: int, enhanced: str, text: str, remote_mta: str, stage: str = "") -> None:
         super().__init__(text)
         self.code, self.enhanced, self.text, self.remote_mta = code, enhanced, clean_text(text), remote_mta
+        self.stage = stage
 
 
 class _TlsHandshakeFailed(Exception):
@@ -78,51 +98,113 @@ def _literal_address(domain: str) -> str | None:
 
 
 def _all(recipients: Sequence[str], code: int, enhanced: str, text: str, temporary: bool,
-         remote_mta: str = "") -> list[DeliveryResult]:
-    return [DeliveryResult(r, code, enhanced, clean_text(text), temporary, remote_mta) for r in recipients]
+         remote_mta: str = "", *, stage: str = "") -> list[DeliveryResult]:
+    return [DeliveryResult(r, code, enhanced, clean_text(text), temporary, remote_mta, stage=stage)
+            for r in recipients]
 
 
 def _ensure_crlf_end(message: bytes) -> bytes:
     return message if message.endswith(b"\n") else message + b"\r\n"
 
 
+_End = Literal["reuse", "quit", "drop"]
+
+
+@dataclass(frozen=True)
+class _Hop:
+    """One address of one host to try, with everything settled before connecting."""
+
+    host: str
+    address: str
+    port: int
+    tls_context: ssl.SSLContext
+    require_tls: bool
+    implicit_tls: bool = False
+    credentials: relayauth.Credentials | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}[{self.address}]"
+
+    def key(self, use_tls: bool) -> tuple[str, str, int, str]:
+        """The pool key: a connection is reused only for a transaction that would open the same one."""
+        policy = "implicit" if self.implicit_tls else "verify" if self.require_tls else "may" if use_tls else "clear"
+        if self.credentials is not None:
+            policy += f"+auth:{self.credentials.user}"
+        return self.host, self.address, self.port, policy
+
+
 async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain: str, recipients: Sequence[str],
                   message: bytes, *, tls_context: ssl.SSLContext | None = None,
-                  verified_context: ssl.SSLContext | None = None, dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
+                  verified_context: ssl.SSLContext | None = None, dsn: DsnRequest = NO_DSN,
+                  route: routes.Route | None = None, pool: SmtpConnections | None = None,
+                  credentials: relayauth.Credentials | None = None) -> list[DeliveryResult]:
     """Deliver `message` to `recipients` (all in `domain`); one result per recipient, in order.
     `tls_context` is used for opportunistic STARTTLS, `verified_context` (tls.mx_verify_context)
-    for domains that require TLS; each is built from the config when not given. `dsn`: what the
-    sender asked to be told (RFC 3461), passed on to a next hop that offers DSN (its results then
-    say dsn_passed: that hop reports from now on)."""
+    for domains that require TLS and for the relay; each is built from the config when not given.
+    `dsn`: what the sender asked to be told (RFC 3461), passed on to a next hop that offers DSN
+    (its results then say dsn_passed: that hop reports from now on). `route`: the domain's
+    (routes.route_for from the config when None); `pool`: connections to reuse and keep;
+    `credentials`: the relay's (read from relay_auth_file when None and the route wants them)."""
+    q = config.queue
+    if route is None:
+        route = routes.route_for(domain, relay=q.relay, transports=q.transports)
+    results = await _deliver(config, resolver, sender, domain, list(recipients), message, tls_context,
+                             verified_context, dsn, route, pool, credentials)
+    return [dataclasses.replace(r, route=route.text) for r in results]
+
+
+async def _deliver(config: Config, resolver: seams.Resolver, sender: str, domain: str, recipients: list[str],
+                   message: bytes, tls_context: ssl.SSLContext | None, verified_context: ssl.SSLContext | None,
+                   dsn: DsnRequest, route: routes.Route, pool: SmtpConnections | None,
+                   credentials: relayauth.Credentials | None) -> list[DeliveryResult]:
     from mailhaven.tls import client_context, mx_verify_context
 
-    recipients = list(recipients)
-    require_tls = requires_tls(config, domain)
+    q = config.queue
+    if route.kind == "local":  # the queue delivers these itself (delivery/local.py)
+        return _all(recipients, 451, "4.3.5", f"{domain} is routed to local delivery", True, stage="route")
+    relay = route.kind == "relay"
+    require_tls = relay or requires_tls(config, domain)
     if require_tls:
         try:
-            tls_context = verified_context or mx_verify_context(config.queue.tls_ca_file)
+            tls_context = verified_context or mx_verify_context(q.tls_ca_file)
         except ConfigError as e:
             log.error("delivery to %s not possible: %s", domain, e)
-            return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {domain})", True)
+            what = f"the relay {route.hop}" if relay else domain
+            return _all(recipients, 451, "4.7.5", f"{e} (needed to verify the certificates of {what})", True,
+                        stage="TLS")
     elif tls_context is None:
         tls_context = client_context(verify=False)
-    literal = _literal_address(domain)
-    if literal is not None:
-        targets: list[tuple[str, list[str] | None]] = [(literal, [literal])]
+    if relay and credentials is None and q.relay_auth_file:
+        try:
+            credentials = await asyncio.to_thread(relayauth.load, q.relay_auth_file, config.run_as_user)
+        except ConfigError as e:
+            log.error("delivery through the relay %s deferred: %s", route.hop, e)
+            return _all(recipients, 451, "4.7.0", f"relay credentials not usable: {e}", True, stage="AUTH")
+    if not relay:
+        credentials = None
+    implicit = False
+    port = q.remote_port
+    if route.hop is not None:  # relay or transport: that host's addresses, never MX
+        port = route.hop.port
+        literal = route.hop.host if _is_address(route.hop.host) else None
+        targets: list[tuple[str, list[str] | None]] = [(route.hop.host, [literal] if literal else None)]
+    elif (literal := _literal_address(domain)) is not None:
+        targets = [(literal, [literal])]
         implicit = True
     else:
         try:
             mx = await resolver.mx(domain)
         except DomainNotFound:
             # RFC 5321 §5.1: a name that does not exist cannot receive mail.
-            return _all(recipients, 550, "5.1.2", f"domain {domain} does not exist", False)
+            return _all(recipients, 550, "5.1.2", f"domain {domain} does not exist", False, stage="DNS")
         except DnsTempError as e:
-            return _all(recipients, 451, "4.4.3", e.text, True)  # "DNS lookup of D MX failed temporarily"
+            return _all(recipients, 451, "4.4.3", e.text, True, stage="DNS")  # "DNS lookup of D MX failed temporarily"
         hops = next_hops(domain, mx)
         if isinstance(hops, NullMX):
             # RFC 7505 §4.2: the domain accepts no mail: fail at once with 556 5.1.10.
             return _all(recipients, hops.code, hops.enhanced, f"domain {domain} accepts no mail (null MX)",
-                        False)
+                        False, stage="DNS")
         targets = [(h, None) for h in hops.hosts]
         implicit = hops.implicit
     failure: HostFailure | None = None
@@ -133,93 +215,231 @@ async def deliver(config: Config, resolver: seams.Resolver, sender: str, domain:
             try:
                 addresses = await resolver.addresses(host)
             except DnsTempError as e:
-                failure = HostFailure(451, "4.4.3", e.text, host)
+                failure = HostFailure(451, "4.4.3", e.text, host, "DNS")
                 continue
             if not addresses:
                 if implicit:
                     # RFC 5321 §5.1: no MX and no address records: the domain has no mail server.
                     return _all(recipients, 550, "5.1.2", f"domain {domain} has no mail server (no MX, "
-                                "no address)", False)
-                failure = HostFailure(451, "4.4.4", f"MX host {host} has no address", host)
+                                "no address)", False, stage="DNS")
+                what = "MX host" if route.hop is None else f"{route.kind} host"
+                failure = HostFailure(451, "4.4.4", f"{what} {host} has no address", host, "DNS")
                 continue
         for address in addresses:
+            hop = _Hop(host, address, port, tls_context, require_tls,
+                       implicit_tls=relay and route.tls == "implicit", credentials=credentials)
             try:
                 try:
-                    return await _transaction(config, host, address, sender, recipients, message,
-                                              tls_context, require_tls=require_tls, use_tls=True, dsn=dsn)
+                    return await _transaction(config, hop, sender, recipients, message, pool, use_tls=True, dsn=dsn)
                 except _TlsHandshakeFailed as e:
                     if require_tls:
+                        what = f"the relay {host}" if relay else domain
                         raise HostFailure(451, "4.7.10", f"TLS handshake with {host}[{address}] failed "
-                                          f"and {domain} requires TLS", host) from e
+                                          f"and {what} requires TLS", host, "STARTTLS") from e
                     log.info("TLS handshake with %s[%s] failed (%s); retrying in clear text", host, address, e)
-                    return await _transaction(config, host, address, sender, recipients, message,
-                                              tls_context, require_tls=False, use_tls=False, dsn=dsn)
+                    return await _transaction(config, hop, sender, recipients, message, pool, use_tls=False,
+                                              dsn=dsn)
             except HostFailure as e:
-                log.info("delivery to %s via %s[%s] not possible: %s %s %s", domain, host, address,
-                         e.code, e.enhanced, e.text)
+                log.info("delivery to %s via %s %s[%s] not possible at %s: %s %s %s", domain, route.text, host,
+                         address, e.stage or "-", e.code, e.enhanced, e.text)
                 failure = e
     if failure is None:
-        return _all(recipients, 451, "4.4.4", f"no mail server found for {domain}", True)
+        return _all(recipients, 451, "4.4.4", f"no mail server found for {domain}", True, stage="DNS")
     # No host took the transaction: temporary whatever the last one said (STYLE rule 5).
     code = failure.code if 400 <= failure.code < 500 else 451
     enhanced = failure.enhanced if failure.enhanced.startswith("4.") else "4.4.1"
-    return _all(recipients, code, enhanced, failure.text, True, failure.remote_mta)
+    return _all(recipients, code, enhanced, failure.text, True, failure.remote_mta, stage=failure.stage)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _reply_text(e: aiosmtplib.SMTPResponseException) -> str:
     return f"{e.code} {clean_text(e.message)}"
 
 
-async def _transaction(config: Config, host: str, address: str, sender: str, recipients: list[str],
-                       message: bytes, tls_context: ssl.SSLContext, *, require_tls: bool,
-                       use_tls: bool, dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
+async def _transaction(config: Config, hop: _Hop, sender: str, recipients: list[str], message: bytes,
+                       pool: SmtpConnections | None, *, use_tls: bool,
+                       dsn: DsnRequest = NO_DSN) -> list[DeliveryResult]:
+    """One transaction to `hop`: over an idle connection from `pool` when there is one, else a new
+    one (_open), given back to the pool afterwards when it ended cleanly."""
     q = config.queue
-    where = f"{host}[{address}]"
-    client = aiosmtplib.SMTP(hostname=address, port=q.remote_port, local_hostname=config.hostname,
-                             timeout=q.command_timeout, use_tls=False, start_tls=False, validate_certs=False)
+    key = hop.key(use_tls)
+    conn = await pool.take(key, min(q.command_timeout, 30.0)) if pool is not None else None
+    if conn is None:
+        conn = await _open(config, hop, key, use_tls=use_tls)
+        if pool is not None:
+            pool.opened(conn, q.max_connections)
+    conn.transactions += 1
+    end: _End = "drop"
+    try:
+        results, end = await _send(config, conn, hop, sender, recipients, message, dsn)
+        return results
+    finally:
+        if pool is not None and end == "reuse":
+            await pool.give_back(conn, clean=True, max_messages=q.max_messages_per_connection,
+                                 idle_time=q.connection_idle_time)
+        elif pool is not None and end == "drop":
+            pool.discard(conn)
+        else:
+            if end != "drop":
+                await _quit(conn.client, q.command_timeout)
+            conn.client.close()
+            if pool is not None:
+                pool.closed(conn)
+
+
+async def _open(config: Config, hop: _Hop, key: tuple[str, str, int, str], *, use_tls: bool) -> Connection:
+    """Connect, greeting, EHLO, TLS (implicit, or STARTTLS as the policy says), AUTH when the hop
+    has credentials. HostFailure (next address) or _TlsHandshakeFailed (retry in clear text)."""
+    q = config.queue
+    host, address, where = hop.host, hop.address, hop.where
     stage = "connect"
+    if hop.implicit_tls:
+        client = aiosmtplib.SMTP(hostname=host, local_hostname=config.hostname, timeout=q.command_timeout,
+                                 use_tls=True, start_tls=False, tls_context=hop.tls_context)
+    else:
+        client = aiosmtplib.SMTP(hostname=address, port=hop.port, local_hostname=config.hostname,
+                                 timeout=q.command_timeout, use_tls=False, start_tls=False, validate_certs=False)
     tls_on = False
     try:
         try:
-            await client.connect(timeout=q.connect_timeout)
+            if hop.implicit_tls:
+                tls_on = await _connect_implicit(client, hop, q.connect_timeout)
+            else:
+                await client.connect(timeout=q.connect_timeout)
         except aiosmtplib.SMTPConnectResponseError as e:  # greeting was not 220
-            raise HostFailure(e.code, "4.4.2", f"{where} greeted with {_reply_text(e)}", host) from e
+            raise HostFailure(e.code, "4.4.2", f"{where} greeted with {_reply_text(e)}", host, stage) from e
+        except HostFailure:
+            raise
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-            raise HostFailure(451, "4.4.1", f"connect to {where}: {_why(e)}", host) from e
+            raise HostFailure(451, "4.4.1", f"connect to {where}: {_why(e)}", host, stage) from e
         stage = "EHLO"
         await _hello(client, where, host)
-        if use_tls and client.supports_extension("starttls"):
+        if not hop.implicit_tls:
             stage = "STARTTLS"
-            try:
-                await client.starttls(tls_context=tls_context, server_hostname=host,
-                                      timeout=q.command_timeout)
-            except aiosmtplib.SMTPResponseException as e:
-                if require_tls:
-                    raise HostFailure(451, "4.7.10", f"{where} refused STARTTLS: {_reply_text(e)}", host) from e
-                raise _TlsHandshakeFailed(_reply_text(e)) from e
-            except ssl.SSLCertVerificationError as e:  # only the verified context checks the chain
-                raise HostFailure(451, "4.7.5", f"TLS certificate of {where} not trusted: "
-                                  f"{e.verify_message or e.reason or 'verification failed'}", host) from e
-            except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-                raise _TlsHandshakeFailed(_why(e)) from e
-            if require_tls:
-                # RFC 7672 §3.2.3, RFC 8461 §4.2: the certificate must name the MX host.
-                names = certnames.presented_names(client.get_transport_info("peercert"))
-                if not certnames.covers(names, host):
-                    await _quit(client, q.command_timeout)  # RFC 3207 §4.1: not good enough, QUIT
-                    raise HostFailure(451, "4.7.5", f"TLS certificate of {where} does not name {host} (it "
-                                      f"names {certnames.describe(names)})", host)
-            tls_on = True
-            stage = "EHLO after STARTTLS"
-            await _hello(client, where, host)  # RFC 3207 §4.2: forget what was learnt before TLS
-        elif require_tls:
-            raise HostFailure(451, "4.7.10", f"{where} does not offer STARTTLS and TLS is required", host)
+            tls_on = await _starttls(config, client, where, host, hop.tls_context,
+                                     require_tls=hop.require_tls, use_tls=use_tls)
+        if hop.credentials is not None:
+            stage = "AUTH"
+            await _auth(client, where, host, hop.credentials, tls_on, q.command_timeout)
+        return Connection(client, key, tls=tls_on)
+    except (HostFailure, _TlsHandshakeFailed):
+        client.close()
+        raise
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, UnicodeError) as e:
+        client.close()
+        raise HostFailure(451, "4.4.2", f"{where} failed at {stage}: {_why(e)}", host, stage) from e
+    except BaseException:
+        client.close()
+        raise
 
+
+async def _connect_implicit(client: aiosmtplib.SMTP, hop: _Hop, seconds: float) -> bool:
+    """Implicit TLS (RFC 8314, port 465) to hop.address, the certificate checked for hop.host:
+    the chain during the handshake (hop.tls_context), the name by delivery/certnames.py."""
+    family = socket.AF_INET6 if ":" in hop.address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (hop.address, hop.port)), seconds)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        await client.connect(sock=sock, timeout=seconds)
+    except ssl.SSLCertVerificationError as e:
+        raise HostFailure(451, "4.7.5", f"TLS certificate of {hop.where} not trusted: "
+                          f"{e.verify_message or e.reason or 'verification failed'}", hop.host, "TLS") from e
+    except (ssl.SSLError, ConnectionResetError) as e:
+        raise HostFailure(451, "4.7.10", f"TLS handshake with {hop.where} failed: {_why(e)}", hop.host, "TLS") from e
+    names = certnames.presented_names(client.get_transport_info("peercert"))
+    if not certnames.covers(names, hop.host):
+        await _quit(client, 10.0)  # RFC 3207 §4.1 in spirit: not good enough, QUIT
+        raise HostFailure(451, "4.7.5", f"TLS certificate of {hop.where} does not name {hop.host} (it "
+                          f"names {certnames.describe(names)})", hop.host, "TLS")
+    return True
+
+
+async def _starttls(config: Config, client: aiosmtplib.SMTP, where: str, host: str, tls_context: ssl.SSLContext,
+                    *, require_tls: bool, use_tls: bool) -> bool:
+    """STARTTLS when offered (and `use_tls`), the certificate verified when `require_tls`; True
+    when the session is now encrypted. Moved here whole from the transaction (MTA-STS/DANE
+    change this part)."""
+    q = config.queue
+    tls_on = False
+    if use_tls and client.supports_extension("starttls"):
+        try:
+            await client.starttls(tls_context=tls_context, server_hostname=host,
+                                  timeout=q.command_timeout)
+        except aiosmtplib.SMTPResponseException as e:
+            if require_tls:
+                raise HostFailure(451, "4.7.10", f"{where} refused STARTTLS: {_reply_text(e)}", host,
+                                  "STARTTLS") from e
+            raise _TlsHandshakeFailed(_reply_text(e)) from e
+        except ssl.SSLCertVerificationError as e:  # only the verified context checks the chain
+            raise HostFailure(451, "4.7.5", f"TLS certificate of {where} not trusted: "
+                              f"{e.verify_message or e.reason or 'verification failed'}", host, "STARTTLS") from e
+        except (ssl.SSLError, aiosmtplib.SMTPException, OSError, TimeoutError) as e:
+            raise _TlsHandshakeFailed(_why(e)) from e
+        if require_tls:
+            # RFC 7672 §3.2.3, RFC 8461 §4.2: the certificate must name the MX host.
+            names = certnames.presented_names(client.get_transport_info("peercert"))
+            if not certnames.covers(names, host):
+                await _quit(client, q.command_timeout)  # RFC 3207 §4.1: not good enough, QUIT
+                raise HostFailure(451, "4.7.5", f"TLS certificate of {where} does not name {host} (it "
+                                  f"names {certnames.describe(names)})", host, "STARTTLS")
+        tls_on = True
+        await _hello(client, where, host)  # RFC 3207 §4.2: forget what was learnt before TLS
+    elif require_tls:
+        raise HostFailure(451, "4.7.10", f"{where} does not offer STARTTLS and TLS is required", host, "STARTTLS")
+    return tls_on
+
+
+async def _auth(client: aiosmtplib.SMTP, where: str, host: str, creds: relayauth.Credentials, tls_on: bool,
+                seconds: float) -> None:
+    """AUTH PLAIN, else LOGIN (RFC 4954, RFC 4616), only inside TLS. A refusal is 4.7.0: the
+    mail waits while the operator fixes the password (a bounce of everything would be worse)."""
+    if not tls_on:  # never reached (the relay requires TLS); a password never goes out in clear
+        raise HostFailure(451, "4.7.0", f"{where}: no TLS, so no AUTH", host, "AUTH")
+    methods = set(client.server_auth_methods) if client.supports_extension("auth") else set()
+    try:
+        if "plain" in methods:
+            await client.auth_plain(creds.user, creds.password, timeout=seconds)
+        elif "login" in methods:
+            await client.auth_login(creds.user, creds.password, timeout=seconds)
+        else:
+            offered = " ".join(sorted(methods)).upper() or "none"
+            log.error("relay %s offers no AUTH PLAIN or LOGIN (offers: %s): mail through it waits", where, offered)
+            raise HostFailure(451, "4.7.0", f"{where} offers no AUTH PLAIN or LOGIN (offers: {offered})", host,
+                              "AUTH")
+    except aiosmtplib.SMTPAuthenticationError as e:
+        log.error("relay %s refused the login of %s: %s; mail through it waits (check [queue] relay_auth_file)",
+                  where, creds.user, _reply_text(e))
+        raise HostFailure(451, "4.7.0", f"{where} refused the login of {creds.user}: {_reply_text(e)}", host,
+                          "AUTH") from e
+
+
+async def _send(config: Config, conn: Connection, hop: _Hop, sender: str, recipients: list[str], message: bytes,
+                dsn: DsnRequest) -> tuple[list[DeliveryResult], _End]:
+    """MAIL, RCPT, DATA on an open connection: (results, how the connection ends): "reuse" when
+    the server is back in its initial state (the transaction ended with a final reply to the
+    message), "quit" when it should be closed politely, "drop" when its state is unknown. A failure
+    before any RCPT reply is a HostFailure (next address)."""
+    q = config.queue
+    client, host, where = conn.client, hop.host, hop.where
+    stage = "MAIL FROM"
+    try:
         smtputf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
         if smtputf8 and not client.supports_extension("smtputf8"):
             # RFC 6531 §3.2: without SMTPUTF8 the message cannot be sent to this server.
             return _all(recipients, 553, "5.6.7", f"{where} does not support SMTPUTF8, needed for a "
-                        "non-ASCII address", False, host)
+                        "non-ASCII address", False, host, stage=stage), "reuse"
         encoding = "utf-8" if smtputf8 else "ascii"
         options: list[bytes] = []
         if client.supports_extension("size"):
@@ -231,15 +451,15 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
         passes_dsn = client.supports_extension("dsn")
         if passes_dsn:
             options += _mail_dsn_params(dsn.mail)
-        stage = "MAIL FROM"
         resp = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode(encoding) + b">", *options,
                                             timeout=q.command_timeout)
         if resp.code != 250:
             if resp.code >= 500:
                 refused = DeliveryResult.from_reply("", resp.code, resp.message, host)
-                return _all(recipients, refused.code, refused.enhanced, refused.text, False, host)
+                return _all(recipients, refused.code, refused.enhanced, refused.text, False, host,
+                            stage=stage), "quit"
             raise HostFailure(resp.code, "4.0.0", f"{where} said to MAIL FROM: {resp.code} "
-                              f"{clean_text(resp.message)}", host)
+                              f"{clean_text(resp.message)}", host, stage)
         results: dict[str, DeliveryResult] = {}
         accepted: list[str] = []
         stage = "RCPT TO"
@@ -250,37 +470,37 @@ async def _transaction(config: Config, host: str, address: str, sender: str, rec
             if resp.code in (250, 251):
                 accepted.append(rcpt)
             else:
-                results[rcpt] = DeliveryResult.from_reply(rcpt, resp.code, resp.message, host)
+                results[rcpt] = dataclasses.replace(DeliveryResult.from_reply(rcpt, resp.code, resp.message, host),
+                                                    stage=stage)
         if not accepted:
-            await _quit(client, q.command_timeout)
-            return [results[r] for r in recipients]
+            return [results[r] for r in recipients], "quit"  # a MAIL is pending: QUIT ends it
         stage = "DATA"
+        end: _End = "reuse"
         try:
             resp = await client.data(_ensure_crlf_end(message), timeout=q.command_timeout)
             outcome = DeliveryResult.from_reply("", resp.code, resp.message, host)
         except aiosmtplib.SMTPDataError as e:
             outcome = DeliveryResult.from_reply("", e.code, e.message, host)
+            end = "quit"  # refused at DATA or after the message: not worth reusing
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
             outcome = DeliveryResult.temp("", f"{where} lost during DATA: {_why(e)}", code=451,
                                           enhanced="4.4.2", remote_mta=host)
+            end = "drop"
         for rcpt in accepted:
             results[rcpt] = DeliveryResult(rcpt, outcome.code, outcome.enhanced, outcome.text,
-                                           outcome.temporary, host, dsn_passed=passes_dsn)
+                                           outcome.temporary, host, dsn_passed=passes_dsn,
+                                           stage="" if outcome.delivered else stage)
         if outcome.delivered:
-            log.info("delivered to %s via %s%s: %s", ",".join(accepted), where, " (TLS)" if tls_on else "",
+            log.info("delivered to %s via %s%s%s: %s", ",".join(accepted), where, " (TLS)" if conn.tls else "",
+                     f" (connection reused, transaction {conn.transactions})" if conn.transactions > 1 else "",
                      outcome.reply)
-        await _quit(client, q.command_timeout)
-        return [results[r] for r in recipients]
+        return [results[r] for r in recipients], end
     except HostFailure:
-        raise
-    except _TlsHandshakeFailed:
         raise
     except (aiosmtplib.SMTPException, OSError, TimeoutError, UnicodeError) as e:
         if stage == "DATA":
-            return _all(recipients, 451, "4.4.2", f"{where}: {_why(e)}", True, host)
-        raise HostFailure(451, "4.4.2", f"{where} failed at {stage}: {_why(e)}", host) from e
-    finally:
-        client.close()
+            return _all(recipients, 451, "4.4.2", f"{where}: {_why(e)}", True, host, stage=stage), "drop"
+        raise HostFailure(451, "4.4.2", f"{where} failed at {stage}: {_why(e)}", host, stage) from e
 
 
 def _mail_dsn_params(mail: MailDsn) -> list[bytes]:
@@ -313,12 +533,12 @@ async def _hello(client: aiosmtplib.SMTP, where: str, host: str) -> None:
     except aiosmtplib.SMTPHeloError as e:
         first = e
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
-        raise HostFailure(451, "4.4.2", f"{where} failed at EHLO: {_why(e)}", host) from e
+        raise HostFailure(451, "4.4.2", f"{where} failed at EHLO: {_why(e)}", host, "EHLO") from e
     try:
         await client.helo()  # RFC 5321 §3.2: fall back to HELO when EHLO is refused
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as e:
         raise HostFailure(451, "4.4.2", f"{where} refused EHLO ({_reply_text(first)}) and HELO: {_why(e)}",
-                          host) from e
+                          host, "EHLO") from e
 
 
 async def _quit(client: aiosmtplib.SMTP, seconds: float) -> None:
