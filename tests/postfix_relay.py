@@ -3,10 +3,13 @@
 Everything lives under one temporary folder (config, queue, SASL database, log); nothing under /etc
 is touched (like /work/shared/peers/start-peers). Postfix listens on 127.0.0.1 with:
 - `submission_port`: STARTTLS required (smtpd_tls_security_level = encrypt), AUTH only after TLS;
-- `smtps_port`: implicit TLS (smtpd_tls_wrappermode = yes);
+- `smtps_address`:465 (127.0.0.46 by default: the queue uses implicit TLS for port 465 only):
+  implicit TLS (smtpd_tls_wrappermode = yes);
 both with Cyrus SASL over a sasldb of its own (conf/sasl/smtpd.conf: Debian's Postfix reads it from
 $config_directory/sasl) (PLAIN, LOGIN; one user) and the certificate given.
-Only authenticated clients may relay (mynetworks names no loopback address). What it accepts it
+Every listener is on a loopback address
+(master.cf names it; inet_interfaces = all only lets Postfix bind 127.0.0.46, which it does not
+see as an interface). Only authenticated clients may relay (mynetworks names no loopback address). What it accepts it
 sends on to `onward` (host, port: a tests/smtp_peer.py SmtpPeer) in clear text, with Postfix's own
 Received header, which says "with ESMTPSA" (TLS + AUTH) and names the authenticated user.
 
@@ -39,13 +42,13 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class PostfixRelay:
     def __init__(self, cert: Path, key: Path, onward: tuple[str, int], *, user: str = "relayuser",
-                 password: str = "relay-secret") -> None:
+                 password: str = "relay-secret", smtps_address: str = "127.0.0.46") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="mh-postfix-relay-"))
         os.chmod(self.dir, 0o755)  # smtpd runs as postfix: it must reach the sasldb
         self.cert, self.key, self.onward = cert, key, onward
         self.user, self.password = user, password
         self.submission_port = free_port()
-        self.smtps_port = free_port()
+        self.smtps_address, self.smtps_port = smtps_address, 465
         self.conf = self.dir / "conf"
         self.log = self.dir / "postfix.log"
 
@@ -74,7 +77,7 @@ setgid_group = postdrop
 myhostname = {HOSTNAME}
 mydomain = provider.test
 mydestination =
-inet_interfaces = 127.0.0.1
+inet_interfaces = all
 inet_protocols = ipv4
 mynetworks = 192.0.2.1/32
 relayhost = [{host}]:{port}
@@ -106,7 +109,7 @@ maillog_file = {self.log}
 """)
         (self.conf / "master.cf").write_text(f"""\
 127.0.0.1:{self.submission_port} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt
-127.0.0.1:{self.smtps_port} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes
+{self.smtps_address}:{self.smtps_port} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes
 pickup    unix  n       -       n       60      1       pickup
 tlsmgr    unix  -       -       n       1000?   1       tlsmgr
 cleanup   unix  n       -       n       -       0       cleanup
@@ -133,12 +136,15 @@ postlog   unix-dgram n  -       n       -       1       postlogd
         run = subprocess.run(["postfix", "-c", str(self.conf), "start"], stdin=subprocess.DEVNULL,
                              capture_output=True, text=True)
         if run.returncode != 0:
-            raise RuntimeError(f"postfix did not start: {run.stdout}{run.stderr}{self.log_text()}")
+            # the postfix command reports fatals to syslog only; rerun on a pty to see them (start-peers)
+            why = subprocess.run(["script", "-qc", f"postfix -c {self.conf} start", "/dev/null"],
+                                 stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
+            raise RuntimeError(f"postfix did not start: {why.strip()} {self.log_text()}")
         deadline = time.monotonic() + 10
-        for p in (self.submission_port, self.smtps_port):
+        for a, p in (("127.0.0.1", self.submission_port), (self.smtps_address, self.smtps_port)):
             while True:
                 try:
-                    socket.create_connection(("127.0.0.1", p), timeout=0.5).close()
+                    socket.create_connection((a, p), timeout=0.5).close()
                     break
                 except OSError:
                     if time.monotonic() > deadline:
