@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mailhaven import app, cleanup, doctor
+from mailhaven import app, cleanup, control, doctor
 from mailhaven.queue.manager import QueueManager
 from tests import postfix_relay
 from tests.dnsserver import DnsServer
@@ -160,7 +160,11 @@ async def test_wrong_relay_password_defers_with_4_7_0_and_bounces_nothing(
         assert (r["last"]["code"], r["last"]["enhanced"], r["last"]["temporary"]) == (451, "4.7.0", True)
         assert r["last"]["stage"] == "AUTH" and r["last"]["route"] == f"relay [{RELAY_NAME}]:{postfix.submission_port}"
         assert f"refused the login of {postfix.user}: 535 " in r["last"]["text"]
+    text = control.format_show(shown)  # what `mailhaven queue show ID` prints
+    assert f"    route:      relay [{RELAY_NAME}]:{postfix.submission_port}\n    failed at:  AUTH" in text
     messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"queue: {qid} to=<bob@far.test> deferred via {RELAY_NAME}: 451 4.7.0 ")
+               and m.endswith(f"[route relay [{RELAY_NAME}]:{postfix.submission_port}, at AUTH]") for m in messages)
     assert any(m.startswith(f"relay {RELAY_NAME}[127.0.0.1] refused the login of {postfix.user}: 535 ")
                and "check [queue] relay_auth_file" in m for m in messages)
     assert "not-the-password" not in "\n".join(messages)

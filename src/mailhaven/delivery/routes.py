@@ -97,9 +97,10 @@ def parse_hostport(text: str, default_port: int | None) -> NextHop:
     try:
         host = str(ipaddress.ip_address(host))
     except ValueError:
-        if not _HOST.fullmatch(host):
+        name = host[:-1] if host.endswith(".") else host  # a fully qualified "host.example."
+        if not _HOST.fullmatch(name):
             raise ValueError(f"not a host name or address: {host!r}") from None
-        host = host.lower().rstrip(".")
+        host = name.lower()
     return NextHop(host, port)
 
 
