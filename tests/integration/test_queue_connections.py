@@ -189,3 +189,72 @@ async def test_a_tarpit_destination_does_not_hold_back_the_others(
         await tarpit.stop()
         for p in fast:
             await p.stop()
+
+
+class Closer:
+    """Accepts one transaction per connection, then closes it without a word (as a server whose
+    idle timer fired): the pooled connection is dead when the next transaction comes."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.connections = 0
+        self.messages = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> Closer:
+        self.server = await asyncio.start_server(self._serve, self.host, self.port)
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, OSError):
+            writer.write(b"220 closer ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    writer.write(b"250-closer\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go on\r\n")
+                    while await reader.readline() not in (b".\r\n", b""):
+                        pass
+                    self.messages += 1
+                    writer.write(b"250 2.0.0 queued\r\n")
+                    await writer.drain()
+                    break  # and hang up
+                else:
+                    writer.write(b"250 ok\r\n")
+                await writer.drain()
+        writer.close()
+
+
+async def test_a_pooled_connection_the_server_closed_is_replaced_and_a_failed_one_not_reused(
+        build: Callable[..., Any], port: int) -> None:
+    from mailhaven.delivery import remote
+    from mailhaven.delivery.smtpconn import SmtpConnections
+    from mailhaven.dns.resolver import Resolver
+
+    cfg = build()
+    resolver = Resolver.from_config(cfg.dns)
+    pool = SmtpConnections()
+    closer = await Closer(HOSTS[0], port).start()
+    peer = await SmtpPeer(HOSTS[1], port).start()
+    try:
+        for i in range(3):
+            [r] = await remote.deliver(cfg, resolver, ALICE, "d0.test", [f"r{i}@d0.test"], _msg(i, "d0.test"),
+                                       pool=pool)
+            assert r.delivered and r.route == "MX"
+            await asyncio.sleep(0.05)  # the hang-up arrives
+        assert (closer.messages, closer.connections) == (3, 3)  # RSET failed each time: a new one
+        peer.script_data("451 4.3.0 try again")
+        [r] = await remote.deliver(cfg, resolver, ALICE, "d1.test", ["a@d1.test"], _msg(0, "d1.test"), pool=pool)
+        assert (r.code, r.temporary, r.stage, r.route) == (451, True, "DATA", "MX")
+        [r] = await remote.deliver(cfg, resolver, ALICE, "d1.test", ["b@d1.test"], _msg(1, "d1.test"), pool=pool)
+        [r2] = await remote.deliver(cfg, resolver, ALICE, "d1.test", ["c@d1.test"], _msg(2, "d1.test"), pool=pool)
+        assert r.delivered and r2.delivered
+        assert peer.connections == 2  # not after the refused DATA; then kept for the next one
+        await pool.close_all()
+        assert pool.open == 0
+    finally:
+        assert closer.server is not None
+        closer.server.close()
+        await peer.stop()

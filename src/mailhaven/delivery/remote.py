@@ -287,11 +287,13 @@ async def _transaction(config: Config, hop: _Hop, sender: str, recipients: list[
         elif pool is not None and end == "drop":
             pool.discard(conn)
         else:
-            if end != "drop":
-                await _quit(conn.client, q.command_timeout)
-            conn.client.close()
-            if pool is not None:
-                pool.closed(conn)
+            try:
+                if end != "drop":
+                    await _quit(conn.client, q.command_timeout)
+            finally:
+                conn.client.close()
+                if pool is not None:
+                    pool.closed(conn)
 
 
 async def _open(config: Config, hop: _Hop, key: tuple[str, str, int, str], *, use_tls: bool) -> Connection:
@@ -419,6 +421,7 @@ async def _auth(client: aiosmtplib.SMTP, where: str, host: str, creds: relayauth
             raise HostFailure(451, "4.7.0", f"{where} offers no AUTH PLAIN or LOGIN (offers: {offered})", host,
                               "AUTH")
     except aiosmtplib.SMTPAuthenticationError as e:
+        await _quit(client, seconds)
         log.error("relay %s refused the login of %s: %s; mail through it waits (check [queue] relay_auth_file)",
                   where, creds.user, _reply_text(e))
         raise HostFailure(451, "4.7.0", f"{where} refused the login of {creds.user}: {_reply_text(e)}", host,
