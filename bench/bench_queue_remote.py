@@ -7,10 +7,11 @@
 What it does, loopback only, under one temporary directory:
 - a DNS server (tests/dnsserver.py, in its own process) publishes d0.test .. d9.test, each with
   `MX 10 mx.dN.test` and `mx.dN.test A 127.0.0.(N+2)`;
-- one sink process (below, asyncio, standard library only: it counts connections and messages
-  per address, which smtp-sink cannot report) listens on 127.0.0.2 .. 127.0.0.11, one port for
-  all (queue.remote_port). The last destination (d9.test) is a tarpit: it waits SLOW_DELAY
-  seconds before every reply, the greeting included;
+- the fast destinations are Postfix's smtp-sink on 127.0.0.2 .. 127.0.0.10 (one process each, -c:
+  it reports sessions and messages), the last one (d9.test, 127.0.0.11) a tarpit: an asyncio sink
+  (below, standard library only) that waits SLOW_DELAY seconds before every reply, the greeting
+  included; one port for all (queue.remote_port). `--sink python` serves the fast ones from that
+  asyncio process too (no postfix needed; it is then the bottleneck, ~2-3 s either way);
 - MESSAGES entries (SIZE octets, one recipient each, destinations round-robin) are written to
   the spool, then a QueueManager is started with [queue] max_active / max_connections =
   --max-connections and max_per_destination = --max-per-destination;
@@ -33,8 +34,10 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -151,6 +154,63 @@ class Sinks:
         self.proc.wait(5)
 
 
+class SmtpSinks:
+    """Postfix's smtp-sink (C, event-driven: fast enough not to be what is measured) on each address,
+    with -c: it writes "sess=N quit=N mesg=N" as sessions end and messages arrive, through its own
+    buffered stream, so the counters are read once it exits: start() before a run, stats() after
+    the queue has closed its connections (it stops the sinks)."""
+
+    COUNTERS = re.compile(rb"sess=(\d+) quit=\d+ mesg=(\d+)")
+
+    def __init__(self, ips: list[str], port: int) -> None:
+        from tests.smtp_peer import SMTP_SINK
+
+        self.exe = shutil.which("smtp-sink") or SMTP_SINK
+        self.ips, self.port = ips, port
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.out: dict[str, Path] = {}
+        self.dir = Path(tempfile.mkdtemp(prefix="mh-bench-sinks-"))
+
+    def reset(self) -> None:
+        """(Re)start the sinks with their counters at zero."""
+        self.stop()
+        for ip in self.ips:
+            args = [self.exe, "-c", "-h", f"mx.{ip}"] + (["-u", "nobody"] if os.geteuid() == 0 else [])
+            self.out[ip] = self.dir / f"{ip}.out"
+            with open(self.out[ip], "wb") as f:
+                self.procs[ip] = subprocess.Popen(args + [f"{ip}:{self.port}", "512"], stdout=f,
+                                                  stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        for ip in self.ips:
+            deadline = time.monotonic() + 5
+            while True:
+                try:
+                    with socket.create_connection((ip, self.port), timeout=0.2) as c:
+                        c.sendall(b"QUIT\r\n")
+                        c.recv(100)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("smtp-sink did not start") from None
+                    time.sleep(0.02)
+
+    def stats(self) -> dict[str, list[int]]:
+        """{ip: [sessions, messages]} since reset(), less the probe session of reset(); stops the sinks."""
+        self.stop()
+        out = {}
+        for ip, path in self.out.items():
+            found = self.COUNTERS.findall(path.read_bytes())
+            sess, msg = (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+            out[ip] = [max(0, sess - 1), msg]
+        return out
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(5)
+        self.procs.clear()
+
+
 def build_config(workdir: Path, nameserver: str, port: int, max_connections: int, per_destination: int) -> Any:
     from bench_queue import build_config as base
 
@@ -167,7 +227,7 @@ def build_config(workdir: Path, nameserver: str, port: int, max_connections: int
     return from_dict(data, workdir)
 
 
-async def one_run(workdir: Path, args: argparse.Namespace, nameserver: str, port: int, sinks: Sinks,
+async def one_run(workdir: Path, args: argparse.Namespace, nameserver: str, port: int, sinks: list[Any],
                   ips: list[str]) -> tuple[float, int, int, int, float]:
     from bench_queue import make_context, message
     from tests.smtp_peer import until
@@ -189,19 +249,23 @@ async def one_run(workdir: Path, args: argparse.Namespace, nameserver: str, port
     ctx = await make_context(cfg)
     mgr = QueueManager(ctx)
     ctx.queue = mgr
-    sinks.reset()
+    for s in sinks:
+        s.reset()
     started = time.monotonic()
     cpu = time.process_time()
     task = asyncio.create_task(mgr.run())
     await until(lambda: mgr.loaded.is_set() and not any(i in mgr.entries for i in fast_ids), 900, 0.01)
     elapsed = time.monotonic() - started
     cpu = time.process_time() - cpu
-    stats = await asyncio.to_thread(sinks.stats)
-    task.cancel()
+    task.cancel()  # connections close (idle ones without QUIT): smtp-sink counts a session when it ends
     try:
         await task
     except (asyncio.CancelledError, Exception):  # noqa: BLE001 - abandoned on purpose
         pass
+    await asyncio.sleep(0.5)
+    stats: dict[str, list[int]] = {}
+    for s in sinks:
+        stats.update(await asyncio.to_thread(s.stats))
     await ctx.store.close()
     slow_ip = ips[-1]
     fast_conns = sum(v[0] for ip, v in stats.items() if ip != slow_ip)
@@ -220,7 +284,12 @@ async def bench(args: argparse.Namespace) -> None:
         records[f"mx.d{n}.test"] = ("A", ip)
     dns = DnsProcess(records)
     port = shared_port(*ips)
-    sinks = Sinks(ips, port, {ips[-1]: args.slow_delay})
+    sinks: list[Any] = []
+    if args.sink == "smtp-sink":
+        sinks.append(SmtpSinks(ips[:-1], port))  # started by one_run's reset()
+        sinks.append(Sinks(ips[-1:], port, {ips[-1]: args.slow_delay}))
+    else:
+        sinks.append(Sinks(ips, port, {ips[-1]: args.slow_delay}))
     workdir = Path(tempfile.mkdtemp(prefix="mh-bench-remote-"))
     fast = args.messages - args.messages // args.destinations
     try:
@@ -238,8 +307,12 @@ async def bench(args: argparse.Namespace) -> None:
               f"opened to them, {statistics.median(r[4] for r in rows):.2f}s CPU in the queue's process; tarpit "
               f"messages delivered by then: {statistics.median(r[3] for r in rows):.0f}")
     finally:
-        sinks.stop()
+        for s in sinks:
+            s.stop()
         dns.stop()
+        for s in sinks:
+            if isinstance(s, SmtpSinks):
+                shutil.rmtree(s.dir, ignore_errors=True)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -252,7 +325,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--max-connections", type=int, default=100)
     p.add_argument("--max-per-destination", type=int, default=20)
+    p.add_argument("--sink", choices=["smtp-sink", "python"], default="smtp-sink",
+                   help="the fast destinations: Postfix's smtp-sink, or the asyncio sink below")
     args = p.parse_args()
+    from tests.smtp_peer import SmtpSink
+
+    if args.sink == "smtp-sink" and not SmtpSink.available():
+        raise SystemExit("smtp-sink (Debian postfix) not found: install postfix or use --sink python")
     if not 2 <= args.destinations <= 200:
         raise SystemExit("--destinations: 2-200")
     words = ["python", "bench/bench_queue_remote.py"]
