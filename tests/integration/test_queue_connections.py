@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -257,4 +258,45 @@ async def test_a_pooled_connection_the_server_closed_is_replaced_and_a_failed_on
     finally:
         assert closer.server is not None
         closer.server.close()
+        await peer.stop()
+
+
+async def test_idle_connections_beyond_max_connections_are_closed_oldest_first(
+        build: Callable[..., Any], port: int) -> None:
+    from mailhaven.delivery import remote
+    from mailhaven.delivery.smtpconn import SmtpConnections
+    from mailhaven.dns.resolver import Resolver
+
+    cfg = build(max_connections=2, connection_idle_time="10s")
+    resolver = Resolver.from_config(cfg.dns)
+    pool = SmtpConnections()
+    peers = [await SmtpPeer(h, port).start() for h in HOSTS[:3]]
+    try:
+        for n in range(3):
+            [r] = await remote.deliver(cfg, resolver, ALICE, f"d{n}.test", [f"a@d{n}.test"], _msg(n, f"d{n}.test"),
+                                       pool=pool)
+            assert r.delivered
+        await until(lambda: pool.open == 2, 3)  # d0's connection went (QUIT), d1's and d2's wait
+        assert pool.idle() == 2
+        [r] = await remote.deliver(cfg, resolver, ALICE, "d2.test", ["b@d2.test"], _msg(3, "d2.test"), pool=pool)
+        assert r.delivered and [p.connections for p in peers] == [1, 1, 1]  # d2 reused its own
+        await pool.close_all()
+        assert pool.open == 0
+    finally:
+        for p in peers:
+            await p.stop()
+
+
+async def test_a_local_transport_goes_to_the_local_agent_not_to_the_mx(
+        build: Callable[..., Any], manager: Any, port: int, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    peer = await SmtpPeer(HOSTS[0], port).start()  # d0.test's MX
+    try:
+        ctx, mgr = await manager(build(transports={"d0.test": "local"}))
+        qid = await cleanup.enqueue(ctx, ALICE, ["nobody@d0.test"], _msg(0, "d0.test"))
+        await until(lambda: (s := mgr.show(qid)) is None or s["recipients"][0]["state"] != "pending", 10)
+        assert peer.connections == 0  # never its MX
+        assert any(r.getMessage() == f"queue: {qid} to=<nobody@d0.test> bounced via -: 550 5.1.1 no such user here"
+                   for r in caplog.records)  # the local agent's answer: no such user in the users file
+    finally:
         await peer.stop()
