@@ -139,7 +139,9 @@ postlog   unix-dgram n  -       n       -       1       postlogd
             # the postfix command reports fatals to syslog only; rerun on a pty to see them (start-peers)
             why = subprocess.run(["script", "-qc", f"postfix -c {self.conf} start", "/dev/null"],
                                  stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
-            raise RuntimeError(f"postfix did not start: {why.strip()} {self.log_text()}")
+            log = self.log_text()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise RuntimeError(f"postfix did not start: {why.strip()} {log}")
         deadline = time.monotonic() + 10
         for a, p in (("127.0.0.1", self.submission_port), (self.smtps_address, self.smtps_port)):
             while True:
