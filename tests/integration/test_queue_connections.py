@@ -294,7 +294,12 @@ async def test_a_local_transport_goes_to_the_local_agent_not_to_the_mx(
     try:
         ctx, mgr = await manager(build(transports={"d0.test": "local"}))
         qid = await cleanup.enqueue(ctx, ALICE, ["nobody@d0.test"], _msg(0, "d0.test"))
-        await until(lambda: (s := mgr.show(qid)) is None or s["recipients"][0]["state"] != "pending", 10)
+
+        async def settled() -> bool:
+            s = await mgr.show(qid)
+            return s is None or s["recipients"][0]["state"] != "pending"
+
+        await until(settled, 10)
         assert peer.connections == 0  # never its MX
         assert any(r.getMessage() == f"queue: {qid} to=<nobody@d0.test> bounced via -: 550 5.1.1 no such user here"
                    for r in caplog.records)  # the local agent's answer: no such user in the users file

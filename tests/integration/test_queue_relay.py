@@ -130,7 +130,8 @@ async def test_relay_over_starttls_with_auth_reaches_the_relay_and_no_mx(
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"queue: {qid} to=<bob@far.test>"))
     assert line.startswith(f"queue: {qid} to=<bob@far.test> delivered via {RELAY_NAME}: 250 ")
     assert line.endswith(f"[route relay [{RELAY_NAME}]:{postfix.submission_port}]")
-    assert "(TLS)" in "\n".join(r.getMessage() for r in caplog.records if r.getMessage().startswith("delivered to"))
+    assert f"(TLS; certificate verified: relay [{RELAY_NAME}]:{postfix.submission_port})" in "\n".join(
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("delivered to"))
 
 
 async def test_relay_on_port_465_uses_implicit_tls_with_auth(
@@ -150,8 +151,8 @@ async def test_wrong_relay_password_defers_with_4_7_0_and_bounces_nothing(
     ctx, mgr = await manager(cfg)
     qid = await cleanup.enqueue(ctx, ALICE, ["bob@far.test", "carol@far.test"], MSG)
 
-    def attempted() -> dict[str, Any] | None:
-        shown = mgr.show(qid)
+    async def attempted() -> dict[str, Any] | None:
+        shown = await mgr.show(qid)
         return shown if shown and not shown["busy"] and shown["recipients"][0]["attempts"] >= 1 else None
 
     shown = await until(attempted, 20)
@@ -181,7 +182,12 @@ async def test_relay_certificate_must_name_the_relay(
     cfg = relay_config(relay=f"other-name.provider.test:{postfix.submission_port}", relay_auth_file=str(auth))
     ctx, mgr = await manager(cfg)
     qid = await cleanup.enqueue(ctx, ALICE, ["bob@far.test"], MSG)
-    shown = await until(lambda: (s := mgr.show(qid)) and not s["busy"] and s["recipients"][0]["attempts"] and s, 20)
+
+    async def attempted() -> dict[str, Any] | None:
+        s = await mgr.show(qid)
+        return s if s and not s["busy"] and s["recipients"][0]["attempts"] else None
+
+    shown = await until(attempted, 20)
     last = shown["recipients"][0]["last"]
     assert (last["code"], last["enhanced"], last["stage"]) == (451, "4.7.5", "STARTTLS")
     assert "does not name other-name.provider.test" in last["text"]
