@@ -358,3 +358,32 @@ async def test_the_pool_keeps_an_mta_sts_testing_session_apart_from_an_opportuni
     assert (peer.connections, pool.reused_total) == (2, 0)
     assert any("MTA-STS testing policy of b.test: mx.b.test fails the policy" in m for m in caplog.messages)
     await pool.close_all()
+
+
+async def test_through_the_relay_mta_sts_does_not_apply_but_requiretls_needs_the_relay_to_offer_it(
+        make_config: Callable[..., Any], dns_nameserver: str, port: int, ca_file: Path, sts_server: PolicyServer,
+        publish: Any, mx: Any, dns_server: DnsServer) -> None:
+    """b.test's MTA-STS enforce names mx.b.test, not the relay: the policy is about the next hop
+    (remote.py), so the relay (verified TLS naming it) takes the mail. A REQUIRETLS message goes
+    only to a relay offering REQUIRETLS, else it is returned (5.7.30); the destination needs no
+    MTA-STS or DANE of its own then."""
+    publish()
+    dns_server.add("relay.test", "A", "127.0.0.3")
+    relay = await mx("relay.test", host="127.0.0.3")
+    cfg = make_config(dns={"nameservers": [dns_nameserver], "timeout": 1},
+                      queue={"remote_port": port, "connect_timeout": 2, "command_timeout": 5,
+                             "tls_ca_file": str(ca_file), "dane": False, "relay": f"relay.test:{port}"})
+    pol = policies(cfg, sts_server)
+    r = await send(cfg, pol)
+    assert r.delivered and r.route == f"relay [relay.test]:{port}", r.text
+    r = await send(cfg, pol, requiretls=True)
+    assert (r.code, r.enhanced, r.temporary, r.stage) == (550, "5.7.30", False, "MAIL FROM")
+    assert "relay.test[127.0.0.3] does not offer REQUIRETLS" in r.text
+    relay.offers_requiretls = True
+    r = await send(cfg, pol, requiretls=True)
+    assert r.delivered and relay.requiretls_seen == 1
+    # c.test publishes no policy at all: no MX lookup to secure through the relay (RFC 8689 §4.2.1)
+    [r] = await remote.deliver(cfg, pol.resolver, "alice@example.test", "c.test", ["carol@c.test"], MSG,
+                               policies=pol, requiretls=True)
+    assert r.delivered and relay.requiretls_seen == 2, r.text
+    assert [m.tls for m in relay.messages] == [True, True, True]
