@@ -313,6 +313,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
     server_context(cfg)  # the certificate and key must load together
     _check_dkim_keys(cfg)
+    if cfg.queue.relay_auth_file:
+        from mailhaven.delivery import relayauth
+
+        relayauth.load(cfg.queue.relay_auth_file, cfg.run_as_user)  # private (0600, ours) and USER:PASSWORD
     if cfg.delivery.allow_programs:
         from mailhaven.delivery.program import check_user
 

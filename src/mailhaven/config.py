@@ -194,14 +194,31 @@ class QueueConfig:
     delay_warning: float = opt(4 * 3600.0, "Send one delay warning DSN after this long (0 = never).",
                                lo=0, duration=True)
     remote_port: int = opt(25, "SMTP port of remote MX hosts (tests set another).", lo=1, hi=65535)
-    max_per_destination: int = opt(4, "Concurrent deliveries to one destination domain.", lo=1, hi=1000)
-    max_active: int = opt(100, "Concurrent deliveries in all.", lo=1, hi=100_000)
+    max_per_destination: int = opt(4, "Connections (transactions) at once to one destination: a domain, or the "
+                                   "relay or transport host it goes through. One destination never gets more than "
+                                   "four fifths of max_connections, so a slow one cannot take every slot.",
+                                   lo=1, hi=1000)
+    max_connections: int = opt(100, "Connections to remote hosts in all, idle ones included (the older name "
+                               "max_active is still read).", lo=1, hi=100_000)
+    max_messages_per_connection: int = opt(100, "Transactions sent over one connection before it is closed "
+                                           "(later ones to the same host reuse it, RSET first).", lo=1, hi=100_000)
+    connection_idle_time: float = opt(5.0, "An unused connection is closed (QUIT) after this long (0 = one "
+                                      "connection per transaction).", lo=0, hi=300, duration=True)
+    relay: str = opt("", "Send all remote mail through this smarthost, \"HOST:PORT\" or \"[HOST]:PORT\" (its A/AAAA "
+                     "records, never MX). Port 465 = implicit TLS, any other port = STARTTLS; TLS is required and "
+                     "the certificate must name HOST (system CAs or tls_ca_file). \"\" = deliver to MX hosts.")
+    relay_auth_file: str = opt("", "File with one line USER:PASSWORD for AUTH PLAIN/LOGIN at the relay (after "
+                               "TLS only); mode 0600, owned by the user running the server.", path=True)
+    transports: dict[str, str] = opt(None, "Routes for single domains, [queue.transports] \"DOMAIN\" = "
+                                     "\"smtp:HOST\" | \"smtp:[HOST]:PORT\" (that host's A/AAAA, no MX, port 25 unless "
+                                     "given) | \"relay\" | \"mx\" (the domain's MX even with a relay) | \"local\" "
+                                     "(the local delivery agent).", factory=dict)
     connect_timeout: float = opt(30.0, "Connect and greeting timeout for remote SMTP.", lo=1, duration=True)
     command_timeout: float = opt(300.0, "Timeout for each remote SMTP command.", lo=1, duration=True)
     require_tls_domains: list[str] = opt(None, "Destination domains that must be reached over STARTTLS "
                                          "with a verified certificate for the MX host name.", factory=list)
-    tls_ca_file: str = opt("", "PEM CA certificates trusted for require_tls_domains instead of the system "
-                           "trust store (\"\" = the system store).", path=True)
+    tls_ca_file: str = opt("", "PEM CA certificates trusted for require_tls_domains, MTA-STS, REQUIRETLS and "
+                           "the relay instead of the system trust store (\"\" = the system store).", path=True)
     mta_sts: bool = opt(True, "Honour destination domains' MTA-STS policies (RFC 8461): fetched over HTTPS, "
                         "cached in data_dir/mta-sts.json; enforce = verified TLS to the listed MX hosts only.")
     dane: bool = opt(True, "Honour DANE TLSA records (RFC 7672) of MX hosts, when the DNS answers are "
@@ -210,6 +227,11 @@ class QueueConfig:
     lease: float = opt(120.0, "With [storage] backend = \"postgresql\": how long an entry a node claimed stays "
                        "its own without renewal (renewed every third of it); a node that dies holds its "
                        "entries this long before another node delivers them.", lo=3, hi=86400, duration=True)
+
+    @property
+    def max_active(self) -> int:
+        """The older name of max_connections."""
+        return self.max_connections
 
 
 @dataclass(frozen=True)
@@ -599,6 +621,13 @@ def _build(data: dict[str, Any], base: Path, source: str) -> Config:
 def _build_checked(data: dict[str, Any], base: Path, source: str) -> Config:
     loader = _Loader(base)
     data = dict(data)
+    queue_raw = data.get("queue")
+    if isinstance(queue_raw, dict) and "max_active" in queue_raw:  # the older name of max_connections
+        if "max_connections" in queue_raw:
+            loader.fail("queue.max_active", "give max_connections or its older name max_active, not both")
+        queue_raw = dict(queue_raw)
+        queue_raw["max_connections"] = queue_raw.pop("max_active")
+        data["queue"] = queue_raw
     listeners_raw = data.pop("listeners", {})
     domains_raw = data.pop("domains", {})
     cfg: Config = loader.table("", Config, data)
@@ -673,6 +702,7 @@ def _check(cfg: Config) -> None:
                 raise ConfigError(f"domains.{_key(dname)}.{key}: file not found: {p}")
         if dom.catch_all and "@" not in dom.catch_all:
             raise ConfigError(f"domains.{_key(dname)}.catch_all: expected an address, got {_describe(dom.catch_all)}")
+    _check_routes(cfg.queue)
     if not cfg.queue.retry_schedule:
         raise ConfigError("queue.retry_schedule: expected at least one delay")
     for i, ns in enumerate(cfg.dns.nameservers):
@@ -695,6 +725,31 @@ def _check(cfg: Config) -> None:
     if cfg.metrics.address and not _valid_hostport(cfg.metrics.address):
         raise ConfigError(f"metrics.address: expected \"IP:PORT\", got {_describe(cfg.metrics.address)}")
     _check_storage(cfg.storage)
+
+
+def _check_routes(q: QueueConfig) -> None:
+    """[queue] relay and [queue.transports] parse (delivery/routes.py owns their syntax)."""
+    from mailhaven.delivery import routes
+
+    if q.relay:
+        try:
+            routes.parse_hostport(q.relay, None)
+        except ValueError as e:
+            raise ConfigError(f"queue.relay: {e}; expected \"HOST:PORT\" or \"[HOST]:PORT\", got "
+                              f"{_describe(q.relay)}") from None
+    if q.relay_auth_file and not q.relay:
+        raise ConfigError("queue.relay_auth_file: only used with queue.relay")
+    for name, value in q.transports.items():
+        where = f"queue.transports.{_key(name)}"
+        dname = name.lower().rstrip(".")
+        if not re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+", dname):
+            raise ConfigError(f"{where}: not a valid domain name")
+        try:
+            kind, _ = routes.parse_transport(value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}, got {_describe(value)}") from None
+        if kind == "relay" and not q.relay:
+            raise ConfigError(f"{where}: \"relay\" needs queue.relay")
 
 
 def _check_storage(storage: StorageConfig) -> None:

@@ -355,6 +355,10 @@ def format_show(e: dict[str, Any], now: float | None = None) -> str:
             reply = f"{last.get('code', '')} {last.get('enhanced', '')} {last.get('text', '')}".strip()
             by = f"  (from {last['remote_mta']})" if last.get("remote_mta") else ""
             lines.append(f"    last reply: {_shown(reply, 600)}{_shown(by)}")
+            if last.get("route"):  # which next hop was chosen and why (delivery/routes.py)
+                lines.append(f"    route:      {_shown(last['route'])}")
+            if last.get("stage") and r.get("state") != "delivered":
+                lines.append(f"    failed at:  {_shown(last['stage'])}")
         else:
             lines.append("    last reply: (none yet)")
     return "\n".join(lines)

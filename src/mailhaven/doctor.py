@@ -268,6 +268,8 @@ def check_files(cfg: Config) -> list[Finding]:
                              f"chmod 700 {data}"))
         else:
             out.append(_ok(topic, f"data_dir {data}: owner {owner}, mode {stat.S_IMODE(st.st_mode):04o}"))
+    if cfg.queue.relay_auth_file:
+        out.append(_relay_auth_finding(cfg))
     for what, path in _secret_files(cfg):
         try:
             st = os.stat(path)
@@ -283,6 +285,21 @@ def check_files(cfg: Config) -> list[Finding]:
         else:
             out.append(_ok(topic, f"{what} {path}: mode {mode:04o}, owner {_owner(st.st_uid)}"))
     return out
+
+
+def _relay_auth_finding(cfg: Config) -> Finding:
+    """[queue] relay_auth_file: private (mode 0600, owned by the user running the server) and one
+    USER:PASSWORD line (delivery/relayauth.py, which delivery applies too)."""
+    from mailhaven.delivery import relayauth
+
+    path = cfg.queue.relay_auth_file
+    try:
+        creds = relayauth.load(path, cfg.run_as_user)
+    except ConfigError as e:
+        owner = cfg.run_as_user or _owner(os.geteuid())
+        return _fail("files", f"{e}; mail through the relay waits (4.7.0) until this is fixed",
+                     f"chown {owner} {path} && chmod 600 {path}")
+    return _ok("files", f"queue.relay_auth_file {path}: mode 0600, login {creds.user}")
 
 
 def _owner(uid: int) -> str:

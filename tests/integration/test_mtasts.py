@@ -285,3 +285,105 @@ async def test_concurrent_deliveries_share_one_policy_fetch(cfg: Any, sts_server
     results = await asyncio.gather(*(send(cfg, pol) for _ in range(3)))
     assert all(r.delivered for r in results)
     assert sts_server.requests == 1
+
+
+async def test_the_pool_never_reuses_an_opportunistic_connection_for_an_enforce_destination(
+        cfg: Any, sts_server: PolicyServer, publish: Any, mx: Any, dns_server: DnsServer) -> None:
+    """a.test (no policy) and b.test (MTA-STS enforce) share one MX host and address. A connection
+    opened for a.test (TLS, certificate not checked) must not carry b.test's mail: the key names
+    the TLS requirement (remote._Hop.key, tlspolicy.HostPlan.requirement)."""
+    from mailhaven.delivery.smtpconn import SmtpConnections
+
+    publish()
+    dns_server.add("a.test", "MX", "10 mx.b.test.")
+    peer = await mx("other.test")  # a certificate that does not name mx.b.test
+    pol, pool = policies(cfg, sts_server), SmtpConnections()
+    [r] = await remote.deliver(cfg, pol.resolver, "alice@example.test", "a.test", ["ann@a.test"], MSG,
+                               policies=pol, pool=pool)
+    assert r.delivered and pool.idle() == 1  # opportunistic: delivered, the connection kept
+    [r] = await remote.deliver(cfg, pol.resolver, "alice@example.test", "b.test", ["bob@b.test"], MSG,
+                               policies=pol, pool=pool)
+    assert (r.code, r.enhanced, r.temporary, r.stage) == (451, "4.7.5", True, "STARTTLS")
+    assert "does not name mx.b.test" in r.text and "policy: MTA-STS enforce" in r.text
+    assert [m.rcpt_tos for m in peer.messages] == [["ann@a.test"]]
+    assert (peer.connections, pool.reused_total) == (2, 0)
+    await pool.close_all()
+
+
+async def test_the_pool_reuses_connections_per_policy_and_a_pooled_one_honours_requiretls(
+        cfg: Any, sts_server: PolicyServer, publish: Any, mx: Any, dns_server: DnsServer) -> None:
+    """Same MX host for a.test (opportunistic) and b.test (enforce, certificate naming the MX):
+    one connection per policy, each reused by its own; REQUIRETLS is decided per message on a
+    pooled connection (the hop's EHLO after TLS), and passed in MAIL."""
+    from mailhaven.delivery.smtpconn import SmtpConnections
+
+    publish()
+    dns_server.add("a.test", "MX", "10 mx.b.test.")
+    peer = await mx("mx.b.test")
+    peer.offers_requiretls = True
+    pol, pool = policies(cfg, sts_server), SmtpConnections()
+
+    async def to(domain: str, **kw: Any) -> Any:
+        [r] = await remote.deliver(cfg, pol.resolver, "alice@example.test", domain, [f"x@{domain}"], MSG,
+                                   policies=pol, pool=pool, **kw)
+        return r
+
+    assert (await to("a.test")).delivered and (await to("b.test")).delivered
+    assert peer.connections == 2 and pool.idle() == 2
+    assert (await to("b.test", requiretls=True)).delivered and (await to("a.test")).delivered
+    assert (peer.connections, pool.reused_total, peer.requiretls_seen) == (2, 2, 1)
+    r = await to("a.test", requiretls=True)  # no policy for a.test: returned before any connection
+    assert (r.code, r.enhanced, r.temporary) == (550, "5.7.10", False)
+    assert [m.tls for m in peer.messages] == [True] * 4 and peer.connections == 2
+    await pool.close_all()
+
+
+async def test_the_pool_keeps_an_mta_sts_testing_session_apart_from_an_opportunistic_one(
+        cfg: Any, sts_server: PolicyServer, publish: Any, mx: Any, dns_server: DnsServer,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Both deliver whatever the certificate, but a testing policy's session is checked (and the
+    failure logged and reported, RFC 8461 §5): an unchecked opportunistic one must not stand in."""
+    from mailhaven.delivery.smtpconn import SmtpConnections
+
+    sts_server.text = policy("testing", "mx.b.test")
+    publish()
+    dns_server.add("a.test", "MX", "10 mx.b.test.")
+    peer = await mx("other.test")
+    pol, pool = policies(cfg, sts_server), SmtpConnections()
+    caplog.set_level(logging.INFO)
+    for domain in ("a.test", "b.test"):
+        [r] = await remote.deliver(cfg, pol.resolver, "alice@example.test", domain, [f"x@{domain}"], MSG,
+                                   policies=pol, pool=pool)
+        assert r.delivered, r.text
+    assert (peer.connections, pool.reused_total) == (2, 0)
+    assert any("MTA-STS testing policy of b.test: mx.b.test fails the policy" in m for m in caplog.messages)
+    await pool.close_all()
+
+
+async def test_through_the_relay_mta_sts_does_not_apply_but_requiretls_needs_the_relay_to_offer_it(
+        make_config: Callable[..., Any], dns_nameserver: str, port: int, ca_file: Path, sts_server: PolicyServer,
+        publish: Any, mx: Any, dns_server: DnsServer) -> None:
+    """b.test's MTA-STS enforce names mx.b.test, not the relay: the policy is about the next hop
+    (remote.py), so the relay (verified TLS naming it) takes the mail. A REQUIRETLS message goes
+    only to a relay offering REQUIRETLS, else it is returned (5.7.30); the destination needs no
+    MTA-STS or DANE of its own then."""
+    publish()
+    dns_server.add("relay.test", "A", "127.0.0.3")
+    relay = await mx("relay.test", host="127.0.0.3")
+    cfg = make_config(dns={"nameservers": [dns_nameserver], "timeout": 1},
+                      queue={"remote_port": port, "connect_timeout": 2, "command_timeout": 5,
+                             "tls_ca_file": str(ca_file), "dane": False, "relay": f"relay.test:{port}"})
+    pol = policies(cfg, sts_server)
+    r = await send(cfg, pol)
+    assert r.delivered and r.route == f"relay [relay.test]:{port}", r.text
+    r = await send(cfg, pol, requiretls=True)
+    assert (r.code, r.enhanced, r.temporary, r.stage) == (550, "5.7.30", False, "MAIL FROM")
+    assert "relay.test[127.0.0.3] does not offer REQUIRETLS" in r.text
+    relay.offers_requiretls = True
+    r = await send(cfg, pol, requiretls=True)
+    assert r.delivered and relay.requiretls_seen == 1
+    # c.test publishes no policy at all: no MX lookup to secure through the relay (RFC 8689 §4.2.1)
+    [r] = await remote.deliver(cfg, pol.resolver, "alice@example.test", "c.test", ["carol@c.test"], MSG,
+                               policies=pol, requiretls=True)
+    assert r.delivered and relay.requiretls_seen == 2, r.text
+    assert [m.tls for m in relay.messages] == [True, True, True]

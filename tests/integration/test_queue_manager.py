@@ -402,9 +402,10 @@ async def test_one_log_line_per_recipient_and_attempt_with_result_and_remote_rep
     lines = _attempt_lines(caplog, qid)
     # Attempt 1: both recipients in one transaction; attempt 2: only the one still pending.
     assert sorted(lines[:2]) == sorted([
-        f"queue: {qid} to=<bob@b.test> deferred via mx.b.test: 451 4.7.1 greylisted, come back later",
-        f"queue: {qid} to=<gone@b.test> bounced via mx.b.test: 550 5.1.1 no such user here"])
-    assert lines[2:] == [f"queue: {qid} to=<bob@b.test> delivered via mx.b.test: 250 2.0.0 queued"]
+        f"queue: {qid} to=<bob@b.test> deferred via mx.b.test: 451 4.7.1 greylisted, come back later "
+        "[route MX, at RCPT TO]",
+        f"queue: {qid} to=<gone@b.test> bounced via mx.b.test: 550 5.1.1 no such user here [route MX, at RCPT TO]"])
+    assert lines[2:] == [f"queue: {qid} to=<bob@b.test> delivered via mx.b.test: 250 2.0.0 queued [route MX]"]
     assert not any("Hi Bob." in r.getMessage() for r in caplog.records)  # never the message body
 
 

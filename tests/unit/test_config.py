@@ -28,7 +28,7 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         if prefix in ("listeners.", "domains."):
             key = "*"
         path = prefix + key
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:  # an empty table ([queue] transports = {}) is a key
             out.update(_flatten(value, path + "."))
         else:
             out[path] = value

@@ -46,6 +46,8 @@ class DeliveryResult:
     remote_mta: str = ""  # host name (or address) that gave the reply; "" for local/internal
     # Delivered to a next hop that took the DSN request (RFC 3461) over: it reports from now on.
     dsn_passed: bool = False
+    route: str = ""  # how the next hop was chosen: "MX", "relay [HOST]:PORT", "transport [HOST]:PORT" (routes.py)
+    stage: str = ""  # where a failed attempt stopped: "connect", "EHLO", "STARTTLS", "AUTH", "RCPT TO", "DATA"...
 
     @property
     def delivered(self) -> bool:
@@ -95,13 +97,19 @@ class DeliveryResult:
                         remote_mta=remote_mta)
 
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "enhanced": self.enhanced, "text": self.text,
-                "temporary": self.temporary, "remote_mta": self.remote_mta}
+        out: dict[str, Any] = {"code": self.code, "enhanced": self.enhanced, "text": self.text,
+                               "temporary": self.temporary, "remote_mta": self.remote_mta}
+        if self.route:
+            out["route"] = self.route
+        if self.stage:
+            out["stage"] = self.stage
+        return out
 
     @classmethod
     def from_json(cls, recipient: str, data: dict[str, Any]) -> DeliveryResult:
         return cls(recipient, int(data["code"]), str(data["enhanced"]), str(data["text"]),
-                   bool(data["temporary"]), str(data.get("remote_mta", "")))
+                   bool(data["temporary"]), str(data.get("remote_mta", "")),
+                   route=str(data.get("route", "")), stage=str(data.get("stage", "")))
 
 
 __all__ = ["DeliveryResult", "split_enhanced", "clean_text"]

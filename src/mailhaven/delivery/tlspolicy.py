@@ -14,6 +14,14 @@ Owns, combining the sources like Postfix's security levels (may / verify / dane)
   testing, then treated as enforce) or DANE, verified, to a next hop offering REQUIRETLS;
 - `TLS-Required: No` (RFC 8689 §4.3, only without REQUIRETLS): MTA-STS and DANE failures are ignored
   for that message (TLS is still used when offered); local require_tls_domains still apply;
+- a configured next hop (delivery/routes.py: the relay, a [queue.transports] host; `hop_plan`): the
+  policy is about that hop, not the destination's MX (as Postfix's): the domain's MTA-STS and DANE
+  do not apply; the relay always needs verified TLS naming it; a transport host needs it when
+  require_tls_domains lists the domain or the message has REQUIRETLS (no MX lookup, so RFC 8689
+  §4.2.1's secure-MX rule is met by the configured name, verified);
+- what a finished session was checked for (`HostPlan.requirement`), the part of a pooled
+  connection's key (delivery/smtpconn.py) that keeps a session opened under a weaker policy from
+  being reused under a stricter one;
 - the words for the log and the recipient's result: which policy applied and why a host was refused.
 Does not own: the SMTP dialogue and the handshake (delivery/remote.py), fetching policies
 (delivery/mtasts.py), TLSA matching (delivery/dane.py).
@@ -21,6 +29,7 @@ Does not own: the SMTP dialogue and the handshake (delivery/remote.py), fetching
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import ssl
@@ -64,6 +73,22 @@ class HostPlan:
         """Whether the handshake itself checks the chain (the verifying context)."""
         return self.level == "verify" and not self.report_only
 
+    @property
+    def requirement(self) -> str:
+        """What a session opened under this plan was checked for, as a connection pool key part
+        (delivery/smtpconn.py): two plans give the same string only when a session good for one is
+        good for the other. "may" (nothing checked), "verify:NAMES" (chain verified, a name
+        checked: require_tls_domains, MTA-STS enforce, REQUIRETLS, the relay), "verify-testing:NAMES"
+        (MTA-STS testing: checked, used either way), "dane:NAMES:DIGEST" (matched against this
+        TLSA set)."""
+        if self.level == "may":
+            return "may"
+        names = ",".join(self.names)
+        if self.level == "dane":
+            rrset = "\n".join(sorted(f"{r.usage} {r.selector} {r.mtype} {r.data.hex()}" for r in self.tlsa))
+            return f"dane:{names}:{hashlib.sha256(rrset.encode()).hexdigest()[:16]}"
+        return f"{'verify-testing' if self.report_only else 'verify'}:{names}"
+
 
 @dataclass
 class DomainPlan:
@@ -76,6 +101,8 @@ class DomainPlan:
     dane_enabled: bool = False
     resolver: Any = None
     recorder: tlsrpt.Recorder | None = None  # [reports] tls: outcomes for TLS-RPT
+    via: str = ""  # a configured next hop ("relay [HOST]:PORT", "transport ..."): not the domain's MX
+    via_tls: bool = False  # that hop needs verified TLS naming it, always (the relay)
 
     def _policy_of(self, plan: HostPlan | None) -> tuple[str, tuple[str, ...]] | None:
         """RFC 8460 §4.4 policy type and strings of what applied to a host (None: nothing to report)."""
@@ -117,6 +144,8 @@ class DomainPlan:
             parts.append("require_tls_domains")
         if self.requiretls:
             parts.append("REQUIRETLS")
+        if self.via:
+            parts.append(self.via)
         return ", ".join(parts) or "no TLS policy"
 
     def allowed(self, hosts: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -137,6 +166,8 @@ class DomainPlan:
         """RFC 8689 §4.2.1: why a REQUIRETLS message cannot go to this domain at all, or None."""
         if not self.requiretls:
             return None
+        if self.via:  # no MX lookup to secure: verified TLS to the configured name (host()) instead
+            return None
         if self.sts_mode in ("enforce", "testing") or self.mx_secure:
             return None
         return f"{self.domain} publishes neither an MTA-STS policy nor DNSSEC-signed MX records (DANE)"
@@ -145,6 +176,8 @@ class DomainPlan:
         """The requirement for one MX host. Raises DnsTempError when the TLSA lookup fails
         temporarily for a host that must be checked (RFC 7672 §2.2: then the host is not used)."""
         names = (host,)
+        if self.via_tls:
+            return HostPlan(host, "verify", True, self.via, names=names)
         if self.dane_enabled and self.mx_secure and not self.tls_optional and self.resolver is not None:
             records, secure = await dane.lookup(self.resolver, host)
             if secure and records:
@@ -327,6 +360,16 @@ class TlsPolicies:
             await self.sts.close()
 
 
+def hop_plan(config: Config, domain: str, via: str, *, tls: bool, requiretls: bool = False) -> DomainPlan:
+    """For a configured next hop (`via`, routes.Route.text), not the domain's MX: the domain's
+    MTA-STS and DANE do not apply (they name its MX hosts); `tls`: the hop needs verified TLS
+    naming it (the relay); require_tls_domains and REQUIRETLS ask the same of any hop."""
+    from mailhaven.delivery.remote import requires_tls
+
+    return DomainPlan(domain.lower().rstrip("."), forced=requires_tls(config, domain), requiretls=requiretls,
+                      via=via, via_tls=tls)
+
+
 def static_plan(config: Config, domain: str) -> DomainPlan:
     """Without TlsPolicies (no MTA-STS, no DANE): only queue.require_tls_domains."""
     from mailhaven.delivery.remote import requires_tls
@@ -334,4 +377,4 @@ def static_plan(config: Config, domain: str) -> DomainPlan:
     return DomainPlan(domain.lower().rstrip("."), forced=requires_tls(config, domain))
 
 
-__all__ = ["TlsPolicies", "DomainPlan", "HostPlan", "PkixVerifier", "static_plan", "tls_required_no"]
+__all__ = ["TlsPolicies", "DomainPlan", "HostPlan", "PkixVerifier", "hop_plan", "static_plan", "tls_required_no"]

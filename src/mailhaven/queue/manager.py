@@ -1,10 +1,13 @@
 """The queue worker: schedules, delivers, records, retries, bounces.
 
 Owns: the in-memory view of the spool (loaded at start: a restart resumes every entry), the timer
-heap of next attempts, the active window (`queue.max_active` transactions in all, at most
-`queue.max_per_destination` per destination domain, served round-robin so one slow domain cannot
-starve the others), one transaction per destination domain carrying all of an entry's recipients
-there, recording every recipient's result durably (spool.save) before moving on, backoff
+heap of next attempts, the active window (`queue.max_connections` transactions in all, at most
+`queue.max_per_destination` per destination, and never more than four fifths of all slots for one
+destination, served round-robin so one slow or tarpitting destination cannot starve the others; a
+destination is the recipient domain, or the relay or transport host it is routed to, as in
+Postfix's qmgr), the connection pool those transactions share (delivery/smtpconn.py: one per
+manager, so consecutive entries to the same host reuse a connection), one transaction per
+recipient domain carrying all of an entry's recipients there, recording every recipient's result durably (spool.save) before moving on, backoff
 (queue/schedule.py), bounces and the one delay warning (message/dsn.py through cleanup.enqueue,
 from the null sender), and removing finished entries.
 Does not own: the disk format (queue/spool.py), SMTP (delivery/remote.py), headers and signing
@@ -66,9 +69,10 @@ from typing import Any
 
 from mailhaven import metrics, seams
 from mailhaven.auth.users import program_argv
-from mailhaven.delivery import local, program, remote, tlspolicy
+from mailhaven.delivery import local, program, remote, routes, tlspolicy
 from mailhaven.delivery.reports import queue_report
 from mailhaven.delivery.result import DeliveryResult
+from mailhaven.delivery.smtpconn import SmtpConnections
 from mailhaven.errors import ConfigError, DatabaseError, MailError
 from mailhaven.message import dsn
 from mailhaven.message import headers as msgheaders
@@ -112,6 +116,11 @@ class _Job:
     round: _Round
     domain: str
     recipients: list[Recipient]
+    route: routes.Route | None = None  # None: programs, or a domain of ours
+    dest: str = ""  # what concurrency is counted by: the route's next hop, else the domain
+
+    def __post_init__(self) -> None:
+        self.dest = (self.route.destination if self.route is not None else "") or self.domain
 
 
 @contextlib.contextmanager
@@ -201,9 +210,10 @@ class QueueManager:
         self._load_lock = asyncio.Lock()
         self.loaded = asyncio.Event()
         self.load_seconds: float | None = None
-        self._jobs: dict[str, deque[_Job]] = {}  # domain -> jobs waiting for a slot
+        self._jobs: dict[str, deque[_Job]] = {}  # destination -> jobs waiting for a slot
         self._active = 0
-        self._domain_active: dict[str, int] = {}
+        self._domain_active: dict[str, int] = {}  # destination -> transactions running
+        self.connections = SmtpConnections()
         self._tg: asyncio.TaskGroup | None = None
         self._tls: Any = None
         self._verified: tuple[Any, Any] | None = None  # (the Config it was built from, its verifying context)
@@ -254,6 +264,14 @@ class QueueManager:
                 await renewer
 
     async def _run(self) -> None:
+        try:
+            await self._run_jobs()
+        except BaseException:
+            self.connections.abort_all()  # cancelled: no QUITs, the process is going away
+            raise
+        await self.connections.close_all()
+
+    async def _run_jobs(self) -> None:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             scanner = tg.create_task(self._scan_partitions(), name="queue partitions") if self.spool.partitions else None
@@ -330,7 +348,7 @@ class QueueManager:
             self._claim_now.clear()
 
     async def _claim_once(self, spool: ClaimingSpool) -> None:
-        room = self.ctx.config.queue.max_active - len(self.entries)  # hold no more than we can start
+        room = self.ctx.config.queue.max_connections - len(self.entries)  # hold no more than we can start
         if room <= 0:
             return
         try:
@@ -530,25 +548,40 @@ class QueueManager:
             tg.create_task(self._finish_safely(rnd))
             return
         for domain, rcpts in jobs:
-            self._jobs.setdefault(domain, deque()).append(_Job(rnd, domain, rcpts))
+            job = _Job(rnd, domain, rcpts, self._route(domain))
+            self._jobs.setdefault(job.dest, deque()).append(job)
+
+    def _route(self, domain: str) -> routes.Route | None:
+        """The route of a remote domain (routes.route_for); None for programs and our own domains."""
+        cfg = self.ctx.config
+        if domain == PROGRAMS or cfg.is_local_domain(domain):
+            return None
+        try:
+            return routes.route_for(domain, relay=cfg.queue.relay, transports=cfg.queue.transports)
+        except ValueError as e:  # config.py validated both: only a broken reload gets here
+            log.error("queue: no route for %s (%s): delivering to its MX", domain, e)
+            return routes.Route("mx", f"MX of {domain}")
 
     def _start_jobs(self, tg: asyncio.TaskGroup) -> None:
         q = self.ctx.config.queue
+        # One destination never holds more than 4/5 of the slots (Postfix: 20 of 100 by default),
+        # so a tarpit with a large max_per_destination still leaves room for the others.
+        per_dest = min(q.max_per_destination, max(1, q.max_connections * 4 // 5))
         progress = True
-        while progress and self._jobs and self._active < q.max_active:
+        while progress and self._jobs and self._active < q.max_connections:
             progress = False
-            for domain in list(self._jobs):  # round-robin over destinations
-                if self._active >= q.max_active:
+            for dest in list(self._jobs):  # round-robin over destinations
+                if self._active >= q.max_connections:
                     break
-                if self._domain_active.get(domain, 0) >= q.max_per_destination:
+                if self._domain_active.get(dest, 0) >= per_dest:
                     continue
-                jobs = self._jobs[domain]
+                jobs = self._jobs[dest]
                 job = jobs.popleft()
                 if not jobs:
-                    del self._jobs[domain]
+                    del self._jobs[dest]
                 self._active += 1
-                self._domain_active[domain] = self._domain_active.get(domain, 0) + 1
-                tg.create_task(self._run_job(job), name=f"deliver {job.round.entry.id} {domain}")
+                self._domain_active[dest] = self._domain_active.get(dest, 0) + 1
+                tg.create_task(self._run_job(job), name=f"deliver {job.round.entry.id} {job.domain}")
                 progress = True
 
     # -- one transaction ------------------------------------------------------------------------------
@@ -562,21 +595,21 @@ class QueueManager:
                 if job.domain == PROGRAMS:
                     results = [await self._deliver_program(entry, r, message) for r in job.recipients]
                 else:
-                    results = await self._deliver(entry, job.domain, addrs, message)
+                    results = await self._deliver(entry, job.domain, addrs, message, job.route)
             except Exception as e:  # noqa: BLE001 - STYLE rule 5: unknown failures are temporary
                 log.exception("queue: delivery of %s to %s failed unexpectedly", entry.id, job.domain)
                 results = [DeliveryResult.from_error(a, e) for a in addrs]
-            kind = "local" if job.domain == PROGRAMS or self.ctx.config.is_local_domain(job.domain) else "remote"
+            kind = "local" if job.route is None or job.route.kind == "local" else "remote"
             await self._record(entry, job.recipients, results, last=job.round.remaining == 1, kind=kind)
         except Exception:  # noqa: BLE001 - the worker must survive anything one entry does
             log.exception("queue: recording results of %s failed", entry.id)
         finally:
             self._active -= 1
-            left = self._domain_active.get(job.domain, 1) - 1
+            left = self._domain_active.get(job.dest, 1) - 1
             if left > 0:
-                self._domain_active[job.domain] = left
+                self._domain_active[job.dest] = left
             else:
-                self._domain_active.pop(job.domain, None)
+                self._domain_active.pop(job.dest, None)
             job.round.remaining -= 1
             task = asyncio.current_task()
             # Cancelled (run() cancelled: the process stops or dies): the round is abandoned
@@ -585,32 +618,32 @@ class QueueManager:
                 await self._finish_safely(job.round)
             self.wake()
 
-    async def _deliver(self, entry: Entry, domain: str, addrs: list[str], message: bytes) -> list[DeliveryResult]:
+    async def _deliver(self, entry: Entry, domain: str, addrs: list[str], message: bytes,
+                       route: routes.Route | None = None) -> list[DeliveryResult]:
         ctx = self.ctx
-        if ctx.config.is_local_domain(domain):
+        if route is None and not ctx.config.is_local_domain(domain):
+            route = self._route(domain)
+        if route is None or route.kind == "local":  # ours, or [queue.transports] "local"
             agent = local.agent_of(ctx)  # per recipient: one user's failure does not fail the others
             resolved = [agent.resolve(a) for a in addrs]
             results = await agent.deliver(resolved, message, sender=entry.sender)
             if any(r.programs for r in resolved):
                 results = await self._local_programs(entry, resolved, results, message)
             return results
-        from mailhaven.tls import client_context, mx_verify_context
+        from mailhaven.tls import client_context
 
         if self._tls is None:
             self._tls = client_context(verify=False)
-        verified = None
-        if remote.requires_tls(ctx.config, domain):
-            if self._verified is None or self._verified[0] is not ctx.config:  # SIGHUP reads the CAs again
-                try:
-                    self._verified = (ctx.config, mx_verify_context(ctx.config.queue.tls_ca_file))
-                except ConfigError:
-                    self._verified = None  # remote.deliver says why, in the log and in the result
-            verified = self._verified[1] if self._verified is not None else None
+        # The relay and require_tls_domains always verify; MTA-STS, DANE and REQUIRETLS ask
+        # TlsPolicies for the same context when their plan needs it (remote.py).
+        verified = self._verified_context() \
+            if route.kind == "relay" or remote.requires_tls(ctx.config, domain) else None
         request = dsn.DsnRequest(entry.dsn, {r.address: r.dsn for r in entry.recipients})
         return await remote.deliver(ctx.config, ctx.resolver, entry.sender, domain, addrs, message,
                                     tls_context=self._tls, verified_context=verified, dsn=request,
                                     policies=self._tls_policies(), requiretls=entry.dsn.requiretls,
-                                    tls_optional=tlspolicy.tls_required_no(message))
+                                    tls_optional=tlspolicy.tls_required_no(message), route=route,
+                                    pool=self.connections)
 
     def _tls_policies(self) -> tlspolicy.TlsPolicies:
         """MTA-STS and DANE for remote delivery; rebuilt when a reload brought a new config or
@@ -620,6 +653,19 @@ class QueueManager:
         if p is None or p.config is not ctx.config or p.resolver is not ctx.resolver:
             p = self._policies = tlspolicy.TlsPolicies(ctx.config, ctx.resolver)
         return p
+
+    def _verified_context(self) -> Any:
+        """tls.mx_verify_context for the current config (SIGHUP reads the CAs again); None when it
+        cannot be built (remote.deliver then says why, in the log and in the result)."""
+        from mailhaven.tls import mx_verify_context
+
+        ctx = self.ctx
+        if self._verified is None or self._verified[0] is not ctx.config:
+            try:
+                self._verified = (ctx.config, mx_verify_context(ctx.config.queue.tls_ca_file))
+            except ConfigError:
+                self._verified = None
+        return self._verified[1] if self._verified is not None else None
 
     async def _local_programs(self, entry: Entry, resolved: list[seams.Recipient], results: list[DeliveryResult],
                               message: bytes) -> list[DeliveryResult]:
@@ -687,8 +733,10 @@ class QueueManager:
                 what = "bounced"
             else:
                 what = "deferred"
-            log.info("queue: %s to=<%s> %s via %s: %s", entry.id, r.address, what, res.remote_mta or "-",
-                     res.reply)
+            how = f" [route {res.route}{', at ' + res.stage if res.stage and not res.delivered else ''}]" \
+                if res.route else ""  # which next hop (delivery/routes.py), where a failure stopped
+            log.info("queue: %s to=<%s> %s via %s: %s%s", entry.id, r.address, what, res.remote_mta or "-",
+                     res.reply, how)
             metrics.of(self.ctx).delivery_result(kind, what)  # one per recipient per attempt
         finished = last and entry.done() and not any(_owed_notice(entry, r) for r in entry.recipients)
         if not entry.deleted and not finished:
