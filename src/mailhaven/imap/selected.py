@@ -15,12 +15,12 @@ from __future__ import annotations
 import asyncio
 import operator
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mailhaven.imap.view import View
-from mailhaven.store import MessageInfo, MessageNotFound, Snapshot
+from mailhaven.store import MessageInfo, MessageNotFound, MessagesAdded, Snapshot
 
 
 @dataclass
@@ -70,6 +70,35 @@ def match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[Me
 _uid_of = operator.attrgetter("uid")
 
 
+def already_seen(sel: Selected, event: object) -> bool:
+    """A MessagesAdded whose UIDs the view knows already: the snapshot that gave them their UIDs
+    published it, and this session took that snapshot (it woke for the delivery's own event), so
+    it needs no other."""
+    return isinstance(event, MessagesAdded) and bool(event.uids) and event.uids[-1] <= sel.view.last_uid
+
+
+_keywords_memo: tuple[list[MessageInfo], frozenset[str]] | None = None
+
+
+def keywords_of(messages: Iterable[MessageInfo]) -> frozenset[str]:
+    """The keywords the messages carry. The answer for the last snapshot list is kept: sessions
+    idling in one mailbox all look at the same (shared) list after a change."""
+    global _keywords_memo
+    memo = _keywords_memo
+    if memo is not None and memo[0] is messages:
+        return memo[1]
+    seen: set[frozenset[str]] = set()
+    out: set[str] = set()
+    for m in messages:
+        if m.flags not in seen:
+            seen.add(m.flags)
+            out.update(f for f in m.flags if not f.startswith("\\"))
+    keywords = frozenset(out)
+    if isinstance(messages, list):
+        _keywords_memo = (messages, keywords)
+    return keywords
+
+
 async def read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
     """Message bytes by UID; expunged ones are left out. Uses the store's batch read when it has one."""
     if not uids:
@@ -91,4 +120,4 @@ async def read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
 
 
 
-__all__ = ["Selected", "match_infos", "read_many"]
+__all__ = ["Selected", "already_seen", "keywords_of", "match_infos", "read_many"]

@@ -76,7 +76,7 @@ from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
 from mailhaven.imap.msgcache import CACHE
 from mailhaven.imap.parser import parse_command
-from mailhaven.imap.selected import Selected, match_infos, read_many
+from mailhaven.imap.selected import Selected, already_seen, keywords_of, match_infos, read_many
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -493,7 +493,7 @@ class Session:
         name = self.sel.mailbox.name if self.sel is not None else None
         while (ev := sub.get_nowait()) is not None:
             if isinstance(ev, (MessagesAdded, FlagsChanged, Expunged)):
-                hit = hit or ev.mailbox == name
+                hit = hit or (ev.mailbox == name and not (self.sel is not None and already_seen(self.sel, ev)))
             elif isinstance(ev, (Overflow, MailboxesChanged)):
                 hit = hit or name is not None
         return hit
@@ -540,13 +540,7 @@ class Session:
 
     @staticmethod
     def _keywords(messages: Iterable[MessageInfo]) -> frozenset[str]:
-        seen: set[frozenset[str]] = set()
-        out: set[str] = set()
-        for m in messages:
-            if m.flags not in seen:
-                seen.add(m.flags)
-                out.update(f for f in m.flags if not f.startswith("\\"))
-        return frozenset(out)
+        return keywords_of(messages)
 
     def _note_keywords(self, sel: Selected, messages: Iterable[MessageInfo]) -> None:
         """RFC 3501 §7.2.6: a keyword the client was not told about gets FLAGS and PERMANENTFLAGS

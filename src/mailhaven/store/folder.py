@@ -487,7 +487,9 @@ class Folder:
         snap = self._snap
         if snap is None:
             snap = self._snap = [m.info() for m in self.by_uid.values()]
-        return Snapshot(self.uidvalidity, self.uidnext, self.highestmodseq, list(snap))
+        # the list is shared by every snapshot of the unchanged folder (model.Snapshot: read-only),
+        # so a thousand sessions that selected it hold one list, not a thousand copies
+        return Snapshot(self.uidvalidity, self.uidnext, self.highestmodseq, snap)
 
     def vanished_since(self, modseq: int) -> list[int] | None:
         """UIDs removed after MODSEQ `modseq` (QRESYNC's VANISHED, RFC 7162 §3.2), ascending; None
