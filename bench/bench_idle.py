@@ -5,7 +5,8 @@ SMTP, the time until each connection reads its `* n EXISTS`; and the server's me
                                [--workers 1] [--no-dovecot] [--keep]
 
 What it does, under one temporary directory, loopback only:
-- writes an INBOX of --messages messages (bench/_dovecot.py's Maildir) and starts Mailhaven
+- writes an INBOX of --messages messages (bench/_dovecot.py's Maildir, moved to cur/ and \\Seen as a
+  mailbox in use) and starts Mailhaven
   (`python -m mailhaven -c <config> serve`) with an "imap" and an "mx" listener, connection limits
   raised for the bench (max_connections, per_ip_connections), `[policy] check_local = false` (no DNS
   for the loopback MX client) and `[server] workers = --workers` (1: one process, whose RSS is the
@@ -150,7 +151,7 @@ async def smtp_deliver(port: int, mark: list[float]) -> None:
     writer.close()
 
 
-async def fanout_round(imap: int, mx: int, n: int, pid: int) -> dict[str, float]:
+async def fanout_round(imap: int, mx: int, n: int, pid: int, profile: str = "") -> dict[str, float]:
     before = rss_kib(pid)
     t_open = time.perf_counter()
     conns = await open_idlers(imap, n)
@@ -165,9 +166,17 @@ async def fanout_round(imap: int, mx: int, n: int, pid: int) -> dict[str, float]
         got.append(time.perf_counter())
 
     waiters = [asyncio.ensure_future(wait_exists(r)) for r, _ in conns]
+    spy = None
+    if profile:  # py-spy (pip install py-spy) samples the server while the fan-out happens
+        spy = await asyncio.create_subprocess_exec(
+            "py-spy", "record", "--pid", str(pid), "--rate", "250", "--duration", "8", "--format", "raw",
+            "-o", profile, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        await asyncio.sleep(1.5)
     await asyncio.sleep(0.2)
     await smtp_deliver(mx, mark)
     await asyncio.wait_for(asyncio.gather(*waiters), 120)
+    if spy is not None:
+        await spy.wait()
     lat = sorted(t - mark[0] for t in got)
     for _, w in conns:
         w.write(b"DONE\r\nz LOGOUT\r\n")
@@ -191,6 +200,8 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-dovecot", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--py-spy", default="", metavar="FILE",
+                    help="profile the server with py-spy during the last round of the largest N (raw format)")
     args = ap.parse_args()
     counts = [int(x) for x in args.counts.split(",") if x]
     limit = raise_nofile(max(counts, default=0) + 2000)  # each side: its N sockets and a few
@@ -205,6 +216,8 @@ def main() -> int:
     try:
         src = work / "Maildir"
         shared.make_maildir(src, args.messages, args.size, head)
+        for name in os.listdir(src / "new"):  # seen by a client, as a mailbox in use (Dovecot moves them too)
+            os.rename(src / "new" / name, src / "cur" / f"{name}:2,S")
         pw_hash = hash_password(PASSWORD)
         mem: dict[str, float] = {}
         if not args.no_dovecot and shared.dovecot_available():
@@ -245,7 +258,9 @@ def main() -> int:
             print(f"\nIDLE fan-out, one SMTP delivery, {args.runs} runs, medians (workers = {args.workers}):")
             print(f"  {'N':>6}{'p50 s':>9}{'p99 s':>9}{'max s':>9}{'KiB/conn':>10}{'open s':>9}")
             for n in counts:
-                rounds = [loop.run_until_complete(fanout_round(imap, mx, n, proc.pid)) for _ in range(args.runs)]
+                rounds = [loop.run_until_complete(fanout_round(
+                    imap, mx, n, proc.pid, args.py_spy if n == max(counts) and i == args.runs - 1 else ""))
+                    for i in range(args.runs)]
                 med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
                 print(f"  {n:>6}{med['p50']:9.3f}{med['p99']:9.3f}{med['max']:9.3f}"
                       f"{med['rss_per_conn_kib']:10.1f}{med['open_s']:9.1f}"

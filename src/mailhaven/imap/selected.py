@@ -17,7 +17,7 @@ import operator
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mailhaven.imap.view import View
 from mailhaven.store import MessageInfo, MessageNotFound, MessagesAdded, Snapshot
@@ -39,6 +39,9 @@ class Selected:
     # RFC 5182 §2.1: the UIDs (ascending) the last SEARCH ... RETURN (SAVE) kept, what "$" names; a
     # new Selected (SELECT/EXAMINE) starts empty, CLOSE/UNSELECT drop it
     saved: tuple[int, ...] = ()
+    # the change hub's number (store/changes.py, Sequence) of the last event about this mailbox
+    # the session took: a snapshot begun after it shows everything the session was told of
+    event_seq: int = 0
 
     @property
     def current(self) -> Snapshot:
@@ -68,6 +71,13 @@ def match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[Me
 
 
 _uid_of = operator.attrgetter("uid")
+
+
+async def shared_snapshot(sel: Selected, not_before: float = 0.0) -> Snapshot:
+    """A snapshot of the mailbox begun after the last event the session took (sel.event_seq) and
+    not before `not_before` (time.monotonic()): the sessions one change (or one poll period) woke
+    share one read (store Mailbox.snapshot's `after`)."""
+    return cast(Snapshot, await sel.mailbox.snapshot(after=sel.event_seq, after_time=not_before))
 
 
 def already_seen(sel: Selected, event: object) -> bool:
@@ -120,4 +130,4 @@ async def read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
 
 
 
-__all__ = ["Selected", "already_seen", "keywords_of", "match_infos", "read_many"]
+__all__ = ["Selected", "already_seen", "shared_snapshot", "keywords_of", "match_infos", "read_many"]
