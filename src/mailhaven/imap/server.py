@@ -8,6 +8,8 @@ Does not own: what commands do, replies, framing and limits on commands (session
 parser.py), storage (store/), the connection plumbing shared with POP3 (lineproto.py: buffering,
 flow control, idle timer, the STARTTLS upgrade that drops every byte received before the
 handshake, connection limits, implicit TLS on 993).
+Also sets the process's message cache budget from config `[imap] cache_bytes` (at start and, after a
+reload, with the next session) and hands its figures to the metrics (msgcache.py).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import socket
 import ssl
 from typing import Any
 
-from mailhaven import lineproto, seams
+from mailhaven import lineproto, metrics, seams
 from mailhaven import log as mhlog
 from mailhaven.config import ListenerConfig
+from mailhaven.imap.msgcache import CACHE
 from mailhaven.imap.session import Close, LoggedIn, Send, Session, StartTls, Wait
 from mailhaven.lineproto import LineConnection, Listener
 from mailhaven.store.changes import Subscription
@@ -85,6 +88,8 @@ class _Connection(LineConnection):
             self.write_last(f"* BYE {text}\r\n".encode("ascii"))
 
     async def run(self, cfg: Any, lc: ListenerConfig) -> str:
+        if CACHE.max_bytes != cfg.imap.cache_bytes:  # a reload changed it
+            CACHE.set_budget(cfg.imap.cache_bytes)
         tls_ctx: ssl.SSLContext | None = getattr(self.ctx, "tls", None)
         session = self.session = Session(
             self.ctx, listener=self.listener.name, ip=self.ip, loopback=self.listener.loopback,
@@ -141,6 +146,8 @@ class _Connection(LineConnection):
 
 async def create_server(ctx: seams.Context, name: str, lc: ListenerConfig, sock: socket.socket) -> asyncio.AbstractServer:
     """Serve IMAP on an already bound, listening socket (app.py's listener factory contract)."""
+    CACHE.set_budget(ctx.config.imap.cache_bytes)  # the process's message cache (msgcache.py)
+    metrics.of(ctx).set_imap_cache_probe(CACHE.stats)
     return await lineproto.create_server(ctx, name, lc, sock, _Connection)
 
 
