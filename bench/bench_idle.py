@@ -18,7 +18,8 @@ What it does, under one temporary directory, loopback only:
   LOGIN, SELECT INBOX, IDLE; RSS before and after opening them gives RSS per IDLE connection; then one
   message goes in by SMTP (a raw asyncio SMTP client on the same loop) and each connection's latency
   is the time from sending the DATA's final "." to reading its `* n EXISTS` line. p50/p99/max of the
-  N latencies, medians over the rounds are printed;
+  N latencies, medians over the rounds are printed, with the server's CPU time (user + system, all
+  threads) from the delivery to the last EXISTS read: steadier than latency on a shared machine;
 - with Dovecot installed (and not --no-dovecot), the RSS of Dovecot's imap process with the same
   INBOX selected (bench_imap.py's setup), for comparison.
 The machine may be shared: run it a few times and compare medians.
@@ -78,6 +79,17 @@ def start_mailhaven(work: Path, maildir: Path, pw_hash: str, conns: int, workers
     shared.wait_port(imap, proc, "mailhaven", GREETING)
     shared.wait_port(mx, proc, "mailhaven", b"220")
     return proc, imap, mx
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process (all its threads) and its children (the workers) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return own + sum(cpu_seconds(int(c)) for c in children)
 
 
 def rss_kib(pid: int) -> int:
@@ -173,8 +185,10 @@ async def fanout_round(imap: int, mx: int, n: int, pid: int, profile: str = "") 
             "-o", profile, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1.5)
     await asyncio.sleep(0.2)
+    cpu0 = cpu_seconds(pid)
     await smtp_deliver(mx, mark)
     await asyncio.wait_for(asyncio.gather(*waiters), 120)
+    cpu = cpu_seconds(pid) - cpu0
     if spy is not None:
         await spy.wait()
     lat = sorted(t - mark[0] for t in got)
@@ -185,7 +199,7 @@ async def fanout_round(imap: int, mx: int, n: int, pid: int, profile: str = "") 
         w.close()
     await asyncio.sleep(2)
     return {"p50": lat[len(lat) // 2], "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))], "max": lat[-1],
-            "rss_per_conn_kib": (after - before) / n, "open_s": opened}
+            "rss_per_conn_kib": (after - before) / n, "open_s": opened, "cpu_ms": cpu * 1000}
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -256,14 +270,15 @@ def main() -> int:
         loop = asyncio.new_event_loop()
         try:
             print(f"\nIDLE fan-out, one SMTP delivery, {args.runs} runs, medians (workers = {args.workers}):")
-            print(f"  {'N':>6}{'p50 s':>9}{'p99 s':>9}{'max s':>9}{'KiB/conn':>10}{'open s':>9}")
+            print(f"  {'N':>6}{'p50 s':>9}{'p99 s':>9}{'max s':>9}{'KiB/conn':>10}{'open s':>9}"
+                  f"{'srv CPU ms':>12}")
             for n in counts:
                 rounds = [loop.run_until_complete(fanout_round(
                     imap, mx, n, proc.pid, args.py_spy if n == max(counts) and i == args.runs - 1 else ""))
                     for i in range(args.runs)]
                 med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
                 print(f"  {n:>6}{med['p50']:9.3f}{med['p99']:9.3f}{med['max']:9.3f}"
-                      f"{med['rss_per_conn_kib']:10.1f}{med['open_s']:9.1f}"
+                      f"{med['rss_per_conn_kib']:10.1f}{med['open_s']:9.1f}{med['cpu_ms']:12.0f}"
                       "   runs p99: " + ", ".join(format(r["p99"], ".3f") for r in rounds))
                 sys.stdout.flush()
         finally:

@@ -77,7 +77,7 @@ Event = MessagesAdded | FlagsChanged | Expunged | MailboxesChanged | Overflow
 
 class Subscription:
     """Events for one user. `await sub.get()`, `sub.get_nowait()`, or `async for event in sub`;
-    `await sub.wait()` until one is pending."""
+    `await sub.wait()` (or the future `sub.waiter()`) until one is pending."""
 
     def __init__(self, hub: ChangeHub, user: str) -> None:
         self.user = user
@@ -131,6 +131,17 @@ class Subscription:
             await self._waiter
         finally:
             self._waiter = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once an event is pending or the subscription is closed (like `wait()`, but
+        a plain future: an IDLE connection waits on it without a task of its own). Cancel it to
+        stop waiting; it takes no event."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._events or self.closed:
+            fut.set_result(None)
+        else:
+            self._waiter = fut
+        return fut
 
     def close(self) -> None:
         if self.closed:
