@@ -2,7 +2,9 @@
 
 Owns: `Selected` (the mailbox, its view, the last snapshot, what the client was told of flags),
 `match_infos` (a run of UIDs to their snapshot entries) and `read_many` (message bytes for many UIDs,
-batched, expunged ones left out).
+batched, expunged ones left out); for IDLE fan-out, what sessions woken by one change share:
+`shared_snapshot` (one store read for all of them), `already_seen` (the event of a read the session
+took wakes no other) and `keywords_of` (computed once per snapshot list).
 Does not own: the sequence numbering and pending updates (view.py), the commands (session.py,
 fetch.py, searchadapt.py), storage (store/).
 

@@ -21,6 +21,8 @@ Theory of operation
   with `reported()` and not sent twice. Once the session enabled CONDSTORE (`condstore`), those
   FETCH responses carry the message's MODSEQ (RFC 7162 §3.1); once it enabled QRESYNC
   (`qresync`), removals are told as one `VANISHED uids` instead of EXPUNGEs (RFC 7162 §3.2.10).
+- Memory: views never change a numbering array in place; views that see the same snapshot and
+  the same changes share one array (`_Shared`), so idle sessions of one mailbox hold one copy.
 Invariant (tested with a hypothesis state machine): a client applying every response `flush`
 returns keeps exactly `uids` as its numbering, and after `sync(s)` + `flush(True)` that is the
 UIDs of `s`.

@@ -12,6 +12,10 @@ Decisions (see the package docstring for the full contract):
   before the copy is linked, indexed with it by that sync (pending.py), so deliveries never wait
   for the account lock or the index.
 - A target folder of deliver() that does not exist is created (Dovecot lda_mailbox_autocreate).
+- Mailbox.snapshot() callers share reads (10,000 IDLE sessions woken by one delivery make one or
+  two, not 10,000 thread hops in a row under the account lock): a caller joins the read not begun
+  yet, and with `after=` (the change hub's event number, changes.py) also the running or the last
+  one when it began late enough. Snapshots of an unchanged folder share its message list.
 - delete_mailbox() refuses a folder that has inferior folders (MailboxHasChildren) and INBOX.
 - rename_mailbox() renames inferiors too, creates missing parents of the new name, keeps
   UIDVALIDITY and UIDs, and moves subscriptions; renaming INBOX moves its messages into the new
