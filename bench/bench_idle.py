@@ -306,7 +306,7 @@ def main() -> int:
             print(f"\nIDLE fan-out, one SMTP delivery, {args.runs} runs, medians (workers = {args.workers}):")
             print(f"  {'N':>6}{'p50 s':>9}{'p99 s':>9}{'max s':>9}{'KiB/conn':>10}{'open s':>9}"
                   f"{'srv CPU ms':>12}")
-            for n in counts:
+            for n in counts if args.runs else []:  # --runs 0: memory only
                 rounds = [loop.run_until_complete(fanout_round(
                     imap, mx, n, proc.pid, args.py_spy if n == max(counts) and i == args.runs - 1 else ""))
                     for i in range(args.runs)]
