@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,10 +286,13 @@ class Index:
     def uids(self, mailbox_id: int) -> set[int]:
         return {r[0] for r in self._db.execute("SELECT uid FROM message WHERE mailbox_id=?", (mailbox_id,))}
 
-    def messages(self, mailbox_id: int) -> list[MessageRow]:
-        return self._db.execute(
+    def messages(self, mailbox_id: int) -> Iterator[MessageRow]:
+        """The folder's rows by UID, one at a time (not a list of them all: a 10,000-message folder
+        would leave megabytes of freed rows scattered among the ones it keeps). Run no other
+        statement on this index before the iteration ends."""
+        return iter(self._db.execute(
             "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size, unterminated FROM message"
-            " WHERE mailbox_id=? ORDER BY uid", (mailbox_id,)).fetchall()
+            " WHERE mailbox_id=? ORDER BY uid", (mailbox_id,)))
 
     def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
                rows: Iterable[MessageRow] = ()) -> int:
