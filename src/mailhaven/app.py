@@ -300,7 +300,10 @@ def spam_learner(cfg: Config, count: Callable[[str, str], None]) -> Learner | No
 
 
 def rspamd_client(cfg: Config) -> Scanner | None:
-    """The pooled rspamd client of config [spam] (None when spam.rspamd_url is empty)."""
+    """The pooled rspamd client of config [spam] (None when spam.rspamd_url is empty). Its module
+    (and aiohttp, ~7 MiB resident) is imported only when one is configured."""
+    if not cfg.spam.rspamd_url:
+        return None
     from mailhaven.policy import rspamd
 
     return rspamd.from_config(cfg.spam)

@@ -329,6 +329,10 @@ class ImapConfig:
     max_nesting: int = opt(32, "Deepest parenthesised list.", lo=2, hi=1000)
     max_in_flight: int = opt(32, "Pipelined commands buffered per connection.", lo=1, hi=10_000)
     max_bad_commands: int = opt(30, "BAD replies before the connection is closed.", lo=1, hi=10_000)
+    cache_bytes: int = opt(32 * 1024**2, "Memory for the message cache each server process keeps (header "
+                           "blocks, ENVELOPE, BODYSTRUCTURE, SEARCH header memos; least recently used "
+                           "entries are evicted beyond it; 0 = no cache), e.g. \"64M\". Exposed as "
+                           "mailhaven_imap_cache_bytes.", lo=0, hi=2**40, size=True)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ Does not own: when things happen (protocol modules, the queue and the app call i
     m.spam_learned("spam", "learned")                    # one per message taught to rspamd (or not)
     m.command_latency("smtp", "RCPT", 0.003)             # or: with m.time_command("smtp", "RCPT"): ...
     m.set_queue_probe(lambda: (queue_size, oldest_age_seconds))
+    m.set_imap_cache_probe(lambda: (octets, entries, budget, evictions))   # imap/msgcache.py's stats
 
 With metrics off (`config.metrics.address = ""`), `Metrics(enabled=False)` (or `NOOP`) has the same
 methods and does nothing, so callers never test for it. From a listener: `metrics.of(ctx).x(...)`
@@ -32,6 +33,9 @@ Exposed series (all prefixed `mailhaven_`):
     messages_received_total{listener}, messages_rejected_total{listener,reason}
     messages_sent_total, messages_bounced_total, delivery_results_total{kind,result}
     queue_messages, queue_oldest_age_seconds            (from the queue probe, at scrape time)
+    imap_cache_bytes, imap_cache_entries, imap_cache_budget_bytes, imap_cache_evictions_total
+                                                        (the IMAP message cache, at scrape time;
+                                                        summed over worker processes like the rest)
     policy_results_total{check,result}
     spam_verdicts_total{action}                         (no_action, add_header, reject, unknown, ...)
     send_rate_limited_total{limit}                      (messages, recipients: submission over [submission])
@@ -53,7 +57,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -127,6 +131,7 @@ def _verb(proto: str, verb: str) -> str:
 
 
 QueueProbe = Callable[[], tuple[int, float]]
+CacheProbe = Callable[[], tuple[int, int, int, int]]  # (octets counted, entries, budget, evictions)
 
 
 class _QueueCollector(Collector):
@@ -147,6 +152,30 @@ class _QueueCollector(Collector):
         yield GaugeMetricFamily("mailhaven_queue_oldest_age_seconds",
                                 "Age of the oldest message in the outbound queue (0 when empty).",
                                 value=float(oldest))
+
+
+class _CacheCollector(Collector):
+    """Reads the IMAP message cache's figures at scrape time through the probe imap/server.py set."""
+
+    def __init__(self) -> None:
+        self.probe: CacheProbe | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        octets = entries = budget = evictions = 0
+        if self.probe is not None:
+            try:
+                octets, entries, budget, evictions = self.probe()
+            except Exception:  # a broken probe must not break the scrape
+                log.warning("metrics: imap cache probe failed", exc_info=True)
+        yield GaugeMetricFamily("mailhaven_imap_cache_bytes", "Memory the IMAP message cache holds "
+                                "(octets and per-entry overhead, as counted against its budget).",
+                                value=float(octets))
+        yield GaugeMetricFamily("mailhaven_imap_cache_entries", "Messages in the IMAP message cache.",
+                                value=float(entries))
+        yield GaugeMetricFamily("mailhaven_imap_cache_budget_bytes", "The IMAP message cache's budget "
+                                "([imap] cache_bytes, per process).", value=float(budget))
+        yield CounterMetricFamily("mailhaven_imap_cache_evictions", "Entries evicted from the IMAP message "
+                                  "cache to stay within its budget.", value=float(evictions))
 
 
 class Metrics:
@@ -205,6 +234,8 @@ class Metrics:
         info.labels(__version__).set(1)
         self._queue = _QueueCollector()
         r.register(self._queue)
+        self._imap_cache = _CacheCollector()
+        r.register(self._imap_cache)
         if process:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
@@ -338,6 +369,12 @@ class Metrics:
         on the event loop, so it must be quick and must not block."""
         if self.enabled:
             self._queue.probe = probe
+
+    def set_imap_cache_probe(self, probe: CacheProbe | None) -> None:
+        """probe() -> (octets counted, entries, budget, evictions) of the IMAP message cache; called
+        at scrape time on the event loop."""
+        if self.enabled:
+            self._imap_cache.probe = probe
 
     # -- exposition ---------------------------------------------------------------------------------
 

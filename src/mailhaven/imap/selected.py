@@ -2,7 +2,9 @@
 
 Owns: `Selected` (the mailbox, its view, the last snapshot, what the client was told of flags),
 `match_infos` (a run of UIDs to their snapshot entries) and `read_many` (message bytes for many UIDs,
-batched, expunged ones left out).
+batched, expunged ones left out); for IDLE fan-out, what sessions woken by one change share:
+`shared_snapshot` (one store read for all of them), `already_seen` (the event of a read the session
+took wakes no other) and `keywords_of` (computed once per snapshot list).
 Does not own: the sequence numbering and pending updates (view.py), the commands (session.py,
 fetch.py, searchadapt.py), storage (store/).
 
@@ -15,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import operator
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from mailhaven.imap.view import View
-from mailhaven.store import MessageInfo, MessageNotFound, Snapshot
+from mailhaven.store import MessageInfo, MessageNotFound, MessagesAdded, Snapshot
 
 
 @dataclass
@@ -39,6 +41,9 @@ class Selected:
     # RFC 5182 §2.1: the UIDs (ascending) the last SEARCH ... RETURN (SAVE) kept, what "$" names; a
     # new Selected (SELECT/EXAMINE) starts empty, CLOSE/UNSELECT drop it
     saved: tuple[int, ...] = ()
+    # the change hub's number (store/changes.py, Sequence) of the last event about this mailbox
+    # the session took: a snapshot begun after it shows everything the session was told of
+    event_seq: int = 0
 
     @property
     def current(self) -> Snapshot:
@@ -70,6 +75,42 @@ def match_infos(uids: Sequence[int], messages: Sequence[MessageInfo]) -> list[Me
 _uid_of = operator.attrgetter("uid")
 
 
+async def shared_snapshot(sel: Selected, not_before: float = 0.0) -> Snapshot:
+    """A snapshot of the mailbox begun after the last event the session took (sel.event_seq) and
+    not before `not_before` (time.monotonic()): the sessions one change (or one poll period) woke
+    share one read (store Mailbox.snapshot's `after`)."""
+    return cast(Snapshot, await sel.mailbox.snapshot(after=sel.event_seq, after_time=not_before))
+
+
+def already_seen(sel: Selected, event: object) -> bool:
+    """A MessagesAdded whose UIDs the view knows already: the snapshot that gave them their UIDs
+    published it, and this session took that snapshot (it woke for the delivery's own event), so
+    it needs no other."""
+    return isinstance(event, MessagesAdded) and bool(event.uids) and event.uids[-1] <= sel.view.last_uid
+
+
+_keywords_memo: tuple[list[MessageInfo], frozenset[str]] | None = None
+
+
+def keywords_of(messages: Iterable[MessageInfo]) -> frozenset[str]:
+    """The keywords the messages carry. The answer for the last snapshot list is kept: sessions
+    idling in one mailbox all look at the same (shared) list after a change."""
+    global _keywords_memo
+    memo = _keywords_memo
+    if memo is not None and memo[0] is messages:
+        return memo[1]
+    seen: set[frozenset[str]] = set()
+    out: set[str] = set()
+    for m in messages:
+        if m.flags not in seen:
+            seen.add(m.flags)
+            out.update(f for f in m.flags if not f.startswith("\\"))
+    keywords = frozenset(out)
+    if isinstance(messages, list):
+        _keywords_memo = (messages, keywords)
+    return keywords
+
+
 async def read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
     """Message bytes by UID; expunged ones are left out. Uses the store's batch read when it has one."""
     if not uids:
@@ -91,4 +132,4 @@ async def read_many(mailbox: Any, uids: list[int]) -> dict[int, bytes]:
 
 
 
-__all__ = ["Selected", "match_infos", "read_many"]
+__all__ = ["Selected", "already_seen", "shared_snapshot", "keywords_of", "match_infos", "read_many"]

@@ -84,7 +84,14 @@ from mailhaven.imap.framing import NEED_DATA, Framer, Reject, SendContinuation
 from mailhaven.imap.listing import DELIMITER, wire_name
 from mailhaven.imap.msgcache import CACHE
 from mailhaven.imap.parser import parse_command
-from mailhaven.imap.selected import Selected, match_infos, read_many
+from mailhaven.imap.selected import (
+    Selected,
+    already_seen,
+    keywords_of,
+    match_infos,
+    read_many,
+    shared_snapshot,
+)
 from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 from mailhaven.imap.state import NO_EXPUNGE_DURING, State, allowed
@@ -525,9 +532,12 @@ class Session:
         name = self.sel.mailbox.name if self.sel is not None else None
         while (ev := sub.get_nowait()) is not None:
             if isinstance(ev, (MessagesAdded, FlagsChanged, Expunged)):
-                hit = hit or ev.mailbox == name
-            elif isinstance(ev, (Overflow, MailboxesChanged)):
-                hit = hit or name is not None
+                this = ev.mailbox == name and not (self.sel is not None and already_seen(self.sel, ev))
+            else:
+                this = isinstance(ev, (Overflow, MailboxesChanged)) and name is not None
+            if this and self.sel is not None:
+                self.sel.event_seq = sub.last_seq
+            hit = hit or this
         return hit
 
     async def refresh(self, *, force: bool = False) -> None:
@@ -537,10 +547,14 @@ class Session:
         sel = self.sel
         if sel is None:
             return
-        if not (force or hit or sel.snap is None or time.monotonic() - sel.synced_at >= POLL_INTERVAL):
+        due = sel.synced_at + POLL_INTERVAL  # a read begun since then shows other programs' changes
+        poll = time.monotonic() >= due
+        if not (force or poll or hit or sel.snap is None):
             return
         try:
-            snap = await sel.mailbox.snapshot()
+            # a read begun after the events taken (and the poll's due time) will do, shared with
+            # every session they woke (selected.shared_snapshot); NOOP (force) reads anew
+            snap = await (sel.mailbox.snapshot() if force else shared_snapshot(sel, due if poll else 0.0))
         except MailboxNotFound:
             self.sel = None
             self.state = State.AUTHENTICATED
@@ -551,7 +565,8 @@ class Session:
             raise SessionEnd("uidvalidity changed")
         sel.snap = snap
         sel.generation += 1
-        sel.synced_at = time.monotonic()
+        if force or poll:  # a shared read may be older: else the poll for other programs' changes stays due
+            sel.synced_at = time.monotonic()
         new = sel.view.sync(snap)
         if new and not sel.readonly:
             sel.view.mark_recent(_claim(self.ctx.store, self._recent_key(sel), new))
@@ -572,13 +587,7 @@ class Session:
 
     @staticmethod
     def _keywords(messages: Iterable[MessageInfo]) -> frozenset[str]:
-        seen: set[frozenset[str]] = set()
-        out: set[str] = set()
-        for m in messages:
-            if m.flags not in seen:
-                seen.add(m.flags)
-                out.update(f for f in m.flags if not f.startswith("\\"))
-        return frozenset(out)
+        return keywords_of(messages)
 
     def _note_keywords(self, sel: Selected, messages: Iterable[MessageInfo]) -> None:
         """RFC 3501 §7.2.6: a keyword the client was not told about gets FLAGS and PERMANENTFLAGS

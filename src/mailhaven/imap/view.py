@@ -21,6 +21,8 @@ Theory of operation
   with `reported()` and not sent twice. Once the session enabled CONDSTORE (`condstore`), those
   FETCH responses carry the message's MODSEQ (RFC 7162 §3.1); once it enabled QRESYNC
   (`qresync`), removals are told as one `VANISHED uids` instead of EXPUNGEs (RFC 7162 §3.2.10).
+- Memory: views never change a numbering array in place; views that see the same snapshot and
+  the same changes share one array (`_Shared`), so idle sessions of one mailbox hold one copy.
 Invariant (tested with a hypothesis state machine): a client applying every response `flush`
 returns keeps exactly `uids` as its numbering, and after `sync(s)` + `flush(True)` that is the
 UIDs of `s`.
@@ -82,8 +84,9 @@ class View:
     """The numbering and pending updates of one selected mailbox for one session."""
 
     def __init__(self, snapshot: SnapshotLike) -> None:
-        # UIDs are 32-bit (RFC 3501 §2.3.1.1): 4 octets each, so 10,000 messages cost 40 KB.
-        self._uids = array("I", (m.uid for m in snapshot.messages))
+        # UIDs are 32-bit (RFC 3501 §2.3.1.1): 4 octets each, so 10,000 messages cost 40 KB, and
+        # views of the same snapshot share one array (never changed in place: see _Shared).
+        self._uids = _SHARED.numbering(snapshot.messages)
         self.modseq = snapshot.highestmodseq
         self._gone: set[int] = set()  # numbered, removed from the store, EXPUNGE not yet sent
         self._new: list[int] = []  # in the store, not numbered yet (EXISTS not yet sent)
@@ -180,8 +183,8 @@ class View:
             reported = self._reported
             numbered_last = self._uids[-1]
             gone = self._gone
-            for m in msgs[:bisect_right(msgs, numbered_last, key=_uid_of)]:
-                if m.modseq > since and reported.get(m.uid, 0) < m.modseq and m.uid not in gone:
+            for m in _SHARED.changed(msgs, since, numbered_last):
+                if reported.get(m.uid, 0) < m.modseq and m.uid not in gone:
                     self._flags[m.uid] = (m.flags, m.modseq)
         self._reported.clear()
         self.modseq = max(self.modseq, snapshot.highestmodseq)
@@ -243,11 +246,11 @@ class View:
                 # RFC 3501 §7.4.1: each EXPUNGE renumbers the messages after it immediately.
                 out.extend(b"* %d EXPUNGE\r\n" % (p - k) for k, p in enumerate(positions))
             gone = self._gone
-            self._uids = array("I", (u for u in uids if u not in gone))
+            self._uids = _SHARED.without(uids, gone)
             self._recent.difference_update(gone)
             gone.clear()
         if self._new:
-            self._uids.extend(self._new)
+            self._uids = _SHARED.extended(self._uids, self._new)
             self._new.clear()
             out.append(b"* %d EXISTS\r\n" % len(self._uids))  # RFC 3501 §7.3.1
             # RFC 3501 §7.3.2: RECENT goes with EXISTS (as Dovecot sends it); not in IMAP4rev2
@@ -273,6 +276,60 @@ class View:
 
 def _uid_of(m: MessageLike) -> int:
     return m.uid
+
+
+class _Shared:
+    """What many views compute alike, computed once: the sessions idling in one mailbox are told of
+    one change together (the same snapshot, the same numbering before and after), so each answer
+    is kept for the next view that asks the same. A view never changes a numbering array in place
+    (it takes a new one), so views share them; 10,000 views of a 10,000-message mailbox hold one
+    40 KB array, not 400 MB. One entry per kind: the last question and its answer."""
+
+    def __init__(self) -> None:
+        self._numbering: tuple[Sequence[MessageLike], array[int]] | None = None
+        self._extended: tuple[array[int], tuple[int, ...], array[int]] | None = None
+        self._without: tuple[array[int], frozenset[int], array[int]] | None = None
+        self._changed: tuple[Sequence[MessageLike], int, int, list[MessageLike]] | None = None
+
+    def numbering(self, messages: Sequence[MessageLike]) -> array[int]:
+        last = self._numbering
+        if last is not None and last[0] is messages:
+            return last[1]
+        uids = array("I", (m.uid for m in messages))
+        self._numbering = (messages, uids)
+        return uids
+
+    def extended(self, uids: array[int], new: list[int]) -> array[int]:
+        """`uids` followed by `new`, as a new array."""
+        key = tuple(new)
+        last = self._extended
+        if last is not None and last[0] is uids and last[1] == key:
+            return last[2]
+        out = uids + array("I", key)
+        self._extended = (uids, key, out)
+        return out
+
+    def without(self, uids: array[int], gone: set[int]) -> array[int]:
+        """`uids` less `gone`, as a new array."""
+        key = frozenset(gone)
+        last = self._without
+        if last is not None and last[0] is uids and last[1] == key:
+            return last[2]
+        out = array("I", (u for u in uids if u not in key))
+        self._without = (uids, key, out)
+        return out
+
+    def changed(self, messages: Sequence[MessageLike], since: int, upto: int) -> list[MessageLike]:
+        """The messages of the ascending `messages` with UID <= upto whose modseq is above `since`."""
+        last = self._changed
+        if last is not None and last[0] is messages and last[1] == since and last[2] == upto:
+            return last[3]
+        out = [m for m in messages[:bisect_right(messages, upto, key=_uid_of)] if m.modseq > since]
+        self._changed = (messages, since, upto, out)
+        return out
+
+
+_SHARED = _Shared()
 
 
 __all__ = ["View", "BadSequence", "render_flags", "MessageLike", "SnapshotLike"]

@@ -18,6 +18,11 @@ Publishing never blocks: each subscription has a bounded queue (MAX_PENDING); wh
 queue is emptied and a single Overflow is queued. Use a subscription as a context manager, or call
 close(), so the hub forgets it.
 
+Sequence: the hub numbers what it publishes (`hub.seq`, 1, 2, ... for this process); a subscription's
+`last_seq` is the number of the last event it handed out. A read of the store that began when
+`hub.seq` was already >= n sees the change of event n (events are published once the change is
+done), which is how Mailbox.snapshot(after=n) lets the sessions woken by one event share one read.
+
 Other processes: when the Store runs a bus (bus.py), `relay` is set and every event published here
 is also sent to the other processes sharing the mail root; the events they send are published
 here with relay=False (uids=(): "take a new snapshot"), and their "everything changed" as an
@@ -72,23 +77,24 @@ Event = MessagesAdded | FlagsChanged | Expunged | MailboxesChanged | Overflow
 
 class Subscription:
     """Events for one user. `await sub.get()`, `sub.get_nowait()`, or `async for event in sub`;
-    `await sub.wait()` until one is pending."""
+    `await sub.wait()` (or the future `sub.waiter()`) until one is pending."""
 
     def __init__(self, hub: ChangeHub, user: str) -> None:
         self.user = user
         self._hub = hub
-        self._events: deque[Event] = deque()
+        self._events: deque[tuple[int, Event]] = deque()  # (the hub's number for it, the event)
         self._waiter: asyncio.Future[None] | None = None
         self.closed = False
+        self.last_seq = 0  # the hub's number of the last event handed out (module doc: Sequence)
 
-    def _push(self, event: Event) -> None:
+    def _push(self, event: Event, seq: int) -> None:
         if self.closed:
             return
         if len(self._events) >= MAX_PENDING:
             self._events.clear()
-            self._events.append(Overflow(self.user))
+            self._events.append((seq, Overflow(self.user)))
         else:
-            self._events.append(event)
+            self._events.append((seq, event))
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -98,7 +104,11 @@ class Subscription:
 
     def get_nowait(self) -> Event | None:
         """The next event, or None if there is none right now."""
-        return self._events.popleft() if self._events else None
+        return self._take() if self._events else None
+
+    def _take(self) -> Event:
+        self.last_seq, event = self._events.popleft()
+        return event
 
     async def get(self) -> Event:
         """Wait for the next event. Raises asyncio.CancelledError if cancelled, EOFError if closed."""
@@ -110,7 +120,7 @@ class Subscription:
                 await self._waiter
             finally:
                 self._waiter = None
-        return self._events.popleft()
+        return self._take()
 
     async def wait(self) -> None:
         """Until an event is pending or the subscription is closed; takes none (cancel-safe)."""
@@ -121,6 +131,17 @@ class Subscription:
             await self._waiter
         finally:
             self._waiter = None
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future done once an event is pending or the subscription is closed (like `wait()`, but
+        a plain future: an IDLE connection waits on it without a task of its own). Cancel it to
+        stop waiting; it takes no event."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._events or self.closed:
+            fut.set_result(None)
+        else:
+            self._waiter = fut
+        return fut
 
     def close(self) -> None:
         if self.closed:
@@ -160,6 +181,7 @@ class ChangeHub:
     def __init__(self) -> None:
         self._subs: dict[str, set[Subscription]] = {}
         self.relay: Callable[[Event], None] | None = None  # to other processes (bus.py), if any
+        self.seq = 0  # how many events were published here (module doc: Sequence)
 
     def subscribe(self, user: str) -> Subscription:
         sub = Subscription(self, user_key(user))
@@ -167,8 +189,10 @@ class ChangeHub:
         return sub
 
     def publish(self, event: Event, *, relay: bool = True) -> None:
+        self.seq += 1
+        seq = self.seq
         for sub in list(self._subs.get(user_key(event.user), ())):
-            sub._push(event)
+            sub._push(event, seq)
         if relay and self.relay is not None:
             self.relay(event)
 
@@ -187,9 +211,10 @@ class ChangeHub:
 
     def overflow_all(self) -> None:
         """Every subscriber may have missed events: each gets an Overflow (re-snapshot)."""
+        self.seq += 1
         for subs in list(self._subs.values()):
             for sub in list(subs):
-                sub._push(Overflow(sub.user))
+                sub._push(Overflow(sub.user), self.seq)
 
     def subscriber_count(self, user: str | None = None) -> int:
         if user is not None:

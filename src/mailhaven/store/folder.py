@@ -49,6 +49,21 @@ _ORDER_RE = re.compile(r"^(\d+)\.(?:M(\d+))?")
 _flagsets: dict[tuple[str, frozenset[str]], frozenset[str]] = {}
 
 
+_names: dict[str, str] = {}
+
+
+def shared_name(text: str) -> str:
+    """One string object for each subdirectory ("cur", "new") and flag suffix (":2,S"): a folder
+    holds them per message, and SQLite and os.listdir give each its own copy (about 100 bytes a
+    message saved)."""
+    got = _names.get(text)
+    if got is None:
+        got = text
+        if len(_names) < 1000:
+            _names[text] = text
+    return got
+
+
 def flagset(info: str, keywords: frozenset[str]) -> frozenset[str]:
     """Interned frozenset of system flags (from flag letters) plus keywords."""
     key = (info, keywords)
@@ -68,8 +83,8 @@ class Msg:
                  internaldate: float, size: int, unterminated: bool) -> None:
         self.uid = uid
         self.key = key
-        self.sub = sub
-        self.suffix = suffix
+        self.sub = shared_name(sub)
+        self.suffix = shared_name(suffix)
         self.keywords = keywords
         self.modseq = modseq
         self.internaldate = internaldate
@@ -393,7 +408,7 @@ class Folder:
                 pass  # tried again at the next scan
         pending.remove(self.path, found.done(m.key for m in added))  # the index holds their keywords
         for m, sub, suffix, differ in moved:
-            m.sub, m.suffix = sub, suffix
+            m.sub, m.suffix = shared_name(sub), shared_name(suffix)
             if differ:
                 m.modseq = modseq
                 changes.flags.append(m.uid)
@@ -487,7 +502,9 @@ class Folder:
         snap = self._snap
         if snap is None:
             snap = self._snap = [m.info() for m in self.by_uid.values()]
-        return Snapshot(self.uidvalidity, self.uidnext, self.highestmodseq, list(snap))
+        # the list is shared by every snapshot of the unchanged folder (model.Snapshot: read-only),
+        # so a thousand sessions that selected it hold one list, not a thousand copies
+        return Snapshot(self.uidvalidity, self.uidnext, self.highestmodseq, snap)
 
     def vanished_since(self, modseq: int) -> list[int] | None:
         """UIDs removed after MODSEQ `modseq` (QRESYNC's VANISHED, RFC 7162 §3.2), ascending; None
@@ -634,7 +651,7 @@ class Folder:
                             retry.append(m.uid)
                             continue
                     undo.append((m, m.sub, old_suffix, m.keywords))
-                    m.sub, m.suffix = "cur", suffix
+                    m.sub, m.suffix = "cur", shared_name(suffix)
                     m.keywords = new_kw
                     touched.append(m)
                     done.add(m.uid)

@@ -27,7 +27,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -153,7 +153,7 @@ class IndexBackend(Protocol):
     def known_keys(self, name: str, keys: Iterable[str]) -> set[str]: ...
     def changed_since(self, mailbox_id: int, modseq: int) -> tuple[list[MessageRow], int]: ...
     def uids(self, mailbox_id: int) -> set[int]: ...
-    def messages(self, mailbox_id: int) -> list[MessageRow]: ...
+    def messages(self, mailbox_id: int) -> Iterable[MessageRow]: ...
     def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
                rows: Iterable[MessageRow] = ()) -> int: ...
     def commit(self, mailbox_id: int, *, upserts: Iterable[MessageRow] = (), deletes: Iterable[int] = (),
@@ -366,7 +366,7 @@ class Index:
             box = MailboxRow(*r[:7])
             tombs = [(int(u), int(m)) for u, m in self._db.execute(
                 "SELECT uid, modseq FROM expunged WHERE mailbox_id=? ORDER BY uid", (box.id,))]
-            out.mailboxes.append(MailboxDump(box, int(r[7]), int(r[8]), int(r[9]), self.messages(box.id), tombs))
+            out.mailboxes.append(MailboxDump(box, int(r[7]), int(r[8]), int(r[9]), list(self.messages(box.id)), tombs))
         return out
 
     # -- mailboxes ------------------------------------------------------------------------------
@@ -422,10 +422,13 @@ class Index:
     def uids(self, mailbox_id: int) -> set[int]:
         return {r[0] for r in self._db.execute("SELECT uid FROM message WHERE mailbox_id=?", (mailbox_id,))}
 
-    def messages(self, mailbox_id: int) -> list[MessageRow]:
-        return self._db.execute(
+    def messages(self, mailbox_id: int) -> Iterator[MessageRow]:
+        """The folder's rows by UID, one at a time (not a list of them all: a 10,000-message folder
+        would leave megabytes of freed rows scattered among the ones it keeps). Run no other
+        statement on this index before the iteration ends."""
+        return iter(self._db.execute(
             "SELECT uid, key, sub, suffix, keywords, modseq, internaldate, size, unterminated FROM message"
-            " WHERE mailbox_id=? ORDER BY uid", (mailbox_id,)).fetchall()
+            " WHERE mailbox_id=? ORDER BY uid", (mailbox_id,)))
 
     def create(self, name: str, uidvalidity: int, uidnext: int, highestmodseq: int,
                rows: Iterable[MessageRow] = ()) -> int:

@@ -12,6 +12,10 @@ Decisions (see the package docstring for the full contract):
   before the copy is linked, indexed with it by that sync (pending.py), so deliveries never wait
   for the account lock or the index.
 - A target folder of deliver() that does not exist is created (Dovecot lda_mailbox_autocreate).
+- Mailbox.snapshot() callers share reads (10,000 IDLE sessions woken by one delivery make one or
+  two, not 10,000 thread hops in a row under the account lock): a caller joins the read not begun
+  yet, and with `after=` (the change hub's event number, changes.py) also the running or the last
+  one when it began late enough. Snapshots of an unchanged folder share its message list.
 - delete_mailbox() refuses a folder that has inferior folders (MailboxHasChildren) and INBOX.
 - rename_mailbox() renames inferiors too, creates missing parents of the new name, keeps
   UIDVALIDITY and UIDs, and moves subscriptions; renaming INBOX moves its messages into the new
@@ -400,6 +404,12 @@ class Account:
         # Against other threads and processes (module doc): held around every blocking step.
         self._thread_lock = threading.Lock()
         self._data_version: int | None = None  # the index's data_version when last checked
+        # Mailbox.snapshot(), per folder: the read callers may still join (it has not begun), the
+        # read running and the last one done, each with when it began (the change hub's seq, the
+        # monotonic clock)
+        self._next_snapshot: dict[Folder, asyncio.Future[Snapshot]] = {}
+        self._running_snapshot: dict[Folder, tuple[int, float, asyncio.Future[Snapshot]]] = {}
+        self._last_snapshot: dict[Folder, tuple[int, float, Snapshot]] = {}
 
     # -- usage (quota) ----------------------------------------------------------------------------
 
@@ -550,6 +560,7 @@ class Account:
     async def close(self) -> None:
         async with self.lock:
             await asyncio.to_thread(self._close_sync)
+            self._last_snapshot.clear()
 
     def _close_sync(self) -> None:
         with self._thread_lock:
@@ -821,9 +832,75 @@ class Mailbox:
         self._live()  # again, now that the state is fresh: another process may have deleted it
         return fn(*args)
 
-    async def snapshot(self) -> Snapshot:
-        """The folder now, including changes other programs made on disk (new, removed, renamed)."""
-        return await self._run(self._snapshot_sync)
+    async def snapshot(self, *, after: int | None = None, after_time: float = 0.0) -> Snapshot:
+        """The folder now, including changes other programs made on disk (new, removed, renamed).
+
+        Callers at the same time share one read (10,000 IDLE sessions woken by one delivery make one
+        or two reads, not 10,000 thread hops in a row under the account lock): a caller joins the
+        folder's next read if it has not begun yet (it begins after the call, so it sees everything
+        done before it), else it starts that next read. A read that fails fails for every caller
+        that joined it; one whose starter was cancelled before it began is started again.
+        `after=n`: the caller needs only the changes of the change hub's events up to n
+        (changes.py, Sequence) and what other programs did before `after_time` (time.monotonic()),
+        so any read that began once event n was published and not before after_time will do: the
+        folder's last read, or the one running, if it began late enough."""
+        acc = self.account
+        while True:
+            f = self._folder
+            shared = acc._next_snapshot.get(f)
+            if after is not None and not f.deleted:
+                done = acc._last_snapshot.get(f)
+                if done is not None and done[0] >= after and done[1] >= after_time:
+                    return done[2]
+                running = acc._running_snapshot.get(f)
+                if running is not None and running[0] >= after and running[1] >= after_time:
+                    shared = running[2]
+            if shared is None:
+                return await self._lead_snapshot(f)
+            await asyncio.wait((shared,))
+            if not shared.cancelled():
+                return shared.result()
+
+    async def _lead_snapshot(self, f: Folder) -> Snapshot:
+        acc = self.account
+        waiting = acc._next_snapshot
+        shared: asyncio.Future[Snapshot] = asyncio.get_running_loop().create_future()
+        waiting[f] = shared
+        began, began_at = -1, 0.0
+        try:
+            async with acc.lock:
+                if waiting.get(f) is shared:  # it begins: later callers start the next one
+                    del waiting[f]
+                began, began_at = acc.store.changes.seq, time.monotonic()
+                acc._running_snapshot[f] = (began, began_at, shared)
+                self._live()
+                out: tuple[Snapshot, Changes] = await asyncio.to_thread(
+                    acc._ready_then, self._live_then, self._snapshot_sync)
+        except asyncio.CancelledError:
+            self._ended(f, shared)
+            shared.cancel()  # the joiners start another
+            raise
+        except BaseException as e:
+            self._ended(f, shared)
+            shared.set_exception(e)
+            shared.exception()  # retrieved: no "never retrieved" warning when nobody joined
+            raise
+        self._ended(f, shared)
+        snap, changes = out
+        last = acc._last_snapshot.get(f)
+        if last is None or began >= last[0]:
+            acc._last_snapshot[f] = (began, began_at, snap)
+        acc._publish(f.name, changes)
+        shared.set_result(snap)
+        return snap
+
+    def _ended(self, f: Folder, shared: asyncio.Future[Snapshot]) -> None:
+        acc = self.account
+        if acc._next_snapshot.get(f) is shared:
+            del acc._next_snapshot[f]
+        running = acc._running_snapshot.get(f)
+        if running is not None and running[2] is shared:
+            del acc._running_snapshot[f]
 
     def _snapshot_sync(self) -> tuple[Snapshot, Changes]:
         changes = self.account._sync(self._folder, reading=True)

@@ -47,7 +47,7 @@ class Snapshot:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    messages: list[MessageInfo]  # ascending UID
+    messages: list[MessageInfo]  # ascending UID; shared by the snapshots of an unchanged folder: never modify
 
 
 class MessageNotFound(PermFailure):
