@@ -108,6 +108,7 @@ def test_a_user_never_reaches_another_users_mailboxes(imap: ImapHarness) -> None
     c = imap.client(login=BOB)
     c.create("Secret")
     c.logout()
+    assert imap.store.fts.wait_idle(10)  # bob's full-text index written (store/fts.py, in the background)
     root = imap.cfg.mail_root
     bob_root = root / "example.test" / "bob"
     before_bob = _tree(bob_root)
