@@ -42,6 +42,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +56,7 @@ FILENAME = "mailhaven-fts.sqlite"
 TEXT_LIMIT = 1 << 20  # characters of each text (bodies, headers) indexed per message; beyond: scanned
 MIN_TERM = 3  # trigram: shorter strings cannot be looked up
 BATCH = 200  # messages indexed per transaction
+GATHER = 0.5  # seconds the background indexer waits for more before writing
 SYNC_INDEX = 500  # missing messages a SEARCH indexes before answering; more: the background does it
 QUEUE_BYTES = 32 << 20  # message bytes waiting for the background indexer; beyond: indexed at SEARCH
 MAX_TRIGRAMS = 24  # trigrams of one string looked up (evenly spread); more narrow little further
@@ -364,9 +366,13 @@ class Fts:
             if item is None:
                 return
             items = [item]
+            # Gather for up to GATHER seconds: one transaction for many deliveries, not one each (FTS5
+            # writes a segment per transaction and merges them as they pile up: one message at a
+            # time cost about 0.9 ms of CPU per delivered message on the MX benchmark).
+            until = time.monotonic() + GATHER
             while len(items) < BATCH:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(timeout=max(0.0, until - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is None:
