@@ -370,6 +370,39 @@ def test_logout_says_bye_and_closes(imap: ImapHarness) -> None:
 
 
 @over_both_indexes
+def test_recent_goes_to_one_session_across_processes_and_restarts(imap: ImapHarness) -> None:
+    """RFC 3501 §2.3.2 with several worker processes (here two Stores over one mail root, as two
+    workers have): a message is \\Recent in the first session told about it, in whichever process;
+    the mark is in the index, so a restart does not hand it out again."""
+    imap.fill(2)
+    other = ImapHarness(imap.cfg, pg_dsn=imap.pg_dsn, pg_index=imap.pg_index).start()
+    try:
+        a = imap.raw()
+        a.login()
+        assert b"* 2 RECENT" in b"".join(a.cmd(b"SELECT INBOX"))
+        b = other.raw()
+        b.login()
+        assert b"* 0 RECENT" in b"".join(b.cmd(b"SELECT INBOX"))  # the other process: already told
+        imap.fill(1)  # a third message: the first session (of either process) to look gets it
+        told = [b"".join(c.cmd(b"NOOP")) for c in (b, a)]
+        assert b"* 3 RECENT" in told[1] and b"RECENT" not in told[0], told  # a's: its two and the new one
+        status = b"".join(b.cmd(b"STATUS INBOX (RECENT)"))
+        assert b"(RECENT 0)" in status, status
+        a.close()
+        b.close()
+    finally:
+        other.stop()
+    again = ImapHarness(imap.cfg, pg_dsn=imap.pg_dsn, pg_index=imap.pg_index).start()  # a restart
+    try:
+        c = again.raw()
+        c.login()
+        assert b"* 0 RECENT" in b"".join(c.cmd(b"SELECT INBOX"))
+        c.close()
+    finally:
+        again.stop()
+
+
+@over_both_indexes
 def test_select_reports_flags_exists_recent_unseen_uidvalidity_uidnext(imap: ImapHarness) -> None:
     uids = imap.fill(4)
     imap.store_flags(uids[:2], {"\\Seen"})

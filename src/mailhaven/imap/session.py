@@ -223,26 +223,26 @@ class SessionEnd(Exception):
 
 # --------------------------------------------------------------------------- \Recent registry
 
-# RFC 3501 §2.3.2: a message is \Recent only in the first session told about it. Per Store object:
-# (user, mailbox, uidvalidity) -> highest UID already claimed. In memory: after a restart the first
-# session to select a mailbox sees its messages as recent again (as after Dovecot loses its index).
-_claims: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], int]] = weakref.WeakKeyDictionary()
+# RFC 3501 §2.3.2: a message is \Recent only in the first session told about it, whichever worker
+# process or node it runs in: the mark (the highest UID told) is kept in the account's index and
+# moved under its lock (Account.claim_recent), so it also survives a restart. In front of it, per
+# Store object, (user, mailbox, uidvalidity) -> the highest UID a session of THIS process already
+# asked for: only the first session of a process to see new UIDs asks the index, so waking 10,000
+# IDLE sessions costs one claim per process, not one each (and none when nothing is new).
+_asked: weakref.WeakKeyDictionary[Any, dict[tuple[str, str, int], int]] = weakref.WeakKeyDictionary()
 
 
-def _claimed(store: Any, key: tuple[str, str, int]) -> int:
+def _unasked(store: Any, key: tuple[str, str, int], uids: Sequence[int]) -> list[int]:
+    """The UIDs no session of this process asked to claim yet; marks them asked."""
     try:
-        return _claims.setdefault(store, {}).get(key, 0)
+        asked = _asked.setdefault(store, {})
     except TypeError:  # a store that cannot be weakly referenced: no \Recent at all
-        return 1 << 62
-
-
-def _claim(store: Any, key: tuple[str, str, int], uids: Sequence[int]) -> list[int]:
-    """Claim the UIDs above the mark for this session; returns the ones it got."""
-    hi = _claimed(store, key)
-    mine = [u for u in uids if u > hi]
-    if mine:
-        _claims[store][key] = max(mine)
-    return mine
+        return []
+    hi = asked.get(key, 0)
+    new = [u for u in uids if u > hi]
+    if new:
+        asked[key] = max(new)
+    return new
 
 
 # --------------------------------------------------------------------------- helpers
@@ -569,7 +569,7 @@ class Session:
             sel.synced_at = time.monotonic()
         new = sel.view.sync(snap)
         if new and not sel.readonly:
-            sel.view.mark_recent(_claim(self.ctx.store, self._recent_key(sel), new))
+            sel.view.mark_recent(await self._claim_recent(sel, new))
         self._note_keywords(sel, snap.messages)
 
     async def send_updates(self, allow_expunge: bool) -> None:
@@ -584,6 +584,23 @@ class Session:
 
     def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
         return (self.user or "", sel.mailbox.name, sel.uidvalidity)
+
+    async def _claim_recent(self, sel: Selected, uids: Sequence[int]) -> list[int]:
+        """The UIDs this session tells as \\Recent (see the registry's comment)."""
+        new = _unasked(self.ctx.store, self._recent_key(sel), uids)
+        if not new:
+            return []
+        try:
+            return list(await self.account.claim_recent(sel.uidvalidity, new))
+        except TempFailure as e:  # no \Recent rather than a failed SELECT or NOOP (full disk, database down)
+            log.warning("imap: \\Recent not claimed in %s: %s", sel.mailbox.name, e)
+            return []
+
+    async def _recent_mark(self, uidvalidity: int) -> int:
+        try:
+            return int(await self.account.recent_mark(uidvalidity))
+        except TempFailure:
+            return 1 << 62  # unknown: nothing is shown as recent
 
     @staticmethod
     def _keywords(messages: Iterable[MessageInfo]) -> frozenset[str]:
@@ -780,13 +797,12 @@ class Session:
         sel = Selected(mailbox, mailbox.name, cmd.readonly, View(snap), snap, snap.uidvalidity,
                         self._keywords(snap.messages), time.monotonic())
         sel.view.rev2 = self.rev2
-        key = self._recent_key(sel)
         uids = [m.uid for m in snap.messages]
         if cmd.readonly:  # RFC 3501 §6.3.2: EXAMINE must not take \Recent away from anyone
-            hi = _claimed(self.ctx.store, key)
+            hi = await self._recent_mark(snap.uidvalidity)
             sel.view.mark_recent(u for u in uids if u > hi)
         else:
-            sel.view.mark_recent(_claim(self.ctx.store, key, uids))
+            sel.view.mark_recent(await self._claim_recent(sel, uids))
         self._emit_flags(sel)
         self.emit(b"* %d EXISTS\r\n" % len(uids))
         if self.rev2:  # RFC 9051 §6.3.2, Appendix E: the mailbox's LIST line; no RECENT, no UNSEEN
@@ -910,7 +926,7 @@ class Session:
         snap = await mailbox.snapshot()
         recent = 0
         if "RECENT" in items:
-            hi = _claimed(self.ctx.store, (self.user or "", mailbox.name, snap.uidvalidity))
+            hi = await self._recent_mark(snap.uidvalidity)
             recent = sum(1 for m in snap.messages if m.uid > hi)
         return statusmod.line(mailbox.name, items, snap, recent, self._mailbox_id(snap.uidvalidity), self.utf8)
 

@@ -477,6 +477,26 @@ class Account:
     def _set_state_sync(self, key: str, value: str | None) -> None:
         self._ready().set_meta(key, value)
 
+    async def claim_recent(self, uidvalidity: int, uids: Sequence[int]) -> list[int]:
+        """RFC 3501 §2.3.2 across processes and nodes: of `uids`, those no session of any process
+        was told about yet as \\Recent; they are this caller's from now on (the mark, per mailbox
+        UIDVALIDITY, is kept in the index, moved under the account lock)."""
+        return await self._call(self._claim_recent_sync, uidvalidity, list(uids))
+
+    def _claim_recent_sync(self, uidvalidity: int, uids: list[int]) -> list[int]:
+        idx = self._ready()
+        key = f"recent:{uidvalidity}"
+        mark = int(idx.get_meta(key) or 0)
+        mine = [u for u in uids if u > mark]
+        if mine:
+            idx.set_meta(key, str(max(mine)))
+        return mine
+
+    async def recent_mark(self, uidvalidity: int) -> int:
+        """The highest UID some session was told about as \\Recent (EXAMINE and STATUS count above it)."""
+        value = await self.get_state(f"recent:{uidvalidity}")
+        return int(value) if value and value.isdigit() else 0
+
     # -- plumbing -------------------------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
