@@ -35,7 +35,7 @@ import re
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
@@ -63,6 +63,7 @@ TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds for the STARTTLS handshake (or idle_time
 IDENT = "ESMTP Mailhaven"  # RFC 5321 §4.3.1 greeting: "220 <hostname> ESMTP ..."; no version shown
 
 HandlerFactory = Callable[[Any, Config, str], BaseHandler]
+_Asked = TypeVar("_Asked")  # what one command's DSN parameters ask (dsnparams.take_mail, take_rcpt)
 
 
 _ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")  # RFC 5321 §4.1.2 esmtp-keyword
@@ -543,16 +544,13 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
         self.session.last_arg = arg  # hooks.py parses the raw path itself
         if arg is not None and self.handler.offers_auth:
             arg = drop_auth_parameter(arg)
-        mail_dsn = NO_MAIL_DSN
-        if arg is not None and self.session.extended_smtp:
-            try:
-                arg, mail_dsn = dsnparams.take_mail(arg)
-            except dsnparams.DsnSyntax as e:
-                await self.push(e.reply)
-                return
-            if mail_dsn.requiretls and self.session.tls is None:
-                await self.push(R.REQUIRETLS_WITHOUT_TLS)
-                return
+        taken = await self._take_dsn(arg, dsnparams.take_mail, NO_MAIL_DSN)
+        if taken is None:
+            return
+        arg, mail_dsn = taken
+        if mail_dsn.requiretls and self.session.tls is None:
+            await self.push(R.REQUIRETLS_WITHOUT_TLS)
+            return
         await super().smtp_MAIL(arg)
         txn = self.envelope
         if isinstance(txn, Transaction) and txn.mail_from:
@@ -560,22 +558,32 @@ class Connection(proxyaccept.ProxiedPeer, ShortDir, SMTP):
                 txn.dsn = mail_dsn
             self._progress()
 
+    async def _take_dsn(self, arg: str | None, take: Callable[[str], tuple[str, _Asked]],
+                        default: _Asked) -> tuple[str | None, _Asked] | None:
+        """`arg` without its DSN parameters (RFC 3461; after EHLO only) and what they ask; None once
+        their 501 was sent."""
+        assert isinstance(self.session, ClientSession)
+        if arg is None or not self.session.extended_smtp:
+            return arg, default
+        try:
+            return take(arg)
+        except dsnparams.DsnSyntax as e:
+            await self.push(e.reply)
+            return None
+
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert isinstance(self.session, ClientSession)
         self.session.last_arg = arg
-        rcpt_dsn = None
-        if arg is not None and self.session.extended_smtp:
-            try:
-                arg, rcpt_dsn = dsnparams.take_rcpt(arg)
-            except dsnparams.DsnSyntax as e:
-                await self.push(e.reply)
-                return
+        taken = await self._take_dsn(arg, dsnparams.take_rcpt, NO_RCPT_DSN)
+        if taken is None:
+            return
+        arg, rcpt_dsn = taken
         txn = self.envelope
         before = len(txn.recipients) if isinstance(txn, Transaction) else 0
         await super().smtp_RCPT(arg)
         if isinstance(txn, Transaction) and len(txn.recipients) > before:
-            if rcpt_dsn is not None and rcpt_dsn != NO_RCPT_DSN:
+            if rcpt_dsn != NO_RCPT_DSN:
                 txn.rcpt_dsn.setdefault(str(txn.recipients[-1]), rcpt_dsn)
             self._progress()
 

@@ -528,35 +528,12 @@ class Folder:
         return m
 
     def append(self, data: bytes, flags: frozenset[str], internaldate: float | None, host: str) -> int:
-        system, keywords = split_flags(flags)
-        when = time.time() if internaldate is None else internaldate
-        name = maildir.store_file(self.path, maildir.unique_base(host), data, maildir.build_info(system),
-                                  fsync=self.fsync, mtime=when)
-        key, suffix = maildir.split_name(name)
-        modseq = self.highestmodseq + 1
-        m = Msg(self.uidnext, key, "cur", suffix, keywords, modseq, when, len(data),
-                maildir.unterminated(data))
-        self.uidnext += 1  # used even on failure: the uidlist may hold it already
-        try:
-            self._backup([(m.uid, key)], modseq)
-            self._commit([m.row()], [], highestmodseq=modseq)
-        except Exception as e:  # the file is durable; drop it so no unindexed message reappears
-            try:
-                os.unlink(self.path / "cur" / name)
-            except OSError:
-                pass
-            if isinstance(e, StoreError):
-                raise
-            raise StoreError("the message could not be indexed") from e
-        self.highestmodseq = modseq
-        self.by_uid[m.uid] = m
-        self.by_key[key] = m
-        self._snap = None
-        return m.uid
+        """Store one message (IMAP APPEND): durable and indexed, or not kept. Returns its UID."""
+        return self.append_many([(data, flags, internaldate)], host)[0]
 
     def append_many(self, items: Sequence[tuple[bytes, frozenset[str], float | None]], host: str) -> list[int]:
-        """Store several messages (data, flags, internal date) at once (IMAP MULTIAPPEND, RFC 3502
-        §6.3.11): all durable and indexed in one transaction, or none kept. Returns their UIDs."""
+        """Store messages (data, flags, internal date) at once (APPEND; MULTIAPPEND, RFC 3502): all
+        durable and indexed in one transaction, or none kept. Returns their UIDs."""
         now = time.time()
         prepared: list[tuple[bytes, str, float]] = []
         kws: list[frozenset[str]] = []

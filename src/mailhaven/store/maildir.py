@@ -414,31 +414,9 @@ def _copy_into(folder: Path, name: str, data: bytes, *, fsync: bool, head: bytes
         raise
 
 
-def store_file(folder: Path, base: str, data: bytes, info: str, *, fsync: bool,
-               mtime: float | None) -> str:
-    """Durably place one message into cur/ with flag letters `info` (IMAP APPEND); return its name."""
-    key = make_key(base, len(data), len(data))
-    name = key + INFO_SEP + info
-    tmp = folder / "tmp" / key
-    target = folder / "cur" / name
-    try:
-        write_new_file(tmp, data, fsync=fsync, mtime=mtime)
-        os.rename(tmp, target)
-        try:
-            if fsync:
-                fsync_dir(target.parent)
-        except BaseException:
-            _unlink_quiet(target)
-            raise
-    except Exception as e:
-        _unlink_quiet(tmp)
-        raise store_failure(e, "the message could not be stored") from e
-    return name
-
-
 def store_files(folder: Path, host: str, items: Sequence[tuple[bytes, str, float | None]], *,
                 fsync: bool) -> list[str]:
-    """Durably place several messages (data, flag letters, mtime) into cur/ together (IMAP
+    """Durably place messages (data, flag letters, mtime) into cur/ together (IMAP APPEND and
     MULTIAPPEND, RFC 3502): every one written and fsynced in tmp/ first, then all renamed into cur/
     and the directory fsynced once. On any failure none of them is left behind. Returns the names."""
     staged: list[tuple[Path, Path, str]] = []
