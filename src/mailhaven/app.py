@@ -653,9 +653,13 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
         async with asyncio.TaskGroup() as tg:
             workers = [tg.create_task(_reloader(ctx, configure_logging, link), name="reloader"),
                        tg.create_task(_users_watcher(ctx), name="users-watcher")]
+            queue_task: asyncio.Task[None] | None = None
             if ctx.queue is not None and (worker == 0 or ctx.database is not None):
-                # Cancelling it on stop is safe: an unrecorded transaction is retried at next start.
-                workers.append(tg.create_task(ctx.queue.run(), name="queue"))
+                # On stop it is asked to stop first (its transactions in flight finish and are
+                # recorded, else each would be delivered again after the restart), and cancelled
+                # only past QUEUE_STOP_GRACE (an unrecorded transaction is retried at next start).
+                queue_task = tg.create_task(ctx.queue.run(), name="queue")
+                workers.append(queue_task)
             if ctx.dmarc_reports is not None and worker == 0:  # one sender per data_dir (its SQLite file)
                 workers.append(tg.create_task(ctx.dmarc_reports.run(), name="dmarc-reports"))
             sd_notify("READY=1")
@@ -671,6 +675,8 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             await ctx._stop.wait()
             sd_notify("STOPPING=1")
             await _drain(ctx)
+            if queue_task is not None and isinstance(ctx.queue, QueueManager):
+                await _stop_queue(ctx.queue, queue_task, min(QUEUE_STOP_GRACE, ctx.config.shutdown_deadline))
             for task in workers:
                 task.cancel()
     finally:
@@ -699,6 +705,21 @@ async def run(config: Config, *, ready: Callable[[Context], object] | None = Non
             if ctx.database is not None:  # last: whatever keeps state there is closed by now
                 await ctx.database.close()
     log.info("stopped")
+
+
+QUEUE_STOP_GRACE = 10.0  # seconds the queue's transactions in flight get to finish at a stop
+
+
+async def _stop_queue(queue: QueueManager, task: asyncio.Task[None], grace: float) -> None:
+    """Let the queue's transactions in flight end and be recorded (a delivery whose result is not
+    recorded is made again after the restart), at most `grace` seconds."""
+    queue.stop()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace)
+    except TimeoutError:
+        log.warning("queue: transactions still running after %gs: left for the next start", grace)
+    except Exception:  # noqa: BLE001 - the TaskGroup reports the task's own failure
+        pass
 
 
 async def _drain(ctx: Context) -> None:

@@ -79,7 +79,10 @@ def _observe(port: int, mid: int) -> dict[str, Any]:
             c.select(box)
             out[f"select {box}"] = {k: c.untagged_responses.get(k) for k in
                                     ("UIDVALIDITY", "UIDNEXT", "HIGHESTMODSEQ", "EXISTS", "FLAGS", "PERMANENTFLAGS")}
-            out[f"fetch {box}"] = c.uid("FETCH", "1:*", "(FLAGS MODSEQ)")[1]
+            # \Recent is each session's (RFC 3501 §2.3.2: the first to see a message gets it, and the
+            # observation before the migration is that first session), not state the migration moves
+            out[f"fetch {box}"] = [x.replace(b"\\Recent", b"").replace(b"( ", b"(").replace(b" )", b")")
+                                   if isinstance(x, bytes) else x for x in c.uid("FETCH", "1:*", "(FLAGS MODSEQ)")[1]]
             uidvalidity = int(out[f"select {box}"]["UIDVALIDITY"][-1])
             highest = int(out[f"select {box}"]["HIGHESTMODSEQ"][-1])
             c.unselect()
