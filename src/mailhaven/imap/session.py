@@ -74,6 +74,7 @@ from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import binary as binarymod
 from mailhaven.imap import commands as C
+from mailhaven.imap import context as contextmod
 from mailhaven.imap import derived, fetch, listing, searchadapt, seqset
 from mailhaven.imap import sort as sortmod
 from mailhaven.imap import status as statusmod
@@ -125,7 +126,8 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
-                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
+                     "SEARCHRES", "WITHIN", "CONTEXT=SEARCH", "CONTEXT=SORT", "SORT", "SORT=DISPLAY", "ESORT",
+                     "THREAD=ORDEREDSUBJECT",
                      "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
 # RFC 4978 §3: after login (as Dovecot), until compression is on.
 COMPRESS_CAPABILITY = "COMPRESS=DEFLATE"
@@ -306,7 +308,7 @@ class Session:
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
             "SEARCH": self.cmd_search, "SORT": self.cmd_sort, "THREAD": self.cmd_thread, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
-            "MOVE": self.cmd_move,
+            "MOVE": self.cmd_move, "CANCELUPDATE": self.cmd_cancelupdate,
         }
         # Handlers that stream output, need more input or a TLS handshake: async generators of Step.
         self._streams: dict[str, Callable[[Any], AsyncIterator[Step]]] = {
@@ -577,10 +579,62 @@ class Session:
         sel = self.sel
         if sel is None:
             return
+        if sel.updating and allow_expunge:
+            self._expunged_from_contexts(sel)
         for line in sel.view.flush(allow_expunge):
             if line.startswith(b"* VANISHED "):
                 self._vanished_sent = True
             self.emit(line)
+        if sel.updating:
+            await self._update_contexts(sel)
+
+    def _expunged_from_contexts(self, sel: Selected) -> None:
+        """RFC 5267 §4.3: an updating result loses its expunged messages before the EXPUNGEs are
+        sent, in the numbers the client still holds (as Dovecot 2.3)."""
+        view = sel.view
+        for up in sel.updating:
+            if not any(view.is_gone(u) for u in up.result):
+                continue
+            removed, _ = contextmod.changes(up.result, [u for u in up.result if not view.is_gone(u)],
+                                            up.sort is not None)
+            self.emit(contextmod.update_line(up, removed, [], self._numbering(up)))
+            up.result = [u for u in up.result if not view.is_gone(u)]
+
+    async def _update_contexts(self, sel: Selected) -> None:
+        """RFC 5267 §4.3: each updating search run again on a new snapshot; what left and joined its
+        result is told in one ESEARCH line."""
+        for up in sel.updating:
+            if up.generation == sel.generation:
+                continue
+            new = await self._context_result(sel, up)
+            up.generation = sel.generation
+            removed, added = contextmod.changes(up.result, new, up.sort is not None)
+            up.result = new
+            self.emit(contextmod.update_line(up, removed, added, self._numbering(up)))
+
+    def _numbering(self, up: contextmod.Updating) -> Callable[[int], int]:
+        """UID -> what an update names: the UID itself, or its sequence number (every message an
+        update names is numbered: removals are told before EXPUNGE, additions after EXISTS)."""
+        if up.uid:
+            return _same
+        view = self._selected().view
+
+        def seq(uid: int) -> int:
+            n = view.seq(uid)
+            assert n is not None
+            return n
+
+        return seq
+
+    async def _context_result(self, sel: Selected, up: contextmod.Updating) -> list[int]:
+        """The UIDs an updating search or sort finds now, in result order."""
+        search = C.Search(up.tag, up.criteria, uid=True)
+        uids = await searchadapt.run(self.user or "", sel, search)
+        if up.sort is None:
+            return uids
+        view = sel.view
+        seqs = [n for n in (view.seq(u) for u in uids) if n is not None]
+        return [view.uid(n) for n in await self._sort_order(sel, up.sort, seqs)]
 
     def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
         return (self.user or "", sel.mailbox.name, sel.uidvalidity)
@@ -1075,6 +1129,7 @@ class Session:
         sel = self._selected()
         save = cmd.returns is not None and "SAVE" in cmd.returns
         with_modseq = _has_modseq(cmd.criteria)
+        self._check_update_tag(sel, cmd)
         try:
             found = await self._matching(sel, cmd)
         except Exception:
@@ -1088,6 +1143,8 @@ class Session:
                 kept = _reported(cmd.returns - {"SAVE"}, found)
                 sel.saved = tuple(kept) if cmd.uid else tuple(sel.view.uid(n) for n in kept)
             self.emit(self._esearch_line(cmd, found, with_modseq))
+            if "UPDATE" in cmd.returns:
+                self._keep_updating(sel, cmd, cmd.criteria, None, found)
             return ("OK UID " if cmd.uid else "OK ") + "Search completed."
         line = b"* SEARCH"
         if found:
@@ -1103,20 +1160,62 @@ class Session:
         if _has_modseq(search.criteria):  # RFC 7162 §3.1: a CONDSTORE enabling command
             self._enable_condstore()
         await self.refresh()
-        if _uses_saved(search.criteria):  # RFC 5182 §2.1: "$" as the UIDs it names
-            keys = tuple(_with_saved(k, sel.saved) for k in search.criteria.keys)
-            search = dataclasses.replace(search, criteria=C.SearchAnd(keys))
+        search = dataclasses.replace(search, criteria=_resolved(search.criteria, sel))
         return await searchadapt.run(self.user or "", sel, search)
+
+    def _check_update_tag(self, sel: Selected, cmd: C.Search | C.Sort) -> None:
+        """RFC 5267 §4.3: an updating search is named by its tag, so a tag in use is BAD (as Dovecot)."""
+        if cmd.returns is not None and "UPDATE" in cmd.returns and any(u.tag == cmd.tag for u in sel.updating):
+            raise Bad("Duplicate search update tag")
+
+    def _keep_updating(self, sel: Selected, cmd: C.Search | C.Sort, criteria: C.SearchAnd,
+                       sort: tuple[tuple[str, bool], ...] | None, found: list[int]) -> None:
+        """RFC 5267 §4.3 RETURN (UPDATE): keep the result to tell its changes, up to MAX_UPDATING per
+        session; beyond, `* NO [NOUPDATE "tag"]` and the search stays a plain one (as Dovecot 2.3)."""
+        if len(sel.updating) >= contextmod.MAX_UPDATING:
+            self.emit(b'* NO [NOUPDATE "%s"] Too many updating searches\r\n' % cmd.tag.encode("ascii"))
+            return
+        uids = found if cmd.uid else [sel.view.uid(n) for n in found]
+        sel.updating.append(contextmod.Updating(cmd.tag, cmd.uid, _resolved(criteria, sel), sort, uids,
+                                                sel.generation))
+
+    async def cmd_cancelupdate(self, cmd: C.CancelUpdate) -> str:
+        """RFC 5267 §4.3: end updating searches by their tags; an unknown tag is NO (as Dovecot 2.3)."""
+        sel = self._selected()
+        for tag in cmd.tags:
+            kept = [u for u in sel.updating if u.tag != tag]
+            if len(kept) == len(sel.updating):
+                return "NO Unknown tag."
+            sel.updating = kept
+        return "OK Updates cancelled."
 
     async def cmd_sort(self, cmd: C.Sort) -> str:
         """RFC 5256 §3: `* SORT` with the matching sequence numbers (UIDs for UID SORT) in the
         criteria's order, ties by sequence number."""
         sel = self._selected()
+        self._check_update_tag(sel, cmd)
         seqs = await self._matching(sel, C.Search(cmd.tag, cmd.search, cmd.charset))
+        view = sel.view
+        ordered = await self._sort_order(sel, cmd.criteria, seqs)
+        numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
+        if cmd.returns is not None:  # RFC 5267 §3 ESORT: as ESEARCH, MIN/MAX/ALL in sort order
+            if "SAVE" in cmd.returns:  # RFC 5182 §2.4
+                kept = _reported(cmd.returns - {"SAVE"}, numbers)
+                sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
+            self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
+            if "UPDATE" in cmd.returns:  # RFC 5267 §4.3 CONTEXT=SORT
+                self._keep_updating(sel, cmd, cmd.search, cmd.criteria, numbers)
+        else:
+            self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
+
+    async def _sort_order(self, sel: Selected, keys: tuple[tuple[str, bool], ...], seqs: list[int]) -> list[int]:
+        """The sequence numbers `seqs` (ascending) in the order of the SORT criteria `keys`, ties by
+        sequence number (RFC 5256 §3); messages gone from the snapshot are left out."""
         view = sel.view
         uids = [view.uid(n) for n in seqs]
         infos = match_infos(uids, sel.current.messages)
-        criteria = [sortmod.Criterion(k, r) for k, r in cmd.criteria]
+        criteria = [sortmod.Criterion(k, r) for k, r in keys]
         headers: dict[int, bytes] = {}
         if any(c.key in sortmod.HEADER_KEYS for c in criteria):
             headers = await self._header_blocks(sel, uids, infos)
@@ -1126,16 +1225,7 @@ class Session:
                 continue
             header = sortmod.fields(headers.get(uid)) if headers else None
             rows.append((seq, [sortmod.key_of(c.key, header, info.internaldate, info.size) for c in criteria]))
-        ordered = sortmod.order(criteria, rows)
-        numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
-        if cmd.returns is not None:  # RFC 5267 §3 ESORT: as ESEARCH, MIN/MAX/ALL in sort order
-            if "SAVE" in cmd.returns:  # RFC 5182 §2.4
-                kept = _reported(cmd.returns - {"SAVE"}, numbers)
-                sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
-            self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
-        else:
-            self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
-        return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
+        return sortmod.order(criteria, rows)
 
     async def _header_blocks(self, sel: Selected, uids: list[int],
                              infos: Sequence[MessageInfo | None]) -> dict[int, bytes]:
@@ -1192,6 +1282,10 @@ class Session:
                 line += b" MAX %d" % found[-1]
             if "ALL" in opts:
                 line += b" ALL " + _render_in_order(found)
+        if cmd.partial is not None:  # RFC 5267 §4.4: the low-th to high-th messages found, in order
+            low, high = cmd.partial
+            part = found[low - 1:high]
+            line += b" PARTIAL (%d:%d %s)" % (low, high, _render_in_order(part) if part else b"NIL")
         if "COUNT" in opts:
             line += b" COUNT %d" % len(found)
         if with_modseq and found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported
@@ -1551,6 +1645,17 @@ def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
     if isinstance(key, C.SearchOr):
         return C.SearchOr(_with_saved(key.left, saved), _with_saved(key.right, saved))
     return key
+
+
+def _resolved(criteria: C.SearchAnd, sel: Selected) -> C.SearchAnd:
+    """`criteria` with "$" as the UIDs it names now (RFC 5182 §2.1)."""
+    if not _uses_saved(criteria):
+        return criteria
+    return C.SearchAnd(tuple(_with_saved(k, sel.saved) for k in criteria.keys))
+
+
+def _same(n: int) -> int:
+    return n
 
 
 def _has_modseq(key: C.SearchKey) -> bool:

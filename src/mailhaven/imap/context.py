@@ -1,0 +1,78 @@
+"""Updating searches and sorts (RFC 5267 §4.3, CONTEXT=SEARCH and CONTEXT=SORT): what the server
+keeps of each and the `* ESEARCH (TAG "t") ... REMOVEFROM/ADDTO` lines that tell its changes.
+
+Owns: `Updating` (one SEARCH/SORT ... RETURN (UPDATE): its tag, whether it answers UIDs, its
+criteria with "$" already resolved, its sort criteria for a SORT, and the result the client holds,
+as UIDs in result order), the limit of them per session (`MAX_UPDATING`, as Dovecot 2.3's
+CLIENT_MAX_SEARCH_UPDATES), and the pure part of an update: which messages left and joined a
+result (`changes`) and the line telling them (`update_line`).
+Does not own: running the searches and sorts (session.py over searchadapt.py and sort.py), when
+updates are sent (session.send_updates: removals of expunged messages before the EXPUNGEs, with the
+numbers the client still has; the rest after the EXISTS/FETCH updates), parsing (parser.py).
+
+Positions (RFC 5267 §4.3): an unordered SEARCH result has none, so its REMOVEFROM and ADDTO carry
+position 0 and one set of messages (as Dovecot 2.3). A SORT result is ordered: each removed message
+is one (position, message) pair, positions in the old result, highest first, so a client removing
+them in the order given finds each where it says; then each added message is one pair, positions
+in the new result, lowest first, so inserting them in order leaves the new result. (The messages
+that stay keep their relative order: sort keys do not change, ties go by sequence number.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from mailhaven.imap import commands as C
+from mailhaven.imap.seqset import render as render_set
+
+MAX_UPDATING = 10  # updating searches per session; more get NO [NOUPDATE] (RFC 5267 §4.3, as Dovecot)
+
+
+@dataclass
+class Updating:
+    """One updating SEARCH or SORT of the selected mailbox."""
+
+    tag: str
+    uid: bool  # UID SEARCH / UID SORT: the updates name UIDs, else sequence numbers
+    criteria: C.SearchAnd  # "$" already replaced by the UIDs it named (RFC 5182 §2.1)
+    sort: tuple[tuple[str, bool], ...] | None  # the SORT criteria; None for a SEARCH
+    result: list[int]  # UIDs the client holds, ascending for a SEARCH, in sort order for a SORT
+    generation: int = 0  # Selected.generation the result was computed on
+
+
+Pair = tuple[int, int]  # (position, message)
+
+
+def changes(old: Sequence[int], new: Sequence[int], ordered: bool) -> tuple[list[Pair], list[Pair]]:
+    """(removed, added) between two results of UIDs: for an unordered result every position is 0 and
+    the pairs are in ascending UID order; for an ordered one see the module docstring."""
+    new_set = set(new)
+    old_set = set(old)
+    if not ordered:
+        return ([(0, u) for u in sorted(old_set - new_set)], [(0, u) for u in sorted(new_set - old_set)])
+    removed = [(i, u) for i, u in enumerate(old, 1) if u not in new_set]
+    removed.reverse()
+    added = [(i, u) for i, u in enumerate(new, 1) if u not in old_set]
+    return removed, added
+
+
+def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Callable[[int], int]) -> bytes:
+    """`* ESEARCH (TAG "t") [UID] [REMOVEFROM (...)] [ADDTO (...)]`, or b"" when nothing changed;
+    `number` turns a UID into what the client holds (itself for UID SEARCH, else its sequence number)."""
+    if not removed and not added:
+        return b""
+    line = b'* ESEARCH (TAG "%s")' % up.tag.encode("ascii")
+    if up.uid:
+        line += b" UID"
+    for name, pairs in ((b"REMOVEFROM", removed), (b"ADDTO", added)):
+        if not pairs:
+            continue
+        if up.sort is None:
+            line += b" %s (0 %s)" % (name, render_set(number(u) for _, u in pairs).encode("ascii"))
+        else:
+            line += b" %s (%s)" % (name, b" ".join(b"%d %d" % (p, number(u)) for p, u in pairs))
+    return line + b"\r\n"
+
+
+__all__ = ["MAX_UPDATING", "Pair", "Updating", "changes", "update_line"]
