@@ -57,9 +57,12 @@ def changes(old: Sequence[int], new: Sequence[int], ordered: bool) -> tuple[list
     return removed, added
 
 
-def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Callable[[int], int]) -> bytes:
+def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Callable[[int], int | None]) -> bytes:
     """`* ESEARCH (TAG "t") [UID] [REMOVEFROM (...)] [ADDTO (...)]`, or b"" when nothing changed;
-    `number` turns a UID into what the client holds (itself for UID SEARCH, else its sequence number)."""
+    `number` turns a UID into what the client holds (itself for UID SEARCH, else its sequence number;
+    None, never expected, leaves the message out rather than name a number the client lacks)."""
+    removed = [(p, n) for p, u in removed if (n := number(u)) is not None]
+    added = [(p, n) for p, u in added if (n := number(u)) is not None]
     if not removed and not added:
         return b""
     line = b'* ESEARCH (TAG "%s")' % up.tag.encode("ascii")
@@ -69,9 +72,9 @@ def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Ca
         if not pairs:
             continue
         if up.sort is None:
-            line += b" %s (0 %s)" % (name, render_set(number(u) for _, u in pairs).encode("ascii"))
+            line += b" %s (0 %s)" % (name, render_set(n for _, n in pairs).encode("ascii"))
         else:
-            line += b" %s (%s)" % (name, b" ".join(b"%d %d" % (p, number(u)) for p, u in pairs))
+            line += b" %s (%s)" % (name, b" ".join(b"%d %d" % (p, n) for p, n in pairs))
     return line + b"\r\n"
 
 

@@ -5,7 +5,9 @@ response codes), the connection state (state.py's table), authentication (LOGIN,
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
 \\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
-response (RFC 5256), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
+response (RFC 5256), CONTEXT=SEARCH/SORT (RFC 5267 §4: PARTIAL; updating searches run again on each
+new snapshot, their REMOVEFROM of expunged messages before the EXPUNGEs, the rest after the other
+updates; context.py keeps them and words the lines), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
 HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
 tombstones, [CLOSED]), MULTIAPPEND (RFC 3502: all or none), COMPRESS (RFC 4978: when, not how),
 UTF8=ACCEPT (RFC 6855: UTF-8 mailbox names) and IMAP4rev2 (RFC 9051: what ENABLE IMAP4rev2 changes),
@@ -612,19 +614,10 @@ class Session:
             up.result = new
             self.emit(contextmod.update_line(up, removed, added, self._numbering(up)))
 
-    def _numbering(self, up: contextmod.Updating) -> Callable[[int], int]:
+    def _numbering(self, up: contextmod.Updating) -> Callable[[int], int | None]:
         """UID -> what an update names: the UID itself, or its sequence number (every message an
         update names is numbered: removals are told before EXPUNGE, additions after EXISTS)."""
-        if up.uid:
-            return _same
-        view = self._selected().view
-
-        def seq(uid: int) -> int:
-            n = view.seq(uid)
-            assert n is not None
-            return n
-
-        return seq
+        return _same if up.uid else self._selected().view.seq
 
     async def _context_result(self, sel: Selected, up: contextmod.Updating) -> list[int]:
         """The UIDs an updating search or sort finds now, in result order."""
@@ -1654,7 +1647,7 @@ def _resolved(criteria: C.SearchAnd, sel: Selected) -> C.SearchAnd:
     return C.SearchAnd(tuple(_with_saved(k, sel.saved) for k in criteria.keys))
 
 
-def _same(n: int) -> int:
+def _same(n: int) -> int | None:
     return n
 
 
