@@ -98,6 +98,32 @@ async def test_uid_search_update_names_uids_and_sees_other_sessions(ctx: Any) ->
     assert await d.command(b"n3 NOOP") == [b"* 2 EXPUNGE", b"n3 OK NOOP completed."]
 
 
+async def test_sequence_sets_of_an_updating_search_name_the_messages_it_found(ctx: Any) -> None:
+    """An expunge renumbers messages; the search keeps naming the ones its set named then, and a
+    message that did not change is not searched again."""
+    d, _ = await select(ctx, 5)
+    assert (await d.command(b"u SEARCH RETURN (UPDATE ALL) 2:3 SEEN"))[0] == b'* ESEARCH (TAG "u")'
+    await d.command(b"s STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert await d.command(b"x EXPUNGE") == [b"* 1 EXPUNGE", b"x OK Expunge completed."]
+    # old 2:3 are now 1:2; old 4 (now 3) stays outside though its number fell into "2:3"
+    assert (await d.command(b"s1 STORE 1:3 +FLAGS.SILENT (\\Seen)"))[-2] == b'* ESEARCH (TAG "u") ADDTO (0 1:2)'
+    lines = await d.command(b"a APPEND INBOX (\\Seen) {5}\r\nhello")
+    assert not any(b"ESEARCH" in x for x in lines)  # message 5 is new, not one the set named
+    assert (await d.command(b"s2 STORE 2 -FLAGS.SILENT (\\Seen)"))[-2] == b'* ESEARCH (TAG "u") REMOVEFROM (0 2)'
+
+
+async def test_updating_search_on_keywords_and_new_mail_from_elsewhere(ctx: Any) -> None:
+    d, _ = await select(ctx, 2)
+    assert (await d.command(b"u UID SEARCH RETURN (UPDATE) KEYWORD $Work"))[0] == b'* ESEARCH (TAG "u") UID'
+    mb = await ctx.store.account(ALICE).mailbox("INBOX")
+    from tests.unit.test_imap_core import message
+    uid = await mb.append(message(9), flags=frozenset({"$Work"}))
+    lines = await d.command(b"n NOOP")
+    assert lines[-2] == b'* ESEARCH (TAG "u") UID ADDTO (0 %d)' % uid and b"* 3 EXISTS" in lines
+    lines = await d.command(b"s STORE 1 +FLAGS ($Work)")
+    assert lines[-2] == b'* ESEARCH (TAG "u") UID ADDTO (0 1)'
+
+
 async def test_sort_update_tells_positions(ctx: Any) -> None:
     d, _ = await select(ctx, 5)
     await d.command(b"s STORE 2,4 +FLAGS.SILENT (\\Seen)")

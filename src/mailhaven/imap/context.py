@@ -10,6 +10,11 @@ Does not own: running the searches and sorts (session.py over searchadapt.py and
 updates are sent (session.send_updates: removals of expunged messages before the EXPUNGEs, with the
 numbers the client still has; the rest after the EXISTS/FETCH updates), parsing (parser.py).
 
+Searched again: only the messages that changed since (MODSEQ above the last evaluation's
+HIGHESTMODSEQ, or new), as Dovecot 2.3 does; the others keep their membership, which holds because
+a key's meaning depends only on the message once sequence-number sets are frozen to the UIDs they
+named when the search ran (`frozen`: an expunge elsewhere must not move a message in or out).
+
 Positions (RFC 5267 §4.3): an unordered SEARCH result has none, so its REMOVEFROM and ADDTO carry
 position 0 and one set of messages (as Dovecot 2.3). A SORT result is ordered: each removed message
 is one (position, message) pair, positions in the old result, highest first, so a client removing
@@ -24,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailhaven.imap import commands as C
+from mailhaven.imap.seqset import SequenceSet
 from mailhaven.imap.seqset import render as render_set
 
 MAX_UPDATING = 10  # updating searches per session; more get NO [NOUPDATE] (RFC 5267 §4.3, as Dovecot)
@@ -39,6 +45,8 @@ class Updating:
     sort: tuple[tuple[str, bool], ...] | None  # the SORT criteria; None for a SEARCH
     result: list[int]  # UIDs the client holds, ascending for a SEARCH, in sort order for a SORT
     generation: int = 0  # Selected.generation the result was computed on
+    modseq: int = 0  # the snapshot's HIGHESTMODSEQ then: only messages changed since are searched again
+    last_uid: int = 0  # the snapshot's highest UID then: messages above it are new
 
 
 Pair = tuple[int, int]  # (position, message)
@@ -55,6 +63,19 @@ def changes(old: Sequence[int], new: Sequence[int], ordered: bool) -> tuple[list
     removed.reverse()
     added = [(i, u) for i, u in enumerate(new, 1) if u not in old_set]
     return removed, added
+
+
+def frozen(key: C.SearchKey, uids_of: Callable[[SequenceSet], list[int]]) -> C.SearchKey:
+    """`key` with every sequence-number set replaced by the UIDs it names now (`uids_of`)."""
+    if isinstance(key, C.SearchSet) and not key.uid and not key.set.saved:
+        return C.SearchSet(SequenceSet.of(uids_of(key.set)), uid=True)
+    if isinstance(key, C.SearchAnd):
+        return C.SearchAnd(tuple(frozen(k, uids_of) for k in key.keys))
+    if isinstance(key, C.SearchNot):
+        return C.SearchNot(frozen(key.key, uids_of))
+    if isinstance(key, C.SearchOr):
+        return C.SearchOr(frozen(key.left, uids_of), frozen(key.right, uids_of))
+    return key
 
 
 def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Callable[[int], int | None]) -> bytes:
@@ -78,4 +99,4 @@ def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Ca
     return line + b"\r\n"
 
 
-__all__ = ["MAX_UPDATING", "Pair", "Updating", "changes", "update_line"]
+__all__ = ["MAX_UPDATING", "Pair", "Updating", "changes", "frozen", "update_line"]

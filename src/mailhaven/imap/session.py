@@ -605,10 +605,11 @@ class Session:
     async def _update_contexts(self, sel: Selected) -> None:
         """RFC 5267 §4.3: each updating search run again on a new snapshot; what left and joined its
         result is told in one ESEARCH line."""
+        memo: dict[tuple[int, int], list[int]] = {}  # the searches began together share their changes
         for up in sel.updating:
             if up.generation == sel.generation:
                 continue
-            new = await self._context_result(sel, up)
+            new = await self._context_result(sel, up, memo)
             up.generation = sel.generation
             removed, added = contextmod.changes(up.result, new, up.sort is not None)
             up.result = new
@@ -619,14 +620,28 @@ class Session:
         update names is numbered: removals are told before EXPUNGE, additions after EXISTS)."""
         return _same if up.uid else self._selected().view.seq
 
-    async def _context_result(self, sel: Selected, up: contextmod.Updating) -> list[int]:
-        """The UIDs an updating search or sort finds now, in result order."""
-        search = C.Search(up.tag, up.criteria, uid=True)
-        uids = await searchadapt.run(self.user or "", sel, search)
-        if up.sort is None:
-            return uids
+    async def _context_result(self, sel: Selected, up: contextmod.Updating,
+                              memo: dict[tuple[int, int], list[int]]) -> list[int]:
+        """The UIDs an updating search or sort finds now, in result order: the messages changed since
+        the last evaluation (MODSEQ above it, or new) searched again, the others as they were."""
+        snap = sel.current
         view = sel.view
-        seqs = [n for n in (view.seq(u) for u in uids) if n is not None]
+        since, last = up.modseq, up.last_uid
+        changed = memo.get((since, last))
+        if changed is None:
+            changed = memo[since, last] = [m.uid for m in snap.messages if m.modseq > since or m.uid > last]
+        up.modseq = snap.highestmodseq
+        up.last_uid = snap.messages[-1].uid if snap.messages else last
+        kept = sorted(up.result)
+        infos = match_infos(kept, snap.messages)
+        members = {u for u, i in zip(kept, infos, strict=True) if i is not None and not view.is_gone(u)}
+        if changed:
+            members.difference_update(changed)
+            search = C.Search(up.tag, up.criteria, uid=True)
+            members.update(await searchadapt.run(self.user or "", sel, search, only=changed))
+        if up.sort is None:
+            return sorted(members)
+        seqs = sorted(n for n in map(view.seq, members) if n is not None)
         return [view.uid(n) for n in await self._sort_order(sel, up.sort, seqs)]
 
     def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
@@ -1168,9 +1183,20 @@ class Session:
         if len(sel.updating) >= contextmod.MAX_UPDATING:
             self.emit(b'* NO [NOUPDATE "%s"] Too many updating searches\r\n' % cmd.tag.encode("ascii"))
             return
-        uids = found if cmd.uid else [sel.view.uid(n) for n in found]
-        sel.updating.append(contextmod.Updating(cmd.tag, cmd.uid, _resolved(criteria, sel), sort, uids,
-                                                sel.generation))
+        view = sel.view
+        uids = found if cmd.uid else [view.uid(n) for n in found]
+        snap = sel.current
+
+        def uids_of(seqs: SequenceSet) -> list[int]:
+            exists = view.exists
+            ranges = [(lo, min(hi, exists)) for lo, hi in seqs.resolve(exists) if lo <= exists]
+            return [u for _, u in view.by_seqs(ranges)]
+
+        keys = contextmod.frozen(_resolved(criteria, sel), uids_of)
+        assert isinstance(keys, C.SearchAnd)
+        last = snap.messages[-1].uid if snap.messages else 0
+        sel.updating.append(contextmod.Updating(cmd.tag, cmd.uid, keys, sort, uids, sel.generation,
+                                                snap.highestmodseq, last))
 
     async def cmd_cancelupdate(self, cmd: C.CancelUpdate) -> str:
         """RFC 5267 §4.3: end updating searches by their tags; an unknown tag is NO (as Dovecot 2.3)."""
