@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailhaven.imap import commands as C
-from mailhaven.imap.context import MAX_UPDATING, Updating, changes, update_line
+from mailhaven.imap.context import MAX_UPDATING, Updating, changes, uid_array, update_line
 from tests.unit import test_imap_condstore
 from tests.unit.test_imap_condstore import select
 from tests.unit.test_imap_core import ALICE, PASSWORD, logged_in
@@ -190,7 +190,7 @@ def test_unordered_update_is_two_sets(old: set[int], new: set[int]) -> None:
     removed, added = changes(sorted(old), sorted(new), ordered=False)
     assert {u for _, u in removed} == old - new and {u for _, u in added} == new - old
     assert all(p == 0 for p, _ in removed + added)
-    up = Updating("t", True, C.SearchAnd((C.SearchAll(),)), None, sorted(old))
+    up = Updating("t", True, C.SearchAnd((C.SearchAll(),)), None, uid_array(sorted(old)))
     line = update_line(up, removed, added, lambda u: u)
     assert (line == b"") == (old == new)
     assert line.startswith(b'* ESEARCH (TAG "t") UID') or not line

@@ -25,7 +25,8 @@ that stay keep their relative order: sort keys do not change, ties go by sequenc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mailhaven.imap import commands as C
@@ -43,13 +44,20 @@ class Updating:
     uid: bool  # UID SEARCH / UID SORT: the updates name UIDs, else sequence numbers
     criteria: C.SearchAnd  # "$" already replaced by the UIDs it named (RFC 5182 §2.1)
     sort: tuple[tuple[str, bool], ...] | None  # the SORT criteria; None for a SEARCH
-    result: list[int]  # UIDs the client holds, ascending for a SEARCH, in sort order for a SORT
+    # UIDs the client holds, ascending for a SEARCH, in sort order for a SORT; 4 octets each (UIDs are
+    # 32-bit), so ten results of a 100,000-message mailbox hold 4 MB, not 36
+    result: array[int]
     generation: int = 0  # Selected.generation the result was computed on
     modseq: int = 0  # the snapshot's HIGHESTMODSEQ then: only messages changed since are searched again
     last_uid: int = 0  # the snapshot's highest UID then: messages above it are new
 
 
 Pair = tuple[int, int]  # (position, message)
+
+
+def uid_array(uids: Iterable[int]) -> array[int]:
+    """UIDs as a compact array (Updating.result)."""
+    return array("I", uids)
 
 
 def changes(old: Sequence[int], new: Sequence[int], ordered: bool) -> tuple[list[Pair], list[Pair]]:
@@ -99,4 +107,4 @@ def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Ca
     return line + b"\r\n"
 
 
-__all__ = ["MAX_UPDATING", "Pair", "Updating", "changes", "frozen", "update_line"]
+__all__ = ["MAX_UPDATING", "Pair", "Updating", "changes", "frozen", "uid_array", "update_line"]

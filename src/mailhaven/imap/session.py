@@ -600,7 +600,7 @@ class Session:
             removed, _ = contextmod.changes(up.result, [u for u in up.result if not view.is_gone(u)],
                                             up.sort is not None)
             self.emit(contextmod.update_line(up, removed, [], self._numbering(up)))
-            up.result = [u for u in up.result if not view.is_gone(u)]
+            up.result = contextmod.uid_array(u for u in up.result if not view.is_gone(u))
 
     async def _update_contexts(self, sel: Selected) -> None:
         """RFC 5267 §4.3: each updating search run again on a new snapshot; what left and joined its
@@ -612,7 +612,7 @@ class Session:
             new = await self._context_result(sel, up, memo)
             up.generation = sel.generation
             removed, added = contextmod.changes(up.result, new, up.sort is not None)
-            up.result = new
+            up.result = contextmod.uid_array(new)
             self.emit(contextmod.update_line(up, removed, added, self._numbering(up)))
 
     def _numbering(self, up: contextmod.Updating) -> Callable[[int], int | None]:
@@ -1195,8 +1195,8 @@ class Session:
         keys = contextmod.frozen(_resolved(criteria, sel), uids_of)
         assert isinstance(keys, C.SearchAnd)
         last = snap.messages[-1].uid if snap.messages else 0
-        sel.updating.append(contextmod.Updating(cmd.tag, cmd.uid, keys, sort, uids, sel.generation,
-                                                snap.highestmodseq, last))
+        sel.updating.append(contextmod.Updating(cmd.tag, cmd.uid, keys, sort, contextmod.uid_array(uids),
+                                                sel.generation, snap.highestmodseq, last))
 
     async def cmd_cancelupdate(self, cmd: C.CancelUpdate) -> str:
         """RFC 5267 §4.3: end updating searches by their tags; an unknown tag is NO (as Dovecot 2.3)."""
