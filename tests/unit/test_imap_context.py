@@ -6,6 +6,7 @@ the old result gets the new one). Real store in tmp_path, no socket."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from hypothesis import given
@@ -15,7 +16,7 @@ from mailhaven.imap import commands as C
 from mailhaven.imap.context import MAX_UPDATING, Updating, changes, uid_array, update_line
 from tests.unit import test_imap_condstore
 from tests.unit.test_imap_condstore import select
-from tests.unit.test_imap_core import ALICE, PASSWORD, logged_in
+from tests.unit.test_imap_core import ALICE, PASSWORD, logged_in, message
 
 ctx = test_imap_condstore.ctx  # the fixture: a real store in tmp_path
 
@@ -116,12 +117,24 @@ async def test_updating_search_on_keywords_and_new_mail_from_elsewhere(ctx: Any)
     d, _ = await select(ctx, 2)
     assert (await d.command(b"u UID SEARCH RETURN (UPDATE) KEYWORD $Work"))[0] == b'* ESEARCH (TAG "u") UID'
     mb = await ctx.store.account(ALICE).mailbox("INBOX")
-    from tests.unit.test_imap_core import message
     uid = await mb.append(message(9), flags=frozenset({"$Work"}))
     lines = await d.command(b"n NOOP")
     assert lines[-2] == b'* ESEARCH (TAG "u") UID ADDTO (0 %d)' % uid and b"* 3 EXISTS" in lines
     lines = await d.command(b"s STORE 1 +FLAGS ($Work)")
     assert lines[-2] == b'* ESEARCH (TAG "u") UID ADDTO (0 1)'
+
+
+async def test_idle_tells_updates_as_they_happen(ctx: Any) -> None:
+    """While idling (the session drops its snapshot between wakes), a delivery joins the result."""
+    d, _ = await select(ctx, 1)
+    assert (await d.command(b"u SEARCH RETURN (UPDATE) UNSEEN"))[0] == b'* ESEARCH (TAG "u")'
+    assert await d.send(b"i IDLE\r\n") == b"+ idling\r\n"
+    wait = d.wait
+    assert wait is not None and wait.changes is not None
+    await ctx.store.deliver([(ALICE, "INBOX")], message(2))
+    await asyncio.wait_for(wait.changes.wait(), 5)
+    assert await d.run() == b'* 2 EXISTS\r\n* 2 RECENT\r\n* ESEARCH (TAG "u") ADDTO (0 2)\r\n'
+    assert await d.send(b"DONE\r\n") == b"i OK Idle completed.\r\n"
 
 
 async def test_sort_update_tells_positions(ctx: Any) -> None:
