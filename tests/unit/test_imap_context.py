@@ -156,8 +156,9 @@ async def test_updating_searches_are_bounded_and_named_once(ctx: Any) -> None:
     for i in range(MAX_UPDATING):
         assert (await d.command(b"t%d SEARCH RETURN (UPDATE) SEEN" % i))[-1] == b"t%d OK Search completed." % i
     assert await d.command(b"t99 SEARCH RETURN (UPDATE COUNT) SEEN") == [
-        b'* ESEARCH (TAG "t99") COUNT 0', b'* NO [NOUPDATE "t99"] Too many updating searches',
+        b'* NO [NOUPDATE "t99"] Too many updating searches', b'* ESEARCH (TAG "t99") COUNT 0',
         b"t99 OK Search completed."]
+    assert (await d.command(b"t98 SORT RETURN (UPDATE) (SIZE) UTF-8 SEEN"))[0] == b'* NO [NOUPDATE "t98"] Too many updating searches'
     assert (await d.command(b"t1 SEARCH RETURN (UPDATE) SEEN"))[-1] == b"t1 BAD Duplicate search update tag"
     lines = await d.command(b"s STORE 1 +FLAGS.SILENT (\\Seen)")
     assert len([x for x in lines if x.endswith(b"ADDTO (0 1)")]) == MAX_UPDATING

@@ -5,10 +5,10 @@ response codes), the connection state (state.py's table), authentication (LOGIN,
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
 \\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
-response (RFC 5256), CONTEXT=SEARCH/SORT (RFC 5267 §4: PARTIAL; updating searches run again on each
-new snapshot, their REMOVEFROM of expunged messages before the EXPUNGEs, the rest after the other
-updates; context.py keeps them and words the lines), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
-HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
+response (RFC 5256), CONTEXT=SEARCH/SORT (RFC 5267 §4: PARTIAL; updating searches looked at again
+on each new snapshot, their REMOVEFROM of expunged messages before the EXPUNGEs, the rest after the
+other updates; context.py keeps them and words the lines), CONDSTORE and QRESYNC (RFC 7162: whether
+the session enabled them, HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
 tombstones, [CLOSED]), MULTIAPPEND (RFC 3502: all or none), COMPRESS (RFC 4978: when, not how),
 UTF8=ACCEPT (RFC 6855: UTF-8 mailbox names) and IMAP4rev2 (RFC 9051: what ENABLE IMAP4rev2 changes),
 the one error-to-reply mapping (`_reply_for`), output batching, and
@@ -129,8 +129,7 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
                      "SEARCHRES", "WITHIN", "CONTEXT=SEARCH", "CONTEXT=SORT", "SORT", "SORT=DISPLAY", "ESORT",
-                     "THREAD=ORDEREDSUBJECT",
-                     "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
+                     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
 # RFC 4978 §3: after login (as Dovecot), until compression is on.
 COMPRESS_CAPABILITY = "COMPRESS=DEFLATE"
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
@@ -1150,8 +1149,9 @@ class Session:
             if save:
                 kept = _reported(cmd.returns - {"SAVE"}, found)
                 sel.saved = tuple(kept) if cmd.uid else tuple(sel.view.uid(n) for n in kept)
+            keep = "UPDATE" in cmd.returns and self._room_for_update(sel, cmd)
             self.emit(self._esearch_line(cmd, found, with_modseq))
-            if "UPDATE" in cmd.returns:
+            if keep:
                 self._keep_updating(sel, cmd, cmd.criteria, None, found)
             return ("OK UID " if cmd.uid else "OK ") + "Search completed."
         line = b"* SEARCH"
@@ -1176,13 +1176,17 @@ class Session:
         if cmd.returns is not None and "UPDATE" in cmd.returns and any(u.tag == cmd.tag for u in sel.updating):
             raise Bad("Duplicate search update tag")
 
+    def _room_for_update(self, sel: Selected, cmd: C.Search | C.Sort) -> bool:
+        """RFC 5267 §4.3: up to MAX_UPDATING updating searches per session; beyond, `* NO [NOUPDATE
+        "tag"]` (before the result, as Dovecot 2.3) and the search stays a plain one."""
+        if len(sel.updating) < contextmod.MAX_UPDATING:
+            return True
+        self.emit(b'* NO [NOUPDATE "%s"] Too many updating searches\r\n' % cmd.tag.encode("ascii"))
+        return False
+
     def _keep_updating(self, sel: Selected, cmd: C.Search | C.Sort, criteria: C.SearchAnd,
                        sort: tuple[tuple[str, bool], ...] | None, found: list[int]) -> None:
-        """RFC 5267 §4.3 RETURN (UPDATE): keep the result to tell its changes, up to MAX_UPDATING per
-        session; beyond, `* NO [NOUPDATE "tag"]` and the search stays a plain one (as Dovecot 2.3)."""
-        if len(sel.updating) >= contextmod.MAX_UPDATING:
-            self.emit(b'* NO [NOUPDATE "%s"] Too many updating searches\r\n' % cmd.tag.encode("ascii"))
-            return
+        """RFC 5267 §4.3 RETURN (UPDATE): keep the result to tell its changes."""
         view = sel.view
         uids = found if cmd.uid else [view.uid(n) for n in found]
         snap = sel.current
@@ -1221,8 +1225,9 @@ class Session:
             if "SAVE" in cmd.returns:  # RFC 5182 §2.4
                 kept = _reported(cmd.returns - {"SAVE"}, numbers)
                 sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
+            keep = "UPDATE" in cmd.returns and self._room_for_update(sel, cmd)  # RFC 5267 §4.3 CONTEXT=SORT
             self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
-            if "UPDATE" in cmd.returns:  # RFC 5267 §4.3 CONTEXT=SORT
+            if keep:
                 self._keep_updating(sel, cmd, cmd.search, cmd.criteria, numbers)
         else:
             self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
