@@ -115,7 +115,7 @@ def test_sort_return_round_trips(opts: list[str], crit: list[tuple[str, bool]]) 
     assert isinstance(cmd, Sort) and cmd.returns == frozenset(opts) and cmd.criteria == tuple(crit) and cmd.uid
 
 
-@pytest.mark.parametrize("line", [b"t SORT RETURN (FOO) (SIZE) UTF-8 ALL", b"t SORT RETURN (PARTIAL 1:2) (SIZE) UTF-8 ALL",
+@pytest.mark.parametrize("line", [b"t SORT RETURN (FOO) (SIZE) UTF-8 ALL", b"t SORT RETURN (PARTIAL 1:*) (SIZE) UTF-8 ALL",
                                   b"t SORT RETURN ALL (SIZE) UTF-8 ALL", b"t SORT RETURN (ALL)(SIZE) UTF-8 ALL"])
 def test_sort_return_bad(line: bytes) -> None:
     with pytest.raises(ParseError) as e:

@@ -2,7 +2,8 @@
 UIDPLUS (RFC 4315), MOVE (RFC 6851), LITERAL+ (RFC 7888), SPECIAL-USE (RFC 6154), NAMESPACE (RFC 2342),
 ID (RFC 2971), ENABLE (RFC 5161), UNSELECT (RFC 3691), CHILDREN (RFC 3348), SASL-IR (RFC 4959),
 CONDSTORE/QRESYNC (RFC 7162), ESEARCH (RFC 4731), SEARCHRES (RFC 5182), WITHIN (RFC 5032) and
-SORT, SORT=DISPLAY, ESORT, THREAD=ORDEREDSUBJECT, THREAD=REFERENCES (RFC 5256, RFC 5957, RFC 5267 §3).
+SORT, SORT=DISPLAY, ESORT, THREAD=ORDEREDSUBJECT, THREAD=REFERENCES (RFC 5256, RFC 5957, RFC 5267 §3),
+CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 §4: RETURN (PARTIAL), RETURN (UPDATE), CANCELUPDATE).
 
 Owns: the IMAP protocol over the store: a sans-IO core and a thin asyncio shell.
 Does not own: storage, flags on disk and change events (store/), passwords (auth/), connection
@@ -15,6 +16,7 @@ Modules (one owner each):
     encode.py       quoted/literal/astring encoding; fetchitems.py ENVELOPE, BODYSTRUCTURE, BODY[...]
     search.py       SEARCH key evaluation; searchadapt.py runs it over a selected mailbox
     sort.py         SORT keys (base subject, addresses, sent date) and the order
+    context.py      updating searches and sorts (RFC 5267 §4.3): what is kept, the ADDTO/REMOVEFROM lines
     thread.py       THREAD=ORDEREDSUBJECT and THREAD=REFERENCES (RFC 5256) and the thread list
     fetch.py        FETCH rendering (`* n FETCH (...)` lines); msgcache.py the process-wide cache
                     of ENVELOPE/BODYSTRUCTURE/header blocks; listing.py LIST/LSUB matching and lines

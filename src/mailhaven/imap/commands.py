@@ -442,13 +442,15 @@ SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | S
 class Search(Command):
     """`charset` upper-cased ("US-ASCII"/"UTF-8") or None; `criteria` is always a SearchAnd.
     `returns`: None for a plain SEARCH; the RETURN options upper-cased (RFC 4731 §3: MIN MAX ALL
-    COUNT, RFC 5182 §2.4: SAVE) for an extended one, empty for `RETURN ()` (which the session
+    COUNT, RFC 5182 §2.4: SAVE, RFC 5267 §4.3: UPDATE, §4.4: PARTIAL with its range in `partial`)
+    for an extended one, empty for `RETURN ()` (which the session
     answers as ALL)."""
 
     criteria: SearchAnd
     charset: str | None = None
     uid: bool = False
     returns: frozenset[str] | None = None
+    partial: tuple[int, int] | None = None  # RFC 5267 §4.4 RETURN (PARTIAL low:high), low <= high
     VERB: ClassVar[str] = "SEARCH"
 
 
@@ -463,7 +465,16 @@ class Sort(Command):
     search: SearchAnd
     uid: bool = False
     returns: frozenset[str] | None = None
+    partial: tuple[int, int] | None = None  # as Search.partial
     VERB: ClassVar[str] = "SORT"
+
+
+@dataclass(frozen=True)
+class CancelUpdate(Command):
+    """RFC 5267 §4.3 CANCELUPDATE: the tags of the updating searches to end."""
+
+    tags: tuple[str, ...]
+    VERB: ClassVar[str] = "CANCELUPDATE"
 
 
 @dataclass(frozen=True)
@@ -632,4 +643,4 @@ class SetQuota(Command):
 AnyCommand = (Capability | Noop | Logout | Id | StartTls | Authenticate | Login | Enable | Select
               | Create | Delete | Rename | Subscribe | Unsubscribe | List | Lsub | Status | Append
               | Namespace | Idle | Check | Close | Unselect | Expunge | Search | Sort | Thread | Fetch | Store | Copy
-              | Move | GetQuota | GetQuotaRoot | SetQuota | Compress)
+              | Move | GetQuota | GetQuotaRoot | SetQuota | Compress | CancelUpdate)

@@ -3,7 +3,8 @@
 Owns: the RFC 3501 §9 command grammar (plus MOVE RFC 6851, IDLE RFC 2177, NAMESPACE RFC 2342,
 ID RFC 2971, ENABLE RFC 5161, UNSELECT RFC 3691, UID EXPUNGE RFC 4315, SASL-IR RFC 4959,
 SEARCH RETURN RFC 4731, SEARCHRES RFC 5182 ("$" for a sequence set), WITHIN RFC 5032, SORT and
-THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, LITERAL+ RFC 7888 via the framer,
+THREAD RFC 5256, SORT=DISPLAY RFC 5957, ESORT RFC 5267, CONTEXT RFC 5267 §4 (PARTIAL, UPDATE,
+CANCELUPDATE), LITERAL+ RFC 7888 via the framer,
 LIST-EXTENDED RFC 5258 with LIST-STATUS RFC 5819, CREATE (USE ...) RFC 6154 §3, the OBJECTID
 RFC 8474 and SAVEDATE RFC 8514 search keys and fetch items, BINARY RFC 3516 (FETCH items,
 literal8), MULTIAPPEND RFC 3502, UTF8=ACCEPT RFC 6855 (UTF8 APPEND data, UTF-8 mailbox names when
@@ -36,6 +37,7 @@ from mailhaven.imap.commands import (
     Append,
     AppendMessage,
     Authenticate,
+    CancelUpdate,
     Capability,
     Check,
     Close,
@@ -117,6 +119,7 @@ _SECTION_CHARS = _FETCH_NAME_CHARS
 _FIELD_NAME_CHARS = frozenset(c for c in range(0x21, 0x7F) if c != ord(":"))
 
 SP, LPAREN, RPAREN, DQUOTE, BACKSLASH, DOLLAR, TILDE = 0x20, 0x28, 0x29, 0x22, 0x5C, 0x24, 0x7E
+COLON = 0x3A
 SAVED_RESULT = SequenceSet((), saved=True)  # RFC 5182 "$"
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
@@ -921,23 +924,50 @@ def _search_modseq(cur: _Cursor) -> SearchModseq:
     return SearchModseq(cur.number(maximum=MAX_NUMBER64), entry, entry_type)
 
 
-SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})  # RFC 4731 §3, RFC 5182 §2.4
+SEARCH_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE"})  # RFC 4731 §3, RFC 5182
+# §2.4, RFC 5267 §4.3 (UPDATE); PARTIAL (RFC 5267 §4.4) takes a range; CONTEXT (RFC 5267 §4.2) is a no-op
+# here, as in Dovecot 2.3 (every result is kept only while UPDATE asks for it)
 
 
-def _search_return(cur: _Cursor) -> frozenset[str]:
-    """RFC 4731 §7: "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")" (after RETURN SP)."""
+def _search_return(cur: _Cursor) -> tuple[frozenset[str], tuple[int, int] | None]:
+    """RFC 4731 §7: "RETURN" SP "(" [search-return-opt *(SP search-return-opt)] ")" (after RETURN SP),
+    with RFC 5267 §5's options: CONTEXT, UPDATE, PARTIAL SP partial-range. Returns (options, the
+    PARTIAL range as (low, high), low <= high, or None)."""
     cur.expect(LPAREN, "(")
     opts: set[str] = set()
+    partial: tuple[int, int] | None = None
     first = True
     while not cur.take(RPAREN):
         if not first:
             cur.sp()
         first = False
         opt = cur.word()
-        if opt not in SEARCH_RETURN_OPTIONS:
+        if opt == "CONTEXT":
+            continue
+        if opt == "PARTIAL":
+            if partial is not None:
+                cur.fail("PARTIAL can be used only once.")
+            cur.sp()
+            partial = _partial_range(cur)
+        elif opt not in SEARCH_RETURN_OPTIONS:
             cur.fail("Unknown SEARCH return option")
+        elif opt == "UPDATE" and opt in opts:
+            cur.fail("SEARCH return options have duplicate UPDATE.")
         opts.add(opt)
-    return frozenset(opts)
+    if partial is not None and "ALL" in opts:  # as Dovecot 2.3
+        cur.fail("PARTIAL conflicts with ALL")
+    return frozenset(opts), partial
+
+
+def _partial_range(cur: _Cursor) -> tuple[int, int]:
+    """RFC 5267 §5 partial-range = nz-number ":" nz-number, either order (as Dovecot 2.3: no "*",
+    no single number)."""
+    low = cur.number(nz=True)
+    cur.expect(COLON, "':' in the PARTIAL range")
+    high = cur.number(nz=True)
+    if cur.peek() not in (SP, RPAREN):
+        cur.fail("PARTIAL range broken.")
+    return (low, high) if low <= high else (high, low)
 
 
 def _search(uid: bool) -> Handler:
@@ -947,19 +977,21 @@ def _search(uid: bool) -> Handler:
         if cur.at_word(b"RETURN"):  # RFC 4731 §7: before CHARSET
             cur.pos += len(b"RETURN")
             cur.sp()
-            returns = _search_return(cur)
+            returns, partial = _search_return(cur)
             if "SAVE" in returns:  # RFC 5182 §2.1: a failed SEARCH ... SAVE empties "$"
                 try:
-                    return _search_rest(cur, tag, uid, returns)
+                    return _search_rest(cur, tag, uid, returns, partial)
                 except ParseError as e:
                     e.search_save = True
                     raise
-        return _search_rest(cur, tag, uid, returns)
+            return _search_rest(cur, tag, uid, returns, partial)
+        return _search_rest(cur, tag, uid, None, None)
 
     return handler
 
 
-def _search_rest(cur: _Cursor, tag: str, uid: bool, returns: frozenset[str] | None) -> Search:
+def _search_rest(cur: _Cursor, tag: str, uid: bool, returns: frozenset[str] | None,
+                 partial: tuple[int, int] | None) -> Search:
     """SEARCH after its RETURN options: SP ["CHARSET" SP astring SP] search-key *(SP search-key)."""
     if returns is not None:
         cur.sp()
@@ -978,7 +1010,18 @@ def _search_rest(cur: _Cursor, tag: str, uid: bool, returns: frozenset[str] | No
         cur.sp()
         keys.append(_search_key(cur, 1))
     cur.finish()
-    return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns)
+    return Search(tag, SearchAnd(tuple(keys)), charset, uid, returns, partial)
+
+
+def _cancelupdate(cur: _Cursor, tag: str) -> AnyCommand:
+    """RFC 5267 §5: "CANCELUPDATE" 1*(SP quoted), the tags of updating searches."""
+    tags: list[str] = []
+    while not cur.at_end():
+        cur.sp()
+        tags.append(cur.text(cur.quoted()))
+    if not tags:
+        cur.fail("Invalid parameters.")
+    return CancelUpdate(tag, tuple(tags))
 
 
 # SORT (RFC 5256 §3, RFC 5957 §3)
@@ -992,10 +1035,11 @@ def _sort(uid: bool) -> Handler:
         charset 1*(SP search-key) (RFC 5256 §5, RETURN from RFC 5267 §3)."""
         cur.sp()
         returns: frozenset[str] | None = None
+        partial: tuple[int, int] | None = None
         if cur.at_word(b"RETURN"):
             cur.pos += len(b"RETURN")
             cur.sp()
-            returns = _search_return(cur)
+            returns, partial = _search_return(cur)
             cur.sp()
         cur.expect(LPAREN, "(")
         criteria: list[tuple[str, bool]] = []
@@ -1013,7 +1057,7 @@ def _sort(uid: bool) -> Handler:
             cur.sp()
         cur.sp()
         charset, keys = _charset_and_keys(cur, tag)
-        return Sort(tag, tuple(criteria), charset, keys, uid, returns)
+        return Sort(tag, tuple(criteria), charset, keys, uid, returns, partial)
 
     return handler
 
@@ -1295,6 +1339,7 @@ COMMANDS: dict[str, Handler] = {
     "ID": _id,
     "ENABLE": _enable,
     "UNSELECT": _no_args(Unselect),
+    "CANCELUPDATE": _cancelupdate,  # RFC 5267 §4.3
     "GETQUOTA": _getquota,  # RFC 9208
     "GETQUOTAROOT": _one_mailbox(GetQuotaRoot),
     "SETQUOTA": _setquota,

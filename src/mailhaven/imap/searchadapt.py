@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,23 +138,30 @@ def _filter(key: C.SearchKey, msgs: list[_Msg], ctx: search.SearchContext) -> li
     return [m for m in msgs if search.evaluate(key, m, ctx)]
 
 
-async def run(user: str, sel: Selected, cmd: C.Search) -> list[int]:
+async def run(user: str, sel: Selected, cmd: C.Search, only: Sequence[int] | None = None) -> list[int]:
     """Matching sequence numbers (or UIDs for UID SEARCH), ascending (RFC 3501 §6.4.4, §7.2.5).
-    `user` keys the message cache."""
+    `user` keys the message cache; `only` (ascending UIDs) limits the search to those messages (an
+    updating search looking at what changed, context.py)."""
     view = sel.view
     numbered = list(view.uids)
-    infos = match_infos(numbered, sel.current.messages)  # infos[seq - 1]
     ctx = search.SearchContext(max_seq=view.exists, max_uid=numbered[-1] if numbered else 0)
     cheap, costly = _split(cmd.criteria)
     recent = view.recent
+    infos: list[Any] = []
+    if only is None:
+        infos = match_infos(numbered, sel.current.messages)  # infos[seq - 1]
+        # expunged by someone else (EXPUNGE not sent yet): matches nothing
+        cands: list[tuple[int, Any]] = [(seq, info) for seq, info in enumerate(infos, 1) if info is not None]
+    else:
+        pairs = [(s, u) for u in only if (s := view.seq(u)) is not None]
+        found = match_infos([u for _, u in pairs], sel.current.messages)
+        cands = [(s, info) for (s, _), info in zip(pairs, found, strict=True) if info is not None]
 
     def message(seq: int, info: Any, header: bytes | None = None) -> _Msg:
         flags = info.flags | {RECENT} if info.uid in recent else info.flags
         return _Msg(seq, info.uid, flags, info.internaldate, info.size, header_bytes=header, modseq=info.modseq,
                     key=info.key)
 
-    # expunged by someone else (EXPUNGE not sent yet): matches nothing
-    cands: list[tuple[int, Any]] = [(seq, info) for seq, info in enumerate(infos, 1) if info is not None]
     if cheap.keys:
         msgs = [message(seq, info) for seq, info in cands]
         if len(msgs) > 2000:
@@ -162,7 +170,11 @@ async def run(user: str, sel: Selected, cmd: C.Search) -> list[int]:
             msgs = _filter(cheap, msgs, ctx)
         if not costly.keys:
             return [m.uid if cmd.uid else m.seq for m in msgs]
-        cands = [(m.seq, infos[m.seq - 1]) for m in msgs]
+        if only is None:
+            cands = [(m.seq, infos[m.seq - 1]) for m in msgs]
+        else:
+            by_seq = dict(cands)
+            cands = [(m.seq, by_seq[m.seq]) for m in msgs]
     matched: list[_Msg] = []
     if costly.keys and cands:
         # BODY/TEXT: the full-text index narrows the candidates; each is still checked below

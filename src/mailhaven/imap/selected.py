@@ -18,9 +18,10 @@ import asyncio
 import operator
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
+from mailhaven.imap.context import Updating
 from mailhaven.imap.view import View
 from mailhaven.store import MessageInfo, MessageNotFound, MessagesAdded, Snapshot
 
@@ -44,6 +45,9 @@ class Selected:
     # the change hub's number (store/changes.py, Sequence) of the last event about this mailbox
     # the session took: a snapshot begun after it shows everything the session was told of
     event_seq: int = 0
+    # RFC 5267 §4.3: the updating searches (RETURN (UPDATE)) of this selection, oldest first; a new
+    # Selected starts with none, CLOSE/UNSELECT end them
+    updating: list[Updating] = field(default_factory=list)
 
     @property
     def current(self) -> Snapshot:

@@ -5,8 +5,10 @@ response codes), the connection state (state.py's table), authentication (LOGIN,
 and LOGIN with SASL-IR), the selected mailbox and its view (view.py: sequence numbers and pending
 EXPUNGE/EXISTS/FETCH updates, sent only where RFC 3501 §7.4.1 allows), who sees which message as
 \\Recent, IDLE (RFC 2177), ESEARCH (RFC 4731), "$" (SEARCHRES, RFC 5182), SORT's reads and
-response (RFC 5256), CONDSTORE and QRESYNC (RFC 7162: whether the session enabled them,
-HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
+response (RFC 5256), CONTEXT=SEARCH/SORT (RFC 5267 §4: PARTIAL; updating searches looked at again
+on each new snapshot, their REMOVEFROM of expunged messages before the EXPUNGEs, the rest after the
+other updates; context.py keeps them and words the lines), CONDSTORE and QRESYNC (RFC 7162: whether
+the session enabled them, HIGHESTMODSEQ, MODSEQ in STORE responses, [MODIFIED], VANISHED (EARLIER) from the store's
 tombstones, [CLOSED]), MULTIAPPEND (RFC 3502: all or none), COMPRESS (RFC 4978: when, not how),
 UTF8=ACCEPT (RFC 6855: UTF-8 mailbox names) and IMAP4rev2 (RFC 9051: what ENABLE IMAP4rev2 changes),
 the one error-to-reply mapping (`_reply_for`), output batching, and
@@ -74,6 +76,7 @@ from mailhaven.auth import sasl
 from mailhaven.errors import BadMailboxName, MailboxExists, MailboxNotFound, MailError, OverQuota, TempFailure
 from mailhaven.imap import binary as binarymod
 from mailhaven.imap import commands as C
+from mailhaven.imap import context as contextmod
 from mailhaven.imap import derived, fetch, listing, searchadapt, seqset
 from mailhaven.imap import sort as sortmod
 from mailhaven.imap import status as statusmod
@@ -125,8 +128,8 @@ META_BATCH = 4096  # messages rendered per step of a FETCH of metadata only (FLA
 # RFC 3501 §7.2.1 capabilities, in the order sent. Only what this module implements.
 BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                      "CHILDREN", "SPECIAL-USE", "UIDPLUS", "MOVE", "CONDSTORE", "QRESYNC", "ESEARCH",
-                     "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT", "THREAD=ORDEREDSUBJECT",
-                     "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
+                     "SEARCHRES", "WITHIN", "CONTEXT=SEARCH", "CONTEXT=SORT", "SORT", "SORT=DISPLAY", "ESORT",
+                     "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "BINARY", "MULTIAPPEND", "UTF8=ACCEPT")
 # RFC 4978 §3: after login (as Dovecot), until compression is on.
 COMPRESS_CAPABILITY = "COMPRESS=DEFLATE"
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
@@ -306,7 +309,7 @@ class Session:
             "CLOSE": self.cmd_close, "UNSELECT": self.cmd_unselect, "EXPUNGE": self.cmd_expunge,
             "SEARCH": self.cmd_search, "SORT": self.cmd_sort, "THREAD": self.cmd_thread, "COPY": self.cmd_copy,
             "GETQUOTA": self.cmd_getquota, "GETQUOTAROOT": self.cmd_getquotaroot, "SETQUOTA": self.cmd_setquota,
-            "MOVE": self.cmd_move,
+            "MOVE": self.cmd_move, "CANCELUPDATE": self.cmd_cancelupdate,
         }
         # Handlers that stream output, need more input or a TLS handshake: async generators of Step.
         self._streams: dict[str, Callable[[Any], AsyncIterator[Step]]] = {
@@ -577,10 +580,68 @@ class Session:
         sel = self.sel
         if sel is None:
             return
+        if sel.updating and allow_expunge:
+            self._expunged_from_contexts(sel)
         for line in sel.view.flush(allow_expunge):
             if line.startswith(b"* VANISHED "):
                 self._vanished_sent = True
             self.emit(line)
+        if sel.updating:
+            await self._update_contexts(sel)
+
+    def _expunged_from_contexts(self, sel: Selected) -> None:
+        """RFC 5267 §4.3: an updating result loses its expunged messages before the EXPUNGEs are
+        sent, in the numbers the client still holds (as Dovecot 2.3)."""
+        view = sel.view
+        for up in sel.updating:
+            if not any(view.is_gone(u) for u in up.result):
+                continue
+            removed, _ = contextmod.changes(up.result, [u for u in up.result if not view.is_gone(u)],
+                                            up.sort is not None)
+            self.emit(contextmod.update_line(up, removed, [], self._numbering(up)))
+            up.result = contextmod.uid_array(u for u in up.result if not view.is_gone(u))
+
+    async def _update_contexts(self, sel: Selected) -> None:
+        """RFC 5267 §4.3: each updating search run again on a new snapshot; what left and joined its
+        result is told in one ESEARCH line."""
+        memo: dict[tuple[int, int], list[int]] = {}  # the searches began together share their changes
+        for up in sel.updating:
+            if up.generation == sel.generation:
+                continue
+            new = await self._context_result(sel, up, memo)
+            up.generation = sel.generation
+            removed, added = contextmod.changes(up.result, new, up.sort is not None)
+            up.result = contextmod.uid_array(new)
+            self.emit(contextmod.update_line(up, removed, added, self._numbering(up)))
+
+    def _numbering(self, up: contextmod.Updating) -> Callable[[int], int | None]:
+        """UID -> what an update names: the UID itself, or its sequence number (every message an
+        update names is numbered: removals are told before EXPUNGE, additions after EXISTS)."""
+        return _same if up.uid else self._selected().view.seq
+
+    async def _context_result(self, sel: Selected, up: contextmod.Updating,
+                              memo: dict[tuple[int, int], list[int]]) -> list[int]:
+        """The UIDs an updating search or sort finds now, in result order: the messages changed since
+        the last evaluation (MODSEQ above it, or new) searched again, the others as they were."""
+        snap = sel.current
+        view = sel.view
+        since, last = up.modseq, up.last_uid
+        changed = memo.get((since, last))
+        if changed is None:
+            changed = memo[since, last] = [m.uid for m in snap.messages if m.modseq > since or m.uid > last]
+        up.modseq = snap.highestmodseq
+        up.last_uid = snap.messages[-1].uid if snap.messages else last
+        kept = sorted(up.result)
+        infos = match_infos(kept, snap.messages)
+        members = {u for u, i in zip(kept, infos, strict=True) if i is not None and not view.is_gone(u)}
+        if changed:
+            members.difference_update(changed)
+            search = C.Search(up.tag, up.criteria, uid=True)
+            members.update(await searchadapt.run(self.user or "", sel, search, only=changed))
+        if up.sort is None:
+            return sorted(members)
+        seqs = sorted(n for n in map(view.seq, members) if n is not None)
+        return [view.uid(n) for n in await self._sort_order(sel, up.sort, seqs)]
 
     def _recent_key(self, sel: Selected) -> tuple[str, str, int]:
         return (self.user or "", sel.mailbox.name, sel.uidvalidity)
@@ -1075,6 +1136,7 @@ class Session:
         sel = self._selected()
         save = cmd.returns is not None and "SAVE" in cmd.returns
         with_modseq = _has_modseq(cmd.criteria)
+        self._check_update_tag(sel, cmd)
         try:
             found = await self._matching(sel, cmd)
         except Exception:
@@ -1087,7 +1149,10 @@ class Session:
             if save:
                 kept = _reported(cmd.returns - {"SAVE"}, found)
                 sel.saved = tuple(kept) if cmd.uid else tuple(sel.view.uid(n) for n in kept)
+            keep = "UPDATE" in cmd.returns and self._room_for_update(sel, cmd)
             self.emit(self._esearch_line(cmd, found, with_modseq))
+            if keep:
+                self._keep_updating(sel, cmd, cmd.criteria, None, found)
             return ("OK UID " if cmd.uid else "OK ") + "Search completed."
         line = b"* SEARCH"
         if found:
@@ -1103,20 +1168,78 @@ class Session:
         if _has_modseq(search.criteria):  # RFC 7162 §3.1: a CONDSTORE enabling command
             self._enable_condstore()
         await self.refresh()
-        if _uses_saved(search.criteria):  # RFC 5182 §2.1: "$" as the UIDs it names
-            keys = tuple(_with_saved(k, sel.saved) for k in search.criteria.keys)
-            search = dataclasses.replace(search, criteria=C.SearchAnd(keys))
+        search = dataclasses.replace(search, criteria=_resolved(search.criteria, sel))
         return await searchadapt.run(self.user or "", sel, search)
+
+    def _check_update_tag(self, sel: Selected, cmd: C.Search | C.Sort) -> None:
+        """RFC 5267 §4.3: an updating search is named by its tag, so a tag in use is BAD (as Dovecot)."""
+        if cmd.returns is not None and "UPDATE" in cmd.returns and any(u.tag == cmd.tag for u in sel.updating):
+            raise Bad("Duplicate search update tag")
+
+    def _room_for_update(self, sel: Selected, cmd: C.Search | C.Sort) -> bool:
+        """RFC 5267 §4.3: up to MAX_UPDATING updating searches per session; beyond, `* NO [NOUPDATE
+        "tag"]` (before the result, as Dovecot 2.3) and the search stays a plain one."""
+        if len(sel.updating) < contextmod.MAX_UPDATING:
+            return True
+        self.emit(b'* NO [NOUPDATE "%s"] Too many updating searches\r\n' % cmd.tag.encode("ascii"))
+        return False
+
+    def _keep_updating(self, sel: Selected, cmd: C.Search | C.Sort, criteria: C.SearchAnd,
+                       sort: tuple[tuple[str, bool], ...] | None, found: list[int]) -> None:
+        """RFC 5267 §4.3 RETURN (UPDATE): keep the result to tell its changes."""
+        view = sel.view
+        uids = found if cmd.uid else [view.uid(n) for n in found]
+        snap = sel.current
+
+        def uids_of(seqs: SequenceSet) -> list[int]:
+            exists = view.exists
+            ranges = [(lo, min(hi, exists)) for lo, hi in seqs.resolve(exists) if lo <= exists]
+            return [u for _, u in view.by_seqs(ranges)]
+
+        keys = contextmod.frozen(_resolved(criteria, sel), uids_of)
+        assert isinstance(keys, C.SearchAnd)
+        last = snap.messages[-1].uid if snap.messages else 0
+        sel.updating.append(contextmod.Updating(cmd.tag, cmd.uid, keys, sort, contextmod.uid_array(uids),
+                                                sel.generation, snap.highestmodseq, last))
+
+    async def cmd_cancelupdate(self, cmd: C.CancelUpdate) -> str:
+        """RFC 5267 §4.3: end updating searches by their tags; an unknown tag is NO (as Dovecot 2.3)."""
+        sel = self._selected()
+        for tag in cmd.tags:
+            kept = [u for u in sel.updating if u.tag != tag]
+            if len(kept) == len(sel.updating):
+                return "NO Unknown tag."
+            sel.updating = kept
+        return "OK Updates cancelled."
 
     async def cmd_sort(self, cmd: C.Sort) -> str:
         """RFC 5256 §3: `* SORT` with the matching sequence numbers (UIDs for UID SORT) in the
         criteria's order, ties by sequence number."""
         sel = self._selected()
+        self._check_update_tag(sel, cmd)
         seqs = await self._matching(sel, C.Search(cmd.tag, cmd.search, cmd.charset))
+        view = sel.view
+        ordered = await self._sort_order(sel, cmd.criteria, seqs)
+        numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
+        if cmd.returns is not None:  # RFC 5267 §3 ESORT: as ESEARCH, MIN/MAX/ALL in sort order
+            if "SAVE" in cmd.returns:  # RFC 5182 §2.4
+                kept = _reported(cmd.returns - {"SAVE"}, numbers)
+                sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
+            keep = "UPDATE" in cmd.returns and self._room_for_update(sel, cmd)  # RFC 5267 §4.3 CONTEXT=SORT
+            self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
+            if keep:
+                self._keep_updating(sel, cmd, cmd.search, cmd.criteria, numbers)
+        else:
+            self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
+
+    async def _sort_order(self, sel: Selected, keys: tuple[tuple[str, bool], ...], seqs: list[int]) -> list[int]:
+        """The sequence numbers `seqs` (ascending) in the order of the SORT criteria `keys`, ties by
+        sequence number (RFC 5256 §3); messages gone from the snapshot are left out."""
         view = sel.view
         uids = [view.uid(n) for n in seqs]
         infos = match_infos(uids, sel.current.messages)
-        criteria = [sortmod.Criterion(k, r) for k, r in cmd.criteria]
+        criteria = [sortmod.Criterion(k, r) for k, r in keys]
         headers: dict[int, bytes] = {}
         if any(c.key in sortmod.HEADER_KEYS for c in criteria):
             headers = await self._header_blocks(sel, uids, infos)
@@ -1126,16 +1249,7 @@ class Session:
                 continue
             header = sortmod.fields(headers.get(uid)) if headers else None
             rows.append((seq, [sortmod.key_of(c.key, header, info.internaldate, info.size) for c in criteria]))
-        ordered = sortmod.order(criteria, rows)
-        numbers = [view.uid(n) for n in ordered] if cmd.uid else ordered
-        if cmd.returns is not None:  # RFC 5267 §3 ESORT: as ESEARCH, MIN/MAX/ALL in sort order
-            if "SAVE" in cmd.returns:  # RFC 5182 §2.4
-                kept = _reported(cmd.returns - {"SAVE"}, numbers)
-                sel.saved = tuple(sorted(kept if cmd.uid else (view.uid(n) for n in kept)))
-            self.emit(self._esearch_line(cmd, numbers, _has_modseq(cmd.search)))
-        else:
-            self.emit(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
-        return ("OK UID " if cmd.uid else "OK ") + "Sort completed."
+        return sortmod.order(criteria, rows)
 
     async def _header_blocks(self, sel: Selected, uids: list[int],
                              infos: Sequence[MessageInfo | None]) -> dict[int, bytes]:
@@ -1192,6 +1306,10 @@ class Session:
                 line += b" MAX %d" % found[-1]
             if "ALL" in opts:
                 line += b" ALL " + _render_in_order(found)
+        if cmd.partial is not None:  # RFC 5267 §4.4: the low-th to high-th messages found, in order
+            low, high = cmd.partial
+            part = found[low - 1:high]
+            line += b" PARTIAL (%d:%d %s)" % (low, high, _render_in_order(part) if part else b"NIL")
         if "COUNT" in opts:
             line += b" COUNT %d" % len(found)
         if with_modseq and found:  # RFC 7162 §3.1.5: the highest MODSEQ of the messages reported
@@ -1551,6 +1669,17 @@ def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
     if isinstance(key, C.SearchOr):
         return C.SearchOr(_with_saved(key.left, saved), _with_saved(key.right, saved))
     return key
+
+
+def _resolved(criteria: C.SearchAnd, sel: Selected) -> C.SearchAnd:
+    """`criteria` with "$" as the UIDs it names now (RFC 5182 §2.1)."""
+    if not _uses_saved(criteria):
+        return criteria
+    return C.SearchAnd(tuple(_with_saved(k, sel.saved) for k in criteria.keys))
+
+
+def _same(n: int) -> int | None:
+    return n
 
 
 def _has_modseq(key: C.SearchKey) -> bool:

@@ -38,6 +38,7 @@ SELECTED: Final = (AUTHENTICATED - {"ENABLE"}) | {
     "CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
     "SORT",  # RFC 5256 §3
     "THREAD",  # RFC 5256 §3
+    "CANCELUPDATE",  # RFC 5267 §4.3 (updating searches live in the selected mailbox)
 }
 
 ALLOWED: Final[dict[State, frozenset[str]]] = {
