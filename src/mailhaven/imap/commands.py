@@ -14,6 +14,7 @@ Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import ClassVar, Literal
@@ -436,6 +437,19 @@ class SearchSaveDateSupported:
 SearchKey = (SearchAll | SearchFlag | SearchHeader | SearchText | SearchDate | SearchSize | SearchSet
              | SearchNot | SearchOr | SearchAnd | SearchModseq | SearchWithin | SearchObjectId
              | SearchSaveDateSupported)
+
+
+def map_sets(key: SearchKey, fn: Callable[[SearchSet], SearchKey]) -> SearchKey:
+    """`key` with every message-set key replaced by `fn(it)`, through AND, OR and NOT."""
+    if isinstance(key, SearchSet):
+        return fn(key)
+    if isinstance(key, SearchAnd):
+        return SearchAnd(tuple(map_sets(k, fn) for k in key.keys))
+    if isinstance(key, SearchNot):
+        return SearchNot(map_sets(key.key, fn))
+    if isinstance(key, SearchOr):
+        return SearchOr(map_sets(key.left, fn), map_sets(key.right, fn))
+    return key
 
 
 @dataclass(frozen=True)

@@ -75,15 +75,8 @@ def changes(old: Sequence[int], new: Sequence[int], ordered: bool) -> tuple[list
 
 def frozen(key: C.SearchKey, uids_of: Callable[[SequenceSet], list[int]]) -> C.SearchKey:
     """`key` with every sequence-number set replaced by the UIDs it names now (`uids_of`)."""
-    if isinstance(key, C.SearchSet) and not key.uid and not key.set.saved:
-        return C.SearchSet(SequenceSet.of(uids_of(key.set)), uid=True)
-    if isinstance(key, C.SearchAnd):
-        return C.SearchAnd(tuple(frozen(k, uids_of) for k in key.keys))
-    if isinstance(key, C.SearchNot):
-        return C.SearchNot(frozen(key.key, uids_of))
-    if isinstance(key, C.SearchOr):
-        return C.SearchOr(frozen(key.left, uids_of), frozen(key.right, uids_of))
-    return key
+    return C.map_sets(key, lambda s: C.SearchSet(SequenceSet.of(uids_of(s.set)), uid=True)
+                      if not s.uid and not s.set.saved else s)
 
 
 def update_line(up: Updating, removed: list[Pair], added: list[Pair], number: Callable[[int], int | None]) -> bytes:

@@ -1660,15 +1660,7 @@ def _uses_saved(key: C.SearchKey) -> bool:
 
 def _with_saved(key: C.SearchKey, saved: Sequence[int]) -> C.SearchKey:
     """`key` with every "$" replaced by the UID set it names (RFC 5182 §2.1)."""
-    if isinstance(key, C.SearchSet) and key.set.saved:
-        return C.SearchSet(SequenceSet.of(saved), uid=True)
-    if isinstance(key, C.SearchAnd):
-        return C.SearchAnd(tuple(_with_saved(k, saved) for k in key.keys))
-    if isinstance(key, C.SearchNot):
-        return C.SearchNot(_with_saved(key.key, saved))
-    if isinstance(key, C.SearchOr):
-        return C.SearchOr(_with_saved(key.left, saved), _with_saved(key.right, saved))
-    return key
+    return C.map_sets(key, lambda s: C.SearchSet(SequenceSet.of(saved), uid=True) if s.set.saved else s)
 
 
 def _resolved(criteria: C.SearchAnd, sel: Selected) -> C.SearchAnd:
