@@ -159,7 +159,8 @@ class DmarcReporter:
         report = dmarc_xml.Report(org_name=cfg.reports.dmarc_org_name or cfg.hostname, email=self.sender,
                                   report_id=f"{day}.{domain}.{secrets.token_hex(6)}", begin=begin,
                                   end=begin + 86399, published=published, rows=rows)
-        size = len(dmarc_xml.gzipped(report))
+        gz = await asyncio.to_thread(dmarc_xml.gzipped, report)  # XML and gzip of many rows: off the loop
+        size = len(gz)
         targets = await self._permitted(domain, rua, size)
         if not targets:
             await asyncio.to_thread(dlog.mark_sent, day, domain, report.report_id, "no permitted rua")
@@ -168,7 +169,7 @@ class DmarcReporter:
         from mailhaven import cleanup  # cleanup imports the queue package
 
         data = dmarc_xml.message(report, receiver=receiver, sender=self.sender, to=targets,
-                                 message_id=f"<{report.report_id}@{cfg.hostname}>", now=now)
+                                 message_id=f"<{report.report_id}@{cfg.hostname}>", now=now, attachment=gz)
         queue_id = await cleanup.enqueue(self.ctx, self.sender, targets, data, source="dmarc-report")
         outcome = f"sent to {', '.join(targets)} as {queue_id}"
         await asyncio.to_thread(dlog.mark_sent, day, domain, report.report_id, outcome)

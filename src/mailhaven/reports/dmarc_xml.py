@@ -131,9 +131,9 @@ def gzipped(report: Report) -> bytes:
 
 
 def message(report: Report, *, receiver: str, sender: str, to: Sequence[str], message_id: str,
-            now: float) -> bytes:
+            now: float, attachment: bytes | None = None) -> bytes:
     """The mail of §7.2.1.1: Subject "Report Domain: ... Submitter: ... Report-ID: <...>", a short
-    text part and the gzipped report as application/gzip."""
+    text part and the gzipped report as application/gzip (`attachment`: gzipped(report) already made)."""
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
@@ -145,7 +145,7 @@ def message(report: Report, *, receiver: str, sender: str, to: Sequence[str], me
     first = datetime.datetime.fromtimestamp(report.begin, datetime.UTC)
     msg.set_content(f"This is a DMARC aggregate report from {receiver} for {report.published.domain},\n"
                     f"covering {format_datetime(first)} and the 24 hours after it.\n")
-    msg.add_attachment(gzipped(report), maintype="application", subtype="gzip",
+    msg.add_attachment(gzipped(report) if attachment is None else attachment, maintype="application", subtype="gzip",
                        filename=filename(receiver, report))
     data: bytes = msg.as_bytes(policy=email.policy.SMTP)  # CRLF line ends
     return data
